@@ -1,0 +1,33 @@
+/** Renders rows as an aligned text table, as a person reads it in a terminal */
+export function renderTable (rows: Array<Record<string, unknown>>, columns?: string[]): string {
+  if (rows.length === 0) return '(no rows)\n'
+  const cols = columns ?? [...new Set(rows.flatMap(r => Object.keys(r)))]
+  const cells = rows.map(r => cols.map(c => cell(r[c])))
+  const widths = cols.map((c, i) => Math.min(40, Math.max(c.length, ...cells.map(row => (row[i] ?? '').length))))
+  const line = (values: string[]): string => values.map((v, i) => clip(v, widths[i] ?? 0).padEnd(widths[i] ?? 0)).join('  ').trimEnd()
+  const out = [line(cols), line(widths.map(w => '-'.repeat(w))), ...cells.map(line)]
+  return out.join('\n') + '\n'
+}
+
+/** Renders one object as `key: value` lines */
+export function renderObject (obj: Record<string, unknown>, indent = ''): string {
+  let out = ''
+  for (const [k, v] of Object.entries(obj)) {
+    if (v !== null && typeof v === 'object' && !Array.isArray(v)) {
+      out += `${indent}${k}:\n${renderObject(v as Record<string, unknown>, indent + '  ')}`
+    } else {
+      out += `${indent}${k}: ${cell(v)}\n`
+    }
+  }
+  return out
+}
+
+function cell (v: unknown): string {
+  if (v === null || v === undefined) return ''
+  if (typeof v === 'object') return JSON.stringify(v)
+  return String(v)
+}
+
+function clip (s: string, width: number): string {
+  return s.length <= width ? s : s.slice(0, Math.max(0, width - 1)) + '…'
+}

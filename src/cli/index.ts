@@ -1,0 +1,276 @@
+import { createReadStream } from 'node:fs'
+import { readFile, stat } from 'node:fs/promises'
+import { extname } from 'node:path'
+import { Command, CommanderError, Option } from 'commander'
+import { NoDaemonError, NtsoekheClient } from '../client/index.js'
+import { NtsoekheError } from '../errors/index.js'
+import { loadConfig, resolveHome, socketPath } from '../daemon/config.js'
+import { renderObject, renderTable } from './format.js'
+import { seed } from './seed.js'
+import { runDaemon, initHome, type DaemonFlags } from './daemon.js'
+
+export interface Io {
+  stdout: { write: (s: string) => unknown }
+  stderr: { write: (s: string) => unknown, isTTY?: boolean }
+  stdin: NodeJS.ReadableStream
+}
+
+/** Exit codes: other tools and tests rely on them */
+export const EXIT = { OK: 0, REFUSED: 1, USAGE: 2, NO_DAEMON: 3 } as const
+
+class UsageError extends Error {
+  override name = 'UsageError'
+}
+
+interface GlobalOpts { home?: string, json?: boolean, consistency?: 'one' | 'quorum' | 'all' }
+
+/** Runs the CLI with its stdio, returning the exit code (never calls process.exit) */
+export async function run (argv: string[], io: Io): Promise<number> {
+  let code: number = EXIT.OK
+  const program = buildProgram(io, c => { code = c })
+  try {
+    await program.parseAsync(argv, { from: 'user' })
+    return code
+  } catch (err) {
+    return report(err, io)
+  }
+}
+
+function report (err: unknown, io: Io): number {
+  if (err instanceof CommanderError) {
+    return err.exitCode === 0 ? EXIT.OK : EXIT.USAGE
+  }
+  if (err instanceof UsageError) {
+    io.stderr.write(`error: ${err.message}\n`)
+    return EXIT.USAGE
+  }
+  if (err instanceof NoDaemonError) {
+    io.stderr.write(`error: ${err.message}\n`)
+    return EXIT.NO_DAEMON
+  }
+  if (err instanceof NtsoekheError) {
+    io.stderr.write(`error: ${err.message}${err.column === undefined ? '' : ` (column ${err.column})`} [${err.code}]\n`)
+    return EXIT.REFUSED
+  }
+  io.stderr.write(`error: ${(err as Error)?.message ?? String(err)}\n`)
+  return EXIT.REFUSED
+}
+
+function buildProgram (io: Io, setCode: (c: number) => void): Command {
+  const program = new Command('ntsoekhe')
+    .description('A peer-to-peer database for health records')
+    .exitOverride()
+    .configureOutput({ writeOut: s => io.stdout.write(s), writeErr: s => io.stderr.write(s) })
+    .showHelpAfterError()
+
+  const client = async (opts: GlobalOpts): Promise<NtsoekheClient> => {
+    const home = resolveHome(opts.home)
+    const { config } = await loadConfigIfPresent(home)
+    return new NtsoekheClient({ socket: socketPath(home, config) })
+  }
+  const out = (opts: GlobalOpts, json: unknown, text: () => string): void => {
+    io.stdout.write(opts.json === true ? JSON.stringify(json) + '\n' : text())
+  }
+  const common = (cmd: Command): Command => cmd
+    .option('--home <dir>', 'node home (default $NTSOEKHE_HOME or ~/.ntsoekhe)')
+    .option('--json', 'print JSON')
+    .exitOverride()
+    .configureOutput({ writeOut: s => io.stdout.write(s), writeErr: s => io.stderr.write(s) })
+  const withConsistency = (cmd: Command): Command => cmd
+    .addOption(new Option('--consistency <level>', 'replicas that must answer').choices(['one', 'quorum', 'all']))
+
+  common(program.command('init').description('create the home, identity key, config and store without starting'))
+    .action(async (opts: GlobalOpts) => {
+      const info = await initHome(resolveHome(opts.home))
+      out(opts, info, () => `${info.created ? 'initialised' : 'already initialised'} ${info.home}\npeer id ${info.peerId}\n`)
+    })
+
+  common(program.command('daemon').description('start a node on its home and serve the socket API'))
+    .option('--listen <multiaddr>', 'address to listen on (repeatable)', collect, [])
+    .option('--bootstrap <multiaddr>', 'peer to join through, with /p2p/<id> (repeatable)', collect, [])
+    .option('--replicas <n>', 'copies of every record (N)', int)
+    .option('--write-quorum <n>', 'replicas that must have a write on disk (W)', int)
+    .option('--read-quorum <n>', 'replicas asked on a read (R)', int)
+    .option('--log-level <level>', 'trace, debug, info, warn, error or silent')
+    .action(async (opts: GlobalOpts & DaemonFlags) => {
+      setCode(await runDaemon(resolveHome(opts.home), opts, io))
+    })
+
+  common(program.command('id').description("this node's peer id and addresses"))
+    .action(async (opts: GlobalOpts) => {
+      const s = await (await client(opts)).status()
+      const info = { peerId: s.peerId, addresses: s.addresses ?? [] }
+      out(opts, info, () => `${info.peerId}\n${(info.addresses as string[]).map(a => `  ${a}`).join('\n')}${info.addresses.length > 0 ? '\n' : ''}`)
+    })
+
+  common(program.command('status').description('node, storage and network health'))
+    .action(async (opts: GlobalOpts) => {
+      const s = await (await client(opts)).status()
+      out(opts, s, () => {
+        const { members, ...rest } = s
+        return renderObject(rest) + (Array.isArray(members) ? `members:\n${renderTable(members.map(m => ({ peerId: m.peerId, state: m.state })))}` : '')
+      })
+    })
+
+  common(program.command('tables').description('the schema: tables, columns, keys'))
+    .action(async (opts: GlobalOpts) => {
+      const t = await (await client(opts)).tables()
+      out(opts, t, () => t.tables.map(tb => `${String(tb.name)} (key ${tb.primaryKey.join(':')}, shard ${String(tb.shardKey)})\n` +
+        renderTable(tb.columns.map((c: any) => ({ column: c.name, type: c.type + (c.length !== undefined ? `(${String(c.length)})` : c.precision !== undefined ? `(${String(c.precision)},${String(c.scale)})` : ''), null: c.notNull === true ? 'NOT NULL' : '' })))).join('\n'))
+    })
+
+  withConsistency(common(program.command('insert').description('insert a row (JSON argument, or - for stdin)')))
+    .argument('<table>').argument('<json>')
+    .action(async (table: string, json: string, opts: GlobalOpts) => {
+      const row = await readJsonArg(json, io)
+      const r = await (await client(opts)).insert(table, row, consistency(opts))
+      out(opts, { id: r.id, version: r.version, row: r.row }, () => `inserted ${table} ${r.id} (version ${r.version})\n`)
+    })
+
+  withConsistency(common(program.command('get').description('read a row by its id (`3:7` for a composite key)')))
+    .argument('<table>').argument('<id>')
+    .option('--local', "read only this node's shard")
+    .action(async (table: string, id: string, opts: GlobalOpts & { local?: boolean }) => {
+      const r = await (await client(opts)).get(table, id, { ...consistency(opts), ...(opts.local === true ? { local: true } : {}) })
+      out(opts, { row: r.row, version: r.version, conflicts: r.conflicts }, () =>
+        renderObject(r.row) + `version: ${r.version}\n` + (r.conflicts.length > 0 ? `CONFLICT with ${r.conflicts.map(c => c.version).join(', ')}\n` : ''))
+    })
+
+  withConsistency(common(program.command('update').description('change some columns of a row (JSON argument, or - for stdin)')))
+    .argument('<table>').argument('<id>').argument('<json>')
+    .option('--if-match <version>', 'only if the row is still at this version (repeat to resolve a conflict)', collect, [])
+    .action(async (table: string, id: string, json: string, opts: GlobalOpts & { ifMatch: string[] }) => {
+      const changes = await readJsonArg(json, io)
+      const r = await (await client(opts)).update(table, id, changes, { ...consistency(opts), ifMatch: opts.ifMatch })
+      out(opts, { id: r.id, version: r.version, row: r.row }, () => `updated ${table} ${r.id} (version ${r.version})\n`)
+    })
+
+  withConsistency(common(program.command('delete').description('delete a row (a tombstone: its history is kept)')))
+    .argument('<table>').argument('<id>')
+    .option('--cascade', 'also delete the rows that reference it')
+    .option('--if-match <version>', 'only if the row is still at this version', collect, [])
+    .action(async (table: string, id: string, opts: GlobalOpts & { cascade?: boolean, ifMatch: string[] }) => {
+      const r = await (await client(opts)).delete(table, id, { ...consistency(opts), ifMatch: opts.ifMatch, ...(opts.cascade === true ? { cascade: true } : {}) })
+      out(opts, r, () => `deleted ${table} ${r.id} (version ${r.version}${r.cascaded > 0 ? `, ${r.cascaded} referencing rows too` : ''})\n`)
+    })
+
+  withConsistency(common(program.command('query').description('list rows, with equality filters')))
+    .argument('<table>')
+    .option('--where <col=value>', 'equality filter (repeatable)', collect, [])
+    .option('--limit <n>', 'rows per page (default 100, at most 1000)', int)
+    .option('--cursor <cursor>', 'continue after a previous page')
+    .action(async (table: string, opts: GlobalOpts & { where: string[], limit?: number, cursor?: string }) => {
+      const where: Record<string, string> = {}
+      for (const w of opts.where) {
+        const eq = w.indexOf('=')
+        if (eq <= 0) throw new UsageError(`--where takes col=value, got ${JSON.stringify(w)}`)
+        where[w.slice(0, eq)] = w.slice(eq + 1)
+      }
+      const r = await (await client(opts)).query(table, where, {
+        ...consistency(opts),
+        ...(opts.limit === undefined ? {} : { limit: opts.limit }),
+        ...(opts.cursor === undefined ? {} : { cursor: opts.cursor })
+      })
+      out(opts, { rows: r.rows, next: r.next }, () => renderTable(r.rows) + (r.next === null ? '' : `more: --cursor ${r.next}\n`))
+    })
+
+  withConsistency(common(program.command('history').description('every version a row has had, oldest first')))
+    .argument('<table>').argument('<id>')
+    .action(async (table: string, id: string, opts: GlobalOpts) => {
+      const r = await (await client(opts)).history(table, id, consistency(opts))
+      out(opts, r, () => renderTable(r.versions.map(v => ({ version: v.version, parents: v.parents.join(','), deleted: v.deleted ? 'yes' : '', row: v.row }))))
+    })
+
+  common(program.command('import').description('bulk-load NDJSON or CSV rows into a table'))
+    .argument('<table>').argument('<file>')
+    .addOption(new Option('--format <format>', 'input format (default from the file extension)').choices(['ndjson', 'csv']))
+    .action(async (table: string, file: string, opts: GlobalOpts & { format?: 'ndjson' | 'csv' }) => {
+      const format = opts.format ?? (extname(file).toLowerCase() === '.csv' ? 'csv' : 'ndjson')
+      const size = (await stat(file).catch(() => { throw new UsageError(`cannot read ${file}`) })).size
+      const progress = await byteProgress(io, size)
+      const input = createReadStream(file)
+      input.on('data', (c: string | Buffer) => { progress.add(c.length) })
+      try {
+        const r = await (await client(opts)).import(table, input, format)
+        progress.stop()
+        out(opts, r, () => `imported ${r.accepted} rows into ${table}; rejected ${r.rejected.length + r.rejectedNotShown}\n` +
+          r.rejected.map(x => `  line ${x.line}: ${x.error.message}\n`).join('') +
+          (r.rejectedNotShown > 0 ? `  … and ${r.rejectedNotShown} more\n` : ''))
+        if (r.rejected.length + r.rejectedNotShown > 0 && r.accepted === 0) setCode(EXIT.REFUSED)
+      } finally {
+        progress.stop()
+      }
+    })
+
+  common(program.command('seed').description('load demo data made with Faker, through the API'))
+    .option('--scale <n>', 'units of 20 doctors, patients, medications, appointments, history rows, bills, pairs and lab results', int, 1)
+    .action(async (opts: GlobalOpts & { scale: number }) => {
+      const counts = await seed(await client(opts), opts.scale, io)
+      out(opts, counts, () => renderObject(counts))
+    })
+
+  common(program.command('peers').description('members of the network, their state and addresses'))
+    .action(async (opts: GlobalOpts) => {
+      const r = await (await client(opts)).peers()
+      out(opts, r, () => renderTable((r.members as any[]).map(m => ({ peerId: m.peerId, state: m.state, lastSeen: m.lastSeen === undefined ? '' : new Date(m.lastSeen).toISOString(), addresses: (m.addresses ?? []).join(' ') }))))
+    })
+
+  common(program.command('ring').description("each member's share of the token space and local row counts"))
+    .action(async (opts: GlobalOpts) => {
+      const r = await (await client(opts)).ring()
+      out(opts, r, () => renderTable((r.members as any[]).map(m => ({ peerId: m.peerId, state: m.state, share: `${(m.share * 100).toFixed(1)}%` }))) +
+        `local rows:\n${renderObject(r.localRows ?? {}, '  ')}`)
+    })
+
+  return program
+}
+
+function consistency (opts: GlobalOpts): { consistency?: 'one' | 'quorum' | 'all' } {
+  return opts.consistency === undefined ? {} : { consistency: opts.consistency }
+}
+
+function collect (value: string, previous: string[]): string[] {
+  return [...previous, value]
+}
+
+function int (value: string): number {
+  if (!/^\d+$/.test(value)) throw new UsageError(`expected a positive integer, got ${JSON.stringify(value)}`)
+  return Number(value)
+}
+
+async function readJsonArg (arg: string, io: Io): Promise<unknown> {
+  let text = arg
+  if (arg === '-') {
+    const chunks: Buffer[] = []
+    for await (const c of io.stdin) chunks.push(Buffer.isBuffer(c) ? c : Buffer.from(c))
+    text = Buffer.concat(chunks).toString('utf8')
+  }
+  try {
+    return JSON.parse(text)
+  } catch (err) {
+    throw new UsageError(`the row must be JSON: ${(err as Error).message}`)
+  }
+}
+
+/** The home's config if the home exists; a client must not create a home */
+async function loadConfigIfPresent (home: string): Promise<{ config?: Awaited<ReturnType<typeof loadConfig>>['config'] }> {
+  try {
+    await readFile(`${home}/config.json`)
+  } catch {
+    return {}
+  }
+  return await loadConfig(home)
+}
+
+async function byteProgress (io: Io, total: number): Promise<{ add: (n: number) => void, stop: () => void }> {
+  if (io.stderr.isTTY !== true) return { add: () => {}, stop: () => {} }
+  const { SingleBar, Presets } = await import('cli-progress')
+  const bar = new SingleBar({ format: 'importing [{bar}] {percentage}% | {value}/{total} bytes', stream: io.stderr as NodeJS.WritableStream }, Presets.shades_classic)
+  bar.start(total, 0)
+  let done = 0
+  let stopped = false
+  return {
+    add: n => { done += n; bar.update(Math.min(done, total)) },
+    stop: () => { if (!stopped) { stopped = true; bar.stop() } }
+  }
+}

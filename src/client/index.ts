@@ -1,0 +1,143 @@
+import { request as httpRequest } from 'node:http'
+import type { Readable } from 'node:stream'
+import { NtsoekheError, errorFromJSON } from '../errors/index.js'
+
+/** No daemon answers on the socket: not started, or gone */
+export class NoDaemonError extends NtsoekheError {
+  override name = 'NoDaemonError'
+  constructor (socket: string, cause: unknown) {
+    super('UNAVAILABLE', `No daemon is listening on ${socket}; start one with \`ntsoekhe daemon\``, { cause })
+  }
+}
+
+export interface ClientInit {
+  /** Path of the daemon's Unix socket */
+  socket: string
+  /** Give up on a request after this long, ms. @default 60000 */
+  timeout?: number
+}
+
+export interface RequestOptions {
+  consistency?: 'one' | 'quorum' | 'all'
+  signal?: AbortSignal
+}
+
+export interface RowResult { id: string, version: string, row: Record<string, unknown> | null }
+export interface GetResult { row: Record<string, unknown>, version: string, conflicts: Array<{ version: string, row: Record<string, unknown> | null }> }
+export interface ListResult { rows: Array<Record<string, unknown>>, next: string | null }
+
+/** Typed client for the socket API: what the CLI uses, exported for programs */
+export class NtsoekheClient {
+  readonly socket: string
+  private readonly timeout: number
+
+  constructor (init: ClientInit) {
+    this.socket = init.socket
+    this.timeout = init.timeout ?? 60_000
+  }
+
+  async status (): Promise<Record<string, any>> { return await this.request('GET', '/v1/status') }
+  async tables (): Promise<{ tables: Array<Record<string, any>> }> { return await this.request('GET', '/v1/tables') }
+  async peers (): Promise<Record<string, any>> { return await this.request('GET', '/v1/peers') }
+  async ring (): Promise<Record<string, any>> { return await this.request('GET', '/v1/ring') }
+
+  async insert (table: string, row: unknown, options: RequestOptions = {}): Promise<RowResult> {
+    return await this.request('POST', `/v1/tables/${enc(table)}/rows${qs(options)}`, { body: row, signal: options.signal })
+  }
+
+  async get (table: string, id: string | number, options: RequestOptions & { local?: boolean } = {}): Promise<GetResult> {
+    return await this.request('GET', `/v1/tables/${enc(table)}/rows/${enc(String(id))}${qs(options)}`, { signal: options.signal })
+  }
+
+  async replace (table: string, id: string | number, row: unknown, options: RequestOptions & { ifMatch?: string[] } = {}): Promise<RowResult> {
+    return await this.request('PUT', `/v1/tables/${enc(table)}/rows/${enc(String(id))}${qs(options)}`, { body: row, ifMatch: options.ifMatch, signal: options.signal })
+  }
+
+  async update (table: string, id: string | number, changes: unknown, options: RequestOptions & { ifMatch?: string[] } = {}): Promise<RowResult> {
+    return await this.request('PATCH', `/v1/tables/${enc(table)}/rows/${enc(String(id))}${qs(options)}`, { body: changes, ifMatch: options.ifMatch, signal: options.signal })
+  }
+
+  async delete (table: string, id: string | number, options: RequestOptions & { ifMatch?: string[], cascade?: boolean } = {}): Promise<{ id: string, version: string, deleted: true, cascaded: number }> {
+    return await this.request('DELETE', `/v1/tables/${enc(table)}/rows/${enc(String(id))}${qs(options)}`, { ifMatch: options.ifMatch, signal: options.signal })
+  }
+
+  async history (table: string, id: string | number, options: RequestOptions = {}): Promise<{ versions: Array<{ version: string, parents: string[], row: Record<string, unknown> | null, deleted: boolean }> }> {
+    return await this.request('GET', `/v1/tables/${enc(table)}/rows/${enc(String(id))}/history${qs(options)}`, { signal: options.signal })
+  }
+
+  async query (table: string, where: Record<string, string | number> = {}, options: RequestOptions & { limit?: number, cursor?: string } = {}): Promise<ListResult> {
+    return await this.request('GET', `/v1/tables/${enc(table)}/rows${qs({ ...where, ...options })}`, { signal: options.signal })
+  }
+
+  async batch (operations: unknown[], options: RequestOptions = {}): Promise<{ results: RowResult[] }> {
+    return await this.request('POST', `/v1/batch${qs(options)}`, { body: { operations }, signal: options.signal })
+  }
+
+  /** Streams NDJSON or CSV into a table */
+  async import (table: string, body: Readable | string, format: 'ndjson' | 'csv', options: RequestOptions = {}): Promise<{ accepted: number, rejected: Array<{ line: number, error: { code: string, message: string, column?: string } }>, rejectedNotShown: number }> {
+    const type = format === 'csv' ? 'text/csv' : 'application/x-ndjson'
+    return await this.request('POST', `/v1/tables/${enc(table)}/import${qs(options)}`, { raw: body, contentType: type, signal: options.signal, timeout: 0 })
+  }
+
+  /** One HTTP request over the socket; an error body becomes a thrown NtsoekheError */
+  async request<T = any> (method: string, path: string, opts: { body?: unknown, raw?: Readable | string, contentType?: string, ifMatch?: string[] | undefined, signal?: AbortSignal | undefined, timeout?: number } = {}): Promise<T> {
+    const headers: Record<string, string> = { accept: 'application/json' }
+    let payload: string | undefined
+    if (opts.body !== undefined) {
+      payload = JSON.stringify(opts.body)
+      headers['content-type'] = 'application/json'
+      headers['content-length'] = String(Buffer.byteLength(payload))
+    }
+    if (opts.raw !== undefined) headers['content-type'] = opts.contentType ?? 'application/octet-stream'
+    if (opts.ifMatch !== undefined && opts.ifMatch.length > 0) headers['if-match'] = opts.ifMatch.map(v => `"${v}"`).join(', ')
+    const timeout = opts.timeout ?? this.timeout
+    return await new Promise<T>((resolve, reject) => {
+      const req = httpRequest({ socketPath: this.socket, method, path, headers, ...(opts.signal === undefined ? {} : { signal: opts.signal }) }, res => {
+        const chunks: Buffer[] = []
+        res.on('data', (c: Buffer) => chunks.push(c))
+        res.on('error', reject)
+        res.on('end', () => {
+          const text = Buffer.concat(chunks).toString('utf8')
+          let json: any
+          try {
+            json = text === '' ? {} : JSON.parse(text)
+          } catch {
+            reject(new NtsoekheError('INTERNAL', `The daemon answered ${res.statusCode ?? '?'} with a body that is not JSON`))
+            return
+          }
+          if ((res.statusCode ?? 500) >= 400) {
+            reject(errorFromJSON(json?.error ?? { code: 'INTERNAL', message: `HTTP ${res.statusCode ?? '?'}` }))
+          } else {
+            resolve(json as T)
+          }
+        })
+      })
+      if (timeout > 0) {
+        req.setTimeout(timeout, () => { req.destroy(new NtsoekheError('TIMEOUT', `No answer from the daemon within ${timeout} ms`)) })
+      }
+      req.on('error', (err: NodeJS.ErrnoException) => {
+        if (err.code === 'ENOENT' || err.code === 'ECONNREFUSED' || err.code === 'ENOTSOCK') reject(new NoDaemonError(this.socket, err))
+        else reject(err)
+      })
+      if (opts.raw !== undefined) {
+        if (typeof opts.raw === 'string') req.end(opts.raw)
+        else opts.raw.pipe(req)
+      } else {
+        req.end(payload)
+      }
+    })
+  }
+}
+
+function enc (s: string): string {
+  return encodeURIComponent(s)
+}
+
+function qs (params: object): string {
+  const parts: string[] = []
+  for (const [k, v] of Object.entries(params)) {
+    if (v === undefined || v === false || k === 'signal' || k === 'ifMatch') continue
+    parts.push(`${encodeURIComponent(k)}=${encodeURIComponent(String(v))}`)
+  }
+  return parts.length === 0 ? '' : `?${parts.join('&')}`
+}

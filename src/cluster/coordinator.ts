@@ -1,0 +1,80 @@
+import type { Row, Value } from '../schema/index.js'
+import type { RecordState, VersionEntry } from '../storage/store.js'
+
+/** How many replicas must answer: one, a quorum (W or R), or all N */
+export type Consistency = 'one' | 'quorum' | 'all'
+
+export const CONSISTENCY_LEVELS: readonly Consistency[] = ['one', 'quorum', 'all']
+
+/** One logical write, as the primary of its key orders it */
+export interface Mutation {
+  op: 'insert' | 'put' | 'delete'
+  table: string
+  id: string
+  /** The shard-key value that places the row (`patient_id:42`) */
+  shard: string
+  /** The full row, for insert and put */
+  row?: Row
+  /** Versions the write replaces; each must be a current head, else 412 */
+  ifMatch?: string[]
+}
+
+export interface WriteResult {
+  table: string
+  id: string
+  version: string
+  row: Row | null
+}
+
+export interface RequestOptions {
+  consistency?: Consistency
+  signal?: AbortSignal
+}
+
+export interface ScanRequest {
+  where?: Record<string, Value>
+  /** Resume after this position (`<token>!<id>`) */
+  after?: string
+  limit: number
+}
+
+export interface ScanPage {
+  rows: Array<{ state: RecordState, position: string }>
+  next?: string
+}
+
+export interface MemberStatus {
+  peerId: string
+  state: 'alive' | 'suspect' | 'down' | 'left'
+  addresses: string[]
+  lastSeen?: number
+}
+
+export interface ClusterStatus {
+  peerId: string
+  replicas: number
+  writeQuorum: number
+  readQuorum: number
+  members: MemberStatus[]
+  underReplicated: boolean
+}
+
+/**
+ * The seam between the query layer and the network: where a record lives and
+ * how many copies must answer is the coordinator's business alone. The
+ * single-node implementation is `LocalCoordinator`; the networked one places
+ * keys on the ring and talks to replicas.
+ */
+export interface Coordinator {
+  start: () => Promise<void>
+  stop: () => Promise<void>
+  /** Applies mutations that share one shard key, all or nothing */
+  write: (mutations: Mutation[], options?: RequestOptions) => Promise<WriteResult[]>
+  read: (table: string, id: string, shard: string, options?: RequestOptions) => Promise<RecordState | undefined>
+  /** Reads only this node's shard */
+  readLocal: (table: string, id: string, shard: string) => Promise<RecordState | undefined>
+  history: (table: string, id: string, shard: string, options?: RequestOptions) => Promise<VersionEntry[]>
+  /** Lists a table across the whole network, in position order */
+  scan: (table: string, request: ScanRequest, options?: RequestOptions) => Promise<ScanPage>
+  status: () => Promise<ClusterStatus>
+}

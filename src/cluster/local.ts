@@ -1,0 +1,63 @@
+import type { Store, RecordState, VersionEntry } from '../storage/store.js'
+import type { HybridClock } from '../storage/version.js'
+import type { ClusterStatus, Coordinator, Mutation, ScanPage, ScanRequest, WriteResult } from './coordinator.js'
+import { mutationKey, orderMutations } from './mutations.js'
+import { tokenOf } from './token.js'
+
+export interface LocalCoordinatorComponents {
+  store: Store
+  clock: HybridClock
+  peerId: string
+}
+
+/**
+ * The coordinator of a node alone (N = 1): every key's primary and only
+ * replica is this node, and a write is acknowledged once it is durable here.
+ */
+export class LocalCoordinator implements Coordinator {
+  private readonly components: LocalCoordinatorComponents
+
+  constructor (components: LocalCoordinatorComponents) {
+    this.components = components
+  }
+
+  async start (): Promise<void> {}
+  async stop (): Promise<void> {}
+
+  async write (mutations: Mutation[]): Promise<WriteResult[]> {
+    let results: WriteResult[] = []
+    await this.components.store.transact(mutations.map(mutationKey), states => {
+      const ordered = orderMutations(mutations, states, this.components.clock)
+      results = ordered.results
+      return ordered.entries
+    })
+    return results
+  }
+
+  async read (table: string, id: string, shard: string): Promise<RecordState | undefined> {
+    return await this.components.store.get(table, tokenOf(shard), id)
+  }
+
+  async readLocal (table: string, id: string, shard: string): Promise<RecordState | undefined> {
+    return await this.read(table, id, shard)
+  }
+
+  async history (table: string, id: string, shard: string): Promise<VersionEntry[]> {
+    return await this.components.store.versions(table, tokenOf(shard), id)
+  }
+
+  async scan (table: string, request: ScanRequest): Promise<ScanPage> {
+    return await this.components.store.scan(table, request)
+  }
+
+  async status (): Promise<ClusterStatus> {
+    return {
+      peerId: this.components.peerId,
+      replicas: 1,
+      writeQuorum: 1,
+      readQuorum: 1,
+      members: [{ peerId: this.components.peerId, state: 'alive', addresses: [] }],
+      underReplicated: false
+    }
+  }
+}

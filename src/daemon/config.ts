@@ -1,0 +1,149 @@
+import { mkdir, readFile, rename, writeFile, chmod } from 'node:fs/promises'
+import { homedir } from 'node:os'
+import { join, resolve } from 'node:path'
+import { ValidationError } from '../errors/index.js'
+
+export interface Config {
+  api: {
+    /** Path of the Unix socket, relative to the home. @default "api.sock" */
+    socket: string
+  }
+  storage: {
+    /** fsync every group commit, so acknowledged writes survive power loss. @default true */
+    sync: boolean
+  }
+  network: {
+    /** Addresses to listen on. @default ["/ip4/0.0.0.0/tcp/4100"] */
+    listen: string[]
+    /** Peers to join through (multiaddrs with /p2p/<id>). @default [] */
+    bootstrap: string[]
+    /** DHT protocol prefix. @default "/ntsoekhe" */
+    dhtProtocol: string
+    /** Run the DHT as a client only (a node behind NAT). @default false */
+    dhtClientMode: boolean
+    /** Keep private and loopback addresses in the DHT (LAN, loopback). @default true */
+    keepPrivateAddresses: boolean
+    /** File with a libp2p private-network key, relative to the home; only peers with the same key connect. @default null */
+    pnetKeyFile: string | null
+  }
+  replication: {
+    /** Copies of every record (N). @default 3 */
+    replicas: number
+    /** Replicas that must have a write on disk before it is acknowledged (W). @default 2 */
+    writeQuorum: number
+    /** Replicas asked on a read (R). @default 2 */
+    readQuorum: number
+    /** Wait for a replica's answer before giving up on it, ms. @default 5000 */
+    timeoutMs: number
+  }
+  membership: {
+    /** Ping interval to every member, ms. @default 1000 */
+    heartbeatMs: number
+    /** Silence after which a member is suspect, ms. @default 3000 */
+    suspectAfterMs: number
+    /** Silence after which a member is down and loses its ring share, ms. @default 10000 */
+    downAfterMs: number
+  }
+  log: {
+    /** pino level: trace, debug, info, warn, error, fatal, silent. @default "info" */
+    level: string
+  }
+}
+
+export function defaultConfig (): Config {
+  return {
+    api: { socket: 'api.sock' },
+    storage: { sync: true },
+    network: {
+      listen: ['/ip4/0.0.0.0/tcp/4100'],
+      bootstrap: [],
+      dhtProtocol: '/ntsoekhe',
+      dhtClientMode: false,
+      keepPrivateAddresses: true,
+      pnetKeyFile: null
+    },
+    replication: { replicas: 3, writeQuorum: 2, readQuorum: 2, timeoutMs: 5000 },
+    membership: { heartbeatMs: 1000, suspectAfterMs: 3000, downAfterMs: 10000 },
+    log: { level: 'info' }
+  }
+}
+
+/** The home: `--home`, else `$NTSOEKHE_HOME`, else `~/.ntsoekhe` */
+export function resolveHome (home?: string): string {
+  return resolve(home ?? process.env.NTSOEKHE_HOME ?? join(homedir(), '.ntsoekhe'))
+}
+
+export function socketPath (home: string, config?: Config): string {
+  return resolve(home, config?.api.socket ?? 'api.sock')
+}
+
+/** Creates the home (mode 0700) and returns its config, writing every default on first use */
+export async function loadConfig (home: string): Promise<{ config: Config, created: boolean }> {
+  await mkdir(home, { recursive: true, mode: 0o700 })
+  await chmod(home, 0o700)
+  const path = join(home, 'config.json')
+  let text: string | undefined
+  try {
+    text = await readFile(path, 'utf8')
+  } catch (err) {
+    if ((err as NodeJS.ErrnoException).code !== 'ENOENT') throw err
+  }
+  if (text === undefined) {
+    const config = defaultConfig()
+    await writeConfig(home, config)
+    return { config, created: true }
+  }
+  let parsed: unknown
+  try {
+    parsed = JSON.parse(text)
+  } catch (err) {
+    throw new ValidationError(`${path} is not valid JSON: ${(err as Error).message}`, { cause: err })
+  }
+  return { config: mergeConfig(defaultConfig(), parsed, path), created: false }
+}
+
+export async function writeConfig (home: string, config: Config): Promise<void> {
+  const path = join(home, 'config.json')
+  const tmp = `${path}.${process.pid}.tmp`
+  await writeFile(tmp, JSON.stringify(config, null, 2) + '\n', { mode: 0o600 })
+  await rename(tmp, path)
+}
+
+/** Overlays a user's config onto the defaults, checking every key's type */
+export function mergeConfig (defaults: Config, input: unknown, where = 'config'): Config {
+  if (input === null || typeof input !== 'object' || Array.isArray(input)) throw new ValidationError(`${where}: expected an object`)
+  const out = structuredClone(defaults) as unknown as Record<string, Record<string, unknown>>
+  for (const [section, values] of Object.entries(input as Record<string, unknown>)) {
+    const target = out[section]
+    if (target === undefined) throw new ValidationError(`${where}: unknown section ${section}`)
+    if (values === null || typeof values !== 'object' || Array.isArray(values)) throw new ValidationError(`${where}: ${section} must be an object`)
+    for (const [key, value] of Object.entries(values as Record<string, unknown>)) {
+      if (!(key in target)) throw new ValidationError(`${where}: unknown key ${section}.${key}`)
+      const expected = target[key]
+      const ok = expected === null
+        ? value === null || typeof value === 'string'
+        : Array.isArray(expected)
+          ? Array.isArray(value) && value.every(v => typeof v === 'string')
+          : typeof value === typeof expected || (key === 'pnetKeyFile' && value === null)
+      if (!ok) throw new ValidationError(`${where}: ${section}.${key} has the wrong type (${JSON.stringify(value)})`)
+      target[key] = value
+    }
+  }
+  const config = out as unknown as Config
+  checkConfig(config, where)
+  return config
+}
+
+export function checkConfig (config: Config, where = 'config'): void {
+  const { replicas, writeQuorum, readQuorum } = config.replication
+  for (const [name, v] of Object.entries({ replicas, writeQuorum, readQuorum })) {
+    if (!Number.isSafeInteger(v) || v < 1) throw new ValidationError(`${where}: replication.${name} must be a positive integer`)
+  }
+  if (writeQuorum > replicas || readQuorum > replicas) {
+    throw new ValidationError(`${where}: the write and read quorums cannot exceed replicas (${replicas})`)
+  }
+  const m = config.membership
+  if (!(m.heartbeatMs > 0 && m.suspectAfterMs > m.heartbeatMs && m.downAfterMs >= m.suspectAfterMs)) {
+    throw new ValidationError(`${where}: membership needs 0 < heartbeatMs < suspectAfterMs <= downAfterMs`)
+  }
+}

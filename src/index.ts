@@ -1,0 +1,10 @@
+import './util/polyfill.js'
+
+export { NtsoekheClient, NoDaemonError } from './client/index.js'
+export type { ClientInit, RequestOptions, RowResult, GetResult, ListResult } from './client/index.js'
+export * from './errors/index.js'
+export { TABLES, findTable } from './schema/index.js'
+export type { TableDef, Column, Row } from './schema/index.js'
+export { NtsoekheNode } from './daemon/node.js'
+export { defaultConfig, loadConfig, resolveHome } from './daemon/config.js'
+export type { Config } from './daemon/config.js'

@@ -1,0 +1,469 @@
+import { ConflictError, NotFoundError, ReferenceError, UnknownTableError, ValidationError, NtsoekheError } from '../errors/index.js'
+import {
+  TABLES, checkValue, findTable, parseId, referencingTables, rowId, shardValue, validateRow,
+  type Row, type TableDef, type Value
+} from '../schema/index.js'
+import type { Coordinator, Consistency, Mutation, RequestOptions, WriteResult } from '../cluster/coordinator.js'
+import { winner, type RecordState } from '../storage/store.js'
+import { IdGenerator } from './ids.js'
+
+export const DEFAULT_LIMIT = 100
+export const MAX_LIMIT = 1000
+/** Draws of a fresh id before an insert gives up (a draw collides only across nodes sharing a tag) */
+const ID_ATTEMPTS = 5
+/** Retries of a PATCH whose read version was overtaken by a concurrent write */
+const PATCH_ATTEMPTS = 5
+
+export interface ReadResponse {
+  row: Row
+  version: string
+  /** Other heads that do not descend from the winner: a conflict to resolve */
+  conflicts: Array<{ version: string, row: Row | null }>
+}
+
+export interface WriteOptions extends RequestOptions {
+  /** Versions the write must replace (HTTP If-Match) */
+  ifMatch?: string[]
+}
+
+export interface DeleteOptions extends WriteOptions {
+  /** Also delete the rows that reference this one */
+  cascade?: boolean
+}
+
+export interface ListResponse {
+  rows: Row[]
+  next: string | null
+}
+
+export interface BatchOperation {
+  op: 'insert' | 'put' | 'patch' | 'delete'
+  table: string
+  id?: string | number
+  row?: unknown
+  ifMatch?: string | string[]
+}
+
+export interface ImportResult {
+  accepted: number
+  rejected: Array<{ line: number, error: { code: string, message: string, column?: string } }>
+}
+
+export interface DatabaseComponents {
+  coordinator: Coordinator
+  peerId: string
+}
+
+/**
+ * The query layer: validates rows against the schema, checks references and
+ * unique columns, makes ids, and turns requests into coordinator mutations.
+ * It never knows where a record lives.
+ */
+export class Database {
+  private readonly coordinator: Coordinator
+  private readonly ids: IdGenerator
+
+  constructor (components: DatabaseComponents) {
+    this.coordinator = components.coordinator
+    this.ids = new IdGenerator(components.peerId)
+  }
+
+  tables (): readonly TableDef[] {
+    return TABLES
+  }
+
+  table (name: string): TableDef {
+    const t = findTable(name)
+    if (t === undefined) throw new UnknownTableError(name)
+    return t
+  }
+
+  async insert (tableName: string, body: unknown, options: RequestOptions = {}): Promise<WriteResult> {
+    const table = this.table(tableName)
+    const row = validateRow(table, body, 'full', { allowMissingKey: table.primaryKey.length === 1 })
+    const generated = table.primaryKey.some(k => row[k] === undefined)
+    if (generated && table.primaryKey.length !== 1) {
+      throw new ValidationError(`${table.name} needs ${table.primaryKey.join(' and ')}`)
+    }
+    await this.checkRow(table, row, undefined, options)
+    for (let attempt = 1; ; attempt++) {
+      const full = generated ? { [table.primaryKey[0] as string]: this.ids.next(), ...row } : row
+      const ordered = orderColumns(table, full)
+      try {
+        await this.claimKey(table, ordered, options)
+        try {
+          const [result] = await this.coordinator.write([this.mutation('insert', table, ordered)], options)
+          return result as WriteResult
+        } catch (err) {
+          await this.releaseKey(table, ordered, options)
+          throw err
+        }
+      } catch (err) {
+        if (!generated || attempt >= ID_ATTEMPTS || !(err instanceof ConflictError)) throw err
+      }
+    }
+  }
+
+  async get (tableName: string, id: string, options: RequestOptions & { local?: boolean } = {}): Promise<ReadResponse> {
+    const table = this.table(tableName)
+    const key = parseId(table, id)
+    const state = await this.readState(table, key, options)
+    return toReadResponse(table, rowId(table, key), state)
+  }
+
+  async replace (tableName: string, id: string, body: unknown, options: WriteOptions = {}): Promise<WriteResult> {
+    const table = this.table(tableName)
+    const key = parseId(table, id)
+    const row = validateRow(table, { ...key, ...(body as object) }, 'full')
+    assertSameKey(table, key, row)
+    const current = await this.readState(table, key, options)
+    const live = current === undefined ? undefined : winner(current)
+    if (live?.row == null) throw new NotFoundError(`${table.name} ${rowId(table, key)} not found`)
+    assertSameShard(table, live.row, row)
+    await this.checkRow(table, row, rowId(table, key), options)
+    const [result] = await this.coordinator.write([this.mutation('put', table, orderColumns(table, row), options.ifMatch)], options)
+    return result as WriteResult
+  }
+
+  async patch (tableName: string, id: string, body: unknown, options: WriteOptions = {}): Promise<WriteResult> {
+    const table = this.table(tableName)
+    const key = parseId(table, id)
+    const changes = validateRow(table, body, 'partial')
+    assertSameKey(table, key, changes)
+    for (let attempt = 1; ; attempt++) {
+      const current = await this.readState(table, key, options)
+      const head = current === undefined ? undefined : winner(current)
+      if (head?.row == null) throw new NotFoundError(`${table.name} ${rowId(table, key)} not found`)
+      const row = validateRow(table, { ...head.row, ...changes }, 'full')
+      assertSameShard(table, head.row, row)
+      await this.checkRow(table, row, rowId(table, key), options, Object.keys(changes))
+      const ifMatch = options.ifMatch ?? [head.version]
+      try {
+        const [result] = await this.coordinator.write([this.mutation('put', table, orderColumns(table, row), ifMatch)], options)
+        return result as WriteResult
+      } catch (err) {
+        // Our own read was overtaken by a concurrent write: merge again onto the new head.
+        const retry = options.ifMatch === undefined && attempt < PATCH_ATTEMPTS &&
+          err instanceof NtsoekheError && err.code === 'PRECONDITION_FAILED'
+        if (!retry) throw err
+      }
+    }
+  }
+
+  async delete (tableName: string, id: string, options: DeleteOptions = {}): Promise<WriteResult & { cascaded: number }> {
+    const table = this.table(tableName)
+    const key = parseId(table, id)
+    const current = await this.readState(table, key, options)
+    const head = current === undefined ? undefined : winner(current)
+    if (head?.row == null) throw new NotFoundError(`${table.name} ${rowId(table, key)} not found`)
+    const cascaded = await this.deleteReferences(table, head.row, options)
+    const [result] = await this.coordinator.write([this.mutation('delete', table, head.row, options.ifMatch)], options)
+    await this.releaseKey(table, head.row, options)
+    return { ...(result as WriteResult), cascaded }
+  }
+
+  async history (tableName: string, id: string, options: RequestOptions = {}): Promise<Array<{ version: string, parents: string[], row: Row | null, deleted: boolean }>> {
+    const table = this.table(tableName)
+    const key = parseId(table, id)
+    const shard = await this.shardOfKey(table, key, options)
+    const versions = shard === undefined ? [] : await this.coordinator.history(table.name, rowId(table, key), shard, options)
+    if (versions.length === 0) throw new NotFoundError(`${table.name} ${rowId(table, key)} has no history`)
+    return versions.map(v => ({ version: v.version, parents: v.parents, row: v.row, deleted: v.row === null }))
+  }
+
+  /** Lists rows with equality filters (`where` values as typed by a user) and a cursor */
+  async list (tableName: string, where: Record<string, string | number | null>, options: RequestOptions & { limit?: number, cursor?: string } = {}): Promise<ListResponse> {
+    const table = this.table(tableName)
+    const limit = options.limit ?? DEFAULT_LIMIT
+    if (!Number.isSafeInteger(limit) || limit < 1 || limit > MAX_LIMIT) {
+      throw new ValidationError(`limit must be an integer from 1 to ${MAX_LIMIT}`)
+    }
+    const typed: Record<string, Value> = {}
+    for (const [name, raw] of Object.entries(where)) {
+      const col = table.columns.find(c => c.name === name)
+      if (col === undefined) throw new ValidationError(`Unknown column ${name} in table ${table.name}`, { column: name })
+      typed[name] = checkValue({ ...col, notNull: false, length: undefined }, raw)
+    }
+    const after = options.cursor === undefined ? undefined : decodeCursor(options.cursor)
+    const page = await this.coordinator.scan(table.name, { where: typed, limit, ...(after === undefined ? {} : { after }) }, options)
+    const rows = page.rows.map(r => winner(r.state)?.row).filter((r): r is Row => r != null)
+    return { rows, next: page.next === undefined ? null : encodeCursor(page.next) }
+  }
+
+  /** Several writes that share one shard key, applied all or nothing */
+  async batch (operations: BatchOperation[], options: RequestOptions = {}): Promise<WriteResult[]> {
+    if (!Array.isArray(operations) || operations.length === 0) throw new ValidationError('A batch needs a non-empty operations array')
+    const mutations: Mutation[] = []
+    for (const [i, op] of operations.entries()) {
+      try {
+        mutations.push(await this.batchMutation(op, options))
+      } catch (err) {
+        if (err instanceof NtsoekheError) err.message = `operations[${i}]: ${err.message}`
+        throw err
+      }
+    }
+    const shards = new Set(mutations.map(m => m.shard))
+    if (shards.size > 1) {
+      throw new ValidationError(`A batch must share one shard key; these operations span ${[...shards].join(', ')}`)
+    }
+    const inserted = mutations.filter(m => m.op === 'insert').map(m => ({ table: this.table(m.table), row: m.row as Row }))
+    const claimed: typeof inserted = []
+    try {
+      for (const c of inserted) {
+        await this.claimKey(c.table, c.row, options)
+        claimed.push(c)
+      }
+      const results = await this.coordinator.write(mutations, options)
+      for (const m of mutations) {
+        if (m.op === 'delete') await this.releaseKey(this.table(m.table), parseId(this.table(m.table), m.id), options)
+      }
+      return results
+    } catch (err) {
+      for (const c of claimed) await this.releaseKey(c.table, c.row, options)
+      throw err
+    }
+  }
+
+  private async batchMutation (op: BatchOperation, options: RequestOptions): Promise<Mutation> {
+    if (op === null || typeof op !== 'object') throw new ValidationError('Each operation must be an object')
+    const table = this.table(String(op.table))
+    const ifMatch = op.ifMatch === undefined ? undefined : Array.isArray(op.ifMatch) ? op.ifMatch : [op.ifMatch]
+    switch (op.op) {
+      case 'insert': {
+        const row = validateRow(table, op.row, 'full', { allowMissingKey: table.primaryKey.length === 1 })
+        const full = table.primaryKey.some(k => row[k] === undefined) ? { [table.primaryKey[0] as string]: this.ids.next(), ...row } : row
+        await this.checkRow(table, full, undefined, options)
+        return this.mutation('insert', table, orderColumns(table, full))
+      }
+      case 'put':
+      case 'patch': {
+        if (op.id === undefined) throw new ValidationError(`${op.op} needs an id`)
+        const key = parseId(table, String(op.id))
+        let row: Row
+        if (op.op === 'put') {
+          row = validateRow(table, { ...key, ...(op.row as object) }, 'full')
+        } else {
+          const head = await this.readState(table, key, options)
+          const live = head === undefined ? undefined : winner(head)
+          if (live?.row == null) throw new NotFoundError(`${table.name} ${rowId(table, key)} not found`)
+          row = validateRow(table, { ...live.row, ...validateRow(table, op.row, 'partial') }, 'full')
+        }
+        assertSameKey(table, key, row)
+        await this.checkRow(table, row, rowId(table, key), options)
+        return this.mutation('put', table, orderColumns(table, row), ifMatch)
+      }
+      case 'delete': {
+        if (op.id === undefined) throw new ValidationError('delete needs an id')
+        const key = parseId(table, String(op.id))
+        const state = await this.readState(table, key, options)
+        const live = state === undefined ? undefined : winner(state)
+        if (live?.row == null) throw new NotFoundError(`${table.name} ${rowId(table, key)} not found`)
+        await this.refuseIfReferenced(table, live.row, options)
+        return this.mutation('delete', table, live.row, ifMatch)
+      }
+      default:
+        throw new ValidationError(`Unknown batch op ${JSON.stringify((op as { op?: unknown }).op)}; use insert, put, patch or delete`)
+    }
+  }
+
+  /**
+   * Bulk insert of parsed rows (`line` numbers for the report). Rows are
+   * validated and written concurrently; group commit folds them into few
+   * durable batches. A bad row is reported and never stops the others.
+   */
+  async importRows (tableName: string, rows: Array<{ line: number, value: unknown }>, options: RequestOptions = {}): Promise<ImportResult> {
+    this.table(tableName)
+    const result: ImportResult = { accepted: 0, rejected: [] }
+    const outcomes = await Promise.allSettled(rows.map(async r => await this.insert(tableName, r.value, options)))
+    outcomes.forEach((o, i) => {
+      if (o.status === 'fulfilled') {
+        result.accepted++
+      } else {
+        const err = o.reason
+        const error = err instanceof NtsoekheError ? err.toJSON() : { code: 'INTERNAL', message: String(err?.message ?? err) }
+        result.rejected.push({ line: rows[i]?.line ?? 0, error })
+      }
+    })
+    return result
+  }
+
+  private mutation (op: Mutation['op'], table: TableDef, row: Row, ifMatch?: string[]): Mutation {
+    const m: Mutation = { op, table: table.name, id: rowId(table, row), shard: shardValue(table, row) }
+    if (op !== 'delete') m.row = row
+    if (ifMatch !== undefined && ifMatch.length > 0) m.ifMatch = ifMatch
+    return m
+  }
+
+  private async readState (table: TableDef, key: Row, options: RequestOptions & { local?: boolean }): Promise<RecordState | undefined> {
+    const id = rowId(table, key)
+    const shard = await this.shardOfKey(table, key, options)
+    if (shard === undefined) return undefined
+    return options.local === true
+      ? await this.coordinator.readLocal(table.name, id, shard)
+      : await this.coordinator.read(table.name, id, shard, options)
+  }
+
+  /**
+   * The shard of a row known only by its key. Where the shard key is not part
+   * of the key (appointments by doctor, history by patient), a locator record
+   * (`_locator`, placed on the ring by the row's key) names the shard.
+   */
+  private async shardOfKey (table: TableDef, key: Row, options: RequestOptions = {}): Promise<string | undefined> {
+    if (!needsLocator(table)) return shardValue(table, key)
+    const state = await this.coordinator.read(LOCATOR_TABLE, locatorId(table, key), locatorShard(table, key), options)
+    const head = state === undefined ? undefined : winner(state)
+    const shard = head?.row?.shard
+    return typeof shard === 'string' ? shard : undefined
+  }
+
+  /** Claims the row's key network-wide before the row is written (409 when the key is taken) */
+  private async claimKey (table: TableDef, row: Row, options: RequestOptions): Promise<void> {
+    if (!needsLocator(table)) return
+    await this.coordinator.write([{
+      op: 'insert', table: LOCATOR_TABLE, id: locatorId(table, row), shard: locatorShard(table, row), row: { shard: shardValue(table, row) }
+    }], options).catch(err => {
+      if (err instanceof ConflictError) throw new ConflictError(`${table.name} ${rowId(table, row)} already exists`, { cause: err })
+      throw err
+    })
+  }
+
+  /** Gives a key back after its row's write failed or the row was deleted */
+  private async releaseKey (table: TableDef, row: Row, options: RequestOptions): Promise<void> {
+    if (!needsLocator(table)) return
+    await this.coordinator.write([{ op: 'delete', table: LOCATOR_TABLE, id: locatorId(table, row), shard: locatorShard(table, row) }], options)
+      .catch(err => { if (!(err instanceof NotFoundError)) throw err })
+  }
+
+  /** References, uniqueness and the lab result's patient; `columns` narrows the check to changed columns */
+  private async checkRow (table: TableDef, row: Row, selfId: string | undefined, options: RequestOptions, columns?: string[]): Promise<void> {
+    for (const ref of table.references) {
+      if (columns !== undefined && !columns.includes(ref.column)) continue
+      const value = row[ref.column]
+      if (value === null || value === undefined) continue
+      const target = this.table(ref.table)
+      const lookup: Row = { [ref.refColumn]: value }
+      if (target.shardKey !== 'global' && target.shardKey !== ref.refColumn) lookup[target.shardKey] = row[target.shardKey] ?? null
+      const state = lookup[target.shardKey as string] === null
+        ? undefined
+        : await this.coordinator.read(target.name, rowId(target, lookup), shardValue(target, lookup), options)
+      if (state === undefined || winner(state)?.row == null) {
+        const scope = target.shardKey !== 'global' && target.shardKey !== ref.refColumn ? ` for ${target.shardKey} ${String(lookup[target.shardKey])}` : ''
+        throw new ReferenceError(`${ref.column} ${String(value)}: no such ${target.name} row${scope}`, { column: ref.column })
+      }
+    }
+    for (const col of table.unique) {
+      if (columns !== undefined && !columns.includes(col)) continue
+      const value = row[col]
+      if (value === null || value === undefined) continue
+      const page = await this.coordinator.scan(table.name, { where: { [col]: value }, limit: 2 }, options)
+      const other = page.rows.find(r => r.state.id !== selfId)
+      if (other !== undefined) {
+        throw new ConflictError(`${col} ${JSON.stringify(value)} is already used by ${table.name} ${other.state.id}`, { column: col })
+      }
+    }
+  }
+
+  private async referencingRows (table: TableDef, row: Row, options: RequestOptions, limit: number): Promise<Array<{ table: TableDef, rows: Row[] }>> {
+    const out: Array<{ table: TableDef, rows: Row[] }> = []
+    for (const { table: child, reference } of referencingTables(table.name)) {
+      const value = row[reference.refColumn]
+      if (value === null || value === undefined) continue
+      const where: Record<string, Value> = { [reference.column]: value }
+      const page = await this.coordinator.scan(child.name, { where, limit }, options)
+      const rows = page.rows.map(r => winner(r.state)?.row).filter((r): r is Row => r != null)
+      if (rows.length > 0) out.push({ table: child, rows })
+    }
+    return out
+  }
+
+  private async refuseIfReferenced (table: TableDef, row: Row, options: RequestOptions): Promise<void> {
+    const refs = await this.referencingRows(table, row, options, 1)
+    const first = refs[0]
+    if (first !== undefined) {
+      throw new ConflictError(`${table.name} ${rowId(table, row)} is still referenced by ${first.table.name} ${rowId(first.table, first.rows[0] as Row)}; delete those first or ask to cascade`)
+    }
+  }
+
+  /** Deletes (cascade) or refuses on rows that reference `row`; returns how many were deleted */
+  private async deleteReferences (table: TableDef, row: Row, options: DeleteOptions): Promise<number> {
+    if (options.cascade !== true) {
+      await this.refuseIfReferenced(table, row, options)
+      return 0
+    }
+    let deleted = 0
+    for (;;) {
+      const refs = await this.referencingRows(table, row, options, MAX_LIMIT)
+      if (refs.length === 0) return deleted
+      for (const { table: child, rows } of refs) {
+        for (const r of rows) {
+          deleted += 1 + await this.deleteReferences(child, r, options)
+          await this.coordinator.write([this.mutation('delete', child, r)], options)
+          await this.releaseKey(child, r, options)
+        }
+      }
+    }
+  }
+}
+
+/** Internal table of key locators: row key -> shard, for tables whose shard key is not in the key */
+export const LOCATOR_TABLE = '_locator'
+
+function needsLocator (table: TableDef): boolean {
+  return table.shardKey !== 'global' && !table.primaryKey.includes(table.shardKey)
+}
+
+function locatorId (table: TableDef, key: Row): string {
+  return `${table.name}.${rowId(table, key)}`
+}
+
+function locatorShard (table: TableDef, key: Row): string {
+  return `key:${locatorId(table, key)}`
+}
+
+function toReadResponse (table: TableDef, id: string, state: RecordState | undefined): ReadResponse {
+  const head = state === undefined ? undefined : winner(state)
+  if (state === undefined || head === undefined || head.row === null) {
+    throw new NotFoundError(`${table.name} ${id} not found`)
+  }
+  return {
+    row: head.row,
+    version: head.version,
+    conflicts: state.heads.slice(1).map(h => ({ version: h.version, row: h.row }))
+  }
+}
+
+function orderColumns (table: TableDef, row: Row): Row {
+  const out: Row = {}
+  for (const c of table.columns) {
+    const v = row[c.name]
+    if (v !== undefined) out[c.name] = v
+  }
+  return out
+}
+
+function assertSameKey (table: TableDef, key: Row, row: Row): void {
+  for (const k of table.primaryKey) {
+    if (row[k] !== undefined && row[k] !== key[k]) {
+      throw new ValidationError(`${k} is part of the row's key and cannot change (${String(key[k])} -> ${String(row[k])})`, { column: k })
+    }
+  }
+}
+
+function assertSameShard (table: TableDef, before: Row, after: Row): void {
+  if (table.shardKey === 'global') return
+  if (before[table.shardKey] !== after[table.shardKey]) {
+    throw new ValidationError(`${table.shardKey} is the shard key of ${table.name} and cannot change; delete the row and insert it anew`, { column: table.shardKey })
+  }
+}
+
+export function encodeCursor (position: string): string {
+  return Buffer.from(position, 'utf8').toString('base64url')
+}
+
+export function decodeCursor (cursor: string): string {
+  const position = Buffer.from(cursor, 'base64url').toString('utf8')
+  if (!/^[0-9a-f]{16}![0-9:-]+$/.test(position)) throw new ValidationError(`Invalid cursor ${JSON.stringify(cursor)}`)
+  return position
+}
+
+export type { Consistency }

@@ -1,0 +1,149 @@
+/**
+ * The healthcare schema of both design documents: tables, column types and
+ * lengths, NOT NULL rules, keys, references and shard keys.
+ */
+export type ColumnType = 'INT' | 'VARCHAR' | 'DATE' | 'TIMESTAMP' | 'DECIMAL'
+
+export interface Column {
+  name: string
+  type: ColumnType
+  /** VARCHAR(n): at most n characters */
+  length?: number
+  /** DECIMAL(precision, scale) */
+  precision?: number
+  scale?: number
+  notNull: boolean
+}
+
+export interface Reference {
+  column: string
+  table: string
+  /** The referenced table's key column */
+  refColumn: string
+}
+
+export interface TableDef {
+  name: string
+  columns: Column[]
+  /** The key columns, in the order used to address a row (`3:7`) */
+  primaryKey: string[]
+  /** The column whose value places the row on the ring, or 'global' for tables copied to every node */
+  shardKey: string | 'global'
+  references: Reference[]
+  /** Columns whose values must be unique across the table */
+  unique: string[]
+  /** Columns with a secondary index (references, unique columns and the shard key) */
+  indexed: string[]
+}
+
+const int = (name: string, notNull = true): Column => ({ name, type: 'INT', notNull })
+const varchar = (name: string, length: number, notNull = true): Column => ({ name, type: 'VARCHAR', length, notNull })
+const date = (name: string): Column => ({ name, type: 'DATE', notNull: true })
+const timestamp = (name: string): Column => ({ name, type: 'TIMESTAMP', notNull: true })
+const decimal = (name: string, precision: number, scale: number): Column => ({ name, type: 'DECIMAL', precision, scale, notNull: true })
+const ref = (column: string, table: string, refColumn = column): Reference => ({ column, table, refColumn })
+
+function table (def: Omit<TableDef, 'indexed' | 'unique'> & { unique?: string[] }): TableDef {
+  const unique = def.unique ?? []
+  const indexed = new Set<string>([...def.references.map(r => r.column), ...unique])
+  if (def.shardKey !== 'global') indexed.add(def.shardKey)
+  for (const k of def.primaryKey) indexed.delete(k)
+  return { ...def, unique, indexed: [...indexed] }
+}
+
+export const TABLES: readonly TableDef[] = [
+  table({
+    name: 'patient_records',
+    columns: [int('patient_id'), varchar('patient_name', 150), date('date_of_birth'), varchar('gender', 10),
+      varchar('address', 100), varchar('contact_number', 10), varchar('email', 50), varchar('allergies', 50, false)],
+    primaryKey: ['patient_id'],
+    shardKey: 'patient_id',
+    references: []
+  }),
+  table({
+    name: 'doctors_info',
+    columns: [int('doctor_id'), varchar('name', 150), varchar('specialization', 150), varchar('contact_number', 10),
+      varchar('email', 50), varchar('availability', 150)],
+    primaryKey: ['doctor_id'],
+    shardKey: 'doctor_id',
+    references: []
+  }),
+  table({
+    name: 'appointments',
+    columns: [int('appointment_id'), int('patient_id'), int('doctor_id'), timestamp('appointment_date'), varchar('purpose', 100)],
+    primaryKey: ['appointment_id'],
+    shardKey: 'doctor_id',
+    references: [ref('patient_id', 'patient_records'), ref('doctor_id', 'doctors_info')]
+  }),
+  table({
+    name: 'medical_history',
+    columns: [int('history_id'), int('patient_id'), varchar('diagnosis', 200), varchar('treatment', 200),
+      timestamp('date_of_visit'), int('role_id', false)],
+    primaryKey: ['history_id'],
+    shardKey: 'patient_id',
+    references: [ref('patient_id', 'patient_records'), ref('role_id', 'user_roles')]
+  }),
+  table({
+    name: 'medications',
+    columns: [int('medication_id'), varchar('name', 20), varchar('dosage', 20), varchar('manufacturer', 100)],
+    primaryKey: ['medication_id'],
+    shardKey: 'medication_id',
+    references: []
+  }),
+  table({
+    name: 'billing_insurance',
+    columns: [int('billing_id'), int('patient_id'), decimal('amount', 10, 2), date('date'),
+      varchar('insurance_provider', 100), varchar('insurance_policy_number', 50)],
+    primaryKey: ['billing_id'],
+    shardKey: 'patient_id',
+    references: [ref('patient_id', 'patient_records')]
+  }),
+  table({
+    name: 'patient_medications',
+    columns: [int('patient_id'), int('medication_id')],
+    primaryKey: ['patient_id', 'medication_id'],
+    shardKey: 'patient_id',
+    references: [ref('patient_id', 'patient_records'), ref('medication_id', 'medications')]
+  }),
+  table({
+    name: 'lab_results',
+    columns: [int('result_id'), int('record_id'), int('patient_id'), varchar('test_name', 100), date('test_date'),
+      varchar('test_result', 200)],
+    primaryKey: ['result_id'],
+    shardKey: 'patient_id',
+    references: [ref('record_id', 'medical_history', 'history_id'), ref('patient_id', 'patient_records')]
+  }),
+  table({
+    name: 'user_roles',
+    columns: [int('role_id'), varchar('role_name', 50)],
+    primaryKey: ['role_id'],
+    shardKey: 'global',
+    references: [],
+    unique: ['role_name']
+  }),
+  table({
+    name: 'users',
+    columns: [int('user_id'), varchar('user_name', 50), int('role_id')],
+    primaryKey: ['user_id'],
+    shardKey: 'global',
+    references: [ref('role_id', 'user_roles')],
+    unique: ['user_name']
+  })
+]
+
+const BY_NAME = new Map(TABLES.map(t => [t.name, t]))
+
+export function findTable (name: string): TableDef | undefined {
+  return BY_NAME.get(name)
+}
+
+/** Tables whose rows reference `table`, with the referencing column */
+export function referencingTables (table: string): Array<{ table: TableDef, reference: Reference }> {
+  const out: Array<{ table: TableDef, reference: Reference }> = []
+  for (const t of TABLES) {
+    for (const r of t.references) {
+      if (r.table === table) out.push({ table: t, reference: r })
+    }
+  }
+  return out
+}

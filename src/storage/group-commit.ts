@@ -1,0 +1,78 @@
+import type { AbstractSublevel } from 'abstract-level'
+
+/** One operation of a LevelDB batch, on one of the store's sublevels */
+export type BatchOp =
+  | { type: 'put', sublevel: AbstractSublevel<any, any, string, any>, key: string, value: unknown }
+  | { type: 'del', sublevel: AbstractSublevel<any, any, string, any>, key: string }
+
+interface Pending {
+  ops: BatchOp[]
+  resolve: () => void
+  reject: (err: unknown) => void
+}
+
+export interface GroupCommitInit {
+  /**
+   * Write with `sync: true` so an acknowledged write survives a power cut.
+   * @default true
+   */
+  sync?: boolean
+  /** Most operations folded into one LevelDB batch. @default 20000 */
+  maxOps?: number
+}
+
+/**
+ * Group commit: writes that arrive while one batch is being made durable are
+ * folded into the next single batch, so each fsync carries many writes. Each
+ * caller's operations land atomically (they are never split across batches).
+ */
+export class GroupCommitter {
+  private queue: Pending[] = []
+  private flushing = false
+  private readonly sync: boolean
+  private readonly maxOps: number
+  private readonly write: (ops: BatchOp[], sync: boolean) => Promise<void>
+  /** Batches written, for status and tests */
+  batches = 0
+  opsWritten = 0
+
+  constructor (write: (ops: BatchOp[], sync: boolean) => Promise<void>, init: GroupCommitInit = {}) {
+    this.write = write
+    this.sync = init.sync ?? true
+    this.maxOps = init.maxOps ?? 20_000
+  }
+
+  async commit (ops: BatchOp[]): Promise<void> {
+    if (ops.length === 0) return
+    await new Promise<void>((resolve, reject) => {
+      this.queue.push({ ops, resolve, reject })
+      if (!this.flushing) void this.flush()
+    })
+  }
+
+  private async flush (): Promise<void> {
+    this.flushing = true
+    try {
+      while (this.queue.length > 0) {
+        const group: Pending[] = []
+        let count = 0
+        while (this.queue.length > 0 && (group.length === 0 || count + (this.queue[0]?.ops.length ?? 0) <= this.maxOps)) {
+          const p = this.queue.shift() as Pending
+          group.push(p)
+          count += p.ops.length
+        }
+        const ops = group.length === 1 ? (group[0] as Pending).ops : group.flatMap(p => p.ops)
+        try {
+          await this.write(ops, this.sync)
+          this.batches++
+          this.opsWritten += ops.length
+          for (const p of group) p.resolve()
+        } catch (err) {
+          for (const p of group) p.reject(err)
+        }
+      }
+    } finally {
+      this.flushing = false
+    }
+  }
+}

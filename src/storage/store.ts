@@ -1,0 +1,328 @@
+import { Level } from 'level'
+import type { AbstractSublevel } from 'abstract-level'
+import { HomeLockedError, NtsoekheError } from '../errors/index.js'
+import type { Row, Value } from '../schema/index.js'
+import { compareVersions } from './version.js'
+import { GroupCommitter, type BatchOp } from './group-commit.js'
+import { KeyedMutex } from './keyed-mutex.js'
+import { encodeIndexValue, recordKey, SEP } from './keys.js'
+
+type Sub = AbstractSublevel<any, any, string, any>
+
+/** One version of one record: the unit that is stored, replicated and kept in history */
+export interface VersionEntry {
+  table: string
+  id: string
+  /** Ring token of the row's shard key (16 hex digits) */
+  token: string
+  version: string
+  /** The versions this one replaces */
+  parents: string[]
+  /** The row, or null for a tombstone (delete) */
+  row: Row | null
+}
+
+/** A record's current state: its heads, newest first. More than one head is a conflict */
+export interface RecordState {
+  table: string
+  id: string
+  token: string
+  heads: VersionEntry[]
+}
+
+export interface ScanOptions {
+  /** Equality filters; at most one should be on an indexed column to use the index */
+  where?: Record<string, Value>
+  /** Columns of the table that have a secondary index */
+  indexed?: string[]
+  /** Resume after this position (`<token>!<id>`) */
+  after?: string
+  limit: number
+}
+
+export interface ScanResult {
+  rows: Array<{ state: RecordState, position: string }>
+  /** Position to resume from, when more rows may follow */
+  next?: string
+}
+
+export interface StoreInit {
+  /** Directory of the LevelDB database */
+  path: string
+  /**
+   * fsync each group commit, so an acknowledged write survives power loss.
+   * @default true
+   */
+  sync?: boolean
+  /** Columns with a secondary index, per table */
+  indexes?: Record<string, string[]>
+}
+
+export type ApplyOutcome = 'applied' | 'duplicate' | 'history'
+
+/** The winning head: the highest version */
+export function winner (state: RecordState): VersionEntry | undefined {
+  return state.heads[0]
+}
+
+/**
+ * The node's shard in LevelDB. Rows are keyed by ring token first, so a token
+ * range is one contiguous scan; index entries live in their own sublevel and
+ * are written in the same batch as the row they point at.
+ */
+export class Store {
+  private readonly db: Level<string, any>
+  private readonly records: Sub
+  private readonly history: Sub
+  private readonly tables: Sub
+  private readonly index: Sub
+  private readonly meta: Sub
+  private readonly mutex = new KeyedMutex()
+  private readonly committer: GroupCommitter
+  private readonly indexes: Record<string, string[]>
+  private state: 'new' | 'opening' | 'open' | 'closing' | 'closed' = 'new'
+  private opening?: Promise<void>
+  private closing?: Promise<void>
+
+  constructor (init: StoreInit) {
+    this.db = new Level<string, any>(init.path, { valueEncoding: 'json' })
+    this.records = this.db.sublevel<string, any>('r', { valueEncoding: 'json' }) as Sub
+    this.history = this.db.sublevel<string, any>('h', { valueEncoding: 'json' }) as Sub
+    this.tables = this.db.sublevel<string, any>('t', { valueEncoding: 'json' }) as Sub
+    this.index = this.db.sublevel<string, any>('i', { valueEncoding: 'json' }) as Sub
+    this.meta = this.db.sublevel<string, any>('m', { valueEncoding: 'json' }) as Sub
+    this.indexes = init.indexes ?? {}
+    this.committer = new GroupCommitter(async (ops, sync) => {
+      await this.db.batch(ops as any, { sync })
+    }, { sync: init.sync ?? true })
+  }
+
+  get status (): string {
+    return this.state
+  }
+
+  /** Opens the database; a database held by another process is a HomeLockedError */
+  async open (): Promise<void> {
+    this.opening ??= this._open()
+    await this.opening
+  }
+
+  private async _open (): Promise<void> {
+    this.state = 'opening'
+    try {
+      await this.db.open()
+    } catch (err: any) {
+      this.state = 'closed'
+      if (err?.code === 'LEVEL_DATABASE_NOT_OPEN' && err?.cause?.code === 'LEVEL_LOCKED') {
+        throw new HomeLockedError(`The store at ${this.db.location} is in use by another process (is a daemon already running on this home?)`, { cause: err })
+      }
+      throw err
+    }
+    const format = await this.meta.get('format')
+    if (format === undefined) {
+      await this.meta.put('format', STORE_FORMAT)
+    } else if (format !== STORE_FORMAT) {
+      await this.db.close()
+      this.state = 'closed'
+      throw new NtsoekheError('INTERNAL', `The store at ${this.db.location} has format ${String(format)}; this version reads format ${STORE_FORMAT}`)
+    }
+    this.state = 'open'
+  }
+
+  async close (): Promise<void> {
+    this.closing ??= this._close()
+    await this.closing
+  }
+
+  private async _close (): Promise<void> {
+    if (this.opening !== undefined) await this.opening.catch(() => {})
+    this.state = 'closing'
+    await this.db.close()
+    this.state = 'closed'
+  }
+
+  private checkOpen (): void {
+    if (this.state !== 'open') throw new NtsoekheError('UNAVAILABLE', `The store is ${this.state}`)
+  }
+
+  async get (table: string, token: string, id: string): Promise<RecordState | undefined> {
+    this.checkOpen()
+    return await this._get(table, token, id)
+  }
+
+  private async _get (table: string, token: string, id: string): Promise<RecordState | undefined> {
+    const value = await this.records.get(recordKey(token, table, id))
+    if (value === undefined) return undefined
+    return { table, id, token, heads: value.heads }
+  }
+
+  /** Every version the record has had, oldest first */
+  async versions (table: string, token: string, id: string): Promise<VersionEntry[]> {
+    this.checkOpen()
+    const prefix = recordKey(token, table, id) + SEP
+    const out: VersionEntry[] = []
+    for await (const value of this.history.values({ gt: prefix, lt: prefix + '\xff' })) out.push(value)
+    return out.sort((a, b) => compareVersions(a.version, b.version))
+  }
+
+  /**
+   * Applies replicated versions atomically: every entry or none. Applying a
+   * version twice changes nothing; a version older than a known descendant
+   * goes to history only.
+   */
+  async apply (entries: VersionEntry[]): Promise<ApplyOutcome[]> {
+    return await this.transact(entries.map(e => ({ table: e.table, token: e.token, id: e.id })), async () => entries)
+  }
+
+  /**
+   * Read-modify-write on a set of records under their locks: `build` sees the
+   * current states and returns the versions to write (or throws to write
+   * nothing). All of it lands in one atomic, durable batch.
+   */
+  async transact (
+    keys: Array<{ table: string, token: string, id: string }>,
+    build: (states: Map<string, RecordState | undefined>) => Promise<VersionEntry[]> | VersionEntry[]
+  ): Promise<ApplyOutcome[]> {
+    this.checkOpen()
+    const release = await this.mutex.lock(keys.map(k => recordKey(k.token, k.table, k.id)))
+    try {
+      const states = new Map<string, RecordState | undefined>()
+      for (const k of keys) {
+        const key = recordKey(k.token, k.table, k.id)
+        if (!states.has(key)) states.set(key, await this._get(k.table, k.token, k.id))
+      }
+      const entries = await build(states)
+      const ops: BatchOp[] = []
+      const outcomes: ApplyOutcome[] = []
+      for (const entry of entries) {
+        const key = recordKey(entry.token, entry.table, entry.id)
+        if (!states.has(key)) throw new Error(`transact: ${key} was not locked`)
+        outcomes.push(await this.stage(entry, states, ops))
+      }
+      await this.committer.commit(ops)
+      return outcomes
+    } finally {
+      release()
+    }
+  }
+
+  private async stage (entry: VersionEntry, states: Map<string, RecordState | undefined>, ops: BatchOp[]): Promise<ApplyOutcome> {
+    const key = recordKey(entry.token, entry.table, entry.id)
+    const before = states.get(key)
+    const histKey = key + SEP + entry.version
+    if (before?.heads.some(h => h.version === entry.version) === true) return 'duplicate'
+    if (ops.some(op => op.sublevel === this.history && op.key === histKey)) return 'duplicate'
+    if (await this.history.get(histKey) !== undefined) return 'duplicate'
+
+    ops.push({ type: 'put', sublevel: this.history, key: histKey, value: entry })
+    // A version that a known head already descends from is history, not a head.
+    if (before !== undefined && before.heads.some(h => h.parents.includes(entry.version))) return 'history'
+
+    const parents = new Set(entry.parents)
+    const heads = [entry, ...(before?.heads.filter(h => !parents.has(h.version)) ?? [])]
+      .sort((a, b) => compareVersions(b.version, a.version))
+    const after: RecordState = { table: entry.table, id: entry.id, token: entry.token, heads }
+    states.set(key, after)
+    ops.push({ type: 'put', sublevel: this.records, key, value: { heads } })
+    this.stageIndexes(before, after, ops)
+    return 'applied'
+  }
+
+  private stageIndexes (before: RecordState | undefined, after: RecordState, ops: BatchOp[]): void {
+    const oldRow = before === undefined ? null : (winner(before)?.row ?? null)
+    const newRow = winner(after)?.row ?? null
+    const pos = after.token + SEP + after.id
+    const tableKey = after.table + SEP + pos
+    if (oldRow === null && newRow !== null) ops.push({ type: 'put', sublevel: this.tables, key: tableKey, value: 1 })
+    if (oldRow !== null && newRow === null) ops.push({ type: 'del', sublevel: this.tables, key: tableKey })
+    for (const col of this.indexes[after.table] ?? []) {
+      const oldV = oldRow?.[col]
+      const newV = newRow?.[col]
+      if (oldRow !== null && oldV !== null && oldV !== undefined && (newRow === null || oldV !== newV)) {
+        ops.push({ type: 'del', sublevel: this.index, key: indexKey(after.table, col, oldV, pos) })
+      }
+      if (newRow !== null && newV !== null && newV !== undefined && (oldRow === null || oldV !== newV)) {
+        ops.push({ type: 'put', sublevel: this.index, key: indexKey(after.table, col, newV, pos), value: 1 })
+      }
+    }
+  }
+
+  /**
+   * Lists a table's live rows in (token, id) order, after a position, with
+   * equality filters. Uses a secondary index when a filter is on an indexed
+   * column, else scans the table.
+   */
+  async scan (table: string, options: ScanOptions): Promise<ScanResult> {
+    this.checkOpen()
+    const where = options.where ?? {}
+    const indexed = Object.keys(where).find(c => (this.indexes[table] ?? []).includes(c))
+    const prefix = indexed === undefined
+      ? table + SEP
+      : indexKey(table, indexed, where[indexed] as Value, '')
+    const gt = options.after === undefined ? prefix : prefix + options.after
+    const iterator = (indexed === undefined ? this.tables : this.index).keys({ gt, lt: prefix + '\xff' })
+    const rows: ScanResult['rows'] = []
+    let more = false
+    try {
+      for await (const k of iterator) {
+        const position = k.slice(prefix.length)
+        const sep = position.indexOf(SEP)
+        const token = position.slice(0, sep)
+        const id = position.slice(sep + 1)
+        const state = await this._get(table, token, id)
+        const row = state === undefined ? null : (winner(state)?.row ?? null)
+        if (state === undefined || row === null) continue
+        if (!matches(row, where)) continue
+        if (rows.length >= options.limit) { more = true; break }
+        rows.push({ state, position })
+      }
+    } finally {
+      await iterator.close()
+    }
+    const lastRow = rows[rows.length - 1]
+    return more && lastRow !== undefined ? { rows, next: lastRow.position } : { rows }
+  }
+
+  /** Live rows per table in this shard */
+  async countRows (): Promise<Record<string, number>> {
+    this.checkOpen()
+    const counts: Record<string, number> = {}
+    for await (const k of this.tables.keys()) {
+      const table = k.slice(0, k.indexOf(SEP))
+      counts[table] = (counts[table] ?? 0) + 1
+    }
+    return counts
+  }
+
+  /** Every record state whose token lies in [from, to), for hand-off and anti-entropy */
+  async * scanRecords (range: { from?: string, to?: string } = {}): AsyncGenerator<RecordState> {
+    this.checkOpen()
+    const opts: { gte?: string, lt?: string } = {}
+    if (range.from !== undefined) opts.gte = range.from
+    if (range.to !== undefined) opts.lt = range.to
+    for await (const [k, v] of this.records.iterator(opts)) {
+      const [token, table, id] = k.split(SEP, 3) as [string, string, string]
+      yield { token, table, id, heads: v.heads }
+    }
+  }
+
+  /** Group-commit counters, for status and benchmarks */
+  get commits (): { batches: number, ops: number } {
+    return { batches: this.committer.batches, ops: this.committer.opsWritten }
+  }
+}
+
+/** Bumped when the on-disk layout changes; a store of another format refuses to open */
+export const STORE_FORMAT = 1
+
+function indexKey (table: string, column: string, value: Value, pos: string): string {
+  return table + SEP + column + SEP + encodeIndexValue(value) + SEP + pos
+}
+
+function matches (row: Row, where: Record<string, Value>): boolean {
+  for (const [col, v] of Object.entries(where)) {
+    if (row[col] !== v) return false
+  }
+  return true
+}
+
