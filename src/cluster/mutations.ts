@@ -45,7 +45,12 @@ export function orderMutations (mutations: Mutation[], states: Map<string, Recor
     const entry: VersionEntry = { table, id, token, version: clock.tick(), parents, row: m.op === 'delete' ? null : (m.row ?? null) }
     entries.push(entry)
     const parentSet = new Set(parents)
-    current.set(key, { table, id, token, heads: [entry, ...(state?.heads.filter(h => !parentSet.has(h.version)) ?? [])] })
+    current.set(key, {
+      table, id, token,
+      heads: [entry, ...(state?.heads.filter(h => !parentSet.has(h.version)) ?? [])],
+      seen: [...(state?.seen ?? []), entry.version],
+      superseded: [...(state?.superseded ?? []), ...parents]
+    })
     results.push({ table, id, version: entry.version, row: entry.row })
   }
   return { entries, results }

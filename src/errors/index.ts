@@ -13,6 +13,7 @@ export type ErrorCode =
   | 'TOO_LARGE'
   | 'UNSUPPORTED_MEDIA_TYPE'
   | 'UNAVAILABLE'
+  | 'NOT_OWNER'
   | 'TIMEOUT'
   | 'INVALID_MESSAGE'
   | 'HOME_LOCKED'
@@ -29,6 +30,7 @@ export const HTTP_STATUS: Record<ErrorCode, number> = {
   TOO_LARGE: 413,
   UNSUPPORTED_MEDIA_TYPE: 415,
   UNAVAILABLE: 503,
+  NOT_OWNER: 503,
   TIMEOUT: 504,
   HOME_LOCKED: 409,
   INTERNAL: 500

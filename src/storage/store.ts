@@ -28,6 +28,10 @@ export interface RecordState {
   id: string
   token: string
   heads: VersionEntry[]
+  /** Every version this replica has stored for the record */
+  seen: string[]
+  /** Versions that some stored version replaces: never a head again */
+  superseded: string[]
 }
 
 export interface ScanOptions {
@@ -77,6 +81,8 @@ export class Store {
   private readonly tables: Sub
   private readonly index: Sub
   private readonly meta: Sub
+  private readonly hints: Sub
+  private hintSeq = 0
   private readonly mutex = new KeyedMutex()
   private readonly committer: GroupCommitter
   private readonly indexes: Record<string, string[]>
@@ -91,6 +97,7 @@ export class Store {
     this.tables = this.db.sublevel<string, any>('t', { valueEncoding: 'json' }) as Sub
     this.index = this.db.sublevel<string, any>('i', { valueEncoding: 'json' }) as Sub
     this.meta = this.db.sublevel<string, any>('m', { valueEncoding: 'json' }) as Sub
+    this.hints = this.db.sublevel<string, any>('x', { valueEncoding: 'json' }) as Sub
     this.indexes = init.indexes ?? {}
     this.committer = new GroupCommitter(async (ops, sync) => {
       await this.db.batch(ops as any, { sync })
@@ -153,7 +160,7 @@ export class Store {
   private async _get (table: string, token: string, id: string): Promise<RecordState | undefined> {
     const value = await this.records.get(recordKey(token, table, id))
     if (value === undefined) return undefined
-    return { table, id, token, heads: value.heads }
+    return { table, id, token, heads: value.heads, seen: value.seen, superseded: value.superseded }
   }
 
   /** Every version the record has had, oldest first */
@@ -197,7 +204,7 @@ export class Store {
       for (const entry of entries) {
         const key = recordKey(entry.token, entry.table, entry.id)
         if (!states.has(key)) throw new Error(`transact: ${key} was not locked`)
-        outcomes.push(await this.stage(entry, states, ops))
+        outcomes.push(this.stage(entry, states, ops))
       }
       await this.committer.commit(ops)
       return outcomes
@@ -206,26 +213,24 @@ export class Store {
     }
   }
 
-  private async stage (entry: VersionEntry, states: Map<string, RecordState | undefined>, ops: BatchOp[]): Promise<ApplyOutcome> {
+  private stage (entry: VersionEntry, states: Map<string, RecordState | undefined>, ops: BatchOp[]): ApplyOutcome {
     const key = recordKey(entry.token, entry.table, entry.id)
     const before = states.get(key)
-    const histKey = key + SEP + entry.version
-    if (before?.heads.some(h => h.version === entry.version) === true) return 'duplicate'
-    if (ops.some(op => op.sublevel === this.history && op.key === histKey)) return 'duplicate'
-    if (await this.history.get(histKey) !== undefined) return 'duplicate'
+    if (before?.seen.includes(entry.version) === true) return 'duplicate'
 
-    ops.push({ type: 'put', sublevel: this.history, key: histKey, value: entry })
-    // A version that a known head already descends from is history, not a head.
-    if (before !== undefined && before.heads.some(h => h.parents.includes(entry.version))) return 'history'
-
-    const parents = new Set(entry.parents)
-    const heads = [entry, ...(before?.heads.filter(h => !parents.has(h.version)) ?? [])]
+    ops.push({ type: 'put', sublevel: this.history, key: key + SEP + entry.version, value: entry })
+    const seen = [...(before?.seen ?? []), entry.version]
+    const superseded = [...new Set([...(before?.superseded ?? []), ...entry.parents])]
+    const gone = new Set(superseded)
+    // A version that a stored version already replaces is history, not a head.
+    const isHead = !gone.has(entry.version)
+    const heads = [...(isHead ? [entry] : []), ...(before?.heads.filter(h => !gone.has(h.version)) ?? [])]
       .sort((a, b) => compareVersions(b.version, a.version))
-    const after: RecordState = { table: entry.table, id: entry.id, token: entry.token, heads }
+    const after: RecordState = { table: entry.table, id: entry.id, token: entry.token, heads, seen, superseded }
     states.set(key, after)
-    ops.push({ type: 'put', sublevel: this.records, key, value: { heads } })
+    ops.push({ type: 'put', sublevel: this.records, key, value: { heads, seen, superseded } })
     this.stageIndexes(before, after, ops)
-    return 'applied'
+    return isHead ? 'applied' : 'history'
   }
 
   private stageIndexes (before: RecordState | undefined, after: RecordState, ops: BatchOp[]): void {
@@ -302,8 +307,37 @@ export class Store {
     if (range.to !== undefined) opts.lt = range.to
     for await (const [k, v] of this.records.iterator(opts)) {
       const [token, table, id] = k.split(SEP, 3) as [string, string, string]
-      yield { token, table, id, heads: v.heads }
+      yield { token, table, id, heads: v.heads, seen: v.seen, superseded: v.superseded }
     }
+  }
+
+  /** Keeps versions a down replica missed, to hand them off when it returns (hinted handoff) */
+  async addHint (peerId: string, entries: VersionEntry[]): Promise<void> {
+    this.checkOpen()
+    this.hintSeq = (this.hintSeq + 1) % 1_000_000
+    const key = peerId + SEP + String(Date.now()).padStart(15, '0') + String(this.hintSeq).padStart(6, '0')
+    await this.committer.commit([{ type: 'put', sublevel: this.hints, key, value: entries }])
+  }
+
+  /** Peers that have hints waiting */
+  async hintedPeers (): Promise<string[]> {
+    this.checkOpen()
+    const peers = new Set<string>()
+    for await (const k of this.hints.keys()) peers.add(k.slice(0, k.indexOf(SEP)))
+    return [...peers]
+  }
+
+  /** Up to `limit` hints for a peer, oldest first */
+  async hintsFor (peerId: string, limit: number): Promise<Array<{ key: string, entries: VersionEntry[] }>> {
+    this.checkOpen()
+    const out: Array<{ key: string, entries: VersionEntry[] }> = []
+    for await (const [key, entries] of this.hints.iterator({ gt: peerId + SEP, lt: peerId + SEP + '\xff', limit })) out.push({ key, entries })
+    return out
+  }
+
+  async deleteHints (keys: string[]): Promise<void> {
+    this.checkOpen()
+    await this.committer.commit(keys.map(key => ({ type: 'del' as const, sublevel: this.hints, key })))
   }
 
   /** Group-commit counters, for status and benchmarks */

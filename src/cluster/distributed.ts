@@ -1,0 +1,372 @@
+import { NtsoekheError, TimeoutError, UnavailableError } from '../errors/index.js'
+import { findTable } from '../schema/index.js'
+import type { RecordState, Store, VersionEntry } from '../storage/store.js'
+import { winner } from '../storage/store.js'
+import type { HybridClock } from '../storage/version.js'
+import { compareVersions } from '../storage/version.js'
+import { ApplyBatcher } from './apply-batcher.js'
+import type { ClusterStatus, Consistency, Coordinator, Mutation, RequestOptions, ScanPage, ScanRequest, WriteResult } from './coordinator.js'
+import { mergeStates, missingHeads } from './merge.js'
+import type { Membership } from './membership.js'
+import { parseReplicaMessage, type ReplicaMessage } from './messages.js'
+import { mutationKey, orderMutations } from './mutations.js'
+import { HashRing } from './ring.js'
+import { tokenOf } from './token.js'
+import type { PeerTransport } from './transport.js'
+
+export interface DistributedCoordinatorComponents {
+  store: Store
+  clock: HybridClock
+  peerId: string
+  transport: PeerTransport
+  membership: Membership
+  log?: (msg: string, ...args: unknown[]) => void
+}
+
+export interface DistributedCoordinatorInit {
+  /** Copies of every record (N). @default 3 */
+  replicas?: number
+  /** Replicas that must have a write on disk (W). @default 2 */
+  writeQuorum?: number
+  /** Replicas asked on a read (R). @default 2 */
+  readQuorum?: number
+  /** How long to wait for one replica, ms. @default 5000 */
+  timeoutMs?: number
+  /** How often hints for returned replicas are handed off, ms. @default 1000 */
+  handoffIntervalMs?: number
+  /** Virtual nodes per member on the ring. @default 256 */
+  vnodes?: number
+}
+
+/** Hints handed to one peer per round */
+const HANDOFF_BATCH = 256
+
+/**
+ * The networked coordinator. Each key's first live owner on the ring is its
+ * primary: it orders writes, takes parents from its own copy, makes the new
+ * version durable locally and sends it to the other owners, answering after
+ * W have it on disk. Reads ask R owners, merge their heads and repair stale
+ * copies. A write a down owner missed is kept as a hint and handed off when
+ * it returns.
+ */
+export class DistributedCoordinator implements Coordinator {
+  private readonly c: DistributedCoordinatorComponents
+  readonly replicas: number
+  readonly writeQuorum: number
+  readonly readQuorum: number
+  private readonly timeoutMs: number
+  private readonly handoffIntervalMs: number
+  readonly ring: HashRing
+  private readonly batcher: ApplyBatcher
+  private handoffTimer?: ReturnType<typeof setInterval>
+  private handingOff = false
+  private unsubscribe?: () => void
+
+  constructor (components: DistributedCoordinatorComponents, init: DistributedCoordinatorInit = {}) {
+    this.c = components
+    this.replicas = init.replicas ?? 3
+    this.writeQuorum = init.writeQuorum ?? 2
+    this.readQuorum = init.readQuorum ?? 2
+    this.timeoutMs = init.timeoutMs ?? 5000
+    this.handoffIntervalMs = init.handoffIntervalMs ?? 1000
+    this.ring = new HashRing(init.vnodes === undefined ? {} : { vnodes: init.vnodes })
+    this.batcher = new ApplyBatcher(components.transport, this.timeoutMs)
+    components.transport.handle('replica', async (msg, from) => await this.onMessage(msg, from))
+  }
+
+  async start (): Promise<void> {
+    this.updateRing()
+    this.unsubscribe = this.c.membership.onChange(() => { this.updateRing() })
+    this.handoffTimer = setInterval(() => { void this.handoff() }, this.handoffIntervalMs)
+    this.handoffTimer.unref?.()
+  }
+
+  async stop (): Promise<void> {
+    this.unsubscribe?.()
+    if (this.handoffTimer !== undefined) clearInterval(this.handoffTimer)
+  }
+
+  private updateRing (): void {
+    const members = this.c.membership.ringMembers()
+    if (this.ring.setMembers(members.map(peerId => ({ peerId })))) {
+      this.c.log?.('ring now has %d members', members.length)
+    }
+  }
+
+  /** The key's owners, in preference order: N of them, or every member for global tables */
+  owners (table: string, token: string): string[] {
+    const global = findTable(table)?.shardKey === 'global'
+    return this.ring.preferenceList(token, global ? this.ring.size : this.replicas)
+  }
+
+  private needed (level: Consistency | undefined, quorum: number, owners: number): number {
+    if (level === 'one') return 1
+    if (level === 'all') return owners
+    return Math.min(quorum, owners)
+  }
+
+  /** Owners ordered for a request: alive first (self first among them), then suspect ones */
+  private byLiveness (owners: string[], spread: boolean): string[] {
+    const alive = owners.filter(p => this.c.membership.isAlive(p))
+    const rest = owners.filter(p => !alive.includes(p))
+    if (spread) {
+      const self = alive.filter(p => p === this.c.peerId)
+      const others = alive.filter(p => p !== this.c.peerId)
+      for (let i = others.length - 1; i > 0; i--) {
+        const j = Math.floor(Math.random() * (i + 1))
+        const t = others[i] as string
+        others[i] = others[j] as string
+        others[j] = t
+      }
+      return [...self, ...others, ...rest]
+    }
+    return [...alive, ...rest]
+  }
+
+  async write (mutations: Mutation[], options: RequestOptions = {}): Promise<WriteResult[]> {
+    const first = mutations[0]
+    if (first === undefined) return []
+    const token = tokenOf(first.shard)
+    const owners = this.owners(first.table, token)
+    if (owners.length === 0) throw new UnavailableError('No members on the ring yet')
+    let lastError: unknown
+    for (const primary of this.byLiveness(owners, false)) {
+      if (primary === this.c.peerId) return await this.coordinateWrite(mutations, options.consistency)
+      try {
+        const msg = { type: 'write', mutations, ...(options.consistency === undefined ? {} : { consistency: options.consistency }) }
+        return await this.c.transport.request(primary, 'replica', msg, { timeout: this.timeoutMs }) as WriteResult[]
+      } catch (err) {
+        // The primary is unreachable, or no longer thinks it owns the key: the next owner takes over.
+        if (!isUnreachable(err)) throw err
+        this.c.log?.('primary %s unreachable for %s: %s', primary, first.shard, (err as Error).message)
+        lastError = err
+      }
+    }
+    throw new UnavailableError(`No owner of ${first.shard} could take the write`, { cause: lastError })
+  }
+
+  /** The primary's side of a write: order, make durable here, replicate, wait for W */
+  private async coordinateWrite (mutations: Mutation[], level: Consistency | undefined): Promise<WriteResult[]> {
+    const first = mutations[0] as Mutation
+    const token = tokenOf(first.shard)
+    const owners = this.owners(first.table, token)
+    if (!owners.includes(this.c.peerId)) {
+      throw new NtsoekheError('NOT_OWNER', `${this.c.peerId} does not own ${first.shard}`)
+    }
+    let ordered: { entries: VersionEntry[], results: WriteResult[] } = { entries: [], results: [] }
+    await this.c.store.transact(mutations.map(mutationKey), states => {
+      ordered = orderMutations(mutations, states, this.c.clock)
+      return ordered.entries
+    })
+    const need = this.needed(level, this.writeQuorum, owners.length) - 1
+    await this.replicate(owners.filter(p => p !== this.c.peerId), ordered.entries, need, first.shard)
+    return ordered.results
+  }
+
+  /** Sends versions to other owners; resolves once `need` have them on disk, hints the rest */
+  private async replicate (peers: string[], entries: VersionEntry[], need: number, what: string): Promise<void> {
+    if (peers.length === 0 || entries.length === 0) {
+      if (need > 0) throw new UnavailableError(`${what}: ${need} more replicas needed but none are members`)
+      return
+    }
+    await new Promise<void>((resolve, reject) => {
+      let acks = 0
+      let failures = 0
+      let settled = false
+      const done = (): void => {
+        if (settled) return
+        if (acks >= need) { settled = true; resolve() } else if (acks + (peers.length - acks - failures) < need) {
+          settled = true
+          reject(new NtsoekheError('UNAVAILABLE', `${what}: the write is durable on ${1 + acks} replicas but ${1 + need} were required; it will reach the others when they return`))
+        }
+      }
+      for (const peer of peers) {
+        const send = this.c.membership.stateOf(peer) === 'down'
+          ? Promise.reject(new UnavailableError(`${peer} is down`))
+          : this.batcher.send(peer, entries)
+        send.then(() => { acks++; done() }, async err => {
+          failures++
+          this.c.log?.('replica %s missed %s: %s; keeping a hint', peer, what, (err as Error).message)
+          await this.c.store.addHint(peer, entries).catch(e => { this.c.log?.('hint for %s lost: %s', peer, (e as Error).message) })
+          done()
+        })
+      }
+      done()
+    })
+  }
+
+  async read (table: string, id: string, shard: string, options: RequestOptions = {}): Promise<RecordState | undefined> {
+    const token = tokenOf(shard)
+    const owners = this.owners(table, token)
+    const need = this.needed(options.consistency, this.readQuorum, owners.length)
+    const answers = await this.ask(this.byLiveness(owners, true), need, table, async peer =>
+      peer === this.c.peerId
+        ? await this.c.store.get(table, token, id)
+        : (await this.c.transport.request(peer, 'replica', { type: 'read', table, id, token }, { timeout: this.timeoutMs }) as { state: RecordState | null }).state ?? undefined)
+    const merged = mergeStates([...answers.values()])
+    if (merged !== undefined) this.repair(answers, merged)
+    return merged
+  }
+
+  async readLocal (table: string, id: string, shard: string): Promise<RecordState | undefined> {
+    return await this.c.store.get(table, tokenOf(shard), id)
+  }
+
+  async history (table: string, id: string, shard: string, options: RequestOptions = {}): Promise<VersionEntry[]> {
+    const token = tokenOf(shard)
+    const owners = this.owners(table, token)
+    const need = this.needed(options.consistency, this.readQuorum, owners.length)
+    const answers = await this.ask(this.byLiveness(owners, true), need, table, async peer =>
+      peer === this.c.peerId
+        ? await this.c.store.versions(table, token, id)
+        : (await this.c.transport.request(peer, 'replica', { type: 'history', table, id, token }, { timeout: this.timeoutMs }) as { versions: VersionEntry[] }).versions)
+    const all = new Map<string, VersionEntry>()
+    for (const versions of answers.values()) for (const v of versions) all.set(v.version, v)
+    return [...all.values()].sort((a, b) => compareVersions(a.version, b.version))
+  }
+
+  /** Asks peers in order until `need` have answered; the rest are only asked when one fails */
+  private async ask<T> (peers: string[], need: number, what: string, fn: (peer: string) => Promise<T>): Promise<Map<string, T>> {
+    const answers = new Map<string, T>()
+    let next = 0
+    const errors: string[] = []
+    const worker = async (): Promise<void> => {
+      while (answers.size < need && next < peers.length) {
+        const peer = peers[next++] as string
+        try {
+          answers.set(peer, await fn(peer))
+        } catch (err) {
+          if (!isUnreachable(err)) throw err
+          errors.push(`${peer}: ${(err as Error).message}`)
+        }
+      }
+    }
+    await Promise.all(Array.from({ length: need }, worker))
+    if (answers.size < need) {
+      throw new UnavailableError(`${what}: ${answers.size} of ${need} replicas answered (${errors.join('; ')})`)
+    }
+    return answers
+  }
+
+  /** Read repair: sends stale replicas the heads they lack, in the background */
+  private repair (answers: Map<string, RecordState | undefined>, merged: RecordState): void {
+    for (const [peer, state] of answers) {
+      const missing = missingHeads(merged, state)
+      if (missing.length === 0) continue
+      const job = peer === this.c.peerId ? this.c.store.apply(missing) : this.batcher.send(peer, missing)
+      void job.catch(err => { this.c.log?.('read repair of %s on %s failed: %s', merged.id, peer, (err as Error).message) })
+    }
+  }
+
+  async scan (table: string, request: ScanRequest, options: RequestOptions = {}): Promise<ScanPage> {
+    const members = this.ring.list().map(m => m.peerId).filter(p => this.c.membership.stateOf(p) !== 'down')
+    let skipped = 0
+    const pages = await Promise.all(members.map(async (peer): Promise<ScanPage> => {
+      try {
+        return peer === this.c.peerId
+          ? await this.c.store.scan(table, request)
+          : await this.c.transport.request(peer, 'replica', { type: 'scan', table, ...request }, { timeout: this.timeoutMs }) as ScanPage
+      } catch (err) {
+        // Every row lives on N members, so one that does not answer is covered by the others.
+        if (!isUnreachable(err)) throw err
+        this.c.log?.('scan of %s skipped %s: %s', table, peer, (err as Error).message)
+        skipped++
+        return { rows: [] }
+      }
+    }))
+    if (options.consistency === 'all' && skipped > 0) throw new UnavailableError(`${table}: ${skipped} members did not answer`)
+    const byPosition = new Map<string, RecordState[]>()
+    let more = false
+    for (const page of pages) {
+      if (page.next !== undefined) more = true
+      for (const r of page.rows) {
+        const list = byPosition.get(r.position)
+        if (list === undefined) byPosition.set(r.position, [r.state])
+        else list.push(r.state)
+      }
+    }
+    const positions = [...byPosition.keys()].sort()
+    const rows: ScanPage['rows'] = []
+    for (const position of positions) {
+      const state = mergeStates(byPosition.get(position) ?? [])
+      const row = state === undefined ? null : winner(state)?.row ?? null
+      if (state === undefined || row === null) continue
+      if (!Object.entries(request.where ?? {}).every(([k, v]) => row[k] === v)) continue
+      if (rows.length >= request.limit) { more = true; break }
+      rows.push({ state, position })
+    }
+    const last = rows[rows.length - 1]
+    return more && last !== undefined ? { rows, next: last.position } : { rows }
+  }
+
+  async status (): Promise<ClusterStatus> {
+    const members = this.c.membership.members()
+    const live = members.filter(m => m.state === 'alive' || m.state === 'suspect').length
+    return {
+      peerId: this.c.peerId,
+      replicas: this.replicas,
+      writeQuorum: this.writeQuorum,
+      readQuorum: this.readQuorum,
+      members,
+      underReplicated: live < this.replicas
+    }
+  }
+
+  /** Serves the replica protocol */
+  private async onMessage (raw: unknown, from: string): Promise<unknown> {
+    const msg: ReplicaMessage = parseReplicaMessage(raw)
+    switch (msg.type) {
+      case 'write':
+        return await this.coordinateWrite(msg.mutations, msg.consistency)
+      case 'apply': {
+        const results = await Promise.all(msg.groups.map(async group => {
+          for (const e of group) this.c.clock.observe(e.version)
+          try {
+            await this.c.store.apply(group)
+            return { ok: true }
+          } catch (err) {
+            this.c.log?.('apply from %s failed: %s', from, (err as Error).message)
+            return { ok: false, error: { code: 'INTERNAL', message: (err as Error).message } }
+          }
+        }))
+        return { results }
+      }
+      case 'read':
+        return { state: await this.c.store.get(msg.table, msg.token, msg.id) ?? null }
+      case 'history':
+        return { versions: await this.c.store.versions(msg.table, msg.token, msg.id) }
+      case 'scan':
+        return await this.c.store.scan(msg.table, { where: msg.where, limit: msg.limit, ...(msg.after === undefined ? {} : { after: msg.after }) })
+    }
+  }
+
+  /** Hinted handoff: hands the versions a replica missed to it once it is back */
+  private async handoff (): Promise<void> {
+    if (this.handingOff) return
+    this.handingOff = true
+    try {
+      for (const peer of await this.c.store.hintedPeers()) {
+        if (!this.c.membership.isAlive(peer)) continue
+        const hints = await this.c.store.hintsFor(peer, HANDOFF_BATCH)
+        try {
+          const reply = await this.c.transport.request(peer, 'replica', { type: 'apply', groups: hints.map(h => h.entries) }, { timeout: this.timeoutMs }) as { results?: Array<{ ok: boolean }> }
+          const delivered = hints.filter((_, i) => reply.results?.[i]?.ok === true)
+          await this.c.store.deleteHints(delivered.map(h => h.key))
+          this.c.log?.('handed %d of %d hints to %s', delivered.length, hints.length, peer)
+        } catch (err) {
+          this.c.log?.('handoff to %s failed: %s', peer, (err as Error).message)
+        }
+      }
+    } catch (err) {
+      this.c.log?.('handoff round failed: %s', (err as Error).message)
+    } finally {
+      this.handingOff = false
+    }
+  }
+}
+
+/** Errors that mean "this peer did not answer", as opposed to a refusal the caller must see */
+export function isUnreachable (err: unknown): boolean {
+  if (err instanceof UnavailableError || err instanceof TimeoutError) return true
+  return err instanceof NtsoekheError && err.code === 'NOT_OWNER'
+}

@@ -1,0 +1,255 @@
+import { InvalidMessageError } from '../errors/index.js'
+import type { MemberStatus } from './coordinator.js'
+import type { PeerTransport } from './transport.js'
+
+export interface MemberRecord {
+  peerId: string
+  addresses: string[]
+  /** Start time of the member's current run: a restarted member outranks its old self */
+  incarnation: number
+  /** Counter the member bumps every heartbeat */
+  heartbeat: number
+  /** The member announced it is leaving */
+  left?: boolean
+  zone?: string
+}
+
+interface Known extends MemberRecord {
+  /** Local time the record last moved forward */
+  updatedAt: number
+}
+
+export interface MembershipComponents {
+  transport: PeerTransport
+  peerId: string
+  /** The addresses this node can be reached on, now */
+  addresses: () => string[]
+  /** Saves the member list, so a restarted node rejoins without a bootstrap address */
+  persist?: (members: Array<{ peerId: string, addresses: string[] }>) => Promise<void>
+  /** Asks the network layer to dial a peer at these addresses before gossiping with it */
+  connect?: (peerId: string, addresses: string[]) => Promise<void>
+  log?: (msg: string, ...args: unknown[]) => void
+  now?: () => number
+}
+
+export interface MembershipInit {
+  /** Gossip round interval, ms. @default 1000 */
+  heartbeatMs?: number
+  /** Silence after which a member is suspect, ms. @default 3000 */
+  suspectAfterMs?: number
+  /** Silence after which a member is down and leaves the ring, ms. @default 10000 */
+  downAfterMs?: number
+  /** Members gossiped with per round. @default 3 */
+  fanout?: number
+}
+
+/** How many members a gossip message may describe (a bound on hostile input) */
+export const MAX_VIEW = 10_000
+
+/**
+ * The membership view: gossip-style heartbeats (each member bumps its own
+ * counter; views are exchanged push-pull with a few random members per round)
+ * and failure detection by silence: a member whose counter stops moving is
+ * suspect, then down. A node bootstrapped from one member learns of all.
+ */
+export class Membership {
+  private readonly c: MembershipComponents
+  private readonly heartbeatMs: number
+  private readonly suspectAfterMs: number
+  private readonly downAfterMs: number
+  private readonly fanout: number
+  private readonly known = new Map<string, Known>()
+  /** Peers heard of (bootstrap, DHT, disk) but not yet answered */
+  private readonly candidates = new Map<string, string[]>()
+  private readonly self: MemberRecord
+  private timer?: ReturnType<typeof setInterval>
+  private readonly listeners = new Set<() => void>()
+  private lastLive = ''
+  private persisted = ''
+  private round = 0
+
+  constructor (components: MembershipComponents, init: MembershipInit = {}) {
+    this.c = components
+    this.heartbeatMs = init.heartbeatMs ?? 1000
+    this.suspectAfterMs = init.suspectAfterMs ?? 3000
+    this.downAfterMs = init.downAfterMs ?? 10_000
+    this.fanout = init.fanout ?? 3
+    this.self = { peerId: components.peerId, addresses: [], incarnation: this.now(), heartbeat: 0 }
+    components.transport.handle('membership', async (msg, from) => await this.onMessage(msg, from))
+  }
+
+  private now (): number {
+    return (this.c.now ?? Date.now)()
+  }
+
+  start (): void {
+    if (this.timer !== undefined) return
+    this.timer = setInterval(() => { void this.tick() }, this.heartbeatMs)
+    this.timer.unref?.()
+    void this.tick()
+  }
+
+  stop (): void {
+    if (this.timer !== undefined) clearInterval(this.timer)
+    this.timer = undefined
+  }
+
+  /** Called when the view of live members changes */
+  onChange (fn: () => void): () => void {
+    this.listeners.add(fn)
+    return () => this.listeners.delete(fn)
+  }
+
+  /** A peer learned of elsewhere (bootstrap, DHT, disk): contacted on the next round */
+  addCandidate (peerId: string, addresses: string[] = []): void {
+    if (peerId === this.c.peerId || this.known.has(peerId)) return
+    this.candidates.set(peerId, [...new Set([...(this.candidates.get(peerId) ?? []), ...addresses])])
+  }
+
+  stateOf (peerId: string): MemberStatus['state'] | undefined {
+    if (peerId === this.c.peerId) return 'alive'
+    const k = this.known.get(peerId)
+    return k === undefined ? undefined : this.state(k)
+  }
+
+  private state (k: Known): MemberStatus['state'] {
+    if (k.left === true) return 'left'
+    const age = this.now() - k.updatedAt
+    if (age > this.downAfterMs) return 'down'
+    if (age > this.suspectAfterMs) return 'suspect'
+    return 'alive'
+  }
+
+  /** Every member this node knows, itself first */
+  members (): MemberStatus[] {
+    const self: MemberStatus = { peerId: this.c.peerId, state: 'alive', addresses: this.c.addresses(), lastSeen: this.now() }
+    const others = [...this.known.values()]
+      .sort((a, b) => a.peerId < b.peerId ? -1 : 1)
+      .map(k => ({ peerId: k.peerId, state: this.state(k), addresses: k.addresses, lastSeen: k.updatedAt }))
+    return [self, ...others]
+  }
+
+  /** Members that hold ring shares: alive or suspect (a suspect may only be slow) */
+  ringMembers (): string[] {
+    return this.members().filter(m => m.state === 'alive' || m.state === 'suspect').map(m => m.peerId)
+  }
+
+  /** Members believed up right now */
+  isAlive (peerId: string): boolean {
+    return this.stateOf(peerId) === 'alive'
+  }
+
+  /** Marks this node as leaving and tells a few members */
+  async leave (): Promise<void> {
+    this.self.left = true
+    this.self.heartbeat++
+    await Promise.allSettled(this.pickTargets().map(async p => await this.gossip(p)))
+  }
+
+  private async tick (): Promise<void> {
+    this.round++
+    this.self.heartbeat++
+    this.self.addresses = this.c.addresses()
+    const targets = this.pickTargets()
+    // Candidates are tried every round until they answer; a down member now and then, to see it return.
+    const candidates = [...this.candidates.keys()].slice(0, 8)
+    const down = [...this.known.values()].filter(k => this.state(k) === 'down')
+    const revisit = down.length > 0 && this.round % 5 === 0 ? [down[this.round % down.length] as Known] : []
+    await Promise.allSettled([
+      ...targets.map(async p => await this.gossip(p)),
+      ...candidates.map(async p => await this.gossip(p)),
+      ...revisit.map(async k => await this.gossip(k.peerId))
+    ])
+    this.checkChanges()
+  }
+
+  private pickTargets (): string[] {
+    const pool = [...this.known.values()].filter(k => { const s = this.state(k); return s === 'alive' || s === 'suspect' }).map(k => k.peerId)
+    for (let i = pool.length - 1; i > 0; i--) {
+      const j = Math.floor(Math.random() * (i + 1))
+      const t = pool[i] as string
+      pool[i] = pool[j] as string
+      pool[j] = t
+    }
+    return pool.slice(0, this.fanout)
+  }
+
+  private async gossip (peerId: string): Promise<void> {
+    const addresses = this.known.get(peerId)?.addresses ?? this.candidates.get(peerId) ?? []
+    try {
+      const k = this.known.get(peerId)
+      if (this.c.connect !== undefined && (k === undefined || this.state(k) !== 'alive')) {
+        await this.c.connect(peerId, addresses)
+      }
+      const reply = await this.c.transport.request(peerId, 'membership', { type: 'gossip', view: this.view() }, { timeout: this.heartbeatMs * 2 })
+      this.merge(parseGossip(reply), peerId)
+      this.candidates.delete(peerId)
+    } catch (err) {
+      this.c.log?.('gossip with %s failed: %s', peerId, (err as Error).message)
+    }
+  }
+
+  private async onMessage (msg: unknown, from: string): Promise<unknown> {
+    const view = parseGossip(msg)
+    this.merge(view, from)
+    this.checkChanges()
+    return { type: 'gossip', view: this.view() }
+  }
+
+  private view (): MemberRecord[] {
+    const out: MemberRecord[] = [{ ...this.self, addresses: this.c.addresses() }]
+    for (const k of this.known.values()) {
+      const { updatedAt: _, ...record } = k
+      out.push(record)
+    }
+    return out
+  }
+
+  private merge (view: MemberRecord[], from: string): void {
+    for (const r of view) {
+      if (r.peerId === this.c.peerId) continue
+      const k = this.known.get(r.peerId)
+      if (k === undefined || r.incarnation > k.incarnation || (r.incarnation === k.incarnation && r.heartbeat > k.heartbeat)) {
+        this.known.set(r.peerId, { ...r, updatedAt: this.now() })
+        this.candidates.delete(r.peerId)
+      }
+    }
+    // The sender answered, so it is alive now even if its record lags.
+    const sender = this.known.get(from)
+    if (sender !== undefined && !view.some(r => r.peerId === from)) sender.updatedAt = this.now()
+  }
+
+  private checkChanges (): void {
+    const live = this.ringMembers().sort().join(',')
+    if (live !== this.lastLive) {
+      this.lastLive = live
+      for (const fn of this.listeners) fn()
+    }
+    const all = [...this.known.values()].filter(k => k.left !== true).map(k => ({ peerId: k.peerId, addresses: k.addresses }))
+    const key = JSON.stringify(all)
+    if (key !== this.persisted && this.c.persist !== undefined) {
+      this.persisted = key
+      void this.c.persist(all).catch(err => this.c.log?.('saving members failed: %s', (err as Error).message))
+    }
+  }
+}
+
+/** Checks a gossip message's shape; anything else is an InvalidMessageError */
+export function parseGossip (msg: unknown): MemberRecord[] {
+  const m = msg as { type?: unknown, view?: unknown }
+  if (m === null || typeof m !== 'object' || m.type !== 'gossip' || !Array.isArray(m.view)) {
+    throw new InvalidMessageError('membership: expected { type: "gossip", view: [...] }')
+  }
+  if (m.view.length > MAX_VIEW) throw new InvalidMessageError(`membership: view of ${m.view.length} members exceeds ${MAX_VIEW}`)
+  return m.view.map((r: any) => {
+    if (r === null || typeof r !== 'object' || typeof r.peerId !== 'string' || r.peerId.length === 0 || r.peerId.length > 128 ||
+        !Array.isArray(r.addresses) || r.addresses.length > 64 || !r.addresses.every((a: unknown) => typeof a === 'string' && a.length < 512) ||
+        !Number.isSafeInteger(r.incarnation) || !Number.isSafeInteger(r.heartbeat)) {
+      throw new InvalidMessageError('membership: malformed member record')
+    }
+    const rec: MemberRecord = { peerId: r.peerId, addresses: r.addresses, incarnation: r.incarnation, heartbeat: r.heartbeat }
+    if (r.left === true) rec.left = true
+    if (typeof r.zone === 'string') rec.zone = r.zone
+    return rec
+  })
+}

@@ -1,0 +1,54 @@
+import { NtsoekheError, UnavailableError, errorFromJSON } from '../errors/index.js'
+import type { Handler, PeerTransport, ProtocolName, SendOptions } from './transport.js'
+
+/**
+ * Many nodes in one process: requests are delivered by direct calls, with a
+ * JSON round trip on the way in and out (as on the wire), so tests exercise
+ * the same message checks. Nodes can be taken down and links cut.
+ */
+export class MemoryNetwork {
+  private readonly handlers = new Map<string, Map<ProtocolName, Handler>>()
+  private readonly downed = new Set<string>()
+  private readonly cut = new Set<string>()
+  /** Messages delivered, per protocol */
+  readonly delivered: Record<string, number> = {}
+
+  transport (peerId: string): PeerTransport {
+    return {
+      handle: (protocol, handler) => {
+        let map = this.handlers.get(peerId)
+        if (map === undefined) { map = new Map(); this.handlers.set(peerId, map) }
+        map.set(protocol, handler)
+      },
+      request: async (to, protocol, msg, options) => await this.deliver(peerId, to, protocol, msg, options)
+    }
+  }
+
+  down (peerId: string): void { this.downed.add(peerId) }
+  up (peerId: string): void { this.downed.delete(peerId) }
+  /** Cuts (or with `false` heals) the link between two nodes, both ways */
+  partition (a: string, b: string, cut = true): void {
+    for (const k of [`${a}|${b}`, `${b}|${a}`]) {
+      if (cut) this.cut.add(k)
+      else this.cut.delete(k)
+    }
+  }
+
+  private async deliver (from: string, to: string, protocol: ProtocolName, msg: unknown, _options?: SendOptions): Promise<unknown> {
+    if (this.downed.has(from)) throw new UnavailableError(`${from} is down`)
+    if (this.downed.has(to) || this.cut.has(`${from}|${to}`)) throw new UnavailableError(`${to} is unreachable`)
+    const handler = this.handlers.get(to)?.get(protocol)
+    if (handler === undefined) throw new UnavailableError(`${to} does not speak ${protocol}`)
+    this.delivered[protocol] = (this.delivered[protocol] ?? 0) + 1
+    await Promise.resolve()
+    let reply: unknown
+    try {
+      reply = await handler(JSON.parse(JSON.stringify(msg)), from)
+    } catch (err) {
+      const body = err instanceof NtsoekheError ? err.toJSON() : { code: 'INTERNAL', message: (err as Error).message }
+      throw errorFromJSON(body)
+    }
+    if (this.downed.has(to)) throw new UnavailableError(`${to} went down before answering`)
+    return reply === undefined ? undefined : JSON.parse(JSON.stringify(reply))
+  }
+}

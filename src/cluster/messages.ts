@@ -1,0 +1,144 @@
+import { InvalidMessageError } from '../errors/index.js'
+import { findTable, rowId, shardValue, validateRow, type Row } from '../schema/index.js'
+import type { VersionEntry } from '../storage/store.js'
+import { isVersion } from '../storage/version.js'
+import { CONSISTENCY_LEVELS, type Consistency, type Mutation } from './coordinator.js'
+import { tokenOf } from './token.js'
+
+/** Internal table of key locators (row key -> shard); see query/database.ts */
+export const LOCATOR_TABLE = '_locator'
+
+/** Bounds on what one peer message may carry */
+export const MAX_ENTRIES = 10_000
+export const MAX_PARENTS = 64
+export const MAX_SCAN_LIMIT = 1000
+
+export type ReplicaMessage =
+  | { type: 'write', mutations: Mutation[], consistency?: Consistency }
+  | { type: 'apply', groups: VersionEntry[][] }
+  | { type: 'read', table: string, id: string, token: string }
+  | { type: 'history', table: string, id: string, token: string }
+  | { type: 'scan', table: string, where: Record<string, string | number | null>, after?: string, limit: number }
+
+const TOKEN_RE = /^[0-9a-f]{16}$/
+const ID_RE = /^-?\d+(:-?\d+)*$/
+const LOCATOR_ID_RE = /^[a-z_]{1,40}\.-?\d+(:-?\d+)*$/
+
+function bad (message: string): never {
+  throw new InvalidMessageError(`replica: ${message}`)
+}
+
+function checkTable (table: unknown): string {
+  if (typeof table !== 'string') bad('table must be a string')
+  if (table !== LOCATOR_TABLE && findTable(table) === undefined) bad(`unknown table ${table.slice(0, 64)}`)
+  return table
+}
+
+function checkId (table: string, id: unknown): string {
+  if (typeof id !== 'string' || id.length > 200) bad('id must be a short string')
+  if (!(table === LOCATOR_TABLE ? LOCATOR_ID_RE : ID_RE).test(id)) bad(`malformed id for ${table}`)
+  return id
+}
+
+/** The stored form of a row as a peer sent it: validated against the schema, key and shard checked */
+function checkRow (table: string, id: string, row: unknown): { row: Row, shard: string } {
+  if (table === LOCATOR_TABLE) {
+    const r = row as { shard?: unknown }
+    if (r === null || typeof r !== 'object' || typeof r.shard !== 'string' || r.shard.length > 200 || Object.keys(r).length !== 1) bad('malformed locator row')
+    return { row: { shard: r.shard }, shard: `key:${id}` }
+  }
+  const def = findTable(table)
+  if (def === undefined) bad(`unknown table ${table}`)
+  let valid: Row
+  try {
+    valid = validateRow(def, row, 'full')
+  } catch (err) {
+    throw new InvalidMessageError(`replica: invalid ${table} row: ${(err as Error).message}`, { cause: err })
+  }
+  if (rowId(def, valid) !== id) bad(`row key ${rowId(def, valid)} does not match id ${id}`)
+  return { row: valid, shard: shardValue(def, valid) }
+}
+
+export function checkEntry (e: unknown): VersionEntry {
+  const x = e as Record<string, unknown>
+  if (x === null || typeof x !== 'object') bad('entry must be an object')
+  const table = checkTable(x.table)
+  const id = checkId(table, x.id)
+  if (typeof x.token !== 'string' || !TOKEN_RE.test(x.token)) bad('malformed token')
+  if (!isVersion(x.version)) bad('malformed version')
+  if (!Array.isArray(x.parents) || x.parents.length > MAX_PARENTS || !x.parents.every(isVersion)) bad('malformed parents')
+  let row: Row | null = null
+  if (x.row !== null) {
+    const checked = checkRow(table, id, x.row)
+    if (tokenOf(checked.shard) !== x.token) bad(`token does not match the row's shard key for ${table} ${id}`)
+    row = checked.row
+  }
+  if (table === LOCATOR_TABLE && tokenOf(`key:${id}`) !== x.token) bad('locator token mismatch')
+  return { table, id, token: x.token, version: x.version, parents: x.parents as string[], row }
+}
+
+export function checkMutation (m: unknown): Mutation {
+  const x = m as Record<string, unknown>
+  if (x === null || typeof x !== 'object') bad('mutation must be an object')
+  if (x.op !== 'insert' && x.op !== 'put' && x.op !== 'delete') bad('unknown op')
+  const table = checkTable(x.table)
+  const id = checkId(table, x.id)
+  if (typeof x.shard !== 'string' || x.shard.length > 200) bad('malformed shard')
+  const out: Mutation = { op: x.op, table, id, shard: x.shard }
+  if (x.op !== 'delete') {
+    const checked = checkRow(table, id, x.row)
+    if (checked.shard !== x.shard) bad(`shard ${x.shard} does not match the row`)
+    out.row = checked.row
+  }
+  if (x.ifMatch !== undefined) {
+    if (!Array.isArray(x.ifMatch) || x.ifMatch.length > MAX_PARENTS || !x.ifMatch.every(isVersion)) bad('malformed ifMatch')
+    out.ifMatch = x.ifMatch as string[]
+  }
+  return out
+}
+
+/** Checks a replica-protocol message's shape and every row in it; anything else is an InvalidMessageError */
+export function parseReplicaMessage (msg: unknown): ReplicaMessage {
+  const m = msg as Record<string, unknown>
+  if (m === null || typeof m !== 'object') bad('message must be an object')
+  switch (m.type) {
+    case 'write': {
+      if (!Array.isArray(m.mutations) || m.mutations.length === 0 || m.mutations.length > MAX_ENTRIES) bad('write needs 1 to 10000 mutations')
+      const mutations = m.mutations.map(checkMutation)
+      if (new Set(mutations.map(x => x.shard)).size !== 1) bad('a write must share one shard key')
+      if (m.consistency !== undefined && !CONSISTENCY_LEVELS.includes(m.consistency as Consistency)) bad('unknown consistency')
+      return m.consistency === undefined ? { type: 'write', mutations } : { type: 'write', mutations, consistency: m.consistency as Consistency }
+    }
+    case 'apply': {
+      if (!Array.isArray(m.groups) || m.groups.length === 0) bad('apply needs groups')
+      let total = 0
+      const groups = m.groups.map(g => {
+        if (!Array.isArray(g) || g.length === 0) bad('each group must be a non-empty array')
+        total += g.length
+        if (total > MAX_ENTRIES) bad(`more than ${MAX_ENTRIES} entries`)
+        return g.map(checkEntry)
+      })
+      return { type: 'apply', groups }
+    }
+    case 'read':
+    case 'history': {
+      const table = checkTable(m.table)
+      const id = checkId(table, m.id)
+      if (typeof m.token !== 'string' || !TOKEN_RE.test(m.token)) bad('malformed token')
+      return { type: m.type, table, id, token: m.token }
+    }
+    case 'scan': {
+      const table = checkTable(m.table)
+      if (!Number.isSafeInteger(m.limit) || (m.limit as number) < 1 || (m.limit as number) > MAX_SCAN_LIMIT + 1) bad('scan limit out of range')
+      const where = m.where ?? {}
+      if (typeof where !== 'object' || where === null || Array.isArray(where)) bad('where must be an object')
+      for (const v of Object.values(where)) {
+        if (v !== null && typeof v !== 'string' && typeof v !== 'number') bad('where values must be scalars')
+      }
+      if (m.after !== undefined && (typeof m.after !== 'string' || m.after.length > 300)) bad('malformed cursor')
+      return { type: 'scan', table, where: where as Record<string, string | number | null>, limit: m.limit as number, ...(m.after === undefined ? {} : { after: m.after as string }) }
+    }
+    default:
+      bad(`unknown message type ${JSON.stringify(m.type)?.slice(0, 40)}`)
+  }
+}

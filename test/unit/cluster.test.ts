@@ -1,0 +1,141 @@
+import { afterEach, describe, expect, it } from 'vitest'
+import { createTestnet, type Testnet } from '../helpers/harness.js'
+import { tokenOf } from '../../src/cluster/token.js'
+
+const patient = (i: number): Record<string, unknown> => ({
+  patient_id: i, patient_name: `Patient ${i}`, date_of_birth: '1980-01-02', gender: 'F', address: `${i} Main St`, contact_number: '0123456789', email: `p${i}@example.org`
+})
+
+let net: Testnet | undefined
+afterEach(async () => { await net?.stop(); net = undefined })
+
+describe('membership', () => {
+  it('a node bootstrapped from the first learns of every member by gossip', async () => {
+    net = await createTestnet(6)
+    await net.converge(6)
+    for (const n of net.nodes) expect(n.membership.members().filter(m => m.state === 'alive')).toHaveLength(6)
+  })
+
+  it('marks a silent member suspect, then down, and takes it off the ring', async () => {
+    net = await createTestnet(4)
+    await net.converge(4)
+    const victim = net.nodes[3]!
+    net.network.down(victim.peerId)
+    victim.membership.stop()
+    const deadline = Date.now() + 5000
+    while (net.nodes[0]!.membership.stateOf(victim.peerId) !== 'down') {
+      if (Date.now() > deadline) throw new Error('timed out waiting for the stopped member to be marked down')
+      await new Promise(resolve => setTimeout(resolve, 20))
+    }
+    await net.converge(3, 5000, net.nodes.slice(0, 3))
+  })
+})
+
+describe('distributed coordinator', () => {
+  it('writes go to N owners, reads through any node see them', async () => {
+    net = await createTestnet(5)
+    await net.converge(5)
+    for (let i = 1; i <= 50; i++) await net.nodes[0]!.db.insert('patient_records', patient(i))
+    for (let i = 1; i <= 50; i++) {
+      const r = await net.nodes[4]!.db.get('patient_records', String(i))
+      expect(r.row.patient_name).toBe(`Patient ${i}`)
+      const holders = []
+      for (const n of net.nodes) if (await n.store.get('patient_records', tokenOf(`patient_id:${i}`), String(i)) !== undefined) holders.push(n.peerId)
+      expect(holders).toHaveLength(3)
+      expect(new Set(holders)).toEqual(new Set(net.nodes[0]!.coordinator.owners('patient_records', tokenOf(`patient_id:${i}`))))
+    }
+    const page = await net.nodes[2]!.db.list('patient_records', {}, { limit: 1000 })
+    expect(page.rows).toHaveLength(50)
+  })
+
+  it('keeps a patient\'s rows in every co-located table on the same owners', async () => {
+    net = await createTestnet(5)
+    await net.converge(5)
+    const db = net.nodes[1]!.db
+    await db.insert('patient_records', patient(7))
+    await db.insert('medications', { medication_id: 3, name: 'Aspirin', dosage: '100 mg', manufacturer: 'Acme' })
+    const h = await db.insert('medical_history', { patient_id: 7, diagnosis: 'Flu', treatment: 'Rest', date_of_visit: '2026-01-02T10:00:00Z' })
+    await db.insert('billing_insurance', { patient_id: 7, amount: '12.5', date: '2026-01-02', insurance_provider: 'X', insurance_policy_number: 'P1' })
+    await db.insert('patient_medications', { patient_id: 7, medication_id: 3 })
+    await db.insert('lab_results', { record_id: Number(h.id), patient_id: 7, test_name: 'CBC', test_date: '2026-01-03', test_result: 'Normal' })
+    const token = tokenOf('patient_id:7')
+    for (const n of net.nodes) {
+      const tables = ['patient_records', 'medical_history', 'billing_insurance', 'patient_medications', 'lab_results']
+      const counts = await n.store.countRows()
+      const has = tables.map(t => (counts[t] ?? 0) > 0)
+      // Either a node holds the whole chart or none of it.
+      expect(new Set(has).size).toBe(1)
+      expect(has[0]).toBe(net.nodes[0]!.coordinator.owners('patient_records', token).includes(n.peerId))
+    }
+  })
+
+  it('survives a dead owner: the next owner takes the writes, hints hand them back', async () => {
+    net = await createTestnet(5)
+    await net.converge(5)
+    const token = tokenOf('patient_id:1')
+    const owners = net.nodes[0]!.coordinator.owners('patient_records', token)
+    const primary = net.nodes.find(n => n.peerId === owners[0])!
+    const client = net.nodes.find(n => !owners.includes(n.peerId))!
+    await client.db.insert('patient_records', patient(1))
+    net.network.down(primary.peerId)
+    // Before the failure detector notices, the write must still succeed through the next owner.
+    const w = await client.db.patch('patient_records', '1', { address: 'New address' })
+    expect(w.row?.address).toBe('New address')
+    expect((await client.db.get('patient_records', '1')).row.address).toBe('New address')
+    net.network.up(primary.peerId)
+    const deadline = Date.now() + 5000
+    for (;;) {
+      const state = await primary.store.get('patient_records', token, '1')
+      if (state?.heads[0]?.row?.address === 'New address') break
+      if (Date.now() > deadline) throw new Error('timed out waiting for hinted handoff to bring the returned primary up to date')
+      await new Promise(resolve => setTimeout(resolve, 20))
+    }
+  })
+
+  it('two primaries on the two sides of a partition make a visible conflict, never a lost write', async () => {
+    net = await createTestnet(3, { replicas: 3, writeQuorum: 1, readQuorum: 1 })
+    await net.converge(3)
+    const [a, b, c] = net.nodes as [any, any, any]
+    await a.db.insert('patient_records', patient(5))
+    const deadline = Date.now() + 3000
+    const everywhere = async (): Promise<boolean> => (await Promise.all([a, b, c].map(async x => await x.store.get('patient_records', tokenOf('patient_id:5'), '5')))).every(s => s !== undefined)
+    while (!await everywhere()) {
+      if (Date.now() > deadline) throw new Error('timed out waiting for the insert to reach every replica')
+      await new Promise(resolve => setTimeout(resolve, 10))
+    }
+    // Isolate every node: each takes its own write as primary (consistency one).
+    for (const x of [a, b, c]) for (const y of [a, b, c]) if (x !== y) net.network.partition(x.peerId, y.peerId)
+    await a.db.patch('patient_records', '5', { address: 'Side A' }, { consistency: 'one' })
+    await b.db.patch('patient_records', '5', { address: 'Side B' }, { consistency: 'one' })
+    for (const x of [a, b, c]) for (const y of [a, b, c]) if (x !== y) net.network.partition(x.peerId, y.peerId, false)
+    const r = await c.db.get('patient_records', '5', { consistency: 'all' })
+    const values = new Set([r.row.address, ...r.conflicts.map(x => x.row?.address)])
+    expect(values).toEqual(new Set(['Side A', 'Side B']))
+    // A write naming both heads resolves it.
+    await c.db.replace('patient_records', '5', { ...patient(5), address: 'Merged' }, { ifMatch: [r.version, ...r.conflicts.map(x => x.version)], consistency: 'all' })
+    const after = await a.db.get('patient_records', '5', { consistency: 'all' })
+    expect(after.row.address).toBe('Merged')
+    expect(after.conflicts).toEqual([])
+  })
+
+  it('a malformed or hostile replica message is refused and writes nothing', async () => {
+    net = await createTestnet(2)
+    await net.converge(2)
+    const [a, b] = net.nodes as [any, any]
+    const t = net.network.transport('intruder')
+    const bad = [
+      { type: 'nope' },
+      { type: 'apply', groups: [[{ table: 'patient_records', id: '1', token: 'zz', version: 'x', parents: [], row: null }]] },
+      { type: 'apply', groups: [[{ table: 'patient_records', id: '9', token: tokenOf('patient_id:9'), version: '000001700000000000.000000.abc', parents: [], row: { ...patient(9), patient_name: 'x'.repeat(151) } }]] },
+      { type: 'write', mutations: [{ op: 'insert', table: 'patient_records', id: '9', shard: 'patient_id:10', row: patient(9) }] },
+      null
+    ]
+    for (const msg of bad) {
+      await expect(t.request(b.peerId, 'replica', msg)).rejects.toMatchObject({ code: 'INVALID_MESSAGE' })
+    }
+    expect(await b.store.countRows()).toEqual({})
+    // The node still serves.
+    await a.db.insert('patient_records', patient(2))
+    expect((await b.db.get('patient_records', '2')).row.patient_id).toBe(2)
+  })
+})
