@@ -1,11 +1,18 @@
-import { chmod, lstat, unlink } from 'node:fs/promises'
-import { join } from 'node:path'
+import { chmod, lstat, readFile, rename, unlink, writeFile } from 'node:fs/promises'
+import { join, resolve } from 'node:path'
 import { pino, type Logger } from 'pino'
 import type { FastifyInstance } from 'fastify'
 import { createApi } from '../api/server.js'
 import type { Coordinator } from '../cluster/coordinator.js'
-import { LocalCoordinator } from '../cluster/local.js'
+import { DistributedCoordinator } from '../cluster/distributed.js'
+import { Membership } from '../cluster/membership.js'
+import { PROTOCOLS } from '../cluster/transport.js'
+import { NtsoekheError } from '../errors/index.js'
 import { loadOrCreateIdentity, peerIdFromKey } from '../p2p/identity.js'
+import { createNode, type NtsoekheNode as Libp2pNode } from '../p2p/node.js'
+import { Libp2pTransport } from '../p2p/transport.js'
+import { peerIdFromString } from '@libp2p/peer-id'
+import { multiaddr } from '@multiformats/multiaddr'
 import { Database } from '../query/database.js'
 import { TABLES } from '../schema/index.js'
 import { Store } from '../storage/store.js'
@@ -32,7 +39,10 @@ export class NtsoekheNode {
   peerId = ''
   store?: Store
   db?: Database
-  coordinator?: Coordinator
+  coordinator?: DistributedCoordinator
+  membership?: Membership
+  libp2p?: Libp2pNode
+  private transport?: Libp2pTransport
   private api?: FastifyInstance
   private starting?: Promise<void>
   private stopping?: Promise<void>
@@ -62,17 +72,66 @@ export class NtsoekheNode {
     const indexes = Object.fromEntries(TABLES.map(t => [t.name, t.indexed]))
     this.store = new Store({ path: join(this.home, 'store'), sync: this.config.storage.sync, indexes })
     await this.store.open()
+
+    const net = this.config.network
+    const pnetKey = net.pnetKeyFile === null ? undefined : await readPnetKey(resolve(this.home, net.pnetKeyFile))
+    this.libp2p = await createNode({ privateKey: key }, {
+      listen: net.listen,
+      bootstrap: net.bootstrap,
+      dhtProtocol: net.dhtProtocol,
+      dhtClientMode: net.dhtClientMode,
+      keepPrivateAddresses: net.keepPrivateAddresses,
+      ...(pnetKey === undefined ? {} : { pnetKey }),
+      log: msg => { this.logger.warn({ component: 'p2p' }, msg) }
+    })
+    const libp2p = this.libp2p
+    this.transport = new Libp2pTransport(libp2p, { timeout: this.config.replication.timeoutMs })
+    const log = (msg: string, ...args: unknown[]): void => { this.logger.debug({ component: 'cluster' }, msg, ...args) }
+    this.membership = new Membership({
+      transport: this.transport,
+      peerId: this.peerId,
+      addresses: () => libp2p.getMultiaddrs().map(a => a.toString()),
+      persist: async members => { await saveMembers(this.home, members) },
+      connect: async (peerId, addresses) => { await dialPeer(libp2p, peerId, addresses) },
+      log
+    }, this.config.membership)
     const clock = new HybridClock(nodeTag(this.peerId))
-    this.coordinator = new LocalCoordinator({ store: this.store, clock, peerId: this.peerId })
+    this.coordinator = new DistributedCoordinator({ store: this.store, clock, peerId: this.peerId, transport: this.transport, membership: this.membership, log }, {
+      replicas: this.config.replication.replicas,
+      writeQuorum: this.config.replication.writeQuorum,
+      readQuorum: this.config.replication.readQuorum,
+      timeoutMs: this.config.replication.timeoutMs
+    })
+    await this.transport.start()
+
+    // Members come from the bootstrap list, the members saved on disk, and any peer the DHT or
+    // identify shows to speak the membership protocol.
+    for (const addr of net.bootstrap) {
+      const id = addr.split('/p2p/')[1]
+      if (id !== undefined) this.membership.addCandidate(id, [addr])
+    }
+    for (const m of await loadMembers(this.home)) this.membership.addCandidate(m.peerId, m.addresses)
+    libp2p.addEventListener('peer:identify', evt => {
+      if (evt.detail.protocols.includes(PROTOCOLS.membership)) {
+        this.membership?.addCandidate(evt.detail.peerId.toString(), evt.detail.listenAddrs.map(a => a.toString()))
+      }
+    })
     await this.coordinator.start()
+    this.membership.start()
+
     this.db = new Database({ coordinator: this.coordinator, peerId: this.peerId })
     await this.listen()
-    this.logger.info({ peerId: this.peerId, socket: this.socket, home: this.home }, 'node ready')
+    this.logger.info({ peerId: this.peerId, socket: this.socket, home: this.home, addresses: libp2p.getMultiaddrs().map(String) }, 'node ready')
   }
 
   private async listen (): Promise<void> {
     const db = this.db as Database
-    this.api = createApi({ db, status: async () => await this.status(), logger: this.logger })
+    this.api = createApi({
+      db,
+      status: async () => await this.status(),
+      extra: { peers: async () => await this.peers(), ring: async () => await this.ringView() },
+      logger: this.logger
+    })
     await removeStaleSocket(this.socket)
     // Only the owner may use the socket: create it 0600 rather than chmod after the fact.
     const umask = process.umask(0o177)
@@ -87,13 +146,38 @@ export class NtsoekheNode {
   async status (): Promise<Record<string, unknown>> {
     const store = this.store as Store
     const cluster = await (this.coordinator as Coordinator).status()
+    const live = cluster.members.filter(m => m.state === 'alive' || m.state === 'suspect').length
     return {
       version: VERSION,
+      addresses: this.libp2p?.getMultiaddrs().map(String) ?? [],
       home: this.home,
       socket: this.socket,
       uptimeMs: Date.now() - this.startedAt,
       storage: { rows: publicCounts(await store.countRows()), commits: store.commits },
-      ...cluster
+      ...cluster,
+      replication: {
+        liveMembers: live,
+        effectiveReplicas: Math.min(cluster.replicas, live),
+        health: cluster.underReplicated ? `under-replicated: ${live} live members for ${cluster.replicas} replicas` : 'ok',
+        pendingHints: (await store.hintedPeers()).length
+      }
+    }
+  }
+
+  async peers (): Promise<Record<string, unknown>> {
+    const membership = this.membership as Membership
+    const connected = new Set(this.libp2p?.getConnections().map(c => c.remotePeer.toString()) ?? [])
+    return { members: membership.members().map(m => ({ ...m, connected: m.peerId === this.peerId || connected.has(m.peerId) })) }
+  }
+
+  async ringView (): Promise<Record<string, unknown>> {
+    const coordinator = this.coordinator as DistributedCoordinator
+    const shares = coordinator.ring.shares()
+    const membership = this.membership as Membership
+    return {
+      replicas: coordinator.replicas,
+      members: membership.members().map(m => ({ peerId: m.peerId, state: m.state, share: shares.get(m.peerId) ?? 0 })),
+      localRows: publicCounts(await (this.store as Store).countRows())
     }
   }
 
@@ -107,10 +191,56 @@ export class NtsoekheNode {
       await this.api.close()
       await removeStaleSocket(this.socket)
     }
+    this.membership?.stop()
     await this.coordinator?.stop()
+    await this.transport?.stop()
+    await this.libp2p?.stop()
     await this.store?.close()
     if (this.api !== undefined) this.logger.info({ peerId: this.peerId }, 'node stopped')
   }
+}
+
+interface SavedMember { peerId: string, addresses: string[] }
+
+async function saveMembers (home: string, members: SavedMember[]): Promise<void> {
+  const path = join(home, 'members.json')
+  const tmp = `${path}.${process.pid}.tmp`
+  await writeFile(tmp, JSON.stringify(members, null, 2) + '\n', { mode: 0o600 })
+  await rename(tmp, path)
+}
+
+/** Members saved by an earlier run; a damaged file is ignored (the bootstrap list still works) */
+async function loadMembers (home: string): Promise<SavedMember[]> {
+  let text: string
+  try {
+    text = await readFile(join(home, 'members.json'), 'utf8')
+  } catch (err) {
+    if ((err as NodeJS.ErrnoException).code === 'ENOENT') return []
+    throw err
+  }
+  try {
+    const parsed = JSON.parse(text) as unknown
+    if (!Array.isArray(parsed)) return []
+    return parsed.filter((m): m is SavedMember => typeof m?.peerId === 'string' && Array.isArray(m?.addresses) && m.addresses.every((a: unknown) => typeof a === 'string'))
+  } catch {
+    return []
+  }
+}
+
+async function readPnetKey (path: string): Promise<Uint8Array> {
+  try {
+    return new Uint8Array(await readFile(path))
+  } catch (err) {
+    throw new NtsoekheError('INVALID', `Cannot read the private-network key ${path}: ${(err as Error).message}`, { cause: err })
+  }
+}
+
+/** Dials a peer by id, after adding the addresses it was known by (Noise checks the id) */
+async function dialPeer (node: Libp2pNode, peerId: string, addresses: string[]): Promise<void> {
+  const id = peerIdFromString(peerId)
+  const addrs = addresses.flatMap(a => { try { return [multiaddr(a)] } catch { return [] } })
+  if (addrs.length > 0) await node.peerStore.merge(id, { multiaddrs: addrs })
+  await node.dial(id, { signal: AbortSignal.timeout(5000) })
 }
 
 /** Row counts without internal tables (names starting with `_`) */

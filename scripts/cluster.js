@@ -1,0 +1,88 @@
+#!/usr/bin/env node
+// `npm run cluster -- 3`: a local network of N daemons on 127.0.0.1 in temp
+// homes, seeded with demo data. Ctrl-C stops every node and removes the homes.
+import '../dist/util/polyfill.js'
+import { spawn } from 'node:child_process'
+import { mkdtemp, rm } from 'node:fs/promises'
+import { tmpdir } from 'node:os'
+import { dirname, join } from 'node:path'
+import { fileURLToPath } from 'node:url'
+import { NtsoekheClient } from '../dist/client/index.js'
+
+const root = join(dirname(fileURLToPath(import.meta.url)), '..')
+const bin = join(root, 'bin', 'ntsoekhe')
+const size = Number(process.argv[2] ?? 3)
+const scale = Number(process.env.SEED_SCALE ?? 1)
+if (!Number.isSafeInteger(size) || size < 1 || size > 50) {
+  console.error('usage: npm run cluster -- <nodes 1-50>')
+  process.exit(2)
+}
+
+const nodes = []
+let stopping = false
+
+async function waitFor (what, fn, timeoutMs = 30_000) {
+  const deadline = Date.now() + timeoutMs
+  for (;;) {
+    try {
+      const v = await fn()
+      if (v) return v
+    } catch {}
+    if (Date.now() > deadline) throw new Error(`timed out after ${timeoutMs} ms waiting for ${what}`)
+    await new Promise(resolve => setTimeout(resolve, 100))
+  }
+}
+
+async function startNode (i, bootstrap) {
+  const home = await mkdtemp(join(tmpdir(), `ntk-c${i}-`))
+  const args = [bin, 'daemon', '--home', home, '--listen', '/ip4/127.0.0.1/tcp/0', '--log-level', 'warn']
+  if (bootstrap !== undefined) args.push('--bootstrap', bootstrap)
+  const proc = spawn(process.execPath, args, { stdio: ['ignore', 'inherit', 'pipe'] })
+  let stderr = ''
+  proc.stderr.on('data', c => { stderr += c })
+  const node = { home, proc, client: new NtsoekheClient({ socket: join(home, 'api.sock') }) }
+  nodes.push(node)
+  proc.on('exit', code => { if (!stopping) console.error(`node ${i + 1} exited (${code}): ${stderr}`) })
+  node.status = await waitFor(`node ${i + 1} to answer on ${join(home, 'api.sock')}`, async () => await node.client.status())
+  return node
+}
+
+async function stop () {
+  if (stopping) return
+  stopping = true
+  console.log('\nstopping…')
+  await Promise.all(nodes.map(async n => {
+    if (n.proc.exitCode !== null) return
+    const exited = new Promise(resolve => n.proc.once('exit', resolve))
+    n.proc.kill('SIGTERM')
+    const timer = setTimeout(() => n.proc.kill('SIGKILL'), 10_000)
+    await exited
+    clearTimeout(timer)
+  }))
+  await Promise.all(nodes.map(async n => await rm(n.home, { recursive: true, force: true })))
+  process.exit(0)
+}
+
+process.on('SIGINT', () => { void stop() })
+process.on('SIGTERM', () => { void stop() })
+
+try {
+  const first = await startNode(0)
+  const bootstrap = first.status.addresses.find(a => a.includes('/ip4/127.0.0.1/'))
+  for (let i = 1; i < size; i++) await startNode(i, bootstrap)
+  await waitFor(`every node to see ${size} alive members`, async () => {
+    const all = await Promise.all(nodes.map(async n => await n.client.status()))
+    return all.every(s => s.members.filter(m => m.state === 'alive').length === size)
+  })
+  const { seed } = await import('../dist/cli/seed.js')
+  const counts = await seed(first.client, scale, { stdout: process.stdout, stderr: process.stderr, stdin: process.stdin })
+  console.log(`\n${size} nodes up, seeded ${Object.values(counts).reduce((a, b) => a + b, 0)} rows through node 1.\n`)
+  nodes.forEach((n, i) => {
+    console.log(`node ${i + 1}  ${n.status.peerId}\n  socket ${n.client.socket}`)
+  })
+  console.log(`\nQuery any node, e.g.:\n  ${bin} query patient_records --limit 5 --home ${nodes[nodes.length - 1].home}` +
+    `\n  ${bin} peers --home ${nodes[0].home}\n  curl --unix-socket ${nodes[0].client.socket} http://localhost/v1/status\n\nCtrl-C stops the network.`)
+} catch (err) {
+  console.error(`cluster failed: ${err.message}`)
+  await stop()
+}
