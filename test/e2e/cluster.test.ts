@@ -1,0 +1,142 @@
+import { afterAll, beforeAll, describe, expect, it } from 'vitest'
+import { NtsoekheClient } from '../../src/client/index.js'
+import { cli, json, startDaemon, type TestDaemon } from '../helpers/daemon.js'
+
+/**
+ * Five real daemons on 127.0.0.1 over TCP + Noise, each bootstrapped from the
+ * first, with the default N=3, W=2, R=2.
+ */
+const SIZE = 5
+const ROWS = 1000
+let daemons: TestDaemon[] = []
+let clients: NtsoekheClient[] = []
+
+const patient = (i: number): Record<string, unknown> => ({
+  patient_id: i, patient_name: `Patient ${i}`, date_of_birth: '1980-01-02', gender: 'F', address: `${i} Main St`, contact_number: '0123456789', email: `p${i}@example.org`
+})
+
+async function waitFor<T> (what: string, fn: () => Promise<T | undefined | false>, timeoutMs = 30_000): Promise<T> {
+  const deadline = Date.now() + timeoutMs
+  let last: unknown
+  for (;;) {
+    try {
+      const v = await fn()
+      if (v !== undefined && v !== false) return v
+    } catch (err) { last = err }
+    if (Date.now() > deadline) throw new Error(`timed out after ${timeoutMs} ms waiting for ${what}${last === undefined ? '' : ` (last error: ${(last as Error).message})`}`)
+    await new Promise(resolve => setTimeout(resolve, 100))
+  }
+}
+
+async function pool<T> (count: number, concurrency: number, fn: (i: number) => Promise<T>): Promise<T[]> {
+  const out = new Array<T>(count)
+  let next = 0
+  await Promise.all(Array.from({ length: concurrency }, async () => {
+    while (next < count) { const i = next++; out[i] = await fn(i) }
+  }))
+  return out
+}
+
+/** Which daemons hold the row in their own shard (`get --local` through the socket) */
+async function holders (table: string, id: string | number, among = clients): Promise<number[]> {
+  const out: number[] = []
+  for (const [i, c] of among.entries()) {
+    try {
+      await c.get(table, id, { local: true })
+      out.push(i)
+    } catch (err) {
+      if ((err as { code?: string }).code !== 'NOT_FOUND') throw err
+    }
+  }
+  return out
+}
+
+beforeAll(async () => {
+  const first = await startDaemon()
+  daemons.push(first)
+  const firstClient = new NtsoekheClient({ socket: first.socket })
+  const addr = ((await firstClient.status()).addresses as string[]).find(a => a.startsWith('/ip4/127.0.0.1/'))
+  if (addr === undefined) throw new Error('the first daemon reports no 127.0.0.1 address')
+  const rest = await Promise.all(Array.from({ length: SIZE - 1 }, async () => await startDaemon({ args: ['--bootstrap', addr] })))
+  daemons = [first, ...rest]
+  clients = daemons.map(d => new NtsoekheClient({ socket: d.socket }))
+}, 60_000)
+
+afterAll(async () => {
+  await Promise.all(daemons.map(async d => await d.stop().catch(() => {})))
+}, 30_000)
+
+describe('a five-node network', () => {
+  it('every node sees five alive members', async () => {
+    await waitFor('every daemon to see 5 alive members', async () => {
+      const all = await Promise.all(clients.map(async c => await c.status()))
+      return all.every(s => s.members.filter((m: { state: string }) => m.state === 'alive').length === SIZE)
+    })
+    const status = json(await cli(['status', '--json'], { home: daemons[2]!.home }))
+    expect(status.members).toHaveLength(SIZE)
+    for (const m of status.members) expect(m).toMatchObject({ peerId: expect.any(String), state: 'alive' })
+    expect(status.underReplicated).toBe(false)
+  }, 40_000)
+
+  it('1,000 rows written through node 1 are read through node 5, each on exactly N nodes', async () => {
+    await pool(ROWS, 32, async i => await clients[0]!.insert('patient_records', patient(i + 1)))
+    const got = await pool(ROWS, 32, async i => await clients[4]!.get('patient_records', i + 1))
+    got.forEach((r, i) => expect(r.row.patient_name).toBe(`Patient ${i + 1}`))
+
+    // Every row has exactly three holders, and the shares add up to N copies of everything.
+    const perNode = await Promise.all(clients.map(async c => (await c.ring()).localRows.patient_records ?? 0))
+    expect(perNode.reduce((a: number, b: number) => a + b, 0)).toBe(ROWS * 3)
+    for (const id of [1, 250, 500, 777, 1000]) expect(await holders('patient_records', id)).toHaveLength(3)
+
+    // The CLI's --local says the same: exit 0 where the row lives, 1 elsewhere.
+    const codes = await Promise.all(daemons.map(async d => (await cli(['get', 'patient_records', '42', '--local', '--json'], { home: d.home })).code))
+    expect(codes.filter(c => c === 0)).toHaveLength(3)
+    expect(codes.filter(c => c === 1)).toHaveLength(2)
+
+    // A listing through any node sees the whole network once.
+    const seen = new Set<number>()
+    let cursor: string | undefined
+    for (let page = 0; page < 20; page++) {
+      const r = await clients[3]!.query('patient_records', {}, { limit: 400, ...(cursor === undefined ? {} : { cursor }) })
+      for (const row of r.rows) seen.add(Number(row.patient_id))
+      if (r.next === null) break
+      cursor = r.next
+    }
+    expect(seen.size).toBe(ROWS)
+  }, 120_000)
+
+  it("keeps a patient's rows in every co-located table on the same owners", async () => {
+    const c = clients[1]!
+    await c.insert('patient_records', patient(5001))
+    await c.insert('medications', { medication_id: 9001, name: 'Aspirin', dosage: '100 mg', manufacturer: 'Acme' })
+    const h = await c.insert('medical_history', { patient_id: 5001, diagnosis: 'Flu', treatment: 'Rest', date_of_visit: '2026-01-02T10:00:00Z' })
+    const b = await c.insert('billing_insurance', { patient_id: 5001, amount: '12.50', date: '2026-01-02', insurance_provider: 'X', insurance_policy_number: 'P1' })
+    await c.insert('patient_medications', { patient_id: 5001, medication_id: 9001 })
+    const l = await c.insert('lab_results', { record_id: Number(h.id), patient_id: 5001, test_name: 'CBC', test_date: '2026-01-03', test_result: 'Normal' })
+    const owners = await holders('patient_records', 5001)
+    expect(owners).toHaveLength(3)
+    expect(await holders('medical_history', h.id)).toEqual(owners)
+    expect(await holders('billing_insurance', b.id)).toEqual(owners)
+    expect(await holders('patient_medications', '5001:9001')).toEqual(owners)
+    expect(await holders('lab_results', l.id)).toEqual(owners)
+  }, 60_000)
+
+  it('with one node killed, writes and reads still succeed', async () => {
+    const victim = daemons[2]!
+    await victim.kill9()
+    const live = clients.filter((_, i) => i !== 2)
+    // At once, before failure detection has marked it down.
+    await pool(100, 16, async i => await live[i % live.length]!.insert('patient_records', patient(2001 + i)))
+    const fresh = await pool(100, 16, async i => await live[(i + 1) % live.length]!.get('patient_records', 2001 + i))
+    fresh.forEach((r, i) => expect(r.row.patient_id).toBe(2001 + i))
+    const old = await pool(ROWS, 32, async i => await live[i % live.length]!.get('patient_records', i + 1))
+    old.forEach((r, i) => expect(r.row.patient_id).toBe(i + 1))
+    const u = await live[0]!.update('patient_records', 1, { address: 'Moved' })
+    expect(u.row?.address).toBe('Moved')
+    // And the survivors come to see it down.
+    await waitFor('the killed node to be marked suspect or down', async () => {
+      const s = await live[0]!.status()
+      return s.members.some((m: { peerId: string, state: string }) => m.state !== 'alive')
+    }, 20_000)
+  }, 120_000)
+})
