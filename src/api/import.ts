@@ -42,20 +42,42 @@ export async function importStream (db: Database, table: string, input: NodeJS.R
       if (chunk.length >= IMPORT_CHUNK) await flush()
     }
   } else {
-    const parser = input.pipe(parse({ columns: true, info: true, skip_empty_lines: true, trim: true, relax_column_count: false }))
-    try {
-      for await (const rec of parser as AsyncIterable<{ record: Record<string, string>, info: { lines: number } }>) {
+    type CsvRecord = { record: Record<string, string>, info: { lines: number, error?: Error } }
+    // Records are taken as the parser makes them (on_record), not as the stream yields them: on a
+    // fatal error the stream drops what it buffered, and those good lines would vanish from the report.
+    const parsed: CsvRecord[] = []
+    const take = (): void => {
+      for (const rec of parsed.splice(0)) {
+        // Relaxed column count: a line with too few or too many fields is rejected alone.
+        if (rec.info.error !== undefined) {
+          reject(rec.info.lines, `CSV: ${rec.info.error.message}`)
+          continue
+        }
         const value: Record<string, string> = {}
         for (const [k, v] of Object.entries(rec.record)) {
           if (v !== '') value[k] = v
         }
         chunk.push({ line: rec.info.lines, value })
+      }
+    }
+    const parser = input.pipe(parse({
+      columns: true,
+      info: true,
+      skip_empty_lines: true,
+      trim: true,
+      relax_column_count: true,
+      on_record: (rec: CsvRecord) => { parsed.push(rec); return rec }
+    }))
+    try {
+      for await (const _ of parser) {
+        take()
         if (chunk.length >= IMPORT_CHUNK) await flush()
       }
     } catch (err) {
       const e = err as { message: string, lines?: number }
       reject(e.lines ?? 0, `CSV: ${e.message}; the rest of the file was not read`)
     }
+    take()
   }
   await flush()
   return report

@@ -123,8 +123,8 @@ export function createApi (components: ApiComponents): FastifyInstance {
 
   app.post<{ Params: Params, Querystring: Query }>('/v1/tables/:table/import', async (req) => {
     db.table(req.params.table)
-    const type = String(req.headers['content-type'] ?? '').split(';')[0]?.trim()
-    if (type === undefined || !['application/x-ndjson', 'application/ndjson', 'text/csv'].includes(type)) {
+    const type = mediaType(req)
+    if (!['application/x-ndjson', 'application/ndjson', 'text/csv'].includes(type)) {
       throw new NtsoekheError('UNSUPPORTED_MEDIA_TYPE', 'Import takes application/x-ndjson or text/csv')
     }
     return await importStream(db, req.params.table, req.body as NodeJS.ReadableStream, type === 'text/csv' ? 'csv' : 'ndjson', requestOptions(req.query))
@@ -135,7 +135,19 @@ export function createApi (components: ApiComponents): FastifyInstance {
 
 function requireBody (req: FastifyRequest): unknown {
   if (req.body === undefined || req.body === null) throw new ValidationError('This request needs a JSON body')
+  const type = mediaType(req)
+  if (type !== 'application/json') {
+    // The import parsers hand over the unread stream: drain it rather than leave it hanging.
+    const stream = req.body as { resume?: () => void }
+    if (typeof stream.resume === 'function') stream.resume()
+    throw new NtsoekheError('UNSUPPORTED_MEDIA_TYPE', `This request takes application/json, not ${type === '' ? 'an untyped body' : type}`)
+  }
   return req.body
+}
+
+/** The request's media type, lower case, without parameters */
+function mediaType (req: FastifyRequest): string {
+  return (String(req.headers['content-type'] ?? '').split(';')[0] ?? '').trim().toLowerCase()
 }
 
 function single (query: Query, name: string): string {

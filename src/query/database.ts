@@ -1,9 +1,10 @@
-import { ConflictError, NotFoundError, ReferenceError, UnknownTableError, ValidationError, NtsoekheError } from '../errors/index.js'
+import { ConflictError, NotFoundError, PreconditionFailedError, ReferenceError, UnknownTableError, ValidationError, NtsoekheError } from '../errors/index.js'
 import {
   TABLES, checkValue, findTable, parseId, referencingTables, rowId, shardValue, validateRow,
   type Row, type TableDef, type Value
 } from '../schema/index.js'
 import type { Coordinator, Consistency, Mutation, RequestOptions, WriteResult } from '../cluster/coordinator.js'
+import { KeyedMutex } from '../storage/keyed-mutex.js'
 import { winner, type RecordState } from '../storage/store.js'
 import { IdGenerator } from './ids.js'
 
@@ -62,6 +63,8 @@ export interface DatabaseComponents {
 export class Database {
   private readonly coordinator: Coordinator
   private readonly ids: IdGenerator
+  /** Held from the uniqueness check to the write, per table with unique columns (see withUniqueLock) */
+  private readonly uniqueLocks = new KeyedMutex()
 
   constructor (components: DatabaseComponents) {
     this.coordinator = components.coordinator
@@ -85,6 +88,10 @@ export class Database {
     if (generated && table.primaryKey.length !== 1) {
       throw new ValidationError(`${table.name} needs ${table.primaryKey.join(' and ')}`)
     }
+    return await this.withUniqueLock([table], async () => await this.insertChecked(table, row, generated, options))
+  }
+
+  private async insertChecked (table: TableDef, row: Row, generated: boolean, options: RequestOptions): Promise<WriteResult> {
     await this.checkRow(table, row, undefined, options)
     for (let attempt = 1; ; attempt++) {
       const full = generated ? { [table.primaryKey[0] as string]: this.ids.next(), ...row } : row
@@ -116,13 +123,15 @@ export class Database {
     const key = parseId(table, id)
     const row = validateRow(table, { ...key, ...(body as object) }, 'full')
     assertSameKey(table, key, row)
-    const current = await this.readState(table, key, options)
-    const live = current === undefined ? undefined : winner(current)
-    if (live?.row == null) throw new NotFoundError(`${table.name} ${rowId(table, key)} not found`)
-    assertSameShard(table, live.row, row)
-    await this.checkRow(table, row, rowId(table, key), options)
-    const [result] = await this.coordinator.write([this.mutation('put', table, orderColumns(table, row), options.ifMatch)], options)
-    return result as WriteResult
+    return await this.withUniqueLock([table], async () => {
+      const current = await this.readState(table, key, options)
+      const live = current === undefined ? undefined : winner(current)
+      if (live?.row == null) throw new NotFoundError(`${table.name} ${rowId(table, key)} not found`)
+      assertSameShard(table, live.row, row)
+      await this.checkRow(table, row, rowId(table, key), options)
+      const [result] = await this.coordinator.write([this.mutation('put', table, orderColumns(table, row), options.ifMatch)], options)
+      return result as WriteResult
+    })
   }
 
   async patch (tableName: string, id: string, body: unknown, options: WriteOptions = {}): Promise<WriteResult> {
@@ -130,6 +139,10 @@ export class Database {
     const key = parseId(table, id)
     const changes = validateRow(table, body, 'partial')
     assertSameKey(table, key, changes)
+    return await this.withUniqueLock([table], async () => await this.patchChecked(table, key, changes, options))
+  }
+
+  private async patchChecked (table: TableDef, key: Row, changes: Row, options: WriteOptions): Promise<WriteResult> {
     for (let attempt = 1; ; attempt++) {
       const current = await this.readState(table, key, options)
       const head = current === undefined ? undefined : winner(current)
@@ -156,6 +169,12 @@ export class Database {
     const current = await this.readState(table, key, options)
     const head = current === undefined ? undefined : winner(current)
     if (head?.row == null) throw new NotFoundError(`${table.name} ${rowId(table, key)} not found`)
+    if (options.cascade === true && options.ifMatch !== undefined && options.ifMatch.length > 0) {
+      // The primary checks If-Match only when the row itself is deleted: by then the cascade has run.
+      const heads = new Set(current?.heads.map(h => h.version))
+      const stale = options.ifMatch.filter(v => !heads.has(v))
+      if (stale.length > 0) throw new PreconditionFailedError(`${table.name} ${rowId(table, key)}: version ${stale.join(', ')} is not current`)
+    }
     const cascaded = await this.deleteReferences(table, head.row, options)
     const [result] = await this.coordinator.write([this.mutation('delete', table, head.row, options.ifMatch)], options)
     await this.releaseKey(table, head.row, options)
@@ -165,7 +184,7 @@ export class Database {
   async history (tableName: string, id: string, options: RequestOptions = {}): Promise<Array<{ version: string, parents: string[], row: Row | null, deleted: boolean }>> {
     const table = this.table(tableName)
     const key = parseId(table, id)
-    const shard = await this.shardOfKey(table, key, options)
+    const shard = await this.shardOfKey(table, key, options) ?? await this.formerShardOfKey(table, key, options)
     const versions = shard === undefined ? [] : await this.coordinator.history(table.name, rowId(table, key), shard, options)
     if (versions.length === 0) throw new NotFoundError(`${table.name} ${rowId(table, key)} has no history`)
     return versions.map(v => ({ version: v.version, parents: v.parents, row: v.row, deleted: v.row === null }))
@@ -193,35 +212,39 @@ export class Database {
   /** Several writes that share one shard key, applied all or nothing */
   async batch (operations: BatchOperation[], options: RequestOptions = {}): Promise<WriteResult[]> {
     if (!Array.isArray(operations) || operations.length === 0) throw new ValidationError('A batch needs a non-empty operations array')
-    const mutations: Mutation[] = []
-    for (const [i, op] of operations.entries()) {
+    const tables = operations.map(op => findTable(String((op as BatchOperation | null)?.table))).filter((t): t is TableDef => t !== undefined)
+    return await this.withUniqueLock(tables, async () => {
+      const mutations: Mutation[] = []
+      for (const [i, op] of operations.entries()) {
+        try {
+          mutations.push(await this.batchMutation(op, options))
+        } catch (err) {
+          if (err instanceof NtsoekheError) err.message = `operations[${i}]: ${err.message}`
+          throw err
+        }
+      }
+      const shards = new Set(mutations.map(m => m.shard))
+      if (shards.size > 1) {
+        throw new ValidationError(`A batch must share one shard key; these operations span ${[...shards].join(', ')}`)
+      }
+      assertUniqueWithin(mutations)
+      const inserted = mutations.filter(m => m.op === 'insert').map(m => ({ table: this.table(m.table), row: m.row as Row }))
+      const claimed: typeof inserted = []
       try {
-        mutations.push(await this.batchMutation(op, options))
+        for (const c of inserted) {
+          await this.claimKey(c.table, c.row, options)
+          claimed.push(c)
+        }
+        const results = await this.coordinator.write(mutations, options)
+        for (const m of mutations) {
+          if (m.op === 'delete') await this.releaseKey(this.table(m.table), parseId(this.table(m.table), m.id), options)
+        }
+        return results
       } catch (err) {
-        if (err instanceof NtsoekheError) err.message = `operations[${i}]: ${err.message}`
+        for (const c of claimed) await this.releaseKey(c.table, c.row, options)
         throw err
       }
-    }
-    const shards = new Set(mutations.map(m => m.shard))
-    if (shards.size > 1) {
-      throw new ValidationError(`A batch must share one shard key; these operations span ${[...shards].join(', ')}`)
-    }
-    const inserted = mutations.filter(m => m.op === 'insert').map(m => ({ table: this.table(m.table), row: m.row as Row }))
-    const claimed: typeof inserted = []
-    try {
-      for (const c of inserted) {
-        await this.claimKey(c.table, c.row, options)
-        claimed.push(c)
-      }
-      const results = await this.coordinator.write(mutations, options)
-      for (const m of mutations) {
-        if (m.op === 'delete') await this.releaseKey(this.table(m.table), parseId(this.table(m.table), m.id), options)
-      }
-      return results
-    } catch (err) {
-      for (const c of claimed) await this.releaseKey(c.table, c.row, options)
-      throw err
-    }
+    })
   }
 
   private async batchMutation (op: BatchOperation, options: RequestOptions): Promise<Mutation> {
@@ -316,6 +339,33 @@ export class Database {
     return typeof shard === 'string' ? shard : undefined
   }
 
+  /** The shard a deleted row lived on, from its locator's newest live version */
+  private async formerShardOfKey (table: TableDef, key: Row, options: RequestOptions): Promise<string | undefined> {
+    if (!needsLocator(table)) return undefined
+    const versions = await this.coordinator.history(LOCATOR_TABLE, locatorId(table, key), locatorShard(table, key), options)
+    for (const v of [...versions].reverse()) {
+      const shard = v.row?.shard
+      if (typeof shard === 'string') return shard
+    }
+    return undefined
+  }
+
+  /**
+   * Runs a check-then-write on tables with unique columns one at a time on
+   * this node, so two concurrent writes (an import, say) cannot both pass the
+   * uniqueness check. Tables without unique columns run at once.
+   */
+  private async withUniqueLock<T> (tables: TableDef[], fn: () => Promise<T>): Promise<T> {
+    const names = tables.filter(t => t.unique.length > 0).map(t => t.name)
+    if (names.length === 0) return await fn()
+    const release = await this.uniqueLocks.lock(names)
+    try {
+      return await fn()
+    } finally {
+      release()
+    }
+  }
+
   /** Claims the row's key network-wide before the row is written (409 when the key is taken) */
   private async claimKey (table: TableDef, row: Row, options: RequestOptions): Promise<void> {
     if (!needsLocator(table)) return
@@ -391,17 +441,26 @@ export class Database {
       return 0
     }
     let deleted = 0
-    for (;;) {
-      const refs = await this.referencingRows(table, row, options, MAX_LIMIT)
-      if (refs.length === 0) return deleted
-      for (const { table: child, rows } of refs) {
+    // One referencing table at a time, scanned afresh: deleting a row may
+    // already have deleted rows of a later table (history -> lab results).
+    for (const { table: child, reference } of referencingTables(table.name)) {
+      const value = row[reference.refColumn]
+      if (value === null || value === undefined) continue
+      // A row still listed after its delete (a conflicting head outranks the tombstone) is not retried forever.
+      const done = new Set<string>()
+      for (;;) {
+        const page = await this.coordinator.scan(child.name, { where: { [reference.column]: value }, limit: MAX_LIMIT }, options)
+        const rows = page.rows.map(r => winner(r.state)?.row).filter((r): r is Row => r != null && !done.has(rowId(child, r)))
+        if (rows.length === 0) break
         for (const r of rows) {
+          done.add(rowId(child, r))
           deleted += 1 + await this.deleteReferences(child, r, options)
           await this.coordinator.write([this.mutation('delete', child, r)], options)
           await this.releaseKey(child, r, options)
         }
       }
     }
+    return deleted
   }
 }
 
@@ -445,6 +504,25 @@ function assertSameKey (table: TableDef, key: Row, row: Row): void {
   for (const k of table.primaryKey) {
     if (row[k] !== undefined && row[k] !== key[k]) {
       throw new ValidationError(`${k} is part of the row's key and cannot change (${String(key[k])} -> ${String(row[k])})`, { column: k })
+    }
+  }
+}
+
+/** Two rows of one batch may not take the same unique value: neither sees the other in the check */
+function assertUniqueWithin (mutations: Mutation[]): void {
+  const taken = new Map<string, string>()
+  for (const m of mutations) {
+    const table = findTable(m.table)
+    if (table === undefined || m.row === undefined) continue
+    for (const col of table.unique) {
+      const value = m.row[col]
+      if (value === null || value === undefined) continue
+      const key = `${table.name}\u0000${col}\u0000${typeof value}:${String(value)}`
+      const other = taken.get(key)
+      if (other !== undefined && other !== m.id) {
+        throw new ConflictError(`${col} ${JSON.stringify(value)} is given to both ${table.name} ${other} and ${m.id} in this batch`, { column: col })
+      }
+      taken.set(key, m.id)
     }
   }
 }

@@ -8,7 +8,9 @@ const DATE_RE = /^(\d{4})-(\d{2})-(\d{2})$/
 const TIMESTAMP_RE = /^(\d{4})-(\d{2})-(\d{2})[T ](\d{2}):(\d{2})(:(\d{2})(\.\d{1,9})?)?(Z|[+-]\d{2}:?\d{2})?$/
 
 function isRealDate (y: number, m: number, d: number): boolean {
-  const dt = new Date(Date.UTC(y, m - 1, d))
+  // Not Date.UTC: it maps years 0-99 onto 1900-1999.
+  const dt = new Date(0)
+  dt.setUTCFullYear(y, m - 1, d)
   return dt.getUTCFullYear() === y && dt.getUTCMonth() === m - 1 && dt.getUTCDate() === d
 }
 
@@ -31,6 +33,8 @@ export function checkValue (col: Column, value: unknown): Value {
     }
     case 'VARCHAR': {
       if (typeof value !== 'string') fail(col, `expected a string, got ${typeof value}`)
+      // In a /u regex a surrogate range matches only an unpaired half: text no encoding can carry.
+      if (/[\uD800-\uDFFF]/u.test(value)) fail(col, 'is not well-formed Unicode (unpaired surrogate)')
       const length = [...value].length
       if (col.length !== undefined && length > col.length) {
         fail(col, `is ${length} characters long; VARCHAR(${col.length}) allows at most ${col.length}`)

@@ -347,7 +347,7 @@ export class Store {
 }
 
 /** Bumped when the on-disk layout changes; a store of another format refuses to open */
-export const STORE_FORMAT = 1
+export const STORE_FORMAT = 2
 
 function indexKey (table: string, column: string, value: Value, pos: string): string {
   return table + SEP + column + SEP + encodeIndexValue(value) + SEP + pos

@@ -1,0 +1,362 @@
+import type { FastifyInstance, InjectOptions, LightMyRequestResponse } from 'fastify'
+import { afterEach, beforeEach, describe, expect, it } from 'vitest'
+import { BODY_LIMIT, createApi, parseIfMatch } from '../../src/api/server.js'
+import type { Row } from '../../src/schema/index.js'
+import { openLocalNode, patientRow, tempDir, type LocalNode, type TempDir } from '../helpers/temp.js'
+
+let dir: TempDir
+let node: LocalNode
+let app: FastifyInstance
+
+beforeEach(async () => {
+  dir = await tempDir('ntk-api-')
+  node = await openLocalNode(dir.path)
+  app = createApi({ db: node.db, status: async () => ({ ok: true, rows: await node.store.countRows() }) })
+  await app.ready()
+})
+
+afterEach(async () => {
+  await app.close()
+  await node.close()
+  await dir.remove()
+})
+
+const patient = patientRow
+
+async function request (opts: InjectOptions): Promise<LightMyRequestResponse & { body: string, json: <T = any>() => T }> {
+  return await app.inject(opts)
+}
+
+/** Checks the error body shape and returns its `error` */
+function errorOf (res: LightMyRequestResponse): { code: string, message: string, column?: string } {
+  expect(res.headers['content-type']).toMatch(/^application\/json/)
+  const body = res.json()
+  expect(Object.keys(body)).toEqual(['error'])
+  expect(typeof body.error.code).toBe('string')
+  expect(typeof body.error.message).toBe('string')
+  expect(body.error.message.length).toBeGreaterThan(0)
+  return body.error
+}
+
+async function post (table: string, row: unknown): Promise<LightMyRequestResponse> {
+  return await request({ method: 'POST', url: `/v1/tables/${table}/rows`, payload: row as Record<string, unknown> })
+}
+
+async function count (table: string): Promise<number> {
+  return (await node.db.list(table, {}, { limit: 1000 })).rows.length
+}
+
+describe('api: rows', () => {
+  it('creates a row with 201 and an ETag that is the quoted version', async () => {
+    const res = await post('patient_records', patient(1))
+    expect(res.statusCode).toBe(201)
+    const body = res.json()
+    expect(body).toEqual({ id: '1', version: expect.any(String), row: { ...patient(1), allergies: null } })
+    expect(res.headers.etag).toBe(`"${body.version as string}"`)
+
+    const get = await request({ method: 'GET', url: '/v1/tables/patient_records/rows/1' })
+    expect(get.statusCode).toBe(200)
+    expect(get.json()).toEqual({ row: body.row, version: body.version, conflicts: [] })
+    expect(get.headers.etag).toBe(`"${body.version as string}"`)
+  })
+
+  it('makes an id when the body has none', async () => {
+    const { patient_id: _, ...noKey } = patient(0)
+    const res = await post('patient_records', noKey)
+    expect(res.statusCode).toBe(201)
+    const { id } = res.json()
+    expect((await request({ method: 'GET', url: `/v1/tables/patient_records/rows/${id as string}` })).statusCode).toBe(200)
+  })
+
+  it('answers 400 with the column for an invalid row, and stores nothing', async () => {
+    const res = await post('patient_records', patient(1, { contact_number: '01234567890' }))
+    expect(res.statusCode).toBe(400)
+    expect(errorOf(res)).toMatchObject({ code: 'INVALID', column: 'contact_number' })
+    const unknown = await post('patient_records', patient(1, { blood_type: 'O+' }))
+    expect(unknown.statusCode).toBe(400)
+    expect(errorOf(unknown)).toMatchObject({ code: 'INVALID', column: 'blood_type' })
+    // Text that no encoding can carry is a 400 too, never a 500 from an index key.
+    await node.db.insert('user_roles', { role_id: 1, role_name: 'doctor' })
+    const surrogate = await request({ method: 'POST', url: '/v1/tables/users/rows', headers: { 'content-type': 'application/json' }, payload: '{"user_id": 1, "user_name": "x\\ud800", "role_id": 1}' })
+    expect(surrogate.statusCode).toBe(400)
+    expect(errorOf(surrogate)).toMatchObject({ code: 'INVALID', column: 'user_name' })
+    expect(await count('patient_records')).toBe(0)
+    expect(await count('users')).toBe(0)
+  })
+
+  it('answers 400 to malformed JSON and to a missing body, and stores nothing', async () => {
+    const res = await request({ method: 'POST', url: '/v1/tables/patient_records/rows', headers: { 'content-type': 'application/json' }, payload: '{"patient_id": 1,' })
+    expect(res.statusCode).toBe(400)
+    expect(errorOf(res).code).toBe('INVALID')
+    const empty = await request({ method: 'POST', url: '/v1/tables/patient_records/rows', headers: { 'content-type': 'application/json' }, payload: '' })
+    expect(empty.statusCode).toBe(400)
+    expect(errorOf(empty).code).toBe('INVALID')
+    const none = await request({ method: 'POST', url: '/v1/tables/patient_records/rows' })
+    expect(none.statusCode).toBe(400)
+    expect(errorOf(none).code).toBe('INVALID')
+    expect(await count('patient_records')).toBe(0)
+  })
+
+  it('answers 415 to a body that is not JSON', async () => {
+    for (const type of ['text/plain', 'text/csv', 'application/x-ndjson', 'application/xml']) {
+      const res = await request({ method: 'POST', url: '/v1/tables/patient_records/rows', headers: { 'content-type': type }, payload: JSON.stringify(patient(1)) })
+      expect(res.statusCode, type).toBe(415)
+      expect(errorOf(res).code).toBe('UNSUPPORTED_MEDIA_TYPE')
+    }
+    const put = await request({ method: 'PUT', url: '/v1/tables/patient_records/rows/1', headers: { 'content-type': 'text/plain' }, payload: JSON.stringify(patient(1)) })
+    expect(put.statusCode).toBe(415)
+    expect(await count('patient_records')).toBe(0)
+  })
+
+  it('answers 413 to a JSON body over 1 MiB', async () => {
+    const res = await post('patient_records', patient(1, { address: 'x'.repeat(BODY_LIMIT) }))
+    expect(res.statusCode).toBe(413)
+    expect(errorOf(res).code).toBe('TOO_LARGE')
+    expect(await count('patient_records')).toBe(0)
+  })
+
+  it('answers 404 to a missing row, an unknown table and an unknown route', async () => {
+    const row = await request({ method: 'GET', url: '/v1/tables/patient_records/rows/42' })
+    expect(row.statusCode).toBe(404)
+    expect(errorOf(row).code).toBe('NOT_FOUND')
+    for (const [method, url] of [['GET', '/v1/tables/nope/rows/1'], ['GET', '/v1/tables/nope/rows'], ['POST', '/v1/tables/nope/rows']] as const) {
+      const res = await request({ method, url, ...(method === 'POST' ? { payload: {} } : {}) })
+      expect(res.statusCode, url).toBe(404)
+      expect(errorOf(res).code).toBe('UNKNOWN_TABLE')
+    }
+    const route = await request({ method: 'GET', url: '/v1/nowhere' })
+    expect(route.statusCode).toBe(404)
+    expect(errorOf(route).code).toBe('NOT_FOUND')
+    const badId = await request({ method: 'GET', url: '/v1/tables/patient_records/rows/abc' })
+    expect(badId.statusCode).toBe(400)
+  })
+
+  it('answers 409 to an existing key and to a missing reference', async () => {
+    expect((await post('patient_records', patient(1))).statusCode).toBe(201)
+    const dup = await post('patient_records', patient(1))
+    expect(dup.statusCode).toBe(409)
+    expect(errorOf(dup).code).toBe('CONFLICT')
+    const ref = await post('billing_insurance', {
+      billing_id: 1, patient_id: 2, amount: '10', date: '2026-01-01', insurance_provider: 'Acme', insurance_policy_number: 'P'
+    })
+    expect(ref.statusCode).toBe(409)
+    expect(errorOf(ref)).toMatchObject({ code: 'REFERENCE', column: 'patient_id' })
+  })
+
+  it('replaces and patches with If-Match, answering 412 to a stale version and changing nothing', async () => {
+    const created = (await post('patient_records', patient(1))).json()
+    const v1 = created.version as string
+    const put = await request({ method: 'PUT', url: '/v1/tables/patient_records/rows/1', headers: { 'if-match': `"${v1}"` }, payload: patient(1, { address: 'Second' }) })
+    expect(put.statusCode).toBe(200)
+    const v2 = put.json().version as string
+    expect(put.headers.etag).toBe(`"${v2}"`)
+    expect(v2 > v1).toBe(true)
+
+    for (const method of ['PUT', 'PATCH', 'DELETE'] as const) {
+      const res = await request({
+        method,
+        url: '/v1/tables/patient_records/rows/1',
+        headers: { 'if-match': `"${v1}"` },
+        ...(method === 'DELETE' ? {} : { payload: method === 'PUT' ? patient(1, { address: 'Third' }) : { address: 'Third' } })
+      })
+      expect(res.statusCode, method).toBe(412)
+      expect(errorOf(res).code).toBe('PRECONDITION_FAILED')
+    }
+    const bad = await request({ method: 'PATCH', url: '/v1/tables/patient_records/rows/1', headers: { 'if-match': '"not-a-version"' }, payload: { address: 'Third' } })
+    expect(bad.statusCode).toBe(412)
+    const now = await request({ method: 'GET', url: '/v1/tables/patient_records/rows/1' })
+    expect(now.json().version).toBe(v2)
+    expect(now.json().row.address).toBe('Second')
+
+    const patch = await request({ method: 'PATCH', url: '/v1/tables/patient_records/rows/1', headers: { 'if-match': `W/"${v2}"` }, payload: { address: 'Third' } })
+    expect(patch.statusCode).toBe(200)
+    expect(patch.json().row).toEqual({ ...patient(1, { address: 'Third' }), allergies: null })
+    const missing = await request({ method: 'PATCH', url: '/v1/tables/patient_records/rows/2', payload: { address: 'x' } })
+    expect(missing.statusCode).toBe(404)
+  })
+
+  it('deletes, refusing a referenced row unless asked to cascade', async () => {
+    await post('patient_records', patient(1))
+    await post('billing_insurance', { billing_id: 1, patient_id: 1, amount: '10', date: '2026-01-01', insurance_provider: 'Acme', insurance_policy_number: 'P' })
+    const refused = await request({ method: 'DELETE', url: '/v1/tables/patient_records/rows/1' })
+    expect(refused.statusCode).toBe(409)
+    expect(errorOf(refused).code).toBe('CONFLICT')
+    const res = await request({ method: 'DELETE', url: '/v1/tables/patient_records/rows/1?cascade=true' })
+    expect(res.statusCode).toBe(200)
+    expect(res.json()).toMatchObject({ id: '1', deleted: true, cascaded: 1 })
+    expect(res.headers.etag).toBe(`"${res.json().version as string}"`)
+    expect((await request({ method: 'GET', url: '/v1/tables/patient_records/rows/1' })).statusCode).toBe(404)
+    expect((await request({ method: 'GET', url: '/v1/tables/billing_insurance/rows/1' })).statusCode).toBe(404)
+    expect((await request({ method: 'DELETE', url: '/v1/tables/patient_records/rows/1' })).statusCode).toBe(404)
+    expect((await request({ method: 'DELETE', url: '/v1/tables/patient_records/rows/1?cascade=maybe' })).statusCode).toBe(400)
+  })
+
+  it('serves a row history, oldest first, deletes included', async () => {
+    const v1 = (await post('patient_records', patient(1))).json().version
+    const v2 = (await request({ method: 'PATCH', url: '/v1/tables/patient_records/rows/1', payload: { email: 'new@example.org' } })).json().version
+    const v3 = (await request({ method: 'DELETE', url: '/v1/tables/patient_records/rows/1' })).json().version
+    const res = await request({ method: 'GET', url: '/v1/tables/patient_records/rows/1/history' })
+    expect(res.statusCode).toBe(200)
+    const { versions } = res.json()
+    expect(versions.map((v: { version: string }) => v.version)).toEqual([v1, v2, v3])
+    expect(versions.map((v: { deleted: boolean }) => v.deleted)).toEqual([false, false, true])
+    expect(versions[1].parents).toEqual([v1])
+    expect(versions[1].row.email).toBe('new@example.org')
+    expect((await request({ method: 'GET', url: '/v1/tables/patient_records/rows/2/history' })).statusCode).toBe(404)
+  })
+})
+
+describe('api: list', () => {
+  beforeEach(async () => {
+    for (let i = 1; i <= 25; i++) await post('patient_records', patient(i, { gender: i % 2 === 0 ? 'male' : 'female' }))
+  })
+
+  it('filters by equality and pages with limit and cursor', async () => {
+    const males = await request({ method: 'GET', url: '/v1/tables/patient_records/rows?gender=male' })
+    expect(males.statusCode).toBe(200)
+    expect(males.json().rows).toHaveLength(12)
+    expect(males.json().next).toBeNull()
+    const one = await request({ method: 'GET', url: '/v1/tables/patient_records/rows?patient_id=7' })
+    expect(one.json().rows.map((r: Row) => r.patient_id)).toEqual([7])
+
+    const ids: number[] = []
+    let url = '/v1/tables/patient_records/rows?limit=10'
+    for (let page = 0; page < 10; page++) {
+      const res = await request({ method: 'GET', url })
+      expect(res.statusCode).toBe(200)
+      const body = res.json()
+      ids.push(...body.rows.map((r: Row) => r.patient_id))
+      if (body.next === null) break
+      url = `/v1/tables/patient_records/rows?limit=10&cursor=${encodeURIComponent(body.next as string)}`
+    }
+    expect(ids.sort((a, b) => a - b)).toEqual(Array.from({ length: 25 }, (_, i) => i + 1))
+  })
+
+  it('answers 400 to a limit out of 1..1000, an unknown column or a repeated filter', async () => {
+    for (const query of ['limit=0', 'limit=1001', 'limit=-1', 'limit=abc', 'limit=', 'nope=1', 'gender=male&gender=female', 'patient_id=x', 'cursor=zzz', 'consistency=most']) {
+      const res = await request({ method: 'GET', url: `/v1/tables/patient_records/rows?${query}` })
+      expect(res.statusCode, query).toBe(400)
+      expect(errorOf(res).code).toBe('INVALID')
+    }
+    expect((await request({ method: 'GET', url: '/v1/tables/patient_records/rows?limit=1000' })).json().rows).toHaveLength(25)
+    expect((await request({ method: 'GET', url: '/v1/tables/patient_records/rows?limit=1' })).json().rows).toHaveLength(1)
+  })
+})
+
+describe('api: import', () => {
+  beforeEach(async () => {
+    await post('patient_records', patient(1))
+  })
+
+  it('imports NDJSON and reports the line numbers it rejected', async () => {
+    const bill = (id: number, extra: Record<string, unknown> = {}): string => JSON.stringify({
+      billing_id: id, patient_id: 1, amount: '10.5', date: '2026-01-01', insurance_provider: 'Acme', insurance_policy_number: 'P', ...extra
+    })
+    const payload = [bill(1), '{not json', '', bill(2, { amount: '1.234' }), bill(3, { patient_id: 9 }), bill(4), bill(1)].join('\n') + '\n'
+    const res = await request({ method: 'POST', url: '/v1/tables/billing_insurance/import', headers: { 'content-type': 'application/x-ndjson' }, payload })
+    expect(res.statusCode).toBe(200)
+    const report = res.json()
+    expect(report.accepted).toBe(2)
+    expect(report.rejected.map((r: { line: number, error: { code: string } }) => [r.line, r.error.code]).sort((a: number[], b: number[]) => (a[0] as number) - (b[0] as number)))
+      .toEqual([[2, 'INVALID'], [4, 'INVALID'], [5, 'REFERENCE'], [7, 'CONFLICT']])
+    expect(report.rejected.find((r: { line: number }) => r.line === 4).error.column).toBe('amount')
+    expect(await count('billing_insurance')).toBe(2)
+  })
+
+  it('imports CSV and reports the line numbers it rejected', async () => {
+    const payload = [
+      'billing_id,patient_id,amount,date,insurance_provider,insurance_policy_number',
+      '1,1,10.5,2026-01-01,Acme,P-1',
+      '2,1,10.5,2023-02-29,Acme,P-2',
+      '3,1,,2026-01-01,Acme,P-3',
+      '4,1,99.99,2026-01-02,"Acme, Inc.",P-4',
+      '5,x,1,2026-01-01,Acme,P-5'
+    ].join('\n') + '\n'
+    const res = await request({ method: 'POST', url: '/v1/tables/billing_insurance/import', headers: { 'content-type': 'text/csv; charset=utf-8' }, payload })
+    expect(res.statusCode).toBe(200)
+    const report = res.json()
+    expect(report.accepted).toBe(2)
+    const rejected = report.rejected.map((r: { line: number, error: { column?: string } }) => [r.line, r.error.column]).sort((a: number[], b: number[]) => (a[0] as number) - (b[0] as number))
+    expect(rejected).toEqual([[3, 'date'], [4, 'amount'], [6, 'patient_id']])
+    expect((await request({ method: 'GET', url: '/v1/tables/billing_insurance/rows/4' })).json().row).toMatchObject({ amount: '99.99', insurance_provider: 'Acme, Inc.' })
+  })
+
+  it('rejects a CSV line with the wrong number of fields alone, and keeps the lines before a broken quote', async () => {
+    const header = 'billing_id,patient_id,amount,date,insurance_provider,insurance_policy_number'
+    const short = await request({
+      method: 'POST',
+      url: '/v1/tables/billing_insurance/import',
+      headers: { 'content-type': 'text/csv' },
+      payload: [header, '1,1,10,2026-01-01,Acme,P', '2,1,10,2026-01-01,Acme', '3,1,10,2026-01-01,Acme,P,extra', '4,1,10,2026-01-01,Acme,P'].join('\r\n')
+    })
+    expect(short.json()).toMatchObject({ accepted: 2, rejected: [{ line: 3, error: { code: 'INVALID' } }, { line: 4, error: { code: 'INVALID' } }] })
+    const broken = await request({
+      method: 'POST',
+      url: '/v1/tables/billing_insurance/import',
+      headers: { 'content-type': 'text/csv' },
+      payload: [header, '5,1,10,2026-01-01,Acme,P', '6,1,10,2026-01-01,Acme,P', '7,1,10,2026-01-01,"Acme,P', '8,1,10,2026-01-01,Acme,P'].join('\n')
+    })
+    const report = broken.json()
+    expect(report.accepted).toBe(2)
+    expect(report.rejected).toHaveLength(1)
+    expect(report.rejected[0].error.code).toBe('INVALID')
+    expect((await node.db.list('billing_insurance', {})).rows.map(r => r.billing_id).sort()).toEqual([1, 4, 5, 6])
+  })
+
+  it('answers 415 to an import that is neither NDJSON nor CSV, and 404 to an unknown table', async () => {
+    const res = await request({ method: 'POST', url: '/v1/tables/billing_insurance/import', payload: { billing_id: 1 } })
+    expect(res.statusCode).toBe(415)
+    expect(errorOf(res).code).toBe('UNSUPPORTED_MEDIA_TYPE')
+    const unknown = await request({ method: 'POST', url: '/v1/tables/nope/import', headers: { 'content-type': 'application/x-ndjson' }, payload: '{}\n' })
+    expect(unknown.statusCode).toBe(404)
+    expect(errorOf(unknown).code).toBe('UNKNOWN_TABLE')
+  })
+})
+
+describe('api: batch and status', () => {
+  it('applies a batch with 201, and an invalid batch writes nothing', async () => {
+    await post('patient_records', patient(1))
+    const history = { history_id: 5, patient_id: 1, diagnosis: 'flu', treatment: 'rest', date_of_visit: '2026-01-10T10:00:00Z' }
+    const bad = await request({
+      method: 'POST',
+      url: '/v1/batch',
+      payload: { operations: [{ op: 'insert', table: 'medical_history', row: history }, { op: 'patch', table: 'patient_records', id: 1, row: { email: null } }] }
+    })
+    expect(bad.statusCode).toBe(400)
+    expect(errorOf(bad)).toMatchObject({ code: 'INVALID', column: 'email' })
+    expect(await count('medical_history')).toBe(0)
+
+    const ok = await request({
+      method: 'POST',
+      url: '/v1/batch',
+      payload: { operations: [{ op: 'insert', table: 'medical_history', row: history }, { op: 'patch', table: 'patient_records', id: 1, row: { email: 'b@example.org' } }] }
+    })
+    expect(ok.statusCode).toBe(201)
+    expect(ok.json().results.map((r: { table: string, id: string }) => [r.table, r.id])).toEqual([['medical_history', '5'], ['patient_records', '1']])
+    expect((await request({ method: 'GET', url: '/v1/tables/medical_history/rows/5' })).statusCode).toBe(200)
+
+    const empty = await request({ method: 'POST', url: '/v1/batch', payload: {} })
+    expect(empty.statusCode).toBe(400)
+  })
+
+  it('serves status and the table definitions', async () => {
+    const status = await request({ method: 'GET', url: '/v1/status' })
+    expect(status.statusCode).toBe(200)
+    expect(status.json().ok).toBe(true)
+    const tables = await request({ method: 'GET', url: '/v1/tables' })
+    expect(tables.json().tables.map((t: { name: string }) => t.name)).toContain('lab_results')
+  })
+})
+
+describe('api: If-Match header', () => {
+  it('parses quoted, weak and several versions', () => {
+    const v1 = '000001767225600000.000000.nodeA'.slice(3)
+    const v2 = '000001767225600000.000001.nodeB'.slice(3)
+    expect(parseIfMatch(undefined)).toBeUndefined()
+    expect(parseIfMatch('*')).toBeUndefined()
+    expect(parseIfMatch(`"${v1}"`)).toEqual([v1])
+    expect(parseIfMatch(`W/"${v1}", "${v2}"`)).toEqual([v1, v2])
+    expect(parseIfMatch([`"${v1}"`, `"${v2}"`])).toEqual([v1, v2])
+    expect(() => parseIfMatch('"nope"')).toThrow(expect.objectContaining({ code: 'PRECONDITION_FAILED' }))
+  })
+})
