@@ -1,0 +1,304 @@
+import { mkdtemp, readFile, rm, stat, writeFile } from 'node:fs/promises'
+import { tmpdir } from 'node:os'
+import { join } from 'node:path'
+import { generateKeyPair } from '@libp2p/crypto/keys'
+import { peerIdFromPrivateKey } from '@libp2p/peer-id'
+import { lpStream } from '@libp2p/utils'
+import { afterAll, afterEach, beforeAll, describe, expect, it, vi } from 'vitest'
+import type { SingleKadDHT } from '@libp2p/kad-dht'
+import { NtsoekheError, NotFoundError } from '../../src/errors/index.js'
+import { IDENTITY_FILE, loadOrCreateIdentity, peerIdFromKey } from '../../src/p2p/identity.js'
+import { createNode, generatePnetKey, type NodeInit, type NtsoekheNode } from '../../src/p2p/node.js'
+import { RpcService } from '../../src/p2p/rpc.js'
+
+const LOOPBACK = ['/ip4/127.0.0.1/tcp/0']
+
+/** Unsigned LEB128, the length prefix lpStream uses */
+function varint (n: number): number[] {
+  const out: number[] = []
+  while (n >= 0x80) {
+    out.push((n & 0x7f) | 0x80)
+    n = Math.floor(n / 128)
+  }
+  out.push(n)
+  return out
+}
+
+/** Polls `cond` every 25 ms until it holds, failing after `ms` with what was awaited */
+async function waitFor (what: string, cond: () => boolean | Promise<boolean>, ms = 10_000): Promise<void> {
+  const deadline = Date.now() + ms
+  while (!(await cond())) {
+    if (Date.now() > deadline) throw new Error(`Timed out after ${ms} ms waiting for ${what}`)
+    await new Promise(resolve => setTimeout(resolve, 25))
+  }
+}
+
+async function newNode (init: NodeInit = {}): Promise<NtsoekheNode> {
+  return await createNode({ privateKey: await generateKeyPair('Ed25519') }, { listen: LOOPBACK, ...init })
+}
+
+function addrOf (node: NtsoekheNode): string {
+  const addr = node.getMultiaddrs().find(a => a.toString().startsWith('/ip4/127.0.0.1/'))
+  if (addr === undefined) throw new Error('node has no loopback address')
+  return addr.toString()
+}
+
+function routingTableSize (node: NtsoekheNode): number {
+  return (node.services.dht as unknown as SingleKadDHT).routingTable.size
+}
+
+describe('identity', () => {
+  let home = ''
+  afterEach(async () => {
+    if (home !== '') await rm(home, { recursive: true, force: true })
+    home = ''
+  })
+
+  it('creates an Ed25519 key once (mode 0600) and loads the same one after', async () => {
+    home = await mkdtemp(join(tmpdir(), 'ntsoekhe-id-'))
+    const first = await loadOrCreateIdentity(home)
+    const second = await loadOrCreateIdentity(home)
+    expect(first.type).toBe('Ed25519')
+    expect(peerIdFromKey(second)).toBe(peerIdFromKey(first))
+    expect(peerIdFromKey(first)).toBe(peerIdFromPrivateKey(first).toString())
+    expect((await stat(join(home, IDENTITY_FILE))).mode & 0o777).toBe(0o600)
+  })
+
+  it('refuses a corrupt key file, naming it, and leaves it in place', async () => {
+    home = await mkdtemp(join(tmpdir(), 'ntsoekhe-id-'))
+    const path = join(home, IDENTITY_FILE)
+    await writeFile(path, 'not a key')
+    await expect(loadOrCreateIdentity(home)).rejects.toThrow(path)
+    expect(await readFile(path, 'utf8')).toBe('not a key')
+  })
+})
+
+describe('p2p nodes', () => {
+  const nodes: NtsoekheNode[] = []
+  const services: RpcService[] = []
+  let a: NtsoekheNode
+  let b: NtsoekheNode
+  let c: NtsoekheNode
+  const logs: string[] = []
+  const PROTO = '/ntsoekhe-test/rpc/1.0.0'
+
+  const handler = async (msg: unknown, from: string): Promise<unknown> => {
+    const m = msg as { op: string, v?: unknown, ms?: number }
+    switch (m.op) {
+      case 'echo': return { v: m.v, from }
+      case 'not-found': throw new NotFoundError('no such row', { column: 'patient_id' })
+      case 'boom': throw new Error('kaboom')
+      case 'sleep':
+        await new Promise(resolve => setTimeout(resolve, m.ms ?? 0))
+        return 'slept'
+      default: throw new NtsoekheError('INVALID', `unknown op ${m.op}`)
+    }
+  }
+
+  function rpc (node: NtsoekheNode, protocol = PROTO, init: { timeout?: number, maxMessageBytes?: number } = {}): RpcService {
+    const s = new RpcService({ node, logger: msg => { logs.push(msg) } }, { protocol, handler, ...init })
+    services.push(s)
+    return s
+  }
+
+  beforeAll(async () => {
+    a = await newNode()
+    nodes.push(a)
+    b = await newNode({ bootstrap: [addrOf(a)] })
+    nodes.push(b)
+    c = await newNode({ bootstrap: [addrOf(a)] })
+    nodes.push(c)
+  })
+
+  afterAll(async () => {
+    await Promise.all(services.map(async s => { await s.stop() }))
+    await Promise.all(nodes.map(async n => { await n.stop() }))
+  })
+
+  it('bootstraps and fills the DHT routing tables on loopback', async () => {
+    expect(a.getConnections(b.peerId).length).toBeGreaterThan(0)
+    expect(a.getProtocols()).toContain('/ntsoekhe/kad/1.0.0')
+    await waitFor('A\'s DHT routing table to hold B and C', () => routingTableSize(a) >= 2)
+    await waitFor('B\'s and C\'s DHT routing tables to hold A', () => routingTableSize(b) >= 1 && routingTableSize(c) >= 1)
+    // B never dialled C; the DHT (through A) tells B where C is
+    const found = await b.peerRouting.findPeer(c.peerId, { signal: AbortSignal.timeout(10_000) })
+    expect(found.multiaddrs.map(String)).toContain(addrOf(c).replace(/\/p2p\/.*$/, ''))
+  })
+
+  it('does not fail start when a bootstrap peer is unreachable', async () => {
+    const ghost = peerIdFromPrivateKey(await generateKeyPair('Ed25519')).toString()
+    const seen: string[] = []
+    const n = await newNode({ bootstrap: [`/ip4/127.0.0.1/tcp/1/p2p/${ghost}`], dialTimeout: 2_000, log: msg => { seen.push(msg) } })
+    nodes.push(n)
+    expect(n.status).toBe('started')
+    expect(seen.join('\n')).toContain(ghost)
+    await expect(newNode({ bootstrap: ['/ip4/127.0.0.1/tcp/1'] })).rejects.toThrow(/\/p2p\//)
+  })
+
+  it('answers requests both ways, telling the handler who asked', async () => {
+    const ra = rpc(a)
+    const rb = rpc(b)
+    await ra.start()
+    await rb.start()
+    expect(await ra.request(b.peerId.toString(), { op: 'echo', v: [1, 'x'] })).toEqual({ v: [1, 'x'], from: a.peerId.toString() })
+    expect(await rb.request(a.peerId.toString(), { op: 'echo', v: { k: null } })).toEqual({ v: { k: null }, from: b.peerId.toString() })
+    // a request to this node's own id runs the handler locally
+    expect(await ra.request(a.peerId.toString(), { op: 'echo', v: 1 })).toEqual({ v: 1, from: a.peerId.toString() })
+  })
+
+  it('pipelines 2,000 concurrent requests over at most streamsPerPeer streams, sharing the first dial', async () => {
+    const proto = '/ntsoekhe-test/burst/1.0.0'
+    const ra = rpc(a, proto)
+    const rb = rpc(b, proto)
+    await rb.start()
+    const dials = vi.spyOn(a, 'dialProtocol')
+    try {
+      const results = await Promise.all(Array.from({ length: 2_000 }, async (_, i) => await ra.request(b.peerId.toString(), { op: 'echo', v: i })))
+      results.forEach((r, i) => { expect(r).toEqual({ v: i, from: a.peerId.toString() }) })
+      const dialCount = dials.mock.calls.filter(call => call[1] === proto).length
+      expect(dialCount).toBeGreaterThanOrEqual(1)
+      expect(dialCount).toBeLessThanOrEqual(ra.streamsPerPeer)
+    } finally {
+      dials.mockRestore()
+    }
+    const open = a.getConnections(b.peerId).flatMap(conn => conn.streams).filter(s => s.protocol === proto && s.direction === 'outbound')
+    expect(open.length).toBeGreaterThanOrEqual(1)
+    expect(open.length).toBeLessThanOrEqual(ra.streamsPerPeer)
+    expect(ra.stats()).toMatchObject({ pending: 0 })
+    expect(ra.stats().outboundStreams).toBeLessThanOrEqual(ra.streamsPerPeer)
+  })
+
+  it('sends handler errors back with their code', async () => {
+    const ra = rpc(a, '/ntsoekhe-test/errors/1.0.0')
+    const rb = rpc(b, '/ntsoekhe-test/errors/1.0.0')
+    await rb.start()
+    const err = await ra.request(b.peerId.toString(), { op: 'not-found' }).catch((e: unknown) => e)
+    expect(err).toBeInstanceOf(NtsoekheError)
+    expect(err).toMatchObject({ code: 'NOT_FOUND', message: 'no such row', column: 'patient_id' })
+    await expect(ra.request(b.peerId.toString(), { op: 'boom' })).rejects.toMatchObject({ code: 'INTERNAL' })
+    // the stream survives handler errors
+    expect(await ra.request(b.peerId.toString(), { op: 'echo', v: 2 })).toMatchObject({ v: 2 })
+  })
+
+  it('closes only the stream that carries a malformed frame, and keeps serving', async () => {
+    const proto = '/ntsoekhe-test/garbage/1.0.0'
+    const ra = rpc(a, proto)
+    const rb = rpc(b, proto, { maxMessageBytes: 1024 })
+    await rb.start()
+    expect(await ra.request(b.peerId.toString(), { op: 'echo', v: 'before' })).toMatchObject({ v: 'before' })
+    const slow = ra.request(b.peerId.toString(), { op: 'sleep', ms: 300 })
+
+    const enc = new TextEncoder()
+    const frames: Array<[string, Uint8Array]> = [
+      ['non-JSON frame', new Uint8Array([...varint(8), ...enc.encode('not json')])],
+      ['frame without an id', new Uint8Array([...varint(11), ...enc.encode('{"body":42}')])],
+      ['oversized frame', new Uint8Array([...varint(1025), 1, 2, 3])],
+      ['raw garbage bytes', new Uint8Array([0x07, 0xde, 0xad, 0xbe, 0xef, 0x00, 0xff, 0x10])]
+    ]
+    for (const [what, bytes] of frames) {
+      const raw = await a.dialProtocol(b.peerId, proto)
+      raw.send(bytes)
+      await expect(lpStream(raw).read({ signal: AbortSignal.timeout(5_000) }), what).rejects.toThrow()
+      await waitFor(`the ${what} stream to be closed`, () => raw.status !== 'open', 5_000)
+    }
+    const bad = logs.filter(l => l.includes(proto) && l.includes('bad request stream'))
+    expect(bad.some(l => l.includes('Frame is not JSON'))).toBe(true)
+    expect(bad.some(l => l.includes('Frame has no numeric id'))).toBe(true)
+    expect(bad.some(l => l.includes('Message length too long'))).toBe(true)
+    // the pooled stream and its in-flight request were not affected
+    expect(await slow).toBe('slept')
+    expect(await ra.request(b.peerId.toString(), { op: 'echo', v: 'after' })).toMatchObject({ v: 'after' })
+    expect(rb.stats().inboundStreams).toBeGreaterThanOrEqual(1)
+  })
+
+  it('rejects with TimeoutError when the handler is too slow, and the stream stays usable', async () => {
+    const ra = rpc(a, '/ntsoekhe-test/timeout/1.0.0')
+    const rb = rpc(b, '/ntsoekhe-test/timeout/1.0.0')
+    await rb.start()
+    const err = await ra.request(b.peerId.toString(), { op: 'sleep', ms: 1_000 }, { timeout: 100 }).catch((e: unknown) => e)
+    expect(err).toMatchObject({ name: 'TimeoutError', code: 'TIMEOUT' })
+    await expect(ra.request(b.peerId.toString(), { op: 'sleep', ms: 1_000 }, { signal: AbortSignal.timeout(100) }))
+      .rejects.toMatchObject({ name: 'TimeoutError' })
+    expect(await ra.request(b.peerId.toString(), { op: 'echo', v: 3 })).toMatchObject({ v: 3 })
+  })
+
+  it('rejects with UnavailableError when the peer does not speak the protocol or stops', async () => {
+    const ra = rpc(a, '/ntsoekhe-test/absent/1.0.0')
+    await expect(ra.request(c.peerId.toString(), { op: 'echo' })).rejects.toMatchObject({ code: 'UNAVAILABLE' })
+    const rc = rpc(c, '/ntsoekhe-test/absent/1.0.0')
+    await rc.start()
+    const slow = ra.request(c.peerId.toString(), { op: 'sleep', ms: 2_000 })
+    await waitFor('the request to reach C', () => rc.stats().inboundStreams > 0)
+    await rc.stop()
+    await expect(slow).rejects.toMatchObject({ code: 'UNAVAILABLE' })
+    await waitFor('A to drop its closed streams to C', () => ra.stats().outboundStreams === 0)
+    // the caller reopens a stream once the peer serves the protocol again
+    const rc2 = rpc(c, '/ntsoekhe-test/absent/1.0.0')
+    await rc2.start()
+    expect(await ra.request(c.peerId.toString(), { op: 'echo', v: 5 })).toMatchObject({ v: 5 })
+  })
+
+  it('rejects a request too large to send without closing the stream', async () => {
+    const ra = rpc(a, '/ntsoekhe-test/large/1.0.0', { maxMessageBytes: 1024 })
+    const rb = rpc(b, '/ntsoekhe-test/large/1.0.0')
+    await rb.start()
+    await expect(ra.request(b.peerId.toString(), { op: 'echo', v: 'x'.repeat(2_000) })).rejects.toMatchObject({ code: 'TOO_LARGE' })
+    expect(await ra.request(b.peerId.toString(), { op: 'echo', v: 4 })).toMatchObject({ v: 4 })
+  })
+
+  it.runIf(process.env.RPC_BENCH !== undefined)('measures pipelined RPC round trips per second (print only)', async () => {
+    const proto = '/ntsoekhe-test/bench/1.0.0'
+    const ra = rpc(a, proto)
+    const rb = rpc(b, proto)
+    await rb.start()
+    const peer = b.peerId.toString()
+    const concurrency = 64
+    const run = async (ms: number): Promise<number> => {
+      let done = 0
+      const end = Date.now() + ms
+      await Promise.all(Array.from({ length: concurrency }, async () => {
+        while (Date.now() < end) {
+          await ra.request(peer, { op: 'echo', v: done })
+          done++
+        }
+      }))
+      return done
+    }
+    await run(1_000) // warm up
+    const ms = 5_000
+    const done = await run(ms)
+    console.log(`RPC: ${concurrency} concurrent, ${done} round trips in ${ms} ms = ${Math.round(done / (ms / 1000))}/s`)
+  }, 30_000)
+})
+
+describe('private network', () => {
+  const nodes: NtsoekheNode[] = []
+  afterAll(async () => {
+    await Promise.all(nodes.map(async n => { await n.stop() }))
+  })
+
+  it('connects nodes sharing the pnet key and refuses a node with another key', async () => {
+    const key = generatePnetKey()
+    expect(new TextDecoder().decode(key)).toMatch(/^\/key\/swarm\/psk\/1\.0\.0\/\n\/base16\/\n[0-9a-f]{64}$/)
+    const p1 = await newNode({ pnetKey: key, dialTimeout: 3_000 })
+    nodes.push(p1)
+    const p2 = await newNode({ pnetKey: key, dialTimeout: 3_000, bootstrap: [addrOf(p1)] })
+    nodes.push(p2)
+    const outsider = await newNode({ pnetKey: generatePnetKey(), dialTimeout: 3_000 })
+    nodes.push(outsider)
+    const open = await newNode({ dialTimeout: 3_000 })
+    nodes.push(open)
+
+    expect(p2.getConnections(p1.peerId).length).toBeGreaterThan(0)
+    expect(await p2.services.ping.ping(p1.peerId)).toBeGreaterThanOrEqual(0)
+    const { multiaddr } = await import('@multiformats/multiaddr')
+    await expect(outsider.dial(multiaddr(addrOf(p1)))).rejects.toThrow()
+    await expect(open.dial(multiaddr(addrOf(p1)))).rejects.toThrow()
+    expect(outsider.getConnections(p1.peerId)).toHaveLength(0)
+    expect(p1.getConnections(outsider.peerId)).toHaveLength(0)
+  })
+
+  it('rejects a malformed pnet key', async () => {
+    await expect(newNode({ pnetKey: new TextEncoder().encode('nope') })).rejects.toThrow(/pnet/)
+  })
+})
