@@ -6,8 +6,9 @@ import { NoDaemonError, NtsoekheClient } from '../client/index.js'
 import { NtsoekheError } from '../errors/index.js'
 import { loadConfig, resolveHome, socketPath } from '../daemon/config.js'
 import { renderObject, renderTable } from './format.js'
-import { seed } from './seed.js'
-import { runDaemon, initHome, type DaemonFlags } from './daemon.js'
+// daemon.js (libp2p, the store) and seed.js (faker) are loaded by the commands that need them:
+// a client command then starts in a fraction of the time.
+import type { DaemonFlags } from './daemon.js'
 
 export interface Io {
   stdout: { write: (s: string) => unknown }
@@ -81,6 +82,7 @@ function buildProgram (io: Io, setCode: (c: number) => void): Command {
 
   common(program.command('init').description('create the home, identity key, config and store without starting'))
     .action(async (opts: GlobalOpts) => {
+      const { initHome } = await import('./daemon.js')
       const info = await initHome(resolveHome(opts.home))
       out(opts, info, () => `${info.created ? 'initialised' : 'already initialised'} ${info.home}\npeer id ${info.peerId}\n`)
     })
@@ -93,6 +95,7 @@ function buildProgram (io: Io, setCode: (c: number) => void): Command {
     .option('--read-quorum <n>', 'replicas asked on a read (R)', int)
     .option('--log-level <level>', 'trace, debug, info, warn, error or silent')
     .action(async (opts: GlobalOpts & DaemonFlags) => {
+      const { runDaemon } = await import('./daemon.js')
       setCode(await runDaemon(resolveHome(opts.home), opts, io))
     })
 
@@ -188,10 +191,12 @@ function buildProgram (io: Io, setCode: (c: number) => void): Command {
       const format = opts.format ?? (extname(file).toLowerCase() === '.csv' ? 'csv' : 'ndjson')
       const size = (await stat(file).catch(() => { throw new UsageError(`cannot read ${file}`) })).size
       const progress = await byteProgress(io, size)
+      // The client first: a 'data' listener starts the stream flowing, and awaiting after it would lose the file.
+      const api = await client(opts)
       const input = createReadStream(file)
       input.on('data', (c: string | Buffer) => { progress.add(c.length) })
       try {
-        const r = await (await client(opts)).import(table, input, format)
+        const r = await api.import(table, input, format)
         progress.stop()
         out(opts, r, () => `imported ${r.accepted} rows into ${table}; rejected ${r.rejected.length + r.rejectedNotShown}\n` +
           r.rejected.map(x => `  line ${x.line}: ${x.error.message}\n`).join('') +
@@ -205,6 +210,7 @@ function buildProgram (io: Io, setCode: (c: number) => void): Command {
   common(program.command('seed').description('load demo data made with Faker, through the API'))
     .option('--scale <n>', 'units of 20 doctors, patients, medications, appointments, history rows, bills, pairs and lab results', int, 1)
     .action(async (opts: GlobalOpts & { scale: number }) => {
+      const { seed } = await import('./seed.js')
       const counts = await seed(await client(opts), opts.scale, io)
       out(opts, counts, () => renderObject(counts))
     })
@@ -234,7 +240,7 @@ function collect (value: string, previous: string[]): string[] {
 }
 
 function int (value: string): number {
-  if (!/^\d+$/.test(value)) throw new UsageError(`expected a positive integer, got ${JSON.stringify(value)}`)
+  if (!/^\d+$/.test(value) || Number(value) < 1) throw new UsageError(`expected a positive integer, got ${JSON.stringify(value)}`)
   return Number(value)
 }
 

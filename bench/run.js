@@ -1,0 +1,448 @@
+// Benchmarks, measured side by side in one run on this machine; writes BENCHMARKS.md.
+//
+//   npm run bench            (builds first; this file runs the built dist/ through bin/ntsoekhe)
+//
+// Each entry of `sections` is an async function that receives the shared
+// context and returns markdown; append a new section (a cluster, say) to the
+// array. Every process spawned through the context is stopped at the end and
+// every temp dir removed, whether the run succeeds or not.
+//
+// Environment: BENCH_REQUESTS (requests per HTTP run, default 10000),
+// BENCH_IMPORT_ROWS (rows in the bulk import, default 50000), BENCH_ROUNDS (default 3).
+import { spawn } from 'node:child_process'
+import { createReadStream, readFileSync, rmSync } from 'node:fs'
+import { mkdtemp, readFile, rm, writeFile } from 'node:fs/promises'
+import { Agent, request } from 'node:http'
+import { cpus, loadavg, totalmem, tmpdir } from 'node:os'
+import { dirname, join, resolve } from 'node:path'
+import { performance } from 'node:perf_hooks'
+import { fileURLToPath } from 'node:url'
+
+const ROOT = resolve(dirname(fileURLToPath(import.meta.url)), '..')
+const BIN = join(ROOT, 'bin', 'ntsoekhe')
+const SELF = fileURLToPath(import.meta.url)
+
+const CONCURRENCY = 32
+const REQUESTS = positiveInt(process.env.BENCH_REQUESTS, 10_000)
+const WARMUP = 1_000
+const ROUNDS = positiveInt(process.env.BENCH_ROUNDS, 3)
+const IMPORT_ROWS = positiveInt(process.env.BENCH_IMPORT_ROWS, 50_000)
+/** Rows per LevelDB batch in the raw baseline: the same chunk the import endpoint hands to the store */
+const RAW_BATCH = 2_000
+const START_TIMEOUT = 30_000
+const STOP_TIMEOUT = 15_000
+const DAEMON_FLAGS = ['--listen', '/ip4/127.0.0.1/tcp/0', '--log-level', 'warn']
+const GOAL_HTTP = 0.5
+const GOAL_IMPORT = 0.25
+
+const sections = [singleNode]
+
+async function main () {
+  const ctx = context()
+  const started = performance.now()
+  let failed = false
+  try {
+    const parts = [`# Benchmarks\n\n${machineLine()}\n`]
+    for (const section of sections) parts.push(await section(ctx))
+    parts.push(`_Whole run: ${fmt((performance.now() - started) / 1000, 1)} s, \`npm run bench\`._\n`)
+    const md = parts.join('\n')
+    await writeFile(join(ROOT, 'BENCHMARKS.md'), md)
+    process.stdout.write(md)
+  } catch (err) {
+    failed = true
+    process.stderr.write(`bench failed: ${err?.stack ?? err}\n`)
+  } finally {
+    await ctx.cleanup()
+  }
+  process.exitCode = failed ? 1 : 0
+}
+
+// ---------------------------------------------------------------------------
+// Sections
+
+/** One daemon on this machine against a bare fastify server and against raw LevelDB */
+async function singleNode (ctx) {
+  const loadStart = loadAvg()
+  log('single node: starting the baseline fastify server and the daemon (default config: fsync on every group commit)')
+  const base = await ctx.spawnBaseline()
+  const daemon = await ctx.spawnDaemon()
+  const row = samplePatient(0)
+  const ids = []
+  const insertPath = '/v1/tables/patient_records/rows'
+  let inserted = 0
+  const runs = {
+    hello: () => ({ socket: base.socket, make: () => ({ method: 'GET', path: '/hello' }) }),
+    echo: () => ({ socket: base.socket, make: () => ({ method: 'POST', path: '/echo', body: row }) }),
+    insert: () => ({ socket: daemon.socket, make: () => ({ method: 'POST', path: insertPath, body: samplePatient(inserted++) }), onBody: body => { ids.push(JSON.parse(body).id) } }),
+    get: () => {
+      const known = ids.length
+      let k = 0
+      return { socket: daemon.socket, make: () => ({ method: 'GET', path: `${insertPath}/${ids[(k++ * 7919) % known]}` }) }
+    }
+  }
+  for (const [name, run] of Object.entries(runs)) {
+    log(`single node: warm-up, ${name}`)
+    await drive({ ...run(), total: WARMUP })
+  }
+  // Rounds interleave the four runs, so a burst of load from elsewhere on the machine hits all of them alike.
+  const results = Object.fromEntries(Object.keys(runs).map(k => [k, []]))
+  for (let round = 1; round <= ROUNDS; round++) {
+    for (const [name, run] of Object.entries(runs)) {
+      log(`single node: round ${round}/${ROUNDS}, ${name}, ${REQUESTS} requests at ${CONCURRENCY} concurrent`)
+      results[name].push(await drive({ ...run(), total: REQUESTS }))
+    }
+  }
+  const { hello, echo, insert: inserts, get: gets } = Object.fromEntries(Object.entries(results).map(([k, v]) => [k, medianRun(v)]))
+  const baseRss = await peakRssKb(base.proc.pid)
+  await base.stop()
+
+  log(`single node: bulk import of ${IMPORT_ROWS} patient_records rows`)
+  const dir = await ctx.tempDir()
+  const rows = Array.from({ length: IMPORT_ROWS }, (_, i) => samplePatient(1_000_000 + i))
+  const ndjson = join(dir, 'patients.ndjson')
+  await writeFile(ndjson, rows.map(r => JSON.stringify(r)).join('\n') + '\n')
+  const imported = await importFile(daemon.socket, 'patient_records', ndjson)
+  if (imported.report.accepted !== IMPORT_ROWS) {
+    throw new Error(`import accepted ${imported.report.accepted} of ${IMPORT_ROWS} rows: ${JSON.stringify(imported.report.rejected.slice(0, 3))}`)
+  }
+  const daemonRss = await peakRssKb(daemon.proc.pid)
+  await daemon.stop()
+
+  log('single node: raw LevelDB batched puts of the same rows')
+  const rawSync = medianRun(await repeat(ROUNDS, async () => await rawLevel(await ctx.tempDir(), rows, true)), 'rate')
+  const rawNoSync = medianRun(await repeat(ROUNDS, async () => await rawLevel(await ctx.tempDir(), rows, false)), 'rate')
+
+  const importRate = IMPORT_ROWS / imported.seconds
+  const ratio = (a, b) => a / b
+  const verdict = (r, goal) => `${fmt(r, 2)} ${r >= goal ? '✓' : '✗'} (goal ≥ ${goal})`
+  const httpRow = (name, r, baseline, extra = '') =>
+    `| ${name} | ${fmt(r.rps, 0)} | ${fmt(r.p50, 2)} | ${fmt(r.p99, 2)} | ${baseline === undefined ? '—' : verdict(ratio(r.rps, baseline.rps), GOAL_HTTP)}${extra} |`
+
+  return `## Single node
+
+HTTP over the Unix socket, ${CONCURRENCY} requests in flight, ${fmtInt(REQUESTS)} requests per run after ${fmtInt(WARMUP)} of warm-up; each figure is the median of ${ROUNDS} rounds (by requests/s).
+
+| run | requests/s | p50 ms | p99 ms | ratio to GET hello-world |
+| --- | ---: | ---: | ---: | --- |
+| baseline: fastify GET hello-world | ${fmt(hello.rps, 0)} | ${fmt(hello.p50, 2)} | ${fmt(hello.p99, 2)} | 1 |
+| baseline: fastify POST JSON echo of a patient row | ${fmt(echo.rps, 0)} | ${fmt(echo.p50, 2)} | ${fmt(echo.p99, 2)} | ${fmt(ratio(echo.rps, hello.rps), 2)} |
+${httpRow('daemon: insert one patient_records row', inserts, hello, `; ${fmt(ratio(inserts.rps, echo.rps), 2)} of the POST echo`)}
+${httpRow('daemon: get one row by id', gets, hello)}
+
+| bulk load of ${fmtInt(IMPORT_ROWS)} patient_records rows | rows/s | seconds | ratio |
+| --- | ---: | ---: | --- |
+| raw LevelDB, batches of ${fmtInt(RAW_BATCH)}, sync | ${fmt(rawSync.rate, 0)} | ${fmt(rawSync.seconds, 2)} | 1 |
+| raw LevelDB, batches of ${fmtInt(RAW_BATCH)}, no sync | ${fmt(rawNoSync.rate, 0)} | ${fmt(rawNoSync.seconds, 2)} | ${fmt(ratio(rawNoSync.rate, rawSync.rate), 2)} |
+| daemon: \`POST /v1/tables/patient_records/import\` (NDJSON) | ${fmt(importRate, 0)} | ${fmt(imported.seconds, 2)} | ${verdict(ratio(importRate, rawSync.rate), GOAL_IMPORT)}; ${fmt(ratio(importRate, rawNoSync.rate), 2)} of no-sync |
+
+| process | peak RSS (VmHWM) |
+| --- | ---: |
+| daemon, after all the runs above | ${fmtInt(Math.round(daemonRss / 1024))} MiB |
+| baseline fastify server | ${fmtInt(Math.round(baseRss / 1024))} MiB |
+
+Method. Both servers run as child processes on this machine and are driven from
+this script's process with \`node:http\` over the Unix socket (an \`http.Agent\`
+with keep-alive and ${CONCURRENCY} sockets, ${CONCURRENCY} workers each sending its
+next request when the last one answered), so client cost is the same on both
+sides. Latency is per request, from send to the end of the body. The daemon runs
+\`bin/ntsoekhe daemon\` on a fresh temp home with its default config (\`storage.sync\`
+true: every group commit is fsynced before a write is acknowledged) and
+\`--listen /ip4/127.0.0.1/tcp/0 --log-level warn\`. Inserts send distinct rows and
+let the daemon draw the ids; gets read ids from the inserted set in a scattered
+order. The import streams an NDJSON file of ${fmtInt(IMPORT_ROWS)} rows in one request
+and is timed until the report arrives; the raw baseline writes the same rows as
+JSON values under their ids with \`level\` batches of ${fmtInt(RAW_BATCH)} (the
+import endpoint's chunk size), with and without \`sync\`. The daemon does
+more per row than the raw baseline: schema validation, id and key claim,
+version, history and index entries in the same batch. Peak RSS is \`VmHWM\` from
+\`/proc/<pid>/status\` at the end of each server's runs. The machine may be shared:
+load average (1 / 5 / 15 min) ${loadStart} at the start of this section, ${loadAvg()} at its end.
+`
+}
+
+// ---------------------------------------------------------------------------
+// Shared context: spawned processes and temp dirs, stopped and removed at the end
+
+function context () {
+  const procs = new Set()
+  const dirs = new Set()
+  const killAll = () => { for (const p of procs) p.kill('SIGKILL') }
+  process.once('exit', killAll)
+  for (const sig of ['SIGINT', 'SIGTERM']) {
+    process.once(sig, () => { killAll(); for (const d of dirs) rmSyncQuiet(d); process.exit(130) })
+  }
+
+  const tempDir = async () => {
+    const d = await mkdtemp(join(tmpdir(), 'ntk-b-'))
+    dirs.add(d)
+    return d
+  }
+
+  const launch = (args, what) => {
+    const proc = spawn(process.execPath, args, { cwd: ROOT, stdio: ['ignore', 'pipe', 'pipe'] })
+    procs.add(proc)
+    let output = ''
+    proc.stdout.setEncoding('utf8').on('data', s => { output = (output + s).slice(-20_000) })
+    proc.stderr.setEncoding('utf8').on('data', s => { output = (output + s).slice(-20_000) })
+    const exited = new Promise(resolve => proc.once('exit', (code, signal) => { procs.delete(proc); resolve({ code, signal }) }))
+    const stop = async () => {
+      if (proc.exitCode === null && proc.signalCode === null) proc.kill('SIGTERM')
+      const exit = await deadline(exited, STOP_TIMEOUT, `${what} to exit after SIGTERM`, () => output)
+      if (exit.code !== 0) throw new Error(`${what} exited with ${exit.code ?? exit.signal} after SIGTERM\n${output}`)
+    }
+    return { proc, exited, stop, output: () => output }
+  }
+
+  const waitReady = async (p, socket, what) => {
+    const until = Date.now() + START_TIMEOUT
+    for (;;) {
+      if (p.proc.exitCode !== null || p.proc.signalCode !== null) throw new Error(`${what} exited before answering on ${socket}\n${p.output()}`)
+      if (await answers(socket, p.path)) return
+      if (Date.now() > until) throw new Error(`${what} did not answer GET ${p.path} on ${socket} within ${START_TIMEOUT} ms\n${p.output()}`)
+      await sleep(25)
+    }
+  }
+
+  return {
+    tempDir,
+    /** A bare fastify server on a Unix socket, in a child process (this script with --baseline-server) */
+    async spawnBaseline () {
+      const socket = join(await tempDir(), 'hello.sock')
+      const p = { ...launch([SELF, '--baseline-server', socket], 'the baseline server'), path: '/hello' }
+      await waitReady(p, socket, 'the baseline server')
+      return { ...p, socket }
+    },
+    /** `ntsoekhe daemon` on a fresh temp home, with its default config plus `args` */
+    async spawnDaemon (args = []) {
+      const home = await tempDir()
+      const socket = join(home, 'api.sock')
+      const p = { ...launch([BIN, 'daemon', '--home', home, ...DAEMON_FLAGS, ...args], `the daemon on ${home}`), path: '/v1/status' }
+      await waitReady(p, socket, `the daemon on ${home}`)
+      return { ...p, home, socket }
+    },
+    async cleanup () {
+      for (const p of procs) p.kill('SIGTERM')
+      const until = Date.now() + STOP_TIMEOUT
+      while (procs.size > 0 && Date.now() < until) await sleep(50)
+      killAll()
+      await Promise.all([...dirs].map(async d => { await rm(d, { recursive: true, force: true }) }))
+      dirs.clear()
+    }
+  }
+}
+
+// ---------------------------------------------------------------------------
+// Load driver and measurements
+
+/**
+ * Sends `total` requests over the Unix socket with CONCURRENCY workers, each
+ * sending its next request when its last one answered. Any error status fails
+ * the run: a benchmark of errors measures nothing.
+ */
+async function drive ({ socket, total, make, onBody }) {
+  const agent = new Agent({ keepAlive: true, maxSockets: CONCURRENCY })
+  const latencies = new Float64Array(total)
+  let next = 0
+  const started = performance.now()
+  const worker = async () => {
+    while (next < total) {
+      const i = next++
+      const { method, path, body } = make(i)
+      const t0 = performance.now()
+      const res = await send(agent, socket, method, path, body)
+      latencies[i] = performance.now() - t0
+      if (res.status >= 400) throw new Error(`${method} ${path} answered ${res.status}: ${res.body}`)
+      onBody?.(res.body)
+    }
+  }
+  try {
+    await Promise.all(Array.from({ length: Math.min(CONCURRENCY, total) }, worker))
+  } finally {
+    agent.destroy()
+  }
+  const seconds = (performance.now() - started) / 1000
+  latencies.sort()
+  return { rps: total / seconds, seconds, p50: quantile(latencies, 0.5), p99: quantile(latencies, 0.99) }
+}
+
+function send (agent, socket, method, path, body) {
+  return new Promise((resolve, reject) => {
+    const payload = body === undefined ? undefined : JSON.stringify(body)
+    const headers = payload === undefined ? {} : { 'content-type': 'application/json', 'content-length': Buffer.byteLength(payload) }
+    const req = request({ socketPath: socket, agent, method, path, headers }, res => {
+      const chunks = []
+      res.on('data', c => chunks.push(c))
+      res.on('error', reject)
+      res.on('end', () => resolve({ status: res.statusCode, body: Buffer.concat(chunks).toString('utf8') }))
+    })
+    req.setTimeout(60_000, () => req.destroy(new Error(`${method} ${path}: no answer within 60 s`)))
+    req.on('error', reject)
+    req.end(payload)
+  })
+}
+
+/** Streams a file to the import endpoint; timed from the first byte sent to the report */
+async function importFile (socket, table, file) {
+  const started = performance.now()
+  const res = await new Promise((resolve, reject) => {
+    const req = request({ socketPath: socket, method: 'POST', path: `/v1/tables/${table}/import`, headers: { 'content-type': 'application/x-ndjson' } }, r => {
+      const chunks = []
+      r.on('data', c => chunks.push(c))
+      r.on('error', reject)
+      r.on('end', () => resolve({ status: r.statusCode, body: Buffer.concat(chunks).toString('utf8') }))
+    })
+    req.on('error', reject)
+    createReadStream(file).on('error', reject).pipe(req)
+  })
+  const seconds = (performance.now() - started) / 1000
+  if (res.status >= 400) throw new Error(`import answered ${res.status}: ${res.body}`)
+  return { seconds, report: JSON.parse(res.body) }
+}
+
+/** The same rows put straight into LevelDB under their ids, in batches */
+async function rawLevel (dir, rows, sync) {
+  const { Level } = await import('level')
+  const db = new Level(join(dir, 'raw'), { valueEncoding: 'json' })
+  await db.open()
+  const started = performance.now()
+  try {
+    for (let i = 0; i < rows.length; i += RAW_BATCH) {
+      const ops = rows.slice(i, i + RAW_BATCH).map((value, j) => ({ type: 'put', key: String(i + j).padStart(12, '0'), value }))
+      await db.batch(ops, { sync })
+    }
+  } finally {
+    await db.close()
+  }
+  const seconds = (performance.now() - started) / 1000
+  return { seconds, rate: rows.length / seconds }
+}
+
+async function peakRssKb (pid) {
+  const status = await readFile(`/proc/${pid}/status`, 'utf8')
+  const m = /^VmHWM:\s+(\d+) kB/m.exec(status)
+  if (m === null) throw new Error(`no VmHWM in /proc/${pid}/status`)
+  return Number(m[1])
+}
+
+function answers (socket, path) {
+  return new Promise(resolve => {
+    const req = request({ socketPath: socket, path, method: 'GET', timeout: 2000 }, res => {
+      res.resume()
+      res.on('end', () => resolve(res.statusCode === 200))
+      res.on('error', () => resolve(false))
+    })
+    req.on('timeout', () => req.destroy())
+    req.on('error', () => resolve(false))
+    req.end()
+  })
+}
+
+// ---------------------------------------------------------------------------
+// The baseline server (this file run with --baseline-server <socket>)
+
+async function baselineServer (socket) {
+  const { default: Fastify } = await import('fastify')
+  const app = Fastify({ logger: false })
+  app.get('/hello', async () => ({ hello: 'world' }))
+  app.post('/echo', async req => req.body)
+  await app.listen({ path: socket })
+  const close = async () => { await app.close(); process.exit(0) }
+  process.once('SIGTERM', close)
+  process.once('SIGINT', close)
+}
+
+// ---------------------------------------------------------------------------
+// Data and formatting
+
+const FIRST = ['Thabo', 'Palesa', 'Lerato', 'Mpho', 'Neo', 'Kamohelo', 'Refiloe', 'Teboho']
+const LAST = ['Mokoena', 'Nthabiseng', 'Molapo', 'Letsie', 'Mofokeng', 'Sekhonyana']
+
+/** A valid patient_records row, distinct per `i`, without an id (the daemon draws it) */
+function samplePatient (i) {
+  return {
+    patient_name: `${FIRST[i % FIRST.length]} ${LAST[i % LAST.length]} ${i}`,
+    date_of_birth: `19${String(40 + (i % 60)).padStart(2, '0')}-${String(1 + (i % 12)).padStart(2, '0')}-${String(1 + (i % 28)).padStart(2, '0')}`,
+    gender: ['Female', 'Male', 'Other'][i % 3],
+    address: `${1 + (i % 500)} Kingsway, Maseru`,
+    contact_number: String(2_622_000_000 + (i % 1_000_000)),
+    email: `patient${i}@example.org`,
+    allergies: ['None', 'Penicillin', 'Peanuts', 'Latex'][i % 4]
+  }
+}
+
+function machineLine () {
+  const info = readFileSync('/proc/cpuinfo', 'utf8')
+  const model = /^model name\s*:\s*(.+)$/m.exec(info)?.[1]?.trim() ?? cpus()[0]?.model ?? 'unknown CPU'
+  const ram = totalmem() / 2 ** 30
+  return `Machine: ${model}, ${cpus().length} cores, ${fmt(ram, 1)} GiB RAM, Node ${process.version}, ${process.platform}; run ${new Date().toISOString().replace('T', ' ').slice(0, 16)} UTC.`
+}
+
+/** The run with the median figure (`rps` or `rate`): one real run, not a mix of several */
+function medianRun (runs, key = 'rps') {
+  const sorted = [...runs].sort((a, b) => a[key] - b[key])
+  return sorted[Math.floor((sorted.length - 1) / 2)]
+}
+
+async function repeat (times, fn) {
+  const out = []
+  for (let i = 0; i < times; i++) out.push(await fn())
+  return out
+}
+
+function loadAvg () {
+  return loadavg().map(l => fmt(l, 2)).join(' / ')
+}
+
+function quantile (sorted, q) {
+  if (sorted.length === 0) return NaN
+  return sorted[Math.min(sorted.length - 1, Math.floor(q * sorted.length))]
+}
+
+function fmt (n, digits) {
+  return Number.isFinite(n) ? n.toLocaleString('en-US', { minimumFractionDigits: digits, maximumFractionDigits: digits }) : '—'
+}
+
+function fmtInt (n) {
+  return fmt(n, 0)
+}
+
+function positiveInt (raw, fallback) {
+  if (raw === undefined || raw === '') return fallback
+  const n = Number(raw)
+  if (!Number.isSafeInteger(n) || n < 1) throw new Error(`expected a positive integer, got ${JSON.stringify(raw)}`)
+  return n
+}
+
+function log (line) {
+  process.stderr.write(`bench: ${line}\n`)
+}
+
+function sleep (ms) {
+  return new Promise(resolve => setTimeout(resolve, ms))
+}
+
+async function deadline (promise, ms, what, context) {
+  let timer
+  const timeout = new Promise((_resolve, reject) => {
+    timer = setTimeout(() => reject(new Error(`timed out after ${ms} ms waiting for ${what}\n${context()}`)), ms)
+  })
+  try {
+    return await Promise.race([promise, timeout])
+  } finally {
+    clearTimeout(timer)
+  }
+}
+
+function rmSyncQuiet (dir) {
+  // A signal handler cannot await: remove synchronously, best effort.
+  try {
+    rmSync(dir, { recursive: true, force: true })
+  } catch {}
+}
+
+// Last, so that every module-level constant above is initialised first.
+if (process.argv[2] === '--baseline-server') {
+  await baselineServer(process.argv[3])
+} else {
+  await main()
+}

@@ -1,0 +1,384 @@
+/**
+ * End to end: the real binary (`bin/ntsoekhe`, built `dist/`) against real
+ * daemons on temp homes. One daemon serves every read-mostly case; the
+ * lifecycle cases (second daemon, SIGTERM, restart, kill -9) run last, in order,
+ * on the same home.
+ */
+import { existsSync } from 'node:fs'
+import { lstat, readFile, stat, writeFile } from 'node:fs/promises'
+import { join } from 'node:path'
+import { afterAll, beforeAll, describe, expect, it } from 'vitest'
+import { NtsoekheClient } from '../../src/client/index.js'
+import { defaultConfig } from '../../src/daemon/config.js'
+import { cli, daemonExit, json, makeHome, startDaemon, type CliResult, type TestDaemon } from '../helpers/daemon.js'
+
+const EXIT = { OK: 0, REFUSED: 1, USAGE: 2, NO_DAEMON: 3 }
+
+const SEEDED_TABLES = ['doctors_info', 'patient_records', 'medications', 'appointments', 'medical_history', 'billing_insurance', 'patient_medications', 'lab_results']
+
+let n = 0
+/** A valid patient_records row; `n` keeps e-mails apart */
+function patient (overrides: Record<string, unknown> = {}): Record<string, unknown> {
+  n++
+  return {
+    patient_name: `Thabo Mokoena ${n}`,
+    date_of_birth: '1984-03-09',
+    gender: 'Male',
+    address: '12 Kingsway, Maseru',
+    contact_number: '2622231234',
+    email: `thabo${n}@example.org`,
+    ...overrides
+  }
+}
+
+const doctor = (overrides: Record<string, unknown> = {}): Record<string, unknown> => ({
+  name: 'Dr. Lerato Nthabiseng',
+  specialization: 'Cardiology',
+  contact_number: '2622230000',
+  email: 'lerato@example.org',
+  availability: 'Mon-Fri 08:00-16:00',
+  ...overrides
+})
+
+const mode = async (path: string): Promise<number> => (await stat(path)).mode & 0o777
+
+describe('ntsoekhe CLI end to end', () => {
+  let home: string
+  let daemon: TestDaemon
+  let peerId: string
+
+  /** Runs a command on the shared home */
+  const run = async (args: string[], input?: string): Promise<CliResult> =>
+    await cli(args, { home, ...(input === undefined ? {} : { input }) })
+
+  /** Runs a command that must succeed with --json, and returns its parsed output */
+  const ok = async <T = any>(args: string[], input?: string): Promise<T> => {
+    const r = await run([...args, '--json'], input)
+    expect(r.code, `\`ntsoekhe ${args.join(' ')}\` failed:\n${r.stderr}`).toBe(EXIT.OK)
+    return json<T>(r)
+  }
+
+  beforeAll(async () => {
+    // init must create the home itself: give it a path that does not exist yet.
+    home = join(await makeHome(), 'h')
+  })
+
+  afterAll(async () => {
+    await daemon?.stop()
+  })
+
+  it('init creates the home 0700, an identity key and config.json with every default', async () => {
+    const r = await cli(['init', '--json'], { home })
+    expect(r.code, r.stderr).toBe(EXIT.OK)
+    const info = json(r)
+    expect(info).toEqual({ home, peerId: expect.stringMatching(/^12D3KooW/), created: true })
+    peerId = info.peerId
+    expect(await mode(home)).toBe(0o700)
+    expect((await stat(join(home, 'identity.key'))).isFile()).toBe(true)
+    expect(await mode(join(home, 'identity.key'))).toBe(0o600)
+    expect(JSON.parse(await readFile(join(home, 'config.json'), 'utf8'))).toEqual(defaultConfig())
+
+    const again = json(await cli(['init', '--json'], { home }))
+    expect(again).toEqual({ home, peerId, created: false })
+  })
+
+  describe('with a running daemon', () => {
+    beforeAll(async () => {
+      daemon = await startDaemon({ home })
+    })
+
+    it('serves a socket of mode 0600 in a home still 0700', async () => {
+      expect((await lstat(daemon.socket)).isSocket()).toBe(true)
+      expect(await mode(daemon.socket)).toBe(0o600)
+      expect(await mode(home)).toBe(0o700)
+    })
+
+    it('id, status and tables answer with their --json shapes', async () => {
+      const id = await ok(['id'])
+      expect(Object.keys(id).sort()).toEqual(['addresses', 'peerId'])
+      expect(id.peerId).toBe(peerId)
+      // --listen /ip4/127.0.0.1/tcp/0 was honoured: loopback, a port of the system's choosing, never the default 4100.
+      expect(id.addresses.length).toBeGreaterThan(0)
+      for (const a of id.addresses) {
+        expect(a).toMatch(new RegExp(`^/ip4/127\\.0\\.0\\.1/tcp/\\d+/p2p/${peerId}$`))
+        expect(a).not.toMatch(/\/tcp\/4100\//)
+      }
+
+      const status = await ok(['status'])
+      expect(status).toMatchObject({ peerId, home, socket: daemon.socket, version: expect.any(String) })
+      expect(status.storage.rows).toBeTypeOf('object')
+
+      const { tables } = await ok<{ tables: Array<Record<string, any>> }>(['tables'])
+      expect(tables.map(t => t.name).sort()).toEqual(expect.arrayContaining([
+        'appointments', 'billing_insurance', 'doctors_info', 'lab_results', 'medical_history',
+        'medications', 'patient_medications', 'patient_records', 'user_roles', 'users'
+      ]))
+      const patients = tables.find(t => t.name === 'patient_records')
+      expect(patients).toMatchObject({ primaryKey: ['patient_id'], shardKey: 'patient_id' })
+      expect(patients?.columns).toContainEqual({ name: 'patient_name', type: 'VARCHAR', length: 150, notNull: true })
+    })
+
+    it('insert, get, update, history, delete: a round trip with the --json shapes', async () => {
+      const ins = await ok(['insert', 'patient_records', JSON.stringify(patient({ allergies: 'Penicillin' }))])
+      expect(Object.keys(ins).sort()).toEqual(['id', 'row', 'version'])
+      expect(ins.row).toMatchObject({ patient_id: Number(ins.id), gender: 'Male', allergies: 'Penicillin' })
+
+      const got = await ok(['get', 'patient_records', ins.id])
+      expect(got).toEqual({ row: ins.row, version: ins.version, conflicts: [] })
+
+      const upd = await ok(['update', 'patient_records', ins.id, '{"allergies":"Latex"}'])
+      expect(Object.keys(upd).sort()).toEqual(['id', 'row', 'version'])
+      expect(upd.id).toBe(ins.id)
+      expect(upd.version).not.toBe(ins.version)
+      expect(upd.row).toEqual({ ...ins.row, allergies: 'Latex' })
+      expect(await ok(['get', 'patient_records', ins.id])).toEqual({ row: upd.row, version: upd.version, conflicts: [] })
+
+      const del = await ok(['delete', 'patient_records', ins.id])
+      expect(del).toMatchObject({ id: ins.id, deleted: true })
+
+      const gone = await run(['get', 'patient_records', ins.id, '--json'])
+      expect(gone.code).toBe(EXIT.REFUSED)
+      expect(gone.stderr).toMatch(/not found/i)
+
+      const { versions } = await ok(['history', 'patient_records', ins.id])
+      expect(versions.map((v: any) => v.version)).toEqual([ins.version, upd.version, del.version])
+      expect(versions.map((v: any) => v.deleted)).toEqual([false, false, true])
+      expect(versions[1].parents).toEqual([ins.version])
+      expect(versions[2].parents).toEqual([upd.version])
+      expect(versions[1].row.allergies).toBe('Latex')
+    })
+
+    it('reads the row from stdin when the JSON argument is -', async () => {
+      const row = patient({ patient_name: 'Palesa From Stdin' })
+      const ins = await ok(['insert', 'patient_records', '-'], JSON.stringify(row))
+      expect(ins.row).toMatchObject(row)
+      const upd = await ok(['update', 'patient_records', ins.id, '-'], '{"address":"3 Main Rd"}')
+      expect(upd.row.address).toBe('3 Main Rd')
+    })
+
+    it('query filters with --where, pages with --limit and the cursor', async () => {
+      // The rows to query are made through the client: the CLI's insert is tested above.
+      const client = new NtsoekheClient({ socket: daemon.socket })
+      const [d1, d2, p] = await Promise.all([
+        client.insert('doctors_info', doctor()),
+        client.insert('doctors_info', doctor({ name: 'Dr. Other' })),
+        client.insert('patient_records', patient())
+      ])
+      const appointment = async (d: { id: string }, purpose: string): Promise<string> =>
+        (await client.insert('appointments', { patient_id: Number(p.id), doctor_id: Number(d.id), appointment_date: '2025-06-01T09:00:00.000Z', purpose })).id
+      const made = await Promise.all([appointment(d1, 'Check-up'), appointment(d1, 'Follow-up'), appointment(d1, 'Lab review')])
+      await appointment(d2, 'Vaccination')
+
+      const all = await ok(['query', 'appointments', '--where', `doctor_id=${String(d1.id)}`])
+      expect(Object.keys(all).sort()).toEqual(['next', 'rows'])
+      expect(all.rows.map((r: any) => String(r.appointment_id)).sort()).toEqual([...made].sort())
+      expect(all.next).toBeNull()
+
+      const both = await ok(['query', 'appointments', '--where', `doctor_id=${String(d1.id)}`, '--where', 'purpose=Follow-up'])
+      expect(both.rows).toHaveLength(1)
+      expect(both.rows[0].purpose).toBe('Follow-up')
+
+      const seen: string[] = []
+      let page = await ok(['query', 'appointments', '--where', `doctor_id=${String(d1.id)}`, '--limit', '2'])
+      expect(page.rows).toHaveLength(2)
+      expect(page.next).toEqual(expect.any(String))
+      seen.push(...page.rows.map((r: any) => String(r.appointment_id)))
+      page = await ok(['query', 'appointments', '--where', `doctor_id=${String(d1.id)}`, '--limit', '2', '--cursor', page.next])
+      seen.push(...page.rows.map((r: any) => String(r.appointment_id)))
+      expect(seen.sort()).toEqual([...made].sort())
+    })
+
+    it('exits 2 on usage errors, before asking the daemon', async () => {
+      const cases: Array<[string[], RegExp]> = [
+        [['frobnicate'], /unknown command/],
+        [['query', 'patient_records', '--limit', 'abc'], /positive integer/],
+        [['query', 'patient_records', '--limit', '0'], /positive integer/],
+        [['query', 'patient_records', '--where', 'no-equals-sign'], /col=value/],
+        [['insert', 'patient_records', '{"patient_name": '], /JSON/],
+        [['insert', 'patient_records', '-'], /JSON/],
+        [['get', 'patient_records'], /missing required argument/],
+        [['import', 'patient_records', join(home, 'no-such-file.ndjson')], /cannot read/]
+      ]
+      const results = await Promise.all(cases.map(async ([args]) => await run(args)))
+      results.forEach((r, i) => {
+        const [args, message] = cases[i] as [string[], RegExp]
+        expect(r.code, `ntsoekhe ${args.join(' ')}: ${r.stderr}`).toBe(EXIT.USAGE)
+        expect(r.stderr).toMatch(message)
+        expect(r.stdout).toBe('')
+      })
+    })
+
+    it('exits 1 with the message on stderr when the daemon refuses', async () => {
+      const tooLong = await run(['insert', 'patient_records', JSON.stringify(patient({ gender: 'x'.repeat(11) })), '--json'])
+      expect(tooLong.code).toBe(EXIT.REFUSED)
+      expect(tooLong.stderr).toMatch(/gender/)
+      expect(tooLong.stderr).toMatch(/VARCHAR\(10\)/)
+      expect(tooLong.stdout).toBe('')
+
+      const missingRef = await run(['insert', 'appointments', JSON.stringify({ patient_id: 999, doctor_id: 998, appointment_date: '2025-06-01T09:00:00.000Z', purpose: 'x' })])
+      expect(missingRef.code).toBe(EXIT.REFUSED)
+      expect(missingRef.stderr).toMatch(/patient_id 999/)
+      expect(missingRef.stderr).toMatch(/no such patient_records/)
+
+      const missingColumn = await run(['insert', 'patient_records', '{"patient_name":"Only a name"}'])
+      expect(missingColumn.code).toBe(EXIT.REFUSED)
+      expect(missingColumn.stderr).toMatch(/date_of_birth|gender|address|contact_number|email/)
+
+      const unknownTable = await run(['query', 'no_such_table'])
+      expect(unknownTable.code).toBe(EXIT.REFUSED)
+      expect(unknownTable.stderr).toMatch(/no_such_table/)
+    })
+
+    it('imports NDJSON and CSV, reporting accepted rows and rejected lines', async () => {
+      const good = [patient(), patient(), patient()]
+      const ndjson = join(home, 'patients.ndjson')
+      await writeFile(ndjson, [
+        JSON.stringify(good[0]),
+        '{"patient_name": broken',
+        JSON.stringify(good[1]),
+        '',
+        JSON.stringify(patient({ contact_number: '12345678901' })),
+        JSON.stringify(good[2])
+      ].join('\n') + '\n')
+      const nd = await ok(['import', 'patient_records', ndjson])
+      expect(nd.accepted).toBe(3)
+      expect(nd.rejected.map((r: any) => r.line)).toEqual([2, 5])
+      expect(nd.rejected[1].error).toMatchObject({ column: 'contact_number' })
+      expect(nd.rejectedNotShown).toBe(0)
+      for (const row of good) {
+        const found = await ok(['query', 'patient_records', '--where', `email=${String(row.email)}`])
+        expect(found.rows).toHaveLength(1)
+      }
+
+      const cols = ['patient_name', 'date_of_birth', 'gender', 'address', 'contact_number', 'email']
+      const line = (row: Record<string, unknown>): string => cols.map(c => `"${String(row[c]).replaceAll('"', '""')}"`).join(',')
+      const csv = join(home, 'patients.csv')
+      await writeFile(csv, [cols.join(','), line(patient()), line(patient({ gender: 'Not-a-short-value' })), line(patient())].join('\n') + '\n')
+      const c = await ok(['import', 'patient_records', csv])
+      expect(c).toMatchObject({ accepted: 2, rejectedNotShown: 0 })
+      expect(c.rejected).toHaveLength(1)
+      expect(c.rejected[0]).toMatchObject({ line: 3, error: { column: 'gender' } })
+
+      const text = await run(['import', 'patient_records', csv])
+      expect(text.code).toBe(EXIT.OK)
+      expect(text.stdout).toMatch(/imported 2 rows into patient_records; rejected 1/)
+      expect(text.stdout).toMatch(/line 3: .*gender/)
+    })
+
+    it('a CSV line with the wrong number of fields is rejected alone; no other line is lost', async () => {
+      const csv = join(home, 'ragged.csv')
+      await writeFile(csv, [
+        'patient_name,date_of_birth,gender,address,contact_number,email',
+        'Before,1990-01-01,Female,1 Road,2622231234,before@example.org',
+        'Ragged,1990-01-01,Male',
+        'After,1990-01-01,Female,1 Road,2622231234,after@example.org'
+      ].join('\n') + '\n')
+      const r = await ok(['import', 'patient_records', csv])
+      expect(r.accepted).toBe(2)
+      expect(r.rejected.map((x: any) => x.line)).toEqual([3])
+      for (const email of ['before@example.org', 'after@example.org']) {
+        expect((await ok(['query', 'patient_records', '--where', `email=${email}`])).rows, email).toHaveLength(1)
+      }
+    })
+
+    it('seed --scale 1 loads 20 rows per table; query --limit 5 shows five', async () => {
+      const before = (await ok(['status'])).storage.rows as Record<string, number>
+      const counts = await ok(['seed', '--scale', '1'], undefined)
+      for (const t of SEEDED_TABLES) expect(counts[t], t).toBe(20)
+
+      const after = (await ok(['status'])).storage.rows as Record<string, number>
+      for (const t of SEEDED_TABLES) expect((after[t] ?? 0) - (before[t] ?? 0), t).toBe(20)
+      expect(after.user_roles).toBe(4)
+
+      const page = await ok(['query', 'patient_records', '--limit', '5'])
+      expect(page.rows).toHaveLength(5)
+      expect(page.next).toEqual(expect.any(String))
+
+      const doctors = await ok(['query', 'doctors_info', '--limit', '1000'])
+      expect(doctors.rows.length).toBe(after.doctors_info)
+      const pairs = await ok(['query', 'patient_medications', '--limit', '1000'])
+      const keys = pairs.rows.map((r: any) => `${String(r.patient_id)}:${String(r.medication_id)}`)
+      expect(new Set(keys).size).toBe(keys.length)
+    })
+  })
+
+  describe('lifecycle', () => {
+    it('a second daemon on the same home exits non-zero with a clear message; the first keeps serving', async () => {
+      const second = await daemonExit(home)
+      expect(second.code).not.toBe(0)
+      expect(second.code).not.toBeNull()
+      expect(second.stderr).toMatch(/another ntsoekhe daemon is running/)
+
+      expect((await lstat(daemon.socket)).isSocket()).toBe(true)
+      const status = await ok(['status'])
+      expect(status.peerId).toBe(peerId)
+    })
+
+    it('SIGTERM closes the store and removes the socket; then the CLI exits 3 and says how to start one', async () => {
+      const { id } = await ok(['insert', 'patient_records', JSON.stringify(patient({ patient_name: 'Survives Restart' }))])
+      const exit = await daemon.stop('SIGTERM')
+      expect(exit).toEqual({ code: 0, signal: null })
+      expect(existsSync(daemon.socket)).toBe(false)
+
+      const none = await run(['status'])
+      expect(none.code).toBe(EXIT.NO_DAEMON)
+      expect(none.stderr).toMatch(/ntsoekhe daemon/)
+
+      const nowhere = join(await makeHome(), 'never-created')
+      const r = await cli(['get', 'patient_records', '1'], { home: nowhere })
+      expect(r.code).toBe(EXIT.NO_DAEMON)
+      expect(existsSync(nowhere)).toBe(false)
+
+      daemon = await startDaemon({ home })
+      expect((await ok(['get', 'patient_records', id])).row.patient_name).toBe('Survives Restart')
+      expect(await mode(daemon.socket)).toBe(0o600)
+    })
+
+    it('every write acknowledged before a kill -9 is readable after restart; the stale socket is removed', async () => {
+      const client = new NtsoekheClient({ socket: daemon.socket, timeout: 10_000 })
+      const TOTAL = 300
+      const KILL_AFTER = 100
+      const CONCURRENCY = 32
+      const acked: string[] = []
+      let failed = 0
+      let killed: Promise<unknown> | undefined
+      let next = 0
+      const worker = async (): Promise<void> => {
+        while (next < TOTAL) {
+          next++
+          try {
+            const r = await client.insert('patient_records', patient({ patient_name: 'Crash Test' }))
+            acked.push(r.id)
+            if (acked.length === KILL_AFTER) killed = daemon.kill9()
+          } catch {
+            failed++
+          }
+        }
+      }
+      await Promise.all(Array.from({ length: CONCURRENCY }, worker))
+      expect(await killed).toEqual({ code: null, signal: 'SIGKILL' })
+      expect(acked.length).toBeGreaterThanOrEqual(KILL_AFTER)
+      expect(failed, 'the kill should land mid-stream').toBeGreaterThan(0)
+
+      // The crash left its socket behind; nobody answers on it.
+      expect((await lstat(daemon.socket)).isSocket()).toBe(true)
+      expect((await run(['status'])).code).toBe(EXIT.NO_DAEMON)
+
+      daemon = await startDaemon({ home })
+      expect((await lstat(daemon.socket)).isSocket()).toBe(true)
+      const reader = new NtsoekheClient({ socket: daemon.socket, timeout: 10_000 })
+      const missing: string[] = []
+      for (let i = 0; i < acked.length; i += CONCURRENCY) {
+        await Promise.all(acked.slice(i, i + CONCURRENCY).map(async id => {
+          try {
+            const r = await reader.get('patient_records', id)
+            if (r.row.patient_name !== 'Crash Test') missing.push(id)
+          } catch {
+            missing.push(id)
+          }
+        }))
+      }
+      expect(missing, `acknowledged but lost after kill -9 (${missing.length} of ${acked.length})`).toEqual([])
+    })
+  })
+})
