@@ -1,4 +1,4 @@
-import { request as httpRequest } from 'node:http'
+import { Agent, request as httpRequest } from 'node:http'
 import type { Readable } from 'node:stream'
 import { NtsoekheError, errorFromJSON } from '../errors/index.js'
 
@@ -15,6 +15,8 @@ export interface ClientInit {
   socket: string
   /** Give up on a request after this long, ms. @default 60000 */
   timeout?: number
+  /** Connections kept open to the daemon. @default 64 */
+  maxSockets?: number
 }
 
 export interface RequestOptions {
@@ -30,10 +32,18 @@ export interface ListResult { rows: Array<Record<string, unknown>>, next: string
 export class NtsoekheClient {
   readonly socket: string
   private readonly timeout: number
+  /** Keeps connections to the socket open between requests */
+  private readonly agent: Agent
 
   constructor (init: ClientInit) {
     this.socket = init.socket
     this.timeout = init.timeout ?? 60_000
+    this.agent = new Agent({ keepAlive: true, maxSockets: init.maxSockets ?? 64 })
+  }
+
+  /** Closes the kept-alive connections (a process that is done with the client can then exit at once) */
+  close (): void {
+    this.agent.destroy()
   }
 
   async status (): Promise<Record<string, any>> { return await this.request('GET', '/v1/status') }
@@ -92,7 +102,7 @@ export class NtsoekheClient {
     if (opts.ifMatch !== undefined && opts.ifMatch.length > 0) headers['if-match'] = opts.ifMatch.map(v => `"${v}"`).join(', ')
     const timeout = opts.timeout ?? this.timeout
     return await new Promise<T>((resolve, reject) => {
-      const req = httpRequest({ socketPath: this.socket, method, path, headers, ...(opts.signal === undefined ? {} : { signal: opts.signal }) }, res => {
+      const req = httpRequest({ socketPath: this.socket, agent: this.agent, method, path, headers, ...(opts.signal === undefined ? {} : { signal: opts.signal }) }, res => {
         const chunks: Buffer[] = []
         res.on('data', (c: Buffer) => chunks.push(c))
         res.on('error', reject)

@@ -1,9 +1,11 @@
-import type { AbstractSublevel } from 'abstract-level'
-
-/** One operation of a LevelDB batch, on one of the store's sublevels */
+/**
+ * One operation of a LevelDB batch, already encoded: the key carries its
+ * sublevel prefix and the value is JSON text. Encoding here, once, is far
+ * cheaper than abstract-level's per-operation sublevel path.
+ */
 export type BatchOp =
-  | { type: 'put', sublevel: AbstractSublevel<any, any, string, any>, key: string, value: unknown }
-  | { type: 'del', sublevel: AbstractSublevel<any, any, string, any>, key: string }
+  | { type: 'put', key: string, value: string }
+  | { type: 'del', key: string }
 
 interface Pending {
   ops: BatchOp[]
@@ -46,7 +48,11 @@ export class GroupCommitter {
     if (ops.length === 0) return
     await new Promise<void>((resolve, reject) => {
       this.queue.push({ ops, resolve, reject })
-      if (!this.flushing) void this.flush()
+      if (!this.flushing) {
+        this.flushing = true
+        // Let the writes of this turn of the event loop join the first batch.
+        setImmediate(() => { void this.flush() })
+      }
     })
   }
 
@@ -70,6 +76,8 @@ export class GroupCommitter {
         } catch (err) {
           for (const p of group) p.reject(err)
         }
+        // The writers just released usually write again at once: give them a turn to join the next batch.
+        await new Promise(resolve => setImmediate(resolve))
       }
     } finally {
       this.flushing = false
