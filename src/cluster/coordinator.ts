@@ -19,6 +19,9 @@ export interface Mutation {
   ifMatch?: string[]
 }
 
+/** What became of one group of a `writeGroups` call */
+export type GroupOutcome = { ok: true, results: WriteResult[] } | { ok: false, error: { code: string, message: string, column?: string } }
+
 export interface WriteResult {
   table: string
   id: string
@@ -70,6 +73,12 @@ export interface Coordinator {
   stop: () => Promise<void>
   /** Applies mutations that share one shard key, all or nothing */
   write: (mutations: Mutation[], options?: RequestOptions) => Promise<WriteResult[]>
+  /**
+   * Applies many independent groups (each sharing one shard key, each all or
+   * nothing) in as few round trips and durable batches as possible; one
+   * group's failure is reported in its place and does not fail the others.
+   */
+  writeGroups: (groups: Mutation[][], options?: RequestOptions) => Promise<GroupOutcome[]>
   read: (table: string, id: string, shard: string, options?: RequestOptions) => Promise<RecordState | undefined>
   /** Reads only this node's shard */
   readLocal: (table: string, id: string, shard: string) => Promise<RecordState | undefined>

@@ -5,11 +5,11 @@ import { winner } from '../storage/store.js'
 import type { HybridClock } from '../storage/version.js'
 import { compareVersions } from '../storage/version.js'
 import { ApplyBatcher } from './apply-batcher.js'
-import type { ClusterStatus, Consistency, Coordinator, Mutation, RequestOptions, ScanPage, ScanRequest, WriteResult } from './coordinator.js'
+import type { ClusterStatus, Consistency, Coordinator, GroupOutcome, Mutation, RequestOptions, ScanPage, ScanRequest, WriteResult } from './coordinator.js'
 import { mergeStates, missingHeads } from './merge.js'
 import type { Membership } from './membership.js'
 import { parseReplicaMessage, type ReplicaMessage } from './messages.js'
-import { mutationKey, orderMutations } from './mutations.js'
+import { mutationKey, orderGroups, orderMutations } from './mutations.js'
 import { HashRing } from './ring.js'
 import { tokenOf } from './token.js'
 import type { PeerTransport } from './transport.js'
@@ -161,6 +161,79 @@ export class DistributedCoordinator implements Coordinator {
     const need = this.needed(level, this.writeQuorum, owners.length) - 1
     await this.replicate(owners.filter(p => p !== this.c.peerId), ordered.entries, need, first.shard)
     return ordered.results
+  }
+
+  async writeGroups (groups: Mutation[][], options: RequestOptions = {}): Promise<GroupOutcome[]> {
+    const outcomes = new Array<GroupOutcome>(groups.length)
+    const byPrimary = new Map<string, number[]>()
+    groups.forEach((group, i) => {
+      const first = group[0]
+      if (first === undefined) { outcomes[i] = { ok: true, results: [] }; return }
+      const primary = this.byLiveness(this.owners(first.table, tokenOf(first.shard)), false)[0]
+      if (primary === undefined) { outcomes[i] = { ok: false, error: { code: 'UNAVAILABLE', message: 'No members on the ring yet' } }; return }
+      const list = byPrimary.get(primary)
+      if (list === undefined) byPrimary.set(primary, [i])
+      else list.push(i)
+    })
+    await Promise.all([...byPrimary].map(async ([primary, indexes]) => {
+      const part = indexes.map(i => groups[i] as Mutation[])
+      let answers: GroupOutcome[]
+      try {
+        answers = primary === this.c.peerId
+          ? await this.coordinateGroups(part, options.consistency)
+          : await this.c.transport.request(primary, 'replica', { type: 'writeGroups', groups: part, ...(options.consistency === undefined ? {} : { consistency: options.consistency }) }, { timeout: this.timeoutMs }) as GroupOutcome[]
+      } catch (err) {
+        if (!isUnreachable(err)) throw err
+        answers = part.map(() => ({ ok: false, error: { code: 'NOT_OWNER', message: (err as Error).message } }))
+      }
+      await Promise.all(indexes.map(async (gi, j) => {
+        const answer = answers[j]
+        if (answer !== undefined && !(answer.ok === false && answer.error.code === 'NOT_OWNER')) {
+          outcomes[gi] = answer
+          return
+        }
+        // The primary could not take it: the one-group path tries the next owners.
+        try {
+          outcomes[gi] = { ok: true, results: await this.write(groups[gi] as Mutation[], options) }
+        } catch (err) {
+          outcomes[gi] = { ok: false, error: errorBody(err) }
+        }
+      }))
+    }))
+    return outcomes
+  }
+
+  /** The primary's side of `writeGroups`: one durable batch for every group it owns, then replication */
+  private async coordinateGroups (groups: Mutation[][], level: Consistency | undefined): Promise<GroupOutcome[]> {
+    const outcomes = new Array<GroupOutcome>(groups.length)
+    const mine: number[] = []
+    const ownersOf = groups.map(g => {
+      const first = g[0] as Mutation
+      return this.owners(first.table, tokenOf(first.shard))
+    })
+    groups.forEach((g, i) => {
+      if ((ownersOf[i] as string[]).includes(this.c.peerId)) mine.push(i)
+      else outcomes[i] = { ok: false, error: { code: 'NOT_OWNER', message: `${this.c.peerId} does not own ${(g[0] as Mutation).shard}` } }
+    })
+    const myGroups = mine.map(i => groups[i] as Mutation[])
+    let ordered: ReturnType<typeof orderGroups> = { entries: [], perGroup: [], outcomes: [] }
+    await this.c.store.transact(myGroups.flat().map(mutationKey), states => {
+      ordered = orderGroups(myGroups, states, this.c.clock)
+      return ordered.entries
+    })
+    await Promise.all(mine.map(async (gi, j) => {
+      const outcome = ordered.outcomes[j] as GroupOutcome
+      if (!outcome.ok) { outcomes[gi] = outcome; return }
+      const owners = ownersOf[gi] as string[]
+      const need = this.needed(level, this.writeQuorum, owners.length) - 1
+      try {
+        await this.replicate(owners.filter(p => p !== this.c.peerId), ordered.perGroup[j] as VersionEntry[], need, (groups[gi]?.[0] as Mutation).shard)
+        outcomes[gi] = outcome
+      } catch (err) {
+        outcomes[gi] = { ok: false, error: errorBody(err) }
+      }
+    }))
+    return outcomes
   }
 
   /** Sends versions to other owners; resolves once `need` have them on disk, hints the rest */
@@ -318,6 +391,8 @@ export class DistributedCoordinator implements Coordinator {
     switch (msg.type) {
       case 'write':
         return await this.coordinateWrite(msg.mutations, msg.consistency)
+      case 'writeGroups':
+        return await this.coordinateGroups(msg.groups, msg.consistency)
       case 'apply': {
         const results = await Promise.all(msg.groups.map(async group => {
           for (const e of group) this.c.clock.observe(e.version)
@@ -363,6 +438,10 @@ export class DistributedCoordinator implements Coordinator {
       this.handingOff = false
     }
   }
+}
+
+function errorBody (err: unknown): { code: string, message: string, column?: string } {
+  return err instanceof NtsoekheError ? err.toJSON() : { code: 'INTERNAL', message: (err as Error)?.message ?? String(err) }
 }
 
 /** Errors that mean "this peer did not answer", as opposed to a refusal the caller must see */

@@ -1,7 +1,7 @@
 import type { Store, RecordState, VersionEntry } from '../storage/store.js'
 import type { HybridClock } from '../storage/version.js'
-import type { ClusterStatus, Coordinator, Mutation, ScanPage, ScanRequest, WriteResult } from './coordinator.js'
-import { mutationKey, orderMutations } from './mutations.js'
+import type { ClusterStatus, Coordinator, GroupOutcome, Mutation, ScanPage, ScanRequest, WriteResult } from './coordinator.js'
+import { mutationKey, orderGroups, orderMutations } from './mutations.js'
 import { tokenOf } from './token.js'
 
 export interface LocalCoordinatorComponents {
@@ -32,6 +32,16 @@ export class LocalCoordinator implements Coordinator {
       return ordered.entries
     })
     return results
+  }
+
+  async writeGroups (groups: Mutation[][]): Promise<GroupOutcome[]> {
+    let outcomes: GroupOutcome[] = []
+    await this.components.store.transact(groups.flat().map(mutationKey), states => {
+      const ordered = orderGroups(groups, states, this.components.clock)
+      outcomes = ordered.outcomes
+      return ordered.entries
+    })
+    return outcomes
   }
 
   async read (table: string, id: string, shard: string): Promise<RecordState | undefined> {

@@ -15,6 +15,7 @@ export const MAX_SCAN_LIMIT = 1000
 
 export type ReplicaMessage =
   | { type: 'write', mutations: Mutation[], consistency?: Consistency }
+  | { type: 'writeGroups', groups: Mutation[][], consistency?: Consistency }
   | { type: 'apply', groups: VersionEntry[][] }
   | { type: 'read', table: string, id: string, token: string }
   | { type: 'history', table: string, id: string, token: string }
@@ -108,6 +109,20 @@ export function parseReplicaMessage (msg: unknown): ReplicaMessage {
       if (new Set(mutations.map(x => x.shard)).size !== 1) bad('a write must share one shard key')
       if (m.consistency !== undefined && !CONSISTENCY_LEVELS.includes(m.consistency as Consistency)) bad('unknown consistency')
       return m.consistency === undefined ? { type: 'write', mutations } : { type: 'write', mutations, consistency: m.consistency as Consistency }
+    }
+    case 'writeGroups': {
+      if (!Array.isArray(m.groups) || m.groups.length === 0) bad('writeGroups needs groups')
+      let total = 0
+      const groups = m.groups.map(g => {
+        if (!Array.isArray(g) || g.length === 0) bad('each group must be a non-empty array')
+        total += g.length
+        if (total > MAX_ENTRIES) bad(`more than ${MAX_ENTRIES} mutations`)
+        const mutations = g.map(checkMutation)
+        if (new Set(mutations.map(x => x.shard)).size !== 1) bad('a group must share one shard key')
+        return mutations
+      })
+      if (m.consistency !== undefined && !CONSISTENCY_LEVELS.includes(m.consistency as Consistency)) bad('unknown consistency')
+      return m.consistency === undefined ? { type: 'writeGroups', groups } : { type: 'writeGroups', groups, consistency: m.consistency as Consistency }
     }
     case 'apply': {
       if (!Array.isArray(m.groups) || m.groups.length === 0) bad('apply needs groups')

@@ -1,12 +1,17 @@
-import { ConflictError, NotFoundError, PreconditionFailedError } from '../errors/index.js'
+import { ConflictError, NotFoundError, NtsoekheError, PreconditionFailedError } from '../errors/index.js'
 import type { HybridClock } from '../storage/version.js'
 import { winner, type RecordState, type VersionEntry } from '../storage/store.js'
 import { recordKey } from '../storage/keys.js'
-import type { Mutation, WriteResult } from './coordinator.js'
+import type { GroupOutcome, Mutation, WriteResult } from './coordinator.js'
 import { tokenOf } from './token.js'
 
 export function mutationKey (m: Mutation): { table: string, token: string, id: string } {
   return { table: m.table, token: tokenOf(m.shard), id: m.id }
+}
+
+/** Read access to record states by record key */
+export interface StateView {
+  get: (key: string) => RecordState | undefined
 }
 
 /**
@@ -14,8 +19,10 @@ export function mutationKey (m: Mutation): { table: string, token: string, id: s
  * current states, checking existence and `If-Match`. Mutations on the same
  * record in one batch chain onto each other.
  */
-export function orderMutations (mutations: Mutation[], states: Map<string, RecordState | undefined>, clock: HybridClock): { entries: VersionEntry[], results: WriteResult[] } {
-  const current = new Map(states)
+export function orderMutations (mutations: Mutation[], states: StateView, clock: HybridClock): { entries: VersionEntry[], results: WriteResult[], changed: Map<string, RecordState> } {
+  // The group's own changes over the shared states: committed to them only if the whole group succeeds.
+  const changed = new Map<string, RecordState>()
+  const current = { get: (key: string) => changed.has(key) ? changed.get(key) : states.get(key), set: (key: string, state: RecordState) => changed.set(key, state) }
   const entries: VersionEntry[] = []
   const results: WriteResult[] = []
   for (const m of mutations) {
@@ -53,5 +60,34 @@ export function orderMutations (mutations: Mutation[], states: Map<string, Recor
     })
     results.push({ table, id, version: entry.version, row: entry.row })
   }
-  return { entries, results }
+  return { entries, results, changed }
+}
+
+
+/**
+ * Orders independent groups of mutations (each sharing one shard key) in one
+ * pass: a group that fails (exists, not found, stale If-Match) is reported
+ * and leaves no trace; later groups see the earlier groups' writes.
+ */
+export function orderGroups (groups: Mutation[][], states: StateView, clock: HybridClock): { entries: VersionEntry[], perGroup: VersionEntry[][], outcomes: GroupOutcome[] } {
+  // Earlier groups' writes, seen by later ones; the caller's states stay as they were read.
+  const overlay = new Map<string, RecordState>()
+  const view: StateView = { get: key => overlay.has(key) ? overlay.get(key) : states.get(key) }
+  const entries: VersionEntry[] = []
+  const perGroup: VersionEntry[][] = []
+  const outcomes: GroupOutcome[] = []
+  for (const group of groups) {
+    try {
+      const ordered = orderMutations(group, view, clock)
+      for (const [key, state] of ordered.changed) overlay.set(key, state)
+      entries.push(...ordered.entries)
+      perGroup.push(ordered.entries)
+      outcomes.push({ ok: true, results: ordered.results })
+    } catch (err) {
+      if (!(err instanceof NtsoekheError)) throw err
+      perGroup.push([])
+      outcomes.push({ ok: false, error: err.toJSON() })
+    }
+  }
+  return { entries, perGroup, outcomes }
 }

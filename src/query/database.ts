@@ -3,7 +3,7 @@ import {
   TABLES, checkValue, findTable, parseId, referencingTables, rowId, shardValue, validateRow,
   type Row, type TableDef, type Value
 } from '../schema/index.js'
-import type { Coordinator, Consistency, Mutation, RequestOptions, WriteResult } from '../cluster/coordinator.js'
+import type { Coordinator, Consistency, GroupOutcome, Mutation, RequestOptions, WriteResult } from '../cluster/coordinator.js'
 import { KeyedMutex } from '../storage/keyed-mutex.js'
 import { winner, type RecordState } from '../storage/store.js'
 import { IdGenerator } from './ids.js'
@@ -295,18 +295,69 @@ export class Database {
    * durable batches. A bad row is reported and never stops the others.
    */
   async importRows (tableName: string, rows: Array<{ line: number, value: unknown }>, options: RequestOptions = {}): Promise<ImportResult> {
-    this.table(tableName)
+    const table = this.table(tableName)
     const result: ImportResult = { accepted: 0, rejected: [] }
-    const outcomes = await Promise.allSettled(rows.map(async r => await this.insert(tableName, r.value, options)))
-    outcomes.forEach((o, i) => {
-      if (o.status === 'fulfilled') {
-        result.accepted++
-      } else {
-        const err = o.reason
-        const error = err instanceof NtsoekheError ? err.toJSON() : { code: 'INTERNAL', message: String(err?.message ?? err) }
-        result.rejected.push({ line: rows[i]?.line ?? 0, error })
+    const reject = (line: number, err: unknown): void => { result.rejected.push({ line, error: errorBody(err) }) }
+    if (table.unique.length > 0) {
+      // Unique columns are checked against what is stored, so these rows go one at a time.
+      for (const r of rows) {
+        try {
+          await this.insert(tableName, r.value, options)
+          result.accepted++
+        } catch (err) { reject(r.line, err) }
       }
+      return result
+    }
+    // Validate and check references (each referenced row looked up once per chunk), then write
+    // every row as its own all-or-nothing group in as few round trips and batches as possible.
+    const lookups = new Map<string, Promise<void>>()
+    const checked = await Promise.all(rows.map(async r => {
+      try {
+        const row = validateRow(table, r.value, 'full', { allowMissingKey: table.primaryKey.length === 1 })
+        const generated = table.primaryKey.some(k => row[k] === undefined)
+        if (generated && table.primaryKey.length !== 1) throw new ValidationError(`${table.name} needs ${table.primaryKey.join(' and ')}`)
+        await this.checkReferences(table, row, options, undefined, lookups)
+        return { line: r.line, row, generated }
+      } catch (err) {
+        reject(r.line, err)
+        return undefined
+      }
+    }))
+    let pending = checked.filter((c): c is { line: number, row: Row, generated: boolean } => c !== undefined)
+      .map(c => ({ ...c, row: orderColumns(table, c.generated ? { [table.primaryKey[0] as string]: this.ids.next(), ...c.row } : c.row) }))
+    if (needsLocator(table)) {
+      const claims = await this.coordinator.writeGroups(pending.map(p => [this.claimMutation(table, p.row)]), options)
+      pending = pending.filter((p, i) => {
+        const c = claims[i] as GroupOutcome
+        if (c.ok) return true
+        reject(p.line, c.error.code === 'CONFLICT' ? new ConflictError(`${table.name} ${rowId(table, p.row)} already exists`) : c.error)
+        return false
+      })
+    }
+    const outcomes = await this.coordinator.writeGroups(pending.map(p => [this.mutation('insert', table, p.row)]), options)
+    const failed: Array<{ line: number, row: Row, generated: boolean }> = []
+    outcomes.forEach((o, i) => {
+      const p = pending[i] as { line: number, row: Row, generated: boolean }
+      if (o.ok) result.accepted++
+      else failed.push(p)
     })
+    if (needsLocator(table) && failed.length > 0) {
+      await this.coordinator.writeGroups(failed.map(p => [{ op: 'delete' as const, table: LOCATOR_TABLE, id: locatorId(table, p.row), shard: locatorShard(table, p.row) }]), options)
+    }
+    for (const p of failed) {
+      const o = outcomes[pending.indexOf(p)] as GroupOutcome & { ok: false }
+      if (p.generated && o.error.code === 'CONFLICT') {
+        // A generated id met one drawn elsewhere: draw again through the one-row path.
+        try {
+          const { [table.primaryKey[0] as string]: _, ...rest } = p.row
+          await this.insert(table.name, rest, options)
+          result.accepted++
+          continue
+        } catch (err) { reject(p.line, err); continue }
+      }
+      reject(p.line, o.error)
+    }
+    result.rejected.sort((a, b) => a.line - b.line)
     return result
   }
 
@@ -369,12 +420,14 @@ export class Database {
   /** Claims the row's key network-wide before the row is written (409 when the key is taken) */
   private async claimKey (table: TableDef, row: Row, options: RequestOptions): Promise<void> {
     if (!needsLocator(table)) return
-    await this.coordinator.write([{
-      op: 'insert', table: LOCATOR_TABLE, id: locatorId(table, row), shard: locatorShard(table, row), row: { shard: shardValue(table, row) }
-    }], options).catch(err => {
+    await this.coordinator.write([this.claimMutation(table, row)], options).catch(err => {
       if (err instanceof ConflictError) throw new ConflictError(`${table.name} ${rowId(table, row)} already exists`, { cause: err })
       throw err
     })
+  }
+
+  private claimMutation (table: TableDef, row: Row): Mutation {
+    return { op: 'insert', table: LOCATOR_TABLE, id: locatorId(table, row), shard: locatorShard(table, row), row: { shard: shardValue(table, row) } }
   }
 
   /** Gives a key back after its row's write failed or the row was deleted */
@@ -386,21 +439,7 @@ export class Database {
 
   /** References, uniqueness and the lab result's patient; `columns` narrows the check to changed columns */
   private async checkRow (table: TableDef, row: Row, selfId: string | undefined, options: RequestOptions, columns?: string[]): Promise<void> {
-    for (const ref of table.references) {
-      if (columns !== undefined && !columns.includes(ref.column)) continue
-      const value = row[ref.column]
-      if (value === null || value === undefined) continue
-      const target = this.table(ref.table)
-      const lookup: Row = { [ref.refColumn]: value }
-      if (target.shardKey !== 'global' && target.shardKey !== ref.refColumn) lookup[target.shardKey] = row[target.shardKey] ?? null
-      const state = lookup[target.shardKey as string] === null
-        ? undefined
-        : await this.coordinator.read(target.name, rowId(target, lookup), shardValue(target, lookup), options)
-      if (state === undefined || winner(state)?.row == null) {
-        const scope = target.shardKey !== 'global' && target.shardKey !== ref.refColumn ? ` for ${target.shardKey} ${String(lookup[target.shardKey])}` : ''
-        throw new ReferenceError(`${ref.column} ${String(value)}: no such ${target.name} row${scope}`, { column: ref.column })
-      }
-    }
+    await this.checkReferences(table, row, options, columns)
     for (const col of table.unique) {
       if (columns !== undefined && !columns.includes(col)) continue
       const value = row[col]
@@ -410,6 +449,33 @@ export class Database {
       if (other !== undefined) {
         throw new ConflictError(`${col} ${JSON.stringify(value)} is already used by ${table.name} ${other.state.id}`, { column: col })
       }
+    }
+  }
+
+  /** Every referenced row must exist; `lookups` shares one lookup per referenced row across many rows */
+  private async checkReferences (table: TableDef, row: Row, options: RequestOptions, columns?: string[], lookups?: Map<string, Promise<void>>): Promise<void> {
+    for (const ref of table.references) {
+      if (columns !== undefined && !columns.includes(ref.column)) continue
+      const value = row[ref.column]
+      if (value === null || value === undefined) continue
+      const target = this.table(ref.table)
+      const lookup: Row = { [ref.refColumn]: value }
+      if (target.shardKey !== 'global' && target.shardKey !== ref.refColumn) lookup[target.shardKey] = row[target.shardKey] ?? null
+      const scope = target.shardKey !== 'global' && target.shardKey !== ref.refColumn ? ` for ${target.shardKey} ${String(lookup[target.shardKey])}` : ''
+      const key = `${target.name}|${rowId(target, lookup)}${scope}`
+      let check = lookups?.get(key)
+      if (check === undefined) {
+        check = (async () => {
+          const state = lookup[target.shardKey as string] === null
+            ? undefined
+            : await this.coordinator.read(target.name, rowId(target, lookup), shardValue(target, lookup), options)
+          if (state === undefined || winner(state)?.row == null) {
+            throw new ReferenceError(`${ref.column} ${String(value)}: no such ${target.name} row${scope}`, { column: ref.column })
+          }
+        })()
+        lookups?.set(key, check)
+      }
+      await check
     }
   }
 
@@ -477,6 +543,13 @@ function locatorId (table: TableDef, key: Row): string {
 
 function locatorShard (table: TableDef, key: Row): string {
   return `key:${locatorId(table, key)}`
+}
+
+function errorBody (err: unknown): { code: string, message: string, column?: string } {
+  if (err instanceof NtsoekheError) return err.toJSON()
+  const e = err as { code?: unknown, message?: unknown }
+  if (typeof e?.code === 'string' && typeof e.message === 'string') return e as { code: string, message: string }
+  return { code: 'INTERNAL', message: String((err as Error)?.message ?? err) }
 }
 
 function toReadResponse (table: TableDef, id: string, state: RecordState | undefined): ReadResponse {

@@ -162,14 +162,15 @@ export class Store {
     // where the async path costs a thread-pool round trip (~50 µs) per record.
     const value = this.records.getSync(recordKey(token, table, id))
     if (value === undefined) return undefined
-    return { table, id, token, heads: value.heads, seen: value.seen, superseded: value.superseded }
+    return decodeRecord(table, token, id, value)
   }
 
   /** Every version the record has had, oldest first */
   async versions (table: string, token: string, id: string): Promise<VersionEntry[]> {
     this.checkOpen()
     const prefix = recordKey(token, table, id) + SEP
-    const out: VersionEntry[] = []
+    // Current heads live in the record; history holds the versions they replaced.
+    const out: VersionEntry[] = [...(await this._get(table, token, id))?.heads ?? []]
     for await (const value of this.history.values({ gt: prefix, lt: prefix + '\xff' })) out.push(value)
     return out.sort((a, b) => compareVersions(a.version, b.version))
   }
@@ -220,17 +221,22 @@ export class Store {
     const before = states.get(key)
     if (before?.seen.includes(entry.version) === true) return 'duplicate'
 
-    ops.push(put(this.history, key + SEP + entry.version, entry))
     const seen = [...(before?.seen ?? []), entry.version]
     const superseded = [...new Set([...(before?.superseded ?? []), ...entry.parents])]
     const gone = new Set(superseded)
     // A version that a stored version already replaces is history, not a head.
     const isHead = !gone.has(entry.version)
-    const heads = [...(isHead ? [entry] : []), ...(before?.heads.filter(h => !gone.has(h.version)) ?? [])]
-      .sort((a, b) => compareVersions(b.version, a.version))
+    if (!isHead) ops.push(put(this.history, key + SEP + entry.version, entry))
+    const heads: VersionEntry[] = isHead ? [entry] : []
+    for (const h of before?.heads ?? []) {
+      // A head this version replaces moves from the record to history.
+      if (gone.has(h.version)) ops.push(put(this.history, key + SEP + h.version, h))
+      else heads.push(h)
+    }
+    heads.sort((a, b) => compareVersions(b.version, a.version))
     const after: RecordState = { table: entry.table, id: entry.id, token: entry.token, heads, seen, superseded }
     states.set(key, after)
-    ops.push(put(this.records, key, { heads, seen, superseded }))
+    ops.push(put(this.records, key, encodeRecord(after)))
     this.stageIndexes(before, after, ops)
     return isHead ? 'applied' : 'history'
   }
@@ -309,7 +315,7 @@ export class Store {
     if (range.to !== undefined) opts.lt = range.to
     for await (const [k, v] of this.records.iterator(opts)) {
       const [token, table, id] = k.split(SEP, 3) as [string, string, string]
-      yield { token, table, id, heads: v.heads, seen: v.seen, superseded: v.superseded }
+      yield decodeRecord(table, token, id, v)
     }
   }
 
@@ -349,7 +355,33 @@ export class Store {
 }
 
 /** Bumped when the on-disk layout changes; a store of another format refuses to open */
-export const STORE_FORMAT = 2
+export const STORE_FORMAT = 3
+
+/** A record as stored: heads without the table, id and token its key already carries */
+interface StoredRecord {
+  heads: Array<{ version: string, parents: string[], row: Row | null }>
+  seen: string[]
+  superseded: string[]
+}
+
+function encodeRecord (state: RecordState): StoredRecord {
+  return {
+    heads: state.heads.map(h => ({ version: h.version, parents: h.parents, row: h.row })),
+    seen: state.seen,
+    superseded: state.superseded
+  }
+}
+
+function decodeRecord (table: string, token: string, id: string, value: StoredRecord): RecordState {
+  return {
+    table,
+    id,
+    token,
+    heads: value.heads.map(h => ({ table, id, token, version: h.version, parents: h.parents, row: h.row })),
+    seen: value.seen,
+    superseded: value.superseded
+  }
+}
 
 function put (sublevel: Sub, key: string, value: unknown): BatchOp {
   return { type: 'put', key: sublevel.prefix + key, value: JSON.stringify(value) }

@@ -118,6 +118,33 @@ describe('distributed coordinator', () => {
     expect(after.conflicts).toEqual([])
   })
 
+  it('bulk writes in groups: every good row on N owners, each bad row reported in its place', async () => {
+    net = await createTestnet(5)
+    await net.converge(5)
+    const db = net.nodes[2]!.db
+    await db.insert('doctors_info', { doctor_id: 1, name: 'Dr A', specialization: 'GP', contact_number: '0123456789', email: 'a@b.c', availability: 'Mon' })
+    const rows = Array.from({ length: 300 }, (_, i) => ({ line: i + 1, value: patient(i + 1) }))
+    rows.push({ line: 301, value: patient(5) }) // a duplicate key
+    rows.push({ line: 302, value: { ...patient(999), gender: 'x'.repeat(11) } })
+    const r = await db.importRows('patient_records', rows)
+    expect(r.accepted).toBe(300)
+    expect(r.rejected.map(x => [x.line, x.error.code])).toEqual([[301, 'CONFLICT'], [302, 'INVALID']])
+    for (const i of [1, 150, 300]) {
+      const token = tokenOf(`patient_id:${i}`)
+      const holders = (await Promise.all(net.nodes.map(async n => await n.store.get('patient_records', token, String(i))))).filter(x => x !== undefined)
+      expect(holders).toHaveLength(3)
+    }
+    // Rows found through a key locator (appointments by doctor) and their references.
+    const appts = Array.from({ length: 50 }, (_, i) => ({ line: i + 1, value: { appointment_id: 1000 + i, patient_id: (i % 300) + 1, doctor_id: 1, appointment_date: '2026-03-04T10:00:00Z', purpose: 'Check' } }))
+    appts.push({ line: 51, value: { appointment_id: 1000, patient_id: 1, doctor_id: 1, appointment_date: '2026-03-04T10:00:00Z', purpose: 'Again' } })
+    appts.push({ line: 52, value: { appointment_id: 2000, patient_id: 77777, doctor_id: 1, appointment_date: '2026-03-04T10:00:00Z', purpose: 'Nobody' } })
+    const a = await net.nodes[0]!.db.importRows('appointments', appts)
+    expect(a.accepted).toBe(50)
+    expect(a.rejected.map(x => [x.line, x.error.code])).toEqual([[51, 'CONFLICT'], [52, 'REFERENCE']])
+    expect((await net.nodes[4]!.db.get('appointments', '1049')).row.patient_id).toBe(50)
+    await expect(net.nodes[4]!.db.get('appointments', '2000')).rejects.toMatchObject({ code: 'NOT_FOUND' })
+  })
+
   it('a malformed or hostile replica message is refused and writes nothing', async () => {
     net = await createTestnet(2)
     await net.converge(2)
