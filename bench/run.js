@@ -10,7 +10,7 @@
 // Environment: BENCH_REQUESTS (requests per HTTP run, default 10000),
 // BENCH_IMPORT_ROWS (rows in the bulk import, default 50000), BENCH_ROUNDS (default 3).
 import { spawn } from 'node:child_process'
-import { createReadStream, readFileSync, rmSync } from 'node:fs'
+import { createReadStream, existsSync, readFileSync, rmSync } from 'node:fs'
 import { mkdtemp, readFile, rm, writeFile } from 'node:fs/promises'
 import { Agent, request } from 'node:http'
 import { cpus, loadavg, totalmem, tmpdir } from 'node:os'
@@ -34,8 +34,14 @@ const STOP_TIMEOUT = 15_000
 const DAEMON_FLAGS = ['--listen', '/ip4/127.0.0.1/tcp/0', '--log-level', 'warn']
 const GOAL_HTTP = 0.5
 const GOAL_IMPORT = 0.25
+const CLUSTER_SIZE = 3
+const CLUSTER_REQUESTS = positiveInt(process.env.BENCH_CLUSTER_REQUESTS, 6_000)
+const CLUSTER_IMPORT_ROWS = positiveInt(process.env.BENCH_CLUSTER_IMPORT_ROWS, 20_000)
+const ORBITDB_ROWS = positiveInt(process.env.BENCH_ORBITDB_ROWS, 500)
+const GOAL_ORBITDB = 50
+const GOAL_P99_MS = 20
 
-const sections = [singleNode]
+const sections = [singleNode, cluster]
 
 async function main () {
   const ctx = context()
@@ -160,6 +166,160 @@ load average (1 / 5 / 15 min) ${loadStart} at the start of this section, ${loadA
 `
 }
 
+/** Three daemons on loopback (N=3, W=2, R=2), clients spread over them, against OrbitDB 4 */
+async function cluster (ctx) {
+  const loadStart = loadAvg()
+  log(`cluster: starting ${CLUSTER_SIZE} daemons (N=3, W=2, R=2, fsync on)`)
+  const first = await ctx.spawnDaemon()
+  const boot = (await getJson(first.socket, '/v1/status')).addresses.find(a => a.startsWith('/ip4/127.0.0.1/'))
+  const nodes = [first]
+  for (let i = 1; i < CLUSTER_SIZE; i++) nodes.push(await ctx.spawnDaemon(['--bootstrap', boot]))
+  const until = Date.now() + START_TIMEOUT
+  for (;;) {
+    const all = await Promise.all(nodes.map(async n => await getJson(n.socket, '/v1/status')))
+    if (all.every(st => st.members.filter(m => m.state === 'alive').length === CLUSTER_SIZE)) break
+    if (Date.now() > until) throw new Error(`the ${CLUSTER_SIZE} daemons did not all see each other within ${START_TIMEOUT} ms`)
+    await sleep(100)
+  }
+  const sockets = nodes.map(n => n.socket)
+  const insertPath = '/v1/tables/patient_records/rows'
+  const ids = []
+  let inserted = 2_000_000
+  const writes = () => ({ make: i => ({ socket: sockets[i % sockets.length], method: 'POST', path: insertPath, body: samplePatient(inserted++) }), onBody: body => { ids.push(JSON.parse(body).id) } })
+  log('cluster: warm-up')
+  await drive({ ...writes(), socket: sockets[0], total: WARMUP })
+  const writeRuns = []
+  for (let round = 1; round <= ROUNDS; round++) {
+    log(`cluster: round ${round}/${ROUNDS}, ${CLUSTER_REQUESTS} single-row writes at ${CONCURRENCY} concurrent, spread over the nodes`)
+    writeRuns.push(await drive({ ...writes(), socket: sockets[0], total: CLUSTER_REQUESTS }))
+  }
+  const peakWrites = medianRun(writeRuns)
+  const readRuns = []
+  for (let round = 1; round <= ROUNDS; round++) {
+    log(`cluster: round ${round}/${ROUNDS}, ${CLUSTER_REQUESTS} reads at ${CONCURRENCY} concurrent`)
+    let k = 0
+    readRuns.push(await drive({ socket: sockets[0], total: CLUSTER_REQUESTS, make: i => ({ socket: sockets[i % sockets.length], method: 'GET', path: `${insertPath}/${ids[(k++ * 7919) % ids.length]}` }) }))
+  }
+  const reads = medianRun(readRuns)
+  const halfRate = peakWrites.rps / 2
+  log(`cluster: writes paced at half the peak, ${fmtInt(halfRate)}/s for 5 s`)
+  const paced = await drivePaced({ rate: halfRate, seconds: 5, make: writes().make })
+
+  log(`cluster: bulk import of ${CLUSTER_IMPORT_ROWS} rows through one node`)
+  const dir = await ctx.tempDir()
+  const ndjson = join(dir, 'cluster.ndjson')
+  await writeFile(ndjson, Array.from({ length: CLUSTER_IMPORT_ROWS }, (_, i) => JSON.stringify(samplePatient(3_000_000 + i))).join('\n') + '\n')
+  const imported = await importFile(sockets[1], 'patient_records', ndjson)
+  if (imported.report.accepted !== CLUSTER_IMPORT_ROWS) throw new Error(`cluster import accepted ${imported.report.accepted} of ${CLUSTER_IMPORT_ROWS}`)
+  const copies = (await Promise.all(nodes.map(async n => (await getJson(n.socket, '/v1/ring')).localRows.patient_records ?? 0))).reduce((a, b) => a + b, 0)
+  const rss = await Promise.all(nodes.map(async n => await peakRssKb(n.proc.pid)))
+  for (const n of nodes) await n.stop()
+
+  log(`cluster: OrbitDB 4, ${ORBITDB_ROWS} rows replicated between two local peers (bench/orbitdb)`)
+  const orbit = await runOrbitDb(ctx)
+  const importRate = CLUSTER_IMPORT_ROWS / imported.seconds
+  const written = ids.length + paced.sent + CLUSTER_IMPORT_ROWS
+  const vsOrbit = (rate) => orbit === undefined ? '—' : `${fmt(rate / orbit.replicatedRowsPerSec, 0)}× ${rate / orbit.replicatedRowsPerSec >= GOAL_ORBITDB ? '✓' : '✗'}`
+  const orbitRow = orbit === undefined
+    ? '| OrbitDB 4: could not run (see the log) | — | — | — | — |'
+    : `| OrbitDB ${orbit.version}: rows replicated A → B (\`put\` awaited one at a time, measured until B holds all ${orbit.rows}) | ${fmt(orbit.replicatedRowsPerSec, 0)} | ${fmt(orbit.writeP50Ms, 2)} (local put) | ${fmt(orbit.writeP99Ms, 2)} (local put) | 1 |`
+  return `## Cluster: ${CLUSTER_SIZE} nodes on loopback
+
+Three \`ntsoekhe daemon\` processes on 127.0.0.1 (TCP + Noise + yamux), default
+N=3, W=2, R=2, fsync on. ${CONCURRENCY} clients spread round-robin over the three
+sockets; a write is acknowledged after two replicas have it on disk; a read asks
+two replicas. Median of ${ROUNDS} rounds of ${fmtInt(CLUSTER_REQUESTS)} requests.
+
+| run | rows/s | p50 ms | p99 ms | ratio to OrbitDB (goal ≥ ${GOAL_ORBITDB}×) |
+| --- | ---: | ---: | ---: | --- |
+${orbitRow}
+| ntsoekhe: single-row inserts, ${CONCURRENCY} in flight | ${fmt(peakWrites.rps, 0)} | ${fmt(peakWrites.p50, 2)} | ${fmt(peakWrites.p99, 2)} | ${vsOrbit(peakWrites.rps)} |
+| ntsoekhe: bulk import (NDJSON, one request, rows written in groups) | ${fmt(importRate, 0)} | — | — | ${vsOrbit(importRate)} |
+| ntsoekhe: reads by id (R=2) | ${fmt(reads.rps, 0)} | ${fmt(reads.p50, 2)} | ${fmt(reads.p99, 2)} | — |
+
+Writes paced at half the peak rate (${fmtInt(halfRate)}/s offered for 5 s, ${fmtInt(paced.sent)} sent): achieved ${fmt(paced.rps, 0)}/s,
+p50 ${fmt(paced.p50, 2)} ms, p99 ${fmt(paced.p99, 2)} ms — ${paced.p99 < GOAL_P99_MS ? '✓' : '✗'} (goal p99 < ${GOAL_P99_MS} ms).
+
+After the import the three nodes held ${fmtInt(copies)} patient_records rows between them; every row written in this
+section (${fmtInt(written)}) on exactly 3 nodes would be ${fmtInt(written * 3)}.
+
+| process | peak RSS (VmHWM) |
+| --- | ---: |
+${rss.map((kb, i) => `| node ${i + 1} | ${fmtInt(Math.round(kb / 1024))} MiB |`).join('\n')}
+${orbit === undefined ? '' : `| OrbitDB peer (larger of the two) | ${fmtInt(orbit.rssMB)} MiB |`}
+
+Method. OrbitDB runs from \`bench/orbitdb\` (its own package.json, installed on
+first use) as two processes on loopback, A writing ${orbit?.rows ?? ORBITDB_ROWS} documents one awaited \`put\`
+at a time and B replicating; its figure is the rate at which rows become present
+on B (OrbitDB has no write quorum: a put returns once stored locally). Its gets
+scan the log (${orbit === undefined ? '—' : `p50 ${fmt(orbit.getP50Ms, 1)} ms at ${orbit.rows} rows`}), so reads are not compared. The
+paced run offers writes at a fixed rate (open loop, up to 256 in flight) and
+measures each from its scheduled send time. All processes share this machine's
+${cpus().length} cores. Load average ${loadStart} at the start of this section, ${loadAvg()} at its end.
+`
+}
+
+/** Runs bench/orbitdb/run.js (installing its dependencies first if needed); undefined when it cannot */
+async function runOrbitDb (ctx) {
+  const dir = join(ROOT, 'bench', 'orbitdb')
+  try {
+    if (!existsSync(join(dir, 'node_modules', '@orbitdb', 'core'))) {
+      log('cluster: installing bench/orbitdb dependencies (npm ci)')
+      const install = spawn('npm', ['ci', '--no-audit', '--no-fund'], { cwd: dir, stdio: ['ignore', 'ignore', 'inherit'] })
+      const { code } = await deadline(new Promise(resolve => install.once('exit', c => resolve({ code: c }))), 300_000, 'npm ci in bench/orbitdb', () => '')
+      if (code !== 0) throw new Error(`npm ci in bench/orbitdb exited ${code}`)
+    }
+    const child = spawn(process.execPath, [join(dir, 'run.js'), '--rows', String(ORBITDB_ROWS)], { cwd: dir, stdio: ['ignore', 'pipe', 'pipe'] })
+    let out = ''
+    let err = ''
+    child.stdout.setEncoding('utf8').on('data', c => { out += c })
+    child.stderr.setEncoding('utf8').on('data', c => { err = (err + c).slice(-5000) })
+    const { code } = await deadline(new Promise(resolve => child.once('exit', c => resolve({ code: c }))), 400_000, 'the OrbitDB benchmark', () => err)
+    const line = out.trim().split('\n').pop() ?? ''
+    const result = JSON.parse(line)
+    if (code !== 0 || result.complete !== true) throw new Error(`OrbitDB run incomplete (exit ${code}): ${line}\n${err}`)
+    return result
+  } catch (e) {
+    log(`cluster: OrbitDB baseline failed: ${e?.message ?? e}`)
+    return undefined
+  }
+}
+
+/** Open-loop load: requests start on a fixed schedule, latency counted from the scheduled time */
+async function drivePaced ({ rate, seconds, make }) {
+  const agent = new Agent({ keepAlive: true, maxSockets: 256 })
+  const total = Math.max(1, Math.floor(rate * seconds))
+  const latencies = []
+  const started = performance.now()
+  let inFlight = 0
+  const pending = []
+  for (let i = 0; i < total; i++) {
+    const due = started + (i * 1000) / rate
+    const wait = due - performance.now()
+    if (wait > 1) await sleep(wait)
+    if (inFlight >= 256) throw new Error('paced run: 256 requests in flight; the offered rate is above capacity')
+    const { method, path, body, socket } = make(i)
+    inFlight++
+    pending.push(send(agent, socket, method, path, body).then(res => {
+      inFlight--
+      if (res.status >= 400) throw new Error(`${method} ${path} answered ${res.status}: ${res.body}`)
+      latencies.push(performance.now() - due)
+    }))
+  }
+  await Promise.all(pending)
+  agent.destroy()
+  const elapsed = (performance.now() - started) / 1000
+  latencies.sort((a, b) => a - b)
+  return { sent: total, rps: total / elapsed, p50: quantile(latencies, 0.5), p99: quantile(latencies, 0.99) }
+}
+
+async function getJson (socket, path) {
+  const agent = new Agent({ keepAlive: false })
+  const res = await send(agent, socket, 'GET', path)
+  if (res.status !== 200) throw new Error(`GET ${path} on ${socket} answered ${res.status}: ${res.body}`)
+  return JSON.parse(res.body)
+}
+
 // ---------------------------------------------------------------------------
 // Shared context: spawned processes and temp dirs, stopped and removed at the end
 
@@ -247,9 +407,9 @@ async function drive ({ socket, total, make, onBody }) {
   const worker = async () => {
     while (next < total) {
       const i = next++
-      const { method, path, body } = make(i)
+      const { method, path, body, socket: target } = make(i)
       const t0 = performance.now()
-      const res = await send(agent, socket, method, path, body)
+      const res = await send(agent, target ?? socket, method, path, body)
       latencies[i] = performance.now() - t0
       if (res.status >= 400) throw new Error(`${method} ${path} answered ${res.status}: ${res.body}`)
       onBody?.(res.body)

@@ -154,12 +154,16 @@ export class DistributedCoordinator implements Coordinator {
       throw new NtsoekheError('NOT_OWNER', `${this.c.peerId} does not own ${first.shard}`)
     }
     let ordered: { entries: VersionEntry[], results: WriteResult[] } = { entries: [], results: [] }
+    let replication: Promise<void> | undefined
+    const need = this.needed(level, this.writeQuorum, owners.length) - 1
     await this.c.store.transact(mutations.map(mutationKey), states => {
       ordered = orderMutations(mutations, states, this.c.clock)
+      // The replicas write while this node does: the write waits for the slower, not for both in turn.
+      replication = this.replicate(owners.filter(p => p !== this.c.peerId), ordered.entries, need, first.shard)
+      replication.catch(() => {})
       return ordered.entries
     })
-    const need = this.needed(level, this.writeQuorum, owners.length) - 1
-    await this.replicate(owners.filter(p => p !== this.c.peerId), ordered.entries, need, first.shard)
+    await replication
     return ordered.results
   }
 
@@ -217,22 +221,26 @@ export class DistributedCoordinator implements Coordinator {
     })
     const myGroups = mine.map(i => groups[i] as Mutation[])
     let ordered: ReturnType<typeof orderGroups> = { entries: [], perGroup: [], outcomes: [] }
+    let replication: Promise<unknown> = Promise.resolve()
     await this.c.store.transact(myGroups.flat().map(mutationKey), states => {
       ordered = orderGroups(myGroups, states, this.c.clock)
+      const { outcomes: orderedOutcomes, perGroup } = ordered
+      // As in write(): replicas write while this node does.
+      replication = Promise.all(mine.map(async (gi, j) => {
+        const outcome = orderedOutcomes[j] as GroupOutcome
+        if (!outcome.ok) { outcomes[gi] = outcome; return }
+        const owners = ownersOf[gi] as string[]
+        const need = this.needed(level, this.writeQuorum, owners.length) - 1
+        try {
+          await this.replicate(owners.filter(p => p !== this.c.peerId), perGroup[j] as VersionEntry[], need, (groups[gi]?.[0] as Mutation).shard)
+          outcomes[gi] = outcome
+        } catch (err) {
+          outcomes[gi] = { ok: false, error: errorBody(err) }
+        }
+      }))
       return ordered.entries
     })
-    await Promise.all(mine.map(async (gi, j) => {
-      const outcome = ordered.outcomes[j] as GroupOutcome
-      if (!outcome.ok) { outcomes[gi] = outcome; return }
-      const owners = ownersOf[gi] as string[]
-      const need = this.needed(level, this.writeQuorum, owners.length) - 1
-      try {
-        await this.replicate(owners.filter(p => p !== this.c.peerId), ordered.perGroup[j] as VersionEntry[], need, (groups[gi]?.[0] as Mutation).shard)
-        outcomes[gi] = outcome
-      } catch (err) {
-        outcomes[gi] = { ok: false, error: errorBody(err) }
-      }
-    }))
+    await replication
     return outcomes
   }
 
