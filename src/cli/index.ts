@@ -215,6 +215,21 @@ function buildProgram (io: Io, setCode: (c: number) => void): Command {
       out(opts, counts, () => renderObject(counts))
     })
 
+  program.command('swarm-key').description('write a new private-network key: only nodes given the same file can join (network.pnetKeyFile)')
+    .argument('<file>')
+    .exitOverride()
+    .action(async (file: string) => {
+      const { generatePnetKey } = await import('../p2p/node.js')
+      const { writeFile } = await import('node:fs/promises')
+      try {
+        await writeFile(file, generatePnetKey(), { mode: 0o600, flag: 'wx' })
+      } catch (err) {
+        if ((err as NodeJS.ErrnoException).code === 'EEXIST') throw new UsageError(`${file} exists; a key is never overwritten`)
+        throw err
+      }
+      io.stdout.write(`wrote ${file}; copy it to every node's home and set network.pnetKeyFile\n`)
+    })
+
   common(program.command('peers').description('members of the network, their state and addresses'))
     .action(async (opts: GlobalOpts) => {
       const r = await (await client(opts)).peers()

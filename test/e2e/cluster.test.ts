@@ -139,4 +139,23 @@ describe('a five-node network', () => {
       return s.members.some((m: { peerId: string, state: string }) => m.state !== 'alive')
     }, 20_000)
   }, 120_000)
+
+  it('the killed node, restarted without --bootstrap, rejoins from its saved members and gets what it missed', async () => {
+    const restarted = await startDaemon({ home: daemons[2]!.home })
+    daemons[2] = restarted
+    clients[2] = new NtsoekheClient({ socket: restarted.socket })
+    await waitFor('the restarted node to see all 5 members alive again', async () => {
+      const s = await clients[2]!.status()
+      return s.members.filter((m: { state: string }) => m.state === 'alive').length === SIZE
+    })
+    // Hinted handoff: every row written while it was down reaches it, so each row is on exactly 3 nodes again.
+    const expected = (ROWS + 100 + 1) * 3
+    await waitFor(`hinted handoff to restore ${expected} patient_records copies`, async () => {
+      const perNode = await Promise.all(clients.map(async c => (await c.ring()).localRows.patient_records ?? 0))
+      return perNode.reduce((a: number, b: number) => a + b, 0) === expected
+    }, 30_000)
+    for (const id of [1, 2001, 2050, 2100]) expect(await holders('patient_records', id)).toHaveLength(3)
+    const owners = await holders('patient_records', 1)
+    for (const i of owners) expect((await clients[i]!.get('patient_records', 1, { local: true })).row.address).toBe('Moved')
+  }, 90_000)
 })

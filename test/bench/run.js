@@ -18,7 +18,7 @@ import { dirname, join, resolve } from 'node:path'
 import { performance } from 'node:perf_hooks'
 import { fileURLToPath } from 'node:url'
 
-const ROOT = resolve(dirname(fileURLToPath(import.meta.url)), '..')
+const ROOT = resolve(dirname(fileURLToPath(import.meta.url)), '..', '..')
 const BIN = join(ROOT, 'bin', 'ntsoekhe')
 const SELF = fileURLToPath(import.meta.url)
 
@@ -215,7 +215,7 @@ async function cluster (ctx) {
   const rss = await Promise.all(nodes.map(async n => await peakRssKb(n.proc.pid)))
   for (const n of nodes) await n.stop()
 
-  log(`cluster: OrbitDB 4, ${ORBITDB_ROWS} rows replicated between two local peers (bench/orbitdb)`)
+  log(`cluster: OrbitDB 4, ${ORBITDB_ROWS} rows replicated between two local peers (test/bench/orbitdb)`)
   const orbit = await runOrbitDb(ctx)
   const importRate = CLUSTER_IMPORT_ROWS / imported.seconds
   const written = ids.length + paced.sent + CLUSTER_IMPORT_ROWS
@@ -248,7 +248,7 @@ section (${fmtInt(written)}) on exactly 3 nodes would be ${fmtInt(written * 3)}.
 ${rss.map((kb, i) => `| node ${i + 1} | ${fmtInt(Math.round(kb / 1024))} MiB |`).join('\n')}
 ${orbit === undefined ? '' : `| OrbitDB peer (larger of the two) | ${fmtInt(orbit.rssMB)} MiB |`}
 
-Method. OrbitDB runs from \`bench/orbitdb\` (its own package.json, installed on
+Method. OrbitDB runs from \`test/bench/orbitdb\` (its own package.json, installed on
 first use) as two processes on loopback, A writing ${orbit?.rows ?? ORBITDB_ROWS} documents one awaited \`put\`
 at a time and B replicating; its figure is the rate at which rows become present
 on B (OrbitDB has no write quorum: a put returns once stored locally). Its gets
@@ -259,15 +259,15 @@ ${cpus().length} cores. Load average ${loadStart} at the start of this section, 
 `
 }
 
-/** Runs bench/orbitdb/run.js (installing its dependencies first if needed); undefined when it cannot */
+/** Runs test/bench/orbitdb/run.js (installing its dependencies first if needed); undefined when it cannot */
 async function runOrbitDb (ctx) {
-  const dir = join(ROOT, 'bench', 'orbitdb')
+  const dir = join(ROOT, 'test', 'bench', 'orbitdb')
   try {
     if (!existsSync(join(dir, 'node_modules', '@orbitdb', 'core'))) {
-      log('cluster: installing bench/orbitdb dependencies (npm ci)')
+      log('cluster: installing test/bench/orbitdb dependencies (npm ci)')
       const install = spawn('npm', ['ci', '--no-audit', '--no-fund'], { cwd: dir, stdio: ['ignore', 'ignore', 'inherit'] })
-      const { code } = await deadline(new Promise(resolve => install.once('exit', c => resolve({ code: c }))), 300_000, 'npm ci in bench/orbitdb', () => '')
-      if (code !== 0) throw new Error(`npm ci in bench/orbitdb exited ${code}`)
+      const { code } = await deadline(new Promise(resolve => install.once('exit', c => resolve({ code: c }))), 300_000, 'npm ci in test/bench/orbitdb', () => '')
+      if (code !== 0) throw new Error(`npm ci in test/bench/orbitdb exited ${code}`)
     }
     const child = spawn(process.execPath, [join(dir, 'run.js'), '--rows', String(ORBITDB_ROWS)], { cwd: dir, stdio: ['ignore', 'pipe', 'pipe'] })
     let out = ''

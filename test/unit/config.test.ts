@@ -1,0 +1,58 @@
+import { readdir, readFile } from 'node:fs/promises'
+import { join } from 'node:path'
+import { describe, expect, it } from 'vitest'
+import { applyFlags } from '../../src/cli/daemon.js'
+import { run } from '../../src/cli/index.js'
+import { defaultConfig, loadConfig, mergeConfig } from '../../src/daemon/config.js'
+import { tempDir } from '../helpers/temp.js'
+
+describe('config', () => {
+  it('every example in configs/ is a valid config', async () => {
+    const dir = join(import.meta.dirname, '..', '..', 'configs')
+    const files = (await readdir(dir)).filter(f => f.endsWith('.json'))
+    expect(files.length).toBeGreaterThan(0)
+    for (const f of files) {
+      const parsed: unknown = JSON.parse(await readFile(join(dir, f), 'utf8'))
+      expect(() => mergeConfig(defaultConfig(), parsed, f)).not.toThrow()
+    }
+    expect(JSON.parse(await readFile(join(dir, 'default.json'), 'utf8'))).toEqual(defaultConfig())
+  })
+
+  it('first use writes every default; a damaged or mistyped file is a clear error', async () => {
+    const t = await tempDir()
+    try {
+      const first = await loadConfig(t.path)
+      expect(first.created).toBe(true)
+      expect(JSON.parse(await readFile(join(t.path, 'config.json'), 'utf8'))).toEqual(defaultConfig())
+      expect((await loadConfig(t.path)).created).toBe(false)
+    } finally { await t.remove() }
+    expect(() => mergeConfig(defaultConfig(), { replication: { replicas: 'three' } })).toThrow(/replication.replicas/)
+    expect(() => mergeConfig(defaultConfig(), { nope: {} })).toThrow(/unknown section/)
+    expect(() => mergeConfig(defaultConfig(), { replication: { writeQuorum: 4 } })).toThrow(/quorums/)
+    expect(() => mergeConfig(defaultConfig(), { membership: { suspectAfterMs: 10 } })).toThrow(/membership/)
+  })
+
+  it('daemon flags override for the run; --replicas alone caps the quorums', () => {
+    const c = applyFlags(defaultConfig(), { listen: ['/ip4/127.0.0.1/tcp/0'], bootstrap: ['/ip4/127.0.0.1/tcp/1/p2p/x'], replicas: 1 })
+    expect(c.network.listen).toEqual(['/ip4/127.0.0.1/tcp/0'])
+    expect(c.network.bootstrap).toEqual(['/ip4/127.0.0.1/tcp/1/p2p/x'])
+    expect(c.replication).toMatchObject({ replicas: 1, writeQuorum: 1, readQuorum: 1 })
+    expect(() => applyFlags(defaultConfig(), { listen: [], bootstrap: [], writeQuorum: 5 })).toThrow()
+  })
+})
+
+describe('swarm-key', () => {
+  it('writes a private-network key once and never overwrites it', async () => {
+    const t = await tempDir()
+    const out: string[] = []
+    const io = { stdout: { write: (x: string) => out.push(x) }, stderr: { write: (x: string) => out.push(x) }, stdin: process.stdin }
+    try {
+      const file = join(t.path, 'swarm.key')
+      expect(await run(['swarm-key', file], io)).toBe(0)
+      const key = await readFile(file, 'utf8')
+      expect(key).toMatch(/^\/key\/swarm\/psk\/1\.0\.0\/\n\/base16\/\n[0-9a-f]{64}$/)
+      expect(await run(['swarm-key', file], io)).toBe(2)
+      expect(await readFile(file, 'utf8')).toBe(key)
+    } finally { await t.remove() }
+  })
+})
