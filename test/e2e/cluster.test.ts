@@ -83,10 +83,16 @@ describe('a five-node network', () => {
     const got = await pool(ROWS, 32, async i => await clients[4]!.get('patient_records', i + 1))
     got.forEach((r, i) => expect(r.row.patient_name).toBe(`Patient ${i + 1}`))
 
-    // Every row has exactly three holders, and the shares add up to N copies of everything.
-    const perNode = await Promise.all(clients.map(async c => (await c.ring()).localRows.patient_records ?? 0))
-    expect(perNode.reduce((a: number, b: number) => a + b, 0)).toBe(ROWS * 3)
+    // Every row has exactly three holders, and the shares add up to N copies of everything
+    // (W=2 acknowledged each write: the third copy may land a moment later).
+    await waitFor(`${ROWS * 3} patient_records copies across the network`, async () => {
+      const perNode = await Promise.all(clients.map(async c => (await c.ring()).localRows.patient_records ?? 0))
+      const total = perNode.reduce((a: number, b: number) => a + b, 0)
+      if (total > ROWS * 3) throw new Error(`${total} copies: more than N of some rows`)
+      return total === ROWS * 3
+    }, 15_000)
     for (const id of [1, 250, 500, 777, 1000]) expect(await holders('patient_records', id)).toHaveLength(3)
+
 
     // The CLI's --local says the same: exit 0 where the row lives, 1 elsewhere.
     const codes = await Promise.all(daemons.map(async d => (await cli(['get', 'patient_records', '42', '--local', '--json'], { home: d.home })).code))
@@ -113,12 +119,13 @@ describe('a five-node network', () => {
     const b = await c.insert('billing_insurance', { patient_id: 5001, amount: '12.50', date: '2026-01-02', insurance_provider: 'X', insurance_policy_number: 'P1' })
     await c.insert('patient_medications', { patient_id: 5001, medication_id: 9001 })
     const l = await c.insert('lab_results', { record_id: Number(h.id), patient_id: 5001, test_name: 'CBC', test_date: '2026-01-03', test_result: 'Normal' })
-    const owners = await holders('patient_records', 5001)
-    expect(owners).toHaveLength(3)
-    expect(await holders('medical_history', h.id)).toEqual(owners)
-    expect(await holders('billing_insurance', b.id)).toEqual(owners)
-    expect(await holders('patient_medications', '5001:9001')).toEqual(owners)
-    expect(await holders('lab_results', l.id)).toEqual(owners)
+    const threeHolders = async (table: string, id: string | number): Promise<number[]> =>
+      await waitFor(`${table} ${id} on 3 nodes`, async () => { const h = await holders(table, id); return h.length === 3 ? h : undefined }, 10_000)
+    const owners = await threeHolders('patient_records', 5001)
+    expect(await threeHolders('medical_history', h.id)).toEqual(owners)
+    expect(await threeHolders('billing_insurance', b.id)).toEqual(owners)
+    expect(await threeHolders('patient_medications', '5001:9001')).toEqual(owners)
+    expect(await threeHolders('lab_results', l.id)).toEqual(owners)
   }, 60_000)
 
   it('with one node killed, writes and reads still succeed', async () => {
@@ -154,7 +161,9 @@ describe('a five-node network', () => {
       const perNode = await Promise.all(clients.map(async c => (await c.ring()).localRows.patient_records ?? 0))
       return perNode.reduce((a: number, b: number) => a + b, 0) === expected
     }, 30_000)
-    for (const id of [1, 2001, 2050, 2100]) expect(await holders('patient_records', id)).toHaveLength(3)
+    for (const id of [1, 2001, 2050, 2100]) {
+      await waitFor(`patient ${id} on 3 nodes`, async () => (await holders('patient_records', id)).length === 3, 10_000)
+    }
     const owners = await holders('patient_records', 1)
     for (const i of owners) expect((await clients[i]!.get('patient_records', 1, { local: true })).row.address).toBe('Moved')
   }, 90_000)
