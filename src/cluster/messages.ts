@@ -98,6 +98,29 @@ export function checkMutation (m: unknown): Mutation {
   return out
 }
 
+/** Non-empty groups, at most MAX_ENTRIES items in all, each checked by `check` */
+function checkGroups<T> (groups: unknown, check: (group: unknown[]) => T): T[] {
+  if (!Array.isArray(groups) || groups.length === 0) bad('needs a non-empty groups array')
+  let total = 0
+  return groups.map(g => {
+    if (!Array.isArray(g) || g.length === 0) bad('each group must be a non-empty array')
+    total += g.length
+    if (total > MAX_ENTRIES) bad(`more than ${MAX_ENTRIES} items`)
+    return check(g)
+  })
+}
+
+function oneShard (mutations: Mutation[]): Mutation[] {
+  if (new Set(mutations.map(x => x.shard)).size !== 1) bad('mutations written together must share one shard key')
+  return mutations
+}
+
+function withConsistency<M extends { type: 'write' | 'writeGroups' }> (msg: M, consistency: unknown): M & { consistency?: Consistency } {
+  if (consistency === undefined) return msg
+  if (!CONSISTENCY_LEVELS.includes(consistency as Consistency)) bad('unknown consistency')
+  return { ...msg, consistency: consistency as Consistency }
+}
+
 /** Checks a replica-protocol message's shape and every row in it; anything else is an InvalidMessageError */
 export function parseReplicaMessage (msg: unknown): ReplicaMessage {
   const m = msg as Record<string, unknown>
@@ -105,36 +128,13 @@ export function parseReplicaMessage (msg: unknown): ReplicaMessage {
   switch (m.type) {
     case 'write': {
       if (!Array.isArray(m.mutations) || m.mutations.length === 0 || m.mutations.length > MAX_ENTRIES) bad('write needs 1 to 10000 mutations')
-      const mutations = m.mutations.map(checkMutation)
-      if (new Set(mutations.map(x => x.shard)).size !== 1) bad('a write must share one shard key')
-      if (m.consistency !== undefined && !CONSISTENCY_LEVELS.includes(m.consistency as Consistency)) bad('unknown consistency')
-      return m.consistency === undefined ? { type: 'write', mutations } : { type: 'write', mutations, consistency: m.consistency as Consistency }
+      const mutations = oneShard(m.mutations.map(checkMutation))
+      return withConsistency({ type: 'write', mutations }, m.consistency)
     }
-    case 'writeGroups': {
-      if (!Array.isArray(m.groups) || m.groups.length === 0) bad('writeGroups needs groups')
-      let total = 0
-      const groups = m.groups.map(g => {
-        if (!Array.isArray(g) || g.length === 0) bad('each group must be a non-empty array')
-        total += g.length
-        if (total > MAX_ENTRIES) bad(`more than ${MAX_ENTRIES} mutations`)
-        const mutations = g.map(checkMutation)
-        if (new Set(mutations.map(x => x.shard)).size !== 1) bad('a group must share one shard key')
-        return mutations
-      })
-      if (m.consistency !== undefined && !CONSISTENCY_LEVELS.includes(m.consistency as Consistency)) bad('unknown consistency')
-      return m.consistency === undefined ? { type: 'writeGroups', groups } : { type: 'writeGroups', groups, consistency: m.consistency as Consistency }
-    }
-    case 'apply': {
-      if (!Array.isArray(m.groups) || m.groups.length === 0) bad('apply needs groups')
-      let total = 0
-      const groups = m.groups.map(g => {
-        if (!Array.isArray(g) || g.length === 0) bad('each group must be a non-empty array')
-        total += g.length
-        if (total > MAX_ENTRIES) bad(`more than ${MAX_ENTRIES} entries`)
-        return g.map(checkEntry)
-      })
-      return { type: 'apply', groups }
-    }
+    case 'writeGroups':
+      return withConsistency({ type: 'writeGroups', groups: checkGroups(m.groups, g => oneShard(g.map(checkMutation))) }, m.consistency)
+    case 'apply':
+      return { type: 'apply', groups: checkGroups(m.groups, g => g.map(checkEntry)) }
     case 'read':
     case 'history': {
       const table = checkTable(m.table)
