@@ -1,5 +1,6 @@
 import { chmod, lstat, readFile, rename, unlink, writeFile } from 'node:fs/promises'
 import { join, resolve } from 'node:path'
+import { monitorEventLoopDelay } from 'node:perf_hooks'
 import { pino, type Logger } from 'pino'
 import type { FastifyInstance } from 'fastify'
 import { createApi } from '../api/server.js'
@@ -47,6 +48,8 @@ export class NtsoekheNode {
   private starting?: Promise<void>
   private stopping?: Promise<void>
   private readonly startedAt = Date.now()
+  /** Event-loop delay: a stalled loop delays every request the node serves */
+  private readonly loopDelay = monitorEventLoopDelay({ resolution: 10 })
 
   constructor (init: NodeInit) {
     this.home = init.home
@@ -67,6 +70,7 @@ export class NtsoekheNode {
   }
 
   private async _start (): Promise<void> {
+    this.loopDelay.enable()
     const key = await loadOrCreateIdentity(this.home)
     this.peerId = peerIdFromKey(key)
     const indexes = Object.fromEntries(TABLES.map(t => [t.name, t.indexed]))
@@ -153,6 +157,11 @@ export class NtsoekheNode {
       home: this.home,
       socket: this.socket,
       uptimeMs: Date.now() - this.startedAt,
+      eventLoopDelayMs: {
+        p50: round(this.loopDelay.percentile(50) / 1e6),
+        p99: round(this.loopDelay.percentile(99) / 1e6),
+        max: round(this.loopDelay.max / 1e6)
+      },
       storage: { rows: publicCounts(await store.countRows()), commits: store.commits },
       ...cluster,
       replication: {
@@ -196,8 +205,13 @@ export class NtsoekheNode {
     await this.transport?.stop()
     await this.libp2p?.stop()
     await this.store?.close()
+    this.loopDelay.disable()
     if (this.api !== undefined) this.logger.info({ peerId: this.peerId }, 'node stopped')
   }
+}
+
+function round (n: number): number {
+  return Math.round(n * 100) / 100
 }
 
 interface SavedMember { peerId: string, addresses: string[] }
