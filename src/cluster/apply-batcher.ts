@@ -10,6 +10,27 @@ interface Waiting {
 
 /** Most version groups sent to one peer in one message */
 export const MAX_GROUPS_PER_MESSAGE = 512
+/** Most versions in one message: well under what a replica accepts (MAX_ENTRIES) and the frame limit */
+export const MAX_ENTRIES_PER_MESSAGE = 2000
+
+/** Splits groups into messages of at most MAX_GROUPS_PER_MESSAGE groups and MAX_ENTRIES_PER_MESSAGE entries (a larger group goes alone) */
+export function chunkGroups<T> (groups: T[], size: (g: T) => number): T[][] {
+  const out: T[][] = []
+  let current: T[] = []
+  let entries = 0
+  for (const g of groups) {
+    const n = size(g)
+    if (current.length > 0 && (current.length >= MAX_GROUPS_PER_MESSAGE || entries + n > MAX_ENTRIES_PER_MESSAGE)) {
+      out.push(current)
+      current = []
+      entries = 0
+    }
+    current.push(g)
+    entries += n
+  }
+  if (current.length > 0) out.push(current)
+  return out
+}
 
 /**
  * Coalesces replica `apply` requests bound for the same peer within one turn
@@ -41,17 +62,17 @@ export class ApplyBatcher {
   private flush (peerId: string): void {
     const queue = this.queues.get(peerId) ?? []
     this.queues.delete(peerId)
-    for (let i = 0; i < queue.length; i += MAX_GROUPS_PER_MESSAGE) {
-      const part = queue.slice(i, i + MAX_GROUPS_PER_MESSAGE)
+    for (const part of chunkGroups(queue, w => w.entries.length)) {
       void this.transport.request(peerId, 'replica', { type: 'apply', groups: part.map(w => w.entries) }, { timeout: this.timeout })
         .then(reply => {
-          const results = (reply as { results?: Array<{ ok: boolean, error?: { code: string, message: string } }> }).results
+          const results = (reply as { results?: unknown } | null | undefined)?.results
           part.forEach((w, j) => {
-            const r = results?.[j]
+            const r = Array.isArray(results) ? results[j] as { ok?: unknown, error?: { message?: unknown } } | undefined : undefined
             if (r?.ok === true) w.resolve()
-            else w.reject(new NtsoekheError('UNAVAILABLE', `replica ${peerId} refused the write: ${r?.error?.message ?? 'no answer'}`))
+            else w.reject(new NtsoekheError('UNAVAILABLE', `replica ${peerId} refused the write: ${String(r?.error?.message ?? 'no answer')}`))
           })
-        }, err => { for (const w of part) w.reject(err) })
+        })
+        .catch(err => { for (const w of part) w.reject(err) })
     }
   }
 }

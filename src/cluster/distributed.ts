@@ -1,14 +1,14 @@
-import { NtsoekheError, TimeoutError, UnavailableError } from '../errors/index.js'
+import { InvalidMessageError, NtsoekheError, TimeoutError, UnavailableError } from '../errors/index.js'
 import { findTable } from '../schema/index.js'
 import type { RecordState, Store, VersionEntry } from '../storage/store.js'
 import { winner } from '../storage/store.js'
 import type { HybridClock } from '../storage/version.js'
 import { compareVersions } from '../storage/version.js'
-import { ApplyBatcher } from './apply-batcher.js'
+import { ApplyBatcher, chunkGroups } from './apply-batcher.js'
 import type { ClusterStatus, Consistency, Coordinator, GroupOutcome, Mutation, RequestOptions, ScanPage, ScanRequest, WriteResult } from './coordinator.js'
 import { mergeStates, missingHeads } from './merge.js'
 import type { Membership } from './membership.js'
-import { parseReplicaMessage, type ReplicaMessage } from './messages.js'
+import { checkEntry, checkScanPage, checkState, parseReplicaMessage, type ReplicaMessage } from './messages.js'
 import { mutationKey, orderGroups, orderMutations } from './mutations.js'
 import { HashRing } from './ring.js'
 import { tokenOf } from './token.js'
@@ -283,7 +283,7 @@ export class DistributedCoordinator implements Coordinator {
     const answers = await this.ask(this.byLiveness(owners, true), need, table, async peer =>
       peer === this.c.peerId
         ? await this.c.store.get(table, token, id)
-        : (await this.c.transport.request(peer, 'replica', { type: 'read', table, id, token }, { timeout: this.timeoutMs }) as { state: RecordState | null }).state ?? undefined)
+        : readReply(await this.c.transport.request(peer, 'replica', { type: 'read', table, id, token }, { timeout: this.timeoutMs }), { table, id, token }))
     const merged = mergeStates([...answers.values()])
     if (merged !== undefined) this.repair(answers, merged)
     return merged
@@ -300,7 +300,7 @@ export class DistributedCoordinator implements Coordinator {
     const answers = await this.ask(this.byLiveness(owners, true), need, table, async peer =>
       peer === this.c.peerId
         ? await this.c.store.versions(table, token, id)
-        : (await this.c.transport.request(peer, 'replica', { type: 'history', table, id, token }, { timeout: this.timeoutMs }) as { versions: VersionEntry[] }).versions)
+        : historyReply(await this.c.transport.request(peer, 'replica', { type: 'history', table, id, token }, { timeout: this.timeoutMs }), table, id))
     const all = new Map<string, VersionEntry>()
     for (const versions of answers.values()) for (const v of versions) all.set(v.version, v)
     return [...all.values()].sort((a, b) => compareVersions(a.version, b.version))
@@ -317,7 +317,8 @@ export class DistributedCoordinator implements Coordinator {
         try {
           answers.set(peer, await fn(peer))
         } catch (err) {
-          if (!isUnreachable(err)) throw err
+          // A peer whose answer fails the checks is treated as one that did not answer.
+          if (!isUnreachable(err) && !(err instanceof InvalidMessageError)) throw err
           errors.push(`${peer}: ${(err as Error).message}`)
         }
       }
@@ -346,10 +347,10 @@ export class DistributedCoordinator implements Coordinator {
       try {
         return peer === this.c.peerId
           ? await this.c.store.scan(table, request)
-          : await this.c.transport.request(peer, 'replica', { type: 'scan', table, ...request }, { timeout: this.timeoutMs }) as ScanPage
+          : checkScanPage(await this.c.transport.request(peer, 'replica', { type: 'scan', table, ...request }, { timeout: this.timeoutMs }), table)
       } catch (err) {
         // Every row lives on N members, so one that does not answer is covered by the others.
-        if (!isUnreachable(err)) throw err
+        if (!isUnreachable(err) && !(err instanceof InvalidMessageError)) throw err
         this.c.log?.('scan of %s skipped %s: %s', table, peer, (err as Error).message)
         skipped++
         return { rows: [] }
@@ -382,7 +383,7 @@ export class DistributedCoordinator implements Coordinator {
 
   async status (): Promise<ClusterStatus> {
     const members = this.c.membership.members()
-    const live = members.filter(m => m.state === 'alive' || m.state === 'suspect').length
+    const live = this.c.membership.liveMembers().length
     return {
       peerId: this.c.peerId,
       replicas: this.replicas,
@@ -430,7 +431,8 @@ export class DistributedCoordinator implements Coordinator {
     try {
       for (const peer of await this.c.store.hintedPeers()) {
         if (!this.c.membership.isAlive(peer)) continue
-        const hints = await this.c.store.hintsFor(peer, HANDOFF_BATCH)
+        const hints = chunkGroups(await this.c.store.hintsFor(peer, HANDOFF_BATCH), h => h.entries.length)[0] ?? []
+        if (hints.length === 0) continue
         try {
           const reply = await this.c.transport.request(peer, 'replica', { type: 'apply', groups: hints.map(h => h.entries) }, { timeout: this.timeoutMs }) as { results?: Array<{ ok: boolean }> }
           const delivered = hints.filter((_, i) => reply.results?.[i]?.ok === true)
@@ -446,6 +448,23 @@ export class DistributedCoordinator implements Coordinator {
       this.handingOff = false
     }
   }
+}
+
+/** A peer's answer to `read`, checked before it is merged or repaired into this node's store */
+function readReply (reply: unknown, expect: { table: string, id: string, token: string }): RecordState | undefined {
+  const state = (reply as { state?: unknown } | null)?.state
+  if (state === null) return undefined
+  return checkState(state, expect)
+}
+
+function historyReply (reply: unknown, table: string, id: string): VersionEntry[] {
+  const versions = (reply as { versions?: unknown } | null)?.versions
+  if (!Array.isArray(versions)) throw new InvalidMessageError('replica: malformed history reply')
+  return versions.map(v => {
+    const e = checkEntry(v)
+    if (e.table !== table || e.id !== id) throw new InvalidMessageError('replica: history of another record')
+    return e
+  })
 }
 
 function errorBody (err: unknown): { code: string, message: string, column?: string } {

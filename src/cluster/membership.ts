@@ -129,8 +129,18 @@ export class Membership {
     return [self, ...others]
   }
 
-  /** Members that hold ring shares: alive or suspect (a suspect may only be slow) */
+  /**
+   * Members that hold ring shares: every member that has not left. A down
+   * member keeps its share (requests go to its live co-owners first, and what
+   * it misses is kept as hints), so a quorum never shrinks to the members
+   * that happen to be up; only leaving gives a share away.
+   */
   ringMembers (): string[] {
+    return this.members().filter(m => m.state !== 'left').map(m => m.peerId)
+  }
+
+  /** Members believed up or only slow: alive or suspect */
+  liveMembers (): string[] {
     return this.members().filter(m => m.state === 'alive' || m.state === 'suspect').map(m => m.peerId)
   }
 
@@ -209,7 +219,9 @@ export class Membership {
     for (const r of view) {
       if (r.peerId === this.c.peerId) continue
       const k = this.known.get(r.peerId)
-      if (k === undefined || r.incarnation > k.incarnation || (r.incarnation === k.incarnation && r.heartbeat > k.heartbeat)) {
+      // A member is the authority on itself: a restart whose clock went back still counts.
+      const fromItself = r.peerId === from && (k === undefined || r.incarnation !== k.incarnation || r.heartbeat !== k.heartbeat)
+      if (k === undefined || fromItself || r.incarnation > k.incarnation || (r.incarnation === k.incarnation && r.heartbeat > k.heartbeat)) {
         this.known.set(r.peerId, { ...r, updatedAt: this.now() })
         this.candidates.delete(r.peerId)
       }
@@ -220,7 +232,7 @@ export class Membership {
   }
 
   private checkChanges (): void {
-    const live = this.ringMembers().sort().join(',')
+    const live = this.members().map(m => `${m.peerId}:${m.state}`).sort().join(',')
     if (live !== this.lastLive) {
       this.lastLive = live
       for (const fn of this.listeners) fn()
@@ -242,7 +254,7 @@ export function parseGossip (msg: unknown): MemberRecord[] {
   }
   if (m.view.length > MAX_VIEW) throw new InvalidMessageError(`membership: view of ${m.view.length} members exceeds ${MAX_VIEW}`)
   return m.view.map((r: any) => {
-    if (r === null || typeof r !== 'object' || typeof r.peerId !== 'string' || r.peerId.length === 0 || r.peerId.length > 128 ||
+    if (r === null || typeof r !== 'object' || typeof r.peerId !== 'string' || !/^[A-Za-z0-9]{8,128}$/.test(r.peerId) ||
         !Array.isArray(r.addresses) || r.addresses.length > 64 || !r.addresses.every((a: unknown) => typeof a === 'string' && a.length < 512) ||
         !Number.isSafeInteger(r.incarnation) || !Number.isSafeInteger(r.heartbeat)) {
       throw new InvalidMessageError('membership: malformed member record')

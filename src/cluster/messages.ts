@@ -1,6 +1,6 @@
 import { InvalidMessageError } from '../errors/index.js'
 import { findTable, rowId, shardValue, validateRow, type Row } from '../schema/index.js'
-import type { VersionEntry } from '../storage/store.js'
+import type { RecordState, VersionEntry } from '../storage/store.js'
 import { isVersion } from '../storage/version.js'
 import { CONSISTENCY_LEVELS, type Consistency, type Mutation } from './coordinator.js'
 import { tokenOf } from './token.js'
@@ -156,4 +156,34 @@ export function parseReplicaMessage (msg: unknown): ReplicaMessage {
     default:
       bad(`unknown message type ${JSON.stringify(m.type)?.slice(0, 40)}`)
   }
+}
+
+/** A record state a peer sent back (read, scan): every head checked as an entry, all of the same record */
+export function checkState (x: unknown, expect?: { table: string, id?: string, token?: string }): RecordState {
+  const st = x as Record<string, unknown>
+  if (st === null || typeof st !== 'object' || !Array.isArray(st.heads) || st.heads.length === 0 || st.heads.length > MAX_PARENTS) bad('malformed record state')
+  if (!Array.isArray(st.seen) || !st.seen.every(isVersion) || !Array.isArray(st.superseded) || !st.superseded.every(isVersion)) bad('malformed version lists')
+  const heads = st.heads.map(checkEntry)
+  const first = heads[0] as VersionEntry
+  for (const h of heads) {
+    if (h.table !== first.table || h.id !== first.id || h.token !== first.token) bad('heads of different records in one state')
+  }
+  if (expect !== undefined && (first.table !== expect.table || (expect.id !== undefined && first.id !== expect.id) || (expect.token !== undefined && first.token !== expect.token))) {
+    bad(`a state for ${first.table} ${first.id} where ${expect.table} ${expect.id ?? ''} was asked for`)
+  }
+  return { table: first.table, id: first.id, token: first.token, heads, seen: st.seen as string[], superseded: st.superseded as string[] }
+}
+
+/** A scan page a peer sent back */
+export function checkScanPage (x: unknown, table: string): { rows: Array<{ state: RecordState, position: string }>, next?: string } {
+  const p = x as Record<string, unknown>
+  if (p === null || typeof p !== 'object' || !Array.isArray(p.rows) || p.rows.length > MAX_SCAN_LIMIT + 1) bad('malformed scan page')
+  const rows = p.rows.map((r: any) => {
+    if (r === null || typeof r !== 'object' || typeof r.position !== 'string' || r.position.length > 300) bad('malformed scan row')
+    const state = checkState(r.state, { table })
+    if (r.position !== `${state.token}!${state.id}`) bad('scan row position does not match its record')
+    return { state, position: r.position as string }
+  })
+  if (p.next !== undefined && typeof p.next !== 'string') bad('malformed scan cursor')
+  return p.next === undefined ? { rows } : { rows, next: p.next as string }
 }

@@ -10,6 +10,8 @@ import { IdGenerator } from './ids.js'
 
 export const DEFAULT_LIMIT = 100
 export const MAX_LIMIT = 1000
+/** Operations in one all-or-nothing batch */
+export const MAX_BATCH = 1000
 /** Draws of a fresh id before an insert gives up (a draw collides only across nodes sharing a tag) */
 const ID_ATTEMPTS = 5
 /** Retries of a PATCH whose read version was overtaken by a concurrent write */
@@ -212,6 +214,7 @@ export class Database {
   /** Several writes that share one shard key, applied all or nothing */
   async batch (operations: BatchOperation[], options: RequestOptions = {}): Promise<WriteResult[]> {
     if (!Array.isArray(operations) || operations.length === 0) throw new ValidationError('A batch needs a non-empty operations array')
+    if (operations.length > MAX_BATCH) throw new ValidationError(`A batch takes at most ${MAX_BATCH} operations (got ${operations.length}); use import for bulk loads`)
     const tables = operations.map(op => findTable(String((op as BatchOperation | null)?.table))).filter((t): t is TableDef => t !== undefined)
     return await this.withUniqueLock(tables, async () => {
       const mutations: Mutation[] = []
@@ -560,7 +563,7 @@ function toReadResponse (table: TableDef, id: string, state: RecordState | undef
   return {
     row: head.row,
     version: head.version,
-    conflicts: state.heads.slice(1).map(h => ({ version: h.version, row: h.row }))
+    conflicts: state.heads.filter(h => h !== head).map(h => ({ version: h.version, row: h.row }))
   }
 }
 

@@ -66,7 +66,9 @@ export type ApplyOutcome = 'applied' | 'duplicate' | 'history'
 
 /** The winning head: the highest version */
 export function winner (state: RecordState): VersionEntry | undefined {
-  return state.heads[0]
+  // A delete concurrent with an update does not hide the update: the newest live head wins,
+  // and the tombstone is reported as a conflict beside it.
+  return state.heads.find(h => h.row !== null) ?? state.heads[0]
 }
 
 /**

@@ -16,7 +16,7 @@ describe('membership', () => {
     for (const n of net.nodes) expect(n.membership.members().filter(m => m.state === 'alive')).toHaveLength(6)
   })
 
-  it('marks a silent member suspect, then down, and takes it off the ring', async () => {
+  it('marks a silent member suspect, then down, and keeps its ring share (quorums do not shrink)', async () => {
     net = await createTestnet(4)
     await net.converge(4)
     const victim = net.nodes[3]!
@@ -27,7 +27,26 @@ describe('membership', () => {
       if (Date.now() > deadline) throw new Error('timed out waiting for the stopped member to be marked down')
       await new Promise(resolve => setTimeout(resolve, 20))
     }
-    await net.converge(3, 5000, net.nodes.slice(0, 3))
+    for (const n of net.nodes.slice(0, 3)) expect(n.coordinator.ring.size).toBe(4)
+    const status = await net.nodes[0]!.coordinator.status()
+    expect(status.members.find(m => m.peerId === victim.peerId)?.state).toBe('down')
+  })
+
+  it('a quorum write needs W live owners even after the others are marked down', async () => {
+    net = await createTestnet(3)
+    await net.converge(3)
+    const [a, b, c] = net.nodes as [any, any, any]
+    for (const x of [b, c]) { net.network.down(x.peerId); x.membership.stop() }
+    const deadline = Date.now() + 5000
+    while (a.membership.stateOf(b.peerId) !== 'down' || a.membership.stateOf(c.peerId) !== 'down') {
+      if (Date.now() > deadline) throw new Error('timed out waiting for both stopped members to be marked down')
+      await new Promise(resolve => setTimeout(resolve, 20))
+    }
+    await expect(a.db.insert('patient_records', patient(1))).rejects.toMatchObject({ code: 'UNAVAILABLE' })
+    // `one` is what lets a cut-off clinic keep working; the others get the write as hints.
+    await a.db.insert('patient_records', patient(2), { consistency: 'one' })
+    expect((await a.db.get('patient_records', '2', { consistency: 'one' })).row.patient_id).toBe(2)
+    expect((await a.store.hintedPeers()).sort()).toEqual([b.peerId, c.peerId].sort())
   })
 })
 
