@@ -55,6 +55,8 @@ export class DistributedCoordinator implements Coordinator {
   readonly writeQuorum: number
   readonly readQuorum: number
   private readonly timeoutMs: number
+  /** A forwarded write's wait: the primary's own wait for replicas plus a round trip */
+  private readonly forwardTimeout: number
   private readonly handoffIntervalMs: number
   readonly ring: HashRing
   private readonly batcher: ApplyBatcher
@@ -68,6 +70,7 @@ export class DistributedCoordinator implements Coordinator {
     this.writeQuorum = init.writeQuorum ?? 2
     this.readQuorum = init.readQuorum ?? 2
     this.timeoutMs = init.timeoutMs ?? 5000
+    this.forwardTimeout = this.timeoutMs * 2 + 1000
     this.handoffIntervalMs = init.handoffIntervalMs ?? 1000
     this.ring = new HashRing(init.vnodes === undefined ? {} : { vnodes: init.vnodes })
     this.batcher = new ApplyBatcher(components.transport, this.timeoutMs)
@@ -134,8 +137,14 @@ export class DistributedCoordinator implements Coordinator {
       if (primary === this.c.peerId) return await this.coordinateWrite(mutations, options.consistency)
       try {
         const msg = { type: 'write', mutations, ...(options.consistency === undefined ? {} : { consistency: options.consistency }) }
-        return await this.c.transport.request(primary, 'replica', msg, { timeout: this.timeoutMs }) as WriteResult[]
+        // The primary itself waits up to timeoutMs for its replicas: give it that and a round trip more.
+        return await this.c.transport.request(primary, 'replica', msg, { timeout: this.forwardTimeout }) as WriteResult[]
       } catch (err) {
+        // A primary that took the write but did not answer in time may have applied it: trying the
+        // next owner would write it twice. Say the outcome is unknown instead.
+        if (err instanceof TimeoutError) {
+          throw new NtsoekheError('UNAVAILABLE', `${first.shard}: the primary did not answer in time; the write may or may not have been applied (read before retrying)`, { cause: err })
+        }
         // The primary is unreachable, or no longer thinks it owns the key: the next owner takes over.
         if (!isUnreachable(err)) throw err
         this.c.log?.('primary %s unreachable for %s: %s', primary, first.shard, (err as Error).message)
@@ -185,10 +194,12 @@ export class DistributedCoordinator implements Coordinator {
       try {
         answers = primary === this.c.peerId
           ? await this.coordinateGroups(part, options.consistency)
-          : await this.c.transport.request(primary, 'replica', { type: 'writeGroups', groups: part, ...(options.consistency === undefined ? {} : { consistency: options.consistency }) }, { timeout: this.timeoutMs }) as GroupOutcome[]
+          : await this.c.transport.request(primary, 'replica', { type: 'writeGroups', groups: part, ...(options.consistency === undefined ? {} : { consistency: options.consistency }) }, { timeout: this.forwardTimeout }) as GroupOutcome[]
       } catch (err) {
         if (!isUnreachable(err)) throw err
-        answers = part.map(() => ({ ok: false, error: { code: 'NOT_OWNER', message: (err as Error).message } }))
+        // As in write(): after a timeout the groups may have landed, so they are not tried elsewhere.
+        const code = err instanceof TimeoutError ? 'UNAVAILABLE' : 'NOT_OWNER'
+        answers = part.map(() => ({ ok: false, error: { code, message: (err as Error).message } }))
       }
       await Promise.all(indexes.map(async (gi, j) => {
         const answer = answers[j]

@@ -168,7 +168,7 @@ export class NtsoekheNode {
         liveMembers: live,
         effectiveReplicas: Math.min(cluster.replicas, live),
         health: cluster.underReplicated ? `under-replicated: ${live} live members for ${cluster.replicas} replicas` : 'ok',
-        pendingHints: (await store.hintedPeers()).length
+        pendingHints: store.hintCount()
       }
     }
   }

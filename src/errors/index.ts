@@ -109,10 +109,26 @@ export class HomeLockedError extends NtsoekheError {
   constructor (message: string, options: ErrorOptions = {}) { super('HOME_LOCKED', message, options) }
 }
 
-/** Rebuilds an error that crossed the socket or a peer stream */
+/**
+ * Rebuilds an error that crossed the socket or a peer stream: refusals get
+ * their class back (so `instanceof ConflictError` works wherever the error was
+ * raised). UNAVAILABLE and TIMEOUT stay plain NtsoekheErrors on purpose: a peer
+ * that answered "I could not reach my replicas" is not itself unreachable.
+ */
 export function errorFromJSON (body: { code?: string, message?: string, column?: string }): NtsoekheError {
   const code = (body.code !== undefined && body.code in HTTP_STATUS ? body.code : 'INTERNAL') as ErrorCode
-  const err = new NtsoekheError(code, body.message ?? 'Unknown error', body.column === undefined ? {} : { column: body.column })
-  err.name = 'NtsoekheError'
-  return err
+  const message = body.message ?? 'Unknown error'
+  const options = body.column === undefined ? {} : { column: body.column }
+  switch (code) {
+    case 'INVALID': return new ValidationError(message, options)
+    case 'NOT_FOUND': return new NotFoundError(message, options)
+    case 'CONFLICT': return new ConflictError(message, options)
+    case 'REFERENCE': return new ReferenceError(message, options)
+    case 'PRECONDITION_FAILED': return new PreconditionFailedError(message, options)
+    default: {
+      const err = new NtsoekheError(code, message, options)
+      err.name = 'NtsoekheError'
+      return err
+    }
+  }
 }

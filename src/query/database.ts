@@ -104,11 +104,12 @@ export class Database {
           const [result] = await this.coordinator.write([this.mutation('insert', table, ordered)], options)
           return result as WriteResult
         } catch (err) {
-          await this.releaseKey(table, ordered, options)
+          // A write whose outcome is unknown (a timeout) may have landed: its key stays claimed.
+          if (isRefusal(err)) await this.releaseKey(table, ordered, options)
           throw err
         }
       } catch (err) {
-        if (!generated || attempt >= ID_ATTEMPTS || !(err instanceof ConflictError)) throw err
+        if (!generated || attempt >= ID_ATTEMPTS || !hasCode(err, 'CONFLICT')) throw err
       }
     }
   }
@@ -244,7 +245,7 @@ export class Database {
         }
         return results
       } catch (err) {
-        for (const c of claimed) await this.releaseKey(c.table, c.row, options)
+        if (isRefusal(err)) for (const c of claimed) await this.releaseKey(c.table, c.row, options)
         throw err
       }
     })
@@ -344,8 +345,9 @@ export class Database {
       if (o.ok) result.accepted++
       else failed.push(p)
     })
-    if (needsLocator(table) && failed.length > 0) {
-      await this.coordinator.writeGroups(failed.map(p => [{ op: 'delete' as const, table: LOCATOR_TABLE, id: locatorId(table, p.row), shard: locatorShard(table, p.row) }]), options)
+    const refused = failed.filter(p => isRefusal((outcomes[pending.indexOf(p)] as GroupOutcome & { ok: false }).error))
+    if (needsLocator(table) && refused.length > 0) {
+      await this.coordinator.writeGroups(refused.map(p => [{ op: 'delete' as const, table: LOCATOR_TABLE, id: locatorId(table, p.row), shard: locatorShard(table, p.row) }]), options)
     }
     for (const p of failed) {
       const o = outcomes[pending.indexOf(p)] as GroupOutcome & { ok: false }
@@ -424,7 +426,7 @@ export class Database {
   private async claimKey (table: TableDef, row: Row, options: RequestOptions): Promise<void> {
     if (!needsLocator(table)) return
     await this.coordinator.write([this.claimMutation(table, row)], options).catch(err => {
-      if (err instanceof ConflictError) throw new ConflictError(`${table.name} ${rowId(table, row)} already exists`, { cause: err })
+      if (hasCode(err, 'CONFLICT')) throw new ConflictError(`${table.name} ${rowId(table, row)} already exists`, { cause: err })
       throw err
     })
   }
@@ -437,7 +439,7 @@ export class Database {
   private async releaseKey (table: TableDef, row: Row, options: RequestOptions): Promise<void> {
     if (!needsLocator(table)) return
     await this.coordinator.write([{ op: 'delete', table: LOCATOR_TABLE, id: locatorId(table, row), shard: locatorShard(table, row) }], options)
-      .catch(err => { if (!(err instanceof NotFoundError)) throw err })
+      .catch(err => { if (!hasCode(err, 'NOT_FOUND')) throw err })
   }
 
   /** References, uniqueness and the lab result's patient; `columns` narrows the check to changed columns */
@@ -546,6 +548,16 @@ function locatorId (table: TableDef, key: Row): string {
 
 function locatorShard (table: TableDef, key: Row): string {
   return `key:${locatorId(table, key)}`
+}
+
+function hasCode (err: unknown, code: string): boolean {
+  return (err as { code?: unknown } | null)?.code === code
+}
+
+/** A definite "no" from the database: nothing was written, so a claimed key can be given back */
+function isRefusal (err: unknown): boolean {
+  const code = (err as { code?: unknown } | null)?.code
+  return typeof code === 'string' && ['CONFLICT', 'REFERENCE', 'INVALID', 'INVALID_MESSAGE', 'PRECONDITION_FAILED', 'NOT_FOUND', 'UNKNOWN_TABLE'].includes(code)
 }
 
 function errorBody (err: unknown): { code: string, message: string, column?: string } {

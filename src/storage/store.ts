@@ -85,6 +85,7 @@ export class Store {
   private readonly meta: Sub
   private readonly hints: Sub
   private hintSeq = 0
+  private readonly hintCounts = new Map<string, number>()
   private readonly mutex = new KeyedMutex()
   private readonly committer: GroupCommitter
   private readonly indexes: Record<string, string[]>
@@ -134,6 +135,10 @@ export class Store {
       await this.db.close()
       this.state = 'closed'
       throw new NtsoekheError('INTERNAL', `The store at ${this.db.location} has format ${String(format)}; this version reads format ${STORE_FORMAT}`)
+    }
+    for await (const k of this.hints.keys()) {
+      const peer = k.slice(0, k.indexOf(SEP))
+      this.hintCounts.set(peer, (this.hintCounts.get(peer) ?? 0) + 1)
     }
     this.state = 'open'
   }
@@ -327,14 +332,21 @@ export class Store {
     this.hintSeq = (this.hintSeq + 1) % 1_000_000
     const key = peerId + SEP + String(Date.now()).padStart(15, '0') + String(this.hintSeq).padStart(6, '0')
     await this.committer.commit([put(this.hints, key, entries)])
+    this.hintCounts.set(peerId, (this.hintCounts.get(peerId) ?? 0) + 1)
   }
 
-  /** Peers that have hints waiting */
+  /** Peers that have hints waiting (kept in memory: asked every handoff round and on every status) */
   async hintedPeers (): Promise<string[]> {
     this.checkOpen()
-    const peers = new Set<string>()
-    for await (const k of this.hints.keys()) peers.add(k.slice(0, k.indexOf(SEP)))
-    return [...peers]
+    return [...this.hintCounts.keys()]
+  }
+
+  /** Hints waiting, per peer */
+  hintCount (peerId?: string): number {
+    if (peerId !== undefined) return this.hintCounts.get(peerId) ?? 0
+    let n = 0
+    for (const c of this.hintCounts.values()) n += c
+    return n
   }
 
   /** Up to `limit` hints for a peer, oldest first */
@@ -348,6 +360,12 @@ export class Store {
   async deleteHints (keys: string[]): Promise<void> {
     this.checkOpen()
     await this.committer.commit(keys.map(key => del(this.hints, key)))
+    for (const key of keys) {
+      const peer = key.slice(0, key.indexOf(SEP))
+      const left = (this.hintCounts.get(peer) ?? 0) - 1
+      if (left > 0) this.hintCounts.set(peer, left)
+      else this.hintCounts.delete(peer)
+    }
   }
 
   /** Group-commit counters, for status and benchmarks */
