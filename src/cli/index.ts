@@ -201,7 +201,10 @@ function buildProgram (io: Io, setCode: (c: number) => void): Command {
         out(opts, r, () => `imported ${r.accepted} rows into ${table}; rejected ${r.rejected.length + r.rejectedNotShown}\n` +
           r.rejected.map(x => `  line ${x.line}: ${x.error.message}\n`).join('') +
           (r.rejectedNotShown > 0 ? `  … and ${r.rejectedNotShown} more\n` : ''))
-        if (r.rejected.length + r.rejectedNotShown > 0 && r.accepted === 0) setCode(EXIT.REFUSED)
+        if (r.rejected.length + r.rejectedNotShown > 0 && r.accepted === 0) {
+          io.stderr.write(`error: every row of ${file} was rejected${r.rejected[0] === undefined ? '' : ` (line ${r.rejected[0].line}: ${r.rejected[0].error.message})`}\n`)
+          setCode(EXIT.REFUSED)
+        }
       } finally {
         progress.stop()
       }
