@@ -1,6 +1,6 @@
 import { ConflictError, NotFoundError, NtsoekheError, PreconditionFailedError } from '../errors/index.js'
 import type { HybridClock } from '../storage/version.js'
-import { winner, type RecordState, type VersionEntry } from '../storage/store.js'
+import { nextState, winner, type RecordState, type VersionEntry } from '../storage/store.js'
 import { recordKey } from '../storage/keys.js'
 import type { GroupOutcome, Mutation, WriteResult } from './coordinator.js'
 import { tokenOf } from './token.js'
@@ -51,13 +51,7 @@ export function orderMutations (mutations: Mutation[], states: StateView, clock:
     for (const v of parents) clock.observe(v)
     const entry: VersionEntry = { table, id, token, version: clock.tick(), parents, row: m.op === 'delete' ? null : (m.row ?? null) }
     entries.push(entry)
-    const parentSet = new Set(parents)
-    current.set(key, {
-      table, id, token,
-      heads: [entry, ...(state?.heads.filter(h => !parentSet.has(h.version)) ?? [])],
-      seen: [...(state?.seen ?? []), entry.version],
-      superseded: [...(state?.superseded ?? []), ...parents]
-    })
+    current.set(key, nextState(state, entry).after)
     results.push({ table, id, version: entry.version, row: entry.row })
   }
   return { entries, results, changed }

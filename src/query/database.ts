@@ -4,6 +4,7 @@ import {
   type Row, type TableDef, type Value
 } from '../schema/index.js'
 import type { Coordinator, Consistency, GroupOutcome, Mutation, RequestOptions, WriteResult } from '../cluster/coordinator.js'
+import { LOCATOR_TABLE } from '../cluster/messages.js'
 import { KeyedMutex } from '../storage/keyed-mutex.js'
 import { winner, type RecordState } from '../storage/store.js'
 import { IdGenerator } from './ids.js'
@@ -535,8 +536,6 @@ export class Database {
   }
 }
 
-/** Internal table of key locators: row key -> shard, for tables whose shard key is not in the key */
-export const LOCATOR_TABLE = '_locator'
 
 function needsLocator (table: TableDef): boolean {
   return table.shardKey !== 'global' && !table.primaryKey.includes(table.shardKey)

@@ -64,6 +64,23 @@ export interface StoreInit {
 
 export type ApplyOutcome = 'applied' | 'duplicate' | 'history'
 
+/**
+ * A record's state after one more version: the version is seen, its parents
+ * are superseded, and the heads are what no stored version replaces, newest
+ * first. `replaced` are the heads this version took the place of.
+ */
+export function nextState (before: RecordState | undefined, entry: VersionEntry): { after: RecordState, isHead: boolean, replaced: VersionEntry[] } {
+  const seen = [...(before?.seen ?? []), entry.version]
+  const superseded = [...new Set([...(before?.superseded ?? []), ...entry.parents])]
+  const gone = new Set(superseded)
+  const isHead = !gone.has(entry.version)
+  const heads: VersionEntry[] = isHead ? [entry] : []
+  const replaced: VersionEntry[] = []
+  for (const h of before?.heads ?? []) (gone.has(h.version) ? replaced : heads).push(h)
+  heads.sort((a, b) => compareVersions(b.version, a.version))
+  return { after: { table: entry.table, id: entry.id, token: entry.token, heads, seen, superseded }, isHead, replaced }
+}
+
 /** The winning head: the highest version */
 export function winner (state: RecordState): VersionEntry | undefined {
   // A delete concurrent with an update does not hide the update: the newest live head wins,
@@ -228,20 +245,10 @@ export class Store {
     const before = states.get(key)
     if (before?.seen.includes(entry.version) === true) return 'duplicate'
 
-    const seen = [...(before?.seen ?? []), entry.version]
-    const superseded = [...new Set([...(before?.superseded ?? []), ...entry.parents])]
-    const gone = new Set(superseded)
-    // A version that a stored version already replaces is history, not a head.
-    const isHead = !gone.has(entry.version)
-    if (!isHead) ops.push(put(this.history, key + SEP + entry.version, entry))
-    const heads: VersionEntry[] = isHead ? [entry] : []
-    for (const h of before?.heads ?? []) {
-      // A head this version replaces moves from the record to history.
-      if (gone.has(h.version)) ops.push(put(this.history, key + SEP + h.version, h))
-      else heads.push(h)
-    }
-    heads.sort((a, b) => compareVersions(b.version, a.version))
-    const after: RecordState = { table: entry.table, id: entry.id, token: entry.token, heads, seen, superseded }
+    const { after, isHead, replaced } = nextState(before, entry)
+    // A version that a stored version already replaces is history, not a head;
+    // a head this version replaces moves from the record to history.
+    for (const h of isHead ? replaced : [entry, ...replaced]) ops.push(put(this.history, key + SEP + h.version, h))
     states.set(key, after)
     ops.push(put(this.records, key, encodeRecord(after)))
     this.stageIndexes(before, after, ops)
