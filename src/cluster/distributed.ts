@@ -36,10 +36,33 @@ export interface DistributedCoordinatorInit {
   handoffIntervalMs?: number
   /** Virtual nodes per member on the ring. @default 256 */
   vnodes?: number
+  /** Quiet time after the ring last changed before records move to their new owners, ms. @default 2000 */
+  rebalanceDelayMs?: number
+  /** How often a node looks for copies it no longer owns, ms. @default 600000 */
+  rebalanceIntervalMs?: number
+}
+
+/** What the last rebalance (hand-off of records to their owners after the ring changed) did */
+export interface RebalanceStatus {
+  /** A rebalance is scheduled or running */
+  pending: boolean
+  last?: {
+    finishedAt: number
+    /** Local records looked at */
+    records: number
+    /** Records sent to owners that gained them */
+    sent: number
+    /** Copies this node no longer owns, removed once every owner had them */
+    dropped: number
+    /** Records that could not be handed off this time */
+    failed: number
+  }
 }
 
 /** Hints handed to one peer per round */
 const HANDOFF_BATCH = 256
+/** Record states sent to one peer in one hand-off message */
+const REBALANCE_BATCH = 256
 
 /**
  * The networked coordinator. Each key's first live owner on the ring is its
@@ -63,6 +86,17 @@ export class DistributedCoordinator implements Coordinator {
   private handoffTimer?: ReturnType<typeof setInterval>
   private handingOff = false
   private unsubscribe?: () => void
+  private readonly vnodes: number | undefined
+  private readonly rebalanceDelayMs: number
+  private readonly rebalanceIntervalMs: number
+  /** Ring members when records last finished moving to their owners */
+  private placedFor: string[] = []
+  private rebalanceTimer?: ReturnType<typeof setTimeout>
+  private rebalanceInterval?: ReturnType<typeof setInterval>
+  private rebalancing?: Promise<void>
+  private rebalanceAgain = false
+  private lastRebalance?: RebalanceStatus['last']
+  private stopped = false
 
   constructor (components: DistributedCoordinatorComponents, init: DistributedCoordinatorInit = {}) {
     this.c = components
@@ -72,28 +106,149 @@ export class DistributedCoordinator implements Coordinator {
     this.timeoutMs = init.timeoutMs ?? 5000
     this.forwardTimeout = this.timeoutMs * 2 + 1000
     this.handoffIntervalMs = init.handoffIntervalMs ?? 1000
+    this.vnodes = init.vnodes
     this.ring = new HashRing(init.vnodes === undefined ? {} : { vnodes: init.vnodes })
+    this.rebalanceDelayMs = init.rebalanceDelayMs ?? 2000
+    this.rebalanceIntervalMs = init.rebalanceIntervalMs ?? 600_000
     this.batcher = new ApplyBatcher(components.transport, this.timeoutMs)
     components.transport.handle('replica', async (msg, from) => await this.onMessage(msg, from))
   }
 
   async start (): Promise<void> {
     this.updateRing()
+    // Records on disk were placed for the members known at start (members.json): only later changes move them.
+    this.placedFor = this.ring.list().map(m => m.peerId)
     this.unsubscribe = this.c.membership.onChange(() => { this.updateRing() })
     this.handoffTimer = setInterval(() => { void this.handoff() }, this.handoffIntervalMs)
     this.handoffTimer.unref?.()
+    this.rebalanceInterval = setInterval(() => { this.scheduleRebalance(0) }, this.rebalanceIntervalMs)
+    this.rebalanceInterval.unref?.()
   }
 
   async stop (): Promise<void> {
+    this.stopped = true
     this.unsubscribe?.()
     if (this.handoffTimer !== undefined) clearInterval(this.handoffTimer)
+    if (this.rebalanceInterval !== undefined) clearInterval(this.rebalanceInterval)
+    if (this.rebalanceTimer !== undefined) clearTimeout(this.rebalanceTimer)
+    await this.rebalancing?.catch(() => {})
   }
 
   private updateRing (): void {
     const members = this.c.membership.ringMembers()
     if (this.ring.setMembers(members.map(peerId => ({ peerId })))) {
       this.c.log?.('ring now has %d members', members.length)
+      this.scheduleRebalance(this.rebalanceDelayMs)
     }
+  }
+
+  /** Runs a rebalance once the ring has been quiet for `delay` ms (each change restarts the wait) */
+  private scheduleRebalance (delay: number): void {
+    if (this.stopped) return
+    if (this.rebalanceTimer !== undefined) clearTimeout(this.rebalanceTimer)
+    this.rebalanceTimer = setTimeout(() => {
+      this.rebalanceTimer = undefined
+      if (this.rebalancing !== undefined) { this.rebalanceAgain = true; return }
+      this.rebalancing = this.rebalance().finally(() => {
+        this.rebalancing = undefined
+        if (this.rebalanceAgain) { this.rebalanceAgain = false; this.scheduleRebalance(0) }
+      })
+    }, delay)
+    this.rebalanceTimer.unref?.()
+  }
+
+  /**
+   * Moves records to their owners after the ring changed. For each local
+   * record: if a member joined its preference list and this node is the
+   * first live one of the old owners, it sends the record's whole state to
+   * the newcomers; if this node is no longer an owner, it sends the record
+   * to every owner and removes its own copy once all of them have it on
+   * disk. Merges are idempotent, so a repeat or a race costs only traffic.
+   * A run that could not hand everything off is retried later.
+   */
+  private async rebalance (): Promise<void> {
+    const members = this.ring.list().map(m => m.peerId)
+    const before = new HashRing(this.vnodes === undefined ? {} : { vnodes: this.vnodes })
+    before.setMembers(this.placedFor.map(peerId => ({ peerId })))
+    const stats = { finishedAt: 0, records: 0, sent: 0, dropped: 0, failed: 0 }
+    const self = this.c.peerId
+    // Pending sends per peer; a batch goes out when full and the sweep waits for it (back-pressure).
+    const queues = new Map<string, Array<{ state: RecordState, done: (ok: boolean) => void }>>()
+    const flush = async (peer: string): Promise<void> => {
+      const queue = queues.get(peer) ?? []
+      queues.delete(peer)
+      if (queue.length === 0) return
+      let results: unknown[] = []
+      try {
+        const reply = await this.c.transport.request(peer, 'replica', { type: 'merge', states: queue.map(q => q.state) }, { timeout: this.timeoutMs * 2 })
+        results = Array.isArray((reply as { results?: unknown })?.results) ? (reply as { results: unknown[] }).results : []
+      } catch (err) {
+        this.c.log?.('hand-off of %d records to %s failed: %s', queue.length, peer, (err as Error).message)
+      }
+      queue.forEach((q, i) => { q.done((results[i] as { ok?: unknown } | undefined)?.ok === true) })
+    }
+    const send = async (peer: string, state: RecordState): Promise<boolean> => {
+      let queue = queues.get(peer)
+      if (queue === undefined) { queue = []; queues.set(peer, queue) }
+      const acked = new Promise<boolean>(resolve => { (queue as Array<{ state: RecordState, done: (ok: boolean) => void }>).push({ state, done: resolve }) })
+      if (queue.length >= REBALANCE_BATCH) await flush(peer)
+      return await acked
+    }
+    const pending: Array<Promise<void>> = []
+    const handle = async (state: RecordState): Promise<void> => {
+      const global = findTable(state.table)?.shardKey === 'global'
+      const owners = this.ring.preferenceList(state.token, global ? this.ring.size : this.replicas)
+      const oldOwners = before.preferenceList(state.token, global ? before.size : this.replicas)
+      if (owners.includes(self)) {
+        const sender = oldOwners.find(p => this.c.membership.isAlive(p))
+        const gained = owners.filter(p => p !== self && !oldOwners.includes(p) && this.c.membership.stateOf(p) !== 'down')
+        if (sender !== self || gained.length === 0) return
+        const oks = await Promise.all(gained.map(async p => await send(p, state)))
+        stats.sent++
+        if (!oks.every(Boolean)) stats.failed++
+        return
+      }
+      // A copy this node no longer owns (or never did): every owner must have it before it goes.
+      const targets = owners.filter(p => this.c.membership.stateOf(p) !== 'down')
+      if (targets.length === 0) return
+      const oks = await Promise.all(targets.map(async p => await send(p, state)))
+      stats.sent++
+      if (targets.length === owners.length && oks.every(Boolean)) {
+        if (await this.c.store.drop(state)) stats.dropped++
+      } else {
+        stats.failed++
+      }
+    }
+    try {
+      for await (const state of this.c.store.scanRecords()) {
+        if (this.stopped) return
+        stats.records++
+        pending.push(handle(state))
+        if (pending.length >= REBALANCE_BATCH * 4) {
+          // Bound what is in flight: push out what is queued and wait for it.
+          await Promise.all([...queues.keys()].map(flush))
+          await Promise.all(pending.splice(0))
+        }
+      }
+      await Promise.all([...queues.keys()].map(flush))
+      await Promise.all(pending.splice(0))
+    } catch (err) {
+      stats.failed++
+      this.c.log?.('rebalance stopped: %s', (err as Error).message)
+    }
+    stats.finishedAt = Date.now()
+    this.lastRebalance = stats
+    if (stats.sent > 0 || stats.failed > 0) {
+      this.c.log?.('rebalance over %d members: %d records looked at, %d handed off, %d copies dropped, %d failed', members.length, stats.records, stats.sent, stats.dropped, stats.failed)
+    }
+    if (stats.failed === 0) this.placedFor = members
+    else if (!this.stopped) setTimeout(() => { this.scheduleRebalance(0) }, this.rebalanceDelayMs * 5).unref?.()
+  }
+
+  /** What the rebalance after the last ring change did */
+  rebalanceStatus (): RebalanceStatus {
+    const pending = this.rebalanceTimer !== undefined || this.rebalancing !== undefined
+    return this.lastRebalance === undefined ? { pending } : { pending, last: this.lastRebalance }
   }
 
   /** The key's owners, in preference order: N of them, or every member for global tables */
@@ -162,6 +317,7 @@ export class DistributedCoordinator implements Coordinator {
     if (!owners.includes(this.c.peerId)) {
       throw new NtsoekheError('NOT_OWNER', `${this.c.peerId} does not own ${first.shard}`)
     }
+    await this.catchUp(mutations, owners, level)
     let ordered: { entries: VersionEntry[], results: WriteResult[] } = { entries: [], results: [] }
     let replication: Promise<void> | undefined
     const need = this.needed(level, this.writeQuorum, owners.length) - 1
@@ -230,6 +386,16 @@ export class DistributedCoordinator implements Coordinator {
       if ((ownersOf[i] as string[]).includes(this.c.peerId)) mine.push(i)
       else outcomes[i] = { ok: false, error: { code: 'NOT_OWNER', message: `${this.c.peerId} does not own ${(g[0] as Mutation).shard}` } }
     })
+    // As in coordinateWrite: updates and deletes are ordered against an up-to-date copy. A group whose
+    // owners cannot be asked fails alone.
+    await Promise.all(mine.slice().map(async (gi) => {
+      try {
+        await this.catchUp(groups[gi] as Mutation[], ownersOf[gi] as string[], level)
+      } catch (err) {
+        outcomes[gi] = { ok: false, error: errorBody(err) }
+        mine.splice(mine.indexOf(gi), 1)
+      }
+    }))
     const myGroups = mine.map(i => groups[i] as Mutation[])
     let ordered: ReturnType<typeof orderGroups> = { entries: [], perGroup: [], outcomes: [] }
     let replication: Promise<unknown> = Promise.resolve()
@@ -341,14 +507,42 @@ export class DistributedCoordinator implements Coordinator {
     return answers
   }
 
-  /** Read repair: sends stale replicas the heads they lack, in the background */
+  /** Read repair: sends replicas that lack part of the merged state the whole of it, in the background */
   private repair (answers: Map<string, RecordState | undefined>, merged: RecordState): void {
     for (const [peer, state] of answers) {
-      const missing = missingHeads(merged, state)
-      if (missing.length === 0) continue
-      const job = peer === this.c.peerId ? this.c.store.apply(missing) : this.batcher.send(peer, missing)
+      if (missingHeads(merged, state).length === 0 && merged.superseded.length === (state?.superseded.length ?? 0)) continue
+      const job = peer === this.c.peerId
+        ? this.c.store.merge([merged])
+        : this.c.transport.request(peer, 'replica', { type: 'merge', states: [merged] }, { timeout: this.timeoutMs })
       void job.catch(err => { this.c.log?.('read repair of %s on %s failed: %s', merged.id, peer, (err as Error).message) })
     }
+  }
+
+  /**
+   * Before a primary orders an update or delete it brings its copy up to
+   * date from the other owners (as a quorum read would): a primary that just
+   * joined, or came back before its hints arrived, would otherwise order the
+   * write against a stale copy and answer 404 or 412, or fork the record.
+   * Inserts of fresh ids need no look.
+   */
+  private async catchUp (mutations: Mutation[], owners: string[], level: Consistency | undefined): Promise<void> {
+    const need = this.needed(level, this.readQuorum, owners.length) - 1
+    if (need <= 0) return
+    const keys = new Map<string, { table: string, id: string, token: string }>()
+    for (const m of mutations) {
+      if (m.op === 'insert' && (m.ifMatch === undefined || m.ifMatch.length === 0)) continue
+      const token = tokenOf(m.shard)
+      keys.set(`${m.table}/${m.id}`, { table: m.table, id: m.id, token })
+    }
+    if (keys.size === 0) return
+    const others = this.byLiveness(owners.filter(p => p !== this.c.peerId), true)
+    const states = await Promise.all([...keys.values()].map(async k => {
+      const answers = await this.ask(others, need, k.table, async peer =>
+        readReply(await this.c.transport.request(peer, 'replica', { type: 'read', ...k }, { timeout: this.timeoutMs }), k))
+      return mergeStates([...answers.values()])
+    }))
+    const found = states.filter((s): s is RecordState => s !== undefined)
+    if (found.length > 0) await this.c.store.merge(found)
   }
 
   async scan (table: string, request: ScanRequest, options: RequestOptions = {}): Promise<ScanPage> {
@@ -425,6 +619,16 @@ export class DistributedCoordinator implements Coordinator {
           }
         }))
         return { results }
+      }
+      case 'merge': {
+        for (const st of msg.states) for (const h of st.heads) this.c.clock.observe(h.version)
+        try {
+          await this.c.store.merge(msg.states)
+          return { results: msg.states.map(() => ({ ok: true })) }
+        } catch (err) {
+          this.c.log?.('merge from %s failed: %s', from, (err as Error).message)
+          return { results: msg.states.map(() => ({ ok: false, error: { code: 'INTERNAL', message: (err as Error).message } })) }
+        }
       }
       case 'read':
         return { state: await this.c.store.get(msg.table, msg.token, msg.id) ?? null }

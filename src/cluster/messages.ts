@@ -12,11 +12,16 @@ export const LOCATOR_TABLE = '_locator'
 export const MAX_ENTRIES = 10_000
 export const MAX_PARENTS = 64
 export const MAX_SCAN_LIMIT = 1000
+/** Record states in one hand-off or repair message */
+export const MAX_STATES = 1000
+/** Versions a record state may list as seen or replaced */
+export const MAX_KNOWN_VERSIONS = 1_000_000
 
 export type ReplicaMessage =
   | { type: 'write', mutations: Mutation[], consistency?: Consistency }
   | { type: 'writeGroups', groups: Mutation[][], consistency?: Consistency }
   | { type: 'apply', groups: VersionEntry[][] }
+  | { type: 'merge', states: RecordState[] }
   | { type: 'read', table: string, id: string, token: string }
   | { type: 'history', table: string, id: string, token: string }
   | { type: 'scan', table: string, where: Record<string, string | number | null>, after?: string, limit: number }
@@ -135,6 +140,10 @@ export function parseReplicaMessage (msg: unknown): ReplicaMessage {
       return withConsistency({ type: 'writeGroups', groups: checkGroups(m.groups, g => oneShard(g.map(checkMutation))) }, m.consistency)
     case 'apply':
       return { type: 'apply', groups: checkGroups(m.groups, g => g.map(checkEntry)) }
+    case 'merge': {
+      if (!Array.isArray(m.states) || m.states.length === 0 || m.states.length > MAX_STATES) bad(`merge needs 1 to ${MAX_STATES} record states`)
+      return { type: 'merge', states: m.states.map(x => checkState(x)) }
+    }
     case 'read':
     case 'history': {
       const table = checkTable(m.table)
@@ -162,8 +171,11 @@ export function parseReplicaMessage (msg: unknown): ReplicaMessage {
 export function checkState (x: unknown, expect?: { table: string, id?: string, token?: string }): RecordState {
   const st = x as Record<string, unknown>
   if (st === null || typeof st !== 'object' || !Array.isArray(st.heads) || st.heads.length === 0 || st.heads.length > MAX_PARENTS) bad('malformed record state')
-  if (!Array.isArray(st.seen) || !st.seen.every(isVersion) || !Array.isArray(st.superseded) || !st.superseded.every(isVersion)) bad('malformed version lists')
+  if (!Array.isArray(st.seen) || st.seen.length > MAX_KNOWN_VERSIONS || !st.seen.every(isVersion) || !Array.isArray(st.superseded) || st.superseded.length > MAX_KNOWN_VERSIONS || !st.superseded.every(isVersion)) bad('malformed version lists')
+  // Every head is a version the sender has seen: a state claiming otherwise is not one a replica could hold.
+  const seen = new Set(st.seen as string[])
   const heads = st.heads.map(checkEntry)
+  if (!heads.every(h => seen.has(h.version))) bad('a head missing from the seen list')
   const first = heads[0] as VersionEntry
   for (const h of heads) {
     if (h.table !== first.table || h.id !== first.id || h.token !== first.token) bad('heads of different records in one state')

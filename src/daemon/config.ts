@@ -35,6 +35,10 @@ export interface Config {
     readQuorum: number
     /** Wait for a replica's answer before giving up on it, ms. @default 5000 */
     timeoutMs: number
+    /** Quiet time after the ring last changed before records move to their new owners, ms. @default 2000 */
+    rebalanceDelayMs: number
+    /** How often a node looks for copies it no longer owns and hands them to their owners, ms. @default 600000 */
+    rebalanceIntervalMs: number
   }
   membership: {
     /** Ping interval to every member, ms. @default 1000 */
@@ -62,7 +66,7 @@ export function defaultConfig (): Config {
       keepPrivateAddresses: true,
       pnetKeyFile: null
     },
-    replication: { replicas: 3, writeQuorum: 2, readQuorum: 2, timeoutMs: 5000 },
+    replication: { replicas: 3, writeQuorum: 2, readQuorum: 2, timeoutMs: 5000, rebalanceDelayMs: 2000, rebalanceIntervalMs: 600_000 },
     membership: { heartbeatMs: 1000, suspectAfterMs: 3000, downAfterMs: 10000 },
     log: { level: 'info' }
   }
@@ -141,6 +145,10 @@ export function checkConfig (config: Config, where = 'config'): void {
   }
   if (writeQuorum > replicas || readQuorum > replicas) {
     throw new ValidationError(`${where}: the write and read quorums cannot exceed replicas (${replicas})`)
+  }
+  for (const name of ['timeoutMs', 'rebalanceDelayMs', 'rebalanceIntervalMs'] as const) {
+    const v = config.replication[name]
+    if (!Number.isSafeInteger(v) || v < 1) throw new ValidationError(`${where}: replication.${name} must be a positive integer (ms)`)
   }
   const m = config.membership
   if (!(m.heartbeatMs > 0 && m.suspectAfterMs > m.heartbeatMs && m.downAfterMs >= m.suspectAfterMs)) {

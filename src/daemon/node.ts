@@ -104,7 +104,9 @@ export class NtsoekheNode {
       replicas: this.config.replication.replicas,
       writeQuorum: this.config.replication.writeQuorum,
       readQuorum: this.config.replication.readQuorum,
-      timeoutMs: this.config.replication.timeoutMs
+      timeoutMs: this.config.replication.timeoutMs,
+      rebalanceDelayMs: this.config.replication.rebalanceDelayMs,
+      rebalanceIntervalMs: this.config.replication.rebalanceIntervalMs
     })
     await this.transport.start()
 
@@ -168,7 +170,8 @@ export class NtsoekheNode {
         liveMembers: live,
         effectiveReplicas: Math.min(cluster.replicas, live),
         health: cluster.underReplicated ? `under-replicated: ${live} live members for ${cluster.replicas} replicas` : 'ok',
-        pendingHints: store.hintCount()
+        pendingHints: store.hintCount(),
+        rebalance: (this.coordinator as DistributedCoordinator).rebalanceStatus()
       }
     }
   }

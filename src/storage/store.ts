@@ -64,6 +64,9 @@ export interface StoreInit {
 
 export type ApplyOutcome = 'applied' | 'duplicate' | 'history'
 
+/** What `merge` did with a peer's state: took something new from it, or already knew all of it */
+export type MergeOutcome = 'merged' | 'known'
+
 /**
  * A record's state after one more version: the version is seen, its parents
  * are superseded, and the heads are what no stored version replaces, newest
@@ -79,6 +82,32 @@ export function nextState (before: RecordState | undefined, entry: VersionEntry)
   for (const h of before?.heads ?? []) (gone.has(h.version) ? replaced : heads).push(h)
   heads.sort((a, b) => compareVersions(b.version, a.version))
   return { after: { table: entry.table, id: entry.id, token: entry.token, heads, seen, superseded }, isHead, replaced }
+}
+
+/**
+ * Merges what several replicas hold of one record: the union of their heads,
+ * less any head that some replica knows to be replaced. Two heads that
+ * survive are a real conflict; none is dropped.
+ */
+export function mergeStates (states: Array<RecordState | undefined>): RecordState | undefined {
+  const present = states.filter((s): s is RecordState => s !== undefined)
+  const first = present[0]
+  if (first === undefined) return undefined
+  const superseded = new Set(present.flatMap(s => s.superseded))
+  const heads = new Map<string, VersionEntry>()
+  for (const s of present) {
+    for (const h of s.heads) {
+      if (!superseded.has(h.version)) heads.set(h.version, h)
+    }
+  }
+  return {
+    table: first.table,
+    id: first.id,
+    token: first.token,
+    heads: [...heads.values()].sort((a, b) => compareVersions(b.version, a.version)),
+    seen: [...new Set(present.flatMap(s => s.seen))],
+    superseded: [...superseded]
+  }
 }
 
 /** The winning head: the highest version */
@@ -238,6 +267,81 @@ export class Store {
     } finally {
       release()
     }
+  }
+
+  /**
+   * Merges whole record states from peers (hand-off, read repair, a primary
+   * catching up): heads, and what each replica knows to be replaced, so a
+   * late older version can never come back as a head. Atomic and durable.
+   */
+  async merge (incoming: RecordState[]): Promise<MergeOutcome[]> {
+    this.checkOpen()
+    const keys = incoming.map(s => recordKey(s.token, s.table, s.id))
+    const release = await this.mutex.lock(keys)
+    try {
+      const states = new Map<string, RecordState | undefined>()
+      const ops: BatchOp[] = []
+      const outcomes = incoming.map((s, i): MergeOutcome => {
+        const key = keys[i] as string
+        const before = states.has(key) ? states.get(key) : this._getByKey(key, s)
+        const seen = new Set(before?.seen ?? [])
+        const known = new Set(before?.superseded ?? [])
+        if (s.seen.every(v => seen.has(v)) && s.superseded.every(v => known.has(v)) && s.heads.every(h => seen.has(h.version))) {
+          states.set(key, before)
+          return 'known'
+        }
+        const after = mergeStates([before, s]) as RecordState
+        const kept = new Set(after.heads.map(h => h.version))
+        // Local heads the peer knows replaced, and the peer's heads this replica knows replaced, become history.
+        for (const h of before?.heads ?? []) if (!kept.has(h.version)) ops.push(put(this.history, key + SEP + h.version, h))
+        for (const h of s.heads) if (!kept.has(h.version) && !seen.has(h.version)) ops.push(put(this.history, key + SEP + h.version, h))
+        states.set(key, after)
+        ops.push(put(this.records, key, encodeRecord(after)))
+        this.stageIndexes(before, after, ops)
+        return 'merged'
+      })
+      if (ops.length > 0) await this.committer.commit(ops)
+      return outcomes
+    } finally {
+      release()
+    }
+  }
+
+  /**
+   * Removes this replica's copy of a record (its row, history and index
+   * entries) once the record's owners hold it, but only if nothing arrived
+   * since `expected` was read: a copy that changed meanwhile is kept.
+   */
+  async drop (expected: RecordState): Promise<boolean> {
+    this.checkOpen()
+    const key = recordKey(expected.token, expected.table, expected.id)
+    const release = await this.mutex.lock([key])
+    try {
+      const current = this._getByKey(key, expected)
+      if (current === undefined) return false
+      const was = new Set(expected.seen)
+      if (current.seen.length !== was.size || !current.seen.every(v => was.has(v))) return false
+      const ops: BatchOp[] = [del(this.records, key)]
+      for await (const k of this.history.keys({ gt: key + SEP, lt: key + SEP + '\xff' })) ops.push(del(this.history, k))
+      const row = winner(current)?.row ?? null
+      if (row !== null) {
+        const pos = current.token + SEP + current.id
+        ops.push(del(this.tables, current.table + SEP + pos))
+        for (const col of this.indexes[current.table] ?? []) {
+          const v = row[col]
+          if (v !== null && v !== undefined) ops.push(del(this.index, indexKey(current.table, col, v, pos)))
+        }
+      }
+      await this.committer.commit(ops)
+      return true
+    } finally {
+      release()
+    }
+  }
+
+  private _getByKey (key: string, of: { table: string, token: string, id: string }): RecordState | undefined {
+    const value = this.records.getSync(key)
+    return value === undefined ? undefined : decodeRecord(of.table, of.token, of.id, value)
   }
 
   private stage (entry: VersionEntry, states: Map<string, RecordState | undefined>, ops: BatchOp[]): ApplyOutcome {

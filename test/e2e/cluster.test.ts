@@ -167,4 +167,35 @@ describe('a five-node network', () => {
     const owners = await holders('patient_records', 1)
     for (const i of owners) expect((await clients[i]!.get('patient_records', 1, { local: true })).row.address).toBe('Moved')
   }, 90_000)
+
+  it('a sixth node that joins is handed its share: every row stays on exactly N nodes and reads and updates through it', async () => {
+    const addr = ((await clients[0]!.status()).addresses as string[]).find(a => a.startsWith('/ip4/127.0.0.1/')) as string
+    const sixth = await startDaemon({ args: ['--bootstrap', addr] })
+    daemons.push(sixth)
+    clients.push(new NtsoekheClient({ socket: sixth.socket }))
+    const c6 = clients[SIZE]!
+    await waitFor('every node to see 6 alive members', async () => {
+      const all = await Promise.all(clients.map(async c => (await c.status()).members.filter((m: { state: string }) => m.state === 'alive').length))
+      return all.every(n => n === SIZE + 1)
+    })
+    const expected = (ROWS + 100 + 1) * 3
+    const perNode = await waitFor(`the rebalance to leave exactly ${expected} patient_records copies with a share on the newcomer`, async () => {
+      const statuses = await Promise.all(clients.map(async c => await c.status()))
+      if (statuses.some(s => s.replication.rebalance.pending === true)) return false
+      const counts = await Promise.all(clients.map(async c => (await c.ring()).localRows.patient_records ?? 0))
+      return counts.reduce((a: number, b: number) => a + b, 0) === expected && (counts[SIZE] ?? 0) > 0 ? counts : false
+    }, 45_000)
+    // Three copies of each of the six members' shares: the newcomer holds about half of the rows.
+    expect(perNode[SIZE]).toBeGreaterThan((ROWS + 101) * 0.3)
+    for (const id of [1, 250, 500, 777, 1000, 2050]) expect(await holders('patient_records', id)).toHaveLength(3)
+    const got = await pool(200, 16, async i => await c6.get('patient_records', i * 5 + 1))
+    got.forEach((r, i) => expect(r.row.patient_name).toBe(`Patient ${i * 5 + 1}`))
+    // An update through the newcomer of rows it now holds: ordered after the handed-off versions.
+    for (const id of [3, 4, 5, 6, 7, 8]) {
+      const w = await c6.update('patient_records', id, { address: 'After the join' })
+      const r = await clients[0]!.get('patient_records', id)
+      expect(r.version).toBe(w.version)
+      expect(r.row.address).toBe('After the join')
+    }
+  }, 120_000)
 })

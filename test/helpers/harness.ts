@@ -22,6 +22,10 @@ export interface Testnet {
   nodes: HarnessNode[]
   /** Waits until every node with an open store (or those given) sees `count` ring members */
   converge: (count: number, timeoutMs?: number, only?: HarnessNode[]) => Promise<void>
+  /** Starts one more node, bootstrapped from the first */
+  add: () => Promise<HarnessNode>
+  /** Waits until no node has a rebalance scheduled or running */
+  settled: (timeoutMs?: number) => Promise<void>
   stop: () => Promise<void>
 }
 
@@ -34,20 +38,24 @@ export async function createTestnet (size: number, init: DistributedCoordinatorI
   const dir = await mkdtemp(join(tmpdir(), 'ntk-net-'))
   const indexes = Object.fromEntries(TABLES.map(t => [t.name, t.indexed]))
   const nodes: HarnessNode[] = []
-  for (let i = 0; i < size; i++) {
+  const add = async (): Promise<HarnessNode> => {
+    const i = nodes.length
     const peerId = `12D3KooWtestnode${String(i).padStart(4, '0')}`
     const store = new Store({ path: join(dir, `n${i}`), sync: false, indexes })
     await store.open()
     const transport = network.transport(peerId)
     const m = new Membership({ transport, peerId, addresses: () => [`/memory/${peerId}`] }, membership)
     const clock = new HybridClock(nodeTag(peerId))
-    const coordinator = new DistributedCoordinator({ store, clock, peerId, transport, membership: m }, { handoffIntervalMs: 100, timeoutMs: 1000, ...init })
+    const coordinator = new DistributedCoordinator({ store, clock, peerId, transport, membership: m }, { handoffIntervalMs: 100, timeoutMs: 1000, rebalanceDelayMs: 200, ...init })
     const db = new Database({ coordinator, peerId })
     if (i > 0) m.addCandidate(nodes[0]?.peerId as string)
     await coordinator.start()
     m.start()
-    nodes.push({ peerId, store, membership: m, coordinator, db })
+    const node = { peerId, store, membership: m, coordinator, db }
+    nodes.push(node)
+    return node
   }
+  for (let i = 0; i < size; i++) await add()
   const testnet: Testnet = {
     network,
     nodes,
@@ -59,6 +67,16 @@ export async function createTestnet (size: number, init: DistributedCoordinatorI
         if (Date.now() > deadline) {
           throw new Error(`timed out after ${timeoutMs} ms waiting for every node to see ${count} ring members (saw ${live.map(n => n.coordinator.ring.size).join(', ')})`)
         }
+        await new Promise(resolve => setTimeout(resolve, 20))
+      }
+    },
+    add,
+    settled: async (timeoutMs = 10_000) => {
+      const deadline = Date.now() + timeoutMs
+      for (;;) {
+        const busy = nodes.filter(n => n.store.status === 'open' && n.coordinator.rebalanceStatus().pending)
+        if (busy.length === 0) return
+        if (Date.now() > deadline) throw new Error(`timed out after ${timeoutMs} ms waiting for ${busy.length} nodes to finish rebalancing`)
         await new Promise(resolve => setTimeout(resolve, 20))
       }
     },

@@ -199,3 +199,102 @@ describe('distributed coordinator', () => {
     expect((await b.db.get('patient_records', '2')).row.patient_id).toBe(2)
   })
 })
+
+describe('rebalance and catch-up', () => {
+  const where = async (n: Testnet['nodes'][number], i: number): Promise<boolean> =>
+    (await n.store.get('patient_records', tokenOf(`patient_id:${i}`), String(i))) !== undefined
+
+  it('a member that joins is handed the records it now owns, and copies that moved away are dropped', async () => {
+    net = await createTestnet(3, { replicas: 2 })
+    await net.converge(3)
+    const count = 150
+    for (let i = 1; i <= count; i++) await net.nodes[i % 3]!.db.insert('patient_records', patient(i))
+    const fresh = await net.add()
+    await net.converge(4)
+    await net.settled()
+    let onFresh = 0
+    for (let i = 1; i <= count; i++) {
+      const owners = fresh.coordinator.owners('patient_records', tokenOf(`patient_id:${i}`))
+      const holders = []
+      for (const n of net.nodes) if (await where(n, i)) holders.push(n.peerId)
+      expect(holders.sort(), `patient ${i}`).toEqual([...owners].sort())
+      if (owners.includes(fresh.peerId)) onFresh++
+    }
+    // The newcomer owns about N/members of the keys: it was handed them, none were written through it.
+    expect(onFresh).toBeGreaterThan(count * 0.25)
+    expect(onFresh).toBeLessThan(count * 0.75)
+    const last = fresh.coordinator.rebalanceStatus()
+    expect(last.pending).toBe(false)
+    // Every row reads back through the newcomer, as written.
+    for (let i = 1; i <= count; i += 7) expect((await fresh.db.get('patient_records', String(i))).row.patient_name).toBe(`Patient ${i}`)
+  })
+
+  it('a primary that missed an update catches up from the other owners before it orders the next', async () => {
+    net = await createTestnet(3, { replicas: 3, writeQuorum: 2, readQuorum: 2, handoffIntervalMs: 60_000 })
+    await net.converge(3)
+    const [p, b, c] = net.nodes as [Testnet['nodes'][number], Testnet['nodes'][number], Testnet['nodes'][number]]
+    let i = 1
+    while (p.coordinator.owners('patient_records', tokenOf(`patient_id:${i}`))[0] !== p.peerId) i++
+    const token = tokenOf(`patient_id:${i}`)
+    const first = await b.db.insert('patient_records', patient(i))
+    const deadline = Date.now() + 3000
+    while (!await where(p, i)) {
+      if (Date.now() > deadline) throw new Error('timed out waiting for the insert to reach the primary')
+      await new Promise(resolve => setTimeout(resolve, 10))
+    }
+    // The primary is cut off for one update (its hint is held for a minute), then comes back.
+    net.network.down(p.peerId)
+    const second = await b.coordinator.write([{ op: 'put', table: 'patient_records', id: String(i), shard: `patient_id:${i}`, row: { ...patient(i), address: 'Second' }, ifMatch: [first.version] }])
+    net.network.up(p.peerId)
+    expect((await p.store.get('patient_records', token, String(i)))?.heads.map(h => h.version)).toEqual([first.version])
+    const back = Date.now() + 3000
+    while (!net.nodes.every(n => n.membership.isAlive(p.peerId))) {
+      if (Date.now() > back) throw new Error('timed out waiting for every node to see the primary alive')
+      await new Promise(resolve => setTimeout(resolve, 10))
+    }
+    // A write naming the current version, sent through the stale primary, is ordered after it: no 412, no fork.
+    const [third] = await c.coordinator.write([{ op: 'put', table: 'patient_records', id: String(i), shard: `patient_id:${i}`, row: { ...patient(i), address: 'Second', contact_number: '0999999999' }, ifMatch: [second[0]!.version] }])
+    const r = await c.db.get('patient_records', String(i), { consistency: 'all' })
+    expect(r.version).toBe(third!.version)
+    expect(r.conflicts).toEqual([])
+    expect(r.row).toMatchObject({ address: 'Second', contact_number: '0999999999' })
+    const history = await c.db.history('patient_records', String(i), { consistency: 'all' })
+    expect(history.map(h => h.version)).toEqual([first.version, second[0]!.version, third!.version])
+  })
+
+  it('a merged state is durable, idempotent, and never brings back a replaced version', async () => {
+    net = await createTestnet(1)
+    const [n] = net.nodes as [Testnet['nodes'][number]]
+    const v1 = await n.db.insert('patient_records', patient(9))
+    const v2 = await n.db.patch('patient_records', '9', { address: 'Two' })
+    const token = tokenOf('patient_id:9')
+    const state = (await n.store.get('patient_records', token, '9'))!
+    // A store that knows only the latest state (as a newcomer would) ...
+    const { Store } = await import('../../src/storage/store.js')
+    const { mkdtemp, rm } = await import('node:fs/promises')
+    const { tmpdir } = await import('node:os')
+    const { join } = await import('node:path')
+    const dir = await mkdtemp(join(tmpdir(), 'ntk-merge-'))
+    const other = new Store({ path: dir, sync: false, indexes: { patient_records: ['email'] } })
+    await other.open()
+    try {
+      expect(await other.merge([state])).toEqual(['merged'])
+      expect(await other.merge([state])).toEqual(['known'])
+      // ... then receives the first version late (a slow hint): it stays history.
+      const old = { table: 'patient_records', id: '9', token, version: v1.version, parents: [], row: patient(9) as any }
+      expect(await other.apply([old])).toEqual(['duplicate'])
+      const got = (await other.get('patient_records', token, '9'))!
+      expect(got.heads.map(h => h.version)).toEqual([v2.version])
+      expect((await other.scan('patient_records', { where: { email: 'p9@example.org' }, limit: 10 })).rows).toHaveLength(1)
+      // A copy is dropped only as it was read; the row, its history and index entries go with it.
+      expect(await other.drop({ ...state, seen: [v2.version] })).toBe(false)
+      expect(await other.drop(got)).toBe(true)
+      expect(await other.get('patient_records', token, '9')).toBeUndefined()
+      expect((await other.scan('patient_records', { where: { email: 'p9@example.org' }, limit: 10 })).rows).toHaveLength(0)
+      expect(await other.versions('patient_records', token, '9')).toEqual([])
+    } finally {
+      await other.close()
+      await rm(dir, { recursive: true, force: true })
+    }
+  })
+})
