@@ -4,7 +4,7 @@ import { kadDHT, passthroughMapper, removePrivateAddressesMapper, type KadDHT } 
 import { peerIdFromString } from '@libp2p/peer-id'
 import { ping, type Ping } from '@libp2p/ping'
 import { generateKey, preSharedKey } from '@libp2p/pnet'
-import { tcp } from '@libp2p/tcp'
+import { coalescedTcp } from './coalesce.js'
 import { yamux } from '@libp2p/yamux'
 import { multiaddr, type Multiaddr } from '@multiformats/multiaddr'
 import { createLibp2p } from 'libp2p'
@@ -141,7 +141,7 @@ export async function createNode (components: NodeComponents, init: NodeInit = {
   const node = await createLibp2p({
     privateKey: components.privateKey,
     addresses: { listen },
-    transports: [tcp()],
+    transports: [coalescedTcp()],
     connectionEncrypters: [noise()],
     streamMuxers: [yamux()],
     ...(connectionProtector === undefined ? {} : { connectionProtector }),

@@ -302,3 +302,27 @@ describe('private network', () => {
     await expect(newNode({ pnetKey: new TextEncoder().encode('nope') })).rejects.toThrow(/pnet/)
   })
 })
+
+describe('coalesced TCP writes', () => {
+  it('sends everything written in one event-loop turn as one corked batch, and keeps the inner result', async () => {
+    const { coalesceWrites } = await import('../../src/p2p/coalesce.js')
+    const events: string[] = []
+    const socket = { destroyed: false, cork: () => events.push('cork'), uncork: () => events.push('uncork') }
+    const conn: any = { socket, sendData (data: string) { events.push(`send ${data}`); return { sentBytes: data.length, canSendMore: data !== 'full' } } }
+    coalesceWrites(conn)
+    expect(conn.sendData('a')).toEqual({ sentBytes: 1, canSendMore: true })
+    conn.sendData('b')
+    expect(conn.sendData('full')).toEqual({ sentBytes: 4, canSendMore: false })
+    expect(events).toEqual(['cork', 'send a', 'send b', 'send full'])
+    await new Promise(resolve => setImmediate(resolve))
+    expect(events.at(-1)).toBe('uncork')
+    conn.sendData('c')
+    await new Promise(resolve => setImmediate(resolve))
+    expect(events.slice(4)).toEqual(['uncork', 'cork', 'send c', 'uncork'])
+    // A connection without a socket (not TCP) is left alone.
+    const plain: any = { sendData: () => 'x' }
+    const before = plain.sendData
+    coalesceWrites(plain)
+    expect(plain.sendData).toBe(before)
+  })
+})

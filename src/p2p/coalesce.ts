@@ -1,0 +1,66 @@
+import type { Socket } from 'node:net'
+import { tcp, type TCPComponents, type TCPOptions } from '@libp2p/tcp'
+import type { MultiaddrConnection, Transport, Upgrader } from '@libp2p/interface'
+
+/**
+ * @libp2p/tcp with socket writes coalesced. Each yamux frame goes through
+ * Noise and reaches the socket as its own `write()` (a length prefix and a
+ * ciphertext, each a syscall), so one replicated write cost a node about
+ * five write syscalls. Here a connection's socket is corked on its first
+ * write in a turn of the event loop and uncorked once that turn's I/O
+ * callbacks have run (`setImmediate`): everything sent in between leaves as
+ * one `writev`. Node's Writable does the buffering, so back-pressure
+ * (`write()` returning false, then 'drain') works as before.
+ */
+export function coalescedTcp (init: TCPOptions = {}): (components: TCPComponents) => Transport {
+  const factory = tcp(init)
+  return (components) => {
+    const inner = factory(components)
+    const wrap = (upgrader: Upgrader): Upgrader => new Proxy(upgrader, {
+      get (target, prop, receiver) {
+        if (prop === 'upgradeInbound' || prop === 'upgradeOutbound') {
+          return async (maConn: MultiaddrConnection, opts: unknown) => {
+            coalesceWrites(maConn)
+            return await (target[prop] as (c: MultiaddrConnection, o: unknown) => Promise<unknown>).call(target, maConn, opts)
+          }
+        }
+        const v = Reflect.get(target, prop, receiver)
+        return typeof v === 'function' ? v.bind(target) : v
+      }
+    })
+    return new Proxy(inner, {
+      get (target, prop, receiver) {
+        if (prop === 'dial') {
+          return async (ma: unknown, opts: { upgrader: Upgrader }) => await target.dial(ma as never, { ...opts, upgrader: wrap(opts.upgrader) } as never)
+        }
+        if (prop === 'createListener') {
+          return (opts: { upgrader: Upgrader }) => target.createListener({ ...opts, upgrader: wrap(opts.upgrader) } as never)
+        }
+        const v = Reflect.get(target, prop, receiver)
+        return typeof v === 'function' ? v.bind(target) : v
+      }
+    })
+  }
+}
+
+/** Corks the connection's socket for the rest of the event-loop turn on each first write */
+export function coalesceWrites (maConn: MultiaddrConnection): void {
+  const conn = maConn as MultiaddrConnection & { socket?: Socket, sendData?: (data: unknown) => unknown }
+  const socket = conn.socket
+  const sendData = conn.sendData
+  // Only the TCP connection class has both; anything else is left as it is.
+  if (socket === undefined || typeof socket.cork !== 'function' || typeof sendData !== 'function') return
+  let corked = false
+  const uncork = (): void => {
+    corked = false
+    if (!socket.destroyed) socket.uncork()
+  }
+  conn.sendData = function (data: unknown) {
+    if (!corked && !socket.destroyed) {
+      corked = true
+      socket.cork()
+      setImmediate(uncork)
+    }
+    return sendData.call(this, data)
+  }
+}
