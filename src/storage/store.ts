@@ -132,6 +132,8 @@ export class Store {
   private readonly hints: Sub
   private hintSeq = 0
   private readonly hintCounts = new Map<string, number>()
+  /** Live rows per table, counted once at open and kept up to date by every commit */
+  private readonly rowCounts = new Map<string, number>()
   private readonly mutex = new KeyedMutex()
   private readonly committer: GroupCommitter
   private readonly indexes: Record<string, string[]>
@@ -150,6 +152,7 @@ export class Store {
     this.indexes = init.indexes ?? {}
     this.committer = new GroupCommitter(async (ops, sync) => {
       await this.db.batch(ops as any, { sync, keyEncoding: 'utf8', valueEncoding: 'utf8' })
+      this.countTableOps(ops)
     }, { sync: init.sync ?? true })
   }
 
@@ -185,6 +188,10 @@ export class Store {
     for await (const k of this.hints.keys()) {
       const peer = k.slice(0, k.indexOf(SEP))
       this.hintCounts.set(peer, (this.hintCounts.get(peer) ?? 0) + 1)
+    }
+    for await (const k of this.tables.keys()) {
+      const table = k.slice(0, k.indexOf(SEP))
+      this.rowCounts.set(table, (this.rowCounts.get(table) ?? 0) + 1)
     }
     this.state = 'open'
   }
@@ -414,15 +421,22 @@ export class Store {
     return more && lastRow !== undefined ? { rows, next: lastRow.position } : { rows }
   }
 
-  /** Live rows per table in this shard */
+  /** Live rows per table in this shard (kept in memory: status and ring ask on every call) */
   async countRows (): Promise<Record<string, number>> {
     this.checkOpen()
     const counts: Record<string, number> = {}
-    for await (const k of this.tables.keys()) {
-      const table = k.slice(0, k.indexOf(SEP))
-      counts[table] = (counts[table] ?? 0) + 1
-    }
+    for (const [table, n] of [...this.rowCounts].sort((a, b) => a[0] < b[0] ? -1 : 1)) if (n > 0) counts[table] = n
     return counts
+  }
+
+  /** A committed batch's table-list entries: a put is a row that became live here, a del one that went */
+  private countTableOps (ops: BatchOp[]): void {
+    const prefix = this.tables.prefix
+    for (const op of ops) {
+      if (!op.key.startsWith(prefix)) continue
+      const table = op.key.slice(prefix.length, op.key.indexOf(SEP, prefix.length))
+      this.rowCounts.set(table, (this.rowCounts.get(table) ?? 0) + (op.type === 'put' ? 1 : -1))
+    }
   }
 
   /** Every record state whose token lies in [from, to), for hand-off and anti-entropy */

@@ -85,14 +85,22 @@ describe('distributed coordinator', () => {
     await db.insert('patient_medications', { patient_id: 7, medication_id: 3 })
     await db.insert('lab_results', { record_id: Number(h.id), patient_id: 7, test_name: 'CBC', test_date: '2026-01-03', test_result: 'Normal' })
     const token = tokenOf('patient_id:7')
-    for (const n of net.nodes) {
-      const tables = ['patient_records', 'medical_history', 'billing_insurance', 'patient_medications', 'lab_results']
+    const owners = net.nodes[0]!.coordinator.owners('patient_records', token)
+    const tables = ['patient_records', 'medical_history', 'billing_insurance', 'patient_medications', 'lab_results']
+    const holdings = async (): Promise<boolean[][]> => await Promise.all(net!.nodes.map(async n => {
       const counts = await n.store.countRows()
-      const has = tables.map(t => (counts[t] ?? 0) > 0)
-      // Either a node holds the whole chart or none of it.
-      expect(new Set(has).size).toBe(1)
-      expect(has[0]).toBe(net.nodes[0]!.coordinator.owners('patient_records', token).includes(n.peerId))
+      return tables.map(t => (counts[t] ?? 0) > 0)
+    }))
+    // W=2 acknowledged each write: the third owner may apply the last one a moment later.
+    const deadline = Date.now() + 3000
+    let has = await holdings()
+    while (has.some((h, i) => h.some(x => x !== owners.includes(net!.nodes[i]!.peerId)))) {
+      if (Date.now() > deadline) break
+      await new Promise(resolve => setTimeout(resolve, 10))
+      has = await holdings()
     }
+    // Either a node holds the whole chart or none of it, and the owners hold it.
+    net.nodes.forEach((n, i) => { expect(has[i]).toEqual(tables.map(() => owners.includes(n.peerId))) })
   })
 
   it('survives a dead owner: the next owner takes the writes, hints hand them back', async () => {
@@ -280,6 +288,7 @@ describe('rebalance and catch-up', () => {
     try {
       expect(await other.merge([state])).toEqual(['merged'])
       expect(await other.merge([state])).toEqual(['known'])
+      expect(await other.countRows()).toEqual({ patient_records: 1 })
       // ... then receives the first version late (a slow hint): it stays history.
       const old = { table: 'patient_records', id: '9', token, version: v1.version, parents: [], row: patient(9) as any }
       expect(await other.apply([old])).toEqual(['duplicate'])
@@ -290,6 +299,7 @@ describe('rebalance and catch-up', () => {
       expect(await other.drop({ ...state, seen: [v2.version] })).toBe(false)
       expect(await other.drop(got)).toBe(true)
       expect(await other.get('patient_records', token, '9')).toBeUndefined()
+      expect(await other.countRows()).toEqual({})
       expect((await other.scan('patient_records', { where: { email: 'p9@example.org' }, limit: 10 })).rows).toHaveLength(0)
       expect(await other.versions('patient_records', token, '9')).toEqual([])
     } finally {

@@ -322,5 +322,10 @@ describe('store: lifecycle', () => {
     expect(batches).toBeGreaterThan(0)
     expect(batches).toBeLessThan(50)
     expect(await store.countRows()).toEqual({ appointments: 500 })
+    // Counts kept in memory match a fresh count after a reopen.
+    await store.close()
+    store = new Store({ path, sync: true, indexes: INDEXES })
+    await store.open()
+    expect(await store.countRows()).toEqual({ appointments: 500 })
   })
 })
