@@ -288,10 +288,12 @@ export class DistributedCoordinator implements Coordinator {
     const owners = this.owners(first.table, token)
     if (owners.length === 0) throw new UnavailableError('No members on the ring yet')
     let lastError: unknown
+    // After an owner failed, the write may have landed there before it went silent: later owners are told so.
+    let retry = false
     for (const primary of this.byLiveness(owners, false)) {
-      if (primary === this.c.peerId) return await this.coordinateWrite(mutations, options.consistency)
+      if (primary === this.c.peerId) return await this.coordinateWrite(mutations, options.consistency, retry)
       try {
-        const msg = { type: 'write', mutations, ...(options.consistency === undefined ? {} : { consistency: options.consistency }) }
+        const msg = { type: 'write', mutations, ...(options.consistency === undefined ? {} : { consistency: options.consistency }), ...(retry ? { retry } : {}) }
         // The primary itself waits up to timeoutMs for its replicas: give it that and a round trip more.
         return await this.c.transport.request(primary, 'replica', msg, { timeout: this.forwardTimeout }) as WriteResult[]
       } catch (err) {
@@ -304,25 +306,26 @@ export class DistributedCoordinator implements Coordinator {
         if (!isUnreachable(err)) throw err
         this.c.log?.('primary %s unreachable for %s: %s', primary, first.shard, (err as Error).message)
         lastError = err
+        retry = true
       }
     }
     throw new UnavailableError(`No owner of ${first.shard} could take the write`, { cause: lastError })
   }
 
   /** The primary's side of a write: order, make durable here, replicate, wait for W */
-  private async coordinateWrite (mutations: Mutation[], level: Consistency | undefined): Promise<WriteResult[]> {
+  private async coordinateWrite (mutations: Mutation[], level: Consistency | undefined, retry = false): Promise<WriteResult[]> {
     const first = mutations[0] as Mutation
     const token = tokenOf(first.shard)
     const owners = this.owners(first.table, token)
     if (!owners.includes(this.c.peerId)) {
       throw new NtsoekheError('NOT_OWNER', `${this.c.peerId} does not own ${first.shard}`)
     }
-    await this.catchUp(mutations, owners, level)
+    await this.catchUp(mutations, owners, level, retry)
     let ordered: { entries: VersionEntry[], results: WriteResult[] } = { entries: [], results: [] }
     let replication: Promise<void> | undefined
     const need = this.needed(level, this.writeQuorum, owners.length) - 1
     await this.c.store.transact(mutations.map(mutationKey), states => {
-      ordered = orderMutations(mutations, states, this.c.clock)
+      ordered = orderMutations(mutations, states, this.c.clock, retry)
       // The replicas write while this node does: the write waits for the slower, not for both in turn.
       replication = this.replicate(owners.filter(p => p !== this.c.peerId), ordered.entries, need, first.shard)
       replication.catch(() => {})
@@ -423,7 +426,9 @@ export class DistributedCoordinator implements Coordinator {
 
   /** Sends versions to other owners; resolves once `need` have them on disk, hints the rest */
   private async replicate (peers: string[], entries: VersionEntry[], need: number, what: string): Promise<void> {
-    if (peers.length === 0 || entries.length === 0) {
+    // Nothing new (a retried write found already applied, taken from the owner that applied it): nothing to send.
+    if (entries.length === 0) return
+    if (peers.length === 0) {
       if (need > 0) throw new UnavailableError(`${what}: ${need} more replicas needed but none are members`)
       return
     }
@@ -523,14 +528,15 @@ export class DistributedCoordinator implements Coordinator {
    * date from the other owners (as a quorum read would): a primary that just
    * joined, or came back before its hints arrived, would otherwise order the
    * write against a stale copy and answer 404 or 412, or fork the record.
-   * Inserts of fresh ids need no look.
+   * Inserts of fresh ids need no look, unless they are retries.
    */
-  private async catchUp (mutations: Mutation[], owners: string[], level: Consistency | undefined): Promise<void> {
+  private async catchUp (mutations: Mutation[], owners: string[], level: Consistency | undefined, retry = false): Promise<void> {
     const need = this.needed(level, this.readQuorum, owners.length) - 1
     if (need <= 0) return
     const keys = new Map<string, { table: string, id: string, token: string }>()
     for (const m of mutations) {
-      if (m.op === 'insert' && (m.ifMatch === undefined || m.ifMatch.length === 0)) continue
+      // A retried insert looks too: the owner that went silent may have applied and replicated it.
+      if (m.op === 'insert' && !retry && (m.ifMatch === undefined || m.ifMatch.length === 0)) continue
       const token = tokenOf(m.shard)
       keys.set(`${m.table}/${m.id}`, { table: m.table, id: m.id, token })
     }
@@ -604,7 +610,7 @@ export class DistributedCoordinator implements Coordinator {
     const msg: ReplicaMessage = parseReplicaMessage(raw)
     switch (msg.type) {
       case 'write':
-        return await this.coordinateWrite(msg.mutations, msg.consistency)
+        return await this.coordinateWrite(msg.mutations, msg.consistency, msg.retry === true)
       case 'writeGroups':
         return await this.coordinateGroups(msg.groups, msg.consistency)
       case 'apply': {

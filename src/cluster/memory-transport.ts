@@ -10,6 +10,8 @@ export class MemoryNetwork {
   private readonly handlers = new Map<string, Map<ProtocolName, Handler>>()
   private readonly downed = new Set<string>()
   private readonly cut = new Set<string>()
+  /** Links whose next replies are lost after the request was handled (a stream that closed after the send) */
+  private readonly lost = new Map<string, number>()
   /** Messages delivered, per protocol */
   readonly delivered: Record<string, number> = {}
 
@@ -34,6 +36,11 @@ export class MemoryNetwork {
     }
   }
 
+  /** The next `count` replies from `to` to `from` are lost after `to` has handled the request */
+  loseReplies (from: string, to: string, count = 1): void {
+    this.lost.set(`${from}|${to}`, count)
+  }
+
   private async deliver (from: string, to: string, protocol: ProtocolName, msg: unknown, _options?: SendOptions): Promise<unknown> {
     if (this.downed.has(from)) throw new UnavailableError(`${from} is down`)
     if (this.downed.has(to) || this.cut.has(`${from}|${to}`)) throw new UnavailableError(`${to} is unreachable`)
@@ -49,6 +56,11 @@ export class MemoryNetwork {
       throw errorFromJSON(body)
     }
     if (this.downed.has(to)) throw new UnavailableError(`${to} went down before answering`)
+    const lose = this.lost.get(`${from}|${to}`) ?? 0
+    if (lose > 0) {
+      this.lost.set(`${from}|${to}`, lose - 1)
+      throw new UnavailableError(`the stream to ${to} closed before its answer arrived`)
+    }
     return reply === undefined ? undefined : JSON.parse(JSON.stringify(reply))
   }
 }

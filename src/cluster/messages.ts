@@ -18,7 +18,7 @@ export const MAX_STATES = 1000
 export const MAX_KNOWN_VERSIONS = 1_000_000
 
 export type ReplicaMessage =
-  | { type: 'write', mutations: Mutation[], consistency?: Consistency }
+  | { type: 'write', mutations: Mutation[], consistency?: Consistency, retry?: boolean }
   | { type: 'writeGroups', groups: Mutation[][], consistency?: Consistency }
   | { type: 'apply', groups: VersionEntry[][] }
   | { type: 'merge', states: RecordState[] }
@@ -134,7 +134,8 @@ export function parseReplicaMessage (msg: unknown): ReplicaMessage {
     case 'write': {
       if (!Array.isArray(m.mutations) || m.mutations.length === 0 || m.mutations.length > MAX_ENTRIES) bad('write needs 1 to 10000 mutations')
       const mutations = oneShard(m.mutations.map(checkMutation))
-      return withConsistency({ type: 'write', mutations }, m.consistency)
+      if (m.retry !== undefined && typeof m.retry !== 'boolean') bad('retry must be a boolean')
+      return withConsistency({ type: 'write', mutations, ...(m.retry === true ? { retry: true } : {}) }, m.consistency)
     }
     case 'writeGroups':
       return withConsistency({ type: 'writeGroups', groups: checkGroups(m.groups, g => oneShard(g.map(checkMutation))) }, m.consistency)

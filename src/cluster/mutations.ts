@@ -18,8 +18,14 @@ export interface StateView {
  * The primary's step: turns logical mutations into new versions against the
  * current states, checking existence and `If-Match`. Mutations on the same
  * record in one batch chain onto each other.
+ *
+ * `retry` marks a write sent again after the owner first asked went silent
+ * with the write possibly applied: a mutation whose effect is already the
+ * record's head (the same row, over the same parents) is answered with that
+ * version instead of 409, 412 or 404, so the caller's retry does not fail
+ * on, or duplicate, its own earlier write.
  */
-export function orderMutations (mutations: Mutation[], states: StateView, clock: HybridClock): { entries: VersionEntry[], results: WriteResult[], changed: Map<string, RecordState> } {
+export function orderMutations (mutations: Mutation[], states: StateView, clock: HybridClock, retry = false): { entries: VersionEntry[], results: WriteResult[], changed: Map<string, RecordState> } {
   // The group's own changes over the shared states: committed to them only if the whole group succeeds.
   const changed = new Map<string, RecordState>()
   const current = { get: (key: string) => changed.has(key) ? changed.get(key) : states.get(key), set: (key: string, state: RecordState) => changed.set(key, state) }
@@ -31,6 +37,10 @@ export function orderMutations (mutations: Mutation[], states: StateView, clock:
     const state = current.get(key)
     const head = state === undefined ? undefined : winner(state)
     const live = head !== undefined && head.row !== null
+    if (retry && head !== undefined && alreadyApplied(m, head)) {
+      results.push({ table, id, version: head.version, row: head.row })
+      continue
+    }
     if (m.op === 'insert' && live) {
       throw new ConflictError(`${table} ${id} already exists`)
     }
@@ -57,6 +67,16 @@ export function orderMutations (mutations: Mutation[], states: StateView, clock:
   return { entries, results, changed }
 }
 
+
+/** Whether the head is this mutation's own effect: its row (or tombstone) over the parents it named */
+function alreadyApplied (m: Mutation, head: VersionEntry): boolean {
+  const row = m.op === 'delete' ? null : (m.row ?? null)
+  if (JSON.stringify(head.row) !== JSON.stringify(row)) return false
+  if (m.op === 'insert') return m.ifMatch === undefined || m.ifMatch.length === 0
+  // An update or delete is recognised only by the versions it named: without them an equal row proves nothing.
+  if (m.ifMatch === undefined || m.ifMatch.length === 0) return false
+  return head.parents.length === m.ifMatch.length && m.ifMatch.every(v => head.parents.includes(v))
+}
 
 /**
  * Orders independent groups of mutations (each sharing one shard key) in one

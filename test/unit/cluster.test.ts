@@ -308,3 +308,35 @@ describe('rebalance and catch-up', () => {
     }
   })
 })
+
+describe('retries after a silent primary', () => {
+  it('a write the primary applied but could not answer is not applied twice when the next owner takes the retry', async () => {
+    net = await createTestnet(3, { replicas: 3, writeQuorum: 2, readQuorum: 2 })
+    await net.converge(3)
+    const [a, b, c] = net.nodes as [Testnet['nodes'][number], Testnet['nodes'][number], Testnet['nodes'][number]]
+    // A key whose primary is b, written through a.
+    let i = 1
+    while (a.coordinator.owners('patient_records', tokenOf(`patient_id:${i}`))[0] !== b.peerId) i++
+    net.network.loseReplies(a.peerId, b.peerId)
+    const first = await a.db.insert('patient_records', patient(i))
+    // b applied it and replicated it; a retried on the next owner, which recognised the write as its own.
+    const r = await c.db.get('patient_records', String(i), { consistency: 'all' })
+    expect(r.version).toBe(first.version)
+    expect(r.conflicts).toEqual([])
+    expect((await c.db.history('patient_records', String(i), { consistency: 'all' })).map(h => h.version)).toEqual([first.version])
+
+    // The same for an update naming its version, and for a delete.
+    net.network.loseReplies(a.peerId, b.peerId)
+    const second = await a.db.patch('patient_records', String(i), { address: 'Second' })
+    net.network.loseReplies(a.peerId, b.peerId)
+    await a.db.delete('patient_records', String(i), { ifMatch: [second.version] })
+    const versions = (await c.db.history('patient_records', String(i), { consistency: 'all' })).map(h => h.version)
+    expect(versions).toHaveLength(3)
+    expect(versions.slice(0, 2)).toEqual([first.version, second.version])
+    await expect(c.db.get('patient_records', String(i), { consistency: 'all' })).rejects.toMatchObject({ code: 'NOT_FOUND' })
+
+    // A plain second insert of an existing key is still refused.
+    await expect(a.db.insert('patient_records', patient(i + 100000))).resolves.toBeDefined()
+    await expect(c.db.insert('patient_records', patient(i + 100000))).rejects.toMatchObject({ code: 'CONFLICT' })
+  })
+})
