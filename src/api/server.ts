@@ -15,6 +15,8 @@ export interface ApiComponents {
   status: () => Promise<Record<string, unknown>>
   /** Extra read-only routes' data, e.g. peers and ring, added by the networked node */
   extra?: Record<string, () => Promise<unknown>>
+  /** Declares a down member gone for good (`DELETE /v1/members/:peerId`), on the networked node */
+  removeMember?: (peerId: string) => Promise<unknown>
   logger?: FastifyBaseLogger
 }
 
@@ -61,6 +63,11 @@ export function createApi (components: ApiComponents): FastifyInstance {
 
   for (const [name, fn] of Object.entries(components.extra ?? {})) {
     app.get(`/v1/${name}`, async () => await fn())
+  }
+
+  const removeMember = components.removeMember
+  if (removeMember !== undefined) {
+    app.delete<{ Params: { peerId: string } }>('/v1/members/:peerId', async req => await removeMember(req.params.peerId))
   }
 
   app.post<{ Params: Params, Querystring: Query }>('/v1/tables/:table/rows', async (req, reply) => {

@@ -239,6 +239,12 @@ function buildProgram (io: Io, setCode: (c: number) => void): Command {
       out(opts, r, () => renderTable((r.members as any[]).map(m => ({ peerId: m.peerId, state: m.state, lastSeen: m.lastSeen === undefined ? '' : new Date(m.lastSeen).toISOString(), addresses: (m.addresses ?? []).join(' ') }))))
     })
 
+  common(program.command('remove').argument('<peerId>').description('declare a down member gone for good: its ring share and records pass to the others'))
+    .action(async (peerId: string, opts: GlobalOpts) => {
+      const r = await (await client(opts)).removeMember(peerId)
+      out(opts, r, () => `${String(r.peerId)} removed; its records are being copied to their new owners (see status: replication.rebalance)\n`)
+    })
+
   common(program.command('ring').description("each member's share of the token space and local row counts"))
     .action(async (opts: GlobalOpts) => {
       const r = await (await client(opts)).ring()

@@ -50,6 +50,8 @@ export class NtsoekheClient {
   async tables (): Promise<{ tables: Array<Record<string, any>> }> { return await this.request('GET', '/v1/tables') }
   async peers (): Promise<Record<string, any>> { return await this.request('GET', '/v1/peers') }
   async ring (): Promise<Record<string, any>> { return await this.request('GET', '/v1/ring') }
+  /** Declares a down member gone for good: its share and its records pass to the others */
+  async removeMember (peerId: string): Promise<Record<string, any>> { return await this.request('DELETE', `/v1/members/${enc(peerId)}`) }
 
   async insert (table: string, row: unknown, options: RequestOptions = {}): Promise<RowResult> {
     return await this.request('POST', `/v1/tables/${enc(table)}/rows${qs(options)}`, { body: row, signal: options.signal })

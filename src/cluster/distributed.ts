@@ -533,23 +533,31 @@ export class DistributedCoordinator implements Coordinator {
   private async catchUp (mutations: Mutation[], owners: string[], level: Consistency | undefined, retry = false): Promise<void> {
     const need = this.needed(level, this.readQuorum, owners.length) - 1
     if (need <= 0) return
-    const keys = new Map<string, { table: string, id: string, token: string }>()
+    // Per record: must the look succeed? Updates and deletes need it; a retried insert only tries, since
+    // the owner that went silent (and may have applied it) is likely the one that cannot be asked.
+    const keys = new Map<string, { table: string, id: string, token: string, required: boolean }>()
     for (const m of mutations) {
-      // A retried insert looks too: the owner that went silent may have applied and replicated it.
-      if (m.op === 'insert' && !retry && (m.ifMatch === undefined || m.ifMatch.length === 0)) continue
-      const token = tokenOf(m.shard)
-      keys.set(`${m.table}/${m.id}`, { table: m.table, id: m.id, token })
+      const plainInsert = m.op === 'insert' && (m.ifMatch === undefined || m.ifMatch.length === 0)
+      if (plainInsert && !retry) continue
+      const key = `${m.table}/${m.id}`
+      keys.set(key, { table: m.table, id: m.id, token: tokenOf(m.shard), required: !plainInsert || keys.get(key)?.required === true })
     }
     if (keys.size === 0) return
     const others = this.byLiveness(owners.filter(p => p !== this.c.peerId), true)
-    const states = await Promise.all([...keys.values()].map(async k => {
-      const answers = await this.ask(others, need, k.table, async peer =>
-        readReply(await this.c.transport.request(peer, 'replica', { type: 'read', ...k }, { timeout: this.timeoutMs }), k))
-      return mergeStates([...answers.values()])
+    const states = await Promise.all([...keys.values()].map(async ({ required, ...k }) => {
+      try {
+        const answers = await this.ask(others, need, k.table, async peer =>
+          readReply(await this.c.transport.request(peer, 'replica', { type: 'read', ...k }, { timeout: this.timeoutMs }), k))
+        return mergeStates([...answers.values()])
+      } catch (err) {
+        if (required || !isUnreachable(err)) throw err
+        return undefined
+      }
     }))
     const found = states.filter((s): s is RecordState => s !== undefined)
     if (found.length > 0) await this.c.store.merge(found)
   }
+
 
   async scan (table: string, request: ScanRequest, options: RequestOptions = {}): Promise<ScanPage> {
     const members = this.ring.list().map(m => m.peerId).filter(p => this.c.membership.stateOf(p) !== 'down')
@@ -651,7 +659,14 @@ export class DistributedCoordinator implements Coordinator {
     this.handingOff = true
     try {
       for (const peer of await this.c.store.hintedPeers()) {
-        if (!this.c.membership.isAlive(peer)) continue
+        const state = this.c.membership.stateOf(peer)
+        if (state === 'left') {
+          // Gone for good: what it missed lives on the records' new owners.
+          const n = await this.c.store.deleteHintsFor(peer)
+          this.c.log?.('dropped %d hints for %s, which left', n, peer)
+          continue
+        }
+        if (state !== 'alive') continue
         const hints = chunkGroups(await this.c.store.hintsFor(peer, HANDOFF_BATCH), h => h.entries.length)[0] ?? []
         if (hints.length === 0) continue
         try {

@@ -1,4 +1,4 @@
-import { InvalidMessageError } from '../errors/index.js'
+import { ConflictError, InvalidMessageError, NotFoundError, ValidationError } from '../errors/index.js'
 import type { MemberStatus } from './coordinator.js'
 import type { PeerTransport } from './transport.js'
 
@@ -147,6 +147,32 @@ export class Membership {
   /** Members believed up right now */
   isAlive (peerId: string): boolean {
     return this.stateOf(peerId) === 'alive'
+  }
+
+  /**
+   * Declares a down member gone for good (its machine will not come back):
+   * it is marked left, which every member learns by gossip, so its ring share
+   * passes to the others and the records it held are copied to their new
+   * owners. A member that is still answering cannot be removed. If the
+   * machine does come back, its own heartbeat makes it a member again.
+   */
+  remove (peerId: string): MemberStatus {
+    if (peerId === this.c.peerId) throw new ValidationError('A node cannot remove itself')
+    const k = this.known.get(peerId)
+    if (k === undefined) throw new NotFoundError(`No member ${peerId}`)
+    const state = this.state(k)
+    if (state === 'alive' || state === 'suspect') {
+      throw new ConflictError(`${peerId} is ${state}: only a down member can be removed (stop it, then wait until it is down)`)
+    }
+    if (state !== 'left') {
+      // Far ahead of any heartbeat the member sent before it went down, so the mark wins everywhere.
+      this.known.set(peerId, { ...k, left: true, heartbeat: k.heartbeat + 1_000_000, updatedAt: this.now() })
+      this.c.log?.('member %s removed', peerId)
+      this.checkChanges()
+      void Promise.allSettled(this.pickTargets().map(async p => await this.gossip(p)))
+    }
+    const after = this.known.get(peerId) as Known
+    return { peerId, state: 'left', addresses: after.addresses, lastSeen: after.updatedAt }
   }
 
   /** Marks this node as leaving and tells a few members */

@@ -136,6 +136,7 @@ export class NtsoekheNode {
       db,
       status: async () => await this.status(),
       extra: { peers: async () => await this.peers(), ring: async () => await this.ringView() },
+      removeMember: async (peerId: string) => (this.membership as Membership).remove(peerId),
       logger: this.logger
     })
     await removeStaleSocket(this.socket)

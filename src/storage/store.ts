@@ -493,6 +493,19 @@ export class Store {
     }
   }
 
+  /** Drops every hint kept for a peer (one that left the network for good); returns how many */
+  async deleteHintsFor (peerId: string): Promise<number> {
+    this.checkOpen()
+    let total = 0
+    for (;;) {
+      const keys: string[] = []
+      for await (const key of this.hints.keys({ gt: peerId + SEP, lt: peerId + SEP + '\xff', limit: 1000 })) keys.push(key)
+      if (keys.length === 0) return total
+      await this.deleteHints(keys)
+      total += keys.length
+    }
+  }
+
   /** Group-commit counters, for status and benchmarks */
   get commits (): { batches: number, ops: number } {
     return { batches: this.committer.batches, ops: this.committer.opsWritten }

@@ -227,6 +227,13 @@ describe('ntsoekhe CLI end to end', () => {
       const unknownTable = await run(['query', 'no_such_table'])
       expect(unknownTable.code).toBe(EXIT.REFUSED)
       expect(unknownTable.stderr).toMatch(/no_such_table/)
+
+      const removeUnknown = await run(['remove', '12D3KooWnosuchpeerxyz'])
+      expect(removeUnknown.code).toBe(EXIT.REFUSED)
+      expect(removeUnknown.stderr).toMatch(/No member 12D3KooWnosuchpeerxyz/)
+      const removeSelf = await run(['remove', peerId])
+      expect(removeSelf.code).toBe(EXIT.REFUSED)
+      expect(removeSelf.stderr).toMatch(/cannot remove itself/)
     })
 
     it('imports NDJSON and CSV, reporting accepted rows and rejected lines', async () => {

@@ -340,3 +340,42 @@ describe('retries after a silent primary', () => {
     await expect(c.db.insert('patient_records', patient(i + 100000))).rejects.toMatchObject({ code: 'CONFLICT' })
   })
 })
+
+describe('removing a member that is gone for good', () => {
+  it('passes its share to the others, copies its records to their new owners, and drops its hints', async () => {
+    net = await createTestnet(5, { replicas: 2, writeQuorum: 1 })
+    await net.converge(5)
+    const [a] = net.nodes as [Testnet['nodes'][number]]
+    const gone = net.nodes[3]!
+    const count = 120
+    for (let i = 1; i <= count; i++) await net.nodes[i % 5]!.db.insert('patient_records', patient(i))
+    net.network.down(gone.peerId)
+    // A write it misses while down becomes a hint somewhere.
+    let k = count + 1
+    while (!a.coordinator.owners('patient_records', tokenOf(`patient_id:${k}`)).includes(gone.peerId)) k++
+    await a.db.insert('patient_records', patient(k))
+    const deadline = Date.now() + 5000
+    while (a.membership.stateOf(gone.peerId) !== 'down') {
+      if (Date.now() > deadline) throw new Error('timed out waiting for the member to be marked down')
+      await new Promise(resolve => setTimeout(resolve, 20))
+    }
+    expect(() => a.membership.remove(net!.nodes[1]!.peerId)).toThrow(/only a down member/)
+    expect(() => a.membership.remove('12D3KooWnosuchpeer')).toThrow(/No member/)
+    expect(a.membership.remove(gone.peerId).state).toBe('left')
+    const rest = net.nodes.filter(n => n !== gone)
+    await net.converge(4, 5000, rest)
+    await net.settled()
+    for (const i of [...Array.from({ length: count }, (_, j) => j + 1), k]) {
+      const owners = a.coordinator.owners('patient_records', tokenOf(`patient_id:${i}`))
+      expect(owners).not.toContain(gone.peerId)
+      const holders = []
+      for (const n of rest) if (await n.store.get('patient_records', tokenOf(`patient_id:${i}`), String(i)) !== undefined) holders.push(n.peerId)
+      expect(holders.sort(), `patient ${i}`).toEqual([...owners].sort())
+    }
+    const hintsGone = Date.now() + 3000
+    while (rest.some(n => n.store.hintCount(gone.peerId) > 0)) {
+      if (Date.now() > hintsGone) throw new Error('timed out waiting for hints for the removed member to be dropped')
+      await new Promise(resolve => setTimeout(resolve, 20))
+    }
+  })
+})
