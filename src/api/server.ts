@@ -17,6 +17,8 @@ export interface ApiComponents {
   extra?: Record<string, () => Promise<unknown>>
   /** Declares a down member gone for good (`DELETE /v1/members/:peerId`), on the networked node */
   removeMember?: (peerId: string) => Promise<unknown>
+  /** Hands off this node's records and leaves the network (`POST /v1/leave`), on the networked node */
+  leave?: () => Promise<unknown>
   logger?: FastifyBaseLogger
 }
 
@@ -69,6 +71,8 @@ export function createApi (components: ApiComponents): FastifyInstance {
   if (removeMember !== undefined) {
     app.delete<{ Params: { peerId: string } }>('/v1/members/:peerId', async req => await removeMember(req.params.peerId))
   }
+  const leave = components.leave
+  if (leave !== undefined) app.post('/v1/leave', async () => await leave())
 
   app.post<{ Params: Params, Querystring: Query }>('/v1/tables/:table/rows', async (req, reply) => {
     const result = await db.insert(req.params.table, requireBody(req), requestOptions(req.query))

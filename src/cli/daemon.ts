@@ -49,7 +49,8 @@ export async function runDaemon (home: string, flags: DaemonFlags, io: Io): Prom
   const { config: saved } = await loadConfig(home)
   const config = applyFlags(saved, flags)
   const logger = pino({ level: config.log.level, base: { component: 'ntsoekhe' } })
-  const node = new NtsoekheNode({ home, config, logger })
+  // After `ntsoekhe leave` the node has handed everything off: it stops as on a signal.
+  const node = new NtsoekheNode({ home, config, logger, onLeft: () => { process.kill(process.pid, 'SIGTERM') } })
   try {
     await node.start()
   } catch (err) {

@@ -245,6 +245,13 @@ function buildProgram (io: Io, setCode: (c: number) => void): Command {
       out(opts, r, () => `${String(r.peerId)} removed; its records are being copied to their new owners (see status: replication.rebalance)\n`)
     })
 
+  common(program.command('leave').description("hand this node's records to the other members, leave the network and stop the daemon"))
+    .action(async (opts: GlobalOpts) => {
+      io.stderr.write('handing off every record this node holds (this can take a while)...\n')
+      const r = await (await client(opts)).leave()
+      out(opts, r, () => `${String(r.peerId)} left the network: ${String(r.handedOff)} records handed off; the daemon is stopping\n`)
+    })
+
   common(program.command('ring').description("each member's share of the token space and local row counts"))
     .action(async (opts: GlobalOpts) => {
       const r = await (await client(opts)).ring()

@@ -52,6 +52,8 @@ export class NtsoekheClient {
   async ring (): Promise<Record<string, any>> { return await this.request('GET', '/v1/ring') }
   /** Declares a down member gone for good: its share and its records pass to the others */
   async removeMember (peerId: string): Promise<Record<string, any>> { return await this.request('DELETE', `/v1/members/${enc(peerId)}`) }
+  /** Hands this node's records to their owners and leaves the network; the daemon then stops */
+  async leave (): Promise<Record<string, any>> { return await this.request('POST', '/v1/leave', { timeout: 11 * 60_000 }) }
 
   async insert (table: string, row: unknown, options: RequestOptions = {}): Promise<RowResult> {
     return await this.request('POST', `/v1/tables/${enc(table)}/rows${qs(options)}`, { body: row, signal: options.signal })

@@ -245,6 +245,31 @@ export class DistributedCoordinator implements Coordinator {
     else if (!this.stopped) setTimeout(() => { this.scheduleRebalance(0) }, this.rebalanceDelayMs * 5).unref?.()
   }
 
+  /**
+   * Hands every local record to its owners and drops it (after this node
+   * left the ring): runs rebalances until a scan finds nothing here, or
+   * fails at the deadline with what is left.
+   */
+  async drain (timeoutMs: number): Promise<{ handedOff: number, rounds: number }> {
+    const deadline = Date.now() + timeoutMs
+    let handedOff = 0
+    for (let rounds = 1; ; rounds++) {
+      this.scheduleRebalance(0)
+      while (this.rebalanceStatus().pending) {
+        if (Date.now() > deadline) throw new UnavailableError(`Leaving: records are still being handed off after ${timeoutMs} ms`)
+        await new Promise(resolve => setTimeout(resolve, 50))
+      }
+      handedOff += this.lastRebalance?.dropped ?? 0
+      let left = 0
+      for await (const _ of this.c.store.scanRecords()) { left++; if (left > 0) break }
+      if (left === 0) return { handedOff, rounds }
+      if (Date.now() > deadline) {
+        throw new UnavailableError(`Leaving: records are still held here after ${timeoutMs} ms (${this.lastRebalance?.failed ?? 0} could not be handed off in the last round); try again`)
+      }
+      await new Promise(resolve => setTimeout(resolve, Math.min(1000, this.rebalanceDelayMs)))
+    }
+  }
+
   /** What the rebalance after the last ring change did */
   rebalanceStatus (): RebalanceStatus {
     const pending = this.rebalanceTimer !== undefined || this.rebalancing !== undefined

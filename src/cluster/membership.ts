@@ -107,7 +107,7 @@ export class Membership {
   }
 
   stateOf (peerId: string): MemberStatus['state'] | undefined {
-    if (peerId === this.c.peerId) return 'alive'
+    if (peerId === this.c.peerId) return this.self.left === true ? 'left' : 'alive'
     const k = this.known.get(peerId)
     return k === undefined ? undefined : this.state(k)
   }
@@ -122,7 +122,7 @@ export class Membership {
 
   /** Every member this node knows, itself first */
   members (): MemberStatus[] {
-    const self: MemberStatus = { peerId: this.c.peerId, state: 'alive', addresses: this.c.addresses(), lastSeen: this.now() }
+    const self: MemberStatus = { peerId: this.c.peerId, state: this.self.left === true ? 'left' : 'alive', addresses: this.c.addresses(), lastSeen: this.now() }
     const others = [...this.known.values()]
       .sort((a, b) => a.peerId < b.peerId ? -1 : 1)
       .map(k => ({ peerId: k.peerId, state: this.state(k), addresses: k.addresses, lastSeen: k.updatedAt }))
@@ -175,11 +175,20 @@ export class Membership {
     return { peerId, state: 'left', addresses: after.addresses, lastSeen: after.updatedAt }
   }
 
-  /** Marks this node as leaving and tells a few members */
+  /**
+   * Marks this node as leaving and tells a few members (the rest learn by
+   * gossip): from now on no member, this one included, counts it on the ring.
+   */
   async leave (): Promise<void> {
     this.self.left = true
     this.self.heartbeat++
+    this.checkChanges()
     await Promise.allSettled(this.pickTargets().map(async p => await this.gossip(p)))
+  }
+
+  /** This node has announced that it is leaving */
+  get leaving (): boolean {
+    return this.self.left === true
   }
 
   private async tick (): Promise<void> {

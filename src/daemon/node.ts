@@ -8,7 +8,7 @@ import type { Coordinator } from '../cluster/coordinator.js'
 import { DistributedCoordinator } from '../cluster/distributed.js'
 import { Membership } from '../cluster/membership.js'
 import { PROTOCOLS } from '../cluster/transport.js'
-import { NtsoekheError } from '../errors/index.js'
+import { ConflictError, NtsoekheError } from '../errors/index.js'
 import { loadOrCreateIdentity, peerIdFromKey } from '../p2p/identity.js'
 import { createNode, type NtsoekheNode as Libp2pNode } from '../p2p/node.js'
 import { Libp2pTransport } from '../p2p/transport.js'
@@ -27,6 +27,8 @@ export interface NodeInit {
   config: Config
   /** Where logs go. @default pino to stdout at config.log.level */
   logger?: Logger
+  /** Called once this node has left the network and handed off its records (the daemon then stops) */
+  onLeft?: () => void
 }
 
 /**
@@ -48,12 +50,14 @@ export class NtsoekheNode {
   private starting?: Promise<void>
   private stopping?: Promise<void>
   private readonly startedAt = Date.now()
+  private readonly onLeft?: () => void
   /** Event-loop delay: a stalled loop delays every request the node serves */
   private readonly loopDelay = monitorEventLoopDelay({ resolution: 10 })
 
   constructor (init: NodeInit) {
     this.home = init.home
     this.config = init.config
+    if (init.onLeft !== undefined) this.onLeft = init.onLeft
     this.logger = init.logger ?? pino({ level: init.config.log.level, base: { component: 'ntsoekhe' } })
   }
 
@@ -137,6 +141,7 @@ export class NtsoekheNode {
       status: async () => await this.status(),
       extra: { peers: async () => await this.peers(), ring: async () => await this.ringView() },
       removeMember: async (peerId: string) => (this.membership as Membership).remove(peerId),
+      leave: async () => await this.leave(),
       logger: this.logger
     })
     await removeStaleSocket(this.socket)
@@ -192,6 +197,26 @@ export class NtsoekheNode {
       members: membership.members().map(m => ({ peerId: m.peerId, state: m.state, share: shares.get(m.peerId) ?? 0 })),
       localRows: publicCounts(await (this.store as Store).countRows())
     }
+  }
+
+  /**
+   * Leaves the network for good: announces it, hands every record this node
+   * holds to its owners, and drops it here. The daemon stops afterwards
+   * (`onLeft`).
+   */
+  async leave (timeoutMs = 10 * 60_000): Promise<Record<string, unknown>> {
+    const membership = this.membership as Membership
+    const coordinator = this.coordinator as DistributedCoordinator
+    const others = membership.liveMembers().filter(p => p !== this.peerId)
+    if (!membership.leaving && others.length === 0) {
+      throw new ConflictError('No other member is up: there is no one to hand this node\'s records to')
+    }
+    this.logger.info('leaving the network: handing off every record')
+    await membership.leave()
+    const { handedOff, rounds } = await coordinator.drain(timeoutMs)
+    this.logger.info({ handedOff, rounds }, 'left the network; stopping')
+    if (this.onLeft !== undefined) setImmediate(this.onLeft)
+    return { peerId: this.peerId, state: 'left', handedOff, rounds }
   }
 
   async stop (): Promise<void> {

@@ -198,4 +198,27 @@ describe('a five-node network', () => {
       expect(r.row.address).toBe('After the join')
     }
   }, 120_000)
+
+  it('ntsoekhe leave on the sixth node hands its records to the others, and its daemon stops', async () => {
+    const sixth = daemons[SIZE]!
+    const exited = new Promise<number | null>(resolve => { sixth.proc.once('exit', code => { resolve(code) }) })
+    const r = await cli(['leave', '--json'], { home: sixth.home })
+    expect(r.code, r.stderr).toBe(0)
+    const body = json<{ peerId: string, state: string, handedOff: number }>(r)
+    expect(body.state).toBe('left')
+    expect(body.handedOff).toBeGreaterThan(0)
+    await Promise.race([exited, new Promise((_resolve, reject) => setTimeout(() => { reject(new Error('timed out after 15 s waiting for the daemon that left to exit')) }, 15_000))])
+    daemons.pop()
+    clients.pop()
+    const expected = (ROWS + 100 + 1) * 3
+    await waitFor(`every remaining node to see the sixth as left and exactly ${expected} copies among the five`, async () => {
+      const statuses = await Promise.all(clients.map(async c => await c.status()))
+      if (!statuses.every(s => s.members.some((m: { peerId: string, state: string }) => m.peerId === body.peerId && m.state === 'left'))) return false
+      if (statuses.some(s => s.replication.rebalance.pending === true)) return false
+      const counts = await Promise.all(clients.map(async c => (await c.ring()).localRows.patient_records ?? 0))
+      return counts.reduce((a: number, b: number) => a + b, 0) === expected
+    }, 45_000)
+    for (const id of [1, 250, 500, 777, 1000, 2050]) expect(await holders('patient_records', id)).toHaveLength(3)
+    expect((await clients[1]!.get('patient_records', 3)).row.address).toBe('After the join')
+  }, 120_000)
 })

@@ -379,3 +379,32 @@ describe('removing a member that is gone for good', () => {
     }
   })
 })
+
+describe('leaving the network', () => {
+  it('a member that leaves hands every record to its owners and keeps none', async () => {
+    net = await createTestnet(4, { replicas: 2 })
+    await net.converge(4)
+    const count = 100
+    for (let i = 1; i <= count; i++) await net.nodes[i % 4]!.db.insert('patient_records', patient(i))
+    const leaver = net.nodes[2]!
+    const held = Object.values(await leaver.store.countRows()).reduce((a, b) => a + b, 0)
+    expect(held).toBeGreaterThan(0)
+    await leaver.membership.leave()
+    const { handedOff } = await leaver.coordinator.drain(10_000)
+    expect(handedOff).toBe(held)
+    expect(await leaver.store.countRows()).toEqual({})
+    const rest = net.nodes.filter(n => n !== leaver)
+    await net.converge(3, 5000, rest)
+    await net.settled()
+    for (const n of rest) expect(n.membership.stateOf(leaver.peerId)).toBe('left')
+    for (let i = 1; i <= count; i++) {
+      const owners = rest[0]!.coordinator.owners('patient_records', tokenOf(`patient_id:${i}`))
+      expect(owners).not.toContain(leaver.peerId)
+      const holders = []
+      for (const n of rest) if (await n.store.get('patient_records', tokenOf(`patient_id:${i}`), String(i)) !== undefined) holders.push(n.peerId)
+      expect(holders.sort(), `patient ${i}`).toEqual([...owners].sort())
+    }
+    // Requests through the node that left still reach the data.
+    expect((await leaver.db.get('patient_records', '7')).row.patient_name).toBe('Patient 7')
+  })
+})
