@@ -17,6 +17,8 @@ export interface Mutation {
   row?: Row
   /** Versions the write replaces; each must be a current head, else 412 */
   ifMatch?: string[]
+  /** Random id of this client write (16 hex digits), stored on its versions so a retry can recognise it */
+  writeId?: string
 }
 
 /** What became of one group of a `writeGroups` call */

@@ -1,10 +1,11 @@
+import { randomBytes } from 'node:crypto'
 import { InvalidMessageError, NtsoekheError, TimeoutError, UnavailableError } from '../errors/index.js'
 import { findTable } from '../schema/index.js'
 import type { RecordState, Store, VersionEntry } from '../storage/store.js'
 import { winner } from '../storage/store.js'
 import type { HybridClock } from '../storage/version.js'
 import { compareVersions } from '../storage/version.js'
-import { ApplyBatcher, chunkGroups } from './apply-batcher.js'
+import { ApplyBatcher, chunkGroups, MAX_ENTRIES_PER_MESSAGE } from './apply-batcher.js'
 import type { ClusterStatus, Consistency, Coordinator, GroupOutcome, Mutation, RequestOptions, ScanPage, ScanRequest, WriteResult } from './coordinator.js'
 import { mergeStates, missingHeads } from './merge.js'
 import type { Membership } from './membership.js'
@@ -96,6 +97,10 @@ export class DistributedCoordinator implements Coordinator {
   private rebalancing?: Promise<void>
   private rebalanceAgain = false
   private lastRebalance?: RebalanceStatus['last']
+  /** Copies dropped by every rebalance since start */
+  private droppedTotal = 0
+  /** Rebalances in a row that could not hand everything off (the retry waits longer each time) */
+  private rebalanceFailures = 0
   private stopped = false
 
   constructor (components: DistributedCoordinatorComponents, init: DistributedCoordinatorInit = {}) {
@@ -173,65 +178,80 @@ export class DistributedCoordinator implements Coordinator {
     const stats = { finishedAt: 0, records: 0, sent: 0, dropped: 0, failed: 0 }
     const self = this.c.peerId
     // Pending sends per peer; a batch goes out when full and the sweep waits for it (back-pressure).
-    const queues = new Map<string, Array<{ state: RecordState, done: (ok: boolean) => void }>>()
+    // A record travels whole: every version it has had (so its history moves with it), then its state.
+    type Outgoing = { state: RecordState, versions: VersionEntry[], done: (ok: boolean) => void }
+    const queues = new Map<string, Outgoing[]>()
     const flush = async (peer: string): Promise<void> => {
       const queue = queues.get(peer) ?? []
       queues.delete(peer)
-      if (queue.length === 0) return
-      let results: unknown[] = []
-      try {
-        const reply = await this.c.transport.request(peer, 'replica', { type: 'merge', states: queue.map(q => q.state) }, { timeout: this.timeoutMs * 2 })
-        results = Array.isArray((reply as { results?: unknown })?.results) ? (reply as { results: unknown[] }).results : []
-      } catch (err) {
-        this.c.log?.('hand-off of %d records to %s failed: %s', queue.length, peer, (err as Error).message)
+      for (const part of chunkOutgoing(queue)) {
+        let ok = part.map(() => false)
+        try {
+          const applied = await this.c.transport.request(peer, 'replica', { type: 'apply', groups: part.map(q => q.versions) }, { timeout: this.timeoutMs * 2 })
+          const merged = await this.c.transport.request(peer, 'replica', { type: 'merge', states: part.map(q => q.state) }, { timeout: this.timeoutMs * 2 })
+          ok = part.map((_, i) => resultOk(applied, i) && resultOk(merged, i))
+        } catch (err) {
+          this.c.log?.('hand-off of %d records to %s failed: %s', part.length, peer, (err as Error).message)
+        }
+        part.forEach((q, i) => { q.done(ok[i] === true) })
       }
-      queue.forEach((q, i) => { q.done((results[i] as { ok?: unknown } | undefined)?.ok === true) })
     }
-    const send = async (peer: string, state: RecordState): Promise<boolean> => {
+    const send = async (peer: string, state: RecordState, versions: VersionEntry[]): Promise<boolean> => {
       let queue = queues.get(peer)
       if (queue === undefined) { queue = []; queues.set(peer, queue) }
-      const acked = new Promise<boolean>(resolve => { (queue as Array<{ state: RecordState, done: (ok: boolean) => void }>).push({ state, done: resolve }) })
-      if (queue.length >= REBALANCE_BATCH) await flush(peer)
+      const q = queue
+      const acked = new Promise<boolean>(resolve => { q.push({ state, versions, done: resolve }) })
+      if (q.length >= REBALANCE_BATCH) await flush(peer)
       return await acked
     }
-    const pending: Array<Promise<void>> = []
-    const handle = async (state: RecordState): Promise<void> => {
+    // Where one record goes: to the owners that gained it (this node stays an owner), or to every owner
+    // before this node's copy is dropped; undefined when it stays as it is.
+    const plan = (state: RecordState): { targets: string[], drop: boolean, missing: boolean } | undefined => {
       const global = findTable(state.table)?.shardKey === 'global'
       const owners = this.ring.preferenceList(state.token, global ? this.ring.size : this.replicas)
       const oldOwners = before.preferenceList(state.token, global ? before.size : this.replicas)
       if (owners.includes(self)) {
         const sender = oldOwners.find(p => this.c.membership.isAlive(p))
-        const gained = owners.filter(p => p !== self && !oldOwners.includes(p) && this.c.membership.stateOf(p) !== 'down')
-        if (sender !== self || gained.length === 0) return
-        const oks = await Promise.all(gained.map(async p => await send(p, state)))
-        stats.sent++
-        if (!oks.every(Boolean)) stats.failed++
-        return
+        const gained = owners.filter(p => p !== self && !oldOwners.includes(p))
+        if (sender !== self || gained.length === 0) return undefined
+        // A newcomer that is down now gets it on a later run: this one counts as failed, so it is retried.
+        const up = gained.filter(p => this.c.membership.stateOf(p) !== 'down')
+        return { targets: up, drop: false, missing: up.length < gained.length }
       }
       // A copy this node no longer owns (or never did): every owner must have it before it goes.
       const targets = owners.filter(p => this.c.membership.stateOf(p) !== 'down')
-      if (targets.length === 0) return
-      const oks = await Promise.all(targets.map(async p => await send(p, state)))
-      stats.sent++
-      if (targets.length === owners.length && oks.every(Boolean)) {
-        if (await this.c.store.drop(state)) stats.dropped++
-      } else {
-        stats.failed++
-      }
+      return { targets, drop: targets.length === owners.length, missing: targets.length < owners.length }
+    }
+    const handle = async (state: RecordState, route: { targets: string[], drop: boolean, missing: boolean }, versions: VersionEntry[]): Promise<void> => {
+      // The sends are queued synchronously, before the first await: the flush below sees all of them.
+      const oks = await Promise.all(route.targets.map(async p => await send(p, state, versions)))
+      if (route.targets.length > 0) stats.sent++
+      const ok = !route.missing && oks.every(Boolean)
+      if (!ok) { stats.failed++; return }
+      if (route.drop && await this.c.store.drop(state)) { stats.dropped++; this.droppedTotal++ }
+    }
+    const batch: RecordState[] = []
+    const processBatch = async (): Promise<void> => {
+      const work = batch.splice(0).map(state => ({ state, route: plan(state) })).filter(w => w.route !== undefined && w.route.targets.length + (w.route.missing ? 1 : 0) > 0)
+      const versions = await Promise.all(work.map(async w => await this.c.store.versions(w.state.table, w.state.token, w.state.id)))
+      const done = work.map(async (w, i) => {
+        await handle(w.state, w.route as NonNullable<typeof w.route>, versions[i] as VersionEntry[]).catch(err => {
+          stats.failed++
+          this.c.log?.('hand-off of %s %s failed: %s', w.state.table, w.state.id, (err as Error).message)
+        })
+      })
+      await Promise.all([...queues.keys()].map(flush))
+      await Promise.all(done)
     }
     try {
       for await (const state of this.c.store.scanRecords()) {
-        if (this.stopped) return
+        if (this.stopped) break
         stats.records++
-        pending.push(handle(state))
-        if (pending.length >= REBALANCE_BATCH * 4) {
-          // Bound what is in flight: push out what is queued and wait for it.
-          await Promise.all([...queues.keys()].map(flush))
-          await Promise.all(pending.splice(0))
-        }
+        batch.push(state)
+        // Bound what is in flight: push out what is queued and wait for it.
+        if (batch.length >= REBALANCE_BATCH * 4) await processBatch()
       }
-      await Promise.all([...queues.keys()].map(flush))
-      await Promise.all(pending.splice(0))
+      if (!this.stopped) await processBatch()
     } catch (err) {
       stats.failed++
       this.c.log?.('rebalance stopped: %s', (err as Error).message)
@@ -241,8 +261,16 @@ export class DistributedCoordinator implements Coordinator {
     if (stats.sent > 0 || stats.failed > 0) {
       this.c.log?.('rebalance over %d members: %d records looked at, %d handed off, %d copies dropped, %d failed', members.length, stats.records, stats.sent, stats.dropped, stats.failed)
     }
-    if (stats.failed === 0) this.placedFor = members
-    else if (!this.stopped) setTimeout(() => { this.scheduleRebalance(0) }, this.rebalanceDelayMs * 5).unref?.()
+    if (this.stopped) return
+    if (stats.failed === 0) {
+      this.placedFor = members
+      this.rebalanceFailures = 0
+    } else {
+      // Retry, backing off (a member may stay down for a while), but at least as often as the periodic run.
+      const wait = Math.min(this.rebalanceDelayMs * 5 * 2 ** this.rebalanceFailures, this.rebalanceIntervalMs)
+      this.rebalanceFailures = Math.min(this.rebalanceFailures + 1, 20)
+      setTimeout(() => { this.scheduleRebalance(0) }, wait).unref?.()
+    }
   }
 
   /**
@@ -252,14 +280,14 @@ export class DistributedCoordinator implements Coordinator {
    */
   async drain (timeoutMs: number): Promise<{ handedOff: number, rounds: number }> {
     const deadline = Date.now() + timeoutMs
-    let handedOff = 0
+    const droppedBefore = this.droppedTotal
     for (let rounds = 1; ; rounds++) {
       this.scheduleRebalance(0)
       while (this.rebalanceStatus().pending) {
         if (Date.now() > deadline) throw new UnavailableError(`Leaving: records are still being handed off after ${timeoutMs} ms`)
         await new Promise(resolve => setTimeout(resolve, 50))
       }
-      handedOff += this.lastRebalance?.dropped ?? 0
+      const handedOff = this.droppedTotal - droppedBefore
       let left = 0
       for await (const _ of this.c.store.scanRecords()) { left++; if (left > 0) break }
       if (left === 0) return { handedOff, rounds }
@@ -307,8 +335,11 @@ export class DistributedCoordinator implements Coordinator {
   }
 
   async write (mutations: Mutation[], options: RequestOptions = {}): Promise<WriteResult[]> {
-    const first = mutations[0]
-    if (first === undefined) return []
+    if (mutations.length === 0) return []
+    // One id for this client write, kept on its versions: a retry on another owner recognises it exactly.
+    const writeId = randomBytes(8).toString('hex')
+    mutations = mutations.map(m => m.writeId === undefined ? { ...m, writeId } : m)
+    const first = mutations[0] as Mutation
     const token = tokenOf(first.shard)
     const owners = this.owners(first.table, token)
     if (owners.length === 0) throw new UnavailableError('No members on the ring yet')
@@ -647,6 +678,9 @@ export class DistributedCoordinator implements Coordinator {
       case 'writeGroups':
         return await this.coordinateGroups(msg.groups, msg.consistency)
       case 'apply': {
+        // A node that is leaving takes nothing new: the writer keeps a hint, and the record reaches its new
+        // owners by their rebalance once they learn of the leave.
+        if (this.c.membership.leaving) return { results: msg.groups.map(() => ({ ok: false, error: { code: 'NOT_OWNER', message: `${this.c.peerId} is leaving the network` } })) }
         const results = await Promise.all(msg.groups.map(async group => {
           for (const e of group) this.c.clock.observe(e.version)
           try {
@@ -660,6 +694,7 @@ export class DistributedCoordinator implements Coordinator {
         return { results }
       }
       case 'merge': {
+        if (this.c.membership.leaving) return { results: msg.states.map(() => ({ ok: false, error: { code: 'NOT_OWNER', message: `${this.c.peerId} is leaving the network` } })) }
         for (const st of msg.states) for (const h of st.heads) this.c.clock.observe(h.version)
         try {
           await this.c.store.merge(msg.states)
@@ -709,6 +744,34 @@ export class DistributedCoordinator implements Coordinator {
       this.handingOff = false
     }
   }
+}
+
+/** Hand-off messages: at most REBALANCE_BATCH records, MAX_ENTRIES_PER_MESSAGE versions, and 50,000 version ids of state each (one larger record goes alone) */
+function chunkOutgoing<T extends { state: RecordState, versions: VersionEntry[] }> (queue: T[]): T[][] {
+  const out: T[][] = []
+  let current: T[] = []
+  let versions = 0
+  let ids = 0
+  for (const q of queue) {
+    const v = q.versions.length
+    const n = q.state.seen.length + q.state.superseded.length
+    if (current.length > 0 && (current.length >= REBALANCE_BATCH || versions + v > MAX_ENTRIES_PER_MESSAGE || ids + n > 50_000)) {
+      out.push(current)
+      current = []
+      versions = 0
+      ids = 0
+    }
+    current.push(q)
+    versions += v
+    ids += n
+  }
+  if (current.length > 0) out.push(current)
+  return out
+}
+
+function resultOk (reply: unknown, i: number): boolean {
+  const results = (reply as { results?: unknown } | null | undefined)?.results
+  return Array.isArray(results) && (results[i] as { ok?: unknown } | undefined)?.ok === true
 }
 
 /** A peer's answer to `read`, checked before it is merged or repaired into this node's store */

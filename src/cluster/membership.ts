@@ -252,10 +252,21 @@ export class Membership {
 
   private merge (view: MemberRecord[], from: string): void {
     for (const r of view) {
-      if (r.peerId === this.c.peerId) continue
+      if (r.peerId === this.c.peerId) {
+        // Removed by an operator while this node was still running (cut off, not dead): it refutes the
+        // mark with a new incarnation, which outranks it everywhere, rather than flapping in and out.
+        if (r.left === true && this.self.left !== true && r.incarnation >= this.self.incarnation) {
+          this.self.incarnation = Math.max(this.now(), r.incarnation + 1)
+          this.self.heartbeat = 0
+          this.c.log?.('this node was marked as removed; rejoining with a new incarnation')
+        }
+        continue
+      }
       const k = this.known.get(r.peerId)
       // A member is the authority on itself: a restart whose clock went back still counts.
-      const fromItself = r.peerId === from && (k === undefined || r.incarnation !== k.incarnation || r.heartbeat !== k.heartbeat)
+      // Except that it cannot undo its removal within the same incarnation: it is told, and refutes it with a new one.
+      const removed = k?.left === true && r.left !== true && r.incarnation <= k.incarnation
+      const fromItself = r.peerId === from && !removed && (k === undefined || r.incarnation !== k.incarnation || r.heartbeat !== k.heartbeat)
       if (k === undefined || fromItself || r.incarnation > k.incarnation || (r.incarnation === k.incarnation && r.heartbeat > k.heartbeat)) {
         this.known.set(r.peerId, { ...r, updatedAt: this.now() })
         this.candidates.delete(r.peerId)

@@ -80,7 +80,16 @@ export function checkEntry (e: unknown): VersionEntry {
     row = checked.row
   }
   if (table === LOCATOR_TABLE && tokenOf(`key:${id}`) !== x.token) bad('locator token mismatch')
-  return { table, id, token: x.token, version: x.version, parents: x.parents as string[], row }
+  const entry: VersionEntry = { table, id, token: x.token, version: x.version, parents: x.parents as string[], row }
+  if (x.writeId !== undefined) entry.writeId = checkWriteId(x.writeId)
+  return entry
+}
+
+const WRITE_ID_RE = /^[0-9a-f]{16}$/
+
+function checkWriteId (w: unknown): string {
+  if (typeof w !== 'string' || !WRITE_ID_RE.test(w)) bad('malformed writeId')
+  return w
 }
 
 export function checkMutation (m: unknown): Mutation {
@@ -100,6 +109,7 @@ export function checkMutation (m: unknown): Mutation {
     if (!Array.isArray(x.ifMatch) || x.ifMatch.length > MAX_PARENTS || !x.ifMatch.every(isVersion)) bad('malformed ifMatch')
     out.ifMatch = x.ifMatch as string[]
   }
+  if (x.writeId !== undefined) out.writeId = checkWriteId(x.writeId)
   return out
 }
 
@@ -177,6 +187,10 @@ export function checkState (x: unknown, expect?: { table: string, id?: string, t
   const seen = new Set(st.seen as string[])
   const heads = st.heads.map(checkEntry)
   if (!heads.every(h => seen.has(h.version))) bad('a head missing from the seen list')
+  // Every version a replica has seen is a head or replaced by one it has seen: no other state is possible.
+  const headSet = new Set(heads.map(h => h.version))
+  const superseded = new Set(st.superseded as string[])
+  if (!(st.seen as string[]).every(v => headSet.has(v) || superseded.has(v))) bad('a seen version that is neither a head nor replaced')
   const first = heads[0] as VersionEntry
   for (const h of heads) {
     if (h.table !== first.table || h.id !== first.id || h.token !== first.token) bad('heads of different records in one state')

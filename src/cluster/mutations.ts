@@ -20,10 +20,10 @@ export interface StateView {
  * record in one batch chain onto each other.
  *
  * `retry` marks a write sent again after the owner first asked went silent
- * with the write possibly applied: a mutation whose effect is already the
- * record's head (the same row, over the same parents) is answered with that
- * version instead of 409, 412 or 404, so the caller's retry does not fail
- * on, or duplicate, its own earlier write.
+ * with the write possibly applied: a mutation whose write id is already on
+ * the record's head is answered with that version instead of 409, 412 or
+ * 404, and the head is returned among the entries again so it reaches W
+ * replicas (applying it twice changes nothing).
  */
 export function orderMutations (mutations: Mutation[], states: StateView, clock: HybridClock, retry = false): { entries: VersionEntry[], results: WriteResult[], changed: Map<string, RecordState> } {
   // The group's own changes over the shared states: committed to them only if the whole group succeeds.
@@ -37,9 +37,13 @@ export function orderMutations (mutations: Mutation[], states: StateView, clock:
     const state = current.get(key)
     const head = state === undefined ? undefined : winner(state)
     const live = head !== undefined && head.row !== null
-    if (retry && head !== undefined && alreadyApplied(m, head)) {
-      results.push({ table, id, version: head.version, row: head.row })
-      continue
+    if (retry && m.writeId !== undefined && state !== undefined) {
+      const own = state.heads.find(h => h.writeId === m.writeId)
+      if (own !== undefined) {
+        if (!entries.includes(own)) entries.push(own)
+        results.push({ table, id, version: own.version, row: own.row })
+        continue
+      }
     }
     if (m.op === 'insert' && live) {
       throw new ConflictError(`${table} ${id} already exists`)
@@ -60,6 +64,7 @@ export function orderMutations (mutations: Mutation[], states: StateView, clock:
     }
     for (const v of parents) clock.observe(v)
     const entry: VersionEntry = { table, id, token, version: clock.tick(), parents, row: m.op === 'delete' ? null : (m.row ?? null) }
+    if (m.writeId !== undefined) entry.writeId = m.writeId
     entries.push(entry)
     current.set(key, nextState(state, entry).after)
     results.push({ table, id, version: entry.version, row: entry.row })
@@ -67,16 +72,6 @@ export function orderMutations (mutations: Mutation[], states: StateView, clock:
   return { entries, results, changed }
 }
 
-
-/** Whether the head is this mutation's own effect: its row (or tombstone) over the parents it named */
-function alreadyApplied (m: Mutation, head: VersionEntry): boolean {
-  const row = m.op === 'delete' ? null : (m.row ?? null)
-  if (JSON.stringify(head.row) !== JSON.stringify(row)) return false
-  if (m.op === 'insert') return m.ifMatch === undefined || m.ifMatch.length === 0
-  // An update or delete is recognised only by the versions it named: without them an equal row proves nothing.
-  if (m.ifMatch === undefined || m.ifMatch.length === 0) return false
-  return head.parents.length === m.ifMatch.length && m.ifMatch.every(v => head.parents.includes(v))
-}
 
 /**
  * Orders independent groups of mutations (each sharing one shard key) in one

@@ -211,6 +211,11 @@ export class NtsoekheNode {
     if (!membership.leaving && others.length === 0) {
       throw new ConflictError('No other member is up: there is no one to hand this node\'s records to')
     }
+    // A record is dropped here only once every owner has it, and a down owner never will.
+    const down = membership.members().filter(m => m.state === 'down').map(m => m.peerId)
+    if (!membership.leaving && down.length > 0) {
+      throw new ConflictError(`Members ${down.join(', ')} are down: bring them back or remove them (ntsoekhe remove) before leaving`)
+    }
     this.logger.info('leaving the network: handing off every record')
     await membership.leave()
     const { handedOff, rounds } = await coordinator.drain(timeoutMs)

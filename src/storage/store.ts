@@ -20,6 +20,8 @@ export interface VersionEntry {
   parents: string[]
   /** The row, or null for a tombstone (delete) */
   row: Row | null
+  /** Random id of the client write that made this version: a retry of that write recognises it */
+  writeId?: string
 }
 
 /** A record's current state: its heads, newest first. More than one head is a conflict */
@@ -354,7 +356,14 @@ export class Store {
   private stage (entry: VersionEntry, states: Map<string, RecordState | undefined>, ops: BatchOp[]): ApplyOutcome {
     const key = recordKey(entry.token, entry.table, entry.id)
     const before = states.get(key)
-    if (before?.seen.includes(entry.version) === true) return 'duplicate'
+    if (before?.seen.includes(entry.version) === true) {
+      // Known, but perhaps only by id (a state merged from a peer): keep the version itself in history.
+      if (before.heads.some(h => h.version === entry.version)) return 'duplicate'
+      const historyKey = key + SEP + entry.version
+      if (this.history.getSync(historyKey) !== undefined || ops.some(op => op.key === this.history.prefix + historyKey)) return 'duplicate'
+      ops.push(put(this.history, historyKey, entry))
+      return 'history'
+    }
 
     const { after, isHead, replaced } = nextState(before, entry)
     // A version that a stored version already replaces is history, not a head;
@@ -517,14 +526,14 @@ export const STORE_FORMAT = 3
 
 /** A record as stored: heads without the table, id and token its key already carries */
 interface StoredRecord {
-  heads: Array<{ version: string, parents: string[], row: Row | null }>
+  heads: Array<{ version: string, parents: string[], row: Row | null, writeId?: string }>
   seen: string[]
   superseded: string[]
 }
 
 function encodeRecord (state: RecordState): StoredRecord {
   return {
-    heads: state.heads.map(h => ({ version: h.version, parents: h.parents, row: h.row })),
+    heads: state.heads.map(h => h.writeId === undefined ? { version: h.version, parents: h.parents, row: h.row } : { version: h.version, parents: h.parents, row: h.row, writeId: h.writeId }),
     seen: state.seen,
     superseded: state.superseded
   }
@@ -535,7 +544,7 @@ function decodeRecord (table: string, token: string, id: string, value: StoredRe
     table,
     id,
     token,
-    heads: value.heads.map(h => ({ table, id, token, version: h.version, parents: h.parents, row: h.row })),
+    heads: value.heads.map(h => h.writeId === undefined ? { table, id, token, version: h.version, parents: h.parents, row: h.row } : { table, id, token, version: h.version, parents: h.parents, row: h.row, writeId: h.writeId }),
     seen: value.seen,
     superseded: value.superseded
   }

@@ -196,6 +196,10 @@ describe('distributed coordinator', () => {
       { type: 'apply', groups: [[{ table: 'patient_records', id: '1', token: 'zz', version: 'x', parents: [], row: null }]] },
       { type: 'apply', groups: [[{ table: 'patient_records', id: '9', token: tokenOf('patient_id:9'), version: '000001700000000000.000000.abc', parents: [], row: { ...patient(9), patient_name: 'x'.repeat(151) } }]] },
       { type: 'write', mutations: [{ op: 'insert', table: 'patient_records', id: '9', shard: 'patient_id:10', row: patient(9) }] },
+      // A state claiming a version it neither holds as a head nor knows to be replaced: later copies of it would be dropped as known.
+      { type: 'merge', states: [{ heads: [{ table: 'patient_records', id: '9', token: tokenOf('patient_id:9'), version: '000001700000000000.000000.abc', parents: [], row: patient(9) }], seen: ['000001700000000000.000000.abc', '000001700000000001.000000.abc'], superseded: [] }] },
+      { type: 'merge', states: [] },
+      { type: 'write', mutations: [{ op: 'put', table: 'patient_records', id: '9', shard: 'patient_id:9', row: patient(9), writeId: 'not-hex' }] },
       null
     ]
     for (const msg of bad) {
@@ -235,6 +239,27 @@ describe('rebalance and catch-up', () => {
     expect(last.pending).toBe(false)
     // Every row reads back through the newcomer, as written.
     for (let i = 1; i <= count; i += 7) expect((await fresh.db.get('patient_records', String(i))).row.patient_name).toBe(`Patient ${i}`)
+  })
+
+  it('a newcomer to a network smaller than N gets every record, with its history', async () => {
+    net = await createTestnet(2, { replicas: 3, writeQuorum: 2, readQuorum: 2 })
+    await net.converge(2)
+    const count = 50
+    for (let i = 1; i <= count; i++) {
+      const db = net.nodes[i % 2]!.db
+      await db.insert('patient_records', patient(i))
+      await db.patch('patient_records', String(i), { address: `Moved ${i}` })
+    }
+    const fresh = await net.add()
+    await net.converge(3)
+    await net.settled()
+    // No old owner lost its place, so only the pushes to the newcomer can have put the rows there.
+    for (let i = 1; i <= count; i++) {
+      const token = tokenOf(`patient_id:${i}`)
+      const state = await fresh.store.get('patient_records', token, String(i))
+      expect(state?.heads[0]?.row?.address, `patient ${i}`).toBe(`Moved ${i}`)
+      expect(await fresh.store.versions('patient_records', token, String(i))).toHaveLength(2)
+    }
   })
 
   it('a primary that missed an update catches up from the other owners before it orders the next', async () => {
@@ -289,9 +314,11 @@ describe('rebalance and catch-up', () => {
       expect(await other.merge([state])).toEqual(['merged'])
       expect(await other.merge([state])).toEqual(['known'])
       expect(await other.countRows()).toEqual({ patient_records: 1 })
-      // ... then receives the first version late (a slow hint): it stays history.
+      // ... then receives the first version late (a slow hint): it goes to history, once, and never becomes a head.
       const old = { table: 'patient_records', id: '9', token, version: v1.version, parents: [], row: patient(9) as any }
+      expect(await other.apply([old])).toEqual(['history'])
       expect(await other.apply([old])).toEqual(['duplicate'])
+      expect((await other.versions('patient_records', token, '9')).map(v => v.version)).toEqual([v1.version, v2.version])
       const got = (await other.get('patient_records', token, '9'))!
       expect(got.heads.map(h => h.version)).toEqual([v2.version])
       expect((await other.scan('patient_records', { where: { email: 'p9@example.org' }, limit: 10 })).rows).toHaveLength(1)
@@ -376,6 +403,14 @@ describe('removing a member that is gone for good', () => {
     while (rest.some(n => n.store.hintCount(gone.peerId) > 0)) {
       if (Date.now() > hintsGone) throw new Error('timed out waiting for hints for the removed member to be dropped')
       await new Promise(resolve => setTimeout(resolve, 20))
+    }
+    // The machine was only cut off: when it is back it refutes the removal and is a member again, for good.
+    net.network.up(gone.peerId)
+    await net.converge(5)
+    const stable = Date.now() + 1000
+    while (Date.now() < stable) {
+      for (const n of net.nodes) expect(n.membership.stateOf(gone.peerId)).not.toBe('left')
+      await new Promise(resolve => setTimeout(resolve, 50))
     }
   })
 })
