@@ -221,4 +221,32 @@ describe('a five-node network', () => {
     for (const id of [1, 250, 500, 777, 1000, 2050]) expect(await holders('patient_records', id)).toHaveLength(3)
     expect((await clients[1]!.get('patient_records', 3)).row.address).toBe('After the join')
   }, 120_000)
+
+  it('a node killed for good and then removed with ntsoekhe remove: its records are copied back to N nodes', async () => {
+    const victim = daemons[4]!
+    const peerId = (await clients[4]!.status()).peerId as string
+    await victim.kill9()
+    daemons.splice(4, 1)
+    clients.splice(4, 1)
+    // At once it still looks alive (suspect after 3 s, down after 10 s): removing it is refused.
+    const early = await cli(['remove', peerId], { home: daemons[0]!.home })
+    expect(early.code).toBe(1)
+    expect(early.stderr).toMatch(/only a down member/)
+    await waitFor('the killed node to be marked down', async () => {
+      const s = await clients[0]!.status()
+      return s.members.some((m: { peerId: string, state: string }) => m.peerId === peerId && (m.state === 'down' || m.state === 'left'))
+    }, 30_000)
+    const r = await cli(['remove', peerId, '--json'], { home: daemons[0]!.home })
+    expect(r.code, r.stderr).toBe(0)
+    expect(json<{ state: string }>(r).state).toBe('left')
+    const expected = (ROWS + 100 + 1) * 3
+    await waitFor(`every node to drop the removed member and hold exactly ${expected} copies again`, async () => {
+      const statuses = await Promise.all(clients.map(async c => await c.status()))
+      if (!statuses.every(s => s.members.some((m: { peerId: string, state: string }) => m.peerId === peerId && m.state === 'left'))) return false
+      if (statuses.some(s => s.replication.rebalance.pending === true)) return false
+      const counts = await Promise.all(clients.map(async c => (await c.ring()).localRows.patient_records ?? 0))
+      return counts.reduce((a: number, b: number) => a + b, 0) === expected
+    }, 45_000)
+    for (const id of [1, 250, 500, 777, 1000, 2050]) expect(await holders('patient_records', id)).toHaveLength(3)
+  }, 120_000)
 })
