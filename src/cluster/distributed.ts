@@ -62,6 +62,13 @@ export interface RebalanceStatus {
 
 /** Hints handed to one peer per round */
 const HANDOFF_BATCH = 256
+/** Where the ring of the last finished rebalance is kept in the store */
+const PLACED_FOR_KEY = 'placedFor'
+
+function sameMembers (a: string[], b: string[]): boolean {
+  return a.length === b.length && [...a].sort().join(',') === [...b].sort().join(',')
+}
+
 /** Record states sent to one peer in one hand-off message */
 const REBALANCE_BATCH = 256
 
@@ -121,8 +128,11 @@ export class DistributedCoordinator implements Coordinator {
 
   async start (): Promise<void> {
     this.updateRing()
-    // Records on disk were placed for the members known at start (members.json): only later changes move them.
-    this.placedFor = this.ring.list().map(m => m.peerId)
+    // Records on disk were placed for the ring of the last finished rebalance (kept with the data, so a
+    // crash in the middle of one is redone), else for the members known at start (members.json).
+    const saved = await this.c.store.getMeta<unknown>(PLACED_FOR_KEY).catch(() => undefined)
+    this.placedFor = Array.isArray(saved) && saved.every(p => typeof p === 'string') ? saved as string[] : this.ring.list().map(m => m.peerId)
+    if (!sameMembers(this.placedFor, this.ring.list().map(m => m.peerId))) this.scheduleRebalance(this.rebalanceDelayMs)
     this.unsubscribe = this.c.membership.onChange(() => { this.updateRing() })
     this.handoffTimer = setInterval(() => { void this.handoff() }, this.handoffIntervalMs)
     this.handoffTimer.unref?.()
@@ -265,6 +275,7 @@ export class DistributedCoordinator implements Coordinator {
     if (stats.failed === 0) {
       this.placedFor = members
       this.rebalanceFailures = 0
+      await this.c.store.putMeta(PLACED_FOR_KEY, members).catch(err => { this.c.log?.('saving the placed ring failed: %s', (err as Error).message) })
     } else {
       // Retry, backing off (a member may stay down for a while), but at least as often as the periodic run.
       const wait = Math.min(this.rebalanceDelayMs * 5 * 2 ** this.rebalanceFailures, this.rebalanceIntervalMs)

@@ -515,6 +515,19 @@ export class Store {
     }
   }
 
+  /** A small piece of node state kept with the data (e.g. the ring the records were last placed for) */
+  async getMeta<T> (key: string): Promise<T | undefined> {
+    this.checkOpen()
+    if (key === 'format') throw new Error('the store format is not node state')
+    return await this.meta.get(`node:${key}`) as T | undefined
+  }
+
+  /** Saves node state durably, through the group committer */
+  async putMeta (key: string, value: unknown): Promise<void> {
+    this.checkOpen()
+    await this.committer.commit([put(this.meta, `node:${key}`, value)])
+  }
+
   /** Group-commit counters, for status and benchmarks */
   get commits (): { batches: number, ops: number } {
     return { batches: this.committer.batches, ops: this.committer.opsWritten }

@@ -237,6 +237,8 @@ describe('rebalance and catch-up', () => {
     expect(onFresh).toBeLessThan(count * 0.75)
     const last = fresh.coordinator.rebalanceStatus()
     expect(last.pending).toBe(false)
+    // The ring the records are now placed for is kept with them: a restart does not move them again.
+    for (const n of net.nodes) expect(((await n.store.getMeta<string[]>('placedFor')) ?? []).sort()).toEqual(net.nodes.map(x => x.peerId).sort())
     // Every row reads back through the newcomer, as written.
     for (let i = 1; i <= count; i += 7) expect((await fresh.db.get('patient_records', String(i))).row.patient_name).toBe(`Patient ${i}`)
   })
