@@ -7,10 +7,13 @@ import type { MultiaddrConnection, Transport, Upgrader } from '@libp2p/interface
  * Noise and reaches the socket as its own `write()` (a length prefix and a
  * ciphertext, each a syscall), so one replicated write cost a node about
  * five write syscalls. Here a connection's socket is corked on its first
- * write in a turn of the event loop and uncorked once that turn's I/O
- * callbacks have run (`setImmediate`): everything sent in between leaves as
- * one `writev`. Node's Writable does the buffering, so back-pressure
- * (`write()` returning false, then 'drain') works as before.
+ * write and uncorked on the next tick: everything written in the same
+ * synchronous run (one RPC flush, whatever yamux and Noise make of it)
+ * leaves as one `writev`. A later point (`setImmediate`) would coalesce
+ * more but hold every message back a whole event-loop turn, and the RPC
+ * flush already runs from `setImmediate`. Node's Writable does the
+ * buffering, so back-pressure (`write()` returning false, then 'drain')
+ * works as before.
  */
 export function coalescedTcp (init: TCPOptions = {}): (components: TCPComponents) => Transport {
   const factory = tcp(init)
@@ -43,7 +46,7 @@ export function coalescedTcp (init: TCPOptions = {}): (components: TCPComponents
   }
 }
 
-/** Corks the connection's socket for the rest of the event-loop turn on each first write */
+/** Corks the connection's socket on a first write, until the next tick */
 export function coalesceWrites (maConn: MultiaddrConnection): void {
   const conn = maConn as MultiaddrConnection & { socket?: Socket, sendData?: (data: unknown) => unknown }
   const socket = conn.socket
@@ -59,7 +62,7 @@ export function coalesceWrites (maConn: MultiaddrConnection): void {
     if (!corked && !socket.destroyed) {
       corked = true
       socket.cork()
-      setImmediate(uncork)
+      process.nextTick(uncork)
     }
     return sendData.call(this, data)
   }

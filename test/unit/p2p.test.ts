@@ -304,7 +304,7 @@ describe('private network', () => {
 })
 
 describe('coalesced TCP writes', () => {
-  it('sends everything written in one event-loop turn as one corked batch, and keeps the inner result', async () => {
+  it('sends everything written in one synchronous run as one corked batch, and keeps the inner result', async () => {
     const { coalesceWrites } = await import('../../src/p2p/coalesce.js')
     const events: string[] = []
     const socket = { destroyed: false, cork: () => events.push('cork'), uncork: () => events.push('uncork') }
@@ -314,7 +314,8 @@ describe('coalesced TCP writes', () => {
     conn.sendData('b')
     expect(conn.sendData('full')).toEqual({ sentBytes: 4, canSendMore: false })
     expect(events).toEqual(['cork', 'send a', 'send b', 'send full'])
-    await new Promise(resolve => setImmediate(resolve))
+    // Uncorked on the next tick, not a whole event-loop turn later.
+    await new Promise(resolve => { process.nextTick(resolve) })
     expect(events.at(-1)).toBe('uncork')
     conn.sendData('c')
     await new Promise(resolve => setImmediate(resolve))
