@@ -154,7 +154,8 @@ export class Membership {
    * it is marked left, which every member learns by gossip, so its ring share
    * passes to the others and the records it held are copied to their new
    * owners. A member that is still answering cannot be removed. If the
-   * machine does come back, its own heartbeat makes it a member again.
+   * machine was only cut off and comes back, it hears of its removal and
+   * refutes it with a new incarnation (see `merge`), and is a member again.
    */
   remove (peerId: string): MemberStatus {
     if (peerId === this.c.peerId) throw new ValidationError('A node cannot remove itself')
