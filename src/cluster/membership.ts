@@ -28,6 +28,12 @@ export interface MembershipComponents {
   persist?: (members: Array<{ peerId: string, addresses: string[] }>) => Promise<void>
   /** Asks the network layer to dial a peer at these addresses before gossiping with it */
   connect?: (peerId: string, addresses: string[]) => Promise<void>
+  /**
+   * Tells the network layer where a member can be reached, as soon as gossip
+   * says so: a member heard of only through others is then dialable by its
+   * peer id when a request (a replica write) is the first thing sent to it
+   */
+  learned?: (peerId: string, addresses: string[]) => void
   log?: (msg: string, ...args: unknown[]) => void
   now?: () => number
 }
@@ -271,6 +277,7 @@ export class Membership {
       if (k === undefined || fromItself || r.incarnation > k.incarnation || (r.incarnation === k.incarnation && r.heartbeat > k.heartbeat)) {
         this.known.set(r.peerId, { ...r, updatedAt: this.now() })
         this.candidates.delete(r.peerId)
+        if (r.addresses.length > 0 && r.addresses.join(' ') !== k?.addresses.join(' ')) this.c.learned?.(r.peerId, r.addresses)
       }
     }
     // The sender answered, so it is alive now even if its record lags.

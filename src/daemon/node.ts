@@ -101,6 +101,7 @@ export class NtsoekheNode {
       addresses: () => libp2p.getMultiaddrs().map(a => a.toString()),
       persist: async members => { await saveMembers(this.home, members) },
       connect: async (peerId, addresses) => { await dialPeer(libp2p, peerId, addresses) },
+      learned: (peerId, addresses) => { void rememberAddresses(libp2p, peerId, addresses).catch(err => { this.logger.debug({ err, peerId }, 'keeping addresses failed') }) },
       log
     }, this.config.membership)
     const clock = new HybridClock(nodeTag(this.peerId))
@@ -284,6 +285,12 @@ async function readPnetKey (path: string): Promise<Uint8Array> {
 }
 
 /** Dials a peer by id, after adding the addresses it was known by (Noise checks the id) */
+/** Puts a member's addresses in the libp2p peer store, so a dial by peer id finds them */
+async function rememberAddresses (node: Libp2pNode, peerId: string, addresses: string[]): Promise<void> {
+  const addrs = addresses.flatMap(a => { try { return [multiaddr(a)] } catch { return [] } })
+  if (addrs.length > 0) await node.peerStore.merge(peerIdFromString(peerId), { multiaddrs: addrs })
+}
+
 async function dialPeer (node: Libp2pNode, peerId: string, addresses: string[]): Promise<void> {
   const id = peerIdFromString(peerId)
   const addrs = addresses.flatMap(a => { try { return [multiaddr(a)] } catch { return [] } })

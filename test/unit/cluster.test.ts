@@ -16,6 +16,34 @@ describe('membership', () => {
     for (const n of net.nodes) expect(n.membership.members().filter(m => m.state === 'alive')).toHaveLength(6)
   })
 
+  it('hands the addresses of members it hears of through others to the network layer', async () => {
+    const { MemoryNetwork } = await import('../../src/cluster/memory-transport.js')
+    const { Membership } = await import('../../src/cluster/membership.js')
+    const network = new MemoryNetwork()
+    const learned: Array<[string, string[]]> = []
+    const ids = ['12D3KooWlearnA', '12D3KooWlearnB', '12D3KooWlearnC']
+    const ms = ids.map(id => new Membership({
+      transport: network.transport(id),
+      peerId: id,
+      addresses: () => [`/memory/${id}`],
+      ...(id === ids[2] ? { learned: (p: string, a: string[]) => { learned.push([p, a]) } } : {})
+    }, { heartbeatMs: 20, suspectAfterMs: 200, downAfterMs: 400 }))
+    // C knows only A; B joins through A as well, so C hears of B only through gossip.
+    ms[1]!.addCandidate(ids[0]!)
+    ms[2]!.addCandidate(ids[0]!)
+    for (const m of ms) m.start()
+    try {
+      const deadline = Date.now() + 3000
+      while (!learned.some(([p]) => p === ids[1])) {
+        if (Date.now() > deadline) throw new Error('timed out waiting for C to learn where B is')
+        await new Promise(resolve => setTimeout(resolve, 10))
+      }
+      expect(learned.find(([p]) => p === ids[1])?.[1]).toEqual([`/memory/${ids[1]}`])
+    } finally {
+      for (const m of ms) m.stop()
+    }
+  })
+
   it('marks a silent member suspect, then down, and keeps its ring share (quorums do not shrink)', async () => {
     net = await createTestnet(4)
     await net.converge(4)
