@@ -13,23 +13,42 @@ export const MAX_GROUPS_PER_MESSAGE = 512
 /** Most versions in one message: well under what a replica accepts (MAX_ENTRIES) and the frame limit */
 export const MAX_ENTRIES_PER_MESSAGE = 2000
 
-/** Splits groups into messages of at most MAX_GROUPS_PER_MESSAGE groups and MAX_ENTRIES_PER_MESSAGE entries (a larger group goes alone) */
-export function chunkGroups<T> (groups: T[], size: (g: T) => number): T[][] {
+/**
+ * Splits items into messages of at most `maxItems` items, each `limits`
+ * entry capping the sum of its measure over a message (an item over a cap
+ * goes alone)
+ */
+export function chunkBy<T> (items: T[], maxItems: number, limits: Array<{ size: (item: T) => number, max: number }>): T[][] {
   const out: T[][] = []
   let current: T[] = []
-  let entries = 0
-  for (const g of groups) {
-    const n = size(g)
-    if (current.length > 0 && (current.length >= MAX_GROUPS_PER_MESSAGE || entries + n > MAX_ENTRIES_PER_MESSAGE)) {
+  let sums = limits.map(() => 0)
+  for (const item of items) {
+    const sizes = limits.map(l => l.size(item))
+    if (current.length > 0 && (current.length >= maxItems || limits.some((l, i) => (sums[i] as number) + (sizes[i] as number) > l.max))) {
       out.push(current)
       current = []
-      entries = 0
+      sums = limits.map(() => 0)
     }
-    current.push(g)
-    entries += n
+    current.push(item)
+    sums = sums.map((s, i) => s + (sizes[i] as number))
   }
   if (current.length > 0) out.push(current)
   return out
+}
+
+/** Splits groups into messages of at most MAX_GROUPS_PER_MESSAGE groups and MAX_ENTRIES_PER_MESSAGE entries (a larger group goes alone) */
+export function chunkGroups<T> (groups: T[], size: (g: T) => number): T[][] {
+  return chunkBy(groups, MAX_GROUPS_PER_MESSAGE, [{ size, max: MAX_ENTRIES_PER_MESSAGE }])
+}
+
+/** Whether a peer's `{ results: [{ ok }] }` reply says item `i` succeeded */
+export function resultOk (reply: unknown, i: number): boolean {
+  return resultAt(reply, i)?.ok === true
+}
+
+function resultAt (reply: unknown, i: number): { ok?: unknown, error?: { message?: unknown } } | undefined {
+  const results = (reply as { results?: unknown } | null | undefined)?.results
+  return Array.isArray(results) ? results[i] as { ok?: unknown, error?: { message?: unknown } } | undefined : undefined
 }
 
 /**
@@ -65,9 +84,8 @@ export class ApplyBatcher {
     for (const part of chunkGroups(queue, w => w.entries.length)) {
       void this.transport.request(peerId, 'replica', { type: 'apply', groups: part.map(w => w.entries) }, { timeout: this.timeout })
         .then(reply => {
-          const results = (reply as { results?: unknown } | null | undefined)?.results
           part.forEach((w, j) => {
-            const r = Array.isArray(results) ? results[j] as { ok?: unknown, error?: { message?: unknown } } | undefined : undefined
+            const r = resultAt(reply, j)
             if (r?.ok === true) w.resolve()
             else w.reject(new NtsoekheError('UNAVAILABLE', `replica ${peerId} refused the write: ${String(r?.error?.message ?? 'no answer')}`))
           })

@@ -5,7 +5,7 @@ import type { RecordState, Store, VersionEntry } from '../storage/store.js'
 import { winner } from '../storage/store.js'
 import type { HybridClock } from '../storage/version.js'
 import { compareVersions } from '../storage/version.js'
-import { ApplyBatcher, chunkGroups, MAX_ENTRIES_PER_MESSAGE } from './apply-batcher.js'
+import { ApplyBatcher, chunkBy, chunkGroups, MAX_ENTRIES_PER_MESSAGE, resultOk } from './apply-batcher.js'
 import type { ClusterStatus, Consistency, Coordinator, GroupOutcome, Mutation, RequestOptions, ScanPage, ScanRequest, WriteResult } from './coordinator.js'
 import { mergeStates, missingHeads } from './merge.js'
 import type { Membership } from './membership.js'
@@ -299,9 +299,9 @@ export class DistributedCoordinator implements Coordinator {
         await new Promise(resolve => setTimeout(resolve, 50))
       }
       const handedOff = this.droppedTotal - droppedBefore
-      let left = 0
-      for await (const _ of this.c.store.scanRecords()) { left++; if (left > 0) break }
-      if (left === 0) return { handedOff, rounds }
+      let anyLeft = false
+      for await (const _ of this.c.store.scanRecords()) { anyLeft = true; break }
+      if (!anyLeft) return { handedOff, rounds }
       if (Date.now() > deadline) {
         throw new UnavailableError(`Leaving: records are still held here after ${timeoutMs} ms (${this.lastRebalance?.failed ?? 0} could not be handed off in the last round); try again`)
       }
@@ -447,25 +447,27 @@ export class DistributedCoordinator implements Coordinator {
   /** The primary's side of `writeGroups`: one durable batch for every group it owns, then replication */
   private async coordinateGroups (groups: Mutation[][], level: Consistency | undefined): Promise<GroupOutcome[]> {
     const outcomes = new Array<GroupOutcome>(groups.length)
-    const mine: number[] = []
+    const owned: number[] = []
     const ownersOf = groups.map(g => {
       const first = g[0] as Mutation
       return this.owners(first.table, tokenOf(first.shard))
     })
     groups.forEach((g, i) => {
-      if ((ownersOf[i] as string[]).includes(this.c.peerId)) mine.push(i)
+      if ((ownersOf[i] as string[]).includes(this.c.peerId)) owned.push(i)
       else outcomes[i] = { ok: false, error: { code: 'NOT_OWNER', message: `${this.c.peerId} does not own ${(g[0] as Mutation).shard}` } }
     })
     // As in coordinateWrite: updates and deletes are ordered against an up-to-date copy. A group whose
     // owners cannot be asked fails alone.
-    await Promise.all(mine.slice().map(async (gi) => {
+    const caughtUp = await Promise.all(owned.map(async (gi) => {
       try {
         await this.catchUp(groups[gi] as Mutation[], ownersOf[gi] as string[], level)
+        return true
       } catch (err) {
         outcomes[gi] = { ok: false, error: errorBody(err) }
-        mine.splice(mine.indexOf(gi), 1)
+        return false
       }
     }))
+    const mine = owned.filter((_, j) => caughtUp[j])
     const myGroups = mine.map(i => groups[i] as Mutation[])
     let ordered: ReturnType<typeof orderGroups> = { entries: [], perGroup: [], outcomes: [] }
     let replication: Promise<unknown> = Promise.resolve()
@@ -493,9 +495,7 @@ export class DistributedCoordinator implements Coordinator {
 
   /** Sends versions to other owners; resolves once `need` have them on disk, hints the rest */
   private async replicate (peers: string[], entries: VersionEntry[], need: number, what: string): Promise<void> {
-    // Nothing new (a retried write found already applied, taken from the owner that applied it): nothing to send.
-    if (entries.length === 0) return
-    if (peers.length === 0) {
+    if (peers.length === 0 || entries.length === 0) {
       if (need > 0) throw new UnavailableError(`${what}: ${need} more replicas needed but none are members`)
       return
     }
@@ -691,7 +691,7 @@ export class DistributedCoordinator implements Coordinator {
       case 'apply': {
         // A node that is leaving takes nothing new: the writer keeps a hint, and the record reaches its new
         // owners by their rebalance once they learn of the leave.
-        if (this.c.membership.leaving) return { results: msg.groups.map(() => ({ ok: false, error: { code: 'NOT_OWNER', message: `${this.c.peerId} is leaving the network` } })) }
+        if (this.c.membership.leaving) return this.refuseWhileLeaving(msg.groups.length)
         const results = await Promise.all(msg.groups.map(async group => {
           for (const e of group) this.c.clock.observe(e.version)
           try {
@@ -705,7 +705,7 @@ export class DistributedCoordinator implements Coordinator {
         return { results }
       }
       case 'merge': {
-        if (this.c.membership.leaving) return { results: msg.states.map(() => ({ ok: false, error: { code: 'NOT_OWNER', message: `${this.c.peerId} is leaving the network` } })) }
+        if (this.c.membership.leaving) return this.refuseWhileLeaving(msg.states.length)
         for (const st of msg.states) for (const h of st.heads) this.c.clock.observe(h.version)
         try {
           await this.c.store.merge(msg.states)
@@ -722,6 +722,11 @@ export class DistributedCoordinator implements Coordinator {
       case 'scan':
         return await this.c.store.scan(msg.table, { where: msg.where, limit: msg.limit, ...(msg.after === undefined ? {} : { after: msg.after }) })
     }
+  }
+
+  private refuseWhileLeaving (count: number): { results: Array<{ ok: false, error: { code: string, message: string } }> } {
+    const error = { code: 'NOT_OWNER', message: `${this.c.peerId} is leaving the network` }
+    return { results: Array.from({ length: count }, () => ({ ok: false, error })) }
   }
 
   /** Hinted handoff: hands the versions a replica missed to it once it is back */
@@ -741,8 +746,8 @@ export class DistributedCoordinator implements Coordinator {
         const hints = chunkGroups(await this.c.store.hintsFor(peer, HANDOFF_BATCH), h => h.entries.length)[0] ?? []
         if (hints.length === 0) continue
         try {
-          const reply = await this.c.transport.request(peer, 'replica', { type: 'apply', groups: hints.map(h => h.entries) }, { timeout: this.timeoutMs }) as { results?: Array<{ ok: boolean }> }
-          const delivered = hints.filter((_, i) => reply.results?.[i]?.ok === true)
+          const reply = await this.c.transport.request(peer, 'replica', { type: 'apply', groups: hints.map(h => h.entries) }, { timeout: this.timeoutMs })
+          const delivered = hints.filter((_, i) => resultOk(reply, i))
           await this.c.store.deleteHints(delivered.map(h => h.key))
           this.c.log?.('handed %d of %d hints to %s', delivered.length, hints.length, peer)
         } catch (err) {
@@ -759,30 +764,10 @@ export class DistributedCoordinator implements Coordinator {
 
 /** Hand-off messages: at most REBALANCE_BATCH records, MAX_ENTRIES_PER_MESSAGE versions, and 50,000 version ids of state each (one larger record goes alone) */
 function chunkOutgoing<T extends { state: RecordState, versions: VersionEntry[] }> (queue: T[]): T[][] {
-  const out: T[][] = []
-  let current: T[] = []
-  let versions = 0
-  let ids = 0
-  for (const q of queue) {
-    const v = q.versions.length
-    const n = q.state.seen.length + q.state.superseded.length
-    if (current.length > 0 && (current.length >= REBALANCE_BATCH || versions + v > MAX_ENTRIES_PER_MESSAGE || ids + n > 50_000)) {
-      out.push(current)
-      current = []
-      versions = 0
-      ids = 0
-    }
-    current.push(q)
-    versions += v
-    ids += n
-  }
-  if (current.length > 0) out.push(current)
-  return out
-}
-
-function resultOk (reply: unknown, i: number): boolean {
-  const results = (reply as { results?: unknown } | null | undefined)?.results
-  return Array.isArray(results) && (results[i] as { ok?: unknown } | undefined)?.ok === true
+  return chunkBy(queue, REBALANCE_BATCH, [
+    { size: q => q.versions.length, max: MAX_ENTRIES_PER_MESSAGE },
+    { size: q => q.state.seen.length + q.state.superseded.length, max: 50_000 }
+  ])
 }
 
 /** A peer's answer to `read`, checked before it is merged or repaired into this node's store */

@@ -292,10 +292,8 @@ async function rememberAddresses (node: Libp2pNode, peerId: string, addresses: s
 }
 
 async function dialPeer (node: Libp2pNode, peerId: string, addresses: string[]): Promise<void> {
-  const id = peerIdFromString(peerId)
-  const addrs = addresses.flatMap(a => { try { return [multiaddr(a)] } catch { return [] } })
-  if (addrs.length > 0) await node.peerStore.merge(id, { multiaddrs: addrs })
-  await node.dial(id, { signal: AbortSignal.timeout(5000) })
+  await rememberAddresses(node, peerId, addresses)
+  await node.dial(peerIdFromString(peerId), { signal: AbortSignal.timeout(5000) })
 }
 
 /** Row counts without internal tables (names starting with `_`) */

@@ -216,10 +216,10 @@ export class Store {
 
   async get (table: string, token: string, id: string): Promise<RecordState | undefined> {
     this.checkOpen()
-    return await this._get(table, token, id)
+    return this._get(table, token, id)
   }
 
-  private async _get (table: string, token: string, id: string): Promise<RecordState | undefined> {
+  private _get (table: string, token: string, id: string): RecordState | undefined {
     // A synchronous read: LevelDB answers from its memtable or block cache in a few microseconds,
     // where the async path costs a thread-pool round trip (~50 µs) per record.
     const value = this.records.getSync(recordKey(token, table, id))
@@ -232,7 +232,7 @@ export class Store {
     this.checkOpen()
     const prefix = recordKey(token, table, id) + SEP
     // Current heads live in the record; history holds the versions they replaced.
-    const out: VersionEntry[] = [...(await this._get(table, token, id))?.heads ?? []]
+    const out: VersionEntry[] = [...this._get(table, token, id)?.heads ?? []]
     for await (const value of this.history.values({ gt: prefix, lt: prefix + '\xff' })) out.push(value)
     return out.sort((a, b) => compareVersions(a.version, b.version))
   }
@@ -261,7 +261,7 @@ export class Store {
       const states = new Map<string, RecordState | undefined>()
       for (const k of keys) {
         const key = recordKey(k.token, k.table, k.id)
-        if (!states.has(key)) states.set(key, await this._get(k.table, k.token, k.id))
+        if (!states.has(key)) states.set(key, this._get(k.table, k.token, k.id))
       }
       const entries = await build(states)
       const ops: BatchOp[] = []
@@ -292,7 +292,7 @@ export class Store {
       const ops: BatchOp[] = []
       const outcomes = incoming.map((s, i): MergeOutcome => {
         const key = keys[i] as string
-        const before = states.has(key) ? states.get(key) : this._getByKey(key, s)
+        const before = states.has(key) ? states.get(key) : this._get(s.table, s.token, s.id)
         const seen = new Set(before?.seen ?? [])
         const known = new Set(before?.superseded ?? [])
         if (s.seen.every(v => seen.has(v)) && s.superseded.every(v => known.has(v)) && s.heads.every(h => seen.has(h.version))) {
@@ -326,7 +326,7 @@ export class Store {
     const key = recordKey(expected.token, expected.table, expected.id)
     const release = await this.mutex.lock([key])
     try {
-      const current = this._getByKey(key, expected)
+      const current = this._get(expected.table, expected.token, expected.id)
       if (current === undefined) return false
       const was = new Set(expected.seen)
       if (current.seen.length !== was.size || !current.seen.every(v => was.has(v))) return false
@@ -346,11 +346,6 @@ export class Store {
     } finally {
       release()
     }
-  }
-
-  private _getByKey (key: string, of: { table: string, token: string, id: string }): RecordState | undefined {
-    const value = this.records.getSync(key)
-    return value === undefined ? undefined : decodeRecord(of.table, of.token, of.id, value)
   }
 
   private stage (entry: VersionEntry, states: Map<string, RecordState | undefined>, ops: BatchOp[]): ApplyOutcome {
@@ -416,7 +411,7 @@ export class Store {
         const sep = position.indexOf(SEP)
         const token = position.slice(0, sep)
         const id = position.slice(sep + 1)
-        const state = await this._get(table, token, id)
+        const state = this._get(table, token, id)
         const row = state === undefined ? null : (winner(state)?.row ?? null)
         if (state === undefined || row === null) continue
         if (!matches(row, where)) continue
@@ -546,7 +541,7 @@ interface StoredRecord {
 
 function encodeRecord (state: RecordState): StoredRecord {
   return {
-    heads: state.heads.map(h => h.writeId === undefined ? { version: h.version, parents: h.parents, row: h.row } : { version: h.version, parents: h.parents, row: h.row, writeId: h.writeId }),
+    heads: state.heads.map(h => ({ version: h.version, parents: h.parents, row: h.row, ...(h.writeId === undefined ? {} : { writeId: h.writeId }) })),
     seen: state.seen,
     superseded: state.superseded
   }
@@ -557,7 +552,7 @@ function decodeRecord (table: string, token: string, id: string, value: StoredRe
     table,
     id,
     token,
-    heads: value.heads.map(h => h.writeId === undefined ? { table, id, token, version: h.version, parents: h.parents, row: h.row } : { table, id, token, version: h.version, parents: h.parents, row: h.row, writeId: h.writeId }),
+    heads: value.heads.map(h => ({ table, id, token, version: h.version, parents: h.parents, row: h.row, ...(h.writeId === undefined ? {} : { writeId: h.writeId }) })),
     seen: value.seen,
     superseded: value.superseded
   }
