@@ -5,6 +5,7 @@ import { peerIdFromString } from '@libp2p/peer-id'
 import { ping, type Ping } from '@libp2p/ping'
 import { generateKey, preSharedKey } from '@libp2p/pnet'
 import { coalescedTcp } from './coalesce.js'
+import { installLengthPrefixedDecoderFix } from './lp-decoder.js'
 import { yamux } from '@libp2p/yamux'
 import { multiaddr, type Multiaddr } from '@multiformats/multiaddr'
 import { createLibp2p } from 'libp2p'
@@ -123,6 +124,7 @@ function parseBootstrap (addrs: string[]): BootstrapPeer[] {
  * resolves (each bounded by `dialTimeout`); failures are logged only.
  */
 export async function createNode (components: NodeComponents, init: NodeInit = {}): Promise<NtsoekheNode> {
+  installLengthPrefixedDecoderFix()
   const listen = init.listen ?? DEFAULT_LISTEN
   const bootstrap = parseBootstrap(init.bootstrap ?? [])
   const dialTimeout = init.dialTimeout ?? DEFAULT_DIAL_TIMEOUT

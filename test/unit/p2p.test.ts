@@ -327,3 +327,37 @@ describe('coalesced TCP writes', () => {
     expect(plain.sendData).toBe(before)
   })
 })
+
+describe('length-prefixed decoding (the Noise frame splitter)', () => {
+  it('yields the same frames as before without throwing when a chunk is used up', async () => {
+    const { LengthPrefixedDecoder, InvalidMessageLengthError } = await import('@libp2p/utils')
+    const { installLengthPrefixedDecoderFix } = await import('../../src/p2p/lp-decoder.js')
+    installLengthPrefixedDecoderFix()
+    installLengthPrefixedDecoderFix()
+    let throws = 0
+    const u16 = (data: any): number => {
+      if (data.length < 2) { throws++; throw new RangeError('Could not decode int16BE') }
+      return data.getUint16(0)
+    }
+    const make = (init = {}): InstanceType<typeof LengthPrefixedDecoder> => new LengthPrefixedDecoder({ lengthDecoder: u16, encodingLength: () => 2, ...init })
+    const frame = (n: number, fill: number): Uint8Array => Uint8Array.from([n >> 8, n & 0xff, ...new Array(n).fill(fill)])
+    const stream = Uint8Array.from([...frame(3, 1), ...frame(0, 9), ...frame(300, 2), ...frame(1, 3)])
+    // Whole, and split at every byte: the same frames (an empty frame yields nothing), in order.
+    for (let cut = 0; cut <= stream.length; cut++) {
+      const d = make()
+      const out = [...d.decode(stream.subarray(0, cut)), ...d.decode(stream.subarray(cut))].map(f => f.subarray())
+      expect(out.map(f => [f.length, f[0]]), `cut at ${cut}`).toEqual([[3, 1], [300, 2], [1, 3]])
+    }
+    // A chunk that ends exactly on a frame boundary costs no exception; half a length prefix still waits.
+    throws = 0
+    const d = make()
+    expect([...d.decode(frame(5, 7))]).toHaveLength(1)
+    expect(throws).toBe(0)
+    expect([...d.decode(Uint8Array.from([0]))]).toHaveLength(0)
+    expect(throws).toBe(1)
+    expect([...d.decode(Uint8Array.from([2, 4, 4]))].map(f => f.subarray())).toEqual([Uint8Array.from([4, 4])])
+    // The limits hold as before.
+    expect(() => [...make({ maxDataLength: 10 }).decode(frame(11, 0))]).toThrow(InvalidMessageLengthError)
+    expect(() => [...make({ maxBufferSize: 8 }).decode(frame(20, 0))]).toThrow(/Buffer length limit exceeded/)
+  })
+})
