@@ -19,12 +19,6 @@ export interface Mutation {
   ifMatch?: string[]
   /** Random id of this client write (16 hex digits), stored on its versions so a retry can recognise it */
   writeId?: string
-  /**
-   * An insert under an id this node drew just now: no version of the record
-   * can exist anywhere, so there is nothing to order it against and any live
-   * owner may take it. Never sent to peers.
-   */
-  fresh?: boolean
 }
 
 /** What became of one group of a `writeGroups` call */

@@ -354,19 +354,13 @@ export class DistributedCoordinator implements Coordinator {
     const token = tokenOf(first.shard)
     const owners = this.owners(first.table, token)
     if (owners.length === 0) throw new UnavailableError('No members on the ring yet')
-    // A fresh insert has no earlier version to be ordered after: when this node owns the key it takes
-    // the write itself and saves the hop to the primary. A later update still goes through the primary,
-    // which catches up from the other owners before ordering it.
-    if (owners.includes(this.c.peerId) && !this.c.membership.leaving && mutations.every(m => m.op === 'insert' && m.fresh === true)) {
-      return await this.coordinateWrite(mutations, options.consistency)
-    }
     let lastError: unknown
     // After an owner failed, the write may have landed there before it went silent: later owners are told so.
     let retry = false
     for (const primary of this.byLiveness(owners, false)) {
       if (primary === this.c.peerId) return await this.coordinateWrite(mutations, options.consistency, retry)
       try {
-        const msg = { type: 'write', mutations: mutations.map(({ fresh, ...m }) => m), ...(options.consistency === undefined ? {} : { consistency: options.consistency }), ...(retry ? { retry } : {}) }
+        const msg = { type: 'write', mutations, ...(options.consistency === undefined ? {} : { consistency: options.consistency }), ...(retry ? { retry } : {}) }
         // The primary itself waits up to timeoutMs for its replicas: give it that and a round trip more.
         return await this.c.transport.request(primary, 'replica', msg, { timeout: this.forwardTimeout }) as WriteResult[]
       } catch (err) {

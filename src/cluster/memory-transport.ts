@@ -12,7 +12,7 @@ export class MemoryNetwork {
   private readonly cut = new Set<string>()
   /** Links whose next replies are lost after the request was handled (a stream that closed after the send) */
   private readonly lost = new Map<string, number>()
-  /** Messages delivered, per protocol, and per `protocol:type` for messages with a type */
+  /** Messages delivered, per protocol */
   readonly delivered: Record<string, number> = {}
 
   transport (peerId: string): PeerTransport {
@@ -47,8 +47,6 @@ export class MemoryNetwork {
     const handler = this.handlers.get(to)?.get(protocol)
     if (handler === undefined) throw new UnavailableError(`${to} does not speak ${protocol}`)
     this.delivered[protocol] = (this.delivered[protocol] ?? 0) + 1
-    const type = (msg as { type?: unknown } | null)?.type
-    if (typeof type === 'string') this.delivered[`${protocol}:${type}`] = (this.delivered[`${protocol}:${type}`] ?? 0) + 1
     await Promise.resolve()
     let reply: unknown
     try {

@@ -100,10 +100,9 @@ export class Database {
       const full = generated ? { [table.primaryKey[0] as string]: this.ids.next(), ...row } : row
       const ordered = orderColumns(table, full)
       try {
-        await this.claimKey(table, ordered, options, generated)
+        await this.claimKey(table, ordered, options)
         try {
-          // A drawn id is new everywhere: any owner may take the insert (see Mutation.fresh).
-          const [result] = await this.coordinator.write([{ ...this.mutation('insert', table, ordered), ...(generated ? { fresh: true } : {}) }], options)
+          const [result] = await this.coordinator.write([this.mutation('insert', table, ordered)], options)
           return result as WriteResult
         } catch (err) {
           // A write whose outcome is unknown (a timeout) may have landed: its key stays claimed.
@@ -425,9 +424,9 @@ export class Database {
   }
 
   /** Claims the row's key network-wide before the row is written (409 when the key is taken) */
-  private async claimKey (table: TableDef, row: Row, options: RequestOptions, fresh = false): Promise<void> {
+  private async claimKey (table: TableDef, row: Row, options: RequestOptions): Promise<void> {
     if (!needsLocator(table)) return
-    await this.coordinator.write([{ ...this.claimMutation(table, row), ...(fresh ? { fresh } : {}) }], options).catch(err => {
+    await this.coordinator.write([this.claimMutation(table, row)], options).catch(err => {
       if (hasCode(err, 'CONFLICT')) throw new ConflictError(`${table.name} ${rowId(table, row)} already exists`, { cause: err })
       throw err
     })
