@@ -348,7 +348,7 @@ export class DistributedCoordinator implements Coordinator {
   async write (mutations: Mutation[], options: RequestOptions = {}): Promise<WriteResult[]> {
     if (mutations.length === 0) return []
     // One id for this client write, kept on its versions: a retry on another owner recognises it exactly.
-    const writeId = randomBytes(8).toString('hex')
+    const writeId = newWriteId()
     mutations = mutations.map(m => m.writeId === undefined ? { ...m, writeId } : m)
     const first = mutations[0] as Mutation
     const token = tokenOf(first.shard)
@@ -795,4 +795,18 @@ function errorBody (err: unknown): { code: string, message: string, column?: str
 export function isUnreachable (err: unknown): boolean {
   if (err instanceof UnavailableError || err instanceof TimeoutError) return true
   return err instanceof NtsoekheError && err.code === 'NOT_OWNER'
+}
+
+let writeIds = Buffer.alloc(0)
+let writeIdAt = 0
+
+/** A random 64-bit write id in hex, cut from a pool drawn 512 at a time (one `randomBytes` call per write cost 1.5% of a daemon's CPU) */
+function newWriteId (): string {
+  if (writeIdAt + 8 > writeIds.length) {
+    writeIds = randomBytes(4096)
+    writeIdAt = 0
+  }
+  const id = writeIds.toString('hex', writeIdAt, writeIdAt + 8)
+  writeIdAt += 8
+  return id
 }
