@@ -7,6 +7,8 @@ import { tokenOf } from './token.js'
 
 /** Internal table of key locators (row key -> shard); see query/database.ts */
 export const LOCATOR_TABLE = '_locator'
+/** Internal table of unique-value claims (`<table>.<column>.<hash of value>` -> the row holding it); see query/database.ts */
+export const UNIQUE_TABLE = '_unique'
 
 /** Bounds on what one peer message may carry */
 export const MAX_ENTRIES = 10_000
@@ -29,6 +31,14 @@ export type ReplicaMessage =
 const TOKEN_RE = /^[0-9a-f]{16}$/
 const ID_RE = /^-?\d+(:-?\d+)*$/
 const LOCATOR_ID_RE = /^[a-z_]{1,40}\.-?\d+(:-?\d+)*$/
+const UNIQUE_ID_RE = /^[a-z_]{1,40}\.[a-z_]{1,40}\.[0-9a-f]{32}$/
+
+/** The shard-key value that places an internal record, by table */
+export function internalShard (table: string, id: string): string | undefined {
+  if (table === LOCATOR_TABLE) return `key:${id}`
+  if (table === UNIQUE_TABLE) return `unique:${id}`
+  return undefined
+}
 
 function bad (message: string): never {
   throw new InvalidMessageError(`replica: ${message}`)
@@ -36,13 +46,13 @@ function bad (message: string): never {
 
 function checkTable (table: unknown): string {
   if (typeof table !== 'string') bad('table must be a string')
-  if (table !== LOCATOR_TABLE && findTable(table) === undefined) bad(`unknown table ${table.slice(0, 64)}`)
+  if (table !== LOCATOR_TABLE && table !== UNIQUE_TABLE && findTable(table) === undefined) bad(`unknown table ${table.slice(0, 64)}`)
   return table
 }
 
 function checkId (table: string, id: unknown): string {
   if (typeof id !== 'string' || id.length > 200) bad('id must be a short string')
-  if (!(table === LOCATOR_TABLE ? LOCATOR_ID_RE : ID_RE).test(id)) bad(`malformed id for ${table}`)
+  if (!(table === LOCATOR_TABLE ? LOCATOR_ID_RE : table === UNIQUE_TABLE ? UNIQUE_ID_RE : ID_RE).test(id)) bad(`malformed id for ${table}`)
   return id
 }
 
@@ -52,6 +62,11 @@ function checkRow (table: string, id: string, row: unknown): { row: Row, shard: 
     const r = row as { shard?: unknown }
     if (r === null || typeof r !== 'object' || typeof r.shard !== 'string' || r.shard.length > 200 || Object.keys(r).length !== 1) bad('malformed locator row')
     return { row: { shard: r.shard }, shard: `key:${id}` }
+  }
+  if (table === UNIQUE_TABLE) {
+    const r = row as { owner?: unknown }
+    if (r === null || typeof r !== 'object' || typeof r.owner !== 'string' || !ID_RE.test(r.owner) || r.owner.length > 200 || Object.keys(r).length !== 1) bad('malformed unique-value claim')
+    return { row: { owner: r.owner }, shard: `unique:${id}` }
   }
   const def = findTable(table)
   if (def === undefined) bad(`unknown table ${table}`)
@@ -79,7 +94,8 @@ export function checkEntry (e: unknown): VersionEntry {
     if (tokenOf(checked.shard) !== x.token) bad(`token does not match the row's shard key for ${table} ${id}`)
     row = checked.row
   }
-  if (table === LOCATOR_TABLE && tokenOf(`key:${id}`) !== x.token) bad('locator token mismatch')
+  const internal = internalShard(table, id)
+  if (internal !== undefined && tokenOf(internal) !== x.token) bad(`${table} token mismatch`)
   const entry: VersionEntry = { table, id, token: x.token, version: x.version, parents: x.parents as string[], row }
   if (x.writeId !== undefined) entry.writeId = checkWriteId(x.writeId)
   return entry

@@ -4,9 +4,11 @@ import {
   type Row, type TableDef, type Value
 } from '../schema/index.js'
 import type { Coordinator, Consistency, GroupOutcome, Mutation, RequestOptions, WriteResult } from '../cluster/coordinator.js'
-import { LOCATOR_TABLE } from '../cluster/messages.js'
+import { createHash } from 'node:crypto'
+import { LOCATOR_TABLE, UNIQUE_TABLE } from '../cluster/messages.js'
 import { KeyedMutex } from '../storage/keyed-mutex.js'
 import { winner, type RecordState } from '../storage/store.js'
+import { parseVersion } from '../storage/version.js'
 import { IdGenerator } from './ids.js'
 
 export const DEFAULT_LIMIT = 100
@@ -17,6 +19,13 @@ export const MAX_BATCH = 1000
 const ID_ATTEMPTS = 5
 /** Retries of a PATCH whose read version was overtaken by a concurrent write */
 const PATCH_ATTEMPTS = 5
+/**
+ * How old a unique-value claim must be before a writer may take it from a
+ * row that does not hold the value (its writer failed or crashed between
+ * claim and write, or a release was lost). Far longer than any write may
+ * take, so a claim whose row is still on its way is never taken.
+ */
+export const DEFAULT_CLAIM_GRACE_MS = 120_000
 
 export interface ReadResponse {
   row: Row
@@ -56,7 +65,12 @@ export interface ImportResult {
 export interface DatabaseComponents {
   coordinator: Coordinator
   peerId: string
+  /** See DEFAULT_CLAIM_GRACE_MS (tests shorten it) */
+  claimGraceMs?: number
 }
+
+/** A unique value a write took, to give back if the write is refused */
+interface Claim { table: TableDef, column: string, value: Value, owner: string }
 
 /**
  * The query layer: validates rows against the schema, checks references and
@@ -68,10 +82,12 @@ export class Database {
   private readonly ids: IdGenerator
   /** Held from the uniqueness check to the write, per table with unique columns (see withUniqueLock) */
   private readonly uniqueLocks = new KeyedMutex()
+  private readonly claimGraceMs: number
 
   constructor (components: DatabaseComponents) {
     this.coordinator = components.coordinator
     this.ids = new IdGenerator(components.peerId)
+    this.claimGraceMs = components.claimGraceMs ?? DEFAULT_CLAIM_GRACE_MS
   }
 
   tables (): readonly TableDef[] {
@@ -100,13 +116,22 @@ export class Database {
       const full = generated ? { [table.primaryKey[0] as string]: this.ids.next(), ...row } : row
       const ordered = orderColumns(table, full)
       try {
-        await this.claimKey(table, ordered, options)
+        const claims = await this.claimValues(table, ordered, undefined, options)
+        try {
+          await this.claimKey(table, ordered, options)
+        } catch (err) {
+          await this.releaseClaims(claims, options)
+          throw err
+        }
         try {
           const [result] = await this.coordinator.write([this.mutation('insert', table, ordered)], options)
           return result as WriteResult
         } catch (err) {
-          // A write whose outcome is unknown (a timeout) may have landed: its key stays claimed.
-          if (isRefusal(err)) await this.releaseKey(table, ordered, options)
+          // A write whose outcome is unknown (a timeout) may have landed: its key and values stay claimed.
+          if (isRefusal(err)) {
+            await this.releaseKey(table, ordered, options)
+            await this.releaseClaims(claims, options)
+          }
           throw err
         }
       } catch (err) {
@@ -133,8 +158,10 @@ export class Database {
       if (live?.row == null) throw new NotFoundError(`${table.name} ${rowId(table, key)} not found`)
       assertSameShard(table, live.row, row)
       await this.checkRow(table, row, rowId(table, key), options)
-      const [result] = await this.coordinator.write([this.mutation('put', table, orderColumns(table, row), options.ifMatch)], options)
-      return result as WriteResult
+      return await this.writeClaimed(table, live.row, row, options, async () => {
+        const [result] = await this.coordinator.write([this.mutation('put', table, orderColumns(table, row), options.ifMatch)], options)
+        return result as WriteResult
+      })
     })
   }
 
@@ -156,8 +183,10 @@ export class Database {
       await this.checkRow(table, row, rowId(table, key), options, Object.keys(changes))
       const ifMatch = options.ifMatch ?? [head.version]
       try {
-        const [result] = await this.coordinator.write([this.mutation('put', table, orderColumns(table, row), ifMatch)], options)
-        return result as WriteResult
+        return await this.writeClaimed(table, head.row, row, options, async () => {
+          const [result] = await this.coordinator.write([this.mutation('put', table, orderColumns(table, row), ifMatch)], options)
+          return result as WriteResult
+        })
       } catch (err) {
         // Our own read was overtaken by a concurrent write: merge again onto the new head.
         const retry = options.ifMatch === undefined && attempt < PATCH_ATTEMPTS &&
@@ -182,6 +211,7 @@ export class Database {
     const cascaded = await this.deleteReferences(table, head.row, options)
     const [result] = await this.coordinator.write([this.mutation('delete', table, head.row, options.ifMatch)], options)
     await this.releaseKey(table, head.row, options)
+    await this.releaseValues(table, head.row, null, options)
     return { ...(result as WriteResult), cascaded }
   }
 
@@ -233,20 +263,38 @@ export class Database {
         throw new ValidationError(`A batch must share one shard key; these operations span ${[...shards].join(', ')}`)
       }
       assertUniqueWithin(mutations)
+      // Rows of tables with unique columns as they are now: the values they give up are released after.
+      const before = new Map<Mutation, Row | null>()
+      for (const m of mutations) {
+        const table = this.table(m.table)
+        if (table.unique.length === 0 || m.op === 'insert') continue
+        const state = await this.readState(table, parseId(table, m.id), options)
+        before.set(m, (state === undefined ? undefined : winner(state)?.row) ?? null)
+      }
       const inserted = mutations.filter(m => m.op === 'insert').map(m => ({ table: this.table(m.table), row: m.row as Row }))
       const claimed: typeof inserted = []
+      const values: Claim[] = []
       try {
+        for (const m of mutations) {
+          if (m.op !== 'delete') values.push(...await this.claimValues(this.table(m.table), m.row as Row, before.get(m), options))
+        }
         for (const c of inserted) {
           await this.claimKey(c.table, c.row, options)
           claimed.push(c)
         }
         const results = await this.coordinator.write(mutations, options)
         for (const m of mutations) {
-          if (m.op === 'delete') await this.releaseKey(this.table(m.table), parseId(this.table(m.table), m.id), options)
+          const table = this.table(m.table)
+          if (m.op === 'delete') await this.releaseKey(table, parseId(table, m.id), options)
+          const old = before.get(m)
+          if (old != null) await this.releaseValues(table, old, m.op === 'delete' ? null : m.row as Row, options)
         }
         return results
       } catch (err) {
-        if (isRefusal(err)) for (const c of claimed) await this.releaseKey(c.table, c.row, options)
+        if (isRefusal(err)) {
+          for (const c of claimed) await this.releaseKey(c.table, c.row, options)
+          await this.releaseClaims(values, options)
+        }
         throw err
       }
     })
@@ -423,6 +471,122 @@ export class Database {
     }
   }
 
+  /**
+   * Takes, network-wide, every unique value of `row` that `before` did not
+   * hold: one claim record per value (`_unique`, placed on the ring by the
+   * value), so two nodes writing one value meet at one primary and the
+   * second gets 409. The scan in checkRow still catches rows stored before
+   * claims existed. Values taken are given back if a later one fails.
+   */
+  private async claimValues (table: TableDef, row: Row, before: Row | null | undefined, options: RequestOptions): Promise<Claim[]> {
+    if (table.unique.length === 0) return []
+    const owner = rowId(table, row)
+    const taken: Claim[] = []
+    try {
+      for (const column of table.unique) {
+        const value = row[column]
+        if (value === null || value === undefined || before?.[column] === value) continue
+        const claim = { table, column, value, owner }
+        await this.claimValue(claim, options)
+        taken.push(claim)
+      }
+    } catch (err) {
+      await this.releaseClaims(taken, options)
+      throw err
+    }
+    return taken
+  }
+
+  private async claimValue (claim: Claim, options: RequestOptions): Promise<void> {
+    const { table, column, value, owner } = claim
+    const id = uniqueClaimId(table, column, value)
+    const shard = `unique:${id}`
+    const taken = (holder: string): ConflictError => new ConflictError(`${column} ${JSON.stringify(value)} is already used by ${table.name} ${holder}`, { column })
+    for (let attempt = 1; ; attempt++) {
+      try {
+        await this.coordinator.write([{ op: 'insert', table: UNIQUE_TABLE, id, shard, row: { owner } }], options)
+        return
+      } catch (err) {
+        if (!hasCode(err, 'CONFLICT')) throw err
+      }
+      const state = await this.coordinator.read(UNIQUE_TABLE, id, shard, options)
+      const head = state === undefined ? undefined : winner(state)
+      if (head?.row == null) {
+        // Given back since our insert met it: try again, a few times
+        if (attempt < 3) continue
+        throw taken('another row')
+      }
+      const holder = String(head.row.owner)
+      const age = Date.now() - (parseVersion(head.version)?.wall ?? Date.now())
+      const takeOver = async (): Promise<void> => {
+        await this.coordinator.write([{ op: 'put', table: UNIQUE_TABLE, id, shard, row: { owner }, ifMatch: [head.version] }], options)
+          .catch(err => { throw hasCode(err, 'PRECONDITION_FAILED') ? taken('another row') : err })
+      }
+      if (holder === owner) {
+        // Already this row's (a value put back): renewed when old, so that nobody judges it
+        // abandoned while this write is on its way.
+        if (age >= this.claimGraceMs / 2) await takeOver()
+        return
+      }
+      // A claim whose row never got the value (its write failed, or the release was lost) is taken
+      // over once it is old enough that no write of that row can still be under way.
+      if (age >= this.claimGraceMs && !await this.holdsValue(table, holder, column, value, options)) {
+        await takeOver()
+        return
+      }
+      throw taken(holder)
+    }
+  }
+
+  /** Whether row `id` of `table` exists and holds `value` in `column` */
+  private async holdsValue (table: TableDef, id: string, column: string, value: Value, options: RequestOptions): Promise<boolean> {
+    const state = await this.readState(table, parseId(table, id), options)
+    const row = state === undefined ? undefined : winner(state)?.row
+    return row != null && row[column] === value
+  }
+
+  /**
+   * Gives claims back (a write refused, a row deleted, a value changed).
+   * Best effort: a claim that cannot be given back now stays behind, and the
+   * next writer of its value takes it over after the grace period.
+   */
+  private async releaseClaims (claims: Claim[], options: RequestOptions): Promise<void> {
+    for (const { table, column, value, owner } of claims) {
+      const id = uniqueClaimId(table, column, value)
+      const shard = `unique:${id}`
+      try {
+        const state = await this.coordinator.read(UNIQUE_TABLE, id, shard, options)
+        const head = state === undefined ? undefined : winner(state)
+        if (head?.row?.owner !== owner) continue
+        await this.coordinator.write([{ op: 'delete', table: UNIQUE_TABLE, id, shard, ifMatch: [head.version] }], options)
+      } catch {}
+    }
+  }
+
+  /** Gives back the unique values `before` held that `after` (null: deleted) no longer does */
+  private async releaseValues (table: TableDef, before: Row, after: Row | null, options: RequestOptions): Promise<void> {
+    if (table.unique.length === 0) return
+    const owner = rowId(table, before)
+    const gone = table.unique
+      .filter(column => before[column] !== null && before[column] !== undefined && (after === null || after[column] !== before[column]))
+      .map(column => ({ table, column, value: before[column] as Value, owner }))
+    await this.releaseClaims(gone, options)
+  }
+
+  /** A write that changes a row from `before` to `after`, with its unique values claimed first and the old ones given back after */
+  private async writeClaimed<T> (table: TableDef, before: Row, after: Row, options: RequestOptions, write: () => Promise<T>): Promise<T> {
+    const claims = await this.claimValues(table, after, before, options)
+    let result: T
+    try {
+      result = await write()
+    } catch (err) {
+      if (isRefusal(err)) await this.releaseClaims(claims, options)
+      throw err
+    }
+    await this.releaseValues(table, before, after, options)
+    return result
+  }
+
   /** Claims the row's key network-wide before the row is written (409 when the key is taken) */
   private async claimKey (table: TableDef, row: Row, options: RequestOptions): Promise<void> {
     if (!needsLocator(table)) return
@@ -529,6 +693,7 @@ export class Database {
           deleted += 1 + await this.deleteReferences(child, r, options)
           await this.coordinator.write([this.mutation('delete', child, r)], options)
           await this.releaseKey(child, r, options)
+          await this.releaseValues(child, r, null, options)
         }
       }
     }
@@ -536,6 +701,11 @@ export class Database {
   }
 }
 
+
+/** The claim record of a unique value: `<table>.<column>.<128 bits of SHA-256 of the value>` */
+export function uniqueClaimId (table: TableDef, column: string, value: Value): string {
+  return `${table.name}.${column}.${createHash('sha256').update(JSON.stringify(value)).digest('hex').slice(0, 32)}`
+}
 
 function needsLocator (table: TableDef): boolean {
   return table.shardKey !== 'global' && !table.primaryKey.includes(table.shardKey)

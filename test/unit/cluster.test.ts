@@ -1,6 +1,9 @@
 import { afterEach, describe, expect, it } from 'vitest'
 import { createTestnet, type Testnet } from '../helpers/harness.js'
 import { tokenOf } from '../../src/cluster/token.js'
+import { UNIQUE_TABLE } from '../../src/cluster/messages.js'
+import { Database, uniqueClaimId } from '../../src/query/database.js'
+import { findTable } from '../../src/schema/index.js'
 
 const patient = (i: number): Record<string, unknown> => ({
   patient_id: i, patient_name: `Patient ${i}`, date_of_birth: '1980-01-02', gender: 'F', address: `${i} Main St`, contact_number: '0123456789', email: `p${i}@example.org`
@@ -228,6 +231,10 @@ describe('distributed coordinator', () => {
       { type: 'merge', states: [{ heads: [{ table: 'patient_records', id: '9', token: tokenOf('patient_id:9'), version: '000001700000000000.000000.abc', parents: [], row: patient(9) }], seen: ['000001700000000000.000000.abc', '000001700000000001.000000.abc'], superseded: [] }] },
       { type: 'merge', states: [] },
       { type: 'write', mutations: [{ op: 'put', table: 'patient_records', id: '9', shard: 'patient_id:9', row: patient(9), writeId: 'not-hex' }] },
+      // Unique-value claims: an owner that is no row id, a claim id that is no hash, a claim placed off its value's token.
+      { type: 'write', mutations: [{ op: 'insert', table: UNIQUE_TABLE, id: `users.user_name.${'a'.repeat(32)}`, shard: `unique:users.user_name.${'a'.repeat(32)}`, row: { owner: 'x; drop' } }] },
+      { type: 'write', mutations: [{ op: 'insert', table: UNIQUE_TABLE, id: 'users.user_name.thabo', shard: 'unique:users.user_name.thabo', row: { owner: '1' } }] },
+      { type: 'apply', groups: [[{ table: UNIQUE_TABLE, id: `users.user_name.${'a'.repeat(32)}`, token: tokenOf('patient_id:9'), version: '000001700000000000.000000.abc', parents: [], row: { owner: '1' } }]] },
       null
     ]
     for (const msg of bad) {
@@ -442,6 +449,54 @@ describe('removing a member that is gone for good', () => {
       for (const n of net.nodes) expect(n.membership.stateOf(gone.peerId)).not.toBe('left')
       await new Promise(resolve => setTimeout(resolve, 50))
     }
+  })
+})
+
+describe('unique values across nodes', () => {
+  it('two nodes cannot give one user name to two users at once; renames and deletes give names back', async () => {
+    net = await createTestnet(3, { replicas: 3, writeQuorum: 2, readQuorum: 2 })
+    await net.converge(3)
+    const [a, b, c] = net.nodes as [Testnet['nodes'][number], Testnet['nodes'][number], Testnet['nodes'][number]]
+    const role = await a.db.insert('user_roles', { role_name: 'nurse' })
+    const user = (name: string): Record<string, unknown> => ({ user_name: name, role_id: Number(role.id) })
+    // Each node's own check sees no such user yet: only the claim through the ring can refuse two of them.
+    const results = await Promise.allSettled([a, b, c].map(async n => await n.db.insert('users', user('thabo'))))
+    const won = results.filter((r): r is PromiseFulfilledResult<Awaited<ReturnType<Database['insert']>>> => r.status === 'fulfilled')
+    expect(won).toHaveLength(1)
+    for (const r of results) {
+      if (r.status === 'rejected') expect(r.reason).toMatchObject({ code: 'CONFLICT', column: 'user_name' })
+    }
+    expect((await c.db.list('users', { user_name: 'thabo' }, { consistency: 'all' })).rows).toHaveLength(1)
+    const thabo = won[0]!.value
+
+    // A rename frees the old name and takes the new one; a delete frees its name.
+    await a.db.patch('users', thabo.id, { user_name: 'thabo.m' })
+    const second = await b.db.insert('users', user('thabo'))
+    await expect(c.db.insert('users', user('thabo.m'))).rejects.toMatchObject({ code: 'CONFLICT', column: 'user_name' })
+    await b.db.delete('users', thabo.id)
+    await c.db.insert('users', user('thabo.m'))
+    await expect(a.db.replace('users', second.id, user('thabo.m'))).rejects.toMatchObject({ code: 'CONFLICT', column: 'user_name' })
+    // A batch takes names the same way.
+    await expect(a.db.batch([{ op: 'insert', table: 'users', row: user('thabo') }])).rejects.toMatchObject({ code: 'CONFLICT', column: 'user_name' })
+    await a.db.batch([{ op: 'insert', table: 'users', row: user('lerato') }])
+    await expect(b.db.insert('users', user('lerato'))).rejects.toMatchObject({ code: 'CONFLICT' })
+  })
+
+  it('a claim left by a write that never landed is taken over only after the grace period', async () => {
+    net = await createTestnet(3, { replicas: 3, writeQuorum: 2, readQuorum: 2 })
+    await net.converge(3)
+    const [a, b] = net.nodes as [Testnet['nodes'][number], Testnet['nodes'][number]]
+    const role = await a.db.insert('user_roles', { role_name: 'clerk' })
+    const users = findTable('users')!
+    const id = uniqueClaimId(users, 'user_name', 'ghost')
+    // The claim of a user 424242 whose own write never happened.
+    await a.coordinator.write([{ op: 'insert', table: UNIQUE_TABLE, id, shard: `unique:${id}`, row: { owner: '424242' } }])
+    await expect(b.db.insert('users', { user_name: 'ghost', role_id: Number(role.id) })).rejects.toThrow(/already used by users 424242/)
+    const impatient = new Database({ coordinator: b.coordinator, peerId: b.peerId, claimGraceMs: 0 })
+    const ghost = await impatient.insert('users', { user_name: 'ghost', role_id: Number(role.id) })
+    // Now a real row holds the name: nobody takes it, however old the claim.
+    await expect(new Database({ coordinator: a.coordinator, peerId: a.peerId, claimGraceMs: 0 }).insert('users', { user_name: 'ghost', role_id: Number(role.id) }))
+      .rejects.toThrow(new RegExp(`already used by users ${ghost.id}`))
   })
 })
 
