@@ -389,15 +389,24 @@ export class DistributedCoordinator implements Coordinator {
     }
     await this.catchUp(mutations, owners, level, retry)
     let ordered: { entries: VersionEntry[], results: WriteResult[] } = { entries: [], results: [] }
-    let replication: Promise<void> | undefined
-    const need = this.needed(level, this.writeQuorum, owners.length) - 1
-    await this.c.store.transact(mutations.map(mutationKey), states => {
+    const need = this.needed(level, this.writeQuorum, owners.length)
+    // This node's own commit is one of the W acknowledgements, not a step before them: the write is
+    // answered once any W owners have it on disk, so one owner's slow fsync does not hold it up. The
+    // record stays locked here until this node's commit ends, so the next write to it is ordered after.
+    // (Wrapped in an object: a promise resolved with a promise would wait for it.)
+    let ordering!: (sent: { replication: Promise<void> }) => void
+    const sent = new Promise<{ replication: Promise<void> }>(resolve => { ordering = resolve })
+    const committed = this.c.store.transact(mutations.map(mutationKey), states => {
       ordered = orderMutations(mutations, states, this.c.clock, retry)
-      // The replicas write while this node does: the write waits for the slower, not for both in turn.
-      replication = this.replicate(owners.filter(p => p !== this.c.peerId), ordered.entries, need, first.shard)
+      const local = sent.then(async () => { await committed })
+      const replication = this.replicate(owners.filter(p => p !== this.c.peerId), ordered.entries, need, first.shard, local)
       replication.catch(() => {})
+      ordering({ replication })
       return ordered.entries
     })
+    committed.catch(err => { this.c.log?.('local commit of %s failed: %s', first.shard, (err as Error).message) })
+    // A write refused while being ordered (409, 412, 404) rejects `committed` before anything was sent.
+    const { replication } = await Promise.race([sent, committed.then(async () => await sent)])
     await replication
     return ordered.results
   }
@@ -493,23 +502,33 @@ export class DistributedCoordinator implements Coordinator {
     return outcomes
   }
 
-  /** Sends versions to other owners; resolves once `need` have them on disk, hints the rest */
-  private async replicate (peers: string[], entries: VersionEntry[], need: number, what: string): Promise<void> {
+  /**
+   * Sends versions to other owners; resolves once `need` have them on disk,
+   * hints the rest. With `local` (this node's own commit) that commit counts
+   * as one of the `need`; without, this node's copy is already durable and
+   * `need` counts the others only.
+   */
+  private async replicate (peers: string[], entries: VersionEntry[], need: number, what: string, local?: Promise<void>): Promise<void> {
+    const others = local === undefined ? need : need - 1
     if (peers.length === 0 || entries.length === 0) {
-      if (need > 0) throw new UnavailableError(`${what}: ${need} more replicas needed but none are members`)
+      if (local !== undefined) await local
+      if (others > 0) throw new UnavailableError(`${what}: ${others} more replicas needed but none are members`)
       return
     }
+    const durableHere = local === undefined ? 1 : 0
     await new Promise<void>((resolve, reject) => {
       let acks = 0
       let failures = 0
       let settled = false
+      const voters = peers.length + (local === undefined ? 0 : 1)
       const done = (): void => {
         if (settled) return
-        if (acks >= need) { settled = true; resolve() } else if (acks + (peers.length - acks - failures) < need) {
+        if (acks >= (local === undefined ? others : need)) { settled = true; resolve() } else if (acks + (voters - acks - failures) < (local === undefined ? others : need)) {
           settled = true
-          reject(new NtsoekheError('UNAVAILABLE', `${what}: the write is durable on ${1 + acks} replicas but ${1 + need} were required; it will reach the others when they return`))
+          reject(new NtsoekheError('UNAVAILABLE', `${what}: the write is durable on ${durableHere + acks} replicas but ${local === undefined ? 1 + others : need} were required; it will reach the others when they return`))
         }
       }
+      local?.then(() => { acks++; done() }, () => { failures++; done() })
       for (const peer of peers) {
         const send = this.c.membership.stateOf(peer) === 'down'
           ? Promise.reject(new UnavailableError(`${peer} is down`))

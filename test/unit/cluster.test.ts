@@ -217,6 +217,36 @@ describe('distributed coordinator', () => {
     await expect(net.nodes[4]!.db.get('appointments', '2000')).rejects.toMatchObject({ code: 'NOT_FOUND' })
   })
 
+  it('a write is answered once any W owners have it on disk: a primary with a stalled disk does not hold it up', async () => {
+    net = await createTestnet(3, { replicas: 3, writeQuorum: 2, readQuorum: 2 })
+    await net.converge(3)
+    const [p] = net.nodes as [Testnet['nodes'][number]]
+    let i = 1
+    while (p.coordinator.owners('patient_records', tokenOf(`patient_id:${i}`))[0] !== p.peerId) i++
+    const token = tokenOf(`patient_id:${i}`)
+    const committer = (p.store as any).committer
+    const commit = committer.commit.bind(committer)
+    let release!: () => void
+    const gate = new Promise<void>(resolve => { release = resolve })
+    committer.commit = async (ops: unknown[]) => { await gate; await commit(ops) }
+    try {
+      const write = p.coordinator.write([{ op: 'insert', table: 'patient_records', id: String(i), shard: `patient_id:${i}`, row: patient(i) }])
+      const answer = await Promise.race([write, new Promise(resolve => setTimeout(resolve, 3000, 'no answer within 3 s'))])
+      expect(answer).not.toBe('no answer within 3 s')
+      const [first] = answer as Awaited<typeof write>
+      expect(await p.store.get('patient_records', token, String(i))).toBeUndefined()
+      // The record stays locked on the primary until its own commit ends: the next write is ordered after the first.
+      const next = p.coordinator.write([{ op: 'put', table: 'patient_records', id: String(i), shard: `patient_id:${i}`, row: { ...patient(i), address: 'Next' }, ifMatch: [first!.version] }])
+      release()
+      const [second] = await next
+      expect(second!.version > first!.version).toBe(true)
+      expect((await p.store.get('patient_records', token, String(i)))?.heads.map(h => h.version)).toEqual([second!.version])
+    } finally {
+      release()
+      committer.commit = commit
+    }
+  })
+
   it('a malformed or hostile replica message is refused and writes nothing', async () => {
     net = await createTestnet(2)
     await net.converge(2)
