@@ -11,6 +11,8 @@ export interface Config {
   storage: {
     /** fsync every group commit, so acknowledged writes survive power loss. @default true */
     sync: boolean
+    /** LevelDB write buffer (memtable) in MiB: larger means fewer flushes to disk competing with the commits' fsyncs, more memory and a longer log replay at start. @default 16 */
+    writeBufferMb: number
   }
   network: {
     /** Addresses to listen on. @default ["/ip4/0.0.0.0/tcp/4100"] */
@@ -57,7 +59,7 @@ export interface Config {
 export function defaultConfig (): Config {
   return {
     api: { socket: 'api.sock' },
-    storage: { sync: true },
+    storage: { sync: true, writeBufferMb: 16 },
     network: {
       listen: ['/ip4/0.0.0.0/tcp/4100'],
       bootstrap: [],
@@ -149,6 +151,10 @@ export function checkConfig (config: Config, where = 'config'): void {
   for (const name of ['timeoutMs', 'rebalanceDelayMs', 'rebalanceIntervalMs'] as const) {
     const v = config.replication[name]
     if (!Number.isSafeInteger(v) || v < 1) throw new ValidationError(`${where}: replication.${name} must be a positive integer (ms)`)
+  }
+  const buffer = config.storage.writeBufferMb
+  if (!Number.isSafeInteger(buffer) || buffer < 1 || buffer > 1024) {
+    throw new ValidationError(`${where}: storage.writeBufferMb must be an integer from 1 to 1024 (MiB)`)
   }
   const m = config.membership
   if (!(m.heartbeatMs > 0 && m.suspectAfterMs > m.heartbeatMs && m.downAfterMs >= m.suspectAfterMs)) {

@@ -78,7 +78,7 @@ export class NtsoekheNode {
     const key = await loadOrCreateIdentity(this.home)
     this.peerId = peerIdFromKey(key)
     const indexes = Object.fromEntries(TABLES.map(t => [t.name, t.indexed]))
-    this.store = new Store({ path: join(this.home, 'store'), sync: this.config.storage.sync, indexes })
+    this.store = new Store({ path: join(this.home, 'store'), sync: this.config.storage.sync, writeBufferBytes: this.config.storage.writeBufferMb * 1024 * 1024, indexes })
     await this.store.open()
 
     const net = this.config.network

@@ -30,6 +30,10 @@ describe('config', () => {
     expect(() => mergeConfig(defaultConfig(), { nope: {} })).toThrow(/unknown section/)
     expect(() => mergeConfig(defaultConfig(), { replication: { writeQuorum: 4 } })).toThrow(/quorums/)
     expect(() => mergeConfig(defaultConfig(), { membership: { suspectAfterMs: 10 } })).toThrow(/membership/)
+    expect(() => mergeConfig(defaultConfig(), { storage: { writeBufferMb: 0 } })).toThrow(/storage.writeBufferMb/)
+    expect(() => mergeConfig(defaultConfig(), { storage: { writeBufferMb: 2.5 } })).toThrow(/storage.writeBufferMb/)
+    // A config written before a key existed gets the key's default.
+    expect(mergeConfig(defaultConfig(), { storage: { sync: false } }).storage).toEqual({ sync: false, writeBufferMb: 16 })
   })
 
   it('daemon flags override for the run; --replicas alone caps the quorums', () => {
