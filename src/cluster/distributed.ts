@@ -109,6 +109,8 @@ export class DistributedCoordinator implements Coordinator {
   /** Rebalances in a row that could not hand everything off (the retry waits longer each time) */
   private rebalanceFailures = 0
   private stopped = false
+  /** Records whose local commit failed after their write was ordered (`table/id`): caught up before the next write */
+  private readonly missed = new Set<string>()
 
   constructor (components: DistributedCoordinatorComponents, init: DistributedCoordinatorInit = {}) {
     this.c = components
@@ -404,7 +406,14 @@ export class DistributedCoordinator implements Coordinator {
       ordering({ replication })
       return ordered.entries
     })
-    committed.catch(err => { this.c.log?.('local commit of %s failed: %s', first.shard, (err as Error).message) })
+    committed.catch(err => {
+      // Refused while ordering (409, 412, 404) is the caller's answer, not a failure here.
+      if (ordered.entries.length === 0) return
+      // The write may still be answered (W other owners have it) while this node lacks it: the next
+      // write to these records catches up from the other owners first, inserts included.
+      for (const m of mutations) this.missed.add(`${m.table}/${m.id}`)
+      this.c.log?.('local commit of %s failed: %s', first.shard, (err as Error).message)
+    })
     // A write refused while being ordered (409, 412, 404) rejects `committed` before anything was sent.
     const { replication } = await Promise.race([sent, committed.then(async () => await sent)])
     await replication
@@ -623,9 +632,9 @@ export class DistributedCoordinator implements Coordinator {
     // the owner that went silent (and may have applied it) is likely the one that cannot be asked.
     const keys = new Map<string, { table: string, id: string, token: string, required: boolean }>()
     for (const m of mutations) {
-      const plainInsert = m.op === 'insert' && (m.ifMatch === undefined || m.ifMatch.length === 0)
-      if (plainInsert && !retry) continue
       const key = `${m.table}/${m.id}`
+      const plainInsert = m.op === 'insert' && (m.ifMatch === undefined || m.ifMatch.length === 0) && !this.missed.has(key)
+      if (plainInsert && !retry) continue
       keys.set(key, { table: m.table, id: m.id, token: tokenOf(m.shard), required: !plainInsert || keys.get(key)?.required === true })
     }
     if (keys.size === 0) return
@@ -642,6 +651,7 @@ export class DistributedCoordinator implements Coordinator {
     }))
     const found = states.filter((s): s is RecordState => s !== undefined)
     if (found.length > 0) await this.c.store.merge(found)
+    for (const key of keys.keys()) this.missed.delete(key)
   }
 
 

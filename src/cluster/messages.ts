@@ -115,6 +115,8 @@ export function checkMutation (m: unknown): Mutation {
   const table = checkTable(x.table)
   const id = checkId(table, x.id)
   if (typeof x.shard !== 'string' || x.shard.length > 200) bad('malformed shard')
+  const internal = internalShard(table, id)
+  if (internal !== undefined && x.shard !== internal) bad(`shard ${x.shard.slice(0, 64)} is not the place of ${table} ${id}`)
   const out: Mutation = { op: x.op, table, id, shard: x.shard }
   if (x.op !== 'delete') {
     const checked = checkRow(table, id, x.row)

@@ -26,6 +26,8 @@ const PATCH_ATTEMPTS = 5
  * take, so a claim whose row is still on its way is never taken.
  */
 export const DEFAULT_CLAIM_GRACE_MS = 120_000
+/** Looks at a claim that keeps changing under a writer before it gives up with 409 */
+const CLAIM_ATTEMPTS = 4
 
 export interface ReadResponse {
   row: Row
@@ -69,8 +71,8 @@ export interface DatabaseComponents {
   claimGraceMs?: number
 }
 
-/** A unique value a write took, to give back if the write is refused */
-interface Claim { table: TableDef, column: string, value: Value, owner: string }
+/** A unique value a write took; `version` is the claim version this write made (what it may give back) */
+interface Claim { table: TableDef, column: string, value: Value, owner: string, version?: string }
 
 /**
  * The query layer: validates rows against the schema, checks references and
@@ -135,7 +137,8 @@ export class Database {
           throw err
         }
       } catch (err) {
-        if (!generated || attempt >= ID_ATTEMPTS || !hasCode(err, 'CONFLICT')) throw err
+        // Only the row's own key may have met an id drawn elsewhere; a taken unique value names its column.
+        if (!generated || attempt >= ID_ATTEMPTS || !hasCode(err, 'CONFLICT') || (err as NtsoekheError).column !== undefined) throw err
       }
     }
   }
@@ -210,8 +213,8 @@ export class Database {
     }
     const cascaded = await this.deleteReferences(table, head.row, options)
     const [result] = await this.coordinator.write([this.mutation('delete', table, head.row, options.ifMatch)], options)
-    await this.releaseKey(table, head.row, options)
     await this.releaseValues(table, head.row, null, options)
+    await this.releaseKey(table, head.row, options)
     return { ...(result as WriteResult), cascaded }
   }
 
@@ -274,6 +277,7 @@ export class Database {
       const inserted = mutations.filter(m => m.op === 'insert').map(m => ({ table: this.table(m.table), row: m.row as Row }))
       const claimed: typeof inserted = []
       const values: Claim[] = []
+      let sent = false
       try {
         for (const m of mutations) {
           if (m.op !== 'delete') values.push(...await this.claimValues(this.table(m.table), m.row as Row, before.get(m), options))
@@ -282,16 +286,19 @@ export class Database {
           await this.claimKey(c.table, c.row, options)
           claimed.push(c)
         }
+        sent = true
         const results = await this.coordinator.write(mutations, options)
         for (const m of mutations) {
           const table = this.table(m.table)
-          if (m.op === 'delete') await this.releaseKey(table, parseId(table, m.id), options)
           const old = before.get(m)
           if (old != null) await this.releaseValues(table, old, m.op === 'delete' ? null : m.row as Row, options)
+          if (m.op === 'delete') await this.releaseKey(table, parseId(table, m.id), options)
         }
         return results
       } catch (err) {
-        if (isRefusal(err)) {
+        // Claims are given back when the batch was never sent, or was refused; a write whose outcome is
+        // unknown (a timeout) may have landed, so its claims stay.
+        if (!sent || isRefusal(err)) {
           for (const c of claimed) await this.releaseKey(c.table, c.row, options)
           await this.releaseClaims(values, options)
         }
@@ -481,61 +488,61 @@ export class Database {
   private async claimValues (table: TableDef, row: Row, before: Row | null | undefined, options: RequestOptions): Promise<Claim[]> {
     if (table.unique.length === 0) return []
     const owner = rowId(table, row)
-    const taken: Claim[] = []
+    const made: Claim[] = []
     try {
       for (const column of table.unique) {
         const value = row[column]
         if (value === null || value === undefined || before?.[column] === value) continue
-        const claim = { table, column, value, owner }
-        await this.claimValue(claim, options)
-        taken.push(claim)
+        const version = await this.claimValue({ table, column, value, owner }, options)
+        if (version !== undefined) made.push({ table, column, value, owner, version })
       }
     } catch (err) {
-      await this.releaseClaims(taken, options)
+      await this.releaseClaims(made, options)
       throw err
     }
-    return taken
+    return made
   }
 
-  private async claimValue (claim: Claim, options: RequestOptions): Promise<void> {
+  /**
+   * Claims one value for its owner row. Returns the claim version this call
+   * wrote, or undefined when the claim was already the row's and is kept as
+   * it is: only a claim this write made is given back if the write fails
+   * (another write of the same row may be counting on an existing one).
+   */
+  private async claimValue (claim: Claim, options: RequestOptions): Promise<string | undefined> {
     const { table, column, value, owner } = claim
     const id = uniqueClaimId(table, column, value)
     const shard = `unique:${id}`
     const taken = (holder: string): ConflictError => new ConflictError(`${column} ${JSON.stringify(value)} is already used by ${table.name} ${holder}`, { column })
-    for (let attempt = 1; ; attempt++) {
+    for (let attempt = 1; attempt <= CLAIM_ATTEMPTS; attempt++) {
       try {
-        await this.coordinator.write([{ op: 'insert', table: UNIQUE_TABLE, id, shard, row: { owner } }], options)
-        return
+        const [made] = await this.coordinator.write([{ op: 'insert', table: UNIQUE_TABLE, id, shard, row: { owner } }], options)
+        return made?.version
       } catch (err) {
         if (!hasCode(err, 'CONFLICT')) throw err
       }
       const state = await this.coordinator.read(UNIQUE_TABLE, id, shard, options)
       const head = state === undefined ? undefined : winner(state)
-      if (head?.row == null) {
-        // Given back since our insert met it: try again, a few times
-        if (attempt < 3) continue
-        throw taken('another row')
-      }
+      // Given back since our insert met it: insert again
+      if (head?.row == null) continue
       const holder = String(head.row.owner)
       const age = Date.now() - (parseVersion(head.version)?.wall ?? Date.now())
-      const takeOver = async (): Promise<void> => {
-        await this.coordinator.write([{ op: 'put', table: UNIQUE_TABLE, id, shard, row: { owner }, ifMatch: [head.version] }], options)
-          .catch(err => { throw hasCode(err, 'PRECONDITION_FAILED') ? taken('another row') : err })
+      const mine = holder === owner
+      // Already this row's: kept, but renewed when old, so that nobody judges it abandoned while
+      // this write is on its way. Another row's claim is taken over only once it is old enough
+      // that no write of that row can still be under way, and that row does not hold the value
+      // (its write failed, or the release was lost).
+      if (mine && age < this.claimGraceMs / 2) return undefined
+      if (!mine && (age < this.claimGraceMs || await this.holdsValue(table, holder, column, value, options))) throw taken(holder)
+      try {
+        const [made] = await this.coordinator.write([{ op: 'put', table: UNIQUE_TABLE, id, shard, row: { owner }, ifMatch: [head.version] }], options)
+        return mine ? undefined : made?.version
+      } catch (err) {
+        // Changed or given back since we read it: look again
+        if (!hasCode(err, 'PRECONDITION_FAILED') && !hasCode(err, 'NOT_FOUND')) throw err
       }
-      if (holder === owner) {
-        // Already this row's (a value put back): renewed when old, so that nobody judges it
-        // abandoned while this write is on its way.
-        if (age >= this.claimGraceMs / 2) await takeOver()
-        return
-      }
-      // A claim whose row never got the value (its write failed, or the release was lost) is taken
-      // over once it is old enough that no write of that row can still be under way.
-      if (age >= this.claimGraceMs && !await this.holdsValue(table, holder, column, value, options)) {
-        await takeOver()
-        return
-      }
-      throw taken(holder)
     }
+    throw taken('another row')
   }
 
   /** Whether row `id` of `table` exists and holds `value` in `column` */
@@ -546,12 +553,26 @@ export class Database {
   }
 
   /**
-   * Gives claims back (a write refused, a row deleted, a value changed).
-   * Best effort: a claim that cannot be given back now stays behind, and the
-   * next writer of its value takes it over after the grace period.
+   * Gives back claims this write made, each only if still at the version it
+   * wrote. Best effort, as are all releases: a claim that cannot be given back
+   * now stays behind, and the next writer of its value takes it over after
+   * the grace period.
    */
   private async releaseClaims (claims: Claim[], options: RequestOptions): Promise<void> {
-    for (const { table, column, value, owner } of claims) {
+    for (const { table, column, value, version } of claims) {
+      if (version === undefined) continue
+      const id = uniqueClaimId(table, column, value)
+      await this.coordinator.write([{ op: 'delete', table: UNIQUE_TABLE, id, shard: `unique:${id}`, ifMatch: [version] }], options).catch(() => {})
+    }
+  }
+
+  /** Gives back the unique values `before` held that `after` (null: deleted) no longer does: the claims that name its row */
+  private async releaseValues (table: TableDef, before: Row, after: Row | null, options: RequestOptions): Promise<void> {
+    if (table.unique.length === 0) return
+    const owner = rowId(table, before)
+    for (const column of table.unique) {
+      const value = before[column]
+      if (value === null || value === undefined || (after !== null && after[column] === value)) continue
       const id = uniqueClaimId(table, column, value)
       const shard = `unique:${id}`
       try {
@@ -561,16 +582,6 @@ export class Database {
         await this.coordinator.write([{ op: 'delete', table: UNIQUE_TABLE, id, shard, ifMatch: [head.version] }], options)
       } catch {}
     }
-  }
-
-  /** Gives back the unique values `before` held that `after` (null: deleted) no longer does */
-  private async releaseValues (table: TableDef, before: Row, after: Row | null, options: RequestOptions): Promise<void> {
-    if (table.unique.length === 0) return
-    const owner = rowId(table, before)
-    const gone = table.unique
-      .filter(column => before[column] !== null && before[column] !== undefined && (after === null || after[column] !== before[column]))
-      .map(column => ({ table, column, value: before[column] as Value, owner }))
-    await this.releaseClaims(gone, options)
   }
 
   /** A write that changes a row from `before` to `after`, with its unique values claimed first and the old ones given back after */
@@ -692,8 +703,8 @@ export class Database {
           done.add(rowId(child, r))
           deleted += 1 + await this.deleteReferences(child, r, options)
           await this.coordinator.write([this.mutation('delete', child, r)], options)
-          await this.releaseKey(child, r, options)
           await this.releaseValues(child, r, null, options)
+          await this.releaseKey(child, r, options)
         }
       }
     }

@@ -247,6 +247,25 @@ describe('distributed coordinator', () => {
     }
   })
 
+  it('a primary whose own commit failed catches up before it orders the next write, even an insert', async () => {
+    net = await createTestnet(3, { replicas: 3, writeQuorum: 2, readQuorum: 2 })
+    await net.converge(3)
+    const [p] = net.nodes as [Testnet['nodes'][number]]
+    let i = 1
+    while (p.coordinator.owners('patient_records', tokenOf(`patient_id:${i}`))[0] !== p.peerId) i++
+    const token = tokenOf(`patient_id:${i}`)
+    const committer = (p.store as any).committer
+    const commit = committer.commit.bind(committer)
+    committer.commit = async () => { committer.commit = commit; throw new Error('disk full') }
+    const insert = { op: 'insert' as const, table: 'patient_records', id: String(i), shard: `patient_id:${i}`, row: patient(i) }
+    // Two other owners have it: the write is answered although the primary's copy failed.
+    const [first] = await p.coordinator.write([insert])
+    expect(await p.store.get('patient_records', token, String(i))).toBeUndefined()
+    // The same insert again is refused as a duplicate, not stored beside the first as a second head.
+    await expect(p.coordinator.write([{ ...insert, row: { ...patient(i), address: 'Twice' } }])).rejects.toMatchObject({ code: 'CONFLICT' })
+    expect((await p.store.get('patient_records', token, String(i)))?.heads.map(h => h.version)).toEqual([first!.version])
+  })
+
   it('a malformed or hostile replica message is refused and writes nothing', async () => {
     net = await createTestnet(2)
     await net.converge(2)
@@ -265,6 +284,7 @@ describe('distributed coordinator', () => {
       { type: 'write', mutations: [{ op: 'insert', table: UNIQUE_TABLE, id: `users.user_name.${'a'.repeat(32)}`, shard: `unique:users.user_name.${'a'.repeat(32)}`, row: { owner: 'x; drop' } }] },
       { type: 'write', mutations: [{ op: 'insert', table: UNIQUE_TABLE, id: 'users.user_name.thabo', shard: 'unique:users.user_name.thabo', row: { owner: '1' } }] },
       { type: 'apply', groups: [[{ table: UNIQUE_TABLE, id: `users.user_name.${'a'.repeat(32)}`, token: tokenOf('patient_id:9'), version: '000001700000000000.000000.abc', parents: [], row: { owner: '1' } }]] },
+      { type: 'write', mutations: [{ op: 'delete', table: UNIQUE_TABLE, id: `users.user_name.${'a'.repeat(32)}`, shard: 'patient_id:9' }] },
       null
     ]
     for (const msg of bad) {
@@ -510,6 +530,25 @@ describe('unique values across nodes', () => {
     await expect(a.db.batch([{ op: 'insert', table: 'users', row: user('thabo') }])).rejects.toMatchObject({ code: 'CONFLICT', column: 'user_name' })
     await a.db.batch([{ op: 'insert', table: 'users', row: user('lerato') }])
     await expect(b.db.insert('users', user('lerato'))).rejects.toMatchObject({ code: 'CONFLICT' })
+
+    // A refused write gives back only claims it made. Here the name is already claimed for user 7
+    // (say by a write of user 7 still on its way), so an insert of another user 7 with that name
+    // takes the claim as its own without making it; the insert is refused (user 7 exists) and the
+    // claim stays.
+    const users = findTable('users')!
+    const claimOf = async (name: string): Promise<unknown> => {
+      const id = uniqueClaimId(users, 'user_name', name)
+      const state = await c.coordinator.read(UNIQUE_TABLE, id, `unique:${id}`, { consistency: 'all' })
+      return state?.heads.find(h => h.row !== null)?.row?.owner
+    }
+    const seven = await a.db.insert('users', { ...user('seven'), user_id: 7 })
+    const claim = uniqueClaimId(users, 'user_name', 'kept')
+    await a.coordinator.write([{ op: 'insert', table: UNIQUE_TABLE, id: claim, shard: `unique:${claim}`, row: { owner: seven.id } }])
+    await expect(b.db.insert('users', { ...user('kept'), user_id: 7 })).rejects.toMatchObject({ code: 'CONFLICT' })
+    expect(await claimOf('kept')).toBe(seven.id)
+    // Deleting a user gives back the claims naming it.
+    await b.db.delete('users', seven.id)
+    expect(await claimOf('seven')).toBeUndefined()
   })
 
   it('a claim left by a write that never landed is taken over only after the grace period', async () => {
