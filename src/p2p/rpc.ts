@@ -1,6 +1,6 @@
 import { setMaxListeners } from 'node:events'
 import { peerIdFromString } from '@libp2p/peer-id'
-import { lpStream, type LengthPrefixedStream } from '@libp2p/utils'
+import { byteStream, InvalidMessageLengthError, LengthPrefixedDecoder, type ByteStream } from '@libp2p/utils'
 import type { Connection, Libp2p, PeerId, Stream } from '@libp2p/interface'
 import {
   InvalidMessageError,
@@ -84,7 +84,7 @@ export const DEFAULT_RPC_TIMEOUT = 10_000
 export const DEFAULT_STREAMS_PER_PEER = 2
 export const DEFAULT_MAX_CONCURRENT_PER_STREAM = 4096
 
-/** Frames per `writeV`: keeps the argument spread inside lpStream bounded */
+/** Frames per stream write: keeps one write's buffer bounded */
 const MAX_FRAMES_PER_WRITE = 1024
 /** How long a graceful stream close may take before the stream is reset */
 const CLOSE_TIMEOUT = 2_000
@@ -116,8 +116,20 @@ function parseFrame (bytes: Uint8Array): Record<string, unknown> & { id: number 
   return frame as Record<string, unknown> & { id: number }
 }
 
-function isCleanEnd (err: unknown): boolean {
-  return (err as Error | undefined)?.name === 'UnexpectedEOFError'
+/** Frames with their unsigned-varint length prefixes, as one buffer for one stream write */
+function encodeFrames (frames: Uint8Array[]): Uint8Array {
+  const parts: Uint8Array[] = []
+  for (const frame of frames) {
+    const prefix: number[] = []
+    let n = frame.byteLength
+    while (n >= 0x80) {
+      prefix.push((n & 0x7f) | 0x80)
+      n >>>= 7
+    }
+    prefix.push(n)
+    parts.push(Uint8Array.from(prefix), frame)
+  }
+  return Buffer.concat(parts)
 }
 
 function describe (err: unknown): string {
@@ -133,20 +145,43 @@ function describe (err: unknown): string {
  * several socket writes. Flushing once per turn measured ~3x the request rate.
  */
 abstract class FramedStream {
-  readonly lp: LengthPrefixedStream<Stream>
+  private readonly bytes: ByteStream<Stream>
+  private readonly decoder: LengthPrefixedDecoder
+  /** Frames decoded from the last chunk read and not yet taken */
+  private frames: Array<{ subarray: () => Uint8Array }> = []
   closed = false
   private queue: Uint8Array[] = []
   private flushing = false
 
   constructor (readonly stream: Stream, protected readonly rpc: RpcService) {
-    this.lp = lpStream(stream, {
-      maxDataLength: rpc.maxMessageBytes,
-      // several pipelined frames may sit in the read buffer besides a maximal one
-      maxBufferSize: Math.max(4 * 1024 * 1024, rpc.maxMessageBytes * 2 + 16)
-    })
+    // several pipelined frames may sit in the read buffer besides a maximal one
+    const maxBufferSize = Math.max(4 * 1024 * 1024, rpc.maxMessageBytes * 2 + 16)
+    this.bytes = byteStream(stream, { maxBufferSize })
+    // what is left of a frame cut by the last chunk, plus a whole next chunk
+    this.decoder = new LengthPrefixedDecoder({ maxDataLength: rpc.maxMessageBytes, maxBufferSize: maxBufferSize + rpc.maxMessageBytes + 16 })
     stream.addEventListener('close', (evt) => {
       this.close(evt.error ?? new UnavailableError('Stream closed'))
     }, { once: true })
+  }
+
+  /**
+   * The next frame, or null at the end of the stream (a frame cut short by
+   * the end counts as the end). Whatever has arrived is read at once and
+   * split into frames: lpStream's read took the length prefix a byte at a
+   * time, an await and, for frames over 127 bytes, an exception each.
+   */
+  protected async readFrame (): Promise<Uint8Array | null> {
+    while (this.frames.length === 0) {
+      const chunk = await this.bytes.read()
+      if (chunk === null) return null
+      try {
+        this.frames = [...this.decoder.decode(chunk)]
+      } catch (err) {
+        if (err instanceof InvalidMessageLengthError) throw new InvalidMessageError(`Message length too long: a frame over the ${this.rpc.maxMessageBytes} byte limit`, { cause: err })
+        throw err
+      }
+    }
+    return (this.frames.shift() as { subarray: () => Uint8Array }).subarray()
   }
 
   /** Queues a frame; all frames queued in this turn of the event loop go out in one write */
@@ -165,7 +200,7 @@ abstract class FramedStream {
         const batch = this.queue.length <= MAX_FRAMES_PER_WRITE ? this.queue : this.queue.slice(0, MAX_FRAMES_PER_WRITE)
         this.queue = batch === this.queue ? [] : this.queue.slice(MAX_FRAMES_PER_WRITE)
         // the bytes are handed to the stream synchronously; awaiting only waits for drain
-        await this.lp.writeV(batch)
+        await this.bytes.write(encodeFrames(batch))
       }
     } catch (err) {
       this.rpc.log(`${this.rpc.protocol}: write to ${this.peer} failed, closing stream: ${describe(err)}`)
@@ -191,7 +226,7 @@ abstract class FramedStream {
       // after any being written) so they go out before the end of the stream
       try {
         for (let i = 0; i < queued.length; i += MAX_FRAMES_PER_WRITE) {
-          this.lp.writeV(queued.slice(i, i + MAX_FRAMES_PER_WRITE)).catch(() => {})
+          this.bytes.write(encodeFrames(queued.slice(i, i + MAX_FRAMES_PER_WRITE))).catch(() => {})
         }
       } catch {}
       stream.close({ signal: AbortSignal.timeout(CLOSE_TIMEOUT) }).catch((closeErr: unknown) => {
@@ -223,16 +258,16 @@ class ClientStream extends FramedStream {
     while (!this.closed) {
       let frame: Record<string, unknown> & { id: number }
       try {
-        const buf = await this.lp.read()
-        frame = parseFrame(buf.subarray())
+        const buf = await this.readFrame()
+        if (buf === null) {
+          if (!this.closed) this.close()
+          return
+        }
+        frame = parseFrame(buf)
       } catch (err) {
         if (this.closed) return
-        if (isCleanEnd(err)) {
-          this.close()
-        } else {
-          this.rpc.log(`${this.rpc.protocol}: bad response stream from ${this.peer}, closing it: ${describe(err)}`)
-          this.close(err)
-        }
+        this.rpc.log(`${this.rpc.protocol}: bad response stream from ${this.peer}, closing it: ${describe(err)}`)
+        this.close(err)
         return
       }
       const p = this.pending.get(frame.id)
@@ -282,18 +317,19 @@ class ServerStream extends FramedStream {
       }
       let frame: Record<string, unknown> & { id: number }
       try {
-        const buf = await this.lp.read()
-        frame = parseFrame(buf.subarray())
-      } catch (err) {
-        if (this.closed) return
-        if (isCleanEnd(err)) {
+        const buf = await this.readFrame()
+        if (buf === null) {
+          if (this.closed) return
           // the caller is done sending; answer what is running, then close
           this.ended = true
           if (this.inflight === 0) this.close()
-        } else {
-          this.rpc.log(`${this.rpc.protocol}: bad request stream from ${this.peer}, closing it: ${describe(err)}`)
-          this.close(err)
+          return
         }
+        frame = parseFrame(buf)
+      } catch (err) {
+        if (this.closed) return
+        this.rpc.log(`${this.rpc.protocol}: bad request stream from ${this.peer}, closing it: ${describe(err)}`)
+        this.close(err)
         return
       }
       if (this.closed) return

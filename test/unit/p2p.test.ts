@@ -144,6 +144,10 @@ describe('p2p nodes', () => {
     expect(await rb.request(a.peerId.toString(), { op: 'echo', v: { k: null } })).toEqual({ v: { k: null }, from: b.peerId.toString() })
     // a request to this node's own id runs the handler locally
     expect(await ra.request(a.peerId.toString(), { op: 'echo', v: 1 })).toEqual({ v: 1, from: a.peerId.toString() })
+    // frames far larger than one read (split across many chunks), mixed with small ones on the same streams
+    const big = 'x'.repeat(700_000)
+    const answers = await Promise.all([0, 1, 2, 3].map(async i => await ra.request(b.peerId.toString(), { op: 'echo', v: i % 2 === 0 ? big + String(i) : i })))
+    expect(answers.map(r => (r as { v: unknown }).v)).toEqual([big + '0', 1, big + '2', 3])
   })
 
   it('pipelines 2,000 concurrent requests over at most streamsPerPeer streams, sharing the first dial', async () => {
