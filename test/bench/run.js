@@ -202,8 +202,14 @@ async function cluster (ctx) {
   }
   const reads = medianRun(readRuns)
   const halfRate = peakWrites.rps / 2
-  log(`cluster: writes paced at half the peak, ${fmtInt(halfRate)}/s for 5 s`)
-  const paced = await drivePaced({ rate: halfRate, seconds: 5, make: writes().make })
+  const pacedRuns = []
+  for (let round = 1; round <= ROUNDS; round++) {
+    log(`cluster: round ${round}/${ROUNDS}, writes paced at half the peak, ${fmtInt(halfRate)}/s for 5 s`)
+    pacedRuns.push(await drivePaced({ rate: halfRate, seconds: 5, make: writes().make }))
+  }
+  // The round with the median p99: one 5 s run's tail moves with whatever else the disk was doing
+  const paced = [...pacedRuns].sort((x, y) => x.p99 - y.p99)[Math.floor(pacedRuns.length / 2)]
+  const pacedSent = pacedRuns.reduce((sum, r) => sum + r.sent, 0)
 
   log(`cluster: bulk import of ${CLUSTER_IMPORT_ROWS} rows through one node`)
   const dir = await ctx.tempDir()
@@ -218,7 +224,7 @@ async function cluster (ctx) {
   log(`cluster: OrbitDB 4, ${ORBITDB_ROWS} rows replicated between two local peers (test/bench/orbitdb)`)
   const orbit = await runOrbitDb(ctx)
   const importRate = CLUSTER_IMPORT_ROWS / imported.seconds
-  const written = ids.length + paced.sent + CLUSTER_IMPORT_ROWS
+  const written = ids.length + pacedSent + CLUSTER_IMPORT_ROWS
   const vsOrbit = (rate) => orbit === undefined ? '—' : `${fmt(rate / orbit.replicatedRowsPerSec, 0)}× ${rate / orbit.replicatedRowsPerSec >= GOAL_ORBITDB ? '✓' : '✗'}`
   const orbitRow = orbit === undefined
     ? '| OrbitDB 4: could not run (see the log) | — | — | — | — |'
@@ -237,8 +243,9 @@ ${orbitRow}
 | ntsoekhe: bulk import (NDJSON, one request, rows written in groups) | ${fmt(importRate, 0)} | — | — | ${vsOrbit(importRate)} |
 | ntsoekhe: reads by id (R=2) | ${fmt(reads.rps, 0)} | ${fmt(reads.p50, 2)} | ${fmt(reads.p99, 2)} | — |
 
-Writes paced at half the peak rate (${fmtInt(halfRate)}/s offered for 5 s, ${fmtInt(paced.sent)} sent): achieved ${fmt(paced.rps, 0)}/s,
-p50 ${fmt(paced.p50, 2)} ms, p99 ${fmt(paced.p99, 2)} ms — ${paced.p99 < GOAL_P99_MS ? '✓' : '✗'} (goal p99 < ${GOAL_P99_MS} ms).
+Writes paced at half the peak rate (${fmtInt(halfRate)}/s offered for 5 s, ${ROUNDS} rounds of ${fmtInt(paced.sent)} writes): the round with the
+median p99 achieved ${fmt(paced.rps, 0)}/s, p50 ${fmt(paced.p50, 2)} ms, p99 ${fmt(paced.p99, 2)} ms — ${paced.p99 < GOAL_P99_MS ? '✓' : '✗'} (goal p99 < ${GOAL_P99_MS} ms);
+p99 of each round: ${pacedRuns.map(r => `${fmt(r.p99, 2)} ms`).join(', ')}.
 
 After the import the three nodes held ${fmtInt(copies)} patient_records rows between them; every row written in this
 section (${fmtInt(written)}) on exactly 3 nodes would be ${fmtInt(written * 3)}.
