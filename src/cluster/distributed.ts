@@ -132,8 +132,13 @@ export class DistributedCoordinator implements Coordinator {
     this.updateRing()
     // Records on disk were placed for the ring of the last finished rebalance (kept with the data, so a
     // crash in the middle of one is redone), else for the members known at start (members.json).
-    const saved = await this.c.store.getMeta<unknown>(PLACED_FOR_KEY).catch(() => undefined)
-    this.placedFor = Array.isArray(saved) && saved.every(p => typeof p === 'string') ? saved as string[] : this.ring.list().map(m => m.peerId)
+    const saved = await this.c.store.getMeta<unknown>(PLACED_FOR_KEY).catch((err: unknown) => {
+      this.c.log?.('reading the ring the records were placed for failed (%s); assuming the members known at start', (err as Error).message)
+      return undefined
+    })
+    const valid = Array.isArray(saved) && saved.every(p => typeof p === 'string')
+    if (saved !== undefined && !valid) this.c.log?.('the saved placement ring is malformed; assuming the members known at start')
+    this.placedFor = valid ? saved as string[] : this.ring.list().map(m => m.peerId)
     if (!sameMembers(this.placedFor, this.ring.list().map(m => m.peerId))) this.scheduleRebalance(this.rebalanceDelayMs)
     this.unsubscribe = this.c.membership.onChange(() => { this.updateRing() })
     this.handoffTimer = setInterval(() => { void this.handoff() }, this.handoffIntervalMs)
