@@ -529,17 +529,19 @@ export class DistributedCoordinator implements Coordinator {
       if (others > 0) throw new UnavailableError(`${what}: ${others} more replicas needed but none are members`)
       return
     }
+    // Acknowledgements counted here (this node's commit among them when `local` is given), and how many could come
+    const target = local === undefined ? others : need
+    const voters = peers.length + (local === undefined ? 0 : 1)
     const durableHere = local === undefined ? 1 : 0
     await new Promise<void>((resolve, reject) => {
       let acks = 0
       let failures = 0
       let settled = false
-      const voters = peers.length + (local === undefined ? 0 : 1)
       const done = (): void => {
         if (settled) return
-        if (acks >= (local === undefined ? others : need)) { settled = true; resolve() } else if (acks + (voters - acks - failures) < (local === undefined ? others : need)) {
+        if (acks >= target) { settled = true; resolve() } else if (voters - failures < target) {
           settled = true
-          reject(new NtsoekheError('UNAVAILABLE', `${what}: the write is durable on ${durableHere + acks} replicas but ${local === undefined ? 1 + others : need} were required; it will reach the others when they return`))
+          reject(new NtsoekheError('UNAVAILABLE', `${what}: the write is durable on ${durableHere + acks} replicas but ${durableHere + target} were required; it will reach the others when they return`))
         }
       }
       local?.then(() => { acks++; done() }, () => { failures++; done() })
