@@ -84,8 +84,10 @@ export const DEFAULT_RPC_TIMEOUT = 10_000
 export const DEFAULT_STREAMS_PER_PEER = 2
 export const DEFAULT_MAX_CONCURRENT_PER_STREAM = 4096
 
-/** Frames per stream write: keeps one write's buffer bounded */
+/** Frames per stream write */
 const MAX_FRAMES_PER_WRITE = 1024
+/** Bytes per stream write (a larger frame goes alone): each write is one copied buffer */
+const MAX_BYTES_PER_WRITE = 4 * 1024 * 1024
 /** How long a graceful stream close may take before the stream is reset */
 const CLOSE_TIMEOUT = 2_000
 
@@ -114,6 +116,48 @@ function parseFrame (bytes: Uint8Array): Record<string, unknown> & { id: number 
     throw new InvalidMessageError('Frame has no numeric id')
   }
   return frame as Record<string, unknown> & { id: number }
+}
+
+/** Bytes of the unsigned varint of `n` */
+function varintLength (n: number): number {
+  let len = 1
+  while (n >= 0x80) { n = Math.floor(n / 128); len++ }
+  return len
+}
+
+/**
+ * Reads a frame's unsigned-varint length prefix. Not enough bytes yet is a
+ * RangeError (the decoder waits for more); a prefix longer than the largest
+ * allowed length needs, not in its shortest form, or naming an empty frame
+ * is an InvalidMessageLengthError, which closes the stream.
+ */
+function lengthDecoder (maxPrefix: number): (buf: { byteLength: number, get?: (i: number) => number }) => number {
+  return (buf) => {
+    let value = 0
+    for (let i = 0; i < buf.byteLength; i++) {
+      if (i >= maxPrefix) throw new InvalidMessageLengthError('Invalid message length: length prefix too long')
+      const b = typeof buf.get === 'function' ? buf.get(i) : (buf as unknown as Uint8Array)[i] as number
+      value += (b & 0x7f) * 2 ** (7 * i)
+      if ((b & 0x80) === 0) {
+        if (value === 0 || varintLength(value) !== i + 1) throw new InvalidMessageLengthError('Invalid message length: empty frame or a length not in its shortest form')
+        return value
+      }
+    }
+    throw new RangeError('length prefix incomplete')
+  }
+}
+
+/** How many frames from `start` go in one write: at most MAX_FRAMES_PER_WRITE and MAX_BYTES_PER_WRITE, at least one */
+function batchLength (frames: Uint8Array[], start: number): number {
+  let n = 0
+  let bytes = 0
+  while (start + n < frames.length && n < MAX_FRAMES_PER_WRITE) {
+    const size = (frames[start + n] as Uint8Array).byteLength
+    if (n > 0 && bytes + size > MAX_BYTES_PER_WRITE) break
+    bytes += size
+    n++
+  }
+  return n
 }
 
 /** Frames with their unsigned-varint length prefixes, as one buffer for one stream write */
@@ -147,8 +191,8 @@ function describe (err: unknown): string {
 abstract class FramedStream {
   private readonly bytes: ByteStream<Stream>
   private readonly decoder: LengthPrefixedDecoder
-  /** Frames decoded from the last chunk read and not yet taken */
-  private frames: Array<{ subarray: () => Uint8Array }> = []
+  /** The frames of the last chunk read, taken one at a time (a chunk may hold very many) */
+  private frames?: Generator<{ subarray: () => Uint8Array }>
   closed = false
   private queue: Uint8Array[] = []
   private flushing = false
@@ -158,7 +202,12 @@ abstract class FramedStream {
     const maxBufferSize = Math.max(4 * 1024 * 1024, rpc.maxMessageBytes * 2 + 16)
     this.bytes = byteStream(stream, { maxBufferSize })
     // what is left of a frame cut by the last chunk, plus a whole next chunk
-    this.decoder = new LengthPrefixedDecoder({ maxDataLength: rpc.maxMessageBytes, maxBufferSize: maxBufferSize + rpc.maxMessageBytes + 16 })
+    this.decoder = new LengthPrefixedDecoder({
+      maxDataLength: rpc.maxMessageBytes,
+      maxBufferSize: maxBufferSize + rpc.maxMessageBytes + 16,
+      lengthDecoder: lengthDecoder(varintLength(rpc.maxMessageBytes)),
+      encodingLength: varintLength
+    })
     stream.addEventListener('close', (evt) => {
       this.close(evt.error ?? new UnavailableError('Stream closed'))
     }, { once: true })
@@ -171,17 +220,25 @@ abstract class FramedStream {
    * time, an await and, for frames over 127 bytes, an exception each.
    */
   protected async readFrame (): Promise<Uint8Array | null> {
-    while (this.frames.length === 0) {
+    for (;;) {
+      if (this.frames !== undefined) {
+        let next: IteratorResult<{ subarray: () => Uint8Array }>
+        try {
+          next = this.frames.next()
+        } catch (err) {
+          this.frames = undefined
+          if (err instanceof InvalidMessageLengthError) {
+            throw new InvalidMessageError(/too long|shortest/.test(err.message) ? err.message : `Message length too long: a frame over the ${this.rpc.maxMessageBytes} byte limit`, { cause: err })
+          }
+          throw err
+        }
+        if (next.done !== true) return next.value.subarray()
+        this.frames = undefined
+      }
       const chunk = await this.bytes.read()
       if (chunk === null) return null
-      try {
-        this.frames = [...this.decoder.decode(chunk)]
-      } catch (err) {
-        if (err instanceof InvalidMessageLengthError) throw new InvalidMessageError(`Message length too long: a frame over the ${this.rpc.maxMessageBytes} byte limit`, { cause: err })
-        throw err
-      }
+      this.frames = this.decoder.decode(chunk)
     }
-    return (this.frames.shift() as { subarray: () => Uint8Array }).subarray()
   }
 
   /** Queues a frame; all frames queued in this turn of the event loop go out in one write */
@@ -197,8 +254,9 @@ abstract class FramedStream {
   private async flush (): Promise<void> {
     try {
       while (this.queue.length > 0 && !this.closed) {
-        const batch = this.queue.length <= MAX_FRAMES_PER_WRITE ? this.queue : this.queue.slice(0, MAX_FRAMES_PER_WRITE)
-        this.queue = batch === this.queue ? [] : this.queue.slice(MAX_FRAMES_PER_WRITE)
+        const n = batchLength(this.queue, 0)
+        const batch = n === this.queue.length ? this.queue : this.queue.slice(0, n)
+        this.queue = batch === this.queue ? [] : this.queue.slice(n)
         // the bytes are handed to the stream synchronously; awaiting only waits for drain
         await this.bytes.write(encodeFrames(batch))
       }
@@ -225,8 +283,10 @@ abstract class FramedStream {
       // hand frames still queued for the next flush to the stream (synchronously,
       // after any being written) so they go out before the end of the stream
       try {
-        for (let i = 0; i < queued.length; i += MAX_FRAMES_PER_WRITE) {
-          this.bytes.write(encodeFrames(queued.slice(i, i + MAX_FRAMES_PER_WRITE))).catch(() => {})
+        for (let i = 0; i < queued.length;) {
+          const n = batchLength(queued, i)
+          this.bytes.write(encodeFrames(queued.slice(i, i + n))).catch(() => {})
+          i += n
         }
       } catch {}
       stream.close({ signal: AbortSignal.timeout(CLOSE_TIMEOUT) }).catch((closeErr: unknown) => {

@@ -197,7 +197,10 @@ describe('p2p nodes', () => {
       ['non-JSON frame', new Uint8Array([...varint(8), ...enc.encode('not json')])],
       ['frame without an id', new Uint8Array([...varint(11), ...enc.encode('{"body":42}')])],
       ['oversized frame', new Uint8Array([...varint(1025), 1, 2, 3])],
-      ['raw garbage bytes', new Uint8Array([0x07, 0xde, 0xad, 0xbe, 0xef, 0x00, 0xff, 0x10])]
+      ['raw garbage bytes', new Uint8Array([0x07, 0xde, 0xad, 0xbe, 0xef, 0x00, 0xff, 0x10])],
+      ['endless length prefix', new Uint8Array(new Array(12).fill(0xff))],
+      ['empty frame', new Uint8Array([0x00])],
+      ['length not in its shortest form', new Uint8Array([0x88, 0x00, ...enc.encode('{"id":1}')])]
     ]
     for (const [what, bytes] of frames) {
       const raw = await a.dialProtocol(b.peerId, proto)
@@ -209,6 +212,8 @@ describe('p2p nodes', () => {
     expect(bad.some(l => l.includes('Frame is not JSON'))).toBe(true)
     expect(bad.some(l => l.includes('Frame has no numeric id'))).toBe(true)
     expect(bad.some(l => l.includes('Message length too long'))).toBe(true)
+    expect(bad.some(l => l.includes('length prefix too long'))).toBe(true)
+    expect(bad.filter(l => l.includes('shortest form')).length).toBe(2)
     // the pooled stream and its in-flight request were not affected
     expect(await slow).toBe('slept')
     expect(await ra.request(b.peerId.toString(), { op: 'echo', v: 'after' })).toMatchObject({ v: 'after' })
