@@ -61,12 +61,12 @@ function checkRow (table: string, id: string, row: unknown): { row: Row, shard: 
   if (table === LOCATOR_TABLE) {
     const r = row as { shard?: unknown }
     if (r === null || typeof r !== 'object' || typeof r.shard !== 'string' || r.shard.length > 200 || Object.keys(r).length !== 1) bad('malformed locator row')
-    return { row: { shard: r.shard }, shard: `key:${id}` }
+    return { row: { shard: r.shard }, shard: internalShard(table, id) as string }
   }
   if (table === UNIQUE_TABLE) {
     const r = row as { owner?: unknown }
     if (r === null || typeof r !== 'object' || typeof r.owner !== 'string' || !ID_RE.test(r.owner) || r.owner.length > 200 || Object.keys(r).length !== 1) bad('malformed unique-value claim')
-    return { row: { owner: r.owner }, shard: `unique:${id}` }
+    return { row: { owner: r.owner }, shard: internalShard(table, id) as string }
   }
   const def = findTable(table)
   if (def === undefined) bad(`unknown table ${table}`)

@@ -5,7 +5,7 @@ import {
 } from '../schema/index.js'
 import type { Coordinator, Consistency, GroupOutcome, Mutation, RequestOptions, WriteResult } from '../cluster/coordinator.js'
 import { createHash } from 'node:crypto'
-import { LOCATOR_TABLE, UNIQUE_TABLE } from '../cluster/messages.js'
+import { LOCATOR_TABLE, UNIQUE_TABLE, internalShard } from '../cluster/messages.js'
 import { KeyedMutex } from '../storage/keyed-mutex.js'
 import { winner, type RecordState } from '../storage/store.js'
 import { parseVersion } from '../storage/version.js'
@@ -511,8 +511,7 @@ export class Database {
    */
   private async claimValue (claim: Claim, options: RequestOptions): Promise<string | undefined> {
     const { table, column, value, owner } = claim
-    const id = uniqueClaimId(table, column, value)
-    const shard = `unique:${id}`
+    const { id, shard } = claimRecord(table, column, value)
     const taken = (holder: string): ConflictError => new ConflictError(`${column} ${JSON.stringify(value)} is already used by ${table.name} ${holder}`, { column })
     for (let attempt = 1; attempt <= CLAIM_ATTEMPTS; attempt++) {
       try {
@@ -560,9 +559,7 @@ export class Database {
    */
   private async releaseClaims (claims: Claim[], options: RequestOptions): Promise<void> {
     for (const { table, column, value, version } of claims) {
-      if (version === undefined) continue
-      const id = uniqueClaimId(table, column, value)
-      await this.coordinator.write([{ op: 'delete', table: UNIQUE_TABLE, id, shard: `unique:${id}`, ifMatch: [version] }], options).catch(() => {})
+      if (version !== undefined) await this.dropClaim(claimRecord(table, column, value), version, options)
     }
   }
 
@@ -573,15 +570,16 @@ export class Database {
     for (const column of table.unique) {
       const value = before[column]
       if (value === null || value === undefined || (after !== null && after[column] === value)) continue
-      const id = uniqueClaimId(table, column, value)
-      const shard = `unique:${id}`
-      try {
-        const state = await this.coordinator.read(UNIQUE_TABLE, id, shard, options)
-        const head = state === undefined ? undefined : winner(state)
-        if (head?.row?.owner !== owner) continue
-        await this.coordinator.write([{ op: 'delete', table: UNIQUE_TABLE, id, shard, ifMatch: [head.version] }], options)
-      } catch {}
+      const record = claimRecord(table, column, value)
+      const state = await this.coordinator.read(UNIQUE_TABLE, record.id, record.shard, options).catch(() => undefined)
+      const head = state === undefined ? undefined : winner(state)
+      if (head?.row?.owner === owner) await this.dropClaim(record, head.version, options)
     }
+  }
+
+  /** Deletes a claim record if it is still at `version`; best effort (see releaseClaims) */
+  private async dropClaim ({ id, shard }: { id: string, shard: string }, version: string, options: RequestOptions): Promise<void> {
+    await this.coordinator.write([{ op: 'delete', table: UNIQUE_TABLE, id, shard, ifMatch: [version] }], options).catch(() => {})
   }
 
   /** A write that changes a row from `before` to `after`, with its unique values claimed first and the old ones given back after */
@@ -718,6 +716,12 @@ export function uniqueClaimId (table: TableDef, column: string, value: Value): s
   return `${table.name}.${column}.${createHash('sha256').update(JSON.stringify(value)).digest('hex').slice(0, 32)}`
 }
 
+/** Where a unique value's claim lives: its record id and the shard that places it */
+function claimRecord (table: TableDef, column: string, value: Value): { id: string, shard: string } {
+  const id = uniqueClaimId(table, column, value)
+  return { id, shard: internalShard(UNIQUE_TABLE, id) as string }
+}
+
 function needsLocator (table: TableDef): boolean {
   return table.shardKey !== 'global' && !table.primaryKey.includes(table.shardKey)
 }
@@ -727,7 +731,7 @@ function locatorId (table: TableDef, key: Row): string {
 }
 
 function locatorShard (table: TableDef, key: Row): string {
-  return `key:${locatorId(table, key)}`
+  return internalShard(LOCATOR_TABLE, locatorId(table, key)) as string
 }
 
 function hasCode (err: unknown, code: string): boolean {
