@@ -241,6 +241,23 @@ abstract class FramedStream {
     }
   }
 
+  /**
+   * The next parsed frame; null at the end of the stream; undefined when the
+   * stream closed meanwhile or carried a bad frame (logged, and the stream
+   * closed with the error).
+   */
+  protected async nextFrame (what: 'request' | 'response'): Promise<(Record<string, unknown> & { id: number }) | null | undefined> {
+    try {
+      const buf = await this.readFrame()
+      return buf === null ? null : parseFrame(buf)
+    } catch (err) {
+      if (this.closed) return undefined
+      this.rpc.log(`${this.rpc.protocol}: bad ${what} stream from ${this.peer}, closing it: ${describe(err)}`)
+      this.close(err)
+      return undefined
+    }
+  }
+
   /** Queues a frame; all frames queued in this turn of the event loop go out in one write */
   write (frame: Uint8Array): void {
     if (this.closed) return
@@ -316,18 +333,10 @@ class ClientStream extends FramedStream {
 
   private async readLoop (): Promise<void> {
     while (!this.closed) {
-      let frame: Record<string, unknown> & { id: number }
-      try {
-        const buf = await this.readFrame()
-        if (buf === null) {
-          if (!this.closed) this.close()
-          return
-        }
-        frame = parseFrame(buf)
-      } catch (err) {
-        if (this.closed) return
-        this.rpc.log(`${this.rpc.protocol}: bad response stream from ${this.peer}, closing it: ${describe(err)}`)
-        this.close(err)
+      const frame = await this.nextFrame('response')
+      if (frame === undefined) return
+      if (frame === null) {
+        if (!this.closed) this.close()
         return
       }
       const p = this.pending.get(frame.id)
@@ -375,21 +384,13 @@ class ServerStream extends FramedStream {
         await new Promise<void>(resolve => { this.wakeReader = resolve })
         continue
       }
-      let frame: Record<string, unknown> & { id: number }
-      try {
-        const buf = await this.readFrame()
-        if (buf === null) {
-          if (this.closed) return
-          // the caller is done sending; answer what is running, then close
-          this.ended = true
-          if (this.inflight === 0) this.close()
-          return
-        }
-        frame = parseFrame(buf)
-      } catch (err) {
+      const frame = await this.nextFrame('request')
+      if (frame === undefined) return
+      if (frame === null) {
         if (this.closed) return
-        this.rpc.log(`${this.rpc.protocol}: bad request stream from ${this.peer}, closing it: ${describe(err)}`)
-        this.close(err)
+        // the caller is done sending; answer what is running, then close
+        this.ended = true
+        if (this.inflight === 0) this.close()
         return
       }
       if (this.closed) return
