@@ -12,6 +12,17 @@ const patient = (i: number): Record<string, unknown> => ({
 let net: Testnet | undefined
 afterEach(async () => { await net?.stop(); net = undefined })
 
+/** A 3-node network (N=3, W=2, R=2), a patient id whose primary is node 0, and node 0's group committer with its own commit() */
+async function primaryWithItsCommitter (): Promise<{ p: Testnet['nodes'][number], i: number, token: string, committer: any, commit: (ops: unknown[]) => Promise<void> }> {
+  net = await createTestnet(3, { replicas: 3, writeQuorum: 2, readQuorum: 2 })
+  await net.converge(3)
+  const p = net.nodes[0] as Testnet['nodes'][number]
+  let i = 1
+  while (p.coordinator.owners('patient_records', tokenOf(`patient_id:${i}`))[0] !== p.peerId) i++
+  const committer = (p.store as any).committer
+  return { p, i, token: tokenOf(`patient_id:${i}`), committer, commit: committer.commit.bind(committer) }
+}
+
 describe('membership', () => {
   it('a node bootstrapped from the first learns of every member by gossip', async () => {
     net = await createTestnet(6)
@@ -218,14 +229,7 @@ describe('distributed coordinator', () => {
   })
 
   it('a write is answered once any W owners have it on disk: a primary with a stalled disk does not hold it up', async () => {
-    net = await createTestnet(3, { replicas: 3, writeQuorum: 2, readQuorum: 2 })
-    await net.converge(3)
-    const [p] = net.nodes as [Testnet['nodes'][number]]
-    let i = 1
-    while (p.coordinator.owners('patient_records', tokenOf(`patient_id:${i}`))[0] !== p.peerId) i++
-    const token = tokenOf(`patient_id:${i}`)
-    const committer = (p.store as any).committer
-    const commit = committer.commit.bind(committer)
+    const { p, i, token, committer, commit } = await primaryWithItsCommitter()
     let release!: () => void
     const gate = new Promise<void>(resolve => { release = resolve })
     committer.commit = async (ops: unknown[]) => { await gate; await commit(ops) }
@@ -248,14 +252,7 @@ describe('distributed coordinator', () => {
   })
 
   it('a primary whose own commit failed catches up before it orders the next write, even an insert', async () => {
-    net = await createTestnet(3, { replicas: 3, writeQuorum: 2, readQuorum: 2 })
-    await net.converge(3)
-    const [p] = net.nodes as [Testnet['nodes'][number]]
-    let i = 1
-    while (p.coordinator.owners('patient_records', tokenOf(`patient_id:${i}`))[0] !== p.peerId) i++
-    const token = tokenOf(`patient_id:${i}`)
-    const committer = (p.store as any).committer
-    const commit = committer.commit.bind(committer)
+    const { p, i, token, committer, commit } = await primaryWithItsCommitter()
     committer.commit = async () => { committer.commit = commit; throw new Error('disk full') }
     const insert = { op: 'insert' as const, table: 'patient_records', id: String(i), shard: `patient_id:${i}`, row: patient(i) }
     // Two other owners have it: the write is answered although the primary's copy failed.
