@@ -129,17 +129,17 @@ function varintLength (n: number): number {
  * Reads a frame's unsigned-varint length prefix. Not enough bytes yet is a
  * RangeError (the decoder waits for more); a prefix longer than the largest
  * allowed length needs, not in its shortest form, or naming an empty frame
- * is an InvalidMessageLengthError, which closes the stream.
+ * is an InvalidMessageError, which the decoder passes on and closes the stream.
  */
 function lengthDecoder (maxPrefix: number): (buf: { byteLength: number, get?: (i: number) => number }) => number {
   return (buf) => {
     let value = 0
     for (let i = 0; i < buf.byteLength; i++) {
-      if (i >= maxPrefix) throw new InvalidMessageLengthError('Invalid message length: length prefix too long')
+      if (i >= maxPrefix) throw new InvalidMessageError('Invalid message length: length prefix too long')
       const b = typeof buf.get === 'function' ? buf.get(i) : (buf as unknown as Uint8Array)[i] as number
       value += (b & 0x7f) * 2 ** (7 * i)
       if ((b & 0x80) === 0) {
-        if (value === 0 || varintLength(value) !== i + 1) throw new InvalidMessageLengthError('Invalid message length: empty frame or a length not in its shortest form')
+        if (value === 0 || varintLength(value) !== i + 1) throw new InvalidMessageError('Invalid message length: empty frame or a length not in its shortest form')
         return value
       }
     }
@@ -227,9 +227,8 @@ abstract class FramedStream {
           next = this.frames.next()
         } catch (err) {
           this.frames = undefined
-          if (err instanceof InvalidMessageLengthError) {
-            throw new InvalidMessageError(/too long|shortest/.test(err.message) ? err.message : `Message length too long: a frame over the ${this.rpc.maxMessageBytes} byte limit`, { cause: err })
-          }
+          // the decoder's own limit on a frame's length
+          if (err instanceof InvalidMessageLengthError) throw new InvalidMessageError(`Message length too long: a frame over the ${this.rpc.maxMessageBytes} byte limit`, { cause: err })
           throw err
         }
         if (next.done !== true) return next.value.subarray()
