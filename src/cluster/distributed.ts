@@ -481,8 +481,7 @@ export class DistributedCoordinator implements Coordinator {
     })
     // As in coordinateWrite: updates and deletes are ordered against an up-to-date copy. A group whose
     // owners cannot be asked fails alone.
-    // (Most groups of an import are plain inserts: they skip the call and its promise.)
-    const caughtUp = await Promise.all(owned.map(gi => !this.needsCatchUp(groups[gi] as Mutation[]) || (async () => {
+    const caughtUp = await Promise.all(owned.map(async (gi) => {
       try {
         await this.catchUp(groups[gi] as Mutation[], ownersOf[gi] as string[], level)
         return true
@@ -490,7 +489,7 @@ export class DistributedCoordinator implements Coordinator {
         outcomes[gi] = { ok: false, error: errorBody(err) }
         return false
       }
-    })()))
+    }))
     const mine = owned.filter((_, j) => caughtUp[j])
     const myGroups = mine.map(i => groups[i] as Mutation[])
     let ordered: ReturnType<typeof orderGroups> = { entries: [], perGroup: [], outcomes: [] }
@@ -499,16 +498,17 @@ export class DistributedCoordinator implements Coordinator {
       ordered = orderGroups(myGroups, states, this.c.clock)
       const { outcomes: orderedOutcomes, perGroup } = ordered
       // As in write(): replicas write while this node does.
-      replication = Promise.all(mine.map((gi, j) => {
+      replication = Promise.all(mine.map(async (gi, j) => {
         const outcome = orderedOutcomes[j] as GroupOutcome
-        if (!outcome.ok) { outcomes[gi] = outcome; return undefined }
+        if (!outcome.ok) { outcomes[gi] = outcome; return }
         const owners = ownersOf[gi] as string[]
         const need = this.needed(level, this.writeQuorum, owners.length) - 1
-        const peers = owners.filter(p => p !== this.c.peerId)
-        // A node alone on the ring: nothing to send, and no promise per group
-        if (peers.length === 0 && need <= 0) { outcomes[gi] = outcome; return undefined }
-        return this.replicate(peers, perGroup[j] as VersionEntry[], need, (groups[gi]?.[0] as Mutation).shard)
-          .then(() => { outcomes[gi] = outcome }, err => { outcomes[gi] = { ok: false, error: errorBody(err) } })
+        try {
+          await this.replicate(owners.filter(p => p !== this.c.peerId), perGroup[j] as VersionEntry[], need, (groups[gi]?.[0] as Mutation).shard)
+          outcomes[gi] = outcome
+        } catch (err) {
+          outcomes[gi] = { ok: false, error: errorBody(err) }
+        }
       }))
       return ordered.entries
     })
@@ -632,16 +632,6 @@ export class DistributedCoordinator implements Coordinator {
    * write against a stale copy and answer 404 or 412, or fork the record.
    * Inserts of fresh ids need no look, unless they are retries.
    */
-  /** An insert with no If-Match on a record this node has not failed to commit: nothing to catch up on */
-  private isPlainInsert (m: Mutation): boolean {
-    return m.op === 'insert' && (m.ifMatch === undefined || m.ifMatch.length === 0) && !this.missed.has(`${m.table}/${m.id}`)
-  }
-
-  /** Whether catchUp would ask the other owners about any of these mutations */
-  private needsCatchUp (mutations: Mutation[], retry = false): boolean {
-    return retry || !mutations.every(m => this.isPlainInsert(m))
-  }
-
   private async catchUp (mutations: Mutation[], owners: string[], level: Consistency | undefined, retry = false): Promise<void> {
     const need = this.needed(level, this.readQuorum, owners.length) - 1
     if (need <= 0) return
@@ -650,7 +640,8 @@ export class DistributedCoordinator implements Coordinator {
     const keys = new Map<string, { table: string, id: string, token: string, required: boolean }>()
     for (const m of mutations) {
       const key = `${m.table}/${m.id}`
-      const plainInsert = this.isPlainInsert(m)
+      // An insert with no If-Match on a record whose local commit has not failed: nothing to catch up on
+      const plainInsert = m.op === 'insert' && (m.ifMatch === undefined || m.ifMatch.length === 0) && !this.missed.has(key)
       if (plainInsert && !retry) continue
       keys.set(key, { table: m.table, id: m.id, token: tokenOf(m.shard), required: !plainInsert || keys.get(key)?.required === true })
     }
