@@ -6,6 +6,7 @@ import { ping, type Ping } from '@libp2p/ping'
 import { generateKey, preSharedKey } from '@libp2p/pnet'
 import { coalescedTcp } from './coalesce.js'
 import { installLengthPrefixedDecoderFix } from './lp-decoder.js'
+import { installYamuxWindowUpdateFix } from './yamux-window.js'
 import { yamux } from '@libp2p/yamux'
 import { multiaddr, type Multiaddr } from '@multiformats/multiaddr'
 import { createLibp2p } from 'libp2p'
@@ -125,6 +126,7 @@ function parseBootstrap (addrs: string[]): BootstrapPeer[] {
  */
 export async function createNode (components: NodeComponents, init: NodeInit = {}): Promise<NtsoekheNode> {
   installLengthPrefixedDecoderFix()
+  installYamuxWindowUpdateFix()
   const listen = init.listen ?? DEFAULT_LISTEN
   const bootstrap = parseBootstrap(init.bootstrap ?? [])
   const dialTimeout = init.dialTimeout ?? DEFAULT_DIAL_TIMEOUT

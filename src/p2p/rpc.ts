@@ -185,8 +185,9 @@ function describe (err: unknown): string {
  * A stream carrying length-prefixed frames. Writes are coalesced per turn of
  * the event loop (setImmediate, not a microtask): frames decoded from one
  * socket read are handled across many microtasks, so a microtask flush sends
- * them nearly one by one, and each yamux data frame costs a window update and
- * several socket writes. Flushing once per turn measured ~3x the request rate.
+ * them nearly one by one, and each yamux data frame costs several socket
+ * writes (and, before yamux-window.ts, a window update back). Flushing once
+ * per turn measured ~3x the request rate.
  */
 abstract class FramedStream {
   private readonly bytes: ByteStream<Stream>

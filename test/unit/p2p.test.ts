@@ -184,6 +184,52 @@ describe('p2p nodes', () => {
     expect(await ra.request(b.peerId.toString(), { op: 'echo', v: 2 })).toMatchObject({ v: 2 })
   })
 
+  it('sends yamux window updates only once half the window is used, and still carries 4 MiB intact', async () => {
+    const proto = '/ntsoekhe-test/window/1.0.0'
+    let updates = 0
+    const received: Uint8Array[] = []
+    let done!: () => void
+    const finished = new Promise<void>(resolve => { done = resolve })
+    await b.handle(proto, (stream) => {
+      // count the window-update frames the receiving end sends (type 1, no flags: not SYN/ACK/FIN/RST)
+      const s = stream as unknown as { sendFrame: (header: { type: number, flag: number }, data?: unknown) => boolean }
+      const send = s.sendFrame
+      s.sendFrame = (header, data) => {
+        if (header.type === 1 && header.flag === 0) updates++
+        return send(header, data)
+      }
+      void (async () => {
+        for await (const chunk of stream) received.push(chunk instanceof Uint8Array ? chunk : chunk.subarray())
+        done()
+      })()
+    })
+    try {
+      const raw = await a.dialProtocol(b.peerId, proto)
+      const sent: Uint8Array[] = []
+      const write = async (bytes: Uint8Array): Promise<void> => {
+        sent.push(bytes)
+        if (!raw.send(bytes)) await raw.onDrain({ signal: AbortSignal.timeout(5_000) })
+      }
+      // 200 small messages, each in its own turn: the stock stream answered every one with an update
+      for (let i = 0; i < 200; i++) {
+        await write(new TextEncoder().encode(`message ${i} `.padEnd(100, '.')))
+        await new Promise(resolve => setImmediate(resolve))
+      }
+      const smallUpdates = updates
+      // then 4 MiB, many times the 256 KiB initial window: the sender must never stall for an update
+      for (let i = 0; i < 64; i++) await write(new Uint8Array(64 * 1024).fill(i))
+      await raw.close({ signal: AbortSignal.timeout(5_000) })
+      await Promise.race([finished, new Promise((_resolve, reject) => setTimeout(() => { reject(new Error('timed out waiting for the receiver to read 4 MiB')) }, 10_000))])
+      expect(Buffer.concat(received).equals(Buffer.concat(sent))).toBe(true)
+      expect(smallUpdates).toBe(0)
+      // 4 MiB through a window of 256 KiB or more, refilled at half: at most 32 updates
+      expect(updates).toBeGreaterThan(0)
+      expect(updates).toBeLessThanOrEqual(32)
+    } finally {
+      await b.unhandle(proto)
+    }
+  })
+
   it('closes only the stream that carries a malformed frame, and keeps serving', async () => {
     const proto = '/ntsoekhe-test/garbage/1.0.0'
     const ra = rpc(a, proto)
