@@ -237,10 +237,17 @@ async function cluster (ctx) {
   const rss = await Promise.all(nodes.map(async n => await peakRssKb(n.proc.pid)))
   for (const n of nodes) await n.stop()
 
+  const floor = {}
+  for (const mode of ['primary', 'local']) {
+    log(`cluster: the skeleton write path (${mode}), ${CLUSTER_WARMUP} writes of warm-up and ${ROUNDS} rounds`)
+    floor[mode] = await skeletonRuns(ctx, mode, samplePatient)
+  }
+
   log(`cluster: OrbitDB 4, ${ORBITDB_ROWS} rows replicated between two local peers (test/bench/orbitdb)`)
   const orbit = await runOrbitDb(ctx)
   const importRate = CLUSTER_IMPORT_ROWS / imported.seconds
   const written = ids.length + pacedSent + CLUSTER_IMPORT_ROWS
+  const ratioToOrbit = (rate) => orbit === undefined ? '—' : `${fmt(rate / orbit.replicatedRowsPerSec, 0)}× (a floor, not a product figure)`
   const vsOrbit = (rate) => orbit === undefined ? '—' : `${fmt(rate / orbit.replicatedRowsPerSec, 0)}× ${rate / orbit.replicatedRowsPerSec >= GOAL_ORBITDB ? '✓' : '✗'}`
   const orbitRow = orbit === undefined
     ? '| OrbitDB 4: could not run (see the log) | — | — | — | — |'
@@ -260,6 +267,17 @@ ${orbitRow}
 | ntsoekhe: single-row inserts, ${CONCURRENCY} in flight | ${fmt(peakWrites.rps, 0)} | ${fmt(peakWrites.p50, 2)} | ${fmt(peakWrites.p99, 2)} | ${vsOrbit(peakWrites.rps)} |
 | ntsoekhe: bulk import (NDJSON, one request, rows written in groups) | ${fmt(importRate, 0)} | — | — | ${vsOrbit(importRate)} |
 | ntsoekhe: reads by id (R=2) | ${fmt(reads.rps, 0)} | ${fmt(reads.p50, 2)} | ${fmt(reads.p99, 2)} | — |
+| floor: the skeleton write path, via the primary, 32 in flight | ${fmt(floor.primary.rps, 0)} | ${fmt(floor.primary.p50, 2)} | ${fmt(floor.primary.p99, 2)} | ${ratioToOrbit(floor.primary.rps)} |
+| floor: the skeleton write path, coordinated where it arrives | ${fmt(floor.local.rps, 0)} | ${fmt(floor.local.p50, 2)} | ${fmt(floor.local.p99, 2)} | ${ratioToOrbit(floor.local.rps)} |
+
+The two floor rows run \`test/bench/skeleton.js\`: three processes on the same
+components and durability as the daemons (HTTP on a Unix socket, libp2p TCP +
+Noise + yamux with the product's RPC layer, LevelDB group commits with fsync;
+3 copies, answered at 2) that do nothing else: no schema, versions, history,
+indexes or locks, one LevelDB put per copy. No database logic on top of
+these components makes the write path faster than its skeleton; only a cheaper
+transport, fewer copies or fewer cores' worth of other work could. Single-row inserts ran at
+${fmt(peakWrites.rps / floor.primary.rps, 2)} of the floor with the same hops, ${fmt(peakWrites.rps / floor.local.rps, 2)} of the floor without the hop to the primary.
 
 Writes paced at half the peak rate (${fmtInt(halfRate)}/s offered for 5 s, ${ROUNDS} rounds of ${fmtInt(paced.sent)} writes): the round with the
 median p99 achieved ${fmt(paced.rps, 0)}/s, p50 ${fmt(paced.p50, 2)} ms, p99 ${fmt(paced.p99, 2)} ms — ${paced.p99 < GOAL_P99_MS ? '✓' : '✗'} (goal p99 < ${GOAL_P99_MS} ms);
@@ -339,6 +357,25 @@ async function drivePaced ({ rate, seconds, make }) {
   return { sent: total, rps: total / elapsed, p50: quantile(latencies, 0.5), p99: quantile(latencies, 0.99) }
 }
 
+/** Three skeleton processes (see skeleton.js), warmed up, then the median of ROUNDS closed-loop write rounds */
+async function skeletonRuns (ctx, mode, makeRow) {
+  const procs = []
+  for (let i = 0; i < CLUSTER_SIZE; i++) procs.push(await ctx.spawnSkeleton(mode))
+  const members = await Promise.all(procs.map(async p => await getJson(p.socket, '/status')))
+  for (const p of procs) {
+    const res = await send(new Agent({ keepAlive: false }), p.socket, 'POST', '/members', members)
+    if (res.status !== 200) throw new Error(`the skeleton on ${p.socket} did not take the member list: ${res.status} ${res.body}`)
+  }
+  const sockets = procs.map(p => p.socket)
+  let n = 9_000_000
+  const make = i => ({ socket: sockets[i % sockets.length], method: 'POST', path: '/w', body: makeRow(n++) })
+  await drive({ socket: sockets[0], total: CLUSTER_WARMUP, make })
+  const runs = []
+  for (let round = 1; round <= ROUNDS; round++) runs.push(await drive({ socket: sockets[0], total: CLUSTER_REQUESTS, make }))
+  for (const p of procs) await p.stop()
+  return medianRun(runs)
+}
+
 async function getJson (socket, path) {
   const agent = new Agent({ keepAlive: false })
   const res = await send(agent, socket, 'GET', path)
@@ -405,6 +442,14 @@ function context () {
       const p = { ...launch([BIN, 'daemon', '--home', home, ...DAEMON_FLAGS, ...args], `the daemon on ${home}`), path: '/v1/status' }
       await waitReady(p, socket, `the daemon on ${home}`)
       return { ...p, home, socket }
+    },
+    /** One process of the skeleton write path (test/bench/skeleton.js), coordinating at the primary or where writes arrive */
+    async spawnSkeleton (mode) {
+      const dir = await tempDir()
+      const socket = join(dir, 'skeleton.sock')
+      const p = { ...launch([join(ROOT, 'test', 'bench', 'skeleton.js'), join(dir, 'db'), socket, mode], `the skeleton on ${dir}`), path: '/status' }
+      await waitReady(p, socket, `the skeleton on ${dir}`)
+      return { ...p, socket }
     },
     async cleanup () {
       for (const p of procs) p.kill('SIGTERM')

@@ -1,0 +1,131 @@
+// The write path with nothing of the database in it: a floor for the cluster
+// benchmark. Three of these processes do what three daemons do for one
+// single-row write, on the same components, and nothing else:
+//
+//   HTTP POST on a Unix socket (node:http, no fastify, no validation)
+//   -> forward to the key's primary over libp2p (TCP + Noise + yamux, the
+//      product's RpcService with its frame coalescing), unless this process is
+//      it, or the mode is `local`
+//   -> the coordinator commits the row to its LevelDB (group commit, fsync)
+//      and sends it to the other two; it answers once 2 of the 3 have it on disk
+//   -> each replica commits it (group commit, fsync) and acknowledges.
+//
+// No schema, versions, history, indexes, locks, ordering, hints or retries;
+// one LevelDB put per copy (a daemon writes four or five). Whatever rate this
+// reaches on a machine bounds what the database can reach there with the same
+// message pattern and durability. Mode `local` drops the hop to the primary
+// (every write is coordinated where it arrives, which a 3-node ring with N=3
+// allows): the floor of any design that keeps three synchronous copies.
+//
+//   node test/bench/skeleton.js <dir> <socket> [primary|local]
+//
+// Routes: GET /status answers { peerId, addr }; POST /members with every
+// member's [{ peerId, addr }] dials the others; POST /w stores the JSON body
+// and answers 201 { id }. SIGTERM stops it.
+import '../../dist/util/polyfill.js'
+import { createHash } from 'node:crypto'
+import { createServer } from 'node:http'
+import { generateKeyPair } from '@libp2p/crypto/keys'
+import { multiaddr } from '@multiformats/multiaddr'
+import { Level } from 'level'
+import { createNode } from '../../dist/p2p/node.js'
+import { RpcService } from '../../dist/p2p/rpc.js'
+import { GroupCommitter } from '../../dist/storage/group-commit.js'
+
+const [home, socketPath, mode = 'primary'] = process.argv.slice(2)
+if (home === undefined || socketPath === undefined || !['primary', 'local'].includes(mode)) {
+  console.error('usage: node test/bench/skeleton.js <dir> <socket> [primary|local]')
+  process.exit(2)
+}
+
+const db = new Level(home, { valueEncoding: 'utf8', writeBufferSize: 16 * 1024 * 1024 })
+await db.open()
+const committer = new GroupCommitter(async (ops, sync) => { await db.batch(ops, { sync }) })
+const node = await createNode({ privateKey: await generateKeyPair('Ed25519') }, { listen: ['/ip4/127.0.0.1/tcp/0'] })
+const self = node.peerId.toString()
+let members = []
+
+const commit = async (key, value) => { await committer.commit([{ type: 'put', key, value }]) }
+
+/** Commits here and on the other members; resolves once `need` of them have it */
+async function coordinate (key, value, need) {
+  const copies = [commit(key, value), ...members.filter(m => m !== self).map(m => rpc.request(m, { type: 'apply', key, value }))]
+  await new Promise((resolve, reject) => {
+    let acked = 0
+    let failed = 0
+    for (const c of copies) {
+      c.then(() => { if (++acked === need) resolve() }, err => { if (++failed > copies.length - need) reject(err) })
+    }
+  })
+}
+
+const rpc = new RpcService({ node, logger: msg => { console.error(msg) } }, {
+  protocol: '/ntsoekhe-skeleton/1.0.0',
+  handler: async (msg) => {
+    if (msg.type === 'apply') { await commit(msg.key, msg.value); return true }
+    if (msg.type === 'write') { await coordinate(msg.key, msg.value, 2); return { id: msg.key } }
+    throw new Error(`unknown message ${msg.type}`)
+  }
+})
+await rpc.start()
+
+let nextId = 0
+const primaryOf = (key) => members[createHash('sha256').update(key).digest().readUInt32BE(0) % members.length]
+
+const json = (res, status, body) => {
+  const text = JSON.stringify(body)
+  res.writeHead(status, { 'content-type': 'application/json', 'content-length': Buffer.byteLength(text) }).end(text)
+}
+
+const server = createServer((req, res) => {
+  const chunks = []
+  req.on('data', c => chunks.push(c))
+  req.on('end', () => {
+    if (req.method === 'GET' && req.url === '/status') {
+      const addr = node.getMultiaddrs().find(a => a.toString().startsWith('/ip4/127.0.0.1/'))
+      json(res, 200, { peerId: self, addr: addr?.toString() })
+      return
+    }
+    let body
+    try {
+      body = JSON.parse(Buffer.concat(chunks).toString())
+    } catch {
+      json(res, 400, { error: 'not JSON' })
+      return
+    }
+    if (req.method === 'POST' && req.url === '/members') {
+      members = body.map(m => m.peerId).sort()
+      Promise.all(body.filter(m => m.peerId !== self).map(async m => await node.dial(multiaddr(m.addr)))).then(
+        () => { json(res, 200, { members: members.length }) },
+        err => { json(res, 503, { error: String(err?.message ?? err) }) })
+      return
+    }
+    if (req.method !== 'POST' || req.url !== '/w') {
+      json(res, 404, { error: `no route ${req.method} ${req.url}` })
+      return
+    }
+    if (members.length === 0) {
+      json(res, 503, { error: 'no members yet: POST /members first' })
+      return
+    }
+    const key = `${self.slice(-8)}-${nextId++}`
+    const value = JSON.stringify(body)
+    const primary = mode === 'local' ? self : primaryOf(key)
+    const done = primary === self ? coordinate(key, value, 2) : rpc.request(primary, { type: 'write', key, value })
+    done.then(() => { json(res, 201, { id: key }) }, err => { json(res, 503, { error: String(err?.message ?? err) }) })
+  })
+})
+await new Promise((resolve, reject) => { server.once('error', reject); server.listen(socketPath, resolve) })
+
+let stopping = false
+process.on('SIGTERM', () => {
+  if (stopping) return
+  stopping = true
+  void (async () => {
+    server.close()
+    await rpc.stop()
+    await node.stop()
+    await db.close()
+    process.exit(0)
+  })()
+})
