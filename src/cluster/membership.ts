@@ -14,6 +14,18 @@ export interface MemberRecord {
   zone?: string
 }
 
+/**
+ * A member as saved on disk: enough to dial it again after a restart, and for
+ * one that left, the record that says so (its hints and share stay given away)
+ */
+export interface SavedMember {
+  peerId: string
+  addresses: string[]
+  left?: true
+  incarnation?: number
+  heartbeat?: number
+}
+
 interface Known extends MemberRecord {
   /** Local time the record last moved forward */
   updatedAt: number
@@ -25,7 +37,7 @@ export interface MembershipComponents {
   /** The addresses this node can be reached on, now */
   addresses: () => string[]
   /** Saves the member list, so a restarted node rejoins without a bootstrap address */
-  persist?: (members: Array<{ peerId: string, addresses: string[] }>) => Promise<void>
+  persist?: (members: SavedMember[]) => Promise<void>
   /** Asks the network layer to dial a peer at these addresses before gossiping with it */
   connect?: (peerId: string, addresses: string[]) => Promise<void>
   /**
@@ -104,6 +116,26 @@ export class Membership {
   onChange (fn: () => void): () => void {
     this.listeners.add(fn)
     return () => this.listeners.delete(fn)
+  }
+
+  /**
+   * Members saved by an earlier run: those that left are known as left again
+   * (so, after every node restarts, hints kept for a removed member are still
+   * dropped and it gets no ring share back); the others are contacted on the
+   * next round. A left entry without its incarnation and heartbeat is only a
+   * candidate, as saved files of earlier versions are.
+   */
+  restore (saved: SavedMember[]): void {
+    for (const m of saved) {
+      if (m.peerId === this.c.peerId) continue
+      if (m.left === true && Number.isSafeInteger(m.incarnation) && Number.isSafeInteger(m.heartbeat)) {
+        if (this.known.has(m.peerId)) continue
+        this.known.set(m.peerId, { peerId: m.peerId, addresses: m.addresses, incarnation: m.incarnation as number, heartbeat: m.heartbeat as number, left: true, updatedAt: this.now() })
+        this.candidates.delete(m.peerId)
+      } else {
+        this.addCandidate(m.peerId, m.addresses)
+      }
+    }
   }
 
   /** A peer learned of elsewhere (bootstrap, DHT, disk): contacted on the next round */
@@ -291,7 +323,9 @@ export class Membership {
       this.lastLive = live
       for (const fn of this.listeners) fn()
     }
-    const all = [...this.known.values()].filter(k => k.left !== true).map(k => ({ peerId: k.peerId, addresses: k.addresses }))
+    const all: SavedMember[] = [...this.known.values()].map(k => k.left === true
+      ? { peerId: k.peerId, addresses: k.addresses, left: true, incarnation: k.incarnation, heartbeat: k.heartbeat }
+      : { peerId: k.peerId, addresses: k.addresses })
     const key = JSON.stringify(all)
     if (key !== this.persisted && this.c.persist !== undefined) {
       this.persisted = key

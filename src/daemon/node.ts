@@ -6,7 +6,7 @@ import type { FastifyInstance } from 'fastify'
 import { createApi } from '../api/server.js'
 import type { Coordinator } from '../cluster/coordinator.js'
 import { DistributedCoordinator } from '../cluster/distributed.js'
-import { Membership } from '../cluster/membership.js'
+import { Membership, type SavedMember } from '../cluster/membership.js'
 import { PROTOCOLS } from '../cluster/transport.js'
 import { ConflictError, NtsoekheError } from '../errors/index.js'
 import { loadOrCreateIdentity, peerIdFromKey } from '../p2p/identity.js'
@@ -121,7 +121,7 @@ export class NtsoekheNode {
       const id = addr.split('/p2p/')[1]
       if (id !== undefined) this.membership.addCandidate(id, [addr])
     }
-    for (const m of await loadMembers(this.home)) this.membership.addCandidate(m.peerId, m.addresses)
+    this.membership.restore(await loadMembers(this.home))
     libp2p.addEventListener('peer:identify', evt => {
       if (evt.detail.protocols.includes(PROTOCOLS.membership)) {
         this.membership?.addCandidate(evt.detail.peerId.toString(), evt.detail.listenAddrs.map(a => a.toString()))
@@ -248,8 +248,6 @@ export class NtsoekheNode {
 function round (n: number): number {
   return Math.round(n * 100) / 100
 }
-
-interface SavedMember { peerId: string, addresses: string[] }
 
 async function saveMembers (home: string, members: SavedMember[]): Promise<void> {
   const path = join(home, 'members.json')

@@ -2,6 +2,8 @@ import { afterEach, describe, expect, it } from 'vitest'
 import { createTestnet, type Testnet } from '../helpers/harness.js'
 import { tokenOf } from '../../src/cluster/token.js'
 import { UNIQUE_TABLE } from '../../src/cluster/messages.js'
+import { MemoryNetwork } from '../../src/cluster/memory-transport.js'
+import { Membership, type SavedMember } from '../../src/cluster/membership.js'
 import { Database, uniqueClaimId } from '../../src/query/database.js'
 import { findTable } from '../../src/schema/index.js'
 
@@ -495,6 +497,61 @@ describe('removing a member that is gone for good', () => {
     while (Date.now() < stable) {
       for (const n of net.nodes) expect(n.membership.stateOf(gone.peerId)).not.toBe('left')
       await new Promise(resolve => setTimeout(resolve, 50))
+    }
+  })
+})
+
+describe('a removal kept across restarts', () => {
+  const timing = { heartbeatMs: 30, suspectAfterMs: 150, downAfterMs: 400 }
+  const until = async (what: string, cond: () => boolean, ms = 5000): Promise<void> => {
+    const deadline = Date.now() + ms
+    while (!cond()) {
+      if (Date.now() > deadline) throw new Error(`timed out after ${ms} ms waiting for ${what}`)
+      await new Promise(resolve => setTimeout(resolve, 10))
+    }
+  }
+
+  it('saves a removed member as left; a restarted node knows it as left, and the member can still refute it', async () => {
+    const network = new MemoryNetwork()
+    const [A, B, C] = ['12D3KooWkeepsleftA', '12D3KooWkeepsleftB', '12D3KooWkeepsleftC']
+    let saved: SavedMember[] = []
+    const member = (peerId: string, persist?: (m: SavedMember[]) => Promise<void>): Membership =>
+      new Membership({ transport: network.transport(peerId), peerId, addresses: () => [`/memory/${peerId}`], ...(persist === undefined ? {} : { persist }) }, timing)
+    const a = member(A, async m => { saved = m })
+    const b = member(B)
+    const c = member(C)
+    const all = [a, b, c]
+    try {
+      b.addCandidate(A)
+      c.addCandidate(A)
+      for (const m of all) m.start()
+      await until('A to see B and C alive', () => a.isAlive(B) && a.isAlive(C))
+      network.down(B)
+      await until('A to mark B down', () => a.stateOf(B) === 'down')
+      a.remove(B)
+      await until('A to save B as left', () => saved.some(m => m.peerId === B && m.left === true))
+      const leftRecord = saved.find(m => m.peerId === B) as SavedMember
+      expect(Number.isSafeInteger(leftRecord.incarnation) && Number.isSafeInteger(leftRecord.heartbeat)).toBe(true)
+      expect(saved.find(m => m.peerId === C)).toEqual({ peerId: C, addresses: [`/memory/${C}`] })
+
+      // A restarts (every node could): from its saved file alone it knows B left, and C is a candidate.
+      a.stop()
+      const a2 = member(A)
+      all.push(a2)
+      a2.restore([...saved, { peerId: '12D3KooWoldfileentry', addresses: [], left: true }])
+      expect(a2.stateOf(B)).toBe('left')
+      expect(a2.ringMembers()).not.toContain(B)
+      // an entry marked left without its incarnation (or an old file's entry) is only a candidate
+      expect(a2.stateOf('12D3KooWoldfileentry')).toBeUndefined()
+      a2.start()
+      await until('the restarted A to reach C', () => a2.isAlive(C))
+      expect(a2.stateOf(B)).toBe('left')
+
+      // B was only cut off: back, it hears of its removal and refutes it with a new incarnation.
+      network.up(B)
+      await until('B to be a member again at the restarted A', () => a2.isAlive(B))
+    } finally {
+      for (const m of all) m.stop()
     }
   })
 })
