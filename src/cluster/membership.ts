@@ -24,6 +24,8 @@ export interface SavedMember {
   left?: true
   incarnation?: number
   heartbeat?: number
+  /** When this node last heard of it (ms since the epoch) */
+  lastSeen?: number
 }
 
 interface Known extends MemberRecord {
@@ -130,7 +132,16 @@ export class Membership {
       if (m.peerId === this.c.peerId) continue
       if (m.left === true && Number.isSafeInteger(m.incarnation) && Number.isSafeInteger(m.heartbeat)) {
         if (this.known.has(m.peerId)) continue
-        this.known.set(m.peerId, { peerId: m.peerId, addresses: m.addresses, incarnation: m.incarnation as number, heartbeat: m.heartbeat as number, left: true, updatedAt: this.now() })
+        // Known records are gossiped: one a peer would refuse would make it refuse every view sent.
+        let record: MemberRecord
+        try {
+          [record] = parseGossip({ type: 'gossip', view: [{ peerId: m.peerId, addresses: m.addresses, incarnation: m.incarnation, heartbeat: m.heartbeat, left: true }] }) as [MemberRecord]
+        } catch {
+          this.c.log?.('ignoring a malformed saved member %s', String(m.peerId).slice(0, 140))
+          continue
+        }
+        const lastSeen = Number.isSafeInteger(m.lastSeen) && (m.lastSeen as number) <= this.now() ? m.lastSeen as number : this.now()
+        this.known.set(m.peerId, { ...record, updatedAt: lastSeen })
         this.candidates.delete(m.peerId)
       } else {
         this.addCandidate(m.peerId, m.addresses)
@@ -324,7 +335,7 @@ export class Membership {
       for (const fn of this.listeners) fn()
     }
     const all: SavedMember[] = [...this.known.values()].map(k => k.left === true
-      ? { peerId: k.peerId, addresses: k.addresses, left: true, incarnation: k.incarnation, heartbeat: k.heartbeat }
+      ? { peerId: k.peerId, addresses: k.addresses, left: true, incarnation: k.incarnation, heartbeat: k.heartbeat, lastSeen: k.updatedAt }
       : { peerId: k.peerId, addresses: k.addresses })
     const key = JSON.stringify(all)
     if (key !== this.persisted && this.c.persist !== undefined) {

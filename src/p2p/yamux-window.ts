@@ -16,9 +16,11 @@ import { StreamState, YamuxStream } from '@libp2p/yamux/stream'
  * on three daemons replicating single-row writes: about 7% more writes/s for
  * the same CPU.
  *
- * Only the no-flags case is skipped: updates that carry SYN/ACK, or that the
- * stream sends while paused or resuming, go through the original method
- * unchanged (it also keeps its window auto-tuning).
+ * Only an established stream's updates are held back: those that carry
+ * SYN/ACK, and any while the stream is paused, go through the original method
+ * unchanged (which also keeps its window auto-tuning). On resume the stream is
+ * established again, so the half-window rule applies: the sender has window
+ * left whenever no update is sent.
  *
  * Installed once, for the whole process (there is one @libp2p/yamux in the tree).
  */

@@ -1,6 +1,6 @@
-// The write path with nothing of the database in it: a floor for the cluster
-// benchmark. Three of these processes do what three daemons do for one
-// single-row write, on the same components, and nothing else:
+// The write path with nothing of the database in it: a ceiling for the
+// cluster benchmark. Three of these processes do what three daemons do for
+// one single-row write, on the same components, and nothing else:
 //
 //   HTTP POST on a Unix socket (node:http, no fastify, no validation)
 //   -> forward to the key's primary over libp2p (TCP + Noise + yamux, the
@@ -11,17 +11,20 @@
 //   -> each replica commits it (group commit, fsync) and acknowledges.
 //
 // No schema, versions, history, indexes, locks, ordering, hints or retries;
-// one LevelDB put per copy (a daemon writes four or five). Whatever rate this
-// reaches on a machine bounds what the database can reach there with the same
-// message pattern and durability. Mode `local` drops the hop to the primary
-// (every write is coordinated where it arrives, which a 3-node ring with N=3
-// allows): the floor of any design that keeps three synchronous copies.
+// one LevelDB put per copy (a daemon writes four or five); whatever is bound
+// for one peer in one turn of the event loop goes as one request (forwards
+// too, which the daemon does not batch). Whatever rate this reaches on a
+// machine bounds what the database reaches there with one row per request,
+// the same message pattern and durability. Mode `local` drops the hop to the
+// primary (every write is coordinated where it arrives, which a 3-node ring
+// with N=3 allows): the ceiling of any design that keeps three synchronous
+// copies on these components.
 //
 //   node test/bench/skeleton.js <dir> <socket> [primary|local]
 //
 // Routes: GET /status answers { peerId, addr }; POST /members with every
 // member's [{ peerId, addr }] dials the others; POST /w stores the JSON body
-// and answers 201 { id }. SIGTERM stops it.
+// and answers 201 { id }. SIGTERM stops it. Benchmark code: input is trusted.
 import '../../dist/util/polyfill.js'
 import { createHash } from 'node:crypto'
 import { createServer } from 'node:http'
@@ -47,9 +50,33 @@ let members = []
 
 const commit = async (key, value) => { await committer.commit([{ type: 'put', key, value }]) }
 
+/**
+ * Everything bound for one peer in one turn of the event loop goes as one
+ * request with one answer (as the daemon's replica batching does, and more:
+ * forwards are batched too)
+ */
+const queues = new Map()
+async function batched (peer, type, item) {
+  return await new Promise((resolve, reject) => {
+    const key = `${type} ${peer}`
+    let queue = queues.get(key)
+    if (queue === undefined) {
+      queue = []
+      queues.set(key, queue)
+      setImmediate(() => {
+        queues.delete(key)
+        rpc.request(peer, { type, items: queue.map(q => q.item) }).then(
+          results => { queue.forEach((q, i) => { if (results[i]?.ok === true) q.resolve(results[i].value); else q.reject(new Error(results[i]?.error ?? 'no answer')) }) },
+          err => { for (const q of queue) q.reject(err) })
+      })
+    }
+    queue.push({ item, resolve, reject })
+  })
+}
+
 /** Commits here and on the other members; resolves once `need` of them have it */
 async function coordinate (key, value, need) {
-  const copies = [commit(key, value), ...members.filter(m => m !== self).map(m => rpc.request(m, { type: 'apply', key, value }))]
+  const copies = [commit(key, value), ...members.filter(m => m !== self).map(m => batched(m, 'apply', { key, value }))]
   await new Promise((resolve, reject) => {
     let acked = 0
     let failed = 0
@@ -59,11 +86,16 @@ async function coordinate (key, value, need) {
   })
 }
 
+const settle = async (promises) => (await Promise.allSettled(promises)).map(r => r.status === 'fulfilled' ? { ok: true, value: r.value } : { ok: false, error: String(r.reason?.message ?? r.reason) })
+
 const rpc = new RpcService({ node, logger: msg => { console.error(msg) } }, {
   protocol: '/ntsoekhe-skeleton/1.0.0',
   handler: async (msg) => {
-    if (msg.type === 'apply') { await commit(msg.key, msg.value); return true }
-    if (msg.type === 'write') { await coordinate(msg.key, msg.value, 2); return { id: msg.key } }
+    if (msg.type === 'apply') {
+      await committer.commit(msg.items.map(i => ({ type: 'put', key: i.key, value: i.value })))
+      return msg.items.map(() => ({ ok: true }))
+    }
+    if (msg.type === 'write') return await settle(msg.items.map(async i => { await coordinate(i.key, i.value, 2); return i.key }))
     throw new Error(`unknown message ${msg.type}`)
   }
 })
@@ -111,7 +143,7 @@ const server = createServer((req, res) => {
     const key = `${self.slice(-8)}-${nextId++}`
     const value = JSON.stringify(body)
     const primary = mode === 'local' ? self : primaryOf(key)
-    const done = primary === self ? coordinate(key, value, 2) : rpc.request(primary, { type: 'write', key, value })
+    const done = primary === self ? coordinate(key, value, 2) : batched(primary, 'write', { key, value })
     done.then(() => { json(res, 201, { id: key }) }, err => { json(res, 503, { error: String(err?.message ?? err) }) })
   })
 })

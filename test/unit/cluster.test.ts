@@ -538,8 +538,12 @@ describe('a removal kept across restarts', () => {
       a.stop()
       const a2 = member(A)
       all.push(a2)
-      a2.restore([...saved, { peerId: '12D3KooWoldfileentry', addresses: [], left: true }])
+      const bad = { peerId: 'not a peer id!', addresses: [], left: true as const, incarnation: 1, heartbeat: 1 }
+      a2.restore([...saved, { peerId: '12D3KooWoldfileentry', addresses: [], left: true }, bad])
       expect(a2.stateOf(B)).toBe('left')
+      expect(a2.members().find(m => m.peerId === B)?.lastSeen).toBe(leftRecord.lastSeen)
+      // a saved record peers would refuse in gossip is not taken in (it would spoil every view sent)
+      expect(a2.members().some(m => m.peerId === bad.peerId)).toBe(false)
       expect(a2.ringMembers()).not.toContain(B)
       // an entry marked left without its incarnation (or an old file's entry) is only a candidate
       expect(a2.stateOf('12D3KooWoldfileentry')).toBeUndefined()
