@@ -69,6 +69,8 @@ export interface DatabaseComponents {
   peerId: string
   /** See DEFAULT_CLAIM_GRACE_MS (tests shorten it) */
   claimGraceMs?: number
+  /** Where generated ids come from. @default an IdGenerator for `peerId` */
+  ids?: IdGenerator
 }
 
 /** A unique value a write took; `version` is the claim version this write made (what it may give back) */
@@ -88,7 +90,7 @@ export class Database {
 
   constructor (components: DatabaseComponents) {
     this.coordinator = components.coordinator
-    this.ids = new IdGenerator(components.peerId)
+    this.ids = components.ids ?? new IdGenerator(components.peerId)
     this.claimGraceMs = components.claimGraceMs ?? DEFAULT_CLAIM_GRACE_MS
   }
 

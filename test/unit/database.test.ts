@@ -2,6 +2,7 @@ import { afterEach, beforeEach, describe, expect, it, vi } from 'vitest'
 import { tokenOf } from '../../src/cluster/token.js'
 import { NtsoekheError } from '../../src/errors/index.js'
 import { Database } from '../../src/query/database.js'
+import { IdGenerator } from '../../src/query/ids.js'
 import type { Row } from '../../src/schema/index.js'
 import { openLocalNode, patientRow, tempDir, type LocalNode, type TempDir } from '../helpers/temp.js'
 
@@ -90,9 +91,9 @@ describe('database: insert', () => {
   it('draws again when a generated id collides with an existing key', async () => {
     vi.useFakeTimers({ toFake: ['Date'] })
     vi.setSystemTime(Date.UTC(2026, 3, 1))
-    // Two databases with the same peer id (so the same node tag) draw the same ids in the same millisecond.
-    const one = new Database({ coordinator: node.coordinator, peerId: node.peerId })
-    const twin = new Database({ coordinator: node.coordinator, peerId: node.peerId })
+    // Two databases with the same peer id (so the same node tag) whose sequences start alike draw the same ids in the same millisecond.
+    const one = new Database({ coordinator: node.coordinator, peerId: node.peerId, ids: new IdGenerator(node.peerId, Date.now, () => 0) })
+    const twin = new Database({ coordinator: node.coordinator, peerId: node.peerId, ids: new IdGenerator(node.peerId, Date.now, () => 0) })
     const first = await one.insert('patient_records', patient())
     const second = await twin.insert('patient_records', patient())
     expect(second.id).not.toBe(first.id)
