@@ -694,7 +694,7 @@ export class DistributedCoordinator implements Coordinator {
     const rows: ScanPage['rows'] = []
     for (const position of positions) {
       const state = mergeStates(byPosition.get(position) ?? [])
-      const row = state === undefined ? null : winner(state)?.row ?? null
+      const row = winner(state)?.row ?? null
       if (state === undefined || row === null) continue
       if (!Object.entries(request.where ?? {}).every(([k, v]) => row[k] === v)) continue
       if (rows.length >= request.limit) { more = true; break }

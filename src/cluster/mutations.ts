@@ -35,7 +35,7 @@ export function orderMutations (mutations: Mutation[], states: StateView, clock:
     const { table, token, id } = mutationKey(m)
     const key = recordKey(token, table, id)
     const state = current.get(key)
-    const head = state === undefined ? undefined : winner(state)
+    const head = winner(state)
     const live = head !== undefined && head.row !== null
     if (retry && m.writeId !== undefined && state !== undefined) {
       const own = state.heads.find(h => h.writeId === m.writeId)

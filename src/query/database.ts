@@ -159,7 +159,7 @@ export class Database {
     assertSameKey(table, key, row)
     return await this.withUniqueLock([table], async () => {
       const current = await this.readState(table, key, options)
-      const live = current === undefined ? undefined : winner(current)
+      const live = winner(current)
       if (live?.row == null) throw new NotFoundError(`${table.name} ${rowId(table, key)} not found`)
       assertSameShard(table, live.row, row)
       await this.checkRow(table, row, rowId(table, key), options)
@@ -181,7 +181,7 @@ export class Database {
   private async patchChecked (table: TableDef, key: Row, changes: Row, options: WriteOptions): Promise<WriteResult> {
     for (let attempt = 1; ; attempt++) {
       const current = await this.readState(table, key, options)
-      const head = current === undefined ? undefined : winner(current)
+      const head = winner(current)
       if (head?.row == null) throw new NotFoundError(`${table.name} ${rowId(table, key)} not found`)
       const row = validateRow(table, { ...head.row, ...changes }, 'full')
       assertSameShard(table, head.row, row)
@@ -205,7 +205,7 @@ export class Database {
     const table = this.table(tableName)
     const key = parseId(table, id)
     const current = await this.readState(table, key, options)
-    const head = current === undefined ? undefined : winner(current)
+    const head = winner(current)
     if (head?.row == null) throw new NotFoundError(`${table.name} ${rowId(table, key)} not found`)
     if (options.cascade === true && options.ifMatch !== undefined && options.ifMatch.length > 0) {
       // The primary checks If-Match only when the row itself is deleted: by then the cascade has run.
@@ -274,7 +274,7 @@ export class Database {
         const table = this.table(m.table)
         if (table.unique.length === 0 || m.op === 'insert') continue
         const state = await this.readState(table, parseId(table, m.id), options)
-        before.set(m, (state === undefined ? undefined : winner(state)?.row) ?? null)
+        before.set(m, winner(state)?.row ?? null)
       }
       const inserted = mutations.filter(m => m.op === 'insert').map(m => ({ table: this.table(m.table), row: m.row as Row }))
       const claimed: typeof inserted = []
@@ -329,7 +329,7 @@ export class Database {
           row = validateRow(table, { ...key, ...(op.row as object) }, 'full')
         } else {
           const head = await this.readState(table, key, options)
-          const live = head === undefined ? undefined : winner(head)
+          const live = winner(head)
           if (live?.row == null) throw new NotFoundError(`${table.name} ${rowId(table, key)} not found`)
           row = validateRow(table, { ...live.row, ...validateRow(table, op.row, 'partial') }, 'full')
         }
@@ -341,7 +341,7 @@ export class Database {
         if (op.id === undefined) throw new ValidationError('delete needs an id')
         const key = parseId(table, String(op.id))
         const state = await this.readState(table, key, options)
-        const live = state === undefined ? undefined : winner(state)
+        const live = winner(state)
         if (live?.row == null) throw new NotFoundError(`${table.name} ${rowId(table, key)} not found`)
         await this.refuseIfReferenced(table, live.row, options)
         return this.mutation('delete', table, live.row, ifMatch)
@@ -448,7 +448,7 @@ export class Database {
   private async shardOfKey (table: TableDef, key: Row, options: RequestOptions = {}): Promise<string | undefined> {
     if (!needsLocator(table)) return shardValue(table, key)
     const state = await this.coordinator.read(LOCATOR_TABLE, locatorId(table, key), locatorShard(table, key), options)
-    const head = state === undefined ? undefined : winner(state)
+    const head = winner(state)
     const shard = head?.row?.shard
     return typeof shard === 'string' ? shard : undefined
   }
@@ -523,7 +523,7 @@ export class Database {
         if (!hasCode(err, 'CONFLICT')) throw err
       }
       const state = await this.coordinator.read(UNIQUE_TABLE, id, shard, options)
-      const head = state === undefined ? undefined : winner(state)
+      const head = winner(state)
       // Given back since our insert met it: insert again
       if (head?.row == null) continue
       const holder = String(head.row.owner)
@@ -549,7 +549,7 @@ export class Database {
   /** Whether row `id` of `table` exists and holds `value` in `column` */
   private async holdsValue (table: TableDef, id: string, column: string, value: Value, options: RequestOptions): Promise<boolean> {
     const state = await this.readState(table, parseId(table, id), options)
-    const row = state === undefined ? undefined : winner(state)?.row
+    const row = winner(state)?.row
     return row != null && row[column] === value
   }
 
@@ -574,7 +574,7 @@ export class Database {
       if (value === null || value === undefined || (after !== null && after[column] === value)) continue
       const record = claimRecord(table, column, value)
       const state = await this.coordinator.read(UNIQUE_TABLE, record.id, record.shard, options).catch(() => undefined)
-      const head = state === undefined ? undefined : winner(state)
+      const head = winner(state)
       if (head?.row?.owner === owner) await this.dropClaim(record, head.version, options)
     }
   }
@@ -650,7 +650,7 @@ export class Database {
           const state = lookup[target.shardKey as string] === null
             ? undefined
             : await this.coordinator.read(target.name, rowId(target, lookup), shardValue(target, lookup), options)
-          if (state === undefined || winner(state)?.row == null) {
+          if (winner(state)?.row == null) {
             throw new ReferenceError(`${ref.column} ${String(value)}: no such ${target.name} row${scope}`, { column: ref.column })
           }
         })()
@@ -754,7 +754,7 @@ function errorBody (err: unknown): { code: string, message: string, column?: str
 }
 
 function toReadResponse (table: TableDef, id: string, state: RecordState | undefined): ReadResponse {
-  const head = state === undefined ? undefined : winner(state)
+  const head = winner(state)
   if (state === undefined || head === undefined || head.row === null) {
     throw new NotFoundError(`${table.name} ${id} not found`)
   }

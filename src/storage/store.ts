@@ -121,7 +121,8 @@ export function mergeStates (states: Array<RecordState | undefined>): RecordStat
 }
 
 /** The winning head: the highest version */
-export function winner (state: RecordState): VersionEntry | undefined {
+export function winner (state: RecordState | undefined): VersionEntry | undefined {
+  if (state === undefined) return undefined
   // A delete concurrent with an update does not hide the update: the newest live head wins,
   // and the tombstone is reported as a conflict beside it.
   return state.heads.find(h => h.row !== null) ?? state.heads[0]
@@ -379,7 +380,7 @@ export class Store {
   }
 
   private stageIndexes (before: RecordState | undefined, after: RecordState, ops: BatchOp[]): void {
-    const oldRow = before === undefined ? null : (winner(before)?.row ?? null)
+    const oldRow = winner(before)?.row ?? null
     const newRow = winner(after)?.row ?? null
     const pos = after.token + SEP + after.id
     const tableKey = after.table + SEP + pos
@@ -420,7 +421,7 @@ export class Store {
         const token = position.slice(0, sep)
         const id = position.slice(sep + 1)
         const state = this._get(table, token, id)
-        const row = state === undefined ? null : (winner(state)?.row ?? null)
+        const row = winner(state)?.row ?? null
         if (state === undefined || row === null) continue
         if (!matches(row, where)) continue
         if (rows.length >= options.limit) { more = true; break }
