@@ -188,8 +188,7 @@ describe('p2p nodes', () => {
     const proto = '/ntsoekhe-test/window/1.0.0'
     let updates = 0
     const received: Uint8Array[] = []
-    let done!: () => void
-    const finished = new Promise<void>(resolve => { done = resolve })
+    let finished = false
     await b.handle(proto, (stream) => {
       // count the window-update frames the receiving end sends (type 1, no flags: not SYN/ACK/FIN/RST)
       const s = stream as unknown as { sendFrame: (header: { type: number, flag: number }, data?: unknown) => boolean }
@@ -200,7 +199,7 @@ describe('p2p nodes', () => {
       }
       void (async () => {
         for await (const chunk of stream) received.push(chunk instanceof Uint8Array ? chunk : chunk.subarray())
-        done()
+        finished = true
       })()
     })
     try {
@@ -219,7 +218,7 @@ describe('p2p nodes', () => {
       // then 4 MiB, many times the 256 KiB initial window: the sender must never stall for an update
       for (let i = 0; i < 64; i++) await write(new Uint8Array(64 * 1024).fill(i))
       await raw.close({ signal: AbortSignal.timeout(5_000) })
-      await Promise.race([finished, new Promise((_resolve, reject) => setTimeout(() => { reject(new Error('timed out waiting for the receiver to read 4 MiB')) }, 10_000))])
+      await waitFor('the receiver to read 4 MiB to the end of the stream', () => finished)
       expect(Buffer.concat(received).equals(Buffer.concat(sent))).toBe(true)
       expect(smallUpdates).toBe(0)
       // 4 MiB through a window of 256 KiB or more, refilled at half: at most 32 updates
