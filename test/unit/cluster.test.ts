@@ -1,5 +1,6 @@
 import { afterEach, describe, expect, it } from 'vitest'
 import { createTestnet, type Testnet } from '../helpers/harness.js'
+import { waitFor } from '../helpers/wait.js'
 import { tokenOf } from '../../src/cluster/token.js'
 import { UNIQUE_TABLE } from '../../src/cluster/messages.js'
 import { MemoryNetwork } from '../../src/cluster/memory-transport.js'
@@ -503,13 +504,7 @@ describe('removing a member that is gone for good', () => {
 
 describe('a removal kept across restarts', () => {
   const timing = { heartbeatMs: 30, suspectAfterMs: 150, downAfterMs: 400 }
-  const until = async (what: string, cond: () => boolean, ms = 5000): Promise<void> => {
-    const deadline = Date.now() + ms
-    while (!cond()) {
-      if (Date.now() > deadline) throw new Error(`timed out after ${ms} ms waiting for ${what}`)
-      await new Promise(resolve => setTimeout(resolve, 10))
-    }
-  }
+  const until = async (what: string, cond: () => boolean): Promise<void> => { await waitFor(what, cond, 5000, 10) }
 
   it('saves a removed member as left; a restarted node knows it as left, and the member can still refute it', async () => {
     const network = new MemoryNetwork()

@@ -10,6 +10,7 @@ import { NtsoekheError, NotFoundError } from '../../src/errors/index.js'
 import { IDENTITY_FILE, loadOrCreateIdentity, peerIdFromKey } from '../../src/p2p/identity.js'
 import { createNode, generatePnetKey, type NodeInit, type NtsoekheNode } from '../../src/p2p/node.js'
 import { RpcService } from '../../src/p2p/rpc.js'
+import { waitFor } from '../helpers/wait.js'
 
 const LOOPBACK = ['/ip4/127.0.0.1/tcp/0']
 
@@ -22,15 +23,6 @@ function varint (n: number): number[] {
   }
   out.push(n)
   return out
-}
-
-/** Polls `cond` every 25 ms until it holds, failing after `ms` with what was awaited */
-async function waitFor (what: string, cond: () => boolean | Promise<boolean>, ms = 10_000): Promise<void> {
-  const deadline = Date.now() + ms
-  while (!(await cond())) {
-    if (Date.now() > deadline) throw new Error(`Timed out after ${ms} ms waiting for ${what}`)
-    await new Promise(resolve => setTimeout(resolve, 25))
-  }
 }
 
 async function newNode (init: NodeInit = {}): Promise<NtsoekheNode> {
