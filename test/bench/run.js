@@ -224,7 +224,8 @@ async function cluster (ctx) {
   if (imported.report.accepted !== CLUSTER_IMPORT_ROWS) throw new Error(`cluster import accepted ${imported.report.accepted} of ${CLUSTER_IMPORT_ROWS}`)
   // A write is answered once W=2 owners have it: the third copies of the last writes may still be on
   // their way. Wait (bounded) until every row is on its 3 owners, and say how long that took.
-  const expectedCopies = (ids.length + pacedSent + CLUSTER_IMPORT_ROWS) * 3
+  const written = ids.length + pacedSent + CLUSTER_IMPORT_ROWS
+  const expectedCopies = written * CLUSTER_SIZE
   const countCopies = async () => (await Promise.all(nodes.map(async n => (await getJson(n.socket, '/v1/ring')).localRows.patient_records ?? 0))).reduce((a, b) => a + b, 0)
   const settleStart = performance.now()
   let copies = await countCopies()
@@ -246,7 +247,6 @@ async function cluster (ctx) {
   log(`cluster: OrbitDB 4, ${ORBITDB_ROWS} rows replicated between two local peers (test/bench/orbitdb)`)
   const orbit = await runOrbitDb(ctx)
   const importRate = CLUSTER_IMPORT_ROWS / imported.seconds
-  const written = ids.length + pacedSent + CLUSTER_IMPORT_ROWS
   const ratioToOrbit = (rate) => orbit === undefined ? '—' : `${fmt(rate / orbit.replicatedRowsPerSec, 0)}× (a ceiling, not a product figure)`
   const vsOrbit = (rate) => orbit === undefined ? '—' : `${fmt(rate / orbit.replicatedRowsPerSec, 0)}× ${rate / orbit.replicatedRowsPerSec >= GOAL_ORBITDB ? '✓' : '✗'}`
   const orbitRow = orbit === undefined
@@ -287,7 +287,7 @@ p99 of each round: ${pacedRuns.map(r => `${fmt(r.p99, 2)} ms`).join(', ')}.
 
 When the import was answered the three nodes held ${fmtInt(copiesAtAnswer)} patient_records rows between them
 (a write is answered once 2 of its 3 owners have it)${copies === copiesAtAnswer ? '' : `; ${fmt(settleMs / 1000, 1)} s later they held ${fmtInt(copies)}`}.
-Every row written in this section (${fmtInt(written)}) on exactly 3 nodes would be ${fmtInt(written * 3)}${copies === written * 3 ? ' ✓' : ' ✗'}.
+Every row written in this section (${fmtInt(written)}) on exactly 3 nodes would be ${fmtInt(expectedCopies)}${copies === expectedCopies ? ' ✓' : ' ✗'}.
 
 | process | peak RSS (VmHWM) |
 | --- | ---: |
