@@ -5,6 +5,8 @@
  */
 export type ErrorCode =
   | 'INVALID'
+  | 'UNAUTHORIZED'
+  | 'FORBIDDEN'
   | 'NOT_FOUND'
   | 'UNKNOWN_TABLE'
   | 'CONFLICT'
@@ -22,6 +24,8 @@ export type ErrorCode =
 export const HTTP_STATUS: Record<ErrorCode, number> = {
   INVALID: 400,
   INVALID_MESSAGE: 400,
+  UNAUTHORIZED: 401,
+  FORBIDDEN: 403,
   NOT_FOUND: 404,
   UNKNOWN_TABLE: 404,
   CONFLICT: 409,
@@ -62,6 +66,18 @@ export class NtsoekheError extends Error {
 export class ValidationError extends NtsoekheError {
   override name = 'ValidationError'
   constructor (message: string, options: ErrorOptions = {}) { super('INVALID', message, options) }
+}
+
+/** No valid credentials: a missing, unknown or revoked token (HTTP 401) */
+export class UnauthorizedError extends NtsoekheError {
+  override name = 'UnauthorizedError'
+  constructor (message: string, options: ErrorOptions = {}) { super('UNAUTHORIZED', message, options) }
+}
+
+/** Valid credentials without the right asked for; the message names the missing right (HTTP 403). Also a peer that is not a member */
+export class ForbiddenError extends NtsoekheError {
+  override name = 'ForbiddenError'
+  constructor (message: string, options: ErrorOptions = {}) { super('FORBIDDEN', message, options) }
 }
 
 export class NotFoundError extends NtsoekheError {
@@ -121,6 +137,8 @@ export function errorFromJSON (body: { code?: string, message?: string, column?:
   const options = body.column === undefined ? {} : { column: body.column }
   switch (code) {
     case 'INVALID': return new ValidationError(message, options)
+    case 'UNAUTHORIZED': return new UnauthorizedError(message, options)
+    case 'FORBIDDEN': return new ForbiddenError(message, options)
     case 'NOT_FOUND': return new NotFoundError(message, options)
     case 'CONFLICT': return new ConflictError(message, options)
     case 'REFERENCE': return new ReferenceError(message, options)
