@@ -12,3 +12,28 @@ export interface Principal {
   /** The reason stated with `X-Break-Glass` / `--break-glass`, when one was */
   breakGlass?: string
 }
+
+/**
+ * One access to the socket that the audit trail records: a read or write of
+ * data, a failed login, a denial, a break-glass read. The API layer makes it
+ * once the answer is known (the outcome and status are final).
+ */
+export interface AccessEvent {
+  /** Who; undefined when the token was missing or unknown */
+  principal?: Principal
+  action: 'read' | 'list' | 'history' | 'insert' | 'update' | 'delete' | 'batch' | 'import' | 'export' | 'purge' | 'login' | 'admin'
+  table?: string
+  /** The row's id (`42`, `3:7`), when the request names one */
+  id?: string
+  /** The patient the data concerns, when known (from the row or the filter) */
+  patientId?: string
+  /** Columns read or written */
+  columns?: string[]
+  outcome: 'ok' | 'denied' | 'unauthenticated' | 'error'
+  /** The HTTP status answered */
+  status: number
+  /** The break-glass reason, or why access was denied */
+  reason?: string
+  /** The access was allowed only by break-glass */
+  breakGlass?: boolean
+}
