@@ -1,5 +1,5 @@
 import { randomBytes } from 'node:crypto'
-import { InvalidMessageError, NtsoekheError, TimeoutError, UnavailableError } from '../errors/index.js'
+import { ForbiddenError, InvalidMessageError, NtsoekheError, TimeoutError, UnavailableError } from '../errors/index.js'
 import { findTable } from '../schema/index.js'
 import type { RecordState, Store, VersionEntry } from '../storage/store.js'
 import { winner } from '../storage/store.js'
@@ -719,6 +719,11 @@ export class DistributedCoordinator implements Coordinator {
 
   /** Serves the replica protocol */
   private async onMessage (raw: unknown, from: string): Promise<unknown> {
+    // Only members read or write replicas: a peer that is not in the view (never joined, or removed) gets nothing.
+    if (!this.c.membership.mayReplicate(from)) {
+      this.c.membership.report(from, `refused a replica request from ${from}: not a member of this network`)
+      throw new ForbiddenError(`${from} is not a member of this network`)
+    }
     const msg: ReplicaMessage = parseReplicaMessage(raw)
     switch (msg.type) {
       case 'write':

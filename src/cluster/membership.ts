@@ -1,5 +1,6 @@
-import { ConflictError, InvalidMessageError, NotFoundError, ValidationError } from '../errors/index.js'
+import { ConflictError, ForbiddenError, InvalidMessageError, NotFoundError, ValidationError } from '../errors/index.js'
 import type { MemberStatus } from './coordinator.js'
+import { countersInRange, REMOVAL_BUMP, signClaim, verifyClaim, type Signer } from './member-claims.js'
 import type { PeerTransport } from './transport.js'
 
 export interface MemberRecord {
@@ -9,9 +10,13 @@ export interface MemberRecord {
   incarnation: number
   /** Counter the member bumps every heartbeat */
   heartbeat: number
-  /** The member announced it is leaving */
+  /** The member announced it is leaving, or was removed (see `removedBy`) */
   left?: boolean
   zone?: string
+  /** The member that removed this one (`ntsoekhe remove`) and signed the record; absent when the member speaks for itself */
+  removedBy?: string
+  /** Signature of the record by its member's identity key, or by `removedBy`'s (base64) */
+  sig?: string
 }
 
 /**
@@ -24,6 +29,9 @@ export interface SavedMember {
   left?: true
   incarnation?: number
   heartbeat?: number
+  /** Who removed it, and the signed record that says so: kept so it can be passed on after a restart */
+  removedBy?: string
+  sig?: string
   /** When this node last heard of it (ms since the epoch) */
   lastSeen?: number
 }
@@ -36,6 +44,8 @@ interface Known extends MemberRecord {
 export interface MembershipComponents {
   transport: PeerTransport
   peerId: string
+  /** Signs with this node's identity key (the key of `peerId`): every claim this node makes about itself is signed */
+  sign: Signer
   /** The addresses this node can be reached on, now */
   addresses: () => string[]
   /** Saves the member list, so a restarted node rejoins without a bootstrap address */
@@ -49,6 +59,8 @@ export interface MembershipComponents {
    */
   learned?: (peerId: string, addresses: string[]) => void
   log?: (msg: string, ...args: unknown[]) => void
+  /** Where refused claims and non-members are reported (one line per sender per minute). @default log */
+  warn?: (msg: string) => void
   now?: () => number
 }
 
@@ -65,6 +77,8 @@ export interface MembershipInit {
 
 /** How many members a gossip message may describe (a bound on hostile input) */
 export const MAX_VIEW = 10_000
+
+const PEER_ID_RE = /^[A-Za-z0-9]{8,128}$/
 
 /**
  * The membership view: gossip-style heartbeats (each member bumps its own
@@ -87,6 +101,8 @@ export class Membership {
   private lastLive = ''
   private persisted = ''
   private round = 0
+  /** Senders reported lately (refused claims), and when: one line per sender per minute */
+  private readonly reported = new Map<string, number>()
 
   constructor (components: MembershipComponents, init: MembershipInit = {}) {
     this.c = components
@@ -95,6 +111,8 @@ export class Membership {
     this.downAfterMs = init.downAfterMs ?? 10_000
     this.fanout = init.fanout ?? 3
     this.self = { peerId: components.peerId, addresses: [], incarnation: this.now(), heartbeat: 0 }
+    this.signSelf()
+    if (!verifyClaim(this.self)) throw new Error(`membership: the signing key is not the key of ${components.peerId}`)
     components.transport.handle('membership', async (msg, from) => await this.onMessage(msg, from))
   }
 
@@ -130,12 +148,13 @@ export class Membership {
   restore (saved: SavedMember[]): void {
     for (const m of saved) {
       if (m.peerId === this.c.peerId) continue
-      if (m.left === true && Number.isSafeInteger(m.incarnation) && Number.isSafeInteger(m.heartbeat)) {
+      if (m.left === true && Number.isSafeInteger(m.incarnation) && Number.isSafeInteger(m.heartbeat) && typeof m.sig === 'string') {
         if (this.known.has(m.peerId)) continue
-        // Known records are gossiped: one a peer would refuse would make it refuse every view sent.
+        // Known records are gossiped: only a record that peers would accept (well-formed, signed) is taken.
         let record: MemberRecord
         try {
-          [record] = parseGossip({ type: 'gossip', view: [{ peerId: m.peerId, addresses: m.addresses, incarnation: m.incarnation, heartbeat: m.heartbeat, left: true }] }) as [MemberRecord]
+          [record] = parseGossip({ type: 'gossip', view: [{ peerId: m.peerId, addresses: m.addresses, incarnation: m.incarnation, heartbeat: m.heartbeat, left: true, ...(m.removedBy === undefined ? {} : { removedBy: m.removedBy }), sig: m.sig }] }) as [MemberRecord]
+          if (!verifyClaim(record)) throw new InvalidMessageError('bad signature')
         } catch {
           this.c.log?.('ignoring a malformed saved member %s', String(m.peerId).slice(0, 140))
           continue
@@ -153,6 +172,17 @@ export class Membership {
   addCandidate (peerId: string, addresses: string[] = []): void {
     if (peerId === this.c.peerId || this.known.has(peerId)) return
     this.candidates.set(peerId, [...new Set([...(this.candidates.get(peerId) ?? []), ...addresses])])
+  }
+
+  /**
+   * Whether a peer may use the replica protocol: a member this node knows,
+   * or one that left by itself (it is still handing its records over). A
+   * peer removed by another member is not, until it rejoins.
+   */
+  mayReplicate (peerId: string): boolean {
+    if (peerId === this.c.peerId) return true
+    const k = this.known.get(peerId)
+    return k !== undefined && k.removedBy === undefined
   }
 
   stateOf (peerId: string): MemberStatus['state'] | undefined {
@@ -206,7 +236,7 @@ export class Membership {
    * machine was only cut off and comes back, it hears of its removal and
    * refutes it with a new incarnation (see `merge`), and is a member again.
    */
-  remove (peerId: string): MemberStatus {
+  remove (peerId: string, by?: string): MemberStatus {
     if (peerId === this.c.peerId) throw new ValidationError('A node cannot remove itself')
     const k = this.known.get(peerId)
     if (k === undefined) throw new NotFoundError(`No member ${peerId}`)
@@ -216,8 +246,11 @@ export class Membership {
     }
     if (state !== 'left') {
       // Far ahead of any heartbeat the member sent before it went down, so the mark wins everywhere.
-      this.known.set(peerId, { ...k, left: true, heartbeat: k.heartbeat + 1_000_000, updatedAt: this.now() })
-      this.c.log?.('member %s removed', peerId)
+      // Signed by this node, which names itself: a removal is the one claim a member makes about another.
+      const { updatedAt: _, sig: _s, ...record } = k
+      const removal = signClaim({ ...record, left: true, heartbeat: k.heartbeat + REMOVAL_BUMP, removedBy: this.c.peerId }, this.c.sign)
+      this.known.set(peerId, { ...removal, updatedAt: this.now() })
+      this.c.log?.('member %s removed%s', peerId, by === undefined ? '' : ` by ${by}`)
       this.checkChanges()
       void Promise.allSettled(this.pickTargets().map(async p => await this.gossip(p)))
     }
@@ -232,6 +265,7 @@ export class Membership {
   async leave (): Promise<void> {
     this.self.left = true
     this.self.heartbeat++
+    this.signSelf()
     this.checkChanges()
     await Promise.allSettled(this.pickTargets().map(async p => await this.gossip(p)))
   }
@@ -245,6 +279,7 @@ export class Membership {
     this.round++
     this.self.heartbeat++
     this.self.addresses = this.c.addresses()
+    this.signSelf()
     const targets = this.pickTargets()
     // Candidates are tried every round until they answer; a down member now and then, to see it return.
     const candidates = [...this.candidates.keys()].slice(0, 8)
@@ -286,13 +321,21 @@ export class Membership {
 
   private async onMessage (msg: unknown, from: string): Promise<unknown> {
     const view = parseGossip(msg)
+    if (!this.known.has(from)) {
+      // A peer becomes a member only by a signed join of its own: its own record, signed with its key.
+      const own = view.find(r => r.peerId === from)
+      if (own === undefined || own.removedBy !== undefined || !verifyClaim(own) || !countersInRange(own, this.now())) {
+        this.report(from, `refused membership gossip from ${from}: not a member, and the message carries no valid signed join of its own`)
+        throw new ForbiddenError('Not a member of this network: a peer joins by sending its own record, signed with its identity key')
+      }
+    }
     this.merge(view, from)
     this.checkChanges()
     return { type: 'gossip', view: this.view() }
   }
 
   private view (): MemberRecord[] {
-    const out: MemberRecord[] = [{ ...this.self, addresses: this.c.addresses() }]
+    const out: MemberRecord[] = [{ ...this.self }]
     for (const k of this.known.values()) {
       const { updatedAt: _, ...record } = k
       out.push(record)
@@ -305,9 +348,10 @@ export class Membership {
       if (r.peerId === this.c.peerId) {
         // Removed by an operator while this node was still running (cut off, not dead): it refutes the
         // mark with a new incarnation, which outranks it everywhere, rather than flapping in and out.
-        if (r.left === true && this.self.left !== true && r.incarnation >= this.self.incarnation) {
+        if (r.left === true && this.self.left !== true && r.incarnation >= this.self.incarnation && this.acceptable(r, from)) {
           this.self.incarnation = Math.max(this.now(), r.incarnation + 1)
           this.self.heartbeat = 0
+          this.signSelf()
           this.c.log?.('this node was marked as removed; rejoining with a new incarnation')
         }
         continue
@@ -318,6 +362,7 @@ export class Membership {
       const removed = k?.left === true && r.left !== true && r.incarnation <= k.incarnation
       const fromItself = r.peerId === from && !removed && (k === undefined || r.incarnation !== k.incarnation || r.heartbeat !== k.heartbeat)
       if (k === undefined || fromItself || r.incarnation > k.incarnation || (r.incarnation === k.incarnation && r.heartbeat > k.heartbeat)) {
+        if (!this.acceptable(r, from)) continue
         this.known.set(r.peerId, { ...r, updatedAt: this.now() })
         this.candidates.delete(r.peerId)
         if (r.addresses.length > 0 && r.addresses.join(' ') !== k?.addresses.join(' ')) this.c.learned?.(r.peerId, r.addresses)
@@ -328,6 +373,40 @@ export class Membership {
     if (sender !== undefined && !view.some(r => r.peerId === from)) sender.updatedAt = this.now()
   }
 
+  /**
+   * Whether a record that would change this node's view may: signed by its
+   * member (or, for a removal, by another member this node knows and counts
+   * as up), with counters in range. A refused record is reported and
+   * dropped, never passed on.
+   */
+  private acceptable (r: MemberRecord, from: string): boolean {
+    let why: string | undefined
+    if (!countersInRange(r, this.now())) why = `counters out of range (incarnation ${r.incarnation}, heartbeat ${r.heartbeat})`
+    else if (!verifyClaim(r)) why = r.removedBy === undefined ? 'not signed by the member itself' : `not a removal signed by ${r.removedBy}`
+    else if (r.removedBy !== undefined) {
+      const remover = this.known.get(r.removedBy)
+      if (r.removedBy !== this.c.peerId && (remover === undefined || remover.left === true)) why = `removed by ${r.removedBy}, which is not a member`
+    }
+    if (why === undefined) return true
+    this.report(from, `refused a membership claim about ${r.peerId} from ${from}: ${why}`)
+    return false
+  }
+
+  /** Reports a refusal, at most once a minute per sender (a hostile peer could send thousands) */
+  report (from: string, line: string): void {
+    const now = this.now()
+    const last = this.reported.get(from)
+    if (last !== undefined && now - last < 60_000) return
+    if (this.reported.size > 1000) this.reported.clear()
+    this.reported.set(from, now)
+    ;(this.c.warn ?? ((m: string) => this.c.log?.(m)))(line)
+  }
+
+  /** Signs this node's own record after any change to it */
+  private signSelf (): void {
+    Object.assign(this.self, signClaim(this.self, this.c.sign))
+  }
+
   private checkChanges (): void {
     const live = this.members().map(m => `${m.peerId}:${m.state}`).sort().join(',')
     if (live !== this.lastLive) {
@@ -335,7 +414,7 @@ export class Membership {
       for (const fn of this.listeners) fn()
     }
     const all: SavedMember[] = [...this.known.values()].map(k => k.left === true
-      ? { peerId: k.peerId, addresses: k.addresses, left: true, incarnation: k.incarnation, heartbeat: k.heartbeat, lastSeen: k.updatedAt }
+      ? { peerId: k.peerId, addresses: k.addresses, left: true, incarnation: k.incarnation, heartbeat: k.heartbeat, ...(k.removedBy === undefined ? {} : { removedBy: k.removedBy }), ...(k.sig === undefined ? {} : { sig: k.sig }), lastSeen: k.updatedAt }
       : { peerId: k.peerId, addresses: k.addresses })
     const key = JSON.stringify(all)
     if (key !== this.persisted && this.c.persist !== undefined) {
@@ -353,14 +432,21 @@ export function parseGossip (msg: unknown): MemberRecord[] {
   }
   if (m.view.length > MAX_VIEW) throw new InvalidMessageError(`membership: view of ${m.view.length} members exceeds ${MAX_VIEW}`)
   return m.view.map((r: any) => {
-    if (r === null || typeof r !== 'object' || typeof r.peerId !== 'string' || !/^[A-Za-z0-9]{8,128}$/.test(r.peerId) ||
+    if (r === null || typeof r !== 'object' || typeof r.peerId !== 'string' || !PEER_ID_RE.test(r.peerId) ||
         !Array.isArray(r.addresses) || r.addresses.length > 64 || !r.addresses.every((a: unknown) => typeof a === 'string' && a.length < 512) ||
         !Number.isSafeInteger(r.incarnation) || !Number.isSafeInteger(r.heartbeat)) {
+      throw new InvalidMessageError('membership: malformed member record')
+    }
+    if ((r.removedBy !== undefined && (typeof r.removedBy !== 'string' || !PEER_ID_RE.test(r.removedBy))) ||
+        (r.sig !== undefined && (typeof r.sig !== 'string' || r.sig.length > 200)) ||
+        (r.zone !== undefined && (typeof r.zone !== 'string' || r.zone.length > 100))) {
       throw new InvalidMessageError('membership: malformed member record')
     }
     const rec: MemberRecord = { peerId: r.peerId, addresses: r.addresses, incarnation: r.incarnation, heartbeat: r.heartbeat }
     if (r.left === true) rec.left = true
     if (typeof r.zone === 'string') rec.zone = r.zone
+    if (typeof r.removedBy === 'string') rec.removedBy = r.removedBy
+    if (typeof r.sig === 'string') rec.sig = r.sig
     return rec
   })
 }

@@ -98,11 +98,13 @@ export class NtsoekheNode {
     this.membership = new Membership({
       transport: this.transport,
       peerId: this.peerId,
+      sign: data => key.sign(data) as Uint8Array,
       addresses: () => libp2p.getMultiaddrs().map(a => a.toString()),
       persist: async members => { await saveMembers(this.home, members) },
       connect: async (peerId, addresses) => { await dialPeer(libp2p, peerId, addresses) },
       learned: (peerId, addresses) => { void rememberAddresses(libp2p, peerId, addresses).catch(err => { this.logger.debug({ err, peerId }, 'keeping addresses failed') }) },
-      log
+      log,
+      warn: msg => { this.logger.warn({ component: 'membership' }, msg) }
     }, this.config.membership)
     const clock = new HybridClock(nodeTag(this.peerId))
     this.coordinator = new DistributedCoordinator({ store: this.store, clock, peerId: this.peerId, transport: this.transport, membership: this.membership, log }, {

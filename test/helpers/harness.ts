@@ -8,6 +8,7 @@ import { Database } from '../../src/query/database.js'
 import { TABLES } from '../../src/schema/index.js'
 import { Store } from '../../src/storage/store.js'
 import { HybridClock, nodeTag } from '../../src/storage/version.js'
+import { testIdentity } from './identity.js'
 
 export interface HarnessNode {
   peerId: string
@@ -40,11 +41,11 @@ export async function createTestnet (size: number, init: DistributedCoordinatorI
   const nodes: HarnessNode[] = []
   const add = async (): Promise<HarnessNode> => {
     const i = nodes.length
-    const peerId = `12D3KooWtestnode${String(i).padStart(4, '0')}`
+    const { peerId, sign } = testIdentity()
     const store = new Store({ path: join(dir, `n${i}`), sync: false, indexes })
     await store.open()
     const transport = network.transport(peerId)
-    const m = new Membership({ transport, peerId, addresses: () => [`/memory/${peerId}`] }, membership)
+    const m = new Membership({ transport, peerId, sign, addresses: () => [`/memory/${peerId}`] }, membership)
     const clock = new HybridClock(nodeTag(peerId))
     const coordinator = new DistributedCoordinator({ store, clock, peerId, transport, membership: m }, { handoffIntervalMs: 100, timeoutMs: 1000, rebalanceDelayMs: 200, ...init })
     const db = new Database({ coordinator, peerId })

@@ -1,6 +1,8 @@
 import { afterEach, describe, expect, it } from 'vitest'
 import { createTestnet, type Testnet } from '../helpers/harness.js'
 import { waitFor } from '../helpers/wait.js'
+import { testIdentity } from '../helpers/identity.js'
+import { signClaim } from '../../src/cluster/member-claims.js'
 import { tokenOf } from '../../src/cluster/token.js'
 import { UNIQUE_TABLE } from '../../src/cluster/messages.js'
 import { MemoryNetwork } from '../../src/cluster/memory-transport.js'
@@ -38,10 +40,12 @@ describe('membership', () => {
     const { Membership } = await import('../../src/cluster/membership.js')
     const network = new MemoryNetwork()
     const learned: Array<[string, string[]]> = []
-    const ids = ['12D3KooWlearnA', '12D3KooWlearnB', '12D3KooWlearnC']
-    const ms = ids.map(id => new Membership({
+    const keys = [testIdentity(), testIdentity(), testIdentity()]
+    const ids = keys.map(k => k.peerId)
+    const ms = keys.map(({ peerId: id, sign }) => new Membership({
       transport: network.transport(id),
       peerId: id,
+      sign,
       addresses: () => [`/memory/${id}`],
       ...(id === ids[2] ? { learned: (p: string, a: string[]) => { learned.push([p, a]) } } : {})
     }, { heartbeatMs: 20, suspectAfterMs: 200, downAfterMs: 400 }))
@@ -266,11 +270,12 @@ describe('distributed coordinator', () => {
     expect((await p.store.get('patient_records', token, String(i)))?.heads.map(h => h.version)).toEqual([first!.version])
   })
 
-  it('a malformed or hostile replica message is refused and writes nothing', async () => {
+  it('a malformed or hostile replica message from a member is refused and writes nothing', async () => {
     net = await createTestnet(2)
     await net.converge(2)
     const [a, b] = net.nodes as [any, any]
-    const t = net.network.transport('intruder')
+    // Sent as member a: every message is checked, whoever sends it.
+    const t = net.network.transport(a.peerId)
     const bad = [
       { type: 'nope' },
       { type: 'apply', groups: [[{ table: 'patient_records', id: '1', token: 'zz', version: 'x', parents: [], row: null }]] },
@@ -294,6 +299,92 @@ describe('distributed coordinator', () => {
     // The node still serves.
     await a.db.insert('patient_records', patient(2))
     expect((await b.db.get('patient_records', '2')).row.patient_id).toBe(2)
+  })
+
+  it('a peer that is not a member gets nothing on the replica protocol, however well-formed its requests', async () => {
+    net = await createTestnet(2, { replicas: 2, writeQuorum: 2 })
+    await net.converge(2)
+    const [a, b] = net.nodes as [any, any]
+    await a.db.insert('patient_records', patient(1))
+    const before = await b.store.countRows()
+    const outsider = net.network.transport(testIdentity().peerId)
+    const token = tokenOf('patient_id:1')
+    const probes = [
+      { type: 'scan', table: 'patient_records', where: {}, limit: 100 },
+      { type: 'read', table: 'patient_records', id: '1', token },
+      { type: 'history', table: 'patient_records', id: '1', token },
+      { type: 'write', mutations: [{ op: 'put', table: 'patient_records', id: '1', shard: 'patient_id:1', row: patient(1, { patient_name: 'Rewritten' }) }] },
+      { type: 'write', mutations: [{ op: 'delete', table: 'patient_records', id: '1', shard: 'patient_id:1' }] },
+      { type: 'apply', groups: [[{ table: 'patient_records', id: '5', token: tokenOf('patient_id:5'), version: '000001700000000000.000000.abc', parents: [], row: patient(5) }]] }
+    ]
+    for (const msg of probes) {
+      await expect(outsider.request(b.peerId, 'replica', msg)).rejects.toMatchObject({ code: 'FORBIDDEN' })
+    }
+    expect(await b.store.countRows()).toEqual(before)
+    expect((await b.db.get('patient_records', '1')).row.patient_name).toBe('Patient 1')
+  })
+})
+
+describe('membership claims', () => {
+  const forge = (r: Record<string, unknown>, signer = testIdentity()): Record<string, unknown> => signClaim(r as any, signer.sign) as unknown as Record<string, unknown>
+  const viewOf = async (from: ReturnType<typeof testIdentity>, to: string, view: unknown[]): Promise<unknown> =>
+    await net!.network.transport(from.peerId).request(to, 'membership', { type: 'gossip', view })
+
+  it('refuses gossip from a non-member without a signed join, and an empty message returns nothing', async () => {
+    net = await createTestnet(2)
+    await net.converge(2)
+    const [, b] = net.nodes as [any, any]
+    const outsider = testIdentity()
+    await expect(viewOf(outsider, b.peerId, [])).rejects.toMatchObject({ code: 'FORBIDDEN' })
+    // A record of its own that is not signed by its key is no join either.
+    const other = testIdentity()
+    await expect(viewOf(outsider, b.peerId, [forge({ peerId: outsider.peerId, addresses: [], incarnation: Date.now(), heartbeat: 1 }, other)])).rejects.toMatchObject({ code: 'FORBIDDEN' })
+    expect(b.membership.stateOf(outsider.peerId)).toBeUndefined()
+    expect(b.membership.members()).toHaveLength(2)
+  })
+
+  it('refuses forged claims about other members, and never passes them on', async () => {
+    net = await createTestnet(3)
+    await net.converge(3)
+    const [a, b, c] = net.nodes as [any, any, any]
+    // A peer joins properly (its own signed record), then lies about others.
+    const liar = testIdentity()
+    const join = forge({ peerId: liar.peerId, addresses: [], incarnation: Date.now(), heartbeat: 1 }, liar)
+    const lies = [
+      // "c has left", signed by the liar as if it were c's own claim
+      forge({ peerId: c.peerId, addresses: [], incarnation: Date.now() + 1000, heartbeat: 5, left: true }, liar),
+      // "c has left", unsigned
+      { peerId: c.peerId, addresses: [], incarnation: Date.now() + 1000, heartbeat: 5, left: true },
+      // a removal of c by a member that is not one
+      forge({ peerId: c.peerId, addresses: [], incarnation: Date.now() + 1000, heartbeat: 5, left: true, removedBy: testIdentity().peerId }),
+      // an invented member, its record signed by the liar's key
+      forge({ peerId: testIdentity().peerId, addresses: ['/ip4/10.0.0.1/tcp/1'], incarnation: Date.now(), heartbeat: 1 }, liar)
+    ]
+    await viewOf(liar, b.peerId, [join, ...lies])
+    expect(b.membership.stateOf(c.peerId)).toBe('alive')
+    expect(b.membership.members()).toHaveLength(4)
+    // Nothing false spreads: after more gossip rounds, every member still counts c as alive and knows only the liar besides.
+    const sent = net.network.delivered.membership ?? 0
+    await waitFor('a dozen more gossip messages', () => (net!.network.delivered.membership ?? 0) >= sent + 12, 5000, 10)
+    for (const n of [a, b, c]) {
+      expect(n.membership.stateOf(c.peerId)).toBe('alive')
+      expect(n.membership.members().map((m: any) => m.peerId).sort()).toEqual([a.peerId, b.peerId, c.peerId, liar.peerId].sort())
+    }
+  })
+
+  it('refuses counters out of range, so that a rebuttal always exists', async () => {
+    net = await createTestnet(2)
+    await net.converge(2)
+    const [, b] = net.nodes as [any, any]
+    const far = testIdentity()
+    await expect(viewOf(far, b.peerId, [forge({ peerId: far.peerId, addresses: [], incarnation: 2 ** 53 - 1, heartbeat: 1 }, far)])).rejects.toMatchObject({ code: 'FORBIDDEN' })
+    const ok = testIdentity()
+    await viewOf(ok, b.peerId, [forge({ peerId: ok.peerId, addresses: [], incarnation: Date.now(), heartbeat: 1 }, ok)])
+    expect(b.membership.stateOf(ok.peerId)).toBe('alive')
+    // Its own later claim with a heartbeat past the bound is refused; the record stays as it was.
+    await viewOf(ok, b.peerId, [forge({ peerId: ok.peerId, addresses: [], incarnation: Date.now(), heartbeat: 2 ** 41 }, ok)])
+    expect(b.membership.members().find((m: any) => m.peerId === ok.peerId)).toBeDefined()
+    expect(b.membership.stateOf(ok.peerId)).toBe('alive')
   })
 })
 
@@ -508,10 +599,11 @@ describe('a removal kept across restarts', () => {
 
   it('saves a removed member as left; a restarted node knows it as left, and the member can still refute it', async () => {
     const network = new MemoryNetwork()
-    const [A, B, C] = ['12D3KooWkeepsleftA', '12D3KooWkeepsleftB', '12D3KooWkeepsleftC']
+    const keys = [testIdentity(), testIdentity(), testIdentity()]
+    const [A, B, C] = keys.map(k => k.peerId) as [string, string, string]
     let saved: SavedMember[] = []
     const member = (peerId: string, persist?: (m: SavedMember[]) => Promise<void>): Membership =>
-      new Membership({ transport: network.transport(peerId), peerId, addresses: () => [`/memory/${peerId}`], ...(persist === undefined ? {} : { persist }) }, timing)
+      new Membership({ transport: network.transport(peerId), peerId, sign: keys.find(k => k.peerId === peerId)!.sign, addresses: () => [`/memory/${peerId}`], ...(persist === undefined ? {} : { persist }) }, timing)
     const a = member(A, async m => { saved = m })
     const b = member(B)
     const c = member(C)
