@@ -1,8 +1,9 @@
-import { join } from 'node:path'
+import { join, resolve } from 'node:path'
 import { pino } from 'pino'
 import { checkConfig, loadConfig, type Config } from '../daemon/config.js'
 import { NtsoekheNode } from '../daemon/node.js'
-import { NtsoekheError } from '../errors/index.js'
+import { NtsoekheError, ValidationError } from '../errors/index.js'
+import { decodeInvite, resolveNetworkKey } from '../daemon/network-key.js'
 import { loadOrCreateIdentity, peerIdFromKey } from '../p2p/identity.js'
 import { Store } from '../storage/store.js'
 import type { Io } from './index.js'
@@ -14,12 +15,20 @@ export interface DaemonFlags {
   writeQuorum?: number
   readQuorum?: number
   logLevel?: string
+  /** `--join <invite>`: store the network key the invite carries and join through its addresses */
+  join?: string
+  /** `--swarm-key <file>`: the network key file (network.pnetKeyFile) */
+  swarmKey?: string
+  /** `--open-network`: run without a network key (network.open) */
+  openNetwork?: boolean
 }
 
 /** `ntsoekhe init`: home, identity, config and an empty store, without starting */
 export async function initHome (home: string): Promise<{ home: string, peerId: string, created: boolean }> {
-  const { created } = await loadConfig(home)
+  const { config, created } = await loadConfig(home)
   const key = await loadOrCreateIdentity(home)
+  // A home made by init starts a network of its own: it gets a network key now, unless it is open.
+  if (!config.network.open && config.network.bootstrap.length === 0) await resolveNetworkKey(home, config)
   const store = new Store({ path: join(home, 'store') })
   await store.open()
   await store.close()
@@ -40,6 +49,9 @@ export function applyFlags (config: Config, flags: DaemonFlags): Config {
   if (flags.writeQuorum !== undefined) c.replication.writeQuorum = flags.writeQuorum
   if (flags.readQuorum !== undefined) c.replication.readQuorum = flags.readQuorum
   if (flags.logLevel !== undefined) c.log.level = flags.logLevel
+  if (flags.swarmKey !== undefined) c.network.pnetKeyFile = resolve(flags.swarmKey)
+  if (flags.openNetwork === true) c.network.open = true
+  if (c.network.open && flags.swarmKey !== undefined) throw new ValidationError('--open-network and --swarm-key exclude each other')
   checkConfig(c, 'flags')
   return c
 }
@@ -50,7 +62,8 @@ export async function runDaemon (home: string, flags: DaemonFlags, io: Io): Prom
   const config = applyFlags(saved, flags)
   const logger = pino({ level: config.log.level, base: { component: 'ntsoekhe' } })
   // After `ntsoekhe leave` the node has handed everything off: it stops as on a signal.
-  const node = new NtsoekheNode({ home, config, logger, onLeft: () => { process.kill(process.pid, 'SIGTERM') } })
+  const invite = flags.join === undefined ? undefined : decodeInvite(flags.join)
+  const node = new NtsoekheNode({ home, config, logger, ...(invite === undefined ? {} : { invite }), onLeft: () => { process.kill(process.pid, 'SIGTERM') } })
   try {
     await node.start()
   } catch (err) {

@@ -94,6 +94,9 @@ function buildProgram (io: Io, setCode: (c: number) => void): Command {
     .option('--write-quorum <n>', 'replicas that must have a write on disk (W)', int)
     .option('--read-quorum <n>', 'replicas asked on a read (R)', int)
     .option('--log-level <level>', 'trace, debug, info, warn, error or silent')
+    .option('--join <invite>', 'join the network of the member that printed this invite (ntsoekhe invite): stores its network key in the home')
+    .option('--swarm-key <file>', 'network key file to use (network.pnetKeyFile); with --bootstrap, the manual way to join')
+    .option('--open-network', 'run without a network key: any machine that reaches the port can join (network.open)')
     .action(async (opts: GlobalOpts & DaemonFlags) => {
       const { runDaemon } = await import('./daemon.js')
       setCode(await runDaemon(resolveHome(opts.home), opts, io))
@@ -104,6 +107,12 @@ function buildProgram (io: Io, setCode: (c: number) => void): Command {
       const s = await (await client(opts)).status()
       const info = { peerId: s.peerId, addresses: s.addresses ?? [] }
       out(opts, info, () => `${info.peerId}\n${(info.addresses as string[]).map(a => `  ${a}`).join('\n')}${info.addresses.length > 0 ? '\n' : ''}`)
+    })
+
+  common(program.command('invite').description('print one line that lets a new machine join: `ntsoekhe daemon --join <invite>` (it carries the network key: treat it as a secret)'))
+    .action(async (opts: GlobalOpts) => {
+      const r = await (await client(opts)).invite()
+      out(opts, r, () => `${r.invite}\n`)
     })
 
   common(program.command('status').description('node, storage and network health'))

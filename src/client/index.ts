@@ -50,6 +50,8 @@ export class NtsoekheClient {
   async tables (): Promise<{ tables: Array<Record<string, any>> }> { return await this.request('GET', '/v1/tables') }
   async peers (): Promise<Record<string, any>> { return await this.request('GET', '/v1/peers') }
   async ring (): Promise<Record<string, any>> { return await this.request('GET', '/v1/ring') }
+  /** What a new machine needs to join this network: `{ invite, addresses }` (the invite carries the network key) */
+  async invite (): Promise<{ invite: string, addresses: string[] }> { return await this.request('GET', '/v1/invite') }
   /** Declares a down member gone for good: its share and its records pass to the others */
   async removeMember (peerId: string): Promise<Record<string, any>> { return await this.request('DELETE', `/v1/members/${enc(peerId)}`) }
   /** Hands this node's records to their owners and leaves the network; the daemon then stops */

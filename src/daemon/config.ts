@@ -25,8 +25,10 @@ export interface Config {
     dhtClientMode: boolean
     /** Keep private and loopback addresses in the DHT (LAN, loopback). @default true */
     keepPrivateAddresses: boolean
-    /** File with a libp2p private-network key, relative to the home; only peers with the same key connect. @default null */
+    /** File with the network key (libp2p pnet), relative to the home; only peers with the same key connect. null means `<home>/swarm.key`, written when the node starts a new network. @default null */
     pnetKeyFile: string | null
+    /** Run without a network key: any machine that can reach the port may join. Only on request; warned at every start. @default false */
+    open: boolean
   }
   replication: {
     /** Copies of every record (N). @default 3 */
@@ -66,7 +68,8 @@ export function defaultConfig (): Config {
       dhtProtocol: '/ntsoekhe',
       dhtClientMode: false,
       keepPrivateAddresses: true,
-      pnetKeyFile: null
+      pnetKeyFile: null,
+      open: false
     },
     replication: { replicas: 3, writeQuorum: 2, readQuorum: 2, timeoutMs: 5000, rebalanceDelayMs: 2000, rebalanceIntervalMs: 600_000 },
     membership: { heartbeatMs: 1000, suspectAfterMs: 3000, downAfterMs: 10000 },

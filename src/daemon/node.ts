@@ -1,5 +1,5 @@
 import { chmod, lstat, readFile, rename, unlink, writeFile } from 'node:fs/promises'
-import { join, resolve } from 'node:path'
+import { join } from 'node:path'
 import { monitorEventLoopDelay } from 'node:perf_hooks'
 import { pino, type Logger } from 'pino'
 import type { FastifyInstance } from 'fastify'
@@ -8,7 +8,7 @@ import type { Coordinator } from '../cluster/coordinator.js'
 import { DistributedCoordinator } from '../cluster/distributed.js'
 import { Membership, type SavedMember } from '../cluster/membership.js'
 import { PROTOCOLS } from '../cluster/transport.js'
-import { ConflictError, NtsoekheError } from '../errors/index.js'
+import { ConflictError } from '../errors/index.js'
 import { loadOrCreateIdentity, peerIdFromKey } from '../p2p/identity.js'
 import { createNode, type NtsoekheNode as Libp2pNode } from '../p2p/node.js'
 import { Libp2pTransport } from '../p2p/transport.js'
@@ -19,6 +19,7 @@ import { TABLES } from '../schema/index.js'
 import { Store } from '../storage/store.js'
 import { HybridClock, nodeTag } from '../storage/version.js'
 import { socketPath, type Config } from './config.js'
+import { encodeInvite, keyHex, resolveNetworkKey, type Invite } from './network-key.js'
 
 export const VERSION = '0.1.0'
 
@@ -29,6 +30,8 @@ export interface NodeInit {
   logger?: Logger
   /** Called once this node has left the network and handed off its records (the daemon then stops) */
   onLeft?: () => void
+  /** `--join <invite>`: the network key to store and the members to join through */
+  invite?: Invite
 }
 
 /**
@@ -51,6 +54,9 @@ export class NtsoekheNode {
   private stopping?: Promise<void>
   private readonly startedAt = Date.now()
   private readonly onLeft?: () => void
+  private readonly invite?: Invite
+  /** The network key this node runs with (undefined on an open network) */
+  private networkKey?: Uint8Array
   /** Event-loop delay: a stalled loop delays every request the node serves */
   private readonly loopDelay = monitorEventLoopDelay({ resolution: 10 })
 
@@ -58,6 +64,7 @@ export class NtsoekheNode {
     this.home = init.home
     this.config = init.config
     if (init.onLeft !== undefined) this.onLeft = init.onLeft
+    if (init.invite !== undefined) this.invite = init.invite
     this.logger = init.logger ?? pino({ level: init.config.log.level, base: { component: 'ntsoekhe' } })
   }
 
@@ -82,10 +89,22 @@ export class NtsoekheNode {
     await this.store.open()
 
     const net = this.config.network
-    const pnetKey = net.pnetKeyFile === null ? undefined : await readPnetKey(resolve(this.home, net.pnetKeyFile))
+    const saved = await loadMembers(this.home)
+    const bootstrap = [...new Set([...net.bootstrap, ...(this.invite?.addresses ?? [])])]
+    const networkKey = await resolveNetworkKey(this.home, { ...this.config, network: { ...net, bootstrap } }, {
+      ...(this.invite === undefined ? {} : { invite: this.invite }),
+      knownMembers: saved.filter(m => m.left !== true).length
+    })
+    const pnetKey = networkKey.key
+    if (pnetKey === undefined) {
+      this.logger.warn('open network (network.open / --open-network): any machine that can reach this node\'s port can join and is handed patient records; without it only machines given the network key can connect')
+    } else {
+      this.networkKey = pnetKey
+      this.logger.info({ keyFile: networkKey.path }, networkKey.source === 'created' ? 'started a new closed network: its key is in swarm.key; `ntsoekhe invite` gives other machines what they need to join' : 'closed network: only machines with this network key can connect')
+    }
     this.libp2p = await createNode({ privateKey: key }, {
       listen: net.listen,
-      bootstrap: net.bootstrap,
+      bootstrap,
       dhtProtocol: net.dhtProtocol,
       dhtClientMode: net.dhtClientMode,
       keepPrivateAddresses: net.keepPrivateAddresses,
@@ -119,11 +138,11 @@ export class NtsoekheNode {
 
     // Members come from the bootstrap list, the members saved on disk, and any peer the DHT or
     // identify shows to speak the membership protocol.
-    for (const addr of net.bootstrap) {
+    for (const addr of bootstrap) {
       const id = addr.split('/p2p/')[1]
       if (id !== undefined) this.membership.addCandidate(id, [addr])
     }
-    this.membership.restore(await loadMembers(this.home))
+    this.membership.restore(saved)
     libp2p.addEventListener('peer:identify', evt => {
       if (evt.detail.protocols.includes(PROTOCOLS.membership)) {
         this.membership?.addCandidate(evt.detail.peerId.toString(), evt.detail.listenAddrs.map(a => a.toString()))
@@ -142,7 +161,7 @@ export class NtsoekheNode {
     this.api = createApi({
       db,
       status: async () => await this.status(),
-      extra: { peers: async () => await this.peers(), ring: async () => await this.ringView() },
+      extra: { peers: async () => await this.peers(), ring: async () => await this.ringView(), invite: async () => this.inviteLine() },
       removeMember: async (peerId: string) => (this.membership as Membership).remove(peerId),
       leave: async () => await this.leave(),
       logger: this.logger
@@ -189,6 +208,13 @@ export class NtsoekheNode {
     const membership = this.membership as Membership
     const connected = new Set(this.libp2p?.getConnections().map(c => c.remotePeer.toString()) ?? [])
     return { members: membership.members().map(m => ({ ...m, connected: m.peerId === this.peerId || connected.has(m.peerId) })) }
+  }
+
+  /** What a new machine needs to join (`ntsoekhe invite`): the network key and this node's addresses, as one line */
+  inviteLine (): { invite: string, addresses: string[] } {
+    const addresses = (this.libp2p?.getMultiaddrs() ?? []).map(String)
+    const key = this.networkKey === undefined ? undefined : keyHex(this.networkKey)
+    return { invite: encodeInvite({ ...(key === undefined ? {} : { key }), addresses }), addresses }
   }
 
   async ringView (): Promise<Record<string, unknown>> {
@@ -273,14 +299,6 @@ async function loadMembers (home: string): Promise<SavedMember[]> {
     return parsed.filter((m): m is SavedMember => typeof m?.peerId === 'string' && Array.isArray(m?.addresses) && m.addresses.every((a: unknown) => typeof a === 'string'))
   } catch {
     return []
-  }
-}
-
-async function readPnetKey (path: string): Promise<Uint8Array> {
-  try {
-    return new Uint8Array(await readFile(path))
-  } catch (err) {
-    throw new NtsoekheError('INVALID', `Cannot read the private-network key ${path}: ${(err as Error).message}`, { cause: err })
   }
 }
 

@@ -5,6 +5,7 @@ import { peerIdFromString } from '@libp2p/peer-id'
 import { ping, type Ping } from '@libp2p/ping'
 import { generateKey, preSharedKey } from '@libp2p/pnet'
 import { coalescedTcp } from './coalesce.js'
+import { describeHandshakeFailure, watchHandshakes } from './handshake-report.js'
 import { installLengthPrefixedDecoderFix } from './lp-decoder.js'
 import { installYamuxWindowUpdateFix } from './yamux-window.js'
 import { yamux } from '@libp2p/yamux'
@@ -77,12 +78,16 @@ export interface NodeInit {
   dialTimeout?: number
 
   /**
-   * Where to report unreachable bootstrap peers
+   * Where to report unreachable bootstrap peers and connections that closed
+   * before their handshake (a peer with another network key, or none)
    *
    * @default the libp2p debug logger `ntsoekhe:p2p`
    */
   log?: (msg: string) => void
 }
+
+/** Handshake failures are reported once per remote host per this many ms */
+const HANDSHAKE_REPORT_INTERVAL = 60_000
 
 export const DEFAULT_LISTEN = ['/ip4/0.0.0.0/tcp/4100']
 export const DEFAULT_DHT_PROTOCOL = '/ntsoekhe'
@@ -142,13 +147,23 @@ export async function createNode (components: NodeComponents, init: NodeInit = {
     }
   }
 
+  let log: (msg: string) => void = () => {}
+  const reported = new Map<string, number>()
+  const watched = watchHandshakes(connectionProtector, noise(), failure => {
+    const host = failure.remote.split('/tcp/')[0] ?? failure.remote
+    const now = Date.now()
+    if (now - (reported.get(host) ?? -Infinity) < HANDSHAKE_REPORT_INTERVAL) return
+    if (reported.size > 10_000) reported.clear()
+    reported.set(host, now)
+    log(describeHandshakeFailure(failure))
+  })
   const node = await createLibp2p({
     privateKey: components.privateKey,
     addresses: { listen },
     transports: [coalescedTcp()],
-    connectionEncrypters: [noise()],
+    connectionEncrypters: [watched.connectionEncrypter],
     streamMuxers: [yamux()],
-    ...(connectionProtector === undefined ? {} : { connectionProtector }),
+    connectionProtector: watched.connectionProtector,
     connectionManager: { dialTimeout },
     services: {
       identify: identify(),
@@ -162,7 +177,7 @@ export async function createNode (components: NodeComponents, init: NodeInit = {
   })
 
   const logger = node.logger.forComponent('ntsoekhe:p2p')
-  const log = init.log ?? ((msg: string) => { logger(msg) })
+  log = init.log ?? ((msg: string) => { logger(msg) })
 
   const self = node.peerId.toString()
   await Promise.all(bootstrap.map(async ({ addr, peerId }) => {

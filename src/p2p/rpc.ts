@@ -10,6 +10,7 @@ import {
   ValidationError,
   errorFromJSON
 } from '../errors/index.js'
+import { ByteBudget } from './byte-budget.js'
 
 /**
  * Pipelined request/response over one libp2p protocol.
@@ -27,6 +28,12 @@ export interface RpcComponents {
   node: Libp2p
   /** Where protocol violations and stream failures are reported. @default the libp2p debug logger `ntsoekhe:rpc` */
   logger?: (msg: string) => void
+  /**
+   * Bounds the bytes of inbound requests being handled, per peer and in all;
+   * share one among the services of a node.
+   * @default a budget of its own: 2 x maxMessageBytes per peer, 8 x in all
+   */
+  budget?: ByteBudget
 }
 
 export type RpcHandler = (msg: unknown, from: string) => Promise<unknown>
@@ -246,10 +253,12 @@ abstract class FramedStream {
    * stream closed meanwhile or carried a bad frame (logged, and the stream
    * closed with the error).
    */
-  protected async nextFrame (what: 'request' | 'response'): Promise<(Record<string, unknown> & { id: number }) | null | undefined> {
+  protected async nextFrame (what: 'request' | 'response', admit?: (bytes: number) => Promise<void>): Promise<(Record<string, unknown> & { id: number }) | null | undefined> {
     try {
       const buf = await this.readFrame()
-      return buf === null ? null : parseFrame(buf)
+      if (buf === null) return null
+      if (admit !== undefined) await admit(buf.byteLength)
+      return parseFrame(buf)
     } catch (err) {
       if (this.closed) return undefined
       this.rpc.log(`${this.rpc.protocol}: bad ${what} stream from ${this.peer}, closing it: ${describe(err)}`)
@@ -384,8 +393,16 @@ class ServerStream extends FramedStream {
         await new Promise<void>(resolve => { this.wakeReader = resolve })
         continue
       }
-      const frame = await this.nextFrame('request')
-      if (frame === undefined) return
+      // What a request costs is held from before its JSON is parsed until it is answered.
+      let size = 0
+      const frame = await this.nextFrame('request', async bytes => {
+        size = bytes
+        await this.rpc.budget.acquire(this.peer, bytes)
+      })
+      if (frame === undefined) {
+        if (size > 0) this.rpc.budget.release(this.peer, size)
+        return
+      }
       if (frame === null) {
         if (this.closed) return
         // the caller is done sending; answer what is running, then close
@@ -393,13 +410,16 @@ class ServerStream extends FramedStream {
         if (this.inflight === 0) this.close()
         return
       }
-      if (this.closed) return
+      if (this.closed) {
+        this.rpc.budget.release(this.peer, size)
+        return
+      }
       this.inflight++
-      void this.run(frame.id, frame.body)
+      void this.run(frame.id, frame.body, size)
     }
   }
 
-  private async run (id: number, body: unknown): Promise<void> {
+  private async run (id: number, body: unknown, size: number): Promise<void> {
     let out: Uint8Array
     try {
       const result = await this.rpc.handler(body, this.peer)
@@ -413,6 +433,7 @@ class ServerStream extends FramedStream {
       out = encoder.encode(JSON.stringify({ id, ok: false, error: err.toJSON() }))
     }
     this.write(out)
+    this.rpc.budget.release(this.peer, size)
     this.inflight--
     const wake = this.wakeReader
     if (wake !== undefined) {
@@ -449,6 +470,7 @@ export class RpcService {
   readonly streamsPerPeer: number
   readonly maxConcurrentPerStream: number
   readonly log: (msg: string) => void
+  readonly budget: ByteBudget
 
   private readonly node: Libp2p
   private readonly pools = new Map<string, PeerPool>()
@@ -466,6 +488,7 @@ export class RpcService {
     this.timeout = init.timeout ?? DEFAULT_RPC_TIMEOUT
     this.streamsPerPeer = Math.max(1, init.streamsPerPeer ?? DEFAULT_STREAMS_PER_PEER)
     this.maxConcurrentPerStream = Math.max(1, init.maxConcurrentPerStream ?? DEFAULT_MAX_CONCURRENT_PER_STREAM)
+    this.budget = components.budget ?? new ByteBudget({ perPeer: 2 * this.maxMessageBytes, total: 8 * this.maxMessageBytes })
     setMaxListeners(Infinity, this.stopController.signal)
     if (components.logger !== undefined) {
       this.log = components.logger

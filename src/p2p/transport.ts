@@ -1,7 +1,8 @@
 import { NtsoekheError, UnavailableError } from '../errors/index.js'
 import { PROTOCOLS, type Handler, type PeerTransport, type ProtocolName, type SendOptions } from '../cluster/transport.js'
 import type { NtsoekheNode } from './node.js'
-import { RpcService } from './rpc.js'
+import { DEFAULT_MAX_MESSAGE_BYTES, RpcService } from './rpc.js'
+import { ByteBudget } from './byte-budget.js'
 
 export interface Libp2pTransportInit {
   /** Largest message accepted on a peer stream, bytes. @default 8 MiB */
@@ -19,6 +20,8 @@ export class Libp2pTransport implements PeerTransport {
   private readonly init: Libp2pTransportInit
   private readonly log: (msg: string) => void
   private readonly services = new Map<ProtocolName, RpcService>()
+  /** One bound on inbound request bytes for all of this node's protocols */
+  private readonly budget: ByteBudget
   private started = false
 
   constructor (node: NtsoekheNode, init: Libp2pTransportInit = {}) {
@@ -26,11 +29,13 @@ export class Libp2pTransport implements PeerTransport {
     this.init = init
     const logger = node.logger.forComponent('ntsoekhe:p2p:transport')
     this.log = (msg: string) => { logger(msg) }
+    const max = init.maxMessageBytes ?? DEFAULT_MAX_MESSAGE_BYTES
+    this.budget = new ByteBudget({ perPeer: 2 * max, total: 8 * max })
   }
 
   handle (protocol: ProtocolName, handler: Handler): void {
     if (this.services.has(protocol)) throw new Error(`a handler for ${protocol} is already set`)
-    const service = new RpcService({ node: this.node, logger: this.log }, {
+    const service = new RpcService({ node: this.node, logger: this.log, budget: this.budget }, {
       protocol: PROTOCOLS[protocol],
       handler,
       ...(this.init.maxMessageBytes === undefined ? {} : { maxMessageBytes: this.init.maxMessageBytes }),

@@ -55,9 +55,9 @@ beforeAll(async () => {
   const first = await startDaemon()
   daemons.push(first)
   const firstClient = new NtsoekheClient({ socket: first.socket })
-  const addr = ((await firstClient.status()).addresses as string[]).find(a => a.startsWith('/ip4/127.0.0.1/'))
-  if (addr === undefined) throw new Error('the first daemon reports no 127.0.0.1 address')
-  const rest = await Promise.all(Array.from({ length: SIZE - 1 }, async () => await startDaemon({ args: ['--bootstrap', addr] })))
+  // The network is closed: the others join with the first node's invite (its network key and addresses).
+  const { invite } = await firstClient.invite()
+  const rest = await Promise.all(Array.from({ length: SIZE - 1 }, async () => await startDaemon({ args: ['--join', invite] })))
   daemons = [first, ...rest]
   clients = daemons.map(d => new NtsoekheClient({ socket: d.socket }))
 }, 60_000)
@@ -169,8 +169,8 @@ describe('a five-node network', () => {
   }, 90_000)
 
   it('a sixth node that joins is handed its share: every row stays on exactly N nodes and reads and updates through it', async () => {
-    const addr = ((await clients[0]!.status()).addresses as string[]).find(a => a.startsWith('/ip4/127.0.0.1/')) as string
-    const sixth = await startDaemon({ args: ['--bootstrap', addr] })
+    const { invite } = await clients[0]!.invite()
+    const sixth = await startDaemon({ args: ['--join', invite] })
     daemons.push(sixth)
     clients.push(new NtsoekheClient({ socket: sixth.socket }))
     const c6 = clients[SIZE]!

@@ -257,6 +257,45 @@ describe('p2p nodes', () => {
     expect(rb.stats().inboundStreams).toBeGreaterThanOrEqual(1)
   })
 
+  it('holds inbound request bytes per peer within the budget: a stream whose next frame does not fit is not read until earlier ones are answered', async () => {
+    const proto = '/ntsoekhe-test/budget/1.0.0'
+    const ra = rpc(a, proto, { maxMessageBytes: 1024 * 1024 })
+    let running = 0
+    let most = 0
+    const release: Array<() => void> = []
+    const blocking = new RpcService({ node: b, logger: msg => { logs.push(msg) } }, {
+      protocol: proto,
+      maxMessageBytes: 1024 * 1024,
+      handler: async () => {
+        running++
+        most = Math.max(most, running)
+        await new Promise<void>(resolve => { release.push(resolve) })
+        running--
+        return 'done'
+      }
+    })
+    services.push(blocking)
+    await blocking.start()
+    // 2 MiB per peer: two 700 kB requests fit, a third must wait for one of them.
+    expect(blocking.budget.perPeer).toBe(2 * 1024 * 1024)
+    const big = 'x'.repeat(700_000)
+    const answers = Array.from({ length: 6 }, async () => await ra.request(b.peerId.toString(), { v: big }, { timeout: 20_000 }))
+    await waitFor('two requests to reach the handler', () => running === 2, 10_000)
+    // the others are read only as budget frees up
+    await new Promise(resolve => setTimeout(resolve, 200))
+    expect(running).toBe(2)
+    expect(blocking.budget.held(a.peerId.toString())).toBeLessThanOrEqual(blocking.budget.perPeer)
+    let answered = 0
+    while (answered < 6) {
+      await waitFor('a blocked request to reach the handler', () => release.length > 0, 10_000)
+      release.shift()?.()
+      answered++
+    }
+    expect(await Promise.all(answers)).toEqual(Array(6).fill('done'))
+    expect(most).toBe(2)
+    expect(blocking.budget.held()).toBe(0)
+  })
+
   it('rejects with TimeoutError when the handler is too slow, and the stream stays usable', async () => {
     const ra = rpc(a, '/ntsoekhe-test/timeout/1.0.0')
     const rb = rpc(b, '/ntsoekhe-test/timeout/1.0.0')
@@ -342,6 +381,25 @@ describe('private network', () => {
     await expect(open.dial(multiaddr(addrOf(p1)))).rejects.toThrow()
     expect(outsider.getConnections(p1.peerId)).toHaveLength(0)
     expect(p1.getConnections(outsider.peerId)).toHaveLength(0)
+  })
+
+  it('says in one clear line, on both sides, that a peer with another key or none cannot connect', async () => {
+    const ours: string[] = []
+    const theirs: string[] = []
+    const member = await newNode({ pnetKey: generatePnetKey(), dialTimeout: 3_000, log: m => { ours.push(m) } })
+    const keyless = await newNode({ dialTimeout: 3_000, log: m => { theirs.push(m) } })
+    try {
+      await expect(keyless.dial(member.getMultiaddrs()[0]!, { signal: AbortSignal.timeout(3_000) })).rejects.toThrow()
+      await waitFor('the member to report the connection', () => ours.length > 0, 10_000)
+      await waitFor('the keyless node to report the connection', () => theirs.length > 0, 10_000)
+      expect(ours).toEqual([expect.stringMatching(/^connection from \/ip4\/127\.0\.0\.1\/tcp\/\d+ closed before its handshake completed: that machine does not hold this network's key/)])
+      expect(theirs).toEqual([expect.stringMatching(/^connection to \/ip4\/127\.0\.0\.1\/tcp\/\d+.* closed before its handshake completed: this node runs an open network/)])
+      expect(member.getPeers()).toHaveLength(0)
+      expect(keyless.getPeers()).toHaveLength(0)
+    } finally {
+      await member.stop()
+      await keyless.stop()
+    }
   })
 
   it('rejects a malformed pnet key', async () => {
