@@ -33,10 +33,10 @@ async function waitFor (what, fn, timeoutMs = 30_000) {
   }
 }
 
-async function startNode (i, bootstrap) {
+async function startNode (i, invite) {
   const home = await mkdtemp(join(tmpdir(), `ntk-c${i}-`))
   const args = [bin, 'daemon', '--home', home, '--listen', '/ip4/127.0.0.1/tcp/0', '--log-level', 'warn']
-  if (bootstrap !== undefined) args.push('--bootstrap', bootstrap)
+  if (invite !== undefined) args.push('--join', invite)
   const proc = spawn(process.execPath, args, { stdio: ['ignore', 'inherit', 'pipe'] })
   let stderr = ''
   proc.stderr.on('data', c => { stderr += c })
@@ -68,8 +68,8 @@ process.on('SIGTERM', () => { void stop() })
 
 try {
   const first = await startNode(0)
-  const bootstrap = first.status.addresses.find(a => a.includes('/ip4/127.0.0.1/'))
-  for (let i = 1; i < size; i++) await startNode(i, bootstrap)
+  const { invite } = await first.client.invite()
+  for (let i = 1; i < size; i++) await startNode(i, invite)
   await waitFor(`every node to see ${size} alive members`, async () => {
     const all = await Promise.all(nodes.map(async n => await n.client.status()))
     return all.every(s => s.members.filter(m => m.state === 'alive').length === size)

@@ -176,9 +176,9 @@ async function cluster (ctx) {
   const loadStart = loadAvg()
   log(`cluster: starting ${CLUSTER_SIZE} daemons (N=3, W=2, R=2, fsync on)`)
   const first = await ctx.spawnDaemon()
-  const boot = (await getJson(first.socket, '/v1/status')).addresses.find(a => a.startsWith('/ip4/127.0.0.1/'))
+  const { invite } = await getJson(first.socket, '/v1/invite')
   const nodes = [first]
-  for (let i = 1; i < CLUSTER_SIZE; i++) nodes.push(await ctx.spawnDaemon(['--bootstrap', boot]))
+  for (let i = 1; i < CLUSTER_SIZE; i++) nodes.push(await ctx.spawnDaemon(['--join', invite]))
   const until = Date.now() + START_TIMEOUT
   for (;;) {
     const all = await Promise.all(nodes.map(async n => await getJson(n.socket, '/v1/status')))
