@@ -39,6 +39,8 @@ export interface TestDaemon {
   proc: ChildProcess
   /** What the daemon wrote to stderr so far */
   stderr: () => string
+  /** What the daemon wrote to stdout so far: its JSON log lines */
+  stdout: () => string
   /** Sends `signal` (default SIGTERM) and waits, with a deadline, for the process to exit */
   stop: (signal?: NodeJS.Signals) => Promise<Exit>
   /** SIGKILL, as a crash or power cut would: the store is not closed and the socket file stays */
@@ -96,7 +98,7 @@ export async function startDaemon (options: { home?: string, args?: string[], ti
     if (proc.exitCode === null && proc.signalCode === null) proc.kill(signal)
     return await withDeadline(exited, STOP_TIMEOUT, `the daemon on ${home} to exit after ${signal}`, () => stderr)
   }
-  return { home, socket, proc, stderr: () => stderr, stop, kill9: async () => await stop('SIGKILL') }
+  return { home, socket, proc, stderr: () => stderr, stdout: () => stdout, stop, kill9: async () => await stop('SIGKILL') }
 }
 
 /**
