@@ -9,8 +9,12 @@ import {
 } from './audit-entry.js'
 import type { AccessEvent } from './principal.js'
 
-/** Columns of `_audit` with a secondary index: what `query` filters on, and the chain walk of one node */
-export const AUDIT_INDEXED = ['patient_id', 'user', 'node']
+/**
+ * Columns of `_audit` with a secondary index. Only the patient: every entry
+ * pays for each index on every replica, while a query by user or time is rare
+ * and may scan the table.
+ */
+export const AUDIT_INDEXED = ['patient_id']
 
 /** @default */
 export const DEFAULT_FLUSH_INTERVAL_MS = 50
