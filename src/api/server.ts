@@ -3,6 +3,8 @@ import { NtsoekheError, ValidationError } from '../errors/index.js'
 import { CONSISTENCY_LEVELS, type Consistency, type RequestOptions } from '../cluster/coordinator.js'
 import type { BatchOperation, Database } from '../query/database.js'
 import { isVersion } from '../storage/version.js'
+import type { AccessEvent } from '../security/principal.js'
+import { accessEventOf, auditRoute, noteKey, type AuditReader } from './audit.js'
 import { toErrorResponse } from './errors.js'
 import { importStream } from './import.js'
 
@@ -19,6 +21,10 @@ export interface ApiComponents {
   removeMember?: (peerId: string) => Promise<unknown>
   /** Hands off this node's records and leaves the network (`POST /v1/leave`), on the networked node */
   leave?: () => Promise<unknown>
+  /** Told of every answered request to a data route (the audit trail's `record`); must not throw or wait */
+  audit?: (event: AccessEvent) => void
+  /** The audit trail, served on `GET /v1/audit` */
+  auditTrail?: AuditReader
   logger?: FastifyBaseLogger
 }
 
@@ -49,7 +55,17 @@ export function createApi (components: ApiComponents): FastifyInstance {
     void reply.status(404).send({ error: { code: 'NOT_FOUND', message: `No route ${req.method} ${req.url}` } })
   })
 
+  const audit = components.audit
+  if (audit !== undefined) {
+    app.addHook('onResponse', (req, reply, done) => {
+      const event = accessEventOf(req, reply.statusCode)
+      if (event !== undefined) audit(event)
+      done()
+    })
+  }
+
   app.get('/v1/status', async () => await components.status())
+  if (components.auditTrail !== undefined) auditRoute(app, components.auditTrail)
 
   app.get('/v1/tables', async () => ({
     tables: db.tables().map(t => ({
@@ -76,6 +92,7 @@ export function createApi (components: ApiComponents): FastifyInstance {
 
   app.post<{ Params: Params, Querystring: Query }>('/v1/tables/:table/rows', async (req, reply) => {
     const result = await db.insert(req.params.table, requireBody(req), requestOptions(req.query))
+    noteKey(req, result.id)
     void reply.status(201).header('etag', etag(result.version))
     return { id: result.id, version: result.version, row: result.row }
   })

@@ -261,6 +261,36 @@ function buildProgram (io: Io, setCode: (c: number) => void): Command {
       out(opts, r, () => `${String(r.peerId)} left the network: ${String(r.handedOff)} records handed off; the daemon is stopping\n`)
     })
 
+  common(program.command('audit').description('who read or changed what, where and when; --verify checks every chain'))
+    .option('--patient <id>', 'entries about this patient')
+    .option('--user <name>', 'entries of this user')
+    .option('--since <time>', 'entries at or after this ISO 8601 time')
+    .option('--verify', "walk every node's hash chain and name the first broken link")
+    .action(async (opts: GlobalOpts & { patient?: string, user?: string, since?: string, verify?: boolean }) => {
+      const api = await client(opts)
+      if (opts.verify === true) {
+        const r = await api.verifyAudit()
+        io.stdout.write(opts.json === true
+          ? JSON.stringify({ ok: r.ok, checked: r.checked, broken: r.broken }) + '\n'
+          : r.ok ? `audit trail intact: ${r.checked} entries of ${r.nodes} nodes checked\n` : '')
+        if (!r.ok) {
+          const b = r.broken
+          io.stderr.write(`error: audit trail broken at node ${b?.node ?? '?'} seq ${b?.seq ?? '?'}: ${b?.message ?? 'unknown'} (${b?.problem ?? '?'})\n`)
+          setCode(EXIT.REFUSED)
+        }
+        return
+      }
+      const r = await api.audit({
+        ...(opts.patient === undefined ? {} : { patient: opts.patient }),
+        ...(opts.user === undefined ? {} : { user: opts.user }),
+        ...(opts.since === undefined ? {} : { since: opts.since })
+      })
+      out(opts, { entries: r.entries }, () => renderTable(r.entries.map(e => ({
+        time: e.time, node: String(e.node).slice(-8), seq: e.seq, user: e.user ?? '', role: e.role ?? '', action: e.action, table: e.table ?? '', key: e.key ?? '', patient: e.patient_id ?? '', outcome: `${String(e.outcome)} ${String(e.status)}`, reason: e.reason ?? ''
+      }))))
+      if (r.truncated) io.stderr.write(`warning: only the first ${r.entries.length} matching entries are shown: narrow with --patient, --user or --since\n`)
+    })
+
   common(program.command('ring').description("each member's share of the token space and local row counts"))
     .action(async (opts: GlobalOpts) => {
       const r = await (await client(opts)).ring()

@@ -57,6 +57,16 @@ export class NtsoekheClient {
   /** Hands this node's records to their owners and leaves the network; the daemon then stops */
   async leave (): Promise<Record<string, any>> { return await this.request('POST', '/v1/leave', { timeout: 11 * 60_000 }) }
 
+  /** Audit entries across the network, oldest first, filtered by patient id, user name and time (ISO 8601) */
+  async audit (filter: { patient?: string, user?: string, since?: string } = {}): Promise<{ entries: Array<Record<string, any>>, truncated: boolean }> {
+    return await this.request('GET', `/v1/audit${qs(filter)}`)
+  }
+
+  /** Walks every node's audit chain this daemon can reach; `broken` names the first broken link */
+  async verifyAudit (): Promise<{ ok: boolean, checked: number, nodes: number, broken: { node: string, seq: number, problem: string, message: string } | null }> {
+    return await this.request('GET', '/v1/audit?verify=true')
+  }
+
   async insert (table: string, row: unknown, options: RequestOptions = {}): Promise<RowResult> {
     return await this.request('POST', `/v1/tables/${enc(table)}/rows${qs(options)}`, { body: row, signal: options.signal })
   }

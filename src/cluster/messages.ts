@@ -2,6 +2,7 @@ import { InvalidMessageError } from '../errors/index.js'
 import { findTable, rowId, shardValue, validateRow, type Row } from '../schema/index.js'
 import type { RecordState, VersionEntry } from '../storage/store.js'
 import { isVersion } from '../storage/version.js'
+import { AUDIT_ID_RE, auditRowProblem, auditShard, type AuditRow } from '../security/audit-entry.js'
 import { CONSISTENCY_LEVELS, type Consistency, type Mutation } from './coordinator.js'
 import { tokenOf } from './token.js'
 
@@ -9,6 +10,12 @@ import { tokenOf } from './token.js'
 export const LOCATOR_TABLE = '_locator'
 /** Internal table of unique-value claims (`<table>.<column>.<hash of value>` -> the row holding it); see query/database.ts */
 export const UNIQUE_TABLE = '_unique'
+/**
+ * Internal table of audit entries (`<peer id>.<seq>` -> the entry); see
+ * security/audit.ts. Placed by the row (the patient's shard, else the
+ * writing node's), never by the id; written once, never replaced or deleted.
+ */
+export const AUDIT_TABLE = '_audit'
 
 /** Bounds on what one peer message may carry */
 export const MAX_ENTRIES = 10_000
@@ -46,13 +53,13 @@ function bad (message: string): never {
 
 function checkTable (table: unknown): string {
   if (typeof table !== 'string') bad('table must be a string')
-  if (table !== LOCATOR_TABLE && table !== UNIQUE_TABLE && findTable(table) === undefined) bad(`unknown table ${table.slice(0, 64)}`)
+  if (table !== LOCATOR_TABLE && table !== UNIQUE_TABLE && table !== AUDIT_TABLE && findTable(table) === undefined) bad(`unknown table ${table.slice(0, 64)}`)
   return table
 }
 
 function checkId (table: string, id: unknown): string {
   if (typeof id !== 'string' || id.length > 200) bad('id must be a short string')
-  if (!(table === LOCATOR_TABLE ? LOCATOR_ID_RE : table === UNIQUE_TABLE ? UNIQUE_ID_RE : ID_RE).test(id)) bad(`malformed id for ${table}`)
+  if (!(table === LOCATOR_TABLE ? LOCATOR_ID_RE : table === UNIQUE_TABLE ? UNIQUE_ID_RE : table === AUDIT_TABLE ? AUDIT_ID_RE : ID_RE).test(id)) bad(`malformed id for ${table}`)
   return id
 }
 
@@ -67,6 +74,12 @@ function checkRow (table: string, id: string, row: unknown): { row: Row, shard: 
     const r = row as { owner?: unknown }
     if (r === null || typeof r !== 'object' || typeof r.owner !== 'string' || !ID_RE.test(r.owner) || r.owner.length > 200 || Object.keys(r).length !== 1) bad('malformed unique-value claim')
     return { row: { owner: r.owner }, shard: internalShard(table, id) as string }
+  }
+  if (table === AUDIT_TABLE) {
+    const problem = auditRowProblem(id, row)
+    if (problem !== undefined) bad(problem)
+    const r = row as AuditRow
+    return { row: { ...r }, shard: auditShard(r) }
   }
   const def = findTable(table)
   if (def === undefined) bad(`unknown table ${table}`)
@@ -88,6 +101,7 @@ export function checkEntry (e: unknown): VersionEntry {
   if (typeof x.token !== 'string' || !TOKEN_RE.test(x.token)) bad('malformed token')
   if (!isVersion(x.version)) bad('malformed version')
   if (!Array.isArray(x.parents) || x.parents.length > MAX_PARENTS || !x.parents.every(isVersion)) bad('malformed parents')
+  if (table === AUDIT_TABLE && (x.row === null || x.parents.length > 0)) bad('an audit entry has one version and is never deleted')
   let row: Row | null = null
   if (x.row !== null) {
     const checked = checkRow(table, id, x.row)
@@ -113,6 +127,7 @@ export function checkMutation (m: unknown): Mutation {
   if (x === null || typeof x !== 'object') bad('mutation must be an object')
   if (x.op !== 'insert' && x.op !== 'put' && x.op !== 'delete') bad('unknown op')
   const table = checkTable(x.table)
+  if (table === AUDIT_TABLE && x.op !== 'insert') bad('an audit entry is only ever inserted')
   const id = checkId(table, x.id)
   if (typeof x.shard !== 'string' || x.shard.length > 200) bad('malformed shard')
   const internal = internalShard(table, id)

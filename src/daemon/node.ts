@@ -16,6 +16,8 @@ import { peerIdFromString } from '@libp2p/peer-id'
 import { multiaddr } from '@multiformats/multiaddr'
 import { Database } from '../query/database.js'
 import { TABLES } from '../schema/index.js'
+import { AUDIT_TABLE } from '../cluster/messages.js'
+import { AUDIT_INDEXED, AuditTrail, storeHead } from '../security/audit.js'
 import { Store } from '../storage/store.js'
 import { HybridClock, nodeTag } from '../storage/version.js'
 import { socketPath, type Config } from './config.js'
@@ -48,6 +50,7 @@ export class NtsoekheNode {
   coordinator?: DistributedCoordinator
   membership?: Membership
   libp2p?: Libp2pNode
+  audit?: AuditTrail
   private transport?: Libp2pTransport
   private api?: FastifyInstance
   private starting?: Promise<void>
@@ -84,7 +87,7 @@ export class NtsoekheNode {
     this.loopDelay.enable()
     const key = await loadOrCreateIdentity(this.home)
     this.peerId = peerIdFromKey(key)
-    const indexes = Object.fromEntries(TABLES.map(t => [t.name, t.indexed]))
+    const indexes = { ...Object.fromEntries(TABLES.map(t => [t.name, t.indexed])), [AUDIT_TABLE]: AUDIT_INDEXED }
     this.store = new Store({ path: join(this.home, 'store'), sync: this.config.storage.sync, writeBufferBytes: this.config.storage.writeBufferMb * 1024 * 1024, indexes })
     await this.store.open()
 
@@ -152,14 +155,24 @@ export class NtsoekheNode {
     this.membership.start()
 
     this.db = new Database({ coordinator: this.coordinator, peerId: this.peerId })
+    this.audit = new AuditTrail({
+      coordinator: this.coordinator,
+      peerId: this.peerId,
+      head: storeHead(this.store),
+      log: (level, msg, fields) => { this.logger[level]({ component: 'audit', ...fields }, msg) }
+    })
+    await this.audit.start()
     await this.listen()
     this.logger.info({ peerId: this.peerId, socket: this.socket, home: this.home, addresses: libp2p.getMultiaddrs().map(String) }, 'node ready')
   }
 
   private async listen (): Promise<void> {
     const db = this.db as Database
+    const trail = this.audit as AuditTrail
     this.api = createApi({
       db,
+      audit: event => { trail.record(event) },
+      auditTrail: trail,
       status: async () => await this.status(),
       extra: { peers: async () => await this.peers(), ring: async () => await this.ringView(), invite: async () => this.inviteLine() },
       removeMember: async (peerId: string) => (this.membership as Membership).remove(peerId),
@@ -200,7 +213,8 @@ export class NtsoekheNode {
         health: cluster.underReplicated ? `under-replicated: ${live} live members for ${cluster.replicas} replicas` : 'ok',
         pendingHints: store.hintCount(),
         rebalance: (this.coordinator as DistributedCoordinator).rebalanceStatus()
-      }
+      },
+      audit: this.audit?.status()
     }
   }
 
@@ -263,6 +277,8 @@ export class NtsoekheNode {
       await this.api.close()
       await removeStaleSocket(this.socket)
     }
+    // After the socket (its last requests are recorded), before the network (pending entries still go out).
+    await this.audit?.stop()
     this.membership?.stop()
     await this.coordinator?.stop()
     await this.transport?.stop()

@@ -5,6 +5,8 @@ import { DistributedCoordinator, type DistributedCoordinatorInit } from '../../s
 import { Membership } from '../../src/cluster/membership.js'
 import { MemoryNetwork } from '../../src/cluster/memory-transport.js'
 import { Database } from '../../src/query/database.js'
+import { AUDIT_TABLE } from '../../src/cluster/messages.js'
+import { AUDIT_INDEXED } from '../../src/security/audit.js'
 import { TABLES } from '../../src/schema/index.js'
 import { Store } from '../../src/storage/store.js'
 import { HybridClock, nodeTag } from '../../src/storage/version.js'
@@ -37,7 +39,7 @@ export interface Testnet {
 export async function createTestnet (size: number, init: DistributedCoordinatorInit = {}, membership = { heartbeatMs: 50, suspectAfterMs: 300, downAfterMs: 800 }): Promise<Testnet> {
   const network = new MemoryNetwork()
   const dir = await mkdtemp(join(tmpdir(), 'ntk-net-'))
-  const indexes = Object.fromEntries(TABLES.map(t => [t.name, t.indexed]))
+  const indexes = { ...Object.fromEntries(TABLES.map(t => [t.name, t.indexed])), [AUDIT_TABLE]: AUDIT_INDEXED }
   const nodes: HarnessNode[] = []
   const add = async (): Promise<HarnessNode> => {
     const i = nodes.length

@@ -3,6 +3,8 @@ import { tmpdir } from 'node:os'
 import { join } from 'node:path'
 import { LocalCoordinator } from '../../src/cluster/local.js'
 import { Database } from '../../src/query/database.js'
+import { AUDIT_TABLE } from '../../src/cluster/messages.js'
+import { AUDIT_INDEXED } from '../../src/security/audit.js'
 import { TABLES, type Row } from '../../src/schema/index.js'
 import { Store } from '../../src/storage/store.js'
 import { HybridClock, nodeTag } from '../../src/storage/version.js'
@@ -19,7 +21,7 @@ export async function tempDir (prefix = 'ntk-test-'): Promise<TempDir> {
 }
 
 /** Every table's indexed columns, as the daemon gives them to the store */
-export const INDEXES: Record<string, string[]> = Object.fromEntries(TABLES.map(t => [t.name, t.indexed]))
+export const INDEXES: Record<string, string[]> = { ...Object.fromEntries(TABLES.map(t => [t.name, t.indexed])), [AUDIT_TABLE]: AUDIT_INDEXED }
 
 /** A store, a single-node coordinator and a database over one directory, wired as src/daemon/node.ts does */
 export interface LocalNode {

@@ -1,0 +1,373 @@
+import type { Coordinator, Consistency, Mutation } from '../cluster/coordinator.js'
+import { AUDIT_TABLE } from '../cluster/messages.js'
+import { ValidationError } from '../errors/index.js'
+import type { RecordState } from '../storage/store.js'
+import { winner } from '../storage/store.js'
+import {
+  GENESIS, auditId, auditShard, clip, hashEntry, patientOf, toLink, verifyChains,
+  type AuditBody, type AuditRow, type ChainLink, type VerifyResult
+} from './audit-entry.js'
+import type { AccessEvent } from './principal.js'
+
+/**
+ * Columns of `_audit` with a secondary index. Only the patient: every entry
+ * pays for each index on every replica, while a query by user or time is rare
+ * and may scan the table.
+ */
+export const AUDIT_INDEXED = ['patient_id']
+
+/** @default */
+export const DEFAULT_FLUSH_INTERVAL_MS = 50
+/** @default */
+export const DEFAULT_MAX_PENDING = 10_000
+/** @default */
+export const DEFAULT_MAX_BATCH = 1000
+/** Entries one query answers at most */
+export const MAX_QUERY_ENTRIES = 10_000
+/** Rows per scan page while reading the trail */
+const SCAN_PAGE = 1000
+/** How long `stop()` keeps trying to write what is still pending */
+const STOP_FLUSH_MS = 5000
+/** At most one warning about dropped entries per this long */
+const DROP_WARN_EVERY_MS = 10_000
+/** Where the chain head is kept between runs */
+export const HEAD_KEY = 'auditHead'
+
+/** The chain head as persisted: the last seq given out (and its hash), and the last one known written */
+export interface ChainHead {
+  seq: number
+  hash: string
+  written: number
+}
+
+/** Where the chain head survives restarts (the store's meta, in the daemon) */
+export interface HeadStore {
+  load: () => Promise<ChainHead | undefined>
+  save: (head: ChainHead) => Promise<void>
+}
+
+/** The chain head kept in the store's node meta, beside the data it describes */
+export function storeHead (store: { getMeta: <T>(key: string) => Promise<T | undefined>, putMeta: (key: string, value: unknown) => Promise<void> }): HeadStore {
+  return {
+    load: async () => await store.getMeta<ChainHead>(HEAD_KEY),
+    save: async head => { await store.putMeta(HEAD_KEY, head) }
+  }
+}
+
+export interface AuditTrailComponents {
+  coordinator: Coordinator
+  /** This node's peer id: the chain's name and the prefix of its entries' ids */
+  peerId: string
+  head: HeadStore
+  /** @default Date.now */
+  now?: () => number
+  log?: (level: 'info' | 'warn', msg: string, fields?: Record<string, unknown>) => void
+}
+
+export interface AuditTrailInit {
+  /** How often buffered entries are written, ms. @default 50 */
+  flushIntervalMs?: number
+  /** Entries kept while they cannot be written; past it new ones are dropped and counted. @default 10000 */
+  maxPending?: number
+  /** Entries per write (and the buffer size that starts a write early). @default 1000 */
+  maxBatch?: number
+  /** Replicas that must take an entry before it counts as written. @default 'quorum' */
+  consistency?: Consistency
+}
+
+export interface AuditFilter {
+  patient?: string
+  user?: string
+  /** ISO 8601 time: entries at or after it */
+  since?: string
+}
+
+export interface AuditCounts {
+  /** Entries accepted by record() since start */
+  recorded: number
+  /** Entries written to their replicas */
+  written: number
+  /** Entries waiting to be written (buffered, or refused by the network and kept) */
+  pending: number
+  /** Entries that could not be kept (the pending bound was reached, or the trail was stopped) */
+  dropped: number
+  /** Writes of a batch (or part of one) that failed and will be retried */
+  failedWrites: number
+  /** This node's last sequence number given out */
+  lastSeq: number
+}
+
+interface Buffered { event: AccessEvent, at: number }
+interface Sequenced { row: AuditRow, retried: boolean }
+
+/**
+ * The audit trail of one node. `record()` only buffers (the request never
+ * waits for a replicated write); every `flushIntervalMs`, or when a batch is
+ * full, the buffered events get their seq and hashes and are written through
+ * the coordinator, one group per shard. Entries the network refused are kept
+ * and retried, in seq order, up to `maxPending`.
+ */
+export class AuditTrail {
+  private readonly c: AuditTrailComponents
+  private readonly now: () => number
+  private readonly flushIntervalMs: number
+  private readonly maxPending: number
+  private readonly maxBatch: number
+  private readonly consistency: Consistency
+  private buffer: Buffered[] = []
+  /** Sequenced but not yet written: they must land, or the chain has a hole */
+  private unwritten: Sequenced[] = []
+  /** Entries of the write under way */
+  private inFlight = 0
+  private seq = 0
+  private lastHash = GENESIS
+  private writtenSeq = 0
+  /** The seq of the head last saved: no entry past it may leave this node */
+  private savedSeq = 0
+  private readonly counts = { recorded: 0, written: 0, dropped: 0, failedWrites: 0 }
+  private state: 'new' | 'started' | 'stopping' | 'stopped' = 'new'
+  private timer?: NodeJS.Timeout
+  private flushing?: Promise<void>
+  private lastDropWarn = 0
+  private droppedSinceWarn = 0
+
+  constructor (components: AuditTrailComponents, init: AuditTrailInit = {}) {
+    this.c = components
+    this.now = components.now ?? Date.now
+    this.flushIntervalMs = init.flushIntervalMs ?? DEFAULT_FLUSH_INTERVAL_MS
+    this.maxPending = init.maxPending ?? DEFAULT_MAX_PENDING
+    this.maxBatch = Math.min(init.maxBatch ?? DEFAULT_MAX_BATCH, this.maxPending)
+    this.consistency = init.consistency ?? 'quorum'
+  }
+
+  async start (): Promise<void> {
+    if (this.state !== 'new') return
+    const head = await this.c.head.load()
+    if (head !== undefined) {
+      this.seq = head.seq
+      this.lastHash = head.hash
+      this.writtenSeq = head.written
+      this.savedSeq = head.seq
+    }
+    this.state = 'started'
+    // The head is saved before each batch is sent, so seqs past `written` were given out but may not
+    // have landed (an unclean stop): they are never given out again, and the trail says so.
+    if (this.seq > this.writtenSeq) {
+      const range = `${this.writtenSeq + 1}..${this.seq}`
+      this.c.log?.('warn', 'audit entries may be missing after an unclean stop', { node: this.c.peerId, seqs: range })
+      this.record({ action: 'admin', outcome: 'error', status: 500, reason: `audit entries ${range} of this node were being written when it stopped uncleanly and may be missing` })
+    }
+    this.timer = setInterval(() => { void this.flush() }, this.flushIntervalMs)
+    this.timer.unref()
+  }
+
+  /** Writes what is pending (with a deadline) and saves the chain head */
+  async stop (): Promise<void> {
+    if (this.state !== 'started') return
+    this.state = 'stopping'
+    clearInterval(this.timer)
+    const deadline = this.now() + STOP_FLUSH_MS
+    while (this.pending > 0 && this.now() < deadline) {
+      const before = this.counts.written
+      await this.flush()
+      if (this.counts.written === before) await new Promise(resolve => setTimeout(resolve, 100))
+    }
+    await this.flushing
+    if (this.pending > 0) {
+      this.c.log?.('warn', 'audit entries not written before stop', { pending: this.pending })
+      this.counts.dropped += this.buffer.length
+      this.buffer = []
+    }
+    await this.saveHead()
+    this.state = 'stopped'
+  }
+
+  /** Buffers one access for the trail. Never throws, never waits */
+  record (event: AccessEvent): void {
+    if (this.state !== 'started' && this.state !== 'stopping') {
+      this.drop(1)
+      return
+    }
+    if (this.pending >= this.maxPending) {
+      this.drop(1)
+      return
+    }
+    this.counts.recorded++
+    this.buffer.push({ event, at: this.now() })
+    if (this.buffer.length >= this.maxBatch && this.flushing === undefined) void this.flush()
+  }
+
+  get pending (): number {
+    return this.buffer.length + this.unwritten.length + this.inFlight
+  }
+
+  status (): AuditCounts {
+    return { ...this.counts, pending: this.pending, lastSeq: this.seq }
+  }
+
+  /**
+   * Writes one batch: entries refused before first (they hold the lowest
+   * seqs), then buffered events, sequenced now. Only one flush runs at a time.
+   */
+  async flush (): Promise<void> {
+    if (this.flushing !== undefined) return await this.flushing
+    if (this.buffer.length + this.unwritten.length === 0) return
+    this.flushing = this._flush().finally(() => { this.flushing = undefined })
+    await this.flushing
+  }
+
+  private async _flush (): Promise<void> {
+    const batch = this.unwritten.splice(0, this.maxBatch)
+    const fresh = this.buffer.splice(0, this.maxBatch - batch.length)
+    for (const b of fresh) batch.push({ row: this.sequence(b), retried: false })
+    this.inFlight = batch.length
+    let failed: Sequenced[] = []
+    try {
+      // Saved before the entries leave: a restart never gives out a seq that may be stored somewhere.
+      if (this.seq > this.savedSeq) await this.saveHead()
+      failed = await this.write(batch)
+    } catch (err) {
+      this.c.log?.('warn', 'writing audit entries failed; they are kept and retried', { err: (err as Error).message, entries: batch.length })
+      failed = batch
+    } finally {
+      this.inFlight = 0
+    }
+    if (failed.length > 0) this.counts.failedWrites++
+    const failedSeqs = new Set(failed.map(f => f.row.seq))
+    for (const s of batch) if (!failedSeqs.has(s.row.seq)) this.counts.written++
+    this.unwritten = [...failed.map(f => ({ row: f.row, retried: true })), ...this.unwritten]
+    const lowestUnwritten = this.unwritten[0]?.row.seq ?? this.seq + 1
+    this.writtenSeq = Math.max(this.writtenSeq, lowestUnwritten - 1)
+  }
+
+  private sequence (b: Buffered): AuditRow {
+    const e = b.event
+    const body: AuditBody = {
+      node: this.c.peerId,
+      seq: this.seq + 1,
+      prev: this.lastHash,
+      time: new Date(b.at).toISOString(),
+      user: clip(e.principal?.user, 'user'),
+      role: clip(e.principal?.role, 'role'),
+      action: e.action,
+      table: clip(e.table, 'table'),
+      key: clip(e.id, 'key'),
+      columns: e.columns === undefined ? null : clip(e.columns.join(','), 'columns'),
+      outcome: e.outcome,
+      status: Number.isSafeInteger(e.status) && e.status >= 100 && e.status <= 599 ? e.status : 500,
+      reason: clip(e.reason ?? e.principal?.breakGlass, 'reason'),
+      break_glass: e.breakGlass === true ? 1 : 0,
+      patient_id: patientOf(e.patientId)
+    }
+    const row: AuditRow = { ...body, hash: hashEntry(body) }
+    this.seq = row.seq
+    this.lastHash = row.hash
+    return row
+  }
+
+  /** Writes entries, one group per shard; returns those not written */
+  private async write (batch: Sequenced[]): Promise<Sequenced[]> {
+    const groups: Sequenced[][] = []
+    const byShard = new Map<string, Sequenced[]>()
+    for (const s of batch) {
+      // A retried entry may have landed the first time: alone in its group, a "conflict" then means it is there.
+      if (s.retried) { groups.push([s]); continue }
+      const shard = auditShard(s.row)
+      let g = byShard.get(shard)
+      if (g === undefined) { g = []; byShard.set(shard, g); groups.push(g) }
+      g.push(s)
+    }
+    const mutations = groups.map(g => g.map((s): Mutation => ({ op: 'insert', table: AUDIT_TABLE, id: auditId(s.row.node, s.row.seq), shard: auditShard(s.row), row: s.row })))
+    const outcomes = await this.c.coordinator.writeGroups(mutations, { consistency: this.consistency })
+    const failed: Sequenced[] = []
+    outcomes.forEach((o, i) => {
+      const g = groups[i] as Sequenced[]
+      if (o.ok) return
+      if (o.error.code === 'CONFLICT' && g.length === 1 && g[0]?.retried === true) return
+      failed.push(...g)
+    })
+    return failed.sort((a, b) => a.row.seq - b.row.seq)
+  }
+
+  private async saveHead (): Promise<void> {
+    const head: ChainHead = { seq: this.seq, hash: this.lastHash, written: this.writtenSeq }
+    await this.c.head.save(head)
+    this.savedSeq = head.seq
+  }
+
+  private drop (n: number): void {
+    this.counts.dropped += n
+    this.droppedSinceWarn += n
+    const t = this.now()
+    if (t - this.lastDropWarn >= DROP_WARN_EVERY_MS) {
+      this.c.log?.('warn', 'audit entries dropped', { dropped: this.droppedSinceWarn, total: this.counts.dropped, state: this.state, pending: this.pending })
+      this.lastDropWarn = t
+      this.droppedSinceWarn = 0
+    }
+  }
+
+  /** Entries across the network matching every filter given, oldest first */
+  async query (filter: AuditFilter = {}): Promise<{ entries: AuditRow[], truncated: boolean }> {
+    const where: Record<string, string> = {}
+    if (filter.patient !== undefined) {
+      const p = patientOf(filter.patient)
+      if (p === null) throw new ValidationError(`patient must be a patient id (an integer), got ${JSON.stringify(filter.patient)}`)
+      where.patient_id = p
+    }
+    if (filter.user !== undefined) where.user = filter.user
+    const since = filter.since === undefined ? undefined : parseSince(filter.since)
+    await this.flush()
+    const entries: AuditRow[] = []
+    let truncated = false
+    await this.scanAll(where, state => {
+      const row = winner(state)?.row as AuditRow | undefined
+      if (row === undefined || (since !== undefined && row.time < since)) return true
+      if (entries.length >= MAX_QUERY_ENTRIES) { truncated = true; return false }
+      entries.push(row)
+      return true
+    })
+    entries.sort((a, b) => a.time < b.time ? -1 : a.time > b.time ? 1 : a.node < b.node ? -1 : a.node > b.node ? 1 : a.seq - b.seq)
+    return { entries, truncated }
+  }
+
+  /**
+   * Walks every node's chain this node can reach (a scan of `_audit` across
+   * the network) and names the first broken link. This node's own chain is
+   * checked up to the last seq it knows written, so a removed last entry is
+   * found too.
+   */
+  async verify (): Promise<VerifyResult> {
+    await this.flush()
+    const links = new Map<string, Map<number, ChainLink>>()
+    await this.scanAll({}, state => {
+      const head = winner(state)
+      const dot = state.id.lastIndexOf('.')
+      const node = state.id.slice(0, dot)
+      const seq = Number(state.id.slice(dot + 1))
+      let chain = links.get(node)
+      if (chain === undefined) { chain = new Map(); links.set(node, chain) }
+      const row = head?.row as AuditRow | undefined
+      if (row !== undefined) chain.set(seq, toLink(row, Math.max(state.seen.length, state.heads.length)))
+      return true
+    })
+    return verifyChains(links, new Map([[this.c.peerId, this.writtenSeq]]))
+  }
+
+  /** Pages through `_audit` across the network; `each` returns false to stop */
+  private async scanAll (where: Record<string, string>, each: (state: RecordState) => boolean): Promise<void> {
+    let after: string | undefined
+    for (;;) {
+      const page = await this.c.coordinator.scan(AUDIT_TABLE, { where, limit: SCAN_PAGE, ...(after === undefined ? {} : { after }) })
+      for (const r of page.rows) if (!each(r.state)) return
+      if (page.next === undefined) return
+      after = page.next
+    }
+  }
+}
+
+/** An ISO time as entries store it (UTC, milliseconds), so strings compare in time order */
+function parseSince (since: string): string {
+  const t = Date.parse(since)
+  if (!/^\d{4}-\d{2}-\d{2}/.test(since) || Number.isNaN(t)) throw new ValidationError(`since must be an ISO 8601 time, got ${JSON.stringify(since)}`)
+  return new Date(t).toISOString()
+}

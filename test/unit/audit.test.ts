@@ -1,0 +1,235 @@
+import { join } from 'node:path'
+import { afterEach, beforeEach, describe, expect, it } from 'vitest'
+import type { Coordinator } from '../../src/cluster/coordinator.js'
+import { AUDIT_TABLE, checkEntry, checkMutation } from '../../src/cluster/messages.js'
+import { tokenOf } from '../../src/cluster/token.js'
+import { InvalidMessageError } from '../../src/errors/index.js'
+import { findTable, shardValue } from '../../src/schema/index.js'
+import { GENESIS, auditShard, hashEntry, toLink, verifyChains, type AuditBody, type AuditRow, type ChainLink } from '../../src/security/audit-entry.js'
+import { AuditTrail, HEAD_KEY, storeHead } from '../../src/security/audit.js'
+import type { AccessEvent } from '../../src/security/principal.js'
+import { alterStoredEntry } from '../helpers/audit.js'
+import { openLocalNode, tempDir, type LocalNode, type TempDir } from '../helpers/temp.js'
+
+let dir: TempDir
+let node: LocalNode
+let trail: AuditTrail
+
+const read = (patientId: string, user = 'dr.moshoeshoe'): AccessEvent => ({
+  principal: { user, role: 'doctor' }, action: 'read', table: 'patient_records', id: patientId, patientId, outcome: 'ok', status: 200
+})
+
+async function openTrail (init: ConstructorParameters<typeof AuditTrail>[1] = {}, coordinator: Coordinator = node.coordinator): Promise<AuditTrail> {
+  const t = new AuditTrail({ coordinator, peerId: node.peerId, head: storeHead(node.store) }, { flushIntervalMs: 10_000, ...init })
+  await t.start()
+  return t
+}
+
+beforeEach(async () => {
+  dir = await tempDir('ntk-audit-')
+  node = await openLocalNode(dir.path)
+  trail = await openTrail()
+})
+
+afterEach(async () => {
+  await trail.stop()
+  await node.close()
+  await dir.remove()
+})
+
+describe('audit chain', () => {
+  it('appends entries with seq, prev and hash, and verifies them', async () => {
+    for (let i = 1; i <= 5; i++) trail.record(read(String(i)))
+    trail.record({ action: 'login', outcome: 'unauthenticated', status: 401, reason: 'unknown token' })
+    await trail.flush()
+    expect(trail.status()).toMatchObject({ recorded: 6, written: 6, pending: 0, dropped: 0, lastSeq: 6 })
+
+    const { entries } = await trail.query()
+    expect(entries.map(e => e.seq).sort((a, b) => a - b)).toEqual([1, 2, 3, 4, 5, 6])
+    const bySeq = new Map(entries.map(e => [e.seq, e]))
+    expect(bySeq.get(1)?.prev).toBe(GENESIS)
+    for (let s = 2; s <= 6; s++) expect(bySeq.get(s)?.prev).toBe(bySeq.get(s - 1)?.hash)
+    expect(bySeq.get(1)).toMatchObject({ node: node.peerId, user: 'dr.moshoeshoe', role: 'doctor', action: 'read', table: 'patient_records', key: '1', patient_id: '1', outcome: 'ok', status: 200, break_glass: 0 })
+    expect(bySeq.get(6)).toMatchObject({ user: null, action: 'login', outcome: 'unauthenticated', status: 401, reason: 'unknown token', patient_id: null })
+
+    expect(await trail.verify()).toEqual({ ok: true, checked: 6, nodes: 1, broken: null })
+  })
+
+  it('filters by patient, user and time', async () => {
+    trail.record(read('42', 'nurse.lineo'))
+    trail.record(read('42'))
+    trail.record(read('7'))
+    await trail.flush()
+    expect((await trail.query({ patient: '42' })).entries.map(e => e.user)).toEqual(['nurse.lineo', 'dr.moshoeshoe'])
+    expect((await trail.query({ user: 'nurse.lineo' })).entries).toHaveLength(1)
+    expect((await trail.query({ patient: '42', user: 'dr.moshoeshoe' })).entries).toHaveLength(1)
+    expect((await trail.query({ since: '2999-01-01T00:00:00Z' })).entries).toHaveLength(0)
+    expect((await trail.query({ since: '2000-01-01' })).entries).toHaveLength(3)
+    await expect(trail.query({ since: 'yesterday' })).rejects.toMatchObject({ code: 'INVALID' })
+  })
+
+  it('names a removed entry as the missing link', async () => {
+    for (let i = 1; i <= 4; i++) trail.record(read(String(i)))
+    await trail.flush()
+    const state = await node.store.get(AUDIT_TABLE, tokenOf('patient_id:3'), `${node.peerId}.3`)
+    expect(state, 'entry 3 is stored in patient 3\'s shard').toBeDefined()
+    expect(await node.store.drop(state!)).toBe(true)
+    expect(await trail.verify()).toMatchObject({ ok: false, checked: 2, broken: { node: node.peerId, seq: 3, problem: 'missing' } })
+  })
+
+  it('finds the removal of this node\'s last entry from its own head', async () => {
+    for (let i = 1; i <= 3; i++) trail.record(read(String(i)))
+    await trail.flush()
+    const state = await node.store.get(AUDIT_TABLE, tokenOf('patient_id:3'), `${node.peerId}.3`)
+    await node.store.drop(state!)
+    expect((await trail.verify()).broken).toMatchObject({ seq: 3, problem: 'missing' })
+  })
+
+  it('names an altered entry, kept as its one version in the store', async () => {
+    for (let i = 1; i <= 4; i++) trail.record(read(String(i)))
+    await trail.stop()
+    await node.close()
+    expect(await alterStoredEntry(join(dir.path, 'store'), `${node.peerId}.2`, 'user', 'someone.else')).toBe('dr.moshoeshoe')
+    node = await openLocalNode(dir.path)
+    trail = await openTrail()
+    const result = await trail.verify()
+    expect(result).toMatchObject({ ok: false, checked: 1, broken: { node: node.peerId, seq: 2, problem: 'altered' } })
+    expect(result.broken?.message).toContain('entry 2')
+  })
+
+  it('names an entry rewritten through the coordinator (a second version)', async () => {
+    for (let i = 1; i <= 2; i++) trail.record(read(String(i)))
+    await trail.flush()
+    const [entry] = (await trail.query({ patient: '1' })).entries
+    await node.coordinator.write([{ op: 'put', table: AUDIT_TABLE, id: `${node.peerId}.1`, shard: 'patient_id:1', row: { ...entry!, reason: 'nothing to see' } }])
+    expect((await trail.verify()).broken).toMatchObject({ seq: 1, problem: 'altered' })
+  })
+
+  it('names an entry whose previous hash is wrong', () => {
+    const rows: AuditRow[] = []
+    let prev = GENESIS
+    for (let seq = 1; seq <= 3; seq++) {
+      const body: AuditBody = { node: 'n1', seq, prev: seq === 3 ? GENESIS : prev, time: '2026-01-01T00:00:00.000Z', user: 'u', role: 'doctor', action: 'read', table: 't', key: String(seq), columns: null, outcome: 'ok', status: 200, reason: null, break_glass: 0, patient_id: null }
+      const row = { ...body, hash: hashEntry(body) }
+      rows.push(row)
+      prev = row.hash
+    }
+    const links = new Map([['n1', new Map<number, ChainLink>(rows.map(r => [r.seq, toLink(r)]))]])
+    expect(verifyChains(links).broken).toMatchObject({ node: 'n1', seq: 3, problem: 'wrong-prev' })
+  })
+
+  it('continues the chain after a restart, never reusing a seq', async () => {
+    for (let i = 1; i <= 3; i++) trail.record(read(String(i)))
+    await trail.stop()
+    await node.close()
+    node = await openLocalNode(dir.path)
+    trail = await openTrail()
+    expect(trail.status().lastSeq).toBe(3)
+    trail.record(read('4'))
+    await trail.flush()
+    const { entries } = await trail.query()
+    expect(entries.map(e => e.seq)).toEqual([1, 2, 3, 4])
+    expect(await trail.verify()).toMatchObject({ ok: true, checked: 4 })
+  })
+
+  it('after an unclean stop, skips the seqs that may have been sent and says so', async () => {
+    trail.record(read('1'))
+    await trail.flush()
+    const head = await node.store.getMeta<{ seq: number, hash: string, written: number }>(HEAD_KEY)
+    expect(head).toMatchObject({ seq: 1, written: 0 })
+    // As if a crash came after the head for seqs 2..3 was saved and before they were written.
+    await trail.stop()
+    await node.store.putMeta(HEAD_KEY, { seq: 3, hash: 'a'.repeat(64), written: 1 })
+    trail = await openTrail()
+    await trail.flush()
+    const entries = (await trail.query()).entries
+    expect(entries.map(e => e.seq)).toEqual([1, 4])
+    expect(entries[1]).toMatchObject({ action: 'admin', prev: 'a'.repeat(64) })
+    expect(entries[1]?.reason).toContain('2..3')
+    expect((await trail.verify()).broken).toMatchObject({ seq: 2, problem: 'missing' })
+  })
+})
+
+describe('audit placement', () => {
+  it('keeps an entry about patient 42 in patient 42\'s shard, and others in the node\'s own', async () => {
+    trail.record(read('42'))
+    trail.record({ principal: { user: 'admin', role: 'admin' }, action: 'admin', outcome: 'ok', status: 200 })
+    await trail.flush()
+    const chart = shardValue(findTable('patient_records')!, { patient_id: 42 })
+    expect(chart).toBe('patient_id:42')
+    expect(await node.store.get(AUDIT_TABLE, tokenOf(chart), `${node.peerId}.1`)).toMatchObject({ token: tokenOf(chart) })
+    expect(await node.store.get(AUDIT_TABLE, tokenOf(`audit:${node.peerId}`), `${node.peerId}.2`)).toBeDefined()
+  })
+})
+
+describe('audit buffer', () => {
+  it('keeps entries the network refuses, up to its bound, counts what it drops, and writes the rest once the network is back', async () => {
+    await trail.stop()
+    let down = true
+    const flaky: Coordinator = {
+      ...node.coordinator,
+      scan: node.coordinator.scan.bind(node.coordinator),
+      writeGroups: async (groups, options) => {
+        if (down) throw new Error('no replica answered')
+        return await node.coordinator.writeGroups(groups, options)
+      }
+    }
+    trail = await openTrail({ maxPending: 5, maxBatch: 2 }, flaky)
+    for (let i = 1; i <= 8; i++) trail.record(read(String(i)))
+    await trail.flush()
+    expect(trail.status()).toMatchObject({ recorded: 5, written: 0, pending: 5, dropped: 3 })
+    expect(trail.status().failedWrites).toBeGreaterThan(0)
+    down = false
+    for (let round = 0; round < 5 && trail.pending > 0; round++) await trail.flush()
+    expect(trail.status()).toMatchObject({ written: 5, pending: 0, dropped: 3, lastSeq: 5 })
+    expect(await trail.verify()).toMatchObject({ ok: true, checked: 5 })
+  })
+
+  it('record() never throws, even stopped', async () => {
+    await trail.stop()
+    expect(() => { trail.record(read('1')) }).not.toThrow()
+    expect(trail.status().dropped).toBe(1)
+  })
+})
+
+describe('audit rows from peers', () => {
+  const entry = (patient: string | null): AuditRow => {
+    const body: AuditBody = { node: 'nodeA', seq: 1, prev: GENESIS, time: '2026-01-01T00:00:00.000Z', user: 'u', role: 'doctor', action: 'read', table: 'patient_records', key: '42', columns: null, outcome: 'ok', status: 200, reason: null, break_glass: 0, patient_id: patient }
+    return { ...body, hash: hashEntry(body) }
+  }
+  const mutation = (row: unknown, shard = 'patient_id:42', op = 'insert', id = 'nodeA.1'): unknown => ({ op, table: AUDIT_TABLE, id, shard, row })
+  const version = '001767225600000.000000.abcdefghij'
+
+  it('accepts a well-formed entry in its patient\'s shard, or its node\'s', () => {
+    expect(checkMutation(mutation(entry('42'))).row).toEqual(entry('42'))
+    expect(auditShard(entry(null))).toBe('audit:nodeA')
+    expect(checkMutation(mutation(entry(null), 'audit:nodeA')).shard).toBe('audit:nodeA')
+    expect(checkEntry({ table: AUDIT_TABLE, id: 'nodeA.1', token: tokenOf('patient_id:42'), version, parents: [], row: entry('42') }).row).toEqual(entry('42'))
+  })
+
+  it.each([
+    ['a shard other than the patient\'s', mutation(entry('42'), 'patient_id:43')],
+    ['an id that is not node.seq', mutation(entry('42'), 'patient_id:42', 'insert', 'nodeA')],
+    ['an id that does not match the entry', mutation(entry('42'), 'patient_id:42', 'insert', 'nodeA.2')],
+    ['a put', mutation(entry('42'), 'patient_id:42', 'put')],
+    ['a delete', mutation(undefined, 'patient_id:42', 'delete')],
+    ['an extra field', mutation({ ...entry('42'), extra: 1 })],
+    ['a missing field', mutation({ ...entry('42'), reason: undefined })],
+    ['an overlong user', mutation({ ...entry('42'), user: 'x'.repeat(51) })],
+    ['a numeric user', mutation({ ...entry('42'), user: 5 })],
+    ['an unknown action', mutation({ ...entry('42'), action: 'steal' })],
+    ['a malformed hash', mutation({ ...entry('42'), hash: 'zz' })],
+    ['a malformed time', mutation({ ...entry('42'), time: 'now' })],
+    ['a status out of range', mutation({ ...entry('42'), status: 9999 })],
+    ['a non-integer patient', mutation({ ...entry('42'), patient_id: '4x' }, 'patient_id:4x')]
+  ])('refuses %s', (_what, m) => {
+    expect(() => checkMutation(m)).toThrow(InvalidMessageError)
+  })
+
+  it('refuses an entry under another token, a tombstone, or a second version', () => {
+    const base = { table: AUDIT_TABLE, id: 'nodeA.1', token: tokenOf('patient_id:42'), version, parents: [], row: entry('42') }
+    expect(() => checkEntry({ ...base, token: tokenOf('patient_id:43') })).toThrow(InvalidMessageError)
+    expect(() => checkEntry({ ...base, row: null })).toThrow(InvalidMessageError)
+    expect(() => checkEntry({ ...base, parents: [version] })).toThrow(InvalidMessageError)
+  })
+})
