@@ -4,6 +4,7 @@ import { checkConfig, loadConfig, type Config } from '../daemon/config.js'
 import { NtsoekheNode } from '../daemon/node.js'
 import { NtsoekheError } from '../errors/index.js'
 import { loadOrCreateIdentity, peerIdFromKey } from '../p2p/identity.js'
+import { loadOrCreateDataKey } from '../security/data-key.js'
 import { Store } from '../storage/store.js'
 import type { Io } from './index.js'
 
@@ -16,11 +17,11 @@ export interface DaemonFlags {
   logLevel?: string
 }
 
-/** `ntsoekhe init`: home, identity, config and an empty store, without starting */
+/** `ntsoekhe init`: home, identity, data key, config and an empty store, without starting */
 export async function initHome (home: string): Promise<{ home: string, peerId: string, created: boolean }> {
   const { created } = await loadConfig(home)
   const key = await loadOrCreateIdentity(home)
-  const store = new Store({ path: join(home, 'store') })
+  const store = new Store({ path: join(home, 'store'), dataKey: await loadOrCreateDataKey(home) })
   await store.open()
   await store.close()
   return { home, peerId: peerIdFromKey(key), created }

@@ -1,7 +1,8 @@
 import { Level } from 'level'
 import type { AbstractSublevel } from 'abstract-level'
-import { HomeLockedError, NtsoekheError } from '../errors/index.js'
-import type { Row, Value } from '../schema/index.js'
+import { DataKeyError, HomeLockedError, IntegrityError, NtsoekheError } from '../errors/index.js'
+import { sensitiveColumns, type Row, type Value } from '../schema/index.js'
+import { FieldCipher, isHashedIndexValue, isSealed, type Sealed } from './field-cipher.js'
 import { compareVersions } from './version.js'
 import { GroupCommitter, type BatchOp } from './group-commit.js'
 import { KeyedMutex } from './keyed-mutex.js'
@@ -70,6 +71,20 @@ export interface StoreInit {
   writeBufferBytes?: number
   /** Columns with a secondary index, per table */
   indexes?: Record<string, string[]>
+  /**
+   * The node's data key (32 bytes, `<home>/data.key`). Sensitive columns
+   * (see Column.sensitive) are stored AES-256-GCM-sealed under keys derived
+   * from it, and indexed as keyed hashes. A store written without one
+   * (before encryption existed) is encrypted in place when opened with one.
+   * Required unless `plaintext`.
+   */
+  dataKey?: Uint8Array
+  /**
+   * Store sensitive columns in the clear: only for measuring what
+   * encryption costs. Refused on a store that is encrypted.
+   * @default false
+   */
+  plaintext?: boolean
 }
 
 export type ApplyOutcome = 'applied' | 'duplicate' | 'history'
@@ -148,11 +163,16 @@ export class Store {
   private readonly mutex = new KeyedMutex()
   private readonly committer: GroupCommitter
   private readonly indexes: Record<string, string[]>
+  private readonly cipher?: FieldCipher
+  private readonly plaintext: boolean
+  private readonly sync: boolean
   private state: 'new' | 'opening' | 'open' | 'closing' | 'closed' = 'new'
   private opening?: Promise<void>
   private closing?: Promise<void>
 
   constructor (init: StoreInit) {
+    // Before the database exists: a malformed key leaves nothing open behind.
+    if (init.dataKey !== undefined) this.cipher = new FieldCipher(init.dataKey)
     this.db = new Level<string, any>(init.path, { valueEncoding: 'json', writeBufferSize: init.writeBufferBytes ?? DEFAULT_WRITE_BUFFER })
     this.records = this.db.sublevel<string, any>('r', { valueEncoding: 'json' }) as Sub
     this.history = this.db.sublevel<string, any>('h', { valueEncoding: 'json' }) as Sub
@@ -161,6 +181,8 @@ export class Store {
     this.meta = this.db.sublevel<string, any>('m', { valueEncoding: 'json' }) as Sub
     this.hints = this.db.sublevel<string, any>('x', { valueEncoding: 'json' }) as Sub
     this.indexes = init.indexes ?? {}
+    this.plaintext = init.plaintext === true
+    this.sync = init.sync ?? true
     this.committer = new GroupCommitter(async (ops, sync) => {
       await writeBatch(this.db, ops, sync)
       this.countTableOps(ops)
@@ -179,6 +201,14 @@ export class Store {
 
   private async _open (): Promise<void> {
     this.state = 'opening'
+    if ((this.cipher === undefined) === !this.plaintext) {
+      // abstract-level opens itself on the next tick: close it, or it keeps the lock.
+      await this.db.close()
+      this.state = 'closed'
+      throw new DataKeyError(this.plaintext
+        ? 'A store is given a data key or told to store in plaintext, not both'
+        : `The store at ${this.db.location} needs the node's data key (StoreInit.dataKey, from <home>/data.key)`)
+    }
     try {
       await this.db.open()
     } catch (err: any) {
@@ -195,6 +225,13 @@ export class Store {
       await this.db.close()
       this.state = 'closed'
       throw new NtsoekheError('INTERNAL', `The store at ${this.db.location} has format ${String(format)}; this version reads format ${STORE_FORMAT}`)
+    }
+    try {
+      await this.openFieldEncryption()
+    } catch (err) {
+      await this.db.close()
+      this.state = 'closed'
+      throw err
     }
     for await (const k of this.hints.keys()) {
       const peer = k.slice(0, k.indexOf(SEP))
@@ -233,7 +270,7 @@ export class Store {
     // where the async path costs a thread-pool round trip (~50 µs) per record.
     const value = this.records.getSync(recordKey(token, table, id))
     if (value === undefined) return undefined
-    return decodeRecord(table, token, id, value)
+    return this.decodeRecord(table, token, id, value)
   }
 
   /** Every version the record has had, oldest first */
@@ -242,7 +279,7 @@ export class Store {
     const prefix = recordKey(token, table, id) + SEP
     // Current heads live in the record; history holds the versions they replaced.
     const out: VersionEntry[] = [...this._get(table, token, id)?.heads ?? []]
-    for await (const value of this.history.values({ gt: prefix, lt: prefix + '\xff' })) out.push(value)
+    for await (const value of this.history.values({ gt: prefix, lt: prefix + '\xff' })) out.push(this.openEntry(value))
     return out.sort((a, b) => compareVersions(a.version, b.version))
   }
 
@@ -311,10 +348,10 @@ export class Store {
         const after = mergeStates([before, s]) as RecordState
         const kept = new Set(after.heads.map(h => h.version))
         // Local heads the peer knows replaced, and the peer's heads this replica knows replaced, become history.
-        for (const h of before?.heads ?? []) if (!kept.has(h.version)) ops.push(put(this.history, key + SEP + h.version, h))
-        for (const h of s.heads) if (!kept.has(h.version) && !seen.has(h.version)) ops.push(put(this.history, key + SEP + h.version, h))
+        for (const h of before?.heads ?? []) if (!kept.has(h.version)) ops.push(put(this.history, key + SEP + h.version, this.sealEntry(h)))
+        for (const h of s.heads) if (!kept.has(h.version) && !seen.has(h.version)) ops.push(put(this.history, key + SEP + h.version, this.sealEntry(h)))
         states.set(key, after)
-        ops.push(put(this.records, key, encodeRecord(after)))
+        ops.push(put(this.records, key, this.encodeRecord(after)))
         this.stageIndexes(before, after, ops)
         return 'merged'
       })
@@ -347,7 +384,7 @@ export class Store {
         ops.push(del(this.tables, current.table + SEP + pos))
         for (const col of this.indexes[current.table] ?? []) {
           const v = row[col]
-          if (v !== null && v !== undefined) ops.push(del(this.index, indexKey(current.table, col, v, pos)))
+          if (v !== null && v !== undefined) ops.push(del(this.index, this.indexKey(current.table, col, v, pos)))
         }
       }
       await this.committer.commit(ops)
@@ -365,16 +402,16 @@ export class Store {
       if (before.heads.some(h => h.version === entry.version)) return 'duplicate'
       const historyKey = key + SEP + entry.version
       if (this.history.getSync(historyKey) !== undefined || ops.some(op => op.key === this.history.prefix + historyKey)) return 'duplicate'
-      ops.push(put(this.history, historyKey, entry))
+      ops.push(put(this.history, historyKey, this.sealEntry(entry)))
       return 'history'
     }
 
     const { after, isHead, replaced } = nextState(before, entry)
     // A version that a stored version already replaces is history, not a head;
     // a head this version replaces moves from the record to history.
-    for (const h of isHead ? replaced : [entry, ...replaced]) ops.push(put(this.history, key + SEP + h.version, h))
+    for (const h of isHead ? replaced : [entry, ...replaced]) ops.push(put(this.history, key + SEP + h.version, this.sealEntry(h)))
     states.set(key, after)
-    ops.push(put(this.records, key, encodeRecord(after)))
+    ops.push(put(this.records, key, this.encodeRecord(after)))
     this.stageIndexes(before, after, ops)
     return isHead ? 'applied' : 'history'
   }
@@ -390,10 +427,10 @@ export class Store {
       const oldV = oldRow?.[col]
       const newV = newRow?.[col]
       if (oldRow !== null && oldV !== null && oldV !== undefined && (newRow === null || oldV !== newV)) {
-        ops.push(del(this.index, indexKey(after.table, col, oldV, pos)))
+        ops.push(del(this.index, this.indexKey(after.table, col, oldV, pos)))
       }
       if (newRow !== null && newV !== null && newV !== undefined && (oldRow === null || oldV !== newV)) {
-        ops.push(put(this.index, indexKey(after.table, col, newV, pos), 1))
+        ops.push(put(this.index, this.indexKey(after.table, col, newV, pos), 1))
       }
     }
   }
@@ -409,7 +446,7 @@ export class Store {
     const indexed = Object.keys(where).find(c => (this.indexes[table] ?? []).includes(c))
     const prefix = indexed === undefined
       ? table + SEP
-      : indexKey(table, indexed, where[indexed] as Value, '')
+      : this.indexKey(table, indexed, where[indexed] as Value, '')
     const gt = options.after === undefined ? prefix : prefix + options.after
     const iterator = (indexed === undefined ? this.tables : this.index).keys({ gt, lt: prefix + '\xff' })
     const rows: ScanResult['rows'] = []
@@ -460,7 +497,7 @@ export class Store {
     if (range.to !== undefined) opts.lt = range.to
     for await (const [k, v] of this.records.iterator(opts)) {
       const [token, table, id] = k.split(SEP, 3) as [string, string, string]
-      yield decodeRecord(table, token, id, v)
+      yield this.decodeRecord(table, token, id, v)
     }
   }
 
@@ -469,7 +506,7 @@ export class Store {
     this.checkOpen()
     this.hintSeq = (this.hintSeq + 1) % 1_000_000
     const key = peerId + SEP + String(Date.now()).padStart(15, '0') + String(this.hintSeq).padStart(6, '0')
-    await this.committer.commit([put(this.hints, key, entries)])
+    await this.committer.commit([put(this.hints, key, entries.map(e => this.sealEntry(e)))])
     this.hintCounts.set(peerId, (this.hintCounts.get(peerId) ?? 0) + 1)
   }
 
@@ -491,7 +528,9 @@ export class Store {
   async hintsFor (peerId: string, limit: number): Promise<Array<{ key: string, entries: VersionEntry[] }>> {
     this.checkOpen()
     const out: Array<{ key: string, entries: VersionEntry[] }> = []
-    for await (const [key, entries] of this.hints.iterator({ gt: peerId + SEP, lt: peerId + SEP + '\xff', limit })) out.push({ key, entries })
+    for await (const [key, entries] of this.hints.iterator({ gt: peerId + SEP, lt: peerId + SEP + '\xff', limit })) {
+      out.push({ key, entries: (entries as StoredEntry[]).map(e => this.openEntry(e)) })
+    }
     return out
   }
 
@@ -532,6 +571,152 @@ export class Store {
     await this.committer.commit([put(this.meta, `node:${key}`, value)])
   }
 
+  /**
+   * Checks the store's field encryption against this opening: the same data
+   * key (by its check value), or plaintext on a plaintext store. A store
+   * that holds plaintext (written before encryption, or in plaintext mode)
+   * opened with a key is encrypted in place first.
+   */
+  private async openFieldEncryption (): Promise<void> {
+    const saved = await this.meta.get(FIELD_ENCRYPTION_KEY) as { fields?: unknown, check?: unknown } | undefined
+    if (saved !== undefined && saved.fields !== 0 && saved.fields !== 1) {
+      throw new NtsoekheError('INTERNAL', `The store at ${this.db.location} has field encryption ${JSON.stringify(saved)}, unknown to this version`)
+    }
+    if (this.cipher === undefined) {
+      if (saved?.fields === 1) throw new DataKeyError(`The store at ${this.db.location} is encrypted: it opens only with its data key`)
+      if (saved === undefined) await writeBatch(this.db, [put(this.meta, FIELD_ENCRYPTION_KEY, { fields: 0 })], true)
+      return
+    }
+    if (saved?.fields === 1) {
+      if (saved.check !== this.cipher.check) {
+        throw new DataKeyError(`The store at ${this.db.location} was encrypted under another data key: restore the data.key that belongs to this home`)
+      }
+      return
+    }
+    await this.encryptInPlace()
+    await writeBatch(this.db, [put(this.meta, FIELD_ENCRYPTION_KEY, { fields: 1, check: this.cipher.check })], true)
+  }
+
+  /**
+   * Seals every sensitive value of a plaintext store (records, history,
+   * hints) and replaces index entries of sensitive values by keyed hashes,
+   * then compacts, so the plaintext leaves the database files too. A run cut
+   * short is redone at the next open: sealed values are kept as they are.
+   */
+  private async encryptInPlace (): Promise<void> {
+    let ops: BatchOp[] = []
+    let written = 0
+    const flush = async (): Promise<void> => {
+      if (ops.length === 0) return
+      await writeBatch(this.db, ops, this.sync)
+      written += ops.length
+      ops = []
+    }
+    for await (const [k, v] of this.records.iterator()) {
+      const [token, table, id] = k.split(SEP, 3) as [string, string, string]
+      if (sensitiveColumns(table).length === 0) continue
+      ops.push(put(this.records, k, this.encodeRecord(this.decodeRecord(table, token, id, v, true))))
+      if (ops.length >= MIGRATE_BATCH) await flush()
+    }
+    for await (const [k, v] of this.history.iterator()) {
+      if (sensitiveColumns((v as StoredEntry).table).length === 0) continue
+      ops.push(put(this.history, k, this.sealEntry(this.openEntry(v, true))))
+      if (ops.length >= MIGRATE_BATCH) await flush()
+    }
+    for await (const [k, v] of this.hints.iterator()) {
+      const entries = v as StoredEntry[]
+      if (!entries.some(e => sensitiveColumns(e.table).length > 0)) continue
+      ops.push(put(this.hints, k, entries.map(e => this.sealEntry(this.openEntry(e, true)))))
+      if (ops.length >= MIGRATE_BATCH) await flush()
+    }
+    for (const [table, columns] of Object.entries(this.indexes)) {
+      for (const column of columns.filter(c => sensitiveColumns(table).includes(c))) {
+        const prefix = table + SEP + column + SEP
+        for await (const k of this.index.keys({ gt: prefix, lt: prefix + '\xff' })) {
+          const rest = k.slice(prefix.length)
+          const encoded = rest.slice(0, rest.indexOf(SEP))
+          if (isHashedIndexValue(encoded)) continue
+          ops.push(del(this.index, k), put(this.index, this.indexKey(table, column, decodeIndexValue(encoded), rest.slice(encoded.length + 1)), 1))
+          if (ops.length >= MIGRATE_BATCH) await flush()
+        }
+      }
+    }
+    await flush()
+    // Overwritten values stay in older table and log files until a compaction drops them.
+    if (written > 0) await compact(this.db)
+  }
+
+  /** A row as stored: each sensitive column sealed under its table, row id and column */
+  private sealRow (table: string, id: string, row: Row | null): StoredRow | null {
+    const columns = sensitiveColumns(table)
+    if (row === null || columns.length === 0 || this.cipher === undefined) return row
+    const out: StoredRow = { ...row }
+    for (const c of columns) {
+      const v = row[c]
+      if (v !== undefined) out[c] = this.cipher.seal(table, id, c, v)
+    }
+    return out
+  }
+
+  /**
+   * A stored row opened (in place: it was just parsed). A sealed value that
+   * does not authenticate, or a plaintext one in an encrypted store, is an
+   * IntegrityError; `legacy` accepts plaintext, for the migration.
+   */
+  private openRow (table: string, id: string, row: StoredRow | null, legacy = false): Row | null {
+    const columns = sensitiveColumns(table)
+    if (row === null || columns.length === 0) return row as Row | null
+    for (const c of columns) {
+      const v = row[c]
+      if (v === undefined) continue
+      if (isSealed(v)) {
+        if (this.cipher === undefined) throw new IntegrityError(`${table} ${id}: ${c} is encrypted and this store has no data key`)
+        row[c] = this.cipher.open(table, id, c, v)
+      } else if (this.cipher !== undefined && !legacy) {
+        throw new IntegrityError(`${table} ${id}: ${c} is stored in the clear in an encrypted store`)
+      }
+    }
+    return row as Row
+  }
+
+  private encodeRecord (state: RecordState): StoredRecord {
+    return {
+      heads: state.heads.map(h => ({ version: h.version, parents: h.parents, row: this.sealRow(state.table, state.id, h.row), ...(h.writeId === undefined ? {} : { writeId: h.writeId }) })),
+      seen: state.seen,
+      superseded: state.superseded
+    }
+  }
+
+  private decodeRecord (table: string, token: string, id: string, value: StoredRecord, legacy = false): RecordState {
+    return {
+      table,
+      id,
+      token,
+      heads: value.heads.map(h => ({ table, id, token, version: h.version, parents: h.parents, row: this.openRow(table, id, h.row, legacy), ...(h.writeId === undefined ? {} : { writeId: h.writeId }) })),
+      seen: value.seen,
+      superseded: value.superseded
+    }
+  }
+
+  private sealEntry (entry: VersionEntry): StoredEntry | VersionEntry {
+    const row = this.sealRow(entry.table, entry.id, entry.row)
+    return row === entry.row ? entry : { ...entry, row }
+  }
+
+  private openEntry (stored: StoredEntry, legacy = false): VersionEntry {
+    const entry = stored as unknown as VersionEntry
+    entry.row = this.openRow(stored.table, stored.id, stored.row, legacy)
+    return entry
+  }
+
+  /** An index entry's key; a sensitive value is indexed by its keyed hash */
+  private indexKey (table: string, column: string, value: Value, pos: string): string {
+    const encoded = this.cipher !== undefined && sensitiveColumns(table).includes(column)
+      ? this.cipher.indexValue(table, column, value)
+      : encodeIndexValue(value)
+    return table + SEP + column + SEP + encoded + SEP + pos
+  }
+
   /** Group-commit counters, for status and benchmarks */
   get commits (): { batches: number, ops: number } {
     return { batches: this.committer.batches, ops: this.committer.opsWritten }
@@ -556,36 +741,40 @@ async function writeBatch (db: Level<string, any>, ops: BatchOp[], sync: boolean
   }
 }
 
+/**
+ * Compacts the whole database, so overwritten and deleted values leave the
+ * files on disk. `level` resolves to classic-level in Node, which has
+ * `compactRange` (the browser build does not, and never runs here).
+ */
+async function compact (db: Level<string, any>): Promise<void> {
+  const c = (db as unknown as { compactRange?: (start: string, end: string) => Promise<void> }).compactRange
+  if (typeof c !== 'function') throw new Error('this LevelDB binding cannot compact')
+  // Every key starts with a sublevel prefix `!<name>!`: '!' to '"' covers them all.
+  await c.call(db, '!', '"')
+}
+
 const DEFAULT_WRITE_BUFFER = 16 * 1024 * 1024
 
 /** Bumped when the on-disk layout changes; a store of another format refuses to open */
 export const STORE_FORMAT = 3
 
+/** A row as stored: sensitive columns sealed (see FieldCipher) */
+type StoredRow = Record<string, Value | Sealed>
+
 /** A record as stored: heads without the table, id and token its key already carries */
 interface StoredRecord {
-  heads: Array<{ version: string, parents: string[], row: Row | null, writeId?: string }>
+  heads: Array<{ version: string, parents: string[], row: StoredRow | null, writeId?: string }>
   seen: string[]
   superseded: string[]
 }
 
-function encodeRecord (state: RecordState): StoredRecord {
-  return {
-    heads: state.heads.map(h => ({ version: h.version, parents: h.parents, row: h.row, ...(h.writeId === undefined ? {} : { writeId: h.writeId }) })),
-    seen: state.seen,
-    superseded: state.superseded
-  }
-}
+/** A version as stored in history and hints */
+type StoredEntry = Omit<VersionEntry, 'row'> & { row: StoredRow | null }
 
-function decodeRecord (table: string, token: string, id: string, value: StoredRecord): RecordState {
-  return {
-    table,
-    id,
-    token,
-    heads: value.heads.map(h => ({ table, id, token, version: h.version, parents: h.parents, row: h.row, ...(h.writeId === undefined ? {} : { writeId: h.writeId }) })),
-    seen: value.seen,
-    superseded: value.superseded
-  }
-}
+/** The meta key of the field-encryption format: `{ fields: 0 }` in the clear, `{ fields: 1, check }` AES-256-GCM v1 */
+const FIELD_ENCRYPTION_KEY = 'fieldEncryption'
+/** Operations per batch while a store is encrypted in place */
+const MIGRATE_BATCH = 1000
 
 function put (sublevel: Sub, key: string, value: unknown): BatchOp {
   return { type: 'put', key: sublevel.prefix + key, value: JSON.stringify(value) }
@@ -595,8 +784,10 @@ function del (sublevel: Sub, key: string): BatchOp {
   return { type: 'del', key: sublevel.prefix + key }
 }
 
-function indexKey (table: string, column: string, value: Value, pos: string): string {
-  return table + SEP + column + SEP + encodeIndexValue(value) + SEP + pos
+function decodeIndexValue (encoded: string): Value {
+  if (encoded === 'z') return null
+  if (encoded.startsWith('n')) return Number(encoded.slice(1))
+  return decodeURIComponent(encoded.slice(1))
 }
 
 function matches (row: Row, where: Record<string, Value>): boolean {

@@ -5,6 +5,7 @@ import { DistributedCoordinator, type DistributedCoordinatorInit } from '../../s
 import { Membership } from '../../src/cluster/membership.js'
 import { MemoryNetwork } from '../../src/cluster/memory-transport.js'
 import { Database } from '../../src/query/database.js'
+import { loadOrCreateKeyFile } from '../../src/security/data-key.js'
 import { TABLES } from '../../src/schema/index.js'
 import { Store } from '../../src/storage/store.js'
 import { HybridClock, nodeTag } from '../../src/storage/version.js'
@@ -41,7 +42,8 @@ export async function createTestnet (size: number, init: DistributedCoordinatorI
   const add = async (): Promise<HarnessNode> => {
     const i = nodes.length
     const peerId = `12D3KooWtestnode${String(i).padStart(4, '0')}`
-    const store = new Store({ path: join(dir, `n${i}`), sync: false, indexes })
+    // Each node encrypts with its own data key, as daemons do.
+    const store = new Store({ path: join(dir, `n${i}`), sync: false, indexes, dataKey: await loadOrCreateKeyFile(join(dir, `n${i}.key`)) })
     await store.open()
     const transport = network.transport(peerId)
     const m = new Membership({ transport, peerId, addresses: () => [`/memory/${peerId}`] }, membership)
