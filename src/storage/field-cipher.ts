@@ -3,8 +3,8 @@ import { DataKeyError, IntegrityError } from '../errors/index.js'
 import type { Value } from '../schema/index.js'
 import { encodeIndexValue } from './keys.js'
 
-/** A sensitive value as stored: AES-256-GCM over its JSON, `base64(format byte | nonce | ciphertext | tag)` */
-export interface Sealed { gcm: string }
+/** The key under which a stored row keeps its sealed columns; never a column name (those are [a-z_]) */
+export const SEALED_KEY = '$gcm'
 
 const FORMAT = 1
 const NONCE_BYTES = 12
@@ -12,16 +12,14 @@ const TAG_BYTES = 16
 /** Marks an index entry that holds a keyed hash, never a value */
 const HASHED = 'h'
 
-export function isSealed (v: unknown): v is Sealed {
-  return typeof v === 'object' && v !== null && typeof (v as Sealed).gcm === 'string'
-}
-
 /**
  * Field encryption under one data key. The encryption key, the index key and
  * a key check are derived once (HKDF-SHA-256) and reused for every value.
- * Each value gets its own nonce, and its table, row id and column are bound
- * as associated data, so a sealed value moved to another row or column fails
- * authentication instead of reading as that row's data.
+ * The sensitive columns of one row version are sealed together (one nonce,
+ * one tag: the cost of a row is one cipher call, not one per column), with
+ * the table, row id and version bound as associated data, so sealed data
+ * moved to another row or version fails authentication instead of reading
+ * as that row's.
  */
 export class FieldCipher {
   private readonly encKey: KeyObject
@@ -43,31 +41,33 @@ export class FieldCipher {
     this.check = derive('key check v1').subarray(0, 16).toString('hex')
   }
 
-  seal (table: string, id: string, column: string, value: Value): Sealed {
+  /** `base64(format byte | nonce | ciphertext | tag)` of the columns' JSON */
+  seal (table: string, id: string, version: string, columns: Record<string, Value>): string {
     const nonce = this.nextNonce()
     const cipher = createCipheriv('aes-256-gcm', this.encKey, nonce)
-    cipher.setAAD(aad(table, id, column))
-    const body = cipher.update(JSON.stringify(value), 'utf8')
+    cipher.setAAD(aad(table, id, version))
+    const body = cipher.update(JSON.stringify(columns), 'utf8')
     const last = cipher.final()
-    return { gcm: Buffer.concat([HEADER, nonce, body, last, cipher.getAuthTag()]).toString('base64') }
+    return Buffer.concat([HEADER, nonce, body, last, cipher.getAuthTag()]).toString('base64')
   }
 
-  /** The value, or an IntegrityError when it does not authenticate for this table, row and column */
-  open (table: string, id: string, column: string, sealed: Sealed): Value {
-    const bytes = Buffer.from(sealed.gcm, 'base64')
+  /** The sealed columns, or an IntegrityError when they do not authenticate for this table, row and version */
+  open (table: string, id: string, version: string, sealed: string): Record<string, Value> {
+    const bytes = Buffer.from(sealed, 'base64')
     const fail = (cause?: unknown): never => {
-      throw new IntegrityError(`${table} ${id}: the stored ${column} fails authentication (damaged, moved, or written under another data key)`, cause === undefined ? {} : { cause })
+      throw new IntegrityError(`${table} ${id} version ${version}: the stored sensitive columns fail authentication (damaged, moved, or written under another data key)`, cause === undefined ? {} : { cause })
     }
     if (bytes.length < 1 + NONCE_BYTES + TAG_BYTES || bytes[0] !== FORMAT) fail()
+    let text: string
     try {
       const decipher = createDecipheriv('aes-256-gcm', this.encKey, bytes.subarray(1, 1 + NONCE_BYTES))
-      decipher.setAAD(aad(table, id, column))
+      decipher.setAAD(aad(table, id, version))
       decipher.setAuthTag(bytes.subarray(bytes.length - TAG_BYTES))
-      const text = decipher.update(bytes.subarray(1 + NONCE_BYTES, bytes.length - TAG_BYTES), undefined, 'utf8') + decipher.final('utf8')
-      return JSON.parse(text) as Value
+      text = decipher.update(bytes.subarray(1 + NONCE_BYTES, bytes.length - TAG_BYTES), undefined, 'utf8') + decipher.final('utf8')
     } catch (err) {
       return fail(err)
     }
+    return JSON.parse(text) as Record<string, Value>
   }
 
   /** What an index entry holds for a sensitive value: an HMAC, equal for equal values, meaningless without the key */
@@ -87,8 +87,8 @@ export class FieldCipher {
 
 const HEADER = Buffer.from([FORMAT])
 
-function aad (table: string, id: string, column: string): Buffer {
-  return Buffer.from(`${FORMAT}\u0000${table}\u0000${id}\u0000${column}`, 'utf8')
+function aad (table: string, id: string, version: string): Buffer {
+  return Buffer.from(`${FORMAT}\u0000${table}\u0000${id}\u0000${version}`, 'utf8')
 }
 
 /** Whether an encoded index value is a keyed hash (see FieldCipher.indexValue) */

@@ -1,8 +1,8 @@
 import { Level } from 'level'
 import type { AbstractSublevel } from 'abstract-level'
 import { DataKeyError, HomeLockedError, IntegrityError, NtsoekheError } from '../errors/index.js'
-import { sensitiveColumns, type Row, type Value } from '../schema/index.js'
-import { FieldCipher, isHashedIndexValue, isSealed, type Sealed } from './field-cipher.js'
+import { findTable, sensitiveColumns, type Row, type Value } from '../schema/index.js'
+import { FieldCipher, isHashedIndexValue, SEALED_KEY } from './field-cipher.js'
 import { compareVersions } from './version.js'
 import { GroupCommitter, type BatchOp } from './group-commit.js'
 import { KeyedMutex } from './keyed-mutex.js'
@@ -646,42 +646,51 @@ export class Store {
     if (written > 0) await compact(this.db)
   }
 
-  /** A row as stored: each sensitive column sealed under its table, row id and column */
-  private sealRow (table: string, id: string, row: Row | null): StoredRow | null {
+  /** A row version as stored: its sensitive columns sealed together under one key, SEALED_KEY */
+  private sealRow (table: string, id: string, version: string, row: Row | null): StoredRow | null {
     const columns = sensitiveColumns(table)
     if (row === null || columns.length === 0 || this.cipher === undefined) return row
-    const out: StoredRow = { ...row }
-    for (const c of columns) {
-      const v = row[c]
-      if (v !== undefined) out[c] = this.cipher.seal(table, id, c, v)
+    const out: StoredRow = {}
+    const secret: Row = {}
+    let any = false
+    for (const [k, v] of Object.entries(row)) {
+      if (columns.includes(k)) { secret[k] = v; any = true } else out[k] = v
     }
+    if (!any) return row
+    out[SEALED_KEY] = this.cipher.seal(table, id, version, secret)
     return out
   }
 
   /**
-   * A stored row opened (in place: it was just parsed). A sealed value that
-   * does not authenticate, or a plaintext one in an encrypted store, is an
-   * IntegrityError; `legacy` accepts plaintext, for the migration.
+   * A stored row opened, its columns in schema order. Sealed columns that do
+   * not authenticate, or a sensitive column in the clear in an encrypted
+   * store, are an IntegrityError; `legacy` accepts the clear, for the
+   * migration.
    */
-  private openRow (table: string, id: string, row: StoredRow | null, legacy = false): Row | null {
+  private openRow (table: string, id: string, version: string, row: StoredRow | null, legacy = false): Row | null {
     const columns = sensitiveColumns(table)
     if (row === null || columns.length === 0) return row as Row | null
-    for (const c of columns) {
-      const v = row[c]
-      if (v === undefined) continue
-      if (isSealed(v)) {
-        if (this.cipher === undefined) throw new IntegrityError(`${table} ${id}: ${c} is encrypted and this store has no data key`)
-        row[c] = this.cipher.open(table, id, c, v)
-      } else if (this.cipher !== undefined && !legacy) {
-        throw new IntegrityError(`${table} ${id}: ${c} is stored in the clear in an encrypted store`)
+    const sealed = row[SEALED_KEY]
+    if (sealed === undefined) {
+      if (this.cipher !== undefined && !legacy && columns.some(c => row[c] !== undefined)) {
+        throw new IntegrityError(`${table} ${id}: sensitive columns stored in the clear in an encrypted store`)
       }
+      return row as Row
     }
-    return row as Row
+    if (typeof sealed !== 'string') throw new IntegrityError(`${table} ${id}: malformed sealed columns`)
+    if (this.cipher === undefined) throw new IntegrityError(`${table} ${id}: its sensitive columns are encrypted and this store has no data key`)
+    const secret = this.cipher.open(table, id, version, sealed)
+    const out: Row = {}
+    for (const c of findTable(table)?.columns ?? []) {
+      const v = columns.includes(c.name) ? secret[c.name] : row[c.name]
+      if (v !== undefined) out[c.name] = v
+    }
+    return out
   }
 
   private encodeRecord (state: RecordState): StoredRecord {
     return {
-      heads: state.heads.map(h => ({ version: h.version, parents: h.parents, row: this.sealRow(state.table, state.id, h.row), ...(h.writeId === undefined ? {} : { writeId: h.writeId }) })),
+      heads: state.heads.map(h => ({ version: h.version, parents: h.parents, row: this.sealRow(state.table, state.id, h.version, h.row), ...(h.writeId === undefined ? {} : { writeId: h.writeId }) })),
       seen: state.seen,
       superseded: state.superseded
     }
@@ -692,20 +701,20 @@ export class Store {
       table,
       id,
       token,
-      heads: value.heads.map(h => ({ table, id, token, version: h.version, parents: h.parents, row: this.openRow(table, id, h.row, legacy), ...(h.writeId === undefined ? {} : { writeId: h.writeId }) })),
+      heads: value.heads.map(h => ({ table, id, token, version: h.version, parents: h.parents, row: this.openRow(table, id, h.version, h.row, legacy), ...(h.writeId === undefined ? {} : { writeId: h.writeId }) })),
       seen: value.seen,
       superseded: value.superseded
     }
   }
 
   private sealEntry (entry: VersionEntry): StoredEntry | VersionEntry {
-    const row = this.sealRow(entry.table, entry.id, entry.row)
+    const row = this.sealRow(entry.table, entry.id, entry.version, entry.row)
     return row === entry.row ? entry : { ...entry, row }
   }
 
   private openEntry (stored: StoredEntry, legacy = false): VersionEntry {
     const entry = stored as unknown as VersionEntry
-    entry.row = this.openRow(stored.table, stored.id, stored.row, legacy)
+    entry.row = this.openRow(stored.table, stored.id, stored.version, stored.row, legacy)
     return entry
   }
 
@@ -758,8 +767,8 @@ const DEFAULT_WRITE_BUFFER = 16 * 1024 * 1024
 /** Bumped when the on-disk layout changes; a store of another format refuses to open */
 export const STORE_FORMAT = 3
 
-/** A row as stored: sensitive columns sealed (see FieldCipher) */
-type StoredRow = Record<string, Value | Sealed>
+/** A row as stored: sensitive columns sealed together under SEALED_KEY (see FieldCipher) */
+type StoredRow = Record<string, Value>
 
 /** A record as stored: heads without the table, id and token its key already carries */
 interface StoredRecord {

@@ -192,22 +192,22 @@ describe('encryption at rest: the store', () => {
     expect(records).toContain('Patient 1')
   })
 
-  it('refuses a damaged value, and a sealed value moved to another row, with INTEGRITY', async () => {
+  it('refuses damaged sealed columns, and sealed columns moved to another row, with INTEGRITY', async () => {
     let store = await open()
     await store.apply([entry(1, patientRow(1)), entry(2, patientRow(2))])
     await store.close()
     const records = await raw('r')
     const [k1, v1] = records.find(([k]) => k.endsWith('!1'))!
     const [k2, v2] = records.find(([k]) => k.endsWith('!2'))!
-    // Row 2 gets row 1's sealed address: a valid ciphertext, but not of this row.
+    // Row 2 gets row 1's sealed columns: a valid ciphertext, but not of this row.
     const moved = JSON.parse(v2)
-    moved.heads[0].row.address = JSON.parse(v1).heads[0].row.address
+    moved.heads[0].row.$gcm = JSON.parse(v1).heads[0].row.$gcm
     await rawPut(`!r!${k2}`, JSON.stringify(moved))
-    // Row 1's email gets one bit flipped.
+    // Row 1's sealed columns get one bit flipped.
     const damaged = JSON.parse(v1)
-    const sealed = Buffer.from(damaged.heads[0].row.email.gcm, 'base64')
+    const sealed = Buffer.from(damaged.heads[0].row.$gcm, 'base64')
     sealed[sealed.length - 1] = (sealed[sealed.length - 1] as number) ^ 1
-    damaged.heads[0].row.email.gcm = sealed.toString('base64')
+    damaged.heads[0].row.$gcm = sealed.toString('base64')
     await rawPut(`!r!${k1}`, JSON.stringify(damaged))
     store = await open()
     try {
