@@ -37,6 +37,13 @@ export interface RecordState {
   superseded: string[]
 }
 
+/** A hint kept for a peer: versions it missed, or (with `entries` empty) a purge it missed */
+export interface Hint {
+  key: string
+  entries: VersionEntry[]
+  purge?: PurgeMarker
+}
+
 export interface ScanOptions {
   /** Equality filters; at most one should be on an indexed column to use the index */
   where?: Record<string, Value>
@@ -87,7 +94,24 @@ export interface StoreInit {
   plaintext?: boolean
 }
 
-export type ApplyOutcome = 'applied' | 'duplicate' | 'history'
+/** `purged`: a version of a record erased here, refused (see Store.purge) */
+export type ApplyOutcome = 'applied' | 'duplicate' | 'history' | 'purged'
+
+/**
+ * What is kept of an erased record: no row data, only what it was and up to
+ * which version it was erased, so copies of it that arrive late (hints,
+ * hand-offs, read repair from a replica that had not erased it yet) are
+ * refused. A version newer than `version` is a new record and is taken.
+ */
+export interface PurgeMarker {
+  table: string
+  id: string
+  token: string
+  /** The purge's own version: every version up to it was erased */
+  version: string
+  /** When it was erased here, ms since the epoch */
+  time: number
+}
 
 /** What `merge` did with a peer's state: took something new from it, or already knew all of it */
 export type MergeOutcome = 'merged' | 'known'
@@ -156,6 +180,9 @@ export class Store {
   private readonly index: Sub
   private readonly meta: Sub
   private readonly hints: Sub
+  private readonly purges: Sub
+  /** Purge markers by record key (few: purges are rare), consulted on every apply and merge */
+  private readonly purged = new Map<string, PurgeMarker>()
   private hintSeq = 0
   private readonly hintCounts = new Map<string, number>()
   /** Live rows per table, counted once at open and kept up to date by every commit */
@@ -180,6 +207,7 @@ export class Store {
     this.index = this.db.sublevel<string, any>('i', { valueEncoding: 'json' }) as Sub
     this.meta = this.db.sublevel<string, any>('m', { valueEncoding: 'json' }) as Sub
     this.hints = this.db.sublevel<string, any>('x', { valueEncoding: 'json' }) as Sub
+    this.purges = this.db.sublevel<string, any>('p', { valueEncoding: 'json' }) as Sub
     this.indexes = init.indexes ?? {}
     this.plaintext = init.plaintext === true
     this.sync = init.sync ?? true
@@ -237,6 +265,7 @@ export class Store {
       const peer = k.slice(0, k.indexOf(SEP))
       this.hintCounts.set(peer, (this.hintCounts.get(peer) ?? 0) + 1)
     }
+    for await (const [k, marker] of this.purges.iterator()) this.purged.set(k, marker)
     for await (const k of this.tables.keys()) {
       const table = k.slice(0, k.indexOf(SEP))
       this.rowCounts.set(table, (this.rowCounts.get(table) ?? 0) + 1)
@@ -338,6 +367,12 @@ export class Store {
       const ops: BatchOp[] = []
       const outcomes = incoming.map((s, i): MergeOutcome => {
         const key = keys[i] as string
+        const marker = this.purged.get(key)
+        if (marker !== undefined) {
+          const heads = s.heads.filter(h => h.version > marker.version)
+          if (heads.length === 0) return 'known'
+          s = { ...s, heads, seen: s.seen.filter(v => v > marker.version), superseded: s.superseded.filter(v => v > marker.version) }
+        }
         const before = states.has(key) ? states.get(key) : this._get(s.table, s.token, s.id)
         const seen = new Set(before?.seen ?? [])
         const known = new Set(before?.superseded ?? [])
@@ -394,8 +429,92 @@ export class Store {
     }
   }
 
+  /**
+   * Erases a record: its current row, every version in history, its index
+   * and table-list entries, and every hint holding a version of it (LevelDB
+   * deletes, then a compaction of those keys, so the bytes leave the files
+   * too). Keeps `marker`, so that no version up to the purge comes back.
+   * Returns whether this node held a copy.
+   */
+  async purge (marker: PurgeMarker): Promise<boolean> {
+    this.checkOpen()
+    const key = recordKey(marker.token, marker.table, marker.id)
+    const release = await this.mutex.lock([key])
+    try {
+      const current = this._getForPurge(marker.table, marker.token, marker.id)
+      const ops: BatchOp[] = []
+      const held = current !== undefined
+      if (held) ops.push(del(this.records, key))
+      const historyKeys: string[] = []
+      for await (const k of this.history.keys({ gt: key + SEP, lt: key + SEP + '\xff' })) historyKeys.push(k)
+      for (const k of historyKeys) ops.push(del(this.history, k))
+      const pos = marker.token + SEP + marker.id
+      if (this.tables.getSync(marker.table + SEP + pos) !== undefined) ops.push(del(this.tables, marker.table + SEP + pos))
+      const indexKeys = new Set<string>()
+      for (const h of current?.heads ?? []) {
+        for (const col of this.indexes[marker.table] ?? []) {
+          const v = h.row?.[col]
+          if (v !== null && v !== undefined) indexKeys.add(this.indexKey(marker.table, col, v, pos))
+        }
+      }
+      for (const k of indexKeys) ops.push(del(this.index, k))
+      // Hints name their records in the clear: only the entries of this record are dropped.
+      const hintChanges: Array<{ key: string, left: number }> = []
+      for await (const [k, v] of this.hints.iterator()) {
+        if (!Array.isArray(v)) continue
+        const entries = v as StoredEntry[]
+        const left = entries.filter(e => !(e.table === marker.table && e.id === marker.id && e.token === marker.token))
+        if (left.length === entries.length) continue
+        ops.push(left.length === 0 ? del(this.hints, k) : put(this.hints, k, left))
+        if (left.length === 0) hintChanges.push({ key: k, left: 0 })
+      }
+      const kept = this.purged.get(key)
+      const newest = kept === undefined || marker.version > kept.version ? marker : kept
+      const erased = ops.map(op => op.key)
+      // LevelDB drops a deleted value only when a compaction merges the delete with it, and a
+      // compaction never rewrites the deepest level on its own: the values go to table files first,
+      // so the deletes land on a level above them, and the second compaction carries them down.
+      await compactKeys(this.db, erased)
+      ops.push(put(this.purges, key, newest))
+      await this.committer.commit(ops)
+      this.purged.set(key, newest)
+      this.forgetHints(hintChanges.map(h => h.key))
+      await compactKeys(this.db, erased)
+      return held || historyKeys.length > 0
+    } finally {
+      release()
+    }
+  }
+
+  /** The record as stored, if any, even if it does not open (a damaged record is erased too) */
+  private _getForPurge (table: string, token: string, id: string): RecordState | undefined {
+    try {
+      return this._get(table, token, id)
+    } catch (err) {
+      if (!(err instanceof IntegrityError)) throw err
+      const value = this.records.getSync(recordKey(token, table, id)) as StoredRecord
+      return { table, id, token, heads: [], seen: value.seen, superseded: value.superseded }
+    }
+  }
+
+  /** The purge marker of a record, if it was erased here */
+  purgeMarker (table: string, token: string, id: string): PurgeMarker | undefined {
+    return this.purged.get(recordKey(token, table, id))
+  }
+
+  /** Keeps a purge for a peer that was down when it ran; handed to it like a hint */
+  async addPurgeHint (peerId: string, marker: PurgeMarker): Promise<void> {
+    this.checkOpen()
+    this.hintSeq = (this.hintSeq + 1) % 1_000_000
+    const key = peerId + SEP + String(Date.now()).padStart(15, '0') + String(this.hintSeq).padStart(6, '0')
+    await this.committer.commit([put(this.hints, key, { purge: marker })])
+    this.hintCounts.set(peerId, (this.hintCounts.get(peerId) ?? 0) + 1)
+  }
+
   private stage (entry: VersionEntry, states: Map<string, RecordState | undefined>, ops: BatchOp[]): ApplyOutcome {
     const key = recordKey(entry.token, entry.table, entry.id)
+    const marker = this.purged.get(key)
+    if (marker !== undefined && entry.version <= marker.version) return 'purged'
     const before = states.get(key)
     if (before?.seen.includes(entry.version) === true) {
       // Known, but perhaps only by id (a state merged from a peer): keep the version itself in history.
@@ -524,12 +643,13 @@ export class Store {
     return n
   }
 
-  /** Up to `limit` hints for a peer, oldest first */
-  async hintsFor (peerId: string, limit: number): Promise<Array<{ key: string, entries: VersionEntry[] }>> {
+  /** Up to `limit` hints for a peer, oldest first: versions it missed, or a purge (`entries` empty) */
+  async hintsFor (peerId: string, limit: number): Promise<Hint[]> {
     this.checkOpen()
-    const out: Array<{ key: string, entries: VersionEntry[] }> = []
-    for await (const [key, entries] of this.hints.iterator({ gt: peerId + SEP, lt: peerId + SEP + '\xff', limit })) {
-      out.push({ key, entries: (entries as StoredEntry[]).map(e => this.openEntry(e)) })
+    const out: Hint[] = []
+    for await (const [key, value] of this.hints.iterator({ gt: peerId + SEP, lt: peerId + SEP + '\xff', limit })) {
+      if (Array.isArray(value)) out.push({ key, entries: (value as StoredEntry[]).map(e => this.openEntry(e)) })
+      else out.push({ key, entries: [], purge: (value as { purge: PurgeMarker }).purge })
     }
     return out
   }
@@ -537,6 +657,10 @@ export class Store {
   async deleteHints (keys: string[]): Promise<void> {
     this.checkOpen()
     await this.committer.commit(keys.map(key => del(this.hints, key)))
+    this.forgetHints(keys)
+  }
+
+  private forgetHints (keys: string[]): void {
     for (const key of keys) {
       const peer = key.slice(0, key.indexOf(SEP))
       const left = (this.hintCounts.get(peer) ?? 0) - 1
@@ -604,6 +728,8 @@ export class Store {
    * short is redone at the next open: sealed values are kept as they are.
    */
   private async encryptInPlace (): Promise<void> {
+    // As in purge: plaintext in table files first, so the sealed values written over it land above it.
+    await compact(this.db)
     let ops: BatchOp[] = []
     let written = 0
     const flush = async (): Promise<void> => {
@@ -624,6 +750,7 @@ export class Store {
       if (ops.length >= MIGRATE_BATCH) await flush()
     }
     for await (const [k, v] of this.hints.iterator()) {
+      if (!Array.isArray(v)) continue
       const entries = v as StoredEntry[]
       if (!entries.some(e => sensitiveColumns(e.table).length > 0)) continue
       ops.push(put(this.hints, k, entries.map(e => this.sealEntry(this.openEntry(e, true)))))
@@ -760,6 +887,20 @@ async function compact (db: Level<string, any>): Promise<void> {
   if (typeof c !== 'function') throw new Error('this LevelDB binding cannot compact')
   // Every key starts with a sublevel prefix `!<name>!`: '!' to '"' covers them all.
   await c.call(db, '!', '"')
+}
+
+/** Compacts the ranges of just-deleted keys (one range per sublevel), so their bytes leave the files on disk */
+async function compactKeys (db: Level<string, any>, keys: string[]): Promise<void> {
+  const c = (db as unknown as { compactRange?: (start: string, end: string) => Promise<void> }).compactRange
+  if (typeof c !== 'function') throw new Error('this LevelDB binding cannot compact')
+  const ranges = new Map<string, [string, string]>()
+  for (const k of keys) {
+    const sublevel = k.slice(0, k.indexOf('!', 1) + 1)
+    const r = ranges.get(sublevel)
+    if (r === undefined) ranges.set(sublevel, [k, k])
+    else ranges.set(sublevel, [k < r[0] ? k : r[0], k > r[1] ? k : r[1]])
+  }
+  for (const [start, end] of ranges.values()) await c.call(db, start, end + '\xff')
 }
 
 const DEFAULT_WRITE_BUFFER = 16 * 1024 * 1024
