@@ -122,6 +122,10 @@ export function createApi (components: ApiComponents): FastifyInstance {
     return { id: result.id, version: result.version, deleted: true, cascaded: result.cascaded }
   })
 
+  app.post<{ Params: Params }>('/v1/tables/:table/rows/:id/purge', async req => {
+    return await db.purge(req.params.table, req.params.id)
+  })
+
   app.get<{ Params: Params, Querystring: Query }>('/v1/tables/:table/rows/:id/history', async req => {
     return { versions: await db.history(req.params.table, req.params.id, requestOptions(req.query)) }
   })

@@ -5,6 +5,7 @@ import { NtsoekheNode } from '../daemon/node.js'
 import { NtsoekheError, ValidationError } from '../errors/index.js'
 import { decodeInvite, resolveNetworkKey } from '../daemon/network-key.js'
 import { loadOrCreateIdentity, peerIdFromKey } from '../p2p/identity.js'
+import { loadOrCreateDataKey } from '../security/data-key.js'
 import { Store } from '../storage/store.js'
 import type { Io } from './index.js'
 
@@ -23,13 +24,13 @@ export interface DaemonFlags {
   openNetwork?: boolean
 }
 
-/** `ntsoekhe init`: home, identity, config and an empty store, without starting */
+/** `ntsoekhe init`: home, identity, data key, config and an empty store, without starting */
 export async function initHome (home: string): Promise<{ home: string, peerId: string, created: boolean }> {
   const { config, created } = await loadConfig(home)
   const key = await loadOrCreateIdentity(home)
   // A home made by init starts a network of its own: it gets a network key now, unless it is open.
   if (!config.network.open && config.network.bootstrap.length === 0) await resolveNetworkKey(home, config)
-  const store = new Store({ path: join(home, 'store') })
+  const store = new Store({ path: join(home, 'store'), dataKey: await loadOrCreateDataKey(home) })
   await store.open()
   await store.close()
   return { home, peerId: peerIdFromKey(key), created }

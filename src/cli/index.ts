@@ -166,6 +166,14 @@ function buildProgram (io: Io, setCode: (c: number) => void): Command {
       out(opts, r, () => `deleted ${table} ${r.id} (version ${r.version}${r.cascaded > 0 ? `, ${r.cascaded} referencing rows too` : ''})\n`)
     })
 
+  common(program.command('purge').description('erase a row for good: every version on every node, history, hints and indexes included (admin)'))
+    .argument('<table>').argument('<id>')
+    .action(async (table: string, id: string, opts: GlobalOpts) => {
+      const r = await (await client(opts)).purge(table, id)
+      out(opts, r, () => `purged ${r.table} ${r.id} (erased on ${r.replicas} nodes now; nodes that are down erase it when they return)
+`)
+    })
+
   withConsistency(common(program.command('query').description('list rows, with equality filters')))
     .argument('<table>')
     .option('--where <col=value>', 'equality filter (repeatable)', collect, [])

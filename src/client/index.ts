@@ -87,6 +87,11 @@ export class NtsoekheClient {
     return await this.request('DELETE', `/v1/tables/${enc(table)}/rows/${enc(String(id))}${qs(options)}`, { ifMatch: options.ifMatch, signal: options.signal })
   }
 
+  /** Erases a row for good, on every node, history included (admin) */
+  async purge (table: string, id: string | number, options: { signal?: AbortSignal } = {}): Promise<{ table: string, id: string, purged: true, replicas: number }> {
+    return await this.request('POST', `/v1/tables/${enc(table)}/rows/${enc(String(id))}/purge`, { signal: options.signal })
+  }
+
   async history (table: string, id: string | number, options: RequestOptions = {}): Promise<{ versions: Array<{ version: string, parents: string[], row: Record<string, unknown> | null, deleted: boolean }> }> {
     return await this.request('GET', `/v1/tables/${enc(table)}/rows/${enc(String(id))}/history${qs(options)}`, { signal: options.signal })
   }

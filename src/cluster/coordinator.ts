@@ -88,4 +88,10 @@ export interface Coordinator {
   /** Lists a table across the whole network, in position order */
   scan: (table: string, request: ScanRequest, options?: RequestOptions) => Promise<ScanPage>
   status: () => Promise<ClusterStatus>
+  /**
+   * Erases a record everywhere (every version, its hints and index entries),
+   * keeping a marker so that no copy of it comes back; a member that is down
+   * gets the erasure as a hint. Returns how many nodes erased it now.
+   */
+  purge: (table: string, id: string, shard: string) => Promise<number>
 }

@@ -1,7 +1,7 @@
 import { randomBytes } from 'node:crypto'
 import { ForbiddenError, InvalidMessageError, NtsoekheError, TimeoutError, UnavailableError } from '../errors/index.js'
 import { findTable } from '../schema/index.js'
-import type { RecordState, Store, VersionEntry } from '../storage/store.js'
+import type { PurgeMarker, RecordState, Store, VersionEntry } from '../storage/store.js'
 import { winner } from '../storage/store.js'
 import type { HybridClock } from '../storage/version.js'
 import { compareVersions } from '../storage/version.js'
@@ -763,12 +763,44 @@ export class DistributedCoordinator implements Coordinator {
         return { versions: await this.c.store.versions(msg.table, msg.token, msg.id) }
       case 'scan':
         return await this.c.store.scan(msg.table, { where: msg.where, limit: msg.limit, ...(msg.after === undefined ? {} : { after: msg.after }) })
+      case 'purge': {
+        this.c.clock.observe(msg.version)
+        const held = await this.c.store.purge({ table: msg.table, id: msg.id, token: msg.token, version: msg.version, time: Date.now() })
+        this.c.log?.('purged %s %s at the request of %s', msg.table, msg.id, from)
+        return { ok: true, held }
+      }
     }
   }
 
   private refuseWhileLeaving (count: number): { results: Array<{ ok: false, error: { code: string, message: string } }> } {
     const error = { code: 'NOT_OWNER', message: `${this.c.peerId} is leaving the network` }
     return { results: Array.from({ length: count }, () => ({ ok: false, error })) }
+  }
+
+  /**
+   * Erases a record on every member, not only its owners: a former owner may
+   * still hold a copy, and any node may hold hints with its versions. A member
+   * that does not answer gets the purge as a hint; every node keeps a marker,
+   * so a late copy (a hint, a hand-off, a read repair) does not bring it back.
+   */
+  async purge (table: string, id: string, shard: string): Promise<number> {
+    const marker: PurgeMarker = { table, id, token: tokenOf(shard), version: this.c.clock.tick(), time: Date.now() }
+    await this.c.store.purge(marker)
+    const { time: _, ...msg } = marker
+    const others = this.c.membership.members().filter(m => m.peerId !== this.c.peerId && m.state !== 'left').map(m => m.peerId)
+    const reached = await Promise.all(others.map(async peer => {
+      try {
+        if (this.c.membership.stateOf(peer) === 'down') throw new UnavailableError(`${peer} is down`)
+        const reply = await this.c.transport.request(peer, 'replica', { type: 'purge', ...msg }, { timeout: this.timeoutMs }) as { ok?: unknown } | null
+        if (reply?.ok !== true) throw new InvalidMessageError('replica: malformed purge reply')
+        return true
+      } catch (err) {
+        this.c.log?.('purge of %s %s did not reach %s (%s); keeping it as a hint', table, id, peer, (err as Error).message)
+        await this.c.store.addPurgeHint(peer, marker)
+        return false
+      }
+    }))
+    return 1 + reached.filter(Boolean).length
   }
 
   /** Hinted handoff: hands the versions a replica missed to it once it is back */
@@ -785,7 +817,22 @@ export class DistributedCoordinator implements Coordinator {
           continue
         }
         if (state !== 'alive') continue
-        const hints = chunkGroups(await this.c.store.hintsFor(peer, HANDOFF_BATCH), h => h.entries.length)[0] ?? []
+        const batch = await this.c.store.hintsFor(peer, HANDOFF_BATCH)
+        // Purges first: a version hinted after a purge is newer than it, and is kept by the marker.
+        const purges = batch.filter(h => h.purge !== undefined)
+        try {
+          for (const h of purges) {
+            const { time: _, ...msg } = h.purge as PurgeMarker
+            const reply = await this.c.transport.request(peer, 'replica', { type: 'purge', ...msg }, { timeout: this.timeoutMs }) as { ok?: unknown } | null
+            if (reply?.ok !== true) throw new InvalidMessageError('replica: malformed purge reply')
+            await this.c.store.deleteHints([h.key])
+          }
+          if (purges.length > 0) this.c.log?.('handed %d purges to %s', purges.length, peer)
+        } catch (err) {
+          this.c.log?.('purge handoff to %s failed: %s', peer, (err as Error).message)
+          continue
+        }
+        const hints = chunkGroups(batch.filter(h => h.purge === undefined), h => h.entries.length)[0] ?? []
         if (hints.length === 0) continue
         try {
           const reply = await this.c.transport.request(peer, 'replica', { type: 'apply', groups: hints.map(h => h.entries) }, { timeout: this.timeoutMs })

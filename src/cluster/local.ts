@@ -60,6 +60,11 @@ export class LocalCoordinator implements Coordinator {
     return await this.components.store.scan(table, request)
   }
 
+  async purge (table: string, id: string, shard: string): Promise<number> {
+    await this.components.store.purge({ table, id, token: tokenOf(shard), version: this.components.clock.tick(), time: Date.now() })
+    return 1
+  }
+
   async status (): Promise<ClusterStatus> {
     return {
       peerId: this.components.peerId,

@@ -34,6 +34,7 @@ export type ReplicaMessage =
   | { type: 'read', table: string, id: string, token: string }
   | { type: 'history', table: string, id: string, token: string }
   | { type: 'scan', table: string, where: Record<string, string | number | null>, after?: string, limit: number }
+  | { type: 'purge', table: string, id: string, token: string, version: string }
 
 const TOKEN_RE = /^[0-9a-f]{16}$/
 const ID_RE = /^-?\d+(:-?\d+)*$/
@@ -194,6 +195,15 @@ export function parseReplicaMessage (msg: unknown): ReplicaMessage {
       const id = checkId(table, m.id)
       if (typeof m.token !== 'string' || !TOKEN_RE.test(m.token)) bad('malformed token')
       return { type: m.type, table, id, token: m.token }
+    }
+    case 'purge': {
+      const table = checkTable(m.table)
+      const id = checkId(table, m.id)
+      if (typeof m.token !== 'string' || !TOKEN_RE.test(m.token)) bad('malformed token')
+      const internal = internalShard(table, id)
+      if (internal !== undefined && tokenOf(internal) !== m.token) bad(`${table} token mismatch`)
+      if (!isVersion(m.version)) bad('malformed purge version')
+      return { type: 'purge', table, id, token: m.token, version: m.version }
     }
     case 'scan': {
       const table = checkTable(m.table)

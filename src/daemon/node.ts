@@ -10,6 +10,7 @@ import { Membership, type SavedMember } from '../cluster/membership.js'
 import { PROTOCOLS } from '../cluster/transport.js'
 import { ConflictError } from '../errors/index.js'
 import { loadOrCreateIdentity, peerIdFromKey } from '../p2p/identity.js'
+import { loadOrCreateDataKey } from '../security/data-key.js'
 import { createNode, type NtsoekheNode as Libp2pNode } from '../p2p/node.js'
 import { Libp2pTransport } from '../p2p/transport.js'
 import { peerIdFromString } from '@libp2p/peer-id'
@@ -88,7 +89,8 @@ export class NtsoekheNode {
     const key = await loadOrCreateIdentity(this.home)
     this.peerId = peerIdFromKey(key)
     const indexes = { ...Object.fromEntries(TABLES.map(t => [t.name, t.indexed])), [AUDIT_TABLE]: AUDIT_INDEXED }
-    this.store = new Store({ path: join(this.home, 'store'), sync: this.config.storage.sync, writeBufferBytes: this.config.storage.writeBufferMb * 1024 * 1024, indexes })
+    const dataKey = await loadOrCreateDataKey(this.home)
+    this.store = new Store({ path: join(this.home, 'store'), sync: this.config.storage.sync, writeBufferBytes: this.config.storage.writeBufferMb * 1024 * 1024, indexes, dataKey })
     await this.store.open()
 
     const net = this.config.network

@@ -19,6 +19,8 @@ export type ErrorCode =
   | 'TIMEOUT'
   | 'INVALID_MESSAGE'
   | 'HOME_LOCKED'
+  | 'DATA_KEY'
+  | 'INTEGRITY'
   | 'INTERNAL'
 
 export const HTTP_STATUS: Record<ErrorCode, number> = {
@@ -37,6 +39,8 @@ export const HTTP_STATUS: Record<ErrorCode, number> = {
   NOT_OWNER: 503,
   TIMEOUT: 504,
   HOME_LOCKED: 409,
+  DATA_KEY: 500,
+  INTEGRITY: 500,
   INTERNAL: 500
 }
 
@@ -123,6 +127,18 @@ export class InvalidMessageError extends NtsoekheError {
 export class HomeLockedError extends NtsoekheError {
   override name = 'HomeLockedError'
   constructor (message: string, options: ErrorOptions = {}) { super('HOME_LOCKED', message, options) }
+}
+
+/** The node's data key is missing, malformed, or not the key the store was encrypted with */
+export class DataKeyError extends NtsoekheError {
+  override name = 'DataKeyError'
+  constructor (message: string, options: ErrorOptions = {}) { super('DATA_KEY', message, options) }
+}
+
+/** A stored value failed authentication (damaged, or written under another key): never returned as data */
+export class IntegrityError extends NtsoekheError {
+  override name = 'IntegrityError'
+  constructor (message: string, options: ErrorOptions = {}) { super('INTEGRITY', message, options) }
 }
 
 /**

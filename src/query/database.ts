@@ -229,6 +229,40 @@ export class Database {
     return versions.map(v => ({ version: v.version, parents: v.parents, row: v.row, deleted: v.row === null }))
   }
 
+  /**
+   * Erases a row for good: every version on every node, its hints and index
+   * entries, then its key locator and the unique-value claims it holds. Not
+   * a delete (which keeps history): nothing of the row is left to read. A
+   * node that is down erases it when it returns.
+   */
+  async purge (tableName: string, id: string): Promise<{ table: string, id: string, purged: true, replicas: number }> {
+    const table = this.table(tableName)
+    const key = parseId(table, id)
+    const rowKey = rowId(table, key)
+    const shard = await this.shardOfKey(table, key) ?? await this.formerShardOfKey(table, key, {})
+    if (shard === undefined) throw new NotFoundError(`${table.name} ${rowKey} not found`)
+    const versions = await this.coordinator.history(table.name, rowKey, shard)
+    if (versions.length === 0) throw new NotFoundError(`${table.name} ${rowKey} not found`)
+    // As a delete: rows that still point at this one would point at nothing.
+    const live = winner(await this.coordinator.read(table.name, rowKey, shard))?.row
+    if (live != null) await this.refuseIfReferenced(table, live, {})
+    const replicas = await this.coordinator.purge(table.name, rowKey, shard)
+    // The row goes first: while its locator is left, a failed purge can be run again.
+    for (const column of table.unique) {
+      const values = new Set(versions.map(v => v.row?.[column]).filter((v): v is string | number => v !== null && v !== undefined))
+      for (const value of values) {
+        const record = claimRecord(table, column, value)
+        const claims = await this.coordinator.history(UNIQUE_TABLE, record.id, record.shard)
+        // A claim whose every holder was this row; one another row took over stays its.
+        if (claims.length > 0 && claims.every(c => c.row === null || c.row.owner === rowKey)) {
+          await this.coordinator.purge(UNIQUE_TABLE, record.id, record.shard)
+        }
+      }
+    }
+    if (needsLocator(table)) await this.coordinator.purge(LOCATOR_TABLE, locatorId(table, key), locatorShard(table, key))
+    return { table: table.name, id: rowKey, purged: true, replicas }
+  }
+
   /** Lists rows with equality filters (`where` values as typed by a user) and a cursor */
   async list (tableName: string, where: Record<string, string | number | null>, options: RequestOptions & { limit?: number, cursor?: string } = {}): Promise<ListResponse> {
     const table = this.table(tableName)

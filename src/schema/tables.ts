@@ -13,6 +13,8 @@ export interface Column {
   precision?: number
   scale?: number
   notNull: boolean
+  /** Health or contact data: stored encrypted under the node's data key, indexed only as a keyed hash */
+  sensitive?: boolean
 }
 
 export interface Reference {
@@ -38,6 +40,8 @@ export interface TableDef {
 
 const int = (name: string, notNull = true): Column => ({ name, type: 'INT', notNull })
 const varchar = (name: string, length: number, notNull = true): Column => ({ name, type: 'VARCHAR', length, notNull })
+/** A VARCHAR column holding health or contact data (see Column.sensitive) */
+const secret = (name: string, length: number, notNull = true): Column => ({ ...varchar(name, length, notNull), sensitive: true })
 const date = (name: string): Column => ({ name, type: 'DATE', notNull: true })
 const timestamp = (name: string): Column => ({ name, type: 'TIMESTAMP', notNull: true })
 const decimal = (name: string, precision: number, scale: number): Column => ({ name, type: 'DECIMAL', precision, scale, notNull: true })
@@ -55,15 +59,15 @@ export const TABLES: readonly TableDef[] = [
   table({
     name: 'patient_records',
     columns: [int('patient_id'), varchar('patient_name', 150), date('date_of_birth'), varchar('gender', 10),
-      varchar('address', 100), varchar('contact_number', 10), varchar('email', 50), varchar('allergies', 50, false)],
+      secret('address', 100), secret('contact_number', 10), secret('email', 50), secret('allergies', 50, false)],
     primaryKey: ['patient_id'],
     shardKey: 'patient_id',
     references: []
   }),
   table({
     name: 'doctors_info',
-    columns: [int('doctor_id'), varchar('name', 150), varchar('specialization', 150), varchar('contact_number', 10),
-      varchar('email', 50), varchar('availability', 150)],
+    columns: [int('doctor_id'), varchar('name', 150), varchar('specialization', 150), secret('contact_number', 10),
+      secret('email', 50), varchar('availability', 150)],
     primaryKey: ['doctor_id'],
     shardKey: 'doctor_id',
     references: []
@@ -77,7 +81,7 @@ export const TABLES: readonly TableDef[] = [
   }),
   table({
     name: 'medical_history',
-    columns: [int('history_id'), int('patient_id'), varchar('diagnosis', 200), varchar('treatment', 200),
+    columns: [int('history_id'), int('patient_id'), secret('diagnosis', 200), secret('treatment', 200),
       timestamp('date_of_visit'), int('role_id', false)],
     primaryKey: ['history_id'],
     shardKey: 'patient_id',
@@ -93,7 +97,7 @@ export const TABLES: readonly TableDef[] = [
   table({
     name: 'billing_insurance',
     columns: [int('billing_id'), int('patient_id'), decimal('amount', 10, 2), date('date'),
-      varchar('insurance_provider', 100), varchar('insurance_policy_number', 50)],
+      varchar('insurance_provider', 100), secret('insurance_policy_number', 50)],
     primaryKey: ['billing_id'],
     shardKey: 'patient_id',
     references: [ref('patient_id', 'patient_records')]
@@ -108,7 +112,7 @@ export const TABLES: readonly TableDef[] = [
   table({
     name: 'lab_results',
     columns: [int('result_id'), int('record_id'), int('patient_id'), varchar('test_name', 100), date('test_date'),
-      varchar('test_result', 200)],
+      secret('test_result', 200)],
     primaryKey: ['result_id'],
     shardKey: 'patient_id',
     references: [ref('record_id', 'medical_history', 'history_id'), ref('patient_id', 'patient_records')]
@@ -132,6 +136,13 @@ export const TABLES: readonly TableDef[] = [
 ]
 
 const BY_NAME = new Map(TABLES.map(t => [t.name, t]))
+const SENSITIVE = new Map(TABLES.map(t => [t.name, t.columns.filter(c => c.sensitive === true).map(c => c.name)]))
+const NONE: readonly string[] = []
+
+/** The table's sensitive columns (none for unknown and internal tables) */
+export function sensitiveColumns (table: string): readonly string[] {
+  return SENSITIVE.get(table) ?? NONE
+}
 
 export function findTable (name: string): TableDef | undefined {
   return BY_NAME.get(name)

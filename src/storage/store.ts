@@ -1,7 +1,8 @@
 import { Level } from 'level'
 import type { AbstractSublevel } from 'abstract-level'
-import { HomeLockedError, NtsoekheError } from '../errors/index.js'
-import type { Row, Value } from '../schema/index.js'
+import { DataKeyError, HomeLockedError, IntegrityError, NtsoekheError } from '../errors/index.js'
+import { findTable, sensitiveColumns, type Row, type Value } from '../schema/index.js'
+import { FieldCipher, isHashedIndexValue, SEALED_KEY } from './field-cipher.js'
 import { compareVersions } from './version.js'
 import { GroupCommitter, type BatchOp } from './group-commit.js'
 import { KeyedMutex } from './keyed-mutex.js'
@@ -34,6 +35,13 @@ export interface RecordState {
   seen: string[]
   /** Versions that some stored version replaces: never a head again */
   superseded: string[]
+}
+
+/** A hint kept for a peer: versions it missed, or (with `entries` empty) a purge it missed */
+export interface Hint {
+  key: string
+  entries: VersionEntry[]
+  purge?: PurgeMarker
 }
 
 export interface ScanOptions {
@@ -70,9 +78,40 @@ export interface StoreInit {
   writeBufferBytes?: number
   /** Columns with a secondary index, per table */
   indexes?: Record<string, string[]>
+  /**
+   * The node's data key (32 bytes, `<home>/data.key`). Sensitive columns
+   * (see Column.sensitive) are stored AES-256-GCM-sealed under keys derived
+   * from it, and indexed as keyed hashes. A store written without one
+   * (before encryption existed) is encrypted in place when opened with one.
+   * Required unless `plaintext`.
+   */
+  dataKey?: Uint8Array
+  /**
+   * Store sensitive columns in the clear: only for measuring what
+   * encryption costs. Refused on a store that is encrypted.
+   * @default false
+   */
+  plaintext?: boolean
 }
 
-export type ApplyOutcome = 'applied' | 'duplicate' | 'history'
+/** `purged`: a version of a record erased here, refused (see Store.purge) */
+export type ApplyOutcome = 'applied' | 'duplicate' | 'history' | 'purged'
+
+/**
+ * What is kept of an erased record: no row data, only what it was and up to
+ * which version it was erased, so copies of it that arrive late (hints,
+ * hand-offs, read repair from a replica that had not erased it yet) are
+ * refused. A version newer than `version` is a new record and is taken.
+ */
+export interface PurgeMarker {
+  table: string
+  id: string
+  token: string
+  /** The purge's own version: every version up to it was erased */
+  version: string
+  /** When it was erased here, ms since the epoch */
+  time: number
+}
 
 /** What `merge` did with a peer's state: took something new from it, or already knew all of it */
 export type MergeOutcome = 'merged' | 'known'
@@ -141,6 +180,9 @@ export class Store {
   private readonly index: Sub
   private readonly meta: Sub
   private readonly hints: Sub
+  private readonly purges: Sub
+  /** Purge markers by record key (few: purges are rare), consulted on every apply and merge */
+  private readonly purged = new Map<string, PurgeMarker>()
   private hintSeq = 0
   private readonly hintCounts = new Map<string, number>()
   /** Live rows per table, counted once at open and kept up to date by every commit */
@@ -148,11 +190,16 @@ export class Store {
   private readonly mutex = new KeyedMutex()
   private readonly committer: GroupCommitter
   private readonly indexes: Record<string, string[]>
+  private readonly cipher?: FieldCipher
+  private readonly plaintext: boolean
+  private readonly sync: boolean
   private state: 'new' | 'opening' | 'open' | 'closing' | 'closed' = 'new'
   private opening?: Promise<void>
   private closing?: Promise<void>
 
   constructor (init: StoreInit) {
+    // Before the database exists: a malformed key leaves nothing open behind.
+    if (init.dataKey !== undefined) this.cipher = new FieldCipher(init.dataKey)
     this.db = new Level<string, any>(init.path, { valueEncoding: 'json', writeBufferSize: init.writeBufferBytes ?? DEFAULT_WRITE_BUFFER })
     this.records = this.db.sublevel<string, any>('r', { valueEncoding: 'json' }) as Sub
     this.history = this.db.sublevel<string, any>('h', { valueEncoding: 'json' }) as Sub
@@ -160,7 +207,10 @@ export class Store {
     this.index = this.db.sublevel<string, any>('i', { valueEncoding: 'json' }) as Sub
     this.meta = this.db.sublevel<string, any>('m', { valueEncoding: 'json' }) as Sub
     this.hints = this.db.sublevel<string, any>('x', { valueEncoding: 'json' }) as Sub
+    this.purges = this.db.sublevel<string, any>('p', { valueEncoding: 'json' }) as Sub
     this.indexes = init.indexes ?? {}
+    this.plaintext = init.plaintext === true
+    this.sync = init.sync ?? true
     this.committer = new GroupCommitter(async (ops, sync) => {
       await writeBatch(this.db, ops, sync)
       this.countTableOps(ops)
@@ -179,6 +229,14 @@ export class Store {
 
   private async _open (): Promise<void> {
     this.state = 'opening'
+    if ((this.cipher === undefined) === !this.plaintext) {
+      // abstract-level opens itself on the next tick: close it, or it keeps the lock.
+      await this.db.close()
+      this.state = 'closed'
+      throw new DataKeyError(this.plaintext
+        ? 'A store is given a data key or told to store in plaintext, not both'
+        : `The store at ${this.db.location} needs the node's data key (StoreInit.dataKey, from <home>/data.key)`)
+    }
     try {
       await this.db.open()
     } catch (err: any) {
@@ -196,10 +254,18 @@ export class Store {
       this.state = 'closed'
       throw new NtsoekheError('INTERNAL', `The store at ${this.db.location} has format ${String(format)}; this version reads format ${STORE_FORMAT}`)
     }
+    try {
+      await this.openFieldEncryption()
+    } catch (err) {
+      await this.db.close()
+      this.state = 'closed'
+      throw err
+    }
     for await (const k of this.hints.keys()) {
       const peer = k.slice(0, k.indexOf(SEP))
       this.hintCounts.set(peer, (this.hintCounts.get(peer) ?? 0) + 1)
     }
+    for await (const [k, marker] of this.purges.iterator()) this.purged.set(k, marker)
     for await (const k of this.tables.keys()) {
       const table = k.slice(0, k.indexOf(SEP))
       this.rowCounts.set(table, (this.rowCounts.get(table) ?? 0) + 1)
@@ -233,7 +299,7 @@ export class Store {
     // where the async path costs a thread-pool round trip (~50 µs) per record.
     const value = this.records.getSync(recordKey(token, table, id))
     if (value === undefined) return undefined
-    return decodeRecord(table, token, id, value)
+    return this.decodeRecord(table, token, id, value)
   }
 
   /** Every version the record has had, oldest first */
@@ -242,7 +308,7 @@ export class Store {
     const prefix = recordKey(token, table, id) + SEP
     // Current heads live in the record; history holds the versions they replaced.
     const out: VersionEntry[] = [...this._get(table, token, id)?.heads ?? []]
-    for await (const value of this.history.values({ gt: prefix, lt: prefix + '\xff' })) out.push(value)
+    for await (const value of this.history.values({ gt: prefix, lt: prefix + '\xff' })) out.push(this.openEntry(value))
     return out.sort((a, b) => compareVersions(a.version, b.version))
   }
 
@@ -301,6 +367,12 @@ export class Store {
       const ops: BatchOp[] = []
       const outcomes = incoming.map((s, i): MergeOutcome => {
         const key = keys[i] as string
+        const marker = this.purged.get(key)
+        if (marker !== undefined) {
+          const heads = s.heads.filter(h => h.version > marker.version)
+          if (heads.length === 0) return 'known'
+          s = { ...s, heads, seen: s.seen.filter(v => v > marker.version), superseded: s.superseded.filter(v => v > marker.version) }
+        }
         const before = states.has(key) ? states.get(key) : this._get(s.table, s.token, s.id)
         const seen = new Set(before?.seen ?? [])
         const known = new Set(before?.superseded ?? [])
@@ -311,10 +383,10 @@ export class Store {
         const after = mergeStates([before, s]) as RecordState
         const kept = new Set(after.heads.map(h => h.version))
         // Local heads the peer knows replaced, and the peer's heads this replica knows replaced, become history.
-        for (const h of before?.heads ?? []) if (!kept.has(h.version)) ops.push(put(this.history, key + SEP + h.version, h))
-        for (const h of s.heads) if (!kept.has(h.version) && !seen.has(h.version)) ops.push(put(this.history, key + SEP + h.version, h))
+        for (const h of before?.heads ?? []) if (!kept.has(h.version)) ops.push(put(this.history, key + SEP + h.version, this.sealEntry(h)))
+        for (const h of s.heads) if (!kept.has(h.version) && !seen.has(h.version)) ops.push(put(this.history, key + SEP + h.version, this.sealEntry(h)))
         states.set(key, after)
-        ops.push(put(this.records, key, encodeRecord(after)))
+        ops.push(put(this.records, key, this.encodeRecord(after)))
         this.stageIndexes(before, after, ops)
         return 'merged'
       })
@@ -347,7 +419,7 @@ export class Store {
         ops.push(del(this.tables, current.table + SEP + pos))
         for (const col of this.indexes[current.table] ?? []) {
           const v = row[col]
-          if (v !== null && v !== undefined) ops.push(del(this.index, indexKey(current.table, col, v, pos)))
+          if (v !== null && v !== undefined) ops.push(del(this.index, this.indexKey(current.table, col, v, pos)))
         }
       }
       await this.committer.commit(ops)
@@ -357,24 +429,108 @@ export class Store {
     }
   }
 
+  /**
+   * Erases a record: its current row, every version in history, its index
+   * and table-list entries, and every hint holding a version of it (LevelDB
+   * deletes, then a compaction of those keys, so the bytes leave the files
+   * too). Keeps `marker`, so that no version up to the purge comes back.
+   * Returns whether this node held a copy.
+   */
+  async purge (marker: PurgeMarker): Promise<boolean> {
+    this.checkOpen()
+    const key = recordKey(marker.token, marker.table, marker.id)
+    const release = await this.mutex.lock([key])
+    try {
+      const current = this._getForPurge(marker.table, marker.token, marker.id)
+      const ops: BatchOp[] = []
+      const held = current !== undefined
+      if (held) ops.push(del(this.records, key))
+      const historyKeys: string[] = []
+      for await (const k of this.history.keys({ gt: key + SEP, lt: key + SEP + '\xff' })) historyKeys.push(k)
+      for (const k of historyKeys) ops.push(del(this.history, k))
+      const pos = marker.token + SEP + marker.id
+      if (this.tables.getSync(marker.table + SEP + pos) !== undefined) ops.push(del(this.tables, marker.table + SEP + pos))
+      const indexKeys = new Set<string>()
+      for (const h of current?.heads ?? []) {
+        for (const col of this.indexes[marker.table] ?? []) {
+          const v = h.row?.[col]
+          if (v !== null && v !== undefined) indexKeys.add(this.indexKey(marker.table, col, v, pos))
+        }
+      }
+      for (const k of indexKeys) ops.push(del(this.index, k))
+      // Hints name their records in the clear: only the entries of this record are dropped.
+      const hintChanges: Array<{ key: string, left: number }> = []
+      for await (const [k, v] of this.hints.iterator()) {
+        if (!Array.isArray(v)) continue
+        const entries = v as StoredEntry[]
+        const left = entries.filter(e => !(e.table === marker.table && e.id === marker.id && e.token === marker.token))
+        if (left.length === entries.length) continue
+        ops.push(left.length === 0 ? del(this.hints, k) : put(this.hints, k, left))
+        if (left.length === 0) hintChanges.push({ key: k, left: 0 })
+      }
+      const kept = this.purged.get(key)
+      const newest = kept === undefined || marker.version > kept.version ? marker : kept
+      const erased = ops.map(op => op.key)
+      // LevelDB drops a deleted value only when a compaction merges the delete with it, and a
+      // compaction never rewrites the deepest level on its own: the values go to table files first,
+      // so the deletes land on a level above them, and the second compaction carries them down.
+      await compactKeys(this.db, erased)
+      ops.push(put(this.purges, key, newest))
+      await this.committer.commit(ops)
+      this.purged.set(key, newest)
+      this.forgetHints(hintChanges.map(h => h.key))
+      await compactKeys(this.db, erased)
+      return held || historyKeys.length > 0
+    } finally {
+      release()
+    }
+  }
+
+  /** The record as stored, if any, even if it does not open (a damaged record is erased too) */
+  private _getForPurge (table: string, token: string, id: string): RecordState | undefined {
+    try {
+      return this._get(table, token, id)
+    } catch (err) {
+      if (!(err instanceof IntegrityError)) throw err
+      const value = this.records.getSync(recordKey(token, table, id)) as StoredRecord
+      return { table, id, token, heads: [], seen: value.seen, superseded: value.superseded }
+    }
+  }
+
+  /** The purge marker of a record, if it was erased here */
+  purgeMarker (table: string, token: string, id: string): PurgeMarker | undefined {
+    return this.purged.get(recordKey(token, table, id))
+  }
+
+  /** Keeps a purge for a peer that was down when it ran; handed to it like a hint */
+  async addPurgeHint (peerId: string, marker: PurgeMarker): Promise<void> {
+    this.checkOpen()
+    this.hintSeq = (this.hintSeq + 1) % 1_000_000
+    const key = peerId + SEP + String(Date.now()).padStart(15, '0') + String(this.hintSeq).padStart(6, '0')
+    await this.committer.commit([put(this.hints, key, { purge: marker })])
+    this.hintCounts.set(peerId, (this.hintCounts.get(peerId) ?? 0) + 1)
+  }
+
   private stage (entry: VersionEntry, states: Map<string, RecordState | undefined>, ops: BatchOp[]): ApplyOutcome {
     const key = recordKey(entry.token, entry.table, entry.id)
+    const marker = this.purged.get(key)
+    if (marker !== undefined && entry.version <= marker.version) return 'purged'
     const before = states.get(key)
     if (before?.seen.includes(entry.version) === true) {
       // Known, but perhaps only by id (a state merged from a peer): keep the version itself in history.
       if (before.heads.some(h => h.version === entry.version)) return 'duplicate'
       const historyKey = key + SEP + entry.version
       if (this.history.getSync(historyKey) !== undefined || ops.some(op => op.key === this.history.prefix + historyKey)) return 'duplicate'
-      ops.push(put(this.history, historyKey, entry))
+      ops.push(put(this.history, historyKey, this.sealEntry(entry)))
       return 'history'
     }
 
     const { after, isHead, replaced } = nextState(before, entry)
     // A version that a stored version already replaces is history, not a head;
     // a head this version replaces moves from the record to history.
-    for (const h of isHead ? replaced : [entry, ...replaced]) ops.push(put(this.history, key + SEP + h.version, h))
+    for (const h of isHead ? replaced : [entry, ...replaced]) ops.push(put(this.history, key + SEP + h.version, this.sealEntry(h)))
     states.set(key, after)
-    ops.push(put(this.records, key, encodeRecord(after)))
+    ops.push(put(this.records, key, this.encodeRecord(after)))
     this.stageIndexes(before, after, ops)
     return isHead ? 'applied' : 'history'
   }
@@ -390,10 +546,10 @@ export class Store {
       const oldV = oldRow?.[col]
       const newV = newRow?.[col]
       if (oldRow !== null && oldV !== null && oldV !== undefined && (newRow === null || oldV !== newV)) {
-        ops.push(del(this.index, indexKey(after.table, col, oldV, pos)))
+        ops.push(del(this.index, this.indexKey(after.table, col, oldV, pos)))
       }
       if (newRow !== null && newV !== null && newV !== undefined && (oldRow === null || oldV !== newV)) {
-        ops.push(put(this.index, indexKey(after.table, col, newV, pos), 1))
+        ops.push(put(this.index, this.indexKey(after.table, col, newV, pos), 1))
       }
     }
   }
@@ -409,7 +565,7 @@ export class Store {
     const indexed = Object.keys(where).find(c => (this.indexes[table] ?? []).includes(c))
     const prefix = indexed === undefined
       ? table + SEP
-      : indexKey(table, indexed, where[indexed] as Value, '')
+      : this.indexKey(table, indexed, where[indexed] as Value, '')
     const gt = options.after === undefined ? prefix : prefix + options.after
     const iterator = (indexed === undefined ? this.tables : this.index).keys({ gt, lt: prefix + '\xff' })
     const rows: ScanResult['rows'] = []
@@ -460,7 +616,7 @@ export class Store {
     if (range.to !== undefined) opts.lt = range.to
     for await (const [k, v] of this.records.iterator(opts)) {
       const [token, table, id] = k.split(SEP, 3) as [string, string, string]
-      yield decodeRecord(table, token, id, v)
+      yield this.decodeRecord(table, token, id, v)
     }
   }
 
@@ -469,7 +625,7 @@ export class Store {
     this.checkOpen()
     this.hintSeq = (this.hintSeq + 1) % 1_000_000
     const key = peerId + SEP + String(Date.now()).padStart(15, '0') + String(this.hintSeq).padStart(6, '0')
-    await this.committer.commit([put(this.hints, key, entries)])
+    await this.committer.commit([put(this.hints, key, entries.map(e => this.sealEntry(e)))])
     this.hintCounts.set(peerId, (this.hintCounts.get(peerId) ?? 0) + 1)
   }
 
@@ -487,17 +643,24 @@ export class Store {
     return n
   }
 
-  /** Up to `limit` hints for a peer, oldest first */
-  async hintsFor (peerId: string, limit: number): Promise<Array<{ key: string, entries: VersionEntry[] }>> {
+  /** Up to `limit` hints for a peer, oldest first: versions it missed, or a purge (`entries` empty) */
+  async hintsFor (peerId: string, limit: number): Promise<Hint[]> {
     this.checkOpen()
-    const out: Array<{ key: string, entries: VersionEntry[] }> = []
-    for await (const [key, entries] of this.hints.iterator({ gt: peerId + SEP, lt: peerId + SEP + '\xff', limit })) out.push({ key, entries })
+    const out: Hint[] = []
+    for await (const [key, value] of this.hints.iterator({ gt: peerId + SEP, lt: peerId + SEP + '\xff', limit })) {
+      if (Array.isArray(value)) out.push({ key, entries: (value as StoredEntry[]).map(e => this.openEntry(e)) })
+      else out.push({ key, entries: [], purge: (value as { purge: PurgeMarker }).purge })
+    }
     return out
   }
 
   async deleteHints (keys: string[]): Promise<void> {
     this.checkOpen()
     await this.committer.commit(keys.map(key => del(this.hints, key)))
+    this.forgetHints(keys)
+  }
+
+  private forgetHints (keys: string[]): void {
     for (const key of keys) {
       const peer = key.slice(0, key.indexOf(SEP))
       const left = (this.hintCounts.get(peer) ?? 0) - 1
@@ -532,6 +695,164 @@ export class Store {
     await this.committer.commit([put(this.meta, `node:${key}`, value)])
   }
 
+  /**
+   * Checks the store's field encryption against this opening: the same data
+   * key (by its check value), or plaintext on a plaintext store. A store
+   * that holds plaintext (written before encryption, or in plaintext mode)
+   * opened with a key is encrypted in place first.
+   */
+  private async openFieldEncryption (): Promise<void> {
+    const saved = await this.meta.get(FIELD_ENCRYPTION_KEY) as { fields?: unknown, check?: unknown } | undefined
+    if (saved !== undefined && saved.fields !== 0 && saved.fields !== 1) {
+      throw new NtsoekheError('INTERNAL', `The store at ${this.db.location} has field encryption ${JSON.stringify(saved)}, unknown to this version`)
+    }
+    if (this.cipher === undefined) {
+      if (saved?.fields === 1) throw new DataKeyError(`The store at ${this.db.location} is encrypted: it opens only with its data key`)
+      if (saved === undefined) await writeBatch(this.db, [put(this.meta, FIELD_ENCRYPTION_KEY, { fields: 0 })], true)
+      return
+    }
+    if (saved?.fields === 1) {
+      if (saved.check !== this.cipher.check) {
+        throw new DataKeyError(`The store at ${this.db.location} was encrypted under another data key: restore the data.key that belongs to this home`)
+      }
+      return
+    }
+    await this.encryptInPlace()
+    await writeBatch(this.db, [put(this.meta, FIELD_ENCRYPTION_KEY, { fields: 1, check: this.cipher.check })], true)
+  }
+
+  /**
+   * Seals every sensitive value of a plaintext store (records, history,
+   * hints) and replaces index entries of sensitive values by keyed hashes,
+   * then compacts, so the plaintext leaves the database files too. A run cut
+   * short is redone at the next open: sealed values are kept as they are.
+   */
+  private async encryptInPlace (): Promise<void> {
+    // As in purge: plaintext in table files first, so the sealed values written over it land above it.
+    await compact(this.db)
+    let ops: BatchOp[] = []
+    let written = 0
+    const flush = async (): Promise<void> => {
+      if (ops.length === 0) return
+      await writeBatch(this.db, ops, this.sync)
+      written += ops.length
+      ops = []
+    }
+    for await (const [k, v] of this.records.iterator()) {
+      const [token, table, id] = k.split(SEP, 3) as [string, string, string]
+      if (sensitiveColumns(table).length === 0) continue
+      ops.push(put(this.records, k, this.encodeRecord(this.decodeRecord(table, token, id, v, true))))
+      if (ops.length >= MIGRATE_BATCH) await flush()
+    }
+    for await (const [k, v] of this.history.iterator()) {
+      if (sensitiveColumns((v as StoredEntry).table).length === 0) continue
+      ops.push(put(this.history, k, this.sealEntry(this.openEntry(v, true))))
+      if (ops.length >= MIGRATE_BATCH) await flush()
+    }
+    for await (const [k, v] of this.hints.iterator()) {
+      if (!Array.isArray(v)) continue
+      const entries = v as StoredEntry[]
+      if (!entries.some(e => sensitiveColumns(e.table).length > 0)) continue
+      ops.push(put(this.hints, k, entries.map(e => this.sealEntry(this.openEntry(e, true)))))
+      if (ops.length >= MIGRATE_BATCH) await flush()
+    }
+    for (const [table, columns] of Object.entries(this.indexes)) {
+      for (const column of columns.filter(c => sensitiveColumns(table).includes(c))) {
+        const prefix = table + SEP + column + SEP
+        for await (const k of this.index.keys({ gt: prefix, lt: prefix + '\xff' })) {
+          const rest = k.slice(prefix.length)
+          const encoded = rest.slice(0, rest.indexOf(SEP))
+          if (isHashedIndexValue(encoded)) continue
+          ops.push(del(this.index, k), put(this.index, this.indexKey(table, column, decodeIndexValue(encoded), rest.slice(encoded.length + 1)), 1))
+          if (ops.length >= MIGRATE_BATCH) await flush()
+        }
+      }
+    }
+    await flush()
+    // Overwritten values stay in older table and log files until a compaction drops them.
+    if (written > 0) await compact(this.db)
+  }
+
+  /** A row version as stored: its sensitive columns sealed together under one key, SEALED_KEY */
+  private sealRow (table: string, id: string, version: string, row: Row | null): StoredRow | null {
+    const columns = sensitiveColumns(table)
+    if (row === null || columns.length === 0 || this.cipher === undefined) return row
+    const out: StoredRow = {}
+    const secret: Row = {}
+    let any = false
+    for (const [k, v] of Object.entries(row)) {
+      if (columns.includes(k)) { secret[k] = v; any = true } else out[k] = v
+    }
+    if (!any) return row
+    out[SEALED_KEY] = this.cipher.seal(table, id, version, secret)
+    return out
+  }
+
+  /**
+   * A stored row opened, its columns in schema order. Sealed columns that do
+   * not authenticate, or a sensitive column in the clear in an encrypted
+   * store, are an IntegrityError; `legacy` accepts the clear, for the
+   * migration.
+   */
+  private openRow (table: string, id: string, version: string, row: StoredRow | null, legacy = false): Row | null {
+    const columns = sensitiveColumns(table)
+    if (row === null || columns.length === 0) return row as Row | null
+    const sealed = row[SEALED_KEY]
+    if (sealed === undefined) {
+      if (this.cipher !== undefined && !legacy && columns.some(c => row[c] !== undefined)) {
+        throw new IntegrityError(`${table} ${id}: sensitive columns stored in the clear in an encrypted store`)
+      }
+      return row as Row
+    }
+    if (typeof sealed !== 'string') throw new IntegrityError(`${table} ${id}: malformed sealed columns`)
+    if (this.cipher === undefined) throw new IntegrityError(`${table} ${id}: its sensitive columns are encrypted and this store has no data key`)
+    const secret = this.cipher.open(table, id, version, sealed)
+    const out: Row = {}
+    for (const c of findTable(table)?.columns ?? []) {
+      const v = columns.includes(c.name) ? secret[c.name] : row[c.name]
+      if (v !== undefined) out[c.name] = v
+    }
+    return out
+  }
+
+  private encodeRecord (state: RecordState): StoredRecord {
+    return {
+      heads: state.heads.map(h => ({ version: h.version, parents: h.parents, row: this.sealRow(state.table, state.id, h.version, h.row), ...(h.writeId === undefined ? {} : { writeId: h.writeId }) })),
+      seen: state.seen,
+      superseded: state.superseded
+    }
+  }
+
+  private decodeRecord (table: string, token: string, id: string, value: StoredRecord, legacy = false): RecordState {
+    return {
+      table,
+      id,
+      token,
+      heads: value.heads.map(h => ({ table, id, token, version: h.version, parents: h.parents, row: this.openRow(table, id, h.version, h.row, legacy), ...(h.writeId === undefined ? {} : { writeId: h.writeId }) })),
+      seen: value.seen,
+      superseded: value.superseded
+    }
+  }
+
+  private sealEntry (entry: VersionEntry): StoredEntry | VersionEntry {
+    const row = this.sealRow(entry.table, entry.id, entry.version, entry.row)
+    return row === entry.row ? entry : { ...entry, row }
+  }
+
+  private openEntry (stored: StoredEntry, legacy = false): VersionEntry {
+    const entry = stored as unknown as VersionEntry
+    entry.row = this.openRow(stored.table, stored.id, stored.version, stored.row, legacy)
+    return entry
+  }
+
+  /** An index entry's key; a sensitive value is indexed by its keyed hash */
+  private indexKey (table: string, column: string, value: Value, pos: string): string {
+    const encoded = this.cipher !== undefined && sensitiveColumns(table).includes(column)
+      ? this.cipher.indexValue(table, column, value)
+      : encodeIndexValue(value)
+    return table + SEP + column + SEP + encoded + SEP + pos
+  }
+
   /** Group-commit counters, for status and benchmarks */
   get commits (): { batches: number, ops: number } {
     return { batches: this.committer.batches, ops: this.committer.opsWritten }
@@ -556,36 +877,54 @@ async function writeBatch (db: Level<string, any>, ops: BatchOp[], sync: boolean
   }
 }
 
+/**
+ * Compacts the whole database, so overwritten and deleted values leave the
+ * files on disk. `level` resolves to classic-level in Node, which has
+ * `compactRange` (the browser build does not, and never runs here).
+ */
+async function compact (db: Level<string, any>): Promise<void> {
+  const c = (db as unknown as { compactRange?: (start: string, end: string) => Promise<void> }).compactRange
+  if (typeof c !== 'function') throw new Error('this LevelDB binding cannot compact')
+  // Every key starts with a sublevel prefix `!<name>!`: '!' to '"' covers them all.
+  await c.call(db, '!', '"')
+}
+
+/** Compacts the ranges of just-deleted keys (one range per sublevel), so their bytes leave the files on disk */
+async function compactKeys (db: Level<string, any>, keys: string[]): Promise<void> {
+  const c = (db as unknown as { compactRange?: (start: string, end: string) => Promise<void> }).compactRange
+  if (typeof c !== 'function') throw new Error('this LevelDB binding cannot compact')
+  const ranges = new Map<string, [string, string]>()
+  for (const k of keys) {
+    const sublevel = k.slice(0, k.indexOf('!', 1) + 1)
+    const r = ranges.get(sublevel)
+    if (r === undefined) ranges.set(sublevel, [k, k])
+    else ranges.set(sublevel, [k < r[0] ? k : r[0], k > r[1] ? k : r[1]])
+  }
+  for (const [start, end] of ranges.values()) await c.call(db, start, end + '\xff')
+}
+
 const DEFAULT_WRITE_BUFFER = 16 * 1024 * 1024
 
 /** Bumped when the on-disk layout changes; a store of another format refuses to open */
 export const STORE_FORMAT = 3
 
+/** A row as stored: sensitive columns sealed together under SEALED_KEY (see FieldCipher) */
+type StoredRow = Record<string, Value>
+
 /** A record as stored: heads without the table, id and token its key already carries */
 interface StoredRecord {
-  heads: Array<{ version: string, parents: string[], row: Row | null, writeId?: string }>
+  heads: Array<{ version: string, parents: string[], row: StoredRow | null, writeId?: string }>
   seen: string[]
   superseded: string[]
 }
 
-function encodeRecord (state: RecordState): StoredRecord {
-  return {
-    heads: state.heads.map(h => ({ version: h.version, parents: h.parents, row: h.row, ...(h.writeId === undefined ? {} : { writeId: h.writeId }) })),
-    seen: state.seen,
-    superseded: state.superseded
-  }
-}
+/** A version as stored in history and hints */
+type StoredEntry = Omit<VersionEntry, 'row'> & { row: StoredRow | null }
 
-function decodeRecord (table: string, token: string, id: string, value: StoredRecord): RecordState {
-  return {
-    table,
-    id,
-    token,
-    heads: value.heads.map(h => ({ table, id, token, version: h.version, parents: h.parents, row: h.row, ...(h.writeId === undefined ? {} : { writeId: h.writeId }) })),
-    seen: value.seen,
-    superseded: value.superseded
-  }
-}
+/** The meta key of the field-encryption format: `{ fields: 0 }` in the clear, `{ fields: 1, check }` AES-256-GCM v1 */
+const FIELD_ENCRYPTION_KEY = 'fieldEncryption'
+/** Operations per batch while a store is encrypted in place */
+const MIGRATE_BATCH = 1000
 
 function put (sublevel: Sub, key: string, value: unknown): BatchOp {
   return { type: 'put', key: sublevel.prefix + key, value: JSON.stringify(value) }
@@ -595,8 +934,10 @@ function del (sublevel: Sub, key: string): BatchOp {
   return { type: 'del', key: sublevel.prefix + key }
 }
 
-function indexKey (table: string, column: string, value: Value, pos: string): string {
-  return table + SEP + column + SEP + encodeIndexValue(value) + SEP + pos
+function decodeIndexValue (encoded: string): Value {
+  if (encoded === 'z') return null
+  if (encoded.startsWith('n')) return Number(encoded.slice(1))
+  return decodeURIComponent(encoded.slice(1))
 }
 
 function matches (row: Row, where: Record<string, Value>): boolean {

@@ -5,7 +5,7 @@
  * on the same home.
  */
 import { existsSync } from 'node:fs'
-import { lstat, readFile, stat, writeFile } from 'node:fs/promises'
+import { lstat, readdir, readFile, stat, writeFile } from 'node:fs/promises'
 import { join } from 'node:path'
 import { afterAll, beforeAll, describe, expect, it } from 'vitest'
 import { NtsoekheClient } from '../../src/client/index.js'
@@ -76,6 +76,8 @@ describe('ntsoekhe CLI end to end', () => {
     expect(await mode(home)).toBe(0o700)
     expect((await stat(join(home, 'identity.key'))).isFile()).toBe(true)
     expect(await mode(join(home, 'identity.key'))).toBe(0o600)
+    expect((await readFile(join(home, 'data.key'))).length).toBe(32)
+    expect(await mode(join(home, 'data.key'))).toBe(0o600)
     expect(JSON.parse(await readFile(join(home, 'config.json'), 'utf8'))).toEqual(defaultConfig())
 
     const again = json(await cli(['init', '--json'], { home }))
@@ -146,6 +148,17 @@ describe('ntsoekhe CLI end to end', () => {
       expect(versions[1].parents).toEqual([ins.version])
       expect(versions[2].parents).toEqual([upd.version])
       expect(versions[1].row.allergies).toBe('Latex')
+
+      // Sensitive columns are sealed on disk: neither allergy is in any file of the home; the name is.
+      const files = await readdir(home, { recursive: true })
+      const bytes = Buffer.concat(await Promise.all(files.map(async f => (await stat(join(home, f))).isFile() && !f.endsWith('.sock') ? await readFile(join(home, f)) : Buffer.alloc(0))))
+      expect(bytes.includes(Buffer.from(String(ins.row.patient_name)))).toBe(true)
+      expect(['Penicillin', 'Latex'].filter(v => bytes.includes(Buffer.from(v)))).toEqual([])
+
+      const purged = await ok(['purge', 'patient_records', ins.id])
+      expect(purged).toEqual({ table: 'patient_records', id: ins.id, purged: true, replicas: 1 })
+      const after = await run(['history', 'patient_records', ins.id, '--json'])
+      expect(after.code).toBe(EXIT.REFUSED)
     })
 
     it('reads the row from stdin when the JSON argument is -', async () => {

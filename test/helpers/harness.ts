@@ -7,6 +7,7 @@ import { MemoryNetwork } from '../../src/cluster/memory-transport.js'
 import { Database } from '../../src/query/database.js'
 import { AUDIT_TABLE } from '../../src/cluster/messages.js'
 import { AUDIT_INDEXED } from '../../src/security/audit.js'
+import { loadOrCreateKeyFile } from '../../src/security/data-key.js'
 import { TABLES } from '../../src/schema/index.js'
 import { Store } from '../../src/storage/store.js'
 import { HybridClock, nodeTag } from '../../src/storage/version.js'
@@ -44,7 +45,8 @@ export async function createTestnet (size: number, init: DistributedCoordinatorI
   const add = async (): Promise<HarnessNode> => {
     const i = nodes.length
     const { peerId, sign } = testIdentity()
-    const store = new Store({ path: join(dir, `n${i}`), sync: false, indexes })
+    // Each node encrypts with its own data key, as daemons do.
+    const store = new Store({ path: join(dir, `n${i}`), sync: false, indexes, dataKey: await loadOrCreateKeyFile(join(dir, `n${i}.key`)) })
     await store.open()
     const transport = network.transport(peerId)
     const m = new Membership({ transport, peerId, sign, addresses: () => [`/memory/${peerId}`] }, membership)

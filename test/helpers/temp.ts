@@ -5,6 +5,7 @@ import { LocalCoordinator } from '../../src/cluster/local.js'
 import { Database } from '../../src/query/database.js'
 import { AUDIT_TABLE } from '../../src/cluster/messages.js'
 import { AUDIT_INDEXED } from '../../src/security/audit.js'
+import { loadOrCreateDataKey } from '../../src/security/data-key.js'
 import { TABLES, type Row } from '../../src/schema/index.js'
 import { Store } from '../../src/storage/store.js'
 import { HybridClock, nodeTag } from '../../src/storage/version.js'
@@ -37,13 +38,15 @@ export interface LocalNode {
 export const TEST_PEER_ID = '12D3KooWLocalTestNode0001'
 
 /**
- * Opens a node on `path` (the store lives in `path/store`). Writes are not
+ * Opens a node on `path` (the store lives in `path/store`, its data key in
+ * `path/data.key`: sensitive columns are encrypted as in a daemon). Writes are not
  * fsynced by default, which keeps the tests fast; pass `sync: true` to check
  * durable commits.
  */
 export async function openLocalNode (path: string, init: { peerId?: string, sync?: boolean } = {}): Promise<LocalNode> {
   const peerId = init.peerId ?? TEST_PEER_ID
-  const store = new Store({ path: join(path, 'store'), sync: init.sync ?? false, indexes: INDEXES })
+  // The daemon's data key, made in `path` on first use: a reopened node reads what it wrote.
+  const store = new Store({ path: join(path, 'store'), sync: init.sync ?? false, indexes: INDEXES, dataKey: await loadOrCreateDataKey(path) })
   await store.open()
   const clock = new HybridClock(nodeTag(peerId))
   const coordinator = new LocalCoordinator({ store, clock, peerId })

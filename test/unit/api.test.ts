@@ -204,6 +204,19 @@ describe('api: rows', () => {
     expect(versions[1].row.email).toBe('new@example.org')
     expect((await request({ method: 'GET', url: '/v1/tables/patient_records/rows/2/history' })).statusCode).toBe(404)
   })
+
+  it('purges a row: every version gone, history included', async () => {
+    await post('patient_records', patient(1))
+    await request({ method: 'PATCH', url: '/v1/tables/patient_records/rows/1', payload: { email: 'new@example.org' } })
+    const res = await request({ method: 'POST', url: '/v1/tables/patient_records/rows/1/purge' })
+    expect(res.statusCode).toBe(200)
+    expect(res.json()).toEqual({ table: 'patient_records', id: '1', purged: true, replicas: 1 })
+    expect((await request({ method: 'GET', url: '/v1/tables/patient_records/rows/1' })).statusCode).toBe(404)
+    expect((await request({ method: 'GET', url: '/v1/tables/patient_records/rows/1/history' })).statusCode).toBe(404)
+    expect(errorOf(await request({ method: 'POST', url: '/v1/tables/patient_records/rows/1/purge' })).code).toBe('NOT_FOUND')
+    expect(errorOf(await request({ method: 'POST', url: '/v1/tables/patient_records/rows/x/purge' })).code).toBe('INVALID')
+    expect(errorOf(await request({ method: 'POST', url: '/v1/tables/nope/rows/1/purge' })).code).toBe('UNKNOWN_TABLE')
+  })
 })
 
 describe('api: list', () => {

@@ -486,7 +486,8 @@ describe('rebalance and catch-up', () => {
     const { tmpdir } = await import('node:os')
     const { join } = await import('node:path')
     const dir = await mkdtemp(join(tmpdir(), 'ntk-merge-'))
-    const other = new Store({ path: dir, sync: false, indexes: { patient_records: ['email'] } })
+    const { randomBytes } = await import('node:crypto')
+    const other = new Store({ path: dir, sync: false, indexes: { patient_records: ['email'] }, dataKey: randomBytes(32) })
     await other.open()
     try {
       expect(await other.merge([state])).toEqual(['merged'])

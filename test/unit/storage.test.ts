@@ -1,3 +1,4 @@
+import { randomBytes } from 'node:crypto'
 import { join } from 'node:path'
 import { Level } from 'level'
 import { afterEach, beforeEach, describe, expect, it } from 'vitest'
@@ -9,6 +10,7 @@ import { HybridClock } from '../../src/storage/version.js'
 import { tempDir, type TempDir } from '../helpers/temp.js'
 
 const INDEXES = { appointments: ['patient_id', 'doctor_id'] }
+const KEY = randomBytes(32)
 const DOCTOR_7 = tokenOf('doctor_id:7')
 
 let dir: TempDir
@@ -19,7 +21,7 @@ let clock: HybridClock
 beforeEach(async () => {
   dir = await tempDir('ntk-store-')
   path = join(dir.path, 'store')
-  store = new Store({ path, sync: false, indexes: INDEXES })
+  store = new Store({ path, sync: false, indexes: INDEXES, dataKey: KEY })
   await store.open()
   clock = new HybridClock('test')
 })
@@ -49,7 +51,7 @@ async function rawKeys (sublevel: string): Promise<string[]> {
     return keys
   } finally {
     await db.close()
-    store = new Store({ path, sync: false, indexes: INDEXES })
+    store = new Store({ path, sync: false, indexes: INDEXES, dataKey: KEY })
     await store.open()
   }
 }
@@ -180,7 +182,7 @@ describe('store: versions', () => {
     await store.close()
     await expect(store.get('appointments', DOCTOR_7, '1')).rejects.toMatchObject({ code: 'UNAVAILABLE' })
     await expect(store.apply([entry(1, [], appointment(1))])).rejects.toMatchObject({ code: 'UNAVAILABLE' })
-    store = new Store({ path, sync: false, indexes: INDEXES })
+    store = new Store({ path, sync: false, indexes: INDEXES, dataKey: KEY })
     await store.open()
   })
 })
@@ -262,7 +264,7 @@ describe('store: indexes and scans', () => {
 
 describe('store: lifecycle', () => {
   it('refuses a second store on the same path with HOME_LOCKED', async () => {
-    const second = new Store({ path, sync: false })
+    const second = new Store({ path, sync: false, dataKey: KEY })
     const err = await second.open().then(() => undefined, (e: unknown) => e)
     expect(err).toBeInstanceOf(NtsoekheError)
     expect(err).toMatchObject({ name: 'HomeLockedError', code: 'HOME_LOCKED' })
@@ -282,7 +284,7 @@ describe('store: lifecycle', () => {
     await store.close()
     expect(store.status).toBe('closed')
     await store.close() // a second close is harmless
-    store = new Store({ path, sync: false, indexes: INDEXES })
+    store = new Store({ path, sync: false, indexes: INDEXES, dataKey: KEY })
     await store.open()
     expect((await store.get('appointments', DOCTOR_7, '1'))?.heads).toEqual([v2])
     expect(await store.versions('appointments', DOCTOR_7, '1')).toEqual([v1, v2])
@@ -297,20 +299,20 @@ describe('store: lifecycle', () => {
     const raw = new Level<string, unknown>(path, { valueEncoding: 'json' })
     await raw.put('!m!format', 999)
     await raw.close()
-    store = new Store({ path, sync: false, indexes: INDEXES })
+    store = new Store({ path, sync: false, indexes: INDEXES, dataKey: KEY })
     await expect(store.open()).rejects.toMatchObject({ code: 'INTERNAL' })
     expect(store.status).toBe('closed')
     // The refused store released the database: it can be opened (and fixed) again.
     const again = new Level<string, unknown>(path, { valueEncoding: 'json' })
     await again.put('!m!format', STORE_FORMAT)
     await again.close()
-    store = new Store({ path, sync: false, indexes: INDEXES })
+    store = new Store({ path, sync: false, indexes: INDEXES, dataKey: KEY })
     await store.open()
   })
 
   it('folds concurrent writes into few durable batches (group commit)', async () => {
     await store.close()
-    store = new Store({ path, sync: true, indexes: INDEXES })
+    store = new Store({ path, sync: true, indexes: INDEXES, dataKey: KEY })
     await store.open()
     const before = store.commits
     await Promise.all(Array.from({ length: 500 }, async (_, i) => {
@@ -324,7 +326,7 @@ describe('store: lifecycle', () => {
     expect(await store.countRows()).toEqual({ appointments: 500 })
     // Counts kept in memory match a fresh count after a reopen.
     await store.close()
-    store = new Store({ path, sync: true, indexes: INDEXES })
+    store = new Store({ path, sync: true, indexes: INDEXES, dataKey: KEY })
     await store.open()
     expect(await store.countRows()).toEqual({ appointments: 500 })
   })
