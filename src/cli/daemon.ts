@@ -5,6 +5,7 @@ import { NtsoekheNode } from '../daemon/node.js'
 import { NtsoekheError } from '../errors/index.js'
 import { loadOrCreateIdentity, peerIdFromKey } from '../p2p/identity.js'
 import { Store } from '../storage/store.js'
+import { adminTokenPath, newToken, readAdminToken, writeAdminToken } from '../security/tokens.js'
 import type { Io } from './index.js'
 
 export interface DaemonFlags {
@@ -16,14 +17,20 @@ export interface DaemonFlags {
   logLevel?: string
 }
 
-/** `ntsoekhe init`: home, identity, config and an empty store, without starting */
-export async function initHome (home: string): Promise<{ home: string, peerId: string, created: boolean }> {
+/**
+ * `ntsoekhe init`: home, identity, config, an empty store and the first
+ * admin's token (`admin.token`, 0600), without starting. The admin's user
+ * row is written by the first daemon on this home if it creates a network;
+ * a home whose daemon joins one takes its users from there.
+ */
+export async function initHome (home: string): Promise<{ home: string, peerId: string, created: boolean, adminToken: string }> {
   const { created } = await loadConfig(home)
   const key = await loadOrCreateIdentity(home)
   const store = new Store({ path: join(home, 'store') })
   await store.open()
   await store.close()
-  return { home, peerId: peerIdFromKey(key), created }
+  if (await readAdminToken(home) === undefined) await writeAdminToken(home, newToken())
+  return { home, peerId: peerIdFromKey(key), created, adminToken: adminTokenPath(home) }
 }
 
 /** Command-line flags override the home's config for this run only */

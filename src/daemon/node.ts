@@ -16,6 +16,9 @@ import { peerIdFromString } from '@libp2p/peer-id'
 import { multiaddr } from '@multiformats/multiaddr'
 import { Database } from '../query/database.js'
 import { TABLES } from '../schema/index.js'
+import type { AccessEvent } from '../security/principal.js'
+import { UserDirectory } from '../security/users.js'
+import { readAdminToken } from '../security/tokens.js'
 import { Store } from '../storage/store.js'
 import { HybridClock, nodeTag } from '../storage/version.js'
 import { socketPath, type Config } from './config.js'
@@ -29,6 +32,13 @@ export interface NodeInit {
   logger?: Logger
   /** Called once this node has left the network and handed off its records (the daemon then stops) */
   onLeft?: () => void
+  /**
+   * Whether this node creates a network (and so its roles and first admin).
+   * @default true when it has no bootstrap address and no saved member but itself
+   */
+  createsNetwork?: boolean
+  /** Handed every access event of the socket (the audit trail) */
+  audit?: (event: AccessEvent) => void
 }
 
 /**
@@ -44,6 +54,7 @@ export class NtsoekheNode {
   db?: Database
   coordinator?: DistributedCoordinator
   membership?: Membership
+  users?: UserDirectory
   libp2p?: Libp2pNode
   private transport?: Libp2pTransport
   private api?: FastifyInstance
@@ -51,10 +62,12 @@ export class NtsoekheNode {
   private stopping?: Promise<void>
   private readonly startedAt = Date.now()
   private readonly onLeft?: () => void
+  private readonly init: NodeInit
   /** Event-loop delay: a stalled loop delays every request the node serves */
   private readonly loopDelay = monitorEventLoopDelay({ resolution: 10 })
 
   constructor (init: NodeInit) {
+    this.init = init
     this.home = init.home
     this.config = init.config
     if (init.onLeft !== undefined) this.onLeft = init.onLeft
@@ -121,7 +134,8 @@ export class NtsoekheNode {
       const id = addr.split('/p2p/')[1]
       if (id !== undefined) this.membership.addCandidate(id, [addr])
     }
-    this.membership.restore(await loadMembers(this.home))
+    const saved = await loadMembers(this.home)
+    this.membership.restore(saved)
     libp2p.addEventListener('peer:identify', evt => {
       if (evt.detail.protocols.includes(PROTOCOLS.membership)) {
         this.membership?.addCandidate(evt.detail.peerId.toString(), evt.detail.listenAddrs.map(a => a.toString()))
@@ -131,6 +145,14 @@ export class NtsoekheNode {
     this.membership.start()
 
     this.db = new Database({ coordinator: this.coordinator, peerId: this.peerId })
+    this.users = new UserDirectory({ db: this.db })
+    // A node that joins a network takes its users from it: it never invents an admin of its own.
+    const createsNetwork = this.init.createsNetwork ?? (net.bootstrap.length === 0 && saved.every(m => m.peerId === this.peerId))
+    if (createsNetwork && await this.users.createFirstAdmin(this.home)) {
+      this.logger.info({ tokenFile: join(this.home, 'admin.token') }, 'created the first admin; its token is in admin.token')
+    } else if (!createsNetwork && await readAdminToken(this.home) !== undefined) {
+      this.logger.warn('this node joins an existing network: admin.token here works only if a user of that network holds it; use a token made on any member (ntsoekhe user add)')
+    }
     await this.listen()
     this.logger.info({ peerId: this.peerId, socket: this.socket, home: this.home, addresses: libp2p.getMultiaddrs().map(String) }, 'node ready')
   }
@@ -143,6 +165,8 @@ export class NtsoekheNode {
       extra: { peers: async () => await this.peers(), ring: async () => await this.ringView() },
       removeMember: async (peerId: string) => (this.membership as Membership).remove(peerId),
       leave: async () => await this.leave(),
+      users: this.users as UserDirectory,
+      ...(this.init.audit === undefined ? {} : { audit: this.init.audit }),
       logger: this.logger
     })
     await removeStaleSocket(this.socket)

@@ -10,7 +10,7 @@ import { join } from 'node:path'
 import { afterAll, beforeAll, describe, expect, it } from 'vitest'
 import { NtsoekheClient } from '../../src/client/index.js'
 import { defaultConfig } from '../../src/daemon/config.js'
-import { cli, daemonExit, json, makeHome, startDaemon, type CliResult, type TestDaemon } from '../helpers/daemon.js'
+import { adminToken, cli, daemonExit, json, makeHome, startDaemon, type CliResult, type TestDaemon } from '../helpers/daemon.js'
 
 const EXIT = { OK: 0, REFUSED: 1, USAGE: 2, NO_DAEMON: 3 }
 
@@ -71,7 +71,8 @@ describe('ntsoekhe CLI end to end', () => {
     const r = await cli(['init', '--json'], { home })
     expect(r.code, r.stderr).toBe(EXIT.OK)
     const info = json(r)
-    expect(info).toEqual({ home, peerId: expect.stringMatching(/^12D3KooW/), created: true })
+    expect(info).toEqual({ home, peerId: expect.stringMatching(/^12D3KooW/), created: true, adminToken: join(home, 'admin.token') })
+    expect(await mode(join(home, 'admin.token'))).toBe(0o600)
     peerId = info.peerId
     expect(await mode(home)).toBe(0o700)
     expect((await stat(join(home, 'identity.key'))).isFile()).toBe(true)
@@ -79,7 +80,7 @@ describe('ntsoekhe CLI end to end', () => {
     expect(JSON.parse(await readFile(join(home, 'config.json'), 'utf8'))).toEqual(defaultConfig())
 
     const again = json(await cli(['init', '--json'], { home }))
-    expect(again).toEqual({ home, peerId, created: false })
+    expect(again).toEqual({ home, peerId, created: false, adminToken: join(home, 'admin.token') })
   })
 
   describe('with a running daemon', () => {
@@ -158,7 +159,7 @@ describe('ntsoekhe CLI end to end', () => {
 
     it('query filters with --where, pages with --limit and the cursor', async () => {
       // The rows to query are made through the client: the CLI's insert is tested above.
-      const client = new NtsoekheClient({ socket: daemon.socket })
+      const client = new NtsoekheClient({ socket: daemon.socket, token: await adminToken(home) })
       const [d1, d2, p] = await Promise.all([
         client.insert('doctors_info', doctor()),
         client.insert('doctors_info', doctor({ name: 'Dr. Other' })),
@@ -295,7 +296,7 @@ describe('ntsoekhe CLI end to end', () => {
 
       const after = (await ok(['status'])).storage.rows as Record<string, number>
       for (const t of SEEDED_TABLES) expect((after[t] ?? 0) - (before[t] ?? 0), t).toBe(20)
-      expect(after.user_roles).toBe(4)
+      expect(after.user_roles).toBe(5) // the roles the network was created with: seed reuses them
 
       const page = await ok(['query', 'patient_records', '--limit', '5'])
       expect(page.rows).toHaveLength(5)
@@ -342,7 +343,7 @@ describe('ntsoekhe CLI end to end', () => {
     })
 
     it('every write acknowledged before a kill -9 is readable after restart; the stale socket is removed', async () => {
-      const client = new NtsoekheClient({ socket: daemon.socket, timeout: 10_000 })
+      const client = new NtsoekheClient({ socket: daemon.socket, timeout: 10_000, token: await adminToken(home) })
       const TOTAL = 300
       const KILL_AFTER = 100
       const CONCURRENCY = 32
@@ -373,7 +374,7 @@ describe('ntsoekhe CLI end to end', () => {
 
       daemon = await startDaemon({ home })
       expect((await lstat(daemon.socket)).isSocket()).toBe(true)
-      const reader = new NtsoekheClient({ socket: daemon.socket, timeout: 10_000 })
+      const reader = new NtsoekheClient({ socket: daemon.socket, timeout: 10_000, token: await adminToken(home) })
       const missing: string[] = []
       for (let i = 0; i < acked.length; i += CONCURRENCY) {
         await Promise.all(acked.slice(i, i + CONCURRENCY).map(async id => {
