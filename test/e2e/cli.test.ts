@@ -308,6 +308,43 @@ describe('ntsoekhe CLI end to end', () => {
       const keys = pairs.rows.map((r: any) => `${String(r.patient_id)}:${String(r.medication_id)}`)
       expect(new Set(keys).size).toBe(keys.length)
     })
+
+    it('user add prints a token once; roles, break-glass, --token and $NTSOEKHE_TOKEN; 401 and 403 exit 1', async () => {
+      const made = await ok(['user', 'add', 'nthabi', '--role', 'billing'])
+      expect(made).toEqual({ user: 'nthabi', role: 'billing', token: expect.stringMatching(/^[A-Za-z0-9_-]{43}$/) })
+      const nurse = await ok(['user', 'add', 'palesa', '--role', 'nurse'])
+      const list = await ok(['user', 'list'])
+      expect(list.users).toContainEqual({ user: 'nthabi', role: 'billing', revoked: false, revokedAt: null })
+      expect(JSON.stringify(list)).not.toContain(made.token)
+
+      const p = await ok(['insert', 'patient_records', JSON.stringify(patient({ allergies: 'Latex' }))])
+      // --token wins over the home's admin.token: billing sees name and contact only.
+      const asBilling = await cli(['get', 'patient_records', p.id, '--json', '--token', made.token], { home })
+      expect(asBilling.code, asBilling.stderr).toBe(EXIT.OK)
+      expect(Object.keys(json(asBilling).row).sort()).toEqual(['address', 'contact_number', 'email', 'patient_id', 'patient_name'])
+      const viaEnv = await cli(['get', 'patient_records', p.id, '--json'], { home, token: made.token })
+      expect(json(viaEnv).row.allergies).toBeUndefined()
+
+      const denied = await cli(['query', 'patient_records', '--where', 'allergies=Latex', '--token', made.token], { home })
+      expect(denied.code).toBe(EXIT.REFUSED)
+      expect(denied.stderr).toMatch(/allergies/)
+      expect(denied.stderr).toMatch(/FORBIDDEN/)
+      const bill = await ok(['insert', 'billing_insurance', JSON.stringify({ patient_id: Number(p.id), amount: '5.00', date: '2025-01-01', insurance_provider: 'A', insurance_policy_number: 'B' })])
+      expect((await cli(['get', 'billing_insurance', bill.id, '--token', nurse.token], { home })).code).toBe(EXIT.REFUSED)
+      const glass = await cli(['get', 'billing_insurance', bill.id, '--json', '--token', nurse.token, '--break-glass', 'patient collapsed at the desk'], { home })
+      expect(glass.code, glass.stderr).toBe(EXIT.OK)
+      expect(json(glass).row.insurance_policy_number).toBe('B')
+
+      const roles = await ok(['roles'])
+      expect(roles.roles.map((r: any) => r.role)).toEqual(['admin', 'doctor', 'nurse', 'billing', 'auditor'])
+      expect((await run(['roles'])).stdout).toMatch(/billing/)
+
+      expect((await cli(['user', 'revoke', 'nthabi'], { home })).code).toBe(EXIT.OK)
+      const revoked = await cli(['status', '--token', made.token], { home })
+      expect(revoked.code).toBe(EXIT.REFUSED)
+      expect(revoked.stderr).toMatch(/UNAUTHORIZED/)
+      expect((await cli(['status', '--token', 'not-a-token'], { home })).code).toBe(EXIT.REFUSED)
+    })
   })
 
   describe('lifecycle', () => {

@@ -82,6 +82,22 @@ describe('a five-node network', () => {
     expect(status.underReplicated).toBe(false)
   }, 40_000)
 
+  it('a user made on one node works on every node; revoked on another, it stops working everywhere within seconds', async () => {
+    const made = json(await cli(['user', 'add', 'mpho', '--role', 'nurse', '--json'], { home: daemons[0]!.home, token }))
+    expect(made).toEqual({ user: 'mpho', role: 'nurse', token: expect.any(String) })
+    for (const d of daemons) {
+      const r = await cli(['query', 'patient_records', '--limit', '1', '--json'], { home: d.home, token: made.token })
+      expect(r.code, r.stderr).toBe(0)
+    }
+    expect((await cli(['user', 'revoke', 'mpho'], { home: daemons[1]!.home, token })).code).toBe(0)
+    const nurse = daemons.map(d => new NtsoekheClient({ socket: d.socket, token: made.token }))
+    await waitFor('the revoked token to be refused on every node', async () => {
+      const refused = await Promise.all(nurse.map(async c => await c.status().then(() => false, (err: { code?: string }) => err.code === 'UNAUTHORIZED')))
+      return refused.every(Boolean)
+    }, 5000)
+    for (const c of nurse) c.close()
+  })
+
   it('1,000 rows written through node 1 are read through node 5, each on exactly N nodes', async () => {
     await pool(ROWS, 32, async i => await clients[0]!.insert('patient_records', patient(i + 1)))
     const got = await pool(ROWS, 32, async i => await clients[4]!.get('patient_records', i + 1))
