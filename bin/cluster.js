@@ -3,7 +3,7 @@
 // homes, seeded with demo data. Ctrl-C stops every node and removes the homes.
 import '../dist/util/polyfill.js'
 import { spawn } from 'node:child_process'
-import { mkdtemp, rm } from 'node:fs/promises'
+import { mkdtemp, readFile, rm } from 'node:fs/promises'
 import { tmpdir } from 'node:os'
 import { dirname, join } from 'node:path'
 import { fileURLToPath } from 'node:url'
@@ -20,6 +20,8 @@ if (!Number.isSafeInteger(size) || size < 1 || size > 50) {
 
 const nodes = []
 let stopping = false
+/** The first admin's token (node 1's admin.token): good on every member */
+let token
 
 async function waitFor (what, fn, timeoutMs = 30_000) {
   const deadline = Date.now() + timeoutMs
@@ -40,9 +42,12 @@ async function startNode (i, invite) {
   const proc = spawn(process.execPath, args, { stdio: ['ignore', 'inherit', 'pipe'] })
   let stderr = ''
   proc.stderr.on('data', c => { stderr += c })
-  const node = { home, proc, client: new NtsoekheClient({ socket: join(home, 'api.sock') }) }
+  const node = { home, proc }
   nodes.push(node)
   proc.on('exit', code => { if (!stopping) console.error(`node ${i + 1} exited (${code}): ${stderr}`) })
+  // The first node creates the network and its admin; the others join it and take the same token.
+  token ??= await waitFor(`node 1 to write ${join(home, 'admin.token')}`, async () => (await readFile(join(home, 'admin.token'), 'utf8')).trim())
+  node.client = new NtsoekheClient({ socket: join(home, 'api.sock'), token })
   node.status = await waitFor(`node ${i + 1} to answer on ${join(home, 'api.sock')}`, async () => await node.client.status())
   return node
 }
@@ -81,7 +86,7 @@ try {
     console.log(`node ${i + 1}  ${n.status.peerId}\n  socket ${n.client.socket}`)
   })
   console.log(`\nQuery any node, e.g.:\n  ${bin} query patient_records --limit 5 --home ${nodes[nodes.length - 1].home}` +
-    `\n  ${bin} peers --home ${nodes[0].home}\n  curl --unix-socket ${nodes[0].client.socket} http://localhost/v1/status\n\nCtrl-C stops the network.`)
+    `\n  ${bin} peers --home ${nodes[0].home}\n  curl --unix-socket ${nodes[0].client.socket} -H "Authorization: Bearer $(cat ${join(nodes[0].home, 'admin.token')})" http://localhost/v1/status\n\nCtrl-C stops the network.`)
 } catch (err) {
   console.error(`cluster failed: ${err.message}`)
   await stop()

@@ -1,4 +1,3 @@
-import { createInterface } from 'node:readline'
 import { parse } from 'csv-parse'
 import type { RequestOptions } from '../cluster/coordinator.js'
 import type { Database, ImportResult } from '../query/database.js'
@@ -7,18 +6,38 @@ import type { Database, ImportResult } from '../query/database.js'
 export const IMPORT_CHUNK = 2000
 /** Rejected lines reported in full; beyond this only counted */
 export const MAX_REPORTED_REJECTIONS = 1000
+/** Longest NDJSON line or CSV record, bytes: a longer one is rejected without being held in memory */
+export const MAX_LINE_BYTES = 1024 * 1024
 
 export interface ImportReport extends ImportResult {
   /** Rejections beyond MAX_REPORTED_REJECTIONS, counted only */
   rejectedNotShown: number
 }
 
+export interface ImportInit {
+  /** Longest line (NDJSON) or record (CSV), bytes. @default MAX_LINE_BYTES */
+  maxLineBytes?: number
+  /** Refuses a parsed row before it is written (a column the caller may not write); its error rejects the line */
+  check?: (value: unknown) => void
+}
+
 /** Reads NDJSON or CSV from a stream and inserts it in chunks */
-export async function importStream (db: Database, table: string, input: NodeJS.ReadableStream, format: 'ndjson' | 'csv', options: RequestOptions): Promise<ImportReport> {
+export async function importStream (db: Database, table: string, input: NodeJS.ReadableStream, format: 'ndjson' | 'csv', options: RequestOptions, init: ImportInit = {}): Promise<ImportReport> {
+  const maxLine = init.maxLineBytes ?? MAX_LINE_BYTES
   const report: ImportReport = { accepted: 0, rejected: [], rejectedNotShown: 0 }
   let chunk: Array<{ line: number, value: unknown }> = []
-  const reject = (line: number, message: string): void => {
-    addRejections(report, [{ line, error: { code: 'INVALID', message } }])
+  const reject = (line: number, message: string, code = 'INVALID'): void => {
+    addRejections(report, [{ line, error: { code, message } }])
+  }
+  const take = (line: number, value: unknown): void => {
+    try {
+      init.check?.(value)
+    } catch (err) {
+      const e = err as { code?: string, message: string }
+      reject(line, e.message, e.code)
+      return
+    }
+    chunk.push({ line, value })
   }
   const flush = async (): Promise<void> => {
     if (chunk.length === 0) return
@@ -29,16 +48,20 @@ export async function importStream (db: Database, table: string, input: NodeJS.R
   }
 
   if (format === 'ndjson') {
-    const lines = createInterface({ input, crlfDelay: Infinity })
-    let n = 0
-    for await (const line of lines) {
-      n++
-      if (line.trim() === '') continue
-      try {
-        chunk.push({ line: n, value: JSON.parse(line) })
-      } catch (err) {
-        reject(n, `Malformed JSON: ${(err as Error).message}`)
+    for await (const line of splitLines(input, maxLine)) {
+      if (line.text === undefined) {
+        reject(line.n, `Line longer than ${maxLine} bytes; skipped`)
+        continue
       }
+      if (line.text.trim() === '') continue
+      let value: unknown
+      try {
+        value = JSON.parse(line.text)
+      } catch (err) {
+        reject(line.n, `Malformed JSON: ${(err as Error).message}`)
+        continue
+      }
+      take(line.n, value)
       if (chunk.length >= IMPORT_CHUNK) await flush()
     }
   } else {
@@ -46,7 +69,7 @@ export async function importStream (db: Database, table: string, input: NodeJS.R
     // Records are taken as the parser makes them (on_record), not as the stream yields them: on a
     // fatal error the stream drops what it buffered, and those good lines would vanish from the report.
     const parsed: CsvRecord[] = []
-    const take = (): void => {
+    const takeParsed = (): void => {
       for (const rec of parsed.splice(0)) {
         // Relaxed column count: a line with too few or too many fields is rejected alone.
         if (rec.info.error !== undefined) {
@@ -57,7 +80,7 @@ export async function importStream (db: Database, table: string, input: NodeJS.R
         for (const [k, v] of Object.entries(rec.record)) {
           if (v !== '') value[k] = v
         }
-        chunk.push({ line: rec.info.lines, value })
+        take(rec.info.lines, value)
       }
     }
     const parser = input.pipe(parse({
@@ -66,18 +89,20 @@ export async function importStream (db: Database, table: string, input: NodeJS.R
       skip_empty_lines: true,
       trim: true,
       relax_column_count: true,
+      max_record_size: maxLine,
       on_record: (rec: CsvRecord) => { parsed.push(rec); return rec }
     }))
     try {
       for await (const _ of parser) {
-        take()
+        takeParsed()
         if (chunk.length >= IMPORT_CHUNK) await flush()
       }
     } catch (err) {
       const e = err as { message: string, lines?: number }
+      if (isAbort(err)) throw err
       reject(e.lines ?? 0, `CSV: ${e.message}; the rest of the file was not read`)
     }
-    take()
+    takeParsed()
   }
   await flush()
   return report
@@ -88,4 +113,49 @@ function addRejections (report: ImportReport, rejected: ImportResult['rejected']
     if (report.rejected.length < MAX_REPORTED_REJECTIONS) report.rejected.push(r)
     else report.rejectedNotShown++
   }
+}
+
+/**
+ * Splits a byte stream into lines, holding at most `max` bytes of one line:
+ * a longer line comes out without its text (and is skipped to its end).
+ */
+export async function * splitLines (input: AsyncIterable<unknown> | NodeJS.ReadableStream, max: number): AsyncGenerator<{ n: number, text?: string }> {
+  let parts: Buffer[] = []
+  let size = 0
+  let tooLong = false
+  let n = 0
+  for await (const c of input as AsyncIterable<Buffer | string>) {
+    let buf = typeof c === 'string' ? Buffer.from(c) : c
+    for (;;) {
+      const nl = buf.indexOf(0x0a)
+      const piece = nl === -1 ? buf : buf.subarray(0, nl)
+      if (!tooLong) {
+        if (size + piece.length > max) {
+          tooLong = true
+          parts = []
+          size = 0
+        } else if (piece.length > 0) {
+          parts.push(piece)
+          size += piece.length
+        }
+      }
+      if (nl === -1) break
+      n++
+      yield tooLong ? { n } : { n, text: Buffer.concat(parts, size).toString('utf8') }
+      parts = []
+      size = 0
+      tooLong = false
+      buf = buf.subarray(nl + 1)
+    }
+  }
+  if (tooLong || size > 0) {
+    n++
+    yield tooLong ? { n } : { n, text: Buffer.concat(parts, size).toString('utf8') }
+  }
+}
+
+/** The request's client went away mid-body: not a failure of the server */
+export function isAbort (err: unknown): boolean {
+  const e = err as { code?: string, message?: string } | null
+  return e?.code === 'ECONNRESET' || e?.code === 'ERR_STREAM_PREMATURE_CLOSE' || e?.message === 'aborted'
 }

@@ -1,15 +1,21 @@
 import Fastify, { type FastifyBaseLogger, type FastifyInstance, type FastifyRequest } from 'fastify'
-import { NtsoekheError, ValidationError } from '../errors/index.js'
+import { ForbiddenError, NtsoekheError, ValidationError } from '../errors/index.js'
 import { CONSISTENCY_LEVELS, type Consistency, type RequestOptions } from '../cluster/coordinator.js'
 import type { BatchOperation, Database } from '../query/database.js'
-import { isVersion } from '../storage/version.js'
+import type { TableDef } from '../schema/index.js'
 import type { AccessEvent } from '../security/principal.js'
-import { accessEventOf, auditRoute, noteKey, type AuditReader } from './audit.js'
+import { RIGHTS, assertWritable, cascadeTables, columnsFor, describeRoles, project } from '../security/rights.js'
+import type { UserDirectory } from '../security/users.js'
+import { isVersion } from '../storage/version.js'
+import { TABLE_ACCESS, checkFilters, installAccess, principalOf, readView } from './access.js'
+import { auditRoute, type AuditReader } from './audit.js'
 import { toErrorResponse } from './errors.js'
-import { importStream } from './import.js'
+import { importStream, isAbort } from './import.js'
 
 /** Largest JSON body the socket accepts (imports are streamed and exempt) */
 export const BODY_LIMIT = 1024 * 1024
+/** A request body that sends nothing for this long is cut off, ms */
+export const BODY_TIMEOUT_MS = 30_000
 
 export interface ApiComponents {
   db: Database
@@ -21,21 +27,36 @@ export interface ApiComponents {
   removeMember?: (peerId: string) => Promise<unknown>
   /** Hands off this node's records and leaves the network (`POST /v1/leave`), on the networked node */
   leave?: () => Promise<unknown>
-  /** Told of every answered request to a data route (the audit trail's `record`); must not throw or wait */
+  /** Users and their tokens: every request is authenticated against it */
+  users: Pick<UserDirectory, 'authenticate' | 'add' | 'list' | 'revoke'>
+  /** Called once per request that touches data, per 401, per 403 and per break-glass read */
   audit?: (event: AccessEvent) => void
-  /** The audit trail, served on `GET /v1/audit` */
+  /** The audit trail, served on `GET /v1/audit` (auditors and admins) */
   auditTrail?: AuditReader
   logger?: FastifyBaseLogger
+}
+
+export interface ApiInit {
+  /** See BODY_TIMEOUT_MS. @default 30000 */
+  bodyTimeoutMs?: number
+  /** Longest import line or CSV record, bytes. @default MAX_LINE_BYTES (1 MiB) */
+  maxImportLineBytes?: number
 }
 
 type Params = { table: string, id: string }
 type Query = Record<string, string | string[] | undefined>
 
 const RESERVED_QUERY = new Set(['limit', 'cursor', 'consistency', 'local', 'cascade'])
+const ROWS = { config: { access: TABLE_ACCESS } }
+const CLUSTER = { config: { access: RIGHTS.cluster } }
 
-/** The HTTP/JSON API that the socket serves: routes, error mapping, ETags */
-export function createApi (components: ApiComponents): FastifyInstance {
-  const { db } = components
+/**
+ * The HTTP/JSON API that the socket serves: routes, authentication and
+ * access rights, error mapping, ETags. A route declares the right it needs
+ * as `config: { access }` (RIGHTS); one that declares none is for admins.
+ */
+export function createApi (components: ApiComponents, init: ApiInit = {}): FastifyInstance {
+  const { db, users } = components
   const app = Fastify({
     // Per-request lines are info level: the API logger runs at warn so only failures are logged.
     ...(components.logger === undefined ? { logger: false } : { loggerInstance: components.logger.child({ component: 'api' }, { level: 'warn' }) }),
@@ -48,26 +69,25 @@ export function createApi (components: ApiComponents): FastifyInstance {
 
   app.setErrorHandler((err, req, reply) => {
     const { status, body } = toErrorResponse(err)
+    if (status === 401 || status === 403) req.denial = body.error.message
+    if (req.raw.socket?.destroyed === true || isAbort(err)) {
+      // The client went away mid-body (or stalled and was cut off): nothing failed here.
+      req.log.debug({ err }, 'client went away')
+      void reply.status(400).send({ error: { code: 'INVALID', message: 'The request body ended early' } })
+      return
+    }
     if (status >= 500) req.log.error({ err }, 'request failed')
     void reply.status(status).send(body)
   })
+  installAccess(app, { auth: users, ...(components.audit === undefined ? {} : { audit: components.audit }), bodyTimeoutMs: init.bodyTimeoutMs ?? BODY_TIMEOUT_MS, log: app.log })
   app.setNotFoundHandler((req, reply) => {
     void reply.status(404).send({ error: { code: 'NOT_FOUND', message: `No route ${req.method} ${req.url}` } })
   })
 
-  const audit = components.audit
-  if (audit !== undefined) {
-    app.addHook('onResponse', (req, reply, done) => {
-      const event = accessEventOf(req, reply.statusCode)
-      if (event !== undefined) audit(event)
-      done()
-    })
-  }
-
-  app.get('/v1/status', async () => await components.status())
+  app.get('/v1/status', CLUSTER, async () => await components.status())
   if (components.auditTrail !== undefined) auditRoute(app, components.auditTrail)
 
-  app.get('/v1/tables', async () => ({
+  app.get('/v1/tables', CLUSTER, async () => ({
     tables: db.tables().map(t => ({
       name: t.name,
       columns: t.columns,
@@ -80,89 +100,227 @@ export function createApi (components: ApiComponents): FastifyInstance {
   }))
 
   for (const [name, fn] of Object.entries(components.extra ?? {})) {
-    app.get(`/v1/${name}`, async () => await fn())
+    app.get(`/v1/${name}`, CLUSTER, async () => await fn())
   }
 
   const removeMember = components.removeMember
   if (removeMember !== undefined) {
-    app.delete<{ Params: { peerId: string } }>('/v1/members/:peerId', async req => await removeMember(req.params.peerId))
+    app.delete<{ Params: { peerId: string } }>('/v1/members/:peerId', { config: { access: RIGHTS.membership } }, async req => await removeMember(req.params.peerId))
   }
   const leave = components.leave
-  if (leave !== undefined) app.post('/v1/leave', async () => await leave())
+  if (leave !== undefined) app.post('/v1/leave', { config: { access: RIGHTS.membership } }, async () => await leave())
 
-  app.post<{ Params: Params, Querystring: Query }>('/v1/tables/:table/rows', async (req, reply) => {
-    const result = await db.insert(req.params.table, requireBody(req), requestOptions(req.query))
-    noteKey(req, result.id)
+  app.get('/v1/roles', { config: { access: RIGHTS.roles } }, async () => ({ roles: describeRoles() }))
+
+  app.get('/v1/users', { config: { access: RIGHTS.users } }, async req => {
+    req.accessNote = { action: 'admin', table: 'users' }
+    return { users: await users.list() }
+  })
+  app.post('/v1/users', { config: { access: RIGHTS.users } }, async (req, reply) => {
+    const body = requireObject(req)
+    req.accessNote = { action: 'admin', table: 'users', ...(typeof body.user === 'string' ? { id: body.user } : {}) }
+    const made = await users.add(body.user as string, body.role as string)
+    void reply.status(201)
+    return made
+  })
+  app.post<{ Params: { name: string } }>('/v1/users/:name/revoke', { config: { access: RIGHTS.users } }, async req => {
+    req.accessNote = { action: 'admin', table: 'users', id: req.params.name }
+    return await users.revoke(req.params.name)
+  })
+
+  app.post<{ Params: Params, Querystring: Query }>('/v1/tables/:table/rows', ROWS, async (req, reply) => {
+    const table = db.table(req.params.table)
+    const body = requireObject(req)
+    writeNote(req, 'insert', table, body)
+    const result = await db.insert(table.name, body, requestOptions(req.query))
     void reply.status(201).header('etag', etag(result.version))
-    return { id: result.id, version: result.version, row: result.row }
+    noteRow(req, table, result.id, result.row)
+    return { id: result.id, version: result.version, row: visible(req, table, result.row) }
   })
 
-  app.get<{ Params: Params, Querystring: Query }>('/v1/tables/:table/rows/:id', async (req, reply) => {
+  app.get<{ Params: Params, Querystring: Query }>('/v1/tables/:table/rows/:id', ROWS, async (req, reply) => {
+    const table = db.table(req.params.table)
+    const view = readNote(req, 'read', table, req.params.id)
     const local = flag(req.query, 'local')
-    const result = await db.get(req.params.table, req.params.id, { ...requestOptions(req.query), local })
+    const result = await db.get(table.name, req.params.id, { ...requestOptions(req.query), local })
+    noteRow(req, table, req.params.id, result.row)
     void reply.header('etag', etag(result.version))
-    return result
+    return {
+      row: project(result.row, view.columns),
+      version: result.version,
+      conflicts: result.conflicts.map(c => ({ version: c.version, row: project(c.row, view.columns) }))
+    }
   })
 
-  app.put<{ Params: Params, Querystring: Query }>('/v1/tables/:table/rows/:id', async (req, reply) => {
-    const result = await db.replace(req.params.table, req.params.id, requireBody(req), writeOptions(req))
+  app.put<{ Params: Params, Querystring: Query }>('/v1/tables/:table/rows/:id', ROWS, async (req, reply) => {
+    const table = db.table(req.params.table)
+    const body = requireObject(req)
+    writeNote(req, 'update', table, body, req.params.id)
+    const result = await db.replace(table.name, req.params.id, body, writeOptions(req))
+    noteRow(req, table, result.id, result.row)
     void reply.header('etag', etag(result.version))
-    return { id: result.id, version: result.version, row: result.row }
+    return { id: result.id, version: result.version, row: visible(req, table, result.row) }
   })
 
-  app.patch<{ Params: Params, Querystring: Query }>('/v1/tables/:table/rows/:id', async (req, reply) => {
-    const result = await db.patch(req.params.table, req.params.id, requireBody(req), writeOptions(req))
+  app.patch<{ Params: Params, Querystring: Query }>('/v1/tables/:table/rows/:id', ROWS, async (req, reply) => {
+    const table = db.table(req.params.table)
+    const body = requireObject(req)
+    writeNote(req, 'update', table, body, req.params.id)
+    const result = await db.patch(table.name, req.params.id, body, writeOptions(req))
+    noteRow(req, table, result.id, result.row)
     void reply.header('etag', etag(result.version))
-    return { id: result.id, version: result.version, row: result.row }
+    return { id: result.id, version: result.version, row: visible(req, table, result.row) }
   })
 
-  app.delete<{ Params: Params, Querystring: Query }>('/v1/tables/:table/rows/:id', async (req, reply) => {
-    const result = await db.delete(req.params.table, req.params.id, { ...writeOptions(req), cascade: flag(req.query, 'cascade') })
+  app.delete<{ Params: Params, Querystring: Query }>('/v1/tables/:table/rows/:id', ROWS, async (req, reply) => {
+    const table = db.table(req.params.table)
+    const cascade = flag(req.query, 'cascade')
+    writeNote(req, 'delete', table, {}, req.params.id)
+    if (cascade) {
+      for (const t of cascadeTables(table)) assertWritable(principalOf(req).role, t, [])
+    }
+    const result = await db.delete(table.name, req.params.id, { ...writeOptions(req), cascade })
     void reply.header('etag', etag(result.version))
     return { id: result.id, version: result.version, deleted: true, cascaded: result.cascaded }
   })
 
+  // Erasure is for admins only (a route that declares no right needs admin) and always audited.
   app.post<{ Params: Params }>('/v1/tables/:table/rows/:id/purge', async req => {
-    return await db.purge(req.params.table, req.params.id)
+    const table = db.table(req.params.table)
+    req.accessNote = { action: 'purge', table: table.name, id: req.params.id, ...(table.name === 'patient_records' ? { patientId: req.params.id } : {}) }
+    return await db.purge(table.name, req.params.id)
   })
 
-  app.get<{ Params: Params, Querystring: Query }>('/v1/tables/:table/rows/:id/history', async req => {
-    return { versions: await db.history(req.params.table, req.params.id, requestOptions(req.query)) }
+  app.get<{ Params: Params, Querystring: Query }>('/v1/tables/:table/rows/:id/history', ROWS, async req => {
+    const table = db.table(req.params.table)
+    const view = readNote(req, 'history', table, req.params.id)
+    const versions = await db.history(table.name, req.params.id, requestOptions(req.query))
+    noteRow(req, table, req.params.id, versions.find(v => v.row !== null)?.row ?? null)
+    return { versions: versions.map(v => ({ ...v, row: project(v.row, view.columns) })) }
   })
 
-  app.get<{ Params: Params, Querystring: Query }>('/v1/tables/:table/rows', async req => {
-    const where: Record<string, string> = {}
-    for (const [k, v] of Object.entries(req.query)) {
-      if (RESERVED_QUERY.has(k) || v === undefined) continue
+  app.get<{ Params: Params, Querystring: Query }>('/v1/tables/:table/rows', ROWS, async req => {
+    const table = db.table(req.params.table)
+    const filters = Object.keys(req.query).filter(k => !RESERVED_QUERY.has(k))
+    const view = readNote(req, 'list', table)
+    checkFilters(table, view.columns, filters, principalOf(req).role)
+    const where: Record<string, string> = Object.create(null) as Record<string, string>
+    for (const k of filters) {
+      const v = req.query[k]
+      if (v === undefined) continue
       if (Array.isArray(v)) throw new ValidationError(`Filter ${k} is given more than once`, { column: k })
       where[k] = v
     }
+    if (where.patient_id !== undefined && req.accessNote !== undefined) req.accessNote.patientId = where.patient_id
+    if (table.name === 'patient_records' && where.patient_id !== undefined && req.accessNote !== undefined) req.accessNote.id = where.patient_id
     const limit = req.query.limit === undefined ? undefined : parseLimit(single(req.query, 'limit'))
     const cursor = req.query.cursor === undefined ? undefined : single(req.query, 'cursor')
-    return await db.list(req.params.table, where, {
+    const page = await db.list(table.name, where, {
       ...requestOptions(req.query),
       ...(limit === undefined ? {} : { limit }),
       ...(cursor === undefined ? {} : { cursor })
     })
+    return { rows: page.rows.map(r => project(r, view.columns)), next: page.next }
   })
 
-  app.post<{ Querystring: Query }>('/v1/batch', async (req, reply) => {
-    const body = requireBody(req) as { operations?: BatchOperation[] }
+  app.post<{ Querystring: Query }>('/v1/batch', ROWS, async (req, reply) => {
+    const body = requireObject(req) as { operations?: BatchOperation[] }
+    const role = principalOf(req).role
+    const ops = Array.isArray(body.operations) ? body.operations : []
+    const tables: Array<TableDef | undefined> = []
+    req.accessNote = { action: 'batch' }
+    for (const [i, op] of ops.entries()) {
+      if (op === null || typeof op !== 'object') { tables.push(undefined); continue }
+      const table = db.table(String(op.table))
+      tables.push(table)
+      const row = op.row !== null && typeof op.row === 'object' && !Array.isArray(op.row) ? op.row as Record<string, unknown> : {}
+      try {
+        assertWritable(role, table, op.op === 'delete' ? [] : Object.keys(row))
+      } catch (err) {
+        if (err instanceof ForbiddenError) err.message = `operations[${i}]: ${err.message}`
+        throw err
+      }
+      if (req.accessNote.table === undefined) req.accessNote.table = table.name
+      if (req.accessNote.patientId === undefined && row.patient_id !== undefined) req.accessNote.patientId = String(row.patient_id)
+    }
     const results = await db.batch(body.operations as BatchOperation[], requestOptions(req.query))
     void reply.status(201)
-    return { results }
+    return {
+      results: results.map((r, i) => {
+        const table = tables[i]
+        return table === undefined ? r : { ...r, row: visible(req, table, r.row) }
+      })
+    }
   })
 
-  app.post<{ Params: Params, Querystring: Query }>('/v1/tables/:table/import', async (req) => {
-    db.table(req.params.table)
+  app.post<{ Params: Params, Querystring: Query }>('/v1/tables/:table/import', ROWS, async (req) => {
+    const table = db.table(req.params.table)
+    const role = principalOf(req).role
+    req.accessNote = { action: 'import', table: table.name }
+    assertWritable(role, table, [])
     const type = mediaType(req)
     if (!['application/x-ndjson', 'application/ndjson', 'text/csv'].includes(type)) {
       throw new NtsoekheError('UNSUPPORTED_MEDIA_TYPE', 'Import takes application/x-ndjson or text/csv')
     }
-    return await importStream(db, req.params.table, req.body as NodeJS.ReadableStream, type === 'text/csv' ? 'csv' : 'ndjson', requestOptions(req.query))
+    const check = (value: unknown): void => {
+      if (value !== null && typeof value === 'object' && !Array.isArray(value)) assertWritable(role, table, Object.keys(value))
+    }
+    return await importStream(db, table.name, req.body as NodeJS.ReadableStream, type === 'text/csv' ? 'csv' : 'ndjson', requestOptions(req.query), {
+      check,
+      ...(init.maxImportLineBytes === undefined ? {} : { maxLineBytes: init.maxImportLineBytes })
+    })
   })
 
   return app
+}
+
+/** The columns of a write's answer that the caller may read */
+function visible (req: FastifyRequest, table: TableDef, row: Record<string, unknown> | null): Record<string, unknown> | null {
+  return project(row, columnsFor(principalOf(req).role, table, 'read') ?? table.primaryKey)
+}
+
+/** Checks the read right (403 names what is missing) and notes the access for the audit */
+function readNote (req: FastifyRequest, action: 'read' | 'list' | 'history', table: TableDef, id?: string): { columns: string[], breakGlass: boolean } {
+  req.accessNote = { action, table: table.name, ...(id === undefined ? {} : { id }), ...(table.name === 'patient_records' && id !== undefined ? { patientId: id } : {}) }
+  const view = readView(req, table)
+  req.accessNote.columns = view.columns
+  if (view.breakGlass) {
+    req.accessNote.breakGlass = true
+    const reason = principalOf(req).breakGlass
+    if (reason !== undefined) req.accessNote.reason = reason
+  }
+  return view
+}
+
+/** Checks the write right on every column the body names, and notes the access for the audit */
+function writeNote (req: FastifyRequest, action: 'insert' | 'update' | 'delete', table: TableDef, body: Record<string, unknown>, id?: string): void {
+  const columns = Object.keys(body)
+  req.accessNote = {
+    action,
+    table: table.name,
+    ...(id === undefined ? {} : { id }),
+    ...(columns.length > 0 ? { columns } : {}),
+    ...(table.name === 'patient_records' && id !== undefined ? { patientId: id } : body.patient_id !== undefined ? { patientId: String(body.patient_id) } : {})
+  }
+  assertWritable(principalOf(req).role, table, columns)
+}
+
+/** Completes the audit note from the row the request touched: its id and patient */
+function noteRow (req: FastifyRequest, table: TableDef, id: string, row: Record<string, unknown> | null): void {
+  const note = req.accessNote
+  if (note === undefined) return
+  note.id = id
+  if (table.name === 'patient_records') note.patientId = id
+  else if (row?.patient_id !== undefined && row.patient_id !== null) note.patientId = String(row.patient_id)
+}
+
+/** A JSON body that is an object (not `true`, `[]` or `null`) */
+function requireObject (req: FastifyRequest): Record<string, unknown> {
+  const body = requireBody(req)
+  if (typeof body !== 'object' || body === null || Array.isArray(body)) {
+    throw new ValidationError(`The body must be a JSON object, not ${Array.isArray(body) ? 'an array' : JSON.stringify(body)}`)
+  }
+  return body as Record<string, unknown>
 }
 
 function requireBody (req: FastifyRequest): unknown {

@@ -7,6 +7,7 @@ import { decodeInvite, resolveNetworkKey } from '../daemon/network-key.js'
 import { loadOrCreateIdentity, peerIdFromKey } from '../p2p/identity.js'
 import { loadOrCreateDataKey } from '../security/data-key.js'
 import { Store } from '../storage/store.js'
+import { adminTokenPath, newToken, readAdminToken, writeAdminToken } from '../security/tokens.js'
 import type { Io } from './index.js'
 
 export interface DaemonFlags {
@@ -24,8 +25,13 @@ export interface DaemonFlags {
   openNetwork?: boolean
 }
 
-/** `ntsoekhe init`: home, identity, data key, config and an empty store, without starting */
-export async function initHome (home: string): Promise<{ home: string, peerId: string, created: boolean }> {
+/**
+ * `ntsoekhe init`: home, identity, data key, config, an empty store and the
+ * first admin's token (`admin.token`, 0600), without starting. The admin's
+ * user row is written by the first daemon on this home if it creates a
+ * network; a home whose daemon joins one takes its users from there.
+ */
+export async function initHome (home: string): Promise<{ home: string, peerId: string, created: boolean, adminToken: string }> {
   const { config, created } = await loadConfig(home)
   const key = await loadOrCreateIdentity(home)
   // A home made by init starts a network of its own: it gets a network key now, unless it is open.
@@ -33,7 +39,8 @@ export async function initHome (home: string): Promise<{ home: string, peerId: s
   const store = new Store({ path: join(home, 'store'), dataKey: await loadOrCreateDataKey(home) })
   await store.open()
   await store.close()
-  return { home, peerId: peerIdFromKey(key), created }
+  if (await readAdminToken(home) === undefined) await writeAdminToken(home, newToken())
+  return { home, peerId: peerIdFromKey(key), created, adminToken: adminTokenPath(home) }
 }
 
 /** Command-line flags override the home's config for this run only */

@@ -5,6 +5,7 @@ import { Command, CommanderError, Option } from 'commander'
 import { NoDaemonError, NtsoekheClient } from '../client/index.js'
 import { NtsoekheError } from '../errors/index.js'
 import { loadConfig, resolveHome, socketPath } from '../daemon/config.js'
+import { readAdminToken } from '../security/tokens.js'
 import { renderObject, renderTable } from './format.js'
 // daemon.js (libp2p, the store) and seed.js (faker) are loaded by the commands that need them:
 // a client command then starts in a fraction of the time.
@@ -23,7 +24,7 @@ class UsageError extends Error {
   override name = 'UsageError'
 }
 
-interface GlobalOpts { home?: string, json?: boolean, consistency?: 'one' | 'quorum' | 'all' }
+interface GlobalOpts { home?: string, json?: boolean, token?: string, consistency?: 'one' | 'quorum' | 'all', breakGlass?: string }
 
 /** Runs the CLI with its stdio, returning the exit code (never calls process.exit) */
 export async function run (argv: string[], io: Io): Promise<number> {
@@ -67,7 +68,8 @@ function buildProgram (io: Io, setCode: (c: number) => void): Command {
   const client = async (opts: GlobalOpts): Promise<NtsoekheClient> => {
     const home = resolveHome(opts.home)
     const { config } = await loadConfigIfPresent(home)
-    return new NtsoekheClient({ socket: socketPath(home, config) })
+    const token = opts.token ?? nonEmpty(process.env.NTSOEKHE_TOKEN) ?? await readAdminToken(home)
+    return new NtsoekheClient({ socket: socketPath(home, config), ...(token === undefined ? {} : { token }) })
   }
   const out = (opts: GlobalOpts, json: unknown, text: () => string): void => {
     io.stdout.write(opts.json === true ? JSON.stringify(json) + '\n' : text())
@@ -75,16 +77,19 @@ function buildProgram (io: Io, setCode: (c: number) => void): Command {
   const common = (cmd: Command): Command => cmd
     .option('--home <dir>', 'node home (default $NTSOEKHE_HOME or ~/.ntsoekhe)')
     .option('--json', 'print JSON')
+    .option('--token <token>', 'bearer token (default $NTSOEKHE_TOKEN, then <home>/admin.token)')
     .exitOverride()
     .configureOutput({ writeOut: s => io.stdout.write(s), writeErr: s => io.stderr.write(s) })
   const withConsistency = (cmd: Command): Command => cmd
     .addOption(new Option('--consistency <level>', 'replicas that must answer').choices(['one', 'quorum', 'all']))
+  const withBreakGlass = (cmd: Command): Command => cmd
+    .option('--break-glass <reason>', 'read outside your role in an emergency, stating why (doctors and nurses; audited)')
 
   common(program.command('init').description('create the home, identity key, config and store without starting'))
     .action(async (opts: GlobalOpts) => {
       const { initHome } = await import('./daemon.js')
       const info = await initHome(resolveHome(opts.home))
-      out(opts, info, () => `${info.created ? 'initialised' : 'already initialised'} ${info.home}\npeer id ${info.peerId}\n`)
+      out(opts, info, () => `${info.created ? 'initialised' : 'already initialised'} ${info.home}\npeer id ${info.peerId}\nadmin token in ${info.adminToken}\n`)
     })
 
   common(program.command('daemon').description('start a node on its home and serve the socket API'))
@@ -139,11 +144,11 @@ function buildProgram (io: Io, setCode: (c: number) => void): Command {
       out(opts, { id: r.id, version: r.version, row: r.row }, () => `inserted ${table} ${r.id} (version ${r.version})\n`)
     })
 
-  withConsistency(common(program.command('get').description('read a row by its id (`3:7` for a composite key)')))
+  withBreakGlass(withConsistency(common(program.command('get').description('read a row by its id (`3:7` for a composite key)'))))
     .argument('<table>').argument('<id>')
     .option('--local', "read only this node's shard")
     .action(async (table: string, id: string, opts: GlobalOpts & { local?: boolean }) => {
-      const r = await (await client(opts)).get(table, id, { ...consistency(opts), ...(opts.local === true ? { local: true } : {}) })
+      const r = await (await client(opts)).get(table, id, { ...consistency(opts), ...breakGlass(opts), ...(opts.local === true ? { local: true } : {}) })
       out(opts, { row: r.row, version: r.version, conflicts: r.conflicts }, () =>
         renderObject(r.row) + `version: ${r.version}\n` + (r.conflicts.length > 0 ? `CONFLICT with ${r.conflicts.map(c => c.version).join(', ')}\n` : ''))
     })
@@ -174,7 +179,7 @@ function buildProgram (io: Io, setCode: (c: number) => void): Command {
 `)
     })
 
-  withConsistency(common(program.command('query').description('list rows, with equality filters')))
+  withBreakGlass(withConsistency(common(program.command('query').description('list rows, with equality filters'))))
     .argument('<table>')
     .option('--where <col=value>', 'equality filter (repeatable)', collect, [])
     .option('--limit <n>', 'rows per page (default 100, at most 1000)', int)
@@ -188,16 +193,17 @@ function buildProgram (io: Io, setCode: (c: number) => void): Command {
       }
       const r = await (await client(opts)).query(table, where, {
         ...consistency(opts),
+        ...breakGlass(opts),
         ...(opts.limit === undefined ? {} : { limit: opts.limit }),
         ...(opts.cursor === undefined ? {} : { cursor: opts.cursor })
       })
       out(opts, { rows: r.rows, next: r.next }, () => renderTable(r.rows) + (r.next === null ? '' : `more: --cursor ${r.next}\n`))
     })
 
-  withConsistency(common(program.command('history').description('every version a row has had, oldest first')))
+  withBreakGlass(withConsistency(common(program.command('history').description('every version a row has had, oldest first'))))
     .argument('<table>').argument('<id>')
     .action(async (table: string, id: string, opts: GlobalOpts) => {
-      const r = await (await client(opts)).history(table, id, consistency(opts))
+      const r = await (await client(opts)).history(table, id, { ...consistency(opts), ...breakGlass(opts) })
       out(opts, r, () => renderTable(r.versions.map(v => ({ version: v.version, parents: v.parents.join(','), deleted: v.deleted ? 'yes' : '', row: v.row }))))
     })
 
@@ -306,7 +312,45 @@ function buildProgram (io: Io, setCode: (c: number) => void): Command {
         `local rows:\n${renderObject(r.localRows ?? {}, '  ')}`)
     })
 
+  const user = program.command('user').description('users and their tokens (admin)').exitOverride()
+    .configureOutput({ writeOut: s => io.stdout.write(s), writeErr: s => io.stderr.write(s) })
+  common(user.command('add').description("make a user; prints its token, shown only this once"))
+    .argument('<name>')
+    .requiredOption('--role <role>', 'admin, doctor, nurse, billing or auditor')
+    .action(async (name: string, opts: GlobalOpts & { role: string }) => {
+      const r = await (await client(opts)).addUser(name, opts.role)
+      out(opts, { user: r.user, role: r.role, token: r.token }, () => `created user ${r.user} (role ${r.role}); its token, shown only this once:\n${r.token}\n`)
+    })
+  common(user.command('list').description('users, their roles, and whether their token was revoked'))
+    .action(async (opts: GlobalOpts) => {
+      const r = await (await client(opts)).users()
+      out(opts, r, () => renderTable(r.users.map(u => ({ user: u.user, role: u.role, revoked: u.revokedAt ?? '' }))))
+    })
+  common(user.command('revoke').description("revoke a user's token, on every node within seconds"))
+    .argument('<name>')
+    .action(async (name: string, opts: GlobalOpts) => {
+      const r = await (await client(opts)).revokeUser(name)
+      out(opts, r, () => `revoked the token of ${r.user}\n`)
+    })
+
+  common(program.command('roles').description('each role\'s rights, by table and column'))
+    .action(async (opts: GlobalOpts) => {
+      const r = await (await client(opts)).roles()
+      out(opts, r, () => r.roles.map(role => `${role.role}${role.rights.length > 0 ? ` (rights: ${role.rights.join(', ')})` : ''}${role.breakGlass ? ' (may break the glass)' : ''}\n` +
+        Object.entries(role.tables).map(([t, c]) => `  ${t}: read ${c.read.length === 0 ? '-' : c.read.join(',')}; write ${c.write.length === 0 ? '-' : c.write.join(',')}\n`).join('')).join(''))
+    })
+
   return program
+}
+
+function breakGlass (opts: GlobalOpts): { breakGlass?: string } {
+  if (opts.breakGlass === undefined) return {}
+  if (opts.breakGlass.trim() === '') throw new UsageError('--break-glass needs a reason')
+  return { breakGlass: opts.breakGlass }
+}
+
+function nonEmpty (s: string | undefined): string | undefined {
+  return s === undefined || s.trim() === '' ? undefined : s.trim()
 }
 
 function consistency (opts: GlobalOpts): { consistency?: 'one' | 'quorum' | 'all' } {

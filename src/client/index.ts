@@ -17,12 +17,22 @@ export interface ClientInit {
   timeout?: number
   /** Connections kept open to the daemon. @default 64 */
   maxSockets?: number
+  /** Bearer token sent with every request (`ntsoekhe user add` prints one; the first admin's is `<home>/admin.token`) */
+  token?: string
 }
 
 export interface RequestOptions {
   consistency?: 'one' | 'quorum' | 'all'
   signal?: AbortSignal
 }
+
+export interface ReadOptions extends RequestOptions {
+  /** Read outside your role in an emergency, stating why (doctors and nurses; audited): `X-Break-Glass` */
+  breakGlass?: string
+}
+
+export interface RoleInfo { role: string, tables: Record<string, { read: string[], write: string[] }>, rights: string[], breakGlass: boolean }
+export interface UserInfo { user: string, role: string, revoked: boolean, revokedAt: string | null }
 
 export interface RowResult { id: string, version: string, row: Record<string, unknown> | null }
 export interface GetResult { row: Record<string, unknown>, version: string, conflicts: Array<{ version: string, row: Record<string, unknown> | null }> }
@@ -32,12 +42,14 @@ export interface ListResult { rows: Array<Record<string, unknown>>, next: string
 export class NtsoekheClient {
   readonly socket: string
   private readonly timeout: number
+  private readonly token?: string
   /** Keeps connections to the socket open between requests */
   private readonly agent: Agent
 
   constructor (init: ClientInit) {
     this.socket = init.socket
     this.timeout = init.timeout ?? 60_000
+    if (init.token !== undefined) this.token = init.token
     this.agent = new Agent({ keepAlive: true, maxSockets: init.maxSockets ?? 64 })
   }
 
@@ -66,13 +78,20 @@ export class NtsoekheClient {
   async verifyAudit (): Promise<{ ok: boolean, checked: number, nodes: number, broken: { node: string, seq: number, problem: string, message: string } | null }> {
     return await this.request('GET', '/v1/audit?verify=true')
   }
+  /** Makes a user; its token is in the answer and never shown again */
+  async addUser (user: string, role: string): Promise<{ user: string, role: string, token: string }> { return await this.request('POST', '/v1/users', { body: { user, role } }) }
+  async users (): Promise<{ users: UserInfo[] }> { return await this.request('GET', '/v1/users') }
+  /** Revokes a user's token on every node */
+  async revokeUser (user: string): Promise<UserInfo> { return await this.request('POST', `/v1/users/${enc(user)}/revoke`) }
+  /** Each role's rights by table and column */
+  async roles (): Promise<{ roles: RoleInfo[] }> { return await this.request('GET', '/v1/roles') }
 
   async insert (table: string, row: unknown, options: RequestOptions = {}): Promise<RowResult> {
     return await this.request('POST', `/v1/tables/${enc(table)}/rows${qs(options)}`, { body: row, signal: options.signal })
   }
 
-  async get (table: string, id: string | number, options: RequestOptions & { local?: boolean } = {}): Promise<GetResult> {
-    return await this.request('GET', `/v1/tables/${enc(table)}/rows/${enc(String(id))}${qs(options)}`, { signal: options.signal })
+  async get (table: string, id: string | number, options: ReadOptions & { local?: boolean } = {}): Promise<GetResult> {
+    return await this.request('GET', `/v1/tables/${enc(table)}/rows/${enc(String(id))}${qs(options)}`, { signal: options.signal, breakGlass: options.breakGlass })
   }
 
   async replace (table: string, id: string | number, row: unknown, options: RequestOptions & { ifMatch?: string[] } = {}): Promise<RowResult> {
@@ -92,12 +111,12 @@ export class NtsoekheClient {
     return await this.request('POST', `/v1/tables/${enc(table)}/rows/${enc(String(id))}/purge`, { signal: options.signal })
   }
 
-  async history (table: string, id: string | number, options: RequestOptions = {}): Promise<{ versions: Array<{ version: string, parents: string[], row: Record<string, unknown> | null, deleted: boolean }> }> {
-    return await this.request('GET', `/v1/tables/${enc(table)}/rows/${enc(String(id))}/history${qs(options)}`, { signal: options.signal })
+  async history (table: string, id: string | number, options: ReadOptions = {}): Promise<{ versions: Array<{ version: string, parents: string[], row: Record<string, unknown> | null, deleted: boolean }> }> {
+    return await this.request('GET', `/v1/tables/${enc(table)}/rows/${enc(String(id))}/history${qs(options)}`, { signal: options.signal, breakGlass: options.breakGlass })
   }
 
-  async query (table: string, where: Record<string, string | number> = {}, options: RequestOptions & { limit?: number, cursor?: string } = {}): Promise<ListResult> {
-    return await this.request('GET', `/v1/tables/${enc(table)}/rows${qs({ ...where, ...options })}`, { signal: options.signal })
+  async query (table: string, where: Record<string, string | number> = {}, options: ReadOptions & { limit?: number, cursor?: string } = {}): Promise<ListResult> {
+    return await this.request('GET', `/v1/tables/${enc(table)}/rows${qs({ ...where, ...options })}`, { signal: options.signal, breakGlass: options.breakGlass })
   }
 
   async batch (operations: unknown[], options: RequestOptions = {}): Promise<{ results: RowResult[] }> {
@@ -111,8 +130,11 @@ export class NtsoekheClient {
   }
 
   /** One HTTP request over the socket; an error body becomes a thrown NtsoekheError */
-  async request<T = any> (method: string, path: string, opts: { body?: unknown, raw?: Readable | string, contentType?: string, ifMatch?: string[] | undefined, signal?: AbortSignal | undefined, timeout?: number } = {}): Promise<T> {
+  async request<T = any> (method: string, path: string, opts: { body?: unknown, raw?: Readable | string, contentType?: string, ifMatch?: string[] | undefined, signal?: AbortSignal | undefined, timeout?: number, breakGlass?: string | undefined } = {}): Promise<T> {
     const headers: Record<string, string> = { accept: 'application/json' }
+    if (this.token !== undefined) headers.authorization = `Bearer ${this.token}`
+    // Percent-encoded: any reason survives an HTTP header, and the daemon decodes it.
+    if (opts.breakGlass !== undefined) headers['x-break-glass'] = encodeURIComponent(opts.breakGlass)
     let payload: string | undefined
     if (opts.body !== undefined) {
       payload = JSON.stringify(opts.body)
@@ -167,7 +189,7 @@ function enc (s: string): string {
 function qs (params: object): string {
   const parts: string[] = []
   for (const [k, v] of Object.entries(params)) {
-    if (v === undefined || v === false || k === 'signal' || k === 'ifMatch') continue
+    if (v === undefined || v === false || k === 'signal' || k === 'ifMatch' || k === 'breakGlass') continue
     parts.push(`${encodeURIComponent(k)}=${encodeURIComponent(String(v))}`)
   }
   return parts.length === 0 ? '' : `?${parts.join('&')}`

@@ -19,6 +19,8 @@ import { Database } from '../query/database.js'
 import { TABLES } from '../schema/index.js'
 import { AUDIT_TABLE } from '../cluster/messages.js'
 import { AUDIT_INDEXED, AuditTrail, storeHead } from '../security/audit.js'
+import { UserDirectory } from '../security/users.js'
+import { readAdminToken } from '../security/tokens.js'
 import { Store } from '../storage/store.js'
 import { HybridClock, nodeTag } from '../storage/version.js'
 import { socketPath, type Config } from './config.js'
@@ -35,6 +37,11 @@ export interface NodeInit {
   onLeft?: () => void
   /** `--join <invite>`: the network key to store and the members to join through */
   invite?: Invite
+  /**
+   * Whether this node creates a network (and so its roles and first admin).
+   * @default true when it has no bootstrap address and no saved member but itself
+   */
+  createsNetwork?: boolean
 }
 
 /**
@@ -50,6 +57,7 @@ export class NtsoekheNode {
   db?: Database
   coordinator?: DistributedCoordinator
   membership?: Membership
+  users?: UserDirectory
   libp2p?: Libp2pNode
   audit?: AuditTrail
   private transport?: Libp2pTransport
@@ -61,10 +69,12 @@ export class NtsoekheNode {
   private readonly invite?: Invite
   /** The network key this node runs with (undefined on an open network) */
   private networkKey?: Uint8Array
+  private readonly init: NodeInit
   /** Event-loop delay: a stalled loop delays every request the node serves */
   private readonly loopDelay = monitorEventLoopDelay({ resolution: 10 })
 
   constructor (init: NodeInit) {
+    this.init = init
     this.home = init.home
     this.config = init.config
     if (init.onLeft !== undefined) this.onLeft = init.onLeft
@@ -157,6 +167,14 @@ export class NtsoekheNode {
     this.membership.start()
 
     this.db = new Database({ coordinator: this.coordinator, peerId: this.peerId })
+    this.users = new UserDirectory({ db: this.db })
+    // A node that joins a network takes its users from it: it never invents an admin of its own.
+    const createsNetwork = this.init.createsNetwork ?? (this.invite === undefined && bootstrap.length === 0 && saved.every(m => m.peerId === this.peerId))
+    if (createsNetwork && await this.users.createFirstAdmin(this.home)) {
+      this.logger.info({ tokenFile: join(this.home, 'admin.token') }, 'created the first admin; its token is in admin.token')
+    } else if (!createsNetwork && await readAdminToken(this.home) !== undefined) {
+      this.logger.warn('this node joins an existing network: admin.token here works only if a user of that network holds it; use a token made on any member (ntsoekhe user add)')
+    }
     this.audit = new AuditTrail({
       coordinator: this.coordinator,
       peerId: this.peerId,
@@ -179,6 +197,7 @@ export class NtsoekheNode {
       extra: { peers: async () => await this.peers(), ring: async () => await this.ringView(), invite: async () => this.inviteLine() },
       removeMember: async (peerId: string) => (this.membership as Membership).remove(peerId),
       leave: async () => await this.leave(),
+      users: this.users as UserDirectory,
       logger: this.logger
     })
     await removeStaleSocket(this.socket)

@@ -155,7 +155,7 @@ export class Database {
   async replace (tableName: string, id: string, body: unknown, options: WriteOptions = {}): Promise<WriteResult> {
     const table = this.table(tableName)
     const key = parseId(table, id)
-    const row = validateRow(table, { ...key, ...(body as object) }, 'full')
+    const row = validateRow(table, { ...key, ...requireObject(table, body) }, 'full')
     assertSameKey(table, key, row)
     return await this.withUniqueLock([table], async () => {
       const current = await this.readState(table, key, options)
@@ -360,7 +360,7 @@ export class Database {
         const key = parseId(table, String(op.id))
         let row: Row
         if (op.op === 'put') {
-          row = validateRow(table, { ...key, ...(op.row as object) }, 'full')
+          row = validateRow(table, { ...key, ...requireObject(table, op.row) }, 'full')
         } else {
           const head = await this.readState(table, key, options)
           const live = winner(head)
@@ -748,6 +748,12 @@ export class Database {
 
 
 /** The claim record of a unique value: `<table>.<column>.<128 bits of SHA-256 of the value>` */
+/** A replacement row must be a JSON object: spreading `true` or `[]` would write the bare key */
+function requireObject (table: TableDef, body: unknown): object {
+  if (body === null || typeof body !== 'object' || Array.isArray(body)) throw new ValidationError(`A ${table.name} row must be a JSON object`)
+  return body
+}
+
 export function uniqueClaimId (table: TableDef, column: string, value: Value): string {
   return `${table.name}.${column}.${createHash('sha256').update(JSON.stringify(value)).digest('hex').slice(0, 32)}`
 }

@@ -43,7 +43,7 @@ const varchar = (name: string, length: number, notNull = true): Column => ({ nam
 /** A VARCHAR column holding health or contact data (see Column.sensitive) */
 const secret = (name: string, length: number, notNull = true): Column => ({ ...varchar(name, length, notNull), sensitive: true })
 const date = (name: string): Column => ({ name, type: 'DATE', notNull: true })
-const timestamp = (name: string): Column => ({ name, type: 'TIMESTAMP', notNull: true })
+const timestamp = (name: string, notNull = true): Column => ({ name, type: 'TIMESTAMP', notNull })
 const decimal = (name: string, precision: number, scale: number): Column => ({ name, type: 'DECIMAL', precision, scale, notNull: true })
 const ref = (column: string, table: string, refColumn = column): Reference => ({ column, table, refColumn })
 
@@ -127,7 +127,9 @@ export const TABLES: readonly TableDef[] = [
   }),
   table({
     name: 'users',
-    columns: [int('user_id'), varchar('user_name', 50), int('role_id')],
+    // token_hash: SHA-256 (hex) of the user's bearer token, never answered on the socket; NULL for a
+    // user without a token. revoked_at: set by a revoke, after which the token no longer works.
+    columns: [int('user_id'), varchar('user_name', 50), int('role_id'), varchar('token_hash', 64, false), timestamp('revoked_at', false)],
     primaryKey: ['user_id'],
     shardKey: 'global',
     references: [ref('role_id', 'user_roles')],

@@ -443,6 +443,9 @@ function context () {
       const socket = join(home, 'api.sock')
       const p = { ...launch([BIN, 'daemon', '--home', home, ...DAEMON_FLAGS, ...args], `the daemon on ${home}`), path: '/v1/status' }
       await waitReady(p, socket, `the daemon on ${home}`)
+      // A daemon that joined a network has no admin.token: it takes the token of the network's first node.
+      const token = existsSync(join(home, 'admin.token')) ? (await readFile(join(home, 'admin.token'), 'utf8')).trim() : [...TOKENS.values()].at(-1)
+      if (token !== undefined) TOKENS.set(socket, token)
       return { ...p, home, socket }
     },
     /** One process of the skeleton write path (test/bench/skeleton.js), coordinating at the primary or where writes arrive */
@@ -498,10 +501,18 @@ async function drive ({ socket, total, make, onBody }) {
   return { rps: total / seconds, seconds, p50: quantile(latencies, 0.5), p99: quantile(latencies, 0.99) }
 }
 
+/** Bearer token per daemon socket: a network's first admin (admin.token of the home that created it) */
+const TOKENS = new Map()
+
+function auth (socket) {
+  const token = TOKENS.get(socket)
+  return token === undefined ? {} : { authorization: `Bearer ${token}` }
+}
+
 function send (agent, socket, method, path, body) {
   return new Promise((resolve, reject) => {
     const payload = body === undefined ? undefined : JSON.stringify(body)
-    const headers = payload === undefined ? {} : { 'content-type': 'application/json', 'content-length': Buffer.byteLength(payload) }
+    const headers = { ...auth(socket), ...(payload === undefined ? {} : { 'content-type': 'application/json', 'content-length': Buffer.byteLength(payload) }) }
     const req = request({ socketPath: socket, agent, method, path, headers }, res => {
       const chunks = []
       res.on('data', c => chunks.push(c))
@@ -518,7 +529,7 @@ function send (agent, socket, method, path, body) {
 async function importFile (socket, table, file) {
   const started = performance.now()
   const res = await new Promise((resolve, reject) => {
-    const req = request({ socketPath: socket, method: 'POST', path: `/v1/tables/${table}/import`, headers: { 'content-type': 'application/x-ndjson' } }, r => {
+    const req = request({ socketPath: socket, method: 'POST', path: `/v1/tables/${table}/import`, headers: { ...auth(socket), 'content-type': 'application/x-ndjson' } }, r => {
       const chunks = []
       r.on('data', c => chunks.push(c))
       r.on('error', reject)
@@ -561,7 +572,8 @@ function answers (socket, path) {
   return new Promise(resolve => {
     const req = request({ socketPath: socket, path, method: 'GET', timeout: 2000 }, res => {
       res.resume()
-      res.on('end', () => resolve(res.statusCode === 200))
+      // A daemon answers 401 to a request without a token: it is up all the same.
+      res.on('end', () => resolve(res.statusCode === 200 || res.statusCode === 401))
       res.on('error', () => resolve(false))
     })
     req.on('timeout', () => req.destroy())

@@ -10,7 +10,7 @@ import { join } from 'node:path'
 import { afterAll, beforeAll, describe, expect, it } from 'vitest'
 import { NtsoekheClient } from '../../src/client/index.js'
 import { defaultConfig } from '../../src/daemon/config.js'
-import { cli, daemonExit, json, makeHome, startDaemon, type CliResult, type TestDaemon } from '../helpers/daemon.js'
+import { adminToken, cli, daemonExit, json, makeHome, startDaemon, type CliResult, type TestDaemon } from '../helpers/daemon.js'
 
 const EXIT = { OK: 0, REFUSED: 1, USAGE: 2, NO_DAEMON: 3 }
 
@@ -71,7 +71,8 @@ describe('ntsoekhe CLI end to end', () => {
     const r = await cli(['init', '--json'], { home })
     expect(r.code, r.stderr).toBe(EXIT.OK)
     const info = json(r)
-    expect(info).toEqual({ home, peerId: expect.stringMatching(/^12D3KooW/), created: true })
+    expect(info).toEqual({ home, peerId: expect.stringMatching(/^12D3KooW/), created: true, adminToken: join(home, 'admin.token') })
+    expect(await mode(join(home, 'admin.token'))).toBe(0o600)
     peerId = info.peerId
     expect(await mode(home)).toBe(0o700)
     expect((await stat(join(home, 'identity.key'))).isFile()).toBe(true)
@@ -81,7 +82,7 @@ describe('ntsoekhe CLI end to end', () => {
     expect(JSON.parse(await readFile(join(home, 'config.json'), 'utf8'))).toEqual(defaultConfig())
 
     const again = json(await cli(['init', '--json'], { home }))
-    expect(again).toEqual({ home, peerId, created: false })
+    expect(again).toEqual({ home, peerId, created: false, adminToken: join(home, 'admin.token') })
   })
 
   describe('with a running daemon', () => {
@@ -171,7 +172,7 @@ describe('ntsoekhe CLI end to end', () => {
 
     it('query filters with --where, pages with --limit and the cursor', async () => {
       // The rows to query are made through the client: the CLI's insert is tested above.
-      const client = new NtsoekheClient({ socket: daemon.socket })
+      const client = new NtsoekheClient({ socket: daemon.socket, token: await adminToken(home) })
       const [d1, d2, p] = await Promise.all([
         client.insert('doctors_info', doctor()),
         client.insert('doctors_info', doctor({ name: 'Dr. Other' })),
@@ -308,7 +309,7 @@ describe('ntsoekhe CLI end to end', () => {
 
       const after = (await ok(['status'])).storage.rows as Record<string, number>
       for (const t of SEEDED_TABLES) expect((after[t] ?? 0) - (before[t] ?? 0), t).toBe(20)
-      expect(after.user_roles).toBe(4)
+      expect(after.user_roles).toBe(5) // the roles the network was created with: seed reuses them
 
       const page = await ok(['query', 'patient_records', '--limit', '5'])
       expect(page.rows).toHaveLength(5)
@@ -319,6 +320,43 @@ describe('ntsoekhe CLI end to end', () => {
       const pairs = await ok(['query', 'patient_medications', '--limit', '1000'])
       const keys = pairs.rows.map((r: any) => `${String(r.patient_id)}:${String(r.medication_id)}`)
       expect(new Set(keys).size).toBe(keys.length)
+    })
+
+    it('user add prints a token once; roles, break-glass, --token and $NTSOEKHE_TOKEN; 401 and 403 exit 1', async () => {
+      const made = await ok(['user', 'add', 'nthabi', '--role', 'billing'])
+      expect(made).toEqual({ user: 'nthabi', role: 'billing', token: expect.stringMatching(/^[A-Za-z0-9_-]{43}$/) })
+      const nurse = await ok(['user', 'add', 'palesa', '--role', 'nurse'])
+      const list = await ok(['user', 'list'])
+      expect(list.users).toContainEqual({ user: 'nthabi', role: 'billing', revoked: false, revokedAt: null })
+      expect(JSON.stringify(list)).not.toContain(made.token)
+
+      const p = await ok(['insert', 'patient_records', JSON.stringify(patient({ allergies: 'Latex' }))])
+      // --token wins over the home's admin.token: billing sees name and contact only.
+      const asBilling = await cli(['get', 'patient_records', p.id, '--json', '--token', made.token], { home })
+      expect(asBilling.code, asBilling.stderr).toBe(EXIT.OK)
+      expect(Object.keys(json(asBilling).row).sort()).toEqual(['address', 'contact_number', 'email', 'patient_id', 'patient_name'])
+      const viaEnv = await cli(['get', 'patient_records', p.id, '--json'], { home, token: made.token })
+      expect(json(viaEnv).row.allergies).toBeUndefined()
+
+      const denied = await cli(['query', 'patient_records', '--where', 'allergies=Latex', '--token', made.token], { home })
+      expect(denied.code).toBe(EXIT.REFUSED)
+      expect(denied.stderr).toMatch(/allergies/)
+      expect(denied.stderr).toMatch(/FORBIDDEN/)
+      const bill = await ok(['insert', 'billing_insurance', JSON.stringify({ patient_id: Number(p.id), amount: '5.00', date: '2025-01-01', insurance_provider: 'A', insurance_policy_number: 'B' })])
+      expect((await cli(['get', 'billing_insurance', bill.id, '--token', nurse.token], { home })).code).toBe(EXIT.REFUSED)
+      const glass = await cli(['get', 'billing_insurance', bill.id, '--json', '--token', nurse.token, '--break-glass', 'patient collapsed at the desk'], { home })
+      expect(glass.code, glass.stderr).toBe(EXIT.OK)
+      expect(json(glass).row.insurance_policy_number).toBe('B')
+
+      const roles = await ok(['roles'])
+      expect(roles.roles.map((r: any) => r.role)).toEqual(['admin', 'doctor', 'nurse', 'billing', 'auditor'])
+      expect((await run(['roles'])).stdout).toMatch(/billing/)
+
+      expect((await cli(['user', 'revoke', 'nthabi'], { home })).code).toBe(EXIT.OK)
+      const revoked = await cli(['status', '--token', made.token], { home })
+      expect(revoked.code).toBe(EXIT.REFUSED)
+      expect(revoked.stderr).toMatch(/UNAUTHORIZED/)
+      expect((await cli(['status', '--token', 'not-a-token'], { home })).code).toBe(EXIT.REFUSED)
     })
   })
 
@@ -355,7 +393,7 @@ describe('ntsoekhe CLI end to end', () => {
     })
 
     it('every write acknowledged before a kill -9 is readable after restart; the stale socket is removed', async () => {
-      const client = new NtsoekheClient({ socket: daemon.socket, timeout: 10_000 })
+      const client = new NtsoekheClient({ socket: daemon.socket, timeout: 10_000, token: await adminToken(home) })
       const TOTAL = 300
       const KILL_AFTER = 100
       const CONCURRENCY = 32
@@ -386,7 +424,7 @@ describe('ntsoekhe CLI end to end', () => {
 
       daemon = await startDaemon({ home })
       expect((await lstat(daemon.socket)).isSocket()).toBe(true)
-      const reader = new NtsoekheClient({ socket: daemon.socket, timeout: 10_000 })
+      const reader = new NtsoekheClient({ socket: daemon.socket, timeout: 10_000, token: await adminToken(home) })
       const missing: string[] = []
       for (let i = 0; i < acked.length; i += CONCURRENCY) {
         await Promise.all(acked.slice(i, i + CONCURRENCY).map(async id => {

@@ -1,6 +1,6 @@
 import { afterAll, beforeAll, describe, expect, it } from 'vitest'
 import { NtsoekheClient } from '../../src/client/index.js'
-import { cli, json, startDaemon, type TestDaemon } from '../helpers/daemon.js'
+import { adminToken, cli, json, startDaemon, type TestDaemon } from '../helpers/daemon.js'
 
 /**
  * Five real daemons on 127.0.0.1 over TCP + Noise, each bootstrapped from the
@@ -10,6 +10,8 @@ const SIZE = 5
 const ROWS = 1000
 let daemons: TestDaemon[] = []
 let clients: NtsoekheClient[] = []
+/** The first admin's token (from the first home), good on every member */
+let token = ''
 
 const patient = (i: number): Record<string, unknown> => ({
   patient_id: i, patient_name: `Patient ${i}`, date_of_birth: '1980-01-02', gender: 'F', address: `${i} Main St`, contact_number: '0123456789', email: `p${i}@example.org`
@@ -54,12 +56,13 @@ async function holders (table: string, id: string | number, among = clients): Pr
 beforeAll(async () => {
   const first = await startDaemon()
   daemons.push(first)
-  const firstClient = new NtsoekheClient({ socket: first.socket })
-  // The network is closed: the others join with the first node's invite (its network key and addresses).
+  // Only the first home created the network and its admin: the others join it with its invite and take its users.
+  token = await adminToken(first.home)
+  const firstClient = new NtsoekheClient({ socket: first.socket, token })
   const { invite } = await firstClient.invite()
   const rest = await Promise.all(Array.from({ length: SIZE - 1 }, async () => await startDaemon({ args: ['--join', invite] })))
   daemons = [first, ...rest]
-  clients = daemons.map(d => new NtsoekheClient({ socket: d.socket }))
+  clients = daemons.map(d => new NtsoekheClient({ socket: d.socket, token }))
 }, 60_000)
 
 afterAll(async () => {
@@ -72,11 +75,27 @@ describe('a five-node network', () => {
       const all = await Promise.all(clients.map(async c => await c.status()))
       return all.every(s => s.members.filter((m: { state: string }) => m.state === 'alive').length === SIZE)
     })
-    const status = json(await cli(['status', '--json'], { home: daemons[2]!.home }))
+    const status = json(await cli(['status', '--json'], { home: daemons[2]!.home, token }))
     expect(status.members).toHaveLength(SIZE)
     for (const m of status.members) expect(m).toMatchObject({ peerId: expect.any(String), state: 'alive' })
     expect(status.underReplicated).toBe(false)
   }, 40_000)
+
+  it('a user made on one node works on every node; revoked on another, it stops working everywhere within seconds', async () => {
+    const made = json(await cli(['user', 'add', 'mpho', '--role', 'nurse', '--json'], { home: daemons[0]!.home, token }))
+    expect(made).toEqual({ user: 'mpho', role: 'nurse', token: expect.any(String) })
+    for (const d of daemons) {
+      const r = await cli(['query', 'patient_records', '--limit', '1', '--json'], { home: d.home, token: made.token })
+      expect(r.code, r.stderr).toBe(0)
+    }
+    expect((await cli(['user', 'revoke', 'mpho'], { home: daemons[1]!.home, token })).code).toBe(0)
+    const nurse = daemons.map(d => new NtsoekheClient({ socket: d.socket, token: made.token }))
+    await waitFor('the revoked token to be refused on every node', async () => {
+      const refused = await Promise.all(nurse.map(async c => await c.status().then(() => false, (err: { code?: string }) => err.code === 'UNAUTHORIZED')))
+      return refused.every(Boolean)
+    }, 5000)
+    for (const c of nurse) c.close()
+  })
 
   it('1,000 rows written through node 1 are read through node 5, each on exactly N nodes', async () => {
     await pool(ROWS, 32, async i => await clients[0]!.insert('patient_records', patient(i + 1)))
@@ -95,7 +114,7 @@ describe('a five-node network', () => {
 
 
     // The CLI's --local says the same: exit 0 where the row lives, 1 elsewhere.
-    const codes = await Promise.all(daemons.map(async d => (await cli(['get', 'patient_records', '42', '--local', '--json'], { home: d.home })).code))
+    const codes = await Promise.all(daemons.map(async d => (await cli(['get', 'patient_records', '42', '--local', '--json'], { home: d.home, token })).code))
     expect(codes.filter(c => c === 0)).toHaveLength(3)
     expect(codes.filter(c => c === 1)).toHaveLength(2)
 
@@ -150,7 +169,7 @@ describe('a five-node network', () => {
   it('the killed node, restarted without --bootstrap, rejoins from its saved members and gets what it missed', async () => {
     const restarted = await startDaemon({ home: daemons[2]!.home })
     daemons[2] = restarted
-    clients[2] = new NtsoekheClient({ socket: restarted.socket })
+    clients[2] = new NtsoekheClient({ socket: restarted.socket, token })
     await waitFor('the restarted node to see all 5 members alive again', async () => {
       const s = await clients[2]!.status()
       return s.members.filter((m: { state: string }) => m.state === 'alive').length === SIZE
@@ -172,7 +191,7 @@ describe('a five-node network', () => {
     const { invite } = await clients[0]!.invite()
     const sixth = await startDaemon({ args: ['--join', invite] })
     daemons.push(sixth)
-    clients.push(new NtsoekheClient({ socket: sixth.socket }))
+    clients.push(new NtsoekheClient({ socket: sixth.socket, token }))
     const c6 = clients[SIZE]!
     await waitFor('every node to see 6 alive members', async () => {
       const all = await Promise.all(clients.map(async c => (await c.status()).members.filter((m: { state: string }) => m.state === 'alive').length))
@@ -202,7 +221,7 @@ describe('a five-node network', () => {
   it('ntsoekhe leave on the sixth node hands its records to the others, and its daemon stops', async () => {
     const sixth = daemons[SIZE]!
     const exited = new Promise<number | null>(resolve => { sixth.proc.once('exit', code => { resolve(code) }) })
-    const r = await cli(['leave', '--json'], { home: sixth.home })
+    const r = await cli(['leave', '--json'], { home: sixth.home, token })
     expect(r.code, r.stderr).toBe(0)
     const body = json<{ peerId: string, state: string, handedOff: number }>(r)
     expect(body.state).toBe('left')
@@ -229,14 +248,14 @@ describe('a five-node network', () => {
     daemons.splice(4, 1)
     clients.splice(4, 1)
     // At once it still looks alive (suspect after 3 s, down after 10 s): removing it is refused.
-    const early = await cli(['remove', peerId], { home: daemons[0]!.home })
+    const early = await cli(['remove', peerId], { home: daemons[0]!.home, token })
     expect(early.code).toBe(1)
     expect(early.stderr).toMatch(/only a down member/)
     await waitFor('the killed node to be marked down', async () => {
       const s = await clients[0]!.status()
       return s.members.some((m: { peerId: string, state: string }) => m.peerId === peerId && (m.state === 'down' || m.state === 'left'))
     }, 30_000)
-    const r = await cli(['remove', peerId, '--json'], { home: daemons[0]!.home })
+    const r = await cli(['remove', peerId, '--json'], { home: daemons[0]!.home, token })
     expect(r.code, r.stderr).toBe(0)
     expect(json<{ state: string }>(r).state).toBe('left')
     const expected = (ROWS + 100 + 1) * 3

@@ -10,7 +10,8 @@ import { NtsoekheClient } from '../../src/client/index.js'
 import { PROTOCOLS } from '../../src/cluster/transport.js'
 import { createNode, generatePnetKey, type NtsoekheNode } from '../../src/p2p/node.js'
 import { RpcService } from '../../src/p2p/rpc.js'
-import { cli, daemonExit, json, makeHome, startDaemon, type TestDaemon } from '../helpers/daemon.js'
+import { loadOrCreateIdentity, peerIdFromKey } from '../../src/p2p/identity.js'
+import { adminToken, cli, daemonExit, json, makeHome, startDaemon, type TestDaemon } from '../helpers/daemon.js'
 import { waitFor } from '../helpers/wait.js'
 
 const daemons: TestDaemon[] = []
@@ -20,8 +21,13 @@ afterAll(async () => {
   await Promise.all(daemons.map(async d => await d.stop().catch(() => {})))
 }, 30_000)
 
-async function aliveMembers (socket: string): Promise<string[]> {
-  const s = await new NtsoekheClient({ socket }).peers()
+/** A client of `d` with the admin token of the home that created its network */
+async function clientOf (d: TestDaemon, home = d.home): Promise<NtsoekheClient> {
+  return new NtsoekheClient({ socket: d.socket, token: await adminToken(home) })
+}
+
+async function aliveMembers (api: NtsoekheClient): Promise<string[]> {
+  const s = await api.peers()
   return (s.members as Array<{ peerId: string, state: string }>).filter(m => m.state === 'alive').map(m => m.peerId)
 }
 
@@ -56,14 +62,14 @@ describe('a closed network by default', () => {
     daemons.push(second)
     expect(await readFile(join(second.home, 'swarm.key'), 'utf8')).toBe(await readFile(keyFile, 'utf8'))
     expect((await stat(join(second.home, 'swarm.key'))).mode & 0o777).toBe(0o600)
-    const ids = [first, second].map(async d => (await new NtsoekheClient({ socket: d.socket }).status()).peerId as string)
-    const [a, b] = await Promise.all(ids)
+    const [c1, c2] = [await clientOf(first), await clientOf(second, first.home)]
+    const [a, b] = [(await c1.status()).peerId as string, (await c2.status()).peerId as string]
     await waitFor('both daemons to list each other as alive', async () =>
-      (await aliveMembers(first.socket)).includes(b!) && (await aliveMembers(second.socket)).includes(a!), 15_000)
+      (await aliveMembers(c1)).includes(b) && (await aliveMembers(c2)).includes(a), 15_000)
   })
 
   it('a node meant to join without the key is refused with what to do; a damaged invite is a clear error', async () => {
-    const addr = (await new NtsoekheClient({ socket: first.socket }).status()).addresses[0] as string
+    const addr = (await (await clientOf(first)).status()).addresses[0] as string
     const noKey = await daemonExit(await makeHome(), { args: ['--bootstrap', addr] })
     expect(noKey.code).toBe(1)
     expect(noKey.stderr).toMatch(/--join <invite>/)
@@ -73,7 +79,7 @@ describe('a closed network by default', () => {
   })
 
   it('a node with another key is never a member, and both sides log one clear line', async () => {
-    const addr = (await new NtsoekheClient({ socket: first.socket }).status()).addresses[0] as string
+    const addr = (await (await clientOf(first)).status()).addresses[0] as string
     const home = await makeHome()
     const otherKey = join(home, 'other.key')
     await writeFile(otherKey, generatePnetKey(), { mode: 0o600 })
@@ -83,14 +89,15 @@ describe('a closed network by default', () => {
       first.stdout().includes('closed before its handshake completed') && stranger.stdout().includes('closed before its handshake completed'), 20_000)
     expect(first.stdout()).toContain("does not hold this network's key")
     expect(first.stdout()).not.toContain('Message length too long')
-    const strangerId = (await new NtsoekheClient({ socket: stranger.socket }).status()).peerId as string
-    const members = (await new NtsoekheClient({ socket: first.socket }).peers()).members as Array<{ peerId: string }>
+    // It joined nothing, so it has no users of its own to ask: its id comes from its identity key.
+    const strangerId = peerIdFromKey(await loadOrCreateIdentity(home))
+    const members = (await (await clientOf(first)).peers()).members as Array<{ peerId: string }>
     expect(members.map(m => m.peerId)).not.toContain(strangerId)
     await stranger.stop()
   })
 
   it('an outsider without the key cannot even connect, let alone scan', async () => {
-    const addr = (await new NtsoekheClient({ socket: first.socket }).status()).addresses[0] as string
+    const addr = (await (await clientOf(first)).status()).addresses[0] as string
     const { node } = await outsider()
     await expect(node.dial((await import('@multiformats/multiaddr')).multiaddr(addr), { signal: AbortSignal.timeout(5_000) })).rejects.toThrow()
     expect(node.getPeers()).toHaveLength(0)
@@ -103,7 +110,7 @@ describe('an open network, only on request', () => {
     daemons.push(open)
     expect(open.stdout()).toContain('open network')
     expect(open.stdout()).toMatch(/"level":40[^\n]*open network/)
-    const api = new NtsoekheClient({ socket: open.socket })
+    const api = await clientOf(open)
     const status = await api.status()
     const { replica } = await outsider()
     await replica.start()

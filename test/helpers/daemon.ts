@@ -8,7 +8,7 @@
  */
 import { spawn, type ChildProcess } from 'node:child_process'
 import { existsSync } from 'node:fs'
-import { mkdtemp, rm } from 'node:fs/promises'
+import { mkdtemp, readFile, rm } from 'node:fs/promises'
 import { request } from 'node:http'
 import { tmpdir } from 'node:os'
 import { dirname, join, resolve } from 'node:path'
@@ -126,10 +126,12 @@ export async function daemonExit (home: string, options: { args?: string[], time
  * returns its exit code and output. `input` is written to its stdin; without
  * it, stdin is closed at once.
  */
-export async function cli (args: string[], options: { home?: string, input?: string, timeoutMs?: number } = {}): Promise<CliResult> {
+export async function cli (args: string[], options: { home?: string, input?: string, timeoutMs?: number, token?: string } = {}): Promise<CliResult> {
   assertBuilt()
   const argv = [BIN, ...args, ...(options.home === undefined ? [] : ['--home', options.home])]
-  const proc = track(spawn(process.execPath, argv, { cwd: ROOT, stdio: ['pipe', 'pipe', 'pipe'], env: testEnv() }))
+  // Without a token the CLI falls back to the home's admin.token (a home that created its network has one).
+  const env = options.token === undefined ? testEnv() : { ...testEnv(), NTSOEKHE_TOKEN: options.token }
+  const proc = track(spawn(process.execPath, argv, { cwd: ROOT, stdio: ['pipe', 'pipe', 'pipe'], env }))
   let stdout = ''
   let stderr = ''
   proc.stdout?.setEncoding('utf8').on('data', (s: string) => { stdout += s })
@@ -159,18 +161,26 @@ export function track<P extends ChildProcess> (proc: P): P {
   return proc
 }
 
-/** Does `GET /v1/status` answer 200 on this socket? */
+/**
+ * Does `GET /v1/status` answer on this socket? Without a token the daemon
+ * answers 401, which says as well that it is up.
+ */
 export async function statusAnswers (socket: string): Promise<boolean> {
   return await new Promise(resolve => {
     const req = request({ socketPath: socket, path: '/v1/status', method: 'GET', timeout: 2000 }, res => {
       res.resume()
-      res.on('end', () => { resolve(res.statusCode === 200) })
+      res.on('end', () => { resolve(res.statusCode === 200 || res.statusCode === 401) })
       res.on('error', () => { resolve(false) })
     })
     req.on('timeout', () => { req.destroy() })
     req.on('error', () => { resolve(false) })
     req.end()
   })
+}
+
+/** The first admin's token of a home that created its network (`<home>/admin.token`), for NtsoekheClient */
+export async function adminToken (home: string): Promise<string> {
+  return (await readFile(join(home, 'admin.token'), 'utf8')).trim()
 }
 
 export async function sleep (ms: number): Promise<void> {
@@ -199,7 +209,7 @@ function assertBuilt (): void {
 
 function testEnv (): NodeJS.ProcessEnv {
   // A test must never reach a real home through $NTSOEKHE_HOME, nor draw a progress bar.
-  const { NTSOEKHE_HOME: _home, ...env } = process.env
+  const { NTSOEKHE_HOME: _home, NTSOEKHE_TOKEN: _token, ...env } = process.env
   return { ...env, CI: 'true' }
 }
 

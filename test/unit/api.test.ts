@@ -2,16 +2,22 @@ import type { FastifyInstance, InjectOptions, LightMyRequestResponse } from 'fas
 import { afterEach, beforeEach, describe, expect, it } from 'vitest'
 import { BODY_LIMIT, createApi, parseIfMatch } from '../../src/api/server.js'
 import type { Row } from '../../src/schema/index.js'
+import { UserDirectory } from '../../src/security/users.js'
 import { openLocalNode, patientRow, tempDir, type LocalNode, type TempDir } from '../helpers/temp.js'
 
 let dir: TempDir
 let node: LocalNode
 let app: FastifyInstance
+/** The admin's token: these tests are about rows, not rights (test/unit/auth.test.ts is) */
+let token: string
 
 beforeEach(async () => {
   dir = await tempDir('ntk-api-')
   node = await openLocalNode(dir.path)
-  app = createApi({ db: node.db, status: async () => ({ ok: true, rows: await node.store.countRows() }) })
+  const users = new UserDirectory({ db: node.db })
+  await users.ensureRoles()
+  token = (await users.add('admin', 'admin')).token
+  app = createApi({ db: node.db, users, status: async () => ({ ok: true, rows: await node.store.countRows() }) })
   await app.ready()
 })
 
@@ -24,7 +30,7 @@ afterEach(async () => {
 const patient = patientRow
 
 async function request (opts: InjectOptions): Promise<LightMyRequestResponse & { body: string, json: <T = any>() => T }> {
-  return await app.inject(opts)
+  return await app.inject({ ...opts, headers: { authorization: `Bearer ${token}`, ...opts.headers } })
 }
 
 /** Checks the error body shape and returns its `error` */
@@ -76,12 +82,12 @@ describe('api: rows', () => {
     expect(unknown.statusCode).toBe(400)
     expect(errorOf(unknown)).toMatchObject({ code: 'INVALID', column: 'blood_type' })
     // Text that no encoding can carry is a 400 too, never a 500 from an index key.
-    await node.db.insert('user_roles', { role_id: 1, role_name: 'doctor' })
+    // Role 1 (admin) is one of the roles a network is created with.
     const surrogate = await request({ method: 'POST', url: '/v1/tables/users/rows', headers: { 'content-type': 'application/json' }, payload: '{"user_id": 1, "user_name": "x\\ud800", "role_id": 1}' })
     expect(surrogate.statusCode).toBe(400)
     expect(errorOf(surrogate)).toMatchObject({ code: 'INVALID', column: 'user_name' })
     expect(await count('patient_records')).toBe(0)
-    expect(await count('users')).toBe(0)
+    expect(await count('users')).toBe(1) // the admin these tests act as
   })
 
   it('answers 400 to malformed JSON and to a missing body, and stores nothing', async () => {

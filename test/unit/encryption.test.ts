@@ -35,8 +35,13 @@ function found (bytes: Buffer, values: string[]): string[] {
  * its table files with snappy, which keeps literals readable but replaces a
  * repeated substring by a reference, and would hide a shared prefix.
  */
+/**
+ * A value no other stored byte shares 4 characters with, so LevelDB's compression cannot store it as a
+ * back-reference and a search of the files finds it exactly when it is there: letters g-z only, where
+ * versions, tokens and hashes are hex.
+ */
 function unique (tag: string): string {
-  return `${tag.slice(0, 1)}${randomBytes(8).toString('hex')}`
+  return `${tag.slice(0, 1)}${[...randomBytes(16)].map(b => String.fromCharCode(103 + (b % 20))).join('')}`
 }
 
 async function failure (p: Promise<unknown>): Promise<{ code?: string, name?: string, message: string }> {

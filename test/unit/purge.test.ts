@@ -18,7 +18,14 @@ beforeEach(async () => { dir = await tempDir('ntk-purge-') })
 afterEach(async () => { await dir.remove() })
 
 /** A value sharing no 4 characters with another (LevelDB's snappy would hide a repeated substring) */
-const unique = (tag: string): string => `${tag.slice(0, 1)}${randomBytes(8).toString('hex')}`
+/**
+ * A value no other stored byte shares 4 characters with, so LevelDB's compression cannot store it as a
+ * back-reference and a search of the files finds it exactly when it is there: letters g-z only, where
+ * versions, tokens and hashes are hex.
+ */
+function unique (tag: string): string {
+  return `${tag.slice(0, 1)}${[...randomBytes(16)].map(b => String.fromCharCode(103 + (b % 20))).join('')}`
+}
 
 /** Every key and value in the database at `path`, read with its store closed */
 async function rawEntries (path: string): Promise<Array<[string, string]>> {
