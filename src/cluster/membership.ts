@@ -79,6 +79,8 @@ export interface MembershipInit {
 export const MAX_VIEW = 10_000
 
 const PEER_ID_RE = /^[A-Za-z0-9]{8,128}$/
+/** Peers heard of and not yet answered that are kept to be contacted (a bound on what others' gossip can add) */
+const MAX_CANDIDATES = 1000
 
 /**
  * The membership view: gossip-style heartbeats (each member bumps its own
@@ -357,6 +359,15 @@ export class Membership {
         continue
       }
       const k = this.known.get(r.peerId)
+      if (k === undefined && r.peerId !== from) {
+        // A peer becomes a member only by a join of its own: one heard of through others is contacted
+        // (it must answer, over a connection that carries the network key) before it counts.
+        if (r.left !== true && !this.candidates.has(r.peerId) && this.candidates.size < MAX_CANDIDATES && this.acceptable(r, from)) {
+          this.addCandidate(r.peerId, r.addresses)
+          if (r.addresses.length > 0) this.c.learned?.(r.peerId, r.addresses)
+        }
+        continue
+      }
       // A member is the authority on itself: a restart whose clock went back still counts.
       // Except that it cannot undo its removal within the same incarnation: it is told, and refutes it with a new one.
       const removed = k?.left === true && r.left !== true && r.incarnation <= k.incarnation
