@@ -23,6 +23,10 @@ export interface DaemonFlags {
   swarmKey?: string
   /** `--open-network`: run without a network key (network.open) */
   openNetwork?: boolean
+  /** `--security-off`: no authentication, access rules, encryption at rest or audit; refused without `test` */
+  securityOff?: boolean
+  /** `--test`: this daemon is a test or benchmark subject */
+  test?: boolean
 }
 
 /**
@@ -71,7 +75,8 @@ export async function runDaemon (home: string, flags: DaemonFlags, io: Io): Prom
   const logger = pino({ level: config.log.level, base: { component: 'ntsoekhe' } })
   // After `ntsoekhe leave` the node has handed everything off: it stops as on a signal.
   const invite = flags.join === undefined ? undefined : decodeInvite(flags.join)
-  const node = new NtsoekheNode({ home, config, logger, ...(invite === undefined ? {} : { invite }), onLeft: () => { process.kill(process.pid, 'SIGTERM') } })
+  if (flags.securityOff === true && flags.test !== true) throw new ValidationError('--security-off is only for measurements: it is accepted together with --test')
+  const node = new NtsoekheNode({ home, config, logger, ...(invite === undefined ? {} : { invite }), ...(flags.securityOff === true ? { security: false } : {}), onLeft: () => { process.kill(process.pid, 'SIGTERM') } })
   try {
     await node.start()
   } catch (err) {

@@ -102,6 +102,8 @@ function buildProgram (io: Io, setCode: (c: number) => void): Command {
     .option('--join <invite>', 'join the network of the member that printed this invite (ntsoekhe invite): stores its network key in the home')
     .option('--swarm-key <file>', 'network key file to use (network.pnetKeyFile); with --bootstrap, the manual way to join')
     .option('--open-network', 'run without a network key: any machine that reaches the port can join (network.open)')
+    .addOption(new Option('--security-off', 'no authentication, access rules, encryption at rest or audit trail: for benchmarks, accepted only with --test').hideHelp())
+    .addOption(new Option('--test', 'this daemon is a test or benchmark subject').hideHelp())
     .action(async (opts: GlobalOpts & DaemonFlags) => {
       const { runDaemon } = await import('./daemon.js')
       setCode(await runDaemon(resolveHome(opts.home), opts, io))

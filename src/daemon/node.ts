@@ -24,6 +24,7 @@ import { readAdminToken } from '../security/tokens.js'
 import { Store } from '../storage/store.js'
 import { HybridClock, nodeTag } from '../storage/version.js'
 import { socketPath, type Config } from './config.js'
+import type { AccessEvent } from '../security/principal.js'
 import { encodeInvite, keyHex, resolveNetworkKey, type Invite } from './network-key.js'
 
 export const VERSION = '0.1.0'
@@ -37,6 +38,13 @@ export interface NodeInit {
   onLeft?: () => void
   /** `--join <invite>`: the network key to store and the members to join through */
   invite?: Invite
+  /**
+   * false runs without authentication, access rules, encryption at rest and
+   * the audit trail, to measure what they cost (`daemon --security-off
+   * --test`): every request acts as an admin. Only for a fresh home.
+   * @default true
+   */
+  security?: boolean
   /**
    * Whether this node creates a network (and so its roles and first admin).
    * @default true when it has no bootstrap address and no saved member but itself
@@ -99,8 +107,10 @@ export class NtsoekheNode {
     const key = await loadOrCreateIdentity(this.home)
     this.peerId = peerIdFromKey(key)
     const indexes = { ...Object.fromEntries(TABLES.map(t => [t.name, t.indexed])), [AUDIT_TABLE]: AUDIT_INDEXED }
-    const dataKey = await loadOrCreateDataKey(this.home)
-    this.store = new Store({ path: join(this.home, 'store'), sync: this.config.storage.sync, writeBufferBytes: this.config.storage.writeBufferMb * 1024 * 1024, indexes, dataKey })
+    const secure = this.init.security !== false
+    if (!secure) this.logger.warn('SECURITY OFF (--security-off --test): no authentication, no access rules, no encryption at rest, no audit trail. For measurements only')
+    const keying = secure ? { dataKey: await loadOrCreateDataKey(this.home) } : { plaintext: true as const }
+    this.store = new Store({ path: join(this.home, 'store'), sync: this.config.storage.sync, writeBufferBytes: this.config.storage.writeBufferMb * 1024 * 1024, indexes, ...keying })
     await this.store.open()
 
     const net = this.config.network
@@ -175,29 +185,38 @@ export class NtsoekheNode {
     } else if (!createsNetwork && await readAdminToken(this.home) !== undefined) {
       this.logger.warn('this node joins an existing network: admin.token here works only if a user of that network holds it; use a token made on any member (ntsoekhe user add)')
     }
-    this.audit = new AuditTrail({
-      coordinator: this.coordinator,
-      peerId: this.peerId,
-      head: storeHead(this.store),
-      log: (level, msg, fields) => { this.logger[level]({ component: 'audit', ...fields }, msg) }
-    })
-    await this.audit.start()
+    if (secure) {
+      this.audit = new AuditTrail({
+        coordinator: this.coordinator,
+        peerId: this.peerId,
+        head: storeHead(this.store),
+        log: (level, msg, fields) => { this.logger[level]({ component: 'audit', ...fields }, msg) }
+      })
+      await this.audit.start()
+    }
     await this.listen()
     this.logger.info({ peerId: this.peerId, socket: this.socket, home: this.home, addresses: libp2p.getMultiaddrs().map(String) }, 'node ready')
   }
 
   private async listen (): Promise<void> {
     const db = this.db as Database
-    const trail = this.audit as AuditTrail
+    const trail = this.audit
+    const users = this.users as UserDirectory
     this.api = createApi({
       db,
-      audit: event => { trail.record(event) },
-      auditTrail: trail,
+      ...(trail === undefined ? {} : { audit: (event: AccessEvent) => { trail.record(event) }, auditTrail: trail }),
       status: async () => await this.status(),
       extra: { peers: async () => await this.peers(), ring: async () => await this.ringView(), invite: async () => this.inviteLine() },
       removeMember: async (peerId: string) => (this.membership as Membership).remove(peerId),
       leave: async () => await this.leave(),
-      users: this.users as UserDirectory,
+      users: this.init.security !== false
+        ? users
+        : {
+            authenticate: async () => ({ user: 'security-off', role: 'admin' }),
+            add: async (name: string, role: string) => await users.add(name, role),
+            list: async () => await users.list(),
+            revoke: async (name: string) => await users.revoke(name)
+          },
       logger: this.logger
     })
     await removeStaleSocket(this.socket)

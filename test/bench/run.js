@@ -46,7 +46,18 @@ const ORBITDB_ROWS = positiveInt(process.env.BENCH_ORBITDB_ROWS, 500)
 const GOAL_ORBITDB = 50
 const GOAL_P99_MS = 20
 
-const sections = [singleNode, cluster]
+const GOAL_SECURITY = 0.8
+/** Requests of warm-up per run in the security section: the daemons speed up (JIT) for a few thousand requests */
+const SECURITY_WARMUP = positiveInt(process.env.BENCH_SECURITY_WARMUP, 4_000)
+
+const ALL_SECTIONS = { singleNode, security, cluster }
+/** BENCH_ONLY=security,cluster runs only those sections (for work on one of them); BENCHMARKS.md is then not written */
+const ONLY = process.env.BENCH_ONLY?.split(',').map(s => s.trim()).filter(s => s !== '')
+const sections = ONLY === undefined ? Object.values(ALL_SECTIONS) : ONLY.map(name => {
+  const section = ALL_SECTIONS[name]
+  if (section === undefined) throw new Error(`BENCH_ONLY: no section ${name} (sections: ${Object.keys(ALL_SECTIONS).join(', ')})`)
+  return section
+})
 
 async function main () {
   const ctx = context()
@@ -57,7 +68,7 @@ async function main () {
     for (const section of sections) parts.push(await section(ctx))
     parts.push(`_Whole run: ${fmt((performance.now() - started) / 1000, 1)} s, \`npm run bench\`._\n`)
     const md = parts.join('\n')
-    await writeFile(join(ROOT, 'BENCHMARKS.md'), md)
+    if (ONLY === undefined) await writeFile(join(ROOT, 'BENCHMARKS.md'), md)
     process.stdout.write(md)
   } catch (err) {
     failed = true
@@ -168,6 +179,82 @@ more per row than the raw baseline: schema validation, id and key claim,
 version, history and index entries in the same batch. Peak RSS is \`VmHWM\` from
 \`/proc/<pid>/status\` at the end of each server's runs. The machine may be shared:
 load average (1 / 5 / 15 min) ${loadStart} at the start of this section, ${loadAvg()} at its end.
+`
+}
+
+/**
+ * What security costs: single-row inserts and gets on a daemon with
+ * authentication, access rules, encryption at rest and the audit trail,
+ * against the same daemon with them off (`--security-off --test`), in
+ * interleaved rounds
+ */
+async function security (ctx) {
+  const loadStart = loadAvg()
+  log('security: starting a daemon with security on and one with it off (--security-off --test)')
+  const on = await ctx.spawnDaemon()
+  const off = await ctx.spawnDaemon(['--security-off', '--test'])
+  // A doctor, not the admin: every request goes through a clinical role's table and column rules.
+  const agent = new Agent({ keepAlive: true })
+  const made = await send(agent, on.socket, 'POST', '/v1/users', { user: 'dr.bench', role: 'doctor' })
+  agent.destroy()
+  if (made.status !== 201) throw new Error(`making the benchmark's doctor answered ${made.status}: ${made.body}`)
+  TOKENS.set(on.socket, JSON.parse(made.body).token)
+  TOKENS.delete(off.socket)
+  const insertPath = '/v1/tables/patient_records/rows'
+  const ids = { on: [], off: [] }
+  let n = 0
+  const inserts = d => () => ({ socket: d.socket, make: () => ({ method: 'POST', path: insertPath, body: samplePatient(n++) }), onBody: body => { ids[d === on ? 'on' : 'off'].push(JSON.parse(body).id) } })
+  const gets = d => () => {
+    const known = ids[d === on ? 'on' : 'off']
+    let k = 0
+    return { socket: d.socket, make: () => ({ method: 'GET', path: `${insertPath}/${known[(k++ * 7919) % known.length]}` }) }
+  }
+  const runs = { insertOn: inserts(on), insertOff: inserts(off), getOn: gets(on), getOff: gets(off) }
+  for (const [name, run] of Object.entries(runs)) {
+    log(`security: warm-up, ${name}`)
+    await drive({ ...run(), total: SECURITY_WARMUP })
+  }
+  const results = Object.fromEntries(Object.keys(runs).map(k => [k, []]))
+  for (let round = 1; round <= ROUNDS; round++) {
+    for (const [name, run] of Object.entries(runs)) {
+      log(`security: round ${round}/${ROUNDS}, ${name}, ${REQUESTS} requests at ${CONCURRENCY} concurrent`)
+      results[name].push(await drive({ ...run(), total: REQUESTS }))
+    }
+  }
+  const m = Object.fromEntries(Object.entries(results).map(([k, v]) => [k, medianRun(v)]))
+  const status = await getJson(on.socket, '/v1/status')
+  const audit = status.audit ?? {}
+  await on.stop()
+  await off.stop()
+  const verdict = r => `${fmt(r, 2)} ${r >= GOAL_SECURITY ? '✓' : '✗'} (goal ≥ ${GOAL_SECURITY})`
+  const row = (name, r) => `| ${name} | ${fmt(r.rps, 0)} | ${fmt(r.p50, 2)} | ${fmt(r.p99, 2)} |`
+  return `## Security on against off
+
+Single-row inserts and gets of patient_records on one daemon with authentication
+(a doctor's bearer token), access rules (the doctor's table and column rights),
+encryption at rest (AES-256-GCM of the sensitive columns) and the audit trail (an
+entry for every request, hash-chained, written in batches), against the same daemon
+with all four off (\`daemon --security-off --test\`: no token, plaintext store, no
+trail). Both run on fresh temp homes with the default config (fsync on); ${CONCURRENCY}
+requests in flight, ${fmtInt(REQUESTS)} requests per run after ${fmtInt(SECURITY_WARMUP)} of
+warm-up per run; the four runs are interleaved in ${ROUNDS} rounds and each figure is the
+median round.
+
+| run | requests/s | p50 ms | p99 ms |
+| --- | ---: | ---: | ---: |
+${row('insert, security on', m.insertOn)}
+${row('insert, security off', m.insertOff)}
+${row('get, security on', m.getOn)}
+${row('get, security off', m.getOff)}
+
+| ratio on / off | |
+| --- | --- |
+| inserts | ${verdict(m.insertOn.rps / m.insertOff.rps)} |
+| gets | ${verdict(m.getOn.rps / m.getOff.rps)} |
+
+The daemon with security on recorded ${fmtInt(audit.recorded ?? 0)} audit entries, wrote ${fmtInt(audit.written ?? 0)}
+(${fmtInt(audit.pending ?? 0)} pending, ${fmtInt(audit.dropped ?? 0)} dropped) by the end of the runs.
+Load average (1 / 5 / 15 min) ${loadStart} at the start of this section, ${loadAvg()} at its end.
 `
 }
 
