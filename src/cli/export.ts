@@ -54,6 +54,7 @@ export async function runExport (api: NtsoekheClient, flags: ExportFlags, io: Io
     await sink.close()
   } catch (err) {
     progress.stop(false)
+    body.destroy()
     await sink.discard()
     throw new NtsoekheError('UNAVAILABLE', `The export was cut off after ${rows} rows${flags.out === undefined ? '' : ` (${flags.out} removed)`}: ${(err as Error).message}`, { cause: err })
   }
@@ -63,9 +64,13 @@ export async function runExport (api: NtsoekheClient, flags: ExportFlags, io: Io
 
 function stdoutSink (io: Io): Sink {
   const decoder = new StringDecoder('utf8')
-  const out = io.stdout as { write: (s: string) => unknown, once?: (e: string, f: () => void) => unknown, off?: (e: string, f: () => void) => unknown }
+  const out = io.stdout as { write: (s: string) => unknown, once?: (e: string, f: (err?: Error) => void) => unknown, off?: (e: string, f: (err?: Error) => void) => unknown }
+  // A reader that goes away (`| head`) ends the export with an error, not a crash.
+  let failed: Error | undefined
+  out.once?.('error', (err?: Error) => { failed = err ?? new Error('stdout failed') })
   return {
     write: async chunk => {
+      if (failed !== undefined) throw failed
       // Paced by stdout: a slow reader slows the daemon's paging instead of filling memory.
       if (out.write(decoder.write(chunk)) !== false || out.once === undefined) return
       await new Promise<void>(resolve => {
@@ -77,6 +82,7 @@ function stdoutSink (io: Io): Sink {
         out.once?.('drain', done)
         out.once?.('close', done)
       })
+      if (failed !== undefined) throw failed
     },
     close: async () => { out.write(decoder.end()) },
     discard: async () => {}
