@@ -82,12 +82,29 @@ export function exportRoute (app: FastifyInstance, db: Database, init: ExportIni
     void reply
       .type('application/x-ndjson')
       .header(EXPORT_TABLES_HEADER, plan.map(p => p.table.name).join(','))
-    return Readable.from(exportLines(db, plan, anonymize, options, pageRows, req), { objectMode: false })
+    return exportStream(db, plan, { anonymize, options, pageRows, onCutOff: err => { cutOff(req, err) } })
   })
 }
 
-/** The export's lines, one page of rows per chunk; the pseudonym key lives only as long as this generator */
-async function * exportLines (db: Database, plan: ExportPart[], anonymize: boolean, options: RequestOptions, pageRows: number, req: FastifyRequest): AsyncGenerator<string> {
+export interface ExportStreamInit {
+  anonymize: boolean
+  options: RequestOptions
+  pageRows: number
+  /** Called when reading a page fails mid-export (the answer's status is already sent) */
+  onCutOff?: (err: unknown) => void
+}
+
+/**
+ * The export's NDJSON as a byte stream that reads the next page only when the
+ * reader has taken the last one (beyond the stream's 16 KiB buffer): memory is
+ * bounded by a page, whatever the table's size. The pseudonym key lives only
+ * as long as the stream.
+ */
+export function exportStream (db: Pick<Database, 'list'>, plan: ExportPart[], init: ExportStreamInit): Readable {
+  return Readable.from(exportLines(db, plan, init), { objectMode: false })
+}
+
+async function * exportLines (db: Pick<Database, 'list'>, plan: ExportPart[], { anonymize, options, pageRows, onCutOff }: ExportStreamInit): AsyncGenerator<string> {
   const pseudonyms = anonymize ? new Pseudonymizer() : undefined
   try {
     for (const { table, columns } of plan) {
@@ -104,12 +121,16 @@ async function * exportLines (db: Database, plan: ExportPart[], anonymize: boole
       } while (cursor !== undefined)
     }
   } catch (err) {
-    // The status line is gone: the client sees the response cut off, the audit entry says why.
-    const note = req.accessNote
-    if (note !== undefined) note.reason = `${note.reason ?? 'export'}; cut off: ${err instanceof NtsoekheError ? err.code : 'INTERNAL'}`
-    req.log.warn({ err }, 'export cut off')
+    onCutOff?.(err)
     throw err
   }
+}
+
+/** The status line is gone: the client sees the answer cut off, the audit entry says why */
+function cutOff (req: FastifyRequest, err: unknown): void {
+  const note = req.accessNote
+  if (note !== undefined) note.reason = `${note.reason ?? 'export'}; cut off: ${err instanceof NtsoekheError ? err.code : 'INTERNAL'}`
+  req.log.warn({ err }, 'export cut off')
 }
 
 function single (v: string | string[], name: string): string {

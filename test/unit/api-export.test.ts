@@ -1,8 +1,9 @@
 import type { FastifyInstance, LightMyRequestResponse } from 'fastify'
 import { afterEach, beforeEach, describe, expect, it } from 'vitest'
-import { EXPORT_TABLES_HEADER, exportPlan } from '../../src/api/export.js'
+import { EXPORT_TABLES_HEADER, exportPlan, exportStream } from '../../src/api/export.js'
+import { UnavailableError } from '../../src/errors/index.js'
 import { createApi } from '../../src/api/server.js'
-import { TABLES } from '../../src/schema/index.js'
+import { TABLES, findTable, type Row } from '../../src/schema/index.js'
 import type { AccessEvent } from '../../src/security/principal.js'
 import { UserDirectory } from '../../src/security/users.js'
 import { openLocalNode, patientRow, tempDir, type LocalNode, type TempDir } from '../helpers/temp.js'
@@ -182,5 +183,41 @@ describe('api: export', () => {
     expect(lines).toHaveLength(5)
     expect(linesOf(await exportAs('auditor', '?anonymize=true'))).toEqual([])
     expect(exportPlan(node.db, 'auditor', [], true)).toEqual([])
+  })
+})
+
+describe('api: export stream', () => {
+  const patients = findTable('patient_records')
+  if (patients === undefined) throw new Error('no patient_records')
+  const plan = [{ table: patients, columns: patients.columns.map(c => c.name) }]
+  /** A table that never ends: every page is 200 rows of ~150 bytes, and has a next one */
+  const endless = (calls: { n: number }, failAt = Infinity) => ({
+    list: async (): Promise<{ rows: Row[], next: string | null }> => {
+      calls.n++
+      if (calls.n >= failAt) throw new UnavailableError('2 of 3 replicas did not answer')
+      return { rows: Array.from({ length: 200 }, (_, i) => patientRow(calls.n * 1000 + i)), next: 'more' }
+    }
+  })
+
+  it('reads the next page only when the reader has taken what it holds (bounded memory)', async () => {
+    const calls = { n: 0 }
+    const stream = exportStream(endless(calls), plan, { anonymize: false, options: {}, pageRows: 200 })
+    const first = await new Promise<Buffer>((resolve, reject) => { stream.once('data', resolve).once('error', reject) })
+    expect(first.toString().split('\n')[0]).toContain('"table":"patient_records"')
+    stream.pause()
+    await new Promise(resolve => setTimeout(resolve, 100))
+    // A page is ~30 KB, the stream's buffer 16 KiB: it reads at most a page or two ahead of the reader.
+    expect(calls.n).toBeLessThanOrEqual(3)
+    stream.destroy()
+  })
+
+  it('ends with an error, and says so, when a page cannot be read', async () => {
+    const calls = { n: 0 }
+    const cut: unknown[] = []
+    const stream = exportStream(endless(calls, 3), plan, { anonymize: true, options: {}, pageRows: 200, onCutOff: err => { cut.push(err) } })
+    let lines = 0
+    await expect((async () => { for await (const c of stream) lines += String(c).split('\n').length - 1 })()).rejects.toThrow(/replicas/)
+    expect(lines).toBe(400)
+    expect(cut).toHaveLength(1)
   })
 })
