@@ -10,6 +10,7 @@ import { isVersion } from '../storage/version.js'
 import { TABLE_ACCESS, checkFilters, installAccess, principalOf, readView } from './access.js'
 import { auditRoute, type AuditReader } from './audit.js'
 import { toErrorResponse } from './errors.js'
+import { exportRoute } from './export.js'
 import { importStream, isAbort } from './import.js'
 
 /** Largest JSON body the socket accepts (imports are streamed and exempt) */
@@ -41,6 +42,8 @@ export interface ApiInit {
   bodyTimeoutMs?: number
   /** Longest import line or CSV record, bytes. @default MAX_LINE_BYTES (1 MiB) */
   maxImportLineBytes?: number
+  /** Rows an export reads per page. @default EXPORT_PAGE_ROWS (500) */
+  exportPageRows?: number
 }
 
 type Params = { table: string, id: string }
@@ -86,6 +89,7 @@ export function createApi (components: ApiComponents, init: ApiInit = {}): Fasti
 
   app.get('/v1/status', CLUSTER, async () => await components.status())
   if (components.auditTrail !== undefined) auditRoute(app, components.auditTrail)
+  exportRoute(app, db, init.exportPageRows === undefined ? {} : { pageRows: init.exportPageRows })
 
   app.get('/v1/tables', CLUSTER, async () => ({
     tables: db.tables().map(t => ({

@@ -7,9 +7,11 @@ import { NtsoekheError } from '../errors/index.js'
 import { loadConfig, resolveHome, socketPath } from '../daemon/config.js'
 import { readAdminToken } from '../security/tokens.js'
 import { renderObject, renderTable } from './format.js'
+import { UsageError } from './usage.js'
 // daemon.js (libp2p, the store) and seed.js (faker) are loaded by the commands that need them:
 // a client command then starts in a fraction of the time.
 import type { DaemonFlags } from './daemon.js'
+import type { ExportFlags } from './export.js'
 
 export interface Io {
   stdout: { write: (s: string) => unknown }
@@ -19,10 +21,6 @@ export interface Io {
 
 /** Exit codes: other tools and tests rely on them */
 export const EXIT = { OK: 0, REFUSED: 1, USAGE: 2, NO_DAEMON: 3 } as const
-
-class UsageError extends Error {
-  override name = 'UsageError'
-}
 
 interface GlobalOpts { home?: string, json?: boolean, token?: string, consistency?: 'one' | 'quorum' | 'all', breakGlass?: string }
 
@@ -233,6 +231,15 @@ function buildProgram (io: Io, setCode: (c: number) => void): Command {
       } finally {
         progress.stop()
       }
+    })
+
+  withConsistency(common(program.command('export').description('write rows as NDJSON, one {"table","row"} object a line (plain: admins; --anonymize: any role, what it may read)')))
+    .option('--table <table>', 'export this table (repeatable; default every table)', collect, [])
+    .option('--anonymize', 'drop direct identifiers, pseudonymise ids, cut dates of birth to the year')
+    .option('--out <file>', 'write to this new file (mode 0600; never over an existing one) instead of stdout')
+    .action(async (opts: GlobalOpts & ExportFlags) => {
+      const { runExport } = await import('./export.js')
+      await runExport(await client(opts), opts, io)
     })
 
   common(program.command('seed').description('load demo data made with Faker, through the API'))

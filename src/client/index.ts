@@ -1,4 +1,4 @@
-import { Agent, request as httpRequest } from 'node:http'
+import { Agent, request as httpRequest, type ClientRequest, type IncomingMessage } from 'node:http'
 import type { Readable } from 'node:stream'
 import { NtsoekheError, errorFromJSON } from '../errors/index.js'
 
@@ -129,10 +129,40 @@ export class NtsoekheClient {
     return await this.request('POST', `/v1/tables/${enc(table)}/import${qs(options)}`, { raw: body, contentType: type, signal: options.signal, timeout: 0 })
   }
 
+  /**
+   * Streams an export (`GET /v1/export`): resolves, once the daemon has
+   * accepted it, to `tables` (what it holds, in order) and `body`, the NDJSON
+   * stream of `{"table","row"}` lines; a refusal rejects as any request does.
+   * A body cut off mid-way (the daemon failed or went away) emits an error.
+   */
+  async export (options: RequestOptions & { tables?: string[], anonymize?: boolean } = {}): Promise<{ tables: string[], body: IncomingMessage }> {
+    const params = [
+      ...(options.tables ?? []).map(t => `table=${enc(t)}`),
+      ...(options.anonymize === true ? ['anonymize=true'] : []),
+      ...(options.consistency === undefined ? [] : [`consistency=${enc(options.consistency)}`])
+    ]
+    const path = `/v1/export${params.length === 0 ? '' : `?${params.join('&')}`}`
+    const headers = this.headers({ accept: 'application/x-ndjson' })
+    return await new Promise((resolve, reject) => {
+      const req = httpRequest({ socketPath: this.socket, agent: this.agent, method: 'GET', path, headers, ...(options.signal === undefined ? {} : { signal: options.signal }) }, res => {
+        // The wait for the answer is bounded; reading the body is paced by the reader.
+        req.setTimeout(0)
+        if ((res.statusCode ?? 500) >= 400) {
+          readError(res).then(reject, reject)
+          return
+        }
+        const tables = String(res.headers['x-export-tables'] ?? '').split(',').filter(t => t !== '')
+        resolve({ tables, body: res })
+      })
+      this.armTimeout(req, this.timeout)
+      req.on('error', err => { reject(this.connectError(err)) })
+      req.end()
+    })
+  }
+
   /** One HTTP request over the socket; an error body becomes a thrown NtsoekheError */
   async request<T = any> (method: string, path: string, opts: { body?: unknown, raw?: Readable | string, contentType?: string, ifMatch?: string[] | undefined, signal?: AbortSignal | undefined, timeout?: number, breakGlass?: string | undefined } = {}): Promise<T> {
-    const headers: Record<string, string> = { accept: 'application/json' }
-    if (this.token !== undefined) headers.authorization = `Bearer ${this.token}`
+    const headers = this.headers({ accept: 'application/json' })
     // Percent-encoded: any reason survives an HTTP header, and the daemon decodes it.
     if (opts.breakGlass !== undefined) headers['x-break-glass'] = encodeURIComponent(opts.breakGlass)
     let payload: string | undefined
@@ -165,13 +195,8 @@ export class NtsoekheClient {
           }
         })
       })
-      if (timeout > 0) {
-        req.setTimeout(timeout, () => { req.destroy(new NtsoekheError('TIMEOUT', `No answer from the daemon within ${timeout} ms`)) })
-      }
-      req.on('error', (err: NodeJS.ErrnoException) => {
-        if (err.code === 'ENOENT' || err.code === 'ECONNREFUSED' || err.code === 'ENOTSOCK') reject(new NoDaemonError(this.socket, err))
-        else reject(err)
-      })
+      this.armTimeout(req, timeout)
+      req.on('error', err => { reject(this.connectError(err)) })
       if (opts.raw !== undefined) {
         if (typeof opts.raw === 'string') req.end(opts.raw)
         else opts.raw.pipe(req)
@@ -179,6 +204,32 @@ export class NtsoekheClient {
         req.end(payload)
       }
     })
+  }
+
+  private headers (base: Record<string, string>): Record<string, string> {
+    return this.token === undefined ? base : { ...base, authorization: `Bearer ${this.token}` }
+  }
+
+  private armTimeout (req: ClientRequest, timeout: number): void {
+    if (timeout > 0) {
+      req.setTimeout(timeout, () => { req.destroy(new NtsoekheError('TIMEOUT', `No answer from the daemon within ${timeout} ms`)) })
+    }
+  }
+
+  private connectError (err: NodeJS.ErrnoException): Error {
+    return err.code === 'ENOENT' || err.code === 'ECONNREFUSED' || err.code === 'ENOTSOCK' ? new NoDaemonError(this.socket, err) : err
+  }
+}
+
+/** The NtsoekheError an error answer carries */
+async function readError (res: IncomingMessage): Promise<NtsoekheError> {
+  const chunks: Buffer[] = []
+  for await (const c of res) chunks.push(c as Buffer)
+  try {
+    const json = JSON.parse(Buffer.concat(chunks).toString('utf8'))
+    return errorFromJSON(json?.error ?? { code: 'INTERNAL', message: `HTTP ${res.statusCode ?? '?'}` })
+  } catch {
+    return new NtsoekheError('INTERNAL', `The daemon answered ${res.statusCode ?? '?'} with a body that is not JSON`)
   }
 }
 

@@ -42,6 +42,8 @@ export const RIGHTS = {
   roles: 'roles',
   /** Read the audit trail */
   audit: 'audit',
+  /** Export every row in full, identifiers included (an anonymized export needs only the read rights) */
+  export: 'export',
   /** The right every route without a declaration needs: only the admin has it */
   admin: 'admin'
 } as const
