@@ -1,6 +1,6 @@
 import { join } from 'node:path'
 import { afterEach, beforeEach, describe, expect, it } from 'vitest'
-import type { Coordinator } from '../../src/cluster/coordinator.js'
+import type { Coordinator, Mutation, RequestOptions } from '../../src/cluster/coordinator.js'
 import { AUDIT_TABLE, checkEntry, checkMutation } from '../../src/cluster/messages.js'
 import { tokenOf } from '../../src/cluster/token.js'
 import { InvalidMessageError } from '../../src/errors/index.js'
@@ -166,14 +166,14 @@ describe('audit buffer', () => {
   it('keeps entries the network refuses, up to its bound, counts what it drops, and writes the rest once the network is back', async () => {
     await trail.stop()
     let down = true
-    const flaky: Coordinator = {
-      ...node.coordinator,
-      scan: node.coordinator.scan.bind(node.coordinator),
-      writeGroups: async (groups, options) => {
+    const real: Coordinator = node.coordinator
+    // Every method of the real coordinator, but writes fail while `down`.
+    const flaky: Coordinator = Object.assign(Object.create(real) as Coordinator, {
+      writeGroups: async (groups: Mutation[][], options?: RequestOptions) => {
         if (down) throw new Error('no replica answered')
-        return await node.coordinator.writeGroups(groups, options)
+        return await real.writeGroups(groups, options)
       }
-    }
+    })
     trail = await openTrail({ maxPending: 5, maxBatch: 2 }, flaky)
     for (let i = 1; i <= 8; i++) trail.record(read(String(i)))
     await trail.flush()

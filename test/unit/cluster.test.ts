@@ -8,9 +8,9 @@ import { UNIQUE_TABLE } from '../../src/cluster/messages.js'
 import { MemoryNetwork } from '../../src/cluster/memory-transport.js'
 import { Membership, type SavedMember } from '../../src/cluster/membership.js'
 import { Database, uniqueClaimId } from '../../src/query/database.js'
-import { findTable } from '../../src/schema/index.js'
+import { findTable, type Row } from '../../src/schema/index.js'
 
-const patient = (i: number): Record<string, unknown> => ({
+const patient = (i: number): Row => ({
   patient_id: i, patient_name: `Patient ${i}`, date_of_birth: '1980-01-02', gender: 'F', address: `${i} Main St`, contact_number: '0123456789', email: `p${i}@example.org`
 })
 
@@ -192,10 +192,10 @@ describe('distributed coordinator', () => {
     await b.db.patch('patient_records', '5', { address: 'Side B' }, { consistency: 'one' })
     for (const x of [a, b, c]) for (const y of [a, b, c]) if (x !== y) net.network.partition(x.peerId, y.peerId, false)
     const r = await c.db.get('patient_records', '5', { consistency: 'all' })
-    const values = new Set([r.row.address, ...r.conflicts.map(x => x.row?.address)])
+    const values = new Set([r.row.address, ...r.conflicts.map((x: { row: Row | null }) => x.row?.address)])
     expect(values).toEqual(new Set(['Side A', 'Side B']))
     // A write naming both heads resolves it.
-    await c.db.replace('patient_records', '5', { ...patient(5), address: 'Merged' }, { ifMatch: [r.version, ...r.conflicts.map(x => x.version)], consistency: 'all' })
+    await c.db.replace('patient_records', '5', { ...patient(5), address: 'Merged' }, { ifMatch: [r.version, ...r.conflicts.map((x: { version: string }) => x.version)], consistency: 'all' })
     const after = await a.db.get('patient_records', '5', { consistency: 'all' })
     expect(after.row.address).toBe('Merged')
     expect(after.conflicts).toEqual([])
@@ -313,7 +313,7 @@ describe('distributed coordinator', () => {
       { type: 'scan', table: 'patient_records', where: {}, limit: 100 },
       { type: 'read', table: 'patient_records', id: '1', token },
       { type: 'history', table: 'patient_records', id: '1', token },
-      { type: 'write', mutations: [{ op: 'put', table: 'patient_records', id: '1', shard: 'patient_id:1', row: patient(1, { patient_name: 'Rewritten' }) }] },
+      { type: 'write', mutations: [{ op: 'put', table: 'patient_records', id: '1', shard: 'patient_id:1', row: { ...patient(1), patient_name: 'Rewritten' } }] },
       { type: 'write', mutations: [{ op: 'delete', table: 'patient_records', id: '1', shard: 'patient_id:1' }] },
       { type: 'apply', groups: [[{ table: 'patient_records', id: '5', token: tokenOf('patient_id:5'), version: '000001700000000000.000000.abc', parents: [], row: patient(5) }]] }
     ]

@@ -4,7 +4,7 @@ import { Level } from 'level'
 import { afterEach, beforeEach, describe, expect, it } from 'vitest'
 import { tokenOf } from '../../src/cluster/token.js'
 import { NtsoekheError } from '../../src/errors/index.js'
-import type { Row } from '../../src/schema/index.js'
+import type { Row, Value } from '../../src/schema/index.js'
 import { STORE_FORMAT, Store, winner, type VersionEntry } from '../../src/storage/store.js'
 import { HybridClock } from '../../src/storage/version.js'
 import { tempDir, type TempDir } from '../helpers/temp.js'
@@ -239,7 +239,7 @@ describe('store: indexes and scans', () => {
       entries.push(entry(i, [], appointment(i, i % 2 === 0 ? 1 : 2, doctor), tokenOf(`doctor_id:${doctor}`)))
     }
     await store.apply(entries)
-    for (const where of [{}, { patient_id: 1 }]) {
+    for (const where of [{}, { patient_id: 1 }] as Array<Record<string, Value>>) {
       const seen: string[] = []
       const pages: number[] = []
       let after: string | undefined
