@@ -47,12 +47,13 @@ const timestamp = (name: string, notNull = true): Column => ({ name, type: 'TIME
 const decimal = (name: string, precision: number, scale: number): Column => ({ name, type: 'DECIMAL', precision, scale, notNull: true })
 const ref = (column: string, table: string, refColumn = column): Reference => ({ column, table, refColumn })
 
-function table (def: Omit<TableDef, 'indexed' | 'unique'> & { unique?: string[] }): TableDef {
+function table (def: Omit<TableDef, 'indexed' | 'unique'> & { unique?: string[], index?: string[] }): TableDef {
+  const { index = [], ...rest } = def
   const unique = def.unique ?? []
-  const indexed = new Set<string>([...def.references.map(r => r.column), ...unique])
+  const indexed = new Set<string>([...def.references.map(r => r.column), ...unique, ...index])
   if (def.shardKey !== 'global') indexed.add(def.shardKey)
   for (const k of def.primaryKey) indexed.delete(k)
-  return { ...def, unique, indexed: [...indexed] }
+  return { ...rest, unique, indexed: [...indexed] }
 }
 
 export const TABLES: readonly TableDef[] = [
@@ -133,7 +134,9 @@ export const TABLES: readonly TableDef[] = [
     primaryKey: ['user_id'],
     shardKey: 'global',
     references: [ref('role_id', 'user_roles')],
-    unique: ['user_name']
+    unique: ['user_name'],
+    // Every request looks its token up by hash: an index, not a scan of every user.
+    index: ['token_hash']
   })
 ]
 
