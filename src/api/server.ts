@@ -24,6 +24,8 @@ export interface ApiComponents {
   status: () => Promise<Record<string, unknown>>
   /** Extra read-only routes' data, e.g. peers and ring, added by the networked node */
   extra?: Record<string, () => Promise<unknown>>
+  /** What a new machine needs to join (`GET /v1/invite`): it carries the network key, so admins only */
+  invite?: () => Promise<unknown>
   /** Declares a down member gone for good (`DELETE /v1/members/:peerId`), on the networked node */
   removeMember?: (peerId: string) => Promise<unknown>
   /** Hands off this node's records and leaves the network (`POST /v1/leave`), on the networked node */
@@ -103,6 +105,8 @@ export function createApi (components: ApiComponents, init: ApiInit = {}): Fasti
     }))
   }))
 
+  const invite = components.invite
+  if (invite !== undefined) app.get('/v1/invite', { config: { access: RIGHTS.admin } }, async () => await invite())
   for (const [name, fn] of Object.entries(components.extra ?? {})) {
     app.get(`/v1/${name}`, CLUSTER, async () => await fn())
   }

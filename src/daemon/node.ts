@@ -206,7 +206,8 @@ export class NtsoekheNode {
       db,
       ...(trail === undefined ? {} : { audit: (event: AccessEvent) => { trail.record(event) }, auditTrail: trail }),
       status: async () => await this.status(),
-      extra: { peers: async () => await this.peers(), ring: async () => await this.ringView(), invite: async () => this.inviteLine() },
+      extra: { peers: async () => await this.peers(), ring: async () => await this.ringView() },
+      invite: async () => this.inviteLine(),
       removeMember: async (peerId: string) => (this.membership as Membership).remove(peerId),
       leave: async () => await this.leave(),
       users: this.init.security !== false

@@ -113,6 +113,19 @@ describe('auth: tokens', () => {
     expect((await as('doctor', { method: 'GET', url: '/v1/undeclared' })).statusCode).toBe(403)
     expect((await as('admin', { method: 'GET', url: '/v1/undeclared' })).statusCode).toBe(200)
   })
+
+  it('the invite carries the network key: only admins get it, while every role sees peers and status', async () => {
+    await app.close()
+    app = createApi({ db: node.db, users, status: async () => ({}), invite: async () => ({ invite: 'ntsoekhe-invite:1:x', addresses: [] }), extra: { peers: async () => ({ members: [] }) } })
+    await app.ready()
+    for (const role of ['doctor', 'nurse', 'billing', 'auditor']) {
+      const res = await as(role, { method: 'GET', url: '/v1/invite' })
+      expect(res.statusCode, role).toBe(403)
+      expect(res.json().error.message).toMatch(/admin/)
+      expect((await as(role, { method: 'GET', url: '/v1/peers' })).statusCode, role).toBe(200)
+    }
+    expect((await as('admin', { method: 'GET', url: '/v1/invite' })).json()).toEqual({ invite: 'ntsoekhe-invite:1:x', addresses: [] })
+  })
 })
 
 describe('auth: rights by table and column', () => {
