@@ -160,25 +160,23 @@ export function createApi (components: ApiComponents, init: ApiInit = {}): Fasti
     }
   })
 
-  app.put<{ Params: Params, Querystring: Query }>('/v1/tables/:table/rows/:id', ROWS, async (req, reply) => {
-    const table = db.table(req.params.table)
-    const body = requireObject(req)
-    writeNote(req, 'update', table, body, req.params.id)
-    const result = await db.replace(table.name, req.params.id, body, writeOptions(req))
-    noteRow(req, table, result.id, result.row)
-    void reply.header('etag', etag(result.version))
-    return { id: result.id, version: result.version, row: visible(req, table, result.row) }
-  })
-
-  app.patch<{ Params: Params, Querystring: Query }>('/v1/tables/:table/rows/:id', ROWS, async (req, reply) => {
-    const table = db.table(req.params.table)
-    const body = requireObject(req)
-    writeNote(req, 'update', table, body, req.params.id)
-    const result = await db.patch(table.name, req.params.id, body, writeOptions(req))
-    noteRow(req, table, result.id, result.row)
-    void reply.header('etag', etag(result.version))
-    return { id: result.id, version: result.version, row: visible(req, table, result.row) }
-  })
+  // PUT replaces the row, PATCH changes the columns it names: the same checks, notes and answer.
+  for (const [method, write] of [['PUT', db.replace.bind(db)], ['PATCH', db.patch.bind(db)]] as const) {
+    app.route<{ Params: Params, Querystring: Query }>({
+      method,
+      url: '/v1/tables/:table/rows/:id',
+      ...ROWS,
+      handler: async (req, reply) => {
+        const table = db.table(req.params.table)
+        const body = requireObject(req)
+        writeNote(req, 'update', table, body, req.params.id)
+        const result = await write(table.name, req.params.id, body, writeOptions(req))
+        noteRow(req, table, result.id, result.row)
+        void reply.header('etag', etag(result.version))
+        return { id: result.id, version: result.version, row: visible(req, table, result.row) }
+      }
+    })
+  }
 
   app.delete<{ Params: Params, Querystring: Query }>('/v1/tables/:table/rows/:id', ROWS, async (req, reply) => {
     const table = db.table(req.params.table)

@@ -1,9 +1,9 @@
-import { randomBytes } from 'node:crypto'
-import { link, open, readFile, unlink } from 'node:fs/promises'
-import { join, resolve } from 'node:path'
+import { readFile } from 'node:fs/promises'
+import { resolve } from 'node:path'
 import { ConflictError, ValidationError } from '../errors/index.js'
 import { generatePnetKey } from '../p2p/node.js'
 import type { Config } from './config.js'
+import { createSecretFile } from '../util/secret-file.js'
 
 /** The network key a node writes when it starts a new (closed) network, in its home */
 export const SWARM_KEY_FILE = 'swarm.key'
@@ -114,22 +114,7 @@ async function readKeyFile (path: string): Promise<Uint8Array | undefined> {
   }
 }
 
-/** Writes a key file 0600 through a synced temp file; link() never replaces an existing file */
+/** Writes a key file 0600, never over an existing file */
 async function writeKeyFile (path: string, bytes: Uint8Array): Promise<void> {
-  const tmp = join(resolve(path, '..'), `.${SWARM_KEY_FILE}.${process.pid}.${randomBytes(4).toString('hex')}.tmp`)
-  const fh = await open(tmp, 'wx', 0o600)
-  try {
-    await fh.writeFile(bytes)
-    await fh.sync()
-  } finally {
-    await fh.close()
-  }
-  try {
-    await link(tmp, path)
-  } catch (err) {
-    if ((err as NodeJS.ErrnoException).code === 'EEXIST') throw new ConflictError(`${path} exists; a network key is never overwritten`, { cause: err })
-    throw err
-  } finally {
-    await unlink(tmp).catch(() => {})
-  }
+  if (!await createSecretFile(path, bytes)) throw new ConflictError(`${path} exists; a network key is never overwritten`)
 }

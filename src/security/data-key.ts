@@ -1,7 +1,8 @@
 import { randomBytes } from 'node:crypto'
-import { link, open, readFile, unlink } from 'node:fs/promises'
-import { dirname, join } from 'node:path'
+import { readFile } from 'node:fs/promises'
+import { join } from 'node:path'
 import { DataKeyError } from '../errors/index.js'
+import { createSecretFile } from '../util/secret-file.js'
 
 export const DATA_KEY_FILE = 'data.key'
 /** AES-256: the data key is 32 random bytes */
@@ -22,23 +23,7 @@ export async function loadOrCreateDataKey (home: string): Promise<Uint8Array> {
 export async function loadOrCreateKeyFile (path: string): Promise<Uint8Array> {
   const existing = await readKey(path)
   if (existing !== undefined) return existing
-  const tmp = `${path}.${process.pid}.${randomBytes(4).toString('hex')}.tmp`
-  const fh = await open(tmp, 'wx', 0o600)
-  try {
-    await fh.writeFile(randomBytes(DATA_KEY_BYTES))
-    await fh.sync()
-  } finally {
-    await fh.close()
-  }
-  try {
-    // link, not rename: it fails on an existing file instead of replacing it.
-    await link(tmp, path)
-  } catch (err) {
-    if ((err as NodeJS.ErrnoException).code !== 'EEXIST') throw err
-  } finally {
-    await unlink(tmp)
-  }
-  await syncDir(dirname(path))
+  await createSecretFile(path, randomBytes(DATA_KEY_BYTES))
   const key = await readKey(path)
   if (key === undefined) throw new DataKeyError(`${path} vanished while it was being created`)
   return key
@@ -59,11 +44,3 @@ async function readKey (path: string): Promise<Uint8Array | undefined> {
 }
 
 /** Makes a new directory entry durable */
-async function syncDir (dir: string): Promise<void> {
-  const fh = await open(dir, 'r')
-  try {
-    await fh.sync()
-  } finally {
-    await fh.close()
-  }
-}
