@@ -85,7 +85,8 @@ try {
   nodes.forEach((n, i) => {
     console.log(`node ${i + 1}  ${n.status.peerId}\n  socket ${n.client.socket}`)
   })
-  console.log(`\nQuery any node, e.g.:\n  ${bin} query patient_records --limit 5 --home ${nodes[nodes.length - 1].home}` +
+  // Only node 1's home holds admin.token (it created the network); its token works on every node.
+  console.log(`\nQuery any node with node 1's admin token, e.g.:\n  export NTSOEKHE_TOKEN=$(cat ${join(nodes[0].home, 'admin.token')})\n  ${bin} query patient_records --limit 5 --home ${nodes[nodes.length - 1].home}` +
     `\n  ${bin} peers --home ${nodes[0].home}\n  curl --unix-socket ${nodes[0].client.socket} -H "Authorization: Bearer $(cat ${join(nodes[0].home, 'admin.token')})" http://localhost/v1/status\n\nCtrl-C stops the network.`)
 } catch (err) {
   console.error(`cluster failed: ${err.message}`)
