@@ -472,7 +472,7 @@ export class DistributedCoordinator implements Coordinator {
     const ownersOf = groups.map(g => g[0] === undefined ? [] : this.owners(g[0].table, g[0].token))
     // This node's share of every group in one durable batch; it counts as one owner's acknowledgement.
     const here = groups.filter((_, i) => (ownersOf[i] as string[]).includes(self)).flat()
-    const local = here.length === 0 ? undefined : this.c.store.insertOnce(here).then(() => {})
+    const local = here.length === 0 ? undefined : this.c.store.insertOnce(here, { own: true }).then(() => {})
     local?.catch(err => { this.c.log?.('local commit of %d first versions failed: %s', here.length, (err as Error).message) })
     return await Promise.all(groups.map(async (g, i): Promise<InsertOutcome> => {
       const first = g[0]

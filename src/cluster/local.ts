@@ -45,7 +45,7 @@ export class LocalCoordinator implements Coordinator {
   }
 
   async insertOnce (groups: VersionEntry[][]): Promise<InsertOutcome[]> {
-    await this.components.store.insertOnce(groups.flat())
+    await this.components.store.insertOnce(groups.flat(), { own: true })
     return groups.map(() => ({ ok: true }))
   }
 

@@ -363,23 +363,40 @@ export class Store {
    * is put as its one-version state without being decoded or merged; one
    * already held (or erased here) goes the ordinary way, so a second,
    * different version is kept beside the first, for verification to find.
+   *
+   * `own`: the entries are the writer's own, with ids unique by construction
+   * and versions fixed once, so nothing is read first: a copy already here
+   * can only be the same version, and putting it again changes nothing.
    */
-  async insertOnce (entries: VersionEntry[]): Promise<ApplyOutcome[]> {
+  async insertOnce (entries: VersionEntry[], options: { own?: boolean } = {}): Promise<ApplyOutcome[]> {
     this.checkOpen()
     const keys = entries.map(e => recordKey(e.token, e.table, e.id))
     const release = await this.mutex.lock(keys)
     try {
       const ops: BatchOp[] = []
       const states = new Map<string, RecordState | undefined>()
+      const fresh = new Set<string>()
+      const recordPrefix = this.records.prefix
       const outcomes = entries.map((entry, i): ApplyOutcome => {
         const key = keys[i] as string
         if (entry.parents.length > 0 || entry.row === null) throw new Error(`insertOnce: ${key} is not a first version`)
-        if (!states.has(key) && !this.purged.has(key) && this.records.getSync(key) === undefined) {
-          const state: RecordState = { table: entry.table, id: entry.id, token: entry.token, heads: [entry], seen: [entry.version], superseded: [] }
-          states.set(key, state)
-          ops.push({ type: 'put', key: this.records.prefix + key, value: this.encodeFirstVersion(entry) })
-          this.stageIndexes(undefined, state, ops)
+        if (!fresh.has(key) && !states.has(key) && !this.purged.has(key) && (options.own === true || this.records.getSync(key) === undefined)) {
+          fresh.add(key)
+          ops.push({ type: 'put', key: recordPrefix + key, value: this.encodeFirstVersion(entry) })
+          const pos = entry.token + SEP + entry.id
+          // What stageIndexes does for a record that becomes live, without building its state.
+          ops.push({ type: 'put', key: this.tables.prefix + entry.table + SEP + pos, value: '1' })
+          for (const col of this.indexes[entry.table] ?? []) {
+            const v = entry.row[col]
+            if (v !== null && v !== undefined) ops.push(put(this.index, this.indexKey(entry.table, col, v, pos), 1))
+          }
           return 'applied'
+        }
+        if (fresh.has(key)) {
+          // A second entry for a record put by this batch: it is now held, as a one-version state.
+          const first = entries[keys.indexOf(key)] as VersionEntry
+          states.set(key, { table: first.table, id: first.id, token: first.token, heads: [first], seen: [first.version], superseded: [] })
+          fresh.delete(key)
         }
         if (!states.has(key)) states.set(key, this._get(entry.table, entry.token, entry.id))
         return this.stage(entry, states, ops)
