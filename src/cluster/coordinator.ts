@@ -24,6 +24,9 @@ export interface Mutation {
 /** What became of one group of a `writeGroups` call */
 export type GroupOutcome = { ok: true, results: WriteResult[] } | { ok: false, error: { code: string, message: string, column?: string } }
 
+/** What became of one group of an `insertOnce` call */
+export type InsertOutcome = { ok: true } | { ok: false, error: { code: string, message: string } }
+
 export interface WriteResult {
   table: string
   id: string
@@ -40,6 +43,8 @@ export interface ScanRequest {
   where?: Record<string, Value>
   /** Resume after this position (`<token>!<id>`) */
   after?: string
+  /** Only rows under this ring token: one shard-key value's rows, found without an index */
+  token?: string
   limit: number
 }
 
@@ -81,6 +86,15 @@ export interface Coordinator {
    * group's failure is reported in its place and does not fail the others.
    */
   writeGroups: (groups: Mutation[][], options?: RequestOptions) => Promise<GroupOutcome[]>
+  /**
+   * Stores first versions of records written once and never changed (audit
+   * entries), in groups that each share one ring token. The caller makes
+   * each version once and keeps it across retries, so a group needs no
+   * primary to order it: it goes straight to its owners, and writing it
+   * twice stores the same thing. A group succeeds once W owners have it on
+   * disk; owners that missed it get it as a hint.
+   */
+  insertOnce: (groups: VersionEntry[][], options?: RequestOptions) => Promise<InsertOutcome[]>
   read: (table: string, id: string, shard: string, options?: RequestOptions) => Promise<RecordState | undefined>
   /** Reads only this node's shard */
   readLocal: (table: string, id: string, shard: string) => Promise<RecordState | undefined>

@@ -6,10 +6,10 @@ import { winner } from '../storage/store.js'
 import type { HybridClock } from '../storage/version.js'
 import { compareVersions } from '../storage/version.js'
 import { ApplyBatcher, chunkBy, chunkGroups, MAX_ENTRIES_PER_MESSAGE, resultOk } from './apply-batcher.js'
-import type { ClusterStatus, Consistency, Coordinator, GroupOutcome, Mutation, RequestOptions, ScanPage, ScanRequest, WriteResult } from './coordinator.js'
+import type { ClusterStatus, Consistency, Coordinator, GroupOutcome, InsertOutcome, Mutation, RequestOptions, ScanPage, ScanRequest, WriteResult } from './coordinator.js'
 import { mergeStates, missingHeads } from './merge.js'
 import type { Membership } from './membership.js'
-import { checkEntry, checkScanPage, checkState, parseReplicaMessage, type ReplicaMessage } from './messages.js'
+import { AUDIT_TABLE, checkEntry, checkScanPage, checkState, parseReplicaMessage, type ReplicaMessage } from './messages.js'
 import { mutationKey, orderGroups, orderMutations } from './mutations.js'
 import { HashRing } from './ring.js'
 import { tokenOf } from './token.js'
@@ -467,6 +467,28 @@ export class DistributedCoordinator implements Coordinator {
     return outcomes
   }
 
+  async insertOnce (groups: VersionEntry[][], options: RequestOptions = {}): Promise<InsertOutcome[]> {
+    const self = this.c.peerId
+    const ownersOf = groups.map(g => g[0] === undefined ? [] : this.owners(g[0].table, g[0].token))
+    // This node's share of every group in one durable batch; it counts as one owner's acknowledgement.
+    const here = groups.filter((_, i) => (ownersOf[i] as string[]).includes(self)).flat()
+    const local = here.length === 0 ? undefined : this.c.store.insertOnce(here, { own: true }).then(() => {})
+    local?.catch(err => { this.c.log?.('local commit of %d first versions failed: %s', here.length, (err as Error).message) })
+    return await Promise.all(groups.map(async (g, i): Promise<InsertOutcome> => {
+      const first = g[0]
+      const owners = ownersOf[i] as string[]
+      if (first === undefined) return { ok: true }
+      if (owners.length === 0) return { ok: false, error: { code: 'UNAVAILABLE', message: 'No members on the ring yet' } }
+      const mine = owners.includes(self)
+      try {
+        await this.replicate(owners.filter(p => p !== self), g, this.needed(options.consistency, this.writeQuorum, owners.length), `${first.table} ${first.id}`, mine ? local : undefined)
+        return { ok: true }
+      } catch (err) {
+        return { ok: false, error: errorBody(err) }
+      }
+    }))
+  }
+
   /** The primary's side of `writeGroups`: one durable batch for every group it owns, then replication */
   private async coordinateGroups (groups: Mutation[][], level: Consistency | undefined): Promise<GroupOutcome[]> {
     const outcomes = new Array<GroupOutcome>(groups.length)
@@ -737,7 +759,9 @@ export class DistributedCoordinator implements Coordinator {
         const results = await Promise.all(msg.groups.map(async group => {
           for (const e of group) this.c.clock.observe(e.version)
           try {
-            await this.c.store.apply(group)
+            // Audit entries are first versions only (checkEntry): the lean path, which still keeps a differing second version.
+            if (group.every(e => e.table === AUDIT_TABLE)) await this.c.store.insertOnce(group)
+            else await this.c.store.apply(group)
             return { ok: true }
           } catch (err) {
             this.c.log?.('apply from %s failed: %s', from, (err as Error).message)
@@ -762,7 +786,7 @@ export class DistributedCoordinator implements Coordinator {
       case 'history':
         return { versions: await this.c.store.versions(msg.table, msg.token, msg.id) }
       case 'scan':
-        return await this.c.store.scan(msg.table, { where: msg.where, limit: msg.limit, ...(msg.after === undefined ? {} : { after: msg.after }) })
+        return await this.c.store.scan(msg.table, { where: msg.where, limit: msg.limit, ...(msg.after === undefined ? {} : { after: msg.after }), ...(msg.token === undefined ? {} : { token: msg.token }) })
       case 'purge': {
         this.c.clock.observe(msg.version)
         const held = await this.c.store.purge({ table: msg.table, id: msg.id, token: msg.token, version: msg.version, time: Date.now() })

@@ -1,6 +1,6 @@
 import type { Store, RecordState, VersionEntry } from '../storage/store.js'
 import type { HybridClock } from '../storage/version.js'
-import type { ClusterStatus, Coordinator, GroupOutcome, Mutation, ScanPage, ScanRequest, WriteResult } from './coordinator.js'
+import type { ClusterStatus, Coordinator, GroupOutcome, InsertOutcome, Mutation, ScanPage, ScanRequest, WriteResult } from './coordinator.js'
 import { mutationKey, orderGroups, orderMutations } from './mutations.js'
 import { tokenOf } from './token.js'
 
@@ -42,6 +42,11 @@ export class LocalCoordinator implements Coordinator {
       return ordered.entries
     })
     return outcomes
+  }
+
+  async insertOnce (groups: VersionEntry[][]): Promise<InsertOutcome[]> {
+    await this.components.store.insertOnce(groups.flat(), { own: true })
+    return groups.map(() => ({ ok: true }))
   }
 
   async read (table: string, id: string, shard: string): Promise<RecordState | undefined> {

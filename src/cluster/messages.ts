@@ -33,7 +33,7 @@ export type ReplicaMessage =
   | { type: 'merge', states: RecordState[] }
   | { type: 'read', table: string, id: string, token: string }
   | { type: 'history', table: string, id: string, token: string }
-  | { type: 'scan', table: string, where: Record<string, string | number | null>, after?: string, limit: number }
+  | { type: 'scan', table: string, where: Record<string, string | number | null>, after?: string, token?: string, limit: number }
   | { type: 'purge', table: string, id: string, token: string, version: string }
 
 const TOKEN_RE = /^[0-9a-f]{16}$/
@@ -214,7 +214,8 @@ export function parseReplicaMessage (msg: unknown): ReplicaMessage {
         if (v !== null && typeof v !== 'string' && typeof v !== 'number') bad('where values must be scalars')
       }
       if (m.after !== undefined && (typeof m.after !== 'string' || m.after.length > 300)) bad('malformed cursor')
-      return { type: 'scan', table, where: where as Record<string, string | number | null>, limit: m.limit as number, ...(m.after === undefined ? {} : { after: m.after as string }) }
+      if (m.token !== undefined && (typeof m.token !== 'string' || !TOKEN_RE.test(m.token))) bad('malformed scan token')
+      return { type: 'scan', table, where: where as Record<string, string | number | null>, limit: m.limit as number, ...(m.after === undefined ? {} : { after: m.after as string }), ...(m.token === undefined ? {} : { token: m.token as string }) }
     }
     default:
       bad(`unknown message type ${JSON.stringify(m.type)?.slice(0, 40)}`)

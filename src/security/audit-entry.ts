@@ -66,7 +66,9 @@ export function auditShard (row: { node: string, patient_id: string | null }): s
 }
 
 export function hashEntry (row: AuditBody): string {
-  return createHash('sha256').update(JSON.stringify(HASHED_FIELDS.map(f => row[f]))).digest('hex')
+  // HASHED_FIELDS spelled out: the same encoding, without a closure call per field.
+  const fields = [row.node, row.seq, row.prev, row.time, row.user, row.role, row.action, row.table, row.key, row.columns, row.outcome, row.status, row.reason, row.break_glass, row.patient_id]
+  return createHash('sha256').update(JSON.stringify(fields)).digest('hex')
 }
 
 /** A patient id as the schema writes it (an integer), or null when the event names none or a malformed one */

@@ -1,8 +1,10 @@
-import type { Coordinator, Consistency, Mutation } from '../cluster/coordinator.js'
+import type { Coordinator, Consistency } from '../cluster/coordinator.js'
 import { AUDIT_TABLE } from '../cluster/messages.js'
+import { tokenOf } from '../cluster/token.js'
 import { ValidationError } from '../errors/index.js'
-import type { RecordState } from '../storage/store.js'
+import type { RecordState, VersionEntry } from '../storage/store.js'
 import { winner } from '../storage/store.js'
+import { formatVersion, nodeTag } from '../storage/version.js'
 import {
   GENESIS, auditId, auditShard, clip, hashEntry, patientOf, toLink, verifyChains,
   type AuditBody, type AuditRow, type ChainLink, type VerifyResult
@@ -10,11 +12,12 @@ import {
 import type { AccessEvent } from './principal.js'
 
 /**
- * Columns of `_audit` with a secondary index. Only the patient: every entry
- * pays for each index on every replica, while a query by user or time is rare
- * and may scan the table.
+ * Columns of `_audit` with a secondary index: none. Every entry about a
+ * patient has the patient's ring token, so a query by patient reads that
+ * token's run of the table list; an index would cost every entry a write on
+ * every replica. A query by user or time is rare and scans the table.
  */
-export const AUDIT_INDEXED = ['patient_id']
+export const AUDIT_INDEXED: string[] = []
 
 /** @default */
 export const DEFAULT_FLUSH_INTERVAL_MS = 50
@@ -98,7 +101,8 @@ export interface AuditCounts {
 }
 
 interface Buffered { event: AccessEvent, at: number }
-interface Sequenced { row: AuditRow, retried: boolean }
+/** An entry with its one version, made when it is sequenced and kept across retries */
+type Sequenced = VersionEntry & { row: AuditRow }
 
 /**
  * The audit trail of one node. `record()` only buffers (the request never
@@ -130,6 +134,10 @@ export class AuditTrail {
   private flushing?: Promise<void>
   private lastDropWarn = 0
   private droppedSinceWarn = 0
+  private readonly versionTag: string
+  /** The last entry time formatted, and its ms: a batch's entries share a few ms */
+  private isoMs = Number.NaN
+  private iso = ''
 
   constructor (components: AuditTrailComponents, init: AuditTrailInit = {}) {
     this.c = components
@@ -138,6 +146,7 @@ export class AuditTrail {
     this.maxPending = init.maxPending ?? DEFAULT_MAX_PENDING
     this.maxBatch = Math.min(init.maxBatch ?? DEFAULT_MAX_BATCH, this.maxPending)
     this.consistency = init.consistency ?? 'quorum'
+    this.versionTag = nodeTag(components.peerId)
   }
 
   async start (): Promise<void> {
@@ -219,7 +228,7 @@ export class AuditTrail {
   private async _flush (): Promise<void> {
     const batch = this.unwritten.splice(0, this.maxBatch)
     const fresh = this.buffer.splice(0, this.maxBatch - batch.length)
-    for (const b of fresh) batch.push({ row: this.sequence(b), retried: false })
+    for (const b of fresh) batch.push(this.sequence(b))
     this.inFlight = batch.length
     let failed: Sequenced[] = []
     try {
@@ -233,20 +242,23 @@ export class AuditTrail {
       this.inFlight = 0
     }
     if (failed.length > 0) this.counts.failedWrites++
-    const failedSeqs = new Set(failed.map(f => f.row.seq))
-    for (const s of batch) if (!failedSeqs.has(s.row.seq)) this.counts.written++
-    this.unwritten = [...failed.map(f => ({ row: f.row, retried: true })), ...this.unwritten]
+    this.counts.written += batch.length - failed.length
+    this.unwritten = [...failed, ...this.unwritten]
     const lowestUnwritten = this.unwritten[0]?.row.seq ?? this.seq + 1
     this.writtenSeq = Math.max(this.writtenSeq, lowestUnwritten - 1)
   }
 
-  private sequence (b: Buffered): AuditRow {
+  private sequence (b: Buffered): Sequenced {
     const e = b.event
+    if (b.at !== this.isoMs) {
+      this.isoMs = b.at
+      this.iso = new Date(b.at).toISOString()
+    }
     const body: AuditBody = {
       node: this.c.peerId,
       seq: this.seq + 1,
       prev: this.lastHash,
-      time: new Date(b.at).toISOString(),
+      time: this.iso,
       user: clip(e.principal?.user, 'user'),
       role: clip(e.principal?.role, 'role'),
       action: e.action,
@@ -259,33 +271,28 @@ export class AuditTrail {
       break_glass: e.breakGlass === true ? 1 : 0,
       patient_id: patientOf(e.patientId)
     }
-    const row: AuditRow = { ...body, hash: hashEntry(body) }
+    const hash = hashEntry(body)
+    const row = body as AuditRow
+    row.hash = hash
     this.seq = row.seq
-    this.lastHash = row.hash
-    return row
+    this.lastHash = hash
+    // The version is the entry's own (its time and seq), so every write of it, first or retried, is the same.
+    const version = formatVersion({ wall: b.at, counter: row.seq % 1_000_000, node: this.versionTag })
+    return { table: AUDIT_TABLE, id: auditId(row.node, row.seq), token: tokenOf(auditShard(row)), version, parents: [], row }
   }
 
-  /** Writes entries, one group per shard; returns those not written */
+  /** Writes entries, one group per shard (ring token); returns those not written, in seq order */
   private async write (batch: Sequenced[]): Promise<Sequenced[]> {
     const groups: Sequenced[][] = []
-    const byShard = new Map<string, Sequenced[]>()
+    const byToken = new Map<string, Sequenced[]>()
     for (const s of batch) {
-      // A retried entry may have landed the first time: alone in its group, a "conflict" then means it is there.
-      if (s.retried) { groups.push([s]); continue }
-      const shard = auditShard(s.row)
-      let g = byShard.get(shard)
-      if (g === undefined) { g = []; byShard.set(shard, g); groups.push(g) }
+      let g = byToken.get(s.token)
+      if (g === undefined) { g = []; byToken.set(s.token, g); groups.push(g) }
       g.push(s)
     }
-    const mutations = groups.map(g => g.map((s): Mutation => ({ op: 'insert', table: AUDIT_TABLE, id: auditId(s.row.node, s.row.seq), shard: auditShard(s.row), row: s.row })))
-    const outcomes = await this.c.coordinator.writeGroups(mutations, { consistency: this.consistency })
+    const outcomes = await this.c.coordinator.insertOnce(groups, { consistency: this.consistency })
     const failed: Sequenced[] = []
-    outcomes.forEach((o, i) => {
-      const g = groups[i] as Sequenced[]
-      if (o.ok) return
-      if (o.error.code === 'CONFLICT' && g.length === 1 && g[0]?.retried === true) return
-      failed.push(...g)
-    })
+    outcomes.forEach((o, i) => { if (!o.ok) failed.push(...groups[i] as Sequenced[]) })
     return failed.sort((a, b) => a.row.seq - b.row.seq)
   }
 
@@ -309,17 +316,19 @@ export class AuditTrail {
   /** Entries across the network matching every filter given, oldest first */
   async query (filter: AuditFilter = {}): Promise<{ entries: AuditRow[], truncated: boolean }> {
     const where: Record<string, string> = {}
+    let token: string | undefined
     if (filter.patient !== undefined) {
       const p = patientOf(filter.patient)
       if (p === null) throw new ValidationError(`patient must be a patient id (an integer), got ${JSON.stringify(filter.patient)}`)
       where.patient_id = p
+      token = tokenOf(auditShard({ node: this.c.peerId, patient_id: p }))
     }
     if (filter.user !== undefined) where.user = filter.user
     const since = filter.since === undefined ? undefined : parseSince(filter.since)
     await this.flush()
     const entries: AuditRow[] = []
     let truncated = false
-    await this.scanAll(where, state => {
+    await this.scanAll(where, token, state => {
       const row = winner(state)?.row as AuditRow | undefined
       if (row === undefined || (since !== undefined && row.time < since)) return true
       if (entries.length >= MAX_QUERY_ENTRIES) { truncated = true; return false }
@@ -339,7 +348,7 @@ export class AuditTrail {
   async verify (): Promise<VerifyResult> {
     await this.flush()
     const links = new Map<string, Map<number, ChainLink>>()
-    await this.scanAll({}, state => {
+    await this.scanAll({}, undefined, state => {
       const head = winner(state)
       const dot = state.id.lastIndexOf('.')
       const node = state.id.slice(0, dot)
@@ -354,10 +363,10 @@ export class AuditTrail {
   }
 
   /** Pages through `_audit` across the network; `each` returns false to stop */
-  private async scanAll (where: Record<string, string>, each: (state: RecordState) => boolean): Promise<void> {
+  private async scanAll (where: Record<string, string>, token: string | undefined, each: (state: RecordState) => boolean): Promise<void> {
     let after: string | undefined
     for (;;) {
-      const page = await this.c.coordinator.scan(AUDIT_TABLE, { where, limit: SCAN_PAGE, ...(after === undefined ? {} : { after }) })
+      const page = await this.c.coordinator.scan(AUDIT_TABLE, { where, limit: SCAN_PAGE, ...(after === undefined ? {} : { after }), ...(token === undefined ? {} : { token }) })
       for (const r of page.rows) if (!each(r.state)) return
       if (page.next === undefined) return
       after = page.next

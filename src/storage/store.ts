@@ -51,6 +51,8 @@ export interface ScanOptions {
   indexed?: string[]
   /** Resume after this position (`<token>!<id>`) */
   after?: string
+  /** Only rows of this ring token (the rows of one shard-key value, and any that share its token) */
+  token?: string
   limit: number
 }
 
@@ -354,6 +356,67 @@ export class Store {
   }
 
   /**
+   * Stores first versions of records that are written once and never
+   * changed (audit entries): each entry has no parents and a version its
+   * writer fixed once, so writing it again (a retry, a second copy from a
+   * peer) stores the same bytes. A record that is new here, the usual case,
+   * is put as its one-version state without being decoded or merged; one
+   * already held (or erased here) goes the ordinary way, so a second,
+   * different version is kept beside the first, for verification to find.
+   *
+   * `own`: the entries are the writer's own, with ids unique by construction
+   * and versions fixed once, so nothing is read first: a copy already here
+   * can only be the same version, and putting it again changes nothing.
+   */
+  async insertOnce (entries: VersionEntry[], options: { own?: boolean } = {}): Promise<ApplyOutcome[]> {
+    this.checkOpen()
+    const keys = entries.map(e => recordKey(e.token, e.table, e.id))
+    const release = await this.mutex.lock(keys)
+    try {
+      const ops: BatchOp[] = []
+      const states = new Map<string, RecordState | undefined>()
+      const fresh = new Set<string>()
+      const recordPrefix = this.records.prefix
+      const outcomes = entries.map((entry, i): ApplyOutcome => {
+        const key = keys[i] as string
+        if (entry.parents.length > 0 || entry.row === null) throw new Error(`insertOnce: ${key} is not a first version`)
+        if (!fresh.has(key) && !states.has(key) && !this.purged.has(key) && (options.own === true || this.records.getSync(key) === undefined)) {
+          fresh.add(key)
+          ops.push({ type: 'put', key: recordPrefix + key, value: this.encodeFirstVersion(entry) })
+          const pos = entry.token + SEP + entry.id
+          // What stageIndexes does for a record that becomes live, without building its state.
+          ops.push({ type: 'put', key: this.tables.prefix + entry.table + SEP + pos, value: '1' })
+          for (const col of this.indexes[entry.table] ?? []) {
+            const v = entry.row[col]
+            if (v !== null && v !== undefined) ops.push(put(this.index, this.indexKey(entry.table, col, v, pos), 1))
+          }
+          return 'applied'
+        }
+        if (fresh.has(key)) {
+          // A second entry for a record put by this batch: it is now held, as a one-version state.
+          const first = entries[keys.indexOf(key)] as VersionEntry
+          states.set(key, { table: first.table, id: first.id, token: first.token, heads: [first], seen: [first.version], superseded: [] })
+          fresh.delete(key)
+        }
+        if (!states.has(key)) states.set(key, this._get(entry.table, entry.token, entry.id))
+        return this.stage(entry, states, ops)
+      })
+      await this.committer.commit(ops)
+      return outcomes
+    } finally {
+      release()
+    }
+  }
+
+  /** The stored form of a record's only version, as encodeRecord would make it */
+  private encodeFirstVersion (entry: VersionEntry): string {
+    const row = JSON.stringify(this.sealRow(entry.table, entry.id, entry.version, entry.row))
+    const version = JSON.stringify(entry.version)
+    const writeId = entry.writeId === undefined ? '' : `,"writeId":${JSON.stringify(entry.writeId)}`
+    return `{"heads":[{"version":${version},"parents":[],"row":${row}${writeId}}],"seen":[${version}],"superseded":[]}`
+  }
+
+  /**
    * Merges whole record states from peers (hand-off, read repair, a primary
    * catching up): heads, and what each replica knows to be replaced, so a
    * late older version can never come back as a head. Atomic and durable.
@@ -563,16 +626,21 @@ export class Store {
     this.checkOpen()
     const where = options.where ?? {}
     const indexed = Object.keys(where).find(c => (this.indexes[table] ?? []).includes(c))
-    const prefix = indexed === undefined
+    const base = indexed === undefined
       ? table + SEP
       : this.indexKey(table, indexed, where[indexed] as Value, '')
-    const gt = options.after === undefined ? prefix : prefix + options.after
+    // One token's rows are one contiguous run of the table list, which is in position (token) order.
+    const only = options.token === undefined ? undefined : options.token + SEP
+    const prefix = only === undefined || indexed !== undefined ? base : base + only
+    const resume = options.after === undefined ? undefined : base + options.after
+    const gt = resume !== undefined && resume > prefix ? resume : prefix
     const iterator = (indexed === undefined ? this.tables : this.index).keys({ gt, lt: prefix + '\xff' })
     const rows: ScanResult['rows'] = []
     let more = false
     try {
       for await (const k of iterator) {
-        const position = k.slice(prefix.length)
+        const position = k.slice(base.length)
+        if (only !== undefined && !position.startsWith(only)) continue
         const sep = position.indexOf(SEP)
         const token = position.slice(0, sep)
         const id = position.slice(sep + 1)

@@ -1,6 +1,6 @@
 import { join } from 'node:path'
 import { afterEach, beforeEach, describe, expect, it } from 'vitest'
-import type { Coordinator, Mutation, RequestOptions } from '../../src/cluster/coordinator.js'
+import type { Coordinator, RequestOptions } from '../../src/cluster/coordinator.js'
 import { AUDIT_TABLE, checkEntry, checkMutation } from '../../src/cluster/messages.js'
 import { tokenOf } from '../../src/cluster/token.js'
 import { InvalidMessageError } from '../../src/errors/index.js'
@@ -105,6 +105,32 @@ describe('audit chain', () => {
     expect((await trail.verify()).broken).toMatchObject({ seq: 1, problem: 'altered' })
   })
 
+  it('names a second version of an entry that arrives as a first version (a peer\'s forged copy)', async () => {
+    for (let i = 1; i <= 2; i++) trail.record(read('1'))
+    await trail.flush()
+    const token = tokenOf('patient_id:1')
+    const held = await node.store.get(AUDIT_TABLE, token, `${node.peerId}.1`)
+    const head = held!.heads[0]!
+    // The same version again is the same entry: nothing changes.
+    expect(await node.store.insertOnce([head])).toEqual(['duplicate'])
+    expect(await trail.verify()).toMatchObject({ ok: true, checked: 2 })
+    const forged = { ...head, version: head.version.replace(/^\d{15}/, v => String(Number(v) + 1).padStart(15, '0')), row: { ...head.row!, reason: 'nothing to see' } }
+    expect(await node.store.insertOnce([forged])).toEqual(['applied'])
+    expect((await node.store.get(AUDIT_TABLE, token, `${node.peerId}.1`))!.heads).toHaveLength(2)
+    expect((await trail.verify()).broken).toMatchObject({ seq: 1, problem: 'altered' })
+  })
+
+  it('finds a patient\'s entries by the patient\'s ring token, without an index', async () => {
+    for (let i = 1; i <= 30; i++) trail.record(read(String(i % 3)))
+    await trail.flush()
+    const page = await node.store.scan(AUDIT_TABLE, { where: { patient_id: '2' }, token: tokenOf('patient_id:2'), limit: 4 })
+    expect(page.rows).toHaveLength(4)
+    expect(page.rows.every(r => r.state.token === tokenOf('patient_id:2'))).toBe(true)
+    const rest = await node.store.scan(AUDIT_TABLE, { where: { patient_id: '2' }, token: tokenOf('patient_id:2'), limit: 100, after: page.next! })
+    expect(rest.rows).toHaveLength(6)
+    expect((await trail.query({ patient: '2' })).entries.map(e => e.seq)).toEqual([2, 5, 8, 11, 14, 17, 20, 23, 26, 29])
+  })
+
   it('names an entry whose previous hash is wrong', () => {
     const rows: AuditRow[] = []
     let prev = GENESIS
@@ -169,9 +195,9 @@ describe('audit buffer', () => {
     const real: Coordinator = node.coordinator
     // Every method of the real coordinator, but writes fail while `down`.
     const flaky: Coordinator = Object.assign(Object.create(real) as Coordinator, {
-      writeGroups: async (groups: Mutation[][], options?: RequestOptions) => {
+      insertOnce: async (groups: Parameters<Coordinator['insertOnce']>[0], options?: RequestOptions) => {
         if (down) throw new Error('no replica answered')
-        return await real.writeGroups(groups, options)
+        return await real.insertOnce(groups, options)
       }
     })
     trail = await openTrail({ maxPending: 5, maxBatch: 2 }, flaky)
@@ -183,6 +209,30 @@ describe('audit buffer', () => {
     for (let round = 0; round < 5 && trail.pending > 0; round++) await trail.flush()
     expect(trail.status()).toMatchObject({ written: 5, pending: 0, dropped: 3, lastSeq: 5 })
     expect(await trail.verify()).toMatchObject({ ok: true, checked: 5 })
+  })
+
+  it('a write retried after it had landed stores the entry once, as one version', async () => {
+    await trail.stop()
+    let lose = true
+    const real: Coordinator = node.coordinator
+    const lossy: Coordinator = Object.assign(Object.create(real) as Coordinator, {
+      // The entries land, then the answer is lost: the trail must try again.
+      insertOnce: async (groups: Parameters<Coordinator['insertOnce']>[0], options?: RequestOptions) => {
+        const outcomes = await real.insertOnce(groups, options)
+        if (lose) { lose = false; throw new Error('the answer was lost') }
+        return outcomes
+      }
+    })
+    trail = await openTrail({}, lossy)
+    for (let i = 1; i <= 3; i++) trail.record(read('42'))
+    await trail.flush()
+    expect(trail.status()).toMatchObject({ written: 0, pending: 3, failedWrites: 1 })
+    await trail.flush()
+    expect(trail.status()).toMatchObject({ written: 3, pending: 0 })
+    const state = await node.store.get(AUDIT_TABLE, tokenOf('patient_id:42'), `${node.peerId}.2`)
+    expect(state).toMatchObject({ seen: [state!.heads[0]!.version], superseded: [] })
+    expect(state!.heads).toHaveLength(1)
+    expect(await trail.verify()).toMatchObject({ ok: true, checked: 3 })
   })
 
   it('record() never throws, even stopped', async () => {

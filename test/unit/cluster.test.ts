@@ -290,6 +290,7 @@ describe('distributed coordinator', () => {
       { type: 'write', mutations: [{ op: 'insert', table: UNIQUE_TABLE, id: 'users.user_name.thabo', shard: 'unique:users.user_name.thabo', row: { owner: '1' } }] },
       { type: 'apply', groups: [[{ table: UNIQUE_TABLE, id: `users.user_name.${'a'.repeat(32)}`, token: tokenOf('patient_id:9'), version: '000001700000000000.000000.abc', parents: [], row: { owner: '1' } }]] },
       { type: 'write', mutations: [{ op: 'delete', table: UNIQUE_TABLE, id: `users.user_name.${'a'.repeat(32)}`, shard: 'patient_id:9' }] },
+      { type: 'scan', table: '_audit', where: {}, token: '../../etc', limit: 10 },
       null
     ]
     for (const msg of bad) {
