@@ -8,6 +8,7 @@ import { coalescedTcp } from './coalesce.js'
 import { describeHandshakeFailure, watchHandshakes } from './handshake-report.js'
 import { installLengthPrefixedDecoderFix } from './lp-decoder.js'
 import { installYamuxWindowUpdateFix } from './yamux-window.js'
+import { installXsalsa20MemoryFix } from './xsalsa20-memory.js'
 import { yamux } from '@libp2p/yamux'
 import { multiaddr, type Multiaddr } from '@multiformats/multiaddr'
 import { createLibp2p } from 'libp2p'
@@ -132,6 +133,7 @@ function parseBootstrap (addrs: string[]): BootstrapPeer[] {
 export async function createNode (components: NodeComponents, init: NodeInit = {}): Promise<NtsoekheNode> {
   installLengthPrefixedDecoderFix()
   installYamuxWindowUpdateFix()
+  installXsalsa20MemoryFix()
   const listen = init.listen ?? DEFAULT_LISTEN
   const bootstrap = parseBootstrap(init.bootstrap ?? [])
   const dialTimeout = init.dialTimeout ?? DEFAULT_DIAL_TIMEOUT
