@@ -1,4 +1,4 @@
-import Fastify, { type FastifyBaseLogger, type FastifyInstance, type FastifyRequest } from 'fastify'
+import Fastify, { type FastifyBaseLogger, type FastifyInstance, type FastifyReply, type FastifyRequest } from 'fastify'
 import { ForbiddenError, NtsoekheError, ValidationError } from '../errors/index.js'
 import { CONSISTENCY_LEVELS, type Consistency, type RequestOptions } from '../cluster/coordinator.js'
 import type { BatchOperation, Database } from '../query/database.js'
@@ -66,7 +66,12 @@ export function createApi (components: ApiComponents, init: ApiInit = {}): Fasti
     // Per-request lines are info level: the API logger runs at warn so only failures are logged.
     ...(components.logger === undefined ? { logger: false } : { loggerInstance: components.logger.child({ component: 'api' }, { level: 'warn' }) }),
     bodyLimit: BODY_LIMIT,
-    return503OnClosing: true
+    return503OnClosing: true,
+    // The router refuses a bad percent-escape or an overlong parameter before any hook or error handler runs.
+    frameworkErrors: (err, _req, reply) => {
+      const { status, body } = toErrorResponse(err)
+      void (reply as FastifyReply).status(status).send(body)
+    }
   })
 
   // Imports stream their body: the parser hands over the raw request, so no limit applies.

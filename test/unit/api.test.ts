@@ -225,6 +225,17 @@ describe('api: rows', () => {
   })
 })
 
+describe('api: bad URLs', () => {
+  it('answers a malformed percent-escape (400) and an overlong path parameter (414) with the error shape, as fastify\'s router refuses them before any route', async () => {
+    const bad = await request({ method: 'GET', url: '/v1/tables/%E0%A4%A/rows' })
+    expect(bad.statusCode).toBe(400)
+    expect(errorOf(bad).code).toBe('INVALID')
+    const long = await request({ method: 'GET', url: `/v1/tables/patient_records/rows/${'7'.repeat(500)}` })
+    expect(long.statusCode).toBe(414)
+    expect(errorOf(long).code).toBe('INVALID')
+  })
+})
+
 describe('api: list', () => {
   beforeEach(async () => {
     for (let i = 1; i <= 25; i++) await post('patient_records', patient(i, { gender: i % 2 === 0 ? 'male' : 'female' }))
