@@ -623,8 +623,9 @@ export class DistributedCoordinator implements Coordinator {
         try {
           answers.set(peer, await fn(peer))
         } catch (err) {
-          // A peer whose answer fails the checks is treated as one that did not answer.
-          if (!isUnreachable(err) && !(err instanceof InvalidMessageError)) throw err
+          // A replica that refuses (it is leaving, overloaded, holds a copy that fails its checks, takes us
+          // for a non-member) or whose answer fails ours is one that did not answer: the next owner is asked.
+          if (!isNoAnswer(err)) throw err
           errors.push(`${peer}: ${(err as Error).message}`)
         }
       }
@@ -694,8 +695,8 @@ export class DistributedCoordinator implements Coordinator {
           ? await this.c.store.scan(table, request)
           : checkScanPage(await this.c.transport.request(peer, 'replica', { type: 'scan', table, ...request }, { timeout: this.timeoutMs }), table)
       } catch (err) {
-        // Every row lives on N members, so one that does not answer is covered by the others.
-        if (!isUnreachable(err) && !(err instanceof InvalidMessageError)) throw err
+        // Every row lives on N members, so one that does not answer (or refuses) is covered by the others.
+        if (!isNoAnswer(err)) throw err
         this.c.log?.('scan of %s skipped %s: %s', table, peer, (err as Error).message)
         skipped++
         return { rows: [] }
@@ -905,6 +906,16 @@ function errorBody (err: unknown): { code: string, message: string, column?: str
 }
 
 /** Errors that mean "this peer did not answer", as opposed to a refusal the caller must see */
+/**
+ * For reads: an error that means "this replica gave no usable answer", as
+ * opposed to a bug. Every typed error counts, whether the peer raised it or
+ * our checks of its answer did; one misbehaving replica must not fail a read
+ * that others can serve.
+ */
+export function isNoAnswer (err: unknown): boolean {
+  return err instanceof NtsoekheError
+}
+
 export function isUnreachable (err: unknown): boolean {
   if (err instanceof UnavailableError || err instanceof TimeoutError) return true
   return err instanceof NtsoekheError && err.code === 'NOT_OWNER'

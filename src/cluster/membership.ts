@@ -396,7 +396,10 @@ export class Membership {
     else if (!verifyClaim(r)) why = r.removedBy === undefined ? 'not signed by the member itself' : `not a removal signed by ${r.removedBy}`
     else if (r.removedBy !== undefined) {
       const remover = this.known.get(r.removedBy)
+      const target = this.known.get(r.peerId)
       if (r.removedBy !== this.c.peerId && (remover === undefined || remover.left === true)) why = `removed by ${r.removedBy}, which is not a member`
+      // Only a down member may be removed: one this node hears from is not taken out on another's word.
+      else if (target !== undefined && target.left !== true && this.state(target) === 'alive') why = `a removal of ${r.peerId}, which this node hears from`
     }
     if (why === undefined) return true
     this.report(from, `refused a membership claim about ${r.peerId} from ${from}: ${why}`)

@@ -112,7 +112,29 @@ function isRecord (v: unknown): v is Record<string, unknown> {
   return typeof v === 'object' && v !== null && !Array.isArray(v)
 }
 
+/**
+ * Objects and arrays one frame may hold. JSON.parse makes an object of a few
+ * dozen bytes for every `{}` of two, so 8 MiB of `[{},{},...]` would be
+ * hundreds of MB of heap; the largest real message (an apply of 10,000
+ * versions) holds well under 100,000. Counted on the bytes, before parsing.
+ */
+export const MAX_JSON_CONTAINERS = 250_000
+
+/** Whether `bytes` holds more than `limit` of the byte `b` (stops counting past the limit) */
+function moreThan (bytes: Uint8Array, b: number, limit: number): boolean {
+  const buf = Buffer.from(bytes.buffer, bytes.byteOffset, bytes.byteLength)
+  let n = 0
+  for (let i = buf.indexOf(b); i !== -1; i = buf.indexOf(b, i + 1)) {
+    if (++n > limit) return true
+  }
+  return false
+}
+
 function parseFrame (bytes: Uint8Array): Record<string, unknown> & { id: number } {
+  // Quotes and text may hold these bytes too: they only make the count larger, never smaller.
+  if (bytes.byteLength > MAX_JSON_CONTAINERS && (moreThan(bytes, 0x7b, MAX_JSON_CONTAINERS) || moreThan(bytes, 0x5b, MAX_JSON_CONTAINERS))) {
+    throw new InvalidMessageError(`Frame holds more than ${MAX_JSON_CONTAINERS} JSON objects or arrays`)
+  }
   let frame: unknown
   try {
     frame = JSON.parse(decoder.decode(bytes))

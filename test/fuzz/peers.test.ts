@@ -45,8 +45,8 @@ let admin: string
 let pnetKey: Uint8Array
 
 afterAll(async () => {
-  await Promise.all(services.map(async s => await s.stop().catch(() => {})))
-  await Promise.all(nodes.map(async n => await n.stop().catch(() => {})))
+  await Promise.all(services.map(async s => { await s.stop() }))
+  await Promise.all(nodes.map(async n => { await n.stop() }))
   await Promise.all(daemons.map(async d => await d.stop().catch(() => {})))
 }, 30_000)
 
@@ -184,8 +184,7 @@ function forgedClaim (own: { id: string, key: PrivateKey }, others: PrivateKey[]
 
 /**
  * Sends one request frame in 32 KiB pieces on a raw stream and returns the error code of the answer
- * ('ok', a code, 'closed' or 'no answer'). Large frames go this way: @libp2p/pnet's xsalsa20 leaks
- * WASM memory once it encrypts a chunk over its initial 640 KiB, which would crash the test's own node.
+ * ('ok', a code, 'closed' or 'no answer'): a large frame arrives as many reads, as from a slow sender.
  */
 async function sendChunked (node: NtsoekheNode, target: string, body: unknown): Promise<string> {
   const frame = new TextEncoder().encode(JSON.stringify({ id: 1, body }))
@@ -214,7 +213,7 @@ async function sendChunked (node: NtsoekheNode, target: string, body: unknown): 
 // Skipped until the finding it stops at is settled: once a member of the test's own joins (its replica
 // handler answers every request with an error), every daemon's socket requests fail (token lookups in the
 // global users table reach that member), so the fuzz cannot check the views. See the branch's report.
-describe.skip('peer fuzz', () => {
+describe('peer fuzz', () => {
   it(`${OUTSIDER_MESSAGES + MEMBER_MESSAGES}+ malformed or forged peer messages: no crash, no membership change, no invalid row, RSS bounded`, async () => {
     const refused: Record<string, number> = {}
     const failures: string[] = []

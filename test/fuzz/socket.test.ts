@@ -241,7 +241,7 @@ const request: fc.Arbitrary<RawRequest> = fc.record({
   const qs = [...(g.consistency === undefined ? [] : [`consistency=${g.consistency}`]), ...g.query]
   const q = qs.length === 0 ? '' : `?${qs.join('&')}`
   const rows = `/v1/tables/${g.table}/rows`
-  const withBody = (method: string, path: string, text: string, type = g.contentType): RawRequest => {
+  const withBody = (method: string, path: string, text: string, type: string | undefined = g.contentType): RawRequest => {
     if (type !== undefined) headers['content-type'] = type
     return { method, path, headers, body: text, label: `${g.who} ${method} ${path} [${type ?? 'no type'}] ${text.length > 300 ? `${text.slice(0, 300)}… (${text.length} chars)` : text}` }
   }

@@ -358,6 +358,8 @@ describe('membership claims', () => {
       { peerId: c.peerId, addresses: [], incarnation: Date.now() + 1000, heartbeat: 5, left: true },
       // a removal of c by a member that is not one
       forge({ peerId: c.peerId, addresses: [], incarnation: Date.now() + 1000, heartbeat: 5, left: true, removedBy: testIdentity().peerId }),
+      // a removal of c signed by the liar, a member, while c is alive: only a down member may be removed
+      forge({ peerId: c.peerId, addresses: [], incarnation: Date.now() + 1000, heartbeat: 5, left: true, removedBy: liar.peerId }, liar),
       // an invented member, its record signed by the liar's key
       forge({ peerId: testIdentity().peerId, addresses: ['/ip4/10.0.0.1/tcp/1'], incarnation: Date.now(), heartbeat: 1 }, liar),
       // five invented members, each record signed by its own key: still none joined by itself

@@ -9,7 +9,7 @@ import type { SingleKadDHT } from '@libp2p/kad-dht'
 import { NtsoekheError, NotFoundError } from '../../src/errors/index.js'
 import { IDENTITY_FILE, loadOrCreateIdentity, peerIdFromKey } from '../../src/p2p/identity.js'
 import { createNode, generatePnetKey, type NodeInit, type NtsoekheNode } from '../../src/p2p/node.js'
-import { RpcService } from '../../src/p2p/rpc.js'
+import { MAX_JSON_CONTAINERS, RpcService } from '../../src/p2p/rpc.js'
 import { waitFor } from '../helpers/wait.js'
 
 const LOOPBACK = ['/ip4/127.0.0.1/tcp/0']
@@ -294,6 +294,24 @@ describe('p2p nodes', () => {
     expect(await Promise.all(answers)).toEqual(Array(6).fill('done'))
     expect(most).toBe(2)
     expect(blocking.budget.held()).toBe(0)
+  })
+
+  it('refuses, unparsed, a frame of more objects than any message holds, and keeps serving', async () => {
+    const proto = '/ntsoekhe-test/containers/1.0.0'
+    const ra = rpc(a, proto)
+    const rb = rpc(b, proto)
+    await rb.start()
+    // 8 MiB of [{},{},...] parses into hundreds of MB of heap: it is counted on the bytes and refused.
+    const body = `{"id":1,"body":[${'{},'.repeat(MAX_JSON_CONTAINERS)}{}]}`
+    const bytes = new TextEncoder().encode(body)
+    const raw = await a.dialProtocol(b.peerId, proto)
+    raw.send(new Uint8Array([...varint(bytes.byteLength)]))
+    for (let i = 0; i < bytes.byteLength; i += 64 * 1024) raw.send(bytes.subarray(i, i + 64 * 1024))
+    await waitFor('the stream with too many objects to be closed', () => raw.status !== 'open', 10_000)
+    expect(logs.some(l => l.includes(proto) && l.includes(`more than ${MAX_JSON_CONTAINERS} JSON objects`))).toBe(true)
+    // a large frame of real data passes
+    const rows = Array.from({ length: 20_000 }, (_, i) => ({ id: i, name: `row ${i}` }))
+    expect(await ra.request(b.peerId.toString(), { op: 'echo', v: rows })).toMatchObject({ v: rows })
   })
 
   it('rejects with TimeoutError when the handler is too slow, and the stream stays usable', async () => {
