@@ -209,7 +209,14 @@ async function security (ctx) {
     let k = 0
     return { socket: d.socket, make: () => ({ method: 'GET', path: `${insertPath}/${known[(k++ * 7919) % known.length]}` }) }
   }
-  const runs = { insertOn: inserts(on), insertOff: inserts(off), getOn: gets(on), getOff: gets(off) }
+  // The ceiling of auditing every read on these components: bare reads of LevelDB over HTTP, with and without one synced audit record per read.
+  const SKELETON_ROWS = 20_000
+  const skeletons = { plain: await ctx.spawnAuditSkeleton('plain', SKELETON_ROWS), audited: await ctx.spawnAuditSkeleton('audited', SKELETON_ROWS) }
+  const skeletonGets = sk => () => {
+    let k = 0
+    return { socket: sk.socket, make: () => ({ method: 'GET', path: `/r/${(k++ * 7919) % SKELETON_ROWS}` }) }
+  }
+  const runs = { insertOn: inserts(on), insertOff: inserts(off), getOn: gets(on), getOff: gets(off), skeletonPlain: skeletonGets(skeletons.plain), skeletonAudited: skeletonGets(skeletons.audited) }
   for (const [name, run] of Object.entries(runs)) {
     log(`security: warm-up, ${name}`)
     await drive({ ...run(), total: SECURITY_WARMUP })
@@ -226,6 +233,9 @@ async function security (ctx) {
   const audit = status.audit ?? {}
   await on.stop()
   await off.stop()
+  await skeletons.plain.stop()
+  await skeletons.audited.stop()
+  const ceiling = m.skeletonAudited.rps / m.skeletonPlain.rps
   const verdict = r => `${fmt(r, 2)} ${r >= GOAL_SECURITY ? '✓' : '✗'} (goal ≥ ${GOAL_SECURITY})`
   const row = (name, r) => `| ${name} | ${fmt(r.rps, 0)} | ${fmt(r.p50, 2)} | ${fmt(r.p99, 2)} |`
   return `## Security on against off
@@ -246,11 +256,21 @@ ${row('insert, security on', m.insertOn)}
 ${row('insert, security off', m.insertOff)}
 ${row('get, security on', m.getOn)}
 ${row('get, security off', m.getOff)}
+${row('ceiling: bare LevelDB read over HTTP', m.skeletonPlain)}
+${row('ceiling: the same, plus one synced audit record per read', m.skeletonAudited)}
 
 | ratio on / off | |
 | --- | --- |
 | inserts | ${verdict(m.insertOn.rps / m.insertOff.rps)} |
-| gets | ${verdict(m.getOn.rps / m.getOff.rps)} |
+| gets | ${verdict(m.getOn.rps / m.getOff.rps)}; ${fmt((m.getOn.rps / m.getOff.rps) / ceiling, 2)} of the ceiling's ratio |
+| ceiling: reads with an audit record / without | ${fmt(ceiling, 2)} |
+
+The ceiling (\`test/bench/audit-skeleton.js\`) is a read path with nothing of the
+database in it (node:http on the Unix socket, one LevelDB get, no tokens, rules or
+encryption), run bare and with one audit record per read (hash-chained, about the
+trail's size, buffered and written every 50 ms in one synced batch). Its ratio
+bounds what any design that durably records every read reaches against reads
+that record nothing, on these components and this machine.
 
 The daemon with security on recorded ${fmtInt(audit.recorded ?? 0)} audit entries, wrote ${fmtInt(audit.written ?? 0)}
 (${fmtInt(audit.pending ?? 0)} pending, ${fmtInt(audit.dropped ?? 0)} dropped) by the end of the runs.
@@ -541,6 +561,14 @@ function context () {
       const socket = join(dir, 'skeleton.sock')
       const p = { ...launch([join(ROOT, 'test', 'bench', 'skeleton.js'), join(dir, 'db'), socket, mode], `the skeleton on ${dir}`), path: '/status' }
       await waitReady(p, socket, `the skeleton on ${dir}`)
+      return { ...p, socket }
+    },
+    /** test/bench/audit-skeleton.js: plain reads, or reads that each append an audit record */
+    async spawnAuditSkeleton (mode, rows) {
+      const dir = await tempDir()
+      const socket = join(dir, 'audit-skeleton.sock')
+      const p = { ...launch([join(ROOT, 'test', 'bench', 'audit-skeleton.js'), join(dir, 'db'), socket, mode, String(rows)], `the ${mode} audit skeleton on ${dir}`), path: '/status' }
+      await waitReady(p, socket, `the ${mode} audit skeleton on ${dir}`)
       return { ...p, socket }
     },
     async cleanup () {
