@@ -1,3 +1,4 @@
+import { randomBytes } from 'node:crypto'
 import { chmod, lstat, readFile, rename, unlink, writeFile } from 'node:fs/promises'
 import { join } from 'node:path'
 import { monitorEventLoopDelay } from 'node:perf_hooks'
@@ -75,6 +76,8 @@ export class NtsoekheNode {
   private readonly startedAt = Date.now()
   private readonly onLeft?: () => void
   private readonly invite?: Invite
+  /** The last save of members.json: the next one starts after it */
+  private membersSaved: Promise<void> = Promise.resolve()
   /** The network key this node runs with (undefined on an open network) */
   private networkKey?: Uint8Array
   private readonly init: NodeInit
@@ -144,7 +147,12 @@ export class NtsoekheNode {
       peerId: this.peerId,
       sign: data => key.sign(data) as Uint8Array,
       addresses: () => libp2p.getMultiaddrs().map(a => a.toString()),
-      persist: async members => { await saveMembers(this.home, members) },
+      // One save at a time, in order: the newest list is the one left on disk.
+      persist: async members => {
+        const save = this.membersSaved.then(async () => { await saveMembers(this.home, members) })
+        this.membersSaved = save.catch(() => {})
+        await save
+      },
       connect: async (peerId, addresses) => { await dialPeer(libp2p, peerId, addresses) },
       learned: (peerId, addresses) => { void rememberAddresses(libp2p, peerId, addresses).catch(err => { this.logger.debug({ err, peerId }, 'keeping addresses failed') }) },
       log,
@@ -336,7 +344,7 @@ function round (n: number): number {
 
 async function saveMembers (home: string, members: SavedMember[]): Promise<void> {
   const path = join(home, 'members.json')
-  const tmp = `${path}.${process.pid}.tmp`
+  const tmp = `${path}.${process.pid}.${randomBytes(4).toString('hex')}.tmp`
   await writeFile(tmp, JSON.stringify(members, null, 2) + '\n', { mode: 0o600 })
   await rename(tmp, path)
 }
