@@ -198,6 +198,8 @@ export function parseReplicaMessage (msg: unknown): ReplicaMessage {
     }
     case 'purge': {
       const table = checkTable(m.table)
+      // The audit trail is never erased: a purge of an entry would be a hole no one could see.
+      if (table === AUDIT_TABLE) bad('audit entries cannot be purged')
       const id = checkId(table, m.id)
       if (typeof m.token !== 'string' || !TOKEN_RE.test(m.token)) bad('malformed token')
       const internal = internalShard(table, id)

@@ -432,7 +432,7 @@ export class Store {
         const key = keys[i] as string
         const marker = this.purged.get(key)
         if (marker !== undefined) {
-          const heads = s.heads.filter(h => h.version > marker.version)
+          const heads = s.heads.filter(h => h.version > marker.version && !h.parents.some(p => p <= marker.version))
           if (heads.length === 0) return 'known'
           s = { ...s, heads, seen: s.seen.filter(v => v > marker.version), superseded: s.superseded.filter(v => v > marker.version) }
         }
@@ -577,7 +577,9 @@ export class Store {
   private stage (entry: VersionEntry, states: Map<string, RecordState | undefined>, ops: BatchOp[]): ApplyOutcome {
     const key = recordKey(entry.token, entry.table, entry.id)
     const marker = this.purged.get(key)
-    if (marker !== undefined && entry.version <= marker.version) return 'purged'
+    // A version up to the purge is gone for good; so is a later one that builds on one of them (a
+    // write that read the row before the purge): only a new row, with no parents, comes after it.
+    if (marker !== undefined && (entry.version <= marker.version || entry.parents.some(p => p <= marker.version))) return 'purged'
     const before = states.get(key)
     if (before?.seen.includes(entry.version) === true) {
       // Known, but perhaps only by id (a state merged from a peer): keep the version itself in history.

@@ -77,7 +77,8 @@ describe('purge: the store', () => {
     expect(store.hintCount('12D3KooWdown')).toBe(2)
     const before = (await store.get('patient_records', TOKEN, String(ID)))!
 
-    expect(await store.purge({ table: 'patient_records', id: String(ID), token: TOKEN, version: clock.tick(), time: Date.now() })).toBe(true)
+    const marker = { table: 'patient_records', id: String(ID), token: TOKEN, version: clock.tick(), time: Date.now() }
+    expect(await store.purge(marker)).toBe(true)
     expect(await store.get('patient_records', TOKEN, String(ID))).toBeUndefined()
     expect(await store.versions('patient_records', TOKEN, String(ID))).toEqual([])
     expect((await store.scan('patient_records', { where: { gender }, limit: 10 })).rows).toEqual([])
@@ -88,6 +89,12 @@ describe('purge: the store', () => {
     // Late copies of the erased versions do not bring it back; a version after the purge is a new record.
     expect(await store.apply([v1, v2, v3])).toEqual(['purged', 'purged', 'purged'])
     expect(await store.merge([before])).toEqual(['known'])
+    expect(await store.get('patient_records', TOKEN, String(ID))).toBeUndefined()
+    // A write that read the row before the purge and lands after it names a purged version as its parent: refused too.
+    const late = entry(ID, patientRow(ID, { patient_name: unique('l'), gender }), [v2.version])
+    expect(late.version > marker.version).toBe(true)
+    expect(await store.apply([late])).toEqual(['purged'])
+    expect(await store.merge([{ table: 'patient_records', id: String(ID), token: TOKEN, heads: [late], seen: [late.version], superseded: [v2.version] }])).toEqual(['known'])
     expect(await store.get('patient_records', TOKEN, String(ID))).toBeUndefined()
     await store.close()
 
@@ -208,7 +215,9 @@ describe('purge: the cluster', () => {
     await expect(net.network.transport(testIdentity().peerId).request(a.peerId, 'replica', good)).rejects.toMatchObject({ code: 'FORBIDDEN' })
     for (const bad of [
       { ...good, table: 'nope' }, { ...good, id: 'x' }, { ...good, token: 'zz' }, { ...good, version: 'v1' },
-      { ...good, table: '_locator', id: 'patient_records.1' }
+      { ...good, table: '_locator', id: 'patient_records.1' },
+      // the audit trail is never erased
+      { ...good, table: '_audit', id: `${a.peerId}.1` }
     ]) {
       await expect(peer.request(a.peerId, 'replica', bad)).rejects.toMatchObject({ code: 'INVALID_MESSAGE' })
     }
