@@ -104,16 +104,17 @@ export function principalOf (req: FastifyRequest): Principal {
  * The columns of `table` this request may read: the role's, or with a
  * break-glass reason from a doctor or nurse, every column of a patient table.
  */
-export function readView (req: FastifyRequest, table: TableDef): { columns: string[], breakGlass: boolean } {
+export function readView (req: FastifyRequest, table: TableDef): { columns: string[], breakGlass: boolean, widened: boolean } {
   const p = principalOf(req)
   const own = columnsFor(p.role, table, 'read')
   if (p.breakGlass !== undefined && p.role !== 'admin') {
     if (!mayBreakGlass(p.role)) throw new ForbiddenError(`Role ${p.role} may not break the glass (X-Break-Glass is for doctors and nurses)`)
     const all = breakGlassColumns(table)
-    if (all !== undefined) return { columns: all, breakGlass: true }
+    // widened: the reason opened more than the role reads anyway
+    if (all !== undefined) return { columns: all, breakGlass: true, widened: own === undefined || all.some(c => !own.includes(c)) }
   }
   if (own === undefined) throw new ForbiddenError(`Role ${p.role} may not read table ${table.name}`)
-  return { columns: own, breakGlass: false }
+  return { columns: own, breakGlass: false, widened: false }
 }
 
 /** Throws unless each filter column is one the request may read (an unknown column is a 400) */

@@ -222,6 +222,12 @@ export function createApi (components: ApiComponents, init: ApiInit = {}): Fasti
       if (Array.isArray(v)) throw new ValidationError(`Filter ${k} is given more than once`, { column: k })
       where[k] = v
     }
+    // Break-glass opens one patient's records, not a table: a list it widens must name the patient.
+    if (view.widened && where.patient_id === undefined) {
+      throw new ForbiddenError(table.columns.some(c => c.name === 'patient_id')
+        ? `X-Break-Glass reads one patient's records: add a patient_id filter to list ${table.name}`
+        : `X-Break-Glass reads one patient's records: read ${table.name} rows by id`)
+    }
     if (where.patient_id !== undefined && req.accessNote !== undefined) req.accessNote.patientId = where.patient_id
     if (table.name === 'patient_records' && where.patient_id !== undefined && req.accessNote !== undefined) req.accessNote.id = where.patient_id
     const limit = req.query.limit === undefined ? undefined : parseLimit(single(req.query, 'limit'))
@@ -291,7 +297,7 @@ function visible (req: FastifyRequest, table: TableDef, row: Record<string, unkn
 }
 
 /** Checks the read right (403 names what is missing) and notes the access for the audit */
-function readNote (req: FastifyRequest, action: 'read' | 'list' | 'history', table: TableDef, id?: string): { columns: string[], breakGlass: boolean } {
+function readNote (req: FastifyRequest, action: 'read' | 'list' | 'history', table: TableDef, id?: string): { columns: string[], breakGlass: boolean, widened: boolean } {
   req.accessNote = { action, table: table.name, ...(id === undefined ? {} : { id }), ...(table.name === 'patient_records' && id !== undefined ? { patientId: id } : {}) }
   const view = readView(req, table)
   req.accessNote.columns = view.columns

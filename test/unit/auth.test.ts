@@ -203,6 +203,19 @@ describe('auth: break-glass', () => {
     expect(events.at(-1)).toMatchObject({ principal: { user: 'nurse', breakGlass: 'Unconscious patient, ER' }, action: 'read', table: 'billing_insurance', patientId: '1', breakGlass: true, reason: 'Unconscious patient, ER', outcome: 'ok' })
   })
 
+  it('opens one patient, not a table: a list it widens must name the patient', async () => {
+    const glass = { 'x-break-glass': encodeURIComponent('Unconscious patient, ER') }
+    const all = await as('nurse', { method: 'GET', url: '/v1/tables/billing_insurance/rows', headers: glass })
+    expect(all.statusCode).toBe(403)
+    expect(all.json().error.message).toMatch(/patient_id filter/)
+    const one = await as('nurse', { method: 'GET', url: '/v1/tables/billing_insurance/rows?patient_id=1', headers: glass })
+    expect(one.statusCode).toBe(200)
+    expect(one.json().rows.map((r: { billing_id: number }) => r.billing_id)).toEqual([10])
+    expect(events.at(-1)).toMatchObject({ action: 'list', table: 'billing_insurance', patientId: '1', breakGlass: true })
+    // A list the role may make anyway is not narrowed by stating a reason.
+    expect((await as('nurse', { method: 'GET', url: '/v1/tables/patient_records/rows', headers: glass })).statusCode).toBe(200)
+  })
+
   it('is for reads only, for doctors and nurses only, and needs a reason', async () => {
     const write = await as('nurse', { method: 'PATCH', url: '/v1/tables/billing_insurance/rows/10', payload: { amount: '1.00' }, headers: { 'x-break-glass': 'emergency' } })
     expect(write.statusCode).toBe(403)
