@@ -125,7 +125,13 @@ export class DistributedCoordinator implements Coordinator {
     this.rebalanceDelayMs = init.rebalanceDelayMs ?? 2000
     this.rebalanceIntervalMs = init.rebalanceIntervalMs ?? 600_000
     this.batcher = new ApplyBatcher(components.transport, this.timeoutMs)
-    components.transport.handle('replica', async (msg, from) => await this.onMessage(msg, from))
+    components.transport.handle('replica', async (msg, from) => await this.onMessage(msg, from), {
+      accept: peer => {
+        if (components.membership.mayReplicate(peer)) return true
+        components.membership.report(peer, `refused a replica stream from ${peer}: not a member of this network`)
+        return false
+      }
+    })
   }
 
   async start (): Promise<void> {

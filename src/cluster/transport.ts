@@ -8,6 +8,15 @@ export type ProtocolName = keyof typeof PROTOCOLS
 
 export type Handler = (msg: unknown, from: string) => Promise<unknown>
 
+export interface HandleOptions {
+  /**
+   * Whether a peer may open streams of this protocol at all: one that may not
+   * has its streams closed before a byte of them is read. The handler still
+   * checks each request (a transport may not support this check).
+   */
+  accept?: (peerId: string) => boolean
+}
+
 export interface SendOptions {
   signal?: AbortSignal
   /** ms */
@@ -20,6 +29,6 @@ export interface SendOptions {
  * process over an in-memory transport with the same message checks.
  */
 export interface PeerTransport {
-  handle: (protocol: ProtocolName, handler: Handler) => void
+  handle: (protocol: ProtocolName, handler: Handler, options?: HandleOptions) => void
   request: (peerId: string, protocol: ProtocolName, msg: unknown, options?: SendOptions) => Promise<unknown>
 }

@@ -44,6 +44,18 @@ export interface RpcInit {
   /** Answers one request; `from` is the caller's peer id. Throw a `NtsoekheError` to send its code back */
   handler: RpcHandler
   /**
+   * Whether a peer may open streams of this protocol: a stream from one that
+   * may not is reset before anything on it is read.
+   * @default every peer
+   */
+  accept?: (peerId: string) => boolean
+  /**
+   * Streams one connection may have open to this protocol at once: each
+   * can hold up to a frame of unread bytes.
+   * @default 16
+   */
+  maxInboundStreams?: number
+  /**
    * Largest frame accepted or sent, in bytes. A larger incoming frame closes
    * the stream; a larger outgoing request or response fails with TOO_LARGE.
    *
@@ -90,6 +102,7 @@ export const DEFAULT_MAX_MESSAGE_BYTES = 8 * 1024 * 1024
 export const DEFAULT_RPC_TIMEOUT = 10_000
 export const DEFAULT_STREAMS_PER_PEER = 2
 export const DEFAULT_MAX_CONCURRENT_PER_STREAM = 4096
+export const DEFAULT_MAX_INBOUND_STREAMS = 16
 
 /** Frames per stream write */
 const MAX_FRAMES_PER_WRITE = 1024
@@ -493,6 +506,8 @@ export class RpcService {
   readonly maxConcurrentPerStream: number
   readonly log: (msg: string) => void
   readonly budget: ByteBudget
+  readonly maxInboundStreams: number
+  private readonly accept?: (peerId: string) => boolean
 
   private readonly node: Libp2p
   private readonly pools = new Map<string, PeerPool>()
@@ -511,6 +526,8 @@ export class RpcService {
     this.streamsPerPeer = Math.max(1, init.streamsPerPeer ?? DEFAULT_STREAMS_PER_PEER)
     this.maxConcurrentPerStream = Math.max(1, init.maxConcurrentPerStream ?? DEFAULT_MAX_CONCURRENT_PER_STREAM)
     this.budget = components.budget ?? new ByteBudget({ perPeer: 2 * this.maxMessageBytes, total: 8 * this.maxMessageBytes })
+    this.maxInboundStreams = init.maxInboundStreams ?? DEFAULT_MAX_INBOUND_STREAMS
+    if (init.accept !== undefined) this.accept = init.accept
     setMaxListeners(Infinity, this.stopController.signal)
     if (components.logger !== undefined) {
       this.log = components.logger
@@ -529,7 +546,7 @@ export class RpcService {
     setMaxListeners(Infinity, this.stopController.signal)
     await this.node.handle(this.protocol, (stream: Stream, connection: Connection) => {
       this.onStream(stream, connection)
-    }, { maxInboundStreams: 256, maxOutboundStreams: 256 })
+    }, { maxInboundStreams: this.maxInboundStreams, maxOutboundStreams: 256 })
   }
 
   /** Unregisters the handler and closes every stream; pending requests fail with UnavailableError */
@@ -697,6 +714,12 @@ export class RpcService {
   private onStream (stream: Stream, connection: Connection): void {
     if (this.stopped) {
       stream.abort(new UnavailableError('RPC service stopped'))
+      return
+    }
+    const peer = connection.remotePeer.toString()
+    if (this.accept !== undefined && !this.accept(peer)) {
+      this.log(`${this.protocol}: refused a stream from ${peer}: not accepted on this protocol`)
+      stream.abort(new NtsoekheError('FORBIDDEN', `${peer} may not use ${this.protocol}`))
       return
     }
     const s = new ServerStream(stream, this, connection.remotePeer.toString(), (gone) => {

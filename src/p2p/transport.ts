@@ -1,5 +1,5 @@
 import { NtsoekheError, UnavailableError } from '../errors/index.js'
-import { PROTOCOLS, type Handler, type PeerTransport, type ProtocolName, type SendOptions } from '../cluster/transport.js'
+import { PROTOCOLS, type Handler, type HandleOptions, type PeerTransport, type ProtocolName, type SendOptions } from '../cluster/transport.js'
 import type { NtsoekheNode } from './node.js'
 import { DEFAULT_MAX_MESSAGE_BYTES, RpcService } from './rpc.js'
 import { ByteBudget } from './byte-budget.js'
@@ -33,11 +33,12 @@ export class Libp2pTransport implements PeerTransport {
     this.budget = new ByteBudget({ perPeer: 2 * max, total: 8 * max })
   }
 
-  handle (protocol: ProtocolName, handler: Handler): void {
+  handle (protocol: ProtocolName, handler: Handler, options: HandleOptions = {}): void {
     if (this.services.has(protocol)) throw new Error(`a handler for ${protocol} is already set`)
     const service = new RpcService({ node: this.node, logger: this.log, budget: this.budget }, {
       protocol: PROTOCOLS[protocol],
       handler,
+      ...(options.accept === undefined ? {} : { accept: options.accept }),
       ...(this.init.maxMessageBytes === undefined ? {} : { maxMessageBytes: this.init.maxMessageBytes }),
       ...(this.init.timeout === undefined ? {} : { timeout: this.init.timeout })
     })
