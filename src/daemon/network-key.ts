@@ -1,4 +1,4 @@
-import { readFile } from 'node:fs/promises'
+import { readFile, unlink } from 'node:fs/promises'
 import { resolve } from 'node:path'
 import { ConflictError, ValidationError } from '../errors/index.js'
 import { generatePnetKey } from '../p2p/node.js'
@@ -72,7 +72,7 @@ export interface NetworkKeyResult {
  * `--join <invite>` stores the invite's key first. `network.open` runs
  * without a key, by request only.
  */
-export async function resolveNetworkKey (home: string, config: Config, options: { invite?: Invite, knownMembers?: number } = {}): Promise<NetworkKeyResult> {
+export async function resolveNetworkKey (home: string, config: Config, options: { invite?: Invite, knownMembers?: number, fresh?: boolean } = {}): Promise<NetworkKeyResult> {
   const net = config.network
   const path = resolve(home, net.pnetKeyFile ?? SWARM_KEY_FILE)
   const invite = options.invite
@@ -83,9 +83,11 @@ export async function resolveNetworkKey (home: string, config: Config, options: 
     }
     const file = new TextEncoder().encode(KEY_HEADER + invite.key)
     const existing = await readKeyFile(path)
+    if (existing !== undefined && keyHex(existing) === invite.key) return { key: existing, source: 'file', path }
     if (existing !== undefined) {
-      if (keyHex(existing) !== invite.key) throw new ConflictError(`${path} holds the key of another network: a home belongs to one network (join with a new home)`)
-      return { key: existing, source: 'file', path }
+      // `ntsoekhe init` wrote a key for a network of its own; a home that never ran holds nothing of it.
+      if (options.fresh !== true || net.pnetKeyFile !== null) throw new ConflictError(`${path} holds the key of another network: a home belongs to one network (join with a new home)`)
+      await unlink(path)
     }
     await writeKeyFile(path, file)
     return { key: file, source: 'invite', path }

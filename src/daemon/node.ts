@@ -121,7 +121,9 @@ export class NtsoekheNode {
     const bootstrap = [...new Set([...net.bootstrap, ...(this.invite?.addresses ?? [])])]
     const networkKey = await resolveNetworkKey(this.home, { ...this.config, network: { ...net, bootstrap } }, {
       ...(this.invite === undefined ? {} : { invite: this.invite }),
-      knownMembers: saved.filter(m => m.left !== true).length
+      knownMembers: saved.filter(m => m.left !== true).length,
+      // Nothing stored and no member known: a home made by `init` that never ran, whose key may give way to an invite's.
+      fresh: saved.length === 0 && Object.keys(await this.store.countRows()).length === 0
     })
     const pnetKey = networkKey.key
     if (pnetKey === undefined) {

@@ -68,6 +68,29 @@ describe('a closed network by default', () => {
       (await aliveMembers(c1)).includes(b) && (await aliveMembers(c2)).includes(a), 15_000)
   })
 
+  it('a home made by init (which wrote a key of its own) that never ran joins with an invite; one that holds data does not', async () => {
+    const { invite } = await (await clientOf(first)).invite()
+    const home = await makeHome()
+    expect((await cli(['init'], { home })).code).toBe(0)
+    const own = await readFile(join(home, 'swarm.key'), 'utf8')
+    const joined = await startDaemon({ home, args: ['--join', invite] })
+    daemons.push(joined)
+    expect(own).not.toBe(await readFile(join(first.home, 'swarm.key'), 'utf8'))
+    expect(await readFile(join(home, 'swarm.key'), 'utf8')).toBe(await readFile(join(first.home, 'swarm.key'), 'utf8'))
+    await joined.stop()
+    // The first node's own home holds its network's data: an invite of another network is refused there.
+    const other = await startDaemon({ args: [] })
+    daemons.push(other)
+    const otherInvite = (await (await clientOf(other)).invite()).invite
+    await other.stop()
+    await first.stop()
+    const refused = await daemonExit(first.home, { args: ['--join', otherInvite] })
+    expect(refused.code).toBe(1)
+    expect(refused.stderr).toMatch(/holds the key of another network/)
+    first = await startDaemon({ home: first.home })
+    daemons.push(first)
+  })
+
   it('a node meant to join without the key is refused with what to do; a damaged invite is a clear error', async () => {
     const addr = (await (await clientOf(first)).status()).addresses[0] as string
     const noKey = await daemonExit(await makeHome(), { args: ['--bootstrap', addr] })
