@@ -754,6 +754,10 @@ export class DistributedCoordinator implements Coordinator {
       throw new ForbiddenError(`${from} is not a member of this network`)
     }
     const msg: ReplicaMessage = parseReplicaMessage(raw)
+    // A member that left may still hand over what it holds (its records, its hints), but reads nothing more.
+    if (from !== this.c.peerId && this.c.membership.stateOf(from) === 'left' && msg.type !== 'apply' && msg.type !== 'merge' && msg.type !== 'purge') {
+      throw new ForbiddenError(`${from} has left the network: it may only hand over what it holds`)
+    }
     switch (msg.type) {
       case 'write':
         return await this.coordinateWrite(msg.mutations, msg.consistency, msg.retry === true)
