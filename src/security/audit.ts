@@ -267,7 +267,7 @@ export class AuditTrail {
       columns: e.columns === undefined ? null : clip(e.columns.join(','), 'columns'),
       outcome: e.outcome,
       status: Number.isSafeInteger(e.status) && e.status >= 100 && e.status <= 599 ? e.status : 500,
-      reason: clip(e.reason ?? e.principal?.breakGlass, 'reason'),
+      reason: clip(e.reason ?? (e.breakGlass === true ? e.principal?.breakGlass : undefined), 'reason'),
       break_glass: e.breakGlass === true ? 1 : 0,
       patient_id: patientOf(e.patientId)
     }
