@@ -7,7 +7,7 @@
  */
 import type { Socket } from 'node:net'
 import type { FastifyBaseLogger, FastifyInstance, FastifyRequest } from 'fastify'
-import { ForbiddenError, ValidationError } from '../errors/index.js'
+import { ForbiddenError, UnavailableError, ValidationError } from '../errors/index.js'
 import type { TableDef } from '../schema/index.js'
 import type { AccessEvent, Principal } from '../security/principal.js'
 import { RIGHTS, breakGlassColumns, columnsFor, hasRight, mayBreakGlass } from '../security/rights.js'
@@ -45,6 +45,8 @@ export interface Authenticator {
 export interface AccessInit {
   auth: Authenticator
   audit?: (event: AccessEvent) => void
+  /** Whether the audit trail can take an entry now; data routes answer 503 while it cannot (the trail fails closed) */
+  auditReady?: () => boolean
   /** A request body that sends nothing for this long is cut off, ms */
   bodyTimeoutMs: number
   log: FastifyBaseLogger
@@ -62,7 +64,10 @@ export function installAccess (app: FastifyInstance, init: AccessInit): void {
 
   app.addHook('preHandler', async req => {
     const access = req.routeOptions.config?.access ?? RIGHTS.admin
-    if (access === TABLE_ACCESS) return
+    if (access === TABLE_ACCESS) {
+      if (init.auditReady !== undefined && !init.auditReady()) throw new UnavailableError('The audit trail cannot record accesses now (the network does not take its entries): patient data is not served until it can')
+      return
+    }
     const p = principalOf(req)
     if (!hasRight(p.role, access)) throw new ForbiddenError(`Role ${p.role} lacks the right ${access}`)
   })

@@ -15,6 +15,8 @@ export const AUDIT_ROUTE = '/v1/audit'
 export interface AuditReader {
   query: (filter: AuditFilter) => Promise<{ entries: AuditRow[], truncated: boolean }>
   verify: () => Promise<VerifyResult>
+  /** Whether an entry recorded now would be kept; absent means always */
+  readonly accepting?: boolean
 }
 
 const AUDIT_QUERY = new Set(['patient', 'user', 'since', 'verify'])

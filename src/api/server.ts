@@ -89,7 +89,8 @@ export function createApi (components: ApiComponents, init: ApiInit = {}): Fasti
     if (status >= 500) req.log.error({ err }, 'request failed')
     void reply.status(status).send(body)
   })
-  installAccess(app, { auth: users, ...(components.audit === undefined ? {} : { audit: components.audit }), bodyTimeoutMs: init.bodyTimeoutMs ?? BODY_TIMEOUT_MS, log: app.log })
+  const trail = components.auditTrail
+  installAccess(app, { auth: users, ...(components.audit === undefined ? {} : { audit: components.audit }), ...(trail === undefined ? {} : { auditReady: () => trail.accepting !== false }), bodyTimeoutMs: init.bodyTimeoutMs ?? BODY_TIMEOUT_MS, log: app.log })
   app.setNotFoundHandler((req, reply) => {
     void reply.status(404).send({ error: { code: 'NOT_FOUND', message: `No route ${req.method} ${req.url}` } })
   })

@@ -206,6 +206,11 @@ export class AuditTrail {
     if (this.buffer.length >= this.maxBatch && this.flushing === undefined) void this.flush()
   }
 
+  /** Whether an access recorded now would be kept (not dropped): data is served only while it is */
+  get accepting (): boolean {
+    return this.state === 'started' && this.pending < this.maxPending
+  }
+
   get pending (): number {
     return this.buffer.length + this.unwritten.length + this.inFlight
   }

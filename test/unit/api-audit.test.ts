@@ -56,6 +56,17 @@ describe('api: audit', () => {
     ])
   })
 
+  it('fails closed: while the trail cannot take entries, patient data is not served', async () => {
+    expect((await as(token)({ method: 'POST', url: '/v1/tables/patient_records/rows', payload: patientRow(42) })).statusCode).toBe(201)
+    await trail.stop()
+    expect(trail.accepting).toBe(false)
+    const refused = await as(token)({ method: 'GET', url: '/v1/tables/patient_records/rows/42' })
+    expect(refused.statusCode).toBe(503)
+    expect(refused.json().error.message).toMatch(/audit trail cannot record/)
+    expect((await as(token)({ method: 'GET', url: '/v1/tables/patient_records/rows' })).statusCode).toBe(503)
+    expect((await as(token)({ method: 'GET', url: '/v1/status' })).statusCode).toBe(200)
+  })
+
   it(`serves the trail and its verification on ${AUDIT_ROUTE}`, async () => {
     await as(token)({ method: 'GET', url: '/v1/tables/patient_records/rows/42' })
     await as(token)({ method: 'GET', url: '/v1/tables/patient_records/rows/7' })

@@ -204,10 +204,13 @@ describe('audit buffer', () => {
     for (let i = 1; i <= 8; i++) trail.record(read(String(i)))
     await trail.flush()
     expect(trail.status()).toMatchObject({ recorded: 5, written: 0, pending: 5, dropped: 3 })
+    // Full: the API refuses data routes until entries can be written again (see api-audit.test.ts).
+    expect(trail.accepting).toBe(false)
     expect(trail.status().failedWrites).toBeGreaterThan(0)
     down = false
     for (let round = 0; round < 5 && trail.pending > 0; round++) await trail.flush()
     expect(trail.status()).toMatchObject({ written: 5, pending: 0, dropped: 3, lastSeq: 5 })
+    expect(trail.accepting).toBe(true)
     expect(await trail.verify()).toMatchObject({ ok: true, checked: 5 })
   })
 
