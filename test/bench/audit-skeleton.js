@@ -1,21 +1,25 @@
-// Reads with nothing of the database in them, with and without an audit
-// record per read: a ceiling for the security benchmark's gets. One process
-// serves GET /r/<id> on a Unix socket (node:http, no fastify, no tokens, no
-// rules, no encryption) from rows already in its LevelDB. In mode `audited`
-// every read also appends one record of the audit trail's size (hash-chained
-// with SHA-256, as the trail does) to the same LevelDB, buffered and written
-// every 50 ms in one synced batch, as the trail's batches are. Whatever the
-// audited mode reaches as a share of the plain one bounds what any design
-// that writes a durable record for every read reaches on these components.
+// Reads and writes with nothing of the database in them, with and without an
+// audit record per request: a ceiling for the security benchmark. One process
+// serves GET /r/<id> (a row already in its LevelDB) and POST /w (stores the
+// JSON body under a new key through a synced group commit, as the daemon's
+// writes are) on a Unix socket (node:http, no fastify, no tokens, no rules,
+// no encryption). In mode `audited` every request also appends one record of
+// the audit trail's size (hash-chained with SHA-256, as the trail does) to
+// the same LevelDB, buffered and written every 50 ms in one synced batch, as
+// the trail's batches are. Whatever the audited mode reaches as a share of
+// the plain one bounds what any design that writes a durable record for
+// every request reaches on these components.
 //
 //   node test/bench/audit-skeleton.js <dir> <socket> [plain|audited] <rows>
 //
-// Routes: GET /status; GET /r/<n> answers the row stored under n. SIGTERM
+// Routes: GET /status; GET /r/<n> answers the row stored under n; POST /w
+// stores the body and answers 201 {"id"}. SIGTERM
 // stops it. Benchmark code: input is trusted.
 import '../../dist/util/polyfill.js'
 import { createHash } from 'node:crypto'
 import { createServer } from 'node:http'
 import { Level } from 'level'
+import { GroupCommitter } from '../../dist/storage/group-commit.js'
 
 const [home, socketPath, mode = 'plain', rowsArg = '10000'] = process.argv.slice(2)
 if (home === undefined || socketPath === undefined || !['plain', 'audited'].includes(mode)) {
@@ -33,6 +37,8 @@ for (let i = 0; i < ROWS; i += 1000) {
   })))
 }
 
+const committer = new GroupCommitter(async (ops, sync) => { await db.batch(ops, { sync }) })
+let written = 0
 let pending = []
 let seq = 0
 let prev = '0'.repeat(64)
@@ -55,6 +61,20 @@ function audit (id) {
 
 const server = createServer((req, res) => {
   if (req.url === '/status') { res.end('{"ok":true}'); return }
+  if (req.method === 'POST') {
+    const chunks = []
+    req.on('data', c => chunks.push(c))
+    req.on('end', () => {
+      const id = String(ROWS + written++)
+      committer.commit([{ type: 'put', key: `r!${id.padStart(10, '0')}`, value: Buffer.concat(chunks).toString('utf8') }]).then(() => {
+        if (mode === 'audited') audit(id)
+        res.statusCode = 201
+        res.setHeader('content-type', 'application/json')
+        res.end(`{"id":"${id}"}`)
+      }, err => { res.statusCode = 500; res.end(String(err)) })
+    })
+    return
+  }
   const id = req.url.slice(3)
   db.get(`r!${id.padStart(10, '0')}`).then(value => {
     if (mode === 'audited') audit(id)

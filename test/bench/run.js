@@ -216,7 +216,17 @@ async function security (ctx) {
     let k = 0
     return { socket: sk.socket, make: () => ({ method: 'GET', path: `/r/${(k++ * 7919) % SKELETON_ROWS}` }) }
   }
-  const runs = { insertOn: inserts(on), insertOff: inserts(off), getOn: gets(on), getOff: gets(off), skeletonPlain: skeletonGets(skeletons.plain), skeletonAudited: skeletonGets(skeletons.audited) }
+  const skeletonWrites = sk => () => ({ socket: sk.socket, make: () => ({ method: 'POST', path: '/w', body: samplePatient(n++) }) })
+  const runs = {
+    insertOn: inserts(on),
+    insertOff: inserts(off),
+    getOn: gets(on),
+    getOff: gets(off),
+    skeletonWritePlain: skeletonWrites(skeletons.plain),
+    skeletonWriteAudited: skeletonWrites(skeletons.audited),
+    skeletonPlain: skeletonGets(skeletons.plain),
+    skeletonAudited: skeletonGets(skeletons.audited)
+  }
   for (const [name, run] of Object.entries(runs)) {
     log(`security: warm-up, ${name}`)
     await drive({ ...run(), total: SECURITY_WARMUP })
@@ -236,6 +246,7 @@ async function security (ctx) {
   await skeletons.plain.stop()
   await skeletons.audited.stop()
   const ceiling = m.skeletonAudited.rps / m.skeletonPlain.rps
+  const writeCeiling = m.skeletonWriteAudited.rps / m.skeletonWritePlain.rps
   const verdict = r => `${fmt(r, 2)} ${r >= GOAL_SECURITY ? '✓' : '✗'} (goal ≥ ${GOAL_SECURITY})`
   const row = (name, r) => `| ${name} | ${fmt(r.rps, 0)} | ${fmt(r.p50, 2)} | ${fmt(r.p99, 2)} |`
   return `## Security on against off
@@ -256,21 +267,25 @@ ${row('insert, security on', m.insertOn)}
 ${row('insert, security off', m.insertOff)}
 ${row('get, security on', m.getOn)}
 ${row('get, security off', m.getOff)}
+${row('ceiling: bare synced LevelDB write over HTTP', m.skeletonWritePlain)}
+${row('ceiling: the same, plus one synced audit record per write', m.skeletonWriteAudited)}
 ${row('ceiling: bare LevelDB read over HTTP', m.skeletonPlain)}
 ${row('ceiling: the same, plus one synced audit record per read', m.skeletonAudited)}
 
 | ratio on / off | |
 | --- | --- |
-| inserts | ${verdict(m.insertOn.rps / m.insertOff.rps)} |
+| inserts | ${verdict(m.insertOn.rps / m.insertOff.rps)}; ${fmt((m.insertOn.rps / m.insertOff.rps) / writeCeiling, 2)} of the ceiling's ratio |
 | gets | ${verdict(m.getOn.rps / m.getOff.rps)}; ${fmt((m.getOn.rps / m.getOff.rps) / ceiling, 2)} of the ceiling's ratio |
+| ceiling: writes with an audit record / without | ${fmt(writeCeiling, 2)} |
 | ceiling: reads with an audit record / without | ${fmt(ceiling, 2)} |
 
-The ceiling (\`test/bench/audit-skeleton.js\`) is a read path with nothing of the
-database in it (node:http on the Unix socket, one LevelDB get, no tokens, rules or
-encryption), run bare and with one audit record per read (hash-chained, about the
-trail's size, buffered and written every 50 ms in one synced batch). Its ratio
-bounds what any design that durably records every read reaches against reads
-that record nothing, on these components and this machine.
+The ceiling (\`test/bench/audit-skeleton.js\`) is a read and write path with nothing
+of the database in it (node:http on the Unix socket, one LevelDB get, or one put
+through a synced group commit; no tokens, rules or encryption), run bare and with one
+audit record per request (hash-chained, about the trail's size, buffered and written
+every 50 ms in one synced batch). Its ratios bound what any design that durably
+records every request reaches against requests that record nothing, on these
+components and this machine.
 
 The daemon with security on recorded ${fmtInt(audit.recorded ?? 0)} audit entries, wrote ${fmtInt(audit.written ?? 0)}
 (${fmtInt(audit.pending ?? 0)} pending, ${fmtInt(audit.dropped ?? 0)} dropped) by the end of the runs.
