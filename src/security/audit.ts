@@ -43,17 +43,37 @@ export interface ChainHead {
   written: number
 }
 
-/** Where the chain head survives restarts (the store's meta, in the daemon) */
+/**
+ * Where the chain head and the journal survive restarts (the store's meta,
+ * in the daemon). The journal holds every entry that was sequenced and not
+ * yet written to its replicas: saved with the head before the entry leaves,
+ * dropped once it is written, read back at start and sent again.
+ */
 export interface HeadStore {
   load: () => Promise<ChainHead | undefined>
-  save: (head: ChainHead) => Promise<void>
+  /** Saves the head, adds entries to the journal and drops written ones, in one durable batch */
+  save: (head: ChainHead, add?: JournalEntry[], drop?: number[]) => Promise<void>
+  journal: () => Promise<JournalEntry[]>
 }
 
-/** The chain head kept in the store's node meta, beside the data it describes */
-export function storeHead (store: { getMeta: <T>(key: string) => Promise<T | undefined>, putMeta: (key: string, value: unknown) => Promise<void> }): HeadStore {
+/** An entry as the journal keeps it: the row and its one version */
+export interface JournalEntry { version: string, row: AuditRow }
+
+const JOURNAL_PREFIX = 'auditJournal:'
+const journalKey = (seq: number): string => JOURNAL_PREFIX + String(seq).padStart(16, '0')
+
+/** The chain head and journal kept in the store's node meta, beside the data they describe */
+export function storeHead (store: {
+  getMeta: <T>(key: string) => Promise<T | undefined>
+  updateMeta: (puts: Array<[string, unknown]>, dels?: string[]) => Promise<void>
+  metaRange: <T>(prefix: string) => Promise<Array<[string, T]>>
+}): HeadStore {
   return {
     load: async () => await store.getMeta<ChainHead>(HEAD_KEY),
-    save: async head => { await store.putMeta(HEAD_KEY, head) }
+    save: async (head, add = [], drop = []) => {
+      await store.updateMeta([[HEAD_KEY, head], ...add.map((e): [string, unknown] => [journalKey(e.row.seq), e])], drop.map(journalKey))
+    },
+    journal: async () => (await store.metaRange<JournalEntry>(JOURNAL_PREFIX)).map(([, e]) => e)
   }
 }
 
@@ -121,13 +141,13 @@ export class AuditTrail {
   private buffer: Buffered[] = []
   /** Sequenced but not yet written: they must land, or the chain has a hole */
   private unwritten: Sequenced[] = []
+  /** Sequenced entries whose journal save failed: saved first by the next flush, before anything is sent */
+  private unjournaled: Sequenced[] = []
   /** Entries of the write under way */
   private inFlight = 0
   private seq = 0
   private lastHash = GENESIS
   private writtenSeq = 0
-  /** The seq of the head last saved: no entry past it may leave this node */
-  private savedSeq = 0
   private readonly counts = { recorded: 0, written: 0, dropped: 0, failedWrites: 0 }
   private state: 'new' | 'started' | 'stopping' | 'stopped' = 'new'
   private timer?: NodeJS.Timeout
@@ -156,13 +176,17 @@ export class AuditTrail {
       this.seq = head.seq
       this.lastHash = head.hash
       this.writtenSeq = head.written
-      this.savedSeq = head.seq
     }
     this.state = 'started'
-    // The head is saved before each batch is sent, so seqs past `written` were given out but may not
-    // have landed (an unclean stop): they are never given out again, and the trail says so.
-    if (this.seq > this.writtenSeq) {
-      const range = `${this.writtenSeq + 1}..${this.seq}`
+    // Entries sequenced but not known to be written are in the journal: they are sent again (a write
+    // that did land meets its own version and changes nothing).
+    this.unwritten = (await this.c.head.journal()).filter(e => e.row.seq > this.writtenSeq).map(e => this.entryOf(e)).sort((a, b) => a.row.seq - b.row.seq)
+    const journaled = new Set(this.unwritten.map(e => e.row.seq))
+    // A seq past `written` that is not in the journal was given out but may not have landed (a journal
+    // written without fsync, storage.sync false, lost to a power cut): never given out again, and said.
+    const missing = Array.from({ length: Math.max(0, this.seq - this.writtenSeq) }, (_, i) => this.writtenSeq + 1 + i).filter(s => !journaled.has(s))
+    if (missing.length > 0) {
+      const range = `${missing[0] as number}..${missing.at(-1) as number}`
       this.c.log?.('warn', 'audit entries may be missing after an unclean stop', { node: this.c.peerId, seqs: range })
       this.record({ action: 'admin', outcome: 'error', status: 500, reason: `audit entries ${range} of this node were being written when it stopped uncleanly and may be missing` })
     }
@@ -182,12 +206,11 @@ export class AuditTrail {
       if (this.counts.written === before) await new Promise(resolve => setTimeout(resolve, 100))
     }
     await this.flushing
-    if (this.pending > 0) {
-      this.c.log?.('warn', 'audit entries not written before stop', { pending: this.pending })
-      this.counts.dropped += this.buffer.length
-      this.buffer = []
-    }
-    await this.saveHead()
+    // What could not be written in time is kept in the journal, and sent at the next start.
+    const rest = this.buffer.splice(0).map(b => this.sequence(b))
+    this.unwritten.push(...rest)
+    if (this.pending > 0) this.c.log?.('warn', 'audit entries not written before stop: kept in the journal for the next start', { pending: this.pending })
+    await this.saveHead([...this.unjournaled.splice(0), ...rest])
     this.state = 'stopped'
   }
 
@@ -232,13 +255,24 @@ export class AuditTrail {
 
   private async _flush (): Promise<void> {
     const batch = this.unwritten.splice(0, this.maxBatch)
-    const fresh = this.buffer.splice(0, this.maxBatch - batch.length)
-    for (const b of fresh) batch.push(this.sequence(b))
+    const fresh = this.buffer.splice(0, this.maxBatch - batch.length).map(b => this.sequence(b))
+    batch.push(...fresh)
     this.inFlight = batch.length
     let failed: Sequenced[] = []
+    const journal = [...this.unjournaled.splice(0), ...fresh]
     try {
-      // Saved before the entries leave: a restart never gives out a seq that may be stored somewhere.
-      if (this.seq > this.savedSeq) await this.saveHead()
+      // Journaled with the head before they leave: a crash neither loses them nor gives out their seqs again.
+      await this.saveHead(journal)
+    } catch (err) {
+      // Not journaled: they stay here, unsent, and the next flush journals them first.
+      this.c.log?.('warn', 'journaling audit entries failed; they are kept and retried', { err: (err as Error).message, entries: journal.length })
+      this.inFlight = 0
+      this.unjournaled = journal
+      this.unwritten = [...batch, ...this.unwritten]
+      this.counts.failedWrites++
+      return
+    }
+    try {
       failed = await this.write(batch)
     } catch (err) {
       this.c.log?.('warn', 'writing audit entries failed; they are kept and retried', { err: (err as Error).message, entries: batch.length })
@@ -251,6 +285,14 @@ export class AuditTrail {
     this.unwritten = [...failed, ...this.unwritten]
     const lowestUnwritten = this.unwritten[0]?.row.seq ?? this.seq + 1
     this.writtenSeq = Math.max(this.writtenSeq, lowestUnwritten - 1)
+    const failedSeqs = new Set(failed.map(f => f.row.seq))
+    const done = batch.filter(s => !failedSeqs.has(s.row.seq)).map(s => s.row.seq)
+    if (done.length > 0) await this.saveHead([], done).catch(err => { this.c.log?.('warn', 'dropping written audit entries from the journal failed; they will be sent again', { err: (err as Error).message }) })
+  }
+
+  /** A journaled entry as it is written: the same version, id and token as when it was sequenced */
+  private entryOf (e: JournalEntry): Sequenced {
+    return { table: AUDIT_TABLE, id: auditId(e.row.node, e.row.seq), token: tokenOf(auditShard(e.row)), version: e.version, parents: [], row: e.row }
   }
 
   private sequence (b: Buffered): Sequenced {
@@ -301,10 +343,9 @@ export class AuditTrail {
     return failed.sort((a, b) => a.row.seq - b.row.seq)
   }
 
-  private async saveHead (): Promise<void> {
+  private async saveHead (add: Sequenced[] = [], drop: number[] = []): Promise<void> {
     const head: ChainHead = { seq: this.seq, hash: this.lastHash, written: this.writtenSeq }
-    await this.c.head.save(head)
-    this.savedSeq = head.seq
+    await this.c.head.save(head, add.map(s => ({ version: s.version, row: s.row })), drop)
   }
 
   private drop (n: number): void {

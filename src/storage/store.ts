@@ -765,6 +765,21 @@ export class Store {
     await this.committer.commit([put(this.meta, `node:${key}`, value)])
   }
 
+  /** Puts and deletes pieces of node state in one durable batch */
+  async updateMeta (puts: Array<[string, unknown]>, dels: string[] = []): Promise<void> {
+    this.checkOpen()
+    const ops = [...puts.map(([k, v]) => put(this.meta, `node:${k}`, v)), ...dels.map(k => del(this.meta, `node:${k}`))]
+    if (ops.length > 0) await this.committer.commit(ops)
+  }
+
+  /** Node state whose keys start with `prefix`, in key order */
+  async metaRange<T> (prefix: string): Promise<Array<[string, T]>> {
+    this.checkOpen()
+    const out: Array<[string, T]> = []
+    for await (const [k, v] of this.meta.iterator({ gte: `node:${prefix}`, lt: `node:${prefix}\xff` })) out.push([(k as string).slice('node:'.length), v as T])
+    return out
+  }
+
   /**
    * Checks the store's field encryption against this opening: the same data
    * key (by its check value), or plaintext on a plaintext store. A store

@@ -162,8 +162,8 @@ describe('audit chain', () => {
     trail.record(read('1'))
     await trail.flush()
     const head = await node.store.getMeta<{ seq: number, hash: string, written: number }>(HEAD_KEY)
-    expect(head).toMatchObject({ seq: 1, written: 0 })
-    // As if a crash came after the head for seqs 2..3 was saved and before they were written.
+    expect(head).toMatchObject({ seq: 1, written: 1 })
+    // As if seqs 2..3 had been given out and their journal lost (a store without fsync and a power cut).
     await trail.stop()
     await node.store.putMeta(HEAD_KEY, { seq: 3, hash: 'a'.repeat(64), written: 1 })
     trail = await openTrail()
@@ -173,6 +173,58 @@ describe('audit chain', () => {
     expect(entries[1]).toMatchObject({ action: 'admin', prev: 'a'.repeat(64) })
     expect(entries[1]?.reason).toContain('2..3')
     expect((await trail.verify()).broken).toMatchObject({ seq: 2, problem: 'missing' })
+  })
+})
+
+describe('audit journal', () => {
+  it('entries journaled but not written when the node died are sent at the next start: the chain stays whole', async () => {
+    await trail.stop()
+    let down = true
+    const real: Coordinator = node.coordinator
+    const flaky: Coordinator = Object.assign(Object.create(real) as Coordinator, {
+      insertOnce: async (groups: Parameters<Coordinator['insertOnce']>[0], options?: RequestOptions) => {
+        if (down) throw new Error('no replica answered')
+        return await real.insertOnce(groups, options)
+      }
+    })
+    const dying = await openTrail({}, flaky)
+    for (let i = 1; i <= 4; i++) dying.record(read(String(i)))
+    await dying.flush()
+    expect(dying.status()).toMatchObject({ written: 0, pending: 4, lastSeq: 4 })
+    // The process dies here: nothing of `dying` runs again. A new trail on the same store finds the journal.
+    trail = await openTrail()
+    expect(trail.status()).toMatchObject({ pending: 4, lastSeq: 4 })
+    await trail.flush()
+    expect(trail.status()).toMatchObject({ written: 4, pending: 0 })
+    expect(await trail.verify()).toMatchObject({ ok: true, checked: 4 })
+    expect((await trail.query()).entries.map(e => e.seq)).toEqual([1, 2, 3, 4])
+    // Written entries leave the journal.
+    expect(await storeHead(node.store).journal()).toEqual([])
+    down = false
+    await dying.stop()
+  })
+
+  it('a stop that cannot write in time keeps what is left in the journal instead of dropping it', async () => {
+    await trail.stop()
+    const real: Coordinator = node.coordinator
+    let down = true
+    const flaky: Coordinator = Object.assign(Object.create(real) as Coordinator, {
+      insertOnce: async (groups: Parameters<Coordinator['insertOnce']>[0], options?: RequestOptions) => {
+        if (down) throw new Error('no replica answered')
+        return await real.insertOnce(groups, options)
+      }
+    })
+    let t = 0
+    const stopping = new AuditTrail({ coordinator: flaky, peerId: node.peerId, head: storeHead(node.store), now: () => (t += 1000) }, { flushIntervalMs: 10_000 })
+    await stopping.start()
+    for (let i = 1; i <= 3; i++) stopping.record(read(String(i)))
+    await stopping.stop()
+    expect(stopping.status().dropped).toBe(0)
+    expect((await storeHead(node.store).journal()).map(e => e.row.seq)).toEqual([1, 2, 3])
+    down = false
+    trail = await openTrail()
+    await trail.flush()
+    expect(await trail.verify()).toMatchObject({ ok: true, checked: 3 })
   })
 })
 
