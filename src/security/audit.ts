@@ -143,6 +143,8 @@ export class AuditTrail {
   private unwritten: Sequenced[] = []
   /** Sequenced entries whose journal save failed: saved first by the next flush, before anything is sent */
   private unjournaled: Sequenced[] = []
+  /** Seqs written to their replicas and still in the journal: dropped by the next save of the head */
+  private written: number[] = []
   /** Entries of the write under way */
   private inFlight = 0
   private seq = 0
@@ -210,7 +212,7 @@ export class AuditTrail {
     const rest = this.buffer.splice(0).map(b => this.sequence(b))
     this.unwritten.push(...rest)
     if (this.pending > 0) this.c.log?.('warn', 'audit entries not written before stop: kept in the journal for the next start', { pending: this.pending })
-    await this.saveHead([...this.unjournaled.splice(0), ...rest])
+    await this.saveHead([...this.unjournaled.splice(0), ...rest], this.written.splice(0))
     this.state = 'stopped'
   }
 
@@ -248,7 +250,7 @@ export class AuditTrail {
    */
   async flush (): Promise<void> {
     if (this.flushing !== undefined) return await this.flushing
-    if (this.buffer.length + this.unwritten.length === 0) return
+    if (this.buffer.length + this.unwritten.length + this.written.length === 0) return
     this.flushing = this._flush().finally(() => { this.flushing = undefined })
     await this.flushing
   }
@@ -260,16 +262,23 @@ export class AuditTrail {
     this.inFlight = batch.length
     let failed: Sequenced[] = []
     const journal = [...this.unjournaled.splice(0), ...fresh]
+    const drop = this.written.splice(0)
     try {
       // Journaled with the head before they leave: a crash neither loses them nor gives out their seqs again.
-      await this.saveHead(journal)
+      // The same commit drops what the last flush wrote (until then a crash would only send it again).
+      await this.saveHead(journal, drop)
     } catch (err) {
+      this.written.unshift(...drop)
       // Not journaled: they stay here, unsent, and the next flush journals them first.
       this.c.log?.('warn', 'journaling audit entries failed; they are kept and retried', { err: (err as Error).message, entries: journal.length })
       this.inFlight = 0
       this.unjournaled = journal
       this.unwritten = [...batch, ...this.unwritten]
       this.counts.failedWrites++
+      return
+    }
+    if (batch.length === 0) {
+      this.inFlight = 0
       return
     }
     try {
@@ -286,8 +295,7 @@ export class AuditTrail {
     const lowestUnwritten = this.unwritten[0]?.row.seq ?? this.seq + 1
     this.writtenSeq = Math.max(this.writtenSeq, lowestUnwritten - 1)
     const failedSeqs = new Set(failed.map(f => f.row.seq))
-    const done = batch.filter(s => !failedSeqs.has(s.row.seq)).map(s => s.row.seq)
-    if (done.length > 0) await this.saveHead([], done).catch(err => { this.c.log?.('warn', 'dropping written audit entries from the journal failed; they will be sent again', { err: (err as Error).message }) })
+    for (const s of batch) if (!failedSeqs.has(s.row.seq)) this.written.push(s.row.seq)
   }
 
   /** A journaled entry as it is written: the same version, id and token as when it was sequenced */
