@@ -618,29 +618,48 @@ export class DistributedCoordinator implements Coordinator {
     return [...all.values()].sort((a, b) => compareVersions(a.version, b.version))
   }
 
-  /** Asks peers in order until `need` have answered; the rest are only asked when one fails */
+  /**
+   * Asks peers in order until `need` have answered; the rest are only asked
+   * when one fails. Done as soon as `need` have answered: a peer that is slow
+   * or cut off (still counted alive) does not hold up a quorum the others made.
+   */
   private async ask<T> (peers: string[], need: number, what: string, fn: (peer: string) => Promise<T>): Promise<Map<string, T>> {
     const answers = new Map<string, T>()
     let next = 0
+    let running = 0
     const errors: string[] = []
-    const worker = async (): Promise<void> => {
-      while (answers.size < need && next < peers.length) {
-        const peer = peers[next++] as string
-        try {
-          answers.set(peer, await fn(peer))
-        } catch (err) {
-          // A replica that refuses (it is leaving, overloaded, holds a copy that fails its checks, takes us
-          // for a non-member) or whose answer fails ours is one that did not answer: the next owner is asked.
-          if (!isNoAnswer(err)) throw err
-          errors.push(`${peer}: ${(err as Error).message}`)
+    return await new Promise<Map<string, T>>((resolve, reject) => {
+      let settled = false
+      const settle = (err?: unknown): void => {
+        if (settled) return
+        if (err === undefined && answers.size < need && running > 0) return
+        settled = true
+        if (err !== undefined) reject(err)
+        else if (answers.size >= need) resolve(new Map(answers))
+        else reject(new UnavailableError(`${what}: ${answers.size} of ${need} replicas answered (${errors.join('; ')})`))
+      }
+      const worker = async (): Promise<void> => {
+        while (!settled && answers.size < need && next < peers.length) {
+          const peer = peers[next++] as string
+          try {
+            const answer = await fn(peer)
+            if (!settled) answers.set(peer, answer)
+          } catch (err) {
+            // A replica that refuses (it is leaving, overloaded, holds a copy that fails its checks, takes us
+            // for a non-member) or whose answer fails ours is one that did not answer: the next owner is asked.
+            if (!isNoAnswer(err)) { settle(err); return }
+            errors.push(`${peer}: ${(err as Error).message}`)
+          }
+          if (answers.size >= need) settle()
         }
       }
-    }
-    await Promise.all(Array.from({ length: need }, worker))
-    if (answers.size < need) {
-      throw new UnavailableError(`${what}: ${answers.size} of ${need} replicas answered (${errors.join('; ')})`)
-    }
-    return answers
+      const workers = Math.min(need, peers.length)
+      running = workers
+      if (workers === 0) { settle(); return }
+      for (let i = 0; i < workers; i++) {
+        void worker().finally(() => { running--; settle() })
+      }
+    })
   }
 
   /** Read repair: sends replicas that lack part of the merged state the whole of it, in the background */

@@ -12,6 +12,8 @@ export class MemoryNetwork {
   private readonly cut = new Set<string>()
   /** Links whose next replies are lost after the request was handled (a stream that closed after the send) */
   private readonly lost = new Map<string, number>()
+  /** Peers whose requests hang (a machine frozen, or cut off while still counted alive), each with its waiters */
+  private readonly stalled = new Map<string, Array<() => void>>()
   /** Messages delivered, per protocol */
   readonly delivered: Record<string, number> = {}
 
@@ -27,6 +29,13 @@ export class MemoryNetwork {
   }
 
   down (peerId: string): void { this.downed.add(peerId) }
+  /** Requests to `peerId` hang until `release` (then they fail as unreachable) */
+  stall (peerId: string): void { if (!this.stalled.has(peerId)) this.stalled.set(peerId, []) }
+  release (peerId: string): void {
+    const waiters = this.stalled.get(peerId) ?? []
+    this.stalled.delete(peerId)
+    for (const w of waiters) w()
+  }
   up (peerId: string): void { this.downed.delete(peerId) }
   /** Cuts (or with `false` heals) the link between two nodes, both ways */
   partition (a: string, b: string, cut = true): void {
@@ -44,6 +53,11 @@ export class MemoryNetwork {
   private async deliver (from: string, to: string, protocol: ProtocolName, msg: unknown, _options?: SendOptions): Promise<unknown> {
     if (this.downed.has(from)) throw new UnavailableError(`${from} is down`)
     if (this.downed.has(to) || this.cut.has(`${from}|${to}`)) throw new UnavailableError(`${to} is unreachable`)
+    const stall = this.stalled.get(to)
+    if (stall !== undefined) {
+      await new Promise<void>(resolve => { stall.push(resolve) })
+      throw new UnavailableError(`${to} did not answer`)
+    }
     const handler = this.handlers.get(to)?.get(protocol)
     if (handler === undefined) throw new UnavailableError(`${to} does not speak ${protocol}`)
     this.delivered[protocol] = (this.delivered[protocol] ?? 0) + 1

@@ -326,6 +326,32 @@ describe('distributed coordinator', () => {
   })
 })
 
+describe('quorum reads', () => {
+  it('are done once R owners answered: an owner that hangs (frozen, or cut off while still counted alive) holds none up', async () => {
+    net = await createTestnet(4, { replicas: 3, writeQuorum: 2, readQuorum: 2 })
+    await net.converge(4)
+    const writer = net.nodes[0]!
+    await writer.db.insert('patient_records', patient(1))
+    const owners = writer.coordinator.owners('patient_records', tokenOf('patient_id:1'))
+    const reader = net.nodes.find(n => !owners.includes(n.peerId))!
+    const frozen = owners.find(p => p !== writer.peerId) as string
+    net.network.stall(frozen)
+    try {
+      for (let i = 0; i < 10; i++) {
+        const started = Date.now()
+        const r = await Promise.race([
+          reader.db.get('patient_records', '1'),
+          new Promise<never>((_resolve, reject) => setTimeout(() => { reject(new Error('a quorum read waited for the frozen owner')) }, 2000))
+        ])
+        expect(r.row.patient_name).toBe('Patient 1')
+        expect(Date.now() - started).toBeLessThan(2000)
+      }
+    } finally {
+      net.network.release(frozen)
+    }
+  })
+})
+
 describe('membership claims', () => {
   const forge = (r: Record<string, unknown>, signer = testIdentity()): Record<string, unknown> => signClaim(r as any, signer.sign) as unknown as Record<string, unknown>
   const viewOf = async (from: ReturnType<typeof testIdentity>, to: string, view: unknown[]): Promise<unknown> =>
