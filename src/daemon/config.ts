@@ -5,8 +5,17 @@ import { ValidationError } from '../errors/index.js'
 
 export interface Config {
   api: {
-    /** Path of the Unix socket, relative to the home. @default "api.sock" */
+    /** Path of the Unix socket, relative to the home (or absolute). @default "api.sock" */
     socket: string
+    /**
+     * A group (name or id) whose members may use the socket: it is then
+     * mode 0660 and owned by that group, so people of several roles can each
+     * connect with their own token, without access to the home (where
+     * admin.token is). Put the socket outside the home (`api.socket`, an
+     * absolute path in a directory the group can reach). null: 0600, the
+     * daemon's user only. @default null
+     */
+    group: string | null
   }
   storage: {
     /** fsync every group commit, so acknowledged writes survive power loss. @default true */
@@ -60,7 +69,7 @@ export interface Config {
 
 export function defaultConfig (): Config {
   return {
-    api: { socket: 'api.sock' },
+    api: { socket: 'api.sock', group: null },
     storage: { sync: true, writeBufferMb: 16 },
     network: {
       listen: ['/ip4/0.0.0.0/tcp/4100'],

@@ -1,5 +1,5 @@
 import { randomBytes } from 'node:crypto'
-import { chmod, lstat, readFile, rename, unlink, writeFile } from 'node:fs/promises'
+import { chmod, chown, lstat, readFile, rename, unlink, writeFile } from 'node:fs/promises'
 import { join } from 'node:path'
 import { monitorEventLoopDelay } from 'node:perf_hooks'
 import { pino, type Logger } from 'pino'
@@ -25,6 +25,7 @@ import { readAdminToken } from '../security/tokens.js'
 import { Store } from '../storage/store.js'
 import { HybridClock, nodeTag } from '../storage/version.js'
 import { socketPath, type Config } from './config.js'
+import { groupId } from './socket-group.js'
 import type { AccessEvent } from '../security/principal.js'
 import { encodeInvite, keyHex, resolveNetworkKey, type Invite } from './network-key.js'
 
@@ -239,6 +240,12 @@ export class NtsoekheNode {
       process.umask(umask)
     }
     await chmod(this.socket, 0o600)
+    const group = this.config.api.group
+    if (group !== null) {
+      // People of the group connect with their own tokens; the home (and admin.token in it) stays the daemon's.
+      await chown(this.socket, process.getuid?.() ?? -1, await groupId(group))
+      await chmod(this.socket, 0o660)
+    }
   }
 
   async status (): Promise<Record<string, unknown>> {

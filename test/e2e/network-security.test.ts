@@ -149,3 +149,39 @@ describe('an open network, only on request', () => {
     await replica.stop()
   })
 })
+
+describe('the socket for a group', () => {
+  it('api.group makes the socket 0660 and owned by that group, outside the home; tokens still decide what each person may do', async () => {
+    const home = await makeHome()
+    const shared = await makeHome()
+    const socket = join(shared, 'ntsoekhe.sock')
+    expect((await cli(['init'], { home })).code).toBe(0)
+    const configPath = join(home, 'config.json')
+    const config = JSON.parse(await readFile(configPath, 'utf8')) as { api: { socket: string, group: string | null } }
+    config.api = { socket, group: 'daemon' }
+    await writeFile(configPath, JSON.stringify(config, null, 2))
+    const d = await startDaemon({ home, socket })
+    daemons.push(d)
+    const st = await stat(socket)
+    expect(st.mode & 0o777).toBe(0o660)
+    expect(st.gid).toBe(1)
+    // No token, no data: the group lets people connect, their tokens say what they may do.
+    const anonymous = new NtsoekheClient({ socket })
+    await expect(anonymous.status()).rejects.toMatchObject({ code: 'UNAUTHORIZED' })
+    const admin = new NtsoekheClient({ socket, token: await adminToken(home) })
+    expect((await admin.status()).peerId).toMatch(/^12D3KooW/)
+    await d.stop()
+  })
+
+  it('an unknown group is a clear error at start', async () => {
+    const home = await makeHome()
+    expect((await cli(['init'], { home })).code).toBe(0)
+    const configPath = join(home, 'config.json')
+    const config = JSON.parse(await readFile(configPath, 'utf8')) as { api: { socket: string, group: string | null } }
+    config.api.group = 'no-such-group-here'
+    await writeFile(configPath, JSON.stringify(config, null, 2))
+    const exit = await daemonExit(home)
+    expect(exit.code).not.toBe(0)
+    expect(exit.stderr + exit.stdout).toMatch(/no group no-such-group-here/)
+  })
+})

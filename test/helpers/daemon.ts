@@ -60,10 +60,10 @@ export async function makeHome (): Promise<string> {
  * Spawns `ntsoekhe daemon` on `home` (a fresh temp home when not given) and
  * waits until `GET /v1/status` answers on `<home>/api.sock`.
  */
-export async function startDaemon (options: { home?: string, args?: string[], timeoutMs?: number } = {}): Promise<TestDaemon> {
+export async function startDaemon (options: { home?: string, args?: string[], timeoutMs?: number, socket?: string } = {}): Promise<TestDaemon> {
   assertBuilt()
   const home = options.home ?? await makeHome()
-  const socket = join(home, 'api.sock')
+  const socket = options.socket ?? join(home, 'api.sock')
   if (await statusAnswers(socket)) {
     throw new Error(`startDaemon: a daemon already answers on ${socket}; stop it first`)
   }
