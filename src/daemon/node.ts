@@ -201,6 +201,7 @@ export class NtsoekheNode {
         coordinator: this.coordinator,
         peerId: this.peerId,
         head: storeHead(this.store),
+        sign: data => key.sign(data) as Uint8Array,
         log: (level, msg, fields) => { this.logger[level]({ component: 'audit', ...fields }, msg) }
       })
       await this.audit.start()

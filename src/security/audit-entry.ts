@@ -1,4 +1,5 @@
 import { createHash } from 'node:crypto'
+import { peerIdFromString } from '@libp2p/peer-id'
 import type { AccessEvent } from './principal.js'
 
 /**
@@ -36,7 +37,34 @@ export type AuditBody = {
 
 export type AuditRow = AuditBody & { hash: string }
 
-export const AUDIT_ACTIONS: ReadonlyArray<AccessEvent['action']> = ['read', 'list', 'history', 'insert', 'update', 'delete', 'batch', 'import', 'export', 'purge', 'login', 'admin']
+export const AUDIT_ACTIONS: ReadonlyArray<AccessEvent['action']> = ['read', 'list', 'history', 'insert', 'update', 'delete', 'batch', 'import', 'export', 'purge', 'login', 'admin', 'seal']
+
+/**
+ * Seals. Each batch a node writes ends with a `seal` entry whose `reason` is
+ * `seal:<base64 signature>`, by the node's identity key, over its node, seq
+ * and `prev`: it vouches for every entry before it, through their hashes.
+ * Any member can write rows into `_audit`, but only the node can seal its
+ * chain: entries of a sealed chain that no seal follows (past a grace that
+ * covers a batch in flight) were not written by that node.
+ */
+export const SEAL_PREFIX = 'seal:'
+/** How long an entry may stand unsealed: a batch and its seal are written together */
+export const SEAL_GRACE_MS = 60_000
+
+export function sealBytes (node: string, seq: number, prev: string): Uint8Array {
+  return new TextEncoder().encode(`ntsoekhe/audit-seal/1\n${node}\n${seq}\n${prev}`)
+}
+
+/** Whether a seal entry carries its node's valid signature */
+export function sealValid (row: AuditBody): boolean {
+  if (row.reason === null || !row.reason.startsWith(SEAL_PREFIX)) return false
+  try {
+    const key = peerIdFromString(row.node).publicKey
+    return key !== undefined && key.verify(sealBytes(row.node, row.seq, row.prev), Buffer.from(row.reason.slice(SEAL_PREFIX.length), 'base64')) === true
+  } catch {
+    return false
+  }
+}
 export const AUDIT_OUTCOMES: ReadonlyArray<AccessEvent['outcome']> = ['ok', 'denied', 'unauthenticated', 'error']
 
 /** The `prev` of a node's first entry */
@@ -115,7 +143,7 @@ export function auditRowProblem (id: string, input: unknown): string | undefined
 export interface BrokenLink {
   node: string
   seq: number
-  problem: 'missing' | 'altered' | 'wrong-prev'
+  problem: 'missing' | 'altered' | 'wrong-prev' | 'forged' | 'unsealed'
   message: string
 }
 
@@ -129,10 +157,22 @@ export interface VerifyResult {
 }
 
 /** What verify keeps of one entry: enough to check its link and its hash */
-export interface ChainLink { seq: number, prev: string, hash: string, intact: boolean, versions: number }
+export interface ChainLink {
+  seq: number
+  prev: string
+  hash: string
+  intact: boolean
+  versions: number
+  /** When it was written (ms) */
+  time: number
+  /** For a seal: whether its signature is the node's */
+  seal?: boolean
+}
 
 export function toLink (row: AuditRow, versions = 1): ChainLink {
-  return { seq: row.seq, prev: row.prev, hash: row.hash, intact: hashEntry(row) === row.hash, versions }
+  const link: ChainLink = { seq: row.seq, prev: row.prev, hash: row.hash, intact: hashEntry(row) === row.hash, versions, time: Date.parse(row.time) }
+  if (row.action === 'seal') link.seal = sealValid(row)
+  return link
 }
 
 /**
@@ -142,7 +182,7 @@ export function toLink (row: AuditRow, versions = 1): ChainLink {
  * hash of the entry before. `expected` gives, for a node, the last seq known
  * to be written (this node's own head), so a removed last entry is found too.
  */
-export function verifyChains (links: Map<string, Map<number, ChainLink>>, expected: Map<string, number> = new Map()): VerifyResult {
+export function verifyChains (links: Map<string, Map<number, ChainLink>>, expected: Map<string, number> = new Map(), now = Date.now()): VerifyResult {
   let checked = 0
   const nodes = [...new Set([...links.keys(), ...expected.keys()])].sort()
   for (const node of nodes) {
@@ -150,6 +190,8 @@ export function verifyChains (links: Map<string, Map<number, ChainLink>>, expect
     let last = expected.get(node) ?? 0
     for (const seq of chain.keys()) if (seq > last) last = seq
     let prev = GENESIS
+    let sealed = 0
+    let sealing = false
     for (let seq = 1; seq <= last; seq++) {
       const link = chain.get(seq)
       const broken = (problem: BrokenLink['problem'], what: string): VerifyResult =>
@@ -158,8 +200,19 @@ export function verifyChains (links: Map<string, Map<number, ChainLink>>, expect
       if (!link.intact) return broken('altered', 'altered: its hash does not match its fields')
       if (link.versions > 1) return broken('altered', `altered: it has ${link.versions} versions, an entry is written once`)
       if (link.prev !== prev) return broken('wrong-prev', `wrong previous hash: it does not follow entry ${seq - 1}`)
+      if (link.seal === false) return broken('forged', 'forged: a seal that is not signed by its node')
+      if (link.seal === true) { sealed = seq; sealing = true }
       prev = link.hash
       checked++
+    }
+    // A chain its node seals stays sealed: an entry no seal follows, past the grace, is not the node's.
+    if (sealing) {
+      for (let seq = sealed + 1; seq <= last; seq++) {
+        const link = chain.get(seq) as ChainLink
+        if (now - link.time > SEAL_GRACE_MS) {
+          return { ok: false, checked, nodes: nodes.length, broken: { node, seq, problem: 'unsealed', message: `node ${node} entry ${seq}: unsealed: no seal of its node follows it (written by another member, or its batch was cut off)` } }
+        }
+      }
     }
   }
   return { ok: true, checked, nodes: nodes.length, broken: null }

@@ -6,7 +6,7 @@ import type { RecordState, VersionEntry } from '../storage/store.js'
 import { winner } from '../storage/store.js'
 import { formatVersion, nodeTag } from '../storage/version.js'
 import {
-  GENESIS, auditId, auditShard, clip, hashEntry, patientOf, toLink, verifyChains,
+  GENESIS, SEAL_PREFIX, auditId, auditShard, clip, hashEntry, patientOf, sealBytes, toLink, verifyChains,
   type AuditBody, type AuditRow, type ChainLink, type VerifyResult
 } from './audit-entry.js'
 import type { AccessEvent } from './principal.js'
@@ -85,6 +85,8 @@ export interface AuditTrailComponents {
   /** @default Date.now */
   now?: () => number
   log?: (level: 'info' | 'warn', msg: string, fields?: Record<string, unknown>) => void
+  /** Signs with this node's identity key: each batch then ends with a seal (see audit-entry.ts). @default no seals */
+  sign?: (data: Uint8Array) => Uint8Array
 }
 
 export interface AuditTrailInit {
@@ -210,6 +212,7 @@ export class AuditTrail {
     await this.flushing
     // What could not be written in time is kept in the journal, and sent at the next start.
     const rest = this.buffer.splice(0).map(b => this.sequence(b))
+    if (rest.length > 0) rest.push(...this.seal())
     this.unwritten.push(...rest)
     if (this.pending > 0) this.c.log?.('warn', 'audit entries not written before stop: kept in the journal for the next start', { pending: this.pending })
     await this.saveHead([...this.unjournaled.splice(0), ...rest], this.written.splice(0))
@@ -258,6 +261,7 @@ export class AuditTrail {
   private async _flush (): Promise<void> {
     const batch = this.unwritten.splice(0, this.maxBatch)
     const fresh = this.buffer.splice(0, this.maxBatch - batch.length).map(b => this.sequence(b))
+    if (fresh.length > 0) fresh.push(...this.seal())
     batch.push(...fresh)
     this.inFlight = batch.length
     let failed: Sequenced[] = []
@@ -296,6 +300,13 @@ export class AuditTrail {
     this.writtenSeq = Math.max(this.writtenSeq, lowestUnwritten - 1)
     const failedSeqs = new Set(failed.map(f => f.row.seq))
     for (const s of batch) if (!failedSeqs.has(s.row.seq)) this.written.push(s.row.seq)
+  }
+
+  /** The seal that closes a batch: this node's signature over the entry before it (none without a signer) */
+  private seal (): Sequenced[] {
+    if (this.c.sign === undefined) return []
+    const sig = this.c.sign(sealBytes(this.c.peerId, this.seq + 1, this.lastHash))
+    return [this.sequence({ event: { action: 'seal', outcome: 'ok', status: 200, reason: SEAL_PREFIX + Buffer.from(sig).toString('base64') }, at: this.now() })]
   }
 
   /** A journaled entry as it is written: the same version, id and token as when it was sequenced */
@@ -384,7 +395,8 @@ export class AuditTrail {
     let truncated = false
     await this.scanAll(where, token, state => {
       const row = winner(state)?.row as AuditRow | undefined
-      if (row === undefined || (since !== undefined && row.time < since)) return true
+      // Seals are the chain's own; the trail lists accesses.
+      if (row === undefined || row.action === 'seal' || (since !== undefined && row.time < since)) return true
       if (entries.length >= MAX_QUERY_ENTRIES) { truncated = true; return false }
       entries.push(row)
       return true

@@ -21,7 +21,8 @@ export interface Principal {
 export interface AccessEvent {
   /** Who; undefined when the token was missing or unknown */
   principal?: Principal
-  action: 'read' | 'list' | 'history' | 'insert' | 'update' | 'delete' | 'batch' | 'import' | 'export' | 'purge' | 'login' | 'admin'
+  /** `seal` is the audit trail's own: a signature that closes each batch of a node's chain */
+  action: 'read' | 'list' | 'history' | 'insert' | 'update' | 'delete' | 'batch' | 'import' | 'export' | 'purge' | 'login' | 'admin' | 'seal'
   table?: string
   /** The row's id (`42`, `3:7`), when the request names one */
   id?: string

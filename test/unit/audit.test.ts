@@ -9,6 +9,7 @@ import { GENESIS, auditShard, hashEntry, toLink, verifyChains, type AuditBody, t
 import { AuditTrail, HEAD_KEY, storeHead } from '../../src/security/audit.js'
 import type { AccessEvent } from '../../src/security/principal.js'
 import { alterStoredEntry } from '../helpers/audit.js'
+import { testIdentity } from '../helpers/identity.js'
 import { openLocalNode, tempDir, type LocalNode, type TempDir } from '../helpers/temp.js'
 
 let dir: TempDir
@@ -173,6 +174,54 @@ describe('audit chain', () => {
     expect(entries[1]).toMatchObject({ action: 'admin', prev: 'a'.repeat(64) })
     expect(entries[1]?.reason).toContain('2..3')
     expect((await trail.verify()).broken).toMatchObject({ seq: 2, problem: 'missing' })
+  })
+})
+
+describe('audit seals', () => {
+  it('a node seals each batch with its key: verify accepts its chain, and names a forged seal and an entry no seal follows', async () => {
+    const me = testIdentity()
+    const sealedDir = await tempDir('ntk-audit-seal-')
+    const mine = await openLocalNode(sealedDir.path, { peerId: me.peerId })
+    const sealed = new AuditTrail({ coordinator: mine.coordinator, peerId: me.peerId, head: storeHead(mine.store), sign: me.sign }, { flushIntervalMs: 10_000 })
+    try {
+      await sealed.start()
+      for (let i = 1; i <= 3; i++) sealed.record(read(String(i)))
+      await sealed.flush()
+      sealed.record(read('4'))
+      await sealed.flush()
+      // Two batches, each closed by a seal: seqs 4 and 6. The trail lists accesses only.
+      expect(sealed.status().lastSeq).toBe(6)
+      expect((await sealed.query()).entries.map(e => e.seq).sort()).toEqual([1, 2, 3, 5])
+      expect(await sealed.verify()).toMatchObject({ ok: true, checked: 6 })
+
+      const links = async (): Promise<Map<string, Map<number, ChainLink>>> => {
+        const chain = new Map<number, ChainLink>()
+        for (let seq = 1; seq <= 6; seq++) {
+          const token = seq === 4 || seq === 6 ? tokenOf(`audit:${me.peerId}`) : tokenOf(`patient_id:${seq === 5 ? 4 : seq}`)
+          const state = await mine.store.get(AUDIT_TABLE, token, `${me.peerId}.${seq}`)
+          chain.set(seq, toLink(state!.heads[0]!.row as AuditRow))
+        }
+        return new Map([[me.peerId, chain]])
+      }
+      const honest = await links()
+      expect(verifyChains(honest)).toMatchObject({ ok: true })
+      // Another member appends to this node's chain: the links hold, but no seal of the node follows.
+      const last = honest.get(me.peerId)!.get(6)!
+      const forgedRow: AuditBody = { node: me.peerId, seq: 7, prev: last.hash, time: new Date(Date.now() - 120_000).toISOString(), user: 'mallory', role: 'admin', action: 'read', table: 'patient_records', key: '9', columns: null, outcome: 'ok', status: 200, reason: null, break_glass: 0, patient_id: '9' }
+      honest.get(me.peerId)!.set(7, toLink({ ...forgedRow, hash: hashEntry(forgedRow) }))
+      expect(verifyChains(honest).broken).toMatchObject({ seq: 7, problem: 'unsealed' })
+      // Within the grace a batch may still be on its way to its seal.
+      expect(verifyChains(honest, new Map(), Date.now() - 100_000).ok).toBe(true)
+      // A seal signed by another key.
+      const other = testIdentity()
+      const fake: AuditBody = { ...forgedRow, seq: 8, prev: honest.get(me.peerId)!.get(7)!.hash, action: 'seal', reason: `seal:${Buffer.from(other.sign(new Uint8Array([1]))).toString('base64')}`, patient_id: null }
+      honest.get(me.peerId)!.set(8, toLink({ ...fake, hash: hashEntry(fake) }))
+      expect(verifyChains(honest).broken).toMatchObject({ seq: 8, problem: 'forged' })
+    } finally {
+      await sealed.stop()
+      await mine.close()
+      await sealedDir.remove()
+    }
   })
 })
 
