@@ -192,7 +192,13 @@ async function sendChunked (node: NtsoekheNode, target: string, body: unknown): 
   for (let n = frame.byteLength; ; n = Math.floor(n / 128)) { if (n < 0x80) { prefix.push(n); break } prefix.push((n & 0x7f) | 0x80) }
   const peer = node.getConnections().find(c => c.remotePeer.toString() === target)?.remotePeer
   if (peer === undefined) return 'no connection'
-  const stream = await node.dialProtocol(peer, PROTOCOLS.replica, { signal: AbortSignal.timeout(5_000) })
+  let stream: Awaited<ReturnType<NtsoekheNode['dialProtocol']>>
+  try {
+    stream = await node.dialProtocol(peer, PROTOCOLS.replica, { signal: AbortSignal.timeout(5_000) })
+  } catch {
+    // Past its cap of streams per connection the daemon refuses a new one.
+    return 'stream refused'
+  }
   const answer = new Promise<string>(resolve => {
     stream.addEventListener('message', evt => { resolve(new TextDecoder().decode(evt.data.subarray())) }, { once: true })
     stream.addEventListener('close', () => { resolve('closed') }, { once: true })
