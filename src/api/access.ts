@@ -18,7 +18,10 @@ export const TABLE_ACCESS = 'rows'
 export const MAX_REASON = 500
 
 /** What the audit event of a request says beyond who, outcome and status */
-export type AccessNote = Omit<AccessEvent, 'principal' | 'outcome' | 'status'>
+export type AccessNote = Omit<AccessEvent, 'principal' | 'outcome' | 'status'> & {
+  /** The patients whose rows an answer holds (a list): one audit entry each, kept in each patient's shard */
+  patients?: string[]
+}
 
 declare module 'fastify' {
   interface FastifyContextConfig {
@@ -92,7 +95,9 @@ export function installAccess (app: FastifyInstance, init: AccessInit): void {
     }
     if (event === undefined) return
     try {
-      audit(event)
+      const { patients, ...one } = event as AccessEvent & { patients?: string[] }
+      if (patients === undefined || patients.length === 0) audit(one)
+      else for (const patientId of patients) audit({ ...one, patientId })
     } catch (err) {
       init.log.error({ err }, 'audit hook failed')
     }

@@ -238,6 +238,11 @@ export function createApi (components: ApiComponents, init: ApiInit = {}): Fasti
       ...(limit === undefined ? {} : { limit }),
       ...(cursor === undefined ? {} : { cursor })
     })
+    // Every patient whose rows the page holds gets an entry of their own (audit --patient finds the list).
+    if (req.accessNote !== undefined && where.patient_id === undefined && table.columns.some(c => c.name === 'patient_id')) {
+      const patients = [...new Set(page.rows.map(r => r.patient_id).filter(p => p !== null && p !== undefined).map(String))]
+      if (patients.length > 0) req.accessNote.patients = patients
+    }
     return { rows: page.rows.map(r => project(r, view.columns)), next: page.next }
   })
 

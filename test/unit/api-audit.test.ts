@@ -56,6 +56,16 @@ describe('api: audit', () => {
     ])
   })
 
+  it('a list of several patients\' rows makes one entry per patient, so audit --patient finds it', async () => {
+    for (const id of [42, 43]) expect((await as(token)({ method: 'POST', url: '/v1/tables/patient_records/rows', payload: patientRow(id) })).statusCode).toBe(201)
+    events.length = 0
+    expect((await as(token)({ method: 'GET', url: '/v1/tables/patient_records/rows' })).statusCode).toBe(200)
+    await waitFor('the list\'s access events', () => events.length >= 2, 2000)
+    expect(events.map(e => [e.action, e.patientId]).sort()).toEqual([['list', '42'], ['list', '43']])
+    await trail.flush()
+    expect((await trail.query({ patient: '43' })).entries.map(e => e.action)).toContain('list')
+  })
+
   it('fails closed: while the trail cannot take entries, patient data is not served', async () => {
     expect((await as(token)({ method: 'POST', url: '/v1/tables/patient_records/rows', payload: patientRow(42) })).statusCode).toBe(201)
     await trail.stop()
