@@ -19,6 +19,12 @@ export interface Mutation {
   ifMatch?: string[]
   /** Random id of this client write (16 hex digits), stored on its versions so a retry can recognise it */
   writeId?: string
+  /**
+   * The write id comes from the client's Idempotency-Key: any repeat is
+   * answered with the version that carries it, wherever it is in the
+   * record's history, and nothing new is written.
+   */
+  keyed?: boolean
 }
 
 /** What became of one group of a `writeGroups` call */

@@ -144,6 +144,10 @@ export function checkMutation (m: unknown): Mutation {
     out.ifMatch = x.ifMatch as string[]
   }
   if (x.writeId !== undefined) out.writeId = checkWriteId(x.writeId)
+  if (x.keyed !== undefined) {
+    if (x.keyed !== true || out.writeId === undefined) bad('keyed must be true and come with a writeId')
+    out.keyed = true
+  }
   return out
 }
 
