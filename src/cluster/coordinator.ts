@@ -25,6 +25,13 @@ export interface Mutation {
    * record's history, and nothing new is written.
    */
   keyed?: boolean
+  /**
+   * A put without If-Match that changes only these columns (a PATCH): the
+   * primary applies them onto its current head under the record's lock, so
+   * a concurrent writer never makes it fail. `row` is the sender's whole
+   * row; only these columns of it are taken.
+   */
+  changed?: string[]
 }
 
 /** What became of one group of a `writeGroups` call */

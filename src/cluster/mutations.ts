@@ -59,6 +59,13 @@ export function orderMutations (mutations: Mutation[], states: StateView, clock:
       throw new NotFoundError(`${table} ${id} not found`)
     }
     let parents: string[]
+    let row = m.op === 'delete' ? null : (m.row ?? null)
+    if (m.changed !== undefined && head?.row != null && row !== null) {
+      // A PATCH: its columns onto whatever the head is now (the caller's read may be overtaken).
+      const patched = { ...head.row }
+      for (const c of m.changed) if (c in row) patched[c] = row[c] ?? null
+      row = patched
+    }
     if (m.ifMatch !== undefined && m.ifMatch.length > 0) {
       const heads = new Set(state?.heads.map(h => h.version) ?? [])
       const stale = m.ifMatch.filter(v => !heads.has(v))
@@ -70,7 +77,7 @@ export function orderMutations (mutations: Mutation[], states: StateView, clock:
       parents = head === undefined ? [] : [head.version]
     }
     for (const v of parents) clock.observe(v)
-    const entry: VersionEntry = { table, id, token, version: clock.tick(), parents, row: m.op === 'delete' ? null : (m.row ?? null) }
+    const entry: VersionEntry = { table, id, token, version: clock.tick(), parents, row }
     if (m.writeId !== undefined) entry.writeId = m.writeId
     entries.push(entry)
     current.set(key, nextState(state, entry).after)

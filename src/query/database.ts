@@ -260,10 +260,12 @@ export class Database {
       const row = validateRow(table, { ...head.row, ...changes }, 'full')
       assertSameShard(table, head.row, row)
       await this.checkRow(table, row, rowId(table, key), options, Object.keys(changes))
-      const ifMatch = options.ifMatch ?? [head.version]
       try {
         return await this.writeClaimed(table, head.row, row, options, async () => {
-          const [result] = await this.coordinator.write([this.mutation('put', table, orderColumns(table, row), ifMatch, keyOf(options, 'patch', table.name, rowId(table, key)))], options)
+          const m = this.mutation('put', table, orderColumns(table, row), options.ifMatch, keyOf(options, 'patch', table.name, rowId(table, key)))
+          // Without If-Match the primary applies the changed columns onto its own head: never 412.
+          if (options.ifMatch === undefined && Object.keys(changes).length > 0) m.changed = Object.keys(changes)
+          const [result] = await this.coordinator.write([m], options)
           return result as WriteResult
         })
       } catch (err) {

@@ -104,6 +104,31 @@ describe('writes with an Idempotency-Key', () => {
   })
 })
 
+describe('PATCH without If-Match under contention', () => {
+  it('ten concurrent patches of one row from three nodes all succeed, and every change is in the history', async () => {
+    const { a, b, c, i } = await threeNodes()
+    await a.db.insert('patient_records', patient(i))
+    const nodes = [a, b, c]
+    const results = await Promise.all(Array.from({ length: 10 }, async (_, k) =>
+      await nodes[k % 3]!.db.patch('patient_records', String(i), k % 2 === 0 ? { address: `Address ${k}` } : { contact_number: `07000000${String(k).padStart(2, '0')}` })))
+    expect(new Set(results.map(r => r.version)).size).toBe(10)
+    const history = await a.db.history('patient_records', String(i))
+    expect(history).toHaveLength(11)
+    for (let k = 0; k < 10; k++) {
+      const [column, value] = k % 2 === 0 ? ['address', `Address ${k}`] : ['contact_number', `07000000${String(k).padStart(2, '0')}`]
+      expect(history.some(v => v.row?.[column as string] === value), `change ${k}`).toBe(true)
+    }
+    // Each patch kept the others' columns: the last version has the last address and the last number.
+    const last = history[history.length - 1]!.row!
+    expect(String(last.address)).toMatch(/^Address \d$/)
+    expect(String(last.contact_number)).toMatch(/^07000000\d\d$/)
+    const got = await a.db.get('patient_records', String(i))
+    expect(got.conflicts).toEqual([])
+    // If-Match stays exact: a stale version is still 412.
+    await expect(a.db.patch('patient_records', String(i), { address: 'Stale' }, { ifMatch: [history[0]!.version] })).rejects.toMatchObject({ code: 'PRECONDITION_FAILED' })
+  })
+})
+
 describe('a write that misses its consistency level', () => {
   it('says how many owners have it, how many were required, and that it may still reach the others; a keyed retry is not 409', async () => {
     const { a, c, i } = await threeNodes()
