@@ -17,6 +17,10 @@ import { importStream, isAbort } from './import.js'
 export const BODY_LIMIT = 1024 * 1024
 /** A request body that sends nothing for this long is cut off, ms */
 export const BODY_TIMEOUT_MS = 30_000
+/** Longest Idempotency-Key, characters */
+export const MAX_IDEMPOTENCY_KEY = 128
+/** What an Idempotency-Key may be made of: a UUID, a ULID, base64 or hex fit */
+const IDEMPOTENCY_KEY_RE = /^[A-Za-z0-9._~+/=:-]+$/
 
 export interface ApiComponents {
   db: Database
@@ -146,7 +150,7 @@ export function createApi (components: ApiComponents, init: ApiInit = {}): Fasti
     const table = db.table(req.params.table)
     const body = requireObject(req)
     writeNote(req, 'insert', table, body)
-    const result = await db.insert(table.name, body, requestOptions(req.query))
+    const result = await db.insert(table.name, body, { ...requestOptions(req.query), ...keyOptions(req) })
     void reply.status(201).header('etag', etag(result.version))
     noteRow(req, table, result.id, result.row)
     return { id: result.id, version: result.version, row: visible(req, table, result.row) }
@@ -266,7 +270,7 @@ export function createApi (components: ApiComponents, init: ApiInit = {}): Fasti
       if (req.accessNote.table === undefined) req.accessNote.table = table.name
       if (req.accessNote.patientId === undefined && row.patient_id !== undefined) req.accessNote.patientId = String(row.patient_id)
     }
-    const results = await db.batch(body.operations as BatchOperation[], requestOptions(req.query))
+    const results = await db.batch(body.operations as BatchOperation[], { ...requestOptions(req.query), ...keyOptions(req) })
     void reply.status(201)
     return {
       results: results.map((r, i) => {
@@ -391,9 +395,28 @@ function requestOptions (query: Query): RequestOptions {
   return { consistency: c as Consistency }
 }
 
-function writeOptions (req: FastifyRequest<{ Querystring: Query }>): RequestOptions & { ifMatch?: string[] } {
+function writeOptions (req: FastifyRequest<{ Querystring: Query }>): RequestOptions & { ifMatch?: string[], idempotencyKey?: string } {
   const ifMatch = parseIfMatch(req.headers['if-match'])
-  return { ...requestOptions(req.query), ...(ifMatch === undefined ? {} : { ifMatch }) }
+  return { ...requestOptions(req.query), ...(ifMatch === undefined ? {} : { ifMatch }), ...keyOptions(req) }
+}
+
+/**
+ * The request's Idempotency-Key, kept per user: one user's key never
+ * answers with another user's write.
+ */
+function keyOptions (req: FastifyRequest): { idempotencyKey?: string } {
+  const key = parseIdempotencyKey(req.headers['idempotency-key'])
+  return key === undefined ? {} : { idempotencyKey: `${principalOf(req).user}\u0000${key}` }
+}
+
+/** `Idempotency-Key: <key>`: 1 to MAX_IDEMPOTENCY_KEY characters of IDEMPOTENCY_KEY_RE, given once */
+export function parseIdempotencyKey (header: string | string[] | undefined): string | undefined {
+  if (header === undefined) return undefined
+  if (Array.isArray(header)) throw new ValidationError('Idempotency-Key is given more than once')
+  if (header.length === 0 || header.length > MAX_IDEMPOTENCY_KEY || !IDEMPOTENCY_KEY_RE.test(header)) {
+    throw new ValidationError(`Idempotency-Key must be 1 to ${MAX_IDEMPOTENCY_KEY} letters, digits or . _ ~ + / = : - (a UUID fits)`)
+  }
+  return header
 }
 
 function etag (version: string): string {

@@ -22,7 +22,7 @@ export interface Io {
 /** Exit codes: other tools and tests rely on them */
 export const EXIT = { OK: 0, REFUSED: 1, USAGE: 2, NO_DAEMON: 3 } as const
 
-interface GlobalOpts { home?: string, json?: boolean, token?: string, consistency?: 'one' | 'quorum' | 'all', breakGlass?: string }
+interface GlobalOpts { home?: string, json?: boolean, token?: string, consistency?: 'one' | 'quorum' | 'all', breakGlass?: string, idempotencyKey?: string }
 
 /** Runs the CLI with its stdio, returning the exit code (never calls process.exit) */
 export async function run (argv: string[], io: Io): Promise<number> {
@@ -80,6 +80,8 @@ function buildProgram (io: Io, setCode: (c: number) => void): Command {
     .configureOutput({ writeOut: s => io.stdout.write(s), writeErr: s => io.stderr.write(s) })
   const withConsistency = (cmd: Command): Command => cmd
     .addOption(new Option('--consistency <level>', 'replicas that must answer').choices(['one', 'quorum', 'all']))
+  const withKey = (cmd: Command): Command => cmd
+    .option('--idempotency-key <key>', 'send the write with this key: sent again with the same key, it answers the first result instead of writing twice (default: a new key, kept across resends)')
   const withBreakGlass = (cmd: Command): Command => cmd
     .option('--break-glass <reason>', 'read outside your role in an emergency, stating why (doctors and nurses; audited)')
 
@@ -136,11 +138,11 @@ function buildProgram (io: Io, setCode: (c: number) => void): Command {
         renderTable(tb.columns.map((c: any) => ({ column: c.name, type: c.type + (c.length !== undefined ? `(${String(c.length)})` : c.precision !== undefined ? `(${String(c.precision)},${String(c.scale)})` : ''), null: c.notNull === true ? 'NOT NULL' : '' })))).join('\n'))
     })
 
-  withConsistency(common(program.command('insert').description('insert a row (JSON argument, or - for stdin)')))
+  withKey(withConsistency(common(program.command('insert').description('insert a row (JSON argument, or - for stdin)'))))
     .argument('<table>').argument('<json>')
     .action(async (table: string, json: string, opts: GlobalOpts) => {
       const row = await readJsonArg(json, io)
-      const r = await (await client(opts)).insert(table, row, consistency(opts))
+      const r = await (await client(opts)).insert(table, row, { ...consistency(opts), ...idempotencyKey(opts) })
       out(opts, { id: r.id, version: r.version, row: r.row }, () => `inserted ${table} ${r.id} (version ${r.version})\n`)
     })
 
@@ -153,21 +155,21 @@ function buildProgram (io: Io, setCode: (c: number) => void): Command {
         renderObject(r.row) + `version: ${r.version}\n` + (r.conflicts.length > 0 ? `CONFLICT with ${r.conflicts.map(c => c.version).join(', ')}\n` : ''))
     })
 
-  withConsistency(common(program.command('update').description('change some columns of a row (JSON argument, or - for stdin)')))
+  withKey(withConsistency(common(program.command('update').description('change some columns of a row (JSON argument, or - for stdin)'))))
     .argument('<table>').argument('<id>').argument('<json>')
     .option('--if-match <version>', 'only if the row is still at this version (repeat to resolve a conflict)', collect, [])
     .action(async (table: string, id: string, json: string, opts: GlobalOpts & { ifMatch: string[] }) => {
       const changes = await readJsonArg(json, io)
-      const r = await (await client(opts)).update(table, id, changes, { ...consistency(opts), ifMatch: opts.ifMatch })
+      const r = await (await client(opts)).update(table, id, changes, { ...consistency(opts), ...idempotencyKey(opts), ifMatch: opts.ifMatch })
       out(opts, { id: r.id, version: r.version, row: r.row }, () => `updated ${table} ${r.id} (version ${r.version})\n`)
     })
 
-  withConsistency(common(program.command('delete').description('delete a row (a tombstone: its history is kept)')))
+  withKey(withConsistency(common(program.command('delete').description('delete a row (a tombstone: its history is kept)'))))
     .argument('<table>').argument('<id>')
     .option('--cascade', 'also delete the rows that reference it')
     .option('--if-match <version>', 'only if the row is still at this version', collect, [])
     .action(async (table: string, id: string, opts: GlobalOpts & { cascade?: boolean, ifMatch: string[] }) => {
-      const r = await (await client(opts)).delete(table, id, { ...consistency(opts), ifMatch: opts.ifMatch, ...(opts.cascade === true ? { cascade: true } : {}) })
+      const r = await (await client(opts)).delete(table, id, { ...consistency(opts), ...idempotencyKey(opts), ifMatch: opts.ifMatch, ...(opts.cascade === true ? { cascade: true } : {}) })
       out(opts, r, () => `deleted ${table} ${r.id} (version ${r.version}${r.cascaded > 0 ? `, ${r.cascaded} referencing rows too` : ''})\n`)
     })
 
@@ -360,6 +362,12 @@ function breakGlass (opts: GlobalOpts): { breakGlass?: string } {
 
 function nonEmpty (s: string | undefined): string | undefined {
   return s === undefined || s.trim() === '' ? undefined : s.trim()
+}
+
+function idempotencyKey (opts: GlobalOpts): { idempotencyKey?: string } {
+  if (opts.idempotencyKey === undefined) return {}
+  if (opts.idempotencyKey.trim() === '') throw new UsageError('--idempotency-key needs a key')
+  return { idempotencyKey: opts.idempotencyKey }
 }
 
 function consistency (opts: GlobalOpts): { consistency?: 'one' | 'quorum' | 'all' } {

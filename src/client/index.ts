@@ -1,3 +1,5 @@
+import { randomBytes } from 'node:crypto'
+import { setTimeout as sleep } from 'node:timers/promises'
 import { Agent, request as httpRequest, type ClientRequest, type IncomingMessage } from 'node:http'
 import type { Readable } from 'node:stream'
 import { NtsoekheError, errorFromJSON } from '../errors/index.js'
@@ -19,6 +21,19 @@ export interface ClientInit {
   maxSockets?: number
   /** Bearer token sent with every request (`ntsoekhe user add` prints one; the first admin's is `<home>/admin.token`) */
   token?: string
+  /**
+   * Times a write whose outcome is unknown (a timeout, or a 503 whose
+   * `outcome` is `partial` or `unknown`) is sent again, with the same
+   * Idempotency-Key, before its error is reported. @default 3
+   */
+  writeRetries?: number
+  /** Wait before the first resend, ms; it doubles each time. @default 200 */
+  retryDelayMs?: number
+}
+
+export interface WriteOptions extends RequestOptions {
+  /** Sent as `Idempotency-Key`; one is made for each call when none is given, and kept across its resends */
+  idempotencyKey?: string
 }
 
 export interface RequestOptions {
@@ -43,6 +58,8 @@ export class NtsoekheClient {
   readonly socket: string
   private readonly timeout: number
   private readonly token?: string
+  private readonly writeRetries: number
+  private readonly retryDelayMs: number
   /** Keeps connections to the socket open between requests */
   private readonly agent: Agent
 
@@ -50,6 +67,8 @@ export class NtsoekheClient {
     this.socket = init.socket
     this.timeout = init.timeout ?? 60_000
     if (init.token !== undefined) this.token = init.token
+    this.writeRetries = init.writeRetries ?? 3
+    this.retryDelayMs = init.retryDelayMs ?? 200
     this.agent = new Agent({ keepAlive: true, maxSockets: init.maxSockets ?? 64 })
   }
 
@@ -86,24 +105,24 @@ export class NtsoekheClient {
   /** Each role's rights by table and column */
   async roles (): Promise<{ roles: RoleInfo[] }> { return await this.request('GET', '/v1/roles') }
 
-  async insert (table: string, row: unknown, options: RequestOptions = {}): Promise<RowResult> {
-    return await this.request('POST', `/v1/tables/${enc(table)}/rows${qs(options)}`, { body: row, signal: options.signal })
+  async insert (table: string, row: unknown, options: WriteOptions = {}): Promise<RowResult> {
+    return await this.write('POST', `/v1/tables/${enc(table)}/rows${qs(options)}`, options, { body: row })
   }
 
   async get (table: string, id: string | number, options: ReadOptions & { local?: boolean } = {}): Promise<GetResult> {
     return await this.request('GET', `/v1/tables/${enc(table)}/rows/${enc(String(id))}${qs(options)}`, { signal: options.signal, breakGlass: options.breakGlass })
   }
 
-  async replace (table: string, id: string | number, row: unknown, options: RequestOptions & { ifMatch?: string[] } = {}): Promise<RowResult> {
-    return await this.request('PUT', `/v1/tables/${enc(table)}/rows/${enc(String(id))}${qs(options)}`, { body: row, ifMatch: options.ifMatch, signal: options.signal })
+  async replace (table: string, id: string | number, row: unknown, options: WriteOptions & { ifMatch?: string[] } = {}): Promise<RowResult> {
+    return await this.write('PUT', `/v1/tables/${enc(table)}/rows/${enc(String(id))}${qs(options)}`, options, { body: row, ifMatch: options.ifMatch })
   }
 
-  async update (table: string, id: string | number, changes: unknown, options: RequestOptions & { ifMatch?: string[] } = {}): Promise<RowResult> {
-    return await this.request('PATCH', `/v1/tables/${enc(table)}/rows/${enc(String(id))}${qs(options)}`, { body: changes, ifMatch: options.ifMatch, signal: options.signal })
+  async update (table: string, id: string | number, changes: unknown, options: WriteOptions & { ifMatch?: string[] } = {}): Promise<RowResult> {
+    return await this.write('PATCH', `/v1/tables/${enc(table)}/rows/${enc(String(id))}${qs(options)}`, options, { body: changes, ifMatch: options.ifMatch })
   }
 
-  async delete (table: string, id: string | number, options: RequestOptions & { ifMatch?: string[], cascade?: boolean } = {}): Promise<{ id: string, version: string, deleted: true, cascaded: number }> {
-    return await this.request('DELETE', `/v1/tables/${enc(table)}/rows/${enc(String(id))}${qs(options)}`, { ifMatch: options.ifMatch, signal: options.signal })
+  async delete (table: string, id: string | number, options: WriteOptions & { ifMatch?: string[], cascade?: boolean } = {}): Promise<{ id: string, version: string, deleted: true, cascaded: number }> {
+    return await this.write('DELETE', `/v1/tables/${enc(table)}/rows/${enc(String(id))}${qs(options)}`, options, { ifMatch: options.ifMatch })
   }
 
   /** Erases a row for good, on every node, history included (admin) */
@@ -119,8 +138,27 @@ export class NtsoekheClient {
     return await this.request('GET', `/v1/tables/${enc(table)}/rows${qs({ ...where, ...options })}`, { signal: options.signal, breakGlass: options.breakGlass })
   }
 
-  async batch (operations: unknown[], options: RequestOptions = {}): Promise<{ results: RowResult[] }> {
-    return await this.request('POST', `/v1/batch${qs(options)}`, { body: { operations }, signal: options.signal })
+  async batch (operations: unknown[], options: WriteOptions = {}): Promise<{ results: RowResult[] }> {
+    return await this.write('POST', `/v1/batch${qs(options)}`, options, { body: { operations } })
+  }
+
+  /**
+   * A write sent with an Idempotency-Key (the caller's, or a random 128-bit
+   * one), and sent again with the same key while its outcome is unknown:
+   * the daemon answers a repeat of a write that took effect with its first
+   * result, so a resend never writes twice. Bounded by `writeRetries`.
+   */
+  private async write<T> (method: string, path: string, options: WriteOptions, opts: { body?: unknown, ifMatch?: string[] | undefined }): Promise<T> {
+    const idempotencyKey = options.idempotencyKey ?? randomBytes(16).toString('hex')
+    for (let attempt = 0; ; attempt++) {
+      try {
+        return await this.request<T>(method, path, { ...opts, idempotencyKey, signal: options.signal })
+      } catch (err) {
+        if (attempt >= this.writeRetries || !outcomeUnknown(err) || options.signal?.aborted === true) throw err
+        // Backs off with jitter, so that clients that failed together do not all come back at once.
+        await sleep(this.retryDelayMs * 2 ** attempt * (0.5 + Math.random() / 2), undefined, options.signal === undefined ? {} : { signal: options.signal })
+      }
+    }
   }
 
   /** Streams NDJSON or CSV into a table */
@@ -161,8 +199,9 @@ export class NtsoekheClient {
   }
 
   /** One HTTP request over the socket; an error body becomes a thrown NtsoekheError */
-  async request<T = any> (method: string, path: string, opts: { body?: unknown, raw?: Readable | string, contentType?: string, ifMatch?: string[] | undefined, signal?: AbortSignal | undefined, timeout?: number, breakGlass?: string | undefined } = {}): Promise<T> {
+  async request<T = any> (method: string, path: string, opts: { body?: unknown, raw?: Readable | string, contentType?: string, ifMatch?: string[] | undefined, signal?: AbortSignal | undefined, timeout?: number, breakGlass?: string | undefined, idempotencyKey?: string } = {}): Promise<T> {
     const headers = this.headers({ accept: 'application/json' })
+    if (opts.idempotencyKey !== undefined) headers['idempotency-key'] = opts.idempotencyKey
     // Percent-encoded: any reason survives an HTTP header, and the daemon decodes it.
     if (opts.breakGlass !== undefined) headers['x-break-glass'] = encodeURIComponent(opts.breakGlass)
     let payload: string | undefined
@@ -233,6 +272,12 @@ async function readError (res: IncomingMessage): Promise<NtsoekheError> {
   }
 }
 
+/** A write that may or may not have taken effect: worth sending again with its key */
+function outcomeUnknown (err: unknown): boolean {
+  if (!(err instanceof NtsoekheError) || err instanceof NoDaemonError) return false
+  return err.code === 'TIMEOUT' || (err.code === 'UNAVAILABLE' && err.outcome !== undefined)
+}
+
 function enc (s: string): string {
   return encodeURIComponent(s)
 }
@@ -240,7 +285,7 @@ function enc (s: string): string {
 function qs (params: object): string {
   const parts: string[] = []
   for (const [k, v] of Object.entries(params)) {
-    if (v === undefined || v === false || k === 'signal' || k === 'ifMatch' || k === 'breakGlass') continue
+    if (v === undefined || v === false || k === 'signal' || k === 'ifMatch' || k === 'breakGlass' || k === 'idempotencyKey') continue
     parts.push(`${encodeURIComponent(k)}=${encodeURIComponent(String(v))}`)
   }
   return parts.length === 0 ? '' : `?${parts.join('&')}`

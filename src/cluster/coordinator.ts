@@ -19,6 +19,19 @@ export interface Mutation {
   ifMatch?: string[]
   /** Random id of this client write (16 hex digits), stored on its versions so a retry can recognise it */
   writeId?: string
+  /**
+   * The write id comes from the client's Idempotency-Key: any repeat is
+   * answered with the version that carries it, wherever it is in the
+   * record's history, and nothing new is written.
+   */
+  keyed?: boolean
+  /**
+   * A put without If-Match that changes only these columns (a PATCH): the
+   * primary applies them onto its current head under the record's lock, so
+   * a concurrent writer never makes it fail. `row` is the sender's whole
+   * row; only these columns of it are taken.
+   */
+  changed?: string[]
 }
 
 /** What became of one group of a `writeGroups` call */

@@ -10,6 +10,7 @@ import type { ClusterStatus, Consistency, Coordinator, GroupOutcome, InsertOutco
 import { mergeStates, missingHeads } from './merge.js'
 import type { Membership } from './membership.js'
 import { AUDIT_TABLE, checkEntry, checkScanPage, checkState, parseReplicaMessage, type ReplicaMessage } from './messages.js'
+import { recallWrites } from './idempotency.js'
 import { mutationKey, orderGroups, orderMutations } from './mutations.js'
 import { HashRing } from './ring.js'
 import { tokenOf } from './token.js'
@@ -380,7 +381,8 @@ export class DistributedCoordinator implements Coordinator {
         // A primary that took the write but did not answer in time may have applied it: trying the
         // next owner would write it twice. Say the outcome is unknown instead.
         if (err instanceof TimeoutError) {
-          throw new NtsoekheError('UNAVAILABLE', `${first.shard}: the primary did not answer in time; the write may or may not have been applied (read before retrying)`, { cause: err })
+          const required = this.needed(options.consistency, this.writeQuorum, owners.length)
+          throw new NtsoekheError('UNAVAILABLE', `${first.shard}: the primary did not answer in time; the write may or may not have been applied (retry with the same Idempotency-Key)`, { cause: err, durable: 0, required, outcome: 'unknown' })
         }
         // The primary is unreachable, or no longer thinks it owns the key: the next owner takes over.
         if (!isUnreachable(err)) throw err
@@ -401,6 +403,7 @@ export class DistributedCoordinator implements Coordinator {
       throw new NtsoekheError('NOT_OWNER', `${this.c.peerId} does not own ${first.shard}`)
     }
     await this.catchUp(mutations, owners, level, retry)
+    const recalled = await recallWrites(this.c.store, mutations)
     let ordered: { entries: VersionEntry[], results: WriteResult[] } = { entries: [], results: [] }
     const need = this.needed(level, this.writeQuorum, owners.length)
     // This node's own commit is one of the W acknowledgements, not a step before them: the write is
@@ -410,7 +413,7 @@ export class DistributedCoordinator implements Coordinator {
     let ordering!: (sent: { replication: Promise<void> }) => void
     const sent = new Promise<{ replication: Promise<void> }>(resolve => { ordering = resolve })
     const committed = this.c.store.transact(mutations.map(mutationKey), states => {
-      ordered = orderMutations(mutations, states, this.c.clock, retry)
+      ordered = orderMutations(mutations, states, this.c.clock, retry, recalled)
       const local = sent.then(async () => { await committed })
       const replication = this.replicate(owners.filter(p => p !== this.c.peerId), ordered.entries, need, first.shard, local)
       replication.catch(() => {})
@@ -552,9 +555,14 @@ export class DistributedCoordinator implements Coordinator {
    */
   private async replicate (peers: string[], entries: VersionEntry[], need: number, what: string, local?: Promise<void>): Promise<void> {
     const others = local === undefined ? need : need - 1
-    if (peers.length === 0 || entries.length === 0) {
+    // Nothing new to send: a keyed repeat answered with a version a later write replaced, which the owners had.
+    if (entries.length === 0) {
       if (local !== undefined) await local
-      if (others > 0) throw new UnavailableError(`${what}: ${others} more replicas needed but none are members`)
+      return
+    }
+    if (peers.length === 0) {
+      if (local !== undefined) await local
+      if (others > 0) throw new UnavailableError(`${what}: ${others} more replicas needed but none are members`, { durable: 1, required: local === undefined ? need + 1 : need, outcome: 'partial' })
       return
     }
     // Acknowledgements counted here (this node's commit among them when `local` is given), and how many could come
@@ -565,22 +573,29 @@ export class DistributedCoordinator implements Coordinator {
       let acks = 0
       let failures = 0
       let settled = false
+      // An owner that timed out may still have applied the write: the outcome is then unknown, not partial.
+      let uncertain = false
       const done = (): void => {
         if (settled) return
-        if (acks >= target) { settled = true; resolve() } else if (voters - failures < target) {
+        if (acks >= target) { settled = true; resolve() } else if (acks + failures === voters) {
+          // Answered once every owner has: the count of owners that have it on disk is then the truth.
           settled = true
-          reject(new NtsoekheError('UNAVAILABLE', `${what}: the write is durable on ${durableHere + acks} replicas but ${durableHere + target} were required; it will reach the others when they return`))
+          const durable = durableHere + acks
+          const required = durableHere + target
+          const outcome = uncertain ? 'unknown' : 'partial'
+          reject(new NtsoekheError('UNAVAILABLE', `${what}: the write is durable on ${durable} of the ${required} owners required; ${outcome === 'unknown' ? 'an owner that did not answer may have it too' : 'it will reach the others when they return'} (retry with the same Idempotency-Key to finish it)`, { durable, required, outcome }))
         }
       }
-      local?.then(() => { acks++; done() }, () => { failures++; done() })
+      local?.then(() => { acks++; done() }, () => { failures++; uncertain = true; done() })
       for (const peer of peers) {
         const send = this.c.membership.stateOf(peer) === 'down'
           ? Promise.reject(new UnavailableError(`${peer} is down`))
           : this.batcher.send(peer, entries)
         send.then(() => { acks++; done() }, async err => {
-          failures++
+          if (err instanceof TimeoutError) uncertain = true
           this.c.log?.('replica %s missed %s: %s; keeping a hint', peer, what, (err as Error).message)
           await this.c.store.addHint(peer, entries).catch(e => { this.c.log?.('hint for %s lost: %s', peer, (e as Error).message) })
+          failures++
           done()
         })
       }

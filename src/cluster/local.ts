@@ -1,6 +1,7 @@
 import type { Store, RecordState, VersionEntry } from '../storage/store.js'
 import type { HybridClock } from '../storage/version.js'
 import type { ClusterStatus, Coordinator, GroupOutcome, InsertOutcome, Mutation, ScanPage, ScanRequest, WriteResult } from './coordinator.js'
+import { recallWrites } from './idempotency.js'
 import { mutationKey, orderGroups, orderMutations } from './mutations.js'
 import { tokenOf } from './token.js'
 
@@ -26,8 +27,9 @@ export class LocalCoordinator implements Coordinator {
 
   async write (mutations: Mutation[]): Promise<WriteResult[]> {
     let results: WriteResult[] = []
+    const recalled = await recallWrites(this.components.store, mutations)
     await this.components.store.transact(mutations.map(mutationKey), states => {
-      const ordered = orderMutations(mutations, states, this.components.clock)
+      const ordered = orderMutations(mutations, states, this.components.clock, false, recalled)
       results = ordered.results
       return ordered.entries
     })

@@ -144,6 +144,16 @@ export function checkMutation (m: unknown): Mutation {
     out.ifMatch = x.ifMatch as string[]
   }
   if (x.writeId !== undefined) out.writeId = checkWriteId(x.writeId)
+  if (x.changed !== undefined) {
+    const columns = findTable(table)?.columns.map(c => c.name) ?? []
+    if (x.op !== 'put' || x.ifMatch !== undefined || !Array.isArray(x.changed) || x.changed.length === 0 || x.changed.length > columns.length ||
+      !x.changed.every(c => typeof c === 'string' && columns.includes(c))) bad('changed names columns of a put without ifMatch')
+    out.changed = x.changed as string[]
+  }
+  if (x.keyed !== undefined) {
+    if (x.keyed !== true || out.writeId === undefined) bad('keyed must be true and come with a writeId')
+    out.keyed = true
+  }
   return out
 }
 

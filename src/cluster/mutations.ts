@@ -23,9 +23,11 @@ export interface StateView {
  * with the write possibly applied: a mutation whose write id is already on
  * the record's head is answered with that version instead of 409, 412 or
  * 404, and the head is returned among the entries again so it reaches W
- * replicas (applying it twice changes nothing).
+ * replicas (applying it twice changes nothing). A keyed mutation (from an
+ * Idempotency-Key) is treated so always, and one whose version a later
+ * write replaced is answered from `recalled` (see recallWrites).
  */
-export function orderMutations (mutations: Mutation[], states: StateView, clock: HybridClock, retry = false): { entries: VersionEntry[], results: WriteResult[], changed: Map<string, RecordState> } {
+export function orderMutations (mutations: Mutation[], states: StateView, clock: HybridClock, retry = false, recalled?: ReadonlyMap<string, VersionEntry>): { entries: VersionEntry[], results: WriteResult[], changed: Map<string, RecordState> } {
   // The group's own changes over the shared states: committed to them only if the whole group succeeds.
   const changed = new Map<string, RecordState>()
   const current = { get: (key: string) => changed.has(key) ? changed.get(key) : states.get(key), set: (key: string, state: RecordState) => changed.set(key, state) }
@@ -37,11 +39,16 @@ export function orderMutations (mutations: Mutation[], states: StateView, clock:
     const state = current.get(key)
     const head = winner(state)
     const live = head !== undefined && head.row !== null
-    if (retry && m.writeId !== undefined && state !== undefined) {
+    if ((retry || m.keyed === true) && m.writeId !== undefined && state !== undefined) {
       const own = state.heads.find(h => h.writeId === m.writeId)
       if (own !== undefined) {
         if (!entries.includes(own)) entries.push(own)
         results.push({ table, id, version: own.version, row: own.row })
+        continue
+      }
+      const earlier = recalled?.get(m.writeId)
+      if (earlier !== undefined && earlier.table === table && earlier.id === id) {
+        results.push({ table, id, version: earlier.version, row: earlier.row })
         continue
       }
     }
@@ -52,6 +59,13 @@ export function orderMutations (mutations: Mutation[], states: StateView, clock:
       throw new NotFoundError(`${table} ${id} not found`)
     }
     let parents: string[]
+    let row = m.op === 'delete' ? null : (m.row ?? null)
+    if (m.changed !== undefined && head?.row != null && row !== null) {
+      // A PATCH: its columns onto whatever the head is now (the caller's read may be overtaken).
+      const patched = { ...head.row }
+      for (const c of m.changed) if (c in row) patched[c] = row[c] ?? null
+      row = patched
+    }
     if (m.ifMatch !== undefined && m.ifMatch.length > 0) {
       const heads = new Set(state?.heads.map(h => h.version) ?? [])
       const stale = m.ifMatch.filter(v => !heads.has(v))
@@ -63,7 +77,7 @@ export function orderMutations (mutations: Mutation[], states: StateView, clock:
       parents = head === undefined ? [] : [head.version]
     }
     for (const v of parents) clock.observe(v)
-    const entry: VersionEntry = { table, id, token, version: clock.tick(), parents, row: m.op === 'delete' ? null : (m.row ?? null) }
+    const entry: VersionEntry = { table, id, token, version: clock.tick(), parents, row }
     if (m.writeId !== undefined) entry.writeId = m.writeId
     entries.push(entry)
     current.set(key, nextState(state, entry).after)

@@ -44,26 +44,58 @@ export const HTTP_STATUS: Record<ErrorCode, number> = {
   INTERNAL: 500
 }
 
-export interface ErrorOptions {
+/** Whether a write that missed its consistency level may still reach the owners that lack it */
+export type WriteOutcome = 'partial' | 'unknown'
+
+/** What is known of a write that missed its consistency level (a 503) */
+export interface WriteShortfall {
+  /** Owners that have the write on disk */
+  durable: number
+  /** Owners the consistency level required */
+  required: number
+  /**
+   * `partial`: some owners may lack it, and it reaches them when they return
+   * (hints); `unknown`: an owner may or may not have applied it. Either way a
+   * retry with the same Idempotency-Key writes it at most once.
+   */
+  outcome: WriteOutcome
+}
+
+export interface ErrorOptions extends Partial<WriteShortfall> {
   cause?: unknown
   /** The column the error is about, where there is one */
+  column?: string
+}
+
+export interface ErrorJSON extends Partial<WriteShortfall> {
+  code: ErrorCode
+  message: string
   column?: string
 }
 
 export class NtsoekheError extends Error {
   readonly code: ErrorCode
   readonly column?: string
+  readonly durable?: number
+  readonly required?: number
+  readonly outcome?: WriteOutcome
 
   constructor (code: ErrorCode, message: string, options: ErrorOptions = {}) {
     super(message, options.cause === undefined ? undefined : { cause: options.cause })
     this.code = code
     if (options.column !== undefined) this.column = options.column
+    if (options.durable !== undefined) this.durable = options.durable
+    if (options.required !== undefined) this.required = options.required
+    if (options.outcome !== undefined) this.outcome = options.outcome
   }
 
-  toJSON (): { code: ErrorCode, message: string, column?: string } {
-    return this.column === undefined
-      ? { code: this.code, message: this.message }
-      : { code: this.code, message: this.message, column: this.column }
+  toJSON (): ErrorJSON {
+    const out: ErrorJSON = { code: this.code, message: this.message }
+    if (this.column !== undefined) out.column = this.column
+    if (this.durable !== undefined) out.durable = this.durable
+    if (this.required !== undefined) out.required = this.required
+    if (this.outcome !== undefined) out.outcome = this.outcome
+    return out
   }
 }
 
@@ -147,10 +179,13 @@ export class IntegrityError extends NtsoekheError {
  * raised). UNAVAILABLE and TIMEOUT stay plain NtsoekheErrors on purpose: a peer
  * that answered "I could not reach my replicas" is not itself unreachable.
  */
-export function errorFromJSON (body: { code?: string, message?: string, column?: string }): NtsoekheError {
+export function errorFromJSON (body: { code?: string, message?: string, column?: string, durable?: unknown, required?: unknown, outcome?: unknown }): NtsoekheError {
   const code = (body.code !== undefined && body.code in HTTP_STATUS ? body.code : 'INTERNAL') as ErrorCode
   const message = body.message ?? 'Unknown error'
-  const options = body.column === undefined ? {} : { column: body.column }
+  const options: ErrorOptions = body.column === undefined ? {} : { column: body.column }
+  if (isCount(body.durable)) options.durable = body.durable
+  if (isCount(body.required)) options.required = body.required
+  if (body.outcome === 'partial' || body.outcome === 'unknown') options.outcome = body.outcome
   switch (code) {
     case 'INVALID': return new ValidationError(message, options)
     case 'UNAUTHORIZED': return new UnauthorizedError(message, options)
@@ -165,4 +200,8 @@ export function errorFromJSON (body: { code?: string, message?: string, column?:
       return err
     }
   }
+}
+
+function isCount (n: unknown): n is number {
+  return typeof n === 'number' && Number.isSafeInteger(n) && n >= 0
 }

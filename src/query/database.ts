@@ -1,10 +1,11 @@
-import { ConflictError, NotFoundError, PreconditionFailedError, ReferenceError, UnknownTableError, ValidationError, NtsoekheError } from '../errors/index.js'
+import { ConflictError, NotFoundError, PreconditionFailedError, ReferenceError, UnavailableError, UnknownTableError, ValidationError, NtsoekheError } from '../errors/index.js'
 import {
   TABLES, checkValue, findTable, parseId, referencingTables, rowId, shardValue, validateRow,
   type Row, type TableDef, type Value
 } from '../schema/index.js'
 import type { Coordinator, Consistency, GroupOutcome, Mutation, RequestOptions, WriteResult } from '../cluster/coordinator.js'
 import { createHash } from 'node:crypto'
+import { keyedWriteId } from '../cluster/idempotency.js'
 import { LOCATOR_TABLE, UNIQUE_TABLE, internalShard } from '../cluster/messages.js'
 import { KeyedMutex } from '../storage/keyed-mutex.js'
 import { winner, type RecordState } from '../storage/store.js'
@@ -36,7 +37,16 @@ export interface ReadResponse {
   conflicts: Array<{ version: string, row: Row | null }>
 }
 
-export interface WriteOptions extends RequestOptions {
+export interface KeyedOptions extends RequestOptions {
+  /**
+   * The client's Idempotency-Key: the same write sent again with the same key
+   * (after a timeout, a lost answer, a 503) answers the first one's result and
+   * writes nothing new, on any node. A batch takes one key for all of it.
+   */
+  idempotencyKey?: string
+}
+
+export interface WriteOptions extends KeyedOptions {
   /** Versions the write must replace (HTTP If-Match) */
   ifMatch?: string[]
 }
@@ -104,14 +114,78 @@ export class Database {
     return t
   }
 
-  async insert (tableName: string, body: unknown, options: RequestOptions = {}): Promise<WriteResult> {
+  async insert (tableName: string, body: unknown, options: KeyedOptions = {}): Promise<WriteResult> {
     const table = this.table(tableName)
     const row = validateRow(table, body, 'full', { allowMissingKey: table.primaryKey.length === 1 })
     const generated = table.primaryKey.some(k => row[k] === undefined)
     if (generated && table.primaryKey.length !== 1) {
       throw new ValidationError(`${table.name} needs ${table.primaryKey.join(' and ')}`)
     }
+    const key = options.idempotencyKey
+    if (key !== undefined) return await this.withUniqueLock([table], async () => await this.insertKeyed(table, row, generated, key, options))
     return await this.withUniqueLock([table], async () => await this.insertChecked(table, row, generated, options))
+  }
+
+  /**
+   * An insert that may be a repeat: its id (drawn once per key, see keyedId)
+   * and its write ids come from the key, so every step finds what an earlier
+   * try of it did (its own row, claims and locator) and the primary answers
+   * the row's first version instead of 409.
+   */
+  private async insertKeyed (table: TableDef, row: Row, generated: boolean, key: string, options: RequestOptions): Promise<WriteResult> {
+    const full = generated ? { [table.primaryKey[0] as string]: await this.keyedId(table, key, 'insert', options), ...row } : row
+    const ordered = orderColumns(table, full)
+    const id = rowId(table, ordered)
+    await this.checkRow(table, ordered, id, options)
+    const claims = await this.claimValues(table, ordered, undefined, options)
+    try {
+      await this.claimKey(table, ordered, options, keyedWriteId(key, 'locator', table.name, id))
+    } catch (err) {
+      await this.releaseClaims(claims, options)
+      throw err
+    }
+    try {
+      const [result] = await this.coordinator.write([this.mutation('insert', table, ordered, undefined, keyedWriteId(key, 'insert', table.name, id))], options)
+      return result as WriteResult
+    } catch (err) {
+      if (isRefusal(err)) {
+        await this.releaseKey(table, ordered, options)
+        await this.releaseClaims(claims, options)
+      }
+      throw err
+    }
+  }
+
+  /**
+   * The generated id of a keyed insert: drawn by its first try and kept in a
+   * claim record placed by the key, so every try (on any node) uses the
+   * same one. Written at quorum: the caller's consistency is the row's.
+   */
+  private async keyedId (table: TableDef, key: string, scope: string, options: RequestOptions): Promise<number> {
+    const id = `${table.name}.${KEY_CLAIM}.${createHash('sha256').update(key).update('\u0000').update(scope).digest('hex').slice(0, 32)}`
+    const shard = internalShard(UNIQUE_TABLE, id) as string
+    const bookkeeping = atMostQuorum(options)
+    for (let attempt = 1; attempt <= CLAIM_ATTEMPTS; attempt++) {
+      const held = winner(await this.coordinator.read(UNIQUE_TABLE, id, shard, bookkeeping))?.row?.owner
+      if (typeof held === 'string') return Number(held)
+      try {
+        const [made] = await this.coordinator.write([{ op: 'insert', table: UNIQUE_TABLE, id, shard, row: { owner: String(this.ids.next()) }, writeId: keyedWriteId(key, 'id', table.name, scope), keyed: true }], bookkeeping)
+        return Number(made?.row?.owner)
+      } catch (err) {
+        // Another try with this key drew first: its id is read on the next turn.
+        if (!hasCode(err, 'CONFLICT')) throw err
+      }
+    }
+    throw new UnavailableError(`${table.name}: the id kept for this Idempotency-Key keeps changing; try again`)
+  }
+
+  /** The result of a keyed write that already took effect on `table`/`key`, found in the row's history */
+  private async recallKeyed (table: TableDef, key: Row, writeId: string, options: RequestOptions): Promise<WriteResult | undefined> {
+    const shard = await this.shardOfKey(table, key, options) ?? await this.formerShardOfKey(table, key, options)
+    if (shard === undefined) return undefined
+    const id = rowId(table, key)
+    const earlier = (await this.coordinator.history(table.name, id, shard, options)).find(v => v.writeId === writeId)
+    return earlier === undefined ? undefined : { table: table.name, id, version: earlier.version, row: earlier.row }
   }
 
   private async insertChecked (table: TableDef, row: Row, generated: boolean, options: RequestOptions): Promise<WriteResult> {
@@ -164,7 +238,7 @@ export class Database {
       assertSameShard(table, live.row, row)
       await this.checkRow(table, row, rowId(table, key), options)
       return await this.writeClaimed(table, live.row, row, options, async () => {
-        const [result] = await this.coordinator.write([this.mutation('put', table, orderColumns(table, row), options.ifMatch)], options)
+        const [result] = await this.coordinator.write([this.mutation('put', table, orderColumns(table, row), options.ifMatch, keyOf(options, 'replace', table.name, rowId(table, key)))], options)
         return result as WriteResult
       })
     })
@@ -186,10 +260,12 @@ export class Database {
       const row = validateRow(table, { ...head.row, ...changes }, 'full')
       assertSameShard(table, head.row, row)
       await this.checkRow(table, row, rowId(table, key), options, Object.keys(changes))
-      const ifMatch = options.ifMatch ?? [head.version]
       try {
         return await this.writeClaimed(table, head.row, row, options, async () => {
-          const [result] = await this.coordinator.write([this.mutation('put', table, orderColumns(table, row), ifMatch)], options)
+          const m = this.mutation('put', table, orderColumns(table, row), options.ifMatch, keyOf(options, 'patch', table.name, rowId(table, key)))
+          // Without If-Match the primary applies the changed columns onto its own head: never 412.
+          if (options.ifMatch === undefined && Object.keys(changes).length > 0) m.changed = Object.keys(changes)
+          const [result] = await this.coordinator.write([m], options)
           return result as WriteResult
         })
       } catch (err) {
@@ -204,9 +280,15 @@ export class Database {
   async delete (tableName: string, id: string, options: DeleteOptions = {}): Promise<WriteResult & { cascaded: number }> {
     const table = this.table(tableName)
     const key = parseId(table, id)
+    const writeId = keyOf(options, 'delete', table.name, rowId(table, key))
     const current = await this.readState(table, key, options)
     const head = winner(current)
-    if (head?.row == null) throw new NotFoundError(`${table.name} ${rowId(table, key)} not found`)
+    if (head?.row == null) {
+      // A repeat of a keyed delete that took effect answers it (how many rows it cascaded to is not kept).
+      const earlier = writeId === undefined ? undefined : await this.recallKeyed(table, key, writeId, options)
+      if (earlier !== undefined) return { ...earlier, cascaded: 0 }
+      throw new NotFoundError(`${table.name} ${rowId(table, key)} not found`)
+    }
     if (options.cascade === true && options.ifMatch !== undefined && options.ifMatch.length > 0) {
       // The primary checks If-Match only when the row itself is deleted: by then the cascade has run.
       const heads = new Set(current?.heads.map(h => h.version))
@@ -214,7 +296,7 @@ export class Database {
       if (stale.length > 0) throw new PreconditionFailedError(`${table.name} ${rowId(table, key)}: version ${stale.join(', ')} is not current`)
     }
     const cascaded = await this.deleteReferences(table, head.row, options)
-    const [result] = await this.coordinator.write([this.mutation('delete', table, head.row, options.ifMatch)], options)
+    const [result] = await this.coordinator.write([this.mutation('delete', table, head.row, options.ifMatch, writeId)], options)
     await this.releaseValues(table, head.row, null, options)
     await this.releaseKey(table, head.row, options)
     return { ...(result as WriteResult), cascaded }
@@ -283,15 +365,52 @@ export class Database {
   }
 
   /** Several writes that share one shard key, applied all or nothing */
-  async batch (operations: BatchOperation[], options: RequestOptions = {}): Promise<WriteResult[]> {
+  async batch (operations: BatchOperation[], options: KeyedOptions = {}): Promise<WriteResult[]> {
     if (!Array.isArray(operations) || operations.length === 0) throw new ValidationError('A batch needs a non-empty operations array')
     if (operations.length > MAX_BATCH) throw new ValidationError(`A batch takes at most ${MAX_BATCH} operations (got ${operations.length}); use import for bulk loads`)
+    const key = options.idempotencyKey
+    if (key === undefined) return await this.batchChecked(operations, options)
+    try {
+      return await this.batchChecked(operations, options)
+    } catch (err) {
+      // A repeat of a batch that took effect may be refused on the way (a delete finds its row gone): it is
+      // answered with what the batch wrote, all of it being there, or else refused as it was.
+      if (!isRefusal(err)) throw err
+      const earlier = await this.recallBatch(operations, key, options).catch(() => undefined)
+      if (earlier === undefined) throw err
+      return earlier
+    }
+  }
+
+  /** What a keyed batch wrote, if every one of its operations is found in its row's history */
+  private async recallBatch (operations: BatchOperation[], key: string, options: RequestOptions): Promise<WriteResult[] | undefined> {
+    const results: WriteResult[] = []
+    for (const [i, op] of operations.entries()) {
+      const table = this.table(String(op.table))
+      let rowKey: Row
+      if (op.id !== undefined) {
+        rowKey = parseId(table, String(op.id))
+      } else {
+        const row = validateRow(table, op.row, 'full', { allowMissingKey: table.primaryKey.length === 1 })
+        rowKey = table.primaryKey.some(k => row[k] === undefined) ? { [table.primaryKey[0] as string]: await this.keyedId(table, key, `batch:${i}`, options) } : row
+      }
+      const found = await this.recallKeyed(table, rowKey, keyedWriteId(key, 'batch', i, table.name, rowId(table, rowKey)), options)
+      if (found === undefined) return undefined
+      results.push(found)
+    }
+    return results
+  }
+
+  private async batchChecked (operations: BatchOperation[], options: KeyedOptions): Promise<WriteResult[]> {
+    const key = options.idempotencyKey
     const tables = operations.map(op => findTable(String((op as BatchOperation | null)?.table))).filter((t): t is TableDef => t !== undefined)
     return await this.withUniqueLock(tables, async () => {
       const mutations: Mutation[] = []
       for (const [i, op] of operations.entries()) {
         try {
-          mutations.push(await this.batchMutation(op, options))
+          const m = await this.batchMutation(op, options, key === undefined ? undefined : { key, index: i })
+          if (key !== undefined) { m.writeId = keyedWriteId(key, 'batch', i, m.table, m.id); m.keyed = true }
+          mutations.push(m)
         } catch (err) {
           if (err instanceof NtsoekheError) err.message = `operations[${i}]: ${err.message}`
           throw err
@@ -319,7 +438,7 @@ export class Database {
           if (m.op !== 'delete') values.push(...await this.claimValues(this.table(m.table), m.row as Row, before.get(m), options))
         }
         for (const c of inserted) {
-          await this.claimKey(c.table, c.row, options)
+          await this.claimKey(c.table, c.row, options, key === undefined ? undefined : keyedWriteId(key, 'locator', c.table.name, rowId(c.table, c.row)))
           claimed.push(c)
         }
         sent = true
@@ -343,15 +462,19 @@ export class Database {
     })
   }
 
-  private async batchMutation (op: BatchOperation, options: RequestOptions): Promise<Mutation> {
+  /** One operation of a batch as a mutation; `keyed`: the batch's key and the operation's place in it */
+  private async batchMutation (op: BatchOperation, options: RequestOptions, keyed?: { key: string, index: number }): Promise<Mutation> {
     if (op === null || typeof op !== 'object') throw new ValidationError('Each operation must be an object')
     const table = this.table(String(op.table))
     const ifMatch = op.ifMatch === undefined ? undefined : Array.isArray(op.ifMatch) ? op.ifMatch : [op.ifMatch]
     switch (op.op) {
       case 'insert': {
         const row = validateRow(table, op.row, 'full', { allowMissingKey: table.primaryKey.length === 1 })
-        const full = table.primaryKey.some(k => row[k] === undefined) ? { [table.primaryKey[0] as string]: this.ids.next(), ...row } : row
-        await this.checkRow(table, full, undefined, options)
+        const generated = table.primaryKey.some(k => row[k] === undefined)
+        const drawn = !generated ? undefined : keyed === undefined ? this.ids.next() : await this.keyedId(table, keyed.key, `batch:${keyed.index}`, options)
+        const full = drawn === undefined ? row : { [table.primaryKey[0] as string]: drawn, ...row }
+        // A keyed insert's own row (an earlier try of this batch) is not another row holding its values.
+        await this.checkRow(table, full, keyed === undefined ? undefined : rowId(table, full), options)
         return this.mutation('insert', table, orderColumns(table, full))
       }
       case 'put':
@@ -458,10 +581,11 @@ export class Database {
     return result
   }
 
-  private mutation (op: Mutation['op'], table: TableDef, row: Row, ifMatch?: string[]): Mutation {
+  private mutation (op: Mutation['op'], table: TableDef, row: Row, ifMatch?: string[], writeId?: string): Mutation {
     const m: Mutation = { op, table: table.name, id: rowId(table, row), shard: shardValue(table, row) }
     if (op !== 'delete') m.row = row
     if (ifMatch !== undefined && ifMatch.length > 0) m.ifMatch = ifMatch
+    if (writeId !== undefined) { m.writeId = writeId; m.keyed = true }
     return m
   }
 
@@ -633,9 +757,12 @@ export class Database {
   }
 
   /** Claims the row's key network-wide before the row is written (409 when the key is taken) */
-  private async claimKey (table: TableDef, row: Row, options: RequestOptions): Promise<void> {
+  private async claimKey (table: TableDef, row: Row, options: RequestOptions, writeId?: string): Promise<void> {
     if (!needsLocator(table)) return
-    await this.coordinator.write([this.claimMutation(table, row)], options).catch(err => {
+    const claim = this.claimMutation(table, row)
+    // A keyed claim is its own on a repeat; it is written at quorum, the caller's consistency being the row's.
+    if (writeId !== undefined) Object.assign(claim, { writeId, keyed: true })
+    await this.coordinator.write([claim], writeId === undefined ? options : atMostQuorum(options)).catch(err => {
       if (hasCode(err, 'CONFLICT')) throw new ConflictError(`${table.name} ${rowId(table, row)} already exists`, { cause: err })
       throw err
     })
@@ -774,6 +901,21 @@ function locatorId (table: TableDef, key: Row): string {
 
 function locatorShard (table: TableDef, key: Row): string {
   return internalShard(LOCATOR_TABLE, locatorId(table, key)) as string
+}
+
+/** The column name of the claim records that keep the id a keyed insert drew (no table column starts with `_`) */
+const KEY_CLAIM = '_idempotency_key'
+
+/** The write id of a keyed write, undefined without a key */
+function keyOf (options: KeyedOptions, ...scope: string[]): string | undefined {
+  return options.idempotencyKey === undefined ? undefined : keyedWriteId(options.idempotencyKey, ...scope)
+}
+
+/** Bookkeeping records (ids kept for a key, keyed locators) need a quorum; `all` is for the row itself */
+function atMostQuorum (options: RequestOptions): RequestOptions {
+  if (options.consistency !== 'all') return options
+  const { consistency: _, ...rest } = options
+  return rest
 }
 
 function hasCode (err: unknown, code: string): boolean {

@@ -162,6 +162,20 @@ describe('ntsoekhe CLI end to end', () => {
       expect(after.code).toBe(EXIT.REFUSED)
     })
 
+    it('--idempotency-key: the same write sent twice answers the same id and version, and writes once', async () => {
+      const row = JSON.stringify(patient({ patient_name: 'Keyed Once' }))
+      const first = await ok(['insert', 'patient_records', row, '--idempotency-key', 'cli-k1'])
+      const again = await ok(['insert', 'patient_records', row, '--idempotency-key', 'cli-k1'])
+      expect(again).toMatchObject({ id: first.id, version: first.version })
+      const upd = await ok(['update', 'patient_records', first.id, '{"address":"9 Key St"}', '--idempotency-key', 'cli-k2'])
+      expect(await ok(['update', 'patient_records', first.id, '{"address":"9 Key St"}', '--idempotency-key', 'cli-k2'])).toMatchObject({ version: upd.version })
+      const { versions } = await ok(['history', 'patient_records', first.id])
+      expect(versions.map((v: any) => v.version)).toEqual([first.version, upd.version])
+      const bad = await run(['insert', 'patient_records', row, '--idempotency-key', 'not a key', '--json'])
+      expect(bad.code).toBe(EXIT.REFUSED)
+      expect(bad.stderr).toMatch(/Idempotency-Key/)
+    })
+
     it('reads the row from stdin when the JSON argument is -', async () => {
       const row = patient({ patient_name: 'Palesa From Stdin' })
       const ins = await ok(['insert', 'patient_records', '-'], JSON.stringify(row))

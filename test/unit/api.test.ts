@@ -225,6 +225,30 @@ describe('api: rows', () => {
   })
 })
 
+describe('api: Idempotency-Key', () => {
+  it('a write sent again with its key answers the first result; a malformed key is 400 and writes nothing', async () => {
+    const { patient_id: _, ...noKey } = patient(0)
+    const send = async (key: string): Promise<LightMyRequestResponse> => await request({ method: 'POST', url: '/v1/tables/patient_records/rows', payload: noKey, headers: { 'idempotency-key': key } })
+    const first = await send('7d5c2a9e-0f1b-4c55-9a8e-3b1f2d4c6e80')
+    expect(first.statusCode).toBe(201)
+    const again = await send('7d5c2a9e-0f1b-4c55-9a8e-3b1f2d4c6e80')
+    expect(again.statusCode).toBe(201)
+    expect(again.json()).toMatchObject({ id: first.json().id, version: first.json().version })
+    expect(again.headers.etag).toBe(first.headers.etag)
+    expect(await count('patient_records')).toBe(1)
+    for (const bad of ['', 'has space', 'x'.repeat(129), 'caf\u00e9', 'a,b']) {
+      const res = await request({ method: 'PATCH', url: `/v1/tables/patient_records/rows/${first.json().id as string}`, payload: { address: 'Bad' }, headers: { 'idempotency-key': bad } })
+      expect(res.statusCode, JSON.stringify(bad)).toBe(400)
+      expect(errorOf(res).code).toBe('INVALID')
+    }
+    const batch = { operations: [{ op: 'patch', table: 'patient_records', id: first.json().id, row: { address: 'B' } }] }
+    const b1 = await request({ method: 'POST', url: '/v1/batch', payload: batch, headers: { 'idempotency-key': 'batch-1' } })
+    const b2 = await request({ method: 'POST', url: '/v1/batch', payload: batch, headers: { 'idempotency-key': 'batch-1' } })
+    expect(b2.json().results[0].version).toBe(b1.json().results[0].version)
+    expect((await request({ method: 'GET', url: `/v1/tables/patient_records/rows/${first.json().id as string}/history` })).json().versions).toHaveLength(2)
+  })
+})
+
 describe('api: bad URLs', () => {
   it('answers a malformed percent-escape (400) and an overlong path parameter (414) with the error shape, as fastify\'s router refuses them before any route', async () => {
     const bad = await request({ method: 'GET', url: '/v1/tables/%E0%A4%A/rows' })
