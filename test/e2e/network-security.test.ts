@@ -162,6 +162,8 @@ describe('the socket for a group', () => {
     await writeFile(configPath, JSON.stringify(config, null, 2))
     const d = await startDaemon({ home, socket })
     daemons.push(d)
+    // The socket answers as soon as it listens; its group and mode are set right after.
+    await waitFor('the socket to be handed to the group', async () => ((await stat(socket)).mode & 0o777) === 0o660, 5_000)
     const st = await stat(socket)
     expect(st.mode & 0o777).toBe(0o660)
     expect(st.gid).toBe(1)
