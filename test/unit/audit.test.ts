@@ -26,6 +26,17 @@ async function openTrail (init: ConstructorParameters<typeof AuditTrail>[1] = {}
   return t
 }
 
+/** The node's coordinator, but its audit writes fail while `down()` says so */
+function failing (down: () => boolean): Coordinator {
+  const real: Coordinator = node.coordinator
+  return Object.assign(Object.create(real) as Coordinator, {
+    insertOnce: async (groups: Parameters<Coordinator['insertOnce']>[0], options?: RequestOptions) => {
+      if (down()) throw new Error('no replica answered')
+      return await real.insertOnce(groups, options)
+    }
+  })
+}
+
 beforeEach(async () => {
   dir = await tempDir('ntk-audit-')
   node = await openLocalNode(dir.path)
@@ -229,13 +240,7 @@ describe('audit journal', () => {
   it('entries journaled but not written when the node died are sent at the next start: the chain stays whole', async () => {
     await trail.stop()
     let down = true
-    const real: Coordinator = node.coordinator
-    const flaky: Coordinator = Object.assign(Object.create(real) as Coordinator, {
-      insertOnce: async (groups: Parameters<Coordinator['insertOnce']>[0], options?: RequestOptions) => {
-        if (down) throw new Error('no replica answered')
-        return await real.insertOnce(groups, options)
-      }
-    })
+    const flaky = failing(() => down)
     const dying = await openTrail({}, flaky)
     for (let i = 1; i <= 4; i++) dying.record(read(String(i)))
     await dying.flush()
@@ -256,14 +261,8 @@ describe('audit journal', () => {
 
   it('a stop that cannot write in time keeps what is left in the journal instead of dropping it', async () => {
     await trail.stop()
-    const real: Coordinator = node.coordinator
     let down = true
-    const flaky: Coordinator = Object.assign(Object.create(real) as Coordinator, {
-      insertOnce: async (groups: Parameters<Coordinator['insertOnce']>[0], options?: RequestOptions) => {
-        if (down) throw new Error('no replica answered')
-        return await real.insertOnce(groups, options)
-      }
-    })
+    const flaky = failing(() => down)
     let t = 0
     const stopping = new AuditTrail({ coordinator: flaky, peerId: node.peerId, head: storeHead(node.store), now: () => (t += 1000) }, { flushIntervalMs: 10_000 })
     await stopping.start()
@@ -294,14 +293,7 @@ describe('audit buffer', () => {
   it('keeps entries the network refuses, up to its bound, counts what it drops, and writes the rest once the network is back', async () => {
     await trail.stop()
     let down = true
-    const real: Coordinator = node.coordinator
-    // Every method of the real coordinator, but writes fail while `down`.
-    const flaky: Coordinator = Object.assign(Object.create(real) as Coordinator, {
-      insertOnce: async (groups: Parameters<Coordinator['insertOnce']>[0], options?: RequestOptions) => {
-        if (down) throw new Error('no replica answered')
-        return await real.insertOnce(groups, options)
-      }
-    })
+    const flaky = failing(() => down)
     trail = await openTrail({ maxPending: 5, maxBatch: 2 }, flaky)
     for (let i = 1; i <= 8; i++) trail.record(read(String(i)))
     await trail.flush()

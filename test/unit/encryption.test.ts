@@ -8,6 +8,7 @@ import { sensitiveColumns, TABLES, type Row } from '../../src/schema/index.js'
 import { DATA_KEY_FILE, loadOrCreateDataKey } from '../../src/security/data-key.js'
 import { Store, winner, type VersionEntry } from '../../src/storage/store.js'
 import { HybridClock } from '../../src/storage/version.js'
+import { allBytes, unique } from '../helpers/files.js'
 import { openLocalNode, patientRow, tempDir, type TempDir } from '../helpers/temp.js'
 
 let dir: TempDir
@@ -15,34 +16,12 @@ let dir: TempDir
 beforeEach(async () => { dir = await tempDir('ntk-crypt-') })
 afterEach(async () => { await dir.remove() })
 
-/** Every byte of every file under `root`, LevelDB logs and tables included */
-async function allBytes (root: string): Promise<Buffer> {
-  const parts: Buffer[] = []
-  for (const name of await readdir(root, { recursive: true })) {
-    const path = join(root, name)
-    if ((await stat(path)).isFile()) parts.push(await readFile(path))
-  }
-  return Buffer.concat(parts)
-}
 
 /** The values of `values` found in `bytes` */
 function found (bytes: Buffer, values: string[]): string[] {
   return values.filter(v => bytes.includes(Buffer.from(v, 'utf8')))
 }
 
-/**
- * A value no other test value shares 4 characters with: LevelDB compresses
- * its table files with snappy, which keeps literals readable but replaces a
- * repeated substring by a reference, and would hide a shared prefix.
- */
-/**
- * A value no other stored byte shares 4 characters with, so LevelDB's compression cannot store it as a
- * back-reference and a search of the files finds it exactly when it is there: letters g-z only, where
- * versions, tokens and hashes are hex.
- */
-function unique (tag: string): string {
-  return `${tag.slice(0, 1)}${[...randomBytes(16)].map(b => String.fromCharCode(103 + (b % 20))).join('')}`
-}
 
 async function failure (p: Promise<unknown>): Promise<{ code?: string, name?: string, message: string }> {
   const err = await p.then(() => undefined, (e: unknown) => e)

@@ -1,5 +1,4 @@
 import { randomBytes } from 'node:crypto'
-import { readdir, readFile, stat } from 'node:fs/promises'
 import { join } from 'node:path'
 import { Level } from 'level'
 import { afterEach, beforeEach, describe, expect, it } from 'vitest'
@@ -9,6 +8,7 @@ import type { Row } from '../../src/schema/index.js'
 import { Store, type VersionEntry } from '../../src/storage/store.js'
 import { HybridClock } from '../../src/storage/version.js'
 import { createTestnet, type Testnet } from '../helpers/harness.js'
+import { allBytes, unique } from '../helpers/files.js'
 import { openLocalNode, patientRow, tempDir, type TempDir } from '../helpers/temp.js'
 import { testIdentity } from '../helpers/identity.js'
 import { waitFor } from '../helpers/wait.js'
@@ -17,15 +17,6 @@ let dir: TempDir
 beforeEach(async () => { dir = await tempDir('ntk-purge-') })
 afterEach(async () => { await dir.remove() })
 
-/** A value sharing no 4 characters with another (LevelDB's snappy would hide a repeated substring) */
-/**
- * A value no other stored byte shares 4 characters with, so LevelDB's compression cannot store it as a
- * back-reference and a search of the files finds it exactly when it is there: letters g-z only, where
- * versions, tokens and hashes are hex.
- */
-function unique (tag: string): string {
-  return `${tag.slice(0, 1)}${[...randomBytes(16)].map(b => String.fromCharCode(103 + (b % 20))).join('')}`
-}
 
 /** Every key and value in the database at `path`, read with its store closed */
 async function rawEntries (path: string): Promise<Array<[string, string]>> {
@@ -39,14 +30,6 @@ async function rawEntries (path: string): Promise<Array<[string, string]>> {
   }
 }
 
-async function allBytes (root: string): Promise<Buffer> {
-  const parts: Buffer[] = []
-  for (const name of await readdir(root, { recursive: true })) {
-    const path = join(root, name)
-    if ((await stat(path)).isFile()) parts.push(await readFile(path))
-  }
-  return Buffer.concat(parts)
-}
 
 describe('purge: the store', () => {
   const INDEXES = { patient_records: ['email', 'gender'] }
