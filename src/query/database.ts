@@ -137,15 +137,25 @@ export class Database {
     const ordered = orderColumns(table, full)
     const id = rowId(table, ordered)
     await this.checkRow(table, ordered, id, options)
+    return await this.claimAndInsert(table, ordered, options, { locator: keyedWriteId(key, 'locator', table.name, id), row: keyedWriteId(key, 'insert', table.name, id) })
+  }
+
+  /**
+   * Claims the row's unique values and its key, then writes it; a refused
+   * write gives them back. A write whose outcome is unknown (a timeout) may
+   * have landed: its key and values stay claimed. `writeIds` make a keyed
+   * insert's claim and row recognisable to its retries.
+   */
+  private async claimAndInsert (table: TableDef, ordered: Row, options: RequestOptions, writeIds?: { locator: string, row: string }): Promise<WriteResult> {
     const claims = await this.claimValues(table, ordered, undefined, options)
     try {
-      await this.claimKey(table, ordered, options, keyedWriteId(key, 'locator', table.name, id))
+      await this.claimKey(table, ordered, options, writeIds?.locator)
     } catch (err) {
       await this.releaseClaims(claims, options)
       throw err
     }
     try {
-      const [result] = await this.coordinator.write([this.mutation('insert', table, ordered, undefined, keyedWriteId(key, 'insert', table.name, id))], options)
+      const [result] = await this.coordinator.write([this.mutation('insert', table, ordered, undefined, writeIds?.row)], options)
       return result as WriteResult
     } catch (err) {
       if (isRefusal(err)) {
@@ -194,24 +204,7 @@ export class Database {
       const full = generated ? { [table.primaryKey[0] as string]: this.ids.next(), ...row } : row
       const ordered = orderColumns(table, full)
       try {
-        const claims = await this.claimValues(table, ordered, undefined, options)
-        try {
-          await this.claimKey(table, ordered, options)
-        } catch (err) {
-          await this.releaseClaims(claims, options)
-          throw err
-        }
-        try {
-          const [result] = await this.coordinator.write([this.mutation('insert', table, ordered)], options)
-          return result as WriteResult
-        } catch (err) {
-          // A write whose outcome is unknown (a timeout) may have landed: its key and values stay claimed.
-          if (isRefusal(err)) {
-            await this.releaseKey(table, ordered, options)
-            await this.releaseClaims(claims, options)
-          }
-          throw err
-        }
+        return await this.claimAndInsert(table, ordered, options)
       } catch (err) {
         // Only the row's own key may have met an id drawn elsewhere; a taken unique value names its column.
         if (!generated || attempt >= ID_ATTEMPTS || !hasCode(err, 'CONFLICT') || (err as NtsoekheError).column !== undefined) throw err
