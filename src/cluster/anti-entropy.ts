@@ -1,6 +1,6 @@
 import { ForbiddenError } from '../errors/index.js'
 import type { RecordState, Store, VersionEntry } from '../storage/store.js'
-import { BUCKETS, LEAVES_PER_BUCKET } from '../storage/range-summary.js'
+import { BUCKETS, LEAVES_PER_BUCKET, leafPrefix } from '../storage/range-summary.js'
 import { chunkBy, MAX_ENTRIES_PER_MESSAGE, resultOk } from './apply-batcher.js'
 import {
   checkDigestPage, checkFetchReply, checkLeavesReply, checkRecordKey, checkSummaryReply,
@@ -71,7 +71,7 @@ export const DEFAULT_ANTI_ENTROPY_INTERVAL_MS = 600_000
 export const DEFAULT_SYNC_BANDWIDTH_MBPS = 10
 /** Record states pushed to one peer in one apply + merge pair */
 const PUSH_BATCH = 128
-/** Pages of one leaf a round reads before it gives up on the leaf (a leaf is 1/65536 of the records) */
+/** Pages of one leaf (or one range's leaves) a round reads before it gives up on them (a leaf is 1/65536 of the records) */
 const MAX_PAGES_PER_LEAF = 10_000
 /** Bytes of records one fetch reply carries, under the transport's frame limit */
 const FETCH_REPLY_BYTES = 2 * 1024 * 1024
@@ -207,36 +207,39 @@ export class AntiEntropy {
       const buckets = differing.slice(i, i + MAX_SYNC_BUCKETS)
       const leaves = checkLeavesReply(await this.ask(peer, { type: 'leaves', buckets }), buckets.length)
       for (const [j, bucket] of buckets.entries()) {
+        if (this.stopped) break
         const mine = this.c.store.summary.leafDigests(bucket)
         const theirs = leaves[j] as string[]
-        for (let k = 0; k < LEAVES_PER_BUCKET && !this.stopped; k++) {
-          if (mine[k] !== theirs[k]) await this.syncLeaf(peer, bucket * LEAVES_PER_BUCKET + k, stats)
-        }
+        const differ = mine.map((d, k) => d === theirs[k] ? -1 : bucket * LEAVES_PER_BUCKET + k).filter(l => l >= 0)
+        if (differ.length > 0) await this.syncLeaves(peer, differ, stats)
         progress.done++
       }
     }
   }
 
-  /** Records of one leaf that both this node and `peer` own, with this node's digests of them */
-  private async localDigests (peer: string, leaf: number): Promise<Map<string, string>> {
+  /** Records of some leaves that both this node and `peer` own, with this node's digests of them */
+  private async localDigests (peer: string, leaves: number[]): Promise<Map<string, string>> {
     const out = new Map<string, string>()
-    let after: string | undefined
-    for (let page = 0; page < MAX_PAGES_PER_LEAF; page++) {
-      const records = await this.c.store.recordDigests(leaf, { limit: MAX_SYNC_DIGESTS, ...(after === undefined ? {} : { after }) })
-      for (const r of records) {
-        if (this.coOwned(peer, r.table, r.token)) out.set(r.key, r.digest.slice(0, SYNC_DIGEST_HEX))
+    for (const leaf of leaves) {
+      let after: string | undefined
+      for (let page = 0; ; page++) {
+        if (page >= MAX_PAGES_PER_LEAF) throw new Error(`leaf ${leaf} has more records than a round reads`)
+        const records = await this.c.store.recordDigests(leaf, { limit: MAX_SYNC_DIGESTS, ...(after === undefined ? {} : { after }) })
+        for (const r of records) {
+          if (this.coOwned(peer, r.table, r.token)) out.set(r.key, r.digest.slice(0, SYNC_DIGEST_HEX))
+        }
+        if (records.length < MAX_SYNC_DIGESTS) break
+        after = records[records.length - 1]?.key
       }
-      if (records.length < MAX_SYNC_DIGESTS) return out
-      after = records[records.length - 1]?.key
     }
-    throw new Error(`leaf ${leaf} has more records than a round reads`)
+    return out
   }
 
-  private async remoteDigests (peer: string, leaf: number): Promise<Map<string, string>> {
+  private async remoteDigests (peer: string, leaves: number[]): Promise<Map<string, string>> {
     const out = new Map<string, string>()
     let after: string | undefined
     for (let page = 0; page < MAX_PAGES_PER_LEAF; page++) {
-      const reply = checkDigestPage(await this.ask(peer, { type: 'digests', leaf, limit: MAX_SYNC_DIGESTS, ...(after === undefined ? {} : { after }) }), leaf, after)
+      const reply = checkDigestPage(await this.ask(peer, { type: 'digests', leaves, limit: MAX_SYNC_DIGESTS, ...(after === undefined ? {} : { after }) }), leaves, after)
       for (const [key, digest] of reply.records) {
         const { table, token } = checkRecordKey(key)
         // Only what this node owns too: the peer's view of the ring may differ from ours for a while.
@@ -245,7 +248,7 @@ export class AntiEntropy {
       if (reply.next === undefined) return out
       after = reply.next
     }
-    throw new Error(`leaf ${leaf} of ${peer} has more records than a round reads`)
+    throw new Error(`leaves ${leaves[0] ?? ''}.. of ${peer} have more records than a round reads`)
   }
 
   private coOwned (peer: string, table: string, token: string): boolean {
@@ -253,9 +256,10 @@ export class AntiEntropy {
     return owners.includes(this.c.peerId) && owners.includes(peer)
   }
 
-  private async syncLeaf (peer: string, leaf: number, stats: Round): Promise<void> {
-    const mine = await this.localDigests(peer, leaf)
-    const theirs = await this.remoteDigests(peer, leaf)
+  /** Compares the records of some differing leaves (of one range) and moves those that differ */
+  private async syncLeaves (peer: string, leaves: number[], stats: Round): Promise<void> {
+    const mine = await this.localDigests(peer, leaves)
+    const theirs = await this.remoteDigests(peer, leaves)
     const push = [...mine].filter(([k, d]) => theirs.get(k) !== d).map(([k]) => k)
     const pull = [...theirs].filter(([k, d]) => mine.get(k) !== d).map(([k]) => k)
     stats.recordsCompared += new Set([...mine.keys(), ...theirs.keys()]).size
@@ -325,11 +329,18 @@ export class AntiEntropy {
       case 'leaves':
         return { leaves: msg.buckets.map(b => this.c.store.summary.leafDigests(b)) }
       case 'digests': {
-        const records = await this.c.store.recordDigests(msg.leaf, { limit: msg.limit, ...(msg.after === undefined ? {} : { after: msg.after }) })
-        const last = records[records.length - 1]
+        // Pages count the records scanned, shared or not, so a page's work stays bounded.
+        const scanned: Array<{ key: string, token: string, table: string, digest: string }> = []
+        for (const leaf of msg.leaves) {
+          const left = msg.limit - scanned.length
+          if (left <= 0) break
+          if (msg.after !== undefined && leafPrefix(leaf) < msg.after.slice(0, 4)) continue
+          scanned.push(...await this.c.store.recordDigests(leaf, { limit: left, ...(msg.after === undefined ? {} : { after: msg.after }) }))
+        }
+        const last = scanned[scanned.length - 1]
         return {
-          records: records.filter(r => this.coOwned(from, r.table, r.token)).map(r => [r.key, r.digest.slice(0, SYNC_DIGEST_HEX)]),
-          ...(records.length === msg.limit && last !== undefined ? { next: last.key } : {})
+          records: scanned.filter(r => this.coOwned(from, r.table, r.token)).map(r => [r.key, r.digest.slice(0, SYNC_DIGEST_HEX)]),
+          ...(scanned.length === msg.limit && last !== undefined ? { next: last.key } : {})
         }
       }
       case 'fetch': {

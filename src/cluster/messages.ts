@@ -265,6 +265,8 @@ export function checkScanPage (x: unknown, table: string): { rows: Array<{ state
 export const MAX_SYNC_BUCKETS = 16
 /** Record digests in one `digests` page */
 export const MAX_SYNC_DIGESTS = 1000
+/** Leaves one `digests` request lists (one range's worth) */
+export const MAX_SYNC_LEAVES = 256
 /** Records asked for in one `fetch` */
 export const MAX_SYNC_FETCH = 256
 /** Hex digits of a record digest on the wire (128 bits) */
@@ -278,7 +280,7 @@ const RECORD_DIGEST_RE = /^[0-9a-f]{32}$/
 export type SyncMessage =
   | { type: 'summary' }
   | { type: 'leaves', buckets: number[] }
-  | { type: 'digests', leaf: number, after?: string, limit: number }
+  | { type: 'digests', leaves: number[], after?: string, limit: number }
   | { type: 'fetch', keys: string[] }
 
 function badSync (message: string): never {
@@ -318,10 +320,12 @@ export function parseSyncMessage (msg: unknown): SyncMessage {
       return { type: 'leaves', buckets: m.buckets as number[] }
     }
     case 'digests': {
-      const leaf = checkLeaf(m.leaf)
+      if (!Array.isArray(m.leaves) || m.leaves.length === 0 || m.leaves.length > MAX_SYNC_LEAVES) badSync(`digests needs 1 to ${MAX_SYNC_LEAVES} leaves`)
+      const leaves = m.leaves.map(checkLeaf)
+      if (!leaves.every((l, i) => i === 0 || l > (leaves[i - 1] as number))) badSync('leaves must be in ascending order')
       if (!Number.isSafeInteger(m.limit) || (m.limit as number) < 1 || (m.limit as number) > MAX_SYNC_DIGESTS) badSync('digests limit out of range')
       const after = m.after === undefined ? undefined : checkRecordKey(m.after).key
-      return { type: 'digests', leaf, limit: m.limit as number, ...(after === undefined ? {} : { after }) }
+      return { type: 'digests', leaves, limit: m.limit as number, ...(after === undefined ? {} : { after }) }
     }
     case 'fetch': {
       if (!Array.isArray(m.keys) || m.keys.length === 0 || m.keys.length > MAX_SYNC_FETCH) badSync(`fetch needs 1 to ${MAX_SYNC_FETCH} record keys`)
@@ -349,20 +353,21 @@ export function checkLeavesReply (x: unknown, asked: number): string[][] {
   return l as string[][]
 }
 
-/** A peer's page of record digests of one leaf, each key in that leaf and after the cursor asked for */
-export function checkDigestPage (x: unknown, leaf: number, after?: string): { records: Array<[string, string]>, next?: string } {
+/** A peer's page of record digests, each key in one of the leaves and after the cursor asked for */
+export function checkDigestPage (x: unknown, leaves: number[], after?: string): { records: Array<[string, string]>, next?: string } {
   const p = x as { records?: unknown, next?: unknown } | null
   if (p === null || typeof p !== 'object' || !Array.isArray(p.records) || p.records.length > MAX_SYNC_DIGESTS) badSync('malformed digests page')
-  const prefix = leaf.toString(16).padStart(4, '0')
+  const asked = new Set(leaves.map(l => l.toString(16).padStart(4, '0')))
+  const inLeaves = (key: string): boolean => asked.has(key.slice(0, 4)) && (after === undefined || key > after)
   const records = p.records.map((r: unknown): [string, string] => {
     if (!Array.isArray(r) || r.length !== 2 || typeof r[1] !== 'string' || !RECORD_DIGEST_RE.test(r[1])) badSync('malformed record digest')
     const { key } = checkRecordKey(r[0])
-    if (!key.startsWith(prefix) || (after !== undefined && key <= after)) badSync('a record digest outside the leaf asked for')
+    if (!inLeaves(key)) badSync('a record digest outside the leaves asked for')
     return [key, r[1]]
   })
   if (p.next === undefined) return { records }
   const next = checkRecordKey(p.next).key
-  if (!next.startsWith(prefix) || (after !== undefined && next <= after)) badSync('a digests cursor that does not move forward')
+  if (!inLeaves(next)) badSync('a digests cursor that does not move forward')
   return { records, next }
 }
 

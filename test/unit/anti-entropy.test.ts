@@ -5,7 +5,7 @@ import { INDEXES, tempDir, type TempDir } from '../helpers/temp.js'
 import { waitFor } from '../helpers/wait.js'
 import { tokenOf } from '../../src/cluster/token.js'
 import { ByteThrottle } from '../../src/cluster/throttle.js'
-import { parseSyncMessage } from '../../src/cluster/messages.js'
+import { checkDigestPage, parseSyncMessage } from '../../src/cluster/messages.js'
 import { loadOrCreateKeyFile } from '../../src/security/data-key.js'
 import type { Row } from '../../src/schema/index.js'
 import { Store, type VersionEntry } from '../../src/storage/store.js'
@@ -86,10 +86,11 @@ describe('range summary', () => {
 
   it('refuses malformed sync messages', () => {
     expect(() => parseSyncMessage({ type: 'leaves', buckets: [256] })).toThrow(expect.objectContaining({ code: 'INVALID_MESSAGE' }))
-    expect(() => parseSyncMessage({ type: 'digests', leaf: 65536, limit: 10 })).toThrow(expect.objectContaining({ code: 'INVALID_MESSAGE' }))
+    expect(() => parseSyncMessage({ type: 'digests', leaves: [65536], limit: 10 })).toThrow(expect.objectContaining({ code: 'INVALID_MESSAGE' }))
     expect(() => parseSyncMessage({ type: 'fetch', keys: ['0123456789abcdef!patient_records!x'] })).toThrow(expect.objectContaining({ code: 'INVALID_MESSAGE' }))
     expect(() => parseSyncMessage({ type: 'fetch', keys: Array.from({ length: 257 }, () => '0123456789abcdef!patient_records!1') })).toThrow(expect.objectContaining({ code: 'INVALID_MESSAGE' }))
-    expect(parseSyncMessage({ type: 'digests', leaf: 3, limit: 10 })).toEqual({ type: 'digests', leaf: 3, limit: 10 })
+    expect(() => parseSyncMessage({ type: 'digests', leaves: [4, 3], limit: 10 })).toThrow(expect.objectContaining({ code: 'INVALID_MESSAGE' }))
+    expect(parseSyncMessage({ type: 'digests', leaves: [3, 4], limit: 10 })).toEqual({ type: 'digests', leaves: [3, 4], limit: 10 })
   })
 
   it('a byte throttle keeps the average rate: a debt is waited out', async () => {
@@ -129,6 +130,24 @@ describe('anti-entropy', () => {
     expect((await b.store.get('patient_records', tokenOf('patient_id:5'), '5'))?.heads[0]?.row?.address).toBe('Moved')
     expect(await b.store.versions('patient_records', tokenOf('patient_id:5'), '5')).toHaveLength(2)
     expect(await a.store.get('patient_records', tokenOf('patient_id:201'), '201')).toBeDefined()
+    // Digest pages of one record each walk a whole range's leaves, in key order, each key once.
+    const token = tokenOf('patient_id:5')
+    const bucket = parseInt(token.slice(0, 2), 16)
+    const leaves = Array.from({ length: 256 }, (_, k) => bucket * 256 + k)
+    const paged: string[] = []
+    let after: string | undefined
+    for (let page = 0; page < 100; page++) {
+      const reply = checkDigestPage(await net.network.transport(a.peerId).request(b.peerId, 'sync', { type: 'digests', leaves, limit: 1, ...(after === undefined ? {} : { after }) }), leaves, after)
+      paged.push(...reply.records.map(([k]) => k))
+      if (reply.next === undefined) break
+      after = reply.next
+    }
+    const local: string[] = []
+    for (const leaf of leaves) local.push(...(await b.store.recordDigests(leaf, { limit: 1000 })).map(r => r.key))
+    expect(paged).toEqual(local)
+    expect(paged).toContain(`${token}!patient_records!5`)
+    // A peer that is not a member gets nothing on the sync protocol.
+    await expect(net.network.transport('12D3KooWstranger').request(a.peerId, 'sync', { type: 'summary' })).rejects.toMatchObject({ code: 'FORBIDDEN' })
     const again = await b.coordinator.antiEntropy.repair()
     expect(again).toMatchObject({ recordsSent: 0, recordsCompared: 0 })
     expect(b.coordinator.antiEntropy.status()).toMatchObject({ running: false, ranges: 256, rangesDiffering: 0, recordsSent: 0 })
