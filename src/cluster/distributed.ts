@@ -143,7 +143,8 @@ export class DistributedCoordinator implements Coordinator {
       store: components.store,
       transport: components.transport,
       peerId: components.peerId,
-      peers: () => this.ring.list().map(m => m.peerId).filter(p => p !== components.peerId && components.membership.isAlive(p)),
+      // Suspect members too: a slow member is still worth asking, and one that does not answer only fails its part.
+      peers: () => this.ring.list().map(m => m.peerId).filter(p => p !== components.peerId && ['alive', 'suspect'].includes(components.membership.stateOf(p) ?? 'down')),
       owners: (table, token) => this.owners(table, token),
       mayServe: peer => {
         if (components.membership.mayReplicate(peer)) return true
