@@ -34,6 +34,8 @@ export interface ApiComponents {
   removeMember?: (peerId: string) => Promise<unknown>
   /** Hands off this node's records and leaves the network (`POST /v1/leave`), on the networked node */
   leave?: () => Promise<unknown>
+  /** Runs one anti-entropy round now (`POST /v1/repair`): `{ ranges, recordsCompared, recordsSent, seconds }` */
+  repair?: () => Promise<unknown>
   /** Users and their tokens: every request is authenticated against it */
   users: Pick<UserDirectory, 'authenticate' | 'add' | 'list' | 'revoke'>
   /** Called once per request that touches data, per 401, per 403 and per break-glass read */
@@ -127,6 +129,8 @@ export function createApi (components: ApiComponents, init: ApiInit = {}): Fasti
   }
   const leave = components.leave
   if (leave !== undefined) app.post('/v1/leave', { config: { access: RIGHTS.membership } }, async () => await leave())
+  const repair = components.repair
+  if (repair !== undefined) app.post('/v1/repair', { config: { access: RIGHTS.admin } }, async () => await repair())
 
   app.get('/v1/roles', { config: { access: RIGHTS.roles } }, async () => ({ roles: describeRoles() }))
 

@@ -286,6 +286,20 @@ function buildProgram (io: Io, setCode: (c: number) => void): Command {
       out(opts, r, () => `${String(r.peerId)} left the network: ${String(r.handedOff)} records handed off; the daemon is stopping\n`)
     })
 
+  common(program.command('repair').description("run one anti-entropy round now: compare this node's token ranges with their co-owners and send the records that differ"))
+    .action(async (opts: GlobalOpts) => {
+      const api = await client(opts)
+      const progress = await repairProgress(io, api)
+      try {
+        const r = await api.repair()
+        progress.stop()
+        const result = { ranges: r.ranges, recordsCompared: r.recordsCompared, recordsSent: r.recordsSent, seconds: r.seconds }
+        out(opts, result, () => `compared ${result.ranges} ranges and ${result.recordsCompared} records in them; sent ${result.recordsSent} records (${result.seconds} s)\n`)
+      } finally {
+        progress.stop()
+      }
+    })
+
   common(program.command('audit').description('who read or changed what, where and when; --verify checks every chain'))
     .option('--patient <id>', 'entries about this patient')
     .option('--user <name>', 'entries of this user')
@@ -405,6 +419,30 @@ async function loadConfigIfPresent (home: string): Promise<{ config?: Awaited<Re
     return {}
   }
   return await loadConfig(home)
+}
+
+/** A bar on stderr (a terminal only) following the round's progress, as `status` reports it, while `repair` waits */
+async function repairProgress (io: Io, api: NtsoekheClient): Promise<{ stop: () => void }> {
+  if (io.stderr.isTTY !== true) return { stop: () => {} }
+  const { SingleBar, Presets } = await import('cli-progress')
+  const bar = new SingleBar({ format: 'repairing [{bar}] {percentage}% | {value}/{total} ranges', stream: io.stderr as NodeJS.WritableStream }, Presets.shades_classic)
+  let started = false
+  let stopped = false
+  const poll = setInterval(() => {
+    void api.status().then(s => {
+      const p = s.replication?.antiEntropy?.progress as { done?: unknown, total?: unknown } | undefined
+      if (stopped || typeof p?.done !== 'number' || typeof p.total !== 'number') return
+      if (!started) { started = true; bar.start(p.total, p.done) } else bar.update(p.done)
+    }, () => {})
+  }, 250)
+  return {
+    stop: () => {
+      if (stopped) return
+      stopped = true
+      clearInterval(poll)
+      if (started) bar.stop()
+    }
+  }
 }
 
 async function byteProgress (io: Io, total: number): Promise<{ add: (n: number) => void, stop: () => void }> {

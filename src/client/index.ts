@@ -87,6 +87,10 @@ export class NtsoekheClient {
   async removeMember (peerId: string): Promise<Record<string, any>> { return await this.request('DELETE', `/v1/members/${enc(peerId)}`) }
   /** Hands this node's records to their owners and leaves the network; the daemon then stops */
   async leave (): Promise<Record<string, any>> { return await this.request('POST', '/v1/leave', { timeout: 11 * 60_000 }) }
+  /** Runs one anti-entropy round now: this node's ranges compared with their co-owners, differing records sent */
+  async repair (options: { timeout?: number } = {}): Promise<{ ranges: number, recordsCompared: number, recordsSent: number, seconds: number }> {
+    return await this.request('POST', '/v1/repair', { timeout: options.timeout ?? 60 * 60_000 })
+  }
 
   /** Audit entries across the network, oldest first, filtered by patient id, user name and time (ISO 8601) */
   async audit (filter: { patient?: string, user?: string, since?: string } = {}): Promise<{ entries: Array<Record<string, any>>, truncated: boolean }> {

@@ -5,6 +5,7 @@ import type { PurgeMarker, RecordState, Store, VersionEntry } from '../storage/s
 import { winner } from '../storage/store.js'
 import type { HybridClock } from '../storage/version.js'
 import { compareVersions } from '../storage/version.js'
+import { AntiEntropy } from './anti-entropy.js'
 import { ApplyBatcher, chunkBy, chunkGroups, MAX_ENTRIES_PER_MESSAGE, resultOk } from './apply-batcher.js'
 import type { ClusterStatus, Consistency, Coordinator, GroupOutcome, InsertOutcome, Mutation, RequestOptions, ScanPage, ScanRequest, WriteResult } from './coordinator.js'
 import { mergeStates, missingHeads } from './merge.js'
@@ -42,6 +43,10 @@ export interface DistributedCoordinatorInit {
   rebalanceDelayMs?: number
   /** How often a node looks for copies it no longer owns, ms. @default 600000 */
   rebalanceIntervalMs?: number
+  /** How often a background anti-entropy round compares this node's ranges with their co-owners, ms. @default 600000 */
+  antiEntropyIntervalMs?: number
+  /** Bytes anti-entropy sends per second, in megabits. @default 10 */
+  syncBandwidthMbps?: number
 }
 
 /** What the last rebalance (hand-off of records to their owners after the ring changed) did */
@@ -91,6 +96,8 @@ export class DistributedCoordinator implements Coordinator {
   private readonly forwardTimeout: number
   private readonly handoffIntervalMs: number
   readonly ring: HashRing
+  /** Compares and repairs what this node and its co-owners hold (see anti-entropy.ts) */
+  readonly antiEntropy: AntiEntropy
   private readonly batcher: ApplyBatcher
   private handoffTimer?: ReturnType<typeof setInterval>
   private handingOff = false
@@ -133,6 +140,27 @@ export class DistributedCoordinator implements Coordinator {
         return false
       }
     })
+    this.antiEntropy = new AntiEntropy({
+      store: components.store,
+      transport: components.transport,
+      peerId: components.peerId,
+      // Suspect members too: a slow member is still worth asking, and one that does not answer only fails its part.
+      peers: () => this.ring.list().map(m => m.peerId).filter(p => p !== components.peerId && ['alive', 'suspect'].includes(components.membership.stateOf(p) ?? 'down')),
+      owners: (table, token) => this.owners(table, token),
+      mayServe: peer => {
+        if (components.membership.mayReplicate(peer)) return true
+        components.membership.report(peer, `refused a sync request from ${peer}: not a member of this network`)
+        return false
+      },
+      mayRead: peer => components.membership.stateOf(peer) !== 'left',
+      active: () => !components.membership.leaving,
+      observe: version => { components.clock.observe(version) },
+      ...(components.log === undefined ? {} : { log: components.log })
+    }, {
+      timeoutMs: this.timeoutMs,
+      ...(init.antiEntropyIntervalMs === undefined ? {} : { intervalMs: init.antiEntropyIntervalMs }),
+      ...(init.syncBandwidthMbps === undefined ? {} : { bandwidthMbps: init.syncBandwidthMbps })
+    })
   }
 
   async start (): Promise<void> {
@@ -152,6 +180,7 @@ export class DistributedCoordinator implements Coordinator {
     this.handoffTimer.unref?.()
     this.rebalanceInterval = setInterval(() => { this.scheduleRebalance(0) }, this.rebalanceIntervalMs)
     this.rebalanceInterval.unref?.()
+    this.antiEntropy.start()
   }
 
   async stop (): Promise<void> {
@@ -160,6 +189,7 @@ export class DistributedCoordinator implements Coordinator {
     if (this.handoffTimer !== undefined) clearInterval(this.handoffTimer)
     if (this.rebalanceInterval !== undefined) clearInterval(this.rebalanceInterval)
     if (this.rebalanceTimer !== undefined) clearTimeout(this.rebalanceTimer)
+    await this.antiEntropy.stop()
     await this.rebalancing?.catch(() => {})
   }
 

@@ -270,3 +270,135 @@ export function checkScanPage (x: unknown, table: string): { rows: Array<{ state
   if (p.next !== undefined && typeof p.next !== 'string') bad('malformed scan cursor')
   return p.next === undefined ? { rows } : { rows, next: p.next as string }
 }
+
+/** Ranges whose leaf digests one `leaves` request asks for */
+export const MAX_SYNC_BUCKETS = 16
+/** Record digests in one `digests` page */
+export const MAX_SYNC_DIGESTS = 1000
+/** Leaves one `digests` request lists (one range's worth) */
+export const MAX_SYNC_LEAVES = 256
+/** Records asked for in one `fetch` */
+export const MAX_SYNC_FETCH = 256
+/** Hex digits of a record digest on the wire (128 bits) */
+export const SYNC_DIGEST_HEX = 32
+const RANGES = 256
+const LEAVES_TOTAL = RANGES * 256
+const SUMMARY_DIGEST_RE = /^[0-9a-f]{64}$/
+const RECORD_DIGEST_RE = /^[0-9a-f]{32}$/
+
+/** The anti-entropy protocol (`/ntsoekhe/sync/1.0.0`); see cluster/anti-entropy.ts */
+export type SyncMessage =
+  | { type: 'summary' }
+  | { type: 'leaves', buckets: number[] }
+  | { type: 'digests', leaves: number[], after?: string, limit: number }
+  | { type: 'fetch', keys: string[] }
+
+function badSync (message: string): never {
+  throw new InvalidMessageError(`sync: ${message}`)
+}
+
+/** A record's store key (`<token>!<table>!<id>`), checked part by part */
+export function checkRecordKey (key: unknown): { key: string, token: string, table: string, id: string } {
+  if (typeof key !== 'string' || key.length > 300) badSync('malformed record key')
+  const first = key.indexOf('!')
+  const second = key.indexOf('!', first + 1)
+  if (first < 0 || second < 0) badSync('malformed record key')
+  const token = key.slice(0, first)
+  if (!TOKEN_RE.test(token)) badSync('malformed token in record key')
+  const table = checkTable(key.slice(first + 1, second))
+  const id = checkId(table, key.slice(second + 1))
+  const internal = internalShard(table, id)
+  if (internal !== undefined && tokenOf(internal) !== token) badSync(`${table} token mismatch`)
+  return { key, token, table, id }
+}
+
+function checkLeaf (leaf: unknown): number {
+  if (!Number.isSafeInteger(leaf) || (leaf as number) < 0 || (leaf as number) >= LEAVES_TOTAL) badSync('leaf out of range')
+  return leaf as number
+}
+
+/** Checks a sync-protocol request; anything else is an InvalidMessageError */
+export function parseSyncMessage (msg: unknown): SyncMessage {
+  const m = msg as Record<string, unknown>
+  if (m === null || typeof m !== 'object') badSync('message must be an object')
+  switch (m.type) {
+    case 'summary':
+      return { type: 'summary' }
+    case 'leaves': {
+      if (!Array.isArray(m.buckets) || m.buckets.length === 0 || m.buckets.length > MAX_SYNC_BUCKETS) badSync(`leaves needs 1 to ${MAX_SYNC_BUCKETS} ranges`)
+      if (!m.buckets.every(b => Number.isSafeInteger(b) && b >= 0 && b < RANGES)) badSync('range out of range')
+      return { type: 'leaves', buckets: m.buckets as number[] }
+    }
+    case 'digests': {
+      if (!Array.isArray(m.leaves) || m.leaves.length === 0 || m.leaves.length > MAX_SYNC_LEAVES) badSync(`digests needs 1 to ${MAX_SYNC_LEAVES} leaves`)
+      const leaves = m.leaves.map(checkLeaf)
+      if (!leaves.every((l, i) => i === 0 || l > (leaves[i - 1] as number))) badSync('leaves must be in ascending order')
+      if (!Number.isSafeInteger(m.limit) || (m.limit as number) < 1 || (m.limit as number) > MAX_SYNC_DIGESTS) badSync('digests limit out of range')
+      const after = m.after === undefined ? undefined : checkRecordKey(m.after).key
+      return { type: 'digests', leaves, limit: m.limit as number, ...(after === undefined ? {} : { after }) }
+    }
+    case 'fetch': {
+      if (!Array.isArray(m.keys) || m.keys.length === 0 || m.keys.length > MAX_SYNC_FETCH) badSync(`fetch needs 1 to ${MAX_SYNC_FETCH} record keys`)
+      return { type: 'fetch', keys: m.keys.map(k => checkRecordKey(k).key) }
+    }
+    default:
+      badSync(`unknown message type ${JSON.stringify(m.type)?.slice(0, 40)}`)
+  }
+}
+
+/** A peer's answer to `summary`: the 256 ranges' digests */
+export function checkSummaryReply (x: unknown): string[] {
+  const b = (x as { buckets?: unknown } | null)?.buckets
+  if (!Array.isArray(b) || b.length !== RANGES || !b.every(d => typeof d === 'string' && SUMMARY_DIGEST_RE.test(d))) badSync('malformed summary reply')
+  return b as string[]
+}
+
+/** A peer's answer to `leaves`: 256 leaf digests for each range asked for */
+export function checkLeavesReply (x: unknown, asked: number): string[][] {
+  const l = (x as { leaves?: unknown } | null)?.leaves
+  if (!Array.isArray(l) || l.length !== asked) badSync('malformed leaves reply')
+  for (const leaves of l) {
+    if (!Array.isArray(leaves) || leaves.length !== 256 || !leaves.every(d => typeof d === 'string' && SUMMARY_DIGEST_RE.test(d))) badSync('malformed leaves reply')
+  }
+  return l as string[][]
+}
+
+/** A peer's page of record digests, each key in one of the leaves and after the cursor asked for */
+export function checkDigestPage (x: unknown, leaves: number[], after?: string): { records: Array<[string, string]>, next?: string } {
+  const p = x as { records?: unknown, next?: unknown } | null
+  if (p === null || typeof p !== 'object' || !Array.isArray(p.records) || p.records.length > MAX_SYNC_DIGESTS) badSync('malformed digests page')
+  const asked = new Set(leaves.map(l => l.toString(16).padStart(4, '0')))
+  const inLeaves = (key: string): boolean => asked.has(key.slice(0, 4)) && (after === undefined || key > after)
+  const records = p.records.map((r: unknown): [string, string] => {
+    if (!Array.isArray(r) || r.length !== 2 || typeof r[1] !== 'string' || !RECORD_DIGEST_RE.test(r[1])) badSync('malformed record digest')
+    const { key } = checkRecordKey(r[0])
+    if (!inLeaves(key)) badSync('a record digest outside the leaves asked for')
+    return [key, r[1]]
+  })
+  if (p.next === undefined) return { records }
+  const next = checkRecordKey(p.next).key
+  if (!inLeaves(next)) badSync('a digests cursor that does not move forward')
+  return { records, next }
+}
+
+/** A peer's answer to `fetch`: whole states (with every version) of records asked for, and those it does not hold */
+export function checkFetchReply (x: unknown, asked: string[]): { records: Array<{ state: RecordState, versions: VersionEntry[] }>, missing: string[] } {
+  const p = x as { records?: unknown, missing?: unknown } | null
+  if (p === null || typeof p !== 'object' || !Array.isArray(p.records) || !Array.isArray(p.missing)) badSync('malformed fetch reply')
+  const wanted = new Set(asked)
+  const records = p.records.map((r: any) => {
+    if (r === null || typeof r !== 'object' || !Array.isArray(r.versions) || r.versions.length > MAX_ENTRIES) badSync('malformed fetched record')
+    const state = checkState(r.state)
+    const key = `${state.token}!${state.table}!${state.id}`
+    if (!wanted.has(key)) badSync('a fetched record that was not asked for')
+    wanted.delete(key)
+    const versions = (r.versions as unknown[]).map(checkEntry)
+    if (!versions.every(v => v.table === state.table && v.id === state.id && v.token === state.token)) badSync('versions of another record')
+    return { state, versions }
+  })
+  const missing = p.missing.map((k: unknown) => {
+    if (typeof k !== 'string' || !wanted.has(k)) badSync('a missing record that was not asked for')
+    return k
+  })
+  return { records, missing }
+}

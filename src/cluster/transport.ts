@@ -1,7 +1,8 @@
 /** The peer protocols the cluster speaks, one libp2p protocol each */
 export const PROTOCOLS = {
   membership: '/ntsoekhe/membership/1.0.0',
-  replica: '/ntsoekhe/replica/1.0.0'
+  replica: '/ntsoekhe/replica/1.0.0',
+  sync: '/ntsoekhe/sync/1.0.0'
 } as const
 
 export type ProtocolName = keyof typeof PROTOCOLS

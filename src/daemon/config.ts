@@ -52,6 +52,10 @@ export interface Config {
     rebalanceDelayMs: number
     /** How often a node looks for copies it no longer owns and hands them to their owners, ms. @default 600000 */
     rebalanceIntervalMs: number
+    /** How often a background anti-entropy round compares this node's token ranges with their co-owners and repairs what differs, ms. @default 600000 */
+    antiEntropyIntervalMs: number
+    /** Bandwidth anti-entropy may use for what it sends (summaries, digests, records), megabits per second. @default 10 */
+    syncBandwidthMbps: number
   }
   membership: {
     /** Ping interval to every member, ms. @default 1000 */
@@ -80,7 +84,7 @@ export function defaultConfig (): Config {
       pnetKeyFile: null,
       open: false
     },
-    replication: { replicas: 3, writeQuorum: 2, readQuorum: 2, timeoutMs: 5000, rebalanceDelayMs: 2000, rebalanceIntervalMs: 600_000 },
+    replication: { replicas: 3, writeQuorum: 2, readQuorum: 2, timeoutMs: 5000, rebalanceDelayMs: 2000, rebalanceIntervalMs: 600_000, antiEntropyIntervalMs: 600_000, syncBandwidthMbps: 10 },
     membership: { heartbeatMs: 1000, suspectAfterMs: 3000, downAfterMs: 10000 },
     log: { level: 'info' }
   }
@@ -160,9 +164,13 @@ export function checkConfig (config: Config, where = 'config'): void {
   if (writeQuorum > replicas || readQuorum > replicas) {
     throw new ValidationError(`${where}: the write and read quorums cannot exceed replicas (${replicas})`)
   }
-  for (const name of ['timeoutMs', 'rebalanceDelayMs', 'rebalanceIntervalMs'] as const) {
+  for (const name of ['timeoutMs', 'rebalanceDelayMs', 'rebalanceIntervalMs', 'antiEntropyIntervalMs'] as const) {
     const v = config.replication[name]
     if (!Number.isSafeInteger(v) || v < 1) throw new ValidationError(`${where}: replication.${name} must be a positive integer (ms)`)
+  }
+  const mbps = config.replication.syncBandwidthMbps
+  if (!Number.isFinite(mbps) || mbps <= 0 || mbps > 100_000) {
+    throw new ValidationError(`${where}: replication.syncBandwidthMbps must be a positive number of megabits per second (at most 100000)`)
   }
   const buffer = config.storage.writeBufferMb
   if (!Number.isSafeInteger(buffer) || buffer < 1 || buffer > 1024) {

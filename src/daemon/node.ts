@@ -168,7 +168,9 @@ export class NtsoekheNode {
       readQuorum: this.config.replication.readQuorum,
       timeoutMs: this.config.replication.timeoutMs,
       rebalanceDelayMs: this.config.replication.rebalanceDelayMs,
-      rebalanceIntervalMs: this.config.replication.rebalanceIntervalMs
+      rebalanceIntervalMs: this.config.replication.rebalanceIntervalMs,
+      antiEntropyIntervalMs: this.config.replication.antiEntropyIntervalMs,
+      syncBandwidthMbps: this.config.replication.syncBandwidthMbps
     })
     await this.transport.start()
 
@@ -222,6 +224,7 @@ export class NtsoekheNode {
       invite: async () => this.inviteLine(),
       removeMember: async (peerId: string) => (this.membership as Membership).remove(peerId),
       leave: async () => await this.leave(),
+      repair: async () => await (this.coordinator as DistributedCoordinator).antiEntropy.repair(),
       users: this.init.security !== false
         ? users
         : {
@@ -271,7 +274,8 @@ export class NtsoekheNode {
         effectiveReplicas: Math.min(cluster.replicas, live),
         health: cluster.underReplicated ? `under-replicated: ${live} live members for ${cluster.replicas} replicas` : 'ok',
         pendingHints: store.hintCount(),
-        rebalance: (this.coordinator as DistributedCoordinator).rebalanceStatus()
+        rebalance: (this.coordinator as DistributedCoordinator).rebalanceStatus(),
+        antiEntropy: (this.coordinator as DistributedCoordinator).antiEntropy.status()
       },
       audit: this.audit?.status()
     }

@@ -7,6 +7,7 @@ import { compareVersions } from './version.js'
 import { GroupCommitter, type BatchOp } from './group-commit.js'
 import { KeyedMutex } from './keyed-mutex.js'
 import { encodeIndexValue, recordKey, SEP } from './keys.js'
+import { leafPrefix, RangeSummary, recordDigest } from './range-summary.js'
 
 type Sub = AbstractSublevel<any, any, string, any>
 
@@ -189,6 +190,8 @@ export class Store {
   private readonly hintCounts = new Map<string, number>()
   /** Live rows per table, counted once at open and kept up to date by every commit */
   private readonly rowCounts = new Map<string, number>()
+  /** Hash summary of every record's heads by token range, for anti-entropy: kept up to date by every commit */
+  private rangeSummary = new RangeSummary()
   private readonly mutex = new KeyedMutex()
   private readonly committer: GroupCommitter
   private readonly indexes: Record<string, string[]>
@@ -272,6 +275,7 @@ export class Store {
       const table = k.slice(0, k.indexOf(SEP))
       this.rowCounts.set(table, (this.rowCounts.get(table) ?? 0) + 1)
     }
+    await this.openSummary()
     this.state = 'open'
   }
 
@@ -282,7 +286,10 @@ export class Store {
 
   private async _close (): Promise<void> {
     if (this.opening !== undefined) await this.opening.catch(() => {})
+    const wasOpen = this.state === 'open'
     this.state = 'closing'
+    // Saved only at a clean close, and removed again at open: after a crash it is rebuilt from the records.
+    if (wasOpen && this.db.status === 'open') await writeBatch(this.db, [put(this.meta, SUMMARY_KEY, this.rangeSummary.toJSON())], true)
     await this.db.close()
     this.state = 'closed'
   }
@@ -342,13 +349,15 @@ export class Store {
       }
       const entries = await build(states)
       const ops: BatchOp[] = []
+      const touched: SummaryChange[] = []
       const outcomes: ApplyOutcome[] = []
       for (const entry of entries) {
         const key = recordKey(entry.token, entry.table, entry.id)
         if (!states.has(key)) throw new Error(`transact: ${key} was not locked`)
-        outcomes.push(this.stage(entry, states, ops))
+        outcomes.push(this.stage(entry, states, ops, touched))
       }
       await this.committer.commit(ops)
+      this.applySummary(touched)
       return outcomes
     } finally {
       release()
@@ -374,6 +383,7 @@ export class Store {
     const release = await this.mutex.lock(keys)
     try {
       const ops: BatchOp[] = []
+      const touched: SummaryChange[] = []
       const states = new Map<string, RecordState | undefined>()
       const fresh = new Set<string>()
       const recordPrefix = this.records.prefix
@@ -382,6 +392,8 @@ export class Store {
         if (entry.parents.length > 0 || entry.row === null) throw new Error(`insertOnce: ${key} is not a first version`)
         if (!fresh.has(key) && !states.has(key) && !this.purged.has(key) && (options.own === true || this.records.getSync(key) === undefined)) {
           fresh.add(key)
+          // The summary needs what the put replaces: an own entry is written without a read, and may be a retry.
+          this.noteHeads(touched, key, entry.token, options.own === true ? this.storedHeads(key) : undefined, [entry.version])
           ops.push({ type: 'put', key: recordPrefix + key, value: this.encodeFirstVersion(entry) })
           const pos = entry.token + SEP + entry.id
           // What stageIndexes does for a record that becomes live, without building its state.
@@ -399,9 +411,10 @@ export class Store {
           fresh.delete(key)
         }
         if (!states.has(key)) states.set(key, this._get(entry.table, entry.token, entry.id))
-        return this.stage(entry, states, ops)
+        return this.stage(entry, states, ops, touched)
       })
       await this.committer.commit(ops)
+      this.applySummary(touched)
       return outcomes
     } finally {
       release()
@@ -428,6 +441,7 @@ export class Store {
     try {
       const states = new Map<string, RecordState | undefined>()
       const ops: BatchOp[] = []
+      const touched: SummaryChange[] = []
       const outcomes = incoming.map((s, i): MergeOutcome => {
         const key = keys[i] as string
         const marker = this.purged.get(key)
@@ -451,9 +465,11 @@ export class Store {
         states.set(key, after)
         ops.push(put(this.records, key, this.encodeRecord(after)))
         this.stageIndexes(before, after, ops)
+        this.noteHeads(touched, key, after.token, before?.heads.map(h => h.version), after.heads.map(h => h.version))
         return 'merged'
       })
       if (ops.length > 0) await this.committer.commit(ops)
+      this.applySummary(touched)
       return outcomes
     } finally {
       release()
@@ -486,6 +502,7 @@ export class Store {
         }
       }
       await this.committer.commit(ops)
+      this.applySummary(this.noteHeads([], key, current.token, current.heads.map(h => h.version), undefined))
       return true
     } finally {
       release()
@@ -508,6 +525,7 @@ export class Store {
       const ops: BatchOp[] = []
       const held = current !== undefined
       if (held) ops.push(del(this.records, key))
+      const touched = this.noteHeads([], key, marker.token, this.storedHeads(key), undefined)
       const historyKeys: string[] = []
       for await (const k of this.history.keys({ gt: key + SEP, lt: key + SEP + '\xff' })) historyKeys.push(k)
       for (const k of historyKeys) ops.push(del(this.history, k))
@@ -540,6 +558,7 @@ export class Store {
       await compactKeys(this.db, erased)
       ops.push(put(this.purges, key, newest))
       await this.committer.commit(ops)
+      this.applySummary(touched)
       this.purged.set(key, newest)
       this.forgetHints(hintChanges.map(h => h.key))
       await compactKeys(this.db, erased)
@@ -574,7 +593,7 @@ export class Store {
     this.hintCounts.set(peerId, (this.hintCounts.get(peerId) ?? 0) + 1)
   }
 
-  private stage (entry: VersionEntry, states: Map<string, RecordState | undefined>, ops: BatchOp[]): ApplyOutcome {
+  private stage (entry: VersionEntry, states: Map<string, RecordState | undefined>, ops: BatchOp[], touched: SummaryChange[]): ApplyOutcome {
     const key = recordKey(entry.token, entry.table, entry.id)
     const marker = this.purged.get(key)
     // A version up to the purge is gone for good; so is a later one that builds on one of them (a
@@ -597,6 +616,7 @@ export class Store {
     states.set(key, after)
     ops.push(put(this.records, key, this.encodeRecord(after)))
     this.stageIndexes(before, after, ops)
+    this.noteHeads(touched, key, entry.token, before?.heads.map(h => h.version), after.heads.map(h => h.version))
     return isHead ? 'applied' : 'history'
   }
 
@@ -676,6 +696,67 @@ export class Store {
       const table = op.key.slice(prefix.length, op.key.indexOf(SEP, prefix.length))
       this.rowCounts.set(table, (this.rowCounts.get(table) ?? 0) + (op.type === 'put' ? 1 : -1))
     }
+  }
+
+  /** The hash summary of every record's heads by token range (see RangeSummary) */
+  get summary (): RangeSummary {
+    return this.rangeSummary
+  }
+
+  /** The summary rebuilt from every stored record: what the incrementally kept one must equal */
+  async recomputeSummary (): Promise<RangeSummary> {
+    this.checkOpen()
+    return await this.scanSummary()
+  }
+
+  private async scanSummary (): Promise<RangeSummary> {
+    const summary = new RangeSummary()
+    for await (const [k, v] of this.records.iterator()) {
+      summary.toggle(k.slice(0, k.indexOf(SEP)), recordDigest(k, (v as StoredRecord).heads.map(h => h.version)))
+    }
+    return summary
+  }
+
+  /** Takes the summary saved at the last clean close (and removes it, so a crash leaves none), else rebuilds it */
+  private async openSummary (): Promise<void> {
+    const saved = RangeSummary.fromJSON(await this.meta.get(SUMMARY_KEY))
+    if (saved !== undefined) {
+      await writeBatch(this.db, [del(this.meta, SUMMARY_KEY)], true)
+      this.rangeSummary = saved
+    } else {
+      this.rangeSummary = await this.scanSummary()
+    }
+  }
+
+  /** Up to `limit` records of one leaf of the token space after `after` (a record key), each with its digest */
+  async recordDigests (leaf: number, options: { after?: string, limit: number }): Promise<Array<{ key: string, token: string, table: string, id: string, digest: string }>> {
+    this.checkOpen()
+    const prefix = leafPrefix(leaf)
+    const out: Array<{ key: string, token: string, table: string, id: string, digest: string }> = []
+    const range = options.after !== undefined && options.after > prefix ? { gt: options.after } : { gte: prefix }
+    for await (const [k, v] of this.records.iterator({ ...range, lt: prefix + '\xff', limit: options.limit })) {
+      const [token, table, id] = k.split(SEP, 3) as [string, string, string]
+      out.push({ key: k, token, table, id, digest: recordDigest(k, (v as StoredRecord).heads.map(h => h.version)).toString('hex') })
+    }
+    return out
+  }
+
+  /** A record's head versions as stored, without opening its rows */
+  private storedHeads (key: string): string[] | undefined {
+    const value = this.records.getSync(key) as StoredRecord | undefined
+    return value?.heads.map(h => h.version)
+  }
+
+  /** Notes that a record's heads change with a commit: the summary takes it once the commit is durable */
+  private noteHeads (touched: SummaryChange[], key: string, token: string, before: string[] | undefined, after: string[] | undefined): SummaryChange[] {
+    if (before !== undefined && after !== undefined && before.length === after.length && before.every(v => after.includes(v))) return touched
+    if (before !== undefined) touched.push({ token, digest: recordDigest(key, before) })
+    if (after !== undefined) touched.push({ token, digest: recordDigest(key, after) })
+    return touched
+  }
+
+  private applySummary (touched: SummaryChange[]): void {
+    for (const t of touched) this.rangeSummary.toggle(t.token, t.digest)
   }
 
   /** Every record state whose token lies in [from, to), for hand-off and anti-entropy */
@@ -1005,6 +1086,12 @@ interface StoredRecord {
 
 /** A version as stored in history and hints */
 type StoredEntry = Omit<VersionEntry, 'row'> & { row: StoredRow | null }
+
+/** The meta key of the range summary saved at a clean close (see Store.openSummary) */
+const SUMMARY_KEY = 'rangeSummary'
+
+/** A record's digest leaving or entering the range summary */
+interface SummaryChange { token: string, digest: Buffer }
 
 /** The meta key of the field-encryption format: `{ fields: 0 }` in the clear, `{ fields: 1, check }` AES-256-GCM v1 */
 const FIELD_ENCRYPTION_KEY = 'fieldEncryption'
