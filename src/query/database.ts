@@ -49,6 +49,8 @@ export interface KeyedOptions extends RequestOptions {
 export interface WriteOptions extends KeyedOptions {
   /** Versions the write must replace (HTTP If-Match) */
   ifMatch?: string[]
+  /** Columns a replace keeps from the current row when the body leaves them out (columns its caller cannot see) */
+  keep?: readonly string[]
 }
 
 export interface DeleteOptions extends WriteOptions {
@@ -228,6 +230,8 @@ export class Database {
       const current = await this.readState(table, key, options)
       const live = winner(current)
       if (live?.row == null) throw new NotFoundError(`${table.name} ${rowId(table, key)} not found`)
+      const given = requireObject(table, body)
+      for (const c of options.keep ?? []) if (!(c in given)) row[c] = live.row[c] ?? null
       assertSameShard(table, live.row, row)
       await this.checkRow(table, row, rowId(table, key), options)
       return await this.writeClaimed(table, live.row, row, options, async () => {

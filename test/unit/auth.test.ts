@@ -65,6 +65,14 @@ describe('auth: tokens', () => {
     expect(users.json().users).toContainEqual({ user: 'nurse', role: 'nurse', revoked: false, revokedAt: null })
   })
 
+  it('an admin replacing a user row (PUT) keeps its token: a column no one can see is not blanked', async () => {
+    const nurse = (await node.db.list('users', { user_name: 'nurse' }, { limit: 1 })).rows[0]!
+    const put = await as('admin', { method: 'PUT', url: `/v1/tables/users/rows/${String(nurse.user_id)}`, payload: { user_name: 'nurse', role_id: nurse.role_id } })
+    expect(put.statusCode).toBe(200)
+    expect(Object.keys(put.json().row)).not.toContain('token_hash')
+    expect((await as('nurse', { method: 'GET', url: '/v1/tables/patient_records/rows/1' })).statusCode).toBe(200)
+  })
+
   it('answers 401 without a token, with an unknown one, and for a malformed header; audited as a failed login', async () => {
     for (const headers of [{}, { authorization: 'Bearer nope' }, { authorization: 'Basic abc' }]) {
       const res = await app.inject({ method: 'GET', url: '/v1/status', headers })
