@@ -816,6 +816,25 @@ describe('clock skew', () => {
     }
   })
 
+  it('a node 75 s ahead is logged by the others, and a write over its version still sorts above it', async () => {
+    const warned: Array<[number, string]> = []
+    net = await createTestnet(3, { replicas: 3, writeQuorum: 2, readQuorum: 2 }, undefined, { clockAheadMs: i => i === 2 ? 75_000 : 0, warn: (i, line) => { warned.push([i, line]) } })
+    await net.converge(3)
+    const ahead = net.nodes[2]!
+    await waitFor('nodes 0 and 1 to log node 2\'s clock', () => [0, 1].every(i => warned.some(([j, l]) => j === i && l.startsWith(`member ${ahead.peerId}'s clock is 75 s ahead`))), 5000, 10)
+    let i = 1
+    while (ahead.coordinator.owners('patient_records', tokenOf(`patient_id:${i}`))[0] !== ahead.peerId) i++
+    const first = await net.nodes[0]!.db.insert('patient_records', patient(i))
+    // The primary is cut off: the next owner, on real time, orders the update over the version from the future.
+    net.network.down(ahead.peerId)
+    const second = await net.nodes[0]!.db.patch('patient_records', String(i), { address: 'New address' })
+    expect(second.version > first.version).toBe(true)
+    const r = await net.nodes[1]!.db.get('patient_records', String(i))
+    expect(r.row.address).toBe('New address')
+    expect(r.version).toBe(second.version)
+    net.network.up(ahead.peerId)
+  })
+
   it('accepts gossip without a clock reading (older nodes) and refuses a malformed one', async () => {
     const { parseGossipMessage } = await import('../../src/cluster/membership.js')
     const peer = testIdentity().peerId
