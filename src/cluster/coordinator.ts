@@ -71,6 +71,8 @@ export interface MemberStatus {
   state: 'alive' | 'suspect' | 'down' | 'left'
   addresses: string[]
   lastSeen?: number
+  /** The member's clock minus this node's, as last measured (ms): beyond MAX_CLOCK_SKEW_MS it is logged */
+  clockOffsetMs?: number
 }
 
 export interface ClusterStatus {

@@ -2,6 +2,7 @@ import { ConflictError, ForbiddenError, InvalidMessageError, NotFoundError, Vali
 import type { MemberStatus } from './coordinator.js'
 import { countersInRange, REMOVAL_BUMP, signClaim, verifyClaim, type Signer } from './member-claims.js'
 import type { PeerTransport } from './transport.js'
+import { MAX_CLOCK_SKEW_MS } from '../storage/version.js'
 
 export interface MemberRecord {
   peerId: string
@@ -105,6 +106,8 @@ export class Membership {
   private round = 0
   /** Senders reported lately (refused claims), and when: one line per sender per minute */
   private readonly reported = new Map<string, number>()
+  /** Each member's clock minus this node's, as last measured by a gossip round with it (ms) */
+  private readonly offsets = new Map<string, number>()
 
   constructor (components: MembershipComponents, init: MembershipInit = {}) {
     this.c = components
@@ -206,7 +209,10 @@ export class Membership {
     const self: MemberStatus = { peerId: this.c.peerId, state: this.self.left === true ? 'left' : 'alive', addresses: this.c.addresses(), lastSeen: this.now() }
     const others = [...this.known.values()]
       .sort((a, b) => a.peerId < b.peerId ? -1 : 1)
-      .map(k => ({ peerId: k.peerId, state: this.state(k), addresses: k.addresses, lastSeen: k.updatedAt }))
+      .map(k => {
+        const offset = this.offsets.get(k.peerId)
+        return { peerId: k.peerId, state: this.state(k), addresses: k.addresses, lastSeen: k.updatedAt, ...(offset === undefined ? {} : { clockOffsetMs: offset }) }
+      })
     return [self, ...others]
   }
 
@@ -313,9 +319,12 @@ export class Membership {
       if (this.c.connect !== undefined && (k === undefined || this.state(k) !== 'alive')) {
         await this.c.connect(peerId, addresses)
       }
-      const reply = await this.c.transport.request(peerId, 'membership', { type: 'gossip', view: this.view() }, { timeout: this.heartbeatMs * 2 })
-      this.merge(parseGossip(reply), peerId)
+      const sent = this.now()
+      const reply = parseGossipMessage(await this.c.transport.request(peerId, 'membership', { type: 'gossip', view: this.view(), now: sent }, { timeout: this.heartbeatMs * 2 }))
+      const received = this.now()
+      this.merge(reply.view, peerId)
       this.candidates.delete(peerId)
+      if (reply.now !== undefined && this.known.has(peerId)) this.measureClock(peerId, reply.now, sent, received)
     } catch (err) {
       this.c.log?.('gossip with %s failed: %s', peerId, (err as Error).message)
     }
@@ -333,7 +342,25 @@ export class Membership {
     }
     this.merge(view, from)
     this.checkChanges()
-    return { type: 'gossip', view: this.view() }
+    return { type: 'gossip', view: this.view(), now: this.now() }
+  }
+
+  /**
+   * Compares a member's clock, read while it answered, with this node's. The
+   * reading was taken somewhere within the round, so the offset is known to
+   * within half of it; a member is reported only when it is beyond the
+   * tolerated skew whatever the delays were.
+   */
+  private measureClock (peerId: string, theirs: number, sent: number, received: number): void {
+    const round = Math.max(0, received - sent)
+    const offset = Math.round(theirs - (sent + received) / 2)
+    this.offsets.set(peerId, offset)
+    if (Math.abs(offset) - round / 2 <= MAX_CLOCK_SKEW_MS) return
+    const seconds = Math.round(Math.abs(offset) / 1000)
+    const tolerated = `the network tolerates ${MAX_CLOCK_SKEW_MS / 1000} s`
+    this.report(`${peerId}/clock`, offset > 0
+      ? `member ${peerId}'s clock is ${seconds} s ahead of this node's (${tolerated}): its writes win conflicts they should not; fix its time (NTP)`
+      : `member ${peerId}'s clock is ${seconds} s behind this node's (${tolerated}): its writes lose conflicts they should win; fix its time, or this node's (NTP)`)
   }
 
   private view (): MemberRecord[] {
@@ -440,12 +467,25 @@ export class Membership {
 
 /** Checks a gossip message's shape; anything else is an InvalidMessageError */
 export function parseGossip (msg: unknown): MemberRecord[] {
-  const m = msg as { type?: unknown, view?: unknown }
+  return parseGossipMessage(msg).view
+}
+
+/** A gossip message: the view, and the sender's clock reading (ms since the epoch) when it sent one; older nodes do not */
+export function parseGossipMessage (msg: unknown): { view: MemberRecord[], now?: number } {
+  const m = msg as { type?: unknown, view?: unknown, now?: unknown }
   if (m === null || typeof m !== 'object' || m.type !== 'gossip' || !Array.isArray(m.view)) {
     throw new InvalidMessageError('membership: expected { type: "gossip", view: [...] }')
   }
-  if (m.view.length > MAX_VIEW) throw new InvalidMessageError(`membership: view of ${m.view.length} members exceeds ${MAX_VIEW}`)
-  return m.view.map((r: any) => {
+  if (m.now !== undefined && (!Number.isSafeInteger(m.now) || (m.now as number) < 0)) {
+    throw new InvalidMessageError('membership: malformed clock reading')
+  }
+  const view = parseView(m.view)
+  return m.now === undefined ? { view } : { view, now: m.now as number }
+}
+
+function parseView (list: unknown[]): MemberRecord[] {
+  if (list.length > MAX_VIEW) throw new InvalidMessageError(`membership: view of ${list.length} members exceeds ${MAX_VIEW}`)
+  return list.map((r: any) => {
     if (r === null || typeof r !== 'object' || typeof r.peerId !== 'string' || !PEER_ID_RE.test(r.peerId) ||
         !Array.isArray(r.addresses) || r.addresses.length > 64 || !r.addresses.every((a: unknown) => typeof a === 'string' && a.length < 512) ||
         !Number.isSafeInteger(r.incarnation) || !Number.isSafeInteger(r.heartbeat)) {

@@ -77,7 +77,7 @@ export function orderMutations (mutations: Mutation[], states: StateView, clock:
       parents = head === undefined ? [] : [head.version]
     }
     for (const v of parents) clock.observe(v)
-    const entry: VersionEntry = { table, id, token, version: clock.tick(), parents, row }
+    const entry: VersionEntry = { table, id, token, version: clock.tickAfter(parents), parents, row }
     if (m.writeId !== undefined) entry.writeId = m.writeId
     entries.push(entry)
     current.set(key, nextState(state, entry).after)

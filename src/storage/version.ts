@@ -13,8 +13,14 @@ export interface Hlc {
 const WALL_DIGITS = 15
 const COUNTER_DIGITS = 6
 const MAX_COUNTER = 999_999
-/** A remote clock further ahead than this is not adopted (a peer with a broken clock) */
+/**
+ * The clock skew the network tolerates: a remote clock further ahead than
+ * this is not followed (a peer with a broken clock would drag every node's
+ * versions ahead with it), and a member beyond it is logged (see membership).
+ * Its versions still sort after their parents (see `tickAfter`).
+ */
 export const MAX_CLOCK_DRIFT_MS = 60_000
+export const MAX_CLOCK_SKEW_MS = MAX_CLOCK_DRIFT_MS
 
 export function formatVersion (h: Hlc): string {
   return `${String(h.wall).padStart(WALL_DIGITS, '0')}.${String(h.counter).padStart(COUNTER_DIGITS, '0')}.${h.node}`
@@ -61,6 +67,24 @@ export class HybridClock {
       this.counter += 1
     }
     return formatVersion({ wall: this.wall, counter: this.counter, node: this.node })
+  }
+
+  /**
+   * A new version for a write with these parents, above every one of them even
+   * when a parent comes from a clock running ahead further than `observe`
+   * follows: then it is the greatest parent's successor (same wall, counter + 1,
+   * this node's tag), and the clock itself stays where it is.
+   */
+  tickAfter (parents: readonly string[]): string {
+    const version = this.tick()
+    let top: string | undefined
+    for (const p of parents) if (top === undefined || compareVersions(p, top) > 0) top = p
+    if (top === undefined || compareVersions(version, top) > 0) return version
+    const h = parseVersion(top)
+    if (h === undefined) return version
+    return h.counter >= MAX_COUNTER
+      ? formatVersion({ wall: h.wall + 1, counter: 0, node: this.node })
+      : formatVersion({ wall: h.wall, counter: h.counter + 1, node: this.node })
   }
 
   /** Folds a version seen from elsewhere into the clock */

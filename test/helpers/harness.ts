@@ -33,11 +33,18 @@ export interface Testnet {
   stop: () => Promise<void>
 }
 
+export interface TestnetOptions {
+  /** How far the i-th node's clock runs ahead of the real one (ms; negative: behind) */
+  clockAheadMs?: (i: number) => number
+  /** Where the i-th node's membership warnings go */
+  warn?: (i: number, line: string) => void
+}
+
 /**
  * Starts `size` nodes in this process over a MemoryNetwork, each with its
  * own LevelDB store in a temp dir, bootstrapped from the first.
  */
-export async function createTestnet (size: number, init: DistributedCoordinatorInit = {}, membership = { heartbeatMs: 50, suspectAfterMs: 300, downAfterMs: 800 }): Promise<Testnet> {
+export async function createTestnet (size: number, init: DistributedCoordinatorInit = {}, membership = { heartbeatMs: 50, suspectAfterMs: 300, downAfterMs: 800 }, opts: TestnetOptions = {}): Promise<Testnet> {
   const network = new MemoryNetwork()
   const dir = await mkdtemp(join(tmpdir(), 'ntk-net-'))
   const indexes = { ...Object.fromEntries(TABLES.map(t => [t.name, t.indexed])), [AUDIT_TABLE]: AUDIT_INDEXED }
@@ -49,8 +56,11 @@ export async function createTestnet (size: number, init: DistributedCoordinatorI
     const store = new Store({ path: join(dir, `n${i}`), sync: false, indexes, dataKey: await loadOrCreateKeyFile(join(dir, `n${i}.key`)) })
     await store.open()
     const transport = network.transport(peerId)
-    const m = new Membership({ transport, peerId, sign, addresses: () => [`/memory/${peerId}`] }, membership)
-    const clock = new HybridClock(nodeTag(peerId))
+    const ahead = opts.clockAheadMs?.(i) ?? 0
+    const now = (): number => Date.now() + ahead
+    const warn = opts.warn
+    const m = new Membership({ transport, peerId, sign, addresses: () => [`/memory/${peerId}`], now, ...(warn === undefined ? {} : { warn: (line: string) => { warn(i, line) } }) }, membership)
+    const clock = new HybridClock(nodeTag(peerId), now)
     const coordinator = new DistributedCoordinator({ store, clock, peerId, transport, membership: m }, { handoffIntervalMs: 100, timeoutMs: 1000, rebalanceDelayMs: 200, ...init })
     const db = new Database({ coordinator, peerId })
     if (i > 0) m.addCandidate(nodes[0]?.peerId as string)

@@ -778,3 +778,71 @@ describe('leaving the network', () => {
     await expect(t.request(rest[0]!.peerId, 'replica', { type: 'scan', table: 'patient_records', where: {}, limit: 10 })).rejects.toMatchObject({ code: 'FORBIDDEN' })
   })
 })
+
+describe('clock skew', () => {
+  it('logs a member whose clock runs 75 s ahead, once a minute, shows its offset, and keeps it a member', async () => {
+    const network = new MemoryNetwork()
+    const keys = [testIdentity(), testIdentity(), testIdentity()]
+    const [A, B, C] = keys.map(k => k.peerId) as [string, string, string]
+    const warned = new Map<string, string[]>([[A, []], [B, []], [C, []]])
+    const ms = keys.map(({ peerId, sign }) => new Membership({
+      transport: network.transport(peerId),
+      peerId,
+      sign,
+      addresses: () => [`/memory/${peerId}`],
+      warn: line => { warned.get(peerId)?.push(line) },
+      ...(peerId === C ? { now: () => Date.now() + 75_000 } : {})
+    }, { heartbeatMs: 20, suspectAfterMs: 400, downAfterMs: 1000 }))
+    const [a, b, c] = ms as [Membership, Membership, Membership]
+    b.addCandidate(A)
+    c.addCandidate(A)
+    for (const m of ms) m.start()
+    try {
+      await waitFor('A and B to measure C\'s clock, and C theirs', () =>
+        warned.get(A)!.some(l => l.includes(C)) && warned.get(B)!.some(l => l.includes(C)) &&
+        warned.get(C)!.some(l => l.includes(A)) && warned.get(C)!.some(l => l.includes(B)), 5000, 10)
+      for (const m of [a, b]) expect(m.isAlive(C) && c.isAlive(A) && c.isAlive(B)).toBe(true)
+      expect(warned.get(A)).toEqual([`member ${C}'s clock is 75 s ahead of this node's (the network tolerates 60 s): its writes win conflicts they should not; fix its time (NTP)`])
+      expect(warned.get(C)?.find(l => l.includes(A))).toMatch(/^member \S+'s clock is 75 s behind this node's \(the network tolerates 60 s\)/)
+      const offsets = new Map(a.members().map(m => [m.peerId, m.clockOffsetMs]))
+      expect(Math.abs((offsets.get(C) ?? 0) - 75_000)).toBeLessThan(1000)
+      expect(Math.abs(offsets.get(B) ?? Infinity)).toBeLessThan(1000)
+      // Many rounds later, still one line per member per minute.
+      await new Promise(resolve => setTimeout(resolve, 200))
+      expect(warned.get(A)).toHaveLength(1)
+      expect(warned.get(B)).toHaveLength(1)
+    } finally {
+      for (const m of ms) m.stop()
+    }
+  })
+
+  it('a node 75 s ahead is logged by the others, and a write over its version still sorts above it', async () => {
+    const warned: Array<[number, string]> = []
+    net = await createTestnet(3, { replicas: 3, writeQuorum: 2, readQuorum: 2 }, undefined, { clockAheadMs: i => i === 2 ? 75_000 : 0, warn: (i, line) => { warned.push([i, line]) } })
+    await net.converge(3)
+    const ahead = net.nodes[2]!
+    await waitFor('nodes 0 and 1 to log node 2\'s clock', () => [0, 1].every(i => warned.some(([j, l]) => j === i && l.startsWith(`member ${ahead.peerId}'s clock is 75 s ahead`))), 5000, 10)
+    let i = 1
+    while (ahead.coordinator.owners('patient_records', tokenOf(`patient_id:${i}`))[0] !== ahead.peerId) i++
+    const first = await net.nodes[0]!.db.insert('patient_records', patient(i))
+    // The primary is cut off: the next owner, on real time, orders the update over the version from the future.
+    net.network.down(ahead.peerId)
+    const second = await net.nodes[0]!.db.patch('patient_records', String(i), { address: 'New address' })
+    expect(second.version > first.version).toBe(true)
+    const r = await net.nodes[1]!.db.get('patient_records', String(i))
+    expect(r.row.address).toBe('New address')
+    expect(r.version).toBe(second.version)
+    net.network.up(ahead.peerId)
+  })
+
+  it('accepts gossip without a clock reading (older nodes) and refuses a malformed one', async () => {
+    const { parseGossipMessage } = await import('../../src/cluster/membership.js')
+    const peer = testIdentity().peerId
+    const view = [{ peerId: peer, addresses: [], incarnation: 1, heartbeat: 0 }]
+    expect(parseGossipMessage({ type: 'gossip', view })).toEqual({ view })
+    expect(parseGossipMessage({ type: 'gossip', view, now: 1_700_000_000_000 })).toEqual({ view, now: 1_700_000_000_000 })
+    for (const now of ['1', 1.5, -1, Number.MAX_SAFE_INTEGER + 2, null]) {
+      expect(() => parseGossipMessage({ type: 'gossip', view, now })).toThrow(/clock reading/)
+    }
+  })
+})

@@ -1,5 +1,9 @@
 import { describe, expect, it } from 'vitest'
 import { ID_EPOCH_MS, IdGenerator, idTime } from '../../src/query/ids.js'
+import { orderMutations } from '../../src/cluster/mutations.js'
+import { tokenOf } from '../../src/cluster/token.js'
+import { recordKey } from '../../src/storage/keys.js'
+import type { RecordState, VersionEntry } from '../../src/storage/store.js'
 import {
   HybridClock, MAX_CLOCK_DRIFT_MS, compareVersions, formatVersion, isVersion, nodeTag, parseVersion
 } from '../../src/storage/version.js'
@@ -72,6 +76,49 @@ describe('hybrid logical clock', () => {
     expect(parseVersion(clock.tick())).toEqual({ wall: T0, counter: 0, node: 'nodeA' })
     clock.observe(formatVersion({ wall: T0 + MAX_CLOCK_DRIFT_MS, counter: 0, node: 'nodeB' }))
     expect(parseVersion(clock.tick())).toEqual({ wall: T0 + MAX_CLOCK_DRIFT_MS, counter: 1, node: 'nodeA' })
+  })
+
+  it('makes a child above a parent from a clock 75 s ahead, without following that clock', () => {
+    const time = manualTime(T0)
+    const clock = new HybridClock('nodeA', time.now)
+    const parent = formatVersion({ wall: T0 + 75_000, counter: 3, node: 'ahead' })
+    clock.observe(parent)
+    const child = clock.tickAfter([formatVersion({ wall: T0 - 5, counter: 0, node: 'nodeB' }), parent])
+    expect(compareVersions(child, parent)).toBe(1)
+    expect(parseVersion(child)).toEqual({ wall: T0 + 75_000, counter: 4, node: 'nodeA' })
+    // The clock itself stays on local time: a write with no such parent is not dragged ahead.
+    expect(parseVersion(clock.tickAfter([]))).toEqual({ wall: T0, counter: 1, node: 'nodeA' })
+    // A parent at the counter's limit: the successor carries into the next millisecond.
+    const full = formatVersion({ wall: T0 + 75_000, counter: 999_999, node: 'ahead' })
+    expect(parseVersion(clock.tickAfter([full]))).toEqual({ wall: T0 + 75_001, counter: 0, node: 'nodeA' })
+  })
+
+  it('makes the same versions as tick for ordinary parents', () => {
+    const time = manualTime(T0)
+    const a = new HybridClock('nodeA', time.now)
+    const b = new HybridClock('nodeA', time.now)
+    const parents = [formatVersion({ wall: T0 - 1000, counter: 2, node: 'nodeB' }), formatVersion({ wall: T0 + 30_000, counter: 0, node: 'nodeC' })]
+    for (const p of parents) { a.observe(p); b.observe(p) }
+    expect(a.tickAfter(parents)).toBe(b.tick())
+    time.set(T0 + 40_000)
+    expect(a.tickAfter(parents)).toBe(b.tick())
+    expect(a.tickAfter([])).toBe(b.tick())
+  })
+
+  it('orders a write over a head from a clock 75 s ahead above that head', () => {
+    const time = manualTime(T0)
+    const clock = new HybridClock('nodeA', time.now)
+    const token = tokenOf('patient_id:1')
+    const head: VersionEntry = { table: 'notes', id: 'n1', token, version: formatVersion({ wall: T0 + 75_000, counter: 0, node: 'ahead' }), parents: [], row: { text: 'a' } }
+    const state: RecordState = { table: 'notes', id: 'n1', token, heads: [head], seen: [head.version], superseded: [] }
+    const key = recordKey(token, 'notes', 'n1')
+    const { entries } = orderMutations([
+      { op: 'put', table: 'notes', id: 'n1', shard: 'patient_id:1', row: { text: 'b' } },
+      { op: 'put', table: 'notes', id: 'n1', shard: 'patient_id:1', row: { text: 'c' } }
+    ], { get: k => k === key ? state : undefined }, clock)
+    expect(entries.map(e => e.parents)).toEqual([[head.version], [entries[0]?.version]])
+    expect(compareVersions(entries[0]?.version ?? '', head.version)).toBe(1)
+    expect(compareVersions(entries[1]?.version ?? '', entries[0]?.version ?? '')).toBe(1)
   })
 
   it('ignores what is not a version', () => {
