@@ -32,10 +32,20 @@ export interface RecordState {
   id: string
   token: string
   heads: VersionEntry[]
-  /** Every version this replica has stored for the record */
+  /**
+   * Every version this replica has stored for the record, newer than `horizon`,
+   * and every head whatever its age
+   */
   seen: string[]
-  /** Versions that some stored version replaces: never a head again */
+  /** Versions newer than `horizon` that some stored version replaces: never a head again */
   superseded: string[]
+  /**
+   * The newest version whose ancestry this replica keeps outside the record
+   * (format 4): what it has seen or knows replaced up to here is looked up in
+   * the store, one key per version, not listed. Absent while the lists are
+   * short; a state without it lists everything.
+   */
+  horizon?: string
 }
 
 /** A hint kept for a peer: versions it missed, or (with `entries` empty) a purge it missed */
@@ -95,6 +105,8 @@ export interface StoreInit {
    * @default false
    */
   plaintext?: boolean
+  /** Progress of a migration at open (a format-3 store rewritten as format 4) */
+  log?: (message: string) => void
 }
 
 /** `purged`: a version of a record erased here, refused (see Store.purge) */
@@ -124,16 +136,19 @@ export type MergeOutcome = 'merged' | 'known'
  * are superseded, and the heads are what no stored version replaces, newest
  * first. `replaced` are the heads this version took the place of.
  */
-export function nextState (before: RecordState | undefined, entry: VersionEntry): { after: RecordState, isHead: boolean, replaced: VersionEntry[] } {
+export function nextState (before: RecordState | undefined, entry: VersionEntry, knownReplaced = false): { after: RecordState, isHead: boolean, replaced: VersionEntry[] } {
   const seen = [...(before?.seen ?? []), entry.version]
   const superseded = [...new Set([...(before?.superseded ?? []), ...entry.parents])]
   const gone = new Set(superseded)
-  const isHead = !gone.has(entry.version)
+  // `knownReplaced`: the store knows the version replaced from what it keeps below the record's horizon.
+  const isHead = !gone.has(entry.version) && !knownReplaced
   const heads: VersionEntry[] = isHead ? [entry] : []
   const replaced: VersionEntry[] = []
   for (const h of before?.heads ?? []) (gone.has(h.version) ? replaced : heads).push(h)
   heads.sort((a, b) => compareVersions(b.version, a.version))
-  return { after: { table: entry.table, id: entry.id, token: entry.token, heads, seen, superseded }, isHead, replaced }
+  const after: RecordState = { table: entry.table, id: entry.id, token: entry.token, heads, seen, superseded }
+  if (before?.horizon !== undefined) after.horizon = before.horizon
+  return { after, isHead, replaced }
 }
 
 /**
@@ -152,7 +167,7 @@ export function mergeStates (states: Array<RecordState | undefined>): RecordStat
       if (!superseded.has(h.version)) heads.set(h.version, h)
     }
   }
-  return {
+  const merged: RecordState = {
     table: first.table,
     id: first.id,
     token: first.token,
@@ -160,6 +175,9 @@ export function mergeStates (states: Array<RecordState | undefined>): RecordStat
     seen: [...new Set(present.flatMap(s => s.seen))],
     superseded: [...superseded]
   }
+  // Below the newest horizon some replica's lists are incomplete.
+  for (const s of present) if (s.horizon !== undefined && (merged.horizon === undefined || s.horizon > merged.horizon)) merged.horizon = s.horizon
+  return merged
 }
 
 /** The winning head: the highest version */
@@ -184,6 +202,12 @@ export class Store {
   private readonly meta: Sub
   private readonly hints: Sub
   private readonly purges: Sub
+  /**
+   * A record's ancestry below its horizon (format 4): key `<record key>!<version>`,
+   * value 1 for a version seen here (and replaced), 0 for one only known replaced
+   */
+  private readonly known: Sub
+  private readonly log?: (message: string) => void
   /** Purge markers by record key (few: purges are rare), consulted on every apply and merge */
   private readonly purged = new Map<string, PurgeMarker>()
   private hintSeq = 0
@@ -213,6 +237,8 @@ export class Store {
     this.meta = this.db.sublevel<string, any>('m', { valueEncoding: 'json' }) as Sub
     this.hints = this.db.sublevel<string, any>('x', { valueEncoding: 'json' }) as Sub
     this.purges = this.db.sublevel<string, any>('p', { valueEncoding: 'json' }) as Sub
+    this.known = this.db.sublevel<string, any>('k', { valueEncoding: 'json' }) as Sub
+    if (init.log !== undefined) this.log = init.log
     this.indexes = init.indexes ?? {}
     this.plaintext = init.plaintext === true
     this.sync = init.sync ?? true
@@ -254,13 +280,14 @@ export class Store {
     const format = await this.meta.get('format')
     if (format === undefined) {
       await this.meta.put('format', STORE_FORMAT)
-    } else if (format !== STORE_FORMAT) {
+    } else if (format !== STORE_FORMAT && format !== 3) {
       await this.db.close()
       this.state = 'closed'
       throw new NtsoekheError('INTERNAL', `The store at ${this.db.location} has format ${String(format)}; this version reads format ${STORE_FORMAT}`)
     }
     try {
       await this.openFieldEncryption()
+      if (format === 3) await this.migrateToFormat4()
     } catch (err) {
       await this.db.close()
       this.state = 'closed'
@@ -319,6 +346,22 @@ export class Store {
     const out: VersionEntry[] = [...this._get(table, token, id)?.heads ?? []]
     for await (const value of this.history.values({ gt: prefix, lt: prefix + '\xff' })) out.push(this.openEntry(value))
     return out.sort((a, b) => compareVersions(a.version, b.version))
+  }
+
+  /**
+   * What this replica knows of one version of a record: whether it has seen
+   * it (stored it, or learned it from a peer's state) and whether some version
+   * it knows replaces it. A version below the record's horizon costs one
+   * LevelDB read.
+   */
+  async knows (table: string, token: string, id: string, version: string): Promise<{ seen: boolean, replaced: boolean }> {
+    this.checkOpen()
+    const state = this._get(table, token, id)
+    const old = this.oldKnown(recordKey(token, table, id), state, version)
+    return {
+      seen: state?.seen.includes(version) === true || old === 1,
+      replaced: state?.superseded.includes(version) === true || old !== undefined
+    }
   }
 
   /**
@@ -451,17 +494,25 @@ export class Store {
           s = { ...s, heads, seen: s.seen.filter(v => v > marker.version), superseded: s.superseded.filter(v => v > marker.version) }
         }
         const before = states.has(key) ? states.get(key) : this._get(s.table, s.token, s.id)
-        const seen = new Set(before?.seen ?? [])
+        const seenList = new Set(before?.seen ?? [])
         const known = new Set(before?.superseded ?? [])
-        if (s.seen.every(v => seen.has(v)) && s.superseded.every(v => known.has(v)) && s.heads.every(h => seen.has(h.version))) {
+        // Versions below the record's horizon are looked up where the store keeps them.
+        const seen = (v: string): boolean => seenList.has(v) || this.oldKnown(key, before, v, ops) === 1
+        const replacedHere = (v: string): boolean => known.has(v) || this.oldKnown(key, before, v, ops) !== undefined
+        if (s.seen.every(seen) && s.superseded.every(replacedHere) && s.heads.every(h => seen(h.version))) {
           states.set(key, before)
           return 'known'
         }
         const after = mergeStates([before, s]) as RecordState
+        const mine = new Set(before?.heads.map(h => h.version))
+        after.heads = after.heads.filter(h => mine.has(h.version) || !replacedHere(h.version))
+        if (before?.horizon === undefined) delete after.horizon
+        else after.horizon = before.horizon
+        this.compactKnown(key, before?.horizon, after, ops)
         const kept = new Set(after.heads.map(h => h.version))
         // Local heads the peer knows replaced, and the peer's heads this replica knows replaced, become history.
         for (const h of before?.heads ?? []) if (!kept.has(h.version)) ops.push(put(this.history, key + SEP + h.version, this.sealEntry(h)))
-        for (const h of s.heads) if (!kept.has(h.version) && !seen.has(h.version)) ops.push(put(this.history, key + SEP + h.version, this.sealEntry(h)))
+        for (const h of s.heads) if (!kept.has(h.version) && !seen(h.version)) ops.push(put(this.history, key + SEP + h.version, this.sealEntry(h)))
         states.set(key, after)
         ops.push(put(this.records, key, this.encodeRecord(after)))
         this.stageIndexes(before, after, ops)
@@ -492,6 +543,7 @@ export class Store {
       if (current.seen.length !== was.size || !current.seen.every(v => was.has(v))) return false
       const ops: BatchOp[] = [del(this.records, key)]
       for await (const k of this.history.keys({ gt: key + SEP, lt: key + SEP + '\xff' })) ops.push(del(this.history, k))
+      for await (const k of this.known.keys({ gt: key + SEP, lt: key + SEP + '\xff' })) ops.push(del(this.known, k))
       const row = winner(current)?.row ?? null
       if (row !== null) {
         const pos = current.token + SEP + current.id
@@ -529,6 +581,7 @@ export class Store {
       const historyKeys: string[] = []
       for await (const k of this.history.keys({ gt: key + SEP, lt: key + SEP + '\xff' })) historyKeys.push(k)
       for (const k of historyKeys) ops.push(del(this.history, k))
+      for await (const k of this.known.keys({ gt: key + SEP, lt: key + SEP + '\xff' })) ops.push(del(this.known, k))
       const pos = marker.token + SEP + marker.id
       if (this.tables.getSync(marker.table + SEP + pos) !== undefined) ops.push(del(this.tables, marker.table + SEP + pos))
       const indexKeys = new Set<string>()
@@ -600,16 +653,18 @@ export class Store {
     // write that read the row before the purge): only a new row, with no parents, comes after it.
     if (marker !== undefined && (entry.version <= marker.version || entry.parents.some(p => p <= marker.version))) return 'purged'
     const before = states.get(key)
-    if (before?.seen.includes(entry.version) === true) {
+    const old = this.oldKnown(key, before, entry.version, ops)
+    if (before?.seen.includes(entry.version) === true || old === 1) {
       // Known, but perhaps only by id (a state merged from a peer): keep the version itself in history.
-      if (before.heads.some(h => h.version === entry.version)) return 'duplicate'
+      if (before?.heads.some(h => h.version === entry.version) === true) return 'duplicate'
       const historyKey = key + SEP + entry.version
       if (this.history.getSync(historyKey) !== undefined || ops.some(op => op.key === this.history.prefix + historyKey)) return 'duplicate'
       ops.push(put(this.history, historyKey, this.sealEntry(entry)))
       return 'history'
     }
 
-    const { after, isHead, replaced } = nextState(before, entry)
+    const { after, isHead, replaced } = nextState(before, entry, old !== undefined)
+    this.compactKnown(key, before?.horizon, after, ops)
     // A version that a stored version already replaces is history, not a head;
     // a head this version replaces moves from the record to history.
     for (const h of isHead ? replaced : [entry, ...replaced]) ops.push(put(this.history, key + SEP + h.version, this.sealEntry(h)))
@@ -939,6 +994,85 @@ export class Store {
     if (written > 0) await compact(this.db)
   }
 
+  /**
+   * What the store keeps of a version below a record's horizon: 1 seen here
+   * (and replaced), 0 only known replaced, undefined neither (or not below
+   * the horizon: the record's own lists say). Looks first in `ops`, the batch
+   * being built, for what it has just moved there.
+   */
+  private oldKnown (key: string, state: RecordState | undefined, version: string, ops?: BatchOp[]): 0 | 1 | undefined {
+    if (state?.horizon === undefined || version > state.horizon) return undefined
+    const k = key + SEP + version
+    if (ops !== undefined) {
+      const full = this.known.prefix + k
+      for (let i = ops.length - 1; i >= 0; i--) {
+        const op = ops[i] as BatchOp
+        if (op.key === full) return op.type === 'put' ? JSON.parse(op.value as string) as 0 | 1 : undefined
+      }
+    }
+    return this.known.getSync(k) as 0 | 1 | undefined
+  }
+
+  /**
+   * Keeps a record's lists to its heads and the newest KNOWN_WINDOW other
+   * versions: older ones move to the `known` sublevel (in `ops`, the batch
+   * that writes the record) and the horizon rises to the newest moved. A
+   * version already kept there is not written again, unless it was only
+   * known replaced and is now seen.
+   */
+  private compactKnown (key: string, horizon: string | undefined, state: RecordState, ops: BatchOp[]): boolean {
+    const compacted = compactLists(state.heads.map(h => h.version), state.seen, state.superseded, horizon)
+    if (compacted === undefined) {
+      if (horizon !== undefined) state.horizon = horizon
+      return false
+    }
+    const stateBefore = horizon === undefined ? undefined : { ...state, horizon }
+    for (const [v, seen] of compacted.moved) {
+      const was = this.oldKnown(key, stateBefore, v, ops)
+      if (was !== undefined && was >= seen) continue
+      ops.push(put(this.known, key + SEP + v, seen))
+    }
+    state.seen = compacted.seen
+    state.superseded = compacted.superseded
+    state.horizon = compacted.horizon
+    return true
+  }
+
+  /**
+   * Rewrites a format-3 store as format 4: each record's lists compacted
+   * (see compactKnown), a record and what it moves in one batch, so a run cut
+   * short leaves every record whole and the next open finishes it (a record
+   * already compacted is left as it is). The format marker changes last.
+   */
+  private async migrateToFormat4 (): Promise<void> {
+    const started = Date.now()
+    this.log?.(`store: migrating ${this.db.location} from format 3 to format 4 (bounded record metadata)`)
+    let ops: BatchOp[] = []
+    let read = 0
+    let rewritten = 0
+    let reported = 0
+    for await (const [k, v] of this.records.iterator()) {
+      const stored = v as StoredRecord
+      read++
+      const state = { heads: stored.heads, seen: stored.seen, superseded: stored.superseded, ...(stored.horizon === undefined ? {} : { horizon: stored.horizon }) } as unknown as RecordState
+      if (this.compactKnown(k, stored.horizon, state, ops)) {
+        ops.push(put(this.records, k, { ...stored, seen: state.seen, superseded: state.superseded, horizon: state.horizon }))
+        rewritten++
+      }
+      if (ops.length >= MIGRATE_BATCH) {
+        await writeBatch(this.db, ops, true)
+        ops = []
+      }
+      if (read - reported >= MIGRATE_REPORT) {
+        reported = read
+        this.log?.(`store: format 4 migration: ${read} records read, ${rewritten} rewritten`)
+      }
+    }
+    ops.push(put(this.meta, 'format', STORE_FORMAT))
+    await writeBatch(this.db, ops, true)
+    this.log?.(`store: format 4 migration done: ${read} records read, ${rewritten} rewritten in ${((Date.now() - started) / 1000).toFixed(1)} s`)
+  }
+
   /** A row version as stored: its sensitive columns sealed together under one key, SEALED_KEY */
   private sealRow (table: string, id: string, version: string, row: Row | null): StoredRow | null {
     const columns = sensitiveColumns(table)
@@ -985,7 +1119,8 @@ export class Store {
     return {
       heads: state.heads.map(h => ({ version: h.version, parents: h.parents, row: this.sealRow(state.table, state.id, h.version, h.row), ...(h.writeId === undefined ? {} : { writeId: h.writeId }) })),
       seen: state.seen,
-      superseded: state.superseded
+      superseded: state.superseded,
+      ...(state.horizon === undefined ? {} : { horizon: state.horizon })
     }
   }
 
@@ -996,7 +1131,8 @@ export class Store {
       token,
       heads: value.heads.map(h => ({ table, id, token, version: h.version, parents: h.parents, row: this.openRow(table, id, h.version, h.row, legacy), ...(h.writeId === undefined ? {} : { writeId: h.writeId }) })),
       seen: value.seen,
-      superseded: value.superseded
+      superseded: value.superseded,
+      ...(value.horizon === undefined ? {} : { horizon: value.horizon })
     }
   }
 
@@ -1071,8 +1207,18 @@ async function compactKeys (db: Level<string, any>, keys: string[]): Promise<voi
 
 const DEFAULT_WRITE_BUFFER = 16 * 1024 * 1024
 
-/** Bumped when the on-disk layout changes; a store of another format refuses to open */
-export const STORE_FORMAT = 3
+/**
+ * Bumped when the on-disk layout changes; a store of another format refuses
+ * to open, except format 3, which is migrated in place (see migrateToFormat4)
+ */
+export const STORE_FORMAT = 4
+
+/**
+ * Versions a record lists in `seen` / `superseded` besides its heads; older
+ * ones are kept in the `known` sublevel, so a record's size and the cost of a
+ * write stay the same however many versions it has had
+ */
+export const KNOWN_WINDOW = 64
 
 /** A row as stored: sensitive columns sealed together under SEALED_KEY (see FieldCipher) */
 type StoredRow = Record<string, Value>
@@ -1082,6 +1228,7 @@ interface StoredRecord {
   heads: Array<{ version: string, parents: string[], row: StoredRow | null, writeId?: string }>
   seen: string[]
   superseded: string[]
+  horizon?: string
 }
 
 /** A version as stored in history and hints */
@@ -1095,8 +1242,35 @@ interface SummaryChange { token: string, digest: Buffer }
 
 /** The meta key of the field-encryption format: `{ fields: 0 }` in the clear, `{ fields: 1, check }` AES-256-GCM v1 */
 const FIELD_ENCRYPTION_KEY = 'fieldEncryption'
-/** Operations per batch while a store is encrypted in place */
+/** Operations per batch while a store is encrypted in place, or migrated to format 4 */
 const MIGRATE_BATCH = 1000
+/** Records between progress lines of a format migration */
+const MIGRATE_REPORT = 10_000
+
+/**
+ * A record's lists kept to its heads and the newest KNOWN_WINDOW other
+ * versions above `horizon`: the rest is `moved` (1 seen, 0 only known
+ * replaced), and the horizon is the newest of them. Undefined when nothing
+ * moves.
+ */
+export function compactLists (heads: string[], seen: string[], superseded: string[], horizon: string | undefined): { seen: string[], superseded: string[], horizon: string, moved: Array<[string, 0 | 1]> } | undefined {
+  const headSet = new Set(heads)
+  const seenSet = new Set(seen)
+  const listed = [...new Set([...seen, ...superseded])].filter(v => !headSet.has(v))
+  if (listed.length <= KNOWN_WINDOW && (horizon === undefined || listed.every(v => v > horizon))) return undefined
+  listed.sort((a, b) => compareVersions(b, a))
+  let top = horizon
+  let kept = 0
+  const moved: Array<[string, 0 | 1]> = []
+  for (const v of listed) {
+    if (kept < KNOWN_WINDOW && (horizon === undefined || v > horizon)) { kept++; continue }
+    moved.push([v, seenSet.has(v) ? 1 : 0])
+    if (top === undefined || v > top) top = v
+  }
+  if (moved.length === 0 || top === undefined) return undefined
+  const gone = new Set(moved.map(([v]) => v))
+  return { seen: seen.filter(v => !gone.has(v)), superseded: superseded.filter(v => !gone.has(v)), horizon: top, moved }
+}
 
 function put (sublevel: Sub, key: string, value: unknown): BatchOp {
   return { type: 'put', key: sublevel.prefix + key, value: JSON.stringify(value) }

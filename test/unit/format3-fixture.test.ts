@@ -1,7 +1,8 @@
 import { cp, readFile } from 'node:fs/promises'
 import { join } from 'node:path'
 import { afterEach, beforeEach, describe, expect, it } from 'vitest'
-import { Store, type VersionEntry } from '../../src/storage/store.js'
+import { Level } from 'level'
+import { KNOWN_WINDOW, Store, type VersionEntry } from '../../src/storage/store.js'
 import { tempDir, type TempDir } from '../helpers/temp.js'
 
 /** The fixture's data key (see test/fixtures/make-format3-store.mjs) */
@@ -56,5 +57,71 @@ describe('store: a format-3 store', () => {
     } finally {
       await store.close()
     }
+  })
+})
+
+describe('store: migration from format 3', () => {
+  it('compacts long records, keeps what each replica knew of every version, logs its progress, and runs once', async () => {
+    const records = await expected()
+    const lines: string[] = []
+    const store = new Store({ path, sync: false, indexes: INDEXES, dataKey: KEY, log: m => lines.push(m) })
+    await store.open()
+    try {
+      expect(lines[0]).toMatch(/migrating .* from format 3 to format 4/)
+      expect(lines.at(-1)).toMatch(/migration done: 36 records read, 1 rewritten/)
+      const long = records.find(r => r.table === 'patient_records' && r.id === '21') as Expected
+      expect(long.seen.length).toBe(150)
+      const state = await store.get('patient_records', long.token, '21')
+      expect(state?.seen.length).toBeLessThanOrEqual(KNOWN_WINDOW + 1)
+      expect(state?.horizon).toBeDefined()
+      for (const r of records) {
+        const superseded = new Set(r.superseded)
+        for (const v of new Set([...r.seen, ...r.superseded])) {
+          expect(await store.knows(r.table, r.token, r.id, v)).toEqual({ seen: r.seen.includes(v), replaced: superseded.has(v) })
+        }
+      }
+    } finally {
+      await store.close()
+    }
+    lines.length = 0
+    const again = new Store({ path, sync: false, indexes: INDEXES, dataKey: KEY, log: m => lines.push(m) })
+    await again.open()
+    await again.close()
+    expect(lines).toEqual([])
+  })
+
+  it('finishes at the next start a migration cut short', async () => {
+    const records = await expected()
+    const long = records.find(r => r.table === 'patient_records' && r.id === '21') as Expected
+    const recordKey = `${long.token}!patient_records!21`
+    // The record as format 3 wrote it, then the whole store migrated, then put back as it was:
+    // what a crash leaves when the batch of that record had not been written.
+    let raw = new Level<string, string>(path)
+    const old = await raw.get(`!r!${recordKey}`) as string
+    await raw.close()
+    const first = new Store({ path, sync: false, indexes: INDEXES, dataKey: KEY })
+    await first.open()
+    await first.close()
+    raw = new Level<string, string>(path)
+    const knownBefore = await raw.keys({ gt: '!k!', lt: '!k!\xff' }).all()
+    await raw.batch([{ type: 'put', key: `!r!${recordKey}`, value: old }, { type: 'put', key: '!m!format', value: '3' }])
+    await raw.close()
+    const lines: string[] = []
+    const store = new Store({ path, sync: false, indexes: INDEXES, dataKey: KEY, log: m => lines.push(m) })
+    await store.open()
+    try {
+      expect(lines.at(-1)).toMatch(/36 records read, 1 rewritten/)
+      for (const r of records) {
+        expect((await store.get(r.table, r.token, r.id))?.heads).toEqual(r.heads)
+        expect(await store.versions(r.table, r.token, r.id)).toEqual(r.versions)
+        for (const v of r.seen) expect((await store.knows(r.table, r.token, r.id, v)).seen).toBe(true)
+      }
+    } finally {
+      await store.close()
+    }
+    raw = new Level<string, string>(path)
+    expect(await raw.keys({ gt: '!k!', lt: '!k!\xff' }).all()).toEqual(knownBefore)
+    expect(await raw.get('!m!format')).toBe('4')
+    await raw.close()
   })
 })
