@@ -331,3 +331,77 @@ describe('store: lifecycle', () => {
     expect(await store.countRows()).toEqual({ appointments: 500 })
   })
 })
+
+describe('store: record metadata stays small (format 4)', () => {
+  /** The record as LevelDB holds it, in bytes (read with the store closed) */
+  async function encodedSize (id: number): Promise<number> {
+    await store.close()
+    const db = new Level<string, string>(path)
+    try {
+      const value = await db.get(`!r!${DOCTOR_7}!appointments!${id}`, { valueEncoding: 'utf8' }) as string
+      return Buffer.byteLength(value)
+    } finally {
+      await db.close()
+      store = new Store({ path, sync: false, indexes: INDEXES, dataKey: KEY })
+      await store.open()
+    }
+  }
+
+  /** Updates appointment `id` `n` times over its head; returns the LevelDB operations the last 10 wrote */
+  async function update (id: number, n: number): Promise<number> {
+    let opsBefore = 0
+    for (let i = 0; i < n; i++) {
+      if (i === n - 10) opsBefore = store.commits.ops
+      const head = (await store.get('appointments', DOCTOR_7, String(id)))?.heads[0]
+      await store.apply([entry(id, head === undefined ? [] : [head.version], { ...appointment(id), purpose: `visit ${i}` })])
+    }
+    return store.commits.ops - opsBefore
+  }
+
+  it('keeps a row updated 2,000 times under a fixed size, at the same cost per write as after 100', async () => {
+    const opsAt100 = await update(1, 100)
+    const sizeAt100 = await encodedSize(1)
+    const opsAt2000 = await update(1, 1900)
+    const sizeAt2000 = await encodedSize(1)
+    expect(sizeAt2000).toBeLessThan(8 * 1024)
+    // The same length of lists, versions of the same length: only the row's `visit <n>` may differ.
+    expect(Math.abs(sizeAt2000 - sizeAt100)).toBeLessThanOrEqual(4)
+    expect(opsAt2000).toBe(opsAt100)
+    const versions = await store.versions('appointments', DOCTOR_7, '1')
+    expect(versions).toHaveLength(2000)
+    expect(versions.at(-1)?.row?.purpose).toBe('visit 1899')
+    const state = await store.get('appointments', DOCTOR_7, '1')
+    expect(state?.heads).toHaveLength(1)
+    expect(state?.horizon).toBeDefined()
+    for (const v of [versions[0]!, versions[500]!, versions[1990]!]) {
+      expect(await store.knows('appointments', DOCTOR_7, '1', v.version)).toEqual({ seen: true, replaced: true })
+    }
+  })
+
+  it('knows an old version again by what it keeps below the horizon: a duplicate, never a head', async () => {
+    await update(1, 200)
+    const versions = await store.versions('appointments', DOCTOR_7, '1')
+    const old = versions[3]!
+    expect(await store.apply([old])).toEqual(['duplicate'])
+    // A peer's state naming an old version as a head does not bring it back either.
+    const state = (await store.get('appointments', DOCTOR_7, '1'))!
+    expect(await store.merge([{ ...state, heads: [old], seen: [old.version], superseded: [] }])).toEqual(['known'])
+    expect((await store.get('appointments', DOCTOR_7, '1'))?.heads.map(h => h.version)).toEqual([versions.at(-1)!.version])
+  })
+
+  it('takes a late version older than the horizon that nothing replaces as a conflict, and keeps its ancestry', async () => {
+    await update(1, 200)
+    const versions = await store.versions('appointments', DOCTOR_7, '1')
+    // Written long ago on a node cut off since, over version 2: older than the horizon, replaced by nothing.
+    const late: VersionEntry = { table: 'appointments', id: '1', token: DOCTOR_7, version: versions[2]!.version.replace('.test', '.late'), parents: [versions[1]!.version], row: { ...appointment(1), purpose: 'late' } }
+    expect(late.version < (await store.get('appointments', DOCTOR_7, '1'))!.horizon!).toBe(true)
+    expect(await store.apply([late])).toEqual(['applied'])
+    const state = (await store.get('appointments', DOCTOR_7, '1'))!
+    expect(state.heads.map(h => h.version)).toEqual([versions.at(-1)!.version, late.version])
+    expect(await store.apply([late])).toEqual(['duplicate'])
+    // Resolved by a write naming both heads.
+    await store.apply([entry(1, state.heads.map(h => h.version), appointment(1))])
+    expect((await store.get('appointments', DOCTOR_7, '1'))?.heads).toHaveLength(1)
+    expect(await store.knows('appointments', DOCTOR_7, '1', late.version)).toEqual({ seen: true, replaced: true })
+  })
+})
