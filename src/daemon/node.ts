@@ -114,7 +114,7 @@ export class NtsoekheNode {
     const secure = this.init.security !== false
     if (!secure) this.logger.warn('SECURITY OFF (--security-off --test): no authentication, no access rules, no encryption at rest, no audit trail. For measurements only')
     const keying = secure ? { dataKey: await loadOrCreateDataKey(this.home) } : { plaintext: true as const }
-    this.store = new Store({ path: join(this.home, 'store'), sync: this.config.storage.sync, writeBufferBytes: this.config.storage.writeBufferMb * 1024 * 1024, indexes, ...keying })
+    this.store = new Store({ path: join(this.home, 'store'), sync: this.config.storage.sync, writeBufferBytes: this.config.storage.writeBufferMb * 1024 * 1024, indexes, ...keying, log: msg => { this.logger.info({ component: 'store' }, msg) } })
     await this.store.open()
 
     const net = this.config.network
