@@ -187,8 +187,14 @@ describe('anti-entropy', () => {
       return n
     }
     expect(await missing()).toBeGreaterThan(0)
-    const result = await away.coordinator.antiEntropy.repair()
-    expect(result.recordsSent).toBeGreaterThan(0)
+    // One round repairs it; on a loaded machine a peer's sync may time out, and the next round does it.
+    let sent = 0
+    for (let round = 0; round < 3 && await missing() > 0; round++) {
+      const result = await away.coordinator.antiEntropy.repair()
+      sent += result.recordsSent
+      if (result.failed === 0) break
+    }
+    expect(sent).toBeGreaterThan(0)
     expect(await missing()).toBe(0)
     for (let i = 1; i <= 40; i++) {
       const token = tokenOf(`patient_id:${i}`)
