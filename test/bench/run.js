@@ -515,6 +515,14 @@ async function healing (ctx) {
   log('healing: join: starting a fourth node')
   const joiner = await ctx.spawnDaemon(['--join', invite])
   const all = [...nodes, joiner]
+  // Its first seconds it may not know the network's users yet (the token is refused): wait, bounded, for it to.
+  const knows = Date.now() + START_TIMEOUT
+  for (;;) {
+    const res = await send(new Agent(), joiner.socket, 'GET', '/v1/status')
+    if (res.status === 200) break
+    if (Date.now() > knows) throw new Error(`the joining node still answers ${res.status} after ${START_TIMEOUT} ms: ${res.body}`)
+    await sleep(100)
+  }
   const joinStart = performance.now()
   let zeroAt = joinStart
   let changedAt = joinStart
