@@ -41,6 +41,10 @@ describe('sloppy quorum at consistency one', () => {
     expect(seen.row.address).toBe('Clinic, updated')
     expect(seen.version).toBe(updated.version)
     expect((await x.db.history('patient_records', String(i), { consistency: 'one' })).map(h => h.version)).toEqual([inserted.version, updated.version])
+    // A row found through a locator (claimed first, itself at one) works the same way.
+    const visit = { history_id: 900 + i, patient_id: i, diagnosis: 'Flu', treatment: 'Rest', date_of_visit: '2024-01-02T10:00:00Z' }
+    await x.db.insert('medical_history', visit, { consistency: 'one' })
+    expect((await x.db.get('medical_history', String(900 + i), { consistency: 'one' })).row.diagnosis).toBe('Flu')
     // Kept as hints for every owner; quorum reads through the clinic still need the owners.
     for (const o of owners) expect(x.store.hintCount(o.peerId)).toBeGreaterThan(0)
     await expect(x.db.get('patient_records', String(i))).rejects.toMatchObject({ code: 'UNAVAILABLE' })
@@ -61,6 +65,7 @@ describe('sloppy quorum at consistency one', () => {
     expect(addresses).toEqual(new Set(['Clinic, updated', 'Majority']))
     const history = (await majority.db.history('patient_records', String(i), { consistency: 'all' })).map(h => h.version)
     expect(history).toEqual(expect.arrayContaining([inserted.version, updated.version, other.version]))
+    await waitFor('the visit to reach its owners', async () => (await majority.db.get('medical_history', String(900 + i), { consistency: 'all' }).catch(() => undefined))?.row.diagnosis === 'Flu')
     // The clinic's own copy goes once every owner has it.
     await waitFor('the clinic to hand over and drop its copy', async () => await x.store.get('patient_records', token, String(i)) === undefined && x.store.hintCount() === 0)
   }, 30_000)
