@@ -117,6 +117,8 @@ export class DistributedCoordinator implements Coordinator {
   /** Rebalances in a row that could not hand everything off (the retry waits longer each time) */
   private rebalanceFailures = 0
   private stopped = false
+  /** Copies of records this node does not own were written here at `one` (sloppyWrite): a rebalance after the next handoff moves them */
+  private sloppyHeld = false
   /** Records whose local commit failed after their write was ordered (`table/id`): caught up before the next write */
   private readonly missed = new Set<string>()
 
@@ -317,6 +319,7 @@ export class DistributedCoordinator implements Coordinator {
     }
     if (this.stopped) return
     if (stats.failed === 0) {
+      this.sloppyHeld = false
       this.placedFor = members
       this.rebalanceFailures = 0
       await this.c.store.putMeta(PLACED_FOR_KEY, members).catch(err => { this.c.log?.('saving the placed ring failed: %s', (err as Error).message) })
@@ -401,13 +404,28 @@ export class DistributedCoordinator implements Coordinator {
     let lastError: unknown
     // After an owner failed, the write may have landed there before it went silent: later owners are told so.
     let retry = false
+    // At `one` the owners share one replication timeout: past it (owners cut off but not yet marked
+    // suspect), the write is kept here as a hint for them (sloppyWrite) rather than refused.
+    const one = options.consistency === 'one'
+    const deadline = Date.now() + this.timeoutMs
     for (const primary of this.byLiveness(owners, false)) {
       if (primary === this.c.peerId) return await this.coordinateWrite(mutations, options.consistency, retry)
+      if (one && Date.now() >= deadline) continue
       try {
         const msg = { type: 'write', mutations, ...(options.consistency === undefined ? {} : { consistency: options.consistency }), ...(retry ? { retry } : {}) }
         // The primary itself waits up to timeoutMs for its replicas: give it that and a round trip more.
+        // At `one` it waits for no replica, and the whole write is bounded by the replication timeout.
+        if (one) return await withTimeout(this.c.transport.request(primary, 'replica', msg, { timeout: deadline - Date.now() }), deadline - Date.now(), primary) as WriteResult[]
         return await this.c.transport.request(primary, 'replica', msg, { timeout: this.forwardTimeout }) as WriteResult[]
       } catch (err) {
+        // At `one` a silent owner is passed over like an unreachable one. It may have applied the write:
+        // then the same write exists twice (the same write id), which shows as a conflict, never a loss.
+        if (one && err instanceof TimeoutError) {
+          this.c.log?.('primary %s did not answer in time for %s at consistency one', primary, first.shard)
+          lastError = err
+          retry = true
+          continue
+        }
         // A primary that took the write but did not answer in time may have applied it: trying the
         // next owner would write it twice. Say the outcome is unknown instead.
         if (err instanceof TimeoutError) {
@@ -421,7 +439,37 @@ export class DistributedCoordinator implements Coordinator {
         retry = true
       }
     }
+    if (one) return await this.sloppyWrite(mutations, owners, retry)
     throw new UnavailableError(`No owner of ${first.shard} could take the write`, { cause: lastError })
+  }
+
+  /**
+   * Sloppy quorum, for `one` when no owner of the key could take the write:
+   * this node (not an owner) orders it against its own copy, keeps the
+   * version in its store, and keeps it as a hint for every owner. Handoff
+   * gives the owners the version once they are back; the rebalance that
+   * follows sends them the whole record and drops this node's copy once
+   * every owner has it (as for any copy of a record this node does not own).
+   * Until then reads at `one` through this node see it (read, history).
+   * A concurrent write on the owners' side becomes a conflict on merge.
+   */
+  private async sloppyWrite (mutations: Mutation[], owners: string[], retry: boolean): Promise<WriteResult[]> {
+    const first = mutations[0] as Mutation
+    const recalled = await recallWrites(this.c.store, mutations)
+    let ordered: { entries: VersionEntry[], results: WriteResult[] } = { entries: [], results: [] }
+    await this.c.store.transact(mutations.map(mutationKey), states => {
+      ordered = orderMutations(mutations, states, this.c.clock, retry, recalled)
+      return ordered.entries
+    })
+    if (ordered.entries.length > 0) {
+      this.sloppyHeld = true
+      // If a hint is lost, the copy kept above still reaches the owners by rebalance.
+      await Promise.all(owners.map(async peer => {
+        await this.c.store.addHint(peer, ordered.entries).catch(err => { this.c.log?.('hint for %s lost: %s', peer, (err as Error).message) })
+      }))
+      this.c.log?.('no owner of %s could take the write: kept here with hints for %s (consistency one)', first.shard, owners.join(', '))
+    }
+    return ordered.results
   }
 
   /** The primary's side of a write: order, make durable here, replicate, wait for W */
@@ -637,11 +685,21 @@ export class DistributedCoordinator implements Coordinator {
     const token = tokenOf(shard)
     const owners = this.owners(table, token)
     const need = this.needed(options.consistency, this.readQuorum, owners.length)
-    const answers = await this.ask(this.byLiveness(owners, true), need, table, async peer =>
-      peer === this.c.peerId
-        ? await this.c.store.get(table, token, id)
-        : readReply(await this.c.transport.request(peer, 'replica', { type: 'read', table, id, token }, { timeout: this.timeoutMs }), { table, id, token }))
-    const merged = mergeStates([...answers.values()])
+    // At `one`, a copy this node keeps without owning it (a sloppy write) is read too.
+    const held = options.consistency === 'one' && !owners.includes(this.c.peerId) ? await this.c.store.get(table, token, id) : undefined
+    let answers: Map<string, RecordState | undefined>
+    try {
+      const asked = this.ask(this.byLiveness(owners, true), need, table, async peer =>
+        peer === this.c.peerId
+          ? await this.c.store.get(table, token, id)
+          : readReply(await this.c.transport.request(peer, 'replica', { type: 'read', table, id, token }, { timeout: this.timeoutMs }), { table, id, token }))
+      // With a copy here, owners that do not answer (one after another) hold the read up for one timeout at most.
+      answers = held === undefined ? await asked : await withTimeout(asked, this.timeoutMs, table)
+    } catch (err) {
+      if (held === undefined || !isNoAnswer(err)) throw err
+      return held
+    }
+    const merged = mergeStates([...answers.values(), held])
     if (merged !== undefined) this.repair(answers, merged)
     return merged
   }
@@ -654,12 +712,21 @@ export class DistributedCoordinator implements Coordinator {
     const token = tokenOf(shard)
     const owners = this.owners(table, token)
     const need = this.needed(options.consistency, this.readQuorum, owners.length)
-    const answers = await this.ask(this.byLiveness(owners, true), need, table, async peer =>
-      peer === this.c.peerId
-        ? await this.c.store.versions(table, token, id)
-        : historyReply(await this.c.transport.request(peer, 'replica', { type: 'history', table, id, token }, { timeout: this.timeoutMs }), table, id))
+    // As in read(): at `one`, versions this node keeps without owning the record are included.
+    const held = options.consistency === 'one' && !owners.includes(this.c.peerId) ? await this.c.store.versions(table, token, id) : []
+    let answers: Map<string, VersionEntry[]>
+    try {
+      const asked = this.ask(this.byLiveness(owners, true), need, table, async peer =>
+        peer === this.c.peerId
+          ? await this.c.store.versions(table, token, id)
+          : historyReply(await this.c.transport.request(peer, 'replica', { type: 'history', table, id, token }, { timeout: this.timeoutMs }), table, id))
+      answers = held.length === 0 ? await asked : await withTimeout(asked, this.timeoutMs, table)
+    } catch (err) {
+      if (held.length === 0 || !isNoAnswer(err)) throw err
+      answers = new Map()
+    }
     const all = new Map<string, VersionEntry>()
-    for (const versions of answers.values()) for (const v of versions) all.set(v.version, v)
+    for (const versions of [...answers.values(), held]) for (const v of versions) all.set(v.version, v)
     return [...all.values()].sort((a, b) => compareVersions(a.version, b.version))
   }
 
@@ -938,6 +1005,8 @@ export class DistributedCoordinator implements Coordinator {
           const delivered = hints.filter((_, i) => resultOk(reply, i))
           await this.c.store.deleteHints(delivered.map(h => h.key))
           this.c.log?.('handed %d of %d hints to %s', delivered.length, hints.length, peer)
+          // Copies kept here by sloppyWrite go to their owners (and are dropped here) by a rebalance.
+          if (delivered.length > 0 && this.sloppyHeld) this.scheduleRebalance(this.rebalanceDelayMs)
         } catch (err) {
           this.c.log?.('handoff to %s failed: %s', peer, (err as Error).message)
         }
@@ -993,6 +1062,20 @@ export function isNoAnswer (err: unknown): boolean {
 export function isUnreachable (err: unknown): boolean {
   if (err instanceof UnavailableError || err instanceof TimeoutError) return true
   return err instanceof NtsoekheError && err.code === 'NOT_OWNER'
+}
+
+/** `promise`, or a TimeoutError after `ms` (`what` names the peer or table) */
+async function withTimeout<T> (promise: Promise<T>, ms: number, what: string): Promise<T> {
+  let timer: ReturnType<typeof setTimeout> | undefined
+  const timeout = new Promise<never>((_resolve, reject) => {
+    timer = setTimeout(() => { reject(new TimeoutError(`${what}: no answer within ${ms} ms`)) }, Math.max(ms, 0))
+  })
+  promise.catch(() => {})
+  try {
+    return await Promise.race([promise, timeout])
+  } finally {
+    clearTimeout(timer)
+  }
 }
 
 let writeIds = Buffer.alloc(0)
