@@ -5,6 +5,7 @@ import { loadOrCreateDataKey } from '../../src/security/data-key.js'
 import { Store } from '../../src/storage/store.js'
 import { INDEXES } from '../helpers/temp.js'
 import { adminToken, cli, json, startDaemon, type TestDaemon } from '../helpers/daemon.js'
+import { e2ePatient, waitForValue } from '../helpers/wait.js'
 
 /**
  * Three real daemons (N=3): one is killed, rows are written, the survivors'
@@ -13,22 +14,9 @@ import { adminToken, cli, json, startDaemon, type TestDaemon } from '../helpers/
  */
 let daemons: TestDaemon[] = []
 
-const patient = (i: number): Record<string, unknown> => ({
-  patient_id: i, patient_name: `Patient ${i}`, date_of_birth: '1980-01-02', gender: 'F', address: `${i} Main St`, contact_number: '0123456789', email: `p${i}@example.org`
-})
+const patient = e2ePatient
 
-async function waitFor<T> (what: string, fn: () => Promise<T | undefined | false>, timeoutMs = 30_000): Promise<T> {
-  const deadline = Date.now() + timeoutMs
-  let last: unknown
-  for (;;) {
-    try {
-      const v = await fn()
-      if (v !== undefined && v !== false) return v
-    } catch (err) { last = err }
-    if (Date.now() > deadline) throw new Error(`timed out after ${timeoutMs} ms waiting for ${what}${last === undefined ? '' : ` (last error: ${(last as Error).message})`}`)
-    await new Promise(resolve => setTimeout(resolve, 100))
-  }
-}
+const waitFor = waitForValue
 
 /** Opens a stopped daemon's store in this process and deletes every hint it keeps for `peerId` */
 async function dropHints (home: string, peerId: string): Promise<number> {

@@ -1,6 +1,7 @@
 import { afterAll, beforeAll, describe, expect, it } from 'vitest'
 import { NtsoekheClient } from '../../src/client/index.js'
 import { adminToken, cli, json, startDaemon, type TestDaemon } from '../helpers/daemon.js'
+import { e2ePatient, waitForValue } from '../helpers/wait.js'
 
 /**
  * Five real daemons on 127.0.0.1 over TCP + Noise, each bootstrapped from the
@@ -13,22 +14,9 @@ let clients: NtsoekheClient[] = []
 /** The first admin's token (from the first home), good on every member */
 let token = ''
 
-const patient = (i: number): Record<string, unknown> => ({
-  patient_id: i, patient_name: `Patient ${i}`, date_of_birth: '1980-01-02', gender: 'F', address: `${i} Main St`, contact_number: '0123456789', email: `p${i}@example.org`
-})
+const patient = e2ePatient
 
-async function waitFor<T> (what: string, fn: () => Promise<T | undefined | false>, timeoutMs = 30_000): Promise<T> {
-  const deadline = Date.now() + timeoutMs
-  let last: unknown
-  for (;;) {
-    try {
-      const v = await fn()
-      if (v !== undefined && v !== false) return v
-    } catch (err) { last = err }
-    if (Date.now() > deadline) throw new Error(`timed out after ${timeoutMs} ms waiting for ${what}${last === undefined ? '' : ` (last error: ${(last as Error).message})`}`)
-    await new Promise(resolve => setTimeout(resolve, 100))
-  }
-}
+const waitFor = waitForValue
 
 async function pool<T> (count: number, concurrency: number, fn: (i: number) => Promise<T>): Promise<T[]> {
   const out = new Array<T>(count)
