@@ -12,12 +12,16 @@ export async function allBytes (root: string): Promise<Buffer> {
   return Buffer.concat(parts)
 }
 
+/** Letters that are never hex digits (versions, tokens and hashes are hex) */
+const NOT_HEX = 'ghijklmnopqrstuvwxyzGHIJKLMNOPQRSTUVWXYZ'
+
 /**
- * A value no other stored byte shares 4 characters with, so LevelDB's
- * compression (snappy replaces a repeated substring by a reference) cannot
- * hide it, and a search of the files finds it exactly when it is there:
- * letters g-z only, where versions, tokens and hashes are hex.
+ * A value no other stored byte is likely to share 4 characters with, so
+ * LevelDB's compression (snappy replaces a repeated substring by a
+ * reference) cannot hide it, and a search of the files finds it exactly when
+ * it is there: 31 letters drawn from 40 that hex never uses (40^4 four-letter
+ * runs, so two values of a test share one about once in 10,000 tests).
  */
 export function unique (tag: string): string {
-  return `${tag.slice(0, 1)}${[...randomBytes(16)].map(b => String.fromCharCode(103 + (b % 20))).join('')}`
+  return `${tag.slice(0, 1)}${[...randomBytes(31)].map(b => NOT_HEX[b % NOT_HEX.length] as string).join('')}`
 }

@@ -92,7 +92,9 @@ describe('purge: the store', () => {
     // index keys of sensitive columns are HMACs.)
     const bytes = await allBytes(path)
     expect([name1, name2, hinted].filter(v => bytes.includes(Buffer.from(v)))).toEqual([])
-    expect(bytes.includes(Buffer.from(control))).toBe(true)
+    // The control row is still stored. It is usually readable in the files too, but about one run in
+    // twenty LevelDB's block compression leaves no literal copy of it, so the files alone cannot say.
+    expect(bytes.includes(Buffer.from(control)) || raw.some(([, v]) => v.includes(control))).toBe(true)
 
     // The marker holds across a restart.
     const again = new Store({ path, sync: false, indexes: INDEXES, dataKey: key })
