@@ -541,18 +541,7 @@ export class Store {
       if (current === undefined) return false
       const was = new Set(expected.seen)
       if (current.seen.length !== was.size || !current.seen.every(v => was.has(v))) return false
-      const ops: BatchOp[] = [del(this.records, key)]
-      for await (const k of this.history.keys({ gt: key + SEP, lt: key + SEP + '\xff' })) ops.push(del(this.history, k))
-      for await (const k of this.known.keys({ gt: key + SEP, lt: key + SEP + '\xff' })) ops.push(del(this.known, k))
-      const row = winner(current)?.row ?? null
-      if (row !== null) {
-        const pos = current.token + SEP + current.id
-        ops.push(del(this.tables, current.table + SEP + pos))
-        for (const col of this.indexes[current.table] ?? []) {
-          const v = row[col]
-          if (v !== null && v !== undefined) ops.push(del(this.index, this.indexKey(current.table, col, v, pos)))
-        }
-      }
+      const { ops } = await this.erasure(key, current.table, current.token, current.id, current.heads)
       await this.committer.commit(ops)
       this.applySummary(this.noteHeads([], key, current.token, current.heads.map(h => h.version), undefined))
       return true
@@ -574,24 +563,9 @@ export class Store {
     const release = await this.mutex.lock([key])
     try {
       const current = this._getForPurge(marker.table, marker.token, marker.id)
-      const ops: BatchOp[] = []
       const held = current !== undefined
-      if (held) ops.push(del(this.records, key))
       const touched = this.noteHeads([], key, marker.token, this.storedHeads(key), undefined)
-      const historyKeys: string[] = []
-      for await (const k of this.history.keys({ gt: key + SEP, lt: key + SEP + '\xff' })) historyKeys.push(k)
-      for (const k of historyKeys) ops.push(del(this.history, k))
-      for await (const k of this.known.keys({ gt: key + SEP, lt: key + SEP + '\xff' })) ops.push(del(this.known, k))
-      const pos = marker.token + SEP + marker.id
-      if (this.tables.getSync(marker.table + SEP + pos) !== undefined) ops.push(del(this.tables, marker.table + SEP + pos))
-      const indexKeys = new Set<string>()
-      for (const h of current?.heads ?? []) {
-        for (const col of this.indexes[marker.table] ?? []) {
-          const v = h.row?.[col]
-          if (v !== null && v !== undefined) indexKeys.add(this.indexKey(marker.table, col, v, pos))
-        }
-      }
-      for (const k of indexKeys) ops.push(del(this.index, k))
+      const { ops, history } = await this.erasure(key, marker.table, marker.token, marker.id, current?.heads ?? [], held)
       // Hints name their records in the clear: only the entries of this record are dropped.
       const hintChanges: Array<{ key: string, left: number }> = []
       for await (const [k, v] of this.hints.iterator()) {
@@ -615,10 +589,34 @@ export class Store {
       this.purged.set(key, newest)
       this.forgetHints(hintChanges.map(h => h.key))
       await compactKeys(this.db, erased)
-      return held || historyKeys.length > 0
+      return held || history > 0
     } finally {
       release()
     }
+  }
+
+  /**
+   * The deletes that take a record out of this store (drop, purge): its row
+   * (when `held`), every version in history, its known-version keys, its
+   * table-list entry and the index entries of its heads' rows. Hints are the
+   * caller's.
+   */
+  private async erasure (key: string, table: string, token: string, id: string, heads: VersionEntry[], held = true): Promise<{ ops: BatchOp[], history: number }> {
+    const ops: BatchOp[] = held ? [del(this.records, key)] : []
+    let history = 0
+    for await (const k of this.history.keys({ gt: key + SEP, lt: key + SEP + '\xff' })) { ops.push(del(this.history, k)); history++ }
+    for await (const k of this.known.keys({ gt: key + SEP, lt: key + SEP + '\xff' })) ops.push(del(this.known, k))
+    const pos = token + SEP + id
+    if (this.tables.getSync(table + SEP + pos) !== undefined) ops.push(del(this.tables, table + SEP + pos))
+    const indexKeys = new Set<string>()
+    for (const h of heads) {
+      for (const col of this.indexes[table] ?? []) {
+        const v = h.row?.[col]
+        if (v !== null && v !== undefined) indexKeys.add(this.indexKey(table, col, v, pos))
+      }
+    }
+    for (const k of indexKeys) ops.push(del(this.index, k))
+    return { ops, history }
   }
 
   /** The record as stored, if any, even if it does not open (a damaged record is erased too) */

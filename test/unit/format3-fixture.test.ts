@@ -2,7 +2,7 @@ import { cp, readFile } from 'node:fs/promises'
 import { join } from 'node:path'
 import { afterEach, beforeEach, describe, expect, it } from 'vitest'
 import { Level } from 'level'
-import { KNOWN_WINDOW, Store, type VersionEntry } from '../../src/storage/store.js'
+import { KNOWN_WINDOW, Store, type RecordState, type VersionEntry } from '../../src/storage/store.js'
 import { tempDir, type TempDir } from '../helpers/temp.js'
 
 /** The fixture's data key (see test/fixtures/make-format3-store.mjs) */
@@ -10,15 +10,8 @@ const KEY = Buffer.alloc(32, 7)
 const INDEXES = { appointments: ['patient_id', 'doctor_id'] }
 const FIXTURES = join(import.meta.dirname, '..', 'fixtures')
 
-interface Expected {
-  table: string
-  id: string
-  token: string
-  heads: VersionEntry[]
-  seen: string[]
-  superseded: string[]
-  versions: VersionEntry[]
-}
+/** A record as the format-3 code read it, with every version it had */
+type Expected = RecordState & { versions: VersionEntry[] }
 
 let dir: TempDir
 let path: string
