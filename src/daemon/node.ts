@@ -16,6 +16,7 @@ import { createNode, type NtsoekheNode as Libp2pNode } from '../p2p/node.js'
 import { Libp2pTransport } from '../p2p/transport.js'
 import { peerIdFromString } from '@libp2p/peer-id'
 import { multiaddr } from '@multiformats/multiaddr'
+import { IdSource } from '../query/id-source.js'
 import { Database } from '../query/database.js'
 import { TABLES } from '../schema/index.js'
 import { AUDIT_TABLE } from '../cluster/messages.js'
@@ -189,7 +190,10 @@ export class NtsoekheNode {
     await this.coordinator.start()
     this.membership.start()
 
-    this.db = new Database({ coordinator: this.coordinator, peerId: this.peerId })
+    const store = this.store
+    // The id tag and reservation live with the data: a home keeps its tag, and ids only grow across restarts.
+    const ids = new IdSource({ coordinator: this.coordinator, peerId: this.peerId, meta: { get: async k => await store.getMeta(k), put: async (k, v) => { await store.putMeta(k, v) } } })
+    this.db = new Database({ coordinator: this.coordinator, peerId: this.peerId, ids })
     this.users = new UserDirectory({ db: this.db })
     // A node that joins a network takes its users from it: it never invents an admin of its own.
     const createsNetwork = this.init.createsNetwork ?? (this.invite === undefined && bootstrap.length === 0 && saved.every(m => m.peerId === this.peerId))
