@@ -8,6 +8,7 @@ import {
 } from './messages.js'
 import { ByteThrottle } from './throttle.js'
 import type { PeerTransport } from './transport.js'
+import { REAL_ENV, sleep, type Environment, type TimerHandle } from '../util/env.js'
 
 export interface AntiEntropyComponents {
   store: Store
@@ -26,6 +27,8 @@ export interface AntiEntropyComponents {
   /** Sees every version that arrives (the node's hybrid clock) */
   observe?: (version: string) => void
   log?: (msg: string, ...args: unknown[]) => void
+  /** The clock and timers (rounds, the byte throttle). @default REAL_ENV */
+  env?: Environment
 }
 
 export interface AntiEntropyInit {
@@ -96,7 +99,8 @@ export class AntiEntropy {
   private readonly bandwidthMbps: number
   private readonly timeoutMs: number
   private readonly throttle: ByteThrottle
-  private timer?: ReturnType<typeof setInterval>
+  private readonly env: Environment
+  private timer?: TimerHandle
   private current?: Promise<RepairResult>
   private progress?: { done: number, total: number }
   private last?: Round & { finishedAt: number }
@@ -107,13 +111,15 @@ export class AntiEntropy {
     this.intervalMs = init.intervalMs ?? DEFAULT_ANTI_ENTROPY_INTERVAL_MS
     this.bandwidthMbps = init.bandwidthMbps ?? DEFAULT_SYNC_BANDWIDTH_MBPS
     this.timeoutMs = init.timeoutMs ?? 5000
-    this.throttle = new ByteThrottle({ bytesPerSecond: this.bandwidthMbps * 1_000_000 / 8 })
+    const env = components.env ?? REAL_ENV
+    this.env = env
+    this.throttle = new ByteThrottle({ bytesPerSecond: this.bandwidthMbps * 1_000_000 / 8, now: env.now, sleep: async ms => { await sleep(env, ms) } })
     components.transport.handle('sync', async (msg, from) => await this.onMessage(msg, from), { accept: peer => components.mayServe(peer) })
   }
 
   start (): void {
     this.stopped = false
-    this.timer = setInterval(() => {
+    this.timer = this.env.setInterval(() => {
       if (this.current !== undefined || this.c.active?.() === false) return
       void this.repair().catch(err => { this.c.log?.('anti-entropy round failed: %s', (err as Error).message) })
     }, this.intervalMs)
@@ -122,7 +128,7 @@ export class AntiEntropy {
 
   async stop (): Promise<void> {
     this.stopped = true
-    if (this.timer !== undefined) clearInterval(this.timer)
+    if (this.timer !== undefined) this.env.clearInterval(this.timer)
     await this.current?.catch(() => {})
   }
 
@@ -160,7 +166,7 @@ export class AntiEntropy {
   }
 
   private async round (): Promise<RepairResult> {
-    const started = Date.now()
+    const started = this.env.now()
     const peers = this.c.peers().filter(p => p !== this.c.peerId)
     const stats: Round = { ranges: 0, rangesDiffering: 0, recordsCompared: 0, recordsSent: 0, seconds: 0, peers: 0, failed: 0 }
     this.progress = { done: 0, total: peers.length * BUCKETS }
@@ -180,8 +186,8 @@ export class AntiEntropy {
     } finally {
       this.progress = undefined
     }
-    stats.seconds = Math.round(Date.now() - started) / 1000
-    this.last = { ...stats, finishedAt: Date.now() }
+    stats.seconds = Math.round(this.env.now() - started) / 1000
+    this.last = { ...stats, finishedAt: this.env.now() }
     if (stats.recordsSent > 0 || stats.failed > 0) {
       this.c.log?.('anti-entropy with %d peers: %d of %d ranges differed, %d records compared, %d sent, %d peers failed', peers.length, stats.rangesDiffering, stats.ranges, stats.recordsCompared, stats.recordsSent, stats.failed)
     }

@@ -1,4 +1,3 @@
-import { randomBytes } from 'node:crypto'
 import { ForbiddenError, InvalidMessageError, NtsoekheError, TimeoutError, UnavailableError } from '../errors/index.js'
 import { findTable } from '../schema/index.js'
 import type { PurgeMarker, RecordState, Store, VersionEntry } from '../storage/store.js'
@@ -16,6 +15,7 @@ import { mutationKey, orderGroups, orderMutations } from './mutations.js'
 import { HashRing } from './ring.js'
 import { tokenOf } from './token.js'
 import type { PeerTransport } from './transport.js'
+import { REAL_ENV, sleep, type Environment, type TimerHandle } from '../util/env.js'
 
 export interface DistributedCoordinatorComponents {
   store: Store
@@ -24,6 +24,8 @@ export interface DistributedCoordinatorComponents {
   transport: PeerTransport
   membership: Membership
   log?: (msg: string, ...args: unknown[]) => void
+  /** The clock, timers and random draws. @default REAL_ENV (the simulation gives fake time and a seeded generator) */
+  env?: Environment
 }
 
 export interface DistributedCoordinatorInit {
@@ -88,6 +90,10 @@ const REBALANCE_BATCH = 256
  */
 export class DistributedCoordinator implements Coordinator {
   private readonly c: DistributedCoordinatorComponents
+  private readonly env: Environment
+  /** Random write ids, drawn 512 at a time (see newWriteId) */
+  private writeIds: Buffer = Buffer.alloc(0)
+  private writeIdAt = 0
   readonly replicas: number
   readonly writeQuorum: number
   readonly readQuorum: number
@@ -99,7 +105,7 @@ export class DistributedCoordinator implements Coordinator {
   /** Compares and repairs what this node and its co-owners hold (see anti-entropy.ts) */
   readonly antiEntropy: AntiEntropy
   private readonly batcher: ApplyBatcher
-  private handoffTimer?: ReturnType<typeof setInterval>
+  private handoffTimer?: TimerHandle
   private handingOff = false
   private unsubscribe?: () => void
   private readonly vnodes: number | undefined
@@ -107,8 +113,8 @@ export class DistributedCoordinator implements Coordinator {
   private readonly rebalanceIntervalMs: number
   /** Ring members when records last finished moving to their owners */
   private placedFor: string[] = []
-  private rebalanceTimer?: ReturnType<typeof setTimeout>
-  private rebalanceInterval?: ReturnType<typeof setInterval>
+  private rebalanceTimer?: TimerHandle
+  private rebalanceInterval?: TimerHandle
   private rebalancing?: Promise<void>
   private rebalanceAgain = false
   private lastRebalance?: RebalanceStatus['last']
@@ -124,6 +130,7 @@ export class DistributedCoordinator implements Coordinator {
 
   constructor (components: DistributedCoordinatorComponents, init: DistributedCoordinatorInit = {}) {
     this.c = components
+    this.env = components.env ?? REAL_ENV
     this.replicas = init.replicas ?? 3
     this.writeQuorum = init.writeQuorum ?? 2
     this.readQuorum = init.readQuorum ?? 2
@@ -134,7 +141,7 @@ export class DistributedCoordinator implements Coordinator {
     this.ring = new HashRing(init.vnodes === undefined ? {} : { vnodes: init.vnodes })
     this.rebalanceDelayMs = init.rebalanceDelayMs ?? 2000
     this.rebalanceIntervalMs = init.rebalanceIntervalMs ?? 600_000
-    this.batcher = new ApplyBatcher(components.transport, this.timeoutMs)
+    this.batcher = new ApplyBatcher(components.transport, this.timeoutMs, this.env.defer)
     components.transport.handle('replica', async (msg, from) => await this.onMessage(msg, from), {
       accept: peer => {
         if (components.membership.mayReplicate(peer)) return true
@@ -157,6 +164,7 @@ export class DistributedCoordinator implements Coordinator {
       mayRead: peer => components.membership.stateOf(peer) !== 'left',
       active: () => !components.membership.leaving,
       observe: version => { components.clock.observe(version) },
+      env: this.env,
       ...(components.log === undefined ? {} : { log: components.log })
     }, {
       timeoutMs: this.timeoutMs,
@@ -178,9 +186,9 @@ export class DistributedCoordinator implements Coordinator {
     this.placedFor = valid ? saved as string[] : this.ring.list().map(m => m.peerId)
     if (!sameMembers(this.placedFor, this.ring.list().map(m => m.peerId))) this.scheduleRebalance(this.rebalanceDelayMs)
     this.unsubscribe = this.c.membership.onChange(() => { this.updateRing() })
-    this.handoffTimer = setInterval(() => { void this.handoff() }, this.handoffIntervalMs)
+    this.handoffTimer = this.env.setInterval(() => { void this.handoff() }, this.handoffIntervalMs)
     this.handoffTimer.unref?.()
-    this.rebalanceInterval = setInterval(() => { this.scheduleRebalance(0) }, this.rebalanceIntervalMs)
+    this.rebalanceInterval = this.env.setInterval(() => { this.scheduleRebalance(0) }, this.rebalanceIntervalMs)
     this.rebalanceInterval.unref?.()
     this.antiEntropy.start()
   }
@@ -188,9 +196,9 @@ export class DistributedCoordinator implements Coordinator {
   async stop (): Promise<void> {
     this.stopped = true
     this.unsubscribe?.()
-    if (this.handoffTimer !== undefined) clearInterval(this.handoffTimer)
-    if (this.rebalanceInterval !== undefined) clearInterval(this.rebalanceInterval)
-    if (this.rebalanceTimer !== undefined) clearTimeout(this.rebalanceTimer)
+    if (this.handoffTimer !== undefined) this.env.clearInterval(this.handoffTimer)
+    if (this.rebalanceInterval !== undefined) this.env.clearInterval(this.rebalanceInterval)
+    if (this.rebalanceTimer !== undefined) this.env.clearTimeout(this.rebalanceTimer)
     await this.antiEntropy.stop()
     await this.rebalancing?.catch(() => {})
   }
@@ -206,8 +214,8 @@ export class DistributedCoordinator implements Coordinator {
   /** Runs a rebalance once the ring has been quiet for `delay` ms (each change restarts the wait) */
   private scheduleRebalance (delay: number): void {
     if (this.stopped) return
-    if (this.rebalanceTimer !== undefined) clearTimeout(this.rebalanceTimer)
-    this.rebalanceTimer = setTimeout(() => {
+    if (this.rebalanceTimer !== undefined) this.env.clearTimeout(this.rebalanceTimer)
+    this.rebalanceTimer = this.env.setTimeout(() => {
       this.rebalanceTimer = undefined
       if (this.rebalancing !== undefined) { this.rebalanceAgain = true; return }
       this.rebalancing = this.rebalance().finally(() => {
@@ -312,7 +320,7 @@ export class DistributedCoordinator implements Coordinator {
       stats.failed++
       this.c.log?.('rebalance stopped: %s', (err as Error).message)
     }
-    stats.finishedAt = Date.now()
+    stats.finishedAt = this.env.now()
     this.lastRebalance = stats
     if (stats.sent > 0 || stats.failed > 0) {
       this.c.log?.('rebalance over %d members: %d records looked at, %d handed off, %d copies dropped, %d failed', members.length, stats.records, stats.sent, stats.dropped, stats.failed)
@@ -327,7 +335,7 @@ export class DistributedCoordinator implements Coordinator {
       // Retry, backing off (a member may stay down for a while), but at least as often as the periodic run.
       const wait = Math.min(this.rebalanceDelayMs * 5 * 2 ** this.rebalanceFailures, this.rebalanceIntervalMs)
       this.rebalanceFailures = Math.min(this.rebalanceFailures + 1, 20)
-      setTimeout(() => { this.scheduleRebalance(0) }, wait).unref?.()
+      this.env.setTimeout(() => { this.scheduleRebalance(0) }, wait).unref?.()
     }
   }
 
@@ -337,22 +345,22 @@ export class DistributedCoordinator implements Coordinator {
    * fails at the deadline with what is left.
    */
   async drain (timeoutMs: number): Promise<{ handedOff: number, rounds: number }> {
-    const deadline = Date.now() + timeoutMs
+    const deadline = this.env.now() + timeoutMs
     const droppedBefore = this.droppedTotal
     for (let rounds = 1; ; rounds++) {
       this.scheduleRebalance(0)
       while (this.rebalanceStatus().pending) {
-        if (Date.now() > deadline) throw new UnavailableError(`Leaving: records are still being handed off after ${timeoutMs} ms`)
-        await new Promise(resolve => setTimeout(resolve, 50))
+        if (this.env.now() > deadline) throw new UnavailableError(`Leaving: records are still being handed off after ${timeoutMs} ms`)
+        await sleep(this.env, 50)
       }
       const handedOff = this.droppedTotal - droppedBefore
       let anyLeft = false
       for await (const _ of this.c.store.scanRecords()) { anyLeft = true; break }
       if (!anyLeft) return { handedOff, rounds }
-      if (Date.now() > deadline) {
+      if (this.env.now() > deadline) {
         throw new UnavailableError(`Leaving: records are still held here after ${timeoutMs} ms (${this.lastRebalance?.failed ?? 0} could not be handed off in the last round); try again`)
       }
-      await new Promise(resolve => setTimeout(resolve, Math.min(1000, this.rebalanceDelayMs)))
+      await sleep(this.env, Math.min(1000, this.rebalanceDelayMs))
     }
   }
 
@@ -382,7 +390,7 @@ export class DistributedCoordinator implements Coordinator {
       const self = alive.filter(p => p === this.c.peerId)
       const others = alive.filter(p => p !== this.c.peerId)
       for (let i = others.length - 1; i > 0; i--) {
-        const j = Math.floor(Math.random() * (i + 1))
+        const j = Math.floor(this.env.random() * (i + 1))
         const t = others[i] as string
         others[i] = others[j] as string
         others[j] = t
@@ -395,7 +403,7 @@ export class DistributedCoordinator implements Coordinator {
   async write (mutations: Mutation[], options: RequestOptions = {}): Promise<WriteResult[]> {
     if (mutations.length === 0) return []
     // One id for this client write, kept on its versions: a retry on another owner recognises it exactly.
-    const writeId = newWriteId()
+    const writeId = this.newWriteId()
     mutations = mutations.map(m => m.writeId === undefined ? { ...m, writeId } : m)
     const first = mutations[0] as Mutation
     const token = tokenOf(first.shard)
@@ -407,15 +415,15 @@ export class DistributedCoordinator implements Coordinator {
     // At `one` the owners share one replication timeout: past it (owners cut off but not yet marked
     // suspect), the write is kept here as a hint for them (sloppyWrite) rather than refused.
     const one = options.consistency === 'one'
-    const deadline = Date.now() + this.timeoutMs
+    const deadline = this.env.now() + this.timeoutMs
     for (const primary of this.byLiveness(owners, false)) {
       if (primary === this.c.peerId) return await this.coordinateWrite(mutations, options.consistency, retry)
-      if (one && Date.now() >= deadline) continue
+      if (one && this.env.now() >= deadline) continue
       try {
         const msg = { type: 'write', mutations, ...(options.consistency === undefined ? {} : { consistency: options.consistency }), ...(retry ? { retry } : {}) }
         // The primary itself waits up to timeoutMs for its replicas: give it that and a round trip more.
         // At `one` it waits for no replica, and the whole write is bounded by the replication timeout.
-        if (one) return await withTimeout(this.c.transport.request(primary, 'replica', msg, { timeout: deadline - Date.now() }), deadline - Date.now(), primary) as WriteResult[]
+        if (one) return await withTimeout(this.env, this.c.transport.request(primary, 'replica', msg, { timeout: deadline - this.env.now() }), deadline - this.env.now(), primary) as WriteResult[]
         return await this.c.transport.request(primary, 'replica', msg, { timeout: this.forwardTimeout }) as WriteResult[]
       } catch (err) {
         // At `one` a silent owner is passed over like an unreachable one. It may have applied the write:
@@ -694,7 +702,7 @@ export class DistributedCoordinator implements Coordinator {
           ? await this.c.store.get(table, token, id)
           : readReply(await this.c.transport.request(peer, 'replica', { type: 'read', table, id, token }, { timeout: this.timeoutMs }), { table, id, token }))
       // With a copy here, owners that do not answer (one after another) hold the read up for one timeout at most.
-      answers = held === undefined ? await asked : await withTimeout(asked, this.timeoutMs, table)
+      answers = held === undefined ? await asked : await withTimeout(this.env, asked, this.timeoutMs, table)
     } catch (err) {
       if (held === undefined || !isNoAnswer(err)) throw err
       return held
@@ -720,7 +728,7 @@ export class DistributedCoordinator implements Coordinator {
         peer === this.c.peerId
           ? await this.c.store.versions(table, token, id)
           : historyReply(await this.c.transport.request(peer, 'replica', { type: 'history', table, id, token }, { timeout: this.timeoutMs }), table, id))
-      answers = held.length === 0 ? await asked : await withTimeout(asked, this.timeoutMs, table)
+      answers = held.length === 0 ? await asked : await withTimeout(this.env, asked, this.timeoutMs, table)
     } catch (err) {
       if (held.length === 0 || !isNoAnswer(err)) throw err
       answers = new Map()
@@ -931,7 +939,7 @@ export class DistributedCoordinator implements Coordinator {
         return await this.c.store.scan(msg.table, { where: msg.where, limit: msg.limit, ...(msg.after === undefined ? {} : { after: msg.after }), ...(msg.token === undefined ? {} : { token: msg.token }) })
       case 'purge': {
         this.c.clock.observe(msg.version)
-        const held = await this.c.store.purge({ table: msg.table, id: msg.id, token: msg.token, version: msg.version, time: Date.now() })
+        const held = await this.c.store.purge({ table: msg.table, id: msg.id, token: msg.token, version: msg.version, time: this.env.now() })
         this.c.log?.('purged %s %s at the request of %s', msg.table, msg.id, from)
         return { ok: true, held }
       }
@@ -950,7 +958,7 @@ export class DistributedCoordinator implements Coordinator {
    * so a late copy (a hint, a hand-off, a read repair) does not bring it back.
    */
   async purge (table: string, id: string, shard: string): Promise<number> {
-    const marker: PurgeMarker = { table, id, token: tokenOf(shard), version: this.c.clock.tick(), time: Date.now() }
+    const marker: PurgeMarker = { table, id, token: tokenOf(shard), version: this.c.clock.tick(), time: this.env.now() }
     await this.c.store.purge(marker)
     const { time: _, ...msg } = marker
     const others = this.c.membership.members().filter(m => m.peerId !== this.c.peerId && m.state !== 'left').map(m => m.peerId)
@@ -967,6 +975,17 @@ export class DistributedCoordinator implements Coordinator {
       }
     }))
     return 1 + reached.filter(Boolean).length
+  }
+
+  /** A random 64-bit write id in hex, cut from a pool drawn 512 at a time (one `randomBytes` call per write cost 1.5% of a daemon's CPU) */
+  private newWriteId (): string {
+    if (this.writeIdAt + 8 > this.writeIds.length) {
+      this.writeIds = this.env.randomBytes(4096)
+      this.writeIdAt = 0
+    }
+    const id = this.writeIds.toString('hex', this.writeIdAt, this.writeIdAt + 8)
+    this.writeIdAt += 8
+    return id
   }
 
   /** Hinted handoff: hands the versions a replica missed to it once it is back */
@@ -1065,29 +1084,15 @@ export function isUnreachable (err: unknown): boolean {
 }
 
 /** `promise`, or a TimeoutError after `ms` (`what` names the peer or table) */
-async function withTimeout<T> (promise: Promise<T>, ms: number, what: string): Promise<T> {
-  let timer: ReturnType<typeof setTimeout> | undefined
+async function withTimeout<T> (env: Environment, promise: Promise<T>, ms: number, what: string): Promise<T> {
+  let timer: TimerHandle | undefined
   const timeout = new Promise<never>((_resolve, reject) => {
-    timer = setTimeout(() => { reject(new TimeoutError(`${what}: no answer within ${ms} ms`)) }, Math.max(ms, 0))
+    timer = env.setTimeout(() => { reject(new TimeoutError(`${what}: no answer within ${ms} ms`)) }, Math.max(ms, 0))
   })
   promise.catch(() => {})
   try {
     return await Promise.race([promise, timeout])
   } finally {
-    clearTimeout(timer)
+    env.clearTimeout(timer)
   }
-}
-
-let writeIds = Buffer.alloc(0)
-let writeIdAt = 0
-
-/** A random 64-bit write id in hex, cut from a pool drawn 512 at a time (one `randomBytes` call per write cost 1.5% of a daemon's CPU) */
-function newWriteId (): string {
-  if (writeIdAt + 8 > writeIds.length) {
-    writeIds = randomBytes(4096)
-    writeIdAt = 0
-  }
-  const id = writeIds.toString('hex', writeIdAt, writeIdAt + 8)
-  writeIdAt += 8
-  return id
 }
