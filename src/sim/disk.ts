@@ -20,10 +20,13 @@ export class SimDisk {
   readonly durable = new Map<string, string>()
   private current?: CrashableLevel
 
-  /** A database over what is on disk now, as a node opens it at start */
-  open (): CrashableLevel {
+  /**
+   * A database over what is on disk now, as a node opens it at start;
+   * `fsync` is how long a synced write takes (a crash meanwhile loses it)
+   */
+  open (fsync?: () => Promise<void>): CrashableLevel {
     if (this.current !== undefined && !this.current.crashed) throw new Error('the disk is already open')
-    const db = new CrashableLevel(this)
+    const db = new CrashableLevel(this, fsync)
     this.current = db
     return db
   }
@@ -65,10 +68,12 @@ export class CrashableLevel extends MemoryLevel<string, string> {
   /** Writes since the last synced one, oldest first */
   unsynced: Op[] = []
   private readonly disk: SimDisk
+  private readonly fsync?: () => Promise<void>
 
-  constructor (disk: SimDisk) {
+  constructor (disk: SimDisk, fsync?: () => Promise<void>) {
     super({ storeEncoding: 'utf8' })
     this.disk = disk
+    if (fsync !== undefined) this.fsync = fsync
     const ops: Op[] = [...disk.durable].map(([key, value]) => ({ type: 'put', key, value }))
     // Straight into the tree: loading what is on disk is no new write.
     void base._batch.call(this, ops, {})
@@ -82,24 +87,29 @@ export class CrashableLevel extends MemoryLevel<string, string> {
     }
   }
 
-  private alive (): void {
+  /** Refuses a write once the node crashed; a synced write first waits for its fsync (and fails if the node crashes meanwhile) */
+  private async alive (options?: unknown): Promise<void> {
     if (this.crashed) throw new Error('simulated crash: the process is gone')
+    if (this.fsync !== undefined && (options as { sync?: boolean } | undefined)?.sync === true) {
+      await this.fsync()
+      if (this.crashed) throw new Error('simulated crash: the process is gone')
+    }
   }
 
   async _put (key: string, value: string, options: unknown): Promise<void> {
-    this.alive()
+    await this.alive(options)
     await base._put.call(this, key, value, options)
     this.record([{ type: 'put', key, value }], options)
   }
 
   async _del (key: string, options: unknown): Promise<void> {
-    this.alive()
+    await this.alive(options)
     await base._del.call(this, key, options)
     this.record([{ type: 'del', key }], options)
   }
 
   async _batch (ops: Op[], options: unknown): Promise<void> {
-    this.alive()
+    await this.alive(options)
     await base._batch.call(this, ops, options)
     this.record(ops.map(op => op.type === 'put' ? { type: 'put', key: op.key, value: op.value } : { type: 'del', key: op.key }), options)
   }

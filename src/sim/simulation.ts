@@ -46,6 +46,8 @@ export interface SimResult {
     refused: number
     crashes: number
     restarts: number
+    joins: number
+    removals: number
     partitions: number
     skews: number
     lostUnsynced: number
@@ -117,6 +119,8 @@ class SimNode {
   skew = 0
   runs = 0
   up = false
+  /** Started at least once: a node that has not is yet to join the network */
+  joined = false
   store?: Store
   membership?: Membership
   coordinator?: DistributedCoordinator
@@ -157,7 +161,7 @@ export class Simulation {
   private readonly log?: (line: string) => void
   private nextPatient = 1
   private step = 0
-  private readonly stats: SimResult['stats'] = { acked: 0, unknown: 0, refused: 0, crashes: 0, restarts: 0, partitions: 0, skews: 0, lostUnsynced: 0, events: 0, messages: 0, seconds: 0, convergedInSeconds: 0 }
+  private readonly stats: SimResult['stats'] = { acked: 0, unknown: 0, refused: 0, crashes: 0, restarts: 0, joins: 0, removals: 0, partitions: 0, skews: 0, lostUnsynced: 0, events: 0, messages: 0, seconds: 0, convergedInSeconds: 0 }
 
   constructor (options: SimOptions) {
     this.seed = options.seed
@@ -189,11 +193,14 @@ export class Simulation {
   async run (): Promise<SimResult> {
     let failure: SimFailure | undefined
     try {
-      for (const node of this.nodes) await this.start(node)
+      // Up to two nodes join later, while the others write: their ring shares move to them.
+      const late = this.random.int(0, 2)
+      for (const node of this.nodes.slice(0, this.size - late)) await this.start(node)
       await this.advance(WARMUP_MS)
       for (this.step = 1; this.step <= this.steps; this.step++) {
-        await this.act()
-        await this.advance(this.random.int(1, 800))
+        const span = this.random.int(1, 800)
+        await this.act(span)
+        await this.advance(span)
         await this.checkNothingLost()
       }
       this.step = this.steps + 1
@@ -217,9 +224,16 @@ export class Simulation {
 
   private async start (node: SimNode): Promise<void> {
     node.runs++
+    node.joined = true
     const owner = node.owner
     const env = this.sched.env(owner, () => node.skew, this.random.fork())
-    const store = new Store({ path: `sim/n${node.index}`, db: node.disk.open(), env, plaintext: true, sync: true, indexes: INDEXES })
+    // A synced write takes 1 to 10 ms of fake time (once the node runs: opening the store is instant).
+    let running = false
+    const fsync = async (): Promise<void> => {
+      if (!running) return
+      await new Promise<void>(resolve => { env.setTimeout(resolve, this.random.int(1, 10)) })
+    }
+    const store = new Store({ path: `sim/n${node.index}`, db: node.disk.open(fsync), env, plaintext: true, sync: true, indexes: INDEXES })
     await store.open()
     const transport = this.net.transport(node.peerId, owner)
     const membership = new Membership({
@@ -237,6 +251,7 @@ export class Simulation {
     const coordinator = new DistributedCoordinator({ store, clock, peerId: node.peerId, transport, membership, env }, COORDINATOR)
     await coordinator.start()
     membership.start()
+    running = true
     node.store = store
     node.membership = membership
     node.coordinator = coordinator
@@ -259,20 +274,29 @@ export class Simulation {
     return this.nodes.filter(n => n.up)
   }
 
-  /** One step of workload or fault, drawn from the seed */
-  private async act (): Promise<void> {
+  /** One step of workload or fault, drawn from the seed; the step then lasts `span` ms of fake time */
+  private async act (span: number): Promise<void> {
     const r = this.random.next()
     const live = this.live()
-    const down = this.nodes.filter(n => !n.up)
-    if (r < 0.5) {
+    const down = this.nodes.filter(n => n.joined && !n.up)
+    const unjoined = this.nodes.filter(n => !n.joined)
+    if (unjoined.length > 0 && this.random.chance(0.03)) {
+      const node = unjoined[0] as SimNode
+      this.stats.joins++
+      this.trace(`join n${node.index}`)
+      await this.start(node)
+    } else if (r < 0.5) {
       this.write(this.random.pick(live))
     } else if (r < 0.56) {
       this.read(this.random.pick(live))
     } else if (r < 0.62) {
       // At most a minority down at once: a majority must stay to make progress.
       if (down.length < Math.floor((this.size - 1) / 2)) {
+        // At any moment of the step: in the middle of a write, a commit, a hand-off.
+        const node = this.random.pick(live)
+        const run = node.runs
         this.stats.crashes++
-        this.crash(this.random.pick(live))
+        this.sched.at(this.sched.now + this.random.int(0, span - 1), 'sim', () => { if (node.up && node.runs === run) this.crash(node) })
       }
     } else if (r < 0.7) {
       if (down.length > 0) {
@@ -287,7 +311,17 @@ export class Simulation {
     } else if (r < 0.79) {
       this.net.healAll()
       this.trace('heal partitions')
-    } else if (r < 0.82) {
+    } else if (r < 0.84) {
+      // An operator declares a down member gone (ntsoekhe remove) on a node that sees it down; if it
+      // comes back after all, it refutes the removal and is a member again.
+      const candidates = down.flatMap(d => live.filter(n => n.membership?.stateOf(d.peerId) === 'down').map(by => ({ d, by })))
+      if (candidates.length > 0) {
+        const { d, by } = this.random.pick(candidates)
+        this.stats.removals++
+        this.trace(`remove n${d.index} through n${by.index}`)
+        ;(by.membership as Membership).remove(d.peerId)
+      }
+    } else if (r < 0.87) {
       const node = this.random.pick(this.nodes)
       // Mostly within the tolerated skew (60 s), now and then beyond it.
       node.skew = this.random.chance(0.2) ? this.random.pick([-1, 1]) * this.random.int(60_000, 90_000) : this.random.int(-5000, 5000)
@@ -391,7 +425,12 @@ export class Simulation {
   private async heal (): Promise<void> {
     this.net.healAll()
     this.net.faults = CALM
-    for (const node of this.nodes) if (!node.up) { this.stats.restarts++; await this.start(node) }
+    for (const node of this.nodes) {
+      if (node.up) continue
+      if (node.joined) this.stats.restarts++
+      else this.stats.joins++
+      await this.start(node)
+    }
     this.trace('final heal: every node up, every link restored, no loss')
     const started = this.sched.now
     let reason = ''
