@@ -23,6 +23,11 @@ export interface SimOptions {
   /** Each trace line as it happens (steps, faults, writes; messages too with `messages`) */
   log?: (line: string) => void
   messages?: boolean
+  /**
+   * For testing the checker itself: runs after each step's faults and time,
+   * before the invariants are checked, with every running node's store
+   */
+  tamper?: (step: number, stores: Store[]) => Promise<void>
 }
 
 /** Where a run broke an invariant */
@@ -159,6 +164,7 @@ export class Simulation {
   private readonly hash = createHash('sha256')
   private readonly acked: Acked[] = []
   private readonly log?: (line: string) => void
+  private readonly tamper?: (step: number, stores: Store[]) => Promise<void>
   private nextPatient = 1
   private step = 0
   private readonly stats: SimResult['stats'] = { acked: 0, unknown: 0, refused: 0, crashes: 0, restarts: 0, joins: 0, removals: 0, partitions: 0, skews: 0, lostUnsynced: 0, events: 0, messages: 0, seconds: 0, convergedInSeconds: 0 }
@@ -171,6 +177,7 @@ export class Simulation {
     if (!Number.isSafeInteger(this.steps) || this.steps < 0) throw new RangeError('steps is a non-negative integer')
     if (!Number.isInteger(this.size) || this.size < MIN_NODES || this.size > MAX_NODES) throw new RangeError(`nodes is ${MIN_NODES} to ${MAX_NODES}`)
     if (options.log !== undefined) this.log = options.log
+    if (options.tamper !== undefined) this.tamper = options.tamper
     this.random = new SeededRandom(this.seed)
     this.net = new SimNetwork(this.sched, this.random.fork(), STORMY)
     this.net.onDeliver = line => {
@@ -201,6 +208,7 @@ export class Simulation {
         const span = this.random.int(1, 800)
         await this.act(span)
         await this.advance(span)
+        if (this.tamper !== undefined) await this.drive(this.tamper(this.step, this.live().map(n => n.store as Store)))
         await this.checkNothingLost()
       }
       this.step = this.steps + 1
@@ -216,6 +224,14 @@ export class Simulation {
     const result: SimResult = { seed: this.seed, steps: this.steps, nodes: this.size, traceHash: this.hash.digest('hex'), stats: this.stats }
     if (failure !== undefined) result.failure = failure
     return result
+  }
+
+  /** Waits for work done from outside the nodes (its commits and fsyncs are events too), fake time running meanwhile */
+  private async drive (work: Promise<void>): Promise<void> {
+    let done = false
+    const finished = work.finally(() => { done = true })
+    for (let waited = 0; !done && waited < 60_000; waited += 10) await this.advance(10)
+    await finished
   }
 
   private async advance (ms: number): Promise<void> {

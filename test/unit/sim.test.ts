@@ -70,6 +70,21 @@ describe('simulation parts', () => {
     expect(other.traceHash).not.toBe(first.traceHash)
   })
 
+  it('reports a lost acknowledged write with its seed, its step and the command that replays it', async () => {
+    // A bug stood in by hand: at step 12 every running node forgets every record it holds.
+    const r = await runSimulation({
+      seed: 3,
+      steps: 30,
+      tamper: async (step, stores) => {
+        if (step !== 12) return
+        for (const store of stores) for await (const state of store.scanRecords()) await store.drop(state)
+      }
+    })
+    expect(r.failure?.step).toBe(12)
+    expect(r.failure?.message).toMatch(/^acknowledged write lost: patient_records \d+ version \S+ \(acknowledged at step \d+\) is on no node, live or down$/)
+    expect(explain(r)).toContain('replay: npm run sim -- --seed 3 --steps 30 --nodes 5 --verbose')
+  })
+
   it('refuses a network outside 5 to 9 nodes', async () => {
     await expect(runSimulation({ seed: 1, nodes: 4 })).rejects.toThrow(/5 to 9/)
     await expect(runSimulation({ seed: 1, nodes: 10 })).rejects.toThrow(/5 to 9/)
