@@ -6,6 +6,7 @@ import {
   checkDigestPage, checkFetchReply, checkLeavesReply, checkRecordKey, checkSummaryReply,
   MAX_SYNC_BUCKETS, MAX_SYNC_DIGESTS, MAX_SYNC_FETCH, parseSyncMessage, SYNC_DIGEST_HEX, type SyncMessage
 } from './messages.js'
+import { differingIndexes, planRecordSync } from './decisions.js'
 import { ByteThrottle } from './throttle.js'
 import type { PeerTransport } from './transport.js'
 import { REAL_ENV, sleep, type Environment, type TimerHandle } from '../util/env.js'
@@ -204,7 +205,7 @@ export class AntiEntropy {
   private async syncWith (peer: string, stats: Round): Promise<void> {
     const remote = checkSummaryReply(await this.ask(peer, { type: 'summary' }))
     const local = this.c.store.summary.bucketDigests()
-    const differing = local.map((d, b) => d === remote[b] ? -1 : b).filter(b => b >= 0)
+    const differing = differingIndexes(local, remote)
     stats.ranges += BUCKETS
     stats.rangesDiffering += differing.length
     const progress = this.progress as { done: number }
@@ -216,7 +217,7 @@ export class AntiEntropy {
         if (this.stopped) break
         const mine = this.c.store.summary.leafDigests(bucket)
         const theirs = leaves[j] as string[]
-        const differ = mine.map((d, k) => d === theirs[k] ? -1 : bucket * LEAVES_PER_BUCKET + k).filter(l => l >= 0)
+        const differ = differingIndexes(mine, theirs).map(k => bucket * LEAVES_PER_BUCKET + k)
         if (differ.length > 0) await this.syncLeaves(peer, differ, stats)
         progress.done++
       }
@@ -266,9 +267,8 @@ export class AntiEntropy {
   private async syncLeaves (peer: string, leaves: number[], stats: Round): Promise<void> {
     const mine = await this.localDigests(peer, leaves)
     const theirs = await this.remoteDigests(peer, leaves)
-    const push = [...mine].filter(([k, d]) => theirs.get(k) !== d).map(([k]) => k)
-    const pull = [...theirs].filter(([k, d]) => mine.get(k) !== d).map(([k]) => k)
-    stats.recordsCompared += new Set([...mine.keys(), ...theirs.keys()]).size
+    const { push, pull, compared } = planRecordSync(mine, theirs)
+    stats.recordsCompared += compared
     if (push.length > 0) await this.push(peer, push)
     if (pull.length > 0) await this.pull(peer, pull)
     stats.recordsSent += new Set([...push, ...pull]).size

@@ -7,6 +7,7 @@ import { compareVersions } from '../storage/version.js'
 import { AntiEntropy } from './anti-entropy.js'
 import { ApplyBatcher, chunkBy, chunkGroups, MAX_ENTRIES_PER_MESSAGE, resultOk } from './apply-batcher.js'
 import type { ClusterStatus, Consistency, Coordinator, GroupOutcome, InsertOutcome, Mutation, RequestOptions, ScanPage, ScanRequest, WriteResult } from './coordinator.js'
+import { orderByLiveness, planRecordMove, requiredAcks, type RecordMove } from './decisions.js'
 import { mergeStates, missingHeads } from './merge.js'
 import type { Membership } from './membership.js'
 import { AUDIT_TABLE, checkEntry, checkScanPage, checkState, parseReplicaMessage, type ReplicaMessage } from './messages.js'
@@ -270,21 +271,11 @@ export class DistributedCoordinator implements Coordinator {
     }
     // Where one record goes: to the owners that gained it (this node stays an owner), or to every owner
     // before this node's copy is dropped; undefined when it stays as it is.
-    const plan = (state: RecordState): { targets: string[], drop: boolean, missing: boolean } | undefined => {
+    const plan = (state: RecordState): RecordMove | undefined => {
       const global = findTable(state.table)?.shardKey === 'global'
       const owners = this.ring.preferenceList(state.token, global ? this.ring.size : this.replicas)
       const oldOwners = before.preferenceList(state.token, global ? before.size : this.replicas)
-      if (owners.includes(self)) {
-        const sender = oldOwners.find(p => this.c.membership.isAlive(p))
-        const gained = owners.filter(p => p !== self && !oldOwners.includes(p))
-        if (sender !== self || gained.length === 0) return undefined
-        // A newcomer that is down now gets it on a later run: this one counts as failed, so it is retried.
-        const up = gained.filter(p => this.c.membership.stateOf(p) !== 'down')
-        return { targets: up, drop: false, missing: up.length < gained.length }
-      }
-      // A copy this node no longer owns (or never did): every owner must have it before it goes.
-      const targets = owners.filter(p => this.c.membership.stateOf(p) !== 'down')
-      return { targets, drop: targets.length === owners.length, missing: targets.length < owners.length }
+      return planRecordMove(self, owners, oldOwners, p => this.c.membership.stateOf(p))
     }
     const handle = async (state: RecordState, route: { targets: string[], drop: boolean, missing: boolean }, versions: VersionEntry[]): Promise<void> => {
       // The sends are queued synchronously, before the first await: the flush below sees all of them.
@@ -377,27 +368,12 @@ export class DistributedCoordinator implements Coordinator {
   }
 
   private needed (level: Consistency | undefined, quorum: number, owners: number): number {
-    if (level === 'one') return 1
-    if (level === 'all') return owners
-    return Math.min(quorum, owners)
+    return requiredAcks(level, quorum, owners)
   }
 
   /** Owners ordered for a request: alive first (self first among them), then suspect ones */
   private byLiveness (owners: string[], spread: boolean): string[] {
-    const alive = owners.filter(p => this.c.membership.isAlive(p))
-    const rest = owners.filter(p => !alive.includes(p))
-    if (spread) {
-      const self = alive.filter(p => p === this.c.peerId)
-      const others = alive.filter(p => p !== this.c.peerId)
-      for (let i = others.length - 1; i > 0; i--) {
-        const j = Math.floor(this.env.random() * (i + 1))
-        const t = others[i] as string
-        others[i] = others[j] as string
-        others[j] = t
-      }
-      return [...self, ...others, ...rest]
-    }
-    return [...alive, ...rest]
+    return orderByLiveness(owners, this.c.peerId, p => this.c.membership.isAlive(p), spread, this.env.random)
   }
 
   async write (mutations: Mutation[], options: RequestOptions = {}): Promise<WriteResult[]> {

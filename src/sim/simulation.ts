@@ -8,7 +8,7 @@ import { Membership, type SavedMember } from '../cluster/membership.js'
 import { tokenOf } from '../cluster/token.js'
 import { TABLES, type Row } from '../schema/index.js'
 import { Store, type RecordState } from '../storage/store.js'
-import { HybridClock, nodeTag } from '../storage/version.js'
+import { compareVersions, HybridClock, nodeTag } from '../storage/version.js'
 import { SimDisk } from './disk.js'
 import { SimNetwork, type NetworkFaults } from './network.js'
 import { SeededRandom } from './random.js'
@@ -76,8 +76,7 @@ export function replayCommand (seed: number, steps: number, nodes: number): stri
 /** The cluster settings every simulated node runs with: the daemon's defaults, with the slow background rounds sped up */
 const COORDINATOR = { replicas: 3, writeQuorum: 2, readQuorum: 2, timeoutMs: 5000, handoffIntervalMs: 1000, rebalanceDelayMs: 2000, rebalanceIntervalMs: 60_000, antiEntropyIntervalMs: 20_000, vnodes: 64 }
 const MEMBERSHIP = { heartbeatMs: 1000, suspectAfterMs: 3000, downAfterMs: 10_000 }
-/** The network while faults are injected, and once they stop */
-const STORMY: NetworkFaults = { loss: 0.03, duplicate: 0.03, minDelayMs: 1, maxDelayMs: 120 }
+/** The network once faults stop */
 const CALM: NetworkFaults = { loss: 0, duplicate: 0.03, minDelayMs: 1, maxDelayMs: 40 }
 /** Fake time the heal may take before the run counts as not converging, ms */
 const HEAL_LIMIT_MS = 600_000
@@ -179,7 +178,14 @@ export class Simulation {
     if (options.log !== undefined) this.log = options.log
     if (options.tamper !== undefined) this.tamper = options.tamper
     this.random = new SeededRandom(this.seed)
-    this.net = new SimNetwork(this.sched, this.random.fork(), STORMY)
+    // Each seed its own weather: from a few lost packets to a lossy, slow, stuttering network.
+    const stormy: NetworkFaults = {
+      loss: this.random.pick([0.01, 0.03, 0.1]),
+      duplicate: this.random.pick([0, 0.03, 0.1]),
+      minDelayMs: 1,
+      maxDelayMs: this.random.pick([20, 120, 1000])
+    }
+    this.net = new SimNetwork(this.sched, this.random.fork(), stormy)
     this.net.onDeliver = line => {
       this.hash.update(line)
       if (options.messages === true) this.log?.(`  ${this.time()} ${line}`)
@@ -492,6 +498,13 @@ export class Simulation {
       const extra = held.filter(p => !owners.includes(p))
       if (missing.length > 0 || extra.length > 0) {
         return `${key} is on ${held.map(name).join(',')}, its owners are ${owners.map(name).join(',')}`
+      }
+      // Whatever the clocks said when they were written, every version sorts above its parents.
+      for (const { node, state } of list) {
+        for (const v of await (node.store as Store).versions(state.table, state.token, state.id)) {
+          const below = v.parents.find(p => compareVersions(p, v.version) >= 0)
+          if (below !== undefined) throw new InvariantError(`${key} on ${name(node.peerId)}: version ${v.version} does not sort above its parent ${below}`)
+        }
       }
       const heads = list.map(h => h.state.heads.map(v => v.version).sort().join(','))
       if (new Set(heads).size > 1) return `${key} has different heads on its owners: ${list.map((h, i) => `${name(h.node.peerId)} [${heads[i] ?? ''}]`).join(' ')}`
