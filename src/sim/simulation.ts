@@ -165,6 +165,9 @@ export class Simulation {
   private readonly log?: (line: string) => void
   private readonly tamper?: (step: number, stores: Store[]) => Promise<void>
   private nextPatient = 1
+  private nextVisit = 1
+  /** Every batch sent (acknowledged or not): after the heal each is on the network entirely or not at all */
+  private readonly batches: Array<{ records: Array<{ table: string, id: string }>, what: string }> = []
   private step = 0
   private readonly stats: SimResult['stats'] = { acked: 0, unknown: 0, refused: 0, crashes: 0, restarts: 0, joins: 0, removals: 0, partitions: 0, skews: 0, lostUnsynced: 0, events: 0, messages: 0, seconds: 0, convergedInSeconds: 0 }
 
@@ -307,8 +310,10 @@ export class Simulation {
       this.stats.joins++
       this.trace(`join n${node.index}`)
       await this.start(node)
-    } else if (r < 0.5) {
+    } else if (r < 0.42) {
       this.write(this.random.pick(live))
+    } else if (r < 0.5) {
+      this.writeBatch(this.random.pick(live))
     } else if (r < 0.56) {
       this.read(this.random.pick(live))
     } else if (r < 0.62) {
@@ -397,6 +402,55 @@ export class Simulation {
     })
   }
 
+  /**
+   * A bulk write through `node` (writeGroups, as an import sends): one to
+   * three new patients, each with a visit in medical_history, one group per
+   * patient (both rows share the patient's shard key: all or nothing)
+   */
+  private writeBatch (node: SimNode): void {
+    const consistency: Consistency = this.random.pick(['one', 'quorum', 'all'])
+    const groups: Mutation[][] = []
+    for (let n = this.random.int(1, 3); n > 0; n--) {
+      const i = this.nextPatient++
+      const h = this.nextVisit++
+      const shard = `patient_id:${i}`
+      groups.push([
+        { op: 'insert', table: 'patient_records', id: String(i), shard, row: patient(i) },
+        { op: 'insert', table: 'medical_history', id: String(h), shard, row: { history_id: h, patient_id: i, diagnosis: 'Flu', treatment: 'Rest', date_of_visit: '2026-01-02T10:00:00Z' } }
+      ])
+    }
+    const coordinator = node.coordinator as DistributedCoordinator
+    const run = node.runs
+    const step = this.step
+    const what = `batch of patients ${groups.map(g => g[0]?.id).join(',')} at ${consistency} through n${node.index}`
+    for (const g of groups) this.batches.push({ records: g.map(m => ({ table: m.table, id: m.id })), what })
+    this.trace(what)
+    node.inflight++
+    coordinator.writeGroups(groups, { consistency }).then(outcomes => {
+      if (node.runs !== run || !node.up) return
+      node.inflight--
+      outcomes.forEach((o, gi) => {
+        const shard = (groups[gi]?.[0] as Mutation).shard
+        if (!o.ok) {
+          if (o.error.code === 'UNAVAILABLE') this.stats.unknown++
+          else this.stats.refused++
+          this.trace(`refused group ${shard} of ${what}: ${o.error.message.slice(0, 120)}`)
+          return
+        }
+        for (const r of o.results) {
+          this.acked.push({ table: r.table, id: r.id, token: tokenOf(shard), version: r.version, step, at: node.index })
+          this.stats.acked++
+        }
+        this.trace(`acked group ${shard} of ${what}: ${o.results.map(r => r.version).join(',')}`)
+      })
+    }, (err: unknown) => {
+      if (node.runs !== run || !node.up) return
+      node.inflight--
+      this.stats.unknown += groups.length
+      this.trace(`refused ${what}: ${(err as Error).message.slice(0, 120)}`)
+    })
+  }
+
   /** A quorum read through `node` (its read repair is part of the healing under test) */
   private read (node: SimNode): void {
     if (this.acked.length === 0) return
@@ -461,6 +515,7 @@ export class Simulation {
       await this.checkNothingLost()
       reason = await this.divergence()
       if (reason === '') {
+        this.checkBatches(await this.heldRecords())
         this.stats.convergedInSeconds = Math.round((this.sched.now - started) / 1000)
         this.trace(`converged after ${this.stats.convergedInSeconds} s`)
         for (const node of this.nodes) this.hash.update((node.store as Store).summary.bucketDigests().join(''))
@@ -468,6 +523,30 @@ export class Simulation {
       }
     }
     throw new InvariantError(`replicas did not converge within ${HEAL_LIMIT_MS / 1000} s of fake time after the heal: ${reason}`)
+  }
+
+  /** Every record on any node (`table/id`), with the nodes that hold it and their states */
+  private async heldRecords (): Promise<Map<string, Array<{ node: SimNode, state: RecordState }>>> {
+    const holders = new Map<string, Array<{ node: SimNode, state: RecordState }>>()
+    for (const node of this.nodes) {
+      for await (const state of (node.store as Store).scanRecords()) {
+        const key = `${state.table}/${state.id}`
+        const list = holders.get(key) ?? []
+        list.push({ node, state })
+        holders.set(key, list)
+      }
+    }
+    return holders
+  }
+
+  /** Each group of a batch (one patient's rows) is on the network entirely or not at all, acknowledged or not */
+  private checkBatches (holders: Map<string, unknown>): void {
+    for (const b of this.batches) {
+      const present = b.records.filter(r => holders.has(`${r.table}/${r.id}`))
+      if (present.length > 0 && present.length < b.records.length) {
+        throw new InvariantError(`a group of a ${b.what} landed in part: ${present.map(r => `${r.table} ${r.id}`).join(', ')} without the rest`)
+      }
+    }
   }
 
   /** What still differs ('' once converged): ring views, hints, and each record's holders and heads */
@@ -478,15 +557,7 @@ export class Simulation {
       const hints = (node.store as Store).hintCount()
       if (hints > 0) return `n${node.index} still keeps ${hints} hints`
     }
-    const holders = new Map<string, Array<{ node: SimNode, state: RecordState }>>()
-    for (const node of this.nodes) {
-      for await (const state of (node.store as Store).scanRecords()) {
-        const key = `${state.table}/${state.id}`
-        const list = holders.get(key) ?? []
-        list.push({ node, state })
-        holders.set(key, list)
-      }
-    }
+    const holders = await this.heldRecords()
     for (const a of this.acked) if (!holders.has(`${a.table}/${a.id}`)) return `${a.table} ${a.id} (acknowledged) is held by no node`
     const ring = (this.nodes[0] as SimNode).coordinator as DistributedCoordinator
     for (const [key, list] of holders) {
