@@ -1,4 +1,5 @@
 import { createHash, createPrivateKey, sign as signBytes } from 'node:crypto'
+import { format } from 'node:util'
 import { privateKeyFromRaw } from '@libp2p/crypto/keys'
 import { peerIdFromPrivateKey } from '@libp2p/peer-id'
 import type { Consistency, Mutation } from '../cluster/coordinator.js'
@@ -83,6 +84,9 @@ const HEAL_LIMIT_MS = 600_000
 /** Quiet fake time before the workload starts (the nodes find each other), ms */
 const WARMUP_MS = 5000
 
+/** Error codes that say a write was refused and took no effect */
+const DEFINITE = new Set(['CONFLICT', 'NOT_FOUND', 'PRECONDITION_FAILED', 'INVALID'])
+
 const INDEXES = Object.fromEntries(TABLES.map(t => [t.name, t.indexed]))
 
 function patient (i: number, address = `${i} Main St`): Row {
@@ -165,6 +169,8 @@ export class Simulation {
   private readonly log?: (line: string) => void
   private readonly tamper?: (step: number, stores: Store[]) => Promise<void>
   private nextPatient = 1
+  /** Write ids of writes refused for good (409, 404, 412, 400): none may be stored anywhere */
+  private readonly refusedWrites = new Map<string, string>()
   private nextVisit = 1
   /** Every batch sent (acknowledged or not): after the heal each is on the network entirely or not at all */
   private readonly batches: Array<{ records: Array<{ table: string, id: string }>, what: string }> = []
@@ -267,13 +273,16 @@ export class Simulation {
       sign: node.sign,
       addresses: () => [`/sim/${node.index}`],
       persist: async members => { node.saved = members },
+      ...(this.log === undefined ? {} : { warn: (line: string) => { this.log?.(`${this.time()}   n${node.index}: ${line}`) } }),
       env
     }, MEMBERSHIP)
     // As a daemon does: its configured bootstrap peer, then the members it saved.
     membership.addCandidate((this.nodes[node.index === 0 ? 1 : 0] as SimNode).peerId)
     membership.restore(node.saved)
     const clock = new HybridClock(nodeTag(node.peerId), env.now)
-    const coordinator = new DistributedCoordinator({ store, clock, peerId: node.peerId, transport, membership, env }, COORDINATOR)
+    // With --verbose, what each node logs (not part of the trace hash: logging changes nothing).
+    const log = this.log === undefined ? undefined : (msg: string, ...args: unknown[]): void => { this.log?.(`${this.time()}   n${node.index}: ${format(msg, ...args)}`) }
+    const coordinator = new DistributedCoordinator({ store, clock, peerId: node.peerId, transport, membership, env, ...(log === undefined ? {} : { log }) }, COORDINATOR)
     await coordinator.start()
     membership.start()
     running = true
@@ -378,6 +387,8 @@ export class Simulation {
       const i = this.nextPatient++
       mutation = { op: 'insert', table: 'patient_records', id: String(i), shard: `patient_id:${i}`, row: patient(i) }
     }
+    // The client write's id (the coordinator would draw one): a write refused for good must not be stored under it.
+    mutation.writeId = this.random.bytes(8).toString('hex')
     const coordinator = node.coordinator as DistributedCoordinator
     const run = node.runs
     const step = this.step
@@ -395,9 +406,13 @@ export class Simulation {
     }, (err: unknown) => {
       if (node.runs !== run || !node.up) return
       node.inflight--
-      const outcome = (err as { outcome?: string }).outcome
-      if (outcome === 'unknown' || outcome === 'partial') this.stats.unknown++
-      else this.stats.refused++
+      const code = (err as { code?: string }).code ?? ''
+      if (DEFINITE.has(code)) {
+        this.stats.refused++
+        this.refusedWrites.set(mutation.writeId as string, `${what} (step ${step}): ${code}`)
+      } else {
+        this.stats.unknown++
+      }
       this.trace(`refused ${what}: ${(err as Error).message.slice(0, 120)}`)
     })
   }
@@ -414,9 +429,10 @@ export class Simulation {
       const i = this.nextPatient++
       const h = this.nextVisit++
       const shard = `patient_id:${i}`
+      const writeId = this.random.bytes(8).toString('hex')
       groups.push([
-        { op: 'insert', table: 'patient_records', id: String(i), shard, row: patient(i) },
-        { op: 'insert', table: 'medical_history', id: String(h), shard, row: { history_id: h, patient_id: i, diagnosis: 'Flu', treatment: 'Rest', date_of_visit: '2026-01-02T10:00:00Z' } }
+        { op: 'insert', table: 'patient_records', id: String(i), shard, row: patient(i), writeId },
+        { op: 'insert', table: 'medical_history', id: String(h), shard, row: { history_id: h, patient_id: i, diagnosis: 'Flu', treatment: 'Rest', date_of_visit: '2026-01-02T10:00:00Z' }, writeId }
       ])
     }
     const coordinator = node.coordinator as DistributedCoordinator
@@ -432,8 +448,12 @@ export class Simulation {
       outcomes.forEach((o, gi) => {
         const shard = (groups[gi]?.[0] as Mutation).shard
         if (!o.ok) {
-          if (o.error.code === 'UNAVAILABLE') this.stats.unknown++
-          else this.stats.refused++
+          if (DEFINITE.has(o.error.code)) {
+            this.stats.refused++
+            this.refusedWrites.set((groups[gi]?.[0] as Mutation).writeId as string, `group ${shard} of ${what} (step ${step}): ${o.error.code}`)
+          } else {
+            this.stats.unknown++
+          }
           this.trace(`refused group ${shard} of ${what}: ${o.error.message.slice(0, 120)}`)
           return
         }
@@ -515,7 +535,9 @@ export class Simulation {
       await this.checkNothingLost()
       reason = await this.divergence()
       if (reason === '') {
-        this.checkBatches(await this.heldRecords())
+        const held = await this.heldRecords()
+        this.checkBatches(held)
+        await this.checkRefusals(held)
         this.stats.convergedInSeconds = Math.round((this.sched.now - started) / 1000)
         this.trace(`converged after ${this.stats.convergedInSeconds} s`)
         for (const node of this.nodes) this.hash.update((node.store as Store).summary.bucketDigests().join(''))
@@ -545,6 +567,19 @@ export class Simulation {
       const present = b.records.filter(r => holders.has(`${r.table}/${r.id}`))
       if (present.length > 0 && present.length < b.records.length) {
         throw new InvariantError(`a group of a ${b.what} landed in part: ${present.map(r => `${r.table} ${r.id}`).join(', ')} without the rest`)
+      }
+    }
+  }
+
+  /** A write refused for good (409, 404, 412, 400) took no effect: no stored version carries its write id */
+  private async checkRefusals (holders: Map<string, Array<{ node: SimNode, state: RecordState }>>): Promise<void> {
+    if (this.refusedWrites.size === 0) return
+    for (const list of holders.values()) {
+      for (const { node, state } of list) {
+        for (const v of await (node.store as Store).versions(state.table, state.token, state.id)) {
+          const refused = v.writeId === undefined ? undefined : this.refusedWrites.get(v.writeId)
+          if (refused !== undefined) throw new InvariantError(`a write refused for good took effect: ${refused}, yet ${state.table} ${state.id} version ${v.version} on n${node.index} carries its write id`)
+        }
       }
     }
   }
