@@ -393,7 +393,7 @@ export class DistributedCoordinator implements Coordinator {
     const one = options.consistency === 'one'
     const deadline = this.env.now() + this.timeoutMs
     for (const primary of this.byLiveness(owners, false)) {
-      if (primary === this.c.peerId) return await this.coordinateWrite(mutations, options.consistency, retry)
+      if (primary === this.c.peerId) return await afterSilence(this.coordinateWrite(mutations, options.consistency, retry), retry, first.shard, this.needed(options.consistency, this.writeQuorum, owners.length))
       if (one && this.env.now() >= deadline) continue
       try {
         const msg = { type: 'write', mutations, ...(options.consistency === undefined ? {} : { consistency: options.consistency }), ...(retry ? { retry } : {}) }
@@ -417,13 +417,13 @@ export class DistributedCoordinator implements Coordinator {
           throw new NtsoekheError('UNAVAILABLE', `${first.shard}: the primary did not answer in time; the write may or may not have been applied (retry with the same Idempotency-Key)`, { cause: err, durable: 0, required, outcome: 'unknown' })
         }
         // The primary is unreachable, or no longer thinks it owns the key: the next owner takes over.
-        if (!isUnreachable(err)) throw err
+        if (!isUnreachable(err)) throw retry ? unknownOutcome(err, first.shard, this.needed(options.consistency, this.writeQuorum, owners.length)) : err
         this.c.log?.('primary %s unreachable for %s: %s', primary, first.shard, (err as Error).message)
         lastError = err
         retry = true
       }
     }
-    if (one) return await this.sloppyWrite(mutations, owners, retry)
+    if (one) return await afterSilence(this.sloppyWrite(mutations, owners, retry), retry, first.shard, 1)
     throw new UnavailableError(`No owner of ${first.shard} could take the write`, { cause: lastError })
   }
 
@@ -1057,6 +1057,25 @@ export function isNoAnswer (err: unknown): boolean {
 export function isUnreachable (err: unknown): boolean {
   if (err instanceof UnavailableError || err instanceof TimeoutError) return true
   return err instanceof NtsoekheError && err.code === 'NOT_OWNER'
+}
+
+/**
+ * After an owner failed or went silent in the middle of a write (`retry`),
+ * it may have applied it: a refusal by the next owner, which ordered the
+ * write against a copy that lacks it (404, 409, 412), is then not the truth.
+ */
+async function afterSilence<T> (work: Promise<T>, retry: boolean, shard: string, required: number): Promise<T> {
+  try {
+    return await work
+  } catch (err) {
+    throw retry ? unknownOutcome(err, shard, required) : err
+  }
+}
+
+/** A refusal that may be wrong (see afterSilence) as what is true: the outcome is unknown */
+function unknownOutcome (err: unknown, shard: string, required: number): unknown {
+  if (!(err instanceof NtsoekheError) || !['NOT_FOUND', 'CONFLICT', 'PRECONDITION_FAILED'].includes(err.code)) return err
+  return new NtsoekheError('UNAVAILABLE', `${shard}: an owner that did not answer may have applied the write, and the next refused it (${err.message}); the write may or may not have been applied (retry with the same Idempotency-Key)`, { cause: err, durable: 0, required, outcome: 'unknown' })
 }
 
 /** `promise`, or a TimeoutError after `ms` (`what` names the peer or table) */
