@@ -1,4 +1,3 @@
-import { randomBytes } from 'node:crypto'
 import { ForbiddenError, InvalidMessageError, NtsoekheError, TimeoutError, UnavailableError } from '../errors/index.js'
 import { findTable } from '../schema/index.js'
 import type { PurgeMarker, RecordState, Store, VersionEntry } from '../storage/store.js'
@@ -8,6 +7,7 @@ import { compareVersions } from '../storage/version.js'
 import { AntiEntropy } from './anti-entropy.js'
 import { ApplyBatcher, chunkBy, chunkGroups, MAX_ENTRIES_PER_MESSAGE, resultOk } from './apply-batcher.js'
 import type { ClusterStatus, Consistency, Coordinator, GroupOutcome, InsertOutcome, Mutation, RequestOptions, ScanPage, ScanRequest, WriteResult } from './coordinator.js'
+import { orderByLiveness, planRecordMove, requiredAcks, type RecordMove } from './decisions.js'
 import { mergeStates, missingHeads } from './merge.js'
 import type { Membership } from './membership.js'
 import { AUDIT_TABLE, checkEntry, checkScanPage, checkState, parseReplicaMessage, type ReplicaMessage } from './messages.js'
@@ -16,6 +16,7 @@ import { mutationKey, orderGroups, orderMutations } from './mutations.js'
 import { HashRing } from './ring.js'
 import { tokenOf } from './token.js'
 import type { PeerTransport } from './transport.js'
+import { REAL_ENV, sleep, type Environment, type TimerHandle } from '../util/env.js'
 
 export interface DistributedCoordinatorComponents {
   store: Store
@@ -24,6 +25,8 @@ export interface DistributedCoordinatorComponents {
   transport: PeerTransport
   membership: Membership
   log?: (msg: string, ...args: unknown[]) => void
+  /** The clock, timers and random draws. @default REAL_ENV (the simulation gives fake time and a seeded generator) */
+  env?: Environment
 }
 
 export interface DistributedCoordinatorInit {
@@ -88,6 +91,10 @@ const REBALANCE_BATCH = 256
  */
 export class DistributedCoordinator implements Coordinator {
   private readonly c: DistributedCoordinatorComponents
+  private readonly env: Environment
+  /** Random write ids, drawn 512 at a time (see newWriteId) */
+  private writeIds: Buffer = Buffer.alloc(0)
+  private writeIdAt = 0
   readonly replicas: number
   readonly writeQuorum: number
   readonly readQuorum: number
@@ -99,7 +106,7 @@ export class DistributedCoordinator implements Coordinator {
   /** Compares and repairs what this node and its co-owners hold (see anti-entropy.ts) */
   readonly antiEntropy: AntiEntropy
   private readonly batcher: ApplyBatcher
-  private handoffTimer?: ReturnType<typeof setInterval>
+  private handoffTimer?: TimerHandle
   private handingOff = false
   private unsubscribe?: () => void
   private readonly vnodes: number | undefined
@@ -107,8 +114,8 @@ export class DistributedCoordinator implements Coordinator {
   private readonly rebalanceIntervalMs: number
   /** Ring members when records last finished moving to their owners */
   private placedFor: string[] = []
-  private rebalanceTimer?: ReturnType<typeof setTimeout>
-  private rebalanceInterval?: ReturnType<typeof setInterval>
+  private rebalanceTimer?: TimerHandle
+  private rebalanceInterval?: TimerHandle
   private rebalancing?: Promise<void>
   private rebalanceAgain = false
   private lastRebalance?: RebalanceStatus['last']
@@ -124,6 +131,7 @@ export class DistributedCoordinator implements Coordinator {
 
   constructor (components: DistributedCoordinatorComponents, init: DistributedCoordinatorInit = {}) {
     this.c = components
+    this.env = components.env ?? REAL_ENV
     this.replicas = init.replicas ?? 3
     this.writeQuorum = init.writeQuorum ?? 2
     this.readQuorum = init.readQuorum ?? 2
@@ -134,7 +142,7 @@ export class DistributedCoordinator implements Coordinator {
     this.ring = new HashRing(init.vnodes === undefined ? {} : { vnodes: init.vnodes })
     this.rebalanceDelayMs = init.rebalanceDelayMs ?? 2000
     this.rebalanceIntervalMs = init.rebalanceIntervalMs ?? 600_000
-    this.batcher = new ApplyBatcher(components.transport, this.timeoutMs)
+    this.batcher = new ApplyBatcher(components.transport, this.timeoutMs, this.env.defer)
     components.transport.handle('replica', async (msg, from) => await this.onMessage(msg, from), {
       accept: peer => {
         if (components.membership.mayReplicate(peer)) return true
@@ -157,6 +165,7 @@ export class DistributedCoordinator implements Coordinator {
       mayRead: peer => components.membership.stateOf(peer) !== 'left',
       active: () => !components.membership.leaving,
       observe: version => { components.clock.observe(version) },
+      env: this.env,
       ...(components.log === undefined ? {} : { log: components.log })
     }, {
       timeoutMs: this.timeoutMs,
@@ -178,9 +187,9 @@ export class DistributedCoordinator implements Coordinator {
     this.placedFor = valid ? saved as string[] : this.ring.list().map(m => m.peerId)
     if (!sameMembers(this.placedFor, this.ring.list().map(m => m.peerId))) this.scheduleRebalance(this.rebalanceDelayMs)
     this.unsubscribe = this.c.membership.onChange(() => { this.updateRing() })
-    this.handoffTimer = setInterval(() => { void this.handoff() }, this.handoffIntervalMs)
+    this.handoffTimer = this.env.setInterval(() => { void this.handoff() }, this.handoffIntervalMs)
     this.handoffTimer.unref?.()
-    this.rebalanceInterval = setInterval(() => { this.scheduleRebalance(0) }, this.rebalanceIntervalMs)
+    this.rebalanceInterval = this.env.setInterval(() => { this.scheduleRebalance(0) }, this.rebalanceIntervalMs)
     this.rebalanceInterval.unref?.()
     this.antiEntropy.start()
   }
@@ -188,9 +197,9 @@ export class DistributedCoordinator implements Coordinator {
   async stop (): Promise<void> {
     this.stopped = true
     this.unsubscribe?.()
-    if (this.handoffTimer !== undefined) clearInterval(this.handoffTimer)
-    if (this.rebalanceInterval !== undefined) clearInterval(this.rebalanceInterval)
-    if (this.rebalanceTimer !== undefined) clearTimeout(this.rebalanceTimer)
+    if (this.handoffTimer !== undefined) this.env.clearInterval(this.handoffTimer)
+    if (this.rebalanceInterval !== undefined) this.env.clearInterval(this.rebalanceInterval)
+    if (this.rebalanceTimer !== undefined) this.env.clearTimeout(this.rebalanceTimer)
     await this.antiEntropy.stop()
     await this.rebalancing?.catch(() => {})
   }
@@ -206,8 +215,8 @@ export class DistributedCoordinator implements Coordinator {
   /** Runs a rebalance once the ring has been quiet for `delay` ms (each change restarts the wait) */
   private scheduleRebalance (delay: number): void {
     if (this.stopped) return
-    if (this.rebalanceTimer !== undefined) clearTimeout(this.rebalanceTimer)
-    this.rebalanceTimer = setTimeout(() => {
+    if (this.rebalanceTimer !== undefined) this.env.clearTimeout(this.rebalanceTimer)
+    this.rebalanceTimer = this.env.setTimeout(() => {
       this.rebalanceTimer = undefined
       if (this.rebalancing !== undefined) { this.rebalanceAgain = true; return }
       this.rebalancing = this.rebalance().finally(() => {
@@ -262,21 +271,11 @@ export class DistributedCoordinator implements Coordinator {
     }
     // Where one record goes: to the owners that gained it (this node stays an owner), or to every owner
     // before this node's copy is dropped; undefined when it stays as it is.
-    const plan = (state: RecordState): { targets: string[], drop: boolean, missing: boolean } | undefined => {
+    const plan = (state: RecordState): RecordMove | undefined => {
       const global = findTable(state.table)?.shardKey === 'global'
       const owners = this.ring.preferenceList(state.token, global ? this.ring.size : this.replicas)
       const oldOwners = before.preferenceList(state.token, global ? before.size : this.replicas)
-      if (owners.includes(self)) {
-        const sender = oldOwners.find(p => this.c.membership.isAlive(p))
-        const gained = owners.filter(p => p !== self && !oldOwners.includes(p))
-        if (sender !== self || gained.length === 0) return undefined
-        // A newcomer that is down now gets it on a later run: this one counts as failed, so it is retried.
-        const up = gained.filter(p => this.c.membership.stateOf(p) !== 'down')
-        return { targets: up, drop: false, missing: up.length < gained.length }
-      }
-      // A copy this node no longer owns (or never did): every owner must have it before it goes.
-      const targets = owners.filter(p => this.c.membership.stateOf(p) !== 'down')
-      return { targets, drop: targets.length === owners.length, missing: targets.length < owners.length }
+      return planRecordMove(self, owners, oldOwners, p => this.c.membership.stateOf(p))
     }
     const handle = async (state: RecordState, route: { targets: string[], drop: boolean, missing: boolean }, versions: VersionEntry[]): Promise<void> => {
       // The sends are queued synchronously, before the first await: the flush below sees all of them.
@@ -312,7 +311,7 @@ export class DistributedCoordinator implements Coordinator {
       stats.failed++
       this.c.log?.('rebalance stopped: %s', (err as Error).message)
     }
-    stats.finishedAt = Date.now()
+    stats.finishedAt = this.env.now()
     this.lastRebalance = stats
     if (stats.sent > 0 || stats.failed > 0) {
       this.c.log?.('rebalance over %d members: %d records looked at, %d handed off, %d copies dropped, %d failed', members.length, stats.records, stats.sent, stats.dropped, stats.failed)
@@ -327,7 +326,7 @@ export class DistributedCoordinator implements Coordinator {
       // Retry, backing off (a member may stay down for a while), but at least as often as the periodic run.
       const wait = Math.min(this.rebalanceDelayMs * 5 * 2 ** this.rebalanceFailures, this.rebalanceIntervalMs)
       this.rebalanceFailures = Math.min(this.rebalanceFailures + 1, 20)
-      setTimeout(() => { this.scheduleRebalance(0) }, wait).unref?.()
+      this.env.setTimeout(() => { this.scheduleRebalance(0) }, wait).unref?.()
     }
   }
 
@@ -337,22 +336,22 @@ export class DistributedCoordinator implements Coordinator {
    * fails at the deadline with what is left.
    */
   async drain (timeoutMs: number): Promise<{ handedOff: number, rounds: number }> {
-    const deadline = Date.now() + timeoutMs
+    const deadline = this.env.now() + timeoutMs
     const droppedBefore = this.droppedTotal
     for (let rounds = 1; ; rounds++) {
       this.scheduleRebalance(0)
       while (this.rebalanceStatus().pending) {
-        if (Date.now() > deadline) throw new UnavailableError(`Leaving: records are still being handed off after ${timeoutMs} ms`)
-        await new Promise(resolve => setTimeout(resolve, 50))
+        if (this.env.now() > deadline) throw new UnavailableError(`Leaving: records are still being handed off after ${timeoutMs} ms`)
+        await sleep(this.env, 50)
       }
       const handedOff = this.droppedTotal - droppedBefore
       let anyLeft = false
       for await (const _ of this.c.store.scanRecords()) { anyLeft = true; break }
       if (!anyLeft) return { handedOff, rounds }
-      if (Date.now() > deadline) {
+      if (this.env.now() > deadline) {
         throw new UnavailableError(`Leaving: records are still held here after ${timeoutMs} ms (${this.lastRebalance?.failed ?? 0} could not be handed off in the last round); try again`)
       }
-      await new Promise(resolve => setTimeout(resolve, Math.min(1000, this.rebalanceDelayMs)))
+      await sleep(this.env, Math.min(1000, this.rebalanceDelayMs))
     }
   }
 
@@ -369,33 +368,18 @@ export class DistributedCoordinator implements Coordinator {
   }
 
   private needed (level: Consistency | undefined, quorum: number, owners: number): number {
-    if (level === 'one') return 1
-    if (level === 'all') return owners
-    return Math.min(quorum, owners)
+    return requiredAcks(level, quorum, owners)
   }
 
   /** Owners ordered for a request: alive first (self first among them), then suspect ones */
   private byLiveness (owners: string[], spread: boolean): string[] {
-    const alive = owners.filter(p => this.c.membership.isAlive(p))
-    const rest = owners.filter(p => !alive.includes(p))
-    if (spread) {
-      const self = alive.filter(p => p === this.c.peerId)
-      const others = alive.filter(p => p !== this.c.peerId)
-      for (let i = others.length - 1; i > 0; i--) {
-        const j = Math.floor(Math.random() * (i + 1))
-        const t = others[i] as string
-        others[i] = others[j] as string
-        others[j] = t
-      }
-      return [...self, ...others, ...rest]
-    }
-    return [...alive, ...rest]
+    return orderByLiveness(owners, this.c.peerId, p => this.c.membership.isAlive(p), spread, this.env.random)
   }
 
   async write (mutations: Mutation[], options: RequestOptions = {}): Promise<WriteResult[]> {
     if (mutations.length === 0) return []
     // One id for this client write, kept on its versions: a retry on another owner recognises it exactly.
-    const writeId = newWriteId()
+    const writeId = this.newWriteId()
     mutations = mutations.map(m => m.writeId === undefined ? { ...m, writeId } : m)
     const first = mutations[0] as Mutation
     const token = tokenOf(first.shard)
@@ -407,15 +391,15 @@ export class DistributedCoordinator implements Coordinator {
     // At `one` the owners share one replication timeout: past it (owners cut off but not yet marked
     // suspect), the write is kept here as a hint for them (sloppyWrite) rather than refused.
     const one = options.consistency === 'one'
-    const deadline = Date.now() + this.timeoutMs
+    const deadline = this.env.now() + this.timeoutMs
     for (const primary of this.byLiveness(owners, false)) {
-      if (primary === this.c.peerId) return await this.coordinateWrite(mutations, options.consistency, retry)
-      if (one && Date.now() >= deadline) continue
+      if (primary === this.c.peerId) return await afterSilence(this.coordinateWrite(mutations, options.consistency, retry), retry, first.shard, this.needed(options.consistency, this.writeQuorum, owners.length))
+      if (one && this.env.now() >= deadline) continue
       try {
         const msg = { type: 'write', mutations, ...(options.consistency === undefined ? {} : { consistency: options.consistency }), ...(retry ? { retry } : {}) }
         // The primary itself waits up to timeoutMs for its replicas: give it that and a round trip more.
         // At `one` it waits for no replica, and the whole write is bounded by the replication timeout.
-        if (one) return await withTimeout(this.c.transport.request(primary, 'replica', msg, { timeout: deadline - Date.now() }), deadline - Date.now(), primary) as WriteResult[]
+        if (one) return await withTimeout(this.env, this.c.transport.request(primary, 'replica', msg, { timeout: deadline - this.env.now() }), deadline - this.env.now(), primary) as WriteResult[]
         return await this.c.transport.request(primary, 'replica', msg, { timeout: this.forwardTimeout }) as WriteResult[]
       } catch (err) {
         // At `one` a silent owner is passed over like an unreachable one. It may have applied the write:
@@ -433,13 +417,13 @@ export class DistributedCoordinator implements Coordinator {
           throw new NtsoekheError('UNAVAILABLE', `${first.shard}: the primary did not answer in time; the write may or may not have been applied (retry with the same Idempotency-Key)`, { cause: err, durable: 0, required, outcome: 'unknown' })
         }
         // The primary is unreachable, or no longer thinks it owns the key: the next owner takes over.
-        if (!isUnreachable(err)) throw err
+        if (!isUnreachable(err)) throw retry ? unknownOutcome(err, first.shard, this.needed(options.consistency, this.writeQuorum, owners.length)) : err
         this.c.log?.('primary %s unreachable for %s: %s', primary, first.shard, (err as Error).message)
         lastError = err
         retry = true
       }
     }
-    if (one) return await this.sloppyWrite(mutations, owners, retry)
+    if (one) return await afterSilence(this.sloppyWrite(mutations, owners, retry), retry, first.shard, 1)
     throw new UnavailableError(`No owner of ${first.shard} could take the write`, { cause: lastError })
   }
 
@@ -694,7 +678,7 @@ export class DistributedCoordinator implements Coordinator {
           ? await this.c.store.get(table, token, id)
           : readReply(await this.c.transport.request(peer, 'replica', { type: 'read', table, id, token }, { timeout: this.timeoutMs }), { table, id, token }))
       // With a copy here, owners that do not answer (one after another) hold the read up for one timeout at most.
-      answers = held === undefined ? await asked : await withTimeout(asked, this.timeoutMs, table)
+      answers = held === undefined ? await asked : await withTimeout(this.env, asked, this.timeoutMs, table)
     } catch (err) {
       if (held === undefined || !isNoAnswer(err)) throw err
       return held
@@ -720,7 +704,7 @@ export class DistributedCoordinator implements Coordinator {
         peer === this.c.peerId
           ? await this.c.store.versions(table, token, id)
           : historyReply(await this.c.transport.request(peer, 'replica', { type: 'history', table, id, token }, { timeout: this.timeoutMs }), table, id))
-      answers = held.length === 0 ? await asked : await withTimeout(asked, this.timeoutMs, table)
+      answers = held.length === 0 ? await asked : await withTimeout(this.env, asked, this.timeoutMs, table)
     } catch (err) {
       if (held.length === 0 || !isNoAnswer(err)) throw err
       answers = new Map()
@@ -931,7 +915,7 @@ export class DistributedCoordinator implements Coordinator {
         return await this.c.store.scan(msg.table, { where: msg.where, limit: msg.limit, ...(msg.after === undefined ? {} : { after: msg.after }), ...(msg.token === undefined ? {} : { token: msg.token }) })
       case 'purge': {
         this.c.clock.observe(msg.version)
-        const held = await this.c.store.purge({ table: msg.table, id: msg.id, token: msg.token, version: msg.version, time: Date.now() })
+        const held = await this.c.store.purge({ table: msg.table, id: msg.id, token: msg.token, version: msg.version, time: this.env.now() })
         this.c.log?.('purged %s %s at the request of %s', msg.table, msg.id, from)
         return { ok: true, held }
       }
@@ -950,7 +934,7 @@ export class DistributedCoordinator implements Coordinator {
    * so a late copy (a hint, a hand-off, a read repair) does not bring it back.
    */
   async purge (table: string, id: string, shard: string): Promise<number> {
-    const marker: PurgeMarker = { table, id, token: tokenOf(shard), version: this.c.clock.tick(), time: Date.now() }
+    const marker: PurgeMarker = { table, id, token: tokenOf(shard), version: this.c.clock.tick(), time: this.env.now() }
     await this.c.store.purge(marker)
     const { time: _, ...msg } = marker
     const others = this.c.membership.members().filter(m => m.peerId !== this.c.peerId && m.state !== 'left').map(m => m.peerId)
@@ -967,6 +951,17 @@ export class DistributedCoordinator implements Coordinator {
       }
     }))
     return 1 + reached.filter(Boolean).length
+  }
+
+  /** A random 64-bit write id in hex, cut from a pool drawn 512 at a time (one `randomBytes` call per write cost 1.5% of a daemon's CPU) */
+  private newWriteId (): string {
+    if (this.writeIdAt + 8 > this.writeIds.length) {
+      this.writeIds = this.env.randomBytes(4096)
+      this.writeIdAt = 0
+    }
+    const id = this.writeIds.toString('hex', this.writeIdAt, this.writeIdAt + 8)
+    this.writeIdAt += 8
+    return id
   }
 
   /** Hinted handoff: hands the versions a replica missed to it once it is back */
@@ -1064,30 +1059,35 @@ export function isUnreachable (err: unknown): boolean {
   return err instanceof NtsoekheError && err.code === 'NOT_OWNER'
 }
 
+/**
+ * After an owner failed or went silent in the middle of a write (`retry`),
+ * it may have applied it: a refusal by the next owner, which ordered the
+ * write against a copy that lacks it (404, 409, 412), is then not the truth.
+ */
+async function afterSilence<T> (work: Promise<T>, retry: boolean, shard: string, required: number): Promise<T> {
+  try {
+    return await work
+  } catch (err) {
+    throw retry ? unknownOutcome(err, shard, required) : err
+  }
+}
+
+/** A refusal that may be wrong (see afterSilence) as what is true: the outcome is unknown */
+function unknownOutcome (err: unknown, shard: string, required: number): unknown {
+  if (!(err instanceof NtsoekheError) || !['NOT_FOUND', 'CONFLICT', 'PRECONDITION_FAILED'].includes(err.code)) return err
+  return new NtsoekheError('UNAVAILABLE', `${shard}: an owner that did not answer may have applied the write, and the next refused it (${err.message}); the write may or may not have been applied (retry with the same Idempotency-Key)`, { cause: err, durable: 0, required, outcome: 'unknown' })
+}
+
 /** `promise`, or a TimeoutError after `ms` (`what` names the peer or table) */
-async function withTimeout<T> (promise: Promise<T>, ms: number, what: string): Promise<T> {
-  let timer: ReturnType<typeof setTimeout> | undefined
+async function withTimeout<T> (env: Environment, promise: Promise<T>, ms: number, what: string): Promise<T> {
+  let timer: TimerHandle | undefined
   const timeout = new Promise<never>((_resolve, reject) => {
-    timer = setTimeout(() => { reject(new TimeoutError(`${what}: no answer within ${ms} ms`)) }, Math.max(ms, 0))
+    timer = env.setTimeout(() => { reject(new TimeoutError(`${what}: no answer within ${ms} ms`)) }, Math.max(ms, 0))
   })
   promise.catch(() => {})
   try {
     return await Promise.race([promise, timeout])
   } finally {
-    clearTimeout(timer)
+    env.clearTimeout(timer)
   }
-}
-
-let writeIds = Buffer.alloc(0)
-let writeIdAt = 0
-
-/** A random 64-bit write id in hex, cut from a pool drawn 512 at a time (one `randomBytes` call per write cost 1.5% of a daemon's CPU) */
-function newWriteId (): string {
-  if (writeIdAt + 8 > writeIds.length) {
-    writeIds = randomBytes(4096)
-    writeIdAt = 0
-  }
-  const id = writeIds.toString('hex', writeIdAt, writeIdAt + 8)
-  writeIdAt += 8
-  return id
 }

@@ -1,5 +1,5 @@
 import { Level } from 'level'
-import type { AbstractSublevel } from 'abstract-level'
+import type { AbstractLevel, AbstractSublevel } from 'abstract-level'
 import { DataKeyError, HomeLockedError, IntegrityError, NtsoekheError } from '../errors/index.js'
 import { findTable, sensitiveColumns, type Row, type Value } from '../schema/index.js'
 import { FieldCipher, isHashedIndexValue, SEALED_KEY } from './field-cipher.js'
@@ -8,6 +8,7 @@ import { GroupCommitter, type BatchOp } from './group-commit.js'
 import { KeyedMutex } from './keyed-mutex.js'
 import { encodeIndexValue, recordKey, SEP } from './keys.js'
 import { leafPrefix, RangeSummary, recordDigest } from './range-summary.js'
+import { REAL_ENV, type Environment } from '../util/env.js'
 
 type Sub = AbstractSublevel<any, any, string, any>
 
@@ -107,6 +108,14 @@ export interface StoreInit {
   plaintext?: boolean
   /** Progress of a migration at open (a format-3 store rewritten as format 4) */
   log?: (message: string) => void
+  /**
+   * The database to use instead of LevelDB at `path`: an abstract-level
+   * database with string keys and values (the simulation's in-memory one,
+   * which loses unsynced writes when its node crashes)
+   */
+  db?: AbstractLevel<any, any, any>
+  /** The clock (hint keys) and deferred work (group commit). @default REAL_ENV */
+  env?: Environment
 }
 
 /** `purged`: a version of a record erased here, refused (see Store.purge) */
@@ -222,6 +231,7 @@ export class Store {
   private readonly cipher?: FieldCipher
   private readonly plaintext: boolean
   private readonly sync: boolean
+  private readonly env: Environment
   private state: 'new' | 'opening' | 'open' | 'closing' | 'closed' = 'new'
   private opening?: Promise<void>
   private closing?: Promise<void>
@@ -229,7 +239,10 @@ export class Store {
   constructor (init: StoreInit) {
     // Before the database exists: a malformed key leaves nothing open behind.
     if (init.dataKey !== undefined) this.cipher = new FieldCipher(init.dataKey)
-    this.db = new Level<string, any>(init.path, { valueEncoding: 'json', writeBufferSize: init.writeBufferBytes ?? DEFAULT_WRITE_BUFFER })
+    this.db = init.db === undefined
+      ? new Level<string, any>(init.path, { valueEncoding: 'json', writeBufferSize: init.writeBufferBytes ?? DEFAULT_WRITE_BUFFER })
+      : init.db as unknown as Level<string, any>
+    this.env = init.env ?? REAL_ENV
     this.records = this.db.sublevel<string, any>('r', { valueEncoding: 'json' }) as Sub
     this.history = this.db.sublevel<string, any>('h', { valueEncoding: 'json' }) as Sub
     this.tables = this.db.sublevel<string, any>('t', { valueEncoding: 'json' }) as Sub
@@ -245,7 +258,7 @@ export class Store {
     this.committer = new GroupCommitter(async (ops, sync) => {
       await writeBatch(this.db, ops, sync)
       this.countTableOps(ops)
-    }, { sync: init.sync ?? true })
+    }, { sync: init.sync ?? true, defer: this.env.defer })
   }
 
   get status (): string {
@@ -639,7 +652,7 @@ export class Store {
   async addPurgeHint (peerId: string, marker: PurgeMarker): Promise<void> {
     this.checkOpen()
     this.hintSeq = (this.hintSeq + 1) % 1_000_000
-    const key = peerId + SEP + String(Date.now()).padStart(15, '0') + String(this.hintSeq).padStart(6, '0')
+    const key = peerId + SEP + String(this.env.now()).padStart(15, '0') + String(this.hintSeq).padStart(6, '0')
     await this.committer.commit([put(this.hints, key, { purge: marker })])
     this.hintCounts.set(peerId, (this.hintCounts.get(peerId) ?? 0) + 1)
   }
@@ -828,7 +841,7 @@ export class Store {
   async addHint (peerId: string, entries: VersionEntry[]): Promise<void> {
     this.checkOpen()
     this.hintSeq = (this.hintSeq + 1) % 1_000_000
-    const key = peerId + SEP + String(Date.now()).padStart(15, '0') + String(this.hintSeq).padStart(6, '0')
+    const key = peerId + SEP + String(this.env.now()).padStart(15, '0') + String(this.hintSeq).padStart(6, '0')
     await this.committer.commit([put(this.hints, key, entries.map(e => this.sealEntry(e)))])
     this.hintCounts.set(peerId, (this.hintCounts.get(peerId) ?? 0) + 1)
   }
