@@ -146,6 +146,14 @@ function buildProgram (io: Io, setCode: (c: number) => void): Command {
       out(opts, { id: r.id, version: r.version, row: r.row }, () => `inserted ${table} ${r.id} (version ${r.version})\n`)
     })
 
+  withKey(withConsistency(common(program.command('batch').description('several writes sharing one shard key (one patient), all or nothing: {"operations":[...]} or the array alone (JSON argument, or - for stdin)'))))
+    .argument('<json>')
+    .action(async (json: string, opts: GlobalOpts) => {
+      const operations = batchOperations(await readJsonArg(json, io, 'the batch'))
+      const r = await (await client(opts)).batch(operations, { ...consistency(opts), ...idempotencyKey(opts) })
+      out(opts, { results: r.results }, () => r.results.map(x => `${String((x as { table?: unknown }).table ?? '')} ${x.id} (version ${x.version})\n`).join(''))
+    })
+
   withBreakGlass(withConsistency(common(program.command('get').description('read a row by its id (`3:7` for a composite key)'))))
     .argument('<table>').argument('<id>')
     .option('--local', "read only this node's shard")
@@ -397,7 +405,14 @@ function int (value: string): number {
   return Number(value)
 }
 
-async function readJsonArg (arg: string, io: Io): Promise<unknown> {
+/** `{"operations": [...]}` or the operations array alone */
+function batchOperations (body: unknown): unknown[] {
+  const ops = Array.isArray(body) ? body : (body as { operations?: unknown } | null)?.operations
+  if (!Array.isArray(ops) || ops.length === 0) throw new UsageError('a batch is {"operations":[{"op","table","id"?,"row"?,"ifMatch"?}, ...]} or that array alone, with at least one operation')
+  return ops
+}
+
+async function readJsonArg (arg: string, io: Io, what = 'the row'): Promise<unknown> {
   let text = arg
   if (arg === '-') {
     const chunks: Buffer[] = []
@@ -407,7 +422,7 @@ async function readJsonArg (arg: string, io: Io): Promise<unknown> {
   try {
     return JSON.parse(text)
   } catch (err) {
-    throw new UsageError(`the row must be JSON: ${(err as Error).message}`)
+    throw new UsageError(`${what} must be JSON: ${(err as Error).message}`)
   }
 }
 

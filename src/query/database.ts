@@ -85,6 +85,9 @@ export interface DatabaseComponents {
   ids?: IdGenerator
 }
 
+/** What a batch's operations wrote so far, by `<table>|<row id>`: the row (null: deleted) and the operation's index */
+type BatchRows = Map<string, { index: number, row: Row | null }>
+
 /** A unique value a write took; `version` is the claim version this write made (what it may give back) */
 interface Claim { table: TableDef, column: string, value: Value, owner: string, version?: string }
 
@@ -403,9 +406,13 @@ export class Database {
     const tables = operations.map(op => findTable(String((op as BatchOperation | null)?.table))).filter((t): t is TableDef => t !== undefined)
     return await this.withUniqueLock(tables, async () => {
       const mutations: Mutation[] = []
+      // Rows the batch's earlier operations write (null: deleted): a later one may refer to them.
+      const earlier: BatchRows = new Map()
       for (const [i, op] of operations.entries()) {
         try {
-          const m = await this.batchMutation(op, options, key === undefined ? undefined : { key, index: i })
+          const m = await this.batchMutation(op, options, earlier, key === undefined ? undefined : { key, index: i })
+          assertNotWrittenEarlier(earlier, this.table(m.table), parseId(this.table(m.table), m.id))
+          earlier.set(`${m.table}|${m.id}`, { index: i, row: m.op === 'delete' ? null : m.row as Row })
           if (key !== undefined) { m.writeId = keyedWriteId(key, 'batch', i, m.table, m.id); m.keyed = true }
           mutations.push(m)
         } catch (err) {
@@ -460,7 +467,7 @@ export class Database {
   }
 
   /** One operation of a batch as a mutation; `keyed`: the batch's key and the operation's place in it */
-  private async batchMutation (op: BatchOperation, options: RequestOptions, keyed?: { key: string, index: number }): Promise<Mutation> {
+  private async batchMutation (op: BatchOperation, options: RequestOptions, earlier: BatchRows, keyed?: { key: string, index: number }): Promise<Mutation> {
     if (op === null || typeof op !== 'object') throw new ValidationError('Each operation must be an object')
     const table = this.table(String(op.table))
     const ifMatch = op.ifMatch === undefined ? undefined : Array.isArray(op.ifMatch) ? op.ifMatch : [op.ifMatch]
@@ -471,13 +478,14 @@ export class Database {
         const drawn = !generated ? undefined : keyed === undefined ? this.ids.next() : await this.keyedId(table, keyed.key, `batch:${keyed.index}`, options)
         const full = drawn === undefined ? row : { [table.primaryKey[0] as string]: drawn, ...row }
         // A keyed insert's own row (an earlier try of this batch) is not another row holding its values.
-        await this.checkRow(table, full, keyed === undefined ? undefined : rowId(table, full), options)
+        await this.checkRow(table, full, keyed === undefined ? undefined : rowId(table, full), options, undefined, earlier)
         return this.mutation('insert', table, orderColumns(table, full))
       }
       case 'put':
       case 'patch': {
         if (op.id === undefined) throw new ValidationError(`${op.op} needs an id`)
         const key = parseId(table, String(op.id))
+        assertNotWrittenEarlier(earlier, table, key)
         let row: Row
         if (op.op === 'put') {
           row = validateRow(table, { ...key, ...requireObject(table, op.row) }, 'full')
@@ -488,12 +496,13 @@ export class Database {
           row = validateRow(table, { ...live.row, ...validateRow(table, op.row, 'partial') }, 'full')
         }
         assertSameKey(table, key, row)
-        await this.checkRow(table, row, rowId(table, key), options)
+        await this.checkRow(table, row, rowId(table, key), options, undefined, earlier)
         return this.mutation('put', table, orderColumns(table, row), ifMatch)
       }
       case 'delete': {
         if (op.id === undefined) throw new ValidationError('delete needs an id')
         const key = parseId(table, String(op.id))
+        assertNotWrittenEarlier(earlier, table, key)
         const state = await this.readState(table, key, options)
         const live = winner(state)
         if (live?.row == null) throw new NotFoundError(`${table.name} ${rowId(table, key)} not found`)
@@ -777,8 +786,8 @@ export class Database {
   }
 
   /** References, uniqueness and the lab result's patient; `columns` narrows the check to changed columns */
-  private async checkRow (table: TableDef, row: Row, selfId: string | undefined, options: RequestOptions, columns?: string[]): Promise<void> {
-    await this.checkReferences(table, row, options, columns)
+  private async checkRow (table: TableDef, row: Row, selfId: string | undefined, options: RequestOptions, columns?: string[], earlier?: BatchRows): Promise<void> {
+    await this.checkReferences(table, row, options, columns, undefined, earlier)
     for (const col of table.unique) {
       if (columns !== undefined && !columns.includes(col)) continue
       const value = row[col]
@@ -791,8 +800,13 @@ export class Database {
     }
   }
 
-  /** Every referenced row must exist; `lookups` shares one lookup per referenced row across many rows */
-  private async checkReferences (table: TableDef, row: Row, options: RequestOptions, columns?: string[], lookups?: Map<string, Promise<void>>): Promise<void> {
+  /**
+   * Every referenced row must exist; `lookups` shares one lookup per
+   * referenced row across many rows. `earlier`: rows a batch's earlier
+   * operations write, which count as they will be once the batch lands (all
+   * of it or none): a new patient and their first visit are one batch.
+   */
+  private async checkReferences (table: TableDef, row: Row, options: RequestOptions, columns?: string[], lookups?: Map<string, Promise<void>>, earlier?: BatchRows): Promise<void> {
     for (const ref of table.references) {
       if (columns !== undefined && !columns.includes(ref.column)) continue
       const value = row[ref.column]
@@ -801,6 +815,12 @@ export class Database {
       const lookup: Row = { [ref.refColumn]: value }
       if (target.shardKey !== 'global' && target.shardKey !== ref.refColumn) lookup[target.shardKey] = row[target.shardKey] ?? null
       const scope = target.shardKey !== 'global' && target.shardKey !== ref.refColumn ? ` for ${target.shardKey} ${String(lookup[target.shardKey])}` : ''
+      const inBatch = earlier?.get(`${target.name}|${rowId(target, lookup)}`)
+      if (inBatch !== undefined) {
+        const sameShard = target.shardKey === 'global' || target.shardKey === ref.refColumn || inBatch.row?.[target.shardKey] === lookup[target.shardKey]
+        if (inBatch.row !== null && sameShard) continue
+        throw new ReferenceError(`${ref.column} ${String(value)}: no such ${target.name} row${scope} (operations[${inBatch.index}] of this batch ${inBatch.row === null ? 'deletes it' : 'writes it for another ' + target.shardKey})`, { column: ref.column })
+      }
       const key = `${target.name}|${rowId(target, lookup)}${scope}`
       let check = lookups?.get(key)
       if (check === undefined) {
@@ -977,6 +997,14 @@ function assertUniqueWithin (mutations: Mutation[]): void {
       }
       taken.set(key, m.id)
     }
+  }
+}
+
+/** One operation per row in a batch: a second one would be ordered against a row not yet written */
+function assertNotWrittenEarlier (earlier: BatchRows, table: TableDef, key: Row): void {
+  const first = earlier.get(`${table.name}|${rowId(table, key)}`)
+  if (first !== undefined) {
+    throw new ValidationError(`${table.name} ${rowId(table, key)} is already written by operations[${first.index}] of this batch; write each row once (an insert can carry the whole row)`)
   }
 }
 

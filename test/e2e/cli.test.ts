@@ -216,6 +216,29 @@ describe('ntsoekhe CLI end to end', () => {
       expect(seen.sort()).toEqual([...made].sort())
     })
 
+    it("batch: a new patient and their first visit in one all-or-nothing batch, from an argument or stdin", async () => {
+      const history = { history_id: 7771, patient_id: 777, diagnosis: 'flu', treatment: 'rest', date_of_visit: '2026-12-02T08:00:00.000Z' }
+      const r = await ok(['batch', JSON.stringify({ operations: [
+        { op: 'insert', table: 'patient_records', row: patient({ patient_id: 777 }) },
+        { op: 'insert', table: 'medical_history', row: history }
+      ] })])
+      expect(r.results.map((x: any) => x.id)).toEqual(['777', '7771'])
+      expect((await ok(['get', 'medical_history', '7771'])).row.patient_id).toBe(777)
+
+      // The array alone, on stdin; a failing operation leaves nothing of the batch.
+      const bad = await run(['batch', '-'], JSON.stringify([
+        { op: 'insert', table: 'patient_records', row: patient({ patient_id: 778 }) },
+        { op: 'insert', table: 'medical_history', row: { ...history, history_id: 7781, patient_id: 778, date_of_visit: 'yesterday' } }
+      ]))
+      expect(bad.code).toBe(EXIT.REFUSED)
+      expect(bad.stderr).toMatch(/operations\[1\].*date_of_visit/)
+      expect((await run(['get', 'patient_records', '778'])).code).toBe(EXIT.REFUSED)
+      const text = await run(['batch', '-'], JSON.stringify([{ op: 'patch', table: 'patient_records', id: 777, row: { address: '1 Batch Rd' } }]))
+      expect(text.code, text.stderr).toBe(EXIT.OK)
+      expect(text.stdout).toMatch(/^patient_records 777 \(version /)
+      expect((await run(['batch', '{"operations": []}'])).code).toBe(EXIT.USAGE)
+    })
+
     it('exits 2 on usage errors, before asking the daemon', async () => {
       const cases: Array<[string[], RegExp]> = [
         [['frobnicate'], /unknown command/],

@@ -395,6 +395,40 @@ describe('database: batch', () => {
     expect((await failure(db.batch([{ op: 'drop' as 'insert', table: 'patient_records' }]))).code).toBe('INVALID')
   })
 
+  it("takes a new patient and their first visit in one batch: later operations see the rows earlier ones write", async () => {
+    const results = await db.batch([
+      { op: 'insert', table: 'patient_records', row: patient(777) },
+      { op: 'insert', table: 'medical_history', row: history(201, 777) },
+      { op: 'insert', table: 'lab_results', row: lab(301, 201, 777) }
+    ])
+    expect(results.map(r => `${r.table} ${r.id}`)).toEqual(['patient_records 777', 'medical_history 201', 'lab_results 301'])
+    expect((await db.get('lab_results', '301')).row.record_id).toBe(201)
+
+    // All or nothing still: a bad last operation leaves no patient behind.
+    const err = await failure(db.batch([
+      { op: 'insert', table: 'patient_records', row: patient(778) },
+      { op: 'insert', table: 'medical_history', row: history(202, 778) },
+      { op: 'insert', table: 'billing_insurance', row: { ...billing(402, 778), amount: 'lots' } }
+    ]))
+    expect(err).toMatchObject({ code: 'INVALID', column: 'amount' })
+    expect((await failure(db.get('patient_records', '778'))).code).toBe('NOT_FOUND')
+    expect((await failure(db.get('medical_history', '202'))).code).toBe('NOT_FOUND')
+
+    // A row the batch deletes earlier is not there for a later one; a row is written once per batch.
+    await db.insert('patient_records', patient(779))
+    expect(await failure(db.batch([
+      { op: 'delete', table: 'patient_records', id: 779 },
+      { op: 'insert', table: 'medical_history', row: history(203, 779) }
+    ]))).toMatchObject({ code: 'REFERENCE', column: 'patient_id' })
+    const twice = await failure(db.batch([
+      { op: 'insert', table: 'patient_records', row: patient(780) },
+      { op: 'patch', table: 'patient_records', id: 780, row: { address: 'Later' } }
+    ]))
+    expect(twice.code).toBe('INVALID')
+    expect(twice.message).toMatch(/operations\[1\].*already written by operations\[0\]/)
+    expect((await failure(db.get('patient_records', '780'))).code).toBe('NOT_FOUND')
+  })
+
   it('refuses a stale If-Match in a batch', async () => {
     const w = await db.insert('patient_records', patient(1))
     await db.patch('patient_records', '1', { address: 'Second' })
