@@ -8,7 +8,9 @@ import { loadOrCreateIdentity, peerIdFromKey } from '../p2p/identity.js'
 import { loadOrCreateDataKey } from '../security/data-key.js'
 import { Store } from '../storage/store.js'
 import { adminTokenPath, newToken, readAdminToken, writeAdminToken } from '../security/tokens.js'
+import { multiaddr, type Multiaddr } from '@multiformats/multiaddr'
 import type { Io } from './index.js'
+import { UsageError } from './usage.js'
 
 export interface DaemonFlags {
   listen: string[]
@@ -68,10 +70,37 @@ export function applyFlags (config: Config, flags: DaemonFlags): Config {
   return c
 }
 
+/** applyFlags, with a flag's bad value reported as a usage error (exit 2) */
+function flagged (config: Config, flags: DaemonFlags): Config {
+  try {
+    return applyFlags(config, flags)
+  } catch (err) {
+    if (err instanceof ValidationError) throw new UsageError(err.message.replace(/^flags: /, ''))
+    throw err
+  }
+}
+
+/** A listen or bootstrap address: a multiaddr over TCP (`/ip4/0.0.0.0/tcp/4100`) */
+function checkTcpAddress (flag: string, value: string): void {
+  let parsed: Multiaddr
+  try {
+    parsed = multiaddr(value)
+  } catch (err) {
+    throw new UsageError(`${flag} takes a multiaddr such as /ip4/0.0.0.0/tcp/4100, got ${JSON.stringify(value)} (${(err as Error).message})`)
+  }
+  if (!parsed.getComponents().some(c => c.name === 'tcp')) {
+    throw new UsageError(`${flag} takes a TCP multiaddr such as /ip4/0.0.0.0/tcp/4100, got ${JSON.stringify(value)}`)
+  }
+}
+
 /** `ntsoekhe daemon`: runs until SIGINT or SIGTERM; returns the exit code */
 export async function runDaemon (home: string, flags: DaemonFlags, io: Io): Promise<number> {
+  // Bad addresses are refused before the home is made or touched.
+  for (const [flag, values] of [['--listen', flags.listen], ['--bootstrap', flags.bootstrap]] as const) {
+    for (const v of values) checkTcpAddress(flag, v)
+  }
   const { config: saved } = await loadConfig(home)
-  const config = applyFlags(saved, flags)
+  const config = flagged(saved, flags)
   const logger = pino({ level: config.log.level, base: { component: 'ntsoekhe' } })
   // After `ntsoekhe leave` the node has handed everything off: it stops as on a signal.
   const invite = flags.join === undefined ? undefined : decodeInvite(flags.join)

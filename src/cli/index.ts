@@ -4,7 +4,8 @@ import { extname } from 'node:path'
 import { Command, CommanderError, Option } from 'commander'
 import { NoDaemonError, NtsoekheClient } from '../client/index.js'
 import { NtsoekheError } from '../errors/index.js'
-import { loadConfig, resolveHome, socketPath } from '../daemon/config.js'
+import { LOG_LEVELS, loadConfig, resolveHome, socketPath } from '../daemon/config.js'
+import { MAX_LIMIT } from '../query/limits.js'
 import { readAdminToken } from '../security/tokens.js'
 import { renderObject, renderTable } from './format.js'
 import { UsageError } from './usage.js'
@@ -27,43 +28,57 @@ interface GlobalOpts { home?: string, json?: boolean, token?: string, consistenc
 /** Runs the CLI with its stdio, returning the exit code (never calls process.exit) */
 export async function run (argv: string[], io: Io): Promise<number> {
   let code: number = EXIT.OK
-  const program = buildProgram(io, c => { code = c })
+  const asked: Asked = {}
+  const program = buildProgram(io, c => { code = c }, asked)
   try {
     await program.parseAsync(argv, { from: 'user' })
     return code
   } catch (err) {
-    return report(err, io)
+    return report(err, io, asked)
   }
 }
 
-function report (err: unknown, io: Io): number {
+/** What the command was asked for, as far as an error report needs it */
+interface Asked {
+  /** `--home` as given (undefined: the default home) */
+  home?: string
+}
+
+/** Codes of a refusal that is the caller's mistake in naming things (exit 2, as a usage error) */
+const USAGE_CODES = new Set(['UNKNOWN_TABLE'])
+
+function report (err: unknown, io: Io, asked: Asked): number {
   if (err instanceof CommanderError) {
     return err.exitCode === 0 ? EXIT.OK : EXIT.USAGE
   }
   if (err instanceof UsageError) {
-    io.stderr.write(`error: ${err.message}\n`)
+    io.stderr.write(`error: ${oneLine(err.message)}\n`)
     return EXIT.USAGE
   }
   if (err instanceof NoDaemonError) {
-    io.stderr.write(`error: ${err.message}\n`)
+    const start = asked.home === undefined ? 'ntsoekhe daemon' : `ntsoekhe daemon --home ${shellWord(asked.home)}`
+    io.stderr.write(`error: no daemon is listening on ${err.socket}; start one with \`${start}\`\n`)
     return EXIT.NO_DAEMON
   }
   if (err instanceof NtsoekheError) {
-    io.stderr.write(`error: ${err.message}${err.column === undefined ? '' : ` (column ${err.column})`} [${err.code}]\n`)
-    return EXIT.REFUSED
+    // Most messages already start with the column ("gender: ..."): name it only when they do not.
+    const column = err.column === undefined || new RegExp(`\\b${err.column}\\b`).test(err.message) ? '' : ` (column ${err.column})`
+    io.stderr.write(`error: ${oneLine(err.message)}${column} [${err.code}]\n`)
+    return USAGE_CODES.has(err.code) ? EXIT.USAGE : EXIT.REFUSED
   }
   io.stderr.write(`error: ${(err as Error)?.message ?? String(err)}\n`)
   return EXIT.REFUSED
 }
 
-function buildProgram (io: Io, setCode: (c: number) => void): Command {
+function buildProgram (io: Io, setCode: (c: number) => void, asked: Asked): Command {
+  // A usage error is one line on stderr (commander's own message); `--help` shows the usage.
   const program = new Command('ntsoekhe')
     .description('A peer-to-peer database for health records')
     .exitOverride()
     .configureOutput({ writeOut: s => io.stdout.write(s), writeErr: s => io.stderr.write(s) })
-    .showHelpAfterError()
 
   const client = async (opts: GlobalOpts): Promise<NtsoekheClient> => {
+    if (opts.home !== undefined) asked.home = opts.home
     const home = resolveHome(opts.home)
     const { config } = await loadConfigIfPresent(home)
     const token = opts.token ?? nonEmpty(process.env.NTSOEKHE_TOKEN) ?? await readAdminToken(home)
@@ -98,7 +113,7 @@ function buildProgram (io: Io, setCode: (c: number) => void): Command {
     .option('--replicas <n>', 'copies of every record (N)', int)
     .option('--write-quorum <n>', 'replicas that must have a write on disk (W)', int)
     .option('--read-quorum <n>', 'replicas asked on a read (R)', int)
-    .option('--log-level <level>', 'trace, debug, info, warn, error or silent')
+    .addOption(new Option('--log-level <level>', 'log level').choices(LOG_LEVELS))
     .option('--join <invite>', 'join the network of the member that printed this invite (ntsoekhe invite): stores its network key in the home')
     .option('--swarm-key <file>', 'network key file to use (network.pnetKeyFile); with --bootstrap, the manual way to join')
     .option('--open-network', 'run without a network key: any machine that reaches the port can join (network.open)')
@@ -192,7 +207,7 @@ function buildProgram (io: Io, setCode: (c: number) => void): Command {
   withBreakGlass(withConsistency(common(program.command('query').description('list rows, with equality filters'))))
     .argument('<table>')
     .option('--where <col=value>', 'equality filter (repeatable)', collect, [])
-    .option('--limit <n>', 'rows per page (default 100, at most 1000)', int)
+    .option('--limit <n>', 'rows per page (default 100, at most 1000)', limit)
     .option('--cursor <cursor>', 'continue after a previous page')
     .action(async (table: string, opts: GlobalOpts & { where: string[], limit?: number, cursor?: string }) => {
       const where: Record<string, string> = {}
@@ -403,6 +418,23 @@ function collect (value: string, previous: string[]): string[] {
 function int (value: string): number {
   if (!/^\d+$/.test(value) || Number(value) < 1) throw new UsageError(`expected a positive integer, got ${JSON.stringify(value)}`)
   return Number(value)
+}
+
+/** `--limit`: what one page may hold (the daemon's MAX_LIMIT) */
+function limit (value: string): number {
+  const n = int(value)
+  if (n > MAX_LIMIT) throw new UsageError(`--limit takes 1 to ${MAX_LIMIT} (a page holds at most ${MAX_LIMIT} rows; --cursor pages on), got ${value}`)
+  return n
+}
+
+/** The message on one line: a usage error is one line on stderr */
+function oneLine (message: string): string {
+  return message.replace(/\s*\n\s*/g, ' ')
+}
+
+/** A path as a shell reads it back: quoted only when it needs to be */
+function shellWord (s: string): string {
+  return /^[\w@%+=:,./~-]+$/.test(s) ? s : `'${s.replaceAll("'", "'\\''")}'`
 }
 
 /** `{"operations": [...]}` or the operations array alone */

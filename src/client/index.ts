@@ -7,8 +7,11 @@ import { NtsoekheError, errorFromJSON } from '../errors/index.js'
 /** No daemon answers on the socket: not started, or gone */
 export class NoDaemonError extends NtsoekheError {
   override name = 'NoDaemonError'
+  /** The socket nobody answers on */
+  readonly socket: string
   constructor (socket: string, cause: unknown) {
     super('UNAVAILABLE', `No daemon is listening on ${socket}; start one with \`ntsoekhe daemon\``, { cause })
+    this.socket = socket
   }
 }
 

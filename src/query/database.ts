@@ -11,9 +11,9 @@ import { KeyedMutex } from '../storage/keyed-mutex.js'
 import { winner, type RecordState } from '../storage/store.js'
 import { parseVersion } from '../storage/version.js'
 import { IdGenerator } from './ids.js'
+import { DEFAULT_LIMIT, MAX_LIMIT } from './limits.js'
 
-export const DEFAULT_LIMIT = 100
-export const MAX_LIMIT = 1000
+export { DEFAULT_LIMIT, MAX_LIMIT } from './limits.js'
 /** Operations in one all-or-nothing batch */
 export const MAX_BATCH = 1000
 /** Draws of a fresh id before an insert gives up (a draw collides only across nodes sharing a tag) */
