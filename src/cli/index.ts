@@ -296,9 +296,10 @@ function buildProgram (io: Io, setCode: (c: number) => void, asked: Asked): Comm
       out(opts, r, () => renderTable((r.members as any[]).map(m => ({ peerId: m.peerId, state: m.state, lastSeen: m.lastSeen === undefined ? '' : new Date(m.lastSeen).toISOString(), addresses: (m.addresses ?? []).join(' ') }))))
     })
 
-  common(program.command('remove').argument('<peerId>').description('declare a down member gone for good: its ring share and records pass to the others'))
+  common(program.command('remove').argument('<peerId>', 'the member\'s peer id, or any unique prefix of it').description('declare a down member gone for good: its ring share and records pass to the others'))
     .action(async (peerId: string, opts: GlobalOpts) => {
-      const r = await (await client(opts)).removeMember(peerId)
+      const api = await client(opts)
+      const r = await api.removeMember(await resolvePeerId(api, peerId))
       out(opts, r, () => `${String(r.peerId)} removed; its records are being copied to their new owners (see status: replication.rebalance)\n`)
     })
 
@@ -348,7 +349,7 @@ function buildProgram (io: Io, setCode: (c: number) => void, asked: Asked): Comm
         ...(opts.since === undefined ? {} : { since: opts.since })
       })
       out(opts, { entries: r.entries }, () => renderTable(r.entries.map(e => ({
-        time: e.time, node: String(e.node).slice(-8), seq: e.seq, user: e.user ?? '', role: e.role ?? '', action: e.action, table: e.table ?? '', key: e.key ?? '', patient: e.patient_id ?? '', outcome: `${String(e.outcome)} ${String(e.status)}`, reason: e.reason ?? ''
+        time: e.time, node: e.node, seq: e.seq, user: e.user ?? '', role: e.role ?? '', action: e.action, table: e.table ?? '', key: e.key ?? '', patient: e.patient_id ?? '', outcome: `${String(e.outcome)} ${String(e.status)}`, reason: e.reason ?? ''
       }))))
       if (r.truncated) io.stderr.write(`warning: only the first ${r.entries.length} matching entries are shown: narrow with --patient, --user or --since\n`)
     })
@@ -389,6 +390,22 @@ function buildProgram (io: Io, setCode: (c: number) => void, asked: Asked): Comm
     })
 
   return program
+}
+
+/**
+ * A member's whole peer id from any unique prefix of it, as git takes a
+ * commit's: an exact id is taken as it is, an ambiguous prefix is a usage
+ * error naming the candidates, and a prefix of no member is passed on for
+ * the daemon to refuse.
+ */
+export async function resolvePeerId (api: Pick<NtsoekheClient, 'peers'>, given: string): Promise<string> {
+  if (given.trim() === '') throw new UsageError('a peer id (or a unique prefix of one) is needed')
+  const { members } = await api.peers() as { members?: Array<{ peerId?: unknown }> }
+  const ids = (members ?? []).map(m => String(m.peerId))
+  if (ids.includes(given)) return given
+  const matches = ids.filter(id => id.startsWith(given))
+  if (matches.length > 1) throw new UsageError(`peer id prefix ${given} is ambiguous: it matches ${matches.join(', ')}`)
+  return matches[0] ?? given
 }
 
 function breakGlass (opts: GlobalOpts): { breakGlass?: string } {

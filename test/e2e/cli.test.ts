@@ -294,6 +294,23 @@ describe('ntsoekhe CLI end to end', () => {
       const removeSelf = await run(['remove', peerId])
       expect(removeSelf.code).toBe(EXIT.REFUSED)
       expect(removeSelf.stderr).toMatch(/cannot remove itself/)
+      // A unique prefix of a member's id names it (here, this node itself).
+      const byPrefix = await run(['remove', peerId.slice(0, 14)])
+      expect(byPrefix.code).toBe(EXIT.REFUSED)
+      expect(byPrefix.stderr).toMatch(/cannot remove itself/)
+    })
+
+    it('human output prints peer ids whole and addresses one a line', async () => {
+      const peers = await run(['peers'])
+      expect(peers.code, peers.stderr).toBe(EXIT.OK)
+      expect(peers.stdout).toContain(peerId)
+      expect(peers.stdout).not.toContain('…')
+      const status = await run(['status'])
+      expect(status.code, status.stderr).toBe(EXIT.OK)
+      const { addresses } = await ok(['id'])
+      expect(status.stdout).toContain(`addresses:\n${(addresses as string[]).map(a => `  ${a}\n`).join('')}`)
+      expect(status.stdout).not.toMatch(/addresses: \[/)
+      expect(status.stdout).toContain(peerId)
     })
 
     it('imports NDJSON and CSV, reporting accepted rows and rejected lines', async () => {
