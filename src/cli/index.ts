@@ -275,6 +275,16 @@ function buildProgram (io: Io, setCode: (c: number) => void, asked: Asked): Comm
       out(opts, counts, () => renderObject(counts))
     })
 
+  withConsistency(common(program.command('head').description('the first rows of every table, ordered by primary key')))
+    .option('--limit <n>', `rows per table (default 5, at most ${MAX_LIMIT})`, limit)
+    .action(async (opts: GlobalOpts & { limit?: number }) => {
+      const { head, HEAD_ROWS } = await import('./head.js')
+      const tables = await head(await client(opts), opts.limit ?? HEAD_ROWS, consistency(opts))
+      out(opts, { tables }, () => tables.map(t => t.error !== undefined
+        ? `${t.table}: not shown (${t.error.message})\n`
+        : `${t.table} (${t.rows.length} of ${t.total} rows, by ${t.primaryKey.join(', ')})\n${renderTable(t.rows)}`).join('\n'))
+    })
+
   program.command('swarm-key').description('write a new private-network key: only nodes given the same file can join (network.pnetKeyFile)')
     .argument('<file>')
     .exitOverride()

@@ -14,7 +14,7 @@ import { adminToken, cli, daemonExit, json, makeHome, startDaemon, type CliResul
 
 const EXIT = { OK: 0, REFUSED: 1, USAGE: 2, NO_DAEMON: 3 }
 
-const SEEDED_TABLES = ['doctors_info', 'patient_records', 'medications', 'appointments', 'medical_history', 'billing_insurance', 'patient_medications', 'lab_results']
+const SEEDED_TABLES = ['users', 'doctors_info', 'patient_records', 'medications', 'appointments', 'medical_history', 'billing_insurance', 'patient_medications', 'lab_results']
 
 let n = 0
 /** A valid patient_records row; `n` keeps e-mails apart */
@@ -367,8 +367,13 @@ describe('ntsoekhe CLI end to end', () => {
 
     it('seed --scale 1 loads 20 rows per table; query --limit 5 shows five', async () => {
       const before = (await ok(['status'])).storage.rows as Record<string, number>
-      const counts = await ok(['seed', '--scale', '1'], undefined)
+      const seeded = await run(['seed', '--scale', '1', '--json'])
+      expect(seeded.code, seeded.stderr).toBe(EXIT.OK)
+      const counts = json(seeded)
       for (const t of SEEDED_TABLES) expect(counts[t], t).toBe(20)
+      // The roles were made with the network: seed says it reuses them, and makes none.
+      expect(seeded.stderr).toMatch(/roles \(user_roles: admin, doctor, nurse, billing, auditor\) are there already/)
+      expect(counts.user_roles).toBeUndefined()
 
       const after = (await ok(['status'])).storage.rows as Record<string, number>
       for (const t of SEEDED_TABLES) expect((after[t] ?? 0) - (before[t] ?? 0), t).toBe(20)
@@ -383,6 +388,26 @@ describe('ntsoekhe CLI end to end', () => {
       const pairs = await ok(['query', 'patient_medications', '--limit', '1000'])
       const keys = pairs.rows.map((r: any) => `${String(r.patient_id)}:${String(r.medication_id)}`)
       expect(new Set(keys).size).toBe(keys.length)
+
+      // head: the first five rows of every table, by primary key, each the five smallest keys of the whole table.
+      const { tables } = await ok<{ tables: Array<{ table: string, primaryKey: string[], rows: any[], total: number }> }>(['head'])
+      const { tables: schema } = await ok<{ tables: Array<{ name: string }> }>(['tables'])
+      expect(tables.map(t => t.table)).toEqual(schema.map(t => t.name))
+      for (const t of tables) {
+        expect(t.rows, t.table).toHaveLength(5)
+        const all = (await ok(['query', t.table, '--limit', '1000'])).rows as any[]
+        expect(t.total, t.table).toBe(all.length)
+        const byKey = (r: any): number[] => t.primaryKey.map(k => Number(r[k]))
+        const sorted = all.map(byKey).sort((a, b) => (a[0] as number) - (b[0] as number) || ((a[1] ?? 0) - (b[1] ?? 0)))
+        expect(t.rows.map(byKey), t.table).toEqual(sorted.slice(0, 5))
+      }
+      const two = await ok(['head', '--limit', '2'])
+      expect(two.tables.every((t: any) => t.rows.length === 2)).toBe(true)
+      const text = await run(['head'])
+      expect(text.code, text.stderr).toBe(EXIT.OK)
+      expect(text.stdout).toMatch(/^users \(5 of \d+ rows, by user_id\)$/m)
+      expect(text.stdout).not.toMatch(/token_hash/)
+      expect((await run(['head', '--limit', '5000'])).code).toBe(EXIT.USAGE)
     })
 
     it('user add prints a token once; roles, break-glass, --token and $NTSOEKHE_TOKEN; 401 and 403 exit 1', async () => {
