@@ -1,5 +1,5 @@
 import { join, resolve } from 'node:path'
-import { pino } from 'pino'
+import { createLogger } from '../daemon/logger.js'
 import { checkConfig, loadConfig, type Config } from '../daemon/config.js'
 import { NtsoekheNode } from '../daemon/node.js'
 import { NtsoekheError, ValidationError } from '../errors/index.js'
@@ -29,6 +29,8 @@ export interface DaemonFlags {
   securityOff?: boolean
   /** `--test`: this daemon is a test or benchmark subject */
   test?: boolean
+  /** `--json`: announce the start as one JSON line on stdout (with the logs) instead of the banner on stderr */
+  json?: boolean
 }
 
 /**
@@ -101,7 +103,7 @@ export async function runDaemon (home: string, flags: DaemonFlags, io: Io): Prom
   }
   const { config: saved } = await loadConfig(home)
   const config = flagged(saved, flags)
-  const logger = pino({ level: config.log.level, base: { component: 'ntsoekhe' } })
+  const logger = createLogger(config.log.level)
   // After `ntsoekhe leave` the node has handed everything off: it stops as on a signal.
   const invite = flags.join === undefined ? undefined : decodeInvite(flags.join)
   if (flags.securityOff === true && flags.test !== true) throw new ValidationError('--security-off is only for measurements: it is accepted together with --test')
@@ -115,7 +117,12 @@ export async function runDaemon (home: string, flags: DaemonFlags, io: Io): Prom
     }
     throw err
   }
-  io.stderr.write(`ntsoekhe daemon ready\n  peer id  ${node.peerId}\n  socket   ${node.socket}\n`)
+  if (flags.json === true) {
+    const status = await node.status()
+    io.stdout.write(JSON.stringify({ ready: true, peerId: node.peerId, socket: node.socket, home, addresses: status.addresses, version: status.version }) + '\n')
+  } else {
+    io.stderr.write(`ntsoekhe daemon ready\n  peer id  ${node.peerId}\n  socket   ${node.socket}\n`)
+  }
   await new Promise<void>(resolve => {
     const onSignal = (signal: string): void => {
       logger.info({ signal }, 'shutting down')

@@ -158,7 +158,7 @@ function buildProgram (io: Io, setCode: (c: number) => void, asked: Asked): Comm
     .action(async (table: string, json: string, opts: GlobalOpts) => {
       const row = await readJsonArg(json, io)
       const r = await (await client(opts)).insert(table, row, { ...consistency(opts), ...idempotencyKey(opts) })
-      out(opts, { id: r.id, version: r.version, row: r.row }, () => `inserted ${table} ${r.id} (version ${r.version})\n`)
+      out(opts, { id: jsonId(r.id), version: r.version, row: r.row }, () => `inserted ${table} ${r.id} (version ${r.version})\n`)
     })
 
   withKey(withConsistency(common(program.command('batch').description('several writes sharing one shard key (one patient), all or nothing: {"operations":[...]} or the array alone (JSON argument, or - for stdin)'))))
@@ -166,7 +166,7 @@ function buildProgram (io: Io, setCode: (c: number) => void, asked: Asked): Comm
     .action(async (json: string, opts: GlobalOpts) => {
       const operations = batchOperations(await readJsonArg(json, io, 'the batch'))
       const r = await (await client(opts)).batch(operations, { ...consistency(opts), ...idempotencyKey(opts) })
-      out(opts, { results: r.results }, () => r.results.map(x => `${String((x as { table?: unknown }).table ?? '')} ${x.id} (version ${x.version})\n`).join(''))
+      out(opts, { results: r.results.map(x => ({ ...x, id: jsonId(x.id) })) }, () => r.results.map(x => `${String((x as { table?: unknown }).table ?? '')} ${x.id} (version ${x.version})\n`).join(''))
     })
 
   withBreakGlass(withConsistency(common(program.command('get').description('read a row by its id (`3:7` for a composite key)'))))
@@ -184,7 +184,7 @@ function buildProgram (io: Io, setCode: (c: number) => void, asked: Asked): Comm
     .action(async (table: string, id: string, json: string, opts: GlobalOpts & { ifMatch: string[] }) => {
       const changes = await readJsonArg(json, io)
       const r = await (await client(opts)).update(table, id, changes, { ...consistency(opts), ...idempotencyKey(opts), ifMatch: opts.ifMatch })
-      out(opts, { id: r.id, version: r.version, row: r.row }, () => `updated ${table} ${r.id} (version ${r.version})\n`)
+      out(opts, { id: jsonId(r.id), version: r.version, row: r.row }, () => `updated ${table} ${r.id} (version ${r.version})\n`)
     })
 
   withKey(withConsistency(common(program.command('delete').description('delete a row (a tombstone: its history is kept)'))))
@@ -193,14 +193,14 @@ function buildProgram (io: Io, setCode: (c: number) => void, asked: Asked): Comm
     .option('--if-match <version>', 'only if the row is still at this version', collect, [])
     .action(async (table: string, id: string, opts: GlobalOpts & { cascade?: boolean, ifMatch: string[] }) => {
       const r = await (await client(opts)).delete(table, id, { ...consistency(opts), ...idempotencyKey(opts), ifMatch: opts.ifMatch, ...(opts.cascade === true ? { cascade: true } : {}) })
-      out(opts, r, () => `deleted ${table} ${r.id} (version ${r.version}${r.cascaded > 0 ? `, ${r.cascaded} referencing rows too` : ''})\n`)
+      out(opts, { ...r, id: jsonId(r.id) }, () => `deleted ${table} ${r.id} (version ${r.version}${r.cascaded > 0 ? `, ${r.cascaded} referencing rows too` : ''})\n`)
     })
 
   common(program.command('purge').description('erase a row for good: every version on every node, history, hints and indexes included (admin)'))
     .argument('<table>').argument('<id>')
     .action(async (table: string, id: string, opts: GlobalOpts) => {
       const r = await (await client(opts)).purge(table, id)
-      out(opts, r, () => `purged ${r.table} ${r.id} (erased on ${r.replicas} nodes now; nodes that are down erase it when they return)
+      out(opts, { ...r, id: jsonId(r.id) }, () => `purged ${r.table} ${r.id} (erased on ${r.replicas} nodes now; nodes that are down erase it when they return)
 `)
     })
 
@@ -315,9 +315,27 @@ function buildProgram (io: Io, setCode: (c: number) => void, asked: Asked): Comm
 
   common(program.command('leave').description("hand this node's records to the other members, leave the network and stop the daemon"))
     .action(async (opts: GlobalOpts) => {
-      io.stderr.write('handing off every record this node holds (this can take a while)...\n')
-      const r = await (await client(opts)).leave()
-      out(opts, r, () => `${String(r.peerId)} left the network: ${String(r.handedOff)} records handed off; the daemon is stopping\n`)
+      const api = await client(opts)
+      const self = String((await api.status()).peerId)
+      // The daemon refuses a leave it cannot complete (nobody to hand off to, a member down) before it starts:
+      // what it is doing is said once this node shows as left, never for a refused leave.
+      let said = false
+      const poll = setInterval(() => {
+        void api.peers().then(p => {
+          const state = (p.members as Array<{ peerId: string, state: string }>).find(m => m.peerId === self)?.state
+          if (state === 'left' && !said) {
+            said = true
+            io.stderr.write('handing off every record this node holds (this can take a while)...\n')
+          }
+        }, () => {})
+      }, 250)
+      try {
+        const r = await api.leave()
+        out(opts, r, () => `${String(r.peerId)} left the network: ${String(r.handedOff)} records handed off; the daemon is stopping\n`)
+      } finally {
+        said = true
+        clearInterval(poll)
+      }
     })
 
   common(program.command('repair').description("run one anti-entropy round now: compare this node's token ranges with their co-owners and send the records that differ"))
@@ -452,6 +470,15 @@ function limit (value: string): number {
   const n = int(value)
   if (n > MAX_LIMIT) throw new UsageError(`--limit takes 1 to ${MAX_LIMIT} (a page holds at most ${MAX_LIMIT} rows; --cursor pages on), got ${value}`)
   return n
+}
+
+/**
+ * A row id as `--json` prints it: a number for a one-column key (every key
+ * column is an INT), as the row itself holds it; `3:7` (a composite key)
+ * stays text.
+ */
+function jsonId (id: string): number | string {
+  return /^-?\d+$/.test(id) && Number.isSafeInteger(Number(id)) ? Number(id) : id
 }
 
 /** The message on one line: a usage error is one line on stderr */

@@ -2,7 +2,8 @@ import { randomBytes } from 'node:crypto'
 import { chmod, chown, lstat, readFile, rename, unlink, writeFile } from 'node:fs/promises'
 import { join } from 'node:path'
 import { monitorEventLoopDelay } from 'node:perf_hooks'
-import { pino, type Logger } from 'pino'
+import type { Logger } from 'pino'
+import { createLogger } from './logger.js'
 import type { FastifyInstance } from 'fastify'
 import { createApi } from '../api/server.js'
 import type { Coordinator } from '../cluster/coordinator.js'
@@ -91,7 +92,7 @@ export class NtsoekheNode {
     this.config = init.config
     if (init.onLeft !== undefined) this.onLeft = init.onLeft
     if (init.invite !== undefined) this.invite = init.invite
-    this.logger = init.logger ?? pino({ level: init.config.log.level, base: { component: 'ntsoekhe' } })
+    this.logger = init.logger ?? createLogger(init.config.log.level)
   }
 
   get socket (): string {

@@ -11,6 +11,7 @@ import { afterAll, beforeAll, describe, expect, it } from 'vitest'
 import { NtsoekheClient } from '../../src/client/index.js'
 import { defaultConfig } from '../../src/daemon/config.js'
 import { adminToken, cli, daemonExit, json, makeHome, startDaemon, type CliResult, type TestDaemon } from '../helpers/daemon.js'
+import { waitForValue } from '../helpers/wait.js'
 
 const EXIT = { OK: 0, REFUSED: 1, USAGE: 2, NO_DAEMON: 3 }
 
@@ -48,11 +49,11 @@ describe('ntsoekhe CLI end to end', () => {
   let peerId: string
 
   /** Runs a command on the shared home */
-  const run = async (args: string[], input?: string): Promise<CliResult> =>
-    await cli(args, { home, ...(input === undefined ? {} : { input }) })
+  const run = async (args: Array<string | number>, input?: string): Promise<CliResult> =>
+    await cli(args.map(String), { home, ...(input === undefined ? {} : { input }) })
 
-  /** Runs a command that must succeed with --json, and returns its parsed output */
-  const ok = async <T = any>(args: string[], input?: string): Promise<T> => {
+  /** Runs a command that must succeed with --json, and returns its parsed output (ids as numbers: pass them back as they are) */
+  const ok = async <T = any>(args: Array<string | number>, input?: string): Promise<T> => {
     const r = await run([...args, '--json'], input)
     expect(r.code, `\`ntsoekhe ${args.join(' ')}\` failed:\n${r.stderr}`).toBe(EXIT.OK)
     return json<T>(r)
@@ -124,7 +125,8 @@ describe('ntsoekhe CLI end to end', () => {
     it('insert, get, update, history, delete: a round trip with the --json shapes', async () => {
       const ins = await ok(['insert', 'patient_records', JSON.stringify(patient({ allergies: 'Penicillin' }))])
       expect(Object.keys(ins).sort()).toEqual(['id', 'row', 'version'])
-      expect(ins.row).toMatchObject({ patient_id: Number(ins.id), gender: 'Male', allergies: 'Penicillin' })
+      expect(ins.id).toBeTypeOf('number')
+      expect(ins.row).toMatchObject({ patient_id: ins.id, gender: 'Male', allergies: 'Penicillin' })
 
       const got = await ok(['get', 'patient_records', ins.id])
       expect(got).toEqual({ row: ins.row, version: ins.version, conflicts: [] })
@@ -222,7 +224,7 @@ describe('ntsoekhe CLI end to end', () => {
         { op: 'insert', table: 'patient_records', row: patient({ patient_id: 777 }) },
         { op: 'insert', table: 'medical_history', row: history }
       ] })])
-      expect(r.results.map((x: any) => x.id)).toEqual(['777', '7771'])
+      expect(r.results.map((x: any) => x.id)).toEqual([777, 7771])
       expect((await ok(['get', 'medical_history', '7771'])).row.patient_id).toBe(777)
 
       // The array alone, on stdin; a failing operation leaves nothing of the batch.
@@ -294,6 +296,11 @@ describe('ntsoekhe CLI end to end', () => {
       const removeSelf = await run(['remove', peerId])
       expect(removeSelf.code).toBe(EXIT.REFUSED)
       expect(removeSelf.stderr).toMatch(/cannot remove itself/)
+      // A leave the daemon refuses (nobody to hand off to) never says it is handing off.
+      const leave = await run(['leave'])
+      expect(leave.code).toBe(EXIT.REFUSED)
+      expect(leave.stderr).toMatch(/No other member is up/)
+      expect(leave.stderr).not.toMatch(/handing off/)
       // A unique prefix of a member's id names it (here, this node itself).
       const byPrefix = await run(['remove', peerId.slice(0, 14)])
       expect(byPrefix.code).toBe(EXIT.REFUSED)
@@ -420,10 +427,10 @@ describe('ntsoekhe CLI end to end', () => {
 
       const p = await ok(['insert', 'patient_records', JSON.stringify(patient({ allergies: 'Latex' }))])
       // --token wins over the home's admin.token: billing sees name and contact only.
-      const asBilling = await cli(['get', 'patient_records', p.id, '--json', '--token', made.token], { home })
+      const asBilling = await cli(['get', 'patient_records', String(p.id), '--json', '--token', made.token], { home })
       expect(asBilling.code, asBilling.stderr).toBe(EXIT.OK)
       expect(Object.keys(json(asBilling).row).sort()).toEqual(['address', 'contact_number', 'email', 'patient_id', 'patient_name'])
-      const viaEnv = await cli(['get', 'patient_records', p.id, '--json'], { home, token: made.token })
+      const viaEnv = await cli(['get', 'patient_records', String(p.id), '--json'], { home, token: made.token })
       expect(json(viaEnv).row.allergies).toBeUndefined()
 
       const denied = await cli(['query', 'patient_records', '--where', 'allergies=Latex', '--token', made.token], { home })
@@ -431,8 +438,8 @@ describe('ntsoekhe CLI end to end', () => {
       expect(denied.stderr).toMatch(/allergies/)
       expect(denied.stderr).toMatch(/FORBIDDEN/)
       const bill = await ok(['insert', 'billing_insurance', JSON.stringify({ patient_id: Number(p.id), amount: '5.00', date: '2025-01-01', insurance_provider: 'A', insurance_policy_number: 'B' })])
-      expect((await cli(['get', 'billing_insurance', bill.id, '--token', nurse.token], { home })).code).toBe(EXIT.REFUSED)
-      const glass = await cli(['get', 'billing_insurance', bill.id, '--json', '--token', nurse.token, '--break-glass', 'patient collapsed at the desk'], { home })
+      expect((await cli(['get', 'billing_insurance', String(bill.id), '--token', nurse.token], { home })).code).toBe(EXIT.REFUSED)
+      const glass = await cli(['get', 'billing_insurance', String(bill.id), '--json', '--token', nurse.token, '--break-glass', 'patient collapsed at the desk'], { home })
       expect(glass.code, glass.stderr).toBe(EXIT.OK)
       expect(json(glass).row.insurance_policy_number).toBe('B')
 
@@ -446,6 +453,22 @@ describe('ntsoekhe CLI end to end', () => {
       expect(revoked.stderr).toMatch(/UNAUTHORIZED/)
       expect((await cli(['status', '--token', 'not-a-token'], { home })).code).toBe(EXIT.REFUSED)
     })
+  })
+
+  it('daemon --json announces its start as one JSON line on stdout; every log line names its component once', async () => {
+    const other = await startDaemon({ args: ['--json', '--log-level', 'info'] })
+    try {
+      const ready = await waitForValue('the daemon\'s JSON ready line on stdout', async () =>
+        other.stdout().split('\n').filter(l => l.startsWith('{"ready"')).map(l => JSON.parse(l) as Record<string, any>)[0], 10_000)
+      expect(ready).toMatchObject({ ready: true, peerId: expect.stringMatching(/^12D3KooW/), socket: other.socket, home: other.home, version: expect.any(String) })
+      expect(ready.addresses).toEqual(expect.arrayContaining([expect.stringMatching(/^\/ip4\/127\.0\.0\.1\/tcp\/\d+\/p2p\//)]))
+      expect(other.stderr()).not.toMatch(/ntsoekhe daemon ready/)
+      const logs = other.stdout().split('\n').filter(l => l.startsWith('{"level"'))
+      expect(logs.length).toBeGreaterThan(0)
+      for (const line of logs) expect(line.match(/"component"/g), line).toHaveLength(1)
+    } finally {
+      await other.stop()
+    }
   })
 
   describe('lifecycle', () => {
