@@ -1,6 +1,6 @@
 import { ConflictError, NotFoundError, PreconditionFailedError, ReferenceError, UnavailableError, UnknownTableError, ValidationError, NtsoekheError } from '../errors/index.js'
 import {
-  TABLES, checkValue, findTable, parseId, referencingTables, rowId, shardValue, validateRow,
+  TABLES, checkValue, findTable, parseId, referencingTables, rowId, shardValue, upgradeStoredRow, validateRow,
   type Row, type TableDef, type Value
 } from '../schema/index.js'
 import type { Coordinator, Consistency, GroupOutcome, Mutation, RequestOptions, WriteResult } from '../cluster/coordinator.js'
@@ -257,14 +257,17 @@ export class Database {
       const current = await this.readState(table, key, options)
       const head = winner(current)
       if (head?.row == null) throw new NotFoundError(`${table.name} ${rowId(table, key)} not found`)
-      const row = validateRow(table, { ...head.row, ...changes }, 'full')
+      // A TIMESTAMP stored before the canonical form is rewritten canonically with the change.
+      const base = upgradeStoredRow(table, head.row)
+      const upgraded = Object.keys(base).filter(c => base[c] !== head.row?.[c] && !(c in changes))
+      const row = validateRow(table, { ...base, ...changes }, 'full')
       assertSameShard(table, head.row, row)
       await this.checkRow(table, row, rowId(table, key), options, Object.keys(changes))
       try {
         return await this.writeClaimed(table, head.row, row, options, async () => {
           const m = this.mutation('put', table, orderColumns(table, row), options.ifMatch, keyOf(options, 'patch', table.name, rowId(table, key)))
           // Without If-Match the primary applies the changed columns onto its own head: never 412.
-          if (options.ifMatch === undefined && Object.keys(changes).length > 0) m.changed = Object.keys(changes)
+          if (options.ifMatch === undefined && Object.keys(changes).length > 0) m.changed = [...Object.keys(changes), ...upgraded]
           const [result] = await this.coordinator.write([m], options)
           return result as WriteResult
         })
@@ -493,7 +496,7 @@ export class Database {
           const head = await this.readState(table, key, options)
           const live = winner(head)
           if (live?.row == null) throw new NotFoundError(`${table.name} ${rowId(table, key)} not found`)
-          row = validateRow(table, { ...live.row, ...validateRow(table, op.row, 'partial') }, 'full')
+          row = validateRow(table, { ...upgradeStoredRow(table, live.row), ...validateRow(table, op.row, 'partial') }, 'full')
         }
         assertSameKey(table, key, row)
         await this.checkRow(table, row, rowId(table, key), options, undefined, earlier)

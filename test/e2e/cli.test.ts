@@ -241,6 +241,21 @@ describe('ntsoekhe CLI end to end', () => {
       expect((await run(['batch', '{"operations": []}'])).code).toBe(EXIT.USAGE)
     })
 
+    it('TIMESTAMP values are stored in UTC; a lookup of the same moment finds them; a time without a zone is refused', async () => {
+      const visit = { history_id: 7790, patient_id: 777, diagnosis: 'flu', treatment: 'rest', date_of_visit: '2026-12-02T10:00:00+02:00' }
+      const ins = await ok(['insert', 'medical_history', JSON.stringify(visit)])
+      expect(ins.row.date_of_visit).toBe('2026-12-02T08:00:00.000Z')
+      const found = await ok(['query', 'medical_history', '--where', 'date_of_visit=2026-12-02T08:00:00Z', '--where', 'patient_id=777'])
+      expect(found.rows.map((r: any) => r.history_id)).toContain(7790)
+      for (const bare of ['2026-12-02 10:00', '2026-12-02T10:00']) {
+        const r = await run(['insert', 'medical_history', JSON.stringify({ ...visit, history_id: 7791, date_of_visit: bare })])
+        expect(r.code).toBe(EXIT.REFUSED)
+        expect(r.stderr).toMatch(/no time zone/)
+        expect(r.stderr).toContain('2026-12-02T10:00:00+02:00')
+        expect(r.stderr.match(/date_of_visit/g)).toHaveLength(1)
+      }
+    })
+
     it('exits 2 on usage errors, before asking the daemon', async () => {
       const cases: Array<[string[], RegExp]> = [
         [['frobnicate'], /unknown command/],

@@ -36,10 +36,10 @@ const doctor = (id: number): Row => ({
 })
 const appointment = (id: number | undefined, patientId: number, doctorId: number): Row => ({
   ...(id === undefined ? {} : { appointment_id: id }),
-  patient_id: patientId, doctor_id: doctorId, appointment_date: '2026-02-01T09:30:00Z', purpose: 'checkup'
+  patient_id: patientId, doctor_id: doctorId, appointment_date: '2026-02-01T09:30:00.000Z', purpose: 'checkup'
 })
 const history = (id: number, patientId: number, roleId: number | null = null): Row => ({
-  history_id: id, patient_id: patientId, diagnosis: 'flu', treatment: 'rest', date_of_visit: '2026-01-10T10:00:00Z', role_id: roleId
+  history_id: id, patient_id: patientId, diagnosis: 'flu', treatment: 'rest', date_of_visit: '2026-01-10T10:00:00.000Z', role_id: roleId
 })
 const lab = (id: number, recordId: number, patientId: number): Row => ({
   result_id: id, record_id: recordId, patient_id: patientId, test_name: 'CBC', test_date: '2026-01-11', test_result: 'normal'
@@ -336,6 +336,37 @@ describe('database: rows located by their key', () => {
     // The locators are internal: they are stored, but no table lists them.
     expect((await node.store.countRows())._locator).toBe(8)
     expect((await failure(db.list('_locator', {}))).code).toBe('UNKNOWN_TABLE')
+  })
+})
+
+describe('database: TIMESTAMP values', () => {
+  it('are stored in one canonical UTC form, and an equality filter finds a moment however it is written', async () => {
+    await chart()
+    const a = await db.insert('appointments', { ...appointment(101, 1, 7), appointment_date: '2026-12-02T10:00:00+02:00' })
+    expect(a.row?.appointment_date).toBe('2026-12-02T08:00:00.000Z')
+    expect((await db.get('appointments', '101')).row.appointment_date).toBe('2026-12-02T08:00:00.000Z')
+    for (const same of ['2026-12-02T08:00:00.000Z', '2026-12-02T08:00Z', '2026-12-02T10:00:00+02:00', '2026-12-02 03:00-0500']) {
+      const { rows } = await db.list('appointments', { appointment_date: same })
+      expect(rows.map(r => r.appointment_id), same).toEqual([101])
+    }
+    const bare = await failure(db.insert('appointments', { ...appointment(102, 1, 7), appointment_date: '2026-12-02 10:00' }))
+    expect(bare).toMatchObject({ code: 'INVALID', column: 'appointment_date' })
+    expect((await failure(db.list('appointments', { appointment_date: '2026-12-02T10:00' }))).column).toBe('appointment_date')
+  })
+
+  it('a row stored before the canonical form is upgraded when it is next patched, whatever the patch changes', async () => {
+    await chart()
+    // As an older daemon stored it: the time as typed, no zone.
+    await db.insert('appointments', appointment(103, 1, 7))
+    const old = { ...appointment(103, 1, 7), appointment_date: '2026-12-02 10:00' }
+    await node.coordinator.write([{ op: 'put', table: 'appointments', id: '103', shard: 'doctor_id:7', row: old }])
+    expect((await db.get('appointments', '103')).row.appointment_date).toBe('2026-12-02 10:00')
+    const patched = await db.patch('appointments', '103', { purpose: 'follow-up' })
+    expect(patched.row).toMatchObject({ purpose: 'follow-up', appointment_date: '2026-12-02T10:00:00.000Z' })
+    expect((await db.list('appointments', { appointment_date: '2026-12-02T10:00:00Z' })).rows.map(r => r.appointment_id)).toEqual([103])
+    // An empty update rewrites such a row, changing nothing else.
+    await node.coordinator.write([{ op: 'put', table: 'appointments', id: '103', shard: 'doctor_id:7', row: { ...old, appointment_date: '2026-12-03T09:00+01:00' } }])
+    expect((await db.patch('appointments', '103', {})).row).toEqual({ ...old, appointment_date: '2026-12-03T08:00:00.000Z' })
   })
 })
 
