@@ -1,6 +1,7 @@
 import { createReadStream } from 'node:fs'
 import { readFile, stat } from 'node:fs/promises'
 import { extname } from 'node:path'
+import type { Readable } from 'node:stream'
 import { Command, CommanderError, Option } from 'commander'
 import { NoDaemonError, NtsoekheClient } from '../client/index.js'
 import { NtsoekheError } from '../errors/index.js'
@@ -232,25 +233,29 @@ function buildProgram (io: Io, setCode: (c: number) => void, asked: Asked): Comm
       out(opts, r, () => renderTable(r.versions.map(v => ({ version: v.version, parents: v.parents.join(','), deleted: v.deleted ? 'yes' : '', row: v.row }))))
     })
 
-  common(program.command('import').description('bulk-load NDJSON or CSV rows into a table'))
-    .argument('<table>').argument('<file>')
-    .addOption(new Option('--format <format>', 'input format (default from the file extension)').choices(['ndjson', 'csv']))
+  common(program.command('import').description('bulk-load NDJSON or CSV rows into a table (- reads stdin); the same file imported again writes nothing new'))
+    .argument('<table>').argument('<file>', 'a file, or - for stdin')
+    .addOption(new Option('--format <format>', 'input format (default from the file extension; ndjson for stdin)').choices(['ndjson', 'csv']))
+    .option('--idempotency-key <key>', 'scope of the lines\' keys: the same lines imported with another key are written anew (default: one scope for every import)')
     .action(async (table: string, file: string, opts: GlobalOpts & { format?: 'ndjson' | 'csv' }) => {
-      const format = opts.format ?? (extname(file).toLowerCase() === '.csv' ? 'csv' : 'ndjson')
-      const size = (await stat(file).catch(() => { throw new UsageError(`cannot read ${file}`) })).size
+      const stdin = file === '-'
+      const format = opts.format ?? (!stdin && extname(file).toLowerCase() === '.csv' ? 'csv' : 'ndjson')
+      const size = stdin ? 0 : (await stat(file).catch(() => { throw new UsageError(`cannot read ${file}`) })).size
       const progress = await byteProgress(io, size)
       // The client first: a 'data' listener starts the stream flowing, and awaiting after it would lose the file.
       const api = await client(opts)
-      const input = createReadStream(file)
+      const input = stdin ? io.stdin as Readable : createReadStream(file)
       input.on('data', (c: string | Buffer) => { progress.add(c.length) })
       try {
-        const r = await api.import(table, input, format)
+        const r = await api.import(table, input, format, idempotencyKey(opts))
         progress.stop()
-        out(opts, r, () => `imported ${r.accepted} rows into ${table}; rejected ${r.rejected.length + r.rejectedNotShown}\n` +
+        const rejected = r.rejected.length + r.rejectedNotShown
+        out(opts, r, () => `imported ${r.accepted} rows into ${table}; rejected ${rejected}\n` +
           r.rejected.map(x => `  line ${x.line}: ${x.error.message}\n`).join('') +
           (r.rejectedNotShown > 0 ? `  … and ${r.rejectedNotShown} more\n` : ''))
-        if (r.rejected.length + r.rejectedNotShown > 0 && r.accepted === 0) {
-          io.stderr.write(`error: every row of ${file} was rejected${r.rejected[0] === undefined ? '' : ` (line ${r.rejected[0].line}: ${r.rejected[0].error.message})`}\n`)
+        if (rejected > 0) {
+          // The good lines are in; the run still failed for the lines that are not (exit 1).
+          io.stderr.write(`error: ${rejected} line${rejected === 1 ? '' : 's'} of ${stdin ? 'stdin' : file} rejected${r.rejected[0] === undefined ? '' : ` (first: line ${r.rejected[0].line}: ${r.rejected[0].error.message})`}; ${r.accepted} imported\n`)
           setCode(EXIT.REFUSED)
         }
       } finally {

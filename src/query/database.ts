@@ -71,6 +71,18 @@ export interface BatchOperation {
   ifMatch?: string | string[]
 }
 
+/** One parsed line of an import: its number (for the report), its value, and its idempotency key if it has one */
+export interface ImportRow {
+  line: number
+  value: unknown
+  /**
+   * Makes the line's writes recognisable: imported again with the same key,
+   * the line is answered with its first row instead of being written twice,
+   * and a line without an id gets the id its key derives (importedId).
+   */
+  key?: string
+}
+
 export interface ImportResult {
   accepted: number
   rejected: Array<{ line: number, error: { code: string, message: string, column?: string } }>
@@ -522,7 +534,7 @@ export class Database {
    * validated and written concurrently; group commit folds them into few
    * durable batches. A bad row is reported and never stops the others.
    */
-  async importRows (tableName: string, rows: Array<{ line: number, value: unknown }>, options: RequestOptions = {}): Promise<ImportResult> {
+  async importRows (tableName: string, rows: ImportRow[], options: RequestOptions = {}): Promise<ImportResult> {
     const table = this.table(tableName)
     const result: ImportResult = { accepted: 0, rejected: [] }
     const reject = (line: number, err: unknown): void => { result.rejected.push({ line, error: errorBody(err) }) }
@@ -530,7 +542,7 @@ export class Database {
       // Unique columns are checked against what is stored, so these rows go one at a time.
       for (const r of rows) {
         try {
-          await this.insert(tableName, r.value, options)
+          await this.insert(tableName, r.value, { ...options, ...(r.key === undefined ? {} : { idempotencyKey: r.key }) })
           result.accepted++
         } catch (err) { reject(r.line, err) }
       }
@@ -545,16 +557,21 @@ export class Database {
         const generated = table.primaryKey.some(k => row[k] === undefined)
         if (generated && table.primaryKey.length !== 1) throw new ValidationError(`${table.name} needs ${table.primaryKey.join(' and ')}`)
         await this.checkReferences(table, row, options, undefined, lookups)
-        return { line: r.line, row, generated }
+        return { line: r.line, row, generated, key: r.key }
       } catch (err) {
         reject(r.line, err)
         return undefined
       }
     }))
-    let pending = checked.filter((c): c is { line: number, row: Row, generated: boolean } => c !== undefined)
-      .map(c => ({ ...c, row: orderColumns(table, c.generated ? { [table.primaryKey[0] as string]: this.ids.next(), ...c.row } : c.row) }))
+    type Pending = { line: number, row: Row, generated: boolean, key: string | undefined }
+    let pending: Pending[] = checked.filter((c): c is Pending => c !== undefined)
+      .map(c => ({ ...c, row: orderColumns(table, c.generated ? { [table.primaryKey[0] as string]: c.key === undefined ? this.ids.next() : importedId(c.key), ...c.row } : c.row) }))
+    // A keyed line's writes carry write ids made from its key: imported again, its row and locator
+    // answer the first import's versions (accepted, nothing written) instead of 409.
+    const keyed = (p: Pending, m: Mutation, part: string): Mutation =>
+      p.key === undefined ? m : { ...m, writeId: keyedWriteId(p.key, part, table.name, rowId(table, p.row)), keyed: true }
     if (needsLocator(table)) {
-      const claims = await this.coordinator.writeGroups(pending.map(p => [this.claimMutation(table, p.row)]), options)
+      const claims = await this.coordinator.writeGroups(pending.map(p => [keyed(p, this.claimMutation(table, p.row), 'locator')]), options)
       pending = pending.filter((p, i) => {
         const c = claims[i] as GroupOutcome
         if (c.ok) return true
@@ -562,10 +579,10 @@ export class Database {
         return false
       })
     }
-    const outcomes = await this.coordinator.writeGroups(pending.map(p => [this.mutation('insert', table, p.row)]), options)
-    const failed: Array<{ line: number, row: Row, generated: boolean }> = []
+    const outcomes = await this.coordinator.writeGroups(pending.map(p => [keyed(p, this.mutation('insert', table, p.row), 'insert')]), options)
+    const failed: Pending[] = []
     outcomes.forEach((o, i) => {
-      const p = pending[i] as { line: number, row: Row, generated: boolean }
+      const p = pending[i] as Pending
       if (o.ok) result.accepted++
       else failed.push(p)
     })
@@ -575,7 +592,7 @@ export class Database {
     }
     for (const p of failed) {
       const o = outcomes[pending.indexOf(p)] as GroupOutcome & { ok: false }
-      if (p.generated && o.error.code === 'CONFLICT') {
+      if (p.generated && p.key === undefined && o.error.code === 'CONFLICT') {
         // A generated id met one drawn elsewhere: draw again through the one-row path.
         try {
           const { [table.primaryKey[0] as string]: _, ...rest } = p.row
@@ -925,6 +942,19 @@ function locatorShard (table: TableDef, key: Row): string {
 
 /** The column name of the claim records that keep the id a keyed insert drew (no table column starts with `_`) */
 const KEY_CLAIM = '_idempotency_key'
+
+/** Ids derived from an import line's key are in [2^52, 2^53): apart from generated ids until about 2059 */
+const IMPORTED_ID_BASE = 2 ** 52
+
+/**
+ * The id of an imported row that names none, derived from its line's key
+ * (52 bits of its SHA-256 above IMPORTED_ID_BASE): the same line imported
+ * again gets the same id and meets its own row. Unique but not time-ordered;
+ * a clash with another row (1 in 2^52 per pair) rejects the line with 409.
+ */
+export function importedId (key: string): number {
+  return IMPORTED_ID_BASE + parseInt(createHash('sha256').update(key).digest('hex').slice(0, 13), 16)
+}
 
 /** The write id of a keyed write, undefined without a key */
 function keyOf (options: KeyedOptions, ...scope: string[]): string | undefined {

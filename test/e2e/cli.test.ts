@@ -346,7 +346,11 @@ describe('ntsoekhe CLI end to end', () => {
         JSON.stringify(patient({ contact_number: '12345678901' })),
         JSON.stringify(good[2])
       ].join('\n') + '\n')
-      const nd = await ok(['import', 'patient_records', ndjson])
+      // Rejected lines make the run fail (exit 1) after the good ones are in, listed in line order.
+      const ndRun = await run(['import', 'patient_records', ndjson, '--json'])
+      expect(ndRun.code, ndRun.stderr).toBe(EXIT.REFUSED)
+      expect(ndRun.stderr).toMatch(/2 lines of .* rejected \(first: line 2: .*\); 3 imported/)
+      const nd = json(ndRun)
       expect(nd.accepted).toBe(3)
       expect(nd.rejected.map((r: any) => r.line)).toEqual([2, 5])
       expect(nd.rejected[1].error).toMatchObject({ column: 'contact_number' })
@@ -360,15 +364,34 @@ describe('ntsoekhe CLI end to end', () => {
       const line = (row: Record<string, unknown>): string => cols.map(c => `"${String(row[c]).replaceAll('"', '""')}"`).join(',')
       const csv = join(home, 'patients.csv')
       await writeFile(csv, [cols.join(','), line(patient()), line(patient({ gender: 'Not-a-short-value' })), line(patient())].join('\n') + '\n')
-      const c = await ok(['import', 'patient_records', csv])
+      const cRun = await run(['import', 'patient_records', csv, '--json'])
+      expect(cRun.code).toBe(EXIT.REFUSED)
+      const c = json(cRun)
       expect(c).toMatchObject({ accepted: 2, rejectedNotShown: 0 })
       expect(c.rejected).toHaveLength(1)
       expect(c.rejected[0]).toMatchObject({ line: 3, error: { column: 'gender' } })
 
+      // The same file again: its lines are answered as before (accepted), and no row is written twice.
+      const before = (await ok(['query', 'patient_records', '--limit', '1000'])).rows.length
       const text = await run(['import', 'patient_records', csv])
-      expect(text.code).toBe(EXIT.OK)
+      expect(text.code).toBe(EXIT.REFUSED)
       expect(text.stdout).toMatch(/imported 2 rows into patient_records; rejected 1/)
       expect(text.stdout).toMatch(/line 3: .*gender/)
+      expect((await ok(['query', 'patient_records', '--limit', '1000'])).rows.length).toBe(before)
+    })
+
+    it('import <table> - reads stdin; a clean run exits 0; importing it twice writes its rows once', async () => {
+      const rows = [patient({ patient_name: 'Stdin One' }), patient({ patient_name: 'Stdin Two' })]
+      const body = rows.map(r => JSON.stringify(r)).join('\n') + '\n'
+      const count = async (): Promise<number> => (await ok(['query', 'patient_records', '--where', `email=${String(rows[0]?.email)}`])).rows.length
+      for (let round = 1; round <= 2; round++) {
+        const r = await ok(['import', 'patient_records', '-'], body)
+        expect(r, `round ${round}`).toMatchObject({ accepted: 2, rejected: [], rejectedNotShown: 0 })
+        expect(await count()).toBe(1)
+      }
+      const csv = await run(['import', 'patient_records', '-', '--format', 'csv'], 'patient_name,date_of_birth,gender,address,contact_number,email\nCsv Stdin,1990-01-01,Female,1 Road,2622231234,csv.stdin@example.org\n')
+      expect(csv.code, csv.stderr).toBe(EXIT.OK)
+      expect(csv.stdout).toMatch(/imported 1 rows/)
     })
 
     it('a CSV line with the wrong number of fields is rejected alone; no other line is lost', async () => {
@@ -379,7 +402,9 @@ describe('ntsoekhe CLI end to end', () => {
         'Ragged,1990-01-01,Male',
         'After,1990-01-01,Female,1 Road,2622231234,after@example.org'
       ].join('\n') + '\n')
-      const r = await ok(['import', 'patient_records', csv])
+      const ragged = await run(['import', 'patient_records', csv, '--json'])
+      expect(ragged.code).toBe(EXIT.REFUSED)
+      const r = json(ragged)
       expect(r.accepted).toBe(2)
       expect(r.rejected.map((x: any) => x.line)).toEqual([3])
       for (const email of ['before@example.org', 'after@example.org']) {
