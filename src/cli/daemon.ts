@@ -72,6 +72,19 @@ export function applyFlags (config: Config, flags: DaemonFlags): Config {
   return c
 }
 
+/**
+ * The listen address libp2p could not take because its port is in use, if
+ * that is why the start failed (libp2p says so inside its message, with the
+ * inner error's stack).
+ */
+export function portInUse (err: unknown): { address: string, port: number } | undefined {
+  const message = String((err as Error | undefined)?.message ?? err)
+  if (!message.includes('EADDRINUSE')) return undefined
+  const m = /(\/ip[46]\/[^\s:]+\/tcp\/(\d+))[^\n]*EADDRINUSE/.exec(message) ?? /EADDRINUSE[^\n]*?(([\d.]+|\[[0-9a-f:]+\]):(\d+))/i.exec(message)
+  if (m === null) return { address: 'its listen address', port: 0 }
+  return m[0].startsWith('/') ? { address: m[1] as string, port: Number(m[2]) } : { address: m[1] as string, port: Number(m[3]) }
+}
+
 /** applyFlags, with a flag's bad value reported as a usage error (exit 2) */
 function flagged (config: Config, flags: DaemonFlags): Config {
   try {
@@ -113,6 +126,13 @@ export async function runDaemon (home: string, flags: DaemonFlags, io: Io): Prom
   } catch (err) {
     if (err instanceof NtsoekheError && err.code === 'HOME_LOCKED') {
       io.stderr.write(`error: another ntsoekhe daemon is running on ${home} (${err.message})\n`)
+      return 1
+    }
+    const busy = portInUse(err)
+    if (busy !== undefined) {
+      await node.stop().catch(() => {})
+      io.stderr.write(`error: ${busy.port === 0 ? 'a listen port' : `port ${busy.port}`} is already in use (listening on ${busy.address}): another program, or another ntsoekhe daemon, holds it. ` +
+        `Choose another port with --listen /ip4/0.0.0.0/tcp/<port> or network.listen in ${join(home, 'config.json')}\n`)
       return 1
     }
     throw err

@@ -10,6 +10,7 @@ import { MAX_LIMIT } from '../query/limits.js'
 import { readAdminToken } from '../security/tokens.js'
 import { renderObject, renderTable } from './format.js'
 import { UsageError } from './usage.js'
+import { VERSION } from '../version.js'
 // daemon.js (libp2p, the store) and seed.js (faker) are loaded by the commands that need them:
 // a client command then starts in a fraction of the time.
 import type { DaemonFlags } from './daemon.js'
@@ -75,6 +76,7 @@ function buildProgram (io: Io, setCode: (c: number) => void, asked: Asked): Comm
   // A usage error is one line on stderr (commander's own message); `--help` shows the usage.
   const program = new Command('ntsoekhe')
     .description('A peer-to-peer database for health records')
+    .version(VERSION, '-V, --version', 'print the version (package.json) and exit')
     .exitOverride()
     .configureOutput({ writeOut: s => io.stdout.write(s), writeErr: s => io.stderr.write(s) })
 

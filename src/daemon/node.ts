@@ -4,6 +4,7 @@ import { join } from 'node:path'
 import { monitorEventLoopDelay } from 'node:perf_hooks'
 import type { Logger } from 'pino'
 import { createLogger } from './logger.js'
+import { VERSION } from '../version.js'
 import type { FastifyInstance } from 'fastify'
 import { createApi } from '../api/server.js'
 import type { Coordinator } from '../cluster/coordinator.js'
@@ -30,7 +31,7 @@ import { groupId } from './socket-group.js'
 import type { AccessEvent } from '../security/principal.js'
 import { encodeInvite, keyHex, resolveNetworkKey, type Invite } from './network-key.js'
 
-export const VERSION = '0.1.0'
+export { VERSION } from '../version.js'
 
 export interface NodeInit {
   home: string

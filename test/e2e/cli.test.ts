@@ -6,6 +6,7 @@
  */
 import { existsSync } from 'node:fs'
 import { lstat, readdir, readFile, stat, writeFile } from 'node:fs/promises'
+import { createServer, type AddressInfo } from 'node:net'
 import { join } from 'node:path'
 import { afterAll, beforeAll, describe, expect, it } from 'vitest'
 import { NtsoekheClient } from '../../src/client/index.js'
@@ -508,6 +509,23 @@ describe('ntsoekhe CLI end to end', () => {
       for (const line of logs) expect(line.match(/"component"/g), line).toHaveLength(1)
     } finally {
       await other.stop()
+    }
+  })
+
+  it('a port already in use: one line naming the port and what changes it, no stack trace', async () => {
+    const holder = createServer()
+    await new Promise<void>(resolve => holder.listen(0, '127.0.0.1', resolve))
+    const port = (holder.address() as AddressInfo).port
+    try {
+      const home = await makeHome()
+      const r = await daemonExit(home, { args: ['--listen', `/ip4/127.0.0.1/tcp/${port}`] })
+      expect(r.code).toBe(EXIT.REFUSED)
+      expect(r.stderr).toContain(`port ${port} is already in use`)
+      expect(r.stderr).toMatch(/--listen .*network\.listen/)
+      expect(r.stderr).not.toMatch(/^\s+at /m)
+      expect(r.stderr.trimEnd().split('\n')).toHaveLength(1)
+    } finally {
+      await new Promise(resolve => holder.close(resolve))
     }
   })
 
