@@ -85,12 +85,13 @@ export function portInUse (err: unknown): { address: string, port: number } | un
   return m[0].startsWith('/') ? { address: m[1] as string, port: Number(m[2]) } : { address: m[1] as string, port: Number(m[3]) }
 }
 
-/** applyFlags, with a flag's bad value reported as a usage error (exit 2) */
-function flagged (config: Config, flags: DaemonFlags): Config {
+/** Runs `fn`, a check of a flag's value: its ValidationError is a usage error (exit 2) */
+function usage<T> (fn: () => T, prefix = ''): T {
   try {
-    return applyFlags(config, flags)
+    return fn()
   } catch (err) {
-    if (err instanceof ValidationError) throw new UsageError(err.message.replace(/^flags: /, ''))
+    // applyFlags names where what it checks came from ("flags: ..."): here, the flags the user typed.
+    if (err instanceof ValidationError) throw new UsageError(prefix + err.message.replace(/^flags: /, ''))
     throw err
   }
 }
@@ -110,16 +111,16 @@ function checkTcpAddress (flag: string, value: string): void {
 
 /** `ntsoekhe daemon`: runs until SIGINT or SIGTERM; returns the exit code */
 export async function runDaemon (home: string, flags: DaemonFlags, io: Io): Promise<number> {
-  // Bad addresses are refused before the home is made or touched.
+  // Bad flag values are usage errors (exit 2), refused before the home is made or touched.
   for (const [flag, values] of [['--listen', flags.listen], ['--bootstrap', flags.bootstrap]] as const) {
     for (const v of values) checkTcpAddress(flag, v)
   }
+  const invite = flags.join === undefined ? undefined : usage(() => decodeInvite(flags.join as string), '--join: ')
+  if (flags.securityOff === true && flags.test !== true) throw new UsageError('--security-off is only for measurements: it is accepted together with --test')
   const { config: saved } = await loadConfig(home)
-  const config = flagged(saved, flags)
+  const config = usage(() => applyFlags(saved, flags))
   const logger = createLogger(config.log.level)
   // After `ntsoekhe leave` the node has handed everything off: it stops as on a signal.
-  const invite = flags.join === undefined ? undefined : decodeInvite(flags.join)
-  if (flags.securityOff === true && flags.test !== true) throw new ValidationError('--security-off is only for measurements: it is accepted together with --test')
   const node = new NtsoekheNode({ home, config, logger, ...(invite === undefined ? {} : { invite }), ...(flags.securityOff === true ? { security: false } : {}), onLeft: () => { process.kill(process.pid, 'SIGTERM') } })
   try {
     await node.start()

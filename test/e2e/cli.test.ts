@@ -272,7 +272,9 @@ describe('ntsoekhe CLI end to end', () => {
         [['daemon', '--log-level', 'bogus'], /--log-level.*bogus/],
         [['daemon', '--listen', 'not-an-address'], /--listen takes a multiaddr/],
         [['daemon', '--listen', '/ip4/127.0.0.1'], /--listen takes a TCP multiaddr/],
-        [['daemon', '--replicas', '1', '--write-quorum', '2'], /quorums cannot exceed replicas/]
+        [['daemon', '--replicas', '1', '--write-quorum', '2'], /quorums cannot exceed replicas/],
+        [['daemon', '--join', 'not-an-invite'], /--join: Not an invite/],
+        [['daemon', '--security-off'], /accepted together with --test/]
       ]
       const results = await Promise.all(cases.map(async ([args]) => await run(args)))
       results.forEach((r, i) => {
