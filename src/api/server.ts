@@ -57,6 +57,8 @@ export interface ApiInit {
 type Params = { table: string, id: string }
 type Query = Record<string, string | string[] | undefined>
 
+/** Media types an import takes */
+const IMPORT_TYPES = ['application/x-ndjson', 'application/ndjson', 'text/csv']
 const RESERVED_QUERY = new Set(['limit', 'cursor', 'consistency', 'local', 'cascade'])
 const ROWS = { config: { access: TABLE_ACCESS } }
 const CLUSTER = { config: { access: RIGHTS.cluster } }
@@ -81,7 +83,7 @@ export function createApi (components: ApiComponents, init: ApiInit = {}): Fasti
   })
 
   // Imports stream their body: the parser hands over the raw request, so no limit applies.
-  app.addContentTypeParser(['application/x-ndjson', 'application/ndjson', 'text/csv'], (_req, payload, done) => { done(null, payload) })
+  app.addContentTypeParser(IMPORT_TYPES, (_req, payload, done) => { done(null, payload) })
 
   app.setErrorHandler((err, req, reply) => {
     const { status, body } = toErrorResponse(err)
@@ -285,20 +287,27 @@ export function createApi (components: ApiComponents, init: ApiInit = {}): Fasti
     }
   })
 
-  app.post<{ Params: Params, Querystring: Query }>('/v1/tables/:table/import', ROWS, async (req) => {
+  app.post<{ Params: Params, Querystring: Query }>('/v1/tables/:table/import', {
+    ...ROWS,
+    // Before any body parser runs: a JSON body (even one that is not JSON) is 415, not a parse error.
+    preParsing: async (req, _reply, payload) => {
+      assertImportType(mediaType(req))
+      return payload
+    }
+  }, async (req) => {
     const table = db.table(req.params.table)
     const role = principalOf(req).role
     req.accessNote = { action: 'import', table: table.name }
     assertWritable(role, table, [])
     const type = mediaType(req)
-    if (!['application/x-ndjson', 'application/ndjson', 'text/csv'].includes(type)) {
-      throw new NtsoekheError('UNSUPPORTED_MEDIA_TYPE', 'Import takes application/x-ndjson or text/csv')
-    }
+    assertImportType(type)
     const check = (value: unknown): void => {
       if (value !== null && typeof value === 'object' && !Array.isArray(value)) assertWritable(role, table, Object.keys(value))
     }
+    const scope = keyOptions(req).idempotencyKey
     return await importStream(db, table.name, req.body as NodeJS.ReadableStream, type === 'text/csv' ? 'csv' : 'ndjson', requestOptions(req.query), {
       check,
+      ...(scope === undefined ? {} : { scope }),
       ...(init.maxImportLineBytes === undefined ? {} : { maxLineBytes: init.maxImportLineBytes })
     })
   })
@@ -365,6 +374,13 @@ function requireBody (req: FastifyRequest): unknown {
     throw new NtsoekheError('UNSUPPORTED_MEDIA_TYPE', `This request takes application/json, not ${type === '' ? 'an untyped body' : type}`)
   }
   return req.body
+}
+
+/** An import's body is NDJSON or CSV: anything else (JSON included) is 415 */
+function assertImportType (type: string): void {
+  if (!IMPORT_TYPES.includes(type)) {
+    throw new NtsoekheError('UNSUPPORTED_MEDIA_TYPE', `Import takes application/x-ndjson or text/csv, not ${type === '' ? 'an untyped body' : type}`)
+  }
 }
 
 /** The request's media type, lower case, without parameters */

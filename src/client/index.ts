@@ -7,8 +7,11 @@ import { NtsoekheError, errorFromJSON } from '../errors/index.js'
 /** No daemon answers on the socket: not started, or gone */
 export class NoDaemonError extends NtsoekheError {
   override name = 'NoDaemonError'
+  /** The socket nobody answers on */
+  readonly socket: string
   constructor (socket: string, cause: unknown) {
     super('UNAVAILABLE', `No daemon is listening on ${socket}; start one with \`ntsoekhe daemon\``, { cause })
+    this.socket = socket
   }
 }
 
@@ -166,9 +169,14 @@ export class NtsoekheClient {
   }
 
   /** Streams NDJSON or CSV into a table */
-  async import (table: string, body: Readable | string, format: 'ndjson' | 'csv', options: RequestOptions = {}): Promise<{ accepted: number, rejected: Array<{ line: number, error: { code: string, message: string, column?: string } }>, rejectedNotShown: number }> {
+  /**
+   * Streams NDJSON or CSV into a table. Each line is written with a key made
+   * of its table, number and content (scoped by `idempotencyKey` when given):
+   * the same file imported again writes nothing new.
+   */
+  async import (table: string, body: Readable | string, format: 'ndjson' | 'csv', options: RequestOptions & { idempotencyKey?: string } = {}): Promise<{ accepted: number, rejected: Array<{ line: number, error: { code: string, message: string, column?: string } }>, rejectedNotShown: number }> {
     const type = format === 'csv' ? 'text/csv' : 'application/x-ndjson'
-    return await this.request('POST', `/v1/tables/${enc(table)}/import${qs(options)}`, { raw: body, contentType: type, signal: options.signal, timeout: 0 })
+    return await this.request('POST', `/v1/tables/${enc(table)}/import${qs(options)}`, { raw: body, contentType: type, signal: options.signal, timeout: 0, ...(options.idempotencyKey === undefined ? {} : { idempotencyKey: options.idempotencyKey }) })
   }
 
   /**

@@ -86,7 +86,8 @@ function checkRow (table: string, id: string, row: unknown): { row: Row, shard: 
   if (def === undefined) bad(`unknown table ${table}`)
   let valid: Row
   try {
-    valid = validateRow(def, row, 'full')
+    // Kept as the member stored it: a version written before TIMESTAMPs were canonical still replicates unchanged.
+    valid = validateRow(def, row, 'full', { stored: true })
   } catch (err) {
     throw new InvalidMessageError(`replica: invalid ${table} row: ${(err as Error).message}`, { cause: err })
   }

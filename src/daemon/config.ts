@@ -71,6 +71,9 @@ export interface Config {
   }
 }
 
+/** The log levels `log.level` and `--log-level` take (pino's) */
+export const LOG_LEVELS = ['trace', 'debug', 'info', 'warn', 'error', 'fatal', 'silent']
+
 export function defaultConfig (): Config {
   return {
     api: { socket: 'api.sock', group: null },
@@ -175,6 +178,9 @@ export function checkConfig (config: Config, where = 'config'): void {
   const buffer = config.storage.writeBufferMb
   if (!Number.isSafeInteger(buffer) || buffer < 1 || buffer > 1024) {
     throw new ValidationError(`${where}: storage.writeBufferMb must be an integer from 1 to 1024 (MiB)`)
+  }
+  if (!LOG_LEVELS.includes(config.log.level)) {
+    throw new ValidationError(`${where}: log.level must be one of ${LOG_LEVELS.join(', ')}, got ${JSON.stringify(config.log.level)}`)
   }
   const m = config.membership
   if (!(m.heartbeatMs > 0 && m.suspectAfterMs > m.heartbeatMs && m.downAfterMs >= m.suspectAfterMs)) {

@@ -2,7 +2,9 @@ import { randomBytes } from 'node:crypto'
 import { chmod, chown, lstat, readFile, rename, unlink, writeFile } from 'node:fs/promises'
 import { join } from 'node:path'
 import { monitorEventLoopDelay } from 'node:perf_hooks'
-import { pino, type Logger } from 'pino'
+import type { Logger } from 'pino'
+import { createLogger } from './logger.js'
+import { VERSION } from '../version.js'
 import type { FastifyInstance } from 'fastify'
 import { createApi } from '../api/server.js'
 import type { Coordinator } from '../cluster/coordinator.js'
@@ -30,7 +32,7 @@ import { groupId } from './socket-group.js'
 import type { AccessEvent } from '../security/principal.js'
 import { encodeInvite, keyHex, resolveNetworkKey, type Invite } from './network-key.js'
 
-export const VERSION = '0.1.0'
+export { VERSION } from '../version.js'
 /** How long after start a node that joined a network waits for its users to arrive before refusing an unknown token */
 const JOIN_SETTLE_MS = 15_000
 
@@ -94,7 +96,7 @@ export class NtsoekheNode {
     this.config = init.config
     if (init.onLeft !== undefined) this.onLeft = init.onLeft
     if (init.invite !== undefined) this.invite = init.invite
-    this.logger = init.logger ?? pino({ level: init.config.log.level, base: { component: 'ntsoekhe' } })
+    this.logger = init.logger ?? createLogger(init.config.log.level)
   }
 
   get socket (): string {

@@ -32,6 +32,7 @@ describe('config', () => {
     expect(() => mergeConfig(defaultConfig(), { membership: { suspectAfterMs: 10 } })).toThrow(/membership/)
     expect(() => mergeConfig(defaultConfig(), { storage: { writeBufferMb: 0 } })).toThrow(/storage.writeBufferMb/)
     expect(() => mergeConfig(defaultConfig(), { storage: { writeBufferMb: 2.5 } })).toThrow(/storage.writeBufferMb/)
+    expect(() => mergeConfig(defaultConfig(), { log: { level: 'bogus' } })).toThrow(/log.level must be one of trace, debug/)
     // A config written before a key existed gets the key's default.
     expect(mergeConfig(defaultConfig(), { storage: { sync: false } }).storage).toEqual({ sync: false, writeBufferMb: 16 })
   })
