@@ -27,6 +27,8 @@ export interface DaemonFlags {
   securityOff?: boolean
   /** `--test`: this daemon is a test or benchmark subject */
   test?: boolean
+  /** `--clock-offset-ms <ms>`: run this node's clock ahead (or behind) of the machine's, for the chaos suite; refused without `test` */
+  clockOffsetMs?: number
 }
 
 /**
@@ -76,7 +78,16 @@ export async function runDaemon (home: string, flags: DaemonFlags, io: Io): Prom
   // After `ntsoekhe leave` the node has handed everything off: it stops as on a signal.
   const invite = flags.join === undefined ? undefined : decodeInvite(flags.join)
   if (flags.securityOff === true && flags.test !== true) throw new ValidationError('--security-off is only for measurements: it is accepted together with --test')
-  const node = new NtsoekheNode({ home, config, logger, ...(invite === undefined ? {} : { invite }), ...(flags.securityOff === true ? { security: false } : {}), onLeft: () => { process.kill(process.pid, 'SIGTERM') } })
+  if (flags.clockOffsetMs !== undefined && flags.test !== true) throw new ValidationError('--clock-offset-ms is only for the chaos suite: it is accepted together with --test')
+  const node = new NtsoekheNode({
+    home,
+    config,
+    logger,
+    ...(invite === undefined ? {} : { invite }),
+    ...(flags.securityOff === true ? { security: false } : {}),
+    ...(flags.clockOffsetMs === undefined ? {} : { clockOffsetMs: flags.clockOffsetMs }),
+    onLeft: () => { process.kill(process.pid, 'SIGTERM') }
+  })
   try {
     await node.start()
   } catch (err) {

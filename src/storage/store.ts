@@ -1,6 +1,6 @@
 import { Level } from 'level'
 import type { AbstractSublevel } from 'abstract-level'
-import { DataKeyError, HomeLockedError, IntegrityError, NtsoekheError } from '../errors/index.js'
+import { DataKeyError, HomeLockedError, IntegrityError, NtsoekheError, StorageFullError } from '../errors/index.js'
 import { findTable, sensitiveColumns, type Row, type Value } from '../schema/index.js'
 import { FieldCipher, isHashedIndexValue, SEALED_KEY } from './field-cipher.js'
 import { compareVersions } from './version.js'
@@ -223,6 +223,8 @@ export class Store {
   private readonly plaintext: boolean
   private readonly sync: boolean
   private state: 'new' | 'opening' | 'open' | 'closing' | 'closed' = 'new'
+  /** The last commit failed for want of disk space (see assertWritable) */
+  private diskFull = false
   private opening?: Promise<void>
   private closing?: Promise<void>
 
@@ -243,13 +245,31 @@ export class Store {
     this.plaintext = init.plaintext === true
     this.sync = init.sync ?? true
     this.committer = new GroupCommitter(async (ops, sync) => {
-      await writeBatch(this.db, ops, sync)
+      try {
+        await writeBatch(this.db, ops, sync)
+      } catch (err) {
+        if (!isDiskFull(err)) throw err
+        this.diskFull = true
+        throw new StorageFullError(`This node's disk is full (${(err as Error).message}): it takes no writes until space is freed; reads go on`, { cause: err })
+      }
+      this.diskFull = false
       this.countTableOps(ops)
     }, { sync: init.sync ?? true })
   }
 
   get status (): string {
     return this.state
+  }
+
+  /**
+   * Refuses with a StorageFullError while the disk is full, before a write is
+   * ordered or sent anywhere: once a commit failed for want of space, a small
+   * probe commit must pass first (it clears the state when space is back).
+   */
+  async assertWritable (): Promise<void> {
+    this.checkOpen()
+    if (!this.diskFull) return
+    await this.committer.commit([put(this.meta, 'node:writable-probe', Date.now())])
   }
 
   /** Opens the database; a database held by another process is a HomeLockedError */
@@ -794,6 +814,22 @@ export class Store {
     return out
   }
 
+  /**
+   * Up to `limit` records of the whole store after `after` (a record key), in
+   * key order, each with its head versions and digest, without opening their
+   * rows: what the chaos suite's checker compares across nodes.
+   */
+  async recordHeads (options: { after?: string, limit: number }): Promise<Array<{ key: string, token: string, table: string, id: string, heads: string[], digest: string }>> {
+    this.checkOpen()
+    const out: Array<{ key: string, token: string, table: string, id: string, heads: string[], digest: string }> = []
+    for await (const [k, v] of this.records.iterator({ ...(options.after === undefined ? {} : { gt: options.after }), limit: options.limit })) {
+      const [token, table, id] = k.split(SEP, 3) as [string, string, string]
+      const heads = (v as StoredRecord).heads.map(h => h.version)
+      out.push({ key: k, token, table, id, heads, digest: recordDigest(k, heads).toString('hex') })
+    }
+    return out
+  }
+
   /** A record's head versions as stored, without opening its rows */
   private storedHeads (key: string): string[] | undefined {
     const value = this.records.getSync(key) as StoredRecord | undefined
@@ -1168,6 +1204,12 @@ export class Store {
  * write events, and no encodings but utf8. The store only writes while
  * open, and classic-level makes a close wait for batches under way.
  */
+/** A LevelDB write that failed for want of disk space */
+function isDiskFull (err: unknown): boolean {
+  const e = err as { code?: string, message?: string }
+  return e?.code === 'ENOSPC' || /No space left on device|ENOSPC/.test(String(e?.message))
+}
+
 async function writeBatch (db: Level<string, any>, ops: BatchOp[], sync: boolean): Promise<void> {
   const direct = (db as unknown as { _batch?: (ops: BatchOp[], options: { sync: boolean }) => Promise<void> })._batch
   if (typeof direct === 'function' && db.status === 'open') {
