@@ -676,9 +676,11 @@ export class Store {
       // Known, but perhaps only by id (a state merged from a peer): keep the version itself in history.
       if (before?.heads.some(h => h.version === entry.version) === true) return 'duplicate'
       const historyKey = key + SEP + entry.version
-      if (this.history.getSync(historyKey) !== undefined || ops.some(op => op.key === this.history.prefix + historyKey)) return 'duplicate'
-      ops.push(put(this.history, historyKey, this.sealEntry(entry)))
-      return 'history'
+      const stored = this.history.getSync(historyKey) !== undefined || ops.some(op => op.key === this.history.prefix + historyKey)
+      if (!stored) ops.push(put(this.history, historyKey, this.sealEntry(entry)))
+      // A version known by id only came with no parents: a head it replaces is replaced all the same.
+      const replacedHead = this.replaceKnownParents(key, before, entry, states, ops, touched)
+      return stored && !replacedHead ? 'duplicate' : 'history'
     }
 
     const { after, isHead, replaced } = nextState(before, entry, old !== undefined)
@@ -691,6 +693,29 @@ export class Store {
     this.stageIndexes(before, after, ops)
     this.noteHeads(touched, key, entry.token, before?.heads.map(h => h.version), after.heads.map(h => h.version))
     return isHead ? 'applied' : 'history'
+  }
+
+  /**
+   * A version this replica knew only by id (merged from a peer whose lists no
+   * longer reach back that far) arrives with its parents: any head among them
+   * is replaced and moves to history. Without this, a replica that missed more
+   * updates than a record's lists keep would hold its stale head beside the
+   * newest for good, a conflict no other replica sees, which anti-entropy
+   * could never settle. A head is dropped only when another one stays.
+   */
+  private replaceKnownParents (key: string, before: RecordState | undefined, entry: VersionEntry, states: Map<string, RecordState | undefined>, ops: BatchOp[], touched: SummaryChange[]): boolean {
+    if (before === undefined || entry.parents.length === 0) return false
+    const parents = new Set(entry.parents)
+    const replaced = before.heads.filter(h => parents.has(h.version))
+    if (replaced.length === 0 || replaced.length === before.heads.length) return false
+    const after: RecordState = { ...before, heads: before.heads.filter(h => !parents.has(h.version)), superseded: [...new Set([...before.superseded, ...replaced.map(h => h.version)])] }
+    this.compactKnown(key, before.horizon, after, ops)
+    for (const h of replaced) ops.push(put(this.history, key + SEP + h.version, this.sealEntry(h)))
+    states.set(key, after)
+    ops.push(put(this.records, key, this.encodeRecord(after)))
+    this.stageIndexes(before, after, ops)
+    this.noteHeads(touched, key, entry.token, before.heads.map(h => h.version), after.heads.map(h => h.version))
+    return true
   }
 
   private stageIndexes (before: RecordState | undefined, after: RecordState, ops: BatchOp[]): void {
