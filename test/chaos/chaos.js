@@ -57,6 +57,7 @@ const DAEMON_CONFIG = {
 const SETS_BASE = 1_000_000
 const REGISTER_BASE = 2_000_000
 const BATCH_BASE = 3_000_000
+const DISK_FULL_BASE = 4_000_000
 /** How long a daemon may take to answer on its socket after it was started */
 const START_MS = 60_000
 /** A full disk's tmpfs, MiB: room for the store of a run, filled up on purpose by the nemesis */
@@ -233,7 +234,8 @@ export async function runChaos (options = {}) {
   const log = options.log ?? (line => { process.stderr.write(line + '\n') })
   const rnd = prng(seed)
   const runId = randomBytes(3).toString('hex')
-  const netns = await canUseNetns()
+  // NTSOEKHE_CHAOS_NET=loopback runs as without root, even as root (to check that mode).
+  const netns = process.env.NTSOEKHE_CHAOS_NET !== 'loopback' && await canUseNetns()
   const run = {
     dir: await mkdtemp(join(tmpdir(), `ntkc-${runId}-`)),
     net: netns ? new NetnsNet(runId) : new LoopbackNet(),
@@ -246,7 +248,7 @@ export async function runChaos (options = {}) {
   // Interrupted: kill everything now, so whatever the run waits on fails at once and it unwinds to its cleanup.
   const onAbort = () => { problems.push('interrupted'); void teardown(run, true).catch(() => {}) }
   options.signal?.addEventListener('abort', onAbort, { once: true })
-  log(`chaos: seed ${seed}, ${options.profile ?? 'short'} run ${runId} in ${run.dir}, ${netns ? 'a network namespace per daemon' : 'loopback (no root: no partitions, no full disk)'}`)
+  log(`chaos: seed ${seed}, ${options.profile ?? 'short'} run ${runId} in ${run.dir}, ${netns ? 'a network namespace per daemon' : 'loopback (without root and ip netns: no partitions, no full disk)'}`)
   try {
     await run.net.setup()
     const nodes = []
@@ -375,6 +377,8 @@ class Nemesis {
   constructor ({ run, nodes, rnd, log, problems, makeNode, invite, profile }) {
     Object.assign(this, { run, nodes, rnd, log, problems, makeNode, invite, profile })
     this.joins = 0
+    /** Rows the full-disk step tried to write, each a new id */
+    this.probes = 0
   }
 
   duration () { return this.rnd.int(this.profile.stepMs[0], this.profile.stepMs[1]) }
@@ -467,7 +471,7 @@ class Nemesis {
       let refusal
       for (let k = 0; k < 20 && refusal === undefined; k++) {
         try {
-          await n.client.insert('patient_records', patient(4_000_000 + k * 1000 + n.i), { consistency: 'all' })
+          await n.client.insert('patient_records', patient(DISK_FULL_BASE + this.probes++), { consistency: 'all' })
         } catch (err) { refusal = err }
       }
       if (refusal === undefined) this.problems.push(`node ${n.i} with a full disk took 20 writes at consistency all`)
