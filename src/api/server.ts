@@ -19,6 +19,9 @@ export const BODY_LIMIT = 1024 * 1024
 export const BODY_TIMEOUT_MS = 30_000
 /** Longest Idempotency-Key, characters */
 export const MAX_IDEMPOTENCY_KEY = 128
+/** Records a page of `GET /v1/inspect/records` holds by default, and at most */
+const INSPECT_PAGE = 1000
+const MAX_INSPECT_PAGE = 10_000
 /** What an Idempotency-Key may be made of: a UUID, a ULID, base64 or hex fit */
 const IDEMPOTENCY_KEY_RE = /^[A-Za-z0-9._~+/=:-]+$/
 
@@ -36,6 +39,15 @@ export interface ApiComponents {
   leave?: () => Promise<unknown>
   /** Runs one anti-entropy round now (`POST /v1/repair`): `{ ranges, recordsCompared, recordsSent, seconds }` */
   repair?: () => Promise<unknown>
+  /**
+   * Read-only views of what this node stores, for checkers (the chaos suite):
+   * `GET /v1/inspect/records` pages through every record with its heads,
+   * digest and owners; `GET /v1/inspect/summary` gives the range summary.
+   */
+  inspect?: {
+    records: (options: { after?: string, limit: number }) => Promise<unknown>
+    summary: () => Promise<unknown>
+  }
   /** Users and their tokens: every request is authenticated against it */
   users: Pick<UserDirectory, 'authenticate' | 'add' | 'list' | 'revoke'>
   /** Called once per request that touches data, per 401, per 403 and per break-glass read */
@@ -133,6 +145,17 @@ export function createApi (components: ApiComponents, init: ApiInit = {}): Fasti
   if (leave !== undefined) app.post('/v1/leave', { config: { access: RIGHTS.membership } }, async () => await leave())
   const repair = components.repair
   if (repair !== undefined) app.post('/v1/repair', { config: { access: RIGHTS.admin } }, async () => await repair())
+
+  const inspect = components.inspect
+  if (inspect !== undefined) {
+    app.get<{ Querystring: Query }>('/v1/inspect/records', { config: { access: RIGHTS.admin } }, async req => {
+      const limit = req.query.limit === undefined ? INSPECT_PAGE : parseLimit(single(req.query, 'limit'))
+      if (limit < 1 || limit > MAX_INSPECT_PAGE) throw new ValidationError(`limit must be from 1 to ${MAX_INSPECT_PAGE}`)
+      const after = req.query.after === undefined ? undefined : single(req.query, 'after')
+      return await inspect.records({ limit, ...(after === undefined ? {} : { after }) })
+    })
+    app.get('/v1/inspect/summary', { config: { access: RIGHTS.admin } }, async () => await inspect.summary())
+  }
 
   app.get('/v1/roles', { config: { access: RIGHTS.roles } }, async () => ({ roles: describeRoles() }))
 

@@ -31,6 +31,8 @@ export interface DaemonFlags {
   test?: boolean
   /** `--json`: announce the start as one JSON line on stdout (with the logs) instead of the banner on stderr */
   json?: boolean
+  /** `--clock-offset-ms <ms>`: run this node's clock ahead (or behind) of the machine's, for the chaos suite; refused without `test` */
+  clockOffsetMs?: number
 }
 
 /**
@@ -120,8 +122,17 @@ export async function runDaemon (home: string, flags: DaemonFlags, io: Io): Prom
   const { config: saved } = await loadConfig(home)
   const config = usage(() => applyFlags(saved, flags))
   const logger = createLogger(config.log.level)
+  if (flags.clockOffsetMs !== undefined && flags.test !== true) throw new UsageError('--clock-offset-ms is only for the chaos suite: it is accepted together with --test')
   // After `ntsoekhe leave` the node has handed everything off: it stops as on a signal.
-  const node = new NtsoekheNode({ home, config, logger, ...(invite === undefined ? {} : { invite }), ...(flags.securityOff === true ? { security: false } : {}), onLeft: () => { process.kill(process.pid, 'SIGTERM') } })
+  const node = new NtsoekheNode({
+    home,
+    config,
+    logger,
+    ...(invite === undefined ? {} : { invite }),
+    ...(flags.securityOff === true ? { security: false } : {}),
+    ...(flags.clockOffsetMs === undefined ? {} : { clockOffsetMs: flags.clockOffsetMs }),
+    onLeft: () => { process.kill(process.pid, 'SIGTERM') }
+  })
   try {
     await node.start()
   } catch (err) {

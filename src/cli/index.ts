@@ -122,6 +122,7 @@ function buildProgram (io: Io, setCode: (c: number) => void, asked: Asked): Comm
     .option('--open-network', 'run without a network key: any machine that reaches the port can join (network.open)')
     .addOption(new Option('--security-off', 'no authentication, access rules, encryption at rest or audit trail: for benchmarks, accepted only with --test').hideHelp())
     .addOption(new Option('--test', 'this daemon is a test or benchmark subject').hideHelp())
+    .addOption(new Option('--clock-offset-ms <ms>', "run this node's clock this many ms ahead of the machine's (negative: behind): for the chaos suite, accepted only with --test").argParser(signedInt).hideHelp())
     .action(async (opts: GlobalOpts & DaemonFlags) => {
       const { runDaemon } = await import('./daemon.js')
       setCode(await runDaemon(resolveHome(opts.home), opts, io))
@@ -503,6 +504,12 @@ function batchOperations (body: unknown): unknown[] {
   const ops = Array.isArray(body) ? body : (body as { operations?: unknown } | null)?.operations
   if (!Array.isArray(ops) || ops.length === 0) throw new UsageError('a batch is {"operations":[{"op","table","id"?,"row"?,"ifMatch"?}, ...]} or that array alone, with at least one operation')
   return ops
+}
+
+/** A whole number of either sign, at most a day's worth of ms either way (a clock offset) */
+function signedInt (value: string): number {
+  if (!/^-?\d+$/.test(value) || Math.abs(Number(value)) > 86_400_000) throw new UsageError(`expected a whole number of ms within a day either way, got ${JSON.stringify(value)}`)
+  return Number(value)
 }
 
 async function readJsonArg (arg: string, io: Io, what = 'the row'): Promise<unknown> {

@@ -439,6 +439,7 @@ export class DistributedCoordinator implements Coordinator {
    */
   private async sloppyWrite (mutations: Mutation[], owners: string[], retry: boolean): Promise<WriteResult[]> {
     const first = mutations[0] as Mutation
+    await this.c.store.assertWritable()
     const recalled = await recallWrites(this.c.store, mutations)
     let ordered: { entries: VersionEntry[], results: WriteResult[] } = { entries: [], results: [] }
     await this.c.store.transact(mutations.map(mutationKey), states => {
@@ -464,6 +465,8 @@ export class DistributedCoordinator implements Coordinator {
     if (!owners.includes(this.c.peerId)) {
       throw new NtsoekheError('NOT_OWNER', `${this.c.peerId} does not own ${first.shard}`)
     }
+    // A full disk refuses here, before anything is ordered or sent: the refusal is then the whole truth.
+    await this.c.store.assertWritable()
     await this.catchUp(mutations, owners, level, retry)
     const recalled = await recallWrites(this.c.store, mutations)
     let ordered: { entries: VersionEntry[], results: WriteResult[] } = { entries: [], results: [] }
@@ -572,6 +575,12 @@ export class DistributedCoordinator implements Coordinator {
       if ((ownersOf[i] as string[]).includes(this.c.peerId)) owned.push(i)
       else outcomes[i] = { ok: false, error: { code: 'NOT_OWNER', message: `${this.c.peerId} does not own ${(g[0] as Mutation).shard}` } }
     })
+    try {
+      await this.c.store.assertWritable()
+    } catch (err) {
+      for (const gi of owned) outcomes[gi] = { ok: false, error: errorBody(err) }
+      return outcomes
+    }
     // As in coordinateWrite: updates and deletes are ordered against an up-to-date copy. A group whose
     // owners cannot be asked fails alone.
     const caughtUp = await Promise.all(owned.map(async (gi) => {
@@ -637,6 +646,8 @@ export class DistributedCoordinator implements Coordinator {
       let settled = false
       // An owner that timed out may still have applied the write: the outcome is then unknown, not partial.
       let uncertain = false
+      // Why owners missed it (a full disk, a timeout), named in the refusal
+      const reasons: string[] = []
       const done = (): void => {
         if (settled) return
         if (acks >= target) { settled = true; resolve() } else if (acks + failures === voters) {
@@ -645,16 +656,18 @@ export class DistributedCoordinator implements Coordinator {
           const durable = durableHere + acks
           const required = durableHere + target
           const outcome = uncertain ? 'unknown' : 'partial'
-          reject(new NtsoekheError('UNAVAILABLE', `${what}: the write is durable on ${durable} of the ${required} owners required; ${outcome === 'unknown' ? 'an owner that did not answer may have it too' : 'it will reach the others when they return'} (retry with the same Idempotency-Key to finish it)`, { durable, required, outcome }))
+          const why = reasons.length === 0 ? '' : ` [${reasons.join('; ')}]`
+          reject(new NtsoekheError('UNAVAILABLE', `${what}: the write is durable on ${durable} of the ${required} owners required; ${outcome === 'unknown' ? 'an owner that did not answer may have it too' : 'it will reach the others when they return'} (retry with the same Idempotency-Key to finish it)${why}`, { durable, required, outcome }))
         }
       }
-      local?.then(() => { acks++; done() }, () => { failures++; uncertain = true; done() })
+      local?.then(() => { acks++; done() }, err => { failures++; uncertain = true; reasons.push(`${this.c.peerId}: ${(err as Error).message}`); done() })
       for (const peer of peers) {
         const send = this.c.membership.stateOf(peer) === 'down'
           ? Promise.reject(new UnavailableError(`${peer} is down`))
           : this.batcher.send(peer, entries)
         send.then(() => { acks++; done() }, async err => {
           if (err instanceof TimeoutError) uncertain = true
+          reasons.push(`${peer}: ${(err as Error).message}`)
           this.c.log?.('replica %s missed %s: %s; keeping a hint', peer, what, (err as Error).message)
           await this.c.store.addHint(peer, entries).catch(e => { this.c.log?.('hint for %s lost: %s', peer, (e as Error).message) })
           failures++

@@ -57,6 +57,12 @@ export interface NodeInit {
    * @default true when it has no bootstrap address and no saved member but itself
    */
   createsNetwork?: boolean
+  /**
+   * How far this node's clock runs ahead of the machine's, ms (negative:
+   * behind): the chaos suite's clock skew (`daemon --clock-offset-ms <ms>
+   * --test`). Versions and membership take their time from it. @default 0
+   */
+  clockOffsetMs?: number
 }
 
 /**
@@ -150,10 +156,14 @@ export class NtsoekheNode {
     const libp2p = this.libp2p
     this.transport = new Libp2pTransport(libp2p, { timeout: this.config.replication.timeoutMs })
     const log = (msg: string, ...args: unknown[]): void => { this.logger.debug({ component: 'cluster' }, msg, ...args) }
+    const offset = this.init.clockOffsetMs ?? 0
+    const now = offset === 0 ? Date.now : () => Date.now() + offset
+    if (offset !== 0) this.logger.warn({ clockOffsetMs: offset }, 'test clock offset (--clock-offset-ms --test): this node\'s clock is skewed on purpose')
     this.membership = new Membership({
       transport: this.transport,
       peerId: this.peerId,
       sign: data => key.sign(data) as Uint8Array,
+      now,
       addresses: () => libp2p.getMultiaddrs().map(a => a.toString()),
       // One save at a time, in order: the newest list is the one left on disk.
       persist: async members => {
@@ -166,7 +176,7 @@ export class NtsoekheNode {
       log,
       warn: msg => { this.logger.warn({ component: 'membership' }, msg) }
     }, this.config.membership)
-    const clock = new HybridClock(nodeTag(this.peerId))
+    const clock = new HybridClock(nodeTag(this.peerId), now)
     this.coordinator = new DistributedCoordinator({ store: this.store, clock, peerId: this.peerId, transport: this.transport, membership: this.membership, log }, {
       replicas: this.config.replication.replicas,
       writeQuorum: this.config.replication.writeQuorum,
@@ -236,6 +246,7 @@ export class NtsoekheNode {
       removeMember: async (peerId: string) => (this.membership as Membership).remove(peerId),
       leave: async () => await this.leave(),
       repair: async () => await (this.coordinator as DistributedCoordinator).antiEntropy.repair(),
+      inspect: { records: async options => await this.inspectRecords(options), summary: async () => this.inspectSummary() },
       users: this.init.security !== false
         ? users
         : {
@@ -314,6 +325,28 @@ export class NtsoekheNode {
       members: membership.members().map(m => ({ peerId: m.peerId, state: m.state, share: shares.get(m.peerId) ?? 0 })),
       localRows: publicCounts(await (this.store as Store).countRows())
     }
+  }
+
+  /**
+   * A page of every record this node stores (`GET /v1/inspect/records`), in
+   * key order, with its heads, its digest (as the range summary counts it) and
+   * its owners on this node's ring: a checker compares them across nodes.
+   */
+  async inspectRecords (options: { after?: string, limit: number }): Promise<Record<string, unknown>> {
+    const coordinator = this.coordinator as DistributedCoordinator
+    const page = await (this.store as Store).recordHeads(options)
+    const last = page[page.length - 1]
+    return {
+      peerId: this.peerId,
+      records: page.map(r => ({ ...r, owners: coordinator.owners(r.table, r.token) })),
+      next: page.length === options.limit && last !== undefined ? last.key : null
+    }
+  }
+
+  /** The store's range summary as kept on every commit (`GET /v1/inspect/summary`): 256 range digests, hex */
+  inspectSummary (): Record<string, unknown> {
+    const store = this.store as Store
+    return { peerId: this.peerId, ranges: store.summary.bucketDigests(), pendingHints: store.hintCount() }
   }
 
   /**

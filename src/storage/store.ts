@@ -1,6 +1,6 @@
 import { Level } from 'level'
 import type { AbstractLevel, AbstractSublevel } from 'abstract-level'
-import { DataKeyError, HomeLockedError, IntegrityError, NtsoekheError } from '../errors/index.js'
+import { DataKeyError, HomeLockedError, IntegrityError, NtsoekheError, StorageFullError } from '../errors/index.js'
 import { findTable, sensitiveColumns, type Row, type Value } from '../schema/index.js'
 import { FieldCipher, isHashedIndexValue, SEALED_KEY } from './field-cipher.js'
 import { compareVersions } from './version.js'
@@ -233,6 +233,8 @@ export class Store {
   private readonly sync: boolean
   private readonly env: Environment
   private state: 'new' | 'opening' | 'open' | 'closing' | 'closed' = 'new'
+  /** The last commit failed for want of disk space (see assertWritable) */
+  private diskFull = false
   private opening?: Promise<void>
   private closing?: Promise<void>
 
@@ -256,13 +258,31 @@ export class Store {
     this.plaintext = init.plaintext === true
     this.sync = init.sync ?? true
     this.committer = new GroupCommitter(async (ops, sync) => {
-      await writeBatch(this.db, ops, sync)
+      try {
+        await writeBatch(this.db, ops, sync)
+      } catch (err) {
+        if (!isDiskFull(err)) throw err
+        this.diskFull = true
+        throw new StorageFullError(`This node's disk is full (${(err as Error).message}): it takes no writes until space is freed; reads go on`, { cause: err })
+      }
+      this.diskFull = false
       this.countTableOps(ops)
     }, { sync: init.sync ?? true, defer: this.env.defer })
   }
 
   get status (): string {
     return this.state
+  }
+
+  /**
+   * Refuses with a StorageFullError while the disk is full, before a write is
+   * ordered or sent anywhere: once a commit failed for want of space, a small
+   * probe commit must pass first (it clears the state when space is back).
+   */
+  async assertWritable (): Promise<void> {
+    this.checkOpen()
+    if (!this.diskFull) return
+    await this.committer.commit([put(this.meta, 'node:writable-probe', Date.now())])
   }
 
   /** Opens the database; a database held by another process is a HomeLockedError */
@@ -669,9 +689,11 @@ export class Store {
       // Known, but perhaps only by id (a state merged from a peer): keep the version itself in history.
       if (before?.heads.some(h => h.version === entry.version) === true) return 'duplicate'
       const historyKey = key + SEP + entry.version
-      if (this.history.getSync(historyKey) !== undefined || ops.some(op => op.key === this.history.prefix + historyKey)) return 'duplicate'
-      ops.push(put(this.history, historyKey, this.sealEntry(entry)))
-      return 'history'
+      const stored = this.history.getSync(historyKey) !== undefined || ops.some(op => op.key === this.history.prefix + historyKey)
+      if (!stored) ops.push(put(this.history, historyKey, this.sealEntry(entry)))
+      // A version known by id only came with no parents: a head it replaces is replaced all the same.
+      const replacedHead = this.replaceKnownParents(key, before, entry, states, ops, touched)
+      return stored && !replacedHead ? 'duplicate' : 'history'
     }
 
     const { after, isHead, replaced } = nextState(before, entry, old !== undefined)
@@ -684,6 +706,29 @@ export class Store {
     this.stageIndexes(before, after, ops)
     this.noteHeads(touched, key, entry.token, before?.heads.map(h => h.version), after.heads.map(h => h.version))
     return isHead ? 'applied' : 'history'
+  }
+
+  /**
+   * A version this replica knew only by id (merged from a peer whose lists no
+   * longer reach back that far) arrives with its parents: any head among them
+   * is replaced and moves to history. Without this, a replica that missed more
+   * updates than a record's lists keep would hold its stale head beside the
+   * newest for good, a conflict no other replica sees, which anti-entropy
+   * could never settle. A head is dropped only when another one stays.
+   */
+  private replaceKnownParents (key: string, before: RecordState | undefined, entry: VersionEntry, states: Map<string, RecordState | undefined>, ops: BatchOp[], touched: SummaryChange[]): boolean {
+    if (before === undefined || entry.parents.length === 0) return false
+    const parents = new Set(entry.parents)
+    const replaced = before.heads.filter(h => parents.has(h.version))
+    if (replaced.length === 0 || replaced.length === before.heads.length) return false
+    const after: RecordState = { ...before, heads: before.heads.filter(h => !parents.has(h.version)), superseded: [...new Set([...before.superseded, ...replaced.map(h => h.version)])] }
+    this.compactKnown(key, before.horizon, after, ops)
+    for (const h of replaced) ops.push(put(this.history, key + SEP + h.version, this.sealEntry(h)))
+    states.set(key, after)
+    ops.push(put(this.records, key, this.encodeRecord(after)))
+    this.stageIndexes(before, after, ops)
+    this.noteHeads(touched, key, entry.token, before.heads.map(h => h.version), after.heads.map(h => h.version))
+    return true
   }
 
   private stageIndexes (before: RecordState | undefined, after: RecordState, ops: BatchOp[]): void {
@@ -803,6 +848,22 @@ export class Store {
     for await (const [k, v] of this.records.iterator({ ...range, lt: prefix + '\xff', limit: options.limit })) {
       const [token, table, id] = k.split(SEP, 3) as [string, string, string]
       out.push({ key: k, token, table, id, digest: recordDigest(k, (v as StoredRecord).heads.map(h => h.version)).toString('hex') })
+    }
+    return out
+  }
+
+  /**
+   * Up to `limit` records of the whole store after `after` (a record key), in
+   * key order, each with its head versions and digest, without opening their
+   * rows: what the chaos suite's checker compares across nodes.
+   */
+  async recordHeads (options: { after?: string, limit: number }): Promise<Array<{ key: string, token: string, table: string, id: string, heads: string[], digest: string }>> {
+    this.checkOpen()
+    const out: Array<{ key: string, token: string, table: string, id: string, heads: string[], digest: string }> = []
+    for await (const [k, v] of this.records.iterator({ ...(options.after === undefined ? {} : { gt: options.after }), limit: options.limit })) {
+      const [token, table, id] = k.split(SEP, 3) as [string, string, string]
+      const heads = (v as StoredRecord).heads.map(h => h.version)
+      out.push({ key: k, token, table, id, heads, digest: recordDigest(k, heads).toString('hex') })
     }
     return out
   }
@@ -1181,6 +1242,12 @@ export class Store {
  * write events, and no encodings but utf8. The store only writes while
  * open, and classic-level makes a close wait for batches under way.
  */
+/** A LevelDB write that failed for want of disk space */
+function isDiskFull (err: unknown): boolean {
+  const e = err as { code?: string, message?: string }
+  return e?.code === 'ENOSPC' || /No space left on device|ENOSPC/.test(String(e?.message))
+}
+
 async function writeBatch (db: Level<string, any>, ops: BatchOp[], sync: boolean): Promise<void> {
   const direct = (db as unknown as { _batch?: (ops: BatchOp[], options: { sync: boolean }) => Promise<void> })._batch
   if (typeof direct === 'function' && db.status === 'open') {
