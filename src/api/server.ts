@@ -9,6 +9,7 @@ import type { UserDirectory } from '../security/users.js'
 import { isVersion } from '../storage/version.js'
 import { TABLE_ACCESS, checkFilters, installAccess, principalOf, readView } from './access.js'
 import { auditRoute, type AuditReader } from './audit.js'
+import { backupRoutes, type BackupSource } from './backup.js'
 import { toErrorResponse } from './errors.js'
 import { exportRoute } from './export.js'
 import { importStream, isAbort } from './import.js'
@@ -36,6 +37,8 @@ export interface ApiComponents {
   leave?: () => Promise<unknown>
   /** Runs one anti-entropy round now (`POST /v1/repair`): `{ ranges, recordsCompared, recordsSent, seconds }` */
   repair?: () => Promise<unknown>
+  /** Backup and restore of the whole network (`GET /v1/backup`, `POST /v1/restore`), on the networked node */
+  backup?: BackupSource
   /** Users and their tokens: every request is authenticated against it */
   users: Pick<UserDirectory, 'authenticate' | 'add' | 'list' | 'revoke'>
   /** Called once per request that touches data, per 401, per 403 and per break-glass read */
@@ -131,6 +134,7 @@ export function createApi (components: ApiComponents, init: ApiInit = {}): Fasti
   if (leave !== undefined) app.post('/v1/leave', { config: { access: RIGHTS.membership } }, async () => await leave())
   const repair = components.repair
   if (repair !== undefined) app.post('/v1/repair', { config: { access: RIGHTS.admin } }, async () => await repair())
+  if (components.backup !== undefined) backupRoutes(app, components.backup)
 
   app.get('/v1/roles', { config: { access: RIGHTS.roles } }, async () => ({ roles: describeRoles() }))
 

@@ -4,8 +4,10 @@ import { join } from 'node:path'
 import { monitorEventLoopDelay } from 'node:perf_hooks'
 import { pino, type Logger } from 'pino'
 import type { FastifyInstance } from 'fastify'
+import type { BackupSource } from '../api/backup.js'
 import { createApi } from '../api/server.js'
 import type { Coordinator } from '../cluster/coordinator.js'
+import { BackupService } from '../cluster/backup.js'
 import { DistributedCoordinator } from '../cluster/distributed.js'
 import { Membership, type SavedMember } from '../cluster/membership.js'
 import { PROTOCOLS } from '../cluster/transport.js'
@@ -70,6 +72,8 @@ export class NtsoekheNode {
   users?: UserDirectory
   libp2p?: Libp2pNode
   audit?: AuditTrail
+  /** Backup and restore of the whole network */
+  backup?: BackupService
   private transport?: Libp2pTransport
   private api?: FastifyInstance
   private starting?: Promise<void>
@@ -172,6 +176,24 @@ export class NtsoekheNode {
       antiEntropyIntervalMs: this.config.replication.antiEntropyIntervalMs,
       syncBandwidthMbps: this.config.replication.syncBandwidthMbps
     })
+    const coordinator = this.coordinator
+    const membership = this.membership
+    this.backup = new BackupService({
+      store: this.store,
+      transport: this.transport,
+      peerId: this.peerId,
+      ring: coordinator.ring,
+      replicas: coordinator.replicas,
+      owners: (table, token) => coordinator.owners(table, token),
+      isAlive: peerId => membership.isAlive(peerId),
+      mayServe: peer => {
+        if (membership.mayReplicate(peer)) return true
+        membership.report(peer, `refused a backup request from ${peer}: not a member of this network`)
+        return false
+      },
+      observe: version => { clock.observe(version) },
+      log
+    })
     await this.transport.start()
 
     // Members come from the bootstrap list, the members saved on disk, and any peer the DHT or
@@ -225,6 +247,7 @@ export class NtsoekheNode {
       removeMember: async (peerId: string) => (this.membership as Membership).remove(peerId),
       leave: async () => await this.leave(),
       repair: async () => await (this.coordinator as DistributedCoordinator).antiEntropy.repair(),
+      ...(this.backup === undefined ? {} : { backup: backupSource(this.backup, this.peerId) }),
       users: this.init.security !== false
         ? users
         : {
@@ -406,5 +429,16 @@ async function removeStaleSocket (path: string): Promise<void> {
     await unlink(path)
   } catch (err) {
     if ((err as NodeJS.ErrnoException).code !== 'ENOENT') throw err
+  }
+}
+
+/** The socket API's view of the node's BackupService */
+function backupSource (backup: BackupService, node: string): BackupSource {
+  return {
+    node,
+    records: signal => backup.records(signal),
+    estimate: async () => await backup.estimate(),
+    checkOwnersUp: () => { backup.checkOwnersUp() },
+    restore: async records => await backup.restore(records)
   }
 }
