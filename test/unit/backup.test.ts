@@ -1,0 +1,292 @@
+import { randomBytes } from 'node:crypto'
+import { readFile, rename, rm, truncate, writeFile } from 'node:fs/promises'
+import { join } from 'node:path'
+import { gzipSync } from 'node:zlib'
+import { afterEach, beforeEach, describe, expect, it } from 'vitest'
+import { BackupWriter, chunkLines, openBackup, readChunk, verifyBackup } from '../../src/backup/backup-dir.js'
+import { BackupDamagedError, BackupKeyError, openChunk, sealChunk, sha256 } from '../../src/backup/chunk.js'
+import { MANIFEST_FILE, type Manifest } from '../../src/backup/manifest.js'
+import { parseBackupRecord, recordAsOf, toBackupRecord } from '../../src/backup/record.js'
+import { BackupService } from '../../src/cluster/backup.js'
+import { MemoryNetwork } from '../../src/cluster/memory-transport.js'
+import { HashRing } from '../../src/cluster/ring.js'
+import { tokenOf } from '../../src/cluster/token.js'
+import type { Row } from '../../src/schema/index.js'
+import { Store, type VersionEntry, type WholeRecord } from '../../src/storage/store.js'
+import { formatVersion } from '../../src/storage/version.js'
+import { tempDir, type TempDir } from '../helpers/temp.js'
+
+const KEY = randomBytes(32)
+const KEY_FILE = randomBytes(48)
+
+let dir: TempDir
+let store: Store
+
+beforeEach(async () => {
+  dir = await tempDir('ntk-backup-')
+  store = new Store({ path: join(dir.path, 'store'), sync: false, dataKey: KEY })
+  await store.open()
+})
+
+afterEach(async () => {
+  await store.close()
+  await dir.remove()
+})
+
+function appointment (id: number, purpose = 'checkup'): Row {
+  return { appointment_id: id, patient_id: id, doctor_id: 7, appointment_date: '2026-01-05T09:00:00Z', purpose }
+}
+
+/** Version `n` of a record, written at wall time `wall` */
+function entry (id: number, wall: number, parents: string[], row: Row | null): VersionEntry {
+  return { table: 'appointments', id: String(id), token: tokenOf('doctor_id:7'), version: formatVersion({ wall, counter: 0, node: 'test' }), parents, row }
+}
+
+/** Records 1..n: each inserted at 1000 + id, record 1 updated at 5000 and deleted at 9000 */
+async function fill (n: number): Promise<{ v1: VersionEntry, v2: VersionEntry, v3: VersionEntry }> {
+  for (let id = 2; id <= n; id++) await store.apply([entry(id, 1000 + id, [], appointment(id))])
+  const v1 = entry(1, 1001, [], appointment(1))
+  const v2 = entry(1, 5000, [v1.version], appointment(1, 'follow-up'))
+  const v3 = entry(1, 9000, [v2.version], null)
+  await store.apply([v1, v2, v3])
+  return { v1, v2, v3 }
+}
+
+async function allRecords (limit: number): Promise<WholeRecord[]> {
+  const out: WholeRecord[] = []
+  let after: string | undefined
+  do {
+    const page = await store.backupPage({ limit, ...(after === undefined ? {} : { after }) })
+    out.push(...page.records)
+    after = page.next
+  } while (after !== undefined)
+  return out
+}
+
+async function writeBackup (records: WholeRecord[], init: { keyFile?: Uint8Array, chunkTextBytes?: number } = {}): Promise<string> {
+  const path = join(dir.path, 'bk')
+  const writer = await BackupWriter.create({ dir: path, node: 'test-node', chunkTextBytes: init.chunkTextBytes ?? 600, ...(init.keyFile === undefined ? {} : { keyFile: init.keyFile }) })
+  for (const r of records) await writer.add(JSON.stringify(toBackupRecord(r)))
+  await writer.finish()
+  return path
+}
+
+async function manifestOf (path: string): Promise<Manifest> {
+  return JSON.parse(await readFile(join(path, MANIFEST_FILE), 'utf8')) as Manifest
+}
+
+/** The error a promise rejects with */
+async function failure (p: Promise<unknown>): Promise<Error> {
+  try {
+    await p
+  } catch (err) {
+    return err as Error
+  }
+  throw new Error('expected a failure')
+}
+
+describe('backup: reading records whole', () => {
+  it('pages through every record with its heads and every version, oldest first', async () => {
+    const { v1, v2, v3 } = await fill(5)
+    const records = await allRecords(2)
+    expect(records.map(r => r.state.id).sort()).toEqual(['1', '2', '3', '4', '5'])
+    const first = records.find(r => r.state.id === '1') as WholeRecord
+    expect(first.versions.map(v => v.version)).toEqual([v1.version, v2.version, v3.version])
+    expect(first.versions[1]?.row).toEqual(appointment(1, 'follow-up'))
+    expect(first.state.heads.map(h => h.version)).toEqual([v3.version])
+  })
+
+  it('keeps key order and leaves out keys outside [from, to)', async () => {
+    await fill(6)
+    const all = await allRecords(100)
+    const keys = all.map(r => `${r.state.token}!${r.state.table}!${r.state.id}`)
+    expect([...keys].sort()).toEqual(keys)
+    const page = await store.backupPage({ from: keys[1], to: keys[4], limit: 100 })
+    expect(page.records.map(r => r.state.id)).toEqual(all.slice(1, 4).map(r => r.state.id))
+    expect(page.next).toBeUndefined()
+  })
+})
+
+describe('backup: records and point in time', () => {
+  it('a line goes back to the same record, and a malformed one is refused', async () => {
+    await fill(2)
+    for (const r of await allRecords(10)) {
+      expect(parseBackupRecord(JSON.parse(JSON.stringify(toBackupRecord(r))))).toEqual(r)
+    }
+    const line = toBackupRecord((await allRecords(10))[0] as WholeRecord)
+    expect(() => parseBackupRecord({ ...line, heads: ['000000000000001.000000.nobody'] })).toThrow(/a head that is not among its versions/)
+    expect(() => parseBackupRecord({ ...line, versions: [{ ...line.versions[0], row: { appointment_id: 'x' } }] })).toThrow(/invalid appointments row/)
+  })
+
+  it('as of a time between two updates, the record is what it was then', async () => {
+    const { v1, v2 } = await fill(1)
+    const record = (await allRecords(10))[0] as WholeRecord
+    const between = recordAsOf(record, 6000) as WholeRecord
+    expect(between.versions.map(v => v.version)).toEqual([v1.version, v2.version])
+    expect(between.state.heads.map(h => h.version)).toEqual([v2.version])
+    expect(between.state.heads[0]?.row).toEqual(appointment(1, 'follow-up'))
+    expect((recordAsOf(record, 1001) as WholeRecord).state.heads[0]?.row).toEqual(appointment(1))
+    expect(recordAsOf(record, 1000)).toBeUndefined()
+    expect(recordAsOf(record, 9000)).toBe(record)
+  })
+})
+
+describe('backup: chunks, manifest and encryption', () => {
+  it('writes several chunks whose counts and checksums the manifest holds, and verifies them', async () => {
+    await fill(12)
+    const path = await writeBackup(await allRecords(100))
+    const manifest = await manifestOf(path)
+    expect(manifest.chunks.length).toBeGreaterThan(2)
+    expect(manifest.records).toBe(12)
+    expect(manifest.versions).toBe(14)
+    expect(manifest.rows).toBe(11)
+    expect(manifest.tables).toEqual({ appointments: { records: 12, rows: 11, versions: 14 } })
+    expect(manifest.span).toEqual({ from: new Date(1001).toISOString(), to: new Date(9000).toISOString() })
+    expect(manifest.encryption).toBeNull()
+    const report = await verifyBackup(await openBackup(path))
+    expect(report).toMatchObject({ records: 12, rows: 11, versions: 14, chunks: manifest.chunks.length, encrypted: false })
+  })
+
+  it('refuses a chunk with a changed byte, naming it', async () => {
+    await fill(12)
+    const path = await writeBackup(await allRecords(100))
+    const bad = (await manifestOf(path)).chunks[1]?.file as string
+    const bytes = await readFile(join(path, bad))
+    const at = bytes.length >> 1
+    bytes[at] = (bytes[at] as number) ^ 0xff
+    await writeFile(join(path, bad), bytes)
+    const err = await failure(verifyBackup(await openBackup(path)))
+    expect(err).toBeInstanceOf(BackupDamagedError)
+    expect((err as BackupDamagedError).chunk).toBe(bad)
+    expect(err.message).toMatch(/checksum mismatch/)
+  })
+
+  it('refuses a truncated chunk and a missing one, naming them', async () => {
+    await fill(12)
+    const path = await writeBackup(await allRecords(100))
+    const [a, b] = (await manifestOf(path)).chunks
+    await truncate(join(path, b?.file as string), (b?.bytes as number) - 10)
+    let err = await failure(verifyBackup(await openBackup(path)))
+    expect((err as BackupDamagedError).chunk).toBe(b?.file)
+    expect(err.message).toMatch(/truncated/)
+    await rm(join(path, a?.file as string))
+    err = await failure(verifyBackup(await openBackup(path)))
+    expect((err as BackupDamagedError).chunk).toBe(a?.file)
+    expect(err.message).toMatch(/missing/)
+  })
+
+  it('refuses a chunk whose records do not check, even when its checksum was made to match', async () => {
+    await fill(12)
+    const path = await writeBackup(await allRecords(100))
+    const manifest = await manifestOf(path)
+    const entry = manifest.chunks[0] as Manifest['chunks'][number]
+    const text = await readChunk(await openBackup(path), entry)
+    const lines = chunkLines(text, entry)
+    const forged = gzipSync(Buffer.from([lines[0]?.replace('"checkup"', '42'), ...lines.slice(1)].join('\n') + '\n'))
+    await writeFile(join(path, entry.file), forged)
+    entry.bytes = forged.length
+    entry.sha256 = sha256(forged)
+    await writeFile(join(path, MANIFEST_FILE), JSON.stringify(manifest))
+    const err = await failure(verifyBackup(await openBackup(path)))
+    expect((err as BackupDamagedError).chunk).toBe(entry.file)
+    expect(err.message).toMatch(/record 1: .*invalid appointments row/)
+  })
+
+  it('refuses a damaged manifest, naming it', async () => {
+    await fill(3)
+    const path = await writeBackup(await allRecords(100))
+    const text = await readFile(join(path, MANIFEST_FILE), 'utf8')
+    await writeFile(join(path, MANIFEST_FILE), text.slice(0, text.length - 20))
+    const err = await failure(openBackup(path))
+    expect((err as BackupDamagedError).chunk).toBe(MANIFEST_FILE)
+    const manifest = JSON.parse(text) as Manifest
+    manifest.records += 1
+    await writeFile(join(path, MANIFEST_FILE), JSON.stringify(manifest))
+    expect(((await failure(openBackup(path))) as BackupDamagedError).chunk).toBe(MANIFEST_FILE)
+  })
+
+  it('encrypts chunks: the right key file opens them, a wrong one or none is refused', async () => {
+    await fill(12)
+    const path = await writeBackup(await allRecords(100), { keyFile: KEY_FILE })
+    const manifest = await manifestOf(path)
+    expect(manifest.encryption).toMatchObject({ algorithm: 'AES-256-GCM', kdf: 'HKDF-SHA256' })
+    expect(manifest.chunks.every(c => c.file.endsWith('.enc'))).toBe(true)
+    // No row in the clear, nor a gzip stream of one.
+    const raw = await readFile(join(path, manifest.chunks[0]?.file as string))
+    expect(raw.includes(Buffer.from('checkup'))).toBe(false)
+    expect(raw.subarray(0, 2).equals(Buffer.from([0x1f, 0x8b]))).toBe(false)
+    expect((await verifyBackup(await openBackup(path, KEY_FILE))).records).toBe(12)
+    const wrong = await failure(openBackup(path, randomBytes(48)))
+    expect(wrong).toBeInstanceOf(BackupKeyError)
+    expect((wrong as BackupKeyError).reason).toBe('wrong')
+    expect(((await failure(openBackup(path))) as BackupKeyError).reason).toBe('missing')
+  })
+
+  it('an encrypted chunk opens only under its own name: swapped chunks are refused', async () => {
+    const sealed = await sealChunk('{"a":1}\n', 'chunk-000001.ndjson.gz.enc', KEY)
+    expect(await openChunk(sealed, 'chunk-000001.ndjson.gz.enc', KEY)).toBe('{"a":1}\n')
+    const err = await failure(openChunk(sealed, 'chunk-000002.ndjson.gz.enc', KEY))
+    expect((err as BackupDamagedError).chunk).toBe('chunk-000002.ndjson.gz.enc')
+    expect(err.message).toMatch(/does not authenticate/)
+  })
+
+  it('an altered manifest of an encrypted backup does not authenticate', async () => {
+    await fill(12)
+    const path = await writeBackup(await allRecords(100), { keyFile: KEY_FILE })
+    const manifest = await manifestOf(path)
+    const [a, b] = manifest.chunks as [Manifest['chunks'][number], Manifest['chunks'][number]]
+    // Swap two chunks' files and their entries: every checksum still matches, the MAC does not.
+    await rename(join(path, a.file), join(path, 'tmp'))
+    await rename(join(path, b.file), join(path, a.file))
+    await rename(join(path, 'tmp'), join(path, b.file))
+    manifest.chunks[0] = { ...b, file: a.file }
+    manifest.chunks[1] = { ...a, file: b.file }
+    await writeFile(join(path, MANIFEST_FILE), JSON.stringify(manifest))
+    const err = await failure(openBackup(path, KEY_FILE))
+    expect((err as BackupDamagedError).chunk).toBe(MANIFEST_FILE)
+    expect(err.message).toMatch(/does not authenticate/)
+  })
+
+  it('never writes into a directory that holds anything', async () => {
+    await writeFile(join(dir.path, 'x'), 'x')
+    await expect(BackupWriter.create({ dir: dir.path, node: 'n' })).rejects.toThrow(/not empty/)
+  })
+})
+
+describe('backup: which owner reads which range', () => {
+  it('every token lies in exactly one piece, read by one of its owners, this node first', () => {
+    const peers = ['peer-a', 'peer-b', 'peer-c', 'peer-d', 'peer-e']
+    const ring = new HashRing({ vnodes: 16 })
+    ring.setMembers(peers.map(peerId => ({ peerId })))
+    const net = new MemoryNetwork()
+    const down = new Set(['peer-b'])
+    const service = new BackupService({
+      store,
+      transport: net.transport('peer-a'),
+      peerId: 'peer-a',
+      ring,
+      replicas: 2,
+      owners: (_table, token) => ring.preferenceList(token, 2),
+      isAlive: p => !down.has(p),
+      mayServe: () => true,
+      observe: () => {}
+    })
+    const pieces = service.plan()
+    for (let i = 0; i < 2000; i++) {
+      const token = tokenOf(`patient_id:${i}`)
+      const key = `${token}!appointments!${i}`
+      const holding = pieces.filter(p => (p.from === undefined || key >= p.from) && (p.to === undefined || key < p.to))
+      expect(holding).toHaveLength(1)
+      const owners = ring.preferenceList(token, 2)
+      const reader = holding[0]?.reader as string
+      expect(owners).toContain(reader)
+      expect(down.has(reader)).toBe(false)
+      if (owners.includes('peer-a')) expect(reader).toBe('peer-a')
+    }
+    // With peer-b and its only co-owner of some range both down, the plan names the range.
+    down.add('peer-c')
+    down.add('peer-d')
+    down.add('peer-e')
+    expect(() => service.plan()).toThrow(/No owner of the token range/)
+  })
+})
