@@ -18,7 +18,7 @@ export const RESTORE_ROUTE = '/v1/restore'
 export const BACKUP_NODE_HEADER = 'x-backup-node'
 export const BACKUP_ESTIMATE_HEADER = 'x-backup-estimate'
 /** Records written to their owners at once */
-export const RESTORE_BATCH = 500
+export const RESTORE_BATCH = 2000
 /** Longest restore line: one record with every version it has had */
 export const MAX_RESTORE_LINE_BYTES = 64 * 1024 * 1024
 

@@ -152,12 +152,15 @@ export class BackupService {
   private async restoreHere (records: WholeRecord[]): Promise<boolean[]> {
     for (const r of records) for (const v of r.versions) this.c.observe(v.version)
     const applied = await this.c.store.apply(records.flatMap(r => r.versions))
-    const merged = await this.c.store.merge(records.map(r => r.state))
+    // A state that knows no more than its versions say is what applying them made: merging it would only read it again.
+    const extra = records.map((r, i) => ({ r, i })).filter(({ r }) => knowsMore(r))
+    const merged = extra.length === 0 ? [] : await this.c.store.merge(extra.map(({ r }) => r.state))
+    const mergedAt = new Map(extra.map(({ i }, j) => [i, merged[j]]))
     let at = 0
     return records.map((r, i) => {
       const outcomes = applied.slice(at, at + r.versions.length)
       at += r.versions.length
-      return merged[i] === 'merged' || outcomes.some(o => o === 'applied' || o === 'history')
+      return mergedAt.get(i) === 'merged' || outcomes.some(o => o === 'applied' || o === 'history')
     })
   }
 
@@ -223,6 +226,14 @@ export class BackupService {
         bad(`unknown message type ${JSON.stringify(msg.type)?.slice(0, 40)}`)
     }
   }
+}
+
+/** Whether a record's state knows of versions its own versions do not list or replace (from a peer's merged state) */
+function knowsMore ({ state, versions }: WholeRecord): boolean {
+  const listed = new Set(versions.map(v => v.version))
+  if (!state.seen.every(v => listed.has(v))) return true
+  const replaced = new Set(versions.flatMap(v => v.parents))
+  return !state.superseded.every(v => replaced.has(v))
 }
 
 function range (piece: BackupPiece): { from?: string, to?: string } {
