@@ -25,6 +25,8 @@ export const MAX_RESTORE_LINE_BYTES = 64 * 1024 * 1024
 /** What the routes use: the node's BackupService */
 export interface BackupSource {
   readonly node: string
+  /** Refuses a backup that cannot read every range now (a range with no live owner) */
+  checkReadable: () => void
   records: (signal?: AbortSignal) => AsyncGenerator<WholeRecord[]>
   estimate: () => Promise<number>
   checkOwnersUp: () => void
@@ -43,6 +45,8 @@ export function backupRoutes (app: FastifyInstance, backup: BackupSource): void 
   app.get(BACKUP_ROUTE, async (req, reply) => {
     if (Object.keys(req.query as object).length > 0) throw new ValidationError('A backup takes no parameters')
     req.accessNote = { action: 'backup', reason: 'backup of every table, with history' }
+    // Before the answer starts: once it has, a refusal can only cut the stream off.
+    backup.checkReadable()
     const estimate = await backup.estimate()
     const abort = new AbortController()
     req.raw.once('close', () => { abort.abort() })

@@ -436,6 +436,7 @@ async function removeStaleSocket (path: string): Promise<void> {
 function backupSource (backup: BackupService, node: string): BackupSource {
   return {
     node,
+    checkReadable: () => { backup.plan() },
     records: signal => backup.records(signal),
     estimate: async () => await backup.estimate(),
     checkOwnersUp: () => { backup.checkOwnersUp() },
