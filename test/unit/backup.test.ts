@@ -290,3 +290,67 @@ describe('backup: which owner reads which range', () => {
     expect(() => service.plan()).toThrow(/No owner of the token range/)
   })
 })
+
+describe('backup: across members, through the backup protocol', () => {
+  /** `n` members on one MemoryNetwork, each with its own store and BackupService, N = 2 */
+  async function members (names: string[], net: MemoryNetwork): Promise<Array<{ peerId: string, store: Store, service: BackupService }>> {
+    const ring = new HashRing({ vnodes: 16 })
+    ring.setMembers(names.map(peerId => ({ peerId })))
+    return await Promise.all(names.map(async peerId => {
+      const s = new Store({ path: join(dir.path, peerId), sync: false, dataKey: randomBytes(32) })
+      await s.open()
+      const service = new BackupService({
+        store: s,
+        transport: net.transport(peerId),
+        peerId,
+        ring,
+        replicas: 2,
+        owners: (_table, token) => ring.preferenceList(token, 2),
+        isAlive: () => true,
+        mayServe: () => true,
+        observe: () => {}
+      })
+      return { peerId, store: s, service }
+    }))
+  }
+
+  it('reads every record once from four members, and restores each onto both owners of a new three-member ring, once', async () => {
+    const net = new MemoryNetwork()
+    const source = await members(['src-a', 'src-b', 'src-c', 'src-d'], net)
+    const target = await members(['dst-a', 'dst-b', 'dst-c'], net)
+    try {
+      // Appointments of 60 doctors spread over the ring, each written on its two owners; one updated.
+      const ring = new HashRing({ vnodes: 16 })
+      ring.setMembers(source.map(m => ({ peerId: m.peerId })))
+      const written = new Map<string, VersionEntry[]>()
+      for (let id = 1; id <= 60; id++) {
+        const token = tokenOf(`doctor_id:${id}`)
+        const first: VersionEntry = { table: 'appointments', id: String(id), token, version: formatVersion({ wall: 1000 + id, counter: 0, node: 'test' }), parents: [], row: { ...appointment(id), doctor_id: id } }
+        const versions = [first]
+        if (id === 1) versions.push({ ...first, version: formatVersion({ wall: 5000, counter: 0, node: 'test' }), parents: [first.version], row: { ...appointment(1, 'follow-up'), doctor_id: 1 } })
+        written.set(String(id), versions)
+        for (const owner of ring.preferenceList(token, 2)) await source.find(m => m.peerId === owner)?.store.apply(versions)
+      }
+      const read: WholeRecord[] = []
+      for await (const page of (source[0] as { service: BackupService }).service.records()) read.push(...page)
+      expect(read.map(r => r.state.id).sort()).toEqual([...written.keys()].sort())
+      expect(read.find(r => r.state.id === '1')?.versions.map(v => v.version)).toEqual(written.get('1')?.map(v => v.version))
+      expect(net.delivered.backup).toBeGreaterThan(0)
+
+      const restorer = (target[0] as { service: BackupService }).service
+      expect(await restorer.restore(read)).toEqual({ changed: 60 })
+      const targetRing = new HashRing({ vnodes: 16 })
+      targetRing.setMembers(target.map(m => ({ peerId: m.peerId })))
+      for (const r of read) {
+        const owners = targetRing.preferenceList(r.state.token, 2)
+        for (const m of target) {
+          const held = await m.store.versions('appointments', r.state.token, r.state.id)
+          expect(held.map(v => v.version), `${r.state.id} on ${m.peerId}`).toEqual(owners.includes(m.peerId) ? r.versions.map(v => v.version) : [])
+        }
+      }
+      expect(await restorer.restore(read)).toEqual({ changed: 0 })
+    } finally {
+      for (const m of [...source, ...target]) await m.store.close()
+    }
+  })
+})
