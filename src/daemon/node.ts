@@ -186,9 +186,10 @@ export class NtsoekheNode {
       replicas: coordinator.replicas,
       owners: (table, token) => coordinator.owners(table, token),
       isAlive: peerId => membership.isAlive(peerId),
+      // A member that left hands over what it holds by the replica protocol; it reads and writes nothing here.
       mayServe: peer => {
-        if (membership.mayReplicate(peer)) return true
-        membership.report(peer, `refused a backup request from ${peer}: not a member of this network`)
+        if (membership.mayReplicate(peer) && membership.stateOf(peer) !== 'left') return true
+        membership.report(peer, `refused a backup request from ${peer}: not a current member of this network`)
         return false
       },
       observe: version => { clock.observe(version) },
