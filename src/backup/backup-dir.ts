@@ -4,7 +4,7 @@ import { ValidationError } from '../errors/index.js'
 import type { WholeRecord } from '../storage/store.js'
 import { BackupDamagedError, BackupKeyError, chunkName, deriveKey, keyCheck, mac, macMatches, newSalt, openChunk, sealChunk, sha256 } from './chunk.js'
 import { BACKUP_FORMAT, BACKUP_FORMAT_VERSION, checkManifest, macText, MANIFEST_FILE, type ChunkEntry, type Manifest, type TableCounts } from './manifest.js'
-import { isLive, parseBackupRecord, versionSpan } from './record.js'
+import { isLive, parseBackupRecord, versionSpan, type BackupRecord } from './record.js'
 
 /** NDJSON bytes per chunk before compression. @default 8 MiB */
 export const CHUNK_TEXT_BYTES = 8 * 1024 * 1024
@@ -86,10 +86,10 @@ export class BackupWriter {
 
   /** Adds one record line (a BackupRecord as JSON, without the newline) */
   async add (line: string): Promise<void> {
-    const r = JSON.parse(line) as { table: string, heads: string[], versions: Array<{ version: string, row: unknown }> }
-    const record = { state: { heads: r.heads.map(h => r.versions.find(v => v.version === h)) }, versions: r.versions } as unknown as WholeRecord
-    const live = isLive(record)
-    const span = versionSpan(record)
+    const r = JSON.parse(line) as Pick<BackupRecord, 'table' | 'heads' | 'versions'>
+    // Live: some head is not a delete (the winner is the newest live head).
+    const live = r.heads.some(h => (r.versions.find(v => v.version === h)?.row ?? null) !== null)
+    const span = versionSpan(r.versions)
     if (span.from < this.from) this.from = span.from
     if (span.to > this.to) this.to = span.to
     const t = this.manifest.tables[r.table] ?? (this.manifest.tables[r.table] = { records: 0, rows: 0, versions: 0 })

@@ -88,11 +88,11 @@ export function isLive (record: WholeRecord): boolean {
   return (winner(record.state)?.row ?? null) !== null
 }
 
-/** The wall-clock span of a record's versions, ms since the epoch */
-export function versionSpan (record: WholeRecord): { from: number, to: number } {
+/** The wall-clock span of versions, ms since the epoch (Infinity to -Infinity for none) */
+export function versionSpan (versions: ReadonlyArray<{ version: string }>): { from: number, to: number } {
   let from = Infinity
   let to = -Infinity
-  for (const v of record.versions) {
+  for (const v of versions) {
     const wall = parseVersion(v.version)?.wall
     if (wall === undefined) continue
     if (wall < from) from = wall
