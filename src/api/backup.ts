@@ -1,13 +1,14 @@
 import { Readable } from 'node:stream'
 import type { FastifyInstance } from 'fastify'
 import { NtsoekheError, ValidationError } from '../errors/index.js'
-import { parseBackupRecord, toBackupRecord } from '../backup/record.js'
+import { pageSummary, parseBackupRecord, toBackupRecord } from '../backup/record.js'
 import type { WholeRecord } from '../storage/store.js'
 import { splitLines } from './import.js'
 
 /**
  * `GET /v1/backup` streams every record of the network once, with its whole
- * history, as NDJSON (one BackupRecord a line, rows in the clear); `POST
+ * history, as NDJSON: pages, each a `{"page": PageSummary}` line followed by
+ * its records, one BackupRecord a line (rows in the clear); `POST
  * /v1/restore` takes such lines and writes each record on all of its owners.
  * Both are for admins (they declare no right) and audited. The CLI makes
  * the chunks, the manifest and the encryption (src/backup/).
@@ -99,7 +100,8 @@ export function backupRoutes (app: FastifyInstance, backup: BackupSource): void 
 async function * backupLines (backup: BackupSource, signal: AbortSignal, onCutOff: (err: unknown) => void): AsyncGenerator<string> {
   try {
     for await (const page of backup.records(signal)) {
-      let chunk = ''
+      // Each page is led by what it holds: the CLI counts without parsing every line again.
+      let chunk = JSON.stringify({ page: pageSummary(page) }) + '\n'
       for (const r of page) chunk += JSON.stringify(toBackupRecord(r)) + '\n'
       yield chunk
     }

@@ -4,7 +4,7 @@ import { ValidationError } from '../errors/index.js'
 import type { WholeRecord } from '../storage/store.js'
 import { BackupDamagedError, BackupKeyError, chunkName, deriveKey, keyCheck, mac, macMatches, newSalt, openChunk, sealChunk, sha256 } from './chunk.js'
 import { BACKUP_FORMAT, BACKUP_FORMAT_VERSION, checkManifest, macText, MANIFEST_FILE, type ChunkEntry, type Manifest, type TableCounts } from './manifest.js'
-import { isLive, parseBackupRecord, versionSpan, type BackupRecord } from './record.js'
+import { isLive, parseBackupRecord, type PageSummary } from './record.js'
 
 /** NDJSON bytes per chunk before compression. @default 8 MiB */
 export const CHUNK_TEXT_BYTES = 8 * 1024 * 1024
@@ -84,25 +84,30 @@ export class BackupWriter {
     return this.key !== undefined
   }
 
-  /** Adds one record line (a BackupRecord as JSON, without the newline) */
-  async add (line: string): Promise<void> {
-    const r = JSON.parse(line) as Pick<BackupRecord, 'table' | 'heads' | 'versions'>
-    // Live: some head is not a delete (the winner is the newest live head).
-    const live = r.heads.some(h => (r.versions.find(v => v.version === h)?.row ?? null) !== null)
-    const span = versionSpan(r.versions)
-    if (span.from < this.from) this.from = span.from
-    if (span.to > this.to) this.to = span.to
-    const t = this.manifest.tables[r.table] ?? (this.manifest.tables[r.table] = { records: 0, rows: 0, versions: 0 })
-    t.records++
-    t.versions += r.versions.length
-    if (live) t.rows++
-    this.manifest.records++
-    this.manifest.versions += r.versions.length
-    if (live) this.manifest.rows++
-    this.pending.records++
-    this.pending.versions += r.versions.length
-    this.text.push(line)
-    this.textBytes += line.length + 1
+  /**
+   * Adds a page of record lines (BackupRecords as JSON, without newlines)
+   * and what they hold; a page goes whole into one chunk
+   */
+  async addPage (summary: PageSummary, lines: readonly string[]): Promise<void> {
+    if (lines.length !== summary.records) throw new ValidationError(`a page of ${lines.length} records says it holds ${summary.records}`)
+    const m = this.manifest
+    for (const [name, c] of Object.entries(summary.tables)) {
+      const t = m.tables[name] ?? (m.tables[name] = { records: 0, rows: 0, versions: 0 })
+      t.records += c.records
+      t.rows += c.rows
+      t.versions += c.versions
+    }
+    m.records += summary.records
+    m.rows += summary.rows
+    m.versions += summary.versions
+    if (summary.from !== null && summary.from < this.from) this.from = summary.from
+    if (summary.to !== null && summary.to > this.to) this.to = summary.to
+    this.pending.records += summary.records
+    this.pending.versions += summary.versions
+    for (const line of lines) {
+      this.text.push(line)
+      this.textBytes += line.length + 1
+    }
     if (this.textBytes >= this.chunkTextBytes) await this.cut()
   }
 

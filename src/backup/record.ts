@@ -1,9 +1,9 @@
 import { InvalidMessageError } from '../errors/index.js'
-import { checkEntry, checkState, MAX_ENTRIES, MAX_KNOWN_VERSIONS } from '../cluster/messages.js'
+import { checkEntry, MAX_ENTRIES, MAX_KNOWN_VERSIONS, MAX_PARENTS } from '../cluster/messages.js'
 import type { Row } from '../schema/index.js'
 import type { RecordState, VersionEntry, WholeRecord } from '../storage/store.js'
 import { winner } from '../storage/store.js'
-import { compareVersions, parseVersion } from '../storage/version.js'
+import { compareVersions, isVersion, parseVersion } from '../storage/version.js'
 
 /**
  * One record as a backup holds it, one NDJSON line: its place, its state
@@ -51,12 +51,22 @@ export function parseBackupRecord (value: unknown): WholeRecord {
   for (let i = 1; i < versions.length; i++) {
     if (compareVersions((versions[i - 1] as VersionEntry).version, (versions[i] as VersionEntry).version) >= 0) bad(`${String(x.table)} ${String(x.id)}: versions out of order`)
   }
+  const what = `${String(x.table)} ${String(x.id)}`
+  if (x.heads.length === 0 || x.heads.length > MAX_PARENTS) bad(`${what}: 1 to ${MAX_PARENTS} heads`)
   const heads = x.heads.map(h => {
     const entry = typeof h === 'string' ? byVersion.get(h) : undefined
-    if (entry === undefined) bad(`${String(x.table)} ${String(x.id)}: a head that is not among its versions`)
+    if (entry === undefined) bad(`${what}: a head that is not among its versions`)
     return entry
   })
-  const state = checkState({ heads, seen: x.seen, superseded: x.superseded })
+  // The checks of checkState, on versions already checked one by one above.
+  if (!x.seen.every(isVersion) || !x.superseded.every(isVersion)) bad(`${what}: malformed version lists`)
+  const seen = new Set(x.seen)
+  if (!heads.every(h => seen.has(h.version))) bad(`${what}: a head missing from the seen list`)
+  const headSet = new Set(x.heads)
+  const superseded = new Set(x.superseded)
+  if (!x.seen.every(v => headSet.has(v) || superseded.has(v))) bad(`${what}: a seen version that is neither a head nor replaced`)
+  const first = versions[0] as VersionEntry
+  const state: RecordState = { table: first.table, id: first.id, token: first.token, heads: heads.sort((a, b) => compareVersions(b.version, a.version)), seen: x.seen, superseded: x.superseded }
   return { state, versions }
 }
 
@@ -103,4 +113,49 @@ export function versionSpan (versions: ReadonlyArray<{ version: string }>): { fr
 
 function bad (message: string): never {
   throw new InvalidMessageError(`backup record: ${message}`)
+}
+
+/**
+ * What a page of records holds, counted where the records are objects
+ * already (the daemon), so the CLI writing them does not parse each line
+ * again: records, live rows and versions, per table and in all, and the
+ * time span of their versions (ms since the epoch, null for none).
+ */
+export interface PageSummary {
+  records: number
+  rows: number
+  versions: number
+  tables: Record<string, { records: number, rows: number, versions: number }>
+  from: number | null
+  to: number | null
+}
+
+export function pageSummary (records: readonly WholeRecord[]): PageSummary {
+  const out: PageSummary = { records: 0, rows: 0, versions: 0, tables: {}, from: null, to: null }
+  for (const r of records) {
+    const live = isLive(r) ? 1 : 0
+    const t = out.tables[r.state.table] ?? (out.tables[r.state.table] = { records: 0, rows: 0, versions: 0 })
+    t.records++
+    t.rows += live
+    t.versions += r.versions.length
+    out.records++
+    out.rows += live
+    out.versions += r.versions.length
+    const span = versionSpan(r.versions)
+    if (Number.isFinite(span.from) && (out.from === null || span.from < out.from)) out.from = span.from
+    if (Number.isFinite(span.to) && (out.to === null || span.to > out.to)) out.to = span.to
+  }
+  return out
+}
+
+/** A page summary a daemon sent, checked */
+export function checkPageSummary (value: unknown): PageSummary {
+  const p = value as PageSummary | null
+  const count = (n: unknown): boolean => typeof n === 'number' && Number.isSafeInteger(n) && n >= 0
+  const time = (n: unknown): boolean => n === null || (typeof n === 'number' && Number.isSafeInteger(n))
+  if (p === null || typeof p !== 'object' || !count(p.records) || !count(p.rows) || !count(p.versions) || !time(p.from) || !time(p.to) ||
+    p.tables === null || typeof p.tables !== 'object' || !Object.values(p.tables).every(t => t !== null && typeof t === 'object' && count(t.records) && count(t.rows) && count(t.versions))) {
+    throw new InvalidMessageError('backup: malformed page summary')
+  }
+  return p
 }

@@ -6,7 +6,7 @@ import { NtsoekheError, ValidationError } from '../errors/index.js'
 import { BackupWriter, chunkLines, openBackup, readChunk, verifyBackup, type OpenedBackup, type VerifyReport } from '../backup/backup-dir.js'
 import { BackupDamagedError, BackupKeyError, MIN_KEY_FILE_BYTES } from '../backup/chunk.js'
 import type { TableCounts } from '../backup/manifest.js'
-import { isLive, parseBackupRecord, recordAsOf, toBackupRecord } from '../backup/record.js'
+import { checkPageSummary, isLive, parseBackupRecord, recordAsOf, toBackupRecord, type PageSummary } from '../backup/record.js'
 import type { Io } from './index.js'
 import { UsageError } from './usage.js'
 
@@ -69,15 +69,26 @@ export async function runBackup (api: NtsoekheClient, dir: string, flags: Backup
     try {
       const decoder = new StringDecoder('utf8')
       let rest = ''
+      let page: { summary: PageSummary, lines: string[] } | undefined
       for await (const chunk of body) {
         const text = rest + decoder.write(chunk as Buffer)
         const lines = text.split('\n')
         rest = lines.pop() as string
-        for (const line of lines) if (line !== '') await writer.add(line)
+        for (const line of lines) {
+          if (page === undefined) {
+            page = { summary: checkPageSummary((JSON.parse(line) as { page?: unknown }).page), lines: [] }
+          } else {
+            page.lines.push(line)
+          }
+          if (page.lines.length === page.summary.records) {
+            await writer.addPage(page.summary, page.lines)
+            page = undefined
+          }
+        }
         progress.update(writer.counts.records)
       }
       rest += decoder.end()
-      if (rest !== '') throw new NtsoekheError('UNAVAILABLE', 'the backup stream ended in the middle of a record')
+      if (rest !== '' || page !== undefined) throw new NtsoekheError('UNAVAILABLE', 'the backup stream ended in the middle of a page')
     } catch (err) {
       body.destroy()
       throw err instanceof NtsoekheError ? err : new NtsoekheError('UNAVAILABLE', `The backup was cut off: ${(err as Error).message}`, { cause: err })

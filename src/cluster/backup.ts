@@ -98,16 +98,25 @@ export class BackupService {
   /** Every record of the network once, a page at a time, in key order */
   async * records (signal?: AbortSignal): AsyncGenerator<WholeRecord[]> {
     for (const piece of this.plan()) {
-      let after: string | undefined
-      do {
+      let pending = this.page(piece, undefined)
+      for (;;) {
         if (signal?.aborted === true) throw new UnavailableError('The backup was cancelled')
-        const page = piece.reader === this.c.peerId
-          ? await this.c.store.backupPage({ ...range(piece), ...(after === undefined ? {} : { after }), limit: LOCAL_PAGE })
-          : await this.remotePage(piece, after)
+        const page = await pending
+        // The next page is read while this one is written out.
+        if (page.next !== undefined) {
+          pending = this.page(piece, page.next)
+          pending.catch(() => {})
+        }
         if (page.records.length > 0) yield page.records
-        after = page.next
-      } while (after !== undefined)
+        if (page.next === undefined) break
+      }
     }
+  }
+
+  private async page (piece: BackupPiece, after: string | undefined): Promise<{ records: WholeRecord[], next?: string }> {
+    return piece.reader === this.c.peerId
+      ? await this.c.store.backupPage({ ...range(piece), ...(after === undefined ? {} : { after }), limit: LOCAL_PAGE })
+      : await this.remotePage(piece, after)
   }
 
   /** Records this node holds now: what a progress bar can expect of the whole network, given N copies */

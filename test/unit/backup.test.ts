@@ -6,7 +6,7 @@ import { afterEach, beforeEach, describe, expect, it } from 'vitest'
 import { BackupWriter, chunkLines, openBackup, readChunk, verifyBackup } from '../../src/backup/backup-dir.js'
 import { BackupDamagedError, BackupKeyError, openChunk, sealChunk, sha256 } from '../../src/backup/chunk.js'
 import { MANIFEST_FILE, type Manifest } from '../../src/backup/manifest.js'
-import { parseBackupRecord, recordAsOf, toBackupRecord } from '../../src/backup/record.js'
+import { pageSummary, parseBackupRecord, recordAsOf, toBackupRecord } from '../../src/backup/record.js'
 import { BackupService } from '../../src/cluster/backup.js'
 import { MemoryNetwork } from '../../src/cluster/memory-transport.js'
 import { HashRing } from '../../src/cluster/ring.js'
@@ -66,7 +66,11 @@ async function allRecords (limit: number): Promise<WholeRecord[]> {
 async function writeBackup (records: WholeRecord[], init: { keyFile?: Uint8Array, chunkTextBytes?: number } = {}): Promise<string> {
   const path = join(dir.path, 'bk')
   const writer = await BackupWriter.create({ dir: path, node: 'test-node', chunkTextBytes: init.chunkTextBytes ?? 600, ...(init.keyFile === undefined ? {} : { keyFile: init.keyFile }) })
-  for (const r of records) await writer.add(JSON.stringify(toBackupRecord(r)))
+  // Pages of three, as a daemon sends them.
+  for (let i = 0; i < records.length; i += 3) {
+    const page = records.slice(i, i + 3)
+    await writer.addPage(pageSummary(page), page.map(r => JSON.stringify(toBackupRecord(r))))
+  }
   await writer.finish()
   return path
 }
