@@ -1,5 +1,5 @@
 import { InvalidMessageError } from '../errors/index.js'
-import { checkEntry, MAX_ENTRIES, MAX_KNOWN_VERSIONS, MAX_PARENTS } from '../cluster/messages.js'
+import { checkEntry, MAX_KNOWN_VERSIONS, MAX_PARENTS } from '../cluster/messages.js'
 import type { Row } from '../schema/index.js'
 import type { RecordState, VersionEntry, WholeRecord } from '../storage/store.js'
 import { winner } from '../storage/store.js'
@@ -22,6 +22,9 @@ export interface BackupRecord {
   versions: Array<{ version: string, parents: string[], row: Row | null, writeId?: string }>
 }
 
+/** Versions one record of a backup may have: ten times a peer message's (a row updated for years), and its line under the restore route's 64 MiB */
+export const MAX_RECORD_VERSIONS = 100_000
+
 /** A record whole, as a line of a backup */
 export function toBackupRecord ({ state, versions }: WholeRecord): BackupRecord {
   return {
@@ -43,7 +46,7 @@ export function toBackupRecord ({ state, versions }: WholeRecord): BackupRecord 
 export function parseBackupRecord (value: unknown): WholeRecord {
   const x = value as Partial<BackupRecord> | null
   if (x === null || typeof x !== 'object' || Array.isArray(x)) bad('a record must be an object')
-  if (!Array.isArray(x.versions) || x.versions.length === 0 || x.versions.length > MAX_ENTRIES) bad(`a record has 1 to ${MAX_ENTRIES} versions`)
+  if (!Array.isArray(x.versions) || x.versions.length === 0 || x.versions.length > MAX_RECORD_VERSIONS) bad(`a record has 1 to ${MAX_RECORD_VERSIONS} versions`)
   if (!Array.isArray(x.heads) || !Array.isArray(x.seen) || !Array.isArray(x.superseded) || x.seen.length > MAX_KNOWN_VERSIONS || x.superseded.length > MAX_KNOWN_VERSIONS) bad('malformed record state')
   const versions = x.versions.map(v => checkEntry({ ...(v as object), table: x.table, id: x.id, token: x.token }))
   const byVersion = new Map(versions.map(v => [v.version, v]))

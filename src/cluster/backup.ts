@@ -227,7 +227,8 @@ export class BackupService {
       case 'restore': {
         if (!Array.isArray(msg.records) || msg.records.length === 0 || msg.records.length > MAX_STATES) bad(`restore needs 1 to ${MAX_STATES} records`)
         const records = msg.records.map(r => parseBackupRecord(r))
-        if (records.reduce((n, r) => n + r.versions.length, 0) > MAX_ENTRIES_PER_MESSAGE * 5) bad('too many versions in one restore message')
+        // One record goes alone whatever its size (the sender splits by versions); several stay under a message's share.
+        if (records.length > 1 && records.reduce((n, r) => n + r.versions.length, 0) > MAX_ENTRIES_PER_MESSAGE * 5) bad('too many versions in one restore message')
         const changed = await this.restoreHere(records)
         return { results: changed.map(c => ({ ok: true, changed: c })) }
       }
