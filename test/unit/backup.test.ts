@@ -358,3 +358,33 @@ describe('backup: across members, through the backup protocol', () => {
     }
   })
 })
+
+describe('backup: a record with a long history', () => {
+  it('a row updated 200 times (its state compacted past the horizon) comes back with every version, once', async () => {
+    let parent: VersionEntry = entry(1, 1000, [], appointment(1))
+    await store.apply([parent])
+    for (let i = 1; i <= 200; i++) {
+      const next = entry(1, 1000 + i, [parent.version], appointment(1, `visit ${i}`))
+      await store.apply([next])
+      parent = next
+    }
+    const [record] = await allRecords(10)
+    expect(record?.versions).toHaveLength(201)
+    expect(record?.state.horizon).toBeDefined()
+    const line = JSON.parse(JSON.stringify(toBackupRecord(record as WholeRecord)))
+    const target = new Store({ path: join(dir.path, 'target'), sync: false, dataKey: randomBytes(32) })
+    await target.open()
+    try {
+      const ring = new HashRing({ vnodes: 4 })
+      ring.setMembers([{ peerId: 'only' }])
+      const service = new BackupService({ store: target, transport: new MemoryNetwork().transport('only'), peerId: 'only', ring, replicas: 1, owners: () => ['only'], isAlive: () => true, mayServe: () => true, observe: () => {} })
+      expect(await service.restore([parseBackupRecord(line)])).toEqual({ changed: 1 })
+      const back = await target.versions('appointments', parent.token, '1')
+      expect(back.map(v => v.version)).toEqual(record?.versions.map(v => v.version))
+      expect((await target.get('appointments', parent.token, '1'))?.heads.map(h => h.version)).toEqual([parent.version])
+      expect(await service.restore([parseBackupRecord(line)])).toEqual({ changed: 0 })
+    } finally {
+      await target.close()
+    }
+  })
+})
