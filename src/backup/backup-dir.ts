@@ -80,10 +80,6 @@ export class BackupWriter {
     return writer
   }
 
-  get encrypted (): boolean {
-    return this.key !== undefined
-  }
-
   /**
    * Adds a page of record lines (BackupRecords as JSON, without newlines)
    * and what they hold; a page goes whole into one chunk

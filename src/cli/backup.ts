@@ -4,7 +4,7 @@ import { StringDecoder } from 'node:string_decoder'
 import type { NtsoekheClient } from '../client/index.js'
 import { NtsoekheError, ValidationError } from '../errors/index.js'
 import { BackupWriter, chunkLines, openBackup, readChunk, verifyBackup, type OpenedBackup, type VerifyReport } from '../backup/backup-dir.js'
-import { BackupDamagedError, BackupKeyError, MIN_KEY_FILE_BYTES } from '../backup/chunk.js'
+import { BackupKeyError, MIN_KEY_FILE_BYTES } from '../backup/chunk.js'
 import type { TableCounts } from '../backup/manifest.js'
 import { checkPageSummary, isLive, parseBackupRecord, recordAsOf, toBackupRecord, type PageSummary } from '../backup/record.js'
 import type { Io } from './index.js'
@@ -200,11 +200,6 @@ export function parseTime (text: string): number {
   const ms = Date.parse(text.replace(' ', 'T'))
   if (Number.isNaN(ms)) throw new UsageError(`--as-of: ${JSON.stringify(text)} is not a valid time`)
   return ms
-}
-
-/** The chunk a damaged backup's error names, for `--json` */
-export function damagedChunk (err: unknown): string | undefined {
-  return err instanceof BackupDamagedError ? err.chunk : undefined
 }
 
 function seconds (started: number): number {
