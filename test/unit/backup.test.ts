@@ -1,5 +1,5 @@
 import { randomBytes } from 'node:crypto'
-import { readFile, rename, rm, truncate, writeFile } from 'node:fs/promises'
+import { readdir, readFile, rename, rm, truncate, writeFile } from 'node:fs/promises'
 import { join } from 'node:path'
 import { gzipSync } from 'node:zlib'
 import { afterEach, beforeEach, describe, expect, it } from 'vitest'
@@ -251,6 +251,25 @@ describe('backup: chunks, manifest and encryption', () => {
     expect(err.message).toMatch(/does not authenticate/)
   })
 
+  it('a backup cut short removes every file it wrote, and the directory it made', async () => {
+    await fill(12)
+    const records = await allRecords(100)
+    const path = join(dir.path, 'cut')
+    const writer = await BackupWriter.create({ dir: path, node: 'n', chunkTextBytes: 600 })
+    await writer.addPage(pageSummary(records), records.map(r => JSON.stringify(toBackupRecord(r))))
+    await writer.addPage(pageSummary(records.slice(0, 2)), records.slice(0, 2).map(r => JSON.stringify(toBackupRecord(r))))
+    await writer.discard()
+    await expect(readdir(path)).rejects.toThrow(/ENOENT/)
+  })
+
+  it('refuses a page whose summary does not match its lines', async () => {
+    await fill(3)
+    const records = await allRecords(100)
+    const writer = await BackupWriter.create({ dir: join(dir.path, 'bad-page'), node: 'n' })
+    await expect(writer.addPage(pageSummary(records), records.slice(1).map(r => JSON.stringify(toBackupRecord(r))))).rejects.toThrow(/says it holds/)
+    await writer.discard()
+  })
+
   it('never writes into a directory that holds anything', async () => {
     await writeFile(join(dir.path, 'x'), 'x')
     await expect(BackupWriter.create({ dir: dir.path, node: 'n' })).rejects.toThrow(/not empty/)
@@ -287,6 +306,7 @@ describe('backup: which owner reads which range', () => {
       expect(down.has(reader)).toBe(false)
       if (owners.includes('peer-a')) expect(reader).toBe('peer-a')
     }
+    expect(() => { service.checkOwnersUp() }).toThrow(/peer-b is not up/)
     // With peer-b and its only co-owner of some range both down, the plan names the range.
     down.add('peer-c')
     down.add('peer-d')
