@@ -70,11 +70,15 @@ export function backupRoutes (app: FastifyInstance, backup: BackupSource): void 
     const started = Date.now()
     const result: RestoreResult = { records: 0, versions: 0, changed: 0, seconds: 0 }
     let batch: WholeRecord[] = []
+    // One batch is written while the next is read and checked.
+    let writing: Promise<void> = Promise.resolve()
     const flush = async (): Promise<void> => {
+      await writing
       if (batch.length === 0) return
-      const { changed } = await backup.restore(batch)
-      result.changed += changed
+      const taken = batch
       batch = []
+      writing = backup.restore(taken).then(({ changed }) => { result.changed += changed })
+      writing.catch(() => {})
     }
     for await (const line of splitLines(req.body as NodeJS.ReadableStream, MAX_RESTORE_LINE_BYTES)) {
       if (line.text === undefined) throw new ValidationError(`line ${line.n}: longer than ${MAX_RESTORE_LINE_BYTES} bytes`)
@@ -91,6 +95,7 @@ export function backupRoutes (app: FastifyInstance, backup: BackupSource): void 
       if (batch.length >= RESTORE_BATCH) await flush()
     }
     await flush()
+    await writing
     result.seconds = (Date.now() - started) / 1000
     req.accessNote.reason = `restore of a backup: ${result.records} records, ${result.changed} changed`
     return result
