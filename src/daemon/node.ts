@@ -18,6 +18,7 @@ import { createNode, type NtsoekheNode as Libp2pNode } from '../p2p/node.js'
 import { Libp2pTransport } from '../p2p/transport.js'
 import { peerIdFromString } from '@libp2p/peer-id'
 import { multiaddr } from '@multiformats/multiaddr'
+import { IdSource } from '../query/id-source.js'
 import { Database } from '../query/database.js'
 import { TABLES } from '../schema/index.js'
 import { AUDIT_TABLE } from '../cluster/messages.js'
@@ -32,6 +33,8 @@ import type { AccessEvent } from '../security/principal.js'
 import { encodeInvite, keyHex, resolveNetworkKey, type Invite } from './network-key.js'
 
 export const VERSION = '0.1.0'
+/** How long after start a node that joined a network waits for its users to arrive before refusing an unknown token */
+const JOIN_SETTLE_MS = 15_000
 
 export interface NodeInit {
   home: string
@@ -212,10 +215,16 @@ export class NtsoekheNode {
     await this.coordinator.start()
     this.membership.start()
 
-    this.db = new Database({ coordinator: this.coordinator, peerId: this.peerId })
-    this.users = new UserDirectory({ db: this.db })
-    // A node that joins a network takes its users from it: it never invents an admin of its own.
+    const store = this.store
+    // The id tag and reservation live with the data: a home keeps its tag, and ids only grow across restarts.
+    const ids = new IdSource({ coordinator: this.coordinator, peerId: this.peerId, meta: { get: async k => await store.getMeta(k), put: async (k, v) => { await store.putMeta(k, v) } } })
+    this.db = new Database({ coordinator: this.coordinator, peerId: this.peerId, ids })
     const createsNetwork = this.init.createsNetwork ?? (this.invite === undefined && bootstrap.length === 0 && saved.every(m => m.peerId === this.peerId))
+    const startedAt = Date.now()
+    // A node that joins a network hears of its users through its members: for its first seconds
+    // an unknown token is looked for again rather than refused (see UserDirectoryInit.settling).
+    this.users = new UserDirectory({ db: this.db }, { settling: () => !createsNetwork && Date.now() - startedAt < JOIN_SETTLE_MS })
+    // A node that joins a network takes its users from it: it never invents an admin of its own.
     if (createsNetwork && await this.users.createFirstAdmin(this.home)) {
       this.logger.info({ tokenFile: join(this.home, 'admin.token') }, 'created the first admin; its token is in admin.token')
     } else if (!createsNetwork && await readAdminToken(this.home) !== undefined) {

@@ -205,3 +205,8 @@ export function errorFromJSON (body: { code?: string, message?: string, column?:
 function isCount (n: unknown): n is number {
   return typeof n === 'number' && Number.isSafeInteger(n) && n >= 0
 }
+
+/** Whether `err` is an error with this code (ours, rebuilt from a peer, or any with a `code`) */
+export function hasCode (err: unknown, code: string): boolean {
+  return (err as { code?: unknown } | null)?.code === code
+}

@@ -1,4 +1,4 @@
-import { ConflictError, NotFoundError, PreconditionFailedError, ReferenceError, UnavailableError, UnknownTableError, ValidationError, NtsoekheError } from '../errors/index.js'
+import { ConflictError, NotFoundError, hasCode, PreconditionFailedError, ReferenceError, UnavailableError, UnknownTableError, ValidationError, NtsoekheError } from '../errors/index.js'
 import {
   TABLES, checkValue, findTable, parseId, referencingTables, rowId, shardValue, validateRow,
   type Row, type TableDef, type Value
@@ -10,7 +10,7 @@ import { LOCATOR_TABLE, UNIQUE_TABLE, internalShard } from '../cluster/messages.
 import { KeyedMutex } from '../storage/keyed-mutex.js'
 import { winner, type RecordState } from '../storage/store.js'
 import { parseVersion } from '../storage/version.js'
-import { IdGenerator } from './ids.js'
+import { IdSource } from './id-source.js'
 
 export const DEFAULT_LIMIT = 100
 export const MAX_LIMIT = 1000
@@ -81,8 +81,8 @@ export interface DatabaseComponents {
   peerId: string
   /** See DEFAULT_CLAIM_GRACE_MS (tests shorten it) */
   claimGraceMs?: number
-  /** Where generated ids come from. @default an IdGenerator for `peerId` */
-  ids?: IdGenerator
+  /** Where generated ids come from. @default an IdSource for `peerId` that keeps its tag in memory */
+  ids?: Pick<IdSource, 'next'>
 }
 
 /** A unique value a write took; `version` is the claim version this write made (what it may give back) */
@@ -95,14 +95,14 @@ interface Claim { table: TableDef, column: string, value: Value, owner: string, 
  */
 export class Database {
   private readonly coordinator: Coordinator
-  private readonly ids: IdGenerator
+  private readonly ids: Pick<IdSource, 'next'>
   /** Held from the uniqueness check to the write, per table with unique columns (see withUniqueLock) */
   private readonly uniqueLocks = new KeyedMutex()
   private readonly claimGraceMs: number
 
   constructor (components: DatabaseComponents) {
     this.coordinator = components.coordinator
-    this.ids = components.ids ?? new IdGenerator(components.peerId)
+    this.ids = components.ids ?? new IdSource({ coordinator: components.coordinator, peerId: components.peerId })
     this.claimGraceMs = components.claimGraceMs ?? DEFAULT_CLAIM_GRACE_MS
   }
 
@@ -181,7 +181,7 @@ export class Database {
       const held = winner(await this.coordinator.read(UNIQUE_TABLE, id, shard, bookkeeping))?.row?.owner
       if (typeof held === 'string') return Number(held)
       try {
-        const [made] = await this.coordinator.write([{ op: 'insert', table: UNIQUE_TABLE, id, shard, row: { owner: String(this.ids.next()) }, writeId: keyedWriteId(key, 'id', table.name, scope), keyed: true }], bookkeeping)
+        const [made] = await this.coordinator.write([{ op: 'insert', table: UNIQUE_TABLE, id, shard, row: { owner: String(await this.ids.next()) }, writeId: keyedWriteId(key, 'id', table.name, scope), keyed: true }], bookkeeping)
         return Number(made?.row?.owner)
       } catch (err) {
         // Another try with this key drew first: its id is read on the next turn.
@@ -203,7 +203,7 @@ export class Database {
   private async insertChecked (table: TableDef, row: Row, generated: boolean, options: RequestOptions): Promise<WriteResult> {
     await this.checkRow(table, row, undefined, options)
     for (let attempt = 1; ; attempt++) {
-      const full = generated ? { [table.primaryKey[0] as string]: this.ids.next(), ...row } : row
+      const full = generated ? { [table.primaryKey[0] as string]: await this.ids.next(), ...row } : row
       const ordered = orderColumns(table, full)
       try {
         return await this.claimAndInsert(table, ordered, options)
@@ -468,7 +468,7 @@ export class Database {
       case 'insert': {
         const row = validateRow(table, op.row, 'full', { allowMissingKey: table.primaryKey.length === 1 })
         const generated = table.primaryKey.some(k => row[k] === undefined)
-        const drawn = !generated ? undefined : keyed === undefined ? this.ids.next() : await this.keyedId(table, keyed.key, `batch:${keyed.index}`, options)
+        const drawn = !generated ? undefined : keyed === undefined ? await this.ids.next() : await this.keyedId(table, keyed.key, `batch:${keyed.index}`, options)
         const full = drawn === undefined ? row : { [table.primaryKey[0] as string]: drawn, ...row }
         // A keyed insert's own row (an earlier try of this batch) is not another row holding its values.
         await this.checkRow(table, full, keyed === undefined ? undefined : rowId(table, full), options)
@@ -539,8 +539,10 @@ export class Database {
         return undefined
       }
     }))
-    let pending = checked.filter((c): c is { line: number, row: Row, generated: boolean } => c !== undefined)
-      .map(c => ({ ...c, row: orderColumns(table, c.generated ? { [table.primaryKey[0] as string]: this.ids.next(), ...c.row } : c.row) }))
+    let pending: Array<{ line: number, row: Row, generated: boolean }> = []
+    for (const c of checked) {
+      if (c !== undefined) pending.push({ ...c, row: orderColumns(table, c.generated ? { [table.primaryKey[0] as string]: await this.ids.next(), ...c.row } : c.row) })
+    }
     if (needsLocator(table)) {
       const claims = await this.coordinator.writeGroups(pending.map(p => [this.claimMutation(table, p.row)]), options)
       pending = pending.filter((p, i) => {
@@ -913,10 +915,6 @@ function atMostQuorum (options: RequestOptions): RequestOptions {
   if (options.consistency !== 'all') return options
   const { consistency: _, ...rest } = options
   return rest
-}
-
-function hasCode (err: unknown, code: string): boolean {
-  return (err as { code?: unknown } | null)?.code === code
 }
 
 /** A definite "no" from the database: nothing was written, so a claimed key can be given back */

@@ -14,6 +14,7 @@
 // 20000), BENCH_ORBITDB_ROWS (default 500), BENCH_HEAL_ROWS (rows in the healing section, default
 // 100000), BENCH_HEAL_UPDATES (updates of one row in the healing section, default 10000); at the
 // defaults that section took 5.4 min on 2 cores (join ~90 s, the 10,000 updates the rest).
+// BENCH_BACKUP_ROWS: rows backed up and restored in the backup section (default 100000).
 import { spawn } from 'node:child_process'
 import { createReadStream, existsSync, readFileSync, rmSync } from 'node:fs'
 import { mkdtemp, readFile, rm, writeFile } from 'node:fs/promises'
@@ -22,6 +23,7 @@ import { cpus, loadavg, totalmem, tmpdir } from 'node:os'
 import { dirname, join, resolve } from 'node:path'
 import { performance } from 'node:perf_hooks'
 import { fileURLToPath } from 'node:url'
+import { createTablesSql, startPostgres } from './postgres.js'
 
 const ROOT = resolve(dirname(fileURLToPath(import.meta.url)), '..', '..')
 const BIN = join(ROOT, 'bin', 'ntsoekhe')
@@ -59,10 +61,16 @@ const HEAL_DIFFER = 0.01
 const GOAL_JOIN = 0.5
 const GOAL_RECORD = 2
 
+/** Rows in the reads-by-id comparison with PostgreSQL */
+const PG_ROWS = positiveInt(process.env.BENCH_PG_ROWS, 100_000)
+/** Seconds of each pgbench round */
+const PG_SECONDS = positiveInt(process.env.BENCH_PG_SECONDS, 5)
+const GOAL_READS_VS_PG = 0.3
+
 const BACKUP_ROWS = positiveInt(process.env.BENCH_BACKUP_ROWS, 100_000)
 const GOAL_BACKUP = 0.25
 
-const ALL_SECTIONS = { singleNode, security, cluster, healing, backup }
+const ALL_SECTIONS = { singleNode, security, cluster, healing, readsById, backup }
 /** BENCH_ONLY=security,cluster runs only those sections (for work on one of them); BENCHMARKS.md is then not written */
 const ONLY = process.env.BENCH_ONLY?.split(',').map(s => s.trim()).filter(s => s !== '')
 const sections = ONLY === undefined ? Object.values(ALL_SECTIONS) : ONLY.map(name => {
@@ -436,6 +444,89 @@ scan the log (${orbit === undefined ? '—' : `p50 ${fmt(orbit.getP50Ms, 1)} ms 
 paced run offers writes at a fixed rate (open loop, up to 256 in flight) and
 measures each from its scheduled send time. All processes share this machine's
 ${cpus().length} cores. Load average ${loadStart} at the start of this section, ${loadAvg()} at its end.
+`
+}
+
+/**
+ * Reads by id at the default consistency on a 3-node network against
+ * PostgreSQL 15 selecting by primary key on a primary with two synchronous
+ * standbys, the same rows in both, 32 clients each
+ */
+async function readsById (ctx) {
+  const loadStart = loadAvg()
+  const { TABLES } = await import(join(ROOT, 'dist', 'schema', 'index.js'))
+  const patients = TABLES.find(t => t.name === 'patient_records')
+  const rows = Array.from({ length: PG_ROWS }, (_, i) => ({ patient_id: i + 1, ...samplePatient(i + 1) }))
+
+  log(`reads: PostgreSQL 15, a primary and two synchronous standbys, ${fmtInt(PG_ROWS)} patient_records rows`)
+  const pg = await startPostgres({ log })
+  let pgRuns
+  try {
+    await pg.psql(createTablesSql([patients]))
+    await pg.copy('patient_records', patients.columns.map(c => c.name), rows)
+    await pg.psql('ANALYZE patient_records')
+    const script = `\\set id random(1, ${PG_ROWS})\nSELECT * FROM patient_records WHERE patient_id = :id;\n`
+    pgRuns = []
+    for (let round = 1; round <= ROUNDS; round++) {
+      log(`reads: pgbench round ${round}/${ROUNDS}, selects by primary key at ${CONCURRENCY} clients for ${PG_SECONDS} s`)
+      pgRuns.push({ rps: await pg.pgbench(script, { clients: CONCURRENCY, seconds: PG_SECONDS }) })
+    }
+  } finally {
+    await pg.stop()
+  }
+  const pgReads = medianRun(pgRuns)
+
+  log(`reads: ${CLUSTER_SIZE} daemons (N=3, W=2, R=2), the same ${fmtInt(PG_ROWS)} rows imported through one node`)
+  const first = await ctx.spawnDaemon()
+  const { invite } = await getJson(first.socket, '/v1/invite')
+  const nodes = [first]
+  for (let i = 1; i < CLUSTER_SIZE; i++) nodes.push(await ctx.spawnDaemon(['--join', invite]))
+  await waitFor(async () => (await Promise.all(nodes.map(async n => await getJson(n.socket, '/v1/status'))))
+    .every(st => st.members.filter(m => m.state === 'alive').length === CLUSTER_SIZE), START_TIMEOUT, `the ${CLUSTER_SIZE} daemons to see each other`)
+  const sockets = nodes.map(n => n.socket)
+  const dir = await ctx.tempDir()
+  const ndjson = join(dir, 'reads.ndjson')
+  await writeFile(ndjson, rows.map(r => JSON.stringify(r)).join('\n') + '\n')
+  const imported = await importFile(sockets[0], 'patient_records', ndjson)
+  if (imported.report.accepted !== PG_ROWS) throw new Error(`reads: the import accepted ${imported.report.accepted} of ${PG_ROWS} rows`)
+  const path = id => `/v1/tables/patient_records/rows/${id}`
+  log(`reads: warm-up, ${fmtInt(CLUSTER_WARMUP)} reads`)
+  await drive({ socket: sockets[0], total: CLUSTER_WARMUP, make: i => ({ socket: sockets[i % sockets.length], method: 'GET', path: path(1 + ((i * 7919) % PG_ROWS)) }) })
+  const runs = []
+  for (let round = 1; round <= ROUNDS; round++) {
+    log(`reads: round ${round}/${ROUNDS}, ${fmtInt(CLUSTER_REQUESTS)} reads by id at ${CONCURRENCY} concurrent, spread over the nodes`)
+    runs.push(await drive({ socket: sockets[0], total: CLUSTER_REQUESTS, make: i => ({ socket: sockets[i % sockets.length], method: 'GET', path: path(1 + ((i * 104729 + round) % PG_ROWS)) }) }))
+  }
+  for (const n of nodes) await n.stop()
+  const reads = medianRun(runs)
+  const ratio = reads.rps / pgReads.rps
+
+  log(`reads: the skeleton read path, a ceiling: ${fmtInt(CLUSTER_WARMUP)} writes, then reads without and with an audit record each`)
+  const ceiling = await skeletonReads(ctx)
+  return `## Reads by id against PostgreSQL
+
+The same ${fmtInt(PG_ROWS)} patient_records rows in a 3-node network (N=3, W=2, R=2,
+fsync on, security on: every read checks a token and is audited) and in
+PostgreSQL 15 (Debian's package) run as a primary with two synchronous standbys
+on Unix sockets in a temp dir (\`synchronous_standby_names = 'ANY 1 (s1, s2)'\`,
+fsync on), selected by primary key at ${CONCURRENCY} clients: pgbench (\`-M prepared\`,
+${ROUNDS} rounds of ${PG_SECONDS} s) against the primary, and ${ROUNDS} rounds of
+${fmtInt(CLUSTER_REQUESTS)} \`GET /v1/tables/patient_records/rows/<id>\` spread over the
+three sockets at the default consistency (\`quorum\`). Medians.
+
+| run | reads/s | p50 ms | p99 ms |
+| --- | ---: | ---: | ---: |
+| PostgreSQL 15 primary, selects by primary key | ${fmt(pgReads.rps, 0)} | — | — |
+| ntsoekhe, reads by id at \`quorum\` | ${fmt(reads.rps, 0)} | ${fmt(reads.p50, 2)} | ${fmt(reads.p99, 2)} |
+| ceiling: the skeleton read path (local copy + one other's over RPC) | ${fmt(ceiling.plain.rps, 0)} | ${fmt(ceiling.plain.p50, 2)} | ${fmt(ceiling.plain.p99, 2)} |
+| ceiling: the same, with one audit record a read (50 ms synced batches at 2 of 3) | ${fmt(ceiling.audited.rps, 0)} | ${fmt(ceiling.audited.p50, 2)} | ${fmt(ceiling.audited.p99, 2)} |
+
+Ratio to PostgreSQL: ${fmt(ratio, 2)} ${ratio >= GOAL_READS_VS_PG ? '✓' : '✗'} (goal ≥ ${GOAL_READS_VS_PG}). The ceilings run \`test/bench/skeleton.js\`:
+three processes doing only what a read by id needs on the same components (HTTP on a
+Unix socket, LevelDB, libp2p TCP + Noise + yamux with the product's RPC layer):
+without the audit record they reach ${fmt(ceiling.plain.rps / pgReads.rps, 2)} of PostgreSQL, with it ${fmt(ceiling.audited.rps / pgReads.rps, 2)}.
+The daemons' reads ran at ${fmt(reads.rps / ceiling.audited.rps, 2)} of the audited ceiling. All processes share this
+machine's ${cpus().length} cores. Load average ${loadStart} at the start of this section, ${loadAvg()} at its end.
 `
 }
 
@@ -854,6 +945,31 @@ async function skeletonRuns (ctx, mode, makeRow) {
   for (let round = 1; round <= ROUNDS; round++) runs.push(await drive({ socket: sockets[0], total: CLUSTER_REQUESTS, make }))
   for (const p of procs) await p.stop()
   return medianRun(runs)
+}
+
+/** The skeleton's reads by id (test/bench/skeleton.js), without and with an audit record each */
+async function skeletonReads (ctx) {
+  const procs = []
+  for (let i = 0; i < CLUSTER_SIZE; i++) procs.push(await ctx.spawnSkeleton('local'))
+  const members = await Promise.all(procs.map(async p => await getJson(p.socket, '/status')))
+  for (const p of procs) {
+    const res = await send(new Agent({ keepAlive: false }), p.socket, 'POST', '/members', members)
+    if (res.status !== 200) throw new Error(`the skeleton on ${p.socket} did not take the member list: ${res.status} ${res.body}`)
+  }
+  const sockets = procs.map(p => p.socket)
+  const keys = []
+  let n = 9_000_000
+  await drive({ socket: sockets[0], total: CLUSTER_WARMUP, make: i => ({ socket: sockets[i % sockets.length], method: 'POST', path: '/w', body: samplePatient(n++) }), onBody: body => { keys.push(JSON.parse(body).id) } })
+  const result = {}
+  for (const [name, route] of [['plain', 'r'], ['audited', 'ra']]) {
+    const make = i => ({ socket: sockets[i % sockets.length], method: 'GET', path: `/${route}/${encodeURIComponent(keys[(i * 7919) % keys.length])}` })
+    await drive({ socket: sockets[0], total: WARMUP, make })
+    const runs = []
+    for (let round = 1; round <= ROUNDS; round++) runs.push(await drive({ socket: sockets[0], total: CLUSTER_REQUESTS, make }))
+    result[name] = medianRun(runs)
+  }
+  for (const p of procs) await p.stop()
+  return result
 }
 
 async function getJson (socket, path) {

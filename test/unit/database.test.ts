@@ -2,7 +2,7 @@ import { afterEach, beforeEach, describe, expect, it, vi } from 'vitest'
 import { tokenOf } from '../../src/cluster/token.js'
 import { NtsoekheError } from '../../src/errors/index.js'
 import { Database } from '../../src/query/database.js'
-import { IdGenerator } from '../../src/query/ids.js'
+import { IdSource } from '../../src/query/id-source.js'
 import type { Row } from '../../src/schema/index.js'
 import { openLocalNode, patientRow, tempDir, type LocalNode, type TempDir } from '../helpers/temp.js'
 
@@ -88,17 +88,18 @@ describe('database: insert', () => {
     expect((await db.get('appointments', '100')).row.doctor_id).toBe(7)
   })
 
-  it('draws again when a generated id collides with an existing key', async () => {
+  it('draws again when a generated id meets an existing key (a row keyed by hand, or an id of the earlier layout)', async () => {
     vi.useFakeTimers({ toFake: ['Date'] })
     vi.setSystemTime(Date.UTC(2026, 3, 1))
-    // Two databases with the same peer id (so the same node tag) whose sequences start alike draw the same ids in the same millisecond.
-    const one = new Database({ coordinator: node.coordinator, peerId: node.peerId, ids: new IdGenerator(node.peerId, Date.now, () => 0) })
-    const twin = new Database({ coordinator: node.coordinator, peerId: node.peerId, ids: new IdGenerator(node.peerId, Date.now, () => 0) })
-    const first = await one.insert('patient_records', patient())
-    const second = await twin.insert('patient_records', patient())
-    expect(second.id).not.toBe(first.id)
-    // Same tag, same millisecond: the twin's first draw was taken, its second is the next sequence number.
-    expect(Number(second.id)).toBe(Number(first.id) + 1)
+    const ids = new IdSource({ coordinator: node.coordinator, peerId: node.peerId })
+    const one = new Database({ coordinator: node.coordinator, peerId: node.peerId, ids })
+    // The id the next draw would make, taken first by a row keyed by hand.
+    const probe = new IdSource({ coordinator: node.coordinator, peerId: node.peerId })
+    const expected = await probe.next()
+    await db.insert('patient_records', patient(expected))
+    const drawn = await one.insert('patient_records', patient())
+    // Same tag (the same peer takes its own claim back), same millisecond: the draw after the taken one.
+    expect(Number(drawn.id)).toBe(expected + 1)
     expect((await db.list('patient_records', {})).rows).toHaveLength(2)
   })
 
