@@ -9,6 +9,7 @@ import type { UserDirectory } from '../security/users.js'
 import { isVersion } from '../storage/version.js'
 import { TABLE_ACCESS, checkFilters, installAccess, principalOf, readView } from './access.js'
 import { auditRoute, type AuditReader } from './audit.js'
+import { backupRoutes, type BackupSource } from './backup.js'
 import { toErrorResponse } from './errors.js'
 import { exportRoute } from './export.js'
 import { importStream, isAbort } from './import.js'
@@ -48,6 +49,8 @@ export interface ApiComponents {
     records: (options: { after?: string, limit: number }) => Promise<unknown>
     summary: () => Promise<unknown>
   }
+  /** Backup and restore of the whole network (`GET /v1/backup`, `POST /v1/restore`), on the networked node */
+  backup?: BackupSource
   /** Users and their tokens: every request is authenticated against it */
   users: Pick<UserDirectory, 'authenticate' | 'add' | 'list' | 'revoke'>
   /** Called once per request that touches data, per 401, per 403 and per break-glass read */
@@ -145,6 +148,7 @@ export function createApi (components: ApiComponents, init: ApiInit = {}): Fasti
   if (leave !== undefined) app.post('/v1/leave', { config: { access: RIGHTS.membership } }, async () => await leave())
   const repair = components.repair
   if (repair !== undefined) app.post('/v1/repair', { config: { access: RIGHTS.admin } }, async () => await repair())
+  if (components.backup !== undefined) backupRoutes(app, components.backup)
 
   const inspect = components.inspect
   if (inspect !== undefined) {

@@ -15,6 +15,7 @@ import { VERSION } from '../version.js'
 // a client command then starts in a fraction of the time.
 import type { DaemonFlags } from './daemon.js'
 import type { ExportFlags } from './export.js'
+import type { BackupFlags, RestoreFlags } from './backup.js'
 
 export interface Io {
   stdout: { write: (s: string) => unknown }
@@ -274,6 +275,33 @@ function buildProgram (io: Io, setCode: (c: number) => void, asked: Asked): Comm
       const { runExport } = await import('./export.js')
       await runExport(await client(opts), opts, io)
     })
+
+  // Backup and restore (src/cli/backup.ts, README "Backup and restore").
+  common(program.command('backup').description('write a backup of the whole network: every record once with its history, as compressed chunks and manifest.json (admin); --verify checks one'))
+    .argument('<dir>', 'a new or empty directory (with --verify: the backup to check)')
+    .option('--key <file>', 'encrypt the chunks (AES-256-GCM) with a key derived from this file (at least 32 bytes); restore needs the same file')
+    .option('--verify', 'check the backup in <dir> (manifest, every chunk and record) without restoring it')
+    .action(async (dir: string, opts: GlobalOpts & BackupFlags) => {
+      const { runBackup, runVerify } = await import('./backup.js')
+      if (opts.verify === true) {
+        const r = await runVerify(dir, opts, io)
+        out(opts, { ok: true, ...r }, () => `backup intact: ${r.records} records (${r.rows} rows, ${r.versions} versions) of ${Object.keys(r.tables).length} tables in ${r.chunks} chunks, ${r.encrypted ? 'encrypted' : 'in the clear'}; versions from ${r.span.from ?? '-'} to ${r.span.to ?? '-'}\n`)
+        return
+      }
+      const r = await runBackup(await client(opts), dir, opts, io)
+      out(opts, r, () => `backed up ${r.rows} rows (${r.records} records, ${r.versions} versions) of ${Object.keys(r.tables).length} tables into ${r.dir}: ${r.bytes} bytes in ${r.chunks} chunks, ${r.encrypted ? 'encrypted' : 'in the clear'} (${r.seconds} s)\n`)
+    })
+
+  common(program.command('restore').description('load a backup into the network: every record on all of its owners, history kept; restoring it again changes nothing (admin)'))
+    .argument('<dir>', 'the backup directory')
+    .option('--as-of <time>', 'restore the state at this time (ISO 8601 with its zone, e.g. 2026-12-02T10:00:00Z): each record as its versions up to then made it')
+    .option('--key <file>', 'the key file the backup was encrypted with')
+    .action(async (dir: string, opts: GlobalOpts & RestoreFlags) => {
+      const { runRestore } = await import('./backup.js')
+      const r = await runRestore(await client(opts), dir, opts, io)
+      out(opts, r, () => `restored ${r.records} records (${r.rows} rows, ${r.versions} versions)${r.asOf === null ? '' : ` as of ${r.asOf}`} from ${r.dir}; ${r.changed} changed the network (${r.seconds} s)\n`)
+    })
+  // End of backup and restore.
 
   common(program.command('seed').description('load demo data made with Faker, through the API'))
     .option('--scale <n>', 'units of 20 doctors, patients, medications, appointments, history rows, bills, pairs and lab results', int, 1)

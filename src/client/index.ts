@@ -210,6 +210,34 @@ export class NtsoekheClient {
     })
   }
 
+  /**
+   * Streams a backup of the whole network (`GET /v1/backup`, admins): resolves,
+   * once the daemon has accepted it, to the node reading it, the records it
+   * expects (for a progress bar) and `body`, the NDJSON record lines. A body
+   * cut off mid-way emits an error.
+   */
+  async backup (options: { signal?: AbortSignal } = {}): Promise<{ node: string, estimate: number, body: IncomingMessage }> {
+    const headers = this.headers({ accept: 'application/x-ndjson' })
+    return await new Promise((resolve, reject) => {
+      const req = httpRequest({ socketPath: this.socket, agent: this.agent, method: 'GET', path: '/v1/backup', headers, ...(options.signal === undefined ? {} : { signal: options.signal }) }, res => {
+        req.setTimeout(0)
+        if ((res.statusCode ?? 500) >= 400) {
+          readError(res).then(reject, reject)
+          return
+        }
+        resolve({ node: String(res.headers['x-backup-node'] ?? ''), estimate: Number(res.headers['x-backup-estimate'] ?? 0) || 0, body: res })
+      })
+      this.armTimeout(req, this.timeout)
+      req.on('error', err => { reject(this.connectError(err)) })
+      req.end()
+    })
+  }
+
+  /** Writes a backup's record lines into the network (`POST /v1/restore`, admins): each record on all of its owners */
+  async restore (body: Readable | string, options: { signal?: AbortSignal } = {}): Promise<{ records: number, versions: number, changed: number, seconds: number }> {
+    return await this.request('POST', '/v1/restore', { raw: body, contentType: 'application/x-ndjson', signal: options.signal, timeout: 0 })
+  }
+
   /** One HTTP request over the socket; an error body becomes a thrown NtsoekheError */
   async request<T = any> (method: string, path: string, opts: { body?: unknown, raw?: Readable | string, contentType?: string, ifMatch?: string[] | undefined, signal?: AbortSignal | undefined, timeout?: number, breakGlass?: string | undefined, idempotencyKey?: string } = {}): Promise<T> {
     const headers = this.headers({ accept: 'application/json' })

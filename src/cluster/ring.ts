@@ -90,6 +90,20 @@ export class HashRing implements Placement {
     return out
   }
 
+  /**
+   * The ring's arcs in token order, each with its preference list: arc `i`
+   * holds the tokens after point `i - 1` up to and including point `i` (the
+   * first arc also takes the tokens after the last point: it wraps). Every
+   * token lies in exactly one arc.
+   */
+  arcs (n: number): Array<{ after?: string, upTo: string, owners: string[] }> {
+    return this.points.map((upTo, i) => ({
+      ...(i === 0 ? {} : { after: this.points[i - 1] as string }),
+      upTo,
+      owners: this.preferenceList(upTo, n)
+    }))
+  }
+
   /** Each member's fraction of the token space (as primary owner) */
   shares (): Map<string, number> {
     const shares = new Map<string, number>()

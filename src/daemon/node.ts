@@ -6,8 +6,10 @@ import type { Logger } from 'pino'
 import { createLogger } from './logger.js'
 import { VERSION } from '../version.js'
 import type { FastifyInstance } from 'fastify'
+import type { BackupSource } from '../api/backup.js'
 import { createApi } from '../api/server.js'
 import type { Coordinator } from '../cluster/coordinator.js'
+import { BackupService } from '../cluster/backup.js'
 import { DistributedCoordinator } from '../cluster/distributed.js'
 import { Membership, type SavedMember } from '../cluster/membership.js'
 import { PROTOCOLS } from '../cluster/transport.js'
@@ -81,6 +83,8 @@ export class NtsoekheNode {
   users?: UserDirectory
   libp2p?: Libp2pNode
   audit?: AuditTrail
+  /** Backup and restore of the whole network */
+  backup?: BackupService
   private transport?: Libp2pTransport
   private api?: FastifyInstance
   private starting?: Promise<void>
@@ -187,6 +191,25 @@ export class NtsoekheNode {
       antiEntropyIntervalMs: this.config.replication.antiEntropyIntervalMs,
       syncBandwidthMbps: this.config.replication.syncBandwidthMbps
     })
+    const coordinator = this.coordinator
+    const membership = this.membership
+    this.backup = new BackupService({
+      store: this.store,
+      transport: this.transport,
+      peerId: this.peerId,
+      ring: coordinator.ring,
+      replicas: coordinator.replicas,
+      owners: (table, token) => coordinator.owners(table, token),
+      isAlive: peerId => membership.isAlive(peerId),
+      // A member that left hands over what it holds by the replica protocol; it reads and writes nothing here.
+      mayServe: peer => {
+        if (membership.mayReplicate(peer) && membership.stateOf(peer) !== 'left') return true
+        membership.report(peer, `refused a backup request from ${peer}: not a current member of this network`)
+        return false
+      },
+      observe: version => { clock.observe(version) },
+      log
+    })
     await this.transport.start()
 
     // Members come from the bootstrap list, the members saved on disk, and any peer the DHT or
@@ -247,6 +270,7 @@ export class NtsoekheNode {
       leave: async () => await this.leave(),
       repair: async () => await (this.coordinator as DistributedCoordinator).antiEntropy.repair(),
       inspect: { records: async options => await this.inspectRecords(options), summary: async () => this.inspectSummary() },
+      ...(this.backup === undefined ? {} : { backup: backupSource(this.backup, this.peerId) }),
       users: this.init.security !== false
         ? users
         : {
@@ -450,5 +474,17 @@ async function removeStaleSocket (path: string): Promise<void> {
     await unlink(path)
   } catch (err) {
     if ((err as NodeJS.ErrnoException).code !== 'ENOENT') throw err
+  }
+}
+
+/** The socket API's view of the node's BackupService */
+function backupSource (backup: BackupService, node: string): BackupSource {
+  return {
+    node,
+    checkReadable: () => { backup.plan() },
+    records: signal => backup.records(signal),
+    estimate: async () => await backup.estimate(),
+    checkOwnersUp: () => { backup.checkOwnersUp() },
+    restore: async records => await backup.restore(records)
   }
 }

@@ -49,6 +49,12 @@ export interface RecordState {
   horizon?: string
 }
 
+/** A record whole: its state and every version it has had, oldest first (what a backup holds) */
+export interface WholeRecord {
+  state: RecordState
+  versions: VersionEntry[]
+}
+
 /** A hint kept for a peer: versions it missed, or (with `entries` empty) a purge it missed */
 export interface Hint {
   key: string
@@ -895,6 +901,47 @@ export class Store {
     for await (const [k, v] of this.records.iterator(opts)) {
       const [token, table, id] = k.split(SEP, 3) as [string, string, string]
       yield this.decodeRecord(table, token, id, v)
+    }
+  }
+
+  /**
+   * Up to `limit` whole records (state and every version) with keys in
+   * [from, to), after the record key `after`, in key order, for a backup.
+   * The page is read from one LevelDB snapshot: a record written meanwhile
+   * is in it as it was before that write or after it, never half of each.
+   * `next` is the key to resume after when more may follow.
+   */
+  async backupPage (options: { from?: string, to?: string, after?: string, limit: number }): Promise<{ records: WholeRecord[], next?: string }> {
+    this.checkOpen()
+    const snapshot = this.db.snapshot()
+    try {
+      const range: { gt?: string, gte?: string, lt?: string } = {}
+      if (options.after !== undefined && (options.from === undefined || options.after >= options.from)) range.gt = options.after
+      else if (options.from !== undefined) range.gte = options.from
+      if (options.to !== undefined) range.lt = options.to
+      const raw: Array<[string, StoredRecord]> = []
+      for await (const [k, v] of this.records.iterator({ ...range, limit: options.limit, snapshot })) raw.push([k, v as StoredRecord])
+      const first = raw[0]?.[0]
+      const last = raw[raw.length - 1]?.[0]
+      if (first === undefined || last === undefined) return { records: [] }
+      // History keys are `<record key>!<version>`: the page's history is one contiguous run, read in the same pass.
+      const history = new Map<string, StoredEntry[]>()
+      for await (const [k, v] of this.history.iterator({ gt: first + SEP, lt: last + SEP + '\xff', snapshot })) {
+        const owner = k.slice(0, k.lastIndexOf(SEP))
+        let list = history.get(owner)
+        if (list === undefined) { list = []; history.set(owner, list) }
+        list.push(v as StoredEntry)
+      }
+      const records = raw.map(([k, v]): WholeRecord => {
+        const [token, table, id] = k.split(SEP, 3) as [string, string, string]
+        const state = this.decodeRecord(table, token, id, v)
+        const versions = [...state.heads, ...(history.get(k) ?? []).map(e => this.openEntry(e))]
+        versions.sort((a, b) => compareVersions(a.version, b.version))
+        return { state, versions }
+      })
+      return raw.length === options.limit ? { records, next: last } : { records }
+    } finally {
+      await snapshot.close()
     }
   }
 
