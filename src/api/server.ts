@@ -12,6 +12,8 @@ import { auditRoute, type AuditReader } from './audit.js'
 import { toErrorResponse } from './errors.js'
 import { exportRoute } from './export.js'
 import { importStream, isAbort } from './import.js'
+import { metricsRoutes } from './metrics.js'
+import type { NodeMetrics } from '../observability/metrics.js'
 
 /** Largest JSON body the socket accepts (imports are streamed and exempt) */
 export const BODY_LIMIT = 1024 * 1024
@@ -43,6 +45,8 @@ export interface ApiComponents {
   /** The audit trail, served on `GET /v1/audit` (auditors and admins) */
   auditTrail?: AuditReader
   logger?: FastifyBaseLogger
+  /** Counts every request and serves `GET /metrics` and `GET /v1/metrics/series` (see api/metrics.ts) */
+  metrics?: NodeMetrics
 }
 
 export interface ApiInit {
@@ -97,6 +101,7 @@ export function createApi (components: ApiComponents, init: ApiInit = {}): Fasti
   })
   const trail = components.auditTrail
   installAccess(app, { auth: users, ...(components.audit === undefined ? {} : { audit: components.audit }), ...(trail === undefined ? {} : { auditReady: () => trail.accepting !== false }), bodyTimeoutMs: init.bodyTimeoutMs ?? BODY_TIMEOUT_MS, log: app.log })
+  if (components.metrics !== undefined) metricsRoutes(app, components.metrics)
   app.setNotFoundHandler((req, reply) => {
     void reply.status(404).send({ error: { code: 'NOT_FOUND', message: `No route ${req.method} ${req.url}` } })
   })

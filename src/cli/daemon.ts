@@ -27,6 +27,12 @@ export interface DaemonFlags {
   securityOff?: boolean
   /** `--test`: this daemon is a test or benchmark subject */
   test?: boolean
+  /** `--console <host:port>`: serve the web console there (monitoring.console) */
+  console?: string
+  /** `--console-remote`: allow the console on a non-loopback address (monitoring.consoleRemote) */
+  consoleRemote?: boolean
+  /** `--metrics-listen <host:port>`: serve `GET /metrics` there (monitoring.metricsListen) */
+  metricsListen?: string
 }
 
 /**
@@ -63,6 +69,9 @@ export function applyFlags (config: Config, flags: DaemonFlags): Config {
   if (flags.logLevel !== undefined) c.log.level = flags.logLevel
   if (flags.swarmKey !== undefined) c.network.pnetKeyFile = resolve(flags.swarmKey)
   if (flags.openNetwork === true) c.network.open = true
+  if (flags.console !== undefined) c.monitoring.console = flags.console
+  if (flags.consoleRemote === true) c.monitoring.consoleRemote = true
+  if (flags.metricsListen !== undefined) c.monitoring.metricsListen = flags.metricsListen
   if (c.network.open && flags.swarmKey !== undefined) throw new ValidationError('--open-network and --swarm-key exclude each other')
   checkConfig(c, 'flags')
   return c

@@ -6,6 +6,7 @@ import { NoDaemonError, NtsoekheClient } from '../client/index.js'
 import { NtsoekheError } from '../errors/index.js'
 import { loadConfig, resolveHome, socketPath } from '../daemon/config.js'
 import { readAdminToken } from '../security/tokens.js'
+import { parseHostPort } from '../observability/address.js'
 import { renderObject, renderTable } from './format.js'
 import { UsageError } from './usage.js'
 // daemon.js (libp2p, the store) and seed.js (faker) are loaded by the commands that need them:
@@ -102,6 +103,9 @@ function buildProgram (io: Io, setCode: (c: number) => void): Command {
     .option('--join <invite>', 'join the network of the member that printed this invite (ntsoekhe invite): stores its network key in the home')
     .option('--swarm-key <file>', 'network key file to use (network.pnetKeyFile); with --bootstrap, the manual way to join')
     .option('--open-network', 'run without a network key: any machine that reaches the port can join (network.open)')
+    .option('--console <host:port>', 'serve the read-only web console on this address, e.g. 127.0.0.1:4180 (monitoring.console; loopback only unless --console-remote)', hostPort('--console'))
+    .option('--console-remote', 'allow --console on a non-loopback address: plain HTTP, tokens and rows cross the network in clear (monitoring.consoleRemote)')
+    .option('--metrics-listen <host:port>', 'also serve GET /metrics (Prometheus, no token) on this address (monitoring.metricsListen)', hostPort('--metrics-listen'))
     .addOption(new Option('--security-off', 'no authentication, access rules, encryption at rest or audit trail: for benchmarks, accepted only with --test').hideHelp())
     .addOption(new Option('--test', 'this daemon is a test or benchmark subject').hideHelp())
     .action(async (opts: GlobalOpts & DaemonFlags) => {
@@ -390,6 +394,18 @@ function consistency (opts: GlobalOpts): { consistency?: 'one' | 'quorum' | 'all
 
 function collect (value: string, previous: string[]): string[] {
   return [...previous, value]
+}
+
+/** A commander parser for a `host:port` flag: a malformed one is a usage error (exit 2) */
+function hostPort (flag: string): (value: string) => string {
+  return value => {
+    try {
+      parseHostPort(value, flag)
+    } catch (err) {
+      throw new UsageError((err as Error).message)
+    }
+    return value
+  }
 }
 
 function int (value: string): number {

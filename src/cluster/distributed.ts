@@ -49,6 +49,15 @@ export interface DistributedCoordinatorInit {
   syncBandwidthMbps?: number
 }
 
+/** Rows per table across the network (see DistributedCoordinator.networkRowCounts) */
+export interface NetworkRowCounts {
+  tables: Record<string, number>
+  /** Every member in the ring answered */
+  complete: boolean
+  /** Members whose ranges are not counted */
+  unanswered: string[]
+}
+
 /** What the last rebalance (hand-off of records to their owners after the ring changed) did */
 export interface RebalanceStatus {
   /** A rebalance is scheduled or running */
@@ -119,6 +128,8 @@ export class DistributedCoordinator implements Coordinator {
   private stopped = false
   /** Copies of records this node does not own were written here at `one` (sloppyWrite): a rebalance after the next handoff moves them */
   private sloppyHeld = false
+  /** Read repairs sent since start (copies found stale by a read and brought up to date) */
+  readRepairs = 0
   /** Records whose local commit failed after their write was ordered (`table/id`): caught up before the next write */
   private readonly missed = new Set<string>()
 
@@ -781,6 +792,7 @@ export class DistributedCoordinator implements Coordinator {
       const job = peer === this.c.peerId
         ? this.c.store.merge([merged])
         : this.c.transport.request(peer, 'replica', { type: 'merge', states: [merged] }, { timeout: this.timeoutMs })
+      this.readRepairs++
       void job.catch(err => { this.c.log?.('read repair of %s on %s failed: %s', merged.id, peer, (err as Error).message) })
     }
   }
@@ -864,6 +876,32 @@ export class DistributedCoordinator implements Coordinator {
     return more && last !== undefined ? { rows, next: last.position } : { rows }
   }
 
+  /**
+   * Live rows per table across the network, each record counted once: every
+   * member in this node's ring counts the rows of the token ranges it is the
+   * primary owner of (by this node's ring, so the ranges cover the token
+   * space once). A member that does not answer leaves its ranges uncounted:
+   * `complete` is then false and `unanswered` names it.
+   */
+  async networkRowCounts (): Promise<NetworkRowCounts> {
+    const tables: Record<string, number> = {}
+    const unanswered: string[] = []
+    await Promise.all([...this.ring.primaryRanges()].map(async ([peer, ranges]) => {
+      try {
+        const counts = peer === this.c.peerId
+          ? await this.c.store.countRowsIn(ranges)
+          : checkCounts(await this.c.transport.request(peer, 'replica', { type: 'count', ranges }, { timeout: this.timeoutMs }))
+        for (const [table, n] of Object.entries(counts)) tables[table] = (tables[table] ?? 0) + n
+      } catch (err) {
+        if (!isNoAnswer(err)) throw err
+        this.c.log?.('row count skipped %s: %s', peer, (err as Error).message)
+        unanswered.push(peer)
+      }
+    }))
+    const sorted = Object.fromEntries(Object.entries(tables).sort((a, b) => a[0] < b[0] ? -1 : 1))
+    return { tables: sorted, complete: unanswered.length === 0, unanswered: unanswered.sort() }
+  }
+
   async status (): Promise<ClusterStatus> {
     const members = this.c.membership.members()
     const live = this.c.membership.liveMembers().length
@@ -929,6 +967,8 @@ export class DistributedCoordinator implements Coordinator {
         return { versions: await this.c.store.versions(msg.table, msg.token, msg.id) }
       case 'scan':
         return await this.c.store.scan(msg.table, { where: msg.where, limit: msg.limit, ...(msg.after === undefined ? {} : { after: msg.after }), ...(msg.token === undefined ? {} : { token: msg.token }) })
+      case 'count':
+        return { tables: await this.c.store.countRowsIn(msg.ranges) }
       case 'purge': {
         this.c.clock.observe(msg.version)
         const held = await this.c.store.purge({ table: msg.table, id: msg.id, token: msg.token, version: msg.version, time: Date.now() })
@@ -1025,6 +1065,18 @@ function chunkOutgoing<T extends { state: RecordState, versions: VersionEntry[] 
     { size: q => q.versions.length, max: MAX_ENTRIES_PER_MESSAGE },
     { size: q => q.state.seen.length + q.state.superseded.length, max: 50_000 }
   ])
+}
+
+/** A peer's answer to `count`: table names and non-negative integer counts */
+function checkCounts (reply: unknown): Record<string, number> {
+  const tables = (reply as { tables?: unknown } | null)?.tables
+  if (tables === null || typeof tables !== 'object' || Array.isArray(tables)) throw new InvalidMessageError('replica: malformed count reply')
+  const out: Record<string, number> = {}
+  for (const [table, n] of Object.entries(tables as Record<string, unknown>)) {
+    if (!Number.isSafeInteger(n) || (n as number) < 0 || table.length > 100) throw new InvalidMessageError('replica: malformed count reply')
+    out[table] = n as number
+  }
+  return out
 }
 
 /** A peer's answer to `read`, checked before it is merged or repaired into this node's store */

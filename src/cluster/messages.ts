@@ -23,6 +23,8 @@ export const MAX_PARENTS = 64
 export const MAX_SCAN_LIMIT = 1000
 /** Record states in one hand-off or repair message */
 export const MAX_STATES = 1000
+/** Token ranges one `count` message may name (a member's primary ranges: at most one more than its points) */
+export const MAX_COUNT_RANGES = 4096
 /** Versions a record state may list as seen or replaced */
 export const MAX_KNOWN_VERSIONS = 1_000_000
 
@@ -35,6 +37,8 @@ export type ReplicaMessage =
   | { type: 'history', table: string, id: string, token: string }
   | { type: 'scan', table: string, where: Record<string, string | number | null>, after?: string, token?: string, limit: number }
   | { type: 'purge', table: string, id: string, token: string, version: string }
+  /** Live rows per table in these inclusive token ranges (the asker's view of this member's primary ranges) */
+  | { type: 'count', ranges: Array<[string, string]> }
 
 const TOKEN_RE = /^[0-9a-f]{16}$/
 const ID_RE = /^-?\d+(:-?\d+)*$/
@@ -228,6 +232,14 @@ export function parseReplicaMessage (msg: unknown): ReplicaMessage {
       if (m.after !== undefined && (typeof m.after !== 'string' || m.after.length > 300)) bad('malformed cursor')
       if (m.token !== undefined && (typeof m.token !== 'string' || !TOKEN_RE.test(m.token))) bad('malformed scan token')
       return { type: 'scan', table, where: where as Record<string, string | number | null>, limit: m.limit as number, ...(m.after === undefined ? {} : { after: m.after as string }), ...(m.token === undefined ? {} : { token: m.token as string }) }
+    }
+    case 'count': {
+      if (!Array.isArray(m.ranges) || m.ranges.length > MAX_COUNT_RANGES) bad(`count needs at most ${MAX_COUNT_RANGES} ranges`)
+      const ranges = m.ranges.map(r => {
+        if (!Array.isArray(r) || r.length !== 2 || typeof r[0] !== 'string' || typeof r[1] !== 'string' || !TOKEN_RE.test(r[0]) || !TOKEN_RE.test(r[1]) || r[0] > r[1]) bad('malformed count range')
+        return [r[0], r[1]] as [string, string]
+      })
+      return { type: 'count', ranges }
     }
     default:
       bad(`unknown message type ${JSON.stringify(m.type)?.slice(0, 40)}`)

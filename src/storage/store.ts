@@ -741,6 +741,28 @@ export class Store {
     return counts
   }
 
+  /**
+   * Live rows per table whose token lies in one of `ranges` (inclusive
+   * `[from, to]` token pairs): a count over key ranges of the table list,
+   * reading no record. Tables with no row there are left out.
+   */
+  async countRowsIn (ranges: ReadonlyArray<readonly [string, string]>): Promise<Record<string, number>> {
+    this.checkOpen()
+    const counts: Record<string, number> = {}
+    for (const table of [...this.rowCounts.keys()].sort()) {
+      if ((this.rowCounts.get(table) ?? 0) <= 0) continue
+      let n = 0
+      for (const [from, to] of ranges) {
+        // Tokens are fixed-width hex: the keys of tokens from..to sit between `from` and the token after `to`.
+        const next = BigInt('0x' + to) + 1n
+        const end = next >> BigInt(from.length * 4) === 0n ? table + SEP + next.toString(16).padStart(from.length, '0') : table + String.fromCharCode(SEP.charCodeAt(0) + 1)
+        for await (const _ of this.tables.keys({ gte: table + SEP + from, lt: end })) n++
+      }
+      if (n > 0) counts[table] = n
+    }
+    return counts
+  }
+
   /** A committed batch's table-list entries: a put is a row that became live here, a del one that went */
   private countTableOps (ops: BatchOp[]): void {
     const prefix = this.tables.prefix
