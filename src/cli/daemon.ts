@@ -95,7 +95,9 @@ export async function runDaemon (home: string, flags: DaemonFlags, io: Io): Prom
     }
     throw err
   }
-  io.stderr.write(`ntsoekhe daemon ready\n  peer id  ${node.peerId}\n  socket   ${node.socket}\n`)
+  io.stderr.write(`ntsoekhe daemon ready\n  peer id  ${node.peerId}\n  socket   ${node.socket}\n` +
+    (node.urls.console === undefined ? '' : `  console  ${node.urls.console} (plain HTTP; sign in with a user token)\n`) +
+    (node.urls.metrics === undefined ? '' : `  metrics  ${node.urls.metrics}\n`))
   await new Promise<void>(resolve => {
     const onSignal = (signal: string): void => {
       logger.info({ signal }, 'shutting down')

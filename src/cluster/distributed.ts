@@ -10,7 +10,7 @@ import { ApplyBatcher, chunkBy, chunkGroups, MAX_ENTRIES_PER_MESSAGE, resultOk }
 import type { ClusterStatus, Consistency, Coordinator, GroupOutcome, InsertOutcome, Mutation, RequestOptions, ScanPage, ScanRequest, WriteResult } from './coordinator.js'
 import { mergeStates, missingHeads } from './merge.js'
 import type { Membership } from './membership.js'
-import { AUDIT_TABLE, checkEntry, checkScanPage, checkState, parseReplicaMessage, type ReplicaMessage } from './messages.js'
+import { AUDIT_TABLE, MAX_COUNT_RANGES, checkEntry, checkScanPage, checkState, parseReplicaMessage, type ReplicaMessage } from './messages.js'
 import { recallWrites } from './idempotency.js'
 import { mutationKey, orderGroups, orderMutations } from './mutations.js'
 import { HashRing } from './ring.js'
@@ -52,9 +52,9 @@ export interface DistributedCoordinatorInit {
 /** Rows per table across the network (see DistributedCoordinator.networkRowCounts) */
 export interface NetworkRowCounts {
   tables: Record<string, number>
-  /** Every member in the ring answered */
+  /** Every token range was counted on one of its owners */
   complete: boolean
-  /** Members whose ranges are not counted */
+  /** Members that did not answer: their ranges were counted on the next owners, from their copies */
   unanswered: string[]
 }
 
@@ -877,29 +877,54 @@ export class DistributedCoordinator implements Coordinator {
   }
 
   /**
-   * Live rows per table across the network, each record counted once: every
-   * member in this node's ring counts the rows of the token ranges it is the
-   * primary owner of (by this node's ring, so the ranges cover the token
-   * space once). A member that does not answer leaves its ranges uncounted:
-   * `complete` is then false and `unanswered` names it.
+   * Live rows per table across the network, each record counted once: the
+   * token space is cut into ranges (this node's ring), and each range is
+   * counted on one of its owners, the first that is not down. A member that
+   * does not answer has its ranges counted on their next owners, from the
+   * copies those hold; a range none of its owners counted leaves the result
+   * incomplete (`complete: false`).
    */
   async networkRowCounts (): Promise<NetworkRowCounts> {
     const tables: Record<string, number> = {}
-    const unanswered: string[] = []
-    await Promise.all([...this.ring.primaryRanges()].map(async ([peer, ranges]) => {
-      try {
-        const counts = peer === this.c.peerId
-          ? await this.c.store.countRowsIn(ranges)
-          : checkCounts(await this.c.transport.request(peer, 'replica', { type: 'count', ranges }, { timeout: this.timeoutMs }))
-        for (const [table, n] of Object.entries(counts)) tables[table] = (tables[table] ?? 0) + n
-      } catch (err) {
-        if (!isNoAnswer(err)) throw err
-        this.c.log?.('row count skipped %s: %s', peer, (err as Error).message)
-        unanswered.push(peer)
+    const unanswered = new Set<string>()
+    let pending = this.ring.ranges(this.replicas).map(r => ({ ...r, next: 0 }))
+    let uncounted = 0
+    while (pending.length > 0) {
+      const byPeer = new Map<string, typeof pending>()
+      for (const r of pending) {
+        while (r.next < r.owners.length && (unanswered.has(r.owners[r.next] as string) || this.c.membership.stateOf(r.owners[r.next] as string) === 'down')) r.next++
+        const owner = r.owners[r.next]
+        if (owner === undefined) { uncounted++; continue }
+        byPeer.set(owner, [...(byPeer.get(owner) ?? []), r])
       }
-    }))
+      pending = []
+      await Promise.all([...byPeer].map(async ([peer, ranges]) => {
+        try {
+          const counts = await this.countOn(peer, mergeRanges(ranges))
+          for (const [table, n] of Object.entries(counts)) tables[table] = (tables[table] ?? 0) + n
+        } catch (err) {
+          if (!isNoAnswer(err)) throw err
+          this.c.log?.('row count on %s failed (%s): its ranges go to their next owners', peer, (err as Error).message)
+          unanswered.add(peer)
+          pending.push(...ranges)
+        }
+      }))
+    }
     const sorted = Object.fromEntries(Object.entries(tables).sort((a, b) => a[0] < b[0] ? -1 : 1))
-    return { tables: sorted, complete: unanswered.length === 0, unanswered: unanswered.sort() }
+    return { tables: sorted, complete: uncounted === 0, unanswered: [...unanswered].sort() }
+  }
+
+  /** Rows per table in `ranges` as `peer` holds them (this node's store for itself), MAX_COUNT_RANGES a message */
+  private async countOn (peer: string, ranges: Array<[string, string]>): Promise<Record<string, number>> {
+    const total: Record<string, number> = {}
+    for (let i = 0; i < ranges.length; i += MAX_COUNT_RANGES) {
+      const chunk = ranges.slice(i, i + MAX_COUNT_RANGES)
+      const counts = peer === this.c.peerId
+        ? await this.c.store.countRowsIn(chunk)
+        : checkCounts(await this.c.transport.request(peer, 'replica', { type: 'count', ranges: chunk }, { timeout: this.timeoutMs }))
+      for (const [table, n] of Object.entries(counts)) total[table] = (total[table] ?? 0) + n
+    }
+    return total
   }
 
   async status (): Promise<ClusterStatus> {
@@ -1065,6 +1090,17 @@ function chunkOutgoing<T extends { state: RecordState, versions: VersionEntry[] 
     { size: q => q.versions.length, max: MAX_ENTRIES_PER_MESSAGE },
     { size: q => q.state.seen.length + q.state.superseded.length, max: 50_000 }
   ])
+}
+
+/** Token ranges as `[from, to]` pairs, sorted, adjacent ones joined */
+function mergeRanges (ranges: ReadonlyArray<{ from: string, to: string }>): Array<[string, string]> {
+  const out: Array<[string, string]> = []
+  for (const r of [...ranges].sort((a, b) => a.from < b.from ? -1 : 1)) {
+    const last = out[out.length - 1]
+    if (last !== undefined && BigInt('0x' + last[1]) + 1n === BigInt('0x' + r.from)) last[1] = r.to
+    else out.push([r.from, r.to])
+  }
+  return out
 }
 
 /** A peer's answer to `count`: table names and non-negative integer counts */

@@ -106,35 +106,35 @@ export class HashRing implements Placement {
   }
 
   /**
-   * The token ranges each member is the primary owner of, as inclusive
-   * `[from, to]` pairs of tokens (adjacent points of one member merged; the
-   * range that wraps past the top split in two). Together they cover the
-   * token space exactly once, so a count per member over its ranges counts
-   * every record once.
+   * The token space as inclusive `[from, to]` ranges, one per point (the
+   * range that wraps past the top split in two), each with its preference
+   * list of `n` owners. Together they cover the token space exactly once, so
+   * counting each range once on one of its owners counts every record once.
    */
-  primaryRanges (): Map<string, Array<[string, string]>> {
-    const out = new Map<string, Array<[string, string]>>()
+  ranges (n: number): TokenRange[] {
     const total = this.points.length
-    if (total === 0) return out
-    const push = (owner: string, from: bigint, to: bigint): void => {
-      if (from > to) return
-      const list = out.get(owner) ?? []
-      const last = list[list.length - 1]
-      // A member's consecutive points make one range.
-      if (last !== undefined && BigInt('0x' + last[1]) + 1n === from) last[1] = tokenHex(to)
-      else list.push([tokenHex(from), tokenHex(to)])
-      out.set(owner, list)
+    if (total === 0) return []
+    const out: TokenRange[] = []
+    const push = (from: bigint, to: bigint, point: string): void => {
+      if (from <= to) out.push({ from: tokenHex(from), to: tokenHex(to), owners: this.preferenceList(point, n) })
     }
-    const top = (1n << BigInt(TOKEN_HEX * 4)) - 1n
     // A token belongs to the first point at or after it: point i owns (point i-1, point i].
-    push(this.owners[0] as string, 0n, BigInt('0x' + (this.points[0] as string)))
+    const first = this.points[0] as string
+    push(0n, BigInt('0x' + first), first)
     for (let i = 1; i < total; i++) {
-      push(this.owners[i] as string, BigInt('0x' + (this.points[i - 1] as string)) + 1n, BigInt('0x' + (this.points[i] as string)))
+      push(BigInt('0x' + (this.points[i - 1] as string)) + 1n, BigInt('0x' + (this.points[i] as string)), this.points[i] as string)
     }
-    // Tokens after the last point wrap around to the first point's owner.
-    push(this.owners[0] as string, BigInt('0x' + (this.points[total - 1] as string)) + 1n, top)
+    // Tokens after the last point wrap around to the first point's owners.
+    push(BigInt('0x' + (this.points[total - 1] as string)) + 1n, (1n << BigInt(TOKEN_HEX * 4)) - 1n, first)
     return out
   }
+}
+
+/** A range of ring tokens, bounds included, and the members that own it, in preference order */
+export interface TokenRange {
+  from: string
+  to: string
+  owners: string[]
 }
 
 /** Where keys live: the ring, or any other strategy with the same answer shape */

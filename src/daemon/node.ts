@@ -90,6 +90,8 @@ export class NtsoekheNode {
   private metrics?: NodeMetrics
   /** The console and metrics listeners, when configured */
   private readonly listeners: HttpListener[] = []
+  /** Where the console and `GET /metrics` are served over HTTP, when configured */
+  readonly urls: { console?: string, metrics?: string } = {}
   /** The last network-wide row count and when it was asked for: status polled often reuses it briefly */
   private networkRows?: { at: number, counts: Promise<NetworkRowCounts> }
   /** Event-loop delay: a stalled loop delays every request the node serves */
@@ -290,6 +292,7 @@ export class NtsoekheNode {
       const at = parseHostPort(metricsListen, '--metrics-listen')
       const listener = await startMetricsServer(at, metrics)
       this.listeners.push(listener)
+      this.urls.metrics = `${listener.url}/metrics`
       if (!isLoopback(at.host)) this.logger.warn({ url: listener.url }, 'metrics on a non-loopback address, over plain HTTP and without a token: they carry no patient data, but anyone who reaches the port reads them; limit who can (firewall)')
       this.logger.info({ url: `${listener.url}/metrics` }, 'serving metrics')
     }
@@ -297,6 +300,7 @@ export class NtsoekheNode {
       const at = parseHostPort(console, '--console')
       const listener = await startConsoleServer(at, this.api as FastifyInstance)
       this.listeners.push(listener)
+      this.urls.console = listener.url
       if (isLoopback(at.host)) this.logger.info({ url: listener.url }, 'console ready (plain HTTP on loopback; sign in with a user token)')
       else this.logger.warn({ url: listener.url }, 'console on a non-loopback address over plain HTTP (monitoring.consoleRemote): tokens and patient rows cross the network in clear; put a TLS proxy in front of it')
     }

@@ -744,13 +744,14 @@ export class Store {
   /**
    * Live rows per table whose token lies in one of `ranges` (inclusive
    * `[from, to]` token pairs): a count over key ranges of the table list,
-   * reading no record. Tables with no row there are left out.
+   * reading no record. Tables with no row there, and internal tables
+   * (named `_…`: locators, unique claims, audit entries), are left out.
    */
   async countRowsIn (ranges: ReadonlyArray<readonly [string, string]>): Promise<Record<string, number>> {
     this.checkOpen()
     const counts: Record<string, number> = {}
     for (const table of [...this.rowCounts.keys()].sort()) {
-      if ((this.rowCounts.get(table) ?? 0) <= 0) continue
+      if ((this.rowCounts.get(table) ?? 0) <= 0 || table.startsWith('_')) continue
       let n = 0
       for (const [from, to] of ranges) {
         // Tokens are fixed-width hex: the keys of tokens from..to sit between `from` and the token after `to`.

@@ -1,0 +1,95 @@
+import { describe, expect, it } from 'vitest'
+import { parseReplicaMessage } from '../../src/cluster/messages.js'
+import { HashRing } from '../../src/cluster/ring.js'
+import { tokenOf } from '../../src/cluster/token.js'
+import { createTestnet } from '../helpers/harness.js'
+import { waitFor } from '../helpers/wait.js'
+import { openLocalNode, patientRow, tempDir } from '../helpers/temp.js'
+
+const TOP = 'ffffffffffffffff'
+
+describe('row counts across the network', () => {
+  it("the ring's ranges cover the token space once, each with the preference list of its tokens", () => {
+    const ring = new HashRing({ vnodes: 32 })
+    ring.setMembers(['a', 'b', 'c', 'd'].map(peerId => ({ peerId })))
+    const all = ring.ranges(3)
+    expect(all[0]?.from).toBe('0000000000000000')
+    expect(all[all.length - 1]?.to).toBe(TOP)
+    for (let i = 1; i < all.length; i++) {
+      // Each range starts right after the previous one ends: no gap, no overlap.
+      expect(BigInt('0x' + (all[i]?.from as string)), `range ${i}`).toBe(BigInt('0x' + (all[i - 1]?.to as string)) + 1n)
+    }
+    const shares = ring.shares()
+    for (const peer of ['a', 'b', 'c', 'd']) {
+      const width = all.filter(r => r.owners[0] === peer).reduce((sum, r) => sum + Number(BigInt('0x' + r.to) - BigInt('0x' + r.from) + 1n), 0) / 2 ** 64
+      expect(width).toBeCloseTo(shares.get(peer) ?? 0, 6)
+    }
+    for (let i = 0; i < 2000; i++) {
+      const token = tokenOf(`patient_id:${i}`)
+      const range = all.find(r => r.from <= token && token <= r.to)
+      expect(range?.owners, token).toEqual(ring.preferenceList(token, 3))
+    }
+    expect(new HashRing().ranges(3)).toEqual([])
+  })
+
+  it('a store counts the live rows of token ranges, bounds included', async () => {
+    const dir = await tempDir('ntk-count-')
+    const node = await openLocalNode(dir.path)
+    try {
+      for (let i = 1; i <= 40; i++) await node.db.insert('patient_records', patientRow(i))
+      await node.db.delete('patient_records', '40')
+      expect(await node.store.countRowsIn([['0000000000000000', TOP]])).toEqual({ patient_records: 39 })
+      const tokens = Array.from({ length: 39 }, (_, i) => tokenOf(`patient_id:${i + 1}`)).sort()
+      const lo = tokens[5] as string
+      const hi = tokens[20] as string
+      // Inclusive at both ends: the rows whose tokens are lo and hi count.
+      expect(await node.store.countRowsIn([[lo, hi]])).toEqual({ patient_records: 16 })
+      expect(await node.store.countRowsIn([[lo, lo], [hi, hi]])).toEqual({ patient_records: 2 })
+      expect(await node.store.countRowsIn([])).toEqual({})
+    } finally {
+      await node.close()
+      await dir.remove()
+    }
+  })
+
+  it('counts every record once on any node, and says when a member did not answer', async () => {
+    const net = await createTestnet(3, { replicas: 2, writeQuorum: 2, readQuorum: 1 })
+    try {
+      await net.converge(3)
+      const [a, b, c] = net.nodes as [typeof net.nodes[0], typeof net.nodes[0], typeof net.nodes[0]]
+      for (let i = 1; i <= 60; i++) await a.db.insert('patient_records', patientRow(i))
+      for (let i = 1; i <= 25; i++) await b.db.insert('medical_history', { history_id: i, patient_id: i, diagnosis: 'asthma', treatment: 'inhaler', date_of_visit: '2026-01-02T10:00:00Z' })
+      const local = await Promise.all(net.nodes.map(async n => (await n.store.countRows()).patient_records ?? 0))
+      // Two copies of each: the sum of the stores is twice the network's rows.
+      expect(local.reduce((x, y) => x + y, 0)).toBe(120)
+      for (const n of net.nodes) {
+        const counts = await n.coordinator.networkRowCounts()
+        expect(counts).toMatchObject({ tables: { patient_records: 60, medical_history: 25 }, complete: true, unanswered: [] })
+      }
+
+      // A member that does not answer: its ranges are counted on their next owners, which hold the second copies.
+      net.network.down(c.peerId)
+      expect(await a.coordinator.networkRowCounts()).toEqual({ tables: { patient_records: 60, medical_history: 25 }, complete: true, unanswered: [c.peerId] })
+      // Once it is marked down it is not even asked.
+      c.membership.stop()
+      await waitFor('the stopped member to be marked down', () => a.membership.stateOf(c.peerId) === 'down', 10_000)
+      expect(await a.coordinator.networkRowCounts()).toEqual({ tables: { patient_records: 60, medical_history: 25 }, complete: true, unanswered: [] })
+
+      // With both other owners of some ranges silent, those ranges are not counted: the answer says it is incomplete.
+      net.network.down(b.peerId)
+      const partial = await a.coordinator.networkRowCounts()
+      expect(partial.complete).toBe(false)
+      expect(partial.unanswered).toEqual([b.peerId])
+      expect(partial.tables.patient_records ?? 0).toBeLessThan(60)
+    } finally {
+      await net.stop()
+    }
+  })
+
+  it('a count message names well-formed token ranges only', () => {
+    expect(parseReplicaMessage({ type: 'count', ranges: [['0000000000000000', TOP]] })).toEqual({ type: 'count', ranges: [['0000000000000000', TOP]] })
+    for (const ranges of [undefined, 'x', [['0000000000000001', '0000000000000000']], [['zz', TOP]], [['0000000000000000']], Array.from({ length: 5000 }, () => ['0000000000000000', TOP])]) {
+      expect(() => parseReplicaMessage({ type: 'count', ranges }), JSON.stringify(ranges)?.slice(0, 60)).toThrow(/count/)
+    }
+  })
+})
