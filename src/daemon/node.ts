@@ -92,8 +92,8 @@ export class NtsoekheNode {
   private readonly listeners: HttpListener[] = []
   /** Where the console and `GET /metrics` are served over HTTP, when configured */
   readonly urls: { console?: string, metrics?: string } = {}
-  /** The last network-wide row count and when it was asked for: status polled often reuses it briefly */
-  private networkRows?: { at: number, counts: Promise<NetworkRowCounts> }
+  /** The last network-wide row count, when it was asked for and this node's commits then: status polled often reuses it briefly */
+  private networkRows?: { at: number, commits: number, counts: Promise<NetworkRowCounts> }
   /** Event-loop delay: a stalled loop delays every request the node serves */
   private readonly loopDelay = monitorEventLoopDelay({ resolution: 10 })
 
@@ -306,12 +306,17 @@ export class NtsoekheNode {
     }
   }
 
-  /** Rows per table across the network; one count serves every status asked within 2 s */
+  /**
+   * Rows per table across the network. One count serves every status asked
+   * within a second (a progress bar polls status four times a second), unless
+   * this node committed something since.
+   */
   private async networkRowCounts (): Promise<NetworkRowCounts> {
     const now = Date.now()
-    if (this.networkRows === undefined || now - this.networkRows.at > 2000) {
+    const commits = (this.store as Store).commits.batches
+    if (this.networkRows === undefined || now - this.networkRows.at > 1000 || this.networkRows.commits !== commits) {
       const counts = (this.coordinator as DistributedCoordinator).networkRowCounts()
-      this.networkRows = { at: now, counts }
+      this.networkRows = { at: now, commits, counts }
       // A failed count is not kept: the next status asks again.
       counts.catch(() => { if (this.networkRows?.counts === counts) this.networkRows = undefined })
     }
