@@ -248,6 +248,45 @@ describe('the console in headless Chromium', () => {
   }, 60_000)
 })
 
+describe('a second member', () => {
+  it('joins: the console draws two arcs, and rows are counted once across both daemons', async () => {
+    const invite = json(await cli(['invite', '--json'], { home: daemon.home })).invite as string
+    const second = await startDaemon({ args: ['--replicas', '1', '--join', invite] })
+    try {
+      const secondId = json(await cli(['id', '--json'], { home: second.home, token })).peerId as string
+      // With N=1 each record lives on one of the two: the network count stays 3 on either node once they settle.
+      const settled = await waitForValue('both daemons to see two members and hold three patient rows between them', async () => {
+        const a = json(await cli(['status', '--json'], { home: daemon.home }))
+        const b = json(await cli(['status', '--json'], { home: second.home, token }))
+        const held = (a.storage.rows.patient_records ?? 0) + (b.storage.rows.patient_records ?? 0)
+        return a.members.length === 2 && b.members.length === 2 && held === 3 && a.networkRows.tables.patient_records === 3 && b.networkRows.tables.patient_records === 3 ? { a, b } : undefined
+      }, 60_000)
+      expect(settled.a.networkRows.complete).toBe(true)
+      expect(settled.a.storage.rows.patient_records ?? 0).toBeLessThanOrEqual(3)
+
+      const browser = await chromium.launch({ executablePath: CHROMIUM, args: ['--headless', '--no-sandbox'] })
+      try {
+        const page = await browser.newPage()
+        page.setDefaultTimeout(PAGE_TIMEOUT)
+        await page.goto(`http://127.0.0.1:${consolePort}/`)
+        await page.locator('#token').fill(token)
+        await page.locator('#login-form button[type=submit]').click()
+        await page.locator(`#members tr[data-peer="${secondId}"]`).waitFor()
+        await page.locator(`#ring svg .ring-arc[data-peer="${secondId}"]`).waitFor()
+        expect(await page.locator('#ring svg .ring-arc').count()).toBe(2)
+        // Two arcs whose shares add up to the whole ring.
+        const shares = await page.locator('#members tbody tr td:nth-child(4)').allTextContents()
+        expect(shares.map(x => parseFloat(x)).reduce((a, b) => a + b, 0)).toBeCloseTo(100, 0)
+        expect(await page.locator('#row-counts tr[data-table="patient_records"] td').nth(1).textContent()).toBe('3')
+      } finally {
+        await browser.close()
+      }
+    } finally {
+      await second.stop()
+    }
+  }, 120_000)
+})
+
 describe('console and metrics addresses', () => {
   it('refuses a console off loopback without --console-remote, and names the flag of a port in use', async () => {
     const home = await makeHome()
