@@ -750,14 +750,28 @@ export class Store {
   async countRowsIn (ranges: ReadonlyArray<readonly [string, string]>): Promise<Record<string, number>> {
     this.checkOpen()
     const counts: Record<string, number> = {}
+    const sorted = [...ranges].sort((a, b) => a[0] < b[0] ? -1 : 1)
     for (const table of [...this.rowCounts.keys()].sort()) {
       if ((this.rowCounts.get(table) ?? 0) <= 0 || table.startsWith('_')) continue
       let n = 0
-      for (const [from, to] of ranges) {
-        // Tokens are fixed-width hex: the keys of tokens from..to sit between `from` and the token after `to`.
-        const next = BigInt('0x' + to) + 1n
-        const end = next >> BigInt(from.length * 4) === 0n ? table + SEP + next.toString(16).padStart(from.length, '0') : table + String.fromCharCode(SEP.charCodeAt(0) + 1)
-        for await (const _ of this.tables.keys({ gte: table + SEP + from, lt: end })) n++
+      // One iterator a table, moved to each range's start: far cheaper than an iterator a range.
+      const iterator = this.tables.keys({ gte: table + SEP, lt: table + String.fromCharCode(SEP.charCodeAt(0) + 1) })
+      try {
+        for (const [from, to] of sorted) {
+          // Tokens are fixed-width hex: the keys of tokens from..to sit between `from` and the token after `to`.
+          const next = BigInt('0x' + to) + 1n
+          const end = next >> BigInt(from.length * 4) === 0n ? table + SEP + next.toString(16).padStart(from.length, '0') : table + String.fromCharCode(SEP.charCodeAt(0) + 1)
+          iterator.seek(table + SEP + from)
+          // Small reads first: a range past its end costs what was read beyond it.
+          for (let size = 32; ; size = Math.min(size * 2, 1024)) {
+            const keys = await iterator.nextv(size)
+            const inside = keys.findIndex(k => k >= end)
+            n += inside < 0 ? keys.length : inside
+            if (inside >= 0 || keys.length === 0) break
+          }
+        }
+      } finally {
+        await iterator.close()
       }
       if (n > 0) counts[table] = n
     }
