@@ -18,7 +18,7 @@ import { readFile } from 'node:fs/promises'
 import type { FastifyInstance } from 'fastify'
 import { NtsoekheError, ValidationError } from '../errors/index.js'
 import type { NodeMetrics } from './metrics.js'
-import type { HostPort } from './address.js'
+import { isLoopback, type HostPort } from './address.js'
 
 /** How a listener was configured: its flag and config key, named in errors */
 export interface ListenerNames { flag: string, key: string }
@@ -101,7 +101,13 @@ export async function startConsoleServer (at: HostPort, api: FastifyInstance): P
   const dir = new URL('../../console/', import.meta.url)
   for (const [path, a] of Object.entries(ASSETS)) assets.set(path, { body: await readFile(new URL(a.file, dir)), type: a.type })
 
+  const loopback = isLoopback(at.host)
   const server = createServer((req, res) => {
+    // A page of another site whose name was pointed at 127.0.0.1 (DNS rebinding) names its own host: refused.
+    if (loopback && !loopbackHost(req.headers.host)) {
+      plain(res, 421, 'The console answers to localhost, 127.0.0.1 and [::1] only\n')
+      return
+    }
     serveConsole(req, res, api, assets).catch((err: unknown) => { plain(res, 500, `console failed: ${(err as Error).message}\n`) })
   })
   await listen(server, at, { flag: '--console', key: 'monitoring.console' })
@@ -141,6 +147,13 @@ async function serveConsole (req: IncomingMessage, res: ServerResponse, api: Fas
   })
   res.writeHead(answer.statusCode, { ...PAGE_HEADERS, 'content-type': String(answer.headers['content-type'] ?? 'application/json; charset=utf-8') })
   res.end(req.method === 'HEAD' ? undefined : answer.rawPayload)
+}
+
+/** Whether a Host header names this machine by a loopback name or address (any port: an SSH tunnel may forward another) */
+function loopbackHost (host: string | undefined): boolean {
+  if (host === undefined) return false
+  const name = host.startsWith('[') ? host.slice(1, host.indexOf(']')) : host.replace(/:\d+$/, '')
+  return isLoopback(name.toLowerCase())
 }
 
 function plain (res: ServerResponse, status: number, text: string, headers: Record<string, string> = {}): void {

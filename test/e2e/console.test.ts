@@ -30,14 +30,14 @@ async function freePort (): Promise<number> {
 interface Answer { status: number, headers: Record<string, string | string[] | undefined>, body: string }
 
 /** One HTTP request, to a TCP port or the daemon's socket */
-async function http (target: { port: number } | { socketPath: string }, path: string, options: { method?: string, token?: string } = {}): Promise<Answer> {
+async function http (target: { port: number } | { socketPath: string }, path: string, options: { method?: string, token?: string, host?: string } = {}): Promise<Answer> {
   return await new Promise((resolve, reject) => {
     const req = request({
       ...('port' in target ? { host: '127.0.0.1', port: target.port } : { socketPath: target.socketPath }),
       path,
       method: options.method ?? 'GET',
       timeout: 15_000,
-      headers: options.token === undefined ? {} : { authorization: `Bearer ${options.token}` }
+      headers: { ...(options.token === undefined ? {} : { authorization: `Bearer ${options.token}` }), ...(options.host === undefined ? {} : { host: options.host }) }
     }, res => {
       let body = ''
       res.setEncoding('utf8').on('data', (s: string) => { body += s })
@@ -145,6 +145,11 @@ describe('the console over HTTP', () => {
     expect((await http({ port: consolePort }, '/api/v1/users', { token })).status).toBe(404)
     expect((await http({ port: consolePort }, '/api/v1/tables/patient_records/rows/9101', { token })).status).toBe(404)
     expect((await http({ port: consolePort }, '/api/v1/invite', { token })).status).toBe(404)
+
+    // A site whose name points at 127.0.0.1 (DNS rebinding) is not this console; a tunnel's other port is.
+    expect((await http({ port: consolePort }, '/', { host: `evil.example:${consolePort}` })).status).toBe(421)
+    expect((await http({ port: consolePort }, '/api/v1/status', { host: 'localhost:8080', token })).status).toBe(200)
+    expect((await http({ port: consolePort }, '/', { host: '[::1]:4180' })).status).toBe(200)
   })
 })
 
