@@ -16,6 +16,12 @@ export interface DaemonFlags {
   replicas?: number
   writeQuorum?: number
   readQuorum?: number
+  /** `--console <host:port>`: serve the web console there (monitoring.console) */
+  console?: string
+  /** `--console-remote`: allow the console on a non-loopback address (monitoring.consoleRemote) */
+  consoleRemote?: boolean
+  /** `--metrics-listen <host:port>`: serve `GET /metrics` there (monitoring.metricsListen) */
+  metricsListen?: string
   logLevel?: string
   /** `--join <invite>`: store the network key the invite carries and join through its addresses */
   join?: string
@@ -27,12 +33,6 @@ export interface DaemonFlags {
   securityOff?: boolean
   /** `--test`: this daemon is a test or benchmark subject */
   test?: boolean
-  /** `--console <host:port>`: serve the web console there (monitoring.console) */
-  console?: string
-  /** `--console-remote`: allow the console on a non-loopback address (monitoring.consoleRemote) */
-  consoleRemote?: boolean
-  /** `--metrics-listen <host:port>`: serve `GET /metrics` there (monitoring.metricsListen) */
-  metricsListen?: string
 }
 
 /**

@@ -191,11 +191,12 @@ export function checkConfig (config: Config, where = 'config'): void {
   if (!Number.isSafeInteger(buffer) || buffer < 1 || buffer > 1024) {
     throw new ValidationError(`${where}: storage.writeBufferMb must be an integer from 1 to 1024 (MiB)`)
   }
-  checkMonitoring(config, where)
   const m = config.membership
   if (!(m.heartbeatMs > 0 && m.suspectAfterMs > m.heartbeatMs && m.downAfterMs >= m.suspectAfterMs)) {
     throw new ValidationError(`${where}: membership needs 0 < heartbeatMs < suspectAfterMs <= downAfterMs`)
   }
+
+  checkMonitoring(config, where)
 }
 
 /** The console and metrics addresses parse, and a console off loopback was asked for in so many words */

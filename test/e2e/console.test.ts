@@ -158,8 +158,8 @@ describe('the console in headless Chromium', () => {
 
   beforeAll(async () => {
     if (!existsSync(CHROMIUM)) throw new Error(`${CHROMIUM} is missing: install Debian's chromium (apt-get install -y chromium); .ci/run does`)
-    browser = await chromium.launch({ executablePath: CHROMIUM, args: ['--headless', '--no-sandbox'] })
-  }, 60_000)
+    browser = await chromium.launch({ executablePath: CHROMIUM, args: ['--headless', '--no-sandbox'], timeout: 90_000 })
+  }, 120_000)
 
   afterAll(async () => {
     await browser?.close()
@@ -269,7 +269,7 @@ describe('a second member', () => {
       expect(settled.a.networkRows.complete).toBe(true)
       expect(settled.a.storage.rows.patient_records ?? 0).toBeLessThanOrEqual(3)
 
-      const browser = await chromium.launch({ executablePath: CHROMIUM, args: ['--headless', '--no-sandbox'] })
+      const browser = await chromium.launch({ executablePath: CHROMIUM, args: ['--headless', '--no-sandbox'], timeout: 90_000 })
       try {
         const page = await browser.newPage()
         page.setDefaultTimeout(PAGE_TIMEOUT)
@@ -289,7 +289,7 @@ describe('a second member', () => {
     } finally {
       await second.stop()
     }
-  }, 120_000)
+  }, 240_000)
 })
 
 describe('console and metrics addresses', () => {
