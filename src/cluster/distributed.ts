@@ -10,12 +10,13 @@ import { ApplyBatcher, chunkBy, chunkGroups, MAX_ENTRIES_PER_MESSAGE, resultOk }
 import type { ClusterStatus, Consistency, Coordinator, GroupOutcome, InsertOutcome, Mutation, RequestOptions, ScanPage, ScanRequest, WriteResult } from './coordinator.js'
 import { mergeStates, missingHeads } from './merge.js'
 import type { Membership } from './membership.js'
-import { AUDIT_TABLE, MAX_COUNT_RANGES, checkEntry, checkScanPage, checkState, parseReplicaMessage, type ReplicaMessage } from './messages.js'
+import { AUDIT_TABLE, checkEntry, checkScanPage, checkState, parseReplicaMessage, type ReplicaMessage } from './messages.js'
 import { recallWrites } from './idempotency.js'
 import { mutationKey, orderGroups, orderMutations } from './mutations.js'
 import { HashRing } from './ring.js'
 import { tokenOf } from './token.js'
 import type { PeerTransport } from './transport.js'
+import { MAX_COUNT_RANGES } from './messages.js'
 
 export interface DistributedCoordinatorComponents {
   store: Store
@@ -371,6 +372,57 @@ export class DistributedCoordinator implements Coordinator {
   rebalanceStatus (): RebalanceStatus {
     const pending = this.rebalanceTimer !== undefined || this.rebalancing !== undefined
     return this.lastRebalance === undefined ? { pending } : { pending, last: this.lastRebalance }
+  }
+
+  /**
+   * Live rows per table across the network, each record counted once: the
+   * token space is cut into ranges (this node's ring), and each range is
+   * counted on one of its owners, the first that is not down. A member that
+   * does not answer has its ranges counted on their next owners, from the
+   * copies those hold; a range none of its owners counted leaves the result
+   * incomplete (`complete: false`).
+   */
+  async networkRowCounts (): Promise<NetworkRowCounts> {
+    const tables: Record<string, number> = {}
+    const unanswered = new Set<string>()
+    let pending = this.ring.ranges(this.replicas).map(r => ({ ...r, next: 0 }))
+    let uncounted = 0
+    while (pending.length > 0) {
+      const byPeer = new Map<string, typeof pending>()
+      for (const r of pending) {
+        while (r.next < r.owners.length && (unanswered.has(r.owners[r.next] as string) || this.c.membership.stateOf(r.owners[r.next] as string) === 'down')) r.next++
+        const owner = r.owners[r.next]
+        if (owner === undefined) { uncounted++; continue }
+        byPeer.set(owner, [...(byPeer.get(owner) ?? []), r])
+      }
+      pending = []
+      await Promise.all([...byPeer].map(async ([peer, ranges]) => {
+        try {
+          const counts = await this.countOn(peer, mergeRanges(ranges))
+          for (const [table, n] of Object.entries(counts)) tables[table] = (tables[table] ?? 0) + n
+        } catch (err) {
+          if (!isNoAnswer(err)) throw err
+          this.c.log?.('row count on %s failed (%s): its ranges go to their next owners', peer, (err as Error).message)
+          unanswered.add(peer)
+          pending.push(...ranges)
+        }
+      }))
+    }
+    const sorted = Object.fromEntries(Object.entries(tables).sort((a, b) => a[0] < b[0] ? -1 : 1))
+    return { tables: sorted, complete: uncounted === 0, unanswered: [...unanswered].sort() }
+  }
+
+  /** Rows per table in `ranges` as `peer` holds them (this node's store for itself), MAX_COUNT_RANGES a message */
+  private async countOn (peer: string, ranges: Array<[string, string]>): Promise<Record<string, number>> {
+    const total: Record<string, number> = {}
+    for (let i = 0; i < ranges.length; i += MAX_COUNT_RANGES) {
+      const chunk = ranges.slice(i, i + MAX_COUNT_RANGES)
+      const counts = peer === this.c.peerId
+        ? await this.c.store.countRowsIn(chunk)
+        : checkCounts(await this.c.transport.request(peer, 'replica', { type: 'count', ranges: chunk }, { timeout: this.timeoutMs }))
+      for (const [table, n] of Object.entries(counts)) total[table] = (total[table] ?? 0) + n
+    }
+    return total
   }
 
   /** The key's owners, in preference order: N of them, or every member for global tables */
@@ -876,57 +928,6 @@ export class DistributedCoordinator implements Coordinator {
     return more && last !== undefined ? { rows, next: last.position } : { rows }
   }
 
-  /**
-   * Live rows per table across the network, each record counted once: the
-   * token space is cut into ranges (this node's ring), and each range is
-   * counted on one of its owners, the first that is not down. A member that
-   * does not answer has its ranges counted on their next owners, from the
-   * copies those hold; a range none of its owners counted leaves the result
-   * incomplete (`complete: false`).
-   */
-  async networkRowCounts (): Promise<NetworkRowCounts> {
-    const tables: Record<string, number> = {}
-    const unanswered = new Set<string>()
-    let pending = this.ring.ranges(this.replicas).map(r => ({ ...r, next: 0 }))
-    let uncounted = 0
-    while (pending.length > 0) {
-      const byPeer = new Map<string, typeof pending>()
-      for (const r of pending) {
-        while (r.next < r.owners.length && (unanswered.has(r.owners[r.next] as string) || this.c.membership.stateOf(r.owners[r.next] as string) === 'down')) r.next++
-        const owner = r.owners[r.next]
-        if (owner === undefined) { uncounted++; continue }
-        byPeer.set(owner, [...(byPeer.get(owner) ?? []), r])
-      }
-      pending = []
-      await Promise.all([...byPeer].map(async ([peer, ranges]) => {
-        try {
-          const counts = await this.countOn(peer, mergeRanges(ranges))
-          for (const [table, n] of Object.entries(counts)) tables[table] = (tables[table] ?? 0) + n
-        } catch (err) {
-          if (!isNoAnswer(err)) throw err
-          this.c.log?.('row count on %s failed (%s): its ranges go to their next owners', peer, (err as Error).message)
-          unanswered.add(peer)
-          pending.push(...ranges)
-        }
-      }))
-    }
-    const sorted = Object.fromEntries(Object.entries(tables).sort((a, b) => a[0] < b[0] ? -1 : 1))
-    return { tables: sorted, complete: uncounted === 0, unanswered: [...unanswered].sort() }
-  }
-
-  /** Rows per table in `ranges` as `peer` holds them (this node's store for itself), MAX_COUNT_RANGES a message */
-  private async countOn (peer: string, ranges: Array<[string, string]>): Promise<Record<string, number>> {
-    const total: Record<string, number> = {}
-    for (let i = 0; i < ranges.length; i += MAX_COUNT_RANGES) {
-      const chunk = ranges.slice(i, i + MAX_COUNT_RANGES)
-      const counts = peer === this.c.peerId
-        ? await this.c.store.countRowsIn(chunk)
-        : checkCounts(await this.c.transport.request(peer, 'replica', { type: 'count', ranges: chunk }, { timeout: this.timeoutMs }))
-      for (const [table, n] of Object.entries(counts)) total[table] = (total[table] ?? 0) + n
-    }
-    return total
-  }
-
   async status (): Promise<ClusterStatus> {
     const members = this.c.membership.members()
     const live = this.c.membership.liveMembers().length
@@ -953,6 +954,8 @@ export class DistributedCoordinator implements Coordinator {
       throw new ForbiddenError(`${from} has left the network: it may only hand over what it holds`)
     }
     switch (msg.type) {
+      case 'count':
+        return { tables: await this.c.store.countRowsIn(msg.ranges) }
       case 'write':
         return await this.coordinateWrite(msg.mutations, msg.consistency, msg.retry === true)
       case 'writeGroups':
@@ -992,8 +995,6 @@ export class DistributedCoordinator implements Coordinator {
         return { versions: await this.c.store.versions(msg.table, msg.token, msg.id) }
       case 'scan':
         return await this.c.store.scan(msg.table, { where: msg.where, limit: msg.limit, ...(msg.after === undefined ? {} : { after: msg.after }), ...(msg.token === undefined ? {} : { token: msg.token }) })
-      case 'count':
-        return { tables: await this.c.store.countRowsIn(msg.ranges) }
       case 'purge': {
         this.c.clock.observe(msg.version)
         const held = await this.c.store.purge({ table: msg.table, id: msg.id, token: msg.token, version: msg.version, time: Date.now() })
@@ -1092,29 +1093,6 @@ function chunkOutgoing<T extends { state: RecordState, versions: VersionEntry[] 
   ])
 }
 
-/** Token ranges as `[from, to]` pairs, sorted, adjacent ones joined */
-function mergeRanges (ranges: ReadonlyArray<{ from: string, to: string }>): Array<[string, string]> {
-  const out: Array<[string, string]> = []
-  for (const r of [...ranges].sort((a, b) => a.from < b.from ? -1 : 1)) {
-    const last = out[out.length - 1]
-    if (last !== undefined && BigInt('0x' + last[1]) + 1n === BigInt('0x' + r.from)) last[1] = r.to
-    else out.push([r.from, r.to])
-  }
-  return out
-}
-
-/** A peer's answer to `count`: table names and non-negative integer counts */
-function checkCounts (reply: unknown): Record<string, number> {
-  const tables = (reply as { tables?: unknown } | null)?.tables
-  if (tables === null || typeof tables !== 'object' || Array.isArray(tables)) throw new InvalidMessageError('replica: malformed count reply')
-  const out: Record<string, number> = {}
-  for (const [table, n] of Object.entries(tables as Record<string, unknown>)) {
-    if (!Number.isSafeInteger(n) || (n as number) < 0 || table.length > 100) throw new InvalidMessageError('replica: malformed count reply')
-    out[table] = n as number
-  }
-  return out
-}
-
 /** A peer's answer to `read`, checked before it is merged or repaired into this node's store */
 function readReply (reply: unknown, expect: { table: string, id: string, token: string }): RecordState | undefined {
   const state = (reply as { state?: unknown } | null)?.state
@@ -1134,6 +1112,29 @@ function historyReply (reply: unknown, table: string, id: string): VersionEntry[
 
 function errorBody (err: unknown): { code: string, message: string, column?: string } {
   return err instanceof NtsoekheError ? err.toJSON() : { code: 'INTERNAL', message: (err as Error)?.message ?? String(err) }
+}
+
+/** `[from, to)` token ranges as pairs, sorted, touching ones joined */
+function mergeRanges (ranges: ReadonlyArray<{ from: string, to: string }>): Array<[string, string]> {
+  const out: Array<[string, string]> = []
+  for (const r of [...ranges].sort((a, b) => a.from < b.from ? -1 : 1)) {
+    const last = out[out.length - 1]
+    if (last !== undefined && last[1] === r.from && r.from !== '') last[1] = r.to
+    else out.push([r.from, r.to])
+  }
+  return out
+}
+
+/** A peer's answer to `count`: table names and non-negative integer counts */
+function checkCounts (reply: unknown): Record<string, number> {
+  const tables = (reply as { tables?: unknown } | null)?.tables
+  if (tables === null || typeof tables !== 'object' || Array.isArray(tables)) throw new InvalidMessageError('replica: malformed count reply')
+  const out: Record<string, number> = {}
+  for (const [table, n] of Object.entries(tables as Record<string, unknown>)) {
+    if (!Number.isSafeInteger(n) || (n as number) < 0 || table.length > 100) throw new InvalidMessageError('replica: malformed count reply')
+    out[table] = n as number
+  }
+  return out
 }
 
 /** Errors that mean "this peer did not answer", as opposed to a refusal the caller must see */

@@ -29,6 +29,8 @@ export const MAX_COUNT_RANGES = 4096
 export const MAX_KNOWN_VERSIONS = 1_000_000
 
 export type ReplicaMessage =
+  /** Live rows per table in these `[from, to)` token ranges (HashRing.ranges), counted by the asker's ring */
+  | { type: 'count', ranges: Array<[string, string]> }
   | { type: 'write', mutations: Mutation[], consistency?: Consistency, retry?: boolean }
   | { type: 'writeGroups', groups: Mutation[][], consistency?: Consistency }
   | { type: 'apply', groups: VersionEntry[][] }
@@ -37,8 +39,6 @@ export type ReplicaMessage =
   | { type: 'history', table: string, id: string, token: string }
   | { type: 'scan', table: string, where: Record<string, string | number | null>, after?: string, token?: string, limit: number }
   | { type: 'purge', table: string, id: string, token: string, version: string }
-  /** Live rows per table in these inclusive token ranges (the asker's view of this member's primary ranges) */
-  | { type: 'count', ranges: Array<[string, string]> }
 
 const TOKEN_RE = /^[0-9a-f]{16}$/
 const ID_RE = /^-?\d+(:-?\d+)*$/
@@ -178,6 +178,11 @@ function oneShard (mutations: Mutation[]): Mutation[] {
   return mutations
 }
 
+/** A bound of a `[from, to)` token range: '' (an end of the token space), a token, or a token and NUL (just after it) */
+function isRangeBound (b: unknown): b is string {
+  return typeof b === 'string' && (b === '' || TOKEN_RE.test(b.endsWith('\u0000') ? b.slice(0, -1) : b))
+}
+
 function withConsistency<M extends { type: 'write' | 'writeGroups' }> (msg: M, consistency: unknown): M & { consistency?: Consistency } {
   if (consistency === undefined) return msg
   if (!CONSISTENCY_LEVELS.includes(consistency as Consistency)) bad('unknown consistency')
@@ -189,6 +194,16 @@ export function parseReplicaMessage (msg: unknown): ReplicaMessage {
   const m = msg as Record<string, unknown>
   if (m === null || typeof m !== 'object') bad('message must be an object')
   switch (m.type) {
+    case 'count': {
+      if (!Array.isArray(m.ranges) || m.ranges.length > MAX_COUNT_RANGES) bad(`count needs at most ${MAX_COUNT_RANGES} ranges`)
+      const ranges = m.ranges.map(r => {
+        if (!Array.isArray(r) || r.length !== 2 || !r.every(isRangeBound)) bad('malformed count range')
+        const [from, to] = r as [string, string]
+        if (from !== '' && to !== '' && from >= to) bad('malformed count range')
+        return [from, to] as [string, string]
+      })
+      return { type: 'count', ranges }
+    }
     case 'write': {
       if (!Array.isArray(m.mutations) || m.mutations.length === 0 || m.mutations.length > MAX_ENTRIES) bad('write needs 1 to 10000 mutations')
       const mutations = oneShard(m.mutations.map(checkMutation))
@@ -232,14 +247,6 @@ export function parseReplicaMessage (msg: unknown): ReplicaMessage {
       if (m.after !== undefined && (typeof m.after !== 'string' || m.after.length > 300)) bad('malformed cursor')
       if (m.token !== undefined && (typeof m.token !== 'string' || !TOKEN_RE.test(m.token))) bad('malformed scan token')
       return { type: 'scan', table, where: where as Record<string, string | number | null>, limit: m.limit as number, ...(m.after === undefined ? {} : { after: m.after as string }), ...(m.token === undefined ? {} : { token: m.token as string }) }
-    }
-    case 'count': {
-      if (!Array.isArray(m.ranges) || m.ranges.length > MAX_COUNT_RANGES) bad(`count needs at most ${MAX_COUNT_RANGES} ranges`)
-      const ranges = m.ranges.map(r => {
-        if (!Array.isArray(r) || r.length !== 2 || typeof r[0] !== 'string' || typeof r[1] !== 'string' || !TOKEN_RE.test(r[0]) || !TOKEN_RE.test(r[1]) || r[0] > r[1]) bad('malformed count range')
-        return [r[0], r[1]] as [string, string]
-      })
-      return { type: 'count', ranges }
     }
     default:
       bad(`unknown message type ${JSON.stringify(m.type)?.slice(0, 40)}`)

@@ -90,6 +90,29 @@ export class HashRing implements Placement {
     return out
   }
 
+  /**
+   * The token space cut into [from, to) ranges (`to` '' for the ring's end),
+   * each with its first `n` distinct members: neighbouring arcs with the
+   * same members are one range. A point belongs to the arc that ends at it.
+   */
+  ranges (n: number): Array<{ from: string, to: string, owners: string[] }> {
+    const total = this.points.length
+    if (total === 0) return []
+    const out: Array<{ from: string, to: string, owners: string[] }> = []
+    const push = (from: string, to: string, owners: string[]): void => {
+      const last = out[out.length - 1]
+      if (last !== undefined && last.to === from && sameSet(last.owners, owners)) last.to = to
+      else out.push({ from, to, owners })
+    }
+    // Tokens are fixed-length hex: t > p exactly when t >= p + '\u0000'.
+    push('', (this.points[0] as string) + '\u0000', this.preferenceList(this.points[0] as string, n))
+    for (let i = 1; i < total; i++) {
+      push((this.points[i - 1] as string) + '\u0000', (this.points[i] as string) + '\u0000', this.preferenceList(this.points[i] as string, n))
+    }
+    push((this.points[total - 1] as string) + '\u0000', '', this.preferenceList(this.points[0] as string, n))
+    return out
+  }
+
   /** Each member's fraction of the token space (as primary owner) */
   shares (): Map<string, number> {
     const shares = new Map<string, number>()
@@ -104,37 +127,6 @@ export class HashRing implements Placement {
     }
     return shares
   }
-
-  /**
-   * The token space as inclusive `[from, to]` ranges, one per point (the
-   * range that wraps past the top split in two), each with its preference
-   * list of `n` owners. Together they cover the token space exactly once, so
-   * counting each range once on one of its owners counts every record once.
-   */
-  ranges (n: number): TokenRange[] {
-    const total = this.points.length
-    if (total === 0) return []
-    const out: TokenRange[] = []
-    const push = (from: bigint, to: bigint, point: string): void => {
-      if (from <= to) out.push({ from: tokenHex(from), to: tokenHex(to), owners: this.preferenceList(point, n) })
-    }
-    // A token belongs to the first point at or after it: point i owns (point i-1, point i].
-    const first = this.points[0] as string
-    push(0n, BigInt('0x' + first), first)
-    for (let i = 1; i < total; i++) {
-      push(BigInt('0x' + (this.points[i - 1] as string)) + 1n, BigInt('0x' + (this.points[i] as string)), this.points[i] as string)
-    }
-    // Tokens after the last point wrap around to the first point's owners.
-    push(BigInt('0x' + (this.points[total - 1] as string)) + 1n, (1n << BigInt(TOKEN_HEX * 4)) - 1n, first)
-    return out
-  }
-}
-
-/** A range of ring tokens, bounds included, and the members that own it, in preference order */
-export interface TokenRange {
-  from: string
-  to: string
-  owners: string[]
 }
 
 /** Where keys live: the ring, or any other strategy with the same answer shape */
@@ -158,8 +150,8 @@ function lowerBound (sorted: string[], token: string): number {
   return lo
 }
 
-function tokenHex (n: bigint): string {
-  return n.toString(16).padStart(TOKEN_HEX, '0')
+function sameSet (a: string[], b: string[]): boolean {
+  return a.length === b.length && a.every(x => b.includes(x))
 }
 
 function tokenNumber (token: string): number {

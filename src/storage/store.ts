@@ -742,26 +742,29 @@ export class Store {
   }
 
   /**
-   * Live rows per table whose token lies in one of `ranges` (inclusive
-   * `[from, to]` token pairs): a count over key ranges of the table list,
-   * reading no record. Tables with no row there, and internal tables
-   * (named `_…`: locators, unique claims, audit entries), are left out.
+   * Live rows per table whose token lies in one of `ranges`, `[from, to)`
+   * pairs as the ring gives them (see HashRing.ranges: '' for either end of
+   * the token space, a token followed by NUL for "after this token"): a count
+   * over key ranges of the table list, reading no record. Tables with no row
+   * there, and internal tables (named `_…`: locators, unique claims, audit
+   * entries), are left out.
    */
   async countRowsIn (ranges: ReadonlyArray<readonly [string, string]>): Promise<Record<string, number>> {
     this.checkOpen()
     const counts: Record<string, number> = {}
     const sorted = [...ranges].sort((a, b) => a[0] < b[0] ? -1 : 1)
+    const after = String.fromCharCode(SEP.charCodeAt(0) + 1)
+    // A bound as a table-list key: the keys of token t are `<table>!t!<id>`, so "after t" is `<table>!t` + the character after `!`.
+    const bound = (table: string, b: string, open: string): string => b === '' ? open : b.endsWith('\u0000') ? table + SEP + b.slice(0, -1) + after : table + SEP + b
     for (const table of [...this.rowCounts.keys()].sort()) {
       if ((this.rowCounts.get(table) ?? 0) <= 0 || table.startsWith('_')) continue
       let n = 0
       // One iterator a table, moved to each range's start: far cheaper than an iterator a range.
-      const iterator = this.tables.keys({ gte: table + SEP, lt: table + String.fromCharCode(SEP.charCodeAt(0) + 1) })
+      const iterator = this.tables.keys({ gte: table + SEP, lt: table + after })
       try {
         for (const [from, to] of sorted) {
-          // Tokens are fixed-width hex: the keys of tokens from..to sit between `from` and the token after `to`.
-          const next = BigInt('0x' + to) + 1n
-          const end = next >> BigInt(from.length * 4) === 0n ? table + SEP + next.toString(16).padStart(from.length, '0') : table + String.fromCharCode(SEP.charCodeAt(0) + 1)
-          iterator.seek(table + SEP + from)
+          const end = bound(table, to, table + after)
+          iterator.seek(bound(table, from, table + SEP))
           // Small reads first: a range past its end costs what was read beyond it.
           for (let size = 32; ; size = Math.min(size * 2, 1024)) {
             const keys = await iterator.nextv(size)

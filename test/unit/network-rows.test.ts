@@ -6,45 +6,38 @@ import { createTestnet } from '../helpers/harness.js'
 import { waitFor } from '../helpers/wait.js'
 import { openLocalNode, patientRow, tempDir } from '../helpers/temp.js'
 
-const TOP = 'ffffffffffffffff'
-
 describe('row counts across the network', () => {
   it("the ring's ranges cover the token space once, each with the preference list of its tokens", () => {
     const ring = new HashRing({ vnodes: 32 })
     ring.setMembers(['a', 'b', 'c', 'd'].map(peerId => ({ peerId })))
     const all = ring.ranges(3)
-    expect(all[0]?.from).toBe('0000000000000000')
-    expect(all[all.length - 1]?.to).toBe(TOP)
-    for (let i = 1; i < all.length; i++) {
-      // Each range starts right after the previous one ends: no gap, no overlap.
-      expect(BigInt('0x' + (all[i]?.from as string)), `range ${i}`).toBe(BigInt('0x' + (all[i - 1]?.to as string)) + 1n)
-    }
-    const shares = ring.shares()
-    for (const peer of ['a', 'b', 'c', 'd']) {
-      const width = all.filter(r => r.owners[0] === peer).reduce((sum, r) => sum + Number(BigInt('0x' + r.to) - BigInt('0x' + r.from) + 1n), 0) / 2 ** 64
-      expect(width).toBeCloseTo(shares.get(peer) ?? 0, 6)
-    }
+    expect(all[0]?.from).toBe('')
+    expect(all[all.length - 1]?.to).toBe('')
+    // Each range starts where the previous one ends: no gap, no overlap.
+    for (let i = 1; i < all.length; i++) expect(all[i]?.from, `range ${i}`).toBe(all[i - 1]?.to)
     for (let i = 0; i < 2000; i++) {
       const token = tokenOf(`patient_id:${i}`)
-      const range = all.find(r => r.from <= token && token <= r.to)
-      expect(range?.owners, token).toEqual(ring.preferenceList(token, 3))
+      const range = all.find(r => (r.from === '' || r.from <= token) && (r.to === '' || token < r.to))
+      expect(new Set(range?.owners), token).toEqual(new Set(ring.preferenceList(token, 3)))
     }
     expect(new HashRing().ranges(3)).toEqual([])
   })
 
-  it('a store counts the live rows of token ranges, bounds included', async () => {
+  it('a store counts the live rows of [from, to) token ranges, as the ring writes their bounds', async () => {
     const dir = await tempDir('ntk-count-')
     const node = await openLocalNode(dir.path)
     try {
       for (let i = 1; i <= 40; i++) await node.db.insert('patient_records', patientRow(i))
       await node.db.delete('patient_records', '40')
-      expect(await node.store.countRowsIn([['0000000000000000', TOP]])).toEqual({ patient_records: 39 })
+      expect(await node.store.countRowsIn([['', '']])).toEqual({ patient_records: 39 })
       const tokens = Array.from({ length: 39 }, (_, i) => tokenOf(`patient_id:${i + 1}`)).sort()
       const lo = tokens[5] as string
       const hi = tokens[20] as string
-      // Inclusive at both ends: the rows whose tokens are lo and hi count.
-      expect(await node.store.countRowsIn([[lo, hi]])).toEqual({ patient_records: 16 })
-      expect(await node.store.countRowsIn([[lo, lo], [hi, hi]])).toEqual({ patient_records: 2 })
+      // A token as a bound is that token; a token and NUL is just after it.
+      expect(await node.store.countRowsIn([[lo, hi]])).toEqual({ patient_records: 15 })
+      expect(await node.store.countRowsIn([[lo + '\u0000', hi + '\u0000']])).toEqual({ patient_records: 15 })
+      expect(await node.store.countRowsIn([[lo, hi + '\u0000']])).toEqual({ patient_records: 16 })
+      expect(await node.store.countRowsIn([['', lo], [hi, '']])).toEqual({ patient_records: 5 + 19 })
       expect(await node.store.countRowsIn([])).toEqual({})
     } finally {
       await node.close()
@@ -87,8 +80,9 @@ describe('row counts across the network', () => {
   })
 
   it('a count message names well-formed token ranges only', () => {
-    expect(parseReplicaMessage({ type: 'count', ranges: [['0000000000000000', TOP]] })).toEqual({ type: 'count', ranges: [['0000000000000000', TOP]] })
-    for (const ranges of [undefined, 'x', [['0000000000000001', '0000000000000000']], [['zz', TOP]], [['0000000000000000']], Array.from({ length: 5000 }, () => ['0000000000000000', TOP])]) {
+    const ok = [['', ''], ['', '00000000000000ff\u0000'], ['00000000000000ff\u0000', ''], ['0000000000000001', '0000000000000002']]
+    expect(parseReplicaMessage({ type: 'count', ranges: ok })).toEqual({ type: 'count', ranges: ok })
+    for (const ranges of [undefined, 'x', [['0000000000000002', '0000000000000001']], [['zz', '']], [['']], [['0000000000000001\u0000\u0000', '']], Array.from({ length: 5000 }, () => ['', ''])]) {
       expect(() => parseReplicaMessage({ type: 'count', ranges }), JSON.stringify(ranges)?.slice(0, 60)).toThrow(/count/)
     }
   })
