@@ -4,6 +4,8 @@ import { CONSISTENCY_LEVELS, type Consistency, type RequestOptions } from '../cl
 import type { BatchOperation, Database } from '../query/database.js'
 import type { TableDef } from '../schema/index.js'
 import type { AccessEvent } from '../security/principal.js'
+import type { NodeMetrics } from '../observability/metrics.js'
+import { metricsRoutes } from './metrics.js'
 import { HIDDEN_COLUMNS, RIGHTS, assertWritable, cascadeTables, columnsFor, describeRoles, project } from '../security/rights.js'
 import type { UserDirectory } from '../security/users.js'
 import { isVersion } from '../storage/version.js'
@@ -12,8 +14,6 @@ import { auditRoute, type AuditReader } from './audit.js'
 import { toErrorResponse } from './errors.js'
 import { exportRoute } from './export.js'
 import { importStream, isAbort } from './import.js'
-import { metricsRoutes } from './metrics.js'
-import type { NodeMetrics } from '../observability/metrics.js'
 
 /** Largest JSON body the socket accepts (imports are streamed and exempt) */
 export const BODY_LIMIT = 1024 * 1024
@@ -26,6 +26,8 @@ const IDEMPOTENCY_KEY_RE = /^[A-Za-z0-9._~+/=:-]+$/
 
 export interface ApiComponents {
   db: Database
+  /** Counts every request and serves `GET /metrics` and `GET /v1/metrics/series` (see api/metrics.ts) */
+  metrics?: NodeMetrics
   /** Everything `GET /v1/status` reports */
   status: () => Promise<Record<string, unknown>>
   /** Extra read-only routes' data, e.g. peers and ring, added by the networked node */
@@ -45,8 +47,6 @@ export interface ApiComponents {
   /** The audit trail, served on `GET /v1/audit` (auditors and admins) */
   auditTrail?: AuditReader
   logger?: FastifyBaseLogger
-  /** Counts every request and serves `GET /metrics` and `GET /v1/metrics/series` (see api/metrics.ts) */
-  metrics?: NodeMetrics
 }
 
 export interface ApiInit {

@@ -232,6 +232,7 @@ export class NtsoekheNode {
     const users = this.users as UserDirectory
     this.api = createApi({
       db,
+      ...(this.metrics === undefined ? {} : { metrics: this.metrics }),
       ...(trail === undefined ? {} : { audit: (event: AccessEvent) => { trail.record(event) }, auditTrail: trail }),
       status: async () => await this.status(),
       extra: { peers: async () => await this.peers(), ring: async () => await this.ringView() },
@@ -247,8 +248,7 @@ export class NtsoekheNode {
             list: async () => await users.list(),
             revoke: async (name: string) => await users.revoke(name)
           },
-      logger: this.logger,
-      ...(this.metrics === undefined ? {} : { metrics: this.metrics })
+      logger: this.logger
     })
     await removeStaleSocket(this.socket)
     // Only the owner may use the socket: create it 0600 rather than chmod after the fact.
