@@ -1,6 +1,7 @@
 import { randomBytes } from 'node:crypto'
 import { ForbiddenError, InvalidMessageError, NtsoekheError, TimeoutError, UnavailableError } from '../errors/index.js'
 import { findTable } from '../schema/index.js'
+import { MAX_COUNT_RANGES } from './messages.js'
 import type { PurgeMarker, RecordState, Store, VersionEntry } from '../storage/store.js'
 import { winner } from '../storage/store.js'
 import type { HybridClock } from '../storage/version.js'
@@ -16,7 +17,6 @@ import { mutationKey, orderGroups, orderMutations } from './mutations.js'
 import { HashRing } from './ring.js'
 import { tokenOf } from './token.js'
 import type { PeerTransport } from './transport.js'
-import { MAX_COUNT_RANGES } from './messages.js'
 
 export interface DistributedCoordinatorComponents {
   store: Store
