@@ -306,4 +306,19 @@ describe('console and metrics addresses', () => {
     expect(malformed.code).toBe(2)
     expect(malformed.stderr).toMatch(/--console takes host:port/)
   }, 60_000)
+
+  it('with --console-remote binds the address given, and warns at start that it is plain HTTP; so does metrics off loopback', async () => {
+    const [c, m] = [await freePort(), await freePort()]
+    const remote = await startDaemon({ args: ['--console', `0.0.0.0:${c}`, '--console-remote', '--metrics-listen', `0.0.0.0:${m}`] })
+    try {
+      expect(remote.stdout()).toMatch(/console on a non-loopback address over plain HTTP/)
+      expect(remote.stdout()).toMatch(/metrics on a non-loopback address, over plain HTTP and without a token/)
+      // Bound as given (every address here), and no host check off loopback: a proxy may name the machine as it likes.
+      expect((await http({ port: c }, '/', { host: `clinic.example:${c}` })).status).toBe(200)
+      expect((await http({ port: c }, '/api/v1/status')).status).toBe(401)
+      expect((await http({ port: m }, '/metrics')).status).toBe(200)
+    } finally {
+      await remote.stop()
+    }
+  }, 60_000)
 })
