@@ -6,8 +6,9 @@ import { FieldCipher, isHashedIndexValue, SEALED_KEY } from './field-cipher.js'
 import { compareVersions } from './version.js'
 import { GroupCommitter, type BatchOp } from './group-commit.js'
 import { KeyedMutex } from './keyed-mutex.js'
+import { LEAVES, leafOf } from './range-summary.js'
 import { encodeIndexValue, recordKey, SEP } from './keys.js'
-import { LEAVES, leafOf, leafPrefix, RangeSummary, recordDigest } from './range-summary.js'
+import { leafPrefix, RangeSummary, recordDigest } from './range-summary.js'
 
 type Sub = AbstractSublevel<any, any, string, any>
 
