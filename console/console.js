@@ -3,6 +3,7 @@
 // reads. Every value is put in the page as text (never as HTML). The token
 // lives in this tab's sessionStorage and goes out only as an Authorization
 // header to this origin.
+/* global document, sessionStorage, Node */
 'use strict'
 
 const TOKEN_KEY = 'ntsoekhe-console-token'
@@ -26,7 +27,7 @@ async function api (path) {
   const t = token()
   if (t) headers.authorization = `Bearer ${t}`
   const res = await fetch(`/api${path}`, { headers, cache: 'no-store' })
-  let body = null
+  let body
   try { body = await res.json() } catch { body = null }
   if (!res.ok) {
     const err = new Error(body?.error?.message ?? `${res.status} ${res.statusText}`)
