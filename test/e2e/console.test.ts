@@ -78,7 +78,7 @@ afterAll(async () => {
 
 describe('metrics over HTTP', () => {
   it('serves GET /metrics on --metrics-listen without a token, and nothing else', async () => {
-    expect(daemon.stderr()).toContain(`metrics  http://127.0.0.1:${metricsPort}/metrics`)
+    await waitForValue('the ready banner to name the metrics address', async () => daemon.stderr().includes(`metrics  http://127.0.0.1:${metricsPort}/metrics`), 15_000)
     const res = await http({ port: metricsPort }, '/metrics')
     expect(res.status).toBe(200)
     expect(res.headers['content-type']).toMatch(/^text\/plain; version=0\.0\.4/)
@@ -117,7 +117,7 @@ describe('status across the network', () => {
 
 describe('the console over HTTP', () => {
   it('serves the page with a strict content policy, and data only to a token, through the socket API\'s rights', async () => {
-    expect(daemon.stderr()).toContain(`console  http://127.0.0.1:${consolePort}`)
+    await waitForValue('the ready banner to name the console address', async () => daemon.stderr().includes(`console  http://127.0.0.1:${consolePort}`), 15_000)
     const page = await http({ port: consolePort }, '/')
     expect(page.status).toBe(200)
     expect(page.headers['content-type']).toMatch(/^text\/html/)
@@ -311,8 +311,9 @@ describe('console and metrics addresses', () => {
     const [c, m] = [await freePort(), await freePort()]
     const remote = await startDaemon({ args: ['--console', `0.0.0.0:${c}`, '--console-remote', '--metrics-listen', `0.0.0.0:${m}`] })
     try {
-      expect(remote.stdout()).toMatch(/console on a non-loopback address over plain HTTP/)
-      expect(remote.stdout()).toMatch(/metrics on a non-loopback address, over plain HTTP and without a token/)
+      // The log lines travel through a pipe: they may land a moment after the socket answers.
+      await waitForValue('the daemon to warn that the console and metrics are plain HTTP off loopback', async () =>
+        /console on a non-loopback address over plain HTTP/.test(remote.stdout()) && /metrics on a non-loopback address, over plain HTTP and without a token/.test(remote.stdout()), 15_000)
       // Bound as given (every address here), and no host check off loopback: a proxy may name the machine as it likes.
       expect((await http({ port: c }, '/', { host: `clinic.example:${c}` })).status).toBe(200)
       expect((await http({ port: c }, '/api/v1/status')).status).toBe(401)
