@@ -23,7 +23,7 @@ export const MAX_PARENTS = 64
 export const MAX_SCAN_LIMIT = 1000
 /** Record states in one hand-off or repair message */
 export const MAX_STATES = 1000
-/** Token ranges one `count` message may name (a member's primary ranges: at most one more than its points) */
+/** Token ranges one `count` message may name (a member's share of the ring's ranges, with those of silent members it stands in for; more go in several messages) */
 export const MAX_COUNT_RANGES = 4096
 /** Versions a record state may list as seen or replaced */
 export const MAX_KNOWN_VERSIONS = 1_000_000
