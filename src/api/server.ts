@@ -4,6 +4,8 @@ import { CONSISTENCY_LEVELS, type Consistency, type RequestOptions } from '../cl
 import type { BatchOperation, Database } from '../query/database.js'
 import type { TableDef } from '../schema/index.js'
 import type { AccessEvent } from '../security/principal.js'
+import type { NodeMetrics } from '../observability/metrics.js'
+import { metricsRoutes } from './metrics.js'
 import { HIDDEN_COLUMNS, RIGHTS, assertWritable, cascadeTables, columnsFor, describeRoles, project } from '../security/rights.js'
 import type { UserDirectory } from '../security/users.js'
 import { isVersion } from '../storage/version.js'
@@ -28,6 +30,8 @@ const IDEMPOTENCY_KEY_RE = /^[A-Za-z0-9._~+/=:-]+$/
 
 export interface ApiComponents {
   db: Database
+  /** Counts every request and serves `GET /metrics` and `GET /v1/metrics/series` (see api/metrics.ts) */
+  metrics?: NodeMetrics
   /** Everything `GET /v1/status` reports */
   status: () => Promise<Record<string, unknown>>
   /** Extra read-only routes' data, e.g. peers and ring, added by the networked node */
@@ -114,6 +118,7 @@ export function createApi (components: ApiComponents, init: ApiInit = {}): Fasti
   })
   const trail = components.auditTrail
   installAccess(app, { auth: users, ...(components.audit === undefined ? {} : { audit: components.audit }), ...(trail === undefined ? {} : { auditReady: () => trail.accepting !== false }), bodyTimeoutMs: init.bodyTimeoutMs ?? BODY_TIMEOUT_MS, log: app.log })
+  if (components.metrics !== undefined) metricsRoutes(app, components.metrics)
   app.setNotFoundHandler((req, reply) => {
     void reply.status(404).send({ error: { code: 'NOT_FOUND', message: `No route ${req.method} ${req.url}` } })
   })

@@ -8,6 +8,7 @@ import { NtsoekheError } from '../errors/index.js'
 import { LOG_LEVELS, loadConfig, resolveHome, socketPath } from '../daemon/config.js'
 import { MAX_LIMIT } from '../query/limits.js'
 import { readAdminToken } from '../security/tokens.js'
+import { parseHostPort } from '../observability/address.js'
 import { renderObject, renderTable } from './format.js'
 import { UsageError } from './usage.js'
 import { VERSION } from '../version.js'
@@ -121,6 +122,9 @@ function buildProgram (io: Io, setCode: (c: number) => void, asked: Asked): Comm
     .option('--join <invite>', 'join the network of the member that printed this invite (ntsoekhe invite): stores its network key in the home')
     .option('--swarm-key <file>', 'network key file to use (network.pnetKeyFile); with --bootstrap, the manual way to join')
     .option('--open-network', 'run without a network key: any machine that reaches the port can join (network.open)')
+    .option('--console <host:port>', 'serve the read-only web console on this address, e.g. 127.0.0.1:4180 (monitoring.console; loopback only unless --console-remote)', hostPort('--console'))
+    .option('--console-remote', 'allow --console on a non-loopback address: plain HTTP, tokens and rows cross the network in clear (monitoring.consoleRemote)')
+    .option('--metrics-listen <host:port>', 'also serve GET /metrics (Prometheus, no token) on this address (monitoring.metricsListen)', hostPort('--metrics-listen'))
     .addOption(new Option('--security-off', 'no authentication, access rules, encryption at rest or audit trail: for benchmarks, accepted only with --test').hideHelp())
     .addOption(new Option('--test', 'this daemon is a test or benchmark subject').hideHelp())
     .addOption(new Option('--clock-offset-ms <ms>', "run this node's clock this many ms ahead of the machine's (negative: behind): for the chaos suite, accepted only with --test").argParser(signedInt).hideHelp())
@@ -494,6 +498,18 @@ function consistency (opts: GlobalOpts): { consistency?: 'one' | 'quorum' | 'all
 
 function collect (value: string, previous: string[]): string[] {
   return [...previous, value]
+}
+
+/** A commander parser for a `host:port` flag: a malformed one is a usage error (exit 2) */
+function hostPort (flag: string): (value: string) => string {
+  return value => {
+    try {
+      parseHostPort(value, flag)
+    } catch (err) {
+      throw new UsageError((err as Error).message)
+    }
+    return value
+  }
 }
 
 function int (value: string): number {

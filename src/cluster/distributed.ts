@@ -1,5 +1,6 @@
 import { ForbiddenError, InvalidMessageError, NtsoekheError, TimeoutError, UnavailableError } from '../errors/index.js'
 import { findTable } from '../schema/index.js'
+import { MAX_COUNT_RANGES } from './messages.js'
 import type { PurgeMarker, RecordState, Store, VersionEntry } from '../storage/store.js'
 import { winner } from '../storage/store.js'
 import type { HybridClock } from '../storage/version.js'
@@ -50,6 +51,15 @@ export interface DistributedCoordinatorInit {
   antiEntropyIntervalMs?: number
   /** Bytes anti-entropy sends per second, in megabits. @default 10 */
   syncBandwidthMbps?: number
+}
+
+/** Rows per table across the network (see DistributedCoordinator.networkRowCounts) */
+export interface NetworkRowCounts {
+  tables: Record<string, number>
+  /** Every token range was counted on one of its owners */
+  complete: boolean
+  /** Members that did not answer: their ranges were counted on the next owners, from their copies */
+  unanswered: string[]
 }
 
 /** What the last rebalance (hand-off of records to their owners after the ring changed) did */
@@ -126,6 +136,8 @@ export class DistributedCoordinator implements Coordinator {
   private stopped = false
   /** Copies of records this node does not own were written here at `one` (sloppyWrite): a rebalance after the next handoff moves them */
   private sloppyHeld = false
+  /** Read repairs sent since start (copies found stale by a read and brought up to date) */
+  readRepairs = 0
   /** Records whose local commit failed after their write was ordered (`table/id`): caught up before the next write */
   private readonly missed = new Set<string>()
 
@@ -359,6 +371,57 @@ export class DistributedCoordinator implements Coordinator {
   rebalanceStatus (): RebalanceStatus {
     const pending = this.rebalanceTimer !== undefined || this.rebalancing !== undefined
     return this.lastRebalance === undefined ? { pending } : { pending, last: this.lastRebalance }
+  }
+
+  /**
+   * Live rows per table across the network, each record counted once: the
+   * token space is cut into ranges (this node's ring), and each range is
+   * counted on one of its owners, the first that is not down. A member that
+   * does not answer has its ranges counted on their next owners, from the
+   * copies those hold; a range none of its owners counted leaves the result
+   * incomplete (`complete: false`).
+   */
+  async networkRowCounts (): Promise<NetworkRowCounts> {
+    const tables: Record<string, number> = {}
+    const unanswered = new Set<string>()
+    let pending = this.ring.ranges(this.replicas).map(r => ({ ...r, next: 0 }))
+    let uncounted = 0
+    while (pending.length > 0) {
+      const byPeer = new Map<string, typeof pending>()
+      for (const r of pending) {
+        while (r.next < r.owners.length && (unanswered.has(r.owners[r.next] as string) || this.c.membership.stateOf(r.owners[r.next] as string) === 'down')) r.next++
+        const owner = r.owners[r.next]
+        if (owner === undefined) { uncounted++; continue }
+        byPeer.set(owner, [...(byPeer.get(owner) ?? []), r])
+      }
+      pending = []
+      await Promise.all([...byPeer].map(async ([peer, ranges]) => {
+        try {
+          const counts = await this.countOn(peer, mergeRanges(ranges))
+          for (const [table, n] of Object.entries(counts)) tables[table] = (tables[table] ?? 0) + n
+        } catch (err) {
+          if (!isNoAnswer(err)) throw err
+          this.c.log?.('row count on %s failed (%s): its ranges go to their next owners', peer, (err as Error).message)
+          unanswered.add(peer)
+          pending.push(...ranges)
+        }
+      }))
+    }
+    const sorted = Object.fromEntries(Object.entries(tables).sort((a, b) => a[0] < b[0] ? -1 : 1))
+    return { tables: sorted, complete: uncounted === 0, unanswered: [...unanswered].sort() }
+  }
+
+  /** Rows per table in `ranges` as `peer` holds them (this node's store for itself), MAX_COUNT_RANGES a message */
+  private async countOn (peer: string, ranges: Array<[string, string]>): Promise<Record<string, number>> {
+    const total: Record<string, number> = {}
+    for (let i = 0; i < ranges.length; i += MAX_COUNT_RANGES) {
+      const chunk = ranges.slice(i, i + MAX_COUNT_RANGES)
+      const counts = peer === this.c.peerId
+        ? await this.c.store.countRowsIn(chunk)
+        : checkCounts(await this.c.transport.request(peer, 'replica', { type: 'count', ranges: chunk }, { timeout: this.timeoutMs }))
+      for (const [table, n] of Object.entries(counts)) total[table] = (total[table] ?? 0) + n
+    }
+    return total
   }
 
   /** The key's owners, in preference order: N of them, or every member for global tables */
@@ -778,6 +841,7 @@ export class DistributedCoordinator implements Coordinator {
       const job = peer === this.c.peerId
         ? this.c.store.merge([merged])
         : this.c.transport.request(peer, 'replica', { type: 'merge', states: [merged] }, { timeout: this.timeoutMs })
+      this.readRepairs++
       void job.catch(err => { this.c.log?.('read repair of %s on %s failed: %s', merged.id, peer, (err as Error).message) })
     }
   }
@@ -887,6 +951,8 @@ export class DistributedCoordinator implements Coordinator {
       throw new ForbiddenError(`${from} has left the network: it may only hand over what it holds`)
     }
     switch (msg.type) {
+      case 'count':
+        return { tables: await this.c.store.countRowsIn(msg.ranges) }
       case 'write':
         return await this.coordinateWrite(msg.mutations, msg.consistency, msg.retry === true)
       case 'writeGroups':
@@ -1054,6 +1120,29 @@ function historyReply (reply: unknown, table: string, id: string): VersionEntry[
 
 function errorBody (err: unknown): { code: string, message: string, column?: string } {
   return err instanceof NtsoekheError ? err.toJSON() : { code: 'INTERNAL', message: (err as Error)?.message ?? String(err) }
+}
+
+/** `[from, to)` token ranges as pairs, sorted, touching ones joined */
+function mergeRanges (ranges: ReadonlyArray<{ from: string, to: string }>): Array<[string, string]> {
+  const out: Array<[string, string]> = []
+  for (const r of [...ranges].sort((a, b) => a.from < b.from ? -1 : 1)) {
+    const last = out[out.length - 1]
+    if (last !== undefined && last[1] === r.from && r.from !== '') last[1] = r.to
+    else out.push([r.from, r.to])
+  }
+  return out
+}
+
+/** A peer's answer to `count`: table names and non-negative integer counts */
+function checkCounts (reply: unknown): Record<string, number> {
+  const tables = (reply as { tables?: unknown } | null)?.tables
+  if (tables === null || typeof tables !== 'object' || Array.isArray(tables)) throw new InvalidMessageError('replica: malformed count reply')
+  const out: Record<string, number> = {}
+  for (const [table, n] of Object.entries(tables as Record<string, unknown>)) {
+    if (!Number.isSafeInteger(n) || (n as number) < 0 || table.length > 100) throw new InvalidMessageError('replica: malformed count reply')
+    out[table] = n as number
+  }
+  return out
 }
 
 /** Errors that mean "this peer did not answer", as opposed to a refusal the caller must see */

@@ -33,6 +33,10 @@ import { socketPath, type Config } from './config.js'
 import { groupId } from './socket-group.js'
 import type { AccessEvent } from '../security/principal.js'
 import { encodeInvite, keyHex, resolveNetworkKey, type Invite } from './network-key.js'
+import { NodeMetrics } from '../observability/metrics.js'
+import { isLoopback, parseHostPort } from '../observability/address.js'
+import { startConsoleServer, startMetricsServer, type HttpListener } from '../observability/servers.js'
+import type { NetworkRowCounts } from '../cluster/distributed.js'
 
 export { VERSION } from '../version.js'
 /** How long after start a node that joined a network waits for its users to arrive before refusing an unknown token */
@@ -97,6 +101,14 @@ export class NtsoekheNode {
   /** The network key this node runs with (undefined on an open network) */
   private networkKey?: Uint8Array
   private readonly init: NodeInit
+  /** Prometheus metrics (socket `GET /metrics`, `--metrics-listen`) and the console's request series */
+  private metrics?: NodeMetrics
+  /** The console and metrics listeners, when configured */
+  private readonly listeners: HttpListener[] = []
+  /** Where the console and `GET /metrics` are served over HTTP, when configured */
+  readonly urls: { console?: string, metrics?: string } = {}
+  /** The last network-wide row count, when it was asked for and this node's commits then: status polled often reuses it briefly */
+  private networkRows?: { at: number, commits: number, counts: Promise<NetworkRowCounts> }
   /** Event-loop delay: a stalled loop delays every request the node serves */
   private readonly loopDelay = monitorEventLoopDelay({ resolution: 10 })
 
@@ -252,7 +264,9 @@ export class NtsoekheNode {
       })
       await this.audit.start()
     }
+    this.metrics = this.createMetrics()
     await this.listen()
+    await this.listenMonitoring()
     this.logger.info({ peerId: this.peerId, socket: this.socket, home: this.home, addresses: libp2p.getMultiaddrs().map(String) }, 'node ready')
   }
 
@@ -262,6 +276,7 @@ export class NtsoekheNode {
     const users = this.users as UserDirectory
     this.api = createApi({
       db,
+      ...(this.metrics === undefined ? {} : { metrics: this.metrics }),
       ...(trail === undefined ? {} : { audit: (event: AccessEvent) => { trail.record(event) }, auditTrail: trail }),
       status: async () => await this.status(),
       extra: { peers: async () => await this.peers(), ring: async () => await this.ringView() },
@@ -298,6 +313,63 @@ export class NtsoekheNode {
     }
   }
 
+  private createMetrics (): NodeMetrics {
+    const coordinator = this.coordinator as DistributedCoordinator
+    const store = this.store as Store
+    const membership = this.membership as Membership
+    const metrics = new NodeMetrics({
+      hintsPending: () => store.hintCount(),
+      readRepairs: () => coordinator.readRepairs,
+      rebalance: () => coordinator.rebalanceStatus(),
+      antiEntropy: () => coordinator.antiEntropy.status(),
+      members: () => membership.members(),
+      localRows: async () => publicCounts(await store.countRows()),
+      storePath: join(this.home, 'store')
+    })
+    metrics.start()
+    return metrics
+  }
+
+  /** Opens `--metrics-listen` and `--console` when configured, on exactly the address given */
+  private async listenMonitoring (): Promise<void> {
+    const { console, metricsListen } = this.config.monitoring
+    const metrics = this.metrics as NodeMetrics
+    if (metricsListen !== null) {
+      const at = parseHostPort(metricsListen, '--metrics-listen')
+      const listener = await startMetricsServer(at, metrics)
+      this.listeners.push(listener)
+      this.urls.metrics = `${listener.url}/metrics`
+      if (!isLoopback(at.host)) this.logger.warn({ url: listener.url }, 'metrics on a non-loopback address, over plain HTTP and without a token: they carry no patient data, but anyone who reaches the port reads them; limit who can (firewall)')
+      this.logger.info({ url: `${listener.url}/metrics` }, 'serving metrics')
+    }
+    if (console !== null) {
+      const at = parseHostPort(console, '--console')
+      const listener = await startConsoleServer(at, this.api as FastifyInstance)
+      this.listeners.push(listener)
+      this.urls.console = listener.url
+      if (isLoopback(at.host)) this.logger.info({ url: listener.url }, 'console ready (plain HTTP on loopback; sign in with a user token)')
+      else this.logger.warn({ url: listener.url }, 'console on a non-loopback address over plain HTTP (monitoring.consoleRemote): tokens and patient rows cross the network in clear; put a TLS proxy in front of it')
+    }
+  }
+
+  /**
+   * Rows per table across the network. One count serves every status asked
+   * within a second (a progress bar polls status four times a second), unless
+   * this node committed something since.
+   */
+  private async networkRowCounts (): Promise<NetworkRowCounts> {
+    const now = Date.now()
+    const commits = (this.store as Store).commits.batches
+    if (this.networkRows === undefined || now - this.networkRows.at > 1000 || this.networkRows.commits !== commits) {
+      const counts = (this.coordinator as DistributedCoordinator).networkRowCounts()
+      this.networkRows = { at: now, commits, counts }
+      // A failed count is not kept: the next status asks again.
+      counts.catch(() => { if (this.networkRows?.counts === counts) this.networkRows = undefined })
+    }
+    const { tables, ...rest } = await this.networkRows.counts
+    return { tables: publicCounts(tables), ...rest }
+  }
+
   async status (): Promise<Record<string, unknown>> {
     const store = this.store as Store
     const cluster = await (this.coordinator as Coordinator).status()
@@ -314,6 +386,8 @@ export class NtsoekheNode {
         max: round(this.loopDelay.max / 1e6)
       },
       storage: { rows: publicCounts(await store.countRows()), commits: store.commits },
+      // Every record once, whichever members hold it (storage.rows is this node's copies).
+      networkRows: await this.networkRowCounts(),
       ...cluster,
       replication: {
         liveMembers: live,
@@ -404,6 +478,9 @@ export class NtsoekheNode {
   }
 
   private async _stop (): Promise<void> {
+    // The console answers through the socket API: it closes first.
+    await Promise.all(this.listeners.splice(0).map(async l => { await l.close() }))
+    this.metrics?.stop()
     if (this.api !== undefined) {
       await this.api.close()
       await removeStaleSocket(this.socket)
