@@ -2,6 +2,7 @@ import { createReadStream } from 'node:fs'
 import { readFile, stat } from 'node:fs/promises'
 import { extname } from 'node:path'
 import { Command, CommanderError, Option } from 'commander'
+import { concat, fromString, toString } from 'uint8arrays'
 import { NoDaemonError, NtsoekheClient } from '../client/index.js'
 import { NtsoekheError } from '../errors/index.js'
 import { loadConfig, resolveHome, socketPath } from '../daemon/config.js'
@@ -400,9 +401,9 @@ function int (value: string): number {
 async function readJsonArg (arg: string, io: Io): Promise<unknown> {
   let text = arg
   if (arg === '-') {
-    const chunks: Buffer[] = []
-    for await (const c of io.stdin) chunks.push(Buffer.isBuffer(c) ? c : Buffer.from(c))
-    text = Buffer.concat(chunks).toString('utf8')
+    const chunks: Uint8Array[] = []
+    for await (const c of io.stdin) chunks.push(typeof c === 'string' ? fromString(c) : c as Uint8Array)
+    text = toString(concat(chunks), 'utf8')
   }
   try {
     return JSON.parse(text)

@@ -1,4 +1,5 @@
 import { peerIdFromString } from '@libp2p/peer-id'
+import { fromString, toString } from 'uint8arrays'
 import type { MemberRecord } from './membership.js'
 
 /**
@@ -30,7 +31,7 @@ export function claimBytes (r: MemberRecord): Uint8Array {
 /** The record with a signature by `sign` (the member's own key, or for a removal the remover's) */
 export function signClaim (r: MemberRecord, sign: Signer): MemberRecord {
   const { sig: _, ...rest } = r
-  return { ...rest, sig: Buffer.from(sign(claimBytes(rest))).toString('base64') }
+  return { ...rest, sig: toString(sign(claimBytes(rest)), 'base64pad') }
 }
 
 /** The peer whose key must have signed the record: the member itself, or the member that removed it */
@@ -49,7 +50,7 @@ export function verifyClaim (r: MemberRecord): boolean {
   try {
     const key = peerIdFromString(claimSigner(r)).publicKey
     if (key === undefined) return false
-    const ok = key.verify(claimBytes(r), Buffer.from(r.sig, 'base64'))
+    const ok = key.verify(claimBytes(r), fromString(r.sig, 'base64pad'))
     return ok === true
   } catch {
     return false
