@@ -3,7 +3,6 @@ import type { FastifyInstance, InjectOptions, LightMyRequestResponse } from 'fas
 import { afterEach, beforeEach, describe, expect, it } from 'vitest'
 import { OPENAPI_ROUTE, openApiDocument, openApiPath, recordRoutes, type RouteEntry } from '../../src/api/openapi.js'
 import { ROUTE_SCHEMAS } from '../../src/api/schemas.js'
-import { createApi } from '../../src/api/server.js'
 import { TABLES } from '../../src/schema/index.js'
 import { AuditTrail, storeHead } from '../../src/security/audit.js'
 import { UserDirectory } from '../../src/security/users.js'
