@@ -1,3 +1,4 @@
+import { Ajv } from 'ajv'
 import type { FastifyInstance } from 'fastify'
 import { routesOf, type RouteEntry } from '../../src/api/openapi.js'
 import { createApi } from '../../src/api/server.js'
@@ -29,4 +30,32 @@ export function fullApi ({ node, users, trail }: { node: LocalNode, users: UserD
     auditTrail: trail
   })
   return { app, routes: routesOf(app) }
+}
+
+/** An OpenAPI document as the tests read it */
+export interface OpenApiDoc {
+  openapi: string
+  paths: Record<string, Record<string, { operationId: string, parameters: Array<{ name: string, in: string }>, responses: Record<string, { content: Record<string, { schema: unknown }> }> }>>
+  components: { schemas: Record<string, unknown> }
+}
+
+/**
+ * Checks answers against the document: `check(method, path, status, body)`
+ * validates `body` with the schema the document gives for that status (or its
+ * `default`), and returns the errors, or null when it conforms.
+ */
+export function answerChecker (doc: OpenApiDoc): (method: string, path: string, status: number, body: unknown) => string | null {
+  const ajv = new Ajv({ strict: false, allowUnionTypes: true, validateFormats: false, validateSchema: false })
+  ajv.addSchema(doc as object, 'doc')
+  return (method, path, status, body) => {
+    const op = doc.paths[path]?.[method.toLowerCase()]
+    if (op === undefined) return `${method} ${path} is not in the document`
+    const key = op.responses[String(status)] === undefined ? 'default' : String(status)
+    const type = Object.keys(op.responses[key]?.content ?? {})[0] ?? 'application/json'
+    const pointer = ['paths', path, method.toLowerCase(), 'responses', key, 'content', type, 'schema']
+      .map(s => encodeURIComponent(s.replace(/~/g, '~0').replace(/\//g, '~1'))).join('/')
+    const validate = ajv.getSchema(`doc#/${pointer}`)
+    if (validate === undefined) return `no schema at ${pointer}`
+    return validate(body) === true ? null : `${method} ${path} ${status}: ${JSON.stringify(validate.errors)} in ${JSON.stringify(body).slice(0, 300)}`
+  }
 }
