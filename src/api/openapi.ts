@@ -7,6 +7,7 @@
  */
 import type { FastifyInstance, HTTPMethods } from 'fastify'
 import type { TableDef } from '../schema/index.js'
+import { HIDDEN_COLUMNS } from '../security/rights.js'
 import { AUTHENTICATED } from './access.js'
 import { NAMED_SCHEMAS, ROUTE_SCHEMAS, headerName, type JsonSchema } from './schemas.js'
 
@@ -204,7 +205,10 @@ export function rowSchemas (tables: readonly TableDef[]): Record<string, JsonSch
   const out: Record<string, JsonSchema> = {}
   for (const table of tables) {
     const properties: Record<string, JsonSchema> = {}
-    for (const col of table.columns) {
+    // A column no role reads or writes through the API (a token's hash) is not part of its rows.
+    const hidden = HIDDEN_COLUMNS[table.name] ?? []
+    const columns = table.columns.filter(c => !hidden.includes(c.name))
+    for (const col of columns) {
       const nullable = (type: string): string | string[] => col.notNull ? type : [type, 'null']
       switch (col.type) {
         case 'INT':
@@ -227,7 +231,7 @@ export function rowSchemas (tables: readonly TableDef[]): Record<string, JsonSch
         }
       }
     }
-    const notNull = table.columns.filter(c => c.notNull).map(c => c.name)
+    const notNull = columns.filter(c => c.notNull).map(c => c.name)
     out[rowSchemaName(table)] = {
       title: table.name,
       type: 'object',
