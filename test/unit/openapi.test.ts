@@ -124,6 +124,45 @@ describe('openapi: the document and the routes', () => {
   })
 })
 
+describe('openapi: the schemas check requests, and answer in our error body', () => {
+  it('a request the schema refuses is a 400 INVALID naming what is wrong, and writes nothing', async () => {
+    const cases: Array<[InjectOptions, RegExp]> = [
+      [{ method: 'GET', url: '/v1/tables/patient_records/rows?limit=abc' }, /^limit must be an integer from 1 to 1000$/],
+      [{ method: 'GET', url: '/v1/tables/patient_records/rows?limit=1001' }, /^limit must be an integer from 1 to 1000$/],
+      [{ method: 'GET', url: '/v1/tables/patient_records/rows?gender=a&gender=b' }, /^gender is given more than once$/],
+      [{ method: 'GET', url: '/v1/tables/patient_records/rows/1?consistency=most' }, /^consistency must be one of one, quorum, all$/],
+      [{ method: 'GET', url: '/v1/tables/patient_records/rows/1?consistancy=all' }, /^Unknown parameter consistancy: use consistency or local$/],
+      [{ method: 'DELETE', url: '/v1/tables/patient_records/rows/1?cascade=maybe' }, /^cascade must be true or false$/],
+      [{ method: 'POST', url: '/v1/tables/patient_records/rows', payload: [1] }, /^The body must be a JSON object, not an array$/],
+      [{ method: 'POST', url: '/v1/tables/patient_records/rows', headers: { 'content-type': 'application/json' }, payload: 'null' }, /^This request needs a JSON body$/],
+      [{ method: 'POST', url: '/v1/tables/patient_records/rows', payload: patientRow(9), headers: { 'idempotency-key': 'has space' } }, /^Idempotency-Key must be 1 to 128/],
+      [{ method: 'POST', url: '/v1/batch', payload: {} }, /^The body needs operations$/],
+      [{ method: 'POST', url: '/v1/batch', payload: { operations: [] } }, /^A batch needs an operations array of 1 to 1000/],
+      [{ method: 'POST', url: '/v1/batch', payload: { operations: [{ op: 'upsert', table: 'patient_records' }] } }, /^operations\[0\]\.op must be one of insert, put, patch, delete$/],
+      [{ method: 'POST', url: '/v1/batch', payload: { operations: [{ op: 'insert', table: 'patient_records', rows: {} }] } }, /^operations\[0\]: Unknown operation field rows/],
+      [{ method: 'POST', url: '/v1/batch', payload: { operations: [{ op: 'insert', table: 'patient_records', row: 5 }] } }, /^operations\[0\]\.row must be an object, got 5$/],
+      [{ method: 'POST', url: '/v1/users', payload: { user: 'x' } }, /^The body needs role$/],
+      [{ method: 'GET', url: '/v1/audit?who=x' }, /^Unknown audit filter who: use patient, user, since or verify$/],
+      [{ method: 'GET', url: '/v1/export?tables=x' }, /^Unknown export parameter tables: use table, anonymize or consistency$/]
+    ]
+    for (const [opts, message] of cases) {
+      const res = await request(opts)
+      expect(res.statusCode, `${String(opts.method)} ${String(opts.url)}`).toBe(400)
+      expect(Object.keys(res.json())).toEqual(['error'])
+      expect(res.json().error.code).toBe('INVALID')
+      expect(res.json().error.message, `${String(opts.method)} ${String(opts.url)}`).toMatch(message)
+    }
+    expect((await node.db.list('patient_records', {})).rows).toEqual([])
+    expect((await request({ method: 'GET', url: '/v1/users' })).json().users.map((u: { user: string }) => u.user).sort()).toEqual(['admin', 'nina'])
+  })
+
+  it('the right is checked before the schema: a caller without it learns that, not what the request lacks', async () => {
+    const res = await request({ method: 'POST', url: '/v1/users', payload: { nope: 1 } }, nurseToken)
+    expect(res.statusCode).toBe(403)
+    expect(res.json().error.code).toBe('FORBIDDEN')
+  })
+})
+
 describe('openapi: answers match the document', () => {
   it('each answer of a day\'s requests validates against its operation\'s response schema', async () => {
     const doc = await documentOf()
