@@ -138,7 +138,9 @@ export function createApi (components: ApiComponents, init: ApiInit = {}): Fasti
   const invite = components.invite
   if (invite !== undefined) app.get('/v1/invite', { config: { access: RIGHTS.admin }, schema: S.invite }, async () => await invite())
   for (const [name, fn] of Object.entries(components.extra ?? {})) {
-    app.get(`/v1/${name}`, { ...CLUSTER, schema: EXTRA_SCHEMAS[name] ?? S.status }, async () => await fn())
+    // An extra route with no schema in EXTRA_SCHEMAS goes undocumented, and test/unit/openapi.test.ts names it.
+    const schema = EXTRA_SCHEMAS[name]
+    app.get(`/v1/${name}`, { ...CLUSTER, ...(schema === undefined ? {} : { schema }) }, async () => await fn())
   }
 
   const removeMember = components.removeMember
