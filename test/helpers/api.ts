@@ -1,7 +1,8 @@
 import { Ajv } from 'ajv'
 import type { FastifyInstance } from 'fastify'
+import pino from 'pino'
 import { routesOf, type RouteEntry } from '../../src/api/openapi.js'
-import { createApi } from '../../src/api/server.js'
+import { createApi, type ApiComponents } from '../../src/api/server.js'
 import { ConflictError, NotFoundError } from '../../src/errors/index.js'
 import type { AuditTrail } from '../../src/security/audit.js'
 import type { UserDirectory } from '../../src/security/users.js'
@@ -14,7 +15,9 @@ import type { LocalNode } from './temp.js'
  */
 export function fullApi ({ node, users, trail }: { node: LocalNode, users: UserDirectory, trail: AuditTrail }): { app: FastifyInstance, routes: readonly RouteEntry[] } {
   const members = (): Array<{ peerId: string, state: string }> => [{ peerId: node.peerId, state: 'alive' }]
-  const app = createApi({
+  // Required: a component added to ApiComponents (and the routes it brings) must be given here, or this does
+  // not type-check, so the OpenAPI and client tests see every route a daemon can have.
+  const components: Required<ApiComponents> = {
     db: node.db,
     users,
     status: async () => ({ ...(await node.coordinator.status()) }),
@@ -27,8 +30,11 @@ export function fullApi ({ node, users, trail }: { node: LocalNode, users: UserD
     leave: async () => { throw new ConflictError('No other member is up: there is no one to hand this node\'s records to') },
     repair: async () => ({ ranges: 0, recordsCompared: 0, recordsSent: 0, seconds: 0 }),
     audit: e => { trail.record(e) },
-    auditTrail: trail
-  })
+    auditTrail: trail,
+    logger: pino({ level: 'silent' }),
+    version: 'test'
+  }
+  const app = createApi(components)
   return { app, routes: routesOf(app) }
 }
 
