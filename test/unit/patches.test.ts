@@ -44,6 +44,9 @@ describe('patched dependencies', () => {
     expect(v.declared, `package.json must pin ${patch.package} to ${patch.version} exactly (the patch replaces ${patch.replaces})`).toBe(patch.version)
     expect(v.locked).toBe(patch.version)
     expect(v.installed, `node_modules holds ${patch.package} ${v.installed}; the patch was written for ${patch.version}`).toBe(patch.version)
+    // One copy in the tree: a nested copy (another version wanted by some dependency) would go unpatched.
+    const copies = Object.keys((await json('package-lock.json')).packages).filter(k => k.endsWith(`node_modules/${patch.package}`))
+    expect(copies, `${patch.package} must be installed once (the patch changes that copy only)`).toEqual([`node_modules/${patch.package}`])
   })
 
   it('LengthPrefixedDecoder.decode is the method the fix replaces, with the fields the fix reads', () => {
