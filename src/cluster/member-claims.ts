@@ -21,11 +21,9 @@ export const MAX_HEARTBEAT = 2 ** 40
 /** What a removal adds to the removed member's heartbeat, so the mark outranks anything it sent before going down */
 export const REMOVAL_BUMP = 1_000_000
 
-const encoder = new TextEncoder()
-
 /** The bytes a record's signature covers: every field but the signature, in a fixed order */
 export function claimBytes (r: MemberRecord): Uint8Array {
-  return encoder.encode(JSON.stringify(['ntsoekhe/member/1', r.peerId, r.incarnation, r.heartbeat, r.left === true, r.addresses, r.removedBy ?? null, r.zone ?? null]))
+  return fromString(JSON.stringify(['ntsoekhe/member/1', r.peerId, r.incarnation, r.heartbeat, r.left === true, r.addresses, r.removedBy ?? null, r.zone ?? null]), 'utf8')
 }
 
 /** The record with a signature by `sign` (the member's own key, or for a removal the remover's) */

@@ -82,7 +82,7 @@ export async function resolveNetworkKey (home: string, config: Config, options: 
       if (!net.open) throw new ValidationError('This invite is for an open network (it carries no key): join it with --open-network as well')
       return { source: 'open' }
     }
-    const file = new TextEncoder().encode(KEY_HEADER + invite.key)
+    const file = fromString(KEY_HEADER + invite.key, 'utf8')
     const existing = await readKeyFile(path)
     if (existing !== undefined && keyHex(existing) === invite.key) return { key: existing, source: 'file', path }
     if (existing !== undefined) {

@@ -53,7 +53,7 @@ export const SEAL_PREFIX = 'seal:'
 export const SEAL_GRACE_MS = 60_000
 
 export function sealBytes (node: string, seq: number, prev: string): Uint8Array {
-  return new TextEncoder().encode(`ntsoekhe/audit-seal/1\n${node}\n${seq}\n${prev}`)
+  return fromString(`ntsoekhe/audit-seal/1\n${node}\n${seq}\n${prev}`, 'utf8')
 }
 
 /** Whether a seal entry carries its node's valid signature */
