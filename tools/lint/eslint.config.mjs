@@ -27,7 +27,11 @@ export default defineConfig(
       // `any` marks the untyped boundaries on purpose (LevelDB's JSON values, libp2p components, socket answers in the client and tests); values are checked where read.
       '@typescript-eslint/no-explicit-any': 'off',
       // A leading _ names what is left unused on purpose: `const { sig: _, ...rest } = record`, an argument an interface requires.
-      '@typescript-eslint/no-unused-vars': ['error', { argsIgnorePattern: '^_', varsIgnorePattern: '^_', caughtErrorsIgnorePattern: '^_', destructuredArrayIgnorePattern: '^_', ignoreRestSiblings: true }]
+      '@typescript-eslint/no-unused-vars': ['error', { argsIgnorePattern: '^_', varsIgnorePattern: '^_', caughtErrorsIgnorePattern: '^_', destructuredArrayIgnorePattern: '^_', ignoreRestSiblings: true }],
+      // An empty catch marks a best-effort step (cleanup, a retry loop's attempt): nothing is to be done when it fails.
+      'no-empty': ['error', { allowEmptyCatch: true }],
+      // A let that a closure defined earlier reads, assigned once later, stays a let (const would read as defined before it is).
+      'prefer-const': ['error', { ignoreReadBeforeAssign: true }]
     }
   }
 )
