@@ -8,6 +8,7 @@ import type { FastifyInstance, FastifyRequest } from 'fastify'
 import { CONSISTENCY_LEVELS } from '../cluster/coordinator.js'
 import type { NodeMetrics } from '../observability/metrics.js'
 import { RIGHTS } from '../security/rights.js'
+import { ROUTE_SCHEMAS } from './schemas.js'
 
 /** Routes whose successful answer is a write */
 const WRITE_ROUTES = new Set(['/v1/tables/:table/rows', '/v1/tables/:table/rows/:id', '/v1/batch', '/v1/tables/:table/import'])
@@ -21,11 +22,11 @@ export function metricsRoutes (app: FastifyInstance, metrics: NodeMetrics): void
     metrics.observe({ method: req.method, route, status, seconds: reply.elapsedTime / 1000, ...(consistency === undefined ? {} : { writeConsistency: consistency }) })
   })
   const access = { config: { access: RIGHTS.cluster } }
-  app.get('/metrics', access, async (_req, reply) => {
+  app.get('/metrics', { ...access, schema: ROUTE_SCHEMAS.metrics }, async (_req, reply) => {
     void reply.type(metrics.contentType)
     return await metrics.text()
   })
-  app.get('/v1/metrics/series', access, async () => ({ points: metrics.points() }))
+  app.get('/v1/metrics/series', { ...access, schema: ROUTE_SCHEMAS.metricsSeries }, async () => ({ points: metrics.points() }))
 }
 
 /** The consistency level a write asked for (`default`: none, so the configured W); undefined for a read */

@@ -3,6 +3,7 @@ import { readFile, stat } from 'node:fs/promises'
 import { extname } from 'node:path'
 import type { Readable } from 'node:stream'
 import { Command, CommanderError, Option } from 'commander'
+import { concat, fromString, toString } from 'uint8arrays'
 import { NoDaemonError, NtsoekheClient } from '../client/index.js'
 import { NtsoekheError } from '../errors/index.js'
 import { LOG_LEVELS, loadConfig, resolveHome, socketPath } from '../daemon/config.js'
@@ -559,9 +560,9 @@ function signedInt (value: string): number {
 async function readJsonArg (arg: string, io: Io, what = 'the row'): Promise<unknown> {
   let text = arg
   if (arg === '-') {
-    const chunks: Buffer[] = []
-    for await (const c of io.stdin) chunks.push(Buffer.isBuffer(c) ? c : Buffer.from(c))
-    text = Buffer.concat(chunks).toString('utf8')
+    const chunks: Uint8Array[] = []
+    for await (const c of io.stdin) chunks.push(typeof c === 'string' ? fromString(c) : c as Uint8Array)
+    text = toString(concat(chunks), 'utf8')
   }
   try {
     return JSON.parse(text)

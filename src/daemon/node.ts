@@ -294,7 +294,8 @@ export class NtsoekheNode {
             list: async () => await users.list(),
             revoke: async (name: string) => await users.revoke(name)
           },
-      logger: this.logger
+      logger: this.logger,
+      version: VERSION
     })
     await removeStaleSocket(this.socket)
     // Only the owner may use the socket: create it 0600 rather than chmod after the fact.
