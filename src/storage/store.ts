@@ -8,6 +8,7 @@ import { GroupCommitter, type BatchOp } from './group-commit.js'
 import { KeyedMutex } from './keyed-mutex.js'
 import { encodeIndexValue, recordKey, SEP } from './keys.js'
 import { leafPrefix, RangeSummary, recordDigest } from './range-summary.js'
+import { decodeVersionLists, encodeVersionLists, type StoredVersionLists } from './version-list.js'
 
 type Sub = AbstractSublevel<any, any, string, any>
 
@@ -41,7 +42,7 @@ export interface RecordState {
   superseded: string[]
   /**
    * The newest version whose ancestry this replica keeps outside the record
-   * (format 4): what it has seen or knows replaced up to here is looked up in
+   * (since format 4): what it has seen or knows replaced up to here is looked up in
    * the store, one key per version, not listed. Absent while the lists are
    * short; a state without it lists everything.
    */
@@ -105,7 +106,7 @@ export interface StoreInit {
    * @default false
    */
   plaintext?: boolean
-  /** Progress of a migration at open (a format-3 store rewritten as format 4) */
+  /** Progress of a migration at open (a format-3 or format-4 store rewritten as format 5) */
   log?: (message: string) => void
 }
 
@@ -203,7 +204,7 @@ export class Store {
   private readonly hints: Sub
   private readonly purges: Sub
   /**
-   * A record's ancestry below its horizon (format 4): key `<record key>!<version>`,
+   * A record's ancestry below its horizon (since format 4): key `<record key>!<version>`,
    * value 1 for a version seen here (and replaced), 0 for one only known replaced
    */
   private readonly known: Sub
@@ -280,14 +281,14 @@ export class Store {
     const format = await this.meta.get('format')
     if (format === undefined) {
       await this.meta.put('format', STORE_FORMAT)
-    } else if (format !== STORE_FORMAT && format !== 3) {
+    } else if (format !== STORE_FORMAT && format !== 3 && format !== 4) {
       await this.db.close()
       this.state = 'closed'
       throw new NtsoekheError('INTERNAL', `The store at ${this.db.location} has format ${String(format)}; this version reads format ${STORE_FORMAT}`)
     }
     try {
       await this.openFieldEncryption()
-      if (format === 3) await this.migrateToFormat4()
+      if (format === 3 || format === 4) await this.migrateFormat(format)
     } catch (err) {
       await this.db.close()
       this.state = 'closed'
@@ -469,7 +470,8 @@ export class Store {
     const row = JSON.stringify(this.sealRow(entry.table, entry.id, entry.version, entry.row))
     const version = JSON.stringify(entry.version)
     const writeId = entry.writeId === undefined ? '' : `,"writeId":${JSON.stringify(entry.writeId)}`
-    return `{"heads":[{"version":${version},"parents":[],"row":${row}${writeId}}],"seen":[${version}],"superseded":[]}`
+    const lists = JSON.stringify(encodeVersionLists([entry.version], [])).slice(1)
+    return `{"heads":[{"version":${version},"parents":[],"row":${row}${writeId}}],${lists}`
   }
 
   /**
@@ -626,7 +628,7 @@ export class Store {
     } catch (err) {
       if (!(err instanceof IntegrityError)) throw err
       const value = this.records.getSync(recordKey(token, table, id)) as StoredRecord
-      return { table, id, token, heads: [], seen: value.seen, superseded: value.superseded }
+      return { table, id, token, heads: [], ...storedLists(value) }
     }
   }
 
@@ -1037,14 +1039,17 @@ export class Store {
   }
 
   /**
-   * Rewrites a format-3 store as format 4: each record's lists compacted
-   * (see compactKnown), a record and what it moves in one batch, so a run cut
-   * short leaves every record whole and the next open finishes it (a record
-   * already compacted is left as it is). The format marker changes last.
+   * Rewrites a store of format 3 or 4 as format 5, in place: each record's
+   * version lists in their compact form (see version-list.ts) and, coming
+   * from format 3, kept to the window (see compactKnown), a record and what
+   * it moves in one batch. A run cut short leaves every record whole in one
+   * form or the other, both of which read back, and the next open finishes
+   * it (a record already rewritten is left as it is). The format marker
+   * changes last.
    */
-  private async migrateToFormat4 (): Promise<void> {
+  private async migrateFormat (from: 3 | 4): Promise<void> {
     const started = Date.now()
-    this.log?.(`store: migrating ${this.db.location} from format 3 to format 4 (bounded record metadata)`)
+    this.log?.(`store: migrating ${this.db.location} from format ${from} to format ${STORE_FORMAT} (bounded, compact record metadata)`)
     let ops: BatchOp[] = []
     let read = 0
     let rewritten = 0
@@ -1052,9 +1057,12 @@ export class Store {
     for await (const [k, v] of this.records.iterator()) {
       const stored = v as StoredRecord
       read++
-      const state = { heads: stored.heads, seen: stored.seen, superseded: stored.superseded, ...(stored.horizon === undefined ? {} : { horizon: stored.horizon }) } as unknown as RecordState
-      if (this.compactKnown(k, stored.horizon, state, ops)) {
-        ops.push(put(this.records, k, { ...stored, seen: state.seen, superseded: state.superseded, horizon: state.horizon }))
+      const lists = storedLists(stored)
+      const state = { heads: stored.heads, ...lists, ...(stored.horizon === undefined ? {} : { horizon: stored.horizon }) } as unknown as RecordState
+      const compacted = from === 3 && this.compactKnown(k, stored.horizon, state, ops)
+      if (compacted || !('v' in stored)) {
+        const { heads } = stored
+        ops.push(put(this.records, k, { heads, ...encodeVersionLists(state.seen, state.superseded), ...(state.horizon === undefined ? {} : { horizon: state.horizon }) }))
         rewritten++
       }
       if (ops.length >= MIGRATE_BATCH) {
@@ -1063,12 +1071,12 @@ export class Store {
       }
       if (read - reported >= MIGRATE_REPORT) {
         reported = read
-        this.log?.(`store: format 4 migration: ${read} records read, ${rewritten} rewritten`)
+        this.log?.(`store: format ${STORE_FORMAT} migration: ${read} records read, ${rewritten} rewritten`)
       }
     }
     ops.push(put(this.meta, 'format', STORE_FORMAT))
     await writeBatch(this.db, ops, true)
-    this.log?.(`store: format 4 migration done: ${read} records read, ${rewritten} rewritten in ${((Date.now() - started) / 1000).toFixed(1)} s`)
+    this.log?.(`store: format ${STORE_FORMAT} migration done: ${read} records read, ${rewritten} rewritten in ${((Date.now() - started) / 1000).toFixed(1)} s`)
   }
 
   /** A row version as stored: its sensitive columns sealed together under one key, SEALED_KEY */
@@ -1116,8 +1124,7 @@ export class Store {
   private encodeRecord (state: RecordState): StoredRecord {
     return {
       heads: state.heads.map(h => ({ version: h.version, parents: h.parents, row: this.sealRow(state.table, state.id, h.version, h.row), ...(h.writeId === undefined ? {} : { writeId: h.writeId }) })),
-      seen: state.seen,
-      superseded: state.superseded,
+      ...encodeVersionLists(state.seen, state.superseded),
       ...(state.horizon === undefined ? {} : { horizon: state.horizon })
     }
   }
@@ -1128,8 +1135,7 @@ export class Store {
       id,
       token,
       heads: value.heads.map(h => ({ table, id, token, version: h.version, parents: h.parents, row: this.openRow(table, id, h.version, h.row, legacy), ...(h.writeId === undefined ? {} : { writeId: h.writeId }) })),
-      seen: value.seen,
-      superseded: value.superseded,
+      ...storedLists(value),
       ...(value.horizon === undefined ? {} : { horizon: value.horizon })
     }
   }
@@ -1207,9 +1213,11 @@ const DEFAULT_WRITE_BUFFER = 16 * 1024 * 1024
 
 /**
  * Bumped when the on-disk layout changes; a store of another format refuses
- * to open, except format 3, which is migrated in place (see migrateToFormat4)
+ * to open, except formats 3 and 4, which are migrated in place (see
+ * migrateFormat). Format 4 kept a record's version lists to a window (see
+ * KNOWN_WINDOW); format 5 stores them compact (see version-list.ts).
  */
-export const STORE_FORMAT = 4
+export const STORE_FORMAT = 5
 
 /**
  * Versions a record lists in `seen` / `superseded` besides its heads; older
@@ -1221,12 +1229,23 @@ export const KNOWN_WINDOW = 64
 /** A row as stored: sensitive columns sealed together under SEALED_KEY (see FieldCipher) */
 type StoredRow = Record<string, Value>
 
-/** A record as stored: heads without the table, id and token its key already carries */
-interface StoredRecord {
+/**
+ * A record as stored: heads without the table, id and token its key already
+ * carries, and its version lists compact (format 5, see version-list.ts) or,
+ * in a store of an older format not yet migrated, as plain arrays
+ */
+type StoredRecord = {
   heads: Array<{ version: string, parents: string[], row: StoredRow | null, writeId?: string }>
-  seen: string[]
-  superseded: string[]
   horizon?: string
+} & (StoredVersionLists | FormatFourLists)
+
+/** A record's version lists as formats 3 and 4 stored them */
+interface FormatFourLists { seen: string[], superseded: string[] }
+
+/** A stored record's `seen` and `superseded`, whichever form it has */
+function storedLists (value: StoredRecord): { seen: string[], superseded: string[] } {
+  if ('v' in value) return decodeVersionLists(value)
+  return { seen: value.seen, superseded: value.superseded }
 }
 
 /** A version as stored in history and hints */
@@ -1240,7 +1259,7 @@ interface SummaryChange { token: string, digest: Buffer }
 
 /** The meta key of the field-encryption format: `{ fields: 0 }` in the clear, `{ fields: 1, check }` AES-256-GCM v1 */
 const FIELD_ENCRYPTION_KEY = 'fieldEncryption'
-/** Operations per batch while a store is encrypted in place, or migrated to format 4 */
+/** Operations per batch while a store is encrypted in place, or migrated to format 5 */
 const MIGRATE_BATCH = 1000
 /** Records between progress lines of a format migration */
 const MIGRATE_REPORT = 10_000
