@@ -129,6 +129,13 @@ export interface PurgeMarker {
   time: number
 }
 
+/** A record as it travels whole between replicas: its state, and its other versions (history) */
+export interface WholeRecord {
+  state: RecordState
+  /** Versions besides the heads (a head listed here too is taken once) */
+  versions: VersionEntry[]
+}
+
 /** What `merge` did with a peer's state: took something new from it, or already knew all of it */
 export type MergeOutcome = 'merged' | 'known'
 
@@ -487,39 +494,50 @@ export class Store {
       const states = new Map<string, RecordState | undefined>()
       const ops: BatchOp[] = []
       const touched: SummaryChange[] = []
-      const outcomes = incoming.map((s, i): MergeOutcome => {
+      const outcomes = incoming.map((s, i) => this.stageMerge(s, keys[i] as string, states, ops, touched))
+      if (ops.length > 0) await this.committer.commit(ops)
+      this.applySummary(touched)
+      return outcomes
+    } finally {
+      release()
+    }
+  }
+
+  /**
+   * Takes whole records from a peer (hand-off, anti-entropy): each record's
+   * versions, as `apply` would, then its state, as `merge` would, all of
+   * them in one atomic, durable batch. A record this replica already holds
+   * entirely (every version stored, every version the peer knows of known
+   * here) is recognised from its stored lists and keys, without opening its
+   * rows or writing anything.
+   */
+  async receive (records: WholeRecord[]): Promise<MergeOutcome[]> {
+    this.checkOpen()
+    const keys = records.map(r => recordKey(r.state.token, r.state.table, r.state.id))
+    const release = await this.mutex.lock(keys)
+    try {
+      const states = new Map<string, RecordState | undefined>()
+      const ops: BatchOp[] = []
+      const touched: SummaryChange[] = []
+      const outcomes = records.map((r, i): MergeOutcome => {
         const key = keys[i] as string
-        const marker = this.purged.get(key)
-        if (marker !== undefined) {
-          const heads = s.heads.filter(h => h.version > marker.version && !h.parents.some(p => p <= marker.version))
-          if (heads.length === 0) return 'known'
-          s = { ...s, heads, seen: s.seen.filter(v => v > marker.version), superseded: s.superseded.filter(v => v > marker.version) }
+        const { table, token, id } = r.state
+        const versions = new Map<string, VersionEntry>()
+        for (const e of [...r.versions, ...r.state.heads]) {
+          if (e.table !== table || e.id !== id || e.token !== token) throw new Error(`receive: a version of another record than ${key}`)
+          versions.set(e.version, e)
         }
-        const before = states.has(key) ? states.get(key) : this._get(s.table, s.token, s.id)
-        const seenList = new Set(before?.seen ?? [])
-        const known = new Set(before?.superseded ?? [])
-        // Versions below the record's horizon are looked up where the store keeps them.
-        const seen = (v: string): boolean => seenList.has(v) || this.oldKnown(key, before, v, ops) === 1
-        const replacedHere = (v: string): boolean => known.has(v) || this.oldKnown(key, before, v, ops) !== undefined
-        if (s.seen.every(seen) && s.superseded.every(replacedHere) && s.heads.every(h => seen(h.version))) {
-          states.set(key, before)
-          return 'known'
+        if (!states.has(key)) {
+          if (this.holdsWhole(key, r.state, [...versions.keys()])) return 'known'
+          states.set(key, this._get(table, token, id))
         }
-        const after = mergeStates([before, s]) as RecordState
-        const mine = new Set(before?.heads.map(h => h.version))
-        after.heads = after.heads.filter(h => mine.has(h.version) || !replacedHere(h.version))
-        if (before?.horizon === undefined) delete after.horizon
-        else after.horizon = before.horizon
-        this.compactKnown(key, before?.horizon, after, ops)
-        const kept = new Set(after.heads.map(h => h.version))
-        // Local heads the peer knows replaced, and the peer's heads this replica knows replaced, become history.
-        for (const h of before?.heads ?? []) if (!kept.has(h.version)) ops.push(put(this.history, key + SEP + h.version, this.sealEntry(h)))
-        for (const h of s.heads) if (!kept.has(h.version) && !seen(h.version)) ops.push(put(this.history, key + SEP + h.version, this.sealEntry(h)))
-        states.set(key, after)
-        ops.push(put(this.records, key, this.encodeRecord(after)))
-        this.stageIndexes(before, after, ops)
-        this.noteHeads(touched, key, after.token, before?.heads.map(h => h.version), after.heads.map(h => h.version))
-        return 'merged'
+        let changed = false
+        // Parents before children: a version sorts above its parents (see HybridClock.tickAfter).
+        for (const v of [...versions.keys()].sort(compareVersions)) {
+          const outcome = this.stage(versions.get(v) as VersionEntry, states, ops, touched)
+          if (outcome === 'applied' || outcome === 'history') changed = true
+        }
+        return this.stageMerge(r.state, key, states, ops, touched) === 'merged' || changed ? 'merged' : 'known'
       })
       if (ops.length > 0) await this.committer.commit(ops)
       this.applySummary(touched)
@@ -530,23 +548,109 @@ export class Store {
   }
 
   /**
+   * Whether this replica already holds all of a peer's record: every version
+   * stored (as a head or in history) and everything the peer knows seen or
+   * replaced known here. Read from the stored record without opening its rows.
+   */
+  private holdsWhole (key: string, state: RecordState, versions: string[]): boolean {
+    if (this.purged.has(key)) return false
+    const stored = this.records.getSync(key) as StoredRecord | undefined
+    if (stored === undefined) return false
+    const lists = storedLists(stored)
+    const at = stored.horizon === undefined ? undefined : { horizon: stored.horizon } as unknown as RecordState
+    const seenList = new Set(lists.seen)
+    const replacedList = new Set(lists.superseded)
+    const heads = new Set(stored.heads.map(h => h.version))
+    const seen = (v: string): boolean => seenList.has(v) || this.oldKnown(key, at, v) === 1
+    const replaced = (v: string): boolean => replacedList.has(v) || this.oldKnown(key, at, v) !== undefined
+    return state.seen.every(seen) && state.superseded.every(replaced) &&
+      versions.every(v => heads.has(v) || (seen(v) && this.history.getSync(key + SEP + v) !== undefined))
+  }
+
+  /** One record state from a peer merged into `states` and the batch being built (see merge) */
+  private stageMerge (s: RecordState, key: string, states: Map<string, RecordState | undefined>, ops: BatchOp[], touched: SummaryChange[]): MergeOutcome {
+    const marker = this.purged.get(key)
+    if (marker !== undefined) {
+      const heads = s.heads.filter(h => h.version > marker.version && !h.parents.some(p => p <= marker.version))
+      if (heads.length === 0) return 'known'
+      s = { ...s, heads, seen: s.seen.filter(v => v > marker.version), superseded: s.superseded.filter(v => v > marker.version) }
+    }
+    const before = states.has(key) ? states.get(key) : this._get(s.table, s.token, s.id)
+    const seenList = new Set(before?.seen ?? [])
+    const known = new Set(before?.superseded ?? [])
+    // Versions below the record's horizon are looked up where the store keeps them.
+    const seen = (v: string): boolean => seenList.has(v) || this.oldKnown(key, before, v, ops) === 1
+    const replacedHere = (v: string): boolean => known.has(v) || this.oldKnown(key, before, v, ops) !== undefined
+    if (s.seen.every(seen) && s.superseded.every(replacedHere) && s.heads.every(h => seen(h.version))) {
+      states.set(key, before)
+      return 'known'
+    }
+    const after = mergeStates([before, s]) as RecordState
+    const mine = new Set(before?.heads.map(h => h.version))
+    after.heads = after.heads.filter(h => mine.has(h.version) || !replacedHere(h.version))
+    if (before?.horizon === undefined) delete after.horizon
+    else after.horizon = before.horizon
+    this.compactKnown(key, before?.horizon, after, ops)
+    const kept = new Set(after.heads.map(h => h.version))
+    // Local heads the peer knows replaced, and the peer's heads this replica knows replaced, become history.
+    for (const h of before?.heads ?? []) if (!kept.has(h.version)) ops.push(put(this.history, key + SEP + h.version, this.sealEntry(h)))
+    for (const h of s.heads) if (!kept.has(h.version) && !seen(h.version)) ops.push(put(this.history, key + SEP + h.version, this.sealEntry(h)))
+    states.set(key, after)
+    ops.push(put(this.records, key, this.encodeRecord(after)))
+    this.stageIndexes(before, after, ops)
+    this.noteHeads(touched, key, after.token, before?.heads.map(h => h.version), after.heads.map(h => h.version))
+    return 'merged'
+  }
+
+  /**
+   * The versions of a record besides its heads (its history), for sending it
+   * whole: none, without a look, when the record lists no other version and
+   * keeps none below a horizon (history holds only versions it has seen).
+   */
+  async historyOf (state: RecordState): Promise<VersionEntry[]> {
+    this.checkOpen()
+    if (state.horizon === undefined && state.seen.length <= state.heads.length) {
+      const heads = new Set(state.heads.map(h => h.version))
+      if (state.seen.every(v => heads.has(v))) return []
+    }
+    const prefix = recordKey(state.token, state.table, state.id) + SEP
+    const out: VersionEntry[] = []
+    for await (const value of this.history.values({ gt: prefix, lt: prefix + '\xff' })) out.push(this.openEntry(value))
+    return out
+  }
+
+  /**
    * Removes this replica's copy of a record (its row, history and index
    * entries) once the record's owners hold it, but only if nothing arrived
    * since `expected` was read: a copy that changed meanwhile is kept.
    */
   async drop (expected: RecordState): Promise<boolean> {
+    return (await this.dropMany([expected]))[0] === true
+  }
+
+  /** drop() of many records in one atomic, durable batch; says which were dropped */
+  async dropMany (expected: RecordState[]): Promise<boolean[]> {
     this.checkOpen()
-    const key = recordKey(expected.token, expected.table, expected.id)
-    const release = await this.mutex.lock([key])
+    const keys = expected.map(e => recordKey(e.token, e.table, e.id))
+    const release = await this.mutex.lock(keys)
     try {
-      const current = this._get(expected.table, expected.token, expected.id)
-      if (current === undefined) return false
-      const was = new Set(expected.seen)
-      if (current.seen.length !== was.size || !current.seen.every(v => was.has(v))) return false
-      const { ops } = await this.erasure(key, current.table, current.token, current.id, current.heads)
-      await this.committer.commit(ops)
-      this.applySummary(this.noteHeads([], key, current.token, current.heads.map(h => h.version), undefined))
-      return true
+      const ops: BatchOp[] = []
+      const touched: SummaryChange[] = []
+      const done = new Set<string>()
+      const dropped: boolean[] = []
+      for (const [i, e] of expected.entries()) {
+        const key = keys[i] as string
+        const current = done.has(key) ? undefined : this._get(e.table, e.token, e.id)
+        const was = new Set(e.seen)
+        if (current === undefined || current.seen.length !== was.size || !current.seen.every(v => was.has(v))) { dropped.push(false); continue }
+        ops.push(...(await this.erasure(key, current.table, current.token, current.id, current.heads, true, current)).ops)
+        this.noteHeads(touched, key, current.token, current.heads.map(h => h.version), undefined)
+        done.add(key)
+        dropped.push(true)
+      }
+      if (ops.length > 0) await this.committer.commit(ops)
+      this.applySummary(touched)
+      return dropped
     } finally {
       release()
     }
@@ -603,11 +707,15 @@ export class Store {
    * table-list entry and the index entries of its heads' rows. Hints are the
    * caller's.
    */
-  private async erasure (key: string, table: string, token: string, id: string, heads: VersionEntry[], held = true): Promise<{ ops: BatchOp[], history: number }> {
+  private async erasure (key: string, table: string, token: string, id: string, heads: VersionEntry[], held = true, state?: RecordState): Promise<{ ops: BatchOp[], history: number }> {
     const ops: BatchOp[] = held ? [del(this.records, key)] : []
     let history = 0
-    for await (const k of this.history.keys({ gt: key + SEP, lt: key + SEP + '\xff' })) { ops.push(del(this.history, k)); history++ }
-    for await (const k of this.known.keys({ gt: key + SEP, lt: key + SEP + '\xff' })) ops.push(del(this.known, k))
+    // A record that lists no version besides its heads and has no horizon has no history and no known keys.
+    const single = state !== undefined && state.horizon === undefined && state.seen.every(v => state.heads.some(h => h.version === v))
+    if (!single) {
+      for await (const k of this.history.keys({ gt: key + SEP, lt: key + SEP + '\xff' })) { ops.push(del(this.history, k)); history++ }
+      for await (const k of this.known.keys({ gt: key + SEP, lt: key + SEP + '\xff' })) ops.push(del(this.known, k))
+    }
     const pos = token + SEP + id
     if (this.tables.getSync(table + SEP + pos) !== undefined) ops.push(del(this.tables, table + SEP + pos))
     const indexKeys = new Set<string>()
@@ -784,16 +892,39 @@ export class Store {
   }
 
   /** Up to `limit` records of one leaf of the token space after `after` (a record key), each with its digest */
-  async recordDigests (leaf: number, options: { after?: string, limit: number }): Promise<Array<{ key: string, token: string, table: string, id: string, digest: string }>> {
+  async recordDigests (leaf: number, options: { after?: string, limit: number }): Promise<Array<{ key: string, token: string, table: string, id: string, digest: string, heads: string[] }>> {
     this.checkOpen()
     const prefix = leafPrefix(leaf)
-    const out: Array<{ key: string, token: string, table: string, id: string, digest: string }> = []
+    const out: Array<{ key: string, token: string, table: string, id: string, digest: string, heads: string[] }> = []
     const range = options.after !== undefined && options.after > prefix ? { gt: options.after } : { gte: prefix }
     for await (const [k, v] of this.records.iterator({ ...range, lt: prefix + '\xff', limit: options.limit })) {
       const [token, table, id] = k.split(SEP, 3) as [string, string, string]
-      out.push({ key: k, token, table, id, digest: recordDigest(k, (v as StoredRecord).heads.map(h => h.version)).toString('hex') })
+      const heads = (v as StoredRecord).heads.map(h => h.version)
+      out.push({ key: k, token, table, id, digest: recordDigest(k, heads).toString('hex'), heads })
     }
     return out
+  }
+
+  /**
+   * Whether this replica holds what a peer's copy of a record has, judged by
+   * the peer's heads: every one of them seen here (so stored here, or
+   * replaced by a version stored here). Then the peer's copy has nothing
+   * this one lacks, and only this one need travel.
+   */
+  holdsHeads (key: string, heads: readonly string[]): boolean {
+    this.checkOpen()
+    const stored = this.records.getSync(key) as StoredRecord | undefined
+    if (stored === undefined || heads.length === 0) return false
+    const seen = new Set(storedLists(stored).seen)
+    const at = stored.horizon === undefined ? undefined : { horizon: stored.horizon } as unknown as RecordState
+    return heads.every(v => seen.has(v) || this.oldKnown(key, at, v) === 1)
+  }
+
+  /** The digest (hex) of one record as recordDigests gives it, by its key; undefined when it is not held */
+  digestOf (key: string): string | undefined {
+    this.checkOpen()
+    const heads = this.storedHeads(key)
+    return heads === undefined ? undefined : recordDigest(key, heads).toString('hex')
   }
 
   /** A record's head versions as stored, without opening its rows */

@@ -358,14 +358,16 @@ describe('store: record metadata stays small (formats 4 and 5)', () => {
     return store.commits.ops - opsBefore
   }
 
-  it('keeps a row updated 2,000 times within twice its size after one update, at the same cost per write as after 100', async () => {
+  it('keeps a row updated 2,000 times within a few bytes a listed version of its size after one update, at the same cost per write as after 100', async () => {
     await update(1, 2)
     const sizeAtFirst = await encodedSize(1)
     const opsAt100 = await update(1, 98)
     const sizeAt100 = await encodedSize(1)
     const opsAt2000 = await update(1, 1900)
     const sizeAt2000 = await encodedSize(1)
-    expect(sizeAt2000).toBeLessThanOrEqual(2 * sizeAtFirst)
+    expect(sizeAt2000).toBeLessThan(2 * 1024)
+    // The window of listed versions costs a few bytes a version (see version-list.ts), whatever the history.
+    expect(sizeAt2000 - sizeAtFirst).toBeLessThanOrEqual(6 * KNOWN_WINDOW)
     // Lists of the same length: only the row's `visit <n>` and the versions' clock steps (a few
     // base-36 digits each, see version-list.ts) may differ.
     expect(Math.abs(sizeAt2000 - sizeAt100)).toBeLessThanOrEqual(4 * KNOWN_WINDOW)
