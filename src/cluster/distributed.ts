@@ -237,7 +237,7 @@ export class DistributedCoordinator implements Coordinator {
     const self = this.c.peerId
     // Where one record goes: to the owners that gained it (this node stays an owner), or to every owner
     // before this node's copy is dropped; undefined when it stays as it is.
-    const plan = (state: RecordState): { targets: string[], drop: boolean, missing: boolean } | undefined => {
+    const plan = (state: { table: string, token: string }): { targets: string[], drop: boolean, missing: boolean } | undefined => {
       const global = findTable(state.table)?.shardKey === 'global'
       const owners = this.ring.preferenceList(state.token, global ? this.ring.size : this.replicas)
       const oldOwners = before.preferenceList(state.token, global ? before.size : this.replicas)
@@ -245,6 +245,10 @@ export class DistributedCoordinator implements Coordinator {
         const sender = oldOwners.find(p => this.c.membership.isAlive(p))
         const gained = owners.filter(p => p !== self && !oldOwners.includes(p))
         if (sender !== self || gained.length === 0) return undefined
+        // An old owner that lost its place and is alive sends the record to every owner before it drops
+        // its copy (below): the newcomers get it from there, and once is enough. Should it fail, it keeps
+        // its copy and retries; anti-entropy covers one that is gone for good.
+        if (oldOwners.some(p => !owners.includes(p) && this.c.membership.isAlive(p))) return undefined
         // A newcomer that is down now gets it on a later run: this one counts as failed, so it is retried.
         const up = gained.filter(p => this.c.membership.stateOf(p) !== 'down')
         return { targets: up, drop: false, missing: up.length < gained.length }
@@ -301,15 +305,18 @@ export class DistributedCoordinator implements Coordinator {
     }
     try {
       let batch: Array<{ state: RecordState, route: Route }> = []
-      for await (const state of this.c.store.scanRecords()) {
+      // Placed by key alone: only the records that move are decoded (their rows decrypted).
+      for await (const page of this.c.store.scanPages()) {
         if (this.stopped) break
-        stats.records++
-        const route = plan(state)
-        if (route === undefined || (route.targets.length === 0 && !route.missing)) continue
-        batch.push({ state, route })
-        if (batch.length < REBALANCE_BATCH) continue
-        launch(batch)
-        batch = []
+        for (const record of page) {
+          stats.records++
+          const route = plan(record)
+          if (route === undefined || (route.targets.length === 0 && !route.missing)) continue
+          batch.push({ state: record.open(), route })
+          if (batch.length < REBALANCE_BATCH) continue
+          launch(batch)
+          batch = []
+        }
         while (inflight.size >= REBALANCE_WINDOW) await Promise.race(inflight)
       }
       if (!this.stopped) launch(batch)

@@ -947,13 +947,35 @@ export class Store {
 
   /** Every record state whose token lies in [from, to), for hand-off and anti-entropy */
   async * scanRecords (range: { from?: string, to?: string } = {}): AsyncGenerator<RecordState> {
+    for await (const page of this.scanPages(range)) {
+      for (const r of page) yield r.open()
+    }
+  }
+
+  /**
+   * Every record whose token lies in [from, to), in key order, a page at a
+   * time: its table, token and id, and `open()`, which decodes it (its rows
+   * decrypted) only when the caller wants it (a rebalance looks at every
+   * record and sends a few).
+   */
+  async * scanPages (range: { from?: string, to?: string } = {}, pageSize = SCAN_PAGE): AsyncGenerator<Array<{ table: string, token: string, id: string, open: () => RecordState }>> {
     this.checkOpen()
     const opts: { gte?: string, lt?: string } = {}
     if (range.from !== undefined) opts.gte = range.from
     if (range.to !== undefined) opts.lt = range.to
-    for await (const [k, v] of this.records.iterator(opts)) {
-      const [token, table, id] = k.split(SEP, 3) as [string, string, string]
-      yield this.decodeRecord(table, token, id, v)
+    const iterator = this.records.iterator(opts)
+    try {
+      for (;;) {
+        // nextv: a page per call into LevelDB, not a promise per record.
+        const entries = await iterator.nextv(pageSize) as Array<[string, StoredRecord]>
+        if (entries.length === 0) return
+        yield entries.map(([k, v]) => {
+          const [token, table, id] = k.split(SEP, 3) as [string, string, string]
+          return { table, token, id, open: () => this.decodeRecord(table, token, id, v) }
+        })
+      }
+    } finally {
+      await iterator.close()
     }
   }
 
@@ -1392,6 +1414,8 @@ interface SummaryChange { token: string, digest: Buffer }
 const FIELD_ENCRYPTION_KEY = 'fieldEncryption'
 /** Operations per batch while a store is encrypted in place, or migrated to format 5 */
 const MIGRATE_BATCH = 1000
+/** Records read per LevelDB call when all of them are walked (scanPages) */
+const SCAN_PAGE = 256
 /** Records between progress lines of a format migration */
 const MIGRATE_REPORT = 10_000
 
