@@ -6,7 +6,7 @@ import { winner } from '../storage/store.js'
 import type { HybridClock } from '../storage/version.js'
 import { compareVersions } from '../storage/version.js'
 import { AntiEntropy } from './anti-entropy.js'
-import { ApplyBatcher, chunkBy, chunkGroups, MAX_ENTRIES_PER_MESSAGE, resultOk } from './apply-batcher.js'
+import { ApplyBatcher, chunkGroups, chunkWhole, resultOk } from './apply-batcher.js'
 import type { ClusterStatus, Consistency, Coordinator, GroupOutcome, InsertOutcome, Mutation, RequestOptions, ScanPage, ScanRequest, WriteResult } from './coordinator.js'
 import { orderByLiveness, planRecordMove, requiredAcks, type RecordMove } from './decisions.js'
 import { mergeStates, missingHeads } from './merge.js'
@@ -88,8 +88,10 @@ function sameMembers (a: string[], b: string[]): boolean {
   return a.length === b.length && [...a].sort().join(',') === [...b].sort().join(',')
 }
 
-/** Record states sent to one peer in one hand-off message */
-const REBALANCE_BATCH = 256
+/** Records a rebalance sends per batch (one message per target peer, or a few: see chunkWhole) */
+const REBALANCE_BATCH = 512
+/** Hand-off batches in flight at once: the scan waits while this many await their answers */
+const REBALANCE_WINDOW = 4
 
 /**
  * The networked coordinator. Each key's first live owner on the ring is its
@@ -254,75 +256,82 @@ export class DistributedCoordinator implements Coordinator {
     before.setMembers(this.placedFor.map(peerId => ({ peerId })))
     const stats = { finishedAt: 0, records: 0, sent: 0, dropped: 0, failed: 0 }
     const self = this.c.peerId
-    // Pending sends per peer; a batch goes out when full and the sweep waits for it (back-pressure).
-    // A record travels whole: every version it has had (so its history moves with it), then its state.
-    type Outgoing = { state: RecordState, versions: VersionEntry[], done: (ok: boolean) => void }
-    const queues = new Map<string, Outgoing[]>()
-    const flush = async (peer: string): Promise<void> => {
-      const queue = queues.get(peer) ?? []
-      queues.delete(peer)
-      for (const part of chunkOutgoing(queue)) {
-        let ok = part.map(() => false)
-        try {
-          const applied = await this.c.transport.request(peer, 'replica', { type: 'apply', groups: part.map(q => q.versions) }, { timeout: this.timeoutMs * 2 })
-          const merged = await this.c.transport.request(peer, 'replica', { type: 'merge', states: part.map(q => q.state) }, { timeout: this.timeoutMs * 2 })
-          ok = part.map((_, i) => resultOk(applied, i) && resultOk(merged, i))
-        } catch (err) {
-          this.c.log?.('hand-off of %d records to %s failed: %s', part.length, peer, (err as Error).message)
-        }
-        part.forEach((q, i) => { q.done(ok[i] === true) })
-      }
-    }
-    const send = async (peer: string, state: RecordState, versions: VersionEntry[]): Promise<boolean> => {
-      let queue = queues.get(peer)
-      if (queue === undefined) { queue = []; queues.set(peer, queue) }
-      const q = queue
-      const acked = new Promise<boolean>(resolve => { q.push({ state, versions, done: resolve }) })
-      if (q.length >= REBALANCE_BATCH) await flush(peer)
-      return await acked
-    }
     // Where one record goes: to the owners that gained it (this node stays an owner), or to every owner
     // before this node's copy is dropped; undefined when it stays as it is.
-    const plan = (state: RecordState): RecordMove | undefined => {
+    const plan = (state: { table: string, token: string }): RecordMove | undefined => {
       const global = findTable(state.table)?.shardKey === 'global'
       const owners = this.ring.preferenceList(state.token, global ? this.ring.size : this.replicas)
       const oldOwners = before.preferenceList(state.token, global ? before.size : this.replicas)
       return planRecordMove(self, owners, oldOwners, p => this.c.membership.stateOf(p))
     }
-    const handle = async (state: RecordState, route: { targets: string[], drop: boolean, missing: boolean }, versions: VersionEntry[]): Promise<void> => {
-      // The sends are queued synchronously, before the first await: the flush below sees all of them.
-      const oks = await Promise.all(route.targets.map(async p => await send(p, state, versions)))
-      if (route.targets.length > 0) stats.sent++
-      const ok = !route.missing && oks.every(Boolean)
-      if (!ok) { stats.failed++; return }
-      if (route.drop && await this.c.store.drop(state)) { stats.dropped++; this.droppedTotal++ }
-    }
-    const batch: RecordState[] = []
-    const processBatch = async (): Promise<void> => {
-      const work = batch.splice(0).map(state => ({ state, route: plan(state) })).filter(w => w.route !== undefined && w.route.targets.length + (w.route.missing ? 1 : 0) > 0)
-      const versions = await Promise.all(work.map(async w => await this.c.store.versions(w.state.table, w.state.token, w.state.id)))
-      const done = work.map(async (w, i) => {
-        await handle(w.state, w.route as NonNullable<typeof w.route>, versions[i] as VersionEntry[]).catch(err => {
-          stats.failed++
-          this.c.log?.('hand-off of %s %s failed: %s', w.state.table, w.state.id, (err as Error).message)
-        })
+    type Route = NonNullable<ReturnType<typeof plan>>
+    // One batch of records: each sent whole (its history and its state) to its targets, one message per
+    // target peer; copies this node gives up are dropped (in one batch) once every owner has them on disk.
+    const handOff = async (work: Array<{ state: RecordState, route: Route }>): Promise<void> => {
+      const history = await Promise.all(work.map(async w => await this.c.store.historyOf(w.state)))
+      const ok = work.map(w => !w.route.missing)
+      const byPeer = new Map<string, number[]>()
+      work.forEach((w, i) => {
+        for (const p of w.route.targets) {
+          const items = byPeer.get(p)
+          if (items === undefined) byPeer.set(p, [i])
+          else items.push(i)
+        }
       })
-      await Promise.all([...queues.keys()].map(flush))
-      await Promise.all(done)
+      await Promise.all([...byPeer].map(async ([peer, items]) => {
+        for (const part of chunkWhole(items.map(i => ({ i, state: (work[i] as { state: RecordState }).state, versions: history[i] as VersionEntry[] })))) {
+          let reply: unknown
+          try {
+            reply = await this.c.transport.request(peer, 'replica', { type: 'records', records: part.map(({ state, versions }) => ({ state, versions })) }, { timeout: this.timeoutMs * 2 })
+          } catch (err) {
+            this.c.log?.('hand-off of %d records to %s failed: %s', part.length, peer, (err as Error).message)
+          }
+          part.forEach((item, j) => { if (!resultOk(reply, j)) ok[item.i] = false })
+        }
+      }))
+      work.forEach((w, i) => {
+        if (w.route.targets.length > 0) stats.sent++
+        if (ok[i] !== true) stats.failed++
+      })
+      const drops = work.filter((w, i) => ok[i] === true && w.route.drop).map(w => w.state)
+      if (drops.length > 0) {
+        const dropped = (await this.c.store.dropMany(drops)).filter(Boolean).length
+        stats.dropped += dropped
+        this.droppedTotal += dropped
+      }
+    }
+    // Batches go out while the scan goes on, up to REBALANCE_WINDOW at once (back-pressure: the scan waits).
+    const inflight = new Set<Promise<void>>()
+    const launch = (work: Array<{ state: RecordState, route: Route }>): void => {
+      if (work.length === 0) return
+      const job = handOff(work).catch(err => {
+        stats.failed += work.length
+        this.c.log?.('hand-off of %d records failed: %s', work.length, (err as Error).message)
+      }).finally(() => { inflight.delete(job) })
+      inflight.add(job)
     }
     try {
-      for await (const state of this.c.store.scanRecords()) {
+      let batch: Array<{ state: RecordState, route: Route }> = []
+      // Placed by key alone: only the records that move are decoded (their rows decrypted).
+      for await (const page of this.c.store.scanPages()) {
         if (this.stopped) break
-        stats.records++
-        batch.push(state)
-        // Bound what is in flight: push out what is queued and wait for it.
-        if (batch.length >= REBALANCE_BATCH * 4) await processBatch()
+        for (const record of page) {
+          stats.records++
+          const route = plan(record)
+          if (route === undefined || (route.targets.length === 0 && !route.missing)) continue
+          batch.push({ state: record.open(), route })
+          if (batch.length < REBALANCE_BATCH) continue
+          launch(batch)
+          batch = []
+        }
+        while (inflight.size >= REBALANCE_WINDOW) await Promise.race(inflight)
       }
-      if (!this.stopped) await processBatch()
+      if (!this.stopped) launch(batch)
     } catch (err) {
       stats.failed++
       this.c.log?.('rebalance stopped: %s', (err as Error).message)
     }
+    await Promise.all(inflight)
     stats.finishedAt = this.env.now()
     this.lastRebalance = stats
     if (stats.sent > 0 || stats.failed > 0) {
@@ -947,7 +956,7 @@ export class DistributedCoordinator implements Coordinator {
     }
     const msg: ReplicaMessage = parseReplicaMessage(raw)
     // A member that left may still hand over what it holds (its records, its hints), but reads nothing more.
-    if (from !== this.c.peerId && this.c.membership.stateOf(from) === 'left' && msg.type !== 'apply' && msg.type !== 'merge' && msg.type !== 'purge') {
+    if (from !== this.c.peerId && this.c.membership.stateOf(from) === 'left' && msg.type !== 'apply' && msg.type !== 'merge' && msg.type !== 'records' && msg.type !== 'purge') {
       throw new ForbiddenError(`${from} has left the network: it may only hand over what it holds`)
     }
     switch (msg.type) {
@@ -974,6 +983,20 @@ export class DistributedCoordinator implements Coordinator {
           }
         }))
         return { results }
+      }
+      case 'records': {
+        if (this.c.membership.leaving) return this.refuseWhileLeaving(msg.records.length)
+        for (const r of msg.records) {
+          for (const h of r.state.heads) this.c.clock.observe(h.version)
+          for (const e of r.versions) this.c.clock.observe(e.version)
+        }
+        try {
+          await this.c.store.receive(msg.records)
+          return { results: msg.records.map(() => ({ ok: true })) }
+        } catch (err) {
+          this.c.log?.('taking %d records from %s failed: %s', msg.records.length, from, (err as Error).message)
+          return { results: msg.records.map(() => ({ ok: false, error: { code: 'INTERNAL', message: (err as Error).message } })) }
+        }
       }
       case 'merge': {
         if (this.c.membership.leaving) return this.refuseWhileLeaving(msg.states.length)
@@ -1091,14 +1114,6 @@ export class DistributedCoordinator implements Coordinator {
       this.handingOff = false
     }
   }
-}
-
-/** Hand-off messages: at most REBALANCE_BATCH records, MAX_ENTRIES_PER_MESSAGE versions, and 50,000 version ids of state each (one larger record goes alone) */
-function chunkOutgoing<T extends { state: RecordState, versions: VersionEntry[] }> (queue: T[]): T[][] {
-  return chunkBy(queue, REBALANCE_BATCH, [
-    { size: q => q.versions.length, max: MAX_ENTRIES_PER_MESSAGE },
-    { size: q => q.state.seen.length + q.state.superseded.length, max: 50_000 }
-  ])
 }
 
 /** A peer's answer to `read`, checked before it is merged or repaired into this node's store */
