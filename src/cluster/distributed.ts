@@ -4,7 +4,7 @@ import { MAX_COUNT_RANGES } from './messages.js'
 import type { PurgeMarker, RecordState, Store, VersionEntry } from '../storage/store.js'
 import { winner } from '../storage/store.js'
 import type { HybridClock } from '../storage/version.js'
-import { compareVersions } from '../storage/version.js'
+import { compareVersions, isVersion } from '../storage/version.js'
 import { AntiEntropy } from './anti-entropy.js'
 import { ApplyBatcher, chunkGroups, chunkWhole, resultOk } from './apply-batcher.js'
 import type { ClusterStatus, Consistency, Coordinator, GroupOutcome, InsertOutcome, Mutation, RequestOptions, ScanPage, ScanRequest, WriteResult } from './coordinator.js'
@@ -757,11 +757,16 @@ export class DistributedCoordinator implements Coordinator {
     // At `one`, a copy this node keeps without owning it (a sloppy write) is read too.
     const held = options.consistency === 'one' && !owners.includes(this.c.peerId) ? await this.c.store.get(table, token, id) : undefined
     let answers: Map<string, RecordState | undefined>
+    // An owner reads its own copy, and asks the others only for their heads: a copy whose heads are the
+    // same is the same answer, so no rows travel (and none are decrypted there). A copy that differs is
+    // read whole, merged and repaired as before.
+    const mine = owners.includes(this.c.peerId) ? this.c.store.get(table, token, id) : undefined
+    mine?.catch(() => {})
     try {
       const asked = this.ask(this.byLiveness(owners, true), need, table, async peer =>
         peer === this.c.peerId
-          ? await this.c.store.get(table, token, id)
-          : readReply(await this.c.transport.request(peer, 'replica', { type: 'read', table, id, token }, { timeout: this.timeoutMs }), { table, id, token }))
+          ? await (mine as Promise<RecordState | undefined>)
+          : await this.readCopy(peer, { table, id, token }, mine))
       // With a copy here, owners that do not answer (one after another) hold the read up for one timeout at most.
       answers = held === undefined ? await asked : await withTimeout(this.env, asked, this.timeoutMs, table)
     } catch (err) {
@@ -771,6 +776,27 @@ export class DistributedCoordinator implements Coordinator {
     const merged = mergeStates([...answers.values(), held])
     if (merged !== undefined) this.repair(answers, merged)
     return merged
+  }
+
+  /**
+   * A peer's copy of a record. When this node holds its own (`mine`), the
+   * peer is first asked for its heads only: the same heads answer with this
+   * node's copy. A peer that cannot say (an older version) is read whole.
+   */
+  private async readCopy (peer: string, k: { table: string, id: string, token: string }, mine?: Promise<RecordState | undefined>): Promise<RecordState | undefined> {
+    const whole = async (): Promise<RecordState | undefined> => readReply(await this.c.transport.request(peer, 'replica', { type: 'read', ...k }, { timeout: this.timeoutMs }), k)
+    if (mine === undefined) return await whole()
+    let theirs: string[] | null
+    try {
+      const [, reply] = await Promise.all([mine, this.c.transport.request(peer, 'replica', { type: 'heads', ...k }, { timeout: this.timeoutMs })])
+      theirs = headsReply(reply)
+    } catch (err) {
+      if (isUnreachable(err)) throw err
+      return await whole()
+    }
+    const local = await mine
+    const ours = local?.heads.map(h => h.version) ?? null
+    return sameVersions(ours, theirs) ? local : await whole()
   }
 
   async readLocal (table: string, id: string, shard: string): Promise<RecordState | undefined> {
@@ -808,6 +834,10 @@ export class DistributedCoordinator implements Coordinator {
     const answers = new Map<string, T>()
     let next = 0
     let running = 0
+    /** Peers asked and not yet answered */
+    let inflight = 0
+    /** Wakes the workers waiting out a hedge when an answer or a failure comes in */
+    let wake: () => void = () => {}
     const errors: string[] = []
     return await new Promise<Map<string, T>>((resolve, reject) => {
       let settled = false
@@ -815,22 +845,43 @@ export class DistributedCoordinator implements Coordinator {
         if (settled) return
         if (err === undefined && answers.size < need && running > 0) return
         settled = true
+        wake()
         if (err !== undefined) reject(err)
         else if (answers.size >= need) resolve(new Map(answers))
         else reject(new UnavailableError(`${what}: ${answers.size} of ${need} replicas answered (${errors.join('; ')})`))
       }
+      // Waits until something answers or fails, or HEDGE_MS pass: then another owner is asked, so a hung
+      // owner (cut off, not yet suspect) costs a quorum HEDGE_MS, not the replication timeout.
+      const hedge = async (): Promise<void> => {
+        await new Promise<void>(resolve => {
+          const timer = this.env.setTimeout(() => { resolve() }, HEDGE_MS)
+          const previous = wake
+          wake = () => { this.env.clearTimeout(timer); resolve(); previous() }
+        })
+      }
       const worker = async (): Promise<void> => {
         while (!settled && answers.size < need && next < peers.length) {
+          // As many asked as answers still needed: no other owner is asked unless one of them is slow.
+          if (answers.size + inflight >= need) {
+            await hedge()
+            if (settled || answers.size + inflight < need) continue
+          }
+          if (next >= peers.length) break
           const peer = peers[next++] as string
+          inflight++
           try {
             const answer = await fn(peer)
             if (!settled) answers.set(peer, answer)
           } catch (err) {
             // A replica that refuses (it is leaving, overloaded, holds a copy that fails its checks, takes us
             // for a non-member) or whose answer fails ours is one that did not answer: the next owner is asked.
-            if (!isNoAnswer(err)) { settle(err); return }
+            if (!isNoAnswer(err)) { inflight--; settle(err); return }
             errors.push(`${peer}: ${(err as Error).message}`)
           }
+          inflight--
+          const woken = wake
+          wake = () => {}
+          woken()
           if (answers.size >= need) settle()
         }
       }
@@ -1011,6 +1062,8 @@ export class DistributedCoordinator implements Coordinator {
       }
       case 'read':
         return { state: await this.c.store.get(msg.table, msg.token, msg.id) ?? null }
+      case 'heads':
+        return { heads: this.c.store.headsOf(msg.table, msg.token, msg.id) ?? null }
       case 'history':
         return { versions: await this.c.store.versions(msg.table, msg.token, msg.id) }
       case 'scan':
@@ -1123,6 +1176,20 @@ function readReply (reply: unknown, expect: { table: string, id: string, token: 
   return checkState(state, expect)
 }
 
+/** A `heads` reply: the versions, or null when the peer does not hold the record */
+function headsReply (reply: unknown): string[] | null {
+  const heads = (reply as { heads?: unknown } | null)?.heads
+  if (heads === null) return null
+  if (!Array.isArray(heads) || heads.length > 1000 || !heads.every(isVersion)) throw new InvalidMessageError('replica: malformed heads reply')
+  return heads as string[]
+}
+
+/** The same set of versions (both absent counts as the same) */
+function sameVersions (a: string[] | null, b: string[] | null): boolean {
+  if (a === null || b === null) return a === b
+  return a.length === b.length && a.every(v => b.includes(v))
+}
+
 function historyReply (reply: unknown, table: string, id: string): VersionEntry[] {
   const versions = (reply as { versions?: unknown } | null)?.versions
   if (!Array.isArray(versions)) throw new InvalidMessageError('replica: malformed history reply')
@@ -1167,6 +1234,13 @@ function checkCounts (reply: unknown): Record<string, number> {
  * our checks of its answer did; one misbehaving replica must not fail a read
  * that others can serve.
  */
+/**
+ * How long a quorum waits on the owners it asked before it asks one more: a
+ * hedge against an owner that hangs (cut off and not yet suspect), which
+ * would otherwise hold the request up for the replication timeout.
+ */
+export const HEDGE_MS = 50
+
 export function isNoAnswer (err: unknown): boolean {
   return err instanceof NtsoekheError
 }

@@ -38,6 +38,8 @@ export type ReplicaMessage =
   /** Whole records (hand-off, anti-entropy): each record's versions and state, taken in one batch */
   | { type: 'records', records: WholeRecord[] }
   | { type: 'read', table: string, id: string, token: string }
+  /** A record's head versions only (a quorum read's check that a copy matches the reader's own) */
+  | { type: 'heads', table: string, id: string, token: string }
   | { type: 'history', table: string, id: string, token: string }
   | { type: 'scan', table: string, where: Record<string, string | number | null>, after?: string, token?: string, limit: number }
   | { type: 'purge', table: string, id: string, token: string, version: string }
@@ -245,6 +247,7 @@ export function parseReplicaMessage (msg: unknown): ReplicaMessage {
       }
     }
     case 'read':
+    case 'heads':
     case 'history': {
       const table = checkTable(m.table)
       const id = checkId(table, m.id)

@@ -1075,6 +1075,16 @@ export class Store {
     return heads.every(v => seen.has(v) || this.oldKnown(key, at, v) === 1)
   }
 
+  /**
+   * A record's head versions, without opening its rows (no decryption): what
+   * a quorum read compares with a peer's copy before it asks for the rows.
+   * Undefined when the record is not held.
+   */
+  headsOf (table: string, token: string, id: string): string[] | undefined {
+    this.checkOpen()
+    return this.storedHeads(recordKey(token, table, id))
+  }
+
   /** The digest (hex) of one record as recordDigests gives it, by its key; undefined when it is not held */
   digestOf (key: string): string | undefined {
     this.checkOpen()
