@@ -18,6 +18,12 @@ export interface DaemonFlags {
   replicas?: number
   writeQuorum?: number
   readQuorum?: number
+  /** `--console <host:port>`: serve the web console there (monitoring.console) */
+  console?: string
+  /** `--console-remote`: allow the console on a non-loopback address (monitoring.consoleRemote) */
+  consoleRemote?: boolean
+  /** `--metrics-listen <host:port>`: serve `GET /metrics` there (monitoring.metricsListen) */
+  metricsListen?: string
   logLevel?: string
   /** `--join <invite>`: store the network key the invite carries and join through its addresses */
   join?: string
@@ -31,6 +37,8 @@ export interface DaemonFlags {
   test?: boolean
   /** `--json`: announce the start as one JSON line on stdout (with the logs) instead of the banner on stderr */
   json?: boolean
+  /** `--clock-offset-ms <ms>`: run this node's clock ahead (or behind) of the machine's, for the chaos suite; refused without `test` */
+  clockOffsetMs?: number
 }
 
 /**
@@ -67,6 +75,9 @@ export function applyFlags (config: Config, flags: DaemonFlags): Config {
   if (flags.logLevel !== undefined) c.log.level = flags.logLevel
   if (flags.swarmKey !== undefined) c.network.pnetKeyFile = resolve(flags.swarmKey)
   if (flags.openNetwork === true) c.network.open = true
+  if (flags.console !== undefined) c.monitoring.console = flags.console
+  if (flags.consoleRemote === true) c.monitoring.consoleRemote = true
+  if (flags.metricsListen !== undefined) c.monitoring.metricsListen = flags.metricsListen
   if (c.network.open && flags.swarmKey !== undefined) throw new ValidationError('--open-network and --swarm-key exclude each other')
   checkConfig(c, 'flags')
   return c
@@ -120,8 +131,17 @@ export async function runDaemon (home: string, flags: DaemonFlags, io: Io): Prom
   const { config: saved } = await loadConfig(home)
   const config = usage(() => applyFlags(saved, flags))
   const logger = createLogger(config.log.level)
+  if (flags.clockOffsetMs !== undefined && flags.test !== true) throw new UsageError('--clock-offset-ms is only for the chaos suite: it is accepted together with --test')
   // After `ntsoekhe leave` the node has handed everything off: it stops as on a signal.
-  const node = new NtsoekheNode({ home, config, logger, ...(invite === undefined ? {} : { invite }), ...(flags.securityOff === true ? { security: false } : {}), onLeft: () => { process.kill(process.pid, 'SIGTERM') } })
+  const node = new NtsoekheNode({
+    home,
+    config,
+    logger,
+    ...(invite === undefined ? {} : { invite }),
+    ...(flags.securityOff === true ? { security: false } : {}),
+    ...(flags.clockOffsetMs === undefined ? {} : { clockOffsetMs: flags.clockOffsetMs }),
+    onLeft: () => { process.kill(process.pid, 'SIGTERM') }
+  })
   try {
     await node.start()
   } catch (err) {
@@ -140,9 +160,15 @@ export async function runDaemon (home: string, flags: DaemonFlags, io: Io): Prom
   }
   if (flags.json === true) {
     const status = await node.status()
-    io.stdout.write(JSON.stringify({ ready: true, peerId: node.peerId, socket: node.socket, home, addresses: status.addresses, version: status.version }) + '\n')
+    io.stdout.write(JSON.stringify({
+      ready: true, peerId: node.peerId, socket: node.socket, home, addresses: status.addresses, version: status.version,
+      ...(node.urls.console === undefined ? {} : { console: node.urls.console }),
+      ...(node.urls.metrics === undefined ? {} : { metrics: node.urls.metrics })
+    }) + '\n')
   } else {
-    io.stderr.write(`ntsoekhe daemon ready\n  peer id  ${node.peerId}\n  socket   ${node.socket}\n`)
+    io.stderr.write(`ntsoekhe daemon ready\n  peer id  ${node.peerId}\n  socket   ${node.socket}\n` +
+      (node.urls.console === undefined ? '' : `  console  ${node.urls.console} (plain HTTP; sign in with a user token)\n`) +
+      (node.urls.metrics === undefined ? '' : `  metrics  ${node.urls.metrics}\n`))
   }
   await new Promise<void>(resolve => {
     const onSignal = (signal: string): void => {

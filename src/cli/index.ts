@@ -3,11 +3,13 @@ import { readFile, stat } from 'node:fs/promises'
 import { extname } from 'node:path'
 import type { Readable } from 'node:stream'
 import { Command, CommanderError, Option } from 'commander'
+import { concat, fromString, toString } from 'uint8arrays'
 import { NoDaemonError, NtsoekheClient } from '../client/index.js'
 import { NtsoekheError } from '../errors/index.js'
 import { LOG_LEVELS, loadConfig, resolveHome, socketPath } from '../daemon/config.js'
 import { MAX_LIMIT } from '../query/limits.js'
 import { readAdminToken } from '../security/tokens.js'
+import { parseHostPort } from '../observability/address.js'
 import { renderObject, renderTable } from './format.js'
 import { UsageError } from './usage.js'
 import { VERSION } from '../version.js'
@@ -15,6 +17,7 @@ import { VERSION } from '../version.js'
 // a client command then starts in a fraction of the time.
 import type { DaemonFlags } from './daemon.js'
 import type { ExportFlags } from './export.js'
+import type { BackupFlags, RestoreFlags } from './backup.js'
 
 export interface Io {
   stdout: { write: (s: string) => unknown }
@@ -120,8 +123,12 @@ function buildProgram (io: Io, setCode: (c: number) => void, asked: Asked): Comm
     .option('--join <invite>', 'join the network of the member that printed this invite (ntsoekhe invite): stores its network key in the home')
     .option('--swarm-key <file>', 'network key file to use (network.pnetKeyFile); with --bootstrap, the manual way to join')
     .option('--open-network', 'run without a network key: any machine that reaches the port can join (network.open)')
+    .option('--console <host:port>', 'serve the read-only web console on this address, e.g. 127.0.0.1:4180 (monitoring.console; loopback only unless --console-remote)', hostPort('--console'))
+    .option('--console-remote', 'allow --console on a non-loopback address: plain HTTP, tokens and rows cross the network in clear (monitoring.consoleRemote)')
+    .option('--metrics-listen <host:port>', 'also serve GET /metrics (Prometheus, no token) on this address (monitoring.metricsListen)', hostPort('--metrics-listen'))
     .addOption(new Option('--security-off', 'no authentication, access rules, encryption at rest or audit trail: for benchmarks, accepted only with --test').hideHelp())
     .addOption(new Option('--test', 'this daemon is a test or benchmark subject').hideHelp())
+    .addOption(new Option('--clock-offset-ms <ms>', "run this node's clock this many ms ahead of the machine's (negative: behind): for the chaos suite, accepted only with --test").argParser(signedInt).hideHelp())
     .action(async (opts: GlobalOpts & DaemonFlags) => {
       const { runDaemon } = await import('./daemon.js')
       setCode(await runDaemon(resolveHome(opts.home), opts, io))
@@ -273,6 +280,33 @@ function buildProgram (io: Io, setCode: (c: number) => void, asked: Asked): Comm
       const { runExport } = await import('./export.js')
       await runExport(await client(opts), opts, io)
     })
+
+  // Backup and restore (src/cli/backup.ts, README "Backup and restore").
+  common(program.command('backup').description('write a backup of the whole network: every record once with its history, as compressed chunks and manifest.json (admin); --verify checks one'))
+    .argument('<dir>', 'a new or empty directory (with --verify: the backup to check)')
+    .option('--key <file>', 'encrypt the chunks (AES-256-GCM) with a key derived from this file (at least 32 bytes); restore needs the same file')
+    .option('--verify', 'check the backup in <dir> (manifest, every chunk and record) without restoring it')
+    .action(async (dir: string, opts: GlobalOpts & BackupFlags) => {
+      const { runBackup, runVerify } = await import('./backup.js')
+      if (opts.verify === true) {
+        const r = await runVerify(dir, opts, io)
+        out(opts, { ok: true, ...r }, () => `backup intact: ${r.records} records (${r.rows} rows, ${r.versions} versions) of ${Object.keys(r.tables).length} tables in ${r.chunks} chunks, ${r.encrypted ? 'encrypted' : 'in the clear'}; versions from ${r.span.from ?? '-'} to ${r.span.to ?? '-'}\n`)
+        return
+      }
+      const r = await runBackup(await client(opts), dir, opts, io)
+      out(opts, r, () => `backed up ${r.rows} rows (${r.records} records, ${r.versions} versions) of ${Object.keys(r.tables).length} tables into ${r.dir}: ${r.bytes} bytes in ${r.chunks} chunks, ${r.encrypted ? 'encrypted' : 'in the clear'} (${r.seconds} s)\n`)
+    })
+
+  common(program.command('restore').description('load a backup into the network: every record on all of its owners, history kept; restoring it again changes nothing (admin)'))
+    .argument('<dir>', 'the backup directory')
+    .option('--as-of <time>', 'restore the state at this time (ISO 8601 with its zone, e.g. 2026-12-02T10:00:00Z): each record as its versions up to then made it')
+    .option('--key <file>', 'the key file the backup was encrypted with')
+    .action(async (dir: string, opts: GlobalOpts & RestoreFlags) => {
+      const { runRestore } = await import('./backup.js')
+      const r = await runRestore(await client(opts), dir, opts, io)
+      out(opts, r, () => `restored ${r.records} records (${r.rows} rows, ${r.versions} versions)${r.asOf === null ? '' : ` as of ${r.asOf}`} from ${r.dir}; ${r.changed} changed the network (${r.seconds} s)\n`)
+    })
+  // End of backup and restore.
 
   common(program.command('seed').description('load demo data made with Faker, through the API'))
     .option('--scale <n>', 'units of 20 doctors, patients, medications, appointments, history rows, bills, pairs and lab results', int, 1)
@@ -470,6 +504,18 @@ function collect (value: string, previous: string[]): string[] {
   return [...previous, value]
 }
 
+/** A commander parser for a `host:port` flag: a malformed one is a usage error (exit 2) */
+function hostPort (flag: string): (value: string) => string {
+  return value => {
+    try {
+      parseHostPort(value, flag)
+    } catch (err) {
+      throw new UsageError((err as Error).message)
+    }
+    return value
+  }
+}
+
 function int (value: string): number {
   if (!/^\d+$/.test(value) || Number(value) < 1) throw new UsageError(`expected a positive integer, got ${JSON.stringify(value)}`)
   return Number(value)
@@ -508,12 +554,18 @@ function batchOperations (body: unknown): unknown[] {
   return ops
 }
 
+/** A whole number of either sign, at most a day's worth of ms either way (a clock offset) */
+function signedInt (value: string): number {
+  if (!/^-?\d+$/.test(value) || Math.abs(Number(value)) > 86_400_000) throw new UsageError(`expected a whole number of ms within a day either way, got ${JSON.stringify(value)}`)
+  return Number(value)
+}
+
 async function readJsonArg (arg: string, io: Io, what = 'the row'): Promise<unknown> {
   let text = arg
   if (arg === '-') {
-    const chunks: Buffer[] = []
-    for await (const c of io.stdin) chunks.push(Buffer.isBuffer(c) ? c : Buffer.from(c))
-    text = Buffer.concat(chunks).toString('utf8')
+    const chunks: Uint8Array[] = []
+    for await (const c of io.stdin) chunks.push(typeof c === 'string' ? fromString(c) : c as Uint8Array)
+    text = toString(concat(chunks), 'utf8')
   }
   try {
     return JSON.parse(text)

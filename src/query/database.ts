@@ -5,6 +5,7 @@ import {
 } from '../schema/index.js'
 import type { Coordinator, Consistency, GroupOutcome, Mutation, RequestOptions, WriteResult } from '../cluster/coordinator.js'
 import { createHash } from 'node:crypto'
+import { fromString, toString } from 'uint8arrays'
 import { keyedWriteId } from '../cluster/idempotency.js'
 import { LOCATOR_TABLE, UNIQUE_TABLE, internalShard } from '../cluster/messages.js'
 import { KeyedMutex } from '../storage/keyed-mutex.js'
@@ -1049,11 +1050,17 @@ function assertSameShard (table: TableDef, before: Row, after: Row): void {
 }
 
 export function encodeCursor (position: string): string {
-  return Buffer.from(position, 'utf8').toString('base64url')
+  return toString(fromString(position, 'utf8'), 'base64url')
 }
 
 export function decodeCursor (cursor: string): string {
-  const position = Buffer.from(cursor, 'base64url').toString('utf8')
+  let position: string
+  try {
+    position = toString(fromString(cursor, 'base64url'), 'utf8')
+  } catch {
+    // Not base64url at all: the same answer as base64url that holds no position.
+    position = ''
+  }
   if (!/^[0-9a-f]{16}![0-9:-]+$/.test(position)) throw new ValidationError(`Invalid cursor ${JSON.stringify(cursor)}`)
   return position
 }
