@@ -361,17 +361,20 @@ function buildProgram (io: Io, setCode: (c: number) => void, asked: Asked): Comm
       // The daemon refuses a leave it cannot complete (nobody to hand off to, a member down) before it starts:
       // what it is doing is said once this node shows as left, never for a refused leave.
       let said = false
+      const say = (): void => {
+        if (said) return
+        said = true
+        io.stderr.write('handing off every record this node holds (this can take a while)...\n')
+      }
       const poll = setInterval(() => {
         void api.peers().then(p => {
-          const state = (p.members as Array<{ peerId: string, state: string }>).find(m => m.peerId === self)?.state
-          if (state === 'left' && !said) {
-            said = true
-            io.stderr.write('handing off every record this node holds (this can take a while)...\n')
-          }
+          if ((p.members as Array<{ peerId: string, state: string }>).find(m => m.peerId === self)?.state === 'left') say()
         }, () => {})
       }, 250)
       try {
         const r = await api.leave()
+        // A hand-off quicker than the poll is still said, before what it did.
+        say()
         out(opts, r, () => `${String(r.peerId)} left the network: ${String(r.handedOff)} records handed off; the daemon is stopping\n`)
       } finally {
         said = true
