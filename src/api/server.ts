@@ -7,6 +7,7 @@ import type { AccessEvent } from '../security/principal.js'
 import { HIDDEN_COLUMNS, RIGHTS, assertWritable, cascadeTables, columnsFor, describeRoles, project } from '../security/rights.js'
 import type { UserDirectory } from '../security/users.js'
 import { isVersion } from '../storage/version.js'
+import { parseComparison } from '../schema/condition.js'
 import { TABLE_ACCESS, checkFilters, installAccess, principalOf, readView } from './access.js'
 import { auditRoute, type AuditReader } from './audit.js'
 import { toErrorResponse } from './errors.js'
@@ -57,7 +58,7 @@ export interface ApiInit {
 type Params = { table: string, id: string }
 type Query = Record<string, string | string[] | undefined>
 
-const RESERVED_QUERY = new Set(['limit', 'cursor', 'consistency', 'local', 'cascade'])
+const RESERVED_QUERY = new Set(['limit', 'cursor', 'consistency', 'local', 'cascade', 'where', 'order_by'])
 const ROWS = { config: { access: TABLE_ACCESS } }
 const CLUSTER = { config: { access: RIGHTS.cluster } }
 
@@ -224,7 +225,10 @@ export function createApi (components: ApiComponents, init: ApiInit = {}): Fasti
     const table = db.table(req.params.table)
     const filters = Object.keys(req.query).filter(k => !RESERVED_QUERY.has(k))
     const view = readNote(req, 'list', table)
-    checkFilters(table, view.columns, filters, principalOf(req).role)
+    // where=<col><op><value> (repeatable) adds ranges; order_by=<col>[:desc] sorts (default: primary key).
+    const ranges = listOf(req.query.where).map(parseComparison)
+    const order = req.query.order_by === undefined ? undefined : parseOrderBy(single(req.query, 'order_by'))
+    checkFilters(table, view.columns, [...filters, ...ranges.map(r => r.column), ...(order === undefined ? [] : [order.column])], principalOf(req).role)
     const where: Record<string, string> = Object.create(null) as Record<string, string>
     for (const k of filters) {
       const v = req.query[k]
@@ -232,6 +236,7 @@ export function createApi (components: ApiComponents, init: ApiInit = {}): Fasti
       if (Array.isArray(v)) throw new ValidationError(`Filter ${k} is given more than once`, { column: k })
       where[k] = v
     }
+    for (const r of ranges) if (r.op === '=' && where[r.column] === undefined) where[r.column] = r.value
     // Break-glass opens one patient's records, not a table: a list it widens must name the patient.
     if (view.widened && where.patient_id === undefined) {
       throw new ForbiddenError(table.columns.some(c => c.name === 'patient_id')
@@ -242,11 +247,12 @@ export function createApi (components: ApiComponents, init: ApiInit = {}): Fasti
     if (table.name === 'patient_records' && where.patient_id !== undefined && req.accessNote !== undefined) req.accessNote.id = where.patient_id
     const limit = req.query.limit === undefined ? undefined : parseLimit(single(req.query, 'limit'))
     const cursor = req.query.cursor === undefined ? undefined : single(req.query, 'cursor')
-    const page = await db.list(table.name, where, {
-      ...requestOptions(req.query),
+    const page = await db.query(table.name, {
+      where: [...Object.entries(where).map(([column, value]) => ({ column, op: '=' as const, value })), ...ranges.filter(r => r.op !== '=')],
+      ...(order === undefined ? {} : { orderBy: order.column, desc: order.desc }),
       ...(limit === undefined ? {} : { limit }),
       ...(cursor === undefined ? {} : { cursor })
-    })
+    }, requestOptions(req.query))
     // Every patient whose rows the page holds gets an entry of their own (audit --patient finds the list).
     if (req.accessNote !== undefined && where.patient_id === undefined && table.columns.some(c => c.name === 'patient_id')) {
       const patients = [...new Set(page.rows.map(r => r.patient_id).filter(p => p !== null && p !== undefined).map(String))]
@@ -384,6 +390,20 @@ function flag (query: Query, name: string): boolean {
   if (v === '' || v === 'true' || v === '1') return true
   if (v === 'false' || v === '0') return false
   throw new ValidationError(`${name} must be true or false`)
+}
+
+/** A query parameter given any number of times, as a list */
+function listOf (v: string | string[] | undefined): string[] {
+  return v === undefined ? [] : Array.isArray(v) ? v : [v]
+}
+
+/** `col` or `col:desc` (or `col:asc`) */
+export function parseOrderBy (raw: string): { column: string, desc: boolean } {
+  const colon = raw.lastIndexOf(':')
+  const column = colon < 0 ? raw : raw.slice(0, colon)
+  const dir = colon < 0 ? 'asc' : raw.slice(colon + 1).toLowerCase()
+  if (column === '' || (dir !== 'asc' && dir !== 'desc')) throw new ValidationError(`order_by takes <column> or <column>:desc, got ${JSON.stringify(raw)}`)
+  return { column, desc: dir === 'desc' }
 }
 
 function parseLimit (raw: string): number {

@@ -8,6 +8,7 @@ import { loadConfig, resolveHome, socketPath } from '../daemon/config.js'
 import { readAdminToken } from '../security/tokens.js'
 import { renderObject, renderTable } from './format.js'
 import { UsageError } from './usage.js'
+import { parseComparison } from '../schema/condition.js'
 // daemon.js (libp2p, the store) and seed.js (faker) are loaded by the commands that need them:
 // a client command then starts in a fraction of the time.
 import type { DaemonFlags } from './daemon.js'
@@ -181,21 +182,31 @@ function buildProgram (io: Io, setCode: (c: number) => void): Command {
 `)
     })
 
-  withBreakGlass(withConsistency(common(program.command('query').description('list rows, with equality filters'))))
+  withBreakGlass(withConsistency(common(program.command('query').description('list rows in primary-key order (or --order-by), with filters'))))
     .argument('<table>')
-    .option('--where <col=value>', 'equality filter (repeatable)', collect, [])
+    .option('--where <col op value>', 'filter: col=value, or a comparison with <>, <, <=, >, >= (repeatable, all must hold)', collect, [])
+    .option('--order-by <col[:desc]>', 'sort by this column, ascending or :desc (default: primary key)')
     .option('--limit <n>', 'rows per page (default 100, at most 1000)', int)
     .option('--cursor <cursor>', 'continue after a previous page')
-    .action(async (table: string, opts: GlobalOpts & { where: string[], limit?: number, cursor?: string }) => {
+    .action(async (table: string, opts: GlobalOpts & { where: string[], orderBy?: string, limit?: number, cursor?: string }) => {
       const where: Record<string, string> = {}
+      const filters: string[] = []
       for (const w of opts.where) {
-        const eq = w.indexOf('=')
-        if (eq <= 0) throw new UsageError(`--where takes col=value, got ${JSON.stringify(w)}`)
-        where[w.slice(0, eq)] = w.slice(eq + 1)
+        let parsed
+        try {
+          parsed = parseComparison(w)
+        } catch (err) {
+          throw new UsageError(`--where takes <col><op><value> with op =, <>, <, <=, > or >=, got ${JSON.stringify(w)}`, { cause: err })
+        }
+        if (parsed.op === '=' && where[parsed.column] === undefined) where[parsed.column] = parsed.value
+        else filters.push(w)
       }
+      if (opts.orderBy !== undefined && !/^[a-z_]+(:(asc|desc))?$/i.test(opts.orderBy)) throw new UsageError(`--order-by takes <col> or <col>:desc, got ${JSON.stringify(opts.orderBy)}`)
       const r = await (await client(opts)).query(table, where, {
         ...consistency(opts),
         ...breakGlass(opts),
+        ...(filters.length === 0 ? {} : { filters }),
+        ...(opts.orderBy === undefined ? {} : { orderBy: opts.orderBy }),
         ...(opts.limit === undefined ? {} : { limit: opts.limit }),
         ...(opts.cursor === undefined ? {} : { cursor: opts.cursor })
       })

@@ -138,8 +138,17 @@ export class NtsoekheClient {
     return await this.request('GET', `/v1/tables/${enc(table)}/rows/${enc(String(id))}/history${qs(options)}`, { signal: options.signal, breakGlass: options.breakGlass })
   }
 
-  async query (table: string, where: Record<string, string | number> = {}, options: ReadOptions & { limit?: number, cursor?: string } = {}): Promise<ListResult> {
-    return await this.request('GET', `/v1/tables/${enc(table)}/rows${qs({ ...where, ...options })}`, { signal: options.signal, breakGlass: options.breakGlass })
+  /**
+   * Lists rows: `where` equality filters; `filters` are `<col><op><value>`
+   * comparisons (`date>=2026-01-01`); `orderBy` is `<col>` or `<col>:desc`
+   * (default: primary-key order)
+   */
+  async query (table: string, where: Record<string, string | number> = {}, options: ReadOptions & { limit?: number, cursor?: string, filters?: string[], orderBy?: string } = {}): Promise<ListResult> {
+    const { filters = [], orderBy, ...rest } = options
+    const extra = [...filters.map(f => `where=${encodeURIComponent(f)}`), ...(orderBy === undefined ? [] : [`order_by=${encodeURIComponent(orderBy)}`])].join('&')
+    const base = qs({ ...where, ...rest })
+    const query = extra === '' ? base : base === '' ? `?${extra}` : `${base}&${extra}`
+    return await this.request('GET', `/v1/tables/${enc(table)}/rows${query}`, { signal: options.signal, breakGlass: options.breakGlass })
   }
 
   async batch (operations: unknown[], options: WriteOptions = {}): Promise<{ results: RowResult[] }> {

@@ -7,10 +7,12 @@ import type { HybridClock } from '../storage/version.js'
 import { compareVersions } from '../storage/version.js'
 import { AntiEntropy } from './anti-entropy.js'
 import { ApplyBatcher, chunkBy, chunkGroups, MAX_ENTRIES_PER_MESSAGE, resultOk } from './apply-batcher.js'
-import type { ClusterStatus, Consistency, Coordinator, GroupOutcome, InsertOutcome, Mutation, RequestOptions, ScanPage, ScanRequest, WriteResult } from './coordinator.js'
+import type { ClusterStatus, Consistency, Coordinator, GroupOutcome, InsertOutcome, Mutation, QueryPage, RequestOptions, ScanPage, ScanRequest, WriteResult } from './coordinator.js'
+import type { RowPage, RowQuery } from '../storage/ordered.js'
+import { mergeQuery, singleShardOf, type OwnedRange } from './query-merge.js'
 import { mergeStates, missingHeads } from './merge.js'
 import type { Membership } from './membership.js'
-import { AUDIT_TABLE, checkEntry, checkScanPage, checkState, parseReplicaMessage, type ReplicaMessage } from './messages.js'
+import { AUDIT_TABLE, checkEntry, checkQueryPage, checkScanPage, checkState, parseReplicaMessage, type ReplicaMessage } from './messages.js'
 import { recallWrites } from './idempotency.js'
 import { mutationKey, orderGroups, orderMutations } from './mutations.js'
 import { HashRing } from './ring.js'
@@ -682,7 +684,11 @@ export class DistributedCoordinator implements Coordinator {
   }
 
   async read (table: string, id: string, shard: string, options: RequestOptions = {}): Promise<RecordState | undefined> {
-    const token = tokenOf(shard)
+    return await this.readToken(table, id, tokenOf(shard), options)
+  }
+
+  /** A read by ring token (what a query knows of a row it lists) */
+  private async readToken (table: string, id: string, token: string, options: RequestOptions = {}): Promise<RecordState | undefined> {
     const owners = this.owners(table, token)
     const need = this.needed(options.consistency, this.readQuorum, owners.length)
     // At `one`, a copy this node keeps without owning it (a sloppy write) is read too.
@@ -864,6 +870,38 @@ export class DistributedCoordinator implements Coordinator {
     return more && last !== undefined ? { rows, next: last.position } : { rows }
   }
 
+  async query (table: string, request: RowQuery, options: RequestOptions = {}): Promise<QueryPage> {
+    const def = findTable(table)
+    if (def === undefined) throw new NtsoekheError('UNKNOWN_TABLE', `Unknown table: ${table}`)
+    const shard = singleShardOf(table, request.filter)
+    let ranges: OwnedRange[]
+    if (def.shardKey === 'global') {
+      ranges = [{ from: '', to: '', owners: this.ring.list().map(m => m.peerId) }]
+    } else if (shard !== undefined) {
+      const token = tokenOf(shard)
+      ranges = [{ from: token, to: token + '\u0000', owners: this.owners(table, token) }]
+    } else {
+      ranges = this.ring.ranges(this.replicas)
+    }
+    if (ranges.length === 0) throw new UnavailableError('No members on the ring yet')
+    const { tokenRanges: _, ...base } = request
+    const page = await mergeQuery({
+      table: def,
+      request: base,
+      ranges,
+      need: this.needed(options.consistency, this.readQuorum, def.shardKey === 'global' ? this.ring.size : this.replicas),
+      strict: options.consistency === 'all',
+      self: this.c.peerId,
+      usable: peer => this.c.membership.stateOf(peer) !== 'down',
+      fetch: async (peer, q) => peer === this.c.peerId
+        ? stripPlan(await this.c.store.query(table, q))
+        : checkQueryPage(await this.c.transport.request(peer, 'replica', { type: 'query', table, ...q }, { timeout: this.timeoutMs }), table),
+      resolve: async (token, id) => await this.readToken(table, id, token, options),
+      ...(this.c.log === undefined ? {} : { log: this.c.log })
+    })
+    return { ...page, singleShard: shard !== undefined }
+  }
+
   async status (): Promise<ClusterStatus> {
     const members = this.c.membership.members()
     const live = this.c.membership.liveMembers().length
@@ -929,6 +967,10 @@ export class DistributedCoordinator implements Coordinator {
         return { versions: await this.c.store.versions(msg.table, msg.token, msg.id) }
       case 'scan':
         return await this.c.store.scan(msg.table, { where: msg.where, limit: msg.limit, ...(msg.after === undefined ? {} : { after: msg.after }), ...(msg.token === undefined ? {} : { token: msg.token }) })
+      case 'query': {
+        const { type: _, table, ...q } = msg
+        return stripPlan(await this.c.store.query(table, q))
+      }
       case 'purge': {
         this.c.clock.observe(msg.version)
         const held = await this.c.store.purge({ table: msg.table, id: msg.id, token: msg.token, version: msg.version, time: Date.now() })
@@ -1028,6 +1070,12 @@ function chunkOutgoing<T extends { state: RecordState, versions: VersionEntry[] 
 }
 
 /** A peer's answer to `read`, checked before it is merged or repaired into this node's store */
+/** A store's query page without its plan (which stays on the node that made it) */
+function stripPlan (page: RowPage & { plan: unknown }): RowPage {
+  const { plan: _, ...rest } = page
+  return rest
+}
+
 function readReply (reply: unknown, expect: { table: string, id: string, token: string }): RecordState | undefined {
   const state = (reply as { state?: unknown } | null)?.state
   if (state === null) return undefined
