@@ -1,3 +1,4 @@
+import { PassThrough } from 'node:stream'
 import Fastify, { type FastifyBaseLogger, type FastifyInstance, type FastifyReply, type FastifyRequest } from 'fastify'
 import { ForbiddenError, NtsoekheError, ValidationError } from '../errors/index.js'
 import { CONSISTENCY_LEVELS, type Consistency, type RequestOptions } from '../cluster/coordinator.js'
@@ -37,6 +38,8 @@ export interface ApiComponents {
   leave?: () => Promise<unknown>
   /** Runs one anti-entropy round now (`POST /v1/repair`): `{ ranges, recordsCompared, recordsSent, seconds }` */
   repair?: () => Promise<unknown>
+  /** Rebuilds one table's index entries in this node's store (`POST /v1/tables/:table/reindex`), with progress */
+  reindex?: (table: string, progress: (done: number, total: number) => void) => Promise<{ rows: number, added: number, removed: number }>
   /** Users and their tokens: every request is authenticated against it */
   users: Pick<UserDirectory, 'authenticate' | 'add' | 'list' | 'revoke'>
   /** Called once per request that touches data, per 401, per 403 and per break-glass read */
@@ -132,6 +135,24 @@ export function createApi (components: ApiComponents, init: ApiInit = {}): Fasti
   if (leave !== undefined) app.post('/v1/leave', { config: { access: RIGHTS.membership } }, async () => await leave())
   const repair = components.repair
   if (repair !== undefined) app.post('/v1/repair', { config: { access: RIGHTS.admin } }, async () => await repair())
+
+  // Admins only (no right declared). The answer is NDJSON: {"done","total"} lines as rows are
+  // reindexed, then {"rows","added","removed"} (or {"error"} if it failed midway).
+  const reindex = components.reindex
+  if (reindex !== undefined) {
+    app.post<{ Params: Params }>('/v1/tables/:table/reindex', async (req, reply) => {
+      const table = db.table(req.params.table)
+      req.accessNote = { action: 'admin', table: table.name }
+      const out = new PassThrough()
+      let last = 0
+      void reindex(table.name, (done, total) => {
+        // At most about a hundred progress lines, however large the table.
+        if (done === total || done - last >= Math.max(1, Math.floor(total / 100))) { last = done; out.write(JSON.stringify({ done, total }) + '\n') }
+      }).then(result => { out.end(JSON.stringify(result) + '\n') }, (err: unknown) => { out.end(JSON.stringify({ error: toErrorResponse(err).body.error }) + '\n') })
+      void reply.header('content-type', 'application/x-ndjson')
+      return out
+    })
+  }
 
   app.get('/v1/roles', { config: { access: RIGHTS.roles } }, async () => ({ roles: describeRoles() }))
 

@@ -297,6 +297,29 @@ function buildProgram (io: Io, setCode: (c: number) => void): Command {
       out(opts, r, () => `${String(r.peerId)} left the network: ${String(r.handedOff)} records handed off; the daemon is stopping\n`)
     })
 
+  common(program.command('reindex').argument('<table>').description("rebuild a table's index entries (equality and ordered) in this node's store, with a progress bar (admin)"))
+    .action(async (table: string, opts: GlobalOpts) => {
+      const api = await client(opts)
+      let bar: { update: (n: number, total: number) => void, stop: () => void } = { update: () => {}, stop: () => {} }
+      if (io.stderr.isTTY === true && opts.json !== true) {
+        const { SingleBar, Presets } = await import('cli-progress')
+        const b = new SingleBar({ format: `reindexing ${table} [{bar}] {value}/{total} rows`, stream: io.stderr as NodeJS.WritableStream }, Presets.shades_classic)
+        let started = false
+        bar = {
+          update: (n, total) => { if (!started) { b.start(total, 0); started = true } b.setTotal(total); b.update(n) },
+          stop: () => { if (started) b.stop() }
+        }
+      }
+      try {
+        const r = await api.reindex(table, (done, total) => { bar.update(done, total) })
+        bar.stop()
+        out(opts, r, () => `${table}: ${r.rows} rows reindexed, ${r.added} entries added, ${r.removed} stale entries removed\n`)
+      } catch (err) {
+        bar.stop()
+        throw err
+      }
+    })
+
   common(program.command('repair').description("run one anti-entropy round now: compare this node's token ranges with their co-owners and send the records that differ"))
     .action(async (opts: GlobalOpts) => {
       const api = await client(opts)

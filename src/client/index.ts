@@ -211,6 +211,49 @@ export class NtsoekheClient {
     })
   }
 
+  /**
+   * Rebuilds a table's index entries on this node (admin), calling
+   * `progress` as rows are done; answers what was added and removed.
+   */
+  async reindex (table: string, progress: (done: number, total: number) => void = () => {}): Promise<{ rows: number, added: number, removed: number }> {
+    const headers = this.headers({ accept: 'application/x-ndjson' })
+    return await new Promise((resolve, reject) => {
+      const req = httpRequest({ socketPath: this.socket, agent: this.agent, method: 'POST', path: `/v1/tables/${enc(table)}/reindex`, headers }, res => {
+        req.setTimeout(0)
+        if ((res.statusCode ?? 500) >= 400) {
+          readError(res).then(reject, reject)
+          return
+        }
+        let buffered = ''
+        let result: { rows: number, added: number, removed: number } | undefined
+        let failure: Error | undefined
+        res.setEncoding('utf8')
+        res.on('data', (chunk: string) => {
+          buffered += chunk
+          let nl: number
+          while ((nl = buffered.indexOf('\n')) >= 0) {
+            const line = buffered.slice(0, nl)
+            buffered = buffered.slice(nl + 1)
+            let msg: any
+            try { msg = JSON.parse(line) } catch { failure = new NtsoekheError('INTERNAL', 'The daemon sent a reindex line that is not JSON'); continue }
+            if (msg.error !== undefined) failure = errorFromJSON(msg.error)
+            else if (typeof msg.rows === 'number') result = msg
+            else if (typeof msg.done === 'number') progress(msg.done, msg.total)
+          }
+        })
+        res.on('error', reject)
+        res.on('end', () => {
+          if (failure !== undefined) reject(failure)
+          else if (result === undefined) reject(new NtsoekheError('INTERNAL', 'The reindex answer ended early'))
+          else resolve(result)
+        })
+      })
+      this.armTimeout(req, this.timeout)
+      req.on('error', err => { reject(this.connectError(err)) })
+      req.end()
+    })
+  }
+
   /** One HTTP request over the socket; an error body becomes a thrown NtsoekheError */
   async request<T = any> (method: string, path: string, opts: { body?: unknown, raw?: Readable | string, contentType?: string, ifMatch?: string[] | undefined, signal?: AbortSignal | undefined, timeout?: number, breakGlass?: string | undefined, idempotencyKey?: string } = {}): Promise<T> {
     const headers = this.headers({ accept: 'application/json' })

@@ -225,6 +225,7 @@ export class NtsoekheNode {
       removeMember: async (peerId: string) => (this.membership as Membership).remove(peerId),
       leave: async () => await this.leave(),
       repair: async () => await (this.coordinator as DistributedCoordinator).antiEntropy.repair(),
+      reindex: async (table, progress) => await (this.store as Store).reindex(table, progress),
       users: this.init.security !== false
         ? users
         : {
