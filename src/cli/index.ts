@@ -297,6 +297,17 @@ function buildProgram (io: Io, setCode: (c: number) => void): Command {
       out(opts, r, () => `${String(r.peerId)} left the network: ${String(r.handedOff)} records handed off; the daemon is stopping\n`)
     })
 
+  withBreakGlass(withConsistency(common(program.command('sql').description('run one SQL statement of the subset (see README: Queries and SQL); $1, $2... take --param values in order'))))
+    .argument('<statement>')
+    .option('--param <value>', 'a value for $1, $2, ... in order (repeatable; typed by the column it meets)', collect, [])
+    .option('--cursor <cursor>', 'continue after a previous page')
+    .action(async (statement: string, opts: GlobalOpts & { param: string[], cursor?: string }) => {
+      // Sent as text: the daemon types each by the column it is compared with or written to.
+      const params = opts.param
+      const r = await (await client(opts)).sql(statement, params, { ...consistency(opts), ...breakGlass(opts), ...(opts.cursor === undefined ? {} : { cursor: opts.cursor }) })
+      out(opts, r, () => renderTable(r.rows.map(row => Object.fromEntries(r.columns.map((c, i) => [c, row[i]])))) + (r.next === null ? '' : `more: --cursor ${r.next}\n`))
+    })
+
   common(program.command('reindex').argument('<table>').description("rebuild a table's index entries (equality and ordered) in this node's store, with a progress bar (admin)"))
     .action(async (table: string, opts: GlobalOpts) => {
       const api = await client(opts)

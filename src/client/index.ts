@@ -211,6 +211,12 @@ export class NtsoekheClient {
     })
   }
 
+  /** Runs one SQL statement (see README, Queries and SQL): `$1`-style parameters are bound by the daemon */
+  async sql (sql: string, params: unknown[] = [], options: ReadOptions & { cursor?: string } = {}): Promise<{ columns: string[], rows: unknown[][], next: string | null }> {
+    const { cursor, ...rest } = options
+    return await this.request('POST', `/v1/sql${qs(rest)}`, { body: { sql, params, ...(cursor === undefined ? {} : { cursor }) }, signal: options.signal, breakGlass: options.breakGlass })
+  }
+
   /**
    * Rebuilds a table's index entries on this node (admin), calling
    * `progress` as rows are done; answers what was added and removed.

@@ -11,6 +11,7 @@ import { KeyedMutex } from '../storage/keyed-mutex.js'
 import { winner, type RecordState } from '../storage/store.js'
 import { parseVersion } from '../storage/version.js'
 import { IdGenerator } from './ids.js'
+import { tokenOf } from '../cluster/token.js'
 import { allOf, columnOf, type Comparison, type Condition } from '../schema/condition.js'
 
 export const DEFAULT_LIMIT = 100
@@ -403,6 +404,14 @@ export class Database {
     }, options)
     const rows = page.rows.map(r => winner(r.state)?.row).filter((r): r is Row => r != null)
     return { rows, next: page.next === undefined ? null : encodeQueryCursor(page.next, order) }
+  }
+
+  /** Who holds what, for EXPLAIN: the members, the read quorum, and a shard value's owners */
+  async placement (): Promise<{ members: string[], readQuorum: number, of: (table: string, shard: string) => string[] }> {
+    const s = await this.coordinator.status()
+    const c = this.coordinator as Coordinator & { owners?: (table: string, token: string) => string[] }
+    const members = [...new Set([s.peerId, ...s.members.filter(m => m.state !== 'left').map(m => m.peerId)])]
+    return { members, readQuorum: s.readQuorum, of: (table, shard) => typeof c.owners === 'function' ? c.owners(table, tokenOf(shard)) : [s.peerId] }
   }
 
   /** Several writes that share one shard key, applied all or nothing */
