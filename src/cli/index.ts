@@ -196,7 +196,7 @@ function buildProgram (io: Io, setCode: (c: number) => void): Command {
         try {
           parsed = parseComparison(w)
         } catch (err) {
-          throw new UsageError(`--where takes <col><op><value> with op =, <>, <, <=, > or >=, got ${JSON.stringify(w)}`, { cause: err })
+          throw new UsageError(`--where takes col=value, or col<op>value with op <>, <, <=, > or >=; got ${JSON.stringify(w)}`, { cause: err })
         }
         if (parsed.op === '=' && where[parsed.column] === undefined) where[parsed.column] = parsed.value
         else filters.push(w)

@@ -1,6 +1,7 @@
 import type { Row, Value } from '../schema/index.js'
 import type { RecordState, VersionEntry } from '../storage/store.js'
 import type { RowPage, RowQuery } from '../storage/ordered.js'
+import type { Fragment, FragmentResult } from '../query/fragment.js'
 
 /** How many replicas must answer: one, a quorum (W or R), or all N */
 export type Consistency = 'one' | 'quorum' | 'all'
@@ -74,6 +75,14 @@ export interface QueryPage extends RowPage {
   singleShard: boolean
 }
 
+export interface FragmentAnswer {
+  result: FragmentResult
+  asked: Array<{ peer: string, ranges: number }>
+  singleShard: boolean
+  /** Ranges whose copies disagreed (or did not all answer), recomputed from quorum reads */
+  rechecked: number
+}
+
 export interface MemberStatus {
   peerId: string
   state: 'alive' | 'suspect' | 'down' | 'left'
@@ -132,6 +141,13 @@ export interface Coordinator {
    * is the coordinator's to fill.
    */
   query: (table: string, request: RowQuery, options?: RequestOptions) => Promise<QueryPage>
+  /**
+   * Runs a query fragment (a join, grouping and partial aggregates, or a
+   * sort) on the owners: each token range on the read quorum's number of
+   * copies, taken when their digests agree, else recomputed here from
+   * quorum reads of that range; the ranges' results merged.
+   */
+  fragment: (fragment: Fragment, options?: RequestOptions) => Promise<FragmentAnswer>
   status: () => Promise<ClusterStatus>
   /**
    * Erases a record everywhere (every version, its hints and index entries),

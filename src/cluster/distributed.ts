@@ -7,9 +7,12 @@ import type { HybridClock } from '../storage/version.js'
 import { compareVersions } from '../storage/version.js'
 import { AntiEntropy } from './anti-entropy.js'
 import { ApplyBatcher, chunkBy, chunkGroups, MAX_ENTRIES_PER_MESSAGE, resultOk } from './apply-batcher.js'
-import type { ClusterStatus, Consistency, Coordinator, GroupOutcome, InsertOutcome, Mutation, QueryPage, RequestOptions, ScanPage, ScanRequest, WriteResult } from './coordinator.js'
+import type { ClusterStatus, Consistency, Coordinator, FragmentAnswer, GroupOutcome, InsertOutcome, Mutation, QueryPage, RequestOptions, ScanPage, ScanRequest, WriteResult } from './coordinator.js'
 import type { RowPage, RowQuery } from '../storage/ordered.js'
 import { mergeQuery, singleShardOf, type OwnedRange } from './query-merge.js'
+import { checkFragmentResults, mergeResults, runFragment, storeSource, type Fragment, type FragmentResult, type FragmentSource } from '../query/fragment.js'
+import type { Condition } from '../schema/condition.js'
+import type { TableDef } from '../schema/index.js'
 import { mergeStates, missingHeads } from './merge.js'
 import type { Membership } from './membership.js'
 import { AUDIT_TABLE, checkEntry, checkQueryPage, checkScanPage, checkState, parseReplicaMessage, type ReplicaMessage } from './messages.js'
@@ -870,26 +873,43 @@ export class DistributedCoordinator implements Coordinator {
     return more && last !== undefined ? { rows, next: last.position } : { rows }
   }
 
-  async query (table: string, request: RowQuery, options: RequestOptions = {}): Promise<QueryPage> {
-    const def = findTable(table)
-    if (def === undefined) throw new NtsoekheError('UNKNOWN_TABLE', `Unknown table: ${table}`)
-    const shard = singleShardOf(table, request.filter)
+  /** The token ranges a filter over a table covers, with their owners: one shard value's, a global table's whole ring, or every range */
+  private rangesFor (def: TableDef, filter: Condition | undefined): { ranges: OwnedRange[], shard: string | undefined } {
+    const shard = singleShardOf(def.name, filter)
     let ranges: OwnedRange[]
     if (def.shardKey === 'global') {
       ranges = [{ from: '', to: '', owners: this.ring.list().map(m => m.peerId) }]
     } else if (shard !== undefined) {
       const token = tokenOf(shard)
-      ranges = [{ from: token, to: token + '\u0000', owners: this.owners(table, token) }]
+      ranges = [{ from: token, to: token + '\u0000', owners: this.owners(def.name, token) }]
     } else {
       ranges = this.ring.ranges(this.replicas)
     }
     if (ranges.length === 0) throw new UnavailableError('No members on the ring yet')
+    return { ranges, shard }
+  }
+
+  /** Copies of a range a read at `level` asks */
+  private copiesNeeded (def: TableDef, level: Consistency | undefined): number {
+    return this.needed(level, this.readQuorum, def.shardKey === 'global' ? this.ring.size : this.replicas)
+  }
+
+  async query (table: string, request: RowQuery, options: RequestOptions = {}): Promise<QueryPage> {
+    const def = findTable(table)
+    if (def === undefined) throw new NtsoekheError('UNKNOWN_TABLE', `Unknown table: ${table}`)
+    const { ranges, shard } = this.rangesFor(def, request.filter)
     const { tokenRanges: _, ...base } = request
-    const page = await mergeQuery({
+    const page = await this.queryRanges(def, base, ranges, options)
+    return { ...page, singleShard: shard !== undefined }
+  }
+
+  private async queryRanges (def: TableDef, request: RowQuery, ranges: OwnedRange[], options: RequestOptions): Promise<RowPage & { asked: Array<{ peer: string, ranges: number }> }> {
+    const table = def.name
+    return await mergeQuery({
       table: def,
-      request: base,
+      request,
       ranges,
-      need: this.needed(options.consistency, this.readQuorum, def.shardKey === 'global' ? this.ring.size : this.replicas),
+      need: this.copiesNeeded(def, options.consistency),
       strict: options.consistency === 'all',
       self: this.c.peerId,
       usable: peer => this.c.membership.stateOf(peer) !== 'down',
@@ -899,7 +919,80 @@ export class DistributedCoordinator implements Coordinator {
       resolve: async (token, id) => await this.readToken(table, id, token, options),
       ...(this.c.log === undefined ? {} : { log: this.c.log })
     })
-    return { ...page, singleShard: shard !== undefined }
+  }
+
+  async fragment (f: Fragment, options: RequestOptions = {}): Promise<FragmentAnswer> {
+    const def = findTable(f.table)
+    if (def === undefined) throw new NtsoekheError('UNKNOWN_TABLE', `Unknown table: ${f.table}`)
+    const { ranges, shard } = this.rangesFor(def, f.filter)
+    const need = this.copiesNeeded(def, options.consistency)
+    // Each range from `need` of its live owners: this node first, then the least loaded.
+    const load = new Map<string, number>()
+    const byPeer = new Map<string, number[]>()
+    const chosen = ranges.map((r, i) => {
+      const peers = r.owners.filter(p => this.c.membership.stateOf(p) !== 'down')
+        .sort((a, b) => a === this.c.peerId ? -1 : b === this.c.peerId ? 1 : (load.get(a) ?? 0) - (load.get(b) ?? 0))
+        .slice(0, need)
+      for (const p of peers) {
+        load.set(p, (load.get(p) ?? 0) + 1)
+        byPeer.set(p, [...byPeer.get(p) ?? [], i])
+      }
+      return peers
+    })
+    const answers = ranges.map(() => new Map<string, FragmentResult>())
+    await Promise.all([...byPeer].map(async ([peer, indices]) => {
+      const tokenRanges = indices.map(i => [(ranges[i] as OwnedRange).from, (ranges[i] as OwnedRange).to] as [string, string])
+      try {
+        const results = peer === this.c.peerId
+          ? await this.runFragmentHere(f, tokenRanges)
+          : checkFragmentResults(await this.c.transport.request(peer, 'replica', { type: 'fragment', fragment: f, tokenRanges }, { timeout: this.timeoutMs * 4 }), indices.length)
+        indices.forEach((i, j) => { (answers[i] as Map<string, FragmentResult>).set(peer, results[j] as FragmentResult) })
+      } catch (err) {
+        if (!(err instanceof NtsoekheError) || err.code === 'INVALID') throw err
+        this.c.log?.('fragment of %s: %s did not answer (%s)', f.table, peer, err.message)
+      }
+    }))
+    let rechecked = 0
+    const results: FragmentResult[] = []
+    for (const [i, range] of ranges.entries()) {
+      const got = [...(answers[i] as Map<string, FragmentResult>).values()]
+      const first = got[0]
+      // Copies that agree on every row version they read gave the same answer: one is taken.
+      if (first !== undefined && got.length >= (chosen[i] as string[]).length && got.length >= Math.min(need, range.owners.length) && got.every(r => r.digest === first.digest)) {
+        results.push(first)
+        continue
+      }
+      rechecked++
+      results.push(await runFragment(f, this.quorumSource(def, range, options)))
+    }
+    return { result: mergeResults(f, results), asked: [...byPeer].map(([peer, indices]) => ({ peer, ranges: indices.length })), singleShard: shard !== undefined, rechecked }
+  }
+
+  /** A fragment run on this node's copy, one result per range */
+  private async runFragmentHere (f: Fragment, tokenRanges: Array<[string, string]>): Promise<FragmentResult[]> {
+    const out: FragmentResult[] = []
+    for (const r of tokenRanges) out.push(await runFragment(f, storeSource(this.c.store, [r])))
+    return out
+  }
+
+  /** A fragment's rows read at the request's consistency (quorum-merged), for a range whose copies disagreed */
+  private quorumSource (def: TableDef, range: OwnedRange, options: RequestOptions): FragmentSource {
+    return {
+      rows: async function * (this: DistributedCoordinator, table: string, filter: Condition | undefined, shard?: string) {
+        const t = findTable(table) as TableDef
+        const ranges = shard !== undefined || t.shardKey === 'global' ? this.rangesFor(t, filter).ranges : [range]
+        let after: string | undefined
+        for (;;) {
+          const page = await this.queryRanges(t, { ...(filter === undefined ? {} : { filter }), limit: 1000, ...(after === undefined ? {} : { after }) }, ranges, options)
+          for (const r of page.rows) {
+            const head = winner(r.state)
+            if (head?.row != null) yield { row: head.row, id: r.state.id, version: head.version }
+          }
+          if (page.next === undefined) return
+          after = page.next
+        }
+      }.bind(this)
+    }
   }
 
   async status (): Promise<ClusterStatus> {
@@ -967,6 +1060,8 @@ export class DistributedCoordinator implements Coordinator {
         return { versions: await this.c.store.versions(msg.table, msg.token, msg.id) }
       case 'scan':
         return await this.c.store.scan(msg.table, { where: msg.where, limit: msg.limit, ...(msg.after === undefined ? {} : { after: msg.after }), ...(msg.token === undefined ? {} : { token: msg.token }) })
+      case 'fragment':
+        return { results: await this.runFragmentHere(msg.fragment, msg.tokenRanges) }
       case 'query': {
         const { type: _, table, ...q } = msg
         return stripPlan(await this.c.store.query(table, q))

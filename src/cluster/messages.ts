@@ -1,5 +1,6 @@
 import { checkCondition } from '../schema/condition.js'
 import type { RowPage, RowQuery } from '../storage/ordered.js'
+import { checkFragment, type Fragment } from '../query/fragment.js'
 import { InvalidMessageError } from '../errors/index.js'
 import { findTable, rowId, shardValue, validateRow, type Row } from '../schema/index.js'
 import type { RecordState, VersionEntry } from '../storage/store.js'
@@ -37,6 +38,7 @@ export type ReplicaMessage =
   | { type: 'history', table: string, id: string, token: string }
   | { type: 'scan', table: string, where: Record<string, string | number | null>, after?: string, token?: string, limit: number }
   | ({ type: 'query', table: string } & RowQuery)
+  | { type: 'fragment', fragment: Fragment, tokenRanges: Array<[string, string]> }
   | { type: 'purge', table: string, id: string, token: string, version: string }
 
 const TOKEN_RE = /^[0-9a-f]{16}$/
@@ -234,6 +236,20 @@ export function parseReplicaMessage (msg: unknown): ReplicaMessage {
     }
     case 'query':
       return { type: 'query', ...checkRowQuery(m) }
+    case 'fragment': {
+      let fragment: Fragment
+      try {
+        fragment = checkFragment(m.fragment)
+      } catch (err) {
+        bad(`fragment: ${(err as Error).message}`)
+      }
+      if (!Array.isArray(m.tokenRanges) || m.tokenRanges.length === 0 || m.tokenRanges.length > MAX_QUERY_RANGES) bad('malformed fragment ranges')
+      const tokenRanges = m.tokenRanges.map((r: unknown) => {
+        if (!Array.isArray(r) || r.length !== 2 || !r.every(x => typeof x === 'string' && x.length <= 17)) bad('malformed fragment range')
+        return [r[0], r[1]] as [string, string]
+      })
+      return { type: 'fragment', fragment, tokenRanges }
+    }
     default:
       bad(`unknown message type ${JSON.stringify(m.type)?.slice(0, 40)}`)
   }

@@ -3,7 +3,7 @@ import {
   TABLES, checkValue, findTable, parseId, referencingTables, rowId, shardValue, validateRow,
   type Row, type TableDef, type Value
 } from '../schema/index.js'
-import type { Coordinator, Consistency, GroupOutcome, Mutation, RequestOptions, WriteResult } from '../cluster/coordinator.js'
+import type { Coordinator, Consistency, FragmentAnswer, GroupOutcome, Mutation, RequestOptions, WriteResult } from '../cluster/coordinator.js'
 import { createHash } from 'node:crypto'
 import { keyedWriteId } from '../cluster/idempotency.js'
 import { LOCATOR_TABLE, UNIQUE_TABLE, internalShard } from '../cluster/messages.js'
@@ -12,6 +12,7 @@ import { winner, type RecordState } from '../storage/store.js'
 import { parseVersion } from '../storage/version.js'
 import { IdGenerator } from './ids.js'
 import { tokenOf } from '../cluster/token.js'
+import type { Fragment } from './fragment.js'
 import { allOf, columnOf, type Comparison, type Condition } from '../schema/condition.js'
 
 export const DEFAULT_LIMIT = 100
@@ -404,6 +405,12 @@ export class Database {
     }, options)
     const rows = page.rows.map(r => winner(r.state)?.row).filter((r): r is Row => r != null)
     return { rows, next: page.next === undefined ? null : encodeQueryCursor(page.next, order) }
+  }
+
+  /** Runs a query fragment on the owners (see Coordinator.fragment) */
+  async fragment (fragment: Fragment, options: RequestOptions = {}): Promise<FragmentAnswer> {
+    this.table(fragment.table)
+    return await this.coordinator.fragment(fragment, options)
   }
 
   /** Who holds what, for EXPLAIN: the members, the read quorum, and a shard value's owners */

@@ -1,11 +1,12 @@
 import { createRequire } from 'node:module'
 import { ForbiddenError, ValidationError } from '../errors/index.js'
 import { CONSISTENCY_LEVELS, type Consistency, type RequestOptions } from '../cluster/coordinator.js'
-import { allOf, columnOf, compareValues, conditionColumns, evaluate, type Comparison, type Condition } from '../schema/condition.js'
+import { allOf, columnOf, compareValues, conditionColumns, conjuncts, type Comparison, type Condition } from '../schema/condition.js'
 import { findTable, type Row, type TableDef, type Value } from '../schema/index.js'
 import { planRows } from '../storage/ordered.js'
 import { singleShardOf } from '../cluster/query-merge.js'
 import { MAX_LIMIT, typedValue, type Database } from './database.js'
+import { finish, type Fragment, type FragmentAggregate } from './fragment.js'
 
 // node-sql-parser ships CommonJS; its PostgreSQL grammar builds the AST this module reads.
 const { Parser } = createRequire(import.meta.url)('node-sql-parser') as { Parser: new () => { astify: (sql: string, opt: object) => unknown } }
@@ -177,11 +178,12 @@ function buildSelect (ast: any, bind: Binder, access: SqlAccess): Select {
     if (j.on?.type !== 'binary_expr' || j.on.operator !== '=') unsupported('a join condition other than one shared key')
     const left = resolve(j.on.left)
     const right = resolve(j.on.right)
-    if (left.source === right.source || left.column !== right.column || !['patient_id', 'doctor_id'].includes(left.column)) {
-      unsupported('a join on anything but the patient_id or doctor_id both tables hold')
-    }
     const [a, b] = sources as [Source, Source]
-    const colocated = (a.table.shardKey === left.column && b.table.shardKey === left.column) || a.table.shardKey === 'global' || b.table.shardKey === 'global'
+    const global = a.table.shardKey === 'global' || b.table.shardKey === 'global'
+    if (left.source === right.source || left.column !== right.column || (!global && !['patient_id', 'doctor_id'].includes(left.column))) {
+      unsupported('a join on anything but the patient_id or doctor_id both tables hold (or a column shared with a global table)')
+    }
+    const colocated = (a.table.shardKey === left.column && b.table.shardKey === left.column) || global
     if (!colocated) unsupported(`a join of ${a.table.name} and ${b.table.name} on ${left.column}, which does not place both on the same owners`)
     joinOn = { left, right }
   }
@@ -407,91 +409,75 @@ async function runSelect (db: Database, s: Select, access: SqlAccess, options: R
     return { columns, rows: rows.map(r => s.items.map(i => (i as Item & { kind: 'column' }).ref.column in r ? r[(i as Item & { kind: 'column' }).ref.column] ?? null : null)), next: more ? page.next : null }
   }
   if (cursor !== undefined) throw new ValidationError('SQL: a cursor continues a one-table SELECT without LIMIT; this one answers whole')
-  // Joined, grouped or sorted on several keys: the rows are gathered, then joined, grouped and sorted.
-  let tuples: Array<Map<Source, Row>>
-  const first = s.sources[0] as Source
-  const firstRows = (await gather(db, first, s.where.get(first), options)).rows
-  noteRows(access, first.table, firstRows)
-  if (s.joinOn === undefined) {
-    tuples = firstRows.map(r => new Map([[first, r]]))
-  } else {
-    const second = s.sources[1] as Source
-    const key = s.joinOn.left.column
-    tuples = []
-    // Each key's rows of the other table are one replica set's (the join is on the shard key both share).
-    const keys = [...new Set(firstRows.map(r => r[key]).filter(v => v !== null && v !== undefined))]
-    for (const k of keys) {
-      const filter = allOf([{ op: '=', column: key, value: k as Value }, ...(s.where.get(second) === undefined ? [] : [s.where.get(second) as Condition])])
-      const other = (await gather(db, second, filter, options)).rows
-      noteRows(access, second.table, other)
-      for (const a of firstRows.filter(r => r[key] === k)) for (const b of other) tuples.push(new Map([[first, a], [second, b]]))
-      if (tuples.length > MAX_GATHERED_ROWS) throw new ValidationError(`SQL: this join makes more than ${MAX_GATHERED_ROWS} rows; narrow its WHERE`)
-    }
-  }
-  const valueOf = (t: Map<Source, Row>, ref: ColumnRef): Value => t.get(ref.source)?.[ref.column] ?? null
+  // Joined, grouped or sorted on several keys: the owners run it on their copies (see fragment.ts).
+  const fragment = toFragment(s)
+  const answer = await db.fragment(fragment, options)
+  for (const src of s.sources) noteTable(access, src.table, s.where.get(src))
   let rows: Value[][]
   if (aggregated) {
-    const groups = new Map<string, { key: Value[], members: Array<Map<Source, Row>> }>()
-    for (const t of tuples) {
-      const key = s.groupBy.map(g => valueOf(t, g))
-      const k = JSON.stringify(key)
-      let g = groups.get(k)
-      if (g === undefined) { g = { key, members: [] }; groups.set(k, g) }
-      g.members.push(t)
-    }
-    // No GROUP BY: one group, even of no rows.
-    if (s.groupBy.length === 0 && groups.size === 0) groups.set('[]', { key: [], members: [] })
+    const aggs = fragment.aggregates as FragmentAggregate[]
     rows = []
-    for (const g of groups.values()) {
-      if (s.having !== undefined) {
-        const v = aggregate(s.having.fn, s.having.ref, g.members, valueOf)
-        if (!holds(v, s.having.op, s.having.value)) continue
-      }
-      rows.push(s.items.map(i => i.kind === 'aggregate' ? aggregate(i.fn, i.ref, g.members, valueOf) : g.key[s.groupBy.findIndex(x => x.source === i.ref.source && x.column === i.ref.column)] ?? null))
+    const groups = answer.result.groups ?? []
+    // No GROUP BY: one group, even of no rows.
+    if (s.groupBy.length === 0 && groups.length === 0) groups.push({ key: [], partials: aggs.map(a => a.fn === 'COUNT' ? 0 : a.fn === 'SUM' || a.fn === 'AVG' ? [0, 0] : null) })
+    for (const g of groups) {
+      const values = aggs.map((a, i) => finish(a.fn, g.partials[i] ?? null))
+      if (s.having !== undefined && !holds(values[aggs.length - 1] ?? null, s.having.op, s.having.value)) continue
+      let next = 0
+      rows.push(s.items.map(i => i.kind === 'aggregate' ? values[next++] ?? null : g.key[s.groupBy.findIndex(x => x.source === i.ref.source && x.column === i.ref.column)] ?? null))
+    }
+    if (s.orderBy.length > 0) {
+      rows.sort((a, b) => {
+        for (const o of s.orderBy) {
+          const at = (o.key as { item: number }).item
+          const item = s.items[at] as Item
+          const x = a[at] ?? null
+          const y = b[at] ?? null
+          const col = item.kind === 'column' ? columnOf(item.ref.source.table, item.ref.column) : item.ref !== undefined && (item.fn === 'MIN' || item.fn === 'MAX') ? columnOf(item.ref.source.table, item.ref.column) : undefined
+          const c = x === null || y === null ? (x === y ? 0 : x === null ? 1 : -1) : col === undefined ? Number(x) - Number(y) : compareValues(col, x, y)
+          if (c !== 0) return o.desc ? -c : c
+        }
+        return 0
+      })
     }
   } else {
-    rows = tuples.map(t => [...s.items.map(i => valueOf(t, (i as Item & { kind: 'column' }).ref)), ...s.orderBy.map(o => 'ref' in o.key ? valueOf(t, o.key.ref) : null)])
+    rows = (answer.result.rows ?? []).map(r => r.slice(0, s.items.length))
   }
-  if (s.orderBy.length > 0) {
-    const typeOf = (o: Select['orderBy'][number]): import('../schema/index.js').Column | undefined => {
-      if ('ref' in o.key) return columnOf(o.key.ref.source.table, o.key.ref.column)
-      const item = s.items[o.key.item] as Item
-      return item.kind === 'column' ? columnOf(item.ref.source.table, item.ref.column) : item.ref === undefined || item.fn === 'COUNT' || item.fn === 'AVG' || item.fn === 'SUM' ? undefined : columnOf(item.ref.source.table, item.ref.column)
-    }
-    rows.sort((a, b) => {
-      for (const [n, o] of s.orderBy.entries()) {
-        const at = 'item' in o.key ? o.key.item : s.items.length + n
-        const x = a[at] ?? null
-        const y = b[at] ?? null
-        const col = typeOf(o)
-        // NULLs last ascending, first descending, as PostgreSQL does.
-        const c = x === null || y === null ? (x === y ? 0 : x === null ? 1 : -1) : col === undefined ? (Number(x) - Number(y)) : compareValues(col, x, y)
-        if (c !== 0) return o.desc ? -c : c
-      }
-      return 0
-    })
-  }
-  rows = rows.map(r => r.slice(0, s.items.length))
   const end = s.limit === undefined ? undefined : s.offset + s.limit
   return { columns, rows: rows.slice(s.offset, end), next: null }
 }
 
-function aggregate (fn: Aggregate, ref: ColumnRef | undefined, members: Array<Map<Source, Row>>, valueOf: (t: Map<Source, Row>, ref: ColumnRef) => Value): Value {
-  if (ref === undefined) return members.length
-  const values = members.map(m => valueOf(m, ref)).filter((v): v is string | number => v !== null)
-  const col = columnOf(ref.source.table, ref.column)
-  switch (fn) {
-    case 'COUNT': return values.length
-    case 'SUM': return values.length === 0 ? null : roundSum(values.reduce((a: number, v) => a + Number(v), 0))
-    case 'AVG': return values.length === 0 ? null : values.reduce((a: number, v) => a + Number(v), 0) / values.length
-    case 'MIN': return values.length === 0 ? null : values.reduce((a, v) => compareValues(col, v, a) < 0 ? v : a)
-    case 'MAX': return values.length === 0 ? null : values.reduce((a, v) => compareValues(col, v, a) > 0 ? v : a)
+/** The SELECT's part the owners run: the sharded table first (a global one is looked up), its WHERE, the join, the grouping or the projection */
+function toFragment (s: Select): Fragment {
+  let [first, second] = s.sources as [Source, Source | undefined]
+  if (second !== undefined && first.table.shardKey === 'global' && second.table.shardKey !== 'global') [first, second] = [second, first]
+  const at = (ref: ColumnRef): [0 | 1, string] => [ref.source === first ? 0 : 1, ref.column]
+  const f: Fragment = { table: first.table.name }
+  const where = s.where.get(first)
+  if (where !== undefined) f.filter = where
+  if (second !== undefined && s.joinOn !== undefined) {
+    const other = s.where.get(second)
+    f.join = { table: second.table.name, column: s.joinOn.left.column, ...(other === undefined ? {} : { filter: other }) }
   }
+  if (s.items.some(i => i.kind === 'aggregate') || s.groupBy.length > 0) {
+    f.groupBy = s.groupBy.map(at)
+    f.aggregates = s.items.filter((i): i is Item & { kind: 'aggregate' } => i.kind === 'aggregate').map(i => ({ fn: i.fn, ...(i.ref === undefined ? {} : { column: at(i.ref) }) }))
+    // HAVING's aggregate comes last (the answer drops it).
+    if (s.having !== undefined) f.aggregates.push({ fn: s.having.fn, ...(s.having.ref === undefined ? {} : { column: at(s.having.ref) }) })
+    return f
+  }
+  const items = s.items as Array<Item & { kind: 'column' }>
+  f.columns = [...items.map(i => at(i.ref)), ...s.orderBy.filter(o => 'ref' in o.key).map(o => at((o.key as { ref: ColumnRef }).ref))]
+  let extra = items.length
+  f.orderBy = s.orderBy.map(o => ({ at: 'item' in o.key ? o.key.item : extra++, desc: o.desc }))
+  if (s.limit !== undefined) f.limit = s.offset + s.limit
+  return f
 }
 
-/** A sum of DECIMAL(…, 2) values without binary fractions' dust */
-function roundSum (n: number): number {
-  return Math.round(n * 1e6) / 1e6
+/** Notes a table the answer read from, with its patient when the WHERE fixes one */
+function noteTable (access: SqlAccess, table: TableDef, filter: Condition | undefined): void {
+  const patient = conjuncts(filter).find(c => c.op === '=' && c.column === 'patient_id')
+  access.note?.({ action: 'list', table: table.name, ...(patient !== undefined && 'value' in patient && patient.value !== null ? { patientId: String(patient.value) } : {}) })
 }
 
 function holds (v: Value, op: Comparison, w: Value): boolean {

@@ -729,6 +729,34 @@ export class Store {
     return { ...page, plan }
   }
 
+  /**
+   * Every live row of a table that passes `filter` (within `tokenRanges`),
+   * in no particular order: what a query fragment reads (see
+   * query/fragment.ts). The narrowest index the filter allows is used.
+   */
+  async * rows (table: string, filter: RowQuery['filter'], tokenRanges?: Array<[string, string]>): AsyncGenerator<RecordState> {
+    this.checkOpen()
+    const def = findTable(table)
+    if (def === undefined) throw new NtsoekheError('UNKNOWN_TABLE', `Unknown table: ${table}`)
+    const plan = planRows(def, { ...(filter === undefined ? {} : { filter }), limit: 1 }, this.indexes[table] ?? [])
+    const source: Extract<RowPlan, { kind: 'sorted' }>['source'] = plan.kind === 'ordered'
+      ? { type: 'range', index: plan.index, prefix: plan.prefix, lowerInclusive: true, upperInclusive: false, ...(plan.lower === undefined ? {} : { lower: plan.lower }), ...(plan.upper === undefined ? {} : { upper: plan.upper }) }
+      : plan.source
+    // An entry that lags its row (the row's winner changed since) may list a row twice.
+    const seen = new Set<string>()
+    for await (const { token, id } of this.candidates(def, source, tokenRanges)) {
+      if (!inRanges(token, tokenRanges)) continue
+      const pos = token + SEP + id
+      if (seen.has(pos)) continue
+      seen.add(pos)
+      const state = this._get(table, token, id)
+      const row = winner(state)?.row ?? null
+      if (state === undefined || row === null) continue
+      if (filter !== undefined && evaluate(def, filter, row) !== true) continue
+      yield state
+    }
+  }
+
   private async queryOrdered (def: TableDef, query: RowQuery, plan: Extract<RowPlan, { kind: 'ordered' }>): Promise<RowPage> {
     const desc = query.desc === true
     let gte = plan.lower ?? plan.prefix
