@@ -78,6 +78,10 @@ describe('SQL over one node', () => {
     const noAddress: SqlAccess = { ...everything, readable: t => t.columns.map(c => c.name).filter(c => c !== 'address') }
     expect((await sql('SELECT * FROM patient_records LIMIT 1', [], noAddress)).columns).not.toContain('address')
     await expect(sql('SELECT address FROM patient_records', [], noAddress)).rejects.toMatchObject({ code: 'FORBIDDEN' })
+    // Break-glass opens one patient's rows: the WHERE must name the patient
+    const glass: SqlAccess = { ...everything, widened: () => true }
+    await expect(sql('SELECT * FROM appointments WHERE doctor_id = 1', [], glass)).rejects.toMatchObject({ code: 'FORBIDDEN', message: expect.stringMatching(/X-Break-Glass/) })
+    expect((await sql('SELECT appointment_id FROM appointments WHERE patient_id = 3 ORDER BY appointment_id', [], glass)).rows).toEqual([[10], [13]])
     expect(findTable('patient_records')).toBeDefined()
   })
 })
