@@ -87,6 +87,24 @@ class Binder {
 /** Parses one statement (or SETs then one statement) with node-sql-parser; a SET gives the consistency */
 export function parseStatements (sql: string): { statement: any, consistency?: Consistency, explain: boolean } {
   if (typeof sql !== 'string' || sql.trim() === '') throw new ValidationError('SQL: the statement is empty')
+  if (sql.length > MAX_SQL) throw new ValidationError(`SQL: a statement of at most ${MAX_SQL} characters`)
+  // A statement is sent again and again with other parameters: parsed once (the tree is only read).
+  let parsed = PARSED.get(sql)
+  if (parsed === undefined) {
+    parsed = parseOnce(sql)
+    if (PARSED.size >= PARSED_MAX) PARSED.clear()
+    PARSED.set(sql, parsed)
+  }
+  return parsed
+}
+
+/** Statements parsed lately (see parseStatements) */
+const PARSED = new Map<string, { statement: any, consistency?: Consistency, explain: boolean }>()
+const PARSED_MAX = 512
+/** Longest statement taken, characters */
+const MAX_SQL = 64 * 1024
+
+function parseOnce (sql: string): { statement: any, consistency?: Consistency, explain: boolean } {
   // EXPLAIN is not in the parser's PostgreSQL grammar: the leading keyword is taken off and the rest parsed.
   const trimmed = sql.trimStart()
   const explain = trimmed.slice(0, 7).toUpperCase() === 'EXPLAIN' && (trimmed.length === 7 || ' \t\r\n'.includes(trimmed[7] as string))

@@ -43,6 +43,11 @@ export function indexName (columns: string[]): string {
   return columns.join(',')
 }
 
+/** The key of a row's entry in one ordered index */
+export function orderedEntry (table: TableDef, cols: string[], row: Row, token: string, id: string): string {
+  return table.name + SEP + indexName(cols) + SEP + cols.map(c => encodeOrdered(colOf(table, c), row[c] ?? null)).join(SEP) + SEP + token + SEP + id
+}
+
 /** The keys (in the ordered sublevel) of a row's ordered-index entries */
 export function orderedEntries (table: TableDef, row: Row, token: string, id: string): string[] {
   const out: string[] = []
@@ -85,27 +90,38 @@ export function planRows (table: TableDef, query: RowQuery, equalityIndexed: rea
     if (next.length !== order.length || !next.every((c, i) => c === order[i])) continue
     if (best === undefined || fixed > best.fixed || (fixed === best.fixed && cols.length < best.index.length)) best = { index: cols, fixed }
   }
+  let ordered: RowPlan | undefined
   if (best !== undefined) {
     const prefix = indexPrefix(table, best.index, best.index.slice(0, best.fixed).map(c => eq.get(c) as Value))
-    return { kind: 'ordered', index: best.index, prefix, ...bounds(table, conds, order[0] as string, prefix) }
+    const b = bounds(table, conds, order[0] as string, prefix)
+    ordered = { kind: 'ordered', index: best.index, prefix, ...b }
+    // Narrowed by the filter (a fixed prefix, a range on the order): read in order, stop at the limit.
+    if (best.fixed > 0 || b.lower !== undefined || b.upper !== undefined) return ordered
   }
-  // No index gives the order: the narrowest candidates.
+  // A filter that narrows some other index reads fewer rows than a whole index in order would.
+  const narrow = narrowestSource(table, conds, eq, equalityIndexed)
+  if (narrow !== undefined) return { kind: 'sorted', source: narrow }
+  return ordered ?? { kind: 'sorted', source: { type: 'table' } }
+}
+
+/** The narrowest candidates a filter allows: an equality index, an ordered index's first column fixed or bounded; none when it narrows nothing */
+function narrowestSource (table: TableDef, conds: Condition[], eq: Map<string, Value>, equalityIndexed: readonly string[]): CandidateSource | undefined {
   for (const [column, value] of eq) {
-    if (equalityIndexed.includes(column)) return { kind: 'sorted', source: { type: 'equality', column, value } }
+    if (equalityIndexed.includes(column)) return { type: 'equality', column, value }
   }
   for (const cols of table.ordered) {
     const first = cols[0] as string
     if (eq.has(first)) {
       const prefix = indexPrefix(table, cols, [eq.get(first) as Value])
-      return { kind: 'sorted', source: { type: 'range', index: cols, prefix, lowerInclusive: true, upperInclusive: true } }
+      return { type: 'range', index: cols, prefix, lowerInclusive: true, upperInclusive: true }
     }
   }
   for (const cols of table.ordered) {
     const prefix = indexPrefix(table, cols, [])
     const b = bounds(table, conds, cols[0] as string, prefix)
-    if (b.lower !== undefined || b.upper !== undefined) return { kind: 'sorted', source: { type: 'range', index: cols, prefix, ...b } }
+    if (b.lower !== undefined || b.upper !== undefined) return { type: 'range', index: cols, prefix, ...b }
   }
-  return { kind: 'sorted', source: { type: 'table' } }
+  return undefined
 }
 
 /** The key prefix of an ordered index's entries whose leading columns hold `values` */

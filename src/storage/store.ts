@@ -9,7 +9,7 @@ import { KeyedMutex } from './keyed-mutex.js'
 import { encodeIndexValue, recordKey, SEP } from './keys.js'
 import { leafPrefix, RangeSummary, recordDigest } from './range-summary.js'
 import { evaluate } from '../schema/condition.js'
-import { inRanges, orderColumns, orderedEntries, orderedSignature, planRows, sortedKey, type RowPage, type RowPlan, type RowQuery } from './ordered.js'
+import { inRanges, orderColumns, orderedEntries, orderedEntry, orderedSignature, planRows, sortedKey, type RowPage, type RowPlan, type RowQuery } from './ordered.js'
 
 type Sub = AbstractSublevel<any, any, string, any>
 
@@ -768,22 +768,23 @@ export class Store {
     const rows: RowPage['rows'] = []
     let more = false
     if (gte >= lt) return { rows }
-    const iterator = this.ordered.keys({ gte, lt, reverse: desc })
+    // Keys a batch at a time: one thread-pool round trip per batch, not per key.
+    const keys = keysOf(this.ordered, { gte, lt, reverse: desc }, Math.min(query.limit + 1, KEY_BATCH))
     try {
-      for await (const k of iterator) {
+      for await (const k of keys) {
         const { token, id } = positionOf(k)
         if (!inRanges(token, query.tokenRanges)) continue
         const state = this._get(def.name, token, id)
         const row = winner(state)?.row ?? null
         if (state === undefined || row === null) continue
         // An entry of a version that is no longer the winner is skipped: the winner's own entry lists it.
-        if (!orderedEntries(def, row, token, id).includes(k)) continue
+        if (orderedEntry(def, plan.index, row, token, id) !== k) continue
         if (query.filter !== undefined && evaluate(def, query.filter, row) !== true) continue
         if (rows.length >= query.limit) { more = true; break }
         rows.push({ state, key: k.slice(plan.prefix.length) })
       }
     } finally {
-      await iterator.close()
+      await keys.return(undefined)
     }
     const last = rows[rows.length - 1]
     return more && last !== undefined ? { rows, next: last.key } : { rows }
@@ -828,7 +829,7 @@ export class Store {
   private async * candidates (def: TableDef, source: Extract<RowPlan, { kind: 'sorted' }>['source'], ranges: Array<[string, string]> | undefined): AsyncGenerator<{ token: string, id: string }> {
     if (source.type === 'equality') {
       const base = this.indexKey(def.name, source.column, source.value, '')
-      for await (const k of this.index.keys({ gt: base, lt: base + '\xff' })) {
+      for await (const k of keysOf(this.index, { gt: base, lt: base + '\xff' })) {
         const pos = k.slice(base.length)
         const sep = pos.indexOf(SEP)
         yield { token: pos.slice(0, sep), id: pos.slice(sep + 1) }
@@ -836,13 +837,13 @@ export class Store {
       return
     }
     if (source.type === 'range') {
-      for await (const k of this.ordered.keys({ gte: source.lower ?? source.prefix, lt: source.upper ?? source.prefix + '\xff' })) yield positionOf(k)
+      for await (const k of keysOf(this.ordered, { gte: source.lower ?? source.prefix, lt: source.upper ?? source.prefix + '\xff' })) yield positionOf(k)
       return
     }
     // The whole table, one token range at a time: the table list is in token order.
     const base = def.name + SEP
     for (const [from, to] of ranges ?? [['', '']]) {
-      for await (const k of this.tables.keys({ gte: base + from, lt: to === '' ? base + '\xff' : base + to })) {
+      for await (const k of keysOf(this.tables, { gte: base + from, lt: to === '' ? base + '\xff' : base + to })) {
         const pos = k.slice(base.length)
         const sep = pos.indexOf(SEP)
         yield { token: pos.slice(0, sep), id: pos.slice(sep + 1) }
@@ -1482,6 +1483,23 @@ const DEFAULT_WRITE_BUFFER = 16 * 1024 * 1024
 const ORDERED_KEY = 'orderedIndexes'
 /** Rows per batch of a reindex */
 const REINDEX_BATCH = 500
+
+/** Keys read from a sublevel's range per `nextv` call */
+const KEY_BATCH = 1000
+
+/** A sublevel's keys in a range, read `size` at a time (one round trip to LevelDB's thread pool per batch) */
+async function * keysOf (sub: Sub, range: { gt?: string, gte?: string, lt?: string, reverse?: boolean }, size = KEY_BATCH): AsyncGenerator<string> {
+  const iterator = sub.keys(range)
+  try {
+    for (;;) {
+      const batch = await iterator.nextv(size)
+      if (batch.length === 0) return
+      yield * batch
+    }
+  } finally {
+    await iterator.close()
+  }
+}
 
 /** The position (token and id) an index entry's key ends with */
 function positionOf (key: string): { token: string, id: string } {
