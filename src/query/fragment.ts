@@ -57,11 +57,10 @@ export const MAX_FRAGMENT_ROWS = 100_000
 export async function runFragment (f: Fragment, source: FragmentSource): Promise<FragmentResult> {
   const table = tableOf(f.table)
   const joined = f.join === undefined ? undefined : tableOf(f.join.table)
-  const digest = Buffer.alloc(16)
-  const mix = (t: string, id: string, version: string): void => {
-    const h = createHash('sha256').update(t).update('\u0000').update(id).update('\u0000').update(version).digest()
-    for (let i = 0; i < 16; i++) digest[i] = (digest[i] as number) ^ (h[i] as number)
-  }
+  // Every copy reads its rows in the same order (the same plan over the same keys), so one running
+  // hash of what was read is the same on copies that hold the same versions.
+  const hash = createHash('sha256')
+  const mix = (t: string, id: string, version: string): void => { hash.update(`${t}\u0000${id}\u0000${version}\n`) }
   const groups = new Map<string, { key: Value[], partials: Partial[] }>()
   const rows: Value[][] = []
   const lookups = new Map<string, Row[]>()
@@ -110,10 +109,11 @@ export async function runFragment (f: Fragment, source: FragmentSource): Promise
     }
     for (const o of others) emit([row, o])
   }
-  if (f.aggregates !== undefined) return { groups: [...groups.values()], digest: digest.toString('hex') }
+  const digest = hash.digest('hex').slice(0, 32)
+  if (f.aggregates !== undefined) return { groups: [...groups.values()], digest }
   sortRows(rows, f, table, joined)
   if (f.limit !== undefined && rows.length > f.limit) rows.length = f.limit
-  return { rows, digest: digest.toString('hex') }
+  return { rows, digest }
 }
 
 function initial (fn: AggregateFn): Partial {
