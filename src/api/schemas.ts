@@ -203,7 +203,9 @@ export const ROUTE_SCHEMAS = {
     querystring: obj({
       limit: { type: 'integer', minimum: 1, maximum: MAX_LIMIT, 'x-message': `{name} must be an integer from 1 to ${MAX_LIMIT}`, description: `Rows per page, 1 to ${MAX_LIMIT}` },
       cursor: str('Where the page starts: the previous page\'s `next`'),
-      consistency: CONSISTENCY
+      consistency: CONSISTENCY,
+      where: { type: 'array', items: str(), description: 'A filter `col=value` or a comparison with <>, <, <=, >, >= (repeat the parameter; all must hold)' },
+      order_by: str('Sort by this column, `col` or `col:desc` (default: primary key order)')
     }, [], { additionalProperties: { type: 'string', description: 'A filter: column = value', 'x-message': 'Filter {name} must be given once' } }),
     headers: READ_HEADERS,
     response: answers({
@@ -354,6 +356,26 @@ export const ROUTE_SCHEMAS = {
     summary: 'Request rate and latency every 5 s over the last 15 minutes (the console\'s charts)',
     tags: ['operations'],
     response: answers({ 200: obj({ points: arrayOf({ type: 'object' }) }, ['points']) })
+  },
+
+  sql: {
+    summary: 'Run one SQL statement over the network (the subset README lists); `$1`-style parameters are bound, never spliced',
+    tags: ROWS_TAG,
+    querystring: CONSISTENCY_QUERY,
+    headers: READ_HEADERS,
+    body: obj({
+      sql: str('One statement: SELECT, INSERT, UPDATE, DELETE, EXPLAIN SELECT or SET'),
+      params: arrayOf({ description: 'The value of $1, $2, …' }),
+      cursor: { type: ['string', 'null'], description: 'The previous answer\'s `next`' }
+    }, ['sql'], { additionalProperties: false, 'x-message': 'Unknown field {name}: a SQL request is {"sql","params","cursor"}' }),
+    response: answers({ 200: obj({ columns: arrayOf(str()), rows: arrayOf(arrayOf({})), next: { type: ['string', 'null'] } }, ['columns', 'rows', 'next']) })
+  },
+  reindex: {
+    summary: 'Rebuild one table\'s index entries in this node\'s store (admins), answering NDJSON progress lines then the counts',
+    tags: ROWS_TAG,
+    produces: ['application/x-ndjson'],
+    params: TABLE_PARAMS,
+    response: answers({ 200: { type: 'object', description: '{"done","total"} lines, then {"rows","added","removed"} or {"error"}' } })
   },
 
   // ---- users, roles, audit ----------------------------------------------

@@ -1,3 +1,4 @@
+import { PassThrough } from 'node:stream'
 import Fastify, { type FastifyBaseLogger, type FastifyInstance, type FastifyReply, type FastifyRequest } from 'fastify'
 import { ForbiddenError, NtsoekheError, ValidationError } from '../errors/index.js'
 import { CONSISTENCY_LEVELS, type Consistency, type RequestOptions } from '../cluster/coordinator.js'
@@ -9,6 +10,8 @@ import { metricsRoutes } from './metrics.js'
 import { HIDDEN_COLUMNS, RIGHTS, assertWritable, cascadeTables, columnsFor, describeRoles, project } from '../security/rights.js'
 import type { UserDirectory } from '../security/users.js'
 import { isVersion } from '../storage/version.js'
+import { parseComparison } from '../schema/condition.js'
+import { runSql } from '../query/sql.js'
 import { TABLE_ACCESS, checkFilters, installAccess, principalOf, readView } from './access.js'
 import { auditRoute, type AuditReader } from './audit.js'
 import { backupRoutes, type BackupSource } from './backup.js'
@@ -55,6 +58,8 @@ export interface ApiComponents {
   }
   /** Backup and restore of the whole network (`GET /v1/backup`, `POST /v1/restore`), on the networked node */
   backup?: BackupSource
+  /** Rebuilds one table's index entries in this node's store (`POST /v1/tables/:table/reindex`), with progress */
+  reindex?: (table: string, progress: (done: number, total: number) => void) => Promise<{ rows: number, added: number, removed: number }>
   /** Users and their tokens: every request is authenticated against it */
   users: Pick<UserDirectory, 'authenticate' | 'add' | 'list' | 'revoke'>
   /** Called once per request that touches data, per 401, per 403 and per break-glass read */
@@ -80,7 +85,7 @@ type Query = Record<string, string | string[] | undefined>
 
 /** Media types an import takes */
 const IMPORT_TYPES = ['application/x-ndjson', 'application/ndjson', 'text/csv']
-const RESERVED_QUERY = new Set(['limit', 'cursor', 'consistency', 'local', 'cascade'])
+const RESERVED_QUERY = new Set(['limit', 'cursor', 'consistency', 'local', 'cascade', 'where', 'order_by'])
 const ROWS = { config: { access: TABLE_ACCESS } }
 const CLUSTER = { config: { access: RIGHTS.cluster } }
 /** The route schemas of the extra read-only routes the networked node adds */
@@ -184,6 +189,23 @@ export function createApi (components: ApiComponents, init: ApiInit = {}): Fasti
     })
     app.get('/v1/inspect/summary', { config: { access: RIGHTS.admin }, schema: S.inspectSummary }, async () => await inspect.summary())
   }
+  // Admins only (no right declared). The answer is NDJSON: {"done","total"} lines as rows are
+  // reindexed, then {"rows","added","removed"} (or {"error"} if it failed midway).
+  const reindex = components.reindex
+  if (reindex !== undefined) {
+    app.post<{ Params: Params }>('/v1/tables/:table/reindex', { schema: S.reindex }, async (req, reply) => {
+      const table = db.table(req.params.table)
+      req.accessNote = { action: 'admin', table: table.name }
+      const out = new PassThrough()
+      let last = 0
+      void reindex(table.name, (done, total) => {
+        // At most about a hundred progress lines, however large the table.
+        if (done === total || done - last >= Math.max(1, Math.floor(total / 100))) { last = done; out.write(JSON.stringify({ done, total }) + '\n') }
+      }).then(result => { out.end(JSON.stringify(result) + '\n') }, (err: unknown) => { out.end(JSON.stringify({ error: toErrorResponse(err).body.error }) + '\n') })
+      void reply.header('content-type', 'application/x-ndjson')
+      return out
+    })
+  }
 
   app.get('/v1/roles', { config: { access: RIGHTS.roles }, schema: S.roles }, async () => ({ roles: describeRoles() }))
 
@@ -278,7 +300,10 @@ export function createApi (components: ApiComponents, init: ApiInit = {}): Fasti
     const table = db.table(req.params.table)
     const filters = Object.keys(req.query).filter(k => !RESERVED_QUERY.has(k))
     const view = readNote(req, 'list', table)
-    checkFilters(table, view.columns, filters, principalOf(req).role)
+    // where=<col><op><value> (repeatable) adds ranges; order_by=<col>[:desc] sorts (default: primary key).
+    const ranges = listOf(req.query.where).map(parseComparison)
+    const order = req.query.order_by === undefined ? undefined : parseOrderBy(single(req.query, 'order_by'))
+    checkFilters(table, view.columns, [...filters, ...ranges.map(r => r.column), ...(order === undefined ? [] : [order.column])], principalOf(req).role)
     const where: Record<string, string> = Object.create(null) as Record<string, string>
     for (const k of filters) {
       const v = req.query[k]
@@ -286,6 +311,7 @@ export function createApi (components: ApiComponents, init: ApiInit = {}): Fasti
       if (Array.isArray(v)) throw new ValidationError(`Filter ${k} is given more than once`, { column: k })
       where[k] = v
     }
+    for (const r of ranges) if (r.op === '=' && where[r.column] === undefined) where[r.column] = r.value
     // Break-glass opens one patient's records, not a table: a list it widens must name the patient.
     if (view.widened && where.patient_id === undefined) {
       throw new ForbiddenError(table.columns.some(c => c.name === 'patient_id')
@@ -297,17 +323,61 @@ export function createApi (components: ApiComponents, init: ApiInit = {}): Fasti
     // The schema has read limit as an integer from 1 to MAX_LIMIT.
     const limit = req.query.limit === undefined ? undefined : Number(req.query.limit)
     const cursor = req.query.cursor === undefined ? undefined : single(req.query, 'cursor')
-    const page = await db.list(table.name, where, {
-      ...requestOptions(req.query),
+    const page = await db.query(table.name, {
+      where: [...Object.entries(where).map(([column, value]) => ({ column, op: '=' as const, value })), ...ranges.filter(r => r.op !== '=')],
+      ...(order === undefined ? {} : { orderBy: order.column, desc: order.desc }),
       ...(limit === undefined ? {} : { limit }),
       ...(cursor === undefined ? {} : { cursor })
-    })
+    }, requestOptions(req.query))
     // Every patient whose rows the page holds gets an entry of their own (audit --patient finds the list).
     if (req.accessNote !== undefined && where.patient_id === undefined && table.columns.some(c => c.name === 'patient_id')) {
       const patients = [...new Set(page.rows.map(r => r.patient_id).filter(p => p !== null && p !== undefined).map(String))]
       if (patients.length > 0) req.accessNote.patients = patients
     }
     return { rows: page.rows.map(r => project(r, view.columns)), next: page.next }
+  })
+
+  // SQL: {"sql","params","cursor"} -> {"columns","rows","next"}. Each table it names is checked as its
+  // routes check it (a role's missing right is 403, columns it cannot read are absent or refused).
+  app.post<{ Querystring: Query }>('/v1/sql', { ...ROWS, schema: S.sql }, async req => {
+    const body = requireObject(req)
+    if (typeof body.sql !== 'string') throw new ValidationError('The body needs "sql", a string')
+    if (body.params !== undefined && !Array.isArray(body.params)) throw new ValidationError('"params" must be an array')
+    if (body.cursor !== undefined && body.cursor !== null && typeof body.cursor !== 'string') throw new ValidationError('"cursor" must be a string')
+    const role = principalOf(req).role
+    const views = new Map<string, { columns: string[], breakGlass: boolean, widened: boolean }>()
+    const viewOf = (table: TableDef): { columns: string[], breakGlass: boolean, widened: boolean } => {
+      let view = views.get(table.name)
+      if (view === undefined) {
+        view = readView(req, table)
+        views.set(table.name, view)
+        if (view.breakGlass && req.accessNote !== undefined) {
+          req.accessNote.breakGlass = true
+          const reason = principalOf(req).breakGlass
+          if (reason !== undefined) req.accessNote.reason = reason
+        }
+      }
+      return view
+    }
+    req.accessNote = { action: 'list' }
+    const patients = new Set<string>()
+    const answer = await runSql(db, body.sql, (body.params ?? []) as unknown[], {
+      readable: table => {
+        if (req.accessNote?.table === undefined && req.accessNote !== undefined) req.accessNote.table = table.name
+        return viewOf(table).columns
+      },
+      widened: table => viewOf(table).widened,
+      writable: (table, columns) => { assertWritable(role, table, columns) },
+      note: n => {
+        const note = req.accessNote ?? { action: n.action }
+        req.accessNote = { ...note, action: n.action === 'list' ? note.action : n.action, table: note.table ?? n.table, ...(n.id === undefined ? {} : { id: n.id }), ...(n.columns === undefined ? {} : { columns: n.columns }) }
+        if (n.patientId !== undefined) patients.add(n.patientId)
+      }
+    }, requestOptions(req.query), typeof body.cursor === 'string' ? body.cursor : undefined)
+    // Every patient whose rows the answer holds gets an entry of their own, as a list does.
+    if (req.accessNote !== undefined && patients.size === 1) req.accessNote.patientId = [...patients][0] as string
+    else if (req.accessNote !== undefined && patients.size > 1) req.accessNote.patients = [...patients]
+    return answer
   })
 
   app.post<{ Querystring: Query }>('/v1/batch', { ...ROWS, schema: S.batch }, async (req, reply) => {
@@ -454,6 +524,25 @@ function flag (query: Query, name: string): boolean {
   if (v === '' || v === 'true' || v === '1') return true
   if (v === 'false' || v === '0') return false
   throw new ValidationError(`${name} must be true or false`)
+}
+
+/** A query parameter given any number of times, as a list */
+function listOf (v: string | string[] | undefined): string[] {
+  return v === undefined ? [] : Array.isArray(v) ? v : [v]
+}
+
+/** `col` or `col:desc` (or `col:asc`) */
+export function parseOrderBy (raw: string): { column: string, desc: boolean } {
+  const colon = raw.lastIndexOf(':')
+  const column = colon < 0 ? raw : raw.slice(0, colon)
+  const dir = colon < 0 ? 'asc' : raw.slice(colon + 1).toLowerCase()
+  if (column === '' || (dir !== 'asc' && dir !== 'desc')) throw new ValidationError(`order_by takes <column> or <column>:desc, got ${JSON.stringify(raw)}`)
+  return { column, desc: dir === 'desc' }
+}
+
+function parseLimit (raw: string): number {
+  if (!/^\d+$/.test(raw)) throw new ValidationError(`limit must be a positive integer, got ${JSON.stringify(raw)}`)
+  return Number(raw)
 }
 
 function requestOptions (query: Query): RequestOptions {

@@ -13,6 +13,7 @@ import { parseHostPort } from '../observability/address.js'
 import { renderObject, renderTable } from './format.js'
 import { UsageError } from './usage.js'
 import { VERSION } from '../version.js'
+import { parseComparison } from '../schema/condition.js'
 // daemon.js (libp2p, the store) and seed.js (faker) are loaded by the commands that need them:
 // a client command then starts in a fraction of the time.
 import type { DaemonFlags } from './daemon.js'
@@ -214,21 +215,31 @@ function buildProgram (io: Io, setCode: (c: number) => void, asked: Asked): Comm
 `)
     })
 
-  withBreakGlass(withConsistency(common(program.command('query').description('list rows, with equality filters'))))
+  withBreakGlass(withConsistency(common(program.command('query').description('list rows in primary-key order (or --order-by), with filters'))))
     .argument('<table>')
-    .option('--where <col=value>', 'equality filter (repeatable)', collect, [])
+    .option('--where <col op value>', 'filter: col=value, or a comparison with <>, <, <=, >, >= (repeatable, all must hold)', collect, [])
+    .option('--order-by <col[:desc]>', 'sort by this column, ascending or :desc (default: primary key)')
     .option('--limit <n>', 'rows per page (default 100, at most 1000)', limit)
     .option('--cursor <cursor>', 'continue after a previous page')
-    .action(async (table: string, opts: GlobalOpts & { where: string[], limit?: number, cursor?: string }) => {
+    .action(async (table: string, opts: GlobalOpts & { where: string[], orderBy?: string, limit?: number, cursor?: string }) => {
       const where: Record<string, string> = {}
+      const filters: string[] = []
       for (const w of opts.where) {
-        const eq = w.indexOf('=')
-        if (eq <= 0) throw new UsageError(`--where takes col=value, got ${JSON.stringify(w)}`)
-        where[w.slice(0, eq)] = w.slice(eq + 1)
+        let parsed
+        try {
+          parsed = parseComparison(w)
+        } catch (err) {
+          throw new UsageError(`--where takes col=value, or col<op>value with op <>, <, <=, > or >=; got ${JSON.stringify(w)}`, { cause: err })
+        }
+        if (parsed.op === '=' && where[parsed.column] === undefined) where[parsed.column] = parsed.value
+        else filters.push(w)
       }
+      if (opts.orderBy !== undefined && !/^[a-z_]+(:(asc|desc))?$/i.test(opts.orderBy)) throw new UsageError(`--order-by takes <col> or <col>:desc, got ${JSON.stringify(opts.orderBy)}`)
       const r = await (await client(opts)).query(table, where, {
         ...consistency(opts),
         ...breakGlass(opts),
+        ...(filters.length === 0 ? {} : { filters }),
+        ...(opts.orderBy === undefined ? {} : { orderBy: opts.orderBy }),
         ...(opts.limit === undefined ? {} : { limit: opts.limit }),
         ...(opts.cursor === undefined ? {} : { cursor: opts.cursor })
       })
@@ -379,6 +390,40 @@ function buildProgram (io: Io, setCode: (c: number) => void, asked: Asked): Comm
       } finally {
         said = true
         clearInterval(poll)
+      }
+    })
+
+  withBreakGlass(withConsistency(common(program.command('sql').description('run one SQL statement of the subset (see README: Queries and SQL); $1, $2... take --param values in order'))))
+    .argument('<statement>')
+    .option('--param <value>', 'a value for $1, $2, ... in order (repeatable; typed by the column it meets)', collect, [])
+    .option('--cursor <cursor>', 'continue after a previous page')
+    .action(async (statement: string, opts: GlobalOpts & { param: string[], cursor?: string }) => {
+      // Sent as text: the daemon types each by the column it is compared with or written to.
+      const params = opts.param
+      const r = await (await client(opts)).sql(statement, params, { ...consistency(opts), ...breakGlass(opts), ...(opts.cursor === undefined ? {} : { cursor: opts.cursor }) })
+      out(opts, r, () => renderTable(r.rows.map(row => Object.fromEntries(r.columns.map((c, i) => [c, row[i]])))) + (r.next === null ? '' : `more: --cursor ${r.next}\n`))
+    })
+
+  common(program.command('reindex').argument('<table>').description("rebuild a table's index entries (equality and ordered) in this node's store, with a progress bar (admin)"))
+    .action(async (table: string, opts: GlobalOpts) => {
+      const api = await client(opts)
+      let bar: { update: (n: number, total: number) => void, stop: () => void } = { update: () => {}, stop: () => {} }
+      if (io.stderr.isTTY === true && opts.json !== true) {
+        const { SingleBar, Presets } = await import('cli-progress')
+        const b = new SingleBar({ format: `reindexing ${table} [{bar}] {value}/{total} rows`, stream: io.stderr as NodeJS.WritableStream }, Presets.shades_classic)
+        let started = false
+        bar = {
+          update: (n, total) => { if (!started) { b.start(total, 0); started = true } b.setTotal(total); b.update(n) },
+          stop: () => { if (started) b.stop() }
+        }
+      }
+      try {
+        const r = await api.reindex(table, (done, total) => { bar.update(done, total) })
+        bar.stop()
+        out(opts, r, () => `${table}: ${r.rows} rows reindexed, ${r.added} entries added, ${r.removed} stale entries removed\n`)
+      } catch (err) {
+        bar.stop()
+        throw err
       }
     })
 

@@ -142,8 +142,17 @@ export class NtsoekheClient {
     return await this.request('GET', `/v1/tables/${enc(table)}/rows/${enc(String(id))}/history${qs(options)}`, { signal: options.signal, breakGlass: options.breakGlass })
   }
 
-  async query (table: string, where: Record<string, string | number> = {}, options: ReadOptions & { limit?: number, cursor?: string } = {}): Promise<ListResult> {
-    return await this.request('GET', `/v1/tables/${enc(table)}/rows${qs({ ...where, ...options })}`, { signal: options.signal, breakGlass: options.breakGlass })
+  /**
+   * Lists rows: `where` equality filters; `filters` are `<col><op><value>`
+   * comparisons (`date>=2026-01-01`); `orderBy` is `<col>` or `<col>:desc`
+   * (default: primary-key order)
+   */
+  async query (table: string, where: Record<string, string | number> = {}, options: ReadOptions & { limit?: number, cursor?: string, filters?: string[], orderBy?: string } = {}): Promise<ListResult> {
+    const { filters = [], orderBy, ...rest } = options
+    const extra = [...filters.map(f => `where=${encodeURIComponent(f)}`), ...(orderBy === undefined ? [] : [`order_by=${encodeURIComponent(orderBy)}`])].join('&')
+    const base = qs({ ...where, ...rest })
+    const query = extra === '' ? base : base === '' ? `?${extra}` : `${base}&${extra}`
+    return await this.request('GET', `/v1/tables/${enc(table)}/rows${query}`, { signal: options.signal, breakGlass: options.breakGlass })
   }
 
   async batch (operations: unknown[], options: WriteOptions = {}): Promise<{ results: RowResult[] }> {
@@ -210,6 +219,56 @@ export class NtsoekheClient {
       req.end()
     })
   }
+
+  /** Runs one SQL statement (see README, Queries and SQL): `$1`-style parameters are bound by the daemon */
+  async sql (sql: string, params: unknown[] = [], options: ReadOptions & { cursor?: string } = {}): Promise<{ columns: string[], rows: unknown[][], next: string | null }> {
+    const { cursor, ...rest } = options
+    return await this.request('POST', `/v1/sql${qs(rest)}`, { body: { sql, params, ...(cursor === undefined ? {} : { cursor }) }, signal: options.signal, breakGlass: options.breakGlass })
+  }
+
+  /**
+   * Rebuilds a table's index entries on this node (admin), calling
+   * `progress` as rows are done; answers what was added and removed.
+   */
+  async reindex (table: string, progress: (done: number, total: number) => void = () => {}): Promise<{ rows: number, added: number, removed: number }> {
+    const headers = this.headers({ accept: 'application/x-ndjson' })
+    return await new Promise((resolve, reject) => {
+      const req = httpRequest({ socketPath: this.socket, agent: this.agent, method: 'POST', path: `/v1/tables/${enc(table)}/reindex`, headers }, res => {
+        req.setTimeout(0)
+        if ((res.statusCode ?? 500) >= 400) {
+          readError(res).then(reject, reject)
+          return
+        }
+        let buffered = ''
+        let result: { rows: number, added: number, removed: number } | undefined
+        let failure: Error | undefined
+        res.setEncoding('utf8')
+        res.on('data', (chunk: string) => {
+          buffered += chunk
+          let nl: number
+          while ((nl = buffered.indexOf('\n')) >= 0) {
+            const line = buffered.slice(0, nl)
+            buffered = buffered.slice(nl + 1)
+            let msg: any
+            try { msg = JSON.parse(line) } catch { failure = new NtsoekheError('INTERNAL', 'The daemon sent a reindex line that is not JSON'); continue }
+            if (msg.error !== undefined) failure = errorFromJSON(msg.error)
+            else if (typeof msg.rows === 'number') result = msg
+            else if (typeof msg.done === 'number') progress(msg.done, msg.total)
+          }
+        })
+        res.on('error', reject)
+        res.on('end', () => {
+          if (failure !== undefined) reject(failure)
+          else if (result === undefined) reject(new NtsoekheError('INTERNAL', 'The reindex answer ended early'))
+          else resolve(result)
+        })
+      })
+      this.armTimeout(req, this.timeout)
+      req.on('error', err => { reject(this.connectError(err)) })
+      req.end()
+    })
+  }
+
 
   /**
    * Streams a backup of the whole network (`GET /v1/backup`, admins): resolves,

@@ -7,11 +7,16 @@ import type { HybridClock } from '../storage/version.js'
 import { compareVersions, isVersion } from '../storage/version.js'
 import { AntiEntropy } from './anti-entropy.js'
 import { ApplyBatcher, chunkGroups, chunkWhole, resultOk } from './apply-batcher.js'
-import type { ClusterStatus, Consistency, Coordinator, GroupOutcome, InsertOutcome, Mutation, RequestOptions, ScanPage, ScanRequest, WriteResult } from './coordinator.js'
+import type { ClusterStatus, Consistency, Coordinator, FragmentAnswer, GroupOutcome, InsertOutcome, Mutation, QueryPage, RequestOptions, ScanPage, ScanRequest, WriteResult } from './coordinator.js'
 import { orderByLiveness, planRecordMove, requiredAcks, type RecordMove } from './decisions.js'
+import type { RowPage, RowQuery } from '../storage/ordered.js'
+import { mergeQuery, singleShardOf, type OwnedRange } from './query-merge.js'
+import { checkFragmentResults, mergeResults, runFragment, storeSource, type Fragment, type FragmentResult, type FragmentSource } from '../query/fragment.js'
+import type { Condition } from '../schema/condition.js'
+import type { TableDef } from '../schema/index.js'
 import { mergeStates, missingHeads } from './merge.js'
 import type { Membership } from './membership.js'
-import { AUDIT_TABLE, checkEntry, checkScanPage, checkState, parseReplicaMessage, type ReplicaMessage } from './messages.js'
+import { AUDIT_TABLE, checkEntry, checkQueryPage, checkScanPage, checkState, parseReplicaMessage, type ReplicaMessage } from './messages.js'
 import { recallWrites } from './idempotency.js'
 import { mutationKey, orderGroups, orderMutations } from './mutations.js'
 import { HashRing } from './ring.js'
@@ -751,7 +756,11 @@ export class DistributedCoordinator implements Coordinator {
   }
 
   async read (table: string, id: string, shard: string, options: RequestOptions = {}): Promise<RecordState | undefined> {
-    const token = tokenOf(shard)
+    return await this.readToken(table, id, tokenOf(shard), options)
+  }
+
+  /** A read by ring token (what a query knows of a row it lists) */
+  private async readToken (table: string, id: string, token: string, options: RequestOptions = {}): Promise<RecordState | undefined> {
     const owners = this.owners(table, token)
     const need = this.needed(options.consistency, this.readQuorum, owners.length)
     // At `one`, a copy this node keeps without owning it (a sloppy write) is read too.
@@ -985,6 +994,128 @@ export class DistributedCoordinator implements Coordinator {
     return more && last !== undefined ? { rows, next: last.position } : { rows }
   }
 
+  /** The token ranges a filter over a table covers, with their owners: one shard value's, a global table's whole ring, or every range */
+  private rangesFor (def: TableDef, filter: Condition | undefined): { ranges: OwnedRange[], shard: string | undefined } {
+    const shard = singleShardOf(def.name, filter)
+    let ranges: OwnedRange[]
+    if (def.shardKey === 'global') {
+      ranges = [{ from: '', to: '', owners: this.ring.list().map(m => m.peerId) }]
+    } else if (shard !== undefined) {
+      const token = tokenOf(shard)
+      ranges = [{ from: token, to: token + '\u0000', owners: this.owners(def.name, token) }]
+    } else {
+      ranges = this.ring.ranges(this.replicas)
+    }
+    if (ranges.length === 0) throw new UnavailableError('No members on the ring yet')
+    return { ranges, shard }
+  }
+
+  /** Copies of a range a read at `level` asks */
+  private copiesNeeded (def: TableDef, level: Consistency | undefined): number {
+    return this.needed(level, this.readQuorum, def.shardKey === 'global' ? this.ring.size : this.replicas)
+  }
+
+  async query (table: string, request: RowQuery, options: RequestOptions = {}): Promise<QueryPage> {
+    const def = findTable(table)
+    if (def === undefined) throw new NtsoekheError('UNKNOWN_TABLE', `Unknown table: ${table}`)
+    const { ranges, shard } = this.rangesFor(def, request.filter)
+    const { tokenRanges: _, ...base } = request
+    const page = await this.queryRanges(def, base, ranges, options)
+    return { ...page, singleShard: shard !== undefined }
+  }
+
+  private async queryRanges (def: TableDef, request: RowQuery, ranges: OwnedRange[], options: RequestOptions): Promise<RowPage & { asked: Array<{ peer: string, ranges: number }> }> {
+    const table = def.name
+    return await mergeQuery({
+      table: def,
+      request,
+      ranges,
+      need: this.copiesNeeded(def, options.consistency),
+      strict: options.consistency === 'all',
+      self: this.c.peerId,
+      usable: peer => this.c.membership.stateOf(peer) !== 'down',
+      fetch: async (peer, q) => peer === this.c.peerId
+        ? stripPlan(await this.c.store.query(table, q))
+        : checkQueryPage(await this.c.transport.request(peer, 'replica', { type: 'query', table, ...q }, { timeout: this.timeoutMs }), table),
+      resolve: async (token, id) => await this.readToken(table, id, token, options),
+      ...(this.c.log === undefined ? {} : { log: this.c.log })
+    })
+  }
+
+  async fragment (f: Fragment, options: RequestOptions = {}): Promise<FragmentAnswer> {
+    const def = findTable(f.table)
+    if (def === undefined) throw new NtsoekheError('UNKNOWN_TABLE', `Unknown table: ${f.table}`)
+    const { ranges, shard } = this.rangesFor(def, f.filter)
+    const need = this.copiesNeeded(def, options.consistency)
+    // Each range from `need` of its live owners: this node first, then the least loaded.
+    const load = new Map<string, number>()
+    const byPeer = new Map<string, number[]>()
+    const chosen = ranges.map((r, i) => {
+      const peers = r.owners.filter(p => this.c.membership.stateOf(p) !== 'down')
+        .sort((a, b) => a === this.c.peerId ? -1 : b === this.c.peerId ? 1 : (load.get(a) ?? 0) - (load.get(b) ?? 0))
+        .slice(0, need)
+      for (const p of peers) {
+        load.set(p, (load.get(p) ?? 0) + 1)
+        byPeer.set(p, [...byPeer.get(p) ?? [], i])
+      }
+      return peers
+    })
+    const answers = ranges.map(() => new Map<string, FragmentResult>())
+    await Promise.all([...byPeer].map(async ([peer, indices]) => {
+      const tokenRanges = indices.map(i => [(ranges[i] as OwnedRange).from, (ranges[i] as OwnedRange).to] as [string, string])
+      try {
+        const results = peer === this.c.peerId
+          ? await this.runFragmentHere(f, tokenRanges)
+          : checkFragmentResults(await this.c.transport.request(peer, 'replica', { type: 'fragment', fragment: f, tokenRanges }, { timeout: this.timeoutMs * 4 }), indices.length)
+        indices.forEach((i, j) => { (answers[i] as Map<string, FragmentResult>).set(peer, results[j] as FragmentResult) })
+      } catch (err) {
+        if (!(err instanceof NtsoekheError) || err.code === 'INVALID') throw err
+        this.c.log?.('fragment of %s: %s did not answer (%s)', f.table, peer, err.message)
+      }
+    }))
+    let rechecked = 0
+    const results: FragmentResult[] = []
+    for (const [i, range] of ranges.entries()) {
+      const got = [...(answers[i] as Map<string, FragmentResult>).values()]
+      const first = got[0]
+      // Copies that agree on every row version they read gave the same answer: one is taken.
+      if (first !== undefined && got.length >= (chosen[i] as string[]).length && got.length >= Math.min(need, range.owners.length) && got.every(r => r.digest === first.digest)) {
+        results.push(first)
+        continue
+      }
+      rechecked++
+      results.push(await runFragment(f, this.quorumSource(def, range, options)))
+    }
+    return { result: mergeResults(f, results), asked: [...byPeer].map(([peer, indices]) => ({ peer, ranges: indices.length })), singleShard: shard !== undefined, rechecked }
+  }
+
+  /** A fragment run on this node's copy, one result per range */
+  private async runFragmentHere (f: Fragment, tokenRanges: Array<[string, string]>): Promise<FragmentResult[]> {
+    const out: FragmentResult[] = []
+    for (const r of tokenRanges) out.push(await runFragment(f, storeSource(this.c.store, [r])))
+    return out
+  }
+
+  /** A fragment's rows read at the request's consistency (quorum-merged), for a range whose copies disagreed */
+  private quorumSource (def: TableDef, range: OwnedRange, options: RequestOptions): FragmentSource {
+    return {
+      rows: async function * (this: DistributedCoordinator, table: string, filter: Condition | undefined, shard?: string) {
+        const t = findTable(table) as TableDef
+        const ranges = shard !== undefined || t.shardKey === 'global' ? this.rangesFor(t, filter).ranges : [range]
+        let after: string | undefined
+        for (;;) {
+          const page = await this.queryRanges(t, { ...(filter === undefined ? {} : { filter }), limit: 1000, ...(after === undefined ? {} : { after }) }, ranges, options)
+          for (const r of page.rows) {
+            const head = winner(r.state)
+            if (head?.row != null) yield { row: head.row, id: r.state.id, version: head.version }
+          }
+          if (page.next === undefined) return
+          after = page.next
+        }
+      }.bind(this)
+    }
+  }
+
   async status (): Promise<ClusterStatus> {
     const members = this.c.membership.members()
     const live = this.c.membership.liveMembers().length
@@ -1068,6 +1199,12 @@ export class DistributedCoordinator implements Coordinator {
         return { versions: await this.c.store.versions(msg.table, msg.token, msg.id) }
       case 'scan':
         return await this.c.store.scan(msg.table, { where: msg.where, limit: msg.limit, ...(msg.after === undefined ? {} : { after: msg.after }), ...(msg.token === undefined ? {} : { token: msg.token }) })
+      case 'fragment':
+        return { results: await this.runFragmentHere(msg.fragment, msg.tokenRanges) }
+      case 'query': {
+        const { type: _, table, ...q } = msg
+        return stripPlan(await this.c.store.query(table, q))
+      }
       case 'purge': {
         this.c.clock.observe(msg.version)
         const held = await this.c.store.purge({ table: msg.table, id: msg.id, token: msg.token, version: msg.version, time: this.env.now() })
@@ -1170,6 +1307,12 @@ export class DistributedCoordinator implements Coordinator {
 }
 
 /** A peer's answer to `read`, checked before it is merged or repaired into this node's store */
+/** A store's query page without its plan (which stays on the node that made it) */
+function stripPlan (page: RowPage & { plan: unknown }): RowPage {
+  const { plan: _, ...rest } = page
+  return rest
+}
+
 function readReply (reply: unknown, expect: { table: string, id: string, token: string }): RecordState | undefined {
   const state = (reply as { state?: unknown } | null)?.state
   if (state === null) return undefined

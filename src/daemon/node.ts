@@ -286,6 +286,7 @@ export class NtsoekheNode {
       repair: async () => await (this.coordinator as DistributedCoordinator).antiEntropy.repair(),
       inspect: { records: async options => await this.inspectRecords(options), summary: async () => this.inspectSummary() },
       ...(this.backup === undefined ? {} : { backup: backupSource(this.backup, this.peerId) }),
+      reindex: async (table, progress) => await (this.store as Store).reindex(table, progress),
       users: this.init.security !== false
         ? users
         : {

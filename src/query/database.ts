@@ -3,7 +3,7 @@ import {
   TABLES, checkValue, findTable, parseId, referencingTables, rowId, shardValue, upgradeStoredRow, validateRow,
   type Row, type TableDef, type Value
 } from '../schema/index.js'
-import type { Coordinator, Consistency, GroupOutcome, Mutation, RequestOptions, WriteResult } from '../cluster/coordinator.js'
+import type { Coordinator, Consistency, FragmentAnswer, GroupOutcome, Mutation, RequestOptions, WriteResult } from '../cluster/coordinator.js'
 import { createHash } from 'node:crypto'
 import { fromString, toString } from 'uint8arrays'
 import { keyedWriteId } from '../cluster/idempotency.js'
@@ -13,6 +13,9 @@ import { winner, type RecordState } from '../storage/store.js'
 import { parseVersion } from '../storage/version.js'
 import { IdSource } from './id-source.js'
 import { DEFAULT_LIMIT, MAX_LIMIT } from './limits.js'
+import { tokenOf } from '../cluster/token.js'
+import type { Fragment } from './fragment.js'
+import { allOf, columnOf, type Comparison, type Condition } from '../schema/condition.js'
 
 export { DEFAULT_LIMIT, MAX_LIMIT } from './limits.js'
 /** Operations in one all-or-nothing batch */
@@ -57,6 +60,18 @@ export interface WriteOptions extends KeyedOptions {
 export interface DeleteOptions extends WriteOptions {
   /** Also delete the rows that reference this one */
   cascade?: boolean
+}
+
+/** An ordered, filtered read (see Database.query) */
+export interface QueryOptions {
+  /** `column op value` filters, values as typed by a user */
+  where?: Array<{ column: string, op: Comparison, value: string | number | null }>
+  /** A condition with typed values, ANDed with `where` */
+  filter?: Condition
+  orderBy?: string
+  desc?: boolean
+  limit?: number
+  cursor?: string
 }
 
 export interface ListResponse {
@@ -378,6 +393,51 @@ export class Database {
     const page = await this.coordinator.scan(table.name, { where: typed, limit, ...(after === undefined ? {} : { after }) }, options)
     const rows = page.rows.map(r => winner(r.state)?.row).filter((r): r is Row => r != null)
     return { rows, next: page.next === undefined ? null : encodeCursor(page.next) }
+  }
+
+  /**
+   * Lists rows in order: by `orderBy` (ascending, or descending with
+   * `desc`), else by primary key, so the first page holds the lowest keys.
+   * `where` holds `column op value` filters as users type them (values
+   * are typed by the column; a timestamp column also takes a date); they
+   * are ANDed with `filter`, a condition already typed. The cursor belongs
+   * to its order.
+   */
+  async query (tableName: string, request: QueryOptions = {}, options: RequestOptions = {}): Promise<ListResponse> {
+    const table = this.table(tableName)
+    const limit = request.limit ?? DEFAULT_LIMIT
+    if (!Number.isSafeInteger(limit) || limit < 1 || limit > MAX_LIMIT) {
+      throw new ValidationError(`limit must be an integer from 1 to ${MAX_LIMIT}`)
+    }
+    const conds: Condition[] = (request.where ?? []).map(w => ({ op: w.op, column: w.column, value: typedValue(table, w.column, w.value) }))
+    if (request.filter !== undefined) conds.push(request.filter)
+    if (request.orderBy !== undefined) columnOf(table, request.orderBy)
+    const filter = allOf(conds)
+    const order = orderTag(request.orderBy, request.desc === true)
+    const after = request.cursor === undefined ? undefined : decodeQueryCursor(request.cursor, order)
+    const page = await this.coordinator.query(table.name, {
+      ...(filter === undefined ? {} : { filter }),
+      ...(request.orderBy === undefined ? {} : { orderBy: request.orderBy }),
+      ...(request.desc === true ? { desc: true } : {}),
+      ...(after === undefined ? {} : { after }),
+      limit
+    }, options)
+    const rows = page.rows.map(r => winner(r.state)?.row).filter((r): r is Row => r != null)
+    return { rows, next: page.next === undefined ? null : encodeQueryCursor(page.next, order) }
+  }
+
+  /** Runs a query fragment on the owners (see Coordinator.fragment) */
+  async fragment (fragment: Fragment, options: RequestOptions = {}): Promise<FragmentAnswer> {
+    this.table(fragment.table)
+    return await this.coordinator.fragment(fragment, options)
+  }
+
+  /** Who holds what, for EXPLAIN: the members, the read quorum, and a shard value's owners */
+  async placement (): Promise<{ members: string[], readQuorum: number, of: (table: string, shard: string) => string[] }> {
+    const s = await this.coordinator.status()
+    const c = this.coordinator as Coordinator & { owners?: (table: string, token: string) => string[] }
+    const members = [...new Set([s.peerId, ...s.members.filter(m => m.state !== 'left').map(m => m.peerId)])]
+    return { members, readQuorum: s.readQuorum, of: (table, shard) => typeof c.owners === 'function' ? c.owners(table, tokenOf(shard)) : [s.peerId] }
   }
 
   /** Several writes that share one shard key, applied all or nothing */
@@ -1047,6 +1107,39 @@ function assertSameShard (table: TableDef, before: Row, after: Row): void {
   if (before[table.shardKey] !== after[table.shardKey]) {
     throw new ValidationError(`${table.shardKey} is the shard key of ${table.name} and cannot change; delete the row and insert it anew`, { column: table.shardKey })
   }
+}
+
+/** A user's filter value typed by its column; a timestamp column also takes a bare date (its midnight) */
+export function typedValue (table: TableDef, column: string, raw: string | number | null): Value {
+  const col = columnOf(table, column)
+  if (raw === null) return null
+  if (col.type === 'TIMESTAMP' && typeof raw === 'string' && raw.length === 10) return checkValue({ ...col, type: 'DATE', notNull: false }, raw)
+  if (col.type === 'VARCHAR') return checkValue({ ...col, notNull: false, length: undefined }, String(raw))
+  return checkValue({ ...col, notNull: false, length: undefined }, typeof raw === 'string' && (col.type === 'INT') && raw.trim() !== '' && !Number.isNaN(Number(raw)) ? Number(raw) : raw)
+}
+
+function orderTag (orderBy: string | undefined, desc: boolean): string {
+  return `${orderBy ?? ''}${desc ? ':desc' : ''}`
+}
+
+/** A query cursor: the order it belongs to and the sort key of the last row given */
+export function encodeQueryCursor (key: string, order: string): string {
+  return 'q' + Buffer.from(JSON.stringify([order, key]), 'utf8').toString('base64url')
+}
+
+export function decodeQueryCursor (cursor: string, order: string): string {
+  let parsed: unknown
+  try {
+    parsed = cursor.startsWith('q') ? JSON.parse(Buffer.from(cursor.slice(1), 'base64url').toString('utf8')) : undefined
+  } catch {
+    parsed = undefined
+  }
+  const [tag, key] = Array.isArray(parsed) ? parsed : []
+  if (typeof tag !== 'string' || typeof key !== 'string' || key.length > 4096 || !/^[0-9a-f!:\-\xff]+$/.test(key)) {
+    throw new ValidationError(`Invalid cursor ${JSON.stringify(cursor.slice(0, 100))}`)
+  }
+  if (tag !== order) throw new ValidationError(`This cursor continues a list in ${tag === '' ? 'primary-key' : tag} order, not ${order === '' ? 'primary-key' : order} order`)
+  return key
 }
 
 export function encodeCursor (position: string): string {

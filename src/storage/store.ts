@@ -1,7 +1,7 @@
 import { Level } from 'level'
 import type { AbstractLevel, AbstractSublevel } from 'abstract-level'
 import { DataKeyError, HomeLockedError, IntegrityError, NtsoekheError, StorageFullError } from '../errors/index.js'
-import { findTable, sensitiveColumns, type Row, type Value } from '../schema/index.js'
+import { findTable, sensitiveColumns, type Row, type TableDef, type Value } from '../schema/index.js'
 import { FieldCipher, isHashedIndexValue, SEALED_KEY } from './field-cipher.js'
 import { compareVersions } from './version.js'
 import { GroupCommitter, type BatchOp } from './group-commit.js'
@@ -11,6 +11,8 @@ import { encodeIndexValue, recordKey, SEP } from './keys.js'
 import { leafPrefix, RangeSummary, recordDigest } from './range-summary.js'
 import { REAL_ENV, type Environment } from '../util/env.js'
 import { decodeVersionLists, encodeVersionLists, type StoredVersionLists } from './version-list.js'
+import { evaluate } from '../schema/condition.js'
+import { inRanges, orderColumns, orderedEntries, orderedEntry, orderedSignature, planRows, sortedKey, type RowPage, type RowPlan, type RowQuery } from './ordered.js'
 
 type Sub = AbstractSublevel<any, any, string, any>
 
@@ -223,6 +225,8 @@ export class Store {
   private readonly history: Sub
   private readonly tables: Sub
   private readonly index: Sub
+  /** Ordered-index entries (see TableDef.ordered): key `<table>!<columns>!<sortable values>!<token>!<id>`, value 1 */
+  private readonly ordered: Sub
   private readonly meta: Sub
   private readonly hints: Sub
   private readonly purges: Sub
@@ -266,6 +270,7 @@ export class Store {
     this.history = this.db.sublevel<string, any>('h', { valueEncoding: 'json' }) as Sub
     this.tables = this.db.sublevel<string, any>('t', { valueEncoding: 'json' }) as Sub
     this.index = this.db.sublevel<string, any>('i', { valueEncoding: 'json' }) as Sub
+    this.ordered = this.db.sublevel<string, any>('o', { valueEncoding: 'json' }) as Sub
     this.meta = this.db.sublevel<string, any>('m', { valueEncoding: 'json' }) as Sub
     this.hints = this.db.sublevel<string, any>('x', { valueEncoding: 'json' }) as Sub
     this.purges = this.db.sublevel<string, any>('p', { valueEncoding: 'json' }) as Sub
@@ -338,6 +343,7 @@ export class Store {
     try {
       await this.openFieldEncryption()
       if (format === 3 || format === 4) await this.migrateFormat(format)
+      await this.openOrderedIndexes()
     } catch (err) {
       await this.db.close()
       this.state = 'closed'
@@ -496,6 +502,7 @@ export class Store {
             const v = entry.row[col]
             if (v !== null && v !== undefined) ops.push(put(this.index, this.indexKey(entry.table, col, v, pos), 1))
           }
+          for (const k of this.orderedKeys(entry.table, entry.row, entry.token, entry.id)) ops.push(put(this.ordered, k, 1))
           return 'applied'
         }
         if (fresh.has(key)) {
@@ -769,6 +776,9 @@ export class Store {
       }
     }
     for (const k of indexKeys) ops.push(del(this.index, k))
+    const orderedKeys = new Set<string>()
+    for (const h of heads) if (h.row !== null) for (const k of this.orderedKeys(table, h.row, token, id)) orderedKeys.add(k)
+    for (const k of orderedKeys) ops.push(del(this.ordered, k))
     return { ops, history }
   }
 
@@ -868,6 +878,270 @@ export class Store {
         ops.push(put(this.index, this.indexKey(after.table, col, newV, pos), 1))
       }
     }
+    // Ordered entries follow the winner too: those of the old row that the new one does not have go.
+    const oldKeys = oldRow === null ? [] : this.orderedKeys(after.table, oldRow, after.token, after.id)
+    const newKeys = newRow === null ? [] : this.orderedKeys(after.table, newRow, after.token, after.id)
+    for (const k of oldKeys) if (!newKeys.includes(k)) ops.push(del(this.ordered, k))
+    for (const k of newKeys) if (!oldKeys.includes(k)) ops.push(put(this.ordered, k, 1))
+  }
+
+  /** The ordered-index entry keys of a row (none for internal tables) */
+  private orderedKeys (table: string, row: Row, token: string, id: string): string[] {
+    const def = findTable(table)
+    return def === undefined ? [] : orderedEntries(def, row, token, id)
+  }
+
+  /**
+   * Reads a table's live rows in order (see RowQuery and planRows): through
+   * an ordered index that gives the order, stopping after `limit`, or from
+   * the narrowest candidates with the best `limit` kept. Every row is
+   * checked against the filter as it is now, so an entry that lags its row
+   * never answers wrongly.
+   */
+  async query (table: string, query: RowQuery): Promise<RowPage & { plan: RowPlan }> {
+    this.checkOpen()
+    const def = findTable(table)
+    if (def === undefined) throw new NtsoekheError('UNKNOWN_TABLE', `Unknown table: ${table}`)
+    const plan = planRows(def, query, this.indexes[table] ?? [])
+    const page = plan.kind === 'ordered' ? await this.queryOrdered(def, query, plan) : await this.querySorted(def, query, plan)
+    return { ...page, plan }
+  }
+
+  /**
+   * Every live row of a table that passes `filter` (within `tokenRanges`),
+   * in no particular order: what a query fragment reads (see
+   * query/fragment.ts). The narrowest index the filter allows is used.
+   */
+  async * rows (table: string, filter: RowQuery['filter'], tokenRanges?: Array<[string, string]>): AsyncGenerator<RecordState> {
+    this.checkOpen()
+    const def = findTable(table)
+    if (def === undefined) throw new NtsoekheError('UNKNOWN_TABLE', `Unknown table: ${table}`)
+    const plan = planRows(def, { ...(filter === undefined ? {} : { filter }), limit: 1 }, this.indexes[table] ?? [])
+    const source: Extract<RowPlan, { kind: 'sorted' }>['source'] = plan.kind === 'ordered'
+      ? { type: 'range', index: plan.index, prefix: plan.prefix, lowerInclusive: true, upperInclusive: false, ...(plan.lower === undefined ? {} : { lower: plan.lower }), ...(plan.upper === undefined ? {} : { upper: plan.upper }) }
+      : plan.source
+    // An entry that lags its row (the row's winner changed since) may list a row twice.
+    const seen = new Set<string>()
+    for await (const { token, id } of this.candidates(def, source, tokenRanges)) {
+      if (!inRanges(token, tokenRanges)) continue
+      const pos = token + SEP + id
+      if (seen.has(pos)) continue
+      seen.add(pos)
+      const state = this._get(table, token, id)
+      const row = winner(state)?.row ?? null
+      if (state === undefined || row === null) continue
+      if (filter !== undefined && evaluate(def, filter, row) !== true) continue
+      yield state
+    }
+  }
+
+  private async queryOrdered (def: TableDef, query: RowQuery, plan: Extract<RowPlan, { kind: 'ordered' }>): Promise<RowPage> {
+    const desc = query.desc === true
+    let gte = plan.lower ?? plan.prefix
+    let lt = plan.upper ?? plan.prefix + '\xff'
+    if (query.after !== undefined) {
+      const resume = plan.prefix + query.after
+      if (desc) { if (resume < lt) lt = resume } else if (resume + '\u0000' > gte) gte = resume + '\u0000'
+    }
+    const rows: RowPage['rows'] = []
+    let more = false
+    if (gte >= lt) return { rows }
+    // Keys a batch at a time: one thread-pool round trip per batch, not per key.
+    const keys = keysOf(this.ordered, { gte, lt, reverse: desc }, Math.min(query.limit + 1, KEY_BATCH))
+    try {
+      for await (const k of keys) {
+        const { token, id } = positionOf(k)
+        if (!inRanges(token, query.tokenRanges)) continue
+        const state = this._get(def.name, token, id)
+        const row = winner(state)?.row ?? null
+        if (state === undefined || row === null) continue
+        // An entry of a version that is no longer the winner is skipped: the winner's own entry lists it.
+        if (orderedEntry(def, plan.index, row, token, id) !== k) continue
+        if (query.filter !== undefined && evaluate(def, query.filter, row) !== true) continue
+        if (rows.length >= query.limit) { more = true; break }
+        rows.push({ state, key: k.slice(plan.prefix.length) })
+      }
+    } finally {
+      await keys.return(undefined)
+    }
+    const last = rows[rows.length - 1]
+    return more && last !== undefined ? { rows, next: last.key } : { rows }
+  }
+
+  private async querySorted (def: TableDef, query: RowQuery, plan: Extract<RowPlan, { kind: 'sorted' }>): Promise<RowPage> {
+    const desc = query.desc === true
+    const order = orderColumns(def, query.orderBy)
+    const before = (a: string, b: string): boolean => desc ? a > b : a < b
+    // The best limit + 1 so far, in order: one more than asked says whether more follow.
+    const best: Array<{ state: RecordState, key: string }> = []
+    const keep = query.limit + 1
+    const seen = new Set<string>()
+    for await (const { token, id } of this.candidates(def, plan.source, query.tokenRanges)) {
+      if (!inRanges(token, query.tokenRanges)) continue
+      const pos = token + SEP + id
+      if (seen.has(pos)) continue
+      seen.add(pos)
+      const state = this._get(def.name, token, id)
+      const row = winner(state)?.row ?? null
+      if (state === undefined || row === null) continue
+      if (query.filter !== undefined && evaluate(def, query.filter, row) !== true) continue
+      const key = sortedKey(def, order, row, token, id)
+      if (query.after !== undefined && !before(query.after, key)) continue
+      if (best.length >= keep && !before(key, (best[best.length - 1] as { key: string }).key)) continue
+      let lo = 0
+      let hi = best.length
+      while (lo < hi) {
+        const mid = (lo + hi) >>> 1
+        if (before((best[mid] as { key: string }).key, key)) lo = mid + 1
+        else hi = mid
+      }
+      best.splice(lo, 0, { state, key })
+      if (best.length > keep) best.pop()
+    }
+    if (best.length <= query.limit) return { rows: best }
+    const rows = best.slice(0, query.limit)
+    return { rows, next: (rows[rows.length - 1] as { key: string }).key }
+  }
+
+  /** The positions a 'sorted' plan looks at (possibly more than once: the caller drops repeats) */
+  private async * candidates (def: TableDef, source: Extract<RowPlan, { kind: 'sorted' }>['source'], ranges: Array<[string, string]> | undefined): AsyncGenerator<{ token: string, id: string }> {
+    if (source.type === 'equality') {
+      const base = this.indexKey(def.name, source.column, source.value, '')
+      for await (const k of keysOf(this.index, { gt: base, lt: base + '\xff' })) {
+        const pos = k.slice(base.length)
+        const sep = pos.indexOf(SEP)
+        yield { token: pos.slice(0, sep), id: pos.slice(sep + 1) }
+      }
+      return
+    }
+    if (source.type === 'range') {
+      for await (const k of keysOf(this.ordered, { gte: source.lower ?? source.prefix, lt: source.upper ?? source.prefix + '\xff' })) yield positionOf(k)
+      return
+    }
+    // The whole table, one token range at a time: the table list is in token order.
+    const base = def.name + SEP
+    for (const [from, to] of ranges ?? [['', '']]) {
+      for await (const k of keysOf(this.tables, { gte: base + from, lt: to === '' ? base + '\xff' : base + to })) {
+        const pos = k.slice(base.length)
+        const sep = pos.indexOf(SEP)
+        yield { token: pos.slice(0, sep), id: pos.slice(sep + 1) }
+      }
+    }
+  }
+
+  /**
+   * Rebuilds a table's index entries (equality and ordered) from its rows,
+   * while it keeps serving: each row's entries are put under its lock, then
+   * entries that no row accounts for are deleted. `progress` hears how many
+   * rows of how many are done.
+   */
+  async reindex (table: string, progress?: (done: number, total: number) => void): Promise<{ rows: number, added: number, removed: number }> {
+    this.checkOpen()
+    const def = findTable(table)
+    if (def === undefined) throw new NtsoekheError('UNKNOWN_TABLE', `Unknown table: ${table}`)
+    const total = this.rowCounts.get(table) ?? 0
+    let done = 0
+    let added = 0
+    let removed = 0
+    const base = table + SEP
+    let positions: string[] = []
+    const flush = async (): Promise<void> => {
+      if (positions.length === 0) return
+      const keys = positions.map(p => { const sep = p.indexOf(SEP); return recordKey(p.slice(0, sep), table, p.slice(sep + 1)) })
+      const release = await this.mutex.lock(keys)
+      try {
+        const ops: BatchOp[] = []
+        for (const p of positions) {
+          const sep = p.indexOf(SEP)
+          const token = p.slice(0, sep)
+          const id = p.slice(sep + 1)
+          const row = winner(this._get(table, token, id))?.row ?? null
+          if (row === null) continue
+          for (const k of this.entriesOf(def, row, token, id)) {
+            if ((k.ordered ? this.ordered : this.index).getSync(k.key) === undefined) { ops.push(put(k.ordered ? this.ordered : this.index, k.key, 1)); added++ }
+          }
+        }
+        if (ops.length > 0) await this.committer.commit(ops)
+      } finally {
+        release()
+      }
+      done += positions.length
+      positions = []
+      progress?.(done, Math.max(done, total))
+    }
+    for await (const k of this.tables.keys({ gt: base, lt: base + '\xff' })) {
+      positions.push(k.slice(base.length))
+      if (positions.length >= REINDEX_BATCH) await flush()
+    }
+    await flush()
+    // Entries no live row accounts for (a lost delete, a changed index definition) go.
+    for (const [sub, ordered] of [[this.index, false], [this.ordered, true]] as const) {
+      let stale: string[] = []
+      const drop = async (): Promise<void> => {
+        if (stale.length === 0) return
+        const keys = stale.map(k => { const { token, id } = positionOf(k); return recordKey(token, table, id) })
+        const release = await this.mutex.lock(keys)
+        try {
+          const ops: BatchOp[] = []
+          for (const k of stale) {
+            const { token, id } = positionOf(k)
+            const row = winner(this._get(table, token, id))?.row ?? null
+            if (row === null || !this.entriesOf(def, row, token, id).some(e => e.ordered === ordered && e.key === k)) { ops.push(del(sub, k)); removed++ }
+          }
+          if (ops.length > 0) await this.committer.commit(ops)
+        } finally {
+          release()
+        }
+        stale = []
+      }
+      for await (const k of sub.keys({ gt: base, lt: base + '\xff' })) {
+        stale.push(k)
+        if (stale.length >= REINDEX_BATCH) await drop()
+      }
+      await drop()
+    }
+    return { rows: done, added, removed }
+  }
+
+  /** Every index entry a row should have here: equality entries (keyed hashes for sensitive columns) and ordered ones */
+  private entriesOf (def: TableDef, row: Row, token: string, id: string): Array<{ ordered: boolean, key: string }> {
+    const pos = token + SEP + id
+    const out: Array<{ ordered: boolean, key: string }> = []
+    for (const col of this.indexes[def.name] ?? []) {
+      const v = row[col]
+      if (v !== null && v !== undefined) out.push({ ordered: false, key: this.indexKey(def.name, col, v, pos) })
+    }
+    for (const key of orderedEntries(def, row, token, id)) out.push({ ordered: true, key })
+    return out
+  }
+
+  /**
+   * Builds the ordered indexes when the store was written without them (an
+   * older version) or with other definitions: at open, before any request,
+   * from every live row, then notes their signature.
+   */
+  private async openOrderedIndexes (): Promise<void> {
+    const signature = orderedSignature()
+    if (await this.meta.get(ORDERED_KEY) === signature) return
+    let ops: BatchOp[] = []
+    for await (const k of this.ordered.keys()) {
+      ops.push(del(this.ordered, k))
+      if (ops.length >= MIGRATE_BATCH) { await writeBatch(this.db, ops, this.sync); ops = [] }
+    }
+    let rows = 0
+    for await (const k of this.tables.keys()) {
+      const [table, token, id] = k.split(SEP, 3) as [string, string, string]
+      const def = findTable(table)
+      if (def === undefined) continue
+      const row = winner(this._get(table, token, id))?.row ?? null
+      if (row === null) continue
+      for (const key of orderedEntries(def, row, token, id)) ops.push(put(this.ordered, key, 1))
+      rows++
+      if (ops.length >= MIGRATE_BATCH) { await writeBatch(this.db, ops, this.sync); ops = [] }
+    }
+    ops.push(put(this.meta, ORDERED_KEY, signature))
+    await writeBatch(this.db, ops, true)
+    if (rows > 0) this.log?.(`store: ordered indexes built for ${rows} rows`)
   }
 
   /**
@@ -1575,6 +1849,35 @@ async function compactKeys (db: Level<string, any>, keys: string[]): Promise<voi
 }
 
 const DEFAULT_WRITE_BUFFER = 16 * 1024 * 1024
+
+/** The meta key of the ordered indexes' signature (see openOrderedIndexes) */
+const ORDERED_KEY = 'orderedIndexes'
+/** Rows per batch of a reindex */
+const REINDEX_BATCH = 500
+
+/** Keys read from a sublevel's range per `nextv` call */
+const KEY_BATCH = 1000
+
+/** A sublevel's keys in a range, read `size` at a time (one round trip to LevelDB's thread pool per batch) */
+async function * keysOf (sub: Sub, range: { gt?: string, gte?: string, lt?: string, reverse?: boolean }, size = KEY_BATCH): AsyncGenerator<string> {
+  const iterator = sub.keys(range)
+  try {
+    for (;;) {
+      const batch = await iterator.nextv(size)
+      if (batch.length === 0) return
+      yield * batch
+    }
+  } finally {
+    await iterator.close()
+  }
+}
+
+/** The position (token and id) an index entry's key ends with */
+function positionOf (key: string): { token: string, id: string } {
+  const last = key.lastIndexOf(SEP)
+  const before = key.lastIndexOf(SEP, last - 1)
+  return { token: key.slice(before + 1, last), id: key.slice(last + 1) }
+}
 
 /**
  * Bumped when the on-disk layout changes; a store of another format refuses

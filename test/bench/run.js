@@ -16,9 +16,9 @@
 // defaults that section took 5.4 min on 2 cores (join ~90 s, the 10,000 updates the rest).
 // BENCH_CHAOS_RUNS (short chaos runs in the chaos section, default 1), BENCH_CHAOS_SEED (default 1).
 // BENCH_BACKUP_ROWS: rows backed up and restored in the backup section (default 100000).
-import { spawn } from 'node:child_process'
+import { execFileSync, spawn } from 'node:child_process'
 import { createReadStream, existsSync, readFileSync, rmSync } from 'node:fs'
-import { mkdtemp, readFile, rm, writeFile } from 'node:fs/promises'
+import { chown, mkdtemp, readFile, rm, writeFile } from 'node:fs/promises'
 import { Agent, request } from 'node:http'
 import { cpus, loadavg, totalmem, tmpdir } from 'node:os'
 import { dirname, join, resolve } from 'node:path'
@@ -75,8 +75,15 @@ const CHAOS_SEED = positiveInt(process.env.BENCH_CHAOS_SEED, 1)
 const BACKUP_ROWS = positiveInt(process.env.BENCH_BACKUP_ROWS, 100_000)
 const GOAL_BACKUP = 0.25
 
-const ALL_SECTIONS = { singleNode, security, cluster, healing, readsById, chaos, backup }
 
+/** Rows of the queries section (spread over five tables), and seconds per measured run */
+const QUERY_ROWS = positiveInt(process.env.BENCH_QUERY_ROWS, 100_000)
+const QUERY_SECONDS = positiveInt(process.env.BENCH_QUERY_SECONDS, 10)
+const GOAL_QUERY = 0.5
+/** PostgreSQL 15 as Debian installs it; the bench installs it (apt-get) when absent */
+const PG_BIN = '/usr/lib/postgresql/15/bin'
+
+const ALL_SECTIONS = { singleNode, security, cluster, healing, readsById, queries, chaos, backup }
 /** BENCH_ONLY=security,cluster runs only those sections (for work on one of them); BENCHMARKS.md is then not written */
 const ONLY = process.env.BENCH_ONLY?.split(',').map(s => s.trim()).filter(s => s !== '')
 const sections = ONLY === undefined ? Object.values(ALL_SECTIONS) : ONLY.map(name => {
@@ -1124,6 +1131,56 @@ function context () {
       if (exit.code !== 0 || line === undefined) throw new Error(`the stream sender failed\n${p.output()}`)
       return JSON.parse(line)
     },
+    /**
+     * PostgreSQL 15 from a fresh initdb in a temp dir, on a Unix socket there
+     * only (no TCP), run as the postgres user when this script is root;
+     * installed with apt-get when absent
+     */
+    async spawnPostgres () {
+      if (!existsSync(join(PG_BIN, 'postgres'))) {
+        log('installing postgresql-15 (apt-get)')
+        await runTool('apt-get', ['install', '-y', '--no-install-recommends', 'postgresql-15'])
+      }
+      const dir = await tempDir()
+      const ids = process.getuid?.() === 0 ? { uid: Number(execFileSync('id', ['-u', 'postgres']).toString().trim()), gid: Number(execFileSync('id', ['-g', 'postgres']).toString().trim()) } : {}
+      if (ids.uid !== undefined) await chown(dir, ids.uid, ids.gid)
+      const data = join(dir, 'pg')
+      await runTool(join(PG_BIN, 'initdb'), ['-D', data, '-A', 'trust', '-U', 'bench', '--no-sync'], ids)
+      const server = spawn(join(PG_BIN, 'postgres'), ['-D', data, '-k', dir, '-c', "listen_addresses=", '-p', '5432', '-c', 'max_connections=100'], { stdio: ['ignore', 'pipe', 'pipe'], ...ids })
+      procs.add(server)
+      let output = ''
+      server.stdout.setEncoding('utf8').on('data', t => { output = (output + t).slice(-20_000) })
+      server.stderr.setEncoding('utf8').on('data', t => { output = (output + t).slice(-20_000) })
+      const exited = new Promise(resolve => server.once('exit', () => { procs.delete(server); resolve() }))
+      const conn = ['-h', dir, '-p', '5432', '-U', 'bench']
+      await waitFor(async () => { try { await runTool(join(PG_BIN, 'pg_isready'), conn); return true } catch { return false } }, START_TIMEOUT, `PostgreSQL to answer on ${dir}\n${output}`)
+      const psql = async (db, sql) => await runTool(join(PG_BIN, 'psql'), [...conn, '-d', db, '-v', 'ON_ERROR_STOP=1', '-q', '-c', sql])
+      await psql('postgres', 'CREATE DATABASE bench')
+      return {
+        async load (rows, tmp) {
+          await psql('bench', PG_SCHEMA)
+          for (const table of CLINIC_TABLES) {
+            const file = join(tmp, `${table}.csv`)
+            await writeFile(file, rows[table].map(r => Object.values(r).map(csvField).join(',')).join('\n') + '\n')
+            await psql('bench', `\\copy ${table} FROM '${file}' WITH (FORMAT csv)`)
+          }
+          await psql('bench', PG_INDEXES)
+          await psql('bench', 'ANALYZE')
+        },
+        async bench (script, tmp) {
+          const file = join(tmp, 'script.sql')
+          await writeFile(file, script)
+          const out = await runTool(join(PG_BIN, 'pgbench'), [...conn, '-n', '-M', 'prepared', '-c', String(CONCURRENCY), '-j', '2', '-T', String(QUERY_SECONDS), '-f', file, 'bench'])
+          const m = /tps = ([\d.]+) \(without initial connection time\)/.exec(out)
+          if (m === null) throw new Error(`pgbench printed no tps:\n${out}`)
+          return { tps: Number(m[1]) }
+        },
+        async stop () {
+          server.kill('SIGINT')
+          await deadline(exited, STOP_TIMEOUT, 'PostgreSQL to stop', () => output)
+        }
+      }
+    },
     async cleanup () {
       for (const p of procs) p.kill('SIGTERM')
       const until = Date.now() + STOP_TIMEOUT
@@ -1133,6 +1190,220 @@ function context () {
       dirs.clear()
     }
   }
+}
+
+/**
+ * The questions a clinic asks, on one node and on a 3-node network, against
+ * PostgreSQL 15 holding the same rows with the same indexes: a patient's
+ * chart (patient, history, lab results), a doctor's day in time order, and
+ * visits per doctor.
+ */
+async function queries (ctx) {
+  const loadStart = loadAvg()
+  const ratio = (a, b) => a / b
+  const verdict = (r, goal) => `${fmt(r, 2)} ${r >= goal ? '✓' : '✗'} (goal ≥ ${goal})`
+  const data = clinicData(QUERY_ROWS)
+  const total = Object.values(data).reduce((n, rows) => n + rows.length, 0)
+  const dir = await ctx.tempDir()
+  log(`queries: PostgreSQL 15 on a Unix socket, loading ${fmtInt(total)} rows`)
+  const pg = await ctx.spawnPostgres()
+  await pg.load(data, dir)
+  const pgRuns = {}
+  for (const [name, script] of Object.entries(PG_SCRIPTS(data))) {
+    log(`queries: PostgreSQL, ${name}, ${QUERY_SECONDS} s at ${CONCURRENCY} clients (pgbench)`)
+    pgRuns[name] = await pg.bench(script, dir)
+  }
+  await pg.stop()
+
+  const measure = async (label, sockets) => {
+    for (const table of CLINIC_TABLES) {
+      const file = join(dir, `${table}.ndjson`)
+      await writeFile(file, data[table].map(r => JSON.stringify(r)).join('\n') + '\n')
+      log(`queries: ${label}: importing ${fmtInt(data[table].length)} ${table}`)
+      const imported = await importFile(sockets[0], table, file)
+      if (imported.report.accepted !== data[table].length) throw new Error(`${table}: import accepted ${imported.report.accepted} of ${data[table].length}: ${JSON.stringify(imported.report.rejected.slice(0, 3))}`)
+    }
+    const out = {}
+    for (const [name, make] of Object.entries(NTK_REQUESTS(data))) {
+      log(`queries: ${label}, ${name}, ${QUERY_SECONDS} s at ${CONCURRENCY} concurrent`)
+      await driveFor({ seconds: 2, make: i => make(i, sockets[i % sockets.length]) })
+      out[name] = await driveFor({ seconds: QUERY_SECONDS, make: i => make(i, sockets[i % sockets.length]) })
+    }
+    return out
+  }
+  log('queries: one daemon')
+  const single = await ctx.spawnDaemon()
+  const oneRuns = await measure('one node', [single.socket])
+  await single.stop()
+  log(`queries: ${CLUSTER_SIZE} daemons (N=3, W=2, R=2)`)
+  const first = await ctx.spawnDaemon()
+  const { invite } = await getJson(first.socket, '/v1/invite')
+  const nodes = [first]
+  for (let i = 1; i < CLUSTER_SIZE; i++) nodes.push(await ctx.spawnDaemon(['--join', invite]))
+  await waitAlive(nodes, CLUSTER_SIZE)
+  const netRuns = await measure('3 nodes', nodes.map(n => n.socket))
+  for (const n of nodes) await n.stop()
+
+  const row = (name, what, goal) => {
+    const p = pgRuns[name]
+    const o = oneRuns[name]
+    const n = netRuns[name]
+    return `| ${what} | ${fmt(p.tps, 0)} | ${fmt(o.rps, 0)} | ${goal === undefined ? fmt(ratio(o.rps, p.tps), 2) : verdict(ratio(o.rps, p.tps), goal)} | ${fmt(n.rps, 0)} | ${fmt(ratio(n.rps, p.tps), 2)} |`
+  }
+  return `## Queries against PostgreSQL
+
+${fmtInt(total)} rows (${CLINIC_TABLES.map(t => `${fmtInt(data[t].length)} ${t}`).join(', ')}) in PostgreSQL 15 and in Ntsoekhe, with the same indexes; queries per second at ${CONCURRENCY} clients for ${QUERY_SECONDS} s after 2 s of warm-up.
+
+| query | PostgreSQL 15 | Ntsoekhe, one node | ratio | Ntsoekhe, 3 nodes | ratio |
+| --- | ---: | ---: | --- | ---: | --- |
+${row('chart', 'a patient\'s chart: patient + history + lab results', GOAL_QUERY)}
+${row('day', 'a doctor\'s appointments for one day, by time', GOAL_QUERY)}
+${row('perDoctor', 'visits per doctor (COUNT ... GROUP BY doctor_id)')}
+
+Method. PostgreSQL 15 (\`${PG_BIN}\`) runs from a fresh \`initdb\` in a temp dir, on a
+Unix socket only, with its default settings (fsync on); the rows are loaded with
+\`COPY\` and the tables \`ANALYZE\`d; pgbench (\`-c ${CONCURRENCY} -j 2 -T ${QUERY_SECONDS}\`,
+prepared statements) runs one script per query, a chart being one script of three
+SELECTs; its figure is tps without the initial connection time. Ntsoekhe runs
+\`bin/ntsoekhe daemon\` with its default config (security on: its sensitive columns
+encrypted, every read audited); the rows are imported through the import route;
+${CONCURRENCY} workers send requests over the Unix socket (a chart being three requests
+sent together and counted once: \`GET\` the patient, list \`medical_history\` and
+\`lab_results\` by \`patient_id\`; a day a list of \`appointments\` by \`doctor_id\`, a range
+on \`appointment_date\` and \`order_by\`; visits per doctor one \`POST /v1/sql\`), spread over
+the nodes of the network. Same indexes: every primary key; appointments on (doctor_id,
+appointment_date), (appointment_date), (patient_id, appointment_date); medical_history on
+(patient_id, date_of_visit), (date_of_visit); lab_results on (patient_id, test_date),
+(test_date), (record_id); patient_records on (patient_name). The machine may be shared: load
+average ${loadStart} at the start of this section, ${loadAvg()} at its end.
+`
+}
+
+const CLINIC_TABLES = ['doctors_info', 'patient_records', 'appointments', 'medical_history', 'lab_results']
+/** The day doctor's-day queries ask for is one of the first DAYS of March 2026 */
+const DAYS = 60
+
+/** Rows of five tables, about `n` in all: 1% doctors, 20% patients, 40% appointments, 25% history, 14% lab results */
+function clinicData (n) {
+  const doctors = Math.max(10, Math.round(n * 0.002))
+  const patients = Math.round(n * 0.2)
+  const appointments = Math.round(n * 0.4)
+  const history = Math.round(n * 0.25)
+  const labs = Math.max(0, n - doctors - patients - appointments - history)
+  const day = i => new Date(Date.UTC(2026, 2, 1 + (i % DAYS))).toISOString().slice(0, 10)
+  const data = {
+    doctors_info: Array.from({ length: doctors }, (_, i) => ({ doctor_id: i + 1, name: `Dr ${LAST[i % LAST.length]} ${i + 1}`, specialization: ['GP', 'Paediatrics', 'Surgery'][i % 3], contact_number: String(2_622_100_000 + i), email: `dr${i + 1}@example.org`, availability: 'weekdays' })),
+    patient_records: Array.from({ length: patients }, (_, i) => ({ patient_id: i + 1, ...samplePatient(i) })),
+    appointments: Array.from({ length: appointments }, (_, i) => ({ appointment_id: i + 1, patient_id: 1 + ((i * 7919) % patients), doctor_id: 1 + (i % doctors), appointment_date: `${day(Math.floor(i / doctors))}T${String(8 + (i % 9)).padStart(2, '0')}:${String((i * 13) % 60).padStart(2, '0')}:00`, purpose: ['Check-up', 'Follow-up', 'Vaccination'][i % 3] })),
+    medical_history: Array.from({ length: history }, (_, i) => ({ history_id: i + 1, patient_id: 1 + ((i * 104_729) % patients), diagnosis: ['Flu', 'Asthma', 'Diabetes'][i % 3], treatment: 'Rest and fluids', date_of_visit: `${day(i)}T10:00:00`, role_id: null }))
+  }
+  data.lab_results = Array.from({ length: labs }, (_, i) => {
+    const h = data.medical_history[(i * 31) % history]
+    return { result_id: i + 1, record_id: h.history_id, patient_id: h.patient_id, test_name: ['CBC', 'HbA1c', 'Lipids'][i % 3], test_date: day(i), test_result: 'normal' }
+  })
+  return data
+}
+
+/** pgbench scripts: a chart (three SELECTs), a doctor's day, visits per doctor */
+function PG_SCRIPTS (data) {
+  const patients = data.patient_records.length
+  const doctors = data.doctors_info.length
+  return {
+    chart: `\\set p random(1, ${patients})
+SELECT * FROM patient_records WHERE patient_id = :p;
+SELECT * FROM medical_history WHERE patient_id = :p;
+SELECT * FROM lab_results WHERE patient_id = :p;
+`,
+    day: `\\set d random(1, ${doctors})
+\\set k random(0, ${DAYS - 1})
+SELECT * FROM appointments WHERE doctor_id = :d AND appointment_date >= DATE '2026-03-01' + CAST(:k AS int) AND appointment_date < DATE '2026-03-01' + CAST(:k AS int) + 1 ORDER BY appointment_date;
+`,
+    perDoctor: 'SELECT doctor_id, COUNT(*) FROM appointments GROUP BY doctor_id;\n'
+  }
+}
+
+/** The same questions as requests to a daemon: each make(i, socket) gives the requests of one query */
+function NTK_REQUESTS (data) {
+  const patients = data.patient_records.length
+  const doctors = data.doctors_info.length
+  const day = k => new Date(Date.UTC(2026, 2, 1 + k)).toISOString().slice(0, 10)
+  return {
+    chart: (i, socket) => {
+      const p = 1 + ((i * 7919) % patients)
+      return [
+        { socket, method: 'GET', path: `/v1/tables/patient_records/rows/${p}` },
+        { socket, method: 'GET', path: `/v1/tables/medical_history/rows?patient_id=${p}` },
+        { socket, method: 'GET', path: `/v1/tables/lab_results/rows?patient_id=${p}` }
+      ]
+    },
+    day: (i, socket) => {
+      const d = 1 + ((i * 37) % doctors)
+      const k = (i * 11) % DAYS
+      return [{ socket, method: 'GET', path: `/v1/tables/appointments/rows?doctor_id=${d}&where=${encodeURIComponent(`appointment_date>=${day(k)}`)}&where=${encodeURIComponent(`appointment_date<${day(k + 1)}`)}&order_by=appointment_date` }]
+    },
+    perDoctor: (_i, socket) => [{ socket, method: 'POST', path: '/v1/sql', body: { sql: 'SELECT doctor_id, COUNT(*) FROM appointments GROUP BY doctor_id' } }]
+  }
+}
+
+/**
+ * Runs queries for `seconds` with CONCURRENCY workers; a query is the
+ * requests make(i) gives, sent together, and counts once when all answered
+ */
+async function driveFor ({ seconds, make }) {
+  const agent = new Agent({ keepAlive: true, maxSockets: CONCURRENCY * 3 })
+  let next = 0
+  let done = 0
+  const started = performance.now()
+  const until = started + seconds * 1000
+  const worker = async () => {
+    while (performance.now() < until) {
+      const requests = make(next++)
+      // A whole-table aggregate queues behind 31 others: its wait is bounded far above a point read's.
+      const answers = await Promise.all(requests.map(async r => await send(agent, r.socket, r.method, r.path, r.body, 300_000)))
+      for (const [j, res] of answers.entries()) if (res.status >= 400) throw new Error(`${requests[j].method} ${requests[j].path} answered ${res.status}: ${res.body}`)
+      done++
+    }
+  }
+  try {
+    await Promise.all(Array.from({ length: CONCURRENCY }, worker))
+  } finally {
+    agent.destroy()
+  }
+  return { rps: done / ((performance.now() - started) / 1000) }
+}
+
+const PG_SCHEMA = `
+CREATE TABLE doctors_info (doctor_id INT PRIMARY KEY, name VARCHAR(150) NOT NULL, specialization VARCHAR(150) NOT NULL, contact_number VARCHAR(10) NOT NULL, email VARCHAR(50) NOT NULL, availability VARCHAR(150) NOT NULL);
+CREATE TABLE patient_records (patient_id INT PRIMARY KEY, patient_name VARCHAR(150) NOT NULL, date_of_birth DATE NOT NULL, gender VARCHAR(10) NOT NULL, address VARCHAR(100) NOT NULL, contact_number VARCHAR(10) NOT NULL, email VARCHAR(50) NOT NULL, allergies VARCHAR(50));
+CREATE TABLE appointments (appointment_id INT PRIMARY KEY, patient_id INT NOT NULL REFERENCES patient_records, doctor_id INT NOT NULL REFERENCES doctors_info, appointment_date TIMESTAMP NOT NULL, purpose VARCHAR(100) NOT NULL);
+CREATE TABLE medical_history (history_id INT PRIMARY KEY, patient_id INT NOT NULL REFERENCES patient_records, diagnosis VARCHAR(200) NOT NULL, treatment VARCHAR(200) NOT NULL, date_of_visit TIMESTAMP NOT NULL, role_id INT);
+CREATE TABLE lab_results (result_id INT PRIMARY KEY, record_id INT NOT NULL REFERENCES medical_history, patient_id INT NOT NULL REFERENCES patient_records, test_name VARCHAR(100) NOT NULL, test_date DATE NOT NULL, test_result VARCHAR(200) NOT NULL);
+`
+/** Ntsoekhe's ordered and equality indexes on these tables, as PostgreSQL indexes */
+const PG_INDEXES = `
+CREATE INDEX ON appointments (doctor_id, appointment_date); CREATE INDEX ON appointments (appointment_date); CREATE INDEX ON appointments (patient_id, appointment_date);
+CREATE INDEX ON medical_history (patient_id, date_of_visit); CREATE INDEX ON medical_history (date_of_visit); CREATE INDEX ON medical_history (role_id);
+CREATE INDEX ON lab_results (patient_id, test_date); CREATE INDEX ON lab_results (test_date); CREATE INDEX ON lab_results (record_id);
+CREATE INDEX ON patient_records (patient_name);
+`
+
+/** A CSV field: NULL empty, numbers bare, text quoted */
+function csvField (v) {
+  if (v === null || v === undefined) return ''
+  if (typeof v === 'number') return String(v)
+  return `"${String(v).replace(/"/g, '""')}"`
+}
+
+/** Runs a tool to its end; its stdout, or an error with its output */
+function runTool (cmd, args, options = {}) {
+  return new Promise((resolve, reject) => {
+    const p = spawn(cmd, args, { stdio: ['ignore', 'pipe', 'pipe'], ...options })
+    let out = ''
+    p.stdout.setEncoding('utf8').on('data', t => { out += t })
+    p.stderr.setEncoding('utf8').on('data', t => { out += t })
+    p.on('error', reject)
+    p.on('exit', code => { if (code === 0) resolve(out); else reject(new Error(`${cmd} ${args.join(' ')} exited with ${code}\n${out.slice(-4000)}`)) })
+  })
 }
 
 // ---------------------------------------------------------------------------
@@ -1177,7 +1448,7 @@ function auth (socket) {
   return token === undefined ? {} : { authorization: `Bearer ${token}` }
 }
 
-function send (agent, socket, method, path, body) {
+function send (agent, socket, method, path, body, timeoutMs = 60_000) {
   return new Promise((resolve, reject) => {
     const payload = body === undefined ? undefined : JSON.stringify(body)
     const headers = { ...auth(socket), ...(payload === undefined ? {} : { 'content-type': 'application/json', 'content-length': Buffer.byteLength(payload) }) }
@@ -1187,7 +1458,7 @@ function send (agent, socket, method, path, body) {
       res.on('error', reject)
       res.on('end', () => resolve({ status: res.statusCode, body: Buffer.concat(chunks).toString('utf8') }))
     })
-    req.setTimeout(60_000, () => req.destroy(new Error(`${method} ${path}: no answer within 60 s`)))
+    req.setTimeout(timeoutMs, () => req.destroy(new Error(`${method} ${path}: no answer within ${timeoutMs / 1000} s`)))
     req.on('error', reject)
     req.end(payload)
   })

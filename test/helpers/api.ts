@@ -30,6 +30,7 @@ export function fullApi ({ node, users, trail }: { node: LocalNode, users: UserD
     removeMember: async peerId => { throw new NotFoundError(`No member ${peerId}`) },
     leave: async () => { throw new ConflictError('No other member is up: there is no one to hand this node\'s records to') },
     repair: async () => ({ ranges: 0, recordsCompared: 0, recordsSent: 0, seconds: 0 }),
+    reindex: async (table, progress) => await node.store.reindex(table, progress),
     inspect: {
       records: async () => ({ records: [], next: null }),
       summary: async () => ({ hints: 0, rebalancePending: false })

@@ -100,7 +100,7 @@ describe('openapi: the document and the routes', () => {
     expect(list?.schema).toBe(ROUTE_SCHEMAS.list)
     const doc = openApiDocument(routes, { version: 'test', tables: TABLES }) as unknown as Doc
     const params = doc.paths['/v1/tables/{table}/rows']?.get?.parameters.map(p => `${p.in}:${p.name}`)
-    expect(params).toEqual(['path:table', 'query:limit', 'query:cursor', 'query:consistency', 'query:filters', 'header:X-Break-Glass'])
+    expect(params).toEqual(['path:table', 'query:limit', 'query:cursor', 'query:consistency', 'query:where', 'query:order_by', 'query:filters', 'header:X-Break-Glass'])
   })
 
   it('is served to any authenticated user, and to no one else', async () => {
