@@ -18,7 +18,7 @@ const appointment = (i: number): Record<string, unknown> => ({
   appointment_id: 1000 + i,
   patient_id: (i % PATIENTS) + 1,
   doctor_id: (i % 3) + 1,
-  appointment_date: `2026-03-0${1 + (i % 4)}T${String(8 + (i % 7)).padStart(2, '0')}:00:00`,
+  appointment_date: `2026-03-0${1 + (i % 4)}T${String(8 + (i % 7)).padStart(2, '0')}:00:00.000Z`,
   purpose: 'visit'
 })
 const APPOINTMENTS = 60
