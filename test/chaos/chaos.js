@@ -103,7 +103,11 @@ async function waitFor (what, fn, ms) {
     try {
       const v = await fn()
       if (v) return v
-    } catch (err) { last = err }
+    } catch (err) {
+      // A daemon that exited will not answer: no use waiting for it.
+      if (err.fatal === true) throw err
+      last = err
+    }
     if (Date.now() > deadline) throw new Error(`timed out after ${ms} ms waiting for ${what}${last === undefined ? '' : ` (last error: ${last.message})`}`)
     await sleep(250)
   }
@@ -156,7 +160,7 @@ class ChaosNode {
     proc.once('exit', () => { this.run.procs.delete(proc) })
     this.stopped = false
     await waitFor(`node ${this.i}'s daemon to answer on ${this.socket}`, async () => {
-      if (proc.exitCode !== null || proc.signalCode !== null) throw new Error(`node ${this.i}'s daemon exited (${proc.exitCode ?? proc.signalCode}); see ${join(this.run.dir, `n${this.i}.log`)}`)
+      if (proc.exitCode !== null || proc.signalCode !== null) throw Object.assign(new Error(`node ${this.i}'s daemon exited (${proc.exitCode ?? proc.signalCode}) before it answered; see ${join(this.run.dir, `n${this.i}.log`)}`), { fatal: true })
       if (this.run.token === undefined) this.run.token = await readToken(this.home)
       this.client?.close()
       this.client = new NtsoekheClient({ socket: this.socket, token: this.run.token, timeout: 8000, writeRetries: 2 })
@@ -248,7 +252,8 @@ export async function runChaos (options = {}) {
   const problems = []
   const lines = []
   // Interrupted: kill everything now, so whatever the run waits on fails at once and it unwinds to its cleanup.
-  const onAbort = () => { problems.push('interrupted'); void teardown(run, true).catch(() => {}) }
+  let stopWriting = () => {}
+  const onAbort = () => { problems.push('interrupted'); stopWriting(); void teardown(run, true).catch(() => {}) }
   options.signal?.addEventListener('abort', onAbort, { once: true })
   log(`chaos: seed ${seed}, ${options.profile ?? 'short'} run ${runId} in ${run.dir}, ${netns ? 'a network namespace per daemon' : 'loopback (without root and ip netns: no partitions, no full disk)'}`)
   try {
@@ -277,13 +282,18 @@ export async function runChaos (options = {}) {
     const live = () => nodes.filter(n => n.up && !n.gone)
     const consistency = () => { const r = rnd.next(); return r < 0.15 ? 'one' : r < 0.3 ? 'all' : undefined }
     let writing = true
+    // Cleared when the workload ends, and in the finally below when the run stops early (the workers then stop too).
+    stopWriting = () => { writing = false }
     let nextSet = SETS_BASE
     let nextBatch = BATCH_BASE
     const worker = async (fn) => {
       while (writing) {
         const choices = live()
         if (choices.length === 0) { await sleep(100); continue }
+        const started = Date.now()
         await fn(rnd.pick(choices))
+        // A refusal in no time (a daemon between a kill and the nemesis marking it) is not retried in a tight loop.
+        if (Date.now() - started < 2) await sleep(10)
       }
     }
     const workers = [
@@ -359,6 +369,7 @@ export async function runChaos (options = {}) {
     if (!ok) log(`chaos: FAILED; replay with: npm run chaos -- --seed ${seed}${options.profile === 'short' ? ' --short' : ''} (daemon logs in ${run.dir})`)
     return { ok, seed, convergedSeconds, results, lines, problems }
   } finally {
+    stopWriting()
     options.signal?.removeEventListener('abort', onAbort)
     await teardown(run, options.keep === true)
   }
