@@ -30,11 +30,10 @@
  * `/v1/inspect/summary` (admin only). The last line per workload is
  * `chaos <workload>: acked <n>, lost <n>, unknown <n>, converged in <s> s`.
  */
-import { spawn } from 'node:child_process'
+import { execFile, spawn } from 'node:child_process'
 import { randomBytes } from 'node:crypto'
 import { createWriteStream } from 'node:fs'
 import { mkdir, mkdtemp, open, readFile, rm, unlink, writeFile } from 'node:fs/promises'
-import { execFile } from 'node:child_process'
 import { promisify } from 'node:util'
 import { tmpdir } from 'node:os'
 import { dirname, join, resolve } from 'node:path'
@@ -46,10 +45,15 @@ const exec = promisify(execFile)
 const ROOT = resolve(dirname(fileURLToPath(import.meta.url)), '..', '..')
 const BIN = join(ROOT, 'bin', 'ntsoekhe')
 
-/** Daemon settings for the run: failures detected in seconds, anti-entropy every few seconds */
+/**
+ * Daemon settings for the run: failures detected in seconds; anti-entropy and
+ * the periodic rebalance (which drops copies left on nodes that no longer own
+ * them when the rebalance after a ring change could not) every few seconds,
+ * where a clinic's defaults wait minutes.
+ */
 const DAEMON_CONFIG = {
   storage: { writeBufferMb: 1 },
-  replication: { timeoutMs: 2000, rebalanceDelayMs: 1000, antiEntropyIntervalMs: 5000 },
+  replication: { timeoutMs: 2000, rebalanceDelayMs: 1000, rebalanceIntervalMs: 10_000, antiEntropyIntervalMs: 5000 },
   membership: { heartbeatMs: 500, suspectAfterMs: 2000, downAfterMs: 5000 },
   log: { level: 'warn' }
 }
@@ -99,7 +103,11 @@ async function waitFor (what, fn, ms) {
     try {
       const v = await fn()
       if (v) return v
-    } catch (err) { last = err }
+    } catch (err) {
+      // A daemon that exited will not answer: no use waiting for it.
+      if (err.fatal === true) throw err
+      last = err
+    }
     if (Date.now() > deadline) throw new Error(`timed out after ${ms} ms waiting for ${what}${last === undefined ? '' : ` (last error: ${last.message})`}`)
     await sleep(250)
   }
@@ -151,9 +159,8 @@ class ChaosNode {
     this.run.procs.add(proc)
     proc.once('exit', () => { this.run.procs.delete(proc) })
     this.stopped = false
-    const token = this.run.token
     await waitFor(`node ${this.i}'s daemon to answer on ${this.socket}`, async () => {
-      if (proc.exitCode !== null || proc.signalCode !== null) throw new Error(`node ${this.i}'s daemon exited (${proc.exitCode ?? proc.signalCode}); see ${join(this.run.dir, `n${this.i}.log`)}`)
+      if (proc.exitCode !== null || proc.signalCode !== null) throw Object.assign(new Error(`node ${this.i}'s daemon exited (${proc.exitCode ?? proc.signalCode}) before it answered; see ${join(this.run.dir, `n${this.i}.log`)}`), { fatal: true })
       if (this.run.token === undefined) this.run.token = await readToken(this.home)
       this.client?.close()
       this.client = new NtsoekheClient({ socket: this.socket, token: this.run.token, timeout: 8000, writeRetries: 2 })
@@ -161,7 +168,6 @@ class ChaosNode {
       this.peerId = s.peerId
       return true
     }, START_MS)
-    if (token === undefined && this.run.token === undefined) throw new Error('no admin token')
     this.up = true
   }
 
@@ -246,7 +252,8 @@ export async function runChaos (options = {}) {
   const problems = []
   const lines = []
   // Interrupted: kill everything now, so whatever the run waits on fails at once and it unwinds to its cleanup.
-  const onAbort = () => { problems.push('interrupted'); void teardown(run, true).catch(() => {}) }
+  let stopWriting = () => {}
+  const onAbort = () => { problems.push('interrupted'); stopWriting(); void teardown(run, true).catch(() => {}) }
   options.signal?.addEventListener('abort', onAbort, { once: true })
   log(`chaos: seed ${seed}, ${options.profile ?? 'short'} run ${runId} in ${run.dir}, ${netns ? 'a network namespace per daemon' : 'loopback (without root and ip netns: no partitions, no full disk)'}`)
   try {
@@ -275,13 +282,18 @@ export async function runChaos (options = {}) {
     const live = () => nodes.filter(n => n.up && !n.gone)
     const consistency = () => { const r = rnd.next(); return r < 0.15 ? 'one' : r < 0.3 ? 'all' : undefined }
     let writing = true
+    // Cleared when the workload ends, and in the finally below when the run stops early (the workers then stop too).
+    stopWriting = () => { writing = false }
     let nextSet = SETS_BASE
     let nextBatch = BATCH_BASE
     const worker = async (fn) => {
       while (writing) {
         const choices = live()
         if (choices.length === 0) { await sleep(100); continue }
+        const started = Date.now()
         await fn(rnd.pick(choices))
+        // A refusal in no time (a daemon between a kill and the nemesis marking it) is not retried in a tight loop.
+        if (Date.now() - started < 2) await sleep(10)
       }
     }
     const workers = [
@@ -357,6 +369,7 @@ export async function runChaos (options = {}) {
     if (!ok) log(`chaos: FAILED; replay with: npm run chaos -- --seed ${seed}${options.profile === 'short' ? ' --short' : ''} (daemon logs in ${run.dir})`)
     return { ok, seed, convergedSeconds, results, lines, problems }
   } finally {
+    stopWriting()
     options.signal?.removeEventListener('abort', onAbort)
     await teardown(run, options.keep === true)
   }

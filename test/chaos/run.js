@@ -39,5 +39,11 @@ for (const signal of ['SIGINT', 'SIGTERM']) {
 const abort = new AbortController()
 options.signal = abort.signal
 
-const result = await runChaos({ ...options, log: line => { process.stdout.write(line + '\n') } })
-process.exitCode = result.ok ? 0 : 1
+try {
+  const result = await runChaos({ ...options, log: line => { process.stdout.write(line + '\n') } })
+  process.exitCode = result.ok ? 0 : 1
+} catch (err) {
+  // The run could not go on (a daemon that would not start, an interruption): it has cleaned up.
+  process.stderr.write(`chaos: ${interrupted ? 'interrupted' : `stopped: ${err.message}`}\n`)
+  process.exitCode = interrupted ? 130 : 1
+}
