@@ -317,6 +317,45 @@ export const ROUTE_SCHEMAS = {
     response: answers({ 200: obj({ ranges: int(), recordsCompared: int(), recordsSent: int(), seconds: { type: 'number' } }, ['ranges', 'recordsCompared', 'recordsSent', 'seconds']) })
   },
 
+  inspectRecords: {
+    summary: 'This node\'s records in key order, with their digests (admins; the chaos checker reads it)',
+    tags: ['cluster'],
+    querystring: obj({
+      limit: { type: 'integer', minimum: 1, maximum: 10_000, 'x-message': '{name} must be from 1 to 10000' },
+      after: str('The last key of the previous page')
+    }, [], { additionalProperties: false, 'x-message': 'Unknown parameter {name}: use limit or after' }),
+    response: answers({ 200: { type: 'object', description: 'records (key, table, id, token, heads, digest) and next' } })
+  },
+  inspectSummary: {
+    summary: 'This node\'s hints, rebalance state and range summaries (admins; the chaos checker reads it)',
+    tags: ['cluster'],
+    response: answers({ 200: { type: 'object' } })
+  },
+  backup: {
+    summary: 'Stream every record of the network once, whole with its history, as NDJSON (admins; audited)',
+    tags: ['operations'],
+    produces: ['application/x-ndjson'],
+    querystring: obj({}, [], { additionalProperties: false, 'x-message': 'A backup takes no parameters ({name})' }),
+    response: answers({ 200: { type: 'object', description: 'One NDJSON line: a page header or a record with its versions' } })
+  },
+  restore: {
+    summary: 'Write the records of a backup on their owners, merged with what they hold (admins; audited; idempotent)',
+    tags: ['operations'],
+    consumes: ['application/x-ndjson'],
+    response: answers({ 200: obj({ records: int(), versions: int(), changed: int('Records that changed something on some owner'), seconds: { type: 'number' } }, ['records', 'versions', 'changed', 'seconds']) })
+  },
+  metrics: {
+    summary: 'This node\'s metrics in the Prometheus text format',
+    tags: ['operations'],
+    produces: ['text/plain'],
+    response: answers({ 200: str('Prometheus text exposition format 0.0.4') })
+  },
+  metricsSeries: {
+    summary: 'Request rate and latency every 5 s over the last 15 minutes (the console\'s charts)',
+    tags: ['operations'],
+    response: answers({ 200: obj({ points: arrayOf({ type: 'object' }) }, ['points']) })
+  },
+
   // ---- users, roles, audit ----------------------------------------------
   roles: {
     summary: 'Each role\'s rights by table and column',

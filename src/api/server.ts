@@ -4,11 +4,14 @@ import { CONSISTENCY_LEVELS, type Consistency, type RequestOptions } from '../cl
 import type { BatchOperation, Database } from '../query/database.js'
 import type { TableDef } from '../schema/index.js'
 import type { AccessEvent } from '../security/principal.js'
+import type { NodeMetrics } from '../observability/metrics.js'
+import { metricsRoutes } from './metrics.js'
 import { HIDDEN_COLUMNS, RIGHTS, assertWritable, cascadeTables, columnsFor, describeRoles, project } from '../security/rights.js'
 import type { UserDirectory } from '../security/users.js'
 import { isVersion } from '../storage/version.js'
 import { TABLE_ACCESS, checkFilters, installAccess, principalOf, readView } from './access.js'
 import { auditRoute, type AuditReader } from './audit.js'
+import { backupRoutes, type BackupSource } from './backup.js'
 import { toErrorResponse } from './errors.js'
 import { exportRoute } from './export.js'
 import { importStream, isAbort } from './import.js'
@@ -21,10 +24,14 @@ export { MAX_IDEMPOTENCY_KEY }
 export const BODY_LIMIT = 1024 * 1024
 /** A request body that sends nothing for this long is cut off, ms */
 export const BODY_TIMEOUT_MS = 30_000
+/** Records a page of `GET /v1/inspect/records` holds by default, and at most */
+const INSPECT_PAGE = 1000
 const IDEMPOTENCY_KEY_RE = new RegExp(IDEMPOTENCY_KEY_PATTERN)
 
 export interface ApiComponents {
   db: Database
+  /** Counts every request and serves `GET /metrics` and `GET /v1/metrics/series` (see api/metrics.ts) */
+  metrics?: NodeMetrics
   /** Everything `GET /v1/status` reports */
   status: () => Promise<Record<string, unknown>>
   /** Extra read-only routes' data, e.g. peers and ring, added by the networked node */
@@ -37,6 +44,17 @@ export interface ApiComponents {
   leave?: () => Promise<unknown>
   /** Runs one anti-entropy round now (`POST /v1/repair`): `{ ranges, recordsCompared, recordsSent, seconds }` */
   repair?: () => Promise<unknown>
+  /**
+   * Read-only views of what this node stores, for checkers (the chaos suite):
+   * `GET /v1/inspect/records` pages through every record with its heads,
+   * digest and owners; `GET /v1/inspect/summary` gives the range summary.
+   */
+  inspect?: {
+    records: (options: { after?: string, limit: number }) => Promise<unknown>
+    summary: () => Promise<unknown>
+  }
+  /** Backup and restore of the whole network (`GET /v1/backup`, `POST /v1/restore`), on the networked node */
+  backup?: BackupSource
   /** Users and their tokens: every request is authenticated against it */
   users: Pick<UserDirectory, 'authenticate' | 'add' | 'list' | 'revoke'>
   /** Called once per request that touches data, per 401, per 403 and per break-glass read */
@@ -60,6 +78,8 @@ export interface ApiInit {
 type Params = { table: string, id: string }
 type Query = Record<string, string | string[] | undefined>
 
+/** Media types an import takes */
+const IMPORT_TYPES = ['application/x-ndjson', 'application/ndjson', 'text/csv']
 const RESERVED_QUERY = new Set(['limit', 'cursor', 'consistency', 'local', 'cascade'])
 const ROWS = { config: { access: TABLE_ACCESS } }
 const CLUSTER = { config: { access: RIGHTS.cluster } }
@@ -98,7 +118,7 @@ export function createApi (components: ApiComponents, init: ApiInit = {}): Fasti
   })
 
   // Imports stream their body: the parser hands over the raw request, so no limit applies.
-  app.addContentTypeParser(['application/x-ndjson', 'application/ndjson', 'text/csv'], (_req, payload, done) => { done(null, payload) })
+  app.addContentTypeParser(IMPORT_TYPES, (_req, payload, done) => { done(null, payload) })
 
   app.setErrorHandler((err, req, reply) => {
     const { status, body } = toErrorResponse(err)
@@ -114,6 +134,7 @@ export function createApi (components: ApiComponents, init: ApiInit = {}): Fasti
   })
   const trail = components.auditTrail
   installAccess(app, { auth: users, ...(components.audit === undefined ? {} : { audit: components.audit }), ...(trail === undefined ? {} : { auditReady: () => trail.accepting !== false }), bodyTimeoutMs: init.bodyTimeoutMs ?? BODY_TIMEOUT_MS, log: app.log })
+  if (components.metrics !== undefined) metricsRoutes(app, components.metrics)
   app.setNotFoundHandler((req, reply) => {
     void reply.status(404).send({ error: { code: 'NOT_FOUND', message: `No route ${req.method} ${req.url}` } })
   })
@@ -151,6 +172,18 @@ export function createApi (components: ApiComponents, init: ApiInit = {}): Fasti
   if (leave !== undefined) app.post('/v1/leave', { config: { access: RIGHTS.membership }, schema: S.leave }, async () => await leave())
   const repair = components.repair
   if (repair !== undefined) app.post('/v1/repair', { config: { access: RIGHTS.admin }, schema: S.repair }, async () => await repair())
+  if (components.backup !== undefined) backupRoutes(app, components.backup)
+
+  const inspect = components.inspect
+  if (inspect !== undefined) {
+    app.get<{ Querystring: Query }>('/v1/inspect/records', { config: { access: RIGHTS.admin }, schema: S.inspectRecords }, async req => {
+      // The schema has read limit as an integer from 1 to MAX_INSPECT_PAGE.
+      const limit = req.query.limit === undefined ? INSPECT_PAGE : Number(req.query.limit)
+      const after = req.query.after === undefined ? undefined : single(req.query, 'after')
+      return await inspect.records({ limit, ...(after === undefined ? {} : { after }) })
+    })
+    app.get('/v1/inspect/summary', { config: { access: RIGHTS.admin }, schema: S.inspectSummary }, async () => await inspect.summary())
+  }
 
   app.get('/v1/roles', { config: { access: RIGHTS.roles }, schema: S.roles }, async () => ({ roles: describeRoles() }))
 
@@ -307,20 +340,28 @@ export function createApi (components: ApiComponents, init: ApiInit = {}): Fasti
     }
   })
 
-  app.post<{ Params: Params, Querystring: Query }>('/v1/tables/:table/import', { ...ROWS, schema: S.import }, async (req) => {
+  app.post<{ Params: Params, Querystring: Query }>('/v1/tables/:table/import', {
+    ...ROWS,
+    schema: S.import,
+    // Before any body parser runs: a JSON body (even one that is not JSON) is 415, not a parse error.
+    preParsing: async (req, _reply, payload) => {
+      assertImportType(mediaType(req))
+      return payload
+    }
+  }, async (req) => {
     const table = db.table(req.params.table)
     const role = principalOf(req).role
     req.accessNote = { action: 'import', table: table.name }
     assertWritable(role, table, [])
     const type = mediaType(req)
-    if (!['application/x-ndjson', 'application/ndjson', 'text/csv'].includes(type)) {
-      throw new NtsoekheError('UNSUPPORTED_MEDIA_TYPE', 'Import takes application/x-ndjson or text/csv')
-    }
+    assertImportType(type)
     const check = (value: unknown): void => {
       if (value !== null && typeof value === 'object' && !Array.isArray(value)) assertWritable(role, table, Object.keys(value))
     }
+    const scope = keyOptions(req).idempotencyKey
     return await importStream(db, table.name, req.body as NodeJS.ReadableStream, type === 'text/csv' ? 'csv' : 'ndjson', requestOptions(req.query), {
       check,
+      ...(scope === undefined ? {} : { scope }),
       ...(init.maxImportLineBytes === undefined ? {} : { maxLineBytes: init.maxImportLineBytes })
     })
   })
@@ -387,6 +428,13 @@ function requireBody (req: FastifyRequest): unknown {
     throw new NtsoekheError('UNSUPPORTED_MEDIA_TYPE', `This request takes application/json, not ${type === '' ? 'an untyped body' : type}`)
   }
   return req.body
+}
+
+/** An import's body is NDJSON or CSV: anything else (JSON included) is 415 */
+function assertImportType (type: string): void {
+  if (!IMPORT_TYPES.includes(type)) {
+    throw new NtsoekheError('UNSUPPORTED_MEDIA_TYPE', `Import takes application/x-ndjson or text/csv, not ${type === '' ? 'an untyped body' : type}`)
+  }
 }
 
 /** The request's media type, lower case, without parameters */

@@ -8,8 +8,11 @@ import { NtsoekheError, errorFromJSON } from '../errors/index.js'
 /** No daemon answers on the socket: not started, or gone */
 export class NoDaemonError extends NtsoekheError {
   override name = 'NoDaemonError'
+  /** The socket nobody answers on */
+  readonly socket: string
   constructor (socket: string, cause: unknown) {
     super('UNAVAILABLE', `No daemon is listening on ${socket}; start one with \`ntsoekhe daemon\``, { cause })
+    this.socket = socket
   }
 }
 
@@ -169,9 +172,14 @@ export class NtsoekheClient {
   }
 
   /** Streams NDJSON or CSV into a table */
-  async import (table: string, body: Readable | string, format: 'ndjson' | 'csv', options: RequestOptions = {}): Promise<{ accepted: number, rejected: Array<{ line: number, error: { code: string, message: string, column?: string } }>, rejectedNotShown: number }> {
+  /**
+   * Streams NDJSON or CSV into a table. Each line is written with a key made
+   * of its table, number and content (scoped by `idempotencyKey` when given):
+   * the same file imported again writes nothing new.
+   */
+  async import (table: string, body: Readable | string, format: 'ndjson' | 'csv', options: RequestOptions & { idempotencyKey?: string } = {}): Promise<{ accepted: number, rejected: Array<{ line: number, error: { code: string, message: string, column?: string } }>, rejectedNotShown: number }> {
     const type = format === 'csv' ? 'text/csv' : 'application/x-ndjson'
-    return await this.request('POST', `/v1/tables/${enc(table)}/import${qs(options)}`, { raw: body, contentType: type, signal: options.signal, timeout: 0 })
+    return await this.request('POST', `/v1/tables/${enc(table)}/import${qs(options)}`, { raw: body, contentType: type, signal: options.signal, timeout: 0, ...(options.idempotencyKey === undefined ? {} : { idempotencyKey: options.idempotencyKey }) })
   }
 
   /**
@@ -203,6 +211,34 @@ export class NtsoekheClient {
       req.on('error', err => { reject(this.connectError(err)) })
       req.end()
     })
+  }
+
+  /**
+   * Streams a backup of the whole network (`GET /v1/backup`, admins): resolves,
+   * once the daemon has accepted it, to the node reading it, the records it
+   * expects (for a progress bar) and `body`, the NDJSON record lines. A body
+   * cut off mid-way emits an error.
+   */
+  async backup (options: { signal?: AbortSignal } = {}): Promise<{ node: string, estimate: number, body: IncomingMessage }> {
+    const headers = this.headers({ accept: 'application/x-ndjson' })
+    return await new Promise((resolve, reject) => {
+      const req = httpRequest({ socketPath: this.socket, agent: this.agent, method: 'GET', path: '/v1/backup', headers, ...(options.signal === undefined ? {} : { signal: options.signal }) }, res => {
+        req.setTimeout(0)
+        if ((res.statusCode ?? 500) >= 400) {
+          readError(res).then(reject, reject)
+          return
+        }
+        resolve({ node: String(res.headers['x-backup-node'] ?? ''), estimate: Number(res.headers['x-backup-estimate'] ?? 0) || 0, body: res })
+      })
+      this.armTimeout(req, this.timeout)
+      req.on('error', err => { reject(this.connectError(err)) })
+      req.end()
+    })
+  }
+
+  /** Writes a backup's record lines into the network (`POST /v1/restore`, admins): each record on all of its owners */
+  async restore (body: Readable | string, options: { signal?: AbortSignal } = {}): Promise<{ records: number, versions: number, changed: number, seconds: number }> {
+    return await this.request('POST', '/v1/restore', { raw: body, contentType: 'application/x-ndjson', signal: options.signal, timeout: 0 })
   }
 
   /** One HTTP request over the socket; an error body becomes a thrown NtsoekheError */

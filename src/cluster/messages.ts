@@ -23,10 +23,14 @@ export const MAX_PARENTS = 64
 export const MAX_SCAN_LIMIT = 1000
 /** Record states in one hand-off or repair message */
 export const MAX_STATES = 1000
+/** Token ranges one `count` message may name (a member's share of the ring's ranges, with those of silent members it stands in for; more go in several messages) */
+export const MAX_COUNT_RANGES = 4096
 /** Versions a record state may list as seen or replaced */
 export const MAX_KNOWN_VERSIONS = 1_000_000
 
 export type ReplicaMessage =
+  /** Live rows per table in these `[from, to)` token ranges (HashRing.ranges), counted by the asker's ring */
+  | { type: 'count', ranges: Array<[string, string]> }
   | { type: 'write', mutations: Mutation[], consistency?: Consistency, retry?: boolean }
   | { type: 'writeGroups', groups: Mutation[][], consistency?: Consistency }
   | { type: 'apply', groups: VersionEntry[][] }
@@ -86,7 +90,8 @@ function checkRow (table: string, id: string, row: unknown): { row: Row, shard: 
   if (def === undefined) bad(`unknown table ${table}`)
   let valid: Row
   try {
-    valid = validateRow(def, row, 'full')
+    // Kept as the member stored it: a version written before TIMESTAMPs were canonical still replicates unchanged.
+    valid = validateRow(def, row, 'full', { stored: true })
   } catch (err) {
     throw new InvalidMessageError(`replica: invalid ${table} row: ${(err as Error).message}`, { cause: err })
   }
@@ -174,6 +179,11 @@ function oneShard (mutations: Mutation[]): Mutation[] {
   return mutations
 }
 
+/** A bound of a `[from, to)` token range: '' (an end of the token space), a token, or a token and NUL (just after it) */
+function isRangeBound (b: unknown): b is string {
+  return typeof b === 'string' && (b === '' || TOKEN_RE.test(b.endsWith('\u0000') ? b.slice(0, -1) : b))
+}
+
 function withConsistency<M extends { type: 'write' | 'writeGroups' }> (msg: M, consistency: unknown): M & { consistency?: Consistency } {
   if (consistency === undefined) return msg
   if (!CONSISTENCY_LEVELS.includes(consistency as Consistency)) bad('unknown consistency')
@@ -185,6 +195,16 @@ export function parseReplicaMessage (msg: unknown): ReplicaMessage {
   const m = msg as Record<string, unknown>
   if (m === null || typeof m !== 'object') bad('message must be an object')
   switch (m.type) {
+    case 'count': {
+      if (!Array.isArray(m.ranges) || m.ranges.length > MAX_COUNT_RANGES) bad(`count needs at most ${MAX_COUNT_RANGES} ranges`)
+      const ranges = m.ranges.map(r => {
+        if (!Array.isArray(r) || r.length !== 2 || !r.every(isRangeBound)) bad('malformed count range')
+        const [from, to] = r as [string, string]
+        if (from !== '' && to !== '' && from >= to) bad('malformed count range')
+        return [from, to] as [string, string]
+      })
+      return { type: 'count', ranges }
+    }
     case 'write': {
       if (!Array.isArray(m.mutations) || m.mutations.length === 0 || m.mutations.length > MAX_ENTRIES) bad('write needs 1 to 10000 mutations')
       const mutations = oneShard(m.mutations.map(checkMutation))

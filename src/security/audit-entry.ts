@@ -38,7 +38,7 @@ export type AuditBody = {
 
 export type AuditRow = AuditBody & { hash: string }
 
-export const AUDIT_ACTIONS: ReadonlyArray<AccessEvent['action']> = ['read', 'list', 'history', 'insert', 'update', 'delete', 'batch', 'import', 'export', 'purge', 'login', 'admin', 'seal']
+export const AUDIT_ACTIONS: ReadonlyArray<AccessEvent['action']> = ['read', 'list', 'history', 'insert', 'update', 'delete', 'batch', 'import', 'export', 'backup', 'restore', 'purge', 'login', 'admin', 'seal']
 
 /**
  * Seals. Each batch a node writes ends with a `seal` entry whose `reason` is

@@ -1,13 +1,15 @@
 import { Level } from 'level'
-import type { AbstractSublevel } from 'abstract-level'
-import { DataKeyError, HomeLockedError, IntegrityError, NtsoekheError } from '../errors/index.js'
+import type { AbstractLevel, AbstractSublevel } from 'abstract-level'
+import { DataKeyError, HomeLockedError, IntegrityError, NtsoekheError, StorageFullError } from '../errors/index.js'
 import { findTable, sensitiveColumns, type Row, type Value } from '../schema/index.js'
 import { FieldCipher, isHashedIndexValue, SEALED_KEY } from './field-cipher.js'
 import { compareVersions } from './version.js'
 import { GroupCommitter, type BatchOp } from './group-commit.js'
 import { KeyedMutex } from './keyed-mutex.js'
+import { LEAVES, leafOf } from './range-summary.js'
 import { encodeIndexValue, recordKey, SEP } from './keys.js'
 import { leafPrefix, RangeSummary, recordDigest } from './range-summary.js'
+import { REAL_ENV, type Environment } from '../util/env.js'
 
 type Sub = AbstractSublevel<any, any, string, any>
 
@@ -46,6 +48,12 @@ export interface RecordState {
    * short; a state without it lists everything.
    */
   horizon?: string
+}
+
+/** A record whole: its state and every version it has had, oldest first (what a backup holds) */
+export interface WholeRecord {
+  state: RecordState
+  versions: VersionEntry[]
 }
 
 /** A hint kept for a peer: versions it missed, or (with `entries` empty) a purge it missed */
@@ -107,6 +115,14 @@ export interface StoreInit {
   plaintext?: boolean
   /** Progress of a migration at open (a format-3 store rewritten as format 4) */
   log?: (message: string) => void
+  /**
+   * The database to use instead of LevelDB at `path`: an abstract-level
+   * database with string keys and values (the simulation's in-memory one,
+   * which loses unsynced writes when its node crashes)
+   */
+  db?: AbstractLevel<any, any, any>
+  /** The clock (hint keys) and deferred work (group commit). @default REAL_ENV */
+  env?: Environment
 }
 
 /** `purged`: a version of a record erased here, refused (see Store.purge) */
@@ -214,6 +230,8 @@ export class Store {
   private readonly hintCounts = new Map<string, number>()
   /** Live rows per table, counted once at open and kept up to date by every commit */
   private readonly rowCounts = new Map<string, number>()
+  /** Live rows per table per leaf of the token space (1/65536 of it): a count over token ranges sums whole leaves and reads only its edges */
+  private readonly leafCounts = new Map<string, Int32Array>()
   /** Hash summary of every record's heads by token range, for anti-entropy: kept up to date by every commit */
   private rangeSummary = new RangeSummary()
   private readonly mutex = new KeyedMutex()
@@ -222,14 +240,20 @@ export class Store {
   private readonly cipher?: FieldCipher
   private readonly plaintext: boolean
   private readonly sync: boolean
+  private readonly env: Environment
   private state: 'new' | 'opening' | 'open' | 'closing' | 'closed' = 'new'
+  /** The last commit failed for want of disk space (see assertWritable) */
+  private diskFull = false
   private opening?: Promise<void>
   private closing?: Promise<void>
 
   constructor (init: StoreInit) {
     // Before the database exists: a malformed key leaves nothing open behind.
     if (init.dataKey !== undefined) this.cipher = new FieldCipher(init.dataKey)
-    this.db = new Level<string, any>(init.path, { valueEncoding: 'json', writeBufferSize: init.writeBufferBytes ?? DEFAULT_WRITE_BUFFER })
+    this.db = init.db === undefined
+      ? new Level<string, any>(init.path, { valueEncoding: 'json', writeBufferSize: init.writeBufferBytes ?? DEFAULT_WRITE_BUFFER })
+      : init.db as unknown as Level<string, any>
+    this.env = init.env ?? REAL_ENV
     this.records = this.db.sublevel<string, any>('r', { valueEncoding: 'json' }) as Sub
     this.history = this.db.sublevel<string, any>('h', { valueEncoding: 'json' }) as Sub
     this.tables = this.db.sublevel<string, any>('t', { valueEncoding: 'json' }) as Sub
@@ -243,13 +267,31 @@ export class Store {
     this.plaintext = init.plaintext === true
     this.sync = init.sync ?? true
     this.committer = new GroupCommitter(async (ops, sync) => {
-      await writeBatch(this.db, ops, sync)
+      try {
+        await writeBatch(this.db, ops, sync)
+      } catch (err) {
+        if (!isDiskFull(err)) throw err
+        this.diskFull = true
+        throw new StorageFullError(`This node's disk is full (${(err as Error).message}): it takes no writes until space is freed; reads go on`, { cause: err })
+      }
+      this.diskFull = false
       this.countTableOps(ops)
-    }, { sync: init.sync ?? true })
+    }, { sync: init.sync ?? true, defer: this.env.defer })
   }
 
   get status (): string {
     return this.state
+  }
+
+  /**
+   * Refuses with a StorageFullError while the disk is full, before a write is
+   * ordered or sent anywhere: once a commit failed for want of space, a small
+   * probe commit must pass first (it clears the state when space is back).
+   */
+  async assertWritable (): Promise<void> {
+    this.checkOpen()
+    if (!this.diskFull) return
+    await this.committer.commit([put(this.meta, 'node:writable-probe', Date.now())])
   }
 
   /** Opens the database; a database held by another process is a HomeLockedError */
@@ -301,6 +343,7 @@ export class Store {
     for await (const k of this.tables.keys()) {
       const table = k.slice(0, k.indexOf(SEP))
       this.rowCounts.set(table, (this.rowCounts.get(table) ?? 0) + 1)
+      this.countLeaf(table, k.slice(table.length + 1), 1)
     }
     await this.openSummary()
     this.state = 'open'
@@ -639,7 +682,7 @@ export class Store {
   async addPurgeHint (peerId: string, marker: PurgeMarker): Promise<void> {
     this.checkOpen()
     this.hintSeq = (this.hintSeq + 1) % 1_000_000
-    const key = peerId + SEP + String(Date.now()).padStart(15, '0') + String(this.hintSeq).padStart(6, '0')
+    const key = peerId + SEP + String(this.env.now()).padStart(15, '0') + String(this.hintSeq).padStart(6, '0')
     await this.committer.commit([put(this.hints, key, { purge: marker })])
     this.hintCounts.set(peerId, (this.hintCounts.get(peerId) ?? 0) + 1)
   }
@@ -656,9 +699,11 @@ export class Store {
       // Known, but perhaps only by id (a state merged from a peer): keep the version itself in history.
       if (before?.heads.some(h => h.version === entry.version) === true) return 'duplicate'
       const historyKey = key + SEP + entry.version
-      if (this.history.getSync(historyKey) !== undefined || ops.some(op => op.key === this.history.prefix + historyKey)) return 'duplicate'
-      ops.push(put(this.history, historyKey, this.sealEntry(entry)))
-      return 'history'
+      const stored = this.history.getSync(historyKey) !== undefined || ops.some(op => op.key === this.history.prefix + historyKey)
+      if (!stored) ops.push(put(this.history, historyKey, this.sealEntry(entry)))
+      // A version known by id only came with no parents: a head it replaces is replaced all the same.
+      const replacedHead = this.replaceKnownParents(key, before, entry, states, ops, touched)
+      return stored && !replacedHead ? 'duplicate' : 'history'
     }
 
     const { after, isHead, replaced } = nextState(before, entry, old !== undefined)
@@ -671,6 +716,29 @@ export class Store {
     this.stageIndexes(before, after, ops)
     this.noteHeads(touched, key, entry.token, before?.heads.map(h => h.version), after.heads.map(h => h.version))
     return isHead ? 'applied' : 'history'
+  }
+
+  /**
+   * A version this replica knew only by id (merged from a peer whose lists no
+   * longer reach back that far) arrives with its parents: any head among them
+   * is replaced and moves to history. Without this, a replica that missed more
+   * updates than a record's lists keep would hold its stale head beside the
+   * newest for good, a conflict no other replica sees, which anti-entropy
+   * could never settle. A head is dropped only when another one stays.
+   */
+  private replaceKnownParents (key: string, before: RecordState | undefined, entry: VersionEntry, states: Map<string, RecordState | undefined>, ops: BatchOp[], touched: SummaryChange[]): boolean {
+    if (before === undefined || entry.parents.length === 0) return false
+    const parents = new Set(entry.parents)
+    const replaced = before.heads.filter(h => parents.has(h.version))
+    if (replaced.length === 0 || replaced.length === before.heads.length) return false
+    const after: RecordState = { ...before, heads: before.heads.filter(h => !parents.has(h.version)), superseded: [...new Set([...before.superseded, ...replaced.map(h => h.version)])] }
+    this.compactKnown(key, before.horizon, after, ops)
+    for (const h of replaced) ops.push(put(this.history, key + SEP + h.version, this.sealEntry(h)))
+    states.set(key, after)
+    ops.push(put(this.records, key, this.encodeRecord(after)))
+    this.stageIndexes(before, after, ops)
+    this.noteHeads(touched, key, entry.token, before.heads.map(h => h.version), after.heads.map(h => h.version))
+    return true
   }
 
   private stageIndexes (before: RecordState | undefined, after: RecordState, ops: BatchOp[]): void {
@@ -741,6 +809,76 @@ export class Store {
     return counts
   }
 
+  /**
+   * Live rows per table whose token lies in one of `ranges`, `[from, to)`
+   * pairs as the ring gives them (see HashRing.ranges: '' for either end of
+   * the token space, a token followed by NUL for "after this token"): a count
+   * over key ranges of the table list, reading no record. Tables with no row
+   * there, and internal tables (named `_…`: locators, unique claims, audit
+   * entries), are left out.
+   */
+  async countRowsIn (ranges: ReadonlyArray<readonly [string, string]>): Promise<Record<string, number>> {
+    this.checkOpen()
+    const counts: Record<string, number> = {}
+    const sorted = [...ranges].sort((a, b) => a[0] < b[0] ? -1 : 1)
+    const after = String.fromCharCode(SEP.charCodeAt(0) + 1)
+    // A bound as a table-list key: the keys of token t are `<table>!t!<id>`, so "after t" is `<table>!t` + the character after `!`.
+    const bound = (table: string, b: string, open: string): string => b === '' ? open : b.endsWith('\u0000') ? table + SEP + b.slice(0, -1) + after : table + SEP + b
+    for (const table of [...this.rowCounts.keys()].sort()) {
+      const leaves = this.leafCounts.get(table)
+      if ((this.rowCounts.get(table) ?? 0) <= 0 || table.startsWith('_') || leaves === undefined) continue
+      let n = 0
+      // One iterator a table, moved to each edge leaf it reads: far cheaper than an iterator a range.
+      const iterator = this.tables.keys({ gte: table + SEP, lt: table + after })
+      const keysBetween = async (gte: string, lt: string): Promise<number> => {
+        if (gte >= lt) return 0
+        iterator.seek(gte)
+        let found = 0
+        // Small reads first: what is read past the end is wasted.
+        for (let size = 16; ; size = Math.min(size * 2, 1024)) {
+          const keys = await iterator.nextv(size)
+          const inside = keys.findIndex(k => k >= lt)
+          found += inside < 0 ? keys.length : inside
+          if (inside >= 0 || keys.length === 0) return found
+        }
+      }
+      const leafStart = (leaf: number): string => leaf >= LEAVES ? table + after : table + SEP + leafPrefix(leaf)
+      try {
+        for (const [from, to] of sorted) {
+          const lo = bound(table, from, table + SEP)
+          const hi = bound(table, to, table + after)
+          const first = from === '' ? 0 : leafOf(from)
+          const last = to === '' ? LEAVES - 1 : leafOf(to)
+          if (first === last) {
+            if ((leaves[first] ?? 0) > 0) n += await keysBetween(lo, hi)
+            continue
+          }
+          // The leaves a range covers whole are summed; the two it cuts are read.
+          if ((leaves[first] ?? 0) > 0) n += await keysBetween(lo, leafStart(first + 1))
+          for (let leaf = first + 1; leaf < last; leaf++) n += leaves[leaf] ?? 0
+          if ((leaves[last] ?? 0) > 0) n += await keysBetween(leafStart(last), hi)
+        }
+      } finally {
+        await iterator.close()
+      }
+      if (n > 0) counts[table] = n
+    }
+    return counts
+  }
+
+  /** Moves the count of `table`'s leaf that `position` (`<token>!<id>`) falls in */
+  private countLeaf (table: string, position: string, delta: number): void {
+    // Internal tables are never counted by range (countRowsIn leaves them out).
+    if (table.startsWith('_')) return
+    let leaves = this.leafCounts.get(table)
+    if (leaves === undefined) {
+      leaves = new Int32Array(LEAVES)
+      this.leafCounts.set(table, leaves)
+    }
+    const leaf = leafOf(position)
+    leaves[leaf] = (leaves[leaf] ?? 0) + delta
+  }
+
   /** A committed batch's table-list entries: a put is a row that became live here, a del one that went */
   private countTableOps (ops: BatchOp[]): void {
     const prefix = this.tables.prefix
@@ -748,6 +886,7 @@ export class Store {
       if (!op.key.startsWith(prefix)) continue
       const table = op.key.slice(prefix.length, op.key.indexOf(SEP, prefix.length))
       this.rowCounts.set(table, (this.rowCounts.get(table) ?? 0) + (op.type === 'put' ? 1 : -1))
+      this.countLeaf(table, op.key.slice(prefix.length + table.length + 1), op.type === 'put' ? 1 : -1)
     }
   }
 
@@ -794,6 +933,22 @@ export class Store {
     return out
   }
 
+  /**
+   * Up to `limit` records of the whole store after `after` (a record key), in
+   * key order, each with its head versions and digest, without opening their
+   * rows: what the chaos suite's checker compares across nodes.
+   */
+  async recordHeads (options: { after?: string, limit: number }): Promise<Array<{ key: string, token: string, table: string, id: string, heads: string[], digest: string }>> {
+    this.checkOpen()
+    const out: Array<{ key: string, token: string, table: string, id: string, heads: string[], digest: string }> = []
+    for await (const [k, v] of this.records.iterator({ ...(options.after === undefined ? {} : { gt: options.after }), limit: options.limit })) {
+      const [token, table, id] = k.split(SEP, 3) as [string, string, string]
+      const heads = (v as StoredRecord).heads.map(h => h.version)
+      out.push({ key: k, token, table, id, heads, digest: recordDigest(k, heads).toString('hex') })
+    }
+    return out
+  }
+
   /** A record's head versions as stored, without opening its rows */
   private storedHeads (key: string): string[] | undefined {
     const value = this.records.getSync(key) as StoredRecord | undefined
@@ -824,11 +979,52 @@ export class Store {
     }
   }
 
+  /**
+   * Up to `limit` whole records (state and every version) with keys in
+   * [from, to), after the record key `after`, in key order, for a backup.
+   * The page is read from one LevelDB snapshot: a record written meanwhile
+   * is in it as it was before that write or after it, never half of each.
+   * `next` is the key to resume after when more may follow.
+   */
+  async backupPage (options: { from?: string, to?: string, after?: string, limit: number }): Promise<{ records: WholeRecord[], next?: string }> {
+    this.checkOpen()
+    const snapshot = this.db.snapshot()
+    try {
+      const range: { gt?: string, gte?: string, lt?: string } = {}
+      if (options.after !== undefined && (options.from === undefined || options.after >= options.from)) range.gt = options.after
+      else if (options.from !== undefined) range.gte = options.from
+      if (options.to !== undefined) range.lt = options.to
+      const raw: Array<[string, StoredRecord]> = []
+      for await (const [k, v] of this.records.iterator({ ...range, limit: options.limit, snapshot })) raw.push([k, v as StoredRecord])
+      const first = raw[0]?.[0]
+      const last = raw[raw.length - 1]?.[0]
+      if (first === undefined || last === undefined) return { records: [] }
+      // History keys are `<record key>!<version>`: the page's history is one contiguous run, read in the same pass.
+      const history = new Map<string, StoredEntry[]>()
+      for await (const [k, v] of this.history.iterator({ gt: first + SEP, lt: last + SEP + '\xff', snapshot })) {
+        const owner = k.slice(0, k.lastIndexOf(SEP))
+        let list = history.get(owner)
+        if (list === undefined) { list = []; history.set(owner, list) }
+        list.push(v as StoredEntry)
+      }
+      const records = raw.map(([k, v]): WholeRecord => {
+        const [token, table, id] = k.split(SEP, 3) as [string, string, string]
+        const state = this.decodeRecord(table, token, id, v)
+        const versions = [...state.heads, ...(history.get(k) ?? []).map(e => this.openEntry(e))]
+        versions.sort((a, b) => compareVersions(a.version, b.version))
+        return { state, versions }
+      })
+      return raw.length === options.limit ? { records, next: last } : { records }
+    } finally {
+      await snapshot.close()
+    }
+  }
+
   /** Keeps versions a down replica missed, to hand them off when it returns (hinted handoff) */
   async addHint (peerId: string, entries: VersionEntry[]): Promise<void> {
     this.checkOpen()
     this.hintSeq = (this.hintSeq + 1) % 1_000_000
-    const key = peerId + SEP + String(Date.now()).padStart(15, '0') + String(this.hintSeq).padStart(6, '0')
+    const key = peerId + SEP + String(this.env.now()).padStart(15, '0') + String(this.hintSeq).padStart(6, '0')
     await this.committer.commit([put(this.hints, key, entries.map(e => this.sealEntry(e)))])
     this.hintCounts.set(peerId, (this.hintCounts.get(peerId) ?? 0) + 1)
   }
@@ -1168,6 +1364,12 @@ export class Store {
  * write events, and no encodings but utf8. The store only writes while
  * open, and classic-level makes a close wait for batches under way.
  */
+/** A LevelDB write that failed for want of disk space */
+function isDiskFull (err: unknown): boolean {
+  const e = err as { code?: string, message?: string }
+  return e?.code === 'ENOSPC' || /No space left on device|ENOSPC/.test(String(e?.message))
+}
+
 async function writeBatch (db: Level<string, any>, ops: BatchOp[], sync: boolean): Promise<void> {
   const direct = (db as unknown as { _batch?: (ops: BatchOp[], options: { sync: boolean }) => Promise<void> })._batch
   if (typeof direct === 'function' && db.status === 'open') {

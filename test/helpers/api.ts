@@ -4,6 +4,7 @@ import pino from 'pino'
 import { routesOf, type RouteEntry } from '../../src/api/openapi.js'
 import { createApi, type ApiComponents } from '../../src/api/server.js'
 import { ConflictError, NotFoundError } from '../../src/errors/index.js'
+import { NodeMetrics } from '../../src/observability/metrics.js'
 import type { AuditTrail } from '../../src/security/audit.js'
 import type { UserDirectory } from '../../src/security/users.js'
 import type { LocalNode } from './temp.js'
@@ -29,6 +30,19 @@ export function fullApi ({ node, users, trail }: { node: LocalNode, users: UserD
     removeMember: async peerId => { throw new NotFoundError(`No member ${peerId}`) },
     leave: async () => { throw new ConflictError('No other member is up: there is no one to hand this node\'s records to') },
     repair: async () => ({ ranges: 0, recordsCompared: 0, recordsSent: 0, seconds: 0 }),
+    inspect: {
+      records: async () => ({ records: [], next: null }),
+      summary: async () => ({ hints: 0, rebalancePending: false })
+    },
+    backup: {
+      node: node.peerId,
+      checkReadable: () => {},
+      records: async function * () {},
+      estimate: async () => 0,
+      checkOwnersUp: () => {},
+      restore: async () => ({ changed: 0 })
+    },
+    metrics: new NodeMetrics({ hintsPending: () => 0, readRepairs: () => 0, rebalance: () => ({ pending: false }), antiEntropy: () => ({ running: false, lastRoundAt: null, ranges: 0, rangesDiffering: 0, recordsSent: 0, seconds: 0, failed: 0 }), members: () => [], localRows: async () => ({}), storePath: node.path }),
     audit: e => { trail.record(e) },
     auditTrail: trail,
     logger: pino({ level: 'silent' }),
