@@ -81,6 +81,11 @@ describe('client: follows the OpenAPI document', () => {
         const { body } = await client.export({ tables: ['patient_records'], anonymize: true, consistency: 'all' })
         for await (const _ of body) { /* drained */ }
       },
+      backup: async () => {
+        const { body } = await client.backup()
+        for await (const _ of body) { /* drained */ }
+      },
+      restore: async () => { await either(client.restore('')) },
       delete: async () => await client.delete('patient_records', 2, { cascade: true, consistency: 'all' }),
       purge: async () => await client.purge('patient_records', 1)
     }
