@@ -112,6 +112,8 @@ export class NtsoekheClient {
   async revokeUser (user: string): Promise<UserInfo> { return await this.request('POST', `/v1/users/${enc(user)}/revoke`) }
   /** Each role's rights by table and column */
   async roles (): Promise<{ roles: RoleInfo[] }> { return await this.request('GET', '/v1/roles') }
+  /** The socket API as an OpenAPI 3.1 document (`GET /v1/openapi.json`; any user) */
+  async openapi (): Promise<{ openapi: string, info: Record<string, any>, paths: Record<string, Record<string, any>>, components: Record<string, any> }> { return await this.request('GET', '/v1/openapi.json') }
 
   async insert (table: string, row: unknown, options: WriteOptions = {}): Promise<RowResult> {
     return await this.write('POST', `/v1/tables/${enc(table)}/rows${qs(options)}`, options, { body: row })

@@ -17,7 +17,7 @@ describe('GET /v1/openapi.json end to end', () => {
     const home = await makeHome()
     daemon = await startDaemon({ home })
     api = new NtsoekheClient({ socket: daemon.socket, token: await adminToken(home) })
-    doc = await api.request<OpenApiDoc>('GET', '/v1/openapi.json')
+    doc = await api.openapi() as unknown as OpenApiDoc
   })
 
   afterAll(async () => {

@@ -1,7 +1,7 @@
 import { join } from 'node:path'
 import type { FastifyInstance } from 'fastify'
 import { afterEach, beforeEach, describe, expect, it } from 'vitest'
-import { OPENAPI_ROUTE, openApiPath } from '../../src/api/openapi.js'
+import { openApiPath } from '../../src/api/openapi.js'
 import { NtsoekheClient } from '../../src/index.js'
 import { AuditTrail, storeHead } from '../../src/security/audit.js'
 import { UserDirectory } from '../../src/security/users.js'
@@ -68,6 +68,7 @@ describe('client: follows the OpenAPI document', () => {
       users: async () => await client.users(),
       revokeUser: async () => await client.revokeUser('omar'),
       roles: async () => await client.roles(),
+      openapi: async () => await client.openapi(),
       insert: async () => await client.insert('patient_records', patientRow(1), { consistency: 'all' }),
       get: async () => await client.get('patient_records', 1, { consistency: 'one', local: true }),
       replace: async () => await client.replace('patient_records', 1, patientRow(1), { consistency: 'quorum' }),
@@ -80,6 +81,11 @@ describe('client: follows the OpenAPI document', () => {
         const { body } = await client.export({ tables: ['patient_records'], anonymize: true, consistency: 'all' })
         for await (const _ of body) { /* drained */ }
       },
+      backup: async () => {
+        const { body } = await client.backup()
+        for await (const _ of body) { /* drained */ }
+      },
+      restore: async () => { await either(client.restore('')) },
       delete: async () => await client.delete('patient_records', 2, { cascade: true, consistency: 'all' }),
       purge: async () => await client.purge('patient_records', 1),
       sql: async () => await client.sql('SELECT patient_id FROM patient_records WHERE patient_id = $1', [1], { consistency: 'one' }),
@@ -97,7 +103,7 @@ describe('client: follows the OpenAPI document', () => {
     expect(untried, `client methods this test does not call (add a call for each): ${untried.join(', ')}`).toEqual([])
     expect(Object.keys(calls).filter(m => !methods.includes(m))).toEqual([])
 
-    const doc = await client.request<Doc>('GET', OPENAPI_ROUTE)
+    const doc = await client.openapi() as unknown as Doc
     for (const [name, call] of Object.entries(calls)) {
       seen = []
       await call()
