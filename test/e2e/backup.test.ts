@@ -138,6 +138,8 @@ describe('backup and restore between real networks', () => {
     await expectRestored(singleApi, records)
     await expect(singleApi.get('patient_records', 3)).rejects.toThrow(/not found|deleted/i)
     expect((await singleApi.get('patient_records', 1)).row.address).toBe('second update')
+    // The old network's users came along: its admin's token works here too.
+    expect((await client(single!, token).status()).peerId).toBeDefined()
     const again = await cli(['restore', dir, '--json'], { home: single!.home })
     expect(again.code, again.stderr).toBe(0)
     expect(json(again)).toMatchObject({ records: summary.records, changed: 0 })
