@@ -4,6 +4,7 @@ import { NtsoekheError, ValidationError } from '../errors/index.js'
 import { pageSummary, parseBackupRecord, toBackupRecord } from '../backup/record.js'
 import type { WholeRecord } from '../storage/store.js'
 import { splitLines } from './import.js'
+import { ROUTE_SCHEMAS } from './schemas.js'
 
 /**
  * `GET /v1/backup` streams every record of the network once, with its whole
@@ -43,8 +44,7 @@ export interface RestoreResult {
 }
 
 export function backupRoutes (app: FastifyInstance, backup: BackupSource): void {
-  app.get(BACKUP_ROUTE, async (req, reply) => {
-    if (Object.keys(req.query as object).length > 0) throw new ValidationError('A backup takes no parameters')
+  app.get(BACKUP_ROUTE, { schema: ROUTE_SCHEMAS.backup }, async (req, reply) => {
     req.accessNote = { action: 'backup', reason: 'backup of every table, with history' }
     // Before the answer starts: once it has, a refusal can only cut the stream off.
     backup.checkReadable()
@@ -59,7 +59,7 @@ export function backupRoutes (app: FastifyInstance, backup: BackupSource): void 
     }), { objectMode: false })
   })
 
-  app.post(RESTORE_ROUTE, async req => {
+  app.post(RESTORE_ROUTE, { schema: ROUTE_SCHEMAS.restore }, async req => {
     req.accessNote = { action: 'restore', reason: 'restore of a backup' }
     const type = (String(req.headers['content-type'] ?? '').split(';')[0] ?? '').trim().toLowerCase()
     if (type !== 'application/x-ndjson' && type !== 'application/ndjson') {

@@ -1,5 +1,5 @@
 import { NtsoekheError } from '../errors/index.js'
-import type { VersionEntry } from '../storage/store.js'
+import type { RecordState, VersionEntry } from '../storage/store.js'
 import type { PeerTransport } from './transport.js'
 
 interface Waiting {
@@ -41,6 +41,33 @@ export function chunkGroups<T> (groups: T[], size: (g: T) => number): T[][] {
   return chunkBy(groups, MAX_GROUPS_PER_MESSAGE, [{ size, max: MAX_ENTRIES_PER_MESSAGE }])
 }
 
+/** Most records in one whole-record message (hand-off, anti-entropy) */
+export const MAX_RECORDS_PER_MESSAGE = 512
+
+/**
+ * Splits whole records (state and history) into `records` messages of at
+ * most MAX_RECORDS_PER_MESSAGE records, MAX_ENTRIES_PER_MESSAGE versions,
+ * 50,000 version ids of state and about 4 MiB of rows each (one larger
+ * record goes alone)
+ */
+export function chunkWhole<T extends { state: RecordState, versions: VersionEntry[] }> (records: T[]): T[][] {
+  return chunkBy(records, MAX_RECORDS_PER_MESSAGE, [
+    { size: q => q.versions.length + q.state.heads.length, max: MAX_ENTRIES_PER_MESSAGE },
+    { size: q => q.state.seen.length + q.state.superseded.length, max: 50_000 },
+    { size: q => rowBytes(q.state.heads) + rowBytes(q.versions), max: 4 * 1024 * 1024 }
+  ])
+}
+
+/** About the bytes of some versions' rows as JSON: a bound for a message, not an exact count */
+function rowBytes (versions: VersionEntry[]): number {
+  let n = 0
+  for (const v of versions) {
+    if (v.row === null) continue
+    for (const value of Object.values(v.row)) n += typeof value === 'string' ? value.length + 16 : 24
+  }
+  return n
+}
+
 /** Whether a peer's `{ results: [{ ok }] }` reply says item `i` succeeded */
 export function resultOk (reply: unknown, i: number): boolean {
   return resultAt(reply, i)?.ok === true
@@ -60,10 +87,13 @@ export class ApplyBatcher {
   private readonly transport: PeerTransport
   private readonly timeout: number
   private readonly queues = new Map<string, Waiting[]>()
+  private readonly defer: (fn: () => void) => void
 
-  constructor (transport: PeerTransport, timeout: number) {
+  /** `defer` runs a function after the current turn of the event loop (setImmediate, or the simulation's) */
+  constructor (transport: PeerTransport, timeout: number, defer: (fn: () => void) => void = fn => { setImmediate(fn) }) {
     this.transport = transport
     this.timeout = timeout
+    this.defer = defer
   }
 
   async send (peerId: string, entries: VersionEntry[]): Promise<void> {
@@ -72,7 +102,7 @@ export class ApplyBatcher {
       if (queue === undefined) {
         queue = []
         this.queues.set(peerId, queue)
-        setImmediate(() => { this.flush(peerId) })
+        this.defer(() => { this.flush(peerId) })
       }
       queue.push({ entries, resolve, reject })
     })

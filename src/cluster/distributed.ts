@@ -1,13 +1,14 @@
-import { randomBytes } from 'node:crypto'
 import { ForbiddenError, InvalidMessageError, NtsoekheError, TimeoutError, UnavailableError } from '../errors/index.js'
 import { findTable } from '../schema/index.js'
+import { MAX_COUNT_RANGES } from './messages.js'
 import type { PurgeMarker, RecordState, Store, VersionEntry } from '../storage/store.js'
 import { winner } from '../storage/store.js'
 import type { HybridClock } from '../storage/version.js'
 import { compareVersions } from '../storage/version.js'
 import { AntiEntropy } from './anti-entropy.js'
-import { ApplyBatcher, chunkBy, chunkGroups, MAX_ENTRIES_PER_MESSAGE, resultOk } from './apply-batcher.js'
+import { ApplyBatcher, chunkGroups, chunkWhole, resultOk } from './apply-batcher.js'
 import type { ClusterStatus, Consistency, Coordinator, GroupOutcome, InsertOutcome, Mutation, RequestOptions, ScanPage, ScanRequest, WriteResult } from './coordinator.js'
+import { orderByLiveness, planRecordMove, requiredAcks, type RecordMove } from './decisions.js'
 import { mergeStates, missingHeads } from './merge.js'
 import type { Membership } from './membership.js'
 import { AUDIT_TABLE, checkEntry, checkScanPage, checkState, parseReplicaMessage, type ReplicaMessage } from './messages.js'
@@ -16,6 +17,7 @@ import { mutationKey, orderGroups, orderMutations } from './mutations.js'
 import { HashRing } from './ring.js'
 import { tokenOf } from './token.js'
 import type { PeerTransport } from './transport.js'
+import { REAL_ENV, sleep, type Environment, type TimerHandle } from '../util/env.js'
 
 export interface DistributedCoordinatorComponents {
   store: Store
@@ -24,6 +26,8 @@ export interface DistributedCoordinatorComponents {
   transport: PeerTransport
   membership: Membership
   log?: (msg: string, ...args: unknown[]) => void
+  /** The clock, timers and random draws. @default REAL_ENV (the simulation gives fake time and a seeded generator) */
+  env?: Environment
 }
 
 export interface DistributedCoordinatorInit {
@@ -47,6 +51,15 @@ export interface DistributedCoordinatorInit {
   antiEntropyIntervalMs?: number
   /** Bytes anti-entropy sends per second, in megabits. @default 10 */
   syncBandwidthMbps?: number
+}
+
+/** Rows per table across the network (see DistributedCoordinator.networkRowCounts) */
+export interface NetworkRowCounts {
+  tables: Record<string, number>
+  /** Every token range was counted on one of its owners */
+  complete: boolean
+  /** Members that did not answer: their ranges were counted on the next owners, from their copies */
+  unanswered: string[]
 }
 
 /** What the last rebalance (hand-off of records to their owners after the ring changed) did */
@@ -75,8 +88,10 @@ function sameMembers (a: string[], b: string[]): boolean {
   return a.length === b.length && [...a].sort().join(',') === [...b].sort().join(',')
 }
 
-/** Record states sent to one peer in one hand-off message */
-const REBALANCE_BATCH = 256
+/** Records a rebalance sends per batch (one message per target peer, or a few: see chunkWhole) */
+const REBALANCE_BATCH = 512
+/** Hand-off batches in flight at once: the scan waits while this many await their answers */
+const REBALANCE_WINDOW = 4
 
 /**
  * The networked coordinator. Each key's first live owner on the ring is its
@@ -88,6 +103,10 @@ const REBALANCE_BATCH = 256
  */
 export class DistributedCoordinator implements Coordinator {
   private readonly c: DistributedCoordinatorComponents
+  private readonly env: Environment
+  /** Random write ids, drawn 512 at a time (see newWriteId) */
+  private writeIds: Buffer = Buffer.alloc(0)
+  private writeIdAt = 0
   readonly replicas: number
   readonly writeQuorum: number
   readonly readQuorum: number
@@ -99,7 +118,7 @@ export class DistributedCoordinator implements Coordinator {
   /** Compares and repairs what this node and its co-owners hold (see anti-entropy.ts) */
   readonly antiEntropy: AntiEntropy
   private readonly batcher: ApplyBatcher
-  private handoffTimer?: ReturnType<typeof setInterval>
+  private handoffTimer?: TimerHandle
   private handingOff = false
   private unsubscribe?: () => void
   private readonly vnodes: number | undefined
@@ -107,8 +126,8 @@ export class DistributedCoordinator implements Coordinator {
   private readonly rebalanceIntervalMs: number
   /** Ring members when records last finished moving to their owners */
   private placedFor: string[] = []
-  private rebalanceTimer?: ReturnType<typeof setTimeout>
-  private rebalanceInterval?: ReturnType<typeof setInterval>
+  private rebalanceTimer?: TimerHandle
+  private rebalanceInterval?: TimerHandle
   private rebalancing?: Promise<void>
   private rebalanceAgain = false
   private lastRebalance?: RebalanceStatus['last']
@@ -119,11 +138,14 @@ export class DistributedCoordinator implements Coordinator {
   private stopped = false
   /** Copies of records this node does not own were written here at `one` (sloppyWrite): a rebalance after the next handoff moves them */
   private sloppyHeld = false
+  /** Read repairs sent since start (copies found stale by a read and brought up to date) */
+  readRepairs = 0
   /** Records whose local commit failed after their write was ordered (`table/id`): caught up before the next write */
   private readonly missed = new Set<string>()
 
   constructor (components: DistributedCoordinatorComponents, init: DistributedCoordinatorInit = {}) {
     this.c = components
+    this.env = components.env ?? REAL_ENV
     this.replicas = init.replicas ?? 3
     this.writeQuorum = init.writeQuorum ?? 2
     this.readQuorum = init.readQuorum ?? 2
@@ -134,7 +156,7 @@ export class DistributedCoordinator implements Coordinator {
     this.ring = new HashRing(init.vnodes === undefined ? {} : { vnodes: init.vnodes })
     this.rebalanceDelayMs = init.rebalanceDelayMs ?? 2000
     this.rebalanceIntervalMs = init.rebalanceIntervalMs ?? 600_000
-    this.batcher = new ApplyBatcher(components.transport, this.timeoutMs)
+    this.batcher = new ApplyBatcher(components.transport, this.timeoutMs, this.env.defer)
     components.transport.handle('replica', async (msg, from) => await this.onMessage(msg, from), {
       accept: peer => {
         if (components.membership.mayReplicate(peer)) return true
@@ -157,6 +179,7 @@ export class DistributedCoordinator implements Coordinator {
       mayRead: peer => components.membership.stateOf(peer) !== 'left',
       active: () => !components.membership.leaving,
       observe: version => { components.clock.observe(version) },
+      env: this.env,
       ...(components.log === undefined ? {} : { log: components.log })
     }, {
       timeoutMs: this.timeoutMs,
@@ -178,9 +201,9 @@ export class DistributedCoordinator implements Coordinator {
     this.placedFor = valid ? saved as string[] : this.ring.list().map(m => m.peerId)
     if (!sameMembers(this.placedFor, this.ring.list().map(m => m.peerId))) this.scheduleRebalance(this.rebalanceDelayMs)
     this.unsubscribe = this.c.membership.onChange(() => { this.updateRing() })
-    this.handoffTimer = setInterval(() => { void this.handoff() }, this.handoffIntervalMs)
+    this.handoffTimer = this.env.setInterval(() => { void this.handoff() }, this.handoffIntervalMs)
     this.handoffTimer.unref?.()
-    this.rebalanceInterval = setInterval(() => { this.scheduleRebalance(0) }, this.rebalanceIntervalMs)
+    this.rebalanceInterval = this.env.setInterval(() => { this.scheduleRebalance(0) }, this.rebalanceIntervalMs)
     this.rebalanceInterval.unref?.()
     this.antiEntropy.start()
   }
@@ -188,9 +211,9 @@ export class DistributedCoordinator implements Coordinator {
   async stop (): Promise<void> {
     this.stopped = true
     this.unsubscribe?.()
-    if (this.handoffTimer !== undefined) clearInterval(this.handoffTimer)
-    if (this.rebalanceInterval !== undefined) clearInterval(this.rebalanceInterval)
-    if (this.rebalanceTimer !== undefined) clearTimeout(this.rebalanceTimer)
+    if (this.handoffTimer !== undefined) this.env.clearInterval(this.handoffTimer)
+    if (this.rebalanceInterval !== undefined) this.env.clearInterval(this.rebalanceInterval)
+    if (this.rebalanceTimer !== undefined) this.env.clearTimeout(this.rebalanceTimer)
     await this.antiEntropy.stop()
     await this.rebalancing?.catch(() => {})
   }
@@ -206,8 +229,8 @@ export class DistributedCoordinator implements Coordinator {
   /** Runs a rebalance once the ring has been quiet for `delay` ms (each change restarts the wait) */
   private scheduleRebalance (delay: number): void {
     if (this.stopped) return
-    if (this.rebalanceTimer !== undefined) clearTimeout(this.rebalanceTimer)
-    this.rebalanceTimer = setTimeout(() => {
+    if (this.rebalanceTimer !== undefined) this.env.clearTimeout(this.rebalanceTimer)
+    this.rebalanceTimer = this.env.setTimeout(() => {
       this.rebalanceTimer = undefined
       if (this.rebalancing !== undefined) { this.rebalanceAgain = true; return }
       this.rebalancing = this.rebalance().finally(() => {
@@ -233,86 +256,83 @@ export class DistributedCoordinator implements Coordinator {
     before.setMembers(this.placedFor.map(peerId => ({ peerId })))
     const stats = { finishedAt: 0, records: 0, sent: 0, dropped: 0, failed: 0 }
     const self = this.c.peerId
-    // Pending sends per peer; a batch goes out when full and the sweep waits for it (back-pressure).
-    // A record travels whole: every version it has had (so its history moves with it), then its state.
-    type Outgoing = { state: RecordState, versions: VersionEntry[], done: (ok: boolean) => void }
-    const queues = new Map<string, Outgoing[]>()
-    const flush = async (peer: string): Promise<void> => {
-      const queue = queues.get(peer) ?? []
-      queues.delete(peer)
-      for (const part of chunkOutgoing(queue)) {
-        let ok = part.map(() => false)
-        try {
-          const applied = await this.c.transport.request(peer, 'replica', { type: 'apply', groups: part.map(q => q.versions) }, { timeout: this.timeoutMs * 2 })
-          const merged = await this.c.transport.request(peer, 'replica', { type: 'merge', states: part.map(q => q.state) }, { timeout: this.timeoutMs * 2 })
-          ok = part.map((_, i) => resultOk(applied, i) && resultOk(merged, i))
-        } catch (err) {
-          this.c.log?.('hand-off of %d records to %s failed: %s', part.length, peer, (err as Error).message)
-        }
-        part.forEach((q, i) => { q.done(ok[i] === true) })
-      }
-    }
-    const send = async (peer: string, state: RecordState, versions: VersionEntry[]): Promise<boolean> => {
-      let queue = queues.get(peer)
-      if (queue === undefined) { queue = []; queues.set(peer, queue) }
-      const q = queue
-      const acked = new Promise<boolean>(resolve => { q.push({ state, versions, done: resolve }) })
-      if (q.length >= REBALANCE_BATCH) await flush(peer)
-      return await acked
-    }
     // Where one record goes: to the owners that gained it (this node stays an owner), or to every owner
     // before this node's copy is dropped; undefined when it stays as it is.
-    const plan = (state: RecordState): { targets: string[], drop: boolean, missing: boolean } | undefined => {
+    const plan = (state: { table: string, token: string }): RecordMove | undefined => {
       const global = findTable(state.table)?.shardKey === 'global'
       const owners = this.ring.preferenceList(state.token, global ? this.ring.size : this.replicas)
       const oldOwners = before.preferenceList(state.token, global ? before.size : this.replicas)
-      if (owners.includes(self)) {
-        const sender = oldOwners.find(p => this.c.membership.isAlive(p))
-        const gained = owners.filter(p => p !== self && !oldOwners.includes(p))
-        if (sender !== self || gained.length === 0) return undefined
-        // A newcomer that is down now gets it on a later run: this one counts as failed, so it is retried.
-        const up = gained.filter(p => this.c.membership.stateOf(p) !== 'down')
-        return { targets: up, drop: false, missing: up.length < gained.length }
-      }
-      // A copy this node no longer owns (or never did): every owner must have it before it goes.
-      const targets = owners.filter(p => this.c.membership.stateOf(p) !== 'down')
-      return { targets, drop: targets.length === owners.length, missing: targets.length < owners.length }
+      return planRecordMove(self, owners, oldOwners, p => this.c.membership.stateOf(p))
     }
-    const handle = async (state: RecordState, route: { targets: string[], drop: boolean, missing: boolean }, versions: VersionEntry[]): Promise<void> => {
-      // The sends are queued synchronously, before the first await: the flush below sees all of them.
-      const oks = await Promise.all(route.targets.map(async p => await send(p, state, versions)))
-      if (route.targets.length > 0) stats.sent++
-      const ok = !route.missing && oks.every(Boolean)
-      if (!ok) { stats.failed++; return }
-      if (route.drop && await this.c.store.drop(state)) { stats.dropped++; this.droppedTotal++ }
-    }
-    const batch: RecordState[] = []
-    const processBatch = async (): Promise<void> => {
-      const work = batch.splice(0).map(state => ({ state, route: plan(state) })).filter(w => w.route !== undefined && w.route.targets.length + (w.route.missing ? 1 : 0) > 0)
-      const versions = await Promise.all(work.map(async w => await this.c.store.versions(w.state.table, w.state.token, w.state.id)))
-      const done = work.map(async (w, i) => {
-        await handle(w.state, w.route as NonNullable<typeof w.route>, versions[i] as VersionEntry[]).catch(err => {
-          stats.failed++
-          this.c.log?.('hand-off of %s %s failed: %s', w.state.table, w.state.id, (err as Error).message)
-        })
+    type Route = NonNullable<ReturnType<typeof plan>>
+    // One batch of records: each sent whole (its history and its state) to its targets, one message per
+    // target peer; copies this node gives up are dropped (in one batch) once every owner has them on disk.
+    const handOff = async (work: Array<{ state: RecordState, route: Route }>): Promise<void> => {
+      const history = await Promise.all(work.map(async w => await this.c.store.historyOf(w.state)))
+      const ok = work.map(w => !w.route.missing)
+      const byPeer = new Map<string, number[]>()
+      work.forEach((w, i) => {
+        for (const p of w.route.targets) {
+          const items = byPeer.get(p)
+          if (items === undefined) byPeer.set(p, [i])
+          else items.push(i)
+        }
       })
-      await Promise.all([...queues.keys()].map(flush))
-      await Promise.all(done)
+      await Promise.all([...byPeer].map(async ([peer, items]) => {
+        for (const part of chunkWhole(items.map(i => ({ i, state: (work[i] as { state: RecordState }).state, versions: history[i] as VersionEntry[] })))) {
+          let reply: unknown
+          try {
+            reply = await this.c.transport.request(peer, 'replica', { type: 'records', records: part.map(({ state, versions }) => ({ state, versions })) }, { timeout: this.timeoutMs * 2 })
+          } catch (err) {
+            this.c.log?.('hand-off of %d records to %s failed: %s', part.length, peer, (err as Error).message)
+          }
+          part.forEach((item, j) => { if (!resultOk(reply, j)) ok[item.i] = false })
+        }
+      }))
+      work.forEach((w, i) => {
+        if (w.route.targets.length > 0) stats.sent++
+        if (ok[i] !== true) stats.failed++
+      })
+      const drops = work.filter((w, i) => ok[i] === true && w.route.drop).map(w => w.state)
+      if (drops.length > 0) {
+        const dropped = (await this.c.store.dropMany(drops)).filter(Boolean).length
+        stats.dropped += dropped
+        this.droppedTotal += dropped
+      }
+    }
+    // Batches go out while the scan goes on, up to REBALANCE_WINDOW at once (back-pressure: the scan waits).
+    const inflight = new Set<Promise<void>>()
+    const launch = (work: Array<{ state: RecordState, route: Route }>): void => {
+      if (work.length === 0) return
+      const job = handOff(work).catch(err => {
+        stats.failed += work.length
+        this.c.log?.('hand-off of %d records failed: %s', work.length, (err as Error).message)
+      }).finally(() => { inflight.delete(job) })
+      inflight.add(job)
     }
     try {
-      for await (const state of this.c.store.scanRecords()) {
+      let batch: Array<{ state: RecordState, route: Route }> = []
+      // Placed by key alone: only the records that move are decoded (their rows decrypted).
+      for await (const page of this.c.store.scanPages()) {
         if (this.stopped) break
-        stats.records++
-        batch.push(state)
-        // Bound what is in flight: push out what is queued and wait for it.
-        if (batch.length >= REBALANCE_BATCH * 4) await processBatch()
+        for (const record of page) {
+          stats.records++
+          const route = plan(record)
+          if (route === undefined || (route.targets.length === 0 && !route.missing)) continue
+          batch.push({ state: record.open(), route })
+          if (batch.length < REBALANCE_BATCH) continue
+          launch(batch)
+          batch = []
+        }
+        while (inflight.size >= REBALANCE_WINDOW) await Promise.race(inflight)
       }
-      if (!this.stopped) await processBatch()
+      if (!this.stopped) launch(batch)
     } catch (err) {
       stats.failed++
       this.c.log?.('rebalance stopped: %s', (err as Error).message)
     }
-    stats.finishedAt = Date.now()
+    await Promise.all(inflight)
+    stats.finishedAt = this.env.now()
     this.lastRebalance = stats
     if (stats.sent > 0 || stats.failed > 0) {
       this.c.log?.('rebalance over %d members: %d records looked at, %d handed off, %d copies dropped, %d failed', members.length, stats.records, stats.sent, stats.dropped, stats.failed)
@@ -327,7 +347,7 @@ export class DistributedCoordinator implements Coordinator {
       // Retry, backing off (a member may stay down for a while), but at least as often as the periodic run.
       const wait = Math.min(this.rebalanceDelayMs * 5 * 2 ** this.rebalanceFailures, this.rebalanceIntervalMs)
       this.rebalanceFailures = Math.min(this.rebalanceFailures + 1, 20)
-      setTimeout(() => { this.scheduleRebalance(0) }, wait).unref?.()
+      this.env.setTimeout(() => { this.scheduleRebalance(0) }, wait).unref?.()
     }
   }
 
@@ -337,22 +357,22 @@ export class DistributedCoordinator implements Coordinator {
    * fails at the deadline with what is left.
    */
   async drain (timeoutMs: number): Promise<{ handedOff: number, rounds: number }> {
-    const deadline = Date.now() + timeoutMs
+    const deadline = this.env.now() + timeoutMs
     const droppedBefore = this.droppedTotal
     for (let rounds = 1; ; rounds++) {
       this.scheduleRebalance(0)
       while (this.rebalanceStatus().pending) {
-        if (Date.now() > deadline) throw new UnavailableError(`Leaving: records are still being handed off after ${timeoutMs} ms`)
-        await new Promise(resolve => setTimeout(resolve, 50))
+        if (this.env.now() > deadline) throw new UnavailableError(`Leaving: records are still being handed off after ${timeoutMs} ms`)
+        await sleep(this.env, 50)
       }
       const handedOff = this.droppedTotal - droppedBefore
       let anyLeft = false
       for await (const _ of this.c.store.scanRecords()) { anyLeft = true; break }
       if (!anyLeft) return { handedOff, rounds }
-      if (Date.now() > deadline) {
+      if (this.env.now() > deadline) {
         throw new UnavailableError(`Leaving: records are still held here after ${timeoutMs} ms (${this.lastRebalance?.failed ?? 0} could not be handed off in the last round); try again`)
       }
-      await new Promise(resolve => setTimeout(resolve, Math.min(1000, this.rebalanceDelayMs)))
+      await sleep(this.env, Math.min(1000, this.rebalanceDelayMs))
     }
   }
 
@@ -362,6 +382,57 @@ export class DistributedCoordinator implements Coordinator {
     return this.lastRebalance === undefined ? { pending } : { pending, last: this.lastRebalance }
   }
 
+  /**
+   * Live rows per table across the network, each record counted once: the
+   * token space is cut into ranges (this node's ring), and each range is
+   * counted on one of its owners, the first that is not down. A member that
+   * does not answer has its ranges counted on their next owners, from the
+   * copies those hold; a range none of its owners counted leaves the result
+   * incomplete (`complete: false`).
+   */
+  async networkRowCounts (): Promise<NetworkRowCounts> {
+    const tables: Record<string, number> = {}
+    const unanswered = new Set<string>()
+    let pending = this.ring.ranges(this.replicas).map(r => ({ ...r, next: 0 }))
+    let uncounted = 0
+    while (pending.length > 0) {
+      const byPeer = new Map<string, typeof pending>()
+      for (const r of pending) {
+        while (r.next < r.owners.length && (unanswered.has(r.owners[r.next] as string) || this.c.membership.stateOf(r.owners[r.next] as string) === 'down')) r.next++
+        const owner = r.owners[r.next]
+        if (owner === undefined) { uncounted++; continue }
+        byPeer.set(owner, [...(byPeer.get(owner) ?? []), r])
+      }
+      pending = []
+      await Promise.all([...byPeer].map(async ([peer, ranges]) => {
+        try {
+          const counts = await this.countOn(peer, mergeRanges(ranges))
+          for (const [table, n] of Object.entries(counts)) tables[table] = (tables[table] ?? 0) + n
+        } catch (err) {
+          if (!isNoAnswer(err)) throw err
+          this.c.log?.('row count on %s failed (%s): its ranges go to their next owners', peer, (err as Error).message)
+          unanswered.add(peer)
+          pending.push(...ranges)
+        }
+      }))
+    }
+    const sorted = Object.fromEntries(Object.entries(tables).sort((a, b) => a[0] < b[0] ? -1 : 1))
+    return { tables: sorted, complete: uncounted === 0, unanswered: [...unanswered].sort() }
+  }
+
+  /** Rows per table in `ranges` as `peer` holds them (this node's store for itself), MAX_COUNT_RANGES a message */
+  private async countOn (peer: string, ranges: Array<[string, string]>): Promise<Record<string, number>> {
+    const total: Record<string, number> = {}
+    for (let i = 0; i < ranges.length; i += MAX_COUNT_RANGES) {
+      const chunk = ranges.slice(i, i + MAX_COUNT_RANGES)
+      const counts = peer === this.c.peerId
+        ? await this.c.store.countRowsIn(chunk)
+        : checkCounts(await this.c.transport.request(peer, 'replica', { type: 'count', ranges: chunk }, { timeout: this.timeoutMs }))
+      for (const [table, n] of Object.entries(counts)) total[table] = (total[table] ?? 0) + n
+    }
+    return total
+  }
+
   /** The key's owners, in preference order: N of them, or every member for global tables */
   owners (table: string, token: string): string[] {
     const global = findTable(table)?.shardKey === 'global'
@@ -369,33 +440,18 @@ export class DistributedCoordinator implements Coordinator {
   }
 
   private needed (level: Consistency | undefined, quorum: number, owners: number): number {
-    if (level === 'one') return 1
-    if (level === 'all') return owners
-    return Math.min(quorum, owners)
+    return requiredAcks(level, quorum, owners)
   }
 
   /** Owners ordered for a request: alive first (self first among them), then suspect ones */
   private byLiveness (owners: string[], spread: boolean): string[] {
-    const alive = owners.filter(p => this.c.membership.isAlive(p))
-    const rest = owners.filter(p => !alive.includes(p))
-    if (spread) {
-      const self = alive.filter(p => p === this.c.peerId)
-      const others = alive.filter(p => p !== this.c.peerId)
-      for (let i = others.length - 1; i > 0; i--) {
-        const j = Math.floor(Math.random() * (i + 1))
-        const t = others[i] as string
-        others[i] = others[j] as string
-        others[j] = t
-      }
-      return [...self, ...others, ...rest]
-    }
-    return [...alive, ...rest]
+    return orderByLiveness(owners, this.c.peerId, p => this.c.membership.isAlive(p), spread, this.env.random)
   }
 
   async write (mutations: Mutation[], options: RequestOptions = {}): Promise<WriteResult[]> {
     if (mutations.length === 0) return []
     // One id for this client write, kept on its versions: a retry on another owner recognises it exactly.
-    const writeId = newWriteId()
+    const writeId = this.newWriteId()
     mutations = mutations.map(m => m.writeId === undefined ? { ...m, writeId } : m)
     const first = mutations[0] as Mutation
     const token = tokenOf(first.shard)
@@ -407,15 +463,15 @@ export class DistributedCoordinator implements Coordinator {
     // At `one` the owners share one replication timeout: past it (owners cut off but not yet marked
     // suspect), the write is kept here as a hint for them (sloppyWrite) rather than refused.
     const one = options.consistency === 'one'
-    const deadline = Date.now() + this.timeoutMs
+    const deadline = this.env.now() + this.timeoutMs
     for (const primary of this.byLiveness(owners, false)) {
-      if (primary === this.c.peerId) return await this.coordinateWrite(mutations, options.consistency, retry)
-      if (one && Date.now() >= deadline) continue
+      if (primary === this.c.peerId) return await afterSilence(this.coordinateWrite(mutations, options.consistency, retry), retry, first.shard, this.needed(options.consistency, this.writeQuorum, owners.length))
+      if (one && this.env.now() >= deadline) continue
       try {
         const msg = { type: 'write', mutations, ...(options.consistency === undefined ? {} : { consistency: options.consistency }), ...(retry ? { retry } : {}) }
         // The primary itself waits up to timeoutMs for its replicas: give it that and a round trip more.
         // At `one` it waits for no replica, and the whole write is bounded by the replication timeout.
-        if (one) return await withTimeout(this.c.transport.request(primary, 'replica', msg, { timeout: deadline - Date.now() }), deadline - Date.now(), primary) as WriteResult[]
+        if (one) return await withTimeout(this.env, this.c.transport.request(primary, 'replica', msg, { timeout: deadline - this.env.now() }), deadline - this.env.now(), primary) as WriteResult[]
         return await this.c.transport.request(primary, 'replica', msg, { timeout: this.forwardTimeout }) as WriteResult[]
       } catch (err) {
         // At `one` a silent owner is passed over like an unreachable one. It may have applied the write:
@@ -433,13 +489,13 @@ export class DistributedCoordinator implements Coordinator {
           throw new NtsoekheError('UNAVAILABLE', `${first.shard}: the primary did not answer in time; the write may or may not have been applied (retry with the same Idempotency-Key)`, { cause: err, durable: 0, required, outcome: 'unknown' })
         }
         // The primary is unreachable, or no longer thinks it owns the key: the next owner takes over.
-        if (!isUnreachable(err)) throw err
+        if (!isUnreachable(err)) throw retry ? unknownOutcome(err, first.shard, this.needed(options.consistency, this.writeQuorum, owners.length)) : err
         this.c.log?.('primary %s unreachable for %s: %s', primary, first.shard, (err as Error).message)
         lastError = err
         retry = true
       }
     }
-    if (one) return await this.sloppyWrite(mutations, owners, retry)
+    if (one) return await afterSilence(this.sloppyWrite(mutations, owners, retry), retry, first.shard, 1)
     throw new UnavailableError(`No owner of ${first.shard} could take the write`, { cause: lastError })
   }
 
@@ -455,6 +511,7 @@ export class DistributedCoordinator implements Coordinator {
    */
   private async sloppyWrite (mutations: Mutation[], owners: string[], retry: boolean): Promise<WriteResult[]> {
     const first = mutations[0] as Mutation
+    await this.c.store.assertWritable()
     const recalled = await recallWrites(this.c.store, mutations)
     let ordered: { entries: VersionEntry[], results: WriteResult[] } = { entries: [], results: [] }
     await this.c.store.transact(mutations.map(mutationKey), states => {
@@ -480,6 +537,8 @@ export class DistributedCoordinator implements Coordinator {
     if (!owners.includes(this.c.peerId)) {
       throw new NtsoekheError('NOT_OWNER', `${this.c.peerId} does not own ${first.shard}`)
     }
+    // A full disk refuses here, before anything is ordered or sent: the refusal is then the whole truth.
+    await this.c.store.assertWritable()
     await this.catchUp(mutations, owners, level, retry)
     const recalled = await recallWrites(this.c.store, mutations)
     let ordered: { entries: VersionEntry[], results: WriteResult[] } = { entries: [], results: [] }
@@ -588,6 +647,12 @@ export class DistributedCoordinator implements Coordinator {
       if ((ownersOf[i] as string[]).includes(this.c.peerId)) owned.push(i)
       else outcomes[i] = { ok: false, error: { code: 'NOT_OWNER', message: `${this.c.peerId} does not own ${(g[0] as Mutation).shard}` } }
     })
+    try {
+      await this.c.store.assertWritable()
+    } catch (err) {
+      for (const gi of owned) outcomes[gi] = { ok: false, error: errorBody(err) }
+      return outcomes
+    }
     // As in coordinateWrite: updates and deletes are ordered against an up-to-date copy. A group whose
     // owners cannot be asked fails alone.
     const caughtUp = await Promise.all(owned.map(async (gi) => {
@@ -653,6 +718,8 @@ export class DistributedCoordinator implements Coordinator {
       let settled = false
       // An owner that timed out may still have applied the write: the outcome is then unknown, not partial.
       let uncertain = false
+      // Why owners missed it (a full disk, a timeout), named in the refusal
+      const reasons: string[] = []
       const done = (): void => {
         if (settled) return
         if (acks >= target) { settled = true; resolve() } else if (acks + failures === voters) {
@@ -661,16 +728,18 @@ export class DistributedCoordinator implements Coordinator {
           const durable = durableHere + acks
           const required = durableHere + target
           const outcome = uncertain ? 'unknown' : 'partial'
-          reject(new NtsoekheError('UNAVAILABLE', `${what}: the write is durable on ${durable} of the ${required} owners required; ${outcome === 'unknown' ? 'an owner that did not answer may have it too' : 'it will reach the others when they return'} (retry with the same Idempotency-Key to finish it)`, { durable, required, outcome }))
+          const why = reasons.length === 0 ? '' : ` [${reasons.join('; ')}]`
+          reject(new NtsoekheError('UNAVAILABLE', `${what}: the write is durable on ${durable} of the ${required} owners required; ${outcome === 'unknown' ? 'an owner that did not answer may have it too' : 'it will reach the others when they return'} (retry with the same Idempotency-Key to finish it)${why}`, { durable, required, outcome }))
         }
       }
-      local?.then(() => { acks++; done() }, () => { failures++; uncertain = true; done() })
+      local?.then(() => { acks++; done() }, err => { failures++; uncertain = true; reasons.push(`${this.c.peerId}: ${(err as Error).message}`); done() })
       for (const peer of peers) {
         const send = this.c.membership.stateOf(peer) === 'down'
           ? Promise.reject(new UnavailableError(`${peer} is down`))
           : this.batcher.send(peer, entries)
         send.then(() => { acks++; done() }, async err => {
           if (err instanceof TimeoutError) uncertain = true
+          reasons.push(`${peer}: ${(err as Error).message}`)
           this.c.log?.('replica %s missed %s: %s; keeping a hint', peer, what, (err as Error).message)
           await this.c.store.addHint(peer, entries).catch(e => { this.c.log?.('hint for %s lost: %s', peer, (e as Error).message) })
           failures++
@@ -694,7 +763,7 @@ export class DistributedCoordinator implements Coordinator {
           ? await this.c.store.get(table, token, id)
           : readReply(await this.c.transport.request(peer, 'replica', { type: 'read', table, id, token }, { timeout: this.timeoutMs }), { table, id, token }))
       // With a copy here, owners that do not answer (one after another) hold the read up for one timeout at most.
-      answers = held === undefined ? await asked : await withTimeout(asked, this.timeoutMs, table)
+      answers = held === undefined ? await asked : await withTimeout(this.env, asked, this.timeoutMs, table)
     } catch (err) {
       if (held === undefined || !isNoAnswer(err)) throw err
       return held
@@ -720,7 +789,7 @@ export class DistributedCoordinator implements Coordinator {
         peer === this.c.peerId
           ? await this.c.store.versions(table, token, id)
           : historyReply(await this.c.transport.request(peer, 'replica', { type: 'history', table, id, token }, { timeout: this.timeoutMs }), table, id))
-      answers = held.length === 0 ? await asked : await withTimeout(asked, this.timeoutMs, table)
+      answers = held.length === 0 ? await asked : await withTimeout(this.env, asked, this.timeoutMs, table)
     } catch (err) {
       if (held.length === 0 || !isNoAnswer(err)) throw err
       answers = new Map()
@@ -781,6 +850,7 @@ export class DistributedCoordinator implements Coordinator {
       const job = peer === this.c.peerId
         ? this.c.store.merge([merged])
         : this.c.transport.request(peer, 'replica', { type: 'merge', states: [merged] }, { timeout: this.timeoutMs })
+      this.readRepairs++
       void job.catch(err => { this.c.log?.('read repair of %s on %s failed: %s', merged.id, peer, (err as Error).message) })
     }
   }
@@ -886,10 +956,12 @@ export class DistributedCoordinator implements Coordinator {
     }
     const msg: ReplicaMessage = parseReplicaMessage(raw)
     // A member that left may still hand over what it holds (its records, its hints), but reads nothing more.
-    if (from !== this.c.peerId && this.c.membership.stateOf(from) === 'left' && msg.type !== 'apply' && msg.type !== 'merge' && msg.type !== 'purge') {
+    if (from !== this.c.peerId && this.c.membership.stateOf(from) === 'left' && msg.type !== 'apply' && msg.type !== 'merge' && msg.type !== 'records' && msg.type !== 'purge') {
       throw new ForbiddenError(`${from} has left the network: it may only hand over what it holds`)
     }
     switch (msg.type) {
+      case 'count':
+        return { tables: await this.c.store.countRowsIn(msg.ranges) }
       case 'write':
         return await this.coordinateWrite(msg.mutations, msg.consistency, msg.retry === true)
       case 'writeGroups':
@@ -912,6 +984,20 @@ export class DistributedCoordinator implements Coordinator {
         }))
         return { results }
       }
+      case 'records': {
+        if (this.c.membership.leaving) return this.refuseWhileLeaving(msg.records.length)
+        for (const r of msg.records) {
+          for (const h of r.state.heads) this.c.clock.observe(h.version)
+          for (const e of r.versions) this.c.clock.observe(e.version)
+        }
+        try {
+          await this.c.store.receive(msg.records)
+          return { results: msg.records.map(() => ({ ok: true })) }
+        } catch (err) {
+          this.c.log?.('taking %d records from %s failed: %s', msg.records.length, from, (err as Error).message)
+          return { results: msg.records.map(() => ({ ok: false, error: { code: 'INTERNAL', message: (err as Error).message } })) }
+        }
+      }
       case 'merge': {
         if (this.c.membership.leaving) return this.refuseWhileLeaving(msg.states.length)
         for (const st of msg.states) for (const h of st.heads) this.c.clock.observe(h.version)
@@ -931,7 +1017,7 @@ export class DistributedCoordinator implements Coordinator {
         return await this.c.store.scan(msg.table, { where: msg.where, limit: msg.limit, ...(msg.after === undefined ? {} : { after: msg.after }), ...(msg.token === undefined ? {} : { token: msg.token }) })
       case 'purge': {
         this.c.clock.observe(msg.version)
-        const held = await this.c.store.purge({ table: msg.table, id: msg.id, token: msg.token, version: msg.version, time: Date.now() })
+        const held = await this.c.store.purge({ table: msg.table, id: msg.id, token: msg.token, version: msg.version, time: this.env.now() })
         this.c.log?.('purged %s %s at the request of %s', msg.table, msg.id, from)
         return { ok: true, held }
       }
@@ -950,7 +1036,7 @@ export class DistributedCoordinator implements Coordinator {
    * so a late copy (a hint, a hand-off, a read repair) does not bring it back.
    */
   async purge (table: string, id: string, shard: string): Promise<number> {
-    const marker: PurgeMarker = { table, id, token: tokenOf(shard), version: this.c.clock.tick(), time: Date.now() }
+    const marker: PurgeMarker = { table, id, token: tokenOf(shard), version: this.c.clock.tick(), time: this.env.now() }
     await this.c.store.purge(marker)
     const { time: _, ...msg } = marker
     const others = this.c.membership.members().filter(m => m.peerId !== this.c.peerId && m.state !== 'left').map(m => m.peerId)
@@ -967,6 +1053,17 @@ export class DistributedCoordinator implements Coordinator {
       }
     }))
     return 1 + reached.filter(Boolean).length
+  }
+
+  /** A random 64-bit write id in hex, cut from a pool drawn 512 at a time (one `randomBytes` call per write cost 1.5% of a daemon's CPU) */
+  private newWriteId (): string {
+    if (this.writeIdAt + 8 > this.writeIds.length) {
+      this.writeIds = this.env.randomBytes(4096)
+      this.writeIdAt = 0
+    }
+    const id = this.writeIds.toString('hex', this.writeIdAt, this.writeIdAt + 8)
+    this.writeIdAt += 8
+    return id
   }
 
   /** Hinted handoff: hands the versions a replica missed to it once it is back */
@@ -1019,14 +1116,6 @@ export class DistributedCoordinator implements Coordinator {
   }
 }
 
-/** Hand-off messages: at most REBALANCE_BATCH records, MAX_ENTRIES_PER_MESSAGE versions, and 50,000 version ids of state each (one larger record goes alone) */
-function chunkOutgoing<T extends { state: RecordState, versions: VersionEntry[] }> (queue: T[]): T[][] {
-  return chunkBy(queue, REBALANCE_BATCH, [
-    { size: q => q.versions.length, max: MAX_ENTRIES_PER_MESSAGE },
-    { size: q => q.state.seen.length + q.state.superseded.length, max: 50_000 }
-  ])
-}
-
 /** A peer's answer to `read`, checked before it is merged or repaired into this node's store */
 function readReply (reply: unknown, expect: { table: string, id: string, token: string }): RecordState | undefined {
   const state = (reply as { state?: unknown } | null)?.state
@@ -1048,6 +1137,29 @@ function errorBody (err: unknown): { code: string, message: string, column?: str
   return err instanceof NtsoekheError ? err.toJSON() : { code: 'INTERNAL', message: (err as Error)?.message ?? String(err) }
 }
 
+/** `[from, to)` token ranges as pairs, sorted, touching ones joined */
+function mergeRanges (ranges: ReadonlyArray<{ from: string, to: string }>): Array<[string, string]> {
+  const out: Array<[string, string]> = []
+  for (const r of [...ranges].sort((a, b) => a.from < b.from ? -1 : 1)) {
+    const last = out[out.length - 1]
+    if (last !== undefined && last[1] === r.from && r.from !== '') last[1] = r.to
+    else out.push([r.from, r.to])
+  }
+  return out
+}
+
+/** A peer's answer to `count`: table names and non-negative integer counts */
+function checkCounts (reply: unknown): Record<string, number> {
+  const tables = (reply as { tables?: unknown } | null)?.tables
+  if (tables === null || typeof tables !== 'object' || Array.isArray(tables)) throw new InvalidMessageError('replica: malformed count reply')
+  const out: Record<string, number> = {}
+  for (const [table, n] of Object.entries(tables as Record<string, unknown>)) {
+    if (!Number.isSafeInteger(n) || (n as number) < 0 || table.length > 100) throw new InvalidMessageError('replica: malformed count reply')
+    out[table] = n as number
+  }
+  return out
+}
+
 /** Errors that mean "this peer did not answer", as opposed to a refusal the caller must see */
 /**
  * For reads: an error that means "this replica gave no usable answer", as
@@ -1064,30 +1176,35 @@ export function isUnreachable (err: unknown): boolean {
   return err instanceof NtsoekheError && err.code === 'NOT_OWNER'
 }
 
+/**
+ * After an owner failed or went silent in the middle of a write (`retry`),
+ * it may have applied it: a refusal by the next owner, which ordered the
+ * write against a copy that lacks it (404, 409, 412), is then not the truth.
+ */
+async function afterSilence<T> (work: Promise<T>, retry: boolean, shard: string, required: number): Promise<T> {
+  try {
+    return await work
+  } catch (err) {
+    throw retry ? unknownOutcome(err, shard, required) : err
+  }
+}
+
+/** A refusal that may be wrong (see afterSilence) as what is true: the outcome is unknown */
+function unknownOutcome (err: unknown, shard: string, required: number): unknown {
+  if (!(err instanceof NtsoekheError) || !['NOT_FOUND', 'CONFLICT', 'PRECONDITION_FAILED'].includes(err.code)) return err
+  return new NtsoekheError('UNAVAILABLE', `${shard}: an owner that did not answer may have applied the write, and the next refused it (${err.message}); the write may or may not have been applied (retry with the same Idempotency-Key)`, { cause: err, durable: 0, required, outcome: 'unknown' })
+}
+
 /** `promise`, or a TimeoutError after `ms` (`what` names the peer or table) */
-async function withTimeout<T> (promise: Promise<T>, ms: number, what: string): Promise<T> {
-  let timer: ReturnType<typeof setTimeout> | undefined
+async function withTimeout<T> (env: Environment, promise: Promise<T>, ms: number, what: string): Promise<T> {
+  let timer: TimerHandle | undefined
   const timeout = new Promise<never>((_resolve, reject) => {
-    timer = setTimeout(() => { reject(new TimeoutError(`${what}: no answer within ${ms} ms`)) }, Math.max(ms, 0))
+    timer = env.setTimeout(() => { reject(new TimeoutError(`${what}: no answer within ${ms} ms`)) }, Math.max(ms, 0))
   })
   promise.catch(() => {})
   try {
     return await Promise.race([promise, timeout])
   } finally {
-    clearTimeout(timer)
+    env.clearTimeout(timer)
   }
-}
-
-let writeIds = Buffer.alloc(0)
-let writeIdAt = 0
-
-/** A random 64-bit write id in hex, cut from a pool drawn 512 at a time (one `randomBytes` call per write cost 1.5% of a daemon's CPU) */
-function newWriteId (): string {
-  if (writeIdAt + 8 > writeIds.length) {
-    writeIds = randomBytes(4096)
-    writeIdAt = 0
-  }
-  const id = writeIds.toString('hex', writeIdAt, writeIdAt + 8)
-  writeIdAt += 8
-  return id
 }

@@ -146,6 +146,15 @@ export class UnavailableError extends NtsoekheError {
   constructor (message: string, options: ErrorOptions = {}) { super('UNAVAILABLE', message, options) }
 }
 
+/**
+ * This node's disk is full: it takes no writes (as coordinator or replica)
+ * until space is freed, and goes on serving reads. Nothing was written here.
+ */
+export class StorageFullError extends NtsoekheError {
+  override name = 'StorageFullError'
+  constructor (message: string, options: ErrorOptions = {}) { super('UNAVAILABLE', message, options) }
+}
+
 export class TimeoutError extends NtsoekheError {
   override name = 'TimeoutError'
   constructor (message: string, options: ErrorOptions = {}) { super('TIMEOUT', message, options) }

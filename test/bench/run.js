@@ -14,6 +14,7 @@
 // 20000), BENCH_ORBITDB_ROWS (default 500), BENCH_HEAL_ROWS (rows in the healing section, default
 // 100000), BENCH_HEAL_UPDATES (updates of one row in the healing section, default 10000); at the
 // defaults that section took 5.4 min on 2 cores (join ~90 s, the 10,000 updates the rest).
+// BENCH_CHAOS_RUNS (short chaos runs in the chaos section, default 1), BENCH_CHAOS_SEED (default 1).
 // BENCH_BACKUP_ROWS: rows backed up and restored in the backup section (default 100000).
 import { spawn } from 'node:child_process'
 import { createReadStream, existsSync, readFileSync, rmSync } from 'node:fs'
@@ -67,10 +68,15 @@ const PG_ROWS = positiveInt(process.env.BENCH_PG_ROWS, 100_000)
 const PG_SECONDS = positiveInt(process.env.BENCH_PG_SECONDS, 5)
 const GOAL_READS_VS_PG = 0.3
 
+/** The chaos section's runs (a short chaos run each, ~1 min) and the seed of the first (the others follow it) */
+const CHAOS_RUNS = positiveInt(process.env.BENCH_CHAOS_RUNS, 1)
+const CHAOS_SEED = positiveInt(process.env.BENCH_CHAOS_SEED, 1)
+
 const BACKUP_ROWS = positiveInt(process.env.BENCH_BACKUP_ROWS, 100_000)
 const GOAL_BACKUP = 0.25
 
-const ALL_SECTIONS = { singleNode, security, cluster, healing, readsById, backup }
+const ALL_SECTIONS = { singleNode, security, cluster, healing, readsById, chaos, backup }
+
 /** BENCH_ONLY=security,cluster runs only those sections (for work on one of them); BENCHMARKS.md is then not written */
 const ONLY = process.env.BENCH_ONLY?.split(',').map(s => s.trim()).filter(s => s !== '')
 const sections = ONLY === undefined ? Object.values(ALL_SECTIONS) : ONLY.map(name => {
@@ -715,6 +721,40 @@ over the socket, another updated once; after a clean stop this script opens the
 store with \`level\` and takes the length of each record's stored JSON value (the
 record, not its history entries). Peak RSS of the four cluster daemons (VmHWM):
 ${rss.map(kb => `${fmtInt(Math.round(kb / 1024))}`).join(' / ')} MiB. Load average ${loadStart} at the start of this section, ${loadAvg()} at its end.
+`
+}
+
+/**
+ * The time from heal to convergence in the chaos suite (test/chaos/chaos.js):
+ * short runs on fixed seeds, each its own daemons, namespaces and cleanup.
+ */
+async function chaos () {
+  const { runChaos } = await import('../chaos/chaos.js')
+  const loadStart = loadAvg()
+  const runs = []
+  for (let k = 0; k < CHAOS_RUNS; k++) {
+    const seed = CHAOS_SEED + k
+    log(`chaos: short run, seed ${seed}`)
+    const lines = []
+    const r = await runChaos({ profile: 'short', seed, log: line => { lines.push(line); log(line) } })
+    if (!r.ok) throw new Error(`the chaos run on seed ${seed} failed:\n${lines.join('\n')}`)
+    runs.push({ seed, ...r, mode: lines[0]?.includes('network namespace') === true ? 'a network namespace per daemon' : 'loopback' })
+  }
+  return `## Chaos: heal to convergence
+
+| measure | value | runs |
+|---|---|---|
+| time from heal to convergence, short chaos run (median) | ${fmt(medianRun(runs, 'convergedSeconds').convergedSeconds, 1)} s | ${runs.map(r => `seed ${r.seed}: ${fmt(r.convergedSeconds, 1)} s`).join(', ')} |
+| acknowledged writes (sets / register / batch), lost | ${runs.map(r => r.results.map(w => fmtInt(w.acked)).join(' / ')).join('; ')} | lost ${runs.reduce((n, r) => n + r.results.reduce((m, w) => m + w.lost, 0), 0)} |
+
+Method. \`runChaos({ profile: 'short' })\` of the chaos suite (\`npm run chaos -- --short --seed <n>\`):
+four daemons (${runs[0]?.mode}), sets, register and batch workloads for 25 s under kill -9,
+a partition, SIGSTOP and a full disk, one node's clock skewed all along. The time runs
+from the heal (links restored, paused daemons resumed, killed ones restarted) until the
+checker finds every member alive, no hints, no rebalance pending, every record on exactly
+its owners with equal heads and every range summary equal to its records'; meanwhile
+it asks every node for an anti-entropy round (\`POST /v1/repair\`) every half second
+or so. Load average ${loadStart} at the start of this section, ${loadAvg()} at its end.
 `
 }
 
