@@ -88,10 +88,9 @@ export class BackupService {
       else pieces.push({ from: (arc.after as string) + '"', to: arc.upTo + '"', reader })
     }
     // The tokens after the last point belong to the first arc.
-    const tail = { from: (arcs[arcs.length - 1] as { upTo: string }).upTo + '"', reader: head }
     const last = pieces[pieces.length - 1] as BackupPiece
-    if (last.reader === head && pieces.length > 1) delete last.to
-    else pieces.push(tail)
+    if (last.reader === head) delete last.to
+    else pieces.push({ from: (arcs[arcs.length - 1] as { upTo: string }).upTo + '"', reader: head })
     return pieces
   }
 

@@ -27,15 +27,15 @@ function client (d: TestDaemon, token: string): NtsoekheClient {
 }
 
 /** A new network of `size` daemons (the first creates it, the others join by invite), every member seen alive, and its admin's token */
-async function network (size: number): Promise<{ nodes: TestDaemon[], token: string }> {
-  const first = await startDaemon()
+async function network (size: number, args: string[] = []): Promise<{ nodes: TestDaemon[], token: string }> {
+  const first = await startDaemon({ args })
   daemons.push(first)
   const token = await adminToken(first.home)
   const nodes = [first]
   if (size > 1) {
     const { invite } = await client(first, token).invite()
     for (let i = 1; i < size; i++) {
-      const d = await startDaemon({ args: ['--join', invite] })
+      const d = await startDaemon({ args: ['--join', invite, ...args] })
       daemons.push(d)
       nodes.push(d)
     }
@@ -138,6 +138,8 @@ describe('backup and restore between real networks', () => {
     await expectRestored(singleApi, records)
     await expect(singleApi.get('patient_records', 3)).rejects.toThrow(/not found|deleted/i)
     expect((await singleApi.get('patient_records', 1)).row.address).toBe('second update')
+    // The old network's users came along: its admin's token works here too.
+    expect((await client(single!, token).status()).peerId).toBeDefined()
     const again = await cli(['restore', dir, '--json'], { home: single!.home })
     expect(again.code, again.stderr).toBe(0)
     expect(json(again)).toMatchObject({ records: summary.records, changed: 0 })
@@ -209,4 +211,25 @@ describe('backup and restore between real networks', () => {
     const deniedEntry = await waitForValue('the denied backup in the audit trail', async () => (await api.audit({ user: 'dr_backup' })).entries.find(e => e.action === 'admin' && e.outcome === 'denied'))
     expect(deniedEntry.status).toBe(403)
   }, 300_000)
+
+  it('with N = 2 on three members, reads the ranges it does not own from their owners, each record once', async () => {
+    const { nodes, token } = await network(3, ['--replicas', '2'])
+    const api = client(nodes[0]!, token)
+    for (let i = 1; i <= 60; i++) await api.insert('patient_records', e2ePatient(i))
+    await api.update('patient_records', 7, { address: 'moved' })
+    // Each node holds about two thirds of the rows: no one holds them all.
+    const local = await Promise.all(nodes.map(async d => (await client(d, token).ring()).localRows.patient_records as number))
+    expect(local.every(n => n < 60)).toBe(true)
+    const dir = join(await makeHome(), 'bk')
+    const made = await cli(['backup', dir, '--json'], { home: nodes[1]!.home, token })
+    expect(made.code, made.stderr).toBe(0)
+    const records = await backupRecords(dir, 'patient_records')
+    expect([...records.keys()].sort((a, b) => Number(a) - Number(b))).toEqual(Array.from({ length: 60 }, (_, i) => String(i + 1)))
+    expect(json(made).tables.patient_records.records).toBe(60)
+    expect(records.get('7')!.versions.map(v => v.row?.address)).toEqual(['7 Main St', 'moved'])
+    const { nodes: [single], token: singleToken } = await network(1)
+    const restored = await cli(['restore', dir, '--json'], { home: single!.home })
+    expect(restored.code, restored.stderr).toBe(0)
+    await expectRestored(client(single!, singleToken), records)
+  }, 180_000)
 })
