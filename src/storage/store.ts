@@ -548,11 +548,23 @@ export class Store {
   }
 
   /**
+   * Whether this replica holds a record whole, as a peer describes it (by
+   * version ids only): every version in `versions` stored, every one in
+   * `seen` seen and every one in `superseded` known replaced here. A peer
+   * asks before it sends a record it must know to be here (see `holds` in
+   * the replica protocol).
+   */
+  holds (record: { table: string, token: string, id: string, seen: string[], superseded: string[], versions: string[] }): boolean {
+    this.checkOpen()
+    return this.holdsWhole(recordKey(record.token, record.table, record.id), record, record.versions)
+  }
+
+  /**
    * Whether this replica already holds all of a peer's record: every version
    * stored (as a head or in history) and everything the peer knows seen or
    * replaced known here. Read from the stored record without opening its rows.
    */
-  private holdsWhole (key: string, state: RecordState, versions: string[]): boolean {
+  private holdsWhole (key: string, state: Pick<RecordState, 'seen' | 'superseded'>, versions: string[]): boolean {
     if (this.purged.has(key)) return false
     const stored = this.records.getSync(key) as StoredRecord | undefined
     if (stored === undefined) return false
