@@ -333,7 +333,9 @@ export class DistributedCoordinator implements Coordinator {
           stats.records++
           const route = plan(record)
           if (route === undefined || (route.targets.length === 0 && !route.missing)) continue
-          batch.push({ state: record.open(), route })
+          const state = record.open()
+          if (state === undefined) continue
+          batch.push({ state, route })
           if (batch.length < REBALANCE_BATCH) continue
           launch(batch)
           batch = []

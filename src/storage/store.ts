@@ -903,13 +903,18 @@ export class Store {
     }
   }
 
-  /** Up to `limit` records of one leaf of the token space after `after` (a record key), each with its digest */
-  async recordDigests (leaf: number, options: { after?: string, limit: number }): Promise<Array<{ key: string, token: string, table: string, id: string, digest: string, heads: string[] }>> {
+  /**
+   * Up to `limit` records of one leaf of the token space (or of the leaves
+   * from `leaf` through `through`) after `after` (a record key), each with
+   * its digest and head versions
+   */
+  async recordDigests (leaf: number, options: { after?: string, limit: number, through?: number }): Promise<Array<{ key: string, token: string, table: string, id: string, digest: string, heads: string[] }>> {
     this.checkOpen()
     const prefix = leafPrefix(leaf)
+    const end = leafPrefix(options.through ?? leaf) + '\xff'
     const out: Array<{ key: string, token: string, table: string, id: string, digest: string, heads: string[] }> = []
     const range = options.after !== undefined && options.after > prefix ? { gt: options.after } : { gte: prefix }
-    for await (const [k, v] of this.records.iterator({ ...range, lt: prefix + '\xff', limit: options.limit })) {
+    for await (const [k, v] of this.records.iterator({ ...range, lt: end, limit: options.limit })) {
       const [token, table, id] = k.split(SEP, 3) as [string, string, string]
       const heads = (v as StoredRecord).heads.map(h => h.version)
       out.push({ key: k, token, table, id, digest: recordDigest(k, heads).toString('hex'), heads })
@@ -960,30 +965,34 @@ export class Store {
   /** Every record state whose token lies in [from, to), for hand-off and anti-entropy */
   async * scanRecords (range: { from?: string, to?: string } = {}): AsyncGenerator<RecordState> {
     for await (const page of this.scanPages(range)) {
-      for (const r of page) yield r.open()
+      for (const r of page) {
+        const state = r.open()
+        if (state !== undefined) yield state
+      }
     }
   }
 
   /**
-   * Every record whose token lies in [from, to), in key order, a page at a
-   * time: its table, token and id, and `open()`, which decodes it (its rows
-   * decrypted) only when the caller wants it (a rebalance looks at every
-   * record and sends a few).
+   * Every record whose token lies in [from, to), in key order, a page of
+   * keys at a time: its table, token and id, and `open()`, which reads and
+   * decodes it (its rows decrypted) only when the caller wants it, as it is
+   * then (undefined if it is gone): a rebalance looks at every record and
+   * sends a few.
    */
-  async * scanPages (range: { from?: string, to?: string } = {}, pageSize = SCAN_PAGE): AsyncGenerator<Array<{ table: string, token: string, id: string, open: () => RecordState }>> {
+  async * scanPages (range: { from?: string, to?: string } = {}, pageSize = SCAN_PAGE): AsyncGenerator<Array<{ table: string, token: string, id: string, open: () => RecordState | undefined }>> {
     this.checkOpen()
     const opts: { gte?: string, lt?: string } = {}
     if (range.from !== undefined) opts.gte = range.from
     if (range.to !== undefined) opts.lt = range.to
-    const iterator = this.records.iterator(opts)
+    const iterator = this.records.keys(opts)
     try {
       for (;;) {
         // nextv: a page per call into LevelDB, not a promise per record.
-        const entries = await iterator.nextv(pageSize) as Array<[string, StoredRecord]>
-        if (entries.length === 0) return
-        yield entries.map(([k, v]) => {
+        const keys = await iterator.nextv(pageSize) as string[]
+        if (keys.length === 0) return
+        yield keys.map(k => {
           const [token, table, id] = k.split(SEP, 3) as [string, string, string]
-          return { table, token, id, open: () => this.decodeRecord(table, token, id, v) }
+          return { table, token, id, open: () => this._get(table, token, id) }
         })
       }
     } finally {

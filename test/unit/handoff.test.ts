@@ -1,5 +1,6 @@
 import { join } from 'node:path'
 import { afterEach, describe, expect, it } from 'vitest'
+import { leafRuns } from '../../src/cluster/anti-entropy.js'
 import { chunkWhole, MAX_ENTRIES_PER_MESSAGE, MAX_RECORDS_PER_MESSAGE } from '../../src/cluster/apply-batcher.js'
 import { DistributedCoordinator } from '../../src/cluster/distributed.js'
 import type { Signer } from '../../src/cluster/member-claims.js'
@@ -145,6 +146,11 @@ describe('whole records: one batch per message', () => {
 })
 
 describe('anti-entropy: what differs travels once', () => {
+  it('reads runs of consecutive leaves as one range', () => {
+    expect(leafRuns([])).toEqual([])
+    expect(leafRuns([3, 4, 5, 9, 11, 12, 65535])).toEqual([[3, 5], [9, 9], [11, 12], [65535, 65535]])
+  })
+
   it('a record stale on this node is pulled and not pushed back; one newer here is pushed', async () => {
     net = await createTestnet(2, { replicas: 3 })
     await net.converge(2)
