@@ -529,7 +529,9 @@ export class Store {
         }
         if (!states.has(key)) {
           if (this.holdsWhole(key, r.state, [...versions.keys()])) return 'known'
-          states.set(key, this._get(table, token, id))
+          const stored = this._get(table, token, id)
+          if (stored === undefined && this.stageFirst(key, r.state, versions, states, ops, touched)) return 'merged'
+          states.set(key, stored)
         }
         let changed = false
         // Parents before children: a version sorts above its parents (see HybridClock.tickAfter).
@@ -545,6 +547,28 @@ export class Store {
     } finally {
       release()
     }
+  }
+
+  /**
+   * A record new here that has had one version only (the usual record a
+   * hand-off carries) staged as insertOnce stages one: put as its
+   * one-version state, without building it version by version. Returns
+   * false, staging nothing, for any other record.
+   */
+  private stageFirst (key: string, state: RecordState, versions: Map<string, VersionEntry>, states: Map<string, RecordState | undefined>, ops: BatchOp[], touched: SummaryChange[]): boolean {
+    const head = state.heads[0]
+    if (head === undefined || state.heads.length !== 1 || versions.size !== 1 || head.parents.length > 0 || head.row === null) return false
+    if (state.superseded.length > 0 || state.seen.length !== 1 || state.seen[0] !== head.version || this.purged.has(key)) return false
+    ops.push({ type: 'put', key: this.records.prefix + key, value: this.encodeFirstVersion(head) })
+    const pos = head.token + SEP + head.id
+    ops.push({ type: 'put', key: this.tables.prefix + head.table + SEP + pos, value: '1' })
+    for (const col of this.indexes[head.table] ?? []) {
+      const v = head.row[col]
+      if (v !== null && v !== undefined) ops.push(put(this.index, this.indexKey(head.table, col, v, pos), 1))
+    }
+    this.noteHeads(touched, key, head.token, undefined, [head.version])
+    states.set(key, { table: head.table, id: head.id, token: head.token, heads: [head], seen: [head.version], superseded: [] })
+    return true
   }
 
   /**
@@ -652,9 +676,8 @@ export class Store {
       const dropped: boolean[] = []
       for (const [i, e] of expected.entries()) {
         const key = keys[i] as string
-        const current = done.has(key) ? undefined : this._get(e.table, e.token, e.id)
-        const was = new Set(e.seen)
-        if (current === undefined || current.seen.length !== was.size || !current.seen.every(v => was.has(v))) { dropped.push(false); continue }
+        const current = done.has(key) ? undefined : this.unchanged(key, e)
+        if (current === undefined) { dropped.push(false); continue }
         ops.push(...(await this.erasure(key, current.table, current.token, current.id, current.heads, true, current)).ops)
         this.noteHeads(touched, key, current.token, current.heads.map(h => h.version), undefined)
         done.add(key)
@@ -666,6 +689,22 @@ export class Store {
     } finally {
       release()
     }
+  }
+
+  /**
+   * The record as stored, if it is still as `expected` was read (the same
+   * versions seen, the same heads), told from its stored lists without
+   * opening its rows again; undefined if it changed or is gone
+   */
+  private unchanged (key: string, expected: RecordState): RecordState | undefined {
+    const stored = this.records.getSync(key) as StoredRecord | undefined
+    if (stored === undefined) return undefined
+    const { seen, superseded } = storedLists(stored)
+    const was = new Set(expected.seen)
+    if (seen.length !== was.size || !seen.every(v => was.has(v))) return undefined
+    const heads = stored.heads.map(h => h.version)
+    if (heads.length !== expected.heads.length || !expected.heads.every(h => heads.includes(h.version))) return undefined
+    return { ...expected, seen, superseded, ...(stored.horizon === undefined ? {} : { horizon: stored.horizon }) }
   }
 
   /**
