@@ -80,6 +80,17 @@ const MAX_PAGES_PER_LEAF = 10_000
 /** Bytes of records one fetch reply carries, under the transport's frame limit */
 const FETCH_REPLY_BYTES = 2 * 1024 * 1024
 
+/** Ascending leaves as runs of consecutive ones, `[first, last]` */
+export function leafRuns (leaves: number[]): Array<[number, number]> {
+  const runs: Array<[number, number]> = []
+  for (const leaf of leaves) {
+    const run = runs[runs.length - 1]
+    if (run !== undefined && leaf === run[1] + 1) run[1] = leaf
+    else runs.push([leaf, leaf])
+  }
+  return runs
+}
+
 type Round = Omit<AntiEntropyStatus, 'running' | 'intervalMs' | 'bandwidthMbps' | 'lastRoundAt' | 'progress'>
 
 /**
@@ -238,11 +249,12 @@ export class AntiEntropy {
   /** Records of some leaves that both this node and `peer` own, with this node's digests of them */
   private async localDigests (peer: string, leaves: number[]): Promise<Map<string, string>> {
     const out = new Map<string, string>()
-    for (const leaf of leaves) {
+    // A run of consecutive leaves is one key range: one LevelDB iterator, not one a leaf.
+    for (const [leaf, through] of leafRuns(leaves)) {
       let after: string | undefined
       for (let page = 0; ; page++) {
-        if (page >= MAX_PAGES_PER_LEAF) throw new Error(`leaf ${leaf} has more records than a round reads`)
-        const records = await this.c.store.recordDigests(leaf, { limit: MAX_SYNC_DIGESTS, ...(after === undefined ? {} : { after }) })
+        if (page >= MAX_PAGES_PER_LEAF) throw new Error(`leaves ${leaf}..${through} have more records than a round reads`)
+        const records = await this.c.store.recordDigests(leaf, { through, limit: MAX_SYNC_DIGESTS, ...(after === undefined ? {} : { after }) })
         for (const r of records) {
           if (this.coOwned(peer, r.table, r.token)) out.set(r.key, r.digest.slice(0, SYNC_DIGEST_HEX))
         }
@@ -368,11 +380,11 @@ export class AntiEntropy {
       case 'digests': {
         // Pages count the records scanned, shared or not, so a page's work stays bounded.
         const scanned: Array<{ key: string, token: string, table: string, digest: string, heads: string[] }> = []
-        for (const leaf of msg.leaves) {
+        for (const [leaf, through] of leafRuns(msg.leaves)) {
           const left = msg.limit - scanned.length
           if (left <= 0) break
-          if (msg.after !== undefined && leafPrefix(leaf) < msg.after.slice(0, 4)) continue
-          scanned.push(...await this.c.store.recordDigests(leaf, { limit: left, ...(msg.after === undefined ? {} : { after: msg.after }) }))
+          if (msg.after !== undefined && leafPrefix(through) < msg.after.slice(0, 4)) continue
+          scanned.push(...await this.c.store.recordDigests(leaf, { through, limit: left, ...(msg.after === undefined ? {} : { after: msg.after }) }))
         }
         const last = scanned[scanned.length - 1]
         return {

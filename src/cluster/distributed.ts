@@ -16,7 +16,7 @@ import type { Condition } from '../schema/condition.js'
 import type { TableDef } from '../schema/index.js'
 import { mergeStates, missingHeads } from './merge.js'
 import type { Membership } from './membership.js'
-import { AUDIT_TABLE, checkEntry, checkQueryPage, checkScanPage, checkState, parseReplicaMessage, type ReplicaMessage } from './messages.js'
+import { AUDIT_TABLE, checkEntry, checkQueryPage, checkScanPage, checkState, MAX_STATES, parseReplicaMessage, type ReplicaMessage } from './messages.js'
 import { recallWrites } from './idempotency.js'
 import { mutationKey, orderGroups, orderMutations } from './mutations.js'
 import { HashRing } from './ring.js'
@@ -283,7 +283,7 @@ export class DistributedCoordinator implements Coordinator {
           else items.push(i)
         }
       })
-      await Promise.all([...byPeer].map(async ([peer, items]) => {
+      const send = async (peer: string, items: number[]): Promise<void> => {
         for (const part of chunkWhole(items.map(i => ({ i, state: (work[i] as { state: RecordState }).state, versions: history[i] as VersionEntry[] })))) {
           let reply: unknown
           try {
@@ -293,7 +293,28 @@ export class DistributedCoordinator implements Coordinator {
           }
           part.forEach((item, j) => { if (!resultOk(reply, j)) ok[item.i] = false })
         }
-      }))
+      }
+      // Each target is asked first which of the records it holds already (versions only, no rows): an owner
+      // that was one before holds most, and a newcomer's view of who held what may be older than the
+      // records it was handed. Only what a target lacks is sent to it.
+      const askThenSend = async (peer: string, items: number[]): Promise<void> => {
+        const lacking: number[] = []
+        for (let at = 0; at < items.length; at += MAX_STATES) {
+          const part = items.slice(at, at + MAX_STATES)
+          try {
+            const reply = await this.c.transport.request(peer, 'replica', {
+              type: 'holds',
+              records: part.map(i => holdsQuery((work[i] as { state: RecordState }).state, history[i] as VersionEntry[]))
+            }, { timeout: this.timeoutMs * 2 })
+            part.forEach((i, j) => { if (!holdsAt(reply, j)) lacking.push(i) })
+          } catch (err) {
+            this.c.log?.('asking %s which of %d records it holds failed: %s', peer, part.length, (err as Error).message)
+            lacking.push(...part)
+          }
+        }
+        if (lacking.length > 0) await send(peer, lacking)
+      }
+      await Promise.all([...byPeer].map(async ([peer, items]) => { await askThenSend(peer, items) }))
       work.forEach((w, i) => {
         if (w.route.targets.length > 0) stats.sent++
         if (ok[i] !== true) stats.failed++
@@ -324,7 +345,9 @@ export class DistributedCoordinator implements Coordinator {
           stats.records++
           const route = plan(record)
           if (route === undefined || (route.targets.length === 0 && !route.missing)) continue
-          batch.push({ state: record.open(), route })
+          const state = record.open()
+          if (state === undefined) continue
+          batch.push({ state, route })
           if (batch.length < REBALANCE_BATCH) continue
           launch(batch)
           batch = []
@@ -345,9 +368,12 @@ export class DistributedCoordinator implements Coordinator {
     if (this.stopped) return
     if (stats.failed === 0) {
       this.sloppyHeld = false
-      this.placedFor = members
+      // Records stay placed for members this node does not count on the ring yet but that never left (just
+      // after a restart, before gossip brings them back): nothing moved away from them. Forgetting them
+      // would make the next rebalance hand every record to each as if it had just joined.
+      this.placedFor = [...members, ...this.placedFor.filter(p => !members.includes(p) && this.c.membership.stateOf(p) === undefined)]
       this.rebalanceFailures = 0
-      await this.c.store.putMeta(PLACED_FOR_KEY, members).catch(err => { this.c.log?.('saving the placed ring failed: %s', (err as Error).message) })
+      await this.c.store.putMeta(PLACED_FOR_KEY, this.placedFor).catch(err => { this.c.log?.('saving the placed ring failed: %s', (err as Error).message) })
     } else {
       // Retry, backing off (a member may stay down for a while), but at least as often as the periodic run.
       const wait = Math.min(this.rebalanceDelayMs * 5 * 2 ** this.rebalanceFailures, this.rebalanceIntervalMs)
@@ -1138,7 +1164,7 @@ export class DistributedCoordinator implements Coordinator {
     }
     const msg: ReplicaMessage = parseReplicaMessage(raw)
     // A member that left may still hand over what it holds (its records, its hints), but reads nothing more.
-    if (from !== this.c.peerId && this.c.membership.stateOf(from) === 'left' && msg.type !== 'apply' && msg.type !== 'merge' && msg.type !== 'records' && msg.type !== 'purge') {
+    if (from !== this.c.peerId && this.c.membership.stateOf(from) === 'left' && msg.type !== 'apply' && msg.type !== 'merge' && msg.type !== 'records' && msg.type !== 'holds' && msg.type !== 'purge') {
       throw new ForbiddenError(`${from} has left the network: it may only hand over what it holds`)
     }
     switch (msg.type) {
@@ -1180,6 +1206,10 @@ export class DistributedCoordinator implements Coordinator {
           return { results: msg.records.map(() => ({ ok: false, error: { code: 'INTERNAL', message: (err as Error).message } })) }
         }
       }
+      case 'holds':
+        // A node that is leaving will hold nothing for long: a sender must not drop its copy on its word.
+        if (this.c.membership.leaving) return this.refuseWhileLeaving(msg.records.length)
+        return { results: msg.records.map(r => ({ ok: true, holds: this.c.store.holds(r) })) }
       case 'merge': {
         if (this.c.membership.leaving) return this.refuseWhileLeaving(msg.states.length)
         for (const st of msg.states) for (const h of st.heads) this.c.clock.observe(h.version)
@@ -1304,6 +1334,17 @@ export class DistributedCoordinator implements Coordinator {
       this.handingOff = false
     }
   }
+}
+
+/** What a `holds` question says of a record: its key, what it has seen and knows replaced, and every version it stores */
+function holdsQuery (state: RecordState, history: VersionEntry[]): { table: string, token: string, id: string, seen: string[], superseded: string[], versions: string[] } {
+  return { table: state.table, token: state.token, id: state.id, seen: state.seen, superseded: state.superseded, versions: [...state.heads, ...history].map(v => v.version) }
+}
+
+/** Whether a peer's answer to `holds` says it holds record `i` whole */
+function holdsAt (reply: unknown, i: number): boolean {
+  const results = (reply as { results?: unknown } | null | undefined)?.results
+  return Array.isArray(results) && (results[i] as { holds?: unknown } | undefined)?.holds === true
 }
 
 /** A peer's answer to `read`, checked before it is merged or repaired into this node's store */

@@ -40,6 +40,8 @@ export type ReplicaMessage =
   | { type: 'merge', states: RecordState[] }
   /** Whole records (hand-off, anti-entropy): each record's versions and state, taken in one batch */
   | { type: 'records', records: WholeRecord[] }
+  /** Which of these records the replica holds whole (see Store.holds): asked before sending them */
+  | { type: 'holds', records: HoldsQuery[] }
   | { type: 'read', table: string, id: string, token: string }
   /** A record's head versions only (a quorum read's check that a copy matches the reader's own) */
   | { type: 'heads', table: string, id: string, token: string }
@@ -69,6 +71,25 @@ function checkTable (table: unknown): string {
   if (typeof table !== 'string') bad('table must be a string')
   if (table !== LOCATOR_TABLE && table !== UNIQUE_TABLE && table !== AUDIT_TABLE && findTable(table) === undefined) bad(`unknown table ${table.slice(0, 64)}`)
   return table
+}
+
+/** A record a `holds` question names, with the versions it lists */
+export interface HoldsQuery { table: string, token: string, id: string, seen: string[], superseded: string[], versions: string[] }
+
+/** Version ids one `holds` question may list in all */
+const MAX_HOLDS_VERSIONS = 200_000
+
+function checkHoldsQuery (r: unknown): HoldsQuery {
+  const x = r as Record<string, unknown> | null
+  if (x === null || typeof x !== 'object') bad('malformed holds record')
+  const table = checkTable(x.table)
+  const id = checkId(table, x.id)
+  if (typeof x.token !== 'string' || !TOKEN_RE.test(x.token)) bad('malformed token')
+  const list = (v: unknown): string[] => {
+    if (!Array.isArray(v) || !v.every(isVersion)) bad('malformed version list')
+    return v
+  }
+  return { table, token: x.token, id, seen: list(x.seen), superseded: list(x.superseded), versions: list(x.versions) }
 }
 
 /** A record sent whole: its state, and versions (its history) all of that record */
@@ -248,6 +269,19 @@ export function parseReplicaMessage (msg: unknown): ReplicaMessage {
           total += record.versions.length + record.state.heads.length
           if (total > MAX_ENTRIES) bad(`more than ${MAX_ENTRIES} versions`)
           return record
+        })
+      }
+    }
+    case 'holds': {
+      if (!Array.isArray(m.records) || m.records.length === 0 || m.records.length > MAX_STATES) bad(`holds needs 1 to ${MAX_STATES} records`)
+      let total = 0
+      return {
+        type: 'holds',
+        records: m.records.map((r: unknown) => {
+          const q = checkHoldsQuery(r)
+          total += q.seen.length + q.superseded.length + q.versions.length
+          if (total > MAX_HOLDS_VERSIONS) bad(`more than ${MAX_HOLDS_VERSIONS} versions`)
+          return q
         })
       }
     }

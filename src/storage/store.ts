@@ -579,7 +579,9 @@ export class Store {
         }
         if (!states.has(key)) {
           if (this.holdsWhole(key, r.state, [...versions.keys()])) return 'known'
-          states.set(key, this._get(table, token, id))
+          const stored = this._get(table, token, id)
+          if (stored === undefined && this.stageFirst(key, r.state, versions, states, ops, touched)) return 'merged'
+          states.set(key, stored)
         }
         let changed = false
         // Parents before children: a version sorts above its parents (see HybridClock.tickAfter).
@@ -598,11 +600,45 @@ export class Store {
   }
 
   /**
+   * A record new here that has had one version only (the usual record a
+   * hand-off carries) staged as insertOnce stages one: put as its
+   * one-version state, without building it version by version. Returns
+   * false, staging nothing, for any other record.
+   */
+  private stageFirst (key: string, state: RecordState, versions: Map<string, VersionEntry>, states: Map<string, RecordState | undefined>, ops: BatchOp[], touched: SummaryChange[]): boolean {
+    const head = state.heads[0]
+    if (head === undefined || state.heads.length !== 1 || versions.size !== 1 || head.parents.length > 0 || head.row === null) return false
+    if (state.superseded.length > 0 || state.seen.length !== 1 || state.seen[0] !== head.version || this.purged.has(key)) return false
+    ops.push({ type: 'put', key: this.records.prefix + key, value: this.encodeFirstVersion(head) })
+    const pos = head.token + SEP + head.id
+    ops.push({ type: 'put', key: this.tables.prefix + head.table + SEP + pos, value: '1' })
+    for (const col of this.indexes[head.table] ?? []) {
+      const v = head.row[col]
+      if (v !== null && v !== undefined) ops.push(put(this.index, this.indexKey(head.table, col, v, pos), 1))
+    }
+    this.noteHeads(touched, key, head.token, undefined, [head.version])
+    states.set(key, { table: head.table, id: head.id, token: head.token, heads: [head], seen: [head.version], superseded: [] })
+    return true
+  }
+
+  /**
+   * Whether this replica holds a record whole, as a peer describes it (by
+   * version ids only): every version in `versions` stored, every one in
+   * `seen` seen and every one in `superseded` known replaced here. A peer
+   * asks before it sends a record it must know to be here (see `holds` in
+   * the replica protocol).
+   */
+  holds (record: { table: string, token: string, id: string, seen: string[], superseded: string[], versions: string[] }): boolean {
+    this.checkOpen()
+    return this.holdsWhole(recordKey(record.token, record.table, record.id), record, record.versions)
+  }
+
+  /**
    * Whether this replica already holds all of a peer's record: every version
    * stored (as a head or in history) and everything the peer knows seen or
    * replaced known here. Read from the stored record without opening its rows.
    */
-  private holdsWhole (key: string, state: RecordState, versions: string[]): boolean {
+  private holdsWhole (key: string, state: Pick<RecordState, 'seen' | 'superseded'>, versions: string[]): boolean {
     if (this.purged.has(key)) return false
     const stored = this.records.getSync(key) as StoredRecord | undefined
     if (stored === undefined) return false
@@ -690,9 +726,8 @@ export class Store {
       const dropped: boolean[] = []
       for (const [i, e] of expected.entries()) {
         const key = keys[i] as string
-        const current = done.has(key) ? undefined : this._get(e.table, e.token, e.id)
-        const was = new Set(e.seen)
-        if (current === undefined || current.seen.length !== was.size || !current.seen.every(v => was.has(v))) { dropped.push(false); continue }
+        const current = done.has(key) ? undefined : this.unchanged(key, e)
+        if (current === undefined) { dropped.push(false); continue }
         ops.push(...(await this.erasure(key, current.table, current.token, current.id, current.heads, true, current)).ops)
         this.noteHeads(touched, key, current.token, current.heads.map(h => h.version), undefined)
         done.add(key)
@@ -704,6 +739,22 @@ export class Store {
     } finally {
       release()
     }
+  }
+
+  /**
+   * The record as stored, if it is still as `expected` was read (the same
+   * versions seen, the same heads), told from its stored lists without
+   * opening its rows again; undefined if it changed or is gone
+   */
+  private unchanged (key: string, expected: RecordState): RecordState | undefined {
+    const stored = this.records.getSync(key) as StoredRecord | undefined
+    if (stored === undefined) return undefined
+    const { seen, superseded } = storedLists(stored)
+    const was = new Set(expected.seen)
+    if (seen.length !== was.size || !seen.every(v => was.has(v))) return undefined
+    const heads = stored.heads.map(h => h.version)
+    if (heads.length !== expected.heads.length || !expected.heads.every(h => heads.includes(h.version))) return undefined
+    return { ...expected, seen, superseded, ...(stored.horizon === undefined ? {} : { horizon: stored.horizon }) }
   }
 
   /**
@@ -1304,13 +1355,18 @@ export class Store {
     }
   }
 
-  /** Up to `limit` records of one leaf of the token space after `after` (a record key), each with its digest */
-  async recordDigests (leaf: number, options: { after?: string, limit: number }): Promise<Array<{ key: string, token: string, table: string, id: string, digest: string, heads: string[] }>> {
+  /**
+   * Up to `limit` records of one leaf of the token space (or of the leaves
+   * from `leaf` through `through`) after `after` (a record key), each with
+   * its digest and head versions
+   */
+  async recordDigests (leaf: number, options: { after?: string, limit: number, through?: number }): Promise<Array<{ key: string, token: string, table: string, id: string, digest: string, heads: string[] }>> {
     this.checkOpen()
     const prefix = leafPrefix(leaf)
+    const end = leafPrefix(options.through ?? leaf) + '\xff'
     const out: Array<{ key: string, token: string, table: string, id: string, digest: string, heads: string[] }> = []
     const range = options.after !== undefined && options.after > prefix ? { gt: options.after } : { gte: prefix }
-    for await (const [k, v] of this.records.iterator({ ...range, lt: prefix + '\xff', limit: options.limit })) {
+    for await (const [k, v] of this.records.iterator({ ...range, lt: end, limit: options.limit })) {
       const [token, table, id] = k.split(SEP, 3) as [string, string, string]
       const heads = (v as StoredRecord).heads.map(h => h.version)
       out.push({ key: k, token, table, id, digest: recordDigest(k, heads).toString('hex'), heads })
@@ -1387,30 +1443,34 @@ export class Store {
   /** Every record state whose token lies in [from, to), for hand-off and anti-entropy */
   async * scanRecords (range: { from?: string, to?: string } = {}): AsyncGenerator<RecordState> {
     for await (const page of this.scanPages(range)) {
-      for (const r of page) yield r.open()
+      for (const r of page) {
+        const state = r.open()
+        if (state !== undefined) yield state
+      }
     }
   }
 
   /**
-   * Every record whose token lies in [from, to), in key order, a page at a
-   * time: its table, token and id, and `open()`, which decodes it (its rows
-   * decrypted) only when the caller wants it (a rebalance looks at every
-   * record and sends a few).
+   * Every record whose token lies in [from, to), in key order, a page of
+   * keys at a time: its table, token and id, and `open()`, which reads and
+   * decodes it (its rows decrypted) only when the caller wants it, as it is
+   * then (undefined if it is gone): a rebalance looks at every record and
+   * sends a few.
    */
-  async * scanPages (range: { from?: string, to?: string } = {}, pageSize = SCAN_PAGE): AsyncGenerator<Array<{ table: string, token: string, id: string, open: () => RecordState }>> {
+  async * scanPages (range: { from?: string, to?: string } = {}, pageSize = SCAN_PAGE): AsyncGenerator<Array<{ table: string, token: string, id: string, open: () => RecordState | undefined }>> {
     this.checkOpen()
     const opts: { gte?: string, lt?: string } = {}
     if (range.from !== undefined) opts.gte = range.from
     if (range.to !== undefined) opts.lt = range.to
-    const iterator = this.records.iterator(opts)
+    const iterator = this.records.keys(opts)
     try {
       for (;;) {
         // nextv: a page per call into LevelDB, not a promise per record.
-        const entries = await iterator.nextv(pageSize) as Array<[string, StoredRecord]>
-        if (entries.length === 0) return
-        yield entries.map(([k, v]) => {
+        const keys = await iterator.nextv(pageSize) as string[]
+        if (keys.length === 0) return
+        yield keys.map(k => {
           const [token, table, id] = k.split(SEP, 3) as [string, string, string]
-          return { table, token, id, open: () => this.decodeRecord(table, token, id, v) }
+          return { table, token, id, open: () => this._get(table, token, id) }
         })
       }
     } finally {

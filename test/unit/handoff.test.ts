@@ -1,12 +1,16 @@
 import { join } from 'node:path'
 import { afterEach, describe, expect, it } from 'vitest'
+import { leafRuns } from '../../src/cluster/anti-entropy.js'
 import { chunkWhole, MAX_ENTRIES_PER_MESSAGE, MAX_RECORDS_PER_MESSAGE } from '../../src/cluster/apply-batcher.js'
+import { DistributedCoordinator } from '../../src/cluster/distributed.js'
+import type { Signer } from '../../src/cluster/member-claims.js'
+import { Membership } from '../../src/cluster/membership.js'
 import { parseReplicaMessage } from '../../src/cluster/messages.js'
 import { tokenOf } from '../../src/cluster/token.js'
 import type { Row } from '../../src/schema/index.js'
 import { loadOrCreateKeyFile } from '../../src/security/data-key.js'
 import { Store, type RecordState, type VersionEntry, type WholeRecord } from '../../src/storage/store.js'
-import { HybridClock } from '../../src/storage/version.js'
+import { HybridClock, nodeTag } from '../../src/storage/version.js'
 import { createTestnet, type Testnet } from '../helpers/harness.js'
 import { INDEXES, tempDir, type TempDir } from '../helpers/temp.js'
 import { waitFor } from '../helpers/wait.js'
@@ -142,6 +146,11 @@ describe('whole records: one batch per message', () => {
 })
 
 describe('anti-entropy: what differs travels once', () => {
+  it('reads runs of consecutive leaves as one range', () => {
+    expect(leafRuns([])).toEqual([])
+    expect(leafRuns([3, 4, 5, 9, 11, 12, 65535])).toEqual([[3, 5], [9, 9], [11, 12], [65535, 65535]])
+  })
+
   it('a record stale on this node is pulled and not pushed back; one newer here is pushed', async () => {
     net = await createTestnet(2, { replicas: 3 })
     await net.converge(2)
@@ -169,6 +178,90 @@ describe('anti-entropy: what differs travels once', () => {
     expect(b.store.summary.bucketDigests()).toEqual(a.store.summary.bucketDigests())
     expect((await a.store.get('patient_records', tokenOf('patient_id:2'), '2'))?.heads[0]?.row?.address).toBe('On b')
     expect((await b.store.get('patient_records', tokenOf('patient_id:4'), '4'))?.heads[0]?.row?.address).toBe('On a')
+  })
+})
+
+describe('rebalance: each record sent whole once to each owner that lacks it', () => {
+  it('asks each owner whether it holds a record (the old ones do), and sends it only to the newcomer', async () => {
+    net = await createTestnet(3, { replicas: 2, timeoutMs: 10_000 }, { heartbeatMs: 50, suspectAfterMs: 2000, downAfterMs: 5000 })
+    await net.converge(3)
+    await net.settled()
+    const count = 300
+    const rows = Array.from({ length: count }, (_, i) => ({ line: i + 1, value: patient(i + 1) }))
+    expect((await net.nodes[0]!.db.importRows('patient_records', rows)).rejected.map(r => r.error.message)).toEqual([])
+    await net.settled()
+    const received = new Map<string, number>()
+    for (const n of net.nodes) {
+      const receive = n.store.receive.bind(n.store)
+      n.store.receive = async records => { received.set(n.peerId, (received.get(n.peerId) ?? 0) + records.length); return await receive(records) }
+    }
+    const fresh = await net.add()
+    const receive = fresh.store.receive.bind(fresh.store)
+    let onFresh = 0
+    fresh.store.receive = async records => { onFresh += records.length; return await receive(records) }
+    await net.converge(4)
+    await net.settled()
+    const owners = (i: number): string[] => fresh.coordinator.owners('patient_records', tokenOf(`patient_id:${i}`))
+    let gained = 0
+    for (let i = 1; i <= count; i++) {
+      const holders: string[] = []
+      for (const n of net.nodes) if (await n.store.get('patient_records', tokenOf(`patient_id:${i}`), String(i)) !== undefined) holders.push(n.peerId)
+      expect(holders.sort(), `patient ${i}`).toEqual(owners(i).sort())
+      if (owners(i).includes(fresh.peerId)) gained++
+    }
+    // The newcomer got each of its records once; the old owners were sent none.
+    expect(onFresh).toBe(gained)
+    expect([...received.values()].reduce((a, b) => a + b, 0)).toBe(0)
+    // What a `holds` question is answered from.
+    const [a] = net.nodes as [Testnet['nodes'][number]]
+    const mine = [...Array(count).keys()].map(i => i + 1).find(i => owners(i).includes(a.peerId)) as number
+    const state = (await a.store.get('patient_records', tokenOf(`patient_id:${mine}`), String(mine)))!
+    const query = { table: state.table, token: state.token, id: state.id, seen: state.seen, superseded: state.superseded, versions: state.heads.map(h => h.version) }
+    expect(a.store.holds(query)).toBe(true)
+    expect(a.store.holds({ ...query, versions: [...query.versions, '000001700000000000.000000.zz'] })).toBe(false)
+    expect(a.store.holds({ ...query, superseded: ['000001700000000000.000000.zz'] })).toBe(false)
+    expect(a.store.holds({ ...query, id: '999999' })).toBe(false)
+    expect(parseReplicaMessage({ type: 'holds', records: [query] })).toEqual({ type: 'holds', records: [query] })
+    expect(() => parseReplicaMessage({ type: 'holds', records: [{ ...query, seen: ['x'] }] })).toThrow(/malformed version list/)
+  })
+})
+
+describe('rebalance after a restart', () => {
+  it('a node whose first rebalance runs before it hears from its peers does not hand them every record again', async () => {
+    const membership = { heartbeatMs: 50, suspectAfterMs: 2000, downAfterMs: 5000 }
+    net = await createTestnet(3, { replicas: 3, timeoutMs: 10_000 }, membership)
+    await net.converge(3)
+    await net.settled()
+    const rows = Array.from({ length: 200 }, (_, i) => ({ line: i + 1, value: patient(i + 1) }))
+    expect((await net.nodes[0]!.db.importRows('patient_records', rows)).rejected.map(r => r.error.message)).toEqual([])
+    await net.settled()
+    const n = net.nodes[2]!
+    const everyone = net.nodes.map(x => x.peerId).sort()
+    expect((await n.store.getMeta<string[]>('placedFor'))?.sort()).toEqual(everyone)
+    // "Restart" it on the same store and identity, cut off, with a membership that knows no one yet.
+    n.membership.stop()
+    await n.coordinator.stop()
+    net.network.down(n.peerId)
+    const sign = (n.membership as unknown as { c: { sign: Signer } }).c.sign
+    const transport = net.network.transport(n.peerId)
+    const m = new Membership({ transport, peerId: n.peerId, sign, addresses: () => [`/memory/${n.peerId}`] }, membership)
+    const c = new DistributedCoordinator({ store: n.store, clock: new HybridClock(nodeTag(n.peerId)), peerId: n.peerId, transport, membership: m }, { replicas: 3, rebalanceDelayMs: 100, timeoutMs: 10_000 })
+    try {
+      await c.start()
+      m.start()
+      await waitFor('its first rebalance, alone on its ring', () => c.rebalanceStatus().last !== undefined && !c.rebalanceStatus().pending)
+      expect(c.ring.size).toBe(1)
+      expect((await n.store.getMeta<string[]>('placedFor'))?.sort()).toEqual(everyone)
+      const first = c.rebalanceStatus().last?.finishedAt ?? 0
+      net.network.up(n.peerId)
+      m.addCandidate(net.nodes[0]!.peerId)
+      await waitFor('the restarted node to hear from both others', () => c.ring.size === 3)
+      await waitFor('the rebalance after the ring grew', () => (c.rebalanceStatus().last?.finishedAt ?? 0) > first && !c.rebalanceStatus().pending, 10_000)
+      expect(c.rebalanceStatus().last).toMatchObject({ records: 200, sent: 0, failed: 0 })
+    } finally {
+      m.stop()
+      await c.stop()
+    }
   })
 })
 
