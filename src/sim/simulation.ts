@@ -54,6 +54,7 @@ export interface SimResult {
     restarts: number
     joins: number
     removals: number
+    pauses: number
     partitions: number
     skews: number
     lostUnsynced: number
@@ -175,7 +176,7 @@ export class Simulation {
   /** Every batch sent (acknowledged or not): after the heal each is on the network entirely or not at all */
   private readonly batches: Array<{ records: Array<{ table: string, id: string }>, what: string }> = []
   private step = 0
-  private readonly stats: SimResult['stats'] = { acked: 0, unknown: 0, refused: 0, crashes: 0, restarts: 0, joins: 0, removals: 0, partitions: 0, skews: 0, lostUnsynced: 0, events: 0, messages: 0, seconds: 0, convergedInSeconds: 0 }
+  private readonly stats: SimResult['stats'] = { acked: 0, unknown: 0, refused: 0, crashes: 0, restarts: 0, joins: 0, removals: 0, pauses: 0, partitions: 0, skews: 0, lostUnsynced: 0, events: 0, messages: 0, seconds: 0, convergedInSeconds: 0 }
 
   constructor (options: SimOptions) {
     this.seed = options.seed
@@ -347,6 +348,13 @@ export class Simulation {
     } else if (r < 0.79) {
       this.net.healAll()
       this.trace('heal partitions')
+    } else if (r < 0.815) {
+      // A node frozen (SIGSTOP, a VM paused, a long GC), then continued: its timers and messages wait.
+      const node = this.random.pick(live)
+      const ms = this.random.int(500, 15_000)
+      this.stats.pauses++
+      this.trace(`pause n${node.index} for ${ms} ms`)
+      this.sched.pause(node.owner, this.sched.now + ms)
     } else if (r < 0.84) {
       // An operator declares a down member gone (ntsoekhe remove) on a node that sees it down; if it
       // comes back after all, it refutes the removal and is a member again.
