@@ -1,5 +1,5 @@
 import { describe, expect, it } from 'vitest'
-import { differingIndexes, orderByLiveness, planRecordMove, planRecordSync, requiredAcks, type StateOf } from '../../src/cluster/decisions.js'
+import { differingIndexes, handoffAction, memberState, orderByLiveness, planRecordMove, planRecordSync, requiredAcks, type StateOf } from '../../src/cluster/decisions.js'
 
 const states = (map: Record<string, 'alive' | 'suspect' | 'down' | 'left'>): StateOf => p => map[p]
 
@@ -62,5 +62,23 @@ describe('anti-entropy decisions', () => {
     const theirs = new Map([['k2', 'd2'], ['k3', 'e3'], ['k4', 'd4']])
     expect(planRecordSync(mine, theirs)).toEqual({ push: ['k1', 'k3'], pull: ['k3', 'k4'], compared: 4 })
     expect(planRecordSync(mine, new Map(mine))).toEqual({ push: [], pull: [], compared: 3 })
+  })
+})
+
+describe('membership and handoff decisions', () => {
+  it('a member is alive, then suspect, then down as its silence grows; one that left stays left', () => {
+    expect(memberState(false, 0, 3000, 10_000)).toBe('alive')
+    expect(memberState(false, 3000, 3000, 10_000)).toBe('alive')
+    expect(memberState(false, 3001, 3000, 10_000)).toBe('suspect')
+    expect(memberState(false, 10_001, 3000, 10_000)).toBe('down')
+    expect(memberState(true, 0, 3000, 10_000)).toBe('left')
+  })
+
+  it('hints go to an alive member, wait for a suspect, down or unknown one, and are dropped for one that left', () => {
+    expect(handoffAction('alive')).toBe('send')
+    expect(handoffAction('suspect')).toBe('wait')
+    expect(handoffAction('down')).toBe('wait')
+    expect(handoffAction(undefined)).toBe('wait')
+    expect(handoffAction('left')).toBe('drop')
   })
 })
