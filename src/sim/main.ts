@@ -4,7 +4,7 @@ import { DEFAULT_STEPS, MAX_NODES, MIN_NODES, replayCommand, runSimulation } fro
 const USAGE = `usage: npm run sim -- --seed <n> [--steps <n>] [--nodes <${MIN_NODES}-${MAX_NODES}>] [--verbose] [--messages]`
 
 function usage (problem: string): never {
-  process.stderr.write(`sim: ${problem}\n${USAGE}\n`)
+  process.stderr.write(`sim: ${problem} (${USAGE})\n`)
   process.exit(2)
 }
 
