@@ -282,8 +282,10 @@ export class Simulation {
       ...(this.log === undefined ? {} : { warn: (line: string) => { this.log?.(`${this.time()}   n${node.index}: ${line}`) } }),
       env
     }, MEMBERSHIP)
-    // As a daemon does: its configured bootstrap peer, then the members it saved.
-    membership.addCandidate((this.nodes[node.index === 0 ? 1 : 0] as SimNode).peerId)
+    // As a daemon does: its configured bootstrap peer (the first node at the start, later a running
+    // member, as an operator would give a newcomer), then the members it saved.
+    const bootstrap = this.nodes.find(n => n !== node && n.up && !n.leaving) ?? this.nodes[node.index === 0 ? 1 : 0] as SimNode
+    membership.addCandidate(bootstrap.peerId)
     membership.restore(node.saved)
     const clock = new HybridClock(nodeTag(node.peerId), env.now)
     // With --verbose, what each node logs (not part of the trace hash: logging changes nothing).
