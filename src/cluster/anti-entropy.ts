@@ -1,12 +1,12 @@
 import { ForbiddenError } from '../errors/index.js'
-import type { RecordState, Store, VersionEntry } from '../storage/store.js'
-import { BUCKETS, LEAVES_PER_BUCKET, leafPrefix } from '../storage/range-summary.js'
-import { chunkBy, MAX_ENTRIES_PER_MESSAGE, resultOk } from './apply-batcher.js'
+import type { Store, WholeRecord } from '../storage/store.js'
+import { BUCKETS, bucketOfLeaf, LEAVES_PER_BUCKET, leafPrefix } from '../storage/range-summary.js'
+import { chunkWhole, MAX_ENTRIES_PER_MESSAGE, resultOk } from './apply-batcher.js'
 import {
   checkDigestPage, checkFetchReply, checkLeavesReply, checkRecordKey, checkSummaryReply,
-  MAX_SYNC_BUCKETS, MAX_SYNC_DIGESTS, MAX_SYNC_FETCH, parseSyncMessage, SYNC_DIGEST_HEX, type SyncMessage
+  MAX_PARENTS, MAX_SYNC_BUCKETS, MAX_SYNC_DIGESTS, MAX_SYNC_FETCH, MAX_SYNC_LEAVES, parseSyncMessage, SYNC_DIGEST_HEX, type SyncMessage
 } from './messages.js'
-import { differingIndexes, planRecordSync } from './decisions.js'
+import { differingIndexes } from './decisions.js'
 import { ByteThrottle } from './throttle.js'
 import type { PeerTransport } from './transport.js'
 import { REAL_ENV, sleep, type Environment, type TimerHandle } from '../util/env.js'
@@ -73,8 +73,8 @@ export interface AntiEntropyStatus {
 
 export const DEFAULT_ANTI_ENTROPY_INTERVAL_MS = 600_000
 export const DEFAULT_SYNC_BANDWIDTH_MBPS = 10
-/** Record states pushed to one peer in one apply + merge pair */
-const PUSH_BATCH = 128
+/** Records read for one push; they go in as few `records` messages as fit (see chunkWhole) */
+const PUSH_BATCH = 512
 /** Pages of one leaf (or one range's leaves) a round reads before it gives up on them (a leaf is 1/65536 of the records) */
 const MAX_PAGES_PER_LEAF = 10_000
 /** Bytes of records one fetch reply carries, under the transport's frame limit */
@@ -201,7 +201,12 @@ export class AntiEntropy {
     return await this.c.transport.request(peer, 'sync', msg, { timeout })
   }
 
-  /** Brings this node and `peer` to the same state for every record both own */
+  /**
+   * Brings this node and `peer` to the same state for every record both own.
+   * The differing ranges are narrowed to their differing leaves first, then
+   * the records of those leaves compared a few hundred leaves at a time (a
+   * round trip per page, not per range).
+   */
   private async syncWith (peer: string, stats: Round): Promise<void> {
     const remote = checkSummaryReply(await this.ask(peer, { type: 'summary' }))
     const local = this.c.store.summary.bucketDigests()
@@ -210,17 +215,23 @@ export class AntiEntropy {
     stats.rangesDiffering += differing.length
     const progress = this.progress as { done: number }
     progress.done += BUCKETS - differing.length
+    const leaves: number[] = []
     for (let i = 0; i < differing.length && !this.stopped; i += MAX_SYNC_BUCKETS) {
       const buckets = differing.slice(i, i + MAX_SYNC_BUCKETS)
-      const leaves = checkLeavesReply(await this.ask(peer, { type: 'leaves', buckets }), buckets.length)
+      const replies = checkLeavesReply(await this.ask(peer, { type: 'leaves', buckets }), buckets.length)
       for (const [j, bucket] of buckets.entries()) {
-        if (this.stopped) break
         const mine = this.c.store.summary.leafDigests(bucket)
-        const theirs = leaves[j] as string[]
-        const differ = differingIndexes(mine, theirs).map(k => bucket * LEAVES_PER_BUCKET + k)
-        if (differ.length > 0) await this.syncLeaves(peer, differ, stats)
-        progress.done++
+        const theirs = replies[j] as string[]
+        for (const k of differingIndexes(mine, theirs)) leaves.push(bucket * LEAVES_PER_BUCKET + k)
       }
+    }
+    const base = progress.done
+    for (let i = 0; i < leaves.length && !this.stopped; i += MAX_SYNC_LEAVES) {
+      const some = leaves.slice(i, i + MAX_SYNC_LEAVES)
+      await this.syncLeaves(peer, some, stats)
+      // Progress in ranges: those whose differing leaves are all done.
+      const last = bucketOfLeaf(some[some.length - 1] as number)
+      progress.done = base + differing.filter(b => b <= last).length
     }
   }
 
@@ -242,15 +253,16 @@ export class AntiEntropy {
     return out
   }
 
-  private async remoteDigests (peer: string, leaves: number[]): Promise<Map<string, string>> {
-    const out = new Map<string, string>()
+  /** The peer's digests (and heads, when it sends them) of the records of some leaves that this node owns too */
+  private async remoteDigests (peer: string, leaves: number[]): Promise<Map<string, { digest: string, heads?: string[] }>> {
+    const out = new Map<string, { digest: string, heads?: string[] }>()
     let after: string | undefined
     for (let page = 0; page < MAX_PAGES_PER_LEAF; page++) {
       const reply = checkDigestPage(await this.ask(peer, { type: 'digests', leaves, limit: MAX_SYNC_DIGESTS, ...(after === undefined ? {} : { after }) }), leaves, after)
-      for (const [key, digest] of reply.records) {
+      for (const [key, digest, heads] of reply.records) {
         const { table, token } = checkRecordKey(key)
         // Only what this node owns too: the peer's view of the ring may differ from ours for a while.
-        if (this.coOwned(peer, table, token)) out.set(key, digest)
+        if (this.coOwned(peer, table, token)) out.set(key, heads === undefined ? { digest } : { digest, heads })
       }
       if (reply.next === undefined) return out
       after = reply.next
@@ -263,59 +275,78 @@ export class AntiEntropy {
     return owners.includes(this.c.peerId) && owners.includes(peer)
   }
 
-  /** Compares the records of some differing leaves (of one range) and moves those that differ */
+  /**
+   * Compares the records of some differing leaves and moves those that
+   * differ: first pulls what the peer holds differently and merges it, then
+   * pushes only the records whose digest still differs from the peer's (this
+   * node had something the peer lacks). A record that was merely stale here
+   * travels once, not both ways.
+   */
   private async syncLeaves (peer: string, leaves: number[], stats: Round): Promise<void> {
     const mine = await this.localDigests(peer, leaves)
     const theirs = await this.remoteDigests(peer, leaves)
-    const { push, pull, compared } = planRecordSync(mine, theirs)
-    stats.recordsCompared += compared
-    if (push.length > 0) await this.push(peer, push)
-    if (pull.length > 0) await this.pull(peer, pull)
-    stats.recordsSent += new Set([...push, ...pull]).size
+    // Pulled: what differs, unless every head of the peer's copy is known here (this copy is then the newer).
+    const pull = [...theirs].filter(([k, t]) => mine.get(k) !== t.digest && !(mine.has(k) && t.heads !== undefined && this.c.store.holdsHeads(k, t.heads))).map(([k]) => k)
+    stats.recordsCompared += new Set([...mine.keys(), ...theirs.keys()]).size
+    const pulled = pull.length > 0 ? await this.pull(peer, pull) : new Set<string>()
+    const push = [...mine.keys()].filter(k => {
+      const d = theirs.get(k)?.digest
+      if (d === undefined) return true
+      if (mine.get(k) === d) return false
+      // Merged from the peer just now: what this node holds now is what counts.
+      return this.c.store.digestOf(k)?.slice(0, SYNC_DIGEST_HEX) !== d
+    })
+    const pushed = push.length > 0 ? await this.push(peer, push) : new Set<string>()
+    stats.recordsSent += new Set([...pulled, ...pushed]).size
   }
 
-  /** Whole states with every version, as a hand-off sends them: `apply` the versions, then `merge` the state */
-  private async push (peer: string, keys: string[]): Promise<void> {
+  /** Whole records (history and state) in one `records` message per batch; returns the keys sent */
+  private async push (peer: string, keys: string[]): Promise<Set<string>> {
+    const sent = new Set<string>()
     for (let i = 0; i < keys.length && !this.stopped; i += PUSH_BATCH) {
       const items = (await Promise.all(keys.slice(i, i + PUSH_BATCH).map(async key => await this.wholeRecord(key))))
-        .filter((r): r is { state: RecordState, versions: VersionEntry[] } => r !== undefined)
-      const parts = chunkBy(items, PUSH_BATCH, [
-        { size: r => r.versions.length, max: MAX_ENTRIES_PER_MESSAGE },
-        { size: r => r.state.seen.length + r.state.superseded.length, max: 50_000 }
-      ])
-      for (const part of parts) {
-        const apply = { type: 'apply', groups: part.map(r => r.versions) }
-        const merge = { type: 'merge', states: part.map(r => r.state) }
-        await this.throttle.take(JSON.stringify(apply).length + JSON.stringify(merge).length)
-        const applied = await this.c.transport.request(peer, 'replica', apply, { timeout: this.timeoutMs * 2 })
-        const merged = await this.c.transport.request(peer, 'replica', merge, { timeout: this.timeoutMs * 2 })
-        const failed = part.filter((_, j) => !resultOk(applied, j) || !resultOk(merged, j)).length
+        .filter((r): r is WholeRecord => r !== undefined)
+      for (const part of chunkWhole(items)) {
+        const msg = { type: 'records', records: part }
+        await this.throttle.take(JSON.stringify(msg).length)
+        const reply = await this.c.transport.request(peer, 'replica', msg, { timeout: this.timeoutMs * 2 })
+        const failed = part.filter((_, j) => !resultOk(reply, j)).length
         if (failed > 0) throw new Error(`${peer} did not take ${failed} of ${part.length} records`)
+        for (const r of part) sent.add(`${r.state.token}!${r.state.table}!${r.state.id}`)
       }
     }
+    return sent
   }
 
-  private async pull (peer: string, keys: string[]): Promise<void> {
+  /** Fetches records from the peer and takes them whole; returns the keys received */
+  private async pull (peer: string, keys: string[]): Promise<Set<string>> {
+    const received = new Set<string>()
     let remaining = keys
     // Each reply settles at least one key (or the loop ends), so this runs at most keys.length times.
     for (let turn = 0; remaining.length > 0 && turn < keys.length && !this.stopped; turn++) {
       const asked = remaining.slice(0, MAX_SYNC_FETCH)
       const reply = checkFetchReply(await this.ask(peer, { type: 'fetch', keys: asked }), asked)
       if (reply.records.length === 0 && reply.missing.length === 0) throw new Error(`${peer} answered a fetch with nothing`)
-      const entries = reply.records.flatMap(r => r.versions)
-      for (const e of entries) this.c.observe?.(e.version)
-      if (entries.length > 0) await this.c.store.apply(entries)
-      if (reply.records.length > 0) await this.c.store.merge(reply.records.map(r => r.state))
-      const settled = new Set([...reply.missing, ...reply.records.map(r => `${r.state.token}!${r.state.table}!${r.state.id}`)])
+      for (const r of reply.records) {
+        for (const h of r.state.heads) this.c.observe?.(h.version)
+        for (const e of r.versions) this.c.observe?.(e.version)
+      }
+      if (reply.records.length > 0) await this.c.store.receive(reply.records)
+      const got = reply.records.map(r => `${r.state.token}!${r.state.table}!${r.state.id}`)
+      for (const k of got) received.add(k)
+      const settled = new Set([...reply.missing, ...got])
       remaining = remaining.filter(k => !settled.has(k))
     }
+    return received
   }
 
-  private async wholeRecord (key: string): Promise<{ state: RecordState, versions: VersionEntry[] } | undefined> {
+  /** A record's state and its history (the heads travel in the state only) */
+  /** A record's state and its history (the heads travel in the state only) */
+  private async wholeRecord (key: string): Promise<WholeRecord | undefined> {
     const { table, token, id } = checkRecordKey(key)
     const state = await this.c.store.get(table, token, id)
     if (state === undefined || state.heads.length === 0) return undefined
-    return { state, versions: await this.c.store.versions(table, token, id) }
+    return { state, versions: await this.c.store.historyOf(state) }
   }
 
   /** Serves the sync protocol: to members only; a member that left reads nothing more */
@@ -336,7 +367,7 @@ export class AntiEntropy {
         return { leaves: msg.buckets.map(b => this.c.store.summary.leafDigests(b)) }
       case 'digests': {
         // Pages count the records scanned, shared or not, so a page's work stays bounded.
-        const scanned: Array<{ key: string, token: string, table: string, digest: string }> = []
+        const scanned: Array<{ key: string, token: string, table: string, digest: string, heads: string[] }> = []
         for (const leaf of msg.leaves) {
           const left = msg.limit - scanned.length
           if (left <= 0) break
@@ -345,12 +376,13 @@ export class AntiEntropy {
         }
         const last = scanned[scanned.length - 1]
         return {
-          records: scanned.filter(r => this.coOwned(from, r.table, r.token)).map(r => [r.key, r.digest.slice(0, SYNC_DIGEST_HEX)]),
+          // The heads let the asker tell a copy of its own that is merely newer (it pushes) from one it must pull.
+          records: scanned.filter(r => this.coOwned(from, r.table, r.token)).map(r => r.heads.length > MAX_PARENTS ? [r.key, r.digest.slice(0, SYNC_DIGEST_HEX)] : [r.key, r.digest.slice(0, SYNC_DIGEST_HEX), r.heads]),
           ...(scanned.length === msg.limit && last !== undefined ? { next: last.key } : {})
         }
       }
       case 'fetch': {
-        const records: Array<{ state: RecordState, versions: VersionEntry[] }> = []
+        const records: WholeRecord[] = []
         const missing: string[] = []
         let bytes = 0
         let versions = 0
@@ -360,10 +392,10 @@ export class AntiEntropy {
           const record = this.coOwned(from, table, token) ? await this.wholeRecord(key) : undefined
           if (record === undefined) { missing.push(key); continue }
           const size = JSON.stringify(record).length
-          if (records.length > 0 && (bytes + size > FETCH_REPLY_BYTES || versions + record.versions.length > MAX_ENTRIES_PER_MESSAGE)) break
+          if (records.length > 0 && (bytes + size > FETCH_REPLY_BYTES || versions + record.versions.length + record.state.heads.length > MAX_ENTRIES_PER_MESSAGE)) break
           records.push(record)
           bytes += size
-          versions += record.versions.length
+          versions += record.versions.length + record.state.heads.length
         }
         return { records, missing }
       }

@@ -1,5 +1,5 @@
 import { NtsoekheError } from '../errors/index.js'
-import type { VersionEntry } from '../storage/store.js'
+import type { RecordState, VersionEntry } from '../storage/store.js'
 import type { PeerTransport } from './transport.js'
 
 interface Waiting {
@@ -39,6 +39,33 @@ export function chunkBy<T> (items: T[], maxItems: number, limits: Array<{ size: 
 /** Splits groups into messages of at most MAX_GROUPS_PER_MESSAGE groups and MAX_ENTRIES_PER_MESSAGE entries (a larger group goes alone) */
 export function chunkGroups<T> (groups: T[], size: (g: T) => number): T[][] {
   return chunkBy(groups, MAX_GROUPS_PER_MESSAGE, [{ size, max: MAX_ENTRIES_PER_MESSAGE }])
+}
+
+/** Most records in one whole-record message (hand-off, anti-entropy) */
+export const MAX_RECORDS_PER_MESSAGE = 512
+
+/**
+ * Splits whole records (state and history) into `records` messages of at
+ * most MAX_RECORDS_PER_MESSAGE records, MAX_ENTRIES_PER_MESSAGE versions,
+ * 50,000 version ids of state and about 4 MiB of rows each (one larger
+ * record goes alone)
+ */
+export function chunkWhole<T extends { state: RecordState, versions: VersionEntry[] }> (records: T[]): T[][] {
+  return chunkBy(records, MAX_RECORDS_PER_MESSAGE, [
+    { size: q => q.versions.length + q.state.heads.length, max: MAX_ENTRIES_PER_MESSAGE },
+    { size: q => q.state.seen.length + q.state.superseded.length, max: 50_000 },
+    { size: q => rowBytes(q.state.heads) + rowBytes(q.versions), max: 4 * 1024 * 1024 }
+  ])
+}
+
+/** About the bytes of some versions' rows as JSON: a bound for a message, not an exact count */
+function rowBytes (versions: VersionEntry[]): number {
+  let n = 0
+  for (const v of versions) {
+    if (v.row === null) continue
+    for (const value of Object.values(v.row)) n += typeof value === 'string' ? value.length + 16 : 24
+  }
+  return n
 }
 
 /** Whether a peer's `{ results: [{ ok }] }` reply says item `i` succeeded */

@@ -61,6 +61,10 @@ export function planRecordMove (self: string, owners: string[], oldOwners: strin
     const sender = oldOwners.find(p => stateOf(p) === 'alive')
     const gained = owners.filter(p => p !== self && !oldOwners.includes(p))
     if (sender !== self || gained.length === 0) return undefined
+    // An old owner that lost its place and is alive sends the record to every owner before it drops
+    // its copy: the newcomers get it from there, and once is enough. Should it fail, it keeps its copy
+    // and retries; anti-entropy covers one that is gone for good.
+    if (oldOwners.some(p => !owners.includes(p) && stateOf(p) === 'alive')) return undefined
     // A newcomer that is down now gets it on a later run: this one counts as failed, so it is retried.
     const up = gained.filter(p => stateOf(p) !== 'down')
     return { targets: up, drop: false, missing: up.length < gained.length }
@@ -75,28 +79,6 @@ export function differingIndexes (mine: readonly string[], theirs: readonly (str
   const out: number[] = []
   for (let i = 0; i < mine.length; i++) if (mine[i] !== theirs[i]) out.push(i)
   return out
-}
-
-/** What anti-entropy moves for the records of some differing leaves, from both sides' record digests (key to digest) */
-export interface RecordSync {
-  /** Keys whose state this node sends (the peer lacks them or holds another digest) */
-  push: string[]
-  /** Keys whose state this node fetches (it lacks them or holds another digest) */
-  pull: string[]
-  /** Distinct keys compared */
-  compared: number
-}
-
-/**
- * Compares two nodes' digests of the records both own: a record that
- * differs both ways is pushed and pulled (merging never loses a head, so
- * each side ends with the union); one side's records the other lacks go
- * one way.
- */
-export function planRecordSync (mine: ReadonlyMap<string, string>, theirs: ReadonlyMap<string, string>): RecordSync {
-  const push = [...mine].filter(([k, d]) => theirs.get(k) !== d).map(([k]) => k)
-  const pull = [...theirs].filter(([k, d]) => mine.get(k) !== d).map(([k]) => k)
-  return { push, pull, compared: new Set([...mine.keys(), ...theirs.keys()]).size }
 }
 
 /**

@@ -1,11 +1,12 @@
 import { ForbiddenError, InvalidMessageError, NtsoekheError, TimeoutError, UnavailableError } from '../errors/index.js'
 import { findTable } from '../schema/index.js'
+import { MAX_COUNT_RANGES } from './messages.js'
 import type { PurgeMarker, RecordState, Store, VersionEntry } from '../storage/store.js'
 import { winner } from '../storage/store.js'
 import type { HybridClock } from '../storage/version.js'
 import { compareVersions } from '../storage/version.js'
 import { AntiEntropy } from './anti-entropy.js'
-import { ApplyBatcher, chunkBy, chunkGroups, MAX_ENTRIES_PER_MESSAGE, resultOk } from './apply-batcher.js'
+import { ApplyBatcher, chunkGroups, chunkWhole, resultOk } from './apply-batcher.js'
 import type { ClusterStatus, Consistency, Coordinator, GroupOutcome, InsertOutcome, Mutation, RequestOptions, ScanPage, ScanRequest, WriteResult } from './coordinator.js'
 import { handoffAction, orderByLiveness, planRecordMove, requiredAcks, type RecordMove } from './decisions.js'
 import { mergeStates, missingHeads } from './merge.js'
@@ -52,6 +53,15 @@ export interface DistributedCoordinatorInit {
   syncBandwidthMbps?: number
 }
 
+/** Rows per table across the network (see DistributedCoordinator.networkRowCounts) */
+export interface NetworkRowCounts {
+  tables: Record<string, number>
+  /** Every token range was counted on one of its owners */
+  complete: boolean
+  /** Members that did not answer: their ranges were counted on the next owners, from their copies */
+  unanswered: string[]
+}
+
 /** What the last rebalance (hand-off of records to their owners after the ring changed) did */
 export interface RebalanceStatus {
   /** A rebalance is scheduled or running */
@@ -78,8 +88,10 @@ function sameMembers (a: string[], b: string[]): boolean {
   return a.length === b.length && [...a].sort().join(',') === [...b].sort().join(',')
 }
 
-/** Record states sent to one peer in one hand-off message */
-const REBALANCE_BATCH = 256
+/** Records a rebalance sends per batch (one message per target peer, or a few: see chunkWhole) */
+const REBALANCE_BATCH = 512
+/** Hand-off batches in flight at once: the scan waits while this many await their answers */
+const REBALANCE_WINDOW = 4
 
 /**
  * The networked coordinator. Each key's first live owner on the ring is its
@@ -126,6 +138,8 @@ export class DistributedCoordinator implements Coordinator {
   private stopped = false
   /** Copies of records this node does not own were written here at `one` (sloppyWrite): a rebalance after the next handoff moves them */
   private sloppyHeld = false
+  /** Read repairs sent since start (copies found stale by a read and brought up to date) */
+  readRepairs = 0
   /** Records whose local commit failed after their write was ordered (`table/id`): caught up before the next write */
   private readonly missed = new Set<string>()
 
@@ -242,75 +256,82 @@ export class DistributedCoordinator implements Coordinator {
     before.setMembers(this.placedFor.map(peerId => ({ peerId })))
     const stats = { finishedAt: 0, records: 0, sent: 0, dropped: 0, failed: 0 }
     const self = this.c.peerId
-    // Pending sends per peer; a batch goes out when full and the sweep waits for it (back-pressure).
-    // A record travels whole: every version it has had (so its history moves with it), then its state.
-    type Outgoing = { state: RecordState, versions: VersionEntry[], done: (ok: boolean) => void }
-    const queues = new Map<string, Outgoing[]>()
-    const flush = async (peer: string): Promise<void> => {
-      const queue = queues.get(peer) ?? []
-      queues.delete(peer)
-      for (const part of chunkOutgoing(queue)) {
-        let ok = part.map(() => false)
-        try {
-          const applied = await this.c.transport.request(peer, 'replica', { type: 'apply', groups: part.map(q => q.versions) }, { timeout: this.timeoutMs * 2 })
-          const merged = await this.c.transport.request(peer, 'replica', { type: 'merge', states: part.map(q => q.state) }, { timeout: this.timeoutMs * 2 })
-          ok = part.map((_, i) => resultOk(applied, i) && resultOk(merged, i))
-        } catch (err) {
-          this.c.log?.('hand-off of %d records to %s failed: %s', part.length, peer, (err as Error).message)
-        }
-        part.forEach((q, i) => { q.done(ok[i] === true) })
-      }
-    }
-    const send = async (peer: string, state: RecordState, versions: VersionEntry[]): Promise<boolean> => {
-      let queue = queues.get(peer)
-      if (queue === undefined) { queue = []; queues.set(peer, queue) }
-      const q = queue
-      const acked = new Promise<boolean>(resolve => { q.push({ state, versions, done: resolve }) })
-      if (q.length >= REBALANCE_BATCH) await flush(peer)
-      return await acked
-    }
     // Where one record goes: to the owners that gained it (this node stays an owner), or to every owner
     // before this node's copy is dropped; undefined when it stays as it is.
-    const plan = (state: RecordState): RecordMove | undefined => {
+    const plan = (state: { table: string, token: string }): RecordMove | undefined => {
       const global = findTable(state.table)?.shardKey === 'global'
       const owners = this.ring.preferenceList(state.token, global ? this.ring.size : this.replicas)
       const oldOwners = before.preferenceList(state.token, global ? before.size : this.replicas)
       return planRecordMove(self, owners, oldOwners, p => this.c.membership.stateOf(p))
     }
-    const handle = async (state: RecordState, route: { targets: string[], drop: boolean, missing: boolean }, versions: VersionEntry[]): Promise<void> => {
-      // The sends are queued synchronously, before the first await: the flush below sees all of them.
-      const oks = await Promise.all(route.targets.map(async p => await send(p, state, versions)))
-      if (route.targets.length > 0) stats.sent++
-      const ok = !route.missing && oks.every(Boolean)
-      if (!ok) { stats.failed++; return }
-      if (route.drop && await this.c.store.drop(state)) { stats.dropped++; this.droppedTotal++ }
-    }
-    const batch: RecordState[] = []
-    const processBatch = async (): Promise<void> => {
-      const work = batch.splice(0).map(state => ({ state, route: plan(state) })).filter(w => w.route !== undefined && w.route.targets.length + (w.route.missing ? 1 : 0) > 0)
-      const versions = await Promise.all(work.map(async w => await this.c.store.versions(w.state.table, w.state.token, w.state.id)))
-      const done = work.map(async (w, i) => {
-        await handle(w.state, w.route as NonNullable<typeof w.route>, versions[i] as VersionEntry[]).catch(err => {
-          stats.failed++
-          this.c.log?.('hand-off of %s %s failed: %s', w.state.table, w.state.id, (err as Error).message)
-        })
+    type Route = NonNullable<ReturnType<typeof plan>>
+    // One batch of records: each sent whole (its history and its state) to its targets, one message per
+    // target peer; copies this node gives up are dropped (in one batch) once every owner has them on disk.
+    const handOff = async (work: Array<{ state: RecordState, route: Route }>): Promise<void> => {
+      const history = await Promise.all(work.map(async w => await this.c.store.historyOf(w.state)))
+      const ok = work.map(w => !w.route.missing)
+      const byPeer = new Map<string, number[]>()
+      work.forEach((w, i) => {
+        for (const p of w.route.targets) {
+          const items = byPeer.get(p)
+          if (items === undefined) byPeer.set(p, [i])
+          else items.push(i)
+        }
       })
-      await Promise.all([...queues.keys()].map(flush))
-      await Promise.all(done)
+      await Promise.all([...byPeer].map(async ([peer, items]) => {
+        for (const part of chunkWhole(items.map(i => ({ i, state: (work[i] as { state: RecordState }).state, versions: history[i] as VersionEntry[] })))) {
+          let reply: unknown
+          try {
+            reply = await this.c.transport.request(peer, 'replica', { type: 'records', records: part.map(({ state, versions }) => ({ state, versions })) }, { timeout: this.timeoutMs * 2 })
+          } catch (err) {
+            this.c.log?.('hand-off of %d records to %s failed: %s', part.length, peer, (err as Error).message)
+          }
+          part.forEach((item, j) => { if (!resultOk(reply, j)) ok[item.i] = false })
+        }
+      }))
+      work.forEach((w, i) => {
+        if (w.route.targets.length > 0) stats.sent++
+        if (ok[i] !== true) stats.failed++
+      })
+      const drops = work.filter((w, i) => ok[i] === true && w.route.drop).map(w => w.state)
+      if (drops.length > 0) {
+        const dropped = (await this.c.store.dropMany(drops)).filter(Boolean).length
+        stats.dropped += dropped
+        this.droppedTotal += dropped
+      }
+    }
+    // Batches go out while the scan goes on, up to REBALANCE_WINDOW at once (back-pressure: the scan waits).
+    const inflight = new Set<Promise<void>>()
+    const launch = (work: Array<{ state: RecordState, route: Route }>): void => {
+      if (work.length === 0) return
+      const job = handOff(work).catch(err => {
+        stats.failed += work.length
+        this.c.log?.('hand-off of %d records failed: %s', work.length, (err as Error).message)
+      }).finally(() => { inflight.delete(job) })
+      inflight.add(job)
     }
     try {
-      for await (const state of this.c.store.scanRecords()) {
+      let batch: Array<{ state: RecordState, route: Route }> = []
+      // Placed by key alone: only the records that move are decoded (their rows decrypted).
+      for await (const page of this.c.store.scanPages()) {
         if (this.stopped) break
-        stats.records++
-        batch.push(state)
-        // Bound what is in flight: push out what is queued and wait for it.
-        if (batch.length >= REBALANCE_BATCH * 4) await processBatch()
+        for (const record of page) {
+          stats.records++
+          const route = plan(record)
+          if (route === undefined || (route.targets.length === 0 && !route.missing)) continue
+          batch.push({ state: record.open(), route })
+          if (batch.length < REBALANCE_BATCH) continue
+          launch(batch)
+          batch = []
+        }
+        while (inflight.size >= REBALANCE_WINDOW) await Promise.race(inflight)
       }
-      if (!this.stopped) await processBatch()
+      if (!this.stopped) launch(batch)
     } catch (err) {
       stats.failed++
       this.c.log?.('rebalance stopped: %s', (err as Error).message)
     }
+    await Promise.all(inflight)
     stats.finishedAt = this.env.now()
     this.lastRebalance = stats
     if (stats.sent > 0 || stats.failed > 0) {
@@ -359,6 +380,57 @@ export class DistributedCoordinator implements Coordinator {
   rebalanceStatus (): RebalanceStatus {
     const pending = this.rebalanceTimer !== undefined || this.rebalancing !== undefined
     return this.lastRebalance === undefined ? { pending } : { pending, last: this.lastRebalance }
+  }
+
+  /**
+   * Live rows per table across the network, each record counted once: the
+   * token space is cut into ranges (this node's ring), and each range is
+   * counted on one of its owners, the first that is not down. A member that
+   * does not answer has its ranges counted on their next owners, from the
+   * copies those hold; a range none of its owners counted leaves the result
+   * incomplete (`complete: false`).
+   */
+  async networkRowCounts (): Promise<NetworkRowCounts> {
+    const tables: Record<string, number> = {}
+    const unanswered = new Set<string>()
+    let pending = this.ring.ranges(this.replicas).map(r => ({ ...r, next: 0 }))
+    let uncounted = 0
+    while (pending.length > 0) {
+      const byPeer = new Map<string, typeof pending>()
+      for (const r of pending) {
+        while (r.next < r.owners.length && (unanswered.has(r.owners[r.next] as string) || this.c.membership.stateOf(r.owners[r.next] as string) === 'down')) r.next++
+        const owner = r.owners[r.next]
+        if (owner === undefined) { uncounted++; continue }
+        byPeer.set(owner, [...(byPeer.get(owner) ?? []), r])
+      }
+      pending = []
+      await Promise.all([...byPeer].map(async ([peer, ranges]) => {
+        try {
+          const counts = await this.countOn(peer, mergeRanges(ranges))
+          for (const [table, n] of Object.entries(counts)) tables[table] = (tables[table] ?? 0) + n
+        } catch (err) {
+          if (!isNoAnswer(err)) throw err
+          this.c.log?.('row count on %s failed (%s): its ranges go to their next owners', peer, (err as Error).message)
+          unanswered.add(peer)
+          pending.push(...ranges)
+        }
+      }))
+    }
+    const sorted = Object.fromEntries(Object.entries(tables).sort((a, b) => a[0] < b[0] ? -1 : 1))
+    return { tables: sorted, complete: uncounted === 0, unanswered: [...unanswered].sort() }
+  }
+
+  /** Rows per table in `ranges` as `peer` holds them (this node's store for itself), MAX_COUNT_RANGES a message */
+  private async countOn (peer: string, ranges: Array<[string, string]>): Promise<Record<string, number>> {
+    const total: Record<string, number> = {}
+    for (let i = 0; i < ranges.length; i += MAX_COUNT_RANGES) {
+      const chunk = ranges.slice(i, i + MAX_COUNT_RANGES)
+      const counts = peer === this.c.peerId
+        ? await this.c.store.countRowsIn(chunk)
+        : checkCounts(await this.c.transport.request(peer, 'replica', { type: 'count', ranges: chunk }, { timeout: this.timeoutMs }))
+      for (const [table, n] of Object.entries(counts)) total[table] = (total[table] ?? 0) + n
+    }
+    return total
   }
 
   /** The key's owners, in preference order: N of them, or every member for global tables */
@@ -439,6 +511,7 @@ export class DistributedCoordinator implements Coordinator {
    */
   private async sloppyWrite (mutations: Mutation[], owners: string[], retry: boolean): Promise<WriteResult[]> {
     const first = mutations[0] as Mutation
+    await this.c.store.assertWritable()
     const recalled = await recallWrites(this.c.store, mutations)
     let ordered: { entries: VersionEntry[], results: WriteResult[] } = { entries: [], results: [] }
     await this.c.store.transact(mutations.map(mutationKey), states => {
@@ -464,6 +537,8 @@ export class DistributedCoordinator implements Coordinator {
     if (!owners.includes(this.c.peerId)) {
       throw new NtsoekheError('NOT_OWNER', `${this.c.peerId} does not own ${first.shard}`)
     }
+    // A full disk refuses here, before anything is ordered or sent: the refusal is then the whole truth.
+    await this.c.store.assertWritable()
     await this.catchUp(mutations, owners, level, retry)
     const recalled = await recallWrites(this.c.store, mutations)
     let ordered: { entries: VersionEntry[], results: WriteResult[] } = { entries: [], results: [] }
@@ -572,6 +647,12 @@ export class DistributedCoordinator implements Coordinator {
       if ((ownersOf[i] as string[]).includes(this.c.peerId)) owned.push(i)
       else outcomes[i] = { ok: false, error: { code: 'NOT_OWNER', message: `${this.c.peerId} does not own ${(g[0] as Mutation).shard}` } }
     })
+    try {
+      await this.c.store.assertWritable()
+    } catch (err) {
+      for (const gi of owned) outcomes[gi] = { ok: false, error: errorBody(err) }
+      return outcomes
+    }
     // As in coordinateWrite: updates and deletes are ordered against an up-to-date copy. A group whose
     // owners cannot be asked fails alone.
     const caughtUp = await Promise.all(owned.map(async (gi) => {
@@ -637,6 +718,8 @@ export class DistributedCoordinator implements Coordinator {
       let settled = false
       // An owner that timed out may still have applied the write: the outcome is then unknown, not partial.
       let uncertain = false
+      // Why owners missed it (a full disk, a timeout), named in the refusal
+      const reasons: string[] = []
       const done = (): void => {
         if (settled) return
         if (acks >= target) { settled = true; resolve() } else if (acks + failures === voters) {
@@ -645,16 +728,18 @@ export class DistributedCoordinator implements Coordinator {
           const durable = durableHere + acks
           const required = durableHere + target
           const outcome = uncertain ? 'unknown' : 'partial'
-          reject(new NtsoekheError('UNAVAILABLE', `${what}: the write is durable on ${durable} of the ${required} owners required; ${outcome === 'unknown' ? 'an owner that did not answer may have it too' : 'it will reach the others when they return'} (retry with the same Idempotency-Key to finish it)`, { durable, required, outcome }))
+          const why = reasons.length === 0 ? '' : ` [${reasons.join('; ')}]`
+          reject(new NtsoekheError('UNAVAILABLE', `${what}: the write is durable on ${durable} of the ${required} owners required; ${outcome === 'unknown' ? 'an owner that did not answer may have it too' : 'it will reach the others when they return'} (retry with the same Idempotency-Key to finish it)${why}`, { durable, required, outcome }))
         }
       }
-      local?.then(() => { acks++; done() }, () => { failures++; uncertain = true; done() })
+      local?.then(() => { acks++; done() }, err => { failures++; uncertain = true; reasons.push(`${this.c.peerId}: ${(err as Error).message}`); done() })
       for (const peer of peers) {
         const send = this.c.membership.stateOf(peer) === 'down'
           ? Promise.reject(new UnavailableError(`${peer} is down`))
           : this.batcher.send(peer, entries)
         send.then(() => { acks++; done() }, async err => {
           if (err instanceof TimeoutError) uncertain = true
+          reasons.push(`${peer}: ${(err as Error).message}`)
           this.c.log?.('replica %s missed %s: %s; keeping a hint', peer, what, (err as Error).message)
           await this.c.store.addHint(peer, entries).catch(e => { this.c.log?.('hint for %s lost: %s', peer, (e as Error).message) })
           failures++
@@ -765,6 +850,7 @@ export class DistributedCoordinator implements Coordinator {
       const job = peer === this.c.peerId
         ? this.c.store.merge([merged])
         : this.c.transport.request(peer, 'replica', { type: 'merge', states: [merged] }, { timeout: this.timeoutMs })
+      this.readRepairs++
       void job.catch(err => { this.c.log?.('read repair of %s on %s failed: %s', merged.id, peer, (err as Error).message) })
     }
   }
@@ -870,10 +956,12 @@ export class DistributedCoordinator implements Coordinator {
     }
     const msg: ReplicaMessage = parseReplicaMessage(raw)
     // A member that left may still hand over what it holds (its records, its hints), but reads nothing more.
-    if (from !== this.c.peerId && this.c.membership.stateOf(from) === 'left' && msg.type !== 'apply' && msg.type !== 'merge' && msg.type !== 'purge') {
+    if (from !== this.c.peerId && this.c.membership.stateOf(from) === 'left' && msg.type !== 'apply' && msg.type !== 'merge' && msg.type !== 'records' && msg.type !== 'purge') {
       throw new ForbiddenError(`${from} has left the network: it may only hand over what it holds`)
     }
     switch (msg.type) {
+      case 'count':
+        return { tables: await this.c.store.countRowsIn(msg.ranges) }
       case 'write':
         return await this.coordinateWrite(msg.mutations, msg.consistency, msg.retry === true)
       case 'writeGroups':
@@ -895,6 +983,20 @@ export class DistributedCoordinator implements Coordinator {
           }
         }))
         return { results }
+      }
+      case 'records': {
+        if (this.c.membership.leaving) return this.refuseWhileLeaving(msg.records.length)
+        for (const r of msg.records) {
+          for (const h of r.state.heads) this.c.clock.observe(h.version)
+          for (const e of r.versions) this.c.clock.observe(e.version)
+        }
+        try {
+          await this.c.store.receive(msg.records)
+          return { results: msg.records.map(() => ({ ok: true })) }
+        } catch (err) {
+          this.c.log?.('taking %d records from %s failed: %s', msg.records.length, from, (err as Error).message)
+          return { results: msg.records.map(() => ({ ok: false, error: { code: 'INTERNAL', message: (err as Error).message } })) }
+        }
       }
       case 'merge': {
         if (this.c.membership.leaving) return this.refuseWhileLeaving(msg.states.length)
@@ -1014,14 +1116,6 @@ export class DistributedCoordinator implements Coordinator {
   }
 }
 
-/** Hand-off messages: at most REBALANCE_BATCH records, MAX_ENTRIES_PER_MESSAGE versions, and 50,000 version ids of state each (one larger record goes alone) */
-function chunkOutgoing<T extends { state: RecordState, versions: VersionEntry[] }> (queue: T[]): T[][] {
-  return chunkBy(queue, REBALANCE_BATCH, [
-    { size: q => q.versions.length, max: MAX_ENTRIES_PER_MESSAGE },
-    { size: q => q.state.seen.length + q.state.superseded.length, max: 50_000 }
-  ])
-}
-
 /** A peer's answer to `read`, checked before it is merged or repaired into this node's store */
 function readReply (reply: unknown, expect: { table: string, id: string, token: string }): RecordState | undefined {
   const state = (reply as { state?: unknown } | null)?.state
@@ -1041,6 +1135,29 @@ function historyReply (reply: unknown, table: string, id: string): VersionEntry[
 
 function errorBody (err: unknown): { code: string, message: string, column?: string } {
   return err instanceof NtsoekheError ? err.toJSON() : { code: 'INTERNAL', message: (err as Error)?.message ?? String(err) }
+}
+
+/** `[from, to)` token ranges as pairs, sorted, touching ones joined */
+function mergeRanges (ranges: ReadonlyArray<{ from: string, to: string }>): Array<[string, string]> {
+  const out: Array<[string, string]> = []
+  for (const r of [...ranges].sort((a, b) => a.from < b.from ? -1 : 1)) {
+    const last = out[out.length - 1]
+    if (last !== undefined && last[1] === r.from && r.from !== '') last[1] = r.to
+    else out.push([r.from, r.to])
+  }
+  return out
+}
+
+/** A peer's answer to `count`: table names and non-negative integer counts */
+function checkCounts (reply: unknown): Record<string, number> {
+  const tables = (reply as { tables?: unknown } | null)?.tables
+  if (tables === null || typeof tables !== 'object' || Array.isArray(tables)) throw new InvalidMessageError('replica: malformed count reply')
+  const out: Record<string, number> = {}
+  for (const [table, n] of Object.entries(tables as Record<string, unknown>)) {
+    if (!Number.isSafeInteger(n) || (n as number) < 0 || table.length > 100) throw new InvalidMessageError('replica: malformed count reply')
+    out[table] = n as number
+  }
+  return out
 }
 
 /** Errors that mean "this peer did not answer", as opposed to a refusal the caller must see */

@@ -1,4 +1,5 @@
 import { peerIdFromString } from '@libp2p/peer-id'
+import { fromString, toString } from 'uint8arrays'
 import type { MemberRecord } from './membership.js'
 
 /**
@@ -20,17 +21,15 @@ export const MAX_HEARTBEAT = 2 ** 40
 /** What a removal adds to the removed member's heartbeat, so the mark outranks anything it sent before going down */
 export const REMOVAL_BUMP = 1_000_000
 
-const encoder = new TextEncoder()
-
 /** The bytes a record's signature covers: every field but the signature, in a fixed order */
 export function claimBytes (r: MemberRecord): Uint8Array {
-  return encoder.encode(JSON.stringify(['ntsoekhe/member/1', r.peerId, r.incarnation, r.heartbeat, r.left === true, r.addresses, r.removedBy ?? null, r.zone ?? null]))
+  return fromString(JSON.stringify(['ntsoekhe/member/1', r.peerId, r.incarnation, r.heartbeat, r.left === true, r.addresses, r.removedBy ?? null, r.zone ?? null]), 'utf8')
 }
 
 /** The record with a signature by `sign` (the member's own key, or for a removal the remover's) */
 export function signClaim (r: MemberRecord, sign: Signer): MemberRecord {
   const { sig: _, ...rest } = r
-  return { ...rest, sig: Buffer.from(sign(claimBytes(rest))).toString('base64') }
+  return { ...rest, sig: toString(sign(claimBytes(rest)), 'base64pad') }
 }
 
 /** The peer whose key must have signed the record: the member itself, or the member that removed it */
@@ -55,7 +54,7 @@ export function verifyClaim (r: MemberRecord): boolean {
     if (verified.get(seen) === text) return true
     const key = peerIdFromString(claimSigner(r)).publicKey
     if (key === undefined) return false
-    const ok = key.verify(bytes, Buffer.from(r.sig, 'base64')) === true
+    const ok = key.verify(bytes, fromString(r.sig, 'base64pad')) === true
     if (ok) {
       if (verified.size >= VERIFIED_MAX) verified.clear()
       verified.set(seen, text)

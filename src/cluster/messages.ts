@@ -1,6 +1,6 @@
 import { InvalidMessageError } from '../errors/index.js'
 import { findTable, rowId, shardValue, validateRow, type Row } from '../schema/index.js'
-import type { RecordState, VersionEntry } from '../storage/store.js'
+import type { RecordState, VersionEntry, WholeRecord } from '../storage/store.js'
 import { isVersion } from '../storage/version.js'
 import { AUDIT_ID_RE, auditRowProblem, auditShard, type AuditRow } from '../security/audit-entry.js'
 import { CONSISTENCY_LEVELS, type Consistency, type Mutation } from './coordinator.js'
@@ -23,14 +23,20 @@ export const MAX_PARENTS = 64
 export const MAX_SCAN_LIMIT = 1000
 /** Record states in one hand-off or repair message */
 export const MAX_STATES = 1000
+/** Token ranges one `count` message may name (a member's share of the ring's ranges, with those of silent members it stands in for; more go in several messages) */
+export const MAX_COUNT_RANGES = 4096
 /** Versions a record state may list as seen or replaced */
 export const MAX_KNOWN_VERSIONS = 1_000_000
 
 export type ReplicaMessage =
+  /** Live rows per table in these `[from, to)` token ranges (HashRing.ranges), counted by the asker's ring */
+  | { type: 'count', ranges: Array<[string, string]> }
   | { type: 'write', mutations: Mutation[], consistency?: Consistency, retry?: boolean }
   | { type: 'writeGroups', groups: Mutation[][], consistency?: Consistency }
   | { type: 'apply', groups: VersionEntry[][] }
   | { type: 'merge', states: RecordState[] }
+  /** Whole records (hand-off, anti-entropy): each record's versions and state, taken in one batch */
+  | { type: 'records', records: WholeRecord[] }
   | { type: 'read', table: string, id: string, token: string }
   | { type: 'history', table: string, id: string, token: string }
   | { type: 'scan', table: string, where: Record<string, string | number | null>, after?: string, token?: string, limit: number }
@@ -56,6 +62,16 @@ function checkTable (table: unknown): string {
   if (typeof table !== 'string') bad('table must be a string')
   if (table !== LOCATOR_TABLE && table !== UNIQUE_TABLE && table !== AUDIT_TABLE && findTable(table) === undefined) bad(`unknown table ${table.slice(0, 64)}`)
   return table
+}
+
+/** A record sent whole: its state, and versions (its history) all of that record */
+function checkWholeRecord (r: unknown, fail: (message: string) => never): WholeRecord {
+  const x = r as { state?: unknown, versions?: unknown } | null
+  if (x === null || typeof x !== 'object' || !Array.isArray(x.versions) || x.versions.length > MAX_ENTRIES) fail('malformed whole record')
+  const state = checkState(x.state)
+  const versions = (x.versions as unknown[]).map(checkEntry)
+  if (!versions.every(v => v.table === state.table && v.id === state.id && v.token === state.token)) fail('versions of another record')
+  return { state, versions }
 }
 
 function checkId (table: string, id: unknown): string {
@@ -86,7 +102,8 @@ function checkRow (table: string, id: string, row: unknown): { row: Row, shard: 
   if (def === undefined) bad(`unknown table ${table}`)
   let valid: Row
   try {
-    valid = validateRow(def, row, 'full')
+    // Kept as the member stored it: a version written before TIMESTAMPs were canonical still replicates unchanged.
+    valid = validateRow(def, row, 'full', { stored: true })
   } catch (err) {
     throw new InvalidMessageError(`replica: invalid ${table} row: ${(err as Error).message}`, { cause: err })
   }
@@ -174,6 +191,11 @@ function oneShard (mutations: Mutation[]): Mutation[] {
   return mutations
 }
 
+/** A bound of a `[from, to)` token range: '' (an end of the token space), a token, or a token and NUL (just after it) */
+function isRangeBound (b: unknown): b is string {
+  return typeof b === 'string' && (b === '' || TOKEN_RE.test(b.endsWith('\u0000') ? b.slice(0, -1) : b))
+}
+
 function withConsistency<M extends { type: 'write' | 'writeGroups' }> (msg: M, consistency: unknown): M & { consistency?: Consistency } {
   if (consistency === undefined) return msg
   if (!CONSISTENCY_LEVELS.includes(consistency as Consistency)) bad('unknown consistency')
@@ -185,6 +207,16 @@ export function parseReplicaMessage (msg: unknown): ReplicaMessage {
   const m = msg as Record<string, unknown>
   if (m === null || typeof m !== 'object') bad('message must be an object')
   switch (m.type) {
+    case 'count': {
+      if (!Array.isArray(m.ranges) || m.ranges.length > MAX_COUNT_RANGES) bad(`count needs at most ${MAX_COUNT_RANGES} ranges`)
+      const ranges = m.ranges.map(r => {
+        if (!Array.isArray(r) || r.length !== 2 || !r.every(isRangeBound)) bad('malformed count range')
+        const [from, to] = r as [string, string]
+        if (from !== '' && to !== '' && from >= to) bad('malformed count range')
+        return [from, to] as [string, string]
+      })
+      return { type: 'count', ranges }
+    }
     case 'write': {
       if (!Array.isArray(m.mutations) || m.mutations.length === 0 || m.mutations.length > MAX_ENTRIES) bad('write needs 1 to 10000 mutations')
       const mutations = oneShard(m.mutations.map(checkMutation))
@@ -198,6 +230,19 @@ export function parseReplicaMessage (msg: unknown): ReplicaMessage {
     case 'merge': {
       if (!Array.isArray(m.states) || m.states.length === 0 || m.states.length > MAX_STATES) bad(`merge needs 1 to ${MAX_STATES} record states`)
       return { type: 'merge', states: m.states.map(x => checkState(x)) }
+    }
+    case 'records': {
+      if (!Array.isArray(m.records) || m.records.length === 0 || m.records.length > MAX_STATES) bad(`records needs 1 to ${MAX_STATES} records`)
+      let total = 0
+      return {
+        type: 'records',
+        records: m.records.map(r => {
+          const record = checkWholeRecord(r, bad)
+          total += record.versions.length + record.state.heads.length
+          if (total > MAX_ENTRIES) bad(`more than ${MAX_ENTRIES} versions`)
+          return record
+        })
+      }
     }
     case 'read':
     case 'history': {
@@ -364,16 +409,20 @@ export function checkLeavesReply (x: unknown, asked: number): string[][] {
 }
 
 /** A peer's page of record digests, each key in one of the leaves and after the cursor asked for */
-export function checkDigestPage (x: unknown, leaves: number[], after?: string): { records: Array<[string, string]>, next?: string } {
+export function checkDigestPage (x: unknown, leaves: number[], after?: string): { records: Array<[string, string, string[]?]>, next?: string } {
   const p = x as { records?: unknown, next?: unknown } | null
   if (p === null || typeof p !== 'object' || !Array.isArray(p.records) || p.records.length > MAX_SYNC_DIGESTS) badSync('malformed digests page')
   const asked = new Set(leaves.map(l => l.toString(16).padStart(4, '0')))
   const inLeaves = (key: string): boolean => asked.has(key.slice(0, 4)) && (after === undefined || key > after)
-  const records = p.records.map((r: unknown): [string, string] => {
-    if (!Array.isArray(r) || r.length !== 2 || typeof r[1] !== 'string' || !RECORD_DIGEST_RE.test(r[1])) badSync('malformed record digest')
+  // Each record: its key and digest, and (from nodes that send them) its head versions.
+  const records = p.records.map((r: unknown): [string, string, string[]?] => {
+    if (!Array.isArray(r) || (r.length !== 2 && r.length !== 3) || typeof r[1] !== 'string' || !RECORD_DIGEST_RE.test(r[1])) badSync('malformed record digest')
     const { key } = checkRecordKey(r[0])
     if (!inLeaves(key)) badSync('a record digest outside the leaves asked for')
-    return [key, r[1]]
+    if (r.length === 2) return [key, r[1]]
+    const heads: unknown = r[2]
+    if (!Array.isArray(heads) || heads.length > MAX_PARENTS || !heads.every(isVersion)) badSync('malformed record heads')
+    return [key, r[1], heads]
   })
   if (p.next === undefined) return { records }
   const next = checkRecordKey(p.next).key
@@ -386,15 +435,12 @@ export function checkFetchReply (x: unknown, asked: string[]): { records: Array<
   const p = x as { records?: unknown, missing?: unknown } | null
   if (p === null || typeof p !== 'object' || !Array.isArray(p.records) || !Array.isArray(p.missing)) badSync('malformed fetch reply')
   const wanted = new Set(asked)
-  const records = p.records.map((r: any) => {
-    if (r === null || typeof r !== 'object' || !Array.isArray(r.versions) || r.versions.length > MAX_ENTRIES) badSync('malformed fetched record')
-    const state = checkState(r.state)
-    const key = `${state.token}!${state.table}!${state.id}`
+  const records = p.records.map((r: unknown) => {
+    const record = checkWholeRecord(r, badSync)
+    const key = `${record.state.token}!${record.state.table}!${record.state.id}`
     if (!wanted.has(key)) badSync('a fetched record that was not asked for')
     wanted.delete(key)
-    const versions = (r.versions as unknown[]).map(checkEntry)
-    if (!versions.every(v => v.table === state.table && v.id === state.id && v.token === state.token)) badSync('versions of another record')
-    return { state, versions }
+    return record
   })
   const missing = p.missing.map((k: unknown) => {
     if (typeof k !== 'string' || !wanted.has(k)) badSync('a missing record that was not asked for')

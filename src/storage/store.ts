@@ -1,14 +1,16 @@
 import { Level } from 'level'
 import type { AbstractLevel, AbstractSublevel } from 'abstract-level'
-import { DataKeyError, HomeLockedError, IntegrityError, NtsoekheError } from '../errors/index.js'
+import { DataKeyError, HomeLockedError, IntegrityError, NtsoekheError, StorageFullError } from '../errors/index.js'
 import { findTable, sensitiveColumns, type Row, type Value } from '../schema/index.js'
 import { FieldCipher, isHashedIndexValue, SEALED_KEY } from './field-cipher.js'
 import { compareVersions } from './version.js'
 import { GroupCommitter, type BatchOp } from './group-commit.js'
 import { KeyedMutex } from './keyed-mutex.js'
+import { LEAVES, leafOf } from './range-summary.js'
 import { encodeIndexValue, recordKey, SEP } from './keys.js'
 import { leafPrefix, RangeSummary, recordDigest } from './range-summary.js'
 import { REAL_ENV, type Environment } from '../util/env.js'
+import { decodeVersionLists, encodeVersionLists, type StoredVersionLists } from './version-list.js'
 
 type Sub = AbstractSublevel<any, any, string, any>
 
@@ -42,11 +44,17 @@ export interface RecordState {
   superseded: string[]
   /**
    * The newest version whose ancestry this replica keeps outside the record
-   * (format 4): what it has seen or knows replaced up to here is looked up in
+   * (since format 4): what it has seen or knows replaced up to here is looked up in
    * the store, one key per version, not listed. Absent while the lists are
    * short; a state without it lists everything.
    */
   horizon?: string
+}
+
+/** A record whole: its state and every version it has had, oldest first (what a backup holds) */
+export interface WholeRecord {
+  state: RecordState
+  versions: VersionEntry[]
 }
 
 /** A hint kept for a peer: versions it missed, or (with `entries` empty) a purge it missed */
@@ -106,7 +114,7 @@ export interface StoreInit {
    * @default false
    */
   plaintext?: boolean
-  /** Progress of a migration at open (a format-3 store rewritten as format 4) */
+  /** Progress of a migration at open (a format-3 or format-4 store rewritten as format 5) */
   log?: (message: string) => void
   /**
    * The database to use instead of LevelDB at `path`: an abstract-level
@@ -135,6 +143,13 @@ export interface PurgeMarker {
   version: string
   /** When it was erased here, ms since the epoch */
   time: number
+}
+
+/** A record as it travels whole between replicas: its state, and its other versions (history) */
+export interface WholeRecord {
+  state: RecordState
+  /** Versions besides the heads (a head listed here too is taken once) */
+  versions: VersionEntry[]
 }
 
 /** What `merge` did with a peer's state: took something new from it, or already knew all of it */
@@ -212,7 +227,7 @@ export class Store {
   private readonly hints: Sub
   private readonly purges: Sub
   /**
-   * A record's ancestry below its horizon (format 4): key `<record key>!<version>`,
+   * A record's ancestry below its horizon (since format 4): key `<record key>!<version>`,
    * value 1 for a version seen here (and replaced), 0 for one only known replaced
    */
   private readonly known: Sub
@@ -223,6 +238,8 @@ export class Store {
   private readonly hintCounts = new Map<string, number>()
   /** Live rows per table, counted once at open and kept up to date by every commit */
   private readonly rowCounts = new Map<string, number>()
+  /** Live rows per table per leaf of the token space (1/65536 of it): a count over token ranges sums whole leaves and reads only its edges */
+  private readonly leafCounts = new Map<string, Int32Array>()
   /** Hash summary of every record's heads by token range, for anti-entropy: kept up to date by every commit */
   private rangeSummary = new RangeSummary()
   private readonly mutex = new KeyedMutex()
@@ -233,6 +250,8 @@ export class Store {
   private readonly sync: boolean
   private readonly env: Environment
   private state: 'new' | 'opening' | 'open' | 'closing' | 'closed' = 'new'
+  /** The last commit failed for want of disk space (see assertWritable) */
+  private diskFull = false
   private opening?: Promise<void>
   private closing?: Promise<void>
 
@@ -256,13 +275,31 @@ export class Store {
     this.plaintext = init.plaintext === true
     this.sync = init.sync ?? true
     this.committer = new GroupCommitter(async (ops, sync) => {
-      await writeBatch(this.db, ops, sync)
+      try {
+        await writeBatch(this.db, ops, sync)
+      } catch (err) {
+        if (!isDiskFull(err)) throw err
+        this.diskFull = true
+        throw new StorageFullError(`This node's disk is full (${(err as Error).message}): it takes no writes until space is freed; reads go on`, { cause: err })
+      }
+      this.diskFull = false
       this.countTableOps(ops)
     }, { sync: init.sync ?? true, defer: this.env.defer })
   }
 
   get status (): string {
     return this.state
+  }
+
+  /**
+   * Refuses with a StorageFullError while the disk is full, before a write is
+   * ordered or sent anywhere: once a commit failed for want of space, a small
+   * probe commit must pass first (it clears the state when space is back).
+   */
+  async assertWritable (): Promise<void> {
+    this.checkOpen()
+    if (!this.diskFull) return
+    await this.committer.commit([put(this.meta, 'node:writable-probe', Date.now())])
   }
 
   /** Opens the database; a database held by another process is a HomeLockedError */
@@ -293,14 +330,14 @@ export class Store {
     const format = await this.meta.get('format')
     if (format === undefined) {
       await this.meta.put('format', STORE_FORMAT)
-    } else if (format !== STORE_FORMAT && format !== 3) {
+    } else if (format !== STORE_FORMAT && format !== 3 && format !== 4) {
       await this.db.close()
       this.state = 'closed'
       throw new NtsoekheError('INTERNAL', `The store at ${this.db.location} has format ${String(format)}; this version reads format ${STORE_FORMAT}`)
     }
     try {
       await this.openFieldEncryption()
-      if (format === 3) await this.migrateToFormat4()
+      if (format === 3 || format === 4) await this.migrateFormat(format)
     } catch (err) {
       await this.db.close()
       this.state = 'closed'
@@ -314,6 +351,7 @@ export class Store {
     for await (const k of this.tables.keys()) {
       const table = k.slice(0, k.indexOf(SEP))
       this.rowCounts.set(table, (this.rowCounts.get(table) ?? 0) + 1)
+      this.countLeaf(table, k.slice(table.length + 1), 1)
     }
     await this.openSummary()
     this.state = 'open'
@@ -482,7 +520,8 @@ export class Store {
     const row = JSON.stringify(this.sealRow(entry.table, entry.id, entry.version, entry.row))
     const version = JSON.stringify(entry.version)
     const writeId = entry.writeId === undefined ? '' : `,"writeId":${JSON.stringify(entry.writeId)}`
-    return `{"heads":[{"version":${version},"parents":[],"row":${row}${writeId}}],"seen":[${version}],"superseded":[]}`
+    const lists = JSON.stringify(encodeVersionLists([entry.version], [])).slice(1)
+    return `{"heads":[{"version":${version},"parents":[],"row":${row}${writeId}}],${lists}`
   }
 
   /**
@@ -498,39 +537,50 @@ export class Store {
       const states = new Map<string, RecordState | undefined>()
       const ops: BatchOp[] = []
       const touched: SummaryChange[] = []
-      const outcomes = incoming.map((s, i): MergeOutcome => {
+      const outcomes = incoming.map((s, i) => this.stageMerge(s, keys[i] as string, states, ops, touched))
+      if (ops.length > 0) await this.committer.commit(ops)
+      this.applySummary(touched)
+      return outcomes
+    } finally {
+      release()
+    }
+  }
+
+  /**
+   * Takes whole records from a peer (hand-off, anti-entropy): each record's
+   * versions, as `apply` would, then its state, as `merge` would, all of
+   * them in one atomic, durable batch. A record this replica already holds
+   * entirely (every version stored, every version the peer knows of known
+   * here) is recognised from its stored lists and keys, without opening its
+   * rows or writing anything.
+   */
+  async receive (records: WholeRecord[]): Promise<MergeOutcome[]> {
+    this.checkOpen()
+    const keys = records.map(r => recordKey(r.state.token, r.state.table, r.state.id))
+    const release = await this.mutex.lock(keys)
+    try {
+      const states = new Map<string, RecordState | undefined>()
+      const ops: BatchOp[] = []
+      const touched: SummaryChange[] = []
+      const outcomes = records.map((r, i): MergeOutcome => {
         const key = keys[i] as string
-        const marker = this.purged.get(key)
-        if (marker !== undefined) {
-          const heads = s.heads.filter(h => h.version > marker.version && !h.parents.some(p => p <= marker.version))
-          if (heads.length === 0) return 'known'
-          s = { ...s, heads, seen: s.seen.filter(v => v > marker.version), superseded: s.superseded.filter(v => v > marker.version) }
+        const { table, token, id } = r.state
+        const versions = new Map<string, VersionEntry>()
+        for (const e of [...r.versions, ...r.state.heads]) {
+          if (e.table !== table || e.id !== id || e.token !== token) throw new Error(`receive: a version of another record than ${key}`)
+          versions.set(e.version, e)
         }
-        const before = states.has(key) ? states.get(key) : this._get(s.table, s.token, s.id)
-        const seenList = new Set(before?.seen ?? [])
-        const known = new Set(before?.superseded ?? [])
-        // Versions below the record's horizon are looked up where the store keeps them.
-        const seen = (v: string): boolean => seenList.has(v) || this.oldKnown(key, before, v, ops) === 1
-        const replacedHere = (v: string): boolean => known.has(v) || this.oldKnown(key, before, v, ops) !== undefined
-        if (s.seen.every(seen) && s.superseded.every(replacedHere) && s.heads.every(h => seen(h.version))) {
-          states.set(key, before)
-          return 'known'
+        if (!states.has(key)) {
+          if (this.holdsWhole(key, r.state, [...versions.keys()])) return 'known'
+          states.set(key, this._get(table, token, id))
         }
-        const after = mergeStates([before, s]) as RecordState
-        const mine = new Set(before?.heads.map(h => h.version))
-        after.heads = after.heads.filter(h => mine.has(h.version) || !replacedHere(h.version))
-        if (before?.horizon === undefined) delete after.horizon
-        else after.horizon = before.horizon
-        this.compactKnown(key, before?.horizon, after, ops)
-        const kept = new Set(after.heads.map(h => h.version))
-        // Local heads the peer knows replaced, and the peer's heads this replica knows replaced, become history.
-        for (const h of before?.heads ?? []) if (!kept.has(h.version)) ops.push(put(this.history, key + SEP + h.version, this.sealEntry(h)))
-        for (const h of s.heads) if (!kept.has(h.version) && !seen(h.version)) ops.push(put(this.history, key + SEP + h.version, this.sealEntry(h)))
-        states.set(key, after)
-        ops.push(put(this.records, key, this.encodeRecord(after)))
-        this.stageIndexes(before, after, ops)
-        this.noteHeads(touched, key, after.token, before?.heads.map(h => h.version), after.heads.map(h => h.version))
-        return 'merged'
+        let changed = false
+        // Parents before children: a version sorts above its parents (see HybridClock.tickAfter).
+        for (const v of [...versions.keys()].sort(compareVersions)) {
+          const outcome = this.stage(versions.get(v) as VersionEntry, states, ops, touched)
+          if (outcome === 'applied' || outcome === 'history') changed = true
+        }
+        return this.stageMerge(r.state, key, states, ops, touched) === 'merged' || changed ? 'merged' : 'known'
       })
       if (ops.length > 0) await this.committer.commit(ops)
       this.applySummary(touched)
@@ -541,23 +591,109 @@ export class Store {
   }
 
   /**
+   * Whether this replica already holds all of a peer's record: every version
+   * stored (as a head or in history) and everything the peer knows seen or
+   * replaced known here. Read from the stored record without opening its rows.
+   */
+  private holdsWhole (key: string, state: RecordState, versions: string[]): boolean {
+    if (this.purged.has(key)) return false
+    const stored = this.records.getSync(key) as StoredRecord | undefined
+    if (stored === undefined) return false
+    const lists = storedLists(stored)
+    const at = stored.horizon === undefined ? undefined : { horizon: stored.horizon } as unknown as RecordState
+    const seenList = new Set(lists.seen)
+    const replacedList = new Set(lists.superseded)
+    const heads = new Set(stored.heads.map(h => h.version))
+    const seen = (v: string): boolean => seenList.has(v) || this.oldKnown(key, at, v) === 1
+    const replaced = (v: string): boolean => replacedList.has(v) || this.oldKnown(key, at, v) !== undefined
+    return state.seen.every(seen) && state.superseded.every(replaced) &&
+      versions.every(v => heads.has(v) || (seen(v) && this.history.getSync(key + SEP + v) !== undefined))
+  }
+
+  /** One record state from a peer merged into `states` and the batch being built (see merge) */
+  private stageMerge (s: RecordState, key: string, states: Map<string, RecordState | undefined>, ops: BatchOp[], touched: SummaryChange[]): MergeOutcome {
+    const marker = this.purged.get(key)
+    if (marker !== undefined) {
+      const heads = s.heads.filter(h => h.version > marker.version && !h.parents.some(p => p <= marker.version))
+      if (heads.length === 0) return 'known'
+      s = { ...s, heads, seen: s.seen.filter(v => v > marker.version), superseded: s.superseded.filter(v => v > marker.version) }
+    }
+    const before = states.has(key) ? states.get(key) : this._get(s.table, s.token, s.id)
+    const seenList = new Set(before?.seen ?? [])
+    const known = new Set(before?.superseded ?? [])
+    // Versions below the record's horizon are looked up where the store keeps them.
+    const seen = (v: string): boolean => seenList.has(v) || this.oldKnown(key, before, v, ops) === 1
+    const replacedHere = (v: string): boolean => known.has(v) || this.oldKnown(key, before, v, ops) !== undefined
+    if (s.seen.every(seen) && s.superseded.every(replacedHere) && s.heads.every(h => seen(h.version))) {
+      states.set(key, before)
+      return 'known'
+    }
+    const after = mergeStates([before, s]) as RecordState
+    const mine = new Set(before?.heads.map(h => h.version))
+    after.heads = after.heads.filter(h => mine.has(h.version) || !replacedHere(h.version))
+    if (before?.horizon === undefined) delete after.horizon
+    else after.horizon = before.horizon
+    this.compactKnown(key, before?.horizon, after, ops)
+    const kept = new Set(after.heads.map(h => h.version))
+    // Local heads the peer knows replaced, and the peer's heads this replica knows replaced, become history.
+    for (const h of before?.heads ?? []) if (!kept.has(h.version)) ops.push(put(this.history, key + SEP + h.version, this.sealEntry(h)))
+    for (const h of s.heads) if (!kept.has(h.version) && !seen(h.version)) ops.push(put(this.history, key + SEP + h.version, this.sealEntry(h)))
+    states.set(key, after)
+    ops.push(put(this.records, key, this.encodeRecord(after)))
+    this.stageIndexes(before, after, ops)
+    this.noteHeads(touched, key, after.token, before?.heads.map(h => h.version), after.heads.map(h => h.version))
+    return 'merged'
+  }
+
+  /**
+   * The versions of a record besides its heads (its history), for sending it
+   * whole: none, without a look, when the record lists no other version and
+   * keeps none below a horizon (history holds only versions it has seen).
+   */
+  async historyOf (state: RecordState): Promise<VersionEntry[]> {
+    this.checkOpen()
+    if (state.horizon === undefined && state.seen.length <= state.heads.length) {
+      const heads = new Set(state.heads.map(h => h.version))
+      if (state.seen.every(v => heads.has(v))) return []
+    }
+    const prefix = recordKey(state.token, state.table, state.id) + SEP
+    const out: VersionEntry[] = []
+    for await (const value of this.history.values({ gt: prefix, lt: prefix + '\xff' })) out.push(this.openEntry(value))
+    return out
+  }
+
+  /**
    * Removes this replica's copy of a record (its row, history and index
    * entries) once the record's owners hold it, but only if nothing arrived
    * since `expected` was read: a copy that changed meanwhile is kept.
    */
   async drop (expected: RecordState): Promise<boolean> {
+    return (await this.dropMany([expected]))[0] === true
+  }
+
+  /** drop() of many records in one atomic, durable batch; says which were dropped */
+  async dropMany (expected: RecordState[]): Promise<boolean[]> {
     this.checkOpen()
-    const key = recordKey(expected.token, expected.table, expected.id)
-    const release = await this.mutex.lock([key])
+    const keys = expected.map(e => recordKey(e.token, e.table, e.id))
+    const release = await this.mutex.lock(keys)
     try {
-      const current = this._get(expected.table, expected.token, expected.id)
-      if (current === undefined) return false
-      const was = new Set(expected.seen)
-      if (current.seen.length !== was.size || !current.seen.every(v => was.has(v))) return false
-      const { ops } = await this.erasure(key, current.table, current.token, current.id, current.heads)
-      await this.committer.commit(ops)
-      this.applySummary(this.noteHeads([], key, current.token, current.heads.map(h => h.version), undefined))
-      return true
+      const ops: BatchOp[] = []
+      const touched: SummaryChange[] = []
+      const done = new Set<string>()
+      const dropped: boolean[] = []
+      for (const [i, e] of expected.entries()) {
+        const key = keys[i] as string
+        const current = done.has(key) ? undefined : this._get(e.table, e.token, e.id)
+        const was = new Set(e.seen)
+        if (current === undefined || current.seen.length !== was.size || !current.seen.every(v => was.has(v))) { dropped.push(false); continue }
+        ops.push(...(await this.erasure(key, current.table, current.token, current.id, current.heads, true, current)).ops)
+        this.noteHeads(touched, key, current.token, current.heads.map(h => h.version), undefined)
+        done.add(key)
+        dropped.push(true)
+      }
+      if (ops.length > 0) await this.committer.commit(ops)
+      this.applySummary(touched)
+      return dropped
     } finally {
       release()
     }
@@ -614,11 +750,15 @@ export class Store {
    * table-list entry and the index entries of its heads' rows. Hints are the
    * caller's.
    */
-  private async erasure (key: string, table: string, token: string, id: string, heads: VersionEntry[], held = true): Promise<{ ops: BatchOp[], history: number }> {
+  private async erasure (key: string, table: string, token: string, id: string, heads: VersionEntry[], held = true, state?: RecordState): Promise<{ ops: BatchOp[], history: number }> {
     const ops: BatchOp[] = held ? [del(this.records, key)] : []
     let history = 0
-    for await (const k of this.history.keys({ gt: key + SEP, lt: key + SEP + '\xff' })) { ops.push(del(this.history, k)); history++ }
-    for await (const k of this.known.keys({ gt: key + SEP, lt: key + SEP + '\xff' })) ops.push(del(this.known, k))
+    // A record that lists no version besides its heads and has no horizon has no history and no known keys.
+    const single = state !== undefined && state.horizon === undefined && state.seen.every(v => state.heads.some(h => h.version === v))
+    if (!single) {
+      for await (const k of this.history.keys({ gt: key + SEP, lt: key + SEP + '\xff' })) { ops.push(del(this.history, k)); history++ }
+      for await (const k of this.known.keys({ gt: key + SEP, lt: key + SEP + '\xff' })) ops.push(del(this.known, k))
+    }
     const pos = token + SEP + id
     if (this.tables.getSync(table + SEP + pos) !== undefined) ops.push(del(this.tables, table + SEP + pos))
     const indexKeys = new Set<string>()
@@ -639,7 +779,7 @@ export class Store {
     } catch (err) {
       if (!(err instanceof IntegrityError)) throw err
       const value = this.records.getSync(recordKey(token, table, id)) as StoredRecord
-      return { table, id, token, heads: [], seen: value.seen, superseded: value.superseded }
+      return { table, id, token, heads: [], ...storedLists(value) }
     }
   }
 
@@ -669,9 +809,11 @@ export class Store {
       // Known, but perhaps only by id (a state merged from a peer): keep the version itself in history.
       if (before?.heads.some(h => h.version === entry.version) === true) return 'duplicate'
       const historyKey = key + SEP + entry.version
-      if (this.history.getSync(historyKey) !== undefined || ops.some(op => op.key === this.history.prefix + historyKey)) return 'duplicate'
-      ops.push(put(this.history, historyKey, this.sealEntry(entry)))
-      return 'history'
+      const stored = this.history.getSync(historyKey) !== undefined || ops.some(op => op.key === this.history.prefix + historyKey)
+      if (!stored) ops.push(put(this.history, historyKey, this.sealEntry(entry)))
+      // A version known by id only came with no parents: a head it replaces is replaced all the same.
+      const replacedHead = this.replaceKnownParents(key, before, entry, states, ops, touched)
+      return stored && !replacedHead ? 'duplicate' : 'history'
     }
 
     const { after, isHead, replaced } = nextState(before, entry, old !== undefined)
@@ -684,6 +826,29 @@ export class Store {
     this.stageIndexes(before, after, ops)
     this.noteHeads(touched, key, entry.token, before?.heads.map(h => h.version), after.heads.map(h => h.version))
     return isHead ? 'applied' : 'history'
+  }
+
+  /**
+   * A version this replica knew only by id (merged from a peer whose lists no
+   * longer reach back that far) arrives with its parents: any head among them
+   * is replaced and moves to history. Without this, a replica that missed more
+   * updates than a record's lists keep would hold its stale head beside the
+   * newest for good, a conflict no other replica sees, which anti-entropy
+   * could never settle. A head is dropped only when another one stays.
+   */
+  private replaceKnownParents (key: string, before: RecordState | undefined, entry: VersionEntry, states: Map<string, RecordState | undefined>, ops: BatchOp[], touched: SummaryChange[]): boolean {
+    if (before === undefined || entry.parents.length === 0) return false
+    const parents = new Set(entry.parents)
+    const replaced = before.heads.filter(h => parents.has(h.version))
+    if (replaced.length === 0 || replaced.length === before.heads.length) return false
+    const after: RecordState = { ...before, heads: before.heads.filter(h => !parents.has(h.version)), superseded: [...new Set([...before.superseded, ...replaced.map(h => h.version)])] }
+    this.compactKnown(key, before.horizon, after, ops)
+    for (const h of replaced) ops.push(put(this.history, key + SEP + h.version, this.sealEntry(h)))
+    states.set(key, after)
+    ops.push(put(this.records, key, this.encodeRecord(after)))
+    this.stageIndexes(before, after, ops)
+    this.noteHeads(touched, key, entry.token, before.heads.map(h => h.version), after.heads.map(h => h.version))
+    return true
   }
 
   private stageIndexes (before: RecordState | undefined, after: RecordState, ops: BatchOp[]): void {
@@ -754,6 +919,76 @@ export class Store {
     return counts
   }
 
+  /**
+   * Live rows per table whose token lies in one of `ranges`, `[from, to)`
+   * pairs as the ring gives them (see HashRing.ranges: '' for either end of
+   * the token space, a token followed by NUL for "after this token"): a count
+   * over key ranges of the table list, reading no record. Tables with no row
+   * there, and internal tables (named `_…`: locators, unique claims, audit
+   * entries), are left out.
+   */
+  async countRowsIn (ranges: ReadonlyArray<readonly [string, string]>): Promise<Record<string, number>> {
+    this.checkOpen()
+    const counts: Record<string, number> = {}
+    const sorted = [...ranges].sort((a, b) => a[0] < b[0] ? -1 : 1)
+    const after = String.fromCharCode(SEP.charCodeAt(0) + 1)
+    // A bound as a table-list key: the keys of token t are `<table>!t!<id>`, so "after t" is `<table>!t` + the character after `!`.
+    const bound = (table: string, b: string, open: string): string => b === '' ? open : b.endsWith('\u0000') ? table + SEP + b.slice(0, -1) + after : table + SEP + b
+    for (const table of [...this.rowCounts.keys()].sort()) {
+      const leaves = this.leafCounts.get(table)
+      if ((this.rowCounts.get(table) ?? 0) <= 0 || table.startsWith('_') || leaves === undefined) continue
+      let n = 0
+      // One iterator a table, moved to each edge leaf it reads: far cheaper than an iterator a range.
+      const iterator = this.tables.keys({ gte: table + SEP, lt: table + after })
+      const keysBetween = async (gte: string, lt: string): Promise<number> => {
+        if (gte >= lt) return 0
+        iterator.seek(gte)
+        let found = 0
+        // Small reads first: what is read past the end is wasted.
+        for (let size = 16; ; size = Math.min(size * 2, 1024)) {
+          const keys = await iterator.nextv(size)
+          const inside = keys.findIndex(k => k >= lt)
+          found += inside < 0 ? keys.length : inside
+          if (inside >= 0 || keys.length === 0) return found
+        }
+      }
+      const leafStart = (leaf: number): string => leaf >= LEAVES ? table + after : table + SEP + leafPrefix(leaf)
+      try {
+        for (const [from, to] of sorted) {
+          const lo = bound(table, from, table + SEP)
+          const hi = bound(table, to, table + after)
+          const first = from === '' ? 0 : leafOf(from)
+          const last = to === '' ? LEAVES - 1 : leafOf(to)
+          if (first === last) {
+            if ((leaves[first] ?? 0) > 0) n += await keysBetween(lo, hi)
+            continue
+          }
+          // The leaves a range covers whole are summed; the two it cuts are read.
+          if ((leaves[first] ?? 0) > 0) n += await keysBetween(lo, leafStart(first + 1))
+          for (let leaf = first + 1; leaf < last; leaf++) n += leaves[leaf] ?? 0
+          if ((leaves[last] ?? 0) > 0) n += await keysBetween(leafStart(last), hi)
+        }
+      } finally {
+        await iterator.close()
+      }
+      if (n > 0) counts[table] = n
+    }
+    return counts
+  }
+
+  /** Moves the count of `table`'s leaf that `position` (`<token>!<id>`) falls in */
+  private countLeaf (table: string, position: string, delta: number): void {
+    // Internal tables are never counted by range (countRowsIn leaves them out).
+    if (table.startsWith('_')) return
+    let leaves = this.leafCounts.get(table)
+    if (leaves === undefined) {
+      leaves = new Int32Array(LEAVES)
+      this.leafCounts.set(table, leaves)
+    }
+    const leaf = leafOf(position)
+    leaves[leaf] = (leaves[leaf] ?? 0) + delta
+  }
+
   /** A committed batch's table-list entries: a put is a row that became live here, a del one that went */
   private countTableOps (ops: BatchOp[]): void {
     const prefix = this.tables.prefix
@@ -761,6 +996,7 @@ export class Store {
       if (!op.key.startsWith(prefix)) continue
       const table = op.key.slice(prefix.length, op.key.indexOf(SEP, prefix.length))
       this.rowCounts.set(table, (this.rowCounts.get(table) ?? 0) + (op.type === 'put' ? 1 : -1))
+      this.countLeaf(table, op.key.slice(prefix.length + table.length + 1), op.type === 'put' ? 1 : -1)
     }
   }
 
@@ -795,16 +1031,55 @@ export class Store {
   }
 
   /** Up to `limit` records of one leaf of the token space after `after` (a record key), each with its digest */
-  async recordDigests (leaf: number, options: { after?: string, limit: number }): Promise<Array<{ key: string, token: string, table: string, id: string, digest: string }>> {
+  async recordDigests (leaf: number, options: { after?: string, limit: number }): Promise<Array<{ key: string, token: string, table: string, id: string, digest: string, heads: string[] }>> {
     this.checkOpen()
     const prefix = leafPrefix(leaf)
-    const out: Array<{ key: string, token: string, table: string, id: string, digest: string }> = []
+    const out: Array<{ key: string, token: string, table: string, id: string, digest: string, heads: string[] }> = []
     const range = options.after !== undefined && options.after > prefix ? { gt: options.after } : { gte: prefix }
     for await (const [k, v] of this.records.iterator({ ...range, lt: prefix + '\xff', limit: options.limit })) {
       const [token, table, id] = k.split(SEP, 3) as [string, string, string]
-      out.push({ key: k, token, table, id, digest: recordDigest(k, (v as StoredRecord).heads.map(h => h.version)).toString('hex') })
+      const heads = (v as StoredRecord).heads.map(h => h.version)
+      out.push({ key: k, token, table, id, digest: recordDigest(k, heads).toString('hex'), heads })
     }
     return out
+  }
+
+  /**
+   * Up to `limit` records of the whole store after `after` (a record key), in
+   * key order, each with its head versions and digest, without opening their
+   * rows: what the chaos suite's checker compares across nodes.
+   */
+  async recordHeads (options: { after?: string, limit: number }): Promise<Array<{ key: string, token: string, table: string, id: string, heads: string[], digest: string }>> {
+    this.checkOpen()
+    const out: Array<{ key: string, token: string, table: string, id: string, heads: string[], digest: string }> = []
+    for await (const [k, v] of this.records.iterator({ ...(options.after === undefined ? {} : { gt: options.after }), limit: options.limit })) {
+      const [token, table, id] = k.split(SEP, 3) as [string, string, string]
+      const heads = (v as StoredRecord).heads.map(h => h.version)
+      out.push({ key: k, token, table, id, heads, digest: recordDigest(k, heads).toString('hex') })
+    }
+    return out
+  }
+
+  /**
+   * Whether this replica holds what a peer's copy of a record has, judged by
+   * the peer's heads: every one of them seen here (so stored here, or
+   * replaced by a version stored here). Then the peer's copy has nothing
+   * this one lacks, and only this one need travel.
+   */
+  holdsHeads (key: string, heads: readonly string[]): boolean {
+    this.checkOpen()
+    const stored = this.records.getSync(key) as StoredRecord | undefined
+    if (stored === undefined || heads.length === 0) return false
+    const seen = new Set(storedLists(stored).seen)
+    const at = stored.horizon === undefined ? undefined : { horizon: stored.horizon } as unknown as RecordState
+    return heads.every(v => seen.has(v) || this.oldKnown(key, at, v) === 1)
+  }
+
+  /** The digest (hex) of one record as recordDigests gives it, by its key; undefined when it is not held */
+  digestOf (key: string): string | undefined {
+    this.checkOpen()
+    const heads = this.storedHeads(key)
+    return heads === undefined ? undefined : recordDigest(key, heads).toString('hex')
   }
 
   /** A record's head versions as stored, without opening its rows */
@@ -827,13 +1102,76 @@ export class Store {
 
   /** Every record state whose token lies in [from, to), for hand-off and anti-entropy */
   async * scanRecords (range: { from?: string, to?: string } = {}): AsyncGenerator<RecordState> {
+    for await (const page of this.scanPages(range)) {
+      for (const r of page) yield r.open()
+    }
+  }
+
+  /**
+   * Every record whose token lies in [from, to), in key order, a page at a
+   * time: its table, token and id, and `open()`, which decodes it (its rows
+   * decrypted) only when the caller wants it (a rebalance looks at every
+   * record and sends a few).
+   */
+  async * scanPages (range: { from?: string, to?: string } = {}, pageSize = SCAN_PAGE): AsyncGenerator<Array<{ table: string, token: string, id: string, open: () => RecordState }>> {
     this.checkOpen()
     const opts: { gte?: string, lt?: string } = {}
     if (range.from !== undefined) opts.gte = range.from
     if (range.to !== undefined) opts.lt = range.to
-    for await (const [k, v] of this.records.iterator(opts)) {
-      const [token, table, id] = k.split(SEP, 3) as [string, string, string]
-      yield this.decodeRecord(table, token, id, v)
+    const iterator = this.records.iterator(opts)
+    try {
+      for (;;) {
+        // nextv: a page per call into LevelDB, not a promise per record.
+        const entries = await iterator.nextv(pageSize) as Array<[string, StoredRecord]>
+        if (entries.length === 0) return
+        yield entries.map(([k, v]) => {
+          const [token, table, id] = k.split(SEP, 3) as [string, string, string]
+          return { table, token, id, open: () => this.decodeRecord(table, token, id, v) }
+        })
+      }
+    } finally {
+      await iterator.close()
+    }
+  }
+
+  /**
+   * Up to `limit` whole records (state and every version) with keys in
+   * [from, to), after the record key `after`, in key order, for a backup.
+   * The page is read from one LevelDB snapshot: a record written meanwhile
+   * is in it as it was before that write or after it, never half of each.
+   * `next` is the key to resume after when more may follow.
+   */
+  async backupPage (options: { from?: string, to?: string, after?: string, limit: number }): Promise<{ records: WholeRecord[], next?: string }> {
+    this.checkOpen()
+    const snapshot = this.db.snapshot()
+    try {
+      const range: { gt?: string, gte?: string, lt?: string } = {}
+      if (options.after !== undefined && (options.from === undefined || options.after >= options.from)) range.gt = options.after
+      else if (options.from !== undefined) range.gte = options.from
+      if (options.to !== undefined) range.lt = options.to
+      const raw: Array<[string, StoredRecord]> = []
+      for await (const [k, v] of this.records.iterator({ ...range, limit: options.limit, snapshot })) raw.push([k, v as StoredRecord])
+      const first = raw[0]?.[0]
+      const last = raw[raw.length - 1]?.[0]
+      if (first === undefined || last === undefined) return { records: [] }
+      // History keys are `<record key>!<version>`: the page's history is one contiguous run, read in the same pass.
+      const history = new Map<string, StoredEntry[]>()
+      for await (const [k, v] of this.history.iterator({ gt: first + SEP, lt: last + SEP + '\xff', snapshot })) {
+        const owner = k.slice(0, k.lastIndexOf(SEP))
+        let list = history.get(owner)
+        if (list === undefined) { list = []; history.set(owner, list) }
+        list.push(v as StoredEntry)
+      }
+      const records = raw.map(([k, v]): WholeRecord => {
+        const [token, table, id] = k.split(SEP, 3) as [string, string, string]
+        const state = this.decodeRecord(table, token, id, v)
+        const versions = [...state.heads, ...(history.get(k) ?? []).map(e => this.openEntry(e))]
+        versions.sort((a, b) => compareVersions(a.version, b.version))
+        return { state, versions }
+      })
+      return raw.length === options.limit ? { records, next: last } : { records }
+    } finally {
+      await snapshot.close()
     }
   }
 
@@ -1050,14 +1388,17 @@ export class Store {
   }
 
   /**
-   * Rewrites a format-3 store as format 4: each record's lists compacted
-   * (see compactKnown), a record and what it moves in one batch, so a run cut
-   * short leaves every record whole and the next open finishes it (a record
-   * already compacted is left as it is). The format marker changes last.
+   * Rewrites a store of format 3 or 4 as format 5, in place: each record's
+   * version lists in their compact form (see version-list.ts) and, coming
+   * from format 3, kept to the window (see compactKnown), a record and what
+   * it moves in one batch. A run cut short leaves every record whole in one
+   * form or the other, both of which read back, and the next open finishes
+   * it (a record already rewritten is left as it is). The format marker
+   * changes last.
    */
-  private async migrateToFormat4 (): Promise<void> {
+  private async migrateFormat (from: 3 | 4): Promise<void> {
     const started = Date.now()
-    this.log?.(`store: migrating ${this.db.location} from format 3 to format 4 (bounded record metadata)`)
+    this.log?.(`store: migrating ${this.db.location} from format ${from} to format ${STORE_FORMAT} (bounded, compact record metadata)`)
     let ops: BatchOp[] = []
     let read = 0
     let rewritten = 0
@@ -1065,9 +1406,12 @@ export class Store {
     for await (const [k, v] of this.records.iterator()) {
       const stored = v as StoredRecord
       read++
-      const state = { heads: stored.heads, seen: stored.seen, superseded: stored.superseded, ...(stored.horizon === undefined ? {} : { horizon: stored.horizon }) } as unknown as RecordState
-      if (this.compactKnown(k, stored.horizon, state, ops)) {
-        ops.push(put(this.records, k, { ...stored, seen: state.seen, superseded: state.superseded, horizon: state.horizon }))
+      const lists = storedLists(stored)
+      const state = { heads: stored.heads, ...lists, ...(stored.horizon === undefined ? {} : { horizon: stored.horizon }) } as unknown as RecordState
+      const compacted = from === 3 && this.compactKnown(k, stored.horizon, state, ops)
+      if (compacted || !('v' in stored)) {
+        const { heads } = stored
+        ops.push(put(this.records, k, { heads, ...encodeVersionLists(state.seen, state.superseded), ...(state.horizon === undefined ? {} : { horizon: state.horizon }) }))
         rewritten++
       }
       if (ops.length >= MIGRATE_BATCH) {
@@ -1076,12 +1420,12 @@ export class Store {
       }
       if (read - reported >= MIGRATE_REPORT) {
         reported = read
-        this.log?.(`store: format 4 migration: ${read} records read, ${rewritten} rewritten`)
+        this.log?.(`store: format ${STORE_FORMAT} migration: ${read} records read, ${rewritten} rewritten`)
       }
     }
     ops.push(put(this.meta, 'format', STORE_FORMAT))
     await writeBatch(this.db, ops, true)
-    this.log?.(`store: format 4 migration done: ${read} records read, ${rewritten} rewritten in ${((Date.now() - started) / 1000).toFixed(1)} s`)
+    this.log?.(`store: format ${STORE_FORMAT} migration done: ${read} records read, ${rewritten} rewritten in ${((Date.now() - started) / 1000).toFixed(1)} s`)
   }
 
   /** A row version as stored: its sensitive columns sealed together under one key, SEALED_KEY */
@@ -1129,8 +1473,7 @@ export class Store {
   private encodeRecord (state: RecordState): StoredRecord {
     return {
       heads: state.heads.map(h => ({ version: h.version, parents: h.parents, row: this.sealRow(state.table, state.id, h.version, h.row), ...(h.writeId === undefined ? {} : { writeId: h.writeId }) })),
-      seen: state.seen,
-      superseded: state.superseded,
+      ...encodeVersionLists(state.seen, state.superseded),
       ...(state.horizon === undefined ? {} : { horizon: state.horizon })
     }
   }
@@ -1141,8 +1484,7 @@ export class Store {
       id,
       token,
       heads: value.heads.map(h => ({ table, id, token, version: h.version, parents: h.parents, row: this.openRow(table, id, h.version, h.row, legacy), ...(h.writeId === undefined ? {} : { writeId: h.writeId }) })),
-      seen: value.seen,
-      superseded: value.superseded,
+      ...storedLists(value),
       ...(value.horizon === undefined ? {} : { horizon: value.horizon })
     }
   }
@@ -1181,6 +1523,12 @@ export class Store {
  * write events, and no encodings but utf8. The store only writes while
  * open, and classic-level makes a close wait for batches under way.
  */
+/** A LevelDB write that failed for want of disk space */
+function isDiskFull (err: unknown): boolean {
+  const e = err as { code?: string, message?: string }
+  return e?.code === 'ENOSPC' || /No space left on device|ENOSPC/.test(String(e?.message))
+}
+
 async function writeBatch (db: Level<string, any>, ops: BatchOp[], sync: boolean): Promise<void> {
   const direct = (db as unknown as { _batch?: (ops: BatchOp[], options: { sync: boolean }) => Promise<void> })._batch
   if (typeof direct === 'function' && db.status === 'open') {
@@ -1220,9 +1568,11 @@ const DEFAULT_WRITE_BUFFER = 16 * 1024 * 1024
 
 /**
  * Bumped when the on-disk layout changes; a store of another format refuses
- * to open, except format 3, which is migrated in place (see migrateToFormat4)
+ * to open, except formats 3 and 4, which are migrated in place (see
+ * migrateFormat). Format 4 kept a record's version lists to a window (see
+ * KNOWN_WINDOW); format 5 stores them compact (see version-list.ts).
  */
-export const STORE_FORMAT = 4
+export const STORE_FORMAT = 5
 
 /**
  * Versions a record lists in `seen` / `superseded` besides its heads; older
@@ -1234,12 +1584,23 @@ export const KNOWN_WINDOW = 64
 /** A row as stored: sensitive columns sealed together under SEALED_KEY (see FieldCipher) */
 type StoredRow = Record<string, Value>
 
-/** A record as stored: heads without the table, id and token its key already carries */
-interface StoredRecord {
+/**
+ * A record as stored: heads without the table, id and token its key already
+ * carries, and its version lists compact (format 5, see version-list.ts) or,
+ * in a store of an older format not yet migrated, as plain arrays
+ */
+type StoredRecord = {
   heads: Array<{ version: string, parents: string[], row: StoredRow | null, writeId?: string }>
-  seen: string[]
-  superseded: string[]
   horizon?: string
+} & (StoredVersionLists | FormatFourLists)
+
+/** A record's version lists as formats 3 and 4 stored them */
+interface FormatFourLists { seen: string[], superseded: string[] }
+
+/** A stored record's `seen` and `superseded`, whichever form it has */
+function storedLists (value: StoredRecord): { seen: string[], superseded: string[] } {
+  if ('v' in value) return decodeVersionLists(value)
+  return { seen: value.seen, superseded: value.superseded }
 }
 
 /** A version as stored in history and hints */
@@ -1253,8 +1614,10 @@ interface SummaryChange { token: string, digest: Buffer }
 
 /** The meta key of the field-encryption format: `{ fields: 0 }` in the clear, `{ fields: 1, check }` AES-256-GCM v1 */
 const FIELD_ENCRYPTION_KEY = 'fieldEncryption'
-/** Operations per batch while a store is encrypted in place, or migrated to format 4 */
+/** Operations per batch while a store is encrypted in place, or migrated to format 5 */
 const MIGRATE_BATCH = 1000
+/** Records read per LevelDB call when all of them are walked (scanPages) */
+const SCAN_PAGE = 256
 /** Records between progress lines of a format migration */
 const MIGRATE_REPORT = 10_000
 

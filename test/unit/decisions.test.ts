@@ -1,5 +1,5 @@
 import { describe, expect, it } from 'vitest'
-import { differingIndexes, handoffAction, memberState, orderByLiveness, planRecordMove, planRecordSync, requiredAcks, type StateOf } from '../../src/cluster/decisions.js'
+import { differingIndexes, handoffAction, memberState, orderByLiveness, planRecordMove, requiredAcks, type StateOf } from '../../src/cluster/decisions.js'
 
 const states = (map: Record<string, 'alive' | 'suspect' | 'down' | 'left'>): StateOf => p => map[p]
 
@@ -28,7 +28,12 @@ describe('orderByLiveness', () => {
 
 describe('planRecordMove', () => {
   it('an owner that was the first live old owner sends the record to the owners that gained it, and keeps it', () => {
-    expect(planRecordMove('a', ['a', 'b', 'n'], ['a', 'b', 'c'], states({ a: 'alive', b: 'alive', c: 'alive', n: 'alive' }))).toEqual({ targets: ['n'], drop: false, missing: false })
+    expect(planRecordMove('a', ['a', 'b', 'n'], ['a', 'b', 'c'], states({ a: 'alive', b: 'alive', c: 'down', n: 'alive' }))).toEqual({ targets: ['n'], drop: false, missing: false })
+  })
+
+  it('leaves the newcomers to an old owner that lost its place and is alive: it sends to every owner before it drops its copy', () => {
+    expect(planRecordMove('a', ['a', 'b', 'n'], ['a', 'b', 'c'], states({ a: 'alive', b: 'alive', c: 'alive', n: 'alive' }))).toBeUndefined()
+    expect(planRecordMove('c', ['a', 'b', 'n'], ['a', 'b', 'c'], states({ a: 'alive', b: 'alive', c: 'alive', n: 'alive' }))).toEqual({ targets: ['a', 'b', 'n'], drop: true, missing: false })
   })
 
   it('another old owner does nothing; so does a node whose owners did not change', () => {
@@ -55,13 +60,6 @@ describe('anti-entropy decisions', () => {
     expect(differingIndexes(['x', 'y', 'z'], ['x', 'q', 'z'])).toEqual([1])
     expect(differingIndexes(['x', 'y'], ['x'])).toEqual([1])
     expect(differingIndexes([], [])).toEqual([])
-  })
-
-  it('pushes what the peer lacks or holds otherwise, pulls what this node lacks or holds otherwise', () => {
-    const mine = new Map([['k1', 'd1'], ['k2', 'd2'], ['k3', 'd3']])
-    const theirs = new Map([['k2', 'd2'], ['k3', 'e3'], ['k4', 'd4']])
-    expect(planRecordSync(mine, theirs)).toEqual({ push: ['k1', 'k3'], pull: ['k3', 'k4'], compared: 4 })
-    expect(planRecordSync(mine, new Map(mine))).toEqual({ push: [], pull: [], compared: 3 })
   })
 })
 

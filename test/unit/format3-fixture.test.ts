@@ -2,7 +2,7 @@ import { cp, readFile } from 'node:fs/promises'
 import { join } from 'node:path'
 import { afterEach, beforeEach, describe, expect, it } from 'vitest'
 import { Level } from 'level'
-import { KNOWN_WINDOW, Store, type RecordState, type VersionEntry } from '../../src/storage/store.js'
+import { KNOWN_WINDOW, STORE_FORMAT, Store, type RecordState, type VersionEntry } from '../../src/storage/store.js'
 import { tempDir, type TempDir } from '../helpers/temp.js'
 
 /** The fixture's data key (see test/fixtures/make-format3-store.mjs) */
@@ -60,8 +60,9 @@ describe('store: migration from format 3', () => {
     const store = new Store({ path, sync: false, indexes: INDEXES, dataKey: KEY, log: m => lines.push(m) })
     await store.open()
     try {
-      expect(lines[0]).toMatch(/migrating .* from format 3 to format 4/)
-      expect(lines.at(-1)).toMatch(/migration done: 36 records read, 1 rewritten/)
+      expect(lines[0]).toMatch(/migrating .* from format 3 to format 5/)
+      // Every record is rewritten in the compact form of format 5; one is long enough to be compacted too.
+      expect(lines.at(-1)).toMatch(/migration done: 36 records read, 36 rewritten/)
       const long = records.find(r => r.table === 'patient_records' && r.id === '21') as Expected
       expect(long.seen.length).toBe(150)
       const state = await store.get('patient_records', long.token, '21')
@@ -114,7 +115,7 @@ describe('store: migration from format 3', () => {
     }
     raw = new Level<string, string>(path)
     expect(await raw.keys({ gt: '!k!', lt: '!k!\xff' }).all()).toEqual(knownBefore)
-    expect(await raw.get('!m!format')).toBe('4')
+    expect(await raw.get('!m!format')).toBe(String(STORE_FORMAT))
     await raw.close()
   })
 })
