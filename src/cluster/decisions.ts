@@ -80,3 +80,21 @@ export function differingIndexes (mine: readonly string[], theirs: readonly (str
   for (let i = 0; i < mine.length; i++) if (mine[i] !== theirs[i]) out.push(i)
   return out
 }
+
+/**
+ * The failure detector: a member that left is left; otherwise its state
+ * follows how long ago its record last moved forward (`silentMs`): alive,
+ * suspect past `suspectAfterMs`, down past `downAfterMs`.
+ */
+export function memberState (left: boolean, silentMs: number, suspectAfterMs: number, downAfterMs: number): MemberStatus['state'] {
+  if (left) return 'left'
+  if (silentMs > downAfterMs) return 'down'
+  if (silentMs > suspectAfterMs) return 'suspect'
+  return 'alive'
+}
+
+/** What a handoff round does with the hints kept for one member: drop them (it left for good), send them (it is alive), or wait */
+export function handoffAction (state: MemberStatus['state'] | undefined): 'drop' | 'send' | 'wait' {
+  if (state === 'left') return 'drop'
+  return state === 'alive' ? 'send' : 'wait'
+}

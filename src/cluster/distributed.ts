@@ -8,7 +8,7 @@ import { compareVersions, isVersion } from '../storage/version.js'
 import { AntiEntropy } from './anti-entropy.js'
 import { ApplyBatcher, chunkGroups, chunkWhole, resultOk } from './apply-batcher.js'
 import type { ClusterStatus, Consistency, Coordinator, FragmentAnswer, GroupOutcome, InsertOutcome, Mutation, QueryPage, RequestOptions, ScanPage, ScanRequest, WriteResult } from './coordinator.js'
-import { orderByLiveness, planRecordMove, requiredAcks, type RecordMove } from './decisions.js'
+import { handoffAction, orderByLiveness, planRecordMove, requiredAcks, type RecordMove } from './decisions.js'
 import type { RowPage, RowQuery } from '../storage/ordered.js'
 import { mergeQuery, singleShardOf, type OwnedRange } from './query-merge.js'
 import { checkFragmentResults, mergeResults, runFragment, storeSource, type Fragment, type FragmentResult, type FragmentSource } from '../query/fragment.js'
@@ -1292,14 +1292,14 @@ export class DistributedCoordinator implements Coordinator {
     this.handingOff = true
     try {
       for (const peer of await this.c.store.hintedPeers()) {
-        const state = this.c.membership.stateOf(peer)
-        if (state === 'left') {
+        const action = handoffAction(this.c.membership.stateOf(peer))
+        if (action === 'drop') {
           // Gone for good: what it missed lives on the records' new owners.
           const n = await this.c.store.deleteHintsFor(peer)
           this.c.log?.('dropped %d hints for %s, which left', n, peer)
           continue
         }
-        if (state !== 'alive') continue
+        if (action === 'wait') continue
         const batch = await this.c.store.hintsFor(peer, HANDOFF_BATCH)
         // Purges first: a version hinted after a purge is newer than it, and is kept by the marker.
         const purges = batch.filter(h => h.purge !== undefined)

@@ -1,5 +1,6 @@
 import { ConflictError, ForbiddenError, InvalidMessageError, NotFoundError, ValidationError } from '../errors/index.js'
 import type { MemberStatus } from './coordinator.js'
+import { memberState } from './decisions.js'
 import { countersInRange, REMOVAL_BUMP, signClaim, verifyClaim, type Signer } from './member-claims.js'
 import type { PeerTransport } from './transport.js'
 import { MAX_CLOCK_SKEW_MS } from '../storage/version.js'
@@ -205,11 +206,7 @@ export class Membership {
   }
 
   private state (k: Known): MemberStatus['state'] {
-    if (k.left === true) return 'left'
-    const age = this.now() - k.updatedAt
-    if (age > this.downAfterMs) return 'down'
-    if (age > this.suspectAfterMs) return 'suspect'
-    return 'alive'
+    return memberState(k.left === true, this.now() - k.updatedAt, this.suspectAfterMs, this.downAfterMs)
   }
 
   /** Every member this node knows, itself first */

@@ -4,7 +4,7 @@ import { DEFAULT_STEPS, MAX_NODES, MIN_NODES, replayCommand, runSimulation } fro
 const USAGE = `usage: npm run sim -- --seed <n> [--steps <n>] [--nodes <${MIN_NODES}-${MAX_NODES}>] [--verbose] [--messages]`
 
 function usage (problem: string): never {
-  process.stderr.write(`sim: ${problem}\n${USAGE}\n`)
+  process.stderr.write(`sim: ${problem} (${USAGE})\n`)
   process.exit(2)
 }
 
@@ -40,7 +40,7 @@ async function main (argv: string[]): Promise<number> {
   const started = Date.now()
   const result = await runSimulation({ seed, steps, nodes, messages, ...(verbose ? { log: (line: string) => { process.stdout.write(`${line}\n`) } } : {}) })
   const s = result.stats
-  const summary = `acked ${s.acked}, unknown ${s.unknown}, refused ${s.refused}; ${s.crashes} crashes (${s.lostUnsynced} unsynced writes lost), ${s.restarts} restarts, ${s.joins} joins, ${s.removals} removals, ${s.partitions} partitions, ${s.skews} clock skews; ${s.messages} messages, ${s.events} events, ${s.seconds} s of fake time in ${((Date.now() - started) / 1000).toFixed(1)} s`
+  const summary = `acked ${s.acked}, unknown ${s.unknown}, refused ${s.refused}; ${s.crashes} crashes (${s.lostUnsynced} unsynced writes lost), ${s.restarts} restarts, ${s.joins} joins, ${s.leaves} leaves, ${s.removals} removals, ${s.pauses} pauses, ${s.partitions} partitions, ${s.skews} clock skews; ${s.messages} messages, ${s.events} events, ${s.seconds} s of fake time in ${((Date.now() - started) / 1000).toFixed(1)} s`
   if (result.failure !== undefined) {
     const f = result.failure
     process.stdout.write(`sim: seed ${seed} FAILED at step ${f.step}${f.phase === 'heal' ? ' (the final heal)' : ''} of ${steps} with ${nodes} nodes: ${f.message}\n`)

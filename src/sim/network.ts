@@ -107,7 +107,8 @@ export class SimNetwork {
       for (let copy = 0; copy < copies; copy++) {
         if (this.random.chance(this.faults.loss)) continue
         const target = this.endpoints.get(to) as Endpoint
-        this.sched.at(this.sched.now + this.delay(), 'net', () => {
+        // Delivered as the target's event, answered as the sender's: a frozen node neither handles nor hears.
+        this.sched.at(this.sched.now + this.delay(), target.owner, () => {
           if (!this.alive(to, target) || this.cuts.has(`${from}|${to}`)) return
           const handler = target.handlers.get(protocol)
           this.delivered++
@@ -115,7 +116,7 @@ export class SimNetwork {
           const reply = (answer: () => void): void => {
             // The reply travels back over the same (possibly now cut) link, and may be lost.
             if (!this.alive(to, target) || this.cuts.has(`${to}|${from}`) || this.random.chance(this.faults.loss)) return
-            this.sched.at(this.sched.now + this.delay(), 'net', () => { finish(answer) })
+            this.sched.at(this.sched.now + this.delay(), endpoint.owner, () => { finish(answer) })
           }
           if (handler === undefined) {
             reply(() => { reject(new UnavailableError(`${to} does not speak ${protocol}`)) })

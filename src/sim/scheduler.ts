@@ -28,6 +28,8 @@ export class SimScheduler {
   now = SIM_EPOCH
   private heap: SimEvent[] = []
   private seq = 0
+  /** Owners frozen (SIGSTOP) until a time: their events wait until then */
+  private readonly paused = new Map<string, number>()
   /** Events run so far */
   ran = 0
 
@@ -36,6 +38,11 @@ export class SimScheduler {
     const ev: SimEvent = { at: Math.max(at, this.now), seq: this.seq++, fn, owner, cancelled: false }
     this.push(ev)
     return ev
+  }
+
+  /** Freezes an owner until `until` (a process stopped, then continued): its events run late, in their order */
+  pause (owner: string, until: number): void {
+    this.paused.set(owner, Math.max(until, this.paused.get(owner) ?? 0))
   }
 
   /** Cancels every event an owner scheduled (its process died) */
@@ -90,6 +97,12 @@ export class SimScheduler {
       if (next === undefined || next.at > until) break
       this.pop()
       if (next.cancelled) continue
+      const frozen = this.paused.get(next.owner)
+      if (frozen !== undefined && frozen > next.at) {
+        next.at = frozen
+        this.push(next)
+        continue
+      }
       this.now = next.at
       this.ran++
       next.fn()

@@ -53,7 +53,9 @@ export interface SimResult {
     crashes: number
     restarts: number
     joins: number
+    leaves: number
     removals: number
+    pauses: number
     partitions: number
     skews: number
     lostUnsynced: number
@@ -129,6 +131,10 @@ class SimNode {
   up = false
   /** Started at least once: a node that has not is yet to join the network */
   joined = false
+  /** Announced that it leaves (`ntsoekhe leave`), and handing its records off */
+  leaving = false
+  /** Left the network for good: its records handed off, the process stopped, its disk no longer counts */
+  gone = false
   store?: Store
   membership?: Membership
   coordinator?: DistributedCoordinator
@@ -175,7 +181,7 @@ export class Simulation {
   /** Every batch sent (acknowledged or not): after the heal each is on the network entirely or not at all */
   private readonly batches: Array<{ records: Array<{ table: string, id: string }>, what: string }> = []
   private step = 0
-  private readonly stats: SimResult['stats'] = { acked: 0, unknown: 0, refused: 0, crashes: 0, restarts: 0, joins: 0, removals: 0, partitions: 0, skews: 0, lostUnsynced: 0, events: 0, messages: 0, seconds: 0, convergedInSeconds: 0 }
+  private readonly stats: SimResult['stats'] = { acked: 0, unknown: 0, refused: 0, crashes: 0, restarts: 0, joins: 0, leaves: 0, removals: 0, pauses: 0, partitions: 0, skews: 0, lostUnsynced: 0, events: 0, messages: 0, seconds: 0, convergedInSeconds: 0 }
 
   constructor (options: SimOptions) {
     this.seed = options.seed
@@ -276,8 +282,10 @@ export class Simulation {
       ...(this.log === undefined ? {} : { warn: (line: string) => { this.log?.(`${this.time()}   n${node.index}: ${line}`) } }),
       env
     }, MEMBERSHIP)
-    // As a daemon does: its configured bootstrap peer, then the members it saved.
-    membership.addCandidate((this.nodes[node.index === 0 ? 1 : 0] as SimNode).peerId)
+    // As a daemon does: its configured bootstrap peer (the first node at the start, later a running
+    // member, as an operator would give a newcomer), then the members it saved.
+    const bootstrap = this.nodes.find(n => n !== node && n.up && !n.leaving) ?? this.nodes[node.index === 0 ? 1 : 0] as SimNode
+    membership.addCandidate(bootstrap.peerId)
     membership.restore(node.saved)
     const clock = new HybridClock(nodeTag(node.peerId), env.now)
     // With --verbose, what each node logs (not part of the trace hash: logging changes nothing).
@@ -304,15 +312,56 @@ export class Simulation {
     this.trace(`crash n${node.index} (lost ${lost} unsynced writes)`)
   }
 
+  /** Running nodes a client uses, or a fault strikes: not one that is leaving */
   private live (): SimNode[] {
-    return this.nodes.filter(n => n.up)
+    return this.nodes.filter(n => n.up && !n.leaving)
+  }
+
+  /** Nodes that belong to the network (joined, not gone): the final ring */
+  private members (): SimNode[] {
+    return this.nodes.filter(n => n.joined && !n.gone)
+  }
+
+  /**
+   * `ntsoekhe leave` as the daemon runs it (src/daemon/node.ts): refused
+   * while a member is down; else the node announces it and drains (rebalance
+   * rounds until it holds nothing), then stops. A drain that times out is
+   * run again, as an operator would.
+   */
+  private leave (node: SimNode): void {
+    const membership = node.membership as Membership
+    const coordinator = node.coordinator as DistributedCoordinator
+    if (membership.members().some(m => m.state === 'down') || membership.liveMembers().length < 2) return
+    node.leaving = true
+    this.stats.leaves++
+    this.trace(`leave n${node.index}`)
+    const run = node.runs
+    const drain = async (): Promise<void> => {
+      await membership.leave()
+      for (;;) {
+        try {
+          const { handedOff, rounds } = await coordinator.drain(120_000)
+          return this.trace(`n${node.index} left: ${handedOff} records handed off in ${rounds} rounds`)
+        } catch (err) {
+          this.trace(`n${node.index} drain: ${(err as Error).message.slice(0, 120)}; again`)
+        }
+      }
+    }
+    drain().then(() => {
+      if (node.runs !== run || !node.up) return
+      // The daemon stops once it has left: gone for good, with its disk.
+      node.up = false
+      node.gone = true
+      this.sched.cancelOwner(node.owner)
+      this.net.down(node.peerId)
+    }, (err: unknown) => { this.trace(`n${node.index} leave failed: ${(err as Error).message}`) })
   }
 
   /** One step of workload or fault, drawn from the seed; the step then lasts `span` ms of fake time */
   private async act (span: number): Promise<void> {
     const r = this.random.next()
     const live = this.live()
-    const down = this.nodes.filter(n => n.joined && !n.up)
+    const down = this.nodes.filter(n => n.joined && !n.up && !n.gone)
     const unjoined = this.nodes.filter(n => !n.joined)
     if (unjoined.length > 0 && this.random.chance(0.03)) {
       const node = unjoined[0] as SimNode
@@ -347,6 +396,13 @@ export class Simulation {
     } else if (r < 0.79) {
       this.net.healAll()
       this.trace('heal partitions')
+    } else if (r < 0.815) {
+      // A node frozen (SIGSTOP, a VM paused, a long GC), then continued: its timers and messages wait.
+      const node = this.random.pick(live)
+      const ms = this.random.int(500, 15_000)
+      this.stats.pauses++
+      this.trace(`pause n${node.index} for ${ms} ms`)
+      this.sched.pause(node.owner, this.sched.now + ms)
     } else if (r < 0.84) {
       // An operator declares a down member gone (ntsoekhe remove) on a node that sees it down; if it
       // comes back after all, it refutes the removal and is a member again.
@@ -357,7 +413,10 @@ export class Simulation {
         this.trace(`remove n${d.index} through n${by.index}`)
         ;(by.membership as Membership).remove(d.peerId)
       }
-    } else if (r < 0.87) {
+    } else if (r < 0.86) {
+      // One node at most leaves for good, while at least four stay.
+      if (this.nodes.every(n => !n.leaving) && this.members().length > 4) this.leave(this.random.pick(live))
+    } else if (r < 0.88) {
       const node = this.random.pick(this.nodes)
       // Mostly within the tolerated skew (60 s), now and then beyond it.
       node.skew = this.random.chance(0.2) ? this.random.pick([-1, 1]) * this.random.int(60_000, 90_000) : this.random.int(-5000, 5000)
@@ -484,8 +543,9 @@ export class Simulation {
     })
   }
 
-  /** Whether `node` holds the version: in its store when it runs, on its disk when it is down */
+  /** Whether `node` holds the version: in its store when it runs, on its disk when it is down (not once it left) */
   private async holds (node: SimNode, a: Acked): Promise<boolean> {
+    if (node.gone) return false
     if (!node.up) return node.disk.contains(`"version":"${a.version}"`)
     const store = node.store as Store
     if ((await store.versions(a.table, a.token, a.id)).some(v => v.version === a.version)) return true
@@ -522,7 +582,7 @@ export class Simulation {
     this.net.healAll()
     this.net.faults = CALM
     for (const node of this.nodes) {
-      if (node.up) continue
+      if (node.up || node.gone) continue
       if (node.joined) this.stats.restarts++
       else this.stats.joins++
       await this.start(node)
@@ -540,7 +600,7 @@ export class Simulation {
         await this.checkRefusals(held)
         this.stats.convergedInSeconds = Math.round((this.sched.now - started) / 1000)
         this.trace(`converged after ${this.stats.convergedInSeconds} s`)
-        for (const node of this.nodes) this.hash.update((node.store as Store).summary.bucketDigests().join(''))
+        for (const node of this.members()) this.hash.update((node.store as Store).summary.bucketDigests().join(''))
         return
       }
     }
@@ -586,15 +646,17 @@ export class Simulation {
 
   /** What still differs ('' once converged): ring views, hints, and each record's holders and heads */
   private async divergence (): Promise<string> {
-    for (const node of this.nodes) {
+    const members = this.members()
+    if (members.some(n => n.leaving && !n.gone)) return 'a node is still handing its records off to leave'
+    for (const node of members) {
       const c = node.coordinator as DistributedCoordinator
-      if (c.ring.size !== this.size) return `n${node.index} sees ${c.ring.size} ring members of ${this.size}`
+      if (c.ring.size !== members.length) return `n${node.index} sees ${c.ring.size} ring members of ${members.length}`
       const hints = (node.store as Store).hintCount()
       if (hints > 0) return `n${node.index} still keeps ${hints} hints`
     }
     const holders = await this.heldRecords()
     for (const a of this.acked) if (!holders.has(`${a.table}/${a.id}`)) return `${a.table} ${a.id} (acknowledged) is held by no node`
-    const ring = (this.nodes[0] as SimNode).coordinator as DistributedCoordinator
+    const ring = (members[0] as SimNode).coordinator as DistributedCoordinator
     for (const [key, list] of holders) {
       const first = list[0] as { state: RecordState }
       const owners = ring.owners(first.state.table, first.state.token)

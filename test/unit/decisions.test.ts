@@ -1,5 +1,5 @@
 import { describe, expect, it } from 'vitest'
-import { differingIndexes, orderByLiveness, planRecordMove, requiredAcks, type StateOf } from '../../src/cluster/decisions.js'
+import { differingIndexes, handoffAction, memberState, orderByLiveness, planRecordMove, requiredAcks, type StateOf } from '../../src/cluster/decisions.js'
 
 const states = (map: Record<string, 'alive' | 'suspect' | 'down' | 'left'>): StateOf => p => map[p]
 
@@ -52,5 +52,31 @@ describe('planRecordMove', () => {
   it('a copy this node does not own goes to every owner and is dropped only when none is down', () => {
     expect(planRecordMove('x', ['a', 'b', 'c'], ['x', 'a', 'b'], states({ a: 'alive', b: 'suspect', c: 'alive' }))).toEqual({ targets: ['a', 'b', 'c'], drop: true, missing: false })
     expect(planRecordMove('x', ['a', 'b', 'c'], ['a', 'b', 'c'], states({ a: 'alive', b: 'down', c: 'alive' }))).toEqual({ targets: ['a', 'c'], drop: false, missing: true })
+  })
+})
+
+describe('anti-entropy decisions', () => {
+  it('finds the positions whose digests differ, a missing one included', () => {
+    expect(differingIndexes(['x', 'y', 'z'], ['x', 'q', 'z'])).toEqual([1])
+    expect(differingIndexes(['x', 'y'], ['x'])).toEqual([1])
+    expect(differingIndexes([], [])).toEqual([])
+  })
+})
+
+describe('membership and handoff decisions', () => {
+  it('a member is alive, then suspect, then down as its silence grows; one that left stays left', () => {
+    expect(memberState(false, 0, 3000, 10_000)).toBe('alive')
+    expect(memberState(false, 3000, 3000, 10_000)).toBe('alive')
+    expect(memberState(false, 3001, 3000, 10_000)).toBe('suspect')
+    expect(memberState(false, 10_001, 3000, 10_000)).toBe('down')
+    expect(memberState(true, 0, 3000, 10_000)).toBe('left')
+  })
+
+  it('hints go to an alive member, wait for a suspect, down or unknown one, and are dropped for one that left', () => {
+    expect(handoffAction('alive')).toBe('send')
+    expect(handoffAction('suspect')).toBe('wait')
+    expect(handoffAction('down')).toBe('wait')
+    expect(handoffAction(undefined)).toBe('wait')
+    expect(handoffAction('left')).toBe('drop')
   })
 })

@@ -2,6 +2,12 @@
  * Every seed the deterministic simulation ever failed on, with the run that
  * failed (steps, nodes) and what broke: each stays a regression test in
  * test/unit/sim.test.ts. Add a seed here before fixing what it found.
+ *
+ * A seed replays the run it found only while the simulation draws the same
+ * workload and faults from it; when the simulation itself changes (a new
+ * fault, a new kind of write), the seed goes on as one more run, and what
+ * it found is pinned as a scenario in test/unit/sim-findings.test.ts.
+ * Seeds 25 and 12 failed with the simulation at commit 1ac9883.
  */
 export interface RegressionSeed {
   seed: number
