@@ -7,7 +7,7 @@ import { e2ePatient } from '../helpers/wait.js'
 describe('daemon --clock-offset-ms', () => {
   it('is refused without --test, and a malformed value is a usage error', async () => {
     const refused = await daemonExit(await makeHome(), { args: ['--clock-offset-ms', '5000'] })
-    expect(refused.code).toBe(1)
+    expect(refused.code).toBe(2)
     expect(refused.stderr).toMatch(/--clock-offset-ms is only for the chaos suite: it is accepted together with --test/)
     for (const bad of ['soon', '1.5', '86400001']) {
       const r = await daemonExit(await makeHome(), { args: ['--clock-offset-ms', bad, '--test'] })

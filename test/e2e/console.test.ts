@@ -296,7 +296,7 @@ describe('console and metrics addresses', () => {
   it('refuses a console off loopback without --console-remote, and names the flag of a port in use', async () => {
     const home = await makeHome()
     const remote = await daemonExit(home, { args: ['--console', '0.0.0.0:4180'] })
-    expect(remote.code).toBe(1)
+    expect(remote.code).toBe(2)
     expect(remote.stderr).toMatch(/plain HTTP.*--console-remote/)
     const busy = await daemonExit(home, { args: ['--metrics-listen', `127.0.0.1:${consolePort}`] })
     expect(busy.code).toBe(1)
