@@ -13,7 +13,8 @@
  * - batch: per-patient batches (a patient, a history entry, a bill); each is
  *   on every owner entirely or not at all, and acknowledged ones everywhere.
  *
- * Nemeses, one at a time in a seeded order: kill -9 and restart, SIGSTOP /
+ * Nemeses, one at a time in a seeded order (the last one left in place until
+ * the heal, so that there is something to converge from): kill -9 and restart, SIGSTOP /
  * SIGCONT, network partitions (each daemon in its own network namespace, see
  * net.js; only with root), clock skew (one node runs with `--clock-offset-ms
  * --test` for the whole run), churn (two joins, one `leave`, one `remove`;
@@ -337,6 +338,8 @@ export async function runChaos (options = {}) {
       await nemesis.step(kind)
       await sleep(rnd.int(1000, 2500))
     }
+    // The last fault stays until the heal, so that the heal has something to converge from.
+    if (options.signal?.aborted !== true) await nemesis.lastFault()
     writing = false
     await Promise.all(workers)
     log(`chaos: workload done after ${((Date.now() - started) / 1000).toFixed(1)} s, ${step} nemesis steps; healing`)
@@ -499,6 +502,24 @@ class Nemesis {
     } finally {
       await unlink(filler).catch(() => {})
     }
+  }
+
+  /**
+   * A fault left in place while writes go on, for the heal to undo: one node
+   * cut off from the others (killed, without namespaces).
+   */
+  async lastFault () {
+    const members = this.members()
+    const victim = this.rnd.pick(members.filter(n => n.i !== 0))
+    const ms = this.duration()
+    if (this.run.net.canPartition) {
+      this.log(`nemesis: partition {${victim.i}} | {${members.filter(n => n !== victim).map(n => n.i).join(',')}} until the heal, writing for ${ms} ms`)
+      await this.run.net.partition([victim.i], members.filter(n => n !== victim).map(n => n.i))
+    } else {
+      this.log(`nemesis: kill -9 node ${victim.i} until the heal, writing for ${ms} ms`)
+      await victim.kill9()
+    }
+    await sleep(ms)
   }
 
   async healAll () {
