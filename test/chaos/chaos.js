@@ -223,7 +223,10 @@ class Ledger {
   note (op, err) {
     const outcome = outcomeOf(err)
     this.ops.push({ ...op, outcome })
-    if (err !== undefined) this.errors.set(`${err.code ?? err.name}: ${String(err.message).slice(0, 120)}`, (this.errors.get(`${err.code ?? err.name}: ${String(err.message).slice(0, 120)}`) ?? 0) + 1)
+    if (err !== undefined) {
+      const key = `${err.code ?? err.name} at ${op.consistency ?? 'quorum'}: ${String(err.message).slice(0, 120)}`
+      this.errors.set(key, (this.errors.get(key) ?? 0) + 1)
+    }
     return outcome
   }
 
