@@ -396,6 +396,9 @@ class Nemesis {
   constructor ({ run, nodes, rnd, log, problems, makeNode, invite, profile }) {
     Object.assign(this, { run, nodes, rnd, log, problems, makeNode, invite, profile })
     this.joins = 0
+    /** Churn is two joins, one leave and one remove, however long the run */
+    this.left = 0
+    this.removed = 0
     /** Rows the full-disk step tried to write, each a new id */
     this.probes = 0
   }
@@ -448,7 +451,8 @@ class Nemesis {
       }
       case 'leave': {
         const candidates = members.filter(n => n.i !== 0 && n.up && !n.tmpfs && n.clockOffsetMs === 0)
-        if (candidates.length === 0 || members.length <= 3) return
+        if (this.left >= 1 || candidates.length === 0 || members.length <= 3) return
+        this.left++
         const n = this.rnd.pick(candidates)
         this.log(`nemesis: node ${n.i} leaves (ntsoekhe leave)`)
         // Leave is refused while a member is down: after a kill it may take a moment to see it back.
@@ -460,7 +464,8 @@ class Nemesis {
       }
       case 'remove': {
         const candidates = members.filter(n => n.i !== 0 && n.up && !n.tmpfs && n.clockOffsetMs === 0)
-        if (candidates.length === 0 || members.length <= 3) return
+        if (this.removed >= 1 || candidates.length === 0 || members.length <= 3) return
+        this.removed++
         const n = this.rnd.pick(candidates)
         this.log(`nemesis: node ${n.i} killed for good and removed (ntsoekhe remove)`)
         await n.kill9()
