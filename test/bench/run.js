@@ -756,7 +756,8 @@ async function chaos () {
 
 Method. \`runChaos({ profile: 'short' })\` of the chaos suite (\`npm run chaos -- --short --seed <n>\`):
 four daemons (${runs[0]?.mode}), sets, register and batch workloads for 25 s under kill -9,
-a partition, SIGSTOP and a full disk, one node's clock skewed all along. The time runs
+a partition, SIGSTOP and a full disk, one node's clock skewed all along, and last one node
+cut off while writes go on (a few seconds). The time runs
 from the heal (links restored, paused daemons resumed, killed ones restarted) until the
 checker finds every member alive, no hints, no rebalance pending, every record on exactly
 its owners with equal heads and every range summary equal to its records'; meanwhile

@@ -13,7 +13,8 @@
  * - batch: per-patient batches (a patient, a history entry, a bill); each is
  *   on every owner entirely or not at all, and acknowledged ones everywhere.
  *
- * Nemeses, one at a time in a seeded order: kill -9 and restart, SIGSTOP /
+ * Nemeses, one at a time in a seeded order (the last one left in place until
+ * the heal, so that there is something to converge from): kill -9 and restart, SIGSTOP /
  * SIGCONT, network partitions (each daemon in its own network namespace, see
  * net.js; only with root), clock skew (one node runs with `--clock-offset-ms
  * --test` for the whole run), churn (two joins, one `leave`, one `remove`;
@@ -222,7 +223,10 @@ class Ledger {
   note (op, err) {
     const outcome = outcomeOf(err)
     this.ops.push({ ...op, outcome })
-    if (err !== undefined) this.errors.set(`${err.code ?? err.name}: ${String(err.message).slice(0, 120)}`, (this.errors.get(`${err.code ?? err.name}: ${String(err.message).slice(0, 120)}`) ?? 0) + 1)
+    if (err !== undefined) {
+      const key = `${err.code ?? err.name} at ${op.consistency ?? 'quorum'}: ${String(err.message).slice(0, 120)}`
+      this.errors.set(key, (this.errors.get(key) ?? 0) + 1)
+    }
     return outcome
   }
 
@@ -337,6 +341,8 @@ export async function runChaos (options = {}) {
       await nemesis.step(kind)
       await sleep(rnd.int(1000, 2500))
     }
+    // The last fault stays until the heal, so that the heal has something to converge from.
+    if (options.signal?.aborted !== true) await nemesis.lastFault()
     writing = false
     await Promise.all(workers)
     log(`chaos: workload done after ${((Date.now() - started) / 1000).toFixed(1)} s, ${step} nemesis steps; healing`)
@@ -390,6 +396,9 @@ class Nemesis {
   constructor ({ run, nodes, rnd, log, problems, makeNode, invite, profile }) {
     Object.assign(this, { run, nodes, rnd, log, problems, makeNode, invite, profile })
     this.joins = 0
+    /** Churn is two joins, one leave and one remove, however long the run */
+    this.left = 0
+    this.removed = 0
     /** Rows the full-disk step tried to write, each a new id */
     this.probes = 0
   }
@@ -442,7 +451,8 @@ class Nemesis {
       }
       case 'leave': {
         const candidates = members.filter(n => n.i !== 0 && n.up && !n.tmpfs && n.clockOffsetMs === 0)
-        if (candidates.length === 0 || members.length <= 3) return
+        if (this.left >= 1 || candidates.length === 0 || members.length <= 3) return
+        this.left++
         const n = this.rnd.pick(candidates)
         this.log(`nemesis: node ${n.i} leaves (ntsoekhe leave)`)
         // Leave is refused while a member is down: after a kill it may take a moment to see it back.
@@ -454,7 +464,8 @@ class Nemesis {
       }
       case 'remove': {
         const candidates = members.filter(n => n.i !== 0 && n.up && !n.tmpfs && n.clockOffsetMs === 0)
-        if (candidates.length === 0 || members.length <= 3) return
+        if (this.removed >= 1 || candidates.length === 0 || members.length <= 3) return
+        this.removed++
         const n = this.rnd.pick(candidates)
         this.log(`nemesis: node ${n.i} killed for good and removed (ntsoekhe remove)`)
         await n.kill9()
@@ -499,6 +510,24 @@ class Nemesis {
     } finally {
       await unlink(filler).catch(() => {})
     }
+  }
+
+  /**
+   * A fault left in place while writes go on, for the heal to undo: one node
+   * cut off from the others (killed, without namespaces).
+   */
+  async lastFault () {
+    const members = this.members()
+    const victim = this.rnd.pick(members.filter(n => n.i !== 0))
+    const ms = this.duration()
+    if (this.run.net.canPartition) {
+      this.log(`nemesis: partition {${victim.i}} | {${members.filter(n => n !== victim).map(n => n.i).join(',')}} until the heal, writing for ${ms} ms`)
+      await this.run.net.partition([victim.i], members.filter(n => n !== victim).map(n => n.i))
+    } else {
+      this.log(`nemesis: kill -9 node ${victim.i} until the heal, writing for ${ms} ms`)
+      await victim.kill9()
+    }
+    await sleep(ms)
   }
 
   async healAll () {
