@@ -392,6 +392,14 @@ export class Membership {
       }
       const k = this.known.get(r.peerId)
       if (k === undefined && r.peerId !== from) {
+        // A member this node knew before it restarted (saved, so now a candidate) that left meanwhile: known
+        // as left, so what is kept for it (hints) is given up, as for any member that left. Else it would
+        // stay a candidate that never answers, and its hints would wait for it forever.
+        if (r.left === true && this.candidates.has(r.peerId) && this.acceptable(r, from)) {
+          this.known.set(r.peerId, { ...r, updatedAt: this.now() })
+          this.candidates.delete(r.peerId)
+          continue
+        }
         // A peer becomes a member only by a join of its own: one heard of through others is contacted
         // (it must answer, over a connection that carries the network key) before it counts.
         if (r.left !== true && !this.candidates.has(r.peerId) && this.candidates.size < MAX_CANDIDATES && this.acceptable(r, from)) {

@@ -288,10 +288,11 @@ export class Simulation {
       ...(this.log === undefined ? {} : { warn: (line: string) => { this.log?.(`${this.time()}   n${node.index}: ${line}`) } }),
       env
     }, MEMBERSHIP)
-    // As a daemon does: its configured bootstrap peer (the first node at the start, later a running
-    // member, as an operator would give a newcomer), then the members it saved.
-    const bootstrap = this.nodes.find(n => n !== node && n.up && !n.leaving) ?? this.nodes[node.index === 0 ? 1 : 0] as SimNode
-    membership.addCandidate(bootstrap.peerId)
+    // As a daemon does: its configured bootstrap peers (the first node at the start; later up to three
+    // running members, as an operator lists them: one alone may leave before the newcomer reaches it),
+    // then the members it saved.
+    const bootstraps = this.nodes.filter(n => n !== node && n.up && !n.leaving).slice(0, 3)
+    for (const peer of bootstraps.length > 0 ? bootstraps : [this.nodes[node.index === 0 ? 1 : 0] as SimNode]) membership.addCandidate(peer.peerId)
     membership.restore(node.saved)
     const clock = new HybridClock(nodeTag(node.peerId), env.now)
     // With --verbose, what each node logs (not part of the trace hash: logging changes nothing).

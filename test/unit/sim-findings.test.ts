@@ -2,6 +2,9 @@ import { afterEach, describe, expect, it } from 'vitest'
 import { createTestnet, type HarnessNode, type Testnet } from '../helpers/harness.js'
 import { waitFor } from '../helpers/wait.js'
 import { tokenOf } from '../../src/cluster/token.js'
+import { MemoryNetwork } from '../../src/cluster/memory-transport.js'
+import { Membership } from '../../src/cluster/membership.js'
+import { testIdentity } from '../helpers/identity.js'
 import type { Row } from '../../src/schema/index.js'
 
 /**
@@ -55,5 +58,35 @@ describe('found by the simulation', () => {
     const first = await transport.request(owner, 'replica', message) as Array<{ version: string }>
     const again = await transport.request(owner, 'replica', message) as Array<{ version: string }>
     expect(again).toEqual(first)
+  })
+
+  it('a node restarted after a member it knew left learns of the leave from the others (seed 6)', async () => {
+    const network = new MemoryNetwork()
+    const [a, b, c] = [testIdentity(), testIdentity(), testIdentity()]
+    const member = (id: { peerId: string, sign: (d: Uint8Array) => Uint8Array }): Membership =>
+      new Membership({ transport: network.transport(id.peerId), peerId: id.peerId, sign: id.sign, addresses: () => [] }, { heartbeatMs: 20, suspectAfterMs: 500, downAfterMs: 1000 })
+    const ma = member(a)
+    const mc = member(c)
+    let mb: Membership | undefined
+    try {
+      ma.addCandidate(c.peerId)
+      ma.start()
+      mc.start()
+      await waitFor('a and c to know each other', () => ma.stateOf(c.peerId) === 'alive' && mc.stateOf(a.peerId) === 'alive', 5000, 10)
+      // a leaves and is gone while b is down; b comes back knowing a and c only from its saved list.
+      await ma.leave()
+      await waitFor('c to know that a left', () => mc.stateOf(a.peerId) === 'left', 5000, 10)
+      ma.stop()
+      network.down(a.peerId)
+      mb = member(b)
+      mb.restore([{ peerId: a.peerId, addresses: [] }, { peerId: c.peerId, addresses: [] }])
+      mb.start()
+      const restarted = mb
+      await waitFor('b to learn that a left', () => restarted.stateOf(a.peerId) === 'left', 5000, 10)
+    } finally {
+      ma.stop()
+      mc.stop()
+      mb?.stop()
+    }
   })
 })
