@@ -89,4 +89,32 @@ describe('found by the simulation', () => {
       mb?.stop()
     }
   })
+
+  it('a node leaving returns only once some member heard it, so it does not stop unheard and stay on every ring (seed 129)', async () => {
+    const network = new MemoryNetwork()
+    const [a, c] = [testIdentity(), testIdentity()]
+    const member = (id: { peerId: string, sign: (d: Uint8Array) => Uint8Array }): Membership =>
+      new Membership({ transport: network.transport(id.peerId), peerId: id.peerId, sign: id.sign, addresses: () => [] }, { heartbeatMs: 20, suspectAfterMs: 2000, downAfterMs: 4000 })
+    const ma = member(a)
+    const mc = member(c)
+    try {
+      ma.addCandidate(c.peerId)
+      ma.start()
+      mc.start()
+      await waitFor('a and c to know each other', () => ma.stateOf(c.peerId) === 'alive' && mc.stateOf(a.peerId) === 'alive', 5000, 10)
+      ma.stop()
+      mc.stop()
+      // Cut off from every member: the leave is not heard, and says so.
+      network.partition(a.peerId, c.peerId)
+      await expect(ma.leave(200)).rejects.toMatchObject({ code: 'UNAVAILABLE' })
+      expect(mc.stateOf(a.peerId)).toBe('alive')
+      network.partition(a.peerId, c.peerId, false)
+      await ma.leave(2000)
+      expect(mc.stateOf(a.peerId)).toBe('left')
+    } finally {
+      ma.stop()
+      mc.stop()
+    }
+  })
 })
+

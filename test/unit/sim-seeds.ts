@@ -35,5 +35,11 @@ export const REGRESSION_SEEDS: RegressionSeed[] = [
     steps: 16,
     nodes: 6,
     found: 'a node that was paused, then crashed, while a member left kept its hints for the member that left forever: after its restart the member was only a candidate (saved members come back as candidates), and a left record heard through others of a peer not known was ignored, so its state stayed unknown and handoff waited on it; a candidate\'s signed left record is now taken'
+  },
+  {
+    seed: 129,
+    steps: 16,
+    nodes: 9,
+    found: 'a node that left while partitioned from the members it told (a leave told a few random members, and none answered) drained at once and stopped unheard: every member kept it on the ring as a down member for good; leaving now returns only once some member has heard it, and fails (still leaving, so a retry goes on) if none does'
   }
 ]
