@@ -1,10 +1,10 @@
-import { ConflictError, ForbiddenError, InvalidMessageError, NotFoundError, ValidationError } from '../errors/index.js'
+import { ConflictError, ForbiddenError, InvalidMessageError, NotFoundError, UnavailableError, ValidationError } from '../errors/index.js'
 import type { MemberStatus } from './coordinator.js'
 import { memberState } from './decisions.js'
 import { countersInRange, REMOVAL_BUMP, signClaim, verifyClaim, type Signer } from './member-claims.js'
 import type { PeerTransport } from './transport.js'
 import { MAX_CLOCK_SKEW_MS } from '../storage/version.js'
-import { REAL_ENV, type Environment, type TimerHandle } from '../util/env.js'
+import { REAL_ENV, sleep, type Environment, type TimerHandle } from '../util/env.js'
 
 export interface MemberRecord {
   peerId: string
@@ -272,15 +272,26 @@ export class Membership {
   }
 
   /**
-   * Marks this node as leaving and tells a few members (the rest learn by
-   * gossip): from now on no member, this one included, counts it on the ring.
+   * Marks this node as leaving and tells the members it can reach (the rest
+   * learn by gossip): from now on no member, this one included, counts it on
+   * the ring. Returns once some member has heard it: a node that stopped
+   * before any did would stay on every ring as a down member for good (the
+   * sim found one that left across a partition). Tries again each heartbeat;
+   * fails after `timeoutMs`, still leaving (a retry goes on).
    */
-  async leave (): Promise<void> {
+  async leave (timeoutMs = 30_000): Promise<void> {
     this.self.left = true
     this.self.heartbeat++
     this.signSelf()
     this.checkChanges()
-    await Promise.allSettled(this.pickTargets().map(async p => await this.gossip(p)))
+    const deadline = this.now() + timeoutMs
+    for (;;) {
+      const peers = [...this.known.values()].filter(k => { const s = this.state(k); return s === 'alive' || s === 'suspect' }).map(k => k.peerId)
+      const heard = await Promise.all(peers.map(async p => await this.gossip(p)))
+      if (heard.some(Boolean)) return
+      if (this.now() >= deadline) throw new UnavailableError('No member heard that this node is leaving (none answered): try again once members are reachable')
+      await sleep(this.env, this.heartbeatMs)
+    }
   }
 
   /** This node has announced that it is leaving */
@@ -317,7 +328,8 @@ export class Membership {
     return pool.slice(0, this.fanout)
   }
 
-  private async gossip (peerId: string): Promise<void> {
+  /** One push-pull exchange with a peer; whether it answered */
+  private async gossip (peerId: string): Promise<boolean> {
     const addresses = this.known.get(peerId)?.addresses ?? this.candidates.get(peerId) ?? []
     try {
       const k = this.known.get(peerId)
@@ -330,8 +342,10 @@ export class Membership {
       this.merge(reply.view, peerId)
       this.candidates.delete(peerId)
       if (reply.now !== undefined && this.known.has(peerId)) this.measureClock(peerId, reply.now, sent, received)
+      return true
     } catch (err) {
       this.c.log?.('gossip with %s failed: %s', peerId, (err as Error).message)
+      return false
     }
   }
 
@@ -392,6 +406,14 @@ export class Membership {
       }
       const k = this.known.get(r.peerId)
       if (k === undefined && r.peerId !== from) {
+        // A member this node knew before it restarted (saved, so now a candidate) that left meanwhile: known
+        // as left, so what is kept for it (hints) is given up, as for any member that left. Else it would
+        // stay a candidate that never answers, and its hints would wait for it forever.
+        if (r.left === true && this.candidates.has(r.peerId) && this.acceptable(r, from)) {
+          this.known.set(r.peerId, { ...r, updatedAt: this.now() })
+          this.candidates.delete(r.peerId)
+          continue
+        }
         // A peer becomes a member only by a join of its own: one heard of through others is contacted
         // (it must answer, over a connection that carries the network key) before it counts.
         if (r.left !== true && !this.candidates.has(r.peerId) && this.candidates.size < MAX_CANDIDATES && this.acceptable(r, from)) {

@@ -52,6 +52,9 @@ async function main (argv: string[]): Promise<number> {
   return 0
 }
 
+// Output cut short (`| head`) ends the run quietly.
+process.stdout.on('error', (err: NodeJS.ErrnoException) => { if (err.code === 'EPIPE') process.exit(0) })
+
 main(process.argv.slice(2)).then(code => { process.exitCode = code }, err => {
   process.stderr.write(`sim: ${(err as Error).stack ?? String(err)}\n`)
   process.exitCode = 1

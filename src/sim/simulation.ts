@@ -175,6 +175,8 @@ export class Simulation {
   private readonly log?: (line: string) => void
   private readonly tamper?: (step: number, stores: Store[]) => Promise<void>
   private nextPatient = 1
+  /** Most patients one bulk write sends */
+  private readonly bulk: number
   /** Write ids of writes refused for good (409, 404, 412, 400): none may be stored anywhere */
   private readonly refusedWrites = new Map<string, string>()
   private nextVisit = 1
@@ -201,6 +203,8 @@ export class Simulation {
       maxDelayMs: this.random.pick([20, 120, 1000])
     }
     this.net = new SimNetwork(this.sched, this.random.fork(), stormy)
+    // And its own workload: most seeds write a few patients per batch, some many (hand-offs of several batches).
+    this.bulk = this.random.pick([3, 3, 3, 60])
     this.net.onDeliver = line => {
       this.hash.update(line)
       if (options.messages === true) this.log?.(`  ${this.time()} ${line}`)
@@ -221,6 +225,8 @@ export class Simulation {
   async run (): Promise<SimResult> {
     let failure: SimFailure | undefined
     try {
+      const f = this.net.faults
+      this.trace(`${this.size} nodes; network: ${f.loss * 100}% loss, ${f.duplicate * 100}% duplicates, delays ${f.minDelayMs}-${f.maxDelayMs} ms; bulk writes of up to ${this.bulk} patients`)
       // Up to two nodes join later, while the others write: their ring shares move to them.
       const late = this.random.int(0, 2)
       for (const node of this.nodes.slice(0, this.size - late)) await this.start(node)
@@ -282,10 +288,11 @@ export class Simulation {
       ...(this.log === undefined ? {} : { warn: (line: string) => { this.log?.(`${this.time()}   n${node.index}: ${line}`) } }),
       env
     }, MEMBERSHIP)
-    // As a daemon does: its configured bootstrap peer (the first node at the start, later a running
-    // member, as an operator would give a newcomer), then the members it saved.
-    const bootstrap = this.nodes.find(n => n !== node && n.up && !n.leaving) ?? this.nodes[node.index === 0 ? 1 : 0] as SimNode
-    membership.addCandidate(bootstrap.peerId)
+    // As a daemon does: its configured bootstrap peers (the first node at the start; later up to three
+    // running members, as an operator lists them: one alone may leave before the newcomer reaches it),
+    // then the members it saved.
+    const bootstraps = this.nodes.filter(n => n !== node && n.up && !n.leaving).slice(0, 3)
+    for (const peer of bootstraps.length > 0 ? bootstraps : [this.nodes[node.index === 0 ? 1 : 0] as SimNode]) membership.addCandidate(peer.peerId)
     membership.restore(node.saved)
     const clock = new HybridClock(nodeTag(node.peerId), env.now)
     // With --verbose, what each node logs (not part of the trace hash: logging changes nothing).
@@ -484,7 +491,7 @@ export class Simulation {
   private writeBatch (node: SimNode): void {
     const consistency: Consistency = this.random.pick(['one', 'quorum', 'all'])
     const groups: Mutation[][] = []
-    for (let n = this.random.int(1, 3); n > 0; n--) {
+    for (let n = this.random.int(1, this.bulk); n > 0; n--) {
       const i = this.nextPatient++
       const h = this.nextVisit++
       const shard = `patient_id:${i}`

@@ -304,7 +304,7 @@ export class Store {
   async assertWritable (): Promise<void> {
     this.checkOpen()
     if (!this.diskFull) return
-    await this.committer.commit([put(this.meta, 'node:writable-probe', Date.now())])
+    await this.committer.commit([put(this.meta, 'node:writable-probe', this.env.now())])
   }
 
   /** Opens the database; a database held by another process is a HomeLockedError */

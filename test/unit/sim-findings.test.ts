@@ -2,6 +2,9 @@ import { afterEach, describe, expect, it } from 'vitest'
 import { createTestnet, type HarnessNode, type Testnet } from '../helpers/harness.js'
 import { waitFor } from '../helpers/wait.js'
 import { tokenOf } from '../../src/cluster/token.js'
+import { MemoryNetwork } from '../../src/cluster/memory-transport.js'
+import { Membership } from '../../src/cluster/membership.js'
+import { testIdentity } from '../helpers/identity.js'
 import type { Row } from '../../src/schema/index.js'
 
 /**
@@ -56,4 +59,62 @@ describe('found by the simulation', () => {
     const again = await transport.request(owner, 'replica', message) as Array<{ version: string }>
     expect(again).toEqual(first)
   })
+
+  it('a node restarted after a member it knew left learns of the leave from the others (seed 6)', async () => {
+    const network = new MemoryNetwork()
+    const [a, b, c] = [testIdentity(), testIdentity(), testIdentity()]
+    const member = (id: { peerId: string, sign: (d: Uint8Array) => Uint8Array }): Membership =>
+      new Membership({ transport: network.transport(id.peerId), peerId: id.peerId, sign: id.sign, addresses: () => [] }, { heartbeatMs: 20, suspectAfterMs: 500, downAfterMs: 1000 })
+    const ma = member(a)
+    const mc = member(c)
+    let mb: Membership | undefined
+    try {
+      ma.addCandidate(c.peerId)
+      ma.start()
+      mc.start()
+      await waitFor('a and c to know each other', () => ma.stateOf(c.peerId) === 'alive' && mc.stateOf(a.peerId) === 'alive', 5000, 10)
+      // a leaves and is gone while b is down; b comes back knowing a and c only from its saved list.
+      await ma.leave()
+      await waitFor('c to know that a left', () => mc.stateOf(a.peerId) === 'left', 5000, 10)
+      ma.stop()
+      network.down(a.peerId)
+      mb = member(b)
+      mb.restore([{ peerId: a.peerId, addresses: [] }, { peerId: c.peerId, addresses: [] }])
+      mb.start()
+      const restarted = mb
+      await waitFor('b to learn that a left', () => restarted.stateOf(a.peerId) === 'left', 5000, 10)
+    } finally {
+      ma.stop()
+      mc.stop()
+      mb?.stop()
+    }
+  })
+
+  it('a node leaving returns only once some member heard it, so it does not stop unheard and stay on every ring (seed 129)', async () => {
+    const network = new MemoryNetwork()
+    const [a, c] = [testIdentity(), testIdentity()]
+    const member = (id: { peerId: string, sign: (d: Uint8Array) => Uint8Array }): Membership =>
+      new Membership({ transport: network.transport(id.peerId), peerId: id.peerId, sign: id.sign, addresses: () => [] }, { heartbeatMs: 20, suspectAfterMs: 2000, downAfterMs: 4000 })
+    const ma = member(a)
+    const mc = member(c)
+    try {
+      ma.addCandidate(c.peerId)
+      ma.start()
+      mc.start()
+      await waitFor('a and c to know each other', () => ma.stateOf(c.peerId) === 'alive' && mc.stateOf(a.peerId) === 'alive', 5000, 10)
+      ma.stop()
+      mc.stop()
+      // Cut off from every member: the leave is not heard, and says so.
+      network.partition(a.peerId, c.peerId)
+      await expect(ma.leave(200)).rejects.toMatchObject({ code: 'UNAVAILABLE' })
+      expect(mc.stateOf(a.peerId)).toBe('alive')
+      network.partition(a.peerId, c.peerId, false)
+      await ma.leave(2000)
+      expect(mc.stateOf(a.peerId)).toBe('left')
+    } finally {
+      ma.stop()
+      mc.stop()
+    }
+  })
 })
+
