@@ -14,6 +14,8 @@ import { RIGHTS, breakGlassColumns, columnsFor, hasRight, mayBreakGlass } from '
 
 /** A route whose handler checks table and column rights itself */
 export const TABLE_ACCESS = 'rows'
+/** A route any authenticated user may use (the API's own description) */
+export const AUTHENTICATED = 'authenticated'
 /** Longest break-glass reason, characters */
 export const MAX_REASON = 500
 
@@ -26,9 +28,9 @@ export type AccessNote = Omit<AccessEvent, 'principal' | 'outcome' | 'status'> &
 declare module 'fastify' {
   interface FastifyContextConfig {
     /**
-     * The named right a route needs (RIGHTS, e.g. 'audit'), or TABLE_ACCESS
-     * when its handler checks table rights. A route that declares nothing
-     * needs 'admin'.
+     * The named right a route needs (RIGHTS, e.g. 'audit'), TABLE_ACCESS
+     * when its handler checks table rights, or AUTHENTICATED for any user. A
+     * route that declares nothing needs 'admin'.
      */
     access?: string
   }
@@ -65,8 +67,10 @@ export function installAccess (app: FastifyInstance, init: AccessInit): void {
     req.principal = reason === undefined ? principal : { ...principal, breakGlass: reason }
   })
 
-  app.addHook('preHandler', async req => {
+  // Before the route schema is checked: a caller without the right learns that, not what its request lacks.
+  app.addHook('preValidation', async req => {
     const access = req.routeOptions.config?.access ?? RIGHTS.admin
+    if (access === AUTHENTICATED) return
     if (access === TABLE_ACCESS) {
       if (init.auditReady !== undefined && !init.auditReady()) throw new UnavailableError('The audit trail cannot record accesses now (the network does not take its entries): patient data is not served until it can')
       return

@@ -3,6 +3,7 @@ import { ValidationError } from '../errors/index.js'
 import type { AuditFilter } from '../security/audit.js'
 import type { AuditRow, VerifyResult } from '../security/audit-entry.js'
 import { RIGHTS } from '../security/rights.js'
+import { ROUTE_SCHEMAS } from './schemas.js'
 
 /**
  * The audit trail's one route: `GET /v1/audit?patient=&user=&since=` lists
@@ -22,7 +23,7 @@ export interface AuditReader {
 const AUDIT_QUERY = new Set(['patient', 'user', 'since', 'verify'])
 
 export function auditRoute (app: FastifyInstance, trail: AuditReader): void {
-  app.get<{ Querystring: Record<string, string | string[] | undefined> }>(AUDIT_ROUTE, { config: { access: RIGHTS.audit } }, async req => {
+  app.get<{ Querystring: Record<string, string | string[] | undefined> }>(AUDIT_ROUTE, { config: { access: RIGHTS.audit }, schema: ROUTE_SCHEMAS.audit }, async req => {
     const q: Record<string, string> = {}
     for (const [k, v] of Object.entries(req.query)) {
       if (!AUDIT_QUERY.has(k)) throw new ValidationError(`Unknown audit filter ${k}: use patient, user, since or verify`)

@@ -7,6 +7,7 @@ import type { TableDef } from '../schema/index.js'
 import { Pseudonymizer, anonymizeRow, anonymizedColumns } from '../security/anonymize.js'
 import { RIGHTS, columnsFor, hasRight, project } from '../security/rights.js'
 import { TABLE_ACCESS, principalOf } from './access.js'
+import { ROUTE_SCHEMAS } from './schemas.js'
 
 /**
  * `GET /v1/export?table=<t>&table=<u>&anonymize=true`: every row of the
@@ -61,7 +62,7 @@ export interface ExportInit {
 
 export function exportRoute (app: FastifyInstance, db: Database, init: ExportInit = {}): void {
   const pageRows = init.pageRows ?? EXPORT_PAGE_ROWS
-  app.get<{ Querystring: Record<string, string | string[] | undefined> }>(EXPORT_ROUTE, { config: { access: TABLE_ACCESS } }, async (req, reply) => {
+  app.get<{ Querystring: Record<string, string | string[] | undefined> }>(EXPORT_ROUTE, { config: { access: TABLE_ACCESS }, schema: ROUTE_SCHEMAS.export }, async (req, reply) => {
     const q = req.query
     for (const k of Object.keys(q)) {
       if (!EXPORT_QUERY.has(k)) throw new ValidationError(`Unknown export parameter ${k}: use table, anonymize or consistency`)

@@ -1,6 +1,7 @@
 import { parse } from 'csv-parse'
 import type { RequestOptions } from '../cluster/coordinator.js'
-import type { Database, ImportResult } from '../query/database.js'
+import { createHash } from 'node:crypto'
+import type { Database, ImportResult, ImportRow } from '../query/database.js'
 
 /** Rows handed to the database at once: large enough for group commit, small enough to bound memory */
 export const IMPORT_CHUNK = 2000
@@ -19,13 +20,31 @@ export interface ImportInit {
   maxLineBytes?: number
   /** Refuses a parsed row before it is written (a column the caller may not write); its error rejects the line */
   check?: (value: unknown) => void
+  /**
+   * The client's Idempotency-Key for the import, if any: it scopes every
+   * line's key (see lineKey), so a new key imports the same lines anew.
+   */
+  scope?: string
+}
+
+/** The scope of an import sent without an Idempotency-Key */
+const DEFAULT_SCOPE = 'import'
+
+/**
+ * A line's idempotency key: the import's scope, the table, the line's
+ * number and its parsed content. The same file imported again (same lines at
+ * the same places) makes the same keys, so its rows are not written twice.
+ */
+export function lineKey (scope: string, table: string, line: number, value: unknown): string {
+  return createHash('sha256').update(scope).update('\u0000').update(table).update('\u0000').update(String(line)).update('\u0000').update(JSON.stringify(value)).digest('hex')
 }
 
 /** Reads NDJSON or CSV from a stream and inserts it in chunks */
 export async function importStream (db: Database, table: string, input: NodeJS.ReadableStream, format: 'ndjson' | 'csv', options: RequestOptions, init: ImportInit = {}): Promise<ImportReport> {
   const maxLine = init.maxLineBytes ?? MAX_LINE_BYTES
   const report: ImportReport = { accepted: 0, rejected: [], rejectedNotShown: 0 }
-  let chunk: Array<{ line: number, value: unknown }> = []
+  let chunk: ImportRow[] = []
+  const scope = init.scope ?? DEFAULT_SCOPE
   const reject = (line: number, message: string, code = 'INVALID'): void => {
     addRejections(report, [{ line, error: { code, message } }])
   }
@@ -37,7 +56,7 @@ export async function importStream (db: Database, table: string, input: NodeJS.R
       reject(line, e.message, e.code)
       return
     }
-    chunk.push({ line, value })
+    chunk.push({ line, value, key: lineKey(scope, table, line, value) })
   }
   const flush = async (): Promise<void> => {
     if (chunk.length === 0) return
@@ -108,10 +127,20 @@ export async function importStream (db: Database, table: string, input: NodeJS.R
   return report
 }
 
+/**
+ * Adds rejections keeping the report in line order (a parse error is found
+ * before the database rejects earlier lines of its chunk) and, past
+ * MAX_REPORTED_REJECTIONS, the earliest lines shown and the rest counted.
+ */
 function addRejections (report: ImportReport, rejected: ImportResult['rejected']): void {
-  for (const r of rejected) {
-    if (report.rejected.length < MAX_REPORTED_REJECTIONS) report.rejected.push(r)
-    else report.rejectedNotShown++
+  if (rejected.length === 0) return
+  const last = report.rejected.at(-1)?.line ?? 0
+  report.rejected.push(...rejected)
+  if (rejected.some(r => r.line < last) || rejected.length > 1) report.rejected.sort((a, b) => a.line - b.line)
+  const over = report.rejected.length - MAX_REPORTED_REJECTIONS
+  if (over > 0) {
+    report.rejected.splice(MAX_REPORTED_REJECTIONS, over)
+    report.rejectedNotShown += over
   }
 }
 

@@ -1,29 +1,40 @@
+import { PassThrough } from 'node:stream'
 import Fastify, { type FastifyBaseLogger, type FastifyInstance, type FastifyReply, type FastifyRequest } from 'fastify'
 import { ForbiddenError, NtsoekheError, ValidationError } from '../errors/index.js'
 import { CONSISTENCY_LEVELS, type Consistency, type RequestOptions } from '../cluster/coordinator.js'
 import type { BatchOperation, Database } from '../query/database.js'
 import type { TableDef } from '../schema/index.js'
 import type { AccessEvent } from '../security/principal.js'
+import type { NodeMetrics } from '../observability/metrics.js'
+import { metricsRoutes } from './metrics.js'
 import { HIDDEN_COLUMNS, RIGHTS, assertWritable, cascadeTables, columnsFor, describeRoles, project } from '../security/rights.js'
 import type { UserDirectory } from '../security/users.js'
 import { isVersion } from '../storage/version.js'
+import { parseComparison } from '../schema/condition.js'
+import { runSql } from '../query/sql.js'
 import { TABLE_ACCESS, checkFilters, installAccess, principalOf, readView } from './access.js'
 import { auditRoute, type AuditReader } from './audit.js'
+import { backupRoutes, type BackupSource } from './backup.js'
 import { toErrorResponse } from './errors.js'
 import { exportRoute } from './export.js'
 import { importStream, isAbort } from './import.js'
+import { openApiRoute, recordRoutes } from './openapi.js'
+import { IDEMPOTENCY_KEY_PATTERN, MAX_IDEMPOTENCY_KEY, ROUTE_SCHEMAS as S, validatorCompiler } from './schemas.js'
+
+export { MAX_IDEMPOTENCY_KEY }
 
 /** Largest JSON body the socket accepts (imports are streamed and exempt) */
 export const BODY_LIMIT = 1024 * 1024
 /** A request body that sends nothing for this long is cut off, ms */
 export const BODY_TIMEOUT_MS = 30_000
-/** Longest Idempotency-Key, characters */
-export const MAX_IDEMPOTENCY_KEY = 128
-/** What an Idempotency-Key may be made of: a UUID, a ULID, base64 or hex fit */
-const IDEMPOTENCY_KEY_RE = /^[A-Za-z0-9._~+/=:-]+$/
+/** Records a page of `GET /v1/inspect/records` holds by default, and at most */
+const INSPECT_PAGE = 1000
+const IDEMPOTENCY_KEY_RE = new RegExp(IDEMPOTENCY_KEY_PATTERN)
 
 export interface ApiComponents {
   db: Database
+  /** Counts every request and serves `GET /metrics` and `GET /v1/metrics/series` (see api/metrics.ts) */
+  metrics?: NodeMetrics
   /** Everything `GET /v1/status` reports */
   status: () => Promise<Record<string, unknown>>
   /** Extra read-only routes' data, e.g. peers and ring, added by the networked node */
@@ -36,6 +47,19 @@ export interface ApiComponents {
   leave?: () => Promise<unknown>
   /** Runs one anti-entropy round now (`POST /v1/repair`): `{ ranges, recordsCompared, recordsSent, seconds }` */
   repair?: () => Promise<unknown>
+  /**
+   * Read-only views of what this node stores, for checkers (the chaos suite):
+   * `GET /v1/inspect/records` pages through every record with its heads,
+   * digest and owners; `GET /v1/inspect/summary` gives the range summary.
+   */
+  inspect?: {
+    records: (options: { after?: string, limit: number }) => Promise<unknown>
+    summary: () => Promise<unknown>
+  }
+  /** Backup and restore of the whole network (`GET /v1/backup`, `POST /v1/restore`), on the networked node */
+  backup?: BackupSource
+  /** Rebuilds one table's index entries in this node's store (`POST /v1/tables/:table/reindex`), with progress */
+  reindex?: (table: string, progress: (done: number, total: number) => void) => Promise<{ rows: number, added: number, removed: number }>
   /** Users and their tokens: every request is authenticated against it */
   users: Pick<UserDirectory, 'authenticate' | 'add' | 'list' | 'revoke'>
   /** Called once per request that touches data, per 401, per 403 and per break-glass read */
@@ -43,6 +67,8 @@ export interface ApiComponents {
   /** The audit trail, served on `GET /v1/audit` (auditors and admins) */
   auditTrail?: AuditReader
   logger?: FastifyBaseLogger
+  /** The package version the API document names. @default '0.1.0' */
+  version?: string
 }
 
 export interface ApiInit {
@@ -57,14 +83,21 @@ export interface ApiInit {
 type Params = { table: string, id: string }
 type Query = Record<string, string | string[] | undefined>
 
-const RESERVED_QUERY = new Set(['limit', 'cursor', 'consistency', 'local', 'cascade'])
+/** Media types an import takes */
+const IMPORT_TYPES = ['application/x-ndjson', 'application/ndjson', 'text/csv']
+const RESERVED_QUERY = new Set(['limit', 'cursor', 'consistency', 'local', 'cascade', 'where', 'order_by'])
 const ROWS = { config: { access: TABLE_ACCESS } }
 const CLUSTER = { config: { access: RIGHTS.cluster } }
+/** The route schemas of the extra read-only routes the networked node adds */
+const EXTRA_SCHEMAS: Record<string, typeof S.peers | typeof S.ring> = { peers: S.peers, ring: S.ring }
 
 /**
  * The HTTP/JSON API that the socket serves: routes, authentication and
  * access rights, error mapping, ETags. A route declares the right it needs
  * as `config: { access }` (RIGHTS); one that declares none is for admins.
+ * Each route declares its schema (`schema: S.<name>`, src/api/schemas.ts):
+ * fastify checks the request with it, and `GET /v1/openapi.json` is made
+ * from it.
  */
 export function createApi (components: ApiComponents, init: ApiInit = {}): FastifyInstance {
   const { db, users } = components
@@ -80,8 +113,17 @@ export function createApi (components: ApiComponents, init: ApiInit = {}): Fasti
     }
   })
 
+  const routes = recordRoutes(app)
+  app.setValidatorCompiler(validatorCompiler)
+  // Response schemas document the answers; they are written as JSON.stringify writes them (nothing dropped or coerced).
+  app.setSerializerCompiler(() => data => JSON.stringify(data))
+  // A JSON route sent another media type answers 415, before its body is checked against the schema.
+  app.addHook('preValidation', async req => {
+    if (req.routeOptions.schema?.body !== undefined && req.body !== undefined && req.body !== null) requireBody(req)
+  })
+
   // Imports stream their body: the parser hands over the raw request, so no limit applies.
-  app.addContentTypeParser(['application/x-ndjson', 'application/ndjson', 'text/csv'], (_req, payload, done) => { done(null, payload) })
+  app.addContentTypeParser(IMPORT_TYPES, (_req, payload, done) => { done(null, payload) })
 
   app.setErrorHandler((err, req, reply) => {
     const { status, body } = toErrorResponse(err)
@@ -97,15 +139,17 @@ export function createApi (components: ApiComponents, init: ApiInit = {}): Fasti
   })
   const trail = components.auditTrail
   installAccess(app, { auth: users, ...(components.audit === undefined ? {} : { audit: components.audit }), ...(trail === undefined ? {} : { auditReady: () => trail.accepting !== false }), bodyTimeoutMs: init.bodyTimeoutMs ?? BODY_TIMEOUT_MS, log: app.log })
+  if (components.metrics !== undefined) metricsRoutes(app, components.metrics)
   app.setNotFoundHandler((req, reply) => {
     void reply.status(404).send({ error: { code: 'NOT_FOUND', message: `No route ${req.method} ${req.url}` } })
   })
 
-  app.get('/v1/status', CLUSTER, async () => await components.status())
+  app.get('/v1/status', { ...CLUSTER, schema: S.status }, async () => await components.status())
+  openApiRoute(app, routes, () => ({ version: components.version ?? '0.1.0', tables: db.tables() }))
   if (components.auditTrail !== undefined) auditRoute(app, components.auditTrail)
   exportRoute(app, db, init.exportPageRows === undefined ? {} : { pageRows: init.exportPageRows })
 
-  app.get('/v1/tables', CLUSTER, async () => ({
+  app.get('/v1/tables', { ...CLUSTER, schema: S.tables }, async () => ({
     tables: db.tables().map(t => ({
       name: t.name,
       columns: t.columns,
@@ -118,39 +162,70 @@ export function createApi (components: ApiComponents, init: ApiInit = {}): Fasti
   }))
 
   const invite = components.invite
-  if (invite !== undefined) app.get('/v1/invite', { config: { access: RIGHTS.admin } }, async () => await invite())
+  if (invite !== undefined) app.get('/v1/invite', { config: { access: RIGHTS.admin }, schema: S.invite }, async () => await invite())
   for (const [name, fn] of Object.entries(components.extra ?? {})) {
-    app.get(`/v1/${name}`, CLUSTER, async () => await fn())
+    // An extra route with no schema in EXTRA_SCHEMAS goes undocumented, and test/unit/openapi.test.ts names it.
+    const schema = EXTRA_SCHEMAS[name]
+    app.get(`/v1/${name}`, { ...CLUSTER, ...(schema === undefined ? {} : { schema }) }, async () => await fn())
   }
 
   const removeMember = components.removeMember
   if (removeMember !== undefined) {
-    app.delete<{ Params: { peerId: string } }>('/v1/members/:peerId', { config: { access: RIGHTS.membership } }, async req => await removeMember(req.params.peerId))
+    app.delete<{ Params: { peerId: string } }>('/v1/members/:peerId', { config: { access: RIGHTS.membership }, schema: S.removeMember }, async req => await removeMember(req.params.peerId))
   }
   const leave = components.leave
-  if (leave !== undefined) app.post('/v1/leave', { config: { access: RIGHTS.membership } }, async () => await leave())
+  if (leave !== undefined) app.post('/v1/leave', { config: { access: RIGHTS.membership }, schema: S.leave }, async () => await leave())
   const repair = components.repair
-  if (repair !== undefined) app.post('/v1/repair', { config: { access: RIGHTS.admin } }, async () => await repair())
+  if (repair !== undefined) app.post('/v1/repair', { config: { access: RIGHTS.admin }, schema: S.repair }, async () => await repair())
+  if (components.backup !== undefined) backupRoutes(app, components.backup)
 
-  app.get('/v1/roles', { config: { access: RIGHTS.roles } }, async () => ({ roles: describeRoles() }))
+  const inspect = components.inspect
+  if (inspect !== undefined) {
+    app.get<{ Querystring: Query }>('/v1/inspect/records', { config: { access: RIGHTS.admin }, schema: S.inspectRecords }, async req => {
+      // The schema has read limit as an integer from 1 to MAX_INSPECT_PAGE.
+      const limit = req.query.limit === undefined ? INSPECT_PAGE : Number(req.query.limit)
+      const after = req.query.after === undefined ? undefined : single(req.query, 'after')
+      return await inspect.records({ limit, ...(after === undefined ? {} : { after }) })
+    })
+    app.get('/v1/inspect/summary', { config: { access: RIGHTS.admin }, schema: S.inspectSummary }, async () => await inspect.summary())
+  }
+  // Admins only (no right declared). The answer is NDJSON: {"done","total"} lines as rows are
+  // reindexed, then {"rows","added","removed"} (or {"error"} if it failed midway).
+  const reindex = components.reindex
+  if (reindex !== undefined) {
+    app.post<{ Params: Params }>('/v1/tables/:table/reindex', { schema: S.reindex }, async (req, reply) => {
+      const table = db.table(req.params.table)
+      req.accessNote = { action: 'admin', table: table.name }
+      const out = new PassThrough()
+      let last = 0
+      void reindex(table.name, (done, total) => {
+        // At most about a hundred progress lines, however large the table.
+        if (done === total || done - last >= Math.max(1, Math.floor(total / 100))) { last = done; out.write(JSON.stringify({ done, total }) + '\n') }
+      }).then(result => { out.end(JSON.stringify(result) + '\n') }, (err: unknown) => { out.end(JSON.stringify({ error: toErrorResponse(err).body.error }) + '\n') })
+      void reply.header('content-type', 'application/x-ndjson')
+      return out
+    })
+  }
 
-  app.get('/v1/users', { config: { access: RIGHTS.users } }, async req => {
+  app.get('/v1/roles', { config: { access: RIGHTS.roles }, schema: S.roles }, async () => ({ roles: describeRoles() }))
+
+  app.get('/v1/users', { config: { access: RIGHTS.users }, schema: S.users }, async req => {
     req.accessNote = { action: 'admin', table: 'users' }
     return { users: await users.list() }
   })
-  app.post('/v1/users', { config: { access: RIGHTS.users } }, async (req, reply) => {
+  app.post('/v1/users', { config: { access: RIGHTS.users }, schema: S.addUser }, async (req, reply) => {
     const body = requireObject(req)
     req.accessNote = { action: 'admin', table: 'users', ...(typeof body.user === 'string' ? { id: body.user } : {}) }
     const made = await users.add(body.user as string, body.role as string)
     void reply.status(201)
     return made
   })
-  app.post<{ Params: { name: string } }>('/v1/users/:name/revoke', { config: { access: RIGHTS.users } }, async req => {
+  app.post<{ Params: { name: string } }>('/v1/users/:name/revoke', { config: { access: RIGHTS.users }, schema: S.revokeUser }, async req => {
     req.accessNote = { action: 'admin', table: 'users', id: req.params.name }
     return await users.revoke(req.params.name)
   })
 
-  app.post<{ Params: Params, Querystring: Query }>('/v1/tables/:table/rows', ROWS, async (req, reply) => {
+  app.post<{ Params: Params, Querystring: Query }>('/v1/tables/:table/rows', { ...ROWS, schema: S.insert }, async (req, reply) => {
     const table = db.table(req.params.table)
     const body = requireObject(req)
     writeNote(req, 'insert', table, body)
@@ -160,7 +235,7 @@ export function createApi (components: ApiComponents, init: ApiInit = {}): Fasti
     return { id: result.id, version: result.version, row: visible(req, table, result.row) }
   })
 
-  app.get<{ Params: Params, Querystring: Query }>('/v1/tables/:table/rows/:id', ROWS, async (req, reply) => {
+  app.get<{ Params: Params, Querystring: Query }>('/v1/tables/:table/rows/:id', { ...ROWS, schema: S.get }, async (req, reply) => {
     const table = db.table(req.params.table)
     const view = readNote(req, 'read', table, req.params.id)
     const local = flag(req.query, 'local')
@@ -175,11 +250,12 @@ export function createApi (components: ApiComponents, init: ApiInit = {}): Fasti
   })
 
   // PUT replaces the row, PATCH changes the columns it names: the same checks, notes and answer.
-  for (const [method, write] of [['PUT', db.replace.bind(db)], ['PATCH', db.patch.bind(db)]] as const) {
+  for (const [method, write, schema] of [['PUT', db.replace.bind(db), S.replace], ['PATCH', db.patch.bind(db), S.patch]] as const) {
     app.route<{ Params: Params, Querystring: Query }>({
       method,
       url: '/v1/tables/:table/rows/:id',
       ...ROWS,
+      schema,
       handler: async (req, reply) => {
         const table = db.table(req.params.table)
         const body = requireObject(req)
@@ -193,7 +269,7 @@ export function createApi (components: ApiComponents, init: ApiInit = {}): Fasti
     })
   }
 
-  app.delete<{ Params: Params, Querystring: Query }>('/v1/tables/:table/rows/:id', ROWS, async (req, reply) => {
+  app.delete<{ Params: Params, Querystring: Query }>('/v1/tables/:table/rows/:id', { ...ROWS, schema: S.delete }, async (req, reply) => {
     const table = db.table(req.params.table)
     const cascade = flag(req.query, 'cascade')
     writeNote(req, 'delete', table, {}, req.params.id)
@@ -206,13 +282,13 @@ export function createApi (components: ApiComponents, init: ApiInit = {}): Fasti
   })
 
   // Erasure is for admins only (a route that declares no right needs admin) and always audited.
-  app.post<{ Params: Params }>('/v1/tables/:table/rows/:id/purge', async req => {
+  app.post<{ Params: Params }>('/v1/tables/:table/rows/:id/purge', { schema: S.purge }, async req => {
     const table = db.table(req.params.table)
     req.accessNote = { action: 'purge', table: table.name, id: req.params.id, ...(table.name === 'patient_records' ? { patientId: req.params.id } : {}) }
     return await db.purge(table.name, req.params.id)
   })
 
-  app.get<{ Params: Params, Querystring: Query }>('/v1/tables/:table/rows/:id/history', ROWS, async req => {
+  app.get<{ Params: Params, Querystring: Query }>('/v1/tables/:table/rows/:id/history', { ...ROWS, schema: S.history }, async req => {
     const table = db.table(req.params.table)
     const view = readNote(req, 'history', table, req.params.id)
     const versions = await db.history(table.name, req.params.id, requestOptions(req.query))
@@ -220,11 +296,14 @@ export function createApi (components: ApiComponents, init: ApiInit = {}): Fasti
     return { versions: versions.map(v => ({ ...v, row: project(v.row, view.columns) })) }
   })
 
-  app.get<{ Params: Params, Querystring: Query }>('/v1/tables/:table/rows', ROWS, async req => {
+  app.get<{ Params: Params, Querystring: Query }>('/v1/tables/:table/rows', { ...ROWS, schema: S.list }, async req => {
     const table = db.table(req.params.table)
     const filters = Object.keys(req.query).filter(k => !RESERVED_QUERY.has(k))
     const view = readNote(req, 'list', table)
-    checkFilters(table, view.columns, filters, principalOf(req).role)
+    // where=<col><op><value> (repeatable) adds ranges; order_by=<col>[:desc] sorts (default: primary key).
+    const ranges = listOf(req.query.where).map(parseComparison)
+    const order = req.query.order_by === undefined ? undefined : parseOrderBy(single(req.query, 'order_by'))
+    checkFilters(table, view.columns, [...filters, ...ranges.map(r => r.column), ...(order === undefined ? [] : [order.column])], principalOf(req).role)
     const where: Record<string, string> = Object.create(null) as Record<string, string>
     for (const k of filters) {
       const v = req.query[k]
@@ -232,6 +311,7 @@ export function createApi (components: ApiComponents, init: ApiInit = {}): Fasti
       if (Array.isArray(v)) throw new ValidationError(`Filter ${k} is given more than once`, { column: k })
       where[k] = v
     }
+    for (const r of ranges) if (r.op === '=' && where[r.column] === undefined) where[r.column] = r.value
     // Break-glass opens one patient's records, not a table: a list it widens must name the patient.
     if (view.widened && where.patient_id === undefined) {
       throw new ForbiddenError(table.columns.some(c => c.name === 'patient_id')
@@ -240,13 +320,15 @@ export function createApi (components: ApiComponents, init: ApiInit = {}): Fasti
     }
     if (where.patient_id !== undefined && req.accessNote !== undefined) req.accessNote.patientId = where.patient_id
     if (table.name === 'patient_records' && where.patient_id !== undefined && req.accessNote !== undefined) req.accessNote.id = where.patient_id
-    const limit = req.query.limit === undefined ? undefined : parseLimit(single(req.query, 'limit'))
+    // The schema has read limit as an integer from 1 to MAX_LIMIT.
+    const limit = req.query.limit === undefined ? undefined : Number(req.query.limit)
     const cursor = req.query.cursor === undefined ? undefined : single(req.query, 'cursor')
-    const page = await db.list(table.name, where, {
-      ...requestOptions(req.query),
+    const page = await db.query(table.name, {
+      where: [...Object.entries(where).map(([column, value]) => ({ column, op: '=' as const, value })), ...ranges.filter(r => r.op !== '=')],
+      ...(order === undefined ? {} : { orderBy: order.column, desc: order.desc }),
       ...(limit === undefined ? {} : { limit }),
       ...(cursor === undefined ? {} : { cursor })
-    })
+    }, requestOptions(req.query))
     // Every patient whose rows the page holds gets an entry of their own (audit --patient finds the list).
     if (req.accessNote !== undefined && where.patient_id === undefined && table.columns.some(c => c.name === 'patient_id')) {
       const patients = [...new Set(page.rows.map(r => r.patient_id).filter(p => p !== null && p !== undefined).map(String))]
@@ -255,7 +337,50 @@ export function createApi (components: ApiComponents, init: ApiInit = {}): Fasti
     return { rows: page.rows.map(r => project(r, view.columns)), next: page.next }
   })
 
-  app.post<{ Querystring: Query }>('/v1/batch', ROWS, async (req, reply) => {
+  // SQL: {"sql","params","cursor"} -> {"columns","rows","next"}. Each table it names is checked as its
+  // routes check it (a role's missing right is 403, columns it cannot read are absent or refused).
+  app.post<{ Querystring: Query }>('/v1/sql', { ...ROWS, schema: S.sql }, async req => {
+    const body = requireObject(req)
+    if (typeof body.sql !== 'string') throw new ValidationError('The body needs "sql", a string')
+    if (body.params !== undefined && !Array.isArray(body.params)) throw new ValidationError('"params" must be an array')
+    if (body.cursor !== undefined && body.cursor !== null && typeof body.cursor !== 'string') throw new ValidationError('"cursor" must be a string')
+    const role = principalOf(req).role
+    const views = new Map<string, { columns: string[], breakGlass: boolean, widened: boolean }>()
+    const viewOf = (table: TableDef): { columns: string[], breakGlass: boolean, widened: boolean } => {
+      let view = views.get(table.name)
+      if (view === undefined) {
+        view = readView(req, table)
+        views.set(table.name, view)
+        if (view.breakGlass && req.accessNote !== undefined) {
+          req.accessNote.breakGlass = true
+          const reason = principalOf(req).breakGlass
+          if (reason !== undefined) req.accessNote.reason = reason
+        }
+      }
+      return view
+    }
+    req.accessNote = { action: 'list' }
+    const patients = new Set<string>()
+    const answer = await runSql(db, body.sql, (body.params ?? []) as unknown[], {
+      readable: table => {
+        if (req.accessNote?.table === undefined && req.accessNote !== undefined) req.accessNote.table = table.name
+        return viewOf(table).columns
+      },
+      widened: table => viewOf(table).widened,
+      writable: (table, columns) => { assertWritable(role, table, columns) },
+      note: n => {
+        const note = req.accessNote ?? { action: n.action }
+        req.accessNote = { ...note, action: n.action === 'list' ? note.action : n.action, table: note.table ?? n.table, ...(n.id === undefined ? {} : { id: n.id }), ...(n.columns === undefined ? {} : { columns: n.columns }) }
+        if (n.patientId !== undefined) patients.add(n.patientId)
+      }
+    }, requestOptions(req.query), typeof body.cursor === 'string' ? body.cursor : undefined)
+    // Every patient whose rows the answer holds gets an entry of their own, as a list does.
+    if (req.accessNote !== undefined && patients.size === 1) req.accessNote.patientId = [...patients][0] as string
+    else if (req.accessNote !== undefined && patients.size > 1) req.accessNote.patients = [...patients]
+    return answer
+  })
+
+  app.post<{ Querystring: Query }>('/v1/batch', { ...ROWS, schema: S.batch }, async (req, reply) => {
     const body = requireObject(req) as { operations?: BatchOperation[] }
     const role = principalOf(req).role
     const ops = Array.isArray(body.operations) ? body.operations : []
@@ -285,20 +410,28 @@ export function createApi (components: ApiComponents, init: ApiInit = {}): Fasti
     }
   })
 
-  app.post<{ Params: Params, Querystring: Query }>('/v1/tables/:table/import', ROWS, async (req) => {
+  app.post<{ Params: Params, Querystring: Query }>('/v1/tables/:table/import', {
+    ...ROWS,
+    schema: S.import,
+    // Before any body parser runs: a JSON body (even one that is not JSON) is 415, not a parse error.
+    preParsing: async (req, _reply, payload) => {
+      assertImportType(mediaType(req))
+      return payload
+    }
+  }, async (req) => {
     const table = db.table(req.params.table)
     const role = principalOf(req).role
     req.accessNote = { action: 'import', table: table.name }
     assertWritable(role, table, [])
     const type = mediaType(req)
-    if (!['application/x-ndjson', 'application/ndjson', 'text/csv'].includes(type)) {
-      throw new NtsoekheError('UNSUPPORTED_MEDIA_TYPE', 'Import takes application/x-ndjson or text/csv')
-    }
+    assertImportType(type)
     const check = (value: unknown): void => {
       if (value !== null && typeof value === 'object' && !Array.isArray(value)) assertWritable(role, table, Object.keys(value))
     }
+    const scope = keyOptions(req).idempotencyKey
     return await importStream(db, table.name, req.body as NodeJS.ReadableStream, type === 'text/csv' ? 'csv' : 'ndjson', requestOptions(req.query), {
       check,
+      ...(scope === undefined ? {} : { scope }),
       ...(init.maxImportLineBytes === undefined ? {} : { maxLineBytes: init.maxImportLineBytes })
     })
   })
@@ -367,6 +500,13 @@ function requireBody (req: FastifyRequest): unknown {
   return req.body
 }
 
+/** An import's body is NDJSON or CSV: anything else (JSON included) is 415 */
+function assertImportType (type: string): void {
+  if (!IMPORT_TYPES.includes(type)) {
+    throw new NtsoekheError('UNSUPPORTED_MEDIA_TYPE', `Import takes application/x-ndjson or text/csv, not ${type === '' ? 'an untyped body' : type}`)
+  }
+}
+
 /** The request's media type, lower case, without parameters */
 function mediaType (req: FastifyRequest): string {
   return (String(req.headers['content-type'] ?? '').split(';')[0] ?? '').trim().toLowerCase()
@@ -384,6 +524,20 @@ function flag (query: Query, name: string): boolean {
   if (v === '' || v === 'true' || v === '1') return true
   if (v === 'false' || v === '0') return false
   throw new ValidationError(`${name} must be true or false`)
+}
+
+/** A query parameter given any number of times, as a list */
+function listOf (v: string | string[] | undefined): string[] {
+  return v === undefined ? [] : Array.isArray(v) ? v : [v]
+}
+
+/** `col` or `col:desc` (or `col:asc`) */
+export function parseOrderBy (raw: string): { column: string, desc: boolean } {
+  const colon = raw.lastIndexOf(':')
+  const column = colon < 0 ? raw : raw.slice(0, colon)
+  const dir = colon < 0 ? 'asc' : raw.slice(colon + 1).toLowerCase()
+  if (column === '' || (dir !== 'asc' && dir !== 'desc')) throw new ValidationError(`order_by takes <column> or <column>:desc, got ${JSON.stringify(raw)}`)
+  return { column, desc: dir === 'desc' }
 }
 
 function parseLimit (raw: string): number {

@@ -1,5 +1,5 @@
 import { join, resolve } from 'node:path'
-import { pino } from 'pino'
+import { createLogger } from '../daemon/logger.js'
 import { checkConfig, loadConfig, type Config } from '../daemon/config.js'
 import { NtsoekheNode } from '../daemon/node.js'
 import { NtsoekheError, ValidationError } from '../errors/index.js'
@@ -8,7 +8,9 @@ import { loadOrCreateIdentity, peerIdFromKey } from '../p2p/identity.js'
 import { loadOrCreateDataKey } from '../security/data-key.js'
 import { Store } from '../storage/store.js'
 import { adminTokenPath, newToken, readAdminToken, writeAdminToken } from '../security/tokens.js'
+import { multiaddr, type Multiaddr } from '@multiformats/multiaddr'
 import type { Io } from './index.js'
+import { UsageError } from './usage.js'
 
 export interface DaemonFlags {
   listen: string[]
@@ -16,6 +18,12 @@ export interface DaemonFlags {
   replicas?: number
   writeQuorum?: number
   readQuorum?: number
+  /** `--console <host:port>`: serve the web console there (monitoring.console) */
+  console?: string
+  /** `--console-remote`: allow the console on a non-loopback address (monitoring.consoleRemote) */
+  consoleRemote?: boolean
+  /** `--metrics-listen <host:port>`: serve `GET /metrics` there (monitoring.metricsListen) */
+  metricsListen?: string
   logLevel?: string
   /** `--join <invite>`: store the network key the invite carries and join through its addresses */
   join?: string
@@ -27,6 +35,10 @@ export interface DaemonFlags {
   securityOff?: boolean
   /** `--test`: this daemon is a test or benchmark subject */
   test?: boolean
+  /** `--json`: announce the start as one JSON line on stdout (with the logs) instead of the banner on stderr */
+  json?: boolean
+  /** `--clock-offset-ms <ms>`: run this node's clock ahead (or behind) of the machine's, for the chaos suite; refused without `test` */
+  clockOffsetMs?: number
 }
 
 /**
@@ -63,20 +75,73 @@ export function applyFlags (config: Config, flags: DaemonFlags): Config {
   if (flags.logLevel !== undefined) c.log.level = flags.logLevel
   if (flags.swarmKey !== undefined) c.network.pnetKeyFile = resolve(flags.swarmKey)
   if (flags.openNetwork === true) c.network.open = true
+  if (flags.console !== undefined) c.monitoring.console = flags.console
+  if (flags.consoleRemote === true) c.monitoring.consoleRemote = true
+  if (flags.metricsListen !== undefined) c.monitoring.metricsListen = flags.metricsListen
   if (c.network.open && flags.swarmKey !== undefined) throw new ValidationError('--open-network and --swarm-key exclude each other')
   checkConfig(c, 'flags')
   return c
 }
 
+/**
+ * The listen address libp2p could not take because its port is in use, if
+ * that is why the start failed (libp2p says so inside its message, with the
+ * inner error's stack).
+ */
+export function portInUse (err: unknown): { address: string, port: number } | undefined {
+  const message = String((err as Error | undefined)?.message ?? err)
+  if (!message.includes('EADDRINUSE')) return undefined
+  const m = /(\/ip[46]\/[^\s:]+\/tcp\/(\d+))[^\n]*EADDRINUSE/.exec(message) ?? /EADDRINUSE[^\n]*?(([\d.]+|\[[0-9a-f:]+\]):(\d+))/i.exec(message)
+  if (m === null) return { address: 'its listen address', port: 0 }
+  return m[0].startsWith('/') ? { address: m[1] as string, port: Number(m[2]) } : { address: m[1] as string, port: Number(m[3]) }
+}
+
+/** Runs `fn`, a check of a flag's value: its ValidationError is a usage error (exit 2) */
+function usage<T> (fn: () => T, prefix = ''): T {
+  try {
+    return fn()
+  } catch (err) {
+    // applyFlags names where what it checks came from ("flags: ..."): here, the flags the user typed.
+    if (err instanceof ValidationError) throw new UsageError(prefix + err.message.replace(/^flags: /, ''))
+    throw err
+  }
+}
+
+/** A listen or bootstrap address: a multiaddr over TCP (`/ip4/0.0.0.0/tcp/4100`) */
+function checkTcpAddress (flag: string, value: string): void {
+  let parsed: Multiaddr
+  try {
+    parsed = multiaddr(value)
+  } catch (err) {
+    throw new UsageError(`${flag} takes a multiaddr such as /ip4/0.0.0.0/tcp/4100, got ${JSON.stringify(value)} (${(err as Error).message})`)
+  }
+  if (!parsed.getComponents().some(c => c.name === 'tcp')) {
+    throw new UsageError(`${flag} takes a TCP multiaddr such as /ip4/0.0.0.0/tcp/4100, got ${JSON.stringify(value)}`)
+  }
+}
+
 /** `ntsoekhe daemon`: runs until SIGINT or SIGTERM; returns the exit code */
 export async function runDaemon (home: string, flags: DaemonFlags, io: Io): Promise<number> {
+  // Bad flag values are usage errors (exit 2), refused before the home is made or touched.
+  for (const [flag, values] of [['--listen', flags.listen], ['--bootstrap', flags.bootstrap]] as const) {
+    for (const v of values) checkTcpAddress(flag, v)
+  }
+  const invite = flags.join === undefined ? undefined : usage(() => decodeInvite(flags.join as string), '--join: ')
+  if (flags.securityOff === true && flags.test !== true) throw new UsageError('--security-off is only for measurements: it is accepted together with --test')
   const { config: saved } = await loadConfig(home)
-  const config = applyFlags(saved, flags)
-  const logger = pino({ level: config.log.level, base: { component: 'ntsoekhe' } })
+  const config = usage(() => applyFlags(saved, flags))
+  const logger = createLogger(config.log.level)
+  if (flags.clockOffsetMs !== undefined && flags.test !== true) throw new UsageError('--clock-offset-ms is only for the chaos suite: it is accepted together with --test')
   // After `ntsoekhe leave` the node has handed everything off: it stops as on a signal.
-  const invite = flags.join === undefined ? undefined : decodeInvite(flags.join)
-  if (flags.securityOff === true && flags.test !== true) throw new ValidationError('--security-off is only for measurements: it is accepted together with --test')
-  const node = new NtsoekheNode({ home, config, logger, ...(invite === undefined ? {} : { invite }), ...(flags.securityOff === true ? { security: false } : {}), onLeft: () => { process.kill(process.pid, 'SIGTERM') } })
+  const node = new NtsoekheNode({
+    home,
+    config,
+    logger,
+    ...(invite === undefined ? {} : { invite }),
+    ...(flags.securityOff === true ? { security: false } : {}),
+    ...(flags.clockOffsetMs === undefined ? {} : { clockOffsetMs: flags.clockOffsetMs }),
+    onLeft: () => { process.kill(process.pid, 'SIGTERM') }
+  })
   try {
     await node.start()
   } catch (err) {
@@ -84,9 +149,27 @@ export async function runDaemon (home: string, flags: DaemonFlags, io: Io): Prom
       io.stderr.write(`error: another ntsoekhe daemon is running on ${home} (${err.message})\n`)
       return 1
     }
+    const busy = portInUse(err)
+    if (busy !== undefined) {
+      await node.stop().catch(() => {})
+      io.stderr.write(`error: ${busy.port === 0 ? 'a listen port' : `port ${busy.port}`} is already in use (listening on ${busy.address}): another program, or another ntsoekhe daemon, holds it. ` +
+        `Choose another port with --listen /ip4/0.0.0.0/tcp/<port> or network.listen in ${join(home, 'config.json')}\n`)
+      return 1
+    }
     throw err
   }
-  io.stderr.write(`ntsoekhe daemon ready\n  peer id  ${node.peerId}\n  socket   ${node.socket}\n`)
+  if (flags.json === true) {
+    const status = await node.status()
+    io.stdout.write(JSON.stringify({
+      ready: true, peerId: node.peerId, socket: node.socket, home, addresses: status.addresses, version: status.version,
+      ...(node.urls.console === undefined ? {} : { console: node.urls.console }),
+      ...(node.urls.metrics === undefined ? {} : { metrics: node.urls.metrics })
+    }) + '\n')
+  } else {
+    io.stderr.write(`ntsoekhe daemon ready\n  peer id  ${node.peerId}\n  socket   ${node.socket}\n` +
+      (node.urls.console === undefined ? '' : `  console  ${node.urls.console} (plain HTTP; sign in with a user token)\n`) +
+      (node.urls.metrics === undefined ? '' : `  metrics  ${node.urls.metrics}\n`))
+  }
   await new Promise<void>(resolve => {
     const onSignal = (signal: string): void => {
       logger.info({ signal }, 'shutting down')

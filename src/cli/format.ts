@@ -1,19 +1,26 @@
+/** Columns printed whole however long: a peer id or an address is pasted into other commands */
+const WHOLE_COLUMNS = new Set(['peerId', 'node', 'addresses'])
+/** Widest a cell of any other column is printed; longer ones end in `…` */
+const MAX_CELL = 40
+
 /** Renders rows as an aligned text table, as a person reads it in a terminal */
 export function renderTable (rows: Array<Record<string, unknown>>, columns?: string[]): string {
   if (rows.length === 0) return '(no rows)\n'
   const cols = columns ?? [...new Set(rows.flatMap(r => Object.keys(r)))]
   const cells = rows.map(r => cols.map(c => cell(r[c])))
-  const widths = cols.map((c, i) => Math.min(40, Math.max(c.length, ...cells.map(row => (row[i] ?? '').length))))
+  const widths = cols.map((c, i) => Math.min(WHOLE_COLUMNS.has(c) ? Infinity : MAX_CELL, Math.max(c.length, ...cells.map(row => (row[i] ?? '').length))))
   const line = (values: string[]): string => values.map((v, i) => clip(v, widths[i] ?? 0).padEnd(widths[i] ?? 0)).join('  ').trimEnd()
   const out = [line(cols), line(widths.map(w => '-'.repeat(w))), ...cells.map(line)]
   return out.join('\n') + '\n'
 }
 
-/** Renders one object as `key: value` lines */
+/** Renders one object as `key: value` lines; a list of plain values is one value a line below its key */
 export function renderObject (obj: Record<string, unknown>, indent = ''): string {
   let out = ''
   for (const [k, v] of Object.entries(obj)) {
-    if (v !== null && typeof v === 'object' && !Array.isArray(v)) {
+    if (Array.isArray(v) && v.length > 0 && v.every(x => x === null || typeof x !== 'object')) {
+      out += `${indent}${k}:\n${v.map(x => `${indent}  ${cell(x)}\n`).join('')}`
+    } else if (v !== null && typeof v === 'object' && !Array.isArray(v)) {
       out += `${indent}${k}:\n${renderObject(v as Record<string, unknown>, indent + '  ')}`
     } else {
       out += `${indent}${k}: ${cell(v)}\n`

@@ -1,17 +1,24 @@
 import { createReadStream } from 'node:fs'
 import { readFile, stat } from 'node:fs/promises'
 import { extname } from 'node:path'
+import type { Readable } from 'node:stream'
 import { Command, CommanderError, Option } from 'commander'
+import { concat, fromString, toString } from 'uint8arrays'
 import { NoDaemonError, NtsoekheClient } from '../client/index.js'
 import { NtsoekheError } from '../errors/index.js'
-import { loadConfig, resolveHome, socketPath } from '../daemon/config.js'
+import { LOG_LEVELS, loadConfig, resolveHome, socketPath } from '../daemon/config.js'
+import { MAX_LIMIT } from '../query/limits.js'
 import { readAdminToken } from '../security/tokens.js'
+import { parseHostPort } from '../observability/address.js'
 import { renderObject, renderTable } from './format.js'
 import { UsageError } from './usage.js'
+import { VERSION } from '../version.js'
+import { parseComparison } from '../schema/condition.js'
 // daemon.js (libp2p, the store) and seed.js (faker) are loaded by the commands that need them:
 // a client command then starts in a fraction of the time.
 import type { DaemonFlags } from './daemon.js'
 import type { ExportFlags } from './export.js'
+import type { BackupFlags, RestoreFlags } from './backup.js'
 
 export interface Io {
   stdout: { write: (s: string) => unknown }
@@ -27,43 +34,58 @@ interface GlobalOpts { home?: string, json?: boolean, token?: string, consistenc
 /** Runs the CLI with its stdio, returning the exit code (never calls process.exit) */
 export async function run (argv: string[], io: Io): Promise<number> {
   let code: number = EXIT.OK
-  const program = buildProgram(io, c => { code = c })
+  const asked: Asked = {}
+  const program = buildProgram(io, c => { code = c }, asked)
   try {
     await program.parseAsync(argv, { from: 'user' })
     return code
   } catch (err) {
-    return report(err, io)
+    return report(err, io, asked)
   }
 }
 
-function report (err: unknown, io: Io): number {
+/** What the command was asked for, as far as an error report needs it */
+interface Asked {
+  /** `--home` as given (undefined: the default home) */
+  home?: string
+}
+
+/** Codes of a refusal that is the caller's mistake in naming things (exit 2, as a usage error) */
+const USAGE_CODES = new Set(['UNKNOWN_TABLE'])
+
+function report (err: unknown, io: Io, asked: Asked): number {
   if (err instanceof CommanderError) {
     return err.exitCode === 0 ? EXIT.OK : EXIT.USAGE
   }
   if (err instanceof UsageError) {
-    io.stderr.write(`error: ${err.message}\n`)
+    io.stderr.write(`error: ${oneLine(err.message)}\n`)
     return EXIT.USAGE
   }
   if (err instanceof NoDaemonError) {
-    io.stderr.write(`error: ${err.message}\n`)
+    const start = asked.home === undefined ? 'ntsoekhe daemon' : `ntsoekhe daemon --home ${shellWord(asked.home)}`
+    io.stderr.write(`error: no daemon is listening on ${err.socket}; start one with \`${start}\`\n`)
     return EXIT.NO_DAEMON
   }
   if (err instanceof NtsoekheError) {
-    io.stderr.write(`error: ${err.message}${err.column === undefined ? '' : ` (column ${err.column})`} [${err.code}]\n`)
-    return EXIT.REFUSED
+    // Most messages already start with the column ("gender: ..."): name it only when they do not.
+    const column = err.column === undefined || new RegExp(`\\b${err.column}\\b`).test(err.message) ? '' : ` (column ${err.column})`
+    io.stderr.write(`error: ${oneLine(err.message)}${column} [${err.code}]\n`)
+    return USAGE_CODES.has(err.code) ? EXIT.USAGE : EXIT.REFUSED
   }
   io.stderr.write(`error: ${(err as Error)?.message ?? String(err)}\n`)
   return EXIT.REFUSED
 }
 
-function buildProgram (io: Io, setCode: (c: number) => void): Command {
+function buildProgram (io: Io, setCode: (c: number) => void, asked: Asked): Command {
+  // A usage error is one line on stderr (commander's own message); `--help` shows the usage.
   const program = new Command('ntsoekhe')
     .description('A peer-to-peer database for health records')
+    .version(VERSION, '-V, --version', 'print the version (package.json) and exit')
     .exitOverride()
     .configureOutput({ writeOut: s => io.stdout.write(s), writeErr: s => io.stderr.write(s) })
-    .showHelpAfterError()
 
   const client = async (opts: GlobalOpts): Promise<NtsoekheClient> => {
+    if (opts.home !== undefined) asked.home = opts.home
     const home = resolveHome(opts.home)
     const { config } = await loadConfigIfPresent(home)
     const token = opts.token ?? nonEmpty(process.env.NTSOEKHE_TOKEN) ?? await readAdminToken(home)
@@ -98,12 +120,16 @@ function buildProgram (io: Io, setCode: (c: number) => void): Command {
     .option('--replicas <n>', 'copies of every record (N)', int)
     .option('--write-quorum <n>', 'replicas that must have a write on disk (W)', int)
     .option('--read-quorum <n>', 'replicas asked on a read (R)', int)
-    .option('--log-level <level>', 'trace, debug, info, warn, error or silent')
+    .addOption(new Option('--log-level <level>', 'log level').choices(LOG_LEVELS))
     .option('--join <invite>', 'join the network of the member that printed this invite (ntsoekhe invite): stores its network key in the home')
     .option('--swarm-key <file>', 'network key file to use (network.pnetKeyFile); with --bootstrap, the manual way to join')
     .option('--open-network', 'run without a network key: any machine that reaches the port can join (network.open)')
+    .option('--console <host:port>', 'serve the read-only web console on this address, e.g. 127.0.0.1:4180 (monitoring.console; loopback only unless --console-remote)', hostPort('--console'))
+    .option('--console-remote', 'allow --console on a non-loopback address: plain HTTP, tokens and rows cross the network in clear (monitoring.consoleRemote)')
+    .option('--metrics-listen <host:port>', 'also serve GET /metrics (Prometheus, no token) on this address (monitoring.metricsListen)', hostPort('--metrics-listen'))
     .addOption(new Option('--security-off', 'no authentication, access rules, encryption at rest or audit trail: for benchmarks, accepted only with --test').hideHelp())
     .addOption(new Option('--test', 'this daemon is a test or benchmark subject').hideHelp())
+    .addOption(new Option('--clock-offset-ms <ms>', "run this node's clock this many ms ahead of the machine's (negative: behind): for the chaos suite, accepted only with --test").argParser(signedInt).hideHelp())
     .action(async (opts: GlobalOpts & DaemonFlags) => {
       const { runDaemon } = await import('./daemon.js')
       setCode(await runDaemon(resolveHome(opts.home), opts, io))
@@ -143,7 +169,15 @@ function buildProgram (io: Io, setCode: (c: number) => void): Command {
     .action(async (table: string, json: string, opts: GlobalOpts) => {
       const row = await readJsonArg(json, io)
       const r = await (await client(opts)).insert(table, row, { ...consistency(opts), ...idempotencyKey(opts) })
-      out(opts, { id: r.id, version: r.version, row: r.row }, () => `inserted ${table} ${r.id} (version ${r.version})\n`)
+      out(opts, { id: jsonId(r.id), version: r.version, row: r.row }, () => `inserted ${table} ${r.id} (version ${r.version})\n`)
+    })
+
+  withKey(withConsistency(common(program.command('batch').description('several writes sharing one shard key (one patient), all or nothing: {"operations":[...]} or the array alone (JSON argument, or - for stdin)'))))
+    .argument('<json>')
+    .action(async (json: string, opts: GlobalOpts) => {
+      const operations = batchOperations(await readJsonArg(json, io, 'the batch'))
+      const r = await (await client(opts)).batch(operations, { ...consistency(opts), ...idempotencyKey(opts) })
+      out(opts, { results: r.results.map(x => ({ ...x, id: jsonId(x.id) })) }, () => r.results.map(x => `${String((x as { table?: unknown }).table ?? '')} ${x.id} (version ${x.version})\n`).join(''))
     })
 
   withBreakGlass(withConsistency(common(program.command('get').description('read a row by its id (`3:7` for a composite key)'))))
@@ -161,7 +195,7 @@ function buildProgram (io: Io, setCode: (c: number) => void): Command {
     .action(async (table: string, id: string, json: string, opts: GlobalOpts & { ifMatch: string[] }) => {
       const changes = await readJsonArg(json, io)
       const r = await (await client(opts)).update(table, id, changes, { ...consistency(opts), ...idempotencyKey(opts), ifMatch: opts.ifMatch })
-      out(opts, { id: r.id, version: r.version, row: r.row }, () => `updated ${table} ${r.id} (version ${r.version})\n`)
+      out(opts, { id: jsonId(r.id), version: r.version, row: r.row }, () => `updated ${table} ${r.id} (version ${r.version})\n`)
     })
 
   withKey(withConsistency(common(program.command('delete').description('delete a row (a tombstone: its history is kept)'))))
@@ -170,32 +204,42 @@ function buildProgram (io: Io, setCode: (c: number) => void): Command {
     .option('--if-match <version>', 'only if the row is still at this version', collect, [])
     .action(async (table: string, id: string, opts: GlobalOpts & { cascade?: boolean, ifMatch: string[] }) => {
       const r = await (await client(opts)).delete(table, id, { ...consistency(opts), ...idempotencyKey(opts), ifMatch: opts.ifMatch, ...(opts.cascade === true ? { cascade: true } : {}) })
-      out(opts, r, () => `deleted ${table} ${r.id} (version ${r.version}${r.cascaded > 0 ? `, ${r.cascaded} referencing rows too` : ''})\n`)
+      out(opts, { ...r, id: jsonId(r.id) }, () => `deleted ${table} ${r.id} (version ${r.version}${r.cascaded > 0 ? `, ${r.cascaded} referencing rows too` : ''})\n`)
     })
 
   common(program.command('purge').description('erase a row for good: every version on every node, history, hints and indexes included (admin)'))
     .argument('<table>').argument('<id>')
     .action(async (table: string, id: string, opts: GlobalOpts) => {
       const r = await (await client(opts)).purge(table, id)
-      out(opts, r, () => `purged ${r.table} ${r.id} (erased on ${r.replicas} nodes now; nodes that are down erase it when they return)
+      out(opts, { ...r, id: jsonId(r.id) }, () => `purged ${r.table} ${r.id} (erased on ${r.replicas} nodes now; nodes that are down erase it when they return)
 `)
     })
 
-  withBreakGlass(withConsistency(common(program.command('query').description('list rows, with equality filters'))))
+  withBreakGlass(withConsistency(common(program.command('query').description('list rows in primary-key order (or --order-by), with filters'))))
     .argument('<table>')
-    .option('--where <col=value>', 'equality filter (repeatable)', collect, [])
-    .option('--limit <n>', 'rows per page (default 100, at most 1000)', int)
+    .option('--where <col op value>', 'filter: col=value, or a comparison with <>, <, <=, >, >= (repeatable, all must hold)', collect, [])
+    .option('--order-by <col[:desc]>', 'sort by this column, ascending or :desc (default: primary key)')
+    .option('--limit <n>', 'rows per page (default 100, at most 1000)', limit)
     .option('--cursor <cursor>', 'continue after a previous page')
-    .action(async (table: string, opts: GlobalOpts & { where: string[], limit?: number, cursor?: string }) => {
+    .action(async (table: string, opts: GlobalOpts & { where: string[], orderBy?: string, limit?: number, cursor?: string }) => {
       const where: Record<string, string> = {}
+      const filters: string[] = []
       for (const w of opts.where) {
-        const eq = w.indexOf('=')
-        if (eq <= 0) throw new UsageError(`--where takes col=value, got ${JSON.stringify(w)}`)
-        where[w.slice(0, eq)] = w.slice(eq + 1)
+        let parsed
+        try {
+          parsed = parseComparison(w)
+        } catch (err) {
+          throw new UsageError(`--where takes col=value, or col<op>value with op <>, <, <=, > or >=; got ${JSON.stringify(w)}`, { cause: err })
+        }
+        if (parsed.op === '=' && where[parsed.column] === undefined) where[parsed.column] = parsed.value
+        else filters.push(w)
       }
+      if (opts.orderBy !== undefined && !/^[a-z_]+(:(asc|desc))?$/i.test(opts.orderBy)) throw new UsageError(`--order-by takes <col> or <col>:desc, got ${JSON.stringify(opts.orderBy)}`)
       const r = await (await client(opts)).query(table, where, {
         ...consistency(opts),
         ...breakGlass(opts),
+        ...(filters.length === 0 ? {} : { filters }),
+        ...(opts.orderBy === undefined ? {} : { orderBy: opts.orderBy }),
         ...(opts.limit === undefined ? {} : { limit: opts.limit }),
         ...(opts.cursor === undefined ? {} : { cursor: opts.cursor })
       })
@@ -209,25 +253,29 @@ function buildProgram (io: Io, setCode: (c: number) => void): Command {
       out(opts, r, () => renderTable(r.versions.map(v => ({ version: v.version, parents: v.parents.join(','), deleted: v.deleted ? 'yes' : '', row: v.row }))))
     })
 
-  common(program.command('import').description('bulk-load NDJSON or CSV rows into a table'))
-    .argument('<table>').argument('<file>')
-    .addOption(new Option('--format <format>', 'input format (default from the file extension)').choices(['ndjson', 'csv']))
+  common(program.command('import').description('bulk-load NDJSON or CSV rows into a table (- reads stdin); the same file imported again writes nothing new'))
+    .argument('<table>').argument('<file>', 'a file, or - for stdin')
+    .addOption(new Option('--format <format>', 'input format (default from the file extension; ndjson for stdin)').choices(['ndjson', 'csv']))
+    .option('--idempotency-key <key>', 'scope of the lines\' keys: the same lines imported with another key are written anew (default: one scope for every import)')
     .action(async (table: string, file: string, opts: GlobalOpts & { format?: 'ndjson' | 'csv' }) => {
-      const format = opts.format ?? (extname(file).toLowerCase() === '.csv' ? 'csv' : 'ndjson')
-      const size = (await stat(file).catch(() => { throw new UsageError(`cannot read ${file}`) })).size
+      const stdin = file === '-'
+      const format = opts.format ?? (!stdin && extname(file).toLowerCase() === '.csv' ? 'csv' : 'ndjson')
+      const size = stdin ? 0 : (await stat(file).catch(() => { throw new UsageError(`cannot read ${file}`) })).size
       const progress = await byteProgress(io, size)
       // The client first: a 'data' listener starts the stream flowing, and awaiting after it would lose the file.
       const api = await client(opts)
-      const input = createReadStream(file)
+      const input = stdin ? io.stdin as Readable : createReadStream(file)
       input.on('data', (c: string | Buffer) => { progress.add(c.length) })
       try {
-        const r = await api.import(table, input, format)
+        const r = await api.import(table, input, format, idempotencyKey(opts))
         progress.stop()
-        out(opts, r, () => `imported ${r.accepted} rows into ${table}; rejected ${r.rejected.length + r.rejectedNotShown}\n` +
+        const rejected = r.rejected.length + r.rejectedNotShown
+        out(opts, r, () => `imported ${r.accepted} rows into ${table}; rejected ${rejected}\n` +
           r.rejected.map(x => `  line ${x.line}: ${x.error.message}\n`).join('') +
           (r.rejectedNotShown > 0 ? `  … and ${r.rejectedNotShown} more\n` : ''))
-        if (r.rejected.length + r.rejectedNotShown > 0 && r.accepted === 0) {
-          io.stderr.write(`error: every row of ${file} was rejected${r.rejected[0] === undefined ? '' : ` (line ${r.rejected[0].line}: ${r.rejected[0].error.message})`}\n`)
+        if (rejected > 0) {
+          // The good lines are in; the run still failed for the lines that are not (exit 1).
+          io.stderr.write(`error: ${rejected} line${rejected === 1 ? '' : 's'} of ${stdin ? 'stdin' : file} rejected${r.rejected[0] === undefined ? '' : ` (first: line ${r.rejected[0].line}: ${r.rejected[0].error.message})`}; ${r.accepted} imported\n`)
           setCode(EXIT.REFUSED)
         }
       } finally {
@@ -244,12 +292,49 @@ function buildProgram (io: Io, setCode: (c: number) => void): Command {
       await runExport(await client(opts), opts, io)
     })
 
+  // Backup and restore (src/cli/backup.ts, README "Backup and restore").
+  common(program.command('backup').description('write a backup of the whole network: every record once with its history, as compressed chunks and manifest.json (admin); --verify checks one'))
+    .argument('<dir>', 'a new or empty directory (with --verify: the backup to check)')
+    .option('--key <file>', 'encrypt the chunks (AES-256-GCM) with a key derived from this file (at least 32 bytes); restore needs the same file')
+    .option('--verify', 'check the backup in <dir> (manifest, every chunk and record) without restoring it')
+    .action(async (dir: string, opts: GlobalOpts & BackupFlags) => {
+      const { runBackup, runVerify } = await import('./backup.js')
+      if (opts.verify === true) {
+        const r = await runVerify(dir, opts, io)
+        out(opts, { ok: true, ...r }, () => `backup intact: ${r.records} records (${r.rows} rows, ${r.versions} versions) of ${Object.keys(r.tables).length} tables in ${r.chunks} chunks, ${r.encrypted ? 'encrypted' : 'in the clear'}; versions from ${r.span.from ?? '-'} to ${r.span.to ?? '-'}\n`)
+        return
+      }
+      const r = await runBackup(await client(opts), dir, opts, io)
+      out(opts, r, () => `backed up ${r.rows} rows (${r.records} records, ${r.versions} versions) of ${Object.keys(r.tables).length} tables into ${r.dir}: ${r.bytes} bytes in ${r.chunks} chunks, ${r.encrypted ? 'encrypted' : 'in the clear'} (${r.seconds} s)\n`)
+    })
+
+  common(program.command('restore').description('load a backup into the network: every record on all of its owners, history kept; restoring it again changes nothing (admin)'))
+    .argument('<dir>', 'the backup directory')
+    .option('--as-of <time>', 'restore the state at this time (ISO 8601 with its zone, e.g. 2026-12-02T10:00:00Z): each record as its versions up to then made it')
+    .option('--key <file>', 'the key file the backup was encrypted with')
+    .action(async (dir: string, opts: GlobalOpts & RestoreFlags) => {
+      const { runRestore } = await import('./backup.js')
+      const r = await runRestore(await client(opts), dir, opts, io)
+      out(opts, r, () => `restored ${r.records} records (${r.rows} rows, ${r.versions} versions)${r.asOf === null ? '' : ` as of ${r.asOf}`} from ${r.dir}; ${r.changed} changed the network (${r.seconds} s)\n`)
+    })
+  // End of backup and restore.
+
   common(program.command('seed').description('load demo data made with Faker, through the API'))
     .option('--scale <n>', 'units of 20 doctors, patients, medications, appointments, history rows, bills, pairs and lab results', int, 1)
     .action(async (opts: GlobalOpts & { scale: number }) => {
       const { seed } = await import('./seed.js')
       const counts = await seed(await client(opts), opts.scale, io)
       out(opts, counts, () => renderObject(counts))
+    })
+
+  withConsistency(common(program.command('head').description('the first rows of every table, ordered by primary key')))
+    .option('--limit <n>', `rows per table (default 5, at most ${MAX_LIMIT})`, limit)
+    .action(async (opts: GlobalOpts & { limit?: number }) => {
+      const { head, HEAD_ROWS } = await import('./head.js')
+      const tables = await head(await client(opts), opts.limit ?? HEAD_ROWS, consistency(opts))
+      out(opts, { tables }, () => tables.map(t => t.error !== undefined
+        ? `${t.table}: not shown (${t.error.message})\n`
+        : `${t.table} (${t.rows.length} of ${t.total} rows, by ${t.primaryKey.join(', ')})\n${renderTable(t.rows)}`).join('\n'))
     })
 
   program.command('swarm-key').description('write a new private-network key: only nodes given the same file can join (network.pnetKeyFile)')
@@ -273,17 +358,73 @@ function buildProgram (io: Io, setCode: (c: number) => void): Command {
       out(opts, r, () => renderTable((r.members as any[]).map(m => ({ peerId: m.peerId, state: m.state, lastSeen: m.lastSeen === undefined ? '' : new Date(m.lastSeen).toISOString(), addresses: (m.addresses ?? []).join(' ') }))))
     })
 
-  common(program.command('remove').argument('<peerId>').description('declare a down member gone for good: its ring share and records pass to the others'))
+  common(program.command('remove').argument('<peerId>', 'the member\'s peer id, or any unique prefix of it').description('declare a down member gone for good: its ring share and records pass to the others'))
     .action(async (peerId: string, opts: GlobalOpts) => {
-      const r = await (await client(opts)).removeMember(peerId)
+      const api = await client(opts)
+      const r = await api.removeMember(await resolvePeerId(api, peerId))
       out(opts, r, () => `${String(r.peerId)} removed; its records are being copied to their new owners (see status: replication.rebalance)\n`)
     })
 
   common(program.command('leave').description("hand this node's records to the other members, leave the network and stop the daemon"))
     .action(async (opts: GlobalOpts) => {
-      io.stderr.write('handing off every record this node holds (this can take a while)...\n')
-      const r = await (await client(opts)).leave()
-      out(opts, r, () => `${String(r.peerId)} left the network: ${String(r.handedOff)} records handed off; the daemon is stopping\n`)
+      const api = await client(opts)
+      const self = String((await api.status()).peerId)
+      // The daemon refuses a leave it cannot complete (nobody to hand off to, a member down) before it starts:
+      // what it is doing is said once this node shows as left, never for a refused leave.
+      let said = false
+      const say = (): void => {
+        if (said) return
+        said = true
+        io.stderr.write('handing off every record this node holds (this can take a while)...\n')
+      }
+      const poll = setInterval(() => {
+        void api.peers().then(p => {
+          if ((p.members as Array<{ peerId: string, state: string }>).find(m => m.peerId === self)?.state === 'left') say()
+        }, () => {})
+      }, 250)
+      try {
+        const r = await api.leave()
+        // A hand-off quicker than the poll is still said, before what it did.
+        say()
+        out(opts, r, () => `${String(r.peerId)} left the network: ${String(r.handedOff)} records handed off; the daemon is stopping\n`)
+      } finally {
+        said = true
+        clearInterval(poll)
+      }
+    })
+
+  withBreakGlass(withConsistency(common(program.command('sql').description('run one SQL statement of the subset (see README: Queries and SQL); $1, $2... take --param values in order'))))
+    .argument('<statement>')
+    .option('--param <value>', 'a value for $1, $2, ... in order (repeatable; typed by the column it meets)', collect, [])
+    .option('--cursor <cursor>', 'continue after a previous page')
+    .action(async (statement: string, opts: GlobalOpts & { param: string[], cursor?: string }) => {
+      // Sent as text: the daemon types each by the column it is compared with or written to.
+      const params = opts.param
+      const r = await (await client(opts)).sql(statement, params, { ...consistency(opts), ...breakGlass(opts), ...(opts.cursor === undefined ? {} : { cursor: opts.cursor }) })
+      out(opts, r, () => renderTable(r.rows.map(row => Object.fromEntries(r.columns.map((c, i) => [c, row[i]])))) + (r.next === null ? '' : `more: --cursor ${r.next}\n`))
+    })
+
+  common(program.command('reindex').argument('<table>').description("rebuild a table's index entries (equality and ordered) in this node's store, with a progress bar (admin)"))
+    .action(async (table: string, opts: GlobalOpts) => {
+      const api = await client(opts)
+      let bar: { update: (n: number, total: number) => void, stop: () => void } = { update: () => {}, stop: () => {} }
+      if (io.stderr.isTTY === true && opts.json !== true) {
+        const { SingleBar, Presets } = await import('cli-progress')
+        const b = new SingleBar({ format: `reindexing ${table} [{bar}] {value}/{total} rows`, stream: io.stderr as NodeJS.WritableStream }, Presets.shades_classic)
+        let started = false
+        bar = {
+          update: (n, total) => { if (!started) { b.start(total, 0); started = true } b.setTotal(total); b.update(n) },
+          stop: () => { if (started) b.stop() }
+        }
+      }
+      try {
+        const r = await api.reindex(table, (done, total) => { bar.update(done, total) })
+        bar.stop()
+        out(opts, r, () => `${table}: ${r.rows} rows reindexed, ${r.added} entries added, ${r.removed} stale entries removed\n`)
+      } catch (err) {
+        bar.stop()
+        throw err
+      }
     })
 
   common(program.command('repair').description("run one anti-entropy round now: compare this node's token ranges with their co-owners and send the records that differ"))
@@ -325,7 +466,7 @@ function buildProgram (io: Io, setCode: (c: number) => void): Command {
         ...(opts.since === undefined ? {} : { since: opts.since })
       })
       out(opts, { entries: r.entries }, () => renderTable(r.entries.map(e => ({
-        time: e.time, node: String(e.node).slice(-8), seq: e.seq, user: e.user ?? '', role: e.role ?? '', action: e.action, table: e.table ?? '', key: e.key ?? '', patient: e.patient_id ?? '', outcome: `${String(e.outcome)} ${String(e.status)}`, reason: e.reason ?? ''
+        time: e.time, node: e.node, seq: e.seq, user: e.user ?? '', role: e.role ?? '', action: e.action, table: e.table ?? '', key: e.key ?? '', patient: e.patient_id ?? '', outcome: `${String(e.outcome)} ${String(e.status)}`, reason: e.reason ?? ''
       }))))
       if (r.truncated) io.stderr.write(`warning: only the first ${r.entries.length} matching entries are shown: narrow with --patient, --user or --since\n`)
     })
@@ -368,6 +509,22 @@ function buildProgram (io: Io, setCode: (c: number) => void): Command {
   return program
 }
 
+/**
+ * A member's whole peer id from any unique prefix of it, as git takes a
+ * commit's: an exact id is taken as it is, an ambiguous prefix is a usage
+ * error naming the candidates, and a prefix of no member is passed on for
+ * the daemon to refuse.
+ */
+export async function resolvePeerId (api: Pick<NtsoekheClient, 'peers'>, given: string): Promise<string> {
+  if (given.trim() === '') throw new UsageError('a peer id (or a unique prefix of one) is needed')
+  const { members } = await api.peers() as { members?: Array<{ peerId?: unknown }> }
+  const ids = (members ?? []).map(m => String(m.peerId))
+  if (ids.includes(given)) return given
+  const matches = ids.filter(id => id.startsWith(given))
+  if (matches.length > 1) throw new UsageError(`peer id prefix ${given} is ambiguous: it matches ${matches.join(', ')}`)
+  return matches[0] ?? given
+}
+
 function breakGlass (opts: GlobalOpts): { breakGlass?: string } {
   if (opts.breakGlass === undefined) return {}
   if (opts.breakGlass.trim() === '') throw new UsageError('--break-glass needs a reason')
@@ -392,22 +549,73 @@ function collect (value: string, previous: string[]): string[] {
   return [...previous, value]
 }
 
+/** A commander parser for a `host:port` flag: a malformed one is a usage error (exit 2) */
+function hostPort (flag: string): (value: string) => string {
+  return value => {
+    try {
+      parseHostPort(value, flag)
+    } catch (err) {
+      throw new UsageError((err as Error).message)
+    }
+    return value
+  }
+}
+
 function int (value: string): number {
   if (!/^\d+$/.test(value) || Number(value) < 1) throw new UsageError(`expected a positive integer, got ${JSON.stringify(value)}`)
   return Number(value)
 }
 
-async function readJsonArg (arg: string, io: Io): Promise<unknown> {
+/** `--limit`: what one page may hold (the daemon's MAX_LIMIT) */
+function limit (value: string): number {
+  const n = int(value)
+  if (n > MAX_LIMIT) throw new UsageError(`--limit takes 1 to ${MAX_LIMIT} (a page holds at most ${MAX_LIMIT} rows; --cursor pages on), got ${value}`)
+  return n
+}
+
+/**
+ * A row id as `--json` prints it: a number for a one-column key (every key
+ * column is an INT), as the row itself holds it; `3:7` (a composite key)
+ * stays text.
+ */
+function jsonId (id: string): number | string {
+  return /^-?\d+$/.test(id) && Number.isSafeInteger(Number(id)) ? Number(id) : id
+}
+
+/** The message on one line: a usage error is one line on stderr */
+function oneLine (message: string): string {
+  return message.replace(/\s*\n\s*/g, ' ')
+}
+
+/** A path as a shell reads it back: quoted only when it needs to be */
+function shellWord (s: string): string {
+  return /^[\w@%+=:,./~-]+$/.test(s) ? s : `'${s.replaceAll("'", "'\\''")}'`
+}
+
+/** `{"operations": [...]}` or the operations array alone */
+function batchOperations (body: unknown): unknown[] {
+  const ops = Array.isArray(body) ? body : (body as { operations?: unknown } | null)?.operations
+  if (!Array.isArray(ops) || ops.length === 0) throw new UsageError('a batch is {"operations":[{"op","table","id"?,"row"?,"ifMatch"?}, ...]} or that array alone, with at least one operation')
+  return ops
+}
+
+/** A whole number of either sign, at most a day's worth of ms either way (a clock offset) */
+function signedInt (value: string): number {
+  if (!/^-?\d+$/.test(value) || Math.abs(Number(value)) > 86_400_000) throw new UsageError(`expected a whole number of ms within a day either way, got ${JSON.stringify(value)}`)
+  return Number(value)
+}
+
+async function readJsonArg (arg: string, io: Io, what = 'the row'): Promise<unknown> {
   let text = arg
   if (arg === '-') {
-    const chunks: Buffer[] = []
-    for await (const c of io.stdin) chunks.push(Buffer.isBuffer(c) ? c : Buffer.from(c))
-    text = Buffer.concat(chunks).toString('utf8')
+    const chunks: Uint8Array[] = []
+    for await (const c of io.stdin) chunks.push(typeof c === 'string' ? fromString(c) : c as Uint8Array)
+    text = toString(concat(chunks), 'utf8')
   }
   try {
     return JSON.parse(text)
   } catch (err) {
-    throw new UsageError(`the row must be JSON: ${(err as Error).message}`)
+    throw new UsageError(`${what} must be JSON: ${(err as Error).message}`)
   }
 }
 

@@ -1,5 +1,6 @@
 import { faker } from '@faker-js/faker'
 import type { NtsoekheClient } from '../client/index.js'
+import { DEFAULT_ROLES } from '../security/rights.js'
 import type { Io } from './index.js'
 
 /** Rows per table per unit of --scale, as the first design document's Faker script makes them */
@@ -17,11 +18,20 @@ const email = (): string => clip(faker.internet.email().toLowerCase(), 50)
 const day = (from: string, to: string): string => faker.date.between({ from, to }).toISOString().slice(0, 10)
 const moment = (from: string, to: string): string => faker.date.between({ from, to }).toISOString()
 
-/** Loads demo data through the API, with a progress bar; returns rows written per table */
+/** The roles demo users are given, in turn (admins are made by hand: `ntsoekhe user add <name> --role admin`) */
+const USER_ROLES = ['doctor', 'nurse', 'billing', 'auditor']
+
+/**
+ * Loads demo data through the API, with a progress bar; returns rows
+ * written per table. Every table gets rows: `users` gets demo users (their
+ * tokens are not kept), and `user_roles` the roles it lacks (a network
+ * is created with all of them, so usually none), which `seed` says on
+ * stderr.
+ */
 export async function seed (client: NtsoekheClient, scale: number, io: Io): Promise<Record<string, number>> {
   if (!Number.isSafeInteger(scale) || scale < 1) throw new Error('--scale must be a positive integer')
   const n = SEED_UNIT * scale
-  const total = n * 8 + 4
+  const total = n * 9 + DEFAULT_ROLES.length
   const bar = await progress(io, total)
   const counts: Record<string, number> = {}
   const insert = async (table: string, row: Record<string, unknown>): Promise<string> => {
@@ -31,7 +41,25 @@ export async function seed (client: NtsoekheClient, scale: number, io: Io): Prom
     return r.id
   }
   try {
-    const roles = await ensureRoles(client, bar)
+    const { ids: roles, created } = await ensureRoles(client, bar)
+    if (created.length > 0) counts.user_roles = created.length
+    io.stderr.write(created.length > 0
+      ? `seed: created the roles ${created.join(', ')} (user_roles), which this network lacked\n`
+      : `seed: the network's roles (user_roles: ${DEFAULT_ROLES.map(r => r.name).join(', ')}) are there already and are reused\n`)
+    await pool(n, async i => {
+      // Names are drawn until one is free: user_name is unique across the network.
+      for (let attempt = 0; ; attempt++) {
+        const name = clip(`${faker.person.firstName()}.${faker.person.lastName()}${attempt === 0 ? '' : attempt}`.toLowerCase().replace(/[^a-z0-9.]/g, ''), 50)
+        try {
+          await client.addUser(name, USER_ROLES[i % USER_ROLES.length] as string)
+          break
+        } catch (err) {
+          if ((err as { code?: unknown }).code !== 'CONFLICT' || attempt >= 10) throw err
+        }
+      }
+      counts.users = (counts.users ?? 0) + 1
+      bar.increment()
+    })
     const doctors = await pool(n, async () => await insert('doctors_info', {
       name: clip(`Dr. ${faker.person.fullName()}`, 150),
       specialization: faker.helpers.arrayElement(SPECIALIZATIONS),
@@ -103,21 +131,23 @@ export async function seed (client: NtsoekheClient, scale: number, io: Io): Prom
   return counts
 }
 
-/** The roles the access rules know; created once, found again on later seeds */
-async function ensureRoles (client: NtsoekheClient, bar: { increment: () => void }): Promise<number[]> {
+/** The roles the access rules know; found (a network is created with them), or created when missing */
+async function ensureRoles (client: NtsoekheClient, bar: { increment: () => void }): Promise<{ ids: number[], created: string[] }> {
   const ids: number[] = []
-  for (const [i, name] of ['admin', 'doctor', 'nurse', 'billing'].entries()) {
+  const created: string[] = []
+  for (const { id, name } of DEFAULT_ROLES) {
     const found = await client.query('user_roles', { role_name: name }, { limit: 1 })
     const existing = found.rows[0]
     if (existing !== undefined) {
       ids.push(Number(existing.role_id))
     } else {
-      const r = await client.insert('user_roles', { role_id: i + 1, role_name: name }).catch(async () => await client.insert('user_roles', { role_name: name }))
+      const r = await client.insert('user_roles', { role_id: id, role_name: name }).catch(async () => await client.insert('user_roles', { role_name: name }))
       ids.push(Number(r.id))
+      created.push(name)
     }
     bar.increment()
   }
-  return ids
+  return { ids, created }
 }
 
 async function pool<T> (count: number, fn: (i: number) => Promise<T>): Promise<T[]> {

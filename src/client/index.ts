@@ -2,13 +2,17 @@ import { randomBytes } from 'node:crypto'
 import { setTimeout as sleep } from 'node:timers/promises'
 import { Agent, request as httpRequest, type ClientRequest, type IncomingMessage } from 'node:http'
 import type { Readable } from 'node:stream'
+import { concat, fromString, toString } from 'uint8arrays'
 import { NtsoekheError, errorFromJSON } from '../errors/index.js'
 
 /** No daemon answers on the socket: not started, or gone */
 export class NoDaemonError extends NtsoekheError {
   override name = 'NoDaemonError'
+  /** The socket nobody answers on */
+  readonly socket: string
   constructor (socket: string, cause: unknown) {
     super('UNAVAILABLE', `No daemon is listening on ${socket}; start one with \`ntsoekhe daemon\``, { cause })
+    this.socket = socket
   }
 }
 
@@ -138,8 +142,17 @@ export class NtsoekheClient {
     return await this.request('GET', `/v1/tables/${enc(table)}/rows/${enc(String(id))}/history${qs(options)}`, { signal: options.signal, breakGlass: options.breakGlass })
   }
 
-  async query (table: string, where: Record<string, string | number> = {}, options: ReadOptions & { limit?: number, cursor?: string } = {}): Promise<ListResult> {
-    return await this.request('GET', `/v1/tables/${enc(table)}/rows${qs({ ...where, ...options })}`, { signal: options.signal, breakGlass: options.breakGlass })
+  /**
+   * Lists rows: `where` equality filters; `filters` are `<col><op><value>`
+   * comparisons (`date>=2026-01-01`); `orderBy` is `<col>` or `<col>:desc`
+   * (default: primary-key order)
+   */
+  async query (table: string, where: Record<string, string | number> = {}, options: ReadOptions & { limit?: number, cursor?: string, filters?: string[], orderBy?: string } = {}): Promise<ListResult> {
+    const { filters = [], orderBy, ...rest } = options
+    const extra = [...filters.map(f => `where=${encodeURIComponent(f)}`), ...(orderBy === undefined ? [] : [`order_by=${encodeURIComponent(orderBy)}`])].join('&')
+    const base = qs({ ...where, ...rest })
+    const query = extra === '' ? base : base === '' ? `?${extra}` : `${base}&${extra}`
+    return await this.request('GET', `/v1/tables/${enc(table)}/rows${query}`, { signal: options.signal, breakGlass: options.breakGlass })
   }
 
   async batch (operations: unknown[], options: WriteOptions = {}): Promise<{ results: RowResult[] }> {
@@ -153,7 +166,7 @@ export class NtsoekheClient {
    * result, so a resend never writes twice. Bounded by `writeRetries`.
    */
   private async write<T> (method: string, path: string, options: WriteOptions, opts: { body?: unknown, ifMatch?: string[] | undefined }): Promise<T> {
-    const idempotencyKey = options.idempotencyKey ?? randomBytes(16).toString('hex')
+    const idempotencyKey = options.idempotencyKey ?? toString(randomBytes(16), 'base16')
     for (let attempt = 0; ; attempt++) {
       try {
         return await this.request<T>(method, path, { ...opts, idempotencyKey, signal: options.signal })
@@ -166,9 +179,14 @@ export class NtsoekheClient {
   }
 
   /** Streams NDJSON or CSV into a table */
-  async import (table: string, body: Readable | string, format: 'ndjson' | 'csv', options: RequestOptions = {}): Promise<{ accepted: number, rejected: Array<{ line: number, error: { code: string, message: string, column?: string } }>, rejectedNotShown: number }> {
+  /**
+   * Streams NDJSON or CSV into a table. Each line is written with a key made
+   * of its table, number and content (scoped by `idempotencyKey` when given):
+   * the same file imported again writes nothing new.
+   */
+  async import (table: string, body: Readable | string, format: 'ndjson' | 'csv', options: RequestOptions & { idempotencyKey?: string } = {}): Promise<{ accepted: number, rejected: Array<{ line: number, error: { code: string, message: string, column?: string } }>, rejectedNotShown: number }> {
     const type = format === 'csv' ? 'text/csv' : 'application/x-ndjson'
-    return await this.request('POST', `/v1/tables/${enc(table)}/import${qs(options)}`, { raw: body, contentType: type, signal: options.signal, timeout: 0 })
+    return await this.request('POST', `/v1/tables/${enc(table)}/import${qs(options)}`, { raw: body, contentType: type, signal: options.signal, timeout: 0, ...(options.idempotencyKey === undefined ? {} : { idempotencyKey: options.idempotencyKey }) })
   }
 
   /**
@@ -202,28 +220,106 @@ export class NtsoekheClient {
     })
   }
 
+  /** Runs one SQL statement (see README, Queries and SQL): `$1`-style parameters are bound by the daemon */
+  async sql (sql: string, params: unknown[] = [], options: ReadOptions & { cursor?: string } = {}): Promise<{ columns: string[], rows: unknown[][], next: string | null }> {
+    const { cursor, ...rest } = options
+    return await this.request('POST', `/v1/sql${qs(rest)}`, { body: { sql, params, ...(cursor === undefined ? {} : { cursor }) }, signal: options.signal, breakGlass: options.breakGlass })
+  }
+
+  /**
+   * Rebuilds a table's index entries on this node (admin), calling
+   * `progress` as rows are done; answers what was added and removed.
+   */
+  async reindex (table: string, progress: (done: number, total: number) => void = () => {}): Promise<{ rows: number, added: number, removed: number }> {
+    const headers = this.headers({ accept: 'application/x-ndjson' })
+    return await new Promise((resolve, reject) => {
+      const req = httpRequest({ socketPath: this.socket, agent: this.agent, method: 'POST', path: `/v1/tables/${enc(table)}/reindex`, headers }, res => {
+        req.setTimeout(0)
+        if ((res.statusCode ?? 500) >= 400) {
+          readError(res).then(reject, reject)
+          return
+        }
+        let buffered = ''
+        let result: { rows: number, added: number, removed: number } | undefined
+        let failure: Error | undefined
+        res.setEncoding('utf8')
+        res.on('data', (chunk: string) => {
+          buffered += chunk
+          let nl: number
+          while ((nl = buffered.indexOf('\n')) >= 0) {
+            const line = buffered.slice(0, nl)
+            buffered = buffered.slice(nl + 1)
+            let msg: any
+            try { msg = JSON.parse(line) } catch { failure = new NtsoekheError('INTERNAL', 'The daemon sent a reindex line that is not JSON'); continue }
+            if (msg.error !== undefined) failure = errorFromJSON(msg.error)
+            else if (typeof msg.rows === 'number') result = msg
+            else if (typeof msg.done === 'number') progress(msg.done, msg.total)
+          }
+        })
+        res.on('error', reject)
+        res.on('end', () => {
+          if (failure !== undefined) reject(failure)
+          else if (result === undefined) reject(new NtsoekheError('INTERNAL', 'The reindex answer ended early'))
+          else resolve(result)
+        })
+      })
+      this.armTimeout(req, this.timeout)
+      req.on('error', err => { reject(this.connectError(err)) })
+      req.end()
+    })
+  }
+
+
+  /**
+   * Streams a backup of the whole network (`GET /v1/backup`, admins): resolves,
+   * once the daemon has accepted it, to the node reading it, the records it
+   * expects (for a progress bar) and `body`, the NDJSON record lines. A body
+   * cut off mid-way emits an error.
+   */
+  async backup (options: { signal?: AbortSignal } = {}): Promise<{ node: string, estimate: number, body: IncomingMessage }> {
+    const headers = this.headers({ accept: 'application/x-ndjson' })
+    return await new Promise((resolve, reject) => {
+      const req = httpRequest({ socketPath: this.socket, agent: this.agent, method: 'GET', path: '/v1/backup', headers, ...(options.signal === undefined ? {} : { signal: options.signal }) }, res => {
+        req.setTimeout(0)
+        if ((res.statusCode ?? 500) >= 400) {
+          readError(res).then(reject, reject)
+          return
+        }
+        resolve({ node: String(res.headers['x-backup-node'] ?? ''), estimate: Number(res.headers['x-backup-estimate'] ?? 0) || 0, body: res })
+      })
+      this.armTimeout(req, this.timeout)
+      req.on('error', err => { reject(this.connectError(err)) })
+      req.end()
+    })
+  }
+
+  /** Writes a backup's record lines into the network (`POST /v1/restore`, admins): each record on all of its owners */
+  async restore (body: Readable | string, options: { signal?: AbortSignal } = {}): Promise<{ records: number, versions: number, changed: number, seconds: number }> {
+    return await this.request('POST', '/v1/restore', { raw: body, contentType: 'application/x-ndjson', signal: options.signal, timeout: 0 })
+  }
+
   /** One HTTP request over the socket; an error body becomes a thrown NtsoekheError */
   async request<T = any> (method: string, path: string, opts: { body?: unknown, raw?: Readable | string, contentType?: string, ifMatch?: string[] | undefined, signal?: AbortSignal | undefined, timeout?: number, breakGlass?: string | undefined, idempotencyKey?: string } = {}): Promise<T> {
     const headers = this.headers({ accept: 'application/json' })
     if (opts.idempotencyKey !== undefined) headers['idempotency-key'] = opts.idempotencyKey
     // Percent-encoded: any reason survives an HTTP header, and the daemon decodes it.
     if (opts.breakGlass !== undefined) headers['x-break-glass'] = encodeURIComponent(opts.breakGlass)
-    let payload: string | undefined
+    let payload: Uint8Array | undefined
     if (opts.body !== undefined) {
-      payload = JSON.stringify(opts.body)
+      payload = fromString(JSON.stringify(opts.body), 'utf8')
       headers['content-type'] = 'application/json'
-      headers['content-length'] = String(Buffer.byteLength(payload))
+      headers['content-length'] = String(payload.byteLength)
     }
     if (opts.raw !== undefined) headers['content-type'] = opts.contentType ?? 'application/octet-stream'
     if (opts.ifMatch !== undefined && opts.ifMatch.length > 0) headers['if-match'] = opts.ifMatch.map(v => `"${v}"`).join(', ')
     const timeout = opts.timeout ?? this.timeout
     return await new Promise<T>((resolve, reject) => {
       const req = httpRequest({ socketPath: this.socket, agent: this.agent, method, path, headers, ...(opts.signal === undefined ? {} : { signal: opts.signal }) }, res => {
-        const chunks: Buffer[] = []
-        res.on('data', (c: Buffer) => chunks.push(c))
+        const chunks: Uint8Array[] = []
+        res.on('data', (c: Uint8Array) => chunks.push(c))
         res.on('error', reject)
         res.on('end', () => {
-          const text = Buffer.concat(chunks).toString('utf8')
+          const text = toString(concat(chunks), 'utf8')
           let json: any
           try {
             json = text === '' ? {} : JSON.parse(text)
@@ -266,10 +362,10 @@ export class NtsoekheClient {
 
 /** The NtsoekheError an error answer carries */
 async function readError (res: IncomingMessage): Promise<NtsoekheError> {
-  const chunks: Buffer[] = []
-  for await (const c of res) chunks.push(c as Buffer)
+  const chunks: Uint8Array[] = []
+  for await (const c of res) chunks.push(c as Uint8Array)
   try {
-    const json = JSON.parse(Buffer.concat(chunks).toString('utf8'))
+    const json = JSON.parse(toString(concat(chunks), 'utf8'))
     return errorFromJSON(json?.error ?? { code: 'INTERNAL', message: `HTTP ${res.statusCode ?? '?'}` })
   } catch {
     return new NtsoekheError('INTERNAL', `The daemon answered ${res.statusCode ?? '?'} with a body that is not JSON`)

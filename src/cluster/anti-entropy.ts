@@ -6,8 +6,10 @@ import {
   checkDigestPage, checkFetchReply, checkLeavesReply, checkRecordKey, checkSummaryReply,
   MAX_PARENTS, MAX_SYNC_BUCKETS, MAX_SYNC_DIGESTS, MAX_SYNC_FETCH, MAX_SYNC_LEAVES, parseSyncMessage, SYNC_DIGEST_HEX, type SyncMessage
 } from './messages.js'
+import { differingIndexes } from './decisions.js'
 import { ByteThrottle } from './throttle.js'
 import type { PeerTransport } from './transport.js'
+import { REAL_ENV, sleep, type Environment, type TimerHandle } from '../util/env.js'
 
 export interface AntiEntropyComponents {
   store: Store
@@ -26,6 +28,8 @@ export interface AntiEntropyComponents {
   /** Sees every version that arrives (the node's hybrid clock) */
   observe?: (version: string) => void
   log?: (msg: string, ...args: unknown[]) => void
+  /** The clock and timers (rounds, the byte throttle). @default REAL_ENV */
+  env?: Environment
 }
 
 export interface AntiEntropyInit {
@@ -107,7 +111,8 @@ export class AntiEntropy {
   private readonly bandwidthMbps: number
   private readonly timeoutMs: number
   private readonly throttle: ByteThrottle
-  private timer?: ReturnType<typeof setInterval>
+  private readonly env: Environment
+  private timer?: TimerHandle
   private current?: Promise<RepairResult>
   private progress?: { done: number, total: number }
   private last?: Round & { finishedAt: number }
@@ -118,13 +123,15 @@ export class AntiEntropy {
     this.intervalMs = init.intervalMs ?? DEFAULT_ANTI_ENTROPY_INTERVAL_MS
     this.bandwidthMbps = init.bandwidthMbps ?? DEFAULT_SYNC_BANDWIDTH_MBPS
     this.timeoutMs = init.timeoutMs ?? 5000
-    this.throttle = new ByteThrottle({ bytesPerSecond: this.bandwidthMbps * 1_000_000 / 8 })
+    const env = components.env ?? REAL_ENV
+    this.env = env
+    this.throttle = new ByteThrottle({ bytesPerSecond: this.bandwidthMbps * 1_000_000 / 8, now: env.now, sleep: async ms => { await sleep(env, ms) } })
     components.transport.handle('sync', async (msg, from) => await this.onMessage(msg, from), { accept: peer => components.mayServe(peer) })
   }
 
   start (): void {
     this.stopped = false
-    this.timer = setInterval(() => {
+    this.timer = this.env.setInterval(() => {
       if (this.current !== undefined || this.c.active?.() === false) return
       void this.repair().catch(err => { this.c.log?.('anti-entropy round failed: %s', (err as Error).message) })
     }, this.intervalMs)
@@ -133,7 +140,7 @@ export class AntiEntropy {
 
   async stop (): Promise<void> {
     this.stopped = true
-    if (this.timer !== undefined) clearInterval(this.timer)
+    if (this.timer !== undefined) this.env.clearInterval(this.timer)
     await this.current?.catch(() => {})
   }
 
@@ -171,7 +178,7 @@ export class AntiEntropy {
   }
 
   private async round (): Promise<RepairResult> {
-    const started = Date.now()
+    const started = this.env.now()
     const peers = this.c.peers().filter(p => p !== this.c.peerId)
     const stats: Round = { ranges: 0, rangesDiffering: 0, recordsCompared: 0, recordsSent: 0, seconds: 0, peers: 0, failed: 0 }
     this.progress = { done: 0, total: peers.length * BUCKETS }
@@ -191,8 +198,8 @@ export class AntiEntropy {
     } finally {
       this.progress = undefined
     }
-    stats.seconds = Math.round(Date.now() - started) / 1000
-    this.last = { ...stats, finishedAt: Date.now() }
+    stats.seconds = Math.round(this.env.now() - started) / 1000
+    this.last = { ...stats, finishedAt: this.env.now() }
     if (stats.recordsSent > 0 || stats.failed > 0) {
       this.c.log?.('anti-entropy with %d peers: %d of %d ranges differed, %d records compared, %d sent, %d peers failed', peers.length, stats.rangesDiffering, stats.ranges, stats.recordsCompared, stats.recordsSent, stats.failed)
     }
@@ -214,7 +221,7 @@ export class AntiEntropy {
   private async syncWith (peer: string, stats: Round): Promise<void> {
     const remote = checkSummaryReply(await this.ask(peer, { type: 'summary' }))
     const local = this.c.store.summary.bucketDigests()
-    const differing = local.map((d, b) => d === remote[b] ? -1 : b).filter(b => b >= 0)
+    const differing = differingIndexes(local, remote)
     stats.ranges += BUCKETS
     stats.rangesDiffering += differing.length
     const progress = this.progress as { done: number }
@@ -226,7 +233,7 @@ export class AntiEntropy {
       for (const [j, bucket] of buckets.entries()) {
         const mine = this.c.store.summary.leafDigests(bucket)
         const theirs = replies[j] as string[]
-        for (const [k, d] of mine.entries()) if (d !== theirs[k]) leaves.push(bucket * LEAVES_PER_BUCKET + k)
+        for (const k of differingIndexes(mine, theirs)) leaves.push(bucket * LEAVES_PER_BUCKET + k)
       }
     }
     const base = progress.done

@@ -87,10 +87,13 @@ export class ApplyBatcher {
   private readonly transport: PeerTransport
   private readonly timeout: number
   private readonly queues = new Map<string, Waiting[]>()
+  private readonly defer: (fn: () => void) => void
 
-  constructor (transport: PeerTransport, timeout: number) {
+  /** `defer` runs a function after the current turn of the event loop (setImmediate, or the simulation's) */
+  constructor (transport: PeerTransport, timeout: number, defer: (fn: () => void) => void = fn => { setImmediate(fn) }) {
     this.transport = transport
     this.timeout = timeout
+    this.defer = defer
   }
 
   async send (peerId: string, entries: VersionEntry[]): Promise<void> {
@@ -99,7 +102,7 @@ export class ApplyBatcher {
       if (queue === undefined) {
         queue = []
         this.queues.set(peerId, queue)
-        setImmediate(() => { this.flush(peerId) })
+        this.defer(() => { this.flush(peerId) })
       }
       queue.push({ entries, resolve, reject })
     })

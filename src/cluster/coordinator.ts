@@ -1,5 +1,7 @@
 import type { Row, Value } from '../schema/index.js'
 import type { RecordState, VersionEntry } from '../storage/store.js'
+import type { RowPage, RowQuery } from '../storage/ordered.js'
+import type { Fragment, FragmentResult } from '../query/fragment.js'
 
 /** How many replicas must answer: one, a quorum (W or R), or all N */
 export type Consistency = 'one' | 'quorum' | 'all'
@@ -66,6 +68,21 @@ export interface ScanPage {
   next?: string
 }
 
+export interface QueryPage extends RowPage {
+  /** Who was asked: each member with the token ranges it answered for (a member's own id for this node) */
+  asked: Array<{ peer: string, ranges: number }>
+  /** Whether the filter fixed the shard key, so one replica set answered */
+  singleShard: boolean
+}
+
+export interface FragmentAnswer {
+  result: FragmentResult
+  asked: Array<{ peer: string, ranges: number }>
+  singleShard: boolean
+  /** Ranges whose copies disagreed (or did not all answer), recomputed from quorum reads */
+  rechecked: number
+}
+
 export interface MemberStatus {
   peerId: string
   state: 'alive' | 'suspect' | 'down' | 'left'
@@ -116,6 +133,21 @@ export interface Coordinator {
   history: (table: string, id: string, shard: string, options?: RequestOptions) => Promise<VersionEntry[]>
   /** Lists a table across the whole network, in position order */
   scan: (table: string, request: ScanRequest, options?: RequestOptions) => Promise<ScanPage>
+  /**
+   * Reads a table's rows in order (the primary key's, or a column's) across
+   * the network: each replica set asked once, at the read quorum's number
+   * of copies, sorted streams merged, stopping at the limit. A filter that
+   * fixes the shard key asks one replica set. `tokenRanges` in the request
+   * is the coordinator's to fill.
+   */
+  query: (table: string, request: RowQuery, options?: RequestOptions) => Promise<QueryPage>
+  /**
+   * Runs a query fragment (a join, grouping and partial aggregates, or a
+   * sort) on the owners: each token range on the read quorum's number of
+   * copies, taken when their digests agree, else recomputed here from
+   * quorum reads of that range; the ranges' results merged.
+   */
+  fragment: (fragment: Fragment, options?: RequestOptions) => Promise<FragmentAnswer>
   status: () => Promise<ClusterStatus>
   /**
    * Erases a record everywhere (every version, its hints and index entries),

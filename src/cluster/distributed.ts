@@ -1,21 +1,28 @@
-import { randomBytes } from 'node:crypto'
 import { ForbiddenError, InvalidMessageError, NtsoekheError, TimeoutError, UnavailableError } from '../errors/index.js'
 import { findTable } from '../schema/index.js'
+import { MAX_COUNT_RANGES } from './messages.js'
 import type { PurgeMarker, RecordState, Store, VersionEntry } from '../storage/store.js'
 import { winner } from '../storage/store.js'
 import type { HybridClock } from '../storage/version.js'
-import { compareVersions } from '../storage/version.js'
+import { compareVersions, isVersion } from '../storage/version.js'
 import { AntiEntropy } from './anti-entropy.js'
 import { ApplyBatcher, chunkGroups, chunkWhole, resultOk } from './apply-batcher.js'
-import type { ClusterStatus, Consistency, Coordinator, GroupOutcome, InsertOutcome, Mutation, RequestOptions, ScanPage, ScanRequest, WriteResult } from './coordinator.js'
+import type { ClusterStatus, Consistency, Coordinator, FragmentAnswer, GroupOutcome, InsertOutcome, Mutation, QueryPage, RequestOptions, ScanPage, ScanRequest, WriteResult } from './coordinator.js'
+import { orderByLiveness, planRecordMove, requiredAcks, type RecordMove } from './decisions.js'
+import type { RowPage, RowQuery } from '../storage/ordered.js'
+import { mergeQuery, singleShardOf, type OwnedRange } from './query-merge.js'
+import { checkFragmentResults, mergeResults, runFragment, storeSource, type Fragment, type FragmentResult, type FragmentSource } from '../query/fragment.js'
+import type { Condition } from '../schema/condition.js'
+import type { TableDef } from '../schema/index.js'
 import { mergeStates, missingHeads } from './merge.js'
 import type { Membership } from './membership.js'
-import { AUDIT_TABLE, checkEntry, checkScanPage, checkState, MAX_STATES, parseReplicaMessage, type ReplicaMessage } from './messages.js'
+import { AUDIT_TABLE, checkEntry, checkQueryPage, checkScanPage, checkState, MAX_STATES, parseReplicaMessage, type ReplicaMessage } from './messages.js'
 import { recallWrites } from './idempotency.js'
 import { mutationKey, orderGroups, orderMutations } from './mutations.js'
 import { HashRing } from './ring.js'
 import { tokenOf } from './token.js'
 import type { PeerTransport } from './transport.js'
+import { REAL_ENV, sleep, type Environment, type TimerHandle } from '../util/env.js'
 
 export interface DistributedCoordinatorComponents {
   store: Store
@@ -24,6 +31,8 @@ export interface DistributedCoordinatorComponents {
   transport: PeerTransport
   membership: Membership
   log?: (msg: string, ...args: unknown[]) => void
+  /** The clock, timers and random draws. @default REAL_ENV (the simulation gives fake time and a seeded generator) */
+  env?: Environment
 }
 
 export interface DistributedCoordinatorInit {
@@ -47,6 +56,15 @@ export interface DistributedCoordinatorInit {
   antiEntropyIntervalMs?: number
   /** Bytes anti-entropy sends per second, in megabits. @default 10 */
   syncBandwidthMbps?: number
+}
+
+/** Rows per table across the network (see DistributedCoordinator.networkRowCounts) */
+export interface NetworkRowCounts {
+  tables: Record<string, number>
+  /** Every token range was counted on one of its owners */
+  complete: boolean
+  /** Members that did not answer: their ranges were counted on the next owners, from their copies */
+  unanswered: string[]
 }
 
 /** What the last rebalance (hand-off of records to their owners after the ring changed) did */
@@ -90,6 +108,10 @@ const REBALANCE_WINDOW = 4
  */
 export class DistributedCoordinator implements Coordinator {
   private readonly c: DistributedCoordinatorComponents
+  private readonly env: Environment
+  /** Random write ids, drawn 512 at a time (see newWriteId) */
+  private writeIds: Buffer = Buffer.alloc(0)
+  private writeIdAt = 0
   readonly replicas: number
   readonly writeQuorum: number
   readonly readQuorum: number
@@ -101,7 +123,7 @@ export class DistributedCoordinator implements Coordinator {
   /** Compares and repairs what this node and its co-owners hold (see anti-entropy.ts) */
   readonly antiEntropy: AntiEntropy
   private readonly batcher: ApplyBatcher
-  private handoffTimer?: ReturnType<typeof setInterval>
+  private handoffTimer?: TimerHandle
   private handingOff = false
   private unsubscribe?: () => void
   private readonly vnodes: number | undefined
@@ -109,8 +131,8 @@ export class DistributedCoordinator implements Coordinator {
   private readonly rebalanceIntervalMs: number
   /** Ring members when records last finished moving to their owners */
   private placedFor: string[] = []
-  private rebalanceTimer?: ReturnType<typeof setTimeout>
-  private rebalanceInterval?: ReturnType<typeof setInterval>
+  private rebalanceTimer?: TimerHandle
+  private rebalanceInterval?: TimerHandle
   private rebalancing?: Promise<void>
   private rebalanceAgain = false
   private lastRebalance?: RebalanceStatus['last']
@@ -121,11 +143,14 @@ export class DistributedCoordinator implements Coordinator {
   private stopped = false
   /** Copies of records this node does not own were written here at `one` (sloppyWrite): a rebalance after the next handoff moves them */
   private sloppyHeld = false
+  /** Read repairs sent since start (copies found stale by a read and brought up to date) */
+  readRepairs = 0
   /** Records whose local commit failed after their write was ordered (`table/id`): caught up before the next write */
   private readonly missed = new Set<string>()
 
   constructor (components: DistributedCoordinatorComponents, init: DistributedCoordinatorInit = {}) {
     this.c = components
+    this.env = components.env ?? REAL_ENV
     this.replicas = init.replicas ?? 3
     this.writeQuorum = init.writeQuorum ?? 2
     this.readQuorum = init.readQuorum ?? 2
@@ -136,7 +161,7 @@ export class DistributedCoordinator implements Coordinator {
     this.ring = new HashRing(init.vnodes === undefined ? {} : { vnodes: init.vnodes })
     this.rebalanceDelayMs = init.rebalanceDelayMs ?? 2000
     this.rebalanceIntervalMs = init.rebalanceIntervalMs ?? 600_000
-    this.batcher = new ApplyBatcher(components.transport, this.timeoutMs)
+    this.batcher = new ApplyBatcher(components.transport, this.timeoutMs, this.env.defer)
     components.transport.handle('replica', async (msg, from) => await this.onMessage(msg, from), {
       accept: peer => {
         if (components.membership.mayReplicate(peer)) return true
@@ -159,6 +184,7 @@ export class DistributedCoordinator implements Coordinator {
       mayRead: peer => components.membership.stateOf(peer) !== 'left',
       active: () => !components.membership.leaving,
       observe: version => { components.clock.observe(version) },
+      env: this.env,
       ...(components.log === undefined ? {} : { log: components.log })
     }, {
       timeoutMs: this.timeoutMs,
@@ -180,9 +206,9 @@ export class DistributedCoordinator implements Coordinator {
     this.placedFor = valid ? saved as string[] : this.ring.list().map(m => m.peerId)
     if (!sameMembers(this.placedFor, this.ring.list().map(m => m.peerId))) this.scheduleRebalance(this.rebalanceDelayMs)
     this.unsubscribe = this.c.membership.onChange(() => { this.updateRing() })
-    this.handoffTimer = setInterval(() => { void this.handoff() }, this.handoffIntervalMs)
+    this.handoffTimer = this.env.setInterval(() => { void this.handoff() }, this.handoffIntervalMs)
     this.handoffTimer.unref?.()
-    this.rebalanceInterval = setInterval(() => { this.scheduleRebalance(0) }, this.rebalanceIntervalMs)
+    this.rebalanceInterval = this.env.setInterval(() => { this.scheduleRebalance(0) }, this.rebalanceIntervalMs)
     this.rebalanceInterval.unref?.()
     this.antiEntropy.start()
   }
@@ -190,9 +216,9 @@ export class DistributedCoordinator implements Coordinator {
   async stop (): Promise<void> {
     this.stopped = true
     this.unsubscribe?.()
-    if (this.handoffTimer !== undefined) clearInterval(this.handoffTimer)
-    if (this.rebalanceInterval !== undefined) clearInterval(this.rebalanceInterval)
-    if (this.rebalanceTimer !== undefined) clearTimeout(this.rebalanceTimer)
+    if (this.handoffTimer !== undefined) this.env.clearInterval(this.handoffTimer)
+    if (this.rebalanceInterval !== undefined) this.env.clearInterval(this.rebalanceInterval)
+    if (this.rebalanceTimer !== undefined) this.env.clearTimeout(this.rebalanceTimer)
     await this.antiEntropy.stop()
     await this.rebalancing?.catch(() => {})
   }
@@ -208,8 +234,8 @@ export class DistributedCoordinator implements Coordinator {
   /** Runs a rebalance once the ring has been quiet for `delay` ms (each change restarts the wait) */
   private scheduleRebalance (delay: number): void {
     if (this.stopped) return
-    if (this.rebalanceTimer !== undefined) clearTimeout(this.rebalanceTimer)
-    this.rebalanceTimer = setTimeout(() => {
+    if (this.rebalanceTimer !== undefined) this.env.clearTimeout(this.rebalanceTimer)
+    this.rebalanceTimer = this.env.setTimeout(() => {
       this.rebalanceTimer = undefined
       if (this.rebalancing !== undefined) { this.rebalanceAgain = true; return }
       this.rebalancing = this.rebalance().finally(() => {
@@ -237,25 +263,11 @@ export class DistributedCoordinator implements Coordinator {
     const self = this.c.peerId
     // Where one record goes: to the owners that gained it (this node stays an owner), or to every owner
     // before this node's copy is dropped; undefined when it stays as it is.
-    const plan = (state: { table: string, token: string }): { targets: string[], drop: boolean, missing: boolean } | undefined => {
+    const plan = (state: { table: string, token: string }): RecordMove | undefined => {
       const global = findTable(state.table)?.shardKey === 'global'
       const owners = this.ring.preferenceList(state.token, global ? this.ring.size : this.replicas)
       const oldOwners = before.preferenceList(state.token, global ? before.size : this.replicas)
-      if (owners.includes(self)) {
-        const sender = oldOwners.find(p => this.c.membership.isAlive(p))
-        const gained = owners.filter(p => p !== self && !oldOwners.includes(p))
-        if (sender !== self || gained.length === 0) return undefined
-        // An old owner that lost its place and is alive sends the record to every owner before it drops
-        // its copy (below): the newcomers get it from there, and once is enough. Should it fail, it keeps
-        // its copy and retries; anti-entropy covers one that is gone for good.
-        if (oldOwners.some(p => !owners.includes(p) && this.c.membership.isAlive(p))) return undefined
-        // A newcomer that is down now gets it on a later run: this one counts as failed, so it is retried.
-        const up = gained.filter(p => this.c.membership.stateOf(p) !== 'down')
-        return { targets: up, drop: false, missing: up.length < gained.length }
-      }
-      // A copy this node no longer owns (or never did): every owner must have it before it goes.
-      const targets = owners.filter(p => this.c.membership.stateOf(p) !== 'down')
-      return { targets, drop: targets.length === owners.length, missing: targets.length < owners.length }
+      return planRecordMove(self, owners, oldOwners, p => this.c.membership.stateOf(p))
     }
     type Route = NonNullable<ReturnType<typeof plan>>
     // One batch of records: each sent whole (its history and its state) to its targets, one message per
@@ -348,7 +360,7 @@ export class DistributedCoordinator implements Coordinator {
       this.c.log?.('rebalance stopped: %s', (err as Error).message)
     }
     await Promise.all(inflight)
-    stats.finishedAt = Date.now()
+    stats.finishedAt = this.env.now()
     this.lastRebalance = stats
     if (stats.sent > 0 || stats.failed > 0) {
       this.c.log?.('rebalance over %d members: %d records looked at, %d handed off, %d copies dropped, %d failed', members.length, stats.records, stats.sent, stats.dropped, stats.failed)
@@ -366,7 +378,7 @@ export class DistributedCoordinator implements Coordinator {
       // Retry, backing off (a member may stay down for a while), but at least as often as the periodic run.
       const wait = Math.min(this.rebalanceDelayMs * 5 * 2 ** this.rebalanceFailures, this.rebalanceIntervalMs)
       this.rebalanceFailures = Math.min(this.rebalanceFailures + 1, 20)
-      setTimeout(() => { this.scheduleRebalance(0) }, wait).unref?.()
+      this.env.setTimeout(() => { this.scheduleRebalance(0) }, wait).unref?.()
     }
   }
 
@@ -376,22 +388,22 @@ export class DistributedCoordinator implements Coordinator {
    * fails at the deadline with what is left.
    */
   async drain (timeoutMs: number): Promise<{ handedOff: number, rounds: number }> {
-    const deadline = Date.now() + timeoutMs
+    const deadline = this.env.now() + timeoutMs
     const droppedBefore = this.droppedTotal
     for (let rounds = 1; ; rounds++) {
       this.scheduleRebalance(0)
       while (this.rebalanceStatus().pending) {
-        if (Date.now() > deadline) throw new UnavailableError(`Leaving: records are still being handed off after ${timeoutMs} ms`)
-        await new Promise(resolve => setTimeout(resolve, 50))
+        if (this.env.now() > deadline) throw new UnavailableError(`Leaving: records are still being handed off after ${timeoutMs} ms`)
+        await sleep(this.env, 50)
       }
       const handedOff = this.droppedTotal - droppedBefore
       let anyLeft = false
       for await (const _ of this.c.store.scanRecords()) { anyLeft = true; break }
       if (!anyLeft) return { handedOff, rounds }
-      if (Date.now() > deadline) {
+      if (this.env.now() > deadline) {
         throw new UnavailableError(`Leaving: records are still held here after ${timeoutMs} ms (${this.lastRebalance?.failed ?? 0} could not be handed off in the last round); try again`)
       }
-      await new Promise(resolve => setTimeout(resolve, Math.min(1000, this.rebalanceDelayMs)))
+      await sleep(this.env, Math.min(1000, this.rebalanceDelayMs))
     }
   }
 
@@ -401,6 +413,57 @@ export class DistributedCoordinator implements Coordinator {
     return this.lastRebalance === undefined ? { pending } : { pending, last: this.lastRebalance }
   }
 
+  /**
+   * Live rows per table across the network, each record counted once: the
+   * token space is cut into ranges (this node's ring), and each range is
+   * counted on one of its owners, the first that is not down. A member that
+   * does not answer has its ranges counted on their next owners, from the
+   * copies those hold; a range none of its owners counted leaves the result
+   * incomplete (`complete: false`).
+   */
+  async networkRowCounts (): Promise<NetworkRowCounts> {
+    const tables: Record<string, number> = {}
+    const unanswered = new Set<string>()
+    let pending = this.ring.ranges(this.replicas).map(r => ({ ...r, next: 0 }))
+    let uncounted = 0
+    while (pending.length > 0) {
+      const byPeer = new Map<string, typeof pending>()
+      for (const r of pending) {
+        while (r.next < r.owners.length && (unanswered.has(r.owners[r.next] as string) || this.c.membership.stateOf(r.owners[r.next] as string) === 'down')) r.next++
+        const owner = r.owners[r.next]
+        if (owner === undefined) { uncounted++; continue }
+        byPeer.set(owner, [...(byPeer.get(owner) ?? []), r])
+      }
+      pending = []
+      await Promise.all([...byPeer].map(async ([peer, ranges]) => {
+        try {
+          const counts = await this.countOn(peer, mergeRanges(ranges))
+          for (const [table, n] of Object.entries(counts)) tables[table] = (tables[table] ?? 0) + n
+        } catch (err) {
+          if (!isNoAnswer(err)) throw err
+          this.c.log?.('row count on %s failed (%s): its ranges go to their next owners', peer, (err as Error).message)
+          unanswered.add(peer)
+          pending.push(...ranges)
+        }
+      }))
+    }
+    const sorted = Object.fromEntries(Object.entries(tables).sort((a, b) => a[0] < b[0] ? -1 : 1))
+    return { tables: sorted, complete: uncounted === 0, unanswered: [...unanswered].sort() }
+  }
+
+  /** Rows per table in `ranges` as `peer` holds them (this node's store for itself), MAX_COUNT_RANGES a message */
+  private async countOn (peer: string, ranges: Array<[string, string]>): Promise<Record<string, number>> {
+    const total: Record<string, number> = {}
+    for (let i = 0; i < ranges.length; i += MAX_COUNT_RANGES) {
+      const chunk = ranges.slice(i, i + MAX_COUNT_RANGES)
+      const counts = peer === this.c.peerId
+        ? await this.c.store.countRowsIn(chunk)
+        : checkCounts(await this.c.transport.request(peer, 'replica', { type: 'count', ranges: chunk }, { timeout: this.timeoutMs }))
+      for (const [table, n] of Object.entries(counts)) total[table] = (total[table] ?? 0) + n
+    }
+    return total
+  }
+
   /** The key's owners, in preference order: N of them, or every member for global tables */
   owners (table: string, token: string): string[] {
     const global = findTable(table)?.shardKey === 'global'
@@ -408,33 +471,18 @@ export class DistributedCoordinator implements Coordinator {
   }
 
   private needed (level: Consistency | undefined, quorum: number, owners: number): number {
-    if (level === 'one') return 1
-    if (level === 'all') return owners
-    return Math.min(quorum, owners)
+    return requiredAcks(level, quorum, owners)
   }
 
   /** Owners ordered for a request: alive first (self first among them), then suspect ones */
   private byLiveness (owners: string[], spread: boolean): string[] {
-    const alive = owners.filter(p => this.c.membership.isAlive(p))
-    const rest = owners.filter(p => !alive.includes(p))
-    if (spread) {
-      const self = alive.filter(p => p === this.c.peerId)
-      const others = alive.filter(p => p !== this.c.peerId)
-      for (let i = others.length - 1; i > 0; i--) {
-        const j = Math.floor(Math.random() * (i + 1))
-        const t = others[i] as string
-        others[i] = others[j] as string
-        others[j] = t
-      }
-      return [...self, ...others, ...rest]
-    }
-    return [...alive, ...rest]
+    return orderByLiveness(owners, this.c.peerId, p => this.c.membership.isAlive(p), spread, this.env.random)
   }
 
   async write (mutations: Mutation[], options: RequestOptions = {}): Promise<WriteResult[]> {
     if (mutations.length === 0) return []
     // One id for this client write, kept on its versions: a retry on another owner recognises it exactly.
-    const writeId = newWriteId()
+    const writeId = this.newWriteId()
     mutations = mutations.map(m => m.writeId === undefined ? { ...m, writeId } : m)
     const first = mutations[0] as Mutation
     const token = tokenOf(first.shard)
@@ -446,15 +494,15 @@ export class DistributedCoordinator implements Coordinator {
     // At `one` the owners share one replication timeout: past it (owners cut off but not yet marked
     // suspect), the write is kept here as a hint for them (sloppyWrite) rather than refused.
     const one = options.consistency === 'one'
-    const deadline = Date.now() + this.timeoutMs
+    const deadline = this.env.now() + this.timeoutMs
     for (const primary of this.byLiveness(owners, false)) {
-      if (primary === this.c.peerId) return await this.coordinateWrite(mutations, options.consistency, retry)
-      if (one && Date.now() >= deadline) continue
+      if (primary === this.c.peerId) return await afterSilence(this.coordinateWrite(mutations, options.consistency, retry), retry, first.shard, this.needed(options.consistency, this.writeQuorum, owners.length))
+      if (one && this.env.now() >= deadline) continue
       try {
         const msg = { type: 'write', mutations, ...(options.consistency === undefined ? {} : { consistency: options.consistency }), ...(retry ? { retry } : {}) }
         // The primary itself waits up to timeoutMs for its replicas: give it that and a round trip more.
         // At `one` it waits for no replica, and the whole write is bounded by the replication timeout.
-        if (one) return await withTimeout(this.c.transport.request(primary, 'replica', msg, { timeout: deadline - Date.now() }), deadline - Date.now(), primary) as WriteResult[]
+        if (one) return await withTimeout(this.env, this.c.transport.request(primary, 'replica', msg, { timeout: deadline - this.env.now() }), deadline - this.env.now(), primary) as WriteResult[]
         return await this.c.transport.request(primary, 'replica', msg, { timeout: this.forwardTimeout }) as WriteResult[]
       } catch (err) {
         // At `one` a silent owner is passed over like an unreachable one. It may have applied the write:
@@ -472,13 +520,13 @@ export class DistributedCoordinator implements Coordinator {
           throw new NtsoekheError('UNAVAILABLE', `${first.shard}: the primary did not answer in time; the write may or may not have been applied (retry with the same Idempotency-Key)`, { cause: err, durable: 0, required, outcome: 'unknown' })
         }
         // The primary is unreachable, or no longer thinks it owns the key: the next owner takes over.
-        if (!isUnreachable(err)) throw err
+        if (!isUnreachable(err)) throw retry ? unknownOutcome(err, first.shard, this.needed(options.consistency, this.writeQuorum, owners.length)) : err
         this.c.log?.('primary %s unreachable for %s: %s', primary, first.shard, (err as Error).message)
         lastError = err
         retry = true
       }
     }
-    if (one) return await this.sloppyWrite(mutations, owners, retry)
+    if (one) return await afterSilence(this.sloppyWrite(mutations, owners, retry), retry, first.shard, 1)
     throw new UnavailableError(`No owner of ${first.shard} could take the write`, { cause: lastError })
   }
 
@@ -494,6 +542,7 @@ export class DistributedCoordinator implements Coordinator {
    */
   private async sloppyWrite (mutations: Mutation[], owners: string[], retry: boolean): Promise<WriteResult[]> {
     const first = mutations[0] as Mutation
+    await this.c.store.assertWritable()
     const recalled = await recallWrites(this.c.store, mutations)
     let ordered: { entries: VersionEntry[], results: WriteResult[] } = { entries: [], results: [] }
     await this.c.store.transact(mutations.map(mutationKey), states => {
@@ -519,6 +568,8 @@ export class DistributedCoordinator implements Coordinator {
     if (!owners.includes(this.c.peerId)) {
       throw new NtsoekheError('NOT_OWNER', `${this.c.peerId} does not own ${first.shard}`)
     }
+    // A full disk refuses here, before anything is ordered or sent: the refusal is then the whole truth.
+    await this.c.store.assertWritable()
     await this.catchUp(mutations, owners, level, retry)
     const recalled = await recallWrites(this.c.store, mutations)
     let ordered: { entries: VersionEntry[], results: WriteResult[] } = { entries: [], results: [] }
@@ -627,6 +678,12 @@ export class DistributedCoordinator implements Coordinator {
       if ((ownersOf[i] as string[]).includes(this.c.peerId)) owned.push(i)
       else outcomes[i] = { ok: false, error: { code: 'NOT_OWNER', message: `${this.c.peerId} does not own ${(g[0] as Mutation).shard}` } }
     })
+    try {
+      await this.c.store.assertWritable()
+    } catch (err) {
+      for (const gi of owned) outcomes[gi] = { ok: false, error: errorBody(err) }
+      return outcomes
+    }
     // As in coordinateWrite: updates and deletes are ordered against an up-to-date copy. A group whose
     // owners cannot be asked fails alone.
     const caughtUp = await Promise.all(owned.map(async (gi) => {
@@ -692,6 +749,8 @@ export class DistributedCoordinator implements Coordinator {
       let settled = false
       // An owner that timed out may still have applied the write: the outcome is then unknown, not partial.
       let uncertain = false
+      // Why owners missed it (a full disk, a timeout), named in the refusal
+      const reasons: string[] = []
       const done = (): void => {
         if (settled) return
         if (acks >= target) { settled = true; resolve() } else if (acks + failures === voters) {
@@ -700,16 +759,18 @@ export class DistributedCoordinator implements Coordinator {
           const durable = durableHere + acks
           const required = durableHere + target
           const outcome = uncertain ? 'unknown' : 'partial'
-          reject(new NtsoekheError('UNAVAILABLE', `${what}: the write is durable on ${durable} of the ${required} owners required; ${outcome === 'unknown' ? 'an owner that did not answer may have it too' : 'it will reach the others when they return'} (retry with the same Idempotency-Key to finish it)`, { durable, required, outcome }))
+          const why = reasons.length === 0 ? '' : ` [${reasons.join('; ')}]`
+          reject(new NtsoekheError('UNAVAILABLE', `${what}: the write is durable on ${durable} of the ${required} owners required; ${outcome === 'unknown' ? 'an owner that did not answer may have it too' : 'it will reach the others when they return'} (retry with the same Idempotency-Key to finish it)${why}`, { durable, required, outcome }))
         }
       }
-      local?.then(() => { acks++; done() }, () => { failures++; uncertain = true; done() })
+      local?.then(() => { acks++; done() }, err => { failures++; uncertain = true; reasons.push(`${this.c.peerId}: ${(err as Error).message}`); done() })
       for (const peer of peers) {
         const send = this.c.membership.stateOf(peer) === 'down'
           ? Promise.reject(new UnavailableError(`${peer} is down`))
           : this.batcher.send(peer, entries)
         send.then(() => { acks++; done() }, async err => {
           if (err instanceof TimeoutError) uncertain = true
+          reasons.push(`${peer}: ${(err as Error).message}`)
           this.c.log?.('replica %s missed %s: %s; keeping a hint', peer, what, (err as Error).message)
           await this.c.store.addHint(peer, entries).catch(e => { this.c.log?.('hint for %s lost: %s', peer, (e as Error).message) })
           failures++
@@ -721,19 +782,28 @@ export class DistributedCoordinator implements Coordinator {
   }
 
   async read (table: string, id: string, shard: string, options: RequestOptions = {}): Promise<RecordState | undefined> {
-    const token = tokenOf(shard)
+    return await this.readToken(table, id, tokenOf(shard), options)
+  }
+
+  /** A read by ring token (what a query knows of a row it lists) */
+  private async readToken (table: string, id: string, token: string, options: RequestOptions = {}): Promise<RecordState | undefined> {
     const owners = this.owners(table, token)
     const need = this.needed(options.consistency, this.readQuorum, owners.length)
     // At `one`, a copy this node keeps without owning it (a sloppy write) is read too.
     const held = options.consistency === 'one' && !owners.includes(this.c.peerId) ? await this.c.store.get(table, token, id) : undefined
     let answers: Map<string, RecordState | undefined>
+    // An owner reads its own copy, and asks the others only for their heads: a copy whose heads are the
+    // same is the same answer, so no rows travel (and none are decrypted there). A copy that differs is
+    // read whole, merged and repaired as before.
+    const mine = owners.includes(this.c.peerId) ? this.c.store.get(table, token, id) : undefined
+    mine?.catch(() => {})
     try {
       const asked = this.ask(this.byLiveness(owners, true), need, table, async peer =>
         peer === this.c.peerId
-          ? await this.c.store.get(table, token, id)
-          : readReply(await this.c.transport.request(peer, 'replica', { type: 'read', table, id, token }, { timeout: this.timeoutMs }), { table, id, token }))
+          ? await (mine as Promise<RecordState | undefined>)
+          : await this.readCopy(peer, { table, id, token }, mine))
       // With a copy here, owners that do not answer (one after another) hold the read up for one timeout at most.
-      answers = held === undefined ? await asked : await withTimeout(asked, this.timeoutMs, table)
+      answers = held === undefined ? await asked : await withTimeout(this.env, asked, this.timeoutMs, table)
     } catch (err) {
       if (held === undefined || !isNoAnswer(err)) throw err
       return held
@@ -741,6 +811,27 @@ export class DistributedCoordinator implements Coordinator {
     const merged = mergeStates([...answers.values(), held])
     if (merged !== undefined) this.repair(answers, merged)
     return merged
+  }
+
+  /**
+   * A peer's copy of a record. When this node holds its own (`mine`), the
+   * peer is first asked for its heads only: the same heads answer with this
+   * node's copy. A peer that cannot say (an older version) is read whole.
+   */
+  private async readCopy (peer: string, k: { table: string, id: string, token: string }, mine?: Promise<RecordState | undefined>): Promise<RecordState | undefined> {
+    const whole = async (): Promise<RecordState | undefined> => readReply(await this.c.transport.request(peer, 'replica', { type: 'read', ...k }, { timeout: this.timeoutMs }), k)
+    if (mine === undefined) return await whole()
+    let theirs: string[] | null
+    try {
+      const [, reply] = await Promise.all([mine, this.c.transport.request(peer, 'replica', { type: 'heads', ...k }, { timeout: this.timeoutMs })])
+      theirs = headsReply(reply)
+    } catch (err) {
+      if (isUnreachable(err)) throw err
+      return await whole()
+    }
+    const local = await mine
+    const ours = local?.heads.map(h => h.version) ?? null
+    return sameVersions(ours, theirs) ? local : await whole()
   }
 
   async readLocal (table: string, id: string, shard: string): Promise<RecordState | undefined> {
@@ -759,7 +850,7 @@ export class DistributedCoordinator implements Coordinator {
         peer === this.c.peerId
           ? await this.c.store.versions(table, token, id)
           : historyReply(await this.c.transport.request(peer, 'replica', { type: 'history', table, id, token }, { timeout: this.timeoutMs }), table, id))
-      answers = held.length === 0 ? await asked : await withTimeout(asked, this.timeoutMs, table)
+      answers = held.length === 0 ? await asked : await withTimeout(this.env, asked, this.timeoutMs, table)
     } catch (err) {
       if (held.length === 0 || !isNoAnswer(err)) throw err
       answers = new Map()
@@ -778,6 +869,10 @@ export class DistributedCoordinator implements Coordinator {
     const answers = new Map<string, T>()
     let next = 0
     let running = 0
+    /** Peers asked and not yet answered */
+    let inflight = 0
+    /** Wakes the workers waiting out a hedge when an answer or a failure comes in */
+    let wake: () => void = () => {}
     const errors: string[] = []
     return await new Promise<Map<string, T>>((resolve, reject) => {
       let settled = false
@@ -785,22 +880,43 @@ export class DistributedCoordinator implements Coordinator {
         if (settled) return
         if (err === undefined && answers.size < need && running > 0) return
         settled = true
+        wake()
         if (err !== undefined) reject(err)
         else if (answers.size >= need) resolve(new Map(answers))
         else reject(new UnavailableError(`${what}: ${answers.size} of ${need} replicas answered (${errors.join('; ')})`))
       }
+      // Waits until something answers or fails, or HEDGE_MS pass: then another owner is asked, so a hung
+      // owner (cut off, not yet suspect) costs a quorum HEDGE_MS, not the replication timeout.
+      const hedge = async (): Promise<void> => {
+        await new Promise<void>(resolve => {
+          const timer = this.env.setTimeout(() => { resolve() }, HEDGE_MS)
+          const previous = wake
+          wake = () => { this.env.clearTimeout(timer); resolve(); previous() }
+        })
+      }
       const worker = async (): Promise<void> => {
         while (!settled && answers.size < need && next < peers.length) {
+          // As many asked as answers still needed: no other owner is asked unless one of them is slow.
+          if (answers.size + inflight >= need) {
+            await hedge()
+            if (settled || answers.size + inflight < need) continue
+          }
+          if (next >= peers.length) break
           const peer = peers[next++] as string
+          inflight++
           try {
             const answer = await fn(peer)
             if (!settled) answers.set(peer, answer)
           } catch (err) {
             // A replica that refuses (it is leaving, overloaded, holds a copy that fails its checks, takes us
             // for a non-member) or whose answer fails ours is one that did not answer: the next owner is asked.
-            if (!isNoAnswer(err)) { settle(err); return }
+            if (!isNoAnswer(err)) { inflight--; settle(err); return }
             errors.push(`${peer}: ${(err as Error).message}`)
           }
+          inflight--
+          const woken = wake
+          wake = () => {}
+          woken()
           if (answers.size >= need) settle()
         }
       }
@@ -820,6 +936,7 @@ export class DistributedCoordinator implements Coordinator {
       const job = peer === this.c.peerId
         ? this.c.store.merge([merged])
         : this.c.transport.request(peer, 'replica', { type: 'merge', states: [merged] }, { timeout: this.timeoutMs })
+      this.readRepairs++
       void job.catch(err => { this.c.log?.('read repair of %s on %s failed: %s', merged.id, peer, (err as Error).message) })
     }
   }
@@ -903,6 +1020,128 @@ export class DistributedCoordinator implements Coordinator {
     return more && last !== undefined ? { rows, next: last.position } : { rows }
   }
 
+  /** The token ranges a filter over a table covers, with their owners: one shard value's, a global table's whole ring, or every range */
+  private rangesFor (def: TableDef, filter: Condition | undefined): { ranges: OwnedRange[], shard: string | undefined } {
+    const shard = singleShardOf(def.name, filter)
+    let ranges: OwnedRange[]
+    if (def.shardKey === 'global') {
+      ranges = [{ from: '', to: '', owners: this.ring.list().map(m => m.peerId) }]
+    } else if (shard !== undefined) {
+      const token = tokenOf(shard)
+      ranges = [{ from: token, to: token + '\u0000', owners: this.owners(def.name, token) }]
+    } else {
+      ranges = this.ring.ranges(this.replicas)
+    }
+    if (ranges.length === 0) throw new UnavailableError('No members on the ring yet')
+    return { ranges, shard }
+  }
+
+  /** Copies of a range a read at `level` asks */
+  private copiesNeeded (def: TableDef, level: Consistency | undefined): number {
+    return this.needed(level, this.readQuorum, def.shardKey === 'global' ? this.ring.size : this.replicas)
+  }
+
+  async query (table: string, request: RowQuery, options: RequestOptions = {}): Promise<QueryPage> {
+    const def = findTable(table)
+    if (def === undefined) throw new NtsoekheError('UNKNOWN_TABLE', `Unknown table: ${table}`)
+    const { ranges, shard } = this.rangesFor(def, request.filter)
+    const { tokenRanges: _, ...base } = request
+    const page = await this.queryRanges(def, base, ranges, options)
+    return { ...page, singleShard: shard !== undefined }
+  }
+
+  private async queryRanges (def: TableDef, request: RowQuery, ranges: OwnedRange[], options: RequestOptions): Promise<RowPage & { asked: Array<{ peer: string, ranges: number }> }> {
+    const table = def.name
+    return await mergeQuery({
+      table: def,
+      request,
+      ranges,
+      need: this.copiesNeeded(def, options.consistency),
+      strict: options.consistency === 'all',
+      self: this.c.peerId,
+      usable: peer => this.c.membership.stateOf(peer) !== 'down',
+      fetch: async (peer, q) => peer === this.c.peerId
+        ? stripPlan(await this.c.store.query(table, q))
+        : checkQueryPage(await this.c.transport.request(peer, 'replica', { type: 'query', table, ...q }, { timeout: this.timeoutMs }), table),
+      resolve: async (token, id) => await this.readToken(table, id, token, options),
+      ...(this.c.log === undefined ? {} : { log: this.c.log })
+    })
+  }
+
+  async fragment (f: Fragment, options: RequestOptions = {}): Promise<FragmentAnswer> {
+    const def = findTable(f.table)
+    if (def === undefined) throw new NtsoekheError('UNKNOWN_TABLE', `Unknown table: ${f.table}`)
+    const { ranges, shard } = this.rangesFor(def, f.filter)
+    const need = this.copiesNeeded(def, options.consistency)
+    // Each range from `need` of its live owners: this node first, then the least loaded.
+    const load = new Map<string, number>()
+    const byPeer = new Map<string, number[]>()
+    const chosen = ranges.map((r, i) => {
+      const peers = r.owners.filter(p => this.c.membership.stateOf(p) !== 'down')
+        .sort((a, b) => a === this.c.peerId ? -1 : b === this.c.peerId ? 1 : (load.get(a) ?? 0) - (load.get(b) ?? 0))
+        .slice(0, need)
+      for (const p of peers) {
+        load.set(p, (load.get(p) ?? 0) + 1)
+        byPeer.set(p, [...byPeer.get(p) ?? [], i])
+      }
+      return peers
+    })
+    const answers = ranges.map(() => new Map<string, FragmentResult>())
+    await Promise.all([...byPeer].map(async ([peer, indices]) => {
+      const tokenRanges = indices.map(i => [(ranges[i] as OwnedRange).from, (ranges[i] as OwnedRange).to] as [string, string])
+      try {
+        const results = peer === this.c.peerId
+          ? await this.runFragmentHere(f, tokenRanges)
+          : checkFragmentResults(await this.c.transport.request(peer, 'replica', { type: 'fragment', fragment: f, tokenRanges }, { timeout: this.timeoutMs * 4 }), indices.length)
+        indices.forEach((i, j) => { (answers[i] as Map<string, FragmentResult>).set(peer, results[j] as FragmentResult) })
+      } catch (err) {
+        if (!(err instanceof NtsoekheError) || err.code === 'INVALID') throw err
+        this.c.log?.('fragment of %s: %s did not answer (%s)', f.table, peer, err.message)
+      }
+    }))
+    let rechecked = 0
+    const results: FragmentResult[] = []
+    for (const [i, range] of ranges.entries()) {
+      const got = [...(answers[i] as Map<string, FragmentResult>).values()]
+      const first = got[0]
+      // Copies that agree on every row version they read gave the same answer: one is taken.
+      if (first !== undefined && got.length >= (chosen[i] as string[]).length && got.length >= Math.min(need, range.owners.length) && got.every(r => r.digest === first.digest)) {
+        results.push(first)
+        continue
+      }
+      rechecked++
+      results.push(await runFragment(f, this.quorumSource(def, range, options)))
+    }
+    return { result: mergeResults(f, results), asked: [...byPeer].map(([peer, indices]) => ({ peer, ranges: indices.length })), singleShard: shard !== undefined, rechecked }
+  }
+
+  /** A fragment run on this node's copy, one result per range */
+  private async runFragmentHere (f: Fragment, tokenRanges: Array<[string, string]>): Promise<FragmentResult[]> {
+    const out: FragmentResult[] = []
+    for (const r of tokenRanges) out.push(await runFragment(f, storeSource(this.c.store, [r])))
+    return out
+  }
+
+  /** A fragment's rows read at the request's consistency (quorum-merged), for a range whose copies disagreed */
+  private quorumSource (def: TableDef, range: OwnedRange, options: RequestOptions): FragmentSource {
+    return {
+      rows: async function * (this: DistributedCoordinator, table: string, filter: Condition | undefined, shard?: string) {
+        const t = findTable(table) as TableDef
+        const ranges = shard !== undefined || t.shardKey === 'global' ? this.rangesFor(t, filter).ranges : [range]
+        let after: string | undefined
+        for (;;) {
+          const page = await this.queryRanges(t, { ...(filter === undefined ? {} : { filter }), limit: 1000, ...(after === undefined ? {} : { after }) }, ranges, options)
+          for (const r of page.rows) {
+            const head = winner(r.state)
+            if (head?.row != null) yield { row: head.row, id: r.state.id, version: head.version }
+          }
+          if (page.next === undefined) return
+          after = page.next
+        }
+      }.bind(this)
+    }
+  }
+
   async status (): Promise<ClusterStatus> {
     const members = this.c.membership.members()
     const live = this.c.membership.liveMembers().length
@@ -929,6 +1168,8 @@ export class DistributedCoordinator implements Coordinator {
       throw new ForbiddenError(`${from} has left the network: it may only hand over what it holds`)
     }
     switch (msg.type) {
+      case 'count':
+        return { tables: await this.c.store.countRowsIn(msg.ranges) }
       case 'write':
         return await this.coordinateWrite(msg.mutations, msg.consistency, msg.retry === true)
       case 'writeGroups':
@@ -982,13 +1223,21 @@ export class DistributedCoordinator implements Coordinator {
       }
       case 'read':
         return { state: await this.c.store.get(msg.table, msg.token, msg.id) ?? null }
+      case 'heads':
+        return { heads: this.c.store.headsOf(msg.table, msg.token, msg.id) ?? null }
       case 'history':
         return { versions: await this.c.store.versions(msg.table, msg.token, msg.id) }
       case 'scan':
         return await this.c.store.scan(msg.table, { where: msg.where, limit: msg.limit, ...(msg.after === undefined ? {} : { after: msg.after }), ...(msg.token === undefined ? {} : { token: msg.token }) })
+      case 'fragment':
+        return { results: await this.runFragmentHere(msg.fragment, msg.tokenRanges) }
+      case 'query': {
+        const { type: _, table, ...q } = msg
+        return stripPlan(await this.c.store.query(table, q))
+      }
       case 'purge': {
         this.c.clock.observe(msg.version)
-        const held = await this.c.store.purge({ table: msg.table, id: msg.id, token: msg.token, version: msg.version, time: Date.now() })
+        const held = await this.c.store.purge({ table: msg.table, id: msg.id, token: msg.token, version: msg.version, time: this.env.now() })
         this.c.log?.('purged %s %s at the request of %s', msg.table, msg.id, from)
         return { ok: true, held }
       }
@@ -1007,7 +1256,7 @@ export class DistributedCoordinator implements Coordinator {
    * so a late copy (a hint, a hand-off, a read repair) does not bring it back.
    */
   async purge (table: string, id: string, shard: string): Promise<number> {
-    const marker: PurgeMarker = { table, id, token: tokenOf(shard), version: this.c.clock.tick(), time: Date.now() }
+    const marker: PurgeMarker = { table, id, token: tokenOf(shard), version: this.c.clock.tick(), time: this.env.now() }
     await this.c.store.purge(marker)
     const { time: _, ...msg } = marker
     const others = this.c.membership.members().filter(m => m.peerId !== this.c.peerId && m.state !== 'left').map(m => m.peerId)
@@ -1024,6 +1273,17 @@ export class DistributedCoordinator implements Coordinator {
       }
     }))
     return 1 + reached.filter(Boolean).length
+  }
+
+  /** A random 64-bit write id in hex, cut from a pool drawn 512 at a time (one `randomBytes` call per write cost 1.5% of a daemon's CPU) */
+  private newWriteId (): string {
+    if (this.writeIdAt + 8 > this.writeIds.length) {
+      this.writeIds = this.env.randomBytes(4096)
+      this.writeIdAt = 0
+    }
+    const id = this.writeIds.toString('hex', this.writeIdAt, this.writeIdAt + 8)
+    this.writeIdAt += 8
+    return id
   }
 
   /** Hinted handoff: hands the versions a replica missed to it once it is back */
@@ -1088,10 +1348,30 @@ function holdsAt (reply: unknown, i: number): boolean {
 }
 
 /** A peer's answer to `read`, checked before it is merged or repaired into this node's store */
+/** A store's query page without its plan (which stays on the node that made it) */
+function stripPlan (page: RowPage & { plan: unknown }): RowPage {
+  const { plan: _, ...rest } = page
+  return rest
+}
+
 function readReply (reply: unknown, expect: { table: string, id: string, token: string }): RecordState | undefined {
   const state = (reply as { state?: unknown } | null)?.state
   if (state === null) return undefined
   return checkState(state, expect)
+}
+
+/** A `heads` reply: the versions, or null when the peer does not hold the record */
+function headsReply (reply: unknown): string[] | null {
+  const heads = (reply as { heads?: unknown } | null)?.heads
+  if (heads === null) return null
+  if (!Array.isArray(heads) || heads.length > 1000 || !heads.every(isVersion)) throw new InvalidMessageError('replica: malformed heads reply')
+  return heads as string[]
+}
+
+/** The same set of versions (both absent counts as the same) */
+function sameVersions (a: string[] | null, b: string[] | null): boolean {
+  if (a === null || b === null) return a === b
+  return a.length === b.length && a.every(v => b.includes(v))
 }
 
 function historyReply (reply: unknown, table: string, id: string): VersionEntry[] {
@@ -1108,6 +1388,29 @@ function errorBody (err: unknown): { code: string, message: string, column?: str
   return err instanceof NtsoekheError ? err.toJSON() : { code: 'INTERNAL', message: (err as Error)?.message ?? String(err) }
 }
 
+/** `[from, to)` token ranges as pairs, sorted, touching ones joined */
+function mergeRanges (ranges: ReadonlyArray<{ from: string, to: string }>): Array<[string, string]> {
+  const out: Array<[string, string]> = []
+  for (const r of [...ranges].sort((a, b) => a.from < b.from ? -1 : 1)) {
+    const last = out[out.length - 1]
+    if (last !== undefined && last[1] === r.from && r.from !== '') last[1] = r.to
+    else out.push([r.from, r.to])
+  }
+  return out
+}
+
+/** A peer's answer to `count`: table names and non-negative integer counts */
+function checkCounts (reply: unknown): Record<string, number> {
+  const tables = (reply as { tables?: unknown } | null)?.tables
+  if (tables === null || typeof tables !== 'object' || Array.isArray(tables)) throw new InvalidMessageError('replica: malformed count reply')
+  const out: Record<string, number> = {}
+  for (const [table, n] of Object.entries(tables as Record<string, unknown>)) {
+    if (!Number.isSafeInteger(n) || (n as number) < 0 || table.length > 100) throw new InvalidMessageError('replica: malformed count reply')
+    out[table] = n as number
+  }
+  return out
+}
+
 /** Errors that mean "this peer did not answer", as opposed to a refusal the caller must see */
 /**
  * For reads: an error that means "this replica gave no usable answer", as
@@ -1115,6 +1418,13 @@ function errorBody (err: unknown): { code: string, message: string, column?: str
  * our checks of its answer did; one misbehaving replica must not fail a read
  * that others can serve.
  */
+/**
+ * How long a quorum waits on the owners it asked before it asks one more: a
+ * hedge against an owner that hangs (cut off and not yet suspect), which
+ * would otherwise hold the request up for the replication timeout.
+ */
+export const HEDGE_MS = 50
+
 export function isNoAnswer (err: unknown): boolean {
   return err instanceof NtsoekheError
 }
@@ -1124,30 +1434,35 @@ export function isUnreachable (err: unknown): boolean {
   return err instanceof NtsoekheError && err.code === 'NOT_OWNER'
 }
 
+/**
+ * After an owner failed or went silent in the middle of a write (`retry`),
+ * it may have applied it: a refusal by the next owner, which ordered the
+ * write against a copy that lacks it (404, 409, 412), is then not the truth.
+ */
+async function afterSilence<T> (work: Promise<T>, retry: boolean, shard: string, required: number): Promise<T> {
+  try {
+    return await work
+  } catch (err) {
+    throw retry ? unknownOutcome(err, shard, required) : err
+  }
+}
+
+/** A refusal that may be wrong (see afterSilence) as what is true: the outcome is unknown */
+function unknownOutcome (err: unknown, shard: string, required: number): unknown {
+  if (!(err instanceof NtsoekheError) || !['NOT_FOUND', 'CONFLICT', 'PRECONDITION_FAILED'].includes(err.code)) return err
+  return new NtsoekheError('UNAVAILABLE', `${shard}: an owner that did not answer may have applied the write, and the next refused it (${err.message}); the write may or may not have been applied (retry with the same Idempotency-Key)`, { cause: err, durable: 0, required, outcome: 'unknown' })
+}
+
 /** `promise`, or a TimeoutError after `ms` (`what` names the peer or table) */
-async function withTimeout<T> (promise: Promise<T>, ms: number, what: string): Promise<T> {
-  let timer: ReturnType<typeof setTimeout> | undefined
+async function withTimeout<T> (env: Environment, promise: Promise<T>, ms: number, what: string): Promise<T> {
+  let timer: TimerHandle | undefined
   const timeout = new Promise<never>((_resolve, reject) => {
-    timer = setTimeout(() => { reject(new TimeoutError(`${what}: no answer within ${ms} ms`)) }, Math.max(ms, 0))
+    timer = env.setTimeout(() => { reject(new TimeoutError(`${what}: no answer within ${ms} ms`)) }, Math.max(ms, 0))
   })
   promise.catch(() => {})
   try {
     return await Promise.race([promise, timeout])
   } finally {
-    clearTimeout(timer)
+    env.clearTimeout(timer)
   }
-}
-
-let writeIds = Buffer.alloc(0)
-let writeIdAt = 0
-
-/** A random 64-bit write id in hex, cut from a pool drawn 512 at a time (one `randomBytes` call per write cost 1.5% of a daemon's CPU) */
-function newWriteId (): string {
-  if (writeIdAt + 8 > writeIds.length) {
-    writeIds = randomBytes(4096)
-    writeIdAt = 0
-  }
-  const id = writeIds.toString('hex', writeIdAt, writeIdAt + 8)
-  writeIdAt += 8
-  return id
 }

@@ -1,6 +1,9 @@
 import type { Store, RecordState, VersionEntry } from '../storage/store.js'
 import type { HybridClock } from '../storage/version.js'
-import type { ClusterStatus, Coordinator, GroupOutcome, InsertOutcome, Mutation, ScanPage, ScanRequest, WriteResult } from './coordinator.js'
+import type { ClusterStatus, Coordinator, FragmentAnswer, GroupOutcome, InsertOutcome, Mutation, QueryPage, ScanPage, ScanRequest, WriteResult } from './coordinator.js'
+import type { RowQuery } from '../storage/ordered.js'
+import { runFragment, storeSource, type Fragment } from '../query/fragment.js'
+import { singleShardOf } from './query-merge.js'
 import { recallWrites } from './idempotency.js'
 import { mutationKey, orderGroups, orderMutations } from './mutations.js'
 import { tokenOf } from './token.js'
@@ -65,6 +68,16 @@ export class LocalCoordinator implements Coordinator {
 
   async scan (table: string, request: ScanRequest): Promise<ScanPage> {
     return await this.components.store.scan(table, request)
+  }
+
+  async query (table: string, request: RowQuery): Promise<QueryPage> {
+    const { plan: _, ...page } = await this.components.store.query(table, request)
+    return { ...page, asked: [{ peer: this.components.peerId, ranges: 1 }], singleShard: singleShardOf(table, request.filter) !== undefined }
+  }
+
+  async fragment (fragment: Fragment): Promise<FragmentAnswer> {
+    const result = await runFragment(fragment, storeSource(this.components.store, undefined))
+    return { result, asked: [{ peer: this.components.peerId, ranges: 1 }], singleShard: singleShardOf(fragment.table, fragment.filter) !== undefined, rechecked: 0 }
   }
 
   async purge (table: string, id: string, shard: string): Promise<number> {

@@ -1,4 +1,5 @@
 import { peerIdFromString } from '@libp2p/peer-id'
+import { fromString, toString } from 'uint8arrays'
 import type { MemberRecord } from './membership.js'
 
 /**
@@ -20,17 +21,15 @@ export const MAX_HEARTBEAT = 2 ** 40
 /** What a removal adds to the removed member's heartbeat, so the mark outranks anything it sent before going down */
 export const REMOVAL_BUMP = 1_000_000
 
-const encoder = new TextEncoder()
-
 /** The bytes a record's signature covers: every field but the signature, in a fixed order */
 export function claimBytes (r: MemberRecord): Uint8Array {
-  return encoder.encode(JSON.stringify(['ntsoekhe/member/1', r.peerId, r.incarnation, r.heartbeat, r.left === true, r.addresses, r.removedBy ?? null, r.zone ?? null]))
+  return fromString(JSON.stringify(['ntsoekhe/member/1', r.peerId, r.incarnation, r.heartbeat, r.left === true, r.addresses, r.removedBy ?? null, r.zone ?? null]), 'utf8')
 }
 
 /** The record with a signature by `sign` (the member's own key, or for a removal the remover's) */
 export function signClaim (r: MemberRecord, sign: Signer): MemberRecord {
   const { sig: _, ...rest } = r
-  return { ...rest, sig: Buffer.from(sign(claimBytes(rest))).toString('base64') }
+  return { ...rest, sig: toString(sign(claimBytes(rest)), 'base64pad') }
 }
 
 /** The peer whose key must have signed the record: the member itself, or the member that removed it */
@@ -47,14 +46,28 @@ export function verifyClaim (r: MemberRecord): boolean {
   if (r.sig === undefined) return false
   if (r.removedBy !== undefined && (r.left !== true || r.removedBy === r.peerId)) return false
   try {
+    const bytes = claimBytes(r)
+    // The same record arrives from several members in a round: checked once. Keyed by signer and
+    // signature, and kept only with the exact bytes it covers, so a changed record is checked anew.
+    const seen = `${claimSigner(r)}/${r.sig}`
+    const text = Buffer.from(bytes).toString('latin1')
+    if (verified.get(seen) === text) return true
     const key = peerIdFromString(claimSigner(r)).publicKey
     if (key === undefined) return false
-    const ok = key.verify(claimBytes(r), Buffer.from(r.sig, 'base64'))
-    return ok === true
+    const ok = key.verify(bytes, fromString(r.sig, 'base64pad')) === true
+    if (ok) {
+      if (verified.size >= VERIFIED_MAX) verified.clear()
+      verified.set(seen, text)
+    }
+    return ok
   } catch {
     return false
   }
 }
+
+/** Claims whose signatures checked out lately: signer and signature, to the signed bytes */
+const verified = new Map<string, string>()
+const VERIFIED_MAX = 4096
 
 /** Whether the counters are in range: a claim out of range could never be outranked by a rebuttal */
 export function countersInRange (r: MemberRecord, now: number): boolean {

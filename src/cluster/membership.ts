@@ -3,6 +3,7 @@ import type { MemberStatus } from './coordinator.js'
 import { countersInRange, REMOVAL_BUMP, signClaim, verifyClaim, type Signer } from './member-claims.js'
 import type { PeerTransport } from './transport.js'
 import { MAX_CLOCK_SKEW_MS } from '../storage/version.js'
+import { REAL_ENV, type Environment, type TimerHandle } from '../util/env.js'
 
 export interface MemberRecord {
   peerId: string
@@ -62,7 +63,10 @@ export interface MembershipComponents {
   log?: (msg: string, ...args: unknown[]) => void
   /** Where refused claims and non-members are reported (one line per sender per minute). @default log */
   warn?: (msg: string) => void
+  /** The clock, when it is not the environment's (tests run a node's clock ahead) */
   now?: () => number
+  /** Timers and random draws (gossip targets). @default REAL_ENV */
+  env?: Environment
 }
 
 export interface MembershipInit {
@@ -99,7 +103,7 @@ export class Membership {
   /** Peers heard of (bootstrap, DHT, disk) but not yet answered */
   private readonly candidates = new Map<string, string[]>()
   private readonly self: MemberRecord
-  private timer?: ReturnType<typeof setInterval>
+  private timer?: TimerHandle
   private readonly listeners = new Set<() => void>()
   private lastLive = ''
   private persisted = ''
@@ -122,18 +126,22 @@ export class Membership {
   }
 
   private now (): number {
-    return (this.c.now ?? Date.now)()
+    return this.c.now === undefined ? this.env.now() : this.c.now()
+  }
+
+  private get env (): Environment {
+    return this.c.env ?? REAL_ENV
   }
 
   start (): void {
     if (this.timer !== undefined) return
-    this.timer = setInterval(() => { void this.tick() }, this.heartbeatMs)
+    this.timer = this.env.setInterval(() => { void this.tick() }, this.heartbeatMs)
     this.timer.unref?.()
     void this.tick()
   }
 
   stop (): void {
-    if (this.timer !== undefined) clearInterval(this.timer)
+    if (this.timer !== undefined) this.env.clearInterval(this.timer)
     this.timer = undefined
   }
 
@@ -304,7 +312,7 @@ export class Membership {
   private pickTargets (): string[] {
     const pool = [...this.known.values()].filter(k => { const s = this.state(k); return s === 'alive' || s === 'suspect' }).map(k => k.peerId)
     for (let i = pool.length - 1; i > 0; i--) {
-      const j = Math.floor(Math.random() * (i + 1))
+      const j = Math.floor(this.env.random() * (i + 1))
       const t = pool[i] as string
       pool[i] = pool[j] as string
       pool[j] = t

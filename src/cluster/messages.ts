@@ -1,3 +1,6 @@
+import { checkCondition } from '../schema/condition.js'
+import type { RowPage, RowQuery } from '../storage/ordered.js'
+import { checkFragment, type Fragment } from '../query/fragment.js'
 import { InvalidMessageError } from '../errors/index.js'
 import { findTable, rowId, shardValue, validateRow, type Row } from '../schema/index.js'
 import type { RecordState, VersionEntry, WholeRecord } from '../storage/store.js'
@@ -23,10 +26,14 @@ export const MAX_PARENTS = 64
 export const MAX_SCAN_LIMIT = 1000
 /** Record states in one hand-off or repair message */
 export const MAX_STATES = 1000
+/** Token ranges one `count` message may name (a member's share of the ring's ranges, with those of silent members it stands in for; more go in several messages) */
+export const MAX_COUNT_RANGES = 4096
 /** Versions a record state may list as seen or replaced */
 export const MAX_KNOWN_VERSIONS = 1_000_000
 
 export type ReplicaMessage =
+  /** Live rows per table in these `[from, to)` token ranges (HashRing.ranges), counted by the asker's ring */
+  | { type: 'count', ranges: Array<[string, string]> }
   | { type: 'write', mutations: Mutation[], consistency?: Consistency, retry?: boolean }
   | { type: 'writeGroups', groups: Mutation[][], consistency?: Consistency }
   | { type: 'apply', groups: VersionEntry[][] }
@@ -36,8 +43,12 @@ export type ReplicaMessage =
   /** Which of these records the replica holds whole (see Store.holds): asked before sending them */
   | { type: 'holds', records: HoldsQuery[] }
   | { type: 'read', table: string, id: string, token: string }
+  /** A record's head versions only (a quorum read's check that a copy matches the reader's own) */
+  | { type: 'heads', table: string, id: string, token: string }
   | { type: 'history', table: string, id: string, token: string }
   | { type: 'scan', table: string, where: Record<string, string | number | null>, after?: string, token?: string, limit: number }
+  | ({ type: 'query', table: string } & RowQuery)
+  | { type: 'fragment', fragment: Fragment, tokenRanges: Array<[string, string]> }
   | { type: 'purge', table: string, id: string, token: string, version: string }
 
 const TOKEN_RE = /^[0-9a-f]{16}$/
@@ -119,7 +130,8 @@ function checkRow (table: string, id: string, row: unknown): { row: Row, shard: 
   if (def === undefined) bad(`unknown table ${table}`)
   let valid: Row
   try {
-    valid = validateRow(def, row, 'full')
+    // Kept as the member stored it: a version written before TIMESTAMPs were canonical still replicates unchanged.
+    valid = validateRow(def, row, 'full', { stored: true })
   } catch (err) {
     throw new InvalidMessageError(`replica: invalid ${table} row: ${(err as Error).message}`, { cause: err })
   }
@@ -207,6 +219,11 @@ function oneShard (mutations: Mutation[]): Mutation[] {
   return mutations
 }
 
+/** A bound of a `[from, to)` token range: '' (an end of the token space), a token, or a token and NUL (just after it) */
+function isRangeBound (b: unknown): b is string {
+  return typeof b === 'string' && (b === '' || TOKEN_RE.test(b.endsWith('\u0000') ? b.slice(0, -1) : b))
+}
+
 function withConsistency<M extends { type: 'write' | 'writeGroups' }> (msg: M, consistency: unknown): M & { consistency?: Consistency } {
   if (consistency === undefined) return msg
   if (!CONSISTENCY_LEVELS.includes(consistency as Consistency)) bad('unknown consistency')
@@ -218,6 +235,16 @@ export function parseReplicaMessage (msg: unknown): ReplicaMessage {
   const m = msg as Record<string, unknown>
   if (m === null || typeof m !== 'object') bad('message must be an object')
   switch (m.type) {
+    case 'count': {
+      if (!Array.isArray(m.ranges) || m.ranges.length > MAX_COUNT_RANGES) bad(`count needs at most ${MAX_COUNT_RANGES} ranges`)
+      const ranges = m.ranges.map(r => {
+        if (!Array.isArray(r) || r.length !== 2 || !r.every(isRangeBound)) bad('malformed count range')
+        const [from, to] = r as [string, string]
+        if (from !== '' && to !== '' && from >= to) bad('malformed count range')
+        return [from, to] as [string, string]
+      })
+      return { type: 'count', ranges }
+    }
     case 'write': {
       if (!Array.isArray(m.mutations) || m.mutations.length === 0 || m.mutations.length > MAX_ENTRIES) bad('write needs 1 to 10000 mutations')
       const mutations = oneShard(m.mutations.map(checkMutation))
@@ -259,6 +286,7 @@ export function parseReplicaMessage (msg: unknown): ReplicaMessage {
       }
     }
     case 'read':
+    case 'heads':
     case 'history': {
       const table = checkTable(m.table)
       const id = checkId(table, m.id)
@@ -287,6 +315,22 @@ export function parseReplicaMessage (msg: unknown): ReplicaMessage {
       if (m.after !== undefined && (typeof m.after !== 'string' || m.after.length > 300)) bad('malformed cursor')
       if (m.token !== undefined && (typeof m.token !== 'string' || !TOKEN_RE.test(m.token))) bad('malformed scan token')
       return { type: 'scan', table, where: where as Record<string, string | number | null>, limit: m.limit as number, ...(m.after === undefined ? {} : { after: m.after as string }), ...(m.token === undefined ? {} : { token: m.token as string }) }
+    }
+    case 'query':
+      return { type: 'query', ...checkRowQuery(m) }
+    case 'fragment': {
+      let fragment: Fragment
+      try {
+        fragment = checkFragment(m.fragment)
+      } catch (err) {
+        bad(`fragment: ${(err as Error).message}`)
+      }
+      if (!Array.isArray(m.tokenRanges) || m.tokenRanges.length === 0 || m.tokenRanges.length > MAX_QUERY_RANGES) bad('malformed fragment ranges')
+      const tokenRanges = m.tokenRanges.map((r: unknown) => {
+        if (!Array.isArray(r) || r.length !== 2 || !r.every(x => typeof x === 'string' && x.length <= 17)) bad('malformed fragment range')
+        return [r[0], r[1]] as [string, string]
+      })
+      return { type: 'fragment', fragment, tokenRanges }
     }
     default:
       bad(`unknown message type ${JSON.stringify(m.type)?.slice(0, 40)}`)
@@ -327,6 +371,58 @@ export function checkScanPage (x: unknown, table: string): { rows: Array<{ state
     return { state, position: r.position as string }
   })
   if (p.next !== undefined && typeof p.next !== 'string') bad('malformed scan cursor')
+  return p.next === undefined ? { rows } : { rows, next: p.next as string }
+}
+
+/** Token ranges one query may name */
+const MAX_QUERY_RANGES = 100_000
+
+/** An ordered read a peer asks for (see RowQuery): a table of the schema, a checked condition, sane bounds */
+function checkRowQuery (m: Record<string, unknown>): { table: string } & RowQuery {
+  const def = typeof m.table === 'string' ? findTable(m.table) : undefined
+  if (def === undefined) bad('query of an unknown table')
+  if (!Number.isSafeInteger(m.limit) || (m.limit as number) < 1 || (m.limit as number) > MAX_SCAN_LIMIT + 1) bad('query limit out of range')
+  const out: { table: string } & RowQuery = { table: def.name, limit: m.limit as number }
+  if (m.filter !== undefined) {
+    try {
+      out.filter = checkCondition(def, m.filter)
+    } catch (err) {
+      bad(`query filter: ${(err as Error).message}`)
+    }
+  }
+  if (m.orderBy !== undefined) {
+    if (typeof m.orderBy !== 'string' || !def.columns.some(c => c.name === m.orderBy)) bad('malformed query order')
+    out.orderBy = m.orderBy
+  }
+  if (m.desc !== undefined) {
+    if (typeof m.desc !== 'boolean') bad('malformed query direction')
+    out.desc = m.desc
+  }
+  if (m.after !== undefined) {
+    if (typeof m.after !== 'string' || m.after.length > 4096) bad('malformed query cursor')
+    out.after = m.after
+  }
+  if (m.tokenRanges !== undefined) {
+    if (!Array.isArray(m.tokenRanges) || m.tokenRanges.length > MAX_QUERY_RANGES) bad('malformed query ranges')
+    out.tokenRanges = m.tokenRanges.map((r: unknown) => {
+      if (!Array.isArray(r) || r.length !== 2 || !r.every(x => typeof x === 'string' && x.length <= 17)) bad('malformed query range')
+      return [r[0], r[1]] as [string, string]
+    })
+  }
+  return out
+}
+
+/** A query page a peer sent back: its rows' states checked, and each row's key ending with its position */
+export function checkQueryPage (x: unknown, table: string): RowPage {
+  const p = x as Record<string, unknown>
+  if (p === null || typeof p !== 'object' || !Array.isArray(p.rows) || p.rows.length > MAX_SCAN_LIMIT + 1) bad('malformed query page')
+  const rows = p.rows.map((r: any) => {
+    if (r === null || typeof r !== 'object' || typeof r.key !== 'string' || r.key.length > 4096) bad('malformed query row')
+    const state = checkState(r.state, { table })
+    if (!(r.key as string).endsWith(`!${state.token}!${state.id}`)) bad('query row key does not match its record')
+    return { state, key: r.key as string }
+  })
+  if (p.next !== undefined && typeof p.next !== 'string') bad('malformed query cursor')
   return p.next === undefined ? { rows } : { rows, next: p.next as string }
 }
 

@@ -39,7 +39,10 @@ export function orderMutations (mutations: Mutation[], states: StateView, clock:
     const state = current.get(key)
     const head = winner(state)
     const live = head !== undefined && head.row !== null
-    if ((retry || m.keyed === true) && m.writeId !== undefined && state !== undefined) {
+    // A head that carries this write's id is this write, applied before: a retry, a keyed repeat, or
+    // the same request delivered twice (a write id is random, 64 bits). Without either flag only the
+    // stored heads are looked at: a later mutation of this group shares the id and must still apply.
+    if ((retry || m.keyed === true || !changed.has(key)) && m.writeId !== undefined && state !== undefined) {
       const own = state.heads.find(h => h.writeId === m.writeId)
       if (own !== undefined) {
         if (!entries.includes(own)) entries.push(own)

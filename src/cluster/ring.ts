@@ -90,6 +90,43 @@ export class HashRing implements Placement {
     return out
   }
 
+  /**
+   * The ring's arcs in token order, each with its preference list: arc `i`
+   * holds the tokens after point `i - 1` up to and including point `i` (the
+   * first arc also takes the tokens after the last point: it wraps). Every
+   * token lies in exactly one arc.
+   */
+  arcs (n: number): Array<{ after?: string, upTo: string, owners: string[] }> {
+    return this.points.map((upTo, i) => ({
+      ...(i === 0 ? {} : { after: this.points[i - 1] as string }),
+      upTo,
+      owners: this.preferenceList(upTo, n)
+    }))
+  }
+
+  /**
+   * The token space cut into [from, to) ranges (`to` '' for the ring's end),
+   * each with its first `n` distinct members: neighbouring arcs with the
+   * same members are one range. A point belongs to the arc that ends at it.
+   */
+  ranges (n: number): Array<{ from: string, to: string, owners: string[] }> {
+    const total = this.points.length
+    if (total === 0) return []
+    const out: Array<{ from: string, to: string, owners: string[] }> = []
+    const push = (from: string, to: string, owners: string[]): void => {
+      const last = out[out.length - 1]
+      if (last !== undefined && last.to === from && sameSet(last.owners, owners)) last.to = to
+      else out.push({ from, to, owners })
+    }
+    // Tokens are fixed-length hex: t > p exactly when t >= p + '\u0000'.
+    push('', (this.points[0] as string) + '\u0000', this.preferenceList(this.points[0] as string, n))
+    for (let i = 1; i < total; i++) {
+      push((this.points[i - 1] as string) + '\u0000', (this.points[i] as string) + '\u0000', this.preferenceList(this.points[i] as string, n))
+    }
+    push((this.points[total - 1] as string) + '\u0000', '', this.preferenceList(this.points[0] as string, n))
+    return out
+  }
+
   /** Each member's fraction of the token space (as primary owner) */
   shares (): Map<string, number> {
     const shares = new Map<string, number>()
@@ -125,6 +162,10 @@ function lowerBound (sorted: string[], token: string): number {
     else hi = mid
   }
   return lo
+}
+
+function sameSet (a: string[], b: string[]): boolean {
+  return a.length === b.length && a.every(x => b.includes(x))
 }
 
 function tokenNumber (token: string): number {

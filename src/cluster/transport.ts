@@ -2,7 +2,8 @@
 export const PROTOCOLS = {
   membership: '/ntsoekhe/membership/1.0.0',
   replica: '/ntsoekhe/replica/1.0.0',
-  sync: '/ntsoekhe/sync/1.0.0'
+  sync: '/ntsoekhe/sync/1.0.0',
+  backup: '/ntsoekhe/backup/1.0.0'
 } as const
 
 export type ProtocolName = keyof typeof PROTOCOLS

@@ -2,6 +2,7 @@ import { mkdir, readFile, rename, writeFile, chmod } from 'node:fs/promises'
 import { homedir } from 'node:os'
 import { join, resolve } from 'node:path'
 import { ValidationError } from '../errors/index.js'
+import { isLoopback, parseHostPort } from '../observability/address.js'
 
 export interface Config {
   api: {
@@ -65,11 +66,27 @@ export interface Config {
     /** Silence after which a member is down and loses its ring share, ms. @default 10000 */
     downAfterMs: number
   }
+  monitoring: {
+    /**
+     * `host:port` of the web console (`--console`): members, ring, replication,
+     * charts, row counts and the first rows of a table, read-only, for users
+     * with a token. Plain HTTP: a loopback address unless consoleRemote.
+     * null: no console. @default null
+     */
+    console: string | null
+    /** Allow the console on a non-loopback address, where tokens and rows cross the network in clear (`--console-remote`). @default false */
+    consoleRemote: boolean
+    /** `host:port` serving `GET /metrics` (Prometheus text, no token, no patient data) (`--metrics-listen`). null: only on the socket. @default null */
+    metricsListen: string | null
+  }
   log: {
     /** pino level: trace, debug, info, warn, error, fatal, silent. @default "info" */
     level: string
   }
 }
+
+/** The log levels `log.level` and `--log-level` take (pino's) */
+export const LOG_LEVELS = ['trace', 'debug', 'info', 'warn', 'error', 'fatal', 'silent']
 
 export function defaultConfig (): Config {
   return {
@@ -86,6 +103,7 @@ export function defaultConfig (): Config {
     },
     replication: { replicas: 3, writeQuorum: 2, readQuorum: 2, timeoutMs: 5000, rebalanceDelayMs: 2000, rebalanceIntervalMs: 600_000, antiEntropyIntervalMs: 600_000, syncBandwidthMbps: 10 },
     membership: { heartbeatMs: 1000, suspectAfterMs: 3000, downAfterMs: 10000 },
+    monitoring: { console: null, consoleRemote: false, metricsListen: null },
     log: { level: 'info' }
   }
 }
@@ -176,8 +194,24 @@ export function checkConfig (config: Config, where = 'config'): void {
   if (!Number.isSafeInteger(buffer) || buffer < 1 || buffer > 1024) {
     throw new ValidationError(`${where}: storage.writeBufferMb must be an integer from 1 to 1024 (MiB)`)
   }
+  if (!LOG_LEVELS.includes(config.log.level)) {
+    throw new ValidationError(`${where}: log.level must be one of ${LOG_LEVELS.join(', ')}, got ${JSON.stringify(config.log.level)}`)
+  }
   const m = config.membership
   if (!(m.heartbeatMs > 0 && m.suspectAfterMs > m.heartbeatMs && m.downAfterMs >= m.suspectAfterMs)) {
     throw new ValidationError(`${where}: membership needs 0 < heartbeatMs < suspectAfterMs <= downAfterMs`)
+  }
+
+  checkMonitoring(config, where)
+}
+
+/** The console and metrics addresses parse, and a console off loopback was asked for in so many words */
+function checkMonitoring (config: Config, where: string): void {
+  const { console, consoleRemote, metricsListen } = config.monitoring
+  if (metricsListen !== null) parseHostPort(metricsListen, `${where}: monitoring.metricsListen (--metrics-listen)`)
+  if (console === null) return
+  const { host } = parseHostPort(console, `${where}: monitoring.console (--console)`)
+  if (!isLoopback(host) && !consoleRemote) {
+    throw new ValidationError(`${where}: the console serves patient rows and tokens over plain HTTP; ${console} is not a loopback address. Use 127.0.0.1 (and an SSH tunnel or a TLS proxy), or set monitoring.consoleRemote (--console-remote) to accept it`)
   }
 }

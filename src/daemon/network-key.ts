@@ -1,5 +1,6 @@
 import { readFile, unlink } from 'node:fs/promises'
 import { resolve } from 'node:path'
+import { fromString, toString } from 'uint8arrays'
 import { ConflictError, ValidationError } from '../errors/index.js'
 import { generatePnetKey } from '../p2p/node.js'
 import type { Config } from './config.js'
@@ -23,7 +24,7 @@ export interface Invite {
 
 /** One line: `ntsoekhe-invite:1:` and the invite as base64url JSON */
 export function encodeInvite (invite: Invite): string {
-  return INVITE_PREFIX + Buffer.from(JSON.stringify(invite)).toString('base64url')
+  return INVITE_PREFIX + toString(fromString(JSON.stringify(invite), 'utf8'), 'base64url')
 }
 
 /** Reads an invite line; anything else is a ValidationError saying what is wrong */
@@ -34,7 +35,7 @@ export function decodeInvite (text: string): Invite {
   }
   let parsed: unknown
   try {
-    parsed = JSON.parse(Buffer.from(line.slice(INVITE_PREFIX.length), 'base64url').toString('utf8'))
+    parsed = JSON.parse(toString(fromString(line.slice(INVITE_PREFIX.length), 'base64url'), 'utf8'))
   } catch (err) {
     throw new ValidationError('The invite is damaged (not valid base64url JSON): copy the whole line again', { cause: err })
   }
@@ -81,7 +82,7 @@ export async function resolveNetworkKey (home: string, config: Config, options: 
       if (!net.open) throw new ValidationError('This invite is for an open network (it carries no key): join it with --open-network as well')
       return { source: 'open' }
     }
-    const file = new TextEncoder().encode(KEY_HEADER + invite.key)
+    const file = fromString(KEY_HEADER + invite.key, 'utf8')
     const existing = await readKeyFile(path)
     if (existing !== undefined && keyHex(existing) === invite.key) return { key: existing, source: 'file', path }
     if (existing !== undefined) {

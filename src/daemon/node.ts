@@ -2,10 +2,14 @@ import { randomBytes } from 'node:crypto'
 import { chmod, chown, lstat, readFile, rename, unlink, writeFile } from 'node:fs/promises'
 import { join } from 'node:path'
 import { monitorEventLoopDelay } from 'node:perf_hooks'
-import { pino, type Logger } from 'pino'
+import type { Logger } from 'pino'
+import { createLogger } from './logger.js'
+import { VERSION } from '../version.js'
 import type { FastifyInstance } from 'fastify'
+import type { BackupSource } from '../api/backup.js'
 import { createApi } from '../api/server.js'
 import type { Coordinator } from '../cluster/coordinator.js'
+import { BackupService } from '../cluster/backup.js'
 import { DistributedCoordinator } from '../cluster/distributed.js'
 import { Membership, type SavedMember } from '../cluster/membership.js'
 import { PROTOCOLS } from '../cluster/transport.js'
@@ -16,6 +20,7 @@ import { createNode, type NtsoekheNode as Libp2pNode } from '../p2p/node.js'
 import { Libp2pTransport } from '../p2p/transport.js'
 import { peerIdFromString } from '@libp2p/peer-id'
 import { multiaddr } from '@multiformats/multiaddr'
+import { IdSource } from '../query/id-source.js'
 import { Database } from '../query/database.js'
 import { TABLES } from '../schema/index.js'
 import { AUDIT_TABLE } from '../cluster/messages.js'
@@ -28,8 +33,14 @@ import { socketPath, type Config } from './config.js'
 import { groupId } from './socket-group.js'
 import type { AccessEvent } from '../security/principal.js'
 import { encodeInvite, keyHex, resolveNetworkKey, type Invite } from './network-key.js'
+import { NodeMetrics } from '../observability/metrics.js'
+import { isLoopback, parseHostPort } from '../observability/address.js'
+import { startConsoleServer, startMetricsServer, type HttpListener } from '../observability/servers.js'
+import type { NetworkRowCounts } from '../cluster/distributed.js'
 
-export const VERSION = '0.1.0'
+export { VERSION } from '../version.js'
+/** How long after start a node that joined a network waits for its users to arrive before refusing an unknown token */
+const JOIN_SETTLE_MS = 15_000
 
 export interface NodeInit {
   home: string
@@ -52,6 +63,12 @@ export interface NodeInit {
    * @default true when it has no bootstrap address and no saved member but itself
    */
   createsNetwork?: boolean
+  /**
+   * How far this node's clock runs ahead of the machine's, ms (negative:
+   * behind): the chaos suite's clock skew (`daemon --clock-offset-ms <ms>
+   * --test`). Versions and membership take their time from it. @default 0
+   */
+  clockOffsetMs?: number
 }
 
 /**
@@ -70,6 +87,8 @@ export class NtsoekheNode {
   users?: UserDirectory
   libp2p?: Libp2pNode
   audit?: AuditTrail
+  /** Backup and restore of the whole network */
+  backup?: BackupService
   private transport?: Libp2pTransport
   private api?: FastifyInstance
   private starting?: Promise<void>
@@ -82,6 +101,14 @@ export class NtsoekheNode {
   /** The network key this node runs with (undefined on an open network) */
   private networkKey?: Uint8Array
   private readonly init: NodeInit
+  /** Prometheus metrics (socket `GET /metrics`, `--metrics-listen`) and the console's request series */
+  private metrics?: NodeMetrics
+  /** The console and metrics listeners, when configured */
+  private readonly listeners: HttpListener[] = []
+  /** Where the console and `GET /metrics` are served over HTTP, when configured */
+  readonly urls: { console?: string, metrics?: string } = {}
+  /** The last network-wide row count, when it was asked for and this node's commits then: status polled often reuses it briefly */
+  private networkRows?: { at: number, commits: number, counts: Promise<NetworkRowCounts> }
   /** Event-loop delay: a stalled loop delays every request the node serves */
   private readonly loopDelay = monitorEventLoopDelay({ resolution: 10 })
 
@@ -91,7 +118,7 @@ export class NtsoekheNode {
     this.config = init.config
     if (init.onLeft !== undefined) this.onLeft = init.onLeft
     if (init.invite !== undefined) this.invite = init.invite
-    this.logger = init.logger ?? pino({ level: init.config.log.level, base: { component: 'ntsoekhe' } })
+    this.logger = init.logger ?? createLogger(init.config.log.level)
   }
 
   get socket (): string {
@@ -145,10 +172,14 @@ export class NtsoekheNode {
     const libp2p = this.libp2p
     this.transport = new Libp2pTransport(libp2p, { timeout: this.config.replication.timeoutMs })
     const log = (msg: string, ...args: unknown[]): void => { this.logger.debug({ component: 'cluster' }, msg, ...args) }
+    const offset = this.init.clockOffsetMs ?? 0
+    const now = offset === 0 ? Date.now : () => Date.now() + offset
+    if (offset !== 0) this.logger.warn({ clockOffsetMs: offset }, 'test clock offset (--clock-offset-ms --test): this node\'s clock is skewed on purpose')
     this.membership = new Membership({
       transport: this.transport,
       peerId: this.peerId,
       sign: data => key.sign(data) as Uint8Array,
+      now,
       addresses: () => libp2p.getMultiaddrs().map(a => a.toString()),
       // One save at a time, in order: the newest list is the one left on disk.
       persist: async members => {
@@ -161,7 +192,7 @@ export class NtsoekheNode {
       log,
       warn: msg => { this.logger.warn({ component: 'membership' }, msg) }
     }, this.config.membership)
-    const clock = new HybridClock(nodeTag(this.peerId))
+    const clock = new HybridClock(nodeTag(this.peerId), now)
     this.coordinator = new DistributedCoordinator({ store: this.store, clock, peerId: this.peerId, transport: this.transport, membership: this.membership, log }, {
       replicas: this.config.replication.replicas,
       writeQuorum: this.config.replication.writeQuorum,
@@ -171,6 +202,25 @@ export class NtsoekheNode {
       rebalanceIntervalMs: this.config.replication.rebalanceIntervalMs,
       antiEntropyIntervalMs: this.config.replication.antiEntropyIntervalMs,
       syncBandwidthMbps: this.config.replication.syncBandwidthMbps
+    })
+    const coordinator = this.coordinator
+    const membership = this.membership
+    this.backup = new BackupService({
+      store: this.store,
+      transport: this.transport,
+      peerId: this.peerId,
+      ring: coordinator.ring,
+      replicas: coordinator.replicas,
+      owners: (table, token) => coordinator.owners(table, token),
+      isAlive: peerId => membership.isAlive(peerId),
+      // A member that left hands over what it holds by the replica protocol; it reads and writes nothing here.
+      mayServe: peer => {
+        if (membership.mayReplicate(peer) && membership.stateOf(peer) !== 'left') return true
+        membership.report(peer, `refused a backup request from ${peer}: not a current member of this network`)
+        return false
+      },
+      observe: version => { clock.observe(version) },
+      log
     })
     await this.transport.start()
 
@@ -189,10 +239,16 @@ export class NtsoekheNode {
     await this.coordinator.start()
     this.membership.start()
 
-    this.db = new Database({ coordinator: this.coordinator, peerId: this.peerId })
-    this.users = new UserDirectory({ db: this.db })
-    // A node that joins a network takes its users from it: it never invents an admin of its own.
+    const store = this.store
+    // The id tag and reservation live with the data: a home keeps its tag, and ids only grow across restarts.
+    const ids = new IdSource({ coordinator: this.coordinator, peerId: this.peerId, meta: { get: async k => await store.getMeta(k), put: async (k, v) => { await store.putMeta(k, v) } } })
+    this.db = new Database({ coordinator: this.coordinator, peerId: this.peerId, ids })
     const createsNetwork = this.init.createsNetwork ?? (this.invite === undefined && bootstrap.length === 0 && saved.every(m => m.peerId === this.peerId))
+    const startedAt = Date.now()
+    // A node that joins a network hears of its users through its members: for its first seconds
+    // an unknown token is looked for again rather than refused (see UserDirectoryInit.settling).
+    this.users = new UserDirectory({ db: this.db }, { settling: () => !createsNetwork && Date.now() - startedAt < JOIN_SETTLE_MS })
+    // A node that joins a network takes its users from it: it never invents an admin of its own.
     if (createsNetwork && await this.users.createFirstAdmin(this.home)) {
       this.logger.info({ tokenFile: join(this.home, 'admin.token') }, 'created the first admin; its token is in admin.token')
     } else if (!createsNetwork && await readAdminToken(this.home) !== undefined) {
@@ -208,7 +264,9 @@ export class NtsoekheNode {
       })
       await this.audit.start()
     }
+    this.metrics = this.createMetrics()
     await this.listen()
+    await this.listenMonitoring()
     this.logger.info({ peerId: this.peerId, socket: this.socket, home: this.home, addresses: libp2p.getMultiaddrs().map(String) }, 'node ready')
   }
 
@@ -218,6 +276,7 @@ export class NtsoekheNode {
     const users = this.users as UserDirectory
     this.api = createApi({
       db,
+      ...(this.metrics === undefined ? {} : { metrics: this.metrics }),
       ...(trail === undefined ? {} : { audit: (event: AccessEvent) => { trail.record(event) }, auditTrail: trail }),
       status: async () => await this.status(),
       extra: { peers: async () => await this.peers(), ring: async () => await this.ringView() },
@@ -225,6 +284,9 @@ export class NtsoekheNode {
       removeMember: async (peerId: string) => (this.membership as Membership).remove(peerId),
       leave: async () => await this.leave(),
       repair: async () => await (this.coordinator as DistributedCoordinator).antiEntropy.repair(),
+      inspect: { records: async options => await this.inspectRecords(options), summary: async () => this.inspectSummary() },
+      ...(this.backup === undefined ? {} : { backup: backupSource(this.backup, this.peerId) }),
+      reindex: async (table, progress) => await (this.store as Store).reindex(table, progress),
       users: this.init.security !== false
         ? users
         : {
@@ -233,7 +295,8 @@ export class NtsoekheNode {
             list: async () => await users.list(),
             revoke: async (name: string) => await users.revoke(name)
           },
-      logger: this.logger
+      logger: this.logger,
+      version: VERSION
     })
     await removeStaleSocket(this.socket)
     // Only the owner may use the socket: create it 0600 rather than chmod after the fact.
@@ -252,6 +315,63 @@ export class NtsoekheNode {
     }
   }
 
+  private createMetrics (): NodeMetrics {
+    const coordinator = this.coordinator as DistributedCoordinator
+    const store = this.store as Store
+    const membership = this.membership as Membership
+    const metrics = new NodeMetrics({
+      hintsPending: () => store.hintCount(),
+      readRepairs: () => coordinator.readRepairs,
+      rebalance: () => coordinator.rebalanceStatus(),
+      antiEntropy: () => coordinator.antiEntropy.status(),
+      members: () => membership.members(),
+      localRows: async () => publicCounts(await store.countRows()),
+      storePath: join(this.home, 'store')
+    })
+    metrics.start()
+    return metrics
+  }
+
+  /** Opens `--metrics-listen` and `--console` when configured, on exactly the address given */
+  private async listenMonitoring (): Promise<void> {
+    const { console, metricsListen } = this.config.monitoring
+    const metrics = this.metrics as NodeMetrics
+    if (metricsListen !== null) {
+      const at = parseHostPort(metricsListen, '--metrics-listen')
+      const listener = await startMetricsServer(at, metrics)
+      this.listeners.push(listener)
+      this.urls.metrics = `${listener.url}/metrics`
+      if (!isLoopback(at.host)) this.logger.warn({ url: listener.url }, 'metrics on a non-loopback address, over plain HTTP and without a token: they carry no patient data, but anyone who reaches the port reads them; limit who can (firewall)')
+      this.logger.info({ url: `${listener.url}/metrics` }, 'serving metrics')
+    }
+    if (console !== null) {
+      const at = parseHostPort(console, '--console')
+      const listener = await startConsoleServer(at, this.api as FastifyInstance)
+      this.listeners.push(listener)
+      this.urls.console = listener.url
+      if (isLoopback(at.host)) this.logger.info({ url: listener.url }, 'console ready (plain HTTP on loopback; sign in with a user token)')
+      else this.logger.warn({ url: listener.url }, 'console on a non-loopback address over plain HTTP (monitoring.consoleRemote): tokens and patient rows cross the network in clear; put a TLS proxy in front of it')
+    }
+  }
+
+  /**
+   * Rows per table across the network. One count serves every status asked
+   * within a second (a progress bar polls status four times a second), unless
+   * this node committed something since.
+   */
+  private async networkRowCounts (): Promise<NetworkRowCounts> {
+    const now = Date.now()
+    const commits = (this.store as Store).commits.batches
+    if (this.networkRows === undefined || now - this.networkRows.at > 1000 || this.networkRows.commits !== commits) {
+      const counts = (this.coordinator as DistributedCoordinator).networkRowCounts()
+      this.networkRows = { at: now, commits, counts }
+      // A failed count is not kept: the next status asks again.
+      counts.catch(() => { if (this.networkRows?.counts === counts) this.networkRows = undefined })
+    }
+    const { tables, ...rest } = await this.networkRows.counts
+    return { tables: publicCounts(tables), ...rest }
+  }
+
   async status (): Promise<Record<string, unknown>> {
     const store = this.store as Store
     const cluster = await (this.coordinator as Coordinator).status()
@@ -268,6 +388,8 @@ export class NtsoekheNode {
         max: round(this.loopDelay.max / 1e6)
       },
       storage: { rows: publicCounts(await store.countRows()), commits: store.commits },
+      // Every record once, whichever members hold it (storage.rows is this node's copies).
+      networkRows: await this.networkRowCounts(),
       ...cluster,
       replication: {
         liveMembers: live,
@@ -306,6 +428,28 @@ export class NtsoekheNode {
   }
 
   /**
+   * A page of every record this node stores (`GET /v1/inspect/records`), in
+   * key order, with its heads, its digest (as the range summary counts it) and
+   * its owners on this node's ring: a checker compares them across nodes.
+   */
+  async inspectRecords (options: { after?: string, limit: number }): Promise<Record<string, unknown>> {
+    const coordinator = this.coordinator as DistributedCoordinator
+    const page = await (this.store as Store).recordHeads(options)
+    const last = page[page.length - 1]
+    return {
+      peerId: this.peerId,
+      records: page.map(r => ({ ...r, owners: coordinator.owners(r.table, r.token) })),
+      next: page.length === options.limit && last !== undefined ? last.key : null
+    }
+  }
+
+  /** The store's range summary as kept on every commit (`GET /v1/inspect/summary`): 256 range digests, hex */
+  inspectSummary (): Record<string, unknown> {
+    const store = this.store as Store
+    return { peerId: this.peerId, ranges: store.summary.bucketDigests(), pendingHints: store.hintCount() }
+  }
+
+  /**
    * Leaves the network for good: announces it, hands every record this node
    * holds to its owners, and drops it here. The daemon stops afterwards
    * (`onLeft`).
@@ -336,6 +480,9 @@ export class NtsoekheNode {
   }
 
   private async _stop (): Promise<void> {
+    // The console answers through the socket API: it closes first.
+    await Promise.all(this.listeners.splice(0).map(async l => { await l.close() }))
+    this.metrics?.stop()
     if (this.api !== undefined) {
       await this.api.close()
       await removeStaleSocket(this.socket)
@@ -406,5 +553,17 @@ async function removeStaleSocket (path: string): Promise<void> {
     await unlink(path)
   } catch (err) {
     if ((err as NodeJS.ErrnoException).code !== 'ENOENT') throw err
+  }
+}
+
+/** The socket API's view of the node's BackupService */
+function backupSource (backup: BackupService, node: string): BackupSource {
+  return {
+    node,
+    checkReadable: () => { backup.plan() },
+    records: signal => backup.records(signal),
+    estimate: async () => await backup.estimate(),
+    checkOwnersUp: () => { backup.checkOwnersUp() },
+    restore: async records => await backup.restore(records)
   }
 }

@@ -146,6 +146,15 @@ export class UnavailableError extends NtsoekheError {
   constructor (message: string, options: ErrorOptions = {}) { super('UNAVAILABLE', message, options) }
 }
 
+/**
+ * This node's disk is full: it takes no writes (as coordinator or replica)
+ * until space is freed, and goes on serving reads. Nothing was written here.
+ */
+export class StorageFullError extends NtsoekheError {
+  override name = 'StorageFullError'
+  constructor (message: string, options: ErrorOptions = {}) { super('UNAVAILABLE', message, options) }
+}
+
 export class TimeoutError extends NtsoekheError {
   override name = 'TimeoutError'
   constructor (message: string, options: ErrorOptions = {}) { super('TIMEOUT', message, options) }
@@ -204,4 +213,9 @@ export function errorFromJSON (body: { code?: string, message?: string, column?:
 
 function isCount (n: unknown): n is number {
   return typeof n === 'number' && Number.isSafeInteger(n) && n >= 0
+}
+
+/** Whether `err` is an error with this code (ours, rebuilt from a peer, or any with a `code`) */
+export function hasCode (err: unknown, code: string): boolean {
+  return (err as { code?: unknown } | null)?.code === code
 }

@@ -46,6 +46,21 @@ export function coalescedTcp (init: TCPOptions = {}): (components: TCPComponents
   }
 }
 
+/**
+ * What these wrappers lean on, checked by test/unit/patches.test.ts: the
+ * exact version package.json pins, and the SHA-256 of the source of the TCP
+ * connection's sendData() (it writes each buffer with socket.write, which is
+ * what corking batches). The test also dials through the wrappers to see that
+ * dial() and the listener still hand the upgrader a connection with `socket`
+ * and `sendData`. A new version means reading those again before moving the pin.
+ */
+export const TCP_PATCH = {
+  package: '@libp2p/tcp',
+  version: '11.0.28',
+  replaces: 'the upgrader given to dial() and createListener(); TCPSocketMultiaddrConnection.prototype.sendData',
+  sourceSha256: '37dde6631833a5dd12c72079c9c7df86cd578536e9a31fc69e7b775d230f7e42'
+} as const
+
 /** Corks the connection's socket on a first write, until the next tick */
 export function coalesceWrites (maConn: MultiaddrConnection): void {
   const conn = maConn as MultiaddrConnection & { socket?: Socket, sendData?: (data: unknown) => unknown }

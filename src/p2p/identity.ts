@@ -3,6 +3,7 @@ import { open, readFile, rename, unlink } from 'node:fs/promises'
 import { join } from 'node:path'
 import { generateKeyPair, privateKeyFromProtobuf, privateKeyToProtobuf } from '@libp2p/crypto/keys'
 import { peerIdFromPrivateKey } from '@libp2p/peer-id'
+import { toString } from 'uint8arrays'
 import type { PrivateKey } from '@libp2p/interface'
 import { NtsoekheError } from '../errors/index.js'
 
@@ -29,7 +30,7 @@ export async function loadOrCreateIdentity (home: string): Promise<PrivateKey> {
     }
   }
   const key = await generateKeyPair('Ed25519')
-  const tmp = `${path}.${process.pid}.${randomBytes(4).toString('hex')}.tmp`
+  const tmp = `${path}.${process.pid}.${toString(randomBytes(4), 'base16')}.tmp`
   const fh = await open(tmp, 'wx', 0o600)
   try {
     await fh.writeFile(privateKeyToProtobuf(key))

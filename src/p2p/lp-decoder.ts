@@ -22,13 +22,33 @@ type List = Frames extends Generator<infer T> ? T : never
  * (the class is shared: there is one @libp2p/utils in the tree).
  */
 export function installLengthPrefixedDecoderFix (): void {
-  const proto = LengthPrefixedDecoder.prototype as unknown as { decode: unknown, [FIXED]?: true }
+  const proto = LengthPrefixedDecoder.prototype as unknown as { decode: unknown, [FIXED]?: true, [ORIGINAL]?: unknown }
   if (proto[FIXED] === true) return
+  proto[ORIGINAL] = proto.decode
   proto.decode = decode
   proto[FIXED] = true
 }
 
+/**
+ * What this patch replaces, checked by test/unit/patches.test.ts: the exact
+ * version package.json pins, and the SHA-256 of the replaced method's source.
+ * A new version means reading its decode() again before moving the pin.
+ */
+export const LP_DECODER_PATCH = {
+  package: '@libp2p/utils',
+  version: '7.4.1',
+  replaces: 'LengthPrefixedDecoder.prototype.decode',
+  sourceSha256: 'c5f365bb64c2c0f7b9d3543343b994b9dd4f0e205300f90c4d6b93187bff26d7'
+} as const
+
+/** The stock decode(), whether or not the fix is installed */
+export function stockDecode (): (...args: unknown[]) => unknown {
+  const proto = LengthPrefixedDecoder.prototype as unknown as { decode: (...args: unknown[]) => unknown, [ORIGINAL]?: (...args: unknown[]) => unknown }
+  return proto[ORIGINAL] ?? proto.decode
+}
+
 const FIXED = Symbol.for('ntsoekhe.lengthPrefixedDecoderFix')
+const ORIGINAL = Symbol.for('ntsoekhe.lengthPrefixedDecoderFix.original')
 
 interface DecoderFields {
   buffer: List

@@ -2,6 +2,7 @@ import { setMaxListeners } from 'node:events'
 import { peerIdFromString } from '@libp2p/peer-id'
 import { byteStream, InvalidMessageLengthError, LengthPrefixedDecoder, type ByteStream } from '@libp2p/utils'
 import type { Connection, Libp2p, PeerId, Stream } from '@libp2p/interface'
+import { concat } from 'uint8arrays'
 import {
   InvalidMessageError,
   NtsoekheError,
@@ -205,6 +206,7 @@ function batchLength (frames: Uint8Array[], start: number): number {
 /** Frames with their unsigned-varint length prefixes, as one buffer for one stream write */
 function encodeFrames (frames: Uint8Array[]): Uint8Array {
   const parts: Uint8Array[] = []
+  let length = 0
   for (const frame of frames) {
     const prefix: number[] = []
     let n = frame.byteLength
@@ -214,8 +216,9 @@ function encodeFrames (frames: Uint8Array[]): Uint8Array {
     }
     prefix.push(n)
     parts.push(Uint8Array.from(prefix), frame)
+    length += prefix.length + frame.byteLength
   }
-  return Buffer.concat(parts)
+  return concat(parts, length)
 }
 
 function describe (err: unknown): string {

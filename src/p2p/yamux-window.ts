@@ -28,6 +28,7 @@ export function installYamuxWindowUpdateFix (): void {
   const proto = YamuxStream.prototype as unknown as Patchable
   if (proto[FIXED] === true) return
   const original = proto.sendWindowUpdate
+  proto[ORIGINAL] = original
   proto.sendWindowUpdate = function (this: WindowState) {
     if (!needsWindowUpdate(this)) return
     original.call(this)
@@ -46,6 +47,26 @@ export function needsWindowUpdate (s: WindowState): boolean {
 }
 
 const FIXED = Symbol.for('ntsoekhe.yamuxWindowUpdateFix')
+const ORIGINAL = Symbol.for('ntsoekhe.yamuxWindowUpdateFix.original')
+
+/**
+ * What this patch wraps, checked by test/unit/patches.test.ts: the exact
+ * version package.json pins, and the SHA-256 of the wrapped method's source
+ * (its skip test, the fields it reads: state, recvWindow, recvWindowCapacity).
+ * A new version means reading its sendWindowUpdate() again before moving the pin.
+ */
+export const YAMUX_WINDOW_PATCH = {
+  package: '@libp2p/yamux',
+  version: '8.0.3',
+  replaces: 'YamuxStream.prototype.sendWindowUpdate',
+  sourceSha256: 'ad75cb27323f9a2993b7121491c07b3327138d15332b478f4f6cd8f3ffb13c46'
+} as const
+
+/** The stock sendWindowUpdate(), whether or not the fix is installed */
+export function stockSendWindowUpdate (): (this: WindowState) => void {
+  const proto = YamuxStream.prototype as unknown as Patchable
+  return proto[ORIGINAL] ?? proto.sendWindowUpdate
+}
 
 /** The fields of YamuxStream the check reads */
 export interface WindowState {
@@ -57,4 +78,5 @@ export interface WindowState {
 interface Patchable {
   sendWindowUpdate: (this: WindowState) => void
   [FIXED]?: true
+  [ORIGINAL]?: (this: WindowState) => void
 }

@@ -1,19 +1,23 @@
-import { ConflictError, NotFoundError, PreconditionFailedError, ReferenceError, UnavailableError, UnknownTableError, ValidationError, NtsoekheError } from '../errors/index.js'
+import { ConflictError, NotFoundError, hasCode, PreconditionFailedError, ReferenceError, UnavailableError, UnknownTableError, ValidationError, NtsoekheError } from '../errors/index.js'
 import {
-  TABLES, checkValue, findTable, parseId, referencingTables, rowId, shardValue, validateRow,
+  TABLES, checkValue, findTable, parseId, referencingTables, rowId, shardValue, upgradeStoredRow, validateRow,
   type Row, type TableDef, type Value
 } from '../schema/index.js'
-import type { Coordinator, Consistency, GroupOutcome, Mutation, RequestOptions, WriteResult } from '../cluster/coordinator.js'
+import type { Coordinator, Consistency, FragmentAnswer, GroupOutcome, Mutation, RequestOptions, WriteResult } from '../cluster/coordinator.js'
 import { createHash } from 'node:crypto'
+import { fromString, toString } from 'uint8arrays'
 import { keyedWriteId } from '../cluster/idempotency.js'
 import { LOCATOR_TABLE, UNIQUE_TABLE, internalShard } from '../cluster/messages.js'
 import { KeyedMutex } from '../storage/keyed-mutex.js'
 import { winner, type RecordState } from '../storage/store.js'
 import { parseVersion } from '../storage/version.js'
-import { IdGenerator } from './ids.js'
+import { IdSource } from './id-source.js'
+import { DEFAULT_LIMIT, MAX_LIMIT } from './limits.js'
+import { tokenOf } from '../cluster/token.js'
+import type { Fragment } from './fragment.js'
+import { allOf, columnOf, type Comparison, type Condition } from '../schema/condition.js'
 
-export const DEFAULT_LIMIT = 100
-export const MAX_LIMIT = 1000
+export { DEFAULT_LIMIT, MAX_LIMIT } from './limits.js'
 /** Operations in one all-or-nothing batch */
 export const MAX_BATCH = 1000
 /** Draws of a fresh id before an insert gives up (a draw collides only across nodes sharing a tag) */
@@ -58,6 +62,18 @@ export interface DeleteOptions extends WriteOptions {
   cascade?: boolean
 }
 
+/** An ordered, filtered read (see Database.query) */
+export interface QueryOptions {
+  /** `column op value` filters, values as typed by a user */
+  where?: Array<{ column: string, op: Comparison, value: string | number | null }>
+  /** A condition with typed values, ANDed with `where` */
+  filter?: Condition
+  orderBy?: string
+  desc?: boolean
+  limit?: number
+  cursor?: string
+}
+
 export interface ListResponse {
   rows: Row[]
   next: string | null
@@ -71,6 +87,18 @@ export interface BatchOperation {
   ifMatch?: string | string[]
 }
 
+/** One parsed line of an import: its number (for the report), its value, and its idempotency key if it has one */
+export interface ImportRow {
+  line: number
+  value: unknown
+  /**
+   * Makes the line's writes recognisable: imported again with the same key,
+   * the line is answered with its first row instead of being written twice,
+   * and a line without an id gets the id its key derives (importedId).
+   */
+  key?: string
+}
+
 export interface ImportResult {
   accepted: number
   rejected: Array<{ line: number, error: { code: string, message: string, column?: string } }>
@@ -81,9 +109,12 @@ export interface DatabaseComponents {
   peerId: string
   /** See DEFAULT_CLAIM_GRACE_MS (tests shorten it) */
   claimGraceMs?: number
-  /** Where generated ids come from. @default an IdGenerator for `peerId` */
-  ids?: IdGenerator
+  /** Where generated ids come from. @default an IdSource for `peerId` that keeps its tag in memory */
+  ids?: Pick<IdSource, 'next'>
 }
+
+/** What a batch's operations wrote so far, by `<table>|<row id>`: the row (null: deleted) and the operation's index */
+type BatchRows = Map<string, { index: number, row: Row | null }>
 
 /** A unique value a write took; `version` is the claim version this write made (what it may give back) */
 interface Claim { table: TableDef, column: string, value: Value, owner: string, version?: string }
@@ -95,14 +126,14 @@ interface Claim { table: TableDef, column: string, value: Value, owner: string, 
  */
 export class Database {
   private readonly coordinator: Coordinator
-  private readonly ids: IdGenerator
+  private readonly ids: Pick<IdSource, 'next'>
   /** Held from the uniqueness check to the write, per table with unique columns (see withUniqueLock) */
   private readonly uniqueLocks = new KeyedMutex()
   private readonly claimGraceMs: number
 
   constructor (components: DatabaseComponents) {
     this.coordinator = components.coordinator
-    this.ids = components.ids ?? new IdGenerator(components.peerId)
+    this.ids = components.ids ?? new IdSource({ coordinator: components.coordinator, peerId: components.peerId })
     this.claimGraceMs = components.claimGraceMs ?? DEFAULT_CLAIM_GRACE_MS
   }
 
@@ -181,7 +212,7 @@ export class Database {
       const held = winner(await this.coordinator.read(UNIQUE_TABLE, id, shard, bookkeeping))?.row?.owner
       if (typeof held === 'string') return Number(held)
       try {
-        const [made] = await this.coordinator.write([{ op: 'insert', table: UNIQUE_TABLE, id, shard, row: { owner: String(this.ids.next()) }, writeId: keyedWriteId(key, 'id', table.name, scope), keyed: true }], bookkeeping)
+        const [made] = await this.coordinator.write([{ op: 'insert', table: UNIQUE_TABLE, id, shard, row: { owner: String(await this.ids.next()) }, writeId: keyedWriteId(key, 'id', table.name, scope), keyed: true }], bookkeeping)
         return Number(made?.row?.owner)
       } catch (err) {
         // Another try with this key drew first: its id is read on the next turn.
@@ -203,7 +234,7 @@ export class Database {
   private async insertChecked (table: TableDef, row: Row, generated: boolean, options: RequestOptions): Promise<WriteResult> {
     await this.checkRow(table, row, undefined, options)
     for (let attempt = 1; ; attempt++) {
-      const full = generated ? { [table.primaryKey[0] as string]: this.ids.next(), ...row } : row
+      const full = generated ? { [table.primaryKey[0] as string]: await this.ids.next(), ...row } : row
       const ordered = orderColumns(table, full)
       try {
         return await this.claimAndInsert(table, ordered, options)
@@ -254,14 +285,17 @@ export class Database {
       const current = await this.readState(table, key, options)
       const head = winner(current)
       if (head?.row == null) throw new NotFoundError(`${table.name} ${rowId(table, key)} not found`)
-      const row = validateRow(table, { ...head.row, ...changes }, 'full')
+      // A TIMESTAMP stored before the canonical form is rewritten canonically with the change.
+      const base = upgradeStoredRow(table, head.row)
+      const upgraded = Object.keys(base).filter(c => base[c] !== head.row?.[c] && !(c in changes))
+      const row = validateRow(table, { ...base, ...changes }, 'full')
       assertSameShard(table, head.row, row)
       await this.checkRow(table, row, rowId(table, key), options, Object.keys(changes))
       try {
         return await this.writeClaimed(table, head.row, row, options, async () => {
           const m = this.mutation('put', table, orderColumns(table, row), options.ifMatch, keyOf(options, 'patch', table.name, rowId(table, key)))
           // Without If-Match the primary applies the changed columns onto its own head: never 412.
-          if (options.ifMatch === undefined && Object.keys(changes).length > 0) m.changed = Object.keys(changes)
+          if (options.ifMatch === undefined && Object.keys(changes).length > 0) m.changed = [...Object.keys(changes), ...upgraded]
           const [result] = await this.coordinator.write([m], options)
           return result as WriteResult
         })
@@ -361,6 +395,51 @@ export class Database {
     return { rows, next: page.next === undefined ? null : encodeCursor(page.next) }
   }
 
+  /**
+   * Lists rows in order: by `orderBy` (ascending, or descending with
+   * `desc`), else by primary key, so the first page holds the lowest keys.
+   * `where` holds `column op value` filters as users type them (values
+   * are typed by the column; a timestamp column also takes a date); they
+   * are ANDed with `filter`, a condition already typed. The cursor belongs
+   * to its order.
+   */
+  async query (tableName: string, request: QueryOptions = {}, options: RequestOptions = {}): Promise<ListResponse> {
+    const table = this.table(tableName)
+    const limit = request.limit ?? DEFAULT_LIMIT
+    if (!Number.isSafeInteger(limit) || limit < 1 || limit > MAX_LIMIT) {
+      throw new ValidationError(`limit must be an integer from 1 to ${MAX_LIMIT}`)
+    }
+    const conds: Condition[] = (request.where ?? []).map(w => ({ op: w.op, column: w.column, value: typedValue(table, w.column, w.value) }))
+    if (request.filter !== undefined) conds.push(request.filter)
+    if (request.orderBy !== undefined) columnOf(table, request.orderBy)
+    const filter = allOf(conds)
+    const order = orderTag(request.orderBy, request.desc === true)
+    const after = request.cursor === undefined ? undefined : decodeQueryCursor(request.cursor, order)
+    const page = await this.coordinator.query(table.name, {
+      ...(filter === undefined ? {} : { filter }),
+      ...(request.orderBy === undefined ? {} : { orderBy: request.orderBy }),
+      ...(request.desc === true ? { desc: true } : {}),
+      ...(after === undefined ? {} : { after }),
+      limit
+    }, options)
+    const rows = page.rows.map(r => winner(r.state)?.row).filter((r): r is Row => r != null)
+    return { rows, next: page.next === undefined ? null : encodeQueryCursor(page.next, order) }
+  }
+
+  /** Runs a query fragment on the owners (see Coordinator.fragment) */
+  async fragment (fragment: Fragment, options: RequestOptions = {}): Promise<FragmentAnswer> {
+    this.table(fragment.table)
+    return await this.coordinator.fragment(fragment, options)
+  }
+
+  /** Who holds what, for EXPLAIN: the members, the read quorum, and a shard value's owners */
+  async placement (): Promise<{ members: string[], readQuorum: number, of: (table: string, shard: string) => string[] }> {
+    const s = await this.coordinator.status()
+    const c = this.coordinator as Coordinator & { owners?: (table: string, token: string) => string[] }
+    const members = [...new Set([s.peerId, ...s.members.filter(m => m.state !== 'left').map(m => m.peerId)])]
+    return { members, readQuorum: s.readQuorum, of: (table, shard) => typeof c.owners === 'function' ? c.owners(table, tokenOf(shard)) : [s.peerId] }
+  }
+
   /** Several writes that share one shard key, applied all or nothing */
   async batch (operations: BatchOperation[], options: KeyedOptions = {}): Promise<WriteResult[]> {
     if (!Array.isArray(operations) || operations.length === 0) throw new ValidationError('A batch needs a non-empty operations array')
@@ -403,9 +482,13 @@ export class Database {
     const tables = operations.map(op => findTable(String((op as BatchOperation | null)?.table))).filter((t): t is TableDef => t !== undefined)
     return await this.withUniqueLock(tables, async () => {
       const mutations: Mutation[] = []
+      // Rows the batch's earlier operations write (null: deleted): a later one may refer to them.
+      const earlier: BatchRows = new Map()
       for (const [i, op] of operations.entries()) {
         try {
-          const m = await this.batchMutation(op, options, key === undefined ? undefined : { key, index: i })
+          const m = await this.batchMutation(op, options, earlier, key === undefined ? undefined : { key, index: i })
+          assertNotWrittenEarlier(earlier, this.table(m.table), parseId(this.table(m.table), m.id))
+          earlier.set(`${m.table}|${m.id}`, { index: i, row: m.op === 'delete' ? null : m.row as Row })
           if (key !== undefined) { m.writeId = keyedWriteId(key, 'batch', i, m.table, m.id); m.keyed = true }
           mutations.push(m)
         } catch (err) {
@@ -460,7 +543,7 @@ export class Database {
   }
 
   /** One operation of a batch as a mutation; `keyed`: the batch's key and the operation's place in it */
-  private async batchMutation (op: BatchOperation, options: RequestOptions, keyed?: { key: string, index: number }): Promise<Mutation> {
+  private async batchMutation (op: BatchOperation, options: RequestOptions, earlier: BatchRows, keyed?: { key: string, index: number }): Promise<Mutation> {
     if (op === null || typeof op !== 'object') throw new ValidationError('Each operation must be an object')
     const table = this.table(String(op.table))
     const ifMatch = op.ifMatch === undefined ? undefined : Array.isArray(op.ifMatch) ? op.ifMatch : [op.ifMatch]
@@ -468,16 +551,17 @@ export class Database {
       case 'insert': {
         const row = validateRow(table, op.row, 'full', { allowMissingKey: table.primaryKey.length === 1 })
         const generated = table.primaryKey.some(k => row[k] === undefined)
-        const drawn = !generated ? undefined : keyed === undefined ? this.ids.next() : await this.keyedId(table, keyed.key, `batch:${keyed.index}`, options)
+        const drawn = !generated ? undefined : keyed === undefined ? await this.ids.next() : await this.keyedId(table, keyed.key, `batch:${keyed.index}`, options)
         const full = drawn === undefined ? row : { [table.primaryKey[0] as string]: drawn, ...row }
         // A keyed insert's own row (an earlier try of this batch) is not another row holding its values.
-        await this.checkRow(table, full, keyed === undefined ? undefined : rowId(table, full), options)
+        await this.checkRow(table, full, keyed === undefined ? undefined : rowId(table, full), options, undefined, earlier)
         return this.mutation('insert', table, orderColumns(table, full))
       }
       case 'put':
       case 'patch': {
         if (op.id === undefined) throw new ValidationError(`${op.op} needs an id`)
         const key = parseId(table, String(op.id))
+        assertNotWrittenEarlier(earlier, table, key)
         let row: Row
         if (op.op === 'put') {
           row = validateRow(table, { ...key, ...requireObject(table, op.row) }, 'full')
@@ -485,15 +569,16 @@ export class Database {
           const head = await this.readState(table, key, options)
           const live = winner(head)
           if (live?.row == null) throw new NotFoundError(`${table.name} ${rowId(table, key)} not found`)
-          row = validateRow(table, { ...live.row, ...validateRow(table, op.row, 'partial') }, 'full')
+          row = validateRow(table, { ...upgradeStoredRow(table, live.row), ...validateRow(table, op.row, 'partial') }, 'full')
         }
         assertSameKey(table, key, row)
-        await this.checkRow(table, row, rowId(table, key), options)
+        await this.checkRow(table, row, rowId(table, key), options, undefined, earlier)
         return this.mutation('put', table, orderColumns(table, row), ifMatch)
       }
       case 'delete': {
         if (op.id === undefined) throw new ValidationError('delete needs an id')
         const key = parseId(table, String(op.id))
+        assertNotWrittenEarlier(earlier, table, key)
         const state = await this.readState(table, key, options)
         const live = winner(state)
         if (live?.row == null) throw new NotFoundError(`${table.name} ${rowId(table, key)} not found`)
@@ -510,7 +595,7 @@ export class Database {
    * validated and written concurrently; group commit folds them into few
    * durable batches. A bad row is reported and never stops the others.
    */
-  async importRows (tableName: string, rows: Array<{ line: number, value: unknown }>, options: RequestOptions = {}): Promise<ImportResult> {
+  async importRows (tableName: string, rows: ImportRow[], options: RequestOptions = {}): Promise<ImportResult> {
     const table = this.table(tableName)
     const result: ImportResult = { accepted: 0, rejected: [] }
     const reject = (line: number, err: unknown): void => { result.rejected.push({ line, error: errorBody(err) }) }
@@ -518,7 +603,7 @@ export class Database {
       // Unique columns are checked against what is stored, so these rows go one at a time.
       for (const r of rows) {
         try {
-          await this.insert(tableName, r.value, options)
+          await this.insert(tableName, r.value, { ...options, ...(r.key === undefined ? {} : { idempotencyKey: r.key }) })
           result.accepted++
         } catch (err) { reject(r.line, err) }
       }
@@ -533,16 +618,25 @@ export class Database {
         const generated = table.primaryKey.some(k => row[k] === undefined)
         if (generated && table.primaryKey.length !== 1) throw new ValidationError(`${table.name} needs ${table.primaryKey.join(' and ')}`)
         await this.checkReferences(table, row, options, undefined, lookups)
-        return { line: r.line, row, generated }
+        return { line: r.line, row, generated, key: r.key }
       } catch (err) {
         reject(r.line, err)
         return undefined
       }
     }))
-    let pending = checked.filter((c): c is { line: number, row: Row, generated: boolean } => c !== undefined)
-      .map(c => ({ ...c, row: orderColumns(table, c.generated ? { [table.primaryKey[0] as string]: this.ids.next(), ...c.row } : c.row) }))
+    type Pending = { line: number, row: Row, generated: boolean, key: string | undefined }
+    let pending: Pending[] = []
+    for (const c of checked) {
+      if (c === undefined) continue
+      const id = !c.generated ? undefined : c.key === undefined ? await this.ids.next() : importedId(c.key)
+      pending.push({ ...c, row: orderColumns(table, id === undefined ? c.row : { [table.primaryKey[0] as string]: id, ...c.row }) })
+    }
+    // A keyed line's writes carry write ids made from its key: imported again, its row and locator
+    // answer the first import's versions (accepted, nothing written) instead of 409.
+    const keyed = (p: Pending, m: Mutation, part: string): Mutation =>
+      p.key === undefined ? m : { ...m, writeId: keyedWriteId(p.key, part, table.name, rowId(table, p.row)), keyed: true }
     if (needsLocator(table)) {
-      const claims = await this.coordinator.writeGroups(pending.map(p => [this.claimMutation(table, p.row)]), options)
+      const claims = await this.coordinator.writeGroups(pending.map(p => [keyed(p, this.claimMutation(table, p.row), 'locator')]), options)
       pending = pending.filter((p, i) => {
         const c = claims[i] as GroupOutcome
         if (c.ok) return true
@@ -550,10 +644,10 @@ export class Database {
         return false
       })
     }
-    const outcomes = await this.coordinator.writeGroups(pending.map(p => [this.mutation('insert', table, p.row)]), options)
-    const failed: Array<{ line: number, row: Row, generated: boolean }> = []
+    const outcomes = await this.coordinator.writeGroups(pending.map(p => [keyed(p, this.mutation('insert', table, p.row), 'insert')]), options)
+    const failed: Pending[] = []
     outcomes.forEach((o, i) => {
-      const p = pending[i] as { line: number, row: Row, generated: boolean }
+      const p = pending[i] as Pending
       if (o.ok) result.accepted++
       else failed.push(p)
     })
@@ -563,7 +657,7 @@ export class Database {
     }
     for (const p of failed) {
       const o = outcomes[pending.indexOf(p)] as GroupOutcome & { ok: false }
-      if (p.generated && o.error.code === 'CONFLICT') {
+      if (p.generated && p.key === undefined && o.error.code === 'CONFLICT') {
         // A generated id met one drawn elsewhere: draw again through the one-row path.
         try {
           const { [table.primaryKey[0] as string]: _, ...rest } = p.row
@@ -777,8 +871,8 @@ export class Database {
   }
 
   /** References, uniqueness and the lab result's patient; `columns` narrows the check to changed columns */
-  private async checkRow (table: TableDef, row: Row, selfId: string | undefined, options: RequestOptions, columns?: string[]): Promise<void> {
-    await this.checkReferences(table, row, options, columns)
+  private async checkRow (table: TableDef, row: Row, selfId: string | undefined, options: RequestOptions, columns?: string[], earlier?: BatchRows): Promise<void> {
+    await this.checkReferences(table, row, options, columns, undefined, earlier)
     for (const col of table.unique) {
       if (columns !== undefined && !columns.includes(col)) continue
       const value = row[col]
@@ -791,8 +885,13 @@ export class Database {
     }
   }
 
-  /** Every referenced row must exist; `lookups` shares one lookup per referenced row across many rows */
-  private async checkReferences (table: TableDef, row: Row, options: RequestOptions, columns?: string[], lookups?: Map<string, Promise<void>>): Promise<void> {
+  /**
+   * Every referenced row must exist; `lookups` shares one lookup per
+   * referenced row across many rows. `earlier`: rows a batch's earlier
+   * operations write, which count as they will be once the batch lands (all
+   * of it or none): a new patient and their first visit are one batch.
+   */
+  private async checkReferences (table: TableDef, row: Row, options: RequestOptions, columns?: string[], lookups?: Map<string, Promise<void>>, earlier?: BatchRows): Promise<void> {
     for (const ref of table.references) {
       if (columns !== undefined && !columns.includes(ref.column)) continue
       const value = row[ref.column]
@@ -801,6 +900,12 @@ export class Database {
       const lookup: Row = { [ref.refColumn]: value }
       if (target.shardKey !== 'global' && target.shardKey !== ref.refColumn) lookup[target.shardKey] = row[target.shardKey] ?? null
       const scope = target.shardKey !== 'global' && target.shardKey !== ref.refColumn ? ` for ${target.shardKey} ${String(lookup[target.shardKey])}` : ''
+      const inBatch = earlier?.get(`${target.name}|${rowId(target, lookup)}`)
+      if (inBatch !== undefined) {
+        const sameShard = target.shardKey === 'global' || target.shardKey === ref.refColumn || inBatch.row?.[target.shardKey] === lookup[target.shardKey]
+        if (inBatch.row !== null && sameShard) continue
+        throw new ReferenceError(`${ref.column} ${String(value)}: no such ${target.name} row${scope} (operations[${inBatch.index}] of this batch ${inBatch.row === null ? 'deletes it' : 'writes it for another ' + target.shardKey})`, { column: ref.column })
+      }
       const key = `${target.name}|${rowId(target, lookup)}${scope}`
       let check = lookups?.get(key)
       if (check === undefined) {
@@ -903,6 +1008,19 @@ function locatorShard (table: TableDef, key: Row): string {
 /** The column name of the claim records that keep the id a keyed insert drew (no table column starts with `_`) */
 const KEY_CLAIM = '_idempotency_key'
 
+/** Ids derived from an import line's key are in [2^52, 2^53): apart from generated ids until about 2059 */
+const IMPORTED_ID_BASE = 2 ** 52
+
+/**
+ * The id of an imported row that names none, derived from its line's key
+ * (52 bits of its SHA-256 above IMPORTED_ID_BASE): the same line imported
+ * again gets the same id and meets its own row. Unique but not time-ordered;
+ * a clash with another row (1 in 2^52 per pair) rejects the line with 409.
+ */
+export function importedId (key: string): number {
+  return IMPORTED_ID_BASE + parseInt(createHash('sha256').update(key).digest('hex').slice(0, 13), 16)
+}
+
 /** The write id of a keyed write, undefined without a key */
 function keyOf (options: KeyedOptions, ...scope: string[]): string | undefined {
   return options.idempotencyKey === undefined ? undefined : keyedWriteId(options.idempotencyKey, ...scope)
@@ -913,10 +1031,6 @@ function atMostQuorum (options: RequestOptions): RequestOptions {
   if (options.consistency !== 'all') return options
   const { consistency: _, ...rest } = options
   return rest
-}
-
-function hasCode (err: unknown, code: string): boolean {
-  return (err as { code?: unknown } | null)?.code === code
 }
 
 /** A definite "no" from the database: nothing was written, so a claimed key can be given back */
@@ -980,6 +1094,14 @@ function assertUniqueWithin (mutations: Mutation[]): void {
   }
 }
 
+/** One operation per row in a batch: a second one would be ordered against a row not yet written */
+function assertNotWrittenEarlier (earlier: BatchRows, table: TableDef, key: Row): void {
+  const first = earlier.get(`${table.name}|${rowId(table, key)}`)
+  if (first !== undefined) {
+    throw new ValidationError(`${table.name} ${rowId(table, key)} is already written by operations[${first.index}] of this batch; write each row once (an insert can carry the whole row)`)
+  }
+}
+
 function assertSameShard (table: TableDef, before: Row, after: Row): void {
   if (table.shardKey === 'global') return
   if (before[table.shardKey] !== after[table.shardKey]) {
@@ -987,12 +1109,51 @@ function assertSameShard (table: TableDef, before: Row, after: Row): void {
   }
 }
 
+/** A user's filter value typed by its column; a timestamp column also takes a bare date (its midnight) */
+export function typedValue (table: TableDef, column: string, raw: string | number | null): Value {
+  const col = columnOf(table, column)
+  if (raw === null) return null
+  if (col.type === 'TIMESTAMP' && typeof raw === 'string' && raw.length === 10) return checkValue({ ...col, type: 'DATE', notNull: false }, raw)
+  if (col.type === 'VARCHAR') return checkValue({ ...col, notNull: false, length: undefined }, String(raw))
+  return checkValue({ ...col, notNull: false, length: undefined }, typeof raw === 'string' && (col.type === 'INT') && raw.trim() !== '' && !Number.isNaN(Number(raw)) ? Number(raw) : raw)
+}
+
+function orderTag (orderBy: string | undefined, desc: boolean): string {
+  return `${orderBy ?? ''}${desc ? ':desc' : ''}`
+}
+
+/** A query cursor: the order it belongs to and the sort key of the last row given */
+export function encodeQueryCursor (key: string, order: string): string {
+  return 'q' + Buffer.from(JSON.stringify([order, key]), 'utf8').toString('base64url')
+}
+
+export function decodeQueryCursor (cursor: string, order: string): string {
+  let parsed: unknown
+  try {
+    parsed = cursor.startsWith('q') ? JSON.parse(Buffer.from(cursor.slice(1), 'base64url').toString('utf8')) : undefined
+  } catch {
+    parsed = undefined
+  }
+  const [tag, key] = Array.isArray(parsed) ? parsed : []
+  if (typeof tag !== 'string' || typeof key !== 'string' || key.length > 4096 || !/^[0-9a-f!:\-\xff]+$/.test(key)) {
+    throw new ValidationError(`Invalid cursor ${JSON.stringify(cursor.slice(0, 100))}`)
+  }
+  if (tag !== order) throw new ValidationError(`This cursor continues a list in ${tag === '' ? 'primary-key' : tag} order, not ${order === '' ? 'primary-key' : order} order`)
+  return key
+}
+
 export function encodeCursor (position: string): string {
-  return Buffer.from(position, 'utf8').toString('base64url')
+  return toString(fromString(position, 'utf8'), 'base64url')
 }
 
 export function decodeCursor (cursor: string): string {
-  const position = Buffer.from(cursor, 'base64url').toString('utf8')
+  let position: string
+  try {
+    position = toString(fromString(cursor, 'base64url'), 'utf8')
+  } catch {
+    // Not base64url at all: the same answer as base64url that holds no position.
+    position = ''
+  }
   if (!/^[0-9a-f]{16}![0-9:-]+$/.test(position)) throw new ValidationError(`Invalid cursor ${JSON.stringify(cursor)}`)
   return position
 }

@@ -36,6 +36,14 @@ export interface TableDef {
   unique: string[]
   /** Columns with a secondary index (references, unique columns and the shard key) */
   indexed: string[]
+  /**
+   * Ordered indexes, each a list of columns: the store keeps every row's
+   * entry sorted by their values, for ranges and ORDER BY. The first is
+   * always the primary key's (rows come in key order when no order is
+   * asked); none is on a sensitive column, whose values are indexed only as
+   * keyed hashes, for equality.
+   */
+  ordered: string[][]
 }
 
 const int = (name: string, notNull = true): Column => ({ name, type: 'INT', notNull })
@@ -47,13 +55,19 @@ const timestamp = (name: string, notNull = true): Column => ({ name, type: 'TIME
 const decimal = (name: string, precision: number, scale: number): Column => ({ name, type: 'DECIMAL', precision, scale, notNull: true })
 const ref = (column: string, table: string, refColumn = column): Reference => ({ column, table, refColumn })
 
-function table (def: Omit<TableDef, 'indexed' | 'unique'> & { unique?: string[], index?: string[] }): TableDef {
-  const { index = [], ...rest } = def
+function table (def: Omit<TableDef, 'indexed' | 'unique' | 'ordered'> & { unique?: string[], index?: string[], ordered?: string[][] }): TableDef {
+  const { index = [], ordered = [], ...rest } = def
   const unique = def.unique ?? []
   const indexed = new Set<string>([...def.references.map(r => r.column), ...unique, ...index])
   if (def.shardKey !== 'global') indexed.add(def.shardKey)
   for (const k of def.primaryKey) indexed.delete(k)
-  return { ...rest, unique, indexed: [...indexed] }
+  for (const cols of ordered) {
+    for (const c of cols) {
+      const col = def.columns.find(x => x.name === c)
+      if (col === undefined || col.sensitive === true) throw new Error(`schema: ${def.name}.${c} cannot have an ordered index`)
+    }
+  }
+  return { ...rest, unique, indexed: [...indexed], ordered: [[...def.primaryKey], ...ordered] }
 }
 
 export const TABLES: readonly TableDef[] = [
@@ -63,7 +77,8 @@ export const TABLES: readonly TableDef[] = [
       secret('address', 100), secret('contact_number', 10), secret('email', 50), secret('allergies', 50, false)],
     primaryKey: ['patient_id'],
     shardKey: 'patient_id',
-    references: []
+    references: [],
+    ordered: [['patient_name']]
   }),
   table({
     name: 'doctors_info',
@@ -78,7 +93,9 @@ export const TABLES: readonly TableDef[] = [
     columns: [int('appointment_id'), int('patient_id'), int('doctor_id'), timestamp('appointment_date'), varchar('purpose', 100)],
     primaryKey: ['appointment_id'],
     shardKey: 'doctor_id',
-    references: [ref('patient_id', 'patient_records'), ref('doctor_id', 'doctors_info')]
+    references: [ref('patient_id', 'patient_records'), ref('doctor_id', 'doctors_info')],
+    // A doctor's day in time order; every appointment by time; a patient's appointments
+    ordered: [['doctor_id', 'appointment_date'], ['appointment_date'], ['patient_id', 'appointment_date']]
   }),
   table({
     name: 'medical_history',
@@ -86,7 +103,8 @@ export const TABLES: readonly TableDef[] = [
       timestamp('date_of_visit'), int('role_id', false)],
     primaryKey: ['history_id'],
     shardKey: 'patient_id',
-    references: [ref('patient_id', 'patient_records'), ref('role_id', 'user_roles')]
+    references: [ref('patient_id', 'patient_records'), ref('role_id', 'user_roles')],
+    ordered: [['patient_id', 'date_of_visit'], ['date_of_visit']]
   }),
   table({
     name: 'medications',
@@ -101,7 +119,8 @@ export const TABLES: readonly TableDef[] = [
       varchar('insurance_provider', 100), secret('insurance_policy_number', 50)],
     primaryKey: ['billing_id'],
     shardKey: 'patient_id',
-    references: [ref('patient_id', 'patient_records')]
+    references: [ref('patient_id', 'patient_records')],
+    ordered: [['patient_id', 'date'], ['date']]
   }),
   table({
     name: 'patient_medications',
@@ -116,7 +135,8 @@ export const TABLES: readonly TableDef[] = [
       secret('test_result', 200)],
     primaryKey: ['result_id'],
     shardKey: 'patient_id',
-    references: [ref('record_id', 'medical_history', 'history_id'), ref('patient_id', 'patient_records')]
+    references: [ref('record_id', 'medical_history', 'history_id'), ref('patient_id', 'patient_records')],
+    ordered: [['patient_id', 'test_date'], ['test_date']]
   }),
   table({
     name: 'user_roles',

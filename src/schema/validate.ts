@@ -14,12 +14,78 @@ function isRealDate (y: number, m: number, d: number): boolean {
   return dt.getUTCFullYear() === y && dt.getUTCMonth() === m - 1 && dt.getUTCDate() === d
 }
 
+/** The TIMESTAMP forms accepted, as error messages name them */
+export const TIMESTAMP_FORMS = '2026-12-02T08:00:00Z, 2026-12-02T10:00:00+02:00, 2026-12-02 10:00+0200; stored as 2026-12-02T08:00:00.000Z'
+
+interface ParsedTimestamp { year: number, month: number, day: number, hour: number, minute: number, second: number, ms: number, offsetMinutes: number | undefined }
+
+/** An ISO 8601 date and time, checked field by field; the zone is left undefined when the text has none */
+function parseTimestamp (value: unknown): ParsedTimestamp | undefined {
+  const m = typeof value === 'string' ? TIMESTAMP_RE.exec(value) : null
+  if (m === null) return undefined
+  const [year, month, day, hour, minute] = [m[1], m[2], m[3], m[4], m[5]].map(Number) as [number, number, number, number, number]
+  const second = Number(m[7] ?? 0)
+  if (!isRealDate(year, month, day) || hour > 23 || minute > 59 || second > 59) return undefined
+  // Sub-millisecond digits are dropped: the canonical form holds milliseconds.
+  const ms = Number((m[8] ?? '.0').slice(1).padEnd(3, '0').slice(0, 3))
+  const zone = m[9]
+  let offsetMinutes: number | undefined
+  if (zone === 'Z') {
+    offsetMinutes = 0
+  } else if (zone !== undefined) {
+    const z = /^([+-])(\d{2}):?(\d{2})$/.exec(zone) as RegExpExecArray
+    const [h, min] = [Number(z[2]), Number(z[3])]
+    if (h > 23 || min > 59) return undefined
+    offsetMinutes = (z[1] === '-' ? -1 : 1) * (h * 60 + min)
+  }
+  return { year, month, day, hour, minute, second, ms, offsetMinutes }
+}
+
+/** The one stored form of a moment: UTC, milliseconds, `Z` (`2026-12-02T08:00:00.000Z`) */
+function canonical (t: ParsedTimestamp): string {
+  const d = new Date(0)
+  // Not Date.UTC: it maps years 0-99 onto 1900-1999.
+  d.setUTCFullYear(t.year, t.month - 1, t.day)
+  d.setUTCHours(t.hour, t.minute - (t.offsetMinutes ?? 0), t.second, t.ms)
+  return d.toISOString()
+}
+
+/**
+ * A TIMESTAMP value stored before the canonical form existed, in that form:
+ * a value with a zone is the moment it names; one without is read as UTC
+ * (what the daemon's own clocks and the demo data always wrote). Anything
+ * else is left as it is. Used where a stored row is merged into a new
+ * version (a PATCH), so that rewriting an old row never fails on a column
+ * the write did not touch.
+ */
+export function upgradeStoredRow (table: TableDef, row: Row): Row {
+  let out: Row | undefined
+  for (const col of table.columns) {
+    if (col.type !== 'TIMESTAMP') continue
+    const parsed = parseTimestamp(row[col.name])
+    if (parsed === undefined) continue
+    const value = canonical({ ...parsed, offsetMinutes: parsed.offsetMinutes ?? 0 })
+    if (value !== row[col.name]) (out ??= { ...row })[col.name] = value
+  }
+  return out ?? row
+}
+
 function fail (col: Column, message: string): never {
   throw new ValidationError(`${col.name}: ${message}`, { column: col.name })
 }
 
+export interface CheckOptions {
+  /**
+   * The value comes from a member's store (a replica message), not from a
+   * client: a TIMESTAMP stored before the canonical form existed (without a
+   * zone, or with an offset) is a valid ISO 8601 value and is kept as it
+   * is, so old versions still replicate unchanged.
+   */
+  stored?: boolean
+}
+
 /** Checks and normalises one value against its column; returns the stored form */
-export function checkValue (col: Column, value: unknown): Value {
+export function checkValue (col: Column, value: unknown, options: CheckOptions = {}): Value {
   if (value === null || value === undefined) {
     if (col.notNull) fail(col, 'must not be null')
     return null
@@ -49,12 +115,13 @@ export function checkValue (col: Column, value: unknown): Value {
       return value as string
     }
     case 'TIMESTAMP': {
-      const m = typeof value === 'string' ? TIMESTAMP_RE.exec(value) : null
-      if (m === null || !isRealDate(Number(m[1]), Number(m[2]), Number(m[3])) ||
-          Number(m[4]) > 23 || Number(m[5]) > 59 || Number(m[7] ?? 0) > 59 || Number.isNaN(Date.parse(value as string))) {
-        fail(col, `expected an ISO 8601 timestamp, got ${JSON.stringify(value)}`)
+      const parsed = parseTimestamp(value)
+      if (parsed === undefined) fail(col, `expected an ISO 8601 timestamp with a time zone (${TIMESTAMP_FORMS}), got ${JSON.stringify(value)}`)
+      if (options.stored === true) return value as string
+      if (parsed.offsetMinutes === undefined) {
+        fail(col, `${JSON.stringify(value)} has no time zone, so it names no moment: add Z (UTC) or an offset (${TIMESTAMP_FORMS})`)
       }
-      return value as string
+      return canonical(parsed)
     }
     case 'DECIMAL':
       return checkDecimal(col, value)
@@ -92,7 +159,7 @@ export type ValidateMode = 'full' | 'partial'
  * column (key columns may be absent when `allowMissingKey`); `partial` checks
  * only the columns given (a PATCH). Unknown columns are an error.
  */
-export function validateRow (table: TableDef, input: unknown, mode: ValidateMode, options: { allowMissingKey?: boolean } = {}): Row {
+export function validateRow (table: TableDef, input: unknown, mode: ValidateMode, options: { allowMissingKey?: boolean } & CheckOptions = {}): Row {
   if (input === null || typeof input !== 'object' || Array.isArray(input)) {
     throw new ValidationError(`A ${table.name} row must be a JSON object`)
   }
@@ -111,7 +178,7 @@ export function validateRow (table: TableDef, input: unknown, mode: ValidateMode
       row[col.name] = null
       continue
     }
-    row[col.name] = checkValue(col, body[col.name])
+    row[col.name] = checkValue(col, body[col.name], options)
   }
   return row
 }

@@ -1,5 +1,6 @@
 import { createHash } from 'node:crypto'
 import { peerIdFromString } from '@libp2p/peer-id'
+import { fromString } from 'uint8arrays'
 import type { AccessEvent } from './principal.js'
 
 /**
@@ -37,7 +38,7 @@ export type AuditBody = {
 
 export type AuditRow = AuditBody & { hash: string }
 
-export const AUDIT_ACTIONS: ReadonlyArray<AccessEvent['action']> = ['read', 'list', 'history', 'insert', 'update', 'delete', 'batch', 'import', 'export', 'purge', 'login', 'admin', 'seal']
+export const AUDIT_ACTIONS: ReadonlyArray<AccessEvent['action']> = ['read', 'list', 'history', 'insert', 'update', 'delete', 'batch', 'import', 'export', 'backup', 'restore', 'purge', 'login', 'admin', 'seal']
 
 /**
  * Seals. Each batch a node writes ends with a `seal` entry whose `reason` is
@@ -52,7 +53,7 @@ export const SEAL_PREFIX = 'seal:'
 export const SEAL_GRACE_MS = 60_000
 
 export function sealBytes (node: string, seq: number, prev: string): Uint8Array {
-  return new TextEncoder().encode(`ntsoekhe/audit-seal/1\n${node}\n${seq}\n${prev}`)
+  return fromString(`ntsoekhe/audit-seal/1\n${node}\n${seq}\n${prev}`, 'utf8')
 }
 
 /** Whether a seal entry carries its node's valid signature */
@@ -60,7 +61,7 @@ export function sealValid (row: AuditBody): boolean {
   if (row.reason === null || !row.reason.startsWith(SEAL_PREFIX)) return false
   try {
     const key = peerIdFromString(row.node).publicKey
-    return key !== undefined && key.verify(sealBytes(row.node, row.seq, row.prev), Buffer.from(row.reason.slice(SEAL_PREFIX.length), 'base64')) === true
+    return key !== undefined && key.verify(sealBytes(row.node, row.seq, row.prev), fromString(row.reason.slice(SEAL_PREFIX.length), 'base64pad')) === true
   } catch {
     return false
   }

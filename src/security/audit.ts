@@ -1,3 +1,4 @@
+import { toString } from 'uint8arrays'
 import type { Coordinator, Consistency } from '../cluster/coordinator.js'
 import { AUDIT_TABLE } from '../cluster/messages.js'
 import { tokenOf } from '../cluster/token.js'
@@ -306,7 +307,7 @@ export class AuditTrail {
   private seal (): Sequenced[] {
     if (this.c.sign === undefined) return []
     const sig = this.c.sign(sealBytes(this.c.peerId, this.seq + 1, this.lastHash))
-    return [this.sequence({ event: { action: 'seal', outcome: 'ok', status: 200, reason: SEAL_PREFIX + Buffer.from(sig).toString('base64') }, at: this.now() })]
+    return [this.sequence({ event: { action: 'seal', outcome: 'ok', status: 200, reason: SEAL_PREFIX + toString(sig, 'base64pad') }, at: this.now() })]
   }
 
   /** A journaled entry as it is written: the same version, id and token as when it was sequenced */

@@ -22,7 +22,7 @@ export interface AccessEvent {
   /** Who; undefined when the token was missing or unknown */
   principal?: Principal
   /** `seal` is the audit trail's own: a signature that closes each batch of a node's chain */
-  action: 'read' | 'list' | 'history' | 'insert' | 'update' | 'delete' | 'batch' | 'import' | 'export' | 'purge' | 'login' | 'admin' | 'seal'
+  action: 'read' | 'list' | 'history' | 'insert' | 'update' | 'delete' | 'batch' | 'import' | 'export' | 'backup' | 'restore' | 'purge' | 'login' | 'admin' | 'seal'
   table?: string
   /** The row's id (`42`, `3:7`), when the request names one */
   id?: string

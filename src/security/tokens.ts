@@ -1,6 +1,7 @@
 import { createHash, randomBytes } from 'node:crypto'
 import { readFile, writeFile } from 'node:fs/promises'
 import { join } from 'node:path'
+import { toString } from 'uint8arrays'
 
 /** Bytes of randomness in a token (256 bits) */
 export const TOKEN_BYTES = 32
@@ -9,7 +10,7 @@ export const ADMIN_TOKEN_FILE = 'admin.token'
 
 /** A new bearer token: 256 random bits, base64url (43 characters) */
 export function newToken (): string {
-  return randomBytes(TOKEN_BYTES).toString('base64url')
+  return toString(randomBytes(TOKEN_BYTES), 'base64url')
 }
 
 /** What the `users` table keeps of a token: its SHA-256, hex */

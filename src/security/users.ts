@@ -25,7 +25,19 @@ export interface UserDirectoryInit {
   maxCached?: number
   /** The clock (tests move it). @default Date.now */
   now?: () => number
+  /**
+   * True while this node may not have heard of the network's users yet (it
+   * joined moments ago and its view of the members is still forming): an
+   * unknown token is then looked up again until it is false, for at most
+   * `settleWaitMs`, instead of answering 401 at once.
+   */
+  settling?: () => boolean
+  /** @default 10000 */
+  settleWaitMs?: number
 }
+
+/** How often an unknown token is looked up again while the node is settling */
+const SETTLE_RETRY_MS = 250
 
 export interface UserInfo {
   user: string
@@ -48,6 +60,8 @@ export class UserDirectory {
   private readonly cacheMs: number
   private readonly maxCached: number
   private readonly now: () => number
+  private readonly settling: () => boolean
+  private readonly settleWaitMs: number
   private readonly cache = new Map<string, Lookup>()
   private roles?: { expires: number, byId: Promise<Map<number, string>> }
 
@@ -56,6 +70,8 @@ export class UserDirectory {
     this.cacheMs = init.cacheMs ?? DEFAULT_CACHE_MS
     this.maxCached = init.maxCached ?? DEFAULT_MAX_CACHED
     this.now = init.now ?? Date.now
+    this.settling = init.settling ?? (() => false)
+    this.settleWaitMs = init.settleWaitMs ?? 10_000
   }
 
   /** The principal a bearer token stands for; UnauthorizedError when it is missing, unknown or revoked */
@@ -76,12 +92,21 @@ export class UserDirectory {
   }
 
   private async lookup (hash: string): Promise<Principal> {
-    const { rows } = await this.db.list('users', { token_hash: hash }, { limit: 1 })
-    const row = rows[0]
+    const row = await this.findUser(hash)
     if (row === undefined) throw new UnauthorizedError('Unknown token')
     if (row.revoked_at != null) throw new UnauthorizedError(`The token of user ${String(row.user_name)} was revoked`)
     const role = await this.roleName(Number(row.role_id))
     return { user: String(row.user_name), role }
+  }
+
+  /** The user row holding this token hash; while the node is settling, an absent one is looked for again (bounded) */
+  private async findUser (hash: string): Promise<Row | undefined> {
+    const until = Date.now() + this.settleWaitMs
+    for (;;) {
+      const { rows } = await this.db.list('users', { token_hash: hash }, { limit: 1 })
+      if (rows[0] !== undefined || !this.settling() || Date.now() >= until) return rows[0]
+      await new Promise(resolve => setTimeout(resolve, SETTLE_RETRY_MS))
+    }
   }
 
   /** Forgets every cached lookup (after a revoke made here) */

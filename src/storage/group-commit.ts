@@ -21,6 +21,8 @@ export interface GroupCommitInit {
   sync?: boolean
   /** Most operations folded into one LevelDB batch. @default 20000 */
   maxOps?: number
+  /** Runs a function after the current turn of the event loop (the simulation's is on fake time). @default setImmediate */
+  defer?: (fn: () => void) => void
 }
 
 /**
@@ -34,6 +36,7 @@ export class GroupCommitter {
   private readonly sync: boolean
   private readonly maxOps: number
   private readonly write: (ops: BatchOp[], sync: boolean) => Promise<void>
+  private readonly defer: (fn: () => void) => void
   /** Batches written, for status and tests */
   batches = 0
   opsWritten = 0
@@ -42,6 +45,7 @@ export class GroupCommitter {
     this.write = write
     this.sync = init.sync ?? true
     this.maxOps = init.maxOps ?? 20_000
+    this.defer = init.defer ?? (fn => { setImmediate(fn) })
   }
 
   async commit (ops: BatchOp[]): Promise<void> {
@@ -51,7 +55,7 @@ export class GroupCommitter {
       if (!this.flushing) {
         this.flushing = true
         // Let the writes of this turn of the event loop join the first batch.
-        setImmediate(() => { void this.flush() })
+        this.defer(() => { void this.flush() })
       }
     })
   }
@@ -77,7 +81,7 @@ export class GroupCommitter {
           for (const p of group) p.reject(err)
         }
         // The writers just released usually write again at once: give them a turn to join the next batch.
-        await new Promise(resolve => setImmediate(resolve))
+        await new Promise<void>(resolve => { this.defer(resolve) })
       }
     } finally {
       this.flushing = false

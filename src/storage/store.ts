@@ -1,14 +1,18 @@
 import { Level } from 'level'
-import type { AbstractSublevel } from 'abstract-level'
-import { DataKeyError, HomeLockedError, IntegrityError, NtsoekheError } from '../errors/index.js'
-import { findTable, sensitiveColumns, type Row, type Value } from '../schema/index.js'
+import type { AbstractLevel, AbstractSublevel } from 'abstract-level'
+import { DataKeyError, HomeLockedError, IntegrityError, NtsoekheError, StorageFullError } from '../errors/index.js'
+import { findTable, sensitiveColumns, type Row, type TableDef, type Value } from '../schema/index.js'
 import { FieldCipher, isHashedIndexValue, SEALED_KEY } from './field-cipher.js'
 import { compareVersions } from './version.js'
 import { GroupCommitter, type BatchOp } from './group-commit.js'
 import { KeyedMutex } from './keyed-mutex.js'
+import { LEAVES, leafOf } from './range-summary.js'
 import { encodeIndexValue, recordKey, SEP } from './keys.js'
 import { leafPrefix, RangeSummary, recordDigest } from './range-summary.js'
+import { REAL_ENV, type Environment } from '../util/env.js'
 import { decodeVersionLists, encodeVersionLists, type StoredVersionLists } from './version-list.js'
+import { evaluate } from '../schema/condition.js'
+import { inRanges, orderColumns, orderedEntries, orderedEntry, orderedSignature, planRows, sortedKey, type RowPage, type RowPlan, type RowQuery } from './ordered.js'
 
 type Sub = AbstractSublevel<any, any, string, any>
 
@@ -47,6 +51,12 @@ export interface RecordState {
    * short; a state without it lists everything.
    */
   horizon?: string
+}
+
+/** A record whole: its state and every version it has had, oldest first (what a backup holds) */
+export interface WholeRecord {
+  state: RecordState
+  versions: VersionEntry[]
 }
 
 /** A hint kept for a peer: versions it missed, or (with `entries` empty) a purge it missed */
@@ -108,6 +118,14 @@ export interface StoreInit {
   plaintext?: boolean
   /** Progress of a migration at open (a format-3 or format-4 store rewritten as format 5) */
   log?: (message: string) => void
+  /**
+   * The database to use instead of LevelDB at `path`: an abstract-level
+   * database with string keys and values (the simulation's in-memory one,
+   * which loses unsynced writes when its node crashes)
+   */
+  db?: AbstractLevel<any, any, any>
+  /** The clock (hint keys) and deferred work (group commit). @default REAL_ENV */
+  env?: Environment
 }
 
 /** `purged`: a version of a record erased here, refused (see Store.purge) */
@@ -207,6 +225,8 @@ export class Store {
   private readonly history: Sub
   private readonly tables: Sub
   private readonly index: Sub
+  /** Ordered-index entries (see TableDef.ordered): key `<table>!<columns>!<sortable values>!<token>!<id>`, value 1 */
+  private readonly ordered: Sub
   private readonly meta: Sub
   private readonly hints: Sub
   private readonly purges: Sub
@@ -222,6 +242,8 @@ export class Store {
   private readonly hintCounts = new Map<string, number>()
   /** Live rows per table, counted once at open and kept up to date by every commit */
   private readonly rowCounts = new Map<string, number>()
+  /** Live rows per table per leaf of the token space (1/65536 of it): a count over token ranges sums whole leaves and reads only its edges */
+  private readonly leafCounts = new Map<string, Int32Array>()
   /** Hash summary of every record's heads by token range, for anti-entropy: kept up to date by every commit */
   private rangeSummary = new RangeSummary()
   private readonly mutex = new KeyedMutex()
@@ -230,18 +252,25 @@ export class Store {
   private readonly cipher?: FieldCipher
   private readonly plaintext: boolean
   private readonly sync: boolean
+  private readonly env: Environment
   private state: 'new' | 'opening' | 'open' | 'closing' | 'closed' = 'new'
+  /** The last commit failed for want of disk space (see assertWritable) */
+  private diskFull = false
   private opening?: Promise<void>
   private closing?: Promise<void>
 
   constructor (init: StoreInit) {
     // Before the database exists: a malformed key leaves nothing open behind.
     if (init.dataKey !== undefined) this.cipher = new FieldCipher(init.dataKey)
-    this.db = new Level<string, any>(init.path, { valueEncoding: 'json', writeBufferSize: init.writeBufferBytes ?? DEFAULT_WRITE_BUFFER })
+    this.db = init.db === undefined
+      ? new Level<string, any>(init.path, { valueEncoding: 'json', writeBufferSize: init.writeBufferBytes ?? DEFAULT_WRITE_BUFFER })
+      : init.db as unknown as Level<string, any>
+    this.env = init.env ?? REAL_ENV
     this.records = this.db.sublevel<string, any>('r', { valueEncoding: 'json' }) as Sub
     this.history = this.db.sublevel<string, any>('h', { valueEncoding: 'json' }) as Sub
     this.tables = this.db.sublevel<string, any>('t', { valueEncoding: 'json' }) as Sub
     this.index = this.db.sublevel<string, any>('i', { valueEncoding: 'json' }) as Sub
+    this.ordered = this.db.sublevel<string, any>('o', { valueEncoding: 'json' }) as Sub
     this.meta = this.db.sublevel<string, any>('m', { valueEncoding: 'json' }) as Sub
     this.hints = this.db.sublevel<string, any>('x', { valueEncoding: 'json' }) as Sub
     this.purges = this.db.sublevel<string, any>('p', { valueEncoding: 'json' }) as Sub
@@ -251,13 +280,31 @@ export class Store {
     this.plaintext = init.plaintext === true
     this.sync = init.sync ?? true
     this.committer = new GroupCommitter(async (ops, sync) => {
-      await writeBatch(this.db, ops, sync)
+      try {
+        await writeBatch(this.db, ops, sync)
+      } catch (err) {
+        if (!isDiskFull(err)) throw err
+        this.diskFull = true
+        throw new StorageFullError(`This node's disk is full (${(err as Error).message}): it takes no writes until space is freed; reads go on`, { cause: err })
+      }
+      this.diskFull = false
       this.countTableOps(ops)
-    }, { sync: init.sync ?? true })
+    }, { sync: init.sync ?? true, defer: this.env.defer })
   }
 
   get status (): string {
     return this.state
+  }
+
+  /**
+   * Refuses with a StorageFullError while the disk is full, before a write is
+   * ordered or sent anywhere: once a commit failed for want of space, a small
+   * probe commit must pass first (it clears the state when space is back).
+   */
+  async assertWritable (): Promise<void> {
+    this.checkOpen()
+    if (!this.diskFull) return
+    await this.committer.commit([put(this.meta, 'node:writable-probe', Date.now())])
   }
 
   /** Opens the database; a database held by another process is a HomeLockedError */
@@ -296,6 +343,7 @@ export class Store {
     try {
       await this.openFieldEncryption()
       if (format === 3 || format === 4) await this.migrateFormat(format)
+      await this.openOrderedIndexes()
     } catch (err) {
       await this.db.close()
       this.state = 'closed'
@@ -309,6 +357,7 @@ export class Store {
     for await (const k of this.tables.keys()) {
       const table = k.slice(0, k.indexOf(SEP))
       this.rowCounts.set(table, (this.rowCounts.get(table) ?? 0) + 1)
+      this.countLeaf(table, k.slice(table.length + 1), 1)
     }
     await this.openSummary()
     this.state = 'open'
@@ -453,6 +502,7 @@ export class Store {
             const v = entry.row[col]
             if (v !== null && v !== undefined) ops.push(put(this.index, this.indexKey(entry.table, col, v, pos), 1))
           }
+          for (const k of this.orderedKeys(entry.table, entry.row, entry.token, entry.id)) ops.push(put(this.ordered, k, 1))
           return 'applied'
         }
         if (fresh.has(key)) {
@@ -777,6 +827,9 @@ export class Store {
       }
     }
     for (const k of indexKeys) ops.push(del(this.index, k))
+    const orderedKeys = new Set<string>()
+    for (const h of heads) if (h.row !== null) for (const k of this.orderedKeys(table, h.row, token, id)) orderedKeys.add(k)
+    for (const k of orderedKeys) ops.push(del(this.ordered, k))
     return { ops, history }
   }
 
@@ -800,7 +853,7 @@ export class Store {
   async addPurgeHint (peerId: string, marker: PurgeMarker): Promise<void> {
     this.checkOpen()
     this.hintSeq = (this.hintSeq + 1) % 1_000_000
-    const key = peerId + SEP + String(Date.now()).padStart(15, '0') + String(this.hintSeq).padStart(6, '0')
+    const key = peerId + SEP + String(this.env.now()).padStart(15, '0') + String(this.hintSeq).padStart(6, '0')
     await this.committer.commit([put(this.hints, key, { purge: marker })])
     this.hintCounts.set(peerId, (this.hintCounts.get(peerId) ?? 0) + 1)
   }
@@ -817,9 +870,11 @@ export class Store {
       // Known, but perhaps only by id (a state merged from a peer): keep the version itself in history.
       if (before?.heads.some(h => h.version === entry.version) === true) return 'duplicate'
       const historyKey = key + SEP + entry.version
-      if (this.history.getSync(historyKey) !== undefined || ops.some(op => op.key === this.history.prefix + historyKey)) return 'duplicate'
-      ops.push(put(this.history, historyKey, this.sealEntry(entry)))
-      return 'history'
+      const stored = this.history.getSync(historyKey) !== undefined || ops.some(op => op.key === this.history.prefix + historyKey)
+      if (!stored) ops.push(put(this.history, historyKey, this.sealEntry(entry)))
+      // A version known by id only came with no parents: a head it replaces is replaced all the same.
+      const replacedHead = this.replaceKnownParents(key, before, entry, states, ops, touched)
+      return stored && !replacedHead ? 'duplicate' : 'history'
     }
 
     const { after, isHead, replaced } = nextState(before, entry, old !== undefined)
@@ -832,6 +887,29 @@ export class Store {
     this.stageIndexes(before, after, ops)
     this.noteHeads(touched, key, entry.token, before?.heads.map(h => h.version), after.heads.map(h => h.version))
     return isHead ? 'applied' : 'history'
+  }
+
+  /**
+   * A version this replica knew only by id (merged from a peer whose lists no
+   * longer reach back that far) arrives with its parents: any head among them
+   * is replaced and moves to history. Without this, a replica that missed more
+   * updates than a record's lists keep would hold its stale head beside the
+   * newest for good, a conflict no other replica sees, which anti-entropy
+   * could never settle. A head is dropped only when another one stays.
+   */
+  private replaceKnownParents (key: string, before: RecordState | undefined, entry: VersionEntry, states: Map<string, RecordState | undefined>, ops: BatchOp[], touched: SummaryChange[]): boolean {
+    if (before === undefined || entry.parents.length === 0) return false
+    const parents = new Set(entry.parents)
+    const replaced = before.heads.filter(h => parents.has(h.version))
+    if (replaced.length === 0 || replaced.length === before.heads.length) return false
+    const after: RecordState = { ...before, heads: before.heads.filter(h => !parents.has(h.version)), superseded: [...new Set([...before.superseded, ...replaced.map(h => h.version)])] }
+    this.compactKnown(key, before.horizon, after, ops)
+    for (const h of replaced) ops.push(put(this.history, key + SEP + h.version, this.sealEntry(h)))
+    states.set(key, after)
+    ops.push(put(this.records, key, this.encodeRecord(after)))
+    this.stageIndexes(before, after, ops)
+    this.noteHeads(touched, key, entry.token, before.heads.map(h => h.version), after.heads.map(h => h.version))
+    return true
   }
 
   private stageIndexes (before: RecordState | undefined, after: RecordState, ops: BatchOp[]): void {
@@ -851,6 +929,270 @@ export class Store {
         ops.push(put(this.index, this.indexKey(after.table, col, newV, pos), 1))
       }
     }
+    // Ordered entries follow the winner too: those of the old row that the new one does not have go.
+    const oldKeys = oldRow === null ? [] : this.orderedKeys(after.table, oldRow, after.token, after.id)
+    const newKeys = newRow === null ? [] : this.orderedKeys(after.table, newRow, after.token, after.id)
+    for (const k of oldKeys) if (!newKeys.includes(k)) ops.push(del(this.ordered, k))
+    for (const k of newKeys) if (!oldKeys.includes(k)) ops.push(put(this.ordered, k, 1))
+  }
+
+  /** The ordered-index entry keys of a row (none for internal tables) */
+  private orderedKeys (table: string, row: Row, token: string, id: string): string[] {
+    const def = findTable(table)
+    return def === undefined ? [] : orderedEntries(def, row, token, id)
+  }
+
+  /**
+   * Reads a table's live rows in order (see RowQuery and planRows): through
+   * an ordered index that gives the order, stopping after `limit`, or from
+   * the narrowest candidates with the best `limit` kept. Every row is
+   * checked against the filter as it is now, so an entry that lags its row
+   * never answers wrongly.
+   */
+  async query (table: string, query: RowQuery): Promise<RowPage & { plan: RowPlan }> {
+    this.checkOpen()
+    const def = findTable(table)
+    if (def === undefined) throw new NtsoekheError('UNKNOWN_TABLE', `Unknown table: ${table}`)
+    const plan = planRows(def, query, this.indexes[table] ?? [])
+    const page = plan.kind === 'ordered' ? await this.queryOrdered(def, query, plan) : await this.querySorted(def, query, plan)
+    return { ...page, plan }
+  }
+
+  /**
+   * Every live row of a table that passes `filter` (within `tokenRanges`),
+   * in no particular order: what a query fragment reads (see
+   * query/fragment.ts). The narrowest index the filter allows is used.
+   */
+  async * rows (table: string, filter: RowQuery['filter'], tokenRanges?: Array<[string, string]>): AsyncGenerator<RecordState> {
+    this.checkOpen()
+    const def = findTable(table)
+    if (def === undefined) throw new NtsoekheError('UNKNOWN_TABLE', `Unknown table: ${table}`)
+    const plan = planRows(def, { ...(filter === undefined ? {} : { filter }), limit: 1 }, this.indexes[table] ?? [])
+    const source: Extract<RowPlan, { kind: 'sorted' }>['source'] = plan.kind === 'ordered'
+      ? { type: 'range', index: plan.index, prefix: plan.prefix, lowerInclusive: true, upperInclusive: false, ...(plan.lower === undefined ? {} : { lower: plan.lower }), ...(plan.upper === undefined ? {} : { upper: plan.upper }) }
+      : plan.source
+    // An entry that lags its row (the row's winner changed since) may list a row twice.
+    const seen = new Set<string>()
+    for await (const { token, id } of this.candidates(def, source, tokenRanges)) {
+      if (!inRanges(token, tokenRanges)) continue
+      const pos = token + SEP + id
+      if (seen.has(pos)) continue
+      seen.add(pos)
+      const state = this._get(table, token, id)
+      const row = winner(state)?.row ?? null
+      if (state === undefined || row === null) continue
+      if (filter !== undefined && evaluate(def, filter, row) !== true) continue
+      yield state
+    }
+  }
+
+  private async queryOrdered (def: TableDef, query: RowQuery, plan: Extract<RowPlan, { kind: 'ordered' }>): Promise<RowPage> {
+    const desc = query.desc === true
+    let gte = plan.lower ?? plan.prefix
+    let lt = plan.upper ?? plan.prefix + '\xff'
+    if (query.after !== undefined) {
+      const resume = plan.prefix + query.after
+      if (desc) { if (resume < lt) lt = resume } else if (resume + '\u0000' > gte) gte = resume + '\u0000'
+    }
+    const rows: RowPage['rows'] = []
+    let more = false
+    if (gte >= lt) return { rows }
+    // Keys a batch at a time: one thread-pool round trip per batch, not per key.
+    const keys = keysOf(this.ordered, { gte, lt, reverse: desc }, Math.min(query.limit + 1, KEY_BATCH))
+    try {
+      for await (const k of keys) {
+        const { token, id } = positionOf(k)
+        if (!inRanges(token, query.tokenRanges)) continue
+        const state = this._get(def.name, token, id)
+        const row = winner(state)?.row ?? null
+        if (state === undefined || row === null) continue
+        // An entry of a version that is no longer the winner is skipped: the winner's own entry lists it.
+        if (orderedEntry(def, plan.index, row, token, id) !== k) continue
+        if (query.filter !== undefined && evaluate(def, query.filter, row) !== true) continue
+        if (rows.length >= query.limit) { more = true; break }
+        rows.push({ state, key: k.slice(plan.prefix.length) })
+      }
+    } finally {
+      await keys.return(undefined)
+    }
+    const last = rows[rows.length - 1]
+    return more && last !== undefined ? { rows, next: last.key } : { rows }
+  }
+
+  private async querySorted (def: TableDef, query: RowQuery, plan: Extract<RowPlan, { kind: 'sorted' }>): Promise<RowPage> {
+    const desc = query.desc === true
+    const order = orderColumns(def, query.orderBy)
+    const before = (a: string, b: string): boolean => desc ? a > b : a < b
+    // The best limit + 1 so far, in order: one more than asked says whether more follow.
+    const best: Array<{ state: RecordState, key: string }> = []
+    const keep = query.limit + 1
+    const seen = new Set<string>()
+    for await (const { token, id } of this.candidates(def, plan.source, query.tokenRanges)) {
+      if (!inRanges(token, query.tokenRanges)) continue
+      const pos = token + SEP + id
+      if (seen.has(pos)) continue
+      seen.add(pos)
+      const state = this._get(def.name, token, id)
+      const row = winner(state)?.row ?? null
+      if (state === undefined || row === null) continue
+      if (query.filter !== undefined && evaluate(def, query.filter, row) !== true) continue
+      const key = sortedKey(def, order, row, token, id)
+      if (query.after !== undefined && !before(query.after, key)) continue
+      if (best.length >= keep && !before(key, (best[best.length - 1] as { key: string }).key)) continue
+      let lo = 0
+      let hi = best.length
+      while (lo < hi) {
+        const mid = (lo + hi) >>> 1
+        if (before((best[mid] as { key: string }).key, key)) lo = mid + 1
+        else hi = mid
+      }
+      best.splice(lo, 0, { state, key })
+      if (best.length > keep) best.pop()
+    }
+    if (best.length <= query.limit) return { rows: best }
+    const rows = best.slice(0, query.limit)
+    return { rows, next: (rows[rows.length - 1] as { key: string }).key }
+  }
+
+  /** The positions a 'sorted' plan looks at (possibly more than once: the caller drops repeats) */
+  private async * candidates (def: TableDef, source: Extract<RowPlan, { kind: 'sorted' }>['source'], ranges: Array<[string, string]> | undefined): AsyncGenerator<{ token: string, id: string }> {
+    if (source.type === 'equality') {
+      const base = this.indexKey(def.name, source.column, source.value, '')
+      for await (const k of keysOf(this.index, { gt: base, lt: base + '\xff' })) {
+        const pos = k.slice(base.length)
+        const sep = pos.indexOf(SEP)
+        yield { token: pos.slice(0, sep), id: pos.slice(sep + 1) }
+      }
+      return
+    }
+    if (source.type === 'range') {
+      for await (const k of keysOf(this.ordered, { gte: source.lower ?? source.prefix, lt: source.upper ?? source.prefix + '\xff' })) yield positionOf(k)
+      return
+    }
+    // The whole table, one token range at a time: the table list is in token order.
+    const base = def.name + SEP
+    for (const [from, to] of ranges ?? [['', '']]) {
+      for await (const k of keysOf(this.tables, { gte: base + from, lt: to === '' ? base + '\xff' : base + to })) {
+        const pos = k.slice(base.length)
+        const sep = pos.indexOf(SEP)
+        yield { token: pos.slice(0, sep), id: pos.slice(sep + 1) }
+      }
+    }
+  }
+
+  /**
+   * Rebuilds a table's index entries (equality and ordered) from its rows,
+   * while it keeps serving: each row's entries are put under its lock, then
+   * entries that no row accounts for are deleted. `progress` hears how many
+   * rows of how many are done.
+   */
+  async reindex (table: string, progress?: (done: number, total: number) => void): Promise<{ rows: number, added: number, removed: number }> {
+    this.checkOpen()
+    const def = findTable(table)
+    if (def === undefined) throw new NtsoekheError('UNKNOWN_TABLE', `Unknown table: ${table}`)
+    const total = this.rowCounts.get(table) ?? 0
+    let done = 0
+    let added = 0
+    let removed = 0
+    const base = table + SEP
+    let positions: string[] = []
+    const flush = async (): Promise<void> => {
+      if (positions.length === 0) return
+      const keys = positions.map(p => { const sep = p.indexOf(SEP); return recordKey(p.slice(0, sep), table, p.slice(sep + 1)) })
+      const release = await this.mutex.lock(keys)
+      try {
+        const ops: BatchOp[] = []
+        for (const p of positions) {
+          const sep = p.indexOf(SEP)
+          const token = p.slice(0, sep)
+          const id = p.slice(sep + 1)
+          const row = winner(this._get(table, token, id))?.row ?? null
+          if (row === null) continue
+          for (const k of this.entriesOf(def, row, token, id)) {
+            if ((k.ordered ? this.ordered : this.index).getSync(k.key) === undefined) { ops.push(put(k.ordered ? this.ordered : this.index, k.key, 1)); added++ }
+          }
+        }
+        if (ops.length > 0) await this.committer.commit(ops)
+      } finally {
+        release()
+      }
+      done += positions.length
+      positions = []
+      progress?.(done, Math.max(done, total))
+    }
+    for await (const k of this.tables.keys({ gt: base, lt: base + '\xff' })) {
+      positions.push(k.slice(base.length))
+      if (positions.length >= REINDEX_BATCH) await flush()
+    }
+    await flush()
+    // Entries no live row accounts for (a lost delete, a changed index definition) go.
+    for (const [sub, ordered] of [[this.index, false], [this.ordered, true]] as const) {
+      let stale: string[] = []
+      const drop = async (): Promise<void> => {
+        if (stale.length === 0) return
+        const keys = stale.map(k => { const { token, id } = positionOf(k); return recordKey(token, table, id) })
+        const release = await this.mutex.lock(keys)
+        try {
+          const ops: BatchOp[] = []
+          for (const k of stale) {
+            const { token, id } = positionOf(k)
+            const row = winner(this._get(table, token, id))?.row ?? null
+            if (row === null || !this.entriesOf(def, row, token, id).some(e => e.ordered === ordered && e.key === k)) { ops.push(del(sub, k)); removed++ }
+          }
+          if (ops.length > 0) await this.committer.commit(ops)
+        } finally {
+          release()
+        }
+        stale = []
+      }
+      for await (const k of sub.keys({ gt: base, lt: base + '\xff' })) {
+        stale.push(k)
+        if (stale.length >= REINDEX_BATCH) await drop()
+      }
+      await drop()
+    }
+    return { rows: done, added, removed }
+  }
+
+  /** Every index entry a row should have here: equality entries (keyed hashes for sensitive columns) and ordered ones */
+  private entriesOf (def: TableDef, row: Row, token: string, id: string): Array<{ ordered: boolean, key: string }> {
+    const pos = token + SEP + id
+    const out: Array<{ ordered: boolean, key: string }> = []
+    for (const col of this.indexes[def.name] ?? []) {
+      const v = row[col]
+      if (v !== null && v !== undefined) out.push({ ordered: false, key: this.indexKey(def.name, col, v, pos) })
+    }
+    for (const key of orderedEntries(def, row, token, id)) out.push({ ordered: true, key })
+    return out
+  }
+
+  /**
+   * Builds the ordered indexes when the store was written without them (an
+   * older version) or with other definitions: at open, before any request,
+   * from every live row, then notes their signature.
+   */
+  private async openOrderedIndexes (): Promise<void> {
+    const signature = orderedSignature()
+    if (await this.meta.get(ORDERED_KEY) === signature) return
+    let ops: BatchOp[] = []
+    for await (const k of this.ordered.keys()) {
+      ops.push(del(this.ordered, k))
+      if (ops.length >= MIGRATE_BATCH) { await writeBatch(this.db, ops, this.sync); ops = [] }
+    }
+    let rows = 0
+    for await (const k of this.tables.keys()) {
+      const [table, token, id] = k.split(SEP, 3) as [string, string, string]
+      const def = findTable(table)
+      if (def === undefined) continue
+      const row = winner(this._get(table, token, id))?.row ?? null
+      if (row === null) continue
+      for (const key of orderedEntries(def, row, token, id)) ops.push(put(this.ordered, key, 1))
+      rows++
+      if (ops.length >= MIGRATE_BATCH) { await writeBatch(this.db, ops, this.sync); ops = [] }
+    }
+    ops.push(put(this.meta, ORDERED_KEY, signature))
+    await writeBatch(this.db, ops, true)
+    if (rows > 0) this.log?.(`store: ordered indexes built for ${rows} rows`)
   }
 
   /**
@@ -902,6 +1244,76 @@ export class Store {
     return counts
   }
 
+  /**
+   * Live rows per table whose token lies in one of `ranges`, `[from, to)`
+   * pairs as the ring gives them (see HashRing.ranges: '' for either end of
+   * the token space, a token followed by NUL for "after this token"): a count
+   * over key ranges of the table list, reading no record. Tables with no row
+   * there, and internal tables (named `_…`: locators, unique claims, audit
+   * entries), are left out.
+   */
+  async countRowsIn (ranges: ReadonlyArray<readonly [string, string]>): Promise<Record<string, number>> {
+    this.checkOpen()
+    const counts: Record<string, number> = {}
+    const sorted = [...ranges].sort((a, b) => a[0] < b[0] ? -1 : 1)
+    const after = String.fromCharCode(SEP.charCodeAt(0) + 1)
+    // A bound as a table-list key: the keys of token t are `<table>!t!<id>`, so "after t" is `<table>!t` + the character after `!`.
+    const bound = (table: string, b: string, open: string): string => b === '' ? open : b.endsWith('\u0000') ? table + SEP + b.slice(0, -1) + after : table + SEP + b
+    for (const table of [...this.rowCounts.keys()].sort()) {
+      const leaves = this.leafCounts.get(table)
+      if ((this.rowCounts.get(table) ?? 0) <= 0 || table.startsWith('_') || leaves === undefined) continue
+      let n = 0
+      // One iterator a table, moved to each edge leaf it reads: far cheaper than an iterator a range.
+      const iterator = this.tables.keys({ gte: table + SEP, lt: table + after })
+      const keysBetween = async (gte: string, lt: string): Promise<number> => {
+        if (gte >= lt) return 0
+        iterator.seek(gte)
+        let found = 0
+        // Small reads first: what is read past the end is wasted.
+        for (let size = 16; ; size = Math.min(size * 2, 1024)) {
+          const keys = await iterator.nextv(size)
+          const inside = keys.findIndex(k => k >= lt)
+          found += inside < 0 ? keys.length : inside
+          if (inside >= 0 || keys.length === 0) return found
+        }
+      }
+      const leafStart = (leaf: number): string => leaf >= LEAVES ? table + after : table + SEP + leafPrefix(leaf)
+      try {
+        for (const [from, to] of sorted) {
+          const lo = bound(table, from, table + SEP)
+          const hi = bound(table, to, table + after)
+          const first = from === '' ? 0 : leafOf(from)
+          const last = to === '' ? LEAVES - 1 : leafOf(to)
+          if (first === last) {
+            if ((leaves[first] ?? 0) > 0) n += await keysBetween(lo, hi)
+            continue
+          }
+          // The leaves a range covers whole are summed; the two it cuts are read.
+          if ((leaves[first] ?? 0) > 0) n += await keysBetween(lo, leafStart(first + 1))
+          for (let leaf = first + 1; leaf < last; leaf++) n += leaves[leaf] ?? 0
+          if ((leaves[last] ?? 0) > 0) n += await keysBetween(leafStart(last), hi)
+        }
+      } finally {
+        await iterator.close()
+      }
+      if (n > 0) counts[table] = n
+    }
+    return counts
+  }
+
+  /** Moves the count of `table`'s leaf that `position` (`<token>!<id>`) falls in */
+  private countLeaf (table: string, position: string, delta: number): void {
+    // Internal tables are never counted by range (countRowsIn leaves them out).
+    if (table.startsWith('_')) return
+    let leaves = this.leafCounts.get(table)
+    if (leaves === undefined) {
+      leaves = new Int32Array(LEAVES)
+      this.leafCounts.set(table, leaves)
+    }
+    const leaf = leafOf(position)
+    leaves[leaf] = (leaves[leaf] ?? 0) + delta
+  }
+
   /** A committed batch's table-list entries: a put is a row that became live here, a del one that went */
   private countTableOps (ops: BatchOp[]): void {
     const prefix = this.tables.prefix
@@ -909,6 +1321,7 @@ export class Store {
       if (!op.key.startsWith(prefix)) continue
       const table = op.key.slice(prefix.length, op.key.indexOf(SEP, prefix.length))
       this.rowCounts.set(table, (this.rowCounts.get(table) ?? 0) + (op.type === 'put' ? 1 : -1))
+      this.countLeaf(table, op.key.slice(prefix.length + table.length + 1), op.type === 'put' ? 1 : -1)
     }
   }
 
@@ -962,6 +1375,22 @@ export class Store {
   }
 
   /**
+   * Up to `limit` records of the whole store after `after` (a record key), in
+   * key order, each with its head versions and digest, without opening their
+   * rows: what the chaos suite's checker compares across nodes.
+   */
+  async recordHeads (options: { after?: string, limit: number }): Promise<Array<{ key: string, token: string, table: string, id: string, heads: string[], digest: string }>> {
+    this.checkOpen()
+    const out: Array<{ key: string, token: string, table: string, id: string, heads: string[], digest: string }> = []
+    for await (const [k, v] of this.records.iterator({ ...(options.after === undefined ? {} : { gt: options.after }), limit: options.limit })) {
+      const [token, table, id] = k.split(SEP, 3) as [string, string, string]
+      const heads = (v as StoredRecord).heads.map(h => h.version)
+      out.push({ key: k, token, table, id, heads, digest: recordDigest(k, heads).toString('hex') })
+    }
+    return out
+  }
+
+  /**
    * Whether this replica holds what a peer's copy of a record has, judged by
    * the peer's heads: every one of them seen here (so stored here, or
    * replaced by a version stored here). Then the peer's copy has nothing
@@ -974,6 +1403,16 @@ export class Store {
     const seen = new Set(storedLists(stored).seen)
     const at = stored.horizon === undefined ? undefined : { horizon: stored.horizon } as unknown as RecordState
     return heads.every(v => seen.has(v) || this.oldKnown(key, at, v) === 1)
+  }
+
+  /**
+   * A record's head versions, without opening its rows (no decryption): what
+   * a quorum read compares with a peer's copy before it asks for the rows.
+   * Undefined when the record is not held.
+   */
+  headsOf (table: string, token: string, id: string): string[] | undefined {
+    this.checkOpen()
+    return this.storedHeads(recordKey(token, table, id))
   }
 
   /** The digest (hex) of one record as recordDigests gives it, by its key; undefined when it is not held */
@@ -1039,11 +1478,52 @@ export class Store {
     }
   }
 
+  /**
+   * Up to `limit` whole records (state and every version) with keys in
+   * [from, to), after the record key `after`, in key order, for a backup.
+   * The page is read from one LevelDB snapshot: a record written meanwhile
+   * is in it as it was before that write or after it, never half of each.
+   * `next` is the key to resume after when more may follow.
+   */
+  async backupPage (options: { from?: string, to?: string, after?: string, limit: number }): Promise<{ records: WholeRecord[], next?: string }> {
+    this.checkOpen()
+    const snapshot = this.db.snapshot()
+    try {
+      const range: { gt?: string, gte?: string, lt?: string } = {}
+      if (options.after !== undefined && (options.from === undefined || options.after >= options.from)) range.gt = options.after
+      else if (options.from !== undefined) range.gte = options.from
+      if (options.to !== undefined) range.lt = options.to
+      const raw: Array<[string, StoredRecord]> = []
+      for await (const [k, v] of this.records.iterator({ ...range, limit: options.limit, snapshot })) raw.push([k, v as StoredRecord])
+      const first = raw[0]?.[0]
+      const last = raw[raw.length - 1]?.[0]
+      if (first === undefined || last === undefined) return { records: [] }
+      // History keys are `<record key>!<version>`: the page's history is one contiguous run, read in the same pass.
+      const history = new Map<string, StoredEntry[]>()
+      for await (const [k, v] of this.history.iterator({ gt: first + SEP, lt: last + SEP + '\xff', snapshot })) {
+        const owner = k.slice(0, k.lastIndexOf(SEP))
+        let list = history.get(owner)
+        if (list === undefined) { list = []; history.set(owner, list) }
+        list.push(v as StoredEntry)
+      }
+      const records = raw.map(([k, v]): WholeRecord => {
+        const [token, table, id] = k.split(SEP, 3) as [string, string, string]
+        const state = this.decodeRecord(table, token, id, v)
+        const versions = [...state.heads, ...(history.get(k) ?? []).map(e => this.openEntry(e))]
+        versions.sort((a, b) => compareVersions(a.version, b.version))
+        return { state, versions }
+      })
+      return raw.length === options.limit ? { records, next: last } : { records }
+    } finally {
+      await snapshot.close()
+    }
+  }
+
   /** Keeps versions a down replica missed, to hand them off when it returns (hinted handoff) */
   async addHint (peerId: string, entries: VersionEntry[]): Promise<void> {
     this.checkOpen()
     this.hintSeq = (this.hintSeq + 1) % 1_000_000
-    const key = peerId + SEP + String(Date.now()).padStart(15, '0') + String(this.hintSeq).padStart(6, '0')
+    const key = peerId + SEP + String(this.env.now()).padStart(15, '0') + String(this.hintSeq).padStart(6, '0')
     await this.committer.commit([put(this.hints, key, entries.map(e => this.sealEntry(e)))])
     this.hintCounts.set(peerId, (this.hintCounts.get(peerId) ?? 0) + 1)
   }
@@ -1387,6 +1867,12 @@ export class Store {
  * write events, and no encodings but utf8. The store only writes while
  * open, and classic-level makes a close wait for batches under way.
  */
+/** A LevelDB write that failed for want of disk space */
+function isDiskFull (err: unknown): boolean {
+  const e = err as { code?: string, message?: string }
+  return e?.code === 'ENOSPC' || /No space left on device|ENOSPC/.test(String(e?.message))
+}
+
 async function writeBatch (db: Level<string, any>, ops: BatchOp[], sync: boolean): Promise<void> {
   const direct = (db as unknown as { _batch?: (ops: BatchOp[], options: { sync: boolean }) => Promise<void> })._batch
   if (typeof direct === 'function' && db.status === 'open') {
@@ -1423,6 +1909,35 @@ async function compactKeys (db: Level<string, any>, keys: string[]): Promise<voi
 }
 
 const DEFAULT_WRITE_BUFFER = 16 * 1024 * 1024
+
+/** The meta key of the ordered indexes' signature (see openOrderedIndexes) */
+const ORDERED_KEY = 'orderedIndexes'
+/** Rows per batch of a reindex */
+const REINDEX_BATCH = 500
+
+/** Keys read from a sublevel's range per `nextv` call */
+const KEY_BATCH = 1000
+
+/** A sublevel's keys in a range, read `size` at a time (one round trip to LevelDB's thread pool per batch) */
+async function * keysOf (sub: Sub, range: { gt?: string, gte?: string, lt?: string, reverse?: boolean }, size = KEY_BATCH): AsyncGenerator<string> {
+  const iterator = sub.keys(range)
+  try {
+    for (;;) {
+      const batch = await iterator.nextv(size)
+      if (batch.length === 0) return
+      yield * batch
+    }
+  } finally {
+    await iterator.close()
+  }
+}
+
+/** The position (token and id) an index entry's key ends with */
+function positionOf (key: string): { token: string, id: string } {
+  const last = key.lastIndexOf(SEP)
+  const before = key.lastIndexOf(SEP, last - 1)
+  return { token: key.slice(before + 1, last), id: key.slice(last + 1) }
+}
 
 /**
  * Bumped when the on-disk layout changes; a store of another format refuses

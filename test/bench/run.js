@@ -14,14 +14,17 @@
 // 20000), BENCH_ORBITDB_ROWS (default 500), BENCH_HEAL_ROWS (rows in the healing section, default
 // 100000), BENCH_HEAL_UPDATES (updates of one row in the healing section, default 10000); at the
 // defaults that section took 5.4 min on 2 cores (join ~90 s, the 10,000 updates the rest).
-import { spawn } from 'node:child_process'
+// BENCH_CHAOS_RUNS (short chaos runs in the chaos section, default 1), BENCH_CHAOS_SEED (default 1).
+// BENCH_BACKUP_ROWS: rows backed up and restored in the backup section (default 100000).
+import { execFileSync, spawn } from 'node:child_process'
 import { createReadStream, existsSync, readFileSync, rmSync } from 'node:fs'
-import { mkdtemp, readFile, rm, writeFile } from 'node:fs/promises'
+import { chown, mkdtemp, readFile, rm, writeFile } from 'node:fs/promises'
 import { Agent, request } from 'node:http'
 import { cpus, loadavg, totalmem, tmpdir } from 'node:os'
 import { dirname, join, resolve } from 'node:path'
 import { performance } from 'node:perf_hooks'
 import { fileURLToPath } from 'node:url'
+import { createTablesSql, startPostgres } from './postgres.js'
 
 const ROOT = resolve(dirname(fileURLToPath(import.meta.url)), '..', '..')
 const BIN = join(ROOT, 'bin', 'ntsoekhe')
@@ -59,7 +62,28 @@ const HEAL_DIFFER = 0.01
 const GOAL_JOIN = 0.5
 const GOAL_RECORD = 2
 
-const ALL_SECTIONS = { singleNode, security, cluster, healing }
+/** Rows in the reads-by-id comparison with PostgreSQL */
+const PG_ROWS = positiveInt(process.env.BENCH_PG_ROWS, 100_000)
+/** Seconds of each pgbench round */
+const PG_SECONDS = positiveInt(process.env.BENCH_PG_SECONDS, 5)
+const GOAL_READS_VS_PG = 0.3
+
+/** The chaos section's runs (a short chaos run each, ~1 min) and the seed of the first (the others follow it) */
+const CHAOS_RUNS = positiveInt(process.env.BENCH_CHAOS_RUNS, 1)
+const CHAOS_SEED = positiveInt(process.env.BENCH_CHAOS_SEED, 1)
+
+const BACKUP_ROWS = positiveInt(process.env.BENCH_BACKUP_ROWS, 100_000)
+const GOAL_BACKUP = 0.25
+
+
+/** Rows of the queries section (spread over five tables), and seconds per measured run */
+const QUERY_ROWS = positiveInt(process.env.BENCH_QUERY_ROWS, 100_000)
+const QUERY_SECONDS = positiveInt(process.env.BENCH_QUERY_SECONDS, 10)
+const GOAL_QUERY = 0.5
+/** PostgreSQL 15 as Debian installs it; the bench installs it (apt-get) when absent */
+const PG_BIN = '/usr/lib/postgresql/15/bin'
+
+const ALL_SECTIONS = { singleNode, security, cluster, healing, readsById, queries, chaos, backup }
 /** BENCH_ONLY=security,cluster runs only those sections (for work on one of them); BENCHMARKS.md is then not written */
 const ONLY = process.env.BENCH_ONLY?.split(',').map(s => s.trim()).filter(s => s !== '')
 const sections = ONLY === undefined ? Object.values(ALL_SECTIONS) : ONLY.map(name => {
@@ -437,6 +461,89 @@ ${cpus().length} cores. Load average ${loadStart} at the start of this section, 
 }
 
 /**
+ * Reads by id at the default consistency on a 3-node network against
+ * PostgreSQL 15 selecting by primary key on a primary with two synchronous
+ * standbys, the same rows in both, 32 clients each
+ */
+async function readsById (ctx) {
+  const loadStart = loadAvg()
+  const { TABLES } = await import(join(ROOT, 'dist', 'schema', 'index.js'))
+  const patients = TABLES.find(t => t.name === 'patient_records')
+  const rows = Array.from({ length: PG_ROWS }, (_, i) => ({ patient_id: i + 1, ...samplePatient(i + 1) }))
+
+  log(`reads: PostgreSQL 15, a primary and two synchronous standbys, ${fmtInt(PG_ROWS)} patient_records rows`)
+  const pg = await startPostgres({ log })
+  let pgRuns
+  try {
+    await pg.psql(createTablesSql([patients]))
+    await pg.copy('patient_records', patients.columns.map(c => c.name), rows)
+    await pg.psql('ANALYZE patient_records')
+    const script = `\\set id random(1, ${PG_ROWS})\nSELECT * FROM patient_records WHERE patient_id = :id;\n`
+    pgRuns = []
+    for (let round = 1; round <= ROUNDS; round++) {
+      log(`reads: pgbench round ${round}/${ROUNDS}, selects by primary key at ${CONCURRENCY} clients for ${PG_SECONDS} s`)
+      pgRuns.push({ rps: await pg.pgbench(script, { clients: CONCURRENCY, seconds: PG_SECONDS }) })
+    }
+  } finally {
+    await pg.stop()
+  }
+  const pgReads = medianRun(pgRuns)
+
+  log(`reads: ${CLUSTER_SIZE} daemons (N=3, W=2, R=2), the same ${fmtInt(PG_ROWS)} rows imported through one node`)
+  const first = await ctx.spawnDaemon()
+  const { invite } = await getJson(first.socket, '/v1/invite')
+  const nodes = [first]
+  for (let i = 1; i < CLUSTER_SIZE; i++) nodes.push(await ctx.spawnDaemon(['--join', invite]))
+  await waitFor(async () => (await Promise.all(nodes.map(async n => await getJson(n.socket, '/v1/status'))))
+    .every(st => st.members.filter(m => m.state === 'alive').length === CLUSTER_SIZE), START_TIMEOUT, `the ${CLUSTER_SIZE} daemons to see each other`)
+  const sockets = nodes.map(n => n.socket)
+  const dir = await ctx.tempDir()
+  const ndjson = join(dir, 'reads.ndjson')
+  await writeFile(ndjson, rows.map(r => JSON.stringify(r)).join('\n') + '\n')
+  const imported = await importFile(sockets[0], 'patient_records', ndjson)
+  if (imported.report.accepted !== PG_ROWS) throw new Error(`reads: the import accepted ${imported.report.accepted} of ${PG_ROWS} rows`)
+  const path = id => `/v1/tables/patient_records/rows/${id}`
+  log(`reads: warm-up, ${fmtInt(CLUSTER_WARMUP)} reads`)
+  await drive({ socket: sockets[0], total: CLUSTER_WARMUP, make: i => ({ socket: sockets[i % sockets.length], method: 'GET', path: path(1 + ((i * 7919) % PG_ROWS)) }) })
+  const runs = []
+  for (let round = 1; round <= ROUNDS; round++) {
+    log(`reads: round ${round}/${ROUNDS}, ${fmtInt(CLUSTER_REQUESTS)} reads by id at ${CONCURRENCY} concurrent, spread over the nodes`)
+    runs.push(await drive({ socket: sockets[0], total: CLUSTER_REQUESTS, make: i => ({ socket: sockets[i % sockets.length], method: 'GET', path: path(1 + ((i * 104729 + round) % PG_ROWS)) }) }))
+  }
+  for (const n of nodes) await n.stop()
+  const reads = medianRun(runs)
+  const ratio = reads.rps / pgReads.rps
+
+  log(`reads: the skeleton read path, a ceiling: ${fmtInt(CLUSTER_WARMUP)} writes, then reads without and with an audit record each`)
+  const ceiling = await skeletonReads(ctx)
+  return `## Reads by id against PostgreSQL
+
+The same ${fmtInt(PG_ROWS)} patient_records rows in a 3-node network (N=3, W=2, R=2,
+fsync on, security on: every read checks a token and is audited) and in
+PostgreSQL 15 (Debian's package) run as a primary with two synchronous standbys
+on Unix sockets in a temp dir (\`synchronous_standby_names = 'ANY 1 (s1, s2)'\`,
+fsync on), selected by primary key at ${CONCURRENCY} clients: pgbench (\`-M prepared\`,
+${ROUNDS} rounds of ${PG_SECONDS} s) against the primary, and ${ROUNDS} rounds of
+${fmtInt(CLUSTER_REQUESTS)} \`GET /v1/tables/patient_records/rows/<id>\` spread over the
+three sockets at the default consistency (\`quorum\`). Medians.
+
+| run | reads/s | p50 ms | p99 ms |
+| --- | ---: | ---: | ---: |
+| PostgreSQL 15 primary, selects by primary key | ${fmt(pgReads.rps, 0)} | — | — |
+| ntsoekhe, reads by id at \`quorum\` | ${fmt(reads.rps, 0)} | ${fmt(reads.p50, 2)} | ${fmt(reads.p99, 2)} |
+| ceiling: the skeleton read path (local copy + one other's over RPC) | ${fmt(ceiling.plain.rps, 0)} | ${fmt(ceiling.plain.p50, 2)} | ${fmt(ceiling.plain.p99, 2)} |
+| ceiling: the same, with one audit record a read (50 ms synced batches at 2 of 3) | ${fmt(ceiling.audited.rps, 0)} | ${fmt(ceiling.audited.p50, 2)} | ${fmt(ceiling.audited.p99, 2)} |
+
+Ratio to PostgreSQL: ${fmt(ratio, 2)} ${ratio >= GOAL_READS_VS_PG ? '✓' : '✗'} (goal ≥ ${GOAL_READS_VS_PG}). The ceilings run \`test/bench/skeleton.js\`:
+three processes doing only what a read by id needs on the same components (HTTP on a
+Unix socket, LevelDB, libp2p TCP + Noise + yamux with the product's RPC layer):
+without the audit record they reach ${fmt(ceiling.plain.rps / pgReads.rps, 2)} of PostgreSQL, with it ${fmt(ceiling.audited.rps / pgReads.rps, 2)}.
+The daemons' reads ran at ${fmt(reads.rps / ceiling.audited.rps, 2)} of the audited ceiling. All processes share this
+machine's ${cpus().length} cores. Load average ${loadStart} at the start of this section, ${loadAvg()} at its end.
+`
+}
+
+/**
  * Healing: the rate at which a joining node receives its share against a raw
  * libp2p stream, one anti-entropy round with 1% of a node's records
  * differing, and a row's record size and write cost after many updates
@@ -624,7 +731,154 @@ ${rss.map(kb => `${fmtInt(Math.round(kb / 1024))}`).join(' / ')} MiB. Load avera
 `
 }
 
+/**
+ * The time from heal to convergence in the chaos suite (test/chaos/chaos.js):
+ * short runs on fixed seeds, each its own daemons, namespaces and cleanup.
+ */
+async function chaos () {
+  const { runChaos } = await import('../chaos/chaos.js')
+  const loadStart = loadAvg()
+  const runs = []
+  for (let k = 0; k < CHAOS_RUNS; k++) {
+    const seed = CHAOS_SEED + k
+    log(`chaos: short run, seed ${seed}`)
+    const lines = []
+    const r = await runChaos({ profile: 'short', seed, log: line => { lines.push(line); log(line) } })
+    if (!r.ok) throw new Error(`the chaos run on seed ${seed} failed:\n${lines.join('\n')}`)
+    runs.push({ seed, ...r, mode: lines[0]?.includes('network namespace') === true ? 'a network namespace per daemon' : 'loopback' })
+  }
+  return `## Chaos: heal to convergence
+
+| measure | value | runs |
+|---|---|---|
+| time from heal to convergence, short chaos run (median) | ${fmt(medianRun(runs, 'convergedSeconds').convergedSeconds, 1)} s | ${runs.map(r => `seed ${r.seed}: ${fmt(r.convergedSeconds, 1)} s`).join(', ')} |
+| acknowledged writes (sets / register / batch), lost | ${runs.map(r => r.results.map(w => fmtInt(w.acked)).join(' / ')).join('; ')} | lost ${runs.reduce((n, r) => n + r.results.reduce((m, w) => m + w.lost, 0), 0)} |
+
+Method. \`runChaos({ profile: 'short' })\` of the chaos suite (\`npm run chaos -- --short --seed <n>\`):
+four daemons (${runs[0]?.mode}), sets, register and batch workloads for 25 s under kill -9,
+a partition, SIGSTOP and a full disk, one node's clock skewed all along. The time runs
+from the heal (links restored, paused daemons resumed, killed ones restarted) until the
+checker finds every member alive, no hints, no rebalance pending, every record on exactly
+its owners with equal heads and every range summary equal to its records'; meanwhile
+it asks every node for an anti-entropy round (\`POST /v1/repair\`) every half second
+or so. Load average ${loadStart} at the start of this section, ${loadAvg()} at its end.
+`
+}
+
 /** Length in bytes of the stored JSON of each row's record, read from a stopped daemon's store */
+/**
+ * `ntsoekhe backup` of a daemon holding BACKUP_ROWS patient rows and
+ * `ntsoekhe restore` of it into a new daemon, against a raw LevelDB read and
+ * a raw LevelDB write of the same rows in this run; the backup's size against
+ * the store's
+ */
+async function backup (ctx) {
+  const loadStart = loadAvg()
+  log('backup: starting a daemon (security on, default config)')
+  const source = await ctx.spawnDaemon()
+  const dir = await ctx.tempDir()
+  const rows = Array.from({ length: BACKUP_ROWS }, (_, i) => ({ patient_id: 6_000_000 + i, ...samplePatient(6_000_000 + i) }))
+  const ndjson = join(dir, 'backup.ndjson')
+  await writeFile(ndjson, rows.map(r => JSON.stringify(r)).join('\n') + '\n')
+  log(`backup: importing ${BACKUP_ROWS} rows`)
+  const imported = await importFile(source.socket, 'patient_records', ndjson)
+  if (imported.report.accepted !== BACKUP_ROWS) throw new Error(`import accepted ${imported.report.accepted} of ${BACKUP_ROWS}`)
+
+  log('backup: ntsoekhe backup')
+  const backupDir = join(dir, 'bk')
+  const made = await runCli(['backup', backupDir, '--json', '--home', source.home], TOKENS.get(source.socket))
+  await source.stop()
+  const storeBytes = await treeBytes(join(source.home, 'store'))
+  const manifestBytes = (await readFile(join(backupDir, 'manifest.json'))).length
+
+  log('backup: ntsoekhe restore into a new daemon')
+  const target = await ctx.spawnDaemon()
+  const restored = await runCli(['restore', backupDir, '--json', '--home', target.home], TOKENS.get(target.socket))
+  const again = await runCli(['restore', backupDir, '--json', '--home', target.home], TOKENS.get(target.socket))
+  await target.stop()
+  if (restored.records !== made.records || again.changed !== 0) throw new Error(`restore took ${restored.records} of ${made.records} records; the second changed ${again.changed}`)
+
+  log('backup: raw LevelDB write and read of the same rows')
+  const rawWrite = medianRun(await repeat(ROUNDS, async () => await rawLevel(await ctx.tempDir(), rows, true)), 'rate')
+  const rawRead = medianRun(await repeat(ROUNDS, async () => await rawLevelRead(await ctx.tempDir(), rows)), 'rate')
+
+  const backupRate = made.records / made.seconds
+  const restoreRate = restored.records / restored.seconds
+  const verdict = r => `${fmt(r, 2)} ${r >= GOAL_BACKUP ? '✓' : '✗'} (goal ≥ ${GOAL_BACKUP})`
+  const backupBytes = made.bytes + manifestBytes
+  return `## Backup and restore
+
+One daemon (security on, default config) holding ${fmtInt(BACKUP_ROWS)} patient_records rows
+(imported), backed up with \`ntsoekhe backup <dir> --json\` and restored into a new
+daemon with \`ntsoekhe restore <dir> --json\`; rates are records over the seconds each
+command reports (from its start to its last byte written, process start-up excluded).
+The backup holds ${fmtInt(made.records)} records (the rows, their unique-value claims and the
+audit entries of the import) with ${fmtInt(made.versions)} versions.
+
+| run | records/s | seconds | ratio |
+| --- | ---: | ---: | --- |
+| raw LevelDB read of the same rows (iterator, JSON values) | ${fmt(rawRead.rate, 0)} | ${fmt(rawRead.seconds, 2)} | 1 |
+| \`ntsoekhe backup\` | ${fmt(backupRate, 0)} | ${fmt(made.seconds, 2)} | ${verdict(backupRate / rawRead.rate)} |
+| raw LevelDB write of the same rows (batches of ${fmtInt(RAW_BATCH)}, sync) | ${fmt(rawWrite.rate, 0)} | ${fmt(rawWrite.seconds, 2)} | 1 |
+| \`ntsoekhe restore\` (checks every chunk first) | ${fmt(restoreRate, 0)} | ${fmt(restored.seconds, 2)} | ${verdict(restoreRate / rawWrite.rate)} |
+| \`ntsoekhe restore\` again (changes nothing) | ${fmt(again.records / again.seconds, 0)} | ${fmt(again.seconds, 2)} | ${fmt((again.records / again.seconds) / rawWrite.rate, 2)} |
+
+| size | bytes | ratio |
+| --- | ---: | --- |
+| the source daemon's store (LevelDB files, after a clean stop) | ${fmtInt(storeBytes)} | 1 |
+| the backup (${made.chunks} gzip chunks and manifest.json, in the clear) | ${fmtInt(backupBytes)} | ${fmt(backupBytes / storeBytes, 2)} |
+
+The raw baselines run in this process on the same rows: the read walks a LevelDB
+holding them (written first, not timed) with one iterator; the write puts them in
+batches of ${fmtInt(RAW_BATCH)} with \`sync\`, as the daemon's commits are synced. Each is
+the median of ${ROUNDS} runs. The backup and restore do more per record: every version
+and the record's state, rows decrypted (backup) or validated and encrypted (restore),
+NDJSON, gzip, SHA-256. Load average (1 / 5 / 15 min) ${loadStart} at the start of this
+section, ${loadAvg()} at its end.
+`
+}
+
+/** `bin/ntsoekhe <args>` with a token, its --json output parsed */
+async function runCli (args, token) {
+  const proc = spawn(process.execPath, [BIN, ...args], { cwd: ROOT, stdio: ['ignore', 'pipe', 'pipe'], env: { ...process.env, ...(token === undefined ? {} : { NTSOEKHE_TOKEN: token }) } })
+  let out = ''
+  let err = ''
+  proc.stdout.setEncoding('utf8').on('data', s => { out += s })
+  proc.stderr.setEncoding('utf8').on('data', s => { err = (err + s).slice(-5000) })
+  const exit = await deadline(new Promise(resolve => proc.once('exit', code => resolve(code))), 30 * 60_000, `ntsoekhe ${args[0]}`, () => err)
+  if (exit !== 0) throw new Error(`ntsoekhe ${args.join(' ')} exited with ${exit}\n${err}`)
+  return JSON.parse(out)
+}
+
+/** Bytes of every file under a directory */
+async function treeBytes (path) {
+  const { readdir, stat } = await import('node:fs/promises')
+  let total = 0
+  for (const e of await readdir(path, { withFileTypes: true })) {
+    const p = join(path, e.name)
+    total += e.isDirectory() ? await treeBytes(p) : (await stat(p)).size
+  }
+  return total
+}
+
+/** The same rows read back from a LevelDB that holds them under their ids, with one iterator */
+async function rawLevelRead (dir, rows) {
+  await rawLevel(dir, rows, false)
+  const { Level } = await import('level')
+  const db = new Level(join(dir, 'raw'), { valueEncoding: 'json' })
+  await db.open()
+  const started = performance.now()
+  let n = 0
+  try {
+    for await (const [, value] of db.iterator()) if (value !== null) n++
+  } finally {
+    await db.close()
+  }
+  if (n !== rows.length) throw new Error(`read ${n} of ${rows.length} rows back`)
+  const seconds = (performance.now() - started) / 1000
+  return { seconds, rate: rows.length / seconds }
+}
+
 async function recordSizes (path, ids) {
   const { Level } = await import('level')
   const db = new Level(path, { valueEncoding: 'utf8' })
@@ -740,6 +994,31 @@ async function skeletonRuns (ctx, mode, makeRow) {
   return medianRun(runs)
 }
 
+/** The skeleton's reads by id (test/bench/skeleton.js), without and with an audit record each */
+async function skeletonReads (ctx) {
+  const procs = []
+  for (let i = 0; i < CLUSTER_SIZE; i++) procs.push(await ctx.spawnSkeleton('local'))
+  const members = await Promise.all(procs.map(async p => await getJson(p.socket, '/status')))
+  for (const p of procs) {
+    const res = await send(new Agent({ keepAlive: false }), p.socket, 'POST', '/members', members)
+    if (res.status !== 200) throw new Error(`the skeleton on ${p.socket} did not take the member list: ${res.status} ${res.body}`)
+  }
+  const sockets = procs.map(p => p.socket)
+  const keys = []
+  let n = 9_000_000
+  await drive({ socket: sockets[0], total: CLUSTER_WARMUP, make: i => ({ socket: sockets[i % sockets.length], method: 'POST', path: '/w', body: samplePatient(n++) }), onBody: body => { keys.push(JSON.parse(body).id) } })
+  const result = {}
+  for (const [name, route] of [['plain', 'r'], ['audited', 'ra']]) {
+    const make = i => ({ socket: sockets[i % sockets.length], method: 'GET', path: `/${route}/${encodeURIComponent(keys[(i * 7919) % keys.length])}` })
+    await drive({ socket: sockets[0], total: WARMUP, make })
+    const runs = []
+    for (let round = 1; round <= ROUNDS; round++) runs.push(await drive({ socket: sockets[0], total: CLUSTER_REQUESTS, make }))
+    result[name] = medianRun(runs)
+  }
+  for (const p of procs) await p.stop()
+  return result
+}
+
 async function getJson (socket, path) {
   const agent = new Agent({ keepAlive: false })
   const res = await send(agent, socket, 'GET', path)
@@ -852,6 +1131,56 @@ function context () {
       if (exit.code !== 0 || line === undefined) throw new Error(`the stream sender failed\n${p.output()}`)
       return JSON.parse(line)
     },
+    /**
+     * PostgreSQL 15 from a fresh initdb in a temp dir, on a Unix socket there
+     * only (no TCP), run as the postgres user when this script is root;
+     * installed with apt-get when absent
+     */
+    async spawnPostgres () {
+      if (!existsSync(join(PG_BIN, 'postgres'))) {
+        log('installing postgresql-15 (apt-get)')
+        await runTool('apt-get', ['install', '-y', '--no-install-recommends', 'postgresql-15'])
+      }
+      const dir = await tempDir()
+      const ids = process.getuid?.() === 0 ? { uid: Number(execFileSync('id', ['-u', 'postgres']).toString().trim()), gid: Number(execFileSync('id', ['-g', 'postgres']).toString().trim()) } : {}
+      if (ids.uid !== undefined) await chown(dir, ids.uid, ids.gid)
+      const data = join(dir, 'pg')
+      await runTool(join(PG_BIN, 'initdb'), ['-D', data, '-A', 'trust', '-U', 'bench', '--no-sync'], ids)
+      const server = spawn(join(PG_BIN, 'postgres'), ['-D', data, '-k', dir, '-c', "listen_addresses=", '-p', '5432', '-c', 'max_connections=100'], { stdio: ['ignore', 'pipe', 'pipe'], ...ids })
+      procs.add(server)
+      let output = ''
+      server.stdout.setEncoding('utf8').on('data', t => { output = (output + t).slice(-20_000) })
+      server.stderr.setEncoding('utf8').on('data', t => { output = (output + t).slice(-20_000) })
+      const exited = new Promise(resolve => server.once('exit', () => { procs.delete(server); resolve() }))
+      const conn = ['-h', dir, '-p', '5432', '-U', 'bench']
+      await waitFor(async () => { try { await runTool(join(PG_BIN, 'pg_isready'), conn); return true } catch { return false } }, START_TIMEOUT, `PostgreSQL to answer on ${dir}\n${output}`)
+      const psql = async (db, sql) => await runTool(join(PG_BIN, 'psql'), [...conn, '-d', db, '-v', 'ON_ERROR_STOP=1', '-q', '-c', sql])
+      await psql('postgres', 'CREATE DATABASE bench')
+      return {
+        async load (rows, tmp) {
+          await psql('bench', PG_SCHEMA)
+          for (const table of CLINIC_TABLES) {
+            const file = join(tmp, `${table}.csv`)
+            await writeFile(file, rows[table].map(r => Object.values(r).map(csvField).join(',')).join('\n') + '\n')
+            await psql('bench', `\\copy ${table} FROM '${file}' WITH (FORMAT csv)`)
+          }
+          await psql('bench', PG_INDEXES)
+          await psql('bench', 'ANALYZE')
+        },
+        async bench (script, tmp) {
+          const file = join(tmp, 'script.sql')
+          await writeFile(file, script)
+          const out = await runTool(join(PG_BIN, 'pgbench'), [...conn, '-n', '-M', 'prepared', '-c', String(CONCURRENCY), '-j', '2', '-T', String(QUERY_SECONDS), '-f', file, 'bench'])
+          const m = /tps = ([\d.]+) \(without initial connection time\)/.exec(out)
+          if (m === null) throw new Error(`pgbench printed no tps:\n${out}`)
+          return { tps: Number(m[1]) }
+        },
+        async stop () {
+          server.kill('SIGINT')
+          await deadline(exited, STOP_TIMEOUT, 'PostgreSQL to stop', () => output)
+        }
+      }
+    },
     async cleanup () {
       for (const p of procs) p.kill('SIGTERM')
       const until = Date.now() + STOP_TIMEOUT
@@ -861,6 +1190,220 @@ function context () {
       dirs.clear()
     }
   }
+}
+
+/**
+ * The questions a clinic asks, on one node and on a 3-node network, against
+ * PostgreSQL 15 holding the same rows with the same indexes: a patient's
+ * chart (patient, history, lab results), a doctor's day in time order, and
+ * visits per doctor.
+ */
+async function queries (ctx) {
+  const loadStart = loadAvg()
+  const ratio = (a, b) => a / b
+  const verdict = (r, goal) => `${fmt(r, 2)} ${r >= goal ? '✓' : '✗'} (goal ≥ ${goal})`
+  const data = clinicData(QUERY_ROWS)
+  const total = Object.values(data).reduce((n, rows) => n + rows.length, 0)
+  const dir = await ctx.tempDir()
+  log(`queries: PostgreSQL 15 on a Unix socket, loading ${fmtInt(total)} rows`)
+  const pg = await ctx.spawnPostgres()
+  await pg.load(data, dir)
+  const pgRuns = {}
+  for (const [name, script] of Object.entries(PG_SCRIPTS(data))) {
+    log(`queries: PostgreSQL, ${name}, ${QUERY_SECONDS} s at ${CONCURRENCY} clients (pgbench)`)
+    pgRuns[name] = await pg.bench(script, dir)
+  }
+  await pg.stop()
+
+  const measure = async (label, sockets) => {
+    for (const table of CLINIC_TABLES) {
+      const file = join(dir, `${table}.ndjson`)
+      await writeFile(file, data[table].map(r => JSON.stringify(r)).join('\n') + '\n')
+      log(`queries: ${label}: importing ${fmtInt(data[table].length)} ${table}`)
+      const imported = await importFile(sockets[0], table, file)
+      if (imported.report.accepted !== data[table].length) throw new Error(`${table}: import accepted ${imported.report.accepted} of ${data[table].length}: ${JSON.stringify(imported.report.rejected.slice(0, 3))}`)
+    }
+    const out = {}
+    for (const [name, make] of Object.entries(NTK_REQUESTS(data))) {
+      log(`queries: ${label}, ${name}, ${QUERY_SECONDS} s at ${CONCURRENCY} concurrent`)
+      await driveFor({ seconds: 2, make: i => make(i, sockets[i % sockets.length]) })
+      out[name] = await driveFor({ seconds: QUERY_SECONDS, make: i => make(i, sockets[i % sockets.length]) })
+    }
+    return out
+  }
+  log('queries: one daemon')
+  const single = await ctx.spawnDaemon()
+  const oneRuns = await measure('one node', [single.socket])
+  await single.stop()
+  log(`queries: ${CLUSTER_SIZE} daemons (N=3, W=2, R=2)`)
+  const first = await ctx.spawnDaemon()
+  const { invite } = await getJson(first.socket, '/v1/invite')
+  const nodes = [first]
+  for (let i = 1; i < CLUSTER_SIZE; i++) nodes.push(await ctx.spawnDaemon(['--join', invite]))
+  await waitAlive(nodes, CLUSTER_SIZE)
+  const netRuns = await measure('3 nodes', nodes.map(n => n.socket))
+  for (const n of nodes) await n.stop()
+
+  const row = (name, what, goal) => {
+    const p = pgRuns[name]
+    const o = oneRuns[name]
+    const n = netRuns[name]
+    return `| ${what} | ${fmt(p.tps, 0)} | ${fmt(o.rps, 0)} | ${goal === undefined ? fmt(ratio(o.rps, p.tps), 2) : verdict(ratio(o.rps, p.tps), goal)} | ${fmt(n.rps, 0)} | ${fmt(ratio(n.rps, p.tps), 2)} |`
+  }
+  return `## Queries against PostgreSQL
+
+${fmtInt(total)} rows (${CLINIC_TABLES.map(t => `${fmtInt(data[t].length)} ${t}`).join(', ')}) in PostgreSQL 15 and in Ntsoekhe, with the same indexes; queries per second at ${CONCURRENCY} clients for ${QUERY_SECONDS} s after 2 s of warm-up.
+
+| query | PostgreSQL 15 | Ntsoekhe, one node | ratio | Ntsoekhe, 3 nodes | ratio |
+| --- | ---: | ---: | --- | ---: | --- |
+${row('chart', 'a patient\'s chart: patient + history + lab results', GOAL_QUERY)}
+${row('day', 'a doctor\'s appointments for one day, by time', GOAL_QUERY)}
+${row('perDoctor', 'visits per doctor (COUNT ... GROUP BY doctor_id)')}
+
+Method. PostgreSQL 15 (\`${PG_BIN}\`) runs from a fresh \`initdb\` in a temp dir, on a
+Unix socket only, with its default settings (fsync on); the rows are loaded with
+\`COPY\` and the tables \`ANALYZE\`d; pgbench (\`-c ${CONCURRENCY} -j 2 -T ${QUERY_SECONDS}\`,
+prepared statements) runs one script per query, a chart being one script of three
+SELECTs; its figure is tps without the initial connection time. Ntsoekhe runs
+\`bin/ntsoekhe daemon\` with its default config (security on: its sensitive columns
+encrypted, every read audited); the rows are imported through the import route;
+${CONCURRENCY} workers send requests over the Unix socket (a chart being three requests
+sent together and counted once: \`GET\` the patient, list \`medical_history\` and
+\`lab_results\` by \`patient_id\`; a day a list of \`appointments\` by \`doctor_id\`, a range
+on \`appointment_date\` and \`order_by\`; visits per doctor one \`POST /v1/sql\`), spread over
+the nodes of the network. Same indexes: every primary key; appointments on (doctor_id,
+appointment_date), (appointment_date), (patient_id, appointment_date); medical_history on
+(patient_id, date_of_visit), (date_of_visit); lab_results on (patient_id, test_date),
+(test_date), (record_id); patient_records on (patient_name). The machine may be shared: load
+average ${loadStart} at the start of this section, ${loadAvg()} at its end.
+`
+}
+
+const CLINIC_TABLES = ['doctors_info', 'patient_records', 'appointments', 'medical_history', 'lab_results']
+/** The day doctor's-day queries ask for is one of the first DAYS of March 2026 */
+const DAYS = 60
+
+/** Rows of five tables, about `n` in all: 1% doctors, 20% patients, 40% appointments, 25% history, 14% lab results */
+function clinicData (n) {
+  const doctors = Math.max(10, Math.round(n * 0.002))
+  const patients = Math.round(n * 0.2)
+  const appointments = Math.round(n * 0.4)
+  const history = Math.round(n * 0.25)
+  const labs = Math.max(0, n - doctors - patients - appointments - history)
+  const day = i => new Date(Date.UTC(2026, 2, 1 + (i % DAYS))).toISOString().slice(0, 10)
+  const data = {
+    doctors_info: Array.from({ length: doctors }, (_, i) => ({ doctor_id: i + 1, name: `Dr ${LAST[i % LAST.length]} ${i + 1}`, specialization: ['GP', 'Paediatrics', 'Surgery'][i % 3], contact_number: String(2_622_100_000 + i), email: `dr${i + 1}@example.org`, availability: 'weekdays' })),
+    patient_records: Array.from({ length: patients }, (_, i) => ({ patient_id: i + 1, ...samplePatient(i) })),
+    appointments: Array.from({ length: appointments }, (_, i) => ({ appointment_id: i + 1, patient_id: 1 + ((i * 7919) % patients), doctor_id: 1 + (i % doctors), appointment_date: `${day(Math.floor(i / doctors))}T${String(8 + (i % 9)).padStart(2, '0')}:${String((i * 13) % 60).padStart(2, '0')}:00`, purpose: ['Check-up', 'Follow-up', 'Vaccination'][i % 3] })),
+    medical_history: Array.from({ length: history }, (_, i) => ({ history_id: i + 1, patient_id: 1 + ((i * 104_729) % patients), diagnosis: ['Flu', 'Asthma', 'Diabetes'][i % 3], treatment: 'Rest and fluids', date_of_visit: `${day(i)}T10:00:00`, role_id: null }))
+  }
+  data.lab_results = Array.from({ length: labs }, (_, i) => {
+    const h = data.medical_history[(i * 31) % history]
+    return { result_id: i + 1, record_id: h.history_id, patient_id: h.patient_id, test_name: ['CBC', 'HbA1c', 'Lipids'][i % 3], test_date: day(i), test_result: 'normal' }
+  })
+  return data
+}
+
+/** pgbench scripts: a chart (three SELECTs), a doctor's day, visits per doctor */
+function PG_SCRIPTS (data) {
+  const patients = data.patient_records.length
+  const doctors = data.doctors_info.length
+  return {
+    chart: `\\set p random(1, ${patients})
+SELECT * FROM patient_records WHERE patient_id = :p;
+SELECT * FROM medical_history WHERE patient_id = :p;
+SELECT * FROM lab_results WHERE patient_id = :p;
+`,
+    day: `\\set d random(1, ${doctors})
+\\set k random(0, ${DAYS - 1})
+SELECT * FROM appointments WHERE doctor_id = :d AND appointment_date >= DATE '2026-03-01' + CAST(:k AS int) AND appointment_date < DATE '2026-03-01' + CAST(:k AS int) + 1 ORDER BY appointment_date;
+`,
+    perDoctor: 'SELECT doctor_id, COUNT(*) FROM appointments GROUP BY doctor_id;\n'
+  }
+}
+
+/** The same questions as requests to a daemon: each make(i, socket) gives the requests of one query */
+function NTK_REQUESTS (data) {
+  const patients = data.patient_records.length
+  const doctors = data.doctors_info.length
+  const day = k => new Date(Date.UTC(2026, 2, 1 + k)).toISOString().slice(0, 10)
+  return {
+    chart: (i, socket) => {
+      const p = 1 + ((i * 7919) % patients)
+      return [
+        { socket, method: 'GET', path: `/v1/tables/patient_records/rows/${p}` },
+        { socket, method: 'GET', path: `/v1/tables/medical_history/rows?patient_id=${p}` },
+        { socket, method: 'GET', path: `/v1/tables/lab_results/rows?patient_id=${p}` }
+      ]
+    },
+    day: (i, socket) => {
+      const d = 1 + ((i * 37) % doctors)
+      const k = (i * 11) % DAYS
+      return [{ socket, method: 'GET', path: `/v1/tables/appointments/rows?doctor_id=${d}&where=${encodeURIComponent(`appointment_date>=${day(k)}`)}&where=${encodeURIComponent(`appointment_date<${day(k + 1)}`)}&order_by=appointment_date` }]
+    },
+    perDoctor: (_i, socket) => [{ socket, method: 'POST', path: '/v1/sql', body: { sql: 'SELECT doctor_id, COUNT(*) FROM appointments GROUP BY doctor_id' } }]
+  }
+}
+
+/**
+ * Runs queries for `seconds` with CONCURRENCY workers; a query is the
+ * requests make(i) gives, sent together, and counts once when all answered
+ */
+async function driveFor ({ seconds, make }) {
+  const agent = new Agent({ keepAlive: true, maxSockets: CONCURRENCY * 3 })
+  let next = 0
+  let done = 0
+  const started = performance.now()
+  const until = started + seconds * 1000
+  const worker = async () => {
+    while (performance.now() < until) {
+      const requests = make(next++)
+      // A whole-table aggregate queues behind 31 others: its wait is bounded far above a point read's.
+      const answers = await Promise.all(requests.map(async r => await send(agent, r.socket, r.method, r.path, r.body, 300_000)))
+      for (const [j, res] of answers.entries()) if (res.status >= 400) throw new Error(`${requests[j].method} ${requests[j].path} answered ${res.status}: ${res.body}`)
+      done++
+    }
+  }
+  try {
+    await Promise.all(Array.from({ length: CONCURRENCY }, worker))
+  } finally {
+    agent.destroy()
+  }
+  return { rps: done / ((performance.now() - started) / 1000) }
+}
+
+const PG_SCHEMA = `
+CREATE TABLE doctors_info (doctor_id INT PRIMARY KEY, name VARCHAR(150) NOT NULL, specialization VARCHAR(150) NOT NULL, contact_number VARCHAR(10) NOT NULL, email VARCHAR(50) NOT NULL, availability VARCHAR(150) NOT NULL);
+CREATE TABLE patient_records (patient_id INT PRIMARY KEY, patient_name VARCHAR(150) NOT NULL, date_of_birth DATE NOT NULL, gender VARCHAR(10) NOT NULL, address VARCHAR(100) NOT NULL, contact_number VARCHAR(10) NOT NULL, email VARCHAR(50) NOT NULL, allergies VARCHAR(50));
+CREATE TABLE appointments (appointment_id INT PRIMARY KEY, patient_id INT NOT NULL REFERENCES patient_records, doctor_id INT NOT NULL REFERENCES doctors_info, appointment_date TIMESTAMP NOT NULL, purpose VARCHAR(100) NOT NULL);
+CREATE TABLE medical_history (history_id INT PRIMARY KEY, patient_id INT NOT NULL REFERENCES patient_records, diagnosis VARCHAR(200) NOT NULL, treatment VARCHAR(200) NOT NULL, date_of_visit TIMESTAMP NOT NULL, role_id INT);
+CREATE TABLE lab_results (result_id INT PRIMARY KEY, record_id INT NOT NULL REFERENCES medical_history, patient_id INT NOT NULL REFERENCES patient_records, test_name VARCHAR(100) NOT NULL, test_date DATE NOT NULL, test_result VARCHAR(200) NOT NULL);
+`
+/** Ntsoekhe's ordered and equality indexes on these tables, as PostgreSQL indexes */
+const PG_INDEXES = `
+CREATE INDEX ON appointments (doctor_id, appointment_date); CREATE INDEX ON appointments (appointment_date); CREATE INDEX ON appointments (patient_id, appointment_date);
+CREATE INDEX ON medical_history (patient_id, date_of_visit); CREATE INDEX ON medical_history (date_of_visit); CREATE INDEX ON medical_history (role_id);
+CREATE INDEX ON lab_results (patient_id, test_date); CREATE INDEX ON lab_results (test_date); CREATE INDEX ON lab_results (record_id);
+CREATE INDEX ON patient_records (patient_name);
+`
+
+/** A CSV field: NULL empty, numbers bare, text quoted */
+function csvField (v) {
+  if (v === null || v === undefined) return ''
+  if (typeof v === 'number') return String(v)
+  return `"${String(v).replace(/"/g, '""')}"`
+}
+
+/** Runs a tool to its end; its stdout, or an error with its output */
+function runTool (cmd, args, options = {}) {
+  return new Promise((resolve, reject) => {
+    const p = spawn(cmd, args, { stdio: ['ignore', 'pipe', 'pipe'], ...options })
+    let out = ''
+    p.stdout.setEncoding('utf8').on('data', t => { out += t })
+    p.stderr.setEncoding('utf8').on('data', t => { out += t })
+    p.on('error', reject)
+    p.on('exit', code => { if (code === 0) resolve(out); else reject(new Error(`${cmd} ${args.join(' ')} exited with ${code}\n${out.slice(-4000)}`)) })
+  })
 }
 
 // ---------------------------------------------------------------------------
@@ -905,7 +1448,7 @@ function auth (socket) {
   return token === undefined ? {} : { authorization: `Bearer ${token}` }
 }
 
-function send (agent, socket, method, path, body) {
+function send (agent, socket, method, path, body, timeoutMs = 60_000) {
   return new Promise((resolve, reject) => {
     const payload = body === undefined ? undefined : JSON.stringify(body)
     const headers = { ...auth(socket), ...(payload === undefined ? {} : { 'content-type': 'application/json', 'content-length': Buffer.byteLength(payload) }) }
@@ -915,7 +1458,7 @@ function send (agent, socket, method, path, body) {
       res.on('error', reject)
       res.on('end', () => resolve({ status: res.statusCode, body: Buffer.concat(chunks).toString('utf8') }))
     })
-    req.setTimeout(60_000, () => req.destroy(new Error(`${method} ${path}: no answer within 60 s`)))
+    req.setTimeout(timeoutMs, () => req.destroy(new Error(`${method} ${path}: no answer within ${timeoutMs / 1000} s`)))
     req.on('error', reject)
     req.end(payload)
   })

@@ -22,9 +22,19 @@
 //
 //   node test/bench/skeleton.js <dir> <socket> [primary|local]
 //
+// Reads by id, the same way: GET /r/<id> reads the local copy and asks one
+// other member for its copy over the same RPC (R=2 on a ring where every
+// member owns every key, as 3 nodes with N=3 are), and answers the local one.
+// GET /ra/<id> does the same and also queues one audit record of the read,
+// which a flush every 50 ms commits here (fsync) and on the other members,
+// done at 2 of 3: the daemon's audit trail in its simplest form (no hash
+// chain, journal or seals). They bound the daemon's reads by id on these
+// components, without and with an audit record per read.
+//
 // Routes: GET /status answers { peerId, addr }; POST /members with every
 // member's [{ peerId, addr }] dials the others; POST /w stores the JSON body
-// and answers 201 { id }. SIGTERM stops it. Benchmark code: input is trusted.
+// and answers 201 { id }; GET /r/<id> and /ra/<id> answer 200 with the
+// stored body. SIGTERM stops it. Benchmark code: input is trusted.
 import '../../dist/util/polyfill.js'
 import { createHash } from 'node:crypto'
 import { createServer } from 'node:http'
@@ -95,11 +105,32 @@ const rpc = new RpcService({ node, logger: msg => { console.error(msg) } }, {
       await committer.commit(msg.items.map(i => ({ type: 'put', key: i.key, value: i.value })))
       return msg.items.map(() => ({ ok: true }))
     }
+    if (msg.type === 'read') return await settle(msg.items.map(async i => await db.get(i.key)))
     if (msg.type === 'write') return await settle(msg.items.map(async i => { await coordinate(i.key, i.value, 2); return i.key }))
     throw new Error(`unknown message ${msg.type}`)
   }
 })
 await rpc.start()
+
+/** Audit records of reads, flushed every AUDIT_FLUSH_MS at 2 of 3 copies */
+const AUDIT_FLUSH_MS = 50
+let audits = []
+let auditSeq = 0
+const auditFlush = setInterval(() => {
+  if (audits.length === 0) return
+  const batch = audits
+  audits = []
+  const key = `audit-${self.slice(-8)}-${auditSeq++}`
+  coordinate(key, JSON.stringify(batch), 2).catch(err => { console.error(`audit flush failed: ${err.message}`) })
+}, AUDIT_FLUSH_MS)
+
+let readTurn = 0
+/** Reads the local copy and one other member's (R=2); answers the local one */
+async function quorumRead (key) {
+  const others = members.filter(m => m !== self)
+  const [local] = await Promise.all([db.get(key), batched(others[(readTurn++) % others.length], 'read', { key })])
+  return local
+}
 
 let nextId = 0
 const primaryOf = (key) => members[createHash('sha256').update(key).digest().readUInt32BE(0) % members.length]
@@ -116,6 +147,17 @@ const server = createServer((req, res) => {
     if (req.method === 'GET' && req.url === '/status') {
       const addr = node.getMultiaddrs().find(a => a.toString().startsWith('/ip4/127.0.0.1/'))
       json(res, 200, { peerId: self, addr: addr?.toString() })
+      return
+    }
+    const read = /^\/(r|ra)\/([^/?]+)$/.exec(req.url ?? '')
+    if (req.method === 'GET' && read !== null) {
+      const key = decodeURIComponent(read[2])
+      quorumRead(key).then(value => {
+        if (value === undefined) { json(res, 404, { error: `no ${key}` }); return }
+        if (read[1] === 'ra') audits.push({ action: 'read', id: key, at: Date.now(), user: 'bench' })
+        const text = `{"row":${value}}`
+        res.writeHead(200, { 'content-type': 'application/json', 'content-length': Buffer.byteLength(text) }).end(text)
+      }, err => { json(res, 503, { error: String(err?.message ?? err) }) })
       return
     }
     let body
@@ -155,6 +197,7 @@ process.on('SIGTERM', () => {
   stopping = true
   void (async () => {
     server.close()
+    clearInterval(auditFlush)
     await rpc.stop()
     await node.stop()
     await db.close()

@@ -6,15 +6,17 @@
  */
 import { existsSync } from 'node:fs'
 import { lstat, readdir, readFile, stat, writeFile } from 'node:fs/promises'
+import { createServer, type AddressInfo } from 'node:net'
 import { join } from 'node:path'
 import { afterAll, beforeAll, describe, expect, it } from 'vitest'
 import { NtsoekheClient } from '../../src/client/index.js'
 import { defaultConfig } from '../../src/daemon/config.js'
 import { adminToken, cli, daemonExit, json, makeHome, startDaemon, type CliResult, type TestDaemon } from '../helpers/daemon.js'
+import { waitForValue } from '../helpers/wait.js'
 
 const EXIT = { OK: 0, REFUSED: 1, USAGE: 2, NO_DAEMON: 3 }
 
-const SEEDED_TABLES = ['doctors_info', 'patient_records', 'medications', 'appointments', 'medical_history', 'billing_insurance', 'patient_medications', 'lab_results']
+const SEEDED_TABLES = ['users', 'doctors_info', 'patient_records', 'medications', 'appointments', 'medical_history', 'billing_insurance', 'patient_medications', 'lab_results']
 
 let n = 0
 /** A valid patient_records row; `n` keeps e-mails apart */
@@ -48,11 +50,11 @@ describe('ntsoekhe CLI end to end', () => {
   let peerId: string
 
   /** Runs a command on the shared home */
-  const run = async (args: string[], input?: string): Promise<CliResult> =>
-    await cli(args, { home, ...(input === undefined ? {} : { input }) })
+  const run = async (args: Array<string | number>, input?: string): Promise<CliResult> =>
+    await cli(args.map(String), { home, ...(input === undefined ? {} : { input }) })
 
-  /** Runs a command that must succeed with --json, and returns its parsed output */
-  const ok = async <T = any>(args: string[], input?: string): Promise<T> => {
+  /** Runs a command that must succeed with --json, and returns its parsed output (ids as numbers: pass them back as they are) */
+  const ok = async <T = any>(args: Array<string | number>, input?: string): Promise<T> => {
     const r = await run([...args, '--json'], input)
     expect(r.code, `\`ntsoekhe ${args.join(' ')}\` failed:\n${r.stderr}`).toBe(EXIT.OK)
     return json<T>(r)
@@ -124,7 +126,8 @@ describe('ntsoekhe CLI end to end', () => {
     it('insert, get, update, history, delete: a round trip with the --json shapes', async () => {
       const ins = await ok(['insert', 'patient_records', JSON.stringify(patient({ allergies: 'Penicillin' }))])
       expect(Object.keys(ins).sort()).toEqual(['id', 'row', 'version'])
-      expect(ins.row).toMatchObject({ patient_id: Number(ins.id), gender: 'Male', allergies: 'Penicillin' })
+      expect(ins.id).toBeTypeOf('number')
+      expect(ins.row).toMatchObject({ patient_id: ins.id, gender: 'Male', allergies: 'Penicillin' })
 
       const got = await ok(['get', 'patient_records', ins.id])
       expect(got).toEqual({ row: ins.row, version: ins.version, conflicts: [] })
@@ -216,6 +219,44 @@ describe('ntsoekhe CLI end to end', () => {
       expect(seen.sort()).toEqual([...made].sort())
     })
 
+    it("batch: a new patient and their first visit in one all-or-nothing batch, from an argument or stdin", async () => {
+      const history = { history_id: 7771, patient_id: 777, diagnosis: 'flu', treatment: 'rest', date_of_visit: '2026-12-02T08:00:00.000Z' }
+      const r = await ok(['batch', JSON.stringify({ operations: [
+        { op: 'insert', table: 'patient_records', row: patient({ patient_id: 777 }) },
+        { op: 'insert', table: 'medical_history', row: history }
+      ] })])
+      expect(r.results.map((x: any) => x.id)).toEqual([777, 7771])
+      expect((await ok(['get', 'medical_history', '7771'])).row.patient_id).toBe(777)
+
+      // The array alone, on stdin; a failing operation leaves nothing of the batch.
+      const bad = await run(['batch', '-'], JSON.stringify([
+        { op: 'insert', table: 'patient_records', row: patient({ patient_id: 778 }) },
+        { op: 'insert', table: 'medical_history', row: { ...history, history_id: 7781, patient_id: 778, date_of_visit: 'yesterday' } }
+      ]))
+      expect(bad.code).toBe(EXIT.REFUSED)
+      expect(bad.stderr).toMatch(/operations\[1\].*date_of_visit/)
+      expect((await run(['get', 'patient_records', '778'])).code).toBe(EXIT.REFUSED)
+      const text = await run(['batch', '-'], JSON.stringify([{ op: 'patch', table: 'patient_records', id: 777, row: { address: '1 Batch Rd' } }]))
+      expect(text.code, text.stderr).toBe(EXIT.OK)
+      expect(text.stdout).toMatch(/^patient_records 777 \(version /)
+      expect((await run(['batch', '{"operations": []}'])).code).toBe(EXIT.USAGE)
+    })
+
+    it('TIMESTAMP values are stored in UTC; a lookup of the same moment finds them; a time without a zone is refused', async () => {
+      const visit = { history_id: 7790, patient_id: 777, diagnosis: 'flu', treatment: 'rest', date_of_visit: '2026-12-02T10:00:00+02:00' }
+      const ins = await ok(['insert', 'medical_history', JSON.stringify(visit)])
+      expect(ins.row.date_of_visit).toBe('2026-12-02T08:00:00.000Z')
+      const found = await ok(['query', 'medical_history', '--where', 'date_of_visit=2026-12-02T08:00:00Z', '--where', 'patient_id=777'])
+      expect(found.rows.map((r: any) => r.history_id)).toContain(7790)
+      for (const bare of ['2026-12-02 10:00', '2026-12-02T10:00']) {
+        const r = await run(['insert', 'medical_history', JSON.stringify({ ...visit, history_id: 7791, date_of_visit: bare })])
+        expect(r.code).toBe(EXIT.REFUSED)
+        expect(r.stderr).toMatch(/no time zone/)
+        expect(r.stderr).toContain('2026-12-02T10:00:00+02:00')
+        expect(r.stderr.match(/date_of_visit/g)).toHaveLength(1)
+      }
+    })
+
     it('exits 2 on usage errors, before asking the daemon', async () => {
       const cases: Array<[string[], RegExp]> = [
         [['frobnicate'], /unknown command/],
@@ -225,15 +266,29 @@ describe('ntsoekhe CLI end to end', () => {
         [['insert', 'patient_records', '{"patient_name": '], /JSON/],
         [['insert', 'patient_records', '-'], /JSON/],
         [['get', 'patient_records'], /missing required argument/],
-        [['import', 'patient_records', join(home, 'no-such-file.ndjson')], /cannot read/]
+        [['import', 'patient_records', join(home, 'no-such-file.ndjson')], /cannot read/],
+        [['query', 'patient_records', '--limit', '5000'], /--limit takes 1 to 1000/],
+        [['query', 'patient_records', '--consistency', 'most'], /one, quorum, all/],
+        [['daemon', '--log-level', 'bogus'], /--log-level.*bogus/],
+        [['daemon', '--listen', 'not-an-address'], /--listen takes a multiaddr/],
+        [['daemon', '--listen', '/ip4/127.0.0.1'], /--listen takes a TCP multiaddr/],
+        [['daemon', '--replicas', '1', '--write-quorum', '2'], /quorums cannot exceed replicas/],
+        [['daemon', '--join', 'not-an-invite'], /--join: Not an invite/],
+        [['daemon', '--security-off'], /accepted together with --test/]
       ]
       const results = await Promise.all(cases.map(async ([args]) => await run(args)))
       results.forEach((r, i) => {
         const [args, message] = cases[i] as [string[], RegExp]
         expect(r.code, `ntsoekhe ${args.join(' ')}: ${r.stderr}`).toBe(EXIT.USAGE)
         expect(r.stderr).toMatch(message)
+        expect(r.stderr.trimEnd().split('\n'), `one line: ${r.stderr}`).toHaveLength(1)
         expect(r.stdout).toBe('')
       })
+      // A table that does not exist is the caller's naming mistake too, though only the daemon knows its tables.
+      const unknownTable = await run(['query', 'no_such_table'])
+      expect(unknownTable.code).toBe(EXIT.USAGE)
+      expect(unknownTable.stderr.trimEnd().split('\n')).toHaveLength(1)
+      expect(unknownTable.stderr).toMatch(/no_such_table/)
     })
 
     it('exits 1 with the message on stderr when the daemon refuses', async () => {
@@ -241,6 +296,7 @@ describe('ntsoekhe CLI end to end', () => {
       expect(tooLong.code).toBe(EXIT.REFUSED)
       expect(tooLong.stderr).toMatch(/gender/)
       expect(tooLong.stderr).toMatch(/VARCHAR\(10\)/)
+      expect(tooLong.stderr.match(/gender/g), 'the column is named once').toHaveLength(1)
       expect(tooLong.stdout).toBe('')
 
       const missingRef = await run(['insert', 'appointments', JSON.stringify({ patient_id: 999, doctor_id: 998, appointment_date: '2025-06-01T09:00:00.000Z', purpose: 'x' })])
@@ -252,16 +308,34 @@ describe('ntsoekhe CLI end to end', () => {
       expect(missingColumn.code).toBe(EXIT.REFUSED)
       expect(missingColumn.stderr).toMatch(/date_of_birth|gender|address|contact_number|email/)
 
-      const unknownTable = await run(['query', 'no_such_table'])
-      expect(unknownTable.code).toBe(EXIT.REFUSED)
-      expect(unknownTable.stderr).toMatch(/no_such_table/)
-
       const removeUnknown = await run(['remove', '12D3KooWnosuchpeerxyz'])
       expect(removeUnknown.code).toBe(EXIT.REFUSED)
       expect(removeUnknown.stderr).toMatch(/No member 12D3KooWnosuchpeerxyz/)
       const removeSelf = await run(['remove', peerId])
       expect(removeSelf.code).toBe(EXIT.REFUSED)
       expect(removeSelf.stderr).toMatch(/cannot remove itself/)
+      // A leave the daemon refuses (nobody to hand off to) never says it is handing off.
+      const leave = await run(['leave'])
+      expect(leave.code).toBe(EXIT.REFUSED)
+      expect(leave.stderr).toMatch(/No other member is up/)
+      expect(leave.stderr).not.toMatch(/handing off/)
+      // A unique prefix of a member's id names it (here, this node itself).
+      const byPrefix = await run(['remove', peerId.slice(0, 14)])
+      expect(byPrefix.code).toBe(EXIT.REFUSED)
+      expect(byPrefix.stderr).toMatch(/cannot remove itself/)
+    })
+
+    it('human output prints peer ids whole and addresses one a line', async () => {
+      const peers = await run(['peers'])
+      expect(peers.code, peers.stderr).toBe(EXIT.OK)
+      expect(peers.stdout).toContain(peerId)
+      expect(peers.stdout).not.toContain('…')
+      const status = await run(['status'])
+      expect(status.code, status.stderr).toBe(EXIT.OK)
+      const { addresses } = await ok(['id'])
+      expect(status.stdout).toContain(`addresses:\n${(addresses as string[]).map(a => `  ${a}\n`).join('')}`)
+      expect(status.stdout).not.toMatch(/addresses: \[/)
+      expect(status.stdout).toContain(peerId)
     })
 
     it('imports NDJSON and CSV, reporting accepted rows and rejected lines', async () => {
@@ -275,7 +349,11 @@ describe('ntsoekhe CLI end to end', () => {
         JSON.stringify(patient({ contact_number: '12345678901' })),
         JSON.stringify(good[2])
       ].join('\n') + '\n')
-      const nd = await ok(['import', 'patient_records', ndjson])
+      // Rejected lines make the run fail (exit 1) after the good ones are in, listed in line order.
+      const ndRun = await run(['import', 'patient_records', ndjson, '--json'])
+      expect(ndRun.code, ndRun.stderr).toBe(EXIT.REFUSED)
+      expect(ndRun.stderr).toMatch(/2 lines of .* rejected \(first: line 2: .*\); 3 imported/)
+      const nd = json(ndRun)
       expect(nd.accepted).toBe(3)
       expect(nd.rejected.map((r: any) => r.line)).toEqual([2, 5])
       expect(nd.rejected[1].error).toMatchObject({ column: 'contact_number' })
@@ -289,15 +367,34 @@ describe('ntsoekhe CLI end to end', () => {
       const line = (row: Record<string, unknown>): string => cols.map(c => `"${String(row[c]).replaceAll('"', '""')}"`).join(',')
       const csv = join(home, 'patients.csv')
       await writeFile(csv, [cols.join(','), line(patient()), line(patient({ gender: 'Not-a-short-value' })), line(patient())].join('\n') + '\n')
-      const c = await ok(['import', 'patient_records', csv])
+      const cRun = await run(['import', 'patient_records', csv, '--json'])
+      expect(cRun.code).toBe(EXIT.REFUSED)
+      const c = json(cRun)
       expect(c).toMatchObject({ accepted: 2, rejectedNotShown: 0 })
       expect(c.rejected).toHaveLength(1)
       expect(c.rejected[0]).toMatchObject({ line: 3, error: { column: 'gender' } })
 
+      // The same file again: its lines are answered as before (accepted), and no row is written twice.
+      const before = (await ok(['query', 'patient_records', '--limit', '1000'])).rows.length
       const text = await run(['import', 'patient_records', csv])
-      expect(text.code).toBe(EXIT.OK)
+      expect(text.code).toBe(EXIT.REFUSED)
       expect(text.stdout).toMatch(/imported 2 rows into patient_records; rejected 1/)
       expect(text.stdout).toMatch(/line 3: .*gender/)
+      expect((await ok(['query', 'patient_records', '--limit', '1000'])).rows.length).toBe(before)
+    })
+
+    it('import <table> - reads stdin; a clean run exits 0; importing it twice writes its rows once', async () => {
+      const rows = [patient({ patient_name: 'Stdin One' }), patient({ patient_name: 'Stdin Two' })]
+      const body = rows.map(r => JSON.stringify(r)).join('\n') + '\n'
+      const count = async (): Promise<number> => (await ok(['query', 'patient_records', '--where', `email=${String(rows[0]?.email)}`])).rows.length
+      for (let round = 1; round <= 2; round++) {
+        const r = await ok(['import', 'patient_records', '-'], body)
+        expect(r, `round ${round}`).toMatchObject({ accepted: 2, rejected: [], rejectedNotShown: 0 })
+        expect(await count()).toBe(1)
+      }
+      const csv = await run(['import', 'patient_records', '-', '--format', 'csv'], 'patient_name,date_of_birth,gender,address,contact_number,email\nCsv Stdin,1990-01-01,Female,1 Road,2622231234,csv.stdin@example.org\n')
+      expect(csv.code, csv.stderr).toBe(EXIT.OK)
+      expect(csv.stdout).toMatch(/imported 1 rows/)
     })
 
     it('a CSV line with the wrong number of fields is rejected alone; no other line is lost', async () => {
@@ -308,7 +405,9 @@ describe('ntsoekhe CLI end to end', () => {
         'Ragged,1990-01-01,Male',
         'After,1990-01-01,Female,1 Road,2622231234,after@example.org'
       ].join('\n') + '\n')
-      const r = await ok(['import', 'patient_records', csv])
+      const ragged = await run(['import', 'patient_records', csv, '--json'])
+      expect(ragged.code).toBe(EXIT.REFUSED)
+      const r = json(ragged)
       expect(r.accepted).toBe(2)
       expect(r.rejected.map((x: any) => x.line)).toEqual([3])
       for (const email of ['before@example.org', 'after@example.org']) {
@@ -318,8 +417,13 @@ describe('ntsoekhe CLI end to end', () => {
 
     it('seed --scale 1 loads 20 rows per table; query --limit 5 shows five', async () => {
       const before = (await ok(['status'])).storage.rows as Record<string, number>
-      const counts = await ok(['seed', '--scale', '1'], undefined)
+      const seeded = await run(['seed', '--scale', '1', '--json'])
+      expect(seeded.code, seeded.stderr).toBe(EXIT.OK)
+      const counts = json(seeded)
       for (const t of SEEDED_TABLES) expect(counts[t], t).toBe(20)
+      // The roles were made with the network: seed says it reuses them, and makes none.
+      expect(seeded.stderr).toMatch(/roles \(user_roles: admin, doctor, nurse, billing, auditor\) are there already/)
+      expect(counts.user_roles).toBeUndefined()
 
       const after = (await ok(['status'])).storage.rows as Record<string, number>
       for (const t of SEEDED_TABLES) expect((after[t] ?? 0) - (before[t] ?? 0), t).toBe(20)
@@ -334,6 +438,26 @@ describe('ntsoekhe CLI end to end', () => {
       const pairs = await ok(['query', 'patient_medications', '--limit', '1000'])
       const keys = pairs.rows.map((r: any) => `${String(r.patient_id)}:${String(r.medication_id)}`)
       expect(new Set(keys).size).toBe(keys.length)
+
+      // head: the first five rows of every table, by primary key, each the five smallest keys of the whole table.
+      const { tables } = await ok<{ tables: Array<{ table: string, primaryKey: string[], rows: any[], total: number }> }>(['head'])
+      const { tables: schema } = await ok<{ tables: Array<{ name: string }> }>(['tables'])
+      expect(tables.map(t => t.table)).toEqual(schema.map(t => t.name))
+      for (const t of tables) {
+        expect(t.rows, t.table).toHaveLength(5)
+        const all = (await ok(['query', t.table, '--limit', '1000'])).rows as any[]
+        expect(t.total, t.table).toBe(all.length)
+        const byKey = (r: any): number[] => t.primaryKey.map(k => Number(r[k]))
+        const sorted = all.map(byKey).sort((a, b) => (a[0] as number) - (b[0] as number) || ((a[1] ?? 0) - (b[1] ?? 0)))
+        expect(t.rows.map(byKey), t.table).toEqual(sorted.slice(0, 5))
+      }
+      const two = await ok(['head', '--limit', '2'])
+      expect(two.tables.every((t: any) => t.rows.length === 2)).toBe(true)
+      const text = await run(['head'])
+      expect(text.code, text.stderr).toBe(EXIT.OK)
+      expect(text.stdout).toMatch(/^users \(5 of \d+ rows, by user_id\)$/m)
+      expect(text.stdout).not.toMatch(/token_hash/)
+      expect((await run(['head', '--limit', '5000'])).code).toBe(EXIT.USAGE)
     })
 
     it('user add prints a token once; roles, break-glass, --token and $NTSOEKHE_TOKEN; 401 and 403 exit 1', async () => {
@@ -346,10 +470,10 @@ describe('ntsoekhe CLI end to end', () => {
 
       const p = await ok(['insert', 'patient_records', JSON.stringify(patient({ allergies: 'Latex' }))])
       // --token wins over the home's admin.token: billing sees name and contact only.
-      const asBilling = await cli(['get', 'patient_records', p.id, '--json', '--token', made.token], { home })
+      const asBilling = await cli(['get', 'patient_records', String(p.id), '--json', '--token', made.token], { home })
       expect(asBilling.code, asBilling.stderr).toBe(EXIT.OK)
       expect(Object.keys(json(asBilling).row).sort()).toEqual(['address', 'contact_number', 'email', 'patient_id', 'patient_name'])
-      const viaEnv = await cli(['get', 'patient_records', p.id, '--json'], { home, token: made.token })
+      const viaEnv = await cli(['get', 'patient_records', String(p.id), '--json'], { home, token: made.token })
       expect(json(viaEnv).row.allergies).toBeUndefined()
 
       const denied = await cli(['query', 'patient_records', '--where', 'allergies=Latex', '--token', made.token], { home })
@@ -357,8 +481,8 @@ describe('ntsoekhe CLI end to end', () => {
       expect(denied.stderr).toMatch(/allergies/)
       expect(denied.stderr).toMatch(/FORBIDDEN/)
       const bill = await ok(['insert', 'billing_insurance', JSON.stringify({ patient_id: Number(p.id), amount: '5.00', date: '2025-01-01', insurance_provider: 'A', insurance_policy_number: 'B' })])
-      expect((await cli(['get', 'billing_insurance', bill.id, '--token', nurse.token], { home })).code).toBe(EXIT.REFUSED)
-      const glass = await cli(['get', 'billing_insurance', bill.id, '--json', '--token', nurse.token, '--break-glass', 'patient collapsed at the desk'], { home })
+      expect((await cli(['get', 'billing_insurance', String(bill.id), '--token', nurse.token], { home })).code).toBe(EXIT.REFUSED)
+      const glass = await cli(['get', 'billing_insurance', String(bill.id), '--json', '--token', nurse.token, '--break-glass', 'patient collapsed at the desk'], { home })
       expect(glass.code, glass.stderr).toBe(EXIT.OK)
       expect(json(glass).row.insurance_policy_number).toBe('B')
 
@@ -372,6 +496,39 @@ describe('ntsoekhe CLI end to end', () => {
       expect(revoked.stderr).toMatch(/UNAUTHORIZED/)
       expect((await cli(['status', '--token', 'not-a-token'], { home })).code).toBe(EXIT.REFUSED)
     })
+  })
+
+  it('daemon --json announces its start as one JSON line on stdout; every log line names its component once', async () => {
+    const other = await startDaemon({ args: ['--json', '--log-level', 'info'] })
+    try {
+      const ready = await waitForValue('the daemon\'s JSON ready line on stdout', async () =>
+        other.stdout().split('\n').filter(l => l.startsWith('{"ready"')).map(l => JSON.parse(l) as Record<string, any>)[0], 10_000)
+      expect(ready).toMatchObject({ ready: true, peerId: expect.stringMatching(/^12D3KooW/), socket: other.socket, home: other.home, version: expect.any(String) })
+      expect(ready.addresses).toEqual(expect.arrayContaining([expect.stringMatching(/^\/ip4\/127\.0\.0\.1\/tcp\/\d+\/p2p\//)]))
+      expect(other.stderr()).not.toMatch(/ntsoekhe daemon ready/)
+      const logs = other.stdout().split('\n').filter(l => l.startsWith('{"level"'))
+      expect(logs.length).toBeGreaterThan(0)
+      for (const line of logs) expect(line.match(/"component"/g), line).toHaveLength(1)
+    } finally {
+      await other.stop()
+    }
+  })
+
+  it('a port already in use: one line naming the port and what changes it, no stack trace', async () => {
+    const holder = createServer()
+    await new Promise<void>(resolve => holder.listen(0, '127.0.0.1', resolve))
+    const port = (holder.address() as AddressInfo).port
+    try {
+      const home = await makeHome()
+      const r = await daemonExit(home, { args: ['--listen', `/ip4/127.0.0.1/tcp/${port}`] })
+      expect(r.code).toBe(EXIT.REFUSED)
+      expect(r.stderr).toContain(`port ${port} is already in use`)
+      expect(r.stderr).toMatch(/--listen .*network\.listen/)
+      expect(r.stderr).not.toMatch(/^\s+at /m)
+      expect(r.stderr.trimEnd().split('\n')).toHaveLength(1)
+    } finally {
+      await new Promise(resolve => holder.close(resolve))
+    }
   })
 
   describe('lifecycle', () => {
@@ -399,6 +556,7 @@ describe('ntsoekhe CLI end to end', () => {
       const nowhere = join(await makeHome(), 'never-created')
       const r = await cli(['get', 'patient_records', '1'], { home: nowhere })
       expect(r.code).toBe(EXIT.NO_DAEMON)
+      expect(r.stderr).toContain(`ntsoekhe daemon --home ${nowhere}`)
       expect(existsSync(nowhere)).toBe(false)
 
       daemon = await startDaemon({ home })

@@ -211,6 +211,8 @@ describe('a five-node network', () => {
     const exited = new Promise<number | null>(resolve => { sixth.proc.once('exit', code => { resolve(code) }) })
     const r = await cli(['leave', '--json'], { home: sixth.home, token })
     expect(r.code, r.stderr).toBe(0)
+    // Said once, now that the leave was allowed (a refused one never says it: test/e2e/cli.test.ts).
+    expect(r.stderr.match(/handing off every record this node holds/g)).toHaveLength(1)
     const body = json<{ peerId: string, state: string, handedOff: number }>(r)
     expect(body.state).toBe('left')
     expect(body.handedOff).toBeGreaterThan(0)

@@ -127,9 +127,9 @@ describe('ntsoekhe export end to end', () => {
     expect(got.filter(l => l.table === 'medical_history')).toHaveLength(3)
   })
 
-  it('exit codes: unknown table 1, bad flag 2, no daemon 3', async () => {
+  it('exit codes: unknown table 2 (a usage error, issue 12), bad flag 2, no daemon 3', async () => {
     const unknown = await run(['export', '--table', 'nope'])
-    expect(unknown.code).toBe(EXIT.REFUSED)
+    expect(unknown.code).toBe(EXIT.USAGE)
     expect(unknown.stderr).toContain('UNKNOWN_TABLE')
     expect((await run(['export', '--tables', 'patient_records'])).code).toBe(EXIT.USAGE)
     expect((await run(['export', '--table'])).code).toBe(EXIT.USAGE)

@@ -357,10 +357,41 @@ describe('api: import', () => {
     expect((await node.db.list('billing_insurance', {})).rows.map(r => r.billing_id).sort()).toEqual([1, 4, 5, 6])
   })
 
-  it('answers 415 to an import that is neither NDJSON nor CSV, and 404 to an unknown table', async () => {
+  it('imports the same file twice without writing its rows twice, ids or not; rejects come in line order', async () => {
+    const bill = (extra: Record<string, unknown> = {}): string => JSON.stringify({
+      patient_id: 1, amount: '10.5', date: '2026-01-01', insurance_provider: 'Acme', insurance_policy_number: 'P', ...extra
+    })
+    const visit = (extra: Record<string, unknown> = {}): string => JSON.stringify({ patient_id: 1, diagnosis: 'flu', treatment: 'rest', date_of_visit: '2026-01-10T10:00:00Z', ...extra })
+    // Two identical lines are two rows: a line's key is its place as well as its content.
+    const bills = [bill(), bill({ billing_id: 77 }), '{broken', bill(), bill({ amount: 'x' })].join('\n') + '\n'
+    const visits = [visit(), visit({ diagnosis: 'cold' }), visit({ patient_id: 99 })].join('\n') + '\n'
+    const importBody = async (table: string, payload: string, key?: string): Promise<any> => (await request({
+      method: 'POST', url: `/v1/tables/${table}/import`, payload, headers: { 'content-type': 'application/x-ndjson', ...(key === undefined ? {} : { 'idempotency-key': key }) }
+    })).json()
+    for (let round = 1; round <= 2; round++) {
+      const b = await importBody('billing_insurance', bills)
+      expect(b.accepted, `round ${round}`).toBe(3)
+      expect(b.rejected.map((r: { line: number }) => r.line)).toEqual([3, 5])
+      expect(await count('billing_insurance')).toBe(3)
+      const v = await importBody('medical_history', visits)
+      expect(v.accepted, `round ${round}`).toBe(2)
+      expect(v.rejected.map((r: { line: number, error: { code: string } }) => [r.line, r.error.code])).toEqual([[3, 'REFERENCE']])
+      expect(await count('medical_history')).toBe(2)
+    }
+    // Another Idempotency-Key is another import: its lines are written anew.
+    expect((await importBody('medical_history', visits, 'second-batch')).accepted).toBe(2)
+    expect(await count('medical_history')).toBe(4)
+  })
+
+  it('answers 415 to an import that is neither NDJSON nor CSV, JSON included, and 404 to an unknown table', async () => {
     const res = await request({ method: 'POST', url: '/v1/tables/billing_insurance/import', payload: { billing_id: 1 } })
     expect(res.statusCode).toBe(415)
     expect(errorOf(res).code).toBe('UNSUPPORTED_MEDIA_TYPE')
+    // NDJSON sent as JSON is not a JSON parse error (400): the route takes no JSON at all.
+    const ndjsonAsJson = await request({ method: 'POST', url: '/v1/tables/billing_insurance/import', headers: { 'content-type': 'application/json' }, payload: '{"billing_id":1}\n{"billing_id":2}\n' })
+    expect(ndjsonAsJson.statusCode).toBe(415)
+    expect(errorOf(ndjsonAsJson).message).toMatch(/application\/x-ndjson or text\/csv, not application\/json/)
+    expect(await count('billing_insurance')).toBe(0)
     const unknown = await request({ method: 'POST', url: '/v1/tables/nope/import', headers: { 'content-type': 'application/x-ndjson' }, payload: '{}\n' })
     expect(unknown.statusCode).toBe(404)
     expect(errorOf(unknown).code).toBe('UNKNOWN_TABLE')

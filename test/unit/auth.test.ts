@@ -107,6 +107,36 @@ describe('auth: tokens', () => {
     expect((await as('admin', { method: 'POST', url: '/v1/users/admin/revoke' })).statusCode).toBe(409)
   })
 
+  it('while the node is settling into a network, waits (bounded) for a token its users copy does not know yet; once settled, refuses at once', async () => {
+    let settling = true
+    const joining = new UserDirectory({ db: node.db }, { settling: () => settling, settleWaitMs: 5000 })
+    // The user arrives (as a joining node's copy of users would, from its members) while the lookup waits.
+    const token = 'a-token-made-on-another-member-0123456789abc'
+    const doctorRole = (await node.db.list('user_roles', { role_name: 'doctor' })).rows[0]?.role_id
+    const early = joining.authenticate(token)
+    await new Promise(resolve => setTimeout(resolve, 300))
+    await node.db.insert('users', { user_name: 'thabo', role_id: doctorRole, token_hash: hashToken(token) })
+    expect(await early).toEqual({ user: 'thabo', role: 'doctor' })
+    // Unknown for good: settling ends the wait (here after ~300 ms) with a 401.
+    const started = Date.now()
+    const unknown = joining.authenticate('no-such-token-at-all')
+    setTimeout(() => { settling = false }, 300)
+    await expect(unknown).rejects.toThrow(/Unknown token/)
+    expect(Date.now() - started).toBeGreaterThanOrEqual(250)
+    // Settled: an unknown token is refused without waiting.
+    const t0 = Date.now()
+    await expect(joining.authenticate('another-unknown-token')).rejects.toThrow(/Unknown token/)
+    expect(Date.now() - t0).toBeLessThan(250)
+  })
+
+  it('while settling, an unknown token waits at most settleWaitMs', async () => {
+    const joining = new UserDirectory({ db: node.db }, { settling: () => true, settleWaitMs: 400 })
+    const t0 = Date.now()
+    await expect(joining.authenticate('never-known')).rejects.toThrow(/Unknown token/)
+    expect(Date.now() - t0).toBeGreaterThanOrEqual(400)
+    expect(Date.now() - t0).toBeLessThan(5000)
+  })
+
   it('user routes are for admins: 403 naming the right', async () => {
     const res = await as('doctor', { method: 'POST', url: '/v1/users', payload: { user: 'x', role: 'admin' } })
     expect(res.statusCode).toBe(403)

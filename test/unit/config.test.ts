@@ -15,7 +15,11 @@ describe('config', () => {
       const parsed: unknown = JSON.parse(await readFile(join(dir, f), 'utf8'))
       expect(() => mergeConfig(defaultConfig(), parsed, f)).not.toThrow()
     }
-    expect(JSON.parse(await readFile(join(dir, 'default.json'), 'utf8'))).toEqual(defaultConfig())
+    // default.json writes out every default, and turns the console on (off by default) on loopback, as every example does.
+    const withConsole = defaultConfig()
+    withConsole.monitoring.console = '127.0.0.1:4180'
+    expect(JSON.parse(await readFile(join(dir, 'default.json'), 'utf8'))).toEqual(withConsole)
+    for (const f of files) expect((JSON.parse(await readFile(join(dir, f), 'utf8')) as { monitoring?: { console?: unknown } }).monitoring?.console).toBe('127.0.0.1:4180')
   })
 
   it('first use writes every default; a damaged or mistyped file is a clear error', async () => {
@@ -32,6 +36,7 @@ describe('config', () => {
     expect(() => mergeConfig(defaultConfig(), { membership: { suspectAfterMs: 10 } })).toThrow(/membership/)
     expect(() => mergeConfig(defaultConfig(), { storage: { writeBufferMb: 0 } })).toThrow(/storage.writeBufferMb/)
     expect(() => mergeConfig(defaultConfig(), { storage: { writeBufferMb: 2.5 } })).toThrow(/storage.writeBufferMb/)
+    expect(() => mergeConfig(defaultConfig(), { log: { level: 'bogus' } })).toThrow(/log.level must be one of trace, debug/)
     // A config written before a key existed gets the key's default.
     expect(mergeConfig(defaultConfig(), { storage: { sync: false } }).storage).toEqual({ sync: false, writeBufferMb: 16 })
   })
@@ -42,6 +47,30 @@ describe('config', () => {
     expect(c.network.bootstrap).toEqual(['/ip4/127.0.0.1/tcp/1/p2p/x'])
     expect(c.replication).toMatchObject({ replicas: 1, writeQuorum: 1, readQuorum: 1 })
     expect(() => applyFlags(defaultConfig(), { listen: [], bootstrap: [], writeQuorum: 5 })).toThrow()
+  })
+
+  it('the console and metrics addresses: off by default, host:port, the console on loopback unless consoleRemote', () => {
+    expect(defaultConfig().monitoring).toEqual({ console: null, consoleRemote: false, metricsListen: null })
+    const c = applyFlags(defaultConfig(), { listen: [], bootstrap: [], console: '127.0.0.1:4180', metricsListen: '0.0.0.0:9464' })
+    expect(c.monitoring).toEqual({ console: '127.0.0.1:4180', consoleRemote: false, metricsListen: '0.0.0.0:9464' })
+    expect(applyFlags(defaultConfig(), { listen: [], bootstrap: [], console: '[::1]:4180' }).monitoring.console).toBe('[::1]:4180')
+    expect(() => applyFlags(defaultConfig(), { listen: [], bootstrap: [], console: '0.0.0.0:4180' })).toThrow(/plain HTTP.*consoleRemote/)
+    expect(applyFlags(defaultConfig(), { listen: [], bootstrap: [], console: '0.0.0.0:4180', consoleRemote: true }).monitoring.consoleRemote).toBe(true)
+    for (const bad of ['4180', '127.0.0.1', '127.0.0.1:0', '127.0.0.1:70000', 'http://127.0.0.1:4180', '[nothex]:1']) {
+      expect(() => mergeConfig(defaultConfig(), { monitoring: { console: bad } }), bad).toThrow(/monitoring.console.*host:port/)
+      expect(() => mergeConfig(defaultConfig(), { monitoring: { metricsListen: bad } }), bad).toThrow(/monitoring.metricsListen.*host:port/)
+    }
+    expect(() => mergeConfig(defaultConfig(), { monitoring: { console: 4180 } })).toThrow(/monitoring.console has the wrong type/)
+  })
+
+  it('a malformed --console or --metrics-listen is a usage error (exit 2) naming the flag', async () => {
+    const err: string[] = []
+    const io = { stdout: { write: (x: string) => err.push(x) }, stderr: { write: (x: string) => err.push(x) }, stdin: process.stdin }
+    expect(await run(['daemon', '--console', 'localhost'], io)).toBe(2)
+    expect(err.join('')).toMatch(/--console takes host:port/)
+    err.length = 0
+    expect(await run(['daemon', '--metrics-listen', '1.2.3.4:99999'], io)).toBe(2)
+    expect(err.join('')).toMatch(/--metrics-listen takes host:port/)
   })
 })
 

@@ -2,7 +2,7 @@ import { afterEach, beforeEach, describe, expect, it, vi } from 'vitest'
 import { tokenOf } from '../../src/cluster/token.js'
 import { NtsoekheError } from '../../src/errors/index.js'
 import { Database } from '../../src/query/database.js'
-import { IdGenerator } from '../../src/query/ids.js'
+import { IdSource } from '../../src/query/id-source.js'
 import type { Row } from '../../src/schema/index.js'
 import { openLocalNode, patientRow, tempDir, type LocalNode, type TempDir } from '../helpers/temp.js'
 
@@ -36,10 +36,10 @@ const doctor = (id: number): Row => ({
 })
 const appointment = (id: number | undefined, patientId: number, doctorId: number): Row => ({
   ...(id === undefined ? {} : { appointment_id: id }),
-  patient_id: patientId, doctor_id: doctorId, appointment_date: '2026-02-01T09:30:00Z', purpose: 'checkup'
+  patient_id: patientId, doctor_id: doctorId, appointment_date: '2026-02-01T09:30:00.000Z', purpose: 'checkup'
 })
 const history = (id: number, patientId: number, roleId: number | null = null): Row => ({
-  history_id: id, patient_id: patientId, diagnosis: 'flu', treatment: 'rest', date_of_visit: '2026-01-10T10:00:00Z', role_id: roleId
+  history_id: id, patient_id: patientId, diagnosis: 'flu', treatment: 'rest', date_of_visit: '2026-01-10T10:00:00.000Z', role_id: roleId
 })
 const lab = (id: number, recordId: number, patientId: number): Row => ({
   result_id: id, record_id: recordId, patient_id: patientId, test_name: 'CBC', test_date: '2026-01-11', test_result: 'normal'
@@ -88,17 +88,18 @@ describe('database: insert', () => {
     expect((await db.get('appointments', '100')).row.doctor_id).toBe(7)
   })
 
-  it('draws again when a generated id collides with an existing key', async () => {
+  it('draws again when a generated id meets an existing key (a row keyed by hand, or an id of the earlier layout)', async () => {
     vi.useFakeTimers({ toFake: ['Date'] })
     vi.setSystemTime(Date.UTC(2026, 3, 1))
-    // Two databases with the same peer id (so the same node tag) whose sequences start alike draw the same ids in the same millisecond.
-    const one = new Database({ coordinator: node.coordinator, peerId: node.peerId, ids: new IdGenerator(node.peerId, Date.now, () => 0) })
-    const twin = new Database({ coordinator: node.coordinator, peerId: node.peerId, ids: new IdGenerator(node.peerId, Date.now, () => 0) })
-    const first = await one.insert('patient_records', patient())
-    const second = await twin.insert('patient_records', patient())
-    expect(second.id).not.toBe(first.id)
-    // Same tag, same millisecond: the twin's first draw was taken, its second is the next sequence number.
-    expect(Number(second.id)).toBe(Number(first.id) + 1)
+    const ids = new IdSource({ coordinator: node.coordinator, peerId: node.peerId })
+    const one = new Database({ coordinator: node.coordinator, peerId: node.peerId, ids })
+    // The id the next draw would make, taken first by a row keyed by hand.
+    const probe = new IdSource({ coordinator: node.coordinator, peerId: node.peerId })
+    const expected = await probe.next()
+    await db.insert('patient_records', patient(expected))
+    const drawn = await one.insert('patient_records', patient())
+    // Same tag (the same peer takes its own claim back), same millisecond: the draw after the taken one.
+    expect(Number(drawn.id)).toBe(expected + 1)
     expect((await db.list('patient_records', {})).rows).toHaveLength(2)
   })
 
@@ -339,6 +340,37 @@ describe('database: rows located by their key', () => {
   })
 })
 
+describe('database: TIMESTAMP values', () => {
+  it('are stored in one canonical UTC form, and an equality filter finds a moment however it is written', async () => {
+    await chart()
+    const a = await db.insert('appointments', { ...appointment(101, 1, 7), appointment_date: '2026-12-02T10:00:00+02:00' })
+    expect(a.row?.appointment_date).toBe('2026-12-02T08:00:00.000Z')
+    expect((await db.get('appointments', '101')).row.appointment_date).toBe('2026-12-02T08:00:00.000Z')
+    for (const same of ['2026-12-02T08:00:00.000Z', '2026-12-02T08:00Z', '2026-12-02T10:00:00+02:00', '2026-12-02 03:00-0500']) {
+      const { rows } = await db.list('appointments', { appointment_date: same })
+      expect(rows.map(r => r.appointment_id), same).toEqual([101])
+    }
+    const bare = await failure(db.insert('appointments', { ...appointment(102, 1, 7), appointment_date: '2026-12-02 10:00' }))
+    expect(bare).toMatchObject({ code: 'INVALID', column: 'appointment_date' })
+    expect((await failure(db.list('appointments', { appointment_date: '2026-12-02T10:00' }))).column).toBe('appointment_date')
+  })
+
+  it('a row stored before the canonical form is upgraded when it is next patched, whatever the patch changes', async () => {
+    await chart()
+    // As an older daemon stored it: the time as typed, no zone.
+    await db.insert('appointments', appointment(103, 1, 7))
+    const old = { ...appointment(103, 1, 7), appointment_date: '2026-12-02 10:00' }
+    await node.coordinator.write([{ op: 'put', table: 'appointments', id: '103', shard: 'doctor_id:7', row: old }])
+    expect((await db.get('appointments', '103')).row.appointment_date).toBe('2026-12-02 10:00')
+    const patched = await db.patch('appointments', '103', { purpose: 'follow-up' })
+    expect(patched.row).toMatchObject({ purpose: 'follow-up', appointment_date: '2026-12-02T10:00:00.000Z' })
+    expect((await db.list('appointments', { appointment_date: '2026-12-02T10:00:00Z' })).rows.map(r => r.appointment_id)).toEqual([103])
+    // An empty update rewrites such a row, changing nothing else.
+    await node.coordinator.write([{ op: 'put', table: 'appointments', id: '103', shard: 'doctor_id:7', row: { ...old, appointment_date: '2026-12-03T09:00+01:00' } }])
+    expect((await db.patch('appointments', '103', {})).row).toEqual({ ...old, appointment_date: '2026-12-03T08:00:00.000Z' })
+  })
+})
+
 describe('database: batch', () => {
   it("applies a patient's writes together", async () => {
     await db.insert('patient_records', patient(1))
@@ -393,6 +425,40 @@ describe('database: batch', () => {
     await db.insert('medical_history', history(201, 2))
     expect((await failure(db.batch([]))).code).toBe('INVALID')
     expect((await failure(db.batch([{ op: 'drop' as 'insert', table: 'patient_records' }]))).code).toBe('INVALID')
+  })
+
+  it("takes a new patient and their first visit in one batch: later operations see the rows earlier ones write", async () => {
+    const results = await db.batch([
+      { op: 'insert', table: 'patient_records', row: patient(777) },
+      { op: 'insert', table: 'medical_history', row: history(201, 777) },
+      { op: 'insert', table: 'lab_results', row: lab(301, 201, 777) }
+    ])
+    expect(results.map(r => `${r.table} ${r.id}`)).toEqual(['patient_records 777', 'medical_history 201', 'lab_results 301'])
+    expect((await db.get('lab_results', '301')).row.record_id).toBe(201)
+
+    // All or nothing still: a bad last operation leaves no patient behind.
+    const err = await failure(db.batch([
+      { op: 'insert', table: 'patient_records', row: patient(778) },
+      { op: 'insert', table: 'medical_history', row: history(202, 778) },
+      { op: 'insert', table: 'billing_insurance', row: { ...billing(402, 778), amount: 'lots' } }
+    ]))
+    expect(err).toMatchObject({ code: 'INVALID', column: 'amount' })
+    expect((await failure(db.get('patient_records', '778'))).code).toBe('NOT_FOUND')
+    expect((await failure(db.get('medical_history', '202'))).code).toBe('NOT_FOUND')
+
+    // A row the batch deletes earlier is not there for a later one; a row is written once per batch.
+    await db.insert('patient_records', patient(779))
+    expect(await failure(db.batch([
+      { op: 'delete', table: 'patient_records', id: 779 },
+      { op: 'insert', table: 'medical_history', row: history(203, 779) }
+    ]))).toMatchObject({ code: 'REFERENCE', column: 'patient_id' })
+    const twice = await failure(db.batch([
+      { op: 'insert', table: 'patient_records', row: patient(780) },
+      { op: 'patch', table: 'patient_records', id: 780, row: { address: 'Later' } }
+    ]))
+    expect(twice.code).toBe('INVALID')
+    expect(twice.message).toMatch(/operations\[1\].*already written by operations\[0\]/)
+    expect((await failure(db.get('patient_records', '780'))).code).toBe('NOT_FOUND')
   })
 
   it('refuses a stale If-Match in a batch', async () => {

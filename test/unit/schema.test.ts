@@ -1,7 +1,7 @@
 import { describe, expect, it } from 'vitest'
 import { NtsoekheError } from '../../src/errors/index.js'
 import {
-  TABLES, checkValue, findTable, parseId, referencingTables, rowId, shardValue, validateRow,
+  TABLES, checkValue, findTable, parseId, referencingTables, rowId, shardValue, upgradeStoredRow, validateRow,
   type Column, type TableDef
 } from '../../src/schema/index.js'
 
@@ -145,12 +145,44 @@ describe('schema: DATE', () => {
 describe('schema: TIMESTAMP', () => {
   const col = column('appointments', 'appointment_date')
 
-  it('accepts ISO 8601 forms', () => {
-    for (const ok of ['2024-03-01T10:00:00Z', '2024-03-01T10:00Z', '2024-03-01T10:00', '2024-03-01 10:00',
-      '2024-03-01T10:00:00.123Z', '2024-03-01T10:00:00.123456789Z', '2024-03-01T10:00:00+02:00',
-      '2024-03-01T10:00:00-0530', '2024-02-29T23:59:59Z']) {
-      expect(checkValue(col, ok)).toBe(ok)
+  it('stores every ISO 8601 form with a zone as one canonical UTC form', () => {
+    const cases: Array<[string, string]> = [
+      ['2024-03-01T10:00:00Z', '2024-03-01T10:00:00.000Z'],
+      ['2024-03-01T10:00Z', '2024-03-01T10:00:00.000Z'],
+      ['2024-03-01 10:00Z', '2024-03-01T10:00:00.000Z'],
+      ['2024-03-01T10:00:00.123Z', '2024-03-01T10:00:00.123Z'],
+      ['2024-03-01T10:00:00.5Z', '2024-03-01T10:00:00.500Z'],
+      ['2024-03-01T10:00:00.123456789Z', '2024-03-01T10:00:00.123Z'],
+      ['2024-03-01T10:00:00+02:00', '2024-03-01T08:00:00.000Z'],
+      ['2024-03-01T10:00:00-0530', '2024-03-01T15:30:00.000Z'],
+      ['2024-03-01T01:00:00+02:00', '2024-02-29T23:00:00.000Z'],
+      ['2024-02-29T23:59:59Z', '2024-02-29T23:59:59.000Z'],
+      ['0050-06-01T12:00:00Z', '0050-06-01T12:00:00.000Z']
+    ]
+    for (const [given, stored] of cases) expect(checkValue(col, given), given).toBe(stored)
+    // The canonical form is its own: storing it again changes nothing.
+    for (const [, stored] of cases) expect(checkValue(col, stored)).toBe(stored)
+  })
+
+  it('refuses a time without a zone, naming the column and the accepted forms', () => {
+    for (const bare of ['2024-03-01T10:00', '2024-03-01 10:00', '2024-03-01T10:00:00.123']) {
+      const err = invalid(() => checkValue(col, bare))
+      expect(err.column).toBe('appointment_date')
+      expect(err.message).toMatch(/no time zone/)
+      expect(err.message).toContain('2026-12-02T10:00:00+02:00')
+      expect(err.message.match(/appointment_date/g)).toHaveLength(1)
     }
+  })
+
+  it('keeps a value a member stored before the canonical form, and upgrades it when its row is rewritten', () => {
+    expect(checkValue(col, '2024-03-01 10:00', { stored: true })).toBe('2024-03-01 10:00')
+    expect(invalid(() => checkValue(col, 'yesterday', { stored: true })).column).toBe('appointment_date')
+    const table = TABLES.find(t => t.name === 'appointments') as TableDef
+    const old = { appointment_id: 1, patient_id: 2, doctor_id: 3, appointment_date: '2024-03-01 10:00', purpose: 'x' }
+    expect(upgradeStoredRow(table, old)).toEqual({ ...old, appointment_date: '2024-03-01T10:00:00.000Z' })
+    expect(upgradeStoredRow(table, { ...old, appointment_date: '2024-03-01T12:00+02:00' }).appointment_date).toBe('2024-03-01T10:00:00.000Z')
+    const canonical = { ...old, appointment_date: '2024-03-01T10:00:00.000Z' }
+    expect(upgradeStoredRow(table, canonical)).toBe(canonical)
   })
 
   it('rejects impossible times, dates alone and garbage', () => {

@@ -383,6 +383,37 @@ describe('store: record metadata stays small (formats 4 and 5)', () => {
     }
   })
 
+  it('a replica that missed more updates than the lists keep ends with the one head, not a conflict of its own', async () => {
+    // Found by the chaos suite: a replica held version 1 while its peer made 200 more; it merged the
+    // peer's state (whose lists no longer reach version 1), then was sent every version. It kept
+    // version 1 as a second head for good, a conflict no other replica showed, and anti-entropy
+    // sent the record every round without settling it.
+    const peer = new Store({ path: join(dir.path, 'peer'), sync: false, indexes: INDEXES, dataKey: KEY })
+    await peer.open()
+    try {
+      const first = entry(1, [], appointment(1))
+      await store.apply([first])
+      await peer.apply([first])
+      let head = first.version
+      for (let i = 0; i < 200; i++) {
+        const e = entry(1, [head], { ...appointment(1), purpose: `visit ${i}` })
+        await peer.apply([e])
+        head = e.version
+      }
+      const theirs = (await peer.get('appointments', DOCTOR_7, '1'))!
+      expect(theirs.horizon).toBeDefined()
+      await store.merge([theirs])
+      await store.apply(await peer.versions('appointments', DOCTOR_7, '1'))
+      await store.merge([theirs])
+      expect((await store.get('appointments', DOCTOR_7, '1'))?.heads.map(h => h.version)).toEqual([head])
+      expect(winner(await store.get('appointments', DOCTOR_7, '1'))?.row?.purpose).toBe('visit 199')
+      // The two replicas' range summaries agree again.
+      expect(store.summary.bucketDigests()).toEqual(peer.summary.bucketDigests())
+    } finally {
+      await peer.close()
+    }
+  })
+
   it('knows an old version again by what it keeps below the horizon: a duplicate, never a head', async () => {
     await update(1, 200)
     const versions = await store.versions('appointments', DOCTOR_7, '1')

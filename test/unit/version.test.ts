@@ -1,5 +1,5 @@
 import { describe, expect, it } from 'vitest'
-import { ID_EPOCH_MS, IdGenerator, idTime } from '../../src/query/ids.js'
+import { ID_EPOCH_MS, ID_TAGS, IdGenerator, idMs, idTag, idTime } from '../../src/query/ids.js'
 import { orderMutations } from '../../src/cluster/mutations.js'
 import { tokenOf } from '../../src/cluster/token.js'
 import { recordKey } from '../../src/storage/keys.js'
@@ -167,12 +167,9 @@ describe('version strings', () => {
   })
 })
 
-/** The 6 node bits of an id */
-const nodeBits = (id: number): number => Math.floor(id / 64) % 64
-
 describe('id generator', () => {
   it('draws strictly increasing safe integers, 100k in a tight loop', () => {
-    const ids = new IdGenerator('12D3KooWLocalTestNode0001')
+    const ids = new IdGenerator(201)
     const before = Date.now()
     let prev = ids.next()
     for (let i = 0; i < 100_000; i++) {
@@ -182,71 +179,60 @@ describe('id generator', () => {
       }
       prev = id
     }
-    // 32 to 64 ids per millisecond: a burst borrows future milliseconds, at most about 3.1 s for 100k draws.
+    // 16 ids per millisecond: a burst borrows future milliseconds, at most 6.25 s for 100k draws.
     expect(idTime(prev)).toBeGreaterThanOrEqual(before)
-    expect(idTime(prev)).toBeLessThan(Date.now() + 100_000 / 32 + 1000)
+    expect(idTime(prev)).toBeLessThan(Date.now() + 100_000 / 16 + 1000)
+    expect(idTag(prev)).toBe(201)
   })
 
-  it('records when the id was made', () => {
+  it('records when the id was made and which tag made it', () => {
     const now = Date.now()
-    const id = new IdGenerator('peer').next()
+    const id = new IdGenerator(7).next()
     expect(Math.abs(idTime(id) - now)).toBeLessThan(1000)
+    expect(idTag(id)).toBe(7)
   })
 
-  it('keeps ids within 53 bits up to the end of the 41-bit epoch', () => {
+  it('keeps ids within 53 bits up to the end of the 41-bit epoch, and refuses to go beyond', () => {
     const last = ID_EPOCH_MS + 2 ** 41 - 1
-    const ids = new IdGenerator('peer', () => last, () => 0.999)
-    for (let i = 0; i < 33; i++) expect(ids.next()).toBeLessThanOrEqual(Number.MAX_SAFE_INTEGER)
-    expect(idTime(new IdGenerator('peer', () => last).next())).toBe(last)
+    const ids = new IdGenerator(ID_TAGS - 1, () => last)
+    for (let i = 0; i < 16; i++) expect(ids.next()).toBeLessThanOrEqual(Number.MAX_SAFE_INTEGER)
+    expect(() => ids.next()).toThrow(/2094/)
+    expect(idTime(new IdGenerator(0, () => last).next())).toBe(last)
   })
 
-  it('borrows the next millisecond once 64 ids are drawn in one', () => {
+  it('refuses a tag outside the tag bits', () => {
+    expect(() => new IdGenerator(ID_TAGS)).toThrow(RangeError)
+    expect(() => new IdGenerator(-1)).toThrow(RangeError)
+  })
+
+  it('borrows the next millisecond once 16 ids are drawn in one', () => {
     const time = manualTime(T0)
-    const ids = new IdGenerator('peer', time.now, () => 0)
-    const drawn = Array.from({ length: 65 }, () => ids.next())
-    expect(idTime(drawn[63] as number)).toBe(T0)
-    expect(idTime(drawn[64] as number)).toBe(T0 + 1)
+    const ids = new IdGenerator(3, time.now)
+    const drawn = Array.from({ length: 17 }, () => ids.next())
+    expect(idTime(drawn[15] as number)).toBe(T0)
+    expect(idTime(drawn[16] as number)).toBe(T0 + 1)
     // The clock catching up does not repeat an id.
     time.set(T0 + 1)
-    expect(ids.next()).toBeGreaterThan(drawn[64] as number)
+    expect(ids.next()).toBeGreaterThan(drawn[16] as number)
   })
 
-  it('gives disjoint ids to two peers with different node tags in the same millisecond', () => {
-    // Node tags are 6 bits, so 1 peer pair in 64 shares one; such pairs can collide and the
-    // insert then meets the existing key (409) and draws again (see database.test.ts).
-    const candidates = Array.from({ length: 20 }, (_, i) => `12D3KooWPeer${i}`)
-    const tagOf = (peer: string): number => nodeBits(new IdGenerator(peer, () => T0).next())
-    const a = candidates[0] as string
-    const b = candidates.find(p => tagOf(p) !== tagOf(a)) as string
-    expect(b).toBeDefined()
-    const ga = new IdGenerator(a, () => T0, () => 0)
-    const gb = new IdGenerator(b, () => T0, () => 0)
-    const fromA = Array.from({ length: 64 }, () => ga.next())
-    const fromB = Array.from({ length: 64 }, () => gb.next())
-    expect(fromA.every(id => idTime(id) === T0)).toBe(true)
-    const all = new Set([...fromA, ...fromB])
-    expect(all.size).toBe(128)
-    const c = candidates.find(p => p !== a && tagOf(p) === tagOf(a))
-    if (c !== undefined) expect(new IdGenerator(c, () => T0, () => 0).next()).toBe(new IdGenerator(a, () => T0, () => 0).next())
-  })
-
-  it('two peers sharing a tag, each drawing one id a millisecond, meet about once in 32 draws, not every time', () => {
-    const candidates = Array.from({ length: 400 }, (_, i) => `12D3KooWPeer${i}`)
-    const tagOf = (peer: string): number => nodeBits(new IdGenerator(peer, () => T0).next())
-    const a = candidates[0] as string
-    const b = candidates.find(p => p !== a && tagOf(p) === tagOf(a)) as string
-    expect(b).toBeDefined()
+  it('starts above its floor, whatever the clock says (a restart after the clock was set back)', () => {
     const time = manualTime(T0)
-    const ga = new IdGenerator(a, time.now)
-    const gb = new IdGenerator(b, time.now)
-    let met = 0
-    for (let ms = 0; ms < 2000; ms++) {
-      time.set(T0 + ms)
-      if (ga.next() === gb.next()) met++
+    const before = new IdGenerator(3, time.now)
+    const made = Array.from({ length: 40 }, () => before.next())
+    time.set(T0 - 60_000)
+    const floor = idMs(made[made.length - 1] as number)
+    const after = new IdGenerator(3, time.now, floor)
+    expect(after.next()).toBeGreaterThan(made[made.length - 1] as number)
+  })
+
+  it('gives every tag disjoint ids in the same millisecond: all 256 tags, 16 ids each, no two equal', () => {
+    const all = new Set<number>()
+    for (let tag = 0; tag < ID_TAGS; tag++) {
+      const g = new IdGenerator(tag, () => T0)
+      for (let i = 0; i < 16; i++) all.add(g.next())
     }
-    // Expected 2000 / 32 = 62.5 (a standard deviation of about 8); with every millisecond's
-    // sequence starting at 0 it was all 2000.
-    expect(met).toBeGreaterThan(10)
-    expect(met).toBeLessThan(200)
+    expect(all.size).toBe(ID_TAGS * 16)
+    expect([...all].every(id => idTime(id) === T0)).toBe(true)
   })
 })

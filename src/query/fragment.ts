@@ -1,0 +1,292 @@
+import { createHash } from 'node:crypto'
+import { ValidationError } from '../errors/index.js'
+import { allOf, checkCondition, columnOf, compareValues, type Condition } from '../schema/condition.js'
+import { findTable, type Row, type TableDef, type Value } from '../schema/index.js'
+import { tokenOf } from '../cluster/token.js'
+import { winner, type Store } from '../storage/store.js'
+
+/**
+ * The part of a SELECT each owner runs on its own copy of a token range:
+ * the rows of `table` that pass `filter`, each joined (on the owner, where
+ * the rows it joins with live too) with the rows of `join.table` holding
+ * the same `join.column`, then grouped with partial aggregates, or
+ * projected, sorted and cut to `limit`. The coordinator merges the ranges'
+ * results. A column is `[source, name]`: source 0 the table, 1 the joined one.
+ */
+export interface Fragment {
+  table: string
+  filter?: Condition
+  join?: { table: string, column: string, filter?: Condition }
+  /** Grouped: the group columns and the aggregates; else `columns` are projected */
+  groupBy?: Array<[0 | 1, string]>
+  aggregates?: FragmentAggregate[]
+  columns?: Array<[0 | 1, string]>
+  /** Rows mode: sort keys (each a `columns` index) and how many rows a range needs to give at most */
+  orderBy?: Array<{ at: number, desc: boolean }>
+  limit?: number
+}
+
+export type AggregateFn = 'COUNT' | 'SUM' | 'AVG' | 'MIN' | 'MAX'
+export interface FragmentAggregate { fn: AggregateFn, column?: [0 | 1, string] }
+
+/** A partial aggregate: COUNT a number, SUM and AVG `[sum, count]`, MIN and MAX a value */
+export type Partial = number | [number, number] | Value
+
+export interface FragmentResult {
+  /** Grouped: each group's key and partial aggregates */
+  groups?: Array<{ key: Value[], partials: Partial[] }>
+  rows?: Value[][]
+  /**
+   * A digest of every row version the result was computed from (ids and
+   * winning versions, both tables): two copies whose digests agree gave
+   * the same answer from the same rows.
+   */
+  digest: string
+}
+
+/** Where a fragment's rows come from: one owner's store, or the coordinator's quorum reads */
+export interface FragmentSource {
+  /** The rows of a table that pass a filter, within the fragment's ranges (or one shard value's rows, when `shard` is given) */
+  rows: (table: string, filter: Condition | undefined, shard?: string) => AsyncIterable<{ row: Row, id: string, version: string }>
+}
+
+/** Most groups or rows a range's result may hold (and a merged answer) */
+export const MAX_FRAGMENT_ROWS = 100_000
+
+/** Runs a fragment over a source (see Fragment) */
+export async function runFragment (f: Fragment, source: FragmentSource): Promise<FragmentResult> {
+  const table = tableOf(f.table)
+  const joined = f.join === undefined ? undefined : tableOf(f.join.table)
+  // Every copy reads its rows in the same order (the same plan over the same keys), so one running
+  // hash of what was read is the same on copies that hold the same versions.
+  const hash = createHash('sha256')
+  const mix = (t: string, id: string, version: string): void => { hash.update(`${t}\u0000${id}\u0000${version}\n`) }
+  const groups = new Map<string, { key: Value[], partials: Partial[] }>()
+  const rows: Value[][] = []
+  const lookups = new Map<string, Row[]>()
+  const emit = (tuple: [Row, Row | undefined]): void => {
+    const value = ([s, c]: [0 | 1, string]): Value => tuple[s]?.[c] ?? null
+    if (f.aggregates !== undefined) {
+      const key = (f.groupBy ?? []).map(value)
+      const k = JSON.stringify(key)
+      let g = groups.get(k)
+      if (g === undefined) {
+        g = { key, partials: f.aggregates.map(a => initial(a.fn)) }
+        groups.set(k, g)
+        if (groups.size > MAX_FRAGMENT_ROWS) throw new ValidationError(`SQL: more than ${MAX_FRAGMENT_ROWS} groups`)
+      }
+      f.aggregates.forEach((a, i) => {
+        const g2 = g as { partials: Partial[] }
+        g2.partials[i] = step(a, (g2.partials[i] ?? null) as Partial, a.column === undefined ? 1 : value(a.column), a.column === undefined ? undefined : columnOf(a.column[0] === 0 ? table : joined as TableDef, a.column[1]))
+      })
+      return
+    }
+    rows.push((f.columns ?? []).map(value))
+    // Only the best `limit` are kept: sorted and cut whenever twice as many have come.
+    if (f.limit !== undefined && rows.length >= Math.max(2 * f.limit, 1000)) {
+      sortRows(rows, f, table, joined)
+      rows.length = f.limit
+    }
+    if (rows.length > MAX_FRAGMENT_ROWS) throw new ValidationError(`SQL: this query makes more than ${MAX_FRAGMENT_ROWS} rows; narrow its WHERE or add a LIMIT`)
+  }
+  for await (const { row, id, version } of source.rows(table.name, f.filter)) {
+    mix(table.name, id, version)
+    if (f.join === undefined || joined === undefined) { emit([row, undefined]); continue }
+    const v = row[f.join.column]
+    if (v === null || v === undefined) continue
+    const cacheKey = JSON.stringify(v)
+    let others = lookups.get(cacheKey)
+    if (others === undefined) {
+      others = []
+      const filter = allOf([{ op: '=', column: f.join.column, value: v }, ...(f.join.filter === undefined ? [] : [f.join.filter])])
+      // The joined rows of this key live where this row does (same shard value), or on every node (a global table).
+      const shard = joined.shardKey === f.join.column ? `${joined.shardKey}:${String(v)}` : undefined
+      for await (const o of source.rows(joined.name, filter, shard)) {
+        mix(joined.name, o.id, o.version)
+        others.push(o.row)
+      }
+      lookups.set(cacheKey, others)
+    }
+    for (const o of others) emit([row, o])
+  }
+  const digest = hash.digest('hex').slice(0, 32)
+  if (f.aggregates !== undefined) return { groups: [...groups.values()], digest }
+  sortRows(rows, f, table, joined)
+  if (f.limit !== undefined && rows.length > f.limit) rows.length = f.limit
+  return { rows, digest }
+}
+
+function initial (fn: AggregateFn): Partial {
+  return fn === 'COUNT' ? 0 : fn === 'SUM' || fn === 'AVG' ? [0, 0] : null
+}
+
+function step (a: FragmentAggregate, p: Partial, v: Value, col: import('../schema/index.js').Column | undefined): Partial {
+  if (v === null) return p
+  switch (a.fn) {
+    case 'COUNT': return (p as number) + 1
+    case 'SUM':
+    case 'AVG': {
+      const [s, n] = p as [number, number]
+      return [s + Number(v), n + 1]
+    }
+    case 'MIN': return p === null || (col !== undefined && compareValues(col, v, p as Value) < 0) ? v : p
+    case 'MAX': return p === null || (col !== undefined && compareValues(col, v, p as Value) > 0) ? v : p
+  }
+}
+
+/** Merges partial aggregates of one group from several ranges */
+export function mergePartials (aggregates: FragmentAggregate[], a: Partial[], b: Partial[], colOf: (c: [0 | 1, string]) => import('../schema/index.js').Column): Partial[] {
+  return aggregates.map((agg, i) => {
+    const x = a[i] ?? null
+    const y = b[i] ?? null
+    switch (agg.fn) {
+      case 'COUNT': return (x as number) + (y as number)
+      case 'SUM':
+      case 'AVG': return [(x as [number, number])[0] + (y as [number, number])[0], (x as [number, number])[1] + (y as [number, number])[1]]
+      default: {
+        if (x === null) return y
+        if (y === null) return x
+        const c = compareValues(colOf(agg.column as [0 | 1, string]), x as Value, y as Value)
+        return agg.fn === 'MIN' ? (c <= 0 ? x : y) : (c >= 0 ? x : y)
+      }
+    }
+  })
+}
+
+/** A merged partial as the answer's value */
+export function finish (fn: AggregateFn, p: Partial): Value {
+  switch (fn) {
+    case 'COUNT': return p as number
+    case 'SUM': { const [s, n] = p as [number, number]; return n === 0 ? null : Math.round(s * 1e6) / 1e6 }
+    case 'AVG': { const [s, n] = p as [number, number]; return n === 0 ? null : s / n }
+    default: return p as Value
+  }
+}
+
+/** Sorts projected rows by the fragment's order (NULLs last ascending, first descending, as PostgreSQL) */
+export function sortRows (rows: Value[][], f: Fragment, table: TableDef, joined: TableDef | undefined): void {
+  const order = f.orderBy ?? []
+  if (order.length === 0) return
+  const cols = order.map(o => {
+    const [s, c] = (f.columns ?? [])[o.at] as [0 | 1, string]
+    return columnOf(s === 0 ? table : joined as TableDef, c)
+  })
+  rows.sort((a, b) => {
+    for (const [i, o] of order.entries()) {
+      const x = a[o.at] ?? null
+      const y = b[o.at] ?? null
+      const c = x === null || y === null ? (x === y ? 0 : x === null ? 1 : -1) : compareValues(cols[i] as import('../schema/index.js').Column, x, y)
+      if (c !== 0) return o.desc ? -c : c
+    }
+    return 0
+  })
+}
+
+function tableOf (name: string): TableDef {
+  const t = findTable(name)
+  if (t === undefined) throw new ValidationError(`unknown table ${name}`)
+  return t
+}
+
+/** A fragment as a peer sends it, checked whole (tables, columns, conditions, sizes) */
+export function checkFragment (raw: unknown): Fragment {
+  const m = raw as Record<string, unknown> | null
+  if (m === null || typeof m !== 'object') throw new ValidationError('malformed fragment')
+  const table = tableOf(String(m.table))
+  const out: Fragment = { table: table.name }
+  if (m.filter !== undefined) out.filter = checkCondition(table, m.filter)
+  let joined: TableDef | undefined
+  if (m.join !== undefined) {
+    const j = m.join as Record<string, unknown> | null
+    if (j === null || typeof j !== 'object') throw new ValidationError('malformed fragment join')
+    joined = tableOf(String(j.table))
+    const column = String(j.column)
+    columnOf(table, column)
+    columnOf(joined, column)
+    out.join = { table: joined.name, column, ...(j.filter === undefined ? {} : { filter: checkCondition(joined, j.filter) }) }
+  }
+  const col = (c: unknown): [0 | 1, string] => {
+    if (!Array.isArray(c) || c.length !== 2 || (c[0] !== 0 && c[0] !== 1) || typeof c[1] !== 'string') throw new ValidationError('malformed fragment column')
+    const t = c[0] === 0 ? table : joined
+    if (t === undefined) throw new ValidationError('fragment column of no joined table')
+    return [c[0], columnOf(t, c[1]).name]
+  }
+  const list = (x: unknown, max = 100): unknown[] => {
+    if (!Array.isArray(x) || x.length > max) throw new ValidationError('malformed fragment list')
+    return x
+  }
+  if (m.groupBy !== undefined) out.groupBy = list(m.groupBy).map(col)
+  if (m.aggregates !== undefined) {
+    out.aggregates = list(m.aggregates).map((a: any) => {
+      if (a === null || typeof a !== 'object' || !['COUNT', 'SUM', 'AVG', 'MIN', 'MAX'].includes(a.fn)) throw new ValidationError('malformed fragment aggregate')
+      return { fn: a.fn as AggregateFn, ...(a.column === undefined ? {} : { column: col(a.column) }) }
+    })
+  }
+  if (m.columns !== undefined) out.columns = list(m.columns, 1000).map(col)
+  if (m.orderBy !== undefined) {
+    out.orderBy = list(m.orderBy).map((o: any) => {
+      if (o === null || typeof o !== 'object' || !Number.isSafeInteger(o.at) || o.at < 0 || o.at >= (out.columns?.length ?? 0) || typeof o.desc !== 'boolean') throw new ValidationError('malformed fragment order')
+      return { at: o.at as number, desc: o.desc as boolean }
+    })
+  }
+  if (m.limit !== undefined) {
+    if (!Number.isSafeInteger(m.limit) || (m.limit as number) < 0 || (m.limit as number) > MAX_FRAGMENT_ROWS) throw new ValidationError('malformed fragment limit')
+    out.limit = m.limit as number
+  }
+  return out
+}
+
+/** Merges the ranges' results into one (groups merged by key; rows concatenated, sorted and cut) */
+export function mergeResults (f: Fragment, results: FragmentResult[]): FragmentResult {
+  const table = tableOf(f.table)
+  const joined = f.join === undefined ? undefined : tableOf(f.join.table)
+  if (f.aggregates !== undefined) {
+    const colOf = ([s, c]: [0 | 1, string]): import('../schema/index.js').Column => columnOf(s === 0 ? table : joined as TableDef, c)
+    const groups = new Map<string, { key: Value[], partials: Partial[] }>()
+    for (const r of results) {
+      for (const g of r.groups ?? []) {
+        const k = JSON.stringify(g.key)
+        const have = groups.get(k)
+        groups.set(k, have === undefined ? g : { key: g.key, partials: mergePartials(f.aggregates, have.partials, g.partials, colOf) })
+      }
+    }
+    return { groups: [...groups.values()], digest: '' }
+  }
+  const rows = results.flatMap(r => r.rows ?? [])
+  sortRows(rows, f, table, joined)
+  if (f.limit !== undefined && rows.length > f.limit) rows.length = f.limit
+  return { rows, digest: '' }
+}
+
+/** A fragment's rows from one store: those of `ranges` (all of a global table's, or one shard value's for a join lookup) */
+export function storeSource (store: Store, ranges: Array<[string, string]> | undefined): FragmentSource {
+  return {
+    rows: async function * (table, filter, shard) {
+      const def = tableOf(table)
+      const own = shard !== undefined ? [[tokenOf(shard), tokenOf(shard) + '\u0000'] as [string, string]] : def.shardKey === 'global' ? undefined : ranges
+      for await (const state of store.rows(table, filter, own)) {
+        const head = winner(state)
+        if (head?.row != null) yield { row: head.row, id: state.id, version: head.version }
+      }
+    }
+  }
+}
+
+/** A peer's fragment answer: one result per range asked, each of the shape runFragment makes */
+export function checkFragmentResults (x: unknown, ranges: number): FragmentResult[] {
+  const results = (x as { results?: unknown } | null)?.results
+  if (!Array.isArray(results) || results.length !== ranges) throw new ValidationError('malformed fragment answer')
+  const scalar = (v: unknown): boolean => v === null || typeof v === 'string' || (typeof v === 'number' && Number.isFinite(v))
+  const partial = (p: unknown): boolean => scalar(p) || (Array.isArray(p) && p.length === 2 && p.every(v => typeof v === 'number' && Number.isFinite(v)))
+  return results.map((r: any) => {
+    if (r === null || typeof r !== 'object' || typeof r.digest !== 'string' || r.digest.length > 64) throw new ValidationError('malformed fragment result')
+    if (r.groups !== undefined) {
+      if (!Array.isArray(r.groups) || r.groups.length > MAX_FRAGMENT_ROWS || !r.groups.every((g: any) => g !== null && Array.isArray(g.key) && g.key.every(scalar) && Array.isArray(g.partials) && g.partials.every(partial))) {
+        throw new ValidationError('malformed fragment groups')
+      }
+      return { groups: r.groups, digest: r.digest }
+    }
+    if (!Array.isArray(r.rows) || r.rows.length > MAX_FRAGMENT_ROWS || !r.rows.every((row: unknown) => Array.isArray(row) && row.every(scalar))) throw new ValidationError('malformed fragment rows')
+    return { rows: r.rows, digest: r.digest }
+  })
+}

@@ -1,0 +1,116 @@
+import { join } from 'node:path'
+import type { FastifyInstance } from 'fastify'
+import { afterEach, beforeEach, describe, expect, it } from 'vitest'
+import { OPENAPI_ROUTE, openApiPath } from '../../src/api/openapi.js'
+import { NtsoekheClient } from '../../src/index.js'
+import { AuditTrail, storeHead } from '../../src/security/audit.js'
+import { UserDirectory } from '../../src/security/users.js'
+import { fullApi } from '../helpers/api.js'
+import { openLocalNode, patientRow, tempDir, type LocalNode, type TempDir } from '../helpers/temp.js'
+
+let dir: TempDir
+let node: LocalNode
+let trail: AuditTrail
+let app: FastifyInstance
+let client: NtsoekheClient
+/** Every request the server saw: method, route (fastify's form) and query parameter names */
+let seen: Array<{ method: string, route: string | undefined, query: string[] }>
+
+beforeEach(async () => {
+  dir = await tempDir('ntk-client-')
+  node = await openLocalNode(dir.path)
+  trail = new AuditTrail({ coordinator: node.coordinator, peerId: node.peerId, head: storeHead(node.store) }, { flushIntervalMs: 10_000 })
+  await trail.start()
+  const users = new UserDirectory({ db: node.db })
+  await users.ensureRoles()
+  const token = (await users.add('admin', 'admin')).token
+  app = fullApi({ node, users, trail }).app
+  seen = []
+  app.addHook('onRequest', async req => {
+    seen.push({ method: req.method, route: req.routeOptions.url, query: Object.keys(req.query as object) })
+  })
+  const socket = join(dir.path, 'api.sock')
+  await app.listen({ path: socket })
+  client = new NtsoekheClient({ socket, token, writeRetries: 0 })
+})
+
+afterEach(async () => {
+  client.close()
+  await app.close()
+  await trail.stop()
+  await node.close()
+  await dir.remove()
+})
+
+type Doc = { paths: Record<string, Record<string, { parameters: Array<{ name: string, in: string }> }>> }
+
+/** Runs a call that may be refused (the point is the route it uses, not the answer) */
+async function either (call: Promise<unknown>): Promise<void> {
+  await call.catch((err: unknown) => {
+    if (!(err instanceof Error) || !('code' in err) || err.code === 'INTERNAL') throw err
+  })
+}
+
+describe('client: follows the OpenAPI document', () => {
+  it('every client method calls a documented route with documented parameters, and every method is tried', async () => {
+    const calls: Record<string, () => Promise<unknown>> = {
+      status: async () => await client.status(),
+      tables: async () => await client.tables(),
+      peers: async () => await client.peers(),
+      ring: async () => await client.ring(),
+      invite: async () => await client.invite(),
+      removeMember: async () => { await either(client.removeMember('12D3KooWGone')) },
+      leave: async () => { await either(client.leave()) },
+      repair: async () => await client.repair(),
+      audit: async () => await client.audit({ patient: '1', user: 'admin', since: '2026-01-01T00:00:00Z' }),
+      verifyAudit: async () => await client.verifyAudit(),
+      addUser: async () => await client.addUser('omar', 'doctor'),
+      users: async () => await client.users(),
+      revokeUser: async () => await client.revokeUser('omar'),
+      roles: async () => await client.roles(),
+      insert: async () => await client.insert('patient_records', patientRow(1), { consistency: 'all' }),
+      get: async () => await client.get('patient_records', 1, { consistency: 'one', local: true }),
+      replace: async () => await client.replace('patient_records', 1, patientRow(1), { consistency: 'quorum' }),
+      update: async () => await client.update('patient_records', 1, { allergies: 'dust' }),
+      history: async () => await client.history('patient_records', 1, { consistency: 'all' }),
+      query: async () => await client.query('patient_records', { gender: 'female' }, { limit: 5, consistency: 'one' }),
+      batch: async () => await client.batch([{ op: 'patch', table: 'patient_records', id: 1, row: { allergies: 'none' } }], { consistency: 'all' }),
+      import: async () => await client.import('patient_records', `${JSON.stringify(patientRow(2))}\n`, 'ndjson', { consistency: 'all' }),
+      export: async () => {
+        const { body } = await client.export({ tables: ['patient_records'], anonymize: true, consistency: 'all' })
+        for await (const _ of body) { /* drained */ }
+      },
+      delete: async () => await client.delete('patient_records', 2, { cascade: true, consistency: 'all' }),
+      purge: async () => await client.purge('patient_records', 1),
+      sql: async () => await client.sql('SELECT patient_id FROM patient_records WHERE patient_id = $1', [1], { consistency: 'one' }),
+      reindex: async () => await client.reindex('patient_records'),
+      backup: async () => {
+        const { body } = await client.backup()
+        for await (const _ of body) { /* drained */ }
+      },
+      restore: async () => await client.restore('')
+    }
+    // A method added to the client without a call here fails this test.
+    const methods = Object.getOwnPropertyNames(NtsoekheClient.prototype)
+      .filter(m => !['constructor', 'close', 'request', 'write', 'headers', 'armTimeout', 'connectError'].includes(m))
+    const untried = methods.filter(m => !(m in calls))
+    expect(untried, `client methods this test does not call (add a call for each): ${untried.join(', ')}`).toEqual([])
+    expect(Object.keys(calls).filter(m => !methods.includes(m))).toEqual([])
+
+    const doc = await client.request<Doc>('GET', OPENAPI_ROUTE)
+    for (const [name, call] of Object.entries(calls)) {
+      seen = []
+      await call()
+      expect(seen.length, name).toBeGreaterThan(0)
+      for (const { method, route, query } of seen) {
+        expect(route, `${name}: ${method} to a route the server does not have`).toBeDefined()
+        const op = doc.paths[openApiPath(route ?? '')]?.[method.toLowerCase()]
+        expect(op, `${name}: ${method} ${route ?? ''} is not in the document`).toBeDefined()
+        const documented = new Set(op?.parameters.filter(p => p.in === 'query').map(p => p.name))
+        for (const q of query) {
+          expect(documented.has(q) || documented.has('filters'), `${name}: query parameter ${q} of ${method} ${route ?? ''} is not documented`).toBe(true)
+        }
+      }
+    }
+  })
+})
