@@ -368,10 +368,10 @@ export class DistributedCoordinator implements Coordinator {
     if (this.stopped) return
     if (stats.failed === 0) {
       this.sloppyHeld = false
-      // Records stay placed for members this node does not count on the ring yet but that never left (just
-      // after a restart, before gossip brings them back): nothing moved away from them. Forgetting them
-      // would make the next rebalance hand every record to each as if it had just joined.
-      this.placedFor = [...members, ...this.placedFor.filter(p => !members.includes(p) && this.c.membership.stateOf(p) === undefined)]
+      // Records stay placed for members that were not on the ring when this run began but never left (just
+      // after a restart, before gossip brings them back, or heard of while it ran): nothing moved away from
+      // them. Forgetting them would make the next rebalance hand every record to each as if it had just joined.
+      this.placedFor = [...members, ...this.placedFor.filter(p => !members.includes(p) && this.c.membership.stateOf(p) !== 'left')]
       this.rebalanceFailures = 0
       await this.c.store.putMeta(PLACED_FOR_KEY, this.placedFor).catch(err => { this.c.log?.('saving the placed ring failed: %s', (err as Error).message) })
     } else {

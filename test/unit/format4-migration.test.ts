@@ -95,7 +95,7 @@ describe('store: migration from format 4 to format 5', () => {
     await store.open()
     try {
       expect(lines[0]).toMatch(/migrating .* from format 4 to format 5/)
-      expect(lines.at(-1)).toMatch(/format 5 migration done: 4 records read, 4 rewritten/)
+      expect(lines.find(l => l.includes('migration done'))).toMatch(/format 5 migration done: 4 records read, 4 rewritten/)
       expect(await snapshot(store, ids)).toEqual(before)
       const versions = before[0]?.versions ?? []
       for (const v of [versions[0], versions[KNOWN_WINDOW], versions.at(-2)]) {
@@ -117,7 +117,7 @@ describe('store: migration from format 4 to format 5', () => {
     store = new Store({ path, sync: false, indexes: INDEXES, dataKey: KEY, log: m => lines.push(m) })
     await store.open()
     try {
-      expect(lines.at(-1)).toMatch(/4 records read, 2 rewritten/)
+      expect(lines.find(l => l.includes('migration done'))).toMatch(/4 records read, 2 rewritten/)
       expect(await snapshot(store, ids)).toEqual(after)
     } finally {
       await store.close()
