@@ -84,6 +84,9 @@ export interface RebalanceStatus {
   }
 }
 
+/** How long a member may take over its part of a query fragment (a scan of its share): far longer than a read */
+const FRAGMENT_TIMEOUT_MS = 60_000
+
 /** Hints handed to one peer per round */
 const HANDOFF_BATCH = 256
 /** Where the ring of the last finished rebalance is kept in the store */
@@ -1087,18 +1090,35 @@ export class DistributedCoordinator implements Coordinator {
       return peers
     })
     const answers = ranges.map(() => new Map<string, FragmentResult>())
-    await Promise.all([...byPeer].map(async ([peer, indices]) => {
-      const tokenRanges = indices.map(i => [(ranges[i] as OwnedRange).from, (ranges[i] as OwnedRange).to] as [string, string])
-      try {
-        const results = peer === this.c.peerId
-          ? await this.runFragmentHere(f, tokenRanges)
-          : checkFragmentResults(await this.c.transport.request(peer, 'replica', { type: 'fragment', fragment: f, tokenRanges }, { timeout: this.timeoutMs * 4 }), indices.length)
-        indices.forEach((i, j) => { (answers[i] as Map<string, FragmentResult>).set(peer, results[j] as FragmentResult) })
-      } catch (err) {
-        if (!(err instanceof NtsoekheError) || err.code === 'INVALID') throw err
-        this.c.log?.('fragment of %s: %s did not answer (%s)', f.table, peer, err.message)
+    const failed = new Set<string>()
+    const askAll = async (plan: Map<string, number[]>): Promise<void> => {
+      await Promise.all([...plan].map(async ([peer, indices]) => {
+        const tokenRanges = indices.map(i => [(ranges[i] as OwnedRange).from, (ranges[i] as OwnedRange).to] as [string, string])
+        try {
+          const results = peer === this.c.peerId
+            ? await this.runFragmentHere(f, tokenRanges)
+            : checkFragmentResults(await this.c.transport.request(peer, 'replica', { type: 'fragment', fragment: f, tokenRanges }, { timeout: Math.max(this.timeoutMs * 4, FRAGMENT_TIMEOUT_MS) }), indices.length)
+          indices.forEach((i, j) => { (answers[i] as Map<string, FragmentResult>).set(peer, results[j] as FragmentResult) })
+        } catch (err) {
+          if (!(err instanceof NtsoekheError) || err.code === 'INVALID') throw err
+          failed.add(peer)
+          this.c.log?.('fragment of %s: %s did not answer (%s)', f.table, peer, err.message)
+        }
+      }))
+    }
+    await askAll(byPeer)
+    // A range a member did not answer for is asked of another of its owners, once.
+    const retry = new Map<string, number[]>()
+    for (const [i, range] of ranges.entries()) {
+      const missing = (chosen[i] as string[]).length - (answers[i] as Map<string, FragmentResult>).size
+      const spares = range.owners.filter(p => !(chosen[i] as string[]).includes(p) && !failed.has(p) && this.c.membership.stateOf(p) !== 'down').slice(0, Math.max(missing, 0))
+      for (const p of spares) {
+        retry.set(p, [...retry.get(p) ?? [], i])
+        chosen[i] = [...(chosen[i] as string[]).filter(x => !failed.has(x)), p]
       }
-    }))
+    }
+    if (retry.size > 0) await askAll(retry)
+    for (const [peer, indices] of retry) byPeer.set(peer, [...byPeer.get(peer) ?? [], ...indices])
     let rechecked = 0
     const results: FragmentResult[] = []
     for (const [i, range] of ranges.entries()) {

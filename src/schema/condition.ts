@@ -60,7 +60,8 @@ export function compareValues (col: Column, a: Value, b: Value): number {
 
 /** A timestamp (or a date) as a UTC ISO string with milliseconds, so timestamps compare as strings */
 export function normalizeTimestamp (s: string): string {
-  // The common forms, without parsing: a zone-less time to the second, and a date.
+  // The common forms, without parsing: the canonical UTC form itself, a zone-less time to the second, a date.
+  if (s.length === 24 && s[10] === 'T' && s[19] === '.' && s[23] === 'Z') return s
   if (s.length === 19 && (s[10] === 'T' || s[10] === ' ') && s[13] === ':' && s[16] === ':') return `${s.slice(0, 10)}T${s.slice(11)}.000Z`
   if (s.length === 10 && s[4] === '-' && s[7] === '-') return `${s}T00:00:00.000Z`
   let text = s.length === 10 ? `${s}T00:00:00` : s.replace(' ', 'T')

@@ -1260,6 +1260,7 @@ ${fmtInt(total)} rows (${CLINIC_TABLES.map(t => `${fmtInt(data[t].length)} ${t}`
 ${row('chart', 'a patient\'s chart: patient + history + lab results', GOAL_QUERY)}
 ${row('day', 'a doctor\'s appointments for one day, by time', GOAL_QUERY)}
 ${row('perDoctor', 'visits per doctor (COUNT ... GROUP BY doctor_id)')}
+${row('byId', 'for reference, in the same run: one patient by id')}
 
 Method. PostgreSQL 15 (\`${PG_BIN}\`) runs from a fresh \`initdb\` in a temp dir, on a
 Unix socket only, with its default settings (fsync on); the rows are loaded with
@@ -1271,8 +1272,10 @@ encrypted, every read audited); the rows are imported through the import route;
 ${CONCURRENCY} workers send requests over the Unix socket (a chart being three requests
 sent together and counted once: \`GET\` the patient, list \`medical_history\` and
 \`lab_results\` by \`patient_id\`; a day a list of \`appointments\` by \`doctor_id\`, a range
-on \`appointment_date\` and \`order_by\`; visits per doctor one \`POST /v1/sql\`), spread over
-the nodes of the network. Same indexes: every primary key; appointments on (doctor_id,
+on \`appointment_date\` and \`order_by\`; visits per doctor one \`POST /v1/sql\`; by id one \`GET\`), spread over
+the nodes of the network. The read by id is measured alongside, as a yardstick of how loaded the
+machine was (PostgreSQL here is a single server, not the primary with two synchronous standbys of
+the reads-by-id goal). Same indexes: every primary key; appointments on (doctor_id,
 appointment_date), (appointment_date), (patient_id, appointment_date); medical_history on
 (patient_id, date_of_visit), (date_of_visit); lab_results on (patient_id, test_date),
 (test_date), (record_id); patient_records on (patient_name). The machine may be shared: load
@@ -1319,7 +1322,10 @@ SELECT * FROM lab_results WHERE patient_id = :p;
 \\set k random(0, ${DAYS - 1})
 SELECT * FROM appointments WHERE doctor_id = :d AND appointment_date >= DATE '2026-03-01' + CAST(:k AS int) AND appointment_date < DATE '2026-03-01' + CAST(:k AS int) + 1 ORDER BY appointment_date;
 `,
-    perDoctor: 'SELECT doctor_id, COUNT(*) FROM appointments GROUP BY doctor_id;\n'
+    perDoctor: 'SELECT doctor_id, COUNT(*) FROM appointments GROUP BY doctor_id;\n',
+    byId: `\\set p random(1, ${patients})
+SELECT * FROM patient_records WHERE patient_id = :p;
+`
   }
 }
 
@@ -1342,7 +1348,8 @@ function NTK_REQUESTS (data) {
       const k = (i * 11) % DAYS
       return [{ socket, method: 'GET', path: `/v1/tables/appointments/rows?doctor_id=${d}&where=${encodeURIComponent(`appointment_date>=${day(k)}`)}&where=${encodeURIComponent(`appointment_date<${day(k + 1)}`)}&order_by=appointment_date` }]
     },
-    perDoctor: (_i, socket) => [{ socket, method: 'POST', path: '/v1/sql', body: { sql: 'SELECT doctor_id, COUNT(*) FROM appointments GROUP BY doctor_id' } }]
+    perDoctor: (_i, socket) => [{ socket, method: 'POST', path: '/v1/sql', body: { sql: 'SELECT doctor_id, COUNT(*) FROM appointments GROUP BY doctor_id' } }],
+    byId: (i, socket) => [{ socket, method: 'GET', path: `/v1/tables/patient_records/rows/${1 + ((i * 7919) % patients)}` }]
   }
 }
 

@@ -86,6 +86,11 @@ describe('queries and SQL on a three-node network', () => {
   it('SQL joins a patient\'s chart on the owners, with bound parameters', async () => {
     const out = json(await cli(['sql', 'SELECT p.patient_name, h.history_id FROM patient_records p JOIN medical_history h ON p.patient_id = h.patient_id WHERE p.patient_id = $1 AND h.date_of_visit >= $2 ORDER BY h.date_of_visit', '--param', '7', '--param', '2026-02-01', '--json'], { home: daemons[1]!.home, token }))
     expect(out).toEqual({ columns: ['patient_name', 'history_id'], rows: [['Patient 7', 501], ['Patient 7', 503]], next: null })
+    // The audit trail has the read, under the patient, as a list does
+    await waitFor('the SQL read in patient 7\'s audit trail', async () => {
+      const { entries } = await clients[0]!.audit({ patient: '7' })
+      return entries.some(e => e.action === 'list' && e.patient_id === '7' && e.outcome === 'ok')
+    }, 15_000)
   }, 30_000)
 
   it('SQL counts visits per doctor with GROUP BY and HAVING, on any node', async () => {

@@ -100,6 +100,14 @@ describe('ordered and ranged reads on one node', () => {
     await node.db.delete('appointments', '1')
     expect(await orderedKeys(node.store, 'appointments')).toEqual([])
 
+    // A copy handed to its new owners and dropped here (rebalance), and an erased one (purge): no entries left
+    await node.db.insert('appointments', appointment(2, 7, '2026-07-07T07:07:00Z'))
+    await node.db.insert('appointments', appointment(3, 8, '2026-08-08T08:08:00Z'))
+    expect(await orderedKeys(node.store, 'appointments')).toHaveLength(2 * table.ordered.length)
+    expect(await node.store.drop((await node.store.get('appointments', token, '2'))!)).toBe(true)
+    await node.db.purge('appointments', '3')
+    expect(await orderedKeys(node.store, 'appointments')).toEqual([])
+
     // A lost entry and a stray one: reindex puts back the first and drops the second
     const before = await orderedKeys(node.store, 'patient_records')
     const sub = (node.store as unknown as { ordered: { del: (k: string) => Promise<void>, put: (k: string, v: number) => Promise<void> } }).ordered

@@ -1,0 +1,58 @@
+import { describe, expect, it } from 'vitest'
+import { checkFragment, checkFragmentResults, finish, mergeResults, runFragment, type Fragment, type FragmentSource } from '../../src/query/fragment.js'
+import type { Row } from '../../src/schema/index.js'
+
+/** A source over in-memory rows (what an owner's store gives), filtered as a store would */
+function source (tables: Record<string, Row[]>): FragmentSource {
+  return {
+    rows: async function * (table, filter) {
+      for (const [i, row] of (tables[table] ?? []).entries()) {
+        if (filter !== undefined && filter.op === '=' && row[filter.column] !== filter.value) continue
+        if (filter !== undefined && filter.op === 'and' && !filter.args.every(a => a.op !== '=' || row[a.column] === a.value)) continue
+        yield { row, id: String(i), version: `v${i}` }
+      }
+    }
+  }
+}
+
+const appointments = (rows: Array<[number, number, string]>): Row[] => rows.map(([id, doctor, at]) => ({ appointment_id: id, patient_id: 1, doctor_id: doctor, appointment_date: at, purpose: 'p' }))
+
+describe('query fragments', () => {
+  it('partial aggregates of two ranges merge into the whole table\'s', async () => {
+    const f: Fragment = { table: 'appointments', groupBy: [[0, 'doctor_id']], aggregates: [{ fn: 'COUNT' }, { fn: 'SUM', column: [0, 'appointment_id'] }, { fn: 'AVG', column: [0, 'appointment_id'] }, { fn: 'MIN', column: [0, 'appointment_date'] }, { fn: 'MAX', column: [0, 'appointment_date'] }] }
+    const a = await runFragment(f, source({ appointments: appointments([[1, 7, '2026-01-02T10:00:00'], [2, 8, '2026-01-01T09:00:00'], [3, 7, '2026-01-05T08:00:00']]) }))
+    const b = await runFragment(f, source({ appointments: appointments([[4, 7, '2025-12-31T23:00:00'], [5, 9, '2026-02-01T00:00:00']]) }))
+    const merged = mergeResults(f, [a, b])
+    const byDoctor = Object.fromEntries((merged.groups ?? []).map(g => [g.key[0], f.aggregates!.map((agg, i) => finish(agg.fn, g.partials[i]!))]))
+    expect(byDoctor).toEqual({
+      7: [3, 8, 8 / 3, '2025-12-31T23:00:00', '2026-01-05T08:00:00'],
+      8: [1, 2, 2, '2026-01-01T09:00:00', '2026-01-01T09:00:00'],
+      9: [1, 5, 5, '2026-02-01T00:00:00', '2026-02-01T00:00:00']
+    })
+    // Digests say which rows were read: the same rows, the same digest
+    expect((await runFragment(f, source({ appointments: appointments([[4, 7, '2025-12-31T23:00:00'], [5, 9, '2026-02-01T00:00:00']]) }))).digest).toBe(b.digest)
+    expect(a.digest).not.toBe(b.digest)
+  })
+
+  it('joins on the owner and sorts and cuts rows to the limit, per range and merged', async () => {
+    const doctors: Row[] = [7, 8].map(d => ({ doctor_id: d, name: `Dr ${d}`, specialization: 's', contact_number: '0123456789', email: 'e@x.org', availability: 'a' }))
+    const f: Fragment = { table: 'appointments', join: { table: 'doctors_info', column: 'doctor_id' }, columns: [[0, 'appointment_id'], [1, 'name'], [0, 'appointment_date']], orderBy: [{ at: 2, desc: true }], limit: 2 }
+    const a = await runFragment(f, source({ appointments: appointments([[1, 7, '2026-01-02T10:00:00'], [2, 8, '2026-01-01T09:00:00']]), doctors_info: doctors }))
+    const b = await runFragment(f, source({ appointments: appointments([[3, 7, '2026-01-05T08:00:00'], [4, 9, '2026-03-01T08:00:00']]), doctors_info: doctors }))
+    // Appointment 4's doctor has no row: an inner join drops it
+    expect(b.rows).toEqual([[3, 'Dr 7', '2026-01-05T08:00:00']])
+    expect(mergeResults(f, [a, b]).rows).toEqual([[3, 'Dr 7', '2026-01-05T08:00:00'], [1, 'Dr 7', '2026-01-02T10:00:00']])
+  })
+
+  it('checks what a peer sends: fragments and results', () => {
+    expect(() => checkFragment({ table: 'nope' })).toThrow(/unknown table/)
+    expect(() => checkFragment({ table: 'appointments', columns: [[0, 'password']] })).toThrow(/Unknown column/)
+    expect(() => checkFragment({ table: 'appointments', columns: [[1, 'name']] })).toThrow(/joined/)
+    expect(() => checkFragment({ table: 'appointments', aggregates: [{ fn: 'EVAL' }] })).toThrow(/aggregate/)
+    expect(() => checkFragment({ table: 'appointments', filter: { op: 'exec', column: 'doctor_id' } })).toThrow(/condition/)
+    expect(checkFragment({ table: 'appointments', join: { table: 'doctors_info', column: 'doctor_id' }, columns: [[1, 'name']] }).join?.table).toBe('doctors_info')
+    expect(() => checkFragmentResults({ results: [{ digest: 'x', rows: [[{}]] }] }, 1)).toThrow(/rows/)
+    expect(() => checkFragmentResults({ results: [] }, 1)).toThrow(/answer/)
+    expect(checkFragmentResults({ results: [{ digest: 'x', groups: [{ key: [7], partials: [3, [1, 2], null] }] }] }, 1)).toHaveLength(1)
+  })
+})
