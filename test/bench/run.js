@@ -16,9 +16,9 @@
 // defaults that section took 5.4 min on 2 cores (join ~90 s, the 10,000 updates the rest).
 // BENCH_CHAOS_RUNS (short chaos runs in the chaos section, default 1), BENCH_CHAOS_SEED (default 1).
 // BENCH_BACKUP_ROWS: rows backed up and restored in the backup section (default 100000).
-import { execFileSync, spawn } from 'node:child_process'
+import { spawn } from 'node:child_process'
 import { createReadStream, existsSync, readFileSync, rmSync } from 'node:fs'
-import { chown, mkdtemp, readFile, rm, writeFile } from 'node:fs/promises'
+import { mkdtemp, readFile, rm, writeFile } from 'node:fs/promises'
 import { Agent, request } from 'node:http'
 import { cpus, loadavg, totalmem, tmpdir } from 'node:os'
 import { dirname, join, resolve } from 'node:path'
@@ -81,7 +81,6 @@ const QUERY_ROWS = positiveInt(process.env.BENCH_QUERY_ROWS, 100_000)
 const QUERY_SECONDS = positiveInt(process.env.BENCH_QUERY_SECONDS, 10)
 const GOAL_QUERY = 0.5
 /** PostgreSQL 15 as Debian installs it; the bench installs it (apt-get) when absent */
-const PG_BIN = '/usr/lib/postgresql/15/bin'
 
 const ALL_SECTIONS = { singleNode, security, cluster, healing, readsById, queries, chaos, backup }
 /** BENCH_ONLY=security,cluster runs only those sections (for work on one of them); BENCHMARKS.md is then not written */
@@ -976,8 +975,8 @@ async function drivePaced ({ rate, seconds, make }) {
   return { sent: total, rps: total / elapsed, p50: quantile(latencies, 0.5), p99: quantile(latencies, 0.99) }
 }
 
-/** Three skeleton processes (see skeleton.js), warmed up, then the median of ROUNDS closed-loop write rounds */
-async function skeletonRuns (ctx, mode, makeRow) {
+/** Three skeleton processes (see skeleton.js), each told the member list */
+async function startSkeletons (ctx, mode) {
   const procs = []
   for (let i = 0; i < CLUSTER_SIZE; i++) procs.push(await ctx.spawnSkeleton(mode))
   const members = await Promise.all(procs.map(async p => await getJson(p.socket, '/status')))
@@ -985,7 +984,12 @@ async function skeletonRuns (ctx, mode, makeRow) {
     const res = await send(new Agent({ keepAlive: false }), p.socket, 'POST', '/members', members)
     if (res.status !== 200) throw new Error(`the skeleton on ${p.socket} did not take the member list: ${res.status} ${res.body}`)
   }
-  const sockets = procs.map(p => p.socket)
+  return { procs, sockets: procs.map(p => p.socket) }
+}
+
+/** Three skeleton processes (see skeleton.js), warmed up, then the median of ROUNDS closed-loop write rounds */
+async function skeletonRuns (ctx, mode, makeRow) {
+  const { procs, sockets } = await startSkeletons(ctx, mode)
   let n = 9_000_000
   const make = i => ({ socket: sockets[i % sockets.length], method: 'POST', path: '/w', body: makeRow(n++) })
   await drive({ socket: sockets[0], total: CLUSTER_WARMUP, make })
@@ -997,14 +1001,7 @@ async function skeletonRuns (ctx, mode, makeRow) {
 
 /** The skeleton's reads by id (test/bench/skeleton.js), without and with an audit record each */
 async function skeletonReads (ctx) {
-  const procs = []
-  for (let i = 0; i < CLUSTER_SIZE; i++) procs.push(await ctx.spawnSkeleton('local'))
-  const members = await Promise.all(procs.map(async p => await getJson(p.socket, '/status')))
-  for (const p of procs) {
-    const res = await send(new Agent({ keepAlive: false }), p.socket, 'POST', '/members', members)
-    if (res.status !== 200) throw new Error(`the skeleton on ${p.socket} did not take the member list: ${res.status} ${res.body}`)
-  }
-  const sockets = procs.map(p => p.socket)
+  const { procs, sockets } = await startSkeletons(ctx, 'local')
   const keys = []
   let n = 9_000_000
   await drive({ socket: sockets[0], total: CLUSTER_WARMUP, make: i => ({ socket: sockets[i % sockets.length], method: 'POST', path: '/w', body: samplePatient(n++) }), onBody: body => { keys.push(JSON.parse(body).id) } })
@@ -1132,56 +1129,6 @@ function context () {
       if (exit.code !== 0 || line === undefined) throw new Error(`the stream sender failed\n${p.output()}`)
       return JSON.parse(line)
     },
-    /**
-     * PostgreSQL 15 from a fresh initdb in a temp dir, on a Unix socket there
-     * only (no TCP), run as the postgres user when this script is root;
-     * installed with apt-get when absent
-     */
-    async spawnPostgres () {
-      if (!existsSync(join(PG_BIN, 'postgres'))) {
-        log('installing postgresql-15 (apt-get)')
-        await runTool('apt-get', ['install', '-y', '--no-install-recommends', 'postgresql-15'])
-      }
-      const dir = await tempDir()
-      const ids = process.getuid?.() === 0 ? { uid: Number(execFileSync('id', ['-u', 'postgres']).toString().trim()), gid: Number(execFileSync('id', ['-g', 'postgres']).toString().trim()) } : {}
-      if (ids.uid !== undefined) await chown(dir, ids.uid, ids.gid)
-      const data = join(dir, 'pg')
-      await runTool(join(PG_BIN, 'initdb'), ['-D', data, '-A', 'trust', '-U', 'bench', '--no-sync'], ids)
-      const server = spawn(join(PG_BIN, 'postgres'), ['-D', data, '-k', dir, '-c', "listen_addresses=", '-p', '5432', '-c', 'max_connections=100'], { stdio: ['ignore', 'pipe', 'pipe'], ...ids })
-      procs.add(server)
-      let output = ''
-      server.stdout.setEncoding('utf8').on('data', t => { output = (output + t).slice(-20_000) })
-      server.stderr.setEncoding('utf8').on('data', t => { output = (output + t).slice(-20_000) })
-      const exited = new Promise(resolve => server.once('exit', () => { procs.delete(server); resolve() }))
-      const conn = ['-h', dir, '-p', '5432', '-U', 'bench']
-      await waitFor(async () => { try { await runTool(join(PG_BIN, 'pg_isready'), conn); return true } catch { return false } }, START_TIMEOUT, `PostgreSQL to answer on ${dir}\n${output}`)
-      const psql = async (db, sql) => await runTool(join(PG_BIN, 'psql'), [...conn, '-d', db, '-v', 'ON_ERROR_STOP=1', '-q', '-c', sql])
-      await psql('postgres', 'CREATE DATABASE bench')
-      return {
-        async load (rows, tmp) {
-          await psql('bench', PG_SCHEMA)
-          for (const table of CLINIC_TABLES) {
-            const file = join(tmp, `${table}.csv`)
-            await writeFile(file, rows[table].map(r => Object.values(r).map(csvField).join(',')).join('\n') + '\n')
-            await psql('bench', `\\copy ${table} FROM '${file}' WITH (FORMAT csv)`)
-          }
-          await psql('bench', PG_INDEXES)
-          await psql('bench', 'ANALYZE')
-        },
-        async bench (script, tmp) {
-          const file = join(tmp, 'script.sql')
-          await writeFile(file, script)
-          const out = await runTool(join(PG_BIN, 'pgbench'), [...conn, '-n', '-M', 'prepared', '-c', String(CONCURRENCY), '-j', '2', '-T', String(QUERY_SECONDS), '-f', file, 'bench'])
-          const m = /tps = ([\d.]+) \(without initial connection time\)/.exec(out)
-          if (m === null) throw new Error(`pgbench printed no tps:\n${out}`)
-          return { tps: Number(m[1]) }
-        },
-        async stop () {
-          server.kill('SIGINT')
-          await deadline(exited, STOP_TIMEOUT, 'PostgreSQL to stop', () => output)
-        }
-      }
-    },
     async cleanup () {
       for (const p of procs) p.kill('SIGTERM')
       const until = Date.now() + STOP_TIMEOUT
@@ -1207,14 +1154,20 @@ async function queries (ctx) {
   const total = Object.values(data).reduce((n, rows) => n + rows.length, 0)
   const dir = await ctx.tempDir()
   log(`queries: PostgreSQL 15 on a Unix socket, loading ${fmtInt(total)} rows`)
-  const pg = await ctx.spawnPostgres()
-  await pg.load(data, dir)
+  const pg = await startPostgres({ standbys: 0, log })
   const pgRuns = {}
-  for (const [name, script] of Object.entries(PG_SCRIPTS(data))) {
-    log(`queries: PostgreSQL, ${name}, ${QUERY_SECONDS} s at ${CONCURRENCY} clients (pgbench)`)
-    pgRuns[name] = await pg.bench(script, dir)
+  try {
+    await pg.psql(PG_SCHEMA)
+    for (const table of CLINIC_TABLES) await pg.copy(table, Object.keys(data[table][0]), data[table])
+    await pg.psql(PG_INDEXES)
+    await pg.psql('ANALYZE')
+    for (const [name, script] of Object.entries(PG_SCRIPTS(data))) {
+      log(`queries: PostgreSQL, ${name}, ${QUERY_SECONDS} s at ${CONCURRENCY} clients (pgbench)`)
+      pgRuns[name] = { tps: await pg.pgbench(script, { clients: CONCURRENCY, seconds: QUERY_SECONDS }) }
+    }
+  } finally {
+    await pg.stop()
   }
-  await pg.stop()
 
   const measure = async (label, sockets) => {
     for (const table of CLINIC_TABLES) {
@@ -1262,8 +1215,8 @@ ${row('day', 'a doctor\'s appointments for one day, by time', GOAL_QUERY)}
 ${row('perDoctor', 'visits per doctor (COUNT ... GROUP BY doctor_id)')}
 ${row('byId', 'for reference, in the same run: one patient by id')}
 
-Method. PostgreSQL 15 (\`${PG_BIN}\`) runs from a fresh \`initdb\` in a temp dir, on a
-Unix socket only, with its default settings (fsync on); the rows are loaded with
+Method. PostgreSQL 15 (Debian's package, test/bench/postgres.js) runs from a fresh \`initdb\` in a temp dir, on a
+Unix socket only, without standbys (fsync on, shared_buffers 256 MB); the rows are loaded with
 \`COPY\` and the tables \`ANALYZE\`d; pgbench (\`-c ${CONCURRENCY} -j 2 -T ${QUERY_SECONDS}\`,
 prepared statements) runs one script per query, a chart being one script of three
 SELECTs; its figure is tps without the initial connection time. Ntsoekhe runs
@@ -1298,8 +1251,8 @@ function clinicData (n) {
   const data = {
     doctors_info: Array.from({ length: doctors }, (_, i) => ({ doctor_id: i + 1, name: `Dr ${LAST[i % LAST.length]} ${i + 1}`, specialization: ['GP', 'Paediatrics', 'Surgery'][i % 3], contact_number: String(2_622_100_000 + i), email: `dr${i + 1}@example.org`, availability: 'weekdays' })),
     patient_records: Array.from({ length: patients }, (_, i) => ({ patient_id: i + 1, ...samplePatient(i) })),
-    appointments: Array.from({ length: appointments }, (_, i) => ({ appointment_id: i + 1, patient_id: 1 + ((i * 7919) % patients), doctor_id: 1 + (i % doctors), appointment_date: `${day(Math.floor(i / doctors))}T${String(8 + (i % 9)).padStart(2, '0')}:${String((i * 13) % 60).padStart(2, '0')}:00`, purpose: ['Check-up', 'Follow-up', 'Vaccination'][i % 3] })),
-    medical_history: Array.from({ length: history }, (_, i) => ({ history_id: i + 1, patient_id: 1 + ((i * 104_729) % patients), diagnosis: ['Flu', 'Asthma', 'Diabetes'][i % 3], treatment: 'Rest and fluids', date_of_visit: `${day(i)}T10:00:00`, role_id: null }))
+    appointments: Array.from({ length: appointments }, (_, i) => ({ appointment_id: i + 1, patient_id: 1 + ((i * 7919) % patients), doctor_id: 1 + (i % doctors), appointment_date: `${day(Math.floor(i / doctors))}T${String(8 + (i % 9)).padStart(2, '0')}:${String((i * 13) % 60).padStart(2, '0')}:00.000Z`, purpose: ['Check-up', 'Follow-up', 'Vaccination'][i % 3] })),
+    medical_history: Array.from({ length: history }, (_, i) => ({ history_id: i + 1, patient_id: 1 + ((i * 104_729) % patients), diagnosis: ['Flu', 'Asthma', 'Diabetes'][i % 3], treatment: 'Rest and fluids', date_of_visit: `${day(i)}T10:00:00.000Z`, role_id: null }))
   }
   data.lab_results = Array.from({ length: labs }, (_, i) => {
     const h = data.medical_history[(i * 31) % history]
@@ -1394,25 +1347,6 @@ CREATE INDEX ON medical_history (patient_id, date_of_visit); CREATE INDEX ON med
 CREATE INDEX ON lab_results (patient_id, test_date); CREATE INDEX ON lab_results (test_date); CREATE INDEX ON lab_results (record_id);
 CREATE INDEX ON patient_records (patient_name);
 `
-
-/** A CSV field: NULL empty, numbers bare, text quoted */
-function csvField (v) {
-  if (v === null || v === undefined) return ''
-  if (typeof v === 'number') return String(v)
-  return `"${String(v).replace(/"/g, '""')}"`
-}
-
-/** Runs a tool to its end; its stdout, or an error with its output */
-function runTool (cmd, args, options = {}) {
-  return new Promise((resolve, reject) => {
-    const p = spawn(cmd, args, { stdio: ['ignore', 'pipe', 'pipe'], ...options })
-    let out = ''
-    p.stdout.setEncoding('utf8').on('data', t => { out += t })
-    p.stderr.setEncoding('utf8').on('data', t => { out += t })
-    p.on('error', reject)
-    p.on('exit', code => { if (code === 0) resolve(out); else reject(new Error(`${cmd} ${args.join(' ')} exited with ${code}\n${out.slice(-4000)}`)) })
-  })
-}
 
 // ---------------------------------------------------------------------------
 // Load driver and measurements
