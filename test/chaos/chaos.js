@@ -74,7 +74,7 @@ const TMPFS_MB = 64
  */
 export const PROFILES = {
   short: { nodes: 4, workloadMs: 25_000, convergeMs: 60_000, steps: ['kill9', 'partition', 'pause', 'diskfull'], churn: false, stepMs: [3000, 5000] },
-  full: { nodes: 5, workloadMs: 240_000, convergeMs: 180_000, steps: ['kill9', 'partition', 'join', 'pause', 'diskfull', 'kill9', 'join', 'partition', 'leave', 'pause', 'remove', 'kill9', 'partition'], churn: true, stepMs: [6000, 12_000] }
+  full: { nodes: 5, workloadMs: 240_000, convergeMs: 300_000, steps: ['kill9', 'partition', 'join', 'pause', 'diskfull', 'kill9', 'join', 'partition', 'leave', 'pause', 'remove', 'kill9', 'partition'], churn: true, stepMs: [6000, 12_000] }
 }
 
 /** A seeded PRNG (mulberry32): the same seed gives the same choices */
