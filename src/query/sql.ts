@@ -1,7 +1,7 @@
 import { createRequire } from 'node:module'
 import { ForbiddenError, ValidationError } from '../errors/index.js'
 import { CONSISTENCY_LEVELS, type Consistency, type RequestOptions } from '../cluster/coordinator.js'
-import { allOf, columnOf, compareValues, conjuncts, type Comparison, type Condition } from '../schema/condition.js'
+import { allOf, columnOf, compareValues, conjuncts, satisfies, type Comparison, type Condition } from '../schema/condition.js'
 import { findTable, type Row, type TableDef, type Value } from '../schema/index.js'
 import { planRows } from '../storage/ordered.js'
 import { singleShardOf } from '../cluster/query-merge.js'
@@ -501,15 +501,7 @@ function noteTable (access: SqlAccess, table: TableDef, filter: Condition | unde
 
 function holds (v: Value, op: Comparison, w: Value): boolean {
   if (v === null || w === null) return false
-  const c = Number(v) - Number(w)
-  switch (op) {
-    case '=': return c === 0
-    case '<>': return c !== 0
-    case '<': return c < 0
-    case '<=': return c <= 0
-    case '>': return c > 0
-    case '>=': return c >= 0
-  }
+  return satisfies(Number(v) - Number(w), op)
 }
 
 function noteRows (access: SqlAccess, table: TableDef, rows: Row[]): void {

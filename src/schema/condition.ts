@@ -151,18 +151,21 @@ export function evaluate (table: TableDef, cond: Condition, row: Record<string, 
       return typeof v === 'string' && v.startsWith(cond.prefix)
     default: {
       if (cond.value === null) return null
-      const c = compareValues(col, v, cond.value)
-      switch (cond.op) {
-        case '=': return c === 0
-        case '<>': return c !== 0
-        case '<': return c < 0
-        case '<=': return c <= 0
-        case '>': return c > 0
-        case '>=': return c >= 0
-      }
+      return satisfies(compareValues(col, v, cond.value), cond.op)
     }
   }
-  return null
+}
+
+/** Whether a comparison's result (negative, zero, positive: as compareValues gives it) satisfies `op` */
+export function satisfies (c: number, op: Comparison): boolean {
+  switch (op) {
+    case '=': return c === 0
+    case '<>': return c !== 0
+    case '<': return c < 0
+    case '<=': return c <= 0
+    case '>': return c > 0
+    case '>=': return c >= 0
+  }
 }
 
 /** The conditions a top-level AND holds (the whole condition when it is not an AND) */

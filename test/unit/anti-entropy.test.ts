@@ -10,21 +10,11 @@ import { loadOrCreateKeyFile } from '../../src/security/data-key.js'
 import type { Row } from '../../src/schema/index.js'
 import { Store, type VersionEntry } from '../../src/storage/store.js'
 import { HybridClock } from '../../src/storage/version.js'
+import { prng } from '../helpers/prng.js'
 
 const patient = (i: number, address = `${i} Main St`): Row => ({
   patient_id: i, patient_name: `Patient ${i}`, date_of_birth: '1980-01-02', gender: 'F', address, contact_number: '0123456789', email: `p${i}@example.org`
 })
-
-/** A seeded PRNG (mulberry32): a failing run is replayed from its seed */
-function prng (seed: number): () => number {
-  let a = seed
-  return () => {
-    a = (a + 0x6d2b79f5) | 0
-    let t = Math.imul(a ^ (a >>> 15), 1 | a)
-    t = (t + Math.imul(t ^ (t >>> 7), 61 | t)) ^ t
-    return ((t ^ (t >>> 14)) >>> 0) / 4294967296
-  }
-}
 
 let dir: TempDir | undefined
 let net: Testnet | undefined

@@ -1,17 +1,7 @@
 import { describe, expect, it } from 'vitest'
 import { decodeVersionLists, encodeVersionLists } from '../../src/storage/version-list.js'
 import { formatVersion, HybridClock } from '../../src/storage/version.js'
-
-/** A deterministic PRNG (mulberry32), so a failing case replays */
-function prng (seed: number): () => number {
-  let a = seed
-  return () => {
-    a = (a + 0x6d2b79f5) | 0
-    let t = Math.imul(a ^ (a >>> 15), 1 | a)
-    t = (t + Math.imul(t ^ (t >>> 7), 61 | t)) ^ t
-    return ((t ^ (t >>> 14)) >>> 0) / 4294967296
-  }
-}
+import { prng } from '../helpers/prng.js'
 
 const sorted = (xs: string[]): string[] => [...new Set(xs)].sort()
 
