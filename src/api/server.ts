@@ -540,11 +540,6 @@ export function parseOrderBy (raw: string): { column: string, desc: boolean } {
   return { column, desc: dir === 'desc' }
 }
 
-function parseLimit (raw: string): number {
-  if (!/^\d+$/.test(raw)) throw new ValidationError(`limit must be a positive integer, got ${JSON.stringify(raw)}`)
-  return Number(raw)
-}
-
 function requestOptions (query: Query): RequestOptions {
   if (query.consistency === undefined) return {}
   const c = single(query, 'consistency')

@@ -265,7 +265,7 @@ export class AuditTrail {
     if (fresh.length > 0) fresh.push(...this.seal())
     batch.push(...fresh)
     this.inFlight = batch.length
-    let failed: Sequenced[] = []
+    let failed: Sequenced[]
     const journal = [...this.unjournaled.splice(0), ...fresh]
     const drop = this.written.splice(0)
     try {

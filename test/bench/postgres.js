@@ -148,7 +148,10 @@ async function copyRows (asPg, dir, table, columns, rows) {
   child.stderr.setEncoding('utf8').on('data', s => { stderr += s })
   const done = new Promise((resolve, reject) => {
     child.on('error', reject)
-    child.on('exit', code => { code === 0 ? resolve() : reject(new Error(`COPY ${table} failed (${code}): ${stderr}`)) })
+    child.on('exit', code => {
+      if (code === 0) resolve()
+      else reject(new Error(`COPY ${table} failed (${code}): ${stderr}`))
+    })
   })
   const csv = v => v === null || v === undefined ? '' : `"${String(v).replaceAll('"', '""')}"`
   for (let i = 0; i < rows.length; i += 1000) {

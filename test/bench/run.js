@@ -399,7 +399,7 @@ async function cluster (ctx) {
   }
 
   log(`cluster: OrbitDB 4, ${ORBITDB_ROWS} rows replicated between two local peers (test/bench/orbitdb)`)
-  const orbit = await runOrbitDb(ctx)
+  const orbit = await runOrbitDb()
   const importRate = CLUSTER_IMPORT_ROWS / imported.seconds
   const ratioToOrbit = (rate) => orbit === undefined ? '—' : `${fmt(rate / orbit.replicatedRowsPerSec, 0)}× (a ceiling, not a product figure)`
   const vsOrbit = (rate) => orbit === undefined ? '—' : `${fmt(rate / orbit.replicatedRowsPerSec, 0)}× ${rate / orbit.replicatedRowsPerSec >= GOAL_ORBITDB ? '✓' : '✗'}`
@@ -922,7 +922,7 @@ async function freePort () {
 }
 
 /** Runs test/bench/orbitdb/run.js (installing its dependencies first if needed); undefined when it cannot */
-async function runOrbitDb (ctx) {
+async function runOrbitDb () {
   const dir = join(ROOT, 'test', 'bench', 'orbitdb')
   try {
     if (!existsSync(join(dir, 'node_modules', '@orbitdb', 'core'))) {

@@ -632,7 +632,7 @@ export async function divergence (nodes) {
 
 /** Runs anti-entropy on every node until nothing differs */
 async function converge (nodes, ms, log) {
-  let last = []
+  let last
   const deadline = Date.now() + Math.max(ms, 5000)
   for (let round = 0; ; round++) {
     last = await divergence(nodes)

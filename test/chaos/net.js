@@ -19,7 +19,7 @@ async function ip (args) {
   try {
     await exec('ip', args, { timeout: 10_000 })
   } catch (err) {
-    throw new Error(`ip ${args.join(' ')} failed: ${String(err.stderr ?? err.message).trim()}`)
+    throw new Error(`ip ${args.join(' ')} failed: ${String(err.stderr ?? err.message).trim()}`, { cause: err })
   }
 }
 

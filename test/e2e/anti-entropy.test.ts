@@ -12,7 +12,7 @@ import { e2ePatient, waitForValue } from '../helpers/wait.js'
  * hints for it are deleted (as if it had been away longer than they last),
  * and after a restart `ntsoekhe repair` brings it back to date.
  */
-let daemons: TestDaemon[] = []
+const daemons: TestDaemon[] = []
 
 const patient = e2ePatient
 

@@ -109,7 +109,7 @@ describe('distributed coordinator', () => {
       expect(r.row.patient_name).toBe(`Patient ${i}`)
       // W=2 acknowledged the write; the third copy follows on its own.
       const deadline = Date.now() + 5000
-      let holders: string[] = []
+      let holders: string[]
       for (;;) {
         holders = []
         for (const n of net.nodes) if (await n.store.get('patient_records', tokenOf(`patient_id:${i}`), String(i)) !== undefined) holders.push(n.peerId)

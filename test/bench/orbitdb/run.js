@@ -302,7 +302,8 @@ async function main () {
     child.on('message', (msg) => {
       if (msg.id != null) {
         const p = pending.get(msg.id)
-        if (p) msg.ok ? p.resolve(msg.result) : p.reject(new Error(`B: ${msg.error}`))
+        if (p && msg.ok) p.resolve(msg.result)
+        else if (p) p.reject(new Error(`B: ${msg.error}`))
         return
       }
       events.push(msg)
@@ -356,7 +357,7 @@ async function main () {
       replicatedRows = done.rows
       replicatedAt = done.at
       complete = true
-    } catch (err) {
+    } catch {
       const st = await call('status', {}, STEP_TIMEOUT_MS)
       replicatedRows = st.rows
       replicatedAt = st.at
