@@ -1,6 +1,7 @@
 import { ForbiddenError, InvalidMessageError, UnavailableError } from '../errors/index.js'
 import { parseBackupRecord, toBackupRecord } from '../backup/record.js'
-import type { Store, WholeRecord } from '../storage/store.js'
+import { mergeStates, type RecordState, type Store, type WholeRecord } from '../storage/store.js'
+import { compareVersions } from '../storage/version.js'
 import { chunkBy, MAX_ENTRIES_PER_MESSAGE, resultOk } from './apply-batcher.js'
 import { MAX_STATES } from './messages.js'
 import type { HashRing } from './ring.js'
@@ -113,9 +114,36 @@ export class BackupService {
   }
 
   private async page (piece: BackupPiece, after: string | undefined): Promise<{ records: WholeRecord[], next?: string }> {
-    return piece.reader === this.c.peerId
+    const page = piece.reader === this.c.peerId
       ? await this.c.store.backupPage({ ...range(piece), ...(after === undefined ? {} : { after }), limit: LOCAL_PAGE })
       : await this.remotePage(piece, after)
+    return { ...page, records: await Promise.all(page.records.map(async r => missingParents(r) ? await this.completed(piece.reader, r) : r)) }
+  }
+
+  /**
+   * A record whose reader lacks some of its versions (a version's parent is
+   * not among them: a write that reached it after the one that follows it,
+   * or a version it knows only by id) is completed from its other live
+   * owners, their versions and state merged in, until none is missing.
+   */
+  private async completed (reader: string, record: WholeRecord): Promise<WholeRecord> {
+    const { table, token, id } = record.state
+    const key = `${token}!${table}!${id}`
+    let out = record
+    for (const peer of this.c.owners(table, token).filter(p => p !== reader && (p === this.c.peerId || this.c.isAlive(p)))) {
+      const one = { from: key, to: key + '\x00', reader: peer }
+      let other: WholeRecord | undefined
+      try {
+        other = (peer === this.c.peerId ? await this.c.store.backupPage({ from: key, to: one.to, limit: 1 }) : await this.remotePage(one, undefined)).records[0]
+      } catch (err) {
+        this.c.log?.('backup: completing %s %s from %s failed: %s', table, id, peer, (err as Error).message)
+        continue
+      }
+      if (other === undefined) continue
+      out = mergeWhole(out, other)
+      if (!missingParents(out)) break
+    }
+    return out
   }
 
   /** Records this node holds now: what a progress bar can expect of the whole network, given N copies */
@@ -156,20 +184,14 @@ export class BackupService {
     return { changed: changed.filter(Boolean).length }
   }
 
-  /** Applies and merges records into this node's store; per record, whether it changed anything */
+  /**
+   * Takes records into this node's store as a hand-off does (every version,
+   * then the state, in one durable batch; a record held whole already is
+   * recognised without opening it); per record, whether it changed anything
+   */
   private async restoreHere (records: WholeRecord[]): Promise<boolean[]> {
     for (const r of records) for (const v of r.versions) this.c.observe(v.version)
-    const applied = await this.c.store.apply(records.flatMap(r => r.versions))
-    // A state that knows no more than its versions say is what applying them made: merging it would only read it again.
-    const extra = records.map((r, i) => ({ r, i })).filter(({ r }) => knowsMore(r))
-    const merged = extra.length === 0 ? [] : await this.c.store.merge(extra.map(({ r }) => r.state))
-    const mergedAt = new Map(extra.map(({ i }, j) => [i, merged[j]]))
-    let at = 0
-    return records.map((r, i) => {
-      const outcomes = applied.slice(at, at + r.versions.length)
-      at += r.versions.length
-      return mergedAt.get(i) === 'merged' || outcomes.some(o => o === 'applied' || o === 'history')
-    })
+    return (await this.c.store.receive(records)).map(o => o === 'merged')
   }
 
   private async restoreOn (peer: string, records: WholeRecord[]): Promise<boolean[]> {
@@ -237,12 +259,18 @@ export class BackupService {
   }
 }
 
-/** Whether a record's state knows of versions its own versions do not list or replace (from a peer's merged state) */
-function knowsMore ({ state, versions }: WholeRecord): boolean {
-  const listed = new Set(versions.map(v => v.version))
-  if (!state.seen.every(v => listed.has(v))) return true
-  const replaced = new Set(versions.flatMap(v => v.parents))
-  return !state.superseded.every(v => replaced.has(v))
+/** Whether some version of a record names a parent the record does not hold */
+export function missingParents ({ versions }: WholeRecord): boolean {
+  const held = new Set(versions.map(v => v.version))
+  return versions.some(v => v.parents.some(p => !held.has(p)))
+}
+
+/** Two owners' copies of one record as one: every version either holds, and their states merged */
+export function mergeWhole (a: WholeRecord, b: WholeRecord): WholeRecord {
+  const versions = new Map(a.versions.map(v => [v.version, v]))
+  for (const v of b.versions) if (!versions.has(v.version)) versions.set(v.version, v)
+  const state = mergeStates([a.state, b.state]) as RecordState
+  return { state, versions: [...versions.values()].sort((x, y) => compareVersions(x.version, y.version)) }
 }
 
 function range (piece: BackupPiece): { from?: string, to?: string } {

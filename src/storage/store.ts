@@ -53,12 +53,6 @@ export interface RecordState {
   horizon?: string
 }
 
-/** A record whole: its state and every version it has had, oldest first (what a backup holds) */
-export interface WholeRecord {
-  state: RecordState
-  versions: VersionEntry[]
-}
-
 /** A hint kept for a peer: versions it missed, or (with `entries` empty) a purge it missed */
 export interface Hint {
   key: string

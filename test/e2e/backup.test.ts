@@ -160,7 +160,9 @@ describe('backup and restore between real networks', () => {
     // A damaged copy is refused, naming the chunk, before anything is written.
     const { nodes: [fresh], token: freshToken } = await network(1)
     const freshApi = client(fresh!, freshToken)
-    const rowsBefore = (await freshApi.ring()).localRows
+    // The node's own internal records (its audit trail's seals) may grow meanwhile: the tables of rows may not.
+    const rowTables = async (): Promise<Record<string, number>> => Object.fromEntries(Object.entries((await freshApi.ring()).localRows as Record<string, number>).filter(([t]) => !t.startsWith('_')))
+    const rowsBefore = await rowTables()
     const damaged = join(await makeHome(), 'bk')
     await cp(dir, damaged, { recursive: true })
     const manifest = JSON.parse(await readFile(join(damaged, 'manifest.json'), 'utf8')) as { chunks: Array<{ file: string }> }
@@ -171,7 +173,7 @@ describe('backup and restore between real networks', () => {
     expect(refused.code).toBe(1)
     expect(refused.stderr).toContain(chunk)
     expect(refused.stderr).toMatch(/truncated/)
-    expect((await freshApi.ring()).localRows).toEqual(rowsBefore)
+    expect(await rowTables()).toEqual(rowsBefore)
     await expect(freshApi.get('patient_records', 1)).rejects.toThrow(/not found/i)
 
     // As of the moment between the two updates: the first update, and no row inserted after it.

@@ -355,14 +355,26 @@ describe('backup: across members, through the backup protocol', () => {
         written.set(String(id), versions)
         for (const owner of ring.preferenceList(token, 2)) await source.find(m => m.peerId === owner)?.store.apply(versions)
       }
+      // A record whose copy on the reading node missed a middle version: its other owner completes it.
+      let gapped = 61
+      while (!ring.preferenceList(tokenOf(`doctor_id:${gapped}`), 2).includes('src-a')) gapped++
+      const gapToken = tokenOf(`doctor_id:${gapped}`)
+      const g1: VersionEntry = { table: 'appointments', id: String(gapped), token: gapToken, version: formatVersion({ wall: 2000, counter: 0, node: 'test' }), parents: [], row: { ...appointment(gapped), doctor_id: gapped } }
+      const g2: VersionEntry = { ...g1, version: formatVersion({ wall: 2001, counter: 0, node: 'test' }), parents: [g1.version], row: { ...appointment(gapped, 'second'), doctor_id: gapped } }
+      const g3: VersionEntry = { ...g1, version: formatVersion({ wall: 2002, counter: 0, node: 'test' }), parents: [g2.version], row: { ...appointment(gapped, 'third'), doctor_id: gapped } }
+      written.set(String(gapped), [g1, g2, g3])
+      for (const owner of ring.preferenceList(gapToken, 2)) {
+        await source.find(m => m.peerId === owner)?.store.apply(owner === 'src-a' ? [g1, g3] : [g1, g2, g3])
+      }
       const read: WholeRecord[] = []
       for await (const page of (source[0] as { service: BackupService }).service.records()) read.push(...page)
       expect(read.map(r => r.state.id).sort()).toEqual([...written.keys()].sort())
+      expect(read.find(r => r.state.id === String(gapped))?.versions.map(v => v.version)).toEqual([g1.version, g2.version, g3.version])
       expect(read.find(r => r.state.id === '1')?.versions.map(v => v.version)).toEqual(written.get('1')?.map(v => v.version))
       expect(net.delivered.backup).toBeGreaterThan(0)
 
       const restorer = (target[0] as { service: BackupService }).service
-      expect(await restorer.restore(read)).toEqual({ changed: 60 })
+      expect(await restorer.restore(read)).toEqual({ changed: 61 })
       const targetRing = new HashRing({ vnodes: 16 })
       targetRing.setMembers(target.map(m => ({ peerId: m.peerId })))
       for (const r of read) {
