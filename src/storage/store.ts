@@ -1,3 +1,4 @@
+import { statfs } from 'node:fs/promises'
 import { Level } from 'level'
 import type { AbstractLevel, AbstractSublevel } from 'abstract-level'
 import { DataKeyError, HomeLockedError, IntegrityError, NtsoekheError, StorageFullError } from '../errors/index.js'
@@ -250,6 +251,9 @@ export class Store {
   private state: 'new' | 'opening' | 'open' | 'closing' | 'closed' = 'new'
   /** The last commit failed for want of disk space (see assertWritable) */
   private diskFull = false
+  /** A reopen after a full disk under way (see reopenAfterDiskFull) */
+  private reopening?: Promise<boolean>
+  private lastReopen = 0
   private opening?: Promise<void>
   private closing?: Promise<void>
 
@@ -278,8 +282,13 @@ export class Store {
         await writeBatch(this.db, ops, sync)
       } catch (err) {
         if (!isDiskFull(err)) throw err
-        this.diskFull = true
-        throw new StorageFullError(`This node's disk is full (${(err as Error).message}): it takes no writes until space is freed; reads go on`, { cause: err })
+        // Space may be back while LevelDB still holds its failed background write: reopened, it writes again.
+        const retry = await this.reopenAfterDiskFull() ? await writeBatch(this.db, ops, sync).then(() => undefined, (e: unknown) => e) : err
+        if (retry !== undefined) {
+          if (!isDiskFull(retry)) throw retry
+          this.diskFull = true
+          throw new StorageFullError(`This node's disk is full (${(retry as Error).message}): it takes no writes until space is freed; reads go on`, { cause: retry })
+        }
       }
       this.diskFull = false
       this.countTableOps(ops)
@@ -299,6 +308,31 @@ export class Store {
     this.checkOpen()
     if (!this.diskFull) return
     await this.committer.commit([put(this.meta, 'node:writable-probe', this.env.now())])
+  }
+
+  /**
+   * LevelDB keeps a failed background write (a flush or compaction that ran
+   * out of space) as an error every later write gets, until the database is
+   * opened again: so once space is back (statfs says so), the database is
+   * closed and opened, and writes go on without a restart of the daemon.
+   * Returns whether it reopened. One at a time, at most one every
+   * REOPEN_EVERY_MS; a read that meets the closed database in that moment fails
+   * and may be asked again.
+   */
+  private async reopenAfterDiskFull (): Promise<boolean> {
+    this.reopening ??= (async () => {
+      if (!(this.db instanceof Level) || this.env.now() - this.lastReopen < REOPEN_EVERY_MS) return false
+      this.lastReopen = this.env.now()
+      const free = await statfs(this.db.location).then(st => st.bavail * st.bsize, () => 0)
+      if (free < REOPEN_FREE_BYTES) return false
+      this.log?.(`store: reopening ${this.db.location} after a full disk (${Math.round(free / 1024 / 1024)} MiB free now)`)
+      await this.db.close()
+      await this.db.open()
+      // A sublevel stays closed when its parent closes: each is opened again.
+      await Promise.all([this.records, this.history, this.tables, this.index, this.ordered, this.meta, this.hints, this.purges, this.known].map(async sub => { await sub.open() }))
+      return true
+    })().finally(() => { this.reopening = undefined })
+    return await this.reopening
   }
 
   /** Opens the database; a database held by another process is a HomeLockedError */
@@ -1861,6 +1895,11 @@ export class Store {
  * write events, and no encodings but utf8. The store only writes while
  * open, and classic-level makes a close wait for batches under way.
  */
+/** Free space a store needs before it reopens after a full disk */
+const REOPEN_FREE_BYTES = 8 * 1024 * 1024
+/** At most one reopen after a full disk in this long (a disk that fills again at once is not reopened in a loop) */
+const REOPEN_EVERY_MS = 5000
+
 /** A LevelDB write that failed for want of disk space */
 function isDiskFull (err: unknown): boolean {
   const e = err as { code?: string, message?: string }
