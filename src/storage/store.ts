@@ -523,14 +523,7 @@ export class Store {
           // The summary needs what the put replaces: an own entry is written without a read, and may be a retry.
           this.noteHeads(touched, key, entry.token, options.own === true ? this.storedHeads(key) : undefined, [entry.version])
           ops.push({ type: 'put', key: recordPrefix + key, value: this.encodeFirstVersion(entry) })
-          const pos = entry.token + SEP + entry.id
-          // What stageIndexes does for a record that becomes live, without building its state.
-          ops.push({ type: 'put', key: this.tables.prefix + entry.table + SEP + pos, value: '1' })
-          for (const col of this.indexes[entry.table] ?? []) {
-            const v = entry.row[col]
-            if (v !== null && v !== undefined) ops.push(put(this.index, this.indexKey(entry.table, col, v, pos), 1))
-          }
-          for (const k of this.orderedKeys(entry.table, entry.row, entry.token, entry.id)) ops.push(put(this.ordered, k, 1))
+          this.stageLive(entry, ops)
           return 'applied'
         }
         if (fresh.has(key)) {
@@ -638,12 +631,7 @@ export class Store {
     if (head === undefined || state.heads.length !== 1 || versions.size !== 1 || head.parents.length > 0 || head.row === null) return false
     if (state.superseded.length > 0 || state.seen.length !== 1 || state.seen[0] !== head.version || this.purged.has(key)) return false
     ops.push({ type: 'put', key: this.records.prefix + key, value: this.encodeFirstVersion(head) })
-    const pos = head.token + SEP + head.id
-    ops.push({ type: 'put', key: this.tables.prefix + head.table + SEP + pos, value: '1' })
-    for (const col of this.indexes[head.table] ?? []) {
-      const v = head.row[col]
-      if (v !== null && v !== undefined) ops.push(put(this.index, this.indexKey(head.table, col, v, pos), 1))
-    }
+    this.stageLive(head, ops)
     this.noteHeads(touched, key, head.token, undefined, [head.version])
     states.set(key, { table: head.table, id: head.id, token: head.token, heads: [head], seen: [head.version], superseded: [] })
     return true
@@ -938,6 +926,22 @@ export class Store {
     this.stageIndexes(before, after, ops)
     this.noteHeads(touched, key, entry.token, before.heads.map(h => h.version), after.heads.map(h => h.version))
     return true
+  }
+
+  /**
+   * What stageIndexes does for a record that becomes live with its first
+   * version, without building its state: its table-list entry, its equality
+   * index entries and its ordered index entries
+   */
+  private stageLive (first: VersionEntry, ops: BatchOp[]): void {
+    const row = first.row as Row
+    const pos = first.token + SEP + first.id
+    ops.push({ type: 'put', key: this.tables.prefix + first.table + SEP + pos, value: '1' })
+    for (const col of this.indexes[first.table] ?? []) {
+      const v = row[col]
+      if (v !== null && v !== undefined) ops.push(put(this.index, this.indexKey(first.table, col, v, pos), 1))
+    }
+    for (const k of this.orderedKeys(first.table, row, first.token, first.id)) ops.push(put(this.ordered, k, 1))
   }
 
   private stageIndexes (before: RecordState | undefined, after: RecordState, ops: BatchOp[]): void {

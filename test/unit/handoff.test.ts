@@ -42,6 +42,14 @@ async function openStores (n: number): Promise<Store[]> {
   return opened
 }
 
+/** Every key of one of a store's sublevels (its index entries, say), in order */
+async function subKeys (store: Store, name: string): Promise<string[]> {
+  const sub = (store as unknown as Record<string, { keys: () => AsyncIterable<string> }>)[name] as { keys: () => AsyncIterable<string> }
+  const out: string[] = []
+  for await (const k of sub.keys()) out.push(k)
+  return out
+}
+
 /** A record of store `from` as a hand-off sends it: its state and its history */
 async function whole (from: Store, id: number): Promise<WholeRecord> {
   const state = await from.get('patient_records', tokenOf(`patient_id:${id}`), String(id)) as RecordState
@@ -49,6 +57,16 @@ async function whole (from: Store, id: number): Promise<WholeRecord> {
 }
 
 describe('whole records: one batch per message', () => {
+  it('a record new here with one version gets every index entry the sender has: equality, ordered and the table list', async () => {
+    const [a, b] = await openStores(2) as [Store, Store]
+    const clock = new HybridClock('aaa')
+    for (let id = 1; id <= 12; id++) await a.apply([{ table: 'patient_records', id: String(id), token: tokenOf(`patient_id:${id}`), version: clock.tick(), parents: [], row: patient(id) }])
+    const records = await Promise.all(Array.from({ length: 12 }, async (_, i) => await whole(a, i + 1)))
+    expect(await b.receive(records)).toEqual(records.map(() => 'merged'))
+    for (const sub of ['ordered', 'index', 'tables']) expect(await subKeys(b, sub), sub).toEqual(await subKeys(a, sub))
+    expect((await subKeys(b, 'ordered')).length).toBeGreaterThan(0)
+  })
+
   it('takes records new here with their history and a conflict in one commit, and knows them again without writing', async () => {
     const [a, b] = await openStores(2) as [Store, Store]
     const clock = new HybridClock('aaa')
