@@ -21,6 +21,13 @@ export interface BackupServiceComponents {
   mayServe: (peerId: string) => boolean
   /** Sees every version restored (the node's hybrid clock), so later writes sort after them */
   observe: (version: string) => void
+  /**
+   * Brings this node's copies of the ranges it owns up to date with their
+   * co-owners (an anti-entropy round), before it reads them: a record still
+   * on its way to this node (a hand-off after a join not finished yet) is then
+   * in the backup too
+   */
+  catchUp?: () => Promise<unknown>
   log?: (msg: string, ...args: unknown[]) => void
 }
 
@@ -97,6 +104,9 @@ export class BackupService {
 
   /** Every record of the network once, a page at a time, in key order */
   async * records (signal?: AbortSignal): AsyncGenerator<WholeRecord[]> {
+    if (this.c.catchUp !== undefined) {
+      await this.c.catchUp().catch((err: unknown) => { this.c.log?.('backup: the anti-entropy round before reading failed (%s); reading what this node holds', (err as Error).message) })
+    }
     for (const piece of this.plan()) {
       let pending = this.page(piece, undefined)
       for (;;) {

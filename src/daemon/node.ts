@@ -213,6 +213,7 @@ export class NtsoekheNode {
       replicas: coordinator.replicas,
       owners: (table, token) => coordinator.owners(table, token),
       isAlive: peerId => membership.isAlive(peerId),
+      catchUp: async () => await (coordinator as DistributedCoordinator).antiEntropy.repair(),
       // A member that left hands over what it holds by the replica protocol; it reads and writes nothing here.
       mayServe: peer => {
         if (membership.mayReplicate(peer) && membership.stateOf(peer) !== 'left') return true
