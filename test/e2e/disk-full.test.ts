@@ -1,10 +1,11 @@
 import { execFileSync } from 'node:child_process'
-import { mkdir, open, unlink, writeFile } from 'node:fs/promises'
+import { mkdir, unlink, writeFile } from 'node:fs/promises'
 import { join } from 'node:path'
 import { afterAll, describe, expect, it } from 'vitest'
 import { NtsoekheClient } from '../../src/client/index.js'
 import { adminToken, makeHome, startDaemon, type TestDaemon } from '../helpers/daemon.js'
 import { e2ePatient, waitForValue } from '../helpers/wait.js'
+import { fill } from '../helpers/files.js'
 
 /**
  * A daemon whose home is on a small tmpfs (root only: elsewhere the test is
@@ -21,21 +22,6 @@ afterAll(async () => {
   if (mounted !== undefined) execFileSync('umount', ['-l', mounted])
 }, 30_000)
 
-/** Writes zeros to `path` until the file system is full */
-async function fill (path: string): Promise<void> {
-  const fh = await open(path, 'w')
-  const chunk = Buffer.alloc(1024 * 1024)
-  try {
-    for (let size = chunk.length; size >= 512;) {
-      try { await fh.write(chunk.subarray(0, size)) } catch (err) {
-        if ((err as NodeJS.ErrnoException).code !== 'ENOSPC') throw err
-        size /= 2
-      }
-    }
-  } finally {
-    await fh.close()
-  }
-}
 
 describe.skipIf(!root)('a full disk', () => {
   it('refuses writes with a clear error, serves reads, and writes again once space is back', async () => {

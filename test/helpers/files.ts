@@ -1,5 +1,5 @@
 import { randomBytes } from 'node:crypto'
-import { readdir, readFile, stat } from 'node:fs/promises'
+import { open, readdir, readFile, stat } from 'node:fs/promises'
 import { join } from 'node:path'
 
 /** Every byte of every file under `root`, LevelDB logs and tables included */
@@ -24,4 +24,20 @@ const NOT_HEX = 'ghijklmnopqrstuvwxyzGHIJKLMNOPQRSTUVWXYZ'
  */
 export function unique (tag: string): string {
   return `${tag.slice(0, 1)}${[...randomBytes(31)].map(b => NOT_HEX[b % NOT_HEX.length] as string).join('')}`
+}
+
+/** Writes zeros to `path` until the file system holding it is full (ENOSPC), smaller writes last */
+export async function fill (path: string): Promise<void> {
+  const fh = await open(path, 'w')
+  const chunk = Buffer.alloc(1024 * 1024)
+  try {
+    for (let size = chunk.length; size >= 512;) {
+      try { await fh.write(chunk.subarray(0, size)) } catch (err) {
+        if ((err as NodeJS.ErrnoException).code !== 'ENOSPC') throw err
+        size /= 2
+      }
+    }
+  } finally {
+    await fh.close()
+  }
 }

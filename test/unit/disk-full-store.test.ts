@@ -7,6 +7,7 @@ import { afterEach, describe, expect, it } from 'vitest'
 import { StorageFullError } from '../../src/errors/index.js'
 import { Store } from '../../src/storage/store.js'
 import { HybridClock } from '../../src/storage/version.js'
+import { fill } from '../helpers/files.js'
 
 /**
  * A store on a small tmpfs (root only; skipped elsewhere) whose disk fills
@@ -25,21 +26,6 @@ afterEach(async () => {
   }
 })
 
-/** Writes zeros to `path` until the file system is full */
-async function fill (path: string): Promise<void> {
-  const fh = await open(path, 'w')
-  const chunk = Buffer.alloc(256 * 1024)
-  try {
-    for (let size = chunk.length; size >= 512;) {
-      try { await fh.write(chunk.subarray(0, size)) } catch (err) {
-        if ((err as NodeJS.ErrnoException).code !== 'ENOSPC') throw err
-        size /= 2
-      }
-    }
-  } finally {
-    await fh.close()
-  }
-}
 
 describe.skipIf(!root)('a store whose disk fills during a flush', () => {
   it('refuses writes while full, and writes again once space is freed, reopening LevelDB', async () => {
