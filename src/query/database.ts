@@ -20,7 +20,7 @@ import { allOf, columnOf, type Comparison, type Condition } from '../schema/cond
 export { DEFAULT_LIMIT, MAX_LIMIT } from './limits.js'
 /** Operations in one all-or-nothing batch */
 export const MAX_BATCH = 1000
-/** Draws of a fresh id before an insert gives up (a draw collides only across nodes sharing a tag) */
+/** Draws of a fresh id before an insert gives up: a generated id meets an existing key only where a row was keyed by hand with it, or made under the earlier id layout (see ids.ts) */
 const ID_ATTEMPTS = 5
 /** Retries of a PATCH whose read version was overtaken by a concurrent write */
 const PATCH_ATTEMPTS = 5

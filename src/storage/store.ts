@@ -254,6 +254,8 @@ export class Store {
   /** A reopen after a full disk under way (see reopenAfterDiskFull) */
   private reopening?: Promise<boolean>
   private lastReopen = 0
+  /** Every sublevel of the database: a reopen opens each again */
+  private readonly sublevels: Sub[] = []
   private opening?: Promise<void>
   private closing?: Promise<void>
 
@@ -264,15 +266,20 @@ export class Store {
       ? new Level<string, any>(init.path, { valueEncoding: 'json', writeBufferSize: init.writeBufferBytes ?? DEFAULT_WRITE_BUFFER })
       : init.db as unknown as Level<string, any>
     this.env = init.env ?? REAL_ENV
-    this.records = this.db.sublevel<string, any>('r', { valueEncoding: 'json' }) as Sub
-    this.history = this.db.sublevel<string, any>('h', { valueEncoding: 'json' }) as Sub
-    this.tables = this.db.sublevel<string, any>('t', { valueEncoding: 'json' }) as Sub
-    this.index = this.db.sublevel<string, any>('i', { valueEncoding: 'json' }) as Sub
-    this.ordered = this.db.sublevel<string, any>('o', { valueEncoding: 'json' }) as Sub
-    this.meta = this.db.sublevel<string, any>('m', { valueEncoding: 'json' }) as Sub
-    this.hints = this.db.sublevel<string, any>('x', { valueEncoding: 'json' }) as Sub
-    this.purges = this.db.sublevel<string, any>('p', { valueEncoding: 'json' }) as Sub
-    this.known = this.db.sublevel<string, any>('k', { valueEncoding: 'json' }) as Sub
+    const sublevel = (name: string): Sub => {
+      const sub = this.db.sublevel<string, any>(name, { valueEncoding: 'json' }) as Sub
+      this.sublevels.push(sub)
+      return sub
+    }
+    this.records = sublevel('r')
+    this.history = sublevel('h')
+    this.tables = sublevel('t')
+    this.index = sublevel('i')
+    this.ordered = sublevel('o')
+    this.meta = sublevel('m')
+    this.hints = sublevel('x')
+    this.purges = sublevel('p')
+    this.known = sublevel('k')
     if (init.log !== undefined) this.log = init.log
     this.indexes = init.indexes ?? {}
     this.plaintext = init.plaintext === true
@@ -329,7 +336,7 @@ export class Store {
       await this.db.close()
       await this.db.open()
       // A sublevel stays closed when its parent closes: each is opened again.
-      await Promise.all([this.records, this.history, this.tables, this.index, this.ordered, this.meta, this.hints, this.purges, this.known].map(async sub => { await sub.open() }))
+      await Promise.all(this.sublevels.map(async sub => { await sub.open() }))
       return true
     })().finally(() => { this.reopening = undefined })
     return await this.reopening

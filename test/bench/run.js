@@ -329,17 +329,7 @@ Load average (1 / 5 / 15 min) ${loadStart} at the start of this section, ${loadA
 async function cluster (ctx) {
   const loadStart = loadAvg()
   log(`cluster: starting ${CLUSTER_SIZE} daemons (N=3, W=2, R=2, fsync on)`)
-  const first = await ctx.spawnDaemon()
-  const { invite } = await getJson(first.socket, '/v1/invite')
-  const nodes = [first]
-  for (let i = 1; i < CLUSTER_SIZE; i++) nodes.push(await ctx.spawnDaemon(['--join', invite]))
-  const until = Date.now() + START_TIMEOUT
-  for (;;) {
-    const all = await Promise.all(nodes.map(async n => await getJson(n.socket, '/v1/status')))
-    if (all.every(st => st.members.filter(m => m.state === 'alive').length === CLUSTER_SIZE)) break
-    if (Date.now() > until) throw new Error(`the ${CLUSTER_SIZE} daemons did not all see each other within ${START_TIMEOUT} ms`)
-    await sleep(100)
-  }
+  const nodes = await startNetwork(ctx)
   const sockets = nodes.map(n => n.socket)
   const insertPath = '/v1/tables/patient_records/rows'
   const ids = []
@@ -489,12 +479,7 @@ async function readsById (ctx) {
   const pgReads = medianRun(pgRuns)
 
   log(`reads: ${CLUSTER_SIZE} daemons (N=3, W=2, R=2), the same ${fmtInt(PG_ROWS)} rows imported through one node`)
-  const first = await ctx.spawnDaemon()
-  const { invite } = await getJson(first.socket, '/v1/invite')
-  const nodes = [first]
-  for (let i = 1; i < CLUSTER_SIZE; i++) nodes.push(await ctx.spawnDaemon(['--join', invite]))
-  await waitFor(async () => (await Promise.all(nodes.map(async n => await getJson(n.socket, '/v1/status'))))
-    .every(st => st.members.filter(m => m.state === 'alive').length === CLUSTER_SIZE), START_TIMEOUT, `the ${CLUSTER_SIZE} daemons to see each other`)
+  const nodes = await startNetwork(ctx)
   const sockets = nodes.map(n => n.socket)
   const dir = await ctx.tempDir()
   const ndjson = join(dir, 'reads.ndjson')
@@ -896,6 +881,16 @@ async function recordSizes (path, ids) {
   return out
 }
 
+/** A network of CLUSTER_SIZE daemons with the default config: the first makes it, the others join by its invite; every member seen alive */
+async function startNetwork (ctx) {
+  const first = await ctx.spawnDaemon()
+  const { invite } = await getJson(first.socket, '/v1/invite')
+  const nodes = [first]
+  for (let i = 1; i < CLUSTER_SIZE; i++) nodes.push(await ctx.spawnDaemon(['--join', invite]))
+  await waitAlive(nodes, CLUSTER_SIZE)
+  return nodes
+}
+
 async function waitAlive (nodes, size) {
   await waitFor(async () => (await Promise.all(nodes.map(async n => await getJson(n.socket, '/v1/status'))))
     .every(st => st.members.filter(m => m.state === 'alive').length === size), START_TIMEOUT, `the ${size} daemons to see each other`)
@@ -1190,11 +1185,7 @@ async function queries (ctx) {
   const oneRuns = await measure('one node', [single.socket])
   await single.stop()
   log(`queries: ${CLUSTER_SIZE} daemons (N=3, W=2, R=2)`)
-  const first = await ctx.spawnDaemon()
-  const { invite } = await getJson(first.socket, '/v1/invite')
-  const nodes = [first]
-  for (let i = 1; i < CLUSTER_SIZE; i++) nodes.push(await ctx.spawnDaemon(['--join', invite]))
-  await waitAlive(nodes, CLUSTER_SIZE)
+  const nodes = await startNetwork(ctx)
   const netRuns = await measure('3 nodes', nodes.map(n => n.socket))
   for (const n of nodes) await n.stop()
 
