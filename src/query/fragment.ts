@@ -8,26 +8,40 @@ import { winner, type Store } from '../storage/store.js'
 /**
  * The part of a SELECT each owner runs on its own copy of a token range:
  * the rows of `table` that pass `filter`, each joined (on the owner, where
- * the rows it joins with live too) with the rows of `join.table` holding
- * the same `join.column`, then grouped with partial aggregates, or
- * projected, sorted and cut to `limit`. The coordinator merges the ranges'
- * results. A column is `[source, name]`: source 0 the table, 1 the joined one.
+ * the rows it joins with live too) with the rows of each `joins` table in
+ * turn holding the value of an earlier table's column, then grouped with
+ * partial aggregates, or projected, sorted and cut to `limit`. The
+ * coordinator merges the ranges' results. A column is `[source, name]`:
+ * source 0 the table, 1 its first join, 2 the second...
  */
 export interface Fragment {
   table: string
   filter?: Condition
-  join?: { table: string, column: string, filter?: Condition }
+  joins?: FragmentJoin[]
   /** Grouped: the group columns and the aggregates; else `columns` are projected */
-  groupBy?: Array<[0 | 1, string]>
+  groupBy?: FragmentColumn[]
   aggregates?: FragmentAggregate[]
-  columns?: Array<[0 | 1, string]>
+  columns?: FragmentColumn[]
   /** Rows mode: sort keys (each a `columns` index) and how many rows a range needs to give at most */
   orderBy?: Array<{ at: number, desc: boolean }>
   limit?: number
 }
 
+/** A column of one of a fragment's tables: 0 the table, n its n-th join */
+export type FragmentColumn = [number, string]
+
+/**
+ * One table joined on the owner: its rows whose `column` equals the value of
+ * `on` (a column of the table or of an earlier join). It is placed by that
+ * column (so its rows live where the row they join does) or global.
+ */
+export interface FragmentJoin { table: string, column: string, on: FragmentColumn, filter?: Condition }
+
+/** Most tables a fragment joins to its own */
+export const MAX_JOINS = 7
+
 export type AggregateFn = 'COUNT' | 'SUM' | 'AVG' | 'MIN' | 'MAX'
-export interface FragmentAggregate { fn: AggregateFn, column?: [0 | 1, string] }
+export interface FragmentAggregate { fn: AggregateFn, column?: FragmentColumn }
 
 /** A partial aggregate: COUNT a number, SUM and AVG `[sum, count]`, MIN and MAX a value */
 export type Partial = number | [number, number] | Value
@@ -55,17 +69,19 @@ export const MAX_FRAGMENT_ROWS = 100_000
 
 /** Runs a fragment over a source (see Fragment) */
 export async function runFragment (f: Fragment, source: FragmentSource): Promise<FragmentResult> {
-  const table = tableOf(f.table)
-  const joined = f.join === undefined ? undefined : tableOf(f.join.table)
+  const tables = tablesOf(f)
+  const joins = f.joins ?? []
   // Every copy reads its rows in the same order (the same plan over the same keys), so one running
   // hash of what was read is the same on copies that hold the same versions.
   const hash = createHash('sha256')
   const mix = (t: string, id: string, version: string): void => { hash.update(`${t}\u0000${id}\u0000${version}\n`) }
   const groups = new Map<string, { key: Value[], partials: Partial[] }>()
   const rows: Value[][] = []
-  const lookups = new Map<string, Row[]>()
-  const emit = (tuple: [Row, Row | undefined]): void => {
-    const value = ([s, c]: [0 | 1, string]): Value => tuple[s]?.[c] ?? null
+  // Per join, the rows looked up for each value (a patient's history is read once for all their rows).
+  const lookups = joins.map(() => new Map<string, Row[]>())
+  let cached = 0
+  const emit = (tuple: Row[]): void => {
+    const value = ([s, c]: FragmentColumn): Value => tuple[s]?.[c] ?? null
     if (f.aggregates !== undefined) {
       const key = (f.groupBy ?? []).map(value)
       const k = JSON.stringify(key)
@@ -77,43 +93,59 @@ export async function runFragment (f: Fragment, source: FragmentSource): Promise
       }
       f.aggregates.forEach((a, i) => {
         const g2 = g as { partials: Partial[] }
-        g2.partials[i] = step(a, (g2.partials[i] ?? null) as Partial, a.column === undefined ? 1 : value(a.column), a.column === undefined ? undefined : columnOf(a.column[0] === 0 ? table : joined as TableDef, a.column[1]))
+        g2.partials[i] = step(a, (g2.partials[i] ?? null) as Partial, a.column === undefined ? 1 : value(a.column), a.column === undefined ? undefined : columnOf(tables[a.column[0]] as TableDef, a.column[1]))
       })
       return
     }
     rows.push((f.columns ?? []).map(value))
     // Only the best `limit` are kept: sorted and cut whenever twice as many have come.
     if (f.limit !== undefined && rows.length >= Math.max(2 * f.limit, 1000)) {
-      sortRows(rows, f, table, joined)
+      sortRows(rows, f, tables)
       rows.length = f.limit
     }
     if (rows.length > MAX_FRAGMENT_ROWS) throw new ValidationError(`SQL: this query makes more than ${MAX_FRAGMENT_ROWS} rows; narrow its WHERE or add a LIMIT`)
   }
-  for await (const { row, id, version } of source.rows(table.name, f.filter)) {
-    mix(table.name, id, version)
-    if (f.join === undefined || joined === undefined) { emit([row, undefined]); continue }
-    const v = row[f.join.column]
-    if (v === null || v === undefined) continue
+  /** Joins a tuple with the rows of join `j` (and those after it), emitting each whole tuple */
+  const expand = async (tuple: Row[], j: number): Promise<void> => {
+    const join = joins[j]
+    if (join === undefined) { emit(tuple); return }
+    const joined = tables[j + 1] as TableDef
+    const v = tuple[join.on[0]]?.[join.on[1]]
+    if (v === null || v === undefined) return
+    const cache = lookups[j] as Map<string, Row[]>
     const cacheKey = JSON.stringify(v)
-    let others = lookups.get(cacheKey)
+    let others = cache.get(cacheKey)
     if (others === undefined) {
       others = []
-      const filter = allOf([{ op: '=', column: f.join.column, value: v }, ...(f.join.filter === undefined ? [] : [f.join.filter])])
+      const filter = allOf([{ op: '=', column: join.column, value: v }, ...(join.filter === undefined ? [] : [join.filter])])
       // The joined rows of this key live where this row does (same shard value), or on every node (a global table).
-      const shard = joined.shardKey === f.join.column ? `${joined.shardKey}:${String(v)}` : undefined
+      const shard = joined.shardKey === join.column ? `${joined.shardKey}:${String(v)}` : undefined
       for await (const o of source.rows(joined.name, filter, shard)) {
         mix(joined.name, o.id, o.version)
         others.push(o.row)
       }
-      lookups.set(cacheKey, others)
+      // The looked-up rows are kept for the values met again, up to a bound (then read again: the same rows, the same digest on every copy).
+      cached += others.length + 1
+      if (cached > MAX_FRAGMENT_ROWS) { for (const c of lookups) c.clear(); cached = others.length + 1 }
+      cache.set(cacheKey, others)
     }
-    for (const o of others) emit([row, o])
+    for (const o of others) await expand([...tuple, o], j + 1)
+  }
+  for await (const { row, id, version } of source.rows((tables[0] as TableDef).name, f.filter)) {
+    mix((tables[0] as TableDef).name, id, version)
+    if (joins.length === 0) emit([row])
+    else await expand([row], 0)
   }
   const digest = hash.digest('hex').slice(0, 32)
   if (f.aggregates !== undefined) return { groups: [...groups.values()], digest }
-  sortRows(rows, f, table, joined)
+  sortRows(rows, f, tables)
   if (f.limit !== undefined && rows.length > f.limit) rows.length = f.limit
   return { rows, digest }
+}
+
+/** The fragment's tables: its own, then each joined one */
+function tablesOf (f: Fragment): TableDef[] {
+  return [tableOf(f.table), ...(f.joins ?? []).map(j => tableOf(j.table))]
 }
 
 function initial (fn: AggregateFn): Partial {
@@ -135,7 +167,7 @@ function step (a: FragmentAggregate, p: Partial, v: Value, col: import('../schem
 }
 
 /** Merges partial aggregates of one group from several ranges */
-export function mergePartials (aggregates: FragmentAggregate[], a: Partial[], b: Partial[], colOf: (c: [0 | 1, string]) => import('../schema/index.js').Column): Partial[] {
+export function mergePartials (aggregates: FragmentAggregate[], a: Partial[], b: Partial[], colOf: (c: FragmentColumn) => import('../schema/index.js').Column): Partial[] {
   return aggregates.map((agg, i) => {
     const x = a[i] ?? null
     const y = b[i] ?? null
@@ -146,7 +178,7 @@ export function mergePartials (aggregates: FragmentAggregate[], a: Partial[], b:
       default: {
         if (x === null) return y
         if (y === null) return x
-        const c = compareValues(colOf(agg.column as [0 | 1, string]), x as Value, y as Value)
+        const c = compareValues(colOf(agg.column as FragmentColumn), x as Value, y as Value)
         return agg.fn === 'MIN' ? (c <= 0 ? x : y) : (c >= 0 ? x : y)
       }
     }
@@ -164,12 +196,12 @@ export function finish (fn: AggregateFn, p: Partial): Value {
 }
 
 /** Sorts projected rows by the fragment's order (NULLs last ascending, first descending, as PostgreSQL) */
-export function sortRows (rows: Value[][], f: Fragment, table: TableDef, joined: TableDef | undefined): void {
+export function sortRows (rows: Value[][], f: Fragment, tables: TableDef[]): void {
   const order = f.orderBy ?? []
   if (order.length === 0) return
   const cols = order.map(o => {
-    const [s, c] = (f.columns ?? [])[o.at] as [0 | 1, string]
-    return columnOf(s === 0 ? table : joined as TableDef, c)
+    const [s, c] = (f.columns ?? [])[o.at] as FragmentColumn
+    return columnOf(tables[s] as TableDef, c)
   })
   rows.sort((a, b) => {
     for (const [i, o] of order.entries()) {
@@ -195,34 +227,38 @@ export function checkFragment (raw: unknown): Fragment {
   const table = tableOf(String(m.table))
   const out: Fragment = { table: table.name }
   if (m.filter !== undefined) out.filter = checkCondition(table, m.filter)
-  let joined: TableDef | undefined
-  if (m.join !== undefined) {
-    const j = m.join as Record<string, unknown> | null
-    if (j === null || typeof j !== 'object') throw new ValidationError('malformed fragment join')
-    joined = tableOf(String(j.table))
-    const column = String(j.column)
-    columnOf(table, column)
-    columnOf(joined, column)
-    out.join = { table: joined.name, column, ...(j.filter === undefined ? {} : { filter: checkCondition(joined, j.filter) }) }
-  }
-  const col = (c: unknown): [0 | 1, string] => {
-    if (!Array.isArray(c) || c.length !== 2 || (c[0] !== 0 && c[0] !== 1) || typeof c[1] !== 'string') throw new ValidationError('malformed fragment column')
-    const t = c[0] === 0 ? table : joined
+  const tables = [table]
+  const col = (c: unknown, sources = tables.length): FragmentColumn => {
+    if (!Array.isArray(c) || c.length !== 2 || !Number.isSafeInteger(c[0]) || typeof c[1] !== 'string') throw new ValidationError('malformed fragment column')
+    const t = c[0] >= 0 && c[0] < sources ? tables[c[0]] : undefined
     if (t === undefined) throw new ValidationError('fragment column of no joined table')
     return [c[0], columnOf(t, c[1]).name]
+  }
+  if (m.joins !== undefined) {
+    if (!Array.isArray(m.joins) || m.joins.length > MAX_JOINS) throw new ValidationError('malformed fragment joins')
+    out.joins = m.joins.map((j: any) => {
+      if (j === null || typeof j !== 'object') throw new ValidationError('malformed fragment join')
+      const joined = tableOf(String(j.table))
+      const column = columnOf(joined, String(j.column)).name
+      // A joined table's rows must live where the rows they join do: placed by the join column, as the table is, or global.
+      if (joined.shardKey !== 'global' && (joined.shardKey !== column || table.shardKey !== column)) throw new ValidationError(`fragment join of ${joined.name} on ${column}, which does not place it`)
+      const on = col(j.on)
+      tables.push(joined)
+      return { table: joined.name, column, on, ...(j.filter === undefined ? {} : { filter: checkCondition(joined, j.filter) }) }
+    })
   }
   const list = (x: unknown, max = 100): unknown[] => {
     if (!Array.isArray(x) || x.length > max) throw new ValidationError('malformed fragment list')
     return x
   }
-  if (m.groupBy !== undefined) out.groupBy = list(m.groupBy).map(col)
+  if (m.groupBy !== undefined) out.groupBy = list(m.groupBy).map(c => col(c))
   if (m.aggregates !== undefined) {
     out.aggregates = list(m.aggregates).map((a: any) => {
       if (a === null || typeof a !== 'object' || !['COUNT', 'SUM', 'AVG', 'MIN', 'MAX'].includes(a.fn)) throw new ValidationError('malformed fragment aggregate')
       return { fn: a.fn as AggregateFn, ...(a.column === undefined ? {} : { column: col(a.column) }) }
     })
   }
-  if (m.columns !== undefined) out.columns = list(m.columns, 1000).map(col)
+  if (m.columns !== undefined) out.columns = list(m.columns, 1000).map(c => col(c))
   if (m.orderBy !== undefined) {
     out.orderBy = list(m.orderBy).map((o: any) => {
       if (o === null || typeof o !== 'object' || !Number.isSafeInteger(o.at) || o.at < 0 || o.at >= (out.columns?.length ?? 0) || typeof o.desc !== 'boolean') throw new ValidationError('malformed fragment order')
@@ -238,10 +274,9 @@ export function checkFragment (raw: unknown): Fragment {
 
 /** Merges the ranges' results into one (groups merged by key; rows concatenated, sorted and cut) */
 export function mergeResults (f: Fragment, results: FragmentResult[]): FragmentResult {
-  const table = tableOf(f.table)
-  const joined = f.join === undefined ? undefined : tableOf(f.join.table)
+  const tables = tablesOf(f)
   if (f.aggregates !== undefined) {
-    const colOf = ([s, c]: [0 | 1, string]): import('../schema/index.js').Column => columnOf(s === 0 ? table : joined as TableDef, c)
+    const colOf = ([s, c]: FragmentColumn): import('../schema/index.js').Column => columnOf(tables[s] as TableDef, c)
     const groups = new Map<string, { key: Value[], partials: Partial[] }>()
     for (const r of results) {
       for (const g of r.groups ?? []) {
@@ -253,7 +288,7 @@ export function mergeResults (f: Fragment, results: FragmentResult[]): FragmentR
     return { groups: [...groups.values()], digest: '' }
   }
   const rows = results.flatMap(r => r.rows ?? [])
-  sortRows(rows, f, table, joined)
+  sortRows(rows, f, tables)
   if (f.limit !== undefined && rows.length > f.limit) rows.length = f.limit
   return { rows, digest: '' }
 }

@@ -1,3 +1,4 @@
+import { createHash } from 'node:crypto'
 import { createRequire } from 'node:module'
 import { ForbiddenError, ValidationError } from '../errors/index.js'
 import { CONSISTENCY_LEVELS, type Consistency, type RequestOptions } from '../cluster/coordinator.js'
@@ -6,7 +7,7 @@ import { findTable, type Row, type TableDef, type Value } from '../schema/index.
 import { planRows } from '../storage/ordered.js'
 import { singleShardOf } from '../cluster/query-merge.js'
 import { MAX_LIMIT, typedValue, type Database } from './database.js'
-import { finish, type Fragment, type FragmentAggregate } from './fragment.js'
+import { finish, MAX_FRAGMENT_ROWS, MAX_JOINS, type AggregateFn, type Fragment, type FragmentColumn, type Partial } from './fragment.js'
 
 // node-sql-parser ships CommonJS; its PostgreSQL grammar builds the AST this module reads.
 const { Parser } = createRequire(import.meta.url)('node-sql-parser') as { Parser: new () => { astify: (sql: string, opt: object) => unknown } }
@@ -34,25 +35,6 @@ export interface SqlAccess {
 /** A refusal that names the SQL construct outside the subset */
 function unsupported (construct: string): never {
   throw new ValidationError(`SQL: ${construct} is not supported (see README, Queries and SQL)`)
-}
-
-interface Source { table: TableDef, alias: string }
-interface ColumnRef { source: Source, column: string }
-type Aggregate = 'COUNT' | 'SUM' | 'AVG' | 'MIN' | 'MAX'
-type Item = { kind: 'column', ref: ColumnRef, name: string } | { kind: 'aggregate', fn: Aggregate, ref?: ColumnRef, name: string }
-
-interface Select {
-  sources: Source[]
-  /** The shared key of a two-table join */
-  joinOn?: { left: ColumnRef, right: ColumnRef }
-  items: Item[]
-  /** Per source, the conditions only it names; a condition over both is refused */
-  where: Map<Source, Condition | undefined>
-  groupBy: ColumnRef[]
-  having?: { fn: Aggregate, ref?: ColumnRef, op: Comparison, value: Value }
-  orderBy: Array<{ key: { item: number } | { ref: ColumnRef }, desc: boolean }>
-  limit?: number
-  offset: number
 }
 
 /** Turns `$n` placeholders and literals into values; `params` are bound, never spliced */
@@ -84,8 +66,11 @@ class Binder {
   }
 }
 
+/** A statement as parsed: the one statement, its SET consistency, whether EXPLAINed, and how many `$n` it takes (the highest n) */
+export interface ParsedStatement { statement: any, consistency?: Consistency, explain: boolean, params: number }
+
 /** Parses one statement (or SETs then one statement) with node-sql-parser; a SET gives the consistency */
-export function parseStatements (sql: string): { statement: any, consistency?: Consistency, explain: boolean } {
+export function parseStatements (sql: string): ParsedStatement {
   if (typeof sql !== 'string' || sql.trim() === '') throw new ValidationError('SQL: the statement is empty')
   if (sql.length > MAX_SQL) throw new ValidationError(`SQL: a statement of at most ${MAX_SQL} characters`)
   // A statement is sent again and again with other parameters: parsed once (the tree is only read).
@@ -99,12 +84,12 @@ export function parseStatements (sql: string): { statement: any, consistency?: C
 }
 
 /** Statements parsed lately (see parseStatements) */
-const PARSED = new Map<string, { statement: any, consistency?: Consistency, explain: boolean }>()
+const PARSED = new Map<string, ParsedStatement>()
 const PARSED_MAX = 512
 /** Longest statement taken, characters */
 const MAX_SQL = 64 * 1024
 
-function parseOnce (sql: string): { statement: any, consistency?: Consistency, explain: boolean } {
+function parseOnce (sql: string): ParsedStatement {
   // EXPLAIN is not in the parser's PostgreSQL grammar: the leading keyword is taken off and the rest parsed.
   const trimmed = sql.trimStart()
   const explain = trimmed.slice(0, 7).toUpperCase() === 'EXPLAIN' && (trimmed.length === 7 || ' \t\r\n'.includes(trimmed[7] as string))
@@ -131,18 +116,31 @@ function parseOnce (sql: string): { statement: any, consistency?: Consistency, e
     }
   }
   if (rest.length !== 1) throw new ValidationError(rest.length === 0 ? 'SQL: SET needs a statement after it' : 'SQL: one statement at a time (after any SETs)')
-  return { statement: rest[0], ...(consistency === undefined ? {} : { consistency }), explain }
+  return { statement: rest[0], ...(consistency === undefined ? {} : { consistency }), explain, params: placeholders(rest[0]) }
+}
+
+/** The highest `$n` a parsed statement names (0: none) */
+function placeholders (node: unknown, depth = 0): number {
+  if (node === null || typeof node !== 'object' || depth > 200) return 0
+  const n = node as Record<string, unknown>
+  let most = n.type === 'var' && n.prefix === '$' && typeof n.name === 'number' ? n.name : 0
+  for (const v of Object.values(n)) if (v !== null && typeof v === 'object') most = Math.max(most, placeholders(v, depth + 1))
+  return most
 }
 
 /**
  * Runs one SQL statement of the subset against the database: SELECT
- * (one table, or two joined on the patient or doctor key they share),
+ * (one table, or several joined on the patient or doctor key they share,
+ * or to global tables), paged by `cursor`,
  * INSERT, UPDATE and DELETE by key, EXPLAIN SELECT. Anything else is a 400
  * naming the construct.
  */
 export async function runSql (db: Database, sql: string, params: readonly unknown[], access: SqlAccess, options: RequestOptions = {}, cursor?: string): Promise<SqlAnswer> {
   if (!Array.isArray(params)) throw new ValidationError('SQL: params must be an array')
-  const { statement, consistency, explain } = parseStatements(sql)
+  const { statement, consistency, explain, params: wanted } = parseStatements(sql)
+  // As PostgreSQL's bind: each $n has its value, and no value is left over.
+  if (params.length !== wanted) throw new ValidationError(`SQL: the statement takes ${wanted} parameter${wanted === 1 ? '' : 's'}${wanted === 0 ? '' : ` ($1${wanted > 1 ? `..$${wanted}` : ''})`}, ${params.length} given`)
+  if (cursor !== undefined && (statement.type !== 'select' || explain)) throw new ValidationError('SQL: a cursor continues a SELECT')
   const opts: RequestOptions = consistency === undefined ? options : { ...options, consistency }
   const bind = new Binder(params)
   if (explain && statement.type !== 'select') unsupported(`EXPLAIN ${String(statement.type).toUpperCase()}`)
@@ -150,7 +148,7 @@ export async function runSql (db: Database, sql: string, params: readonly unknow
     case 'select': {
       const select = buildSelect(statement, bind, access)
       if (explain) return await explainSelect(db, select)
-      return await runSelect(db, select, access, opts, cursor)
+      return await runSelect(db, select, access, opts, stampOf(sql, params), cursor)
     }
     case 'insert': return await runInsert(db, statement, bind, access, opts)
     case 'update': return await runUpdate(db, statement, bind, access, opts)
@@ -165,22 +163,75 @@ function tableOf (name: unknown): TableDef {
   return t
 }
 
-function buildSelect (ast: any, bind: Binder, access: SqlAccess): Select {
-  if (ast.with != null) unsupported('WITH')
+interface Source { table: TableDef, alias: string }
+interface ColumnRef { source: Source, column: string }
+type Aggregate = AggregateFn
+interface AggregateRef { fn: Aggregate, ref?: ColumnRef }
+type Item = { kind: 'column', ref: ColumnRef, name: string } | { kind: 'aggregate', agg: number, name: string }
+/** A grouped query's values of one group: its GROUP BY columns, then each of `Select.aggregates` */
+type Slots = Value[]
+/** HAVING over one group's slots: true, false or unknown (a NULL met), as SQL's three-valued logic */
+type HavingTest = (slots: Slots) => boolean | null
+/** An output item, a table column (plain rows) or a slot (grouped rows) */
+type OrderKey = { item: number } | { ref: ColumnRef } | { slot: number }
+
+interface Select {
+  /** In FROM's order */
+  sources: Source[]
+  /** The table the owners read first: the first placed by a key (a global one only when all are) */
+  driver: Source
+  /** The others, in the order the owners join them, each on a column of one before it */
+  joins: Array<{ source: Source, column: string, on: ColumnRef }>
+  items: Item[]
+  /** Every aggregate named: the output's, then those only HAVING or ORDER BY name */
+  aggregates: AggregateRef[]
+  /** Per source, the conditions only it names; a condition over several is refused */
+  where: Map<Source, Condition | undefined>
+  groupBy: ColumnRef[]
+  aggregated: boolean
+  having?: HavingTest
+  orderBy: Array<{ key: OrderKey, desc: boolean }>
+  limit?: number
+  offset: number
+}
+
+const AGGREGATES: readonly string[] = ['COUNT', 'SUM', 'AVG', 'MIN', 'MAX']
+const COMPARISONS: readonly string[] = ['=', '<>', '!=', '<', '<=', '>', '>=']
+
+/** Rows one answer holds at most; `next` continues after them */
+export const SQL_PAGE = MAX_LIMIT
+
+/** A function call's name as written */
+function functionName (node: any): string {
+  return String(node?.name?.name?.map((n: any) => n?.value).join('.') ?? node?.name ?? '').toUpperCase()
+}
+
+/** What a node is, in words, for a refusal */
+function describe (node: any): string {
+  if (node?.type === 'function') return `the function ${functionName(node)}()`
+  if (node?.type === 'aggr_func') return `the aggregate ${String(node.name).toUpperCase()}`
+  if (node?.type === 'binary_expr') return `an expression with ${String(node.operator)}`
+  if (node?.ast != null || node?.type === 'select') return 'a subquery'
+  return `a ${String(node?.type ?? 'missing').replace(/_/g, ' ')}`
+}
+
+/** Refuses the SELECT clauses outside the subset */
+function refuseOutside (ast: any): void {
+  if (ast.with != null) unsupported('WITH (a common table expression)')
   if (ast.distinct?.type != null) unsupported('DISTINCT')
   if (ast.window != null) unsupported('WINDOW')
   if (ast._next != null || ast.set_op != null) unsupported(String(ast.set_op ?? 'UNION').toUpperCase())
-  const from: any[] = ast.from ?? []
-  if (from.length === 0) unsupported('SELECT without FROM')
-  if (from.length > 2) unsupported('a join of more than two tables')
-  const sources: Source[] = from.map((f: any) => {
-    if (f.expr != null) unsupported('a subquery in FROM')
-    return { table: tableOf(f.table), alias: String(f.as ?? f.table) }
-  })
-  const resolve = (node: any): ColumnRef => {
-    if (node?.type !== 'column_ref') unsupported(`a ${String(node?.type ?? 'missing').replace(/_/g, ' ')} where a column belongs`)
+  if (ast.into?.position != null) unsupported('SELECT ... INTO')
+}
+
+/** Finds the column a reference names among the sources, checking the caller may read it */
+function resolver (sources: Source[], access: SqlAccess): (node: any) => ColumnRef {
+  return (node: any): ColumnRef => {
+    if (node?.type !== 'column_ref') unsupported(`${describe(node)} where a column belongs`)
+    if (node.collate != null) unsupported('COLLATE')
     const name = String(node.column?.expr?.value ?? node.column)
-    const candidates = node.table == null ? sources : sources.filter(s => s.alias === node.table || s.table.name === node.table)
+    const candidates = node.table == null ? sources : sources.filter(s => s.alias === node.table || (s.alias === s.table.name && s.table.name === node.table))
+    if (node.table != null && candidates.length === 0) throw new ValidationError(`SQL: unknown table or alias ${String(node.table)}`)
     const found = candidates.filter(s => s.table.columns.some(c => c.name === name))
     if (found.length === 0) throw new ValidationError(`SQL: unknown column ${node.table == null ? '' : `${String(node.table)}.`}${name}`, { column: name })
     if (found.length > 1) throw new ValidationError(`SQL: column ${name} is ambiguous: name its table`, { column: name })
@@ -189,27 +240,97 @@ function buildSelect (ast: any, bind: Binder, access: SqlAccess): Select {
     if (!access.readable(source.table).includes(name)) throw new ForbiddenError(`You may not read column ${name} of ${source.table.name}`, { column: name })
     return { source, column: name }
   }
-  let joinOn: Select['joinOn']
-  if (sources.length === 2) {
-    const j = from[1]
-    if (!/^(INNER )?JOIN$/.test(String(j.join ?? ''))) unsupported(String(j.join ?? 'a comma join (FROM a, b)'))
-    if (j.on?.type !== 'binary_expr' || j.on.operator !== '=') unsupported('a join condition other than one shared key')
-    const left = resolve(j.on.left)
-    const right = resolve(j.on.right)
-    const [a, b] = sources as [Source, Source]
-    const global = a.table.shardKey === 'global' || b.table.shardKey === 'global'
-    if (left.source === right.source || left.column !== right.column || (!global && !['patient_id', 'doctor_id'].includes(left.column))) {
-      unsupported('a join on anything but the patient_id or doctor_id both tables hold (or a column shared with a global table)')
+}
+
+/**
+ * The order the owners join the tables in: from the first table placed by a
+ * key (the driver), each next one by the ON that links it to one already
+ * joined. A table placed by a key joins only on that key, shared with the
+ * driver's (so its rows live on the same owners); a global table joins on
+ * any column both hold.
+ */
+function planJoins (from: any[], sources: Source[], resolve: (n: any) => ColumnRef): { driver: Source, joins: Select['joins'] } {
+  const edges: Array<[ColumnRef, ColumnRef]> = []
+  for (const [i, f] of from.entries()) {
+    if (i === 0) continue
+    const self = sources[i] as Source
+    const kind = String(f.join ?? '').toUpperCase()
+    if (kind === '') unsupported('a comma join (FROM a, b): use JOIN ... ON a.key = b.key')
+    if (kind !== 'JOIN' && kind !== 'INNER JOIN') unsupported(kind)
+    if (f.using != null) unsupported('JOIN ... USING: use ON a.key = b.key')
+    const on = f.on
+    if (on?.type !== 'binary_expr' || on.operator !== '=' || on.left?.type !== 'column_ref' || on.right?.type !== 'column_ref') {
+      unsupported('a join condition other than one shared key (ON a.key = b.key)')
     }
-    const colocated = (a.table.shardKey === left.column && b.table.shardKey === left.column) || global
-    if (!colocated) unsupported(`a join of ${a.table.name} and ${b.table.name} on ${left.column}, which does not place both on the same owners`)
-    joinOn = { left, right }
+    const a = resolve(on.left)
+    const b = resolve(on.right)
+    if (a.source !== self && b.source !== self) unsupported(`a JOIN ${self.alias} whose ON does not name ${self.alias}`)
+    const other = a.source === self ? b : a
+    if (other.source === self) unsupported('a join condition within one table')
+    if (sources.indexOf(other.source) > i) unsupported(`a join condition naming ${other.source.alias} before it is joined`)
+    if (a.column !== b.column) unsupported(`a join on two different columns (${a.column}, ${b.column}): tables join on the key they share`)
+    edges.push([a, b])
+  }
+  const driver = sources.find(s => s.table.shardKey !== 'global') ?? sources[0] as Source
+  const key = driver.table.shardKey
+  const placed = new Set<Source>([driver])
+  const joins: Select['joins'] = []
+  // Each JOIN's ON links it to one before it: the edges form a tree, walked from the driver.
+  while (edges.length > 0) {
+    const at = edges.findIndex(([a, b]) => placed.has(a.source) !== placed.has(b.source))
+    const [a, b] = edges.splice(at, 1)[0] as [ColumnRef, ColumnRef]
+    const [on, x] = placed.has(a.source) ? [a, b] : [b, a]
+    const t = x.source.table
+    const colocated = t.shardKey === 'global' || (t.shardKey === x.column && key === x.column && on.source.table.shardKey === x.column)
+    if (!colocated) {
+      unsupported(`a join of ${on.source.table.name} and ${t.name} on ${x.column}, which does not place both on the same owners (tables join on the patient_id or doctor_id that places them all, or to a global table)`)
+    }
+    placed.add(x.source)
+    joins.push({ source: x.source, column: x.column, on })
+  }
+  return { driver, joins }
+}
+
+function buildSelect (ast: any, bind: Binder, access: SqlAccess): Select {
+  refuseOutside(ast)
+  const from: any[] = ast.from ?? []
+  if (from.length === 0) unsupported('SELECT without FROM')
+  if (from.length > MAX_JOINS + 1) unsupported(`a join of more than ${MAX_JOINS + 1} tables`)
+  const sources: Source[] = from.map((f: any) => {
+    if (f.expr != null) unsupported('a subquery in FROM')
+    return { table: tableOf(f.table), alias: String(f.as ?? f.table) }
+  })
+  for (const [i, s] of sources.entries()) if (sources.findIndex(o => o.alias === s.alias) !== i) unsupported(`${s.alias} named twice in FROM without an alias of its own`)
+  const resolve = resolver(sources, access)
+  const { driver, joins } = planJoins(from, sources, resolve)
+  const aggregates: AggregateRef[] = []
+  const aggregateOf = (e: any): number => {
+    const fn = String(e.name).toUpperCase()
+    if (e.over != null) unsupported(`the window function ${fn}(...) OVER`)
+    if (!AGGREGATES.includes(fn)) unsupported(`the aggregate ${fn}`)
+    if (e.args?.distinct != null) unsupported(`${fn}(DISTINCT ...)`)
+    if (e.filter != null) unsupported(`${fn}(...) FILTER`)
+    const arg = e.args?.expr
+    const ref = arg?.type === 'star' ? undefined : resolve(arg)
+    if (ref === undefined && fn !== 'COUNT') unsupported(`${fn}(*)`)
+    if (ref !== undefined && (fn === 'SUM' || fn === 'AVG')) {
+      const type = columnOf(ref.source.table, ref.column).type
+      if (type !== 'INT' && type !== 'DECIMAL') unsupported(`${fn} of the ${type} column ${ref.column}`)
+    }
+    let at = aggregates.findIndex(a => a.fn === fn && a.ref?.source === ref?.source && a.ref?.column === ref?.column)
+    if (at < 0) {
+      at = aggregates.length
+      aggregates.push({ fn: fn as Aggregate, ...(ref === undefined ? {} : { ref }) })
+    }
+    return at
   }
   const items: Item[] = []
   for (const c of ast.columns === '*' ? [{ expr: { type: 'star' } }] : ast.columns ?? []) {
     const e = c.expr
     if (e?.type === 'column_ref' && (e.column === '*' || e.column?.expr?.value === '*')) {
-      for (const s of sources.filter(s => e.table == null || s.alias === e.table)) for (const col of access.readable(s.table)) items.push({ kind: 'column', ref: { source: s, column: col }, name: col })
+      const of = sources.filter(s => e.table == null || s.alias === e.table)
+      if (of.length === 0) throw new ValidationError(`SQL: unknown table or alias ${String(e.table)}`)
+      for (const s of of) for (const col of access.readable(s.table)) items.push({ kind: 'column', ref: { source: s, column: col }, name: col })
       continue
     }
     if (e?.type === 'star') {
@@ -217,84 +338,212 @@ function buildSelect (ast: any, bind: Binder, access: SqlAccess): Select {
       continue
     }
     if (e?.type === 'aggr_func') {
-      const fn = String(e.name).toUpperCase() as Aggregate
-      if (!['COUNT', 'SUM', 'AVG', 'MIN', 'MAX'].includes(fn)) unsupported(`the aggregate ${fn}`)
-      if (e.args?.distinct != null) unsupported(`${fn}(DISTINCT ...)`)
-      const arg = e.args?.expr
-      const ref = arg?.type === 'star' ? undefined : resolve(arg)
-      if (ref === undefined && fn !== 'COUNT') unsupported(`${fn}(*)`)
-      items.push({ kind: 'aggregate', fn, ...(ref === undefined ? {} : { ref }), name: String(c.as ?? (ref === undefined ? fn.toLowerCase() : `${fn.toLowerCase()}`)) })
+      const agg = aggregateOf(e)
+      items.push({ kind: 'aggregate', agg, name: String(c.as ?? String(e.name).toLowerCase()) })
       continue
     }
     const ref = resolve(e)
     items.push({ kind: 'column', ref, name: String(c.as ?? ref.column) })
   }
-  const where = new Map<Source, Condition | undefined>(sources.map(s => [s, undefined]))
-  if (ast.where != null) {
-    const parts = flattenAnd(ast.where)
-    const per = new Map<Source, Condition[]>(sources.map(s => [s, []]))
-    for (const p of parts) {
-      const { cond, source } = buildCondition(p, resolve, bind)
-      per.get(source)?.push(cond)
-    }
-    for (const s of sources) where.set(s, allOf(per.get(s) ?? []))
-  }
-  const groupBy = (ast.groupby?.columns ?? (Array.isArray(ast.groupby) ? ast.groupby : [])).map(resolve)
-  const aggregated = items.some(i => i.kind === 'aggregate') || groupBy.length > 0
+  const where = buildWhere(ast.where, sources, joins, resolve, bind)
+  const groupBy: ColumnRef[] = (ast.groupby?.columns ?? (Array.isArray(ast.groupby) ? ast.groupby : [])).map((g: any) => {
+    if (g?.type !== 'number') return resolve(g)
+    const item = items[Number(g.value) - 1]
+    if (item?.kind !== 'column') throw new ValidationError(`SQL: GROUP BY ${String(g.value)} names no output column`)
+    return item.ref
+  })
+  const aggregated = aggregates.length > 0 || groupBy.length > 0 || ast.having != null || (ast.orderby ?? []).some((o: any) => o?.expr?.type === 'aggr_func')
+  const groupSlot = (ref: ColumnRef): number => groupBy.findIndex(g => g.source === ref.source && g.column === ref.column)
   if (aggregated) {
     for (const i of items) {
-      if (i.kind === 'column' && !groupBy.some((g: ColumnRef) => g.source === i.ref.source && g.column === i.ref.column)) {
-        throw new ValidationError(`SQL: column ${i.ref.column} must be in GROUP BY or inside an aggregate`, { column: i.ref.column })
-      }
+      if (i.kind === 'column' && groupSlot(i.ref) < 0) throw new ValidationError(`SQL: column ${i.ref.column} must be in GROUP BY or inside an aggregate`, { column: i.ref.column })
     }
   }
-  let having: Select['having']
+  /** A grouped query's slot for an output item */
+  const itemSlot = (i: Item): number => i.kind === 'aggregate' ? groupBy.length + i.agg : groupSlot(i.ref)
+  const itemNamed = (e: any): number => e?.type === 'column_ref' && e.table == null ? items.findIndex(i => i.name === String(e.column?.expr?.value ?? e.column)) : -1
+  let having: HavingTest | undefined
   if (ast.having != null) {
-    const h = ast.having
-    if (h.type !== 'binary_expr' || h.left?.type !== 'aggr_func' || !['=', '<>', '<', '<=', '>', '>='].includes(h.operator)) unsupported('a HAVING other than <aggregate> <comparison> <value>')
-    const fn = String(h.left.name).toUpperCase() as Aggregate
-    const arg = h.left.args?.expr
-    having = { fn, ...(arg?.type === 'star' ? {} : { ref: resolve(arg) }), op: h.operator, value: bind.value(h.right) }
+    having = buildHaving(ast.having, {
+      slot: e => {
+        if (e?.type === 'aggr_func') return groupBy.length + aggregateOf(e)
+        if (e?.type !== 'column_ref') return undefined
+        // A name no table has may be an output column's (HAVING visits > 2).
+        const name = String(e.column?.expr?.value ?? e.column)
+        if (e.table == null && !sources.some(s => s.table.columns.some(c => c.name === name)) && itemNamed(e) >= 0) return itemSlot(items[itemNamed(e)] as Item)
+        const ref = resolve(e)
+        const at = groupSlot(ref)
+        if (at < 0) throw new ValidationError(`SQL: column ${ref.column} in HAVING must be in GROUP BY or inside an aggregate`, { column: ref.column })
+        return at
+      },
+      info: slot => slotInfo(slot, groupBy, aggregates)
+    }, bind)
   }
   const orderBy: Select['orderBy'] = (ast.orderby ?? []).map((o: any) => {
     const desc = String(o.type ?? 'ASC').toUpperCase() === 'DESC'
+    // NULLs sort last ascending, first descending (PostgreSQL's default); the other way is refused.
+    const nulls = String(o.nulls ?? '').toUpperCase().replace(/\s+/g, ' ')
+    if (nulls !== '' && nulls !== (desc ? 'NULLS FIRST' : 'NULLS LAST')) unsupported(`ORDER BY ... ${desc ? 'DESC' : 'ASC'} ${nulls}`)
     const e = o.expr
+    let item = -1
     if (e?.type === 'number') {
-      const n = Number(e.value)
-      if (!Number.isInteger(n) || n < 1 || n > items.length) throw new ValidationError(`SQL: ORDER BY ${n} names no output column`)
-      return { key: { item: n - 1 }, desc }
+      item = Number(e.value) - 1
+      if (!Number.isInteger(item) || item < 0 || item >= items.length) throw new ValidationError(`SQL: ORDER BY ${String(e.value)} names no output column`)
+    } else {
+      item = itemNamed(e)
     }
-    if (e?.type === 'column_ref' && e.table == null) {
-      const name = String(e.column?.expr?.value ?? e.column)
-      const at = items.findIndex(i => i.name === name)
-      if (at >= 0) return { key: { item: at }, desc }
-    }
-    if (aggregated) {
-      if (e?.type === 'aggr_func') {
-        const at = items.findIndex(i => i.kind === 'aggregate' && i.fn === String(e.name).toUpperCase())
-        if (at >= 0) return { key: { item: at }, desc }
-      }
-      const ref = resolve(e)
-      const at = items.findIndex(i => i.kind === 'column' && i.ref.source === ref.source && i.ref.column === ref.column)
-      if (at < 0) unsupported('ORDER BY a column not in the output of an aggregate query')
-      return { key: { item: at }, desc }
-    }
-    return { key: { ref: resolve(e) }, desc }
+    if (!aggregated) return { key: item >= 0 ? { item } : { ref: resolve(e) }, desc }
+    if (item >= 0) return { key: { slot: itemSlot(items[item] as Item) }, desc }
+    if (e?.type === 'aggr_func') return { key: { slot: groupBy.length + aggregateOf(e) }, desc }
+    const at = groupSlot(resolve(e))
+    if (at < 0) unsupported('ORDER BY a column neither in GROUP BY nor inside an aggregate')
+    return { key: { slot: at }, desc }
   })
+  const { limit, offset } = limitOf(ast, bind)
+  return { sources, driver, joins, items, aggregates, where, groupBy, aggregated, ...(having === undefined ? {} : { having }), orderBy, ...(limit === undefined ? {} : { limit }), offset }
+}
+
+/** LIMIT and OFFSET, in either order (LIMIT ALL is no limit) */
+function limitOf (ast: any, bind: Binder): { limit?: number, offset: number } {
+  const whole = (node: any, what: string): number | undefined => {
+    if (node?.type === 'origin' && String(node.value).toUpperCase() === 'ALL' && what === 'LIMIT') return undefined
+    const raw = bind.value(node)
+    const n = typeof raw === 'string' && raw.trim() !== '' ? Number(raw) : raw
+    if (typeof n !== 'number' || !Number.isSafeInteger(n) || n < 0) throw new ValidationError(`SQL: ${what} must be a whole number`)
+    return n
+  }
   let limit: number | undefined
   let offset = 0
-  const lim = ast.limit?.value ?? []
-  if (lim.length > 0) {
-    const l = Number(bind.value(lim[0]))
-    if (!Number.isSafeInteger(l) || l < 0) throw new ValidationError('SQL: LIMIT must be a whole number')
-    limit = l
-    if (lim.length > 1) {
-      const o = Number(bind.value(lim[1]))
-      if (!Number.isSafeInteger(o) || o < 0) throw new ValidationError('SQL: OFFSET must be a whole number')
-      offset = o
+  const values: any[] = ast.limit?.value ?? []
+  if (values.length === 2) {
+    limit = whole(values[0], 'LIMIT')
+    offset = whole(values[1], 'OFFSET') ?? 0
+  } else if (values.length === 1) {
+    if (String(ast.limit?.seperator ?? '').toLowerCase() === 'offset') offset = whole(values[0], 'OFFSET') ?? 0
+    else limit = whole(values[0], 'LIMIT')
+  }
+  // OFFSET written before LIMIT: the parser keeps the LIMIT apart.
+  const later: any[] = ast._limit?.value ?? []
+  if (later.length > 1) unsupported('this LIMIT form')
+  if (later.length === 1) limit = whole(later[0], 'LIMIT')
+  return { ...(limit === undefined ? {} : { limit }), offset }
+}
+
+/** The table and column a slot's values compare as (none: a count, sum or average, compared as numbers) */
+function slotInfo (slot: number, groupBy: ColumnRef[], aggregates: AggregateRef[]): ColumnRef | undefined {
+  if (slot < groupBy.length) return groupBy[slot]
+  const a = aggregates[slot - groupBy.length]
+  return a !== undefined && (a.fn === 'MIN' || a.fn === 'MAX') ? a.ref : undefined
+}
+
+/** Compares two slot values as their column orders them (NULL unknown) */
+function compareSlot (info: ColumnRef | undefined, x: Value, y: Value): number | null {
+  if (x === null || y === null) return null
+  if (info !== undefined) return compareValues(columnOf(info.source.table, info.column), x, y)
+  return Number(x) - Number(y)
+}
+
+/** The WHERE's conditions per table; a shard key fixed on one joined table is fixed on those joined on it */
+function buildWhere (node: any, sources: Source[], joins: Select['joins'], resolve: (n: any) => ColumnRef, bind: Binder): Map<Source, Condition | undefined> {
+  const per = new Map<Source, Condition[]>(sources.map(s => [s, []]))
+  if (node != null) {
+    for (const p of flattenAnd(node)) {
+      const { cond, source } = buildCondition(p, resolve, bind)
+      per.get(source)?.push(cond)
     }
   }
-  return { sources, ...(joinOn === undefined ? {} : { joinOn }), items, where, groupBy, ...(having === undefined ? {} : { having }), orderBy, ...(limit === undefined ? {} : { limit }), offset }
+  // An inner join on equal keys: a key one side fixes by `=`, the other side has too (so a chart whose
+  // WHERE names h.patient_id still asks one replica set).
+  for (let changed = true; changed;) {
+    changed = false
+    for (const j of joins) {
+      const sides: Array<[ColumnRef, ColumnRef]> = [[j.on, { source: j.source, column: j.column }], [{ source: j.source, column: j.column }, j.on]]
+      for (const [a, b] of sides) {
+        const fixed = (per.get(a.source) ?? []).find(c => c.op === '=' && c.column === a.column && c.value !== null)
+        const target = per.get(b.source) as Condition[]
+        if (fixed === undefined || !('value' in fixed) || target.some(c => c.op === '=' && c.column === b.column)) continue
+        target.push({ op: '=', column: b.column, value: typedValue(b.source.table, b.column, fixed.value) })
+        changed = true
+      }
+    }
+  }
+  return new Map(sources.map(s => [s, allOf(per.get(s) ?? [])]))
+}
+
+/** HAVING as a test of a group's slots: AND, OR, NOT of comparisons, BETWEEN, IN and IS [NOT] NULL over aggregates and group columns */
+function buildHaving (node: any, ctx: { slot: (n: any) => number | undefined, info: (slot: number) => ColumnRef | undefined }, bind: Binder): HavingTest {
+  type Operand = { slot: number } | { value: Value }
+  const operand = (n: any): Operand => {
+    const slot = ctx.slot(n)
+    if (slot !== undefined) return { slot }
+    if (n?.type === 'function' || n?.type === 'binary_expr' || n?.ast != null) unsupported(`${describe(n)} in HAVING`)
+    return { value: bind.value(n) }
+  }
+  /** A literal typed as the slot it meets */
+  const typed = (slot: number, v: Value): Value => {
+    if (v === null) return null
+    const info = ctx.info(slot)
+    if (info !== undefined) return typedValue(info.source.table, info.column, v)
+    const n = typeof v === 'string' && v.trim() !== '' ? Number(v) : v
+    if (typeof n !== 'number' || !Number.isFinite(n)) throw new ValidationError(`SQL: HAVING compares a count, sum or average with ${JSON.stringify(v)}, not a number`)
+    return n
+  }
+  const valueOf = (o: Operand, slots: Slots): Value => 'slot' in o ? slots[o.slot] ?? null : o.value
+  const build = (n: any): HavingTest => {
+    if ((n?.type === 'unary_expr' && String(n.operator).toUpperCase() === 'NOT') || (n?.type === 'function' && functionName(n) === 'NOT')) {
+      const arg = build(n.type === 'unary_expr' ? n.expr : n.args?.value?.[0])
+      return s => { const r = arg(s); return r === null ? null : !r }
+    }
+    if (n?.type !== 'binary_expr') return unsupported(`${describe(n)} in HAVING`)
+    const op = String(n.operator).toUpperCase()
+    if (op === 'AND' || op === 'OR') {
+      const l = build(n.left)
+      const r = build(n.right)
+      return op === 'AND'
+        ? s => { const a = l(s); const b = r(s); return a === false || b === false ? false : a === null || b === null ? null : true }
+        : s => { const a = l(s); const b = r(s); return a === true || b === true ? true : a === null || b === null ? null : false }
+    }
+    const left = operand(n.left)
+    if (!('slot' in left)) unsupported('a HAVING condition whose left side is not an aggregate or a GROUP BY column')
+    const info = ctx.info(left.slot)
+    const negate = (t: HavingTest): HavingTest => s => { const r = t(s); return r === null ? null : !r }
+    if (COMPARISONS.includes(op)) {
+      let right = operand(n.right)
+      if ('value' in right) right = { value: typed(left.slot, right.value) }
+      const cmp = (op === '!=' ? '<>' : op) as Comparison
+      return s => { const c = compareSlot(info, valueOf(left, s), valueOf(right, s)); return c === null ? null : satisfies(c, cmp) }
+    }
+    if (op === 'BETWEEN' || op === 'NOT BETWEEN') {
+      const [lo, hi] = (n.right?.value ?? []).map((v: any) => typed(left.slot, bind.value(v)))
+      const t: HavingTest = s => {
+        const v = valueOf(left, s)
+        const a = compareSlot(info, v, lo ?? null)
+        const b = compareSlot(info, v, hi ?? null)
+        return a === null || b === null ? null : a >= 0 && b <= 0
+      }
+      return op === 'BETWEEN' ? t : negate(t)
+    }
+    if (op === 'IN' || op === 'NOT IN') {
+      if (n.right?.type !== 'expr_list') unsupported('IN with a subquery')
+      const values = (n.right.value as any[]).map(v => typed(left.slot, bind.value(v)))
+      const t: HavingTest = s => {
+        let unknown = false
+        for (const w of values) {
+          const c = compareSlot(info, valueOf(left, s), w)
+          if (c === 0) return true
+          if (c === null) unknown = true
+        }
+        return unknown ? null : false
+      }
+      return op === 'IN' ? t : negate(t)
+    }
+    if (op === 'IS' || op === 'IS NOT') {
+      if (n.right?.type !== 'null') unsupported(`IS ${String(n.right?.type ?? '')}`)
+      return s => (valueOf(left, s) === null) === (op === 'IS')
+    }
+    return unsupported(`the operator ${op} in HAVING`)
+  }
+  return build(node)
 }
 
 function flattenAnd (node: any): any[] {
@@ -302,12 +551,15 @@ function flattenAnd (node: any): any[] {
   return [node]
 }
 
-/** A WHERE condition over one table's columns (a condition spanning both joined tables is refused) */
+/** The comparison that holds with its sides swapped */
+const FLIPPED: Record<string, string> = { '=': '=', '<>': '<>', '!=': '<>', '<': '>', '<=': '>=', '>': '<', '>=': '<=' }
+
+/** A WHERE condition over one table's columns (a condition spanning two joined tables is refused) */
 function buildCondition (node: any, resolve: (n: any) => ColumnRef, bind: Binder): { cond: Condition, source: Source } {
   let source: Source | undefined
   const col = (n: any): string => {
     const ref = resolve(n)
-    if (source !== undefined && source !== ref.source) unsupported('a condition that compares columns of both joined tables')
+    if (source !== undefined && source !== ref.source) unsupported('a condition over columns of two joined tables (each condition names one table; join on ON)')
     source = ref.source
     return ref.column
   }
@@ -319,14 +571,21 @@ function buildCondition (node: any, resolve: (n: any) => ColumnRef, bind: Binder
       if (args.length !== 1) unsupported('NOT with several arguments')
       return { op: 'not', arg: build(args[0]) }
     }
-    if (n?.type !== 'binary_expr') return unsupported(`a ${String(n?.type ?? 'missing').replace(/_/g, ' ')} in WHERE`)
+    if (n?.type !== 'binary_expr') return unsupported(`${describe(n)} in WHERE`)
     const op = String(n.operator).toUpperCase()
+    if (op !== 'AND' && op !== 'OR') {
+      // A value on the left of a comparison is turned round (5 < x is x > 5); other expressions are refused by name.
+      if (COMPARISONS.includes(op) && n.left?.type !== 'column_ref' && n.right?.type === 'column_ref') return build({ ...n, left: n.right, right: n.left, operator: FLIPPED[op] ?? op })
+      if (n.left?.type !== 'column_ref') unsupported(`${describe(n.left)} in WHERE (a condition compares a column with values)`)
+      for (const side of Array.isArray(n.right?.value) ? n.right.value : [n.right]) {
+        if (side?.type === 'column_ref') unsupported('a comparison of two columns in WHERE')
+        if (side?.type === 'function' || side?.type === 'aggr_func' || side?.type === 'binary_expr' || side?.ast != null) unsupported(`${describe(side)} in WHERE`)
+      }
+    }
     switch (op) {
       case 'AND': return { op: 'and', args: [build(n.left), build(n.right)] }
       case 'OR': return { op: 'or', args: [build(n.left), build(n.right)] }
       case '=': case '<>': case '!=': case '<': case '<=': case '>': case '>=': {
-        if (n.left?.type !== 'column_ref') unsupported('a comparison whose left side is not a column')
-        if (n.right?.type === 'column_ref') unsupported('a comparison of two columns')
         const column = col(n.left)
         return { op: op === '!=' ? '<>' : op as Comparison, column, value: bind.value(n.right) }
       }
@@ -378,33 +637,59 @@ function typeConditions (table: TableDef, c: Condition): Condition {
 
 /** The one column the owners can sort by for this SELECT, if the whole ORDER BY is one column of one table */
 function pushedOrder (s: Select): { column: string, desc: boolean } | undefined {
-  if (s.sources.length !== 1 || s.orderBy.length !== 1 || s.groupBy.length > 0 || s.items.some(i => i.kind === 'aggregate')) return undefined
+  if (s.sources.length !== 1 || s.orderBy.length !== 1 || s.aggregated) return undefined
   const o = s.orderBy[0] as Select['orderBy'][number]
-  const ref = 'ref' in o.key ? o.key.ref : (s.items[o.key.item] as Item & { kind: 'column' }).ref
-  return { column: ref.column, desc: o.desc }
+  const ref = 'ref' in o.key ? o.key.ref : 'item' in o.key ? (s.items[o.key.item] as Item & { kind: 'column' }).ref : undefined
+  return ref === undefined ? undefined : { column: ref.column, desc: o.desc }
 }
 
-/** Reads every row of one source that passes its WHERE (bounded), or one page when the owners give the order */
-async function gather (db: Database, source: Source, filter: Condition | undefined, options: RequestOptions, order?: { column: string, desc: boolean }, want?: number, cursor?: string): Promise<{ rows: Row[], next: string | null }> {
+/** Reads the rows of one source that pass its WHERE, up to `want`, from a cursor of db.query */
+async function gather (db: Database, source: Source, filter: Condition | undefined, options: RequestOptions, order: { column: string, desc: boolean } | undefined, want: number, cursor?: string): Promise<{ rows: Row[], next: string | null }> {
   const out: Row[] = []
   let next: string | undefined = cursor
   for (;;) {
-    const pageSize = want === undefined ? MAX_LIMIT : Math.min(MAX_LIMIT, want - out.length)
     const page = await db.query(source.table.name, {
       ...(filter === undefined ? {} : { filter }),
       ...(order === undefined ? {} : { orderBy: order.column, desc: order.desc }),
-      limit: Math.max(pageSize, 1),
+      limit: Math.max(Math.min(MAX_LIMIT, want - out.length), 1),
       ...(next === undefined ? {} : { cursor: next })
     }, options)
     out.push(...page.rows)
     if (page.next === null) return { rows: out, next: null }
     next = page.next
-    if (want !== undefined && out.length >= want) return { rows: out, next }
-    if (out.length > MAX_GATHERED_ROWS) throw new ValidationError(`SQL: this query reads more than ${MAX_GATHERED_ROWS} rows of ${source.table.name}; narrow its WHERE`)
+    if (out.length >= want) return { rows: out, next }
   }
 }
 
-async function runSelect (db: Database, s: Select, access: SqlAccess, options: RequestOptions, cursor?: string): Promise<SqlAnswer> {
+/**
+ * A SQL cursor: the statement and parameters it belongs to (a digest), the
+ * rows of the answer given so far, and for a one-table list the position of
+ * db.query's cursor. A page after the first runs the statement again and
+ * continues there.
+ */
+interface SqlCursor { h: string, n: number, c?: string }
+
+function stampOf (sql: string, params: readonly unknown[]): string {
+  return createHash('sha256').update(sql).update('\u0000').update(JSON.stringify(params)).digest('base64url').slice(0, 16)
+}
+
+function writeCursor (c: SqlCursor): string {
+  return 's' + Buffer.from(JSON.stringify(c), 'utf8').toString('base64url')
+}
+
+function readCursor (cursor: string, stamp: string): SqlCursor {
+  let c: any
+  try {
+    c = cursor.startsWith('s') ? JSON.parse(Buffer.from(cursor.slice(1), 'base64url').toString('utf8')) : undefined
+  } catch {}
+  if (c === null || typeof c !== 'object' || typeof c.h !== 'string' || !Number.isSafeInteger(c.n) || c.n < 0 || (c.c !== undefined && typeof c.c !== 'string')) {
+    throw new ValidationError(`SQL: invalid cursor ${JSON.stringify(cursor.slice(0, 100))}`)
+  }
+  if (c.h !== stamp) throw new ValidationError('SQL: this cursor continues another statement (or other parameters): send the same sql and params with it')
+  return c as SqlCursor
+}
+
+async function runSelect (db: Database, s: Select, access: SqlAccess, options: RequestOptions, stamp: string, cursor?: string): Promise<SqlAnswer> {
   for (const src of s.sources) {
     const filter = s.where.get(src)
     // As for a list: break-glass opens one patient's records, so the WHERE must fix the patient.
@@ -413,83 +698,88 @@ async function runSelect (db: Database, s: Select, access: SqlAccess, options: R
     }
   }
   const columns = s.items.map(i => i.name)
-  const aggregated = s.items.some(i => i.kind === 'aggregate') || s.groupBy.length > 0
+  const at = cursor === undefined ? { h: stamp, n: 0 } : readCursor(cursor, stamp)
+  // Rows of the answer (after OFFSET) the statement gives in all, and this page's.
+  const total = s.limit ?? Number.POSITIVE_INFINITY
+  const want = Math.min(SQL_PAGE, total - at.n)
+  if (want <= 0) return { columns, rows: [], next: null }
   const order = pushedOrder(s)
-  // The plain case: one table, the order (or none: the primary key's) given by the owners, paged by cursor.
-  if (s.sources.length === 1 && !aggregated && (s.orderBy.length === 0 || order !== undefined)) {
-    const src = s.sources[0] as Source
-    const want = s.limit === undefined ? undefined : s.limit + s.offset
-    if (want === 0) return { columns, rows: [], next: null }
-    // Without a LIMIT, a page of MAX_LIMIT rows and a cursor for the rest.
-    const page = await gather(db, src, s.where.get(src), options, order, want ?? MAX_LIMIT, cursor)
-    const rows = page.rows.slice(s.offset, want)
+  // The plain case: one table, the order (or none: the primary key's) given by the owners, paged by db.query's cursor.
+  if (s.sources.length === 1 && !s.aggregated && (s.orderBy.length === 0 || order !== undefined)) {
+    const src = s.driver
+    const skip = cursor === undefined ? s.offset : 0
+    const page = await gather(db, src, s.where.get(src), options, order, skip + want, at.c)
+    const rows = page.rows.slice(skip, skip + want)
     noteRows(access, src.table, rows)
-    const more = s.limit === undefined && page.next !== null
-    return { columns, rows: rows.map(r => s.items.map(i => (i as Item & { kind: 'column' }).ref.column in r ? r[(i as Item & { kind: 'column' }).ref.column] ?? null : null)), next: more ? page.next : null }
+    const given = at.n + rows.length
+    const next = page.next !== null && given < total ? writeCursor({ h: stamp, n: given, c: page.next }) : null
+    return { columns, rows: rows.map(r => s.items.map(i => r[(i as Item & { kind: 'column' }).ref.column] ?? null)), next }
   }
-  if (cursor !== undefined) throw new ValidationError('SQL: a cursor continues a one-table SELECT without LIMIT; this one answers whole')
-  // Joined, grouped or sorted on several keys: the owners run it on their copies (see fragment.ts).
-  const fragment = toFragment(s)
+  // Joined, grouped or sorted on several keys: the owners run it on their copies (see fragment.ts), and
+  // the answer is the sorted result's rows from OFFSET + what earlier pages gave.
+  const from = s.offset + at.n
+  const end = from + want
+  const fragment = toFragment(s, end + 1 <= MAX_FRAGMENT_ROWS ? end + 1 : undefined)
   const answer = await db.fragment(fragment, options)
   for (const src of s.sources) noteTable(access, src.table, s.where.get(src))
-  let rows: Value[][]
-  if (aggregated) {
-    const aggs = fragment.aggregates as FragmentAggregate[]
-    rows = []
-    const groups = answer.result.groups ?? []
-    // No GROUP BY: one group, even of no rows.
-    if (s.groupBy.length === 0 && groups.length === 0) groups.push({ key: [], partials: aggs.map(a => a.fn === 'COUNT' ? 0 : a.fn === 'SUM' || a.fn === 'AVG' ? [0, 0] : null) })
-    for (const g of groups) {
-      const values = aggs.map((a, i) => finish(a.fn, g.partials[i] ?? null))
-      if (s.having !== undefined && !holds(values[aggs.length - 1] ?? null, s.having.op, s.having.value)) continue
-      let next = 0
-      rows.push(s.items.map(i => i.kind === 'aggregate' ? values[next++] ?? null : g.key[s.groupBy.findIndex(x => x.source === i.ref.source && x.column === i.ref.column)] ?? null))
-    }
-    if (s.orderBy.length > 0) {
-      rows.sort((a, b) => {
-        for (const o of s.orderBy) {
-          const at = (o.key as { item: number }).item
-          const item = s.items[at] as Item
-          const x = a[at] ?? null
-          const y = b[at] ?? null
-          const col = item.kind === 'column' ? columnOf(item.ref.source.table, item.ref.column) : item.ref !== undefined && (item.fn === 'MIN' || item.fn === 'MAX') ? columnOf(item.ref.source.table, item.ref.column) : undefined
-          const c = x === null || y === null ? (x === y ? 0 : x === null ? 1 : -1) : col === undefined ? Number(x) - Number(y) : compareValues(col, x, y)
-          if (c !== 0) return o.desc ? -c : c
-        }
-        return 0
-      })
-    }
-  } else {
-    rows = (answer.result.rows ?? []).map(r => r.slice(0, s.items.length))
-  }
-  const end = s.limit === undefined ? undefined : s.offset + s.limit
-  return { columns, rows: rows.slice(s.offset, end), next: null }
+  const rows = s.aggregated ? groupRows(s, answer.result.groups ?? []) : (answer.result.rows ?? []).map(r => r.slice(0, s.items.length))
+  const page = rows.slice(from, end)
+  const given = at.n + page.length
+  return { columns, rows: page, next: given < total && rows.length > end ? writeCursor({ h: stamp, n: given }) : null }
 }
 
-/** The SELECT's part the owners run: the sharded table first (a global one is looked up), its WHERE, the join, the grouping or the projection */
-function toFragment (s: Select): Fragment {
-  let [first, second] = s.sources as [Source, Source | undefined]
-  if (second !== undefined && first.table.shardKey === 'global' && second.table.shardKey !== 'global') [first, second] = [second, first]
-  const at = (ref: ColumnRef): [0 | 1, string] => [ref.source === first ? 0 : 1, ref.column]
-  const f: Fragment = { table: first.table.name }
-  const where = s.where.get(first)
+/** A grouped answer's rows: each group's aggregates finished, HAVING applied, sorted (by the GROUP BY columns when no ORDER BY) */
+function groupRows (s: Select, groups: Array<{ key: Value[], partials: Partial[] }>): Value[][] {
+  // No GROUP BY: one group, even of no rows.
+  if (s.groupBy.length === 0 && groups.length === 0) groups.push({ key: [], partials: s.aggregates.map(a => a.fn === 'COUNT' ? 0 : a.fn === 'SUM' || a.fn === 'AVG' ? [0, 0] : null) })
+  let all: Slots[] = groups.map(g => [...g.key, ...s.aggregates.map((a, i) => finish(a.fn, g.partials[i] ?? null))])
+  if (s.having !== undefined) all = all.filter(slots => (s.having as HavingTest)(slots) === true)
+  const order = s.orderBy.length > 0 ? s.orderBy.map(o => ({ slot: (o.key as { slot: number }).slot, desc: o.desc })) : s.groupBy.map((_, slot) => ({ slot, desc: false }))
+  const infos = order.map(o => slotInfo(o.slot, s.groupBy, s.aggregates))
+  all.sort((a, b) => {
+    for (const [i, o] of order.entries()) {
+      const x = a[o.slot] ?? null
+      const y = b[o.slot] ?? null
+      // NULLs last ascending, first descending.
+      const c = x === null || y === null ? (x === y ? 0 : x === null ? 1 : -1) : compareSlot(infos[i], x, y) as number
+      if (c !== 0) return o.desc ? -c : c
+    }
+    return 0
+  })
+  const slotOf = (i: Item): number => i.kind === 'aggregate' ? s.groupBy.length + i.agg : s.groupBy.findIndex(g => g.source === i.ref.source && g.column === i.ref.column)
+  const slots = s.items.map(slotOf)
+  return all.map(v => slots.map(x => v[x] ?? null))
+}
+
+/** The SELECT's part the owners run: the driver table, its WHERE, the joins, the grouping or the projection and order */
+function toFragment (s: Select, limit: number | undefined): Fragment {
+  const order = [s.driver, ...s.joins.map(j => j.source)]
+  const at = (ref: ColumnRef): FragmentColumn => [order.indexOf(ref.source), ref.column]
+  const f: Fragment = { table: s.driver.table.name }
+  const where = s.where.get(s.driver)
   if (where !== undefined) f.filter = where
-  if (second !== undefined && s.joinOn !== undefined) {
-    const other = s.where.get(second)
-    f.join = { table: second.table.name, column: s.joinOn.left.column, ...(other === undefined ? {} : { filter: other }) }
+  if (s.joins.length > 0) {
+    f.joins = s.joins.map(j => {
+      const filter = s.where.get(j.source)
+      return { table: j.source.table.name, column: j.column, on: at(j.on), ...(filter === undefined ? {} : { filter }) }
+    })
   }
-  if (s.items.some(i => i.kind === 'aggregate') || s.groupBy.length > 0) {
+  if (s.aggregated) {
     f.groupBy = s.groupBy.map(at)
-    f.aggregates = s.items.filter((i): i is Item & { kind: 'aggregate' } => i.kind === 'aggregate').map(i => ({ fn: i.fn, ...(i.ref === undefined ? {} : { column: at(i.ref) }) }))
-    // HAVING's aggregate comes last (the answer drops it).
-    if (s.having !== undefined) f.aggregates.push({ fn: s.having.fn, ...(s.having.ref === undefined ? {} : { column: at(s.having.ref) }) })
+    f.aggregates = s.aggregates.map(a => ({ fn: a.fn, ...(a.ref === undefined ? {} : { column: at(a.ref) }) }))
     return f
   }
   const items = s.items as Array<Item & { kind: 'column' }>
-  f.columns = [...items.map(i => at(i.ref)), ...s.orderBy.filter(o => 'ref' in o.key).map(o => at((o.key as { ref: ColumnRef }).ref))]
-  let extra = items.length
-  f.orderBy = s.orderBy.map(o => ({ at: 'item' in o.key ? o.key.item : extra++, desc: o.desc }))
-  if (s.limit !== undefined) f.limit = s.offset + s.limit
+  f.columns = items.map(i => at(i.ref))
+  const keyAt = (ref: ColumnRef): number => {
+    f.columns?.push(at(ref))
+    return (f.columns?.length ?? 0) - 1
+  }
+  // Without ORDER BY, rows come in their tables' primary-key order (so pages and LIMIT are the lowest keys).
+  f.orderBy = s.orderBy.length > 0
+    ? s.orderBy.map(o => ({ at: 'item' in o.key ? o.key.item : keyAt((o.key as { ref: ColumnRef }).ref), desc: o.desc }))
+    : order.flatMap(src => src.table.primaryKey.map(column => ({ at: keyAt({ source: src, column }), desc: false })))
+  if (limit !== undefined) f.limit = limit
   return f
 }
 
@@ -497,11 +787,6 @@ function toFragment (s: Select): Fragment {
 function noteTable (access: SqlAccess, table: TableDef, filter: Condition | undefined): void {
   const patient = conjuncts(filter).find(c => c.op === '=' && c.column === 'patient_id')
   access.note?.({ action: 'list', table: table.name, ...(patient !== undefined && 'value' in patient && patient.value !== null ? { patientId: String(patient.value) } : {}) })
-}
-
-function holds (v: Value, op: Comparison, w: Value): boolean {
-  if (v === null || w === null) return false
-  return satisfies(Number(v) - Number(w), op)
 }
 
 function noteRows (access: SqlAccess, table: TableDef, rows: Row[]): void {
@@ -514,24 +799,33 @@ function noteRows (access: SqlAccess, table: TableDef, rows: Row[]): void {
 async function explainSelect (db: Database, s: Select): Promise<SqlAnswer> {
   const lines: string[][] = []
   const owners = await db.placement()
-  for (const src of s.sources) {
-    const filter = s.where.get(src)
-    const order = pushedOrder(s)
-    const plan = planRows(src.table, { ...(filter === undefined ? {} : { filter }), ...(order === undefined ? {} : { orderBy: order.column, desc: order.desc }), limit: 1 }, src.table.indexed)
-    const shard = singleShardOf(src.table.name, filter)
-    const index = plan.kind === 'ordered'
-      ? `ordered index (${plan.index.join(', ')})${order === undefined ? ' in primary-key order' : ` in ${order.column} order`}, stops at the limit`
-      : plan.source.type === 'equality' ? `equality index on ${plan.source.column}, best rows kept in order`
-        : plan.source.type === 'range' ? `ordered index (${plan.source.index.join(', ')}) for the range, best rows kept in order` : 'no index: every row of the table is read'
-    const asked = src.table.shardKey === 'global'
-      ? `global table: ${owners.readQuorum} of the ${owners.members.length} members (every member holds it)`
-      : shard !== undefined
-        ? `single-patient: one replica set, the owners of ${shard}: ${owners.of(src.table.name, shard).join(', ')} (${owners.readQuorum} asked)`
-        : `scatter-gather: every replica set, ${owners.readQuorum} copies of each, one stream per member (${owners.members.join(', ')}), merged in order`
-    lines.push([src.table.name, asked, index])
+  const src = s.driver
+  const filter = s.where.get(src)
+  const order = pushedOrder(s)
+  const plan = planRows(src.table, { ...(filter === undefined ? {} : { filter }), ...(order === undefined ? {} : { orderBy: order.column, desc: order.desc }), limit: 1 }, src.table.indexed)
+  const shard = singleShardOf(src.table.name, filter)
+  const index = plan.kind === 'ordered'
+    ? `ordered index (${plan.index.join(', ')})${order === undefined ? ' in primary-key order' : ` in ${order.column} order`}, stops at the limit`
+    : plan.source.type === 'equality' ? `equality index on ${plan.source.column}, best rows kept in order`
+      : plan.source.type === 'range' ? `ordered index (${plan.source.index.join(', ')}) for the range, best rows kept in order` : 'no index: every row of the table is read'
+  const asked = src.table.shardKey === 'global'
+    ? `global table: ${owners.readQuorum} of the ${owners.members.length} members (every member holds it)`
+    : shard !== undefined
+      ? `single-patient: one replica set, the owners of ${shard}: ${owners.of(src.table.name, shard).join(', ')} (${owners.readQuorum} asked)`
+      : `scatter-gather: every replica set, ${owners.readQuorum} copies of each, one stream per member (${owners.members.join(', ')}), merged in order`
+  lines.push([src.table.name, asked, index])
+  for (const j of s.joins) {
+    const t = j.source.table
+    const how = t.shardKey === 'global'
+      ? `joined on ${j.column} on each owner, from its own copy (a global table is on every member)`
+      : `joined on ${j.column} on each owner: the rows of each ${j.column} live on the same replica set (co-located, no rows shipped)`
+    lines.push([t.name, how, t.indexed.includes(j.column) ? `equality index on ${j.column}` : `ordered index (${(t.ordered.find(o => o[0] === j.column) ?? [j.column]).join(', ')}) by ${j.column}`])
   }
-  if (s.joinOn !== undefined) lines.push(['join', `co-located on ${s.joinOn.left.column}: each ${s.joinOn.left.column} of ${(s.sources[0] as Source).table.name} reads ${(s.sources[1] as Source).table.name} from that key's replica set`, ''])
-  if (s.items.some(i => i.kind === 'aggregate') || s.groupBy.length > 0) lines.push(['aggregate', `${s.groupBy.length > 0 ? `GROUP BY ${s.groupBy.map(g => g.column).join(', ')}` : 'one group'}${s.having === undefined ? '' : ' with HAVING'}`, ''])
+  if (s.aggregated) {
+    lines.push(['aggregate', `${s.groupBy.length > 0 ? `GROUP BY ${s.groupBy.map(g => g.column).join(', ')}` : 'one group'}: partial ${[...new Set(s.aggregates.map(a => a.fn))].join(', ') || 'groups'} on each owner, merged on this node${s.having === undefined ? '' : ', then HAVING'}`, ''])
+  } else if (s.joins.length > 0 || (s.orderBy.length > 0 && order === undefined)) {
+    lines.push(['sort', `sorted on each owner${s.limit === undefined ? '' : ' and cut to OFFSET + LIMIT'}, merged on this node`, ''])
+  }
   return { columns: ['step', 'owners', 'access'], rows: lines, next: null }
 }
 

@@ -36,12 +36,28 @@ describe('query fragments', () => {
 
   it('joins on the owner and sorts and cuts rows to the limit, per range and merged', async () => {
     const doctors: Row[] = [7, 8].map(d => ({ doctor_id: d, name: `Dr ${d}`, specialization: 's', contact_number: '0123456789', email: 'e@x.org', availability: 'a' }))
-    const f: Fragment = { table: 'appointments', join: { table: 'doctors_info', column: 'doctor_id' }, columns: [[0, 'appointment_id'], [1, 'name'], [0, 'appointment_date']], orderBy: [{ at: 2, desc: true }], limit: 2 }
+    const f: Fragment = { table: 'appointments', joins: [{ table: 'doctors_info', column: 'doctor_id', on: [0, 'doctor_id'] }], columns: [[0, 'appointment_id'], [1, 'name'], [0, 'appointment_date']], orderBy: [{ at: 2, desc: true }], limit: 2 }
     const a = await runFragment(f, source({ appointments: appointments([[1, 7, '2026-01-02T10:00:00'], [2, 8, '2026-01-01T09:00:00']]), doctors_info: doctors }))
     const b = await runFragment(f, source({ appointments: appointments([[3, 7, '2026-01-05T08:00:00'], [4, 9, '2026-03-01T08:00:00']]), doctors_info: doctors }))
     // Appointment 4's doctor has no row: an inner join drops it
     expect(b.rows).toEqual([[3, 'Dr 7', '2026-01-05T08:00:00']])
     expect(mergeResults(f, [a, b]).rows).toEqual([[3, 'Dr 7', '2026-01-05T08:00:00'], [1, 'Dr 7', '2026-01-02T10:00:00']])
+  })
+
+  it('joins three tables on the owner, each on a column of one before it', async () => {
+    const patients: Row[] = [1, 2].map(p => ({ patient_id: p, patient_name: `P${p}` }))
+    const history: Row[] = [[10, 1], [11, 1], [12, 2]].map(([h, p]) => ({ history_id: h, patient_id: p }))
+    const labs: Row[] = [[20, 1], [21, 2], [22, 2], [23, 3]].map(([l, p]) => ({ result_id: l, patient_id: p }))
+    const f: Fragment = {
+      table: 'patient_records',
+      joins: [{ table: 'medical_history', column: 'patient_id', on: [0, 'patient_id'] }, { table: 'lab_results', column: 'patient_id', on: [1, 'patient_id'] }],
+      columns: [[0, 'patient_name'], [1, 'history_id'], [2, 'result_id']],
+      orderBy: [{ at: 1, desc: false }, { at: 2, desc: true }]
+    }
+    const r = await runFragment(f, source({ patient_records: patients, medical_history: history, lab_results: labs }))
+    expect(r.rows).toEqual([['P1', 10, 20], ['P1', 11, 20], ['P2', 12, 22], ['P2', 12, 21]])
+    const counted = await runFragment({ ...f, columns: undefined, orderBy: undefined, groupBy: [[0, 'patient_id']], aggregates: [{ fn: 'COUNT' }, { fn: 'MAX', column: [2, 'result_id'] }] }, source({ patient_records: patients, medical_history: history, lab_results: labs }))
+    expect(counted.groups).toEqual([{ key: [1], partials: [2, 20] }, { key: [2], partials: [2, 22] }])
   })
 
   it('checks what a peer sends: fragments and results', () => {
@@ -50,7 +66,11 @@ describe('query fragments', () => {
     expect(() => checkFragment({ table: 'appointments', columns: [[1, 'name']] })).toThrow(/joined/)
     expect(() => checkFragment({ table: 'appointments', aggregates: [{ fn: 'EVAL' }] })).toThrow(/aggregate/)
     expect(() => checkFragment({ table: 'appointments', filter: { op: 'exec', column: 'doctor_id' } })).toThrow(/condition/)
-    expect(checkFragment({ table: 'appointments', join: { table: 'doctors_info', column: 'doctor_id' }, columns: [[1, 'name']] }).join?.table).toBe('doctors_info')
+    expect(checkFragment({ table: 'appointments', joins: [{ table: 'doctors_info', column: 'doctor_id', on: [0, 'doctor_id'] }], columns: [[1, 'name']] }).joins?.[0]?.table).toBe('doctors_info')
+    // A joined table whose rows would not live with the rows they join, or a join on a later table, is refused
+    expect(() => checkFragment({ table: 'appointments', joins: [{ table: 'patient_records', column: 'patient_id', on: [0, 'patient_id'] }] })).toThrow(/does not place/)
+    expect(() => checkFragment({ table: 'patient_records', joins: [{ table: 'lab_results', column: 'patient_id', on: [1, 'patient_id'] }] })).toThrow(/joined table/)
+    expect(() => checkFragment({ table: 'patient_records', joins: Array.from({ length: 9 }, () => ({ table: 'lab_results', column: 'patient_id', on: [0, 'patient_id'] })) })).toThrow(/joins/)
     expect(() => checkFragmentResults({ results: [{ digest: 'x', rows: [[{}]] }] }, 1)).toThrow(/rows/)
     expect(() => checkFragmentResults({ results: [] }, 1)).toThrow(/answer/)
     expect(checkFragmentResults({ results: [{ digest: 'x', groups: [{ key: [7], partials: [3, [1, 2], null] }] }] }, 1)).toHaveLength(1)
