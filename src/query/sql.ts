@@ -97,7 +97,13 @@ function parseOnce (sql: string): ParsedStatement {
   try {
     ast = new Parser().astify(explain ? trimmed.slice(7) : sql, PARSE)
   } catch (err) {
-    throw new ValidationError(`SQL: cannot parse: ${(err as Error).message.split('\n')[0] ?? ''}`)
+    // The parser lists every token it could have taken; where it stopped says more.
+    const e = err as Error & { found?: unknown, location?: { start?: { line?: number, column?: number } } }
+    const at = e.location?.start
+    if (at?.line !== undefined && at.column !== undefined) {
+      throw new ValidationError(`SQL: cannot parse: ${e.found === null || e.found === undefined ? 'the statement ends too soon' : `unexpected ${JSON.stringify(e.found)}`} at line ${at.line}, column ${at.column}`)
+    }
+    throw new ValidationError(`SQL: cannot parse: ${e.message.split('\n')[0] ?? ''}`)
   }
   const list = Array.isArray(ast) ? ast : [ast]
   let consistency: Consistency | undefined
@@ -215,6 +221,12 @@ function describe (node: any): string {
   return `a ${String(node?.type ?? 'missing').replace(/_/g, ' ')}`
 }
 
+/** The table or alias a column reference is qualified with (the parser gives a name or a node) */
+function qualifier (t: any): string | undefined {
+  if (t === null || t === undefined) return undefined
+  return typeof t === 'string' ? t : String(t.value ?? t)
+}
+
 /** Refuses the SELECT clauses outside the subset */
 function refuseOutside (ast: any): void {
   if (ast.with != null) unsupported('WITH (a common table expression)')
@@ -230,10 +242,11 @@ function resolver (sources: Source[], access: SqlAccess): (node: any) => ColumnR
     if (node?.type !== 'column_ref') unsupported(`${describe(node)} where a column belongs`)
     if (node.collate != null) unsupported('COLLATE')
     const name = String(node.column?.expr?.value ?? node.column)
-    const candidates = node.table == null ? sources : sources.filter(s => s.alias === node.table || (s.alias === s.table.name && s.table.name === node.table))
-    if (node.table != null && candidates.length === 0) throw new ValidationError(`SQL: unknown table or alias ${String(node.table)}`)
+    const table = qualifier(node.table)
+    const candidates = table === undefined ? sources : sources.filter(s => s.alias === table)
+    if (table !== undefined && candidates.length === 0) throw new ValidationError(`SQL: unknown table or alias ${table}`)
     const found = candidates.filter(s => s.table.columns.some(c => c.name === name))
-    if (found.length === 0) throw new ValidationError(`SQL: unknown column ${node.table == null ? '' : `${String(node.table)}.`}${name}`, { column: name })
+    if (found.length === 0) throw new ValidationError(`SQL: unknown column ${table === undefined ? '' : `${table}.`}${name}`, { column: name })
     if (found.length > 1) throw new ValidationError(`SQL: column ${name} is ambiguous: name its table`, { column: name })
     const source = found[0] as Source
     // A column the caller may not read is a 403 wherever it is named.
@@ -298,6 +311,7 @@ function buildSelect (ast: any, bind: Binder, access: SqlAccess): Select {
   if (from.length > MAX_JOINS + 1) unsupported(`a join of more than ${MAX_JOINS + 1} tables`)
   const sources: Source[] = from.map((f: any) => {
     if (f.expr != null) unsupported('a subquery in FROM')
+    if (f.db != null && f.db !== 'public') throw new ValidationError(`SQL: unknown schema ${String(f.db)} (the tables are in public)`)
     return { table: tableOf(f.table), alias: String(f.as ?? f.table) }
   })
   for (const [i, s] of sources.entries()) if (sources.findIndex(o => o.alias === s.alias) !== i) unsupported(`${s.alias} named twice in FROM without an alias of its own`)
@@ -328,8 +342,9 @@ function buildSelect (ast: any, bind: Binder, access: SqlAccess): Select {
   for (const c of ast.columns === '*' ? [{ expr: { type: 'star' } }] : ast.columns ?? []) {
     const e = c.expr
     if (e?.type === 'column_ref' && (e.column === '*' || e.column?.expr?.value === '*')) {
-      const of = sources.filter(s => e.table == null || s.alias === e.table)
-      if (of.length === 0) throw new ValidationError(`SQL: unknown table or alias ${String(e.table)}`)
+      const named = qualifier(e.table)
+      const of = sources.filter(s => named === undefined || s.alias === named)
+      if (of.length === 0) throw new ValidationError(`SQL: unknown table or alias ${String(named)}`)
       for (const s of of) for (const col of access.readable(s.table)) items.push({ kind: 'column', ref: { source: s, column: col }, name: col })
       continue
     }
@@ -385,7 +400,7 @@ function buildSelect (ast: any, bind: Binder, access: SqlAccess): Select {
     const nulls = String(o.nulls ?? '').toUpperCase().replace(/\s+/g, ' ')
     if (nulls !== '' && nulls !== (desc ? 'NULLS FIRST' : 'NULLS LAST')) unsupported(`ORDER BY ... ${desc ? 'DESC' : 'ASC'} ${nulls}`)
     const e = o.expr
-    let item = -1
+    let item: number
     if (e?.type === 'number') {
       item = Number(e.value) - 1
       if (!Number.isInteger(item) || item < 0 || item >= items.length) throw new ValidationError(`SQL: ORDER BY ${String(e.value)} names no output column`)
@@ -603,6 +618,7 @@ function buildCondition (node: any, resolve: (n: any) => ColumnRef, bind: Binder
       }
       case 'LIKE': case 'NOT LIKE': {
         const column = col(n.left)
+        if (n.right?.escape != null) unsupported('LIKE ... ESCAPE')
         const pattern = bind.value(n.right)
         if (typeof pattern !== 'string' || !pattern.endsWith('%') || pattern.slice(0, -1).includes('%') || pattern.includes('_') || pattern.includes('\\')) {
           unsupported(`LIKE ${JSON.stringify(pattern)} (only LIKE 'prefix%')`)

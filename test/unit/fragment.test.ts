@@ -46,8 +46,8 @@ describe('query fragments', () => {
 
   it('joins three tables on the owner, each on a column of one before it', async () => {
     const patients: Row[] = [1, 2].map(p => ({ patient_id: p, patient_name: `P${p}` }))
-    const history: Row[] = [[10, 1], [11, 1], [12, 2]].map(([h, p]) => ({ history_id: h, patient_id: p }))
-    const labs: Row[] = [[20, 1], [21, 2], [22, 2], [23, 3]].map(([l, p]) => ({ result_id: l, patient_id: p }))
+    const history: Row[] = ([[10, 1], [11, 1], [12, 2]] as Array<[number, number]>).map(([h, p]) => ({ history_id: h, patient_id: p }))
+    const labs: Row[] = ([[20, 1], [21, 2], [22, 2], [23, 3]] as Array<[number, number]>).map(([l, p]) => ({ result_id: l, patient_id: p }))
     const f: Fragment = {
       table: 'patient_records',
       joins: [{ table: 'medical_history', column: 'patient_id', on: [0, 'patient_id'] }, { table: 'lab_results', column: 'patient_id', on: [1, 'patient_id'] }],
