@@ -4,7 +4,7 @@ import { ForbiddenError, ValidationError } from '../errors/index.js'
 import { CONSISTENCY_LEVELS, type Consistency, type RequestOptions } from '../cluster/coordinator.js'
 import { allOf, columnOf, compareValues, conjuncts, satisfies, type Comparison, type Condition } from '../schema/condition.js'
 import { findTable, type Row, type TableDef, type Value } from '../schema/index.js'
-import { planRows } from '../storage/ordered.js'
+import { planRows, type RowPlan } from '../storage/ordered.js'
 import { singleShardOf } from '../cluster/query-merge.js'
 import { MAX_LIMIT, typedValue, type Database } from './database.js'
 import { finish, MAX_FRAGMENT_ROWS, MAX_JOINS, type AggregateFn, type Fragment, type FragmentColumn, type Partial } from './fragment.js'
@@ -651,12 +651,22 @@ function typeConditions (table: TableDef, c: Condition): Condition {
   }
 }
 
-/** The one column the owners can sort by for this SELECT, if the whole ORDER BY is one column of one table */
+/**
+ * The one column the owners can sort by for this SELECT, if the whole ORDER
+ * BY is one NOT NULL column of one table (a list's order puts NULLs first,
+ * SQL's last: a nullable column is sorted as several keys are)
+ */
 function pushedOrder (s: Select): { column: string, desc: boolean } | undefined {
   if (s.sources.length !== 1 || s.orderBy.length !== 1 || s.aggregated) return undefined
   const o = s.orderBy[0] as Select['orderBy'][number]
   const ref = 'ref' in o.key ? o.key.ref : 'item' in o.key ? (s.items[o.key.item] as Item & { kind: 'column' }).ref : undefined
-  return ref === undefined ? undefined : { column: ref.column, desc: o.desc }
+  if (ref === undefined || !columnOf(ref.source.table, ref.column).notNull) return undefined
+  return { column: ref.column, desc: o.desc }
+}
+
+/** Whether a SELECT is a list (db.query: one table, in an order its owners give, stopping at the page) rather than a fragment */
+function isList (s: Select): boolean {
+  return s.sources.length === 1 && !s.aggregated && (s.orderBy.length === 0 || pushedOrder(s) !== undefined)
 }
 
 /** Reads the rows of one source that pass its WHERE, up to `want`, from a cursor of db.query */
@@ -721,7 +731,7 @@ async function runSelect (db: Database, s: Select, access: SqlAccess, options: R
   if (want <= 0) return { columns, rows: [], next: null }
   const order = pushedOrder(s)
   // The plain case: one table, the order (or none: the primary key's) given by the owners, paged by db.query's cursor.
-  if (s.sources.length === 1 && !s.aggregated && (s.orderBy.length === 0 || order !== undefined)) {
+  if (isList(s)) {
     const src = s.driver
     const skip = cursor === undefined ? s.offset : 0
     const page = await gather(db, src, s.where.get(src), options, order, skip + want, at.c)
@@ -750,7 +760,8 @@ function groupRows (s: Select, groups: Array<{ key: Value[], partials: Partial[]
   if (s.groupBy.length === 0 && groups.length === 0) groups.push({ key: [], partials: s.aggregates.map(a => a.fn === 'COUNT' ? 0 : a.fn === 'SUM' || a.fn === 'AVG' ? [0, 0] : null) })
   let all: Slots[] = groups.map(g => [...g.key, ...s.aggregates.map((a, i) => finish(a.fn, g.partials[i] ?? null))])
   if (s.having !== undefined) all = all.filter(slots => (s.having as HavingTest)(slots) === true)
-  const order = s.orderBy.length > 0 ? s.orderBy.map(o => ({ slot: (o.key as { slot: number }).slot, desc: o.desc })) : s.groupBy.map((_, slot) => ({ slot, desc: false }))
+  // Groups the ORDER BY ties (or all, without one) in the order of their GROUP BY columns.
+  const order = [...s.orderBy.map(o => ({ slot: (o.key as { slot: number }).slot, desc: o.desc })), ...s.groupBy.map((_, slot) => ({ slot, desc: false }))]
   const infos = order.map(o => slotInfo(o.slot, s.groupBy, s.aggregates))
   all.sort((a, b) => {
     for (const [i, o] of order.entries()) {
@@ -791,10 +802,12 @@ function toFragment (s: Select, limit: number | undefined): Fragment {
     f.columns?.push(at(ref))
     return (f.columns?.length ?? 0) - 1
   }
-  // Without ORDER BY, rows come in their tables' primary-key order (so pages and LIMIT are the lowest keys).
-  f.orderBy = s.orderBy.length > 0
-    ? s.orderBy.map(o => ({ at: 'item' in o.key ? o.key.item : keyAt((o.key as { ref: ColumnRef }).ref), desc: o.desc }))
-    : order.flatMap(src => src.table.primaryKey.map(column => ({ at: keyAt({ source: src, column }), desc: false })))
+  // Without ORDER BY, rows come in their tables' primary-key order (so pages and LIMIT are the lowest keys);
+  // with one, rows it ties stay in that order, so a page after the first continues the same sequence.
+  f.orderBy = [
+    ...s.orderBy.map(o => ({ at: 'item' in o.key ? o.key.item : keyAt((o.key as { ref: ColumnRef }).ref), desc: o.desc })),
+    ...order.flatMap(src => src.table.primaryKey.map(column => ({ at: keyAt({ source: src, column }), desc: false })))
+  ]
   if (limit !== undefined) f.limit = limit
   return f
 }
@@ -812,6 +825,12 @@ function noteRows (access: SqlAccess, table: TableDef, rows: Row[]): void {
   for (const patientId of patients) access.note({ action: 'list', table: table.name, patientId })
 }
 
+/** Whether an ordered plan reads less than the whole table (a fixed prefix or a bound) */
+function narrows (table: TableDef, plan: RowPlan & { kind: 'ordered' }): boolean {
+  const whole = planRows(table, { limit: 1 }, table.indexed)
+  return plan.lower !== undefined || plan.upper !== undefined || whole.kind !== 'ordered' || whole.prefix !== plan.prefix
+}
+
 async function explainSelect (db: Database, s: Select): Promise<SqlAnswer> {
   const lines: string[][] = []
   const owners = await db.placement()
@@ -820,15 +839,19 @@ async function explainSelect (db: Database, s: Select): Promise<SqlAnswer> {
   const order = pushedOrder(s)
   const plan = planRows(src.table, { ...(filter === undefined ? {} : { filter }), ...(order === undefined ? {} : { orderBy: order.column, desc: order.desc }), limit: 1 }, src.table.indexed)
   const shard = singleShardOf(src.table.name, filter)
+  const list = isList(s)
+  // A list reads in the index's order and stops at the page; a fragment reads every row its index narrows to.
   const index = plan.kind === 'ordered'
-    ? `ordered index (${plan.index.join(', ')})${order === undefined ? ' in primary-key order' : ` in ${order.column} order`}, stops at the limit`
-    : plan.source.type === 'equality' ? `equality index on ${plan.source.column}, best rows kept in order`
-      : plan.source.type === 'range' ? `ordered index (${plan.source.index.join(', ')}) for the range, best rows kept in order` : 'no index: every row of the table is read'
+    ? list
+      ? `ordered index (${plan.index.join(', ')})${order === undefined ? ' in primary-key order' : ` in ${order.column} order`}, stops at the limit`
+      : narrows(src.table, plan) ? `ordered index (${plan.index.join(', ')}) narrows the rows read` : 'no index narrows it: every row of the table is read'
+    : plan.source.type === 'equality' ? `equality index on ${plan.source.column}${list ? ', best rows kept in order' : ''}`
+      : plan.source.type === 'range' ? `ordered index (${plan.source.index.join(', ')}) for the range${list ? ', best rows kept in order' : ''}` : 'no index: every row of the table is read'
   const asked = src.table.shardKey === 'global'
     ? `global table: ${owners.readQuorum} of the ${owners.members.length} members (every member holds it)`
     : shard !== undefined
       ? `single-patient: one replica set, the owners of ${shard}: ${owners.of(src.table.name, shard).join(', ')} (${owners.readQuorum} asked)`
-      : `scatter-gather: every replica set, ${owners.readQuorum} copies of each, one stream per member (${owners.members.join(', ')}), merged in order`
+      : `scatter-gather: every replica set, ${owners.readQuorum} copies of each, one ${list ? 'stream' : 'request'} per member (${owners.members.join(', ')}), ${list ? 'merged in order' : 'results merged on this node'}`
   lines.push([src.table.name, asked, index])
   for (const j of s.joins) {
     const t = j.source.table

@@ -133,6 +133,10 @@ describe('the SQL subset on one node, against an evaluation in memory', () => {
     // NULLs last ascending, first descending (PostgreSQL's default, which may be spelled out)
     const byAllergy = await sql('SELECT patient_id, allergies FROM patient_records ORDER BY allergies DESC NULLS FIRST, patient_id')
     expect(byAllergy.rows).toEqual(sorted(patients, [['allergies', true], ['patient_id', false]]).map(r => [r.patient_id, r.allergies]))
+    // One nullable column: NULLs still last ascending, first descending; ties in key order
+    expect((await sql('SELECT patient_id FROM patient_records ORDER BY allergies')).rows).toEqual(ids(sorted(patients, [['allergies', false], ['patient_id', false]]), 'patient_id'))
+    expect((await sql('SELECT patient_id FROM patient_records ORDER BY allergies DESC LIMIT 20')).rows).toEqual(ids(sorted(patients, [['allergies', true], ['patient_id', false]]).slice(0, 20), 'patient_id'))
+    expect((await sql('SELECT history_id FROM medical_history ORDER BY role_id DESC, history_id LIMIT 3')).rows).toEqual(ids(sorted(history, [['role_id', true], ['history_id', false]]).slice(0, 3), 'history_id'))
     const nullsLast = await sql('SELECT patient_id FROM patient_records ORDER BY allergies NULLS LAST, patient_id LIMIT 40')
     expect(nullsLast.rows).toEqual(ids(sorted(patients, [['allergies', false], ['patient_id', false]]), 'patient_id'))
     // Without ORDER BY, rows come in primary-key order: "the first five rows" are the lowest keys
