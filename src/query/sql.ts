@@ -2,7 +2,7 @@ import { createHash } from 'node:crypto'
 import { createRequire } from 'node:module'
 import { ForbiddenError, ValidationError } from '../errors/index.js'
 import { CONSISTENCY_LEVELS, type Consistency, type RequestOptions } from '../cluster/coordinator.js'
-import { allOf, columnOf, compareValues, conjuncts, satisfies, type Comparison, type Condition } from '../schema/condition.js'
+import { allOf, columnOf, compareValues, conjuncts, MAX_CONDITION_DEPTH, MAX_CONDITION_ITEMS, satisfies, type Comparison, type Condition } from '../schema/condition.js'
 import { findTable, type Row, type TableDef, type Value } from '../schema/index.js'
 import { planRows, type RowPlan } from '../storage/ordered.js'
 import { singleShardOf } from '../cluster/query-merge.js'
@@ -125,12 +125,17 @@ function parseOnce (sql: string): ParsedStatement {
   return { statement: rest[0], ...(consistency === undefined ? {} : { consistency }), explain, params: placeholders(rest[0]) }
 }
 
-/** The highest `$n` a parsed statement names (0: none) */
-function placeholders (node: unknown, depth = 0): number {
-  if (node === null || typeof node !== 'object' || depth > 200) return 0
-  const n = node as Record<string, unknown>
-  let most = n.type === 'var' && n.prefix === '$' && typeof n.name === 'number' ? n.name : 0
-  for (const v of Object.values(n)) if (v !== null && typeof v === 'object') most = Math.max(most, placeholders(v, depth + 1))
+/** The highest `$n` a parsed statement names (0: none); walked without recursion, as a long OR chain nests deep */
+function placeholders (root: unknown): number {
+  let most = 0
+  const stack: unknown[] = [root]
+  while (stack.length > 0) {
+    const node = stack.pop()
+    if (node === null || typeof node !== 'object') continue
+    const n = node as Record<string, unknown>
+    if (n.type === 'var' && n.prefix === '$' && typeof n.name === 'number') most = Math.max(most, n.name)
+    for (const v of Object.values(n)) if (v !== null && typeof v === 'object') stack.push(v)
+  }
   return most
 }
 
@@ -152,7 +157,7 @@ export async function runSql (db: Database, sql: string, params: readonly unknow
   if (explain && statement.type !== 'select') unsupported(`EXPLAIN ${String(statement.type).toUpperCase()}`)
   switch (statement.type) {
     case 'select': {
-      const select = buildSelect(statement, bind, access)
+      const select = shallow(() => buildSelect(statement, bind, access))
       if (explain) return await explainSelect(db, select)
       return await runSelect(db, select, access, opts, stampOf(sql, params), cursor)
     }
@@ -160,6 +165,16 @@ export async function runSql (db: Database, sql: string, params: readonly unknow
     case 'update': return await runUpdate(db, statement, bind, access, opts)
     case 'delete': return await runDelete(db, statement, bind, access, opts)
     default: return unsupported(String(statement.type).toUpperCase())
+  }
+}
+
+/** Runs a step over the parsed tree, refusing a statement nested past the stack's depth (never a 500) */
+function shallow<T> (step: () => T): T {
+  try {
+    return step()
+  } catch (err) {
+    if (err instanceof RangeError) throw new ValidationError('SQL: the statement nests its expressions too deeply')
+    throw err
   }
 }
 
@@ -482,7 +497,19 @@ function buildWhere (node: any, sources: Source[], joins: Select['joins'], resol
       }
     }
   }
-  return new Map(sources.map(s => [s, allOf(per.get(s) ?? [])]))
+  const where = new Map(sources.map(s => [s, allOf(per.get(s) ?? [])]))
+  // The owners take conditions of a bounded size (see checkCondition): a larger one is refused here, on one node as on many.
+  for (const c of where.values()) if (c !== undefined) checkSize(c)
+  return where
+}
+
+/** Refuses a condition deeper or wider than a peer takes */
+function checkSize (c: Condition, depth = 0): void {
+  if (depth > MAX_CONDITION_DEPTH) throw new ValidationError(`SQL: a WHERE nested more than ${MAX_CONDITION_DEPTH} deep`)
+  if ((c.op === 'and' || c.op === 'or') && c.args.length > MAX_CONDITION_ITEMS) throw new ValidationError(`SQL: more than ${MAX_CONDITION_ITEMS} conditions joined by ${c.op.toUpperCase()}`)
+  if (c.op === 'in' && c.values.length > MAX_CONDITION_ITEMS) throw new ValidationError(`SQL: more than ${MAX_CONDITION_ITEMS} values in one IN`)
+  if (c.op === 'and' || c.op === 'or') for (const a of c.args) checkSize(a, depth + 1)
+  if (c.op === 'not') checkSize(c.arg, depth + 1)
 }
 
 /** HAVING as a test of a group's slots: AND, OR, NOT of comparisons, BETWEEN, IN and IS [NOT] NULL over aggregates and group columns */
@@ -562,8 +589,19 @@ function buildHaving (node: any, ctx: { slot: (n: any) => number | undefined, in
 }
 
 function flattenAnd (node: any): any[] {
-  if (node?.type === 'binary_expr' && String(node.operator).toUpperCase() === 'AND') return [...flattenAnd(node.left), ...flattenAnd(node.right)]
-  return [node]
+  return chain(node, 'AND')
+}
+
+/** The operands of a chain of one operator (a AND b AND c), in order, without recursion (the parser nests a chain one deeper per operand) */
+function chain (node: any, op: 'AND' | 'OR'): any[] {
+  const out: any[] = []
+  const stack: any[] = [node]
+  while (stack.length > 0) {
+    const n = stack.pop()
+    if (n?.type === 'binary_expr' && String(n.operator).toUpperCase() === op) stack.push(n.right, n.left)
+    else out.push(n)
+  }
+  return out
 }
 
 /** The comparison that holds with its sides swapped */
@@ -598,8 +636,8 @@ function buildCondition (node: any, resolve: (n: any) => ColumnRef, bind: Binder
       }
     }
     switch (op) {
-      case 'AND': return { op: 'and', args: [build(n.left), build(n.right)] }
-      case 'OR': return { op: 'or', args: [build(n.left), build(n.right)] }
+      case 'AND': return { op: 'and', args: chain(n, 'AND').map(build) }
+      case 'OR': return { op: 'or', args: chain(n, 'OR').map(build) }
       case '=': case '<>': case '!=': case '<': case '<=': case '>': case '>=': {
         const column = col(n.left)
         return { op: op === '!=' ? '<>' : op as Comparison, column, value: bind.value(n.right) }

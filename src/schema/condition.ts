@@ -25,9 +25,9 @@ export type Condition =
   | { op: 'not', arg: Condition }
 
 /** Deepest condition tree a peer may send */
-const MAX_DEPTH = 64
+export const MAX_CONDITION_DEPTH = 64
 /** Most values of one IN list, and arguments of one AND/OR */
-const MAX_ITEMS = 1000
+export const MAX_CONDITION_ITEMS = 1000
 
 /**
  * A value as it compares: numbers for INT and DECIMAL (stored as text),
@@ -197,7 +197,7 @@ export function conditionColumns (cond: Condition | undefined, out = new Set<str
  * ValidationError naming what is wrong.
  */
 export function checkCondition (table: TableDef, raw: unknown, depth = 0): Condition {
-  if (depth > MAX_DEPTH) throw new ValidationError('condition nested too deeply')
+  if (depth > MAX_CONDITION_DEPTH) throw new ValidationError('condition nested too deeply')
   const c = raw as Record<string, unknown> | null
   if (c === null || typeof c !== 'object' || Array.isArray(c) || typeof c.op !== 'string') throw new ValidationError('malformed condition')
   const value = (v: unknown): Value => {
@@ -211,7 +211,7 @@ export function checkCondition (table: TableDef, raw: unknown, depth = 0): Condi
   switch (c.op) {
     case 'and':
     case 'or':
-      if (!Array.isArray(c.args) || c.args.length === 0 || c.args.length > MAX_ITEMS) throw new ValidationError(`malformed ${c.op}`)
+      if (!Array.isArray(c.args) || c.args.length === 0 || c.args.length > MAX_CONDITION_ITEMS) throw new ValidationError(`malformed ${c.op}`)
       return { op: c.op, args: c.args.map(a => checkCondition(table, a, depth + 1)) }
     case 'not':
       return { op: 'not', arg: checkCondition(table, c.arg, depth + 1) }
@@ -219,7 +219,7 @@ export function checkCondition (table: TableDef, raw: unknown, depth = 0): Condi
       if (typeof c.negated !== 'boolean') throw new ValidationError('malformed IS NULL')
       return { op: 'null', column: column(), negated: c.negated }
     case 'in':
-      if (!Array.isArray(c.values) || c.values.length === 0 || c.values.length > MAX_ITEMS) throw new ValidationError('malformed IN list')
+      if (!Array.isArray(c.values) || c.values.length === 0 || c.values.length > MAX_CONDITION_ITEMS) throw new ValidationError('malformed IN list')
       return { op: 'in', column: column(), values: c.values.map(value) }
     case 'between':
       return { op: 'between', column: column(), low: value(c.low), high: value(c.high) }

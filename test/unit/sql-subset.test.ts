@@ -113,6 +113,9 @@ describe('the SQL subset on one node, against an evaluation in memory', () => {
       expect(got.rows, where).toEqual(ids(patients.filter(holds), 'patient_id'))
       expect(got.next, where).toBeNull()
     }
+    // A long OR chain (the parser nests it one deeper per operand) within the bound is answered
+    const some = Array.from({ length: 900 }, (_, i) => i * 7)
+    expect((await sql(`SELECT patient_id FROM patient_records WHERE ${some.map(v => `patient_id = ${v}`).join(' OR ')}`)).rows).toEqual(ids(patients.filter(p => some.includes(p.patient_id as number)), 'patient_id'))
     // A timestamp range with bound parameters, on a doctor's appointments
     const day = await sql('SELECT appointment_id FROM appointments WHERE doctor_id = $1 AND appointment_date >= $2 AND appointment_date < $3 ORDER BY appointment_date, appointment_id', [2, '2026-01-08', '2026-01-15'])
     const want = sorted(appointments.filter(a => a.doctor_id === 2 && String(a.appointment_date) >= '2026-01-08' && String(a.appointment_date) < '2026-01-15'), [['appointment_date', false], ['appointment_id', false]])
@@ -321,7 +324,21 @@ describe('the SQL subset on one node, against an evaluation in memory', () => {
       ['CREATE TABLE x (a int)', [], /CREATE|parse/],
       ["SET search_path = 'x'; SELECT * FROM patient_records", [], /SET search_path/],
       ['EXPLAIN DELETE FROM appointments WHERE appointment_id = 1', [], /EXPLAIN DELETE/],
-      ['SELECT * FROM patient_records WHERE', [], /parse/],
+      ['SELECT * FROM patient_records WHERE', [], /cannot parse: the statement ends too soon/],
+      ['SELECT * FROM patient_records WHERE patient_id = ?', [], /cannot parse: unexpected "\?" at line 1, column 50/],
+      ["SELECT * FROM patient_records WHERE patient_name LIKE 'P%' ESCAPE '!'", [], /ESCAPE/],
+      ['SELECT * FROM other.patient_records', [], /unknown schema other/],
+      ['SELECT patient_records.patient_id FROM patient_records p', [], /unknown table or alias patient_records/],
+      [`SELECT * FROM patient_records WHERE ${'NOT '.repeat(100)}patient_id = 1`, [], /nested more than 64 deep/],
+      [`SELECT * FROM patient_records WHERE ${Array.from({ length: 1500 }, (_, i) => `patient_id = ${i}`).join(' OR ')}`, [], /more than 1000 conditions joined by OR/],
+      [`SELECT * FROM patient_records WHERE patient_id IN (${Array.from({ length: 1500 }, (_, i) => i).join(', ')})`, [], /more than 1000 values in one IN/],
+      ['SELECT * FROM patient_records WHERE patient_id = 1 + 1', [], /expression with \+ in WHERE/],
+      ['SELECT * FROM patient_records WHERE date_of_birth > now()', [], /function NOW\(\) in WHERE/],
+      ["SELECT * FROM patient_records WHERE patient_id::text = '1'", [], /cast in WHERE/],
+      ['SELECT * FROM patient_records WHERE EXISTS (SELECT 1 FROM appointments)', [], /EXISTS/],
+      ['SELECT * FROM patient_records p CROSS JOIN doctors_info d', [], /CROSS JOIN/],
+      ['SELECT * FROM patient_records p FULL JOIN medical_history h ON p.patient_id = h.patient_id', [], /FULL JOIN/],
+      ["SELECT COUNT(*) FILTER (WHERE gender = 'male') FROM patient_records", [], /FILTER/],
       ['', [], /empty/]
     ]
     for (const [text, params, message] of refused) {
