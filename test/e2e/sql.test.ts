@@ -55,6 +55,9 @@ beforeAll(async () => {
   for (const [id, day] of [[1, '2026-02-03T10:00:00.000Z'], [2, '2026-01-05T09:00:00.000Z'], [3, '2026-03-01T11:30:00.000Z']] as const) {
     await c.insert('medical_history', { history_id: 500 + id, patient_id: 7, diagnosis: `d${id}`, treatment: 't', date_of_visit: day })
   }
+  for (const [id, record] of [[701, 501], [702, 503]] as const) {
+    await c.insert('lab_results', { result_id: id, record_id: record, patient_id: 7, test_name: 'blood', test_date: '2026-03-02', test_result: 'ok' })
+  }
 }, 120_000)
 
 afterAll(async () => {
@@ -86,6 +89,16 @@ describe('queries and SQL on a three-node network', () => {
   it('SQL joins a patient\'s chart on the owners, with bound parameters', async () => {
     const out = json(await cli(['sql', 'SELECT p.patient_name, h.history_id FROM patient_records p JOIN medical_history h ON p.patient_id = h.patient_id WHERE p.patient_id = $1 AND h.date_of_visit >= $2 ORDER BY h.date_of_visit', '--param', '7', '--param', '2026-02-01', '--json'], { home: daemons[1]!.home, token }))
     expect(out).toEqual({ columns: ['patient_name', 'history_id'], rows: [['Patient 7', 501], ['Patient 7', 503]], next: null })
+    // The whole chart: patient + history + lab results, three tables joined on the patient's owners
+    const chart = json(await cli(['sql', 'SELECT p.patient_name, h.history_id, l.result_id FROM patient_records p JOIN medical_history h ON h.patient_id = p.patient_id JOIN lab_results l ON l.patient_id = p.patient_id WHERE h.patient_id = $1 ORDER BY h.date_of_visit DESC, l.result_id', '--param', '7', '--json'], { home: daemons[2]!.home, token }))
+    expect(chart).toEqual({ columns: ['patient_name', 'history_id', 'result_id'], rows: [503, 501, 502].flatMap(h => [['Patient 7', h, 701], ['Patient 7', h, 702]]), next: null })
+    const plan = json(await cli(['sql', 'EXPLAIN SELECT COUNT(*) FROM patient_records p JOIN medical_history h ON h.patient_id = p.patient_id JOIN lab_results l ON l.patient_id = p.patient_id WHERE p.patient_id = 7', '--json'], { home: daemons[0]!.home, token }))
+    expect(plan.rows.map((r: string[]) => r[0])).toEqual(['patient_records', 'medical_history', 'lab_results', 'aggregate'])
+    expect(plan.rows[0][1]).toMatch(/single-patient: one replica set/)
+    // A parameter too many is refused, naming the count
+    const extra = await cli(['sql', 'SELECT COUNT(*) FROM lab_results', '--param', '7'], { home: daemons[0]!.home, token })
+    expect(extra.code).toBe(1)
+    expect(extra.stderr).toMatch(/takes 0 parameters, 1 given/)
     // The audit trail has the read, under the patient, as a list does
     await waitFor('the SQL read in patient 7\'s audit trail', async () => {
       const { entries } = await clients[0]!.audit({ patient: '7' })
