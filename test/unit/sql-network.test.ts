@@ -61,6 +61,15 @@ describe('SQL on a five-node network', () => {
     const want = patients.map(p => p.patient_id as number).filter(p => p > 2).map(p => [p, chart(p).length, Math.max(...chart(p).map(r => r[2] as number))]).filter(r => (r[1] as number) >= 4)
     expect(want.length).toBeGreaterThan(5)
     expect(counts.rows).toEqual(want)
+    // AVG merged from each range's sum and count: a patient's appointments lie with their doctors, in several ranges
+    const avg = await runSql((net.nodes[1] as HarnessNode).db, 'SELECT patient_id, AVG(appointment_id), SUM(appointment_id), COUNT(*) FROM appointments GROUP BY patient_id', [], everything)
+    expect(avg.rows).toHaveLength(PATIENTS)
+    for (const [p, mean, sum, n] of avg.rows as number[][]) {
+      const ids = appointments.filter(a => a.patient_id === p).map(a => a.appointment_id as number)
+      expect([p, sum, n]).toEqual([p, ids.reduce((x, y) => x + y, 0), ids.length])
+      expect(mean).toBeCloseTo(ids.reduce((x, y) => x + y, 0) / ids.length, 9)
+    }
+    expect(new Set(appointments.filter(a => a.patient_id === 1).map(a => a.doctor_id)).size).toBeGreaterThan(1)
   }, 60_000)
 
   it('pages a join, an order and many groups with next, each page from another node', async () => {
