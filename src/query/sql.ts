@@ -110,10 +110,13 @@ function parseOnce (sql: string): ParsedStatement {
   const rest: any[] = []
   for (const s of list) {
     if (s?.type === 'set') {
+      if (rest.length > 0) unsupported('SET after the statement (SET comes first)')
       for (const e of s.expr ?? []) {
         const name = String(e?.left?.name ?? '').toLowerCase()
         if (name !== 'consistency') unsupported(`SET ${name}`)
-        const v = String(e?.right?.value ?? '')
+        // A quoted level or a bare word (SET consistency = one), in any case.
+        const right = e?.right
+        const v = String(right?.type === 'var' && right.prefix === null && typeof right.name === 'string' ? right.name : right?.value ?? '').toLowerCase()
         if (!CONSISTENCY_LEVELS.includes(v as Consistency)) throw new ValidationError(`SQL: consistency must be one of ${CONSISTENCY_LEVELS.join(', ')}`)
         consistency = v as Consistency
       }

@@ -253,7 +253,7 @@ describe('the SQL subset on one node, against an evaluation in memory', () => {
     const made = await sql("SET consistency = 'all'; INSERT INTO appointments (appointment_id, patient_id, doctor_id, appointment_date, purpose) VALUES ($1, $2, $3, $4, $5)", [5001, '3', 2, '2026-05-01T09:00:00Z', "x'); DELETE FROM appointments; --"])
     expect(made.columns).toEqual(['id', 'version'])
     expect(made.rows[0]?.[0]).toBe('5001')
-    const updated = await sql('UPDATE appointments SET purpose = $1 WHERE appointment_id = $2', ['moved', 5001])
+    const updated = await sql('SET consistency TO QUORUM; UPDATE appointments SET purpose = $1 WHERE appointment_id = $2', ['moved', 5001])
     expect(updated.rows[0]?.[1]).not.toBe(made.rows[0]?.[1])
     expect(await node.db.history('appointments', '5001')).toHaveLength(2)
     expect((await sql('SELECT purpose FROM appointments WHERE appointment_id = 5001')).rows).toEqual([['moved']])
@@ -324,6 +324,8 @@ describe('the SQL subset on one node, against an evaluation in memory', () => {
       ['CREATE TABLE x (a int)', [], /CREATE|parse/],
       ["SET search_path = 'x'; SELECT * FROM patient_records", [], /SET search_path/],
       ['EXPLAIN DELETE FROM appointments WHERE appointment_id = 1', [], /EXPLAIN DELETE/],
+      ["SELECT COUNT(*) FROM patient_records; SET consistency = 'one'", [], /SET after the statement/],
+      ["SET consistency = 'one'", [], /SET needs a statement after it/],
       ['SELECT * FROM patient_records WHERE', [], /cannot parse: the statement ends too soon/],
       ['SELECT * FROM patient_records WHERE patient_id = ?', [], /cannot parse: unexpected "\?" at line 1, column 50/],
       ["SELECT * FROM patient_records WHERE patient_name LIKE 'P%' ESCAPE '!'", [], /ESCAPE/],
