@@ -13,7 +13,7 @@ import { finish, MAX_FRAGMENT_ROWS, MAX_JOINS, type AggregateFn, type Fragment, 
 const { Parser } = createRequire(import.meta.url)('node-sql-parser') as { Parser: new () => { astify: (sql: string, opt: object) => unknown } }
 const PARSE = { database: 'postgresql' }
 
-/** Rows a query without an index-given order may gather before it is refused (sorted, grouped or joined in memory) */
+/** Most rows an OFFSET may skip (each is read to be skipped; `next` pages on without reading them again) */
 export const MAX_GATHERED_ROWS = 100_000
 
 export interface SqlAnswer {
@@ -775,6 +775,7 @@ async function runSelect (db: Database, s: Select, access: SqlAccess, options: R
   if (isList(s)) {
     const src = s.driver
     const skip = cursor === undefined ? s.offset : 0
+    if (skip > MAX_GATHERED_ROWS) throw new ValidationError(`SQL: an OFFSET of more than ${MAX_GATHERED_ROWS} rows; page with next instead`)
     const page = await gather(db, src, s.where.get(src), options, order, skip + want, at.c)
     const rows = page.rows.slice(skip, skip + want)
     noteRows(access, src.table, rows)
