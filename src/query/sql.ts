@@ -780,7 +780,9 @@ async function runSelect (db: Database, s: Select, access: SqlAccess, options: R
     const rows = page.rows.slice(skip, skip + want)
     noteRows(access, src.table, rows)
     const given = at.n + rows.length
-    const next = page.next !== null && given < total ? writeCursor({ h: stamp, n: given, c: page.next }) : null
+    // A full page's cursor may lead nowhere (the last row was the table's last): next only when a row follows.
+    const more = page.next !== null && given < total && (await gather(db, src, s.where.get(src), options, order, 1, page.next)).rows.length > 0
+    const next = more ? writeCursor({ h: stamp, n: given, c: page.next as string }) : null
     return { columns, rows: rows.map(r => s.items.map(i => r[(i as Item & { kind: 'column' }).ref.column] ?? null)), next }
   }
   // Joined, grouped or sorted on several keys: the owners run it on their copies (see fragment.ts), and

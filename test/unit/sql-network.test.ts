@@ -89,6 +89,12 @@ describe('SQL on a five-node network', () => {
     expect(await pages('SELECT a.appointment_id, d.name FROM appointments a JOIN doctors_info d ON a.doctor_id = d.doctor_id ORDER BY a.appointment_date DESC, a.appointment_id'))
       .toEqual(byDate.map(a => [a.appointment_id, `Dr ${String(a.doctor_id)}`]))
     expect(await pages('SELECT appointment_id FROM appointments')).toEqual(appointments.map(a => [a.appointment_id]))
+    // Exactly a page's rows, of the lowest keys or of the highest: no next (no empty page after them)
+    for (const text of ['SELECT appointment_id FROM appointments WHERE appointment_id <= $1', 'SELECT appointment_id FROM appointments WHERE appointment_id > $1 ORDER BY appointment_date DESC']) {
+      const exact = await runSql((net.nodes[2] as HarnessNode).db, text, [text.includes('>') ? APPOINTMENTS - SQL_PAGE : SQL_PAGE], everything)
+      expect(exact.rows, text).toHaveLength(SQL_PAGE)
+      expect(exact.next, text).toBeNull()
+    }
     expect(await pages('SELECT appointment_id, MIN(doctor_id) FROM appointments GROUP BY appointment_id')).toEqual(appointments.map(a => [a.appointment_id, a.doctor_id]))
     expect(await pages('SELECT appointment_id FROM appointments ORDER BY patient_id, appointment_id OFFSET 10 LIMIT 1100'))
       .toEqual([...appointments].sort((a, b) => (a.patient_id as number) - (b.patient_id as number) || (a.appointment_id as number) - (b.appointment_id as number)).slice(10, 1110).map(a => [a.appointment_id]))

@@ -178,6 +178,11 @@ describe('the SQL subset on one node, against an evaluation in memory', () => {
     expect(groups.pages).toBe(2)
     expect(groups.rows).toEqual(appointments.map(a => [a.appointment_id, 1]))
 
+    // Exactly a page's rows: no next (no empty page after it)
+    const exact = await sql('SELECT appointment_id FROM appointments WHERE appointment_id <= $1', [SQL_PAGE])
+    expect(exact.rows).toHaveLength(SQL_PAGE)
+    expect(exact.next).toBeNull()
+    expect((await sql('SELECT appointment_id FROM appointments WHERE appointment_id > $1 ORDER BY patient_id, appointment_id', [APPOINTMENTS - SQL_PAGE])).next).toBeNull()
     // A LIMIT within one page has no next; a cursor of another statement or other parameters is 400
     expect((await sql('SELECT appointment_id FROM appointments LIMIT 1000')).next).toBeNull()
     const first = await sql('SELECT appointment_id FROM appointments WHERE doctor_id <> $1', [9])
