@@ -789,13 +789,19 @@ async function runSelect (db: Database, s: Select, access: SqlAccess, options: R
   // the answer is the sorted result's rows from OFFSET + what earlier pages gave.
   const from = s.offset + at.n
   const end = from + want
-  const fragment = toFragment(s, end + 1 <= MAX_FRAGMENT_ROWS ? end + 1 : undefined)
+  const { fragment, patients } = toFragment(s, end + 1 <= MAX_FRAGMENT_ROWS ? end + 1 : undefined)
   const answer = await db.fragment(fragment, options)
-  for (const src of s.sources) noteTable(access, src.table, s.where.get(src))
-  const rows = s.aggregated ? groupRows(s, answer.result.groups ?? []) : (answer.result.rows ?? []).map(r => r.slice(0, s.items.length))
+  const rows = s.aggregated ? groupRows(s, answer.result.groups ?? []) : answer.result.rows ?? []
   const page = rows.slice(from, end)
+  // As a list does: each patient whose rows the page holds is noted, per table (a grouped answer, its WHERE's patient).
+  for (const src of s.sources) {
+    const col = patients.get(src)
+    const seen = col === undefined ? [] : [...new Set(page.map(r => r[col]).filter(p => p !== null && p !== undefined).map(String))]
+    if (seen.length === 0) noteTable(access, src.table, s.where.get(src))
+    for (const patientId of seen) access.note?.({ action: 'list', table: src.table.name, patientId })
+  }
   const given = at.n + page.length
-  return { columns, rows: page, next: given < total && rows.length > end ? writeCursor({ h: stamp, n: given }) : null }
+  return { columns, rows: s.aggregated ? page : page.map(r => r.slice(0, s.items.length)), next: given < total && rows.length > end ? writeCursor({ h: stamp, n: given }) : null }
 }
 
 /** A grouped answer's rows: each group's aggregates finished, HAVING applied, sorted (by the GROUP BY columns when no ORDER BY) */
@@ -822,8 +828,12 @@ function groupRows (s: Select, groups: Array<{ key: Value[], partials: Partial[]
   return all.map(v => slots.map(x => v[x] ?? null))
 }
 
-/** The SELECT's part the owners run: the driver table, its WHERE, the joins, the grouping or the projection and order */
-function toFragment (s: Select, limit: number | undefined): Fragment {
+/**
+ * The SELECT's part the owners run: the driver table, its WHERE, the joins,
+ * the grouping or the projection and order; `patients` says where a row
+ * holds each table's patient_id (for the audit trail)
+ */
+function toFragment (s: Select, limit: number | undefined): { fragment: Fragment, patients: Map<Source, number> } {
   const order = [s.driver, ...s.joins.map(j => j.source)]
   const at = (ref: ColumnRef): FragmentColumn => [order.indexOf(ref.source), ref.column]
   const f: Fragment = { table: s.driver.table.name }
@@ -835,10 +845,11 @@ function toFragment (s: Select, limit: number | undefined): Fragment {
       return { table: j.source.table.name, column: j.column, on: at(j.on), ...(filter === undefined ? {} : { filter }) }
     })
   }
+  const patients = new Map<Source, number>()
   if (s.aggregated) {
     f.groupBy = s.groupBy.map(at)
     f.aggregates = s.aggregates.map(a => ({ fn: a.fn, ...(a.ref === undefined ? {} : { column: at(a.ref) }) }))
-    return f
+    return { fragment: f, patients }
   }
   const items = s.items as Array<Item & { kind: 'column' }>
   f.columns = items.map(i => at(i.ref))
@@ -852,8 +863,9 @@ function toFragment (s: Select, limit: number | undefined): Fragment {
     ...s.orderBy.map(o => ({ at: 'item' in o.key ? o.key.item : keyAt((o.key as { ref: ColumnRef }).ref), desc: o.desc })),
     ...order.flatMap(src => src.table.primaryKey.map(column => ({ at: keyAt({ source: src, column }), desc: false })))
   ]
+  for (const src of order) if (src.table.columns.some(c => c.name === 'patient_id')) patients.set(src, keyAt({ source: src, column: 'patient_id' }))
   if (limit !== undefined) f.limit = limit
-  return f
+  return { fragment: f, patients }
 }
 
 /** Notes a table the answer read from, with its patient when the WHERE fixes one */

@@ -247,6 +247,13 @@ describe('the SQL subset on one node, against an evaluation in memory', () => {
     const want = patients.filter(p => p.gender === 'male').map(p => [p.patient_id, chart(p.patient_id as number).length] as [number, number])
       .filter(([, n]) => n > 1).sort((a, b) => b[1] - a[1] || a[0] - b[0]).slice(1, 6)
     expect(counts.rows).toEqual(want)
+    // The audit trail hears of each patient whose rows a joined page holds, per table, as a list's does
+    const notes: Array<{ table: string, patientId?: string }> = []
+    const noting: SqlAccess = { ...everything, note: n => { notes.push({ table: n.table, ...(n.patientId === undefined ? {} : { patientId: n.patientId }) }) } }
+    await sql('SELECT h.history_id FROM patient_records p JOIN medical_history h ON h.patient_id = p.patient_id WHERE p.patient_id IN (4, 9) AND h.diagnosis = $1', ['d1'], noting)
+    expect(notes.sort((a, b) => a.table.localeCompare(b.table) || String(a.patientId).localeCompare(String(b.patientId)))).toEqual([
+      { table: 'medical_history', patientId: '4' }, { table: 'medical_history', patientId: '9' }, { table: 'patient_records', patientId: '4' }, { table: 'patient_records', patientId: '9' }
+    ])
     // A global table: every owner holds it
     const withRoles = await sql('SELECT h.history_id, r.role_name FROM medical_history h JOIN user_roles r ON r.role_id = h.role_id WHERE h.patient_id IN (1, 2, 3) ORDER BY h.history_id')
     expect(withRoles.rows).toEqual(history.filter(h => (h.patient_id as number) <= 3 && h.role_id !== null).map(h => [h.history_id, h.role_id === 901 ? 'sql-test-nurse' : 'sql-test-doctor']))
