@@ -116,6 +116,30 @@ describe('queries and SQL on a three-node network', () => {
     expect(total.rows).toEqual([[APPOINTMENTS]])
   }, 30_000)
 
+  it('pages answers of more than 1,000 rows with next, through the CLI and the socket, on any node', async () => {
+    const BILLS = 1100
+    const bill = (i: number): Record<string, unknown> => ({ billing_id: i, patient_id: (i % PATIENTS) + 1, amount: `${(i * 37) % 500}.${String(i % 100).padStart(2, '0')}`, date: '2026-03-01', insurance_provider: 'Discovery', insurance_policy_number: `POL${i}` })
+    const imported = await clients[0]!.import('billing_insurance', Array.from({ length: BILLS }, (_, i) => JSON.stringify(bill(i + 1))).join('\n') + '\n', 'ndjson')
+    expect(imported.accepted).toBe(BILLS)
+    const first = json(await cli(['sql', 'SELECT billing_id FROM billing_insurance', '--json'], { home: daemons[1]!.home, token }))
+    expect(first.rows).toHaveLength(1000)
+    expect(typeof first.next).toBe('string')
+    const rest = json(await cli(['sql', 'SELECT billing_id FROM billing_insurance', '--cursor', first.next, '--json'], { home: daemons[2]!.home, token }))
+    expect(rest.next).toBeNull()
+    expect([...first.rows, ...rest.rows]).toEqual(Array.from({ length: BILLS }, (_, i) => [i + 1]))
+    // A join in another order, each page from another node
+    const text = 'SELECT b.billing_id, p.patient_name FROM billing_insurance b JOIN patient_records p ON p.patient_id = b.patient_id ORDER BY b.amount DESC, b.billing_id'
+    const rows: unknown[][] = []
+    let next: string | null | undefined
+    for (let page = 0; page < 5 && next !== null; page++) {
+      const r = await clients[page % 3]!.sql(text, [], next === undefined ? {} : { cursor: next })
+      rows.push(...r.rows)
+      next = r.next
+    }
+    const want = Array.from({ length: BILLS }, (_, i) => bill(i + 1)).sort((a, b) => Number(b.amount) - Number(a.amount) || (a.billing_id as number) - (b.billing_id as number))
+    expect(rows).toEqual(want.map(b => [b.billing_id, `Patient ${String(b.patient_id)}`]))
+  }, 120_000)
+
   it('EXPLAIN says who is asked and which index is used', async () => {
     const ids = (await Promise.all(clients.map(async c => (await c.status()).peerId as string)))
     const one = json(await cli(['sql', 'EXPLAIN SELECT * FROM appointments WHERE doctor_id = 2 ORDER BY appointment_date', '--json'], { home: daemons[0]!.home, token }))
