@@ -309,6 +309,7 @@ function planJoins (from: any[], sources: Source[], resolve: (n: any) => ColumnR
   // Each JOIN's ON links it to one before it: the edges form a tree, walked from the driver.
   while (edges.length > 0) {
     const at = edges.findIndex(([a, b]) => placed.has(a.source) !== placed.has(b.source))
+    if (at < 0) unsupported('a join condition that links no table to the others')
     const [a, b] = edges.splice(at, 1)[0] as [ColumnRef, ColumnRef]
     const [on, x] = placed.has(a.source) ? [a, b] : [b, a]
     const t = x.source.table
