@@ -550,6 +550,8 @@ function buildHaving (node: any, ctx: { slot: (n: any) => number | undefined, in
         : s => { const a = l(s); const b = r(s); return a === true || b === true ? true : a === null || b === null ? null : false }
     }
     const left = operand(n.left)
+    // A value on the left of a comparison is turned round (5 < COUNT(*) is COUNT(*) > 5).
+    if (!('slot' in left) && COMPARISONS.includes(op) && ctx.slot(n.right) !== undefined) return build({ ...n, left: n.right, right: n.left, operator: FLIPPED[op] ?? op })
     if (!('slot' in left)) unsupported('a HAVING condition whose left side is not an aggregate or a GROUP BY column')
     const info = ctx.info(left.slot)
     const negate = (t: HavingTest): HavingTest => s => { const r = t(s); return r === null ? null : !r }
