@@ -662,6 +662,9 @@ function buildCondition (node: any, resolve: (n: any) => ColumnRef, bind: Binder
       }
       case 'LIKE': case 'NOT LIKE': {
         const column = col(n.left)
+        // As in PostgreSQL, LIKE matches text: on a number or a date it is an error, not an empty answer.
+        const type = columnOf((source as Source).table, column).type
+        if (type !== 'VARCHAR') throw new ValidationError(`SQL: LIKE needs a text column; ${column} is ${type}`, { column })
         if (n.right?.escape != null) unsupported('LIKE ... ESCAPE')
         const pattern = bind.value(n.right)
         if (typeof pattern !== 'string' || !pattern.endsWith('%') || pattern.slice(0, -1).includes('%') || pattern.includes('_') || pattern.includes('\\')) {

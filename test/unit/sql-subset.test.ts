@@ -295,6 +295,8 @@ describe('the SQL subset on one node, against an evaluation in memory', () => {
       ["SELECT * FROM patient_records WHERE patient_name LIKE '%1'", [], /LIKE "%1"/],
       ["SELECT * FROM patient_records WHERE patient_name LIKE 'P_1%'", [], /LIKE "P_1%"/],
       ["SELECT * FROM patient_records WHERE patient_name ILIKE 'p%'", [], /ILIKE/],
+      ["SELECT * FROM patient_records WHERE patient_id LIKE '1%'", [], /LIKE needs a text column; patient_id is INT/],
+      ["SELECT * FROM patient_records WHERE date_of_birth LIKE '1980%'", [], /date_of_birth is DATE/],
       ['SELECT * FROM patient_records; SELECT * FROM appointments', [], /one statement/],
       ['SELECT * FROM patient_records WHERE patient_id = $1 AND gender = $2', [1], /takes 2 parameters.*1 given/],
       ['SELECT * FROM patient_records WHERE patient_id = $1', [1, 2], /takes 1 parameter .*2 given/],
