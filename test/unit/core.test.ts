@@ -1,0 +1,236 @@
+import { describe, expect, it } from 'vitest'
+import { ConflictError, NtsoekheError, TimeoutError, UnavailableError } from '../../src/errors/index.js'
+import { HEDGE_MS, QuorumAsk, type AskEffect } from '../../src/cluster/core/ask.js'
+import { WriteQuorum } from '../../src/cluster/core/write-quorum.js'
+import { WriteRoute, type WriteRouteInit } from '../../src/cluster/core/route.js'
+import { catchUpPlan, readPlan, repairsFor, sameVersions } from '../../src/cluster/core/read.js'
+import type { RecordState } from '../../src/storage/store.js'
+import type { Mutation } from '../../src/cluster/coordinator.js'
+
+/**
+ * The cluster core driven by hand: no transport, no store, no timers. Each
+ * test feeds a machine its inputs (answers, failures, timer fires, disk
+ * results) and checks the effects it gives back, as a driver would see them.
+ */
+
+const asks = <T>(effects: Array<AskEffect<T>>): string[] => effects.flatMap(e => e.type === 'ask' ? [e.peer] : [])
+const timerOf = <T>(effects: Array<AskEffect<T>>): number => {
+  const t = effects.find(e => e.type === 'setTimer')
+  if (t?.type !== 'setTimer') throw new Error('no hedge timer set')
+  return t.id
+}
+
+describe('QuorumAsk', () => {
+  it('asks as many owners as answers are needed, and a quorum met by the first two answers decides without waiting for the third', () => {
+    const round = new QuorumAsk<string>(['a', 'b', 'c'], 2, 'patients')
+    expect(asks(round.start())).toEqual(['a', 'b'])
+    // One answer in, one owner still asked: the free slot waits out a hedge rather than asking c at once.
+    const first = round.answer('a', 'A')
+    expect(asks(first)).toEqual([])
+    expect(first.find(e => e.type === 'setTimer')).toEqual({ type: 'setTimer', id: expect.any(Number), ms: HEDGE_MS })
+    const second = round.answer('b', 'B')
+    expect(second).toEqual([{ type: 'clearTimer', id: timerOf(first) }, { type: 'done', answers: new Map([['a', 'A'], ['b', 'B']]) }])
+    expect(round.settled).toBe(true)
+  })
+
+  it('an owner that hangs costs a hedge: when the timer fires the next owner is asked, and its answer makes the quorum', () => {
+    const round = new QuorumAsk<string>(['a', 'hung', 'c'], 2, 'patients')
+    round.start()
+    const timer = timerOf(round.answer('a', 'A'))
+    expect(asks(round.hedge(timer))).toEqual(['c'])
+    expect(round.answer('c', 'C')).toEqual([{ type: 'done', answers: new Map([['a', 'A'], ['c', 'C']]) }])
+    // The hung owner answers at last: the round is decided, so its answer only feeds repair.
+    expect(round.answer('hung', 'old')).toEqual([{ type: 'late', peer: 'hung', answer: 'old' }])
+  })
+
+  it('an owner that fails is replaced at once by the next; a stale hedge timer does nothing', () => {
+    const round = new QuorumAsk<string>(['a', 'b', 'c'], 2, 'patients')
+    round.start()
+    const timer = timerOf(round.answer('a', 'A'))
+    const failed = round.failure('b', new UnavailableError('b is unreachable'), false)
+    // The failure frees b's slot (which asks c at once) and wakes the hedging slot, which has no one left.
+    expect(asks(failed)).toEqual(['c'])
+    expect(failed).toContainEqual({ type: 'clearTimer', id: timer })
+    expect(round.hedge(timer)).toEqual([])
+    expect(round.answer('c', 'C')).toEqual([{ type: 'done', answers: new Map([['a', 'A'], ['c', 'C']]) }])
+  })
+
+  it('fails with what each owner said once too few can answer', () => {
+    const round = new QuorumAsk<string>(['a', 'b'], 2, 'patients')
+    round.start()
+    round.answer('a', 'A')
+    const out = round.failure('b', new TimeoutError('b: no answer within 5000 ms'), false)
+    const failed = out.find(e => e.type === 'failed')
+    expect(failed?.type === 'failed' && (failed.error as Error).message).toBe('patients: 1 of 2 replicas answered (b: b: no answer within 5000 ms)')
+    expect(failed?.type === 'failed' && failed.error).toBeInstanceOf(UnavailableError)
+  })
+
+  it('a fatal error (a bug, not a missing answer) fails the round with that error; later answers are late', () => {
+    const round = new QuorumAsk<string>(['a', 'b'], 2, 'patients')
+    round.start()
+    const bug = new TypeError('boom')
+    expect(round.failure('a', bug, true)).toEqual([{ type: 'failed', error: bug }])
+    expect(round.answer('b', 'B')).toEqual([{ type: 'late', peer: 'b', answer: 'B' }])
+  })
+
+  it('needing no answers is done at once; needing some with no owners fails at once', () => {
+    expect(new QuorumAsk<string>(['a'], 0, 't').start()).toEqual([{ type: 'done', answers: new Map() }])
+    const out = new QuorumAsk<string>([], 2, 't').start()
+    expect(out[0]?.type).toBe('failed')
+  })
+})
+
+describe('WriteQuorum', () => {
+  const base = { what: 'patient_id:1', self: 'self', empty: false }
+
+  it('sends to every other owner; this node\'s commit and one owner\'s answer make W = 2, and a later failure only leaves a hint', () => {
+    const round = new WriteQuorum({ ...base, peers: [{ peer: 'b', down: false }, { peer: 'c', down: false }], need: 2, local: true })
+    expect(round.start()).toEqual([{ type: 'send', peer: 'b' }, { type: 'send', peer: 'c' }])
+    expect(round.committed()).toEqual([])
+    expect(round.ack('b')).toEqual([{ type: 'done' }])
+    expect(round.failure('c', new UnavailableError('c is unreachable'), false)).toEqual([{ type: 'hint', peer: 'c', reason: 'c is unreachable' }])
+    expect(round.hinted('c')).toEqual([])
+  })
+
+  it('an owner known to be down is not sent to: it gets a hint at once', () => {
+    const round = new WriteQuorum({ ...base, peers: [{ peer: 'b', down: true }, { peer: 'c', down: false }], need: 2, local: true })
+    expect(round.start()).toEqual([{ type: 'hint', peer: 'b', reason: 'b is down' }, { type: 'send', peer: 'c' }])
+  })
+
+  it('one durable copy where two were required, the others unreachable: a 503 with durable 1, required 2, outcome partial, once every owner has answered', () => {
+    const round = new WriteQuorum({ ...base, peers: [{ peer: 'b', down: false }, { peer: 'c', down: false }], need: 2, local: true })
+    round.start()
+    round.committed()
+    round.failure('b', new UnavailableError('b is unreachable'), false)
+    expect(round.hinted('b')).toEqual([])
+    round.failure('c', new UnavailableError('c is unreachable'), false)
+    const out = round.hinted('c')
+    expect(out).toEqual([{ type: 'short', shortfall: expect.objectContaining({ durable: 1, required: 2, outcome: 'partial' }) }])
+    expect(out[0]?.type === 'short' && out[0].shortfall.message).toMatch(/^patient_id:1: the write is durable on 1 of the 2 owners required; it will reach the others when they return .*\[b: b is unreachable; c: c is unreachable\]$/)
+  })
+
+  it('an owner that timed out may have it: the outcome is then unknown', () => {
+    const round = new WriteQuorum({ ...base, peers: [{ peer: 'b', down: false }, { peer: 'c', down: false }], need: 3, local: true })
+    round.start()
+    round.committed()
+    round.ack('b')
+    round.failure('c', new TimeoutError('c: no answer within 5000 ms'), true)
+    expect(round.hinted('c')).toEqual([{ type: 'short', shortfall: expect.objectContaining({ durable: 2, required: 3, outcome: 'unknown' }) }])
+  })
+
+  it('this node\'s failed commit counts as a missing owner whose outcome is unknown', () => {
+    const round = new WriteQuorum({ ...base, peers: [{ peer: 'b', down: false }], need: 2, local: true })
+    round.start()
+    round.ack('b')
+    expect(round.commitFailed(new Error('disk full'))).toEqual([{ type: 'short', shortfall: expect.objectContaining({ durable: 1, required: 2, outcome: 'unknown' }) }])
+  })
+
+  it('with no other owner, this node\'s commit decides alone: enough at one, short by the rest above', () => {
+    const one = new WriteQuorum({ ...base, peers: [], need: 1, local: true })
+    expect(one.start()).toEqual([])
+    expect(one.committed()).toEqual([{ type: 'done' }])
+    const quorum = new WriteQuorum({ ...base, peers: [], need: 2, local: true })
+    quorum.start()
+    expect(quorum.committed()).toEqual([{ type: 'short', shortfall: { durable: 1, required: 2, outcome: 'partial', message: 'patient_id:1: 1 more replicas needed but none are members' } }])
+    const failing = new WriteQuorum({ ...base, peers: [], need: 1, local: true })
+    failing.start()
+    const err = new Error('disk full')
+    expect(failing.commitFailed(err)).toEqual([{ type: 'localFailed', error: err }])
+  })
+
+  it('without a pending commit (this node\'s copy is durable) `need` counts the other owners only', () => {
+    const round = new WriteQuorum({ ...base, peers: [{ peer: 'b', down: false }, { peer: 'c', down: false }], need: 1, local: false })
+    round.start()
+    round.failure('b', new UnavailableError('b is unreachable'), false)
+    round.hinted('b')
+    round.failure('c', new UnavailableError('c is unreachable'), false)
+    expect(round.hinted('c')).toEqual([{ type: 'short', shortfall: expect.objectContaining({ durable: 1, required: 2, outcome: 'partial' }) }])
+  })
+})
+
+describe('WriteRoute', () => {
+  const init = (over: Partial<WriteRouteInit> = {}): WriteRouteInit => ({ order: ['a', 'b', 'c'], self: 'x', one: false, required: 2, shard: 'patient_id:1', timeoutMs: 5000, forwardTimeoutMs: 11_000, now: 0, ...over })
+
+  it('coordinates here when this node is the first owner to try', () => {
+    expect(new WriteRoute(init({ order: ['x', 'a'] })).start(0)).toEqual({ type: 'local', retry: false })
+  })
+
+  it('passes over an unreachable primary to the next owner, telling it the write may have landed; a refusal there is an unknown outcome', () => {
+    const route = new WriteRoute(init())
+    expect(route.start(0)).toEqual({ type: 'forward', peer: 'a', retry: false, timeoutMs: 11_000, bounded: false })
+    expect(route.failed(new UnavailableError('a is unreachable'), 10)).toEqual({ type: 'forward', peer: 'b', retry: true, timeoutMs: 11_000, bounded: false })
+    const step = route.failed(new ConflictError('patient 1 already exists'), 20)
+    expect(step.type).toBe('fail')
+    expect(step.type === 'fail' && step.error).toMatchObject({ code: 'UNAVAILABLE', durable: 0, required: 2, outcome: 'unknown' })
+  })
+
+  it('a refusal by the first primary is the answer as it is', () => {
+    const route = new WriteRoute(init())
+    route.start(0)
+    const refusal = new ConflictError('patient 1 already exists')
+    expect(route.failed(refusal, 5)).toEqual({ type: 'fail', error: refusal })
+  })
+
+  it('a primary that timed out above one may have applied it: the outcome is unknown and no other owner is tried', () => {
+    const route = new WriteRoute(init())
+    route.start(0)
+    const step = route.failed(new TimeoutError('a: no answer'), 11_000)
+    expect(step.type === 'fail' && step.error).toMatchObject({ code: 'UNAVAILABLE', durable: 0, required: 2, outcome: 'unknown' })
+  })
+
+  it('at one the owners share one replication timeout; past it the write is kept here (sloppy), and a refusal there after a silence is unknown', () => {
+    const route = new WriteRoute(init({ one: true, required: 1 }))
+    expect(route.start(0)).toEqual({ type: 'forward', peer: 'a', retry: false, timeoutMs: 5000, bounded: true })
+    expect(route.failed(new UnavailableError('a is unreachable'), 1000)).toEqual({ type: 'forward', peer: 'b', retry: true, timeoutMs: 4000, bounded: true })
+    expect(route.failed(new TimeoutError('b: no answer'), 5000)).toEqual({ type: 'sloppy', retry: true })
+    expect(route.own(new ConflictError('exists'))).toMatchObject({ code: 'UNAVAILABLE', required: 1, outcome: 'unknown' })
+    const other = new Error('disk')
+    expect(route.own(other)).toBe(other)
+  })
+
+  it('with no owner left above one it fails naming the shard; with no members at all it says so', () => {
+    const route = new WriteRoute(init({ order: ['a'] }))
+    route.start(0)
+    const step = route.failed(new UnavailableError('a is unreachable'), 1)
+    expect(step.type === 'fail' && (step.error as NtsoekheError).message).toBe('No owner of patient_id:1 could take the write')
+    const empty = new WriteRoute(init({ order: [] })).start(0)
+    expect(empty.type === 'fail' && (empty.error as NtsoekheError).message).toBe('No members on the ring yet')
+  })
+})
+
+describe('read and catch-up plans', () => {
+  const state = (heads: string[], superseded: string[] = []): RecordState => ({
+    table: 'patient_records', id: '1', token: '0123456789abcdef', seen: [...superseded, ...heads], superseded,
+    heads: heads.map(version => ({ table: 'patient_records', id: '1', token: '0123456789abcdef', version, parents: [], row: null }))
+  })
+
+  it('an owner reads its own copy first; a non-owner at one reads the copy it keeps too', () => {
+    expect(readPlan({ owners: ['a', 'self', 'b'], self: 'self', level: undefined, quorum: 2, isAlive: () => true, random: () => 0 }))
+      .toEqual({ peers: ['self', 'b', 'a'], need: 2, mine: true, held: false })
+    expect(readPlan({ owners: ['a', 'b', 'c'], self: 'x', level: 'one', quorum: 2, isAlive: p => p !== 'a', random: () => 0 }))
+      .toEqual({ peers: ['c', 'b', 'a'], need: 1, mine: false, held: true })
+  })
+
+  it('repairs the copies that lack a head or a replaced version of the merged state, and none that has it all', () => {
+    const merged = state(['v2'], ['v1'])
+    const answers = new Map<string, RecordState | undefined>([['a', state(['v2'], ['v1'])], ['b', state(['v1'])], ['c', undefined], ['d', state(['v2'])]])
+    expect(repairsFor(answers, merged)).toEqual(['b', 'c', 'd'])
+  })
+
+  it('heads compare as sets', () => {
+    expect(sameVersions(['a', 'b'], ['b', 'a'])).toBe(true)
+    expect(sameVersions(['a'], null)).toBe(false)
+    expect(sameVersions(null, null)).toBe(true)
+  })
+
+  it('a primary looks up updates and deletes, and inserts only when retried or after a failed local commit', () => {
+    const m = (op: Mutation['op'], id: string): Mutation => ({ op, table: 'patient_records', id, shard: `patient_id:${id}` })
+    const mutations = [m('insert', '1'), m('put', '2'), m('delete', '3'), m('insert', '4')]
+    const plan = catchUpPlan(mutations, undefined, 2, 3, false, key => key === 'patient_records/4')
+    expect(plan.need).toBe(1)
+    expect([...plan.keys.values()].map(k => [k.id, k.required])).toEqual([['2', true], ['3', true], ['4', true]])
+    const retried = catchUpPlan([m('insert', '1')], undefined, 2, 3, true, () => false)
+    expect([...retried.keys.values()].map(k => [k.id, k.required])).toEqual([['1', false]])
+    expect(catchUpPlan(mutations, 'one', 2, 3, false, () => false).keys.size).toBe(0)
+  })
+})
