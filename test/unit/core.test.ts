@@ -1,11 +1,13 @@
 import { describe, expect, it } from 'vitest'
-import { ConflictError, NtsoekheError, TimeoutError, UnavailableError } from '../../src/errors/index.js'
+import { ConflictError, ForbiddenError, NtsoekheError, TimeoutError, UnavailableError } from '../../src/errors/index.js'
 import { HEDGE_MS, QuorumAsk, type AskEffect } from '../../src/cluster/core/ask.js'
 import { WriteQuorum } from '../../src/cluster/core/write-quorum.js'
 import { WriteRoute, type WriteRouteInit } from '../../src/cluster/core/route.js'
 import { catchUpPlan, readPlan, repairsFor, sameVersions } from '../../src/cluster/core/read.js'
 import type { RecordState } from '../../src/storage/store.js'
 import type { Mutation } from '../../src/cluster/coordinator.js'
+import { MemberView, type MemberEffect } from '../../src/cluster/core/members.js'
+import { testIdentity, type TestIdentity } from '../helpers/identity.js'
 
 /**
  * The cluster core driven by hand: no transport, no store, no timers. Each
@@ -232,5 +234,105 @@ describe('read and catch-up plans', () => {
     const retried = catchUpPlan([m('insert', '1')], undefined, 2, 3, true, () => false)
     expect([...retried.keys.values()].map(k => [k.id, k.required])).toEqual([['1', false]])
     expect(catchUpPlan(mutations, 'one', 2, 3, false, () => false).keys.size).toBe(0)
+  })
+})
+
+describe('MemberView (membership and failure detection, no I/O)', () => {
+  const timing = { suspectAfterMs: 3000, downAfterMs: 10_000, fanout: 3 }
+  const view = (id: TestIdentity, now: number): MemberView => new MemberView({ peerId: id.peerId, sign: id.sign, now, ...timing })
+  const gossipTargets = (effects: MemberEffect[]): string[] => effects.flatMap(e => e.type === 'gossip' ? [e.peer] : [])
+  /** One push-pull exchange, as the driver performs it: `from` sends its message, `to` answers, `from` takes the answer */
+  const exchange = (from: MemberView, fromId: string, to: MemberView, toId: string, now: number): void => {
+    const reply = to.receive(from.message(now).view, fromId, now)
+    from.answered(toId, reply, now, now)
+  }
+
+  it('a candidate is gossiped with on the next heartbeat; once it answered both know each other as alive, and the change is announced and saved', () => {
+    const [a, b] = [testIdentity(), testIdentity()]
+    const va = view(a, 1000)
+    const vb = view(b, 1000)
+    va.addCandidate(b.peerId, ['/ip4/127.0.0.1/tcp/1'])
+    va.tick(2000, [], () => 0)
+    expect(gossipTargets(va.ready())).toEqual([b.peerId])
+    exchange(va, a.peerId, vb, b.peerId, 2000)
+    expect(vb.ready().map(e => e.type)).toEqual(['changed', 'persist'])
+    va.roundDone(2000)
+    const effects = va.ready()
+    expect(effects.map(e => e.type)).toEqual(['changed', 'persist'])
+    expect(effects[1]).toEqual({ type: 'persist', members: [{ peerId: b.peerId, addresses: [] }] })
+    expect(va.stateOf(b.peerId, 2000)).toBe('alive')
+    expect(vb.stateOf(a.peerId, 2000)).toBe('alive')
+  })
+
+  it('a member that falls silent is suspect past suspectAfterMs and down past downAfterMs, as time alone says; it is revisited every fifth round', () => {
+    const [a, b] = [testIdentity(), testIdentity()]
+    const va = view(a, 1000)
+    const vb = view(b, 1000)
+    exchange(vb, b.peerId, va, a.peerId, 1000)
+    va.ready()
+    expect(va.stateOf(b.peerId, 1000 + 3000)).toBe('alive')
+    expect(va.stateOf(b.peerId, 1000 + 3001)).toBe('suspect')
+    expect(va.stateOf(b.peerId, 1000 + 10_001)).toBe('down')
+    va.roundDone(1000 + 3001)
+    expect(va.ready().some(e => e.type === 'changed')).toBe(true)
+    // Down: not among the random targets, but asked every fifth round to see it return.
+    const rounds: string[][] = []
+    for (let r = 1; r <= 5; r++) {
+      va.tick(20_000 + r * 1000, [], () => 0)
+      rounds.push(gossipTargets(va.ready()))
+    }
+    expect(rounds).toEqual([[], [], [], [], [b.peerId]])
+  })
+
+  it('gossips with at most `fanout` live members a round, in an order the random draw decides', () => {
+    const ids = Array.from({ length: 6 }, () => testIdentity())
+    const [a, ...others] = ids as [TestIdentity, ...TestIdentity[]]
+    const va = view(a, 1000)
+    for (const o of others) exchange(view(o, 1000), o.peerId, va, a.peerId, 1000)
+    va.ready()
+    va.tick(1500, [], () => 0)
+    const first = gossipTargets(va.ready())
+    va.tick(2000, [], () => 0.999)
+    const second = gossipTargets(va.ready())
+    expect(first).toHaveLength(3)
+    expect(second).toHaveLength(3)
+    expect(first).not.toEqual(second)
+  })
+
+  it('refuses gossip from a peer that is not a member and brings no signed join, reporting it once a minute', () => {
+    const [a, stranger, other] = [testIdentity(), testIdentity(), testIdentity()]
+    const va = view(a, 1000)
+    const forged = view(other, 1000).message(1000).view
+    expect(() => va.receive(forged, stranger.peerId, 1000)).toThrow(ForbiddenError)
+    expect(va.ready()).toEqual([{ type: 'warn', line: expect.stringContaining(`refused membership gossip from ${stranger.peerId}`) }])
+    expect(() => va.receive(forged, stranger.peerId, 30_000)).toThrow(ForbiddenError)
+    expect(va.ready()).toEqual([])
+    expect(va.stateOf(other.peerId, 30_000)).toBeUndefined()
+  })
+
+  it('a member that leaves is known as left by those it told, and loses its place among the ring\'s members', () => {
+    const [a, b] = [testIdentity(), testIdentity()]
+    const va = view(a, 1000)
+    const vb = view(b, 1000)
+    exchange(va, a.peerId, vb, b.peerId, 1000)
+    va.leave(2000)
+    expect(va.leaving).toBe(true)
+    expect(va.ready().some(e => e.type === 'changed')).toBe(true)
+    exchange(va, a.peerId, vb, b.peerId, 2000)
+    expect(vb.stateOf(a.peerId, 2000)).toBe('left')
+    expect(vb.members(2000, []).filter(m => m.state !== 'left').map(m => m.peerId)).toEqual([b.peerId])
+  })
+
+  it('only a down member can be removed; the removal is gossiped to the live members', () => {
+    const [a, b, c] = [testIdentity(), testIdentity(), testIdentity()]
+    const va = view(a, 1000)
+    exchange(view(b, 1000), b.peerId, va, a.peerId, 1000)
+    exchange(view(c, 1000), c.peerId, va, a.peerId, 20_000)
+    va.ready()
+    expect(() => va.remove(c.peerId, 20_000, () => 0)).toThrow(ConflictError)
+    expect(va.remove(b.peerId, 20_000, () => 0)).toMatchObject({ peerId: b.peerId, state: 'left' })
+    const effects = va.ready()
+    expect(gossipTargets(effects)).toEqual([c.peerId])
+    expect(va.stateOf(b.peerId, 20_000)).toBe('left')
   })
 })
