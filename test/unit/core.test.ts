@@ -7,6 +7,7 @@ import { catchUpPlan, readPlan, repairsFor, sameVersions } from '../../src/clust
 import type { RecordState } from '../../src/storage/store.js'
 import type { Mutation } from '../../src/cluster/coordinator.js'
 import { MemberView, type MemberEffect } from '../../src/cluster/core/members.js'
+import { differingLeaves, recordsToPull, recordsToPush, type PeerDigest } from '../../src/cluster/core/sync.js'
 import { testIdentity, type TestIdentity } from '../helpers/identity.js'
 
 /**
@@ -334,5 +335,28 @@ describe('MemberView (membership and failure detection, no I/O)', () => {
     const effects = va.ready()
     expect(gossipTargets(effects)).toEqual([c.peerId])
     expect(va.stateOf(b.peerId, 20_000)).toBe('left')
+  })
+})
+
+describe('anti-entropy decisions', () => {
+  it('narrows differing ranges to their differing leaves, numbered across the ring', () => {
+    const mine: Record<number, string[]> = { 3: ['a', 'b', 'c'], 7: ['x', 'y'] }
+    expect(differingLeaves([3, 7], [['a', 'B', 'c'], ['x']], b => mine[b] ?? [], 256)).toEqual([3 * 256 + 1, 7 * 256 + 1])
+  })
+
+  it('pulls what differs unless this node holds every head of the peer\'s copy; pushes what the peer lacks or still differs after the pull', () => {
+    const mine = new Map([['same', 'd1'], ['newer-here', 'd2'], ['stale-here', 'd3'], ['only-here', 'd4']])
+    const theirs = new Map<string, PeerDigest>([
+      ['same', { digest: 'd1' }],
+      ['newer-here', { digest: 'old', heads: ['v1'] }],
+      ['stale-here', { digest: 'new', heads: ['v9'] }],
+      ['only-there', { digest: 'd5' }]
+    ])
+    const held = new Set(['newer-here/v1'])
+    const pull = recordsToPull(mine, theirs, (k, heads) => heads.every(h => held.has(`${k}/${h}`)))
+    expect(pull).toEqual(['stale-here', 'only-there'])
+    // After the pull, the stale copy here is the peer's: it does not go back.
+    const now: Record<string, string> = { 'stale-here': 'new', 'newer-here': 'd2' }
+    expect(recordsToPush(mine, theirs, k => now[k])).toEqual(['newer-here', 'only-here'])
   })
 })
