@@ -11,7 +11,7 @@ import type { ClusterStatus, Consistency, Coordinator, FragmentAnswer, GroupOutc
 import { handoffAction, orderByLiveness, planRecordMove, requiredAcks, type RecordMove } from './decisions.js'
 import { QuorumAsk, type AskEffect } from './core/ask.js'
 import { catchUpPlan, readPlan, repairsFor, needsRepair, sameVersions } from './core/read.js'
-import { failureKind, isNoAnswer, isUnreachable, WriteRoute } from './core/route.js'
+import { batchAnswerStands, batchFailure, failureKind, groupsByPrimary, isNoAnswer, isUnreachable, WriteRoute } from './core/route.js'
 import { WriteQuorum, type WriteQuorumEffect } from './core/write-quorum.js'
 import type { RowPage, RowQuery } from '../storage/ordered.js'
 import { mergeQuery, singleShardOf, type OwnedRange } from './query-merge.js'
@@ -612,18 +612,16 @@ export class DistributedCoordinator implements Coordinator {
     return ordered.results
   }
 
+  /**
+   * Batched writes: the core splits the groups by primary (groupsByPrimary),
+   * says what a primary's failure means for its groups (batchFailure) and
+   * which answers stand (batchAnswerStands); a group whose primary could not
+   * take it goes the one-group route of write().
+   */
   async writeGroups (groups: Mutation[][], options: RequestOptions = {}): Promise<GroupOutcome[]> {
     const outcomes = new Array<GroupOutcome>(groups.length)
-    const byPrimary = new Map<string, number[]>()
-    groups.forEach((group, i) => {
-      const first = group[0]
-      if (first === undefined) { outcomes[i] = { ok: true, results: [] }; return }
-      const primary = this.byLiveness(this.owners(first.table, tokenOf(first.shard)), false)[0]
-      if (primary === undefined) { outcomes[i] = { ok: false, error: { code: 'UNAVAILABLE', message: 'No members on the ring yet' } }; return }
-      const list = byPrimary.get(primary)
-      if (list === undefined) byPrimary.set(primary, [i])
-      else list.push(i)
-    })
+    const { byPrimary, answered } = groupsByPrimary(groups, first => this.byLiveness(this.owners(first.table, tokenOf(first.shard)), false)[0])
+    for (const [i, answer] of answered) outcomes[i] = answer as GroupOutcome
     await Promise.all([...byPrimary].map(async ([primary, indexes]) => {
       const part = indexes.map(i => groups[i] as Mutation[])
       let answers: GroupOutcome[]
@@ -632,15 +630,14 @@ export class DistributedCoordinator implements Coordinator {
           ? await this.coordinateGroups(part, options.consistency)
           : await this.c.transport.request(primary, 'replica', { type: 'writeGroups', groups: part, ...(options.consistency === undefined ? {} : { consistency: options.consistency }) }, { timeout: this.forwardTimeout }) as GroupOutcome[]
       } catch (err) {
-        if (!isUnreachable(err)) throw err
-        // As in write(): after a timeout the groups may have landed, so they are not tried elsewhere.
-        const code = err instanceof TimeoutError ? 'UNAVAILABLE' : 'NOT_OWNER'
-        answers = part.map(() => ({ ok: false, error: { code, message: (err as Error).message } }))
+        const each = batchFailure(err)
+        if (each === undefined) throw err
+        answers = part.map(() => each as GroupOutcome)
       }
       await Promise.all(indexes.map(async (gi, j) => {
         const answer = answers[j]
-        if (answer !== undefined && !(answer.ok === false && answer.error.code === 'NOT_OWNER')) {
-          outcomes[gi] = answer
+        if (batchAnswerStands(answer)) {
+          outcomes[gi] = answer as GroupOutcome
           return
         }
         // The primary could not take it: the one-group path tries the next owners.

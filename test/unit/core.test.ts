@@ -2,7 +2,7 @@ import { describe, expect, it } from 'vitest'
 import { ConflictError, ForbiddenError, NtsoekheError, TimeoutError, UnavailableError } from '../../src/errors/index.js'
 import { HEDGE_MS, QuorumAsk, type AskEffect } from '../../src/cluster/core/ask.js'
 import { WriteQuorum } from '../../src/cluster/core/write-quorum.js'
-import { WriteRoute, type WriteRouteInit } from '../../src/cluster/core/route.js'
+import { batchAnswerStands, batchFailure, groupsByPrimary, WriteRoute, type WriteRouteInit } from '../../src/cluster/core/route.js'
 import { catchUpPlan, readPlan, repairsFor, sameVersions } from '../../src/cluster/core/read.js'
 import type { RecordState } from '../../src/storage/store.js'
 import type { Mutation } from '../../src/cluster/coordinator.js'
@@ -198,6 +198,27 @@ describe('WriteRoute', () => {
     expect(step.type === 'fail' && (step.error as NtsoekheError).message).toBe('No owner of patient_id:1 could take the write')
     const empty = new WriteRoute(init({ order: [] })).start(0)
     expect(empty.type === 'fail' && (empty.error as NtsoekheError).message).toBe('No members on the ring yet')
+  })
+})
+
+describe('batched writes', () => {
+  it('split by primary, one message each; an empty group is answered at once, one without owners fails at once', () => {
+    const primaries: Record<string, string | undefined> = { p1: 'a', p2: 'b', p3: 'a', p4: undefined }
+    const { byPrimary, answered } = groupsByPrimary([['p1'], ['p2'], [], ['p3'], ['p4']], first => primaries[first])
+    expect([...byPrimary]).toEqual([['a', [0, 3]], ['b', [1]]])
+    expect(answered.get(2)).toEqual({ ok: true, results: [] })
+    expect(answered.get(4)).toEqual({ ok: false, error: { code: 'UNAVAILABLE', message: 'No members on the ring yet' } })
+  })
+
+  it('a primary that timed out leaves its groups unknown (not tried elsewhere); an unreachable one passes them on; a refusal is thrown', () => {
+    const timedOut = batchFailure(new TimeoutError('a: no answer'))
+    expect(timedOut).toEqual({ ok: false, error: { code: 'UNAVAILABLE', message: 'a: no answer' } })
+    expect(batchAnswerStands(timedOut)).toBe(true)
+    const unreachable = batchFailure(new UnavailableError('a is unreachable'))
+    expect(batchAnswerStands(unreachable)).toBe(false)
+    expect(batchFailure(new ConflictError('exists'))).toBeUndefined()
+    expect(batchAnswerStands(undefined)).toBe(false)
+    expect(batchAnswerStands({ ok: false, error: { code: 'CONFLICT', message: 'exists' } })).toBe(true)
   })
 })
 

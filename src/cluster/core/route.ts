@@ -150,3 +150,43 @@ export class WriteRoute {
     return step
   }
 }
+
+/** A group's answer in a batched write (the shape of GroupOutcome) */
+export type GroupAnswer = { ok: true, results: unknown[] } | { ok: false, error: { code: string, message: string } }
+
+/**
+ * A batch of groups (each group one record's writes, or a few records of
+ * one shard) split by primary, the first owner to try for each: one
+ * message per primary. An empty group is answered at once; a group with no
+ * owner fails at once.
+ */
+export function groupsByPrimary<M> (groups: ReadonlyArray<readonly M[]>, primaryOf: (first: M) => string | undefined): { byPrimary: Map<string, number[]>, answered: Map<number, GroupAnswer> } {
+  const byPrimary = new Map<string, number[]>()
+  const answered = new Map<number, GroupAnswer>()
+  groups.forEach((group, i) => {
+    const first = group[0]
+    if (first === undefined) { answered.set(i, { ok: true, results: [] }); return }
+    const primary = primaryOf(first)
+    if (primary === undefined) { answered.set(i, { ok: false, error: { code: 'UNAVAILABLE', message: 'No members on the ring yet' } }); return }
+    const list = byPrimary.get(primary)
+    if (list === undefined) byPrimary.set(primary, [i])
+    else list.push(i)
+  })
+  return { byPrimary, answered }
+}
+
+/**
+ * What a primary that could not take a whole batch means for each of its
+ * groups: after a timeout they may have landed, so they are not tried
+ * elsewhere (UNAVAILABLE); an unreachable primary passes them on (NOT_OWNER,
+ * see batchAnswerStands). Undefined: a refusal the caller must see.
+ */
+export function batchFailure (err: unknown): GroupAnswer | undefined {
+  if (!isUnreachable(err)) return undefined
+  return { ok: false, error: { code: err instanceof TimeoutError ? 'UNAVAILABLE' : 'NOT_OWNER', message: (err as Error).message } }
+}
+
+/** Whether a group's answer from its primary stands; else (none, or NOT_OWNER) the group takes the one-group route, which tries the next owners */
+export function batchAnswerStands (answer: GroupAnswer | undefined): boolean {
+  return answer !== undefined && !(answer.ok === false && answer.error.code === 'NOT_OWNER')
+}
