@@ -10,9 +10,10 @@ import { ApplyBatcher, chunkGroups, chunkWhole, resultOk } from './apply-batcher
 import type { ClusterStatus, Consistency, Coordinator, FragmentAnswer, GroupOutcome, InsertOutcome, Mutation, QueryPage, RequestOptions, ScanPage, ScanRequest, WriteResult } from './coordinator.js'
 import { handoffAction, orderByLiveness, planRecordMove, requiredAcks, type RecordMove } from './decisions.js'
 import { QuorumAsk, type AskEffect } from './core/ask.js'
-import { catchUpPlan, readPlan, repairsFor, needsRepair, sameVersions } from './core/read.js'
+import { catchUpPlan, readPlan, repairsFor, needsRepair, sameVersions, type CatchUpKey } from './core/read.js'
+import { PrimaryWrite, type PrimaryEffect } from './core/primary.js'
 import { batchAnswerStands, batchFailure, failureKind, groupsByPrimary, isNoAnswer, isUnreachable, WriteRoute } from './core/route.js'
-import { WriteQuorum, type WriteQuorumEffect } from './core/write-quorum.js'
+import { shortfallError, WriteQuorum, type WriteQuorumEffect } from './core/write-quorum.js'
 import type { RowPage, RowQuery } from '../storage/ordered.js'
 import { mergeQuery, singleShardOf, type OwnedRange } from './query-merge.js'
 import { checkFragmentResults, mergeResults, runFragment, storeSource, type Fragment, type FragmentResult, type FragmentSource } from '../query/fragment.js'
@@ -570,46 +571,78 @@ export class DistributedCoordinator implements Coordinator {
     return ordered.results
   }
 
-  /** The primary's side of a write: order, make durable here, replicate, wait for W */
+  /**
+   * The primary's side of a write, as the core decides it (core/primary.ts):
+   * this performs its steps (the disk check, the catch-up, the recall of
+   * keyed writes, the ordering under the records' lock and the commit) and
+   * the sends and hints of its replication, and feeds each result back. This
+   * node's own commit is one of the W acknowledgements, not a step before
+   * them: the write is answered once any W owners have it on disk, so one
+   * owner's slow fsync does not hold it up. The record stays locked here
+   * until this node's commit ends, so the next write to it is ordered after.
+   */
   private async coordinateWrite (mutations: Mutation[], level: Consistency | undefined, retry = false): Promise<WriteResult[]> {
     const first = mutations[0] as Mutation
-    const token = tokenOf(first.shard)
-    const owners = this.owners(first.table, token)
-    if (!owners.includes(this.c.peerId)) {
-      throw new NtsoekheError('NOT_OWNER', `${this.c.peerId} does not own ${first.shard}`)
-    }
-    // A full disk refuses here, before anything is ordered or sent: the refusal is then the whole truth.
-    await this.c.store.assertWritable()
-    await this.catchUp(mutations, owners, level, retry)
-    const recalled = await recallWrites(this.c.store, mutations)
-    let ordered: { entries: VersionEntry[], results: WriteResult[] } = { entries: [], results: [] }
-    const need = this.needed(level, this.writeQuorum, owners.length)
-    // This node's own commit is one of the W acknowledgements, not a step before them: the write is
-    // answered once any W owners have it on disk, so one owner's slow fsync does not hold it up. The
-    // record stays locked here until this node's commit ends, so the next write to it is ordered after.
-    // (Wrapped in an object: a promise resolved with a promise would wait for it.)
-    let ordering!: (sent: { replication: Promise<void> }) => void
-    const sent = new Promise<{ replication: Promise<void> }>(resolve => { ordering = resolve })
-    const committed = this.c.store.transact(mutations.map(mutationKey), states => {
-      ordered = orderMutations(mutations, states, this.c.clock, retry, recalled)
-      const local = sent.then(async () => { await committed })
-      const replication = this.replicate(owners.filter(p => p !== this.c.peerId), ordered.entries, need, first.shard, local)
-      replication.catch(() => {})
-      ordering({ replication })
-      return ordered.entries
+    const owners = this.owners(first.table, tokenOf(first.shard))
+    const write = new PrimaryWrite({
+      self: this.c.peerId,
+      owners,
+      down: p => this.c.membership.stateOf(p) === 'down',
+      mutations,
+      level,
+      writeQuorum: this.writeQuorum,
+      readQuorum: this.readQuorum,
+      retry,
+      missed: key => this.missed.has(key)
     })
-    committed.catch(err => {
-      // Refused while ordering (409, 412, 404) is the caller's answer, not a failure here.
-      if (ordered.entries.length === 0) return
-      // The write may still be answered (W other owners have it) while this node lacks it: the next
-      // write to these records catches up from the other owners first, inserts included.
-      for (const m of mutations) this.missed.add(`${m.table}/${m.id}`)
-      this.c.log?.('local commit of %s failed: %s', first.shard, (err as Error).message)
+    return await new Promise<WriteResult[]>((resolve, reject) => {
+      const step = <T>(work: Promise<T>, next: (value: T) => PrimaryEffect[]): void => {
+        work.then(value => { perform(next(value)) }, err => { perform(write.failed(err)) })
+      }
+      const perform = (effects: PrimaryEffect[]): void => {
+        for (const e of effects) {
+          switch (e.type) {
+            case 'checkWritable':
+              // A full disk refuses here, before anything is ordered or sent: the refusal is then the whole truth.
+              step(this.c.store.assertWritable(), () => write.writable())
+              break
+            case 'catchUp':
+              step(this.catchUpKeys(e.keys, e.need, owners), () => write.caughtUp())
+              break
+            case 'recall':
+              step(recallWrites(this.c.store, mutations), recalled => write.recalled(recalled))
+              break
+            case 'order':
+              this.c.store.transact(mutations.map(mutationKey), states => {
+                const { entries, effects } = write.order(states, this.c.clock)
+                perform(effects)
+                return entries
+              }).then(() => { perform(write.committed()) }, err => { perform(write.commitFailed(err)) })
+              break
+            case 'send':
+              this.batcher.send(e.peer, write.entries).then(() => { perform(write.ack(e.peer)) }, err => { perform(write.failure(e.peer, err, err instanceof TimeoutError)) })
+              break
+            case 'hint':
+              this.c.log?.('replica %s missed %s: %s; keeping a hint', e.peer, first.shard, e.reason)
+              void this.c.store.addHint(e.peer, write.entries)
+                .catch(err => { this.c.log?.('hint for %s lost: %s', e.peer, (err as Error).message) })
+                .then(() => { perform(write.hinted(e.peer)) })
+              break
+            case 'missed':
+              for (const key of e.keys) this.missed.add(key)
+              this.c.log?.('local commit of %s failed: %s', first.shard, (e.error as Error).message)
+              break
+            case 'answer':
+              resolve(e.results)
+              break
+            case 'fail':
+              reject(e.error)
+              break
+          }
+        }
+      }
+      perform(write.start())
     })
-    // A write refused while being ordered (409, 412, 404) rejects `committed` before anything was sent.
-    const { replication } = await Promise.race([sent, committed.then(async () => await sent)])
-    await replication
-    return ordered.results
   }
 
   /**
@@ -761,7 +794,7 @@ export class DistributedCoordinator implements Coordinator {
               resolve()
               break
             case 'short':
-              reject(new NtsoekheError('UNAVAILABLE', e.shortfall.message, { durable: e.shortfall.durable, required: e.shortfall.required, outcome: e.shortfall.outcome }))
+              reject(shortfallError(e.shortfall))
               break
             case 'localFailed':
               reject(e.error)
@@ -878,8 +911,13 @@ export class DistributedCoordinator implements Coordinator {
   private async catchUp (mutations: Mutation[], owners: string[], level: Consistency | undefined, retry = false): Promise<void> {
     const { need, keys } = catchUpPlan(mutations, level, this.readQuorum, owners.length, retry, key => this.missed.has(key))
     if (keys.size === 0) return
+    await this.catchUpKeys([...keys.values()], need, owners)
+  }
+
+  /** Reads these records from `need` other owners and merges what they hold here; a record whose look is not `required` may go without */
+  private async catchUpKeys (keys: CatchUpKey[], need: number, owners: string[]): Promise<void> {
     const others = this.byLiveness(owners.filter(p => p !== this.c.peerId), true)
-    const states = await Promise.all([...keys.values()].map(async ({ required, ...k }) => {
+    const states = await Promise.all(keys.map(async ({ required, ...k }) => {
       try {
         const answers = await runAsk(this.env, new QuorumAsk<RecordState | undefined>(others, need, k.table), async peer =>
           readReply(await this.c.transport.request(peer, 'replica', { type: 'read', ...k }, { timeout: this.timeoutMs }), k))
@@ -891,8 +929,9 @@ export class DistributedCoordinator implements Coordinator {
     }))
     const found = states.filter((s): s is RecordState => s !== undefined)
     if (found.length > 0) await this.c.store.merge(found)
-    for (const key of keys.keys()) this.missed.delete(key)
+    for (const k of keys) this.missed.delete(`${k.table}/${k.id}`)
   }
+
 
   async scan (table: string, request: ScanRequest, options: RequestOptions = {}): Promise<ScanPage> {
     const members = this.ring.list().map(m => m.peerId).filter(p => this.c.membership.stateOf(p) !== 'down')

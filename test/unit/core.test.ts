@@ -7,6 +7,8 @@ import { catchUpPlan, readPlan, repairsFor, sameVersions } from '../../src/clust
 import type { RecordState } from '../../src/storage/store.js'
 import type { Mutation } from '../../src/cluster/coordinator.js'
 import { MemberView, type MemberEffect } from '../../src/cluster/core/members.js'
+import { PrimaryWrite, type PrimaryEffect, type PrimaryWriteInit } from '../../src/cluster/core/primary.js'
+import { HybridClock } from '../../src/storage/version.js'
 import { differingLeaves, recordsToPull, recordsToPush, type PeerDigest } from '../../src/cluster/core/sync.js'
 import { testIdentity, type TestIdentity } from '../helpers/identity.js'
 
@@ -198,6 +200,76 @@ describe('WriteRoute', () => {
     expect(step.type === 'fail' && (step.error as NtsoekheError).message).toBe('No owner of patient_id:1 could take the write')
     const empty = new WriteRoute(init({ order: [] })).start(0)
     expect(empty.type === 'fail' && (empty.error as NtsoekheError).message).toBe('No members on the ring yet')
+  })
+})
+
+describe('PrimaryWrite', () => {
+  const row = { patient_id: 1, patient_name: 'Patient 1', date_of_birth: '1980-01-02', gender: 'F', address: '1 Main St', contact_number: '0123456789', email: 'p1@example.org' }
+  const insert: Mutation = { op: 'insert', table: 'patient_records', id: '1', shard: 'patient_id:1', row }
+  const init = (over: Partial<PrimaryWriteInit> = {}): PrimaryWriteInit => ({
+    self: 'p', owners: ['p', 'b', 'c'], down: () => false, mutations: [insert], level: undefined, writeQuorum: 2, readQuorum: 2, retry: false, missed: () => false, ...over
+  })
+  const clock = (): HybridClock => new HybridClock('p', () => 1_700_000_000_000)
+  const none = { get: () => undefined }
+  const types = (effects: PrimaryEffect[]): string[] => effects.map(e => e.type === 'send' || e.type === 'hint' ? `${e.type} ${e.peer}` : e.type)
+
+  it('a node that does not own the key refuses it', () => {
+    const effects = new PrimaryWrite(init({ owners: ['b', 'c', 'd'] })).start()
+    expect(effects).toEqual([{ type: 'fail', error: expect.objectContaining({ code: 'NOT_OWNER' }) }])
+  })
+
+  it('checks the disk, skips the catch-up for a fresh insert, orders, sends while committing, and answers once W owners have it', () => {
+    const w = new PrimaryWrite(init({ down: p => p === 'c' }))
+    expect(types(w.start())).toEqual(['checkWritable'])
+    expect(types(w.writable())).toEqual(['recall'])
+    expect(types(w.recalled(new Map()))).toEqual(['order'])
+    const { entries, effects } = w.order(none, clock())
+    expect(entries).toHaveLength(1)
+    expect(types(effects)).toEqual(['send b', 'hint c'])
+    // The other owner's answer comes before this node's own fsync: with it, W = 2 is met.
+    expect(w.ack('b')).toEqual([])
+    expect(w.committed()).toEqual([{ type: 'answer', results: [expect.objectContaining({ id: '1', version: entries[0]?.version })] }])
+  })
+
+  it('an update is caught up from R - 1 other owners first; a failed catch-up is the answer', () => {
+    const put: Mutation = { ...insert, op: 'put' }
+    const w = new PrimaryWrite(init({ mutations: [put] }))
+    w.start()
+    expect(w.writable()).toEqual([{ type: 'catchUp', need: 1, keys: [{ table: 'patient_records', id: '1', token: expect.any(String), required: true }] }])
+    const err = new UnavailableError('patient_records: 0 of 1 replicas answered')
+    expect(w.failed(err)).toEqual([{ type: 'fail', error: err }])
+  })
+
+  it('a refusal while ordering is the answer, with nothing sent', () => {
+    const w = new PrimaryWrite(init())
+    w.start(); w.writable(); w.recalled(new Map())
+    const exists = { get: () => ({ table: 'patient_records', id: '1', token: 't', seen: ['v'], superseded: [], heads: [{ table: 'patient_records', id: '1', token: 't', version: '000001700000000000.000000.x', parents: [], row }] }) }
+    let refusal: unknown
+    try { w.order(exists, clock()) } catch (err) { refusal = err }
+    expect(refusal).toBeInstanceOf(ConflictError)
+    expect(w.commitFailed(refusal)).toEqual([{ type: 'fail', error: refusal }])
+  })
+
+  it('this node\'s commit failing after the ordering marks the record missed, and the write still answers when W others have it', () => {
+    const w = new PrimaryWrite(init({ level: 'quorum', owners: ['p', 'b', 'c'] }))
+    w.start(); w.writable(); w.recalled(new Map())
+    w.order(none, clock())
+    const disk = new Error('disk full')
+    expect(types(w.commitFailed(disk))).toEqual(['missed'])
+    w.ack('b')
+    expect(types(w.ack('c'))).toEqual(['answer'])
+  })
+
+  it('short of W once every owner answered: the 503 says durable 1, required 2, outcome partial', () => {
+    const w = new PrimaryWrite(init())
+    w.start(); w.writable(); w.recalled(new Map())
+    w.order(none, clock())
+    w.committed()
+    w.failure('b', new UnavailableError('b is unreachable'), false)
+    w.hinted('b')
+    w.failure('c', new UnavailableError('c is unreachable'), false)
+    const [last] = w.hinted('c')
+    expect(last?.type === 'fail' && last.error).toMatchObject({ code: 'UNAVAILABLE', durable: 1, required: 2, outcome: 'partial' })
   })
 })
 

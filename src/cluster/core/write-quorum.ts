@@ -1,3 +1,5 @@
+import { NtsoekheError } from '../../errors/index.js'
+
 /**
  * Counting durable acknowledgements of one write, as a state machine with no
  * I/O: the primary (or any writer) starts it with the owners to send the
@@ -162,4 +164,9 @@ export class WriteQuorum {
 
 function messageOf (error: unknown): string {
   return (error as Error | undefined)?.message ?? String(error)
+}
+
+/** A shortfall as the error a client gets: a 503 with `durable`, `required` and `outcome` */
+export function shortfallError (s: QuorumShortfall): NtsoekheError {
+  return new NtsoekheError('UNAVAILABLE', s.message, { durable: s.durable, required: s.required, outcome: s.outcome })
 }
