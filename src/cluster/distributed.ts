@@ -10,8 +10,8 @@ import { ApplyBatcher, chunkGroups, chunkWhole, resultOk } from './apply-batcher
 import type { ClusterStatus, Consistency, Coordinator, FragmentAnswer, GroupOutcome, InsertOutcome, Mutation, QueryPage, RequestOptions, ScanPage, ScanRequest, WriteResult } from './coordinator.js'
 import { handoffAction, orderByLiveness, planRecordMove, requiredAcks, type RecordMove } from './decisions.js'
 import { QuorumAsk, type AskEffect } from './core/ask.js'
-import { catchUpPlan, readPlan, repairsFor, needsRepair, sameVersions, type CatchUpKey } from './core/read.js'
-import { PrimaryWrite, type PrimaryEffect } from './core/primary.js'
+import { readPlan, repairsFor, needsRepair, sameVersions, type CatchUpKey } from './core/read.js'
+import { errorBody, PrimaryBatch, PrimaryWrite, type BatchEffect, type PrimaryEffect } from './core/primary.js'
 import { batchAnswerStands, batchFailure, failureKind, groupsByPrimary, isNoAnswer, isUnreachable, WriteRoute } from './core/route.js'
 import { shortfallError, WriteQuorum, type WriteQuorumEffect } from './core/write-quorum.js'
 import type { RowPage, RowQuery } from '../storage/ordered.js'
@@ -23,7 +23,7 @@ import { mergeStates } from './merge.js'
 import type { Membership } from './membership.js'
 import { AUDIT_TABLE, checkEntry, checkQueryPage, checkScanPage, checkState, MAX_STATES, parseReplicaMessage, type ReplicaMessage } from './messages.js'
 import { recallWrites } from './idempotency.js'
-import { mutationKey, orderGroups, orderMutations } from './mutations.js'
+import { mutationKey, orderMutations } from './mutations.js'
 import { HashRing } from './ring.js'
 import { tokenOf } from './token.js'
 import type { PeerTransport } from './transport.js'
@@ -706,59 +706,65 @@ export class DistributedCoordinator implements Coordinator {
     }))
   }
 
-  /** The primary's side of `writeGroups`: one durable batch for every group it owns, then replication */
+  /**
+   * The primary's side of `writeGroups`, as the core decides it
+   * (PrimaryBatch, core/primary.ts): one durable batch for every group it
+   * owns, then replication group by group; this performs the disk check,
+   * the catch-ups, the ordering and commit, and the sends and hints.
+   */
   private async coordinateGroups (groups: Mutation[][], level: Consistency | undefined): Promise<GroupOutcome[]> {
-    const outcomes = new Array<GroupOutcome>(groups.length)
-    const owned: number[] = []
     const ownersOf = groups.map(g => {
       const first = g[0] as Mutation
       return this.owners(first.table, tokenOf(first.shard))
     })
-    groups.forEach((g, i) => {
-      if ((ownersOf[i] as string[]).includes(this.c.peerId)) owned.push(i)
-      else outcomes[i] = { ok: false, error: { code: 'NOT_OWNER', message: `${this.c.peerId} does not own ${(g[0] as Mutation).shard}` } }
+    const batch = new PrimaryBatch({
+      self: this.c.peerId,
+      groups,
+      ownersOf,
+      down: p => this.c.membership.stateOf(p) === 'down',
+      level,
+      writeQuorum: this.writeQuorum,
+      readQuorum: this.readQuorum,
+      missed: key => this.missed.has(key)
     })
-    try {
-      await this.c.store.assertWritable()
-    } catch (err) {
-      for (const gi of owned) outcomes[gi] = { ok: false, error: errorBody(err) }
-      return outcomes
-    }
-    // As in coordinateWrite: updates and deletes are ordered against an up-to-date copy. A group whose
-    // owners cannot be asked fails alone.
-    const caughtUp = await Promise.all(owned.map(async (gi) => {
-      try {
-        await this.catchUp(groups[gi] as Mutation[], ownersOf[gi] as string[], level)
-        return true
-      } catch (err) {
-        outcomes[gi] = { ok: false, error: errorBody(err) }
-        return false
-      }
-    }))
-    const mine = owned.filter((_, j) => caughtUp[j])
-    const myGroups = mine.map(i => groups[i] as Mutation[])
-    let ordered: ReturnType<typeof orderGroups> = { entries: [], perGroup: [], outcomes: [] }
-    let replication: Promise<unknown> = Promise.resolve()
-    await this.c.store.transact(myGroups.flat().map(mutationKey), states => {
-      ordered = orderGroups(myGroups, states, this.c.clock)
-      const { outcomes: orderedOutcomes, perGroup } = ordered
-      // As in write(): replicas write while this node does.
-      replication = Promise.all(mine.map(async (gi, j) => {
-        const outcome = orderedOutcomes[j] as GroupOutcome
-        if (!outcome.ok) { outcomes[gi] = outcome; return }
-        const owners = ownersOf[gi] as string[]
-        const need = this.needed(level, this.writeQuorum, owners.length) - 1
-        try {
-          await this.replicate(owners.filter(p => p !== this.c.peerId), perGroup[j] as VersionEntry[], need, (groups[gi]?.[0] as Mutation).shard)
-          outcomes[gi] = outcome
-        } catch (err) {
-          outcomes[gi] = { ok: false, error: errorBody(err) }
+    return await new Promise<GroupOutcome[]>((resolve, reject) => {
+      const perform = (effects: BatchEffect[]): void => {
+        for (const e of effects) {
+          switch (e.type) {
+            case 'checkWritable':
+              this.c.store.assertWritable().then(() => { perform(batch.writable()) }, err => { perform(batch.notWritable(err)) })
+              break
+            case 'catchUp':
+              // As in coordinateWrite: updates and deletes are ordered against an up-to-date copy.
+              this.catchUpKeys(e.keys, e.need, ownersOf[e.group] as string[]).then(() => { perform(batch.caughtUp(e.group)) }, err => { perform(batch.catchUpFailed(e.group, err)) })
+              break
+            case 'order':
+              this.c.store.transact(e.groups.flatMap(gi => groups[gi] as Mutation[]).map(mutationKey), states => {
+                const { entries, effects } = batch.order(states, this.c.clock)
+                perform(effects)
+                return entries
+              }).then(() => { perform(batch.committed()) }, err => { perform(batch.commitFailed(err)) })
+              break
+            case 'send':
+              this.batcher.send(e.peer, batch.entriesOf(e.group)).then(() => { perform(batch.ack(e.group, e.peer)) }, err => { perform(batch.failure(e.group, e.peer, err, err instanceof TimeoutError)) })
+              break
+            case 'hint':
+              this.c.log?.('replica %s missed %s: %s; keeping a hint', e.peer, (groups[e.group]?.[0] as Mutation).shard, e.reason)
+              void this.c.store.addHint(e.peer, batch.entriesOf(e.group))
+                .catch(err => { this.c.log?.('hint for %s lost: %s', e.peer, (err as Error).message) })
+                .then(() => { perform(batch.hinted(e.group, e.peer)) })
+              break
+            case 'answer':
+              resolve(e.outcomes)
+              break
+            case 'fail':
+              reject(e.error)
+              break
+          }
         }
-      }))
-      return ordered.entries
+      }
+      perform(batch.start())
     })
-    await replication
-    return outcomes
   }
 
   /**
@@ -901,20 +907,11 @@ export class DistributedCoordinator implements Coordinator {
   }
 
   /**
-   * Before a primary orders an update or delete it brings its copy up to
-   * date from the other owners (as a quorum read would): a primary that just
-   * joined, or came back before its hints arrived, would otherwise order the
-   * write against a stale copy and answer 404 or 412, or fork the record.
-   * Which records and how many owners the core decides (catchUpPlan); this
-   * asks them and merges what they hold into this node's store.
+   * A primary's catch-up (see catchUpPlan): before it orders an update or
+   * delete it brings its copy up to date from the other owners, as a quorum
+   * read would. Reads these records from `need` other owners and merges what
+   * they hold here; a record whose look is not `required` may go without.
    */
-  private async catchUp (mutations: Mutation[], owners: string[], level: Consistency | undefined, retry = false): Promise<void> {
-    const { need, keys } = catchUpPlan(mutations, level, this.readQuorum, owners.length, retry, key => this.missed.has(key))
-    if (keys.size === 0) return
-    await this.catchUpKeys([...keys.values()], need, owners)
-  }
-
-  /** Reads these records from `need` other owners and merges what they hold here; a record whose look is not `required` may go without */
   private async catchUpKeys (keys: CatchUpKey[], need: number, owners: string[]): Promise<void> {
     const others = this.byLiveness(owners.filter(p => p !== this.c.peerId), true)
     const states = await Promise.all(keys.map(async ({ required, ...k }) => {
@@ -1347,10 +1344,6 @@ function historyReply (reply: unknown, table: string, id: string): VersionEntry[
     if (e.table !== table || e.id !== id) throw new InvalidMessageError('replica: history of another record')
     return e
   })
-}
-
-function errorBody (err: unknown): { code: string, message: string, column?: string } {
-  return err instanceof NtsoekheError ? err.toJSON() : { code: 'INTERNAL', message: (err as Error)?.message ?? String(err) }
 }
 
 /** `[from, to)` token ranges as pairs, sorted, touching ones joined */

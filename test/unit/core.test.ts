@@ -1,5 +1,5 @@
 import { describe, expect, it } from 'vitest'
-import { ConflictError, ForbiddenError, NtsoekheError, TimeoutError, UnavailableError } from '../../src/errors/index.js'
+import { ConflictError, ForbiddenError, NtsoekheError, StorageFullError, TimeoutError, UnavailableError } from '../../src/errors/index.js'
 import { HEDGE_MS, QuorumAsk, type AskEffect } from '../../src/cluster/core/ask.js'
 import { WriteQuorum } from '../../src/cluster/core/write-quorum.js'
 import { batchAnswerStands, batchFailure, groupsByPrimary, WriteRoute, type WriteRouteInit } from '../../src/cluster/core/route.js'
@@ -7,7 +7,7 @@ import { catchUpPlan, readPlan, repairsFor, sameVersions } from '../../src/clust
 import type { RecordState } from '../../src/storage/store.js'
 import type { Mutation } from '../../src/cluster/coordinator.js'
 import { MemberView, type MemberEffect } from '../../src/cluster/core/members.js'
-import { PrimaryWrite, type PrimaryEffect, type PrimaryWriteInit } from '../../src/cluster/core/primary.js'
+import { PrimaryBatch, PrimaryWrite, type BatchEffect, type PrimaryEffect, type PrimaryWriteInit } from '../../src/cluster/core/primary.js'
 import { HybridClock } from '../../src/storage/version.js'
 import { differingLeaves, recordsToPull, recordsToPush, type PeerDigest } from '../../src/cluster/core/sync.js'
 import { testIdentity, type TestIdentity } from '../helpers/identity.js'
@@ -270,6 +270,60 @@ describe('PrimaryWrite', () => {
     w.failure('c', new UnavailableError('c is unreachable'), false)
     const [last] = w.hinted('c')
     expect(last?.type === 'fail' && last.error).toMatchObject({ code: 'UNAVAILABLE', durable: 1, required: 2, outcome: 'partial' })
+  })
+})
+
+describe('PrimaryBatch', () => {
+  const row = (i: number): Record<string, unknown> => ({ patient_id: i, patient_name: `Patient ${i}`, date_of_birth: '1980-01-02', gender: 'F', address: `${i} Main St`, contact_number: '0123456789', email: `p${i}@example.org` })
+  const insert = (i: number): Mutation => ({ op: 'insert', table: 'patient_records', id: String(i), shard: `patient_id:${i}`, row: row(i) as Mutation['row'] })
+  const put = (i: number): Mutation => ({ ...insert(i), op: 'put' })
+  const clock = (): HybridClock => new HybridClock('p', () => 1_700_000_000_000)
+  const none = { get: () => undefined }
+  const batch = (groups: Mutation[][], ownersOf: string[][]): PrimaryBatch => new PrimaryBatch({ self: 'p', groups, ownersOf, down: () => false, level: undefined, writeQuorum: 2, readQuorum: 2, missed: () => false })
+  const kinds = (effects: BatchEffect[]): string[] => effects.map(e => e.type === 'send' || e.type === 'hint' ? `${e.type} ${e.group} ${e.peer}` : e.type === 'catchUp' ? `catchUp ${e.group}` : e.type)
+
+  it('refuses groups it does not own, catches up the update, orders the rest in one batch and answers each group by its own count', () => {
+    const b = batch([[insert(1)], [put(2)], [insert(3)]], [['p', 'b', 'c'], ['p', 'c', 'd'], ['x', 'y', 'z']])
+    expect(kinds(b.start())).toEqual(['checkWritable'])
+    expect(kinds(b.writable())).toEqual(['catchUp 1'])
+    expect(kinds(b.caughtUp(1))).toEqual(['order'])
+    const { entries, effects } = b.order(none, clock())
+    // The put of a record nobody has is refused while ordering (404): only the insert is sent.
+    expect(entries).toHaveLength(1)
+    expect(kinds(effects)).toEqual(['send 0 b', 'send 0 c'])
+    expect(b.ack(0, 'b')).toEqual([])
+    const [answer] = b.committed()
+    expect(answer?.type).toBe('answer')
+    const outcomes = answer?.type === 'answer' ? answer.outcomes : []
+    expect(outcomes[0]).toMatchObject({ ok: true })
+    expect(outcomes[1]).toMatchObject({ ok: false, error: { code: 'NOT_FOUND' } })
+    expect(outcomes[2]).toMatchObject({ ok: false, error: { code: 'NOT_OWNER' } })
+  })
+
+  it('a group whose catch-up fails fails alone; a full disk fails every group it owns; a failed commit fails the batch', () => {
+    const b = batch([[put(1)], [insert(2)]], [['p', 'b', 'c'], ['p', 'b', 'c']])
+    b.start()
+    b.writable()
+    expect(kinds(b.catchUpFailed(0, new UnavailableError('0 of 1 replicas answered')))).toEqual(['order'])
+    b.order(none, clock())
+    const err = new Error('I/O error')
+    expect(b.commitFailed(err)).toEqual([{ type: 'fail', error: err }])
+    const full = batch([[insert(1)]], [['p', 'b', 'c']])
+    full.start()
+    const [answer] = full.notWritable(new StorageFullError('disk full'))
+    expect(answer?.type === 'answer' && answer.outcomes).toEqual([{ ok: false, error: { code: 'UNAVAILABLE', message: 'disk full' } }])
+  })
+
+  it('a group short of W once every other owner answered gets the 503 fields as its outcome', () => {
+    const b = batch([[insert(1)]], [['p', 'b', 'c']])
+    b.start(); b.writable()
+    b.order(none, clock())
+    b.committed()
+    b.failure(0, 'b', new UnavailableError('b is unreachable'), false)
+    b.hinted(0, 'b')
+    b.failure(0, 'c', new UnavailableError('c is unreachable'), false)
+    const [answer] = b.hinted(0, 'c')
+    expect(answer?.type === 'answer' && answer.outcomes[0]).toMatchObject({ ok: false, error: { code: 'UNAVAILABLE', durable: 1, required: 2, outcome: 'partial' } })
   })
 })
 
