@@ -7,6 +7,7 @@ import {
   MAX_PARENTS, MAX_SYNC_BUCKETS, MAX_SYNC_DIGESTS, MAX_SYNC_FETCH, MAX_SYNC_LEAVES, parseSyncMessage, SYNC_DIGEST_HEX, type SyncMessage
 } from './messages.js'
 import { differingIndexes } from './decisions.js'
+import { differingLeaves, recordsToPull, recordsToPush } from './core/sync.js'
 import { ByteThrottle } from './throttle.js'
 import type { PeerTransport } from './transport.js'
 import { REAL_ENV, sleep, type Environment, type TimerHandle } from '../util/env.js'
@@ -230,11 +231,7 @@ export class AntiEntropy {
     for (let i = 0; i < differing.length && !this.stopped; i += MAX_SYNC_BUCKETS) {
       const buckets = differing.slice(i, i + MAX_SYNC_BUCKETS)
       const replies = checkLeavesReply(await this.ask(peer, { type: 'leaves', buckets }), buckets.length)
-      for (const [j, bucket] of buckets.entries()) {
-        const mine = this.c.store.summary.leafDigests(bucket)
-        const theirs = replies[j] as string[]
-        for (const k of differingIndexes(mine, theirs)) leaves.push(bucket * LEAVES_PER_BUCKET + k)
-      }
+      leaves.push(...differingLeaves(buckets, replies, b => this.c.store.summary.leafDigests(b), LEAVES_PER_BUCKET))
     }
     const base = progress.done
     for (let i = 0; i < leaves.length && !this.stopped; i += MAX_SYNC_LEAVES) {
@@ -298,16 +295,11 @@ export class AntiEntropy {
     const mine = await this.localDigests(peer, leaves)
     const theirs = await this.remoteDigests(peer, leaves)
     // Pulled: what differs, unless every head of the peer's copy is known here (this copy is then the newer).
-    const pull = [...theirs].filter(([k, t]) => mine.get(k) !== t.digest && !(mine.has(k) && t.heads !== undefined && this.c.store.holdsHeads(k, t.heads))).map(([k]) => k)
+    const pull = recordsToPull(mine, theirs, (k, heads) => this.c.store.holdsHeads(k, heads))
     stats.recordsCompared += new Set([...mine.keys(), ...theirs.keys()]).size
     const pulled = pull.length > 0 ? await this.pull(peer, pull) : new Set<string>()
-    const push = [...mine.keys()].filter(k => {
-      const d = theirs.get(k)?.digest
-      if (d === undefined) return true
-      if (mine.get(k) === d) return false
-      // Merged from the peer just now: what this node holds now is what counts.
-      return this.c.store.digestOf(k)?.slice(0, SYNC_DIGEST_HEX) !== d
-    })
+    // Merged from the peer just now: what this node holds now is what counts.
+    const push = recordsToPush(mine, theirs, k => this.c.store.digestOf(k)?.slice(0, SYNC_DIGEST_HEX))
     const pushed = push.length > 0 ? await this.push(peer, push) : new Set<string>()
     stats.recordsSent += new Set([...pulled, ...pushed]).size
   }

@@ -9,16 +9,21 @@ import { AntiEntropy } from './anti-entropy.js'
 import { ApplyBatcher, chunkGroups, chunkWhole, resultOk } from './apply-batcher.js'
 import type { ClusterStatus, Consistency, Coordinator, FragmentAnswer, GroupOutcome, InsertOutcome, Mutation, QueryPage, RequestOptions, ScanPage, ScanRequest, WriteResult } from './coordinator.js'
 import { handoffAction, orderByLiveness, planRecordMove, requiredAcks, type RecordMove } from './decisions.js'
+import { QuorumAsk, type AskEffect } from './core/ask.js'
+import { readPlan, repairsFor, needsRepair, sameVersions, type CatchUpKey } from './core/read.js'
+import { errorBody, PrimaryBatch, PrimaryWrite, type BatchEffect, type PrimaryEffect } from './core/primary.js'
+import { batchAnswerStands, batchFailure, failureKind, groupsByPrimary, isNoAnswer, isUnreachable, WriteRoute } from './core/route.js'
+import { shortfallError, WriteQuorum, type WriteQuorumEffect } from './core/write-quorum.js'
 import type { RowPage, RowQuery } from '../storage/ordered.js'
 import { mergeQuery, singleShardOf, type OwnedRange } from './query-merge.js'
 import { checkFragmentResults, mergeResults, runFragment, storeSource, type Fragment, type FragmentResult, type FragmentSource } from '../query/fragment.js'
 import type { Condition } from '../schema/condition.js'
 import type { TableDef } from '../schema/index.js'
-import { mergeStates, missingHeads } from './merge.js'
+import { mergeStates } from './merge.js'
 import type { Membership } from './membership.js'
 import { AUDIT_TABLE, checkEntry, checkQueryPage, checkScanPage, checkState, MAX_STATES, parseReplicaMessage, type ReplicaMessage } from './messages.js'
 import { recallWrites } from './idempotency.js'
-import { mutationKey, orderGroups, orderMutations } from './mutations.js'
+import { mutationKey, orderMutations } from './mutations.js'
 import { HashRing } from './ring.js'
 import { tokenOf } from './token.js'
 import type { PeerTransport } from './transport.js'
@@ -482,55 +487,58 @@ export class DistributedCoordinator implements Coordinator {
     return orderByLiveness(owners, this.c.peerId, p => this.c.membership.isAlive(p), spread, this.env.random)
   }
 
+  /**
+   * A client write, routed by the core (core/route.ts): this node performs
+   * each step it gives (coordinate here, forward to an owner, keep it here
+   * at `one`) and feeds back how a forwarded write failed.
+   */
   async write (mutations: Mutation[], options: RequestOptions = {}): Promise<WriteResult[]> {
     if (mutations.length === 0) return []
     // One id for this client write, kept on its versions: a retry on another owner recognises it exactly.
     const writeId = this.newWriteId()
     mutations = mutations.map(m => m.writeId === undefined ? { ...m, writeId } : m)
     const first = mutations[0] as Mutation
-    const token = tokenOf(first.shard)
-    const owners = this.owners(first.table, token)
-    if (owners.length === 0) throw new UnavailableError('No members on the ring yet')
-    let lastError: unknown
-    // After an owner failed, the write may have landed there before it went silent: later owners are told so.
-    let retry = false
-    // At `one` the owners share one replication timeout: past it (owners cut off but not yet marked
-    // suspect), the write is kept here as a hint for them (sloppyWrite) rather than refused.
-    const one = options.consistency === 'one'
-    const deadline = this.env.now() + this.timeoutMs
-    for (const primary of this.byLiveness(owners, false)) {
-      if (primary === this.c.peerId) return await afterSilence(this.coordinateWrite(mutations, options.consistency, retry), retry, first.shard, this.needed(options.consistency, this.writeQuorum, owners.length))
-      if (one && this.env.now() >= deadline) continue
-      try {
-        const msg = { type: 'write', mutations, ...(options.consistency === undefined ? {} : { consistency: options.consistency }), ...(retry ? { retry } : {}) }
-        // The primary itself waits up to timeoutMs for its replicas: give it that and a round trip more.
-        // At `one` it waits for no replica, and the whole write is bounded by the replication timeout.
-        if (one) return await withTimeout(this.env, this.c.transport.request(primary, 'replica', msg, { timeout: deadline - this.env.now() }), deadline - this.env.now(), primary) as WriteResult[]
-        return await this.c.transport.request(primary, 'replica', msg, { timeout: this.forwardTimeout }) as WriteResult[]
-      } catch (err) {
-        // At `one` a silent owner is passed over like an unreachable one. It may have applied the write:
-        // then the same write exists twice (the same write id), which shows as a conflict, never a loss.
-        if (one && err instanceof TimeoutError) {
-          this.c.log?.('primary %s did not answer in time for %s at consistency one', primary, first.shard)
-          lastError = err
-          retry = true
-          continue
+    const owners = this.owners(first.table, tokenOf(first.shard))
+    const route = new WriteRoute({
+      order: this.byLiveness(owners, false),
+      self: this.c.peerId,
+      one: options.consistency === 'one',
+      required: this.needed(options.consistency, this.writeQuorum, owners.length),
+      shard: first.shard,
+      timeoutMs: this.timeoutMs,
+      forwardTimeoutMs: this.forwardTimeout,
+      now: this.env.now()
+    })
+    for (let step = route.start(this.env.now()); ;) {
+      switch (step.type) {
+        case 'fail':
+          throw step.error
+        case 'local':
+          try {
+            return await this.coordinateWrite(mutations, options.consistency, step.retry)
+          } catch (err) {
+            throw route.own(err)
+          }
+        case 'sloppy':
+          try {
+            return await this.sloppyWrite(mutations, owners, step.retry)
+          } catch (err) {
+            throw route.own(err)
+          }
+        case 'forward': {
+          const msg = { type: 'write', mutations, ...(options.consistency === undefined ? {} : { consistency: options.consistency }), ...(step.retry ? { retry: true } : {}) }
+          try {
+            const request = this.c.transport.request(step.peer, 'replica', msg, { timeout: step.timeoutMs })
+            return (step.bounded ? await withTimeout(this.env, request, step.timeoutMs, step.peer) : await request) as WriteResult[]
+          } catch (err) {
+            const kind = failureKind(err)
+            if (kind === 'timeout' && options.consistency === 'one') this.c.log?.('primary %s did not answer in time for %s at consistency one', step.peer, first.shard)
+            if (kind === 'unreachable') this.c.log?.('primary %s unreachable for %s: %s', step.peer, first.shard, (err as Error).message)
+            step = route.failed(err, this.env.now())
+          }
         }
-        // A primary that took the write but did not answer in time may have applied it: trying the
-        // next owner would write it twice. Say the outcome is unknown instead.
-        if (err instanceof TimeoutError) {
-          const required = this.needed(options.consistency, this.writeQuorum, owners.length)
-          throw new NtsoekheError('UNAVAILABLE', `${first.shard}: the primary did not answer in time; the write may or may not have been applied (retry with the same Idempotency-Key)`, { cause: err, durable: 0, required, outcome: 'unknown' })
-        }
-        // The primary is unreachable, or no longer thinks it owns the key: the next owner takes over.
-        if (!isUnreachable(err)) throw retry ? unknownOutcome(err, first.shard, this.needed(options.consistency, this.writeQuorum, owners.length)) : err
-        this.c.log?.('primary %s unreachable for %s: %s', primary, first.shard, (err as Error).message)
-        lastError = err
-        retry = true
       }
     }
-    if (one) return await afterSilence(this.sloppyWrite(mutations, owners, retry), retry, first.shard, 1)
-    throw new UnavailableError(`No owner of ${first.shard} could take the write`, { cause: lastError })
   }
 
   /**
@@ -563,60 +571,90 @@ export class DistributedCoordinator implements Coordinator {
     return ordered.results
   }
 
-  /** The primary's side of a write: order, make durable here, replicate, wait for W */
+  /**
+   * The primary's side of a write, as the core decides it (core/primary.ts):
+   * this performs its steps (the disk check, the catch-up, the recall of
+   * keyed writes, the ordering under the records' lock and the commit) and
+   * the sends and hints of its replication, and feeds each result back. This
+   * node's own commit is one of the W acknowledgements, not a step before
+   * them: the write is answered once any W owners have it on disk, so one
+   * owner's slow fsync does not hold it up. The record stays locked here
+   * until this node's commit ends, so the next write to it is ordered after.
+   */
   private async coordinateWrite (mutations: Mutation[], level: Consistency | undefined, retry = false): Promise<WriteResult[]> {
     const first = mutations[0] as Mutation
-    const token = tokenOf(first.shard)
-    const owners = this.owners(first.table, token)
-    if (!owners.includes(this.c.peerId)) {
-      throw new NtsoekheError('NOT_OWNER', `${this.c.peerId} does not own ${first.shard}`)
-    }
-    // A full disk refuses here, before anything is ordered or sent: the refusal is then the whole truth.
-    await this.c.store.assertWritable()
-    await this.catchUp(mutations, owners, level, retry)
-    const recalled = await recallWrites(this.c.store, mutations)
-    let ordered: { entries: VersionEntry[], results: WriteResult[] } = { entries: [], results: [] }
-    const need = this.needed(level, this.writeQuorum, owners.length)
-    // This node's own commit is one of the W acknowledgements, not a step before them: the write is
-    // answered once any W owners have it on disk, so one owner's slow fsync does not hold it up. The
-    // record stays locked here until this node's commit ends, so the next write to it is ordered after.
-    // (Wrapped in an object: a promise resolved with a promise would wait for it.)
-    let ordering!: (sent: { replication: Promise<void> }) => void
-    const sent = new Promise<{ replication: Promise<void> }>(resolve => { ordering = resolve })
-    const committed = this.c.store.transact(mutations.map(mutationKey), states => {
-      ordered = orderMutations(mutations, states, this.c.clock, retry, recalled)
-      const local = sent.then(async () => { await committed })
-      const replication = this.replicate(owners.filter(p => p !== this.c.peerId), ordered.entries, need, first.shard, local)
-      replication.catch(() => {})
-      ordering({ replication })
-      return ordered.entries
+    const owners = this.owners(first.table, tokenOf(first.shard))
+    const write = new PrimaryWrite({
+      self: this.c.peerId,
+      owners,
+      down: p => this.c.membership.stateOf(p) === 'down',
+      mutations,
+      level,
+      writeQuorum: this.writeQuorum,
+      readQuorum: this.readQuorum,
+      retry,
+      missed: key => this.missed.has(key)
     })
-    committed.catch(err => {
-      // Refused while ordering (409, 412, 404) is the caller's answer, not a failure here.
-      if (ordered.entries.length === 0) return
-      // The write may still be answered (W other owners have it) while this node lacks it: the next
-      // write to these records catches up from the other owners first, inserts included.
-      for (const m of mutations) this.missed.add(`${m.table}/${m.id}`)
-      this.c.log?.('local commit of %s failed: %s', first.shard, (err as Error).message)
+    return await new Promise<WriteResult[]>((resolve, reject) => {
+      const step = <T>(work: Promise<T>, next: (value: T) => PrimaryEffect[]): void => {
+        work.then(value => { perform(next(value)) }, err => { perform(write.failed(err)) })
+      }
+      const perform = (effects: PrimaryEffect[]): void => {
+        for (const e of effects) {
+          switch (e.type) {
+            case 'checkWritable':
+              // A full disk refuses here, before anything is ordered or sent: the refusal is then the whole truth.
+              step(this.c.store.assertWritable(), () => write.writable())
+              break
+            case 'catchUp':
+              step(this.catchUpKeys(e.keys, e.need, owners), () => write.caughtUp())
+              break
+            case 'recall':
+              step(recallWrites(this.c.store, mutations), recalled => write.recalled(recalled))
+              break
+            case 'order':
+              this.c.store.transact(mutations.map(mutationKey), states => {
+                const { entries, effects } = write.order(states, this.c.clock)
+                perform(effects)
+                return entries
+              }).then(() => { perform(write.committed()) }, err => { perform(write.commitFailed(err)) })
+              break
+            case 'send':
+              this.batcher.send(e.peer, write.entries).then(() => { perform(write.ack(e.peer)) }, err => { perform(write.failure(e.peer, err, err instanceof TimeoutError)) })
+              break
+            case 'hint':
+              this.c.log?.('replica %s missed %s: %s; keeping a hint', e.peer, first.shard, e.reason)
+              void this.c.store.addHint(e.peer, write.entries)
+                .catch(err => { this.c.log?.('hint for %s lost: %s', e.peer, (err as Error).message) })
+                .then(() => { perform(write.hinted(e.peer)) })
+              break
+            case 'missed':
+              for (const key of e.keys) this.missed.add(key)
+              this.c.log?.('local commit of %s failed: %s', first.shard, (e.error as Error).message)
+              break
+            case 'answer':
+              resolve(e.results)
+              break
+            case 'fail':
+              reject(e.error)
+              break
+          }
+        }
+      }
+      perform(write.start())
     })
-    // A write refused while being ordered (409, 412, 404) rejects `committed` before anything was sent.
-    const { replication } = await Promise.race([sent, committed.then(async () => await sent)])
-    await replication
-    return ordered.results
   }
 
+  /**
+   * Batched writes: the core splits the groups by primary (groupsByPrimary),
+   * says what a primary's failure means for its groups (batchFailure) and
+   * which answers stand (batchAnswerStands); a group whose primary could not
+   * take it goes the one-group route of write().
+   */
   async writeGroups (groups: Mutation[][], options: RequestOptions = {}): Promise<GroupOutcome[]> {
     const outcomes = new Array<GroupOutcome>(groups.length)
-    const byPrimary = new Map<string, number[]>()
-    groups.forEach((group, i) => {
-      const first = group[0]
-      if (first === undefined) { outcomes[i] = { ok: true, results: [] }; return }
-      const primary = this.byLiveness(this.owners(first.table, tokenOf(first.shard)), false)[0]
-      if (primary === undefined) { outcomes[i] = { ok: false, error: { code: 'UNAVAILABLE', message: 'No members on the ring yet' } }; return }
-      const list = byPrimary.get(primary)
-      if (list === undefined) byPrimary.set(primary, [i])
-      else list.push(i)
-    })
+    const { byPrimary, answered } = groupsByPrimary(groups, first => this.byLiveness(this.owners(first.table, tokenOf(first.shard)), false)[0])
+    for (const [i, answer] of answered) outcomes[i] = answer as GroupOutcome
     await Promise.all([...byPrimary].map(async ([primary, indexes]) => {
       const part = indexes.map(i => groups[i] as Mutation[])
       let answers: GroupOutcome[]
@@ -625,15 +663,14 @@ export class DistributedCoordinator implements Coordinator {
           ? await this.coordinateGroups(part, options.consistency)
           : await this.c.transport.request(primary, 'replica', { type: 'writeGroups', groups: part, ...(options.consistency === undefined ? {} : { consistency: options.consistency }) }, { timeout: this.forwardTimeout }) as GroupOutcome[]
       } catch (err) {
-        if (!isUnreachable(err)) throw err
-        // As in write(): after a timeout the groups may have landed, so they are not tried elsewhere.
-        const code = err instanceof TimeoutError ? 'UNAVAILABLE' : 'NOT_OWNER'
-        answers = part.map(() => ({ ok: false, error: { code, message: (err as Error).message } }))
+        const each = batchFailure(err)
+        if (each === undefined) throw err
+        answers = part.map(() => each as GroupOutcome)
       }
       await Promise.all(indexes.map(async (gi, j) => {
         const answer = answers[j]
-        if (answer !== undefined && !(answer.ok === false && answer.error.code === 'NOT_OWNER')) {
-          outcomes[gi] = answer
+        if (batchAnswerStands(answer)) {
+          outcomes[gi] = answer as GroupOutcome
           return
         }
         // The primary could not take it: the one-group path tries the next owners.
@@ -669,118 +706,110 @@ export class DistributedCoordinator implements Coordinator {
     }))
   }
 
-  /** The primary's side of `writeGroups`: one durable batch for every group it owns, then replication */
+  /**
+   * The primary's side of `writeGroups`, as the core decides it
+   * (PrimaryBatch, core/primary.ts): one durable batch for every group it
+   * owns, then replication group by group; this performs the disk check,
+   * the catch-ups, the ordering and commit, and the sends and hints.
+   */
   private async coordinateGroups (groups: Mutation[][], level: Consistency | undefined): Promise<GroupOutcome[]> {
-    const outcomes = new Array<GroupOutcome>(groups.length)
-    const owned: number[] = []
     const ownersOf = groups.map(g => {
       const first = g[0] as Mutation
       return this.owners(first.table, tokenOf(first.shard))
     })
-    groups.forEach((g, i) => {
-      if ((ownersOf[i] as string[]).includes(this.c.peerId)) owned.push(i)
-      else outcomes[i] = { ok: false, error: { code: 'NOT_OWNER', message: `${this.c.peerId} does not own ${(g[0] as Mutation).shard}` } }
+    const batch = new PrimaryBatch({
+      self: this.c.peerId,
+      groups,
+      ownersOf,
+      down: p => this.c.membership.stateOf(p) === 'down',
+      level,
+      writeQuorum: this.writeQuorum,
+      readQuorum: this.readQuorum,
+      missed: key => this.missed.has(key)
     })
-    try {
-      await this.c.store.assertWritable()
-    } catch (err) {
-      for (const gi of owned) outcomes[gi] = { ok: false, error: errorBody(err) }
-      return outcomes
-    }
-    // As in coordinateWrite: updates and deletes are ordered against an up-to-date copy. A group whose
-    // owners cannot be asked fails alone.
-    const caughtUp = await Promise.all(owned.map(async (gi) => {
-      try {
-        await this.catchUp(groups[gi] as Mutation[], ownersOf[gi] as string[], level)
-        return true
-      } catch (err) {
-        outcomes[gi] = { ok: false, error: errorBody(err) }
-        return false
-      }
-    }))
-    const mine = owned.filter((_, j) => caughtUp[j])
-    const myGroups = mine.map(i => groups[i] as Mutation[])
-    let ordered: ReturnType<typeof orderGroups> = { entries: [], perGroup: [], outcomes: [] }
-    let replication: Promise<unknown> = Promise.resolve()
-    await this.c.store.transact(myGroups.flat().map(mutationKey), states => {
-      ordered = orderGroups(myGroups, states, this.c.clock)
-      const { outcomes: orderedOutcomes, perGroup } = ordered
-      // As in write(): replicas write while this node does.
-      replication = Promise.all(mine.map(async (gi, j) => {
-        const outcome = orderedOutcomes[j] as GroupOutcome
-        if (!outcome.ok) { outcomes[gi] = outcome; return }
-        const owners = ownersOf[gi] as string[]
-        const need = this.needed(level, this.writeQuorum, owners.length) - 1
-        try {
-          await this.replicate(owners.filter(p => p !== this.c.peerId), perGroup[j] as VersionEntry[], need, (groups[gi]?.[0] as Mutation).shard)
-          outcomes[gi] = outcome
-        } catch (err) {
-          outcomes[gi] = { ok: false, error: errorBody(err) }
+    return await new Promise<GroupOutcome[]>((resolve, reject) => {
+      const perform = (effects: BatchEffect[]): void => {
+        for (const e of effects) {
+          switch (e.type) {
+            case 'checkWritable':
+              this.c.store.assertWritable().then(() => { perform(batch.writable()) }, err => { perform(batch.notWritable(err)) })
+              break
+            case 'catchUp':
+              // As in coordinateWrite: updates and deletes are ordered against an up-to-date copy.
+              this.catchUpKeys(e.keys, e.need, ownersOf[e.group] as string[]).then(() => { perform(batch.caughtUp(e.group)) }, err => { perform(batch.catchUpFailed(e.group, err)) })
+              break
+            case 'order':
+              this.c.store.transact(e.groups.flatMap(gi => groups[gi] as Mutation[]).map(mutationKey), states => {
+                const { entries, effects } = batch.order(states, this.c.clock)
+                perform(effects)
+                return entries
+              }).then(() => { perform(batch.committed()) }, err => { perform(batch.commitFailed(err)) })
+              break
+            case 'send':
+              this.batcher.send(e.peer, batch.entriesOf(e.group)).then(() => { perform(batch.ack(e.group, e.peer)) }, err => { perform(batch.failure(e.group, e.peer, err, err instanceof TimeoutError)) })
+              break
+            case 'hint':
+              this.c.log?.('replica %s missed %s: %s; keeping a hint', e.peer, (groups[e.group]?.[0] as Mutation).shard, e.reason)
+              void this.c.store.addHint(e.peer, batch.entriesOf(e.group))
+                .catch(err => { this.c.log?.('hint for %s lost: %s', e.peer, (err as Error).message) })
+                .then(() => { perform(batch.hinted(e.group, e.peer)) })
+              break
+            case 'answer':
+              resolve(e.outcomes)
+              break
+            case 'fail':
+              reject(e.error)
+              break
+          }
         }
-      }))
-      return ordered.entries
+      }
+      perform(batch.start())
     })
-    await replication
-    return outcomes
   }
 
   /**
    * Sends versions to other owners; resolves once `need` have them on disk,
    * hints the rest. With `local` (this node's own commit) that commit counts
    * as one of the `need`; without, this node's copy is already durable and
-   * `need` counts the others only.
+   * `need` counts the others only. The count and the answer are the core's
+   * (core/write-quorum.ts); this performs its sends and hints.
    */
   private async replicate (peers: string[], entries: VersionEntry[], need: number, what: string, local?: Promise<void>): Promise<void> {
-    const others = local === undefined ? need : need - 1
-    // Nothing new to send: a keyed repeat answered with a version a later write replaced, which the owners had.
-    if (entries.length === 0) {
-      if (local !== undefined) await local
-      return
-    }
-    if (peers.length === 0) {
-      if (local !== undefined) await local
-      if (others > 0) throw new UnavailableError(`${what}: ${others} more replicas needed but none are members`, { durable: 1, required: local === undefined ? need + 1 : need, outcome: 'partial' })
-      return
-    }
-    // Acknowledgements counted here (this node's commit among them when `local` is given), and how many could come
-    const target = local === undefined ? others : need
-    const voters = peers.length + (local === undefined ? 0 : 1)
-    const durableHere = local === undefined ? 1 : 0
+    const round = new WriteQuorum({
+      peers: peers.map(peer => ({ peer, down: this.c.membership.stateOf(peer) === 'down' })),
+      need,
+      local: local !== undefined,
+      empty: entries.length === 0,
+      what,
+      self: this.c.peerId
+    })
     await new Promise<void>((resolve, reject) => {
-      let acks = 0
-      let failures = 0
-      let settled = false
-      // An owner that timed out may still have applied the write: the outcome is then unknown, not partial.
-      let uncertain = false
-      // Why owners missed it (a full disk, a timeout), named in the refusal
-      const reasons: string[] = []
-      const done = (): void => {
-        if (settled) return
-        if (acks >= target) { settled = true; resolve() } else if (acks + failures === voters) {
-          // Answered once every owner has: the count of owners that have it on disk is then the truth.
-          settled = true
-          const durable = durableHere + acks
-          const required = durableHere + target
-          const outcome = uncertain ? 'unknown' : 'partial'
-          const why = reasons.length === 0 ? '' : ` [${reasons.join('; ')}]`
-          reject(new NtsoekheError('UNAVAILABLE', `${what}: the write is durable on ${durable} of the ${required} owners required; ${outcome === 'unknown' ? 'an owner that did not answer may have it too' : 'it will reach the others when they return'} (retry with the same Idempotency-Key to finish it)${why}`, { durable, required, outcome }))
+      const perform = (effects: WriteQuorumEffect[]): void => {
+        for (const e of effects) {
+          switch (e.type) {
+            case 'send':
+              this.batcher.send(e.peer, entries).then(() => { perform(round.ack(e.peer)) }, err => { perform(round.failure(e.peer, err, err instanceof TimeoutError)) })
+              break
+            case 'hint':
+              this.c.log?.('replica %s missed %s: %s; keeping a hint', e.peer, what, e.reason)
+              void this.c.store.addHint(e.peer, entries)
+                .catch(err => { this.c.log?.('hint for %s lost: %s', e.peer, (err as Error).message) })
+                .then(() => { perform(round.hinted(e.peer)) })
+              break
+            case 'done':
+              resolve()
+              break
+            case 'short':
+              reject(shortfallError(e.shortfall))
+              break
+            case 'localFailed':
+              reject(e.error)
+              break
+          }
         }
       }
-      local?.then(() => { acks++; done() }, err => { failures++; uncertain = true; reasons.push(`${this.c.peerId}: ${(err as Error).message}`); done() })
-      for (const peer of peers) {
-        const send = this.c.membership.stateOf(peer) === 'down'
-          ? Promise.reject(new UnavailableError(`${peer} is down`))
-          : this.batcher.send(peer, entries)
-        send.then(() => { acks++; done() }, async err => {
-          if (err instanceof TimeoutError) uncertain = true
-          reasons.push(`${peer}: ${(err as Error).message}`)
-          this.c.log?.('replica %s missed %s: %s; keeping a hint', peer, what, (err as Error).message)
-          await this.c.store.addHint(peer, entries).catch(e => { this.c.log?.('hint for %s lost: %s', peer, (e as Error).message) })
-          failures++
-          done()
-        })
-      }
-      done()
+      local?.then(() => { perform(round.committed()) }, err => { perform(round.commitFailed(err)) })
+      perform(round.start())
     })
   }
 
@@ -788,31 +817,37 @@ export class DistributedCoordinator implements Coordinator {
     return await this.readToken(table, id, tokenOf(shard), options)
   }
 
-  /** A read by ring token (what a query knows of a row it lists) */
+  /**
+   * A read by ring token (what a query knows of a row it lists). The core
+   * says whom to ask and how many answers make the quorum (core/read.ts),
+   * runs the asking (core/ask.ts) and names the copies to repair; this
+   * reads the disk and the peers and sends the repairs.
+   */
   private async readToken (table: string, id: string, token: string, options: RequestOptions = {}): Promise<RecordState | undefined> {
-    const owners = this.owners(table, token)
-    const need = this.needed(options.consistency, this.readQuorum, owners.length)
-    // At `one`, a copy this node keeps without owning it (a sloppy write) is read too.
-    const held = options.consistency === 'one' && !owners.includes(this.c.peerId) ? await this.c.store.get(table, token, id) : undefined
-    let answers: Map<string, RecordState | undefined>
+    const plan = readPlan({ owners: this.owners(table, token), self: this.c.peerId, level: options.consistency, quorum: this.readQuorum, isAlive: p => this.c.membership.isAlive(p), random: this.env.random })
+    const held = plan.held ? await this.c.store.get(table, token, id) : undefined
     // An owner reads its own copy, and asks the others only for their heads: a copy whose heads are the
     // same is the same answer, so no rows travel (and none are decrypted there). A copy that differs is
     // read whole, merged and repaired as before.
-    const mine = owners.includes(this.c.peerId) ? this.c.store.get(table, token, id) : undefined
+    const mine = plan.mine ? this.c.store.get(table, token, id) : undefined
     mine?.catch(() => {})
+    let merged: RecordState | undefined
+    let answers: Map<string, RecordState | undefined>
     try {
-      const asked = this.ask(this.byLiveness(owners, true), need, table, async peer =>
+      const asked = runAsk(this.env, new QuorumAsk<RecordState | undefined>(plan.peers, plan.need, table), async peer =>
         peer === this.c.peerId
           ? await (mine as Promise<RecordState | undefined>)
-          : await this.readCopy(peer, { table, id, token }, mine))
+          : await this.readCopy(peer, { table, id, token }, mine),
+      // An owner that answers after the quorum was made only feeds repair.
+      (peer, late) => { if (merged !== undefined && needsRepair(merged, late)) this.repair(peer, merged) })
       // With a copy here, owners that do not answer (one after another) hold the read up for one timeout at most.
       answers = held === undefined ? await asked : await withTimeout(this.env, asked, this.timeoutMs, table)
     } catch (err) {
       if (held === undefined || !isNoAnswer(err)) throw err
       return held
     }
-    const merged = mergeStates([...answers.values(), held])
-    if (merged !== undefined) this.repair(answers, merged)
+    merged = mergeStates([...answers.values(), held])
+    if (merged !== undefined) for (const peer of repairsFor(answers, merged)) this.repair(peer, merged)
     return merged
   }
 
@@ -843,13 +878,12 @@ export class DistributedCoordinator implements Coordinator {
 
   async history (table: string, id: string, shard: string, options: RequestOptions = {}): Promise<VersionEntry[]> {
     const token = tokenOf(shard)
-    const owners = this.owners(table, token)
-    const need = this.needed(options.consistency, this.readQuorum, owners.length)
+    const plan = readPlan({ owners: this.owners(table, token), self: this.c.peerId, level: options.consistency, quorum: this.readQuorum, isAlive: p => this.c.membership.isAlive(p), random: this.env.random })
     // As in read(): at `one`, versions this node keeps without owning the record are included.
-    const held = options.consistency === 'one' && !owners.includes(this.c.peerId) ? await this.c.store.versions(table, token, id) : []
+    const held = plan.held ? await this.c.store.versions(table, token, id) : []
     let answers: Map<string, VersionEntry[]>
     try {
-      const asked = this.ask(this.byLiveness(owners, true), need, table, async peer =>
+      const asked = runAsk(this.env, new QuorumAsk<VersionEntry[]>(plan.peers, plan.need, table), async peer =>
         peer === this.c.peerId
           ? await this.c.store.versions(table, token, id)
           : historyReply(await this.c.transport.request(peer, 'replica', { type: 'history', table, id, token }, { timeout: this.timeoutMs }), table, id))
@@ -863,112 +897,26 @@ export class DistributedCoordinator implements Coordinator {
     return [...all.values()].sort((a, b) => compareVersions(a.version, b.version))
   }
 
-  /**
-   * Asks peers in order until `need` have answered; the rest are only asked
-   * when one fails. Done as soon as `need` have answered: a peer that is slow
-   * or cut off (still counted alive) does not hold up a quorum the others made.
-   */
-  private async ask<T> (peers: string[], need: number, what: string, fn: (peer: string) => Promise<T>): Promise<Map<string, T>> {
-    const answers = new Map<string, T>()
-    let next = 0
-    let running = 0
-    /** Peers asked and not yet answered */
-    let inflight = 0
-    /** Wakes the workers waiting out a hedge when an answer or a failure comes in */
-    let wake: () => void = () => {}
-    const errors: string[] = []
-    return await new Promise<Map<string, T>>((resolve, reject) => {
-      let settled = false
-      const settle = (err?: unknown): void => {
-        if (settled) return
-        if (err === undefined && answers.size < need && running > 0) return
-        settled = true
-        wake()
-        if (err !== undefined) reject(err)
-        else if (answers.size >= need) resolve(new Map(answers))
-        else reject(new UnavailableError(`${what}: ${answers.size} of ${need} replicas answered (${errors.join('; ')})`))
-      }
-      // Waits until something answers or fails, or HEDGE_MS pass: then another owner is asked, so a hung
-      // owner (cut off, not yet suspect) costs a quorum HEDGE_MS, not the replication timeout.
-      const hedge = async (): Promise<void> => {
-        await new Promise<void>(resolve => {
-          const timer = this.env.setTimeout(() => { resolve() }, HEDGE_MS)
-          const previous = wake
-          wake = () => { this.env.clearTimeout(timer); resolve(); previous() }
-        })
-      }
-      const worker = async (): Promise<void> => {
-        while (!settled && answers.size < need && next < peers.length) {
-          // As many asked as answers still needed: no other owner is asked unless one of them is slow.
-          if (answers.size + inflight >= need) {
-            await hedge()
-            if (settled || answers.size + inflight < need) continue
-          }
-          if (next >= peers.length) break
-          const peer = peers[next++] as string
-          inflight++
-          try {
-            const answer = await fn(peer)
-            if (!settled) answers.set(peer, answer)
-          } catch (err) {
-            // A replica that refuses (it is leaving, overloaded, holds a copy that fails its checks, takes us
-            // for a non-member) or whose answer fails ours is one that did not answer: the next owner is asked.
-            if (!isNoAnswer(err)) { inflight--; settle(err); return }
-            errors.push(`${peer}: ${(err as Error).message}`)
-          }
-          inflight--
-          const woken = wake
-          wake = () => {}
-          woken()
-          if (answers.size >= need) settle()
-        }
-      }
-      const workers = Math.min(need, peers.length)
-      running = workers
-      if (workers === 0) { settle(); return }
-      for (let i = 0; i < workers; i++) {
-        void worker().finally(() => { running--; settle() })
-      }
-    })
-  }
-
-  /** Read repair: sends replicas that lack part of the merged state the whole of it, in the background */
-  private repair (answers: Map<string, RecordState | undefined>, merged: RecordState): void {
-    for (const [peer, state] of answers) {
-      if (missingHeads(merged, state).length === 0 && merged.superseded.length === (state?.superseded.length ?? 0)) continue
-      const job = peer === this.c.peerId
-        ? this.c.store.merge([merged])
-        : this.c.transport.request(peer, 'replica', { type: 'merge', states: [merged] }, { timeout: this.timeoutMs })
-      this.readRepairs++
-      void job.catch(err => { this.c.log?.('read repair of %s on %s failed: %s', merged.id, peer, (err as Error).message) })
-    }
+  /** Read repair: sends a replica that lacks part of the merged state the whole of it, in the background */
+  private repair (peer: string, merged: RecordState): void {
+    const job = peer === this.c.peerId
+      ? this.c.store.merge([merged])
+      : this.c.transport.request(peer, 'replica', { type: 'merge', states: [merged] }, { timeout: this.timeoutMs })
+    this.readRepairs++
+    void job.catch(err => { this.c.log?.('read repair of %s on %s failed: %s', merged.id, peer, (err as Error).message) })
   }
 
   /**
-   * Before a primary orders an update or delete it brings its copy up to
-   * date from the other owners (as a quorum read would): a primary that just
-   * joined, or came back before its hints arrived, would otherwise order the
-   * write against a stale copy and answer 404 or 412, or fork the record.
-   * Inserts of fresh ids need no look, unless they are retries.
+   * A primary's catch-up (see catchUpPlan): before it orders an update or
+   * delete it brings its copy up to date from the other owners, as a quorum
+   * read would. Reads these records from `need` other owners and merges what
+   * they hold here; a record whose look is not `required` may go without.
    */
-  private async catchUp (mutations: Mutation[], owners: string[], level: Consistency | undefined, retry = false): Promise<void> {
-    const need = this.needed(level, this.readQuorum, owners.length) - 1
-    if (need <= 0) return
-    // Per record: must the look succeed? Updates and deletes need it; a retried insert only tries, since
-    // the owner that went silent (and may have applied it) is likely the one that cannot be asked.
-    const keys = new Map<string, { table: string, id: string, token: string, required: boolean }>()
-    for (const m of mutations) {
-      const key = `${m.table}/${m.id}`
-      // An insert with no If-Match on a record whose local commit has not failed: nothing to catch up on
-      const plainInsert = m.op === 'insert' && (m.ifMatch === undefined || m.ifMatch.length === 0) && !this.missed.has(key)
-      if (plainInsert && !retry) continue
-      keys.set(key, { table: m.table, id: m.id, token: tokenOf(m.shard), required: !plainInsert || keys.get(key)?.required === true })
-    }
-    if (keys.size === 0) return
+  private async catchUpKeys (keys: CatchUpKey[], need: number, owners: string[]): Promise<void> {
     const others = this.byLiveness(owners.filter(p => p !== this.c.peerId), true)
-    const states = await Promise.all([...keys.values()].map(async ({ required, ...k }) => {
+    const states = await Promise.all(keys.map(async ({ required, ...k }) => {
       try {
-        const answers = await this.ask(others, need, k.table, async peer =>
+        const answers = await runAsk(this.env, new QuorumAsk<RecordState | undefined>(others, need, k.table), async peer =>
           readReply(await this.c.transport.request(peer, 'replica', { type: 'read', ...k }, { timeout: this.timeoutMs }), k))
         return mergeStates([...answers.values()])
       } catch (err) {
@@ -978,7 +926,7 @@ export class DistributedCoordinator implements Coordinator {
     }))
     const found = states.filter((s): s is RecordState => s !== undefined)
     if (found.length > 0) await this.c.store.merge(found)
-    for (const key of keys.keys()) this.missed.delete(key)
+    for (const k of keys) this.missed.delete(`${k.table}/${k.id}`)
   }
 
 
@@ -1388,12 +1336,6 @@ function headsReply (reply: unknown): string[] | null {
   return heads as string[]
 }
 
-/** The same set of versions (both absent counts as the same) */
-function sameVersions (a: string[] | null, b: string[] | null): boolean {
-  if (a === null || b === null) return a === b
-  return a.length === b.length && a.every(v => b.includes(v))
-}
-
 function historyReply (reply: unknown, table: string, id: string): VersionEntry[] {
   const versions = (reply as { versions?: unknown } | null)?.versions
   if (!Array.isArray(versions)) throw new InvalidMessageError('replica: malformed history reply')
@@ -1402,10 +1344,6 @@ function historyReply (reply: unknown, table: string, id: string): VersionEntry[
     if (e.table !== table || e.id !== id) throw new InvalidMessageError('replica: history of another record')
     return e
   })
-}
-
-function errorBody (err: unknown): { code: string, message: string, column?: string } {
-  return err instanceof NtsoekheError ? err.toJSON() : { code: 'INTERNAL', message: (err as Error)?.message ?? String(err) }
 }
 
 /** `[from, to)` token ranges as pairs, sorted, touching ones joined */
@@ -1431,46 +1369,46 @@ function checkCounts (reply: unknown): Record<string, number> {
   return out
 }
 
-/** Errors that mean "this peer did not answer", as opposed to a refusal the caller must see */
-/**
- * For reads: an error that means "this replica gave no usable answer", as
- * opposed to a bug. Every typed error counts, whether the peer raised it or
- * our checks of its answer did; one misbehaving replica must not fail a read
- * that others can serve.
- */
-/**
- * How long a quorum waits on the owners it asked before it asks one more: a
- * hedge against an owner that hangs (cut off and not yet suspect), which
- * would otherwise hold the request up for the replication timeout.
- */
-export const HEDGE_MS = 50
-
-export function isNoAnswer (err: unknown): boolean {
-  return err instanceof NtsoekheError
-}
-
-export function isUnreachable (err: unknown): boolean {
-  if (err instanceof UnavailableError || err instanceof TimeoutError) return true
-  return err instanceof NtsoekheError && err.code === 'NOT_OWNER'
-}
+// The core's error classes and hedge, as this module exported them before the core existed.
+export { HEDGE_MS } from './core/ask.js'
+export { isNoAnswer, isUnreachable } from './core/route.js'
 
 /**
- * After an owner failed or went silent in the middle of a write (`retry`),
- * it may have applied it: a refusal by the next owner, which ordered the
- * write against a copy that lacks it (404, 409, 412), is then not the truth.
+ * Performs a quorum question's effects (core/ask.ts): asks each peer it
+ * names with `fn`, keeps its hedge timers on the environment, and feeds
+ * back every answer, failure and timer. Resolves with the answers once the
+ * round is decided; an answer after that goes to `onLate`.
  */
-async function afterSilence<T> (work: Promise<T>, retry: boolean, shard: string, required: number): Promise<T> {
-  try {
-    return await work
-  } catch (err) {
-    throw retry ? unknownOutcome(err, shard, required) : err
-  }
-}
-
-/** A refusal that may be wrong (see afterSilence) as what is true: the outcome is unknown */
-function unknownOutcome (err: unknown, shard: string, required: number): unknown {
-  if (!(err instanceof NtsoekheError) || !['NOT_FOUND', 'CONFLICT', 'PRECONDITION_FAILED'].includes(err.code)) return err
-  return new NtsoekheError('UNAVAILABLE', `${shard}: an owner that did not answer may have applied the write, and the next refused it (${err.message}); the write may or may not have been applied (retry with the same Idempotency-Key)`, { cause: err, durable: 0, required, outcome: 'unknown' })
+async function runAsk<T> (env: Environment, round: QuorumAsk<T>, fn: (peer: string) => Promise<T>, onLate?: (peer: string, answer: T) => void): Promise<Map<string, T>> {
+  return await new Promise<Map<string, T>>((resolve, reject) => {
+    const timers = new Map<number, TimerHandle>()
+    const perform = (effects: Array<AskEffect<T>>): void => {
+      for (const e of effects) {
+        switch (e.type) {
+          case 'ask':
+            fn(e.peer).then(answer => { perform(round.answer(e.peer, answer)) }, err => { perform(round.failure(e.peer, err, !isNoAnswer(err))) })
+            break
+          case 'setTimer':
+            timers.set(e.id, env.setTimeout(() => { timers.delete(e.id); perform(round.hedge(e.id)) }, e.ms))
+            break
+          case 'clearTimer':
+            env.clearTimeout(timers.get(e.id))
+            timers.delete(e.id)
+            break
+          case 'done':
+            resolve(e.answers)
+            break
+          case 'failed':
+            reject(e.error)
+            break
+          case 'late':
+            onLate?.(e.peer, e.answer)
+            break
+        }
+      }
+    }
+    perform(round.start())
+  })
 }
 
 /** `promise`, or a TimeoutError after `ms` (`what` names the peer or table) */

@@ -1,6 +1,6 @@
 import { peerIdFromString } from '@libp2p/peer-id'
 import { fromString, toString } from 'uint8arrays'
-import type { MemberRecord } from './membership.js'
+import type { MemberRecord } from './core/members.js'
 
 /**
  * Signed membership claims. A member's record (its incarnation, heartbeat,

@@ -14,6 +14,8 @@ export class MemoryNetwork {
   private readonly lost = new Map<string, number>()
   /** Peers whose requests hang (a machine frozen, or cut off while still counted alive), each with its waiters */
   private readonly stalled = new Map<string, Array<() => void>>()
+  /** Peers whose requests of one protocol wait, then are delivered (a slow owner that answers late), each with its waiters */
+  private readonly held = new Map<string, { protocol: ProtocolName, waiters: Array<() => void> }>()
   /** Messages delivered, per protocol */
   readonly delivered: Record<string, number> = {}
 
@@ -34,6 +36,13 @@ export class MemoryNetwork {
   release (peerId: string): void {
     const waiters = this.stalled.get(peerId) ?? []
     this.stalled.delete(peerId)
+    for (const w of waiters) w()
+  }
+  /** Requests of `protocol` to `peerId` wait until `deliverHeld`, then are handled and answered as usual */
+  hold (peerId: string, protocol: ProtocolName): void { if (!this.held.has(peerId)) this.held.set(peerId, { protocol, waiters: [] }) }
+  deliverHeld (peerId: string): void {
+    const waiters = this.held.get(peerId)?.waiters ?? []
+    this.held.delete(peerId)
     for (const w of waiters) w()
   }
   up (peerId: string): void { this.downed.delete(peerId) }
@@ -58,6 +67,8 @@ export class MemoryNetwork {
       await new Promise<void>(resolve => { stall.push(resolve) })
       throw new UnavailableError(`${to} did not answer`)
     }
+    const held = this.held.get(to)
+    if (held !== undefined && held.protocol === protocol) await new Promise<void>(resolve => { held.waiters.push(resolve) })
     const handler = this.handlers.get(to)?.get(protocol)
     if (handler === undefined) throw new UnavailableError(`${to} does not speak ${protocol}`)
     this.delivered[protocol] = (this.delivered[protocol] ?? 0) + 1

@@ -350,6 +350,33 @@ describe('quorum reads', () => {
       net.network.release(frozen)
     }
   })
+  it('an owner whose answer comes after the quorum was made, and is stale, gets a read repair', async () => {
+    // No handoff or anti-entropy in the time the test takes: only a read can bring the stale owner up to date.
+    net = await createTestnet(4, { replicas: 3, writeQuorum: 2, readQuorum: 2, handoffIntervalMs: 600_000 })
+    await net.converge(4)
+    const n = net
+    const writer = n.nodes[0]!
+    await writer.db.insert('patient_records', patient(1), { consistency: 'all' })
+    // The rebalances after the network formed are over: none hands the record to the stale owner below.
+    await n.settled()
+    const token = tokenOf('patient_id:1')
+    const owners = writer.coordinator.owners('patient_records', token)
+    const reader = n.nodes.find(m => !owners.includes(m.peerId))!
+    const stale = n.nodes.find(m => m.peerId === owners.filter(p => p !== writer.peerId).pop())!
+    // The stale owner misses an update (its hint waits for the next handoff, minutes away).
+    for (const m of n.nodes) if (m !== stale) n.network.partition(stale.peerId, m.peerId)
+    await writer.db.patch('patient_records', '1', { address: '2 New St' })
+    for (const m of n.nodes) if (m !== stale) n.network.partition(stale.peerId, m.peerId, false)
+    expect((await stale.store.get('patient_records', token, '1'))?.heads[0]?.row?.address).toBe('1 Main St')
+    // Its replica answers are held back: reads that ask it are made by the other two owners and answer.
+    n.network.hold(stale.peerId, 'replica')
+    for (let i = 0; i < 8; i++) expect((await reader.db.get('patient_records', '1')).row.address).toBe('2 New St')
+    expect(reader.coordinator.readRepairs).toBe(0)
+    // Its late answers arrive: they only feed repair.
+    n.network.deliverHeld(stale.peerId)
+    await waitFor('the stale owner to be repaired by a late answer', async () => (await stale.store.get('patient_records', token, '1'))?.heads[0]?.row?.address === '2 New St', 5000, 10)
+    expect(reader.coordinator.readRepairs).toBeGreaterThan(0)
+  })
 })
 
 describe('membership claims', () => {

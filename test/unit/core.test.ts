@@ -1,0 +1,509 @@
+import { describe, expect, it } from 'vitest'
+import { ConflictError, ForbiddenError, NtsoekheError, StorageFullError, TimeoutError, UnavailableError } from '../../src/errors/index.js'
+import { HEDGE_MS, QuorumAsk, type AskEffect } from '../../src/cluster/core/ask.js'
+import { WriteQuorum } from '../../src/cluster/core/write-quorum.js'
+import { batchAnswerStands, batchFailure, groupsByPrimary, WriteRoute, type WriteRouteInit } from '../../src/cluster/core/route.js'
+import { catchUpPlan, readPlan, repairsFor, sameVersions } from '../../src/cluster/core/read.js'
+import type { RecordState } from '../../src/storage/store.js'
+import type { Mutation } from '../../src/cluster/coordinator.js'
+import { MemberView, type MemberEffect } from '../../src/cluster/core/members.js'
+import { PrimaryBatch, PrimaryWrite, type BatchEffect, type PrimaryEffect, type PrimaryWriteInit } from '../../src/cluster/core/primary.js'
+import { HybridClock } from '../../src/storage/version.js'
+import { differingLeaves, recordsToPull, recordsToPush, type PeerDigest } from '../../src/cluster/core/sync.js'
+import { testIdentity, type TestIdentity } from '../helpers/identity.js'
+
+/**
+ * The cluster core driven by hand: no transport, no store, no timers. Each
+ * test feeds a machine its inputs (answers, failures, timer fires, disk
+ * results) and checks the effects it gives back, as a driver would see them.
+ */
+
+const asks = <T>(effects: Array<AskEffect<T>>): string[] => effects.flatMap(e => e.type === 'ask' ? [e.peer] : [])
+const timerOf = <T>(effects: Array<AskEffect<T>>): number => {
+  const t = effects.find(e => e.type === 'setTimer')
+  if (t?.type !== 'setTimer') throw new Error('no hedge timer set')
+  return t.id
+}
+
+describe('QuorumAsk', () => {
+  it('asks as many owners as answers are needed, and a quorum met by the first two answers decides without waiting for the third', () => {
+    const round = new QuorumAsk<string>(['a', 'b', 'c'], 2, 'patients')
+    expect(asks(round.start())).toEqual(['a', 'b'])
+    // One answer in, one owner still asked: the free slot waits out a hedge rather than asking c at once.
+    const first = round.answer('a', 'A')
+    expect(asks(first)).toEqual([])
+    expect(first.find(e => e.type === 'setTimer')).toEqual({ type: 'setTimer', id: expect.any(Number), ms: HEDGE_MS })
+    const second = round.answer('b', 'B')
+    expect(second).toEqual([{ type: 'clearTimer', id: timerOf(first) }, { type: 'done', answers: new Map([['a', 'A'], ['b', 'B']]) }])
+    expect(round.settled).toBe(true)
+  })
+
+  it('an owner that hangs costs a hedge: when the timer fires the next owner is asked, and its answer makes the quorum', () => {
+    const round = new QuorumAsk<string>(['a', 'hung', 'c'], 2, 'patients')
+    round.start()
+    const timer = timerOf(round.answer('a', 'A'))
+    expect(asks(round.hedge(timer))).toEqual(['c'])
+    expect(round.answer('c', 'C')).toEqual([{ type: 'done', answers: new Map([['a', 'A'], ['c', 'C']]) }])
+    // The hung owner answers at last: the round is decided, so its answer only feeds repair.
+    expect(round.answer('hung', 'old')).toEqual([{ type: 'late', peer: 'hung', answer: 'old' }])
+  })
+
+  it('an owner that fails is replaced at once by the next; a stale hedge timer does nothing', () => {
+    const round = new QuorumAsk<string>(['a', 'b', 'c'], 2, 'patients')
+    round.start()
+    const timer = timerOf(round.answer('a', 'A'))
+    const failed = round.failure('b', new UnavailableError('b is unreachable'), false)
+    // The failure frees b's slot (which asks c at once) and wakes the hedging slot, which has no one left.
+    expect(asks(failed)).toEqual(['c'])
+    expect(failed).toContainEqual({ type: 'clearTimer', id: timer })
+    expect(round.hedge(timer)).toEqual([])
+    expect(round.answer('c', 'C')).toEqual([{ type: 'done', answers: new Map([['a', 'A'], ['c', 'C']]) }])
+  })
+
+  it('fails with what each owner said once too few can answer', () => {
+    const round = new QuorumAsk<string>(['a', 'b'], 2, 'patients')
+    round.start()
+    round.answer('a', 'A')
+    const out = round.failure('b', new TimeoutError('b: no answer within 5000 ms'), false)
+    const failed = out.find(e => e.type === 'failed')
+    expect(failed?.type === 'failed' && (failed.error as Error).message).toBe('patients: 1 of 2 replicas answered (b: b: no answer within 5000 ms)')
+    expect(failed?.type === 'failed' && failed.error).toBeInstanceOf(UnavailableError)
+  })
+
+  it('a fatal error (a bug, not a missing answer) fails the round with that error; later answers are late', () => {
+    const round = new QuorumAsk<string>(['a', 'b'], 2, 'patients')
+    round.start()
+    const bug = new TypeError('boom')
+    expect(round.failure('a', bug, true)).toEqual([{ type: 'failed', error: bug }])
+    expect(round.answer('b', 'B')).toEqual([{ type: 'late', peer: 'b', answer: 'B' }])
+  })
+
+  it('needing no answers is done at once; needing some with no owners fails at once', () => {
+    expect(new QuorumAsk<string>(['a'], 0, 't').start()).toEqual([{ type: 'done', answers: new Map() }])
+    const out = new QuorumAsk<string>([], 2, 't').start()
+    expect(out[0]?.type).toBe('failed')
+  })
+})
+
+describe('WriteQuorum', () => {
+  const base = { what: 'patient_id:1', self: 'self', empty: false }
+
+  it('sends to every other owner; this node\'s commit and one owner\'s answer make W = 2, and a later failure only leaves a hint', () => {
+    const round = new WriteQuorum({ ...base, peers: [{ peer: 'b', down: false }, { peer: 'c', down: false }], need: 2, local: true })
+    expect(round.start()).toEqual([{ type: 'send', peer: 'b' }, { type: 'send', peer: 'c' }])
+    expect(round.committed()).toEqual([])
+    expect(round.ack('b')).toEqual([{ type: 'done' }])
+    expect(round.failure('c', new UnavailableError('c is unreachable'), false)).toEqual([{ type: 'hint', peer: 'c', reason: 'c is unreachable' }])
+    expect(round.hinted('c')).toEqual([])
+  })
+
+  it('an owner known to be down is not sent to: it gets a hint at once', () => {
+    const round = new WriteQuorum({ ...base, peers: [{ peer: 'b', down: true }, { peer: 'c', down: false }], need: 2, local: true })
+    expect(round.start()).toEqual([{ type: 'hint', peer: 'b', reason: 'b is down' }, { type: 'send', peer: 'c' }])
+  })
+
+  it('one durable copy where two were required, the others unreachable: a 503 with durable 1, required 2, outcome partial, once every owner has answered', () => {
+    const round = new WriteQuorum({ ...base, peers: [{ peer: 'b', down: false }, { peer: 'c', down: false }], need: 2, local: true })
+    round.start()
+    round.committed()
+    round.failure('b', new UnavailableError('b is unreachable'), false)
+    expect(round.hinted('b')).toEqual([])
+    round.failure('c', new UnavailableError('c is unreachable'), false)
+    const out = round.hinted('c')
+    expect(out).toEqual([{ type: 'short', shortfall: expect.objectContaining({ durable: 1, required: 2, outcome: 'partial' }) }])
+    expect(out[0]?.type === 'short' && out[0].shortfall.message).toMatch(/^patient_id:1: the write is durable on 1 of the 2 owners required; it will reach the others when they return .*\[b: b is unreachable; c: c is unreachable\]$/)
+  })
+
+  it('an owner that timed out may have it: the outcome is then unknown', () => {
+    const round = new WriteQuorum({ ...base, peers: [{ peer: 'b', down: false }, { peer: 'c', down: false }], need: 3, local: true })
+    round.start()
+    round.committed()
+    round.ack('b')
+    round.failure('c', new TimeoutError('c: no answer within 5000 ms'), true)
+    expect(round.hinted('c')).toEqual([{ type: 'short', shortfall: expect.objectContaining({ durable: 2, required: 3, outcome: 'unknown' }) }])
+  })
+
+  it('this node\'s failed commit counts as a missing owner whose outcome is unknown', () => {
+    const round = new WriteQuorum({ ...base, peers: [{ peer: 'b', down: false }], need: 2, local: true })
+    round.start()
+    round.ack('b')
+    expect(round.commitFailed(new Error('disk full'))).toEqual([{ type: 'short', shortfall: expect.objectContaining({ durable: 1, required: 2, outcome: 'unknown' }) }])
+  })
+
+  it('with no other owner, this node\'s commit decides alone: enough at one, short by the rest above', () => {
+    const one = new WriteQuorum({ ...base, peers: [], need: 1, local: true })
+    expect(one.start()).toEqual([])
+    expect(one.committed()).toEqual([{ type: 'done' }])
+    const quorum = new WriteQuorum({ ...base, peers: [], need: 2, local: true })
+    quorum.start()
+    expect(quorum.committed()).toEqual([{ type: 'short', shortfall: { durable: 1, required: 2, outcome: 'partial', message: 'patient_id:1: 1 more replicas needed but none are members' } }])
+    const failing = new WriteQuorum({ ...base, peers: [], need: 1, local: true })
+    failing.start()
+    const err = new Error('disk full')
+    expect(failing.commitFailed(err)).toEqual([{ type: 'localFailed', error: err }])
+  })
+
+  it('without a pending commit (this node\'s copy is durable) `need` counts the other owners only', () => {
+    const round = new WriteQuorum({ ...base, peers: [{ peer: 'b', down: false }, { peer: 'c', down: false }], need: 1, local: false })
+    round.start()
+    round.failure('b', new UnavailableError('b is unreachable'), false)
+    round.hinted('b')
+    round.failure('c', new UnavailableError('c is unreachable'), false)
+    expect(round.hinted('c')).toEqual([{ type: 'short', shortfall: expect.objectContaining({ durable: 1, required: 2, outcome: 'partial' }) }])
+  })
+})
+
+describe('WriteRoute', () => {
+  const init = (over: Partial<WriteRouteInit> = {}): WriteRouteInit => ({ order: ['a', 'b', 'c'], self: 'x', one: false, required: 2, shard: 'patient_id:1', timeoutMs: 5000, forwardTimeoutMs: 11_000, now: 0, ...over })
+
+  it('coordinates here when this node is the first owner to try', () => {
+    expect(new WriteRoute(init({ order: ['x', 'a'] })).start(0)).toEqual({ type: 'local', retry: false })
+  })
+
+  it('passes over an unreachable primary to the next owner, telling it the write may have landed; a refusal there is an unknown outcome', () => {
+    const route = new WriteRoute(init())
+    expect(route.start(0)).toEqual({ type: 'forward', peer: 'a', retry: false, timeoutMs: 11_000, bounded: false })
+    expect(route.failed(new UnavailableError('a is unreachable'), 10)).toEqual({ type: 'forward', peer: 'b', retry: true, timeoutMs: 11_000, bounded: false })
+    const step = route.failed(new ConflictError('patient 1 already exists'), 20)
+    expect(step.type).toBe('fail')
+    expect(step.type === 'fail' && step.error).toMatchObject({ code: 'UNAVAILABLE', durable: 0, required: 2, outcome: 'unknown' })
+  })
+
+  it('a refusal by the first primary is the answer as it is', () => {
+    const route = new WriteRoute(init())
+    route.start(0)
+    const refusal = new ConflictError('patient 1 already exists')
+    expect(route.failed(refusal, 5)).toEqual({ type: 'fail', error: refusal })
+  })
+
+  it('a primary that timed out above one may have applied it: the outcome is unknown and no other owner is tried', () => {
+    const route = new WriteRoute(init())
+    route.start(0)
+    const step = route.failed(new TimeoutError('a: no answer'), 11_000)
+    expect(step.type === 'fail' && step.error).toMatchObject({ code: 'UNAVAILABLE', durable: 0, required: 2, outcome: 'unknown' })
+  })
+
+  it('at one the owners share one replication timeout; past it the write is kept here (sloppy), and a refusal there after a silence is unknown', () => {
+    const route = new WriteRoute(init({ one: true, required: 1 }))
+    expect(route.start(0)).toEqual({ type: 'forward', peer: 'a', retry: false, timeoutMs: 5000, bounded: true })
+    expect(route.failed(new UnavailableError('a is unreachable'), 1000)).toEqual({ type: 'forward', peer: 'b', retry: true, timeoutMs: 4000, bounded: true })
+    expect(route.failed(new TimeoutError('b: no answer'), 5000)).toEqual({ type: 'sloppy', retry: true })
+    expect(route.own(new ConflictError('exists'))).toMatchObject({ code: 'UNAVAILABLE', required: 1, outcome: 'unknown' })
+    const other = new Error('disk')
+    expect(route.own(other)).toBe(other)
+  })
+
+  it('with no owner left above one it fails naming the shard; with no members at all it says so', () => {
+    const route = new WriteRoute(init({ order: ['a'] }))
+    route.start(0)
+    const step = route.failed(new UnavailableError('a is unreachable'), 1)
+    expect(step.type === 'fail' && (step.error as NtsoekheError).message).toBe('No owner of patient_id:1 could take the write')
+    const empty = new WriteRoute(init({ order: [] })).start(0)
+    expect(empty.type === 'fail' && (empty.error as NtsoekheError).message).toBe('No members on the ring yet')
+  })
+})
+
+describe('PrimaryWrite', () => {
+  const row = { patient_id: 1, patient_name: 'Patient 1', date_of_birth: '1980-01-02', gender: 'F', address: '1 Main St', contact_number: '0123456789', email: 'p1@example.org' }
+  const insert: Mutation = { op: 'insert', table: 'patient_records', id: '1', shard: 'patient_id:1', row }
+  const init = (over: Partial<PrimaryWriteInit> = {}): PrimaryWriteInit => ({
+    self: 'p', owners: ['p', 'b', 'c'], down: () => false, mutations: [insert], level: undefined, writeQuorum: 2, readQuorum: 2, retry: false, missed: () => false, ...over
+  })
+  const clock = (): HybridClock => new HybridClock('p', () => 1_700_000_000_000)
+  const none = { get: () => undefined }
+  const types = (effects: PrimaryEffect[]): string[] => effects.map(e => e.type === 'send' || e.type === 'hint' ? `${e.type} ${e.peer}` : e.type)
+
+  it('a node that does not own the key refuses it', () => {
+    const effects = new PrimaryWrite(init({ owners: ['b', 'c', 'd'] })).start()
+    expect(effects).toEqual([{ type: 'fail', error: expect.objectContaining({ code: 'NOT_OWNER' }) }])
+  })
+
+  it('checks the disk, skips the catch-up for a fresh insert, orders, sends while committing, and answers once W owners have it', () => {
+    const w = new PrimaryWrite(init({ down: p => p === 'c' }))
+    expect(types(w.start())).toEqual(['checkWritable'])
+    expect(types(w.writable())).toEqual(['recall'])
+    expect(types(w.recalled(new Map()))).toEqual(['order'])
+    const { entries, effects } = w.order(none, clock())
+    expect(entries).toHaveLength(1)
+    expect(types(effects)).toEqual(['send b', 'hint c'])
+    // The other owner's answer comes before this node's own fsync: with it, W = 2 is met.
+    expect(w.ack('b')).toEqual([])
+    expect(w.committed()).toEqual([{ type: 'answer', results: [expect.objectContaining({ id: '1', version: entries[0]?.version })] }])
+  })
+
+  it('an update is caught up from R - 1 other owners first; a failed catch-up is the answer', () => {
+    const put: Mutation = { ...insert, op: 'put' }
+    const w = new PrimaryWrite(init({ mutations: [put] }))
+    w.start()
+    expect(w.writable()).toEqual([{ type: 'catchUp', need: 1, keys: [{ table: 'patient_records', id: '1', token: expect.any(String), required: true }] }])
+    const err = new UnavailableError('patient_records: 0 of 1 replicas answered')
+    expect(w.failed(err)).toEqual([{ type: 'fail', error: err }])
+  })
+
+  it('a refusal while ordering is the answer, with nothing sent', () => {
+    const w = new PrimaryWrite(init())
+    w.start(); w.writable(); w.recalled(new Map())
+    const exists = { get: () => ({ table: 'patient_records', id: '1', token: 't', seen: ['v'], superseded: [], heads: [{ table: 'patient_records', id: '1', token: 't', version: '000001700000000000.000000.x', parents: [], row }] }) }
+    let refusal: unknown
+    try { w.order(exists, clock()) } catch (err) { refusal = err }
+    expect(refusal).toBeInstanceOf(ConflictError)
+    expect(w.commitFailed(refusal)).toEqual([{ type: 'fail', error: refusal }])
+  })
+
+  it('this node\'s commit failing after the ordering marks the record missed, and the write still answers when W others have it', () => {
+    const w = new PrimaryWrite(init({ level: 'quorum', owners: ['p', 'b', 'c'] }))
+    w.start(); w.writable(); w.recalled(new Map())
+    w.order(none, clock())
+    const disk = new Error('disk full')
+    expect(types(w.commitFailed(disk))).toEqual(['missed'])
+    w.ack('b')
+    expect(types(w.ack('c'))).toEqual(['answer'])
+  })
+
+  it('short of W once every owner answered: the 503 says durable 1, required 2, outcome partial', () => {
+    const w = new PrimaryWrite(init())
+    w.start(); w.writable(); w.recalled(new Map())
+    w.order(none, clock())
+    w.committed()
+    w.failure('b', new UnavailableError('b is unreachable'), false)
+    w.hinted('b')
+    w.failure('c', new UnavailableError('c is unreachable'), false)
+    const [last] = w.hinted('c')
+    expect(last?.type === 'fail' && last.error).toMatchObject({ code: 'UNAVAILABLE', durable: 1, required: 2, outcome: 'partial' })
+  })
+})
+
+describe('PrimaryBatch', () => {
+  const row = (i: number): Record<string, unknown> => ({ patient_id: i, patient_name: `Patient ${i}`, date_of_birth: '1980-01-02', gender: 'F', address: `${i} Main St`, contact_number: '0123456789', email: `p${i}@example.org` })
+  const insert = (i: number): Mutation => ({ op: 'insert', table: 'patient_records', id: String(i), shard: `patient_id:${i}`, row: row(i) as Mutation['row'] })
+  const put = (i: number): Mutation => ({ ...insert(i), op: 'put' })
+  const clock = (): HybridClock => new HybridClock('p', () => 1_700_000_000_000)
+  const none = { get: () => undefined }
+  const batch = (groups: Mutation[][], ownersOf: string[][]): PrimaryBatch => new PrimaryBatch({ self: 'p', groups, ownersOf, down: () => false, level: undefined, writeQuorum: 2, readQuorum: 2, missed: () => false })
+  const kinds = (effects: BatchEffect[]): string[] => effects.map(e => e.type === 'send' || e.type === 'hint' ? `${e.type} ${e.group} ${e.peer}` : e.type === 'catchUp' ? `catchUp ${e.group}` : e.type)
+
+  it('refuses groups it does not own, catches up the update, orders the rest in one batch and answers each group by its own count', () => {
+    const b = batch([[insert(1)], [put(2)], [insert(3)]], [['p', 'b', 'c'], ['p', 'c', 'd'], ['x', 'y', 'z']])
+    expect(kinds(b.start())).toEqual(['checkWritable'])
+    expect(kinds(b.writable())).toEqual(['catchUp 1'])
+    expect(kinds(b.caughtUp(1))).toEqual(['order'])
+    const { entries, effects } = b.order(none, clock())
+    // The put of a record nobody has is refused while ordering (404): only the insert is sent.
+    expect(entries).toHaveLength(1)
+    expect(kinds(effects)).toEqual(['send 0 b', 'send 0 c'])
+    expect(b.ack(0, 'b')).toEqual([])
+    const [answer] = b.committed()
+    expect(answer?.type).toBe('answer')
+    const outcomes = answer?.type === 'answer' ? answer.outcomes : []
+    expect(outcomes[0]).toMatchObject({ ok: true })
+    expect(outcomes[1]).toMatchObject({ ok: false, error: { code: 'NOT_FOUND' } })
+    expect(outcomes[2]).toMatchObject({ ok: false, error: { code: 'NOT_OWNER' } })
+  })
+
+  it('a group whose catch-up fails fails alone; a full disk fails every group it owns; a failed commit fails the batch', () => {
+    const b = batch([[put(1)], [insert(2)]], [['p', 'b', 'c'], ['p', 'b', 'c']])
+    b.start()
+    b.writable()
+    expect(kinds(b.catchUpFailed(0, new UnavailableError('0 of 1 replicas answered')))).toEqual(['order'])
+    b.order(none, clock())
+    const err = new Error('I/O error')
+    expect(b.commitFailed(err)).toEqual([{ type: 'fail', error: err }])
+    const full = batch([[insert(1)]], [['p', 'b', 'c']])
+    full.start()
+    const [answer] = full.notWritable(new StorageFullError('disk full'))
+    expect(answer?.type === 'answer' && answer.outcomes).toEqual([{ ok: false, error: { code: 'UNAVAILABLE', message: 'disk full' } }])
+  })
+
+  it('a group short of W once every other owner answered gets the 503 fields as its outcome', () => {
+    const b = batch([[insert(1)]], [['p', 'b', 'c']])
+    b.start(); b.writable()
+    b.order(none, clock())
+    b.committed()
+    b.failure(0, 'b', new UnavailableError('b is unreachable'), false)
+    b.hinted(0, 'b')
+    b.failure(0, 'c', new UnavailableError('c is unreachable'), false)
+    const [answer] = b.hinted(0, 'c')
+    expect(answer?.type === 'answer' && answer.outcomes[0]).toMatchObject({ ok: false, error: { code: 'UNAVAILABLE', durable: 1, required: 2, outcome: 'partial' } })
+  })
+})
+
+describe('batched writes', () => {
+  it('split by primary, one message each; an empty group is answered at once, one without owners fails at once', () => {
+    const primaries: Record<string, string | undefined> = { p1: 'a', p2: 'b', p3: 'a', p4: undefined }
+    const { byPrimary, answered } = groupsByPrimary([['p1'], ['p2'], [], ['p3'], ['p4']], first => primaries[first])
+    expect([...byPrimary]).toEqual([['a', [0, 3]], ['b', [1]]])
+    expect(answered.get(2)).toEqual({ ok: true, results: [] })
+    expect(answered.get(4)).toEqual({ ok: false, error: { code: 'UNAVAILABLE', message: 'No members on the ring yet' } })
+  })
+
+  it('a primary that timed out leaves its groups unknown (not tried elsewhere); an unreachable one passes them on; a refusal is thrown', () => {
+    const timedOut = batchFailure(new TimeoutError('a: no answer'))
+    expect(timedOut).toEqual({ ok: false, error: { code: 'UNAVAILABLE', message: 'a: no answer' } })
+    expect(batchAnswerStands(timedOut)).toBe(true)
+    const unreachable = batchFailure(new UnavailableError('a is unreachable'))
+    expect(batchAnswerStands(unreachable)).toBe(false)
+    expect(batchFailure(new ConflictError('exists'))).toBeUndefined()
+    expect(batchAnswerStands(undefined)).toBe(false)
+    expect(batchAnswerStands({ ok: false, error: { code: 'CONFLICT', message: 'exists' } })).toBe(true)
+  })
+})
+
+describe('read and catch-up plans', () => {
+  const state = (heads: string[], superseded: string[] = []): RecordState => ({
+    table: 'patient_records', id: '1', token: '0123456789abcdef', seen: [...superseded, ...heads], superseded,
+    heads: heads.map(version => ({ table: 'patient_records', id: '1', token: '0123456789abcdef', version, parents: [], row: null }))
+  })
+
+  it('an owner reads its own copy first; a non-owner at one reads the copy it keeps too', () => {
+    expect(readPlan({ owners: ['a', 'self', 'b'], self: 'self', level: undefined, quorum: 2, isAlive: () => true, random: () => 0 }))
+      .toEqual({ peers: ['self', 'b', 'a'], need: 2, mine: true, held: false })
+    expect(readPlan({ owners: ['a', 'b', 'c'], self: 'x', level: 'one', quorum: 2, isAlive: p => p !== 'a', random: () => 0 }))
+      .toEqual({ peers: ['c', 'b', 'a'], need: 1, mine: false, held: true })
+  })
+
+  it('repairs the copies that lack a head or a replaced version of the merged state, and none that has it all', () => {
+    const merged = state(['v2'], ['v1'])
+    const answers = new Map<string, RecordState | undefined>([['a', state(['v2'], ['v1'])], ['b', state(['v1'])], ['c', undefined], ['d', state(['v2'])]])
+    expect(repairsFor(answers, merged)).toEqual(['b', 'c', 'd'])
+  })
+
+  it('heads compare as sets', () => {
+    expect(sameVersions(['a', 'b'], ['b', 'a'])).toBe(true)
+    expect(sameVersions(['a'], null)).toBe(false)
+    expect(sameVersions(null, null)).toBe(true)
+  })
+
+  it('a primary looks up updates and deletes, and inserts only when retried or after a failed local commit', () => {
+    const m = (op: Mutation['op'], id: string): Mutation => ({ op, table: 'patient_records', id, shard: `patient_id:${id}` })
+    const mutations = [m('insert', '1'), m('put', '2'), m('delete', '3'), m('insert', '4')]
+    const plan = catchUpPlan(mutations, undefined, 2, 3, false, key => key === 'patient_records/4')
+    expect(plan.need).toBe(1)
+    expect([...plan.keys.values()].map(k => [k.id, k.required])).toEqual([['2', true], ['3', true], ['4', true]])
+    const retried = catchUpPlan([m('insert', '1')], undefined, 2, 3, true, () => false)
+    expect([...retried.keys.values()].map(k => [k.id, k.required])).toEqual([['1', false]])
+    expect(catchUpPlan(mutations, 'one', 2, 3, false, () => false).keys.size).toBe(0)
+  })
+})
+
+describe('MemberView (membership and failure detection, no I/O)', () => {
+  const timing = { suspectAfterMs: 3000, downAfterMs: 10_000, fanout: 3 }
+  const view = (id: TestIdentity, now: number): MemberView => new MemberView({ peerId: id.peerId, sign: id.sign, now, ...timing })
+  const gossipTargets = (effects: MemberEffect[]): string[] => effects.flatMap(e => e.type === 'gossip' ? [e.peer] : [])
+  /** One push-pull exchange, as the driver performs it: `from` sends its message, `to` answers, `from` takes the answer */
+  const exchange = (from: MemberView, fromId: string, to: MemberView, toId: string, now: number): void => {
+    const reply = to.receive(from.message(now).view, fromId, now)
+    from.answered(toId, reply, now, now)
+  }
+
+  it('a candidate is gossiped with on the next heartbeat; once it answered both know each other as alive, and the change is announced and saved', () => {
+    const [a, b] = [testIdentity(), testIdentity()]
+    const va = view(a, 1000)
+    const vb = view(b, 1000)
+    va.addCandidate(b.peerId, ['/ip4/127.0.0.1/tcp/1'])
+    va.tick(2000, [], () => 0)
+    expect(gossipTargets(va.ready())).toEqual([b.peerId])
+    exchange(va, a.peerId, vb, b.peerId, 2000)
+    expect(vb.ready().map(e => e.type)).toEqual(['changed', 'persist'])
+    va.roundDone(2000)
+    const effects = va.ready()
+    expect(effects.map(e => e.type)).toEqual(['changed', 'persist'])
+    expect(effects[1]).toEqual({ type: 'persist', members: [{ peerId: b.peerId, addresses: [] }] })
+    expect(va.stateOf(b.peerId, 2000)).toBe('alive')
+    expect(vb.stateOf(a.peerId, 2000)).toBe('alive')
+  })
+
+  it('a member that falls silent is suspect past suspectAfterMs and down past downAfterMs, as time alone says; it is revisited every fifth round', () => {
+    const [a, b] = [testIdentity(), testIdentity()]
+    const va = view(a, 1000)
+    const vb = view(b, 1000)
+    exchange(vb, b.peerId, va, a.peerId, 1000)
+    va.ready()
+    expect(va.stateOf(b.peerId, 1000 + 3000)).toBe('alive')
+    expect(va.stateOf(b.peerId, 1000 + 3001)).toBe('suspect')
+    expect(va.stateOf(b.peerId, 1000 + 10_001)).toBe('down')
+    va.roundDone(1000 + 3001)
+    expect(va.ready().some(e => e.type === 'changed')).toBe(true)
+    // Down: not among the random targets, but asked every fifth round to see it return.
+    const rounds: string[][] = []
+    for (let r = 1; r <= 5; r++) {
+      va.tick(20_000 + r * 1000, [], () => 0)
+      rounds.push(gossipTargets(va.ready()))
+    }
+    expect(rounds).toEqual([[], [], [], [], [b.peerId]])
+  })
+
+  it('gossips with at most `fanout` live members a round, in an order the random draw decides', () => {
+    const ids = Array.from({ length: 6 }, () => testIdentity())
+    const [a, ...others] = ids as [TestIdentity, ...TestIdentity[]]
+    const va = view(a, 1000)
+    for (const o of others) exchange(view(o, 1000), o.peerId, va, a.peerId, 1000)
+    va.ready()
+    va.tick(1500, [], () => 0)
+    const first = gossipTargets(va.ready())
+    va.tick(2000, [], () => 0.999)
+    const second = gossipTargets(va.ready())
+    expect(first).toHaveLength(3)
+    expect(second).toHaveLength(3)
+    expect(first).not.toEqual(second)
+  })
+
+  it('refuses gossip from a peer that is not a member and brings no signed join, reporting it once a minute', () => {
+    const [a, stranger, other] = [testIdentity(), testIdentity(), testIdentity()]
+    const va = view(a, 1000)
+    const forged = view(other, 1000).message(1000).view
+    expect(() => va.receive(forged, stranger.peerId, 1000)).toThrow(ForbiddenError)
+    expect(va.ready()).toEqual([{ type: 'warn', line: expect.stringContaining(`refused membership gossip from ${stranger.peerId}`) }])
+    expect(() => va.receive(forged, stranger.peerId, 30_000)).toThrow(ForbiddenError)
+    expect(va.ready()).toEqual([])
+    expect(va.stateOf(other.peerId, 30_000)).toBeUndefined()
+  })
+
+  it('a member that leaves is known as left by those it told, and loses its place among the ring\'s members', () => {
+    const [a, b] = [testIdentity(), testIdentity()]
+    const va = view(a, 1000)
+    const vb = view(b, 1000)
+    exchange(va, a.peerId, vb, b.peerId, 1000)
+    va.leave(2000)
+    expect(va.leaving).toBe(true)
+    expect(va.ready().some(e => e.type === 'changed')).toBe(true)
+    exchange(va, a.peerId, vb, b.peerId, 2000)
+    expect(vb.stateOf(a.peerId, 2000)).toBe('left')
+    expect(vb.members(2000, []).filter(m => m.state !== 'left').map(m => m.peerId)).toEqual([b.peerId])
+  })
+
+  it('only a down member can be removed; the removal is gossiped to the live members', () => {
+    const [a, b, c] = [testIdentity(), testIdentity(), testIdentity()]
+    const va = view(a, 1000)
+    exchange(view(b, 1000), b.peerId, va, a.peerId, 1000)
+    exchange(view(c, 1000), c.peerId, va, a.peerId, 20_000)
+    va.ready()
+    expect(() => va.remove(c.peerId, 20_000, () => 0)).toThrow(ConflictError)
+    expect(va.remove(b.peerId, 20_000, () => 0)).toMatchObject({ peerId: b.peerId, state: 'left' })
+    const effects = va.ready()
+    expect(gossipTargets(effects)).toEqual([c.peerId])
+    expect(va.stateOf(b.peerId, 20_000)).toBe('left')
+  })
+})
+
+describe('anti-entropy decisions', () => {
+  it('narrows differing ranges to their differing leaves, numbered across the ring', () => {
+    const mine: Record<number, string[]> = { 3: ['a', 'b', 'c'], 7: ['x', 'y'] }
+    expect(differingLeaves([3, 7], [['a', 'B', 'c'], ['x']], b => mine[b] ?? [], 256)).toEqual([3 * 256 + 1, 7 * 256 + 1])
+  })
+
+  it('pulls what differs unless this node holds every head of the peer\'s copy; pushes what the peer lacks or still differs after the pull', () => {
+    const mine = new Map([['same', 'd1'], ['newer-here', 'd2'], ['stale-here', 'd3'], ['only-here', 'd4']])
+    const theirs = new Map<string, PeerDigest>([
+      ['same', { digest: 'd1' }],
+      ['newer-here', { digest: 'old', heads: ['v1'] }],
+      ['stale-here', { digest: 'new', heads: ['v9'] }],
+      ['only-there', { digest: 'd5' }]
+    ])
+    const held = new Set(['newer-here/v1'])
+    const pull = recordsToPull(mine, theirs, (k, heads) => heads.every(h => held.has(`${k}/${h}`)))
+    expect(pull).toEqual(['stale-here', 'only-there'])
+    // After the pull, the stale copy here is the peer's: it does not go back.
+    const now: Record<string, string> = { 'stale-here': 'new', 'newer-here': 'd2' }
+    expect(recordsToPush(mine, theirs, k => now[k])).toEqual(['newer-here', 'only-here'])
+  })
+})
