@@ -1,16 +1,15 @@
 import { ForbiddenError } from '../errors/index.js'
 import type { Store, WholeRecord } from '../storage/store.js'
-import { BUCKETS, bucketOfLeaf, LEAVES_PER_BUCKET, leafPrefix } from '../storage/range-summary.js'
-import { chunkWhole, MAX_ENTRIES_PER_MESSAGE, resultOk } from './apply-batcher.js'
-import {
-  checkDigestPage, checkFetchReply, checkLeavesReply, checkRecordKey, checkSummaryReply,
-  MAX_PARENTS, MAX_SYNC_BUCKETS, MAX_SYNC_DIGESTS, MAX_SYNC_FETCH, MAX_SYNC_LEAVES, parseSyncMessage, SYNC_DIGEST_HEX, type SyncMessage
-} from './messages.js'
-import { differingIndexes } from './decisions.js'
-import { differingLeaves, recordsToPull, recordsToPush } from './core/sync.js'
+import { leafPrefix } from '../storage/range-summary.js'
+import { MAX_ENTRIES_PER_MESSAGE } from './apply-batcher.js'
+import { checkRecordKey, MAX_PARENTS, parseSyncMessage, SYNC_DIGEST_HEX, type SyncMessage } from './messages.js'
+import { SendBudget } from './core/budget.js'
+import { FETCH_REPLY_BYTES, leafRuns, SyncRound, type SyncEffect, type SyncRoundResult } from './core/sync-round.js'
 import { ByteThrottle } from './throttle.js'
 import type { PeerTransport } from './transport.js'
 import { REAL_ENV, sleep, type Environment, type TimerHandle } from '../util/env.js'
+
+export { leafRuns }
 
 export interface AntiEntropyComponents {
   store: Store
@@ -74,24 +73,6 @@ export interface AntiEntropyStatus {
 
 export const DEFAULT_ANTI_ENTROPY_INTERVAL_MS = 600_000
 export const DEFAULT_SYNC_BANDWIDTH_MBPS = 10
-/** Records read for one push; they go in as few `records` messages as fit (see chunkWhole) */
-const PUSH_BATCH = 512
-/** Pages of one leaf (or one range's leaves) a round reads before it gives up on them (a leaf is 1/65536 of the records) */
-const MAX_PAGES_PER_LEAF = 10_000
-/** Bytes of records one fetch reply carries, under the transport's frame limit */
-const FETCH_REPLY_BYTES = 2 * 1024 * 1024
-
-/** Ascending leaves as runs of consecutive ones, `[first, last]` */
-export function leafRuns (leaves: number[]): Array<[number, number]> {
-  const runs: Array<[number, number]> = []
-  for (const leaf of leaves) {
-    const run = runs[runs.length - 1]
-    if (run !== undefined && leaf === run[1] + 1) run[1] = leaf
-    else runs.push([leaf, leaf])
-  }
-  return runs
-}
-
 type Round = Omit<AntiEntropyStatus, 'running' | 'intervalMs' | 'bandwidthMbps' | 'lastRoundAt' | 'progress'>
 
 /**
@@ -104,14 +85,22 @@ type Round = Omit<AntiEntropyStatus, 'running' | 'intervalMs' | 'bandwidthMbps' 
  * whole states with every version, pushed with the replica protocol's `apply`
  * and `merge`, pulled with `fetch`. Merging never loses a head, so a record
  * both sides changed ends as a visible conflict, as a read repair would.
- * Everything sent (replies and records) passes one byte throttle.
+ * Everything sent (replies and records) draws on one bandwidth budget.
+ *
+ * The round's decisions are a SyncRound (core/sync-round.ts), which does no
+ * I/O; this class is its driver: it performs the round's requests, store
+ * reads and writes and budget waits and feeds back what came of them, runs
+ * a round every `intervalMs`, and serves the sync protocol to its peers.
  */
 export class AntiEntropy {
   private readonly c: AntiEntropyComponents
   private readonly intervalMs: number
   private readonly bandwidthMbps: number
   private readonly timeoutMs: number
+  private readonly budget: SendBudget
   private readonly throttle: ByteThrottle
+  /** The round under way */
+  private machine?: SyncRound
   private readonly env: Environment
   private timer?: TimerHandle
   private current?: Promise<RepairResult>
@@ -126,7 +115,9 @@ export class AntiEntropy {
     this.timeoutMs = init.timeoutMs ?? 5000
     const env = components.env ?? REAL_ENV
     this.env = env
-    this.throttle = new ByteThrottle({ bytesPerSecond: this.bandwidthMbps * 1_000_000 / 8, now: env.now, sleep: async ms => { await sleep(env, ms) } })
+    // One budget for what this node sends: its rounds' pushes and its replies to others' rounds.
+    this.budget = new SendBudget(this.bandwidthMbps * 1_000_000 / 8, env.now())
+    this.throttle = new ByteThrottle({ bytesPerSecond: this.bandwidthMbps * 1_000_000 / 8, now: env.now, sleep: async ms => { await sleep(env, ms) }, budget: this.budget })
     components.transport.handle('sync', async (msg, from) => await this.onMessage(msg, from), { accept: peer => components.mayServe(peer) })
   }
 
@@ -141,6 +132,7 @@ export class AntiEntropy {
 
   async stop (): Promise<void> {
     this.stopped = true
+    this.machine?.stop()
     if (this.timer !== undefined) this.env.clearInterval(this.timer)
     await this.current?.catch(() => {})
   }
@@ -178,105 +170,91 @@ export class AntiEntropy {
     }
   }
 
+  /** Runs one round: feeds a SyncRound (core/sync-round.ts) and performs what it asks for, one step at a time */
   private async round (): Promise<RepairResult> {
-    const started = this.env.now()
-    const peers = this.c.peers().filter(p => p !== this.c.peerId)
-    const stats: Round = { ranges: 0, rangesDiffering: 0, recordsCompared: 0, recordsSent: 0, seconds: 0, peers: 0, failed: 0 }
-    this.progress = { done: 0, total: peers.length * BUCKETS }
+    const round = new SyncRound({
+      self: this.c.peerId,
+      peers: this.c.peers().filter(p => p !== this.c.peerId),
+      owners: this.c.owners,
+      budget: this.budget,
+      timeoutMs: this.timeoutMs,
+      bandwidthMbps: this.bandwidthMbps
+    })
+    this.machine = round
+    if (this.stopped) round.stop()
+    let effects = round.start(this.env.now())
     try {
-      for (const peer of peers) {
-        if (this.stopped) break
-        const doneBefore = this.progress.done
-        try {
-          await this.syncWith(peer, stats)
-          stats.peers++
-        } catch (err) {
-          stats.failed++
-          this.c.log?.('anti-entropy with %s failed: %s', peer, (err as Error).message)
+      for (;;) {
+        const next: SyncEffect[] = []
+        for (const e of effects) {
+          if (e.type === 'done') return this.finished(e.result)
+          next.push(...await this.perform(round, e))
         }
-        this.progress.done = doneBefore + BUCKETS
+        // The round always waits on one step or is over: nothing to do and not done is a bug in it.
+        if (next.length === 0) throw new Error('anti-entropy round stalled')
+        effects = next
       }
     } finally {
+      this.machine = undefined
       this.progress = undefined
     }
-    stats.seconds = Math.round(this.env.now() - started) / 1000
-    this.last = { ...stats, finishedAt: this.env.now() }
-    if (stats.recordsSent > 0 || stats.failed > 0) {
-      this.c.log?.('anti-entropy with %d peers: %d of %d ranges differed, %d records compared, %d sent, %d peers failed', peers.length, stats.rangesDiffering, stats.ranges, stats.recordsCompared, stats.recordsSent, stats.failed)
-    }
-    return { ranges: stats.ranges, recordsCompared: stats.recordsCompared, recordsSent: stats.recordsSent, seconds: stats.seconds }
   }
 
-  private async ask (peer: string, msg: SyncMessage): Promise<unknown> {
-    // The peer's reply waits on its own throttle: give it time for a full page at the configured rate.
-    const timeout = this.timeoutMs + Math.ceil(FETCH_REPLY_BYTES * 8 / (this.bandwidthMbps * 1000))
-    return await this.c.transport.request(peer, 'sync', msg, { timeout })
+  private finished (result: SyncRoundResult): RepairResult {
+    const { failures: _failures, ...round } = result
+    this.last = { ...round, finishedAt: this.env.now() }
+    return { ranges: result.ranges, recordsCompared: result.recordsCompared, recordsSent: result.recordsSent, seconds: result.seconds }
   }
 
-  /**
-   * Brings this node and `peer` to the same state for every record both own.
-   * The differing ranges are narrowed to their differing leaves first, then
-   * the records of those leaves compared a few hundred leaves at a time (a
-   * round trip per page, not per range).
-   */
-  private async syncWith (peer: string, stats: Round): Promise<void> {
-    const remote = checkSummaryReply(await this.ask(peer, { type: 'summary' }))
-    const local = this.c.store.summary.bucketDigests()
-    const differing = differingIndexes(local, remote)
-    stats.ranges += BUCKETS
-    stats.rangesDiffering += differing.length
-    const progress = this.progress as { done: number }
-    progress.done += BUCKETS - differing.length
-    const leaves: number[] = []
-    for (let i = 0; i < differing.length && !this.stopped; i += MAX_SYNC_BUCKETS) {
-      const buckets = differing.slice(i, i + MAX_SYNC_BUCKETS)
-      const replies = checkLeavesReply(await this.ask(peer, { type: 'leaves', buckets }), buckets.length)
-      leaves.push(...differingLeaves(buckets, replies, b => this.c.store.summary.leafDigests(b), LEAVES_PER_BUCKET))
-    }
-    const base = progress.done
-    for (let i = 0; i < leaves.length && !this.stopped; i += MAX_SYNC_LEAVES) {
-      const some = leaves.slice(i, i + MAX_SYNC_LEAVES)
-      await this.syncLeaves(peer, some, stats)
-      // Progress in ranges: those whose differing leaves are all done.
-      const last = bucketOfLeaf(some[some.length - 1] as number)
-      progress.done = base + differing.filter(b => b <= last).length
+  /** Performs one effect of the round; returns what the round wants next */
+  private async perform (round: SyncRound, e: Exclude<SyncEffect, { type: 'done' }>): Promise<SyncEffect[]> {
+    const { store, transport } = this.c
+    switch (e.type) {
+      case 'progress':
+        this.progress = { done: e.done, total: e.total }
+        return []
+      case 'log':
+        this.c.log?.(e.msg, ...e.args)
+        return []
+      case 'wake':
+        await sleep(this.env, e.ms)
+        return round.tick(this.env.now())
+      case 'ask':
+        return await this.settle(round, e.id, async () => await transport.request(e.peer, 'sync', e.msg, { timeout: e.timeoutMs }), r => round.answered(e.id, r, this.env.now()))
+      case 'push':
+        return await this.settle(round, e.id, async () => await transport.request(e.peer, 'replica', e.msg, { timeout: e.timeoutMs }), r => round.answered(e.id, r, this.env.now()))
+      case 'readSummary':
+        return await this.settle(round, e.id, () => store.summary.bucketDigests(), d => round.summaryRead(e.id, d, this.env.now()))
+      case 'readLeaves':
+        return await this.settle(round, e.id, () => e.buckets.map(b => store.summary.leafDigests(b)), l => round.leavesRead(e.id, l, this.env.now()))
+      case 'readDigests':
+        return await this.settle(round, e.id, async () => await store.recordDigests(e.leaf, { through: e.through, limit: e.limit, ...(e.after === undefined ? {} : { after: e.after }) }), r => round.digestsRead(e.id, r, this.env.now()))
+      case 'checkHeads':
+        return await this.settle(round, e.id, () => e.records.filter(r => store.holdsHeads(r.key, r.heads)).map(r => r.key), held => round.headsHeld(e.id, held, this.env.now()))
+      case 'readDigestsNow':
+        return await this.settle(round, e.id, () => new Map(e.keys.map(k => [k, store.digestOf(k)])), d => round.digestsNow(e.id, d, this.env.now()))
+      case 'readRecords':
+        return await this.settle(round, e.id, async () => (await Promise.all(e.keys.map(async key => await this.wholeRecord(key)))).filter((r): r is WholeRecord => r !== undefined), r => round.recordsRead(e.id, r, this.env.now()))
+      case 'write':
+        return await this.settle(round, e.id, async () => {
+          for (const r of e.records) {
+            for (const h of r.state.heads) this.c.observe?.(h.version)
+            for (const v of r.versions) this.c.observe?.(v.version)
+          }
+          await store.receive(e.records)
+        }, () => round.written(e.id, this.env.now()))
     }
   }
 
-  /** Records of some leaves that both this node and `peer` own, with this node's digests of them */
-  private async localDigests (peer: string, leaves: number[]): Promise<Map<string, string>> {
-    const out = new Map<string, string>()
-    // A run of consecutive leaves is one key range: one LevelDB iterator, not one a leaf.
-    for (const [leaf, through] of leafRuns(leaves)) {
-      let after: string | undefined
-      for (let page = 0; ; page++) {
-        if (page >= MAX_PAGES_PER_LEAF) throw new Error(`leaves ${leaf}..${through} have more records than a round reads`)
-        const records = await this.c.store.recordDigests(leaf, { through, limit: MAX_SYNC_DIGESTS, ...(after === undefined ? {} : { after }) })
-        for (const r of records) {
-          if (this.coOwned(peer, r.table, r.token)) out.set(r.key, r.digest.slice(0, SYNC_DIGEST_HEX))
-        }
-        if (records.length < MAX_SYNC_DIGESTS) break
-        after = records[records.length - 1]?.key
-      }
+  /** Runs a step's I/O and feeds its result to the round, or its error: a failure is the round's input, not the driver's */
+  private async settle<T> (round: SyncRound, id: number, step: () => T | Promise<T>, feed: (value: T) => SyncEffect[]): Promise<SyncEffect[]> {
+    let value: T
+    try {
+      value = await step()
+    } catch (err) {
+      return round.failed(id, err, this.env.now())
     }
-    return out
-  }
-
-  /** The peer's digests (and heads, when it sends them) of the records of some leaves that this node owns too */
-  private async remoteDigests (peer: string, leaves: number[]): Promise<Map<string, { digest: string, heads?: string[] }>> {
-    const out = new Map<string, { digest: string, heads?: string[] }>()
-    let after: string | undefined
-    for (let page = 0; page < MAX_PAGES_PER_LEAF; page++) {
-      const reply = checkDigestPage(await this.ask(peer, { type: 'digests', leaves, limit: MAX_SYNC_DIGESTS, ...(after === undefined ? {} : { after }) }), leaves, after)
-      for (const [key, digest, heads] of reply.records) {
-        const { table, token } = checkRecordKey(key)
-        // Only what this node owns too: the peer's view of the ring may differ from ours for a while.
-        if (this.coOwned(peer, table, token)) out.set(key, heads === undefined ? { digest } : { digest, heads })
-      }
-      if (reply.next === undefined) return out
-      after = reply.next
-    }
-    throw new Error(`leaves ${leaves[0] ?? ''}.. of ${peer} have more records than a round reads`)
+    return feed(value)
   }
 
   private coOwned (peer: string, table: string, token: string): boolean {
@@ -284,67 +262,6 @@ export class AntiEntropy {
     return owners.includes(this.c.peerId) && owners.includes(peer)
   }
 
-  /**
-   * Compares the records of some differing leaves and moves those that
-   * differ: first pulls what the peer holds differently and merges it, then
-   * pushes only the records whose digest still differs from the peer's (this
-   * node had something the peer lacks). A record that was merely stale here
-   * travels once, not both ways.
-   */
-  private async syncLeaves (peer: string, leaves: number[], stats: Round): Promise<void> {
-    const mine = await this.localDigests(peer, leaves)
-    const theirs = await this.remoteDigests(peer, leaves)
-    // Pulled: what differs, unless every head of the peer's copy is known here (this copy is then the newer).
-    const pull = recordsToPull(mine, theirs, (k, heads) => this.c.store.holdsHeads(k, heads))
-    stats.recordsCompared += new Set([...mine.keys(), ...theirs.keys()]).size
-    const pulled = pull.length > 0 ? await this.pull(peer, pull) : new Set<string>()
-    // Merged from the peer just now: what this node holds now is what counts.
-    const push = recordsToPush(mine, theirs, k => this.c.store.digestOf(k)?.slice(0, SYNC_DIGEST_HEX))
-    const pushed = push.length > 0 ? await this.push(peer, push) : new Set<string>()
-    stats.recordsSent += new Set([...pulled, ...pushed]).size
-  }
-
-  /** Whole records (history and state) in one `records` message per batch; returns the keys sent */
-  private async push (peer: string, keys: string[]): Promise<Set<string>> {
-    const sent = new Set<string>()
-    for (let i = 0; i < keys.length && !this.stopped; i += PUSH_BATCH) {
-      const items = (await Promise.all(keys.slice(i, i + PUSH_BATCH).map(async key => await this.wholeRecord(key))))
-        .filter((r): r is WholeRecord => r !== undefined)
-      for (const part of chunkWhole(items)) {
-        const msg = { type: 'records', records: part }
-        await this.throttle.take(JSON.stringify(msg).length)
-        const reply = await this.c.transport.request(peer, 'replica', msg, { timeout: this.timeoutMs * 2 })
-        const failed = part.filter((_, j) => !resultOk(reply, j)).length
-        if (failed > 0) throw new Error(`${peer} did not take ${failed} of ${part.length} records`)
-        for (const r of part) sent.add(`${r.state.token}!${r.state.table}!${r.state.id}`)
-      }
-    }
-    return sent
-  }
-
-  /** Fetches records from the peer and takes them whole; returns the keys received */
-  private async pull (peer: string, keys: string[]): Promise<Set<string>> {
-    const received = new Set<string>()
-    let remaining = keys
-    // Each reply settles at least one key (or the loop ends), so this runs at most keys.length times.
-    for (let turn = 0; remaining.length > 0 && turn < keys.length && !this.stopped; turn++) {
-      const asked = remaining.slice(0, MAX_SYNC_FETCH)
-      const reply = checkFetchReply(await this.ask(peer, { type: 'fetch', keys: asked }), asked)
-      if (reply.records.length === 0 && reply.missing.length === 0) throw new Error(`${peer} answered a fetch with nothing`)
-      for (const r of reply.records) {
-        for (const h of r.state.heads) this.c.observe?.(h.version)
-        for (const e of r.versions) this.c.observe?.(e.version)
-      }
-      if (reply.records.length > 0) await this.c.store.receive(reply.records)
-      const got = reply.records.map(r => `${r.state.token}!${r.state.table}!${r.state.id}`)
-      for (const k of got) received.add(k)
-      const settled = new Set([...reply.missing, ...got])
-      remaining = remaining.filter(k => !settled.has(k))
-    }
-    return received
-  }
-
-  /** A record's state and its history (the heads travel in the state only) */
   /** A record's state and its history (the heads travel in the state only) */
   private async wholeRecord (key: string): Promise<WholeRecord | undefined> {
     const { table, token, id } = checkRecordKey(key)

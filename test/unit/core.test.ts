@@ -4,12 +4,15 @@ import { HEDGE_MS, QuorumAsk, type AskEffect } from '../../src/cluster/core/ask.
 import { WriteQuorum } from '../../src/cluster/core/write-quorum.js'
 import { batchAnswerStands, batchFailure, groupsByPrimary, WriteRoute, type WriteRouteInit } from '../../src/cluster/core/route.js'
 import { catchUpPlan, readPlan, repairsFor, sameVersions } from '../../src/cluster/core/read.js'
-import type { RecordState } from '../../src/storage/store.js'
+import type { RecordState, WholeRecord } from '../../src/storage/store.js'
 import type { Mutation } from '../../src/cluster/coordinator.js'
 import { MemberView, type MemberEffect } from '../../src/cluster/core/members.js'
 import { PrimaryBatch, PrimaryWrite, type BatchEffect, type PrimaryEffect, type PrimaryWriteInit } from '../../src/cluster/core/primary.js'
 import { HybridClock } from '../../src/storage/version.js'
 import { differingLeaves, recordsToPull, recordsToPush, type PeerDigest } from '../../src/cluster/core/sync.js'
+import { SyncRound, type LocalDigest, type SyncEffect, type SyncRoundResult } from '../../src/cluster/core/sync-round.js'
+import { SendBudget } from '../../src/cluster/core/budget.js'
+import { tokenOf } from '../../src/cluster/token.js'
 import { testIdentity, type TestIdentity } from '../helpers/identity.js'
 
 /**
@@ -505,5 +508,162 @@ describe('anti-entropy decisions', () => {
     // After the pull, the stale copy here is the peer's: it does not go back.
     const now: Record<string, string> = { 'stale-here': 'new', 'newer-here': 'd2' }
     expect(recordsToPush(mine, theirs, k => now[k])).toEqual(['newer-here', 'only-here'])
+  })
+})
+
+describe('SyncRound', () => {
+  const SELF = 'self'
+  const clock = new HybridClock('peer')
+  const hex = (c: string, n: number): string => c.repeat(n)
+  /** 256 range digests, all alike but the one given */
+  const summary = (differ?: number): string[] => Array.from({ length: 256 }, (_, b) => hex(b === differ ? 'b' : 'a', 64))
+  const leafOf = (token: string): number => parseInt(token.slice(0, 4), 16)
+  // Two real patients whose records fall in one leaf: their whole states pass the checks a fetched record must pass.
+  const [p, q] = ((): [number, number] => {
+    const seen = new Map<number, number>()
+    for (let i = 1; ; i++) {
+      const leaf = leafOf(tokenOf(`patient_id:${i}`))
+      const other = seen.get(leaf)
+      if (other !== undefined) return [other, i]
+      seen.set(leaf, i)
+    }
+  })()
+  const L = leafOf(tokenOf(`patient_id:${p}`))
+  const B = Math.floor(L / 256)
+  const keyOf = (i: number, token = tokenOf(`patient_id:${i}`)): string => `${token}!patient_records!${i}`
+  /** A record of the same leaf that only this node's store lists (its token need not be the patient's) */
+  const localKey = (i: number): string => keyOf(i, `${L.toString(16).padStart(4, '0')}${String(i).padStart(12, '0')}`)
+  const whole = (key: string): WholeRecord => {
+    const [token, table, id] = key.split('!') as [string, string, string]
+    const head = { table, id, token, version: clock.tick(), parents: [], row: { patient_id: Number(id), patient_name: `Patient ${id}`, date_of_birth: '1980-01-02', gender: 'F', address: '1 Main St', contact_number: '0123456789', email: `p${id}@example.org` } }
+    return { state: { table, id, token, heads: [head], seen: [head.version], superseded: [] }, versions: [] }
+  }
+  const local = (key: string, digest: string, heads = ['v']): LocalDigest => ({ key, table: 'patient_records', token: key.slice(0, 16), digest, heads })
+  const roundOf = (peers: string[], budget = new SendBudget(1e9, 0)): SyncRound =>
+    new SyncRound({ self: SELF, peers, owners: () => [SELF, 'b', 'c', 'd'], budget, timeoutMs: 5000, bandwidthMbps: 10 })
+  /** The one step of some effects that waits on an input */
+  const stepOf = (effects: SyncEffect[]): Extract<SyncEffect, { id: number }> => {
+    const steps = effects.filter((e): e is Extract<SyncEffect, { id: number }> => 'id' in e)
+    if (steps.length !== 1) throw new Error(`expected one step, got ${JSON.stringify(effects.map(e => e.type))}`)
+    return steps[0] as Extract<SyncEffect, { id: number }>
+  }
+  const doneOf = (effects: SyncEffect[]): SyncRoundResult => {
+    const done = effects.find(e => e.type === 'done')
+    if (done?.type !== 'done') throw new Error(`the round is not done: ${JSON.stringify(effects.map(e => e.type))}`)
+    return done.result
+  }
+  /** Leaf digests of range B, alike but for leaf L when `differ` */
+  const leaves = (differ: boolean): string[] => Array.from({ length: 256 }, (_, k) => hex(differ && B * 256 + k === L ? 'b' : 'a', 64))
+
+  /** Drives a round with one peer up to the comparison of leaf L's records: this node lists `mine` */
+  const toLeaf = (round: SyncRound, mine: LocalDigest[]): Extract<SyncEffect, { id: number }> => {
+    let s = stepOf(round.start(0))
+    expect(s).toMatchObject({ type: 'ask', peer: 'b', msg: { type: 'summary' } })
+    s = stepOf(round.answered(s.id, { buckets: summary(B) }, 1))
+    expect(s.type).toBe('readSummary')
+    s = stepOf(round.summaryRead(s.id, summary(), 2))
+    // Only the range whose digests differ is narrowed, and only the leaf whose digests differ is listed.
+    expect(s).toMatchObject({ type: 'ask', peer: 'b', msg: { type: 'leaves', buckets: [B] } })
+    s = stepOf(round.answered(s.id, { leaves: [leaves(true)] }, 3))
+    expect(s).toEqual({ type: 'readLeaves', id: s.id, buckets: [B] })
+    s = stepOf(round.leavesRead(s.id, [leaves(false)], 4))
+    expect(s).toEqual({ type: 'readDigests', id: s.id, leaf: L, through: L, limit: 1000 })
+    s = stepOf(round.digestsRead(s.id, mine, 5))
+    expect(s).toMatchObject({ type: 'ask', peer: 'b', msg: { type: 'digests', leaves: [L], limit: 1000 } })
+    return s
+  }
+
+  it('two replicas whose summaries differ in one leaf: only that leaf\'s differing records are asked for and sent, each the one way it must go', () => {
+    const round = roundOf(['b'])
+    const same = localKey(900001)
+    const newerHere = localKey(900002)
+    const onlyHere = localKey(900003)
+    const staleHere = keyOf(p)
+    const onlyThere = keyOf(q)
+    let s = toLeaf(round, [local(same, hex('1', 64)), local(newerHere, hex('2', 64)), local(staleHere, hex('3', 64)), local(onlyHere, hex('4', 64))])
+    s = stepOf(round.answered(s.id, {
+      records: [[same, hex('1', 32)], [newerHere, hex('5', 32), [clock.tick()]], [staleHere, hex('6', 32), [clock.tick()]], [onlyThere, hex('7', 32)]]
+    }, 6))
+    // The records both hold differently: does this node hold every head of the peer's copy?
+    expect(s.type === 'checkHeads' && s.records.map(r => r.key)).toEqual([newerHere, staleHere])
+    s = stepOf(round.headsHeld(s.id, [newerHere], 7))
+    // Pulled: the copy stale here and the one only there; not the one newer here, nor the one alike.
+    expect(s).toMatchObject({ type: 'ask', peer: 'b', msg: { type: 'fetch', keys: [staleHere, onlyThere] } })
+    const fetched = [whole(staleHere), whole(onlyThere)]
+    s = stepOf(round.answered(s.id, { records: fetched, missing: [] }, 8))
+    // Taken as checked (the rows as the schema stores them): the two records fetched.
+    expect(s.type === 'write' && s.records.map(r => r.state.heads[0]?.version)).toEqual(fetched.map(r => r.state.heads[0]?.version))
+    s = stepOf(round.written(s.id, 9))
+    expect(s).toEqual({ type: 'readDigestsNow', id: s.id, keys: [newerHere, staleHere] })
+    // After the merge the stale copy here is the peer's: it does not go back.
+    s = stepOf(round.digestsNow(s.id, new Map([[newerHere, hex('2', 64)], [staleHere, hex('6', 64)]]), 10))
+    expect(s).toEqual({ type: 'readRecords', id: s.id, keys: [newerHere, onlyHere] })
+    const pushed = [whole(newerHere), whole(onlyHere)]
+    s = stepOf(round.recordsRead(s.id, pushed, 11))
+    expect(s).toMatchObject({ type: 'push', peer: 'b', msg: { type: 'records', records: pushed }, timeoutMs: 10_000 })
+    const end = round.answered(s.id, { results: [{ ok: true }, { ok: true }] }, 1500)
+    expect(doneOf(end)).toEqual({ ranges: 256, rangesDiffering: 1, recordsCompared: 5, recordsSent: 4, peers: 1, failed: 0, failures: [], seconds: 1.5 })
+    expect(end).toContainEqual({ type: 'progress', done: 256, total: 256 })
+    expect(round.finished).toBe(true)
+    // An input for a step long past changes nothing.
+    expect(round.answered(s.id, { results: [] }, 1600)).toEqual([])
+  })
+
+  it('a peer that fails mid-round (no answer, then a malformed one) fails its own part only: the round goes on with the others and reports each', () => {
+    const round = roundOf(['b', 'c', 'd'])
+    let s = stepOf(round.start(0))
+    s = stepOf(round.answered(s.id, { buckets: summary(5) }, 1))
+    s = stepOf(round.summaryRead(s.id, summary(), 2))
+    expect(s).toMatchObject({ type: 'ask', peer: 'b', msg: { type: 'leaves', buckets: [5] } })
+    let out = round.failed(s.id, new TimeoutError('b: no answer within 5000 ms'), 3)
+    expect(out).toContainEqual({ type: 'log', msg: 'anti-entropy with %s failed: %s', args: ['b', 'b: no answer within 5000 ms'] })
+    expect(out).toContainEqual({ type: 'progress', done: 256, total: 768 })
+    s = stepOf(out)
+    expect(s).toMatchObject({ type: 'ask', peer: 'c', msg: { type: 'summary' } })
+    out = round.answered(s.id, { buckets: ['not a digest'] }, 4)
+    s = stepOf(out)
+    expect(s).toMatchObject({ type: 'ask', peer: 'd', msg: { type: 'summary' } })
+    s = stepOf(round.answered(s.id, { buckets: summary() }, 5))
+    const result = doneOf(round.summaryRead(s.id, summary(), 6))
+    expect(result).toMatchObject({ ranges: 512, rangesDiffering: 1, recordsSent: 0, peers: 1, failed: 2 })
+    expect(result.failures).toEqual([{ peer: 'b', reason: 'b: no answer within 5000 ms' }, { peer: 'c', reason: 'sync: malformed summary reply' }])
+  })
+
+  it('the bandwidth budget holds a push back by ticks, not timers: it goes once the time it asked for has come', () => {
+    const budget = new SendBudget(1000, 0)
+    // This node's replies to another node's round spent the budget and more: its own pushes queue behind that debt.
+    expect(budget.take(1500, 0)).toBe(500)
+    const round = roundOf(['b'], budget)
+    const onlyHere = localKey(900004)
+    let s = toLeaf(round, [local(onlyHere, hex('4', 64))])
+    s = stepOf(round.answered(s.id, { records: [] }, 6))
+    expect(s).toEqual({ type: 'readRecords', id: s.id, keys: [onlyHere] })
+    const record = whole(onlyHere)
+    const bytes = JSON.stringify({ type: 'records', records: [record] }).length
+    const out = round.recordsRead(s.id, [record], 10)
+    // Nothing is sent: the round asks to be woken when the debt is paid.
+    const wait = Math.ceil((500 - 10 + bytes) * 1000 / 1000)
+    expect(out).toEqual([{ type: 'wake', ms: wait }])
+    expect(round.tick(10 + wait - 1)).toEqual([{ type: 'wake', ms: 1 }])
+    s = stepOf(round.tick(10 + wait))
+    expect(s).toMatchObject({ type: 'push', peer: 'b', msg: { records: [record] } })
+    expect(round.tick(10 + wait + 5)).toEqual([])
+    expect(doneOf(round.answered(s.id, { results: [{ ok: true }] }, 10 + wait + 20))).toMatchObject({ recordsSent: 1, failed: 0 })
+  })
+
+  it('a peer that does not take what was pushed fails; a stop ends the round after the step under way', () => {
+    const round = roundOf(['b', 'c'])
+    const onlyHere = localKey(900005)
+    let s = toLeaf(round, [local(onlyHere, hex('4', 64))])
+    s = stepOf(round.answered(s.id, { records: [] }, 6))
+    s = stepOf(round.recordsRead(s.id, [whole(onlyHere)], 7))
+    s = stepOf(round.answered(s.id, { results: [{ ok: false, error: { message: 'disk full' } }] }, 8))
+    expect(s).toMatchObject({ type: 'ask', peer: 'c', msg: { type: 'summary' } })
+    round.stop()
+    s = stepOf(round.answered(s.id, { buckets: summary(9) }, 9))
+    expect(s.type).toBe('readSummary')
+    const result = doneOf(round.summaryRead(s.id, summary(), 10))
+    // c's differing range is not narrowed: the round stopped.
+    expect(result).toMatchObject({ ranges: 512, rangesDiffering: 2, peers: 1, failed: 1, failures: [{ peer: 'b', reason: 'b did not take 1 of 1 records' }] })
   })
 })
