@@ -13,7 +13,9 @@ import { QuorumAsk, type AskEffect } from './core/ask.js'
 import { readPlan, repairsFor, needsRepair, sameVersions, type CatchUpKey } from './core/read.js'
 import { errorBody, PrimaryBatch, PrimaryWrite, type BatchEffect, type PrimaryEffect } from './core/primary.js'
 import { batchAnswerStands, batchFailure, failureKind, groupsByPrimary, isNoAnswer, isUnreachable, WriteRoute } from './core/route.js'
-import { shortfallError, WriteQuorum, type WriteQuorumEffect } from './core/write-quorum.js'
+import { InsertBatch, type InsertEffect } from './core/insert.js'
+import { PurgeFanOut, type PurgeEffect } from './core/purge.js'
+import { SloppyWrite, type SloppyEffect } from './core/sloppy.js'
 import type { RowPage, RowQuery } from '../storage/ordered.js'
 import { mergeQuery, singleShardOf, type OwnedRange } from './query-merge.js'
 import { checkFragmentResults, mergeResults, runFragment, storeSource, type Fragment, type FragmentResult, type FragmentSource } from '../query/fragment.js'
@@ -23,7 +25,7 @@ import { mergeStates } from './merge.js'
 import type { Membership } from './membership.js'
 import { AUDIT_TABLE, checkEntry, checkQueryPage, checkScanPage, checkState, MAX_STATES, parseReplicaMessage, type ReplicaMessage } from './messages.js'
 import { recallWrites } from './idempotency.js'
-import { mutationKey, orderMutations } from './mutations.js'
+import { mutationKey } from './mutations.js'
 import { HashRing } from './ring.js'
 import { tokenOf } from './token.js'
 import type { PeerTransport } from './transport.js'
@@ -552,23 +554,46 @@ export class DistributedCoordinator implements Coordinator {
    * A concurrent write on the owners' side becomes a conflict on merge.
    */
   private async sloppyWrite (mutations: Mutation[], owners: string[], retry: boolean): Promise<WriteResult[]> {
-    const first = mutations[0] as Mutation
-    await this.c.store.assertWritable()
-    const recalled = await recallWrites(this.c.store, mutations)
-    let ordered: { entries: VersionEntry[], results: WriteResult[] } = { entries: [], results: [] }
-    await this.c.store.transact(mutations.map(mutationKey), states => {
-      ordered = orderMutations(mutations, states, this.c.clock, retry, recalled)
-      return ordered.entries
+    const write = new SloppyWrite({ mutations, owners, retry })
+    return await new Promise<WriteResult[]>((resolve, reject) => {
+      const step = <T>(work: Promise<T>, next: (value: T) => SloppyEffect[]): void => {
+        work.then(value => { perform(next(value)) }, err => { perform(write.failed(err)) })
+      }
+      const perform = (effects: SloppyEffect[]): void => {
+        for (const e of effects) {
+          switch (e.type) {
+            case 'checkWritable':
+              step(this.c.store.assertWritable(), () => write.writable())
+              break
+            case 'recall':
+              step(recallWrites(this.c.store, mutations), recalled => write.recalled(recalled))
+              break
+            case 'order':
+              step(this.c.store.transact(mutations.map(mutationKey), states => write.order(states, this.c.clock)), () => write.committed())
+              break
+            case 'held':
+              this.sloppyHeld = true
+              break
+            case 'hint':
+              // If a hint is lost, the copy kept here still reaches the owner by rebalance.
+              void this.c.store.addHint(e.peer, write.entries)
+                .catch(err => { this.c.log?.('hint for %s lost: %s', e.peer, (err as Error).message) })
+                .then(() => { perform(write.hinted(e.peer)) })
+              break
+            case 'log':
+              this.c.log?.(e.msg, ...e.args)
+              break
+            case 'answer':
+              resolve(e.results)
+              break
+            case 'fail':
+              reject(e.error)
+              break
+          }
+        }
+      }
+      perform(write.start())
     })
-    if (ordered.entries.length > 0) {
-      this.sloppyHeld = true
-      // If a hint is lost, the copy kept above still reaches the owners by rebalance.
-      await Promise.all(owners.map(async peer => {
-        await this.c.store.addHint(peer, ordered.entries).catch(err => { this.c.log?.('hint for %s lost: %s', peer, (err as Error).message) })
-      }))
-      this.c.log?.('no owner of %s could take the write: kept here with hints for %s (consistency one)', first.shard, owners.join(', '))
-    }
-    return ordered.results
   }
 
   /**
@@ -684,26 +709,49 @@ export class DistributedCoordinator implements Coordinator {
     return outcomes
   }
 
+  /**
+   * First versions of new records, as the core decides it (InsertBatch,
+   * core/insert.ts): this commits this node's share in one batch and
+   * performs each group's sends and hints.
+   */
   async insertOnce (groups: VersionEntry[][], options: RequestOptions = {}): Promise<InsertOutcome[]> {
-    const self = this.c.peerId
-    const ownersOf = groups.map(g => g[0] === undefined ? [] : this.owners(g[0].table, g[0].token))
-    // This node's share of every group in one durable batch; it counts as one owner's acknowledgement.
-    const here = groups.filter((_, i) => (ownersOf[i] as string[]).includes(self)).flat()
-    const local = here.length === 0 ? undefined : this.c.store.insertOnce(here, { own: true }).then(() => {})
-    local?.catch(err => { this.c.log?.('local commit of %d first versions failed: %s', here.length, (err as Error).message) })
-    return await Promise.all(groups.map(async (g, i): Promise<InsertOutcome> => {
-      const first = g[0]
-      const owners = ownersOf[i] as string[]
-      if (first === undefined) return { ok: true }
-      if (owners.length === 0) return { ok: false, error: { code: 'UNAVAILABLE', message: 'No members on the ring yet' } }
-      const mine = owners.includes(self)
-      try {
-        await this.replicate(owners.filter(p => p !== self), g, this.needed(options.consistency, this.writeQuorum, owners.length), `${first.table} ${first.id}`, mine ? local : undefined)
-        return { ok: true }
-      } catch (err) {
-        return { ok: false, error: errorBody(err) }
+    const batch = new InsertBatch({
+      self: this.c.peerId,
+      groups,
+      ownersOf: groups.map(g => g[0] === undefined ? [] : this.owners(g[0].table, g[0].token)),
+      down: p => this.c.membership.stateOf(p) === 'down',
+      level: options.consistency,
+      writeQuorum: this.writeQuorum
+    })
+    return await new Promise<InsertOutcome[]>(resolve => {
+      const perform = (effects: InsertEffect[]): void => {
+        for (const e of effects) {
+          switch (e.type) {
+            case 'commit':
+              this.c.store.insertOnce(e.entries, { own: true }).then(() => { perform(batch.committed()) }, err => { perform(batch.commitFailed(err)) })
+              break
+            case 'send':
+              this.batcher.send(e.peer, batch.entriesOf(e.group)).then(() => { perform(batch.ack(e.group, e.peer)) }, err => { perform(batch.failure(e.group, e.peer, err, err instanceof TimeoutError)) })
+              break
+            case 'hint': {
+              const first = batch.entriesOf(e.group)[0] as VersionEntry
+              this.c.log?.('replica %s missed %s: %s; keeping a hint', e.peer, `${first.table} ${first.id}`, e.reason)
+              void this.c.store.addHint(e.peer, batch.entriesOf(e.group))
+                .catch(err => { this.c.log?.('hint for %s lost: %s', e.peer, (err as Error).message) })
+                .then(() => { perform(batch.hinted(e.group, e.peer)) })
+              break
+            }
+            case 'log':
+              this.c.log?.(e.msg, ...e.args)
+              break
+            case 'answer':
+              resolve(e.outcomes)
+              break
+          }
+        }
       }
-    }))
+      perform(batch.start())
+    })
   }
 
   /**
@@ -764,52 +812,6 @@ export class DistributedCoordinator implements Coordinator {
         }
       }
       perform(batch.start())
-    })
-  }
-
-  /**
-   * Sends versions to other owners; resolves once `need` have them on disk,
-   * hints the rest. With `local` (this node's own commit) that commit counts
-   * as one of the `need`; without, this node's copy is already durable and
-   * `need` counts the others only. The count and the answer are the core's
-   * (core/write-quorum.ts); this performs its sends and hints.
-   */
-  private async replicate (peers: string[], entries: VersionEntry[], need: number, what: string, local?: Promise<void>): Promise<void> {
-    const round = new WriteQuorum({
-      peers: peers.map(peer => ({ peer, down: this.c.membership.stateOf(peer) === 'down' })),
-      need,
-      local: local !== undefined,
-      empty: entries.length === 0,
-      what,
-      self: this.c.peerId
-    })
-    await new Promise<void>((resolve, reject) => {
-      const perform = (effects: WriteQuorumEffect[]): void => {
-        for (const e of effects) {
-          switch (e.type) {
-            case 'send':
-              this.batcher.send(e.peer, entries).then(() => { perform(round.ack(e.peer)) }, err => { perform(round.failure(e.peer, err, err instanceof TimeoutError)) })
-              break
-            case 'hint':
-              this.c.log?.('replica %s missed %s: %s; keeping a hint', e.peer, what, e.reason)
-              void this.c.store.addHint(e.peer, entries)
-                .catch(err => { this.c.log?.('hint for %s lost: %s', e.peer, (err as Error).message) })
-                .then(() => { perform(round.hinted(e.peer)) })
-              break
-            case 'done':
-              resolve()
-              break
-            case 'short':
-              reject(shortfallError(e.shortfall))
-              break
-            case 'localFailed':
-              reject(e.error)
-              break
-          }
-        }
-      }
-      local?.then(() => { perform(round.committed()) }, err => { perform(round.commitFailed(err)) })
-      perform(round.start())
     })
   }
 
@@ -1227,20 +1229,36 @@ export class DistributedCoordinator implements Coordinator {
     const marker: PurgeMarker = { table, id, token: tokenOf(shard), version: this.c.clock.tick(), time: this.env.now() }
     await this.c.store.purge(marker)
     const { time: _, ...msg } = marker
-    const others = this.c.membership.members().filter(m => m.peerId !== this.c.peerId && m.state !== 'left').map(m => m.peerId)
-    const reached = await Promise.all(others.map(async peer => {
-      try {
-        if (this.c.membership.stateOf(peer) === 'down') throw new UnavailableError(`${peer} is down`)
-        const reply = await this.c.transport.request(peer, 'replica', { type: 'purge', ...msg }, { timeout: this.timeoutMs }) as { ok?: unknown } | null
-        if (reply?.ok !== true) throw new InvalidMessageError('replica: malformed purge reply')
-        return true
-      } catch (err) {
-        this.c.log?.('purge of %s %s did not reach %s (%s); keeping it as a hint', table, id, peer, (err as Error).message)
-        await this.c.store.addPurgeHint(peer, marker)
-        return false
+    const fanOut = new PurgeFanOut({
+      table,
+      id,
+      members: this.c.membership.members().filter(m => m.peerId !== this.c.peerId && m.state !== 'left').map(m => ({ peer: m.peerId, down: this.c.membership.stateOf(m.peerId) === 'down' }))
+    })
+    return await new Promise<number>((resolve, reject) => {
+      const perform = (effects: PurgeEffect[]): void => {
+        for (const e of effects) {
+          switch (e.type) {
+            case 'send':
+              this.c.transport.request(e.peer, 'replica', { type: 'purge', ...msg }, { timeout: this.timeoutMs })
+                .then(reply => { perform(fanOut.answered(e.peer, reply)) }, err => { perform(fanOut.failed(e.peer, err)) })
+              break
+            case 'hint':
+              this.c.store.addPurgeHint(e.peer, marker).then(() => { perform(fanOut.hinted(e.peer)) }, err => { perform(fanOut.hintFailed(e.peer, err)) })
+              break
+            case 'log':
+              this.c.log?.(e.msg, ...e.args)
+              break
+            case 'answer':
+              resolve(e.reached)
+              break
+            case 'fail':
+              reject(e.error)
+              break
+          }
+        }
       }
-    }))
-    return 1 + reached.filter(Boolean).length
+      perform(fanOut.start())
+    })
   }
 
   /** A random 64-bit write id in hex, cut from a pool drawn 512 at a time (one `randomBytes` call per write cost 1.5% of a daemon's CPU) */

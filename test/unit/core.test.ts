@@ -4,7 +4,7 @@ import { HEDGE_MS, QuorumAsk, type AskEffect } from '../../src/cluster/core/ask.
 import { WriteQuorum } from '../../src/cluster/core/write-quorum.js'
 import { batchAnswerStands, batchFailure, groupsByPrimary, WriteRoute, type WriteRouteInit } from '../../src/cluster/core/route.js'
 import { catchUpPlan, readPlan, repairsFor, sameVersions } from '../../src/cluster/core/read.js'
-import type { RecordState, WholeRecord } from '../../src/storage/store.js'
+import type { RecordState, VersionEntry, WholeRecord } from '../../src/storage/store.js'
 import type { Mutation } from '../../src/cluster/coordinator.js'
 import { MemberView, type MemberEffect } from '../../src/cluster/core/members.js'
 import { PrimaryBatch, PrimaryWrite, type BatchEffect, type PrimaryEffect, type PrimaryWriteInit } from '../../src/cluster/core/primary.js'
@@ -12,6 +12,9 @@ import { HybridClock } from '../../src/storage/version.js'
 import { differingLeaves, recordsToPull, recordsToPush, type PeerDigest } from '../../src/cluster/core/sync.js'
 import { SyncRound, type LocalDigest, type SyncEffect, type SyncRoundResult } from '../../src/cluster/core/sync-round.js'
 import { SendBudget } from '../../src/cluster/core/budget.js'
+import { InsertBatch } from '../../src/cluster/core/insert.js'
+import { SloppyWrite } from '../../src/cluster/core/sloppy.js'
+import { PurgeFanOut } from '../../src/cluster/core/purge.js'
 import { tokenOf } from '../../src/cluster/token.js'
 import { testIdentity, type TestIdentity } from '../helpers/identity.js'
 
@@ -665,5 +668,103 @@ describe('SyncRound', () => {
     const result = doneOf(round.summaryRead(s.id, summary(), 10))
     // c's differing range is not narrowed: the round stopped.
     expect(result).toMatchObject({ ranges: 512, rangesDiffering: 2, peers: 1, failed: 1, failures: [{ peer: 'b', reason: 'b did not take 1 of 1 records' }] })
+  })
+})
+
+describe('InsertBatch', () => {
+  const entry = (id: string): VersionEntry => ({ table: 'patient_records', id, token: tokenOf(`patient_id:${id}`), version: new HybridClock('self').tick(), parents: [], row: null })
+  const init = { self: 'self', down: (p: string) => p === 'gone', level: undefined, writeQuorum: 2 }
+
+  it('commits this node\'s share of the groups it owns in one batch, counted once for each of them; a group it does not own counts its owners only', () => {
+    const a = entry('1')
+    const b = entry('2')
+    const c = entry('3')
+    const batch = new InsertBatch({ ...init, groups: [[a], [b], [c]], ownersOf: [['self', 'x', 'y'], ['x', 'y', 'z'], ['y', 'self', 'gone']] })
+    const start = batch.start()
+    expect(start[0]).toEqual({ type: 'commit', entries: [a, c] })
+    expect(start.slice(1)).toEqual([
+      { type: 'send', group: 0, peer: 'x' }, { type: 'send', group: 0, peer: 'y' },
+      { type: 'send', group: 1, peer: 'x' }, { type: 'send', group: 1, peer: 'y' }, { type: 'send', group: 1, peer: 'z' },
+      { type: 'send', group: 2, peer: 'y' }, { type: 'hint', group: 2, peer: 'gone', reason: 'gone is down' }
+    ])
+    expect(batch.entriesOf(1)).toEqual([b])
+    // One other owner and this node's commit make W = 2 for groups 0 and 2; group 1 needs two of its own owners.
+    expect(batch.ack(0, 'x')).toEqual([])
+    expect(batch.ack(1, 'x')).toEqual([])
+    expect(batch.ack(2, 'y')).toEqual([])
+    expect(batch.hinted(2, 'gone')).toEqual([])
+    expect(batch.committed()).toEqual([])
+    expect(batch.failure(1, 'y', new UnavailableError('y is unreachable'), false)).toEqual([{ type: 'hint', group: 1, peer: 'y', reason: 'y is unreachable' }])
+    expect(batch.ack(1, 'z')).toEqual([{ type: 'answer', outcomes: [{ ok: true }, { ok: true }, { ok: true }] }])
+  })
+
+  it('this node\'s failed commit fails the groups that had nothing else counted, with its error; empty groups pass, no owners fail', () => {
+    const a = entry('1')
+    const batch = new InsertBatch({ ...init, writeQuorum: 1, groups: [[a], [], [entry('4')]], ownersOf: [['self'], [], []] })
+    expect(batch.start()).toEqual([{ type: 'commit', entries: [a] }])
+    const out = batch.commitFailed(new StorageFullError('the disk is full'))
+    expect(out[0]).toEqual({ type: 'log', msg: 'local commit of %d first versions failed: %s', args: [1, 'the disk is full'] })
+    expect(out[1]).toEqual({ type: 'answer', outcomes: [{ ok: false, error: expect.objectContaining({ message: 'the disk is full' }) }, { ok: true }, { ok: false, error: { code: 'UNAVAILABLE', message: 'No members on the ring yet' } }] })
+  })
+})
+
+describe('SloppyWrite', () => {
+  const mutation: Mutation = { op: 'insert', table: 'patient_records', id: '7', shard: 'patient_id:7', row: { patient_id: 7, patient_name: 'Patient 7' } }
+  const states = { get: () => undefined }
+
+  it('checks the disk, recalls keyed writes, orders against this node\'s copy, then keeps a hint for every owner before it answers', () => {
+    const write = new SloppyWrite({ mutations: [mutation], owners: ['a', 'b'], retry: false })
+    expect(write.start()).toEqual([{ type: 'checkWritable' }])
+    expect(write.writable()).toEqual([{ type: 'recall' }])
+    expect(write.recalled(new Map())).toEqual([{ type: 'order' }])
+    const entries = write.order(states, new HybridClock('self'))
+    expect(entries).toHaveLength(1)
+    expect(write.committed()).toEqual([{ type: 'held' }, { type: 'hint', peer: 'a' }, { type: 'hint', peer: 'b' }])
+    expect(write.hinted('a')).toEqual([])
+    const out = write.hinted('b')
+    expect(out[0]).toMatchObject({ type: 'log', args: ['patient_id:7', 'a, b'] })
+    expect(out[1]).toMatchObject({ type: 'answer', results: [{ id: '7', version: entries[0]?.version }] })
+    expect(write.hinted('b')).toEqual([])
+  })
+
+  it('a full disk is the answer, with nothing ordered or hinted', () => {
+    const write = new SloppyWrite({ mutations: [mutation], owners: ['a'], retry: false })
+    write.start()
+    const full = new StorageFullError('the disk is full')
+    expect(write.failed(full)).toEqual([{ type: 'fail', error: full }])
+    expect(write.failed(full)).toEqual([])
+  })
+})
+
+describe('PurgeFanOut', () => {
+  it('sends the purge to every member; one down, silent or answering anything but ok gets it as a hint; the answer counts the nodes that purged it now', () => {
+    const fan = new PurgeFanOut({ table: 'patient_records', id: '7', members: [{ peer: 'a', down: false }, { peer: 'b', down: true }, { peer: 'c', down: false }, { peer: 'd', down: false }] })
+    expect(fan.start()).toEqual([
+      { type: 'send', peer: 'a' },
+      { type: 'log', msg: 'purge of %s %s did not reach %s (%s); keeping it as a hint', args: ['patient_records', '7', 'b', 'b is down'] },
+      { type: 'hint', peer: 'b' },
+      { type: 'send', peer: 'c' },
+      { type: 'send', peer: 'd' }
+    ])
+    expect(fan.answered('a', { ok: true })).toEqual([])
+    expect(fan.failed('c', new TimeoutError('c: no answer within 5000 ms'))).toEqual([
+      { type: 'log', msg: 'purge of %s %s did not reach %s (%s); keeping it as a hint', args: ['patient_records', '7', 'c', 'c: no answer within 5000 ms'] },
+      { type: 'hint', peer: 'c' }
+    ])
+    expect(fan.answered('d', { ok: 'yes' })).toEqual([
+      { type: 'log', msg: 'purge of %s %s did not reach %s (%s); keeping it as a hint', args: ['patient_records', '7', 'd', 'replica: malformed purge reply'] },
+      { type: 'hint', peer: 'd' }
+    ])
+    expect(fan.hinted('b')).toEqual([])
+    expect(fan.hinted('c')).toEqual([])
+    expect(fan.hinted('d')).toEqual([{ type: 'answer', reached: 2 }])
+  })
+
+  it('a hint that cannot be written fails the purge; with no other members it is answered at once', () => {
+    const fan = new PurgeFanOut({ table: 'patient_records', id: '7', members: [{ peer: 'b', down: true }] })
+    fan.start()
+    const full = new StorageFullError('the disk is full')
+    expect(fan.hintFailed('b', full)).toEqual([{ type: 'fail', error: full }])
+    expect(new PurgeFanOut({ table: 'patient_records', id: '7', members: [] }).start()).toEqual([{ type: 'answer', reached: 1 }])
   })
 })
