@@ -1,6 +1,5 @@
 import { ForbiddenError, InvalidMessageError, NtsoekheError, TimeoutError, UnavailableError } from '../errors/index.js'
 import { findTable } from '../schema/index.js'
-import { MAX_COUNT_RANGES } from './messages.js'
 import type { PurgeMarker, RecordState, Store, VersionEntry } from '../storage/store.js'
 import { winner } from '../storage/store.js'
 import type { HybridClock } from '../storage/version.js'
@@ -13,6 +12,7 @@ import { QuorumAsk, type AskEffect } from './core/ask.js'
 import { readPlan, repairsFor, needsRepair, sameVersions, type CatchUpKey } from './core/read.js'
 import { errorBody, PrimaryBatch, PrimaryWrite, type BatchEffect, type PrimaryEffect } from './core/primary.js'
 import { batchAnswerStands, batchFailure, failureKind, groupsByPrimary, isNoAnswer, isUnreachable, WriteRoute } from './core/route.js'
+import { RowCount, type CountEffect, type NetworkRowCounts } from './core/count.js'
 import { InsertBatch, type InsertEffect } from './core/insert.js'
 import { PurgeFanOut, type PurgeEffect } from './core/purge.js'
 import { SloppyWrite, type SloppyEffect } from './core/sloppy.js'
@@ -66,13 +66,7 @@ export interface DistributedCoordinatorInit {
 }
 
 /** Rows per table across the network (see DistributedCoordinator.networkRowCounts) */
-export interface NetworkRowCounts {
-  tables: Record<string, number>
-  /** Every token range was counted on one of its owners */
-  complete: boolean
-  /** Members that did not answer: their ranges were counted on the next owners, from their copies */
-  unanswered: string[]
-}
+export type { NetworkRowCounts }
 
 /** What the last rebalance (hand-off of records to their owners after the ring changed) did */
 export interface RebalanceStatus {
@@ -429,49 +423,36 @@ export class DistributedCoordinator implements Coordinator {
    * counted on one of its owners, the first that is not down. A member that
    * does not answer has its ranges counted on their next owners, from the
    * copies those hold; a range none of its owners counted leaves the result
-   * incomplete (`complete: false`).
+   * incomplete (`complete: false`). The core decides it (RowCount,
+   * core/count.ts); this asks the members and counts this node's share.
    */
   async networkRowCounts (): Promise<NetworkRowCounts> {
-    const tables: Record<string, number> = {}
-    const unanswered = new Set<string>()
-    let pending = this.ring.ranges(this.replicas).map(r => ({ ...r, next: 0 }))
-    let uncounted = 0
-    while (pending.length > 0) {
-      const byPeer = new Map<string, typeof pending>()
-      for (const r of pending) {
-        while (r.next < r.owners.length && (unanswered.has(r.owners[r.next] as string) || this.c.membership.stateOf(r.owners[r.next] as string) === 'down')) r.next++
-        const owner = r.owners[r.next]
-        if (owner === undefined) { uncounted++; continue }
-        byPeer.set(owner, [...(byPeer.get(owner) ?? []), r])
-      }
-      pending = []
-      await Promise.all([...byPeer].map(async ([peer, ranges]) => {
-        try {
-          const counts = await this.countOn(peer, mergeRanges(ranges))
-          for (const [table, n] of Object.entries(counts)) tables[table] = (tables[table] ?? 0) + n
-        } catch (err) {
-          if (!isNoAnswer(err)) throw err
-          this.c.log?.('row count on %s failed (%s): its ranges go to their next owners', peer, (err as Error).message)
-          unanswered.add(peer)
-          pending.push(...ranges)
+    const count = new RowCount({ ranges: this.ring.ranges(this.replicas), down: p => this.c.membership.stateOf(p) === 'down' })
+    return await new Promise<NetworkRowCounts>((resolve, reject) => {
+      const perform = (effects: CountEffect[]): void => {
+        for (const e of effects) {
+          switch (e.type) {
+            case 'count': {
+              const reply = e.peer === this.c.peerId
+                ? this.c.store.countRowsIn(e.ranges).then(tables => ({ tables }))
+                : this.c.transport.request(e.peer, 'replica', { type: 'count', ranges: e.ranges }, { timeout: this.timeoutMs })
+              reply.then(r => { perform(count.counted(e.peer, r)) }, err => { perform(count.failed(e.peer, err)) })
+              break
+            }
+            case 'log':
+              this.c.log?.(e.msg, ...e.args)
+              break
+            case 'done':
+              resolve(e.counts)
+              break
+            case 'fail':
+              reject(e.error)
+              break
+          }
         }
-      }))
-    }
-    const sorted = Object.fromEntries(Object.entries(tables).sort((a, b) => a[0] < b[0] ? -1 : 1))
-    return { tables: sorted, complete: uncounted === 0, unanswered: [...unanswered].sort() }
-  }
-
-  /** Rows per table in `ranges` as `peer` holds them (this node's store for itself), MAX_COUNT_RANGES a message */
-  private async countOn (peer: string, ranges: Array<[string, string]>): Promise<Record<string, number>> {
-    const total: Record<string, number> = {}
-    for (let i = 0; i < ranges.length; i += MAX_COUNT_RANGES) {
-      const chunk = ranges.slice(i, i + MAX_COUNT_RANGES)
-      const counts = peer === this.c.peerId
-        ? await this.c.store.countRowsIn(chunk)
-        : checkCounts(await this.c.transport.request(peer, 'replica', { type: 'count', ranges: chunk }, { timeout: this.timeoutMs }))
-      for (const [table, n] of Object.entries(counts)) total[table] = (total[table] ?? 0) + n
-    }
-    return total
+      }
+      perform(count.start())
+    })
   }
 
   /** The key's owners, in preference order: N of them, or every member for global tables */
@@ -1362,29 +1343,6 @@ function historyReply (reply: unknown, table: string, id: string): VersionEntry[
     if (e.table !== table || e.id !== id) throw new InvalidMessageError('replica: history of another record')
     return e
   })
-}
-
-/** `[from, to)` token ranges as pairs, sorted, touching ones joined */
-function mergeRanges (ranges: ReadonlyArray<{ from: string, to: string }>): Array<[string, string]> {
-  const out: Array<[string, string]> = []
-  for (const r of [...ranges].sort((a, b) => a.from < b.from ? -1 : 1)) {
-    const last = out[out.length - 1]
-    if (last !== undefined && last[1] === r.from && r.from !== '') last[1] = r.to
-    else out.push([r.from, r.to])
-  }
-  return out
-}
-
-/** A peer's answer to `count`: table names and non-negative integer counts */
-function checkCounts (reply: unknown): Record<string, number> {
-  const tables = (reply as { tables?: unknown } | null)?.tables
-  if (tables === null || typeof tables !== 'object' || Array.isArray(tables)) throw new InvalidMessageError('replica: malformed count reply')
-  const out: Record<string, number> = {}
-  for (const [table, n] of Object.entries(tables as Record<string, unknown>)) {
-    if (!Number.isSafeInteger(n) || (n as number) < 0 || table.length > 100) throw new InvalidMessageError('replica: malformed count reply')
-    out[table] = n as number
-  }
-  return out
 }
 
 // The core's error classes and hedge, as this module exported them before the core existed.

@@ -15,6 +15,8 @@ import { SendBudget } from '../../src/cluster/core/budget.js'
 import { InsertBatch } from '../../src/cluster/core/insert.js'
 import { SloppyWrite } from '../../src/cluster/core/sloppy.js'
 import { PurgeFanOut } from '../../src/cluster/core/purge.js'
+import { RowCount, type CountEffect } from '../../src/cluster/core/count.js'
+import { MAX_COUNT_RANGES } from '../../src/cluster/messages.js'
 import { tokenOf } from '../../src/cluster/token.js'
 import { testIdentity, type TestIdentity } from '../helpers/identity.js'
 
@@ -766,5 +768,46 @@ describe('PurgeFanOut', () => {
     const full = new StorageFullError('the disk is full')
     expect(fan.hintFailed('b', full)).toEqual([{ type: 'fail', error: full }])
     expect(new PurgeFanOut({ table: 'patient_records', id: '7', members: [] }).start()).toEqual([{ type: 'answer', reached: 1 }])
+  })
+})
+
+describe('RowCount', () => {
+  const ranges = [
+    { from: '', to: '4', owners: ['a', 'b'] },
+    { from: '4', to: '8', owners: ['b', 'c'] },
+    { from: '8', to: '', owners: ['c', 'a'] }
+  ]
+  const counts = (effects: CountEffect[]): Array<[string, Array<[string, string]>]> => effects.flatMap(e => e.type === 'count' ? [[e.peer, e.ranges] as [string, Array<[string, string]>]] : [])
+
+  it('counts each range once, on its first owner not down; a silent member\'s ranges go to their next owners after the wave, all of them', () => {
+    const count = new RowCount({ ranges, down: p => p === 'c' })
+    // c is down: its range goes to a, which counts it with its own (touching ranges are not joined across the ring's end).
+    expect(counts(count.start())).toEqual([['a', [['', '4'], ['8', '']]], ['b', [['4', '8']]]])
+    const silent = count.failed('b', new TimeoutError('b: no answer within 5000 ms'))
+    expect(silent).toEqual([{ type: 'log', msg: 'row count on %s failed (%s): its ranges go to their next owners', args: ['b', 'b: no answer within 5000 ms'] }])
+    // The next wave starts once a has answered: b's range has no owner left that is neither down nor silent.
+    const end = count.counted('a', { tables: { patient_records: 7, lab_results: 2 } })
+    expect(end).toEqual([{ type: 'done', counts: { tables: { lab_results: 2, patient_records: 7 }, complete: false, unanswered: ['b'] } }])
+  })
+
+  it('a malformed answer is a missing one; a refusal that is not (a bug) fails the count', () => {
+    const count = new RowCount({ ranges, down: () => false })
+    expect(counts(count.start())).toEqual([['a', [['', '4']]], ['b', [['4', '8']]], ['c', [['8', '']]]])
+    expect(count.counted('a', { tables: { patient_records: -1 } })[0]).toMatchObject({ type: 'log', args: ['a', 'replica: malformed count reply'] })
+    expect(count.counted('b', { tables: { patient_records: 3 } })).toEqual([])
+    // The wave is over: a's range goes to b, its next owner.
+    expect(counts(count.counted('c', { tables: { patient_records: 4 } }))).toEqual([['b', [['', '4']]]])
+    expect(count.counted('b', { tables: { patient_records: 5 } })).toEqual([{ type: 'done', counts: { tables: { patient_records: 12 }, complete: true, unanswered: ['a'] } }])
+    // More ranges than one request carries: asked one chunk after another, added only once all are counted.
+    const many = Array.from({ length: MAX_COUNT_RANGES + 1 }, (_, i) => ({ from: `${i}`.padStart(5, '0') + 'a', to: `${i}`.padStart(5, '0') + 'b', owners: ['a'] }))
+    const big = new RowCount({ ranges: many, down: () => false })
+    expect(counts(big.start()).map(([p, r]) => [p, r.length])).toEqual([['a', MAX_COUNT_RANGES]])
+    expect(counts(big.counted('a', { tables: { patient_records: 1 } })).map(([p, r]) => [p, r.length])).toEqual([['a', 1]])
+    expect(big.counted('a', { tables: { patient_records: 1 } })).toEqual([{ type: 'done', counts: { tables: { patient_records: 2 }, complete: true, unanswered: [] } }])
+    const broken = new RowCount({ ranges, down: () => false })
+    broken.start()
+    const bug = new TypeError('boom')
+    expect(broken.failed('a', bug)).toEqual([{ type: 'fail', error: bug }])
+    expect(broken.counted('b', { tables: {} })).toEqual([])
   })
 })
