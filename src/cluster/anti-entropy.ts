@@ -1,10 +1,9 @@
 import { ForbiddenError } from '../errors/index.js'
 import type { Store, WholeRecord } from '../storage/store.js'
-import { leafPrefix } from '../storage/range-summary.js'
-import { MAX_ENTRIES_PER_MESSAGE } from './apply-batcher.js'
-import { checkRecordKey, MAX_PARENTS, parseSyncMessage, SYNC_DIGEST_HEX, type SyncMessage } from './messages.js'
+import { checkRecordKey } from './messages.js'
 import { SendBudget } from './core/budget.js'
-import { FETCH_REPLY_BYTES, leafRuns, SyncRound, type SyncEffect, type SyncRoundResult } from './core/sync-round.js'
+import { leafRuns, SyncRound, type SyncEffect, type SyncRoundResult } from './core/sync-round.js'
+import { SyncAnswer } from './core/sync-serve.js'
 import { ByteThrottle } from './throttle.js'
 import type { PeerTransport } from './transport.js'
 import { REAL_ENV, sleep, type Environment, type TimerHandle } from '../util/env.js'
@@ -257,11 +256,6 @@ export class AntiEntropy {
     return feed(value)
   }
 
-  private coOwned (peer: string, table: string, token: string): boolean {
-    const owners = this.c.owners(table, token)
-    return owners.includes(this.c.peerId) && owners.includes(peer)
-  }
-
   /** A record's state and its history (the heads travel in the state only) */
   private async wholeRecord (key: string): Promise<WholeRecord | undefined> {
     const { table, token, id } = checkRecordKey(key)
@@ -270,55 +264,41 @@ export class AntiEntropy {
     return { state, versions: await this.c.store.historyOf(state) }
   }
 
-  /** Serves the sync protocol: to members only; a member that left reads nothing more */
+  /** Serves the sync protocol: to members only; a member that left reads nothing more. The answer is a SyncAnswer's (core/sync-serve.ts) */
   private async onMessage (raw: unknown, from: string): Promise<unknown> {
     if (!this.c.mayServe(from)) throw new ForbiddenError(`${from} is not a member of this network`)
     if (this.c.mayRead?.(from) === false) throw new ForbiddenError(`${from} has left the network`)
-    const msg = parseSyncMessage(raw)
-    const reply = await this.answer(msg, from)
-    await this.throttle.take(JSON.stringify(reply).length)
-    return reply
-  }
-
-  private async answer (msg: SyncMessage, from: string): Promise<unknown> {
-    switch (msg.type) {
-      case 'summary':
-        return { buckets: this.c.store.summary.bucketDigests() }
-      case 'leaves':
-        return { leaves: msg.buckets.map(b => this.c.store.summary.leafDigests(b)) }
-      case 'digests': {
-        // Pages count the records scanned, shared or not, so a page's work stays bounded.
-        const scanned: Array<{ key: string, token: string, table: string, digest: string, heads: string[] }> = []
-        for (const [leaf, through] of leafRuns(msg.leaves)) {
-          const left = msg.limit - scanned.length
-          if (left <= 0) break
-          if (msg.after !== undefined && leafPrefix(through) < msg.after.slice(0, 4)) continue
-          scanned.push(...await this.c.store.recordDigests(leaf, { through, limit: left, ...(msg.after === undefined ? {} : { after: msg.after }) }))
-        }
-        const last = scanned[scanned.length - 1]
-        return {
-          // The heads let the asker tell a copy of its own that is merely newer (it pushes) from one it must pull.
-          records: scanned.filter(r => this.coOwned(from, r.table, r.token)).map(r => r.heads.length > MAX_PARENTS ? [r.key, r.digest.slice(0, SYNC_DIGEST_HEX)] : [r.key, r.digest.slice(0, SYNC_DIGEST_HEX), r.heads]),
-          ...(scanned.length === msg.limit && last !== undefined ? { next: last.key } : {})
-        }
-      }
-      case 'fetch': {
-        const records: WholeRecord[] = []
-        const missing: string[] = []
-        let bytes = 0
-        let versions = 0
-        for (const key of msg.keys) {
-          const { table, token } = checkRecordKey(key)
-          // Only records the asker owns: it has no business with the others.
-          const record = this.coOwned(from, table, token) ? await this.wholeRecord(key) : undefined
-          if (record === undefined) { missing.push(key); continue }
-          const size = JSON.stringify(record).length
-          if (records.length > 0 && (bytes + size > FETCH_REPLY_BYTES || versions + record.versions.length + record.state.heads.length > MAX_ENTRIES_PER_MESSAGE)) break
-          records.push(record)
-          bytes += size
-          versions += record.versions.length + record.state.heads.length
-        }
-        return { records, missing }
+    const answer = new SyncAnswer({ self: this.c.peerId, from, owners: this.c.owners })
+    const { store } = this.c
+    for (let effects = answer.start(raw); ;) {
+      const e = effects[0]
+      if (e === undefined) throw new Error('sync answer stalled')
+      switch (e.type) {
+        case 'reply':
+          await this.throttle.take(JSON.stringify(e.reply).length)
+          return e.reply
+        case 'refuse':
+          throw e.error
+        case 'readSummary':
+          effects = answer.summaryRead(e.id, store.summary.bucketDigests())
+          break
+        case 'readLeaves':
+          effects = answer.leavesRead(e.id, e.buckets.map(b => store.summary.leafDigests(b)))
+          break
+        case 'readDigests':
+          try {
+            effects = answer.digestsRead(e.id, await store.recordDigests(e.leaf, { through: e.through, limit: e.limit, ...(e.after === undefined ? {} : { after: e.after }) }))
+          } catch (err) {
+            effects = answer.failed(e.id, err)
+          }
+          break
+        case 'readRecord':
+          try {
+            effects = answer.recordRead(e.id, await this.wholeRecord(e.key))
+          } catch (err) {
+            effects = answer.failed(e.id, err)
+          }
+          break
       }
     }
   }

@@ -17,6 +17,7 @@ import { SloppyWrite } from '../../src/cluster/core/sloppy.js'
 import { PurgeFanOut } from '../../src/cluster/core/purge.js'
 import { RowCount, type CountEffect } from '../../src/cluster/core/count.js'
 import { MAX_COUNT_RANGES } from '../../src/cluster/messages.js'
+import { SyncAnswer, type ServeEffect } from '../../src/cluster/core/sync-serve.js'
 import { tokenOf } from '../../src/cluster/token.js'
 import { testIdentity, type TestIdentity } from '../helpers/identity.js'
 
@@ -809,5 +810,55 @@ describe('RowCount', () => {
     const bug = new TypeError('boom')
     expect(broken.failed('a', bug)).toEqual([{ type: 'fail', error: bug }])
     expect(broken.counted('b', { tables: {} })).toEqual([])
+  })
+})
+
+describe('SyncAnswer', () => {
+  const clock = new HybridClock('self')
+  const key = (i: number): string => `${tokenOf(`patient_id:${i}`)}!patient_records!${i}`
+  const digest = (i: number, heads = [clock.tick()]): LocalDigest => ({ key: key(i), table: 'patient_records', token: tokenOf(`patient_id:${i}`), digest: String(i % 10).repeat(64), heads })
+  // b owns every record but 3; c owns none.
+  const owners = (_table: string, token: string): string[] => token === tokenOf('patient_id:3') ? ['self', 'c'] : ['self', 'b']
+  const answerFor = (from: string): SyncAnswer => new SyncAnswer({ self: 'self', from, owners })
+  const readOf = (effects: ServeEffect[]): Extract<ServeEffect, { id: number }> => {
+    const e = effects[0]
+    if (e === undefined || !('id' in e)) throw new Error(`expected a read, got ${JSON.stringify(effects)}`)
+    return e
+  }
+
+  it('a digest page lists only the records the asker owns too, counts every record read toward its limit, and gives the cursor of the last one read', () => {
+    const answer = answerFor('b')
+    const [l1, l3, l4] = [1, 3, 4].map(i => parseInt(tokenOf(`patient_id:${i}`).slice(0, 4), 16)) as [number, number, number]
+    const leaves = [...new Set([l1, l3, l4])].sort((x, y) => x - y)
+    let read = readOf(answer.start({ type: 'digests', leaves, limit: 2 }))
+    expect(read).toMatchObject({ type: 'readDigests', limit: 2 })
+    const first = [digest(1), digest(3)]
+    let out = answer.digestsRead(read.id, first)
+    // Two read, the limit: the page ends there, whatever other leaves were asked for.
+    expect(out).toEqual([{ type: 'reply', reply: { records: [[key(1), '1'.repeat(32), first[0]?.heads]], next: key(3) } }])
+    // A record with more heads than a message carries is listed without them.
+    const wide = digest(4, Array.from({ length: 101 }, () => clock.tick()))
+    const again = answerFor('b')
+    read = readOf(again.start({ type: 'digests', leaves: [l4], limit: 10 }))
+    out = again.digestsRead(read.id, [wide])
+    expect(out).toEqual([{ type: 'reply', reply: { records: [[key(4), '4'.repeat(32)]] } }])
+  })
+
+  it('a fetch gives whole records the asker owns and names the rest missing; a malformed request or a failed read is refused', () => {
+    const answer = answerFor('b')
+    const record = { state: { table: 'patient_records', id: '1', token: tokenOf('patient_id:1'), heads: [], seen: [], superseded: [] }, versions: [] } as unknown as WholeRecord
+    let read = readOf(answer.start({ type: 'fetch', keys: [key(1), key(3), key(5)] }))
+    expect(read).toEqual({ type: 'readRecord', id: read.id, key: key(1) })
+    read = readOf(answer.recordRead(read.id, record))
+    // 3 is not b's: it is not read at all. 5 is not held here.
+    expect(read).toEqual({ type: 'readRecord', id: read.id, key: key(5) })
+    expect(answer.recordRead(read.id, undefined)).toEqual([{ type: 'reply', reply: { records: [record], missing: [key(3), key(5)] } }])
+    const bad = answerFor('b').start({ type: 'fetch', keys: ['nonsense'] })
+    expect(bad[0]?.type === 'refuse' && (bad[0].error as NtsoekheError).code).toBe('INVALID_MESSAGE')
+    const failing = answerFor('b')
+    read = readOf(failing.start({ type: 'summary' }))
+    expect(read.type).toBe('readSummary')
+    const err = new Error('the store is closed')
+    expect(failing.failed(read.id, err)).toEqual([{ type: 'refuse', error: err }])
   })
 })
