@@ -8,6 +8,7 @@ import { ByteThrottle } from './throttle.js'
 import type { PeerTransport } from './transport.js'
 import { REAL_ENV, sleep, type Environment, type TimerHandle } from '../util/env.js'
 
+// Kept here too: hand-off's tests import it from this module.
 export { leafRuns }
 
 export interface AntiEntropyComponents {
