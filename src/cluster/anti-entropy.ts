@@ -216,9 +216,13 @@ export class AntiEntropy {
       case 'log':
         this.c.log?.(e.msg, ...e.args)
         return []
-      case 'wake':
+      case 'wake': {
+        // Node measures timers on its loop's cached clock, which can lag the wall clock: a timer that
+        // fires a little early by Date.now has still waited what was asked, and is on time.
+        const due = this.env.now() + e.ms
         await sleep(this.env, e.ms)
-        return round.tick(this.env.now())
+        return round.tick(Math.max(this.env.now(), due))
+      }
       case 'ask':
         return await this.settle(round, e.id, async () => await transport.request(e.peer, 'sync', e.msg, { timeout: e.timeoutMs }), r => round.answered(e.id, r, this.env.now()))
       case 'push':
