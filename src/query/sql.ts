@@ -565,9 +565,11 @@ function buildHaving (node: any, ctx: { slot: (n: any) => number | undefined, in
       const [lo, hi] = (n.right?.value ?? []).map((v: any) => typed(left.slot, bind.value(v)))
       const t: HavingTest = s => {
         const v = valueOf(left, s)
-        const a = compareSlot(info, v, lo ?? null)
-        const b = compareSlot(info, v, hi ?? null)
-        return a === null || b === null ? null : a >= 0 && b <= 0
+        if (v === null) return null
+        // As in WHERE: a NULL bound is unknown, but a bound the value misses makes it false.
+        const a = lo === null || lo === undefined ? null : (compareSlot(info, v, lo) as number) >= 0
+        const b = hi === null || hi === undefined ? null : (compareSlot(info, v, hi) as number) <= 0
+        return a === false || b === false ? false : a === null || b === null ? null : true
       }
       return op === 'BETWEEN' ? t : negate(t)
     }

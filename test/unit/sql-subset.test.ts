@@ -278,6 +278,17 @@ describe('the SQL subset on one node, against an evaluation in memory', () => {
     await expect(sql("SET consistency = 'most'; DELETE FROM appointments WHERE appointment_id = 1")).rejects.toMatchObject({ code: 'INVALID', message: expect.stringMatching(/consistency/) })
   })
 
+  it('a NULL bound of BETWEEN is unknown only where the other bound holds (x NOT BETWEEN a AND NULL is x < a), in WHERE and HAVING', async () => {
+    const pid = (r: Row): number => r.patient_id as number
+    expect((await sql('SELECT patient_id FROM patient_records WHERE patient_id NOT BETWEEN 35 AND NULL')).rows).toEqual(ids(patients.filter(r => pid(r) < 35), 'patient_id'))
+    expect((await sql('SELECT patient_id FROM patient_records WHERE patient_id NOT BETWEEN $1 AND $2', [null, 5])).rows).toEqual(ids(patients.filter(r => pid(r) > 5), 'patient_id'))
+    expect((await sql('SELECT patient_id FROM patient_records WHERE patient_id BETWEEN 35 AND NULL')).rows).toEqual([])
+    expect((await sql('SELECT patient_id FROM patient_records WHERE NOT (patient_id BETWEEN NULL AND 5 OR patient_id > 7)')).rows).toEqual([[6], [7]])
+    // 200 appointments per doctor: NOT BETWEEN 250 AND NULL holds (200 < 250); NOT BETWEEN 150 AND NULL is unknown
+    expect((await sql('SELECT doctor_id FROM appointments GROUP BY doctor_id HAVING COUNT(*) NOT BETWEEN 250 AND NULL')).rows).toEqual([[1], [2], [3], [4], [5], [6]])
+    expect((await sql('SELECT doctor_id FROM appointments GROUP BY doctor_id HAVING COUNT(*) NOT BETWEEN 150 AND NULL')).rows).toEqual([])
+  })
+
   it('refuses everything outside the subset with a 400 naming it, never a wrong answer or a 500', async () => {
     const refused: Array<[string, unknown[], RegExp]> = [
       ['SELECT * FROM patient_records WHERE patient_id IN (SELECT patient_id FROM appointments)', [], /subquery|select/i],
