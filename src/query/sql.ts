@@ -939,6 +939,8 @@ function keyFromWhere (table: TableDef, where: any, bind: Binder): string {
   for (const p of parts) {
     if (p?.type !== 'binary_expr' || p.operator !== '=' || p.left?.type !== 'column_ref') unsupported('an UPDATE or DELETE whose WHERE is not <key> = <value>')
     const name = String(p.left.column?.expr?.value ?? p.left.column)
+    // WHERE id = 1 AND id = 2 matches no row: it must not write the last one named.
+    if (values.has(name)) throw new ValidationError(`SQL: ${name} named twice in the WHERE of an UPDATE or DELETE`, { column: name })
     values.set(name, typedValue(table, name, bind.value(p.right)))
   }
   if (values.size !== table.primaryKey.length || !table.primaryKey.every(k => values.has(k))) {
@@ -953,6 +955,8 @@ async function runInsert (db: Database, ast: any, bind: Binder, access: SqlAcces
   const table = tableOf(ast.table?.[0]?.table)
   const names: string[] = (ast.columns ?? []).map((c: any) => String(c?.value ?? c))
   if (names.length === 0) unsupported('INSERT without a column list')
+  const twice = names.find((n, i) => names.indexOf(n) !== i)
+  if (twice !== undefined) throw new ValidationError(`SQL: column ${twice} named twice in the INSERT`, { column: twice })
   if (ast.values?.type !== 'values') unsupported('INSERT ... SELECT')
   const tuples: any[] = ast.values.values
   if (tuples.length !== 1) unsupported('INSERT of several rows (use one statement per row, or import)')
@@ -973,6 +977,7 @@ async function runUpdate (db: Database, ast: any, bind: Binder, access: SqlAcces
   const changes: Record<string, Value> = {}
   for (const s of ast.set ?? []) {
     const name = String(s.column?.expr?.value ?? s.column)
+    if (Object.prototype.hasOwnProperty.call(changes, name)) throw new ValidationError(`SQL: column ${name} set twice in the UPDATE`, { column: name })
     changes[name] = typedValue(table, name, bind.value(s.value))
   }
   const id = keyFromWhere(table, ast.where, bind)

@@ -289,6 +289,16 @@ describe('the SQL subset on one node, against an evaluation in memory', () => {
     expect((await sql('SELECT doctor_id FROM appointments GROUP BY doctor_id HAVING COUNT(*) NOT BETWEEN 150 AND NULL')).rows).toEqual([])
   })
 
+  it('an UPDATE or DELETE whose WHERE names a key twice, or a column set or inserted twice, is refused (never the last value written)', async () => {
+    const before = (await sql('SELECT patient_id, gender FROM patient_records WHERE patient_id IN (1, 2)')).rows
+    await expect(sql('UPDATE patient_records SET gender = $1 WHERE patient_id = 1 AND patient_id = 2', ['other'])).rejects.toMatchObject({ code: 'INVALID', message: expect.stringMatching(/patient_id named twice/) })
+    await expect(sql('DELETE FROM patient_records WHERE patient_id = 1 AND patient_id = 2')).rejects.toMatchObject({ code: 'INVALID', message: expect.stringMatching(/patient_id named twice/) })
+    await expect(sql("UPDATE patient_records SET gender = 'a', gender = 'b' WHERE patient_id = 1")).rejects.toMatchObject({ code: 'INVALID', message: expect.stringMatching(/gender set twice/) })
+    await expect(sql("INSERT INTO user_roles (role_id, role_name, role_id) VALUES (950, 'x', 951)")).rejects.toMatchObject({ code: 'INVALID', message: expect.stringMatching(/role_id named twice/) })
+    expect((await sql('SELECT patient_id, gender FROM patient_records WHERE patient_id IN (1, 2)')).rows).toEqual(before)
+    expect((await sql('SELECT COUNT(*) FROM user_roles WHERE role_id >= 950')).rows).toEqual([[0]])
+  })
+
   it('refuses everything outside the subset with a 400 naming it, never a wrong answer or a 500', async () => {
     const refused: Array<[string, unknown[], RegExp]> = [
       ['SELECT * FROM patient_records WHERE patient_id IN (SELECT patient_id FROM appointments)', [], /subquery|select/i],
