@@ -22,7 +22,7 @@ export interface SqlAnswer {
   next: string | null
 }
 
-/** What the caller may do, per table: read columns (undefined: no read right) and the write check */
+/** What the caller may do, per table: the columns it reads (a ForbiddenError: no read right) and the write check */
 export interface SqlAccess {
   readable: (table: TableDef) => readonly string[]
   writable: (table: TableDef, columns: string[]) => void
@@ -331,7 +331,12 @@ function buildSelect (ast: any, bind: Binder, access: SqlAccess): Select {
   const sources: Source[] = from.map((f: any) => {
     if (f.expr != null) unsupported('a subquery in FROM')
     if (f.db != null && f.db !== 'public') throw new ValidationError(`SQL: unknown schema ${String(f.db)} (the tables are in public)`)
-    return { table: tableOf(f.table), alias: String(f.as ?? f.table) }
+    if (f.tablesample != null) unsupported('TABLESAMPLE')
+    const table = tableOf(f.table)
+    // Every table named is read (COUNT(*) and EXPLAIN name none of its columns): asking for its columns
+    // is the check that the role may read it (a 403 when not).
+    access.readable(table)
+    return { table, alias: String(f.as ?? f.table) }
   })
   for (const [i, s] of sources.entries()) if (sources.findIndex(o => o.alias === s.alias) !== i) unsupported(`${s.alias} named twice in FROM without an alias of its own`)
   const resolve = resolver(sources, access)
