@@ -1,7 +1,7 @@
 import { createHash } from 'node:crypto'
 import { ValidationError } from '../errors/index.js'
 import { allOf, checkCondition, columnOf, compareValues, type Condition } from '../schema/condition.js'
-import { findTable, type Row, type TableDef, type Value } from '../schema/index.js'
+import { findTable, type Column, type Row, type TableDef, type Value } from '../schema/index.js'
 import { tokenOf } from '../cluster/token.js'
 import { winner, type Store } from '../storage/store.js'
 
@@ -25,6 +25,8 @@ export interface Fragment {
   /** Rows mode: sort keys (each a `columns` index) and how many rows a range needs to give at most */
   orderBy?: Array<{ at: number, desc: boolean }>
   limit?: number
+  /** Rows mode: only rows that sort after these values of the `orderBy` keys (where the page before stopped) */
+  after?: Value[]
 }
 
 /** A column of one of a fragment's tables: 0 the table, n its n-th join */
@@ -64,6 +66,9 @@ export interface FragmentSource {
   rows: (table: string, filter: Condition | undefined, shard?: string) => AsyncIterable<{ row: Row, id: string, version: string }>
 }
 
+/** Longest text value of a fragment's `after` */
+const MAX_KEY_CHARS = 64 * 1024
+
 /** Most groups or rows a range's result may hold (and a merged answer) */
 export const MAX_FRAGMENT_ROWS = 100_000
 
@@ -80,6 +85,7 @@ export async function runFragment (f: Fragment, source: FragmentSource): Promise
   // Per join, the rows looked up for each value (a patient's history is read once for all their rows).
   const lookups = joins.map(() => new Map<string, Row[]>())
   let cached = 0
+  const past = f.after === undefined ? undefined : afterKey(f, tables, f.after)
   const emit = (tuple: Row[]): void => {
     const value = ([s, c]: FragmentColumn): Value => tuple[s]?.[c] ?? null
     if (f.aggregates !== undefined) {
@@ -97,7 +103,9 @@ export async function runFragment (f: Fragment, source: FragmentSource): Promise
       })
       return
     }
-    rows.push((f.columns ?? []).map(value))
+    const projected = (f.columns ?? []).map(value)
+    if (past !== undefined && !past(projected)) return
+    rows.push(projected)
     // Only the best `limit` are kept: sorted and cut whenever twice as many have come.
     if (f.limit !== undefined && rows.length >= Math.max(2 * f.limit, 1000)) {
       sortRows(rows, f, tables)
@@ -199,19 +207,45 @@ export function finish (fn: AggregateFn, p: Partial): Value {
 export function sortRows (rows: Value[][], f: Fragment, tables: TableDef[]): void {
   const order = f.orderBy ?? []
   if (order.length === 0) return
-  const cols = order.map(o => {
-    const [s, c] = (f.columns ?? [])[o.at] as FragmentColumn
-    return columnOf(tables[s] as TableDef, c)
-  })
+  const cols = orderColumns(f, tables)
   rows.sort((a, b) => {
     for (const [i, o] of order.entries()) {
-      const x = a[o.at] ?? null
-      const y = b[o.at] ?? null
-      const c = x === null || y === null ? (x === y ? 0 : x === null ? 1 : -1) : compareValues(cols[i] as import('../schema/index.js').Column, x, y)
+      const c = compareKeyValues(cols[i] as Column, a[o.at] ?? null, b[o.at] ?? null)
       if (c !== 0) return o.desc ? -c : c
     }
     return 0
   })
+}
+
+/** The column each `orderBy` key sorts as */
+function orderColumns (f: Fragment, tables: TableDef[]): Column[] {
+  return (f.orderBy ?? []).map(o => {
+    const [s, c] = (f.columns ?? [])[o.at] as FragmentColumn
+    return columnOf(tables[s] as TableDef, c)
+  })
+}
+
+/** Two values of a sort key in ascending order, NULL after every value */
+function compareKeyValues (col: Column, x: Value, y: Value): number {
+  return x === null || y === null ? (x === y ? 0 : x === null ? 1 : -1) : compareValues(col, x, y)
+}
+
+/** Whether a projected row sorts after `after` (its `orderBy` keys' values), as sortRows orders rows */
+function afterKey (f: Fragment, tables: TableDef[], after: Value[]): (row: Value[]) => boolean {
+  const order = f.orderBy ?? []
+  const cols = orderColumns(f, tables)
+  return row => {
+    for (const [i, o] of order.entries()) {
+      const c = compareKeyValues(cols[i] as Column, row[o.at] ?? null, after[i] ?? null)
+      if (c !== 0) return o.desc ? c < 0 : c > 0
+    }
+    return false
+  }
+}
+
+/** The values of a projected row's `orderBy` keys: where a page that ends with it stopped (see Fragment.after) */
+export function keyOf (f: Fragment, row: Value[]): Value[] {
+  return (f.orderBy ?? []).map(o => row[o.at] ?? null)
 }
 
 function tableOf (name: string): TableDef {
@@ -268,6 +302,12 @@ export function checkFragment (raw: unknown): Fragment {
   if (m.limit !== undefined) {
     if (!Number.isSafeInteger(m.limit) || (m.limit as number) < 0 || (m.limit as number) > MAX_FRAGMENT_ROWS) throw new ValidationError('malformed fragment limit')
     out.limit = m.limit as number
+  }
+  if (m.after !== undefined) {
+    // One value per sort key: a position in the order, nothing else.
+    const scalar = (v: unknown): boolean => v === null || (typeof v === 'string' && v.length <= MAX_KEY_CHARS) || (typeof v === 'number' && Number.isFinite(v))
+    if (out.orderBy === undefined || out.aggregates !== undefined || !Array.isArray(m.after) || m.after.length !== out.orderBy.length || !m.after.every(scalar)) throw new ValidationError('malformed fragment after')
+    out.after = m.after as Value[]
   }
   return out
 }

@@ -7,7 +7,7 @@ import { findTable, type Row, type TableDef, type Value } from '../schema/index.
 import { planRows, type RowPlan } from '../storage/ordered.js'
 import { singleShardOf } from '../cluster/query-merge.js'
 import { MAX_LIMIT, typedValue, type Database } from './database.js'
-import { finish, MAX_FRAGMENT_ROWS, MAX_JOINS, type AggregateFn, type Fragment, type FragmentColumn, type Partial } from './fragment.js'
+import { finish, keyOf, MAX_FRAGMENT_ROWS, MAX_JOINS, type AggregateFn, type Fragment, type FragmentColumn, type Partial } from './fragment.js'
 
 // node-sql-parser ships CommonJS; its PostgreSQL grammar builds the AST this module reads.
 const { Parser } = createRequire(import.meta.url)('node-sql-parser') as { Parser: new () => { astify: (sql: string, opt: object) => unknown } }
@@ -743,11 +743,14 @@ async function gather (db: Database, source: Source, filter: Condition | undefin
 
 /**
  * A SQL cursor: the statement and parameters it belongs to (a digest), the
- * rows of the answer given so far, and for a one-table list the position of
- * db.query's cursor. A page after the first runs the statement again and
- * continues there.
+ * rows of the answer given so far, and where the last page stopped: for a
+ * one-table list the position of db.query's cursor, for the owners' sorted
+ * rows or merged groups the sort key of the last row given (`k`). A page
+ * after the first runs the statement again and continues after that
+ * position, so rows written or deleted before it neither come twice nor
+ * push a row past the page.
  */
-interface SqlCursor { h: string, n: number, c?: string }
+interface SqlCursor { h: string, n: number, c?: string, k?: Value[] }
 
 function stampOf (sql: string, params: readonly unknown[]): string {
   return createHash('sha256').update(sql).update('\u0000').update(JSON.stringify(params)).digest('base64url').slice(0, 16)
@@ -762,7 +765,9 @@ function readCursor (cursor: string, stamp: string): SqlCursor {
   try {
     c = cursor.startsWith('s') ? JSON.parse(Buffer.from(cursor.slice(1), 'base64url').toString('utf8')) : undefined
   } catch {}
-  if (c === null || typeof c !== 'object' || typeof c.h !== 'string' || !Number.isSafeInteger(c.n) || c.n < 0 || (c.c !== undefined && typeof c.c !== 'string')) {
+  const scalar = (v: unknown): boolean => v === null || typeof v === 'string' || (typeof v === 'number' && Number.isFinite(v))
+  if (c === null || typeof c !== 'object' || typeof c.h !== 'string' || !Number.isSafeInteger(c.n) || c.n < 0 || (c.c !== undefined && typeof c.c !== 'string') ||
+    (c.k !== undefined && (!Array.isArray(c.k) || !c.k.every(scalar)))) {
     throw new ValidationError(`SQL: invalid cursor ${JSON.stringify(cursor.slice(0, 100))}`)
   }
   if (c.h !== stamp) throw new ValidationError('SQL: this cursor continues another statement (or other parameters): send the same sql and params with it')
@@ -798,15 +803,22 @@ async function runSelect (db: Database, s: Select, access: SqlAccess, options: R
     const next = more ? writeCursor({ h: stamp, n: given, c: page.next as string }) : null
     return { columns, rows: rows.map(r => s.items.map(i => r[(i as Item & { kind: 'column' }).ref.column] ?? null)), next }
   }
-  // Joined, grouped or sorted on several keys: the owners run it on their copies (see fragment.ts), and
-  // the answer is the sorted result's rows from OFFSET + what earlier pages gave.
-  const from = s.offset + at.n
-  const end = from + want
-  const { fragment, patients } = toFragment(s, end + 1 <= MAX_FRAGMENT_ROWS ? end + 1 : undefined)
+  // Joined, grouped or sorted on several keys: the owners run it on their copies (see fragment.ts). A page
+  // after the first continues after the sort key of the last row given (an OFFSET applies to the first).
+  const from = cursor === undefined ? s.offset : 0
+  if (cursor !== undefined && at.k === undefined) throw new ValidationError(`SQL: invalid cursor ${JSON.stringify(cursor.slice(0, 100))}`)
+  if (s.aggregated) return await groupedPage(db, s, access, options, stamp, at, from, want)
+  // The owners each keep the best OFFSET + page + 1 rows: an OFFSET past what a range may give is refused.
+  if (from + want + 1 > MAX_FRAGMENT_ROWS) throw new ValidationError(`SQL: an OFFSET of more than ${MAX_FRAGMENT_ROWS - want - 1} rows on a joined or sorted answer; page with next instead`)
+  const { fragment, patients } = toFragment(s, from + want + 1)
+  if (at.k !== undefined) {
+    if (at.k.length !== (fragment.orderBy ?? []).length) throw new ValidationError(`SQL: invalid cursor ${JSON.stringify((cursor as string).slice(0, 100))}`)
+    fragment.after = at.k
+  }
   const answer = await db.fragment(fragment, options)
-  const rows = s.aggregated ? groupRows(s, answer.result.groups ?? []) : answer.result.rows ?? []
-  const page = rows.slice(from, end)
-  // As a list does: each patient whose rows the page holds is noted, per table (a grouped answer, its WHERE's patient).
+  const rows = answer.result.rows ?? []
+  const page = rows.slice(from, from + want)
+  // As a list does: each patient whose rows the page holds is noted, per table.
   for (const src of s.sources) {
     const col = patients.get(src)
     const seen = col === undefined ? [] : [...new Set(page.map(r => r[col]).filter(p => p !== null && p !== undefined).map(String))]
@@ -814,11 +826,42 @@ async function runSelect (db: Database, s: Select, access: SqlAccess, options: R
     for (const patientId of seen) access.note?.({ action: 'list', table: src.table.name, patientId })
   }
   const given = at.n + page.length
-  return { columns, rows: s.aggregated ? page : page.map(r => r.slice(0, s.items.length)), next: given < total && rows.length > end ? writeCursor({ h: stamp, n: given }) : null }
+  const last = page[page.length - 1]
+  const next = given < total && rows.length > from + want && last !== undefined ? writeCursor({ h: stamp, n: given, k: keyOf(fragment, last) }) : null
+  return { columns, rows: page.map(r => r.slice(0, s.items.length)), next }
 }
 
-/** A grouped answer's rows: each group's aggregates finished, HAVING applied, sorted (by the GROUP BY columns when no ORDER BY) */
-function groupRows (s: Select, groups: Array<{ key: Value[], partials: Partial[] }>): Value[][] {
+/** A page of a grouped answer: the groups merged from the owners, HAVING applied, sorted, from OFFSET or after the cursor's group */
+async function groupedPage (db: Database, s: Select, access: SqlAccess, options: RequestOptions, stamp: string, at: SqlCursor, from: number, want: number): Promise<SqlAnswer> {
+  const { fragment } = toFragment(s, undefined)
+  const answer = await db.fragment(fragment, options)
+  const { all, order, compare } = groupSlots(s, answer.result.groups ?? [])
+  // A grouped answer notes each table with its WHERE's patient.
+  for (const src of s.sources) noteTable(access, src.table, s.where.get(src))
+  const keyOfGroup = (g: Slots): Value[] => order.map(o => g[o.slot] ?? null)
+  let start = from
+  if (at.k !== undefined) {
+    const k = at.k
+    if (k.length !== order.length) throw new ValidationError('SQL: invalid cursor')
+    start = all.findIndex(g => compare(keyOfGroup(g), k) > 0)
+    if (start < 0) start = all.length
+  }
+  const page = all.slice(start, start + want)
+  const given = at.n + page.length
+  const last = page[page.length - 1]
+  const total = s.limit ?? Number.POSITIVE_INFINITY
+  const next = given < total && all.length > start + want && last !== undefined ? writeCursor({ h: stamp, n: given, k: keyOfGroup(last) }) : null
+  const slots = s.items.map(i => i.kind === 'aggregate' ? s.groupBy.length + i.agg : s.groupBy.findIndex(g => g.source === i.ref.source && g.column === i.ref.column))
+  return { columns: s.items.map(i => i.name), rows: page.map(v => slots.map(x => v[x] ?? null)), next }
+}
+
+/**
+ * A grouped answer's groups as slots: each group's aggregates finished,
+ * HAVING applied, sorted (by the GROUP BY columns when no ORDER BY, and
+ * after the ORDER BY's keys, so no two groups tie); `order` and `compare`
+ * are that order, over the values of its slots
+ */
+function groupSlots (s: Select, groups: Array<{ key: Value[], partials: Partial[] }>): { all: Slots[], order: Array<{ slot: number, desc: boolean }>, compare: (x: Value[], y: Value[]) => number } {
   // No GROUP BY: one group, even of no rows.
   if (s.groupBy.length === 0 && groups.length === 0) groups.push({ key: [], partials: s.aggregates.map(a => a.fn === 'COUNT' ? 0 : a.fn === 'SUM' || a.fn === 'AVG' ? [0, 0] : null) })
   let all: Slots[] = groups.map(g => [...g.key, ...s.aggregates.map((a, i) => finish(a.fn, g.partials[i] ?? null))])
@@ -826,19 +869,19 @@ function groupRows (s: Select, groups: Array<{ key: Value[], partials: Partial[]
   // Groups the ORDER BY ties (or all, without one) in the order of their GROUP BY columns.
   const order = [...s.orderBy.map(o => ({ slot: (o.key as { slot: number }).slot, desc: o.desc })), ...s.groupBy.map((_, slot) => ({ slot, desc: false }))]
   const infos = order.map(o => slotInfo(o.slot, s.groupBy, s.aggregates))
-  all.sort((a, b) => {
+  /** Two groups' values of `order`'s slots, NULLs last ascending and first descending */
+  const compare = (a: Value[], b: Value[]): number => {
     for (const [i, o] of order.entries()) {
-      const x = a[o.slot] ?? null
-      const y = b[o.slot] ?? null
-      // NULLs last ascending, first descending.
+      const x = a[i] ?? null
+      const y = b[i] ?? null
       const c = x === null || y === null ? (x === y ? 0 : x === null ? 1 : -1) : compareSlot(infos[i], x, y) as number
       if (c !== 0) return o.desc ? -c : c
     }
     return 0
-  })
-  const slotOf = (i: Item): number => i.kind === 'aggregate' ? s.groupBy.length + i.agg : s.groupBy.findIndex(g => g.source === i.ref.source && g.column === i.ref.column)
-  const slots = s.items.map(slotOf)
-  return all.map(v => slots.map(x => v[x] ?? null))
+  }
+  const keyed = all.map(g => ({ g, key: order.map(o => g[o.slot] ?? null) }))
+  keyed.sort((a, b) => compare(a.key, b.key))
+  return { all: keyed.map(x => x.g), order, compare }
 }
 
 /**

@@ -44,6 +44,20 @@ describe('query fragments', () => {
     expect(mergeResults(f, [a, b]).rows).toEqual([[3, 'Dr 7', '2026-01-05T08:00:00'], [1, 'Dr 7', '2026-01-02T10:00:00']])
   })
 
+  it('gives only the rows after a sort key (where a page stopped), NULLs last ascending and first descending', async () => {
+    const rows: Row[] = ([[1, 'a'], [2, null], [3, 'b'], [4, 'a'], [5, null]] as Array<[number, string | null]>).map(([id, purpose]) => ({ appointment_id: id, purpose }))
+    const f: Fragment = { table: 'appointments', columns: [[0, 'appointment_id'], [0, 'purpose']], orderBy: [{ at: 1, desc: false }, { at: 0, desc: false }] }
+    const ids = async (g: Fragment): Promise<unknown[]> => ((await runFragment(g, source({ appointments: rows }))).rows ?? []).map(r => r[0])
+    expect(await ids(f)).toEqual([1, 4, 3, 2, 5])
+    expect(await ids({ ...f, after: ['a', 4] })).toEqual([3, 2, 5])
+    expect(await ids({ ...f, after: [null, 2] })).toEqual([5])
+    expect(await ids({ ...f, after: ['a', 1], limit: 2 })).toEqual([4, 3])
+    const desc: Fragment = { ...f, orderBy: [{ at: 1, desc: true }, { at: 0, desc: false }] }
+    expect(await ids(desc)).toEqual([2, 5, 3, 1, 4])
+    expect(await ids({ ...desc, after: [null, 5] })).toEqual([3, 1, 4])
+    expect(await ids({ ...desc, after: ['b', 3] })).toEqual([1, 4])
+  })
+
   it('joins three tables on the owner, each on a column of one before it', async () => {
     const patients: Row[] = [1, 2].map(p => ({ patient_id: p, patient_name: `P${p}` }))
     const history: Row[] = ([[10, 1], [11, 1], [12, 2]] as Array<[number, number]>).map(([h, p]) => ({ history_id: h, patient_id: p }))
@@ -71,6 +85,12 @@ describe('query fragments', () => {
     expect(() => checkFragment({ table: 'appointments', joins: [{ table: 'patient_records', column: 'patient_id', on: [0, 'patient_id'] }] })).toThrow(/does not place/)
     expect(() => checkFragment({ table: 'patient_records', joins: [{ table: 'lab_results', column: 'patient_id', on: [1, 'patient_id'] }] })).toThrow(/joined table/)
     expect(() => checkFragment({ table: 'patient_records', joins: Array.from({ length: 9 }, () => ({ table: 'lab_results', column: 'patient_id', on: [0, 'patient_id'] })) })).toThrow(/joins/)
+    // after: one scalar per sort key of a rows fragment
+    const sorted = { table: 'appointments', columns: [[0, 'appointment_id']], orderBy: [{ at: 0, desc: false }] }
+    expect(checkFragment({ ...sorted, after: [5] }).after).toEqual([5])
+    for (const after of [[], [1, 2], [{}], 'x', [Number.NaN]]) expect(() => checkFragment({ ...sorted, after })).toThrow(/after/)
+    expect(() => checkFragment({ table: 'appointments', columns: [[0, 'appointment_id']], after: [1] })).toThrow(/after/)
+    expect(() => checkFragment({ table: 'appointments', aggregates: [{ fn: 'COUNT' }], after: [] })).toThrow(/after/)
     expect(() => checkFragmentResults({ results: [{ digest: 'x', rows: [[{}]] }] }, 1)).toThrow(/rows/)
     expect(() => checkFragmentResults({ results: [] }, 1)).toThrow(/answer/)
     expect(checkFragmentResults({ results: [{ digest: 'x', groups: [{ key: [7], partials: [3, [1, 2], null] }] }] }, 1)).toHaveLength(1)

@@ -192,6 +192,39 @@ describe('the SQL subset on one node, against an evaluation in memory', () => {
     await expect(sql('SELECT patient_id FROM patient_records', [], everything, 'garbage')).rejects.toMatchObject({ code: 'INVALID', message: expect.stringMatching(/invalid cursor/) })
   })
 
+  it('a page after the first continues after the last row given, though rows before it were written or deleted in between (no row twice, none skipped)', async () => {
+    const extra = { appointment_id: 7001, patient_id: 1, doctor_id: 1, appointment_date: '2026-01-01T07:00:00.000Z', purpose: 'zzz' }
+    const shapes: Array<[string, (a: Row) => Value[]]> = [
+      ['SELECT appointment_id FROM appointments ORDER BY purpose DESC, appointment_id', a => [a.appointment_id as number]],
+      ['SELECT a.appointment_id, d.name FROM appointments a JOIN doctors_info d ON d.doctor_id = a.doctor_id ORDER BY a.purpose DESC, a.appointment_id', a => [a.appointment_id as number, `Dr ${String(a.doctor_id)}`]],
+      ['SELECT appointment_id, COUNT(*) FROM appointments GROUP BY appointment_id ORDER BY MAX(purpose) DESC, appointment_id', a => [a.appointment_id as number, 1]]
+    ]
+    const want = sorted(appointments, [['purpose', true], ['appointment_id', false]])
+    for (const [text, shape] of shapes) {
+      // A row that sorts first is written between the pages: the second page goes on from where the first stopped.
+      const first = await sql(text)
+      expect(first.rows, text).toEqual(want.slice(0, SQL_PAGE).map(shape))
+      await node.db.insert('appointments', extra)
+      try {
+        const second = await sql(text, [], everything, first.next as string)
+        expect(second.rows, text).toEqual(want.slice(SQL_PAGE).map(shape))
+        expect(second.next, text).toBeNull()
+      } finally {
+        await node.db.delete('appointments', '7001')
+      }
+      // A row of the first page deleted in between: the second page still starts with the row after the first's last.
+      const again = await sql(text)
+      const gone = want[3] as Row
+      await node.db.delete('appointments', String(gone.appointment_id))
+      try {
+        const second = await sql(text, [], everything, again.next as string)
+        expect(second.rows, text).toEqual(want.slice(SQL_PAGE).map(shape))
+      } finally {
+        await node.db.insert('appointments', gone)
+      }
+    }
+  })
+
   it('aggregates on the owners, merged, with GROUP BY and HAVING of AND/OR/NOT', async () => {
     const byDoctor = new Map<number, Row[]>()
     for (const a of appointments) byDoctor.set(a.doctor_id as number, [...byDoctor.get(a.doctor_id as number) ?? [], a])
