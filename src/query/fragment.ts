@@ -274,9 +274,11 @@ export function checkFragment (raw: unknown): Fragment {
       if (j === null || typeof j !== 'object') throw new ValidationError('malformed fragment join')
       const joined = tableOf(String(j.table))
       const column = columnOf(joined, String(j.column)).name
-      // A joined table's rows must live where the rows they join do: placed by the join column, as the table is, or global.
-      if (joined.shardKey !== 'global' && (joined.shardKey !== column || table.shardKey !== column)) throw new ValidationError(`fragment join of ${joined.name} on ${column}, which does not place it`)
       const on = col(j.on)
+      // A joined table's rows must live where the rows they join do: placed by the join column, as the table is
+      // and as the table of `on` is (its value is that key), or global.
+      const placed = joined.shardKey === column && table.shardKey === column && on[1] === column && (tables[on[0]] as TableDef).shardKey === column
+      if (joined.shardKey !== 'global' && !placed) throw new ValidationError(`fragment join of ${joined.name} on ${column}, which does not place it`)
       tables.push(joined)
       return { table: joined.name, column, on, ...(j.filter === undefined ? {} : { filter: checkCondition(joined, j.filter) }) }
     })

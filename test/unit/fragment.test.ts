@@ -85,6 +85,10 @@ describe('query fragments', () => {
     expect(() => checkFragment({ table: 'appointments', joins: [{ table: 'patient_records', column: 'patient_id', on: [0, 'patient_id'] }] })).toThrow(/does not place/)
     expect(() => checkFragment({ table: 'patient_records', joins: [{ table: 'lab_results', column: 'patient_id', on: [1, 'patient_id'] }] })).toThrow(/joined table/)
     expect(() => checkFragment({ table: 'patient_records', joins: Array.from({ length: 9 }, () => ({ table: 'lab_results', column: 'patient_id', on: [0, 'patient_id'] })) })).toThrow(/joins/)
+    // A placed table joins on the key that places both it and the row it joins (else its rows are looked up under another patient)
+    expect(() => checkFragment({ table: 'patient_records', joins: [{ table: 'lab_results', column: 'patient_id', on: [0, 'patient_name'] }] })).toThrow(/does not place/)
+    expect(() => checkFragment({ table: 'medical_history', joins: [{ table: 'user_roles', column: 'role_id', on: [0, 'role_id'] }, { table: 'lab_results', column: 'patient_id', on: [1, 'role_id'] }] })).toThrow(/does not place/)
+    expect(checkFragment({ table: 'medical_history', joins: [{ table: 'user_roles', column: 'role_id', on: [0, 'role_id'] }, { table: 'lab_results', column: 'patient_id', on: [0, 'patient_id'] }] }).joins).toHaveLength(2)
     // after: one scalar per sort key of a rows fragment
     const sorted = { table: 'appointments', columns: [[0, 'appointment_id']], orderBy: [{ at: 0, desc: false }] }
     expect(checkFragment({ ...sorted, after: [5] }).after).toEqual([5])
