@@ -72,6 +72,12 @@ const MAX_KEY_CHARS = 64 * 1024
 /** Most groups or rows a range's result may hold (and a merged answer) */
 export const MAX_FRAGMENT_ROWS = 100_000
 
+/** Most rows a range's joins may make (each table joined multiplies them: eight tables of a patient's 60 rows make 60^8) */
+export const MAX_JOINED_ROWS = 10 * MAX_FRAGMENT_ROWS
+
+/** Joined rows made between two yields to the event loop (rows looked up again come from memory, without I/O) */
+const JOINED_PER_TURN = 10_000
+
 /** Runs a fragment over a source (see Fragment) */
 export async function runFragment (f: Fragment, source: FragmentSource): Promise<FragmentResult> {
   const tables = tablesOf(f)
@@ -85,6 +91,7 @@ export async function runFragment (f: Fragment, source: FragmentSource): Promise
   // Per join, the rows looked up for each value (a patient's history is read once for all their rows).
   const lookups = joins.map(() => new Map<string, Row[]>())
   let cached = 0
+  let made = 0
   const past = f.after === undefined ? undefined : afterKey(f, tables, f.after)
   const emit = (tuple: Row[]): void => {
     const value = ([s, c]: FragmentColumn): Value => tuple[s]?.[c] ?? null
@@ -137,7 +144,11 @@ export async function runFragment (f: Fragment, source: FragmentSource): Promise
       if (cached > MAX_FRAGMENT_ROWS) { for (const c of lookups) c.clear(); cached = others.length + 1 }
       cache.set(cacheKey, others)
     }
-    for (const o of others) await expand([...tuple, o], j + 1)
+    for (const o of others) {
+      if (++made > MAX_JOINED_ROWS) throw new ValidationError(`SQL: this join makes more than ${MAX_JOINED_ROWS.toLocaleString('en')} joined rows on one owner; narrow its WHERE`)
+      if (made % JOINED_PER_TURN === 0) await new Promise(resolve => setImmediate(resolve))
+      await expand([...tuple, o], j + 1)
+    }
   }
   for await (const { row, id, version } of source.rows((tables[0] as TableDef).name, f.filter)) {
     mix((tables[0] as TableDef).name, id, version)

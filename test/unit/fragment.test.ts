@@ -74,6 +74,26 @@ describe('query fragments', () => {
     expect(counted.groups).toEqual([{ key: [1], partials: [2, 20] }, { key: [2], partials: [2, 22] }])
   })
 
+  it('refuses a join that multiplies rows past a bound, instead of running (and holding the event loop) for ever', async () => {
+    // One patient's 60 history rows joined to themselves seven times: 60^8 tuples.
+    const history: Row[] = Array.from({ length: 60 }, (_, i) => ({ history_id: i + 1, patient_id: 1 }))
+    const self = { table: 'medical_history', column: 'patient_id', on: [0, 'patient_id'] as [number, string] }
+    const f: Fragment = { table: 'medical_history', joins: Array.from({ length: 7 }, () => self), aggregates: [{ fn: 'COUNT' }] }
+    let ticks = 0
+    const timer = setInterval(() => { ticks++ }, 10)
+    const started = Date.now()
+    try {
+      await expect(runFragment(f, source({ medical_history: history }))).rejects.toMatchObject({ code: 'INVALID', message: expect.stringMatching(/more than [\d,]+ joined rows/) })
+    } finally {
+      clearInterval(timer)
+    }
+    // Other work ran meanwhile (the owner still answers its peers)
+    if (Date.now() - started > 200) expect(ticks).toBeGreaterThan(0)
+    // Within the bound, the whole count
+    const small: Fragment = { ...f, joins: [self, self] }
+    expect((await runFragment(small, source({ medical_history: history }))).groups).toEqual([{ key: [], partials: [60 ** 3] }])
+  }, 60_000)
+
   it('checks what a peer sends: fragments and results', () => {
     expect(() => checkFragment({ table: 'nope' })).toThrow(/unknown table/)
     expect(() => checkFragment({ table: 'appointments', columns: [[0, 'password']] })).toThrow(/Unknown column/)
