@@ -1,5 +1,6 @@
 import { createHash } from 'node:crypto'
 import { createRequire } from 'node:module'
+import { Worker } from 'node:worker_threads'
 import { ForbiddenError, ValidationError } from '../errors/index.js'
 import { CONSISTENCY_LEVELS, type Consistency, type RequestOptions } from '../cluster/coordinator.js'
 import { allOf, columnOf, compareValues, conjuncts, MAX_CONDITION_DEPTH, MAX_CONDITION_ITEMS, satisfies, type Comparison, type Condition } from '../schema/condition.js'
@@ -9,9 +10,95 @@ import { singleShardOf } from '../cluster/query-merge.js'
 import { MAX_LIMIT, typedValue, type Database } from './database.js'
 import { finish, keyOf, MAX_FRAGMENT_ROWS, MAX_JOINS, type AggregateFn, type Fragment, type FragmentColumn, type Partial } from './fragment.js'
 
-// node-sql-parser ships CommonJS; its PostgreSQL grammar builds the AST this module reads.
-const { Parser } = createRequire(import.meta.url)('node-sql-parser') as { Parser: new () => { astify: (sql: string, opt: object) => unknown } }
-const PARSE = { database: 'postgresql' }
+// node-sql-parser ships CommonJS; its PostgreSQL grammar builds the AST this module reads. It backtracks
+// without memory, so on some malformed statements (a value inside 20 unclosed parentheses) its work doubles
+// with each parenthesis: it runs in a worker thread, given PARSE_TIMEOUT_MS, so no statement holds the
+// event loop (and a slow one is refused, its worker replaced).
+const PARSER_MODULE = createRequire(import.meta.url).resolve('node-sql-parser')
+const PARSER_WORKER = `
+const { parentPort, workerData } = require('node:worker_threads')
+const { Parser } = require(workerData.parser)
+const parser = new Parser()
+parentPort.on('message', ({ id, sql }) => {
+  let answer
+  try {
+    answer = { id, ast: parser.astify(sql, { database: 'postgresql' }) }
+    parentPort.postMessage(answer)
+    return
+  } catch (err) {
+    answer = { id, error: { message: String(err && err.message), found: err && err.found, location: err && err.location } }
+  }
+  parentPort.postMessage(answer)
+})
+`
+/** Longest a statement may take to parse (a 64 KiB statement of the subset takes well under one second) */
+const PARSE_TIMEOUT_MS = 5000
+
+/** A parse error as the worker sends it back */
+interface ParseFailure { message: string, found?: unknown, location?: { start?: { line?: number, column?: number } } }
+
+let parserWorker: Worker | undefined
+let parseSeq = 0
+/** Parses waiting for the worker, by id: the text (sent again to a new worker if this one is replaced) and the answer's callbacks */
+const parsing = new Map<number, { sql: string, resolve: (ast: unknown) => void, reject: (err: ParseFailure | Error) => void }>()
+
+/** The parser's worker thread, started when first needed (or again after one was stopped) */
+function parser (): Worker {
+  if (parserWorker !== undefined) return parserWorker
+  const w = new Worker(PARSER_WORKER, { eval: true, workerData: { parser: PARSER_MODULE } })
+  parserWorker = w
+  w.on('message', (m: { id: number, ast?: unknown, error?: ParseFailure }) => {
+    const p = parsing.get(m.id)
+    if (p === undefined) return
+    parsing.delete(m.id)
+    if (m.error !== undefined) p.reject(m.error)
+    else p.resolve(m.ast)
+    if (parsing.size === 0) w.unref()
+  })
+  const gone = (err?: Error): void => {
+    if (parserWorker !== w) return
+    parserWorker = undefined
+    // Parses the stopped worker held go to a new one (a crash fails them instead of looping).
+    if (err !== undefined) {
+      for (const [id, p] of parsing) { parsing.delete(id); p.reject(err) }
+    } else if (parsing.size > 0) {
+      const next = parser()
+      next.ref()
+      for (const [id, p] of parsing) next.postMessage({ id, sql: p.sql })
+    }
+  }
+  w.on('error', err => { gone(err) })
+  w.on('exit', () => { gone() })
+  return w
+}
+
+/** node-sql-parser's AST of a statement, from the worker, or a refusal after PARSE_TIMEOUT_MS */
+async function astify (sql: string): Promise<unknown> {
+  const id = ++parseSeq
+  return await new Promise((resolve, reject) => {
+    const timer = setTimeout(() => {
+      if (!parsing.delete(id)) return
+      reject(new ValidationError(`SQL: cannot parse the statement within ${PARSE_TIMEOUT_MS / 1000} s (some malformed nestings of parentheses make the parser try every reading): check its parentheses`))
+      // The worker is still at it: it is stopped, and the parses queued behind go to a new one.
+      const w = parserWorker
+      parserWorker = undefined
+      if (parsing.size > 0) {
+        const next = parser()
+        next.ref()
+        for (const [other, p] of parsing) next.postMessage({ id: other, sql: p.sql })
+      }
+      void w?.terminate()
+    }, PARSE_TIMEOUT_MS)
+    parsing.set(id, {
+      sql,
+      resolve: ast => { clearTimeout(timer); resolve(ast) },
+      reject: err => { clearTimeout(timer); reject(err) }
+    })
+    const w = parser()
+    w.ref()
+    w.postMessage({ id, sql })
+  })
+}
 
 /** Most rows an OFFSET may skip (each is read to be skipped; `next` pages on without reading them again) */
 export const MAX_GATHERED_ROWS = 100_000
@@ -70,13 +157,13 @@ class Binder {
 export interface ParsedStatement { statement: any, consistency?: Consistency, explain: boolean, params: number }
 
 /** Parses one statement (or SETs then one statement) with node-sql-parser; a SET gives the consistency */
-export function parseStatements (sql: string): ParsedStatement {
+export async function parseStatements (sql: string): Promise<ParsedStatement> {
   if (typeof sql !== 'string' || sql.trim() === '') throw new ValidationError('SQL: the statement is empty')
   if (sql.length > MAX_SQL) throw new ValidationError(`SQL: a statement of at most ${MAX_SQL} characters`)
   // A statement is sent again and again with other parameters: parsed once (the tree is only read).
   let parsed = PARSED.get(sql)
   if (parsed === undefined) {
-    parsed = parseOnce(sql)
+    parsed = await parseOnce(sql)
     if (PARSED.size >= PARSED_MAX) PARSED.clear()
     PARSED.set(sql, parsed)
   }
@@ -89,16 +176,17 @@ const PARSED_MAX = 512
 /** Longest statement taken, characters */
 const MAX_SQL = 64 * 1024
 
-function parseOnce (sql: string): ParsedStatement {
+async function parseOnce (sql: string): Promise<ParsedStatement> {
   // EXPLAIN is not in the parser's PostgreSQL grammar: the leading keyword is taken off and the rest parsed.
   const trimmed = sql.trimStart()
   const explain = trimmed.slice(0, 7).toUpperCase() === 'EXPLAIN' && (trimmed.length === 7 || ' \t\r\n'.includes(trimmed[7] as string))
   let ast: any
   try {
-    ast = new Parser().astify(explain ? trimmed.slice(7) : sql, PARSE)
+    ast = await astify(explain ? trimmed.slice(7) : sql)
   } catch (err) {
+    if (err instanceof ValidationError) throw err
     // The parser lists every token it could have taken; where it stopped says more.
-    const e = err as Error & { found?: unknown, location?: { start?: { line?: number, column?: number } } }
+    const e = err as ParseFailure
     const at = e.location?.start
     if (at?.line !== undefined && at.column !== undefined) {
       throw new ValidationError(`SQL: cannot parse: ${e.found === null || e.found === undefined ? 'the statement ends too soon' : `unexpected ${JSON.stringify(e.found)}`} at line ${at.line}, column ${at.column}`)
@@ -151,7 +239,7 @@ function placeholders (root: unknown): number {
  */
 export async function runSql (db: Database, sql: string, params: readonly unknown[], access: SqlAccess, options: RequestOptions = {}, cursor?: string): Promise<SqlAnswer> {
   if (!Array.isArray(params)) throw new ValidationError('SQL: params must be an array')
-  const { statement, consistency, explain, params: wanted } = parseStatements(sql)
+  const { statement, consistency, explain, params: wanted } = await parseStatements(sql)
   // As PostgreSQL's bind: each $n has its value, and no value is left over.
   if (params.length !== wanted) throw new ValidationError(`SQL: the statement takes ${wanted} parameter${wanted === 1 ? '' : 's'}${wanted === 0 ? '' : ` ($1${wanted > 1 ? `..$${wanted}` : ''})`}, ${params.length} given`)
   if (cursor !== undefined && (statement.type !== 'select' || explain)) throw new ValidationError('SQL: a cursor continues a SELECT')

@@ -421,6 +421,22 @@ describe('the SQL subset on one node, against an evaluation in memory', () => {
     expect((await sql('SELECT COUNT(*) FROM user_roles WHERE role_id >= 903')).rows).toEqual([[0]])
   })
 
+  it('a statement the parser backtracks on for ever (a malformed nesting of parentheses) is 400 in bounded time, and the node goes on serving meanwhile', async () => {
+    let ticks = 0
+    const timer = setInterval(() => { ticks++ }, 20)
+    const started = Date.now()
+    try {
+      // Each unclosed parenthesis doubles the parser's work: 24 of them would hold it for hours.
+      await expect(sql(`SELECT * FROM patient_records WHERE patient_id = ${'('.repeat(24)}1`)).rejects.toMatchObject({ code: 'INVALID', message: expect.stringMatching(/cannot parse .*within/) })
+    } finally {
+      clearInterval(timer)
+    }
+    expect(Date.now() - started).toBeLessThan(30_000)
+    expect(ticks).toBeGreaterThan(10)
+    // The parser is back for the next statement
+    expect((await sql('SELECT COUNT(*) FROM patient_records WHERE (patient_id = $1)', [3])).rows).toEqual([[1]])
+  }, 60_000)
+
   it('a table or column the role may not read is 403 wherever it is named', async () => {
     const noHistory: SqlAccess = {
       ...everything,
