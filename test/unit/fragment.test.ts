@@ -58,6 +58,16 @@ describe('query fragments', () => {
     expect(await ids({ ...desc, after: ['b', 3] })).toEqual([1, 4])
   })
 
+  it('keeps the best rows of a limit over 50,000 from more than 100,000 (the bound is for rows without a limit)', async () => {
+    const rows: Row[] = Array.from({ length: 130_000 }, (_, i) => ({ appointment_id: 130_000 - i, purpose: 'p' }))
+    const f: Fragment = { table: 'appointments', columns: [[0, 'appointment_id']], orderBy: [{ at: 0, desc: false }], limit: 60_001 }
+    const got = (await runFragment(f, source({ appointments: rows }))).rows ?? []
+    expect(got).toHaveLength(60_001)
+    expect(got[0]).toEqual([1])
+    expect(got[60_000]).toEqual([60_001])
+    await expect(runFragment({ ...f, limit: undefined }, source({ appointments: rows }))).rejects.toMatchObject({ code: 'INVALID', message: expect.stringMatching(/more than 100000 rows/) })
+  }, 60_000)
+
   it('joins three tables on the owner, each on a column of one before it', async () => {
     const patients: Row[] = [1, 2].map(p => ({ patient_id: p, patient_name: `P${p}` }))
     const history: Row[] = ([[10, 1], [11, 1], [12, 2]] as Array<[number, number]>).map(([h, p]) => ({ history_id: h, patient_id: p }))
