@@ -135,7 +135,8 @@ class Binder {
       case 'string':
         return String(node.value)
       case 'null': return null
-      case 'bool': return node.value === true ? 1 : 0
+      // No column is boolean: TRUE would be taken as 1 (PostgreSQL refuses integer = boolean).
+      case 'bool': return unsupported(`the boolean ${node.value === true ? 'TRUE' : 'FALSE'} (no column is boolean)`)
       case 'var': {
         if (node.prefix !== '$' || typeof node.name !== 'number') unsupported(`the placeholder ${String(node.prefix ?? '')}${String(node.name)}`)
         const i = node.name - 1
@@ -212,6 +213,9 @@ async function parseOnce (sql: string): Promise<ParsedStatement> {
       rest.push(s)
     }
   }
+  // Nothing but comments or semicolons (or a bare EXPLAIN) parses to no statement, or to an empty one.
+  if (rest.length === 1 && rest[0]?.type == null) rest.pop()
+  if (rest.length === 0 && list.every(s => s?.type !== 'set')) throw new ValidationError('SQL: the statement is empty')
   if (rest.length !== 1) throw new ValidationError(rest.length === 0 ? 'SQL: SET needs a statement after it' : 'SQL: one statement at a time (after any SETs)')
   return { statement: rest[0], ...(consistency === undefined ? {} : { consistency }), explain, params: placeholders(rest[0]) }
 }
@@ -549,10 +553,13 @@ function limitOf (ast: any, bind: Binder): { limit?: number, offset: number } {
     if (String(ast.limit?.seperator ?? '').toLowerCase() === 'offset') offset = whole(values[0], 'OFFSET') ?? 0
     else limit = whole(values[0], 'LIMIT')
   }
-  // OFFSET written before LIMIT: the parser keeps the LIMIT apart.
+  // OFFSET written before LIMIT: the parser keeps the LIMIT apart (and takes a second LIMIT or OFFSET there too).
   const later: any[] = ast._limit?.value ?? []
-  if (later.length > 1) unsupported('this LIMIT form')
-  if (later.length === 1) limit = whole(later[0], 'LIMIT')
+  if (later.length > 0) {
+    const offsetFirst = values.length === 1 && String(ast.limit?.seperator ?? '').toLowerCase() === 'offset'
+    if (!offsetFirst || later.length !== 1 || String(ast._limit?.seperator ?? '').toLowerCase() === 'offset') throw new ValidationError('SQL: LIMIT or OFFSET given twice')
+    limit = whole(later[0], 'LIMIT')
+  }
   return { ...(limit === undefined ? {} : { limit }), offset }
 }
 
