@@ -19,16 +19,14 @@ const PARSER_WORKER = `
 const { parentPort, workerData } = require('node:worker_threads')
 const { Parser } = require(workerData.parser)
 const parser = new Parser()
-parentPort.on('message', ({ id, sql }) => {
-  let answer
+parentPort.on('message', ({ sql }) => {
   try {
-    answer = { id, ast: parser.astify(sql, { database: 'postgresql' }) }
-    parentPort.postMessage(answer)
+    parentPort.postMessage({ ast: parser.astify(sql, { database: 'postgresql' }) })
     return
   } catch (err) {
-    answer = { id, error: { message: String(err && err.message), found: err && err.found, location: err && err.location } }
+    // A parse error, or a tree too deep to send back
+    parentPort.postMessage({ error: { message: String(err && err.message), found: err && err.found, location: err && err.location } })
   }
-  parentPort.postMessage(answer)
 })
 `
 /** Longest a statement may take to parse (a 64 KiB statement of the subset takes well under one second) */
@@ -37,66 +35,69 @@ const PARSE_TIMEOUT_MS = 5000
 /** A parse error as the worker sends it back */
 interface ParseFailure { message: string, found?: unknown, location?: { start?: { line?: number, column?: number } } }
 
+/** A statement waiting for the parser, and its answer's callbacks */
+interface ParseJob { sql: string, resolve: (ast: unknown) => void, reject: (err: ParseFailure | Error) => void }
+
+/** Statements to parse, in order: the first is the one the worker is at (one at a time, so each has its own time) */
+const parseQueue: ParseJob[] = []
 let parserWorker: Worker | undefined
-let parseSeq = 0
-/** Parses waiting for the worker, by id: the text (sent again to a new worker if this one is replaced) and the answer's callbacks */
-const parsing = new Map<number, { sql: string, resolve: (ast: unknown) => void, reject: (err: ParseFailure | Error) => void }>()
+let parseTimer: NodeJS.Timeout | undefined
 
 /** The parser's worker thread, started when first needed (or again after one was stopped) */
 function parser (): Worker {
   if (parserWorker !== undefined) return parserWorker
   const w = new Worker(PARSER_WORKER, { eval: true, workerData: { parser: PARSER_MODULE } })
   parserWorker = w
-  w.on('message', (m: { id: number, ast?: unknown, error?: ParseFailure }) => {
-    const p = parsing.get(m.id)
-    if (p === undefined) return
-    parsing.delete(m.id)
-    if (m.error !== undefined) p.reject(m.error)
-    else p.resolve(m.ast)
-    if (parsing.size === 0) w.unref()
+  w.on('message', (m: { ast?: unknown, error?: ParseFailure }) => {
+    if (parserWorker !== w) return
+    const job = parseQueue.shift()
+    clearTimeout(parseTimer)
+    if (m.error !== undefined) job?.reject(m.error)
+    else job?.resolve(m.ast)
+    nextParse()
   })
-  const gone = (err?: Error): void => {
+  w.on('error', err => {
+    if (parserWorker !== w) return
+    // A crash fails the statement it was at; the others go to a new worker.
+    parserWorker = undefined
+    clearTimeout(parseTimer)
+    parseQueue.shift()?.reject(err)
+    nextParse()
+  })
+  w.on('exit', () => {
     if (parserWorker !== w) return
     parserWorker = undefined
-    // Parses the stopped worker held go to a new one (a crash fails them instead of looping).
-    if (err !== undefined) {
-      for (const [id, p] of parsing) { parsing.delete(id); p.reject(err) }
-    } else if (parsing.size > 0) {
-      const next = parser()
-      next.ref()
-      for (const [id, p] of parsing) next.postMessage({ id, sql: p.sql })
-    }
-  }
-  w.on('error', err => { gone(err) })
-  w.on('exit', () => { gone() })
+    clearTimeout(parseTimer)
+    parseQueue.shift()?.reject(new Error('the parser stopped'))
+    nextParse()
+  })
   return w
 }
 
-/** node-sql-parser's AST of a statement, from the worker, or a refusal after PARSE_TIMEOUT_MS */
+/** Sends the first waiting statement to the worker, with PARSE_TIMEOUT_MS to answer (the worker is idle: unreferenced) */
+function nextParse (): void {
+  const job = parseQueue[0]
+  if (job === undefined) {
+    parserWorker?.unref()
+    return
+  }
+  const w = parser()
+  w.ref()
+  w.postMessage({ sql: job.sql })
+  parseTimer = setTimeout(() => {
+    // The worker is still at it: it is stopped (a new one takes the statements after).
+    parserWorker = undefined
+    void w.terminate()
+    parseQueue.shift()?.reject(new ValidationError(`SQL: cannot parse the statement within ${PARSE_TIMEOUT_MS / 1000} s (some malformed nestings of parentheses make the parser try every reading): check its parentheses`))
+    nextParse()
+  }, PARSE_TIMEOUT_MS)
+}
+
+/** node-sql-parser's AST of a statement, from the worker, or a refusal after PARSE_TIMEOUT_MS of parsing */
 async function astify (sql: string): Promise<unknown> {
-  const id = ++parseSeq
   return await new Promise((resolve, reject) => {
-    const timer = setTimeout(() => {
-      if (!parsing.delete(id)) return
-      reject(new ValidationError(`SQL: cannot parse the statement within ${PARSE_TIMEOUT_MS / 1000} s (some malformed nestings of parentheses make the parser try every reading): check its parentheses`))
-      // The worker is still at it: it is stopped, and the parses queued behind go to a new one.
-      const w = parserWorker
-      parserWorker = undefined
-      if (parsing.size > 0) {
-        const next = parser()
-        next.ref()
-        for (const [other, p] of parsing) next.postMessage({ id: other, sql: p.sql })
-      }
-      void w?.terminate()
-    }, PARSE_TIMEOUT_MS)
-    parsing.set(id, {
-      sql,
-      resolve: ast => { clearTimeout(timer); resolve(ast) },
-      reject: err => { clearTimeout(timer); reject(err) }
-    })
-    const w = parser()
-    w.ref()
-    w.postMessage({ id, sql })
+    parseQueue.push({ sql, resolve, reject })
+    if (parseQueue.length === 1) nextParse()
   })
 }
 
