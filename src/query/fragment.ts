@@ -209,7 +209,13 @@ export function mergePartials (aggregates: FragmentAggregate[], a: Partial[], b:
 export function finish (fn: AggregateFn, p: Partial): Value {
   switch (fn) {
     case 'COUNT': return p as number
-    case 'SUM': { const [s, n] = p as [number, number]; return n === 0 ? null : Math.round(s * 1e6) / 1e6 }
+    case 'SUM': {
+      const [s, n] = p as [number, number]
+      if (n === 0) return null
+      // Decimal sums lose a trace to binary fractions (0.1 + 0.2): rounded to millionths, where s * 1e6 is
+      // still exact; a whole sum (of INT) is exact as it is, and past that rounding would change it.
+      return Number.isInteger(s) || Math.abs(s * 1e6) > Number.MAX_SAFE_INTEGER ? s : Math.round(s * 1e6) / 1e6
+    }
     case 'AVG': { const [s, n] = p as [number, number]; return n === 0 ? null : s / n }
     default: return p as Value
   }

@@ -34,6 +34,13 @@ describe('query fragments', () => {
     expect(a.digest).not.toBe(b.digest)
   })
 
+  it('finishes a SUM as the sum: whole when whole (however large), decimals rounded only where the rounding is exact', () => {
+    for (const total of [6912751943944, 1839753109406, 9_007_199_254_740_991, -6453654341416]) expect(finish('SUM', [total, 3])).toBe(total)
+    expect(finish('SUM', [0.1 + 0.2, 2])).toBe(0.3)
+    expect(finish('SUM', [12345678901.23, 2])).toBe(12345678901.23)
+    expect(finish('SUM', [0, 0])).toBeNull()
+  })
+
   it('joins on the owner and sorts and cuts rows to the limit, per range and merged', async () => {
     const doctors: Row[] = [7, 8].map(d => ({ doctor_id: d, name: `Dr ${d}`, specialization: 's', contact_number: '0123456789', email: 'e@x.org', availability: 'a' }))
     const f: Fragment = { table: 'appointments', joins: [{ table: 'doctors_info', column: 'doctor_id', on: [0, 'doctor_id'] }], columns: [[0, 'appointment_id'], [1, 'name'], [0, 'appointment_date']], orderBy: [{ at: 2, desc: true }], limit: 2 }
