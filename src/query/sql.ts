@@ -932,8 +932,6 @@ async function groupedPage (db: Database, s: Select, access: SqlAccess, options:
   const { fragment } = toFragment(s, undefined)
   const answer = await db.fragment(fragment, options)
   const { all, order, compare } = groupSlots(s, answer.result.groups ?? [])
-  // A grouped answer notes each table with its WHERE's patient.
-  for (const src of s.sources) noteTable(access, src.table, s.where.get(src))
   const keyOfGroup = (g: Slots): Value[] => order.map(o => g[o.slot] ?? null)
   let start = from
   if (at.k !== undefined) {
@@ -943,12 +941,28 @@ async function groupedPage (db: Database, s: Select, access: SqlAccess, options:
     if (start < 0) start = all.length
   }
   const page = all.slice(start, start + want)
+  notePatientGroups(s, access, page)
   const given = at.n + page.length
   const last = page[page.length - 1]
   const total = s.limit ?? Number.POSITIVE_INFINITY
   const next = given < total && all.length > start + want && last !== undefined ? writeCursor({ h: stamp, n: given, k: keyOfGroup(last) }) : null
   const slots = s.items.map(i => i.kind === 'aggregate' ? s.groupBy.length + i.agg : s.groupBy.findIndex(g => g.source === i.ref.source && g.column === i.ref.column))
   return { columns: s.items.map(i => i.name), rows: page.map(v => slots.map(x => v[x] ?? null)), next }
+}
+
+/**
+ * Notes the tables a grouped page read: grouped by a patient_id, each
+ * patient of the page (their rows, and those of every table the join places
+ * by the patient, are what each group tells of), else the patient its
+ * WHERE fixes
+ */
+function notePatientGroups (s: Select, access: SqlAccess, page: Slots[]): void {
+  for (const src of s.sources) {
+    const slot = s.groupBy.findIndex(g => g.column === 'patient_id' && (g.source === src || (g.source.table.shardKey === 'patient_id' && src.table.shardKey === 'patient_id')))
+    const seen = slot < 0 ? [] : [...new Set(page.map(g => g[slot]).filter(p => p !== null && p !== undefined).map(String))]
+    if (seen.length === 0) noteTable(access, src.table, s.where.get(src))
+    for (const patientId of seen) access.note?.({ action: 'list', table: src.table.name, patientId })
+  }
 }
 
 /**

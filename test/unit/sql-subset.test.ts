@@ -288,6 +288,15 @@ describe('the SQL subset on one node, against an evaluation in memory', () => {
     expect(notes.sort((a, b) => a.table.localeCompare(b.table) || String(a.patientId).localeCompare(String(b.patientId)))).toEqual([
       { table: 'medical_history', patientId: '4' }, { table: 'medical_history', patientId: '9' }, { table: 'patient_records', patientId: '4' }, { table: 'patient_records', patientId: '9' }
     ])
+    // Groups by patient hold each patient's data: each patient of the page is noted, on every table placed by the patient
+    notes.length = 0
+    await sql('SELECT h.patient_id, MAX(h.diagnosis) FROM medical_history h WHERE h.patient_id IN (4, 9) GROUP BY h.patient_id', [], noting)
+    expect(notes.sort((a, b) => String(a.patientId).localeCompare(String(b.patientId)))).toEqual([{ table: 'medical_history', patientId: '4' }, { table: 'medical_history', patientId: '9' }])
+    notes.length = 0
+    await sql('SELECT p.patient_id, COUNT(*) FROM patient_records p JOIN medical_history h ON h.patient_id = p.patient_id WHERE p.patient_id IN (4, 9) GROUP BY 1', [], noting)
+    expect(notes.sort((a, b) => a.table.localeCompare(b.table) || String(a.patientId).localeCompare(String(b.patientId)))).toEqual([
+      { table: 'medical_history', patientId: '4' }, { table: 'medical_history', patientId: '9' }, { table: 'patient_records', patientId: '4' }, { table: 'patient_records', patientId: '9' }
+    ])
     // A global table: every owner holds it
     const withRoles = await sql('SELECT h.history_id, r.role_name FROM medical_history h JOIN user_roles r ON r.role_id = h.role_id WHERE h.patient_id IN (1, 2, 3) ORDER BY h.history_id')
     expect(withRoles.rows).toEqual(history.filter(h => (h.patient_id as number) <= 3 && h.role_id !== null).map(h => [h.history_id, h.role_id === 901 ? 'sql-test-nurse' : 'sql-test-doctor']))
