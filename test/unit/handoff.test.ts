@@ -123,6 +123,37 @@ describe('whole records: one batch per message', () => {
     expect(await c.get('patient_records', token, '1')).toBeUndefined()
   })
 
+  it('takes one batch of records new here, held whole, held newer, in conflict and purged here, each as it should, with index entries that match', async () => {
+    const [a, b] = await openStores(2) as [Store, Store]
+    const mine = new HybridClock('aaa')
+    const theirs = new HybridClock('bbb')
+    const first = (id: number): VersionEntry => ({ table: 'patient_records', id: String(id), token: tokenOf(`patient_id:${id}`), version: mine.tick(), parents: [], row: patient(id) })
+    const next = (e: VersionEntry, address: string, clock = mine): VersionEntry => ({ ...e, version: clock.tick(), parents: [e.version], row: patient(Number(e.id), address) })
+    const v = [1, 2, 3, 4, 5].map(first)
+    for (const e of v) await a.apply([e])
+    await b.apply([v[1]!]) // 2: held whole
+    await b.apply([v[2]!]); await b.apply([next(v[2]!, 'Newer here')]) // 3: held in a newer version
+    const here = next(v[3]!, 'Here', theirs)
+    await b.apply([v[3]!]); await b.apply([here]) // 4: a conflict, once a's version of it arrives
+    const there = next(v[3]!, 'There')
+    await a.apply([there])
+    await b.apply([v[4]!])
+    expect(await b.purge({ table: 'patient_records', id: '5', token: v[4]!.token, version: theirs.tick(), time: Date.now() })).toBe(true) // 5: purged here
+    const records = await Promise.all([1, 2, 3, 4, 5].map(async id => await whole(a, id)))
+    expect(await b.receive(records)).toEqual(['merged', 'known', 'known', 'merged', 'known'])
+    const heads = async (id: number): Promise<Array<string | undefined>> => ((await b.get('patient_records', tokenOf(`patient_id:${id}`), String(id)))?.heads ?? []).map(h => h.row?.address as string | undefined).sort()
+    expect(await heads(1)).toEqual(['1 Main St'])
+    expect(await heads(2)).toEqual(['2 Main St'])
+    expect(await heads(3)).toEqual(['Newer here'])
+    expect(await heads(4)).toEqual(['Here', 'There'])
+    expect(await b.versions('patient_records', tokenOf('patient_id:4'), '4')).toHaveLength(3)
+    expect(await heads(5)).toEqual([])
+    // Every index entry is one the rows account for, and none is missing.
+    expect(await b.reindex('patient_records')).toMatchObject({ added: 0, removed: 0 })
+    expect(await b.countRows()).toEqual({ patient_records: 4 })
+    expect((await b.recomputeSummary()).equals(b.summary)).toBe(true)
+  })
+
   it('drops many copies in one batch, but not one that changed since it was read', async () => {
     const [a] = await openStores(1) as [Store]
     const clock = new HybridClock('aaa')
