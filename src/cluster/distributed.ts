@@ -271,11 +271,19 @@ export class DistributedCoordinator implements Coordinator {
     const self = this.c.peerId
     // Where one record goes: to the owners that gained it (this node stays an owner), or to every owner
     // before this node's copy is dropped; undefined when it stays as it is.
-    const plan = (state: { table: string, token: string }): RecordMove | undefined => {
+    // A copy this node gives up goes straight, on a first run, to owners that were not members when its
+    // records were last placed (a node that joined since: it holds nothing of them). Others are asked
+    // first which records they hold: a retry may find its first batches there already, and where this
+    // node stays an owner its own view of who held what may be older than the records it was handed.
+    const askNewcomers = this.rebalanceFailures > 0
+    const placed = new Set(this.placedFor)
+    const plan = (state: { table: string, token: string }): (RecordMove & { ask: string[] }) | undefined => {
       const global = findTable(state.table)?.shardKey === 'global'
       const owners = this.ring.preferenceList(state.token, global ? this.ring.size : this.replicas)
       const oldOwners = before.preferenceList(state.token, global ? before.size : this.replicas)
-      return planRecordMove(self, owners, oldOwners, p => this.c.membership.stateOf(p))
+      const move = planRecordMove(self, owners, oldOwners, p => this.c.membership.stateOf(p))
+      if (move === undefined) return undefined
+      return { ...move, ask: askNewcomers || !move.drop ? move.targets : move.targets.filter(p => placed.has(p)) }
     }
     type Route = NonNullable<ReturnType<typeof plan>>
     // One batch of records: each sent whole (its history and its state) to its targets, one message per
@@ -283,12 +291,14 @@ export class DistributedCoordinator implements Coordinator {
     const handOff = async (work: Array<{ state: RecordState, route: Route }>): Promise<void> => {
       const history = await Promise.all(work.map(async w => await this.c.store.historyOf(w.state)))
       const ok = work.map(w => !w.route.missing)
-      const byPeer = new Map<string, number[]>()
+      // Per target peer: the records to ask it about first, and those to send it straight away.
+      const byPeer = new Map<string, { ask: number[], send: number[] }>()
       work.forEach((w, i) => {
         for (const p of w.route.targets) {
-          const items = byPeer.get(p)
-          if (items === undefined) byPeer.set(p, [i])
-          else items.push(i)
+          let items = byPeer.get(p)
+          if (items === undefined) byPeer.set(p, items = { ask: [], send: [] })
+          if (w.route.ask.includes(p)) items.ask.push(i)
+          else items.send.push(i)
         }
       })
       const send = async (peer: string, items: number[]): Promise<void> => {
@@ -302,9 +312,8 @@ export class DistributedCoordinator implements Coordinator {
           part.forEach((item, j) => { if (!resultOk(reply, j)) ok[item.i] = false })
         }
       }
-      // Each target is asked first which of the records it holds already (versions only, no rows): an owner
-      // that was one before holds most, and a newcomer's view of who held what may be older than the
-      // records it was handed. Only what a target lacks is sent to it.
+      // A target to ask (see `ask` above) is asked first which of the records it holds already (versions
+      // only, no rows): an owner that was one before holds most. Only what a target lacks is sent to it.
       const askThenSend = async (peer: string, items: number[]): Promise<void> => {
         const lacking: number[] = []
         for (let at = 0; at < items.length; at += MAX_STATES) {
@@ -322,7 +331,7 @@ export class DistributedCoordinator implements Coordinator {
         }
         if (lacking.length > 0) await send(peer, lacking)
       }
-      await Promise.all([...byPeer].map(async ([peer, items]) => { await askThenSend(peer, items) }))
+      await Promise.all([...byPeer].map(async ([peer, items]) => { await Promise.all([send(peer, items.send), askThenSend(peer, items.ask)]) }))
       work.forEach((w, i) => {
         if (w.route.targets.length > 0) stats.sent++
         if (ok[i] !== true) stats.failed++

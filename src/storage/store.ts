@@ -606,10 +606,12 @@ export class Store {
           versions.set(e.version, e)
         }
         if (!states.has(key)) {
-          if (this.holdsWhole(key, r.state, [...versions.keys()])) return 'known'
-          const stored = this._get(table, token, id)
-          if (stored === undefined && this.stageFirst(key, r.state, versions, states, ops, touched)) return 'merged'
-          states.set(key, stored)
+          // One read of the stored record serves both questions: is it new here, or held here whole?
+          const stored = this.records.getSync(key) as StoredRecord | undefined
+          if (stored === undefined) {
+            if (this.stageFirst(key, r.state, versions, states, ops, touched)) return 'merged'
+          } else if (this.holdsStored(key, stored, r.state, [...versions.keys()])) return 'known'
+          states.set(key, stored === undefined ? undefined : this.decodeRecord(table, token, id, stored))
         }
         let changed = false
         // Parents before children: a version sorts above its parents (see HybridClock.tickAfter).
@@ -662,9 +664,13 @@ export class Store {
    * replaced known here. Read from the stored record without opening its rows.
    */
   private holdsWhole (key: string, state: Pick<RecordState, 'seen' | 'superseded'>, versions: string[]): boolean {
-    if (this.purged.has(key)) return false
     const stored = this.records.getSync(key) as StoredRecord | undefined
-    if (stored === undefined) return false
+    return stored !== undefined && this.holdsStored(key, stored, state, versions)
+  }
+
+  /** holdsWhole of a stored record already read */
+  private holdsStored (key: string, stored: StoredRecord, state: Pick<RecordState, 'seen' | 'superseded'>, versions: string[]): boolean {
+    if (this.purged.has(key)) return false
     const lists = storedLists(stored)
     const at = stored.horizon === undefined ? undefined : { horizon: stored.horizon } as unknown as RecordState
     const seenList = new Set(lists.seen)

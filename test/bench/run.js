@@ -647,6 +647,16 @@ async function healing (ctx) {
   }
   await receiver.stop()
   const stream = medianRun(streams, 'rate')
+  // The ceiling: the same records on a skeleton of the join's path (test/bench/join-skeleton.js), a fresh receiver each round.
+  log(`healing: join skeleton: ${received} records over one libp2p stream into LevelDB, ${ROUNDS} rounds`)
+  const skeletons = []
+  for (let r = 0; r < ROUNDS; r++) {
+    const sink = await ctx.spawnJoinSkeleton()
+    const s = await ctx.joinSkeletonTo(sink, ndjson, received)
+    await sink.stop()
+    skeletons.push({ ...s, rate: s.records / s.seconds })
+  }
+  const skeleton = medianRun(skeletons, 'rate')
 
   // (3) One row updated HEAL_UPDATES times, one at a time, on one daemon; another row updated once.
   log(`healing: record size: one row updated ${HEAL_UPDATES} times on one daemon`)
@@ -677,6 +687,7 @@ async function healing (ctx) {
   const costRatio = lastCost / firstCost
   const within = (r, goal) => `${fmt(r, 2)}× ${r <= goal ? '✓' : '✗'} (goal within ${goal}×)`
   const joinRatio = joinRate / stream.rate
+  const skeletonRatio = joinRate / skeleton.rate
 
   return `## Healing
 
@@ -686,6 +697,7 @@ ${fmtInt(HEAL_ROWS)} patient_records rows (imported through one node in ${fmt(im
 | measurement | figure | against | ratio |
 | --- | ---: | ---: | --- |
 | a fourth node joins: rows/s at which it receives its share (${fmtInt(received)} rows in ${fmt(joinSeconds, 1)} s) | ${fmt(joinRate, 0)} | raw one-way libp2p stream of the same ${fmt(joinBytes / 2 ** 20, 1)} MiB: ${fmt(stream.rate, 0)} rows/s (${fmt(joinBytes / stream.seconds / 2 ** 20, 1)} MiB/s) | ${fmt(joinRatio, 3)} ${joinRatio >= GOAL_JOIN ? '✓' : '✗'} (goal ≥ ${GOAL_JOIN}) |
+| the same join against a skeleton of its path (records in their wire form over one stream, written to LevelDB) | ${fmt(joinRate, 0)} | the skeleton: ${fmt(skeleton.rate, 0)} rows/s (${fmt(skeleton.bytes / skeleton.seconds / 2 ** 20, 1)} MiB/s of messages); ${fmt(skeleton.rate / stream.rate, 3)} of the raw stream | ${fmt(skeletonRatio, 2)} |
 | anti-entropy round on a node with ${fmtInt(differ)} of ${fmtInt(HEAL_ROWS)} records (${fmt(HEAL_DIFFER * 100, 0)}%) stale | ${fmt(repair.seconds, 2)} s | ${fmtInt(repair.ranges)} ranges, ${fmtInt(repair.recordsCompared)} records compared, ${fmtInt(repair.recordsSent)} sent; ${fmt(repairWall, 2)} s as the client saw it | — |
 | time from heal to convergence in the chaos suite | see *Chaos: heal to convergence* below | — | — |
 | record size of a row after ${fmtInt(HEAL_UPDATES)} updates | ${fmtInt(sizes[hot])} B | after its first update: ${fmtInt(sizes[once])} B | ${within(sizeRatio, GOAL_RECORD)} |
@@ -700,6 +712,17 @@ baseline (\`test/bench/stream.js\`) is two processes on the product's libp2p sta
 (\`createNode\`: TCP, a network key, Noise, yamux) with one stream carrying as many
 bytes as the JSON of the rows received (${fmt(jsonBytes / HEAL_ROWS, 0)} B a row; a record on the wire
 carries its version and history besides), median of ${ROUNDS} rounds, expressed in rows/s.
+The ceiling (\`test/bench/join-skeleton.js\`) is the join's path with nothing of the
+database in it, on the same components: one process builds the ${fmtInt(received)} rows (the
+same rows, ${fmt(skeleton.bytes / skeleton.records, 0)} B a record on the wire) as the \`records\` messages a
+rebalance sends (each record's state, heads and version lists; 512 records a message,
+4 in flight) and sends them over one stream of the product's RPC on \`createNode\`;
+the other, on a fresh LevelDB, decodes each message and writes, through the
+store's group commit (fsync), one batch of the keys the store writes for a record
+it receives (the record, its other versions, the table list entry, its equality
+and ordered index entries), answering once it is durable. No validation, no
+encryption of rows or index values, no locks or reads of what is held, no range
+summary, no \`holds\` questions and no copies dropped on the sender; median of ${ROUNDS} rounds.
 *Anti-entropy*: node 3 was stopped, ${fmtInt(differ)} rows updated through node 1 (the others
 keep hints for node 3: ${fmtInt(hintsBefore)} were pending, audit entries included), nodes 1 and 2 stopped and their
 hints deleted from their stores (as if lost), all three started again on the same
@@ -1122,6 +1145,26 @@ function context () {
       const exit = await deadline(p.exited, 120_000, 'the stream sender', p.output)
       const line = p.output().split('\n').find(l => l.startsWith('{'))
       if (exit.code !== 0 || line === undefined) throw new Error(`the stream sender failed\n${p.output()}`)
+      return JSON.parse(line)
+    },
+    /** test/bench/join-skeleton.js receive on a fresh LevelDB: the receiving end of the join's skeleton */
+    async spawnJoinSkeleton () {
+      const dir = await tempDir()
+      const p = launch([join(ROOT, 'test', 'bench', 'join-skeleton.js'), 'receive', join(dir, 'db')], 'the join skeleton receiver')
+      const until = Date.now() + START_TIMEOUT
+      for (;;) {
+        const line = p.output().split('\n').find(l => l.startsWith('{'))
+        if (line !== undefined) return { ...p, ...JSON.parse(line) }
+        if (p.proc.exitCode !== null || Date.now() > until) throw new Error(`the join skeleton receiver did not start\n${p.output()}`)
+        await sleep(25)
+      }
+    },
+    /** test/bench/join-skeleton.js send: the first `count` rows of `file` as records to the receiver; {records, bytes, seconds} */
+    async joinSkeletonTo (receiver, file, count) {
+      const p = launch([join(ROOT, 'test', 'bench', 'join-skeleton.js'), 'send', receiver.addr, receiver.key, file, String(count)], 'the join skeleton sender')
+      const exit = await deadline(p.exited, 180_000, 'the join skeleton sender', p.output)
+      const line = p.output().split('\n').find(l => l.startsWith('{'))
+      if (exit.code !== 0 || line === undefined) throw new Error(`the join skeleton sender failed\n${p.output()}`)
       return JSON.parse(line)
     },
     async cleanup () {
