@@ -1987,7 +1987,7 @@ async function compactKeys (db: Level<string, any>, keys: string[]): Promise<voi
 }
 
 const DEFAULT_WRITE_BUFFER = 16 * 1024 * 1024
-/** Index keys the range cache holds by default (a few MiB) */
+/** Index keys the range cache holds by default (keys of some tens of bytes: about 10 MiB at most) */
 const DEFAULT_RANGE_CACHE_KEYS = 100_000
 
 /** The meta key of the ordered indexes' signature (see openOrderedIndexes) */
