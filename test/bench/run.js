@@ -80,6 +80,8 @@ const GOAL_BACKUP = 0.25
 const QUERY_ROWS = positiveInt(process.env.BENCH_QUERY_ROWS, 100_000)
 const QUERY_SECONDS = positiveInt(process.env.BENCH_QUERY_SECONDS, 10)
 const GOAL_QUERY = 0.5
+/** How long the query skeleton may take to load the section's rows before it answers */
+const QUERY_SKELETON_LOAD_MS = 180_000
 /** PostgreSQL 15 as Debian installs it; the bench installs it (apt-get) when absent */
 
 const ALL_SECTIONS = { singleNode, security, cluster, healing, readsById, queries, chaos, backup }
@@ -1075,12 +1077,12 @@ function context () {
     return { proc, exited, stop, output: () => output }
   }
 
-  const waitReady = async (p, socket, what) => {
-    const until = Date.now() + START_TIMEOUT
+  const waitReady = async (p, socket, what, timeoutMs = START_TIMEOUT) => {
+    const until = Date.now() + timeoutMs
     for (;;) {
       if (p.proc.exitCode !== null || p.proc.signalCode !== null) throw new Error(`${what} exited before answering on ${socket}\n${p.output()}`)
       if (await answers(socket, p.path)) return
-      if (Date.now() > until) throw new Error(`${what} did not answer GET ${p.path} on ${socket} within ${START_TIMEOUT} ms\n${p.output()}`)
+      if (Date.now() > until) throw new Error(`${what} did not answer GET ${p.path} on ${socket} within ${timeoutMs} ms\n${p.output()}`)
       await sleep(25)
     }
   }
@@ -1126,6 +1128,15 @@ function context () {
       const socket = join(dir, 'audit-skeleton.sock')
       const p = { ...launch([join(ROOT, 'test', 'bench', 'audit-skeleton.js'), join(dir, 'db'), socket, mode, String(rows)], `the ${mode} audit skeleton on ${dir}`), path: '/status' }
       await waitReady(p, socket, `the ${mode} audit skeleton on ${dir}`)
+      return { ...p, socket }
+    },
+    /** test/bench/query-skeleton.js: the one-node query path's ceiling, holding the rows of the NDJSON files in `rowsDir` */
+    async spawnQuerySkeleton (rowsDir) {
+      const dir = await tempDir()
+      const socket = join(dir, 'query-skeleton.sock')
+      const p = { ...launch([join(ROOT, 'test', 'bench', 'query-skeleton.js'), join(dir, 'db'), socket, rowsDir], `the query skeleton on ${dir}`), path: '/status' }
+      // It answers once it has loaded the rows: longer than a daemon's start.
+      await waitReady(p, socket, `the query skeleton on ${dir}`, QUERY_SKELETON_LOAD_MS)
       return { ...p, socket }
     },
     /** test/bench/stream.js receive: a libp2p node that takes one-way byte streams */
@@ -1207,26 +1218,34 @@ async function queries (ctx) {
     await pg.stop()
   }
 
+  for (const table of CLINIC_TABLES) await writeFile(join(dir, `${table}.ndjson`), data[table].map(r => JSON.stringify(r)).join('\n') + '\n')
+  const requests = NTK_REQUESTS(data)
+  const run = async (label, name, sockets) => {
+    log(`queries: ${label}, ${name}, ${QUERY_SECONDS} s at ${CONCURRENCY} concurrent`)
+    const make = requests[name]
+    await driveFor({ seconds: 2, make: i => make(i, sockets[i % sockets.length]) })
+    return await driveFor({ seconds: QUERY_SECONDS, make: i => make(i, sockets[i % sockets.length]) })
+  }
   const measure = async (label, sockets) => {
     for (const table of CLINIC_TABLES) {
       const file = join(dir, `${table}.ndjson`)
-      await writeFile(file, data[table].map(r => JSON.stringify(r)).join('\n') + '\n')
       log(`queries: ${label}: importing ${fmtInt(data[table].length)} ${table}`)
       const imported = await importFile(sockets[0], table, file)
       if (imported.report.accepted !== data[table].length) throw new Error(`${table}: import accepted ${imported.report.accepted} of ${data[table].length}: ${JSON.stringify(imported.report.rejected.slice(0, 3))}`)
     }
     const out = {}
-    for (const [name, make] of Object.entries(NTK_REQUESTS(data))) {
-      log(`queries: ${label}, ${name}, ${QUERY_SECONDS} s at ${CONCURRENCY} concurrent`)
-      await driveFor({ seconds: 2, make: i => make(i, sockets[i % sockets.length]) })
-      out[name] = await driveFor({ seconds: QUERY_SECONDS, make: i => make(i, sockets[i % sockets.length]) })
-    }
+    for (const name of Object.keys(requests)) out[name] = await run(label, name, sockets)
     return out
   }
   log('queries: one daemon')
   const single = await ctx.spawnDaemon()
   const oneRuns = await measure('one node', [single.socket])
   await single.stop()
+  log('queries: the query skeleton (the one-node path on the same components), loading the same rows')
+  const skeleton = await ctx.spawnQuerySkeleton(dir)
+  const skeletonRuns = {}
+  for (const name of SKELETON_QUERIES) skeletonRuns[name] = await run('query skeleton', name, [skeleton.socket])
+  await skeleton.stop()
   log(`queries: ${CLUSTER_SIZE} daemons (N=3, W=2, R=2)`)
   const nodes = await startNetwork(ctx)
   const netRuns = await measure('3 nodes', nodes.map(n => n.socket))
@@ -1236,14 +1255,16 @@ async function queries (ctx) {
     const p = pgRuns[name]
     const o = oneRuns[name]
     const n = netRuns[name]
-    return `| ${what} | ${fmt(p.tps, 0)} | ${fmt(o.rps, 0)} | ${goal === undefined ? fmt(ratio(o.rps, p.tps), 2) : verdict(ratio(o.rps, p.tps), goal)} | ${fmt(n.rps, 0)} | ${fmt(ratio(n.rps, p.tps), 2)} |`
+    const s = skeletonRuns[name]
+    const toSkeleton = s === undefined ? '—' : fmt(ratio(o.rps, s.rps), 2)
+    return `| ${what} | ${fmt(p.tps, 0)} | ${s === undefined ? '—' : fmt(s.rps, 0)} | ${fmt(o.rps, 0)} | ${goal === undefined ? fmt(ratio(o.rps, p.tps), 2) : verdict(ratio(o.rps, p.tps), goal)} | ${toSkeleton} | ${fmt(n.rps, 0)} | ${fmt(ratio(n.rps, p.tps), 2)} |`
   }
   return `## Queries against PostgreSQL
 
 ${fmtInt(total)} rows (${CLINIC_TABLES.map(t => `${fmtInt(data[t].length)} ${t}`).join(', ')}) in PostgreSQL 15 and in Ntsoekhe, with the same indexes; queries per second at ${CONCURRENCY} clients for ${QUERY_SECONDS} s after 2 s of warm-up.
 
-| query | PostgreSQL 15 | Ntsoekhe, one node | ratio | Ntsoekhe, 3 nodes | ratio |
-| --- | ---: | ---: | --- | ---: | --- |
+| query | PostgreSQL 15 | ceiling: query skeleton, one node | Ntsoekhe, one node | ratio to PostgreSQL | ratio to the skeleton | Ntsoekhe, 3 nodes | ratio to PostgreSQL |
+| --- | ---: | ---: | ---: | --- | --- | ---: | --- |
 ${row('chart', 'a patient\'s chart: patient + history + lab results', GOAL_QUERY)}
 ${row('day', 'a doctor\'s appointments for one day, by time', GOAL_QUERY)}
 ${row('perDoctor', 'visits per doctor (COUNT ... GROUP BY doctor_id)')}
@@ -1265,12 +1286,24 @@ machine was (PostgreSQL here is a single server, not the primary with two synchr
 the reads-by-id goal). Same indexes: every primary key; appointments on (doctor_id,
 appointment_date), (appointment_date), (patient_id, appointment_date); medical_history on
 (patient_id, date_of_visit), (date_of_visit); lab_results on (patient_id, test_date),
-(test_date), (record_id); patient_records on (patient_name). The machine may be shared: load
+(test_date), (record_id); patient_records on (patient_name).
+
+The ceiling runs \`test/bench/query-skeleton.js\`: one process doing only what the one-node path
+needs on the same components, with the same rows (loaded from the same NDJSON files) and the
+daemon's index entries as LevelDB keys: fastify on a Unix socket answering the same routes with
+the same JSON, per request the index range read with one LevelDB iterator, each row read by
+key, and one audit record per patient the answer holds (hash-chained with SHA-256, buffered and
+written every 50 ms in one synced batch, as the trail's are); no tokens, rights, encryption,
+versions or replication. The same ${CONCURRENCY} workers drive it, after the daemon has stopped.
+The ratio to it says how much of the one-node path's cost is the database's own; its ratio to
+PostgreSQL bounds what any design on these components reaches. The machine may be shared: load
 average ${loadStart} at the start of this section, ${loadAvg()} at its end.
 `
 }
 
 const CLINIC_TABLES = ['doctors_info', 'patient_records', 'appointments', 'medical_history', 'lab_results']
+/** The queries the query skeleton serves (not visits per doctor: an aggregate over the table is no ceiling of one path) */
+const SKELETON_QUERIES = ['chart', 'day', 'byId']
 /** The day doctor's-day queries ask for is one of the first DAYS of March 2026 */
 const DAYS = 60
 
