@@ -6,9 +6,10 @@ import { winner } from '../storage/store.js'
 import type { HybridClock } from '../storage/version.js'
 import { compareVersions, isVersion } from '../storage/version.js'
 import { AntiEntropy } from './anti-entropy.js'
-import { ApplyBatcher, chunkGroups, resultOk } from './apply-batcher.js'
+import { ApplyBatcher } from './apply-batcher.js'
 import type { ClusterStatus, Consistency, Coordinator, FragmentAnswer, GroupOutcome, InsertOutcome, Mutation, QueryPage, RequestOptions, ScanPage, ScanRequest, WriteResult } from './coordinator.js'
-import { handoffAction, orderByLiveness, requiredAcks } from './decisions.js'
+import { orderByLiveness, requiredAcks } from './decisions.js'
+import { HandoffRound, type HandoffEffect } from './core/handoff.js'
 import { RebalanceRun, type RebalanceEffect } from './core/rebalance.js'
 import { QuorumAsk, type AskEffect } from './core/ask.js'
 import { readPlan, repairsFor, needsRepair, sameVersions, type CatchUpKey } from './core/read.js'
@@ -93,8 +94,6 @@ export interface RebalanceStatus {
 /** How long a member may take over its part of a query fragment (a scan of its share): far longer than a read */
 const FRAGMENT_TIMEOUT_MS = 60_000
 
-/** Hints handed to one peer per round */
-const HANDOFF_BATCH = 256
 /** Where the ring of the last finished rebalance is kept in the store */
 const PLACED_FOR_KEY = 'placedFor'
 
@@ -1192,52 +1191,50 @@ export class DistributedCoordinator implements Coordinator {
     return id
   }
 
-  /** Hinted handoff: hands the versions a replica missed to it once it is back */
+  /**
+   * Hinted handoff: hands the versions a replica missed to it once it is
+   * back. A HandoffRound (core/handoff.ts) decides each step; this reads and
+   * deletes the hints and sends the requests, one at a time.
+   */
   private async handoff (): Promise<void> {
     if (this.handingOff) return
     this.handingOff = true
     try {
-      for (const peer of await this.c.store.hintedPeers()) {
-        const action = handoffAction(this.c.membership.stateOf(peer))
-        if (action === 'drop') {
-          // Gone for good: what it missed lives on the records' new owners.
-          const n = await this.c.store.deleteHintsFor(peer)
-          this.c.log?.('dropped %d hints for %s, which left', n, peer)
-          continue
-        }
-        if (action === 'wait') continue
-        const batch = await this.c.store.hintsFor(peer, HANDOFF_BATCH)
-        // Purges first: a version hinted after a purge is newer than it, and is kept by the marker.
-        const purges = batch.filter(h => h.purge !== undefined)
-        try {
-          for (const h of purges) {
-            const { time: _, ...msg } = h.purge as PurgeMarker
-            const reply = await this.c.transport.request(peer, 'replica', { type: 'purge', ...msg }, { timeout: this.timeoutMs }) as { ok?: unknown } | null
-            if (reply?.ok !== true) throw new InvalidMessageError('replica: malformed purge reply')
-            await this.c.store.deleteHints([h.key])
-          }
-          if (purges.length > 0) this.c.log?.('handed %d purges to %s', purges.length, peer)
-        } catch (err) {
-          this.c.log?.('purge handoff to %s failed: %s', peer, (err as Error).message)
-          continue
-        }
-        const hints = chunkGroups(batch.filter(h => h.purge === undefined), h => h.entries.length)[0] ?? []
-        if (hints.length === 0) continue
-        try {
-          const reply = await this.c.transport.request(peer, 'replica', { type: 'apply', groups: hints.map(h => h.entries) }, { timeout: this.timeoutMs })
-          const delivered = hints.filter((_, i) => resultOk(reply, i))
-          await this.c.store.deleteHints(delivered.map(h => h.key))
-          this.c.log?.('handed %d of %d hints to %s', delivered.length, hints.length, peer)
-          // Copies kept here by sloppyWrite go to their owners (and are dropped here) by a rebalance.
-          if (delivered.length > 0 && this.sloppyHeld) this.scheduleRebalance(this.rebalanceDelayMs)
-        } catch (err) {
-          this.c.log?.('handoff to %s failed: %s', peer, (err as Error).message)
-        }
+      const round = new HandoffRound({ peers: await this.c.store.hintedPeers(), stateOf: p => this.c.membership.stateOf(p), sloppyHeld: this.sloppyHeld })
+      round.start()
+      for (let effects = round.ready(); effects.length > 0; effects = round.ready()) {
+        for (const e of effects) await this.performHandoff(round, e)
       }
     } catch (err) {
       this.c.log?.('handoff round failed: %s', (err as Error).message)
     } finally {
       this.handingOff = false
+    }
+  }
+
+  /** Carries out one step of a handoff round and gives it what came of it */
+  private async performHandoff (round: HandoffRound, e: HandoffEffect): Promise<void> {
+    switch (e.type) {
+      case 'readHints':
+        await this.c.store.hintsFor(e.peer, e.limit).then(batch => { round.hints(batch) }, err => { round.readFailed(err) })
+        break
+      case 'dropHints':
+        await this.c.store.deleteHintsFor(e.peer).then(n => { round.hintsDropped(n) }, err => { round.readFailed(err) })
+        break
+      case 'send':
+        await this.c.transport.request(e.peer, 'replica', e.message, { timeout: this.timeoutMs }).then(reply => { round.answer(reply) }, err => { round.failure(err) })
+        break
+      case 'deleteHints':
+        await this.c.store.deleteHints(e.keys).then(() => { round.deleted() }, err => { round.failure(err) })
+        break
+      case 'rebalance':
+        this.scheduleRebalance(this.rebalanceDelayMs)
+        break
+      case 'log':
+        this.c.log?.(e.msg, ...e.args)
+        break
+      case 'done':
+        break
     }
   }
 }
