@@ -281,7 +281,10 @@ export class DistributedCoordinator implements Coordinator {
                 const next = await pages.next()
                 if (next.done === true) run.scanEnded(this.stopped)
                 else if (this.stopped) { await pages.return?.(undefined); run.scanEnded(true) } else run.page(next.value)
-              })().catch(err => { run.scanFailed(err) }).finally(perform)
+              })().catch(err => {
+                run.scanFailed(err)
+                pages.return?.(undefined).catch(() => {})
+              }).finally(perform)
               break
             case 'history':
               Promise.all(e.states.map(async state => await this.c.store.historyOf(state)))
