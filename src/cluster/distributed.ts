@@ -5,9 +5,11 @@ import { winner } from '../storage/store.js'
 import type { HybridClock } from '../storage/version.js'
 import { compareVersions, isVersion } from '../storage/version.js'
 import { AntiEntropy } from './anti-entropy.js'
-import { ApplyBatcher, chunkGroups, chunkWhole, resultOk } from './apply-batcher.js'
+import { ApplyBatcher } from './apply-batcher.js'
 import type { ClusterStatus, Consistency, Coordinator, FragmentAnswer, GroupOutcome, InsertOutcome, Mutation, QueryPage, RequestOptions, ScanPage, ScanRequest, WriteResult } from './coordinator.js'
-import { handoffAction, orderByLiveness, planRecordMove, requiredAcks, type RecordMove } from './decisions.js'
+import { orderByLiveness, requiredAcks } from './decisions.js'
+import { HandoffRound, type HandoffEffect } from './core/handoff.js'
+import { RebalanceRun, type RebalanceEffect } from './core/rebalance.js'
 import { QuorumAsk, type AskEffect } from './core/ask.js'
 import { readPlan, repairsFor, needsRepair, sameVersions, type CatchUpKey } from './core/read.js'
 import { errorBody, PrimaryBatch, PrimaryWrite, type BatchEffect, type PrimaryEffect } from './core/primary.js'
@@ -23,7 +25,7 @@ import type { Condition } from '../schema/condition.js'
 import type { TableDef } from '../schema/index.js'
 import { mergeStates } from './merge.js'
 import type { Membership } from './membership.js'
-import { AUDIT_TABLE, checkEntry, checkQueryPage, checkScanPage, checkState, MAX_STATES, parseReplicaMessage, type ReplicaMessage } from './messages.js'
+import { AUDIT_TABLE, checkEntry, checkQueryPage, checkScanPage, checkState, parseReplicaMessage, type ReplicaMessage } from './messages.js'
 import { recallWrites } from './idempotency.js'
 import { mutationKey } from './mutations.js'
 import { HashRing } from './ring.js'
@@ -88,19 +90,12 @@ export interface RebalanceStatus {
 /** How long a member may take over its part of a query fragment (a scan of its share): far longer than a read */
 const FRAGMENT_TIMEOUT_MS = 60_000
 
-/** Hints handed to one peer per round */
-const HANDOFF_BATCH = 256
 /** Where the ring of the last finished rebalance is kept in the store */
 const PLACED_FOR_KEY = 'placedFor'
 
 function sameMembers (a: string[], b: string[]): boolean {
   return a.length === b.length && [...a].sort().join(',') === [...b].sort().join(',')
 }
-
-/** Records a rebalance sends per batch (one message per target peer, or a few: see chunkWhole) */
-const REBALANCE_BATCH = 512
-/** Hand-off batches in flight at once: the scan waits while this many await their answers */
-const REBALANCE_WINDOW = 4
 
 /**
  * The networked coordinator. Each key's first live owner on the ring is its
@@ -251,138 +246,83 @@ export class DistributedCoordinator implements Coordinator {
   }
 
   /**
-   * Moves records to their owners after the ring changed. For each local
-   * record: if a member joined its preference list and this node is the
-   * first live one of the old owners, it sends the record's whole state to
-   * the newcomers; if this node is no longer an owner, it sends the record
-   * to every owner and removes its own copy once all of them have it on
-   * disk. Merges are idempotent, so a repeat or a race costs only traffic.
-   * A run that could not hand everything off is retried later.
+   * Moves records to their owners after the ring changed: drives a
+   * RebalanceRun (core/rebalance.ts), which decides what goes where and
+   * what is dropped; this reads the store page by page, sends the
+   * requests, drops the copies and keeps the retry timer. A run that could
+   * not hand everything off is retried later.
    */
   private async rebalance (): Promise<void> {
     const members = this.ring.list().map(m => m.peerId)
-    const before = new HashRing(this.vnodes === undefined ? {} : { vnodes: this.vnodes })
-    before.setMembers(this.placedFor.map(peerId => ({ peerId })))
-    const stats = { finishedAt: 0, records: 0, sent: 0, dropped: 0, failed: 0 }
-    const self = this.c.peerId
-    // Where one record goes: to the owners that gained it (this node stays an owner), or to every owner
-    // before this node's copy is dropped; undefined when it stays as it is.
-    const plan = (state: { table: string, token: string }): RecordMove | undefined => {
-      const global = findTable(state.table)?.shardKey === 'global'
-      const owners = this.ring.preferenceList(state.token, global ? this.ring.size : this.replicas)
-      const oldOwners = before.preferenceList(state.token, global ? before.size : this.replicas)
-      return planRecordMove(self, owners, oldOwners, p => this.c.membership.stateOf(p))
-    }
-    type Route = NonNullable<ReturnType<typeof plan>>
-    // One batch of records: each sent whole (its history and its state) to its targets, one message per
-    // target peer; copies this node gives up are dropped (in one batch) once every owner has them on disk.
-    const handOff = async (work: Array<{ state: RecordState, route: Route }>): Promise<void> => {
-      const history = await Promise.all(work.map(async w => await this.c.store.historyOf(w.state)))
-      const ok = work.map(w => !w.route.missing)
-      const byPeer = new Map<string, number[]>()
-      work.forEach((w, i) => {
-        for (const p of w.route.targets) {
-          const items = byPeer.get(p)
-          if (items === undefined) byPeer.set(p, [i])
-          else items.push(i)
-        }
-      })
-      const send = async (peer: string, items: number[]): Promise<void> => {
-        for (const part of chunkWhole(items.map(i => ({ i, state: (work[i] as { state: RecordState }).state, versions: history[i] as VersionEntry[] })))) {
-          let reply: unknown
-          try {
-            reply = await this.c.transport.request(peer, 'replica', { type: 'records', records: part.map(({ state, versions }) => ({ state, versions })) }, { timeout: this.timeoutMs * 2 })
-          } catch (err) {
-            this.c.log?.('hand-off of %d records to %s failed: %s', part.length, peer, (err as Error).message)
-          }
-          part.forEach((item, j) => { if (!resultOk(reply, j)) ok[item.i] = false })
-        }
-      }
-      // Each target is asked first which of the records it holds already (versions only, no rows): an owner
-      // that was one before holds most, and a newcomer's view of who held what may be older than the
-      // records it was handed. Only what a target lacks is sent to it.
-      const askThenSend = async (peer: string, items: number[]): Promise<void> => {
-        const lacking: number[] = []
-        for (let at = 0; at < items.length; at += MAX_STATES) {
-          const part = items.slice(at, at + MAX_STATES)
-          try {
-            const reply = await this.c.transport.request(peer, 'replica', {
-              type: 'holds',
-              records: part.map(i => holdsQuery((work[i] as { state: RecordState }).state, history[i] as VersionEntry[]))
-            }, { timeout: this.timeoutMs * 2 })
-            part.forEach((i, j) => { if (!holdsAt(reply, j)) lacking.push(i) })
-          } catch (err) {
-            this.c.log?.('asking %s which of %d records it holds failed: %s', peer, part.length, (err as Error).message)
-            lacking.push(...part)
+    const run = new RebalanceRun({
+      self: this.c.peerId,
+      replicas: this.replicas,
+      ...(this.vnodes === undefined ? {} : { vnodes: this.vnodes }),
+      members,
+      placedFor: this.placedFor,
+      stateOf: p => this.c.membership.stateOf(p),
+      failures: this.rebalanceFailures,
+      delayMs: this.rebalanceDelayMs,
+      intervalMs: this.rebalanceIntervalMs
+    })
+    // Placed by key alone: only the records that move are decoded (their rows decrypted).
+    const pages = this.c.store.scanPages()[Symbol.asyncIterator]()
+    const done = await new Promise<Extract<RebalanceEffect, { type: 'done' }>>(resolve => {
+      const perform = (): void => {
+        for (const e of run.ready()) {
+          switch (e.type) {
+            case 'read':
+              void (async () => {
+                if (this.stopped) { await pages.return?.(undefined); run.scanEnded(true); return }
+                const next = await pages.next()
+                if (next.done === true) run.scanEnded(this.stopped)
+                else if (this.stopped) { await pages.return?.(undefined); run.scanEnded(true) } else run.page(next.value)
+              })().catch(err => {
+                run.scanFailed(err)
+                pages.return?.(undefined).catch(() => {})
+              }).finally(perform)
+              break
+            case 'history':
+              Promise.all(e.states.map(async state => await this.c.store.historyOf(state)))
+                .then(history => { run.history(e.batch, history) }, err => { run.historyFailed(e.batch, err) }).finally(perform)
+              break
+            case 'send':
+              this.c.transport.request(e.peer, 'replica', e.message, { timeout: this.timeoutMs * 2 })
+                .then(reply => { run.answer(e.id, reply) }, err => { run.failure(e.id, err) }).finally(perform)
+              break
+            case 'drop':
+              this.c.store.dropMany(e.states).then(results => {
+                const n = results.filter(Boolean).length
+                this.droppedTotal += n
+                run.dropped(e.batch, n)
+              }, err => { run.dropFailed(e.batch, err) }).finally(perform)
+              break
+            case 'log':
+              this.c.log?.(e.msg, ...e.args)
+              break
+            case 'done':
+              resolve(e)
+              break
           }
         }
-        if (lacking.length > 0) await send(peer, lacking)
       }
-      await Promise.all([...byPeer].map(async ([peer, items]) => { await askThenSend(peer, items) }))
-      work.forEach((w, i) => {
-        if (w.route.targets.length > 0) stats.sent++
-        if (ok[i] !== true) stats.failed++
-      })
-      const drops = work.filter((w, i) => ok[i] === true && w.route.drop).map(w => w.state)
-      if (drops.length > 0) {
-        const dropped = (await this.c.store.dropMany(drops)).filter(Boolean).length
-        stats.dropped += dropped
-        this.droppedTotal += dropped
-      }
-    }
-    // Batches go out while the scan goes on, up to REBALANCE_WINDOW at once (back-pressure: the scan waits).
-    const inflight = new Set<Promise<void>>()
-    const launch = (work: Array<{ state: RecordState, route: Route }>): void => {
-      if (work.length === 0) return
-      const job = handOff(work).catch(err => {
-        stats.failed += work.length
-        this.c.log?.('hand-off of %d records failed: %s', work.length, (err as Error).message)
-      }).finally(() => { inflight.delete(job) })
-      inflight.add(job)
-    }
-    try {
-      let batch: Array<{ state: RecordState, route: Route }> = []
-      // Placed by key alone: only the records that move are decoded (their rows decrypted).
-      for await (const page of this.c.store.scanPages()) {
-        if (this.stopped) break
-        for (const record of page) {
-          stats.records++
-          const route = plan(record)
-          if (route === undefined || (route.targets.length === 0 && !route.missing)) continue
-          const state = record.open()
-          if (state === undefined) continue
-          batch.push({ state, route })
-          if (batch.length < REBALANCE_BATCH) continue
-          launch(batch)
-          batch = []
-        }
-        while (inflight.size >= REBALANCE_WINDOW) await Promise.race(inflight)
-      }
-      if (!this.stopped) launch(batch)
-    } catch (err) {
-      stats.failed++
-      this.c.log?.('rebalance stopped: %s', (err as Error).message)
-    }
-    await Promise.all(inflight)
-    stats.finishedAt = this.env.now()
+      run.start()
+      perform()
+    })
+    const stats = { finishedAt: this.env.now(), ...done.counts }
     this.lastRebalance = stats
     if (stats.sent > 0 || stats.failed > 0) {
       this.c.log?.('rebalance over %d members: %d records looked at, %d handed off, %d copies dropped, %d failed', members.length, stats.records, stats.sent, stats.dropped, stats.failed)
     }
     if (this.stopped) return
-    if (stats.failed === 0) {
+    if (done.placedFor !== undefined) {
       this.sloppyHeld = false
-      // Records stay placed for members that were not on the ring when this run began but never left (just
-      // after a restart, before gossip brings them back, or heard of while it ran): nothing moved away from
-      // them. Forgetting them would make the next rebalance hand every record to each as if it had just joined.
-      this.placedFor = [...members, ...this.placedFor.filter(p => !members.includes(p) && this.c.membership.stateOf(p) !== 'left')]
+      this.placedFor = done.placedFor
       this.rebalanceFailures = 0
       await this.c.store.putMeta(PLACED_FOR_KEY, this.placedFor).catch(err => { this.c.log?.('saving the placed ring failed: %s', (err as Error).message) })
-    } else {
-      // Retry, backing off (a member may stay down for a while), but at least as often as the periodic run.
-      const wait = Math.min(this.rebalanceDelayMs * 5 * 2 ** this.rebalanceFailures, this.rebalanceIntervalMs)
-      this.rebalanceFailures = Math.min(this.rebalanceFailures + 1, 20)
-      this.env.setTimeout(() => { this.scheduleRebalance(0) }, wait).unref?.()
+    } else if (done.retry !== undefined) {
+      this.rebalanceFailures = done.retry.failures
+      this.env.setTimeout(() => { this.scheduleRebalance(0) }, done.retry.ms).unref?.()
     }
   }
 
@@ -980,8 +920,25 @@ export class DistributedCoordinator implements Coordinator {
     if (def === undefined) throw new NtsoekheError('UNKNOWN_TABLE', `Unknown table: ${table}`)
     const { ranges, shard } = this.rangesFor(def, request.filter)
     const { tokenRanges: _, ...base } = request
+    if (this.holdsAlone(ranges)) {
+      // This node is every range's only owner: its copy is the answer, read in order by its store, with no merge.
+      const whole = ranges.length === 1 && ranges[0]?.from === '' && ranges[0]?.to === ''
+      const page = stripPlan(await this.c.store.query(table, whole ? base : { ...base, tokenRanges: ranges.map(r => [r.from, r.to] as [string, string]) }))
+      return { ...page, asked: [{ peer: this.c.peerId, ranges: ranges.length }], singleShard: shard !== undefined }
+    }
     const page = await this.queryRanges(def, base, ranges, options)
     return { ...page, singleShard: shard !== undefined }
+  }
+
+  /**
+   * Whether this node is the only owner of every range (a network of one):
+   * a read at any consistency level is then its own copy, and merging one
+   * stream with itself would only repeat the store's work.
+   */
+  private holdsAlone (ranges: OwnedRange[]): boolean {
+    if (this.c.membership.stateOf(this.c.peerId) === 'down') return false
+    for (const r of ranges) if (r.owners.length !== 1 || r.owners[0] !== this.c.peerId) return false
+    return true
   }
 
   private async queryRanges (def: TableDef, request: RowQuery, ranges: OwnedRange[], options: RequestOptions): Promise<RowPage & { asked: Array<{ peer: string, ranges: number }> }> {
@@ -1253,47 +1210,19 @@ export class DistributedCoordinator implements Coordinator {
     return id
   }
 
-  /** Hinted handoff: hands the versions a replica missed to it once it is back */
+  /**
+   * Hinted handoff: hands the versions a replica missed to it once it is
+   * back. A HandoffRound (core/handoff.ts) decides each step; this reads and
+   * deletes the hints and sends the requests, one at a time.
+   */
   private async handoff (): Promise<void> {
     if (this.handingOff) return
     this.handingOff = true
     try {
-      for (const peer of await this.c.store.hintedPeers()) {
-        const action = handoffAction(this.c.membership.stateOf(peer))
-        if (action === 'drop') {
-          // Gone for good: what it missed lives on the records' new owners.
-          const n = await this.c.store.deleteHintsFor(peer)
-          this.c.log?.('dropped %d hints for %s, which left', n, peer)
-          continue
-        }
-        if (action === 'wait') continue
-        const batch = await this.c.store.hintsFor(peer, HANDOFF_BATCH)
-        // Purges first: a version hinted after a purge is newer than it, and is kept by the marker.
-        const purges = batch.filter(h => h.purge !== undefined)
-        try {
-          for (const h of purges) {
-            const { time: _, ...msg } = h.purge as PurgeMarker
-            const reply = await this.c.transport.request(peer, 'replica', { type: 'purge', ...msg }, { timeout: this.timeoutMs }) as { ok?: unknown } | null
-            if (reply?.ok !== true) throw new InvalidMessageError('replica: malformed purge reply')
-            await this.c.store.deleteHints([h.key])
-          }
-          if (purges.length > 0) this.c.log?.('handed %d purges to %s', purges.length, peer)
-        } catch (err) {
-          this.c.log?.('purge handoff to %s failed: %s', peer, (err as Error).message)
-          continue
-        }
-        const hints = chunkGroups(batch.filter(h => h.purge === undefined), h => h.entries.length)[0] ?? []
-        if (hints.length === 0) continue
-        try {
-          const reply = await this.c.transport.request(peer, 'replica', { type: 'apply', groups: hints.map(h => h.entries) }, { timeout: this.timeoutMs })
-          const delivered = hints.filter((_, i) => resultOk(reply, i))
-          await this.c.store.deleteHints(delivered.map(h => h.key))
-          this.c.log?.('handed %d of %d hints to %s', delivered.length, hints.length, peer)
-          // Copies kept here by sloppyWrite go to their owners (and are dropped here) by a rebalance.
-          if (delivered.length > 0 && this.sloppyHeld) this.scheduleRebalance(this.rebalanceDelayMs)
-        } catch (err) {
-          this.c.log?.('handoff to %s failed: %s', peer, (err as Error).message)
-        }
+      const round = new HandoffRound({ peers: await this.c.store.hintedPeers(), stateOf: p => this.c.membership.stateOf(p), sloppyHeld: this.sloppyHeld })
+      round.start()
+      for (let effects = round.ready(); effects.length > 0; effects = round.ready()) {
+        for (const e of effects) await this.performHandoff(round, e)
       }
     } catch (err) {
       this.c.log?.('handoff round failed: %s', (err as Error).message)
@@ -1301,17 +1230,32 @@ export class DistributedCoordinator implements Coordinator {
       this.handingOff = false
     }
   }
-}
 
-/** What a `holds` question says of a record: its key, what it has seen and knows replaced, and every version it stores */
-function holdsQuery (state: RecordState, history: VersionEntry[]): { table: string, token: string, id: string, seen: string[], superseded: string[], versions: string[] } {
-  return { table: state.table, token: state.token, id: state.id, seen: state.seen, superseded: state.superseded, versions: [...state.heads, ...history].map(v => v.version) }
-}
-
-/** Whether a peer's answer to `holds` says it holds record `i` whole */
-function holdsAt (reply: unknown, i: number): boolean {
-  const results = (reply as { results?: unknown } | null | undefined)?.results
-  return Array.isArray(results) && (results[i] as { holds?: unknown } | undefined)?.holds === true
+  /** Carries out one step of a handoff round and gives it what came of it */
+  private async performHandoff (round: HandoffRound, e: HandoffEffect): Promise<void> {
+    switch (e.type) {
+      case 'readHints':
+        await this.c.store.hintsFor(e.peer, e.limit).then(batch => { round.hints(batch) }, err => { round.readFailed(err) })
+        break
+      case 'dropHints':
+        await this.c.store.deleteHintsFor(e.peer).then(n => { round.hintsDropped(n) }, err => { round.readFailed(err) })
+        break
+      case 'send':
+        await this.c.transport.request(e.peer, 'replica', e.message, { timeout: this.timeoutMs }).then(reply => { round.answer(reply) }, err => { round.failure(err) })
+        break
+      case 'deleteHints':
+        await this.c.store.deleteHints(e.keys).then(() => { round.deleted() }, err => { round.failure(err) })
+        break
+      case 'rebalance':
+        this.scheduleRebalance(this.rebalanceDelayMs)
+        break
+      case 'log':
+        this.c.log?.(e.msg, ...e.args)
+        break
+      case 'done':
+        break
+    }
+  }
 }
 
 /** A peer's answer to `read`, checked before it is merged or repaired into this node's store */

@@ -1,7 +1,7 @@
 import { createHash } from 'node:crypto'
 import { ValidationError } from '../errors/index.js'
 import { allOf, checkCondition, columnOf, compareValues, type Condition } from '../schema/condition.js'
-import { findTable, type Row, type TableDef, type Value } from '../schema/index.js'
+import { findTable, type Column, type Row, type TableDef, type Value } from '../schema/index.js'
 import { tokenOf } from '../cluster/token.js'
 import { winner, type Store } from '../storage/store.js'
 
@@ -25,6 +25,8 @@ export interface Fragment {
   /** Rows mode: sort keys (each a `columns` index) and how many rows a range needs to give at most */
   orderBy?: Array<{ at: number, desc: boolean }>
   limit?: number
+  /** Rows mode: only rows that sort after these values of the `orderBy` keys (where the page before stopped) */
+  after?: Value[]
 }
 
 /** A column of one of a fragment's tables: 0 the table, n its n-th join */
@@ -64,8 +66,17 @@ export interface FragmentSource {
   rows: (table: string, filter: Condition | undefined, shard?: string) => AsyncIterable<{ row: Row, id: string, version: string }>
 }
 
+/** Longest text value of a fragment's `after` */
+const MAX_KEY_CHARS = 64 * 1024
+
 /** Most groups or rows a range's result may hold (and a merged answer) */
 export const MAX_FRAGMENT_ROWS = 100_000
+
+/** Most rows a range's joins may make (each table joined multiplies them: eight tables of a patient's 60 rows make 60^8) */
+export const MAX_JOINED_ROWS = 10 * MAX_FRAGMENT_ROWS
+
+/** Joined rows made between two yields to the event loop (rows looked up again come from memory, without I/O) */
+const JOINED_PER_TURN = 10_000
 
 /** Runs a fragment over a source (see Fragment) */
 export async function runFragment (f: Fragment, source: FragmentSource): Promise<FragmentResult> {
@@ -80,6 +91,8 @@ export async function runFragment (f: Fragment, source: FragmentSource): Promise
   // Per join, the rows looked up for each value (a patient's history is read once for all their rows).
   const lookups = joins.map(() => new Map<string, Row[]>())
   let cached = 0
+  let made = 0
+  const past = f.after === undefined ? undefined : afterKey(f, tables, f.after)
   const emit = (tuple: Row[]): void => {
     const value = ([s, c]: FragmentColumn): Value => tuple[s]?.[c] ?? null
     if (f.aggregates !== undefined) {
@@ -97,13 +110,16 @@ export async function runFragment (f: Fragment, source: FragmentSource): Promise
       })
       return
     }
-    rows.push((f.columns ?? []).map(value))
+    const projected = (f.columns ?? []).map(value)
+    if (past !== undefined && !past(projected)) return
+    rows.push(projected)
     // Only the best `limit` are kept: sorted and cut whenever twice as many have come.
     if (f.limit !== undefined && rows.length >= Math.max(2 * f.limit, 1000)) {
       sortRows(rows, f, tables)
       rows.length = f.limit
     }
-    if (rows.length > MAX_FRAGMENT_ROWS) throw new ValidationError(`SQL: this query makes more than ${MAX_FRAGMENT_ROWS} rows; narrow its WHERE or add a LIMIT`)
+    // With a limit the rows are held to twice it (at most twice MAX_FRAGMENT_ROWS) by the cut above.
+    if (f.limit === undefined && rows.length > MAX_FRAGMENT_ROWS) throw new ValidationError(`SQL: this query makes more than ${MAX_FRAGMENT_ROWS} rows; narrow its WHERE or add a LIMIT`)
   }
   /** Joins a tuple with the rows of join `j` (and those after it), emitting each whole tuple */
   const expand = async (tuple: Row[], j: number): Promise<void> => {
@@ -129,7 +145,11 @@ export async function runFragment (f: Fragment, source: FragmentSource): Promise
       if (cached > MAX_FRAGMENT_ROWS) { for (const c of lookups) c.clear(); cached = others.length + 1 }
       cache.set(cacheKey, others)
     }
-    for (const o of others) await expand([...tuple, o], j + 1)
+    for (const o of others) {
+      if (++made > MAX_JOINED_ROWS) throw new ValidationError(`SQL: this join makes more than ${MAX_JOINED_ROWS.toLocaleString('en')} joined rows on one owner; narrow its WHERE`)
+      if (made % JOINED_PER_TURN === 0) await new Promise(resolve => setImmediate(resolve))
+      await expand([...tuple, o], j + 1)
+    }
   }
   for await (const { row, id, version } of source.rows((tables[0] as TableDef).name, f.filter)) {
     mix((tables[0] as TableDef).name, id, version)
@@ -189,7 +209,13 @@ export function mergePartials (aggregates: FragmentAggregate[], a: Partial[], b:
 export function finish (fn: AggregateFn, p: Partial): Value {
   switch (fn) {
     case 'COUNT': return p as number
-    case 'SUM': { const [s, n] = p as [number, number]; return n === 0 ? null : Math.round(s * 1e6) / 1e6 }
+    case 'SUM': {
+      const [s, n] = p as [number, number]
+      if (n === 0) return null
+      // Decimal sums lose a trace to binary fractions (0.1 + 0.2): rounded to millionths, where s * 1e6 is
+      // still exact; a whole sum (of INT) is exact as it is, and past that rounding would change it.
+      return Number.isInteger(s) || Math.abs(s * 1e6) > Number.MAX_SAFE_INTEGER ? s : Math.round(s * 1e6) / 1e6
+    }
     case 'AVG': { const [s, n] = p as [number, number]; return n === 0 ? null : s / n }
     default: return p as Value
   }
@@ -199,19 +225,45 @@ export function finish (fn: AggregateFn, p: Partial): Value {
 export function sortRows (rows: Value[][], f: Fragment, tables: TableDef[]): void {
   const order = f.orderBy ?? []
   if (order.length === 0) return
-  const cols = order.map(o => {
-    const [s, c] = (f.columns ?? [])[o.at] as FragmentColumn
-    return columnOf(tables[s] as TableDef, c)
-  })
+  const cols = orderColumns(f, tables)
   rows.sort((a, b) => {
     for (const [i, o] of order.entries()) {
-      const x = a[o.at] ?? null
-      const y = b[o.at] ?? null
-      const c = x === null || y === null ? (x === y ? 0 : x === null ? 1 : -1) : compareValues(cols[i] as import('../schema/index.js').Column, x, y)
+      const c = compareKeyValues(cols[i] as Column, a[o.at] ?? null, b[o.at] ?? null)
       if (c !== 0) return o.desc ? -c : c
     }
     return 0
   })
+}
+
+/** The column each `orderBy` key sorts as */
+function orderColumns (f: Fragment, tables: TableDef[]): Column[] {
+  return (f.orderBy ?? []).map(o => {
+    const [s, c] = (f.columns ?? [])[o.at] as FragmentColumn
+    return columnOf(tables[s] as TableDef, c)
+  })
+}
+
+/** Two values of a sort key in ascending order, NULL after every value */
+function compareKeyValues (col: Column, x: Value, y: Value): number {
+  return x === null || y === null ? (x === y ? 0 : x === null ? 1 : -1) : compareValues(col, x, y)
+}
+
+/** Whether a projected row sorts after `after` (its `orderBy` keys' values), as sortRows orders rows */
+function afterKey (f: Fragment, tables: TableDef[], after: Value[]): (row: Value[]) => boolean {
+  const order = f.orderBy ?? []
+  const cols = orderColumns(f, tables)
+  return row => {
+    for (const [i, o] of order.entries()) {
+      const c = compareKeyValues(cols[i] as Column, row[o.at] ?? null, after[i] ?? null)
+      if (c !== 0) return o.desc ? c < 0 : c > 0
+    }
+    return false
+  }
+}
+
+/** The values of a projected row's `orderBy` keys: where a page that ends with it stopped (see Fragment.after) */
+export function keyOf (f: Fragment, row: Value[]): Value[] {
+  return (f.orderBy ?? []).map(o => row[o.at] ?? null)
 }
 
 function tableOf (name: string): TableDef {
@@ -240,9 +292,11 @@ export function checkFragment (raw: unknown): Fragment {
       if (j === null || typeof j !== 'object') throw new ValidationError('malformed fragment join')
       const joined = tableOf(String(j.table))
       const column = columnOf(joined, String(j.column)).name
-      // A joined table's rows must live where the rows they join do: placed by the join column, as the table is, or global.
-      if (joined.shardKey !== 'global' && (joined.shardKey !== column || table.shardKey !== column)) throw new ValidationError(`fragment join of ${joined.name} on ${column}, which does not place it`)
       const on = col(j.on)
+      // A joined table's rows must live where the rows they join do: placed by the join column, as the table is
+      // and as the table of `on` is (its value is that key), or global.
+      const placed = joined.shardKey === column && table.shardKey === column && on[1] === column && (tables[on[0]] as TableDef).shardKey === column
+      if (joined.shardKey !== 'global' && !placed) throw new ValidationError(`fragment join of ${joined.name} on ${column}, which does not place it`)
       tables.push(joined)
       return { table: joined.name, column, on, ...(j.filter === undefined ? {} : { filter: checkCondition(joined, j.filter) }) }
     })
@@ -268,6 +322,12 @@ export function checkFragment (raw: unknown): Fragment {
   if (m.limit !== undefined) {
     if (!Number.isSafeInteger(m.limit) || (m.limit as number) < 0 || (m.limit as number) > MAX_FRAGMENT_ROWS) throw new ValidationError('malformed fragment limit')
     out.limit = m.limit as number
+  }
+  if (m.after !== undefined) {
+    // One value per sort key: a position in the order, nothing else.
+    const scalar = (v: unknown): boolean => v === null || (typeof v === 'string' && v.length <= MAX_KEY_CHARS) || (typeof v === 'number' && Number.isFinite(v))
+    if (out.orderBy === undefined || out.aggregates !== undefined || !Array.isArray(m.after) || m.after.length !== out.orderBy.length || !m.after.every(scalar)) throw new ValidationError('malformed fragment after')
+    out.after = m.after as Value[]
   }
   return out
 }

@@ -1,5 +1,6 @@
 import { createHash } from 'node:crypto'
 import { createRequire } from 'node:module'
+import { Worker } from 'node:worker_threads'
 import { ForbiddenError, ValidationError } from '../errors/index.js'
 import { CONSISTENCY_LEVELS, type Consistency, type RequestOptions } from '../cluster/coordinator.js'
 import { allOf, columnOf, compareValues, conjuncts, MAX_CONDITION_DEPTH, MAX_CONDITION_ITEMS, satisfies, type Comparison, type Condition } from '../schema/condition.js'
@@ -7,11 +8,98 @@ import { findTable, type Row, type TableDef, type Value } from '../schema/index.
 import { planRows, type RowPlan } from '../storage/ordered.js'
 import { singleShardOf } from '../cluster/query-merge.js'
 import { MAX_LIMIT, typedValue, type Database } from './database.js'
-import { finish, MAX_FRAGMENT_ROWS, MAX_JOINS, type AggregateFn, type Fragment, type FragmentColumn, type Partial } from './fragment.js'
+import { finish, keyOf, MAX_FRAGMENT_ROWS, MAX_JOINS, type AggregateFn, type Fragment, type FragmentColumn, type Partial } from './fragment.js'
 
-// node-sql-parser ships CommonJS; its PostgreSQL grammar builds the AST this module reads.
-const { Parser } = createRequire(import.meta.url)('node-sql-parser') as { Parser: new () => { astify: (sql: string, opt: object) => unknown } }
-const PARSE = { database: 'postgresql' }
+// node-sql-parser ships CommonJS; its PostgreSQL grammar builds the AST this module reads. It backtracks
+// without memory, so on some malformed statements (a value inside 20 unclosed parentheses) its work doubles
+// with each parenthesis: it runs in a worker thread, given PARSE_TIMEOUT_MS, so no statement holds the
+// event loop (and a slow one is refused, its worker replaced).
+const PARSER_MODULE = createRequire(import.meta.url).resolve('node-sql-parser')
+const PARSER_WORKER = `
+const { parentPort, workerData } = require('node:worker_threads')
+const { Parser } = require(workerData.parser)
+const parser = new Parser()
+parentPort.on('message', ({ sql }) => {
+  try {
+    parentPort.postMessage({ ast: parser.astify(sql, { database: 'postgresql' }) })
+    return
+  } catch (err) {
+    // A parse error, or a tree too deep to send back
+    parentPort.postMessage({ error: { message: String(err && err.message), found: err && err.found, location: err && err.location } })
+  }
+})
+`
+/** Longest a statement may take to parse (a 64 KiB statement of the subset takes well under a second; a busy machine may take several) */
+const PARSE_TIMEOUT_MS = 10_000
+
+/** A parse error as the worker sends it back */
+interface ParseFailure { message: string, found?: unknown, location?: { start?: { line?: number, column?: number } } }
+
+/** A statement waiting for the parser, and its answer's callbacks */
+interface ParseJob { sql: string, resolve: (ast: unknown) => void, reject: (err: ParseFailure | Error) => void }
+
+/** Statements to parse, in order: the first is the one the worker is at (one at a time, so each has its own time) */
+const parseQueue: ParseJob[] = []
+let parserWorker: Worker | undefined
+let parseTimer: NodeJS.Timeout | undefined
+
+/** The parser's worker thread, started when first needed (or again after one was stopped) */
+function parser (): Worker {
+  if (parserWorker !== undefined) return parserWorker
+  const w = new Worker(PARSER_WORKER, { eval: true, workerData: { parser: PARSER_MODULE } })
+  parserWorker = w
+  w.on('message', (m: { ast?: unknown, error?: ParseFailure }) => {
+    if (parserWorker !== w) return
+    const job = parseQueue.shift()
+    clearTimeout(parseTimer)
+    if (m.error !== undefined) job?.reject(m.error)
+    else job?.resolve(m.ast)
+    nextParse()
+  })
+  w.on('error', err => {
+    if (parserWorker !== w) return
+    // A crash fails the statement it was at; the others go to a new worker.
+    parserWorker = undefined
+    clearTimeout(parseTimer)
+    parseQueue.shift()?.reject(err)
+    nextParse()
+  })
+  w.on('exit', () => {
+    if (parserWorker !== w) return
+    parserWorker = undefined
+    clearTimeout(parseTimer)
+    parseQueue.shift()?.reject(new Error('the parser stopped'))
+    nextParse()
+  })
+  return w
+}
+
+/** Sends the first waiting statement to the worker, with PARSE_TIMEOUT_MS to answer (the worker is idle: unreferenced) */
+function nextParse (): void {
+  const job = parseQueue[0]
+  if (job === undefined) {
+    parserWorker?.unref()
+    return
+  }
+  const w = parser()
+  w.ref()
+  w.postMessage({ sql: job.sql })
+  parseTimer = setTimeout(() => {
+    // The worker is still at it: it is stopped (a new one takes the statements after).
+    parserWorker = undefined
+    void w.terminate()
+    parseQueue.shift()?.reject(new ValidationError(`SQL: cannot parse the statement within ${PARSE_TIMEOUT_MS / 1000} s (some malformed nestings of parentheses make the parser try every reading): check its parentheses`))
+    nextParse()
+  }, PARSE_TIMEOUT_MS)
+}
+
+/** node-sql-parser's AST of a statement, from the worker, or a refusal after PARSE_TIMEOUT_MS of parsing */
+async function astify (sql: string): Promise<unknown> {
+  return await new Promise((resolve, reject) => {
+    parseQueue.push({ sql, resolve, reject })
+    if (parseQueue.length === 1) nextParse()
+  })
+}
 
 /** Most rows an OFFSET may skip (each is read to be skipped; `next` pages on without reading them again) */
 export const MAX_GATHERED_ROWS = 100_000
@@ -22,7 +110,7 @@ export interface SqlAnswer {
   next: string | null
 }
 
-/** What the caller may do, per table: read columns (undefined: no read right) and the write check */
+/** What the caller may do, per table: the columns it reads (a ForbiddenError: no read right) and the write check */
 export interface SqlAccess {
   readable: (table: TableDef) => readonly string[]
   writable: (table: TableDef, columns: string[]) => void
@@ -48,7 +136,8 @@ class Binder {
       case 'string':
         return String(node.value)
       case 'null': return null
-      case 'bool': return node.value === true ? 1 : 0
+      // No column is boolean: TRUE would be taken as 1 (PostgreSQL refuses integer = boolean).
+      case 'bool': return unsupported(`the boolean ${node.value === true ? 'TRUE' : 'FALSE'} (no column is boolean)`)
       case 'var': {
         if (node.prefix !== '$' || typeof node.name !== 'number') unsupported(`the placeholder ${String(node.prefix ?? '')}${String(node.name)}`)
         const i = node.name - 1
@@ -70,13 +159,13 @@ class Binder {
 export interface ParsedStatement { statement: any, consistency?: Consistency, explain: boolean, params: number }
 
 /** Parses one statement (or SETs then one statement) with node-sql-parser; a SET gives the consistency */
-export function parseStatements (sql: string): ParsedStatement {
+export async function parseStatements (sql: string): Promise<ParsedStatement> {
   if (typeof sql !== 'string' || sql.trim() === '') throw new ValidationError('SQL: the statement is empty')
   if (sql.length > MAX_SQL) throw new ValidationError(`SQL: a statement of at most ${MAX_SQL} characters`)
   // A statement is sent again and again with other parameters: parsed once (the tree is only read).
   let parsed = PARSED.get(sql)
   if (parsed === undefined) {
-    parsed = parseOnce(sql)
+    parsed = await parseOnce(sql)
     if (PARSED.size >= PARSED_MAX) PARSED.clear()
     PARSED.set(sql, parsed)
   }
@@ -89,16 +178,17 @@ const PARSED_MAX = 512
 /** Longest statement taken, characters */
 const MAX_SQL = 64 * 1024
 
-function parseOnce (sql: string): ParsedStatement {
+async function parseOnce (sql: string): Promise<ParsedStatement> {
   // EXPLAIN is not in the parser's PostgreSQL grammar: the leading keyword is taken off and the rest parsed.
   const trimmed = sql.trimStart()
   const explain = trimmed.slice(0, 7).toUpperCase() === 'EXPLAIN' && (trimmed.length === 7 || ' \t\r\n'.includes(trimmed[7] as string))
   let ast: any
   try {
-    ast = new Parser().astify(explain ? trimmed.slice(7) : sql, PARSE)
+    ast = await astify(explain ? trimmed.slice(7) : sql)
   } catch (err) {
+    if (err instanceof ValidationError) throw err
     // The parser lists every token it could have taken; where it stopped says more.
-    const e = err as Error & { found?: unknown, location?: { start?: { line?: number, column?: number } } }
+    const e = err as ParseFailure
     const at = e.location?.start
     if (at?.line !== undefined && at.column !== undefined) {
       throw new ValidationError(`SQL: cannot parse: ${e.found === null || e.found === undefined ? 'the statement ends too soon' : `unexpected ${JSON.stringify(e.found)}`} at line ${at.line}, column ${at.column}`)
@@ -124,6 +214,9 @@ function parseOnce (sql: string): ParsedStatement {
       rest.push(s)
     }
   }
+  // Nothing but comments or semicolons (or a bare EXPLAIN) parses to no statement, or to an empty one.
+  if (rest.length === 1 && rest[0]?.type == null) rest.pop()
+  if (rest.length === 0 && list.every(s => s?.type !== 'set')) throw new ValidationError('SQL: the statement is empty')
   if (rest.length !== 1) throw new ValidationError(rest.length === 0 ? 'SQL: SET needs a statement after it' : 'SQL: one statement at a time (after any SETs)')
   return { statement: rest[0], ...(consistency === undefined ? {} : { consistency }), explain, params: placeholders(rest[0]) }
 }
@@ -151,7 +244,7 @@ function placeholders (root: unknown): number {
  */
 export async function runSql (db: Database, sql: string, params: readonly unknown[], access: SqlAccess, options: RequestOptions = {}, cursor?: string): Promise<SqlAnswer> {
   if (!Array.isArray(params)) throw new ValidationError('SQL: params must be an array')
-  const { statement, consistency, explain, params: wanted } = parseStatements(sql)
+  const { statement, consistency, explain, params: wanted } = await parseStatements(sql)
   // As PostgreSQL's bind: each $n has its value, and no value is left over.
   if (params.length !== wanted) throw new ValidationError(`SQL: the statement takes ${wanted} parameter${wanted === 1 ? '' : 's'}${wanted === 0 ? '' : ` ($1${wanted > 1 ? `..$${wanted}` : ''})`}, ${params.length} given`)
   if (cursor !== undefined && (statement.type !== 'select' || explain)) throw new ValidationError('SQL: a cursor continues a SELECT')
@@ -331,7 +424,12 @@ function buildSelect (ast: any, bind: Binder, access: SqlAccess): Select {
   const sources: Source[] = from.map((f: any) => {
     if (f.expr != null) unsupported('a subquery in FROM')
     if (f.db != null && f.db !== 'public') throw new ValidationError(`SQL: unknown schema ${String(f.db)} (the tables are in public)`)
-    return { table: tableOf(f.table), alias: String(f.as ?? f.table) }
+    if (f.tablesample != null) unsupported('TABLESAMPLE')
+    const table = tableOf(f.table)
+    // Every table named is read (COUNT(*) and EXPLAIN name none of its columns): asking for its columns
+    // is the check that the role may read it (a 403 when not).
+    access.readable(table)
+    return { table, alias: String(f.as ?? f.table) }
   })
   for (const [i, s] of sources.entries()) if (sources.findIndex(o => o.alias === s.alias) !== i) unsupported(`${s.alias} named twice in FROM without an alias of its own`)
   const resolve = resolver(sources, access)
@@ -456,10 +554,13 @@ function limitOf (ast: any, bind: Binder): { limit?: number, offset: number } {
     if (String(ast.limit?.seperator ?? '').toLowerCase() === 'offset') offset = whole(values[0], 'OFFSET') ?? 0
     else limit = whole(values[0], 'LIMIT')
   }
-  // OFFSET written before LIMIT: the parser keeps the LIMIT apart.
+  // OFFSET written before LIMIT: the parser keeps the LIMIT apart (and takes a second LIMIT or OFFSET there too).
   const later: any[] = ast._limit?.value ?? []
-  if (later.length > 1) unsupported('this LIMIT form')
-  if (later.length === 1) limit = whole(later[0], 'LIMIT')
+  if (later.length > 0) {
+    const offsetFirst = values.length === 1 && String(ast.limit?.seperator ?? '').toLowerCase() === 'offset'
+    if (!offsetFirst || later.length !== 1 || String(ast._limit?.seperator ?? '').toLowerCase() === 'offset') throw new ValidationError('SQL: LIMIT or OFFSET given twice')
+    limit = whole(later[0], 'LIMIT')
+  }
   return { ...(limit === undefined ? {} : { limit }), offset }
 }
 
@@ -565,9 +666,11 @@ function buildHaving (node: any, ctx: { slot: (n: any) => number | undefined, in
       const [lo, hi] = (n.right?.value ?? []).map((v: any) => typed(left.slot, bind.value(v)))
       const t: HavingTest = s => {
         const v = valueOf(left, s)
-        const a = compareSlot(info, v, lo ?? null)
-        const b = compareSlot(info, v, hi ?? null)
-        return a === null || b === null ? null : a >= 0 && b <= 0
+        if (v === null) return null
+        // As in WHERE: a NULL bound is unknown, but a bound the value misses makes it false.
+        const a = lo === null || lo === undefined ? null : (compareSlot(info, v, lo) as number) >= 0
+        const b = hi === null || hi === undefined ? null : (compareSlot(info, v, hi) as number) <= 0
+        return a === false || b === false ? false : a === null || b === null ? null : true
       }
       return op === 'BETWEEN' ? t : negate(t)
     }
@@ -736,11 +839,14 @@ async function gather (db: Database, source: Source, filter: Condition | undefin
 
 /**
  * A SQL cursor: the statement and parameters it belongs to (a digest), the
- * rows of the answer given so far, and for a one-table list the position of
- * db.query's cursor. A page after the first runs the statement again and
- * continues there.
+ * rows of the answer given so far, and where the last page stopped: for a
+ * one-table list the position of db.query's cursor, for the owners' sorted
+ * rows or merged groups the sort key of the last row given (`k`). A page
+ * after the first runs the statement again and continues after that
+ * position, so rows written or deleted before it neither come twice nor
+ * push a row past the page.
  */
-interface SqlCursor { h: string, n: number, c?: string }
+interface SqlCursor { h: string, n: number, c?: string, k?: Value[] }
 
 function stampOf (sql: string, params: readonly unknown[]): string {
   return createHash('sha256').update(sql).update('\u0000').update(JSON.stringify(params)).digest('base64url').slice(0, 16)
@@ -755,7 +861,9 @@ function readCursor (cursor: string, stamp: string): SqlCursor {
   try {
     c = cursor.startsWith('s') ? JSON.parse(Buffer.from(cursor.slice(1), 'base64url').toString('utf8')) : undefined
   } catch {}
-  if (c === null || typeof c !== 'object' || typeof c.h !== 'string' || !Number.isSafeInteger(c.n) || c.n < 0 || (c.c !== undefined && typeof c.c !== 'string')) {
+  const scalar = (v: unknown): boolean => v === null || typeof v === 'string' || (typeof v === 'number' && Number.isFinite(v))
+  if (c === null || typeof c !== 'object' || typeof c.h !== 'string' || !Number.isSafeInteger(c.n) || c.n < 0 || (c.c !== undefined && typeof c.c !== 'string') ||
+    (c.k !== undefined && (!Array.isArray(c.k) || !c.k.every(scalar)))) {
     throw new ValidationError(`SQL: invalid cursor ${JSON.stringify(cursor.slice(0, 100))}`)
   }
   if (c.h !== stamp) throw new ValidationError('SQL: this cursor continues another statement (or other parameters): send the same sql and params with it')
@@ -791,15 +899,22 @@ async function runSelect (db: Database, s: Select, access: SqlAccess, options: R
     const next = more ? writeCursor({ h: stamp, n: given, c: page.next as string }) : null
     return { columns, rows: rows.map(r => s.items.map(i => r[(i as Item & { kind: 'column' }).ref.column] ?? null)), next }
   }
-  // Joined, grouped or sorted on several keys: the owners run it on their copies (see fragment.ts), and
-  // the answer is the sorted result's rows from OFFSET + what earlier pages gave.
-  const from = s.offset + at.n
-  const end = from + want
-  const { fragment, patients } = toFragment(s, end + 1 <= MAX_FRAGMENT_ROWS ? end + 1 : undefined)
+  // Joined, grouped or sorted on several keys: the owners run it on their copies (see fragment.ts). A page
+  // after the first continues after the sort key of the last row given (an OFFSET applies to the first).
+  const from = cursor === undefined ? s.offset : 0
+  if (cursor !== undefined && at.k === undefined) throw new ValidationError(`SQL: invalid cursor ${JSON.stringify(cursor.slice(0, 100))}`)
+  if (s.aggregated) return await groupedPage(db, s, access, options, stamp, at, from, want)
+  // The owners each keep the best OFFSET + page + 1 rows: an OFFSET past what a range may give is refused.
+  if (from + want + 1 > MAX_FRAGMENT_ROWS) throw new ValidationError(`SQL: an OFFSET of more than ${MAX_FRAGMENT_ROWS - want - 1} rows on a joined or sorted answer; page with next instead`)
+  const { fragment, patients } = toFragment(s, from + want + 1)
+  if (at.k !== undefined) {
+    if (at.k.length !== (fragment.orderBy ?? []).length) throw new ValidationError(`SQL: invalid cursor ${JSON.stringify((cursor as string).slice(0, 100))}`)
+    fragment.after = at.k
+  }
   const answer = await db.fragment(fragment, options)
-  const rows = s.aggregated ? groupRows(s, answer.result.groups ?? []) : answer.result.rows ?? []
-  const page = rows.slice(from, end)
-  // As a list does: each patient whose rows the page holds is noted, per table (a grouped answer, its WHERE's patient).
+  const rows = answer.result.rows ?? []
+  const page = rows.slice(from, from + want)
+  // As a list does: each patient whose rows the page holds is noted, per table.
   for (const src of s.sources) {
     const col = patients.get(src)
     const seen = col === undefined ? [] : [...new Set(page.map(r => r[col]).filter(p => p !== null && p !== undefined).map(String))]
@@ -807,11 +922,56 @@ async function runSelect (db: Database, s: Select, access: SqlAccess, options: R
     for (const patientId of seen) access.note?.({ action: 'list', table: src.table.name, patientId })
   }
   const given = at.n + page.length
-  return { columns, rows: s.aggregated ? page : page.map(r => r.slice(0, s.items.length)), next: given < total && rows.length > end ? writeCursor({ h: stamp, n: given }) : null }
+  const last = page[page.length - 1]
+  const next = given < total && rows.length > from + want && last !== undefined ? writeCursor({ h: stamp, n: given, k: keyOf(fragment, last) }) : null
+  return { columns, rows: page.map(r => r.slice(0, s.items.length)), next }
 }
 
-/** A grouped answer's rows: each group's aggregates finished, HAVING applied, sorted (by the GROUP BY columns when no ORDER BY) */
-function groupRows (s: Select, groups: Array<{ key: Value[], partials: Partial[] }>): Value[][] {
+/** A page of a grouped answer: the groups merged from the owners, HAVING applied, sorted, from OFFSET or after the cursor's group */
+async function groupedPage (db: Database, s: Select, access: SqlAccess, options: RequestOptions, stamp: string, at: SqlCursor, from: number, want: number): Promise<SqlAnswer> {
+  const { fragment } = toFragment(s, undefined)
+  const answer = await db.fragment(fragment, options)
+  const { all, order, compare } = groupSlots(s, answer.result.groups ?? [])
+  const keyOfGroup = (g: Slots): Value[] => order.map(o => g[o.slot] ?? null)
+  let start = from
+  if (at.k !== undefined) {
+    const k = at.k
+    if (k.length !== order.length) throw new ValidationError('SQL: invalid cursor')
+    start = all.findIndex(g => compare(keyOfGroup(g), k) > 0)
+    if (start < 0) start = all.length
+  }
+  const page = all.slice(start, start + want)
+  notePatientGroups(s, access, page)
+  const given = at.n + page.length
+  const last = page[page.length - 1]
+  const total = s.limit ?? Number.POSITIVE_INFINITY
+  const next = given < total && all.length > start + want && last !== undefined ? writeCursor({ h: stamp, n: given, k: keyOfGroup(last) }) : null
+  const slots = s.items.map(i => i.kind === 'aggregate' ? s.groupBy.length + i.agg : s.groupBy.findIndex(g => g.source === i.ref.source && g.column === i.ref.column))
+  return { columns: s.items.map(i => i.name), rows: page.map(v => slots.map(x => v[x] ?? null)), next }
+}
+
+/**
+ * Notes the tables a grouped page read: grouped by a patient_id, each
+ * patient of the page (their rows, and those of every table the join places
+ * by the patient, are what each group tells of), else the patient its
+ * WHERE fixes
+ */
+function notePatientGroups (s: Select, access: SqlAccess, page: Slots[]): void {
+  for (const src of s.sources) {
+    const slot = s.groupBy.findIndex(g => g.column === 'patient_id' && (g.source === src || (g.source.table.shardKey === 'patient_id' && src.table.shardKey === 'patient_id')))
+    const seen = slot < 0 ? [] : [...new Set(page.map(g => g[slot]).filter(p => p !== null && p !== undefined).map(String))]
+    if (seen.length === 0) noteTable(access, src.table, s.where.get(src))
+    for (const patientId of seen) access.note?.({ action: 'list', table: src.table.name, patientId })
+  }
+}
+
+/**
+ * A grouped answer's groups as slots: each group's aggregates finished,
+ * HAVING applied, sorted (by the GROUP BY columns when no ORDER BY, and
+ * after the ORDER BY's keys, so no two groups tie); `order` and `compare`
+ * are that order, over the values of its slots
+ */
+function groupSlots (s: Select, groups: Array<{ key: Value[], partials: Partial[] }>): { all: Slots[], order: Array<{ slot: number, desc: boolean }>, compare: (x: Value[], y: Value[]) => number } {
   // No GROUP BY: one group, even of no rows.
   if (s.groupBy.length === 0 && groups.length === 0) groups.push({ key: [], partials: s.aggregates.map(a => a.fn === 'COUNT' ? 0 : a.fn === 'SUM' || a.fn === 'AVG' ? [0, 0] : null) })
   let all: Slots[] = groups.map(g => [...g.key, ...s.aggregates.map((a, i) => finish(a.fn, g.partials[i] ?? null))])
@@ -819,19 +979,19 @@ function groupRows (s: Select, groups: Array<{ key: Value[], partials: Partial[]
   // Groups the ORDER BY ties (or all, without one) in the order of their GROUP BY columns.
   const order = [...s.orderBy.map(o => ({ slot: (o.key as { slot: number }).slot, desc: o.desc })), ...s.groupBy.map((_, slot) => ({ slot, desc: false }))]
   const infos = order.map(o => slotInfo(o.slot, s.groupBy, s.aggregates))
-  all.sort((a, b) => {
+  /** Two groups' values of `order`'s slots, NULLs last ascending and first descending */
+  const compare = (a: Value[], b: Value[]): number => {
     for (const [i, o] of order.entries()) {
-      const x = a[o.slot] ?? null
-      const y = b[o.slot] ?? null
-      // NULLs last ascending, first descending.
+      const x = a[i] ?? null
+      const y = b[i] ?? null
       const c = x === null || y === null ? (x === y ? 0 : x === null ? 1 : -1) : compareSlot(infos[i], x, y) as number
       if (c !== 0) return o.desc ? -c : c
     }
     return 0
-  })
-  const slotOf = (i: Item): number => i.kind === 'aggregate' ? s.groupBy.length + i.agg : s.groupBy.findIndex(g => g.source === i.ref.source && g.column === i.ref.column)
-  const slots = s.items.map(slotOf)
-  return all.map(v => slots.map(x => v[x] ?? null))
+  }
+  const keyed = all.map(g => ({ g, key: order.map(o => g[o.slot] ?? null) }))
+  keyed.sort((a, b) => compare(a.key, b.key))
+  return { all: keyed.map(x => x.g), order, compare }
 }
 
 /**
@@ -937,6 +1097,8 @@ function keyFromWhere (table: TableDef, where: any, bind: Binder): string {
   for (const p of parts) {
     if (p?.type !== 'binary_expr' || p.operator !== '=' || p.left?.type !== 'column_ref') unsupported('an UPDATE or DELETE whose WHERE is not <key> = <value>')
     const name = String(p.left.column?.expr?.value ?? p.left.column)
+    // WHERE id = 1 AND id = 2 matches no row: it must not write the last one named.
+    if (values.has(name)) throw new ValidationError(`SQL: ${name} named twice in the WHERE of an UPDATE or DELETE`, { column: name })
     values.set(name, typedValue(table, name, bind.value(p.right)))
   }
   if (values.size !== table.primaryKey.length || !table.primaryKey.every(k => values.has(k))) {
@@ -951,6 +1113,8 @@ async function runInsert (db: Database, ast: any, bind: Binder, access: SqlAcces
   const table = tableOf(ast.table?.[0]?.table)
   const names: string[] = (ast.columns ?? []).map((c: any) => String(c?.value ?? c))
   if (names.length === 0) unsupported('INSERT without a column list')
+  const twice = names.find((n, i) => names.indexOf(n) !== i)
+  if (twice !== undefined) throw new ValidationError(`SQL: column ${twice} named twice in the INSERT`, { column: twice })
   if (ast.values?.type !== 'values') unsupported('INSERT ... SELECT')
   const tuples: any[] = ast.values.values
   if (tuples.length !== 1) unsupported('INSERT of several rows (use one statement per row, or import)')
@@ -971,6 +1135,7 @@ async function runUpdate (db: Database, ast: any, bind: Binder, access: SqlAcces
   const changes: Record<string, Value> = {}
   for (const s of ast.set ?? []) {
     const name = String(s.column?.expr?.value ?? s.column)
+    if (Object.prototype.hasOwnProperty.call(changes, name)) throw new ValidationError(`SQL: column ${name} set twice in the UPDATE`, { column: name })
     changes[name] = typedValue(table, name, bind.value(s.value))
   }
   const id = keyFromWhere(table, ast.where, bind)

@@ -144,9 +144,13 @@ export function evaluate (table: TableDef, cond: Condition, row: Record<string, 
       }
       return unknown ? null : false
     }
-    case 'between':
-      if (cond.low === null || cond.high === null) return null
-      return compareValues(col, v, cond.low) >= 0 && compareValues(col, v, cond.high) <= 0
+    case 'between': {
+      // x >= low AND x <= high: a NULL bound is unknown, which a bound the value misses still makes false
+      // (so NOT (x BETWEEN 5 AND NULL) holds for x < 5, as in PostgreSQL).
+      const above = cond.low === null ? null : compareValues(col, v, cond.low) >= 0
+      const below = cond.high === null ? null : compareValues(col, v, cond.high) <= 0
+      return above === false || below === false ? false : above === null || below === null ? null : true
+    }
     case 'like':
       return typeof v === 'string' && v.startsWith(cond.prefix)
     default: {

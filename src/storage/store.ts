@@ -6,6 +6,7 @@ import { findTable, sensitiveColumns, type Row, type TableDef, type Value } from
 import { FieldCipher, isHashedIndexValue, SEALED_KEY } from './field-cipher.js'
 import { compareVersions } from './version.js'
 import { GroupCommitter, type BatchOp } from './group-commit.js'
+import { RangeCache } from './range-cache.js'
 import { KeyedMutex } from './keyed-mutex.js'
 import { LEAVES, leafOf } from './range-summary.js'
 import { encodeIndexValue, recordKey, SEP } from './keys.js'
@@ -13,7 +14,7 @@ import { leafPrefix, RangeSummary, recordDigest } from './range-summary.js'
 import { REAL_ENV, type Environment } from '../util/env.js'
 import { decodeVersionLists, encodeVersionLists, type StoredVersionLists } from './version-list.js'
 import { evaluate } from '../schema/condition.js'
-import { inRanges, orderColumns, orderedEntries, orderedEntry, orderedSignature, planRows, sortedKey, type RowPage, type RowPlan, type RowQuery } from './ordered.js'
+import { indexName, inRanges, orderColumns, orderedEntries, orderedEntry, orderedSignature, planRows, sortedKey, type RowPage, type RowPlan, type RowQuery } from './ordered.js'
 
 type Sub = AbstractSublevel<any, any, string, any>
 
@@ -121,6 +122,12 @@ export interface StoreInit {
   db?: AbstractLevel<any, any, any>
   /** The clock (hint keys) and deferred work (group commit). @default REAL_ENV */
   env?: Environment
+  /**
+   * Index keys kept in memory for the ranges queries read (see
+   * range-cache.ts); 0 reads every range from LevelDB.
+   * @default 100000
+   */
+  rangeCacheKeys?: number
 }
 
 /** `purged`: a version of a record erased here, refused (see Store.purge) */
@@ -243,6 +250,8 @@ export class Store {
   private rangeSummary = new RangeSummary()
   private readonly mutex = new KeyedMutex()
   private readonly committer: GroupCommitter
+  /** Index ranges queries read, in memory; every batch passes it before LevelDB sees it */
+  private readonly rangeCache?: RangeCache
   private readonly indexes: Record<string, string[]>
   private readonly cipher?: FieldCipher
   private readonly plaintext: boolean
@@ -284,7 +293,11 @@ export class Store {
     this.indexes = init.indexes ?? {}
     this.plaintext = init.plaintext === true
     this.sync = init.sync ?? true
+    const cacheKeys = init.rangeCacheKeys ?? DEFAULT_RANGE_CACHE_KEYS
+    if (cacheKeys > 0) this.rangeCache = new RangeCache({ watched: [this.ordered.prefix, this.index.prefix], maxKeys: cacheKeys })
     this.committer = new GroupCommitter(async (ops, sync) => {
+      // The index ranges the batch changes are dropped before LevelDB sees it and stay uncached until it is durable.
+      const written = this.rangeCache?.writing(ops)
       try {
         await writeBatch(this.db, ops, sync)
       } catch (err) {
@@ -296,6 +309,8 @@ export class Store {
           this.diskFull = true
           throw new StorageFullError(`This node's disk is full (${(retry as Error).message}): it takes no writes until space is freed; reads go on`, { cause: retry })
         }
+      } finally {
+        written?.()
       }
       this.diskFull = false
       this.countTableOps(ops)
@@ -337,6 +352,7 @@ export class Store {
       await this.db.open()
       // A sublevel stays closed when its parent closes: each is opened again.
       await Promise.all(this.sublevels.map(async sub => { await sub.open() }))
+      this.rangeCache?.clear()
       return true
     })().finally(() => { this.reopening = undefined })
     return await this.reopening
@@ -395,6 +411,8 @@ export class Store {
       this.countLeaf(table, k.slice(table.length + 1), 1)
     }
     await this.openSummary()
+    // Migrations and rebuilds at open wrote indexes past the cache.
+    this.rangeCache?.clear()
     this.state = 'open'
   }
 
@@ -606,10 +624,12 @@ export class Store {
           versions.set(e.version, e)
         }
         if (!states.has(key)) {
-          if (this.holdsWhole(key, r.state, [...versions.keys()])) return 'known'
-          const stored = this._get(table, token, id)
-          if (stored === undefined && this.stageFirst(key, r.state, versions, states, ops, touched)) return 'merged'
-          states.set(key, stored)
+          // One read of the stored record serves both questions: is it new here, or held here whole?
+          const stored = this.records.getSync(key) as StoredRecord | undefined
+          if (stored === undefined) {
+            if (this.stageFirst(key, r.state, versions, states, ops, touched)) return 'merged'
+          } else if (this.holdsStored(key, stored, r.state, [...versions.keys()])) return 'known'
+          states.set(key, stored === undefined ? undefined : this.decodeRecord(table, token, id, stored))
         }
         let changed = false
         // Parents before children: a version sorts above its parents (see HybridClock.tickAfter).
@@ -662,9 +682,13 @@ export class Store {
    * replaced known here. Read from the stored record without opening its rows.
    */
   private holdsWhole (key: string, state: Pick<RecordState, 'seen' | 'superseded'>, versions: string[]): boolean {
-    if (this.purged.has(key)) return false
     const stored = this.records.getSync(key) as StoredRecord | undefined
-    if (stored === undefined) return false
+    return stored !== undefined && this.holdsStored(key, stored, state, versions)
+  }
+
+  /** holdsWhole of a stored record already read */
+  private holdsStored (key: string, stored: StoredRecord, state: Pick<RecordState, 'seen' | 'superseded'>, versions: string[]): boolean {
+    if (this.purged.has(key)) return false
     const lists = storedLists(stored)
     const at = stored.horizon === undefined ? undefined : { horizon: stored.horizon } as unknown as RecordState
     const seenList = new Set(lists.seen)
@@ -1036,8 +1060,10 @@ export class Store {
     const rows: RowPage['rows'] = []
     let more = false
     if (gte >= lt) return { rows }
-    // Keys a batch at a time: one thread-pool round trip per batch, not per key.
-    const keys = keysOf(this.ordered, { gte, lt, reverse: desc }, Math.min(query.limit + 1, KEY_BATCH))
+    // A range whose leading columns are fixed (one doctor's entries) may be held in memory; else
+    // keys a batch at a time: one thread-pool round trip per batch, not per key.
+    const held = plan.prefix.length > def.name.length + indexName(plan.index).length + 2 ? await this.cachedRange(this.ordered, plan.prefix) : undefined
+    const keys = held !== undefined ? between(held, gte, lt, desc) : keysOf(this.ordered, { gte, lt, reverse: desc }, Math.min(query.limit + 1, KEY_BATCH))
     try {
       for await (const k of keys) {
         const { token, id } = positionOf(k)
@@ -1052,7 +1078,7 @@ export class Store {
         rows.push({ state, key: k.slice(plan.prefix.length) })
       }
     } finally {
-      await keys.return(undefined)
+      if (!Array.isArray(keys)) await (keys as AsyncGenerator<string>).return(undefined)
     }
     const last = rows[rows.length - 1]
     return more && last !== undefined ? { rows, next: last.key } : { rows }
@@ -1097,7 +1123,7 @@ export class Store {
   private async * candidates (def: TableDef, source: Extract<RowPlan, { kind: 'sorted' }>['source'], ranges: Array<[string, string]> | undefined): AsyncGenerator<{ token: string, id: string }> {
     if (source.type === 'equality') {
       const base = this.indexKey(def.name, source.column, source.value, '')
-      for await (const k of keysOf(this.index, { gt: base, lt: base + '\xff' })) {
+      for await (const k of await this.cachedRange(this.index, base) ?? keysOf(this.index, { gt: base, lt: base + '\xff' })) {
         const pos = k.slice(base.length)
         const sep = pos.indexOf(SEP)
         yield { token: pos.slice(0, sep), id: pos.slice(sep + 1) }
@@ -1105,7 +1131,11 @@ export class Store {
       return
     }
     if (source.type === 'range') {
-      for await (const k of keysOf(this.ordered, { gte: source.lower ?? source.prefix, lt: source.upper ?? source.prefix + '\xff' })) yield positionOf(k)
+      const gte = source.lower ?? source.prefix
+      const lt = source.upper ?? source.prefix + '\xff'
+      // Only a prefix that fixes the first column is one small range worth holding.
+      const held = source.prefix.length > def.name.length + indexName(source.index).length + 2 ? await this.cachedRange(this.ordered, source.prefix) : undefined
+      for await (const k of held !== undefined ? between(held, gte, lt, false) : keysOf(this.ordered, { gte, lt })) yield positionOf(k)
       return
     }
     // The whole table, one token range at a time: the table list is in token order.
@@ -1117,6 +1147,16 @@ export class Store {
         yield { token: pos.slice(0, sep), id: pos.slice(sep + 1) }
       }
     }
+  }
+
+  /**
+   * Every key of `sub` under `prefix`, from the range cache (read once from
+   * LevelDB when not held), or undefined when the range is too large to
+   * hold or there is no cache: the caller reads LevelDB itself.
+   */
+  private async cachedRange (sub: Sub, prefix: string): Promise<readonly string[] | undefined> {
+    if (this.rangeCache === undefined) return undefined
+    return await this.rangeCache.keys(sub.prefix + prefix, async limit => await sub.keys({ gt: prefix, lt: prefix + '\xff', limit }).all())
   }
 
   /**
@@ -1953,6 +1993,8 @@ async function compactKeys (db: Level<string, any>, keys: string[]): Promise<voi
 }
 
 const DEFAULT_WRITE_BUFFER = 16 * 1024 * 1024
+/** Index keys the range cache holds by default (keys of some tens of bytes: about 10 MiB at most) */
+const DEFAULT_RANGE_CACHE_KEYS = 100_000
 
 /** The meta key of the ordered indexes' signature (see openOrderedIndexes) */
 const ORDERED_KEY = 'orderedIndexes'
@@ -1974,6 +2016,26 @@ async function * keysOf (sub: Sub, range: { gt?: string, gte?: string, lt?: stri
   } finally {
     await iterator.close()
   }
+}
+
+/** The keys of a sorted list in [gte, lt), descending when `desc` */
+function between (keys: readonly string[], gte: string, lt: string, desc: boolean): string[] {
+  let from = 0
+  let hi = keys.length
+  while (from < hi) {
+    const mid = (from + hi) >>> 1
+    if ((keys[mid] as string) < gte) from = mid + 1
+    else hi = mid
+  }
+  let to = from
+  hi = keys.length
+  while (to < hi) {
+    const mid = (to + hi) >>> 1
+    if ((keys[mid] as string) < lt) to = mid + 1
+    else hi = mid
+  }
+  const out = keys.slice(from, to)
+  return desc ? out.reverse() : out
 }
 
 /** The position (token and id) an index entry's key ends with */

@@ -29,6 +29,12 @@ const BOTH = 3
 
 /** The stored form of a record's lists */
 export function encodeVersionLists (seen: readonly string[], superseded: readonly string[]): StoredVersionLists {
+  // A record's first version, seen and replaced by nothing (most records an insert or a hand-off writes): its one entry directly.
+  if (seen.length === 1 && superseded.length === 0) {
+    const only = seen[0] as string
+    const h = parseVersion(only)
+    if (h !== undefined && formatVersion(h) === only) return { v: `${h.node};${h.wall.toString(36)}${h.counter === 0 ? '' : '.' + h.counter.toString(36)}*${SEEN}` }
+  }
   const flags = new Map<string, number>()
   for (const v of seen) flags.set(v, (flags.get(v) ?? 0) | SEEN)
   for (const v of superseded) flags.set(v, (flags.get(v) ?? 0) | SUPERSEDED)

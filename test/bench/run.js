@@ -80,6 +80,8 @@ const GOAL_BACKUP = 0.25
 const QUERY_ROWS = positiveInt(process.env.BENCH_QUERY_ROWS, 100_000)
 const QUERY_SECONDS = positiveInt(process.env.BENCH_QUERY_SECONDS, 10)
 const GOAL_QUERY = 0.5
+/** How long the query skeleton may take to load the section's rows before it answers */
+const QUERY_SKELETON_LOAD_MS = 180_000
 /** PostgreSQL 15 as Debian installs it; the bench installs it (apt-get) when absent */
 
 const ALL_SECTIONS = { singleNode, security, cluster, healing, readsById, queries, chaos, backup }
@@ -647,6 +649,16 @@ async function healing (ctx) {
   }
   await receiver.stop()
   const stream = medianRun(streams, 'rate')
+  // The ceiling: the same records on a skeleton of the join's path (test/bench/join-skeleton.js), a fresh receiver each round.
+  log(`healing: join skeleton: ${received} records over one libp2p stream into LevelDB, ${ROUNDS} rounds`)
+  const skeletons = []
+  for (let r = 0; r < ROUNDS; r++) {
+    const sink = await ctx.spawnJoinSkeleton()
+    const s = await ctx.joinSkeletonTo(sink, ndjson, received)
+    await sink.stop()
+    skeletons.push({ ...s, rate: s.records / s.seconds })
+  }
+  const skeleton = medianRun(skeletons, 'rate')
 
   // (3) One row updated HEAL_UPDATES times, one at a time, on one daemon; another row updated once.
   log(`healing: record size: one row updated ${HEAL_UPDATES} times on one daemon`)
@@ -677,6 +689,7 @@ async function healing (ctx) {
   const costRatio = lastCost / firstCost
   const within = (r, goal) => `${fmt(r, 2)}× ${r <= goal ? '✓' : '✗'} (goal within ${goal}×)`
   const joinRatio = joinRate / stream.rate
+  const skeletonRatio = joinRate / skeleton.rate
 
   return `## Healing
 
@@ -686,6 +699,7 @@ ${fmtInt(HEAL_ROWS)} patient_records rows (imported through one node in ${fmt(im
 | measurement | figure | against | ratio |
 | --- | ---: | ---: | --- |
 | a fourth node joins: rows/s at which it receives its share (${fmtInt(received)} rows in ${fmt(joinSeconds, 1)} s) | ${fmt(joinRate, 0)} | raw one-way libp2p stream of the same ${fmt(joinBytes / 2 ** 20, 1)} MiB: ${fmt(stream.rate, 0)} rows/s (${fmt(joinBytes / stream.seconds / 2 ** 20, 1)} MiB/s) | ${fmt(joinRatio, 3)} ${joinRatio >= GOAL_JOIN ? '✓' : '✗'} (goal ≥ ${GOAL_JOIN}) |
+| the same join against a skeleton of its path (records in their wire form over one stream, written to LevelDB) | ${fmt(joinRate, 0)} | the skeleton: ${fmt(skeleton.rate, 0)} rows/s (${fmt(skeleton.bytes / skeleton.seconds / 2 ** 20, 1)} MiB/s of messages); ${fmt(skeleton.rate / stream.rate, 3)} of the raw stream | ${fmt(skeletonRatio, 2)} |
 | anti-entropy round on a node with ${fmtInt(differ)} of ${fmtInt(HEAL_ROWS)} records (${fmt(HEAL_DIFFER * 100, 0)}%) stale | ${fmt(repair.seconds, 2)} s | ${fmtInt(repair.ranges)} ranges, ${fmtInt(repair.recordsCompared)} records compared, ${fmtInt(repair.recordsSent)} sent; ${fmt(repairWall, 2)} s as the client saw it | — |
 | time from heal to convergence in the chaos suite | see *Chaos: heal to convergence* below | — | — |
 | record size of a row after ${fmtInt(HEAL_UPDATES)} updates | ${fmtInt(sizes[hot])} B | after its first update: ${fmtInt(sizes[once])} B | ${within(sizeRatio, GOAL_RECORD)} |
@@ -700,6 +714,17 @@ baseline (\`test/bench/stream.js\`) is two processes on the product's libp2p sta
 (\`createNode\`: TCP, a network key, Noise, yamux) with one stream carrying as many
 bytes as the JSON of the rows received (${fmt(jsonBytes / HEAL_ROWS, 0)} B a row; a record on the wire
 carries its version and history besides), median of ${ROUNDS} rounds, expressed in rows/s.
+The ceiling (\`test/bench/join-skeleton.js\`) is the join's path with nothing of the
+database in it, on the same components: one process builds the ${fmtInt(received)} rows (the
+same rows, ${fmt(skeleton.bytes / skeleton.records, 0)} B a record on the wire) as the \`records\` messages a
+rebalance sends (each record's state, heads and version lists; 512 records a message,
+4 in flight) and sends them over one stream of the product's RPC on \`createNode\`;
+the other, on a fresh LevelDB, decodes each message and writes, through the
+store's group commit (fsync), one batch of the keys the store writes for a record
+it receives (the record, its other versions, the table list entry, its equality
+and ordered index entries), answering once it is durable. No validation, no
+encryption of rows or index values, no locks or reads of what is held, no range
+summary, no \`holds\` questions and no copies dropped on the sender; median of ${ROUNDS} rounds.
 *Anti-entropy*: node 3 was stopped, ${fmtInt(differ)} rows updated through node 1 (the others
 keep hints for node 3: ${fmtInt(hintsBefore)} were pending, audit entries included), nodes 1 and 2 stopped and their
 hints deleted from their stores (as if lost), all three started again on the same
@@ -1052,12 +1077,12 @@ function context () {
     return { proc, exited, stop, output: () => output }
   }
 
-  const waitReady = async (p, socket, what) => {
-    const until = Date.now() + START_TIMEOUT
+  const waitReady = async (p, socket, what, timeoutMs = START_TIMEOUT) => {
+    const until = Date.now() + timeoutMs
     for (;;) {
       if (p.proc.exitCode !== null || p.proc.signalCode !== null) throw new Error(`${what} exited before answering on ${socket}\n${p.output()}`)
       if (await answers(socket, p.path)) return
-      if (Date.now() > until) throw new Error(`${what} did not answer GET ${p.path} on ${socket} within ${START_TIMEOUT} ms\n${p.output()}`)
+      if (Date.now() > until) throw new Error(`${what} did not answer GET ${p.path} on ${socket} within ${timeoutMs} ms\n${p.output()}`)
       await sleep(25)
     }
   }
@@ -1105,6 +1130,15 @@ function context () {
       await waitReady(p, socket, `the ${mode} audit skeleton on ${dir}`)
       return { ...p, socket }
     },
+    /** test/bench/query-skeleton.js: the one-node query path's ceiling, holding the rows of the NDJSON files in `rowsDir` */
+    async spawnQuerySkeleton (rowsDir) {
+      const dir = await tempDir()
+      const socket = join(dir, 'query-skeleton.sock')
+      const p = { ...launch([join(ROOT, 'test', 'bench', 'query-skeleton.js'), join(dir, 'db'), socket, rowsDir], `the query skeleton on ${dir}`), path: '/status' }
+      // It answers once it has loaded the rows: longer than a daemon's start.
+      await waitReady(p, socket, `the query skeleton on ${dir}`, QUERY_SKELETON_LOAD_MS)
+      return { ...p, socket }
+    },
     /** test/bench/stream.js receive: a libp2p node that takes one-way byte streams */
     async spawnStreamReceiver () {
       const p = launch([join(ROOT, 'test', 'bench', 'stream.js'), 'receive'], 'the stream receiver')
@@ -1122,6 +1156,26 @@ function context () {
       const exit = await deadline(p.exited, 120_000, 'the stream sender', p.output)
       const line = p.output().split('\n').find(l => l.startsWith('{'))
       if (exit.code !== 0 || line === undefined) throw new Error(`the stream sender failed\n${p.output()}`)
+      return JSON.parse(line)
+    },
+    /** test/bench/join-skeleton.js receive on a fresh LevelDB: the receiving end of the join's skeleton */
+    async spawnJoinSkeleton () {
+      const dir = await tempDir()
+      const p = launch([join(ROOT, 'test', 'bench', 'join-skeleton.js'), 'receive', join(dir, 'db')], 'the join skeleton receiver')
+      const until = Date.now() + START_TIMEOUT
+      for (;;) {
+        const line = p.output().split('\n').find(l => l.startsWith('{'))
+        if (line !== undefined) return { ...p, ...JSON.parse(line) }
+        if (p.proc.exitCode !== null || Date.now() > until) throw new Error(`the join skeleton receiver did not start\n${p.output()}`)
+        await sleep(25)
+      }
+    },
+    /** test/bench/join-skeleton.js send: the first `count` rows of `file` as records to the receiver; {records, bytes, seconds} */
+    async joinSkeletonTo (receiver, file, count) {
+      const p = launch([join(ROOT, 'test', 'bench', 'join-skeleton.js'), 'send', receiver.addr, receiver.key, file, String(count)], 'the join skeleton sender')
+      const exit = await deadline(p.exited, 180_000, 'the join skeleton sender', p.output)
+      const line = p.output().split('\n').find(l => l.startsWith('{'))
+      if (exit.code !== 0 || line === undefined) throw new Error(`the join skeleton sender failed\n${p.output()}`)
       return JSON.parse(line)
     },
     async cleanup () {
@@ -1164,26 +1218,34 @@ async function queries (ctx) {
     await pg.stop()
   }
 
+  for (const table of CLINIC_TABLES) await writeFile(join(dir, `${table}.ndjson`), data[table].map(r => JSON.stringify(r)).join('\n') + '\n')
+  const requests = NTK_REQUESTS(data)
+  const run = async (label, name, sockets) => {
+    log(`queries: ${label}, ${name}, ${QUERY_SECONDS} s at ${CONCURRENCY} concurrent`)
+    const make = requests[name]
+    await driveFor({ seconds: 2, make: i => make(i, sockets[i % sockets.length]) })
+    return await driveFor({ seconds: QUERY_SECONDS, make: i => make(i, sockets[i % sockets.length]) })
+  }
   const measure = async (label, sockets) => {
     for (const table of CLINIC_TABLES) {
       const file = join(dir, `${table}.ndjson`)
-      await writeFile(file, data[table].map(r => JSON.stringify(r)).join('\n') + '\n')
       log(`queries: ${label}: importing ${fmtInt(data[table].length)} ${table}`)
       const imported = await importFile(sockets[0], table, file)
       if (imported.report.accepted !== data[table].length) throw new Error(`${table}: import accepted ${imported.report.accepted} of ${data[table].length}: ${JSON.stringify(imported.report.rejected.slice(0, 3))}`)
     }
     const out = {}
-    for (const [name, make] of Object.entries(NTK_REQUESTS(data))) {
-      log(`queries: ${label}, ${name}, ${QUERY_SECONDS} s at ${CONCURRENCY} concurrent`)
-      await driveFor({ seconds: 2, make: i => make(i, sockets[i % sockets.length]) })
-      out[name] = await driveFor({ seconds: QUERY_SECONDS, make: i => make(i, sockets[i % sockets.length]) })
-    }
+    for (const name of Object.keys(requests)) out[name] = await run(label, name, sockets)
     return out
   }
   log('queries: one daemon')
   const single = await ctx.spawnDaemon()
   const oneRuns = await measure('one node', [single.socket])
   await single.stop()
+  log('queries: the query skeleton (the one-node path on the same components), loading the same rows')
+  const skeleton = await ctx.spawnQuerySkeleton(dir)
+  const skeletonRuns = {}
+  for (const name of SKELETON_QUERIES) skeletonRuns[name] = await run('query skeleton', name, [skeleton.socket])
+  await skeleton.stop()
   log(`queries: ${CLUSTER_SIZE} daemons (N=3, W=2, R=2)`)
   const nodes = await startNetwork(ctx)
   const netRuns = await measure('3 nodes', nodes.map(n => n.socket))
@@ -1193,14 +1255,16 @@ async function queries (ctx) {
     const p = pgRuns[name]
     const o = oneRuns[name]
     const n = netRuns[name]
-    return `| ${what} | ${fmt(p.tps, 0)} | ${fmt(o.rps, 0)} | ${goal === undefined ? fmt(ratio(o.rps, p.tps), 2) : verdict(ratio(o.rps, p.tps), goal)} | ${fmt(n.rps, 0)} | ${fmt(ratio(n.rps, p.tps), 2)} |`
+    const s = skeletonRuns[name]
+    const toSkeleton = s === undefined ? '—' : fmt(ratio(o.rps, s.rps), 2)
+    return `| ${what} | ${fmt(p.tps, 0)} | ${s === undefined ? '—' : fmt(s.rps, 0)} | ${fmt(o.rps, 0)} | ${goal === undefined ? fmt(ratio(o.rps, p.tps), 2) : verdict(ratio(o.rps, p.tps), goal)} | ${toSkeleton} | ${fmt(n.rps, 0)} | ${fmt(ratio(n.rps, p.tps), 2)} |`
   }
   return `## Queries against PostgreSQL
 
 ${fmtInt(total)} rows (${CLINIC_TABLES.map(t => `${fmtInt(data[t].length)} ${t}`).join(', ')}) in PostgreSQL 15 and in Ntsoekhe, with the same indexes; queries per second at ${CONCURRENCY} clients for ${QUERY_SECONDS} s after 2 s of warm-up.
 
-| query | PostgreSQL 15 | Ntsoekhe, one node | ratio | Ntsoekhe, 3 nodes | ratio |
-| --- | ---: | ---: | --- | ---: | --- |
+| query | PostgreSQL 15 | ceiling: query skeleton, one node | Ntsoekhe, one node | ratio to PostgreSQL | ratio to the skeleton | Ntsoekhe, 3 nodes | ratio to PostgreSQL |
+| --- | ---: | ---: | ---: | --- | --- | ---: | --- |
 ${row('chart', 'a patient\'s chart: patient + history + lab results', GOAL_QUERY)}
 ${row('day', 'a doctor\'s appointments for one day, by time', GOAL_QUERY)}
 ${row('perDoctor', 'visits per doctor (COUNT ... GROUP BY doctor_id)')}
@@ -1222,12 +1286,24 @@ machine was (PostgreSQL here is a single server, not the primary with two synchr
 the reads-by-id goal). Same indexes: every primary key; appointments on (doctor_id,
 appointment_date), (appointment_date), (patient_id, appointment_date); medical_history on
 (patient_id, date_of_visit), (date_of_visit); lab_results on (patient_id, test_date),
-(test_date), (record_id); patient_records on (patient_name). The machine may be shared: load
+(test_date), (record_id); patient_records on (patient_name).
+
+The ceiling runs \`test/bench/query-skeleton.js\`: one process doing only what the one-node path
+needs on the same components, with the same rows (loaded from the same NDJSON files) and the
+daemon's index entries as LevelDB keys: fastify on a Unix socket answering the same routes with
+the same JSON, per request the index range read with one LevelDB iterator, each row read by
+key, and one audit record per patient the answer holds (hash-chained with SHA-256, buffered and
+written every 50 ms in one synced batch, as the trail's are); no tokens, rights, encryption,
+versions or replication. The same ${CONCURRENCY} workers drive it, after the daemon has stopped.
+The ratio to it says how much of the one-node path's cost is the database's own; its ratio to
+PostgreSQL bounds what any design on these components reaches. The machine may be shared: load
 average ${loadStart} at the start of this section, ${loadAvg()} at its end.
 `
 }
 
 const CLINIC_TABLES = ['doctors_info', 'patient_records', 'appointments', 'medical_history', 'lab_results']
+/** The queries the query skeleton serves (not visits per doctor: an aggregate over the table is no ceiling of one path) */
+const SKELETON_QUERIES = ['chart', 'day', 'byId']
 /** The day doctor's-day queries ask for is one of the first DAYS of March 2026 */
 const DAYS = 60
 

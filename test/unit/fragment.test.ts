@@ -34,6 +34,13 @@ describe('query fragments', () => {
     expect(a.digest).not.toBe(b.digest)
   })
 
+  it('finishes a SUM as the sum: whole when whole (however large), decimals rounded only where the rounding is exact', () => {
+    for (const total of [6912751943944, 1839753109406, 9_007_199_254_740_991, -6453654341416]) expect(finish('SUM', [total, 3])).toBe(total)
+    expect(finish('SUM', [0.1 + 0.2, 2])).toBe(0.3)
+    expect(finish('SUM', [12345678901.23, 2])).toBe(12345678901.23)
+    expect(finish('SUM', [0, 0])).toBeNull()
+  })
+
   it('joins on the owner and sorts and cuts rows to the limit, per range and merged', async () => {
     const doctors: Row[] = [7, 8].map(d => ({ doctor_id: d, name: `Dr ${d}`, specialization: 's', contact_number: '0123456789', email: 'e@x.org', availability: 'a' }))
     const f: Fragment = { table: 'appointments', joins: [{ table: 'doctors_info', column: 'doctor_id', on: [0, 'doctor_id'] }], columns: [[0, 'appointment_id'], [1, 'name'], [0, 'appointment_date']], orderBy: [{ at: 2, desc: true }], limit: 2 }
@@ -43,6 +50,30 @@ describe('query fragments', () => {
     expect(b.rows).toEqual([[3, 'Dr 7', '2026-01-05T08:00:00']])
     expect(mergeResults(f, [a, b]).rows).toEqual([[3, 'Dr 7', '2026-01-05T08:00:00'], [1, 'Dr 7', '2026-01-02T10:00:00']])
   })
+
+  it('gives only the rows after a sort key (where a page stopped), NULLs last ascending and first descending', async () => {
+    const rows: Row[] = ([[1, 'a'], [2, null], [3, 'b'], [4, 'a'], [5, null]] as Array<[number, string | null]>).map(([id, purpose]) => ({ appointment_id: id, purpose }))
+    const f: Fragment = { table: 'appointments', columns: [[0, 'appointment_id'], [0, 'purpose']], orderBy: [{ at: 1, desc: false }, { at: 0, desc: false }] }
+    const ids = async (g: Fragment): Promise<unknown[]> => ((await runFragment(g, source({ appointments: rows }))).rows ?? []).map(r => r[0])
+    expect(await ids(f)).toEqual([1, 4, 3, 2, 5])
+    expect(await ids({ ...f, after: ['a', 4] })).toEqual([3, 2, 5])
+    expect(await ids({ ...f, after: [null, 2] })).toEqual([5])
+    expect(await ids({ ...f, after: ['a', 1], limit: 2 })).toEqual([4, 3])
+    const desc: Fragment = { ...f, orderBy: [{ at: 1, desc: true }, { at: 0, desc: false }] }
+    expect(await ids(desc)).toEqual([2, 5, 3, 1, 4])
+    expect(await ids({ ...desc, after: [null, 5] })).toEqual([3, 1, 4])
+    expect(await ids({ ...desc, after: ['b', 3] })).toEqual([1, 4])
+  })
+
+  it('keeps the best rows of a limit over 50,000 from more than 100,000 (the bound is for rows without a limit)', async () => {
+    const rows: Row[] = Array.from({ length: 130_000 }, (_, i) => ({ appointment_id: 130_000 - i, purpose: 'p' }))
+    const f: Fragment = { table: 'appointments', columns: [[0, 'appointment_id']], orderBy: [{ at: 0, desc: false }], limit: 60_001 }
+    const got = (await runFragment(f, source({ appointments: rows }))).rows ?? []
+    expect(got).toHaveLength(60_001)
+    expect(got[0]).toEqual([1])
+    expect(got[60_000]).toEqual([60_001])
+    await expect(runFragment({ ...f, limit: undefined }, source({ appointments: rows }))).rejects.toMatchObject({ code: 'INVALID', message: expect.stringMatching(/more than 100000 rows/) })
+  }, 60_000)
 
   it('joins three tables on the owner, each on a column of one before it', async () => {
     const patients: Row[] = [1, 2].map(p => ({ patient_id: p, patient_name: `P${p}` }))
@@ -60,6 +91,26 @@ describe('query fragments', () => {
     expect(counted.groups).toEqual([{ key: [1], partials: [2, 20] }, { key: [2], partials: [2, 22] }])
   })
 
+  it('refuses a join that multiplies rows past a bound, instead of running (and holding the event loop) for ever', async () => {
+    // One patient's 60 history rows joined to themselves seven times: 60^8 tuples.
+    const history: Row[] = Array.from({ length: 60 }, (_, i) => ({ history_id: i + 1, patient_id: 1 }))
+    const self = { table: 'medical_history', column: 'patient_id', on: [0, 'patient_id'] as [number, string] }
+    const f: Fragment = { table: 'medical_history', joins: Array.from({ length: 7 }, () => self), aggregates: [{ fn: 'COUNT' }] }
+    let ticks = 0
+    const timer = setInterval(() => { ticks++ }, 10)
+    const started = Date.now()
+    try {
+      await expect(runFragment(f, source({ medical_history: history }))).rejects.toMatchObject({ code: 'INVALID', message: expect.stringMatching(/more than [\d,]+ joined rows/) })
+    } finally {
+      clearInterval(timer)
+    }
+    // Other work ran meanwhile (the owner still answers its peers)
+    if (Date.now() - started > 200) expect(ticks).toBeGreaterThan(0)
+    // Within the bound, the whole count
+    const small: Fragment = { ...f, joins: [self, self] }
+    expect((await runFragment(small, source({ medical_history: history }))).groups).toEqual([{ key: [], partials: [60 ** 3] }])
+  }, 60_000)
+
   it('checks what a peer sends: fragments and results', () => {
     expect(() => checkFragment({ table: 'nope' })).toThrow(/unknown table/)
     expect(() => checkFragment({ table: 'appointments', columns: [[0, 'password']] })).toThrow(/Unknown column/)
@@ -71,6 +122,16 @@ describe('query fragments', () => {
     expect(() => checkFragment({ table: 'appointments', joins: [{ table: 'patient_records', column: 'patient_id', on: [0, 'patient_id'] }] })).toThrow(/does not place/)
     expect(() => checkFragment({ table: 'patient_records', joins: [{ table: 'lab_results', column: 'patient_id', on: [1, 'patient_id'] }] })).toThrow(/joined table/)
     expect(() => checkFragment({ table: 'patient_records', joins: Array.from({ length: 9 }, () => ({ table: 'lab_results', column: 'patient_id', on: [0, 'patient_id'] })) })).toThrow(/joins/)
+    // A placed table joins on the key that places both it and the row it joins (else its rows are looked up under another patient)
+    expect(() => checkFragment({ table: 'patient_records', joins: [{ table: 'lab_results', column: 'patient_id', on: [0, 'patient_name'] }] })).toThrow(/does not place/)
+    expect(() => checkFragment({ table: 'medical_history', joins: [{ table: 'user_roles', column: 'role_id', on: [0, 'role_id'] }, { table: 'lab_results', column: 'patient_id', on: [1, 'role_id'] }] })).toThrow(/does not place/)
+    expect(checkFragment({ table: 'medical_history', joins: [{ table: 'user_roles', column: 'role_id', on: [0, 'role_id'] }, { table: 'lab_results', column: 'patient_id', on: [0, 'patient_id'] }] }).joins).toHaveLength(2)
+    // after: one scalar per sort key of a rows fragment
+    const sorted = { table: 'appointments', columns: [[0, 'appointment_id']], orderBy: [{ at: 0, desc: false }] }
+    expect(checkFragment({ ...sorted, after: [5] }).after).toEqual([5])
+    for (const after of [[], [1, 2], [{}], 'x', [Number.NaN]]) expect(() => checkFragment({ ...sorted, after })).toThrow(/after/)
+    expect(() => checkFragment({ table: 'appointments', columns: [[0, 'appointment_id']], after: [1] })).toThrow(/after/)
+    expect(() => checkFragment({ table: 'appointments', aggregates: [{ fn: 'COUNT' }], after: [] })).toThrow(/after/)
     expect(() => checkFragmentResults({ results: [{ digest: 'x', rows: [[{}]] }] }, 1)).toThrow(/rows/)
     expect(() => checkFragmentResults({ results: [] }, 1)).toThrow(/answer/)
     expect(checkFragmentResults({ results: [{ digest: 'x', groups: [{ key: [7], partials: [3, [1, 2], null] }] }] }, 1)).toHaveLength(1)

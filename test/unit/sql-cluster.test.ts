@@ -3,7 +3,8 @@ import { createTestnet, type HarnessNode, type Testnet } from '../helpers/harnes
 import { waitFor } from '../helpers/wait.js'
 import { tokenOf } from '../../src/cluster/token.js'
 import { runSql, type SqlAccess } from '../../src/query/sql.js'
-import type { Row, TableDef } from '../../src/schema/index.js'
+import { findTable, type Row, type TableDef } from '../../src/schema/index.js'
+import { mergeQuery } from '../../src/cluster/query-merge.js'
 import { HybridClock, nodeTag } from '../../src/storage/version.js'
 
 const ROWS = 120
@@ -83,5 +84,44 @@ describe('ordered reads and SQL fragments on a five-node network (N=3, R=2)', ()
     expect(total.rows).toEqual([[ROWS]])
     await waitFor('the others to see the stopped member down', async () => node.membership.stateOf(gone.peerId) === 'down', 10_000)
     expect((await runSql(node.db, 'SELECT COUNT(*) FROM patient_records', [], everything)).rows).toEqual([[ROWS]])
+  }, 60_000)
+})
+
+describe('ordered reads on a network of one', () => {
+  it('reads its own copy without a merge, with the same rows, order and pages a merge gives', async () => {
+    const n = await createTestnet(1)
+    net = n
+    await n.converge(1)
+    const node = n.nodes[0] as HarnessNode
+    for (let i = 1; i <= 30; i++) await node.db.insert('patient_records', patient(i))
+    const raw = await node.coordinator.query('patient_records', { limit: 4, orderBy: 'patient_name', desc: true })
+    expect(raw.asked).toEqual([{ peer: node.peerId, ranges: 1 }])
+    expect(raw.rows.map(r => r.state.id)).toEqual(['30', '29', '28', '27'])
+    // The same query merged from the store's one stream, as a network of several reads it.
+    const merged = await mergeQuery({
+      table: findTable('patient_records') as TableDef,
+      request: { limit: 4, orderBy: 'patient_name', desc: true },
+      ranges: [{ from: '', to: '', owners: [node.peerId] }],
+      need: 1,
+      strict: false,
+      self: node.peerId,
+      usable: () => true,
+      fetch: async (_peer, q) => await node.store.query('patient_records', q),
+      resolve: async () => undefined
+    })
+    expect(raw.rows.map(r => r.key)).toEqual(merged.rows.map(r => r.key))
+    expect(raw.next).toBe(merged.next)
+    const seen: number[] = []
+    let cursor: string | undefined
+    for (let pages = 0; pages < 20; pages++) {
+      const page = await node.db.query('patient_records', { limit: 7, ...(cursor === undefined ? {} : { cursor }) })
+      seen.push(...page.rows.map(r => r.patient_id as number))
+      if (page.next === null) break
+      cursor = page.next
+    }
+    expect(seen).toEqual(Array.from({ length: 30 }, (_, i) => i + 1))
+    const one = await node.coordinator.query('patient_records', { filter: { op: '=', column: 'patient_id', value: 5 }, limit: 10 })
+    expect(one.singleShard).toBe(true)
+    expect(one.rows.map(r => r.state.id)).toEqual(['5'])
   }, 60_000)
 })

@@ -192,6 +192,39 @@ describe('the SQL subset on one node, against an evaluation in memory', () => {
     await expect(sql('SELECT patient_id FROM patient_records', [], everything, 'garbage')).rejects.toMatchObject({ code: 'INVALID', message: expect.stringMatching(/invalid cursor/) })
   })
 
+  it('a page after the first continues after the last row given, though rows before it were written or deleted in between (no row twice, none skipped)', async () => {
+    const extra = { appointment_id: 7001, patient_id: 1, doctor_id: 1, appointment_date: '2026-01-01T07:00:00.000Z', purpose: 'zzz' }
+    const shapes: Array<[string, (a: Row) => Value[]]> = [
+      ['SELECT appointment_id FROM appointments ORDER BY purpose DESC, appointment_id', a => [a.appointment_id as number]],
+      ['SELECT a.appointment_id, d.name FROM appointments a JOIN doctors_info d ON d.doctor_id = a.doctor_id ORDER BY a.purpose DESC, a.appointment_id', a => [a.appointment_id as number, `Dr ${String(a.doctor_id)}`]],
+      ['SELECT appointment_id, COUNT(*) FROM appointments GROUP BY appointment_id ORDER BY MAX(purpose) DESC, appointment_id', a => [a.appointment_id as number, 1]]
+    ]
+    const want = sorted(appointments, [['purpose', true], ['appointment_id', false]])
+    for (const [text, shape] of shapes) {
+      // A row that sorts first is written between the pages: the second page goes on from where the first stopped.
+      const first = await sql(text)
+      expect(first.rows, text).toEqual(want.slice(0, SQL_PAGE).map(shape))
+      await node.db.insert('appointments', extra)
+      try {
+        const second = await sql(text, [], everything, first.next as string)
+        expect(second.rows, text).toEqual(want.slice(SQL_PAGE).map(shape))
+        expect(second.next, text).toBeNull()
+      } finally {
+        await node.db.delete('appointments', '7001')
+      }
+      // A row of the first page deleted in between: the second page still starts with the row after the first's last.
+      const again = await sql(text)
+      const gone = want[3] as Row
+      await node.db.delete('appointments', String(gone.appointment_id))
+      try {
+        const second = await sql(text, [], everything, again.next as string)
+        expect(second.rows, text).toEqual(want.slice(SQL_PAGE).map(shape))
+      } finally {
+        await node.db.insert('appointments', gone)
+      }
+    }
+  })
+
   it('aggregates on the owners, merged, with GROUP BY and HAVING of AND/OR/NOT', async () => {
     const byDoctor = new Map<number, Row[]>()
     for (const a of appointments) byDoctor.set(a.doctor_id as number, [...byDoctor.get(a.doctor_id as number) ?? [], a])
@@ -255,6 +288,15 @@ describe('the SQL subset on one node, against an evaluation in memory', () => {
     expect(notes.sort((a, b) => a.table.localeCompare(b.table) || String(a.patientId).localeCompare(String(b.patientId)))).toEqual([
       { table: 'medical_history', patientId: '4' }, { table: 'medical_history', patientId: '9' }, { table: 'patient_records', patientId: '4' }, { table: 'patient_records', patientId: '9' }
     ])
+    // Groups by patient hold each patient's data: each patient of the page is noted, on every table placed by the patient
+    notes.length = 0
+    await sql('SELECT h.patient_id, MAX(h.diagnosis) FROM medical_history h WHERE h.patient_id IN (4, 9) GROUP BY h.patient_id', [], noting)
+    expect(notes.sort((a, b) => String(a.patientId).localeCompare(String(b.patientId)))).toEqual([{ table: 'medical_history', patientId: '4' }, { table: 'medical_history', patientId: '9' }])
+    notes.length = 0
+    await sql('SELECT p.patient_id, COUNT(*) FROM patient_records p JOIN medical_history h ON h.patient_id = p.patient_id WHERE p.patient_id IN (4, 9) GROUP BY 1', [], noting)
+    expect(notes.sort((a, b) => a.table.localeCompare(b.table) || String(a.patientId).localeCompare(String(b.patientId)))).toEqual([
+      { table: 'medical_history', patientId: '4' }, { table: 'medical_history', patientId: '9' }, { table: 'patient_records', patientId: '4' }, { table: 'patient_records', patientId: '9' }
+    ])
     // A global table: every owner holds it
     const withRoles = await sql('SELECT h.history_id, r.role_name FROM medical_history h JOIN user_roles r ON r.role_id = h.role_id WHERE h.patient_id IN (1, 2, 3) ORDER BY h.history_id')
     expect(withRoles.rows).toEqual(history.filter(h => (h.patient_id as number) <= 3 && h.role_id !== null).map(h => [h.history_id, h.role_id === 901 ? 'sql-test-nurse' : 'sql-test-doctor']))
@@ -276,6 +318,27 @@ describe('the SQL subset on one node, against an evaluation in memory', () => {
     // A reference is checked as on the rows routes
     await expect(sql("INSERT INTO appointments (appointment_id, patient_id, doctor_id, appointment_date, purpose) VALUES (5002, 999, 1, '2026-05-01T09:00:00Z', 'x')")).rejects.toMatchObject({ code: expect.stringMatching(/INVALID|REFERENCE|NOT_FOUND|CONFLICT/) })
     await expect(sql("SET consistency = 'most'; DELETE FROM appointments WHERE appointment_id = 1")).rejects.toMatchObject({ code: 'INVALID', message: expect.stringMatching(/consistency/) })
+  })
+
+  it('a NULL bound of BETWEEN is unknown only where the other bound holds (x NOT BETWEEN a AND NULL is x < a), in WHERE and HAVING', async () => {
+    const pid = (r: Row): number => r.patient_id as number
+    expect((await sql('SELECT patient_id FROM patient_records WHERE patient_id NOT BETWEEN 35 AND NULL')).rows).toEqual(ids(patients.filter(r => pid(r) < 35), 'patient_id'))
+    expect((await sql('SELECT patient_id FROM patient_records WHERE patient_id NOT BETWEEN $1 AND $2', [null, 5])).rows).toEqual(ids(patients.filter(r => pid(r) > 5), 'patient_id'))
+    expect((await sql('SELECT patient_id FROM patient_records WHERE patient_id BETWEEN 35 AND NULL')).rows).toEqual([])
+    expect((await sql('SELECT patient_id FROM patient_records WHERE NOT (patient_id BETWEEN NULL AND 5 OR patient_id > 7)')).rows).toEqual([[6], [7]])
+    // 200 appointments per doctor: NOT BETWEEN 250 AND NULL holds (200 < 250); NOT BETWEEN 150 AND NULL is unknown
+    expect((await sql('SELECT doctor_id FROM appointments GROUP BY doctor_id HAVING COUNT(*) NOT BETWEEN 250 AND NULL')).rows).toEqual([[1], [2], [3], [4], [5], [6]])
+    expect((await sql('SELECT doctor_id FROM appointments GROUP BY doctor_id HAVING COUNT(*) NOT BETWEEN 150 AND NULL')).rows).toEqual([])
+  })
+
+  it('an UPDATE or DELETE whose WHERE names a key twice, or a column set or inserted twice, is refused (never the last value written)', async () => {
+    const before = (await sql('SELECT patient_id, gender FROM patient_records WHERE patient_id IN (1, 2)')).rows
+    await expect(sql('UPDATE patient_records SET gender = $1 WHERE patient_id = 1 AND patient_id = 2', ['other'])).rejects.toMatchObject({ code: 'INVALID', message: expect.stringMatching(/patient_id named twice/) })
+    await expect(sql('DELETE FROM patient_records WHERE patient_id = 1 AND patient_id = 2')).rejects.toMatchObject({ code: 'INVALID', message: expect.stringMatching(/patient_id named twice/) })
+    await expect(sql("UPDATE patient_records SET gender = 'a', gender = 'b' WHERE patient_id = 1")).rejects.toMatchObject({ code: 'INVALID', message: expect.stringMatching(/gender set twice/) })
+    await expect(sql("INSERT INTO user_roles (role_id, role_name, role_id) VALUES (950, 'x', 951)")).rejects.toMatchObject({ code: 'INVALID', message: expect.stringMatching(/role_id named twice/) })
+    expect((await sql('SELECT patient_id, gender FROM patient_records WHERE patient_id IN (1, 2)')).rows).toEqual(before)
+    expect((await sql('SELECT COUNT(*) FROM user_roles WHERE role_id >= 950')).rows).toEqual([[0]])
   })
 
   it('refuses everything outside the subset with a 400 naming it, never a wrong answer or a 500', async () => {
@@ -354,6 +417,15 @@ describe('the SQL subset on one node, against an evaluation in memory', () => {
       ["SELECT * FROM patient_records WHERE patient_id::text = '1'", [], /cast in WHERE/],
       ['SELECT * FROM patient_records WHERE EXISTS (SELECT 1 FROM appointments)', [], /EXISTS/],
       ['SELECT * FROM patient_records p CROSS JOIN doctors_info d', [], /CROSS JOIN/],
+      ['SELECT * FROM patient_records TABLESAMPLE SYSTEM (10)', [], /TABLESAMPLE/],
+      ['SELECT patient_id FROM patient_records WHERE patient_id = true', [], /boolean/],
+      ["UPDATE patient_records SET gender = false WHERE patient_id = 1", [], /boolean/],
+      ['SELECT patient_id FROM patient_records ORDER BY patient_id LIMIT 1 OFFSET 1 LIMIT 2', [], /LIMIT or OFFSET given twice/],
+      ['SELECT patient_id FROM patient_records LIMIT 1 LIMIT 2', [], /LIMIT or OFFSET given twice/],
+      ['SELECT patient_id FROM patient_records OFFSET 1 OFFSET 2', [], /LIMIT or OFFSET given twice/],
+      ['EXPLAIN', [], /the statement is empty/],
+      ['-- nothing but a comment', [], /the statement is empty/],
+      [' ; ', [], /the statement is empty/],
       ['SELECT * FROM patient_records p FULL JOIN medical_history h ON p.patient_id = h.patient_id', [], /FULL JOIN/],
       ["SELECT COUNT(*) FILTER (WHERE gender = 'male') FROM patient_records", [], /FILTER/],
       ['', [], /empty/]
@@ -366,6 +438,26 @@ describe('the SQL subset on one node, against an evaluation in memory', () => {
     expect((await sql('SELECT COUNT(*) FROM user_roles WHERE role_id >= 903')).rows).toEqual([[0]])
   })
 
+  it('a statement the parser backtracks on for ever (a malformed nesting of parentheses) is 400 in bounded time, and the node goes on serving meanwhile', async () => {
+    let ticks = 0
+    const timer = setInterval(() => { ticks++ }, 20)
+    const started = Date.now()
+    try {
+      // Each unclosed parenthesis doubles the parser's work: 24 of them would hold it for hours.
+      const bad = sql(`SELECT * FROM patient_records WHERE patient_id = ${'('.repeat(24)}1`)
+      // A statement sent meanwhile waits for the parser, then has its own time
+      const good = sql('SELECT COUNT(*) FROM patient_records WHERE patient_id IN ($1, $2)', [3, 4])
+      await expect(bad).rejects.toMatchObject({ code: 'INVALID', message: expect.stringMatching(/cannot parse .*within/) })
+      expect((await good).rows).toEqual([[2]])
+    } finally {
+      clearInterval(timer)
+    }
+    expect(Date.now() - started).toBeLessThan(30_000)
+    expect(ticks).toBeGreaterThan(10)
+    // The parser is back for the next statement
+    expect((await sql('SELECT COUNT(*) FROM patient_records WHERE (patient_id = $1)', [3])).rows).toEqual([[1]])
+  }, 60_000)
+
   it('a table or column the role may not read is 403 wherever it is named', async () => {
     const noHistory: SqlAccess = {
       ...everything,
@@ -376,5 +468,9 @@ describe('the SQL subset on one node, against an evaluation in memory', () => {
       await expect(sql(text, [], noHistory), text).rejects.toMatchObject({ code: 'FORBIDDEN' })
     }
     expect((await sql('SELECT * FROM patient_records LIMIT 1', [], noHistory)).columns).not.toContain('allergies')
+    // A table no column of which is named (COUNT(*), a star of another table, EXPLAIN) is still read: 403
+    for (const text of ['SELECT COUNT(*) FROM medical_history', 'EXPLAIN SELECT COUNT(*) FROM medical_history WHERE patient_id = 1', 'SELECT p.patient_id FROM patient_records p JOIN medical_history h ON p.patient_id = h.patient_id WHERE p.patient_id = 1']) {
+      await expect(sql(text, [], noHistory), text).rejects.toMatchObject({ code: 'FORBIDDEN' })
+    }
   })
 })

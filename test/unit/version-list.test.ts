@@ -25,6 +25,17 @@ describe('version lists: the compact stored form (format 5)', () => {
     }
   })
 
+  it('writes a record\'s one first version as the general form would, and reads it back', () => {
+    for (const h of [{ wall: 1_732_300_000_000, counter: 0, node: 'abc' }, { wall: 1_732_300_000_123, counter: 42, node: 'x_y-Z' }, { wall: 0, counter: 999_999, node: 'Z'.repeat(64) }]) {
+      const v = formatVersion(h)
+      const one = encodeVersionLists([v], [])
+      // Listed twice, it takes the general path: the same set, so the same stored form.
+      expect(one).toEqual(encodeVersionLists([v, v], []))
+      expect(decodeVersionLists(one)).toEqual({ seen: [v], superseded: [] })
+    }
+    expect(encodeVersionLists(['v1'], [])).toEqual({ v: ';', raw: [['v1', 1]] })
+  })
+
   it('keeps strings that are not clock versions as they are', () => {
     const v = formatVersion({ wall: 5, counter: 0, node: 'n' })
     const stored = encodeVersionLists(['x', v, 'v1'], ['x', '000000000000005.000000.n'.replace('5.', '5.0')])
