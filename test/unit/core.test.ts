@@ -701,6 +701,20 @@ describe('InsertBatch', () => {
     expect(batch.ack(1, 'z')).toEqual([{ type: 'answer', outcomes: [{ ok: true }, { ok: true }, { ok: true }] }])
   })
 
+  it('a group this node does not own, short of W: the 503 counts its owners only (this node holds no copy of it)', () => {
+    const batch = new InsertBatch({ ...init, groups: [[entry('5')]], ownersOf: [['x', 'y', 'z']] })
+    expect(batch.start()).toEqual([{ type: 'send', group: 0, peer: 'x' }, { type: 'send', group: 0, peer: 'y' }, { type: 'send', group: 0, peer: 'z' }])
+    batch.ack(0, 'x')
+    for (const p of ['y', 'z']) {
+      batch.failure(0, p, new UnavailableError(`${p} is unreachable`), false)
+    }
+    expect(batch.hinted(0, 'y')).toEqual([])
+    const out = batch.hinted(0, 'z')
+    expect(out).toEqual([{ type: 'answer', outcomes: [{ ok: false, error: expect.objectContaining({ code: 'UNAVAILABLE', durable: 1, required: 2, outcome: 'partial' }) }] }])
+    const error = out[0]?.type === 'answer' ? out[0].outcomes[0] : undefined
+    expect(error?.ok === false && error.error.message).toMatch(/durable on 1 of the 2 owners required/)
+  })
+
   it('this node\'s failed commit fails the groups that had nothing else counted, with its error; empty groups pass, no owners fail', () => {
     const a = entry('1')
     const batch = new InsertBatch({ ...init, writeQuorum: 1, groups: [[a], [], [entry('4')]], ownersOf: [['self'], [], []] })

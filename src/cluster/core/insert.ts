@@ -72,6 +72,8 @@ export class InsertBatch {
         peers: owners.filter(p => p !== self).map(peer => ({ peer, down: down(peer) })),
         need: requiredAcks(level, writeQuorum, owners.length),
         local: owners.includes(self),
+        // A writer that is not an owner holds no copy: only the owners' answers count, in the 503 too.
+        held: owners.includes(self),
         empty: false,
         what: `${first.table} ${first.id}`,
         self

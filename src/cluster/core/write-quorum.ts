@@ -41,6 +41,13 @@ export interface WriteQuorumInit {
   need: number
   /** This node's own commit is pending and counts as one acknowledgement; else this node's copy is already durable */
   local: boolean
+  /**
+   * Without `local`: whether this node holds a durable copy of its own (a
+   * primary's batch). False for a writer that owns none of the record (an
+   * insert of first versions on a node that is not among its owners): then
+   * `need` and the 503's counts are the owners' alone. @default true
+   */
+  held?: boolean
   /** Nothing new to send (a keyed repeat answered with versions the owners had) */
   empty: boolean
   /** What the write is, for messages (its shard, or table and id) */
@@ -71,8 +78,8 @@ export class WriteQuorum {
   private get target (): number { return this.init.need }
   /** Owners whose answers are counted */
   private get voters (): number { return this.init.peers.length + (this.init.local ? 1 : 0) }
-  /** Owners that had it on disk before the count began (this node, when its commit is not counted here) */
-  private get durableBefore (): number { return this.init.local ? 0 : 1 }
+  /** Owners that had it on disk before the count began (this node, when its commit is not counted here and it holds a copy) */
+  private get durableBefore (): number { return this.init.local || this.init.held === false ? 0 : 1 }
 
   start (): WriteQuorumEffect[] {
     const { peers, empty } = this.init
@@ -134,10 +141,11 @@ export class WriteQuorum {
   private alone (): WriteQuorumEffect[] {
     const others = this.init.local ? this.init.need - 1 : this.init.need
     if (this.init.empty || others <= 0) return this.decide([], { type: 'done' })
-    const required = this.init.local ? this.init.need : this.init.need + 1
+    const durable = this.init.local ? 1 : this.durableBefore
+    const required = this.init.local ? this.init.need : this.init.need + this.durableBefore
     return this.decide([], {
       type: 'short',
-      shortfall: { durable: 1, required, outcome: 'partial', message: `${this.init.what}: ${others} more replicas needed but none are members` }
+      shortfall: { durable, required, outcome: 'partial', message: `${this.init.what}: ${others} more replicas needed but none are members` }
     })
   }
 
