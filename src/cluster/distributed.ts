@@ -237,7 +237,10 @@ export class DistributedCoordinator implements Coordinator {
     this.rebalanceTimer = this.env.setTimeout(() => {
       this.rebalanceTimer = undefined
       if (this.rebalancing !== undefined) { this.rebalanceAgain = true; return }
-      this.rebalancing = this.rebalance().finally(() => {
+      this.rebalancing = this.rebalance().catch(err => {
+        // A run that ended on an error (see rebalance): the periodic run tries again.
+        this.c.log?.('rebalance failed: %s', (err as Error).message)
+      }).finally(() => {
         this.rebalancing = undefined
         if (this.rebalanceAgain) { this.rebalanceAgain = false; this.scheduleRebalance(0) }
       })
@@ -267,35 +270,43 @@ export class DistributedCoordinator implements Coordinator {
     })
     // Placed by key alone: only the records that move are decoded (their rows decrypted).
     const pages = this.c.store.scanPages()[Symbol.asyncIterator]()
-    const done = await new Promise<Extract<RebalanceEffect, { type: 'done' }>>(resolve => {
+    const done = await new Promise<Extract<RebalanceEffect, { type: 'done' }>>((resolve, reject) => {
+      // A machine that throws on an input (a bug, never an I/O failure: those are inputs) ends the run
+      // with that error, instead of leaving it waiting for an input that will not come.
+      let failed = false
+      const next = (step: Promise<unknown>): void => {
+        step.then(perform).catch(err => { failed = true; reject(err) })
+      }
       const perform = (): void => {
+        if (failed) return
         for (const e of run.ready()) {
           switch (e.type) {
             case 'read':
-              void (async () => {
-                if (this.stopped) { await pages.return?.(undefined); run.scanEnded(true); return }
-                const next = await pages.next()
-                if (next.done === true) run.scanEnded(this.stopped)
-                else if (this.stopped) { await pages.return?.(undefined); run.scanEnded(true) } else run.page(next.value)
-              })().catch(err => {
-                run.scanFailed(err)
+              next((async () => {
+                if (this.stopped) { await pages.return?.(undefined); return () => { run.scanEnded(true) } }
+                const page = await pages.next()
+                if (page.done === true) return () => { run.scanEnded(this.stopped) }
+                if (this.stopped) { await pages.return?.(undefined); return () => { run.scanEnded(true) } }
+                return () => { run.page(page.value) }
+              })().then(input => { input() }, err => {
                 pages.return?.(undefined).catch(() => {})
-              }).finally(perform)
+                run.scanFailed(err)
+              }))
               break
             case 'history':
-              Promise.all(e.states.map(async state => await this.c.store.historyOf(state)))
-                .then(history => { run.history(e.batch, history) }, err => { run.historyFailed(e.batch, err) }).finally(perform)
+              next(Promise.all(e.states.map(async state => await this.c.store.historyOf(state)))
+                .then(history => { run.history(e.batch, history) }, err => { run.historyFailed(e.batch, err) }))
               break
             case 'send':
-              this.c.transport.request(e.peer, 'replica', e.message, { timeout: this.timeoutMs * 2 })
-                .then(reply => { run.answer(e.id, reply) }, err => { run.failure(e.id, err) }).finally(perform)
+              next(this.c.transport.request(e.peer, 'replica', e.message, { timeout: this.timeoutMs * 2 })
+                .then(reply => { run.answer(e.id, reply) }, err => { run.failure(e.id, err) }))
               break
             case 'drop':
-              this.c.store.dropMany(e.states).then(results => {
+              next(this.c.store.dropMany(e.states).then(results => {
                 const n = results.filter(Boolean).length
                 this.droppedTotal += n
                 run.dropped(e.batch, n)
-              }, err => { run.dropFailed(e.batch, err) }).finally(perform)
+              }, err => { run.dropFailed(e.batch, err) }))
               break
             case 'log':
               this.c.log?.(e.msg, ...e.args)

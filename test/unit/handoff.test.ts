@@ -1,7 +1,8 @@
 import { join } from 'node:path'
-import { afterEach, describe, expect, it } from 'vitest'
+import { afterEach, describe, expect, it, vi } from 'vitest'
 import { leafRuns } from '../../src/cluster/anti-entropy.js'
 import { chunkWhole, MAX_ENTRIES_PER_MESSAGE, MAX_RECORDS_PER_MESSAGE } from '../../src/cluster/apply-batcher.js'
+import { RebalanceRun } from '../../src/cluster/core/rebalance.js'
 import { DistributedCoordinator } from '../../src/cluster/distributed.js'
 import type { Signer } from '../../src/cluster/member-claims.js'
 import { Membership } from '../../src/cluster/membership.js'
@@ -376,6 +377,42 @@ describe('rebalance: a transfer cut off mid-way', () => {
         expect(state?.heads[0]?.row?.address, `patient ${i}`).toBe(i <= 40 ? `Moved ${i}` : `${i} Main St`)
         if (i <= 40) expect(await node.store.versions('patient_records', token, String(i))).toHaveLength(2)
       }
+    }
+  })
+})
+
+describe('rebalance: a core machine that throws', () => {
+  it('ends the run with its error instead of waiting for ever, and the periodic run hands everything off', async () => {
+    net = await createTestnet(3, { replicas: 2, timeoutMs: 10_000, rebalanceIntervalMs: 1500 }, { heartbeatMs: 50, suspectAfterMs: 2000, downAfterMs: 5000 })
+    await net.converge(3)
+    await net.settled()
+    const count = 100
+    const rows = Array.from({ length: count }, (_, i) => ({ line: i + 1, value: patient(i + 1) }))
+    expect((await net.nodes[0]!.db.importRows('patient_records', rows)).rejected).toEqual([])
+    await net.settled()
+    // The first answers a run takes in throw, as a bug in the machine would.
+    const answer = RebalanceRun.prototype.answer
+    let thrown = 0
+    const spy = vi.spyOn(RebalanceRun.prototype, 'answer').mockImplementation(function (this: RebalanceRun, id: number, reply: unknown) {
+      if (thrown < 3) { thrown++; throw new Error('a bug in the machine') }
+      answer.call(this, id, reply)
+    })
+    try {
+      const fresh = await net.add()
+      await net.converge(4)
+      await waitFor('a run to take an answer and throw', () => thrown > 0, 15_000)
+      const owners = (i: number): string[] => fresh.coordinator.owners('patient_records', tokenOf(`patient_id:${i}`))
+      const placed = async (): Promise<boolean> => {
+        for (let i = 1; i <= count; i++) {
+          const holders: string[] = []
+          for (const n of net!.nodes) if (await n.store.get('patient_records', tokenOf(`patient_id:${i}`), String(i)) !== undefined) holders.push(n.peerId)
+          if (holders.sort().join() !== owners(i).sort().join()) return false
+        }
+        return true
+      }
+      await waitFor('every record on exactly its owners after the failed runs', placed, 30_000)
+    } finally {
+      spy.mockRestore()
     }
   })
 })
