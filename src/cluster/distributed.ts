@@ -1,3 +1,4 @@
+import { drive } from './drive.js'
 import { ForbiddenError, InvalidMessageError, NtsoekheError, TimeoutError, UnavailableError } from '../errors/index.js'
 import { findTable } from '../schema/index.js'
 import type { PurgeMarker, RecordState, Store, VersionEntry } from '../storage/store.js'
@@ -270,55 +271,50 @@ export class DistributedCoordinator implements Coordinator {
     })
     // Placed by key alone: only the records that move are decoded (their rows decrypted).
     const pages = this.c.store.scanPages()[Symbol.asyncIterator]()
-    const done = await new Promise<Extract<RebalanceEffect, { type: 'done' }>>((resolve, reject) => {
-      // A machine that throws on an input (a bug, never an I/O failure: those are inputs) ends the run
-      // with that error, instead of leaving it waiting for an input that will not come.
-      let failed = false
-      const next = (step: Promise<unknown>): void => {
-        step.then(perform).catch(err => { failed = true; reject(err) })
+    const done = await drive<RebalanceEffect, Extract<RebalanceEffect, { type: 'done' }>>(() => { run.start(); return run.ready() }, (e, d) => {
+      switch (e.type) {
+        case 'read':
+          d.after((async () => {
+            if (this.stopped) { await pages.return?.(undefined); return { stopped: true } as const }
+            const page = await pages.next()
+            if (page.done === true) return { stopped: this.stopped }
+            if (this.stopped) { await pages.return?.(undefined); return { stopped: true } as const }
+            return { page: page.value }
+          })(), read => {
+            if (read.page !== undefined) run.page(read.page)
+            else run.scanEnded(read.stopped)
+            return run.ready()
+          }, err => {
+            run.scanFailed(err)
+            pages.return?.(undefined).catch(() => {})
+            return run.ready()
+          })
+          break
+        case 'history':
+          d.after(Promise.all(e.states.map(async state => await this.c.store.historyOf(state))),
+            history => { run.history(e.batch, history); return run.ready() },
+            err => { run.historyFailed(e.batch, err); return run.ready() })
+          break
+        case 'send':
+          d.after(this.c.transport.request(e.peer, 'replica', e.message, { timeout: this.timeoutMs * 2 }),
+            reply => { run.answer(e.id, reply); return run.ready() },
+            err => { run.failure(e.id, err); return run.ready() })
+          break
+        case 'drop':
+          d.after(this.c.store.dropMany(e.states), results => {
+            const n = results.filter(Boolean).length
+            this.droppedTotal += n
+            run.dropped(e.batch, n)
+            return run.ready()
+          }, err => { run.dropFailed(e.batch, err); return run.ready() })
+          break
+        case 'log':
+          this.c.log?.(e.msg, ...e.args)
+          break
+        case 'done':
+          d.resolve(e)
+          break
       }
-      const perform = (): void => {
-        if (failed) return
-        for (const e of run.ready()) {
-          switch (e.type) {
-            case 'read':
-              next((async () => {
-                if (this.stopped) { await pages.return?.(undefined); return () => { run.scanEnded(true) } }
-                const page = await pages.next()
-                if (page.done === true) return () => { run.scanEnded(this.stopped) }
-                if (this.stopped) { await pages.return?.(undefined); return () => { run.scanEnded(true) } }
-                return () => { run.page(page.value) }
-              })().then(input => { input() }, err => {
-                pages.return?.(undefined).catch(() => {})
-                run.scanFailed(err)
-              }))
-              break
-            case 'history':
-              next(Promise.all(e.states.map(async state => await this.c.store.historyOf(state)))
-                .then(history => { run.history(e.batch, history) }, err => { run.historyFailed(e.batch, err) }))
-              break
-            case 'send':
-              next(this.c.transport.request(e.peer, 'replica', e.message, { timeout: this.timeoutMs * 2 })
-                .then(reply => { run.answer(e.id, reply) }, err => { run.failure(e.id, err) }))
-              break
-            case 'drop':
-              next(this.c.store.dropMany(e.states).then(results => {
-                const n = results.filter(Boolean).length
-                this.droppedTotal += n
-                run.dropped(e.batch, n)
-              }, err => { run.dropFailed(e.batch, err) }))
-              break
-            case 'log':
-              this.c.log?.(e.msg, ...e.args)
-              break
-            case 'done':
-              resolve(e)
-              break
-          }
-        }
-      }
-      run.start()
-      perform()
     })
     const stats = { finishedAt: this.env.now(), ...done.counts }
     this.lastRebalance = stats
@@ -379,30 +375,25 @@ export class DistributedCoordinator implements Coordinator {
    */
   async networkRowCounts (): Promise<NetworkRowCounts> {
     const count = new RowCount({ ranges: this.ring.ranges(this.replicas), down: p => this.c.membership.stateOf(p) === 'down' })
-    return await new Promise<NetworkRowCounts>((resolve, reject) => {
-      const perform = (effects: CountEffect[]): void => {
-        for (const e of effects) {
-          switch (e.type) {
-            case 'count': {
-              const reply = e.peer === this.c.peerId
-                ? this.c.store.countRowsIn(e.ranges).then(tables => ({ tables }))
-                : this.c.transport.request(e.peer, 'replica', { type: 'count', ranges: e.ranges }, { timeout: this.timeoutMs })
-              reply.then(r => { perform(count.counted(e.peer, r)) }, err => { perform(count.failed(e.peer, err)) })
-              break
-            }
-            case 'log':
-              this.c.log?.(e.msg, ...e.args)
-              break
-            case 'done':
-              resolve(e.counts)
-              break
-            case 'fail':
-              reject(e.error)
-              break
-          }
+    return await drive<CountEffect, NetworkRowCounts>(() => count.start(), (e, d) => {
+      switch (e.type) {
+        case 'count': {
+          const reply = e.peer === this.c.peerId
+            ? this.c.store.countRowsIn(e.ranges).then(tables => ({ tables }))
+            : this.c.transport.request(e.peer, 'replica', { type: 'count', ranges: e.ranges }, { timeout: this.timeoutMs })
+          d.after(reply, r => count.counted(e.peer, r), err => count.failed(e.peer, err))
+          break
         }
+        case 'log':
+          this.c.log?.(e.msg, ...e.args)
+          break
+        case 'done':
+          d.resolve(e.counts)
+          break
+        case 'fail':
+          d.reject(e.error)
+          break
       }
-      perform(count.start())
     })
   }
 
@@ -487,44 +478,34 @@ export class DistributedCoordinator implements Coordinator {
    */
   private async sloppyWrite (mutations: Mutation[], owners: string[], retry: boolean): Promise<WriteResult[]> {
     const write = new SloppyWrite({ mutations, owners, retry })
-    return await new Promise<WriteResult[]>((resolve, reject) => {
-      const step = <T>(work: Promise<T>, next: (value: T) => SloppyEffect[]): void => {
-        work.then(value => { perform(next(value)) }, err => { perform(write.failed(err)) })
+    return await drive<SloppyEffect, WriteResult[]>(() => write.start(), (e, d) => {
+      switch (e.type) {
+        case 'checkWritable':
+          d.after(this.c.store.assertWritable(), () => write.writable(), err => write.failed(err))
+          break
+        case 'recall':
+          d.after(recallWrites(this.c.store, mutations), recalled => write.recalled(recalled), err => write.failed(err))
+          break
+        case 'order':
+          d.after(this.c.store.transact(mutations.map(mutationKey), states => write.order(states, this.c.clock)), () => write.committed(), err => write.failed(err))
+          break
+        case 'held':
+          this.sloppyHeld = true
+          break
+        case 'hint':
+          // If a hint is lost, the copy kept here still reaches the owner by rebalance.
+          d.after(this.hint(e.peer, write.entries), () => write.hinted(e.peer), () => write.hinted(e.peer))
+          break
+        case 'log':
+          this.c.log?.(e.msg, ...e.args)
+          break
+        case 'answer':
+          d.resolve(e.results)
+          break
+        case 'fail':
+          d.reject(e.error)
+          break
       }
-      const perform = (effects: SloppyEffect[]): void => {
-        for (const e of effects) {
-          switch (e.type) {
-            case 'checkWritable':
-              step(this.c.store.assertWritable(), () => write.writable())
-              break
-            case 'recall':
-              step(recallWrites(this.c.store, mutations), recalled => write.recalled(recalled))
-              break
-            case 'order':
-              step(this.c.store.transact(mutations.map(mutationKey), states => write.order(states, this.c.clock)), () => write.committed())
-              break
-            case 'held':
-              this.sloppyHeld = true
-              break
-            case 'hint':
-              // If a hint is lost, the copy kept here still reaches the owner by rebalance.
-              void this.c.store.addHint(e.peer, write.entries)
-                .catch(err => { this.c.log?.('hint for %s lost: %s', e.peer, (err as Error).message) })
-                .then(() => { perform(write.hinted(e.peer)) })
-              break
-            case 'log':
-              this.c.log?.(e.msg, ...e.args)
-              break
-            case 'answer':
-              resolve(e.results)
-              break
-            case 'fail':
-              reject(e.error)
-              break
-          }
-        }
-      }
-      perform(write.start())
     })
   }
 
@@ -552,53 +533,43 @@ export class DistributedCoordinator implements Coordinator {
       retry,
       missed: key => this.missed.has(key)
     })
-    return await new Promise<WriteResult[]>((resolve, reject) => {
-      const step = <T>(work: Promise<T>, next: (value: T) => PrimaryEffect[]): void => {
-        work.then(value => { perform(next(value)) }, err => { perform(write.failed(err)) })
+    return await drive<PrimaryEffect, WriteResult[]>(() => write.start(), (e, d) => {
+      switch (e.type) {
+        case 'checkWritable':
+          // A full disk refuses here, before anything is ordered or sent: the refusal is then the whole truth.
+          d.after(this.c.store.assertWritable(), () => write.writable(), err => write.failed(err))
+          break
+        case 'catchUp':
+          d.after(this.catchUpKeys(e.keys, e.need, owners), () => write.caughtUp(), err => write.failed(err))
+          break
+        case 'recall':
+          d.after(recallWrites(this.c.store, mutations), recalled => write.recalled(recalled), err => write.failed(err))
+          break
+        case 'order':
+          d.after(this.c.store.transact(mutations.map(mutationKey), states => {
+            const { entries, effects } = write.order(states, this.c.clock)
+            d.run(() => effects)
+            return entries
+          }), () => write.committed(), err => write.commitFailed(err))
+          break
+        case 'send':
+          d.after(this.batcher.send(e.peer, write.entries), () => write.ack(e.peer), err => write.failure(e.peer, err, err instanceof TimeoutError))
+          break
+        case 'hint':
+          this.c.log?.('replica %s missed %s: %s; keeping a hint', e.peer, first.shard, e.reason)
+          d.after(this.hint(e.peer, write.entries), () => write.hinted(e.peer), () => write.hinted(e.peer))
+          break
+        case 'missed':
+          for (const key of e.keys) this.missed.add(key)
+          this.c.log?.('local commit of %s failed: %s', first.shard, (e.error as Error).message)
+          break
+        case 'answer':
+          d.resolve(e.results)
+          break
+        case 'fail':
+          d.reject(e.error)
+          break
       }
-      const perform = (effects: PrimaryEffect[]): void => {
-        for (const e of effects) {
-          switch (e.type) {
-            case 'checkWritable':
-              // A full disk refuses here, before anything is ordered or sent: the refusal is then the whole truth.
-              step(this.c.store.assertWritable(), () => write.writable())
-              break
-            case 'catchUp':
-              step(this.catchUpKeys(e.keys, e.need, owners), () => write.caughtUp())
-              break
-            case 'recall':
-              step(recallWrites(this.c.store, mutations), recalled => write.recalled(recalled))
-              break
-            case 'order':
-              this.c.store.transact(mutations.map(mutationKey), states => {
-                const { entries, effects } = write.order(states, this.c.clock)
-                perform(effects)
-                return entries
-              }).then(() => { perform(write.committed()) }, err => { perform(write.commitFailed(err)) })
-              break
-            case 'send':
-              this.batcher.send(e.peer, write.entries).then(() => { perform(write.ack(e.peer)) }, err => { perform(write.failure(e.peer, err, err instanceof TimeoutError)) })
-              break
-            case 'hint':
-              this.c.log?.('replica %s missed %s: %s; keeping a hint', e.peer, first.shard, e.reason)
-              void this.c.store.addHint(e.peer, write.entries)
-                .catch(err => { this.c.log?.('hint for %s lost: %s', e.peer, (err as Error).message) })
-                .then(() => { perform(write.hinted(e.peer)) })
-              break
-            case 'missed':
-              for (const key of e.keys) this.missed.add(key)
-              this.c.log?.('local commit of %s failed: %s', first.shard, (e.error as Error).message)
-              break
-            case 'answer':
-              resolve(e.results)
-              break
-            case 'fail':
-              reject(e.error)
-              break
-          }
-        }
-      }
-      perform(write.start())
     })
   }
 
@@ -655,34 +626,27 @@ export class DistributedCoordinator implements Coordinator {
       level: options.consistency,
       writeQuorum: this.writeQuorum
     })
-    return await new Promise<InsertOutcome[]>(resolve => {
-      const perform = (effects: InsertEffect[]): void => {
-        for (const e of effects) {
-          switch (e.type) {
-            case 'commit':
-              this.c.store.insertOnce(e.entries, { own: true }).then(() => { perform(batch.committed()) }, err => { perform(batch.commitFailed(err)) })
-              break
-            case 'send':
-              this.batcher.send(e.peer, batch.entriesOf(e.group)).then(() => { perform(batch.ack(e.group, e.peer)) }, err => { perform(batch.failure(e.group, e.peer, err, err instanceof TimeoutError)) })
-              break
-            case 'hint': {
-              const first = batch.entriesOf(e.group)[0] as VersionEntry
-              this.c.log?.('replica %s missed %s: %s; keeping a hint', e.peer, `${first.table} ${first.id}`, e.reason)
-              void this.c.store.addHint(e.peer, batch.entriesOf(e.group))
-                .catch(err => { this.c.log?.('hint for %s lost: %s', e.peer, (err as Error).message) })
-                .then(() => { perform(batch.hinted(e.group, e.peer)) })
-              break
-            }
-            case 'log':
-              this.c.log?.(e.msg, ...e.args)
-              break
-            case 'answer':
-              resolve(e.outcomes)
-              break
-          }
+    return await drive<InsertEffect, InsertOutcome[]>(() => batch.start(), (e, d) => {
+      switch (e.type) {
+        case 'commit':
+          d.after(this.c.store.insertOnce(e.entries, { own: true }), () => batch.committed(), err => batch.commitFailed(err))
+          break
+        case 'send':
+          d.after(this.batcher.send(e.peer, batch.entriesOf(e.group)), () => batch.ack(e.group, e.peer), err => batch.failure(e.group, e.peer, err, err instanceof TimeoutError))
+          break
+        case 'hint': {
+          const first = batch.entriesOf(e.group)[0] as VersionEntry
+          this.c.log?.('replica %s missed %s: %s; keeping a hint', e.peer, `${first.table} ${first.id}`, e.reason)
+          d.after(this.hint(e.peer, batch.entriesOf(e.group)), () => batch.hinted(e.group, e.peer), () => batch.hinted(e.group, e.peer))
+          break
         }
+        case 'log':
+          this.c.log?.(e.msg, ...e.args)
+          break
+        case 'answer':
+          d.resolve(e.outcomes)
+          break
       }
-      perform(batch.start())
     })
   }
 
@@ -707,43 +671,36 @@ export class DistributedCoordinator implements Coordinator {
       readQuorum: this.readQuorum,
       missed: key => this.missed.has(key)
     })
-    return await new Promise<GroupOutcome[]>((resolve, reject) => {
-      const perform = (effects: BatchEffect[]): void => {
-        for (const e of effects) {
-          switch (e.type) {
-            case 'checkWritable':
-              this.c.store.assertWritable().then(() => { perform(batch.writable()) }, err => { perform(batch.notWritable(err)) })
-              break
-            case 'catchUp':
-              // As in coordinateWrite: updates and deletes are ordered against an up-to-date copy.
-              this.catchUpKeys(e.keys, e.need, ownersOf[e.group] as string[]).then(() => { perform(batch.caughtUp(e.group)) }, err => { perform(batch.catchUpFailed(e.group, err)) })
-              break
-            case 'order':
-              this.c.store.transact(e.groups.flatMap(gi => groups[gi] as Mutation[]).map(mutationKey), states => {
-                const { entries, effects } = batch.order(states, this.c.clock)
-                perform(effects)
-                return entries
-              }).then(() => { perform(batch.committed()) }, err => { perform(batch.commitFailed(err)) })
-              break
-            case 'send':
-              this.batcher.send(e.peer, batch.entriesOf(e.group)).then(() => { perform(batch.ack(e.group, e.peer)) }, err => { perform(batch.failure(e.group, e.peer, err, err instanceof TimeoutError)) })
-              break
-            case 'hint':
-              this.c.log?.('replica %s missed %s: %s; keeping a hint', e.peer, (groups[e.group]?.[0] as Mutation).shard, e.reason)
-              void this.c.store.addHint(e.peer, batch.entriesOf(e.group))
-                .catch(err => { this.c.log?.('hint for %s lost: %s', e.peer, (err as Error).message) })
-                .then(() => { perform(batch.hinted(e.group, e.peer)) })
-              break
-            case 'answer':
-              resolve(e.outcomes)
-              break
-            case 'fail':
-              reject(e.error)
-              break
-          }
-        }
+    return await drive<BatchEffect, GroupOutcome[]>(() => batch.start(), (e, d) => {
+      switch (e.type) {
+        case 'checkWritable':
+          d.after(this.c.store.assertWritable(), () => batch.writable(), err => batch.notWritable(err))
+          break
+        case 'catchUp':
+          // As in coordinateWrite: updates and deletes are ordered against an up-to-date copy.
+          d.after(this.catchUpKeys(e.keys, e.need, ownersOf[e.group] as string[]), () => batch.caughtUp(e.group), err => batch.catchUpFailed(e.group, err))
+          break
+        case 'order':
+          d.after(this.c.store.transact(e.groups.flatMap(gi => groups[gi] as Mutation[]).map(mutationKey), states => {
+            const { entries, effects } = batch.order(states, this.c.clock)
+            d.run(() => effects)
+            return entries
+          }), () => batch.committed(), err => batch.commitFailed(err))
+          break
+        case 'send':
+          d.after(this.batcher.send(e.peer, batch.entriesOf(e.group)), () => batch.ack(e.group, e.peer), err => batch.failure(e.group, e.peer, err, err instanceof TimeoutError))
+          break
+        case 'hint':
+          this.c.log?.('replica %s missed %s: %s; keeping a hint', e.peer, (groups[e.group]?.[0] as Mutation).shard, e.reason)
+          d.after(this.hint(e.peer, batch.entriesOf(e.group)), () => batch.hinted(e.group, e.peer), () => batch.hinted(e.group, e.peer))
+          break
+        case 'answer':
+          d.resolve(e.outcomes)
+          break
+        case 'fail':
+          d.reject(e.error)
+          break
       }
-      perform(batch.start())
     })
   }
 
@@ -1168,6 +1125,11 @@ export class DistributedCoordinator implements Coordinator {
     return { results: Array.from({ length: count }, () => ({ ok: false, error })) }
   }
 
+  /** Keeps a hint of `entries` for `peer`; one that cannot be written is logged and let go (see each caller for what still brings the copy there) */
+  private async hint (peer: string, entries: VersionEntry[]): Promise<void> {
+    await this.c.store.addHint(peer, entries).catch(err => { this.c.log?.('hint for %s lost: %s', peer, (err as Error).message) })
+  }
+
   /**
    * Erases a record on every member, not only its owners: a former owner may
    * still hold a copy, and any node may hold hints with its versions. A member
@@ -1183,30 +1145,24 @@ export class DistributedCoordinator implements Coordinator {
       id,
       members: this.c.membership.members().filter(m => m.peerId !== this.c.peerId && m.state !== 'left').map(m => ({ peer: m.peerId, down: this.c.membership.stateOf(m.peerId) === 'down' }))
     })
-    return await new Promise<number>((resolve, reject) => {
-      const perform = (effects: PurgeEffect[]): void => {
-        for (const e of effects) {
-          switch (e.type) {
-            case 'send':
-              this.c.transport.request(e.peer, 'replica', { type: 'purge', ...msg }, { timeout: this.timeoutMs })
-                .then(reply => { perform(fanOut.answered(e.peer, reply)) }, err => { perform(fanOut.failed(e.peer, err)) })
-              break
-            case 'hint':
-              this.c.store.addPurgeHint(e.peer, marker).then(() => { perform(fanOut.hinted(e.peer)) }, err => { perform(fanOut.hintFailed(e.peer, err)) })
-              break
-            case 'log':
-              this.c.log?.(e.msg, ...e.args)
-              break
-            case 'answer':
-              resolve(e.reached)
-              break
-            case 'fail':
-              reject(e.error)
-              break
-          }
-        }
+    return await drive<PurgeEffect, number>(() => fanOut.start(), (e, d) => {
+      switch (e.type) {
+        case 'send':
+          d.after(this.c.transport.request(e.peer, 'replica', { type: 'purge', ...msg }, { timeout: this.timeoutMs }), reply => fanOut.answered(e.peer, reply), err => fanOut.failed(e.peer, err))
+          break
+        case 'hint':
+          d.after(this.c.store.addPurgeHint(e.peer, marker), () => fanOut.hinted(e.peer), err => fanOut.hintFailed(e.peer, err))
+          break
+        case 'log':
+          this.c.log?.(e.msg, ...e.args)
+          break
+        case 'answer':
+          d.resolve(e.reached)
+          break
+        case 'fail':
+          d.reject(e.error)
+          break
       }
-      perform(fanOut.start())
     })
   }
 
@@ -1311,34 +1267,29 @@ export { isNoAnswer, isUnreachable } from './core/route.js'
  * round is decided; an answer after that goes to `onLate`.
  */
 async function runAsk<T> (env: Environment, round: QuorumAsk<T>, fn: (peer: string) => Promise<T>, onLate?: (peer: string, answer: T) => void): Promise<Map<string, T>> {
-  return await new Promise<Map<string, T>>((resolve, reject) => {
-    const timers = new Map<number, TimerHandle>()
-    const perform = (effects: Array<AskEffect<T>>): void => {
-      for (const e of effects) {
-        switch (e.type) {
-          case 'ask':
-            fn(e.peer).then(answer => { perform(round.answer(e.peer, answer)) }, err => { perform(round.failure(e.peer, err, !isNoAnswer(err))) })
-            break
-          case 'setTimer':
-            timers.set(e.id, env.setTimeout(() => { timers.delete(e.id); perform(round.hedge(e.id)) }, e.ms))
-            break
-          case 'clearTimer':
-            env.clearTimeout(timers.get(e.id))
-            timers.delete(e.id)
-            break
-          case 'done':
-            resolve(e.answers)
-            break
-          case 'failed':
-            reject(e.error)
-            break
-          case 'late':
-            onLate?.(e.peer, e.answer)
-            break
-        }
-      }
+  const timers = new Map<number, TimerHandle>()
+  return await drive<AskEffect<T>, Map<string, T>>(() => round.start(), (e, d) => {
+    switch (e.type) {
+      case 'ask':
+        d.after(fn(e.peer), answer => round.answer(e.peer, answer), err => round.failure(e.peer, err, !isNoAnswer(err)))
+        break
+      case 'setTimer':
+        timers.set(e.id, env.setTimeout(() => { timers.delete(e.id); d.run(() => round.hedge(e.id)) }, e.ms))
+        break
+      case 'clearTimer':
+        env.clearTimeout(timers.get(e.id))
+        timers.delete(e.id)
+        break
+      case 'done':
+        d.resolve(e.answers)
+        break
+      case 'failed':
+        d.reject(e.error)
+        break
+      case 'late':
+        onLate?.(e.peer, e.answer)
+        break
     }
-    perform(round.start())
   })
 }
 
