@@ -189,7 +189,9 @@ function drawReplication (status) {
     ['Live members', `${rep.liveMembers} (${rep.effectiveReplicas} of N=${status.replicas} replicas possible)`],
     ['Quorums', `W=${status.writeQuorum}, R=${status.readQuorum}`],
     ['Hints pending', rep.pendingHints],
-    ['Rebalance', rb.pending ? 'pending' : rb.last ? `idle; last sent ${rb.last.sent}, failed ${rb.last.failed}` : 'idle'],
+    ['Rebalance', rb.running
+      ? `running: ${rb.running.records} records looked at, ${rb.running.sent} sent, ${rb.running.dropped} dropped, ${rb.running.failed} failed so far`
+      : rb.pending ? 'pending' : rb.last ? `idle; last sent ${rb.last.sent}, failed ${rb.last.failed}` : 'idle'],
     ['Anti-entropy', ae.running
       ? `running: ${ae.progress ? `${ae.progress.done}/${ae.progress.total} ranges` : 'starting'}`
       : ae.lastRoundAt ? `last round ${new Date(ae.lastRoundAt).toLocaleTimeString()}: ${ae.rangesDiffering} of ${ae.ranges} ranges differed, ${ae.recordsSent} records sent` : 'no round yet'],

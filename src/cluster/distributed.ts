@@ -86,6 +86,8 @@ export interface RebalanceStatus {
     /** Records that could not be handed off this time */
     failed: number
   }
+  /** The rebalance running now, so far (the same counts as `last`): absent when none runs */
+  running?: { startedAt: number, records: number, sent: number, dropped: number, failed: number }
 }
 
 /** How long a member may take over its part of a query fragment (a scan of its share): far longer than a read */
@@ -136,6 +138,8 @@ export class DistributedCoordinator implements Coordinator {
   private rebalancing?: Promise<void>
   private rebalanceAgain = false
   private lastRebalance?: RebalanceStatus['last']
+  /** The rebalance running now, for its progress */
+  private rebalanceRun?: { run: RebalanceRun, startedAt: number }
   /** Copies dropped by every rebalance since start */
   private droppedTotal = 0
   /** Rebalances in a row that could not hand everything off (the retry waits longer each time) */
@@ -243,6 +247,7 @@ export class DistributedCoordinator implements Coordinator {
         this.c.log?.('rebalance failed: %s', (err as Error).message)
       }).finally(() => {
         this.rebalancing = undefined
+        this.rebalanceRun = undefined
         if (this.rebalanceAgain) { this.rebalanceAgain = false; this.scheduleRebalance(0) }
       })
     }, delay)
@@ -269,6 +274,7 @@ export class DistributedCoordinator implements Coordinator {
       delayMs: this.rebalanceDelayMs,
       intervalMs: this.rebalanceIntervalMs
     })
+    this.rebalanceRun = { run, startedAt: this.env.now() }
     // Placed by key alone: only the records that move are decoded (their rows decrypted).
     const pages = this.c.store.scanPages()[Symbol.asyncIterator]()
     const done = await drive<RebalanceEffect, Extract<RebalanceEffect, { type: 'done' }>>(() => { run.start(); return run.ready() }, (e, d) => {
@@ -318,6 +324,7 @@ export class DistributedCoordinator implements Coordinator {
     })
     const stats = { finishedAt: this.env.now(), ...done.counts }
     this.lastRebalance = stats
+    this.rebalanceRun = undefined
     if (stats.sent > 0 || stats.failed > 0) {
       this.c.log?.('rebalance over %d members: %d records looked at, %d handed off, %d copies dropped, %d failed', members.length, stats.records, stats.sent, stats.dropped, stats.failed)
     }
@@ -361,7 +368,12 @@ export class DistributedCoordinator implements Coordinator {
   /** What the rebalance after the last ring change did */
   rebalanceStatus (): RebalanceStatus {
     const pending = this.rebalanceTimer !== undefined || this.rebalancing !== undefined
-    return this.lastRebalance === undefined ? { pending } : { pending, last: this.lastRebalance }
+    const now = this.rebalanceRun
+    return {
+      pending,
+      ...(this.lastRebalance === undefined ? {} : { last: this.lastRebalance }),
+      ...(now === undefined ? {} : { running: { startedAt: now.startedAt, ...now.run.progress() } })
+    }
   }
 
   /**

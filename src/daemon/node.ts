@@ -370,7 +370,7 @@ export class NtsoekheNode {
       counts.catch(() => { if (this.networkRows?.counts === counts) this.networkRows = undefined })
     }
     const { tables, ...rest } = await this.networkRows.counts
-    return { tables: publicCounts(tables), ...rest }
+    return { tables: everyTable(publicCounts(tables)), ...rest }
   }
 
   async status (): Promise<Record<string, unknown>> {
@@ -544,6 +544,11 @@ async function dialPeer (node: Libp2pNode, peerId: string, addresses: string[]):
 /** Row counts without internal tables (names starting with `_`) */
 export function publicCounts (counts: Record<string, number>): Record<string, number> {
   return Object.fromEntries(Object.entries(counts).filter(([t]) => !t.startsWith('_')))
+}
+
+/** Counts for every table of the schema, in its order: a table with no row reads 0 rather than being left out */
+function everyTable (counts: Record<string, number>): Record<string, number> {
+  return { ...Object.fromEntries(TABLES.map(t => [t.name, 0])), ...counts }
 }
 
 /** The caller holds the store lock, so any socket file left at the path is from a crashed daemon */

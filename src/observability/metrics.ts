@@ -8,6 +8,7 @@
 import { readdir, stat } from 'node:fs/promises'
 import { join } from 'node:path'
 import { Counter, Gauge, Histogram, Registry, collectDefaultMetrics } from 'prom-client'
+import { CONSISTENCY_LEVELS } from '../cluster/coordinator.js'
 import { RequestSeries, type SeriesPoint } from './series.js'
 
 /** What the metrics read from the running node at scrape time */
@@ -16,7 +17,12 @@ export interface MetricsSource {
   hintsPending: () => number
   /** Read repairs sent since start */
   readRepairs: () => number
-  rebalance: () => { pending: boolean, last?: { finishedAt: number, records: number, sent: number, dropped: number, failed: number } }
+  rebalance: () => {
+    pending: boolean
+    last?: { finishedAt: number, records: number, sent: number, dropped: number, failed: number }
+    /** The run under way, so far */
+    running?: { startedAt: number, records: number, sent: number, dropped: number, failed: number }
+  }
   antiEntropy: () => { running: boolean, lastRoundAt: number | null, ranges: number, rangesDiffering: number, recordsSent: number, seconds: number, failed: number, progress?: { done: number, total: number } }
   /** Every member this node knows, with its state */
   members: () => Array<{ state: string }>
@@ -62,6 +68,8 @@ export class NodeMetrics {
     this.requests = new Counter({ name: 'ntsoekhe_http_requests_total', help: 'Requests answered on the socket API, by route template, method and status', labelNames: ['method', 'route', 'status'], registers })
     this.latency = new Histogram({ name: 'ntsoekhe_http_request_duration_seconds', help: 'Time to answer a socket API request, by route template and method', labelNames: ['method', 'route'], buckets: LATENCY_BUCKETS, registers })
     this.writes = new Counter({ name: 'ntsoekhe_writes_total', help: 'Successful write requests (insert, update, delete, batch, import) by the consistency level they asked for; default is the configured write quorum', labelNames: ['consistency'], registers })
+    // Every level is a series from the start, so a scraper's rate() sees the first write rather than a series appearing.
+    for (const consistency of [...CONSISTENCY_LEVELS, 'default']) this.writes.inc({ consistency }, 0)
 
     new Gauge({ name: 'ntsoekhe_hints_pending', help: 'Writes kept for replicas that missed them (hinted handoff)', registers, collect () { this.set(source.hintsPending()) } })
     new Counter({ name: 'ntsoekhe_read_repairs_total', help: 'Stale replicas brought up to date by a read', registers, collect () { this.reset(); this.inc(source.readRepairs()) } })
@@ -76,6 +84,18 @@ export class NodeMetrics {
         const last = source.rebalance().last
         for (const outcome of ['looked', 'sent', 'dropped', 'failed'] as const) {
           this.set({ outcome }, last === undefined ? 0 : outcome === 'looked' ? last.records : last[outcome])
+        }
+      }
+    })
+    new Gauge({
+      name: 'ntsoekhe_rebalance_running_records',
+      help: 'How far the rebalance under way is: records looked at, sent to new owners, dropped here, failed so far (0 when none runs)',
+      labelNames: ['outcome'],
+      registers,
+      collect () {
+        const now = source.rebalance().running
+        for (const outcome of ['looked', 'sent', 'dropped', 'failed'] as const) {
+          this.set({ outcome }, now === undefined ? 0 : outcome === 'looked' ? now.records : now[outcome])
         }
       }
     })

@@ -73,10 +73,13 @@ describe('RebalanceRun (rebalance with no I/O)', () => {
     const rec = record('1', '00000000000000aa')
     r.start()
     expect(r.ready()).toEqual([{ type: 'read' }])
+    expect(r.progress()).toEqual({ records: 0, sent: 0, dropped: 0, failed: 0 })
     r.page([rec])
     r.scanEnded()
     const afterScan = r.ready()
     expect(ofType(afterScan, 'history')).toEqual([{ type: 'history', batch: 0, states: [rec.state] }])
+    // How far the run is, as status and the metrics show a rebalance under way.
+    expect(r.progress()).toEqual({ records: 1, sent: 0, dropped: 0, failed: 0 })
     // b and c were members when the records were placed: each is asked first which records it holds.
     const questions = ofType(giveHistories(r, afterScan), 'send')
     expect(questions.map(q => [q.peer, q.message.type]).sort()).toEqual([['b', 'holds'], ['c', 'holds']])
@@ -92,7 +95,9 @@ describe('RebalanceRun (rebalance with no I/O)', () => {
     r.answer(second.id, acked(1))
     const end = r.ready()
     expect(end).toEqual([{ type: 'drop', batch: 0, states: [rec.state] }])
+    expect(r.progress()).toEqual({ records: 1, sent: 1, dropped: 0, failed: 0 })
     r.dropped(0, 1)
+    expect(r.progress()).toEqual({ records: 1, sent: 1, dropped: 1, failed: 0 })
     expect(r.ready()).toEqual([{ type: 'done', counts: { records: 1, sent: 1, dropped: 1, failed: 0 }, placedFor: ['b', 'c'] }])
     expect(rec.opened).toBe(1)
   })

@@ -14,7 +14,7 @@ import { Store, type RecordState, type VersionEntry, type WholeRecord } from '..
 import { HybridClock, nodeTag } from '../../src/storage/version.js'
 import { createTestnet, type Testnet } from '../helpers/harness.js'
 import { INDEXES, tempDir, type TempDir } from '../helpers/temp.js'
-import { waitFor } from '../helpers/wait.js'
+import { waitFor, waitForValue } from '../helpers/wait.js'
 
 const patient = (i: number, address = `${i} Main St`): Row => ({
   patient_id: i, patient_name: `Patient ${i}`, date_of_birth: '1980-01-02', gender: 'F', address, contact_number: '0123456789', email: `p${i}@example.org`
@@ -318,6 +318,32 @@ describe('rebalance after a restart', () => {
       m.stop()
       await c.stop()
     }
+  })
+})
+
+describe('rebalance: its progress', () => {
+  it('says how far a rebalance under way is (status and metrics read it), and drops that once it is over', async () => {
+    net = await createTestnet(1, { replicas: 1, rebalanceDelayMs: 200, timeoutMs: 30_000 })
+    await net.converge(1)
+    const rows = Array.from({ length: 100 }, (_, i) => ({ line: i + 1, value: patient(i + 1) }))
+    expect((await net.nodes[0]!.db.importRows('patient_records', rows)).rejected).toEqual([])
+    await net.settled()
+    const giver = net.nodes[0]!.coordinator
+    expect(giver.rebalanceStatus().running).toBeUndefined()
+    const joiner = await net.add()
+    // The records the joiner gains wait on their way to it: the run is caught part way.
+    net.network.hold(joiner.peerId, 'replica')
+    const caught = await waitForValue('a rebalance under way on the first node that looked at every record, its records held on the way to the joiner', async () => {
+      const r = giver.rebalanceStatus().running
+      return r !== undefined && r.records >= rows.length ? r : undefined
+    }, 20_000)
+    expect(caught.startedAt).toBeGreaterThan(0)
+    expect(caught).toMatchObject({ sent: 0, dropped: 0, failed: 0 })
+    expect(giver.rebalanceStatus().pending).toBe(true)
+    net.network.deliverHeld(joiner.peerId)
+    await waitFor('the rebalance to finish', () => !giver.rebalanceStatus().pending, 20_000)
+    expect(giver.rebalanceStatus().running).toBeUndefined()
+    expect(giver.rebalanceStatus().last?.sent).toBeGreaterThan(0)
   })
 })
 

@@ -76,7 +76,7 @@ describe('metrics: the registry', () => {
     const text = await scrape()
     for (const name of [
       'ntsoekhe_http_requests_total', 'ntsoekhe_http_request_duration_seconds', 'ntsoekhe_writes_total',
-      'ntsoekhe_hints_pending', 'ntsoekhe_read_repairs_total', 'ntsoekhe_rebalance_pending', 'ntsoekhe_rebalance_last_records',
+      'ntsoekhe_hints_pending', 'ntsoekhe_read_repairs_total', 'ntsoekhe_rebalance_pending', 'ntsoekhe_rebalance_last_records', 'ntsoekhe_rebalance_running_records',
       'ntsoekhe_anti_entropy_running', 'ntsoekhe_anti_entropy_progress_ratio', 'ntsoekhe_anti_entropy_last_round',
       'ntsoekhe_members', 'ntsoekhe_rows', 'ntsoekhe_leveldb_size_bytes',
       'nodejs_eventloop_lag_p99_seconds', 'process_resident_memory_bytes', 'nodejs_heap_size_used_bytes'
@@ -86,6 +86,9 @@ describe('metrics: the registry', () => {
     }
     expect(sample(text, 'ntsoekhe_leveldb_size_bytes')).toBeGreaterThan(0)
     for (const s of ['alive', 'suspect', 'down', 'left']) expect(sample(text, 'ntsoekhe_members', { state: s })).toBe(s === 'alive' ? 1 : 0)
+    // Every consistency level is a series at 0 before the first write, so a rate() over it sees the first one.
+    for (const c of ['one', 'quorum', 'all', 'default']) expect(sample(text, 'ntsoekhe_writes_total', { consistency: c }), c).toBe(0)
+    for (const o of ['looked', 'sent', 'dropped', 'failed']) expect(sample(text, 'ntsoekhe_rebalance_running_records', { outcome: o }), o).toBe(0)
   })
 
   it('counts requests by route template and status, latency, and writes per consistency level; never an id or a value', async () => {
@@ -127,7 +130,7 @@ describe('metrics: the registry', () => {
     state.hints = 7
     state.repairs = 3
     state.members = [{ state: 'alive' }, { state: 'alive' }, { state: 'suspect' }, { state: 'down' }]
-    state.rebalance = { pending: true, last: { finishedAt: 1_700_000_000_000, records: 50, sent: 20, dropped: 5, failed: 1 } }
+    state.rebalance = { pending: true, last: { finishedAt: 1_700_000_000_000, records: 50, sent: 20, dropped: 5, failed: 1 }, running: { startedAt: 1_700_000_050_000, records: 30, sent: 9, dropped: 2, failed: 0 } }
     state.antiEntropy = { running: true, lastRoundAt: 1_700_000_100_000, ranges: 256, rangesDiffering: 4, recordsSent: 12, seconds: 2.5, failed: 0, progress: { done: 64, total: 256 } }
     let text = await scrape()
     expect(sample(text, 'ntsoekhe_hints_pending')).toBe(7)
@@ -140,6 +143,9 @@ describe('metrics: the registry', () => {
     expect(sample(text, 'ntsoekhe_rebalance_last_records', { outcome: 'sent' })).toBe(20)
     expect(sample(text, 'ntsoekhe_rebalance_last_records', { outcome: 'failed' })).toBe(1)
     expect(sample(text, 'ntsoekhe_rebalance_last_finished_timestamp_seconds')).toBe(1_700_000_000)
+    expect(sample(text, 'ntsoekhe_rebalance_running_records', { outcome: 'looked' })).toBe(30)
+    expect(sample(text, 'ntsoekhe_rebalance_running_records', { outcome: 'sent' })).toBe(9)
+    expect(sample(text, 'ntsoekhe_rebalance_running_records', { outcome: 'dropped' })).toBe(2)
     expect(sample(text, 'ntsoekhe_anti_entropy_running')).toBe(1)
     expect(sample(text, 'ntsoekhe_anti_entropy_progress_ratio')).toBe(0.25)
     expect(sample(text, 'ntsoekhe_anti_entropy_last_round', { what: 'records_sent' })).toBe(12)
@@ -147,11 +153,13 @@ describe('metrics: the registry', () => {
 
     state.hints = 0
     state.repairs = 5
+    state.rebalance = { pending: false, last: { finishedAt: 1_700_000_060_000, records: 50, sent: 20, dropped: 5, failed: 0 } }
     state.antiEntropy = { ...state.antiEntropy, running: false, progress: undefined } as typeof state.antiEntropy
     text = await scrape()
     expect(sample(text, 'ntsoekhe_hints_pending')).toBe(0)
     expect(sample(text, 'ntsoekhe_read_repairs_total')).toBe(5)
     expect(sample(text, 'ntsoekhe_anti_entropy_progress_ratio')).toBe(1)
+    expect(sample(text, 'ntsoekhe_rebalance_running_records', { outcome: 'looked' })).toBe(0)
   })
 
   it('serves /metrics and the series to roles with the cluster right only, and never without a token', async () => {

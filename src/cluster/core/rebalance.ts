@@ -188,6 +188,11 @@ export class RebalanceRun {
     return { ...move, ask: this.askNewcomers || !move.drop ? move.targets : move.targets.filter(p => this.placed.has(p)) }
   }
 
+  /** What the run did so far: records looked at, sent, dropped and failed (the running rebalance's progress) */
+  progress (): RebalanceCounts {
+    return { ...this.counts }
+  }
+
   /** A page of this node's records, as the scan read it: those that move are opened and batched */
   page (records: readonly ScannedRecord[]): void {
     if (!this.scanning) return
