@@ -143,7 +143,11 @@ describe('the console over HTTP', () => {
     expect((await http({ port: consolePort }, '/api/v1/tables/medical_history/rows', { token: billing })).status).toBe(403)
 
     // Read-only, and only the routes the page needs.
-    expect((await http({ port: consolePort }, '/api/v1/tables/patient_records/rows', { method: 'POST', token })).status).toBe(405)
+    for (const method of ['POST', 'PUT', 'PATCH', 'DELETE']) {
+      expect((await http({ port: consolePort }, '/api/v1/tables/patient_records/rows', { method, token })).status, method).toBe(405)
+      expect((await http({ port: consolePort }, '/api/v1/tables/patient_records/rows/9101', { method, token })).status, method).toBe(405)
+    }
+    expect((await http({ port: consolePort }, '/api/v1/batch', { method: 'POST', token })).status).toBe(405)
     expect((await http({ port: consolePort }, '/api/v1/users', { token })).status).toBe(404)
     expect((await http({ port: consolePort }, '/api/v1/tables/patient_records/rows/9101', { token })).status).toBe(404)
     expect((await http({ port: consolePort }, '/api/v1/invite', { token })).status).toBe(404)
@@ -209,8 +213,11 @@ describe('the console in headless Chromium', () => {
     await arc.waitFor()
     expect(await page.locator('#ring svg .ring-arc').count()).toBe(1)
 
-    // Replication health: one member for N=1 is healthy.
+    // Replication health: one member for N=1 is healthy; hints, rebalance and anti-entropy are named with their state.
     expect(await page.locator('#health').textContent()).toBe('ok')
+    const replication = await page.locator('#replication').textContent() ?? ''
+    for (const what of ['Live members', 'Hints pending', 'Rebalance', 'Anti-entropy']) expect(replication).toContain(what)
+    expect(replication).toMatch(/Hints pending0/)
 
     // Charts: a line per series once the first point is sampled (every 5 s).
     await page.locator('#rate-chart svg polyline[data-series="rate"]').waitFor({ state: 'attached' })
@@ -225,6 +232,8 @@ describe('the console in headless Chromium', () => {
     const counts = page.locator('#row-counts tr[data-table="patient_records"] td')
     await counts.first().waitFor()
     expect(await counts.nth(1).textContent()).toBe('3')
+    // A table with no row is listed with 0, not left out.
+    expect(await page.locator('#row-counts tr[data-table="medical_history"] td').nth(1).textContent()).toBe('0')
 
     // The first rows of a table.
     await page.locator('#table-select').selectOption('patient_records')
