@@ -316,6 +316,12 @@ describe('console and metrics addresses', () => {
     const malformed = await daemonExit(home, { args: ['--console', '127.0.0.1'] })
     expect(malformed.code).toBe(2)
     expect(malformed.stderr).toMatch(/--console takes host:port/)
+    // Usage errors: one line, exit 2, nothing started.
+    for (const [flag, value] of [['--console', 'nothing'], ['--metrics-listen', '1.2.3.4:99999'], ['--metrics-listen', '127.0.0.1:0']]) {
+      const bad = await daemonExit(home, { args: [flag as string, value as string] })
+      expect(bad.code, `${flag} ${value}`).toBe(2)
+      expect(bad.stderr).toBe(`error: ${flag} takes host:port (e.g. 127.0.0.1:4180, [::1]:4180), got "${value}"\n`)
+    }
   }, 60_000)
 
   it('with --console-remote binds the address given, and warns at start that it is plain HTTP; so does metrics off loopback', async () => {

@@ -146,6 +146,25 @@ describe('anti-entropy', () => {
     expect(a.coordinator.antiEntropy.status().lastRoundAt).toBeGreaterThan(0)
   })
 
+  it('says how far a round under way is (status and the metrics read it), and nothing once it is over', async () => {
+    net = await createTestnet(2, { replicas: 3 })
+    await net.converge(2)
+    await net.settled()
+    const [a, b] = net.nodes as [Testnet['nodes'][number], Testnet['nodes'][number]]
+    expect(a.coordinator.antiEntropy.status()).toMatchObject({ running: false })
+    expect(a.coordinator.antiEntropy.status().progress).toBeUndefined()
+    // The peer's sync answers wait: the round is caught before it compared anything.
+    net.network.hold(b.peerId, 'sync')
+    const round = a.coordinator.antiEntropy.repair()
+    await waitFor('a round under way on the first node that knows how many ranges it compares', () => (a.coordinator.antiEntropy.status().progress?.total ?? 0) > 0)
+    expect(a.coordinator.antiEntropy.status()).toMatchObject({ running: true, progress: { done: 0, total: 256 } })
+    net.network.deliverHeld(b.peerId)
+    expect(await round).toMatchObject({ ranges: 256 })
+    const after = a.coordinator.antiEntropy.status()
+    expect(after).toMatchObject({ running: false, ranges: 256 })
+    expect(after.progress).toBeUndefined()
+  })
+
   it('a node away longer than its hints last misses writes; after a repair every record is on all its owners with the same state', async () => {
     // No rebalance during the test (one can run when the node returns): only the repair may bring it up to date.
     net = await createTestnet(4, { replicas: 3, rebalanceDelayMs: 600_000 })
