@@ -12,6 +12,9 @@ import { ROUTE_SCHEMAS } from './schemas.js'
 
 /** Routes whose successful answer is a write */
 const WRITE_ROUTES = new Set(['/v1/tables/:table/rows', '/v1/tables/:table/rows/:id', '/v1/batch', '/v1/tables/:table/import'])
+/** The SQL route: a write when its statement was an INSERT, UPDATE or DELETE (as its audit note says) */
+const SQL_ROUTE = '/v1/sql'
+const SQL_WRITES = new Set(['insert', 'update', 'delete'])
 
 /** Counts every request and adds the two metrics routes */
 export function metricsRoutes (app: FastifyInstance, metrics: NodeMetrics): void {
@@ -31,7 +34,8 @@ export function metricsRoutes (app: FastifyInstance, metrics: NodeMetrics): void
 
 /** The consistency level a write asked for (`default`: none, so the configured W); undefined for a read */
 function writeConsistency (req: FastifyRequest, route: string): string | undefined {
-  if (req.method === 'GET' || req.method === 'HEAD' || !WRITE_ROUTES.has(route)) return undefined
+  if (req.method === 'GET' || req.method === 'HEAD') return undefined
+  if (route === SQL_ROUTE ? !SQL_WRITES.has(req.accessNote?.action ?? '') : !WRITE_ROUTES.has(route)) return undefined
   if (route.endsWith('/purge') || route.endsWith('/history')) return undefined
   const asked = (req.query as Record<string, unknown> | undefined)?.consistency
   return typeof asked === 'string' && (CONSISTENCY_LEVELS as readonly string[]).includes(asked) ? asked : 'default'

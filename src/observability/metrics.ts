@@ -67,7 +67,7 @@ export class NodeMetrics {
     collectDefaultMetrics({ register: this.registry })
     this.requests = new Counter({ name: 'ntsoekhe_http_requests_total', help: 'Requests answered on the socket API, by route template, method and status', labelNames: ['method', 'route', 'status'], registers })
     this.latency = new Histogram({ name: 'ntsoekhe_http_request_duration_seconds', help: 'Time to answer a socket API request, by route template and method', labelNames: ['method', 'route'], buckets: LATENCY_BUCKETS, registers })
-    this.writes = new Counter({ name: 'ntsoekhe_writes_total', help: 'Successful write requests (insert, update, delete, batch, import) by the consistency level they asked for; default is the configured write quorum', labelNames: ['consistency'], registers })
+    this.writes = new Counter({ name: 'ntsoekhe_writes_total', help: 'Successful write requests (insert, update, delete, batch, import, and SQL INSERT, UPDATE or DELETE) by the consistency level they asked for; default is the configured write quorum', labelNames: ['consistency'], registers })
     // Every level is a series from the start, so a scraper's rate() sees the first write rather than a series appearing.
     for (const consistency of [...CONSISTENCY_LEVELS, 'default']) this.writes.inc({ consistency }, 0)
 

@@ -105,7 +105,15 @@ describe('metrics: the registry', () => {
     expect((await request({ method: 'GET', url: '/v1/status' }, 'not-a-token')).statusCode).toBe(401)
     expect((await request({ method: 'GET', url: '/v1/nowhere/424242' })).statusCode).toBe(404)
 
+    // SQL: a write statement counts as a write at its level; a read does not.
+    expect((await request({ method: 'POST', url: '/v1/sql?consistency=quorum', payload: { sql: "INSERT INTO patient_records (patient_id, patient_name, date_of_birth, gender, address, contact_number, email) VALUES (454545, 'S', '1980-01-01', 'F', 'a', '0123456789', 's@example.org')" } })).statusCode).toBe(200)
+    expect((await request({ method: 'POST', url: '/v1/sql?consistency=quorum', payload: { sql: 'UPDATE patient_records SET gender = $1 WHERE patient_id = 454545', params: ['M'] } })).statusCode).toBe(200)
+    expect((await request({ method: 'POST', url: '/v1/sql?consistency=all', payload: { sql: 'SELECT patient_id FROM patient_records WHERE patient_id = 454545' } })).statusCode).toBe(200)
+    expect((await request({ method: 'POST', url: '/v1/sql?consistency=all', payload: { sql: 'DELETE FROM nowhere WHERE id = 1' } })).statusCode).toBeGreaterThanOrEqual(400)
+
     const text = await scrape()
+    expect(sample(text, 'ntsoekhe_writes_total', { consistency: 'quorum' })).toBe(2)
+    expect(sample(text, 'ntsoekhe_writes_total', { consistency: 'all' })).toBe(0)
     expect(sample(text, 'ntsoekhe_http_requests_total', { method: 'POST', route, status: '201' })).toBe(2)
     expect(sample(text, 'ntsoekhe_http_requests_total', { method: 'POST', route, status: '409' })).toBe(1)
     expect(sample(text, 'ntsoekhe_http_requests_total', { method: 'GET', route: '/v1/tables/:table/rows/:id', status: '200' })).toBe(1)
@@ -118,12 +126,12 @@ describe('metrics: the registry', () => {
     // Writes: only the successful ones, by the level asked for.
     expect(sample(text, 'ntsoekhe_writes_total', { consistency: 'default' })).toBe(1)
     expect(sample(text, 'ntsoekhe_writes_total', { consistency: 'one' })).toBe(1)
-    expect(sample(text, 'ntsoekhe_rows', { table: 'patient_records' })).toBe(2)
+    expect(sample(text, 'ntsoekhe_rows', { table: 'patient_records' })).toBe(3)
     // No patient data: neither the ids asked for nor any value written.
     expect(text).not.toContain(unique)
     const labelValues = [...text.matchAll(/[a-zA-Z_]+="([^"]*)"/g)].map(m => m[1] as string)
     expect(labelValues).toContain('/v1/tables/:table/rows/:id')
-    for (const id of ['424242', '434343', '999999']) expect(labelValues.filter(v => v.includes(id))).toEqual([])
+    for (const id of ['424242', '434343', '454545', '999999']) expect(labelValues.filter(v => v.includes(id))).toEqual([])
   })
 
   it('reads replication and membership from the node at every scrape', async () => {
