@@ -33,7 +33,10 @@ async function scrape (target: { socketPath: string, token: string } | { port: n
     }, res => {
       let body = ''
       res.setEncoding('utf8').on('data', (s: string) => { body += s })
-      res.on('end', () => { res.statusCode === 200 ? resolve(body) : reject(new Error(`GET /metrics: ${res.statusCode ?? 0} ${body}`)) })
+      res.on('end', () => {
+        if (res.statusCode === 200) resolve(body)
+        else reject(new Error(`GET /metrics: ${res.statusCode ?? 0} ${body}`))
+      })
       res.on('error', reject)
     })
     req.on('timeout', () => { req.destroy(new Error('GET /metrics: no answer within 15 s')) })
