@@ -103,6 +103,8 @@ export class NtsoekheNode {
   private readonly init: NodeInit
   /** Prometheus metrics (socket `GET /metrics`, `--metrics-listen`) and the console's request series */
   private metrics?: NodeMetrics
+  /** The socket API answers: the console may hand it requests */
+  private serving = false
   /** The console and metrics listeners, when configured */
   private readonly listeners: HttpListener[] = []
   /** Where the console and `GET /metrics` are served over HTTP, when configured */
@@ -143,6 +145,9 @@ export class NtsoekheNode {
     const keying = secure ? { dataKey: await loadOrCreateDataKey(this.home) } : { plaintext: true as const }
     this.store = new Store({ path: join(this.home, 'store'), sync: this.config.storage.sync, writeBufferBytes: this.config.storage.writeBufferMb * 1024 * 1024, indexes, ...keying, log: msg => { this.logger.info({ component: 'store' }, msg) } })
     await this.store.open()
+    // The console and metrics ports are taken before anything else is made (a network key, an admin)
+    // and before this node joins a network: a port in use stops the start with nothing half done.
+    await this.listenMonitoring()
 
     const net = this.config.network
     const saved = await loadMembers(this.home)
@@ -267,7 +272,7 @@ export class NtsoekheNode {
     }
     this.metrics = this.createMetrics()
     await this.listen()
-    await this.listenMonitoring()
+    this.serving = true
     this.logger.info({ peerId: this.peerId, socket: this.socket, home: this.home, addresses: libp2p.getMultiaddrs().map(String) }, 'node ready')
   }
 
@@ -333,13 +338,12 @@ export class NtsoekheNode {
     return metrics
   }
 
-  /** Opens `--metrics-listen` and `--console` when configured, on exactly the address given */
+  /** Opens `--metrics-listen` and `--console` when configured, on exactly the address given; each answers 503 until the node serves */
   private async listenMonitoring (): Promise<void> {
     const { console, metricsListen } = this.config.monitoring
-    const metrics = this.metrics as NodeMetrics
     if (metricsListen !== null) {
       const at = parseHostPort(metricsListen, '--metrics-listen')
-      const listener = await startMetricsServer(at, metrics)
+      const listener = await startMetricsServer(at, () => this.metrics)
       this.listeners.push(listener)
       this.urls.metrics = `${listener.url}/metrics`
       if (!isLoopback(at.host)) this.logger.warn({ url: listener.url }, 'metrics on a non-loopback address, over plain HTTP and without a token: they carry no patient data, but anyone who reaches the port reads them; limit who can (firewall)')
@@ -347,7 +351,7 @@ export class NtsoekheNode {
     }
     if (console !== null) {
       const at = parseHostPort(console, '--console')
-      const listener = await startConsoleServer(at, this.api as FastifyInstance)
+      const listener = await startConsoleServer(at, () => this.serving ? this.api : undefined)
       this.listeners.push(listener)
       this.urls.console = listener.url
       if (isLoopback(at.host)) this.logger.info({ url: listener.url }, 'console ready (plain HTTP on loopback; sign in with a user token)')

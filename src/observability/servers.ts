@@ -57,14 +57,24 @@ function urlOf (at: HostPort): string {
   return `http://${at.host.includes(':') ? `[${at.host}]` : at.host}:${at.port}`
 }
 
-/** Starts the `--metrics-listen` listener: `GET /metrics`, nothing else */
-export async function startMetricsServer (at: HostPort, metrics: NodeMetrics): Promise<HttpListener> {
+/** What a listener answers while the node behind it is still starting */
+const STARTING = 'The node is still starting: try again in a moment'
+
+/**
+ * Starts the `--metrics-listen` listener: `GET /metrics`, nothing else.
+ * It is bound first thing in a start, so a port in use stops the start
+ * before the node joins a network; `metrics` gives undefined until the node
+ * has them, and a scrape meanwhile gets 503.
+ */
+export async function startMetricsServer (at: HostPort, metrics: () => NodeMetrics | undefined): Promise<HttpListener> {
   const server = createServer((req, res) => {
     const path = (req.url ?? '/').split('?')[0]
     if (path !== '/metrics') { plain(res, 404, 'Not found: this listener serves GET /metrics only\n'); return }
     if (req.method !== 'GET' && req.method !== 'HEAD') { plain(res, 405, 'Only GET\n', { allow: 'GET, HEAD' }); return }
-    metrics.text().then(text => {
-      res.writeHead(200, { 'content-type': metrics.contentType, 'cache-control': 'no-store' })
+    const m = metrics()
+    if (m === undefined) { plain(res, 503, `${STARTING}\n`, { 'retry-after': '1' }); return }
+    m.text().then(text => {
+      res.writeHead(200, { 'content-type': m.contentType, 'cache-control': 'no-store' })
       res.end(req.method === 'HEAD' ? undefined : text)
     }, (err: unknown) => { plain(res, 500, `metrics failed: ${(err as Error).message}\n`) })
   })
@@ -95,8 +105,13 @@ const PAGE_HEADERS = {
   'cache-control': 'no-store'
 }
 
-/** Starts the `--console` listener over `api` (the socket's own fastify instance) */
-export async function startConsoleServer (at: HostPort, api: FastifyInstance): Promise<HttpListener> {
+/**
+ * Starts the `--console` listener over `api` (the socket's own fastify
+ * instance). Bound first thing in a start, as the metrics listener is:
+ * `api` gives undefined until the socket API serves, and the console's
+ * data requests get 503 meanwhile.
+ */
+export async function startConsoleServer (at: HostPort, api: () => FastifyInstance | undefined): Promise<HttpListener> {
   const assets = new Map<string, { body: Buffer, type: string }>()
   const dir = new URL('../../console/', import.meta.url)
   for (const [path, a] of Object.entries(ASSETS)) assets.set(path, { body: await readFile(new URL(a.file, dir)), type: a.type })
@@ -114,7 +129,7 @@ export async function startConsoleServer (at: HostPort, api: FastifyInstance): P
   return { url: urlOf(at), close: async () => { await close(server) } }
 }
 
-async function serveConsole (req: IncomingMessage, res: ServerResponse, api: FastifyInstance, assets: Map<string, { body: Buffer, type: string }>): Promise<void> {
+async function serveConsole (req: IncomingMessage, res: ServerResponse, serving: () => FastifyInstance | undefined, assets: Map<string, { body: Buffer, type: string }>): Promise<void> {
   const url = new URL(req.url ?? '/', 'http://console.invalid')
   if (req.method !== 'GET' && req.method !== 'HEAD') {
     // Read-only: nothing the console serves changes anything.
@@ -131,6 +146,11 @@ async function serveConsole (req: IncomingMessage, res: ServerResponse, api: Fas
   const path = url.pathname.slice('/api'.length)
   if (!CONSOLE_ROUTES.some(r => r.test(path))) {
     json(res, 404, { error: { code: 'NOT_FOUND', message: `The console does not serve ${path}` } })
+    return
+  }
+  const api = serving()
+  if (api === undefined) {
+    json(res, 503, { error: { code: 'UNAVAILABLE', message: STARTING } })
     return
   }
   const query = new URLSearchParams()

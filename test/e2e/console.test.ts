@@ -4,6 +4,7 @@
  * `chromium`, driven by playwright-core; .ci/run installs it when absent).
  */
 import { existsSync } from 'node:fs'
+import { join } from 'node:path'
 import { createServer } from 'node:net'
 import { request } from 'node:http'
 import { afterAll, beforeAll, describe, expect, it } from 'vitest'
@@ -313,6 +314,11 @@ describe('console and metrics addresses', () => {
     expect(busy.code).toBe(1)
     expect(busy.stderr).toMatch(new RegExp(`port ${consolePort} .*--metrics-listen / monitoring\\.metricsListen.*in use`))
     expect(busy.stderr).not.toMatch(/\n\s+at /)
+    // The port is taken before anything else: the failed start made no network key, no admin, and joined nothing.
+    const busyConsole = await daemonExit(home, { args: ['--console', `127.0.0.1:${consolePort}`] })
+    expect(busyConsole.code).toBe(1)
+    expect(busyConsole.stderr).toMatch(new RegExp(`port ${consolePort} .*--console / monitoring\\.console.*in use`))
+    for (const made of ['swarm.key', 'admin.token', 'members.json']) expect(existsSync(join(home, made)), made).toBe(false)
     const malformed = await daemonExit(home, { args: ['--console', '127.0.0.1'] })
     expect(malformed.code).toBe(2)
     expect(malformed.stderr).toMatch(/--console takes host:port/)
