@@ -159,7 +159,10 @@ function drawRing (ring) {
       : svg('path', { d: arcPath(c, r, angle, angle + share * 2 * Math.PI), fill: 'none' })
     arc.setAttribute('stroke', colorOf(i))
     arc.setAttribute('stroke-width', '28')
-    arc.setAttribute('class', 'ring-arc')
+    // A member that is not up keeps its share of the ring, drawn faded and dashed: its copies are missing until it returns.
+    const up = m.state === 'alive' || m.state === undefined
+    arc.setAttribute('class', up ? 'ring-arc' : `ring-arc ring-arc-${m.state}`)
+    arc.setAttribute('data-state', m.state ?? 'alive')
     arc.setAttribute('data-peer', m.peerId)
     arc.append(svg('title', {}, `${m.peerId}: ${(share * 100).toFixed(1)}% (${m.state})`))
     root.append(arc)
@@ -213,7 +216,8 @@ function lineChart (points, lines, unit) {
   const t1 = points[points.length - 1].time
   const t0 = Math.min(points[0].time, t1 - 60_000)
   const values = points.flatMap(p => lines.map(l => p[l.key])).filter(v => typeof v === 'number')
-  const max = Math.max(1e-9, ...values) * 1.1
+  // No request in the window (or none that took time): the scale is 0 to 1 rather than 0 to nothing.
+  const max = (Math.max(0, ...values) || 1) * 1.1
   const x = t => pad.l + (t - t0) / (t1 - t0) * (w - pad.l - pad.r)
   const y = v => h - pad.b - v / max * (h - pad.t - pad.b)
   root.append(svg('line', { x1: pad.l, y1: h - pad.b, x2: w - pad.r, y2: h - pad.b, stroke: '#a0aec0' }))

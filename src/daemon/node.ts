@@ -399,7 +399,7 @@ export class NtsoekheNode {
       replication: {
         liveMembers: live,
         effectiveReplicas: Math.min(cluster.replicas, live),
-        health: cluster.underReplicated ? `under-replicated: ${live} live members for ${cluster.replicas} replicas` : 'ok',
+        health: replicationHealth(cluster.members, cluster.replicas, live),
         pendingHints: store.hintCount(),
         rebalance: (this.coordinator as DistributedCoordinator).rebalanceStatus(),
         antiEntropy: (this.coordinator as DistributedCoordinator).antiEntropy.status()
@@ -548,6 +548,20 @@ async function dialPeer (node: Libp2pNode, peerId: string, addresses: string[]):
 /** Row counts without internal tables (names starting with `_`) */
 export function publicCounts (counts: Record<string, number>): Record<string, number> {
   return Object.fromEntries(Object.entries(counts).filter(([t]) => !t.startsWith('_')))
+}
+
+/**
+ * One line on whether every record has its N live copies: too few live
+ * members for N, or members down (the records they own have fewer live
+ * copies until they return or are removed, even when enough others are up),
+ * or `ok`.
+ */
+export function replicationHealth (members: ReadonlyArray<{ peerId: string, state: string }>, replicas: number, live: number): string {
+  if (live < replicas) return `under-replicated: ${live} live members for ${replicas} replicas`
+  const down = members.filter(m => m.state === 'down').map(m => m.peerId)
+  if (down.length === 0) return 'ok'
+  const one = down.length === 1
+  return `degraded: ${one ? 'member' : 'members'} ${down.join(', ')} down; the records ${one ? 'it owns' : 'they own'} lack ${replicas === 1 ? 'their only copy' : 'a live copy'} until ${one ? 'it returns or is' : 'they return or are'} removed (ntsoekhe remove)`
 }
 
 /** Counts for every table of the schema, in its order: a table with no row reads 0 rather than being left out */

@@ -295,6 +295,14 @@ describe('a second member', () => {
         const shares = await page.locator('#members tbody tr td:nth-child(4)').allTextContents()
         expect(shares.map(x => parseFloat(x)).reduce((a, b) => a + b, 0)).toBeCloseTo(100, 0)
         expect(await page.locator('#row-counts tr[data-table="patient_records"] td').nth(1).textContent()).toBe('3')
+
+        // The second stops: within seconds the page shows it down, its arc faded, and the network under-replicated.
+        await second.stop()
+        await page.locator(`#members tr[data-peer="${secondId}"] td.state-down`).waitFor({ timeout: 60_000 })
+        expect(await page.locator(`#members tr[data-peer="${secondId}"] td`).nth(4).textContent()).toBe('no')
+        expect(await page.locator(`#ring svg .ring-arc[data-peer="${secondId}"]`).getAttribute('data-state')).toBe('down')
+        expect(await page.locator(`#ring svg .ring-arc[data-peer="${peerId}"]`).getAttribute('data-state')).toBe('alive')
+        await page.locator('#health', { hasText: `degraded: member ${secondId} down` }).waitFor()
       } finally {
         await browser.close()
       }
