@@ -3,6 +3,7 @@
  * code, the tests, bin/ or the configs, or, for the few that are not
  * imported, used the way its entry below says. A dependency left behind by a
  * change fails here, so it gets removed rather than installed for nothing.
+ * And `npm ci` installs without warnings about install scripts.
  */
 import { readdir, readFile } from 'node:fs/promises'
 import { join } from 'node:path'
@@ -51,5 +52,18 @@ describe('dependencies', () => {
       return !new RegExp(`['"\`]${quoted}(/[^'"\`]*)?['"\`]`).test(text)
     })
     expect(unused, 'listed in package.json, used nowhere: remove them (npm uninstall)').toEqual([])
+  })
+
+  it('every locked package with an install script is decided in allowScripts (npm warns on each at install, and npm 12 skips the undecided)', async () => {
+    const pkg = JSON.parse(await readFile(join(ROOT, 'package.json'), 'utf8')) as { allowScripts?: Record<string, boolean> }
+    const lock = JSON.parse(await readFile(join(ROOT, 'package-lock.json'), 'utf8')) as { packages: Record<string, { version?: string, hasInstallScript?: boolean }> }
+    const decided = Object.keys(pkg.allowScripts ?? {}).map(k => k.replace(/(.)@[^@]*$/, '$1'))
+    const undecided = Object.entries(lock.packages)
+      .filter(([path, p]) => path !== '' && p.hasInstallScript === true)
+      .map(([path, p]) => ({ name: path.slice(path.lastIndexOf('node_modules/') + 'node_modules/'.length), version: p.version }))
+      .filter(p => !decided.includes(p.name))
+    expect(undecided).toEqual([])
+    // classic-level (LevelDB) builds only when no prebuilt binary fits the platform: allowed, or such a platform gets no LevelDB.
+    expect(pkg.allowScripts?.['classic-level']).toBe(true)
   })
 })
