@@ -1,5 +1,5 @@
-import { createReadStream } from 'node:fs'
-import { readFile, stat } from 'node:fs/promises'
+import { constants, createReadStream } from 'node:fs'
+import { access, readFile, stat } from 'node:fs/promises'
 import { extname } from 'node:path'
 import type { Readable } from 'node:stream'
 import { Command, CommanderError, Option, type HelpContext } from 'commander'
@@ -170,7 +170,7 @@ function buildProgram (io: Io, setCode: (c: number) => void, asked: Asked): Comm
   withKey(withConsistency(common(program.command('insert').description('insert a row (JSON argument, or - for stdin)'))))
     .argument('<table>').argument('<json>')
     .action(async (table: string, json: string, opts: GlobalOpts) => {
-      const row = await readJsonArg(json, io)
+      const row = rowObject(await readJsonArg(json, io))
       const r = await (await client(opts)).insert(table, row, { ...consistency(opts), ...idempotencyKey(opts) })
       out(opts, { id: jsonId(r.id), version: r.version, row: r.row }, () => `inserted ${table} ${r.id} (version ${r.version})\n`)
     })
@@ -196,7 +196,7 @@ function buildProgram (io: Io, setCode: (c: number) => void, asked: Asked): Comm
     .argument('<table>').argument('<id>').argument('<json>')
     .option('--if-match <version>', 'only if the row is still at this version (repeat to resolve a conflict)', collect, [])
     .action(async (table: string, id: string, json: string, opts: GlobalOpts & { ifMatch: string[] }) => {
-      const changes = await readJsonArg(json, io)
+      const changes = rowObject(await readJsonArg(json, io))
       const r = await (await client(opts)).update(table, id, changes, { ...consistency(opts), ...idempotencyKey(opts), ifMatch: opts.ifMatch })
       out(opts, { id: jsonId(r.id), version: r.version, row: r.row }, () => `updated ${table} ${r.id} (version ${r.version})\n`)
     })
@@ -264,7 +264,7 @@ function buildProgram (io: Io, setCode: (c: number) => void, asked: Asked): Comm
     .action(async (table: string, file: string, opts: GlobalOpts & { format?: 'ndjson' | 'csv' }) => {
       const stdin = file === '-'
       const format = opts.format ?? (!stdin && extname(file).toLowerCase() === '.csv' ? 'csv' : 'ndjson')
-      const size = stdin ? 0 : (await stat(file).catch(() => { throw new UsageError(`cannot read ${file}`) })).size
+      const size = stdin ? 0 : await readableSize(file)
       const progress = await byteProgress(io, size)
       // The client first: a 'data' listener starts the stream flowing, and awaiting after it would lose the file.
       const api = await client(opts)
@@ -644,6 +644,14 @@ function shellWord (s: string): string {
   return /^[\w@%+=:,./~-]+$/.test(s) ? s : `'${s.replaceAll("'", "'\\''")}'`
 }
 
+/** A row argument (insert, update): a JSON object of columns, or the call is wrong (exit 2) */
+function rowObject (value: unknown): Record<string, unknown> {
+  if (value === null || typeof value !== 'object' || Array.isArray(value)) {
+    throw new UsageError(`the row must be a JSON object of columns ({"column": value, ...}), got ${Array.isArray(value) ? 'an array' : JSON.stringify(value)}`)
+  }
+  return value as Record<string, unknown>
+}
+
 /** `{"operations": [...]}` or the operations array alone */
 function batchOperations (body: unknown): unknown[] {
   const ops = Array.isArray(body) ? body : (body as { operations?: unknown } | null)?.operations
@@ -669,6 +677,18 @@ async function readJsonArg (arg: string, io: Io, what = 'the row'): Promise<unkn
   } catch (err) {
     throw new UsageError(`${what} must be JSON: ${(err as Error).message}`)
   }
+}
+
+/**
+ * The size of a file to import, once it is known to be one this process can
+ * read (a pipe such as `<(zcat rows.ndjson.gz)` has no size: 0); anything else
+ * is a usage error, before the daemon is asked, never a stream error later.
+ */
+async function readableSize (file: string): Promise<number> {
+  const info = await stat(file).catch((err: NodeJS.ErrnoException) => { throw new UsageError(`cannot read ${file}: ${err.code === 'ENOENT' ? 'no such file' : err.message}`) })
+  if (info.isDirectory()) throw new UsageError(`cannot read ${file}: it is a directory; import takes a file, or - for stdin`)
+  await access(file, constants.R_OK).catch((err: Error) => { throw new UsageError(`cannot read ${file}: ${err.message}`) })
+  return info.isFile() ? info.size : 0
 }
 
 /** The home's config if the home exists; a client must not create a home */
