@@ -537,6 +537,17 @@ describe('ntsoekhe CLI end to end', () => {
       expect(glass.code, glass.stderr).toBe(EXIT.OK)
       expect(json(glass).row.insurance_policy_number).toBe('B')
 
+      // head as billing: its own table whole, five columns of patient_records, every other table named as not shown.
+      const headed = await cli(['head', '--json', '--token', made.token], { home })
+      expect(headed.code, headed.stderr).toBe(EXIT.OK)
+      const byTable = Object.fromEntries(json<{ tables: Array<{ table: string, rows: any[], error?: { code: string } }> }>(headed).tables.map(t => [t.table, t]))
+      expect(Object.keys(byTable.patient_records.rows[0]).sort()).toEqual(['address', 'contact_number', 'email', 'patient_id', 'patient_name'])
+      expect(byTable.billing_insurance.rows.length).toBeGreaterThan(0)
+      expect(byTable.billing_insurance.error).toBeUndefined()
+      for (const t of ['users', 'user_roles', 'medical_history']) expect(byTable[t].error?.code, t).toBe('FORBIDDEN')
+      const headText = await cli(['head', '--token', made.token], { home })
+      expect(headText.stdout).toMatch(/^users: not shown \(/m)
+
       const roles = await ok(['roles'])
       expect(roles.roles.map((r: any) => r.role)).toEqual(['admin', 'doctor', 'nurse', 'billing', 'auditor'])
       expect((await run(['roles'])).stdout).toMatch(/billing/)
