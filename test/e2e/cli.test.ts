@@ -540,7 +540,7 @@ describe('ntsoekhe CLI end to end', () => {
       // head as billing: its own table whole, five columns of patient_records, every other table named as not shown.
       const headed = await cli(['head', '--json', '--token', made.token], { home })
       expect(headed.code, headed.stderr).toBe(EXIT.OK)
-      const byTable = Object.fromEntries(json<{ tables: Array<{ table: string, rows: any[], error?: { code: string } }> }>(headed).tables.map(t => [t.table, t]))
+      const byTable: Record<string, any> = Object.fromEntries(json<{ tables: Array<{ table: string, rows: any[], error?: { code: string } }> }>(headed).tables.map(t => [t.table, t]))
       expect(Object.keys(byTable.patient_records.rows[0]).sort()).toEqual(['address', 'contact_number', 'email', 'patient_id', 'patient_name'])
       expect(byTable.billing_insurance.rows.length).toBeGreaterThan(0)
       expect(byTable.billing_insurance.error).toBeUndefined()
