@@ -477,7 +477,8 @@ function buildProgram (io: Io, setCode: (c: number) => void, asked: Asked): Comm
         ...(opts.user === undefined ? {} : { user: opts.user }),
         ...(opts.since === undefined ? {} : { since: opts.since })
       })
-      out(opts, { entries: r.entries.map(e => ({ ...e, patient_id: e.patient_id === null || e.patient_id === undefined ? e.patient_id : jsonId(String(e.patient_id)) })) }, () => renderTable(r.entries.map(e => ({
+      // Entries as stored and hashed (patient_id and key are text there): an auditor can recompute each hash from them.
+      out(opts, { entries: r.entries }, () => renderTable(r.entries.map(e => ({
         time: e.time, node: e.node, seq: e.seq, user: e.user ?? '', role: e.role ?? '', action: e.action, table: e.table ?? '', key: e.key ?? '', patient: e.patient_id ?? '', outcome: `${String(e.outcome)} ${String(e.status)}`, reason: e.reason ?? ''
       }))))
       if (r.truncated) io.stderr.write(`warning: only the first ${r.entries.length} matching entries are shown: narrow with --patient, --user or --since\n`)
