@@ -91,9 +91,12 @@ export function applyFlags (config: Config, flags: DaemonFlags): Config {
 export function portInUse (err: unknown): { address: string, port: number } | undefined {
   const message = String((err as Error | undefined)?.message ?? err)
   if (!message.includes('EADDRINUSE')) return undefined
-  const m = /(\/ip[46]\/[^\s:]+\/tcp\/(\d+))[^\n]*EADDRINUSE/.exec(message) ?? /EADDRINUSE[^\n]*?(([\d.]+|\[[0-9a-f:]+\]):(\d+))/i.exec(message)
-  if (m === null) return { address: 'its listen address', port: 0 }
-  return m[0].startsWith('/') ? { address: m[1] as string, port: Number(m[2]) } : { address: m[1] as string, port: Number(m[3]) }
+  // libp2p's line names the multiaddr as configured ("  /ip6/::1/tcp/4100: Error: listen EADDRINUSE ..."); an IPv6 one holds colons.
+  const m = /(\/(?:ip4|ip6|dns|dns4|dns6)\/\S+?\/tcp\/(\d+))\S*:? [^\n]*EADDRINUSE/.exec(message)
+  if (m !== null) return { address: m[1] as string, port: Number(m[2]) }
+  // Node's own message ends with the address and port: "address already in use ::1:4100".
+  const node = /EADDRINUSE[^\n]*?(\S+):(\d+)\s*$/m.exec(message)
+  return node === null ? { address: 'its listen address', port: 0 } : { address: node[1] as string, port: Number(node[2]) }
 }
 
 /** Runs `fn`, a check of a flag's value: its ValidationError is a usage error (exit 2) */
