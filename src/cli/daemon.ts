@@ -1,4 +1,5 @@
 import { join, resolve } from 'node:path'
+import type { Logger } from 'pino'
 import { createLogger } from '../daemon/logger.js'
 import { checkConfig, loadConfig, type Config } from '../daemon/config.js'
 import { NtsoekheNode } from '../daemon/node.js'
@@ -173,16 +174,31 @@ export async function runDaemon (home: string, flags: DaemonFlags, io: Io): Prom
       (node.urls.console === undefined ? '' : `  console  ${node.urls.console} (plain HTTP; sign in with a user token)\n`) +
       (node.urls.metrics === undefined ? '' : `  metrics  ${node.urls.metrics}\n`))
   }
+  await stopSignal(logger)
+  await node.stop()
+  return 0
+}
+
+/**
+ * Resolves at the first SIGINT or SIGTERM. The handlers stay for the rest of
+ * the process's life: a second signal while the node stops is logged and
+ * ignored. Ctrl-C under `npm start` sends two (the terminal's to the whole
+ * process group, then the one npm forwards), and without a handler the second
+ * would kill the daemon halfway through closing its store.
+ */
+async function stopSignal (logger: Logger): Promise<void> {
   await new Promise<void>(resolve => {
+    let stopping = false
     const onSignal = (signal: string): void => {
+      if (stopping) {
+        logger.info({ signal }, `already shutting down (kill -KILL ${process.pid} stops at once)`)
+        return
+      }
+      stopping = true
       logger.info({ signal }, 'shutting down')
-      process.off('SIGINT', onSignal)
-      process.off('SIGTERM', onSignal)
       resolve()
     }
     process.on('SIGINT', onSignal)
     process.on('SIGTERM', onSignal)
   })
-  await node.stop()
-  return 0
 }

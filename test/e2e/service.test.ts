@@ -2,13 +2,13 @@
  * Running Ntsoekhe as a service: `npm start` hands signals to the daemon
  * (no shell left in between), `--version`, the systemd unit and the licence.
  */
-import { spawn, spawnSync } from 'node:child_process'
+import { spawn, spawnSync, type ChildProcess } from 'node:child_process'
 import { existsSync } from 'node:fs'
 import { mkdtemp, readdir, readFile, rm, writeFile } from 'node:fs/promises'
 import { tmpdir } from 'node:os'
 import { join } from 'node:path'
 import { describe, expect, it } from 'vitest'
-import { BIN, ROOT, cli, makeHome, statusAnswers, track } from '../helpers/daemon.js'
+import { BIN, ROOT, cli, makeHome, startDaemon, statusAnswers, track } from '../helpers/daemon.js'
 import { waitForValue } from '../helpers/wait.js'
 
 const pkg = JSON.parse(await readFile(join(ROOT, 'package.json'), 'utf8')) as { version: string, license: string, scripts: Record<string, string> }
@@ -39,38 +39,98 @@ function alive (pid: number): boolean {
   }
 }
 
+/** `npm start` on a fresh home, in a process group of its own (as a terminal runs it), once its daemon answers */
+interface NpmStart {
+  npm: ChildProcess
+  /** The daemon: npm's only child, the start script's shell having exec'd it */
+  daemonPid: number
+  socket: string
+  output: () => string
+  /** npm's exit */
+  exited: Promise<{ code: number | null, signal: NodeJS.Signals | null }>
+  /** SIGKILLs whatever of the two is still running */
+  kill: () => void
+}
+
+async function npmStart (): Promise<NpmStart> {
+  expect(pkg.scripts.start).toMatch(/^exec node bin\/ntsoekhe daemon$/)
+  const home = await makeHome()
+  const { NTSOEKHE_HOME: _h, NTSOEKHE_TOKEN: _t, ...env } = process.env
+  // --ignore-scripts skips prestart (the build): the tests run against the dist/ already built.
+  // detached: npm leads a process group of its own, as the foreground job of a terminal does.
+  const npm = track(spawn('npm', ['start', '--ignore-scripts', '--', '--home', home, '--listen', '/ip4/127.0.0.1/tcp/0', '--log-level', 'info'], {
+    cwd: ROOT, stdio: ['ignore', 'pipe', 'pipe'], env: { ...env, CI: 'true' }, detached: true
+  }))
+  let output = ''
+  npm.stdout?.setEncoding('utf8').on('data', (s: string) => { output += s })
+  npm.stderr?.setEncoding('utf8').on('data', (s: string) => { output += s })
+  const exited = new Promise<{ code: number | null, signal: NodeJS.Signals | null }>(resolve => npm.once('exit', (code, signal) => { resolve({ code, signal }) }))
+  const socket = join(home, 'api.sock')
+  let daemonPid: number | undefined
+  const kill = (): void => {
+    if (daemonPid !== undefined && alive(daemonPid)) process.kill(daemonPid, 'SIGKILL')
+    if (npm.exitCode === null && npm.signalCode === null) npm.kill('SIGKILL')
+  }
+  try {
+    await waitForValue(`the daemon started by npm start to answer on ${socket}`, async () => await statusAnswers(socket), 30_000)
+    // The socket answers a moment before the daemon installs its signal handlers: wait for its ready banner.
+    await waitForValue('the daemon\'s ready banner', async () => output.includes('ntsoekhe daemon ready'), 15_000)
+    const kids = await children(npm.pid as number)
+    expect(kids, output).toHaveLength(1)
+    expect(kids[0]?.cmd).toMatch(/node .*bin\/ntsoekhe daemon --home/)
+    daemonPid = kids[0]?.pid as number
+  } catch (err) {
+    kill()
+    throw err
+  }
+  return { npm, daemonPid, socket, output: () => output, exited, kill }
+}
+
+/** Waits until the daemon and npm have both exited; returns npm's exit */
+async function bothExit (started: NpmStart, after: string): Promise<{ code: number | null, signal: NodeJS.Signals | null }> {
+  await waitForValue(`the daemon to exit after ${after}`, async () => !alive(started.daemonPid), 20_000)
+  return await waitForValue(`npm to exit after ${after}`, async () => await Promise.race([started.exited, new Promise<false>(resolve => setTimeout(() => { resolve(false) }, 100))]), 20_000)
+}
+
+/** The daemon closed everything as on its own SIGTERM: its store closed, its socket gone, nothing answers */
+async function expectCleanStop (started: NpmStart, exit: { code: number | null, signal: NodeJS.Signals | null }): Promise<void> {
+  const output = started.output()
+  expect(output).toMatch(/"msg":"node stopped"/)
+  expect(exit, output).toEqual({ code: 0, signal: null })
+  expect(existsSync(started.socket), output).toBe(false)
+  expect(await statusAnswers(started.socket)).toBe(false)
+}
+
 describe('running as a service', () => {
   it('npm start runs the daemon itself under npm (exec, no shell between): SIGTERM to npm stops the daemon cleanly', async () => {
-    expect(pkg.scripts.start).toMatch(/^exec node bin\/ntsoekhe daemon$/)
-    const home = await makeHome()
-    const { NTSOEKHE_HOME: _h, NTSOEKHE_TOKEN: _t, ...env } = process.env
-    // --ignore-scripts skips prestart (the build): the tests run against the dist/ already built.
-    const npm = track(spawn('npm', ['start', '--ignore-scripts', '--', '--home', home, '--listen', '/ip4/127.0.0.1/tcp/0', '--log-level', 'warn'], {
-      cwd: ROOT, stdio: ['ignore', 'pipe', 'pipe'], env: { ...env, CI: 'true' }
-    }))
-    let output = ''
-    npm.stdout?.setEncoding('utf8').on('data', (s: string) => { output += s })
-    npm.stderr?.setEncoding('utf8').on('data', (s: string) => { output += s })
-    const exited = new Promise<number | null>(resolve => npm.once('exit', code => { resolve(code) }))
-    const socket = join(home, 'api.sock')
-    let daemonPid: number | undefined
+    const started = await npmStart()
     try {
-      await waitForValue(`the daemon started by npm start to answer on ${socket}`, async () => await statusAnswers(socket), 30_000)
-      const kids = await children(npm.pid as number)
-      expect(kids, output).toHaveLength(1)
-      expect(kids[0]?.cmd).toMatch(/node .*bin\/ntsoekhe daemon --home/)
-      daemonPid = kids[0]?.pid as number
-
-      npm.kill('SIGTERM')
-      await waitForValue('the daemon to exit after SIGTERM to npm', async () => !alive(daemonPid as number), 15_000)
-      await waitForValue('npm to exit', async () => await Promise.race([exited.then(() => true), new Promise<false>(resolve => setTimeout(() => { resolve(false) }, 100))]), 15_000)
-      // The daemon shut down as on its own SIGTERM: the socket is gone and nothing answers.
-      expect(existsSync(socket), output).toBe(false)
-      expect(await statusAnswers(socket)).toBe(false)
+      started.npm.kill('SIGTERM')
+      await expectCleanStop(started, await bothExit(started, 'SIGTERM to npm'))
     } finally {
-      if (daemonPid !== undefined && alive(daemonPid)) process.kill(daemonPid, 'SIGKILL')
-      if (npm.exitCode === null) npm.kill('SIGKILL')
+      started.kill()
     }
+  }, 60_000)
+
+  it('Ctrl-C on npm start (SIGINT to its process group: the daemon gets it twice, from the terminal and from npm) stops the daemon cleanly', async () => {
+    const started = await npmStart()
+    try {
+      process.kill(-(started.npm.pid as number), 'SIGINT')
+      await expectCleanStop(started, await bothExit(started, 'SIGINT to the process group'))
+    } finally {
+      started.kill()
+    }
+  }, 60_000)
+
+  it('a second signal while the daemon stops is ignored: it still closes its store and removes its socket, and exits 0', async () => {
+    const daemon = await startDaemon({ args: ['--log-level', 'info'] })
+    daemon.proc.kill('SIGINT')
+    // The first signal's handler has run: the second one arrives while the node stops.
+    await waitForValue('the daemon to log that it is shutting down', async () => daemon.stdout().includes('"msg":"shutting down"'), 15_000)
+    daemon.proc.kill('SIGTERM')
+    expect(await daemon.stop(), daemon.stdout()).toEqual({ code: 0, signal: null })
+    expect(daemon.stdout()).toMatch(/"msg":"node stopped"/)
+    expect(existsSync(daemon.socket)).toBe(false)
   }, 60_000)
 
   it('ntsoekhe --version prints the version in package.json', async () => {
