@@ -139,6 +139,10 @@ describe('running as a service', () => {
       expect(r.code).toBe(0)
       expect(r.stdout).toBe(`${pkg.version}\n`)
     }
+    // As a command too, and as JSON.
+    const command = await cli(['version'])
+    expect(command).toMatchObject({ code: 0, stdout: `${pkg.version}\n` })
+    expect(JSON.parse((await cli(['version', '--json'])).stdout)).toEqual({ version: pkg.version })
   })
 
   it('configs/ntsoekhe.service: a dedicated user, restart on failure, hardened, writable home only; systemd accepts it', async () => {
