@@ -177,6 +177,27 @@ describe('running as a service', () => {
     }
   })
 
+  it('README\'s service section installs what the unit names: its user, its home (made before a first start by hand), its ExecStart', async () => {
+    const unit = await readFile(join(ROOT, 'configs', 'ntsoekhe.service'), 'utf8')
+    const directive = (key: string): string => new RegExp(`^${key}=(.*)$`, 'm').exec(unit)?.[1] ?? ''
+    const [user, group] = [directive('User'), directive('Group')]
+    const binary = directive('ExecStart').split(' ')[0] as string
+    const home = /--home (\S+)/.exec(directive('ExecStart'))?.[1] as string
+    expect(`/var/lib/${directive('StateDirectory')}`).toBe(home)
+    const readme = await readFile(join(ROOT, 'README.md'), 'utf8')
+    const section = readme.slice(readme.indexOf('\n## Running as a service\n'), readme.indexOf('\n## ', readme.indexOf('\n## Running as a service\n') + 1))
+    expect(section.length).toBeGreaterThan(100)
+    expect(section).toContain(`useradd --system --home-dir ${home} --shell /usr/sbin/nologin ${user}`)
+    expect(section).toContain('cp configs/ntsoekhe.service /etc/systemd/system/')
+    expect(section).toContain(binary)
+    // The user cannot make its home under /var/lib: it exists before the first start by hand that joins a network.
+    const makeHomeAt = section.indexOf(`install -d -m 0700 -o ${user} -g ${group} ${home}`)
+    expect(makeHomeAt).toBeGreaterThan(-1)
+    const joinAt = section.search(new RegExp(`sudo -u ${user} ntsoekhe daemon --home\\s+${home} --join`))
+    expect(joinAt).toBeGreaterThan(-1)
+    expect(makeHomeAt).toBeLessThan(joinAt)
+  })
+
   it('LICENSE is the MIT licence package.json names', async () => {
     expect(pkg.license).toBe('MIT')
     const license = await readFile(join(ROOT, 'LICENSE'), 'utf8')
