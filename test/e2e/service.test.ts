@@ -5,10 +5,11 @@
 import { spawn, spawnSync, type ChildProcess } from 'node:child_process'
 import { existsSync } from 'node:fs'
 import { mkdtemp, readdir, readFile, rm, writeFile } from 'node:fs/promises'
+import { createServer, type AddressInfo } from 'node:net'
 import { tmpdir } from 'node:os'
 import { join } from 'node:path'
 import { describe, expect, it } from 'vitest'
-import { BIN, ROOT, cli, makeHome, startDaemon, statusAnswers, track } from '../helpers/daemon.js'
+import { BIN, ROOT, cli, daemonExit, makeHome, startDaemon, statusAnswers, track } from '../helpers/daemon.js'
 import { waitForValue } from '../helpers/wait.js'
 
 const pkg = JSON.parse(await readFile(join(ROOT, 'package.json'), 'utf8')) as { version: string, license: string, scripts: Record<string, string> }
@@ -132,6 +133,32 @@ describe('running as a service', () => {
     expect(daemon.stdout()).toMatch(/"msg":"node stopped"/)
     expect(existsSync(daemon.socket)).toBe(false)
   }, 60_000)
+
+  it('a port already in use, for each listener: one line naming the port and the flag and config key that change it, exit 1, no stack trace', async () => {
+    const holder = createServer()
+    await new Promise<void>(resolve => holder.listen(0, '127.0.0.1', resolve))
+    const port = (holder.address() as AddressInfo).port
+    try {
+      const cases: Array<[string[], RegExp]> = [
+        [['--listen', `/ip4/127.0.0.1/tcp/${port}`], /--listen \S+ or network\.listen/],
+        [['--metrics-listen', `127.0.0.1:${port}`], /--metrics-listen <host:port> or monitoring\.metricsListen/],
+        [['--console', `127.0.0.1:${port}`], /--console <host:port> or monitoring\.console/]
+      ]
+      for (const [args, remedy] of cases) {
+        const home = await makeHome()
+        const r = await daemonExit(home, { args })
+        expect(r.code, `${args.join(' ')}: ${r.stderr}`).toBe(1)
+        expect(r.stderr).toMatch(new RegExp(`^error: port ${port}\\b.*already in use`))
+        expect(r.stderr).toMatch(remedy)
+        expect(r.stderr.trimEnd().split('\n'), r.stderr).toHaveLength(1)
+        expect(r.stderr).not.toMatch(/^\s+at /m)
+        // Refused before the socket serves: nothing is left behind that a next start would trip over.
+        expect(existsSync(join(home, 'api.sock'))).toBe(false)
+      }
+    } finally {
+      await new Promise(resolve => holder.close(resolve))
+    }
+  }, 120_000)
 
   it('ntsoekhe --version prints the version in package.json', async () => {
     for (const flag of ['--version', '-V']) {
