@@ -3,6 +3,7 @@ import { afterEach, beforeEach, describe, expect, it } from 'vitest'
 import { OPENAPI_ROUTE, openApiDocument, openApiPath, recordRoutes, type RouteEntry } from '../../src/api/openapi.js'
 import { ROUTE_SCHEMAS } from '../../src/api/schemas.js'
 import { TABLES } from '../../src/schema/index.js'
+import { defaultConfig } from '../../src/daemon/config.js'
 import { HIDDEN_COLUMNS } from '../../src/security/rights.js'
 import { AuditTrail, storeHead } from '../../src/security/audit.js'
 import { UserDirectory } from '../../src/security/users.js'
@@ -93,6 +94,12 @@ describe('openapi: the document and the routes', () => {
       const row = doc.components.schemas[`row.${table.name}`] as { properties: Record<string, unknown> }
       expect(Object.keys(row.properties)).toEqual(table.columns.map(c => c.name).filter(c => !(HIDDEN_COLUMNS[table.name] ?? []).includes(c)))
     }
+  })
+
+  it('names the socket it is served on as the daemon makes it, and the package\'s version', () => {
+    const doc = openApiDocument(routes, { version: '9.9.9', tables: TABLES }) as unknown as Doc & { info: { version: string, description: string } }
+    expect(doc.info.version).toBe('9.9.9')
+    expect(doc.info.description).toContain(`<home>/${defaultConfig().api.socket}`)
   })
 
   it('is made from the route schemas fastify validates with: a schema change shows in the document', () => {
