@@ -225,6 +225,27 @@ describe('running as a service', () => {
     expect(makeHomeAt).toBeLessThan(joinAt)
   })
 
+  it('README and docs/ link only to files of the repository, README to docs/design.md; no address outside this machine', async () => {
+    const docs = ['README.md', ...(await readdir(join(ROOT, 'docs'))).filter(f => f.endsWith('.md')).map(f => `docs/${f}`)]
+    expect(docs).toContain('docs/design.md')
+    for (const doc of docs) {
+      const text = await readFile(join(ROOT, doc), 'utf8')
+      for (const [, target] of text.matchAll(/\]\(([^)\s]+)\)/g)) {
+        const path = (target as string).replace(/#.*$/, '')
+        expect(path, `${doc} links to ${target as string}`).not.toMatch(/^[a-z][a-z0-9+.-]*:/i)
+        if (path === '') continue
+        const resolved = join(ROOT, doc.includes('/') ? 'docs' : '', path)
+        expect(resolved.startsWith(ROOT + '/'), `${doc} links outside the repository: ${target as string}`).toBe(true)
+        expect(existsSync(resolved), `${doc} links to ${target as string}, which does not exist`).toBe(true)
+      }
+      // Addresses in examples name this machine (a socket, a loopback port), never a site.
+      for (const [url] of text.matchAll(/\bhttps?:\/\/[^\s)`'"<>]+/g)) {
+        expect(url, `${doc} names ${url}`).toMatch(/^https?:\/\/(localhost|127\.0\.0\.1|\[::1\])([:/]|$)/)
+      }
+    }
+    expect(await readFile(join(ROOT, 'README.md'), 'utf8')).toContain('](docs/design.md)')
+  })
+
   it('LICENSE is the MIT licence package.json names', async () => {
     expect(pkg.license).toBe('MIT')
     const license = await readFile(join(ROOT, 'LICENSE'), 'utf8')
