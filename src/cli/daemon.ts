@@ -146,6 +146,8 @@ export async function runDaemon (home: string, flags: DaemonFlags, io: Io): Prom
     ...(flags.clockOffsetMs === undefined ? {} : { clockOffsetMs: flags.clockOffsetMs }),
     onLeft: () => { process.kill(process.pid, 'SIGTERM') }
   })
+  // Before the start: once the socket answers (before the ready line), a signal stops the node cleanly.
+  const signalled = stopSignal(logger, () => node.serving)
   try {
     await node.start()
   } catch (err) {
@@ -174,24 +176,36 @@ export async function runDaemon (home: string, flags: DaemonFlags, io: Io): Prom
       (node.urls.console === undefined ? '' : `  console  ${node.urls.console} (plain HTTP; sign in with a user token)\n`) +
       (node.urls.metrics === undefined ? '' : `  metrics  ${node.urls.metrics}\n`))
   }
-  await stopSignal(logger)
+  await signalled
   await node.stop()
   return 0
 }
 
 /**
- * Resolves at the first SIGINT or SIGTERM. The handlers stay for the rest of
- * the process's life: a second signal while the node stops is logged and
+ * Installs the SIGINT and SIGTERM handlers, and resolves at the first signal
+ * once the node is `serving`. They are installed before the node starts, so
+ * that a script that sends a signal as soon as the socket answers or the
+ * ready line appears never meets the default action (death with the store
+ * open and the socket left behind); a signal before the socket listens still
+ * has the default action (a start stopped there, a store migration included,
+ * resumes at the next start). The handlers stay for the rest of the
+ * process's life: a further signal while the node stops is logged and
  * ignored. Ctrl-C under `npm start` sends two (the terminal's to the whole
  * process group, then the one npm forwards), and without a handler the second
  * would kill the daemon halfway through closing its store.
  */
-async function stopSignal (logger: Logger): Promise<void> {
+async function stopSignal (logger: Logger, serving: () => boolean): Promise<void> {
   await new Promise<void>(resolve => {
     let stopping = false
-    const onSignal = (signal: string): void => {
+    const onSignal = (signal: NodeJS.Signals): void => {
       if (stopping) {
         logger.info({ signal }, `already shutting down (kill -KILL ${process.pid} stops at once)`)
+        return
+      }
+      if (!serving()) {
+        process.off('SIGINT', onSignal)
+        process.off('SIGTERM', onSignal)
+        process.kill(process.pid, signal)
         return
       }
       stopping = true

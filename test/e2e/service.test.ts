@@ -11,6 +11,7 @@ import { join } from 'node:path'
 import { describe, expect, it } from 'vitest'
 import { BIN, ROOT, cli, daemonExit, makeHome, startDaemon, statusAnswers, track } from '../helpers/daemon.js'
 import { waitForValue } from '../helpers/wait.js'
+import { runDaemon } from '../../src/cli/daemon.js'
 
 const pkg = JSON.parse(await readFile(join(ROOT, 'package.json'), 'utf8')) as { version: string, license: string, scripts: Record<string, string> }
 
@@ -74,8 +75,6 @@ async function npmStart (): Promise<NpmStart> {
   }
   try {
     await waitForValue(`the daemon started by npm start to answer on ${socket}`, async () => await statusAnswers(socket), 30_000)
-    // The socket answers a moment before the daemon installs its signal handlers: wait for its ready banner.
-    await waitForValue('the daemon\'s ready banner', async () => output.includes('ntsoekhe daemon ready'), 15_000)
     const kids = await children(npm.pid as number)
     expect(kids, output).toHaveLength(1)
     expect(kids[0]?.cmd).toMatch(/node .*bin\/ntsoekhe daemon --home/)
@@ -159,6 +158,37 @@ describe('running as a service', () => {
       await new Promise(resolve => holder.close(resolve))
     }
   }, 120_000)
+
+  it('the daemon handles SIGINT and SIGTERM before it says it is ready (the --json ready line, or the banner)', async () => {
+    // A script that signals the moment the ready line appears is woken by it at once: had the handlers come after
+    // it, the signal could meet the default action (death with the store open). Checked when each line is written.
+    for (const json of [true, false]) {
+      const before = { SIGINT: new Set(process.listeners('SIGINT')), SIGTERM: new Set(process.listeners('SIGTERM')) }
+      const added = (signal: 'SIGINT' | 'SIGTERM'): Array<(signal: NodeJS.Signals) => void> => process.listeners(signal).filter(l => !before[signal].has(l))
+      let handledAtReady: boolean | undefined
+      let said = ''
+      const write = (s: string): boolean => {
+        said += s
+        if (/^\{"ready":true/.test(s) || s.startsWith('ntsoekhe daemon ready')) handledAtReady = added('SIGINT').length === 1 && added('SIGTERM').length === 1
+        return true
+      }
+      const home = await makeHome()
+      const running = runDaemon(home, { listen: ['/ip4/127.0.0.1/tcp/0'], bootstrap: [], logLevel: 'silent', json }, { stdout: { write }, stderr: { write }, stdin: process.stdin })
+      try {
+        await waitForValue(`the daemon (json: ${String(json)}) to say it is ready`, async () => handledAtReady !== undefined || await Promise.race([running.then(code => { throw new Error(`exited ${code}: ${said}`) }), Promise.resolve(false)]), 30_000)
+        expect(handledAtReady, said).toBe(true)
+      } finally {
+        // Its own handler stops it, as the signal would (once it serves: before, the handler would re-raise the
+        // signal in this process); then the test process gets its handlers back.
+        if (handledAtReady !== undefined) {
+          for (const handler of added('SIGTERM')) handler('SIGTERM')
+          expect(await running).toBe(0)
+        }
+        for (const signal of ['SIGINT', 'SIGTERM'] as const) for (const handler of added(signal)) process.off(signal, handler)
+      }
+      expect(existsSync(join(home, 'api.sock'))).toBe(false)
+    }
+  }, 90_000)
 
   it('ntsoekhe --version prints the version in package.json', async () => {
     for (const flag of ['--version', '-V']) {
