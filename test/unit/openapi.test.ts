@@ -74,6 +74,27 @@ describe('openapi: the document and the routes', () => {
     expect(documented.sort()).toEqual(served.sort())
   })
 
+  it('gives each route its schemas: a body where the route checks one, its parameters, a success answer with its shape, the error body', async () => {
+    const doc = await documentOf() as Doc & { paths: Record<string, Record<string, Operation & { requestBody?: { content: Record<string, unknown> } }>> }
+    for (const route of routes) {
+      const where = `${route.method} ${route.url}`
+      const op = doc.paths[openApiPath(route.url)]?.[route.method.toLowerCase()]
+      const schema = route.schema as Record<string, any>
+      expect(op, where).toBeDefined()
+      expect(op?.requestBody !== undefined, `${where}: a request body in the document iff the route checks one`).toBe(schema.body !== undefined || Array.isArray(schema.consumes))
+      for (const [part, place] of [['params', 'path'], ['querystring', 'query'], ['headers', 'header']] as const) {
+        const names = Object.keys(schema[part]?.properties ?? {}).map(n => n.toLowerCase()).sort()
+        expect(op?.parameters.filter(p => p.in === place).map(p => p.name.toLowerCase()).filter(n => n !== 'filters').sort(), `${where}: ${place} parameters`).toEqual(names)
+      }
+      const success = Object.keys(op?.responses ?? {}).filter(status => /^2/.test(status))
+      expect(success.length, `${where}: a success answer`).toBeGreaterThan(0)
+      for (const status of [...success, 'default']) {
+        expect(Object.values(op?.responses[status]?.content ?? {}).length, `${where} ${status}`).toBeGreaterThan(0)
+        for (const body of Object.values(op?.responses[status]?.content ?? {})) expect(body.schema, `${where} ${status}: its shape`).toBeDefined()
+      }
+    }
+  })
+
   it('is well formed: unique operation ids, a path parameter for each {name}, every $ref resolves', async () => {
     const doc = await documentOf()
     const ids = Object.values(doc.paths).flatMap(ops => Object.values(ops).map(o => o.operationId))
