@@ -110,6 +110,11 @@ function buildProgram (io: Io, setCode: (c: number) => void, asked: Asked): Comm
   const withBreakGlass = (cmd: Command): Command => cmd
     .option('--break-glass <reason>', 'read outside your role in an emergency, stating why (doctors and nurses; audited)')
 
+  // `ntsoekhe version`, as `--version`, for those who type it as a command (npm, docker and go take both).
+  program.command('version').description('print the version (package.json)').option('--json', 'print JSON')
+    .exitOverride()
+    .action((opts: GlobalOpts) => { out(opts, { version: VERSION }, () => `${VERSION}\n`) })
+
   common(program.command('init').description('create the home, identity key, config and store without starting'))
     .action(async (opts: GlobalOpts) => {
       const { initHome } = await import('./daemon.js')
