@@ -13,7 +13,7 @@ import Fastify from 'fastify'
 import { describe, expect, it } from 'vitest'
 
 const ROOT = join(import.meta.dirname, '..', '..')
-type Lock = { packages: Record<string, { version?: string, engines?: { node?: string }, dev?: boolean, optional?: boolean }> }
+type Lock = { packages: Record<string, { version?: string, engines?: { node?: string }, dev?: boolean, devOptional?: boolean, optional?: boolean, inBundle?: boolean }> }
 const readLock = async (path: string): Promise<Lock> => JSON.parse(await readFile(join(ROOT, path), 'utf8')) as Lock
 const lock = await readLock('package-lock.json')
 
@@ -61,6 +61,17 @@ describe('Node 20.19', () => {
       .map(([path, p]) => `${path}@${String(p.version)} (${String(p.engines?.node)})`)
     expect(newer(lock)).toEqual([])
     expect(newer(await readLock('tools/lint/package-lock.json')), 'tools/lint (npm run lint)').toEqual([])
+  })
+
+  it('the packed package carries the locked tree: every runtime package is bundled', () => {
+    // npm applies package.json's overrides only to this project's own install, and ignores a local
+    // tarball's npm-shrinkwrap.json: `npm install -g ./ntsoekhe-*.tgz` (README, Running as a
+    // service) would resolve p-retry 8 and cookie 2 afresh and print EBADENGINE. With
+    // bundleDependencies the tarball holds node_modules as locked here, overrides applied.
+    const runtime = Object.entries(lock.packages).filter(([path, p]) => path !== '' && p.dev !== true && p.devOptional !== true)
+    expect(runtime.length).toBeGreaterThan(0)
+    expect(runtime.filter(([, p]) => p.inBundle !== true).map(([path]) => path)).toEqual([])
+    expect(lock.packages['node_modules/p-retry']?.inBundle).toBe(true)
   })
 
   it('README names the Node version package.json promises', async () => {
