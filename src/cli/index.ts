@@ -39,11 +39,40 @@ export async function run (argv: string[], io: Io): Promise<number> {
   const asked: Asked = {}
   const program = buildProgram(io, c => { code = c }, asked)
   try {
-    await program.parseAsync(argv, { from: 'user' })
+    await program.parseAsync(hoistGlobals(argv), { from: 'user' })
     return code
   } catch (err) {
     return report(err, io, asked)
   }
+}
+
+/** The options every command takes, with whether each takes a value */
+const GLOBALS = new Map([['--home', true], ['--token', true], ['--json', false]])
+
+/**
+ * `ntsoekhe --home x status` as `ntsoekhe status --home x`: the options every command takes
+ * may come before the command too, as with git and docker. Those given before the first word
+ * that is not one of them move to the end (before a `--`), where the command reads them.
+ */
+export function hoistGlobals (argv: string[]): string[] {
+  const moved: string[] = []
+  let i = 0
+  while (i < argv.length) {
+    const [flag, inline] = argv[i]!.split(/=(.*)/s) as [string, string | undefined]
+    const takesValue = GLOBALS.get(flag)
+    if (takesValue === undefined) break
+    if (!takesValue || inline !== undefined) {
+      moved.push(argv[i]!)
+      i += 1
+    } else if (i + 1 < argv.length) {
+      moved.push(argv[i]!, argv[i + 1]!)
+      i += 2
+    } else break // `--home` with nothing after it: commander says what is missing
+  }
+  if (moved.length === 0) return argv
+  const rest = argv.slice(i)
+  const end = rest.indexOf('--')
+  return end === -1 ? [...rest, ...moved] : [...rest.slice(0, end), ...moved, ...rest.slice(end)]
 }
 
 /** What the command was asked for, as far as an error report needs it */
