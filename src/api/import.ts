@@ -1,4 +1,5 @@
 import { parse } from 'csv-parse'
+import { concat, fromString, toString } from 'uint8arrays'
 import type { RequestOptions } from '../cluster/coordinator.js'
 import { createHash } from 'node:crypto'
 import type { Database, ImportResult, ImportRow } from '../query/database.js'
@@ -149,12 +150,12 @@ function addRejections (report: ImportReport, rejected: ImportResult['rejected']
  * a longer line comes out without its text (and is skipped to its end).
  */
 export async function * splitLines (input: AsyncIterable<unknown> | NodeJS.ReadableStream, max: number): AsyncGenerator<{ n: number, text?: string }> {
-  let parts: Buffer[] = []
+  let parts: Uint8Array[] = []
   let size = 0
   let tooLong = false
   let n = 0
-  for await (const c of input as AsyncIterable<Buffer | string>) {
-    let buf = typeof c === 'string' ? Buffer.from(c) : c
+  for await (const c of input as AsyncIterable<Uint8Array | string>) {
+    let buf = typeof c === 'string' ? fromString(c, 'utf8') : c
     for (;;) {
       const nl = buf.indexOf(0x0a)
       const piece = nl === -1 ? buf : buf.subarray(0, nl)
@@ -170,7 +171,7 @@ export async function * splitLines (input: AsyncIterable<unknown> | NodeJS.Reada
       }
       if (nl === -1) break
       n++
-      yield tooLong ? { n } : { n, text: Buffer.concat(parts, size).toString('utf8') }
+      yield tooLong ? { n } : { n, text: toString(concat(parts, size), 'utf8') }
       parts = []
       size = 0
       tooLong = false
@@ -179,7 +180,7 @@ export async function * splitLines (input: AsyncIterable<unknown> | NodeJS.Reada
   }
   if (tooLong || size > 0) {
     n++
-    yield tooLong ? { n } : { n, text: Buffer.concat(parts, size).toString('utf8') }
+    yield tooLong ? { n } : { n, text: toString(concat(parts, size), 'utf8') }
   }
 }
 

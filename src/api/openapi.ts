@@ -116,7 +116,7 @@ export function openApiDocument (routes: readonly RouteEntry[], init: DocumentIn
     info: {
       title: 'Ntsoekhe socket API',
       version: init.version,
-      description: 'HTTP/JSON on the daemon\'s Unix socket (`<home>/ntsoekhe.sock`). Every request carries `Authorization: Bearer <token>`; each operation\'s `x-required-right` names the right it needs (`rows`: the role\'s table and column rights).'
+      description: 'HTTP/JSON on the daemon\'s Unix socket (`<home>/api.sock`, or `api.socket` in config.json). Every request carries `Authorization: Bearer <token>`; each operation\'s `x-required-right` names the right it needs (`rows`: the role\'s table and column rights).'
     },
     security: [{ bearer: [] }],
     paths: sortKeys(paths),

@@ -409,7 +409,7 @@ export const ROUTE_SCHEMAS = {
     querystring: obj({
       patient: str('Entries about this patient id'),
       user: str('Entries by this user'),
-      since: str('Entries from this time on (ISO 8601)'),
+      since: str('Entries from this moment on: a date (its midnight UTC) or an ISO 8601 time with its zone; a time without one is 400'),
       verify: { type: 'string', enum: ['true', 'false'], 'x-message': '{name} must be true or false', description: 'Check the chains instead of listing entries' }
     }, [], { additionalProperties: false, 'x-message': 'Unknown audit filter {name}: use patient, user, since or verify' }),
     response: answers({

@@ -1,5 +1,6 @@
 import { mkdir, open, readdir, readFile, rename, rm, rmdir } from 'node:fs/promises'
 import { join } from 'node:path'
+import { fromString, toString } from 'uint8arrays'
 import { ValidationError } from '../errors/index.js'
 import type { WholeRecord } from '../storage/store.js'
 import { BackupDamagedError, BackupKeyError, chunkName, deriveKey, keyCheck, mac, macMatches, newSalt, openChunk, sealChunk, sha256 } from './chunk.js'
@@ -27,8 +28,8 @@ export interface BackupWriterInit {
  */
 export class BackupWriter {
   private readonly dir: string
-  private readonly key?: Buffer
-  private readonly salt?: Buffer
+  private readonly key?: Uint8Array
+  private readonly salt?: Uint8Array
   private readonly chunkTextBytes: number
   private readonly manifest: Manifest
   private text: string[] = []
@@ -55,7 +56,7 @@ export class BackupWriter {
       finishedAt: now,
       node: init.node,
       compression: 'gzip',
-      encryption: this.key === undefined || this.salt === undefined ? null : { algorithm: 'AES-256-GCM', kdf: 'HKDF-SHA256', salt: this.salt.toString('hex'), keyCheck: keyCheck(this.key) },
+      encryption: this.key === undefined || this.salt === undefined ? null : { algorithm: 'AES-256-GCM', kdf: 'HKDF-SHA256', salt: toString(this.salt, 'base16'), keyCheck: keyCheck(this.key) },
       records: 0,
       rows: 0,
       versions: 0,
@@ -150,7 +151,7 @@ export class BackupWriter {
     if (this.key !== undefined) m.mac = mac(this.key, macText(m))
     const tmp = join(this.dir, `${MANIFEST_FILE}.tmp`)
     this.written.push(`${MANIFEST_FILE}.tmp`)
-    await writeDurably(tmp, Buffer.from(JSON.stringify(m, null, 2) + '\n'))
+    await writeDurably(tmp, fromString(JSON.stringify(m, null, 2) + '\n', 'utf8'))
     await rename(tmp, join(this.dir, MANIFEST_FILE))
     await syncDir(this.dir)
     return m
@@ -164,7 +165,7 @@ export class BackupWriter {
   }
 }
 
-async function writeDurably (path: string, bytes: Buffer): Promise<void> {
+async function writeDurably (path: string, bytes: Uint8Array): Promise<void> {
   const fh = await open(path, 'wx', 0o600)
   try {
     await fh.writeFile(bytes)
@@ -187,7 +188,7 @@ async function syncDir (dir: string): Promise<void> {
 export interface OpenedBackup {
   dir: string
   manifest: Manifest
-  key?: Buffer
+  key?: Uint8Array
 }
 
 /**
@@ -215,7 +216,7 @@ export async function openBackup (dir: string, keyFile?: Uint8Array): Promise<Op
     return { dir, manifest }
   }
   if (keyFile === undefined) throw new BackupKeyError('missing', 'this backup is encrypted: give its key file with --key <file>')
-  const key = deriveKey(keyFile, Buffer.from(manifest.encryption.salt, 'hex'))
+  const key = deriveKey(keyFile, fromString(manifest.encryption.salt, 'base16'))
   if (keyCheck(key) !== manifest.encryption.keyCheck) throw new BackupKeyError('wrong', 'wrong key: this backup was encrypted with another key file')
   if (!macMatches(key, macText(manifest), manifest.mac as string)) throw new BackupDamagedError(MANIFEST_FILE, 'does not authenticate under the key (altered)')
   return { dir, manifest, key }

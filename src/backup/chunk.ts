@@ -1,6 +1,7 @@
 import { createCipheriv, createDecipheriv, createHash, createHmac, hkdfSync, randomBytes, timingSafeEqual } from 'node:crypto'
 import { promisify } from 'node:util'
 import { gunzip, gzip } from 'node:zlib'
+import { concat, equals, fromString, toString } from 'uint8arrays'
 import { IntegrityError } from '../errors/index.js'
 
 /**
@@ -10,7 +11,7 @@ import { IntegrityError } from '../errors/index.js'
  * unnoticed. The key comes from the user's key file by HKDF-SHA256 with the
  * backup's own salt: one key file serves many backups, each with its own key.
  */
-export const CHUNK_MAGIC = Buffer.from('NTSKBK01')
+export const CHUNK_MAGIC = fromString('NTSKBK01', 'utf8')
 const IV_BYTES = 12
 const TAG_BYTES = 16
 /** Shortest key file accepted, bytes: 256 bits of secret at the least */
@@ -50,9 +51,9 @@ export function chunkName (n: number, encrypted: boolean): string {
 }
 
 /** A backup's key, derived from a key file's bytes and the backup's salt */
-export function deriveKey (keyFile: Uint8Array, salt: Uint8Array): Buffer {
+export function deriveKey (keyFile: Uint8Array, salt: Uint8Array): Uint8Array {
   if (keyFile.length < MIN_KEY_FILE_BYTES) throw new BackupKeyError('wrong', `a backup key file holds at least ${MIN_KEY_FILE_BYTES} bytes (make one with: head -c 32 /dev/urandom > backup.key)`)
-  return Buffer.from(hkdfSync('sha256', keyFile, salt, KDF_INFO, 32))
+  return new Uint8Array(hkdfSync('sha256', keyFile, salt, KDF_INFO, 32))
 }
 
 /** A value that tells the right key from a wrong one without decrypting anything */
@@ -65,13 +66,19 @@ export function mac (key: Uint8Array, text: string): string {
   return createHmac('sha256', key).update(text).digest('hex')
 }
 
+/** Whether `expected` (hex, as checkManifest admits it) is the MAC of text, compared in constant time */
 export function macMatches (key: Uint8Array, text: string, expected: string): boolean {
-  const a = Buffer.from(mac(key, text), 'hex')
-  const b = Buffer.from(expected, 'hex')
+  const a = fromString(mac(key, text), 'base16')
+  let b: Uint8Array
+  try {
+    b = fromString(expected, 'base16')
+  } catch {
+    return false
+  }
   return a.length === b.length && timingSafeEqual(a, b)
 }
 
-export function newSalt (): Buffer {
+export function newSalt (): Uint8Array {
   return randomBytes(16)
 }
 
@@ -80,36 +87,35 @@ export function sha256 (bytes: Uint8Array): string {
 }
 
 /** A chunk's file bytes from its NDJSON text */
-export async function sealChunk (text: string, name: string, key?: Uint8Array): Promise<Buffer> {
-  const packed = await gzipAsync(Buffer.from(text, 'utf8'), { level: GZIP_LEVEL })
+export async function sealChunk (text: string, name: string, key?: Uint8Array): Promise<Uint8Array> {
+  const packed = await gzipAsync(fromString(text, 'utf8'), { level: GZIP_LEVEL })
   if (key === undefined) return packed
   const iv = randomBytes(IV_BYTES)
   const cipher = createCipheriv('aes-256-gcm', key, iv)
-  cipher.setAAD(Buffer.from(name, 'utf8'))
-  const body = Buffer.concat([cipher.update(packed), cipher.final()])
-  return Buffer.concat([CHUNK_MAGIC, iv, body, cipher.getAuthTag()])
+  cipher.setAAD(fromString(name, 'utf8'))
+  return concat([CHUNK_MAGIC, iv, cipher.update(packed), cipher.final(), cipher.getAuthTag()])
 }
 
 /** A chunk's NDJSON text from its file bytes: a chunk that does not decrypt or decompress is a BackupDamagedError */
-export async function openChunk (bytes: Buffer, name: string, key?: Uint8Array): Promise<string> {
+export async function openChunk (bytes: Uint8Array, name: string, key?: Uint8Array): Promise<string> {
   let packed = bytes
   if (key !== undefined) {
-    if (bytes.length < CHUNK_MAGIC.length + IV_BYTES + TAG_BYTES || !bytes.subarray(0, CHUNK_MAGIC.length).equals(CHUNK_MAGIC)) {
+    if (bytes.length < CHUNK_MAGIC.length + IV_BYTES + TAG_BYTES || !equals(bytes.subarray(0, CHUNK_MAGIC.length), CHUNK_MAGIC)) {
       throw new BackupDamagedError(name, 'not an encrypted chunk (truncated, or not written by ntsoekhe backup --key)')
     }
     const iv = bytes.subarray(CHUNK_MAGIC.length, CHUNK_MAGIC.length + IV_BYTES)
     const tag = bytes.subarray(bytes.length - TAG_BYTES)
     const decipher = createDecipheriv('aes-256-gcm', key, iv)
-    decipher.setAAD(Buffer.from(name, 'utf8'))
+    decipher.setAAD(fromString(name, 'utf8'))
     decipher.setAuthTag(tag)
     try {
-      packed = Buffer.concat([decipher.update(bytes.subarray(CHUNK_MAGIC.length + IV_BYTES, bytes.length - TAG_BYTES)), decipher.final()])
+      packed = concat([decipher.update(bytes.subarray(CHUNK_MAGIC.length + IV_BYTES, bytes.length - TAG_BYTES)), decipher.final()])
     } catch (err) {
       throw new BackupDamagedError(name, 'does not authenticate (damaged, truncated or renamed)', { cause: err })
     }
   }
   try {
-    return (await gunzipAsync(packed)).toString('utf8')
+    return toString(await gunzipAsync(packed), 'utf8')
   } catch (err) {
     throw new BackupDamagedError(name, `does not decompress (${(err as Error).message})`, { cause: err })
   }

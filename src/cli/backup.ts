@@ -57,13 +57,14 @@ const CLEAR_WARNING = 'warning: this backup is not encrypted: its chunks hold ev
 export async function runBackup (api: NtsoekheClient, dir: string, flags: BackupFlags, io: Io): Promise<BackupSummary> {
   const started = Date.now()
   const keyFile = flags.key === undefined ? undefined : await readKeyFile(flags.key)
-  if (keyFile === undefined) io.stderr.write(CLEAR_WARNING)
   let writer: BackupWriter | undefined
   try {
     const status = await api.status()
     writer = await BackupWriter.create({ dir, node: String(status.peerId ?? ''), ...(keyFile === undefined ? {} : { keyFile }) }).catch(err => {
       throw err instanceof ValidationError ? new UsageError(err.message) : err
     })
+    // Once the backup is sure to be written: a usage error or no daemon stays one line on stderr.
+    if (keyFile === undefined) io.stderr.write(CLEAR_WARNING)
     const { estimate, body } = await api.backup()
     const progress = await bar(io, 'backing up', estimate, 'records')
     try {

@@ -1,4 +1,5 @@
 import { join, resolve } from 'node:path'
+import type { Logger } from 'pino'
 import { createLogger } from '../daemon/logger.js'
 import { checkConfig, loadConfig, type Config } from '../daemon/config.js'
 import { NtsoekheNode } from '../daemon/node.js'
@@ -91,9 +92,12 @@ export function applyFlags (config: Config, flags: DaemonFlags): Config {
 export function portInUse (err: unknown): { address: string, port: number } | undefined {
   const message = String((err as Error | undefined)?.message ?? err)
   if (!message.includes('EADDRINUSE')) return undefined
-  const m = /(\/ip[46]\/[^\s:]+\/tcp\/(\d+))[^\n]*EADDRINUSE/.exec(message) ?? /EADDRINUSE[^\n]*?(([\d.]+|\[[0-9a-f:]+\]):(\d+))/i.exec(message)
-  if (m === null) return { address: 'its listen address', port: 0 }
-  return m[0].startsWith('/') ? { address: m[1] as string, port: Number(m[2]) } : { address: m[1] as string, port: Number(m[3]) }
+  // libp2p's line names the multiaddr as configured ("  /ip6/::1/tcp/4100: Error: listen EADDRINUSE ..."); an IPv6 one holds colons.
+  const m = /(\/(?:ip4|ip6|dns|dns4|dns6)\/\S+?\/tcp\/(\d+))\S*:? [^\n]*EADDRINUSE/.exec(message)
+  if (m !== null) return { address: m[1] as string, port: Number(m[2]) }
+  // Node's own message ends with the address and port: "address already in use ::1:4100".
+  const node = /EADDRINUSE[^\n]*?(\S+):(\d+)\s*$/m.exec(message)
+  return node === null ? { address: 'its listen address', port: 0 } : { address: node[1] as string, port: Number(node[2]) }
 }
 
 /** Runs `fn`, a check of a flag's value: its ValidationError is a usage error (exit 2) */
@@ -142,6 +146,8 @@ export async function runDaemon (home: string, flags: DaemonFlags, io: Io): Prom
     ...(flags.clockOffsetMs === undefined ? {} : { clockOffsetMs: flags.clockOffsetMs }),
     onLeft: () => { process.kill(process.pid, 'SIGTERM') }
   })
+  // Before the start: once the socket answers (before the ready line), a signal stops the node cleanly.
+  const signalled = stopSignal(logger, () => node.serving)
   try {
     await node.start()
   } catch (err) {
@@ -170,16 +176,43 @@ export async function runDaemon (home: string, flags: DaemonFlags, io: Io): Prom
       (node.urls.console === undefined ? '' : `  console  ${node.urls.console} (plain HTTP; sign in with a user token)\n`) +
       (node.urls.metrics === undefined ? '' : `  metrics  ${node.urls.metrics}\n`))
   }
+  await signalled
+  await node.stop()
+  return 0
+}
+
+/**
+ * Installs the SIGINT and SIGTERM handlers, and resolves at the first signal
+ * once the node is `serving`. They are installed before the node starts, so
+ * that a script that sends a signal as soon as the socket answers or the
+ * ready line appears never meets the default action (death with the store
+ * open and the socket left behind); a signal before the socket listens still
+ * has the default action (a start stopped there, a store migration included,
+ * resumes at the next start). The handlers stay for the rest of the
+ * process's life: a further signal while the node stops is logged and
+ * ignored. Ctrl-C under `npm start` sends two (the terminal's to the whole
+ * process group, then the one npm forwards), and without a handler the second
+ * would kill the daemon halfway through closing its store.
+ */
+async function stopSignal (logger: Logger, serving: () => boolean): Promise<void> {
   await new Promise<void>(resolve => {
-    const onSignal = (signal: string): void => {
+    let stopping = false
+    const onSignal = (signal: NodeJS.Signals): void => {
+      if (stopping) {
+        logger.info({ signal }, `already shutting down (kill -KILL ${process.pid} stops at once)`)
+        return
+      }
+      if (!serving()) {
+        process.off('SIGINT', onSignal)
+        process.off('SIGTERM', onSignal)
+        process.kill(process.pid, signal)
+        return
+      }
+      stopping = true
       logger.info({ signal }, 'shutting down')
-      process.off('SIGINT', onSignal)
-      process.off('SIGTERM', onSignal)
       resolve()
     }
     process.on('SIGINT', onSignal)
     process.on('SIGTERM', onSignal)
   })
-  await node.stop()
-  return 0
 }

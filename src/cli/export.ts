@@ -118,14 +118,15 @@ async function exportProgress (io: Io, tables: string[]): Promise<{ update: (chu
   if (io.stderr.isTTY !== true) return { update: () => {}, stop: () => {} }
   const { SingleBar, Presets } = await import('cli-progress')
   const bar = new SingleBar({ format: 'exporting [{bar}] {value}/{total} tables | {rows} rows | {table}', stream: io.stderr as NodeJS.WritableStream }, Presets.shades_classic)
-  // The lines come table after table: the bar moves on when the next table's first line shows.
-  const starts = tables.map(t => Buffer.from(`{"table":${JSON.stringify(t)}`))
+  // The lines come table after table: the bar moves on when the next table's first line shows
+  // (Buffer's includes() looks for a string's UTF-8 bytes).
+  const starts = tables.map(t => `{"table":${JSON.stringify(t)}`)
   let current = -1
   bar.start(tables.length, 0, { rows: 0, table: '' })
   let stopped = false
   return {
     update: (chunk, rows) => {
-      while (current + 1 < starts.length && chunk.includes(starts[current + 1] as Buffer)) current++
+      while (current + 1 < starts.length && chunk.includes(starts[current + 1] as string)) current++
       bar.update(Math.max(current, 0), { rows, table: tables[current] ?? '' })
     },
     stop: (complete = true) => {

@@ -1,5 +1,5 @@
-/** Columns printed whole however long: a peer id or an address is pasted into other commands */
-const WHOLE_COLUMNS = new Set(['peerId', 'node', 'addresses'])
+/** Columns printed whole however long: a peer id, an address or a version is pasted into other commands (`remove`, `--if-match`) */
+const WHOLE_COLUMNS = new Set(['peerId', 'node', 'addresses', 'version', 'parents'])
 /** Widest a cell of any other column is printed; longer ones end in `…` */
 const MAX_CELL = 40
 

@@ -1,19 +1,21 @@
-import { createReadStream } from 'node:fs'
-import { readFile, stat } from 'node:fs/promises'
+import { constants, createReadStream } from 'node:fs'
+import { access, readFile, stat } from 'node:fs/promises'
 import { extname } from 'node:path'
 import type { Readable } from 'node:stream'
-import { Command, CommanderError, Option } from 'commander'
+import { Command, CommanderError, Option, type HelpContext } from 'commander'
 import { concat, fromString, toString } from 'uint8arrays'
 import { NoDaemonError, NtsoekheClient } from '../client/index.js'
 import { NtsoekheError } from '../errors/index.js'
 import { LOG_LEVELS, loadConfig, resolveHome, socketPath } from '../daemon/config.js'
 import { MAX_LIMIT } from '../query/limits.js'
 import { readAdminToken } from '../security/tokens.js'
+import { DEFAULT_ROLES } from '../security/rights.js'
 import { parseHostPort } from '../observability/address.js'
 import { renderObject, renderTable } from './format.js'
 import { UsageError } from './usage.js'
 import { VERSION } from '../version.js'
 import { parseComparison } from '../schema/condition.js'
+import { parseMoment } from '../schema/validate.js'
 // daemon.js (libp2p, the store) and seed.js (faker) are loaded by the commands that need them:
 // a client command then starts in a fraction of the time.
 import type { DaemonFlags } from './daemon.js'
@@ -37,11 +39,40 @@ export async function run (argv: string[], io: Io): Promise<number> {
   const asked: Asked = {}
   const program = buildProgram(io, c => { code = c }, asked)
   try {
-    await program.parseAsync(argv, { from: 'user' })
+    await program.parseAsync(hoistGlobals(argv), { from: 'user' })
     return code
   } catch (err) {
     return report(err, io, asked)
   }
+}
+
+/** The options every command takes, with whether each takes a value */
+const GLOBALS = new Map([['--home', true], ['--token', true], ['--json', false]])
+
+/**
+ * `ntsoekhe --home x status` as `ntsoekhe status --home x`: the options every command takes
+ * may come before the command too, as with git and docker. Those given before the first word
+ * that is not one of them move to the end (before a `--`), where the command reads them.
+ */
+export function hoistGlobals (argv: string[]): string[] {
+  const moved: string[] = []
+  let i = 0
+  while (i < argv.length) {
+    const [flag, inline] = argv[i]!.split(/=(.*)/s) as [string, string | undefined]
+    const takesValue = GLOBALS.get(flag)
+    if (takesValue === undefined) break
+    if (!takesValue || inline !== undefined) {
+      moved.push(argv[i]!)
+      i += 1
+    } else if (i + 1 < argv.length) {
+      moved.push(argv[i]!, argv[i + 1]!)
+      i += 2
+    } else break // `--home` with nothing after it: commander says what is missing
+  }
+  if (moved.length === 0) return argv
+  const rest = argv.slice(i)
+  const end = rest.indexOf('--')
+  return end === -1 ? [...rest, ...moved] : [...rest.slice(0, end), ...moved, ...rest.slice(end)]
 }
 
 /** What the command was asked for, as far as an error report needs it */
@@ -83,6 +114,7 @@ function buildProgram (io: Io, setCode: (c: number) => void, asked: Asked): Comm
     .version(VERSION, '-V, --version', 'print the version (package.json) and exit')
     .exitOverride()
     .configureOutput({ writeOut: s => io.stdout.write(s), writeErr: s => io.stderr.write(s) })
+  needsCommand(program, '`ntsoekhe --help` lists the commands')
 
   const client = async (opts: GlobalOpts): Promise<NtsoekheClient> => {
     if (opts.home !== undefined) asked.home = opts.home
@@ -106,6 +138,11 @@ function buildProgram (io: Io, setCode: (c: number) => void, asked: Asked): Comm
     .option('--idempotency-key <key>', 'send the write with this key: sent again with the same key, it answers the first result instead of writing twice (default: a new key, kept across resends)')
   const withBreakGlass = (cmd: Command): Command => cmd
     .option('--break-glass <reason>', 'read outside your role in an emergency, stating why (doctors and nurses; audited)')
+
+  // `ntsoekhe version`, as `--version`, for those who type it as a command (npm, docker and go take both).
+  program.command('version').description('print the version (package.json)').option('--json', 'print JSON')
+    .exitOverride()
+    .action((opts: GlobalOpts) => { out(opts, { version: VERSION }, () => `${VERSION}\n`) })
 
   common(program.command('init').description('create the home, identity key, config and store without starting'))
     .action(async (opts: GlobalOpts) => {
@@ -167,7 +204,7 @@ function buildProgram (io: Io, setCode: (c: number) => void, asked: Asked): Comm
   withKey(withConsistency(common(program.command('insert').description('insert a row (JSON argument, or - for stdin)'))))
     .argument('<table>').argument('<json>')
     .action(async (table: string, json: string, opts: GlobalOpts) => {
-      const row = await readJsonArg(json, io)
+      const row = rowObject(await readJsonArg(json, io))
       const r = await (await client(opts)).insert(table, row, { ...consistency(opts), ...idempotencyKey(opts) })
       out(opts, { id: jsonId(r.id), version: r.version, row: r.row }, () => `inserted ${table} ${r.id} (version ${r.version})\n`)
     })
@@ -193,7 +230,7 @@ function buildProgram (io: Io, setCode: (c: number) => void, asked: Asked): Comm
     .argument('<table>').argument('<id>').argument('<json>')
     .option('--if-match <version>', 'only if the row is still at this version (repeat to resolve a conflict)', collect, [])
     .action(async (table: string, id: string, json: string, opts: GlobalOpts & { ifMatch: string[] }) => {
-      const changes = await readJsonArg(json, io)
+      const changes = rowObject(await readJsonArg(json, io))
       const r = await (await client(opts)).update(table, id, changes, { ...consistency(opts), ...idempotencyKey(opts), ifMatch: opts.ifMatch })
       out(opts, { id: jsonId(r.id), version: r.version, row: r.row }, () => `updated ${table} ${r.id} (version ${r.version})\n`)
     })
@@ -235,6 +272,7 @@ function buildProgram (io: Io, setCode: (c: number) => void, asked: Asked): Comm
         else filters.push(w)
       }
       if (opts.orderBy !== undefined && !/^[a-z_]+(:(asc|desc))?$/i.test(opts.orderBy)) throw new UsageError(`--order-by takes <col> or <col>:desc, got ${JSON.stringify(opts.orderBy)}`)
+      const named = [...opts.where.map(w => parseComparison(w).column), ...(opts.orderBy === undefined ? [] : [opts.orderBy.split(':')[0] as string])]
       const r = await (await client(opts)).query(table, where, {
         ...consistency(opts),
         ...breakGlass(opts),
@@ -242,7 +280,7 @@ function buildProgram (io: Io, setCode: (c: number) => void, asked: Asked): Comm
         ...(opts.orderBy === undefined ? {} : { orderBy: opts.orderBy }),
         ...(opts.limit === undefined ? {} : { limit: opts.limit }),
         ...(opts.cursor === undefined ? {} : { cursor: opts.cursor })
-      })
+      }).catch((err: unknown) => { throw badFlagValue(err, named, opts.cursor !== undefined) })
       out(opts, { rows: r.rows, next: r.next }, () => renderTable(r.rows) + (r.next === null ? '' : `more: --cursor ${r.next}\n`))
     })
 
@@ -260,7 +298,7 @@ function buildProgram (io: Io, setCode: (c: number) => void, asked: Asked): Comm
     .action(async (table: string, file: string, opts: GlobalOpts & { format?: 'ndjson' | 'csv' }) => {
       const stdin = file === '-'
       const format = opts.format ?? (!stdin && extname(file).toLowerCase() === '.csv' ? 'csv' : 'ndjson')
-      const size = stdin ? 0 : (await stat(file).catch(() => { throw new UsageError(`cannot read ${file}`) })).size
+      const size = stdin ? 0 : await readableSize(file)
       const progress = await byteProgress(io, size)
       // The client first: a 'data' listener starts the stream flowing, and awaiting after it would lose the file.
       const api = await client(opts)
@@ -400,7 +438,7 @@ function buildProgram (io: Io, setCode: (c: number) => void, asked: Asked): Comm
     .action(async (statement: string, opts: GlobalOpts & { param: string[], cursor?: string }) => {
       // Sent as text: the daemon types each by the column it is compared with or written to.
       const params = opts.param
-      const r = await (await client(opts)).sql(statement, params, { ...consistency(opts), ...breakGlass(opts), ...(opts.cursor === undefined ? {} : { cursor: opts.cursor }) })
+      const r = writeAnswerIds(statement, await (await client(opts)).sql(statement, params, { ...consistency(opts), ...breakGlass(opts), ...(opts.cursor === undefined ? {} : { cursor: opts.cursor }) }))
       out(opts, r, () => renderTable(r.rows.map(row => Object.fromEntries(r.columns.map((c, i) => [c, row[i]])))) + (r.next === null ? '' : `more: --cursor ${r.next}\n`))
     })
 
@@ -444,9 +482,17 @@ function buildProgram (io: Io, setCode: (c: number) => void, asked: Asked): Comm
   common(program.command('audit').description('who read or changed what, where and when; --verify checks every chain'))
     .option('--patient <id>', 'entries about this patient')
     .option('--user <name>', 'entries of this user')
-    .option('--since <time>', 'entries at or after this ISO 8601 time')
+    .option('--since <time>', 'entries at or after this time: a date (its midnight UTC) or an ISO 8601 time with its zone')
     .option('--verify', "walk every node's hash chain and name the first broken link")
     .action(async (opts: GlobalOpts & { patient?: string, user?: string, since?: string, verify?: boolean }) => {
+      if (opts.patient !== undefined && !/^\d+$/.test(opts.patient)) throw new UsageError(`--patient takes a patient id (an integer), got ${JSON.stringify(opts.patient)}`)
+      if (opts.since !== undefined) {
+        try {
+          parseMoment(opts.since, '--since')
+        } catch (err) {
+          throw new UsageError((err as Error).message, { cause: err })
+        }
+      }
       const api = await client(opts)
       if (opts.verify === true) {
         const r = await api.verifyAudit()
@@ -465,6 +511,7 @@ function buildProgram (io: Io, setCode: (c: number) => void, asked: Asked): Comm
         ...(opts.user === undefined ? {} : { user: opts.user }),
         ...(opts.since === undefined ? {} : { since: opts.since })
       })
+      // Entries as stored and hashed (patient_id and key are text there): an auditor can recompute each hash from them.
       out(opts, { entries: r.entries }, () => renderTable(r.entries.map(e => ({
         time: e.time, node: e.node, seq: e.seq, user: e.user ?? '', role: e.role ?? '', action: e.action, table: e.table ?? '', key: e.key ?? '', patient: e.patient_id ?? '', outcome: `${String(e.outcome)} ${String(e.status)}`, reason: e.reason ?? ''
       }))))
@@ -480,9 +527,10 @@ function buildProgram (io: Io, setCode: (c: number) => void, asked: Asked): Comm
 
   const user = program.command('user').description('users and their tokens (admin)').exitOverride()
     .configureOutput({ writeOut: s => io.stdout.write(s), writeErr: s => io.stderr.write(s) })
+  needsCommand(user, 'add, list or revoke (`ntsoekhe user --help`)')
   common(user.command('add').description("make a user; prints its token, shown only this once"))
     .argument('<name>')
-    .requiredOption('--role <role>', 'admin, doctor, nurse, billing or auditor')
+    .addOption(new Option('--role <role>', 'the role: its rights are in `ntsoekhe roles`').choices(DEFAULT_ROLES.map(r => r.name)).makeOptionMandatory())
     .action(async (name: string, opts: GlobalOpts & { role: string }) => {
       const r = await (await client(opts)).addUser(name, opts.role)
       out(opts, { user: r.user, role: r.role, token: r.token }, () => `created user ${r.user} (role ${r.role}); its token, shown only this once:\n${r.token}\n`)
@@ -523,6 +571,22 @@ export async function resolvePeerId (api: Pick<NtsoekheClient, 'peers'>, given: 
   const matches = ids.filter(id => id.startsWith(given))
   if (matches.length > 1) throw new UsageError(`peer id prefix ${given} is ambiguous: it matches ${matches.join(', ')}`)
   return matches[0] ?? given
+}
+
+/**
+ * A command of commands (`ntsoekhe`, `ntsoekhe user`) called without one is a
+ * usage error of one line, as every other is; commander would print the
+ * whole help on stderr instead. `--help` still prints it.
+ */
+function needsCommand (cmd: Command, hint: string): void {
+  const help = cmd.help.bind(cmd) as (context?: HelpContext) => never
+  cmd.help = ((context?: HelpContext) => {
+    if (context?.error === true) {
+      const name = cmd.parent === null ? cmd.name() : `${cmd.parent.name()} ${cmd.name()}`
+      throw new UsageError(`${name} needs a command: ${hint}`)
+    }
+    help(context)
+  }) as Command['help']
 }
 
 function breakGlass (opts: GlobalOpts): { breakGlass?: string } {
@@ -582,6 +646,29 @@ function jsonId (id: string): number | string {
   return /^-?\d+$/.test(id) && Number.isSafeInteger(Number(id)) ? Number(id) : id
 }
 
+/**
+ * The daemon's refusal of a query as what it is, a bad flag value (exit 2),
+ * when it is about a column a `--where` or `--order-by` named (no such
+ * column, or a value the column cannot hold) or about the `--cursor` given;
+ * anything else (a column the role may not read is 403) stays a refusal.
+ */
+function badFlagValue (err: unknown, columns: string[], cursorGiven: boolean): unknown {
+  if (!(err instanceof NtsoekheError) || err.code !== 'INVALID') return err
+  const aboutFlag = (err.column !== undefined && columns.includes(err.column)) || (cursorGiven && /\bcursor\b/i.test(err.message))
+  return aboutFlag ? new UsageError(err.message, { cause: err }) : err
+}
+
+/**
+ * A SQL write's answer (`id`, `version`[, `deleted`]) with its id as `--json`
+ * prints every other write's: a number for a one-column key. A SELECT's
+ * values are the columns' own, typed already.
+ */
+function writeAnswerIds<T extends { columns: string[], rows: unknown[][] }> (statement: string, r: T): T {
+  const write = /^\s*(set\b[^;]*;\s*)*(insert|update|delete)\b/i.test(statement)
+  if (!write || r.columns[0] !== 'id' || r.columns[1] !== 'version') return r
+  return { ...r, rows: r.rows.map(([id, ...rest]) => [typeof id === 'string' ? jsonId(id) : id, ...rest]) }
+}
+
 /** The message on one line: a usage error is one line on stderr */
 function oneLine (message: string): string {
   return message.replace(/\s*\n\s*/g, ' ')
@@ -590,6 +677,14 @@ function oneLine (message: string): string {
 /** A path as a shell reads it back: quoted only when it needs to be */
 function shellWord (s: string): string {
   return /^[\w@%+=:,./~-]+$/.test(s) ? s : `'${s.replaceAll("'", "'\\''")}'`
+}
+
+/** A row argument (insert, update): a JSON object of columns, or the call is wrong (exit 2) */
+function rowObject (value: unknown): Record<string, unknown> {
+  if (value === null || typeof value !== 'object' || Array.isArray(value)) {
+    throw new UsageError(`the row must be a JSON object of columns ({"column": value, ...}), got ${Array.isArray(value) ? 'an array' : JSON.stringify(value)}`)
+  }
+  return value as Record<string, unknown>
 }
 
 /** `{"operations": [...]}` or the operations array alone */
@@ -617,6 +712,18 @@ async function readJsonArg (arg: string, io: Io, what = 'the row'): Promise<unkn
   } catch (err) {
     throw new UsageError(`${what} must be JSON: ${(err as Error).message}`)
   }
+}
+
+/**
+ * The size of a file to import, once it is known to be one this process can
+ * read (a pipe such as `<(zcat rows.ndjson.gz)` has no size: 0); anything else
+ * is a usage error, before the daemon is asked, never a stream error later.
+ */
+async function readableSize (file: string): Promise<number> {
+  const info = await stat(file).catch((err: NodeJS.ErrnoException) => { throw new UsageError(`cannot read ${file}: ${err.code === 'ENOENT' ? 'no such file' : err.message}`) })
+  if (info.isDirectory()) throw new UsageError(`cannot read ${file}: it is a directory; import takes a file, or - for stdin`)
+  await access(file, constants.R_OK).catch((err: Error) => { throw new UsageError(`cannot read ${file}: ${err.message}`) })
+  return info.isFile() ? info.size : 0
 }
 
 /** The home's config if the home exists; a client must not create a home */

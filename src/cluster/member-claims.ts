@@ -1,5 +1,5 @@
 import { peerIdFromString } from '@libp2p/peer-id'
-import { fromString, toString } from 'uint8arrays'
+import { equals, fromString, toString } from 'uint8arrays'
 import type { MemberRecord } from './core/members.js'
 
 /**
@@ -50,14 +50,15 @@ export function verifyClaim (r: MemberRecord): boolean {
     // The same record arrives from several members in a round: checked once. Keyed by signer and
     // signature, and kept only with the exact bytes it covers, so a changed record is checked anew.
     const seen = `${claimSigner(r)}/${r.sig}`
-    const text = Buffer.from(bytes).toString('latin1')
-    if (verified.get(seen) === text) return true
+    const checked = verified.get(seen)
+    if (checked !== undefined && equals(checked, bytes)) return true
     const key = peerIdFromString(claimSigner(r)).publicKey
     if (key === undefined) return false
     const ok = key.verify(bytes, fromString(r.sig, 'base64pad')) === true
     if (ok) {
       if (verified.size >= VERIFIED_MAX) verified.clear()
-      verified.set(seen, text)
+      // A copy: claimBytes' array may be a view of Node's shared 8 KiB pool, which the cache would keep alive.
+      verified.set(seen, bytes.slice())
     }
     return ok
   } catch {
@@ -66,7 +67,7 @@ export function verifyClaim (r: MemberRecord): boolean {
 }
 
 /** Claims whose signatures checked out lately: signer and signature, to the signed bytes */
-const verified = new Map<string, string>()
+const verified = new Map<string, Uint8Array>()
 const VERIFIED_MAX = 4096
 
 /** Whether the counters are in range: a claim out of range could never be outranked by a rebuttal */

@@ -51,7 +51,7 @@ export function decodeInvite (text: string): Invite {
 
 /** The hex digits of a pnet key file's contents */
 export function keyHex (file: Uint8Array): string {
-  const m = KEY_RE.exec(new TextDecoder().decode(file))
+  const m = KEY_RE.exec(toString(file, 'utf8'))
   if (m === null) throw new ValidationError('Invalid network key: expected the /key/swarm/psk/1.0.0/ format (ntsoekhe swarm-key)')
   return m[1] as string
 }

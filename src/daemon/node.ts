@@ -127,6 +127,11 @@ export class NtsoekheNode {
     return socketPath(this.home, this.config)
   }
 
+  /** Whether the socket API is listening: from then on the node answers, and a signal should stop it cleanly */
+  get serving (): boolean {
+    return this.api?.server.listening === true
+  }
+
   async start (): Promise<void> {
     this.starting ??= this._start().catch(async err => {
       await this._stop().catch(() => {})

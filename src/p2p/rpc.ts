@@ -136,6 +136,8 @@ export const MAX_JSON_CONTAINERS = 250_000
 
 /** Whether `bytes` holds more than `limit` of the byte `b` (stops counting past the limit) */
 function moreThan (bytes: Uint8Array, b: number, limit: number): boolean {
+  // A view, not a copy: Buffer's indexOf is memchr, faster than a typed array's over megabytes.
+  // eslint-disable-next-line no-restricted-properties
   const buf = Buffer.from(bytes.buffer, bytes.byteOffset, bytes.byteLength)
   let n = 0
   for (let i = buf.indexOf(b); i !== -1; i = buf.indexOf(b, i + 1)) {

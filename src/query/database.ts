@@ -1124,13 +1124,13 @@ function orderTag (orderBy: string | undefined, desc: boolean): string {
 
 /** A query cursor: the order it belongs to and the sort key of the last row given */
 export function encodeQueryCursor (key: string, order: string): string {
-  return 'q' + Buffer.from(JSON.stringify([order, key]), 'utf8').toString('base64url')
+  return 'q' + toString(fromString(JSON.stringify([order, key]), 'utf8'), 'base64url')
 }
 
 export function decodeQueryCursor (cursor: string, order: string): string {
   let parsed: unknown
   try {
-    parsed = cursor.startsWith('q') ? JSON.parse(Buffer.from(cursor.slice(1), 'base64url').toString('utf8')) : undefined
+    parsed = cursor.startsWith('q') ? JSON.parse(toString(fromString(cursor.slice(1), 'base64url'), 'utf8')) : undefined
   } catch {
     parsed = undefined
   }

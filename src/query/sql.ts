@@ -1,6 +1,7 @@
 import { createHash } from 'node:crypto'
 import { createRequire } from 'node:module'
 import { Worker } from 'node:worker_threads'
+import { fromString, toString } from 'uint8arrays'
 import { ForbiddenError, ValidationError } from '../errors/index.js'
 import { CONSISTENCY_LEVELS, type Consistency, type RequestOptions } from '../cluster/coordinator.js'
 import { allOf, columnOf, compareValues, conjuncts, MAX_CONDITION_DEPTH, MAX_CONDITION_ITEMS, satisfies, type Comparison, type Condition } from '../schema/condition.js'
@@ -853,13 +854,13 @@ function stampOf (sql: string, params: readonly unknown[]): string {
 }
 
 function writeCursor (c: SqlCursor): string {
-  return 's' + Buffer.from(JSON.stringify(c), 'utf8').toString('base64url')
+  return 's' + toString(fromString(JSON.stringify(c), 'utf8'), 'base64url')
 }
 
 function readCursor (cursor: string, stamp: string): SqlCursor {
   let c: any
   try {
-    c = cursor.startsWith('s') ? JSON.parse(Buffer.from(cursor.slice(1), 'base64url').toString('utf8')) : undefined
+    c = cursor.startsWith('s') ? JSON.parse(toString(fromString(cursor.slice(1), 'base64url'), 'utf8')) : undefined
   } catch {}
   const scalar = (v: unknown): boolean => v === null || typeof v === 'string' || (typeof v === 'number' && Number.isFinite(v))
   if (c === null || typeof c !== 'object' || typeof c.h !== 'string' || !Number.isSafeInteger(c.n) || c.n < 0 || (c.c !== undefined && typeof c.c !== 'string') ||

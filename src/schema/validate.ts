@@ -51,6 +51,22 @@ function canonical (t: ParsedTimestamp): string {
 }
 
 /**
+ * A moment given by a person outside a row (`audit --since`), read as a
+ * TIMESTAMP column reads a value: a time names its zone (a time without one
+ * names no moment, and is refused rather than read in whatever zone the
+ * daemon's machine is in); a date alone is its midnight UTC. Returns the
+ * canonical UTC form, which compares as a string in time order.
+ */
+export function parseMoment (value: string, what: string): string {
+  const date = DATE_RE.exec(value)
+  if (date !== null && isRealDate(Number(date[1]), Number(date[2]), Number(date[3]))) return `${value}T00:00:00.000Z`
+  const parsed = parseTimestamp(value)
+  if (parsed === undefined) throw new ValidationError(`${what} takes a date (2026-12-02, its midnight UTC) or an ISO 8601 time with its zone (${TIMESTAMP_FORMS}), got ${JSON.stringify(value)}`)
+  if (parsed.offsetMinutes === undefined) throw new ValidationError(`${what}: ${JSON.stringify(value)} has no time zone, so it names no moment: add Z (UTC) or an offset (${TIMESTAMP_FORMS})`)
+  return canonical(parsed)
+}
+
+/**
  * A TIMESTAMP value stored before the canonical form existed, in that form:
  * a value with a zone is the moment it names; one without is read as UTC
  * (what the daemon's own clocks and the demo data always wrote). Anything

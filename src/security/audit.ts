@@ -6,6 +6,7 @@ import { ValidationError } from '../errors/index.js'
 import type { RecordState, VersionEntry } from '../storage/store.js'
 import { winner } from '../storage/store.js'
 import { formatVersion, nodeTag } from '../storage/version.js'
+import { parseMoment } from '../schema/validate.js'
 import {
   GENESIS, SEAL_PREFIX, auditId, auditShard, clip, hashEntry, patientOf, sealBytes, toLink, verifyChains,
   type AuditBody, type AuditRow, type ChainLink, type VerifyResult
@@ -390,7 +391,7 @@ export class AuditTrail {
       token = tokenOf(auditShard({ node: this.c.peerId, patient_id: p }))
     }
     if (filter.user !== undefined) where.user = filter.user
-    const since = filter.since === undefined ? undefined : parseSince(filter.since)
+    const since = filter.since === undefined ? undefined : parseMoment(filter.since, 'since')
     await this.flush()
     const entries: AuditRow[] = []
     let truncated = false
@@ -441,9 +442,3 @@ export class AuditTrail {
   }
 }
 
-/** An ISO time as entries store it (UTC, milliseconds), so strings compare in time order */
-function parseSince (since: string): string {
-  const t = Date.parse(since)
-  if (!/^\d{4}-\d{2}-\d{2}/.test(since) || Number.isNaN(t)) throw new ValidationError(`since must be an ISO 8601 time, got ${JSON.stringify(since)}`)
-  return new Date(t).toISOString()
-}

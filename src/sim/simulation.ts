@@ -2,6 +2,7 @@ import { createHash, createPrivateKey, sign as signBytes } from 'node:crypto'
 import { format } from 'node:util'
 import { privateKeyFromRaw } from '@libp2p/crypto/keys'
 import { peerIdFromPrivateKey } from '@libp2p/peer-id'
+import { concat, fromString } from 'uint8arrays'
 import type { Consistency, Mutation } from '../cluster/coordinator.js'
 import { DistributedCoordinator } from '../cluster/distributed.js'
 import type { Signer } from '../cluster/member-claims.js'
@@ -98,10 +99,11 @@ function patient (i: number, address = `${i} Main St`): Row {
 /** An Ed25519 identity derived from the seed: the same run gives the same peer ids, so the same ring */
 function identity (seed: number, index: number): { peerId: string, sign: Signer } {
   const secret = createHash('sha256').update(`ntsoekhe-sim/${seed}/${index}`).digest()
+  // createPrivateKey takes its DER as a Buffer (Node 20's types), so these bytes stay one.
   const der = Buffer.concat([Buffer.from('302e020100300506032b657004220420', 'hex'), secret])
   const keyObject = createPrivateKey({ key: der, format: 'der', type: 'pkcs8' })
   const jwk = keyObject.export({ format: 'jwk' })
-  const key = privateKeyFromRaw(Buffer.concat([Buffer.from(jwk.d as string, 'base64url'), Buffer.from(jwk.x as string, 'base64url')]))
+  const key = privateKeyFromRaw(concat([fromString(jwk.d as string, 'base64url'), fromString(jwk.x as string, 'base64url')]))
   // Ed25519 signatures are deterministic: signing with the key object directly gives the same bytes, without a key import per call.
   return { peerId: peerIdFromPrivateKey(key).toString(), sign: data => signBytes(null, data, keyObject) }
 }

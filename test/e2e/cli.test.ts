@@ -242,6 +242,27 @@ describe('ntsoekhe CLI end to end', () => {
       expect((await run(['batch', '{"operations": []}'])).code).toBe(EXIT.USAGE)
     })
 
+    it('--json prints numeric ids as numbers, SQL writes too; audit entries as they are hashed', async () => {
+      const made = await ok(['sql', 'INSERT INTO patient_records (patient_id, patient_name, date_of_birth, gender, address, contact_number, email) VALUES ($1, $2, $3, $4, $5, $6, $7)',
+        '--param', '7001', '--param', 'Palesa', '--param', '1990-05-05', '--param', 'F', '--param', 'Maseru', '--param', '2622', '--param', 'p@example.org'])
+      expect(made.columns).toEqual(['id', 'version'])
+      expect(made.rows[0][0]).toBe(7001)
+      expect((await ok(['sql', 'UPDATE patient_records SET address = $1 WHERE patient_id = $2', '--param', 'Teyateyaneng', '--param', '7001'])).rows[0][0]).toBe(7001)
+      // A SELECT's values are the columns' own: text stays text.
+      expect((await ok(['sql', 'SELECT contact_number AS id, patient_name AS version FROM patient_records WHERE patient_id = 7001'])).rows).toEqual([['2622', 'Palesa']])
+      const { entries } = await waitForValue('the SQL insert of patient 7001 in the audit trail', async () => {
+        const r = await ok(['audit', '--patient', '7001'])
+        return r.entries.some((e: any) => e.action === 'insert') ? r : undefined
+      }, 10_000)
+      // An entry is printed as its hash covers it (patient_id is text there), so the hash can be recomputed from the output.
+      const { createHash } = await import('node:crypto')
+      for (const e of entries) {
+        expect(e.patient_id).toBe('7001')
+        const fields = [e.node, e.seq, e.prev, e.time, e.user, e.role, e.action, e.table, e.key, e.columns, e.outcome, e.status, e.reason, e.break_glass, e.patient_id]
+        expect(createHash('sha256').update(JSON.stringify(fields)).digest('hex')).toBe(e.hash)
+      }
+    })
+
     it('TIMESTAMP values are stored in UTC; a lookup of the same moment finds them; a time without a zone is refused', async () => {
       const visit = { history_id: 7790, patient_id: 777, diagnosis: 'flu', treatment: 'rest', date_of_visit: '2026-12-02T10:00:00+02:00' }
       const ins = await ok(['insert', 'medical_history', JSON.stringify(visit)])
@@ -267,6 +288,10 @@ describe('ntsoekhe CLI end to end', () => {
         [['insert', 'patient_records', '-'], /JSON/],
         [['get', 'patient_records'], /missing required argument/],
         [['import', 'patient_records', join(home, 'no-such-file.ndjson')], /cannot read/],
+        [['import', 'patient_records', home], /cannot read .*: it is a directory/],
+        [['insert', 'patient_records', '[1]'], /the row must be a JSON object/],
+        [['update', 'patient_records', '1', 'null'], /the row must be a JSON object/],
+        [['backup', home], /is not empty/],
         [['query', 'patient_records', '--limit', '5000'], /--limit takes 1 to 1000/],
         [['query', 'patient_records', '--consistency', 'most'], /one, quorum, all/],
         [['daemon', '--log-level', 'bogus'], /--log-level.*bogus/],
@@ -274,7 +299,11 @@ describe('ntsoekhe CLI end to end', () => {
         [['daemon', '--listen', '/ip4/127.0.0.1'], /--listen takes a TCP multiaddr/],
         [['daemon', '--replicas', '1', '--write-quorum', '2'], /quorums cannot exceed replicas/],
         [['daemon', '--join', 'not-an-invite'], /--join: Not an invite/],
-        [['daemon', '--security-off'], /accepted together with --test/]
+        [['daemon', '--security-off'], /accepted together with --test/],
+        [['user', 'add', 'sipho', '--role', 'bogus'], /Allowed choices are admin, doctor, nurse, billing, auditor/],
+        [['audit', '--since', '2026-12-01T10:00'], /--since: "2026-12-01T10:00" has no time zone/],
+        [['audit', '--since', 'yesterday'], /--since takes a date/],
+        [['audit', '--patient', 'abc'], /--patient takes a patient id/]
       ]
       const results = await Promise.all(cases.map(async ([args]) => await run(args)))
       results.forEach((r, i) => {
@@ -289,6 +318,34 @@ describe('ntsoekhe CLI end to end', () => {
       expect(unknownTable.code).toBe(EXIT.USAGE)
       expect(unknownTable.stderr.trimEnd().split('\n')).toHaveLength(1)
       expect(unknownTable.stderr).toMatch(/no_such_table/)
+      // So is a flag value only the daemon can judge: a column a --where or --order-by names, a value it cannot hold, a cursor.
+      const badValues: Array<[string[], RegExp]> = [
+        [['query', 'patient_records', '--where', 'no_such_column=1'], /Unknown column no_such_column/],
+        [['query', 'patient_records', '--order-by', 'no_such_column:desc'], /Unknown column no_such_column/],
+        [['query', 'patient_records', '--where', 'patient_id=abc'], /patient_id: expected an integer/],
+        [['query', 'medical_history', '--where', 'date_of_visit>=2026-12-02T10:00'], /no time zone/],
+        [['query', 'patient_records', '--cursor', 'garbage'], /Invalid cursor/]
+      ]
+      for (const [args, message] of badValues) {
+        const r = await run(args)
+        expect(r.code, `ntsoekhe ${args.join(' ')}: ${r.stderr}`).toBe(EXIT.USAGE)
+        expect(r.stderr).toMatch(message)
+        expect(r.stderr.trimEnd().split('\n'), `one line: ${r.stderr}`).toHaveLength(1)
+      }
+      // A command of commands called without one says so in one line (--help prints the usage).
+      for (const args of [[], ['user']]) {
+        const r = await cli(args)
+        expect(r.code, `ntsoekhe ${args.join(' ')}: ${r.stderr}`).toBe(EXIT.USAGE)
+        expect(r.stderr).toMatch(/needs a command/)
+        expect(r.stderr.trimEnd().split('\n'), `one line: ${r.stderr}`).toHaveLength(1)
+      }
+      expect((await cli(['--help'])).stdout).toMatch(/^Usage: ntsoekhe/)
+    })
+
+    it('output cut short by its reader (`| head`) ends the command quietly, without a stack trace', async () => {
+      const r = await cli(['tables'], { home, closeStdout: true })
+      expect(r.code, r.stderr).toBe(EXIT.OK)
+      expect(r.stderr).toBe('')
     })
 
     it('exits 1 with the message on stderr when the daemon refuses', async () => {
@@ -485,6 +542,17 @@ describe('ntsoekhe CLI end to end', () => {
       const glass = await cli(['get', 'billing_insurance', String(bill.id), '--json', '--token', nurse.token, '--break-glass', 'patient collapsed at the desk'], { home })
       expect(glass.code, glass.stderr).toBe(EXIT.OK)
       expect(json(glass).row.insurance_policy_number).toBe('B')
+
+      // head as billing: its own table whole, five columns of patient_records, every other table named as not shown.
+      const headed = await cli(['head', '--json', '--token', made.token], { home })
+      expect(headed.code, headed.stderr).toBe(EXIT.OK)
+      const byTable: Record<string, any> = Object.fromEntries(json<{ tables: Array<{ table: string, rows: any[], error?: { code: string } }> }>(headed).tables.map(t => [t.table, t]))
+      expect(Object.keys(byTable.patient_records.rows[0]).sort()).toEqual(['address', 'contact_number', 'email', 'patient_id', 'patient_name'])
+      expect(byTable.billing_insurance.rows.length).toBeGreaterThan(0)
+      expect(byTable.billing_insurance.error).toBeUndefined()
+      for (const t of ['users', 'user_roles', 'medical_history']) expect(byTable[t].error?.code, t).toBe('FORBIDDEN')
+      const headText = await cli(['head', '--token', made.token], { home })
+      expect(headText.stdout).toMatch(/^users: not shown \(/m)
 
       const roles = await ok(['roles'])
       expect(roles.roles.map((r: any) => r.role)).toEqual(['admin', 'doctor', 'nurse', 'billing', 'auditor'])

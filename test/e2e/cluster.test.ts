@@ -120,12 +120,19 @@ describe('a five-node network', () => {
 
   it("keeps a patient's rows in every co-located table on the same owners", async () => {
     const c = clients[1]!
-    await c.insert('patient_records', patient(5001))
+    // A new patient's first visit, one batch through the CLI: the history and lab rows refer to rows the batch itself inserts.
+    const visit = await cli(['batch', JSON.stringify({ operations: [
+      { op: 'insert', table: 'patient_records', row: patient(5001) },
+      { op: 'insert', table: 'medical_history', row: { history_id: 50011, patient_id: 5001, diagnosis: 'Flu', treatment: 'Rest', date_of_visit: '2026-01-02T12:00:00+02:00' } },
+      { op: 'insert', table: 'lab_results', row: { result_id: 50012, record_id: 50011, patient_id: 5001, test_name: 'CBC', test_date: '2026-01-03', test_result: 'Normal' } }
+    ] }), '--json'], { home: daemons[1]!.home, token })
+    expect(visit.code, visit.stderr).toBe(0)
+    const [, h, l] = json<{ results: Array<{ id: number }> }>(visit).results as [unknown, { id: number }, { id: number }]
+    expect([h.id, l.id]).toEqual([50011, 50012])
+    expect((await clients[3]!.get('medical_history', 50011)).row.date_of_visit).toBe('2026-01-02T10:00:00.000Z')
     await c.insert('medications', { medication_id: 9001, name: 'Aspirin', dosage: '100 mg', manufacturer: 'Acme' })
-    const h = await c.insert('medical_history', { patient_id: 5001, diagnosis: 'Flu', treatment: 'Rest', date_of_visit: '2026-01-02T10:00:00Z' })
     const b = await c.insert('billing_insurance', { patient_id: 5001, amount: '12.50', date: '2026-01-02', insurance_provider: 'X', insurance_policy_number: 'P1' })
     await c.insert('patient_medications', { patient_id: 5001, medication_id: 9001 })
-    const l = await c.insert('lab_results', { record_id: Number(h.id), patient_id: 5001, test_name: 'CBC', test_date: '2026-01-03', test_result: 'Normal' })
     const threeHolders = async (table: string, id: string | number): Promise<number[]> =>
       await waitFor(`${table} ${id} on 3 nodes`, async () => { const h = await holders(table, id); return h.length === 3 ? h : undefined }, 10_000)
     const owners = await threeHolders('patient_records', 5001)
@@ -245,9 +252,10 @@ describe('a five-node network', () => {
       const s = await clients[0]!.status()
       return s.members.some((m: { peerId: string, state: string }) => m.peerId === peerId && (m.state === 'down' || m.state === 'left'))
     }, 30_000)
-    const r = await cli(['remove', peerId, '--json'], { home: daemons[0]!.home, token })
+    // As a person pastes it from a display that cut it short: a unique prefix names the member.
+    const r = await cli(['remove', peerId.slice(0, 20), '--json'], { home: daemons[0]!.home, token })
     expect(r.code, r.stderr).toBe(0)
-    expect(json<{ state: string }>(r).state).toBe('left')
+    expect(json<{ peerId: string, state: string }>(r)).toMatchObject({ peerId, state: 'left' })
     const expected = (ROWS + 100 + 1) * 3
     await waitFor(`every node to drop the removed member and hold exactly ${expected} copies again`, async () => {
       const statuses = await Promise.all(clients.map(async c => await c.status()))

@@ -126,7 +126,7 @@ export async function daemonExit (home: string, options: { args?: string[], time
  * returns its exit code and output. `input` is written to its stdin; without
  * it, stdin is closed at once.
  */
-export async function cli (args: string[], options: { home?: string, input?: string, timeoutMs?: number, token?: string } = {}): Promise<CliResult> {
+export async function cli (args: string[], options: { home?: string, input?: string, timeoutMs?: number, token?: string, closeStdout?: boolean } = {}): Promise<CliResult> {
   assertBuilt()
   const argv = [BIN, ...args, ...(options.home === undefined ? [] : ['--home', options.home])]
   // Without a token the CLI falls back to the home's admin.token (a home that created its network has one).
@@ -134,7 +134,9 @@ export async function cli (args: string[], options: { home?: string, input?: str
   const proc = track(spawn(process.execPath, argv, { cwd: ROOT, stdio: ['pipe', 'pipe', 'pipe'], env }))
   let stdout = ''
   let stderr = ''
-  proc.stdout?.setEncoding('utf8').on('data', (s: string) => { stdout += s })
+  // closeStdout: the reader is gone before the command writes (`ntsoekhe ... | head` once head has its lines).
+  if (options.closeStdout === true) proc.stdout?.destroy()
+  else proc.stdout?.setEncoding('utf8').on('data', (s: string) => { stdout += s })
   proc.stderr?.setEncoding('utf8').on('data', (s: string) => { stderr += s })
   // A command that does not read stdin may exit before the write lands.
   proc.stdin?.on('error', () => {})

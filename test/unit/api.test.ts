@@ -433,6 +433,84 @@ describe('api: batch and status', () => {
   })
 })
 
+describe('api: TIMESTAMP values on every path', () => {
+  /** The one moment every accepted form below names: 10:00 in UTC+2 */
+  const UTC = '2026-12-02T08:00:00.000Z'
+  const FORMS = ['2026-12-02T10:00:00+02:00', '2026-12-02 10:00+0200', '2026-12-02T08:00Z']
+  const BARE = '2026-12-02 10:00'
+  const visit = (id: number, date: string): Record<string, unknown> => ({ history_id: id, patient_id: 1, diagnosis: 'flu', treatment: 'rest', date_of_visit: date })
+  const refusedBare = (res: LightMyRequestResponse): void => {
+    expect(res.statusCode, res.body).toBe(400)
+    expect(errorOf(res).message).toMatch(/date_of_visit: .* has no time zone, so it names no moment/)
+  }
+  const sql = async (statement: string, params: unknown[] = []): Promise<LightMyRequestResponse> =>
+    await request({ method: 'POST', url: '/v1/sql', payload: { sql: statement, params } })
+  const stored = async (id: number): Promise<unknown> => (await node.db.get('medical_history', String(id))).row.date_of_visit
+
+  it('insert, PUT, PATCH, batch, NDJSON and CSV imports and SQL writes store one UTC form; a time without a zone is refused by each, writing nothing', async () => {
+    await post('patient_records', patient(1))
+    // Insert, each accepted form.
+    for (const [i, form] of FORMS.entries()) {
+      const res = await post('medical_history', visit(10 + i, form))
+      expect(res.statusCode, res.body).toBe(201)
+      expect(res.json().row.date_of_visit).toBe(UTC)
+    }
+    refusedBare(await post('medical_history', visit(19, BARE)))
+    // PUT and PATCH over row 10.
+    refusedBare(await request({ method: 'PUT', url: '/v1/tables/medical_history/rows/10', payload: visit(10, '2026-12-03T10:00') }))
+    refusedBare(await request({ method: 'PATCH', url: '/v1/tables/medical_history/rows/10', payload: { date_of_visit: BARE } }))
+    expect(await stored(10)).toBe(UTC)
+    expect((await request({ method: 'PUT', url: '/v1/tables/medical_history/rows/10', payload: visit(10, '2026-12-03T10:00-05:00') })).json().row.date_of_visit).toBe('2026-12-03T15:00:00.000Z')
+    expect((await request({ method: 'PATCH', url: '/v1/tables/medical_history/rows/10', payload: { date_of_visit: FORMS[1] } })).json().row.date_of_visit).toBe(UTC)
+    // A batch.
+    refusedBare(await request({ method: 'POST', url: '/v1/batch', payload: { operations: [{ op: 'insert', table: 'medical_history', row: visit(20, FORMS[0] as string) }, { op: 'patch', table: 'medical_history', id: 11, row: { date_of_visit: BARE } }] } }))
+    await expect(node.db.get('medical_history', '20')).rejects.toMatchObject({ code: 'NOT_FOUND' })
+    const batch = await request({ method: 'POST', url: '/v1/batch', payload: { operations: [{ op: 'insert', table: 'medical_history', row: visit(20, FORMS[1] as string) }] } })
+    expect(batch.json().results[0].row.date_of_visit).toBe(UTC)
+    // Imports: NDJSON and CSV, the line without a zone rejected alone.
+    const ndjson = [visit(30, FORMS[0] as string), visit(31, BARE)].map(r => JSON.stringify(r)).join('\n') + '\n'
+    const nd = (await request({ method: 'POST', url: '/v1/tables/medical_history/import', headers: { 'content-type': 'application/x-ndjson' }, payload: ndjson })).json()
+    expect(nd.accepted).toBe(1)
+    expect(nd.rejected.map((r: { line: number, error: { message: string } }) => [r.line, /no time zone/.test(r.error.message)])).toEqual([[2, true]])
+    const csv = `history_id,patient_id,diagnosis,treatment,date_of_visit\n40,1,flu,rest,${BARE}\n41,1,flu,rest,${FORMS[1] as string}\n`
+    const cs = (await request({ method: 'POST', url: '/v1/tables/medical_history/import', headers: { 'content-type': 'text/csv' }, payload: csv })).json()
+    expect(cs.accepted).toBe(1)
+    expect(cs.rejected.map((r: { line: number, error: { message: string } }) => [r.line, /no time zone/.test(r.error.message)])).toEqual([[2, true]])
+    for (const id of [30, 41]) expect(await stored(id)).toBe(UTC)
+    for (const id of [31, 40]) await expect(node.db.get('medical_history', String(id))).rejects.toMatchObject({ code: 'NOT_FOUND' })
+    // SQL INSERT and UPDATE, literal and parameter.
+    const columns = 'history_id, patient_id, diagnosis, treatment, date_of_visit'
+    refusedBare(await sql(`INSERT INTO medical_history (${columns}) VALUES (50, 1, 'flu', 'rest', '${BARE}')`))
+    refusedBare(await sql(`INSERT INTO medical_history (${columns}) VALUES (50, 1, 'flu', 'rest', $1)`, ['2026-12-02T10:00']))
+    expect((await sql(`INSERT INTO medical_history (${columns}) VALUES (50, 1, 'flu', 'rest', $1)`, [FORMS[0]])).statusCode).toBe(200)
+    refusedBare(await sql(`UPDATE medical_history SET date_of_visit = '${BARE}' WHERE history_id = 50`))
+    expect((await sql(`UPDATE medical_history SET date_of_visit = '${FORMS[2] as string}' WHERE history_id = 50`)).statusCode).toBe(200)
+    expect(await stored(50)).toBe(UTC)
+    expect(await count('medical_history')).toBe(7)
+  })
+
+  it('list filters and SQL WHERE find the moment however it is written, and refuse a time without a zone', async () => {
+    await post('patient_records', patient(1))
+    await post('medical_history', visit(10, FORMS[0] as string))
+    await post('medical_history', visit(11, '2026-12-03T08:00:00Z'))
+    const list = async (query: string): Promise<LightMyRequestResponse> => await request({ method: 'GET', url: `/v1/tables/medical_history/rows?${query}` })
+    const ids = (res: LightMyRequestResponse): number[] => res.json().rows.map((r: Row) => r.history_id)
+    for (const form of [...FORMS, UTC]) {
+      expect(ids(await list(`date_of_visit=${encodeURIComponent(form)}`)), form).toEqual([10])
+      expect(ids(await list(`where=${encodeURIComponent(`date_of_visit<=${form}`)}`)), form).toEqual([10])
+      expect((await sql('SELECT history_id FROM medical_history WHERE date_of_visit = $1', [form])).json().rows, form).toEqual([[10]])
+      expect((await sql(`SELECT history_id FROM medical_history WHERE date_of_visit > '${form}'`)).json().rows, form).toEqual([[11]])
+    }
+    // A date alone is its midnight UTC.
+    expect(ids(await list(`where=${encodeURIComponent('date_of_visit>=2026-12-03')}`))).toEqual([11])
+    refusedBare(await list(`date_of_visit=${encodeURIComponent(BARE)}`))
+    refusedBare(await list(`where=${encodeURIComponent(`date_of_visit>=${BARE}`)}`))
+    refusedBare(await sql(`SELECT history_id FROM medical_history WHERE date_of_visit = '${BARE}'`))
+    refusedBare(await sql('SELECT history_id FROM medical_history WHERE date_of_visit IN ($1, $2)', [FORMS[0], '2026-12-02T10:00']))
+    refusedBare(await sql(`SELECT history_id FROM medical_history WHERE date_of_visit BETWEEN '${BARE}' AND '2026-12-04T00:00Z'`))
+  })
+})
+
 describe('api: If-Match header', () => {
   it('parses quoted, weak and several versions', () => {
     const v1 = '000001767225600000.000000.nodeA'.slice(3)

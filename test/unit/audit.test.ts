@@ -78,6 +78,10 @@ describe('audit chain', () => {
     expect((await trail.query({ since: '2999-01-01T00:00:00Z' })).entries).toHaveLength(0)
     expect((await trail.query({ since: '2000-01-01' })).entries).toHaveLength(3)
     await expect(trail.query({ since: 'yesterday' })).rejects.toMatchObject({ code: 'INVALID' })
+    // A time names its zone, as a TIMESTAMP column's value does: one without names no moment (it was read in the daemon machine's zone).
+    await expect(trail.query({ since: '2000-01-01T10:00' })).rejects.toMatchObject({ code: 'INVALID', message: expect.stringMatching(/no time zone/) })
+    expect((await trail.query({ since: '2000-01-01T12:00:00+02:00' })).entries).toHaveLength(3)
+    expect((await trail.query({ since: '2999-01-01 00:00+0100' })).entries).toHaveLength(0)
   })
 
   it('names a removed entry as the missing link', async () => {

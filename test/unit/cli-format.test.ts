@@ -30,6 +30,14 @@ describe('CLI: peer ids', () => {
     expect(text).not.toContain('x'.repeat(41))
   })
 
+  it('history prints versions and parents whole: they are pasted into --if-match', () => {
+    const v1 = '001796163237219.000000.MoP4RbhKZ8'
+    const v2 = '001796163237373.000000.GCNjG8oPdh'
+    const text = renderTable([{ version: '001796163237571.000000.MoP4RbhKZ8', parents: `${v1},${v2}`, deleted: '', row: { note: 'x'.repeat(60) } }])
+    expect(text).toContain(`${v1},${v2}`)
+    expect(text).toMatch(/…$/m)
+  })
+
   it('objects print a list of values one a line, not as a JSON array', () => {
     expect(renderObject({ peerId: A, addresses: ['/ip4/10.0.0.1/tcp/4100', '/ip4/127.0.0.1/tcp/4100'], storage: { rows: 3 } })).toBe(
       `peerId: ${A}\naddresses:\n  /ip4/10.0.0.1/tcp/4100\n  /ip4/127.0.0.1/tcp/4100\nstorage:\n  rows: 3\n`)

@@ -14,7 +14,7 @@ let trail: AuditTrail
 let app: FastifyInstance
 let client: NtsoekheClient
 /** Every request the server saw: method, route (fastify's form) and query parameter names */
-let seen: Array<{ method: string, route: string | undefined, query: string[] }>
+let seen: Array<{ method: string, route: string | undefined, query: string[], headers: string[] }>
 
 beforeEach(async () => {
   dir = await tempDir('ntk-client-')
@@ -27,7 +27,7 @@ beforeEach(async () => {
   app = fullApi({ node, users, trail }).app
   seen = []
   app.addHook('onRequest', async req => {
-    seen.push({ method: req.method, route: req.routeOptions.url, query: Object.keys(req.query as object) })
+    seen.push({ method: req.method, route: req.routeOptions.url, query: Object.keys(req.query as object), headers: Object.keys(req.headers) })
   })
   const socket = join(dir.path, 'api.sock')
   await app.listen({ path: socket })
@@ -41,6 +41,9 @@ afterEach(async () => {
   await node.close()
   await dir.remove()
 })
+
+/** Headers of HTTP itself, which the document does not list as parameters */
+const HTTP_HEADERS = new Set(['host', 'connection', 'accept', 'authorization', 'content-type', 'content-length', 'transfer-encoding'])
 
 type Doc = { paths: Record<string, Record<string, { parameters: Array<{ name: string, in: string }> }>> }
 
@@ -70,9 +73,9 @@ describe('client: follows the OpenAPI document', () => {
       roles: async () => await client.roles(),
       openapi: async () => await client.openapi(),
       insert: async () => await client.insert('patient_records', patientRow(1), { consistency: 'all' }),
-      get: async () => await client.get('patient_records', 1, { consistency: 'one', local: true }),
+      get: async () => await client.get('patient_records', 1, { consistency: 'one', local: true, breakGlass: 'the patient collapsed' }),
       replace: async () => await client.replace('patient_records', 1, patientRow(1), { consistency: 'quorum' }),
-      update: async () => await client.update('patient_records', 1, { allergies: 'dust' }),
+      update: async () => { await either(client.update('patient_records', 1, { allergies: 'dust' }, { ifMatch: ['000000000000001.000000.gone'] })) },
       history: async () => await client.history('patient_records', 1, { consistency: 'all' }),
       query: async () => await client.query('patient_records', { gender: 'female' }, { limit: 5, consistency: 'one' }),
       batch: async () => await client.batch([{ op: 'patch', table: 'patient_records', id: 1, row: { allergies: 'none' } }], { consistency: 'all' }),
@@ -103,13 +106,18 @@ describe('client: follows the OpenAPI document', () => {
       seen = []
       await call()
       expect(seen.length, name).toBeGreaterThan(0)
-      for (const { method, route, query } of seen) {
+      for (const { method, route, query, headers } of seen) {
         expect(route, `${name}: ${method} to a route the server does not have`).toBeDefined()
         const op = doc.paths[openApiPath(route ?? '')]?.[method.toLowerCase()]
         expect(op, `${name}: ${method} ${route ?? ''} is not in the document`).toBeDefined()
         const documented = new Set(op?.parameters.filter(p => p.in === 'query').map(p => p.name))
         for (const q of query) {
           expect(documented.has(q) || documented.has('filters'), `${name}: query parameter ${q} of ${method} ${route ?? ''} is not documented`).toBe(true)
+        }
+        // A header of the API's own (not HTTP's plumbing) is a documented header parameter of the operation.
+        const documentedHeaders = new Set(op?.parameters.filter(p => p.in === 'header').map(p => p.name.toLowerCase()))
+        for (const h of headers.filter(h => !HTTP_HEADERS.has(h))) {
+          expect(documentedHeaders.has(h), `${name}: header ${h} of ${method} ${route ?? ''} is not documented`).toBe(true)
         }
       }
     }

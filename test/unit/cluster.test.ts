@@ -152,6 +152,31 @@ describe('distributed coordinator', () => {
     net.nodes.forEach((n, i) => { expect(has[i]).toEqual(tables.map(() => owners.includes(n.peerId))) })
   })
 
+  it("a new patient's first visit is one batch: later operations refer to rows earlier ones insert, whichever node takes it", async () => {
+    net = await createTestnet(5, { replicas: 3, writeQuorum: 2, readQuorum: 2 })
+    await net.converge(5)
+    for (const [k, node] of net.nodes.entries()) {
+      const pid = 7770 + k
+      const owners = node.coordinator.owners('patient_records', tokenOf(`patient_id:${pid}`))
+      const results = await node.db.batch([
+        { op: 'insert', table: 'patient_records', row: patient(pid) },
+        { op: 'insert', table: 'medical_history', row: { history_id: pid * 10, patient_id: pid, diagnosis: 'Flu', treatment: 'Rest', date_of_visit: '2026-12-02T10:00:00+02:00' } },
+        { op: 'insert', table: 'lab_results', row: { result_id: pid * 10, record_id: pid * 10, patient_id: pid, test_name: 'CBC', test_date: '2026-12-02', test_result: 'Normal' } }
+      ])
+      expect(results.map(r => `${r.table} ${r.id}`), `through ${owners.includes(node.peerId) ? 'an owner' : 'a node that owns none of it'}`)
+        .toEqual([`patient_records ${pid}`, `medical_history ${pid * 10}`, `lab_results ${pid * 10}`])
+      const other = net.nodes[(k + 1) % net.nodes.length]!
+      expect((await other.db.get('medical_history', String(pid * 10))).row.date_of_visit).toBe('2026-12-02T08:00:00.000Z')
+      expect((await other.db.get('lab_results', String(pid * 10))).row.record_id).toBe(pid * 10)
+    }
+    // A reference to a row the batch does not insert, and no one holds, still fails the whole batch.
+    await expect(net.nodes[0]!.db.batch([
+      { op: 'insert', table: 'patient_records', row: patient(7790) },
+      { op: 'insert', table: 'medical_history', row: { history_id: 77910, patient_id: 7791, diagnosis: 'Flu', treatment: 'Rest', date_of_visit: '2026-12-02T10:00:00Z' } }
+    ])).rejects.toMatchObject({ code: 'REFERENCE' })
+    await expect(net.nodes[1]!.db.get('patient_records', '7790')).rejects.toMatchObject({ code: 'NOT_FOUND' })
+  })
+
   it('survives a dead owner: the next owner takes the writes, hints hand them back', async () => {
     net = await createTestnet(5)
     await net.converge(5)

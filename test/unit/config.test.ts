@@ -1,7 +1,7 @@
 import { readdir, readFile } from 'node:fs/promises'
 import { join } from 'node:path'
 import { describe, expect, it } from 'vitest'
-import { applyFlags } from '../../src/cli/daemon.js'
+import { applyFlags, portInUse } from '../../src/cli/daemon.js'
 import { run } from '../../src/cli/index.js'
 import { defaultConfig, loadConfig, mergeConfig } from '../../src/daemon/config.js'
 import { tempDir } from '../helpers/temp.js'
@@ -61,6 +61,18 @@ describe('config', () => {
       expect(() => mergeConfig(defaultConfig(), { monitoring: { metricsListen: bad } }), bad).toThrow(/monitoring.metricsListen.*host:port/)
     }
     expect(() => mergeConfig(defaultConfig(), { monitoring: { console: 4180 } })).toThrow(/monitoring.console has the wrong type/)
+  })
+
+  it('a listen port in use: the multiaddr as configured and its port, from libp2p\'s message (IPv6 and DNS too)', () => {
+    // libp2p's message as it is: one line per address that failed, then the inner error's stack.
+    const libp2p = (address: string, node: string): Error => new Error('Some configured addresses failed to be listened on, you may need to remove one or more listen addresses from your configuration or set `transportManager.faultTolerance` to NO_FATAL:\n\n' +
+      `  ${address}: Error: listen EADDRINUSE: address already in use ${node}\n      at Server.setupListenHandle [as _listen2] (node:net:1908:16)\n`)
+    expect(portInUse(libp2p('/ip4/0.0.0.0/tcp/4100', '0.0.0.0:4100'))).toEqual({ address: '/ip4/0.0.0.0/tcp/4100', port: 4100 })
+    expect(portInUse(libp2p('/ip6/::1/tcp/47105', '::1:47105'))).toEqual({ address: '/ip6/::1/tcp/47105', port: 47105 })
+    expect(portInUse(libp2p('/dns4/localhost/tcp/47106', '127.0.0.1:47106'))).toEqual({ address: '/dns4/localhost/tcp/47106', port: 47106 })
+    // Node's message alone names the address and port at its end.
+    expect(portInUse(new Error('listen EADDRINUSE: address already in use ::1:4100'))).toEqual({ address: '::1', port: 4100 })
+    expect(portInUse(new Error('listen EACCES: permission denied 0.0.0.0:80'))).toBeUndefined()
   })
 
   it('a malformed --console or --metrics-listen is a usage error (exit 2) naming the flag', async () => {

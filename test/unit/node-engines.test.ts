@@ -1,8 +1,9 @@
 /**
  * README names Node 20: no installed package may ask for a newer Node
- * (npm ci would print EBADENGINE), and the two pinned down by package.json's
- * `overrides` (p-retry under libp2p, light-my-request and its cookie under
- * fastify) must still do what those packages call them for.
+ * (npm ci would print EBADENGINE), neither the project's nor ESLint's (the
+ * packages `npm run lint` installs in tools/lint), and the two pinned down by
+ * package.json's `overrides` (p-retry under libp2p, light-my-request and its
+ * cookie under fastify) must still do what those packages call them for.
  */
 import { readFile } from 'node:fs/promises'
 import { createRequire } from 'node:module'
@@ -12,7 +13,9 @@ import Fastify from 'fastify'
 import { describe, expect, it } from 'vitest'
 
 const ROOT = join(import.meta.dirname, '..', '..')
-const lock = JSON.parse(await readFile(join(ROOT, 'package-lock.json'), 'utf8')) as { packages: Record<string, { version?: string, engines?: { node?: string }, dev?: boolean, optional?: boolean }> }
+type Lock = { packages: Record<string, { version?: string, engines?: { node?: string }, dev?: boolean, devOptional?: boolean, optional?: boolean, inBundle?: boolean }> }
+const readLock = async (path: string): Promise<Lock> => JSON.parse(await readFile(join(ROOT, path), 'utf8')) as Lock
+const lock = await readLock('package-lock.json')
 
 /** The lowest Node version package.json promises (engines: `>=20.19.0`) */
 const MINIMUM = [20, 19, 0]
@@ -53,10 +56,30 @@ describe('Node 20.19', () => {
     expect(own.engines.node).toBe(`>=${MINIMUM.join('.')}`)
     expect(admits('>=22', MINIMUM)).toBe(false)
     expect(admits('^20.19.0 || >=22.12.0', MINIMUM)).toBe(true)
-    const newer = Object.entries(lock.packages)
+    const newer = (l: Lock): string[] => Object.entries(l.packages)
       .filter(([path, p]) => path !== '' && p.engines?.node !== undefined && !admits(p.engines.node, MINIMUM))
       .map(([path, p]) => `${path}@${String(p.version)} (${String(p.engines?.node)})`)
-    expect(newer).toEqual([])
+    expect(newer(lock)).toEqual([])
+    expect(newer(await readLock('tools/lint/package-lock.json')), 'tools/lint (npm run lint)').toEqual([])
+  })
+
+  it('the packed package carries the locked tree: every runtime package is bundled', () => {
+    // npm applies package.json's overrides only to this project's own install, and ignores a local
+    // tarball's npm-shrinkwrap.json: `npm install -g ./ntsoekhe-*.tgz` (README, Running as a
+    // service) would resolve p-retry 8 and cookie 2 afresh and print EBADENGINE. With
+    // bundleDependencies the tarball holds node_modules as locked here, overrides applied.
+    const runtime = Object.entries(lock.packages).filter(([path, p]) => path !== '' && p.dev !== true && p.devOptional !== true)
+    expect(runtime.length).toBeGreaterThan(0)
+    expect(runtime.filter(([, p]) => p.inBundle !== true).map(([path]) => path)).toEqual([])
+    expect(lock.packages['node_modules/p-retry']?.inBundle).toBe(true)
+  })
+
+  it('README names the Node version package.json promises', async () => {
+    const readme = await readFile(join(ROOT, 'README.md'), 'utf8')
+    const quickStart = readme.slice(readme.indexOf('## Quick start'))
+    expect(quickStart).toMatch(new RegExp(`^Node\\.js ${MINIMUM[0]}\\.${MINIMUM[1]} or newer`, 'm'))
+    // No other Node version stated as the one to run on.
+    expect([...readme.matchAll(/Node(?:\.js)? (\d+(?:\.\d+)*) or newer/g)].map(m => m[1])).toEqual([`${MINIMUM[0]}.${MINIMUM[1]}`])
   })
 
   it('p-retry, as libp2p reconnects with it: attempts numbered, retried on failure, stopped by the signal', async () => {

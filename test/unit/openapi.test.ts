@@ -3,6 +3,7 @@ import { afterEach, beforeEach, describe, expect, it } from 'vitest'
 import { OPENAPI_ROUTE, openApiDocument, openApiPath, recordRoutes, type RouteEntry } from '../../src/api/openapi.js'
 import { ROUTE_SCHEMAS } from '../../src/api/schemas.js'
 import { TABLES } from '../../src/schema/index.js'
+import { defaultConfig } from '../../src/daemon/config.js'
 import { HIDDEN_COLUMNS } from '../../src/security/rights.js'
 import { AuditTrail, storeHead } from '../../src/security/audit.js'
 import { UserDirectory } from '../../src/security/users.js'
@@ -73,6 +74,27 @@ describe('openapi: the document and the routes', () => {
     expect(documented.sort()).toEqual(served.sort())
   })
 
+  it('gives each route its schemas: a body where the route checks one, its parameters, a success answer with its shape, the error body', async () => {
+    const doc = await documentOf() as Doc & { paths: Record<string, Record<string, Operation & { requestBody?: { content: Record<string, unknown> } }>> }
+    for (const route of routes) {
+      const where = `${route.method} ${route.url}`
+      const op = doc.paths[openApiPath(route.url)]?.[route.method.toLowerCase()]
+      const schema = route.schema as Record<string, any>
+      expect(op, where).toBeDefined()
+      expect(op?.requestBody !== undefined, `${where}: a request body in the document iff the route checks one`).toBe(schema.body !== undefined || Array.isArray(schema.consumes))
+      for (const [part, place] of [['params', 'path'], ['querystring', 'query'], ['headers', 'header']] as const) {
+        const names = Object.keys(schema[part]?.properties ?? {}).map(n => n.toLowerCase()).sort()
+        expect(op?.parameters.filter(p => p.in === place).map(p => p.name.toLowerCase()).filter(n => n !== 'filters').sort(), `${where}: ${place} parameters`).toEqual(names)
+      }
+      const success = Object.keys(op?.responses ?? {}).filter(status => /^2/.test(status))
+      expect(success.length, `${where}: a success answer`).toBeGreaterThan(0)
+      for (const status of [...success, 'default']) {
+        expect(Object.values(op?.responses[status]?.content ?? {}).length, `${where} ${status}`).toBeGreaterThan(0)
+        for (const body of Object.values(op?.responses[status]?.content ?? {})) expect(body.schema, `${where} ${status}: its shape`).toBeDefined()
+      }
+    }
+  })
+
   it('is well formed: unique operation ids, a path parameter for each {name}, every $ref resolves', async () => {
     const doc = await documentOf()
     const ids = Object.values(doc.paths).flatMap(ops => Object.values(ops).map(o => o.operationId))
@@ -93,6 +115,12 @@ describe('openapi: the document and the routes', () => {
       const row = doc.components.schemas[`row.${table.name}`] as { properties: Record<string, unknown> }
       expect(Object.keys(row.properties)).toEqual(table.columns.map(c => c.name).filter(c => !(HIDDEN_COLUMNS[table.name] ?? []).includes(c)))
     }
+  })
+
+  it('names the socket it is served on as the daemon makes it, and the package\'s version', () => {
+    const doc = openApiDocument(routes, { version: '9.9.9', tables: TABLES }) as unknown as Doc & { info: { version: string, description: string } }
+    expect(doc.info.version).toBe('9.9.9')
+    expect(doc.info.description).toContain(`<home>/${defaultConfig().api.socket}`)
   })
 
   it('is made from the route schemas fastify validates with: a schema change shows in the document', () => {

@@ -1,0 +1,69 @@
+import { join } from 'node:path'
+import { PassThrough } from 'node:stream'
+import type { FastifyInstance } from 'fastify'
+import { afterEach, beforeEach, describe, expect, it } from 'vitest'
+import { seed } from '../../src/cli/seed.js'
+import { NtsoekheClient } from '../../src/index.js'
+import { AuditTrail, storeHead } from '../../src/security/audit.js'
+import { UserDirectory } from '../../src/security/users.js'
+import { fullApi } from '../helpers/api.js'
+import { openLocalNode, tempDir, type LocalNode, type TempDir } from '../helpers/temp.js'
+
+let dir: TempDir
+let node: LocalNode
+let trail: AuditTrail
+let app: FastifyInstance
+let client: NtsoekheClient
+
+beforeEach(async () => {
+  dir = await tempDir('ntk-seed-')
+  node = await openLocalNode(dir.path)
+  trail = new AuditTrail({ coordinator: node.coordinator, peerId: node.peerId, head: storeHead(node.store) }, { flushIntervalMs: 10_000 })
+  await trail.start()
+  const users = new UserDirectory({ db: node.db })
+  await users.ensureRoles()
+  const token = (await users.add('admin', 'admin')).token
+  app = fullApi({ node, users, trail }).app
+  const socket = join(dir.path, 'api.sock')
+  await app.listen({ path: socket })
+  client = new NtsoekheClient({ socket, token, writeRetries: 0 })
+})
+
+afterEach(async () => {
+  client.close()
+  await app.close()
+  await trail.stop()
+  await node.close()
+  await dir.remove()
+})
+
+/** Runs seed at scale 1 and returns its counts and what it said on stderr */
+async function seeded (): Promise<{ counts: Record<string, number>, said: string }> {
+  let said = ''
+  const counts = await seed(client, 1, { stdout: { write: () => true }, stderr: { write: (s: string) => { said += s } }, stdin: new PassThrough() })
+  return { counts, said }
+}
+
+describe('seed', () => {
+  it('fills every table, users included, and says that it reuses the roles a network is made with', async () => {
+    const { counts, said } = await seeded()
+    for (const table of ['users', 'doctors_info', 'patient_records', 'medications', 'appointments', 'medical_history', 'billing_insurance', 'patient_medications', 'lab_results']) {
+      expect(counts[table], table).toBe(20)
+    }
+    expect(counts.user_roles).toBeUndefined()
+    expect(said).toMatch(/roles \(user_roles: admin, doctor, nurse, billing, auditor\) are there already and are reused/)
+    expect((await node.db.list('users', {}, { limit: 1000 })).rows).toHaveLength(21)
+  }, 60_000)
+
+  it('creates the roles a network lacks, says so, and counts them under user_roles', async () => {
+    for (const id of ['4', '5']) await node.db.delete('user_roles', id)
+    const { counts, said } = await seeded()
+    expect(said).toMatch(/created the roles billing, auditor \(user_roles\), which this network lacked/)
+    expect(counts.user_roles).toBe(2)
+    const roles = (await node.db.list('user_roles', {}, { limit: 100 })).rows.map(r => r.role_name)
+    expect(roles.sort()).toEqual(['admin', 'auditor', 'billing', 'doctor', 'nurse'])
+    // Demo users are given every role in turn, the created ones too.
+    const given = new Set((await node.db.list('users', {}, { limit: 1000 })).rows.map(r => r.role_id))
+    expect(given.size).toBe(5)
+  }, 60_000)
+})
