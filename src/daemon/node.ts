@@ -103,8 +103,6 @@ export class NtsoekheNode {
   private readonly init: NodeInit
   /** Prometheus metrics (socket `GET /metrics`, `--metrics-listen`) and the console's request series */
   private metrics?: NodeMetrics
-  /** The socket API answers: the console may hand it requests */
-  private serving = false
   /** The console and metrics listeners, when configured */
   private readonly listeners: HttpListener[] = []
   /** Where the console and `GET /metrics` are served over HTTP, when configured */
@@ -277,7 +275,6 @@ export class NtsoekheNode {
     }
     this.metrics = this.createMetrics()
     await this.listen()
-    this.serving = true
     this.logger.info({ peerId: this.peerId, socket: this.socket, home: this.home, addresses: libp2p.getMultiaddrs().map(String) }, 'node ready')
   }
 
