@@ -931,6 +931,7 @@ export class DistributedCoordinator implements Coordinator {
       strict: options.consistency === 'all',
       self: this.c.peerId,
       usable: peer => this.c.membership.stateOf(peer) !== 'down',
+      alive: peer => this.c.membership.isAlive(peer),
       fetch: async (peer, q) => peer === this.c.peerId
         ? stripPlan(await this.c.store.query(table, q))
         : checkQueryPage(await this.c.transport.request(peer, 'replica', { type: 'query', table, ...q }, { timeout: this.timeoutMs }), table),
@@ -948,8 +949,10 @@ export class DistributedCoordinator implements Coordinator {
     const load = new Map<string, number>()
     const byPeer = new Map<string, number[]>()
     const chosen = ranges.map((r, i) => {
+      // A silent (suspect) owner last: a frozen machine would hold the fragment for a whole timeout.
+      const silent = (p: string): number => this.c.membership.isAlive(p) ? 0 : 1
       const peers = r.owners.filter(p => this.c.membership.stateOf(p) !== 'down')
-        .sort((a, b) => a === this.c.peerId ? -1 : b === this.c.peerId ? 1 : (load.get(a) ?? 0) - (load.get(b) ?? 0))
+        .sort((a, b) => a === this.c.peerId ? -1 : b === this.c.peerId ? 1 : (silent(a) - silent(b)) || (load.get(a) ?? 0) - (load.get(b) ?? 0))
         .slice(0, need)
       for (const p of peers) {
         load.set(p, (load.get(p) ?? 0) + 1)

@@ -21,6 +21,12 @@ export interface MergeQueryInput {
   self: string
   /** Whether a member may be asked (not known to be down) */
   usable: (peer: string) => boolean
+  /**
+   * Whether a member answered lately (not suspect): such owners are asked
+   * before a silent one, which would hold the query for a whole timeout
+   * until it is down (a frozen machine keeps its connections open)
+   */
+  alive?: (peer: string) => boolean
   /** One page of the query from a member, for the given token ranges */
   fetch: (peer: string, query: RowQuery) => Promise<RowPage>
   /** A record read from its owners, when the copies asked disagree on it */
@@ -67,7 +73,8 @@ export async function mergeQuery (input: MergeQueryInput): Promise<RowPage & { a
   }
   for (const range of assigned) {
     const candidates = range.owners.filter(input.usable)
-    candidates.sort((a, b) => (a === input.self ? -1 : b === input.self ? 1 : (load.get(a) ?? 0) - (load.get(b) ?? 0)))
+    const silent = (p: string): number => input.alive === undefined || input.alive(p) ? 0 : 1
+    candidates.sort((a, b) => (a === input.self ? -1 : b === input.self ? 1 : (silent(a) - silent(b)) || (load.get(a) ?? 0) - (load.get(b) ?? 0)))
     const chosen = candidates.slice(0, input.need)
     if (chosen.length === 0 || (input.strict && chosen.length < input.need)) {
       throw new UnavailableError(`${table.name}: ${chosen.length} of the ${input.need} owners needed for a token range can be asked`)

@@ -1,4 +1,5 @@
 import { afterEach, beforeEach, describe, expect, it } from 'vitest'
+import { UnavailableError } from '../../src/errors/index.js'
 import { mergeQuery } from '../../src/cluster/query-merge.js'
 import { tokenOf } from '../../src/cluster/token.js'
 import { encodeOrdered } from '../../src/schema/condition.js'
@@ -174,5 +175,33 @@ describe('k-way merge of owners\' sorted streams', () => {
     expect(names.filter(r => r.patient_id === 6)).toEqual([expect.objectContaining({ patient_name: 'Zed' })])
     expect(names.at(-1)!.patient_id).toBe(6)
     expect(names).toHaveLength(7)
+  })
+
+  it('asks owners that answered lately before a silent one (a frozen machine would hold the query for a timeout)', async () => {
+    for (const id of [2, 5, 7]) for (const n of nodes) await n.db.insert('patient_records', patientRow(id))
+    const silent = '12D3KooWMergeSilent'
+    const asked: string[] = []
+    const byPeer = new Map(nodes.map(n => [n.peerId, n.store]))
+    const page = await mergeQuery({
+      table: findTable('patient_records')!,
+      request: { limit: 100 },
+      // The silent owner first on the ring and no load anywhere: only its liveness puts it last.
+      ranges: [{ from: '', to: '', owners: [silent, ...nodes.map(n => n.peerId)] }],
+      need: 2,
+      strict: false,
+      self: '12D3KooWMergeCoordinator',
+      usable: () => true,
+      alive: peer => peer !== silent,
+      fetch: async (peer: string, q: RowQuery) => {
+        asked.push(peer)
+        const store = byPeer.get(peer)
+        if (store === undefined) throw new UnavailableError(`${peer} did not answer`)
+        const { plan: _, ...rest } = await store.query('patient_records', q)
+        return rest
+      },
+      resolve: async () => undefined
+    })
+    expect(page.rows.map(r => r.state.heads[0]!.row!.patient_id)).toEqual([2, 5, 7])
+    expect(asked.sort()).toEqual(nodes.map(n => n.peerId).sort())
   })
 })
