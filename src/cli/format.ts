@@ -15,18 +15,28 @@ export function renderTable (rows: Array<Record<string, unknown>>, columns?: str
 }
 
 /** Renders one object as `key: value` lines; a list of plain values is one value a line below its key */
-export function renderObject (obj: Record<string, unknown>, indent = ''): string {
+export function renderObject (obj: Record<string, unknown>, indent = '', value: (key: string, v: unknown) => string = (_, v) => cell(v)): string {
   let out = ''
   for (const [k, v] of Object.entries(obj)) {
     if (Array.isArray(v) && v.length > 0 && v.every(x => x === null || typeof x !== 'object')) {
       out += `${indent}${k}:\n${v.map(x => `${indent}  ${cell(x)}\n`).join('')}`
     } else if (v !== null && typeof v === 'object' && !Array.isArray(v)) {
-      out += `${indent}${k}:\n${renderObject(v as Record<string, unknown>, indent + '  ')}`
+      out += `${indent}${k}:\n${renderObject(v as Record<string, unknown>, indent + '  ', value)}`
     } else {
-      out += `${indent}${k}: ${cell(v)}\n`
+      out += `${indent}${k}: ${value(k, v)}\n`
     }
   }
   return out
+}
+
+/**
+ * A value of a `key: value` line of a report (status): a time (`...At`, epoch ms) as ISO UTC,
+ * nothing as `none`. Not for rows, where `none` could be a column's text.
+ */
+export function reportValue (key: string, v: unknown): string {
+  if (v === null || v === undefined || (Array.isArray(v) && v.length === 0)) return 'none'
+  if (/At$/.test(key) && typeof v === 'number' && Number.isFinite(v) && v > 1e11) return new Date(v).toISOString()
+  return cell(v)
 }
 
 function cell (v: unknown): string {

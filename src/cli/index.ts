@@ -11,7 +11,7 @@ import { MAX_LIMIT } from '../query/limits.js'
 import { readAdminToken } from '../security/tokens.js'
 import { DEFAULT_ROLES } from '../security/rights.js'
 import { parseHostPort } from '../observability/address.js'
-import { renderObject, renderTable } from './format.js'
+import { renderObject, renderTable, reportValue } from './format.js'
 import { UsageError } from './usage.js'
 import { VERSION } from '../version.js'
 import { parseComparison } from '../schema/condition.js'
@@ -190,7 +190,7 @@ function buildProgram (io: Io, setCode: (c: number) => void, asked: Asked): Comm
       const s = await (await client(opts)).status()
       out(opts, s, () => {
         const { members, ...rest } = s
-        return renderObject(rest) + (Array.isArray(members) ? `members:\n${renderTable(members.map(m => ({ peerId: m.peerId, state: m.state })))}` : '')
+        return renderObject(rest, '', reportValue) + (Array.isArray(members) ? `members:\n${renderTable(members.map(m => ({ peerId: m.peerId, state: m.state })))}` : '')
       })
     })
 

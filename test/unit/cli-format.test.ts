@@ -1,6 +1,6 @@
 import { describe, expect, it } from 'vitest'
 import { resolvePeerId } from '../../src/cli/index.js'
-import { renderObject, renderTable } from '../../src/cli/format.js'
+import { renderObject, renderTable, reportValue } from '../../src/cli/format.js'
 
 const A = '12D3KooWAbcdefghijkLMNopqrstuvwxyz1234567890ABCDEFGH'
 const B = '12D3KooWAbzzzzzzzzzzzzzzzzzzzzzzzzzzzzzzzzzzzzzzzzzz'
@@ -41,5 +41,12 @@ describe('CLI: peer ids', () => {
   it('objects print a list of values one a line, not as a JSON array', () => {
     expect(renderObject({ peerId: A, addresses: ['/ip4/10.0.0.1/tcp/4100', '/ip4/127.0.0.1/tcp/4100'], storage: { rows: 3 } })).toBe(
       `peerId: ${A}\naddresses:\n  /ip4/10.0.0.1/tcp/4100\n  /ip4/127.0.0.1/tcp/4100\nstorage:\n  rows: 3\n`)
+  })
+
+  it('in a report (status), a time (a key ending in At, epoch ms) prints as ISO UTC, and nothing as none rather than a blank', () => {
+    expect(renderObject({ antiEntropy: { lastRoundAt: null, startedAt: 1_796_000_000_000, seconds: 0 }, unanswered: [] }, '', reportValue)).toBe(
+      'antiEntropy:\n  lastRoundAt: none\n  startedAt: 2026-11-30T00:53:20.000Z\n  seconds: 0\nunanswered: none\n')
+    // A row keeps a null column blank.
+    expect(renderObject({ patient_name: 'Ann', notes: null })).toBe('patient_name: Ann\nnotes: \n')
   })
 })
