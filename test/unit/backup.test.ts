@@ -188,6 +188,7 @@ describe('backup: chunks, manifest and encryption', () => {
     const lines = chunkLines(text, entry)
     const forged = gzipSync(Buffer.from([lines[0]?.replace('"checkup"', '42'), ...lines.slice(1)].join('\n') + '\n'))
     await writeFile(join(path, entry.file), forged)
+    manifest.bytes += forged.length - entry.bytes
     entry.bytes = forged.length
     entry.sha256 = sha256(forged)
     await writeFile(join(path, MANIFEST_FILE), JSON.stringify(manifest))
@@ -273,6 +274,56 @@ describe('backup: chunks, manifest and encryption', () => {
   it('never writes into a directory that holds anything', async () => {
     await writeFile(join(dir.path, 'x'), 'x')
     await expect(BackupWriter.create({ dir: dir.path, node: 'n' })).rejects.toThrow(/not empty/)
+  })
+})
+
+describe('backup: a manifest edited by hand, and files it does not list', () => {
+  /** Edits the manifest of a backup in the clear (nothing authenticates it) */
+  async function edit (path: string, change: (m: Manifest) => void): Promise<void> {
+    const m = await manifestOf(path)
+    change(m)
+    await writeFile(join(path, MANIFEST_FILE), JSON.stringify(m))
+  }
+
+  it('refuses totals, sizes, times or a span that are not the chunks\' own, naming manifest.json', async () => {
+    await fill(12)
+    const records = await allRecords(100)
+    const edits: Array<[string, (m: Manifest) => void, RegExp]> = [
+      ['rows', m => { m.rows -= 1 }, /counts do not add up/],
+      ['a table\'s rows and the total alike', m => { m.rows -= 1; (m.tables.appointments as { rows: number }).rows -= 1 }, /counts for table appointments do not match/],
+      ['bytes', m => { m.bytes = 5 }, /sizes do not add up/],
+      ['startedAt', m => { m.startedAt = 'yesterday' }, /malformed startedAt/],
+      ['span.from', m => { m.span.from = 'garbage' }, /malformed span/],
+      ['span.to', m => { m.span.to = '2030-01-01T00:00:00.000Z' }, /its span .* is not the versions'/]
+    ]
+    for (const [what, change, message] of edits) {
+      const path = await writeBackup(records)
+      await edit(path, change)
+      const err = await failure((async () => await verifyBackup(await openBackup(path)))())
+      expect(err, what).toBeInstanceOf(BackupDamagedError)
+      expect((err as BackupDamagedError).chunk, what).toBe(MANIFEST_FILE)
+      expect(err.message, what).toMatch(message)
+      await rm(path, { recursive: true })
+    }
+  })
+
+  it('refuses a chunk file, or any file, the manifest does not list, naming it', async () => {
+    await fill(12)
+    const path = await writeBackup(await allRecords(100))
+    const manifest = await manifestOf(path)
+    const first = manifest.chunks[0] as Manifest['chunks'][number]
+    // A chunk the list does not hold (left out of it, or of another backup) would otherwise go unseen.
+    const stray = 'chunk-000099.ndjson.gz'
+    await writeFile(join(path, stray), await readFile(join(path, first.file)))
+    let err = await failure((async () => await verifyBackup(await openBackup(path)))())
+    expect((err as BackupDamagedError).chunk).toBe(stray)
+    expect(err.message).toMatch(/not part of this backup/)
+    await rm(join(path, stray))
+    await writeFile(join(path, 'notes.txt'), 'x')
+    err = await failure((async () => await verifyBackup(await openBackup(path)))())
+    expect((err as BackupDamagedError).chunk).toBe('notes.txt')
+    await rm(join(path, 'notes.txt'))
+    expect((await verifyBackup(await openBackup(path))).records).toBe(12)
   })
 })
 
