@@ -113,6 +113,12 @@ describe('backup and restore between real networks', () => {
     expect(summary.tables.patient_records.records).toBeGreaterThanOrEqual(45)
     expect(summary.rows).toBe(Object.values(summary.tables as Record<string, { rows: number }>).reduce((n, t) => n + t.rows, 0))
 
+    // Never into a directory that holds anything: one line, exit 2, and no warning of a backup that was not made.
+    const occupied = await cli(['backup', dir, '--json'], { home: source[0]!.home, token })
+    expect(occupied.code).toBe(2)
+    expect(occupied.stdout).toBe('')
+    expect(occupied.stderr).toMatch(/^error: \S+ is not empty; a backup goes into a new or empty directory\n$/)
+
     const verified = await cli(['backup', '--verify', dir, '--json'])
     expect(verified.code, verified.stderr).toBe(0)
     expect(json(verified)).toMatchObject({ ok: true, records: summary.records, rows: summary.rows, versions: summary.versions })
@@ -169,8 +175,9 @@ describe('backup and restore between real networks', () => {
     const chunk = manifest.chunks[manifest.chunks.length - 1]!.file
     const bytes = await readFile(join(damaged, chunk))
     await writeFile(join(damaged, chunk), bytes.subarray(0, bytes.length - 7))
-    const refused = await cli(['restore', damaged], { home: fresh!.home })
+    const refused = await cli(['restore', damaged, '--json'], { home: fresh!.home })
     expect(refused.code).toBe(1)
+    expect(refused.stdout).toBe('')
     expect(refused.stderr).toContain(chunk)
     expect(refused.stderr).toMatch(/truncated/)
     expect(await rowTables()).toEqual(rowsBefore)
