@@ -209,6 +209,11 @@ describe('backup and restore between real networks', () => {
     const wrong = await cli(['restore', sealedDir, '--key', wrongKey], { home: fresh!.home })
     expect(wrong.code).toBe(1)
     expect(wrong.stderr).toMatch(/wrong key/)
+    // With its own key file it restores: the rows written after the moment above come in.
+    const opened = await cli(['restore', sealedDir, '--key', keyFile, '--json'], { home: fresh!.home })
+    expect(opened.code, opened.stderr).toBe(0)
+    expect(json(opened)).toMatchObject({ records: json(sealed).records, versions: json(sealed).versions })
+    expect((await freshApi.get('patient_records', 41)).row.patient_name).toBe('Patient 41')
     expect((await cli(['restore', dir, '--as-of', '2026-12-02 10:00'], { home: fresh!.home })).code).toBe(2)
 
     const doctor = await api.addUser('dr_backup', 'doctor')
