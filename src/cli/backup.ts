@@ -58,6 +58,11 @@ export async function runBackup (api: NtsoekheClient, dir: string, flags: Backup
   const started = Date.now()
   const keyFile = flags.key === undefined ? undefined : await readKeyFile(flags.key)
   let writer: BackupWriter | undefined
+  // Ctrl-C (or a service manager's SIGTERM) stops the stream and removes what was written, as any cut-off does.
+  const interrupt = new AbortController()
+  const stopListening = onInterrupt(signal => {
+    interrupt.abort(new NtsoekheError('UNAVAILABLE', `The backup was interrupted (${signal}): what it had written in ${dir} is removed`))
+  })
   try {
     const status = await api.status()
     writer = await BackupWriter.create({ dir, node: String(status.peerId ?? ''), ...(keyFile === undefined ? {} : { keyFile }) }).catch(err => {
@@ -65,7 +70,7 @@ export async function runBackup (api: NtsoekheClient, dir: string, flags: Backup
     })
     // Once a backup is under way: a refused command writes nothing, so it has nothing to warn of.
     if (keyFile === undefined) io.stderr.write(CLEAR_WARNING)
-    const { estimate, body } = await api.backup()
+    const { estimate, body } = await api.backup({ signal: interrupt.signal })
     const progress = await bar(io, 'backing up', estimate, 'records')
     try {
       const decoder = new StringDecoder('utf8')
@@ -96,12 +101,34 @@ export async function runBackup (api: NtsoekheClient, dir: string, flags: Backup
     } finally {
       progress.stop()
     }
+    interrupt.signal.throwIfAborted()
     const m = await writer.finish()
     return { dir, tables: m.tables, records: m.records, rows: m.rows, versions: m.versions, chunks: m.chunks.length, bytes: m.bytes, encrypted: m.encryption !== null, span: m.span, seconds: seconds(started) }
   } catch (err) {
     await writer?.discard()
-    throw err
+    throw interrupt.signal.aborted ? interrupt.signal.reason : err
+  } finally {
+    stopListening()
   }
+}
+
+/**
+ * Calls `fn` on the first SIGINT or SIGTERM instead of Node's default (dying
+ * at once, the files written so far left behind); a second Ctrl-C kills as
+ * usual. The function returned stops listening.
+ */
+function onInterrupt (fn: (signal: NodeJS.Signals) => void): () => void {
+  const stop = (): void => {
+    process.off('SIGINT', handler)
+    process.off('SIGTERM', handler)
+  }
+  const handler = (signal: NodeJS.Signals): void => {
+    stop()
+    fn(signal)
+  }
+  process.on('SIGINT', handler)
+  process.on('SIGTERM', handler)
+  return stop
 }
 
 /** `ntsoekhe backup --verify <dir>`: checks every chunk and record without restoring anything */

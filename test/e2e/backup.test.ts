@@ -1,4 +1,6 @@
+import { spawn } from 'node:child_process'
 import { randomBytes } from 'node:crypto'
+import { existsSync } from 'node:fs'
 import { cp, readFile, writeFile } from 'node:fs/promises'
 import { join } from 'node:path'
 import { afterAll, describe, expect, it } from 'vitest'
@@ -6,7 +8,7 @@ import { chunkLines, openBackup, readChunk } from '../../src/backup/backup-dir.j
 import { parseBackupRecord } from '../../src/backup/record.js'
 import { NtsoekheClient } from '../../src/client/index.js'
 import type { WholeRecord } from '../../src/storage/store.js'
-import { adminToken, cli, json, makeHome, startDaemon, type TestDaemon } from '../helpers/daemon.js'
+import { adminToken, BIN, cli, json, makeHome, ROOT, startDaemon, track, type TestDaemon } from '../helpers/daemon.js'
 import { e2ePatient, waitFor, waitForValue } from '../helpers/wait.js'
 
 /**
@@ -225,6 +227,33 @@ describe('backup and restore between real networks', () => {
     const deniedEntry = await waitForValue('the denied backup in the audit trail', async () => (await api.audit({ user: 'dr_backup' })).entries.find(e => e.action === 'admin' && e.outcome === 'denied'))
     expect(deniedEntry.status).toBe(403)
   }, 300_000)
+
+  it('a backup interrupted by Ctrl-C removes what it wrote, the directory it made included', async () => {
+    const { nodes: [node], token } = await network(1)
+    const api = client(node!, token)
+    const rows = Array.from({ length: 5000 }, (_, i) => JSON.stringify(e2ePatient(10_000 + i))).join('\n') + '\n'
+    expect((await api.import('patient_records', rows, 'ndjson')).accepted).toBe(5000)
+    const dir = join(await makeHome(), 'bk')
+    const proc = track(spawn(process.execPath, [BIN, 'backup', dir, '--home', node!.home], { cwd: ROOT, stdio: ['ignore', 'pipe', 'pipe'], env: { ...process.env, NTSOEKHE_TOKEN: token } }))
+    let stderr = ''
+    proc.stderr.setEncoding('utf8').on('data', (x: string) => { stderr += x })
+    const exited = new Promise<number | null>(resolve => proc.once('exit', code => { resolve(code) }))
+    // Once the backup has made its directory, the daemon is frozen: the backup cannot finish before the Ctrl-C.
+    await waitFor('the backup to make its directory', () => existsSync(dir) || proc.exitCode !== null, 30_000, 2)
+    node!.proc.kill('SIGSTOP')
+    try {
+      expect(existsSync(join(dir, 'manifest.json')), 'the backup finished before it could be interrupted').toBe(false)
+      proc.kill('SIGINT')
+      let timer: NodeJS.Timeout | undefined
+      const code = await Promise.race([exited, new Promise<'timed out'>(resolve => { timer = setTimeout(() => { resolve('timed out') }, 30_000) })])
+      clearTimeout(timer)
+      expect(code, `the interrupted backup's exit: ${stderr}`).toBe(1)
+    } finally {
+      node!.proc.kill('SIGCONT')
+    }
+    expect(stderr).toMatch(/error: The backup was interrupted \(SIGINT\): what it had written in \S+ is removed/)
+    expect(existsSync(dir)).toBe(false)
+  }, 120_000)
 
   it('with N = 2 on three members, reads the ranges it does not own from their owners, each record once', async () => {
     const { nodes, token } = await network(3, ['--replicas', '2'])
