@@ -4,7 +4,7 @@ import { StringDecoder } from 'node:string_decoder'
 import type { NtsoekheClient } from '../client/index.js'
 import { NtsoekheError, ValidationError } from '../errors/index.js'
 import { BackupWriter, chunkLines, openBackup, readChunk, verifyBackup, type OpenedBackup, type VerifyReport } from '../backup/backup-dir.js'
-import { BackupKeyError, MIN_KEY_FILE_BYTES } from '../backup/chunk.js'
+import { BackupDamagedError, BackupKeyError, MIN_KEY_FILE_BYTES } from '../backup/chunk.js'
 import type { TableCounts } from '../backup/manifest.js'
 import { checkPageSummary, isLive, parseBackupRecord, recordAsOf, toBackupRecord, type PageSummary } from '../backup/record.js'
 import type { Io } from './index.js'
@@ -129,6 +129,18 @@ function onInterrupt (fn: (signal: NodeJS.Signals) => void): () => void {
   process.on('SIGINT', handler)
   process.on('SIGTERM', handler)
   return stop
+}
+
+/** `backup --verify --json` of a damaged backup: the file at fault and what is wrong with it */
+export interface BrokenReport {
+  ok: false
+  dir: string
+  broken: { file: string, problem: string }
+}
+
+/** The report of a damaged backup, for an error that says one is (undefined for any other) */
+export function brokenReport (dir: string, err: unknown): BrokenReport | undefined {
+  return err instanceof BackupDamagedError ? { ok: false, dir, broken: { file: err.chunk, problem: err.problem } } : undefined
 }
 
 /** `ntsoekhe backup --verify <dir>`: checks every chunk and record without restoring anything */

@@ -383,6 +383,19 @@ describe('backup: the command line, without a daemon', () => {
     // Not a terminal: no bar, nothing on stderr.
     expect((await cli(['backup', '--verify', path, '--json'])).stderr).toBe('')
   })
+
+  it('--verify --json of a damaged backup says which file is broken and how, and exits 1', async () => {
+    await fill(12)
+    const path = await writeBackup(await allRecords(100))
+    const [entry] = (await manifestOf(path)).chunks
+    await truncate(join(path, entry?.file as string), (entry?.bytes as number) - 10)
+    const r = await cli(['backup', '--verify', path, '--json'])
+    expect(r.code).toBe(1)
+    expect(JSON.parse(r.stdout)).toEqual({ ok: false, dir: path, broken: { file: entry?.file, problem: `truncated: ${(entry?.bytes as number) - 10} bytes where the manifest says ${entry?.bytes}` } })
+    expect(r.stderr).toBe(`error: backup damaged: ${entry?.file}: truncated: ${(entry?.bytes as number) - 10} bytes where the manifest says ${entry?.bytes} [INTEGRITY]\n`)
+    // Without --json: the line on stderr alone.
+    expect((await cli(['backup', '--verify', path])).stdout).toBe('')
+  })
 })
 
 describe('backup: which owner reads which range', () => {
