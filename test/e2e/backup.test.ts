@@ -6,6 +6,7 @@ import { join } from 'node:path'
 import { afterAll, describe, expect, it } from 'vitest'
 import { chunkLines, openBackup, readChunk } from '../../src/backup/backup-dir.js'
 import { parseBackupRecord } from '../../src/backup/record.js'
+import { runBackup } from '../../src/cli/backup.js'
 import { NtsoekheClient } from '../../src/client/index.js'
 import type { WholeRecord } from '../../src/storage/store.js'
 import { adminToken, BIN, cli, json, makeHome, ROOT, startDaemon, track, type TestDaemon } from '../helpers/daemon.js'
@@ -274,5 +275,23 @@ describe('backup and restore between real networks', () => {
     const restored = await cli(['restore', dir, '--json'], { home: single!.home })
     expect(restored.code, restored.stderr).toBe(0)
     await expectRestored(client(single!, singleToken), records)
+
+    // On a terminal the backup shows a progress bar (the CLI's own code, in this process, against a member).
+    let stderr = ''
+    const tty = { stdout: { write: () => true }, stderr: { write: (x: string) => { stderr += x; return true }, isTTY: true }, stdin: process.stdin }
+    const barred = await runBackup(client(nodes[2]!, token), join(await makeHome(), 'bk'), {}, tty)
+    expect(barred.tables.patient_records?.records).toBe(60)
+    expect(stderr).toMatch(/backing up \[.*\] 100% \| \d+\/\d+ records/)
+
+    // Into the network it came from: nothing goes back, the rows changed or deleted since stay so, and again nothing changes.
+    await api.update('patient_records', 7, { address: 'moved again' })
+    await api.delete('patient_records', 8)
+    const home = await cli(['restore', dir, '--json'], { home: nodes[0]!.home, token })
+    expect(home.code, home.stderr).toBe(0)
+    expect((await api.get('patient_records', 7)).row.address).toBe('moved again')
+    await expect(api.get('patient_records', 8)).rejects.toThrow(/not found|deleted/i)
+    expect((await api.get('patient_records', 9)).row.patient_name).toBe('Patient 9')
+    const homeAgain = await cli(['restore', dir, '--json'], { home: nodes[0]!.home, token })
+    expect(json(homeAgain)).toMatchObject({ records: json(made).records, changed: 0 })
   }, 180_000)
 })
