@@ -5,7 +5,7 @@ import { ValidationError } from '../errors/index.js'
 import type { WholeRecord } from '../storage/store.js'
 import { BackupDamagedError, BackupKeyError, chunkName, deriveKey, keyCheck, mac, macMatches, newSalt, openChunk, sealChunk, sha256 } from './chunk.js'
 import { BACKUP_FORMAT, BACKUP_FORMAT_VERSION, checkManifest, macText, MANIFEST_FILE, type ChunkEntry, type Manifest, type TableCounts } from './manifest.js'
-import { isLive, parseBackupRecord, type PageSummary } from './record.js'
+import { isLive, parseBackupRecord, versionSpan, type PageSummary } from './record.js'
 
 /** NDJSON bytes per chunk before compression. @default 8 MiB */
 export const CHUNK_TEXT_BYTES = 8 * 1024 * 1024
@@ -212,7 +212,7 @@ export async function openBackup (dir: string, keyFile?: Uint8Array): Promise<Op
   }
   const manifest = checkManifest(parsed)
   if (manifest.encryption === null) {
-    if (keyFile !== undefined) throw new BackupKeyError('unexpected', 'this backup is not encrypted: restore it without --key')
+    if (keyFile !== undefined) throw new BackupKeyError('unexpected', 'this backup is not encrypted: give no --key for it')
     return { dir, manifest }
   }
   if (keyFile === undefined) throw new BackupKeyError('missing', 'this backup is encrypted: give its key file with --key <file>')
@@ -233,6 +233,18 @@ export async function readChunk (backup: OpenedBackup, entry: ChunkEntry): Promi
   if (bytes.length !== entry.bytes) throw new BackupDamagedError(entry.file, `${bytes.length < entry.bytes ? 'truncated' : 'too long'}: ${bytes.length} bytes where the manifest says ${entry.bytes}`)
   if (sha256(bytes) !== entry.sha256) throw new BackupDamagedError(entry.file, 'checksum mismatch (the file was changed or damaged)')
   return await openChunk(bytes, entry.file, backup.key)
+}
+
+/**
+ * Refuses a file in the backup directory that its manifest does not list:
+ * a chunk left out of the list (or one of another backup copied in) would
+ * otherwise be skipped unseen. The first such file is named.
+ */
+async function checkNoStrayFiles (backup: OpenedBackup): Promise<void> {
+  const listed = new Set([MANIFEST_FILE, ...backup.manifest.chunks.map(c => c.file)])
+  const entries = await readdir(backup.dir)
+  const stray = entries.filter(name => !listed.has(name)).sort()[0]
+  if (stray !== undefined) throw new BackupDamagedError(stray, `not part of this backup (${MANIFEST_FILE} does not list it): move it out of ${backup.dir}`)
 }
 
 /** The record lines of a chunk's text, checked against the chunk's counts */
@@ -264,7 +276,10 @@ export interface VerifyReport {
  */
 export async function verifyBackup (backup: OpenedBackup, onChunk?: (done: number, total: number) => void): Promise<VerifyReport> {
   const { manifest } = backup
+  await checkNoStrayFiles(backup)
   const tables: Record<string, TableCounts> = {}
+  let from = Infinity
+  let to = -Infinity
   let done = 0
   for (const entry of manifest.chunks) {
     const lines = chunkLines(await readChunk(backup, entry), entry)
@@ -281,6 +296,9 @@ export async function verifyBackup (backup: OpenedBackup, onChunk?: (done: numbe
       t.versions += record.versions.length
       if (isLive(record)) t.rows++
       versions += record.versions.length
+      const span = versionSpan(record.versions)
+      if (span.from < from) from = span.from
+      if (span.to > to) to = span.to
     }
     if (versions !== entry.versions) throw new BackupDamagedError(entry.file, `${versions} versions where the manifest says ${entry.versions}`)
     onChunk?.(++done, manifest.chunks.length)
@@ -292,11 +310,16 @@ export async function verifyBackup (backup: OpenedBackup, onChunk?: (done: numbe
       throw new BackupDamagedError(MANIFEST_FILE, `its counts for table ${name} do not match the chunks`)
     }
   }
+  // The span is what --as-of is checked against: it must be the versions' own.
+  const span = Number.isFinite(from) ? { from: new Date(from).toISOString(), to: new Date(to).toISOString() } : { from: null, to: null }
+  if (span.from !== manifest.span.from || span.to !== manifest.span.to) {
+    throw new BackupDamagedError(MANIFEST_FILE, `its span (${String(manifest.span.from)} to ${String(manifest.span.to)}) is not the versions' (${String(span.from)} to ${String(span.to)})`)
+  }
   return {
     dir: backup.dir,
     encrypted: manifest.encryption !== null,
     chunks: manifest.chunks.length,
-    tables,
+    tables: Object.fromEntries(Object.entries(tables).sort((a, b) => a[0] < b[0] ? -1 : 1)),
     records: manifest.records,
     rows: manifest.rows,
     versions: manifest.versions,

@@ -28,9 +28,12 @@ const gunzipAsync = promisify(gunzip)
 export class BackupDamagedError extends IntegrityError {
   override name = 'BackupDamagedError'
   readonly chunk: string
+  /** What is wrong with it, without the file's name */
+  readonly problem: string
   constructor (chunk: string, problem: string, options: { cause?: unknown } = {}) {
     super(`backup damaged: ${chunk}: ${problem}`, options)
     this.chunk = chunk
+    this.problem = problem
   }
 }
 

@@ -74,12 +74,21 @@ export function checkManifest (value: unknown): Manifest {
   if (enc !== null && (typeof enc !== 'object' || enc === undefined || enc.algorithm !== 'AES-256-GCM' || enc.kdf !== 'HKDF-SHA256' ||
     typeof enc.salt !== 'string' || !/^[0-9a-f]{32}$/.test(enc.salt) || typeof enc.keyCheck !== 'string' || !/^[0-9a-f]{32}$/.test(enc.keyCheck))) bad('malformed encryption')
   for (const k of ['records', 'rows', 'versions', 'bytes'] as const) if (!isCount(ok[k])) bad(`malformed ${k}`)
-  if (typeof ok.startedAt !== 'string' || typeof ok.finishedAt !== 'string' || typeof ok.node !== 'string') bad('malformed times or node')
+  if (!isTime(ok.startedAt) || !isTime(ok.finishedAt) || ok.startedAt > ok.finishedAt) bad('malformed startedAt or finishedAt (ISO 8601 times in UTC, the start first)')
+  if (typeof ok.node !== 'string') bad('malformed node')
   if (ok.tables === null || typeof ok.tables !== 'object' || Array.isArray(ok.tables)) bad('malformed tables')
+  const sum = { records: 0, rows: 0, versions: 0 }
   for (const t of Object.values(ok.tables as object) as TableCounts[]) {
-    if (t === null || typeof t !== 'object' || !isCount(t.records) || !isCount(t.rows) || !isCount(t.versions)) bad('malformed table counts')
+    if (t === null || typeof t !== 'object' || !isCount(t.records) || !isCount(t.rows) || !isCount(t.versions) || t.rows > t.records) bad('malformed table counts')
+    sum.records += t.records
+    sum.rows += t.rows
+    sum.versions += t.versions
   }
-  if (ok.span === null || typeof ok.span !== 'object' || !(ok.span.from === null || typeof ok.span.from === 'string') || !(ok.span.to === null || typeof ok.span.to === 'string')) bad('malformed span')
+  if (sum.records !== ok.records || sum.rows !== ok.rows || sum.versions !== ok.versions) bad('the tables\' counts do not add up to the totals')
+  const span = ok.span
+  if (span === null || typeof span !== 'object' || !((span.from === null && span.to === null) || (isTime(span.from) && isTime(span.to) && span.from <= span.to))) {
+    bad('malformed span (from and to: ISO 8601 times in UTC, from first, or both null)')
+  }
   if (!Array.isArray(ok.chunks)) bad('malformed chunks')
   const files = new Set<string>()
   for (const c of ok.chunks as ChunkEntry[]) {
@@ -90,9 +99,15 @@ export function checkManifest (value: unknown): Manifest {
   }
   const chunks = ok.chunks as ChunkEntry[]
   if (chunks.reduce((n, c) => n + c.records, 0) !== ok.records || chunks.reduce((n, c) => n + c.versions, 0) !== ok.versions) bad('chunk counts do not add up to the totals')
+  if (chunks.reduce((n, c) => n + c.bytes, 0) !== ok.bytes) bad('chunk sizes do not add up to its bytes')
   if (ok.mac !== undefined && (typeof ok.mac !== 'string' || !HEX64_RE.test(ok.mac))) bad('malformed mac')
   if (enc !== null && ok.mac === undefined) bad('an encrypted backup without its mac')
   return ok as Manifest
+}
+
+/** A time as the writer writes it (Date#toISOString): compared as text, such times sort as instants */
+function isTime (t: unknown): t is string {
+  return typeof t === 'string' && /^\d{4}-\d{2}-\d{2}T\d{2}:\d{2}:\d{2}\.\d{3}Z$/.test(t) && !Number.isNaN(Date.parse(t)) && new Date(t).toISOString() === t
 }
 
 function isCount (n: unknown): n is number {

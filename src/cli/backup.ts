@@ -1,10 +1,10 @@
-import { readFile } from 'node:fs/promises'
+import { readFile, stat } from 'node:fs/promises'
 import { Readable } from 'node:stream'
 import { StringDecoder } from 'node:string_decoder'
 import type { NtsoekheClient } from '../client/index.js'
 import { NtsoekheError, ValidationError } from '../errors/index.js'
 import { BackupWriter, chunkLines, openBackup, readChunk, verifyBackup, type OpenedBackup, type VerifyReport } from '../backup/backup-dir.js'
-import { BackupKeyError, MIN_KEY_FILE_BYTES } from '../backup/chunk.js'
+import { BackupDamagedError, BackupKeyError, MIN_KEY_FILE_BYTES } from '../backup/chunk.js'
 import type { TableCounts } from '../backup/manifest.js'
 import { checkPageSummary, isLive, parseBackupRecord, recordAsOf, toBackupRecord, type PageSummary } from '../backup/record.js'
 import type { Io } from './index.js'
@@ -58,14 +58,19 @@ export async function runBackup (api: NtsoekheClient, dir: string, flags: Backup
   const started = Date.now()
   const keyFile = flags.key === undefined ? undefined : await readKeyFile(flags.key)
   let writer: BackupWriter | undefined
+  // Ctrl-C (or a service manager's SIGTERM) stops the stream and removes what was written, as any cut-off does.
+  const interrupt = new AbortController()
+  const stopListening = onInterrupt(signal => {
+    interrupt.abort(new NtsoekheError('UNAVAILABLE', `The backup was interrupted (${signal}): what it had written in ${dir} is removed`))
+  })
   try {
     const status = await api.status()
     writer = await BackupWriter.create({ dir, node: String(status.peerId ?? ''), ...(keyFile === undefined ? {} : { keyFile }) }).catch(err => {
       throw err instanceof ValidationError ? new UsageError(err.message) : err
     })
-    // Once the backup is sure to be written: a usage error or no daemon stays one line on stderr.
+    // Once a backup is under way: a refused command writes nothing, so it has nothing to warn of.
     if (keyFile === undefined) io.stderr.write(CLEAR_WARNING)
-    const { estimate, body } = await api.backup()
+    const { estimate, body } = await api.backup({ signal: interrupt.signal })
     const progress = await bar(io, 'backing up', estimate, 'records')
     try {
       const decoder = new StringDecoder('utf8')
@@ -96,12 +101,46 @@ export async function runBackup (api: NtsoekheClient, dir: string, flags: Backup
     } finally {
       progress.stop()
     }
+    interrupt.signal.throwIfAborted()
     const m = await writer.finish()
     return { dir, tables: m.tables, records: m.records, rows: m.rows, versions: m.versions, chunks: m.chunks.length, bytes: m.bytes, encrypted: m.encryption !== null, span: m.span, seconds: seconds(started) }
   } catch (err) {
     await writer?.discard()
-    throw err
+    throw interrupt.signal.aborted ? interrupt.signal.reason : err
+  } finally {
+    stopListening()
   }
+}
+
+/**
+ * Calls `fn` on the first SIGINT or SIGTERM instead of Node's default (dying
+ * at once, the files written so far left behind); a second Ctrl-C kills as
+ * usual. The function returned stops listening.
+ */
+function onInterrupt (fn: (signal: NodeJS.Signals) => void): () => void {
+  const stop = (): void => {
+    process.off('SIGINT', handler)
+    process.off('SIGTERM', handler)
+  }
+  const handler = (signal: NodeJS.Signals): void => {
+    stop()
+    fn(signal)
+  }
+  process.on('SIGINT', handler)
+  process.on('SIGTERM', handler)
+  return stop
+}
+
+/** `backup --verify --json` of a damaged backup: the file at fault and what is wrong with it */
+export interface BrokenReport {
+  ok: false
+  dir: string
+  broken: { file: string, problem: string }
+}
+
+/** The report of a damaged backup, for an error that says one is (undefined for any other) */
+export function brokenReport (dir: string, err: unknown): BrokenReport | undefined {
+  return err instanceof BackupDamagedError ? { ok: false, dir, broken: { file: err.chunk, problem: err.problem } } : undefined
 }
 
 /** `ntsoekhe backup --verify <dir>`: checks every chunk and record without restoring anything */
@@ -127,14 +166,15 @@ export async function runRestore (api: NtsoekheClient, dir: string, flags: Resto
   const asOf = flags.asOf === undefined ? undefined : parseTime(flags.asOf)
   const backup = await open(dir, flags.key)
   const { manifest } = backup
+  if (asOf !== undefined && manifest.span.from !== null && asOf < Date.parse(manifest.span.from)) {
+    // Nothing existed yet then: most likely a mistyped time, and restoring nothing would look like success.
+    throw new UsageError(`--as-of ${new Date(asOf).toISOString()} is before the oldest version in the backup: it covers ${manifest.span.from} to ${String(manifest.span.to)}`)
+  }
   const checking = await bar(io, 'verifying', manifest.chunks.length, 'chunks')
   try {
     await verifyBackup(backup, done => { checking.update(done) })
   } finally {
     checking.stop()
-  }
-  if (asOf !== undefined && manifest.span.from !== null && asOf < Date.parse(manifest.span.from)) {
-    io.stderr.write(`warning: --as-of ${new Date(asOf).toISOString()} is before the oldest version in the backup (${manifest.span.from}): nothing to restore\n`)
   }
   let rows = asOf === undefined ? manifest.rows : 0
   const progress = await bar(io, 'restoring', manifest.records, 'records')
@@ -170,8 +210,16 @@ export async function runRestore (api: NtsoekheClient, dir: string, flags: Resto
   }
 }
 
-/** Opens a backup, telling a key problem of the command line (exit 2) from a wrong key (exit 1) */
+/**
+ * Opens a backup, telling a problem of the command line (exit 2: no such
+ * directory, a key missing or not wanted) from a wrong key or a damaged
+ * backup (exit 1)
+ */
 async function open (dir: string, key: string | undefined): Promise<OpenedBackup> {
+  const info = await stat(dir).catch((err: NodeJS.ErrnoException) => {
+    throw new UsageError(err.code === 'ENOENT' ? `no such directory: ${dir}` : `cannot read ${dir}: ${err.message}`)
+  })
+  if (!info.isDirectory()) throw new UsageError(`${dir} is not a directory: a backup is a directory (the one ntsoekhe backup wrote)`)
   const keyFile = key === undefined ? undefined : await readKeyFile(key)
   try {
     return await openBackup(dir, keyFile)
@@ -192,14 +240,25 @@ async function readKeyFile (path: string): Promise<Uint8Array> {
   return bytes
 }
 
-/** `--as-of`: an ISO 8601 time with its zone (`2026-12-02T10:00:00Z`, `…+02:00`), or ms since the epoch */
+const TIME_RE = /^(\d{4})-(\d{2})-(\d{2})[T ](\d{2}):(\d{2})(?::(\d{2})(?:\.\d{1,9})?)?(?:Z|[+-](\d{2}):?(\d{2}))$/i
+
+/**
+ * `--as-of`: an ISO 8601 time with its zone (`2026-12-02T10:00:00Z`,
+ * `…+02:00`), or ms since the epoch. A date that is not in the calendar
+ * (`2026-02-30`) is refused: Date.parse would roll it into the next month.
+ */
 export function parseTime (text: string): number {
   if (/^\d{1,15}$/.test(text)) return Number(text)
-  if (!/^\d{4}-\d{2}-\d{2}[T ]\d{2}:\d{2}(:\d{2}(\.\d{1,9})?)?(Z|[+-]\d{2}:?\d{2})$/i.test(text)) {
+  const m = TIME_RE.exec(text)
+  if (m === null) {
     throw new UsageError(`--as-of takes an ISO 8601 time with its zone (2026-12-02T10:00:00Z or 2026-12-02T12:00:00+02:00), got ${JSON.stringify(text)}`)
   }
+  const [year, month, day, hour, minute, second, zoneHours, zoneMinutes] = m.slice(1).map(p => p === undefined ? 0 : Number(p)) as [number, number, number, number, number, number, number, number]
+  const days = new Date(Date.UTC(year, month, 0)).getUTCDate()
   const ms = Date.parse(text.replace(' ', 'T'))
-  if (Number.isNaN(ms)) throw new UsageError(`--as-of: ${JSON.stringify(text)} is not a valid time`)
+  if (month < 1 || month > 12 || day < 1 || day > days || hour > 23 || minute > 59 || second > 59 || zoneHours > 23 || zoneMinutes > 59 || Number.isNaN(ms)) {
+    throw new UsageError(`--as-of: ${JSON.stringify(text)} is not a valid time`)
+  }
   return ms
 }
 

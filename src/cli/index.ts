@@ -336,9 +336,14 @@ function buildProgram (io: Io, setCode: (c: number) => void, asked: Asked): Comm
     .option('--key <file>', 'encrypt the chunks (AES-256-GCM) with a key derived from this file (at least 32 bytes); restore needs the same file')
     .option('--verify', 'check the backup in <dir> (manifest, every chunk and record) without restoring it')
     .action(async (dir: string, opts: GlobalOpts & BackupFlags) => {
-      const { runBackup, runVerify } = await import('./backup.js')
+      const { brokenReport, runBackup, runVerify } = await import('./backup.js')
       if (opts.verify === true) {
-        const r = await runVerify(dir, opts, io)
+        const r = await runVerify(dir, opts, io).catch((err: unknown) => {
+          // As audit --verify does: a script reading --json learns what is broken, and the exit code says it (1).
+          const broken = opts.json === true ? brokenReport(dir, err) : undefined
+          if (broken !== undefined) io.stdout.write(JSON.stringify(broken) + '\n')
+          throw err
+        })
         out(opts, { ok: true, ...r }, () => `backup intact: ${r.records} records (${r.rows} rows, ${r.versions} versions) of ${Object.keys(r.tables).length} tables in ${r.chunks} chunks, ${r.encrypted ? 'encrypted' : 'in the clear'}; versions from ${r.span.from ?? '-'} to ${r.span.to ?? '-'}\n`)
         return
       }

@@ -1,12 +1,15 @@
+import { spawn } from 'node:child_process'
 import { randomBytes } from 'node:crypto'
+import { existsSync } from 'node:fs'
 import { cp, readFile, writeFile } from 'node:fs/promises'
 import { join } from 'node:path'
 import { afterAll, describe, expect, it } from 'vitest'
 import { chunkLines, openBackup, readChunk } from '../../src/backup/backup-dir.js'
 import { parseBackupRecord } from '../../src/backup/record.js'
+import { runBackup } from '../../src/cli/backup.js'
 import { NtsoekheClient } from '../../src/client/index.js'
 import type { WholeRecord } from '../../src/storage/store.js'
-import { adminToken, cli, json, makeHome, startDaemon, type TestDaemon } from '../helpers/daemon.js'
+import { adminToken, BIN, cli, json, makeHome, ROOT, startDaemon, track, type TestDaemon } from '../helpers/daemon.js'
 import { e2ePatient, waitFor, waitForValue } from '../helpers/wait.js'
 
 /**
@@ -113,6 +116,12 @@ describe('backup and restore between real networks', () => {
     expect(summary.tables.patient_records.records).toBeGreaterThanOrEqual(45)
     expect(summary.rows).toBe(Object.values(summary.tables as Record<string, { rows: number }>).reduce((n, t) => n + t.rows, 0))
 
+    // Never into a directory that holds anything: one line, exit 2, and no warning of a backup that was not made.
+    const occupied = await cli(['backup', dir, '--json'], { home: source[0]!.home, token })
+    expect(occupied.code).toBe(2)
+    expect(occupied.stdout).toBe('')
+    expect(occupied.stderr).toMatch(/^error: \S+ is not empty; a backup goes into a new or empty directory\n$/)
+
     const verified = await cli(['backup', '--verify', dir, '--json'])
     expect(verified.code, verified.stderr).toBe(0)
     expect(json(verified)).toMatchObject({ ok: true, records: summary.records, rows: summary.rows, versions: summary.versions })
@@ -169,8 +178,9 @@ describe('backup and restore between real networks', () => {
     const chunk = manifest.chunks[manifest.chunks.length - 1]!.file
     const bytes = await readFile(join(damaged, chunk))
     await writeFile(join(damaged, chunk), bytes.subarray(0, bytes.length - 7))
-    const refused = await cli(['restore', damaged], { home: fresh!.home })
+    const refused = await cli(['restore', damaged, '--json'], { home: fresh!.home })
     expect(refused.code).toBe(1)
+    expect(refused.stdout).toBe('')
     expect(refused.stderr).toContain(chunk)
     expect(refused.stderr).toMatch(/truncated/)
     expect(await rowTables()).toEqual(rowsBefore)
@@ -202,6 +212,11 @@ describe('backup and restore between real networks', () => {
     const wrong = await cli(['restore', sealedDir, '--key', wrongKey], { home: fresh!.home })
     expect(wrong.code).toBe(1)
     expect(wrong.stderr).toMatch(/wrong key/)
+    // With its own key file it restores: the rows written after the moment above come in.
+    const opened = await cli(['restore', sealedDir, '--key', keyFile, '--json'], { home: fresh!.home })
+    expect(opened.code, opened.stderr).toBe(0)
+    expect(json(opened)).toMatchObject({ records: json(sealed).records, versions: json(sealed).versions })
+    expect((await freshApi.get('patient_records', 41)).row.patient_name).toBe('Patient 41')
     expect((await cli(['restore', dir, '--as-of', '2026-12-02 10:00'], { home: fresh!.home })).code).toBe(2)
 
     const doctor = await api.addUser('dr_backup', 'doctor')
@@ -213,6 +228,33 @@ describe('backup and restore between real networks', () => {
     const deniedEntry = await waitForValue('the denied backup in the audit trail', async () => (await api.audit({ user: 'dr_backup' })).entries.find(e => e.action === 'admin' && e.outcome === 'denied'))
     expect(deniedEntry.status).toBe(403)
   }, 300_000)
+
+  it('a backup interrupted by Ctrl-C removes what it wrote, the directory it made included', async () => {
+    const { nodes: [node], token } = await network(1)
+    const api = client(node!, token)
+    const rows = Array.from({ length: 5000 }, (_, i) => JSON.stringify(e2ePatient(10_000 + i))).join('\n') + '\n'
+    expect((await api.import('patient_records', rows, 'ndjson')).accepted).toBe(5000)
+    const dir = join(await makeHome(), 'bk')
+    const proc = track(spawn(process.execPath, [BIN, 'backup', dir, '--home', node!.home], { cwd: ROOT, stdio: ['ignore', 'pipe', 'pipe'], env: { ...process.env, NTSOEKHE_TOKEN: token } }))
+    let stderr = ''
+    proc.stderr.setEncoding('utf8').on('data', (x: string) => { stderr += x })
+    const exited = new Promise<number | null>(resolve => proc.once('exit', code => { resolve(code) }))
+    // Once the backup has made its directory, the daemon is frozen: the backup cannot finish before the Ctrl-C.
+    await waitFor('the backup to make its directory', () => existsSync(dir) || proc.exitCode !== null, 30_000, 2)
+    node!.proc.kill('SIGSTOP')
+    try {
+      expect(existsSync(join(dir, 'manifest.json')), 'the backup finished before it could be interrupted').toBe(false)
+      proc.kill('SIGINT')
+      let timer: NodeJS.Timeout | undefined
+      const code = await Promise.race([exited, new Promise<'timed out'>(resolve => { timer = setTimeout(() => { resolve('timed out') }, 30_000) })])
+      clearTimeout(timer)
+      expect(code, `the interrupted backup's exit: ${stderr}`).toBe(1)
+    } finally {
+      node!.proc.kill('SIGCONT')
+    }
+    expect(stderr).toMatch(/error: The backup was interrupted \(SIGINT\): what it had written in \S+ is removed/)
+    expect(existsSync(dir)).toBe(false)
+  }, 120_000)
 
   it('with N = 2 on three members, reads the ranges it does not own from their owners, each record once', async () => {
     const { nodes, token } = await network(3, ['--replicas', '2'])
@@ -233,5 +275,23 @@ describe('backup and restore between real networks', () => {
     const restored = await cli(['restore', dir, '--json'], { home: single!.home })
     expect(restored.code, restored.stderr).toBe(0)
     await expectRestored(client(single!, singleToken), records)
+
+    // On a terminal the backup shows a progress bar (the CLI's own code, in this process, against a member).
+    let stderr = ''
+    const tty = { stdout: { write: () => true }, stderr: { write: (x: string) => { stderr += x; return true }, isTTY: true }, stdin: process.stdin }
+    const barred = await runBackup(client(nodes[2]!, token), join(await makeHome(), 'bk'), {}, tty)
+    expect(barred.tables.patient_records?.records).toBe(60)
+    expect(stderr).toMatch(/backing up \[.*\] 100% \| \d+\/\d+ records/)
+
+    // Into the network it came from: nothing goes back, the rows changed or deleted since stay so, and again nothing changes.
+    await api.update('patient_records', 7, { address: 'moved again' })
+    await api.delete('patient_records', 8)
+    const home = await cli(['restore', dir, '--json'], { home: nodes[0]!.home, token })
+    expect(home.code, home.stderr).toBe(0)
+    expect((await api.get('patient_records', 7)).row.address).toBe('moved again')
+    await expect(api.get('patient_records', 8)).rejects.toThrow(/not found|deleted/i)
+    expect((await api.get('patient_records', 9)).row.patient_name).toBe('Patient 9')
+    const homeAgain = await cli(['restore', dir, '--json'], { home: nodes[0]!.home, token })
+    expect(json(homeAgain)).toMatchObject({ records: json(made).records, changed: 0 })
   }, 180_000)
 })

@@ -15,6 +15,8 @@ import type { Row } from '../../src/schema/index.js'
 import { Store, type VersionEntry, type WholeRecord } from '../../src/storage/store.js'
 import { formatVersion } from '../../src/storage/version.js'
 import { tempDir, type TempDir } from '../helpers/temp.js'
+import { run } from '../../src/cli/index.js'
+import { parseTime } from '../../src/cli/backup.js'
 
 const KEY = randomBytes(32)
 const KEY_FILE = randomBytes(48)
@@ -188,6 +190,7 @@ describe('backup: chunks, manifest and encryption', () => {
     const lines = chunkLines(text, entry)
     const forged = gzipSync(Buffer.from([lines[0]?.replace('"checkup"', '42'), ...lines.slice(1)].join('\n') + '\n'))
     await writeFile(join(path, entry.file), forged)
+    manifest.bytes += forged.length - entry.bytes
     entry.bytes = forged.length
     entry.sha256 = sha256(forged)
     await writeFile(join(path, MANIFEST_FILE), JSON.stringify(manifest))
@@ -273,6 +276,125 @@ describe('backup: chunks, manifest and encryption', () => {
   it('never writes into a directory that holds anything', async () => {
     await writeFile(join(dir.path, 'x'), 'x')
     await expect(BackupWriter.create({ dir: dir.path, node: 'n' })).rejects.toThrow(/not empty/)
+  })
+})
+
+describe('backup: a manifest edited by hand, and files it does not list', () => {
+  /** Edits the manifest of a backup in the clear (nothing authenticates it) */
+  async function edit (path: string, change: (m: Manifest) => void): Promise<void> {
+    const m = await manifestOf(path)
+    change(m)
+    await writeFile(join(path, MANIFEST_FILE), JSON.stringify(m))
+  }
+
+  it('refuses totals, sizes, times or a span that are not the chunks\' own, naming manifest.json', async () => {
+    await fill(12)
+    const records = await allRecords(100)
+    const edits: Array<[string, (m: Manifest) => void, RegExp]> = [
+      ['rows', m => { m.rows -= 1 }, /counts do not add up/],
+      ['a table\'s rows and the total alike', m => { m.rows -= 1; (m.tables.appointments as { rows: number }).rows -= 1 }, /counts for table appointments do not match/],
+      ['bytes', m => { m.bytes = 5 }, /sizes do not add up/],
+      ['startedAt', m => { m.startedAt = 'yesterday' }, /malformed startedAt/],
+      ['span.from', m => { m.span.from = 'garbage' }, /malformed span/],
+      ['span.to', m => { m.span.to = '2030-01-01T00:00:00.000Z' }, /its span .* is not the versions'/]
+    ]
+    for (const [what, change, message] of edits) {
+      const path = await writeBackup(records)
+      await edit(path, change)
+      const err = await failure((async () => await verifyBackup(await openBackup(path)))())
+      expect(err, what).toBeInstanceOf(BackupDamagedError)
+      expect((err as BackupDamagedError).chunk, what).toBe(MANIFEST_FILE)
+      expect(err.message, what).toMatch(message)
+      await rm(path, { recursive: true })
+    }
+  })
+
+  it('refuses a chunk file, or any file, the manifest does not list, naming it', async () => {
+    await fill(12)
+    const path = await writeBackup(await allRecords(100))
+    const manifest = await manifestOf(path)
+    const first = manifest.chunks[0] as Manifest['chunks'][number]
+    // A chunk the list does not hold (left out of it, or of another backup) would otherwise go unseen.
+    const stray = 'chunk-000099.ndjson.gz'
+    await writeFile(join(path, stray), await readFile(join(path, first.file)))
+    let err = await failure((async () => await verifyBackup(await openBackup(path)))())
+    expect((err as BackupDamagedError).chunk).toBe(stray)
+    expect(err.message).toMatch(/not part of this backup/)
+    await rm(join(path, stray))
+    await writeFile(join(path, 'notes.txt'), 'x')
+    err = await failure((async () => await verifyBackup(await openBackup(path)))())
+    expect((err as BackupDamagedError).chunk).toBe('notes.txt')
+    await rm(join(path, 'notes.txt'))
+    expect((await verifyBackup(await openBackup(path))).records).toBe(12)
+  })
+})
+
+describe('backup: the command line, without a daemon', () => {
+  /** Runs the CLI in this process; `home` has no daemon, so a command that reaches for one exits 3 */
+  async function cli (args: string[], tty = false): Promise<{ code: number, stdout: string, stderr: string }> {
+    let stdout = ''
+    let stderr = ''
+    const io = { stdout: { write: (x: string) => { stdout += x } }, stderr: { write: (x: string) => { stderr += x }, isTTY: tty }, stdin: process.stdin }
+    const code = await run([...args, '--home', join(dir.path, 'no-daemon')], io)
+    return { code, stdout, stderr }
+  }
+
+  it('--as-of: a time with its zone and in the calendar, else exit 2', () => {
+    expect(parseTime('2026-12-02T10:00:00Z')).toBe(Date.UTC(2026, 11, 2, 10))
+    expect(parseTime('2026-12-02T12:00:00+02:00')).toBe(Date.UTC(2026, 11, 2, 10))
+    expect(parseTime('2028-02-29T10:00Z')).toBe(Date.UTC(2028, 1, 29, 10))
+    expect(parseTime('1796163163641')).toBe(1796163163641)
+    for (const bad of ['garbage', '', '2026-12-02 10:00', '2026-12-02T10:00', '2026-02-30T10:00:00Z', '2026-13-01T10:00:00Z', '2026-12-01T24:00:00Z', '2026-12-01T10:60:00Z', '2026-12-01T10:00:00+25:00']) {
+      expect(() => parseTime(bad), bad).toThrow(/--as-of/)
+    }
+  })
+
+  it('refuses a restore as of a time before the backup\'s span (exit 2), before it reaches for a daemon', async () => {
+    await fill(12)
+    const path = await writeBackup(await allRecords(100))
+    const r = await cli(['restore', path, '--as-of', new Date(1000).toISOString()])
+    expect(r.code, r.stderr).toBe(2)
+    expect(r.stderr).toMatch(/before the oldest version in the backup: it covers 1970-01-01T00:00:01\.001Z to 1970-01-01T00:00:09\.000Z/)
+    // Within the span it goes on, to the daemon there is none of.
+    expect((await cli(['restore', path, '--as-of', new Date(5000).toISOString()])).code).toBe(3)
+  })
+
+  it('a directory that does not exist, or is a file, is a usage error (exit 2); one without a manifest is no backup (exit 1)', async () => {
+    for (const args of [['backup', '--verify', join(dir.path, 'none')], ['restore', join(dir.path, 'none')]]) {
+      const r = await cli(args)
+      expect(r.code, args.join(' ')).toBe(2)
+      expect(r.stderr).toMatch(/^error: no such directory: .*none\n$/)
+    }
+    await writeFile(join(dir.path, 'file'), 'x')
+    expect((await cli(['backup', '--verify', join(dir.path, 'file')])).code).toBe(2)
+    const empty = await cli(['backup', '--verify', dir.path])
+    expect(empty.code).toBe(1)
+    expect(empty.stderr).toMatch(/manifest\.json: missing/)
+  })
+
+  it('--verify --json says what the backup holds; on a terminal a progress bar shows on stderr', async () => {
+    await fill(12)
+    const path = await writeBackup(await allRecords(100))
+    const manifest = await manifestOf(path)
+    const r = await cli(['backup', '--verify', path, '--json'], true)
+    expect(r.code, r.stderr).toBe(0)
+    expect(JSON.parse(r.stdout)).toEqual({ ok: true, dir: path, encrypted: false, chunks: manifest.chunks.length, tables: manifest.tables, records: 12, rows: 11, versions: 14, bytes: manifest.bytes, span: manifest.span })
+    expect(r.stderr).toMatch(new RegExp(`verifying \\[.*\\] 100% \\| ${manifest.chunks.length}/${manifest.chunks.length} chunks`))
+    // Not a terminal: no bar, nothing on stderr.
+    expect((await cli(['backup', '--verify', path, '--json'])).stderr).toBe('')
+  })
+
+  it('--verify --json of a damaged backup says which file is broken and how, and exits 1', async () => {
+    await fill(12)
+    const path = await writeBackup(await allRecords(100))
+    const [entry] = (await manifestOf(path)).chunks
+    await truncate(join(path, entry?.file as string), (entry?.bytes as number) - 10)
+    const r = await cli(['backup', '--verify', path, '--json'])
+    expect(r.code).toBe(1)
+    expect(JSON.parse(r.stdout)).toEqual({ ok: false, dir: path, broken: { file: entry?.file, problem: `truncated: ${(entry?.bytes as number) - 10} bytes where the manifest says ${entry?.bytes}` } })
+    expect(r.stderr).toBe(`error: backup damaged: ${entry?.file}: truncated: ${(entry?.bytes as number) - 10} bytes where the manifest says ${entry?.bytes} [INTEGRITY]\n`)
+    // Without --json: the line on stderr alone.
+    expect((await cli(['backup', '--verify', path])).stdout).toBe('')
   })
 })
 
