@@ -95,6 +95,7 @@ export async function runBackup (api: NtsoekheClient, dir: string, flags: Backup
       }
       rest += decoder.end()
       if (rest !== '' || page !== undefined) throw new NtsoekheError('UNAVAILABLE', 'the backup stream ended in the middle of a page')
+      progress.done(writer.counts.records)
     } catch (err) {
       body.destroy()
       throw err instanceof NtsoekheError ? err : new NtsoekheError('UNAVAILABLE', `The backup was cut off: ${(err as Error).message}`, { cause: err })
@@ -267,14 +268,16 @@ function seconds (started: number): number {
 }
 
 /** A bar on stderr (a terminal only) */
-async function bar (io: Io, what: string, total: number, unit: string): Promise<{ update: (n: number) => void, stop: () => void }> {
-  if (io.stderr.isTTY !== true) return { update: () => {}, stop: () => {} }
+async function bar (io: Io, what: string, total: number, unit: string): Promise<{ update: (n: number) => void, done: (n: number) => void, stop: () => void }> {
+  if (io.stderr.isTTY !== true) return { update: () => {}, done: () => {}, stop: () => {} }
   const { SingleBar, Presets } = await import('cli-progress')
   const b = new SingleBar({ format: `${what} [{bar}] {percentage}% | {value}/{total} ${unit}`, stream: io.stderr as NodeJS.WritableStream }, Presets.shades_classic)
   b.start(Math.max(total, 1), 0)
   let stopped = false
   return {
     update: n => { if (n > total) b.setTotal(n); b.update(n) },
+    // The total was an estimate (row counts): a finished run ends at 100% of what it did.
+    done: n => { b.setTotal(Math.max(n, 1)); b.update(n) },
     stop: () => { if (!stopped) { stopped = true; b.stop() } }
   }
 }
