@@ -47,8 +47,13 @@ export interface BackupPiece {
 const LOCAL_PAGE = 1000
 /** Records a page asked of a peer holds (its reply stays well under the frame limit) */
 const REMOTE_PAGE = 250
-/** Bytes of records one page reply carries, at most (one larger record goes alone) */
+/**
+ * Bytes of records one page reply carries, at most (one larger record goes
+ * alone), unless a shard's records go on past it: those stay in one reply up
+ * to PAGE_REPLY_MAX_BYTES, as the page read them from one snapshot
+ */
 const PAGE_REPLY_BYTES = 2 * 1024 * 1024
+const PAGE_REPLY_MAX_BYTES = 6 * 1024 * 1024
 const MAX_KEY = 300
 
 /**
@@ -246,8 +251,8 @@ export class BackupService {
         for (const r of page.records) {
           const line = toBackupRecord(r)
           const size = JSON.stringify(line).length
-          if (records.length > 0 && bytes + size > PAGE_REPLY_BYTES) {
-            const last = records[records.length - 1] as { token: string, table: string, id: string }
+          const last = records[records.length - 1] as { token: string, table: string, id: string } | undefined
+          if (last !== undefined && bytes + size > (last.token === line.token ? PAGE_REPLY_MAX_BYTES : PAGE_REPLY_BYTES)) {
             return { records, next: `${last.token}!${last.table}!${last.id}` }
           }
           records.push(line)
@@ -290,7 +295,7 @@ function range (piece: BackupPiece): { from?: string, to?: string } {
 /** A peer's page: records in the range asked for, after the cursor, in key order */
 function checkPageReply (reply: unknown, piece: BackupPiece, after: string | undefined): { records: WholeRecord[], next?: string } {
   const p = reply as { records?: unknown, next?: unknown } | null
-  if (p === null || typeof p !== 'object' || !Array.isArray(p.records) || p.records.length > LOCAL_PAGE) bad('malformed page reply')
+  if (p === null || typeof p !== 'object' || !Array.isArray(p.records) || p.records.length > 2 * LOCAL_PAGE) bad('malformed page reply')
   let previous = after
   const records = p.records.map(r => {
     const record = parseBackupRecord(r)

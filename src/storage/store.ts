@@ -1562,6 +1562,10 @@ export class Store {
    * [from, to), after the record key `after`, in key order, for a backup.
    * The page is read from one LevelDB snapshot: a record written meanwhile
    * is in it as it was before that write or after it, never half of each.
+   * A full page goes on to the end of its last record's shard (token), by
+   * up to `limit` more records, so the records one batch wrote (one
+   * patient's, which share a token and are committed together) come from
+   * one snapshot: all in the backup or none.
    * `next` is the key to resume after when more may follow.
    */
   async backupPage (options: { from?: string, to?: string, after?: string, limit: number }): Promise<{ records: WholeRecord[], next?: string }> {
@@ -1574,6 +1578,14 @@ export class Store {
       if (options.to !== undefined) range.lt = options.to
       const raw: Array<[string, StoredRecord]> = []
       for await (const [k, v] of this.records.iterator({ ...range, limit: options.limit, snapshot })) raw.push([k, v as StoredRecord])
+      const full = raw.length === options.limit
+      const cut = raw[raw.length - 1]?.[0]
+      if (full && cut !== undefined) {
+        // The rest of the last record's shard: keys are `<token>!<table>!<id>`, and '"' follows '!'.
+        const shardEnd = cut.slice(0, cut.indexOf(SEP)) + '"'
+        const lt = options.to !== undefined && options.to < shardEnd ? options.to : shardEnd
+        for await (const [k, v] of this.records.iterator({ gt: cut, lt, limit: options.limit, snapshot })) raw.push([k, v as StoredRecord])
+      }
       const first = raw[0]?.[0]
       const last = raw[raw.length - 1]?.[0]
       if (first === undefined || last === undefined) return { records: [] }
@@ -1592,7 +1604,7 @@ export class Store {
         versions.sort((a, b) => compareVersions(a.version, b.version))
         return { state, versions }
       })
-      return raw.length === options.limit ? { records, next: last } : { records }
+      return full ? { records, next: last } : { records }
     } finally {
       await snapshot.close()
     }

@@ -102,6 +102,32 @@ describe('backup: reading records whole', () => {
     expect(first.state.heads.map(h => h.version)).toEqual([v3.version])
   })
 
+  it('a full page goes on to the end of its last shard (up to a page more), so one batch\'s records come from one snapshot', async () => {
+    // Two doctors' shards: appointments 1..5 under one token, 6..8 under the other.
+    const put = async (id: number, doctor: number): Promise<void> => {
+      await store.apply([{ table: 'appointments', id: String(id), token: tokenOf(`doctor_id:${doctor}`), version: formatVersion({ wall: 1000 + id, counter: 0, node: 'test' }), parents: [], row: { ...appointment(id), doctor_id: doctor } }])
+    }
+    for (let id = 1; id <= 5; id++) await put(id, 7)
+    for (let id = 6; id <= 8; id++) await put(id, 8)
+    const tokens = [tokenOf('doctor_id:7'), tokenOf('doctor_id:8')].sort()
+    const pages: string[][] = []
+    let after: string | undefined
+    do {
+      const page = await store.backupPage({ limit: 2, ...(after === undefined ? {} : { after }) })
+      pages.push(page.records.map(r => r.state.token))
+      after = page.next
+    } while (after !== undefined)
+    // No page ends inside a shard: each shard's records are all in one page.
+    const firstCount = tokens[0] === tokenOf('doctor_id:7') ? 5 : 3
+    expect(pages[0]).toEqual(new Array(firstCount).fill(tokens[0]))
+    expect(pages.flat().filter(t => t === tokens[1])).toHaveLength(8 - firstCount)
+    expect(pages.filter(p => p.includes(tokens[0]!) && p.includes(tokens[1]!))).toEqual([])
+    // The shard's rest is bounded by a page more: with limit 1, two records and then the rest.
+    const one = await store.backupPage({ limit: 1 })
+    expect(one.records.length).toBe(2)
+    expect(one.next).toBeDefined()
+  })
+
   it('keeps key order and leaves out keys outside [from, to)', async () => {
     await fill(6)
     const all = await allRecords(100)
