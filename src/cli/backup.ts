@@ -155,6 +155,24 @@ export async function runVerify (dir: string, flags: BackupFlags, io: Io): Promi
   }
 }
 
+/** Tables every network holds from its first start (its roles and first admin): not data a restore could meet */
+const MADE_AT_START = new Set(['users', 'user_roles'])
+
+/**
+ * A restore as of a time merges: into a network that holds rows already, a
+ * record changed since that time stays at its later versions (a merge never
+ * goes back). Said before anything is sent, as PostgreSQL and CockroachDB
+ * restore a point in time only into a new cluster or database.
+ */
+async function warnIfHoldingRows (api: NtsoekheClient, io: Io): Promise<void> {
+  const status = await api.status()
+  const tables = (status.networkRows as { tables?: Record<string, number> } | undefined)?.tables ?? {}
+  const rows = Object.entries(tables).filter(([t]) => !MADE_AT_START.has(t)).reduce((n, [, c]) => n + (Number(c) || 0), 0)
+  if (rows > 0) {
+    io.stderr.write(`warning: this network holds ${rows} rows already: records changed after --as-of stay at their later versions (a restore merges, it never goes back); restore into a new network to see the data as it was then\n`)
+  }
+}
+
 /**
  * `ntsoekhe restore <dir>`: checks the whole backup first (nothing is sent
  * while any chunk is damaged), then streams its records to the daemon,
@@ -177,6 +195,7 @@ export async function runRestore (api: NtsoekheClient, dir: string, flags: Resto
   } finally {
     checking.stop()
   }
+  if (asOf !== undefined) await warnIfHoldingRows(api, io)
   let rows = asOf === undefined ? manifest.rows : 0
   const progress = await bar(io, 'restoring', manifest.records, 'records')
   let seen = 0

@@ -189,12 +189,18 @@ describe('backup and restore between real networks', () => {
     // As of the moment between the two updates: the first update, and no row inserted after it.
     const asOf = await cli(['restore', dir, '--as-of', new Date(between).toISOString(), '--json'], { home: fresh!.home })
     expect(asOf.code, asOf.stderr).toBe(0)
+    expect(asOf.stderr).not.toMatch(/warning/)
     expect(json(asOf).asOf).toBe(new Date(between).toISOString())
     const one = await historyOf(freshApi, 'patient_records', '1')
     expect(one.map(v => v.version)).toEqual(records.get('1')!.versions.slice(0, 2).map(v => v.version))
     expect((await freshApi.get('patient_records', 1)).row.address).toBe('first update')
     expect((await freshApi.get('patient_records', 3)).row.patient_name).toBe('Patient 3')
     await expect(freshApi.get('patient_records', 41)).rejects.toThrow(/not found/i)
+    // Into a network holding rows, a point in time is said not to roll anything back (and it does not).
+    const into = await cli(['restore', dir, '--as-of', new Date(between - 1).toISOString(), '--json'], { home: fresh!.home })
+    expect(into.code, into.stderr).toBe(0)
+    expect(into.stderr).toMatch(/^warning: this network holds \d+ rows already: records changed after --as-of stay at their later versions/m)
+    expect((await freshApi.get('patient_records', 1)).row.address).toBe('first update')
 
     // Encrypted: the key file is needed, a wrong one is refused; only admins back up, and it is audited.
     const keyHome = await makeHome()
