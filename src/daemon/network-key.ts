@@ -51,7 +51,8 @@ export function decodeInvite (text: string): Invite {
 
 /** The hex digits of a pnet key file's contents */
 export function keyHex (file: Uint8Array): string {
-  const m = KEY_RE.exec(toString(file, 'utf8'))
+  // A byte order mark (an editor on Windows saves one) is not part of the text: TextDecoder dropped it, and libp2p reads past it.
+  const m = KEY_RE.exec(toString(file, 'utf8').replace(/^\uFEFF/, ''))
   if (m === null) throw new ValidationError('Invalid network key: expected the /key/swarm/psk/1.0.0/ format (ntsoekhe swarm-key)')
   return m[1] as string
 }

@@ -12,6 +12,7 @@ import { splitLines } from '../../src/api/import.js'
 import { CHUNK_MAGIC, deriveKey, mac, macMatches, openChunk, sealChunk } from '../../src/backup/chunk.js'
 import { signClaim, verifyClaim } from '../../src/cluster/member-claims.js'
 import { decodeInvite, encodeInvite, keyHex } from '../../src/daemon/network-key.js'
+import { preSharedKey } from '@libp2p/pnet'
 import { decodeCursor, decodeQueryCursor, encodeCursor, encodeQueryCursor } from '../../src/query/database.js'
 import { newToken } from '../../src/security/tokens.js'
 import { testIdentity } from '../helpers/identity.js'
@@ -73,6 +74,14 @@ describe('bytes: uint8arrays gives what Buffer gave', () => {
     const hex = 'c0ffee'.repeat(10) + 'beef'
     expect(keyHex(Buffer.from(`/key/swarm/psk/1.0.0/\n/base16/\n${hex}\n`))).toBe(hex)
     expect(() => keyHex(Buffer.from([0xff, 0xfe, 0x00]))).toThrow(/Invalid network key/)
+  })
+
+  it('a pnet key file saved with a UTF-8 byte order mark reads as it did through TextDecoder (and as libp2p reads it)', () => {
+    // Editors on Windows save one; TextDecoder dropped it, Buffer's and uint8arrays' utf8 keep it as U+FEFF.
+    const hex = 'c0ffee'.repeat(10) + 'beef'
+    const file = Buffer.concat([Buffer.from([0xef, 0xbb, 0xbf]), Buffer.from(`/key/swarm/psk/1.0.0/\n/base16/\n${hex}\n`)])
+    expect(keyHex(file)).toBe(hex)
+    expect(() => preSharedKey({ psk: file })).not.toThrow()
   })
 
   it('an encrypted backup chunk has the layout Buffer built (magic, IV, ciphertext, tag), both ways', async () => {
