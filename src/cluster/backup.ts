@@ -250,7 +250,9 @@ export class BackupService {
         let bytes = 0
         for (const r of page.records) {
           const line = toBackupRecord(r)
-          const size = JSON.stringify(line).length
+          // Bytes as the wire carries them (UTF-8), not characters: the frame limit is in bytes, and a script of
+          // two or three bytes a character would take a reply of 6 Mi characters past it.
+          const size = Buffer.byteLength(JSON.stringify(line), 'utf8')
           const last = records[records.length - 1] as { token: string, table: string, id: string } | undefined
           if (last !== undefined && bytes + size > (last.token === line.token ? PAGE_REPLY_MAX_BYTES : PAGE_REPLY_BYTES)) {
             return { records, next: `${last.token}!${last.table}!${last.id}` }

@@ -9,6 +9,9 @@ import { MANIFEST_FILE, type Manifest } from '../../src/backup/manifest.js'
 import { pageSummary, parseBackupRecord, recordAsOf, toBackupRecord } from '../../src/backup/record.js'
 import { BackupService } from '../../src/cluster/backup.js'
 import { MemoryNetwork } from '../../src/cluster/memory-transport.js'
+import type { PeerTransport } from '../../src/cluster/transport.js'
+import { NtsoekheError } from '../../src/errors/index.js'
+import { DEFAULT_MAX_MESSAGE_BYTES } from '../../src/p2p/rpc.js'
 import { HashRing } from '../../src/cluster/ring.js'
 import { tokenOf } from '../../src/cluster/token.js'
 import type { Row } from '../../src/schema/index.js'
@@ -535,6 +538,57 @@ describe('backup: across members, through the backup protocol', () => {
       expect(await restorer.restore(read)).toEqual({ changed: 0 })
     } finally {
       for (const m of [...source, ...target]) await m.store.close()
+    }
+  })
+})
+
+describe('backup: a peer\'s page reply and the frame limit', () => {
+  it('a shard of text in a three-byte script comes through a peer whose replies are held to the wire\'s byte limit', async () => {
+    // As the libp2p transport refuses it (rpc.ts): a reply over the limit is never sent, and the backup fails.
+    const net = new MemoryNetwork()
+    const framed = (peerId: string): PeerTransport => {
+      const inner = net.transport(peerId)
+      return {
+        handle: inner.handle,
+        request: async (to, protocol, msg, options) => {
+          const reply = await inner.request(to, protocol, msg, options)
+          const bytes = Buffer.byteLength(JSON.stringify(reply), 'utf8')
+          if (bytes > DEFAULT_MAX_MESSAGE_BYTES) throw new NtsoekheError('TOO_LARGE', `Response of ${bytes} bytes exceeds the ${DEFAULT_MAX_MESSAGE_BYTES} byte limit`)
+          return reply
+        }
+      }
+    }
+    const ring = new HashRing({ vnodes: 16 })
+    ring.setMembers([{ peerId: 'pa' }, { peerId: 'pb' }])
+    const remote = new Store({ path: join(dir.path, 'pb'), sync: false, dataKey: randomBytes(32) })
+    await remote.open()
+    try {
+      const services = [['pa', store], ['pb', remote]].map(([peerId, s]) => new BackupService({
+        store: s as Store, transport: framed(peerId as string), peerId: peerId as string, ring, replicas: 1,
+        owners: (_table, token) => ring.preferenceList(token, 1), isAlive: () => true, mayServe: () => true, observe: () => {}
+      }))
+      // One patient's shard, owned by the other member: 70 medical_history rows of 100 versions each, their
+      // diagnosis and treatment in a script of three UTF-8 bytes a character: under 6 MiB of characters, over 8 MiB of bytes.
+      let patient = 1
+      while (ring.preferenceList(tokenOf(`patient_id:${patient}`), 1)[0] !== 'pb') patient++
+      const token = tokenOf(`patient_id:${patient}`)
+      const text = (n: number): string => `${n} ${'\u20ac'.repeat(190)}`
+      for (let id = 1; id <= 70; id++) {
+        const versions: VersionEntry[] = []
+        for (let n = 1; n <= 100; n++) {
+          versions.push({
+            table: 'medical_history', id: String(id), token, version: formatVersion({ wall: 1000 + n, counter: id, node: 'test' }), parents: n === 1 ? [] : [(versions[n - 2] as VersionEntry).version],
+            row: { history_id: id, patient_id: patient, diagnosis: text(n), treatment: text(n), date_of_visit: '2026-01-05T09:00:00Z', role_id: null }
+          })
+        }
+        await remote.apply(versions)
+      }
+      const read: WholeRecord[] = []
+      for await (const page of (services[0] as BackupService).records()) read.push(...page)
+      expect(read.map(r => Number(r.state.id)).sort((a, b) => a - b)).toEqual(Array.from({ length: 70 }, (_, i) => i + 1))
+      expect(read.every(r => r.versions.length === 100)).toBe(true)
+    } finally {
+      await remote.close()
     }
   })
 })
