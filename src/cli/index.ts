@@ -140,8 +140,8 @@ function buildProgram (io: Io, setCode: (c: number) => void, asked: Asked): Comm
     .option('--break-glass <reason>', 'read outside your role in an emergency, stating why (doctors and nurses; audited)')
 
   // `ntsoekhe version`, as `--version`, for those who type it as a command (npm, docker and go take both).
-  program.command('version').description('print the version (package.json)').option('--json', 'print JSON')
-    .exitOverride()
+  // It takes the common options too, unused, so an alias that gives --home works with it.
+  common(program.command('version').description('print the version (package.json)'))
     .action((opts: GlobalOpts) => { out(opts, { version: VERSION }, () => `${VERSION}\n`) })
 
   common(program.command('init').description('create the home, identity key, config and store without starting'))

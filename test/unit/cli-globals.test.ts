@@ -39,9 +39,12 @@ describe('CLI: options before the command', () => {
     }
   })
 
-  it('ntsoekhe --json version prints JSON', async () => {
+  it('ntsoekhe --json version prints JSON, and version takes a --home it does not need', async () => {
     const r = await cli(['--json', 'version'])
     expect(r.code).toBe(0)
     expect(JSON.parse(r.out)).toEqual({ version: expect.stringMatching(/^\d+\.\d+\.\d+/) })
+    const aliased = await cli(['--home', '/nonexistent', 'version'])
+    expect(aliased.code, aliased.err).toBe(0)
+    expect(aliased.out).toBe(`${(JSON.parse(r.out) as { version: string }).version}\n`)
   })
 })
