@@ -5,28 +5,16 @@
  */
 import { existsSync } from 'node:fs'
 import { join } from 'node:path'
-import { createServer } from 'node:net'
 import { request } from 'node:http'
 import { afterAll, beforeAll, describe, expect, it } from 'vitest'
 import { chromium, type Browser, type Page } from 'playwright-core'
 import { adminToken, cli, daemonExit, json, makeHome, startDaemon, type TestDaemon } from '../helpers/daemon.js'
 import { waitForValue } from '../helpers/wait.js'
+import { freePort } from '../helpers/port.js'
 
 const CHROMIUM = '/usr/bin/chromium'
 /** Generous: the machine is shared, and the charts' first point takes up to 5 s */
 const PAGE_TIMEOUT = 30_000
-
-/** A port nothing listens on now (the OS picks it; it is free again once this returns) */
-async function freePort (): Promise<number> {
-  return await new Promise((resolve, reject) => {
-    const server = createServer()
-    server.once('error', reject)
-    server.listen(0, '127.0.0.1', () => {
-      const address = server.address()
-      server.close(() => { resolve(typeof address === 'object' && address !== null ? address.port : 0) })
-    })
-  })
-}
 
 interface Answer { status: number, headers: Record<string, string | string[] | undefined>, body: string }
 

@@ -3,23 +3,11 @@
  * daemon binds them first thing in its start (so a port in use stops it
  * before it joins a network), and each answers 503 until the node is ready.
  */
-import { createServer } from 'node:net'
 import Fastify, { type FastifyInstance } from 'fastify'
 import { afterEach, describe, expect, it } from 'vitest'
 import { NodeMetrics } from '../../src/observability/metrics.js'
 import { startConsoleServer, startMetricsServer, type HttpListener } from '../../src/observability/servers.js'
-
-/** A port nothing listens on now */
-async function freePort (): Promise<number> {
-  return await new Promise((resolve, reject) => {
-    const server = createServer()
-    server.once('error', reject)
-    server.listen(0, '127.0.0.1', () => {
-      const address = server.address()
-      server.close(() => { resolve(typeof address === 'object' && address !== null ? address.port : 0) })
-    })
-  })
-}
+import { freePort } from '../helpers/port.js'
 
 const listeners: HttpListener[] = []
 const apps: FastifyInstance[] = []
