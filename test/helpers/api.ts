@@ -5,9 +5,11 @@ import { routesOf, type RouteEntry } from '../../src/api/openapi.js'
 import { createApi, type ApiComponents } from '../../src/api/server.js'
 import { ConflictError, NotFoundError } from '../../src/errors/index.js'
 import { NodeMetrics } from '../../src/observability/metrics.js'
-import type { AuditTrail } from '../../src/security/audit.js'
-import type { UserDirectory } from '../../src/security/users.js'
-import type { LocalNode } from './temp.js'
+import { join } from 'node:path'
+import { NtsoekheClient } from '../../src/index.js'
+import { AuditTrail, storeHead } from '../../src/security/audit.js'
+import { UserDirectory } from '../../src/security/users.js'
+import { openLocalNode, tempDir, type LocalNode, type TempDir } from './temp.js'
 
 /**
  * The API with every route a networked daemon has: the cluster routes answer
@@ -78,5 +80,47 @@ export function answerChecker (doc: OpenApiDoc): (method: string, path: string, 
     const validate = ajv.getSchema(`doc#/${pointer}`)
     if (validate === undefined) return `no schema at ${pointer}`
     return validate(body) === true ? null : `${method} ${path} ${status}: ${JSON.stringify(validate.errors)} in ${JSON.stringify(body).slice(0, 300)}`
+  }
+}
+
+/** A one-node socket API as a daemon serves it (fullApi), listening, with an admin's client */
+export interface SocketApi {
+  dir: TempDir
+  node: LocalNode
+  app: FastifyInstance
+  client: NtsoekheClient
+  close: () => Promise<void>
+}
+
+/**
+ * Opens a node in a temp dir with its roles, an admin and the audit trail,
+ * serves fullApi on `<dir>/api.sock` and gives a client with the admin's
+ * token. `beforeListen` may add hooks to the app first.
+ */
+export async function startSocketApi (prefix: string, beforeListen?: (app: FastifyInstance) => void): Promise<SocketApi> {
+  const dir = await tempDir(prefix)
+  const node = await openLocalNode(dir.path)
+  const trail = new AuditTrail({ coordinator: node.coordinator, peerId: node.peerId, head: storeHead(node.store) }, { flushIntervalMs: 10_000 })
+  await trail.start()
+  const users = new UserDirectory({ db: node.db })
+  await users.ensureRoles()
+  const token = (await users.add('admin', 'admin')).token
+  const app = fullApi({ node, users, trail }).app
+  beforeListen?.(app)
+  const socket = join(dir.path, 'api.sock')
+  await app.listen({ path: socket })
+  const client = new NtsoekheClient({ socket, token, writeRetries: 0 })
+  return {
+    dir,
+    node,
+    app,
+    client,
+    close: async () => {
+      client.close()
+      await app.close()
+      await trail.stop()
+      await node.close()
+      await dir.remove()
+    }
   }
 }

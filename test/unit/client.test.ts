@@ -1,45 +1,26 @@
-import { join } from 'node:path'
-import type { FastifyInstance } from 'fastify'
 import { afterEach, beforeEach, describe, expect, it } from 'vitest'
 import { openApiPath } from '../../src/api/openapi.js'
 import { NtsoekheClient } from '../../src/index.js'
-import { AuditTrail, storeHead } from '../../src/security/audit.js'
-import { UserDirectory } from '../../src/security/users.js'
-import { fullApi } from '../helpers/api.js'
-import { openLocalNode, patientRow, tempDir, type LocalNode, type TempDir } from '../helpers/temp.js'
+import { startSocketApi, type SocketApi } from '../helpers/api.js'
+import { patientRow } from '../helpers/temp.js'
 
-let dir: TempDir
-let node: LocalNode
-let trail: AuditTrail
-let app: FastifyInstance
+let api: SocketApi
 let client: NtsoekheClient
 /** Every request the server saw: method, route (fastify's form) and query parameter names */
 let seen: Array<{ method: string, route: string | undefined, query: string[], headers: string[] }>
 
 beforeEach(async () => {
-  dir = await tempDir('ntk-client-')
-  node = await openLocalNode(dir.path)
-  trail = new AuditTrail({ coordinator: node.coordinator, peerId: node.peerId, head: storeHead(node.store) }, { flushIntervalMs: 10_000 })
-  await trail.start()
-  const users = new UserDirectory({ db: node.db })
-  await users.ensureRoles()
-  const token = (await users.add('admin', 'admin')).token
-  app = fullApi({ node, users, trail }).app
   seen = []
-  app.addHook('onRequest', async req => {
-    seen.push({ method: req.method, route: req.routeOptions.url, query: Object.keys(req.query as object), headers: Object.keys(req.headers) })
+  api = await startSocketApi('ntk-client-', app => {
+    app.addHook('onRequest', async req => {
+      seen.push({ method: req.method, route: req.routeOptions.url, query: Object.keys(req.query as object), headers: Object.keys(req.headers) })
+    })
   })
-  const socket = join(dir.path, 'api.sock')
-  await app.listen({ path: socket })
-  client = new NtsoekheClient({ socket, token, writeRetries: 0 })
+  ;({ client } = api)
 })
 
 afterEach(async () => {
-  client.close()
-  await app.close()
-  await trail.stop()
-  await node.close()
-  await dir.remove()
+  await api.close()
 })
 
 /** Headers of HTTP itself, which the document does not list as parameters */

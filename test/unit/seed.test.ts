@@ -1,40 +1,21 @@
-import { join } from 'node:path'
 import { PassThrough } from 'node:stream'
-import type { FastifyInstance } from 'fastify'
 import { afterEach, beforeEach, describe, expect, it } from 'vitest'
 import { seed } from '../../src/cli/seed.js'
 import { NtsoekheClient } from '../../src/index.js'
-import { AuditTrail, storeHead } from '../../src/security/audit.js'
-import { UserDirectory } from '../../src/security/users.js'
-import { fullApi } from '../helpers/api.js'
-import { openLocalNode, tempDir, type LocalNode, type TempDir } from '../helpers/temp.js'
+import { startSocketApi, type SocketApi } from '../helpers/api.js'
+import type { LocalNode } from '../helpers/temp.js'
 
-let dir: TempDir
+let api: SocketApi
 let node: LocalNode
-let trail: AuditTrail
-let app: FastifyInstance
 let client: NtsoekheClient
 
 beforeEach(async () => {
-  dir = await tempDir('ntk-seed-')
-  node = await openLocalNode(dir.path)
-  trail = new AuditTrail({ coordinator: node.coordinator, peerId: node.peerId, head: storeHead(node.store) }, { flushIntervalMs: 10_000 })
-  await trail.start()
-  const users = new UserDirectory({ db: node.db })
-  await users.ensureRoles()
-  const token = (await users.add('admin', 'admin')).token
-  app = fullApi({ node, users, trail }).app
-  const socket = join(dir.path, 'api.sock')
-  await app.listen({ path: socket })
-  client = new NtsoekheClient({ socket, token, writeRetries: 0 })
+  api = await startSocketApi('ntk-seed-')
+  ;({ node, client } = api)
 })
 
 afterEach(async () => {
-  client.close()
-  await app.close()
-  await trail.stop()
-  await node.close()
-  await dir.remove()
+  await api.close()
 })
 
 /** Runs seed at scale 1 and returns its counts and what it said on stderr */
