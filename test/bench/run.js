@@ -775,7 +775,6 @@ or so. Load average ${loadStart} at the start of this section, ${loadAvg()} at i
 `
 }
 
-/** Length in bytes of the stored JSON of each row's record, read from a stopped daemon's store */
 /**
  * `ntsoekhe backup` of a daemon holding BACKUP_ROWS patient rows and
  * `ntsoekhe restore` of it into a new daemon, against a raw LevelDB read and
@@ -889,6 +888,7 @@ async function rawLevelRead (dir, rows) {
   return { seconds, rate: rows.length / seconds }
 }
 
+/** Length in bytes of the stored JSON of each row's record, read from a stopped daemon's store */
 async function recordSizes (path, ids) {
   const { Level } = await import('level')
   const db = new Level(path, { valueEncoding: 'utf8' })
