@@ -811,26 +811,27 @@ async function backup (ctx) {
   const rawWrite = medianRun(await repeat(ROUNDS, async () => await rawLevel(await ctx.tempDir(), rows, true)), 'rate')
   const rawRead = medianRun(await repeat(ROUNDS, async () => await rawLevelRead(await ctx.tempDir(), rows)), 'rate')
 
-  const backupRate = made.records / made.seconds
-  const restoreRate = restored.records / restored.seconds
+  // Rates over the rows the raw baselines move: the daemon's few records more per row (claims, audit entries) earn it nothing.
+  const backupRate = BACKUP_ROWS / made.seconds
+  const restoreRate = BACKUP_ROWS / restored.seconds
   const verdict = r => `${fmt(r, 2)} ${r >= GOAL_BACKUP ? '✓' : '✗'} (goal ≥ ${GOAL_BACKUP})`
   const backupBytes = made.bytes + manifestBytes
   return `## Backup and restore
 
 One daemon (security on, default config) holding ${fmtInt(BACKUP_ROWS)} patient_records rows
 (imported), backed up with \`ntsoekhe backup <dir> --json\` and restored into a new
-daemon with \`ntsoekhe restore <dir> --json\`; rates are records over the seconds each
+daemon with \`ntsoekhe restore <dir> --json\`; rates are the ${fmtInt(BACKUP_ROWS)} rows over the seconds each
 command reports (from its start to its last byte written, process start-up excluded).
 The backup holds ${fmtInt(made.records)} records (the rows, their unique-value claims and the
 audit entries of the import) with ${fmtInt(made.versions)} versions.
 
-| run | records/s | seconds | ratio |
+| run | rows/s | seconds | ratio |
 | --- | ---: | ---: | --- |
 | raw LevelDB read of the same rows (iterator, JSON values) | ${fmt(rawRead.rate, 0)} | ${fmt(rawRead.seconds, 2)} | 1 |
 | \`ntsoekhe backup\` | ${fmt(backupRate, 0)} | ${fmt(made.seconds, 2)} | ${verdict(backupRate / rawRead.rate)} |
 | raw LevelDB write of the same rows (batches of ${fmtInt(RAW_BATCH)}, sync) | ${fmt(rawWrite.rate, 0)} | ${fmt(rawWrite.seconds, 2)} | 1 |
 | \`ntsoekhe restore\` (checks every chunk first) | ${fmt(restoreRate, 0)} | ${fmt(restored.seconds, 2)} | ${verdict(restoreRate / rawWrite.rate)} |
-| \`ntsoekhe restore\` again (changes nothing) | ${fmt(again.records / again.seconds, 0)} | ${fmt(again.seconds, 2)} | ${fmt((again.records / again.seconds) / rawWrite.rate, 2)} |
+| \`ntsoekhe restore\` again (changes nothing) | ${fmt(BACKUP_ROWS / again.seconds, 0)} | ${fmt(again.seconds, 2)} | ${fmt((BACKUP_ROWS / again.seconds) / rawWrite.rate, 2)} |
 
 | size | bytes | ratio |
 | --- | ---: | --- |
