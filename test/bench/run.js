@@ -872,7 +872,8 @@ each line and writes, through the store's group commit (fsync), one LevelDB batc
 other versions, the table list entry, its equality and ordered index entries), one
 batch made durable while the next is parsed. *Backup*: walks the LevelDB the last
 restore skeleton wrote with one iterator, turns each record into the line the backup
-writes (the same ${fmtInt(made.records)} lines as the backup above, byte for byte) and writes chunks of
+writes (checked by hand once: the same lines as the product's backup of that store, byte
+for byte) and writes chunks of
 the product's size through its \`sealChunk\` (gzip at its level), SHA-256 and a synced
 write, one chunk sealed while the next fills, then a manifest. Left out, on purpose:
 the CLI and the daemon as two processes and the socket between them, pages from
