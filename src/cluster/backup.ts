@@ -132,6 +132,8 @@ export class BackupService {
     const page = piece.reader === this.c.peerId
       ? await this.c.store.backupPage({ ...range(piece), ...(after === undefined ? {} : { after }), limit: LOCAL_PAGE })
       : await this.remotePage(piece, after)
+    // Nearly every record holds all its versions: a promise each only for a page with one that does not.
+    if (!page.records.some(missingParents)) return page
     return { ...page, records: await Promise.all(page.records.map(async r => missingParents(r) ? await this.completed(piece.reader, r) : r)) }
   }
 
@@ -278,6 +280,8 @@ export class BackupService {
 
 /** Whether some version of a record names a parent the record does not hold */
 export function missingParents ({ versions }: WholeRecord): boolean {
+  // Versions that name no parent (a record written once) lack none: no set to build.
+  if (versions.every(v => v.parents.length === 0)) return false
   const held = new Set(versions.map(v => v.version))
   return versions.some(v => v.parents.some(p => !held.has(p)))
 }

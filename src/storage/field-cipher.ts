@@ -63,7 +63,10 @@ export class FieldCipher {
       const decipher = createDecipheriv('aes-256-gcm', this.encKey, bytes.subarray(1, 1 + NONCE_BYTES))
       decipher.setAAD(aad(table, id, version))
       decipher.setAuthTag(bytes.subarray(bytes.length - TAG_BYTES))
-      text = decipher.update(bytes.subarray(1 + NONCE_BYTES, bytes.length - TAG_BYTES), undefined, 'utf8') + decipher.final('utf8')
+      // Bytes out, decoded once after final() authenticates them: a string output goes through a StringDecoder per call.
+      const body = decipher.update(bytes.subarray(1 + NONCE_BYTES, bytes.length - TAG_BYTES))
+      decipher.final()
+      text = body.toString('utf8')
     } catch (err) {
       return fail(err)
     }

@@ -114,13 +114,14 @@ export class RangeCache {
    * called, once the batch is durable (or failed).
    */
   writing (ops: ReadonlyArray<{ key: string }>): () => void {
-    const touched: string[] = []
+    // Each prefix once per batch: a batch of many rows names a table's prefixes once per index entry.
+    const touched = new Set<string>()
     for (const op of ops) {
       const start = this.watchedPrefixLength(op.key)
       if (start < 0) continue
-      for (let i = op.key.indexOf(SEP, start); i >= 0; i = op.key.indexOf(SEP, i + 1)) touched.push(op.key.slice(0, i + 1))
+      for (let i = op.key.indexOf(SEP, start); i >= 0; i = op.key.indexOf(SEP, i + 1)) touched.add(op.key.slice(0, i + 1))
     }
-    if (touched.length === 0) return () => {}
+    if (touched.size === 0) return () => {}
     for (const p of touched) {
       this.busy.set(p, (this.busy.get(p) ?? 0) + 1)
       this.forget(p)

@@ -1576,22 +1576,22 @@ export class Store {
       if (options.after !== undefined && (options.from === undefined || options.after >= options.from)) range.gt = options.after
       else if (options.from !== undefined) range.gte = options.from
       if (options.to !== undefined) range.lt = options.to
-      const raw: Array<[string, StoredRecord]> = []
-      for await (const [k, v] of this.records.iterator({ ...range, limit: options.limit, snapshot })) raw.push([k, v as StoredRecord])
+      // all(): the page in a few calls into LevelDB (nextv), not a promise per record.
+      const raw = await this.records.iterator({ ...range, limit: options.limit, snapshot }).all() as Array<[string, StoredRecord]>
       const full = raw.length === options.limit
       const cut = raw[raw.length - 1]?.[0]
       if (full && cut !== undefined) {
         // The rest of the last record's shard: keys are `<token>!<table>!<id>`, and '"' follows '!'.
         const shardEnd = cut.slice(0, cut.indexOf(SEP)) + '"'
         const lt = options.to !== undefined && options.to < shardEnd ? options.to : shardEnd
-        for await (const [k, v] of this.records.iterator({ gt: cut, lt, limit: options.limit, snapshot })) raw.push([k, v as StoredRecord])
+        raw.push(...await this.records.iterator({ gt: cut, lt, limit: options.limit, snapshot }).all() as Array<[string, StoredRecord]>)
       }
       const first = raw[0]?.[0]
       const last = raw[raw.length - 1]?.[0]
       if (first === undefined || last === undefined) return { records: [] }
       // History keys are `<record key>!<version>`: the page's history is one contiguous run, read in the same pass.
       const history = new Map<string, StoredEntry[]>()
-      for await (const [k, v] of this.history.iterator({ gt: first + SEP, lt: last + SEP + '\xff', snapshot })) {
+      for (const [k, v] of await this.history.iterator({ gt: first + SEP, lt: last + SEP + '\xff', snapshot }).all()) {
         const owner = k.slice(0, k.lastIndexOf(SEP))
         let list = history.get(owner)
         if (list === undefined) { list = []; history.set(owner, list) }
