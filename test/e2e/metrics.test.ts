@@ -12,6 +12,8 @@ import { afterAll, beforeAll, describe, expect, it } from 'vitest'
 import { adminToken, cli, json, startDaemon, type TestDaemon } from '../helpers/daemon.js'
 import { e2ePatient, waitForValue } from '../helpers/wait.js'
 import { freePort } from '../helpers/port.js'
+import { HashRing } from '../../src/cluster/ring.js'
+import { tokenOf } from '../../src/cluster/token.js'
 
 /** GET /metrics over a daemon's socket (with a token) or its --metrics-listen port (without) */
 async function scrape (target: { socketPath: string, token: string } | { port: number }): Promise<string> {
@@ -51,6 +53,20 @@ let token = ''
 let metricsPort = 0
 /** Each daemon's peer id (a restart keeps it) */
 const peerIds: string[] = []
+/**
+ * A patient id whose write, with the member `down` away, the member `coordinator` coordinates:
+ * the first of its owners (in the ring's preference order, as the daemons place it) that is up.
+ * Its hint for the member away then sits on `coordinator`.
+ */
+function patientCoordinatedBy (coordinator: string, down: string): number {
+  const ring = new HashRing()
+  ring.setMembers(peerIds.map(peerId => ({ peerId })))
+  for (let id = 7201; id < 8201; id++) {
+    if (ring.preferenceList(tokenOf(`patient_id:${id}`), 3).find(p => p !== down) === coordinator) return id
+  }
+  throw new Error(`no patient id in 7201..8200 is first placed on ${coordinator}`)
+}
+
 /** Each daemon's flags, to restart it as it was */
 const flags: string[][] = []
 
@@ -177,7 +193,9 @@ describe('metrics of a three-node network', () => {
 
     await d2.stop()
     await waitForValue('the second node to see the third down', async () => sample(await viaSocket(d1), 'ntsoekhe_members', { state: 'down' }) === 1, 60_000)
-    expect((await cli(['insert', 'patient_records', JSON.stringify(e2ePatient(7201))], { home: d1.home, token })).code).toBe(0)
+    // A patient the second node coordinates: were it the first node's, that node would hold the hint and hand it over.
+    const id = patientCoordinatedBy(peerIds[1]!, peerIds[2]!)
+    expect((await cli(['insert', 'patient_records', JSON.stringify(e2ePatient(id))], { home: d1.home, token })).code).toBe(0)
     // The hint is written after the client's answer (the write was acknowledged by W owners already).
     await waitForValue('the second node to hold a hint for the third', async () => (sample(await viaSocket(d1), 'ntsoekhe_hints_pending') as number) > 0, 30_000)
     await d1.stop()
@@ -185,11 +203,11 @@ describe('metrics of a three-node network', () => {
     // By peer id: the counts alone (2 alive, 1 down) also match the moment before the first node noticed.
     await waitForValue('the first node to see the third alive and the second down', async () => (await statesSeenByFirst()).join() === 'alive,down,alive', 60_000)
     expect(sample(await first(), 'ntsoekhe_members', { state: 'down' })).toBe(1)
-    expect((await cli(['get', 'patient_records', '7201', '--local'], { home: (daemons[2] as TestDaemon).home, token })).code).toBe(1)
-    const got = await cli(['get', 'patient_records', '7201', '--consistency', 'quorum'], { home: d0.home })
+    expect((await cli(['get', 'patient_records', String(id), '--local'], { home: (daemons[2] as TestDaemon).home, token })).code).toBe(1)
+    const got = await cli(['get', 'patient_records', String(id), '--consistency', 'quorum'], { home: d0.home })
     expect(got.code, got.stderr).toBe(0)
     await waitForValue('read repairs to count the stale copy', async () => (sample(await first(), 'ntsoekhe_read_repairs_total') as number) > repairsBefore, 30_000)
-    await waitForValue('the repaired copy on the third node', async () => (await cli(['get', 'patient_records', '7201', '--local'], { home: (daemons[2] as TestDaemon).home, token })).code === 0, 30_000)
+    await waitForValue('the repaired copy on the third node', async () => (await cli(['get', 'patient_records', String(id), '--local'], { home: (daemons[2] as TestDaemon).home, token })).code === 0, 30_000)
     await restart(1)
     await waitForValue('the first node to see three alive members again', async () => sample(await first(), 'ntsoekhe_members', { state: 'alive' }) === 3, 60_000)
   }, 300_000)
