@@ -165,7 +165,8 @@ export class BackupWriter {
   }
 }
 
-async function writeDurably (path: string, bytes: Uint8Array): Promise<void> {
+/** Writes a new file (never over one) with mode 0600 and syncs it before it counts as written */
+export async function writeDurably (path: string, bytes: Uint8Array): Promise<void> {
   const fh = await open(path, 'wx', 0o600)
   try {
     await fh.writeFile(bytes)

@@ -33,11 +33,11 @@
 //
 // Timed from the first chunk read (restore) or the first record read
 // (backup) to the last byte durable. Benchmark code: input is trusted.
-import { open, readFile } from 'node:fs/promises'
+import { readFile } from 'node:fs/promises'
 import { join } from 'node:path'
 import { performance } from 'node:perf_hooks'
 import { Level } from 'level'
-import { CHUNK_TEXT_BYTES } from '../../dist/backup/backup-dir.js'
+import { CHUNK_TEXT_BYTES, writeDurably } from '../../dist/backup/backup-dir.js'
 import { chunkName, openChunk, sealChunk, sha256 } from '../../dist/backup/chunk.js'
 import { findTable } from '../../dist/schema/index.js'
 import { GroupCommitter } from '../../dist/storage/group-commit.js'
@@ -173,14 +173,4 @@ function backupLine (key, stored) {
   const versions = stored.heads.map(h => ({ version: h.version, parents: h.parents, row: h.row, ...(h.writeId === undefined ? {} : { writeId: h.writeId }) }))
   versions.sort((a, b) => compareVersions(a.version, b.version))
   return { table, id, token, heads: stored.heads.map(h => h.version), seen, superseded, versions }
-}
-
-async function writeDurably (path, bytes) {
-  const fh = await open(path, 'wx', 0o600)
-  try {
-    await fh.writeFile(bytes)
-    await fh.sync()
-  } finally {
-    await fh.close()
-  }
 }
