@@ -314,14 +314,11 @@ export class DistributedCoordinator implements Coordinator {
             return run.ready()
           }, err => { run.dropFailed(e.batch, err); return run.ready() })
           break
-        case 'log':
-          this.c.log?.(e.msg, ...e.args)
-          break
         case 'done':
           d.resolve(e)
           break
       }
-    })
+    }, this.logLine)
     const stats = { finishedAt: this.env.now(), ...done.counts }
     this.lastRebalance = stats
     this.rebalanceRun = undefined
@@ -396,17 +393,11 @@ export class DistributedCoordinator implements Coordinator {
           d.after(reply, r => count.counted(e.peer, r), err => count.failed(e.peer, err))
           break
         }
-        case 'log':
-          this.c.log?.(e.msg, ...e.args)
-          break
         case 'done':
           d.resolve(e.counts)
           break
-        case 'fail':
-          d.reject(e.error)
-          break
       }
-    })
+    }, this.logLine)
   }
 
   /** The key's owners, in preference order: N of them, or every member for global tables */
@@ -508,17 +499,11 @@ export class DistributedCoordinator implements Coordinator {
           // If a hint is lost, the copy kept here still reaches the owner by rebalance.
           d.after(this.hint(e.peer, write.entries), () => write.hinted(e.peer), () => write.hinted(e.peer))
           break
-        case 'log':
-          this.c.log?.(e.msg, ...e.args)
-          break
         case 'answer':
           d.resolve(e.results)
           break
-        case 'fail':
-          d.reject(e.error)
-          break
       }
-    })
+    }, this.logLine)
   }
 
   /**
@@ -578,11 +563,8 @@ export class DistributedCoordinator implements Coordinator {
         case 'answer':
           d.resolve(e.results)
           break
-        case 'fail':
-          d.reject(e.error)
-          break
       }
-    })
+    }, this.logLine)
   }
 
   /**
@@ -652,14 +634,11 @@ export class DistributedCoordinator implements Coordinator {
           d.after(this.hint(e.peer, batch.entriesOf(e.group)), () => batch.hinted(e.group, e.peer), () => batch.hinted(e.group, e.peer))
           break
         }
-        case 'log':
-          this.c.log?.(e.msg, ...e.args)
-          break
         case 'answer':
           d.resolve(e.outcomes)
           break
       }
-    })
+    }, this.logLine)
   }
 
   /**
@@ -709,11 +688,8 @@ export class DistributedCoordinator implements Coordinator {
         case 'answer':
           d.resolve(e.outcomes)
           break
-        case 'fail':
-          d.reject(e.error)
-          break
       }
-    })
+    }, this.logLine)
   }
 
   async read (table: string, id: string, shard: string, options: RequestOptions = {}): Promise<RecordState | undefined> {
@@ -1140,6 +1116,9 @@ export class DistributedCoordinator implements Coordinator {
     return { results: Array.from({ length: count }, () => ({ ok: false, error })) }
   }
 
+  /** The node's log, for drive(): the log lines core machines ask for */
+  private readonly logLine = (msg: string, ...args: unknown[]): void => { this.c.log?.(msg, ...args) }
+
   /** Keeps a hint of `entries` for `peer`; one that cannot be written is logged and let go (see each caller for what still brings the copy there) */
   private async hint (peer: string, entries: VersionEntry[]): Promise<void> {
     await this.c.store.addHint(peer, entries).catch(err => { this.c.log?.('hint for %s lost: %s', peer, (err as Error).message) })
@@ -1168,17 +1147,11 @@ export class DistributedCoordinator implements Coordinator {
         case 'hint':
           d.after(this.c.store.addPurgeHint(e.peer, marker), () => fanOut.hinted(e.peer), err => fanOut.hintFailed(e.peer, err))
           break
-        case 'log':
-          this.c.log?.(e.msg, ...e.args)
-          break
         case 'answer':
           d.resolve(e.reached)
           break
-        case 'fail':
-          d.reject(e.error)
-          break
       }
-    })
+    }, this.logLine)
   }
 
   /** A random 64-bit write id in hex, cut from a pool drawn 512 at a time (one `randomBytes` call per write cost 1.5% of a daemon's CPU) */

@@ -1,3 +1,5 @@
+import type { FailEffect, LogEffect } from './core/effects.js'
+
 /**
  * What a driver's `perform` is given to carry out a core machine's effects
  * (src/cluster/core): a way to feed the machine the outcome of I/O and to
@@ -17,19 +19,24 @@ export interface Driver<E, R> {
 /**
  * Runs a core machine through its driver: `start` gives the first effects,
  * `perform` carries out each effect, and every I/O outcome goes back to the
- * machine through the Driver. I/O failures are inputs (the machine decides
- * what they mean); a machine or a performer that throws is a bug, and it
- * settles the run with that error and stops performing its effects, rather
- * than leaving the run waiting for an input that will not come (and the
- * error unhandled).
+ * machine through the Driver. The effects every machine shares are carried
+ * out here: a `log` line goes to `log`, and a `fail` settles the run with
+ * its error. I/O failures are inputs (the machine decides what they mean);
+ * a machine or a performer that throws is a bug, and it settles the run
+ * with that error and stops performing its effects, rather than leaving the
+ * run waiting for an input that will not come (and the error unhandled).
  */
-export async function drive<E, R> (start: () => readonly E[], perform: (effect: E, d: Driver<E, R>) => void): Promise<R> {
+export async function drive<E extends { type: string }, R> (start: () => readonly E[], perform: (effect: E, d: Driver<E, R>) => void, log?: (msg: string, ...args: unknown[]) => void): Promise<R> {
   return await new Promise<R>((resolve, reject) => {
     let broken = false
     const run = (input: () => readonly E[]): void => {
       if (broken) return
       try {
-        for (const e of input()) perform(e, d)
+        for (const e of input()) {
+          if (isLog(e)) log?.(e.msg, ...e.args)
+          else if (isFail(e)) reject(e.error)
+          else perform(e, d)
+        }
       } catch (err) {
         broken = true
         reject(err)
@@ -44,3 +51,6 @@ export async function drive<E, R> (start: () => readonly E[], perform: (effect: 
     run(start)
   })
 }
+
+const isLog = (e: { type: string }): e is LogEffect => e.type === 'log'
+const isFail = (e: { type: string }): e is FailEffect => e.type === 'fail'

@@ -1,4 +1,5 @@
 import { describe, expect, it } from 'vitest'
+import type { FailEffect, LogEffect } from '../../src/cluster/core/effects.js'
 import { drive } from '../../src/cluster/drive.js'
 
 type Effect = { type: 'io', ok: boolean } | { type: 'answer', value: number } | { type: 'note', n: number }
@@ -38,5 +39,17 @@ describe('drive: a core machine run by its driver', () => {
       setTimeout(() => { d.run(() => { throw new Error('in a timer') }) }, 1)
     })
     await expect(run).rejects.toThrow('in a timer')
+  })
+
+  it('writes a machine\'s log lines to the log it is given and settles the run with a fail, performing neither', async () => {
+    const lines: unknown[][] = []
+    const performed: string[] = []
+    const run = drive<Effect | LogEffect | FailEffect, number>(
+      () => [{ type: 'log', msg: 'owner %s failed', args: ['a'] }, { type: 'note', n: 1 }, { type: 'fail', error: new Error('refused') }],
+      e => { performed.push(e.type) },
+      (msg, ...args) => { lines.push([msg, ...args]) })
+    await expect(run).rejects.toThrow('refused')
+    expect(lines).toEqual([['owner %s failed', 'a']])
+    expect(performed).toEqual(['note'])
   })
 })

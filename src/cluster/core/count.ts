@@ -1,6 +1,7 @@
 import { InvalidMessageError } from '../../errors/index.js'
 import { MAX_COUNT_RANGES } from '../messages.js'
 import { isNoAnswer } from './route.js'
+import type { FailEffect, LogEffect } from './effects.js'
 
 /** Live rows per table across the network, each record counted once */
 export interface NetworkRowCounts {
@@ -15,10 +16,10 @@ export interface NetworkRowCounts {
 export type CountEffect =
   /** Count the rows in these `[from, to)` token ranges on `peer` (this node's store when it is this node): counted() or failed() */
   | { type: 'count', peer: string, ranges: Array<[string, string]> }
-  | { type: 'log', msg: string, args: unknown[] }
+  | LogEffect
   | { type: 'done', counts: NetworkRowCounts }
   /** A member refused in a way the caller must see (not a missing answer) */
-  | { type: 'fail', error: unknown }
+  | FailEffect
 
 export interface RowCountInit {
   /** The token space cut into ranges, each with its owners in preference order (the ring's `ranges(N)`) */

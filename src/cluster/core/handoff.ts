@@ -2,6 +2,7 @@ import { InvalidMessageError } from '../../errors/index.js'
 import type { Hint, VersionEntry } from '../../storage/store.js'
 import { chunkGroups, resultOk } from '../apply-batcher.js'
 import { handoffAction, type StateOf } from '../decisions.js'
+import type { LogEffect } from './effects.js'
 
 /** Hints handed to one peer per round */
 export const HANDOFF_BATCH = 256
@@ -23,7 +24,7 @@ export type HandoffEffect =
   | { type: 'deleteHints', keys: string[] }
   /** Versions reached their owners while this node holds sloppy copies: a rebalance moves those copies */
   | { type: 'rebalance' }
-  | { type: 'log', msg: string, args: unknown[] }
+  | LogEffect
   /** The round is over */
   | { type: 'done' }
 

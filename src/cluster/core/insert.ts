@@ -3,6 +3,7 @@ import type { Consistency, InsertOutcome } from '../coordinator.js'
 import { requiredAcks } from '../decisions.js'
 import { errorBody } from './primary.js'
 import { shortfallError, WriteQuorum, type WriteQuorumEffect } from './write-quorum.js'
+import type { LogEffect } from './effects.js'
 
 /** What an insert of first versions wants done; `group` is the index of a group in the batch */
 export type InsertEffect =
@@ -12,7 +13,7 @@ export type InsertEffect =
   | { type: 'send', group: number, peer: string }
   /** Keep one group's versions as a hint for this owner (hinted() once written, or failed to be) */
   | { type: 'hint', group: number, peer: string, reason: string }
-  | { type: 'log', msg: string, args: unknown[] }
+  | LogEffect
   /** Every group's count is decided */
   | { type: 'answer', outcomes: InsertOutcome[] }
 

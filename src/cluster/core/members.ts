@@ -3,6 +3,7 @@ import type { MemberStatus } from '../coordinator.js'
 import { memberState } from '../decisions.js'
 import { countersInRange, REMOVAL_BUMP, signClaim, verifyClaim, type Signer } from '../member-claims.js'
 import { MAX_CLOCK_SKEW_MS } from '../../storage/version.js'
+import type { LogEffect } from './effects.js'
 
 export interface MemberRecord {
   peerId: string
@@ -61,7 +62,7 @@ export type MemberEffect =
   | { type: 'learned', peerId: string, addresses: string[] }
   /** A refusal or a clock beyond the tolerated skew, to report (already limited to one per sender per minute) */
   | { type: 'warn', line: string }
-  | { type: 'log', msg: string, args: unknown[] }
+  | LogEffect
 
 export interface MemberViewInit {
   peerId: string

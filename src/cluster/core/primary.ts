@@ -6,6 +6,7 @@ import { requiredAcks } from '../decisions.js'
 import { orderGroups, orderMutations } from '../mutations.js'
 import { catchUpPlan, type CatchUpKey } from './read.js'
 import { shortfallError, WriteQuorum, type WriteQuorumEffect } from './write-quorum.js'
+import type { FailEffect } from './effects.js'
 
 /**
  * The primary's side of one write, as a state machine with no I/O. In
@@ -29,7 +30,7 @@ export type PrimaryEffect =
   /** This node's commit failed after the write was ordered: these records (`table/id`) are caught up before the next write to them */
   | { type: 'missed', keys: string[], error: unknown }
   | { type: 'answer', results: WriteResult[] }
-  | { type: 'fail', error: unknown }
+  | FailEffect
   | Extract<WriteQuorumEffect, { type: 'send' | 'hint' }>
 
 export interface PrimaryWriteInit {
@@ -169,7 +170,7 @@ export type BatchEffect =
   | { type: 'hint', group: number, peer: string, reason: string }
   | { type: 'answer', outcomes: GroupOutcome[] }
   /** This node's commit of the batch failed: the whole batch fails with it */
-  | { type: 'fail', error: unknown }
+  | FailEffect
 
 export interface PrimaryBatchInit {
   self: string

@@ -1,13 +1,15 @@
+import type { FailEffect, LogEffect } from './effects.js'
+
 /** What a purge's fan-out wants done */
 export type PurgeEffect =
   /** Send the purge to this member (answered() or failed()) */
   | { type: 'send', peer: string }
   /** Keep the purge as a hint for this member (hinted(), or hintFailed() when it could not be written) */
   | { type: 'hint', peer: string }
-  | { type: 'log', msg: string, args: unknown[] }
+  | LogEffect
   /** Every member has it or a hint for it: `reached` nodes purged it now, this one included */
   | { type: 'answer', reached: number }
-  | { type: 'fail', error: unknown }
+  | FailEffect
 
 export interface PurgeFanOutInit {
   /** The record, for messages */

@@ -4,6 +4,7 @@ import { chunkWhole, resultOk } from '../apply-batcher.js'
 import { planRecordMove, type RecordMove, type StateOf } from '../decisions.js'
 import { MAX_STATES } from '../messages.js'
 import { HashRing } from '../ring.js'
+import type { LogEffect } from './effects.js'
 
 /** Records a rebalance sends per batch (one message per target peer, or a few: see chunkWhole) */
 export const REBALANCE_BATCH = 512
@@ -45,7 +46,7 @@ export type RebalanceEffect =
   | { type: 'send', id: number, peer: string, message: RebalanceMessage }
   /** Drop these copies (each only as it is: dropMany) and say how many went with dropped() (or dropFailed()) */
   | { type: 'drop', batch: number, states: RecordState[] }
-  | { type: 'log', msg: string, args: unknown[] }
+  | LogEffect
   /**
    * The run is over. `placedFor`: every record was handed off; the records
    * are now placed for these members (save it; copies held by a sloppy

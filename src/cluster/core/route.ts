@@ -1,4 +1,5 @@
 import { NtsoekheError, TimeoutError, UnavailableError } from '../../errors/index.js'
+import type { FailEffect } from './effects.js'
 
 /**
  * Where a client write goes, as a state machine with no I/O. The key's
@@ -25,7 +26,7 @@ export type RouteStep =
   /** No owner could take a write at `one`: keep it here with hints for the owners */
   | { type: 'sloppy', retry: boolean }
   /** The write's answer is this error */
-  | { type: 'fail', error: unknown }
+  | FailEffect
 
 /** How a forwarded write failed: no answer in time, the owner could not be reached (or is no longer one), or it refused */
 export type FailureKind = 'timeout' | 'unreachable' | 'refused'

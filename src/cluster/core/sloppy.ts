@@ -2,6 +2,7 @@ import type { VersionEntry } from '../../storage/store.js'
 import type { HybridClock } from '../../storage/version.js'
 import type { Mutation, WriteResult } from '../coordinator.js'
 import { orderMutations } from '../mutations.js'
+import type { FailEffect, LogEffect } from './effects.js'
 
 /** What a sloppy write wants done */
 export type SloppyEffect =
@@ -15,9 +16,9 @@ export type SloppyEffect =
   | { type: 'held' }
   /** Keep the versions as a hint for this owner (hinted() once written, or failed to be: the copy kept here still reaches it by rebalance) */
   | { type: 'hint', peer: string }
-  | { type: 'log', msg: string, args: unknown[] }
+  | LogEffect
   | { type: 'answer', results: WriteResult[] }
-  | { type: 'fail', error: unknown }
+  | FailEffect
 
 export interface SloppyWriteInit {
   mutations: Mutation[]

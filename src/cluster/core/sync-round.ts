@@ -8,6 +8,7 @@ import {
 } from '../messages.js'
 import type { SendBudget } from './budget.js'
 import { differingLeaves, recordsToPull, recordsToPush, type PeerDigest } from './sync.js'
+import type { LogEffect } from './effects.js'
 
 /** Records read for one push; they go in as few `records` messages as fit (see chunkWhole) */
 export const PUSH_BATCH = 512
@@ -70,7 +71,7 @@ export type SyncEffect =
   | { type: 'wake', ms: number }
   /** Ranges done of those to compare, for the status */
   | { type: 'progress', done: number, total: number }
-  | { type: 'log', msg: string, args: unknown[] }
+  | LogEffect
   /** The round is over */
   | { type: 'done', result: SyncRoundResult }
 
