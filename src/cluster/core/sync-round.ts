@@ -8,7 +8,7 @@ import {
 } from '../messages.js'
 import type { SendBudget } from './budget.js'
 import { differingLeaves, recordsToPull, recordsToPush, type PeerDigest } from './sync.js'
-import type { LogEffect } from './effects.js'
+import { PendingStep, type LogEffect, type WithoutId } from './effects.js'
 
 /** Records read for one push; they go in as few `records` messages as fit (see chunkWhole) */
 export const PUSH_BATCH = 512
@@ -78,7 +78,6 @@ export type SyncEffect =
 type Step = Extract<SyncEffect, { id: number }>
 /** A step as the round's body yields it; the machine gives it its id (and holds a push on the budget) */
 type Op = WithoutId<Step>
-type WithoutId<T> = T extends unknown ? Omit<T, 'id'> : never
 /** The round's body: yields the steps it waits on, each resumed with its input */
 type Body<T> = Generator<Op, T, unknown>
 
@@ -123,10 +122,9 @@ export class SyncRound {
   private readonly body: Body<void>
   private readonly stats: SyncRoundResult = { ranges: 0, rangesDiffering: 0, recordsCompared: 0, recordsSent: 0, peers: 0, failed: 0, failures: [], seconds: 0 }
   private out: SyncEffect[] = []
-  private pending?: Step
+  private readonly pending = new PendingStep<Step>()
   /** A push the budget holds back, and when it may go */
   private held?: { op: Extract<Op, { type: 'push' }>, at: number }
-  private steps = 0
   private startedAt = 0
   private now = 0
   private done = 0
@@ -163,9 +161,8 @@ export class SyncRound {
 
   /** The step `id` failed (the peer did not answer, or a read or write here failed): the peer's part of the round fails */
   failed (id: number, error: unknown, now: number): SyncEffect[] {
-    if (this.pending?.id !== id) return []
+    if (!this.pending.answer(id)) return []
     this.now = now
-    this.pending = undefined
     return this.advance({ error })
   }
 
@@ -186,10 +183,8 @@ export class SyncRound {
 
   private resume (id: number, kinds: Array<Step['type']>, value: unknown, now: number): SyncEffect[] {
     // A stale or repeated input (not the step pending) changes nothing.
-    if (this.pending?.id !== id) return []
-    if (!kinds.includes(this.pending.type)) throw new Error(`SyncRound: step ${id} is a ${this.pending.type}, not a ${kinds.join(' or ')}`)
+    if (!this.pending.answer(id, kinds, 'SyncRound')) return []
     this.now = now
-    this.pending = undefined
     return this.advance({ value })
   }
 
@@ -217,9 +212,7 @@ export class SyncRound {
   }
 
   private issue (op: Op): Step {
-    const step = { ...op, id: ++this.steps } as Step
-    this.pending = step
-    return step
+    return this.pending.issue(op)
   }
 
   private finish (): void {

@@ -3,6 +3,7 @@ import type { WholeRecord } from '../../storage/store.js'
 import { MAX_ENTRIES_PER_MESSAGE } from '../apply-batcher.js'
 import { checkRecordKey, MAX_PARENTS, parseSyncMessage, SYNC_DIGEST_HEX, type SyncMessage } from '../messages.js'
 import { FETCH_REPLY_BYTES, leafRuns, type LocalDigest } from './sync-round.js'
+import { PendingStep, type WithoutId } from './effects.js'
 
 /**
  * What answering one sync request wants done. The reads carry an `id`
@@ -24,7 +25,6 @@ export type ServeEffect =
 
 type Read = Extract<ServeEffect, { id: number }>
 type Op = WithoutId<Read>
-type WithoutId<T> = T extends unknown ? Omit<T, 'id'> : never
 type Body<T> = Generator<Op, T, unknown>
 
 export interface SyncAnswerInit {
@@ -50,8 +50,7 @@ export interface SyncAnswerInit {
 export class SyncAnswer {
   private readonly init: SyncAnswerInit
   private body?: Body<unknown>
-  private pending?: Read
-  private steps = 0
+  private readonly pending = new PendingStep<Read>()
 
   constructor (init: SyncAnswerInit) {
     this.init = init
@@ -75,15 +74,12 @@ export class SyncAnswer {
 
   /** A read failed: the request is refused with its error */
   failed (id: number, error: unknown): ServeEffect[] {
-    if (this.pending?.id !== id) return []
-    this.pending = undefined
+    if (!this.pending.answer(id)) return []
     return [{ type: 'refuse', error }]
   }
 
   private resume (id: number, kind: Read['type'], value: unknown): ServeEffect[] {
-    if (this.pending?.id !== id) return []
-    if (this.pending.type !== kind) throw new Error(`SyncAnswer: step ${id} is a ${this.pending.type}, not a ${kind}`)
-    this.pending = undefined
+    if (!this.pending.answer(id, [kind], 'SyncAnswer')) return []
     return this.advance({ value })
   }
 
@@ -96,8 +92,7 @@ export class SyncAnswer {
       return [{ type: 'refuse', error }]
     }
     if (next.done === true) return [{ type: 'reply', reply: next.value }]
-    this.pending = { ...next.value, id: ++this.steps } as Read
-    return [this.pending]
+    return [this.pending.issue(next.value)]
   }
 
   private coOwned (table: string, token: string): boolean {
